@@ -1,0 +1,414 @@
+"""Events: the facts virtbus records, past tense, one tagged union.
+
+An event never changes meaning: new fields get defaults, an existing field never changes type.
+Decisions come from the orchestrator, observations from the node workers; both are events.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, ClassVar, Final
+
+import msgspec
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=True):
+    """Base of every event; `kind` on the wire is the class name."""
+
+    aggregate: ClassVar[str] = "vm"
+
+
+# --- VM: definition -------------------------------------------------------------------------------
+
+
+class VMCreated(Event):
+    spec: dict[str, Any]
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    run_strategy: str = "Halted"
+    source_kind: str = "VirtualMachine"
+
+
+class VMSpecChanged(Event):
+    spec: dict[str, Any]
+    changed: list[str] = []
+    run_strategy: str | None = None
+    labels: dict[str, str] | None = None
+    restart_required: bool = False
+
+
+class VMDeleteRequested(Event):
+    pass
+
+
+class VMDeleted(Event):
+    disks: list[str] = []
+
+
+class VMUndeleted(Event):
+    pass
+
+
+# --- VM: lifecycle decisions ---------------------------------------------------------------------
+
+
+class VMStartRequested(Event):
+    pass
+
+
+class VMStopRequested(Event):
+    grace_period_seconds: int | None = None
+    force: bool = False
+
+
+class VMRestartRequested(Event):
+    pass
+
+
+class VMPauseRequested(Event):
+    pass
+
+
+class VMUnpauseRequested(Event):
+    pass
+
+
+class VMScheduled(Event):
+    node: str
+    vmi_uid: str
+    attempt: int = 0
+
+
+class VMUnschedulable(Event):
+    reason: str
+
+
+class VMRunning(Event):
+    node: str
+
+
+class VMStopped(Event):
+    reason: str = ""
+
+
+class VMStartFailed(Event):
+    """A start that cannot proceed; `status` is KubeVirt's printable status (ErrorPvcNotFound...)."""
+
+    reason: str
+    status: str = "Unknown"
+    node: str = ""
+
+
+class VMFailed(Event):
+    """The running instance is gone against the user's wish (crash, node lost, launcher died)."""
+
+    reason: str
+    node: str = ""
+
+
+class VMBackoff(Event):
+    """Restart delayed after repeated failures: KubeVirt's CrashLoopBackOff."""
+
+    delay_seconds: float
+    failures: int
+
+
+# --- VM: observations from the node --------------------------------------------------------------
+
+
+class LauncherCreated(Event):
+    node: str
+    pod: str
+
+
+class LauncherFailed(Event):
+    node: str
+    pod: str
+    reason: str
+    exit_code: int | None = None
+
+
+class LauncherDeleted(Event):
+    node: str
+    pod: str
+
+
+class DomainDefined(Event):
+    node: str
+    domain_uuid: str = ""
+
+
+class DomainStarted(Event):
+    node: str
+    reason: str = "booted"
+
+
+class DomainPaused(Event):
+    node: str
+    reason: str = "user"
+
+
+class DomainResumed(Event):
+    node: str
+    reason: str = "unpaused"
+
+
+class DomainStopped(Event):
+    """The domain is off; `reason` is libvirt's: shutdown, destroyed, crashed, migrated, failed..."""
+
+    node: str
+    reason: str
+
+
+class DomainUndefined(Event):
+    node: str
+
+
+# --- VM: migration -------------------------------------------------------------------------------
+
+
+class MigrationScheduled(Event):
+    migration: str
+    source: str
+    target: str
+    live: bool = True
+
+
+class MigrationTargetReady(Event):
+    migration: str
+    target: str
+
+
+class MigrationStarted(Event):
+    migration: str
+
+
+class MigrationProgress(Event):
+    migration: str
+    percent: float
+    data_processed: int = 0
+    data_remaining: int = 0
+    data_total: int = 0
+    rate_bps: float = 0.0
+
+
+class MigrationCancelRequested(Event):
+    migration: str
+
+
+class MigrationSucceeded(Event):
+    migration: str
+    source: str
+    target: str
+    duration_ms: float = 0.0
+    downtime_ms: float = 0.0
+    mode: str = "live"
+
+
+class MigrationFailed(Event):
+    migration: str
+    reason: str
+    aborted: bool = False
+
+
+# --- VM: snapshots and volumes -------------------------------------------------------------------
+
+
+class SnapshotRequested(Event):
+    snapshot: str
+    online: bool = True
+
+
+class SnapshotSucceeded(Event):
+    snapshot: str
+    node: str = ""
+
+
+class SnapshotFailed(Event):
+    snapshot: str
+    reason: str
+
+
+class SnapshotDeleted(Event):
+    snapshot: str
+
+
+class RestoreRequested(Event):
+    snapshot: str
+    restore: str
+
+
+class RestoreSucceeded(Event):
+    snapshot: str
+    restore: str
+
+
+class RestoreFailed(Event):
+    snapshot: str
+    restore: str
+    reason: str
+
+
+class VolumeAttachRequested(Event):
+    volume: dict[str, Any]
+    disk: dict[str, Any]
+
+
+class VolumeAttached(Event):
+    volume: str
+    node: str = ""
+
+
+class VolumeDetachRequested(Event):
+    volume: str
+
+
+class VolumeDetached(Event):
+    volume: str
+    node: str = ""
+
+
+# --- any aggregate -------------------------------------------------------------------------------
+
+
+class CommandRejected(Event):
+    """A command that was not carried out, with the reason and the offending field."""
+
+    aggregate: ClassVar[str] = "*"
+    command_id: str
+    command: str
+    reason: str
+    field: str = ""
+
+
+# --- nodes ---------------------------------------------------------------------------------------
+
+
+class NodeRegistered(Event):
+    aggregate: ClassVar[str] = "node"
+    hypervisor: str
+    libvirt_uri: str
+    cpus: int
+    memory_bytes: int
+    kvm: bool = False
+    labels: dict[str, str] = {}
+    pods: str = "process"
+
+
+class NodeCordoned(Event):
+    aggregate: ClassVar[str] = "node"
+    reason: str = ""
+
+
+class NodeUncordoned(Event):
+    aggregate: ClassVar[str] = "node"
+
+
+class NodeDrainRequested(Event):
+    aggregate: ClassVar[str] = "node"
+
+
+class NodeLost(Event):
+    aggregate: ClassVar[str] = "node"
+    last_heartbeat: datetime | None = None
+
+
+# --- replica sets --------------------------------------------------------------------------------
+
+
+class ReplicaSetCreated(Event):
+    aggregate: ClassVar[str] = "rs"
+    spec: dict[str, Any]
+    replicas: int = 1
+    labels: dict[str, str] = {}
+
+
+class ReplicaSetScaled(Event):
+    aggregate: ClassVar[str] = "rs"
+    replicas: int
+
+
+class ReplicaSetDeleted(Event):
+    aggregate: ClassVar[str] = "rs"
+
+
+# --- volumes and webhooks ------------------------------------------------------------------------
+
+
+class VolumeCreated(Event):
+    aggregate: ClassVar[str] = "volume"
+    size_bytes: int
+    node: str = ""
+    source: str = ""
+
+
+class VolumeReady(Event):
+    aggregate: ClassVar[str] = "volume"
+    format: str = "raw"
+
+
+class VolumeDeleted(Event):
+    aggregate: ClassVar[str] = "volume"
+
+
+class WebhookSubscribed(Event):
+    aggregate: ClassVar[str] = "webhook"
+    url: str
+    types: list[str] = msgspec.field(default_factory=lambda: ["io.virtbus.*"])
+    vm_pattern: str = "*"
+    from_seq: int = 0
+    secret_ref: str = ""
+
+
+class WebhookUnsubscribed(Event):
+    aggregate: ClassVar[str] = "webhook"
+
+
+class WebhookDisabled(Event):
+    aggregate: ClassVar[str] = "webhook"
+    reason: str
+
+
+AnyEvent = (
+    VMCreated | VMSpecChanged | VMDeleteRequested | VMDeleted | VMUndeleted
+    | VMStartRequested | VMStopRequested | VMRestartRequested | VMPauseRequested
+    | VMUnpauseRequested | VMScheduled | VMUnschedulable | VMRunning | VMStopped | VMStartFailed
+    | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
+    | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
+    | MigrationScheduled | MigrationTargetReady | MigrationStarted | MigrationProgress
+    | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested
+    | SnapshotSucceeded | SnapshotFailed | SnapshotDeleted | RestoreRequested | RestoreSucceeded
+    | RestoreFailed | VolumeAttachRequested | VolumeAttached | VolumeDetachRequested
+    | VolumeDetached | CommandRejected | NodeRegistered | NodeCordoned | NodeUncordoned
+    | NodeDrainRequested | NodeLost | ReplicaSetCreated | ReplicaSetScaled | ReplicaSetDeleted
+    | VolumeCreated | VolumeReady | VolumeDeleted | WebhookSubscribed | WebhookUnsubscribed
+    | WebhookDisabled
+)  # fmt: skip
+
+EVENT_CLASSES: Final[tuple[type[Event], ...]] = AnyEvent.__args__  # type: ignore[attr-defined]
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+_PREFIX: Final = {
+    "vm": "vm_", "node": "node_", "rs": "replica_set_", "volume": "volume_", "webhook": "webhook_"
+}
+
+
+def _token(cls: type[Event]) -> str:
+    return _snake(cls.__name__).removeprefix(_PREFIX.get(cls.aggregate, ""))
+
+
+def _ce_type(cls: type[Event]) -> str:
+    if cls.aggregate == "*":
+        return "io.virtbus.command.rejected.v1"
+    return f"io.virtbus.{cls.aggregate}.{_token(cls)}.v1"
+
+
+# Subject token and CloudEvents type of each event class, computed once.
+TOKEN: Final[dict[type[Event], str]] = {c: _token(c) for c in EVENT_CLASSES}
+CE_TYPE: Final[dict[type[Event], str]] = {c: _ce_type(c) for c in EVENT_CLASSES}
+EVENT_BY_NAME: Final[dict[str, type[Event]]] = {c.__name__: c for c in EVENT_CLASSES}

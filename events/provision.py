@@ -1,0 +1,112 @@
+"""Streams, consumers and buckets virtbus needs, created idempotently.
+
+Provisioning never changes an existing config behind an operator's back: a stream that exists with
+different settings is a ConfigConflict naming the setting, not a silent update.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from events.errors import ConfigConflict
+from events.names import (
+    COMMAND_SUBJECTS,
+    COMMANDS_STREAM,
+    EVENT_SUBJECTS,
+    EVENTS_STREAM,
+    HEARTBEAT_BUCKET,
+    WORK_STREAM,
+    WORK_SUBJECTS,
+)
+
+DUPLICATE_WINDOW_S: Final = 600.0
+HEARTBEAT_TTL_S: Final = 15.0
+
+
+def stream_configs() -> list[StreamConfig]:
+    common: dict[str, Any] = {
+        "storage": StorageType.FILE,
+        "discard": DiscardPolicy.OLD,
+        "duplicate_window": DUPLICATE_WINDOW_S,
+        "allow_direct": True,
+        "num_replicas": 1,
+    }
+    return [
+        # The source of truth: kept forever, never deleted from, multi-event appends are atomic.
+        StreamConfig(
+            name=EVENTS_STREAM, subjects=list(EVENT_SUBJECTS), retention=RetentionPolicy.LIMITS,
+            allow_atomic=True, deny_delete=True, deny_purge=True, **common,
+        ),
+        # What users asked, kept for audit; deduplicated by command id (Nats-Msg-Id).
+        StreamConfig(
+            name=COMMANDS_STREAM, subjects=list(COMMAND_SUBJECTS), retention=RetentionPolicy.LIMITS,
+            deny_delete=True, deny_purge=True, **common,
+        ),
+        # Node work: each item is removed once a worker acks it.
+        StreamConfig(
+            name=WORK_STREAM, subjects=list(WORK_SUBJECTS), retention=RetentionPolicy.WORK_QUEUE,
+            **common,
+        ),
+    ]  # fmt: skip
+
+
+# Settings whose difference from an existing stream we refuse to paper over.
+_CHECKED: Final = (
+    "subjects", "retention", "storage", "allow_direct", "allow_atomic", "deny_delete", "deny_purge",
+    "duplicate_window",
+)  # fmt: skip
+
+
+def _differences(have: StreamConfig, want: StreamConfig) -> list[str]:
+    out = []
+    for field in _CHECKED:
+        a, b = getattr(have, field), getattr(want, field)
+        if field == "subjects":
+            a, b = sorted(a or []), sorted(b or [])
+        elif field == "duplicate_window":
+            a, b = round(a or 0), round(b or 0)
+        else:
+            a, b = a or False, b or False
+        if a != b:
+            out.append(f"{field}: existing {a!r}, virtbus needs {b!r}")
+    return out
+
+
+async def provision(js: JetStreamContext) -> list[str]:
+    """Create what is missing; return what was created. Raise ConfigConflict on a mismatch."""
+    created = []
+    for want in stream_configs():
+        assert want.name is not None
+        try:
+            info = await js.stream_info(want.name)
+        except NotFoundError:
+            await js.add_stream(want)
+            created.append(f"stream {want.name}")
+            continue
+        diffs = _differences(info.config, want)
+        if diffs:
+            raise ConfigConflict(
+                f"stream {want.name} exists with a different config ({'; '.join(diffs)}); "
+                "virtbus does not change it: fix or remove the stream"
+            )
+    try:
+        await js.key_value(HEARTBEAT_BUCKET)
+    except BucketNotFoundError:
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=HEARTBEAT_BUCKET, history=1, ttl=HEARTBEAT_TTL_S,
+                storage=StorageType.MEMORY,
+            )
+        )  # fmt: skip
+        created.append(f"kv {HEARTBEAT_BUCKET}")
+    return created

@@ -1,0 +1,88 @@
+"""Shared fixtures: a real nats-server per test session, a store on it, and leak guards.
+
+Every test fails if it leaves asyncio tasks or child processes behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from events.names import Ref
+from events.provision import provision
+from events.server import NatsServer
+from events.store import EventStore
+
+
+def children() -> set[int]:
+    """PIDs whose parent is this process."""
+    me, out = os.getpid(), set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rpartition(")")[2].split()
+            if fields and fields[0] != "Z" and int(fields[1]) == me:
+                out.add(int(entry))
+    return out
+
+
+@pytest.fixture(scope="session")
+async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
+    server = NatsServer(data_dir=tmp_path_factory.mktemp("nats"), port=-1)
+    async with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    conn = await nats.connect(nats_server.url)
+    await provision(conn.jetstream())
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def store(nc: Client) -> EventStore:
+    return EventStore(nc, source="/virtbus/tests")
+
+
+@pytest.fixture
+def vm() -> Ref:
+    return Ref.vm(f"vm-{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture(autouse=True)
+async def no_leaks(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    tasks_before = set(asyncio.all_tasks())
+    procs_before = children()
+    yield
+    for _ in range(50):
+        leaked = {t for t in asyncio.all_tasks() - tasks_before if not t.done()}
+        leaked.discard(asyncio.current_task())  # type: ignore[arg-type]
+        procs = children() - procs_before
+        if not leaked and not procs:
+            return
+        await asyncio.sleep(0.02)
+    for t in leaked:
+        t.cancel()
+    pytest.fail(
+        f"{request.node.name} left running: tasks {[t.get_name() for t in leaked]}, "
+        f"child processes {sorted(procs)}"
+    )
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    d = tmp_path / "data"
+    d.mkdir()
+    yield d
