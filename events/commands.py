@@ -1,4 +1,4 @@
-"""Commands: what a client asks for, imperative, one tagged union any NATS client can publish as JSON.
+"""Commands: what a client asks for, imperative; one tagged union any NATS client can publish.
 
 A command changes nothing by itself: the orchestrator folds the target, validates the command
 against that state and appends either decision events or a `CommandRejected`, both carrying the
@@ -38,7 +38,7 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=T
 # --- VMs -----------------------------------------------------------------------------------------
 
 
-class ApplyVM(Command):
+class ApplyVM(Command, frozen=True):
     """Create or update a VM from a KubeVirt manifest's spec (VirtualMachine or VMI)."""
 
     spec: dict[str, Any]
@@ -47,109 +47,109 @@ class ApplyVM(Command):
     source_kind: str = "VirtualMachine"
 
 
-class StartVM(Command):
+class StartVM(Command, frozen=True):
     pass
 
 
-class StopVM(Command):
+class StopVM(Command, frozen=True):
     grace_period_seconds: GracePeriod | None = None
     force: bool = False
 
 
-class RestartVM(Command):
+class RestartVM(Command, frozen=True):
     pass
 
 
-class PauseVM(Command):
+class PauseVM(Command, frozen=True):
     pass
 
 
-class UnpauseVM(Command):
+class UnpauseVM(Command, frozen=True):
     pass
 
 
-class DeleteVM(Command):
+class DeleteVM(Command, frozen=True):
     pass
 
 
-class UndeleteVM(Command):
+class UndeleteVM(Command, frozen=True):
     pass
 
 
-class MigrateVM(Command):
+class MigrateVM(Command, frozen=True):
     target_node: Name | None = None
     migration: str = ""
 
 
-class CancelMigration(Command):
+class CancelMigration(Command, frozen=True):
     pass
 
 
-class SnapshotVM(Command):
+class SnapshotVM(Command, frozen=True):
     snapshot: Name
 
 
-class RestoreVM(Command):
+class RestoreVM(Command, frozen=True):
     snapshot: Name
     restore: str = ""
 
 
-class DeleteSnapshot(Command):
+class DeleteSnapshot(Command, frozen=True):
     snapshot: Name
 
 
-class AddVolume(Command):
+class AddVolume(Command, frozen=True):
     volume: dict[str, Any]
     disk: dict[str, Any] = {}
 
 
-class RemoveVolume(Command):
+class RemoveVolume(Command, frozen=True):
     volume: Name
 
 
 # --- replica sets --------------------------------------------------------------------------------
 
 
-class ApplyReplicaSet(Command):
+class ApplyReplicaSet(Command, frozen=True):
     aggregate: ClassVar[str] = "rs"
     spec: dict[str, Any]
     labels: dict[str, str] = {}
 
 
-class ScaleReplicaSet(Command):
+class ScaleReplicaSet(Command, frozen=True):
     aggregate: ClassVar[str] = "rs"
     replicas: Replicas
 
 
-class DeleteReplicaSet(Command):
+class DeleteReplicaSet(Command, frozen=True):
     aggregate: ClassVar[str] = "rs"
 
 
 # --- nodes ---------------------------------------------------------------------------------------
 
 
-class DrainNode(Command):
+class DrainNode(Command, frozen=True):
     aggregate: ClassVar[str] = "node"
 
 
-class UncordonNode(Command):
+class UncordonNode(Command, frozen=True):
     aggregate: ClassVar[str] = "node"
 
 
 # --- volumes and webhooks ------------------------------------------------------------------------
 
 
-class CreateVolume(Command):
+class CreateVolume(Command, frozen=True):
     aggregate: ClassVar[str] = "volume"
     size: str
     node: Name | None = None
 
 
-class DeleteVolume(Command):
+class DeleteVolume(Command, frozen=True):
     aggregate: ClassVar[str] = "volume"
 
 
-class AddWebhook(Command):
+class AddWebhook(Command, frozen=True):
     aggregate: ClassVar[str] = "webhook"
     url: str
     types: list[str] = msgspec.field(default_factory=lambda: ["io.virtbus.*"])
@@ -158,7 +158,7 @@ class AddWebhook(Command):
     secret: str = ""
 
 
-class RemoveWebhook(Command):
+class RemoveWebhook(Command, frozen=True):
     aggregate: ClassVar[str] = "webhook"
 
 
@@ -169,4 +169,4 @@ AnyCommand = (
     | UncordonNode | CreateVolume | DeleteVolume | AddWebhook | RemoveWebhook
 )  # fmt: skip
 
-COMMAND_CLASSES: Final[tuple[type[Command], ...]] = AnyCommand.__args__  # type: ignore[attr-defined]
+COMMAND_CLASSES: Final[tuple[type[Command], ...]] = AnyCommand.__args__

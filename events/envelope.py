@@ -8,8 +8,8 @@ event breaks the chain at the next one.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-import uuid
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -23,7 +23,7 @@ from events.names import Ref
 GENESIS: Final = ""
 
 
-class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """CloudEvents attributes, virtbus extensions, and the event as `data`."""
 
     specversion: str = "1.0"
@@ -41,7 +41,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     data: AnyEvent
 
 
-class Recorded(msgspec.Struct, frozen=True):
+class Recorded(msgspec.Struct, frozen=True, gc=False):
     """An envelope as it sits in the stream: its sequence, subject and the hash of its bytes."""
 
     envelope: Envelope
@@ -54,6 +54,7 @@ _encoder: Final = msgspec.json.Encoder()
 ENVELOPE_DECODER: Final = msgspec.json.Decoder(Envelope)
 COMMAND_DECODER: Final = msgspec.json.Decoder(AnyCommand)
 _AT_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`$")
+_MISSING: Final = re.compile(r"missing required field `([^`]*)`")
 
 
 def encode(obj: Any) -> bytes:
@@ -65,7 +66,7 @@ def chain_hash(raw: bytes) -> str:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def seal(
@@ -103,14 +104,19 @@ def decode_envelope(raw: bytes) -> Envelope:
 
 def field_of(err: msgspec.ValidationError) -> str:
     """The field path msgspec names in a validation error (`spec.replicas`), or ''."""
-    m = _AT_PATH.search(str(err))
-    return m.group(1) if m else ""
+    text = str(err)
+    at = _AT_PATH.search(text)
+    path = at.group(1) if at else ""
+    if missing := _MISSING.search(text):
+        return f"{path}.{missing.group(1)}" if path else missing.group(1)
+    return path
 
 
 def decode_command(raw: bytes) -> AnyCommand:
     """Decode a command, turning any decode failure into a ValidationError naming the field."""
     try:
-        return COMMAND_DECODER.decode(raw)
+        command: AnyCommand = COMMAND_DECODER.decode(raw)
+        return command
     except msgspec.ValidationError as err:
         field = field_of(err)
         raise ValidationError(f"invalid command: {err}", field=field) from err

@@ -1,4 +1,4 @@
-"""One error tree for all of virtbus, so workers can map any failure to ack/nak/term by `retryable`."""
+"""One error tree for all of virtbus: workers map any failure to ack, nak or term by `retryable`."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class BusUnavailable(VirtbusError):
 
 
 class ConfigConflict(VirtbusError):
-    """An existing stream, consumer or bucket has a config we would have to change to proceed."""
+    """An existing stream or bucket has a config we would have to change to proceed."""
 
 
 class HypervisorError(VirtbusError):

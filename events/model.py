@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Final
 import msgspec
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=True, gc=False):
     """Base of every event; `kind` on the wire is the class name."""
 
     aggregate: ClassVar[str] = "vm"
@@ -22,7 +22,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=Tru
 # --- VM: definition -------------------------------------------------------------------------------
 
 
-class VMCreated(Event):
+class VMCreated(Event, frozen=True):
     spec: dict[str, Any]
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
@@ -30,7 +30,7 @@ class VMCreated(Event):
     source_kind: str = "VirtualMachine"
 
 
-class VMSpecChanged(Event):
+class VMSpecChanged(Event, frozen=True):
     spec: dict[str, Any]
     changed: list[str] = []
     run_strategy: str | None = None
@@ -38,76 +38,76 @@ class VMSpecChanged(Event):
     restart_required: bool = False
 
 
-class VMDeleteRequested(Event):
+class VMDeleteRequested(Event, frozen=True):
     pass
 
 
-class VMDeleted(Event):
+class VMDeleted(Event, frozen=True):
     disks: list[str] = []
 
 
-class VMUndeleted(Event):
+class VMUndeleted(Event, frozen=True):
     pass
 
 
 # --- VM: lifecycle decisions ---------------------------------------------------------------------
 
 
-class VMStartRequested(Event):
+class VMStartRequested(Event, frozen=True):
     pass
 
 
-class VMStopRequested(Event):
+class VMStopRequested(Event, frozen=True):
     grace_period_seconds: int | None = None
     force: bool = False
 
 
-class VMRestartRequested(Event):
+class VMRestartRequested(Event, frozen=True):
     pass
 
 
-class VMPauseRequested(Event):
+class VMPauseRequested(Event, frozen=True):
     pass
 
 
-class VMUnpauseRequested(Event):
+class VMUnpauseRequested(Event, frozen=True):
     pass
 
 
-class VMScheduled(Event):
+class VMScheduled(Event, frozen=True):
     node: str
     vmi_uid: str
     attempt: int = 0
 
 
-class VMUnschedulable(Event):
+class VMUnschedulable(Event, frozen=True):
     reason: str
 
 
-class VMRunning(Event):
+class VMRunning(Event, frozen=True):
     node: str
 
 
-class VMStopped(Event):
+class VMStopped(Event, frozen=True):
     reason: str = ""
 
 
-class VMStartFailed(Event):
-    """A start that cannot proceed; `status` is KubeVirt's printable status (ErrorPvcNotFound...)."""
+class VMStartFailed(Event, frozen=True):
+    """A start that cannot proceed; `status` is KubeVirt's printable status (ErrorPvcNotFound)."""
 
     reason: str
     status: str = "Unknown"
     node: str = ""
 
 
-class VMFailed(Event):
+class VMFailed(Event, frozen=True):
     """The running instance is gone against the user's wish (crash, node lost, launcher died)."""
 
     reason: str
     node: str = ""
 
 
-class VMBackoff(Event):
+class VMBackoff(Event, frozen=True):
     """Restart delayed after repeated failures: KubeVirt's CrashLoopBackOff."""
 
     delay_seconds: float
@@ -117,74 +117,74 @@ class VMBackoff(Event):
 # --- VM: observations from the node --------------------------------------------------------------
 
 
-class LauncherCreated(Event):
+class LauncherCreated(Event, frozen=True):
     node: str
     pod: str
 
 
-class LauncherFailed(Event):
+class LauncherFailed(Event, frozen=True):
     node: str
     pod: str
     reason: str
     exit_code: int | None = None
 
 
-class LauncherDeleted(Event):
+class LauncherDeleted(Event, frozen=True):
     node: str
     pod: str
 
 
-class DomainDefined(Event):
+class DomainDefined(Event, frozen=True):
     node: str
     domain_uuid: str = ""
 
 
-class DomainStarted(Event):
+class DomainStarted(Event, frozen=True):
     node: str
     reason: str = "booted"
 
 
-class DomainPaused(Event):
+class DomainPaused(Event, frozen=True):
     node: str
     reason: str = "user"
 
 
-class DomainResumed(Event):
+class DomainResumed(Event, frozen=True):
     node: str
     reason: str = "unpaused"
 
 
-class DomainStopped(Event):
-    """The domain is off; `reason` is libvirt's: shutdown, destroyed, crashed, migrated, failed..."""
+class DomainStopped(Event, frozen=True):
+    """The domain is off; `reason` is libvirt's: shutdown, destroyed, crashed, migrated, failed."""
 
     node: str
     reason: str
 
 
-class DomainUndefined(Event):
+class DomainUndefined(Event, frozen=True):
     node: str
 
 
 # --- VM: migration -------------------------------------------------------------------------------
 
 
-class MigrationScheduled(Event):
+class MigrationScheduled(Event, frozen=True):
     migration: str
     source: str
     target: str
     live: bool = True
 
 
-class MigrationTargetReady(Event):
+class MigrationTargetReady(Event, frozen=True):
     migration: str
     target: str
 
 
-class MigrationStarted(Event):
+class MigrationStarted(Event, frozen=True):
     migration: str
 
 
-class MigrationProgress(Event):
+class MigrationProgress(Event, frozen=True):
     migration: str
     percent: float
     data_processed: int = 0
@@ -193,11 +193,11 @@ class MigrationProgress(Event):
     rate_bps: float = 0.0
 
 
-class MigrationCancelRequested(Event):
+class MigrationCancelRequested(Event, frozen=True):
     migration: str
 
 
-class MigrationSucceeded(Event):
+class MigrationSucceeded(Event, frozen=True):
     migration: str
     source: str
     target: str
@@ -206,7 +206,7 @@ class MigrationSucceeded(Event):
     mode: str = "live"
 
 
-class MigrationFailed(Event):
+class MigrationFailed(Event, frozen=True):
     migration: str
     reason: str
     aborted: bool = False
@@ -215,56 +215,56 @@ class MigrationFailed(Event):
 # --- VM: snapshots and volumes -------------------------------------------------------------------
 
 
-class SnapshotRequested(Event):
+class SnapshotRequested(Event, frozen=True):
     snapshot: str
     online: bool = True
 
 
-class SnapshotSucceeded(Event):
+class SnapshotSucceeded(Event, frozen=True):
     snapshot: str
     node: str = ""
 
 
-class SnapshotFailed(Event):
+class SnapshotFailed(Event, frozen=True):
     snapshot: str
     reason: str
 
 
-class SnapshotDeleted(Event):
+class SnapshotDeleted(Event, frozen=True):
     snapshot: str
 
 
-class RestoreRequested(Event):
-    snapshot: str
-    restore: str
-
-
-class RestoreSucceeded(Event):
+class RestoreRequested(Event, frozen=True):
     snapshot: str
     restore: str
 
 
-class RestoreFailed(Event):
+class RestoreSucceeded(Event, frozen=True):
+    snapshot: str
+    restore: str
+
+
+class RestoreFailed(Event, frozen=True):
     snapshot: str
     restore: str
     reason: str
 
 
-class VolumeAttachRequested(Event):
+class VolumeAttachRequested(Event, frozen=True):
     volume: dict[str, Any]
     disk: dict[str, Any]
 
 
-class VolumeAttached(Event):
+class VolumeAttached(Event, frozen=True):
     volume: str
     node: str = ""
 
 
-class VolumeDetachRequested(Event):
+class VolumeDetachRequested(Event, frozen=True):
     volume: str
 
 
-class VolumeDetached(Event):
+class VolumeDetached(Event, frozen=True):
     volume: str
     node: str = ""
 
@@ -272,7 +272,7 @@ class VolumeDetached(Event):
 # --- any aggregate -------------------------------------------------------------------------------
 
 
-class CommandRejected(Event):
+class CommandRejected(Event, frozen=True):
     """A command that was not carried out, with the reason and the offending field."""
 
     aggregate: ClassVar[str] = "*"
@@ -285,7 +285,7 @@ class CommandRejected(Event):
 # --- nodes ---------------------------------------------------------------------------------------
 
 
-class NodeRegistered(Event):
+class NodeRegistered(Event, frozen=True):
     aggregate: ClassVar[str] = "node"
     hypervisor: str
     libvirt_uri: str
@@ -296,20 +296,20 @@ class NodeRegistered(Event):
     pods: str = "process"
 
 
-class NodeCordoned(Event):
+class NodeCordoned(Event, frozen=True):
     aggregate: ClassVar[str] = "node"
     reason: str = ""
 
 
-class NodeUncordoned(Event):
+class NodeUncordoned(Event, frozen=True):
     aggregate: ClassVar[str] = "node"
 
 
-class NodeDrainRequested(Event):
+class NodeDrainRequested(Event, frozen=True):
     aggregate: ClassVar[str] = "node"
 
 
-class NodeLost(Event):
+class NodeLost(Event, frozen=True):
     aggregate: ClassVar[str] = "node"
     last_heartbeat: datetime | None = None
 
@@ -317,42 +317,42 @@ class NodeLost(Event):
 # --- replica sets --------------------------------------------------------------------------------
 
 
-class ReplicaSetCreated(Event):
+class ReplicaSetCreated(Event, frozen=True):
     aggregate: ClassVar[str] = "rs"
     spec: dict[str, Any]
     replicas: int = 1
     labels: dict[str, str] = {}
 
 
-class ReplicaSetScaled(Event):
+class ReplicaSetScaled(Event, frozen=True):
     aggregate: ClassVar[str] = "rs"
     replicas: int
 
 
-class ReplicaSetDeleted(Event):
+class ReplicaSetDeleted(Event, frozen=True):
     aggregate: ClassVar[str] = "rs"
 
 
 # --- volumes and webhooks ------------------------------------------------------------------------
 
 
-class VolumeCreated(Event):
+class VolumeCreated(Event, frozen=True):
     aggregate: ClassVar[str] = "volume"
     size_bytes: int
     node: str = ""
     source: str = ""
 
 
-class VolumeReady(Event):
+class VolumeReady(Event, frozen=True):
     aggregate: ClassVar[str] = "volume"
     format: str = "raw"
 
 
-class VolumeDeleted(Event):
+class VolumeDeleted(Event, frozen=True):
     aggregate: ClassVar[str] = "volume"
 
 
-class WebhookSubscribed(Event):
+class WebhookSubscribed(Event, frozen=True):
     aggregate: ClassVar[str] = "webhook"
     url: str
     types: list[str] = msgspec.field(default_factory=lambda: ["io.virtbus.*"])
@@ -361,11 +361,11 @@ class WebhookSubscribed(Event):
     secret_ref: str = ""
 
 
-class WebhookUnsubscribed(Event):
+class WebhookUnsubscribed(Event, frozen=True):
     aggregate: ClassVar[str] = "webhook"
 
 
-class WebhookDisabled(Event):
+class WebhookDisabled(Event, frozen=True):
     aggregate: ClassVar[str] = "webhook"
     reason: str
 
@@ -386,7 +386,7 @@ AnyEvent = (
     | WebhookDisabled
 )  # fmt: skip
 
-EVENT_CLASSES: Final[tuple[type[Event], ...]] = AnyEvent.__args__  # type: ignore[attr-defined]
+EVENT_CLASSES: Final[tuple[type[Event], ...]] = AnyEvent.__args__
 
 
 def _snake(name: str) -> str:
@@ -394,7 +394,11 @@ def _snake(name: str) -> str:
 
 
 _PREFIX: Final = {
-    "vm": "vm_", "node": "node_", "rs": "replica_set_", "volume": "volume_", "webhook": "webhook_"
+    "vm": "vm_",
+    "node": "node_",
+    "rs": "replica_set_",
+    "volume": "volume_",
+    "webhook": "webhook_",
 }
 
 

@@ -13,7 +13,8 @@ import msgspec
 
 from events.errors import ValidationError
 
-DNS1123_LABEL: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# `(?!\n)` because `$` also matches before a trailing newline, which must never reach a subject.
+DNS1123_LABEL: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(?!\n)$"
 _LABEL_RE: Final = re.compile(DNS1123_LABEL)
 
 # A DNS-1123 label, checked by msgspec when a command or event is decoded.

@@ -25,7 +25,7 @@ RawHandler = Callable[[bytes, str, int], None]  # (data, subject, stream sequenc
 
 
 async def direct_range(
-    nc: Client, stream: str, *, subject_filter: str, start_seq: int = 1, timeout: float = 10
+    nc: Client, stream: str, *, subject_filter: str, start_seq: int = 1, wait_s: float = 10
 ) -> list[tuple[bytes, str, int]]:
     """Every message on `subject_filter` from `start_seq`, via batched direct gets (no consumer)."""
     out: list[tuple[bytes, str, int]] = []
@@ -49,7 +49,7 @@ async def direct_range(
             req = {"seq": seq, "next_by_subj": subject_filter, "batch": BATCH}
             await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(req).encode(), reply=inbox)
             try:
-                pending = await asyncio.wait_for(done, timeout)
+                pending = await asyncio.wait_for(done, wait_s)
             except TimeoutError as err:
                 raise BusUnavailable(f"direct get on {stream} timed out") from err
             if pending == 0 or not out:
@@ -59,7 +59,9 @@ async def direct_range(
         await sub.unsubscribe()
 
 
-async def direct_last(nc: Client, stream: str, subject_filter: str) -> tuple[bytes, str, int] | None:
+async def direct_last(
+    nc: Client, stream: str, subject_filter: str
+) -> tuple[bytes, str, int] | None:
     """The newest message on `subject_filter` (wildcards allowed), or None."""
     req = json.dumps({"last_by_subj": subject_filter}).encode()
     try:

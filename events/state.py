@@ -7,7 +7,7 @@ printableStatus, `phase` the VMI's phase ("" while there is no VMI).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Final
 
@@ -32,7 +32,7 @@ DELETED = "Deleted"  # virtbus only: the history outlives the object
 _STOP_PHASE: Final = {"shutdown": SUCCEEDED, "destroyed": SUCCEEDED, "saved": SUCCEEDED}
 
 
-class Migration(msgspec.Struct, frozen=True):
+class Migration(msgspec.Struct, frozen=True, gc=False):
     """The current or last migration attempt; every attempt stays in the log."""
 
     id: str
@@ -44,7 +44,7 @@ class Migration(msgspec.Struct, frozen=True):
     reason: str = ""
 
 
-class VMState(msgspec.Struct, frozen=True, kw_only=True):
+class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     namespace: str = ""
     name: str = ""
     version: int = 0
@@ -76,132 +76,293 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True):
         return self.phase in (PENDING, SCHEDULING, SCHEDULED, RUNNING)
 
 
+def _migrating(s: VMState) -> bool:
+    return s.migration is not None and s.migration.phase not in (SUCCEEDED, FAILED)
+
+
 def _running_status(s: VMState) -> str:
-    if s.paused:
-        return PAUSED
-    migrating = s.migration is not None and s.migration.phase not in (SUCCEEDED, FAILED)
-    return MIGRATING if migrating else RUNNING
+    # KubeVirt's precedence: Migrating over Paused over Running.
+    if _migrating(s):
+        return MIGRATING
+    return PAUSED if s.paused else RUNNING
 
 
-def _migration(s: VMState, migration_id: str, **changes: Any) -> VMState:
+def _migration(s: VMState, migration_id: str, **changes: Any) -> Migration | None:
     if s.migration is None or s.migration.id != migration_id:
-        return s
-    return replace(s, migration=replace(s.migration, **changes))
+        return s.migration
+    return replace(s.migration, **changes)
 
 
-def apply(s: VMState, env: Envelope) -> VMState:  # noqa: PLR0915 - one arm per event kind
+def apply(s: VMState, env: Envelope) -> VMState:
     """Return the state after `env`; unknown or irrelevant events leave it as it was."""
-    e = env.data
     s = replace(s, version=env.version, updated=env.time)
-    match e:
-        case m.VMCreated():
-            _, ns, name = env.subject.split("/")
-            return replace(
-                s, namespace=ns, name=name, exists=True, deleted=False,
-                spec=e.spec, labels=e.labels, run_strategy=e.run_strategy, created=env.time,
-                status=STOPPED, phase="", node="", reason="",
-            )  # fmt: skip
-        case m.VMSpecChanged():
-            return replace(
-                s, spec=e.spec, run_strategy=e.run_strategy or s.run_strategy,
-                labels=s.labels if e.labels is None else e.labels,
-                restart_required=s.restart_required or (e.restart_required and s.running),
-            )  # fmt: skip
-        case m.VMDeleteRequested():
-            return replace(s, status=TERMINATING)
-        case m.VMDeleted():
-            return replace(
-                s, exists=False, deleted=True, status=DELETED, phase="", node="", ready=False
-            )
-        case m.VMUndeleted():
-            return replace(s, exists=True, deleted=False, status=STOPPED)
-        case m.VMStartRequested():
-            return replace(
-                s, status=STARTING, phase=PENDING, reason="", restart_required=False, paused=False
-            )
-        case m.VMStopRequested() | m.VMRestartRequested():
-            return replace(s, status=STOPPING) if s.running else s
-        case m.VMScheduled():
-            return replace(s, node=e.node, vmi_uid=e.vmi_uid, phase=SCHEDULING, status=STARTING)
-        case m.VMUnschedulable():
-            return replace(s, status=UNSCHEDULABLE, phase=SCHEDULING, reason=e.reason)
-        case m.LauncherCreated():
-            return replace(s, phase=SCHEDULED) if s.phase in (PENDING, SCHEDULING) else s
-        case m.LauncherFailed():
-            if s.migration and e.node == s.migration.target and e.node != s.node:
-                return s  # a failed migration target does not touch the running source
-            return replace(s, phase=FAILED, ready=False, reason=e.reason)
-        case m.DomainStarted():
-            if s.node and e.node != s.node:
-                return s  # the target of a migration reports its own start
-            return replace(s, phase=RUNNING, node=e.node, status=_running_status(s))
-        case m.VMRunning():
-            return replace(
-                s, phase=RUNNING, node=e.node, ready=not s.paused, failures=0,
-                status=_running_status(s), reason="",
-            )  # fmt: skip
-        case m.DomainPaused():
-            return replace(s, paused=True, ready=False, status=PAUSED, reason=e.reason)
-        case m.DomainResumed():
-            s = replace(s, paused=False, ready=s.phase == RUNNING)
-            return replace(s, status=_running_status(s))
-        case m.DomainStopped():
-            if e.reason == "migrated" or (s.node and e.node != s.node):
-                return s
-            status = STOPPING if s.status in (RUNNING, PAUSED, MIGRATING) else s.status
-            return replace(
-                s, phase=_STOP_PHASE.get(e.reason, FAILED), ready=False, paused=False,
-                status=status, reason=e.reason,
-            )  # fmt: skip
-        case m.VMStopped():
-            return replace(
-                s, phase="", node="", vmi_uid="", ready=False, paused=False, status=STOPPED,
-                reason=e.reason or s.reason,
-            )  # fmt: skip
-        case m.VMStartFailed():
-            return replace(s, status=e.status, phase=FAILED, ready=False, reason=e.reason)
-        case m.VMFailed():
-            return replace(
-                s, phase=FAILED, ready=False, paused=False, failures=s.failures + 1,
-                status=STOPPED, reason=e.reason,
-            )  # fmt: skip
-        case m.VMBackoff():
-            return replace(s, status=CRASH_LOOP, failures=e.failures)
-        case m.MigrationScheduled():
-            mig = Migration(e.migration, e.source, e.target, live=e.live)
-            return replace(s, migration=mig, migrations=s.migrations + 1, status=MIGRATING)
-        case m.MigrationTargetReady():
-            return _migration(s, e.migration, phase="TargetReady")
-        case m.MigrationStarted():
-            return _migration(s, e.migration, phase=RUNNING)
-        case m.MigrationProgress():
-            return _migration(s, e.migration, percent=e.percent)
-        case m.MigrationSucceeded():
-            s = _migration(s, e.migration, phase=SUCCEEDED, percent=100.0)
-            return replace(s, node=e.target, status=PAUSED if s.paused else RUNNING)
-        case m.MigrationFailed():
-            s = _migration(s, e.migration, phase=FAILED, reason=e.reason)
-            return replace(s, status=_running_status(s)) if s.status == MIGRATING else s
-        case m.SnapshotRequested():
-            return replace(s, snapshots={**s.snapshots, e.snapshot: "InProgress"})
-        case m.SnapshotSucceeded():
-            return replace(s, snapshots={**s.snapshots, e.snapshot: SUCCEEDED})
-        case m.SnapshotFailed():
-            return replace(s, snapshots={**s.snapshots, e.snapshot: FAILED})
-        case m.SnapshotDeleted():
-            return replace(s, snapshots={k: v for k, v in s.snapshots.items() if k != e.snapshot})
-        case m.VolumeAttachRequested():
-            name = str(e.volume.get("name", ""))
-            return replace(s, volumes={**s.volumes, name: "Pending"})
-        case m.VolumeAttached():
-            return replace(s, volumes={**s.volumes, e.volume: "Ready"})
-        case m.VolumeDetachRequested():
-            return replace(s, volumes={**s.volumes, e.volume: "Detaching"})
-        case m.VolumeDetached():
-            return replace(s, volumes={k: v for k, v in s.volumes.items() if k != e.volume})
-        case m.CommandRejected():
-            return replace(s, last_rejection=e.reason)
-    return s
+    handler = _HANDLERS.get(type(env.data))
+    return s if handler is None else handler(s, env.data, env)
+
+
+_Handler = Callable[[VMState, Any, Envelope], VMState]
+_HANDLERS: dict[type[m.Event], _Handler] = {}
+
+
+def _on(*kinds: type[m.Event]) -> Callable[[_Handler], _Handler]:
+    def register(fn: _Handler) -> _Handler:
+        for kind in kinds:
+            _HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+@_on(m.VMScheduled)
+def _vm_scheduled(s: VMState, e: m.VMScheduled, env: Envelope) -> VMState:
+    return replace(s, node=e.node, vmi_uid=e.vmi_uid, phase=SCHEDULING, status=STARTING)
+
+
+@_on(m.MigrationProgress)
+def _migration_progress(s: VMState, e: m.MigrationProgress, env: Envelope) -> VMState:
+    return replace(s, migration=_migration(s, e.migration, percent=e.percent))
+
+
+@_on(m.VMCreated)
+def _vm_created(s: VMState, e: m.VMCreated, env: Envelope) -> VMState:
+    _, ns, name = env.subject.split("/")
+    return replace(
+        s,
+        namespace=ns,
+        name=name,
+        exists=True,
+        deleted=False,
+        spec=e.spec,
+        labels=e.labels,
+        run_strategy=e.run_strategy,
+        created=env.time,
+        status=STOPPED,
+        phase="",
+        node="",
+        reason="",
+    )
+
+
+@_on(m.VMSpecChanged)
+def _vm_spec_changed(s: VMState, e: m.VMSpecChanged, env: Envelope) -> VMState:
+    return replace(
+        s,
+        spec=e.spec,
+        run_strategy=e.run_strategy or s.run_strategy,
+        labels=s.labels if e.labels is None else e.labels,
+        restart_required=s.restart_required or (e.restart_required and s.running),
+    )
+
+
+@_on(m.VMDeleteRequested)
+def _vm_delete_requested(s: VMState, e: m.VMDeleteRequested, env: Envelope) -> VMState:
+    return replace(s, status=TERMINATING)
+
+
+@_on(m.VMDeleted)
+def _vm_deleted(s: VMState, e: m.VMDeleted, env: Envelope) -> VMState:
+    return replace(s, exists=False, deleted=True, status=DELETED, phase="", node="", ready=False)
+
+
+@_on(m.VMUndeleted)
+def _vm_undeleted(s: VMState, e: m.VMUndeleted, env: Envelope) -> VMState:
+    return replace(s, exists=True, deleted=False, status=STOPPED)
+
+
+@_on(m.VMStartRequested)
+def _vm_start_requested(s: VMState, e: m.VMStartRequested, env: Envelope) -> VMState:
+    return replace(
+        s, status=STARTING, phase=PENDING, reason="", restart_required=False, paused=False
+    )
+
+
+@_on(m.VMStopRequested, m.VMRestartRequested)
+def _vm_stop_requested(
+    s: VMState, e: m.VMStopRequested | m.VMRestartRequested, env: Envelope
+) -> VMState:
+    return replace(s, status=STOPPING) if s.running else s
+
+
+@_on(m.VMUnschedulable)
+def _vm_unschedulable(s: VMState, e: m.VMUnschedulable, env: Envelope) -> VMState:
+    return replace(s, status=UNSCHEDULABLE, phase=SCHEDULING, reason=e.reason)
+
+
+@_on(m.LauncherCreated)
+def _launcher_created(s: VMState, e: m.LauncherCreated, env: Envelope) -> VMState:
+    return replace(s, phase=SCHEDULED) if s.phase in (PENDING, SCHEDULING) else s
+
+
+@_on(m.LauncherFailed)
+def _launcher_failed(s: VMState, e: m.LauncherFailed, env: Envelope) -> VMState:
+    if s.migration and e.node == s.migration.target and e.node != s.node:
+        return s  # a failed migration target does not touch the running source
+    return replace(s, phase=FAILED, ready=False, reason=e.reason)
+
+
+@_on(m.DomainStarted)
+def _domain_started(s: VMState, e: m.DomainStarted, env: Envelope) -> VMState:
+    if s.node and e.node != s.node:
+        return s  # the target of a migration reports its own start
+    return replace(s, phase=RUNNING, node=e.node, status=_running_status(s))
+
+
+@_on(m.VMRunning)
+def _vm_running(s: VMState, e: m.VMRunning, env: Envelope) -> VMState:
+    return replace(
+        s,
+        phase=RUNNING,
+        node=e.node,
+        ready=not s.paused,
+        failures=0,
+        status=_running_status(s),
+        reason="",
+    )
+
+
+@_on(m.DomainPaused)
+def _domain_paused(s: VMState, e: m.DomainPaused, env: Envelope) -> VMState:
+    status = MIGRATING if _migrating(s) else PAUSED
+    return replace(s, paused=True, ready=False, status=status, reason=e.reason)
+
+
+@_on(m.DomainResumed)
+def _domain_resumed(s: VMState, e: m.DomainResumed, env: Envelope) -> VMState:
+    return replace(
+        s,
+        paused=False,
+        ready=s.phase == RUNNING,
+        status=_running_status(replace(s, paused=False)),
+    )
+
+
+@_on(m.DomainStopped)
+def _domain_stopped(s: VMState, e: m.DomainStopped, env: Envelope) -> VMState:
+    if e.reason == "migrated" or (s.node and e.node != s.node):
+        return s
+    # Stopping only while a stop is under way; a VMI that ended by itself shows Stopped.
+    status = s.status if s.status in (STOPPING, TERMINATING) else STOPPED
+    return replace(
+        s,
+        phase=_STOP_PHASE.get(e.reason, FAILED),
+        ready=False,
+        paused=False,
+        status=status,
+        reason=e.reason,
+    )
+
+
+@_on(m.VMStopped)
+def _vm_stopped(s: VMState, e: m.VMStopped, env: Envelope) -> VMState:
+    return replace(
+        s,
+        phase="",
+        node="",
+        vmi_uid="",
+        ready=False,
+        paused=False,
+        status=STOPPED,
+        reason=e.reason or s.reason,
+    )
+
+
+@_on(m.VMStartFailed)
+def _vm_start_failed(s: VMState, e: m.VMStartFailed, env: Envelope) -> VMState:
+    return replace(s, status=e.status, phase=FAILED, ready=False, reason=e.reason)
+
+
+@_on(m.VMFailed)
+def _vm_failed(s: VMState, e: m.VMFailed, env: Envelope) -> VMState:
+    return replace(
+        s,
+        phase=FAILED,
+        ready=False,
+        paused=False,
+        failures=s.failures + 1,
+        status=STOPPED,
+        reason=e.reason,
+    )
+
+
+@_on(m.VMBackoff)
+def _vm_backoff(s: VMState, e: m.VMBackoff, env: Envelope) -> VMState:
+    return replace(s, status=CRASH_LOOP, failures=e.failures)
+
+
+@_on(m.MigrationScheduled)
+def _migration_scheduled(s: VMState, e: m.MigrationScheduled, env: Envelope) -> VMState:
+    mig = Migration(e.migration, e.source, e.target, live=e.live)
+    return replace(s, migration=mig, migrations=s.migrations + 1, status=MIGRATING)
+
+
+@_on(m.MigrationTargetReady)
+def _migration_target_ready(s: VMState, e: m.MigrationTargetReady, env: Envelope) -> VMState:
+    return replace(s, migration=_migration(s, e.migration, phase="TargetReady"))
+
+
+@_on(m.MigrationStarted)
+def _migration_started(s: VMState, e: m.MigrationStarted, env: Envelope) -> VMState:
+    return replace(s, migration=_migration(s, e.migration, phase=RUNNING))
+
+
+@_on(m.MigrationSucceeded)
+def _migration_succeeded(s: VMState, e: m.MigrationSucceeded, env: Envelope) -> VMState:
+    if s.migration is None or s.migration.id != e.migration:
+        return s
+    mig = _migration(s, e.migration, phase=SUCCEEDED, percent=100.0)
+    return replace(s, migration=mig, node=e.target, status=PAUSED if s.paused else RUNNING)
+
+
+@_on(m.MigrationFailed)
+def _migration_failed(s: VMState, e: m.MigrationFailed, env: Envelope) -> VMState:
+    after = replace(s, migration=_migration(s, e.migration, phase=FAILED, reason=e.reason))
+    status = _running_status(after) if s.status == MIGRATING else s.status
+    return replace(s, migration=after.migration, status=status)
+
+
+@_on(m.SnapshotRequested)
+def _snapshot_requested(s: VMState, e: m.SnapshotRequested, env: Envelope) -> VMState:
+    return replace(s, snapshots={**s.snapshots, e.snapshot: "InProgress"})
+
+
+@_on(m.SnapshotSucceeded)
+def _snapshot_succeeded(s: VMState, e: m.SnapshotSucceeded, env: Envelope) -> VMState:
+    return replace(s, snapshots={**s.snapshots, e.snapshot: SUCCEEDED})
+
+
+@_on(m.SnapshotFailed)
+def _snapshot_failed(s: VMState, e: m.SnapshotFailed, env: Envelope) -> VMState:
+    return replace(s, snapshots={**s.snapshots, e.snapshot: FAILED})
+
+
+@_on(m.SnapshotDeleted)
+def _snapshot_deleted(s: VMState, e: m.SnapshotDeleted, env: Envelope) -> VMState:
+    return replace(s, snapshots={k: v for k, v in s.snapshots.items() if k != e.snapshot})
+
+
+@_on(m.VolumeAttachRequested)
+def _volume_attach_requested(s: VMState, e: m.VolumeAttachRequested, env: Envelope) -> VMState:
+    return replace(s, volumes={**s.volumes, str(e.volume.get("name", "")): "Pending"})
+
+
+@_on(m.VolumeAttached)
+def _volume_attached(s: VMState, e: m.VolumeAttached, env: Envelope) -> VMState:
+    return replace(s, volumes={**s.volumes, e.volume: "Ready"})
+
+
+@_on(m.VolumeDetachRequested)
+def _volume_detach_requested(s: VMState, e: m.VolumeDetachRequested, env: Envelope) -> VMState:
+    return replace(s, volumes={**s.volumes, e.volume: "Detaching"})
+
+
+@_on(m.VolumeDetached)
+def _volume_detached(s: VMState, e: m.VolumeDetached, env: Envelope) -> VMState:
+    return replace(s, volumes={k: v for k, v in s.volumes.items() if k != e.volume})
+
+
+@_on(m.CommandRejected)
+def _command_rejected(s: VMState, e: m.CommandRejected, env: Envelope) -> VMState:
+    return replace(s, last_rejection=e.reason)
 
 
 def fold(envelopes: Iterable[Envelope], state: VMState | None = None) -> VMState:
@@ -224,12 +385,19 @@ def conditions(s: VMState) -> list[dict[str, str]]:
         out.append({"type": "Paused", "status": "True", "reason": "PausedByUser"})
     if s.status == UNSCHEDULABLE:
         out.append(
-            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-             "message": s.reason}
-        )  # fmt: skip
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": s.reason,
+            }
+        )
     if s.restart_required:
         out.append(
-            {"type": "RestartRequired", "status": "True",
-             "message": "a non-live-updatable field was changed in the template spec"}
-        )  # fmt: skip
+            {
+                "type": "RestartRequired",
+                "status": "True",
+                "message": "a non-live-updatable field was changed in the template spec",
+            }
+        )
     return out

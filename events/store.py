@@ -16,13 +16,13 @@ from typing import Final
 
 import msgspec
 from nats.aio.client import Client
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from events.envelope import Recorded, chain_hash, decode_envelope, seal
 from events.errors import BusUnavailable, ConcurrencyConflict, TamperDetected, ValidationError
 from events.errors import VirtbusError as _VirtbusError
 from events.model import TOKEN, Event
-from events.names import EVENT_SUBJECTS, EVENTS_STREAM, Ref, ref_from_subject
+from events.names import EVENTS_STREAM, Ref, ref_from_subject
 from events.reader import direct_last, direct_range, pull_all
 from events.state import VMState, fold
 
@@ -237,8 +237,8 @@ class EventStore:
     async def _send_batch(self, msgs: list[tuple[str, bytes, dict[str, str]]]) -> _PubAck:
         batch_id = uuid.uuid4().hex
         last = len(msgs)
-        for n, (subject, raw, hdrs) in enumerate(msgs, 1):
-            hdrs = {**hdrs, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)}
+        for n, (subject, raw, own) in enumerate(msgs, 1):
+            hdrs = {**own, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)}
             if n == last:
                 hdrs["Nats-Batch-Commit"] = "1"
                 return await self._send_one(subject, raw, hdrs)
@@ -306,7 +306,7 @@ class EventStore:
                 handler(rec)
 
         return await pull_all(
-            self.nc, self.stream, on_raw, filter_subjects=subjects or list(EVENT_SUBJECTS),
+            self.nc, self.stream, on_raw, filter_subjects=subjects,
             start_seq=from_seq, start_time=from_time,
         )  # fmt: skip
 
@@ -324,11 +324,11 @@ class EventStore:
     async def follow(self, *, from_seq: int | None = None) -> AsyncIterator[Recorded]:
         """Live tail of the log from `from_seq` (default: only new events)."""
         js = self.nc.jetstream()
-        policy = DeliverPolicy.BY_START_SEQUENCE if from_seq else DeliverPolicy.NEW
-        sub = await js.subscribe(
-            "virt.>", ordered_consumer=True, deliver_policy=policy, opt_start_seq=from_seq,
-            stream=self.stream,
-        )  # fmt: skip
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if from_seq else DeliverPolicy.NEW,
+            opt_start_seq=from_seq,
+        )
+        sub = await js.subscribe(">", ordered_consumer=True, config=config, stream=self.stream)
         try:
             async for msg in sub.messages:
                 rec = self.decode(msg.data, msg.subject, msg.metadata.sequence.stream)

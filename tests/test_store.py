@@ -30,7 +30,9 @@ async def test_append_then_load_round_trip(store: EventStore, vm: Ref) -> None:
     )  # fmt: skip
     history = await store.read(vm)
     assert [r.envelope.data for r in history] == [
-        CREATED, m.VMStartRequested(), m.VMScheduled(node="node-a", vmi_uid="u1")
+        CREATED,
+        m.VMStartRequested(),
+        m.VMScheduled(node="node-a", vmi_uid="u1"),
     ]
     first = history[0].envelope
     assert (first.type, first.actor, first.correlationid, first.subject) == (
@@ -72,7 +74,10 @@ async def test_atomic_batch_with_a_conflicting_second_part_stores_nothing(
     before = (await store.nc.jetstream().stream_info(EVENTS_STREAM)).state.last_seq
     with pytest.raises(ConcurrencyConflict) as exc:
         await store.append_many(
-            [Append(vm, [CREATED, m.VMStartRequested()], 0), Append(other, [m.VMStartRequested()], 0)]
+            [
+                Append(vm, [CREATED, m.VMStartRequested()], 0),
+                Append(other, [m.VMStartRequested()], 0),
+            ]
         )
     assert exc.value.actual_version == 1
     assert await store.read(vm) == []
@@ -132,7 +137,9 @@ async def test_replay_from_the_start_checks_every_chain(store: EventStore, vm: R
     assert states[vm].version == 2
 
 
-async def test_malformed_message_is_counted_and_skipped(store: EventStore, nc: Client, vm: Ref) -> None:
+async def test_malformed_message_is_counted_and_skipped(
+    store: EventStore, nc: Client, vm: Ref
+) -> None:
     js = nc.jetstream()
     await store.append(vm, [CREATED], expected_version=0)
     start = (await js.stream_info(EVENTS_STREAM)).state.last_seq
@@ -169,3 +176,22 @@ async def test_empty_and_oversized_appends_are_refused(store: EventStore, vm: Re
     with pytest.raises(ValidationError, match="batch limit"):
         await store.append(vm, [m.VMStartRequested()] * 1001, expected_version=0)
     assert await store.read(vm) == []
+
+
+async def test_follow_tails_new_events_live(store: EventStore, vm: Ref) -> None:
+    await store.append(vm, [CREATED], expected_version=0)
+    seen: list[Recorded] = []
+
+    async def tail() -> None:
+        async for rec in store.follow():
+            if rec.subject.startswith(vm.prefix):
+                seen.append(rec)
+                if len(seen) == 2:
+                    return
+
+    follower = asyncio.create_task(tail(), name="follow")
+    await asyncio.sleep(0.2)  # the follower starts at "new": the created event is history
+    await store.append(vm, [m.VMStartRequested()], expected_version=1)
+    await store.append(vm, [m.VMScheduled(node="n", vmi_uid="u")], expected_version=2)
+    await asyncio.wait_for(follower, 10)
+    assert [r.envelope.version for r in seen] == [2, 3]

@@ -1,0 +1,1 @@
+"""Benchmarks behind `virtbus bench ...`: each measures its raw baseline in the same run."""

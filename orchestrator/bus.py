@@ -1,0 +1,43 @@
+"""How the orchestrator and the CLI reach the bus: the URL rules and an owned-or-borrowed server.
+
+Every command that touches the bus takes `--server`, else `VIRTBUS_NATS_URL`, else the default; the
+embedded stack starts its own nats-server instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+
+from events.errors import BusUnavailable
+from events.server import DEFAULT_URL, NatsServer
+
+
+def server_url(explicit: str | None) -> str:
+    return explicit or os.environ.get("VIRTBUS_NATS_URL") or DEFAULT_URL
+
+
+async def connect(url: str, *, name: str = "virtbus") -> Client:
+    try:
+        return await nats.connect(
+            url, name=name, connect_timeout=2, max_reconnect_attempts=3, allow_reconnect=True
+        )
+    except Exception as err:  # nats-py raises several unrelated types for "no server there"
+        raise BusUnavailable(f"cannot reach NATS at {url}: {err}") from err
+
+
+@contextlib.asynccontextmanager
+async def bus_for_bench(explicit: str | None, *, sync_always: bool = False) -> AsyncIterator[str]:
+    """A given server, or a throw-away embedded one so a benchmark never touches real data."""
+    if explicit:
+        yield explicit
+        return
+    with tempfile.TemporaryDirectory(prefix="virtbus-bench-") as tmp:
+        async with NatsServer(data_dir=Path(tmp), port=-1, sync_always=sync_always) as server:
+            yield server.url

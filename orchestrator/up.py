@@ -1,0 +1,57 @@
+"""`virtbus up`: the embedded stack in the foreground until Ctrl-C.
+
+Staged shutdown: the stop signal sets an event, components drain, then the server stops with a grace
+period; a second Ctrl-C cuts the grace short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+from rich.console import Console
+
+from events.provision import provision
+from events.server import NatsServer, fsync_policy
+from orchestrator.bus import connect
+
+console = Console(stderr=True, highlight=False)
+
+
+async def run_up(
+    *, data_dir: Path, port: int, server: str | None, sync_always: bool, nodes: int, hypervisor: str
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    owned: NatsServer | None = None
+    try:
+        if server:
+            url = server
+            console.print(f"using the NATS server at {url} (not started by virtbus)")
+        else:
+            owned = NatsServer(data_dir=data_dir, port=port, sync_always=sync_always)
+            url = await owned.start()
+            console.print(f"nats-server pid {owned.pid}, data in {owned.data_dir}")
+            console.print(f"durability: {fsync_policy(sync_always)}")
+        nc = await connect(url, name="virtbus-up")
+        try:
+            created = await provision(nc.jetstream())
+        finally:
+            await nc.close()
+        console.print("provisioned: " + (", ".join(created) or "everything already in place"))
+        console.print(
+            f"[yellow]not running yet:[/] the orchestrator and {nodes} {hypervisor} node "
+            "worker(s) (see README, 'What does not work yet')"
+        )
+        print(f"bus: {url}", flush=True)
+        console.print("press Ctrl-C to stop")
+        await stop.wait()
+        console.print("stopping...")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if owned is not None:
+            await owned.stop()

@@ -1,0 +1,170 @@
+"""The embedded bus: durability across a server kill, provisioning, `virtbus up` as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.api import StreamConfig
+
+from events import model as m
+from events.errors import BusUnavailable, ConfigConflict
+from events.names import EVENTS_STREAM, Ref
+from events.provision import provision
+from events.server import NatsServer
+from events.store import EventStore
+
+CLI = [sys.executable, "-m", "orchestrator.cli"]
+
+
+async def test_killed_server_keeps_every_acked_event(data_dir: Path) -> None:
+    refs = [Ref.vm(f"d{i}") for i in range(10)]
+    async with NatsServer(data_dir=data_dir, port=-1) as server:
+        nc = await nats.connect(server.url)
+        await provision(nc.jetstream())
+        store = EventStore(nc)
+        for v in range(20):
+            for ref in refs:
+                ev = m.VMCreated(spec={}) if v == 0 else m.VMFailed(reason=f"{ref.name}-{v}")
+                await store.append(ref, [ev], expected_version=v)
+        before = {ref: await store.read(ref) for ref in refs}
+        server.kill()  # SIGKILL: no chance to flush anything that was not already written
+        await nc.close()
+    async with NatsServer(data_dir=data_dir, port=-1) as again:
+        nc = await nats.connect(again.url)
+        try:
+            # The streams survived; only the in-memory heartbeat bucket is made anew.
+            assert await provision(nc.jetstream()) == ["kv virt_heartbeats"]
+            store = EventStore(nc)
+            for ref in refs:
+                assert await store.read(ref) == before[ref]
+        finally:
+            await nc.close()
+
+
+async def test_provisioning_is_idempotent_and_refuses_a_conflicting_stream(data_dir: Path) -> None:
+    async with NatsServer(data_dir=data_dir, port=-1) as server:
+        nc = await nats.connect(server.url)
+        try:
+            js = nc.jetstream()
+            first = await provision(js)
+            assert f"stream {EVENTS_STREAM}" in first
+            assert await provision(js) == []
+            # An operator's stream under our name with other settings is reported, not changed.
+            await js.update_stream(
+                StreamConfig(name=EVENTS_STREAM, subjects=["virt.vm.>"], allow_atomic=True,
+                             allow_direct=True, deny_delete=True, deny_purge=True,
+                             duplicate_window=600)
+            )  # fmt: skip
+            with pytest.raises(ConfigConflict, match=r"VIRT_EVENTS .*subjects: existing"):
+                await provision(js)
+            assert (await js.stream_info(EVENTS_STREAM)).config.subjects == ["virt.vm.>"]
+        finally:
+            await nc.close()
+
+
+async def test_fsync_always_is_a_setting(data_dir: Path) -> None:
+    async with NatsServer(data_dir=data_dir, port=-1, sync_always=True) as server:
+        conf = json.loads((data_dir / "nats-server.conf").read_text())
+        assert conf["jetstream"]["sync_interval"] == "always"
+        assert conf["host"] == "127.0.0.1"
+        nc = await nats.connect(server.url)
+        try:
+            await provision(nc.jetstream())
+            r = await EventStore(nc).append(Ref.vm("a"), [m.VMCreated(spec={})], expected_version=0)
+            assert r.version == 1
+        finally:
+            await nc.close()
+
+
+async def test_a_busy_port_is_a_clear_error(data_dir: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(BusUnavailable, match=f"did not start on 127.0.0.1:{port}"):
+            await NatsServer(data_dir=data_dir, port=port).start()
+
+
+@contextlib.asynccontextmanager
+async def virtbus_up(*args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "up", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.startswith(b"bus: nats://127.0.0.1:"), line
+        yield proc, line.decode().split()[1]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.communicate()
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+                if int(stat[1]) == pid:
+                    out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def _gone(pid: int, within: float = 10) -> bool:
+    for _ in range(int(within / 0.05)):
+        if not _alive(pid):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_virtbus_up_provisions_and_stops_on_ctrl_c(data_dir: Path) -> None:
+    async with virtbus_up("--port", "-1", "--data-dir", str(data_dir)) as (proc, url):
+        nc = await nats.connect(url)
+        names = [s.config.name for s in await nc.jetstream().streams_info()]
+        await nc.close()
+        assert {"VIRT_EVENTS", "VIRT_COMMANDS", "VIRT_WORK"} <= set(names)
+        server_pid = _children_of(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err
+        assert b"durability: fsync every 2 minutes" in err
+        assert server_pid and all([await _gone(p) for p in server_pid])
+
+
+async def test_nats_server_dies_with_a_killed_parent(data_dir: Path) -> None:
+    async with virtbus_up("--port", "-1", "--data-dir", str(data_dir)) as (proc, _):
+        server_pids = _children_of(proc.pid)
+        assert server_pids
+        proc.kill()
+        await proc.wait()
+        # Reparented to init and then SIGTERMed by PR_SET_PDEATHSIG: it must not outlive us.
+        assert all([await _gone(p) for p in server_pids])
+
+
+async def test_virtbus_up_can_use_an_existing_server(nats_server: NatsServer) -> None:
+    async with virtbus_up("--server", nats_server.url) as (proc, url):
+        assert url == nats_server.url
+        assert _children_of(proc.pid) == []  # it started no server of its own
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+        assert proc.returncode == 0
