@@ -162,6 +162,18 @@ class RemoveWebhook(Command, frozen=True):
     aggregate: ClassVar[str] = "webhook"
 
 
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What became of a command: the reply of the API door, and on `virt.outcome.<id>`."""
+
+    command_id: str
+    accepted: bool
+    reason: str = ""
+    field: str = ""
+    version: int = 0
+    events: list[str] = []
+    duplicate: bool = False
+
+
 AnyCommand = (
     ApplyVM | StartVM | StopVM | RestartVM | PauseVM | UnpauseVM | DeleteVM | UndeleteVM
     | MigrateVM | CancelMigration | SnapshotVM | RestoreVM | DeleteSnapshot | AddVolume

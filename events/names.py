@@ -25,8 +25,9 @@ Name = Annotated[str, msgspec.Meta(pattern=DNS1123_LABEL, min_length=1, max_leng
 CLUSTER: Final = "_"
 DEFAULT_NAMESPACE: Final = "default"
 
-AGGREGATES: Final = ("vm", "rs", "node", "volume", "webhook")
-CLUSTER_SCOPED: Final = frozenset({"node", "webhook"})
+# `intake` holds rejections of commands whose target cannot even be named.
+AGGREGATES: Final = ("vm", "rs", "node", "volume", "webhook", "intake")
+CLUSTER_SCOPED: Final = frozenset({"node", "webhook", "intake"})
 
 EVENTS_STREAM: Final = "VIRT_EVENTS"
 COMMANDS_STREAM: Final = "VIRT_COMMANDS"
@@ -109,6 +110,14 @@ def ref_from_subject(subject: str) -> Ref | None:
     if len(parts) != 5 or parts[0] != "virt" or parts[1] not in AGGREGATES:
         return None
     return Ref(parts[1], parts[2], parts[3])
+
+
+API_PREFIX: Final = "virt.api"
+
+
+def outcome_subject(command_id: str) -> str:
+    """Core NATS subject where the orchestrator announces a command's outcome (not persisted)."""
+    return f"virt.outcome.{command_id}"
 
 
 def work_subject(node: str, ref: Ref) -> str:

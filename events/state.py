@@ -69,6 +69,8 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     snapshots: dict[str, str] = {}
     volumes: dict[str, str] = {}
     last_rejection: str = ""
+    restarting: bool = False  # a restart was asked: start again once the instance is down
+    want_paused: bool = False  # what the user asked; `paused` is what the node observed
 
     @property
     def running(self) -> bool:
@@ -171,16 +173,36 @@ def _vm_undeleted(s: VMState, e: m.VMUndeleted, env: Envelope) -> VMState:
 
 @_on(m.VMStartRequested)
 def _vm_start_requested(s: VMState, e: m.VMStartRequested, env: Envelope) -> VMState:
+    # Like `virtctl start`, which sets `running: true`: a Halted VM becomes Always.
+    strategy = "Always" if s.run_strategy == "Halted" else s.run_strategy
     return replace(
-        s, status=STARTING, phase=PENDING, reason="", restart_required=False, paused=False
+        s, status=STARTING, phase=PENDING, reason="", restart_required=False, paused=False,
+        want_paused=False, restarting=False, run_strategy=strategy,
+    )  # fmt: skip
+
+
+@_on(m.VMStopRequested)
+def _vm_stop_requested(s: VMState, e: m.VMStopRequested, env: Envelope) -> VMState:
+    # Like `virtctl stop` (`running: false`): nothing restarts it afterwards.
+    halted = s.run_strategy in ("Always", "RerunOnFailure")
+    return replace(
+        s,
+        status=STOPPING if s.running else s.status,
+        run_strategy="Halted" if halted else s.run_strategy,
+        restarting=False,
     )
 
 
-@_on(m.VMStopRequested, m.VMRestartRequested)
-def _vm_stop_requested(
-    s: VMState, e: m.VMStopRequested | m.VMRestartRequested, env: Envelope
+@_on(m.VMRestartRequested)
+def _vm_restart_requested(s: VMState, e: m.VMRestartRequested, env: Envelope) -> VMState:
+    return replace(s, status=STOPPING, restarting=True) if s.running else s
+
+
+@_on(m.VMPauseRequested, m.VMUnpauseRequested)
+def _vm_pause_requested(
+    s: VMState, e: m.VMPauseRequested | m.VMUnpauseRequested, env: Envelope
 ) -> VMState:
-    return replace(s, status=STOPPING) if s.running else s
+    return replace(s, want_paused=isinstance(e, m.VMPauseRequested))
 
 
 @_on(m.VMUnschedulable)

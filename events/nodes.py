@@ -1,0 +1,66 @@
+"""The node fold: what the log says about a node (capacity, cordon, lost), pure like the VM fold.
+
+Liveness itself is not in the log (heartbeats live in a KV bucket); the log records the decisions
+taken on it: NodeRegistered when a worker (re)joins, NodeLost when its heartbeat lapsed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+from msgspec.structs import replace
+
+from events import model as m
+from events.envelope import Envelope
+
+READY, NOT_READY = "Ready", "NotReady"
+
+
+class NodeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    name: str = ""
+    version: int = 0
+    registered: datetime | None = None
+    hypervisor: str = ""
+    libvirt_uri: str = ""
+    cpus: int = 0
+    memory_bytes: int = 0
+    kvm: bool = False
+    labels: dict[str, str] = {}
+    pods: str = ""
+    status: str = NOT_READY
+    cordoned: bool = False
+    draining: bool = False
+
+    @property
+    def schedulable(self) -> bool:
+        return self.status == READY and not self.cordoned
+
+
+def apply_node(s: NodeState, env: Envelope) -> NodeState:
+    e = env.data
+    s = replace(s, version=env.version)
+    match e:
+        case m.NodeRegistered():
+            return replace(
+                s,
+                name=env.subject.rpartition("/")[2],
+                registered=env.time,
+                hypervisor=e.hypervisor,
+                libvirt_uri=e.libvirt_uri,
+                cpus=e.cpus,
+                memory_bytes=e.memory_bytes,
+                kvm=e.kvm,
+                labels=e.labels,
+                pods=e.pods,
+                status=READY,
+            )
+        case m.NodeLost():
+            return replace(s, status=NOT_READY)
+        case m.NodeCordoned():
+            return replace(s, cordoned=True)
+        case m.NodeUncordoned():
+            return replace(s, cordoned=False, draining=False)
+        case m.NodeDrainRequested():
+            return replace(s, cordoned=True, draining=True)
+    return s

@@ -1,0 +1,57 @@
+"""Node work items: what the controller asks one node's worker to do, on the work-queue stream.
+
+A work item names the VM, the instance (`vmi_uid`) it is about and the VM version the decision was
+taken at, so a worker can drop stale work. Its `Nats-Msg-Id` is derived from those, so a controller
+that decides twice (after a crash, or two orchestrators racing) enqueues it once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from events.names import Ref, work_subject
+
+
+class Work(msgspec.Struct, frozen=True, kw_only=True, tag_field="action", tag=str.lower, gc=False):
+    namespace: str
+    name: str
+    node: str
+    vmi_uid: str
+    version: int
+
+    @property
+    def ref(self) -> Ref:
+        return Ref("vm", self.namespace, self.name)
+
+    @property
+    def subject(self) -> str:
+        return work_subject(self.node, self.ref)
+
+    @property
+    def msg_id(self) -> str:
+        return f"{self.vmi_uid}:{type(self).__name__.lower()}:{self.version}"
+
+
+class Start(Work, frozen=True):
+    """Create the launcher and define and start the domain from `spec` (a VM spec)."""
+
+    spec: dict[str, Any]
+
+
+class Stop(Work, frozen=True):
+    grace_period_seconds: int = 30
+    force: bool = False
+
+
+class Pause(Work, frozen=True):
+    pass
+
+
+class Unpause(Work, frozen=True):
+    pass
+
+
+AnyWork = Start | Stop | Pause | Unpause
+WORK_DECODER: Final = msgspec.json.Decoder(AnyWork)
