@@ -54,7 +54,7 @@ class VMUndeleted(Event, frozen=True):
 
 
 class VMStartRequested(Event, frozen=True):
-    pass
+    restart: bool = False  # the controller restarting per run strategy, not a user's start
 
 
 class VMStopRequested(Event, frozen=True):

@@ -17,6 +17,12 @@ from events.envelope import Envelope
 READY, NOT_READY = "Ready", "NotReady"
 
 
+class Heartbeat(msgspec.Struct, frozen=True):
+    """A node worker's value in the heartbeat bucket, under the node's name."""
+
+    at: float  # unix time of the beat
+
+
 class NodeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     name: str = ""
     version: int = 0

@@ -8,7 +8,7 @@ printableStatus, `phase` the VMI's phase ("" while there is no VMI).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import msgspec
@@ -71,6 +71,9 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     last_rejection: str = ""
     restarting: bool = False  # a restart was asked: start again once the instance is down
     want_paused: bool = False  # what the user asked; `paused` is what the node observed
+    intent_version: int = 0  # version of the latest start/stop/restart/pause/unpause request
+    started: datetime | None = None  # when the current instance's domain started
+    backoff_until: datetime | None = None  # CrashLoopBackOff: no restart before this
 
     @property
     def running(self) -> bool:
@@ -80,6 +83,9 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 def _migrating(s: VMState) -> bool:
     return s.migration is not None and s.migration.phase not in (SUCCEEDED, FAILED)
+
+
+_REVIVE: Final = (m.VMCreated, m.VMUndeleted)
 
 
 def _running_status(s: VMState) -> str:
@@ -99,7 +105,9 @@ def apply(s: VMState, env: Envelope) -> VMState:
     """Return the state after `env`; unknown or irrelevant events leave it as it was."""
     s = replace(s, version=env.version, updated=env.time)
     handler = _HANDLERS.get(type(env.data))
-    return s if handler is None else handler(s, env.data, env)
+    if handler is None or (s.deleted and not isinstance(env.data, _REVIVE)):
+        return s  # a deleted VM's life is over: late observations do not touch it
+    return handler(s, env.data, env)
 
 
 _Handler = Callable[[VMState, Any, Envelope], VMState]
@@ -128,21 +136,11 @@ def _migration_progress(s: VMState, e: m.MigrationProgress, env: Envelope) -> VM
 @_on(m.VMCreated)
 def _vm_created(s: VMState, e: m.VMCreated, env: Envelope) -> VMState:
     _, ns, name = env.subject.split("/")
-    return replace(
-        s,
-        namespace=ns,
-        name=name,
-        exists=True,
-        deleted=False,
-        spec=e.spec,
-        labels=e.labels,
-        run_strategy=e.run_strategy,
-        created=env.time,
-        status=STOPPED,
-        phase="",
-        node="",
-        reason="",
-    )
+    # A new life under an old name starts from nothing; only the version keeps counting.
+    return VMState(
+        namespace=ns, name=name, version=s.version, updated=env.time, exists=True,
+        spec=e.spec, labels=e.labels, run_strategy=e.run_strategy, created=env.time,
+    )  # fmt: skip
 
 
 @_on(m.VMSpecChanged)
@@ -177,7 +175,8 @@ def _vm_start_requested(s: VMState, e: m.VMStartRequested, env: Envelope) -> VMS
     strategy = "Always" if s.run_strategy == "Halted" else s.run_strategy
     return replace(
         s, status=STARTING, phase=PENDING, reason="", restart_required=False, paused=False,
-        want_paused=False, restarting=False, run_strategy=strategy,
+        want_paused=False, restarting=False, run_strategy=strategy, node="", vmi_uid="",
+        ready=False, failures=s.failures if e.restart else 0, intent_version=env.version,
     )  # fmt: skip
 
 
@@ -185,24 +184,29 @@ def _vm_start_requested(s: VMState, e: m.VMStartRequested, env: Envelope) -> VMS
 def _vm_stop_requested(s: VMState, e: m.VMStopRequested, env: Envelope) -> VMState:
     # Like `virtctl stop` (`running: false`): nothing restarts it afterwards.
     halted = s.run_strategy in ("Always", "RerunOnFailure")
+    if not s.running and not halted:
+        return s
     return replace(
         s,
         status=STOPPING if s.running else s.status,
         run_strategy="Halted" if halted else s.run_strategy,
         restarting=False,
+        intent_version=env.version,
     )
 
 
 @_on(m.VMRestartRequested)
 def _vm_restart_requested(s: VMState, e: m.VMRestartRequested, env: Envelope) -> VMState:
-    return replace(s, status=STOPPING, restarting=True) if s.running else s
+    if not s.running:
+        return s
+    return replace(s, status=STOPPING, restarting=True, intent_version=env.version)
 
 
 @_on(m.VMPauseRequested, m.VMUnpauseRequested)
 def _vm_pause_requested(
     s: VMState, e: m.VMPauseRequested | m.VMUnpauseRequested, env: Envelope
 ) -> VMState:
-    return replace(s, want_paused=isinstance(e, m.VMPauseRequested))
+    return replace(s, want_paused=isinstance(e, m.VMPauseRequested), intent_version=env.version)
 
 
 @_on(m.VMUnschedulable)
@@ -226,7 +230,11 @@ def _launcher_failed(s: VMState, e: m.LauncherFailed, env: Envelope) -> VMState:
 def _domain_started(s: VMState, e: m.DomainStarted, env: Envelope) -> VMState:
     if s.node and e.node != s.node:
         return s  # the target of a migration reports its own start
-    return replace(s, phase=RUNNING, node=e.node, status=_running_status(s))
+    # The node's observation is enough: the VMI is Running and ready (virtbus has no guest probes).
+    status = s.status if s.status in (STOPPING, TERMINATING) else _running_status(s)
+    return replace(
+        s, phase=RUNNING, node=e.node, status=status, ready=not s.paused, started=env.time
+    )
 
 
 @_on(m.VMRunning)
@@ -303,12 +311,15 @@ def _vm_failed(s: VMState, e: m.VMFailed, env: Envelope) -> VMState:
         failures=s.failures + 1,
         status=STOPPED,
         reason=e.reason,
+        node="",  # the failed instance is concluded: nothing runs anywhere for it
+        vmi_uid="",
     )
 
 
 @_on(m.VMBackoff)
 def _vm_backoff(s: VMState, e: m.VMBackoff, env: Envelope) -> VMState:
-    return replace(s, status=CRASH_LOOP, failures=e.failures)
+    until = env.time + timedelta(seconds=e.delay_seconds)
+    return replace(s, status=CRASH_LOOP, failures=e.failures, backoff_until=until)
 
 
 @_on(m.MigrationScheduled)

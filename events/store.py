@@ -143,18 +143,22 @@ class EventStore:
 
     async def append(
         self, ref: Ref, events: Sequence[Event], *, expected_version: int, command_id: str = "",
-        actor: str = "", causationid: str = "",
+        actor: str = "", causationid: str = "", correlationid: str | None = None,
     ) -> AppendResult:  # fmt: skip
-        """Append `events` to `ref` atomically if its version is still `expected_version`."""
+        """Append `events` to `ref` atomically if its version is still `expected_version`.
+
+        `command_id` makes the append idempotent and is the events' correlation id, unless
+        `correlationid` says otherwise (a controller reacting on behalf of an earlier command).
+        """
         results = await self.append_many(
             [Append(ref, events, expected_version)], command_id=command_id, actor=actor,
-            causationid=causationid,
+            causationid=causationid, correlationid=correlationid,
         )  # fmt: skip
         return results[0]
 
     async def append_many(
         self, parts: Sequence[Append], *, command_id: str = "", actor: str = "",
-        causationid: str = "",
+        causationid: str = "", correlationid: str | None = None,
     ) -> list[AppendResult]:  # fmt: skip
         """Append to several aggregates in one atomic batch: all stored, or none."""
         total = sum(len(p.events) for p in parts)
@@ -168,7 +172,11 @@ class EventStore:
                 heads = [await self.head(p.ref, fresh=True) for p in parts]
             if all(h.version == p.expected_version for h, p in zip(heads, parts, strict=True)):
                 try:
-                    return await self._publish(parts, heads, command_id, actor, causationid)
+                    return await self._publish(
+                        parts, heads, command_id=command_id, actor=actor,
+                        causationid=causationid,
+                        correlationid=command_id if correlationid is None else correlationid,
+                    )  # fmt: skip
                 except _Rejected as rej:
                     if rej.err.err_code not in (_WRONG_LAST_SEQ, _DUPLICATE_IN_BATCH):
                         raise _VirtbusError(f"append rejected: {rej.err.description}") from None
@@ -189,8 +197,8 @@ class EventStore:
         )
 
     async def _publish(
-        self, parts: Sequence[Append], heads: list[Head], command_id: str, actor: str,
-        causationid: str,
+        self, parts: Sequence[Append], heads: list[Head], *, command_id: str, actor: str,
+        causationid: str, correlationid: str,
     ) -> list[AppendResult]:  # fmt: skip
         msgs: list[tuple[str, bytes, dict[str, str]]] = []
         new_heads: list[Head] = []
@@ -200,7 +208,7 @@ class EventStore:
                 version += 1
                 _, raw = seal(
                     event, ref=part.ref, version=version, prevhash=prev, source=self.source,
-                    actor=actor, correlationid=command_id, causationid=causationid,
+                    actor=actor, correlationid=correlationid, causationid=causationid,
                 )  # fmt: skip
                 prev = chain_hash(raw)
                 hdrs: dict[str, str] = {}
@@ -291,7 +299,7 @@ class EventStore:
         return fold(r.envelope for r in records), records[-1].envelope.version if records else 0
 
     async def replay(
-        self, handler: Callable[[Recorded], None], *, from_seq: int | None = None,
+        self, handler: Callable[[Recorded], object], *, from_seq: int | None = None,
         from_time: datetime | None = None, subjects: list[str] | None = None, verify: bool = True,
     ) -> int:  # fmt: skip
         """Feed every event (from a point, optionally filtered) to `handler` in log order."""

@@ -17,9 +17,11 @@ import msgspec
 import typer
 import uvloop
 
+from events import commands as c
 from events.commands import AnyCommand
 from events.envelope import Envelope
 from events.errors import VirtbusError
+from orchestrator.bus import server_url
 
 T = TypeVar("T")
 
@@ -32,6 +34,8 @@ app = typer.Typer(
 )
 bench = typer.Typer(help="Benchmarks; each measures its raw baseline in the same run.")
 app.add_typer(bench, name="bench")
+admin = typer.Typer(help="Maintenance of the orchestrator's state.")
+app.add_typer(admin, name="admin")
 
 ServerOpt = Annotated[
     str | None,
@@ -97,6 +101,184 @@ def schema(
     chosen = schemas if which == "all" else {which: schemas[which]}
     out = {k: msgspec.json.schema(v) for k, v in chosen.items()}
     sys.stdout.write(json.dumps(out if which == "all" else out[which], indent=2) + "\n")
+
+
+NsOpt = Annotated[str, typer.Option("--namespace", "-n", help="namespace")]
+
+
+def _finish(code: int) -> None:
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def apply(
+    filename: Annotated[
+        str, typer.Option("--filename", "-f", help="manifest file, or - for stdin")
+    ],
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Create or update VMs from KubeVirt manifests (multi-document YAML)."""
+    from orchestrator.verbs import apply_file
+
+    _finish(_run(apply_file(server_url(server), path=filename, namespace=namespace)))
+
+
+def _lifecycle(cmd: AnyCommand, server: str | None) -> None:
+    from orchestrator.verbs import lifecycle
+
+    _finish(_run(lifecycle(server_url(server), cmd)))
+
+
+NameArg = Annotated[str, typer.Argument(help="VM name")]
+
+
+@app.command()
+def start(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
+    """Start a VM."""
+    _lifecycle(c.StartVM(name=name, namespace=namespace, actor=_actor()), server)
+
+
+@app.command()
+def stop(
+    name: NameArg,
+    namespace: NsOpt = "default",
+    grace_period: Annotated[int | None, typer.Option("--grace-period", min=0)] = None,
+    force: Annotated[bool, typer.Option("--force")] = False,
+    server: ServerOpt = None,
+) -> None:
+    """Stop a VM (graceful shutdown, then destroy after the grace period)."""
+    cmd = c.StopVM(name=name, namespace=namespace, grace_period_seconds=grace_period, force=force,
+                   actor=_actor())  # fmt: skip
+    _lifecycle(cmd, server)
+
+
+@app.command()
+def restart(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
+    """Restart a running VM."""
+    _lifecycle(c.RestartVM(name=name, namespace=namespace, actor=_actor()), server)
+
+
+@app.command()
+def pause(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
+    """Pause a running VM."""
+    _lifecycle(c.PauseVM(name=name, namespace=namespace, actor=_actor()), server)
+
+
+@app.command()
+def unpause(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
+    """Unpause a paused VM."""
+    _lifecycle(c.UnpauseVM(name=name, namespace=namespace, actor=_actor()), server)
+
+
+@app.command()
+def delete(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
+    """Delete a VM; its disks are kept (see `undelete`)."""
+    _lifecycle(c.DeleteVM(name=name, namespace=namespace, actor=_actor()), server)
+
+
+@app.command()
+def undelete(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
+    """Bring a deleted VM back, stopped, with its disks."""
+    _lifecycle(c.UndeleteVM(name=name, namespace=namespace, actor=_actor()), server)
+
+
+@app.command()
+def migrate(
+    name: NameArg,
+    namespace: NsOpt = "default",
+    to: Annotated[str | None, typer.Option("--to", help="target node")] = None,
+    server: ServerOpt = None,
+) -> None:
+    """Live-migrate a running VM."""
+    _lifecycle(c.MigrateVM(name=name, namespace=namespace, target_node=to, actor=_actor()), server)
+
+
+@app.command()
+def get(
+    kind: Annotated[str, typer.Argument(help="vms, vmis or nodes")],
+    name: Annotated[str | None, typer.Argument()] = None,
+    namespace: NsOpt = "default",
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+    output: Annotated[str, typer.Option("-o", "--output", help="wide, json or yaml")] = "",
+    watch: Annotated[bool, typer.Option("--watch", "-w")] = False,
+    server: ServerOpt = None,
+) -> None:
+    """List VMs, VMIs or nodes like kubectl."""
+    from orchestrator.verbs import get as get_
+
+    if output not in ("", "wide", "json", "yaml"):
+        typer.echo(f"error: -o {output!r}: use wide, json or yaml", err=True)
+        raise typer.Exit(2)
+    ns = None if all_namespaces else namespace
+    _finish(_run(get_(server_url(server), what=kind, name=name, namespace=ns, output=output,
+                      watch=watch)))  # fmt: skip
+
+
+@app.command()
+def describe(
+    kind: Annotated[str, typer.Argument(help="vm")],
+    name: NameArg,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Show a VM's state, conditions and latest events."""
+    from orchestrator.verbs import describe as describe_
+
+    if kind not in ("vm", "vms", "virtualmachine"):
+        typer.echo(f"error: describe {kind}: only vm is supported", err=True)
+        raise typer.Exit(2)
+    _finish(_run(describe_(server_url(server), name=name, namespace=namespace)))
+
+
+@app.command()
+def wait(
+    kind: Annotated[str, typer.Argument(help="vm")],
+    name: NameArg,
+    for_: Annotated[str, typer.Option("--for", help="status=Running, condition=Ready, delete")],
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds")] = 30.0,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Wait until a VM reaches a status or condition."""
+    from orchestrator.verbs import matcher
+    from orchestrator.verbs import wait as wait_
+
+    if kind not in ("vm", "vms", "virtualmachine"):
+        typer.echo(f"error: wait {kind}: only vm is supported", err=True)
+        raise typer.Exit(2)
+    try:
+        matcher(for_)
+    except VirtbusError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    coro = wait_(server_url(server), name=name, namespace=namespace, condition=for_,
+                 timeout_s=timeout)  # fmt: skip
+    _finish(_run(coro))
+
+
+@admin.command("rebuild-projections")
+def rebuild_projections(
+    data_dir: Annotated[Path, typer.Option(help="the orchestrator's data dir")] = Path(
+        ".virtbus/orchestrator"
+    ),
+    server: ServerOpt = None,
+) -> None:
+    """Rebuild the read model from the start of the log."""
+    from orchestrator.up import rebuild
+
+    count = _run(rebuild(server_url(server), data_dir=data_dir))
+    typer.echo(f"read model rebuilt from {count} events")
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 @bench.command("log")

@@ -14,7 +14,10 @@ from rich.console import Console
 
 from events.provision import provision
 from events.server import NatsServer, fsync_policy
+from events.store import EventStore
+from orchestrator.app import run_orchestrator
 from orchestrator.bus import connect
+from orchestrator.readmodel import ReadModel
 
 console = Console(stderr=True, highlight=False)
 
@@ -39,19 +42,40 @@ async def run_up(
         nc = await connect(url, name="virtbus-up")
         try:
             created = await provision(nc.jetstream())
+            console.print("provisioned: " + (", ".join(created) or "everything already in place"))
+            orchestrator = asyncio.create_task(
+                run_orchestrator(nc, data_dir=data_dir / "orchestrator", stop=stop),
+                name="orchestrator",
+            )
+            console.print("orchestrator: running (virtbus-api on the bus)")
+            if nodes:
+                console.print(
+                    f"[yellow]not running yet:[/] {nodes} {hypervisor} node worker(s) "
+                    "(see README, 'What does not work yet')"
+                )
+            print(f"bus: {url}", flush=True)
+            console.print("press Ctrl-C to stop")
+            await asyncio.wait(
+                [orchestrator, asyncio.create_task(stop.wait(), name="up-stop")],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            console.print("stopping...")
+            stop.set()
+            await orchestrator
         finally:
             await nc.close()
-        console.print("provisioned: " + (", ".join(created) or "everything already in place"))
-        console.print(
-            f"[yellow]not running yet:[/] the orchestrator and {nodes} {hypervisor} node "
-            "worker(s) (see README, 'What does not work yet')"
-        )
-        print(f"bus: {url}", flush=True)
-        console.print("press Ctrl-C to stop")
-        await stop.wait()
-        console.print("stopping...")
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         if owned is not None:
             await owned.stop()
+
+
+async def rebuild(url: str, *, data_dir: Path) -> int:
+    """`virtbus admin rebuild-projections`: the read model anew, from the first event."""
+    nc = await connect(url, name="virtbus-admin")
+    try:
+        async with ReadModel(data_dir / "readmodel.sqlite", EventStore(nc)) as rm:
+            return await rm.rebuild()
+    finally:
+        await nc.close()

@@ -1,0 +1,128 @@
+"""The `virtbus-api` NATS micro service: request/reply doors for clients that want an answer now.
+
+`virt.api.command` forwards a command to the command stream (the same path a fire-and-forget
+publish takes, so both doors are judged by the same code) and replies with its outcome;
+`virt.api.get` answers from the read model. Discoverable through `$SRV.PING|INFO|STATS`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from events import commands as c
+from events.envelope import decode_command, encode
+from events.errors import ValidationError
+from events.names import API_PREFIX, CLUSTER, CLUSTER_SCOPED, outcome_subject
+from events.nodes import NodeState
+from events.state import VMState
+from orchestrator.intake import Intake
+from orchestrator.readmodel import ReadModel
+
+SERVICE = "virtbus-api"
+INVALID_SUBJECT = "virt.cmd.intake._.rejected.invalid"
+_TOKEN = re.compile(r"^[a-z0-9-]{1,63}$")
+_KINDS = {cls.__name__: cls for cls in c.COMMAND_CLASSES}
+OUTCOME_WAIT_S = 15.0
+
+
+class Query(msgspec.Struct, frozen=True, kw_only=True):
+    what: str = "vms"  # vms | nodes
+    namespace: str | None = None
+    name: str | None = None
+    include_deleted: bool = False
+
+
+class Answer(msgspec.Struct, frozen=True, kw_only=True):
+    vms: list[VMState] = []
+    nodes: list[NodeState] = []
+    position: int = 0
+
+
+def command_subject(body: dict[str, Any]) -> str:
+    """Where a command body belongs on the stream; an unaddressable one goes to `intake`."""
+    cls = _KINDS.get(str(body.get("kind")))
+    name, ns = body.get("name"), body.get("namespace", "default")
+    if cls is None or not isinstance(name, str) or not isinstance(ns, str):
+        return INVALID_SUBJECT
+    if cls.aggregate in CLUSTER_SCOPED:
+        ns = CLUSTER
+    if not _TOKEN.match(name) or not (ns == CLUSTER or _TOKEN.match(ns)):
+        return INVALID_SUBJECT
+    return f"virt.cmd.{cls.aggregate}.{ns}.{name}.{cls.__name__}"
+
+
+class Api:
+    def __init__(self, nc: Client, *, intake: Intake, readmodel: ReadModel) -> None:
+        self.nc = nc
+        self.intake = intake
+        self.readmodel = readmodel
+        self.service: Service | None = None
+
+    async def start(self) -> None:
+        self.service = await add_service(
+            self.nc, name=SERVICE, version="0.1.0",
+            description="virtbus command intake and read model", queue_group=SERVICE,
+        )  # fmt: skip
+        group = self.service.add_group(name=API_PREFIX)
+        await group.add_endpoint(name="command", handler=self._command)
+        await group.add_endpoint(name="get", handler=self._get)
+
+    async def stop(self) -> None:
+        if self.service is not None:
+            await self.service.stop()
+
+    async def _command(self, req: Request) -> None:
+        raw, cid, subject = req.data, uuid.uuid4().hex, INVALID_SUBJECT
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            body = None
+        if isinstance(body, dict):
+            cid = str(body.get("id") or cid)
+            body["id"] = cid
+            raw, subject = encode(body), command_subject(body)
+        sub = await self.nc.subscribe(outcome_subject(cid), max_msgs=1)
+        try:
+            ack = await self.nc.jetstream().publish(subject, raw, headers={"Nats-Msg-Id": cid})
+            if ack.duplicate:  # stored before: its outcome is in the log
+                await req.respond(encode(await self._replayed_outcome(raw, cid)))
+                return
+            msg = await sub.next_msg(timeout=OUTCOME_WAIT_S)
+            await req.respond(msg.data)
+        except TimeoutError:
+            await req.respond_error("504", f"no outcome for command {cid} yet; it is queued")
+        finally:
+            await sub.unsubscribe()
+
+    async def _replayed_outcome(self, raw: bytes, cid: str) -> c.Outcome:
+        try:
+            cmd = decode_command(raw)
+        except ValidationError as err:
+            return c.Outcome(command_id=cid, accepted=False, reason=err.message, field=err.field)
+        return await self.intake.judge(cmd)
+
+    async def _get(self, req: Request) -> None:
+        try:
+            q = msgspec.json.decode(req.data or b"{}", type=Query)
+        except (msgspec.DecodeError, msgspec.ValidationError) as err:
+            await req.respond_error("400", f"bad query: {err}")
+            return
+        rm = self.readmodel
+        answer = Answer(position=await rm.position())
+        if q.what == "nodes":
+            answer = Answer(nodes=await rm.nodes(), position=answer.position)
+        elif q.name is not None:
+            vm = await rm.vm(q.namespace or "default", q.name)
+            answer = Answer(vms=[vm] if vm else [], position=answer.position)
+        else:
+            vms = await rm.vms(q.namespace, include_deleted=q.include_deleted)
+            answer = Answer(vms=vms, position=answer.position)
+        await req.respond(encode(answer))

@@ -1,0 +1,53 @@
+"""The orchestrator process: intake, controller, read model and API on one connection.
+
+Staged shutdown: `stop` is set, the API stops taking requests, each loop finishes the item in
+hand and returns, then the connection drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from nats.aio.client import Client
+
+from events.store import EventStore
+from orchestrator.api import Api
+from orchestrator.controller import Controller
+from orchestrator.intake import Intake
+from orchestrator.readmodel import ReadModel
+
+log = logging.getLogger("virtbus.orchestrator")
+
+
+async def run_orchestrator(
+    nc: Client, *, data_dir: Path, stop: asyncio.Event, node_grace_s: float = 10.0
+) -> None:
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    intake = Intake(nc, EventStore(nc, source="/virtbus/orchestrator/intake"))
+    controller = Controller(
+        nc, EventStore(nc, source="/virtbus/orchestrator/controller"), node_grace_s=node_grace_s
+    )
+    read_store = EventStore(nc, source="/virtbus/orchestrator/readmodel")
+    async with ReadModel(data_dir / "readmodel.sqlite", read_store, verify=False) as readmodel:
+        await readmodel.catch_up()
+        api = Api(nc, intake=intake, readmodel=readmodel)
+        tasks = [
+            asyncio.create_task(intake.run(stop), name="orchestrator-intake"),
+            asyncio.create_task(controller.run(stop), name="orchestrator-controller"),
+            asyncio.create_task(readmodel.run(stop), name="orchestrator-readmodel"),
+        ]
+        await api.start()
+        try:
+            done, _ = await asyncio.wait(
+                [*tasks, asyncio.create_task(stop.wait(), name="orchestrator-stop")],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for t in done:
+                if t.get_name() != "orchestrator-stop" and t.exception():
+                    log.error("%s failed: %r", t.get_name(), t.exception())
+        finally:
+            stop.set()
+            await api.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,211 @@
+"""virt-controller: follows the whole log, keeps every VM and node folded in memory, and reacts.
+
+One task applies events in log order and runs the pure `reconcile` on what changed; decisions are
+appended with the VM's version as the expected one, so two controllers never both decide (the
+loser's append conflicts and is dropped: the winner's event arrives and is reconciled anew). Node
+liveness comes from the heartbeat bucket; a node silent for longer than the grace is `NodeLost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.js.errors import KeyNotFoundError
+
+from events import model as m
+from events.envelope import Recorded, encode
+from events.errors import ConcurrencyConflict, VirtbusError
+from events.names import HEARTBEAT_BUCKET, Ref
+from events.nodes import READY, Heartbeat, NodeState, apply_node
+from events.state import RUNNING, SCHEDULED, SCHEDULING, UNSCHEDULABLE, VMState, apply
+from events.store import EventStore
+from orchestrator.manifest import summarize
+from orchestrator.reconcile import Reaction, reconcile
+from orchestrator.scheduler import NodeView, place
+
+log = logging.getLogger("virtbus.controller")
+_HOLDS_CAPACITY = (SCHEDULING, SCHEDULED, RUNNING)
+_FREES_CAPACITY = (m.VMStopped, m.VMFailed, m.VMDeleted, m.VMUnschedulable)
+
+
+class Controller:
+    def __init__(self, nc: Client, store: EventStore, *, node_grace_s: float = 10.0) -> None:
+        self.nc = nc
+        self.store = store
+        self.node_grace_s = node_grace_s
+        self.vms: dict[str, VMState] = {}
+        self.nodes: dict[str, NodeState] = {}
+        self.position = 0
+        self.reactions = 0
+        self._wakes: dict[str, datetime] = {}
+        self._reserved: dict[str, tuple[str, int, int]] = {}  # scheduled, not yet folded back
+        self._needs: dict[tuple[str, int], dict[str, Any]] = {}
+        self._started = time.time()
+
+    # --- folding ---------------------------------------------------------------------------------
+
+    def _fold(self, rec: Recorded) -> tuple[str, str]:
+        kind, _, rest = rec.subject.removeprefix("virt.").partition(".")
+        key = rec.subject.rpartition(".")[0]
+        if kind == "vm":
+            self.vms[key] = apply(self.vms.get(key) or VMState(), rec.envelope)
+            if isinstance(rec.envelope.data, m.VMScheduled | m.VMUnschedulable):
+                self._reserved.pop(key, None)
+        elif kind == "node":
+            name = rest.split(".")[1]
+            self.nodes[name] = apply_node(self.nodes.get(name) or NodeState(), rec.envelope)
+        self.position = rec.seq
+        return kind, key
+
+    # --- placement -------------------------------------------------------------------------------
+
+    def _need(self, s: VMState) -> dict[str, Any]:
+        key = (f"{s.namespace}/{s.name}", s.version)
+        if key not in self._needs:
+            try:
+                self._needs[key] = summarize(s.spec)
+            except VirtbusError:
+                self._needs[key] = {"cpus": 1, "memory_bytes": 0, "node_selector": {}}
+        return self._needs[key]
+
+    def node_views(self) -> list[NodeView]:
+        used: dict[str, list[int]] = {n: [0, 0, 0] for n in self.nodes}
+        for s in self.vms.values():
+            if s.node in used and s.phase in _HOLDS_CAPACITY:
+                need = self._need(s)
+                u = used[s.node]
+                u[0], u[1], u[2] = u[0] + need["cpus"], u[1] + need["memory_bytes"], u[2] + 1
+        for node, cpus, mem in self._reserved.values():
+            if node in used:
+                u = used[node]
+                u[0], u[1], u[2] = u[0] + cpus, u[1] + mem, u[2] + 1
+        return [
+            NodeView(
+                name=n.name, cpus=n.cpus, memory_bytes=n.memory_bytes, labels=n.labels,
+                schedulable=n.schedulable, used_cpus=used[name][0], used_memory=used[name][1],
+                vms=used[name][2],
+            )
+            for name, n in self.nodes.items()
+        ]  # fmt: skip
+
+    # --- reacting --------------------------------------------------------------------------------
+
+    async def react(self, key: str, *, cause: Recorded | None = None) -> Reaction | None:
+        s = self.vms.get(key)
+        if s is None:
+            return None
+        lost = {n for n, st in self.nodes.items() if st.status != READY}
+        reaction = reconcile(
+            s, place=lambda req: place(req, self.node_views()), lost_nodes=lost,
+            now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex,
+        )  # fmt: skip
+        if reaction.wake_at:
+            self._wakes[key] = reaction.wake_at
+        if reaction.events:
+            ref = Ref("vm", s.namespace, s.name)
+            try:
+                await self.store.append(
+                    ref, reaction.events, expected_version=s.version,
+                    causationid=cause.envelope.id if cause else "",
+                    correlationid=cause.envelope.correlationid if cause else "",
+                )  # fmt: skip
+            except ConcurrencyConflict:
+                return None  # another controller decided first; its events will come here
+            for e in reaction.events:
+                if isinstance(e, m.VMScheduled):
+                    need = self._need(s)
+                    self._reserved[key] = (e.node, need["cpus"], need["memory_bytes"])
+        js = self.nc.jetstream()
+        for item in reaction.work:
+            await js.publish(item.subject, encode(item), headers={"Nats-Msg-Id": item.msg_id})
+        self.reactions += 1
+        return reaction
+
+    async def on_record(self, rec: Recorded) -> None:
+        kind, key = self._fold(rec)
+        data = rec.envelope.data
+        if kind == "vm":
+            await self.react(key, cause=rec)
+            if isinstance(data, _FREES_CAPACITY):
+                await self._retry_unschedulable(rec)
+        elif kind == "node":
+            if isinstance(data, m.NodeLost):
+                node = key.rpartition(".")[2]
+                for k, s in list(self.vms.items()):
+                    if s.node == node:
+                        await self.react(k, cause=rec)
+            await self._retry_unschedulable(rec)
+
+    async def _retry_unschedulable(self, cause: Recorded) -> None:
+        for k, s in list(self.vms.items()):
+            if s.status == UNSCHEDULABLE and k != cause.subject.rpartition(".")[0]:
+                await self.react(k, cause=cause)
+
+    # --- loops -----------------------------------------------------------------------------------
+
+    async def catch_up(self) -> None:
+        # No chain check here: a tampered log is for `audit verify` to name; the controller
+        # must keep the cluster running on what the log says.
+        await self.store.replay(self._fold, verify=False)
+        for key in list(self.vms):
+            await self.react(key)
+
+    async def _follow(self) -> None:
+        async for rec in self.store.follow(from_seq=self.position + 1):
+            try:
+                await self.on_record(rec)
+            except VirtbusError as err:  # a bus hiccup must not kill the controller
+                log.warning("reacting to seq %s failed: %s", rec.seq, err)
+
+    async def _timers(self, stop: asyncio.Event) -> None:
+        kv = await self.nc.jetstream().key_value(HEARTBEAT_BUCKET)
+        while not stop.is_set():
+            now = datetime.now(UTC)
+            for key, at in list(self._wakes.items()):
+                if at <= now:
+                    del self._wakes[key]
+                    await self.react(key)
+            await self._check_nodes(kv)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    async def _check_nodes(self, kv: Any) -> None:
+        now = time.time()
+        if now - self._started < self.node_grace_s:
+            return  # heartbeats may not have arrived since we (or the server) started
+        for name, node in list(self.nodes.items()):
+            if node.status != READY:
+                continue
+            try:
+                entry = await kv.get(name)
+                last = msgspec.json.decode(entry.value, type=Heartbeat).at
+            except (KeyNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+                last = 0.0
+            if now - last > self.node_grace_s:
+                since = datetime.fromtimestamp(last, UTC) if last else None
+                with contextlib.suppress(ConcurrencyConflict):
+                    await self.store.append(
+                        Ref.node(name), [m.NodeLost(last_heartbeat=since)],
+                        expected_version=node.version,
+                    )  # fmt: skip
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.catch_up()
+        tasks = [
+            asyncio.create_task(self._follow(), name="controller-follow"),
+            asyncio.create_task(self._timers(stop), name="controller-timers"),
+        ]
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

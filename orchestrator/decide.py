@@ -1,0 +1,149 @@
+"""virt-api's judgement: a command against the folded state becomes decision events or a rejection.
+
+Pure: `decide(state, command)` returns events, or raises `ValidationError` whose message and
+`field` become the `CommandRejected` event. Rejection texts follow KubeVirt's where it has one
+("VM is already running", "VMI is not paused"...), so users find the words they already know.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from events import commands as c
+from events import model as m
+from events.errors import ValidationError
+from events.state import RUNNING, STOPPING, TERMINATING, VMState
+from orchestrator.manifest import API_VERSION, run_strategy_of, to_commands
+
+_AUTOSTART = ("Always", "RerunOnFailure", "Once")
+
+
+def _reject(reason: str, *, field: str = "") -> ValidationError:
+    return ValidationError(reason, field=field)
+
+
+def _not_found(cmd: c.Command) -> ValidationError:
+    return _reject(
+        f'virtualmachine.kubevirt.io "{cmd.name}" not found in namespace "{cmd.namespace}"',
+        field="name",
+    )
+
+
+def validate_apply(cmd: c.ApplyVM) -> list[str]:
+    """Run the manifest checks on the spec (a bare NATS client skipped the CLI's), or raise."""
+    doc = {
+        "apiVersion": API_VERSION,
+        "kind": "VirtualMachine",
+        "metadata": {"name": cmd.name, "namespace": cmd.namespace, "labels": cmd.labels},
+        "spec": cmd.spec,
+    }
+    _, warnings = to_commands(doc)
+    return warnings
+
+
+def decide(s: VMState, cmd: c.Command) -> list[m.Event]:
+    """The events `cmd` stands for, given the VM as the log knows it (`s`)."""
+    match cmd:
+        case c.ApplyVM():
+            return _apply(s, cmd)
+        case c.UndeleteVM():
+            if not s.deleted:
+                raise _reject(f'VM "{cmd.name}" is not deleted', field="name")
+            return [m.VMUndeleted()]
+    if not s.exists:
+        raise _not_found(cmd)
+    match cmd:
+        case c.StartVM():
+            if s.running:
+                raise _reject("VM is already running")
+            if s.status == TERMINATING:
+                raise _reject("VM is being deleted")
+            return [m.VMStartRequested()]
+        case c.StopVM():
+            # A crash-looping or unschedulable Always VM is not running, but stop must halt it.
+            if not s.running and s.run_strategy not in ("Always", "RerunOnFailure"):
+                raise _reject("VM is not running")
+            if s.status == STOPPING and not cmd.force:
+                raise _reject("VM is already stopping; use --force to stop it at once")
+            return [
+                m.VMStopRequested(grace_period_seconds=cmd.grace_period_seconds, force=cmd.force)
+            ]
+        case c.RestartVM():
+            if not s.running:
+                raise _reject("VM is not running")
+            return [m.VMRestartRequested()]
+        case c.PauseVM():
+            if s.phase != RUNNING:
+                raise _reject("VMI is not running")
+            if s.paused or s.want_paused:
+                raise _reject("VMI is already paused")
+            return [m.VMPauseRequested()]
+        case c.UnpauseVM():
+            if not (s.paused or s.want_paused):
+                raise _reject("VMI is not paused")
+            return [m.VMUnpauseRequested()]
+        case c.DeleteVM():
+            if s.status == TERMINATING:
+                raise _reject("VM is already being deleted")
+            disks = kept_disks(s.spec)
+            return [m.VMDeleteRequested()] + ([] if s.running else [m.VMDeleted(disks=disks)])
+        case c.MigrateVM():
+            if s.phase != RUNNING:
+                raise _reject("VMI is not running", field="name")
+            raise _reject("live migration is not available yet in virtbus", field="kind")
+    raise _reject(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
+
+
+def _apply(s: VMState, cmd: c.ApplyVM) -> list[m.Event]:
+    validate_apply(cmd)
+    strategy = run_strategy_of(cmd.spec)
+    if not s.exists:
+        created = m.VMCreated(
+            spec=cmd.spec, labels=cmd.labels, annotations=cmd.annotations, run_strategy=strategy,
+            source_kind=cmd.source_kind,
+        )  # fmt: skip
+        return [created] + ([m.VMStartRequested()] if strategy in _AUTOSTART else [])
+    if s.status == TERMINATING:
+        raise _reject("VM is being deleted", field="metadata.name")
+    if cmd.spec == s.spec and cmd.labels == s.labels:
+        return []  # re-applying what is there changes nothing, like kubectl's "unchanged"
+    changed = _changed_paths(s.spec, cmd.spec)
+    template_changed = any(p.startswith("template") for p in changed)
+    events: list[m.Event] = [
+        m.VMSpecChanged(
+            spec=cmd.spec, changed=changed, run_strategy=strategy,
+            labels=None if cmd.labels == s.labels else cmd.labels,
+            restart_required=template_changed and s.running,
+        )
+    ]  # fmt: skip
+    if strategy in ("Always", "RerunOnFailure") and not s.running:
+        events.append(m.VMStartRequested())
+    elif strategy == "Halted" and s.running and s.status != STOPPING:
+        events.append(m.VMStopRequested())
+    return events
+
+
+def _changed_paths(old: Any, new: Any, path: str = "") -> list[str]:
+    """Dotted paths that differ, down to the template's spec sections."""
+    if isinstance(old, dict) and isinstance(new, dict) and path.count(".") < 3:
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if old.get(key) != new.get(key):
+                out.extend(_changed_paths(old.get(key), new.get(key), sub))
+        return out
+    return [path] if old != new else []
+
+
+def kept_disks(spec: dict[str, Any]) -> list[str]:
+    """Volumes a deleted VM leaves behind (KubeVirt keeps PVCs and host disks)."""
+    volumes = ((spec.get("template") or {}).get("spec") or {}).get("volumes") or []
+    kept = []
+    for v in volumes:
+        if "persistentVolumeClaim" in v:
+            kept.append(f"pvc/{v['persistentVolumeClaim'].get('claimName', '')}")
+        elif "hostDisk" in v:
+            kept.append(f"hostDisk/{v['hostDisk'].get('path', '')}")
+        elif "dataVolume" in v:
+            kept.append(f"dataVolume/{v['dataVolume'].get('name', '')}")
+    return kept

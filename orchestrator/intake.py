@@ -1,0 +1,185 @@
+"""Command intake (virt-api): every command, from either door, is judged here exactly once.
+
+Commands arrive on the VIRT_COMMANDS stream (a plain JetStream publish by any client, or the
+`virtbus-api` service forwarding a request). Each is folded against its target's history, decided,
+and recorded: decision events or a `CommandRejected`, both carrying the command id. The outcome is
+also announced on `virt.outcome.<id>` for whoever waits. Nothing a client sends can crash this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from events import commands as c
+from events import model as m
+from events.envelope import Recorded, decode_command, encode
+from events.errors import ConcurrencyConflict, ValidationError, VirtbusError
+from events.model import CE_TYPE
+from events.names import COMMANDS_STREAM, Ref, outcome_subject
+from events.state import fold
+from events.store import EventStore
+from orchestrator.decide import decide
+
+log = logging.getLogger("virtbus.intake")
+DURABLE = "orchestrator-intake"
+REJECTED = Ref("intake", "_", "rejected")  # where commands with no nameable target are recorded
+MAX_ATTEMPTS = 8
+
+
+def _target_of_subject(subject: str) -> Ref | None:
+    parts = subject.split(".")  # virt.cmd.<kind>.<ns>.<name>.<command>
+    if len(parts) != 6:
+        return None
+    return Ref(parts[2], parts[3], parts[4])
+
+
+class Intake:
+    def __init__(self, nc: Client, store: EventStore) -> None:
+        self.nc = nc
+        self.store = store
+        self.processed = 0
+        self.malformed = 0
+
+    async def process(self, raw: bytes, *, subject: str, fallback_id: str) -> c.Outcome:
+        """Judge one command given as bytes; never raises for anything the client sent."""
+        try:
+            cmd = decode_command(raw)
+        except ValidationError as err:
+            self.malformed += 1
+            return await self._reject_undecodable(raw, err, subject=subject, cid=fallback_id)
+        if not cmd.id:
+            cmd = msgspec.structs.replace(cmd, id=fallback_id)
+        outcome = await self.judge(cmd, subject=subject)
+        self.processed += 1
+        return outcome
+
+    async def judge(self, cmd: c.Command, *, subject: str = "") -> c.Outcome:
+        try:
+            ref = cmd.target
+        except ValidationError as err:
+            return await self._record_rejection(REJECTED, cmd.id, type(cmd).__name__, err)
+        addressed = _target_of_subject(subject) if subject else None
+        if addressed is not None and addressed != ref:
+            mismatch = ValidationError(
+                f"the command was published for {addressed} but names {ref}", field="name"
+            )
+            return await self._record_rejection(REJECTED, cmd.id, type(cmd).__name__, mismatch)
+        for _ in range(MAX_ATTEMPTS):
+            history = await self.store.read(ref)
+            version = history[-1].envelope.version if history else 0
+            mine = [r for r in history if r.envelope.correlationid == cmd.id]
+            if mine:  # carried out before (a redelivery, a retrying client)
+                return _outcome(cmd.id, mine, duplicate=True)
+            try:
+                if ref.kind != "vm":
+                    raise ValidationError(
+                        f"{type(cmd).__name__} is not available yet in virtbus", field="kind"
+                    )
+                events = decide(fold(r.envelope for r in history), cmd)
+            except ValidationError as err:
+                return await self._record_rejection(ref, cmd.id, type(cmd).__name__, err, version)
+            if not events:
+                return c.Outcome(command_id=cmd.id, accepted=True, version=version)
+            try:
+                result = await self.store.append(
+                    ref, events, expected_version=version, command_id=cmd.id, actor=cmd.actor
+                )
+            except ConcurrencyConflict:
+                continue  # someone else moved the VM: judge again on the new state
+            return c.Outcome(
+                command_id=cmd.id, accepted=True, version=result.version,
+                events=[CE_TYPE[type(e)] for e in events], duplicate=result.duplicate,
+            )  # fmt: skip
+        reason = f"{ref} kept changing while the command was judged; try again"
+        return c.Outcome(command_id=cmd.id, accepted=False, reason=reason, field="name")
+
+    async def _record_rejection(
+        self, ref: Ref, cid: str, kind: str, err: ValidationError, version: int | None = None
+    ) -> c.Outcome:
+        event = m.CommandRejected(command_id=cid, command=kind, reason=err.message, field=err.field)
+        for _ in range(MAX_ATTEMPTS):
+            if version is None:
+                version = (await self.store.head(ref, fresh=True)).version
+            try:
+                await self.store.append(ref, [event], expected_version=version, command_id=cid)
+                break
+            except ConcurrencyConflict as conflict:
+                version = conflict.actual_version
+        return c.Outcome(command_id=cid, accepted=False, reason=err.message, field=err.field)
+
+    async def _reject_undecodable(
+        self, raw: bytes, err: ValidationError, *, subject: str, cid: str
+    ) -> c.Outcome:
+        # The target is recorded where the subject names one, so the VM's history shows it.
+        ref = _target_of_subject(subject)
+        kind = "unknown"
+        with contextlib.suppress(Exception):
+            body = msgspec.json.decode(raw)
+            if isinstance(body, dict):
+                kind = str(body.get("kind", kind))
+                cid = str(body.get("id") or cid)
+        try:
+            target = Ref.of(ref.kind, ref.name, ref.namespace) if ref else REJECTED
+        except ValidationError:
+            target = REJECTED
+        return await self._record_rejection(target, cid, kind, err)
+
+    async def on_msg(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        # A body without an id takes the publisher's Nats-Msg-Id, else the stream sequence.
+        fallback = (msg.headers or {}).get("Nats-Msg-Id") or f"cmd-{seq}"
+        try:
+            outcome = await self.process(msg.data, subject=msg.subject, fallback_id=fallback)
+        except VirtbusError as err:
+            if err.retryable:
+                await msg.nak(delay=1)
+                return
+            log.error("command %s could not be judged: %s", seq, err)
+            outcome = c.Outcome(command_id=fallback, accepted=False, reason=str(err))
+            with contextlib.suppress(Exception):
+                body = msgspec.json.decode(msg.data)
+                if isinstance(body, dict) and body.get("id"):
+                    outcome = msgspec.structs.replace(outcome, command_id=str(body["id"]))
+            await self.nc.publish(outcome_subject(outcome.command_id), encode(outcome))
+            await msg.term()
+            return
+        await self.nc.publish(outcome_subject(outcome.command_id), encode(outcome))
+        await msg.ack()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        js = self.nc.jetstream()
+        sub = await js.pull_subscribe(
+            "virt.cmd.>", durable=DURABLE, stream=COMMANDS_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=10),
+        )  # fmt: skip
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(100, timeout=0.5)
+                except TimeoutError:
+                    continue
+                for msg in msgs:
+                    await self.on_msg(msg)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+def _outcome(cid: str, mine: list[Recorded], *, duplicate: bool) -> c.Outcome:
+    last = mine[-1].envelope
+    if isinstance(last.data, m.CommandRejected):
+        return c.Outcome(
+            command_id=cid, accepted=False, reason=last.data.reason, field=last.data.field,
+            version=last.version, duplicate=duplicate,
+        )  # fmt: skip
+    return c.Outcome(
+        command_id=cid, accepted=True, version=last.version, duplicate=duplicate,
+        events=[r.envelope.type for r in mine],
+    )  # fmt: skip

@@ -1,0 +1,169 @@
+"""virt-controller's judgement: what a VM needs next, from its folded state alone (level-triggered).
+
+Pure: `reconcile(state, ...)` returns the events to append and the node work to enqueue. Running it
+again on the same state returns the same work (deduplicated on the bus by message id) and no new
+events once the state has caught up, so a controller that crashed, restarted or raced another one
+converges instead of repeating itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from events import model as m
+from events import work as w
+from events.envelope import Envelope
+from events.state import (
+    CRASH_LOOP,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SCHEDULED,
+    SCHEDULING,
+    STOPPED,
+    STOPPING,
+    SUCCEEDED,
+    TERMINATING,
+    UNSCHEDULABLE,
+    VMState,
+    apply,
+)
+from orchestrator.decide import kept_disks
+from orchestrator.manifest import summarize
+from orchestrator.scheduler import Request, Unschedulable
+
+_RESTARTS_ON_FAILURE = ("Always", "RerunOnFailure")
+_ACTIVE = (SCHEDULING, SCHEDULED, RUNNING)
+BACKOFF_CAP_S = 300.0
+STABLE_RUN = timedelta(minutes=5)  # a crash after this long starts the back-off afresh
+DEFAULT_GRACE_S = 180  # KubeVirt's terminationGracePeriodSeconds default
+
+
+class Reaction(msgspec.Struct, frozen=True):
+    events: list[m.Event]
+    work: list[w.Work]
+    wake_at: datetime | None = None
+
+
+Placer = Callable[[Request], str]
+
+
+def backoff_delay(failures: int) -> float:
+    """Seconds before restart #`failures`: the first restart is immediate, then 5 s doubling."""
+    return 0.0 if failures <= 1 else min(5.0 * 2 ** (failures - 2), BACKOFF_CAP_S)
+
+
+def reconcile(
+    s: VMState, *, place: Placer, lost_nodes: Collection[str], now: datetime,
+    new_uid: Callable[[], str],
+) -> Reaction:  # fmt: skip
+    """Events and work that bring the VM closer to what its run strategy and requests want."""
+    events: list[m.Event] = []
+    work: dict[str, w.Work] = {}
+    wake: datetime | None = None
+    for _ in range(5):  # each step's events are folded in before the next look
+        step_events, step_work, step_wake = _step(
+            s, place=place, lost_nodes=lost_nodes, now=now, new_uid=new_uid
+        )
+        for item in step_work:
+            work.setdefault(item.msg_id, item)
+        wake = step_wake or wake
+        if not step_events:
+            break
+        events.extend(step_events)
+        for e in step_events:
+            s = apply(s, _local(s, e, now))
+    return Reaction(events, list(work.values()), wake)
+
+
+def _local(s: VMState, e: m.Event, now: datetime) -> Envelope:
+    return Envelope(
+        id="", source="", type="", subject=f"vm/{s.namespace}/{s.name}", time=now,
+        version=s.version + 1, data=e,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def _step(
+    s: VMState, *, place: Placer, lost_nodes: Collection[str], now: datetime,
+    new_uid: Callable[[], str],
+) -> tuple[list[m.Event], list[w.Work], datetime | None]:  # fmt: skip
+    ended = s.phase in (SUCCEEDED, FAILED)
+    if s.status == TERMINATING:
+        if s.node and s.phase in _ACTIVE:
+            return [], [_stop(s)], None
+        return [m.VMDeleted(disks=kept_disks(s.spec))], [], None
+    if not s.exists:
+        return [], [], None
+    if s.node and s.phase in _ACTIVE and s.node in lost_nodes:
+        return [m.VMFailed(reason=f"node {s.node} was lost", node=s.node)], [], None
+    if s.node and ended:  # the instance is over: conclude it
+        if s.status == STOPPING:
+            restart = [m.VMStartRequested()] if s.restarting else []
+            return [m.VMStopped(reason="stopped"), *restart], [], None
+        if s.phase == FAILED:
+            return [m.VMFailed(reason=s.reason or "failed", node=s.node)], [], None
+        if s.run_strategy == "Always":
+            reason = f"guest {s.reason or 'shut down'}; restarting (runStrategy Always)"
+            return [m.VMStopped(reason=reason), m.VMStartRequested(restart=True)], [], None
+        return [m.VMStopped(reason=f"guest {s.reason or 'shut down'}")], [], None
+    if s.phase == FAILED and not s.node and s.status == STOPPED:  # a concluded failure
+        if s.run_strategy not in _RESTARTS_ON_FAILURE:
+            return [m.VMStopped(reason=s.reason)], [], None
+        if s.started and s.updated and s.updated - s.started > STABLE_RUN:
+            return [m.VMStartRequested()], [], None  # it ran long enough: a fresh count
+        delay = backoff_delay(s.failures)
+        if delay == 0:
+            return [m.VMStartRequested(restart=True)], [], None
+        return [m.VMBackoff(delay_seconds=delay, failures=s.failures)], [], None
+    if s.status == CRASH_LOOP:
+        if s.backoff_until and now < s.backoff_until:
+            return [], [], s.backoff_until
+        return [m.VMStartRequested(restart=True)], [], None
+    if not s.node and s.phase in (PENDING, SCHEDULING):  # not placed yet (or unschedulable)
+        if s.status == STOPPING:
+            return [m.VMStopped(reason="stopped before it was scheduled")], [], None
+        return _schedule(s, place=place, new_uid=new_uid), [], None
+    if s.node and s.phase in _ACTIVE:
+        if s.status == STOPPING:
+            return [], [_stop(s)], None
+        if s.phase == SCHEDULING:
+            return [], [_start(s)], None
+        if s.phase == RUNNING and s.want_paused != s.paused:
+            kind = w.Pause if s.want_paused else w.Unpause
+            return [], [kind(**_base(s))], None
+    return [], [], None
+
+
+def _schedule(s: VMState, *, place: Placer, new_uid: Callable[[], str]) -> list[m.Event]:
+    try:
+        need = summarize(s.spec)
+        node = place(
+            Request(cpus=need["cpus"], memory_bytes=need["memory_bytes"],
+                    node_selector=need["node_selector"])
+        )  # fmt: skip
+    except Unschedulable as err:
+        if s.status == UNSCHEDULABLE and s.reason == err.message:
+            return []
+        return [m.VMUnschedulable(reason=err.message)]
+    return [m.VMScheduled(node=node, vmi_uid=new_uid())]
+
+
+def _base(s: VMState) -> dict[str, Any]:
+    return {
+        "namespace": s.namespace, "name": s.name, "node": s.node, "vmi_uid": s.vmi_uid,
+        "version": s.intent_version,
+    }  # fmt: skip
+
+
+def _start(s: VMState) -> w.Start:
+    return w.Start(spec=s.spec, **_base(s))
+
+
+def _stop(s: VMState) -> w.Stop:
+    spec = (s.spec.get("template") or {}).get("spec") or {}
+    grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_S)
+    return w.Stop(grace_period_seconds=int(grace), force=s.status == TERMINATING, **_base(s))

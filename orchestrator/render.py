@@ -1,0 +1,320 @@
+"""What `kubectl get` prints, from folded states: objects, lists and tables in KubeVirt's shapes.
+
+Users read virtbus with the habits (and the scripts) they have for KubeVirt, so field names,
+status strings, column headers, AGE formatting and column padding follow kubectl and KubeVirt
+exactly; fields the log cannot back are left out rather than invented. Pure: no I/O, no clock
+unless `now` is left out.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import yaml
+
+from events.nodes import READY, NodeState
+from events.state import FAILED, SUCCEEDED, VMState, conditions
+
+KUBEVIRT_API: Final = "kubevirt.io/v1"
+NODE_API: Final = "virtbus.io/v1"
+
+# kubectl's tabwriter: minimum cell width 6, 3 spaces of padding, the last column unpadded.
+_MIN_WIDTH: Final = 6
+_PADDING: Final = 3
+_BINARY_SUFFIXES: Final = (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30),
+                           ("Mi", 2**20), ("Ki", 2**10))  # fmt: skip
+# KubeVirt's VMI conditions; RestartRequired is a VM-only condition.
+_VMI_CONDITIONS: Final = frozenset({"Ready", "Paused", "PodScheduled"})
+
+
+# --- small formatters ----------------------------------------------------------------------------
+
+
+def timestamp(t: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a 'Z', at second precision like metav1.Time; None stays None."""
+    return None if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def human_duration(seconds: float) -> str:
+    """kubectl's AGE (apimachinery's `HumanDuration`): precise when young, coarse when old."""
+    s = int(seconds)  # Go truncates toward zero
+    if s < -1:
+        return "<invalid>"
+    if s < 0:
+        return "0s"  # up to a second of clock skew reads as "now"
+    if s < 120:
+        return f"{s}s"
+    minutes = s // 60
+    if minutes < 10:
+        return f"{minutes}m{s % 60}s" if s % 60 else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    days = hours // 24
+    if hours < 24 * 8:
+        return f"{days}d{hours % 24}h" if hours % 24 else f"{days}d"
+    if hours < 24 * 365 * 2:
+        return f"{days}d"
+    years = days // 365
+    if hours < 24 * 365 * 8:
+        return f"{years}y{days % 365}d" if days % 365 else f"{years}y"
+    return f"{years}y"
+
+
+def age(since: datetime | None, now: datetime | None = None) -> str:
+    """The AGE cell: `<unknown>` without a timestamp, as kubectl prints for a zero time."""
+    if since is None:
+        return "<unknown>"
+    return human_duration(((now or datetime.now(UTC)) - since).total_seconds())
+
+
+def quantity(n: int) -> str:
+    """Bytes as a Kubernetes binary quantity in canonical form (the largest exact suffix)."""
+    for suffix, size in _BINARY_SUFFIXES:
+        if n and n % size == 0:
+            return f"{n // size}{suffix}"
+    return str(n)
+
+
+def _conditions(s: VMState, *, only: frozenset[str] | None = None) -> list[dict[str, str]]:
+    # KubeVirt's condition fields are omitempty: an empty reason is absent, not "".
+    return [
+        {k: v for k, v in c.items() if v}
+        for c in conditions(s)
+        if only is None or c["type"] in only
+    ]
+
+
+# --- objects -------------------------------------------------------------------------------------
+
+
+def _metadata(s: VMState, **extra: Any) -> dict[str, Any]:
+    return {"name": s.name, "namespace": s.namespace, **extra}
+
+
+def vm_object(s: VMState) -> dict[str, Any]:
+    """The VirtualMachine as `kubectl get vm NAME -o yaml` shows it."""
+    status: dict[str, Any] = {
+        "printableStatus": s.status,
+        "ready": s.ready,
+        "created": s.exists and s.phase != "",  # KubeVirt: "the VMI exists"
+        "conditions": _conditions(s),
+        "runStrategy": s.run_strategy,
+    }
+    if s.failures:
+        status["startFailure"] = {"consecutiveFailCount": s.failures}
+    if in_progress := [name for name, st in s.snapshots.items() if st == "InProgress"]:
+        status["snapshotInProgress"] = in_progress[0]
+    return {
+        "apiVersion": KUBEVIRT_API,
+        "kind": "VirtualMachine",
+        "metadata": _metadata(
+            s,
+            creationTimestamp=timestamp(s.created),
+            labels=dict(s.labels),
+            generation=s.version,  # an integer in Kubernetes; resourceVersion is a string
+            resourceVersion=str(s.version),
+        ),
+        "spec": copy.deepcopy(s.spec),  # a caller editing the object must not edit the state
+        "status": status,
+    }
+
+
+def _template(s: VMState) -> dict[str, Any]:
+    template = s.spec.get("template")
+    return template if isinstance(template, dict) else {}
+
+
+def vmi_object(s: VMState) -> dict[str, Any] | None:
+    """The VirtualMachineInstance of `s`, or None while there is none (no phase)."""
+    if not s.phase:
+        return None
+    template = _template(s)
+    labels = template.get("metadata", {}).get("labels", {})
+    status: dict[str, Any] = {
+        "phase": s.phase,
+        "nodeName": s.node,
+        "conditions": _conditions(s, only=_VMI_CONDITIONS),
+        "interfaces": [],  # no IPs are tracked yet
+    }
+    if s.phase == FAILED and s.reason:
+        status["reason"] = s.reason
+    if (mig := s.migration) is not None:
+        state: dict[str, Any] = {
+            "migrationUid": mig.id,
+            "sourceNode": mig.source,
+            "targetNode": mig.target,
+            "completed": mig.phase == SUCCEEDED,
+            "failed": mig.phase == FAILED,
+        }
+        if mig.reason:
+            state["failureReason"] = mig.reason
+        status["migrationState"] = state
+    if s.volumes:
+        status["volumeStatus"] = [{"name": n, "phase": p} for n, p in s.volumes.items()]
+    metadata = _metadata(s, uid=s.vmi_uid, labels=copy.deepcopy(labels))
+    return {
+        "apiVersion": KUBEVIRT_API,
+        "kind": "VirtualMachineInstance",
+        "metadata": metadata,
+        "spec": copy.deepcopy(template.get("spec", {})),
+        "status": status,
+    }
+
+
+def node_object(n: NodeState, *, vms: int) -> dict[str, Any]:
+    """A node in the shape of a Kubernetes Node, with the worker's hypervisor facts."""
+    ready = n.status == READY
+    condition = {
+        "type": "Ready",
+        "status": str(ready),
+        "reason": "WorkerReady" if ready else "NodeStatusUnknown",
+        "message": "worker is posting heartbeats" if ready else "worker stopped heartbeating",
+    }
+    spec: dict[str, Any] = {}
+    if n.cordoned:
+        spec["unschedulable"] = True
+        spec["taints"] = [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]
+    return {
+        "apiVersion": NODE_API,
+        "kind": "Node",
+        "metadata": {
+            "name": n.name,
+            "creationTimestamp": timestamp(n.registered),
+            "labels": dict(n.labels),
+            "resourceVersion": str(n.version),
+        },
+        "spec": spec,
+        "status": {
+            "capacity": {"cpu": str(n.cpus), "memory": quantity(n.memory_bytes)},
+            "conditions": [condition],
+            "nodeInfo": {
+                "hypervisor": n.hypervisor,
+                "kvm": n.kvm,
+                "libvirtURI": n.libvirt_uri,
+                "pods": n.pods,
+            },
+            "draining": n.draining,
+            "vms": vms,
+        },
+    }
+
+
+def as_list(items: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The `kind: List` wrapper kubectl prints for several objects."""
+    return {"apiVersion": "v1", "kind": "List", "items": list(items),
+            "metadata": {"resourceVersion": ""}}  # fmt: skip
+
+
+def to_yaml(obj: Any) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=4, ensure_ascii=False) + "\n"
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Columns as kubectl's tabwriter sets them: left-aligned, padded by 3, at least 6 wide."""
+    lines = [list(header), *(list(r) for r in rows)]
+    widths = [
+        max(_MIN_WIDTH, *(len(line[i]) + _PADDING for line in lines))
+        for i in range(len(header) - 1)
+    ]
+    out = []
+    for line in lines:
+        cells = [cell.ljust(w) for cell, w in zip(line, widths, strict=False)]
+        out.append("".join(cells) + line[-1])
+    return "\n".join(out) + "\n"
+
+
+def no_resources(namespace: str | None) -> str:
+    """kubectl's message for an empty result (it goes where the table would)."""
+    if namespace is None:
+        return "No resources found\n"
+    return f"No resources found in {namespace} namespace.\n"
+
+
+def _namespaced(
+    header: list[str], rows: list[tuple[VMState, list[str]]], namespace: str | None
+) -> str:
+    # `-A` (namespace None) puts NAMESPACE first, like kubectl.
+    if not rows:
+        return no_resources(namespace)
+    rows.sort(key=lambda r: (r[0].namespace, r[0].name))
+    if namespace is None:
+        return table(["NAMESPACE", *header], ([s.namespace, *cells] for s, cells in rows))
+    return table(header, (cells for _, cells in rows))
+
+
+def vm_table(
+    states: Iterable[VMState], *, wide: bool = False, namespace: str | None = "default",
+    now: datetime | None = None,
+) -> str:  # fmt: skip
+    """`kubectl get vm`: NAME AGE STATUS READY (KubeVirt's wide view adds no column)."""
+    now = now or datetime.now(UTC)
+    rows = [(s, [s.name, age(s.created, now), s.status, str(s.ready)]) for s in states]
+    return _namespaced(["NAME", "AGE", "STATUS", "READY"], rows, namespace)
+
+
+def vmi_table(
+    states: Iterable[VMState], *, wide: bool = False, namespace: str | None = "default",
+    now: datetime | None = None,
+) -> str:  # fmt: skip
+    """`kubectl get vmi`: only VMs that have an instance; wide adds LIVE-MIGRATABLE and PAUSED.
+
+    AGE is `<unknown>` and LIVE-MIGRATABLE blank: the fold holds neither the VMI's creation
+    time nor its migratability, and KubeVirt too leaves a missing condition blank.
+    """
+    now = now or datetime.now(UTC)
+    header = ["NAME", "AGE", "PHASE", "IP", "NODENAME", "READY"]
+    if wide:
+        header += ["LIVE-MIGRATABLE", "PAUSED"]
+    rows = []
+    for s in states:
+        if not s.phase:
+            continue
+        cells = [s.name, age(None, now), s.phase, "", s.node, str(s.ready)]
+        if wide:
+            cells += ["", "True" if s.paused else ""]
+        rows.append((s, cells))
+    return _namespaced(header, rows, namespace)
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "<none>"
+
+
+def node_status(n: NodeState) -> str:
+    """kubectl's node STATUS: the Ready condition, plus SchedulingDisabled when cordoned."""
+    return f"{n.status},SchedulingDisabled" if n.cordoned else n.status
+
+
+def node_table(
+    nodes: Iterable[NodeState], vm_counts: Mapping[str, int], *, wide: bool = False,
+    now: datetime | None = None,
+) -> str:  # fmt: skip
+    """`virtbus get nodes`: NAME STATUS AGE VMS CPU MEMORY; wide adds HYPERVISOR KVM LABELS."""
+    now = now or datetime.now(UTC)
+    header = ["NAME", "STATUS", "AGE", "VMS", "CPU", "MEMORY"]
+    if wide:
+        header += ["HYPERVISOR", "KVM", "LABELS"]
+    rows = []
+    for n in sorted(nodes, key=lambda n: n.name):
+        cells = [n.name, node_status(n), age(n.registered, now), str(vm_counts.get(n.name, 0)),
+                 str(n.cpus), quantity(n.memory_bytes)]  # fmt: skip
+        if wide:
+            cells += [n.hypervisor, str(n.kvm).lower(), _labels(n.labels)]
+        rows.append(cells)
+    return table(header, rows) if rows else no_resources(None)

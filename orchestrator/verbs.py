@@ -1,0 +1,260 @@
+"""What the CLI verbs do, over the bus: apply, lifecycle, get (and -w), describe, wait.
+
+Output follows kubectl and virtctl: the same phrases ("virtualmachine.kubevirt.io/x created",
+"VM x was scheduled to start"), tables with their columns, `-o json|yaml` shaped like their objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+from events import commands as c
+from events import model as m
+from events.errors import ValidationError, VirtbusError
+from events.names import Ref
+from events.nodes import NodeState, apply_node
+from events.state import VMState, apply
+from events.store import EventStore
+from orchestrator import render
+from orchestrator.api import Query
+from orchestrator.client import Rejected, query, send, session
+from orchestrator.manifest import parse_documents, to_commands
+
+KIND_NAMES = {
+    "vm": "vms", "vms": "vms", "virtualmachine": "vms", "virtualmachines": "vms",
+    "vmi": "vmis", "vmis": "vmis", "virtualmachineinstance": "vmis",
+    "virtualmachineinstances": "vmis", "node": "nodes", "nodes": "nodes",
+}  # fmt: skip
+APPLIED_KIND = {
+    "ApplyVM": "virtualmachine", "ApplyReplicaSet": "virtualmachineinstancereplicaset",
+    "MigrateVM": "virtualmachineinstancemigration",
+}  # fmt: skip
+DONE = {
+    "StartVM": "VM {} was scheduled to start", "StopVM": "VM {} was scheduled to stop",
+    "RestartVM": "VM {} was scheduled to restart", "PauseVM": "VMI {} was scheduled to pause",
+    "UnpauseVM": "VMI {} was scheduled to unpause",
+    "DeleteVM": 'virtualmachine.kubevirt.io "{}" deleted',
+    "UndeleteVM": "VM {} was restored; it is stopped, start it with `virtbus start {}`",
+    "MigrateVM": "VM {} was scheduled to migrate",
+}  # fmt: skip
+
+
+def err(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+async def apply_file(url: str, *, path: str, namespace: str) -> int:
+    text = sys.stdin.read() if path == "-" else await asyncio.to_thread(Path(path).read_text)
+    failed = 0
+    async with session(url) as nc:
+        for doc in parse_documents(text):
+            try:
+                cmds, warnings = to_commands(doc, default_namespace=namespace)
+            except ValidationError as e:
+                err(f"error: {e.message}")
+                failed += 1
+                continue
+            for w in warnings:
+                err(f"Warning: {w.removeprefix('warning: ')}")
+            for cmd in cmds:
+                try:
+                    outcome = await send(nc, cmd)
+                except Rejected as e:
+                    err(f"error: {cmd.name}: {e.message}")
+                    failed += 1
+                    continue
+                typer.echo(_applied(cmd, outcome))
+    return 1 if failed else 0
+
+
+def _applied(cmd: c.Command, outcome: c.Outcome) -> str:
+    kind = APPLIED_KIND.get(type(cmd).__name__, "object")
+    if isinstance(cmd, c.ApplyVM) and cmd.source_kind == "VirtualMachineInstance":
+        kind = "virtualmachineinstance"
+    verb = "unchanged"
+    if "io.virtbus.vm.created.v1" in outcome.events:
+        verb = "created"
+    elif outcome.events:
+        verb = "configured"
+    return f"{kind}.kubevirt.io/{cmd.name} {verb}"
+
+
+async def lifecycle(url: str, cmd: c.Command) -> int:
+    async with session(url) as nc:
+        await send(nc, cmd)
+    typer.echo(DONE[type(cmd).__name__].format(cmd.name, cmd.name))
+    return 0
+
+
+async def get(
+    url: str, *, what: str, name: str | None, namespace: str | None, output: str, watch: bool
+) -> int:
+    kind = KIND_NAMES.get(what.lower())
+    if kind is None:
+        raise ValidationError(f'the server doesn\'t have a resource type "{what}"', field="kind")
+    async with session(url) as nc:
+        q = Query(what="nodes" if kind == "nodes" else "vms", namespace=namespace, name=name)
+        answer = await query(nc, q)
+        if name and kind != "nodes" and not answer.vms:
+            raise VirtbusError(f'{kind[:-1]} "{name}" not found')
+        nodes = [n for n in answer.nodes if name is None or n.name == name]
+        text = _render(kind, answer.vms, nodes, output=output, namespace=namespace,
+                       single=name is not None)  # fmt: skip
+        typer.echo(text.rstrip("\n"))
+        if watch:
+            await _watch(nc, kind=kind, name=name, namespace=namespace, output=output,
+                         vms=answer.vms, nodes=nodes, position=answer.position)  # fmt: skip
+    return 0
+
+
+def _render(
+    kind: str, vms: list[VMState], nodes: list[NodeState], *, output: str,
+    namespace: str | None, header: bool = True, single: bool = False,
+) -> str:  # fmt: skip
+    if output in ("json", "yaml"):
+        objs: list[dict[str, object]]
+        if kind == "nodes":
+            counts = _vm_counts(vms)
+            objs = [render.node_object(n, vms=counts.get(n.name, 0)) for n in nodes]
+        elif kind == "vmis":
+            objs = [o for s in vms if (o := render.vmi_object(s)) is not None]
+        else:
+            objs = [render.vm_object(s) for s in vms]
+        # Like kubectl: a named object (or a watch update) is printed bare, a listing as a List.
+        doc = objs[0] if len(objs) == 1 and (single or not header) else render.as_list(objs)
+        return render.to_json(doc) if output == "json" else render.to_yaml(doc)
+    wide = output == "wide"
+    if kind == "nodes":
+        text = render.node_table(nodes, _vm_counts(vms), wide=wide)
+    elif kind == "vmis":
+        text = render.vmi_table(vms, wide=wide, namespace=namespace)
+    else:
+        text = render.vm_table(vms, wide=wide, namespace=namespace)
+    if header or text.startswith("No resources"):
+        return text
+    return "\n".join(text.splitlines()[1:])
+
+
+def _vm_counts(vms: list[VMState]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in vms:
+        if s.node:
+            counts[s.node] = counts.get(s.node, 0) + 1
+    return counts
+
+
+async def _watch(
+    nc: object, *, kind: str, name: str | None, namespace: str | None, output: str,
+    vms: list[VMState], nodes: list[NodeState], position: int,
+) -> None:  # fmt: skip
+    store = EventStore(nc)  # type: ignore[arg-type]
+    states = {f"{s.namespace}/{s.name}": s for s in vms}
+    node_states = {n.name: n for n in nodes}
+    async for rec in store.follow(from_seq=position + 1):
+        ref = rec.subject.split(".")
+        if ref[1] == "vm" and kind != "nodes":
+            key = f"{ref[2]}/{ref[3]}"
+            if (name and ref[3] != name) or (namespace and ref[2] != namespace):
+                continue
+            before = states.get(key)
+            if before is None:
+                before = (await store.load(Ref("vm", ref[2], ref[3])))[0]
+                if before.version >= rec.envelope.version:
+                    states[key] = before
+                    continue
+            states[key] = apply(before, rec.envelope)
+            typer.echo(_render(kind, [states[key]], [], output=output, namespace=namespace,
+                               header=False))  # fmt: skip
+        elif ref[1] == "node" and kind == "nodes" and (name is None or ref[3] == name):
+            n = apply_node(node_states.get(ref[3]) or NodeState(), rec.envelope)
+            node_states[ref[3]] = n
+            typer.echo(_render(kind, list(states.values()), [n], output=output,
+                               namespace=namespace, header=False))  # fmt: skip
+
+
+async def describe(url: str, *, name: str, namespace: str) -> int:
+    async with session(url) as nc:
+        answer = await query(nc, Query(what="vms", namespace=namespace, name=name))
+        if not answer.vms:
+            raise VirtbusError(f'virtualmachines.kubevirt.io "{name}" not found')
+        s = answer.vms[0]
+        history = await EventStore(nc).read(Ref.vm(name, namespace))
+    now = datetime.now(UTC)
+    lines = [
+        f"Name:           {s.name}", f"Namespace:      {s.namespace}",
+        f"Labels:         {render._labels(s.labels)}",
+        f"Created:        {render.timestamp(s.created)}",
+        f"Run Strategy:   {s.run_strategy}", f"Status:         {s.status}",
+        f"Ready:          {s.ready}", f"Phase:          {s.phase or '<none>'}",
+        f"Node:           {s.node or '<none>'}", f"Version:        {s.version}", "Conditions:",
+    ]  # fmt: skip
+    for cond in render._conditions(s):
+        detail = f"{cond.get('reason', '')} {cond.get('message', '')}".strip()
+        lines.append(f"  {cond['type']:<16} {cond['status']:<6} {detail}")
+    lines.append("Events:")
+    lines.append(f"  {'Age':<8} {'Type':<40} {'From':<32} Message")
+    for r in history[-20:]:
+        e = r.envelope
+        lines.append(
+            f"  {render.age(e.time, now):<8} {e.type.removeprefix('io.virtbus.'):<40} "
+            f"{e.source.removeprefix('/virtbus/'):<32} {_message(e.data)}"
+        )
+    typer.echo("\n".join(lines))
+    return 0
+
+
+def _message(e: m.Event) -> str:
+    parts = []
+    for f in e.__struct_fields__:
+        v = getattr(e, f)
+        if f != "spec" and v not in ("", None, [], {}):
+            parts.append(f"{f}={v}")
+    return ", ".join(parts)
+
+
+def matcher(condition: str) -> Callable[[VMState], bool]:
+    """`status=Running`, `phase=Running`, `condition=Ready`, `delete` (kubectl wait's forms)."""
+    key, _, value = condition.partition("=")
+    if key == "status" and value:
+        return lambda s: s.status == value
+    if key == "phase" and value:
+        return lambda s: s.phase == value
+    if key == "condition" and value:
+        wanted = value.lower()
+        return lambda s: any(
+            c["type"].lower() == wanted and c["status"] == "True" for c in render._conditions(s)
+        )
+    if key == "delete":
+        return lambda s: s.deleted or not s.exists
+    raise ValidationError(
+        f"--for: {condition!r} is not understood; use status=X, phase=X, condition=X or delete",
+        field="for",
+    )
+
+
+async def wait(url: str, *, name: str, namespace: str, condition: str, timeout_s: float) -> int:
+    ok = matcher(condition)
+    async with session(url) as nc:
+        store = EventStore(nc)
+        ref = Ref.vm(name, namespace)
+        try:
+            async with asyncio.timeout(timeout_s):
+                s, _ = await store.load(ref)
+                position = (await store.head(ref)).seq
+                if not ok(s):
+                    async for rec in store.follow(from_seq=position + 1):
+                        if rec.subject.startswith(ref.prefix + "."):
+                            s = apply(s, rec.envelope)
+                            if ok(s):
+                                break
+        except TimeoutError:
+            err(f"error: timed out waiting for the condition on virtualmachines/{name}")
+            return 1
+    typer.echo(f"virtualmachine.kubevirt.io/{name} condition met")
+    return 0

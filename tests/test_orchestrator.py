@@ -1,0 +1,422 @@
+"""The control plane end to end on a real nats-server.
+
+Intake, decisions, scheduling, run strategies, node loss, races. Nodes are simulated through the
+public bus contract (SimNode), as the issue allows until real workers exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from events import commands as c
+from events import model as m
+from events.envelope import Recorded, encode
+from events.names import Ref
+from events.provision import provision
+from events.server import NatsServer
+from events.state import VMState
+from events.store import EventStore
+from orchestrator.app import run_orchestrator
+from orchestrator.bench.simnode import SimNode
+from orchestrator.client import Rejected, send
+
+SEED = Path(__file__).parent.parent / "examples" / "kubevirt-centos7.yaml"
+GRACE_S = 1.5  # node heartbeat grace: short, so node loss is tested in seconds
+
+
+class Cluster:
+    def __init__(self, nc: Client, data_dir: Path) -> None:
+        self.nc = nc
+        self.data_dir = data_dir
+        self.store = EventStore(nc, source="/tests")
+        self.nodes: list[SimNode] = []
+
+    async def node(self, name: str, **kwargs: Any) -> SimNode:
+        node = await SimNode(self.nc, name, **kwargs).start()
+        self.nodes.append(node)
+        return node
+
+    async def send(self, cmd: c.Command) -> c.Outcome:
+        return await send(self.nc, cmd)
+
+    async def state(self, name: str, namespace: str = "default") -> VMState:
+        return (await self.store.load(Ref.vm(name, namespace)))[0]
+
+    async def history(self, name: str) -> list[Recorded]:
+        return await self.store.read(Ref.vm(name))
+
+    async def until(
+        self, name: str, ok: Callable[[VMState], bool], *, within: float = 15
+    ) -> VMState:
+        """Poll the VM's fold until `ok`; fail with the last state seen."""
+        s = await self.state(name)
+        for _ in range(int(within / 0.05)):
+            if ok(s):
+                return s
+            await asyncio.sleep(0.05)
+            s = await self.state(name)
+        pytest.fail(f"{name} never reached the expected state; last: {s.status}/{s.phase}")
+
+
+async def _start_orchestrator(
+    nc: Client, data_dir: Path
+) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_orchestrator(nc, data_dir=data_dir, stop=stop, node_grace_s=GRACE_S),
+        name=f"orchestrator-{data_dir.name}",
+    )
+    return stop, task
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """A fresh bus and orchestrator per test: node and VM names never leak between tests."""
+    async with NatsServer(data_dir=tmp_path / "nats", port=-1) as server:
+        nc = await nats.connect(server.url)
+        await provision(nc.jetstream())
+        stop, task = await _start_orchestrator(nc, tmp_path / "orchestrator")
+        cl = Cluster(nc, tmp_path)
+        try:
+            await asyncio.sleep(0.3)  # the API endpoints come up
+            yield cl
+        finally:
+            for node in cl.nodes:
+                await node.close()
+            stop.set()
+            await task
+            await nc.close()
+
+
+def seed_apply(name: str = "centos7", **spec_changes: Any) -> c.ApplyVM:
+    from orchestrator.manifest import parse_documents, to_commands
+
+    doc = parse_documents(SEED.read_text())[0]
+    doc["metadata"]["name"] = name
+    if "runStrategy" in spec_changes:
+        del doc["spec"]["running"]  # KubeVirt refuses both at once
+    doc["spec"].update(spec_changes)
+    cmds, _ = to_commands(doc)
+    assert isinstance(cmds[0], c.ApplyVM)
+    return cmds[0]
+
+
+def kinds(history: list[Recorded]) -> list[str]:
+    return [type(r.envelope.data).__name__ for r in history]
+
+
+# --- intake and validation ---------------------------------------------------------------------
+
+
+async def test_seed_manifest_applies_starts_and_runs(cluster: Cluster) -> None:
+    await cluster.node("node-a")
+    out = await cluster.send(seed_apply())
+    assert out.events == ["io.virtbus.vm.created.v1"]
+    assert (await cluster.send(seed_apply())).events == []  # unchanged: a no-op
+    start = await cluster.send(c.StartVM(name="centos7", actor="alice"))
+    s = await cluster.until("centos7", lambda s: s.status == "Running")
+    assert (s.phase, s.node, s.ready) == ("Running", "node-a", True)
+    history = await cluster.history("centos7")
+    assert kinds(history) == [
+        "VMCreated", "VMStartRequested", "VMScheduled", "LauncherCreated", "DomainDefined",
+        "DomainStarted",
+    ]  # fmt: skip
+    scheduled = history[2].envelope
+    assert scheduled.correlationid == start.command_id  # the decision traces to the command
+    assert scheduled.causationid == history[1].envelope.id
+    assert history[1].envelope.actor == "alice"
+
+
+async def test_changed_manifest_records_the_change_and_restart_required(cluster: Cluster) -> None:
+    await cluster.node("node-a")
+    await cluster.send(seed_apply(running=True))
+    await cluster.until("centos7", lambda s: s.status == "Running")
+    changed = seed_apply(running=True)
+    changed.spec["template"]["spec"]["domain"]["cpu"]["cores"] = 2
+    out = await cluster.send(changed)
+    assert out.events == ["io.virtbus.vm.spec_changed.v1"]
+    event = (await cluster.history("centos7"))[-1].envelope.data
+    assert isinstance(event, m.VMSpecChanged)
+    assert event.restart_required
+    assert "template.spec.domain.cpu" in event.changed
+    s = await cluster.state("centos7")
+    assert s.restart_required and s.status == "Running"
+
+
+@pytest.mark.parametrize(
+    ("setup", "cmd", "reason"),
+    [
+        ([], c.StartVM(name="ghost"), 'virtualmachine.kubevirt.io "ghost" not found'),
+        (["create"], c.StopVM(name="vm1"), "VM is not running"),
+        (["create"], c.PauseVM(name="vm1"), "VMI is not running"),
+        (["create"], c.UnpauseVM(name="vm1"), "VMI is not paused"),
+        (["create"], c.RestartVM(name="vm1"), "VM is not running"),
+        (["create"], c.MigrateVM(name="vm1"), "VMI is not running"),
+        (["create"], c.UndeleteVM(name="vm1"), 'VM "vm1" is not deleted'),
+        (["create", "start"], c.StartVM(name="vm1"), "VM is already running"),
+        (["create", "start"], c.UnpauseVM(name="vm1"), "VMI is not paused"),
+        (["create", "start"], c.MigrateVM(name="vm1"), "live migration is not available yet"),
+    ],
+)
+async def test_state_rejections_become_command_rejected_events(
+    cluster: Cluster, setup: list[str], cmd: c.Command, reason: str
+) -> None:
+    await cluster.node("node-a")
+    if "create" in setup:
+        await cluster.send(seed_apply("vm1"))
+    if "start" in setup:
+        await cluster.send(c.StartVM(name="vm1"))
+        await cluster.until("vm1", lambda s: s.status == "Running")
+    with pytest.raises(Rejected, match=reason):
+        await cluster.send(cmd)
+    last = (await cluster.store.read(cmd.target))[-1].envelope
+    assert isinstance(last.data, m.CommandRejected)
+    assert last.data.reason.startswith(reason.split('"', maxsplit=1)[0])
+    assert last.data.command == type(cmd).__name__
+
+
+async def test_bad_spec_is_rejected_naming_the_field(cluster: Cluster) -> None:
+    bad = seed_apply("broken")
+    bad.spec["template"]["spec"]["domain"]["devices"]["disks"][1]["name"] = "nowhere"
+    with pytest.raises(Rejected) as exc:
+        await cluster.send(bad)
+    assert exc.value.field == "spec.template.spec.domain.devices.disks[1].name"
+    history = await cluster.history("broken")
+    assert kinds(history) == ["CommandRejected"]
+
+
+async def _api(nc: Client, body: bytes) -> dict[str, Any]:
+    msg = await nc.request("virt.api.command", body, timeout=20)
+    result: dict[str, Any] = json.loads(msg.data)
+    return result
+
+
+async def test_garbage_sent_to_the_api_is_rejected_and_recorded(cluster: Cluster) -> None:
+    cases = [
+        (b"{not json", "not valid JSON", ""),
+        (b'{"kind": "FlyVM", "name": "a"}', "Invalid value 'FlyVM'", "kind"),
+        (b'{"kind": "StartVM", "name": "Bad_Name"}', "Expected `str` matching regex", "name"),
+        (b'{"kind": "StartVM"}', "missing required field `name`", "name"),
+        (b"[1, 2]", "Expected `object`", ""),
+    ]
+    for body, reason, field in cases:
+        out = await _api(cluster.nc, body)
+        assert out["accepted"] is False, body
+        assert reason in out["reason"], (body, out)
+        assert out["field"] == field, (body, out)
+    rejected = await cluster.store.read(Ref("intake", "_", "rejected"))
+    assert len(rejected) == len(cases)  # each one recorded, none lost
+    assert all(isinstance(r.envelope.data, m.CommandRejected) for r in rejected)
+    # The orchestrator is still there and judging.
+    assert (await _api(cluster.nc, encode(c.StartVM(name="nobody"))))["accepted"] is False
+
+
+async def test_a_bare_nats_client_publishes_a_command(cluster: Cluster) -> None:
+    await cluster.node("node-a")
+    await cluster.send(seed_apply("plain"))
+    # Any NATS client: a JSON body on the VM's command subject, fire and forget.
+    bare = await nats.connect(cluster.nc.connected_url.geturl())  # type: ignore[union-attr]
+    try:
+        js = bare.jetstream()
+        body = json.dumps({"kind": "StartVM", "id": "from-bare-client", "name": "plain"})
+        await js.publish("virt.cmd.vm.default.plain.StartVM", body.encode())
+    finally:
+        await bare.close()
+    s = await cluster.until("plain", lambda s: s.status == "Running")
+    assert s.node == "node-a"
+    started = [
+        r for r in await cluster.history("plain") if r.envelope.correlationid == "from-bare-client"
+    ]
+    assert kinds(started)[:2] == ["VMStartRequested", "VMScheduled"]
+
+
+async def test_a_command_published_for_another_vm_is_rejected(cluster: Cluster) -> None:
+    await cluster.send(seed_apply("target"))
+    js = cluster.nc.jetstream()
+    body = encode(c.StartVM(name="target", id="mismatch-1"))
+    await js.publish("virt.cmd.vm.default.other.StartVM", body)
+    for _ in range(100):
+        rejected = await cluster.store.read(Ref("intake", "_", "rejected"))
+        if rejected:
+            break
+        await asyncio.sleep(0.05)
+    data = rejected[-1].envelope.data
+    assert isinstance(data, m.CommandRejected)
+    assert (data.command_id, data.field) == ("mismatch-1", "name")
+    assert "published for vm/default/other" in data.reason
+    assert kinds(await cluster.history("target")) == ["VMCreated"]
+
+
+async def test_the_same_command_id_is_carried_out_once(cluster: Cluster) -> None:
+    await cluster.node("node-a")
+    await cluster.send(seed_apply("once"))
+    cmd = c.StartVM(name="once", id="start-once-1")
+    first = await cluster.send(cmd)
+    again = await cluster.send(cmd)
+    assert not first.duplicate and again.duplicate
+    assert again.accepted  # the retry learns the original outcome, not "already running"
+    await cluster.until("once", lambda s: s.status == "Running")
+    assert kinds(await cluster.history("once")).count("VMStartRequested") == 1
+
+
+# --- scheduling and nodes ----------------------------------------------------------------------
+
+
+async def test_unschedulable_until_a_node_fits(cluster: Cluster) -> None:
+    await cluster.node("small", memory_bytes=1 << 30)  # 1 GiB: the seed VM asks 2G
+    await cluster.send(seed_apply(running=True))
+    s = await cluster.until("centos7", lambda s: s.status == "ErrorUnschedulable")
+    assert s.reason == "0/1 nodes are available: 1 Insufficient memory."
+    await cluster.node("big", memory_bytes=8 << 30)
+    s = await cluster.until("centos7", lambda s: s.status == "Running")
+    assert s.node == "big"
+
+
+async def test_node_selector_and_least_loaded(cluster: Cluster) -> None:
+    await cluster.node("a", memory_bytes=8 << 30, labels={"zone": "x"})
+    await cluster.node("b", memory_bytes=8 << 30, labels={"zone": "y"})
+    pinned = seed_apply("pinned", running=True)
+    pinned.spec["template"]["spec"]["nodeSelector"] = {"zone": "y"}
+    await cluster.send(pinned)
+    assert (await cluster.until("pinned", lambda s: s.status == "Running")).node == "b"
+    await cluster.send(seed_apply("free", running=True))
+    assert (await cluster.until("free", lambda s: s.status == "Running")).node == "a"
+
+
+async def test_node_loss_fails_over_per_run_strategy(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    await cluster.send(seed_apply("always", running=True))
+    await cluster.until("always", lambda s: s.status == "Running")
+    await cluster.send(seed_apply("manual", runStrategy="Manual"))
+    await cluster.send(c.StartVM(name="manual"))
+    await cluster.until("manual", lambda s: s.status == "Running")
+    await cluster.node("node-b")
+    a.heartbeating = False
+    s = await cluster.until("always", lambda s: s.status == "Running" and s.node == "node-b")
+    assert s.failures == 1
+    m_state = await cluster.until("manual", lambda s: s.status == "Stopped")
+    assert "node node-a was lost" in m_state.reason
+    nodes = await cluster.store.read(Ref.node("node-a"))
+    assert kinds(nodes)[-1] == "NodeLost"
+    failed = [r.envelope.data for r in await cluster.history("always")]
+    assert m.VMFailed(reason="node node-a was lost", node="node-a") in failed
+
+
+# --- run strategies ------------------------------------------------------------------------------
+
+
+async def _running(cluster: Cluster, name: str, strategy: str) -> SimNode:
+    node = cluster.nodes[0] if cluster.nodes else await cluster.node("node-a")
+    await cluster.send(seed_apply(name, runStrategy=strategy))
+    if strategy in ("Manual", "Halted"):
+        await cluster.send(c.StartVM(name=name))
+    await cluster.until(name, lambda s: s.status == "Running")
+    return node
+
+
+@pytest.mark.parametrize(
+    ("strategy", "event", "after"),
+    [
+        ("Always", "crashed", "Running"),
+        ("Always", "shutdown", "Running"),
+        ("RerunOnFailure", "crashed", "Running"),
+        ("RerunOnFailure", "shutdown", "Stopped"),
+        ("Once", "crashed", "Stopped"),
+        ("Manual", "crashed", "Stopped"),
+    ],
+)
+async def test_run_strategy_after_the_guest_ends(
+    cluster: Cluster, strategy: str, event: str, after: str
+) -> None:
+    name = f"rs-{uuid.uuid4().hex[:6]}"
+    node = await _running(cluster, name, strategy)
+    before = len(node.work)
+    await node.crash(Ref.vm(name), reason=event)
+    s = await cluster.until(
+        name, lambda s: s.status == after and (after != "Running" or len(node.work) > before)
+    )
+    assert s.status == after
+    restarted = len([w for w in node.work if type(w).__name__ == "Start"]) == 2
+    assert restarted == (after == "Running")
+
+
+async def test_halted_vm_never_starts_by_itself(cluster: Cluster) -> None:
+    await cluster.node("node-a")
+    await cluster.send(seed_apply("halted"))
+    await asyncio.sleep(0.5)
+    assert kinds(await cluster.history("halted")) == ["VMCreated"]
+    assert (await cluster.state("halted")).status == "Stopped"
+
+
+async def test_repeated_crashes_back_off(cluster: Cluster) -> None:
+    node = await _running(cluster, "flaky", "Always")
+    await node.crash(Ref.vm("flaky"))  # first failure: restarted at once
+    await cluster.until("flaky", lambda s: s.status == "Running" and s.failures == 1)
+    await node.crash(Ref.vm("flaky"))  # second: CrashLoopBackOff for 5 s
+    s = await cluster.until("flaky", lambda s: s.status == "CrashLoopBackOff")
+    assert s.failures == 2
+    backoff = [r.envelope.data for r in await cluster.history("flaky")][-1]
+    assert backoff == m.VMBackoff(delay_seconds=5.0, failures=2)
+    s = await cluster.until("flaky", lambda s: s.status == "Running", within=15)
+    assert s.failures == 2  # counting goes on until it stays up or a user starts it
+
+
+async def test_stop_and_restart_and_pause(cluster: Cluster) -> None:
+    node = await _running(cluster, "life", "Always")
+    await cluster.send(c.PauseVM(name="life"))
+    await cluster.until("life", lambda s: s.status == "Paused")
+    with pytest.raises(Rejected, match="VMI is already paused"):
+        await cluster.send(c.PauseVM(name="life"))
+    await cluster.send(c.UnpauseVM(name="life"))
+    await cluster.until("life", lambda s: s.status == "Running")
+    await cluster.send(c.RestartVM(name="life"))
+    await cluster.until("life", lambda s: s.status == "Running" and len(node.work) >= 5)
+    await cluster.send(c.StopVM(name="life"))
+    s = await cluster.until("life", lambda s: s.status == "Stopped")
+    assert s.run_strategy == "Halted"  # like `virtctl stop`: nothing restarts it
+    actions = [type(w).__name__ for w in node.work]
+    assert actions == ["Start", "Pause", "Unpause", "Stop", "Start", "Stop"]
+
+
+async def test_delete_keeps_disks_and_undelete_brings_it_back(cluster: Cluster) -> None:
+    await _running(cluster, "doomed", "Always")
+    await cluster.send(c.DeleteVM(name="doomed"))
+    s = await cluster.until("doomed", lambda s: s.deleted)
+    deleted = [r.envelope.data for r in await cluster.history("doomed")][-1]
+    assert deleted == m.VMDeleted(disks=["pvc/iso-centos7", "hostDisk//data/disk.img"])
+    with pytest.raises(Rejected, match="not found"):
+        await cluster.send(c.StartVM(name="doomed"))
+    await cluster.send(c.UndeleteVM(name="doomed"))
+    s = await cluster.state("doomed")
+    assert (s.exists, s.status) == (True, "Stopped")
+
+
+# --- several orchestrators -----------------------------------------------------------------------
+
+
+async def test_two_orchestrators_decide_once(cluster: Cluster) -> None:
+    stop2, second = await _start_orchestrator(cluster.nc, cluster.data_dir / "orchestrator-2")
+    try:
+        await cluster.node("node-a")
+        await asyncio.sleep(0.3)
+        for i in range(5):
+            await cluster.send(seed_apply(f"race-{i}", running=True))
+        for i in range(5):
+            await cluster.until(f"race-{i}", lambda s: s.status == "Running")
+            history = kinds(await cluster.history(f"race-{i}"))
+            assert history.count("VMScheduled") == 1
+            assert history.count("VMStartRequested") == 1
+        starts = [w for w in cluster.nodes[0].work if type(w).__name__ == "Start"]
+        assert len(starts) == 5  # one work item per VM, though both controllers decided
+    finally:
+        stop2.set()
+        await second
