@@ -324,6 +324,13 @@ class ReplicaSetCreated(Event, frozen=True):
     labels: dict[str, str] = {}
 
 
+class ReplicaSetSpecChanged(Event, frozen=True):
+    aggregate: ClassVar[str] = "rs"
+    spec: dict[str, Any]
+    replicas: int = 1
+    labels: dict[str, str] = {}
+
+
 class ReplicaSetScaled(Event, frozen=True):
     aggregate: ClassVar[str] = "rs"
     replicas: int
@@ -381,7 +388,8 @@ AnyEvent = (
     | SnapshotSucceeded | SnapshotFailed | SnapshotDeleted | RestoreRequested | RestoreSucceeded
     | RestoreFailed | VolumeAttachRequested | VolumeAttached | VolumeDetachRequested
     | VolumeDetached | CommandRejected | NodeRegistered | NodeCordoned | NodeUncordoned
-    | NodeDrainRequested | NodeLost | ReplicaSetCreated | ReplicaSetScaled | ReplicaSetDeleted
+    | NodeDrainRequested | NodeLost | ReplicaSetCreated | ReplicaSetSpecChanged | ReplicaSetScaled
+    | ReplicaSetDeleted
     | VolumeCreated | VolumeReady | VolumeDeleted | WebhookSubscribed | WebhookUnsubscribed
     | WebhookDisabled
 )  # fmt: skip

@@ -25,10 +25,11 @@ from events.envelope import Recorded, encode
 from events.errors import ConcurrencyConflict, VirtbusError
 from events.names import HEARTBEAT_BUCKET, Ref
 from events.nodes import READY, Heartbeat, NodeState, apply_node
+from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
 from events.state import RUNNING, SCHEDULED, SCHEDULING, UNSCHEDULABLE, VMState, apply
 from events.store import EventStore
 from orchestrator.manifest import summarize
-from orchestrator.reconcile import Reaction, reconcile
+from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import NodeView, place
 
 log = logging.getLogger("virtbus.controller")
@@ -43,6 +44,7 @@ class Controller:
         self.node_grace_s = node_grace_s
         self.vms: dict[str, VMState] = {}
         self.nodes: dict[str, NodeState] = {}
+        self.replica_sets: dict[str, ReplicaSetState] = {}
         self.position = 0
         self.reactions = 0
         self._wakes: dict[str, datetime] = {}
@@ -62,6 +64,9 @@ class Controller:
         elif kind == "node":
             name = rest.split(".")[1]
             self.nodes[name] = apply_node(self.nodes.get(name) or NodeState(), rec.envelope)
+        elif kind == "rs":
+            rs = self.replica_sets.get(key) or ReplicaSetState()
+            self.replica_sets[key] = apply_rs(rs, rec.envelope)
         self.position = rec.seq
         return kind, key
 
@@ -129,6 +134,19 @@ class Controller:
         self.reactions += 1
         return reaction
 
+    async def react_rs(self, key: str, *, cause: Recorded | None = None) -> None:
+        rs = self.replica_sets.get(key)
+        if rs is None:
+            return
+        mine = {s.name: s for s in self.vms.values() if s.namespace == rs.namespace}
+        for ref, events, version in reconcile_rs(rs, mine):
+            with contextlib.suppress(ConcurrencyConflict):  # decided elsewhere already
+                await self.store.append(
+                    ref, events, expected_version=version,
+                    causationid=cause.envelope.id if cause else "",
+                    correlationid=cause.envelope.correlationid if cause else "",
+                )  # fmt: skip
+
     async def on_record(self, rec: Recorded) -> None:
         kind, key = self._fold(rec)
         data = rec.envelope.data
@@ -136,6 +154,11 @@ class Controller:
             await self.react(key, cause=rec)
             if isinstance(data, _FREES_CAPACITY):
                 await self._retry_unschedulable(rec)
+            s = self.vms[key]
+            if owner := s.labels.get(OWNER_LABEL):
+                await self.react_rs(f"virt.rs.{s.namespace}.{owner}", cause=rec)
+        elif kind == "rs":
+            await self.react_rs(key, cause=rec)
         elif kind == "node":
             if isinstance(data, m.NodeLost):
                 node = key.rpartition(".")[2]
@@ -157,6 +180,8 @@ class Controller:
         await self.store.replay(self._fold, verify=False)
         for key in list(self.vms):
             await self.react(key)
+        for key in list(self.replica_sets):
+            await self.react_rs(key)
 
     async def _follow(self) -> None:
         async for rec in self.store.follow(from_seq=self.position + 1):

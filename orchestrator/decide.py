@@ -12,6 +12,7 @@ from typing import Any
 from events import commands as c
 from events import model as m
 from events.errors import ValidationError
+from events.replicasets import ReplicaSetState
 from events.state import RUNNING, STOPPING, TERMINATING, VMState
 from orchestrator.manifest import API_VERSION, run_strategy_of, to_commands
 
@@ -92,6 +93,36 @@ def decide(s: VMState, cmd: c.Command) -> list[m.Event]:
                 raise _reject("VMI is not running", field="name")
             raise _reject("live migration is not available yet in virtbus", field="kind")
     raise _reject(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
+
+
+def decide_rs(rs: ReplicaSetState, cmd: c.Command) -> list[m.Event]:
+    """The events a replica-set command stands for."""
+    match cmd:
+        case c.ApplyReplicaSet():
+            doc = {
+                "apiVersion": API_VERSION, "kind": "VirtualMachineInstanceReplicaSet",
+                "metadata": {"name": cmd.name, "namespace": cmd.namespace, "labels": cmd.labels},
+                "spec": cmd.spec,
+            }  # fmt: skip
+            to_commands(doc)
+            replicas = int(cmd.spec.get("replicas", 1))
+            if not rs.exists:
+                return [m.ReplicaSetCreated(spec=cmd.spec, replicas=replicas, labels=cmd.labels)]
+            if (cmd.spec, cmd.labels) == (rs.spec, rs.labels):
+                return []
+            return [m.ReplicaSetSpecChanged(spec=cmd.spec, replicas=replicas, labels=cmd.labels)]
+    if not rs.exists:
+        raise _reject(
+            f'virtualmachineinstancereplicaset.kubevirt.io "{cmd.name}" not found', field="name"
+        )
+    match cmd:
+        case c.ScaleReplicaSet():
+            return (
+                [] if cmd.replicas == rs.replicas else [m.ReplicaSetScaled(replicas=cmd.replicas)]
+            )
+        case c.DeleteReplicaSet():
+            return [m.ReplicaSetDeleted()]
+    raise _reject(f"{type(cmd).__name__} does not apply to a replica set", field="kind")
 
 
 def _apply(s: VMState, cmd: c.ApplyVM) -> list[m.Event]:

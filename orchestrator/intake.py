@@ -23,9 +23,10 @@ from events.envelope import Recorded, decode_command, encode
 from events.errors import ConcurrencyConflict, ValidationError, VirtbusError
 from events.model import CE_TYPE
 from events.names import COMMANDS_STREAM, Ref, outcome_subject
+from events.replicasets import ReplicaSetState, apply_rs
 from events.state import fold
 from events.store import EventStore
-from orchestrator.decide import decide
+from orchestrator.decide import decide, decide_rs
 
 log = logging.getLogger("virtbus.intake")
 DURABLE = "orchestrator-intake"
@@ -78,11 +79,7 @@ class Intake:
             if mine:  # carried out before (a redelivery, a retrying client)
                 return _outcome(cmd.id, mine, duplicate=True)
             try:
-                if ref.kind != "vm":
-                    raise ValidationError(
-                        f"{type(cmd).__name__} is not available yet in virtbus", field="kind"
-                    )
-                events = decide(fold(r.envelope for r in history), cmd)
+                events = _decide(ref, history, cmd)
             except ValidationError as err:
                 return await self._record_rejection(ref, cmd.id, type(cmd).__name__, err, version)
             if not events:
@@ -170,6 +167,17 @@ class Intake:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+
+def _decide(ref: Ref, history: list[Recorded], cmd: c.Command) -> list[m.Event]:
+    if ref.kind == "vm":
+        return decide(fold(r.envelope for r in history), cmd)
+    if ref.kind == "rs":
+        rs = ReplicaSetState()
+        for r in history:
+            rs = apply_rs(rs, r.envelope)
+        return decide_rs(rs, cmd)
+    raise ValidationError(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
 
 
 def _outcome(cid: str, mine: list[Recorded], *, duplicate: bool) -> c.Outcome:

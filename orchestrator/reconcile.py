@@ -8,15 +8,18 @@ converges instead of repeating itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 
+from events import commands as c
 from events import model as m
 from events import work as w
 from events.envelope import Envelope
+from events.names import Ref
+from events.replicasets import OWNER_LABEL, ReplicaSetState, replica_name
 from events.state import (
     CRASH_LOOP,
     FAILED,
@@ -32,7 +35,7 @@ from events.state import (
     VMState,
     apply,
 )
-from orchestrator.decide import kept_disks
+from orchestrator.decide import decide, kept_disks
 from orchestrator.manifest import summarize
 from orchestrator.scheduler import Request, Unschedulable
 
@@ -167,3 +170,34 @@ def _stop(s: VMState) -> w.Stop:
     spec = (s.spec.get("template") or {}).get("spec") or {}
     grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_S)
     return w.Stop(grace_period_seconds=int(grace), force=s.status == TERMINATING, **_base(s))
+
+
+def reconcile_rs(
+    rs: ReplicaSetState, vms: Mapping[str, VMState]
+) -> list[tuple[Ref, list[m.Event], int]]:
+    """Per replica VM, the events that bring the set to `rs.replicas` (create or delete).
+
+    `vms` are the VMs of the set's namespace by name. Replicas are `<rs>-<index>` VMs with
+    runStrategy Always, so they restart on failure; scaling down deletes every owned VM outside
+    the first `replicas` indexes (KubeVirt picks arbitrary ones).
+    """
+    want = rs.replicas if rs.exists else 0
+    template = rs.spec.get("template") or {}
+    labels = {**((template.get("metadata") or {}).get("labels") or {}), OWNER_LABEL: rs.name}
+    wanted = [replica_name(rs.name, i) for i in range(want)]
+    out: list[tuple[Ref, list[m.Event], int]] = []
+    for name in wanted:
+        s = vms.get(name) or VMState()
+        if not s.exists and s.status != TERMINATING:
+            create = c.ApplyVM(
+                name=name, namespace=rs.namespace, labels=labels,
+                spec={"runStrategy": "Always", "template": template},
+                source_kind="VirtualMachineInstanceReplicaSet",
+            )  # fmt: skip
+            out.append((Ref("vm", rs.namespace, name), decide(s, create), s.version))
+    for name, s in vms.items():
+        owned = s.labels.get(OWNER_LABEL) == rs.name and s.exists
+        if owned and name not in wanted and s.status != TERMINATING:
+            delete = c.DeleteVM(name=name, namespace=rs.namespace)
+            out.append((Ref("vm", rs.namespace, name), decide(s, delete), s.version))
+    return out

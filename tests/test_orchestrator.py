@@ -420,3 +420,62 @@ async def test_two_orchestrators_decide_once(cluster: Cluster) -> None:
     finally:
         stop2.set()
         await second
+
+
+# --- replica sets --------------------------------------------------------------------------------
+
+RS_DOC = {
+    "apiVersion": "kubevirt.io/v1",
+    "kind": "VirtualMachineInstanceReplicaSet",
+    "metadata": {"name": "web"},
+    "spec": {
+        "replicas": 3,
+        "selector": {"matchLabels": {"app": "web"}},
+        "template": {
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {
+                "domain": {"devices": {}, "resources": {"requests": {"memory": "64Mi"}}},
+            },
+        },
+    },
+}
+
+
+async def _replicas(cluster: Cluster, rs: str, count: int) -> list[VMState]:
+    """Poll until exactly `count` replicas of `rs` exist and run."""
+    for _ in range(300):
+        states = [await cluster.state(f"{rs}-{i}") for i in range(count + 3)]
+        live = [s for s in states if s.exists]
+        if len(live) == count and all(s.status == "Running" for s in live):
+            return live
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{rs}: wanted {count} running replicas; have {[(s.name, s.status) for s in live]}")
+
+
+async def test_replica_set_keeps_n_replicas_and_scales(cluster: Cluster) -> None:
+    from orchestrator.manifest import to_commands
+
+    node = await cluster.node("node-a")
+    cmds, _ = to_commands(RS_DOC)
+    out = await cluster.send(cmds[0])
+    assert out.events == ["io.virtbus.rs.created.v1"]
+    live = await _replicas(cluster, "web", 3)
+    assert [s.name for s in live] == ["web-0", "web-1", "web-2"]
+    assert all(s.labels == {"app": "web", "virtbus.io/replicaset": "web"} for s in live)
+    await cluster.send(c.ScaleReplicaSet(name="web", replicas=5))
+    await _replicas(cluster, "web", 5)
+    await cluster.send(c.ScaleReplicaSet(name="web", replicas=2))
+    await _replicas(cluster, "web", 2)
+    assert (await cluster.state("web-4")).deleted
+    # A replica deleted by hand is replaced under the same name.
+    await cluster.send(c.DeleteVM(name="web-1"))
+    await cluster.until("web-1", lambda s: s.deleted or s.status == "Terminating")
+    await _replicas(cluster, "web", 2)
+    assert kinds(await cluster.history("web-1")).count("VMCreated") == 2
+    await cluster.send(c.DeleteReplicaSet(name="web"))
+    for i in range(2):
+        await cluster.until(f"web-{i}", lambda s: s.deleted)
+    with pytest.raises(Rejected, match="not found"):
+        await cluster.send(c.ScaleReplicaSet(name="nope", replicas=1))
+    starts = [w for w in node.work if type(w).__name__ == "Start"]
+    assert len(starts) == 6  # 3, then 2 more, then web-1's replacement
