@@ -38,7 +38,7 @@ def nats_server_binary() -> Path:
     )
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -100,7 +100,7 @@ class NatsServer:
             self._proc = await asyncio.create_subprocess_exec(
                 str(nats_server_binary()), "-c", str(conf),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )  # fmt: skip
         ports_file = ports_dir / f"nats-server_{self._proc.pid}.ports"
         loop = asyncio.get_running_loop()

@@ -196,6 +196,22 @@ class EventStore:
             f"{parts[0].ref}: the subject tree keeps moving", expected_version=0, actual_version=0
         )
 
+    async def append_fact(
+        self, ref: Ref, events: Sequence[Event], *, causationid: str = "",
+        correlationid: str = "",
+    ) -> AppendResult:  # fmt: skip
+        """Append observations that hold whatever happened before them (a node saw the domain
+        start): at the current version, retrying on conflict instead of deciding again."""
+        while True:
+            head = await self.head(ref, fresh=True)
+            try:
+                return await self.append(
+                    ref, events, expected_version=head.version, causationid=causationid,
+                    correlationid=correlationid,
+                )  # fmt: skip
+            except ConcurrencyConflict:
+                continue
+
     async def _publish(
         self, parts: Sequence[Append], heads: list[Head], *, command_id: str, actor: str,
         causationid: str, correlationid: str,

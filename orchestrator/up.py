@@ -7,13 +7,15 @@ period; a second Ctrl-C cuts the grace short.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sys
 from pathlib import Path
 
 from rich.console import Console
 
 from events.provision import provision
-from events.server import NatsServer, fsync_policy
+from events.server import NatsServer, die_with_parent, fsync_policy
 from events.store import EventStore
 from orchestrator.app import run_orchestrator
 from orchestrator.bus import connect
@@ -48,20 +50,30 @@ async def run_up(
                 name="orchestrator",
             )
             console.print("orchestrator: running (virtbus-api on the bus)")
-            if nodes:
+            workers = []
+            if hypervisor == "test":
+                for i in range(nodes):
+                    name = f"node-{chr(ord('a') + i)}"
+                    workers.append(await _spawn_worker(name, url=url, data_dir=data_dir / "nodes"))
+                    console.print(f"node {name}: libvirt test driver (pid {workers[-1].pid})")
+            elif nodes:
                 console.print(
-                    f"[yellow]not running yet:[/] {nodes} {hypervisor} node worker(s) "
+                    f"[yellow]not running yet:[/] {nodes} qemu node worker(s) "
                     "(see README, 'What does not work yet')"
                 )
             print(f"bus: {url}", flush=True)
             console.print("press Ctrl-C to stop")
-            await asyncio.wait(
-                [orchestrator, asyncio.create_task(stop.wait(), name="up-stop")],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            console.print("stopping...")
-            stop.set()
-            await orchestrator
+            try:
+                await asyncio.wait(
+                    [orchestrator, asyncio.create_task(stop.wait(), name="up-stop")],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                console.print("stopping...")
+            finally:
+                for proc in workers:
+                    await _stop_process(proc)
+                stop.set()
+                await orchestrator
         finally:
             await nc.close()
     finally:
@@ -69,6 +81,25 @@ async def run_up(
             loop.remove_signal_handler(sig)
         if owned is not None:
             await owned.stop()
+
+
+async def _spawn_worker(name: str, *, url: str, data_dir: Path) -> asyncio.subprocess.Process:
+    """A node worker as its own process: the orchestrator and workers meet only on the bus."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "workers", "--node", name, "--data-dir", str(data_dir),
+        "--server", url, stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
+    )  # fmt: skip
+
+
+async def _stop_process(proc: asyncio.subprocess.Process, *, grace: float = 10) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 async def rebuild(url: str, *, data_dir: Path) -> int:

@@ -12,6 +12,7 @@ STAMP=$VENV/.virtbus-installed
 APT_PACKAGES=(
   libvirt-dev pkg-config
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  libxml2-utils
 )
 
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

@@ -19,7 +19,6 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from events import model as m
 from events import work as w
 from events.envelope import encode
-from events.errors import ConcurrencyConflict
 from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, node_work_filter
 from events.nodes import Heartbeat
 from events.store import EventStore
@@ -112,14 +111,8 @@ class SimNode:
                 await self.observe(item.ref, [m.DomainResumed(node=n)])
 
     async def observe(self, ref: Ref, events: Sequence[m.Event]) -> None:
-        """Append what this node saw happen to `ref`, retrying on concurrent appends."""
-        while True:
-            head = await self.store.head(ref, fresh=True)
-            try:
-                await self.store.append(ref, events, expected_version=head.version)
-                return
-            except ConcurrencyConflict:
-                continue
+        """Append what this node saw happen to `ref`."""
+        await self.store.append_fact(ref, events)
 
     async def crash(self, ref: Ref, reason: str = "crashed") -> None:
         await self.observe(ref, [m.DomainStopped(node=self.name, reason=reason)])

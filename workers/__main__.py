@@ -1,0 +1,45 @@
+"""`python -m workers --node NAME [--libvirt URI] [--pods process]`: one node worker process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import nats
+import uvloop
+
+from workers.node import run_node
+
+
+async def _main(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    nc = await nats.connect(args.server, name=f"virtbus-worker-{args.node}")
+    try:
+        await run_node(nc, node=args.node, uri=args.libvirt, data_dir=Path(args.data_dir),
+                       stop=stop)  # fmt: skip
+    finally:
+        await nc.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--libvirt", default=None, help="libvirt URI (default: the test driver)")
+    parser.add_argument("--pods", default="process", choices=["process"])
+    parser.add_argument("--data-dir", default=".virtbus/nodes")
+    parser.add_argument(
+        "--server", default=os.environ.get("VIRTBUS_NATS_URL", "nats://127.0.0.1:4222")
+    )
+    logging.basicConfig(level=logging.INFO)
+    uvloop.run(_main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,390 @@
+"""A KubeVirt VM spec in, libvirt domain XML out: what virt-launcher hands to libvirt.
+
+virtbus keeps the user's KubeVirt spec on the log untouched; a node worker turns it into a domain
+only when it runs the VM. This module is that translation, pure: the worker first asks
+`volume_plan` what each volume needs (an image pulled, a disk created, an ISO built), resolves
+them to files, then calls `render_domain` with the paths. Anything the spec asks for that cannot
+run here raises `ValidationError` naming the field, so the VM fails with a reason, not a libvirt
+error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from typing import Any, Final, Literal
+
+import msgspec
+
+from events.errors import ValidationError
+
+SPEC: Final = "spec.template.spec"
+METADATA_NS: Final = "https://virtbus.dev/xmlns/domain/1"
+# uuid5 namespace for domain UUIDs, so one VM uid always names the same libvirt domain.
+UUID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, METADATA_NS)
+USER_BINDINGS: Final = ("masquerade", "bridge", "slirp")  # all become QEMU user-mode networking
+DEFAULT_BUS: Final = {"disk": "virtio", "cdrom": "sata", "lun": "scsi"}
+BUS_PREFIX: Final = {"virtio": "vd", "sata": "sd", "scsi": "sd", "usb": "sd"}
+CACHE_MODES: Final = ("none", "writethrough", "writeback")
+
+VolumeType = Literal[
+    "containerDisk", "hostDisk", "persistentVolumeClaim", "cloudInitNoCloud", "emptyDisk"
+]
+VOLUME_TYPES: Final[tuple[VolumeType, ...]] = (
+    "containerDisk", "hostDisk", "persistentVolumeClaim", "cloudInitNoCloud", "emptyDisk"
+)  # fmt: skip
+
+_QUANTITY_RE: Final = re.compile(
+    r"^(?P<num>\+?(?:\d+(?:\.\d*)?|\.\d+))"
+    r"(?:(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[kMGTPE])|[eE](?P<exp>\+?\d+))?$"
+)
+_SUFFIX: Final[dict[str, int]] = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}  # fmt: skip
+_MAC_RE: Final = re.compile(r"^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}$")
+
+ET.register_namespace("virtbus", METADATA_NS)
+
+
+class ResolvedVolume(msgspec.Struct, frozen=True):
+    """A volume made concrete on this node: the file (or block device, for a lun) to attach."""
+
+    path: str
+    format: Literal["raw", "qcow2"] = "raw"
+    readonly: bool = False
+
+
+VolumePaths = Mapping[str, ResolvedVolume]
+
+
+class VolumeNeed(msgspec.Struct, frozen=True):
+    """What the worker must provide for one volume before the domain can be rendered."""
+
+    name: str
+    type: VolumeType
+    image: str | None = None  # containerDisk
+    path: str | None = None  # hostDisk
+    disk_type: Literal["Disk", "DiskOrCreate"] | None = None  # hostDisk
+    capacity: int | None = None  # bytes: hostDisk (to create) and emptyDisk
+    claim_name: str | None = None  # persistentVolumeClaim
+    user_data: str | None = None  # cloudInitNoCloud, base64 already decoded
+    network_data: str | None = None  # cloudInitNoCloud
+
+
+def _fail(field: str, reason: str) -> ValidationError:
+    return ValidationError(f"{field}: {reason}", field=field)
+
+
+def parse_quantity(value: Any, *, field: str) -> int:
+    """A non-negative Kubernetes quantity ("2G", "512Mi", "1.5Gi", 1024) in bytes, rounded up."""
+    # orchestrator.manifest has the full parser; workers may not import it, and memory never
+    # needs the milli/micro suffixes, so this one refuses them.
+    ok = isinstance(value, str | int) and not isinstance(value, bool)
+    match = _QUANTITY_RE.match(str(value).strip()) if ok else None
+    if match is None:
+        raise _fail(field, f"{value!r} is not a quantity (like 2G, 512Mi, 1.5Gi or 1024)")
+    try:
+        amount = Decimal(match["num"]) * _SUFFIX[match["suffix"] or ""]
+        if match["exp"] is not None:
+            amount = amount.scaleb(int(match["exp"]))
+        return int(amount.to_integral_value(rounding=ROUND_CEILING))
+    except (InvalidOperation, OverflowError, ValueError) as exc:
+        raise _fail(field, f"{value!r} is out of range") from exc
+
+
+def _mapping(value: Any, field: str) -> dict[str, Any]:
+    if value is None:  # `masquerade:` with nothing after it is an empty mapping in KubeVirt
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(field, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _entries(value: Any, field: str) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _fail(field, f"expected a list, got {type(value).__name__}")
+    return [_mapping(item, f"{field}[{i}]") for i, item in enumerate(value)]
+
+
+def _vmi_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    template = _mapping(_mapping(spec, "spec").get("template"), "spec.template")
+    return _mapping(template.get("spec"), SPEC)
+
+
+# --- volumes -------------------------------------------------------------------------------------
+
+
+def volume_plan(spec: dict[str, Any]) -> list[VolumeNeed]:
+    """What each volume of a VM spec needs the caller to provide, in spec order."""
+    needs: list[VolumeNeed] = []
+    for i, vol in enumerate(_entries(_vmi_spec(spec).get("volumes"), f"{SPEC}.volumes")):
+        at = f"{SPEC}.volumes[{i}]"
+        name = vol.get("name")
+        if not isinstance(name, str) or not name:
+            raise _fail(f"{at}.name", "a name is required")
+        kinds = [key for key in vol if key != "name"]
+        if len(kinds) != 1 or kinds[0] not in VOLUME_TYPES:
+            got = ", ".join(kinds) or "no source"
+            raise _fail(
+                at, f"volume {name!r} has {got}; virtbus supports {', '.join(VOLUME_TYPES)}"
+            )
+        kind: VolumeType = kinds[0]
+        needs.append(_need(name, kind, _mapping(vol[kind], f"{at}.{kind}"), f"{at}.{kind}"))
+    return needs
+
+
+def _need(name: str, kind: VolumeType, src: dict[str, Any], at: str) -> VolumeNeed:
+    def text(key: str, *, required: bool = True) -> str | None:
+        value = src.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value:
+            raise _fail(f"{at}.{key}", "is required" if value is None else "must be a string")
+        return value
+
+    def size(key: str) -> int | None:
+        return None if src.get(key) is None else parse_quantity(src[key], field=f"{at}.{key}")
+
+    if kind == "containerDisk":
+        return VolumeNeed(name=name, type=kind, image=text("image"))
+    if kind == "persistentVolumeClaim":
+        return VolumeNeed(name=name, type=kind, claim_name=text("claimName"))
+    if kind == "emptyDisk":
+        if (capacity := size("capacity")) is None:
+            raise _fail(f"{at}.capacity", "is required")
+        return VolumeNeed(name=name, type=kind, capacity=capacity)
+    if kind == "hostDisk":
+        disk_type = src.get("type")
+        if disk_type not in ("Disk", "DiskOrCreate"):
+            raise _fail(f"{at}.type", f"{disk_type!r} is not one of Disk, DiskOrCreate")
+        capacity = size("capacity")
+        if capacity is None and disk_type == "DiskOrCreate":  # we could not size the new file
+            raise _fail(f"{at}.capacity", "is required when type is DiskOrCreate")
+        return VolumeNeed(
+            name=name, type=kind, path=text("path"), disk_type=disk_type, capacity=capacity
+        )
+    # cloudInitNoCloud: secrets live in Kubernetes, which virtbus does not have.
+    for key in ("secretRef", "networkDataSecretRef"):
+        if key in src:
+            raise _fail(f"{at}.{key}", "secrets are not supported; inline the data instead")
+    user, network = _cloud_data(src, "userData", at), _cloud_data(src, "networkData", at)
+    if user is None and network is None:
+        raise _fail(f"{at}.userData", "or networkData is required")
+    return VolumeNeed(name=name, type=kind, user_data=user, network_data=network)
+
+
+def _cloud_data(src: dict[str, Any], key: str, at: str) -> str | None:
+    if isinstance(plain := src.get(key), str):
+        return plain
+    if isinstance(encoded := src.get(f"{key}Base64"), str):
+        try:
+            return base64.b64decode(encoded, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise _fail(f"{at}.{key}Base64", "is not base64 of UTF-8 text") from exc
+    if plain is not None or encoded is not None:
+        raise _fail(f"{at}.{key}", "must be a string")
+    return None
+
+
+# --- the domain ----------------------------------------------------------------------------------
+
+
+def render_domain(
+    spec: dict[str, Any],
+    *,
+    name: str,
+    namespace: str,
+    uid: str,
+    volumes: VolumePaths,
+    kvm: bool,
+    emulator: str | None = None,
+) -> str:
+    """The libvirt domain XML for a VM spec (`spec.template.spec` is read); `kvm=False` is TCG."""
+    vmi = _vmi_spec(spec)
+    domain = _mapping(vmi.get("domain"), f"{SPEC}.domain")
+    devices_spec = _mapping(domain.get("devices"), f"{SPEC}.domain.devices")
+    root = ET.Element("domain", type="kvm" if kvm else "qemu")
+    ET.SubElement(root, "name").text = f"{namespace}_{name}"  # KubeVirt's domain naming
+    ET.SubElement(root, "uuid").text = str(uuid.uuid5(UUID_NAMESPACE, uid))
+    meta = ET.SubElement(root, "metadata")
+    ET.SubElement(meta, f"{{{METADATA_NS}}}vm", namespace=namespace, name=name, uid=uid)
+    kib = str(-(-_memory_bytes(domain) // 1024))
+    ET.SubElement(root, "memory", unit="KiB").text = kib
+    ET.SubElement(root, "currentMemory", unit="KiB").text = kib
+    vcpus, cpu = _cpu(_mapping(domain.get("cpu"), f"{SPEC}.domain.cpu"), kvm=kvm)
+    ET.SubElement(root, "vcpu", placement="static").text = str(vcpus)
+    machine = _mapping(domain.get("machine"), f"{SPEC}.domain.machine").get("type") or "q35"
+    os_el = ET.SubElement(root, "os")
+    ET.SubElement(os_el, "type", arch="x86_64", machine=str(machine)).text = "hvm"
+    features = ET.SubElement(root, "features")
+    ET.SubElement(features, "acpi")
+    ET.SubElement(features, "apic")
+    root.append(cpu)
+    ET.SubElement(root, "clock", offset="utc")
+    for event, action in (("poweroff", "destroy"), ("reboot", "restart"), ("crash", "destroy")):
+        ET.SubElement(root, f"on_{event}").text = action
+    devices = ET.SubElement(root, "devices")
+    if emulator:
+        ET.SubElement(devices, "emulator").text = emulator
+    _disks(devices, devices_spec, vmi, volumes)
+    _interfaces(devices, devices_spec)
+    _console_and_display(devices, devices_spec)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _memory_bytes(domain: dict[str, Any]) -> int:
+    """Guest memory as KubeVirt sizes it: memory.guest, else requests, else limits."""
+    at = f"{SPEC}.domain"
+    res = _mapping(domain.get("resources"), f"{at}.resources")
+    candidates = [
+        (f"{at}.memory.guest", _mapping(domain.get("memory"), f"{at}.memory").get("guest"))
+    ]
+    for key in ("requests", "limits"):
+        holder = _mapping(res.get(key), f"{at}.resources.{key}")
+        candidates.append((f"{at}.resources.{key}.memory", holder.get("memory")))
+    for field, value in candidates:
+        if value is not None:
+            if (size := parse_quantity(value, field=field)) <= 0:
+                raise _fail(field, f"{value!r} must be more than zero")
+            return size
+    raise _fail(f"{at}.resources.requests.memory", f"or {at}.memory.guest is required")
+
+
+def _cpu(cpu: dict[str, Any], *, kvm: bool) -> tuple[int, ET.Element]:
+    """The vCPU count and the <cpu> element: topology, and a model when one is asked for."""
+    counts: dict[str, int] = {}
+    for key in ("sockets", "cores", "threads"):
+        value = cpu.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise _fail(f"{SPEC}.domain.cpu.{key}", f"{value!r} must be a positive integer")
+        counts[key] = value
+    el = ET.Element("cpu")
+    model = cpu.get("model")
+    if model in ("host-model", "host-passthrough"):
+        if kvm:  # TCG cannot mirror the host CPU; QEMU's default model is what it can emulate
+            el.set("mode", model)
+    elif isinstance(model, str) and model:
+        ET.SubElement(el, "model", fallback="allow").text = model
+    ET.SubElement(el, "topology", {k: str(v) for k, v in counts.items()})
+    return counts["sockets"] * counts["cores"] * counts["threads"], el
+
+
+def _disks(
+    devices: ET.Element, devices_spec: dict[str, Any], vmi: dict[str, Any], volumes: VolumePaths
+) -> None:
+    declared = {v.get("name") for v in _entries(vmi.get("volumes"), f"{SPEC}.volumes")}
+    used: dict[str, int] = {}  # per target prefix, so sata and scsi never both get sda
+    scsi = False
+    path = f"{SPEC}.domain.devices.disks"
+    for i, disk in enumerate(_entries(devices_spec.get("disks"), path)):
+        at = f"{path}[{i}]"
+        vol_name = disk.get("name")
+        if vol_name not in declared:
+            raise _fail(f"{at}.name", f"no volume named {vol_name!r} in {SPEC}.volumes")
+        if (resolved := volumes.get(str(vol_name))) is None:
+            raise _fail(at, f"volume {vol_name!r} was not resolved to a file on this node")
+        kinds = [k for k in DEFAULT_BUS if k in disk]
+        if len(kinds) > 1:
+            raise _fail(at, f"has {' and '.join(kinds)}; a disk is one of disk, cdrom, lun")
+        kind = kinds[0] if kinds else "disk"
+        target = _mapping(disk.get(kind), f"{at}.{kind}")
+        bus = target.get("bus") or DEFAULT_BUS[kind]
+        if bus not in BUS_PREFIX:
+            raise _fail(f"{at}.{kind}.bus", f"{bus!r} is not one of {', '.join(BUS_PREFIX)}")
+        if kind == "cdrom" and bus == "virtio":
+            raise _fail(f"{at}.cdrom.bus", "a cdrom cannot use the virtio bus; use sata or scsi")
+        if kind == "lun" and bus != "scsi":
+            raise _fail(f"{at}.lun.bus", "a lun needs the scsi bus")
+        scsi = scsi or bus == "scsi"
+        prefix = BUS_PREFIX[bus]
+        used[prefix] = (index := used.get(prefix, 0)) + 1
+        # libvirt only passes SCSI commands through for a block device.
+        el = ET.SubElement(devices, "disk", type="block" if kind == "lun" else "file", device=kind)
+        driver = {"name": "qemu", "type": "raw" if kind == "lun" else resolved.format}
+        if (cache := disk.get("cache")) is not None:
+            if cache not in CACHE_MODES:
+                raise _fail(f"{at}.cache", f"{cache!r} is not one of {', '.join(CACHE_MODES)}")
+            driver["cache"] = cache
+        ET.SubElement(el, "driver", driver)
+        ET.SubElement(el, "source", {"dev" if kind == "lun" else "file": resolved.path})
+        ET.SubElement(el, "target", dev=prefix + _dev_suffix(index), bus=bus)
+        if kind == "cdrom" or resolved.readonly or target.get("readonly") is True:
+            ET.SubElement(el, "readonly")
+        if isinstance(serial := disk.get("serial"), str) and serial:
+            ET.SubElement(el, "serial").text = serial
+        _boot(el, disk, at)
+    if scsi:
+        ET.SubElement(devices, "controller", type="scsi", index="0", model="virtio-scsi")
+
+
+def _dev_suffix(index: int) -> str:
+    """a..z, aa..az, ...: libvirt's own naming of the nth disk on a bus."""
+    suffix, n = "", index + 1
+    while n > 0:
+        n, rem = divmod(n - 1, 26)
+        suffix = chr(ord("a") + rem) + suffix
+    return suffix
+
+
+def _boot(el: ET.Element, device: dict[str, Any], at: str) -> None:
+    order = device.get("bootOrder")
+    if order is None:
+        return
+    if not isinstance(order, int) or isinstance(order, bool) or order < 1:
+        raise _fail(f"{at}.bootOrder", f"{order!r} must be a positive integer")
+    ET.SubElement(el, "boot", order=str(order))
+
+
+def _interfaces(devices: ET.Element, devices_spec: dict[str, Any]) -> None:
+    path = f"{SPEC}.domain.devices.interfaces"
+    for i, nic in enumerate(_entries(devices_spec.get("interfaces"), path)):
+        at = f"{path}[{i}]"
+        # No binding written means bridge, KubeVirt's default for the pod network.
+        binding = next((key for key in (*USER_BINDINGS, "sriov", "passt", "binding") if key in nic),
+                       "bridge")  # fmt: skip
+        if binding not in USER_BINDINGS:
+            raise _fail(f"{at}.{binding}", "is not supported; use masquerade or bridge")
+        el = ET.SubElement(devices, "interface", type="user")  # no host bridge on these nodes
+        if (mac := nic.get("macAddress")) is not None:
+            ET.SubElement(el, "mac", address=_mac(mac, f"{at}.macAddress"))
+        model = nic.get("model") or "virtio"
+        if not isinstance(model, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", model):
+            raise _fail(f"{at}.model", f"{model!r} is not a NIC model")
+        ET.SubElement(el, "model", type=model)
+        _boot(el, nic, at)
+
+
+def _mac(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not _MAC_RE.match(value):
+        raise _fail(field, f"{value!r} is not a MAC address like 02:00:00:00:00:01")
+    mac = value.replace("-", ":").lower()
+    if int(mac[:2], 16) & 1:  # libvirt refuses multicast addresses for a NIC
+        raise _fail(field, f"{value!r} is a multicast address")
+    return mac
+
+
+def _console_and_display(devices: ET.Element, devices_spec: dict[str, Any]) -> None:
+    # KubeVirt attaches each of these unless the spec opts out explicitly.
+    if devices_spec.get("autoattachSerialConsole") is not False:
+        serial = ET.SubElement(devices, "serial", type="pty")
+        ET.SubElement(serial, "target", port="0")
+        console = ET.SubElement(devices, "console", type="pty")
+        ET.SubElement(console, "target", type="serial", port="0")
+    if devices_spec.get("autoattachGraphicsDevice") is not False:
+        # Loopback only: a VNC console has no password, so it is reached through a tunnel.
+        graphics = ET.SubElement(devices, "graphics", type="vnc", autoport="yes")
+        graphics.set("listen", "127.0.0.1")
+        ET.SubElement(graphics, "listen", type="address", address="127.0.0.1")
+        video = _mapping(devices_spec.get("video"), f"{SPEC}.domain.devices.video")
+        ET.SubElement(ET.SubElement(devices, "video"), "model", type=video.get("type") or "vga")
+    balloon = devices_spec.get("autoattachMemBalloon") is not False
+    ET.SubElement(devices, "memballoon", model="virtio" if balloon else "none")

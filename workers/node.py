@@ -1,0 +1,43 @@
+"""Running a node worker: its libvirt URI and data dir, and the test driver's per-node state file.
+
+Shared by `python -m workers` and the embedded stack (`virtbus up`), which runs its node workers
+in-process on the same bus connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from nats.aio.client import Client
+
+from workers.worker import Worker
+
+# libvirt's test driver reads a node's capacity from a file; its state stays in the process.
+_TEST_NODE_XML = """<node>
+  <cpu><mhz>2000</mhz><model>x86_64</model><active>{cpus}</active><nodes>1</nodes>
+    <sockets>1</sockets><cores>{cpus}</cores><threads>1</threads></cpu>
+  <memory>{memory_kib}</memory>
+</node>
+"""
+
+
+def libvirt_test_uri(data_dir: Path, *, cpus: int = 8, memory_gib: int = 16) -> str:
+    """A `test:///` URI with this node's own state (each open of a file is private)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "test-node.xml"
+    path.write_text(_TEST_NODE_XML.format(cpus=cpus, memory_kib=memory_gib << 20))
+    return f"test://{path.resolve()}"
+
+
+async def run_node(
+    nc: Client, *, node: str, uri: str | None, data_dir: Path, stop: asyncio.Event,
+    labels: dict[str, str] | None = None,
+) -> None:  # fmt: skip
+    """Run one node worker until `stop`; the test driver when no URI is given."""
+    node_dir = data_dir / node
+    if uri is None:
+        uri = await asyncio.to_thread(libvirt_test_uri, node_dir)
+    worker = Worker(nc, node=node, uri=uri, data_dir=node_dir, host_root=node_dir / "host",
+                    labels=labels)  # fmt: skip
+    await worker.run(stop)

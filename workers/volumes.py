@@ -1,0 +1,149 @@
+"""Volumes made concrete on a node: the files a domain's disks point at.
+
+Each volume of a VM spec resolves to a file under the node's data dir (or, for hostDisk, under
+the node's host root): a containerDisk from the local image cache, a persistentVolumeClaim's
+`disk.img` in its claim directory, a hostDisk created sparse when `DiskOrCreate`, an emptyDisk
+made fresh, and a cloudInitNoCloud ISO (label `cidata`) generated here. What cannot be provided
+fails the start with KubeVirt's status: `ErrorPvcNotFound`, `ErrImagePull`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+from events.errors import VirtbusError
+from workers.domain import ResolvedVolume, VolumeNeed, volume_plan
+
+_IMAGE_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_DISK_NAMES = ("disk.qcow2", "disk.img", "disk.raw")
+
+
+class VolumeUnavailable(VirtbusError):
+    """A volume the VM names cannot be provided; `status` is KubeVirt's printable status."""
+
+    def __init__(self, message: str, *, status: str, field: str = "") -> None:
+        super().__init__(message, field=field)
+        self.status = status
+
+
+def image_dir(root: Path, image: str) -> Path:
+    return root / "images" / _IMAGE_SAFE.sub("_", image)
+
+
+def claim_dir(root: Path, namespace: str, claim: str) -> Path:
+    return root / "volumes" / namespace / claim
+
+
+def _format_of(path: Path) -> Literal["raw", "qcow2"]:
+    with path.open("rb") as f:
+        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+
+
+def _sparse(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        f.truncate(size)
+
+
+def _overlay(path: Path, *, base: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = _format_of(base)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", fmt, str(path)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def _cidata_iso(path: Path, *, user_data: str, network_data: str | None, instance: str) -> None:
+    import pycdlib
+
+    files = {"user-data": user_data, "meta-data": f"instance-id: {instance}\n"}
+    if network_data:
+        files["network-config"] = network_data
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+    for i, (name, text) in enumerate(files.items()):
+        data = text.encode()
+        iso.add_fp(io.BytesIO(data), len(data), f"/FILE{i};1", rr_name=name, joliet_path=f"/{name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iso.write(str(path))
+    iso.close()
+
+
+class Volumes:
+    def __init__(self, root: Path, *, host_root: Path | None = None) -> None:
+        self.root = root
+        self.host_root = host_root  # where hostDisk paths live; None = the real host
+
+    def instance_dir(self, namespace: str, name: str) -> Path:
+        return self.root / "vms" / namespace / name
+
+    async def resolve(
+        self, spec: dict[str, Any], *, namespace: str, name: str, uid: str
+    ) -> dict[str, ResolvedVolume]:
+        plan = volume_plan(spec)
+        out = {}
+        for i, need in enumerate(plan):
+            out[need.name] = await asyncio.to_thread(
+                self._resolve, need, namespace=namespace, name=name, uid=uid, index=i
+            )
+        return out
+
+    def _resolve(
+        self, need: VolumeNeed, *, namespace: str, name: str, uid: str, index: int
+    ) -> ResolvedVolume:
+        field = f"spec.template.spec.volumes[{index}]"
+        if need.type == "containerDisk":
+            found = [image_dir(self.root, need.image or "") / n for n in _DISK_NAMES]
+            for path in found:
+                if path.is_file():
+                    # The cached image is shared: each instance writes to its own qcow2 overlay.
+                    overlay = self.instance_dir(namespace, name) / f"{need.name}.qcow2"
+                    try:
+                        _overlay(overlay, base=path)
+                    except (OSError, subprocess.CalledProcessError) as err:
+                        raise VolumeUnavailable(
+                            f"{field}: cannot make an overlay of {path}: {err}",
+                            status="Failed",
+                            field=field,
+                        ) from err
+                    return ResolvedVolume(path=str(overlay), format="qcow2")
+            raise VolumeUnavailable(
+                f"{field}: image {need.image!r} is not in this node's image cache "
+                f"({image_dir(self.root, need.image or '')})",
+                status="ErrImagePull", field=field,
+            )  # fmt: skip
+        if need.type == "persistentVolumeClaim":
+            disk = claim_dir(self.root, namespace, need.claim_name or "") / "disk.img"
+            if not disk.is_file():
+                raise VolumeUnavailable(
+                    f'{field}: persistentvolumeclaim "{need.claim_name}" not found',
+                    status="ErrorPvcNotFound", field=field,
+                )  # fmt: skip
+            return ResolvedVolume(path=str(disk), format=_format_of(disk))
+        if need.type == "hostDisk":
+            path = Path(need.path or "")
+            if self.host_root is not None:
+                path = self.host_root / path.relative_to(path.anchor)
+            if not path.exists():
+                if need.disk_type != "DiskOrCreate":
+                    raise VolumeUnavailable(
+                        f"{field}: hostDisk {need.path} does not exist (type Disk)",
+                        status="ErrorDiskNotFound", field=field,
+                    )  # fmt: skip
+                _sparse(path, need.capacity or 0)
+            return ResolvedVolume(path=str(path), format=_format_of(path))
+        scratch = self.instance_dir(namespace, name)
+        if need.type == "emptyDisk":
+            path = scratch / f"{need.name}.img"
+            _sparse(path, need.capacity or 0)
+            return ResolvedVolume(path=str(path))
+        path = scratch / f"{need.name}-cidata.iso"
+        _cidata_iso(path, user_data=need.user_data or "", network_data=need.network_data,
+                    instance=uid)  # fmt: skip
+        return ResolvedVolume(path=str(path), readonly=True)

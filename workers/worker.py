@@ -1,0 +1,346 @@
+"""virt-handler: one per node. Consumes its node's work, drives libvirt, reports what it observes.
+
+Work for one VM is handled in order, different VMs in parallel. Every operation is idempotent: a
+redelivered item finds the domain already as wanted and only reports what the log lacks. On start
+the worker reconciles libvirt with the log, like virt-handler's sync loop: a domain the log says
+should not be here is reported and removed, a VM that should run here and does not is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from events import model as m
+from events import work as w
+from events.envelope import encode
+from events.errors import HypervisorError, ValidationError, VirtbusError
+from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, node_work_filter
+from events.nodes import Heartbeat
+from events.state import RUNNING, SCHEDULED, SCHEDULING, STOPPING, TERMINATING, VMState
+from events.store import EventStore
+from workers.domain import render_domain
+from workers.hypervisor import RUNNING_STATES, DomainEvent, Hypervisor
+from workers.pods import ProcessPods, pod_name
+from workers.volumes import Volumes, VolumeUnavailable
+
+log = logging.getLogger("virtbus.worker")
+PAUSED_STATE = 3  # libvirt.VIR_DOMAIN_PAUSED
+KEEPALIVE_S = 10.0
+EXPECT_S = 10.0  # how long an event our own call caused may take to arrive
+
+
+def domain_name(ref: Ref) -> str:
+    return f"{ref.namespace}_{ref.name}"  # KubeVirt's naming; DNS-1123 names have no "_"
+
+
+def ref_of_domain(name: str) -> Ref | None:
+    ns, sep, vm = name.partition("_")
+    return Ref("vm", ns, vm) if sep else None
+
+
+class Worker:
+    def __init__(
+        self, nc: Client, *, node: str, uri: str, data_dir: Path, host_root: Path | None = None,
+        labels: dict[str, str] | None = None, heartbeat_s: float = 2.0,
+    ) -> None:  # fmt: skip
+        self.nc = nc
+        self.node = node
+        self.uri = uri
+        self.labels = labels or {}
+        self.heartbeat_s = heartbeat_s
+        self.store = EventStore(nc, source=f"/virtbus/node/{node}")
+        self.hv = Hypervisor(uri)
+        self.pods = ProcessPods(self._launcher_exited)
+        self.volumes = Volumes(data_dir, host_root=host_root)
+        self.handled = 0
+        self.malformed = 0
+        self._expected: dict[str, list[tuple[str, float]]] = {}
+        self._pods: dict[str, str] = {}  # domain -> its launcher pod
+        self._queues: dict[str, asyncio.Queue[Msg]] = {}
+        self._vm_tasks: dict[str, asyncio.Task[None]] = {}
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.hv.open()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            host = await self.hv.host()
+            self.kvm = host.kvm
+            head = await self.store.head(Ref.node(self.node), fresh=True)
+            registered = m.NodeRegistered(
+                hypervisor="test" if self.uri.startswith("test:") else host.hypervisor.lower(),
+                libvirt_uri=self.uri, cpus=host.cpus, memory_bytes=host.memory_bytes,
+                kvm=host.kvm, labels=self.labels, pods="process",
+            )  # fmt: skip
+            await self.store.append(
+                Ref.node(self.node), [registered], expected_version=head.version
+            )
+            await self._beat()
+            await self.reconcile()
+            tasks = [
+                asyncio.create_task(self._heartbeats(stop), name=f"worker-{self.node}-heartbeat"),
+                asyncio.create_task(self._domain_events(), name=f"worker-{self.node}-libvirt"),
+                asyncio.create_task(self._work(stop), name=f"worker-{self.node}-work"),
+            ]
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            vm_tasks = list(self._vm_tasks.values())
+            for t in vm_tasks:
+                t.cancel()
+            await asyncio.gather(*vm_tasks, return_exceptions=True)
+            await self.pods.close()
+            await self.hv.close()
+
+    async def _beat(self) -> None:
+        kv = await self.nc.jetstream().key_value(HEARTBEAT_BUCKET)
+        await kv.put(self.node, encode(Heartbeat(at=time.time())))
+
+    async def _heartbeats(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(VirtbusError, TimeoutError):
+                await self._beat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.heartbeat_s)
+
+    async def observe(self, ref: Ref, events: Sequence[m.Event]) -> None:
+        await self.store.append_fact(ref, events)
+
+    # --- the sync loop ---------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        states = await self.store.replay_states(verify=False)
+        domains = await self.hv.domains()
+        for dom, st in domains.items():
+            ref = ref_of_domain(dom)
+            s = states.get(ref) if ref else None
+            if s is not None and s.node == self.node and s.phase in (SCHEDULED, RUNNING):
+                continue
+            await self._remove(dom, running=st in RUNNING_STATES or st == PAUSED_STATE)
+            if ref is not None and s is not None:
+                await self.observe(ref, [m.DomainUndefined(node=self.node)])
+        for ref, s in states.items():
+            if s.node == self.node and s.phase == RUNNING and domain_name(ref) not in domains:
+                # The log says it runs here and it does not: a lost domain, a failed instance.
+                await self.observe(ref, [m.DomainStopped(node=self.node, reason="lost")])
+
+    async def _remove(self, dom: str, *, running: bool) -> None:
+        if running:
+            self._expect(dom, "stopped")
+            with contextlib.suppress(HypervisorError):
+                await self.hv.destroy(dom)
+        with contextlib.suppress(HypervisorError):
+            await self.hv.undefine(dom)
+        if pod := self._pods.pop(dom, None):
+            await self.pods.delete(pod)
+
+    # --- work ----------------------------------------------------------------------------------
+
+    async def _work(self, stop: asyncio.Event) -> None:
+        sub = await self.nc.jetstream().pull_subscribe(
+            node_work_filter(self.node), durable=f"worker-{self.node}", stream=WORK_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=20,
+                                  max_ack_pending=1000),
+        )  # fmt: skip
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(100, timeout=0.5)
+                except TimeoutError:
+                    continue
+                for msg in msgs:
+                    key = msg.subject.split(".", 3)[3]  # vm.<ns>.<name>: one queue per VM
+                    self._queues.setdefault(key, asyncio.Queue()).put_nowait(msg)
+                    if key not in self._vm_tasks:
+                        self._vm_tasks[key] = asyncio.create_task(
+                            self._drain(key), name=f"worker-{self.node}-{key}"
+                        )
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _drain(self, key: str) -> None:
+        queue = self._queues[key]
+        try:
+            while not queue.empty():
+                await self._handle(queue.get_nowait())
+        finally:
+            del self._vm_tasks[key]
+            if queue.empty():
+                self._queues.pop(key, None)
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            item = w.WORK_DECODER.decode(msg.data)
+        except Exception:  # whatever it is, it is not work: count it and drop it
+            self.malformed += 1
+            await msg.term()
+            return
+        keepalive = asyncio.create_task(_keep_alive(msg), name=f"keepalive-{item.msg_id}")
+        try:
+            await self.do(item)
+        except VirtbusError as err:
+            log.warning("%s on %s failed: %s", type(item).__name__, item.name, err)
+            keepalive.cancel()
+            await (msg.nak(delay=2) if err.retryable else msg.term())
+            return
+        finally:
+            keepalive.cancel()
+        self.handled += 1
+        await msg.ack()
+
+    async def do(self, item: w.Work) -> None:
+        s, _ = await self.store.load(item.ref)
+        if s.vmi_uid != item.vmi_uid or s.node != self.node:
+            return  # stale: the instance it was for is gone or elsewhere
+        match item:
+            case w.Start():
+                await self._start(item, s)
+            case w.Stop():
+                await self._stop(item, s)
+            case w.Pause():
+                if s.phase == RUNNING and not s.paused:
+                    self._expect(domain_name(item.ref), "suspended")
+                    await self.hv.suspend(domain_name(item.ref))
+                    await self.observe(item.ref, [m.DomainPaused(node=self.node)])
+            case w.Unpause():
+                if s.paused:
+                    self._expect(domain_name(item.ref), "resumed")
+                    await self.hv.resume(domain_name(item.ref))
+                    await self.observe(item.ref, [m.DomainResumed(node=self.node)])
+
+    async def _start(self, item: w.Start, s: VMState) -> None:
+        ref, dom = item.ref, domain_name(item.ref)
+        if s.status in (STOPPING, TERMINATING) or s.phase not in (SCHEDULING, SCHEDULED):
+            return
+        state = await self.hv.state(dom)
+        if state in RUNNING_STATES or state == PAUSED_STATE:  # started before a crash of ours
+            await self.observe(ref, [m.DomainStarted(node=self.node)])
+            return
+        try:
+            volumes = await self.volumes.resolve(
+                item.spec, namespace=ref.namespace, name=ref.name, uid=item.vmi_uid
+            )
+            xml = render_domain(item.spec, name=ref.name, namespace=ref.namespace,
+                                uid=item.vmi_uid, volumes=volumes, kvm=self.kvm)  # fmt: skip
+        except VolumeUnavailable as err:
+            fail = m.VMStartFailed(reason=err.message, status=err.status, node=self.node)
+            await self.observe(ref, [fail])
+            return
+        except ValidationError as err:
+            await self.observe(ref, [m.VMStartFailed(reason=err.message, node=self.node)])
+            return
+        pod = await self.pods.create(pod_name(ref.name, item.vmi_uid))
+        self._pods[dom] = pod
+        events: list[m.Event] = [m.LauncherCreated(node=self.node, pod=pod)]
+        try:
+            uuid = await self.hv.define(xml)
+            events.append(m.DomainDefined(node=self.node, domain_uuid=uuid))
+            self._expect(dom, "started")
+            await self.hv.start(dom)
+        except HypervisorError as err:
+            await self._remove(dom, running=False)
+            events.append(m.VMStartFailed(reason=err.message, status="Stopped", node=self.node))
+            await self.observe(ref, events)
+            return
+        events.append(m.DomainStarted(node=self.node))
+        await self.observe(ref, events)
+
+    async def _stop(self, item: w.Stop, s: VMState) -> None:
+        dom = domain_name(item.ref)
+        state = await self.hv.state(dom)
+        reason = "shutdown"
+        if state in RUNNING_STATES or state == PAUSED_STATE:
+            if not item.force and state != PAUSED_STATE:
+                self._expect(dom, "stopped")
+                with contextlib.suppress(HypervisorError):
+                    await self.hv.shutdown(dom)
+                for _ in range(item.grace_period_seconds * 10):  # ACPI first, like KubeVirt
+                    if await self.hv.state(dom) not in RUNNING_STATES:
+                        break
+                    await asyncio.sleep(0.1)
+            if await self.hv.state(dom) in (*RUNNING_STATES, PAUSED_STATE):
+                self._expect(dom, "stopped")
+                await self.hv.destroy(dom)
+                reason = "destroyed"
+        pod = self._pods.get(dom, pod_name(item.name, item.vmi_uid))
+        await self._remove(dom, running=False)
+        await asyncio.to_thread(
+            shutil.rmtree, self.volumes.instance_dir(item.namespace, item.name), True
+        )
+        events: list[m.Event] = [m.LauncherDeleted(node=self.node, pod=pod)]
+        if s.phase in (SCHEDULING, SCHEDULED, RUNNING):
+            events.insert(0, m.DomainStopped(node=self.node, reason=reason))
+        await self.observe(item.ref, events)
+
+    # --- what libvirt and the launchers tell us --------------------------------------------------
+
+    def _expect(self, dom: str, kind: str) -> None:
+        self._expected.setdefault(dom, []).append((kind, time.monotonic() + EXPECT_S))
+
+    def _was_expected(self, ev: DomainEvent) -> bool:
+        now = time.monotonic()
+        pending = [(k, t) for k, t in self._expected.get(ev.domain, []) if t > now]
+        for i, (kind, _) in enumerate(pending):
+            if kind == ev.kind:
+                del pending[i]
+                self._expected[ev.domain] = pending
+                return True
+        self._expected[ev.domain] = pending
+        return False
+
+    async def _domain_events(self) -> None:
+        while True:
+            ev = await self.hv.events.get()
+            try:
+                await self._on_domain_event(ev)
+            except VirtbusError as err:
+                log.warning("reporting %s of %s failed: %s", ev.kind, ev.domain, err)
+
+    async def _on_domain_event(self, ev: DomainEvent) -> None:
+        if ev.kind not in ("stopped", "suspended", "resumed") or self._was_expected(ev):
+            return
+        ref = ref_of_domain(ev.domain)
+        if ref is None or ev.reason == "migrated":
+            return
+        if ev.kind == "stopped":
+            await self._remove(ev.domain, running=False)
+            await self.observe(ref, [m.DomainStopped(node=self.node, reason=ev.reason)])
+        elif ev.kind == "suspended":
+            await self.observe(ref, [m.DomainPaused(node=self.node, reason=ev.reason)])
+        else:
+            await self.observe(ref, [m.DomainResumed(node=self.node, reason=ev.reason)])
+
+    async def _launcher_exited(self, pod: str, code: int) -> None:
+        dom = next((d for d, p in self._pods.items() if p == pod), None)
+        if dom is None:
+            return
+        ref = ref_of_domain(dom)
+        state = await self.hv.state(dom)
+        await self._remove(dom, running=state in RUNNING_STATES or state == PAUSED_STATE)
+        if ref is not None:
+            failed = m.LauncherFailed(
+                node=self.node, pod=pod, reason=f"launcher exited with code {code}", exit_code=code
+            )
+            await self.observe(ref, [failed])
+
+
+async def _keep_alive(msg: Msg) -> None:
+    """Tell JetStream a long operation is still going, so the item is not redelivered."""
+    while True:
+        await asyncio.sleep(KEEPALIVE_S)
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
