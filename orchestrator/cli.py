@@ -315,6 +315,38 @@ def bench_log(
     )
 
 
+@bench.command("control")
+def bench_control(
+    vms: Annotated[int, typer.Option(min=1, help="VMs to create and start")] = 1000,
+    nodes: Annotated[int, typer.Option(min=1, help="simulated nodes")] = 10,
+    concurrency: Annotated[int, typer.Option(min=1, help="commands in flight")] = 50,
+    output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+    server: Annotated[
+        str | None,
+        typer.Option("--server", help="bench against this server (default: a fresh one)"),
+    ] = None,
+) -> None:
+    """VM creation to Running through the whole control plane, against plain nats-py."""
+    from orchestrator.bench.control import run
+
+    r = _run(run(vms=vms, nodes=nodes, server=server, concurrency=concurrency))
+    if output is Output.json:
+        sys.stdout.write(json.dumps(r) + "\n")
+        return
+    typer.echo(
+        f"{r['running']}/{r['vms']} VMs Running on {r['nodes']} nodes, {r['concurrency']} in flight"
+        f" ({r['accepted']} accepted, {r['rejected']} rejected)\n"
+        f"commands/s             {r['commands_per_s']:10,.0f}\n"
+        f"VM starts/s            {r['starts_per_s']:10,.0f}\n"
+        f"raw nats-py starts/s   {r['baseline_starts_per_s']:10,.0f}"
+        f"  ({r['baseline_publishes_per_vm']} publishes per VM)\n"
+        f"ratio                  {r['ratio']:10.2f}\n"
+        f"creation->Running ms   p50 {r['create_to_running_p50_ms']:.0f}, "
+        f"p95 {r['create_to_running_p95_ms']:.0f}, p99 {r['create_to_running_p99_ms']:.0f}, "
+        f"max {r['create_to_running_max_ms']:.0f}"
+    )
+
+
 def main() -> None:
     app()
 

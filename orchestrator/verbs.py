@@ -31,6 +31,10 @@ KIND_NAMES = {
     "vmi": "vmis", "vmis": "vmis", "virtualmachineinstance": "vmis",
     "virtualmachineinstances": "vmis", "node": "nodes", "nodes": "nodes",
 }  # fmt: skip
+RESOURCES = {
+    "vms": "virtualmachines.kubevirt.io", "vmis": "virtualmachineinstances.kubevirt.io",
+    "nodes": "nodes",
+}  # fmt: skip
 APPLIED_KIND = {
     "ApplyVM": "virtualmachine", "ApplyReplicaSet": "virtualmachineinstancereplicaset",
     "MigrateVM": "virtualmachineinstancemigration",
@@ -101,15 +105,19 @@ async def get(
     async with session(url) as nc:
         q = Query(what="nodes" if kind == "nodes" else "vms", namespace=namespace, name=name)
         answer = await query(nc, q)
-        if name and kind != "nodes" and not answer.vms:
-            raise VirtbusError(f'{kind[:-1]} "{name}" not found')
+        # A named lookup returns deleted VMs too; a VM without a phase has no VMI.
+        vms = [s for s in answer.vms if s.exists and (kind != "vmis" or not name or s.phase)]
+        if kind == "nodes":  # the VMS column counts every namespace's VMs on each node
+            vms = (await query(nc, Query(what="vms"))).vms
         nodes = [n for n in answer.nodes if name is None or n.name == name]
-        text = _render(kind, answer.vms, nodes, output=output, namespace=namespace,
+        if name and not (nodes if kind == "nodes" else vms):
+            raise VirtbusError(f'{RESOURCES[kind]} "{name}" not found')
+        text = _render(kind, vms, nodes, output=output, namespace=namespace,
                        single=name is not None)  # fmt: skip
         typer.echo(text.rstrip("\n"))
         if watch:
             await _watch(nc, kind=kind, name=name, namespace=namespace, output=output,
-                         vms=answer.vms, nodes=nodes, position=answer.position)  # fmt: skip
+                         vms=vms, nodes=nodes, position=answer.position)  # fmt: skip
     return 0
 
 

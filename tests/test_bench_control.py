@@ -1,0 +1,43 @@
+"""`virtbus bench control -o json`: the control-plane benchmark's promised output, no timings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+CLI = [sys.executable, "-m", "orchestrator.cli"]
+
+KEYS = (
+    "vms", "nodes", "accepted", "rejected", "running", "commands_per_s", "starts_per_s",
+    "create_to_running_p50_ms", "create_to_running_p95_ms", "create_to_running_p99_ms",
+    "events_per_vm", "baseline_starts_per_s", "ratio",
+)  # fmt: skip
+
+
+async def run(*args: str, wait_s: float = 120) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), wait_s)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_bench_control_starts_every_vm_and_prints_one_json_object() -> None:
+    code, out, err = await run("bench", "control", "--vms", "30", "--nodes", "3", "-o", "json")
+    assert code == 0, err
+    result = json.loads(out)  # stdout holds the JSON and nothing else
+    for key in KEYS:
+        assert key in result, key
+    assert (result["vms"], result["nodes"]) == (30, 3)
+    assert result["accepted"] == result["running"] == 30
+    assert result["rejected"] == 0
+    # created, start requested, scheduled, launcher created, domain defined, domain started
+    assert result["events_per_vm"] == 6
+    assert result["baseline_publishes_per_vm"] == 7
+    for key in ("commands_per_s", "starts_per_s", "baseline_starts_per_s", "ratio"):
+        assert result[key] > 0, key
+    assert result["ratio"] == result["starts_per_s"] / result["baseline_starts_per_s"]
+    p50, p95, p99 = (result[f"create_to_running_{p}_ms"] for p in ("p50", "p95", "p99"))
+    assert 0 < p50 <= p95 <= p99 <= result["create_to_running_max_ms"]
