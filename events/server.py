@@ -49,6 +49,14 @@ def fsync_policy(sync_always: bool) -> str:
     return "fsync every 2 minutes (nats-server default; acked data can be lost on power loss)"
 
 
+def _read_ports(path: Path) -> str:
+    """The client URL from nats-server's ports file, or '' while it is absent or half written."""
+    try:
+        return str(json.loads(path.read_text())["nats"][0])
+    except (OSError, ValueError, KeyError, IndexError):
+        return ""
+
+
 class NatsServer:
     """An owned nats-server with JetStream on `data_dir`: `async with NatsServer(...) as s`."""
 
@@ -105,7 +113,7 @@ class NatsServer:
         ports_file = ports_dir / f"nats-server_{self._proc.pid}.ports"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ready_timeout
-        while not ports_file.exists():
+        while not (url := _read_ports(ports_file)):
             if self._proc.returncode is not None or loop.time() > deadline:
                 tail = self.log_file.read_text(errors="replace").strip().splitlines()[-5:]
                 await self.stop()
@@ -113,7 +121,7 @@ class NatsServer:
                     f"nats-server did not start on 127.0.0.1:{self.port}: " + " | ".join(tail)
                 )
             await asyncio.sleep(0.005)
-        self.url = json.loads(ports_file.read_text())["nats"][0]
+        self.url = url
         return self.url
 
     async def stop(self, *, grace: float = 10) -> None:

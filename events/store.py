@@ -9,6 +9,8 @@ writer pays no extra round trip.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
@@ -201,16 +203,47 @@ class EventStore:
         correlationid: str = "",
     ) -> AppendResult:  # fmt: skip
         """Append observations that hold whatever happened before them (a node saw the domain
-        start): at the current version, retrying on conflict instead of deciding again."""
-        while True:
-            head = await self.head(ref, fresh=True)
-            try:
-                return await self.append(
-                    ref, events, expected_version=head.version, causationid=causationid,
-                    correlationid=correlationid,
-                )  # fmt: skip
-            except ConcurrencyConflict:
-                continue
+        start): at the current version, retrying on conflict instead of deciding again.
+
+        One message per event, not an atomic batch: facts need no all-or-nothing, and a
+        JetStream batch costs milliseconds where a single publish costs a quarter of one.
+        """
+        result: AppendResult | None = None
+        for event in events:
+            head = await self.head(ref)
+            while True:
+                try:
+                    result = await self.append(
+                        ref, [event], expected_version=head.version, causationid=causationid,
+                        correlationid=correlationid,
+                    )  # fmt: skip
+                    break
+                except ConcurrencyConflict:
+                    head = await self.head(ref, fresh=True)
+        if result is None:
+            raise ValidationError("append: no events given", field="events")
+        return result
+
+    async def append_steps(
+        self, ref: Ref, events: Sequence[Event], *, expected_version: int, causationid: str = "",
+        correlationid: str = "",
+    ) -> AppendResult:  # fmt: skip
+        """Append decisions one message each, each expecting the one before (chained OCC).
+
+        For level-triggered deciders only: if a step conflicts or the process dies between
+        steps, the log holds a valid prefix and the next reconcile carries on from it.
+        """
+        result: AppendResult | None = None
+        version = expected_version
+        for event in events:
+            result = await self.append(
+                ref, [event], expected_version=version, causationid=causationid,
+                correlationid=correlationid,
+            )  # fmt: skip
+            version = result.version
+        if result is None:
+            raise ValidationError("append: no events given", field="events")
+        return result
 
     async def _publish(
         self, parts: Sequence[Append], heads: list[Head], *, command_id: str, actor: str,
@@ -359,7 +392,9 @@ class EventStore:
                 if rec is not None:
                     yield rec
         finally:
-            await sub.unsubscribe()
+            # Bounded: a shutdown must not wait on a server that is going away.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sub.unsubscribe(), 2)
 
 
 def _within(r: Recorded, since: int | datetime | None, until: int | datetime | None) -> bool:

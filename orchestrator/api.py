@@ -7,6 +7,7 @@ publish takes, so both doors are judged by the same code) and replies with its o
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from typing import Any
@@ -65,6 +66,7 @@ class Api:
         self.intake = intake
         self.readmodel = readmodel
         self.service: Service | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.service = await add_service(
@@ -78,8 +80,18 @@ class Api:
     async def stop(self) -> None:
         if self.service is not None:
             await self.service.stop()
+        for task in list(self._inflight):
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
 
     async def _command(self, req: Request) -> None:
+        # nats-py runs one handler call at a time per endpoint: answer each in its own task, or
+        # every client waits for every other client's command to be judged.
+        task = asyncio.create_task(self._answer(req), name=f"api-command-{len(self._inflight)}")
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _answer(self, req: Request) -> None:
         raw, cid, subject = req.data, uuid.uuid4().hex, INVALID_SUBJECT
         try:
             body = msgspec.json.decode(raw)

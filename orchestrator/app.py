@@ -19,6 +19,19 @@ from orchestrator.intake import Intake
 from orchestrator.readmodel import ReadModel
 
 log = logging.getLogger("virtbus.orchestrator")
+SHUTDOWN_GRACE_S = 10.0
+
+
+async def drain(tasks: list[asyncio.Task[None]], *, grace: float) -> None:
+    """Staged shutdown's last stage: give each loop `grace` to finish, then cancel the rest,
+    saying which and where it was stuck."""
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for t in pending:
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in t.get_stack(limit=8))
+        log.warning("%s did not stop within %.0fs (at %s); cancelling it", t.get_name(), grace,
+                    where)  # fmt: skip
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def run_orchestrator(
@@ -50,4 +63,4 @@ async def run_orchestrator(
         finally:
             stop.set()
             await api.stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await drain(tasks, grace=SHUTDOWN_GRACE_S)

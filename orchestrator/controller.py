@@ -49,7 +49,8 @@ class Controller:
         self.reactions = 0
         self._wakes: dict[str, datetime] = {}
         self._reserved: dict[str, tuple[str, int, int]] = {}  # scheduled, not yet folded back
-        self._needs: dict[tuple[str, int], dict[str, Any]] = {}
+        self._held: dict[str, tuple[str, int, int]] = {}  # VM -> (node, cpus, memory) it holds
+        self._usage: dict[str, list[int]] = {}  # node -> [cpus, memory, vms] held there
         self._started = time.time()
 
     # --- folding ---------------------------------------------------------------------------------
@@ -58,9 +59,10 @@ class Controller:
         kind, _, rest = rec.subject.removeprefix("virt.").partition(".")
         key = rec.subject.rpartition(".")[0]
         if kind == "vm":
-            self.vms[key] = apply(self.vms.get(key) or VMState(), rec.envelope)
+            s = self.vms[key] = apply(self.vms.get(key) or VMState(), rec.envelope)
             if isinstance(rec.envelope.data, m.VMScheduled | m.VMUnschedulable):
                 self._reserved.pop(key, None)
+            self._account(key, s)
         elif kind == "node":
             name = rest.split(".")[1]
             self.nodes[name] = apply_node(self.nodes.get(name) or NodeState(), rec.envelope)
@@ -72,22 +74,31 @@ class Controller:
 
     # --- placement -------------------------------------------------------------------------------
 
-    def _need(self, s: VMState) -> dict[str, Any]:
-        key = (f"{s.namespace}/{s.name}", s.version)
-        if key not in self._needs:
-            try:
-                self._needs[key] = summarize(s.spec)
-            except VirtbusError:
-                self._needs[key] = {"cpus": 1, "memory_bytes": 0, "node_selector": {}}
-        return self._needs[key]
+    @staticmethod
+    def _need(s: VMState) -> dict[str, Any]:
+        try:
+            return summarize(s.spec)
+        except VirtbusError:
+            return {"cpus": 1, "memory_bytes": 0, "node_selector": {}}
+
+    def _account(self, key: str, s: VMState) -> None:
+        """Keep per-node usage current as VMs start and stop, instead of summing at each
+        placement (which made scheduling N VMs cost N squared)."""
+        held = self._held.get(key)
+        holds = bool(s.node) and s.phase in _HOLDS_CAPACITY
+        if held is not None and (not holds or held[0] != s.node):
+            u = self._usage.setdefault(held[0], [0, 0, 0])
+            u[0], u[1], u[2] = u[0] - held[1], u[1] - held[2], u[2] - 1
+            del self._held[key]
+            held = None
+        if holds and held is None:
+            need = self._need(s)
+            self._held[key] = (s.node, need["cpus"], need["memory_bytes"])
+            u = self._usage.setdefault(s.node, [0, 0, 0])
+            u[0], u[1], u[2] = u[0] + need["cpus"], u[1] + need["memory_bytes"], u[2] + 1
 
     def node_views(self) -> list[NodeView]:
-        used: dict[str, list[int]] = {n: [0, 0, 0] for n in self.nodes}
-        for s in self.vms.values():
-            if s.node in used and s.phase in _HOLDS_CAPACITY:
-                need = self._need(s)
-                u = used[s.node]
-                u[0], u[1], u[2] = u[0] + need["cpus"], u[1] + need["memory_bytes"], u[2] + 1
+        used = {n: list(self._usage.get(n, (0, 0, 0))) for n in self.nodes}
         for node, cpus, mem in self._reserved.values():
             if node in used:
                 u = used[node]
@@ -117,7 +128,8 @@ class Controller:
         if reaction.events:
             ref = Ref("vm", s.namespace, s.name)
             try:
-                await self.store.append(
+                # Step by step, not one atomic batch: a prefix is a valid state to reconcile.
+                await self.store.append_steps(
                     ref, reaction.events, expected_version=s.version,
                     causationid=cause.envelope.id if cause else "",
                     correlationid=cause.envelope.correlationid if cause else "",

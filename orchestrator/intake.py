@@ -32,6 +32,7 @@ log = logging.getLogger("virtbus.intake")
 DURABLE = "orchestrator-intake"
 REJECTED = Ref("intake", "_", "rejected")  # where commands with no nameable target are recorded
 MAX_ATTEMPTS = 8
+PARALLEL = 16
 
 
 def _target_of_subject(subject: str) -> Ref | None:
@@ -47,6 +48,8 @@ class Intake:
         self.store = store
         self.processed = 0
         self.malformed = 0
+        # JetStream refuses too many atomic batches in flight; commands beyond wait their turn.
+        self._parallel = asyncio.Semaphore(PARALLEL)
 
     async def process(self, raw: bytes, *, subject: str, fallback_id: str) -> c.Outcome:
         """Judge one command given as bytes; never raises for anything the client sent."""
@@ -150,6 +153,11 @@ class Intake:
         await self.nc.publish(outcome_subject(outcome.command_id), encode(outcome))
         await msg.ack()
 
+    async def _in_order(self, msgs: list[Msg]) -> None:
+        async with self._parallel:
+            for msg in msgs:
+                await self.on_msg(msg)
+
     async def run(self, stop: asyncio.Event) -> None:
         js = self.nc.jetstream()
         sub = await js.pull_subscribe(
@@ -162,8 +170,11 @@ class Intake:
                     msgs = await sub.fetch(100, timeout=0.5)
                 except TimeoutError:
                     continue
+                # One VM's commands in order; different VMs side by side.
+                by_target: dict[str, list[Msg]] = {}
                 for msg in msgs:
-                    await self.on_msg(msg)
+                    by_target.setdefault(msg.subject.rpartition(".")[0], []).append(msg)
+                await asyncio.gather(*(self._in_order(group) for group in by_target.values()))
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

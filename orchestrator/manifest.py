@@ -9,8 +9,6 @@ and warns about every field it does not know instead of dropping it silently.
 from __future__ import annotations
 
 import copy
-import re
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any, Final
 
 import yaml
@@ -18,6 +16,7 @@ import yaml
 from events.commands import ApplyReplicaSet, ApplyVM, Command, MigrateVM
 from events.errors import ValidationError
 from events.names import check_name
+from events.quantity import parse_quantity
 
 
 def _names(text: str) -> frozenset[str]:
@@ -88,17 +87,6 @@ _HOST_DISK: Final = _names("path type capacity shared")
 _RS_SPEC: Final = _names("replicas selector template paused")
 _MIGRATION_SPEC: Final = _names("vmiName addedNodeSelector")
 
-_QUANTITY_RE: Final = re.compile(
-    r"^(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
-    r"(?:(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])|[eE](?P<exp>[+-]?\d+))?$"
-)
-_SUFFIX: Final[dict[str, Decimal]] = {
-    "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
-    "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12),
-    "P": Decimal(10**15), "E": Decimal(10**18), "Ki": Decimal(2**10), "Mi": Decimal(2**20),
-    "Gi": Decimal(2**30), "Ti": Decimal(2**40), "Pi": Decimal(2**50), "Ei": Decimal(2**60),
-}  # fmt: skip
-
 
 def _fail(field: str, reason: str) -> ValidationError:
     return ValidationError(f"{field}: {reason}", field=field)
@@ -126,24 +114,6 @@ def parse_documents(text: str) -> list[dict[str, Any]]:
                 raise _fail(where, f"expected a mapping, got {type(item).__name__}")
             docs.append(item)
     return docs
-
-
-def parse_quantity(s: str, *, field: str = "quantity") -> int:
-    """A Kubernetes quantity ("2G", "512Mi", "1.5Gi", "1e3") in base units, rounded up."""
-    # YAML reads `memory: 1024` as an int, which is a valid quantity too.
-    match = _QUANTITY_RE.match(str(s).strip()) if isinstance(s, str | int) else None
-    if isinstance(s, bool) or match is None:
-        raise _fail(field, f"{s!r} is not a quantity (like 2G, 512Mi, 1.5Gi or 1024)")
-    try:
-        value = Decimal(match["num"]) * _SUFFIX[match["suffix"] or ""]
-        if match["exp"] is not None:
-            value = value.scaleb(int(match["exp"]))
-        result = int(value.to_integral_value(rounding=ROUND_CEILING))
-    except (InvalidOperation, OverflowError, ValueError) as exc:
-        raise _fail(field, f"{s!r} is out of range") from exc
-    if result < 0:
-        raise _fail(field, f"{s!r} must not be negative")
-    return result
 
 
 def run_strategy_of(spec: dict[str, Any]) -> str:

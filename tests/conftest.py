@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 
 import nats
@@ -79,6 +79,22 @@ async def no_leaks(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         f"{request.node.name} left running: tasks {[t.get_name() for t in leaked]}, "
         f"child processes {sorted(procs)}"
     )
+
+
+async def settle(what: str, aw: Awaitable[object], *, within: float = 30) -> None:
+    """Await a teardown step; if it hangs, fail naming every task still waiting, and where."""
+    step = asyncio.ensure_future(aw)
+    _, pending = await asyncio.wait({step}, timeout=within)
+    if not pending:
+        step.result()
+        return
+    stacks = []  # taken before anything is cancelled, so the culprit is still in the list
+    for t in asyncio.all_tasks():
+        frames = t.get_stack(limit=8)
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        stacks.append(f"  {t.get_name()}: {where}")
+    step.cancel()
+    pytest.fail(f"{what} did not finish within {within}s; tasks:\n" + "\n".join(stacks))
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import Any
 
 import nats
 import pytest
+from conftest import settle
 from nats.aio.client import Client
 
 from events import commands as c
@@ -91,9 +92,9 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
             yield cl
         finally:
             for node in cl.nodes:
-                await node.close()
+                await settle(f"node {node.name}", node.close())
             stop.set()
-            await task
+            await settle("the orchestrator", task)
             await nc.close()
 
 

@@ -162,9 +162,35 @@ async def test_nats_server_dies_with_a_killed_parent(data_dir: Path) -> None:
 
 
 async def test_virtbus_up_can_use_an_existing_server(nats_server: NatsServer) -> None:
-    async with virtbus_up("--server", nats_server.url) as (proc, url):
+    async with virtbus_up("--server", nats_server.url, "--nodes", "0") as (proc, url):
         assert url == nats_server.url
         assert _children_of(proc.pid) == []  # it started no server of its own
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 30)
         assert proc.returncode == 0
+
+
+async def test_virtbus_up_runs_the_orchestrator_and_two_test_nodes(data_dir: Path) -> None:
+    async with virtbus_up("--port", "-1", "--data-dir", str(data_dir)) as (proc, url):
+        nc = await nats.connect(url)
+        try:
+            store = EventStore(nc)
+            for _ in range(200):
+                names = [n for n in ("node-a", "node-b") if await store.read(Ref.node(n))]
+                if len(names) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert names == ["node-a", "node-b"]
+            registered = (await store.read(Ref.node("node-a")))[0].envelope.data
+            assert isinstance(registered, m.NodeRegistered)
+            assert (registered.hypervisor, registered.libvirt_uri[:8]) == ("test", "test:///")
+            reply = await nc.request("virt.api.get", b'{"what": "nodes"}', timeout=10)
+            assert b"node-a" in reply.data  # the orchestrator answers too
+        finally:
+            await nc.close()
+        children = _children_of(proc.pid)
+        assert len(children) == 3  # nats-server and two workers
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 60)
+        assert proc.returncode == 0
+        assert all([await _gone(p) for p in children])

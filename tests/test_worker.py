@@ -18,6 +18,7 @@ from typing import Any
 
 import nats
 import pytest
+from conftest import settle
 from nats.aio.client import Client
 
 from events import commands as c
@@ -111,9 +112,9 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             await asyncio.sleep(0.3)
             yield st
         finally:
-            await st.stop_nodes()
+            await settle("the nodes", st.stop_nodes())
             stop.set()
-            await orch
+            await settle("the orchestrator", orch)
             await nc.close()
 
 

@@ -16,12 +16,12 @@ import re
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any, Final, Literal
 
 import msgspec
 
 from events.errors import ValidationError
+from events.quantity import parse_quantity
 
 SPEC: Final = "spec.template.spec"
 METADATA_NS: Final = "https://virtbus.dev/xmlns/domain/1"
@@ -39,14 +39,6 @@ VOLUME_TYPES: Final[tuple[VolumeType, ...]] = (
     "containerDisk", "hostDisk", "persistentVolumeClaim", "cloudInitNoCloud", "emptyDisk"
 )  # fmt: skip
 
-_QUANTITY_RE: Final = re.compile(
-    r"^(?P<num>\+?(?:\d+(?:\.\d*)?|\.\d+))"
-    r"(?:(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[kMGTPE])|[eE](?P<exp>\+?\d+))?$"
-)
-_SUFFIX: Final[dict[str, int]] = {
-    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}  # fmt: skip
 _MAC_RE: Final = re.compile(r"^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}$")
 
 ET.register_namespace("virtbus", METADATA_NS)
@@ -79,23 +71,6 @@ class VolumeNeed(msgspec.Struct, frozen=True):
 
 def _fail(field: str, reason: str) -> ValidationError:
     return ValidationError(f"{field}: {reason}", field=field)
-
-
-def parse_quantity(value: Any, *, field: str) -> int:
-    """A non-negative Kubernetes quantity ("2G", "512Mi", "1.5Gi", 1024) in bytes, rounded up."""
-    # orchestrator.manifest has the full parser; workers may not import it, and memory never
-    # needs the milli/micro suffixes, so this one refuses them.
-    ok = isinstance(value, str | int) and not isinstance(value, bool)
-    match = _QUANTITY_RE.match(str(value).strip()) if ok else None
-    if match is None:
-        raise _fail(field, f"{value!r} is not a quantity (like 2G, 512Mi, 1.5Gi or 1024)")
-    try:
-        amount = Decimal(match["num"]) * _SUFFIX[match["suffix"] or ""]
-        if match["exp"] is not None:
-            amount = amount.scaleb(int(match["exp"]))
-        return int(amount.to_integral_value(rounding=ROUND_CEILING))
-    except (InvalidOperation, OverflowError, ValueError) as exc:
-        raise _fail(field, f"{value!r} is out of range") from exc
 
 
 def _mapping(value: Any, field: str) -> dict[str, Any]:

@@ -273,6 +273,10 @@ class Worker:
                         break
                     await asyncio.sleep(0.1)
             if await self.hv.state(dom) in (*RUNNING_STATES, PAUSED_STATE):
+                # The ACPI stop we expected never came: one expectation for the one event, or the
+                # leftover would swallow the next instance's crash.
+                pending = self._expected.get(dom, [])
+                self._expected[dom] = [(k, t) for k, t in pending if k != "stopped"]
                 self._expect(dom, "stopped")
                 await self.hv.destroy(dom)
                 reason = "destroyed"
@@ -319,7 +323,13 @@ class Worker:
         if ev.kind == "stopped":
             await self._remove(ev.domain, running=False)
             await self.observe(ref, [m.DomainStopped(node=self.node, reason=ev.reason)])
-        elif ev.kind == "suspended":
+            return
+        # The QEMU driver resumes every domain it starts (QEMU runs with -S until libvirt starts
+        # its CPUs): report only a pause or resume the log lacks.
+        s, _ = await self.store.load(ref)
+        if s.paused == (ev.kind == "suspended"):
+            return
+        if ev.kind == "suspended":
             await self.observe(ref, [m.DomainPaused(node=self.node, reason=ev.reason)])
         else:
             await self.observe(ref, [m.DomainResumed(node=self.node, reason=ev.reason)])

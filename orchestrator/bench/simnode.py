@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from events import model as m
@@ -85,14 +86,20 @@ class SimNode:
                     msgs = await sub.fetch(50, timeout=0.2)
                 except TimeoutError:
                     continue
-                for msg in msgs:
-                    item = w.WORK_DECODER.decode(msg.data)
-                    self.work.append(item)
-                    await self._do(item)
-                    await msg.ack()
+                by_vm: dict[str, list[Msg]] = {}
+                for msg in msgs:  # one VM's work in order, different VMs side by side
+                    by_vm.setdefault(msg.subject, []).append(msg)
+                await asyncio.gather(*(self._in_order(group) for group in by_vm.values()))
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _in_order(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            item = w.WORK_DECODER.decode(msg.data)
+            self.work.append(item)
+            await self._do(item)
+            await msg.ack()
 
     async def _do(self, item: w.Work) -> None:
         n = self.name

@@ -1,0 +1,45 @@
+"""Kubernetes resource quantities ("2G", "512Mi", "1.5Gi", 1024): one parser for both sides.
+
+The orchestrator checks manifests with it and node workers size domains with it, so a VM's memory
+means the same number everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from typing import Any, Final
+
+from events.errors import ValidationError
+
+_QUANTITY_RE: Final = re.compile(
+    r"^(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
+    r"(?:(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])|[eE](?P<exp>[+-]?\d+))?$"
+)
+_SUFFIX: Final[dict[str, Decimal]] = {
+    "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12),
+    "P": Decimal(10**15), "E": Decimal(10**18), "Ki": Decimal(2**10), "Mi": Decimal(2**20),
+    "Gi": Decimal(2**30), "Ti": Decimal(2**40), "Pi": Decimal(2**50), "Ei": Decimal(2**60),
+}  # fmt: skip
+
+
+def parse_quantity(value: Any, *, field: str = "quantity") -> int:
+    """`value` in base units, rounded up; a ValidationError naming `field` when it is not one."""
+    # YAML reads `memory: 1024` as an int, which is a valid quantity too.
+    ok = isinstance(value, str | int) and not isinstance(value, bool)
+    match = _QUANTITY_RE.match(str(value).strip()) if ok else None
+    if match is None:
+        raise ValidationError(
+            f"{field}: {value!r} is not a quantity (like 2G, 512Mi, 1.5Gi or 1024)", field=field
+        )
+    try:
+        amount = Decimal(match["num"]) * _SUFFIX[match["suffix"] or ""]
+        if match["exp"] is not None:
+            amount = amount.scaleb(int(match["exp"]))
+        result = int(amount.to_integral_value(rounding=ROUND_CEILING))
+    except (InvalidOperation, OverflowError, ValueError) as exc:
+        raise ValidationError(f"{field}: {value!r} is out of range", field=field) from exc
+    if result < 0:
+        raise ValidationError(f"{field}: {value!r} must not be negative", field=field)
+    return result
