@@ -196,6 +196,18 @@ def migrate(
 
 
 @app.command()
+def scale(
+    name: Annotated[str, typer.Argument(help="VirtualMachineInstanceReplicaSet name")],
+    replicas: Annotated[int, typer.Option("--replicas", min=0, max=10_000)],
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Set the number of replicas of a VMI replica set."""
+    cmd = c.ScaleReplicaSet(name=name, namespace=namespace, replicas=replicas, actor=_actor())
+    _lifecycle(cmd, server)
+
+
+@app.command()
 def get(
     kind: Annotated[str, typer.Argument(help="vms, vmis or nodes")],
     name: Annotated[str | None, typer.Argument()] = None,

@@ -46,6 +46,7 @@ DONE = {
     "DeleteVM": 'virtualmachine.kubevirt.io "{}" deleted',
     "UndeleteVM": "VM {} was restored; it is stopped, start it with `virtbus start {}`",
     "MigrateVM": "VM {} was scheduled to migrate",
+    "ScaleReplicaSet": "virtualmachineinstancereplicaset.kubevirt.io/{} scaled",
 }  # fmt: skip
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -463,7 +464,16 @@ async def test_replica_set_keeps_n_replicas_and_scales(cluster: Cluster) -> None
     live = await _replicas(cluster, "web", 3)
     assert [s.name for s in live] == ["web-0", "web-1", "web-2"]
     assert all(s.labels == {"app": "web", "virtbus.io/replicaset": "web"} for s in live)
-    await cluster.send(c.ScaleReplicaSet(name="web", replicas=5))
+    url = cluster.nc.connected_url.geturl()  # type: ignore[union-attr]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator.cli", "scale", "web", "--replicas", "5", "--server",
+        url, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    assert (proc.returncode, out) == (
+        0,
+        b"virtualmachineinstancereplicaset.kubevirt.io/web scaled\n",
+    )
     await _replicas(cluster, "web", 5)
     await cluster.send(c.ScaleReplicaSet(name="web", replicas=2))
     await _replicas(cluster, "web", 2)

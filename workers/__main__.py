@@ -1,4 +1,7 @@
-"""`python -m workers --node NAME [--libvirt URI] [--pods process]`: one node worker process."""
+"""`python -m workers --node NAME [--libvirt URI] [--pods process|kubernetes]`: one node worker.
+
+`--pods kubernetes` runs each VM's launcher as a pod (in-cluster config, or `--kube-url URL`).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ async def _main(args: argparse.Namespace) -> None:
     nc = await nats.connect(args.server, name=f"virtbus-worker-{args.node}")
     try:
         await run_node(nc, node=args.node, uri=args.libvirt, data_dir=Path(args.data_dir),
-                       stop=stop)  # fmt: skip
+                       stop=stop, pods=args.pods, kube_url=args.kube_url)  # fmt: skip
     finally:
         await nc.close()
 
@@ -32,7 +35,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     parser.add_argument("--node", required=True)
     parser.add_argument("--libvirt", default=None, help="libvirt URI (default: the test driver)")
-    parser.add_argument("--pods", default="process", choices=["process"])
+    parser.add_argument("--pods", default="process", choices=["process", "kubernetes"])
+    parser.add_argument(
+        "--kube-url", default=None, help="Kubernetes API URL (default: in-cluster or kubeconfig)"
+    )
     parser.add_argument("--data-dir", default=".virtbus/nodes")
     parser.add_argument(
         "--server", default=os.environ.get("VIRTBUS_NATS_URL", "nats://127.0.0.1:4222")

@@ -32,12 +32,12 @@ def libvirt_test_uri(data_dir: Path, *, cpus: int = 8, memory_gib: int = 16) -> 
 
 async def run_node(
     nc: Client, *, node: str, uri: str | None, data_dir: Path, stop: asyncio.Event,
-    labels: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None, pods: str = "process", kube_url: str | None = None,
 ) -> None:  # fmt: skip
     """Run one node worker until `stop`; the test driver when no URI is given."""
     node_dir = data_dir / node
     if uri is None:
         uri = await asyncio.to_thread(libvirt_test_uri, node_dir)
     worker = Worker(nc, node=node, uri=uri, data_dir=node_dir, host_root=node_dir / "host",
-                    labels=labels)  # fmt: skip
+                    labels=labels, pods=pods, kube_url=kube_url)  # fmt: skip
     await worker.run(stop)

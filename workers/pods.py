@@ -33,7 +33,8 @@ class ProcessPods:
         proc = self._procs.get(pod)
         return proc.pid if proc and proc.returncode is None else None
 
-    async def create(self, pod: str) -> str:
+    async def create(self, pod: str, *, namespace: str = "default") -> str:
+        del namespace  # a local process has no namespace; accepted for the kubernetes driver
         if pod in self.running():
             return pod  # idempotent: a redelivered start finds its launcher
         proc = await asyncio.create_subprocess_exec(

@@ -30,6 +30,7 @@ from events.state import RUNNING, SCHEDULED, SCHEDULING, STOPPING, TERMINATING, 
 from events.store import EventStore
 from workers.domain import render_domain
 from workers.hypervisor import RUNNING_STATES, DomainEvent, Hypervisor
+from workers.k8spods import KubernetesPods
 from workers.pods import ProcessPods, pod_name
 from workers.volumes import Volumes, VolumeUnavailable
 
@@ -51,7 +52,8 @@ def ref_of_domain(name: str) -> Ref | None:
 class Worker:
     def __init__(
         self, nc: Client, *, node: str, uri: str, data_dir: Path, host_root: Path | None = None,
-        labels: dict[str, str] | None = None, heartbeat_s: float = 2.0,
+        labels: dict[str, str] | None = None, heartbeat_s: float = 2.0, pods: str = "process",
+        kube_url: str | None = None,
     ) -> None:  # fmt: skip
         self.nc = nc
         self.node = node
@@ -60,7 +62,10 @@ class Worker:
         self.heartbeat_s = heartbeat_s
         self.store = EventStore(nc, source=f"/virtbus/node/{node}")
         self.hv = Hypervisor(uri)
-        self.pods = ProcessPods(self._launcher_exited)
+        self.pods: ProcessPods | KubernetesPods = (
+            KubernetesPods(self._launcher_exited, node=node, kube_url=kube_url)
+            if pods == "kubernetes" else ProcessPods(self._launcher_exited)
+        )  # fmt: skip
         self.volumes = Volumes(data_dir, host_root=host_root)
         self.handled = 0
         self.malformed = 0
@@ -243,7 +248,7 @@ class Worker:
         except ValidationError as err:
             await self.observe(ref, [m.VMStartFailed(reason=err.message, node=self.node)])
             return
-        pod = await self.pods.create(pod_name(ref.name, item.vmi_uid))
+        pod = await self.pods.create(pod_name(ref.name, item.vmi_uid), namespace=ref.namespace)
         self._pods[dom] = pod
         events: list[m.Event] = [m.LauncherCreated(node=self.node, pod=pod)]
         try:
