@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import msgspec
-from msgspec.structs import replace
+from msgspec.structs import force_setattr, replace
 
 from events import model as m
 from events.envelope import Envelope
@@ -103,11 +103,17 @@ def _migration(s: VMState, migration_id: str, **changes: Any) -> Migration | Non
 
 def apply(s: VMState, env: Envelope) -> VMState:
     """Return the state after `env`; unknown or irrelevant events leave it as it was."""
-    s = replace(s, version=env.version, updated=env.time)
     handler = _HANDLERS.get(type(env.data))
     if handler is None or (s.deleted and not isinstance(env.data, _REVIVE)):
-        return s  # a deleted VM's life is over: late observations do not touch it
-    return handler(s, env.data, env)
+        # A deleted VM's life is over: late observations do not touch it.
+        return replace(s, version=env.version, updated=env.time)
+    new = handler(s, env.data, env)
+    if new is s:
+        return replace(s, version=env.version, updated=env.time)
+    # `new` is a copy made just now and seen by no one: stamping it saves a second copy per event.
+    force_setattr(new, "version", env.version)
+    force_setattr(new, "updated", env.time)
+    return new
 
 
 _Handler = Callable[[VMState, Any, Envelope], VMState]
