@@ -7,6 +7,7 @@ embedded stack starts its own nats-server instead.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -18,16 +19,24 @@ from nats.aio.client import Client
 from events.errors import BusUnavailable
 from events.server import DEFAULT_URL, NatsServer
 
+log = logging.getLogger("virtbus.bus")
+
 
 def server_url(explicit: str | None) -> str:
     return explicit or os.environ.get("VIRTBUS_NATS_URL") or DEFAULT_URL
 
 
+async def _quiet(err: Exception) -> None:
+    # nats-py prints a traceback per failed attempt by default; our caller reports the outcome.
+    log.debug("nats: %s", err)
+
+
 async def connect(url: str, *, name: str = "virtbus") -> Client:
     try:
         return await nats.connect(
-            url, name=name, connect_timeout=2, max_reconnect_attempts=3, allow_reconnect=True
-        )
+            url, name=name, connect_timeout=2, max_reconnect_attempts=3, allow_reconnect=True,
+            reconnect_time_wait=0.5, error_cb=_quiet,
+        )  # fmt: skip
     except Exception as err:  # nats-py raises several unrelated types for "no server there"
         raise BusUnavailable(f"cannot reach NATS at {url}: {err}") from err
 

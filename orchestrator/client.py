@@ -16,7 +16,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from events import commands as c
 from events.envelope import encode
-from events.errors import BusUnavailable, ValidationError, VirtbusError
+from events.errors import BusUnavailable, VirtbusError
 from events.names import API_PREFIX
 from orchestrator.api import Answer, Query
 from orchestrator.bus import connect
@@ -56,18 +56,12 @@ async def send(nc: Client, cmd: c.Command, *, wait_s: float = 20) -> c.Outcome:
     """Carry out `cmd`; raise Rejected (reason, field) when the orchestrator says no."""
     outcome = _OUTCOME.decode(await _request(nc, "command", encode(cmd), wait_s=wait_s))
     if not outcome.accepted:
-        err = Rejected(outcome.reason, field=outcome.field)
-        raise err
+        raise Rejected(outcome.reason, field=outcome.field)
     return outcome
 
 
 async def query(nc: Client, q: Query, *, wait_s: float = 10) -> Answer:
     return _ANSWER.decode(await _request(nc, "get", encode(q), wait_s=wait_s))
-
-
-def check(cond: bool, message: str, *, field: str = "") -> None:
-    if not cond:
-        raise ValidationError(message, field=field)
 
 
 def _url(nc: Client) -> str:
