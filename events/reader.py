@@ -30,28 +30,27 @@ async def direct_range(
     """Every message on `subject_filter` from `start_seq`, via batched direct gets (no consumer)."""
     out: list[tuple[bytes, str, int]] = []
     inbox = nc.new_inbox()
-    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    async def on_msg(msg: Msg) -> None:
-        h = msg.headers or {}
-        status = h.get("Status")
-        if status is None:
-            out.append((msg.data, h["Nats-Subject"], int(h["Nats-Sequence"])))
-        elif not done.done():
-            # 204 EOB ends a batch (with what is left); 404 means nothing matched at all.
-            done.set_result(int(h.get("Nats-Num-Pending", 0)) if status == "204" else 0)
-
-    sub = await nc.subscribe(inbox, cb=on_msg)
+    # No callback: nats-py then starts no task per subscription, which matters on a hot path
+    # (every command judged reads its VM's history).
+    sub = await nc.subscribe(inbox)
     try:
         seq = start_seq
         while True:
-            done = asyncio.get_running_loop().create_future()
             req = {"seq": seq, "next_by_subj": subject_filter, "batch": BATCH}
             await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(req).encode(), reply=inbox)
-            try:
-                pending = await asyncio.wait_for(done, wait_s)
-            except TimeoutError as err:
-                raise BusUnavailable(f"direct get on {stream} timed out") from err
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=wait_s)
+                except TimeoutError as err:
+                    raise BusUnavailable(f"direct get on {stream} timed out") from err
+                h = msg.headers or {}
+                status = h.get("Status")
+                if status is None:
+                    out.append((msg.data, h["Nats-Subject"], int(h["Nats-Sequence"])))
+                    continue
+                # 204 EOB ends a batch (with what is left); 404 means nothing matched at all.
+                pending = int(h.get("Nats-Num-Pending", 0)) if status == "204" else 0
+                break
             if pending == 0 or not out:
                 return out
             seq = out[-1][2] + 1
