@@ -16,9 +16,11 @@ import typer
 
 from events import commands as c
 from events import model as m
+from events.envelope import Recorded
 from events.errors import ValidationError, VirtbusError
 from events.names import Ref
 from events.nodes import NodeState, apply_node
+from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
 from events.state import VMState, apply
 from events.store import EventStore
 from orchestrator import render
@@ -27,6 +29,8 @@ from orchestrator.client import Rejected, query, send, session
 from orchestrator.manifest import parse_documents, to_commands
 
 KIND_NAMES = {
+    "vmirs": "vmirs", "virtualmachineinstancereplicaset": "vmirs",
+    "virtualmachineinstancereplicasets": "vmirs",
     "vm": "vms", "vms": "vms", "virtualmachine": "vms", "virtualmachines": "vms",
     "vmi": "vmis", "vmis": "vmis", "virtualmachineinstance": "vmis",
     "virtualmachineinstances": "vmis", "node": "nodes", "nodes": "nodes",
@@ -103,6 +107,8 @@ async def get(
     kind = KIND_NAMES.get(what.lower())
     if kind is None:
         raise ValidationError(f'the server doesn\'t have a resource type "{what}"', field="kind")
+    if kind == "vmirs":
+        return await _get_replica_sets(url, name=name, namespace=namespace, output=output)
     async with session(url) as nc:
         q = Query(what="nodes" if kind == "nodes" else "vms", namespace=namespace, name=name)
         answer = await query(nc, q)
@@ -119,6 +125,48 @@ async def get(
         if watch:
             await _watch(nc, kind=kind, name=name, namespace=namespace, output=output,
                          vms=vms, nodes=nodes, position=answer.position)  # fmt: skip
+    return 0
+
+
+async def _get_replica_sets(
+    url: str, *, name: str | None, namespace: str | None, output: str
+) -> int:
+    """`kubectl get vmirs`: folded from the log's replica-set subjects (the read model holds
+    VMs and nodes only), with replica counts from the VMs the sets own."""
+    async with session(url) as nc:
+        sets: dict[str, ReplicaSetState] = {}
+
+        def on(rec: Recorded) -> None:
+            key = rec.subject.rpartition(".")[0]
+            sets[key] = apply_rs(sets.get(key) or ReplicaSetState(), rec.envelope)
+
+        await EventStore(nc).replay(on, subjects=["virt.rs.>"], verify=False)
+        vms = (await query(nc, Query(what="vms", namespace=namespace))).vms
+    found = [rs for rs in sets.values() if rs.exists and (namespace is None or
+             rs.namespace == namespace) and (name is None or rs.name == name)]  # fmt: skip
+    if name and not found:
+        raise VirtbusError(f'virtualmachineinstancereplicasets.kubevirt.io "{name}" not found')
+    rows = []
+    for rs in sorted(found, key=lambda r: (r.namespace, r.name)):
+        owned = [s for s in vms if s.labels.get(OWNER_LABEL) == rs.name and s.exists]
+        ready = sum(1 for s in owned if s.ready)
+        rows.append((rs, [rs.name, str(rs.replicas), str(len(owned)), str(ready),
+                          render.age(rs.created)]))  # fmt: skip
+    if output in ("json", "yaml"):
+        objs = [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceReplicaSet",
+                 "metadata": {"name": rs.name, "namespace": rs.namespace, "labels": rs.labels},
+                 "spec": rs.spec, "status": {"replicas": int(c[2]), "readyReplicas": int(c[3])}}
+                for rs, c in rows]  # fmt: skip
+        doc = objs[0] if name and objs else render.as_list(objs)
+        typer.echo((render.to_json(doc) if output == "json" else render.to_yaml(doc)).rstrip())
+        return 0
+    header = ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]
+    if not rows:
+        typer.echo(render.no_resources(namespace).rstrip())
+    elif namespace is None:
+        typer.echo(render.table(["NAMESPACE", *header], ([r.namespace, *c] for r, c in rows)))
+    else:
+        typer.echo(render.table(header, (c for _, c in rows)).rstrip())
     return 0
 
 

@@ -475,6 +475,14 @@ async def test_replica_set_keeps_n_replicas_and_scales(cluster: Cluster) -> None
         b"virtualmachineinstancereplicaset.kubevirt.io/web scaled\n",
     )
     await _replicas(cluster, "web", 5)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator.cli", "get", "vmirs", "--server", url,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    header, row = out.decode().splitlines()
+    assert header.split() == ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]
+    assert row.split()[:4] == ["web", "5", "5", "5"]
     await cluster.send(c.ScaleReplicaSet(name="web", replicas=2))
     await _replicas(cluster, "web", 2)
     assert (await cluster.state("web-4")).deleted
