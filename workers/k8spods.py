@@ -231,11 +231,12 @@ class KubernetesPods:
         phase = (existing.get("status") or {}).get("phase")
         if phase not in TERMINAL and not existing["metadata"].get("deletionTimestamp"):
             return
+        # The old pod's DELETED is ours; it clears `_leaving` and, the watch being ordered, comes
+        # before any event of the new pod.
         self._leaving.add(pod)
         with contextlib.suppress(ApiException):
             await core.delete_namespaced_pod(pod, namespace)
         await core.create_namespaced_pod(namespace, body)
-        self._leaving.discard(pod)
 
     async def _core(self) -> Any:
         # Any: we pass plain dicts and read raw responses (`_preload_content=False`), which the

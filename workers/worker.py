@@ -60,6 +60,7 @@ class Worker:
         self.uri = uri
         self.labels = labels or {}
         self.heartbeat_s = heartbeat_s
+        self.pod_driver = pods
         self.store = EventStore(nc, source=f"/virtbus/node/{node}")
         self.hv = Hypervisor(uri)
         self.pods: ProcessPods | KubernetesPods = (
@@ -86,7 +87,7 @@ class Worker:
             registered = m.NodeRegistered(
                 hypervisor="test" if self.uri.startswith("test:") else host.hypervisor.lower(),
                 libvirt_uri=self.uri, cpus=host.cpus, memory_bytes=host.memory_bytes,
-                kvm=host.kvm, labels=self.labels, pods="process",
+                kvm=host.kvm, labels=self.labels, pods=self.pod_driver,
             )  # fmt: skip
             await self.store.append(
                 Ref.node(self.node), [registered], expected_version=head.version
