@@ -74,6 +74,8 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     intent_version: int = 0  # version of the latest start/stop/restart/pause/unpause request
     started: datetime | None = None  # when the current instance's domain started
     backoff_until: datetime | None = None  # CrashLoopBackOff: no restart before this
+    stop_grace: int | None = None  # how the latest stop asked to be done
+    stop_force: bool = False
 
     @property
     def running(self) -> bool:
@@ -198,6 +200,8 @@ def _vm_stop_requested(s: VMState, e: m.VMStopRequested, env: Envelope) -> VMSta
         run_strategy="Halted" if halted else s.run_strategy,
         restarting=False,
         intent_version=env.version,
+        stop_grace=e.grace_period_seconds,
+        stop_force=e.force,
     )
 
 

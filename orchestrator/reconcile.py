@@ -168,8 +168,11 @@ def _start(s: VMState) -> w.Start:
 
 def _stop(s: VMState) -> w.Stop:
     spec = (s.spec.get("template") or {}).get("spec") or {}
-    grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_S)
-    return w.Stop(grace_period_seconds=int(grace), force=s.status == TERMINATING, **_base(s))
+    grace = s.stop_grace
+    if grace is None:
+        grace = int(spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_S))
+    force = s.stop_force or s.status == TERMINATING
+    return w.Stop(grace_period_seconds=grace, force=force, **_base(s))
 
 
 def reconcile_rs(

@@ -51,16 +51,15 @@ async def run_up(
             )
             console.print("orchestrator: running (virtbus-api on the bus)")
             workers = []
-            if hypervisor == "test":
-                for i in range(nodes):
-                    name = f"node-{chr(ord('a') + i)}"
-                    workers.append(await _spawn_worker(name, url=url, data_dir=data_dir / "nodes"))
-                    console.print(f"node {name}: libvirt test driver (pid {workers[-1].pid})")
-            elif nodes:
-                console.print(
-                    f"[yellow]not running yet:[/] {nodes} qemu node worker(s) "
-                    "(see README, 'What does not work yet')"
+            for i in range(nodes):
+                name = f"node-{chr(ord('a') + i)}"
+                workers.append(
+                    await _spawn_worker(
+                        name, url=url, data_dir=data_dir / "nodes", hypervisor=hypervisor, index=i
+                    )
                 )
+                what = "libvirt test driver" if hypervisor == "test" else "its own libvirtd (QEMU)"
+                console.print(f"node {name}: {what} (pid {workers[-1].pid})")
             print(f"bus: {url}", flush=True)
             console.print("press Ctrl-C to stop")
             try:
@@ -83,11 +82,14 @@ async def run_up(
             await owned.stop()
 
 
-async def _spawn_worker(name: str, *, url: str, data_dir: Path) -> asyncio.subprocess.Process:
+async def _spawn_worker(
+    name: str, *, url: str, data_dir: Path, hypervisor: str, index: int
+) -> asyncio.subprocess.Process:
     """A node worker as its own process: the orchestrator and workers meet only on the bus."""
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "workers", "--node", name, "--data-dir", str(data_dir),
-        "--server", url, stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
+        "--server", url, "--hypervisor", hypervisor, "--index", str(index),
+        stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
     )  # fmt: skip
 
 

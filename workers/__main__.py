@@ -26,7 +26,8 @@ async def _main(args: argparse.Namespace) -> None:
     nc = await nats.connect(args.server, name=f"virtbus-worker-{args.node}")
     try:
         await run_node(nc, node=args.node, uri=args.libvirt, data_dir=Path(args.data_dir),
-                       stop=stop, pods=args.pods, kube_url=args.kube_url)  # fmt: skip
+                       stop=stop, pods=args.pods, kube_url=args.kube_url,
+                       hypervisor=args.hypervisor, index=args.index)  # fmt: skip
     finally:
         await nc.close()
 
@@ -36,6 +37,11 @@ def main() -> None:
     parser.add_argument("--node", required=True)
     parser.add_argument("--libvirt", default=None, help="libvirt URI (default: the test driver)")
     parser.add_argument("--pods", default="process", choices=["process", "kubernetes"])
+    parser.add_argument(
+        "--hypervisor", default="test", choices=["test", "qemu"],
+        help="without --libvirt: the test driver, or a libvirtd of this node's own (QEMU/KVM)",
+    )  # fmt: skip
+    parser.add_argument("--index", type=int, default=0, help="qemu: keeps node ports apart")
     parser.add_argument(
         "--kube-url", default=None, help="Kubernetes API URL (default: in-cluster or kubeconfig)"
     )

@@ -268,14 +268,20 @@ class Worker:
     async def _stop(self, item: w.Stop, s: VMState) -> None:
         dom = domain_name(item.ref)
         state = await self.hv.state(dom)
+        active = s.phase in (SCHEDULING, SCHEDULED, RUNNING)
+        if state is None and dom not in self._pods and not active:
+            return  # done already (a second stop queued behind the first): nothing to report
         reason = "shutdown"
         if state in RUNNING_STATES or state == PAUSED_STATE:
             if not item.force and state != PAUSED_STATE:
                 self._expect(dom, "stopped")
                 with contextlib.suppress(HypervisorError):
                     await self.hv.shutdown(dom)
-                for _ in range(item.grace_period_seconds * 10):  # ACPI first, like KubeVirt
+                for tick in range(item.grace_period_seconds * 10):  # ACPI first, like KubeVirt
                     if await self.hv.state(dom) not in RUNNING_STATES:
+                        break
+                    # A `stop --force` queued behind this graceful stop cuts the grace short.
+                    if tick % 10 == 9 and (await self.store.load(item.ref))[0].stop_force:
                         break
                     await asyncio.sleep(0.1)
             if await self.hv.state(dom) in (*RUNNING_STATES, PAUSED_STATE):
@@ -292,7 +298,7 @@ class Worker:
             shutil.rmtree, self.volumes.instance_dir(item.namespace, item.name), True
         )
         events: list[m.Event] = [m.LauncherDeleted(node=self.node, pod=pod)]
-        if s.phase in (SCHEDULING, SCHEDULED, RUNNING):
+        if active:
             events.insert(0, m.DomainStopped(node=self.node, reason=reason))
         await self.observe(item.ref, events)
 
