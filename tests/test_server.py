@@ -194,3 +194,52 @@ async def test_virtbus_up_runs_the_orchestrator_and_two_test_nodes(data_dir: Pat
         await asyncio.wait_for(proc.wait(), 60)
         assert proc.returncode == 0
         assert all([await _gone(p) for p in children])
+
+
+@pytest.mark.kvm
+async def test_virtbus_up_with_qemu_nodes(data_dir: Path) -> None:
+    from workers.qemunodes import kvm_usable, qemu_available
+
+    for ok, why in (qemu_available(), kvm_usable()):
+        if not ok:
+            pytest.skip(f"real QEMU/KVM nodes need it: {why}")
+    before = _named("libvirtd") | _named("qemu-system-x86_64")
+    args = ("--port", "-1", "--data-dir", str(data_dir), "--hypervisor", "qemu", "--nodes", "1")
+    async with virtbus_up(*args) as (proc, url):
+        nc = await nats.connect(url)
+        try:
+            store = EventStore(nc)
+            for _ in range(600):  # a first node on a machine probes QEMU for ~8 s
+                if history := await store.read(Ref.node("node-a")):
+                    break
+                await asyncio.sleep(0.05)
+            registered = history[0].envelope.data
+            assert isinstance(registered, m.NodeRegistered)
+            assert (registered.hypervisor, registered.kvm) == ("qemu", True)
+            assert registered.libvirt_uri.startswith("qemu+unix:///system?socket=")
+            assert _named("libvirtd") - before  # the node's own daemon runs
+        finally:
+            await nc.close()
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 60)
+        assert proc.returncode == 0
+    for _ in range(100):  # the node's libvirtd is gone with it
+        if not (_named("libvirtd") | _named("qemu-system-x86_64")) - before:
+            break
+        await asyncio.sleep(0.1)
+    assert (_named("libvirtd") | _named("qemu-system-x86_64")) - before == set()
+
+
+def _named(exe: str) -> set[int]:
+    """PIDs whose executable is `exe` (zombies excluded)."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            name, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rpartition(")")[2][1]
+            if name == exe[:15] and state != "Z":
+                out.add(int(entry))
+    return out
