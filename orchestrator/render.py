@@ -274,8 +274,8 @@ def vmi_table(
 ) -> str:  # fmt: skip
     """`kubectl get vmi`: only VMs that have an instance; wide adds LIVE-MIGRATABLE and PAUSED.
 
-    AGE is `<unknown>` and LIVE-MIGRATABLE blank: the fold holds neither the VMI's creation
-    time nor its migratability, and KubeVirt too leaves a missing condition blank.
+    AGE counts from the domain's start (`<unknown>` before it started); LIVE-MIGRATABLE is blank:
+    the fold does not hold migratability, and KubeVirt too leaves a missing condition blank.
     """
     now = now or datetime.now(UTC)
     header = ["NAME", "AGE", "PHASE", "IP", "NODENAME", "READY"]
@@ -285,7 +285,8 @@ def vmi_table(
     for s in states:
         if not s.phase:
             continue
-        cells = [s.name, age(None, now), s.phase, "", s.node, str(s.ready)]
+        started = s.started if s.phase == "Running" else None
+        cells = [s.name, age(started, now), s.phase, "", s.node, str(s.ready)]
         if wide:
             cells += ["", "True" if s.paused else ""]
         rows.append((s, cells))
