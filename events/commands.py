@@ -99,12 +99,18 @@ class DeleteSnapshot(Command, frozen=True):
 
 
 class AddVolume(Command, frozen=True):
+    """Hotplug a volume as a disk (`virtctl addvolume`); `persist` also adds it to the VM spec."""
+
     volume: dict[str, Any]
     disk: dict[str, Any] = {}
+    persist: bool = False
 
 
 class RemoveVolume(Command, frozen=True):
+    """Unplug a volume (`virtctl removevolume`); `persist` also removes it from the VM spec."""
+
     volume: Name
+    persist: bool = False
 
 
 # --- replica sets --------------------------------------------------------------------------------

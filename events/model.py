@@ -260,6 +260,14 @@ class VolumeAttached(Event, frozen=True):
     node: str = ""
 
 
+class VolumeAttachFailed(Event, frozen=True):
+    """A hotplug the node could not carry out: the volume is missing, or libvirt refused."""
+
+    volume: str
+    reason: str = ""
+    node: str = ""
+
+
 class VolumeDetachRequested(Event, frozen=True):
     volume: str
 
@@ -386,8 +394,9 @@ AnyEvent = (
     | MigrationScheduled | MigrationTargetReady | MigrationStarted | MigrationProgress
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested
     | SnapshotSucceeded | SnapshotFailed | SnapshotDeleted | RestoreRequested | RestoreSucceeded
-    | RestoreFailed | VolumeAttachRequested | VolumeAttached | VolumeDetachRequested
-    | VolumeDetached | CommandRejected | NodeRegistered | NodeCordoned | NodeUncordoned
+    | RestoreFailed | VolumeAttachRequested | VolumeAttached | VolumeAttachFailed
+    | VolumeDetachRequested | VolumeDetached | CommandRejected | NodeRegistered | NodeCordoned
+    | NodeUncordoned
     | NodeDrainRequested | NodeLost | ReplicaSetCreated | ReplicaSetSpecChanged | ReplicaSetScaled
     | ReplicaSetDeleted
     | VolumeCreated | VolumeReady | VolumeDeleted | WebhookSubscribed | WebhookUnsubscribed

@@ -44,6 +44,15 @@ class Migration(msgspec.Struct, frozen=True, gc=False):
     reason: str = ""
 
 
+class Hotplug(msgspec.Struct, frozen=True, gc=False):
+    """A volume hotplugged into the running instance: what to attach, and the request's version."""
+
+    volume: dict[str, Any]
+    disk: dict[str, Any]
+    requested: int = 0  # version of the latest attach or detach request
+    reason: str = ""  # why the attach failed
+
+
 class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     namespace: str = ""
     name: str = ""
@@ -67,7 +76,8 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     migration: Migration | None = None
     migrations: int = 0
     snapshots: dict[str, str] = {}
-    volumes: dict[str, str] = {}
+    volumes: dict[str, str] = {}  # hotplugged volume -> Pending, Ready, Failed, Detaching
+    hotplug: dict[str, Hotplug] = {}
     last_rejection: str = ""
     restarting: bool = False  # a restart was asked: start again once the instance is down
     want_paused: bool = False  # what the user asked; `paused` is what the node observed
@@ -303,6 +313,8 @@ def _vm_stopped(s: VMState, e: m.VMStopped, env: Envelope) -> VMState:
         paused=False,
         status=STOPPED,
         reason=e.reason or s.reason,
+        volumes={},  # a hotplugged volume does not outlive its instance
+        hotplug={},
     )
 
 
@@ -323,6 +335,8 @@ def _vm_failed(s: VMState, e: m.VMFailed, env: Envelope) -> VMState:
         reason=e.reason,
         node="",  # the failed instance is concluded: nothing runs anywhere for it
         vmi_uid="",
+        volumes={},
+        hotplug={},
     )
 
 
@@ -385,22 +399,42 @@ def _snapshot_deleted(s: VMState, e: m.SnapshotDeleted, env: Envelope) -> VMStat
 
 @_on(m.VolumeAttachRequested)
 def _volume_attach_requested(s: VMState, e: m.VolumeAttachRequested, env: Envelope) -> VMState:
-    return replace(s, volumes={**s.volumes, str(e.volume.get("name", "")): "Pending"})
+    name = str(e.volume.get("name", ""))
+    plug = Hotplug(e.volume, e.disk, requested=env.version)
+    return replace(s, volumes={**s.volumes, name: "Pending"}, hotplug={**s.hotplug, name: plug})
 
 
 @_on(m.VolumeAttached)
 def _volume_attached(s: VMState, e: m.VolumeAttached, env: Envelope) -> VMState:
-    return replace(s, volumes={**s.volumes, e.volume: "Ready"})
+    plug = s.hotplug.get(e.volume)
+    hotplug = s.hotplug if plug is None else {**s.hotplug, e.volume: replace(plug, reason="")}
+    return replace(s, volumes={**s.volumes, e.volume: "Ready"}, hotplug=hotplug)
+
+
+@_on(m.VolumeAttachFailed)
+def _volume_attach_failed(s: VMState, e: m.VolumeAttachFailed, env: Envelope) -> VMState:
+    plug = s.hotplug.get(e.volume)
+    hotplug = s.hotplug if plug is None else {**s.hotplug, e.volume: replace(plug, reason=e.reason)}
+    return replace(s, volumes={**s.volumes, e.volume: FAILED}, hotplug=hotplug)
 
 
 @_on(m.VolumeDetachRequested)
 def _volume_detach_requested(s: VMState, e: m.VolumeDetachRequested, env: Envelope) -> VMState:
-    return replace(s, volumes={**s.volumes, e.volume: "Detaching"})
+    plug = s.hotplug.get(e.volume)
+    hotplug = (
+        s.hotplug if plug is None
+        else {**s.hotplug, e.volume: replace(plug, requested=env.version)}
+    )  # fmt: skip
+    return replace(s, volumes={**s.volumes, e.volume: "Detaching"}, hotplug=hotplug)
 
 
 @_on(m.VolumeDetached)
 def _volume_detached(s: VMState, e: m.VolumeDetached, env: Envelope) -> VMState:
-    return replace(s, volumes={k: v for k, v in s.volumes.items() if k != e.volume})
+    return replace(
+        s,
+        volumes={k: v for k, v in s.volumes.items() if k != e.volume},
+        hotplug={k: v for k, v in s.hotplug.items() if k != e.volume},
+    )
 
 
 @_on(m.CommandRejected)

@@ -53,5 +53,28 @@ class Unpause(Work, frozen=True):
     pass
 
 
-AnyWork = Start | Stop | Pause | Unpause
+class VolumeWork(Work, frozen=True):
+    """A hotplug item: `volume` and `disk` as the request named them, `version` the request's."""
+
+    volume: dict[str, Any]
+    disk: dict[str, Any] = {}
+
+    @property
+    def volume_name(self) -> str:
+        return str(self.volume.get("name", ""))
+
+    @property
+    def msg_id(self) -> str:
+        return f"{self.vmi_uid}:{type(self).__name__.lower()}:{self.volume_name}:{self.version}"
+
+
+class AttachVolume(VolumeWork, frozen=True):
+    """Attach `volume` to the running domain as `disk` (live and in its definition)."""
+
+
+class DetachVolume(VolumeWork, frozen=True):
+    """Detach the disk backed by `volume` from the running domain."""
+
+
+AnyWork = Start | Stop | Pause | Unpause | AttachVolume | DetachVolume
 WORK_DECODER: Final = msgspec.json.Decoder(AnyWork)

@@ -195,6 +195,53 @@ def migrate(
     _lifecycle(c.MigrateVM(name=name, namespace=namespace, target_node=to, actor=_actor()), server)
 
 
+class DiskType(StrEnum):
+    disk = "disk"
+    lun = "lun"
+
+
+VolumeNameOpt = Annotated[
+    str, typer.Option("--volume-name", help="the volume: a PersistentVolumeClaim of that name")
+]
+PersistOpt = Annotated[
+    bool, typer.Option("--persist", help="change the VM spec too, not only the running VMI")
+]
+
+
+@app.command()
+def addvolume(
+    name: NameArg,
+    volume_name: VolumeNameOpt,
+    disk_type: Annotated[DiskType, typer.Option("--disk-type")] = DiskType.disk,
+    serial: Annotated[str | None, typer.Option("--serial", help="the disk's serial")] = None,
+    persist: PersistOpt = False,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Hotplug a PVC into a running VM as a disk on the scsi bus (virtctl addvolume)."""
+    volume = {"name": volume_name, "persistentVolumeClaim": {"claimName": volume_name}}
+    disk: dict[str, Any] = {"name": volume_name, disk_type.value: {"bus": "scsi"}}
+    if serial:
+        disk["serial"] = serial
+    cmd = c.AddVolume(name=name, namespace=namespace, volume=volume, disk=disk, persist=persist,
+                      actor=_actor())  # fmt: skip
+    _lifecycle(cmd, server)
+
+
+@app.command()
+def removevolume(
+    name: NameArg,
+    volume_name: VolumeNameOpt,
+    persist: PersistOpt = False,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Unplug a hotplugged volume from a VM (virtctl removevolume)."""
+    cmd = c.RemoveVolume(name=name, namespace=namespace, volume=volume_name, persist=persist,
+                         actor=_actor())  # fmt: skip
+    _lifecycle(cmd, server)
+
+
 @app.command()
 def scale(
     name: Annotated[str, typer.Argument(help="VirtualMachineInstanceReplicaSet name")],
@@ -357,6 +404,25 @@ def bench_control(
         f"p95 {r['create_to_running_p95_ms']:.0f}, p99 {r['create_to_running_p99_ms']:.0f}, "
         f"max {r['create_to_running_max_ms']:.0f}"
     )
+
+
+@bench.command("start")
+def bench_start(
+    vms: Annotated[int, typer.Option(min=1, help="VMs to create, one every --interval-ms")] = 100,
+    hypervisor: Annotated[Hypervisor, typer.Option(help="real QEMU or libvirt's test driver")] = (
+        Hypervisor.qemu
+    ),
+    interval_ms: Annotated[float, typer.Option(min=0, help="between two creations")] = 100.0,
+    output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+) -> None:
+    """KubeVirt's density test: creation->Running on one real node, against raw libvirt."""
+    import subprocess
+
+    # The benchmark runs a node worker, and the CLI never imports workers: run it as its own module.
+    args = ["--vms", str(vms), "--hypervisor", hypervisor.value, "--interval-ms", str(interval_ms),
+            "-o", output.value]  # fmt: skip
+    cmd = [sys.executable, "-m", "workers.bench_start", *args]
+    _finish(subprocess.run(cmd, check=False).returncode)
 
 
 def main() -> None:

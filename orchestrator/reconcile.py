@@ -135,9 +135,11 @@ def _step(
             return [], [_stop(s)], None
         if s.phase == SCHEDULING:
             return [], [_start(s)], None
-        if s.phase == RUNNING and s.want_paused != s.paused:
-            kind = w.Pause if s.want_paused else w.Unpause
-            return [], [kind(**_base(s))], None
+        if s.phase == RUNNING:
+            work: list[w.Work] = []
+            if s.want_paused != s.paused:
+                work.append((w.Pause if s.want_paused else w.Unpause)(**_base(s)))
+            return [], work + _volume_work(s), None
     return [], [], None
 
 
@@ -173,6 +175,18 @@ def _stop(s: VMState) -> w.Stop:
         grace = int(spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_S))
     force = s.stop_force or s.status == TERMINATING
     return w.Stop(grace_period_seconds=grace, force=force, **_base(s))
+
+
+def _volume_work(s: VMState) -> list[w.Work]:
+    """Hotplug work: attach what is Pending, detach what is Detaching, one item per request."""
+    out: list[w.Work] = []
+    for name, phase in s.volumes.items():
+        plug = s.hotplug.get(name)
+        kind = {"Pending": w.AttachVolume, "Detaching": w.DetachVolume}.get(phase)
+        if plug is not None and kind is not None:
+            base = {**_base(s), "version": plug.requested}
+            out.append(kind(volume=plug.volume, disk=plug.disk, **base))
+    return out
 
 
 def reconcile_rs(

@@ -51,6 +51,8 @@ DONE = {
     "UndeleteVM": "VM {} was restored; it is stopped, start it with `virtbus start {}`",
     "MigrateVM": "VM {} was scheduled to migrate",
     "ScaleReplicaSet": "virtualmachineinstancereplicaset.kubevirt.io/{} scaled",
+    "AddVolume": "Successfully submitted add volume request to VM {} for volume {}",
+    "RemoveVolume": "Successfully submitted remove volume request to VM {} for volume {}",
 }  # fmt: skip
 
 
@@ -97,7 +99,12 @@ def _applied(cmd: c.Command, outcome: c.Outcome) -> str:
 async def lifecycle(url: str, cmd: c.Command) -> int:
     async with session(url) as nc:
         await send(nc, cmd)
-    typer.echo(DONE[type(cmd).__name__].format(cmd.name, cmd.name))
+    detail = cmd.name
+    if isinstance(cmd, c.AddVolume):
+        detail = str(cmd.volume.get("name", ""))
+    elif isinstance(cmd, c.RemoveVolume):
+        detail = cmd.volume
+    typer.echo(DONE[type(cmd).__name__].format(cmd.name, detail))
     return 0
 
 

@@ -130,7 +130,9 @@ def test_seed_renders_kubevirt_domain(sources: dict[str, ResolvedVolume]) -> Non
     assert (hd.get("device"), target(hd)) == ("disk", ("vda", "virtio"))
     assert hd.find("readonly") is None and hd.find("boot") is None
     assert (container.get("device"), target(container)) == ("cdrom", ("sdb", "sata"))
-    assert root.find("./devices/controller[@type='scsi']") is None
+    # Always one virtio-scsi controller, as in KubeVirt: hotplugged disks attach to it.
+    [controller] = root.findall("./devices/controller")
+    assert controller.attrib == {"type": "scsi", "index": "0", "model": "virtio-scsi"}
 
     [nic] = root.findall("./devices/interface")
     assert nic.get("type") == "user"

@@ -359,6 +359,23 @@ def test_volume_hotplug_phases() -> None:
     assert s.volumes == {"data": "Detaching"}
     s = step(s, m.VolumeDetached(volume="data", node="n1"))
     assert s.volumes == {}
+    assert s.hotplug == {}
+
+
+def test_hotplug_keeps_the_request_and_the_failure_and_ends_with_the_instance() -> None:
+    volume = {"name": "data", "persistentVolumeClaim": {"claimName": "data"}}
+    s = step(running(), m.VolumeAttachRequested(volume=volume, disk={"name": "data"}))
+    plug = s.hotplug["data"]
+    assert (plug.volume, plug.disk, plug.requested) == (volume, {"name": "data"}, s.version)
+    s = step(s, m.VolumeAttachFailed(volume="data", reason='claim "data" not found'))
+    assert s.volumes == {"data": "Failed"}
+    assert s.hotplug["data"].reason == 'claim "data" not found'
+    s = step(s, m.VolumeAttachRequested(volume={**volume, "name": "more"}, disk={}))
+    s = step(s, m.VolumeAttached(volume="more"))
+    s = step(s, m.VolumeDetachRequested(volume="more"))
+    assert s.hotplug["more"].requested == s.version  # the detach is a request of its own
+    s = step(s, m.VMStopped(reason="stopped"))
+    assert (s.volumes, s.hotplug) == ({}, {})  # a hotplug does not outlive its instance
 
 
 # --- spec changes --------------------------------------------------------------------------------

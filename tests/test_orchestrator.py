@@ -21,6 +21,7 @@ from nats.aio.client import Client
 
 from events import commands as c
 from events import model as m
+from events import work as w
 from events.envelope import Recorded, encode
 from events.names import Ref
 from events.provision import provision
@@ -400,6 +401,121 @@ async def test_delete_keeps_disks_and_undelete_brings_it_back(cluster: Cluster) 
     await cluster.send(c.UndeleteVM(name="doomed"))
     s = await cluster.state("doomed")
     assert (s.exists, s.status) == (True, "Stopped")
+
+
+# --- disk hotplug --------------------------------------------------------------------------------
+
+
+def pvc(name: str) -> dict[str, Any]:
+    return {"name": name, "persistentVolumeClaim": {"claimName": name}}
+
+
+def add_volume(vm: str, volume: str, *, persist: bool = False, **disk: Any) -> c.AddVolume:
+    """What `virtbus addvolume VM --volume-name VOLUME` sends."""
+    return c.AddVolume(name=vm, volume=pvc(volume), persist=persist,
+                       disk={"name": volume, "disk": {"bus": "scsi"}, **disk})  # fmt: skip
+
+
+def spec_volumes(s: VMState) -> list[str]:
+    return [v["name"] for v in s.spec["template"]["spec"]["volumes"]]
+
+
+def spec_disks(s: VMState) -> list[str]:
+    return [d["name"] for d in s.spec["template"]["spec"]["domain"]["devices"]["disks"]]
+
+
+@pytest.mark.parametrize(
+    ("running", "cmd", "reason", "field"),
+    [
+        (False, add_volume("vm1", "data"), "VMI is not running", "name"),
+        (False, c.RemoveVolume(name="vm1", volume="data"), 'volume "data" not found', "volume"),
+        (False, c.RemoveVolume(name="vm1", volume="harddrive"), "VMI is not running", "name"),
+        (True, add_volume("vm1", "cdromiso"), 'volume "cdromiso" already exists', "volume.name"),
+        (True, add_volume("vm1", "Data"), "not a DNS-1123 label", "volume.name"),
+        (
+            True,
+            c.AddVolume(name="vm1", volume={"name": "d", "hostDisk": {"path": "/x"}}),
+            "hotplug takes a persistentVolumeClaim volume",
+            "volume",
+        ),
+        (
+            True,
+            add_volume("vm1", "data", disk={"bus": "virtio"}),
+            "hotplug needs the scsi bus",
+            "disk.disk.bus",
+        ),
+        (True, c.RemoveVolume(name="vm1", volume="data"), 'volume "data" not found', "volume"),
+        (
+            True,
+            c.RemoveVolume(name="vm1", volume="harddrive"),
+            'volume "harddrive" is not hotplugged',
+            "volume",
+        ),
+    ],
+)
+async def test_hotplug_rejections_name_the_field(
+    cluster: Cluster, running: bool, cmd: c.Command, reason: str, field: str
+) -> None:
+    await cluster.node("node-a")
+    await cluster.send(seed_apply("vm1", running=running))
+    if running:
+        await cluster.until("vm1", lambda s: s.status == "Running")
+    with pytest.raises(Rejected, match=reason) as exc:
+        await cluster.send(cmd)
+    assert exc.value.field == field
+    last = (await cluster.history("vm1"))[-1].envelope.data
+    assert isinstance(last, m.CommandRejected)
+    assert (last.command, last.field) == (type(cmd).__name__, field)
+
+
+async def test_hotplug_attaches_and_detaches_on_the_running_vm(cluster: Cluster) -> None:
+    node = await _running(cluster, "hot", "Always")
+    out = await cluster.send(add_volume("hot", "data", serial="D1"))
+    assert out.events == ["io.virtbus.vm.volume_attach_requested.v1"]
+    s = await cluster.until("hot", lambda s: s.volumes == {"data": "Ready"})
+    assert "data" not in spec_volumes(s)  # not persisted: the VM spec is unchanged
+    with pytest.raises(Rejected, match='volume "data" already exists'):
+        await cluster.send(add_volume("hot", "data"))
+    [attach] = [i for i in node.work if isinstance(i, w.AttachVolume)]
+    assert (attach.volume, attach.disk) == (
+        pvc("data"), {"name": "data", "disk": {"bus": "scsi"}, "serial": "D1"}
+    )  # fmt: skip
+    assert (attach.node, attach.vmi_uid) == ("node-a", s.vmi_uid)
+
+    out = await cluster.send(c.RemoveVolume(name="hot", volume="data"))
+    assert out.events == ["io.virtbus.vm.volume_detach_requested.v1"]
+    s = await cluster.until("hot", lambda s: s.volumes == {})
+    assert [type(i).__name__ for i in node.work] == ["Start", "AttachVolume", "DetachVolume"]
+    volume_events = [k for k in kinds(await cluster.history("hot")) if k.startswith("Volume")]
+    assert volume_events == [
+        "VolumeAttachRequested", "VolumeAttached", "VolumeDetachRequested", "VolumeDetached"
+    ]  # fmt: skip
+
+
+async def test_hotplug_does_not_outlive_the_instance_unless_persisted(cluster: Cluster) -> None:
+    await _running(cluster, "keep", "Always")
+    await cluster.send(add_volume("keep", "scratch"))
+    out = await cluster.send(add_volume("keep", "data", persist=True))
+    assert out.events == [
+        "io.virtbus.vm.spec_changed.v1", "io.virtbus.vm.volume_attach_requested.v1"
+    ]  # fmt: skip
+    s = await cluster.until("keep", lambda s: s.volumes == {"scratch": "Ready", "data": "Ready"})
+    assert not s.restart_required  # hotplugged live: nothing waits for a restart
+    assert (spec_volumes(s)[-1], spec_disks(s)[-1]) == ("data", "data")
+    await cluster.send(c.StopVM(name="keep"))
+    s = await cluster.until("keep", lambda s: s.status == "Stopped")
+    assert (s.volumes, s.hotplug) == ({}, {})
+    assert "data" in spec_volumes(s) and "scratch" not in spec_volumes(s)
+
+    # Stopped: only --persist changes anything, and only the spec.
+    out = await cluster.send(add_volume("keep", "more", persist=True))
+    assert out.events == ["io.virtbus.vm.spec_changed.v1"]
+    out = await cluster.send(c.RemoveVolume(name="keep", volume="data", persist=True))
+    assert out.events == ["io.virtbus.vm.spec_changed.v1"]
+    s = await cluster.state("keep")
+    assert "more" in spec_volumes(s) and "data" not in spec_volumes(s)
+    assert "more" in spec_disks(s) and "data" not in spec_disks(s)
+    assert s.volumes == {}
 
 
 # --- several orchestrators -----------------------------------------------------------------------

@@ -252,3 +252,28 @@ async def test_a_worker_killed_mid_start_ends_with_one_running_instance(stack: S
             proc.send_signal(signal.SIGTERM)
         await proc.wait()
     assert launchers("crashy") == []  # the launcher died with its worker
+
+
+async def test_hotplug_on_the_test_driver_fails_with_libvirts_reason(stack: Stack) -> None:
+    """libvirt's test driver has no attachDeviceFlags: the user sees libvirt's own words."""
+    stack.provide_seed_volumes("node-a")
+    claim = stack.node_dir("node-a") / "volumes" / "default" / "data"
+    claim.mkdir(parents=True)
+    (claim / "disk.img").write_bytes(b"\0" * 4096)
+    await stack.node("node-a")
+    await send(stack.nc, seed("hot", runStrategy="Always"))
+    await stack.until("hot", "Running")
+    volume = {"name": "data", "persistentVolumeClaim": {"claimName": "data"}}
+    await send(stack.nc, c.AddVolume(name="hot", volume=volume, disk={"name": "data"}))
+    for _ in range(200):
+        s = await stack.state("hot")
+        if s.volumes.get("data") == "Failed":
+            break
+        await asyncio.sleep(0.05)
+    history = [r.envelope.data for r in await stack.store.read(Ref.vm("hot"))]
+    [failed] = [e for e in history if isinstance(e, m.VolumeAttachFailed)]
+    print(f"test driver: {failed.reason}")
+    assert (failed.volume, failed.node) == ("data", "node-a")
+    assert failed.reason.startswith("libvirt: ") and "not supported" in failed.reason
+    assert s.hotplug["data"].reason == failed.reason
+    assert s.status == "Running"  # the VM itself is untouched

@@ -3,9 +3,9 @@
 virtbus keeps the user's KubeVirt spec on the log untouched; a node worker turns it into a domain
 only when it runs the VM. This module is that translation, pure: the worker first asks
 `volume_plan` what each volume needs (an image pulled, a disk created, an ISO built), resolves
-them to files, then calls `render_domain` with the paths. Anything the spec asks for that cannot
-run here raises `ValidationError` naming the field, so the VM fails with a reason, not a libvirt
-error.
+them to files, then calls `render_domain` with the paths (`hotplug_disk` renders one more disk
+for a running domain). Anything the spec asks for that cannot run here raises `ValidationError`
+naming the field, so the VM fails with a reason, not a libvirt error.
 """
 
 from __future__ import annotations
@@ -258,7 +258,6 @@ def _disks(
 ) -> None:
     declared = {v.get("name") for v in _entries(vmi.get("volumes"), f"{SPEC}.volumes")}
     used: dict[str, int] = {}  # per target prefix, so sata and scsi never both get sda
-    scsi = False
     path = f"{SPEC}.domain.devices.disks"
     for i, disk in enumerate(_entries(devices_spec.get("disks"), path)):
         at = f"{path}[{i}]"
@@ -267,38 +266,71 @@ def _disks(
             raise _fail(f"{at}.name", f"no volume named {vol_name!r} in {SPEC}.volumes")
         if (resolved := volumes.get(str(vol_name))) is None:
             raise _fail(at, f"volume {vol_name!r} was not resolved to a file on this node")
-        kinds = [k for k in DEFAULT_BUS if k in disk]
-        if len(kinds) > 1:
-            raise _fail(at, f"has {' and '.join(kinds)}; a disk is one of disk, cdrom, lun")
-        kind = kinds[0] if kinds else "disk"
-        target = _mapping(disk.get(kind), f"{at}.{kind}")
-        bus = target.get("bus") or DEFAULT_BUS[kind]
-        if bus not in BUS_PREFIX:
-            raise _fail(f"{at}.{kind}.bus", f"{bus!r} is not one of {', '.join(BUS_PREFIX)}")
-        if kind == "cdrom" and bus == "virtio":
-            raise _fail(f"{at}.cdrom.bus", "a cdrom cannot use the virtio bus; use sata or scsi")
-        if kind == "lun" and bus != "scsi":
-            raise _fail(f"{at}.lun.bus", "a lun needs the scsi bus")
-        scsi = scsi or bus == "scsi"
+        _, bus = _disk_kind(disk, at)
         prefix = BUS_PREFIX[bus]
         used[prefix] = (index := used.get(prefix, 0)) + 1
-        # libvirt only passes SCSI commands through for a block device.
-        el = ET.SubElement(devices, "disk", type="block" if kind == "lun" else "file", device=kind)
-        driver = {"name": "qemu", "type": "raw" if kind == "lun" else resolved.format}
-        if (cache := disk.get("cache")) is not None:
-            if cache not in CACHE_MODES:
-                raise _fail(f"{at}.cache", f"{cache!r} is not one of {', '.join(CACHE_MODES)}")
-            driver["cache"] = cache
-        ET.SubElement(el, "driver", driver)
-        ET.SubElement(el, "source", {"dev" if kind == "lun" else "file": resolved.path})
-        ET.SubElement(el, "target", dev=prefix + _dev_suffix(index), bus=bus)
-        if kind == "cdrom" or resolved.readonly or target.get("readonly") is True:
-            ET.SubElement(el, "readonly")
-        if isinstance(serial := disk.get("serial"), str) and serial:
-            ET.SubElement(el, "serial").text = serial
-        _boot(el, disk, at)
-    if scsi:
-        ET.SubElement(devices, "controller", type="scsi", index="0", model="virtio-scsi")
+        devices.append(disk_element(disk, resolved, dev=prefix + _dev_suffix(index), at=at))
+    # Always there, as in KubeVirt: a volume hotplugged later attaches to it.
+    ET.SubElement(devices, "controller", type="scsi", index="0", model="virtio-scsi")
+
+
+def _disk_kind(disk: dict[str, Any], at: str) -> tuple[str, str]:
+    """A disk's kind (disk, cdrom or lun) and bus, checked."""
+    kinds = [k for k in DEFAULT_BUS if k in disk]
+    if len(kinds) > 1:
+        raise _fail(at, f"has {' and '.join(kinds)}; a disk is one of disk, cdrom, lun")
+    kind = kinds[0] if kinds else "disk"
+    bus = _mapping(disk.get(kind), f"{at}.{kind}").get("bus") or DEFAULT_BUS[kind]
+    if bus not in BUS_PREFIX:
+        raise _fail(f"{at}.{kind}.bus", f"{bus!r} is not one of {', '.join(BUS_PREFIX)}")
+    if kind == "cdrom" and bus == "virtio":
+        raise _fail(f"{at}.cdrom.bus", "a cdrom cannot use the virtio bus; use sata or scsi")
+    if kind == "lun" and bus != "scsi":
+        raise _fail(f"{at}.lun.bus", "a lun needs the scsi bus")
+    return kind, bus
+
+
+def disk_element(
+    disk: dict[str, Any], resolved: ResolvedVolume, *, dev: str, at: str = "disk"
+) -> ET.Element:
+    """One KubeVirt disk (`spec.domain.devices.disks[i]`) as a libvirt <disk>, target `dev`."""
+    kind, bus = _disk_kind(disk, at)
+    target = _mapping(disk.get(kind), f"{at}.{kind}")
+    # libvirt only passes SCSI commands through for a block device.
+    el = ET.Element("disk", type="block" if kind == "lun" else "file", device=kind)
+    driver = {"name": "qemu", "type": "raw" if kind == "lun" else resolved.format}
+    if (cache := disk.get("cache")) is not None:
+        if cache not in CACHE_MODES:
+            raise _fail(f"{at}.cache", f"{cache!r} is not one of {', '.join(CACHE_MODES)}")
+        driver["cache"] = cache
+    ET.SubElement(el, "driver", driver)
+    ET.SubElement(el, "source", {"dev" if kind == "lun" else "file": resolved.path})
+    ET.SubElement(el, "target", dev=dev, bus=bus)
+    if kind == "cdrom" or resolved.readonly or target.get("readonly") is True:
+        ET.SubElement(el, "readonly")
+    if isinstance(serial := disk.get("serial"), str) and serial:
+        ET.SubElement(el, "serial").text = serial
+    _boot(el, disk, at)
+    return el
+
+
+def disk_xml_of(domain_xml: str, path: str) -> str | None:
+    """The <disk> element of a domain whose source is `path`, as XML, or None."""
+    for el in ET.fromstring(domain_xml).findall("./devices/disk"):
+        source = el.find("source")
+        if source is not None and path in (source.get("file"), source.get("dev")):
+            return ET.tostring(el, encoding="unicode")
+    return None
+
+
+def hotplug_disk(disk: dict[str, Any], resolved: ResolvedVolume, *, domain_xml: str) -> str:
+    """The <disk> XML that hotplugs `disk` into a running domain, on the next free sd* target."""
+    _, bus = _disk_kind(disk, "disk")
+    prefix = BUS_PREFIX[bus]
+    taken = {t.get("dev") for t in ET.fromstring(domain_xml).findall("./devices/disk/target")}
+    index = next(i for i in range(len(taken) + 1) if prefix + _dev_suffix(i) not in taken)
+    el = disk_element(disk, resolved, dev=prefix + _dev_suffix(index))
+    return ET.tostring(el, encoding="unicode")
 
 
 def _dev_suffix(index: int) -> str:

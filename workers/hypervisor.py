@@ -124,12 +124,29 @@ class Hypervisor:
 
     async def domains(self) -> dict[str, int]:
         """Every domain on this node, defined or running, by name, with its libvirt state."""
-        doms = await self._call(self._conn.listAllDomains, 0)
-        return {d.name(): d.state()[0] for d in doms}
+
+        def listing() -> dict[str, int]:
+            out = {}
+            for dom in self._conn.listAllDomains(0):
+                # A domain may vanish between the listing and the question (a concurrent stop).
+                with contextlib.suppress(libvirt.libvirtError):
+                    out[dom.name()] = dom.state()[0]
+            return out
+
+        return await self._call(listing)
 
     async def state(self, name: str) -> int | None:
-        doms = await self.domains()
-        return doms.get(name)
+        """The domain's libvirt state, or None when there is no such domain."""
+
+        def lookup() -> int | None:
+            try:
+                return int(self._conn.lookupByName(name).state()[0])
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+
+        return await self._call(lookup)
 
     async def define(self, xml: str) -> str:
         dom = await self._call(self._conn.defineXML, xml)
@@ -154,6 +171,22 @@ class Hypervisor:
     async def resume(self, name: str) -> None:
         dom = await self._call(self._lookup, name)
         await self._call(dom.resume)
+
+    async def xml(self, name: str) -> str:
+        """The domain's live XML (its definition when it is not running)."""
+        dom = await self._call(self._lookup, name)
+        return str(await self._call(dom.XMLDesc, 0))
+
+    async def attach_device(self, name: str, xml: str) -> None:
+        """Hotplug a device into the running domain and keep it in its definition."""
+        dom = await self._call(self._lookup, name)
+        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        await self._call(dom.attachDeviceFlags, xml, flags)
+
+    async def detach_device(self, name: str, xml: str) -> None:
+        dom = await self._call(self._lookup, name)
+        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        await self._call(dom.detachDeviceFlags, xml, flags)
 
     async def undefine(self, name: str) -> None:
         dom = await self._call(self._lookup, name)

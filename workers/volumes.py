@@ -94,10 +94,20 @@ class Volumes:
             )
         return out
 
-    def _resolve(
-        self, need: VolumeNeed, *, namespace: str, name: str, uid: str, index: int
+    async def resolve_volume(
+        self, volume: dict[str, Any], *, namespace: str, name: str, uid: str
     ) -> ResolvedVolume:
-        field = f"spec.template.spec.volumes[{index}]"
+        """One volume outside the spec (a hotplug); errors name the field `volume`."""
+        [need] = volume_plan({"template": {"spec": {"volumes": [volume]}}})
+        return await asyncio.to_thread(
+            self._resolve, need, namespace=namespace, name=name, uid=uid, field="volume"
+        )
+
+    def _resolve(
+        self, need: VolumeNeed, *, namespace: str, name: str, uid: str, index: int = 0,
+        field: str = "",
+    ) -> ResolvedVolume:  # fmt: skip
+        field = field or f"spec.template.spec.volumes[{index}]"
         if need.type == "containerDisk":
             found = [image_dir(self.root, need.image or "") / n for n in _DISK_NAMES]
             for path in found:

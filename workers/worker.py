@@ -28,7 +28,7 @@ from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, node_work_filter
 from events.nodes import Heartbeat
 from events.state import RUNNING, SCHEDULED, SCHEDULING, STOPPING, TERMINATING, VMState
 from events.store import EventStore
-from workers.domain import render_domain
+from workers.domain import disk_xml_of, hotplug_disk, render_domain
 from workers.hypervisor import RUNNING_STATES, DomainEvent, Hypervisor
 from workers.k8spods import KubernetesPods
 from workers.pods import ProcessPods, pod_name
@@ -101,13 +101,7 @@ class Worker:
             ]
             await stop.wait()
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            vm_tasks = list(self._vm_tasks.values())
-            for t in vm_tasks:
-                t.cancel()
-            await asyncio.gather(*vm_tasks, return_exceptions=True)
+            await _cancel_all([*tasks, *self._vm_tasks.values()])
             await self.pods.close()
             await self.hv.close()
 
@@ -227,6 +221,10 @@ class Worker:
                     self._expect(domain_name(item.ref), "resumed")
                     await self.hv.resume(domain_name(item.ref))
                     await self.observe(item.ref, [m.DomainResumed(node=self.node)])
+            case w.AttachVolume():
+                await self._attach(item, s)
+            case w.DetachVolume():
+                await self._detach(item, s)
 
     async def _start(self, item: w.Start, s: VMState) -> None:
         ref, dom = item.ref, domain_name(item.ref)
@@ -302,6 +300,41 @@ class Worker:
             events.insert(0, m.DomainStopped(node=self.node, reason=reason))
         await self.observe(item.ref, events)
 
+    async def _attach(self, item: w.AttachVolume, s: VMState) -> None:
+        ref, dom, vol = item.ref, domain_name(item.ref), item.volume_name
+        if s.phase != RUNNING or s.volumes.get(vol) != "Pending":
+            return  # attached, failed or unplugged meanwhile; or the instance is ending
+        try:
+            resolved = await self.volumes.resolve_volume(
+                item.volume, namespace=ref.namespace, name=ref.name, uid=item.vmi_uid
+            )
+            current = await self.hv.xml(dom)
+            if disk_xml_of(current, resolved.path) is None:  # else attached before a crash of ours
+                await self.hv.attach_device(dom, hotplug_disk(item.disk, resolved,
+                                                              domain_xml=current))  # fmt: skip
+        except (VolumeUnavailable, ValidationError, HypervisorError) as err:
+            failed = m.VolumeAttachFailed(volume=vol, reason=err.message, node=self.node)
+            await self.observe(ref, [failed])
+            return
+        await self.observe(ref, [m.VolumeAttached(volume=vol, node=self.node)])
+
+    async def _detach(self, item: w.DetachVolume, s: VMState) -> None:
+        ref, dom, vol = item.ref, domain_name(item.ref), item.volume_name
+        if s.volumes.get(vol) != "Detaching":
+            return
+        try:
+            resolved = await self.volumes.resolve_volume(
+                item.volume, namespace=ref.namespace, name=ref.name, uid=item.vmi_uid
+            )
+        except (VolumeUnavailable, ValidationError) as err:
+            # Without its file the disk cannot be found; it stays until the instance ends.
+            log.warning("cannot detach %s from %s: %s", vol, dom, err)
+            return
+        current = await self.hv.xml(dom)
+        if (disk := disk_xml_of(current, resolved.path)) is not None:  # else: never attached
+            await self.hv.detach_device(dom, disk)
+        await self.observe(ref, [m.VolumeDetached(volume=vol, node=self.node)])
+
     # --- what libvirt and the launchers tell us --------------------------------------------------
 
     def _expect(self, dom: str, kind: str) -> None:
@@ -358,6 +391,21 @@ class Worker:
                 node=self.node, pod=pod, reason=f"launcher exited with code {code}", exit_code=code
             )
             await self.observe(ref, [failed])
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]], *, rounds: int = 5) -> None:
+    """Cancel and wait, a bounded number of times: a cancellation can be swallowed by a library
+    racing it (asyncio.wait_for in 3.11), and shutdown must not hang on that."""
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(rounds):
+        if not pending:
+            break
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=2)
+    for t in pending:
+        log.warning("%s did not stop when cancelled", t.get_name())
+    await asyncio.gather(*(t for t in tasks if t.done()), return_exceptions=True)
 
 
 async def _keep_alive(msg: Msg) -> None:

@@ -1,9 +1,9 @@
 """A simulated node: speaks the worker's side of the bus contract with no hypervisor behind it.
 
 It registers, heartbeats, consumes its node's work items and appends the observations a real
-worker would (launcher created, domain defined and started, stopped, paused...), through the same
-public event store. The control-plane tests and `virtbus bench control` drive the orchestrator
-with it; the real node worker lives in `workers/`.
+worker would (launcher created, domain defined and started, stopped, paused, volume attached...),
+through the same public event store. The control-plane tests and `virtbus bench control` drive the
+orchestrator with it; the real node worker lives in `workers/`.
 """
 
 from __future__ import annotations
@@ -116,6 +116,10 @@ class SimNode:
                 await self.observe(item.ref, [m.DomainPaused(node=n)])
             case w.Unpause():
                 await self.observe(item.ref, [m.DomainResumed(node=n)])
+            case w.AttachVolume():
+                await self.observe(item.ref, [m.VolumeAttached(volume=item.volume_name, node=n)])
+            case w.DetachVolume():
+                await self.observe(item.ref, [m.VolumeDetached(volume=item.volume_name, node=n)])
 
     async def observe(self, ref: Ref, events: Sequence[m.Event]) -> None:
         """Append what this node saw happen to `ref`."""
