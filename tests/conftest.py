@@ -98,6 +98,17 @@ async def settle(what: str, aw: Awaitable[object], *, within: float = 30) -> Non
 
 
 @pytest.fixture
+def kvm_host() -> None:
+    """Skip, saying why, only where this machine truly cannot run a QEMU/KVM node."""
+    from workers.qemunodes import kvm_usable, qemu_available
+
+    for ok, why in (qemu_available(), kvm_usable()):
+        if not ok:
+            print(f"\nskipping: {why}")
+            pytest.skip(why)
+
+
+@pytest.fixture
 def data_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "data"
     d.mkdir()

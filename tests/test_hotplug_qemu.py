@@ -26,7 +26,7 @@ from events.provision import provision
 from events.server import NatsServer
 from orchestrator.app import run_orchestrator
 from orchestrator.client import send
-from workers.qemunodes import QemuNode, kvm_usable, qemu_available
+from workers.qemunodes import QemuNode
 from workers.volumes import claim_dir
 from workers.worker import Worker
 
@@ -67,15 +67,6 @@ class HotplugStack(QemuStack):
                 conn.close()
 
         return await asyncio.to_thread(read)
-
-
-@pytest.fixture
-def kvm_host() -> None:
-    """Skip, saying why, only where this machine truly cannot run a QEMU/KVM node."""
-    for ok, why in (qemu_available(), kvm_usable()):
-        if not ok:
-            print(f"\nskipping: {why}")
-            pytest.skip(why)
 
 
 @pytest.fixture

@@ -197,12 +197,7 @@ async def test_virtbus_up_runs_the_orchestrator_and_two_test_nodes(data_dir: Pat
 
 
 @pytest.mark.kvm
-async def test_virtbus_up_with_qemu_nodes(data_dir: Path) -> None:
-    from workers.qemunodes import kvm_usable, qemu_available
-
-    for ok, why in (qemu_available(), kvm_usable()):
-        if not ok:
-            pytest.skip(f"real QEMU/KVM nodes need it: {why}")
+async def test_virtbus_up_with_qemu_nodes(kvm_host: None, data_dir: Path) -> None:
     before = _named("libvirtd") | _named("qemu-system-x86_64")
     args = ("--port", "-1", "--data-dir", str(data_dir), "--hypervisor", "qemu", "--nodes", "1")
     async with virtbus_up(*args) as (proc, url):

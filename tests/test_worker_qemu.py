@@ -33,7 +33,7 @@ from events.store import EventStore
 from orchestrator.app import run_orchestrator
 from orchestrator.client import send
 from orchestrator.manifest import parse_documents, to_commands
-from workers.qemunodes import QemuNode, kvm_usable, qemu_available
+from workers.qemunodes import QemuNode
 from workers.volumes import claim_dir, image_dir
 from workers.worker import Worker
 
@@ -159,15 +159,6 @@ class QemuStack:
                 names = [type(e).__name__ for e in events]
                 pytest.fail(f"{name}: no {kind.__name__} within {within}s; got {names}")
             await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def kvm_host() -> None:
-    """Skip, saying why, only where this machine truly cannot run a QEMU/KVM node."""
-    for ok, why in (qemu_available(), kvm_usable()):
-        if not ok:
-            print(f"\nskipping: {why}")
-            pytest.skip(why)
 
 
 @pytest.fixture
