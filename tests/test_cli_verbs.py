@@ -21,6 +21,7 @@ from typing import Any
 import nats
 import pytest
 import yaml
+from conftest import api_ready
 from nats.aio.client import Client
 
 from events.names import EVENTS_STREAM, Ref
@@ -139,7 +140,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         try:
             await cl.node("node-a")
             await cl.node("node-b")
-            await asyncio.sleep(0.3)  # the API endpoints come up
+            await api_ready(nc)
             yield cl
         finally:
             for node in cl.nodes:

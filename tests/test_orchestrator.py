@@ -16,7 +16,7 @@ from typing import Any
 
 import nats
 import pytest
-from conftest import settle
+from conftest import api_ready, settle
 from nats.aio.client import Client
 
 from events import commands as c
@@ -90,7 +90,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         stop, task = await _start_orchestrator(nc, tmp_path / "orchestrator")
         cl = Cluster(nc, tmp_path)
         try:
-            await asyncio.sleep(0.3)  # the API endpoints come up
+            await api_ready(nc)
             yield cl
         finally:
             for node in cl.nodes:

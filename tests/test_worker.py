@@ -18,7 +18,7 @@ from typing import Any
 
 import nats
 import pytest
-from conftest import settle
+from conftest import api_ready, settle
 from nats.aio.client import Client
 
 from events import commands as c
@@ -68,7 +68,7 @@ class Stack:
         await self.until_node(name)
 
     async def until_node(self, name: str) -> None:
-        for _ in range(200):
+        for _ in range(600):
             history = await self.store.read(Ref.node(name))
             if history and isinstance(history[-1].envelope.data, m.NodeRegistered):
                 return
@@ -109,7 +109,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         )
         st = Stack(nc, server.url, tmp_path)
         try:
-            await asyncio.sleep(0.3)
+            await api_ready(nc)
             yield st
         finally:
             await settle("the nodes", st.stop_nodes())
