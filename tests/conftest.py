@@ -97,6 +97,25 @@ async def settle(what: str, aw: Awaitable[object], *, within: float = 30) -> Non
     pytest.fail(f"{what} did not finish within {within}s; tasks:\n" + "\n".join(stacks))
 
 
+def qemu_pids(domain: str) -> list[int]:
+    """Live QEMU processes running `domain`, found by its `-name guest=<domain>,...` argument."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile; a zombie has an empty cmdline and never matches
+        if (
+            argv
+            and b"qemu-system" in argv[0]
+            and any(a.split(b",")[0] == f"guest={domain}".encode() for a in argv)
+        ):
+            found.append(int(entry))
+    return sorted(found)
+
+
 async def api_ready(nc: Client, *, within: float = 30) -> None:
     """Wait until `virtbus-api` answers (a loaded machine can take a while to start it)."""
     for _ in range(int(within / 0.1)):

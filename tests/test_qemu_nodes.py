@@ -16,6 +16,7 @@ from typing import Any
 
 import libvirt
 import pytest
+from conftest import qemu_pids
 
 from workers.qemunodes import (
     MIGRATION_FLAGS,
@@ -29,25 +30,6 @@ from workers.qemunodes import (
 pytestmark = pytest.mark.kvm
 
 NodeFactory = Callable[[str, int], QemuNode]
-
-
-def qemu_pids(domain: str) -> list[int]:
-    """QEMU processes running `domain`, found by its `-name guest=<domain>` argument."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (
-            argv
-            and b"qemu-system" in argv[0]
-            and any(a.split(b",")[0] == f"guest={domain}".encode() for a in argv)
-        ):
-            found.append(int(entry))
-    return found
 
 
 def daemon_pids() -> list[tuple[int, str]]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import nats
 import pytest
+from conftest import qemu_pids
 from nats.aio.client import Client
 
 from events import commands as c
@@ -46,25 +47,6 @@ NODE_INDEX = 7  # its own VNC/migration port range, away from test_qemu_nodes' n
 LIBVIRT_STOP_REASONS = {
     "shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from-snapshot"
 }  # fmt: skip
-
-
-def qemu_pids(domain: str) -> list[int]:
-    """Live QEMU processes running `domain`, found by its `-name guest=<domain>,...` argument."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # gone meanwhile; a zombie has an empty cmdline and never matches
-        if (
-            argv
-            and b"qemu-system" in argv[0]
-            and any(a.split(b",")[0] == f"guest={domain}".encode() for a in argv)
-        ):
-            found.append(int(entry))
-    return sorted(found)
 
 
 async def wait_for(cond: Callable[[], bool], *, within: float = 10, what: str = "") -> None:
