@@ -46,7 +46,6 @@ class Controller:
         self.nodes: dict[str, NodeState] = {}
         self.replica_sets: dict[str, ReplicaSetState] = {}
         self.position = 0
-        self.reactions = 0
         self._wakes: dict[str, datetime] = {}
         self._reserved: dict[str, tuple[str, int, int]] = {}  # scheduled, not yet folded back
         self._held: dict[str, tuple[str, int, int]] = {}  # VM -> (node, cpus, memory) it holds
@@ -143,7 +142,6 @@ class Controller:
         js = self.nc.jetstream()
         for item in reaction.work:
             await js.publish(item.subject, encode(item), headers={"Nats-Msg-Id": item.msg_id})
-        self.reactions += 1
         return reaction
 
     async def react_rs(self, key: str, *, cause: Recorded | None = None) -> None:

@@ -46,7 +46,6 @@ class Intake:
     def __init__(self, nc: Client, store: EventStore) -> None:
         self.nc = nc
         self.store = store
-        self.processed = 0
         self.malformed = 0
         # JetStream refuses too many atomic batches in flight; commands beyond wait their turn.
         self._parallel = asyncio.Semaphore(PARALLEL)
@@ -60,9 +59,7 @@ class Intake:
             return await self._reject_undecodable(raw, err, subject=subject, cid=fallback_id)
         if not cmd.id:
             cmd = msgspec.structs.replace(cmd, id=fallback_id)
-        outcome = await self.judge(cmd, subject=subject)
-        self.processed += 1
-        return outcome
+        return await self.judge(cmd, subject=subject)
 
     async def judge(self, cmd: c.Command, *, subject: str = "") -> c.Outcome:
         try:

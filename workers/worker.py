@@ -68,7 +68,6 @@ class Worker:
             if pods == "kubernetes" else ProcessPods(self._launcher_exited)
         )  # fmt: skip
         self.volumes = Volumes(data_dir, host_root=host_root)
-        self.handled = 0
         self.malformed = 0
         self._expected: dict[str, list[tuple[str, float]]] = {}
         self._pods: dict[str, str] = {}  # domain -> its launcher pod
@@ -199,7 +198,6 @@ class Worker:
             return
         finally:
             keepalive.cancel()
-        self.handled += 1
         await msg.ack()
 
     async def do(self, item: w.Work) -> None:
