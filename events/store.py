@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
@@ -20,7 +21,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from events.envelope import Recorded, chain_hash, decode_envelope, seal
+from events.envelope import ENVELOPE_DECODER, Recorded, chain_hash, decode_envelope, seal
 from events.errors import BusUnavailable, ConcurrencyConflict, TamperDetected, ValidationError
 from events.errors import VirtbusError as _VirtbusError
 from events.model import TOKEN, Event
@@ -353,14 +354,21 @@ class EventStore:
     ) -> int:  # fmt: skip
         """Feed every event (from a point, optionally filtered) to `handler` in log order."""
         chain = Chain(strict=from_seq in (None, 1) and from_time is None and subjects is None)
-        decode, check = self.decode, chain.check
+        # The hot loop of every rebuild: decode and hash inline rather than through `decode()`,
+        # whose two extra calls per event are a tenth of the replay's own cost.
+        decode, sha256, check = ENVELOPE_DECODER.decode, hashlib.sha256, chain.check
+        bad = (msgspec.DecodeError, msgspec.ValidationError)
 
         def on_raw(data: bytes, subject: str, seq: int) -> None:
-            rec = decode(data, subject, seq)
-            if rec is not None:
-                if verify:
-                    check(rec)
-                handler(rec)
+            try:
+                env = decode(data)
+            except bad:
+                self.malformed += 1
+                return
+            rec = Recorded(env, seq, subject, sha256(data).hexdigest())
+            if verify:
+                check(rec)
+            handler(rec)
 
         return await pull_all(
             self.nc, self.stream, on_raw, filter_subjects=subjects,

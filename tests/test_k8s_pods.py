@@ -28,6 +28,7 @@ from events.names import Ref
 from orchestrator.client import send
 from workers.k8spods import KubernetesPods, load_template
 from workers.node import run_node
+from workers.pods import pod_name
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 stack = test_worker.stack  # the end-to-end fixture: bus, orchestrator, nodes stopped on teardown
@@ -193,6 +194,48 @@ async def test_close_leaves_no_task_and_the_pods(kube: Kube) -> None:
     assert rec.exits == []
 
 
+async def test_a_restarted_driver_adopts_live_launchers_and_deletes_orphans(kube: Kube) -> None:
+    """A worker restart: the launchers of the VMs it keeps are its own again (their end is
+    reported, deleting them works); a pod no VM wants is deleted; a wanted pod that ended or
+    is gone comes back as missing, for the worker to fail its VM."""
+    old = KubernetesPods(Recorder().on_exit, node="node-a", kube_url=kube.url)
+    for pod in ("virt-launcher-keep-11111", "virt-launcher-orphan-22222",
+                "virt-launcher-ended-33333", "virt-launcher-kept2-44444"):  # fmt: skip
+        await old.create(pod, namespace="vms")
+    await old.close()
+    await kube.core.patch_namespaced_pod_status(
+        "virt-launcher-ended-33333", "vms", {"status": {"phase": "Failed"}}
+    )
+    rec = Recorder()
+    new = KubernetesPods(rec.on_exit, node="node-a", kube_url=kube.url)
+    try:
+        wanted = {
+            p: "vms"
+            for p in (
+                "virt-launcher-keep-11111",
+                "virt-launcher-ended-33333",
+                "virt-launcher-kept2-44444",
+                "virt-launcher-gone-55555",
+            )
+        }
+        missing = await new.adopt(wanted)
+        assert missing == {"virt-launcher-ended-33333", "virt-launcher-gone-55555"}
+        assert new.running() == {"virt-launcher-keep-11111", "virt-launcher-kept2-44444"}
+        assert sorted(p.metadata.name for p in await kube.pods()) == [
+            "virt-launcher-keep-11111",
+            "virt-launcher-kept2-44444",
+        ]  # the orphan and the ended pod are gone
+        await kube.core.delete_namespaced_pod("virt-launcher-keep-11111", "vms")
+        await until("the adopted pod's end reported", lambda: bool(rec.exits))
+        assert rec.exits == [("virt-launcher-keep-11111", -1)]
+        await new.delete("virt-launcher-kept2-44444")
+        assert await kube.pods() == []
+        await asyncio.sleep(0.1)
+        assert rec.exits == [("virt-launcher-keep-11111", -1)]  # our own deletion is not news
+    finally:
+        await new.close()
+
+
 def test_the_deploy_manifests_parse() -> None:
     kinds = {
         f.name: [d["kind"] for d in yaml.safe_load_all(f.read_text())]
@@ -275,4 +318,31 @@ async def test_a_vm_runs_in_a_launcher_pod_and_a_deleted_pod_restarts_it(
 
     await send(stack.nc, c.StopVM(name="podvm"))
     await stack.until("podvm", "Stopped")
+    assert await kube.pods() == []
+
+
+async def test_a_restarted_worker_leaves_exactly_the_launcher_of_the_running_instance(
+    kube: Kube, stack: Stack
+) -> None:
+    """The test driver forgets its domains when its worker stops, so a restart finds the VM's
+    domain lost: the old launcher pod must go with it, not leak beside the new instance's."""
+    stack.provide_seed_volumes("node-a")
+    await kube_node(stack, "node-a", kube.url)
+    await send(stack.nc, seed("adopted", runStrategy="Always"))
+    await stack.until("adopted", "Running")
+    (first,) = await kube.pods()
+    await stack.stop_nodes()
+    assert [p.metadata.name for p in await kube.pods()] == [first.metadata.name]  # pods outlive it
+    await kube_node(stack, "node-a", kube.url)
+    for _ in range(400):
+        names = [p.metadata.name for p in await kube.pods()]
+        s = await stack.state("adopted")
+        if s.status == "Running" and names and first.metadata.name not in names:
+            break
+        await asyncio.sleep(0.05)
+    assert s.status == "Running"
+    (now,) = await kube.pods()
+    assert now.metadata.name == pod_name("adopted", s.vmi_uid) != first.metadata.name
+    await send(stack.nc, c.StopVM(name="adopted"))
+    await stack.until("adopted", "Stopped")
     assert await kube.pods() == []

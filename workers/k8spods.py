@@ -11,7 +11,8 @@ One named task watches this node's launcher pods. A pod the driver did not delet
 launcher container's exit code (-1 when the status has none), which the worker turns into
 `LauncherFailed`. Every phase change it sees goes to the optional `on_phase(pod, phase)`.
 `close()` stops the watch but leaves the pods: like KubeVirt, a restarting node agent must not
-take its VMs' pods down with it.
+take its VMs' pods down with it. The next worker `adopt()`s the launchers of the VMs it keeps and
+deletes the rest.
 
 The watch lists first, then watches from the list's resourceVersion, and lists again after any
 disconnect so a deletion it missed meanwhile is still reported.
@@ -186,6 +187,39 @@ class KubernetesPods:
                 raise PodApiError(f"deleting pod {namespace}/{pod}: {_why(err)}") from err
         except (aiohttp.ClientError, OSError) as err:
             raise PodApiError(f"deleting pod {namespace}/{pod}: {_why(err)}") from err
+
+    async def adopt(self, wanted: Mapping[str, str]) -> set[str]:
+        """After a restart of the worker: take back the live launchers of `wanted` (pod ->
+        namespace), delete every other launcher pod of this node, and return the wanted pods
+        that are gone or ended (their VMs lost their launcher while no worker watched)."""
+        core = await self._core()
+        try:
+            resp = await core.list_pod_for_all_namespaces(
+                label_selector=f"kubevirt.io=virt-launcher,virtbus.io/node={self.node}",
+                field_selector=f"spec.nodeName={self.node}", _preload_content=False,
+            )  # fmt: skip
+            listing = json.loads(await resp.read())
+            alive: set[str] = set()
+            for obj in listing.get("items") or []:
+                if not self._mine(obj):
+                    continue
+                meta = obj["metadata"]
+                pod, namespace = meta["name"], meta.get("namespace") or "default"
+                ended = ((obj.get("status") or {}).get("phase") in TERMINAL
+                         or meta.get("deletionTimestamp"))  # fmt: skip
+                if wanted.get(pod) == namespace and not ended:
+                    self._pods[pod] = namespace
+                    self._born[pod] = time.monotonic()
+                    alive.add(pod)
+                elif pod not in self._pods:
+                    # An orphan: its VM stopped, moved or failed while we were away.
+                    self._leaving.add(pod)
+                    with contextlib.suppress(ApiException):
+                        await core.delete_namespaced_pod(pod, namespace)
+        except (ApiException, aiohttp.ClientError, OSError) as err:
+            raise PodApiError(f"listing launcher pods of {self.node}: {_why(err)}") from err
+        await self._ensure_watching()
+        return set(wanted) - alive
 
     async def close(self) -> None:
         if self._watcher is not None:

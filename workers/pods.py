@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 ExitHandler = Callable[[str, int], Awaitable[None]]
 
@@ -67,6 +67,13 @@ class ProcessPods:
         watcher = self._watchers.get(pod)
         if watcher is not None:
             await asyncio.shield(watcher)
+
+    async def adopt(self, wanted: Mapping[str, str]) -> set[str]:
+        """After a restart of the worker: launchers died with the old one (PR_SET_PDEATHSIG), so
+        each VM it keeps gets a new one. None is ever missing."""
+        for pod, namespace in wanted.items():
+            await self.create(pod, namespace=namespace)
+        return set()
 
     async def close(self) -> None:
         for pod in list(self._procs):

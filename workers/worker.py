@@ -135,6 +135,27 @@ class Worker:
             if s.node == self.node and s.phase == RUNNING and domain_name(ref) not in domains:
                 # The log says it runs here and it does not: a lost domain, a failed instance.
                 await self.observe(ref, [m.DomainStopped(node=self.node, reason="lost")])
+        await self._adopt_launchers(states, domains)
+
+    async def _adopt_launchers(self, states: dict[Ref, VMState], domains: dict[str, int]) -> None:
+        """Take back the launchers of the VMs kept here; a running VM whose launcher went away
+        while no worker watched has failed, as if it had died before our eyes."""
+        kept = {
+            pod_name(ref.name, s.vmi_uid): ref for ref, s in states.items()
+            if s.node == self.node and s.vmi_uid and (
+                s.phase in (SCHEDULING, SCHEDULED)
+                or (s.phase == RUNNING and domain_name(ref) in domains))
+        }  # fmt: skip
+        try:
+            missing = await self.pods.adopt({pod: ref.namespace for pod, ref in kept.items()})
+        except VirtbusError as err:  # a redelivered start still finds its pod by name
+            log.warning("adopting the launchers of %s: %s", self.node, err)
+            return
+        for pod, ref in kept.items():
+            self._pods[domain_name(ref)] = pod
+        for pod in missing:
+            if states[kept[pod]].phase == RUNNING:
+                await self._launcher_exited(pod, -1)
 
     async def _remove(self, dom: str, *, running: bool) -> None:
         if running:
