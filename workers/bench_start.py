@@ -16,10 +16,11 @@ guests have no OS and idle in firmware. One untimed warm-up VM first proves the 
 Baseline, same run, same node, before the orchestrated VMs (after the warm-up VM, so both runs see
 the same node: libvirtd up, QEMU paged in, one guest running): raw libvirt-python. The same N
 domains (the XML the worker renders, via `render_domain` with the same spec and volumes) are
-`defineXML` + `create()`d 100 ms apart, each in a thread (`asyncio.to_thread`, the executor the
-worker uses too) so they overlap like the orchestrated starts; each is timed from the call to
-`defineXML` to `create()` returning; then destroyed and undefined. `ratio_p50` and `ratio_p95` are
-orchestrated / raw. The orchestrated VMs are left running; the teardown destroys them.
+`defineXML` + `create()`d 100 ms apart, each in a thread of a pool as large as the worker's
+libvirt pool (`LIBVIRT_THREADS`) so they overlap like the orchestrated starts; each is timed from
+the call to `defineXML` to `create()` returning; then destroyed and undefined. `ratio_p50` and
+`ratio_p95` are orchestrated / raw. The orchestrated VMs are left running; the teardown destroys
+them.
 
 The worker's libvirt and launcher calls are timed in passing (subclasses of its hypervisor and pod
 driver, nothing changed in the worker), so the report can say where the time goes.
@@ -40,6 +41,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
@@ -303,16 +305,18 @@ async def _raw(uri: str, *, run_id: str, vms: int, interval_s: float, kvm: bool,
         # The worker's naming is namespace_name; a name without "_" is no VM of its (it ignores it).
         dom = f"bench-raw-{run_id}-{i}"
         doms.append((dom, xml.replace(f"<name>default_{vm}</name>", f"<name>{dom}</name>", 1)))
-    conn = await asyncio.to_thread(libvirt.open, uri)
+    pool = ThreadPoolExecutor(hv.LIBVIRT_THREADS, thread_name_prefix="bench-raw-libvirt")
+    loop = asyncio.get_running_loop()
+    conn = await loop.run_in_executor(pool, libvirt.open, uri)
     lat: list[float] = []
     errors: list[str] = []
     try:
-        await asyncio.to_thread(_define_and_create, conn, doms[0][1])
+        await loop.run_in_executor(pool, _define_and_create, conn, doms[0][1])
 
         async def one(i: int) -> None:
             t = time.perf_counter()
             try:
-                await asyncio.to_thread(_define_and_create, conn, doms[i + 1][1])
+                await loop.run_in_executor(pool, _define_and_create, conn, doms[i + 1][1])
             except libvirt.libvirtError as err:
                 errors.append(str(err))
                 return
@@ -331,10 +335,11 @@ async def _raw(uri: str, *, run_id: str, vms: int, interval_s: float, kvm: bool,
         wall = time.perf_counter() - t0
     finally:
         await asyncio.gather(
-            *(asyncio.to_thread(_destroy_and_undefine, conn, d) for d, _ in doms),
+            *(loop.run_in_executor(pool, _destroy_and_undefine, conn, d) for d, _ in doms),
             return_exceptions=True,
         )
-        await asyncio.to_thread(conn.close)
+        await loop.run_in_executor(pool, conn.close)
+        pool.shutdown(wait=False)
         await asyncio.to_thread(shutil.rmtree, work, True)
     return {"running": len(lat), "errors": errors[:3], "latency": _pct(lat), "wall_s": wall}
 

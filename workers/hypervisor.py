@@ -1,6 +1,8 @@
 """The hypervisor adapter: libvirt-python made async, and lifecycle events made plain.
 
-Every blocking libvirt call runs in a thread (`asyncio.to_thread`); lifecycle events arrive on the
+Every blocking libvirt call runs in a thread of the adapter's own pool: QEMU's create, a graceful
+shutdown or a migration hold a thread for seconds, and in asyncio's shared default pool (cpus + 4
+threads) a burst of starts queued every other call behind them. Lifecycle events arrive on the
 loop through libvirtaio and land in `events` as `DomainEvent`s with libvirt's reason in words.
 """
 
@@ -8,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
 import libvirt
@@ -43,6 +47,7 @@ _REASON: Final = {
     "crashed": {0: "panicked", 1: "crashloaded"},
 }  # fmt: skip
 RUNNING_STATES: Final = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED)
+LIBVIRT_THREADS: Final = 32  # libvirt multiplexes calls from many threads on one connection
 
 
 class DomainEvent(msgspec.Struct, frozen=True):
@@ -78,10 +83,12 @@ class Hypervisor:
         self.events: asyncio.Queue[DomainEvent] = asyncio.Queue()
         self._conn: Any = None
         self._callback_id: int | None = None
+        self._pool = ThreadPoolExecutor(LIBVIRT_THREADS, thread_name_prefix=f"libvirt-{uri}")
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
         except libvirt.libvirtError as err:
             raise HypervisorError(f"libvirt: {err.get_error_message()}") from err
 
@@ -106,7 +113,8 @@ class Hypervisor:
         if self._callback_id is not None:
             with contextlib.suppress(libvirt.libvirtError):  # the connection may be gone
                 conn.domainEventDeregisterAny(self._callback_id)
-        await asyncio.to_thread(conn.close)
+        await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
+        self._pool.shutdown(wait=False)  # conn.close was the last call: no thread is busy
 
     async def host(self) -> HostInfo:
         info = await self._call(self._conn.getInfo)
