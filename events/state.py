@@ -53,6 +53,35 @@ class Hotplug(msgspec.Struct, frozen=True, gc=False):
     reason: str = ""  # why the attach failed
 
 
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A VirtualMachineSnapshot of this VM: its spec then, and copies of its persistent volumes."""
+
+    name: str
+    requested: int = 0  # version of the request: names can be used again after a delete
+    phase: str = "InProgress"  # KubeVirt's: InProgress, Succeeded, Failed
+    online: bool = False
+    node: str = ""
+    spec: dict[str, Any] = {}
+    volumes: list[str] = []
+    skipped: dict[str, str] = {}
+    created: datetime | None = None
+    ready_at: datetime | None = None
+    size_bytes: int = 0
+    reason: str = ""
+
+
+class Restore(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The current or last VirtualMachineRestore; every one stays in the log."""
+
+    name: str
+    snapshot: str
+    node: str = ""
+    complete: bool = False
+    reason: str = ""  # why it failed
+    created: datetime | None = None
+    done_at: datetime | None = None
+
+
 class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     namespace: str = ""
     name: str = ""
@@ -75,7 +104,9 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     reason: str = ""
     migration: Migration | None = None
     migrations: int = 0
-    snapshots: dict[str, str] = {}
+    snapshots: dict[str, Snapshot] = {}
+    restore: Restore | None = None
+    last_node: str = ""  # where the latest instance ran: its persistent volumes are there
     volumes: dict[str, str] = {}  # hotplugged volume -> Pending, Ready, Failed, Detaching
     hotplug: dict[str, Hotplug] = {}
     last_rejection: str = ""
@@ -91,6 +122,11 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     def running(self) -> bool:
         """A VMI exists (in any phase short of its end)."""
         return self.phase in (PENDING, SCHEDULING, SCHEDULED, RUNNING)
+
+    @property
+    def restoring(self) -> bool:
+        """A VirtualMachineRestore is under way: the VM must not start."""
+        return self.restore is not None and not self.restore.complete and not self.restore.reason
 
 
 def _migrating(s: VMState) -> bool:
@@ -253,8 +289,9 @@ def _domain_started(s: VMState, e: m.DomainStarted, env: Envelope) -> VMState:
     # The node's observation is enough: the VMI is Running and ready (virtbus has no guest probes).
     status = s.status if s.status in (STOPPING, TERMINATING) else _running_status(s)
     return replace(
-        s, phase=RUNNING, node=e.node, status=status, ready=not s.paused, started=env.time
-    )
+        s, phase=RUNNING, node=e.node, status=status, ready=not s.paused, started=env.time,
+        last_node=e.node,
+    )  # fmt: skip
 
 
 @_on(m.VMRunning)
@@ -379,22 +416,56 @@ def _migration_failed(s: VMState, e: m.MigrationFailed, env: Envelope) -> VMStat
 
 @_on(m.SnapshotRequested)
 def _snapshot_requested(s: VMState, e: m.SnapshotRequested, env: Envelope) -> VMState:
-    return replace(s, snapshots={**s.snapshots, e.snapshot: "InProgress"})
+    snap = Snapshot(
+        name=e.snapshot, requested=env.version, online=e.online, node=e.node, spec=e.spec,
+        volumes=e.volumes, skipped=e.skipped, created=env.time,
+    )  # fmt: skip
+    return replace(s, snapshots={**s.snapshots, e.snapshot: snap})
+
+
+def _snapshot(s: VMState, name: str, **changes: Any) -> VMState:
+    snap = s.snapshots.get(name)
+    if snap is None:
+        return s
+    return replace(s, snapshots={**s.snapshots, name: replace(snap, **changes)})
 
 
 @_on(m.SnapshotSucceeded)
 def _snapshot_succeeded(s: VMState, e: m.SnapshotSucceeded, env: Envelope) -> VMState:
-    return replace(s, snapshots={**s.snapshots, e.snapshot: SUCCEEDED})
+    return _snapshot(s, e.snapshot, phase=SUCCEEDED, ready_at=env.time, size_bytes=e.size_bytes)
 
 
 @_on(m.SnapshotFailed)
 def _snapshot_failed(s: VMState, e: m.SnapshotFailed, env: Envelope) -> VMState:
-    return replace(s, snapshots={**s.snapshots, e.snapshot: FAILED})
+    return _snapshot(s, e.snapshot, phase=FAILED, reason=e.reason)
 
 
 @_on(m.SnapshotDeleted)
 def _snapshot_deleted(s: VMState, e: m.SnapshotDeleted, env: Envelope) -> VMState:
     return replace(s, snapshots={k: v for k, v in s.snapshots.items() if k != e.snapshot})
+
+
+@_on(m.RestoreRequested)
+def _restore_requested(s: VMState, e: m.RestoreRequested, env: Envelope) -> VMState:
+    restore = Restore(name=e.restore, snapshot=e.snapshot, node=e.node, created=env.time)
+    return replace(s, restore=restore)
+
+
+@_on(m.RestoreSucceeded)
+def _restore_succeeded(s: VMState, e: m.RestoreSucceeded, env: Envelope) -> VMState:
+    snap = s.snapshots.get(e.snapshot)
+    if s.restore is None or s.restore.name != e.restore or snap is None:
+        return s
+    done = replace(s.restore, complete=True, done_at=env.time)
+    # The VM's definition is the snapshot's again; the volumes were copied back on the node.
+    return replace(s, restore=done, spec=snap.spec, restart_required=False)
+
+
+@_on(m.RestoreFailed)
+def _restore_failed(s: VMState, e: m.RestoreFailed, env: Envelope) -> VMState:
+    if s.restore is None or s.restore.name != e.restore:
+        return s
+    return replace(s, restore=replace(s.restore, reason=e.reason, done_at=env.time))
 
 
 @_on(m.VolumeAttachRequested)

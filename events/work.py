@@ -76,5 +76,36 @@ class DetachVolume(VolumeWork, frozen=True):
     """Detach the disk backed by `volume` from the running domain."""
 
 
-AnyWork = Start | Stop | Pause | Unpause | AttachVolume | DetachVolume
+class SnapshotWork(Work, frozen=True):
+    """About one snapshot, on the node that holds its copies; `version` is the version of the
+    snapshot's request (a name may be used again after a delete), `spec` the snapshot's VM spec."""
+
+    snapshot: str
+    spec: dict[str, Any] = {}
+    volumes: list[str] = []
+
+    @property
+    def msg_id(self) -> str:
+        kind = type(self).__name__.lower()
+        return f"{self.namespace}/{self.name}:{kind}:{self.snapshot}:{self.version}"
+
+
+class TakeSnapshot(SnapshotWork, frozen=True):
+    """Copy `volumes` beside the snapshot; a running domain is paused for the copy."""
+
+
+class RestoreSnapshot(SnapshotWork, frozen=True):
+    """Copy the snapshot's volumes back over the (stopped) VM's."""
+
+    restore: str = ""
+
+
+class RemoveSnapshot(SnapshotWork, frozen=True):
+    """Delete the snapshot's copies."""
+
+
+AnyWork = (
+    Start | Stop | Pause | Unpause | AttachVolume | DetachVolume | TakeSnapshot | RestoreSnapshot
+    | RemoveSnapshot
+)  # fmt: skip
 WORK_DECODER: Final = msgspec.json.Decoder(AnyWork)

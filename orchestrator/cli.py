@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Coroutine
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import msgspec
 import typer
-import uvloop
 
 from events import commands as c
 from events.commands import AnyCommand
 from events.envelope import Envelope
 from events.errors import VirtbusError
+from orchestrator import cli_snapshot
 from orchestrator.bus import server_url
+from orchestrator.cli_common import NsOpt, ServerOpt
+from orchestrator.cli_common import actor as _actor
+from orchestrator.cli_common import finish as _finish
+from orchestrator.cli_common import run as _run
 
 T = TypeVar("T")
 
@@ -37,13 +40,6 @@ app.add_typer(bench, name="bench")
 admin = typer.Typer(help="Maintenance of the orchestrator's state.")
 app.add_typer(admin, name="admin")
 
-ServerOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--server", "-s", help="NATS URL (else $VIRTBUS_NATS_URL, else nats://127.0.0.1:4222)"
-    ),
-]
-
 
 class Output(StrEnum):
     table = "table"
@@ -53,16 +49,6 @@ class Output(StrEnum):
 class Hypervisor(StrEnum):
     test = "test"
     qemu = "qemu"
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        return uvloop.run(coro)
-    except VirtbusError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -101,14 +87,6 @@ def schema(
     chosen = schemas if which == "all" else {which: schemas[which]}
     out = {k: msgspec.json.schema(v) for k, v in chosen.items()}
     sys.stdout.write(json.dumps(out if which == "all" else out[which], indent=2) + "\n")
-
-
-NsOpt = Annotated[str, typer.Option("--namespace", "-n", help="namespace")]
-
-
-def _finish(code: int) -> None:
-    if code:
-        raise typer.Exit(code)
 
 
 @app.command()
@@ -173,8 +151,27 @@ def unpause(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = Non
 
 
 @app.command()
-def delete(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
-    """Delete a VM; its disks are kept (see `undelete`)."""
+def delete(
+    what: Annotated[str, typer.Argument(help="a VM name, or a kind: vm NAME, vmsnapshot NAME")],
+    name: Annotated[str | None, typer.Argument()] = None,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Delete a VM (its disks are kept, see `undelete`) or a VM snapshot (`delete vmsnapshot S`)."""
+    if name is None:
+        what, name = "vm", what
+    if what.lower() in cli_snapshot.SNAPSHOT_KINDS:
+        _finish(
+            _run(
+                cli_snapshot.delete_snapshot(
+                    server_url(server), snapshot=name, namespace=namespace, actor=_actor()
+                )
+            )
+        )
+        return
+    if what.lower() not in ("vm", "vms", "virtualmachine", "virtualmachines"):
+        typer.echo(f"error: delete {what}: use a VM name, vm NAME or vmsnapshot NAME", err=True)
+        raise typer.Exit(2)
     _lifecycle(c.DeleteVM(name=name, namespace=namespace, actor=_actor()), server)
 
 
@@ -256,7 +253,7 @@ def scale(
 
 @app.command()
 def get(
-    kind: Annotated[str, typer.Argument(help="vms, vmis or nodes")],
+    kind: Annotated[str, typer.Argument(help="vms, vmis, nodes, vmirs, vmsnapshots, vmrestores")],
     name: Annotated[str | None, typer.Argument()] = None,
     namespace: NsOpt = "default",
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
@@ -329,15 +326,6 @@ def rebuild_projections(
 
     count = _run(rebuild(server_url(server), data_dir=data_dir))
     typer.echo(f"read model rebuilt from {count} events")
-
-
-def _actor() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 @bench.command("log")
@@ -423,6 +411,9 @@ def bench_start(
             "-o", output.value]  # fmt: skip
     cmd = [sys.executable, "-m", "workers.bench_start", *args]
     _finish(subprocess.run(cmd, check=False).returncode)
+
+
+cli_snapshot.register(app)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 
 from events import model as m
+from events import work as w
 from events.envelope import Recorded, encode
 from events.errors import ConcurrencyConflict, VirtbusError
 from events.names import HEARTBEAT_BUCKET, Ref
@@ -31,6 +32,7 @@ from events.store import EventStore
 from orchestrator.manifest import summarize
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import NodeView, place
+from orchestrator.snapshots import removal_work
 
 log = logging.getLogger("virtbus.controller")
 _HOLDS_CAPACITY = (SCHEDULING, SCHEDULED, RUNNING)
@@ -139,10 +141,13 @@ class Controller:
                 if isinstance(e, m.VMScheduled):
                     need = self._need(s)
                     self._reserved[key] = (e.node, need["cpus"], need["memory_bytes"])
-        js = self.nc.jetstream()
-        for item in reaction.work:
-            await js.publish(item.subject, encode(item), headers={"Nats-Msg-Id": item.msg_id})
+        await self._enqueue(reaction.work)
         return reaction
+
+    async def _enqueue(self, work: list[w.Work]) -> None:
+        js = self.nc.jetstream()
+        for item in work:
+            await js.publish(item.subject, encode(item), headers={"Nats-Msg-Id": item.msg_id})
 
     async def react_rs(self, key: str, *, cause: Recorded | None = None) -> None:
         rs = self.replica_sets.get(key)
@@ -162,6 +167,8 @@ class Controller:
         data = rec.envelope.data
         if kind == "vm":
             await self.react(key, cause=rec)
+            if isinstance(data, m.SnapshotDeleted) and (gone := removal_work(self.vms[key], data)):
+                await self._enqueue([gone])
             if isinstance(data, _FREES_CAPACITY):
                 await self._retry_unschedulable(rec)
             s = self.vms[key]

@@ -17,6 +17,7 @@ from events.names import check_name
 from events.replicasets import ReplicaSetState
 from events.state import RUNNING, STOPPING, TERMINATING, VMState
 from orchestrator.manifest import API_VERSION, run_strategy_of, to_commands
+from orchestrator.snapshots import decide_delete_snapshot, decide_restore, decide_snapshot
 
 _AUTOSTART = ("Always", "RerunOnFailure", "Once")
 
@@ -59,6 +60,8 @@ def decide(s: VMState, cmd: c.Command) -> list[m.Event]:
         case c.StartVM():
             if s.running:
                 raise _reject("VM is already running")
+            if s.restoring and s.restore is not None:
+                raise _reject(f'Cannot start VM until restore "{s.restore.name}" completes')
             if s.status == TERMINATING:
                 raise _reject("VM is being deleted")
             return [m.VMStartRequested()]
@@ -98,6 +101,12 @@ def decide(s: VMState, cmd: c.Command) -> list[m.Event]:
             return _add_volume(s, cmd)
         case c.RemoveVolume():
             return _remove_volume(s, cmd)
+        case c.SnapshotVM():
+            return decide_snapshot(s, cmd)
+        case c.RestoreVM():
+            return decide_restore(s, cmd)
+        case c.DeleteSnapshot():
+            return decide_delete_snapshot(s, cmd)
     raise _reject(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
 
 

@@ -13,7 +13,14 @@ from typing import Any, Final
 
 import yaml
 
-from events.commands import ApplyReplicaSet, ApplyVM, Command, MigrateVM
+from events.commands import (
+    ApplyReplicaSet,
+    ApplyVM,
+    Command,
+    MigrateVM,
+    RestoreVM,
+    SnapshotVM,
+)
 from events.errors import ValidationError
 from events.names import check_name
 from events.quantity import parse_quantity
@@ -26,6 +33,8 @@ def _names(text: str) -> frozenset[str]:
 
 API_VERSION: Final = "kubevirt.io/v1"
 DEPRECATED_API_VERSIONS: Final = frozenset({"kubevirt.io/v1alpha3"})
+SNAPSHOT_API_VERSION: Final = "snapshot.kubevirt.io/v1beta1"
+SNAPSHOT_KINDS: Final = ("VirtualMachineSnapshot", "VirtualMachineRestore")
 RUN_STRATEGIES: Final = ("Always", "RerunOnFailure", "Manual", "Halted", "Once")
 VOLUME_SOURCES: Final = _names(
     "containerDisk persistentVolumeClaim hostDisk cloudInitNoCloud emptyDisk dataVolume "
@@ -39,7 +48,7 @@ NIC_MODELS: Final = _names("e1000 virtio e1000e rtl8139 pcnet ne2k_pci")
 HOST_DISK_TYPES: Final = ("Disk", "DiskOrCreate")
 MAX_REPLICAS: Final = 10_000  # events.commands.Replicas allows no more
 KINDS: Final = ("VirtualMachine", "VirtualMachineInstance", "VirtualMachineInstanceReplicaSet",
-                "VirtualMachineInstanceMigration")  # fmt: skip
+                "VirtualMachineInstanceMigration", *SNAPSHOT_KINDS)  # fmt: skip
 
 # Known field names per level: virtbus acts on some and tolerates the rest; anything else warns.
 _METADATA: Final = _names(
@@ -86,6 +95,8 @@ _RESOURCES: Final = _names("requests limits overcommitGuestOverhead")
 _HOST_DISK: Final = _names("path type capacity shared")
 _RS_SPEC: Final = _names("replicas selector template paused")
 _MIGRATION_SPEC: Final = _names("vmiName addedNodeSelector")
+_SNAPSHOT_SPEC: Final = _names("source deletionPolicy failureDeadline")
+_RESTORE_SPEC: Final = _names("target virtualMachineSnapshotName patches targetReadinessPolicy")
 
 
 def _fail(field: str, reason: str) -> ValidationError:
@@ -146,7 +157,13 @@ def to_commands(
         raise _fail("document", f"expected a mapping, got {type(doc).__name__}")
     reader = _Reader()
     api, kind = doc.get("apiVersion"), doc.get("kind")
-    if api in DEPRECATED_API_VERSIONS:
+    if kind in SNAPSHOT_KINDS:
+        if api == "snapshot.kubevirt.io/v1alpha1":
+            reader.warn("apiVersion", f"{api} is deprecated; read as {SNAPSHOT_API_VERSION}")
+        elif api != SNAPSHOT_API_VERSION:
+            raise _fail("apiVersion", f"{api!r} is not supported for {kind}; use "
+                                      f"{SNAPSHOT_API_VERSION}")  # fmt: skip
+    elif api in DEPRECATED_API_VERSIONS:
         reader.warn("apiVersion", f"{api} is deprecated; read as {API_VERSION}")
     elif api != API_VERSION:
         raise _fail("apiVersion", f"{api!r} is not supported; use {API_VERSION}")
@@ -183,14 +200,34 @@ def to_commands(
             raise _fail("spec.replicas", f"{replicas!r} must be an integer, 0 to {MAX_REPLICAS}")
         reader.template(spec.get("template"), "spec.template", sized=False)
         cmd = ApplyReplicaSet(name=name, namespace=namespace, spec=spec, labels=labels)
-    else:  # VirtualMachineInstanceMigration
+    elif kind == "VirtualMachineInstanceMigration":
         reader.section(spec, "spec", fields=_MIGRATION_SPEC)
         vmi = check_name(spec.get("vmiName") or "", field="spec.vmiName")
         cmd = MigrateVM(name=vmi, namespace=namespace, migration=name)
+    elif kind == "VirtualMachineSnapshot":
+        reader.section(spec, "spec", fields=_SNAPSHOT_SPEC)
+        vm = _vm_reference(spec.get("source"), "spec.source")
+        cmd = SnapshotVM(name=vm, namespace=namespace, snapshot=name)
+    else:  # VirtualMachineRestore
+        reader.section(spec, "spec", fields=_RESTORE_SPEC)
+        vm = _vm_reference(spec.get("target"), "spec.target")
+        snap = check_name(spec.get("virtualMachineSnapshotName") or "",
+                          field="spec.virtualMachineSnapshotName")  # fmt: skip
+        cmd = RestoreVM(name=vm, namespace=namespace, snapshot=snap, restore=name)
     return [cmd], reader.warns
 
 
 # --- checks --------------------------------------------------------------------------------------
+
+
+def _vm_reference(ref: Any, path: str) -> str:
+    """A snapshot's source or a restore's target: virtbus snapshots VirtualMachines only."""
+    ref = _mapping(ref, path)
+    if ref.get("kind", "VirtualMachine") != "VirtualMachine":
+        raise _fail(f"{path}.kind", f"{ref.get('kind')!r}: only VirtualMachine can be snapshotted")
+    if ref.get("apiGroup", "kubevirt.io") != "kubevirt.io":
+        raise _fail(f"{path}.apiGroup", f"{ref.get('apiGroup')!r}: use kubevirt.io")
+    return check_name(ref.get("name") or "", field=f"{path}.name")
 
 
 def _is_int(value: Any) -> bool:

@@ -38,6 +38,7 @@ from events.state import (
 from orchestrator.decide import decide, kept_disks
 from orchestrator.manifest import summarize
 from orchestrator.scheduler import Request, Unschedulable
+from orchestrator.snapshots import snapshot_work
 
 _RESTARTS_ON_FAILURE = ("Always", "RerunOnFailure")
 _ACTIVE = (SCHEDULING, SCHEDULED, RUNNING)
@@ -80,6 +81,8 @@ def reconcile(
         events.extend(step_events)
         for e in step_events:
             s = apply(s, _local(s, e, now))
+    for item in snapshot_work(s):
+        work.setdefault(item.msg_id, item)
     return Reaction(events, list(work.values()), wake)
 
 

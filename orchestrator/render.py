@@ -17,6 +17,7 @@ from typing import Any, Final
 import yaml
 
 from events.nodes import READY, NodeState
+from events.snapshots import volume_snapshot_statuses
 from events.state import FAILED, SUCCEEDED, VMState, conditions
 
 KUBEVIRT_API: Final = "kubevirt.io/v1"
@@ -111,8 +112,12 @@ def vm_object(s: VMState) -> dict[str, Any]:
     }
     if s.failures:
         status["startFailure"] = {"consecutiveFailCount": s.failures}
-    if in_progress := [name for name, st in s.snapshots.items() if st == "InProgress"]:
+    if in_progress := [n for n, snap in s.snapshots.items() if snap.phase == "InProgress"]:
         status["snapshotInProgress"] = in_progress[0]
+    if s.restore is not None and not s.restore.complete and not s.restore.reason:
+        status["restoreInProgress"] = s.restore.name
+    if statuses := volume_snapshot_statuses(s.spec):
+        status["volumeSnapshotStatuses"] = statuses
     return {
         "apiVersion": KUBEVIRT_API,
         "kind": "VirtualMachine",

@@ -25,6 +25,7 @@ from events.state import VMState, apply
 from events.store import EventStore
 from orchestrator import render
 from orchestrator.api import Query
+from orchestrator.cli_snapshot import RESTORE_KINDS, SNAPSHOT_KINDS, get_snapshots
 from orchestrator.client import Rejected, query, send, session
 from orchestrator.manifest import parse_documents, to_commands
 
@@ -42,6 +43,7 @@ RESOURCES = {
 APPLIED_KIND = {
     "ApplyVM": "virtualmachine", "ApplyReplicaSet": "virtualmachineinstancereplicaset",
     "MigrateVM": "virtualmachineinstancemigration",
+    "SnapshotVM": "virtualmachinesnapshot", "RestoreVM": "virtualmachinerestore",
 }  # fmt: skip
 DONE = {
     "StartVM": "VM {} was scheduled to start", "StopVM": "VM {} was scheduled to stop",
@@ -93,6 +95,9 @@ def _applied(cmd: c.Command, outcome: c.Outcome) -> str:
         verb = "created"
     elif outcome.events:
         verb = "configured"
+    if isinstance(cmd, c.SnapshotVM | c.RestoreVM):  # named for themselves, not for the VM
+        name = cmd.snapshot if isinstance(cmd, c.SnapshotVM) else cmd.restore
+        return f"{kind}.snapshot.kubevirt.io/{name} created"
     return f"{kind}.kubevirt.io/{cmd.name} {verb}"
 
 
@@ -111,6 +116,9 @@ async def lifecycle(url: str, cmd: c.Command) -> int:
 async def get(
     url: str, *, what: str, name: str | None, namespace: str | None, output: str, watch: bool
 ) -> int:
+    if what.lower() in (*SNAPSHOT_KINDS, *RESTORE_KINDS):
+        return await get_snapshots(url, restores=what.lower() in RESTORE_KINDS, name=name,
+                                   namespace=namespace, output=output)  # fmt: skip
     kind = KIND_NAMES.get(what.lower())
     if kind is None:
         raise ValidationError(f'the server doesn\'t have a resource type "{what}"', field="kind")

@@ -331,23 +331,56 @@ def test_delete_requested_while_running_is_terminating() -> None:
 # --- snapshots and volumes -----------------------------------------------------------------------
 
 
+def phases(s: VMState) -> dict[str, str]:
+    return {name: snap.phase for name, snap in s.snapshots.items()}
+
+
 def test_snapshot_phases_and_delete() -> None:
     s = run(
         CREATED,
-        m.SnapshotRequested(snapshot="s1"),
+        m.SnapshotRequested(snapshot="s1", node="node-a", spec={"running": True},
+                            volumes=["disk0"], skipped={"cfg": "ephemeral"}),
         m.SnapshotRequested(snapshot="s2"),
         m.SnapshotRequested(snapshot="s3"),
+    )  # fmt: skip
+    assert phases(s) == {"s1": "InProgress", "s2": "InProgress", "s3": "InProgress"}
+    s1 = s.snapshots["s1"]
+    assert (s1.node, s1.spec, s1.volumes, s1.skipped) == (
+        "node-a",
+        {"running": True},
+        ["disk0"],
+        {"cfg": "ephemeral"},
     )
-    assert s.snapshots == {"s1": "InProgress", "s2": "InProgress", "s3": "InProgress"}
 
-    s = step(s, m.SnapshotSucceeded(snapshot="s1"))
+    s = step(s, m.SnapshotSucceeded(snapshot="s1", size_bytes=4096))
     s = step(s, m.SnapshotFailed(snapshot="s2", reason="freeze timed out"))
-    assert s.snapshots == {"s1": "Succeeded", "s2": "Failed", "s3": "InProgress"}
+    assert phases(s) == {"s1": "Succeeded", "s2": "Failed", "s3": "InProgress"}
+    assert (s.snapshots["s1"].size_bytes, s.snapshots["s2"].reason) == (4096, "freeze timed out")
+    assert s.snapshots["s1"].ready_at is not None
 
     s = step(s, m.SnapshotDeleted(snapshot="s2"))
-    assert s.snapshots == {"s1": "Succeeded", "s3": "InProgress"}
+    assert phases(s) == {"s1": "Succeeded", "s3": "InProgress"}
     s = step(s, m.SnapshotDeleted(snapshot="nope"))
-    assert s.snapshots == {"s1": "Succeeded", "s3": "InProgress"}
+    assert phases(s) == {"s1": "Succeeded", "s3": "InProgress"}
+    s = step(s, m.SnapshotSucceeded(snapshot="nope"))  # an unknown snapshot changes nothing
+    assert phases(s) == {"s1": "Succeeded", "s3": "InProgress"}
+
+
+def test_a_restore_brings_back_the_snapshots_spec_once_complete() -> None:
+    s = run(CREATED, m.SnapshotRequested(snapshot="s1", spec={"runStrategy": "Halted", "x": 1}),
+            m.SnapshotSucceeded(snapshot="s1"))  # fmt: skip
+    s = step(s, m.VMSpecChanged(spec={"runStrategy": "Halted", "x": 2}, changed=["x"]))
+    s = step(s, m.RestoreRequested(snapshot="s1", restore="r1", node="node-a"))
+    assert s.restore is not None and not s.restore.complete
+    assert s.spec["x"] == 2  # nothing changes before the volumes are back
+    s = step(s, m.RestoreSucceeded(snapshot="s1", restore="r2"))  # not the current restore
+    assert s.spec["x"] == 2
+    s = step(s, m.RestoreSucceeded(snapshot="s1", restore="r1"))
+    assert s.restore is not None and s.restore.complete
+    assert s.spec == {"runStrategy": "Halted", "x": 1}
+    s = step(s, m.RestoreRequested(snapshot="s1", restore="r3"))
+    s = step(s, m.RestoreFailed(snapshot="s1", restore="r3", reason="disk busy"))
+    assert s.restore is not None and (s.restore.complete, s.restore.reason) == (False, "disk busy")
 
 
 def test_volume_hotplug_phases() -> None:
@@ -464,7 +497,7 @@ def test_apply_does_not_touch_its_input() -> None:
         assert after is not s
         assert after != s
         assert s == snapshot
-        assert s.snapshots == {"s1": "InProgress"}
+        assert phases(s) == {"s1": "InProgress"}
         assert s.volumes == {}
 
 

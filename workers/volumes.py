@@ -103,6 +103,17 @@ class Volumes:
             self._resolve, need, namespace=namespace, name=name, uid=uid, field="volume"
         )
 
+    def persistent_path(self, need: VolumeNeed, *, namespace: str) -> Path:
+        """Where a persistentVolumeClaim's or hostDisk's data lives on this node."""
+        if need.type == "persistentVolumeClaim":
+            return claim_dir(self.root, namespace, need.claim_name or "") / "disk.img"
+        if need.type != "hostDisk":
+            raise ValueError(f"volume {need.name!r} ({need.type}) keeps no data on the node")
+        path = Path(need.path or "")
+        if self.host_root is not None:
+            path = self.host_root / path.relative_to(path.anchor)
+        return path
+
     def _resolve(
         self, need: VolumeNeed, *, namespace: str, name: str, uid: str, index: int = 0,
         field: str = "",
@@ -129,7 +140,7 @@ class Volumes:
                 status="ErrImagePull", field=field,
             )  # fmt: skip
         if need.type == "persistentVolumeClaim":
-            disk = claim_dir(self.root, namespace, need.claim_name or "") / "disk.img"
+            disk = self.persistent_path(need, namespace=namespace)
             if not disk.is_file():
                 raise VolumeUnavailable(
                     f'{field}: persistentvolumeclaim "{need.claim_name}" not found',
@@ -137,9 +148,7 @@ class Volumes:
                 )  # fmt: skip
             return ResolvedVolume(path=str(disk), format=_format_of(disk))
         if need.type == "hostDisk":
-            path = Path(need.path or "")
-            if self.host_root is not None:
-                path = self.host_root / path.relative_to(path.anchor)
+            path = self.persistent_path(need, namespace=namespace)
             if not path.exists():
                 if need.disk_type != "DiskOrCreate":
                     raise VolumeUnavailable(

@@ -32,6 +32,7 @@ from workers.domain import disk_xml_of, hotplug_disk, render_domain
 from workers.hypervisor import RUNNING_STATES, DomainEvent, Hypervisor
 from workers.k8spods import KubernetesPods
 from workers.pods import ProcessPods, pod_name
+from workers.snapshots import NodeSnapshots, SnapshotError
 from workers.volumes import Volumes, VolumeUnavailable
 
 log = logging.getLogger("virtbus.worker")
@@ -68,6 +69,7 @@ class Worker:
             if pods == "kubernetes" else ProcessPods(self._launcher_exited)
         )  # fmt: skip
         self.volumes = Volumes(data_dir, host_root=host_root)
+        self.snapshots = NodeSnapshots(data_dir, self.volumes)
         self.malformed = 0
         self._expected: dict[str, list[tuple[str, float]]] = {}
         self._pods: dict[str, str] = {}  # domain -> its launcher pod
@@ -136,6 +138,12 @@ class Worker:
                 # The log says it runs here and it does not: a lost domain, a failed instance.
                 await self.observe(ref, [m.DomainStopped(node=self.node, reason="lost")])
         await self._adopt_launchers(states, domains)
+        keep = [
+            self.snapshots.dir_of(ref, snap.name, snap.requested)
+            for ref, s in states.items() for snap in s.snapshots.values() if snap.node == self.node
+        ]  # fmt: skip
+        for gone in await asyncio.to_thread(self.snapshots.sweep, keep):
+            log.info("removed the copies of a snapshot the log no longer has: %s", gone)
 
     async def _adopt_launchers(self, states: dict[Ref, VMState], domains: dict[str, int]) -> None:
         """Take back the launchers of the VMs kept here; a running VM whose launcher went away
@@ -223,6 +231,9 @@ class Worker:
 
     async def do(self, item: w.Work) -> None:
         s, _ = await self.store.load(item.ref)
+        if isinstance(item, w.SnapshotWork):
+            await self._snapshot_work(item, s)
+            return
         if s.vmi_uid != item.vmi_uid or s.node != self.node:
             return  # stale: the instance it was for is gone or elsewhere
         match item:
@@ -355,6 +366,51 @@ class Worker:
         await self.observe(ref, [m.VolumeDetached(volume=vol, node=self.node)])
 
     # --- what libvirt and the launchers tell us --------------------------------------------------
+
+    async def _snapshot_work(self, item: w.SnapshotWork, s: VMState) -> None:
+        snap = s.snapshots.get(item.snapshot)
+        current = snap is not None and snap.requested == item.version
+        if isinstance(item, w.RemoveSnapshot):
+            if not current:  # not made anew under that name meanwhile
+                await self.snapshots.remove(item)
+            return
+        if not current:
+            return  # stale: deleted or made anew meanwhile
+        try:
+            if isinstance(item, w.TakeSnapshot) and snap and snap.phase == "InProgress":
+                size = await self._take_snapshot(item, paused_here=s.node == self.node)
+                done = m.SnapshotSucceeded(snapshot=item.snapshot, node=self.node, size_bytes=size)
+                await self.observe(item.ref, [done])
+            elif isinstance(item, w.RestoreSnapshot) and s.restoring and s.restore:
+                if s.restore.name != item.restore:
+                    return
+                if await self.hv.state(domain_name(item.ref)) in (*RUNNING_STATES, PAUSED_STATE):
+                    raise SnapshotError(f"VM {item.name!r} is running on {self.node}")
+                await self.snapshots.restore(item)
+                ok = m.RestoreSucceeded(snapshot=item.snapshot, restore=item.restore)
+                await self.observe(item.ref, [ok])
+        except (SnapshotError, HypervisorError) as err:
+            failed: m.Event = (
+                m.RestoreFailed(snapshot=item.snapshot, restore=item.restore, reason=err.message)
+                if isinstance(item, w.RestoreSnapshot)
+                else m.SnapshotFailed(snapshot=item.snapshot, reason=err.message)
+            )
+            await self.observe(item.ref, [failed])
+
+    async def _take_snapshot(self, item: w.TakeSnapshot, *, paused_here: bool) -> int:
+        """A crash-consistent copy, like KubeVirt's without a guest agent: the running domain is
+        paused for the copy (our own pause and resume are not news for the log)."""
+        dom = domain_name(item.ref)
+        pause = paused_here and await self.hv.state(dom) in RUNNING_STATES
+        if pause:
+            self._expect(dom, "suspended")
+            await self.hv.suspend(dom)
+        try:
+            return await self.snapshots.take(item)
+        finally:
+            if pause:
+                self._expect(dom, "resumed")
+                await self.hv.resume(dom)
 
     def _expect(self, dom: str, kind: str) -> None:
         self._expected.setdefault(dom, []).append((kind, time.monotonic() + EXPECT_S))
