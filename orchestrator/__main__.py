@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import signal
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import nats
 import uvloop
 
 from events.provision import provision
+from events.telemetry import add_process_args, start_telemetry
 from orchestrator.app import run_orchestrator
 
 
@@ -32,11 +31,10 @@ async def _main(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m orchestrator", description=__doc__)
     parser.add_argument("--data-dir", default=".virtbus/orchestrator")
-    parser.add_argument(
-        "--server", default=os.environ.get("VIRTBUS_NATS_URL", "nats://127.0.0.1:4222")
-    )
-    logging.basicConfig(level=logging.INFO)
-    uvloop.run(_main(parser.parse_args()))
+    add_process_args(parser)
+    args = parser.parse_args()
+    start_telemetry("orchestrator", metrics_port=args.metrics_port)
+    uvloop.run(_main(args))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from events.nodes import READY, Heartbeat, NodeState, apply_node
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
 from events.state import RUNNING, SCHEDULED, SCHEDULING, UNSCHEDULABLE, VMState, apply
 from events.store import EventStore
+from orchestrator import metrics
 from orchestrator.manifest import summarize
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import NodeView, place
@@ -53,6 +54,7 @@ class Controller:
         self._held: dict[str, tuple[str, int, int]] = {}  # VM -> (node, cpus, memory) it holds
         self._usage: dict[str, list[int]] = {}  # node -> [cpus, memory, vms] held there
         self._started = time.time()
+        metrics.watch(self)
 
     # --- folding ---------------------------------------------------------------------------------
 
@@ -136,6 +138,7 @@ class Controller:
                     correlationid=cause.envelope.correlationid if cause else "",
                 )  # fmt: skip
             except ConcurrencyConflict:
+                metrics.REACTION_CONFLICTS.inc()
                 return None  # another controller decided first; its events will come here
             for e in reaction.events:
                 if isinstance(e, m.VMScheduled):
@@ -148,6 +151,7 @@ class Controller:
         js = self.nc.jetstream()
         for item in work:
             await js.publish(item.subject, encode(item), headers={"Nats-Msg-Id": item.msg_id})
+            metrics.WORK_ENQUEUED.labels(type(item).__name__).inc()
 
     async def react_rs(self, key: str, *, cause: Recorded | None = None) -> None:
         rs = self.replica_sets.get(key)

@@ -26,6 +26,8 @@ from events.names import COMMANDS_STREAM, Ref, outcome_subject
 from events.replicasets import ReplicaSetState, apply_rs
 from events.state import fold
 from events.store import EventStore
+from events.telemetry import bound
+from orchestrator import metrics
 from orchestrator.decide import decide, decide_rs
 
 log = logging.getLogger("virtbus.intake")
@@ -132,8 +134,10 @@ class Intake:
         seq = msg.metadata.sequence.stream
         # A body without an id takes the publisher's Nats-Msg-Id, else the stream sequence.
         fallback = (msg.headers or {}).get("Nats-Msg-Id") or f"cmd-{seq}"
+        target, _, kind = msg.subject.removeprefix("virt.cmd.").rpartition(".")
         try:
-            outcome = await self.process(msg.data, subject=msg.subject, fallback_id=fallback)
+            with bound(command_id=fallback, target=target.replace(".", "/"), command=kind):
+                outcome = await self.process(msg.data, subject=msg.subject, fallback_id=fallback)
         except VirtbusError as err:
             if err.retryable:
                 await msg.nak(delay=1)
@@ -147,6 +151,7 @@ class Intake:
             await self.nc.publish(outcome_subject(outcome.command_id), encode(outcome))
             await msg.term()
             return
+        metrics.COMMANDS.labels(kind, "accepted" if outcome.accepted else "rejected").inc()
         await self.nc.publish(outcome_subject(outcome.command_id), encode(outcome))
         await msg.ack()
 

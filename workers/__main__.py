@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import signal
 from pathlib import Path
 
 import nats
 import uvloop
 
+from events.telemetry import add_process_args, start_telemetry
 from workers.node import run_node
 
 
@@ -46,11 +45,10 @@ def main() -> None:
         "--kube-url", default=None, help="Kubernetes API URL (default: in-cluster or kubeconfig)"
     )
     parser.add_argument("--data-dir", default=".virtbus/nodes")
-    parser.add_argument(
-        "--server", default=os.environ.get("VIRTBUS_NATS_URL", "nats://127.0.0.1:4222")
-    )
-    logging.basicConfig(level=logging.INFO)
-    uvloop.run(_main(parser.parse_args()))
+    add_process_args(parser)
+    args = parser.parse_args()
+    start_telemetry("worker", metrics_port=args.metrics_port)
+    uvloop.run(_main(args))
 
 
 if __name__ == "__main__":

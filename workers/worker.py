@@ -28,6 +28,8 @@ from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, node_work_filter
 from events.nodes import Heartbeat
 from events.state import RUNNING, SCHEDULED, SCHEDULING, STOPPING, TERMINATING, VMState
 from events.store import EventStore
+from events.telemetry import bound
+from workers import metrics
 from workers.domain import disk_xml_of, hotplug_disk, render_domain
 from workers.hypervisor import RUNNING_STATES, DomainEvent, Hypervisor
 from workers.k8spods import KubernetesPods
@@ -215,19 +217,26 @@ class Worker:
             item = w.WORK_DECODER.decode(msg.data)
         except Exception:  # whatever it is, it is not work: count it and drop it
             self.malformed += 1
+            metrics.MALFORMED_WORK.labels(self.node).inc()
             await msg.term()
             return
+        action = type(item).__name__
         keepalive = asyncio.create_task(_keep_alive(msg), name=f"keepalive-{item.msg_id}")
-        try:
-            await self.do(item)
-        except VirtbusError as err:
-            log.warning("%s on %s failed: %s", type(item).__name__, item.name, err)
-            keepalive.cancel()
-            await (msg.nak(delay=2) if err.retryable else msg.term())
-            return
-        finally:
-            keepalive.cancel()
-        await msg.ack()
+        started = time.monotonic()
+        with bound(vm=f"{item.namespace}/{item.name}", node=self.node, work=action):
+            try:
+                await self.do(item)
+            except VirtbusError as err:
+                log.warning("%s on %s failed: %s", action, item.name, err)
+                keepalive.cancel()
+                metrics.WORK.labels(self.node, action, "retry" if err.retryable else "failed").inc()
+                await (msg.nak(delay=2) if err.retryable else msg.term())
+                return
+            finally:
+                keepalive.cancel()
+            metrics.WORK.labels(self.node, action, "done").inc()
+            metrics.WORK_SECONDS.labels(action).observe(time.monotonic() - started)
+            await msg.ack()
 
     async def do(self, item: w.Work) -> None:
         s, _ = await self.store.load(item.ref)
@@ -435,6 +444,7 @@ class Worker:
                 log.warning("reporting %s of %s failed: %s", ev.kind, ev.domain, err)
 
     async def _on_domain_event(self, ev: DomainEvent) -> None:
+        metrics.LIBVIRT_EVENTS.labels(self.node, ev.kind, ev.reason).inc()
         if ev.kind not in ("stopped", "suspended", "resumed") or self._was_expected(ev):
             return
         ref = ref_of_domain(ev.domain)

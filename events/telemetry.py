@@ -1,0 +1,90 @@
+"""Process telemetry the orchestrator and the node workers share: structured logs and metrics.
+
+It lives in `events/` because both processes must log and expose metrics the same way and this is
+the only package both may import; it defines no metric itself (each component owns its own).
+
+Logs: every stdlib `logging` record goes through structlog, as JSON lines when not on a terminal
+(or when `VIRTBUS_LOG_FORMAT=json`), each carrying what `bound(...)` put in context: the VM, the
+node, the command id, so one `grep` follows a command across processes. Metrics: a Prometheus
+endpoint on 127.0.0.1 (`serve_metrics`), names prefixed `virtbus_`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+from prometheus_client import start_http_server
+
+
+def configure_logging(component: str, *, level: int = logging.INFO) -> None:
+    """Route stdlib logging through structlog; JSON in production, readable on a terminal."""
+    fmt = os.environ.get("VIRTBUS_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        lambda _logger, _name, event: {"component": component, **event},
+    ]
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=True,
+    )
+
+
+@contextlib.contextmanager
+def bound(**values: str) -> Iterator[None]:
+    """Every log line inside (in this task) carries `values`: vm, node, command_id..."""
+    with structlog.contextvars.bound_contextvars(**values):
+        yield
+
+
+def serve_metrics(port: int, *, host: str = "127.0.0.1") -> int:
+    """Serve /metrics from a daemon thread; returns the port (useful with port 0)."""
+    server, _ = start_http_server(port, addr=host)
+    return int(server.server_port)
+
+
+def add_process_args(parser: argparse.ArgumentParser) -> None:
+    """The options every virtbus process takes besides its own (`python -m ...`)."""
+    parser.add_argument(
+        "--server", default=os.environ.get("VIRTBUS_NATS_URL", "nats://127.0.0.1:4222"),
+        help="NATS URL (default $VIRTBUS_NATS_URL, else nats://127.0.0.1:4222)",
+    )  # fmt: skip
+    env = os.environ.get("VIRTBUS_METRICS_PORT")
+    parser.add_argument(
+        "--metrics-port", type=int, default=int(env) if env else None,
+        help="serve Prometheus /metrics on 127.0.0.1:PORT (0: a free port; default "
+        "$VIRTBUS_METRICS_PORT, else none)",
+    )  # fmt: skip
+
+
+def start_telemetry(component: str, *, metrics_port: int | None) -> None:
+    configure_logging(component)
+    if metrics_port is not None:
+        port = serve_metrics(metrics_port)
+        logging.getLogger("virtbus").info("metrics on 127.0.0.1:%d", port)
