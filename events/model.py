@@ -28,6 +28,9 @@ class VMCreated(Event, frozen=True):
     annotations: dict[str, str] = {}
     run_strategy: str = "Halted"
     source_kind: str = "VirtualMachine"
+    # Created starting (an autostart run strategy): one event where a VMStartRequested would
+    # follow, because a JetStream atomic batch of two costs milliseconds and serializes.
+    start: bool = False
 
 
 class VMSpecChanged(Event, frozen=True):

@@ -191,10 +191,11 @@ def _migration_progress(s: VMState, e: m.MigrationProgress, env: Envelope) -> VM
 def _vm_created(s: VMState, e: m.VMCreated, env: Envelope) -> VMState:
     _, ns, name = env.subject.split("/")
     # A new life under an old name starts from nothing; only the version keeps counting.
-    return VMState(
+    new = VMState(
         namespace=ns, name=name, version=s.version, updated=env.time, exists=True,
         spec=e.spec, labels=e.labels, run_strategy=e.run_strategy, created=env.time,
     )  # fmt: skip
+    return _vm_start_requested(new, _START, env) if e.start else new
 
 
 @_on(m.VMSpecChanged)
@@ -221,6 +222,9 @@ def _vm_deleted(s: VMState, e: m.VMDeleted, env: Envelope) -> VMState:
 @_on(m.VMUndeleted)
 def _vm_undeleted(s: VMState, e: m.VMUndeleted, env: Envelope) -> VMState:
     return replace(s, exists=True, deleted=False, status=STOPPED)
+
+
+_START: Final = m.VMStartRequested()
 
 
 @_on(m.VMStartRequested)

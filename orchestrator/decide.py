@@ -144,11 +144,12 @@ def _apply(s: VMState, cmd: c.ApplyVM) -> list[m.Event]:
     validate_apply(cmd)
     strategy = run_strategy_of(cmd.spec)
     if not s.exists:
-        created = m.VMCreated(
-            spec=cmd.spec, labels=cmd.labels, annotations=cmd.annotations, run_strategy=strategy,
-            source_kind=cmd.source_kind,
-        )  # fmt: skip
-        return [created] + ([m.VMStartRequested()] if strategy in _AUTOSTART else [])
+        return [
+            m.VMCreated(
+                spec=cmd.spec, labels=cmd.labels, annotations=cmd.annotations,
+                run_strategy=strategy, source_kind=cmd.source_kind, start=strategy in _AUTOSTART,
+            )
+        ]  # fmt: skip
     if s.status == TERMINATING:
         raise _reject("VM is being deleted", field="metadata.name")
     if cmd.spec == s.spec and cmd.labels == s.labels:

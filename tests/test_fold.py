@@ -519,3 +519,13 @@ def test_fold_is_deterministic() -> None:
 def test_fold_of_nothing_is_the_empty_state() -> None:
     assert fold([]) == VMState()
     assert fold([], VMState(name="x")) == VMState(name="x")
+
+
+def test_a_vm_created_starting_is_the_same_as_created_then_start_requested() -> None:
+    spec = {"runStrategy": "Always", "template": {"spec": {}}}
+    one = run(m.VMCreated(spec=spec, run_strategy="Always", start=True))
+    two = run(m.VMCreated(spec=spec, run_strategy="Always"), m.VMStartRequested())
+    assert (one.status, one.phase, one.run_strategy) == ("Starting", "Pending", "Always")
+    assert replace(one, version=0, intent_version=0, updated=None) == replace(
+        two, version=0, intent_version=0, updated=None
+    )
