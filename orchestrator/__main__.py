@@ -23,7 +23,8 @@ async def _main(args: argparse.Namespace) -> None:
     nc = await nats.connect(args.server, name="virtbus-orchestrator")
     try:
         await provision(nc.jetstream())
-        await run_orchestrator(nc, data_dir=Path(args.data_dir), stop=stop)
+        await run_orchestrator(nc, data_dir=Path(args.data_dir), stop=stop,
+                               node_grace_s=args.node_grace)  # fmt: skip
     finally:
         await nc.close()
 
@@ -31,6 +32,10 @@ async def _main(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m orchestrator", description=__doc__)
     parser.add_argument("--data-dir", default=".virtbus/orchestrator")
+    parser.add_argument(
+        "--node-grace", type=float, default=10.0,
+        help="seconds of silence after which a node is lost (default 10)",
+    )  # fmt: skip
     add_process_args(parser)
     args = parser.parse_args()
     start_telemetry("orchestrator", metrics_port=args.metrics_port)

@@ -22,9 +22,8 @@ from events import commands as c
 from events.envelope import decode_command, encode
 from events.errors import ValidationError
 from events.names import API_PREFIX, CLUSTER, CLUSTER_SCOPED, outcome_subject
-from events.nodes import NodeState
-from events.state import VMState
 from orchestrator.intake import Intake
+from orchestrator.protocol import Answer, Query
 from orchestrator.readmodel import ReadModel
 
 SERVICE = "virtbus-api"
@@ -32,19 +31,6 @@ INVALID_SUBJECT = "virt.cmd.intake._.rejected.invalid"
 _TOKEN = re.compile(r"^[a-z0-9-]{1,63}$")
 _KINDS = {cls.__name__: cls for cls in c.COMMAND_CLASSES}
 OUTCOME_WAIT_S = 15.0
-
-
-class Query(msgspec.Struct, frozen=True, kw_only=True):
-    what: str = "vms"  # vms | nodes
-    namespace: str | None = None
-    name: str | None = None
-    include_deleted: bool = False
-
-
-class Answer(msgspec.Struct, frozen=True, kw_only=True):
-    vms: list[VMState] = []
-    nodes: list[NodeState] = []
-    position: int = 0
 
 
 def command_subject(body: dict[str, Any]) -> str:

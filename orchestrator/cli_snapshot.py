@@ -16,10 +16,10 @@ from events import commands as c
 from events.errors import VirtbusError
 from events.state import SUCCEEDED, Snapshot, VMState
 from orchestrator import render
-from orchestrator.api import Query
 from orchestrator.bus import server_url
 from orchestrator.cli_common import NsOpt, ServerOpt, actor, finish, run
 from orchestrator.client import query, send, session
+from orchestrator.protocol import Query
 
 SNAPSHOT_API = "snapshot.kubevirt.io/v1beta1"
 SNAPSHOT_KINDS = ("vmsnapshot", "vmsnapshots", "virtualmachinesnapshot", "virtualmachinesnapshots",

@@ -18,8 +18,8 @@ from events import commands as c
 from events.envelope import encode
 from events.errors import BusUnavailable, VirtbusError
 from events.names import API_PREFIX
-from orchestrator.api import Answer, Query
 from orchestrator.bus import connect
+from orchestrator.protocol import Answer, Query
 
 _OUTCOME = msgspec.json.Decoder(c.Outcome)
 _ANSWER = msgspec.json.Decoder(Answer)

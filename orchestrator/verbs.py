@@ -24,10 +24,10 @@ from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
 from events.state import VMState, apply
 from events.store import EventStore
 from orchestrator import render
-from orchestrator.api import Query
 from orchestrator.cli_snapshot import RESTORE_KINDS, SNAPSHOT_KINDS, get_snapshots
 from orchestrator.client import Rejected, query, send, session
 from orchestrator.manifest import parse_documents, to_commands
+from orchestrator.protocol import Query
 
 KIND_NAMES = {
     "vmirs": "vmirs", "virtualmachineinstancereplicaset": "vmirs",

@@ -1,10 +1,11 @@
 """`virtbus bench control`: how fast the control plane turns "create this VM" into a running VM.
 
 The issue's target is >= 300 VM starts/s with 1,000 VMs on 10 nodes and p99 creation->Running
-<= 250 ms. This benchmark runs the whole path in one process on a throw-away nats-server (or
-`--server`): the orchestrator (`run_orchestrator`: API, intake, controller, read model), M
-simulated nodes (`SimNode`, the worker's side of the bus with no hypervisor) and a client that
-sends N `ApplyVM` commands (runStrategy Always, 1 core, 64Mi) through `virtbus-api` with up to
+<= 250 ms. This benchmark runs the whole path as deployed, on a throw-away nats-server (or
+`--server`): the orchestrator as its own process (`python -m orchestrator`: API, intake,
+controller, read model), M simulated nodes in another (`SimNode`s, the worker's side of the bus
+with no hypervisor, `python -m orchestrator.bench.simnode`), and in this one a client that sends
+N `ApplyVM` commands (runStrategy Always, 1 core, 64Mi) through `virtbus-api` with up to
 `concurrency` in flight. A VM counts as Running when its first `DomainStarted` arrives on a single
 follower of the log (no polling per VM); its latency is from just before its ApplyVM was sent.
 
@@ -26,11 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
@@ -42,13 +43,12 @@ from events.envelope import encode
 from events.errors import BusUnavailable
 from events.names import EVENTS_STREAM
 from events.provision import provision
+from events.server import die_with_parent
 from events.store import EventStore
-from orchestrator.api import Query
-from orchestrator.app import run_orchestrator
-from orchestrator.bench.simnode import SimNode
 from orchestrator.bus import bus_for_bench, connect
 from orchestrator.client import Rejected, query, send
 from orchestrator.manifest import to_commands
+from orchestrator.protocol import Query
 
 RAW_STREAM = "BENCH_CONTROL_RAW"
 VM_MEMORY = 64 << 20
@@ -77,45 +77,52 @@ def _apply(name: str) -> c.ApplyVM:
 
 async def run(*, vms: int, nodes: int, server: str | None, concurrency: int = 50) -> dict[str, Any]:
     async with bus_for_bench(server) as url:
-        conns = [
-            await connect(url, name=f"virtbus-bench-{role}")
-            for role in ("orchestrator", "nodes", "client")
-        ]
+        nc = await connect(url, name="virtbus-bench-client")
         try:
-            return await _run(*conns, vms=vms, nodes=nodes, concurrency=concurrency)
+            return await _run(nc, url, vms=vms, nodes=nodes, concurrency=concurrency)
         finally:
-            for nc in conns:
-                await nc.close()
+            await nc.close()
 
 
-async def _run(
-    orch_nc: Client, nodes_nc: Client, nc: Client, *, vms: int, nodes: int, concurrency: int
-) -> dict[str, Any]:
+async def _spawn(*args: str) -> asyncio.subprocess.Process:
+    """A part of the stack as its own process, as deployed: it dies with this one."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", *args, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )  # fmt: skip
+
+
+async def _end(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 20)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _run(nc: Client, url: str, *, vms: int, nodes: int, concurrency: int) -> dict[str, Any]:
     await provision(nc.jetstream())
     run_id = uuid.uuid4().hex[:6]
     per_node = -(-vms // nodes)
+    prefix = f"bench-{run_id}-node"
     with tempfile.TemporaryDirectory(prefix="virtbus-bench-orchestrator-") as tmp:
-        stop = asyncio.Event()
-        orchestrator = asyncio.create_task(
-            run_orchestrator(orch_nc, data_dir=Path(tmp), stop=stop, node_grace_s=NODE_GRACE_S),
-            name="bench-control-orchestrator",
-        )
-        sims: list[SimNode] = []
+        procs = [
+            await _spawn("orchestrator", "--server", url, "--data-dir", tmp,
+                         "--node-grace", str(NODE_GRACE_S)),
+            await _spawn("orchestrator.bench.simnode", "--server", url, "--prefix", prefix,
+                         "--count", str(nodes), "--cpus", str(max(8, per_node)),
+                         "--memory-bytes", str(2 * per_node * VM_MEMORY + (1 << 30))),
+        ]  # fmt: skip
         try:
             await _until_api_answers(nc)
-            for k in range(nodes):
-                sim = SimNode(
-                    nodes_nc, f"bench-{run_id}-node-{k}", cpus=max(8, per_node),
-                    memory_bytes=2 * per_node * VM_MEMORY + (1 << 30),
-                )  # fmt: skip
-                sims.append(await sim.start())
-            await _until_nodes_known(nc, {s.name for s in sims})
+            await _until_nodes_known(nc, {f"{prefix}-{k}" for k in range(nodes)})
             out = await _measure(nc, run_id=run_id, vms=vms, concurrency=concurrency)
         finally:
-            for sim in sims:
-                await sim.close()
-            stop.set()
-            await orchestrator
+            for proc in reversed(procs):
+                await _end(proc)
     out.update(await _baseline(nc, out, vms=vms, concurrency=concurrency))
     out["nodes"] = nodes
     out["concurrency"] = concurrency

@@ -8,8 +8,10 @@ orchestrator with it; the real node worker lives in `workers/`.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import Sequence
 
@@ -127,3 +129,44 @@ class SimNode:
 
     async def crash(self, ref: Ref, reason: str = "crashed") -> None:
         await self.observe(ref, [m.DomainStopped(node=self.name, reason=reason)])
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    import nats
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    nc = await nats.connect(args.server, name="virtbus-simnodes")
+    sims = [
+        SimNode(nc, f"{args.prefix}-{k}", cpus=args.cpus, memory_bytes=args.memory_bytes)
+        for k in range(args.count)
+    ]
+    try:
+        for sim in sims:
+            await sim.start()
+        print("ready", flush=True)
+        await stop.wait()
+    finally:
+        for sim in sims:
+            await sim.close()
+        await nc.close()
+
+
+def main() -> None:
+    """`python -m orchestrator.bench.simnode`: simulated nodes in a process of their own, so a
+    benchmark loads the orchestrator's process the way real nodes would, from outside."""
+    import uvloop
+
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.bench.simnode")
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--prefix", default="sim-node")
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--cpus", type=int, default=8)
+    parser.add_argument("--memory-bytes", type=int, default=16 << 30)
+    uvloop.run(_serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
