@@ -146,9 +146,12 @@ class UncordonNode(Command, frozen=True):
 
 
 class CreateVolume(Command, frozen=True):
+    """A volume (PVC) of `size` on `node`; `source` "upload" or a URL: its data comes by bus."""
+
     aggregate: ClassVar[str] = "volume"
     size: str
     node: Name | None = None
+    source: str = ""
 
 
 class DeleteVolume(Command, frozen=True):

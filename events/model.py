@@ -367,6 +367,13 @@ class VolumeDeleted(Event, frozen=True):
     aggregate: ClassVar[str] = "volume"
 
 
+class VolumeFailed(Event, frozen=True):
+    """The node could not provide the volume's data (a bad or interrupted upload, a full disk)."""
+
+    aggregate: ClassVar[str] = "volume"
+    reason: str
+
+
 class WebhookSubscribed(Event, frozen=True):
     aggregate: ClassVar[str] = "webhook"
     url: str
@@ -401,6 +408,7 @@ AnyEvent = (
     | ReplicaSetDeleted
     | VolumeCreated | VolumeReady | VolumeDeleted | WebhookSubscribed | WebhookUnsubscribed
     | WebhookDisabled
+    | VolumeFailed
 )  # fmt: skip
 
 EVENT_CLASSES: Final[tuple[type[Event], ...]] = AnyEvent.__args__

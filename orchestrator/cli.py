@@ -425,6 +425,11 @@ def bench_start(
     _finish(subprocess.run(cmd, check=False).returncode)
 
 
+from orchestrator.cli_storage import volume_app  # noqa: E402
+
+app.add_typer(volume_app, name="volume")
+
+
 def main() -> None:
     app()
 

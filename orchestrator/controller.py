@@ -28,9 +28,11 @@ from events.nodes import READY, Heartbeat, NodeState, apply_node
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
 from events.state import RUNNING, SCHEDULED, SCHEDULING, UNSCHEDULABLE, VMState, apply
 from events.store import EventStore
+from events.volumes import VolumeState, apply_volume
 from orchestrator.manifest import summarize
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import NodeView, place
+from orchestrator.volumes import pin, volume_work
 
 log = logging.getLogger("virtbus.controller")
 _HOLDS_CAPACITY = (SCHEDULING, SCHEDULED, RUNNING)
@@ -45,6 +47,7 @@ class Controller:
         self.vms: dict[str, VMState] = {}
         self.nodes: dict[str, NodeState] = {}
         self.replica_sets: dict[str, ReplicaSetState] = {}
+        self.volumes: dict[str, VolumeState] = {}
         self.position = 0
         self._wakes: dict[str, datetime] = {}
         self._reserved: dict[str, tuple[str, int, int]] = {}  # scheduled, not yet folded back
@@ -68,6 +71,8 @@ class Controller:
         elif kind == "rs":
             rs = self.replica_sets.get(key) or ReplicaSetState()
             self.replica_sets[key] = apply_rs(rs, rec.envelope)
+        elif kind == "volume":
+            self.volumes[key] = apply_volume(self.volumes.get(key) or VolumeState(), rec.envelope)
         self.position = rec.seq
         return kind, key
 
@@ -119,7 +124,9 @@ class Controller:
             return None
         lost = {n for n, st in self.nodes.items() if st.status != READY}
         reaction = reconcile(
-            s, place=lambda req: place(req, self.node_views()), lost_nodes=lost,
+            s, lost_nodes=lost,
+            place=lambda req: place(pin(req, s.spec, self.volumes, namespace=s.namespace),
+                                    self.node_views()),
             now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex,
         )  # fmt: skip
         if reaction.wake_at:
@@ -143,6 +150,11 @@ class Controller:
         for item in reaction.work:
             await js.publish(item.subject, encode(item), headers={"Nats-Msg-Id": item.msg_id})
         return reaction
+
+    async def react_volume(self, key: str) -> None:
+        js = self.nc.jetstream()
+        for item in volume_work(self.volumes[key]):
+            await js.publish(item.subject, encode(item), headers={"Nats-Msg-Id": item.msg_id})
 
     async def react_rs(self, key: str, *, cause: Recorded | None = None) -> None:
         rs = self.replica_sets.get(key)
@@ -169,6 +181,9 @@ class Controller:
                 await self.react_rs(f"virt.rs.{s.namespace}.{owner}", cause=rec)
         elif kind == "rs":
             await self.react_rs(key, cause=rec)
+        elif kind == "volume":
+            await self.react_volume(key)
+            await self._retry_unschedulable(rec)  # a VM may wait for its volume's node
         elif kind == "node":
             if isinstance(data, m.NodeLost):
                 node = key.rpartition(".")[2]
@@ -192,6 +207,8 @@ class Controller:
             await self.react(key)
         for key in list(self.replica_sets):
             await self.react_rs(key)
+        for key in list(self.volumes):
+            await self.react_volume(key)
 
     async def _follow(self) -> None:
         async for rec in self.store.follow(from_seq=self.position + 1):

@@ -33,6 +33,7 @@ from workers.hypervisor import RUNNING_STATES, DomainEvent, Hypervisor
 from workers.k8spods import KubernetesPods
 from workers.pods import ProcessPods, pod_name
 from workers.volumes import Volumes, VolumeUnavailable
+from workers.volumestore import VolumeStore
 
 log = logging.getLogger("virtbus.worker")
 PAUSED_STATE = 3  # libvirt.VIR_DOMAIN_PAUSED
@@ -68,6 +69,7 @@ class Worker:
             if pods == "kubernetes" else ProcessPods(self._launcher_exited)
         )  # fmt: skip
         self.volumes = Volumes(data_dir, host_root=host_root)
+        self.volume_store = VolumeStore(self.store, node=node, root=data_dir)
         self.malformed = 0
         self._expected: dict[str, list[tuple[str, float]]] = {}
         self._pods: dict[str, str] = {}  # domain -> its launcher pod
@@ -201,6 +203,9 @@ class Worker:
         await msg.ack()
 
     async def do(self, item: w.Work) -> None:
+        if isinstance(item, w.VolumeData):
+            await self.volume_store.do(item)
+            return
         s, _ = await self.store.load(item.ref)
         if s.vmi_uid != item.vmi_uid or s.node != self.node:
             return  # stale: the instance it was for is gone or elsewhere

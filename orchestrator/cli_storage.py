@@ -1,0 +1,72 @@
+"""The storage verbs of the `virtbus` CLI: `volume create|get|delete` and `image-upload`.
+
+Kept out of `cli.py` so each area's flags live next to each other; `cli.py` registers them. This
+module imports `cli.py`'s helpers only when a verb runs (`python -m orchestrator.cli` loads `cli.py`
+as `__main__`, so a top-level import would be circular).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from events import commands as c
+from orchestrator.bus import server_url
+
+volume_app = typer.Typer(help="Volumes (PersistentVolumeClaims): create, get, delete.")
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server", "-s", help="NATS URL (else $VIRTBUS_NATS_URL, else nats://127.0.0.1:4222)"
+    ),
+]
+NsOpt = Annotated[str, typer.Option("--namespace", "-n", help="namespace")]
+
+VolumeArg = Annotated[str, typer.Argument(help="volume (claim) name")]
+
+
+@volume_app.command("create")
+def volume_create(
+    name: VolumeArg,
+    size: Annotated[str, typer.Option("--size", help="capacity, a quantity like 1Gi")],
+    node: Annotated[str | None, typer.Option("--node", help="the node to hold it")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for Bound")] = 60,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Create an empty volume (a sparse raw disk.img on one node) and wait until it is Bound."""
+    from orchestrator.cli import _actor, _finish, _run
+    from orchestrator.cli_volume import create
+
+    cmd = c.CreateVolume(name=name, namespace=namespace, size=size, node=node, actor=_actor())
+    _finish(_run(create(server_url(server), cmd, wait_s=timeout)))
+
+
+@volume_app.command("get")
+def volume_get(
+    name: Annotated[str | None, typer.Argument(help="volume name")] = None,
+    namespace: NsOpt = "default",
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+    output: Annotated[str, typer.Option("-o", "--output", help="json or yaml")] = "",
+    server: ServerOpt = None,
+) -> None:
+    """List volumes like `kubectl get pvc`."""
+    from orchestrator.cli import _finish, _run
+    from orchestrator.cli_volume import get
+
+    if output not in ("", "table", "json", "yaml"):
+        typer.echo(f"error: -o {output!r}: use json or yaml", err=True)
+        raise typer.Exit(2)
+    ns = None if all_namespaces else namespace
+    _finish(_run(get(server_url(server), name=name, namespace=ns, output=output)))
+
+
+@volume_app.command("delete")
+def volume_delete(name: VolumeArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
+    """Delete a volume and its data on its node (refused while a VM names it)."""
+    from orchestrator.cli import _actor, _finish, _run
+    from orchestrator.cli_volume import delete
+
+    _finish(_run(delete(server_url(server), c.DeleteVolume(name=name, namespace=namespace,
+                                                           actor=_actor()))))  # fmt: skip
