@@ -7,6 +7,7 @@ as `__main__`, so a top-level import would be circular).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -70,3 +71,30 @@ def volume_delete(name: VolumeArg, namespace: NsOpt = "default", server: ServerO
 
     _finish(_run(delete(server_url(server), c.DeleteVolume(name=name, namespace=namespace,
                                                            actor=_actor()))))  # fmt: skip
+
+
+def image_upload(
+    image_path: Annotated[
+        Path | None, typer.Option("--image-path", help=".img, .qcow2 or .iso, maybe .gz/.xz/.tar")
+    ] = None,
+    pvc_name: Annotated[str, typer.Option("--pvc-name", help="the volume to create")] = "",
+    pvc_size: Annotated[str, typer.Option("--pvc-size", help="its size, like 10Gi")] = "",
+    url: Annotated[str | None, typer.Option("--url", help="import from http(s) instead")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="skip TLS verification")] = False,
+    node: Annotated[str | None, typer.Option("--node", help="the node to hold it")] = None,
+    wait_secs: Annotated[float, typer.Option("--wait-secs", help="for processing")] = 300,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Upload a disk image into a new volume (virtctl image-upload), converted to raw."""
+    from orchestrator.cli import _finish, _run
+    from orchestrator.upload import upload
+
+    for flag, value in (("--pvc-name", pvc_name), ("--pvc-size", pvc_size)):
+        if not value:
+            typer.echo(f"error: {flag} is required", err=True)
+            raise typer.Exit(2)
+    coro = upload(server_url(server), name=pvc_name, namespace=namespace, pvc_size=pvc_size,
+                  image_path=image_path, source_url=url, insecure=insecure, node=node,
+                  wait_s=wait_secs)  # fmt: skip
+    _finish(_run(coro))

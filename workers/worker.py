@@ -32,6 +32,8 @@ from workers.domain import disk_xml_of, hotplug_disk, render_domain
 from workers.hypervisor import RUNNING_STATES, DomainEvent, Hypervisor
 from workers.k8spods import KubernetesPods
 from workers.pods import ProcessPods, pod_name
+from workers.sessions import Sessions
+from workers.upload import Uploads
 from workers.volumes import Volumes, VolumeUnavailable
 from workers.volumestore import VolumeStore
 
@@ -70,6 +72,9 @@ class Worker:
         )  # fmt: skip
         self.volumes = Volumes(data_dir, host_root=host_root)
         self.volume_store = VolumeStore(self.store, node=node, root=data_dir)
+        self.sessions = Sessions(nc, node=node, handlers={
+            "upload": Uploads(self.volume_store, self.store).open,
+        })  # fmt: skip
         self.malformed = 0
         self._expected: dict[str, list[tuple[str, float]]] = {}
         self._pods: dict[str, str] = {}  # domain -> its launcher pod
@@ -99,6 +104,7 @@ class Worker:
                 asyncio.create_task(self._heartbeats(stop), name=f"worker-{self.node}-heartbeat"),
                 asyncio.create_task(self._domain_events(), name=f"worker-{self.node}-libvirt"),
                 asyncio.create_task(self._work(stop), name=f"worker-{self.node}-work"),
+                asyncio.create_task(self.sessions.run(stop), name=f"worker-{self.node}-sessions"),
             ]
             await stop.wait()
         finally:
