@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import msgspec
@@ -31,6 +32,10 @@ CLOSE: Final = "Vb-Close"
 CLIENT, NODE = "c", "n"
 WINDOW: Final = 16
 FRAME: Final = 64 * 1024
+
+
+Reader = Callable[[], Awaitable[bytes]]  # b"" at the end
+Writer = Callable[[bytes], Awaitable[None]]
 
 
 class PipeClosed(VirtbusError):
@@ -138,6 +143,30 @@ class Pipe:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
+
+
+async def relay(pipe: Pipe, *, read: Reader, write: Writer) -> None:
+    """Bytes both ways until one side ends; the other is then ended too."""
+
+    async def outbound() -> None:
+        while data := await read():
+            await pipe.send(data)
+
+    async def inbound() -> None:
+        while (data := await pipe.recv()) is not None:
+            await write(data)
+
+    tasks = [asyncio.create_task(outbound(), name=f"relay-out-{pipe.sid}"),
+             asyncio.create_task(inbound(), name=f"relay-in-{pipe.sid}")]  # fmt: skip
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    for r in results:
+        if isinstance(r, Exception) and not isinstance(r, PipeClosed | OSError):
+            raise r
 
 
 async def connect(

@@ -425,10 +425,13 @@ def bench_start(
     _finish(subprocess.run(cmd, check=False).returncode)
 
 
+from orchestrator.cli_console import console, vnc  # noqa: E402
 from orchestrator.cli_storage import image_upload, volume_app  # noqa: E402
 
 app.add_typer(volume_app, name="volume")
 app.command("image-upload")(image_upload)
+app.command()(vnc)
+app.command()(console)
 
 
 def main() -> None:

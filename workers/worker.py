@@ -34,6 +34,7 @@ from workers.k8spods import KubernetesPods
 from workers.pods import ProcessPods, pod_name
 from workers.sessions import Sessions
 from workers.upload import Uploads
+from workers.vnc import Consoles
 from workers.volumes import Volumes, VolumeUnavailable
 from workers.volumestore import VolumeStore
 
@@ -72,8 +73,10 @@ class Worker:
         )  # fmt: skip
         self.volumes = Volumes(data_dir, host_root=host_root)
         self.volume_store = VolumeStore(self.store, node=node, root=data_dir)
+        consoles = Consoles(self.hv, self.store, node=node)
         self.sessions = Sessions(nc, node=node, handlers={
             "upload": Uploads(self.volume_store, self.store).open,
+            "vnc": consoles.vnc, "console": consoles.console,
         })  # fmt: skip
         self.malformed = 0
         self._expected: dict[str, list[tuple[str, float]]] = {}
