@@ -111,6 +111,10 @@ async def lifecycle(url: str, cmd: c.Command) -> int:
 async def get(
     url: str, *, what: str, name: str | None, namespace: str | None, output: str, watch: bool
 ) -> int:
+    if what.lower() in ("pvc", "pvcs", "persistentvolumeclaim", "persistentvolumeclaims"):
+        from orchestrator.cli_volume import get as get_volumes
+
+        return await get_volumes(url, name=name, namespace=namespace, output=output)
     kind = KIND_NAMES.get(what.lower())
     if kind is None:
         raise ValidationError(f'the server doesn\'t have a resource type "{what}"', field="kind")

@@ -129,8 +129,8 @@ def _node_for(cmd: c.CreateVolume, view: ClusterView) -> str:
         if node is None:
             raise _reject(f'node: nodes "{cmd.node}" not found', "node")
         if not node.schedulable:
-            raise _reject(f'node: node "{cmd.node}" is {node.status}'
-                          f"{' and cordoned' if node.cordoned else ''}", "node")  # fmt: skip
+            state = "cordoned" if node.cordoned else node.status
+            raise _reject(f'node: node "{cmd.node}" is {state}; it takes no new volumes', "node")
         return cmd.node
     ready = [n for n in view.nodes.values() if n.schedulable]
     if not ready:

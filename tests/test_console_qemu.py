@@ -203,9 +203,19 @@ async def test_upload_boot_vnc_and_console_over_the_bus(
     assert code == 0, err
     assert "console of viewer closed" in err
 
+    # The node's end closes too: stopping the VM ends an attached console session cleanly.
+    con = await cli("console", "viewer", url=cstack.url)
+    try:
+        assert con.stderr is not None
+        await read_until(con.stderr, b"escape sequence is ^]", within=30)
+        await send(cstack.nc, c.StopVM(name="viewer"))
+        await cstack.until("viewer", "Stopped")
+    finally:
+        code, err = await finish(con)
+    assert code == 0, err
+    assert "console of viewer closed (closed by the node)" in err
+
     # Refused with the reason, and no session left behind.
-    await send(cstack.nc, c.StopVM(name="viewer"))
-    await cstack.until("viewer", "Stopped")
     late = await cli("vnc", "viewer", "--proxy-only", url=cstack.url)
     code, err = await finish(late)
     assert (code, err) == (1, 'error: VirtualMachineInstance "viewer" is not running\n')

@@ -18,6 +18,7 @@ from test_worker import Stack
 
 from events import commands as c
 from events import model as m
+from events.errors import ValidationError
 from events.names import Ref
 from orchestrator.client import Rejected, send
 
@@ -86,6 +87,7 @@ async def test_volume_create_get_delete(stack: Stack) -> None:
         ["data", "Bound", "1Gi", "node-b"], ["other", "Bound", "100Mi", "node-a"],
     ]  # fmt: skip
 
+    assert (await cli(stack, "get", "pvc")).ok().out.splitlines()[0] == table[0]  # kubectl's way
     deleted = (await cli(stack, "volume", "delete", "data")).ok()
     assert deleted.out.strip() == 'persistentvolumeclaim "data" deleted'
     await until(lambda: not disk.parent.exists(), "the node removes the volume's directory")
@@ -200,3 +202,43 @@ def test_claim_paths_match_the_worker(tmp_path: Path) -> None:
     from workers.volumes import claim_dir
 
     assert claim_dir(tmp_path, "ns", "c") == tmp_path / "volumes" / "ns" / "c"
+
+
+def test_the_volume_fold_and_the_placement_of_new_volumes() -> None:
+    from datetime import UTC, datetime
+
+    from events.envelope import Envelope
+    from events.nodes import READY, NodeState
+    from events.volumes import VolumeState, apply_volume
+    from orchestrator.volumes import ClusterView, decide_volume, volume_work
+
+    def env(e: m.Event, version: int) -> Envelope:
+        return Envelope(id=str(version), source="/t", type="t", subject="volume/default/v",
+                        time=datetime.now(UTC), version=version, data=e)  # type: ignore[arg-type]  # fmt: skip
+
+    s = apply_volume(
+        VolumeState(), env(m.VolumeCreated(size_bytes=5, node="n1", source="upload"), 1)
+    )
+    assert (s.exists, s.phase, s.node, s.created_version) == (True, "Pending", "n1", 1)
+    [work] = volume_work(s)
+    assert work.subject == "virt.work.n1.volume.default.v" and work.msg_id.endswith(":1")
+    s = apply_volume(s, env(m.VolumeFailed(reason="bad image"), 2))
+    assert (s.phase, s.reason, volume_work(s)) == ("Failed", "bad image", [])
+    s = apply_volume(s, env(m.VolumeDeleted(), 3))
+    assert not s.exists and [type(w).__name__ for w in volume_work(s)] == ["RemoveVolume"]
+    s = apply_volume(s, env(m.VolumeCreated(size_bytes=7, node="n2"), 4))
+    assert (s.phase, s.node, s.reason, s.created_version) == ("Pending", "n2", "", 4)
+    assert apply_volume(s, env(m.VolumeReady(), 5)).phase == "Bound"
+
+    nodes = {
+        "a": NodeState(name="a", status=READY),
+        "b": NodeState(name="b", status=READY),
+        "c": NodeState(name="c", status=READY, cordoned=True),
+    }
+    view = ClusterView(nodes=nodes, volumes_per_node={"a": 3, "b": 1})
+    [created] = decide_volume(VolumeState(), c.CreateVolume(name="v", size="1Gi"), view)
+    assert isinstance(created, m.VolumeCreated) and (created.node, created.size_bytes) == ("b", GiB)
+    with pytest.raises(ValidationError, match='node: node "c" is cordoned; it takes no new'):
+        decide_volume(VolumeState(), c.CreateVolume(name="v", size="1Gi", node="c"), view)
+    with pytest.raises(ValidationError, match="no ready node can hold the volume"):
+        decide_volume(VolumeState(), c.CreateVolume(name="v", size="1Gi"), ClusterView())

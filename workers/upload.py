@@ -11,6 +11,7 @@ in `VolumeFailed` with the reason and no `disk.img`: a half volume is never mark
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import lzma
@@ -172,6 +173,11 @@ class Uploads:
                 reason = err.message if isinstance(err, UploadError) else str(err)
                 await self.store.append_fact(ref, [m.VolumeFailed(reason=reason)])
                 return
+            except asyncio.CancelledError:  # the worker is stopping: say so, bounded
+                stopped = m.VolumeFailed(reason="upload interrupted: the node worker stopped")
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.store.append_fact(ref, [stopped]), 2)
+                raise
             finally:
                 self._active.discard(ref)
                 await asyncio.to_thread(shutil.rmtree, scratch, True)
