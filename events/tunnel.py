@@ -80,6 +80,7 @@ class Pipe:
         self._expected = 1
         self._consumed = self._credited = 0
         self._credit = asyncio.Event()
+        self.ended = asyncio.Event()  # set when the stream ends, from either side
         self._closed = False
 
     async def start(self) -> Pipe:
@@ -105,6 +106,7 @@ class Pipe:
             self.reason = reason
             self._frames.put_nowait(None)
         self._credit.set()
+        self.ended.set()
 
     async def send(self, data: bytes, *, frame: int = FRAME) -> None:
         for at in range(0, len(data), frame):

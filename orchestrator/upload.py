@@ -263,12 +263,26 @@ async def _send(
                   "bytes": -1 if total is None else total}  # fmt: skip
         pipe, _ = await connect(nc, node=where, kind="upload", namespace=namespace, name=name,
                                 params=params)  # fmt: skip
+
+        async def stream(bar: Progress) -> None:
+            task = bar.add_task(label, total=total)
+            async for chunk in chunks:
+                await pipe.send(chunk, frame=FRAME)
+                bar.advance(task, len(chunk))
+
         try:
             with _progress() as bar:
-                task = bar.add_task(label, total=total)
-                async for chunk in chunks:
-                    await pipe.send(chunk, frame=FRAME)
-                    bar.advance(task, len(chunk))
+                # The node may end the session while the source is slow: stop reading it then.
+                sending = asyncio.create_task(stream(bar), name=f"upload-{name}")
+                ended = asyncio.create_task(pipe.ended.wait(), name=f"upload-{name}-ended")
+                try:
+                    await asyncio.wait([sending, ended], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for t in (sending, ended):
+                        t.cancel()
+                    await asyncio.gather(sending, ended, return_exceptions=True)
+                if not sending.cancelled():
+                    sending.result()  # re-raises what went wrong while sending
         except PipeClosed:
             pass  # the node ended the session: its verdict is in the log
         except BaseException:

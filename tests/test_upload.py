@@ -285,3 +285,45 @@ async def test_an_interrupted_upload_leaves_a_failed_volume_and_no_disk(
         assert s.reason == reason
         assert not disk(stack, name).exists()
         assert not list(scratch.glob(".upload-*"))
+
+
+async def test_an_upload_cut_by_the_node_worker_stopping_or_dying_is_failed(
+    stack: Stack, http: Server
+) -> None:
+    from events import commands as c
+    from orchestrator.client import send
+
+    await stack.node("node-a")
+    # A graceful stop mid-upload: the session's task records why it ends.
+    proc = await start_upload(stack, f"{http.base}/stall.img", "stopped")
+    try:
+        await asyncio.wait_for(http.stalled.wait(), 30)
+        scratch = disk(stack, "stopped").parent
+        for _ in range(200):
+            if list(scratch.glob(".upload-*/data")):
+                break
+            await asyncio.sleep(0.05)
+        await stack.stop_nodes()
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()
+    assert proc.returncode == 1
+    assert b"upload failed: upload interrupted: the node worker stopped" in err
+    s = await volume(stack, "stopped")
+    assert (s.phase, s.reason) == (FAILED, "upload interrupted: the node worker stopped")
+    assert not list(scratch.glob(".upload-*")) and not disk(stack, "stopped").exists()
+
+    # A worker that died mid-upload left its scratch space: on restart it fails the volume.
+    await send(stack.nc, c.CreateVolume(name="died", size="8Mi", source="upload", node="node-a"))
+    half = disk(stack, "died").parent / ".upload-0123abcd" / "data"
+    half.parent.mkdir(parents=True)
+    half.write_bytes(pattern(MiB))
+    await stack.node("node-a")
+    for _ in range(200):
+        if (s := await volume(stack, "died")).phase == FAILED:
+            break
+        await asyncio.sleep(0.05)
+    assert (s.phase, s.reason) == (FAILED, "upload interrupted: the node worker restarted")
+    assert not half.parent.exists() and not disk(stack, "died").exists()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from events import model as m
 from events import work as w
+from events.envelope import Recorded
 from events.names import Ref
 from events.store import EventStore
 from events.volumes import PENDING, VolumeState, apply_volume
@@ -32,6 +33,10 @@ def _blank(directory: Path, size: int) -> None:
     part.rename(directory / DISK)
 
 
+def _scratch_dirs(directory: Path) -> list[Path]:
+    return list(directory.glob(".upload-*"))
+
+
 class VolumeStore:
     def __init__(self, store: EventStore, *, node: str, root: Path) -> None:
         self.store = store
@@ -46,6 +51,27 @@ class VolumeStore:
         for r in await self.store.read(Ref("volume", namespace, name)):
             s = apply_volume(s, r.envelope)
         return s
+
+    async def reconcile(self) -> None:
+        """On start: an upload this node was receiving when it died is over; say so and clean up
+        (its client is gone with the session, and a half image must never become the disk)."""
+        volumes: dict[str, VolumeState] = {}
+
+        def on(rec: Recorded) -> None:
+            key = rec.subject.rpartition(".")[0]
+            volumes[key] = apply_volume(volumes.get(key) or VolumeState(), rec.envelope)
+
+        await self.store.replay(on, subjects=["virt.volume.>"], verify=False)
+        for v in volumes.values():
+            if not (v.exists and v.node == self.node and v.source and v.phase == PENDING):
+                continue
+            directory = self.path(v.namespace, v.name)
+            scratch = await asyncio.to_thread(_scratch_dirs, directory)
+            if scratch:
+                for d in scratch:
+                    await asyncio.to_thread(shutil.rmtree, d, True)
+                failed = m.VolumeFailed(reason="upload interrupted: the node worker restarted")
+                await self.store.append_fact(Ref("volume", v.namespace, v.name), [failed])
 
     async def do(self, item: w.VolumeData) -> None:
         s = await self.state(item.namespace, item.name)

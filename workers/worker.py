@@ -103,6 +103,7 @@ class Worker:
             )
             await self._beat()
             await self.reconcile()
+            await self.volume_store.reconcile()
             tasks = [
                 asyncio.create_task(self._heartbeats(stop), name=f"worker-{self.node}-heartbeat"),
                 asyncio.create_task(self._domain_events(), name=f"worker-{self.node}-libvirt"),
