@@ -80,5 +80,7 @@ class Sessions:
             await body(pipe)
         except VirtbusError as err:
             log.warning("session %s failed: %s", pipe.sid, err)
+        except Exception:  # a session's bug must not go unseen, nor take the worker down
+            log.exception("session %s failed", pipe.sid)
         finally:
             await pipe.close("closed by the node")
