@@ -188,7 +188,9 @@ async def connect(
         raise VirtbusError(f"node {node} answered the {kind} session with garbage: {err}") from err
     except Exception as err:  # no responders, timeout: the node's worker is not there
         await pipe.close("no answer")
-        raise BusUnavailable(f"node {node} did not answer a {kind} session: {err!r}") from err
+        raise BusUnavailable(
+            f"node {node} did not answer the {kind} session request (is its worker running?)"
+        ) from err
     if not reply.ok:
         await pipe.close("refused")
         raise VirtbusError(reply.error)

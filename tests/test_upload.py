@@ -327,3 +327,48 @@ async def test_an_upload_cut_by_the_node_worker_stopping_or_dying_is_failed(
         await asyncio.sleep(0.05)
     assert (s.phase, s.reason) == (FAILED, "upload interrupted: the node worker restarted")
     assert not half.parent.exists() and not disk(stack, "died").exists()
+
+
+async def test_upload_sessions_refuse_what_they_cannot_take(stack: Stack) -> None:
+    from events import commands as c
+    from events.errors import BusUnavailable, VirtbusError
+    from events.tunnel import connect
+    from orchestrator.client import send
+
+    await stack.node("node-a")
+    await send(stack.nc, c.CreateVolume(name="up", size="8Mi", source="upload"))
+    await send(stack.nc, c.CreateVolume(name="blank", size="8Mi"))
+    for _ in range(200):
+        if (await volume(stack, "blank")).phase == BOUND:
+            break
+        await asyncio.sleep(0.05)
+
+    async def refused(name: str, *, kind: str = "upload", node: str = "node-a") -> str:
+        with pytest.raises(VirtbusError) as err:
+            await connect(stack.nc, node=node, kind=kind, namespace="default", name=name,
+                          params={"bytes": 10}, wait_s=2)  # fmt: skip
+        return err.value.message
+
+    first, _ = await connect(stack.nc, node="node-a", kind="upload", namespace="default",
+                             name="up", params={"bytes": 10})  # fmt: skip
+    try:
+        assert (
+            await refused("up")
+            == 'an upload into persistentvolumeclaims "up" is already in progress'
+        )
+    finally:
+        await first.close("interrupted by the test")
+    assert await refused("blank") == 'persistentvolumeclaims "blank" is Bound and takes no upload'
+    assert await refused("ghost") == 'persistentvolumeclaims "ghost" not found'
+    assert await refused("up", kind="teleport") == "unknown session 'teleport'"
+    with pytest.raises(
+        BusUnavailable,
+        match=r"node node-z did not answer the upload session request \(is its worker",
+    ):
+        await connect(stack.nc, node="node-z", kind="upload", namespace="default", name="up",
+                      wait_s=1)  # fmt: skip
+    for _ in range(200):  # the interrupted first session failed the volume
+        if (s := await volume(stack, "up")).phase == FAILED:
+            break
+        await asyncio.sleep(0.05)
+    assert s.reason == "upload interrupted: interrupted by the test after 0"
