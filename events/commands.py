@@ -158,6 +158,13 @@ class DeleteVolume(Command, frozen=True):
     aggregate: ClassVar[str] = "volume"
 
 
+class MoveVolume(Command, frozen=True):
+    """Copy a Bound volume to `node` and drop it where it was; no running VM may use it."""
+
+    aggregate: ClassVar[str] = "volume"
+    node: Name
+
+
 class AddWebhook(Command, frozen=True):
     aggregate: ClassVar[str] = "webhook"
     url: str
@@ -188,6 +195,7 @@ AnyCommand = (
     | MigrateVM | CancelMigration | SnapshotVM | RestoreVM | DeleteSnapshot | AddVolume
     | RemoveVolume | ApplyReplicaSet | ScaleReplicaSet | DeleteReplicaSet | DrainNode
     | UncordonNode | CreateVolume | DeleteVolume | AddWebhook | RemoveWebhook
+    | MoveVolume
 )  # fmt: skip
 
 COMMAND_CLASSES: Final[tuple[type[Command], ...]] = AnyCommand.__args__

@@ -374,6 +374,26 @@ class VolumeFailed(Event, frozen=True):
     reason: str
 
 
+class VolumeMoveRequested(Event, frozen=True):
+    """The volume's data is to be copied to `node` (its VMs follow it there)."""
+
+    aggregate: ClassVar[str] = "volume"
+    node: str
+
+
+class VolumeMoved(Event, frozen=True):
+    aggregate: ClassVar[str] = "volume"
+    node: str
+    from_node: str = ""
+
+
+class VolumeMoveFailed(Event, frozen=True):
+    """The copy did not complete; the volume stays whole where it was."""
+
+    aggregate: ClassVar[str] = "volume"
+    reason: str
+
+
 class WebhookSubscribed(Event, frozen=True):
     aggregate: ClassVar[str] = "webhook"
     url: str
@@ -408,7 +428,7 @@ AnyEvent = (
     | ReplicaSetDeleted
     | VolumeCreated | VolumeReady | VolumeDeleted | WebhookSubscribed | WebhookUnsubscribed
     | WebhookDisabled
-    | VolumeFailed
+    | VolumeFailed | VolumeMoveRequested | VolumeMoved | VolumeMoveFailed
 )  # fmt: skip
 
 EVENT_CLASSES: Final[tuple[type[Event], ...]] = AnyEvent.__args__

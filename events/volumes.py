@@ -33,6 +33,10 @@ class VolumeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     phase: str = ""
     format: str = ""
     reason: str = ""
+    moving_to: str = ""  # a move in progress: the node the data is being copied to
+    move_version: int = 0
+    moved_from: str = ""  # the node the last move left: its copy is to be removed
+    moved_version: int = 0
 
 
 def apply_volume(s: VolumeState, env: Envelope) -> VolumeState:
@@ -50,6 +54,13 @@ def apply_volume(s: VolumeState, env: Envelope) -> VolumeState:
             return replace(s, phase=BOUND, format=e.format, reason="")
         case m.VolumeFailed() if s.exists:
             return replace(s, phase=FAILED, reason=e.reason)
+        case m.VolumeMoveRequested() if s.exists:
+            return replace(s, moving_to=e.node, move_version=env.version)
+        case m.VolumeMoved() if s.exists:
+            return replace(s, node=e.node, moving_to="", moved_from=e.from_node,
+                           moved_version=env.version, reason="")  # fmt: skip
+        case m.VolumeMoveFailed() if s.exists:
+            return replace(s, moving_to="", reason=f"move failed: {e.reason}")
         case m.VolumeDeleted():
             return replace(s, exists=False, phase="", deleted_version=env.version)
     return s

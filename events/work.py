@@ -101,7 +101,22 @@ class RemoveVolume(VolumeData, frozen=True):
     """Delete the volume's directory and data."""
 
 
+class MoveVolume(VolumeData, frozen=True, kw_only=True):
+    """Copy the volume's data here (`node`) from `source_node`, over the bus."""
+
+    source_node: str
+    size_bytes: int
+
+
 AnyWork = (
-    Start | Stop | Pause | Unpause | AttachVolume | DetachVolume | ProvisionVolume | RemoveVolume
+    Start
+    | Stop
+    | Pause
+    | Unpause
+    | AttachVolume
+    | DetachVolume
+    | ProvisionVolume
+    | RemoveVolume
+    | MoveVolume
 )
 WORK_DECODER: Final = msgspec.json.Decoder(AnyWork)

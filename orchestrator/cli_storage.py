@@ -63,6 +63,22 @@ def volume_get(
     _finish(_run(get(server_url(server), name=name, namespace=ns, output=output)))
 
 
+@volume_app.command("move")
+def volume_move(
+    name: VolumeArg,
+    to: Annotated[str, typer.Option("--to", help="the node to move it to")],
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait")] = 600,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Copy a volume to another node over the bus (its stopped VMs follow it)."""
+    from orchestrator.cli import _actor, _finish, _run
+    from orchestrator.cli_volume import move
+
+    cmd = c.MoveVolume(name=name, namespace=namespace, node=to, actor=_actor())
+    _finish(_run(move(server_url(server), cmd, wait_s=timeout)))
+
+
 @volume_app.command("delete")
 def volume_delete(name: VolumeArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
     """Delete a volume and its data on its node (refused while a VM names it)."""

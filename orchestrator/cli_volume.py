@@ -70,6 +70,8 @@ def pvc_object(v: VolumeState) -> dict[str, Any]:
     if v.reason:
         status["message"] = v.reason
     annotations = {SELECTED_NODE: v.node}
+    if v.moving_to:
+        annotations["virtbus.io/moving-to"] = v.moving_to
     if v.source:
         annotations["virtbus.io/source"] = v.source
     return {
@@ -123,6 +125,23 @@ async def get(url: str, *, name: str | None, namespace: str | None, output: str)
         typer.echo((render.to_json(doc) if output == "json" else render.to_yaml(doc)).rstrip())
         return 0
     typer.echo(pvc_table(found, namespace=namespace).rstrip())
+    return 0
+
+
+async def move(url: str, cmd: c.MoveVolume, *, wait_s: float) -> int:
+    check_name(cmd.name, field="name")
+    async with session(url) as nc:
+        await send(nc, cmd)
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while (s := await volume(nc, cmd.name, cmd.namespace)).moving_to:
+            if asyncio.get_running_loop().time() > deadline:
+                raise VirtbusError(f'persistentvolumeclaims "{cmd.name}" is still moving to '
+                                   f"{s.moving_to} after {wait_s:.0f}s")  # fmt: skip
+            await asyncio.sleep(0.1)
+    if s.node != cmd.node:
+        raise VolumeFailedError(f'persistentvolumeclaims "{cmd.name}" stays on {s.node}: '
+                                f"{s.reason}")  # fmt: skip
+    typer.echo(f"persistentvolumeclaim/{cmd.name} moved to {s.node}")
     return 0
 
 

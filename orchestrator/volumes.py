@@ -21,11 +21,12 @@ from events.errors import ValidationError
 from events.names import Ref
 from events.nodes import NodeState, apply_node
 from events.quantity import parse_quantity
-from events.state import VMState, apply
+from events.state import RUNNING, SCHEDULED, SCHEDULING, VMState, apply
 from events.store import EventStore
-from events.volumes import VolumeState, apply_volume
+from events.volumes import BOUND, PENDING, VolumeState, apply_volume
 from orchestrator.scheduler import Request
 
+_ACTIVE = (SCHEDULING, SCHEDULED, RUNNING)
 MIN_SIZE = 1 << 20  # qemu-img and libvirt want at least a few sectors; 1 MiB is a sane floor
 SOURCES = ("", "upload")
 
@@ -36,6 +37,7 @@ class ClusterView(msgspec.Struct, frozen=True, kw_only=True):
     nodes: dict[str, NodeState] = {}
     volumes_per_node: dict[str, int] = {}
     users: list[str] = []  # VMs (not deleted) in the namespace that name the claim
+    running: list[str] = []  # those of them with an instance (scheduled or running)
 
 
 def fold_volume(history: Iterable[Recorded]) -> VolumeState:
@@ -63,33 +65,37 @@ def _uses(s: VMState, claim: str) -> bool:
 
 
 async def cluster_view(store: EventStore, ref: Ref, cmd: c.Command) -> ClusterView:
-    """Nodes and volume counts for a create; the claim's users for a delete."""
-    if isinstance(cmd, c.DeleteVolume):
-        vms: dict[str, VMState] = {}
-
-        def on_vm(rec: Recorded) -> None:
-            key = rec.subject.rpartition(".")[0]
-            vms[key] = apply(vms.get(key) or VMState(), rec.envelope)
-
-        await store.replay(on_vm, subjects=[f"virt.vm.{ref.namespace}.>"], verify=False)
-        users = sorted(s.name for s in vms.values() if s.exists and _uses(s, ref.name))
-        return ClusterView(users=users)
+    """Nodes and volume counts for a create or a move; the claim's users for a delete or a move."""
     nodes: dict[str, NodeState] = {}
     volumes: dict[str, VolumeState] = {}
+    vms: dict[str, VMState] = {}
 
     def on(rec: Recorded) -> None:
         key = rec.subject.rpartition(".")[0]
         if rec.subject.startswith("virt.node."):
             nodes[key] = apply_node(nodes.get(key) or NodeState(), rec.envelope)
+        elif rec.subject.startswith("virt.vm."):
+            vms[key] = apply(vms.get(key) or VMState(), rec.envelope)
         else:
             volumes[key] = apply_volume(volumes.get(key) or VolumeState(), rec.envelope)
 
-    await store.replay(on, subjects=["virt.node.>", "virt.volume.>"], verify=False)
+    subjects = []
+    if isinstance(cmd, c.CreateVolume | c.MoveVolume):
+        subjects += ["virt.node.>", "virt.volume.>"]
+    if isinstance(cmd, c.DeleteVolume | c.MoveVolume):
+        subjects.append(f"virt.vm.{ref.namespace}.>")
+    if subjects:
+        await store.replay(on, subjects=subjects, verify=False)
     counts: dict[str, int] = {}
     for v in volumes.values():
         if v.exists:
             counts[v.node] = counts.get(v.node, 0) + 1
-    return ClusterView(nodes={n.name: n for n in nodes.values()}, volumes_per_node=counts)
+    users = [s for s in vms.values() if s.exists and _uses(s, ref.name)]
+    return ClusterView(
+        nodes={n.name: n for n in nodes.values()}, volumes_per_node=counts,
+        users=sorted(s.name for s in users),
+        running=sorted(s.name for s in users if s.node and s.phase in _ACTIVE),
+    )  # fmt: skip
 
 
 def _reject(reason: str, field: str = "") -> ValidationError:
@@ -113,6 +119,9 @@ def decide_volume(v: VolumeState, cmd: c.Command, view: ClusterView) -> list[m.E
         case c.DeleteVolume():
             if not v.exists:
                 raise _reject(f'persistentvolumeclaims "{cmd.name}" not found', "name")
+            if v.moving_to:
+                raise _reject(f'persistentvolumeclaims "{cmd.name}" is moving to '
+                              f"{v.moving_to}; delete it after the move", "name")  # fmt: skip
             if view.users:
                 vms = ", ".join(f'"{u}"' for u in view.users)
                 raise _reject(
@@ -120,10 +129,28 @@ def decide_volume(v: VolumeState, cmd: c.Command, view: ClusterView) -> list[m.E
                     "delete the VM or remove the volume from its spec first", "name",
                 )  # fmt: skip
             return [m.VolumeDeleted()]
+        case c.MoveVolume():
+            return _move(v, cmd, view)
     raise _reject(f"{type(cmd).__name__} does not apply to a volume", "kind")
 
 
-def _node_for(cmd: c.CreateVolume, view: ClusterView) -> str:
+def _move(v: VolumeState, cmd: c.MoveVolume, view: ClusterView) -> list[m.Event]:
+    name = f'persistentvolumeclaims "{cmd.name}"'
+    if not v.exists:
+        raise _reject(f"{name} not found", "name")
+    if v.moving_to:
+        raise _reject(f"{name} is already moving to {v.moving_to}", "name")
+    if v.phase != BOUND:
+        raise _reject(f"{name} is {v.phase}; only a Bound volume can move", "name")
+    if cmd.node == v.node:
+        raise _reject(f"node: {name} is on {v.node} already", "node")
+    if view.running:
+        vms = ", ".join(f'"{u}"' for u in view.running)
+        raise _reject(f"{name} is in use by running virtualmachine {vms}; stop it first", "name")
+    return [m.VolumeMoveRequested(node=_node_for(cmd, view))]
+
+
+def _node_for(cmd: c.CreateVolume | c.MoveVolume, view: ClusterView) -> str:
     if cmd.node is not None:
         node = view.nodes.get(cmd.node)
         if node is None:
@@ -141,9 +168,16 @@ def _node_for(cmd: c.CreateVolume, view: ClusterView) -> str:
 def volume_work(v: VolumeState) -> list[w.Work]:
     """Node work for a volume as the log has it: level-triggered, deduplicated by message id."""
     base = {"namespace": v.namespace, "name": v.name, "node": v.node}
-    if v.exists and v.phase == "Pending":
+    if v.exists and v.phase == PENDING:
         return [w.ProvisionVolume(version=v.created_version, size_bytes=v.size_bytes,
                                   source=v.source, **base)]  # fmt: skip
+    if v.exists and v.moving_to:  # the target pulls the data from the node that has it
+        return [w.MoveVolume(namespace=v.namespace, name=v.name, node=v.moving_to,
+                             version=v.move_version, source_node=v.node,
+                             size_bytes=v.size_bytes)]  # fmt: skip
+    if v.exists and v.moved_from and v.moved_from != v.node:
+        return [w.RemoveVolume(namespace=v.namespace, name=v.name, node=v.moved_from,
+                               version=v.moved_version)]  # fmt: skip
     if not v.exists and v.deleted_version and v.node:
         return [w.RemoveVolume(version=v.deleted_version, **base)]
     return []
@@ -153,9 +187,12 @@ def pin(req: Request, spec: dict[str, Any], volumes: Mapping[str, VolumeState],
         *, namespace: str) -> Request:  # fmt: skip
     """`req` restricted to the nodes holding the VM's claims (a claim not known stays free: the
     node reports `ErrorPvcNotFound` when it starts the VM)."""
-    held = {
-        v.node
+    found = [
+        v
         for claim in claims_of(spec)
         if (v := volumes.get(f"virt.volume.{namespace}.{claim}")) is not None and v.exists
-    }
+    ]
+    if any(v.moving_to for v in found):  # nowhere until the copy is done
+        return msgspec.structs.replace(req, nodes=frozenset())
+    held = {v.node for v in found}
     return msgspec.structs.replace(req, nodes=frozenset(held)) if held else req

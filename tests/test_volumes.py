@@ -242,3 +242,58 @@ def test_the_volume_fold_and_the_placement_of_new_volumes() -> None:
         decide_volume(VolumeState(), c.CreateVolume(name="v", size="1Gi", node="c"), view)
     with pytest.raises(ValidationError, match="no ready node can hold the volume"):
         decide_volume(VolumeState(), c.CreateVolume(name="v", size="1Gi"), ClusterView())
+
+
+async def test_moving_a_volume_copies_its_data_and_its_stopped_vm_follows(
+    stack: Stack, tmp_path: Path
+) -> None:
+    await stack.node("node-a")
+    await stack.node("node-b")
+    image = tmp_path / "data.img"
+    data = b"virtbus!" * (1 << 17)  # 1 MiB of data, then a hole to 64 MiB
+    image.write_bytes(data)
+    (await cli(stack, "image-upload", "--image-path", str(image), "--pvc-name", "root",
+               "--pvc-size", "64Mi", "--node", "node-a")).ok()  # fmt: skip
+    old = stack.node_dir("node-a") / "volumes" / "default" / "root" / "disk.img"
+    new = stack.node_dir("node-b") / "volumes" / "default" / "root" / "disk.img"
+    await send(stack.nc, pvc_vm("follower", "root"))
+    await send(stack.nc, c.StartVM(name="follower"))
+    assert (await stack.until("follower", "Running")).node == "node-a"
+
+    rejected(await cli(stack, "volume", "move", "root", "--to", "node-b"),
+             'persistentvolumeclaims "root" is in use by running virtualmachine "follower"; '
+             "stop it first")  # fmt: skip
+    await send(stack.nc, c.StopVM(name="follower"))
+    await stack.until("follower", "Stopped")
+    rejected(await cli(stack, "volume", "move", "root", "--to", "node-a"), "is on node-a already")
+    rejected(
+        await cli(stack, "volume", "move", "root", "--to", "node-z"), 'nodes "node-z" not found'
+    )
+
+    out = (await cli(stack, "volume", "move", "root", "--to", "node-b")).ok().out
+    assert out == "persistentvolumeclaim/root moved to node-b\n"
+    got = new.read_bytes()
+    assert len(got) == 64 << 20 and got[: len(data)] == data and not got[len(data) :].strip(b"\0")
+    assert new.stat().st_blocks * 512 < 8 << 20  # the hole stayed a hole
+    await until(lambda: not old.parent.exists(), "the old node drops its copy")
+    obj = (await cli(stack, "volume", "get", "root", "-o", "json")).json()
+    assert obj["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] == "node-b"
+    types = [r.envelope.type for r in await stack.store.read(Ref("volume", "default", "root"))]
+    assert types[-2:] == ["io.virtbus.volume.move_requested.v1", "io.virtbus.volume.moved.v1"]
+
+    await send(stack.nc, c.StartVM(name="follower"))
+    assert (await stack.until("follower", "Running")).node == "node-b"  # it followed its disk
+
+
+async def test_a_failed_move_leaves_the_volume_where_it_was(stack: Stack) -> None:
+    await stack.node("node-a")
+    await stack.node("node-b")
+    (await cli(stack, "volume", "create", "lost", "--size", "4Mi", "--node", "node-a")).ok()
+    (stack.node_dir("node-a") / "volumes" / "default" / "lost" / "disk.img").unlink()
+    result = await cli(stack, "volume", "move", "lost", "--to", "node-b")
+    rejected(result, 'persistentvolumeclaims "lost" stays on node-a: move failed: volume-read:',
+             "No such file or directory")  # fmt: skip
+    obj = (await cli(stack, "volume", "get", "lost", "-o", "json")).json()
+    assert obj["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] == "node-a"
+    assert obj["status"]["message"].startswith("move failed: volume-read:")
+    assert not (stack.node_dir("node-b") / "volumes" / "default" / "lost").exists()

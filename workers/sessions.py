@@ -66,8 +66,9 @@ class Sessions:
             return
         try:
             info, body = await handler(req)
-        except VirtbusError as err:
-            await self._reply(msg, SessionReply(ok=False, error=err.message))
+        except (VirtbusError, OSError) as err:
+            text = err.message if isinstance(err, VirtbusError) else f"{req.kind}: {err}"
+            await self._reply(msg, SessionReply(ok=False, error=text))
             return
         pipe = await Pipe(self.nc, sid=req.sid, end=NODE).start()
         task = asyncio.create_task(self._run(pipe, body), name=f"session-{req.kind}-{req.sid}")

@@ -92,6 +92,10 @@ class VolumeStore:
                     )
                     return
                 await self.store.append_fact(item.ref, [m.VolumeReady(format="raw")])
+            case w.MoveVolume():
+                from workers.volumemove import Mover  # it builds on this module
+
+                await Mover(self).pull(item)
             case w.RemoveVolume():
                 if mine:
                     return  # created again here since: that directory is the new volume's

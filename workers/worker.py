@@ -35,6 +35,7 @@ from workers.pods import ProcessPods, pod_name
 from workers.sessions import Sessions
 from workers.upload import Uploads
 from workers.vnc import Consoles
+from workers.volumemove import Mover
 from workers.volumes import Volumes, VolumeUnavailable
 from workers.volumestore import VolumeStore
 
@@ -77,6 +78,7 @@ class Worker:
         self.sessions = Sessions(nc, node=node, handlers={
             "upload": Uploads(self.volume_store, self.store).open,
             "vnc": consoles.vnc, "console": consoles.console,
+            "volume-read": Mover(self.volume_store).serve,
         })  # fmt: skip
         self.malformed = 0
         self._expected: dict[str, list[tuple[str, float]]] = {}
