@@ -146,13 +146,23 @@ class UncordonNode(Command, frozen=True):
 
 
 class CreateVolume(Command, frozen=True):
+    """A volume (PVC) of `size` on `node`; `source` "upload" or a URL: its data comes by bus."""
+
     aggregate: ClassVar[str] = "volume"
     size: str
     node: Name | None = None
+    source: str = ""
 
 
 class DeleteVolume(Command, frozen=True):
     aggregate: ClassVar[str] = "volume"
+
+
+class MoveVolume(Command, frozen=True):
+    """Copy a Bound volume to `node` and drop it where it was; no running VM may use it."""
+
+    aggregate: ClassVar[str] = "volume"
+    node: Name
 
 
 class AddWebhook(Command, frozen=True):
@@ -185,6 +195,7 @@ AnyCommand = (
     | MigrateVM | CancelMigration | SnapshotVM | RestoreVM | DeleteSnapshot | AddVolume
     | RemoveVolume | ApplyReplicaSet | ScaleReplicaSet | DeleteReplicaSet | DrainNode
     | UncordonNode | CreateVolume | DeleteVolume | AddWebhook | RemoveWebhook
+    | MoveVolume
 )  # fmt: skip
 
 COMMAND_CLASSES: Final[tuple[type[Command], ...]] = AnyCommand.__args__

@@ -384,6 +384,33 @@ class VolumeDeleted(Event, frozen=True):
     aggregate: ClassVar[str] = "volume"
 
 
+class VolumeFailed(Event, frozen=True):
+    """The node could not provide the volume's data (a bad or interrupted upload, a full disk)."""
+
+    aggregate: ClassVar[str] = "volume"
+    reason: str
+
+
+class VolumeMoveRequested(Event, frozen=True):
+    """The volume's data is to be copied to `node` (its VMs follow it there)."""
+
+    aggregate: ClassVar[str] = "volume"
+    node: str
+
+
+class VolumeMoved(Event, frozen=True):
+    aggregate: ClassVar[str] = "volume"
+    node: str
+    from_node: str = ""
+
+
+class VolumeMoveFailed(Event, frozen=True):
+    """The copy did not complete; the volume stays whole where it was."""
+
+    aggregate: ClassVar[str] = "volume"
+    reason: str
+
+
 class WebhookSubscribed(Event, frozen=True):
     aggregate: ClassVar[str] = "webhook"
     url: str
@@ -418,6 +445,7 @@ AnyEvent = (
     | ReplicaSetDeleted
     | VolumeCreated | VolumeReady | VolumeDeleted | WebhookSubscribed | WebhookUnsubscribed
     | WebhookDisabled
+    | VolumeFailed | VolumeMoveRequested | VolumeMoved | VolumeMoveFailed
 )  # fmt: skip
 
 EVENT_CLASSES: Final[tuple[type[Event], ...]] = AnyEvent.__args__

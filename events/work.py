@@ -104,8 +104,40 @@ class RemoveSnapshot(SnapshotWork, frozen=True):
     """Delete the snapshot's copies."""
 
 
+class VolumeData(Work, frozen=True, kw_only=True):
+    """Work on a volume's data on its node (not on a VM): `version` is the deciding event's."""
+
+    vmi_uid: str = ""
+
+    @property
+    def ref(self) -> Ref:
+        return Ref("volume", self.namespace, self.name)
+
+    @property
+    def msg_id(self) -> str:
+        return f"volume:{self.namespace}:{self.name}:{type(self).__name__.lower()}:{self.version}"
+
+
+class ProvisionVolume(VolumeData, frozen=True, kw_only=True):
+    """Create the volume's directory; a blank one (`source` "") gets its sparse `disk.img`."""
+
+    size_bytes: int
+    source: str = ""
+
+
+class RemoveVolume(VolumeData, frozen=True):
+    """Delete the volume's directory and data."""
+
+
+class MoveVolume(VolumeData, frozen=True, kw_only=True):
+    """Copy the volume's data here (`node`) from `source_node`, over the bus."""
+
+    source_node: str
+    size_bytes: int
+
+
 AnyWork = (
     Start | Stop | Pause | Unpause | AttachVolume | DetachVolume | TakeSnapshot | RestoreSnapshot
-    | RemoveSnapshot
+    | RemoveSnapshot | ProvisionVolume | RemoveVolume | MoveVolume
 )  # fmt: skip
 WORK_DECODER: Final = msgspec.json.Decoder(AnyWork)

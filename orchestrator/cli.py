@@ -25,6 +25,8 @@ from orchestrator.cli_common import NsOpt, ServerOpt
 from orchestrator.cli_common import actor as _actor
 from orchestrator.cli_common import finish as _finish
 from orchestrator.cli_common import run as _run
+from orchestrator.cli_console import console, vnc
+from orchestrator.cli_storage import image_upload, volume_app
 
 T = TypeVar("T")
 
@@ -414,6 +416,10 @@ def bench_start(
 
 
 cli_snapshot.register(app)
+app.add_typer(volume_app, name="volume")
+app.command("image-upload")(image_upload)
+app.command()(vnc)
+app.command()(console)
 
 
 def main() -> None:

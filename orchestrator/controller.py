@@ -29,11 +29,13 @@ from events.nodes import READY, Heartbeat, NodeState, apply_node
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
 from events.state import RUNNING, SCHEDULED, SCHEDULING, UNSCHEDULABLE, VMState, apply
 from events.store import EventStore
+from events.volumes import VolumeState, apply_volume
 from orchestrator import metrics
 from orchestrator.manifest import summarize
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import NodeView, place
 from orchestrator.snapshots import removal_work
+from orchestrator.volumes import pin, volume_work
 
 log = logging.getLogger("virtbus.controller")
 _HOLDS_CAPACITY = (SCHEDULING, SCHEDULED, RUNNING)
@@ -48,6 +50,7 @@ class Controller:
         self.vms: dict[str, VMState] = {}
         self.nodes: dict[str, NodeState] = {}
         self.replica_sets: dict[str, ReplicaSetState] = {}
+        self.volumes: dict[str, VolumeState] = {}
         self.position = 0
         self._wakes: dict[str, datetime] = {}
         self._reserved: dict[str, tuple[str, int, int]] = {}  # scheduled, not yet folded back
@@ -72,6 +75,8 @@ class Controller:
         elif kind == "rs":
             rs = self.replica_sets.get(key) or ReplicaSetState()
             self.replica_sets[key] = apply_rs(rs, rec.envelope)
+        elif kind == "volume":
+            self.volumes[key] = apply_volume(self.volumes.get(key) or VolumeState(), rec.envelope)
         self.position = rec.seq
         return kind, key
 
@@ -123,7 +128,9 @@ class Controller:
             return None
         lost = {n for n, st in self.nodes.items() if st.status != READY}
         reaction = reconcile(
-            s, place=lambda req: place(req, self.node_views()), lost_nodes=lost,
+            s, lost_nodes=lost,
+            place=lambda req: place(pin(req, s.spec, self.volumes, namespace=s.namespace),
+                                    self.node_views()),
             now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex,
         )  # fmt: skip
         if reaction.wake_at:
@@ -153,6 +160,9 @@ class Controller:
             await js.publish(item.subject, encode(item), headers={"Nats-Msg-Id": item.msg_id})
             metrics.WORK_ENQUEUED.labels(type(item).__name__).inc()
 
+    async def react_volume(self, key: str) -> None:
+        await self._enqueue(list(volume_work(self.volumes[key])))
+
     async def react_rs(self, key: str, *, cause: Recorded | None = None) -> None:
         rs = self.replica_sets.get(key)
         if rs is None:
@@ -180,6 +190,9 @@ class Controller:
                 await self.react_rs(f"virt.rs.{s.namespace}.{owner}", cause=rec)
         elif kind == "rs":
             await self.react_rs(key, cause=rec)
+        elif kind == "volume":
+            await self.react_volume(key)
+            await self._retry_unschedulable(rec)  # a VM may wait for its volume's node
         elif kind == "node":
             if isinstance(data, m.NodeLost):
                 node = key.rpartition(".")[2]
@@ -203,6 +216,8 @@ class Controller:
             await self.react(key)
         for key in list(self.replica_sets):
             await self.react_rs(key)
+        for key in list(self.volumes):
+            await self.react_volume(key)
 
     async def _follow(self) -> None:
         async for rec in self.store.follow(from_seq=self.position + 1):

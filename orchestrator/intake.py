@@ -29,6 +29,7 @@ from events.store import EventStore
 from events.telemetry import bound
 from orchestrator import metrics
 from orchestrator.decide import decide, decide_rs
+from orchestrator.volumes import cluster_view, decide_volume, fold_volume
 
 log = logging.getLogger("virtbus.intake")
 DURABLE = "orchestrator-intake"
@@ -81,7 +82,11 @@ class Intake:
             if mine:  # carried out before (a redelivery, a retrying client)
                 return _outcome(cmd.id, mine, duplicate=True)
             try:
-                events = _decide(ref, history, cmd)
+                if ref.kind == "volume":
+                    view = await cluster_view(self.store, ref, cmd)
+                    events = decide_volume(fold_volume(history), cmd, view)
+                else:
+                    events = _decide(ref, history, cmd)
             except ValidationError as err:
                 return await self._record_rejection(ref, cmd.id, type(cmd).__name__, err, version)
             if not events:

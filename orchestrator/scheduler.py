@@ -31,6 +31,7 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     cpus: int = 1
     memory_bytes: int = 0
     node_selector: dict[str, str] = {}
+    nodes: frozenset[str] | None = None  # only these: the nodes holding the VM's volumes
 
 
 class Unschedulable(ValidationError):
@@ -62,6 +63,8 @@ def place(req: Request, nodes: Iterable[NodeView]) -> str:
 def _misfit(req: Request, n: NodeView) -> str:
     if not n.schedulable:
         return "node(s) were unschedulable"
+    if req.nodes is not None and (len(req.nodes) != 1 or n.name not in req.nodes):
+        return "node(s) had volume node affinity conflict"
     if any(n.labels.get(k) != v for k, v in req.node_selector.items()):
         return "node(s) didn't match Pod's node affinity/selector"
     if n.memory_bytes - n.used_memory < req.memory_bytes:

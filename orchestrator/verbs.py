@@ -119,6 +119,10 @@ async def get(
     if what.lower() in (*SNAPSHOT_KINDS, *RESTORE_KINDS):
         return await get_snapshots(url, restores=what.lower() in RESTORE_KINDS, name=name,
                                    namespace=namespace, output=output)  # fmt: skip
+    if what.lower() in ("pvc", "pvcs", "persistentvolumeclaim", "persistentvolumeclaims"):
+        from orchestrator.cli_volume import get as get_volumes
+
+        return await get_volumes(url, name=name, namespace=namespace, output=output)
     kind = KIND_NAMES.get(what.lower())
     if kind is None:
         raise ValidationError(f'the server doesn\'t have a resource type "{what}"', field="kind")

@@ -461,3 +461,15 @@ def test_volume_plan_refuses_what_it_cannot_provide(volume: dict[str, Any], fiel
     assert err.value.field == f"spec.template.spec.{field}"
     if field == "volumes[0]" and volume:
         assert "'v'" in err.value.message and "dataVolume" in err.value.message
+
+
+def test_bios_use_serial_puts_the_firmware_on_the_serial_console(
+    sources: dict[str, ResolvedVolume],
+) -> None:
+    spec = seed()
+    assert render(spec, sources).find("./os/bios") is None
+    domain_of(spec)["firmware"] = {"bootloader": {"bios": {"useSerial": True}}}
+    assert attr(render(spec, sources), "./os/bios", "useserial") == "yes"
+    domain_of(spec)["firmware"] = {"bootloader": "bios"}
+    with pytest.raises(ValidationError, match=r"firmware\.bootloader: expected a mapping"):
+        render(spec, sources)

@@ -199,6 +199,11 @@ def render_domain(
     machine = _mapping(domain.get("machine"), f"{SPEC}.domain.machine").get("type") or "q35"
     os_el = ET.SubElement(root, "os")
     ET.SubElement(os_el, "type", arch="x86_64", machine=str(machine)).text = "hvm"
+    firmware = _mapping(domain.get("firmware"), f"{SPEC}.domain.firmware")
+    bios = _mapping(_mapping(firmware.get("bootloader"), f"{SPEC}.domain.firmware.bootloader")
+                    .get("bios"), f"{SPEC}.domain.firmware.bootloader.bios")  # fmt: skip
+    if bios.get("useSerial") is True:  # KubeVirt's: the BIOS talks on the serial console
+        ET.SubElement(os_el, "bios", useserial="yes")
     features = ET.SubElement(root, "features")
     ET.SubElement(features, "acpi")
     ET.SubElement(features, "apic")

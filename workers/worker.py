@@ -34,8 +34,13 @@ from workers.domain import disk_xml_of, hotplug_disk, render_domain
 from workers.hypervisor import RUNNING_STATES, DomainEvent, Hypervisor
 from workers.k8spods import KubernetesPods
 from workers.pods import ProcessPods, pod_name
+from workers.sessions import Sessions
 from workers.snapshots import NodeSnapshots, SnapshotError
+from workers.upload import Uploads
+from workers.vnc import Consoles
+from workers.volumemove import Mover
 from workers.volumes import Volumes, VolumeUnavailable
+from workers.volumestore import VolumeStore
 
 log = logging.getLogger("virtbus.worker")
 PAUSED_STATE = 3  # libvirt.VIR_DOMAIN_PAUSED
@@ -72,6 +77,13 @@ class Worker:
         )  # fmt: skip
         self.volumes = Volumes(data_dir, host_root=host_root)
         self.snapshots = NodeSnapshots(data_dir, self.volumes)
+        self.volume_store = VolumeStore(self.store, node=node, root=data_dir)
+        consoles = Consoles(self.hv, self.store, node=node)
+        self.sessions = Sessions(nc, node=node, handlers={
+            "upload": Uploads(self.volume_store, self.store).open,
+            "vnc": consoles.vnc, "console": consoles.console,
+            "volume-read": Mover(self.volume_store).serve,
+        })  # fmt: skip
         self.malformed = 0
         self._expected: dict[str, list[tuple[str, float]]] = {}
         self._pods: dict[str, str] = {}  # domain -> its launcher pod
@@ -97,10 +109,12 @@ class Worker:
             )
             await self._beat()
             await self.reconcile()
+            await self.volume_store.reconcile()
             tasks = [
                 asyncio.create_task(self._heartbeats(stop), name=f"worker-{self.node}-heartbeat"),
                 asyncio.create_task(self._domain_events(), name=f"worker-{self.node}-libvirt"),
                 asyncio.create_task(self._work(stop), name=f"worker-{self.node}-work"),
+                asyncio.create_task(self.sessions.run(stop), name=f"worker-{self.node}-sessions"),
             ]
             await stop.wait()
         finally:
@@ -239,6 +253,9 @@ class Worker:
             await msg.ack()
 
     async def do(self, item: w.Work) -> None:
+        if isinstance(item, w.VolumeData):
+            await self.volume_store.do(item)
+            return
         s, _ = await self.store.load(item.ref)
         if isinstance(item, w.SnapshotWork):
             await self._snapshot_work(item, s)

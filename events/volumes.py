@@ -1,0 +1,66 @@
+"""The volume fold (virtbus's PersistentVolumeClaim): size, owning node and phase, pure.
+
+The orchestrator decides volume commands on it, the controller turns it into node work, the node
+worker checks its work against it and the CLI prints it, so a volume means the same everywhere.
+Phases are a PVC's (`Pending` until the node has the data, then `Bound`) plus a DataVolume's
+`Failed` for data that could not be provided (a bad or interrupted upload).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+from msgspec.structs import replace
+
+from events import model as m
+from events.envelope import Envelope
+
+PENDING, BOUND, FAILED = "Pending", "Bound", "Failed"
+
+
+class VolumeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    namespace: str = ""
+    name: str = ""
+    version: int = 0
+    exists: bool = False
+    created: datetime | None = None
+    created_version: int = 0  # the VolumeCreated of this incarnation: names its node work
+    deleted_version: int = 0
+    size_bytes: int = 0
+    node: str = ""
+    source: str = ""  # "" a blank disk; "upload" or a URL: the bytes come over the bus
+    phase: str = ""
+    format: str = ""
+    reason: str = ""
+    moving_to: str = ""  # a move in progress: the node the data is being copied to
+    move_version: int = 0
+    moved_from: str = ""  # the node the last move left: its copy is to be removed
+    moved_version: int = 0
+
+
+def apply_volume(s: VolumeState, env: Envelope) -> VolumeState:
+    e = env.data
+    s = replace(s, version=env.version)
+    match e:
+        case m.VolumeCreated():
+            _, ns, name = env.subject.split("/")
+            return VolumeState(
+                namespace=ns, name=name, version=env.version, exists=True, created=env.time,
+                created_version=env.version, size_bytes=e.size_bytes, node=e.node,
+                source=e.source, phase=PENDING,
+            )  # fmt: skip
+        case m.VolumeReady() if s.exists:
+            return replace(s, phase=BOUND, format=e.format, reason="")
+        case m.VolumeFailed() if s.exists:
+            return replace(s, phase=FAILED, reason=e.reason)
+        case m.VolumeMoveRequested() if s.exists:
+            return replace(s, moving_to=e.node, move_version=env.version)
+        case m.VolumeMoved() if s.exists:
+            return replace(s, node=e.node, moving_to="", moved_from=e.from_node,
+                           moved_version=env.version, reason="")  # fmt: skip
+        case m.VolumeMoveFailed() if s.exists:
+            return replace(s, moving_to="", reason=f"move failed: {e.reason}")
+        case m.VolumeDeleted():
+            return replace(s, exists=False, phase="", deleted_version=env.version)
+    return s

@@ -1,0 +1,198 @@
+"""Volumes in the control plane: judging `volume create|delete`, node work, and VM placement.
+
+A volume lives on one node (its directory there holds `disk.img`), so it is placed when it is
+created and every VM that names it as a `persistentVolumeClaim` must run on that node. Judging a
+volume command needs more than the volume's own history (which nodes are ready, which VMs use the
+claim): `cluster_view` reads that from the log; `decide_volume` itself stays pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+from events import commands as c
+from events import model as m
+from events import work as w
+from events.envelope import Recorded
+from events.errors import ValidationError
+from events.names import Ref
+from events.nodes import NodeState, apply_node
+from events.quantity import parse_quantity
+from events.state import RUNNING, SCHEDULED, SCHEDULING, VMState, apply
+from events.store import EventStore
+from events.volumes import BOUND, PENDING, VolumeState, apply_volume
+from orchestrator.scheduler import Request
+
+_ACTIVE = (SCHEDULING, SCHEDULED, RUNNING)
+MIN_SIZE = 1 << 20  # qemu-img and libvirt want at least a few sectors; 1 MiB is a sane floor
+SOURCES = ("", "upload")
+
+
+class ClusterView(msgspec.Struct, frozen=True, kw_only=True):
+    """What judging one volume command needs from outside the volume's own history."""
+
+    nodes: dict[str, NodeState] = {}
+    volumes_per_node: dict[str, int] = {}
+    users: list[str] = []  # VMs (not deleted) in the namespace that name the claim
+    running: list[str] = []  # those of them with an instance (scheduled or running)
+
+
+def fold_volume(history: Iterable[Recorded]) -> VolumeState:
+    s = VolumeState()
+    for r in history:
+        s = apply_volume(s, r.envelope)
+    return s
+
+
+def claims_of(spec: dict[str, Any]) -> list[str]:
+    """The claim names a VM spec's volumes refer to."""
+    volumes = ((spec.get("template") or {}).get("spec") or {}).get("volumes") or []
+    out = []
+    for v in volumes:
+        claim = v.get("persistentVolumeClaim") if isinstance(v, dict) else None
+        if isinstance(claim, dict) and isinstance(claim.get("claimName"), str):
+            out.append(claim["claimName"])
+    return out
+
+
+def _uses(s: VMState, claim: str) -> bool:
+    hot = [str((p.volume.get("persistentVolumeClaim") or {}).get("claimName", ""))
+           for p in s.hotplug.values()]  # fmt: skip
+    return claim in claims_of(s.spec) or claim in hot
+
+
+async def cluster_view(store: EventStore, ref: Ref, cmd: c.Command) -> ClusterView:
+    """Nodes and volume counts for a create or a move; the claim's users for a delete or a move."""
+    nodes: dict[str, NodeState] = {}
+    volumes: dict[str, VolumeState] = {}
+    vms: dict[str, VMState] = {}
+
+    def on(rec: Recorded) -> None:
+        key = rec.subject.rpartition(".")[0]
+        if rec.subject.startswith("virt.node."):
+            nodes[key] = apply_node(nodes.get(key) or NodeState(), rec.envelope)
+        elif rec.subject.startswith("virt.vm."):
+            vms[key] = apply(vms.get(key) or VMState(), rec.envelope)
+        else:
+            volumes[key] = apply_volume(volumes.get(key) or VolumeState(), rec.envelope)
+
+    subjects = []
+    if isinstance(cmd, c.CreateVolume | c.MoveVolume):
+        subjects += ["virt.node.>", "virt.volume.>"]
+    if isinstance(cmd, c.DeleteVolume | c.MoveVolume):
+        subjects.append(f"virt.vm.{ref.namespace}.>")
+    if subjects:
+        await store.replay(on, subjects=subjects, verify=False)
+    counts: dict[str, int] = {}
+    for v in volumes.values():
+        if v.exists:
+            counts[v.node] = counts.get(v.node, 0) + 1
+    users = [s for s in vms.values() if s.exists and _uses(s, ref.name)]
+    return ClusterView(
+        nodes={n.name: n for n in nodes.values()}, volumes_per_node=counts,
+        users=sorted(s.name for s in users),
+        running=sorted(s.name for s in users if s.node and s.phase in _ACTIVE),
+    )  # fmt: skip
+
+
+def _reject(reason: str, field: str = "") -> ValidationError:
+    return ValidationError(reason, field=field)
+
+
+def decide_volume(v: VolumeState, cmd: c.Command, view: ClusterView) -> list[m.Event]:
+    """The events a volume command stands for, or a ValidationError naming the field."""
+    match cmd:
+        case c.CreateVolume():
+            size = parse_quantity(cmd.size, field="size")
+            if size < MIN_SIZE:
+                raise _reject(f"size: {cmd.size!r} is below the minimum volume size of 1Mi",
+                              "size")  # fmt: skip
+            if cmd.source not in SOURCES and not cmd.source.startswith(("http://", "https://")):
+                raise _reject(f"source: {cmd.source!r}: use upload or an http(s) URL", "source")
+            if v.exists:
+                raise _reject(f'persistentvolumeclaims "{cmd.name}" already exists', "name")
+            return [m.VolumeCreated(size_bytes=size, node=_node_for(cmd, view),
+                                    source=cmd.source)]  # fmt: skip
+        case c.DeleteVolume():
+            if not v.exists:
+                raise _reject(f'persistentvolumeclaims "{cmd.name}" not found', "name")
+            if v.moving_to:
+                raise _reject(f'persistentvolumeclaims "{cmd.name}" is moving to '
+                              f"{v.moving_to}; delete it after the move", "name")  # fmt: skip
+            if view.users:
+                vms = ", ".join(f'"{u}"' for u in view.users)
+                raise _reject(
+                    f'persistentvolumeclaims "{cmd.name}" is in use by virtualmachine {vms}; '
+                    "delete the VM or remove the volume from its spec first", "name",
+                )  # fmt: skip
+            return [m.VolumeDeleted()]
+        case c.MoveVolume():
+            return _move(v, cmd, view)
+    raise _reject(f"{type(cmd).__name__} does not apply to a volume", "kind")
+
+
+def _move(v: VolumeState, cmd: c.MoveVolume, view: ClusterView) -> list[m.Event]:
+    name = f'persistentvolumeclaims "{cmd.name}"'
+    if not v.exists:
+        raise _reject(f"{name} not found", "name")
+    if v.moving_to:
+        raise _reject(f"{name} is already moving to {v.moving_to}", "name")
+    if v.phase != BOUND:
+        raise _reject(f"{name} is {v.phase}; only a Bound volume can move", "name")
+    if cmd.node == v.node:
+        raise _reject(f"node: {name} is on {v.node} already", "node")
+    if view.running:
+        vms = ", ".join(f'"{u}"' for u in view.running)
+        raise _reject(f"{name} is in use by running virtualmachine {vms}; stop it first", "name")
+    return [m.VolumeMoveRequested(node=_node_for(cmd, view))]
+
+
+def _node_for(cmd: c.CreateVolume | c.MoveVolume, view: ClusterView) -> str:
+    if cmd.node is not None:
+        node = view.nodes.get(cmd.node)
+        if node is None:
+            raise _reject(f'node: nodes "{cmd.node}" not found', "node")
+        if not node.schedulable:
+            state = "cordoned" if node.cordoned else node.status
+            raise _reject(f'node: node "{cmd.node}" is {state}; it takes no new volumes', "node")
+        return cmd.node
+    ready = [n for n in view.nodes.values() if n.schedulable]
+    if not ready:
+        raise _reject("node: no ready node can hold the volume", "node")
+    return min(ready, key=lambda n: (view.volumes_per_node.get(n.name, 0), n.name)).name
+
+
+def volume_work(v: VolumeState) -> list[w.Work]:
+    """Node work for a volume as the log has it: level-triggered, deduplicated by message id."""
+    base = {"namespace": v.namespace, "name": v.name, "node": v.node}
+    if v.exists and v.phase == PENDING:
+        return [w.ProvisionVolume(version=v.created_version, size_bytes=v.size_bytes,
+                                  source=v.source, **base)]  # fmt: skip
+    if v.exists and v.moving_to:  # the target pulls the data from the node that has it
+        return [w.MoveVolume(namespace=v.namespace, name=v.name, node=v.moving_to,
+                             version=v.move_version, source_node=v.node,
+                             size_bytes=v.size_bytes)]  # fmt: skip
+    if v.exists and v.moved_from and v.moved_from != v.node:
+        return [w.RemoveVolume(namespace=v.namespace, name=v.name, node=v.moved_from,
+                               version=v.moved_version)]  # fmt: skip
+    if not v.exists and v.deleted_version and v.node:
+        return [w.RemoveVolume(version=v.deleted_version, **base)]
+    return []
+
+
+def pin(req: Request, spec: dict[str, Any], volumes: Mapping[str, VolumeState],
+        *, namespace: str) -> Request:  # fmt: skip
+    """`req` restricted to the nodes holding the VM's claims (a claim not known stays free: the
+    node reports `ErrorPvcNotFound` when it starts the VM)."""
+    found = [
+        v
+        for claim in claims_of(spec)
+        if (v := volumes.get(f"virt.volume.{namespace}.{claim}")) is not None and v.exists
+    ]
+    if any(v.moving_to for v in found):  # nowhere until the copy is done
+        return msgspec.structs.replace(req, nodes=frozenset())
+    held = {v.node for v in found}
+    return msgspec.structs.replace(req, nodes=frozenset(held)) if held else req
