@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import nats
 import pytest
 from conftest import api_ready, settle
 from nats.aio.client import Client
@@ -24,11 +25,22 @@ from orchestrator.client import Rejected, send
 
 
 @pytest.fixture
+async def bus(tmp_path: Path) -> AsyncIterator[Client]:
+    """A bus of this test's own: the orchestrator under test provisions it from scratch."""
+    async with NatsServer(data_dir=tmp_path / "nats", port=-1) as server:
+        nc = await nats.connect(server.url)
+        try:
+            yield nc
+        finally:
+            await nc.close()
+
+
+@pytest.fixture
 async def orchestrator_process(
-    nats_server: NatsServer, nc: Client, tmp_path: Path
+    bus: Client, tmp_path: Path
 ) -> AsyncIterator[tuple[int, list[dict[str, object]]]]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "orchestrator", "--server", nats_server.url,
+        sys.executable, "-m", "orchestrator", "--server", bus.connected_url.geturl(),
         "--data-dir", str(tmp_path / "orch"), "--metrics-port", "0",
         stderr=asyncio.subprocess.PIPE, env={"VIRTBUS_LOG_FORMAT": "json", "PATH": "/usr/bin"},
     )  # fmt: skip
@@ -43,7 +55,7 @@ async def orchestrator_process(
             lines.append(line)
             if m := re.fullmatch(r"metrics on 127\.0\.0\.1:(\d+)", str(line["event"])):
                 port = int(m.group(1))
-        await api_ready(nc)
+        await api_ready(bus)
         yield port, lines
     finally:
         if proc.returncode is None:
@@ -69,8 +81,9 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 
 
 async def test_the_orchestrator_serves_its_metrics(
-    nc: Client, orchestrator_process: tuple[int, list[dict[str, object]]]
+    bus: Client, orchestrator_process: tuple[int, list[dict[str, object]]]
 ) -> None:
+    nc = bus
     port, lines = orchestrator_process
     assert lines[-1]["component"] == "orchestrator" and lines[-1]["level"] == "info"
     await send(nc, seed("metered"))
