@@ -425,6 +425,11 @@ def bench_start(
     _finish(subprocess.run(cmd, check=False).returncode)
 
 
+from orchestrator import cli_history  # noqa: E402  (after the verbs above: it adds to them)
+
+app.command("history")(cli_history.history)
+
+
 def main() -> None:
     app()
 
