@@ -14,6 +14,7 @@ from nats.aio.client import Client
 
 from events.store import EventStore
 from orchestrator.api import Api
+from orchestrator.audit import Checkpointer, load_key
 from orchestrator.controller import Controller
 from orchestrator.intake import Intake
 from orchestrator.readmodel import ReadModel
@@ -35,9 +36,13 @@ async def drain(tasks: list[asyncio.Task[None]], *, grace: float) -> None:
 
 
 async def run_orchestrator(
-    nc: Client, *, data_dir: Path, stop: asyncio.Event, node_grace_s: float = 10.0
-) -> None:
+    nc: Client, *, data_dir: Path, stop: asyncio.Event, node_grace_s: float = 10.0,
+    audit_key: bytes | None = None, checkpoint_every_s: float = 60.0,
+) -> None:  # fmt: skip
+    """Run until `stop`; with an audit key (given, or $VIRTBUS_AUDIT_KEY[_FILE]) it also seals
+    the log with a signed checkpoint every `checkpoint_every_s`."""
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    audit_key = audit_key or load_key()
     intake = Intake(nc, EventStore(nc, source="/virtbus/orchestrator/intake"))
     controller = Controller(
         nc, EventStore(nc, source="/virtbus/orchestrator/controller"), node_grace_s=node_grace_s
@@ -51,6 +56,9 @@ async def run_orchestrator(
             asyncio.create_task(controller.run(stop), name="orchestrator-controller"),
             asyncio.create_task(readmodel.run(stop), name="orchestrator-readmodel"),
         ]
+        if audit_key:
+            sealer = Checkpointer(nc, audit_key).run(stop, every_s=checkpoint_every_s)
+            tasks.append(asyncio.create_task(sealer, name="orchestrator-audit"))
         await api.start()
         try:
             done, _ = await asyncio.wait(

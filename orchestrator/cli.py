@@ -428,6 +428,7 @@ def bench_start(
 from orchestrator import cli_history  # noqa: E402  (after the verbs above: it adds to them)
 
 app.command("history")(cli_history.history)
+app.add_typer(cli_history.audit, name="audit")
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import msgspec
 import typer
 import uvloop
 from nats.aio.client import Client
@@ -245,3 +246,83 @@ def _live_entry(msg: Msg, timeline: h.Timeline) -> h.Entry | None:
     except Exception:  # garbage on the tree: `audit verify` reports it
         return None
     return timeline.event(Recorded(env, seq, msg.subject, chain_hash(msg.data)))
+
+
+def _key(path: Path | None) -> bytes | None:
+    from orchestrator.audit import load_key
+
+    try:
+        return load_key(path)
+    except ValidationError as err:
+        raise _usage(err.message) from None
+
+
+@audit.command("checkpoint")
+def audit_checkpoint(key_file: KeyFileOpt = None, server: ServerOpt = None) -> None:
+    """Seal the log now: sign the heads of every history that changed since the last one."""
+    key = _key(key_file)
+    if key is None:
+        raise _usage("audit checkpoint: no audit key; set VIRTBUS_AUDIT_KEY or pass --key-file")
+    _run(_checkpoint(server_url(server), key))
+
+
+async def _checkpoint(url: str, key: bytes) -> int:
+    from orchestrator.audit import Checkpointer
+
+    async with session(url) as nc:
+        sealed = await Checkpointer(nc, key).checkpoint()
+    if not sealed:
+        typer.echo("nothing new to seal: every history is covered by the latest checkpoint")
+        return 0
+    count = sum(len(cp.heads) for cp in sealed)
+    numbers = ", ".join(f"#{cp.number}" for cp in sealed)
+    typer.echo(f"checkpoint {numbers}: {count} histories sealed through seq "
+               f"{sealed[-1].through_seq}")  # fmt: skip
+    return 0
+
+
+@audit.command("verify")
+def audit_verify(
+    name: Annotated[str | None, typer.Argument(help="one VM (default: the whole log)")] = None,
+    namespace: NsOpt = "default",
+    key_file: KeyFileOpt = None,
+    output: Annotated[str, typer.Option("-o", "--output", help="table or json")] = "table",
+    server: ServerOpt = None,
+) -> None:
+    """Check the hash chains and the signed checkpoints; name the first bad event (exit 1)."""
+    if output not in ("table", "json"):
+        raise _usage(f"-o {output!r}: use table or json")
+    try:
+        ref = Ref.vm(name, namespace) if name else None
+    except ValidationError as err:
+        raise _usage(err.message) from None
+    _run(_verify(server_url(server), ref, key=_key(key_file), output=output))
+
+
+async def _verify(url: str, ref: Ref | None, *, key: bytes | None, output: str) -> int:
+    from orchestrator.audit import verify
+
+    async with session(url) as nc:
+        report = await verify(nc, key=key, ref=ref)
+    if ref is not None and not report.events and not report.findings:
+        raise VirtbusError(f'virtualmachines.kubevirt.io "{ref.name}" not found')
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if output == "json":
+        sys.stdout.write(render.to_json(msgspec.to_builtins(report)))
+    else:
+        what = str(ref) if ref else "the log"
+        sealed = (f"{report.checkpoints} checkpoints through seq {report.sealed_through}"
+                  + (f", signed by key {report.key_id}" if report.signatures_checked else
+                     ", signatures not checked"))  # fmt: skip
+        verdict = "intact" if report.ok else f"{len(report.findings)} bad histories"
+        typer.echo(f"audit of {what}: {verdict}: {report.events} events in "
+                   f"{report.aggregates} histories; {sealed}")  # fmt: skip
+        for f in report.findings:
+            typer.echo(f"{f.aggregate}: {f.problem}: {f.message}")
+    if report.findings:
+        first = report.findings[0]
+        typer.echo(f"error: first bad event: {first.aggregate} version {first.version}: "
+                   f"{first.message}", err=True)  # fmt: skip
+        return 1
+    return 0
