@@ -35,7 +35,7 @@ OUTCOME_WAIT_S = 15.0
 
 
 class Query(msgspec.Struct, frozen=True, kw_only=True):
-    what: str = "vms"  # vms | nodes
+    what: str = "vms"  # vms | nodes | history (one VM's (version, seq) index)
     namespace: str | None = None
     name: str | None = None
     include_deleted: bool = False
@@ -45,6 +45,7 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     vms: list[VMState] = []
     nodes: list[NodeState] = []
     position: int = 0
+    history: list[tuple[int, int]] = []
 
 
 def command_subject(body: dict[str, Any]) -> str:
@@ -129,7 +130,10 @@ class Api:
             return
         rm = self.readmodel
         answer = Answer(position=await rm.position())
-        if q.what == "nodes":
+        if q.what == "history" and q.name is not None:
+            seqs = await rm.history_seqs(q.namespace or "default", q.name)
+            answer = Answer(history=seqs, position=answer.position)
+        elif q.what == "nodes":
             answer = Answer(nodes=await rm.nodes(), position=answer.position)
         elif q.name is not None:
             vm = await rm.vm(q.namespace or "default", q.name)

@@ -429,6 +429,7 @@ from orchestrator import cli_history  # noqa: E402  (after the verbs above: it a
 
 app.command("history")(cli_history.history)
 app.add_typer(cli_history.audit, name="audit")
+bench.command("history")(cli_history.bench_history)
 
 
 def main() -> None:

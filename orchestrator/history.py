@@ -2,8 +2,11 @@
 after each, each life of the name apart, and the VM as it was at any moment (time travel).
 
 KubeVirt keeps an hour of Kubernetes events; virtbus keeps the log, so this is only a reading of
-it: two subject-filtered reads (the VM's event tree, its command subjects), never a scan, folded
-by the same pure `apply` the orchestrator decides with. Everything past the reads is pure.
+it, never a scan: the VM's events by the read model's history index (direct gets of the
+sequences it lists, then a subject-filtered read of what came after it), or by a subject-filtered
+read of the VM's tree when no orchestrator answers; its commands by a subject-filtered read of the
+command stream. Folded by the same pure `apply` the orchestrator decides with; everything past
+the reads is pure.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from nats.aio.client import Client
 
 from events import model as m
 from events.envelope import Recorded
-from events.errors import ValidationError
+from events.errors import TamperDetected, ValidationError, VirtbusError
 from events.names import COMMANDS_STREAM, EVENTS_STREAM, Ref
-from events.reader import direct_range_headers
+from events.reader import direct_range, direct_range_headers, direct_seqs
 from events.state import VMState, apply
-from events.store import EventStore
+from events.store import Chain, EventStore
+from orchestrator.api import Query
+from orchestrator.client import query
 
 COMMAND, DECISION, OBSERVATION, REJECTION = "Command", "Decision", "Observation", "Rejection"
 
@@ -90,11 +95,45 @@ def command_record(data: bytes, headers: dict[str, str]) -> CommandRecord:
     )  # fmt: skip
 
 
-async def read_history(nc: Client, ref: Ref, *, events_stream: str = EVENTS_STREAM) -> History:
+async def read_history(
+    nc: Client, ref: Ref, *, stream: str = EVENTS_STREAM, indexed: bool = True
+) -> History:
     """The VM's events (hash chain checked) and the commands addressed to it."""
-    events = await EventStore(nc, stream=events_stream).read(ref)
+    events = await _indexed_events(nc, ref, stream=stream) if indexed else None
+    if events is None:
+        events = await EventStore(nc, stream=stream).read(ref)
     raw = await direct_range_headers(nc, COMMANDS_STREAM, subject_filter=ref.command_subject(">"))
     return History(ref, events, [command_record(data, h) for data, h in raw])
+
+
+async def _indexed_events(nc: Client, ref: Ref, *, stream: str) -> list[Recorded] | None:
+    """The events through the read model's history index: direct gets of the sequences it lists,
+    then a filtered read of what came after its position. None whenever the index cannot be
+    trusted to be whole (no orchestrator answering, a read model older than the index, a chain
+    that does not hold): the caller then reads the VM's subject tree instead."""
+    q = Query(what="history", namespace=ref.namespace, name=ref.name)
+    try:
+        answer = await query(nc, q, wait_s=2)
+    except VirtbusError:
+        return None
+    index = answer.history
+    if not index or [v for v, _ in index] != list(range(1, len(index) + 1)):
+        return None
+    raw = await direct_seqs(nc, stream, [seq for _, seq in index])
+    known = {seq for _, seq in index}
+    tail = await direct_range(nc, stream, subject_filter=ref.wildcard,
+                              start_seq=answer.position + 1)  # fmt: skip
+    raw.extend(item for item in tail if item[2] not in known)
+    store, chain, out = EventStore(nc, stream=stream), Chain(strict=True), []
+    try:
+        for item in raw:
+            if (rec := store.decode(*item)) is None:
+                return None
+            chain.check(rec)
+            out.append(rec)
+    except TamperDetected:
+        return None  # the subject read says what is wrong, and raises
+    return out
 
 
 # --- time ---------------------------------------------------------------------------------------

@@ -19,10 +19,13 @@ from test_cli_verbs import CLI, Result, virtbus
 from test_worker import Stack, seed, stack  # noqa: F401  (the fixture is used by name)
 
 from events import commands as c
+from events import model as m
+from events.envelope import seal
 from events.errors import ValidationError
 from events.names import Ref
-from orchestrator.client import Rejected, send
-from orchestrator.history import parse_time
+from orchestrator.api import Query
+from orchestrator.client import Rejected, query, send
+from orchestrator.history import parse_time, read_history
 
 NAME = "centos7"
 
@@ -100,6 +103,16 @@ async def test_history_and_time_travel_over_two_lives(stack: Stack) -> None:  # 
     assert before.code == 1 and "did not exist yet" in before.err
     yaml_at = await cli(st, "history", NAME, "--at", rfc3339(moments[2][1]), "-o", "yaml")
     assert "printableStatus: Paused" in yaml_at.ok().out
+
+    # Through the read model's index and through the subject tree: the same history.
+    ref = Ref.vm(NAME)
+    index = (await query(st.nc, Query(what="history", name=NAME))).history
+    by_index, by_subject = (
+        await read_history(st.nc, ref),
+        await read_history(st.nc, ref, indexed=False),
+    )
+    assert index == [(r.envelope.version, r.seq) for r in by_subject.events]
+    assert by_index == by_subject and len(by_subject.commands) == 7
 
     # The history: commands with actor and outcome, decisions, observations, status after each.
     doc = (await cli(st, "history", NAME, "-o", "json")).json()
@@ -185,6 +198,14 @@ async def test_history_input_errors(stack: Stack) -> None:  # noqa: F811
     assert bad_output.code == 2 and "-o 'wide'" in bad_output.err
     both = await cli(st, "history", "x", "--at", "1m", "--follow")
     assert both.code == 2 and "--at" in both.err
+    # A history that does not chain is not printed: neither through the index nor the subject.
+    await send(st.nc, seed("forged"))
+    _, raw = seal(m.VMStopped(reason="forged"), ref=Ref.vm("forged"), version=2,
+                  prevhash="0" * 64, source="/virtbus/orchestrator/controller")  # fmt: skip
+    await st.nc.jetstream().publish(Ref.vm("forged").event_subject("stopped"), raw)
+    forged = await cli(st, "history", "forged")
+    assert forged.code == 1 and forged.out == ""
+    assert "does not chain" in forged.err and "run `virtbus audit verify forged`" in forged.err
 
 
 def test_parse_time_takes_rfc3339_and_durations() -> None:
