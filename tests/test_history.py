@@ -218,3 +218,16 @@ def test_parse_time_takes_rfc3339_and_durations() -> None:
     for bad in ("", "10x", "m10", "soon"):
         with pytest.raises(ValidationError, match="RFC 3339"):
             parse_time(bad)
+
+
+async def test_bench_history_prints_one_json_object_with_the_ratios() -> None:
+    got = await virtbus("bench", "history", "--events", "2000", "--vm-events", "20", "--rounds",
+                        "1", "-o", "json")  # fmt: skip
+    r = json.loads(got.ok().out)
+    assert (r["events"], r["vm_events"], r["rounds"], r["target_ms"]) == (2000, 20, 1, 50)
+    for key in ("virtbus", "virtbus_subject", "get_msg", "ordered_consumer", "batched_direct_get",
+                "direct_get_by_seq"):  # fmt: skip
+        assert r[f"{key}_ms_p50"] > 0
+    assert r["ratio"] == round(r["virtbus_ms_p50"] / r["baseline_ms_p50"], 2)
+    too_many = await virtbus("bench", "history", "--events", "1000", "--vm-events", "600")
+    assert too_many.code == 2 and "--vm-events 600: at most half of --events" in too_many.err
