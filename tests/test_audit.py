@@ -124,6 +124,10 @@ async def test_an_intact_log_verifies_with_a_summary(log: Log) -> None:
     assert [cp.number for cp in sealed2] == [2] and list(sealed2[0].heads) == [A.prefix]
     unkeyed = (await log.cli("audit", "verify", key=False)).ok()
     assert "signatures not checked" in unkeyed.out and "no audit key" in unkeyed.err
+    # No orchestrator answers here: `history` reads the VM's subject tree instead of the index.
+    items = (await log.cli("history", "a", "-o", "json")).json()["items"]
+    assert [i["version"] for i in items] == list(range(1, 8))
+    assert [i["status"] for i in items][:2] == ["Stopped", "Starting"]
 
 
 # --- deleted, purged, reordered, forged ----------------------------------------------------------
