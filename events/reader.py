@@ -52,16 +52,18 @@ async def direct_seqs(
     out: list[tuple[bytes, str, int]] = []
     try:
         subject = f"$JS.API.DIRECT.GET.{stream}"
-        for seq in seqs:
-            await nc.publish(subject, b'{"seq":%d}' % seq, reply=inbox)
-        for _ in seqs:
-            try:
-                msg = await sub.next_msg(timeout=wait_s)
-            except TimeoutError as err:
-                raise BusUnavailable(f"direct get on {stream} timed out") from err
-            h = msg.headers or {}
-            if "Status" not in h:
-                out.append((msg.data, h["Nats-Subject"], int(h["Nats-Sequence"])))
+        for start in range(0, len(seqs), BATCH):  # a window in flight, not the whole history
+            chunk = seqs[start : start + BATCH]
+            for seq in chunk:
+                await nc.publish(subject, b'{"seq":%d}' % seq, reply=inbox)
+            for _ in chunk:
+                try:
+                    msg = await sub.next_msg(timeout=wait_s)
+                except TimeoutError as err:
+                    raise BusUnavailable(f"direct get on {stream} timed out") from err
+                h = msg.headers or {}
+                if "Status" not in h:
+                    out.append((msg.data, h["Nats-Subject"], int(h["Nats-Sequence"])))
     finally:
         await sub.unsubscribe()
     out.sort(key=lambda item: item[2])

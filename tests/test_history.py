@@ -20,9 +20,11 @@ from test_worker import Stack, seed, stack  # noqa: F401  (the fixture is used b
 
 from events import commands as c
 from events import model as m
-from events.envelope import seal
+from events.envelope import encode, seal
 from events.errors import ValidationError
-from events.names import Ref
+from events.names import EVENTS_STREAM, Ref
+from events.reader import direct_seqs
+from events.store import EventStore
 from orchestrator.api import Query
 from orchestrator.client import Rejected, query, send
 from orchestrator.history import parse_time, read_history
@@ -231,3 +233,16 @@ async def test_bench_history_prints_one_json_object_with_the_ratios() -> None:
     assert r["ratio"] == round(r["virtbus_ms_p50"] / r["baseline_ms_p50"], 2)
     too_many = await virtbus("bench", "history", "--events", "1000", "--vm-events", "600")
     assert too_many.code == 2 and "--vm-events 600: at most half of --events" in too_many.err
+
+
+async def test_direct_seqs_reads_more_than_a_window_and_skips_what_is_not_there(
+    store: EventStore, vm: Ref
+) -> None:
+    events: list[m.Event] = [m.VMScheduled(node="n", vmi_uid=str(i)) for i in range(1100)]
+    await store.append(vm, events[:1000], expected_version=0)
+    await store.append(vm, events[1000:], expected_version=1000)
+    recorded = await store.read(vm)
+    seqs = [r.seq for r in recorded]
+    got = await direct_seqs(store.nc, EVENTS_STREAM, [10**12, *reversed(seqs)])
+    assert [seq for _, _, seq in got] == seqs  # in stream order, the missing one left out
+    assert [data for data, _, _ in got][-1] == encode(recorded[-1].envelope)
