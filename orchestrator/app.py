@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 
 from nats.aio.client import Client
@@ -19,7 +18,7 @@ from orchestrator.audit import Checkpointer, load_key
 from orchestrator.controller import Controller
 from orchestrator.intake import Intake
 from orchestrator.readmodel import ReadModel
-from orchestrator.web import Web
+from orchestrator.web import Web, configured_port
 
 log = logging.getLogger("virtbus.orchestrator")
 SHUTDOWN_GRACE_S = 10.0
@@ -46,8 +45,7 @@ async def run_orchestrator(
     $VIRTBUS_WEB_PORT) it serves the read-only web view on 127.0.0.1."""
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     audit_key = audit_key or load_key()
-    if web_port is None and os.environ.get("VIRTBUS_WEB_PORT"):
-        web_port = int(os.environ["VIRTBUS_WEB_PORT"])
+    web_port = configured_port() if web_port is None else web_port
     intake = Intake(nc, EventStore(nc, source="/virtbus/orchestrator/intake"))
     controller = Controller(
         nc, EventStore(nc, source="/virtbus/orchestrator/controller"), node_grace_s=node_grace_s

@@ -53,6 +53,14 @@ def load_key(path: Path | None = None) -> bytes | None:
     return key
 
 
+def describe_key(key: bytes | None, *, every_s: float = 60.0) -> str:
+    """What the orchestrator will do about checkpoints, for `virtbus up` to say."""
+    if key is None:
+        return (f"no key (${KEY_ENV} or ${KEY_FILE_ENV}): hash chains only, no signed "
+                "checkpoints, so a history cut short at its end goes unseen")  # fmt: skip
+    return f"signed checkpoints every {every_s:.0f} s (key id {key_id(key)})"
+
+
 class Finding(msgspec.Struct, frozen=True, kw_only=True):
     """The first bad event of one aggregate (or of the checkpoints)."""
 

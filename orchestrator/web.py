@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from datetime import UTC, datetime
 from html import escape
 from typing import Final
@@ -17,7 +18,7 @@ from urllib.parse import unquote
 
 from nats.aio.client import Client
 
-from events.errors import VirtbusError
+from events.errors import ValidationError, VirtbusError
 from events.names import Ref
 from orchestrator import webpage
 from orchestrator.history import entries, read_history
@@ -27,6 +28,17 @@ log = logging.getLogger("virtbus.web")
 _REASONS: Final = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
                    500: "Internal Server Error"}  # fmt: skip
 _MAX_HEADER: Final = 16_384
+PORT_ENV: Final = "VIRTBUS_WEB_PORT"
+
+
+def configured_port() -> int | None:
+    """$VIRTBUS_WEB_PORT, if set: the port the orchestrator serves the web view on."""
+    value = os.environ.get(PORT_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) > 65535:
+        raise ValidationError(f"{PORT_ENV}: {value!r} is not a port number", field=PORT_ENV)
+    return int(value)
 
 
 class Web:

@@ -25,7 +25,7 @@ from test_worker import seed
 from events import model as m
 from events.checkpoint import AUDIT_REF, key_id, sign, signature_ok, signed_bytes
 from events.envelope import chain_hash, decode_envelope, encode, seal
-from events.errors import TamperDetected
+from events.errors import TamperDetected, ValidationError
 from events.model import AuditCheckpoint, AuditHead
 from events.names import EVENTS_STREAM, Ref
 from events.provision import provision, stream_configs
@@ -33,7 +33,7 @@ from events.reader import direct_range
 from events.server import NatsServer
 from events.store import EventStore
 from orchestrator.app import run_orchestrator
-from orchestrator.audit import Checkpointer, verify
+from orchestrator.audit import Checkpointer, describe_key, load_key, verify
 from orchestrator.client import send
 
 KEY = b"test-audit-key-0123456789"
@@ -267,6 +267,26 @@ async def test_a_forged_checkpoint_is_named_and_not_built_upon(log: Log) -> None
     assert "error: first bad event: audit/checkpoints version 2: checkpoint #2" in bad.err
     refused = await log.cli("audit", "checkpoint")
     assert refused.code == 1 and "not sealing a broken audit trail" in refused.err
+
+
+def test_the_key_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("VIRTBUS_AUDIT_KEY", raising=False)
+    monkeypatch.delenv("VIRTBUS_AUDIT_KEY_FILE", raising=False)
+    assert load_key() is None and describe_key(None).startswith("no key")
+    (keyfile := tmp_path / "k").write_bytes(b"from-a-file\n")
+    monkeypatch.setenv("VIRTBUS_AUDIT_KEY_FILE", str(keyfile))
+    assert load_key() == b"from-a-file"
+    monkeypatch.setenv("VIRTBUS_AUDIT_KEY", "from-the-env")
+    assert load_key() == b"from-the-env"  # the key itself wins over a file
+    assert (
+        describe_key(b"k", every_s=30) == f"signed checkpoints every 30 s (key id {key_id(b'k')})"
+    )
+    monkeypatch.delenv("VIRTBUS_AUDIT_KEY")
+    monkeypatch.setenv("VIRTBUS_AUDIT_KEY_FILE", str(tmp_path / "gone"))
+    with pytest.raises(ValidationError, match="VIRTBUS_AUDIT_KEY_FILE: cannot read"):
+        load_key()
 
 
 def test_the_signature_covers_every_sealed_head() -> None:

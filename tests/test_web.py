@@ -20,12 +20,13 @@ from conftest import settle
 from test_worker import Stack, seed, stack  # noqa: F401  (the fixture is used by name)
 
 from events import commands as c
+from events.errors import ValidationError
 from events.names import Ref
 from events.store import EventStore
 from orchestrator.client import Rejected, send
 from orchestrator.history import entries, read_history
 from orchestrator.readmodel import ReadModel
-from orchestrator.web import Web
+from orchestrator.web import Web, configured_port
 
 CHROMIUM = shutil.which("chromium")
 
@@ -166,3 +167,14 @@ async def test_the_web_view_is_read_only_and_says_what_it_cannot_show(web: Web) 
     assert head == ("HTTP/1.1 200 OK", "")
     empty = await http("GET", "/")
     assert "No virtual machines yet." in empty[1]
+
+
+def test_the_web_port_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VIRTBUS_WEB_PORT", raising=False)
+    assert configured_port() is None
+    monkeypatch.setenv("VIRTBUS_WEB_PORT", "8080")
+    assert configured_port() == 8080
+    for bad in ("http", "-1", "70000"):
+        monkeypatch.setenv("VIRTBUS_WEB_PORT", bad)
+        with pytest.raises(ValidationError, match=f"VIRTBUS_WEB_PORT: '{bad}' is not a port"):
+            configured_port()
