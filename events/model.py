@@ -429,6 +429,35 @@ class WebhookDisabled(Event, frozen=True):
     reason: str
 
 
+# --- audit --------------------------------------------------------------------------------------
+
+
+class AuditHead(msgspec.Struct, frozen=True, gc=False):
+    """One aggregate's head as a checkpoint seals it: its version, stream sequence and hash."""
+
+    version: int
+    seq: int
+    hash: str
+
+
+class AuditCheckpoint(Event, frozen=True):
+    """A signed seal over the heads of the aggregates that changed since the previous checkpoint.
+
+    A hash chain shows an event changed or removed in the middle, never a log cut short at its
+    end: a checkpoint naming a head the stream no longer has does. `signature` is the HMAC of
+    `events.checkpoint.signed_bytes`; `previous` is the signature before it, so checkpoints chain.
+    """
+
+    aggregate: ClassVar[str] = "audit"
+    number: int
+    through_seq: int
+    heads: dict[str, AuditHead] = {}
+    key_id: str = ""
+    algorithm: str = "HMAC-SHA256"
+    previous: str = ""
+    signature: str = ""
+
+
 AnyEvent = (
     VMCreated | VMSpecChanged | VMDeleteRequested | VMDeleted | VMUndeleted
     | VMStartRequested | VMStopRequested | VMRestartRequested | VMPauseRequested
@@ -446,6 +475,7 @@ AnyEvent = (
     | VolumeCreated | VolumeReady | VolumeDeleted | WebhookSubscribed | WebhookUnsubscribed
     | WebhookDisabled
     | VolumeFailed | VolumeMoveRequested | VolumeMoved | VolumeMoveFailed
+    | AuditCheckpoint
 )  # fmt: skip
 
 EVENT_CLASSES: Final[tuple[type[Event], ...]] = AnyEvent.__args__
@@ -461,6 +491,7 @@ _PREFIX: Final = {
     "rs": "replica_set_",
     "volume": "volume_",
     "webhook": "webhook_",
+    "audit": "audit_",
 }
 
 

@@ -26,8 +26,9 @@ CLUSTER: Final = "_"
 DEFAULT_NAMESPACE: Final = "default"
 
 # `intake` holds rejections of commands whose target cannot even be named.
-AGGREGATES: Final = ("vm", "rs", "node", "volume", "webhook", "intake")
-CLUSTER_SCOPED: Final = frozenset({"node", "webhook", "intake"})
+# `audit` holds the signed checkpoints of the log (`events/checkpoint.py`).
+AGGREGATES: Final = ("vm", "rs", "node", "volume", "webhook", "intake", "audit")
+CLUSTER_SCOPED: Final = frozenset({"node", "webhook", "intake", "audit"})
 
 EVENTS_STREAM: Final = "VIRT_EVENTS"
 COMMANDS_STREAM: Final = "VIRT_COMMANDS"

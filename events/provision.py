@@ -1,7 +1,8 @@
 """Streams, consumers and buckets virtbus needs, created idempotently.
 
 Provisioning never changes an existing config behind an operator's back: a stream that exists with
-different settings is a ConfigConflict naming the setting, not a silent update.
+different settings is a ConfigConflict naming the setting, not a silent update. The one exception
+is additive: the subjects of aggregates added later (`ADDED_LATER`) are added, and reported.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from events.names import (
 )
 
 DUPLICATE_WINDOW_S: Final = 600.0
+# Subjects added to a stream after virtbus data existed: provisioning adds them to an older stream.
+ADDED_LATER: Final = frozenset({"virt.audit.>"})
 HEARTBEAT_TTL_S: Final = 15.0
 
 
@@ -67,9 +70,11 @@ _CHECKED: Final = (
 )  # fmt: skip
 
 
-def _differences(have: StreamConfig, want: StreamConfig) -> list[str]:
+def _differences(have: StreamConfig, want: StreamConfig, *, skip: str = "") -> list[str]:
     out = []
     for field in _CHECKED:
+        if field == skip:
+            continue
         a, b = getattr(have, field), getattr(want, field)
         if field == "subjects":
             a, b = sorted(a or []), sorted(b or [])
@@ -92,6 +97,13 @@ async def provision(js: JetStreamContext) -> list[str]:
         except NotFoundError:
             await js.add_stream(want)
             created.append(f"stream {want.name}")
+            continue
+        missing = set(want.subjects or []) - set(info.config.subjects or [])
+        others = _differences(info.config, want, skip="subjects")
+        if missing and missing <= ADDED_LATER and not others:
+            # Aggregates newer than the stream: adding their subjects changes no stored data.
+            await js.update_stream(info.config.evolve(subjects=list(want.subjects or [])))
+            created.append(f"stream {want.name} subjects {', '.join(sorted(missing))}")
             continue
         diffs = _differences(info.config, want)
         if diffs:

@@ -28,7 +28,52 @@ async def direct_range(
     nc: Client, stream: str, *, subject_filter: str, start_seq: int = 1, wait_s: float = 10
 ) -> list[tuple[bytes, str, int]]:
     """Every message on `subject_filter` from `start_seq`, via batched direct gets (no consumer)."""
+    msgs = await _direct_msgs(nc, stream, subject_filter=subject_filter, start_seq=start_seq,
+                              wait_s=wait_s)  # fmt: skip
+    return [(data, h["Nats-Subject"], int(h["Nats-Sequence"])) for data, h in msgs]
+
+
+async def direct_range_headers(
+    nc: Client, stream: str, *, subject_filter: str, start_seq: int = 1, wait_s: float = 10
+) -> list[tuple[bytes, dict[str, str]]]:
+    """Like `direct_range`, with each message's headers (`Nats-Time-Stamp`, `Nats-Msg-Id`...),
+    for streams whose bodies do not say when or under which id they were sent."""
+    return await _direct_msgs(nc, stream, subject_filter=subject_filter, start_seq=start_seq,
+                              wait_s=wait_s)  # fmt: skip
+
+
+async def direct_seqs(
+    nc: Client, stream: str, seqs: list[int], *, wait_s: float = 10
+) -> list[tuple[bytes, str, int]]:
+    """The messages at `seqs` (pipelined direct gets), in stream order; a sequence that holds
+    no message (deleted, or never written) is simply absent from the result."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
     out: list[tuple[bytes, str, int]] = []
+    try:
+        subject = f"$JS.API.DIRECT.GET.{stream}"
+        for start in range(0, len(seqs), BATCH):  # a window in flight, not the whole history
+            chunk = seqs[start : start + BATCH]
+            for seq in chunk:
+                await nc.publish(subject, b'{"seq":%d}' % seq, reply=inbox)
+            for _ in chunk:
+                try:
+                    msg = await sub.next_msg(timeout=wait_s)
+                except TimeoutError as err:
+                    raise BusUnavailable(f"direct get on {stream} timed out") from err
+                h = msg.headers or {}
+                if "Status" not in h:
+                    out.append((msg.data, h["Nats-Subject"], int(h["Nats-Sequence"])))
+    finally:
+        await sub.unsubscribe()
+    out.sort(key=lambda item: item[2])
+    return out
+
+
+async def _direct_msgs(
+    nc: Client, stream: str, *, subject_filter: str, start_seq: int, wait_s: float
+) -> list[tuple[bytes, dict[str, str]]]:
+    out: list[tuple[bytes, dict[str, str]]] = []
     inbox = nc.new_inbox()
     # No callback: nats-py then starts no task per subscription, which matters on a hot path
     # (every command judged reads its VM's history).
@@ -46,14 +91,14 @@ async def direct_range(
                 h = msg.headers or {}
                 status = h.get("Status")
                 if status is None:
-                    out.append((msg.data, h["Nats-Subject"], int(h["Nats-Sequence"])))
+                    out.append((msg.data, h))
                     continue
                 # 204 EOB ends a batch (with what is left); 404 means nothing matched at all.
                 pending = int(h.get("Nats-Num-Pending", 0)) if status == "204" else 0
                 break
             if pending == 0 or not out:
                 return out
-            seq = out[-1][2] + 1
+            seq = int(out[-1][1]["Nats-Sequence"]) + 1
     finally:
         await sub.unsubscribe()
 

@@ -115,7 +115,10 @@ class Api:
             return
         rm = self.readmodel
         answer = Answer(position=await rm.position())
-        if q.what == "nodes":
+        if q.what == "history" and q.name is not None:
+            seqs = await rm.history_seqs(q.namespace or "default", q.name)
+            answer = Answer(history=seqs, position=answer.position)
+        elif q.what == "nodes":
             answer = Answer(nodes=await rm.nodes(), position=answer.position)
         elif q.name is not None:
             vm = await rm.vm(q.namespace or "default", q.name)

@@ -14,9 +14,11 @@ from nats.aio.client import Client
 
 from events.store import EventStore
 from orchestrator.api import Api
+from orchestrator.audit import Checkpointer, load_key
 from orchestrator.controller import Controller
 from orchestrator.intake import Intake
 from orchestrator.readmodel import ReadModel
+from orchestrator.web import Web, configured_port
 
 log = logging.getLogger("virtbus.orchestrator")
 SHUTDOWN_GRACE_S = 10.0
@@ -35,9 +37,15 @@ async def drain(tasks: list[asyncio.Task[None]], *, grace: float) -> None:
 
 
 async def run_orchestrator(
-    nc: Client, *, data_dir: Path, stop: asyncio.Event, node_grace_s: float = 10.0
-) -> None:
+    nc: Client, *, data_dir: Path, stop: asyncio.Event, node_grace_s: float = 10.0,
+    audit_key: bytes | None = None, checkpoint_every_s: float = 60.0, web_port: int | None = None,
+) -> None:  # fmt: skip
+    """Run until `stop`; with an audit key (given, or $VIRTBUS_AUDIT_KEY[_FILE]) it also seals
+    the log with a signed checkpoint every `checkpoint_every_s`; with a web port (given, or
+    $VIRTBUS_WEB_PORT) it serves the read-only web view on 127.0.0.1."""
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    audit_key = audit_key or load_key()
+    web_port = configured_port() if web_port is None else web_port
     intake = Intake(nc, EventStore(nc, source="/virtbus/orchestrator/intake"))
     controller = Controller(
         nc, EventStore(nc, source="/virtbus/orchestrator/controller"), node_grace_s=node_grace_s
@@ -51,7 +59,14 @@ async def run_orchestrator(
             asyncio.create_task(controller.run(stop), name="orchestrator-controller"),
             asyncio.create_task(readmodel.run(stop), name="orchestrator-readmodel"),
         ]
+        if audit_key:
+            sealer = Checkpointer(nc, audit_key).run(stop, every_s=checkpoint_every_s)
+            tasks.append(asyncio.create_task(sealer, name="orchestrator-audit"))
         await api.start()
+        web = Web(nc, readmodel, port=web_port) if web_port is not None else None
+        if web is not None:
+            await web.start()
+            log.info("web view on %s", web.url)
         try:
             done, _ = await asyncio.wait(
                 [*tasks, asyncio.create_task(stop.wait(), name="orchestrator-stop")],
@@ -62,5 +77,7 @@ async def run_orchestrator(
                     log.error("%s failed: %r", t.get_name(), t.exception())
         finally:
             stop.set()
+            if web is not None:
+                await web.stop()
             await api.stop()
             await drain(tasks, grace=SHUTDOWN_GRACE_S)

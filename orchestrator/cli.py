@@ -19,7 +19,7 @@ from events import commands as c
 from events.commands import AnyCommand
 from events.envelope import Envelope
 from events.errors import VirtbusError
-from orchestrator import cli_snapshot
+from orchestrator import cli_history, cli_snapshot
 from orchestrator.bus import server_url
 from orchestrator.cli_common import NsOpt, ServerOpt
 from orchestrator.cli_common import actor as _actor
@@ -420,6 +420,9 @@ app.add_typer(volume_app, name="volume")
 app.command("image-upload")(image_upload)
 app.command()(vnc)
 app.command()(console)
+app.command("history")(cli_history.history)
+app.add_typer(cli_history.audit, name="audit")
+bench.command("history")(cli_history.bench_history)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from events.state import VMState
 
 
 class Query(msgspec.Struct, frozen=True, kw_only=True):
-    what: str = "vms"  # vms | nodes
+    what: str = "vms"  # vms | nodes | history (one VM's (version, seq) index)
     namespace: str | None = None
     name: str | None = None
     include_deleted: bool = False
@@ -23,3 +23,4 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     vms: list[VMState] = []
     nodes: list[NodeState] = []
     position: int = 0
+    history: list[tuple[int, int]] = []

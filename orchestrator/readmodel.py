@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS nodes (
     name TEXT PRIMARY KEY, version INTEGER NOT NULL, status TEXT NOT NULL, state BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS position (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS history (
+    namespace TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name, version)
+) WITHOUT ROWID;
 """
 _UPSERT_VM: Final = (
     "INSERT OR REPLACE INTO vms (namespace, name, version, status, phase, node, state) "
@@ -41,6 +45,9 @@ _UPSERT_VM: Final = (
 )
 _UPSERT_NODE: Final = "INSERT OR REPLACE INTO nodes (name, version, status, state) VALUES (?,?,?,?)"
 _SET_POSITION: Final = "INSERT OR REPLACE INTO position (id, seq) VALUES (1, ?)"
+# The history index: where each VM event sits in the stream, so one VM's history is a set of
+# direct gets instead of a filtered read the server answers by scanning its blocks.
+_INDEX: Final = "INSERT OR REPLACE INTO history (namespace, name, version, seq) VALUES (?,?,?,?)"
 _CHUNK: Final = 400  # keys per `IN (...)` query, well under SQLite's variable limit
 _OFFLOAD: Final = 256  # fold batches at least this big in a thread, off the event loop
 _LIVE_BATCH: Final = 1000  # most events one live transaction takes
@@ -163,12 +170,15 @@ class ReadModel:
         if not records and not rebuild:
             return
         items: list[_Item] = []
+        index: list[tuple[str, str, int, int]] = []
         for rec in records:
             ref = ref_from_subject(rec.subject)
             if ref is None or ref.kind not in ("vm", "node"):
                 continue  # other aggregates are not modelled, yet they move the position
             key = (ref.namespace, ref.name) if ref.kind == "vm" else ref.name
             items.append((ref.kind, key, rec.envelope))
+            if ref.kind == "vm":
+                index.append((ref.namespace, ref.name, rec.envelope.version, rec.seq))
         vm_keys = {key for kind, key, _ in items if kind == "vm"}
         node_keys = {key for kind, key, _ in items if kind == "node"}
         vms = {} if rebuild else await self._load_vms(vm_keys)
@@ -178,21 +188,22 @@ class ReadModel:
         else:
             rows = _fold(items, vms, nodes)
         position = records[-1].seq if records else 0
-        await self._write(*rows, position=position, rebuild=rebuild)
+        await self._write(*rows, index, position=position, rebuild=rebuild)
 
     async def _write(
-        self, vm_rows: list[tuple[Any, ...]], node_rows: list[tuple[Any, ...]], *, position: int,
-        rebuild: bool,
+        self, vm_rows: list[tuple[Any, ...]], node_rows: list[tuple[Any, ...]],
+        index: list[tuple[str, str, int, int]], *, position: int, rebuild: bool,
     ) -> None:  # fmt: skip
         async with self._db_lock:
             db = self.db
             await db.execute("BEGIN IMMEDIATE")
             try:
                 if rebuild:
-                    for table in ("vms", "nodes", "position"):
+                    for table in ("vms", "nodes", "position", "history"):
                         await db.execute(f"DELETE FROM {table}")
                 await db.executemany(_UPSERT_VM, vm_rows)
                 await db.executemany(_UPSERT_NODE, node_rows)
+                await db.executemany(_INDEX, index)
                 await db.execute(_SET_POSITION, (position,))
                 await db.execute("COMMIT")
             except BaseException:
@@ -248,6 +259,11 @@ class ReadModel:
         sql = "SELECT state FROM vms WHERE namespace = ? AND name = ?"
         rows = await self._fetch(sql, (namespace, name))
         return _decode_vm(rows[0][0]) if rows else None
+
+    async def history_seqs(self, namespace: str, name: str) -> list[tuple[int, int]]:
+        """(version, stream sequence) of each of the VM's events, by version."""
+        sql = "SELECT version, seq FROM history WHERE namespace = ? AND name = ? ORDER BY version"
+        return [(int(v), int(q)) for v, q in await self._fetch(sql, (namespace, name))]
 
     async def nodes(self) -> list[NodeState]:
         rows = await self._fetch("SELECT state FROM nodes ORDER BY name")

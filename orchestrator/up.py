@@ -18,8 +18,10 @@ from events.provision import provision
 from events.server import NatsServer, die_with_parent, fsync_policy
 from events.store import EventStore
 from orchestrator.app import run_orchestrator
+from orchestrator.audit import describe_key, load_key
 from orchestrator.bus import connect
 from orchestrator.readmodel import ReadModel
+from orchestrator.web import configured_port
 
 console = Console(stderr=True, highlight=False)
 
@@ -45,11 +47,15 @@ async def run_up(
         try:
             created = await provision(nc.jetstream())
             console.print("provisioned: " + (", ".join(created) or "everything already in place"))
+            audit, web = describe_key(load_key()), configured_port()  # bad settings stop us here
             orchestrator = asyncio.create_task(
                 run_orchestrator(nc, data_dir=data_dir / "orchestrator", stop=stop),
                 name="orchestrator",
             )
             console.print("orchestrator: running (virtbus-api on the bus)")
+            console.print(f"audit: {audit}")
+            if web is not None:
+                console.print(f"web view: http://127.0.0.1:{web}/")
             workers = []
             for i in range(nodes):
                 name = f"node-{chr(ord('a') + i)}"

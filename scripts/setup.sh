@@ -8,11 +8,13 @@ PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.virtbus-installed
 
-# Build deps of libvirt-python, then the real-hypervisor stack (QEMU/KVM nodes), then image tools.
+# Build deps of libvirt-python, then the real-hypervisor stack (QEMU/KVM nodes), then image tools,
+# then the headless browser the web view's test loads its pages in.
 APT_PACKAGES=(
   libvirt-dev pkg-config
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   libxml2-utils
+  chromium
 )
 
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

@@ -190,3 +190,17 @@ async def test_run_follows_live_appends_and_stops_cleanly(
     assert runner.exception() is None
     await store.append(vm, [m.VMStopRequested()], expected_version=4)
     assert await model.catch_up() == 1  # nothing was lost or applied twice across the handover
+
+
+async def test_the_history_index_lists_each_vm_event_and_survives_a_rebuild(
+    model: ReadModel, store: EventStore, vm: Ref
+) -> None:
+    await store.append(vm, [CREATED], expected_version=0)
+    await store.append(vm, running("node-a"), expected_version=1)
+    await model.catch_up()
+    want = [(r.envelope.version, r.seq) for r in await store.read(vm)]
+    assert await model.history_seqs(vm.namespace, vm.name) == want
+    assert len(want) == 4
+    await model.rebuild()
+    assert await model.history_seqs(vm.namespace, vm.name) == want
+    assert await model.history_seqs(vm.namespace, "never-made") == []

@@ -18,7 +18,7 @@ from nats.js.api import StreamConfig
 
 from events import model as m
 from events.errors import BusUnavailable, ConfigConflict
-from events.names import EVENTS_STREAM, Ref
+from events.names import EVENT_SUBJECTS, EVENTS_STREAM, Ref
 from events.provision import provision
 from events.server import NatsServer
 from events.store import EventStore
@@ -68,6 +68,16 @@ async def test_provisioning_is_idempotent_and_refuses_a_conflicting_stream(data_
             with pytest.raises(ConfigConflict, match=r"VIRT_EVENTS .*subjects: existing"):
                 await provision(js)
             assert (await js.stream_info(EVENTS_STREAM)).config.subjects == ["virt.vm.>"]
+            # A stream from before the audit aggregate existed only gains its subjects.
+            older = [s for s in EVENT_SUBJECTS if s != "virt.audit.>"]
+            await js.update_stream(
+                StreamConfig(name=EVENTS_STREAM, subjects=older, allow_atomic=True,
+                             allow_direct=True, deny_delete=True, deny_purge=True,
+                             duplicate_window=600)
+            )  # fmt: skip
+            assert await provision(js) == [f"stream {EVENTS_STREAM} subjects virt.audit.>"]
+            subjects = (await js.stream_info(EVENTS_STREAM)).config.subjects
+            assert sorted(subjects or []) == sorted(EVENT_SUBJECTS)
         finally:
             await nc.close()
 
@@ -148,6 +158,7 @@ async def test_virtbus_up_provisions_and_stops_on_ctrl_c(data_dir: Path) -> None
         _, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, err
         assert b"durability: fsync every 2 minutes" in err
+        assert b"audit: no key ($VIRTBUS_AUDIT_KEY or $VIRTBUS_AUDIT_KEY_FILE)" in err
         assert server_pid and all([await _gone(p) for p in server_pid])
 
 
