@@ -142,6 +142,17 @@ class EventStore:
         self._heads[ref.prefix] = head
         return head
 
+    def knows(self, ref: Ref) -> bool:
+        """Whether this store has `ref`'s head at hand (it appended to or read it)."""
+        return ref.prefix in self._heads
+
+    async def _expected_head(self, part: Append) -> Head:
+        # A new aggregate needs no lookup: "no message on its subjects yet" is what the server
+        # checks for expected version 0, so a wrong guess is a conflict, not a broken chain.
+        if part.expected_version == 0 and not self.knows(part.ref):
+            return Head()
+        return await self.head(part.ref)
+
     # --- appends ---------------------------------------------------------------------------------
 
     async def append(
@@ -170,7 +181,7 @@ class EventStore:
         if total > MAX_BATCH:
             raise ValidationError(f"append: {total} events exceed the batch limit of {MAX_BATCH}")
         for _ in range(2):
-            heads = [await self.head(p.ref) for p in parts]
+            heads = [await self._expected_head(p) for p in parts]
             if any(h.version != p.expected_version for h, p in zip(heads, parts, strict=True)):
                 heads = [await self.head(p.ref, fresh=True) for p in parts]
             if all(h.version == p.expected_version for h, p in zip(heads, parts, strict=True)):

@@ -369,6 +369,9 @@ def bench_control(
     vms: Annotated[int, typer.Option(min=1, help="VMs to create and start")] = 1000,
     nodes: Annotated[int, typer.Option(min=1, help="simulated nodes")] = 10,
     concurrency: Annotated[int, typer.Option(min=1, help="commands in flight")] = 50,
+    rate: Annotated[
+        float, typer.Option(min=0, help="VMs created per second (0: as fast as accepted)")
+    ] = 0.0,
     output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
     server: Annotated[
         str | None,
@@ -378,13 +381,14 @@ def bench_control(
     """VM creation to Running through the whole control plane, against plain nats-py."""
     from orchestrator.bench.control import run
 
-    r = _run(run(vms=vms, nodes=nodes, server=server, concurrency=concurrency))
+    r = _run(run(vms=vms, nodes=nodes, server=server, concurrency=concurrency, rate=rate or None))
+    offered = f", offered {r['offered_rate']:.0f}/s" if r["offered_rate"] else ""
     if output is Output.json:
         sys.stdout.write(json.dumps(r) + "\n")
         return
     typer.echo(
         f"{r['running']}/{r['vms']} VMs Running on {r['nodes']} nodes, {r['concurrency']} in flight"
-        f" ({r['accepted']} accepted, {r['rejected']} rejected)\n"
+        f"{offered} ({r['accepted']} accepted, {r['rejected']} rejected)\n"
         f"commands/s             {r['commands_per_s']:10,.0f}\n"
         f"VM starts/s            {r['starts_per_s']:10,.0f}\n"
         f"raw nats-py starts/s   {r['baseline_starts_per_s']:10,.0f}"

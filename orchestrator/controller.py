@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,7 @@ from events.state import RUNNING, SCHEDULED, SCHEDULING, UNSCHEDULABLE, VMState,
 from events.store import EventStore
 from events.volumes import VolumeState, apply_volume
 from orchestrator import metrics
+from orchestrator.keyed import KeyedQueue
 from orchestrator.manifest import summarize
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import NodeView, place
@@ -38,6 +40,9 @@ from orchestrator.snapshots import removal_work
 from orchestrator.volumes import pin, volume_work
 
 log = logging.getLogger("virtbus.controller")
+RESEND_AFTER_S = 60.0  # within JetStream's 2-minute dedup window a resend is dropped anyway
+SENT_MEMORY = 100_000
+REACT_PARALLEL = 64  # VMs whose reactions wait on the bus at once
 _HOLDS_CAPACITY = (SCHEDULING, SCHEDULED, RUNNING)
 _FREES_CAPACITY = (m.VMStopped, m.VMFailed, m.VMDeleted, m.VMUnschedulable)
 
@@ -57,6 +62,10 @@ class Controller:
         self._held: dict[str, tuple[str, int, int]] = {}  # VM -> (node, cpus, memory) it holds
         self._usage: dict[str, list[int]] = {}  # node -> [cpus, memory, vms] held there
         self._started = time.time()
+        self._sent: OrderedDict[str, float] = OrderedDict()  # work message id -> when it went out
+        self._reactions: KeyedQueue[Recorded] = KeyedQueue(
+            self._react, parallel=REACT_PARALLEL, name="controller-react"
+        )
         metrics.watch(self)
 
     # --- folding ---------------------------------------------------------------------------------
@@ -122,6 +131,9 @@ class Controller:
 
     # --- reacting --------------------------------------------------------------------------------
 
+    async def _react(self, key: str, cause: Recorded | None) -> None:
+        await self.react(key, cause=cause)
+
     async def react(self, key: str, *, cause: Recorded | None = None) -> Reaction | None:
         s = self.vms.get(key)
         if s is None:
@@ -137,6 +149,12 @@ class Controller:
             self._wakes[key] = reaction.wake_at
         if reaction.events:
             ref = Ref("vm", s.namespace, s.name)
+            for e in reaction.events:
+                if isinstance(e, m.VMScheduled):
+                    # Held before the append awaits: reactions run side by side, and another
+                    # VM's placement must see this capacity taken.
+                    need = self._need(s)
+                    self._reserved[key] = (e.node, need["cpus"], need["memory_bytes"])
             try:
                 # Step by step, not one atomic batch: a prefix is a valid state to reconcile.
                 await self.store.append_steps(
@@ -146,19 +164,26 @@ class Controller:
                 )  # fmt: skip
             except ConcurrencyConflict:
                 metrics.REACTION_CONFLICTS.inc()
+                self._reserved.pop(key, None)
                 return None  # another controller decided first; its events will come here
-            for e in reaction.events:
-                if isinstance(e, m.VMScheduled):
-                    need = self._need(s)
-                    self._reserved[key] = (e.node, need["cpus"], need["memory_bytes"])
         await self._enqueue(reaction.work)
         return reaction
 
     async def _enqueue(self, work: list[w.Work]) -> None:
         js = self.nc.jetstream()
+        now = time.monotonic()
         for item in work:
+            # Level-triggered reactions ask for the same item again at each event of the VM; the
+            # bus would drop the copy (same message id), but only after a round trip for it.
+            sent = self._sent.get(item.msg_id)
+            if sent is not None and now - sent < RESEND_AFTER_S:
+                continue
             await js.publish(item.subject, encode(item), headers={"Nats-Msg-Id": item.msg_id})
             metrics.WORK_ENQUEUED.labels(type(item).__name__).inc()
+            self._sent[item.msg_id] = now
+            self._sent.move_to_end(item.msg_id)
+            while len(self._sent) > SENT_MEMORY:
+                self._sent.popitem(last=False)
 
     async def react_volume(self, key: str) -> None:
         await self._enqueue(list(volume_work(self.volumes[key])))
@@ -180,7 +205,7 @@ class Controller:
         kind, key = self._fold(rec)
         data = rec.envelope.data
         if kind == "vm":
-            await self.react(key, cause=rec)
+            self._reactions.kick(key, rec)
             if isinstance(data, m.SnapshotDeleted) and (gone := removal_work(self.vms[key], data)):
                 await self._enqueue([gone])
             if isinstance(data, _FREES_CAPACITY):
@@ -198,13 +223,13 @@ class Controller:
                 node = key.rpartition(".")[2]
                 for k, s in list(self.vms.items()):
                     if s.node == node:
-                        await self.react(k, cause=rec)
+                        self._reactions.kick(k, rec)
             await self._retry_unschedulable(rec)
 
     async def _retry_unschedulable(self, cause: Recorded) -> None:
         for k, s in list(self.vms.items()):
             if s.status == UNSCHEDULABLE and k != cause.subject.rpartition(".")[0]:
-                await self.react(k, cause=cause)
+                self._reactions.kick(k, cause)
 
     # --- loops -----------------------------------------------------------------------------------
 
@@ -213,7 +238,8 @@ class Controller:
         # must keep the cluster running on what the log says.
         await self.store.replay(self._fold, verify=False)
         for key in list(self.vms):
-            await self.react(key)
+            self._reactions.kick(key)
+        await self._reactions.idle()
         for key in list(self.replica_sets):
             await self.react_rs(key)
         for key in list(self.volumes):
@@ -233,7 +259,7 @@ class Controller:
             for key, at in list(self._wakes.items()):
                 if at <= now:
                     del self._wakes[key]
-                    await self.react(key)
+                    self._reactions.kick(key)
             await self._check_nodes(kv)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
@@ -270,3 +296,4 @@ class Controller:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._reactions.close()

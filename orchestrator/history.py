@@ -26,8 +26,8 @@ from events.names import COMMANDS_STREAM, EVENTS_STREAM, Ref
 from events.reader import direct_range, direct_range_headers, direct_seqs
 from events.state import VMState, apply
 from events.store import Chain, EventStore
-from orchestrator.protocol import Query
 from orchestrator.client import query
+from orchestrator.protocol import Query
 
 COMMAND, DECISION, OBSERVATION, REJECTION = "Command", "Decision", "Observation", "Rejection"
 

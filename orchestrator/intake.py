@@ -75,6 +75,19 @@ class Intake:
                 f"the command was published for {addressed} but names {ref}", field="name"
             )
             return await self._record_rejection(REJECTED, cmd.id, type(cmd).__name__, mismatch)
+        if isinstance(cmd, c.ApplyVM) and not self.store.knows(ref):
+            # Most applies create: decide on "no such VM" and let the append's concurrency check
+            # say otherwise, which saves reading a history that is usually not there.
+            # A spec it refuses is judged again below, where the rejection is recorded.
+            with contextlib.suppress(ConcurrencyConflict, ValidationError):
+                events = _decide(ref, [], cmd)
+                created = await self.store.append(
+                    ref, events, expected_version=0, command_id=cmd.id, actor=cmd.actor
+                )
+                return c.Outcome(
+                    command_id=cmd.id, accepted=True, version=created.version,
+                    events=[CE_TYPE[type(e)] for e in events], duplicate=created.duplicate,
+                )  # fmt: skip
         for _ in range(MAX_ATTEMPTS):
             history = await self.store.read(ref)
             version = history[-1].envelope.version if history else 0

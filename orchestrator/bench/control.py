@@ -75,11 +75,13 @@ def _apply(name: str) -> c.ApplyVM:
     return cmd
 
 
-async def run(*, vms: int, nodes: int, server: str | None, concurrency: int = 50) -> dict[str, Any]:
+async def run(
+    *, vms: int, nodes: int, server: str | None, concurrency: int = 50, rate: float | None = None
+) -> dict[str, Any]:
     async with bus_for_bench(server) as url:
         nc = await connect(url, name="virtbus-bench-client")
         try:
-            return await _run(nc, url, vms=vms, nodes=nodes, concurrency=concurrency)
+            return await _run(nc, url, vms=vms, nodes=nodes, concurrency=concurrency, rate=rate)
         finally:
             await nc.close()
 
@@ -103,7 +105,9 @@ async def _end(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
-async def _run(nc: Client, url: str, *, vms: int, nodes: int, concurrency: int) -> dict[str, Any]:
+async def _run(
+    nc: Client, url: str, *, vms: int, nodes: int, concurrency: int, rate: float | None
+) -> dict[str, Any]:
     await provision(nc.jetstream())
     run_id = uuid.uuid4().hex[:6]
     per_node = -(-vms // nodes)
@@ -119,13 +123,14 @@ async def _run(nc: Client, url: str, *, vms: int, nodes: int, concurrency: int) 
         try:
             await _until_api_answers(nc)
             await _until_nodes_known(nc, {f"{prefix}-{k}" for k in range(nodes)})
-            out = await _measure(nc, run_id=run_id, vms=vms, concurrency=concurrency)
+            out = await _measure(nc, run_id=run_id, vms=vms, concurrency=concurrency, rate=rate)
         finally:
             for proc in reversed(procs):
                 await _end(proc)
     out.update(await _baseline(nc, out, vms=vms, concurrency=concurrency))
     out["nodes"] = nodes
     out["concurrency"] = concurrency
+    out["offered_rate"] = rate or 0.0  # 0: as fast as virtbus-api accepts commands
     out["ratio"] = out["starts_per_s"] / out["baseline_starts_per_s"]
     return out
 
@@ -152,12 +157,19 @@ async def _until_nodes_known(nc: Client, names: set[str]) -> None:
     await asyncio.sleep(0.2)  # the controller's own follower
 
 
-async def _pool(n: int, concurrency: int, job: Callable[[int], Awaitable[None]]) -> None:
-    """Run job(0..n-1) with at most `concurrency` in flight; named tasks, all awaited."""
+async def _pool(
+    n: int, concurrency: int, job: Callable[[int], Awaitable[None]], *, rate: float | None = None
+) -> None:
+    """Run job(0..n-1) with at most `concurrency` in flight (named tasks, all awaited); with
+    `rate`, job i starts no earlier than i/rate seconds in: an open-loop offered load."""
     todo = iter(range(n))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
 
     async def worker() -> None:
         for i in todo:
+            if rate:
+                await asyncio.sleep(max(0.0, t0 + i / rate - loop.time()))
             await job(i)
 
     tasks = [
@@ -172,7 +184,9 @@ async def _pool(n: int, concurrency: int, job: Callable[[int], Awaitable[None]])
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _measure(nc: Client, *, run_id: str, vms: int, concurrency: int) -> dict[str, Any]:
+async def _measure(
+    nc: Client, *, run_id: str, vms: int, concurrency: int, rate: float | None
+) -> dict[str, Any]:
     names = [f"bench-{run_id}-vm-{i}" for i in range(vms)]
     cmds = [_apply(name) for name in names]
     prefix = f"virt.vm.default.bench-{run_id}-vm-"
@@ -214,7 +228,7 @@ async def _measure(nc: Client, *, run_id: str, vms: int, concurrency: int) -> di
     follower = asyncio.create_task(follow(), name="bench-control-follow")
     try:
         t0 = time.perf_counter()
-        await _pool(vms, concurrency, start_one)
+        await _pool(vms, concurrency, start_one, rate=rate)
         send_s = time.perf_counter() - t0
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(all_running.wait(), timeout=max(30.0, vms * 0.05))
