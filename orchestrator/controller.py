@@ -45,6 +45,9 @@ SENT_MEMORY = 100_000
 REACT_PARALLEL = 64  # VMs whose reactions wait on the bus at once
 _HOLDS_CAPACITY = (SCHEDULING, SCHEDULED, RUNNING)
 _FREES_CAPACITY = (m.VMStopped, m.VMFailed, m.VMDeleted, m.VMUnschedulable)
+# Steps of a start that change no decision: the phase they belong to was reconciled already,
+# and the step after them (DomainStarted, or a failure) is what the controller acts on.
+_PROGRESS_ONLY = (m.LauncherCreated, m.DomainDefined)
 
 
 class Controller:
@@ -205,7 +208,8 @@ class Controller:
         kind, key = self._fold(rec)
         data = rec.envelope.data
         if kind == "vm":
-            self._reactions.kick(key, rec)
+            if not isinstance(data, _PROGRESS_ONLY):
+                self._reactions.kick(key, rec)
             if isinstance(data, m.SnapshotDeleted) and (gone := removal_work(self.vms[key], data)):
                 await self._enqueue([gone])
             if isinstance(data, _FREES_CAPACITY):
