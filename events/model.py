@@ -168,6 +168,14 @@ class DomainUndefined(Event, frozen=True):
 # --- VM: migration -------------------------------------------------------------------------------
 
 
+class MigrationRequested(Event, frozen=True):
+    """A migration asked for (KubeVirt's VMIM created, phase Pending); queued until a slot frees."""
+
+    migration: str
+    target_node: str = ""  # empty: the scheduler picks
+    reason: str = ""  # why, when not a user's request (a node drain)
+
+
 class MigrationScheduled(Event, frozen=True):
     migration: str
     source: str
@@ -302,6 +310,7 @@ class NodeRegistered(Event, frozen=True):
     kvm: bool = False
     labels: dict[str, str] = {}
     pods: str = "process"
+    migration_uri: str = ""  # libvirt URI a source connects to for live migration; "" = none
 
 
 class NodeCordoned(Event, frozen=True):
@@ -391,7 +400,8 @@ AnyEvent = (
     | VMUnpauseRequested | VMScheduled | VMUnschedulable | VMRunning | VMStopped | VMStartFailed
     | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
     | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
-    | MigrationScheduled | MigrationTargetReady | MigrationStarted | MigrationProgress
+    | MigrationRequested | MigrationScheduled | MigrationTargetReady | MigrationStarted
+    | MigrationProgress
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested
     | SnapshotSucceeded | SnapshotFailed | SnapshotDeleted | RestoreRequested | RestoreSucceeded
     | RestoreFailed | VolumeAttachRequested | VolumeAttached | VolumeAttachFailed

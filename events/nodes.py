@@ -34,6 +34,7 @@ class NodeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     kvm: bool = False
     labels: dict[str, str] = {}
     pods: str = ""
+    migration_uri: str = ""
     status: str = NOT_READY
     cordoned: bool = False
     draining: bool = False
@@ -59,6 +60,7 @@ def apply_node(s: NodeState, env: Envelope) -> NodeState:
                 kvm=e.kvm,
                 labels=e.labels,
                 pods=e.pods,
+                migration_uri=e.migration_uri,
                 status=READY,
             )
         case m.NodeLost():

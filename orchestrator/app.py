@@ -13,6 +13,7 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from events.store import EventStore
+from events.work import MigrationPolicy
 from orchestrator.api import Api
 from orchestrator.controller import Controller
 from orchestrator.intake import Intake
@@ -35,13 +36,16 @@ async def drain(tasks: list[asyncio.Task[None]], *, grace: float) -> None:
 
 
 async def run_orchestrator(
-    nc: Client, *, data_dir: Path, stop: asyncio.Event, node_grace_s: float = 10.0
-) -> None:
+    nc: Client, *, data_dir: Path, stop: asyncio.Event, node_grace_s: float = 10.0,
+    migration_policy: MigrationPolicy | None = None,
+) -> None:  # fmt: skip
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     intake = Intake(nc, EventStore(nc, source="/virtbus/orchestrator/intake"))
     controller = Controller(
-        nc, EventStore(nc, source="/virtbus/orchestrator/controller"), node_grace_s=node_grace_s
-    )
+        nc, EventStore(nc, source="/virtbus/orchestrator/controller"), node_grace_s=node_grace_s,
+        migration_policy=migration_policy,
+    )  # fmt: skip
+    intake.nodes = controller.node_views
     read_store = EventStore(nc, source="/virtbus/orchestrator/readmodel")
     async with ReadModel(data_dir / "readmodel.sqlite", read_store, verify=False) as readmodel:
         await readmodel.catch_up()

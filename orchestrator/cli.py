@@ -425,6 +425,9 @@ def bench_start(
     _finish(subprocess.run(cmd, check=False).returncode)
 
 
+from orchestrator import cli_migrate  # noqa: E402,F401  (registers its verbs on `app`)
+
+
 def main() -> None:
     app()
 

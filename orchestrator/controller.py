@@ -21,25 +21,43 @@ from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 
 from events import model as m
+from events import work as w
 from events.envelope import Recorded, encode
 from events.errors import ConcurrencyConflict, VirtbusError
 from events.names import HEARTBEAT_BUCKET, Ref
 from events.nodes import READY, Heartbeat, NodeState, apply_node
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
-from events.state import RUNNING, SCHEDULED, SCHEDULING, UNSCHEDULABLE, VMState, apply
+from events.state import (
+    PENDING,
+    RUNNING,
+    SCHEDULED,
+    SCHEDULING,
+    UNSCHEDULABLE,
+    VMState,
+    apply,
+)
 from events.store import EventStore
 from orchestrator.manifest import summarize
+from orchestrator.migrations import ACTIVE_PHASES, Cluster
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import NodeView, place
 
 log = logging.getLogger("virtbus.controller")
 _HOLDS_CAPACITY = (SCHEDULING, SCHEDULED, RUNNING)
 _FREES_CAPACITY = (m.VMStopped, m.VMFailed, m.VMDeleted, m.VMUnschedulable)
+_ENDS_MIGRATION = (m.MigrationSucceeded, m.MigrationFailed, m.VMStopped, m.VMFailed, m.VMDeleted)
 
 
 class Controller:
-    def __init__(self, nc: Client, store: EventStore, *, node_grace_s: float = 10.0) -> None:
+    def __init__(
+        self, nc: Client, store: EventStore, *, node_grace_s: float = 10.0,
+        migration_policy: w.MigrationPolicy | None = None,
+    ) -> None:  # fmt: skip
         self.nc = nc
+        self.migration_policy = migration_policy or w.MigrationPolicy()
+        # VM -> (source, target, cpus, memory) of each migration holding a slot (and the
+        # target's capacity), folded or decided and not yet folded back.
+        self._migrating: dict[str, tuple[str, str, int, int]] = {}
         self.store = store
         self.node_grace_s = node_grace_s
         self.vms: dict[str, VMState] = {}
@@ -62,6 +80,7 @@ class Controller:
             if isinstance(rec.envelope.data, m.VMScheduled | m.VMUnschedulable):
                 self._reserved.pop(key, None)
             self._account(key, s)
+            self._account_migration(key, s)
         elif kind == "node":
             name = rest.split(".")[1]
             self.nodes[name] = apply_node(self.nodes.get(name) or NodeState(), rec.envelope)
@@ -96,9 +115,30 @@ class Controller:
             u = self._usage.setdefault(s.node, [0, 0, 0])
             u[0], u[1], u[2] = u[0] + need["cpus"], u[1] + need["memory_bytes"], u[2] + 1
 
+    def _account_migration(self, key: str, s: VMState) -> None:
+        mig = s.migration
+        if mig is not None and mig.phase in ACTIVE_PHASES:
+            if key not in self._migrating:
+                need = self._need(s)
+                self._migrating[key] = (mig.source, mig.target, need["cpus"],
+                                        need["memory_bytes"])  # fmt: skip
+        elif mig is None or mig.phase != PENDING:
+            self._migrating.pop(key, None)
+
+    def slot_free(self, source: str) -> bool:
+        """KubeVirt's limits: parallel migrations per cluster, and outbound per source node."""
+        p = self.migration_policy
+        if len(self._migrating) >= p.parallel_per_cluster:
+            return False
+        outbound = sum(1 for src, *_ in self._migrating.values() if src == source)
+        return outbound < p.parallel_outbound_per_node
+
     def node_views(self) -> list[NodeView]:
         used = {n: list(self._usage.get(n, (0, 0, 0))) for n in self.nodes}
-        for node, cpus, mem in self._reserved.values():
+        # A migration's target holds the VM's capacity until the move is over.
+        reserved = [*self._reserved.values(), *((t, c, mem) for _, t, c, mem in
+                                                self._migrating.values())]  # fmt: skip
+        for node, cpus, mem in reserved:
             if node in used:
                 u = used[node]
                 u[0], u[1], u[2] = u[0] + cpus, u[1] + mem, u[2] + 1
@@ -118,9 +158,11 @@ class Controller:
         if s is None:
             return None
         lost = {n for n, st in self.nodes.items() if st.status != READY}
+        cluster = Cluster(nodes=self.nodes, views=self.node_views, slot_free=self.slot_free,
+                          policy=self.migration_policy)  # fmt: skip
         reaction = reconcile(
             s, place=lambda req: place(req, self.node_views()), lost_nodes=lost,
-            now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex,
+            now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex, cluster=cluster,
         )  # fmt: skip
         if reaction.wake_at:
             self._wakes[key] = reaction.wake_at
@@ -139,6 +181,10 @@ class Controller:
                 if isinstance(e, m.VMScheduled):
                     need = self._need(s)
                     self._reserved[key] = (e.node, need["cpus"], need["memory_bytes"])
+                elif isinstance(e, m.MigrationScheduled):  # holds its slot from now on
+                    need = self._need(s)
+                    self._migrating[key] = (e.source, e.target, need["cpus"],
+                                            need["memory_bytes"])  # fmt: skip
         js = self.nc.jetstream()
         for item in reaction.work:
             await js.publish(item.subject, encode(item), headers={"Nats-Msg-Id": item.msg_id})
@@ -164,6 +210,8 @@ class Controller:
             await self.react(key, cause=rec)
             if isinstance(data, _FREES_CAPACITY):
                 await self._retry_unschedulable(rec)
+            if isinstance(data, _ENDS_MIGRATION):
+                await self._start_queued_migrations(rec)
             s = self.vms[key]
             if owner := s.labels.get(OWNER_LABEL):
                 await self.react_rs(f"virt.rs.{s.namespace}.{owner}", cause=rec)
@@ -176,6 +224,13 @@ class Controller:
                     if s.node == node:
                         await self.react(k, cause=rec)
             await self._retry_unschedulable(rec)
+
+    async def _start_queued_migrations(self, cause: Recorded) -> None:
+        """A slot freed: the queued migrations get their turn, oldest request first."""
+        queued = [(s.migration.requested, k) for k, s in self.vms.items()
+                  if s.migration is not None and s.migration.phase == PENDING]  # fmt: skip
+        for _, k in sorted(queued, key=lambda q: (q[0] or datetime.min.replace(tzinfo=UTC), q[1])):
+            await self.react(k, cause=cause)
 
     async def _retry_unschedulable(self, cause: Recorded) -> None:
         for k, s in list(self.vms.items()):

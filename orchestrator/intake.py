@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import msgspec
 from nats.aio.client import Client
@@ -27,6 +28,7 @@ from events.replicasets import ReplicaSetState, apply_rs
 from events.state import fold
 from events.store import EventStore
 from orchestrator.decide import decide, decide_rs
+from orchestrator.scheduler import NodeView
 
 log = logging.getLogger("virtbus.intake")
 DURABLE = "orchestrator-intake"
@@ -47,6 +49,9 @@ class Intake:
         self.nc = nc
         self.store = store
         self.malformed = 0
+        # The controller's view of the nodes, when one runs beside us: a migration's target is
+        # then checked on intake (else only when the controller schedules it).
+        self.nodes: Callable[[], list[NodeView]] | None = None
         # JetStream refuses too many atomic batches in flight; commands beyond wait their turn.
         self._parallel = asyncio.Semaphore(PARALLEL)
 
@@ -79,7 +84,7 @@ class Intake:
             if mine:  # carried out before (a redelivery, a retrying client)
                 return _outcome(cmd.id, mine, duplicate=True)
             try:
-                events = _decide(ref, history, cmd)
+                events = _decide(ref, history, cmd, nodes=self.nodes() if self.nodes else None)
             except ValidationError as err:
                 return await self._record_rejection(ref, cmd.id, type(cmd).__name__, err, version)
             if not events:
@@ -177,9 +182,11 @@ class Intake:
                 await sub.unsubscribe()
 
 
-def _decide(ref: Ref, history: list[Recorded], cmd: c.Command) -> list[m.Event]:
+def _decide(
+    ref: Ref, history: list[Recorded], cmd: c.Command, *, nodes: list[NodeView] | None = None
+) -> list[m.Event]:
     if ref.kind == "vm":
-        return decide(fold(r.envelope for r in history), cmd)
+        return decide(fold(r.envelope for r in history), cmd, nodes=nodes)
     if ref.kind == "rs":
         rs = ReplicaSetState()
         for r in history:

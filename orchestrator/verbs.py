@@ -50,6 +50,8 @@ DONE = {
     "DeleteVM": 'virtualmachine.kubevirt.io "{}" deleted',
     "UndeleteVM": "VM {} was restored; it is stopped, start it with `virtbus start {}`",
     "MigrateVM": "VM {} was scheduled to migrate",
+    "CancelMigration": "VM {} was scheduled to cancel its migration",
+    "DrainNode": "node/{} drained", "UncordonNode": "node/{} uncordoned",
     "ScaleReplicaSet": "virtualmachineinstancereplicaset.kubevirt.io/{} scaled",
     "AddVolume": "Successfully submitted add volume request to VM {} for volume {}",
     "RemoveVolume": "Successfully submitted remove volume request to VM {} for volume {}",

@@ -26,11 +26,20 @@ from events.envelope import encode
 from events.errors import HypervisorError, ValidationError, VirtbusError
 from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, node_work_filter
 from events.nodes import Heartbeat
-from events.state import RUNNING, SCHEDULED, SCHEDULING, STOPPING, TERMINATING, VMState
+from events.state import (
+    RUNNING,
+    SCHEDULED,
+    SCHEDULING,
+    STOPPING,
+    TERMINATING,
+    VMState,
+    migration_active,
+)
 from events.store import EventStore
 from workers.domain import disk_xml_of, hotplug_disk, render_domain
 from workers.hypervisor import RUNNING_STATES, DomainEvent, Hypervisor
 from workers.k8spods import KubernetesPods
+from workers.migration import Migrations
 from workers.pods import ProcessPods, pod_name
 from workers.volumes import Volumes, VolumeUnavailable
 
@@ -73,6 +82,7 @@ class Worker:
         self._pods: dict[str, str] = {}  # domain -> its launcher pod
         self._queues: dict[str, asyncio.Queue[Msg]] = {}
         self._vm_tasks: dict[str, asyncio.Task[None]] = {}
+        self.migrations = Migrations(self)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -87,6 +97,7 @@ class Worker:
                 hypervisor="test" if self.uri.startswith("test:") else host.hypervisor.lower(),
                 libvirt_uri=self.uri, cpus=host.cpus, memory_bytes=host.memory_bytes,
                 kvm=host.kvm, labels=self.labels, pods=self.pod_driver,
+                migration_uri=self.uri if host.hypervisor == "QEMU" else "",
             )  # fmt: skip
             await self.store.append(
                 Ref.node(self.node), [registered], expected_version=head.version
@@ -100,7 +111,7 @@ class Worker:
             ]
             await stop.wait()
         finally:
-            await _cancel_all([*tasks, *self._vm_tasks.values()])
+            await _cancel_all([*tasks, *self._vm_tasks.values(), *self.migrations.tasks])
             await self.pods.close()
             await self.hv.close()
 
@@ -128,10 +139,15 @@ class Worker:
             s = states.get(ref) if ref else None
             if s is not None and s.node == self.node and s.phase in (SCHEDULED, RUNNING):
                 continue
+            if s is not None and _incoming(s, self.node):
+                continue  # a migration to here is under way; its source settles it
             await self._remove(dom, running=st in RUNNING_STATES or st == PAUSED_STATE)
             if ref is not None and s is not None:
                 await self.observe(ref, [m.DomainUndefined(node=self.node)])
         for ref, s in states.items():
+            if s.node == self.node and _outgoing(s):
+                self.migrations.resume(ref, s)  # what became of it is for libvirt to say
+                continue
             if s.node == self.node and s.phase == RUNNING and domain_name(ref) not in domains:
                 # The log says it runs here and it does not: a lost domain, a failed instance.
                 await self.observe(ref, [m.DomainStopped(node=self.node, reason="lost")])
@@ -161,6 +177,8 @@ class Worker:
                 except TimeoutError:
                     continue
                 for msg in msgs:
+                    if self.migrations.urgent(msg):
+                        continue
                     key = msg.subject.split(".", 3)[3]  # vm.<ns>.<name>: one queue per VM
                     self._queues.setdefault(key, asyncio.Queue()).put_nowait(msg)
                     if key not in self._vm_tasks:
@@ -202,6 +220,9 @@ class Worker:
 
     async def do(self, item: w.Work) -> None:
         s, _ = await self.store.load(item.ref)
+        if isinstance(item, w.MigrationWork):  # addressed to a source or a target
+            await self.migrations.do(item, s)
+            return
         if s.vmi_uid != item.vmi_uid or s.node != self.node:
             return  # stale: the instance it was for is gone or elsewhere
         match item:
@@ -389,6 +410,16 @@ class Worker:
                 node=self.node, pod=pod, reason=f"launcher exited with code {code}", exit_code=code
             )
             await self.observe(ref, [failed])
+
+
+def _outgoing(s: VMState) -> bool:
+    """A migration from the VM's node whose job was started."""
+    return s.migration is not None and s.migration.phase == RUNNING and s.migration.source == s.node
+
+
+def _incoming(s: VMState, node: str) -> bool:
+    mig = s.migration
+    return migration_active(mig) and mig is not None and mig.target == node and s.node != node
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]], *, rounds: int = 5) -> None:

@@ -1,0 +1,168 @@
+"""Migration decisions, pure: whether a MigrateVM may go ahead, and what a migration needs next.
+
+virt-api's checks (a running VMI, no migration in flight, a target that exists, is schedulable,
+fits and is not the source) answer the command; the controller then walks each migration through
+KubeVirt's phases (Pending -> Scheduling -> Scheduled -> TargetReady -> Running -> Succeeded or
+Failed), holding queued ones back while the parallel limits are reached. Between two QEMU nodes
+that announce a migration URI the move is live; anywhere else (libvirt's test driver cannot
+migrate) it is a cold move that says so: the guest restarts on the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+
+import msgspec
+
+from events import commands as c
+from events import model as m
+from events import work as w
+from events.errors import ValidationError
+from events.names import check_name
+from events.nodes import NodeState
+from events.state import (
+    FAILED,
+    PENDING,
+    RUNNING,
+    SCHEDULED,
+    SCHEDULING,
+    STOPPING,
+    TARGET_READY,
+    TERMINATING,
+    VMState,
+    migration_active,
+)
+from orchestrator.manifest import summarize
+from orchestrator.scheduler import NodeView, Request, Unschedulable, place
+
+Step = tuple[list[m.Event], list[w.Work]]
+ACTIVE_PHASES = (SCHEDULING, SCHEDULED, TARGET_READY, RUNNING)  # hold a parallelism slot
+
+
+class Cluster(msgspec.Struct, frozen=True, kw_only=True):
+    """What a migration decision needs beyond the VM: nodes, their load, the free slots."""
+
+    nodes: Mapping[str, NodeState]
+    views: Callable[[], list[NodeView]]
+    slot_free: Callable[[str], bool]  # may one more migration leave this source node now?
+    policy: w.MigrationPolicy = w.MigrationPolicy()
+
+
+def migration_name(cmd: c.MigrateVM) -> str:
+    """The VMIM's name: the manifest's, else virtctl's `kubevirt-migrate-vm-<5>`, from the id."""
+    if cmd.migration:
+        return check_name(cmd.migration, field="metadata.name")
+    return f"kubevirt-migrate-vm-{hashlib.sha1(cmd.id.encode()).hexdigest()[:5]}"
+
+
+def _target_misfit(s: VMState, target: str, views: Sequence[NodeView]) -> str:
+    if target == s.node:
+        return f'the VMI is already running on node "{target}"; pick another target'
+    view = next((v for v in views if v.name == target), None)
+    if view is None:
+        return f'nodes "{target}" not found'
+    try:
+        place(_request(s), [view])
+    except Unschedulable as err:
+        return f'node "{target}": {err.message}'
+    return ""
+
+
+def _request(s: VMState) -> Request:
+    need = summarize(s.spec)
+    return Request(cpus=need["cpus"], memory_bytes=need["memory_bytes"],
+                   node_selector=need["node_selector"])  # fmt: skip
+
+
+def decide_migrate(
+    s: VMState, cmd: c.MigrateVM, *, nodes: Sequence[NodeView] | None = None, reason: str = ""
+) -> list[m.Event]:
+    """virt-api's admission of a migration; `nodes` (when known) checks the target too."""
+    if s.phase != RUNNING or s.status in (STOPPING, TERMINATING):
+        raise ValidationError("VMI is not running", field="name")
+    if migration_active(s.migration):
+        assert s.migration is not None
+        raise ValidationError(
+            f"in-flight migration detected. Active migration job ({s.migration.id}) is currently "
+            f"already in progress for VMI {s.name}.", field="name",
+        )  # fmt: skip
+    if cmd.target_node and nodes is not None:
+        if why := _target_misfit(s, cmd.target_node, nodes):
+            raise ValidationError(why, field="target_node")
+    elif cmd.target_node == s.node:
+        raise ValidationError(_target_misfit(s, s.node, []), field="target_node")
+    return [m.MigrationRequested(migration=migration_name(cmd), target_node=cmd.target_node or "",
+                                 reason=reason)]  # fmt: skip
+
+
+def decide_cancel(s: VMState, cmd: c.CancelMigration) -> list[m.Event]:
+    if not migration_active(s.migration):
+        raise ValidationError(f"no migration in progress for VMI {s.name}", field="name")
+    assert s.migration is not None
+    if s.migration.cancel:
+        raise ValidationError(f"migration {s.migration.id} is already being cancelled",
+                              field="name")  # fmt: skip
+    return [m.MigrationCancelRequested(migration=s.migration.id)]
+
+
+def _work(s: VMState, kind: type[w.MigrationWork], node: str, **extra: object) -> w.MigrationWork:
+    mig = s.migration
+    assert mig is not None
+    return kind(
+        namespace=s.namespace, name=s.name, node=node, vmi_uid=s.vmi_uid,
+        version=s.version, migration=mig.id, source=mig.source, target=mig.target,
+        live=mig.live, **extra,
+    )  # fmt: skip
+
+
+def _failed(s: VMState, reason: str, *, aborted: bool = False) -> Step:
+    assert s.migration is not None
+    return [m.MigrationFailed(migration=s.migration.id, reason=reason, aborted=aborted)], []
+
+
+def migration_step(s: VMState, cluster: Cluster) -> Step | None:
+    """What the VM's migration needs next; None when it needs nothing (or there is none)."""
+    mig = s.migration
+    if mig is None:
+        return None
+    if mig.phase == FAILED:  # a failed target keeps nothing: its launcher goes
+        return ([], [_work(s, w.CleanupTarget, mig.target)]) if mig.target_pod else None
+    if not migration_active(mig):
+        return None
+    if s.status in (STOPPING, TERMINATING):
+        return None  # the stop goes ahead; the migration ends with the instance
+    if s.phase != RUNNING or not s.node:
+        return _failed(s, "the VMI stopped running before the migration completed")
+    if mig.phase == PENDING:
+        if mig.cancel:
+            return _failed(s, "canceled by the user before it was scheduled", aborted=True)
+        return _schedule(s, cluster) if cluster.slot_free(s.node) else ([], [])
+    if mig.cancel and mig.phase != RUNNING:
+        return _failed(s, "canceled by the user before the migration started", aborted=True)
+    if mig.phase in (SCHEDULING, SCHEDULED):
+        return [], [_work(s, w.PrepareTarget, mig.target, spec=s.spec)]
+    target = cluster.nodes.get(mig.target)
+    uri = target.migration_uri if target else ""
+    source = _work(s, w.MigrateSource, s.node, target_uri=uri, policy=cluster.policy)
+    if mig.phase == RUNNING and mig.cancel:
+        return [], [source, _work(s, w.AbortMigration, s.node)]
+    return [], [source]
+
+
+def _schedule(s: VMState, cluster: Cluster) -> Step:
+    mig = s.migration
+    assert mig is not None
+    views = cluster.views()
+    if mig.target:
+        if why := _target_misfit(s, mig.target, views):
+            return _failed(s, why)
+        target = mig.target
+    else:
+        try:
+            target = place(_request(s), [v for v in views if v.name != s.node])
+        except Unschedulable as err:
+            return _failed(s, f"no node to migrate to: {err.message}")
+    src, dst = cluster.nodes.get(s.node), cluster.nodes.get(target)
+    live = bool(src and dst and src.migration_uri and dst.migration_uri)
+    return [m.MigrationScheduled(migration=mig.id, source=s.node, target=target, live=live)], []
