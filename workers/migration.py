@@ -220,8 +220,8 @@ class Migrations:
             await self._watch(item, s, task)
             await task
         except HypervisorError as err:
-            reason = self._abort.get(dom) or err.message
-            aborted = dom in self._abort
+            why = self._abort.get(dom)
+            reason, aborted = (f"{why}: {err.message}", True) if why else (err.message, False)
             await self.w.observe(item.ref, [m.MigrationFailed(migration=mig.id, reason=reason,
                                                               aborted=aborted)])  # fmt: skip
             return
