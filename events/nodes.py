@@ -38,6 +38,7 @@ class NodeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     status: str = NOT_READY
     cordoned: bool = False
     draining: bool = False
+    drain_requested: datetime | None = None  # the latest drain: evictions since then count
 
     @property
     def schedulable(self) -> bool:
@@ -70,5 +71,5 @@ def apply_node(s: NodeState, env: Envelope) -> NodeState:
         case m.NodeUncordoned():
             return replace(s, cordoned=False, draining=False)
         case m.NodeDrainRequested():
-            return replace(s, cordoned=True, draining=True)
+            return replace(s, cordoned=True, draining=True, drain_requested=env.time)
     return s

@@ -1,14 +1,21 @@
 """The migration and node-maintenance verbs: migrate (with --watch), migrate-cancel, drain,
-uncordon. Registered on the main `virtbus` app by importing this module (cli.py does)."""
+uncordon, and `get migrations`. Registered on the main `virtbus` app by importing this module
+(cli.py does, in one line), so cli.py stays the place for the lifecycle verbs."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Annotated
 
 import typer
 
 from events import commands as c
-from orchestrator.cli import NameArg, NsOpt, ServerOpt, _actor, _lifecycle, app
+from events.state import PENDING, RUNNING, SCHEDULED, SCHEDULING
+from orchestrator.api import Query
+from orchestrator.bus import server_url
+from orchestrator.cli import NameArg, NsOpt, ServerOpt, _actor, _finish, _lifecycle, _run, app
+from orchestrator.client import query, send, session
 
 
 @app.command("migrate-cancel")
@@ -17,13 +24,46 @@ def migrate_cancel(name: NameArg, namespace: NsOpt = "default", server: ServerOp
     _lifecycle(c.CancelMigration(name=name, namespace=namespace, actor=_actor()), server)
 
 
+_ON_NODE = (PENDING, SCHEDULING, SCHEDULED, RUNNING)
 NodeArg = Annotated[str, typer.Argument(help="node name")]
 
 
 @app.command()
-def drain(node: NodeArg, server: ServerOpt = None) -> None:
-    """Cordon a node and move every VM off it per its evictionStrategy."""
-    _lifecycle(c.DrainNode(name=node, actor=_actor()), server)
+def drain(
+    node: NodeArg,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=0, help="seconds to wait for the node to empty; 0: no wait"),
+    ] = 300.0,
+    server: ServerOpt = None,
+) -> None:
+    """Cordon a node and move every VM off it per its evictionStrategy (like kubectl drain)."""
+    _finish(_run(_drain(server_url(server), node=node, timeout_s=timeout)))
+
+
+async def _drain(url: str, *, node: str, timeout_s: float) -> int:
+    async with session(url) as nc:
+        await send(nc, c.DrainNode(name=node, actor=_actor()))
+        typer.echo(f"node/{node} cordoned")
+        deadline, seen = time.monotonic() + timeout_s, set[str]()
+        while timeout_s:
+            vms = (await query(nc, Query(what="vms"))).vms
+            on = [s for s in vms if s.node == node and s.phase in _ON_NODE]
+            for s in on:
+                if (key := f"{s.namespace}/{s.name}") not in seen:
+                    seen.add(key)
+                    typer.echo(f"evicting virtualmachineinstance {key}")
+            if not on:
+                break
+            if time.monotonic() > deadline:
+                names = ", ".join(f"{s.namespace}/{s.name}" for s in on)
+                typer.echo(
+                    f"error: node/{node} still runs {names} after {timeout_s:.0f}s", err=True
+                )
+                return 1
+            await asyncio.sleep(0.5)
+    typer.echo(f"node/{node} drained")
+    return 0
 
 
 @app.command()

@@ -218,7 +218,7 @@ class Controller:
         elif kind == "rs":
             await self.react_rs(key, cause=rec)
         elif kind == "node":
-            if isinstance(data, m.NodeLost):
+            if isinstance(data, m.NodeLost | m.NodeDrainRequested):
                 node = key.rpartition(".")[2]
                 for k, s in list(self.vms.items()):
                     if s.node == node:

@@ -24,10 +24,12 @@ from events.envelope import Recorded, decode_command, encode
 from events.errors import ConcurrencyConflict, ValidationError, VirtbusError
 from events.model import CE_TYPE
 from events.names import COMMANDS_STREAM, Ref, outcome_subject
+from events.nodes import NodeState, apply_node
 from events.replicasets import ReplicaSetState, apply_rs
 from events.state import fold
 from events.store import EventStore
 from orchestrator.decide import decide, decide_rs
+from orchestrator.migrations import decide_node
 from orchestrator.scheduler import NodeView
 
 log = logging.getLogger("virtbus.intake")
@@ -192,6 +194,11 @@ def _decide(
         for r in history:
             rs = apply_rs(rs, r.envelope)
         return decide_rs(rs, cmd)
+    if ref.kind == "node":
+        node = NodeState()
+        for r in history:
+            node = apply_node(node, r.envelope)
+        return decide_node(node, cmd)
     raise ValidationError(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
 
 

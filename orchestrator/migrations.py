@@ -37,6 +37,7 @@ from orchestrator.manifest import summarize
 from orchestrator.scheduler import NodeView, Request, Unschedulable, place
 
 Step = tuple[list[m.Event], list[w.Work]]
+EVICTION_STRATEGIES = ("None", "LiveMigrate", "LiveMigrateIfPossible", "External")
 ACTIVE_PHASES = (SCHEDULING, SCHEDULED, TARGET_READY, RUNNING)  # hold a parallelism slot
 
 
@@ -121,9 +122,56 @@ def _failed(s: VMState, reason: str, *, aborted: bool = False) -> Step:
     return [m.MigrationFailed(migration=s.migration.id, reason=reason, aborted=aborted)], []
 
 
+def decide_node(n: NodeState, cmd: c.Command) -> list[m.Event]:
+    """`drain` and `uncordon`: idempotent like kubectl's (a second drain changes nothing)."""
+    if n.registered is None:
+        raise ValidationError(f'nodes "{cmd.name}" not found', field="name")
+    match cmd:
+        case c.DrainNode():
+            return [] if n.draining else [m.NodeDrainRequested()]
+        case c.UncordonNode():
+            return [m.NodeUncordoned()] if n.cordoned else []
+    raise ValidationError(f"{type(cmd).__name__} does not apply to a node", field="kind")
+
+
+def eviction_strategy(s: VMState) -> str:
+    """`spec.template.spec.evictionStrategy`; KubeVirt's cluster default is None."""
+    strategy = ((s.spec.get("template") or {}).get("spec") or {}).get("evictionStrategy")
+    return strategy if strategy in EVICTION_STRATEGIES else "None"
+
+
+def _evict(s: VMState, node: NodeState, cluster: Cluster) -> list[m.Event] | None:
+    """A VM on a draining node: moved off per its eviction strategy (None: nothing to do)."""
+    if s.phase != RUNNING or s.status in (STOPPING, TERMINATING) or migration_active(s.migration):
+        return None
+    strategy = eviction_strategy(s)
+    if strategy == "External":
+        return None  # someone else moves it, as in KubeVirt
+    last = s.migration
+    tried = last is not None and last.source == s.node and node.drain_requested is not None and (
+        last.requested is not None and last.requested >= node.drain_requested)  # fmt: skip
+    live = bool(node.migration_uri) and any(
+        n.migration_uri and n.schedulable and n.name != s.node for n in cluster.nodes.values()
+    )
+    migrate = strategy == "LiveMigrate" or (strategy == "LiveMigrateIfPossible" and live)
+    if migrate and not tried:
+        digest = hashlib.sha1(f"{s.vmi_uid}:{s.version}".encode()).hexdigest()[:5]
+        return [m.MigrationRequested(migration=f"kubevirt-evacuation-{digest}",
+                                     reason=f"node {s.node} is drained")]  # fmt: skip
+    if strategy == "LiveMigrate":
+        return None  # the migration failed: the VM stays, the drain waits (KubeVirt's too)
+    # None, or a migration that is not possible: the VMI goes; its run strategy decides the rest.
+    if s.run_strategy in ("Always", "RerunOnFailure"):
+        return [m.VMRestartRequested()]  # comes back on a schedulable node
+    return [m.VMStopRequested()]
+
+
 def migration_step(s: VMState, cluster: Cluster) -> Step | None:
     """What the VM's migration needs next; None when it needs nothing (or there is none)."""
     mig = s.migration
+    node = cluster.nodes.get(s.node)
+    if node is not None and node.draining and (evicted := _evict(s, node, cluster)) is not None:
+        return evicted, []
     if mig is None:
         return None
     if mig.phase == FAILED:  # a failed target keeps nothing: its launcher goes

@@ -182,3 +182,41 @@ async def test_a_source_worker_killed_mid_migration_leaves_one_copy_where_the_lo
     [pid] = qemu_pids("default_orphan")
     assert pid in crash_stack.nodes[s.node].pids()
     assert s.status == "Running"
+
+
+async def test_drain_empties_a_node_per_eviction_strategy(mstack: QemuStack) -> None:
+    mstack.provide_seed_volumes(A)
+    mstack.provide_seed_volumes(B)
+    code, out, err = await mstack.virtbus("drain", B)  # nothing runs there: only cordoned
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [f"node/{B} cordoned", f"node/{B} drained"]
+    strategies = {"live": "LiveMigrate", "maybe": "LiveMigrateIfPossible", "never": "None"}
+    for name, strategy in strategies.items():
+        doc = short_grace(seed_doc(name))
+        vmi = doc["spec"]["template"]["spec"]
+        vmi["evictionStrategy"] = strategy
+        vmi["volumes"][1]["hostDisk"]["path"] = f"/data/{name}.img"  # one disk per VM
+        await send(mstack.nc, apply(doc))
+        await send(mstack.nc, c.StartVM(name=name))
+    before = {name: await mstack.until(name, "Running") for name in strategies}
+    assert {s.node for s in before.values()} == {A}  # node-b was cordoned
+    code, out, err = await mstack.virtbus("uncordon", B)
+    assert (code, out.strip()) == (0, f"node/{B} uncordoned")
+
+    code, out, err = await mstack.virtbus("drain", A)
+    print(out)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == f"node/{A} drained"
+    assert await mstack.domains(A) == {}  # nothing left on the drained node
+    for name, strategy in strategies.items():
+        s = await mstack.until(name, "Running")
+        assert s.node == B, name
+        assert await where(mstack, f"default_{name}") == [B]
+        assert len(qemu_pids(f"default_{name}")) == 1
+        kinds = [type(e).__name__ for e in await mstack.events(name)]
+        if strategy == "None":  # stopped, and Always brought it back elsewhere
+            assert "MigrationRequested" not in kinds and s.vmi_uid != before[name].vmi_uid
+        else:
+            assert "MigrationSucceeded" in kinds and s.vmi_uid == before[name].vmi_uid
+    code, out, _ = await mstack.virtbus("get", "nodes")
+    assert f"{A}   Ready,SchedulingDisabled" in out
