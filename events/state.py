@@ -88,6 +88,7 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     reason: str = ""
     migration: Migration | None = None
     migrations: int = 0
+    home: str = ""  # the node a cold migration moved a stopped VM's definition to: starts go there
     snapshots: dict[str, str] = {}
     volumes: dict[str, str] = {}  # hotplugged volume -> Pending, Ready, Failed, Detaching
     hotplug: dict[str, Hotplug] = {}
@@ -385,7 +386,8 @@ def _migration_scheduled(s: VMState, e: m.MigrationScheduled, env: Envelope) -> 
                       phase=SCHEDULING, scheduled=env.time)  # fmt: skip
         return replace(s, migration=mig, status=MIGRATING)
     mig = Migration(e.migration, e.source, e.target, live=e.live, scheduled=env.time)
-    return replace(s, migration=mig, migrations=s.migrations + 1, status=MIGRATING)
+    status = MIGRATING if s.running else s.status  # a stopped VM's definition moves quietly
+    return replace(s, migration=mig, migrations=s.migrations + 1, status=status)
 
 
 @_on(m.MigrationCancelRequested)
@@ -410,7 +412,10 @@ def _migration_succeeded(s: VMState, e: m.MigrationSucceeded, env: Envelope) -> 
     if s.migration is None or s.migration.id != e.migration:
         return s
     mig = _migration(s, e.migration, phase=SUCCEEDED, percent=100.0, target_pod="")
-    return replace(s, migration=mig, node=e.target, status=PAUSED if s.paused else RUNNING)
+    if not s.running:  # a stopped VM: its next start goes to the target
+        return replace(s, migration=mig, home=e.target)
+    return replace(s, migration=mig, node=e.target, status=PAUSED if s.paused else RUNNING,
+                   home=e.target if s.home else "")  # fmt: skip
 
 
 @_on(m.MigrationFailed)

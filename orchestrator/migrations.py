@@ -27,6 +27,7 @@ from events.state import (
     RUNNING,
     SCHEDULED,
     SCHEDULING,
+    STOPPED,
     STOPPING,
     TARGET_READY,
     TERMINATING,
@@ -79,7 +80,12 @@ def _request(s: VMState) -> Request:
 def decide_migrate(
     s: VMState, cmd: c.MigrateVM, *, nodes: Sequence[NodeView] | None = None, reason: str = ""
 ) -> list[m.Event]:
-    """virt-api's admission of a migration; `nodes` (when known) checks the target too."""
+    """virt-api's admission of a migration; `nodes` (when known) checks the target too.
+
+    A stopped VM migrates cold at once: its definition moves to the target, where its next start
+    goes (its disks' data is the volumes' business)."""
+    if not s.running and s.status == STOPPED:
+        return _cold_stopped(s, cmd, nodes=nodes)
     if s.phase != RUNNING or s.status in (STOPPING, TERMINATING):
         raise ValidationError("VMI is not running", field="name")
     if migration_active(s.migration):
@@ -95,6 +101,35 @@ def decide_migrate(
         raise ValidationError(_target_misfit(s, s.node, []), field="target_node")
     return [m.MigrationRequested(migration=migration_name(cmd), target_node=cmd.target_node or "",
                                  reason=reason)]  # fmt: skip
+
+
+def _cold_stopped(
+    s: VMState, cmd: c.MigrateVM, *, nodes: Sequence[NodeView] | None
+) -> list[m.Event]:
+    here = s.home
+    if cmd.target_node:
+        if cmd.target_node == here:
+            raise ValidationError(f'the VM is already on node "{here}"', field="target_node")
+        target = cmd.target_node
+        view = next((v for v in nodes or [] if v.name == target), None)
+        if nodes is not None and view is None:
+            raise ValidationError(f'nodes "{target}" not found', field="target_node")
+        if view is not None and not view.schedulable:
+            raise ValidationError(f'node "{target}": 0/1 nodes are available: 1 node(s) were '
+                                  "unschedulable.", field="target_node")  # fmt: skip
+    elif nodes is None:
+        raise ValidationError("a stopped VM needs a target node (--to)", field="target_node")
+    else:
+        try:
+            target = place(_request(s), [v for v in nodes if v.name != here])
+        except Unschedulable as err:
+            raise ValidationError(f"no node to migrate to: {err.message}",
+                                  field="target_node") from None  # fmt: skip
+    mig = migration_name(cmd)
+    return [
+        m.MigrationScheduled(migration=mig, source=here, target=target, live=False),
+        m.MigrationSucceeded(migration=mig, source=here, target=target, mode="cold"),
+    ]
 
 
 def decide_cancel(s: VMState, cmd: c.CancelMigration) -> list[m.Event]:

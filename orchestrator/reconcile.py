@@ -151,7 +151,7 @@ def _schedule(s: VMState, *, place: Placer, new_uid: Callable[[], str]) -> list[
         need = summarize(s.spec)
         node = place(
             Request(cpus=need["cpus"], memory_bytes=need["memory_bytes"],
-                    node_selector=need["node_selector"])
+                    node_selector=need["node_selector"], node_name=s.home)
         )  # fmt: skip
     except Unschedulable as err:
         if s.status == UNSCHEDULABLE and s.reason == err.message:

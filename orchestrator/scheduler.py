@@ -31,6 +31,7 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     cpus: int = 1
     memory_bytes: int = 0
     node_selector: dict[str, str] = {}
+    node_name: str = ""  # only this node (a stopped VM's home after a cold migration)
 
 
 class Unschedulable(ValidationError):
@@ -60,6 +61,8 @@ def place(req: Request, nodes: Iterable[NodeView]) -> str:
 
 
 def _misfit(req: Request, n: NodeView) -> str:
+    if req.node_name and n.name != req.node_name:
+        return "node(s) didn't match the requested node name"
     if not n.schedulable:
         return "node(s) were unschedulable"
     if any(n.labels.get(k) != v for k, v in req.node_selector.items()):

@@ -163,7 +163,7 @@ async def test_changed_manifest_records_the_change_and_restart_required(cluster:
         (["create"], c.PauseVM(name="vm1"), "VMI is not running"),
         (["create"], c.UnpauseVM(name="vm1"), "VMI is not paused"),
         (["create"], c.RestartVM(name="vm1"), "VM is not running"),
-        (["create"], c.MigrateVM(name="vm1"), "VMI is not running"),
+        (["create"], c.MigrateVM(name="vm1", target_node="nowhere"), 'nodes "nowhere" not found'),
         (["create"], c.UndeleteVM(name="vm1"), 'VM "vm1" is not deleted'),
         (["create", "start"], c.StartVM(name="vm1"), "VM is already running"),
         (["create", "start"], c.UnpauseVM(name="vm1"), "VMI is not paused"),

@@ -8,6 +8,7 @@ worker internals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -97,8 +98,9 @@ class Stack:
         return [type(r.envelope.data).__name__ for r in await self.store.read(Ref.vm(name))]
 
 
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+@contextlib.asynccontextmanager
+async def driver_stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    """A nats-server and an orchestrator; nodes on the test driver join with `Stack.node`."""
     async with NatsServer(data_dir=tmp_path / "nats", port=-1) as server:
         nc = await nats.connect(server.url)
         await provision(nc.jetstream())
@@ -116,6 +118,12 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             stop.set()
             await settle("the orchestrator", orch)
             await nc.close()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with driver_stack(tmp_path) as st:
+        yield st
 
 
 def seed(name: str = "centos7", **changes: Any) -> c.ApplyVM:

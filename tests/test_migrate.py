@@ -1,0 +1,168 @@
+"""Migration on libvirt's test driver, end to end: cold moves, drains, and every rejection.
+
+The test driver cannot migrate, so a running VM moves cold (defined and booted on the target, its
+source copy destroyed) and the events say so; a stopped VM's definition moves to the target, where
+its next start goes. Real node workers and launchers (the `stack` of test_worker.py); what is
+checked is the log and the launcher processes a user sees with `ps`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from test_worker import Stack, driver_stack, launchers, seed
+
+from events import commands as c
+from events import model as m
+from events.names import Ref
+from orchestrator.client import Rejected, send
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with driver_stack(tmp_path) as st:
+        yield st
+
+
+def with_eviction(cmd: c.ApplyVM, strategy: str) -> c.ApplyVM:
+    spec = copy.deepcopy(cmd.spec)
+    spec["template"]["spec"]["evictionStrategy"] = strategy
+    return c.ApplyVM(name=cmd.name, spec=spec, labels=cmd.labels)
+
+
+async def two_nodes(stack: Stack) -> None:
+    for node in ("node-a", "node-b"):
+        stack.provide_seed_volumes(node)
+        await stack.node(node)
+
+
+async def events_of(stack: Stack, name: str) -> list[m.Event]:
+    return [r.envelope.data for r in await stack.store.read(Ref.vm(name))]
+
+
+async def until_event(stack: Stack, name: str, kind: type[m.Event]) -> list[m.Event]:
+    for _ in range(400):
+        events = await events_of(stack, name)
+        if any(isinstance(e, kind) for e in events):
+            return events
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{name}: no {kind.__name__}")
+
+
+async def test_a_running_vm_moves_cold_and_says_so(stack: Stack) -> None:
+    await two_nodes(stack)
+    await send(stack.nc, seed("cold", runStrategy="Always"))
+    s = await stack.until("cold", "Running")
+    assert s.node == "node-a"
+    [source_launcher] = launchers("cold")
+    await send(stack.nc, c.MigrateVM(name="cold", target_node="node-b"))
+    events = await until_event(stack, "cold", m.MigrationSucceeded)
+    s = await stack.until("cold", "Running")
+    assert s.node == "node-b" and s.migration is not None and s.migration.phase == "Succeeded"
+    [sched] = [e for e in events if isinstance(e, m.MigrationScheduled)]
+    assert (sched.source, sched.target, sched.live) == ("node-a", "node-b", False)
+    [done] = [e for e in events if isinstance(e, m.MigrationSucceeded)]
+    assert done.mode == "cold"
+    started = [e for e in events if isinstance(e, m.DomainStarted) and e.node == "node-b"]
+    assert [e.reason for e in started] == ["cold-migrated"]
+    stopped = [e for e in events if isinstance(e, m.DomainStopped) and e.node == "node-a"]
+    assert [e.reason for e in stopped] == ["migrated"]
+    [launcher] = launchers("cold")  # one launcher: the target's; the source's went
+    assert launcher != source_launcher
+    assert s.status == "Running" and s.ready
+
+
+async def test_a_stopped_vm_moves_its_definition_and_starts_there(stack: Stack) -> None:
+    await two_nodes(stack)
+    await send(stack.nc, seed("parked"))
+    await send(stack.nc, c.MigrateVM(name="parked", target_node="node-b"))
+    s = await stack.state("parked")
+    assert (s.status, s.home, s.node) == ("Stopped", "node-b", "")
+    done = [e for e in await events_of(stack, "parked") if isinstance(e, m.MigrationSucceeded)]
+    assert [(e.source, e.target, e.mode) for e in done] == [("", "node-b", "cold")]
+    await send(stack.nc, c.StartVM(name="parked"))
+    s = await stack.until("parked", "Running")
+    assert s.node == "node-b"  # not node-a, which an unplaced VM would get (first by name)
+    with pytest.raises(Rejected, match='the VMI is already running on node "node-b"'):
+        await send(stack.nc, c.MigrateVM(name="parked", target_node="node-b"))
+
+
+async def test_drain_on_the_test_driver_moves_cold_or_stops(stack: Stack) -> None:
+    await two_nodes(stack)
+    await send(stack.nc, c.DrainNode(name="node-b"))  # everything starts on node-a
+    vms = {
+        "lm": with_eviction(seed("lm", runStrategy="Always"), "LiveMigrate"),
+        "maybe": with_eviction(seed("maybe", runStrategy="Manual"), "LiveMigrateIfPossible"),
+        "none": seed("none", runStrategy="Always"),  # KubeVirt's default strategy: None
+    }
+    for name, cmd in vms.items():
+        await send(stack.nc, cmd)
+        if name == "maybe":
+            await send(stack.nc, c.StartVM(name=name))
+        assert (await stack.until(name, "Running")).node == "node-a"
+    await send(stack.nc, c.UncordonNode(name="node-b"))
+    before = {name: await stack.state(name) for name in vms}
+    await send(stack.nc, c.DrainNode(name="node-a"))
+    await until_event(stack, "lm", m.MigrationSucceeded)
+    lm = await stack.until("lm", "Running")
+    assert lm.node == "node-b" and lm.vmi_uid == before["lm"].vmi_uid  # moved (cold)
+    assert any(isinstance(e, m.MigrationSucceeded) and e.mode == "cold"
+               for e in await events_of(stack, "lm"))  # fmt: skip
+    maybe = await stack.until("maybe", "Stopped")  # no live migration here: stopped
+    assert not any(isinstance(e, m.MigrationRequested) for e in await events_of(stack, "maybe"))
+    for _ in range(200):  # stopped, and Always brought it back elsewhere
+        none = await stack.state("none")
+        if none.status == "Running" and none.vmi_uid != before["none"].vmi_uid:
+            break
+        await asyncio.sleep(0.05)
+    assert none.node == "node-b" and none.vmi_uid != before["none"].vmi_uid
+    assert maybe.node == ""
+    with pytest.raises(Rejected, match='node "node-a": 0/1 nodes are available: 1 node'):
+        await send(stack.nc, c.MigrateVM(name="lm", target_node="node-a"))  # cordoned
+    await send(stack.nc, c.UncordonNode(name="node-a"))
+    await send(stack.nc, c.MigrateVM(name="lm", target_node="node-a"))
+    await until_event(stack, "lm", m.MigrationSucceeded)
+    assert (await stack.until("lm", "Running")).node in ("node-a", "node-b")
+
+
+async def test_every_rejection_is_recorded_with_kubevirts_words(stack: Stack) -> None:
+    await two_nodes(stack)
+    big = seed("big", runStrategy="Always")
+    big.spec["template"]["spec"]["domain"]["resources"]["requests"]["memory"] = "10Gi"
+    other = seed("other", runStrategy="Always")
+    other.spec["template"]["spec"]["domain"]["resources"]["requests"]["memory"] = "10Gi"
+    await send(stack.nc, big)
+    assert (await stack.until("big", "Running")).node == "node-a"
+    await send(stack.nc, other)
+    assert (await stack.until("other", "Running")).node == "node-b"
+    cases = [
+        (c.MigrateVM(name="big", target_node="node-a"),
+         'the VMI is already running on node "node-a"; pick another target'),
+        (c.MigrateVM(name="big", target_node="ghost"), 'nodes "ghost" not found'),
+        (c.MigrateVM(name="big", target_node="node-b"),
+         'node "node-b": 0/1 nodes are available: 1 Insufficient memory.'),
+        (c.MigrateVM(name="big"), "no node to migrate to"),  # accepted, fails at scheduling
+        (c.CancelMigration(name="big"), "no migration in progress for VMI big"),
+        (c.MigrateVM(name="nobody"), 'virtualmachine.kubevirt.io "nobody" not found'),
+        (c.DrainNode(name="ghost"), 'nodes "ghost" not found'),
+        (c.UncordonNode(name="ghost"), 'nodes "ghost" not found'),
+        (c.MigrateVM(name="big", migration="Bad_Name"), "metadata.name: 'Bad_Name' is not a"),
+    ]  # fmt: skip
+    for cmd, reason in cases:
+        if reason == "no node to migrate to":  # only the controller knows: a MigrationFailed
+            await send(stack.nc, cmd)
+            events = await until_event(stack, "big", m.MigrationFailed)
+            [failed] = [e for e in events if isinstance(e, m.MigrationFailed)]
+            assert failed.reason.startswith("no node to migrate to: 0/1 nodes are available")
+            continue
+        with pytest.raises(Rejected, match=reason.replace("(", r"\(").replace(")", r"\)")):
+            await send(stack.nc, cmd)
+        last = (await stack.store.read(cmd.target))[-1].envelope.data
+        assert isinstance(last, m.CommandRejected) and last.command == type(cmd).__name__
+        assert last.reason.startswith(reason)
+    s = await stack.state("big")
+    assert (s.node, s.status) == ("node-a", "Running")  # none of it touched the VM
