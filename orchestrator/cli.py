@@ -184,17 +184,6 @@ def undelete(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = No
     _lifecycle(c.UndeleteVM(name=name, namespace=namespace, actor=_actor()), server)
 
 
-@app.command()
-def migrate(
-    name: NameArg,
-    namespace: NsOpt = "default",
-    to: Annotated[str | None, typer.Option("--to", help="target node")] = None,
-    server: ServerOpt = None,
-) -> None:
-    """Live-migrate a running VM."""
-    _lifecycle(c.MigrateVM(name=name, namespace=namespace, target_node=to, actor=_actor()), server)
-
-
 class DiskType(StrEnum):
     disk = "disk"
     lun = "lun"

@@ -70,3 +70,27 @@ async def _drain(url: str, *, node: str, timeout_s: float) -> int:
 def uncordon(node: NodeArg, server: ServerOpt = None) -> None:
     """Make a cordoned or drained node schedulable again."""
     _lifecycle(c.UncordonNode(name=node, actor=_actor()), server)
+
+
+@app.command()
+def migrate(
+    name: NameArg,
+    namespace: NsOpt = "default",
+    to: Annotated[
+        str | None, typer.Option("--to", help="target node (default: the scheduler's)")
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="show its progress until it ends")
+    ] = False,
+    server: ServerOpt = None,
+) -> None:
+    """Migrate a running VM (live between QEMU nodes, cold on the test driver); a stopped VM's
+    definition moves to the target node."""
+    if not watch:
+        cmd = c.MigrateVM(name=name, namespace=namespace, target_node=to, actor=_actor())
+        _lifecycle(cmd, server)
+        return
+    from orchestrator.migrate_watch import migrate_and_watch
+
+    _finish(_run(migrate_and_watch(server_url(server), name=name, namespace=namespace, to=to,
+                                   actor=_actor())))  # fmt: skip

@@ -34,6 +34,8 @@ KIND_NAMES = {
     "vm": "vms", "vms": "vms", "virtualmachine": "vms", "virtualmachines": "vms",
     "vmi": "vmis", "vmis": "vmis", "virtualmachineinstance": "vmis",
     "virtualmachineinstances": "vmis", "node": "nodes", "nodes": "nodes",
+    "vmim": "vmims", "vmims": "vmims", "migration": "vmims", "migrations": "vmims",
+    "virtualmachineinstancemigration": "vmims", "virtualmachineinstancemigrations": "vmims",
 }  # fmt: skip
 RESOURCES = {
     "vms": "virtualmachines.kubevirt.io", "vmis": "virtualmachineinstances.kubevirt.io",
@@ -118,6 +120,10 @@ async def get(
         raise ValidationError(f'the server doesn\'t have a resource type "{what}"', field="kind")
     if kind == "vmirs":
         return await _get_replica_sets(url, name=name, namespace=namespace, output=output)
+    if kind == "vmims":
+        from orchestrator.migration_view import get_migrations
+
+        return await get_migrations(url, name=name, namespace=namespace, output=output)
     async with session(url) as nc:
         q = Query(what="nodes" if kind == "nodes" else "vms", namespace=namespace, name=name)
         answer = await query(nc, q)

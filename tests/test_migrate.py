@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -166,3 +168,50 @@ async def test_every_rejection_is_recorded_with_kubevirts_words(stack: Stack) ->
         assert last.reason.startswith(reason)
     s = await stack.state("big")
     assert (s.node, s.status) == ("node-a", "Running")  # none of it touched the VM
+
+
+async def virtbus(stack: Stack, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "virtbus"), *args, "--server", stack.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_migrate_watch_and_get_migrations(stack: Stack) -> None:
+    await two_nodes(stack)
+    await send(stack.nc, seed("shown", runStrategy="Always"))
+    await stack.until("shown", "Running")
+    code, out, err = await virtbus(stack, "migrate", "shown", "--watch")
+    print(out)
+    assert (code, err) == (0, "")
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("VM shown was scheduled to migrate (kubevirt-migrate-vm-")
+    assert "Succeeded" in out and "100%" in out
+    assert lines[-1].startswith("VM shown migrated (cold) from node-a to node-b in ")
+    migration = lines[0].rpartition("(")[2].rstrip(")")
+    with pytest.raises(Rejected):  # a rejected attempt is no migration: not listed
+        await send(stack.nc, c.MigrateVM(name="shown", target_node="ghost-node"))
+    await send(stack.nc, c.MigrateVM(name="shown", migration="back-home"))
+    await until_event(stack, "shown", m.MigrationSucceeded)
+    for _ in range(100):
+        if (await stack.state("shown")).node == "node-a":
+            break
+        await asyncio.sleep(0.05)
+    code, out, err = await virtbus(stack, "get", "migrations")
+    assert code == 0
+    assert out.splitlines()[0].split() == ["NAME", "PHASE", "VMI"]
+    assert [r.split() for r in out.splitlines()[1:]] == [
+        [migration, "Succeeded", "shown"],
+        ["back-home", "Succeeded", "shown"],
+    ]  # every attempt stays
+    code, out, err = await virtbus(stack, "get", "vmim", "back-home", "-o", "json")
+    obj = json.loads(out)
+    assert (obj["kind"], obj["spec"]["vmiName"], obj["status"]["phase"]) == (
+        "VirtualMachineInstanceMigration", "shown", "Succeeded")  # fmt: skip
+    state = obj["status"]["migrationState"]
+    assert (state["sourceNode"], state["targetNode"], state["mode"]) == ("node-b", "node-a", "cold")
+    code, _, err = await virtbus(stack, "migrate", "shown", "--to", "node-a", "--watch")
+    assert code == 1 and 'the VMI is already running on node "node-a"' in err
