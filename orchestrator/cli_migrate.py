@@ -14,7 +14,18 @@ from events import commands as c
 from events.state import PENDING, RUNNING, SCHEDULED, SCHEDULING
 from orchestrator.api import Query
 from orchestrator.bus import server_url
-from orchestrator.cli import NameArg, NsOpt, ServerOpt, _actor, _finish, _lifecycle, _run, app
+from orchestrator.cli import (
+    NameArg,
+    NsOpt,
+    Output,
+    ServerOpt,
+    _actor,
+    _finish,
+    _lifecycle,
+    _run,
+    app,
+    bench,
+)
 from orchestrator.client import query, send, session
 
 
@@ -94,3 +105,25 @@ def migrate(
 
     _finish(_run(migrate_and_watch(server_url(server), name=name, namespace=namespace, to=to,
                                    actor=_actor())))  # fmt: skip
+
+
+@bench.command("migrate")
+def bench_migrate(
+    rounds: Annotated[int, typer.Option(min=1, help="live migrations per mode (even)")] = 6,
+    output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+) -> None:
+    """Orchestrated live migration against raw libvirt migrateToURI3, same VM, same run."""
+    import subprocess
+    import sys
+
+    # It runs node workers, and the CLI never imports workers: run it as its own module.
+    cmd = [
+        sys.executable,
+        "-m",
+        "workers.bench_migrate",
+        "--rounds",
+        str(rounds),
+        "-o",
+        output.value,
+    ]
+    _finish(subprocess.run(cmd, check=False).returncode)
