@@ -261,7 +261,8 @@ def _launcher_created(s: VMState, e: m.LauncherCreated, env: Envelope) -> VMStat
 @_on(m.LauncherFailed)
 def _launcher_failed(s: VMState, e: m.LauncherFailed, env: Envelope) -> VMState:
     if s.migration and e.node == s.migration.target and e.node != s.node:
-        return s  # a failed migration target does not touch the running source
+        # A failed migration target does not touch the running source; the migration fails.
+        return replace(s, migration=_migration(s, s.migration.id, reason=e.reason))
     return replace(s, phase=FAILED, ready=False, reason=e.reason)
 
 

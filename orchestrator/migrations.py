@@ -20,7 +20,7 @@ from events import model as m
 from events import work as w
 from events.errors import ValidationError
 from events.names import check_name
-from events.nodes import NodeState
+from events.nodes import READY, NodeState
 from events.state import (
     FAILED,
     PENDING,
@@ -221,11 +221,16 @@ def migration_step(s: VMState, cluster: Cluster) -> Step | None:
         if mig.cancel:
             return _failed(s, "canceled by the user before it was scheduled", aborted=True)
         return _schedule(s, cluster) if cluster.slot_free(s.node) else ([], [])
+    target = cluster.nodes.get(mig.target)
+    if mig.phase != RUNNING and (target is None or target.status != READY):
+        # Once the job runs, libvirt on the source tells how it ended.
+        return _failed(s, f"target node {mig.target} was lost")
+    if mig.reason and mig.phase in (SCHEDULING, SCHEDULED):  # the target's launcher died
+        return _failed(s, f"target launcher failed: {mig.reason}")
     if mig.cancel and mig.phase != RUNNING:
         return _failed(s, "canceled by the user before the migration started", aborted=True)
     if mig.phase in (SCHEDULING, SCHEDULED):
         return [], [_work(s, w.PrepareTarget, mig.target, spec=s.spec)]
-    target = cluster.nodes.get(mig.target)
     uri = target.migration_uri if target else ""
     source = _work(s, w.MigrateSource, s.node, target_uri=uri, policy=cluster.policy)
     if mig.phase == RUNNING and mig.cancel:

@@ -21,6 +21,7 @@ from test_worker import Stack, driver_stack, launchers, seed
 from events import commands as c
 from events import model as m
 from events.names import Ref
+from events.work import MigrationPolicy
 from orchestrator.client import Rejected, send
 
 
@@ -215,3 +216,24 @@ async def test_migrate_watch_and_get_migrations(stack: Stack) -> None:
     assert (state["sourceNode"], state["targetNode"], state["mode"]) == ("node-b", "node-a", "cold")
     code, _, err = await virtbus(stack, "migrate", "shown", "--to", "node-a", "--watch")
     assert code == 1 and 'the VMI is already running on node "node-a"' in err
+
+
+async def test_migrations_beyond_the_parallel_limit_queue(tmp_path: Path) -> None:
+    policy = MigrationPolicy(parallel_per_cluster=1)
+    async with driver_stack(tmp_path, policy=policy) as st:
+        await two_nodes(st)
+        await send(st.nc, c.DrainNode(name="node-b"))  # both start on node-a
+        for name in ("first", "second"):
+            await send(st.nc, seed(name, runStrategy="Always"))
+            assert (await st.until(name, "Running")).node == "node-a"
+        await send(st.nc, c.UncordonNode(name="node-b"))
+        for name in ("first", "second"):  # back to back: the second must wait its turn
+            await send(st.nc, c.MigrateVM(name=name, target_node="node-b"))
+        seq: dict[tuple[str, type[m.Event]], int] = {}
+        for name in ("first", "second"):
+            await until_event(st, name, m.MigrationSucceeded)
+            for r in await st.store.read(Ref.vm(name)):
+                seq[(name, type(r.envelope.data))] = r.seq
+            assert (await st.until(name, "Running")).node == "node-b"
+        # One at a time: the second was scheduled only after the first succeeded.
+        assert seq[("first", m.MigrationSucceeded)] < seq[("second", m.MigrationScheduled)]

@@ -1,0 +1,177 @@
+"""Migration decisions and the fold, pure: admission, the phase walk, queueing, cancel, drain.
+
+No bus, no nodes: `decide_migrate`, `migration_step` and the VM fold are pure functions, so each
+rule is checked on a state built from events, the way the orchestrator builds it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from events import commands as c
+from events import model as m
+from events import work as w
+from events.envelope import Envelope
+from events.errors import ValidationError
+from events.nodes import READY, NodeState
+from events.state import VMState, apply
+from orchestrator.migrations import Cluster, decide_migrate, migration_step
+from orchestrator.scheduler import NodeView
+
+T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+SPEC: dict[str, Any] = {"template": {"spec": {"domain": {"resources": {"requests": {
+    "memory": "1Gi"}}}}}}  # fmt: skip
+
+
+def step(s: VMState, e: m.Event) -> VMState:
+    env = Envelope(id="", source="", type="", subject="vm/default/a",
+                   time=T0 + timedelta(seconds=s.version), version=s.version + 1,
+                   data=e)  # type: ignore[arg-type]  # fmt: skip
+    return apply(s, env)
+
+
+def running(node: str = "n1") -> VMState:
+    s = VMState()
+    for e in (m.VMCreated(spec=SPEC), m.VMStartRequested(), m.VMScheduled(node=node, vmi_uid="u1"),
+              m.LauncherCreated(node=node, pod="p1"), m.DomainStarted(node=node)):  # fmt: skip
+        s = step(s, e)
+    assert (s.status, s.phase, s.node) == ("Running", "Running", node)
+    return s
+
+
+def node(name: str, *, uri: str = "", status: str = READY, draining: bool = False) -> NodeState:
+    return NodeState(name=name, status=status, migration_uri=uri, cpus=4, memory_bytes=8 << 30,
+                     registered=T0, draining=draining, cordoned=draining,
+                     drain_requested=T0 if draining else None)  # fmt: skip
+
+
+def cluster(*nodes: NodeState, free: bool = True) -> Cluster:
+    views = [NodeView(name=n.name, cpus=n.cpus, memory_bytes=n.memory_bytes,
+                      schedulable=n.schedulable) for n in nodes]  # fmt: skip
+    return Cluster(nodes={n.name: n for n in nodes}, views=lambda: views,
+                   slot_free=lambda _: free)  # fmt: skip
+
+
+QEMU = (node("n1", uri="qemu+unix:///a"), node("n2", uri="qemu+unix:///b"))
+
+
+def test_the_fold_walks_kubevirts_phases_and_shows_migrating() -> None:
+    s = step(running(), m.MigrationRequested(migration="mig", target_node=""))
+    assert (s.migration.phase, s.status, s.migrations) == ("Pending", "Running", 1)  # type: ignore[union-attr]
+    s = step(s, m.MigrationScheduled(migration="mig", source="n1", target="n2"))
+    assert (s.migration.phase, s.status, s.migrations) == ("Scheduling", "Migrating", 1)  # type: ignore[union-attr]
+    s = step(s, m.LauncherCreated(node="n2", pod="target-pod"))
+    assert (s.migration.phase, s.migration.target_pod, s.node) == ("Scheduled", "target-pod", "n1")  # type: ignore[union-attr]
+    for e, phase in ((m.MigrationTargetReady(migration="mig", target="n2"), "TargetReady"),
+                     (m.MigrationStarted(migration="mig"), "Running")):  # fmt: skip
+        s = step(s, e)
+        assert (s.migration.phase, s.status) == (phase, "Migrating")  # type: ignore[union-attr]
+    s = step(s, m.MigrationCancelRequested(migration="mig"))
+    assert s.migration is not None and s.migration.cancel
+    s = step(s, m.MigrationFailed(migration="mig", reason="operation aborted", aborted=True))
+    assert (s.migration.phase, s.status, s.node, s.phase) == ("Failed", "Running", "n1", "Running")  # type: ignore[union-attr]
+    s = step(s, m.LauncherDeleted(node="n2", pod="target-pod"))
+    assert s.migration is not None and s.migration.target_pod == ""
+
+
+def test_a_stopped_vms_cold_migration_moves_its_home() -> None:
+    s = step(VMState(), m.VMCreated(spec=SPEC))
+    [sched, done] = decide_migrate(s, c.MigrateVM(name="a", id="x"), nodes=cluster(*QEMU).views())
+    assert isinstance(sched, m.MigrationScheduled) and not sched.live
+    assert isinstance(done, m.MigrationSucceeded) and done.mode == "cold"
+    s = step(step(s, sched), done)
+    assert (s.status, s.home, s.node, s.phase) == ("Stopped", "n1", "", "")
+
+
+@pytest.mark.parametrize(
+    ("state", "cmd", "reason"),
+    [
+        (step(step(VMState(), m.VMCreated(spec=SPEC)), m.VMStartRequested()),
+         c.MigrateVM(name="a"), "VMI is not running"),
+        (step(running(), m.MigrationRequested(migration="m1")), c.MigrateVM(name="a"),
+         "in-flight migration detected. Active migration job (m1) is currently already in "
+         "progress for VMI a."),
+        (running(), c.MigrateVM(name="a", target_node="n1"),
+         'the VMI is already running on node "n1"; pick another target'),
+        (running(), c.MigrateVM(name="a", target_node="n9"), 'nodes "n9" not found'),
+        (running(), c.MigrateVM(name="a", migration="-bad"), "metadata.name: '-bad' is not a"),
+    ],
+)  # fmt: skip
+def test_admission_rejects_with_kubevirts_words(state: VMState, cmd: c.MigrateVM,
+                                                reason: str) -> None:  # fmt: skip
+    with pytest.raises(ValidationError) as err:
+        decide_migrate(state, cmd, nodes=cluster(*QEMU).views())
+    assert err.value.message.startswith(reason)
+
+
+def test_a_paused_vm_may_migrate() -> None:
+    s = step(running(), m.DomainPaused(node="n1"))
+    [e] = decide_migrate(s, c.MigrateVM(name="a", id="x"), nodes=cluster(*QEMU).views())
+    assert isinstance(e, m.MigrationRequested) and e.migration.startswith("kubevirt-migrate-vm-")
+
+
+def test_a_queued_migration_waits_for_a_slot_then_is_scheduled_live() -> None:
+    s = step(running(), m.MigrationRequested(migration="mig"))
+    assert migration_step(s, cluster(*QEMU, free=False)) == ([], [])  # Pending: queued
+    [sched], work = migration_step(s, cluster(*QEMU))  # type: ignore[misc]
+    assert sched == m.MigrationScheduled(migration="mig", source="n1", target="n2", live=True)
+    assert work == []
+    test_nodes = (node("n1"), node("n2"))  # the test driver announces no migration URI
+    [sched], _ = migration_step(s, cluster(*test_nodes))  # type: ignore[misc]
+    assert isinstance(sched, m.MigrationScheduled) and not sched.live
+
+
+def test_each_phase_sends_its_work_to_the_right_node() -> None:
+    s = step(running(), m.MigrationRequested(migration="mig"))
+    s = step(s, m.MigrationScheduled(migration="mig", source="n1", target="n2"))
+    _, [prepare] = migration_step(s, cluster(*QEMU))  # type: ignore[misc]
+    assert isinstance(prepare, w.PrepareTarget) and prepare.node == "n2"
+    s = step(s, m.MigrationTargetReady(migration="mig", target="n2"))
+    _, [source] = migration_step(s, cluster(*QEMU))  # type: ignore[misc]
+    assert isinstance(source, w.MigrateSource) and source.node == "n1"
+    assert source.target_uri == "qemu+unix:///b" and source.policy == w.MigrationPolicy()
+    s = step(step(s, m.MigrationStarted(migration="mig")), m.MigrationCancelRequested(
+        migration="mig"))  # fmt: skip
+    _, [_, abort] = migration_step(s, cluster(*QEMU))  # type: ignore[misc]
+    assert isinstance(abort, w.AbortMigration) and abort.node == "n1"
+    assert abort.msg_id != source.msg_id
+
+
+def test_cancel_before_the_job_and_a_lost_target_fail_the_migration() -> None:
+    s = step(running(), m.MigrationRequested(migration="mig"))
+    [failed], _ = migration_step(step(s, m.MigrationCancelRequested(migration="mig")),
+                                 cluster(*QEMU))  # type: ignore[misc]  # fmt: skip
+    assert isinstance(failed, m.MigrationFailed) and failed.aborted
+    s = step(s, m.MigrationScheduled(migration="mig", source="n1", target="n2"))
+    lost = (QEMU[0], node("n2", uri="qemu+unix:///b", status="NotReady"))
+    [failed], _ = migration_step(s, cluster(*lost))  # type: ignore[misc]
+    assert isinstance(failed, m.MigrationFailed) and failed.reason == "target node n2 was lost"
+    s = step(s, m.LauncherFailed(node="n2", pod="tp", reason="launcher exited with code 1"))
+    [failed], _ = migration_step(s, cluster(*QEMU))  # type: ignore[misc]
+    assert failed == m.MigrationFailed(
+        migration="mig", reason="target launcher failed: launcher exited with code 1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("strategy", "run_strategy", "expected"),
+    [
+        ("LiveMigrate", "Always", m.MigrationRequested),
+        ("LiveMigrateIfPossible", "Always", m.MigrationRequested),
+        ("None", "Always", m.VMRestartRequested),
+        ("None", "Manual", m.VMStopRequested),
+    ],
+)
+def test_a_draining_node_evicts_per_strategy(strategy: str, run_strategy: str,
+                                             expected: type[m.Event]) -> None:  # fmt: skip
+    spec = {**SPEC, "template": {"spec": {**SPEC["template"]["spec"],
+                                          "evictionStrategy": strategy}}}  # fmt: skip
+    s = step(running(), m.VMSpecChanged(spec=spec, run_strategy=run_strategy))
+    draining = (node("n1", uri="qemu+unix:///a", draining=True), QEMU[1])
+    [e], _ = migration_step(s, cluster(*draining))  # type: ignore[misc]
+    assert isinstance(e, expected)
+    if isinstance(e, m.MigrationRequested):
+        assert e.migration.startswith("kubevirt-evacuation-") and e.reason == "node n1 is drained"
