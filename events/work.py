@@ -117,6 +117,8 @@ class MigrateSource(MigrationWork, frozen=True):
 class AbortMigration(MigrationWork, frozen=True):
     """On the source: abort the running migration job (handled at once, not queued)."""
 
+    reason: str = ""  # why, when not the user's migrate-cancel (a stop, a delete)
+
 
 class CleanupTarget(MigrationWork, frozen=True):
     """On the target of a failed migration: remove the launcher and any leftover domain."""

@@ -18,13 +18,20 @@ from events import model as m
 from events.names import Ref
 from events.store import EventStore
 from orchestrator.client import send, session
-from orchestrator.render import quantity
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 def _detail(e: m.MigrationProgress) -> str:
-    rate = f", {quantity(int(e.rate_bps))}/s" if e.rate_bps else ""
-    return (f"{quantity(e.data_processed)} sent, {quantity(e.data_remaining)} left of "
-            f"{quantity(e.data_total)}{rate}")  # fmt: skip
+    rate = f", {_size(e.rate_bps)}/s" if e.rate_bps else ""
+    return (f"{_size(e.data_processed)} sent, {_size(e.data_remaining)} left of "
+            f"{_size(e.data_total)}{rate}")  # fmt: skip
 
 
 async def migrate_and_watch(

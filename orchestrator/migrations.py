@@ -213,8 +213,11 @@ def migration_step(s: VMState, cluster: Cluster) -> Step | None:
         return ([], [_work(s, w.CleanupTarget, mig.target)]) if mig.target_pod else None
     if not migration_active(mig):
         return None
-    if s.status in (STOPPING, TERMINATING):
-        return None  # the stop goes ahead; the migration ends with the instance
+    if s.status in (STOPPING, TERMINATING):  # the stop wins: the migration is called off
+        why = "the VM is being stopped" if s.status == STOPPING else "the VM is being deleted"
+        if mig.phase == RUNNING:
+            return [], [_work(s, w.AbortMigration, s.node, reason=why)]
+        return _failed(s, why, aborted=True)
     if s.phase != RUNNING or not s.node:
         return _failed(s, "the VMI stopped running before the migration completed")
     if mig.phase == PENDING:

@@ -82,8 +82,12 @@ async def test_live_migration_there_and_back(mstack: QemuStack) -> None:
     assert pid in mstack.nodes[B].pids()
 
     seen += len(after)
-    code, _, err = await mstack.virtbus("migrate", "mover")  # the scheduler picks: node-a
+    code, out, err = await mstack.virtbus("migrate", "mover", "--watch")  # the scheduler: A
+    print(out)
     assert (code, err) == (0, "")
+    assert "Succeeded" in out and "100%" in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"VM mover migrated (live) from {B} to {A} in ") and "downtime" in last
     back = await mstack.until_event("mover", m.MigrationSucceeded, after=seen, within=60)
     s = await mstack.state("mover")
     assert (s.node, s.status) == (A, "Running")
@@ -107,6 +111,12 @@ async def test_live_migration_there_and_back(mstack: QemuStack) -> None:
         assert kinds.index("MigrationScheduled") < kinds.index("MigrationTargetReady") < (
             kinds.index("MigrationStarted")) < kinds.index("MigrationSucceeded")  # fmt: skip
     assert (await mstack.state("mover")).migrations == 2
+    code, out, _ = await mstack.virtbus("get", "migrations", "-o", "wide")
+    print(out)
+    rows = [r.split() for r in out.strip().splitlines()[1:]]
+    assert [(r[1], r[3], r[4], r[5], r[6]) for r in rows] == [
+        ("Succeeded", A, B, "live", "100%"), ("Succeeded", B, A, "live", "100%")
+    ]  # fmt: skip
 
 
 async def test_a_target_that_fails_mid_way_leaves_the_vm_on_the_source(

@@ -175,3 +175,17 @@ def test_a_draining_node_evicts_per_strategy(strategy: str, run_strategy: str,
     assert isinstance(e, expected)
     if isinstance(e, m.MigrationRequested):
         assert e.migration.startswith("kubevirt-evacuation-") and e.reason == "node n1 is drained"
+
+
+def test_a_stop_calls_the_migration_off() -> None:
+    s = step(running(), m.MigrationRequested(migration="mig"))
+    s = step(s, m.MigrationScheduled(migration="mig", source="n1", target="n2"))
+    stopping = step(s, m.VMStopRequested())
+    [failed], _ = migration_step(stopping, cluster(*QEMU))  # type: ignore[misc]
+    assert failed == m.MigrationFailed(migration="mig", reason="the VM is being stopped",
+                                       aborted=True)  # fmt: skip
+    s = step(step(s, m.MigrationTargetReady(migration="mig", target="n2")),
+             m.MigrationStarted(migration="mig"))  # fmt: skip
+    events, [abort] = migration_step(step(s, m.VMDeleteRequested()), cluster(*QEMU))  # type: ignore[misc]
+    assert events == [] and isinstance(abort, w.AbortMigration)
+    assert (abort.node, abort.reason) == ("n1", "the VM is being deleted")

@@ -142,7 +142,8 @@ class Migrations:
 
     async def _abort_now(self, item: w.MigrationWork) -> None:
         dom = _dom(item.ref)
-        self._abort.setdefault(dom, "canceled by the user (migrate-cancel)")
+        why = item.reason if isinstance(item, w.AbortMigration) else ""
+        self._abort.setdefault(dom, why or "canceled by the user (migrate-cancel)")
         if dom in self._running:
             with contextlib.suppress(HypervisorError):  # the job may have just ended
                 await self.w.hv.abort_job(dom)
