@@ -56,6 +56,17 @@ def target_pod_name(name: str, migration: str) -> str:
     return f"virt-launcher-{name}-{hashlib.sha1(migration.encode()).hexdigest()[:5]}"
 
 
+def outgoing(s: VMState) -> bool:
+    """A migration from the VM's node whose job was started (the sync loop settles it)."""
+    return s.migration is not None and s.migration.phase == RUNNING and s.migration.source == s.node
+
+
+def incoming(s: VMState, node: str) -> bool:
+    """A migration to `node` under way (the sync loop leaves its domain alone)."""
+    mig = s.migration
+    return migration_active(mig) and mig is not None and mig.target == node and s.node != node
+
+
 def _mine(s: VMState, item: w.MigrationWork) -> bool:
     return (
         s.migration is not None and s.migration.id == item.migration and s.vmi_uid == (item.vmi_uid)

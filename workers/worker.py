@@ -26,20 +26,12 @@ from events.envelope import encode
 from events.errors import HypervisorError, ValidationError, VirtbusError
 from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, node_work_filter
 from events.nodes import Heartbeat
-from events.state import (
-    RUNNING,
-    SCHEDULED,
-    SCHEDULING,
-    STOPPING,
-    TERMINATING,
-    VMState,
-    migration_active,
-)
+from events.state import RUNNING, SCHEDULED, SCHEDULING, STOPPING, TERMINATING, VMState
 from events.store import EventStore
 from workers.domain import disk_xml_of, hotplug_disk, render_domain
 from workers.hypervisor import RUNNING_STATES, DomainEvent, Hypervisor
 from workers.k8spods import KubernetesPods
-from workers.migration import Migrations
+from workers.migration import Migrations, incoming, outgoing
 from workers.pods import ProcessPods, pod_name
 from workers.volumes import Volumes, VolumeUnavailable
 
@@ -139,13 +131,13 @@ class Worker:
             s = states.get(ref) if ref else None
             if s is not None and s.node == self.node and s.phase in (SCHEDULED, RUNNING):
                 continue
-            if s is not None and _incoming(s, self.node):
+            if s is not None and incoming(s, self.node):
                 continue  # a migration to here is under way; its source settles it
             await self._remove(dom, running=st in RUNNING_STATES or st == PAUSED_STATE)
             if ref is not None and s is not None:
                 await self.observe(ref, [m.DomainUndefined(node=self.node)])
         for ref, s in states.items():
-            if s.node == self.node and _outgoing(s):
+            if s.node == self.node and outgoing(s):
                 self.migrations.resume(ref, s)  # what became of it is for libvirt to say
                 continue
             if s.node == self.node and s.phase == RUNNING and domain_name(ref) not in domains:
@@ -410,16 +402,6 @@ class Worker:
                 node=self.node, pod=pod, reason=f"launcher exited with code {code}", exit_code=code
             )
             await self.observe(ref, [failed])
-
-
-def _outgoing(s: VMState) -> bool:
-    """A migration from the VM's node whose job was started."""
-    return s.migration is not None and s.migration.phase == RUNNING and s.migration.source == s.node
-
-
-def _incoming(s: VMState, node: str) -> bool:
-    mig = s.migration
-    return migration_active(mig) and mig is not None and mig.target == node and s.node != node
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]], *, rounds: int = 5) -> None:
