@@ -84,6 +84,8 @@ def decide_migrate(
 
     A stopped VM migrates cold at once: its definition moves to the target, where its next start
     goes (its disks' data is the volumes' business)."""
+    if cmd.migration and s.migration is not None and s.migration.id == cmd.migration:
+        return []  # the same VMIM applied again: kubectl's "unchanged"
     if not s.running and s.status == STOPPED:
         return _cold_stopped(s, cmd, nodes=nodes)
     if s.phase != RUNNING or s.status in (STOPPING, TERMINATING):

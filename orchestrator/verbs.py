@@ -90,6 +90,9 @@ async def apply_file(url: str, *, path: str, namespace: str) -> int:
 
 def _applied(cmd: c.Command, outcome: c.Outcome) -> str:
     kind = APPLIED_KIND.get(type(cmd).__name__, "object")
+    if isinstance(cmd, c.MigrateVM):  # the object is the migration, named by the manifest
+        verb = "created" if outcome.events else "unchanged"
+        return f"{kind}.kubevirt.io/{cmd.migration or cmd.name} {verb}"
     if isinstance(cmd, c.ApplyVM) and cmd.source_kind == "VirtualMachineInstance":
         kind = "virtualmachineinstance"
     verb = "unchanged"

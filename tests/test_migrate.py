@@ -237,3 +237,28 @@ async def test_migrations_beyond_the_parallel_limit_queue(tmp_path: Path) -> Non
             assert (await st.until(name, "Running")).node == "node-b"
         # One at a time: the second was scheduled only after the first succeeded.
         assert seq[("first", m.MigrationSucceeded)] < seq[("second", m.MigrationScheduled)]
+
+
+async def test_a_vmim_manifest_migrates_and_reapplying_it_changes_nothing(
+    stack: Stack, tmp_path: Path
+) -> None:
+    await two_nodes(stack)
+    await send(stack.nc, seed("applied", runStrategy="Always"))
+    assert (await stack.until("applied", "Running")).node == "node-a"
+    manifest = tmp_path / "vmim.yaml"
+    manifest.write_text(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstanceMigration\n"
+        "metadata:\n  name: move-it\nspec:\n  vmiName: applied\n"
+    )
+    code, out, err = await virtbus(stack, "apply", "-f", str(manifest))
+    assert (code, out.strip(), err) == (
+        0, "virtualmachineinstancemigration.kubevirt.io/move-it created", "")  # fmt: skip
+    await until_event(stack, "applied", m.MigrationSucceeded)
+    s = await stack.until("applied", "Running")
+    assert s.node == "node-b" and s.migration is not None and s.migration.id == "move-it"
+    code, out, _ = await virtbus(stack, "apply", "-f", str(manifest))
+    assert (code, out.strip()) == (
+        0,
+        "virtualmachineinstancemigration.kubevirt.io/move-it unchanged",
+    )
+    assert (await stack.state("applied")).migrations == 1
