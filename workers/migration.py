@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import libvirt
+from msgspec.structs import replace
 from nats.aio.msg import Msg
 
 from events import model as m
@@ -94,12 +95,13 @@ def _flags(policy: w.MigrationPolicy) -> int:
 
 
 def _progress(migration: str, stats: dict[str, Any]) -> m.MigrationProgress | None:
-    total = int(stats.get("data_total", 0))
-    if not total:
-        return None  # the job has not started moving memory yet
+    if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+        return None  # no job (yet, or any more)
+    total = int(stats.get("data_total", 0))  # 0 while the target QEMU is still starting
     remaining = int(stats.get("data_remaining", 0))
+    percent = round(100.0 * (total - remaining) / total, 1) if total else 0.0
     return m.MigrationProgress(
-        migration=migration, percent=round(100.0 * (total - remaining) / total, 1),
+        migration=migration, percent=percent,
         data_processed=int(stats.get("data_processed", 0)), data_remaining=remaining,
         data_total=total, rate_bps=float(stats.get("memory_bps", 0)),
     )  # fmt: skip
@@ -272,8 +274,9 @@ class Migrations:
                                     duration_ms=round(_since(mig.scheduled), 1),
                                     downtime_ms=float(stats.get("downtime", 0)),
                                     mode=mode)  # fmt: skip
-        last = _progress(mig.id, {**stats, "data_remaining": 0})
-        events: list[m.Event] = [last, done] if last else [done]
+        events: list[m.Event] = [done]
+        if stats and (last := _progress(mig.id, stats)) is not None:  # the completed job's figures
+            events.insert(0, replace(last, percent=100.0, data_remaining=0))
         if pod := self.w._pods.pop(_dom(ref), None):  # the source's launcher has nothing to run
             await self.w.pods.delete(pod)
             events.append(m.LauncherDeleted(node=self.w.node, pod=pod))
