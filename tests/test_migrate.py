@@ -262,3 +262,22 @@ async def test_a_vmim_manifest_migrates_and_reapplying_it_changes_nothing(
         "virtualmachineinstancemigration.kubevirt.io/move-it unchanged",
     )
     assert (await stack.state("applied")).migrations == 1
+
+
+async def test_a_cold_move_to_a_node_without_the_volumes_fails_and_cleans_up(stack: Stack) -> None:
+    stack.provide_seed_volumes("node-a")  # node-b lacks the claim and the image
+    await stack.node("node-a")
+    await stack.node("node-b")
+    await send(stack.nc, seed("stuck", runStrategy="Always"))
+    assert (await stack.until("stuck", "Running")).node == "node-a"
+    [launcher] = launchers("stuck")
+    await send(stack.nc, c.MigrateVM(name="stuck", target_node="node-b"))
+    events = await until_event(stack, "stuck", m.MigrationFailed)
+    [failed] = [e for e in events if isinstance(e, m.MigrationFailed)]
+    assert failed.reason.startswith("target node-b: ")
+    assert 'persistentvolumeclaim "iso-centos7" not found' in failed.reason
+    await until_event(stack, "stuck", m.LauncherDeleted)  # the target's launcher went
+    s = await stack.state("stuck")
+    assert (s.node, s.status) == ("node-a", "Running")
+    assert s.migration is not None and s.migration.target_pod == ""
+    assert launchers("stuck") == [launcher]  # the source's, untouched
