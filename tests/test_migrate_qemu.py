@@ -230,3 +230,21 @@ async def test_drain_empties_a_node_per_eviction_strategy(mstack: QemuStack) -> 
             assert "MigrationSucceeded" in kinds and s.vmi_uid == before[name].vmi_uid
     code, out, _ = await mstack.virtbus("get", "nodes")
     assert f"{A}   Ready,SchedulingDisabled" in out
+
+
+async def test_a_migration_past_its_completion_timeout_is_aborted(
+    kvm_host: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    policy = MigrationPolicy(bandwidth_bytes=1 << 20, completion_timeout_per_gib=1)
+    async with qemu_stack(tmp_path_factory.mktemp("mt"), nodes=NODES, policy=policy) as st:
+        pid = await running_vm(st, "slowpoke")  # 2G at 1 MiB/s: seconds, over a ~2 s budget
+        await send(st.nc, c.MigrateVM(name="slowpoke", target_node=B))
+        events = await st.until_event("slowpoke", m.MigrationFailed, within=60)
+        [failed] = [e for e in events if isinstance(e, m.MigrationFailed)]
+        print(f"reason: {failed.reason}")
+        assert failed.aborted
+        assert failed.reason.startswith("Live migration is not completed after 1 sec and has been "
+                                        "aborted: ")  # fmt: skip
+        s = await st.state("slowpoke")
+        assert (s.node, s.status) == (A, "Running")
+        assert qemu_pids("default_slowpoke") == [pid]

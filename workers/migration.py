@@ -111,9 +111,9 @@ class Migrations:
     def __init__(self, worker: Worker) -> None:
         self.w = worker
         self.tasks: set[asyncio.Task[None]] = set()
-        self._running: dict[str, asyncio.Task[None]] = {}  # domain -> its migrate call
+        self._running: dict[str, asyncio.Task[None]] = {}  # migration -> its migrate call
         self._settling: dict[str, asyncio.Task[None]] = {}  # domain -> outcome being settled
-        self._abort: dict[str, str] = {}  # domain -> why it is being aborted
+        self._abort: dict[str, str] = {}  # migration -> why it is being aborted
 
     # --- dispatch --------------------------------------------------------------------------------
 
@@ -154,12 +154,12 @@ class Migrations:
         await msg.ack()
 
     async def _abort_now(self, item: w.MigrationWork) -> None:
-        dom = _dom(item.ref)
         why = item.reason if isinstance(item, w.AbortMigration) else ""
-        self._abort.setdefault(dom, why or "canceled by the user (migrate-cancel)")
-        if dom in self._running:
-            with contextlib.suppress(HypervisorError):  # the job may have just ended
-                await self.w.hv.abort_job(dom)
+        self._abort.setdefault(item.migration, why or "canceled by the user (migrate-cancel)")
+        if item.migration in self._running:
+            # Not started yet, or just ended: the watch loop tries again while the call runs.
+            with contextlib.suppress(HypervisorError):
+                await self.w.hv.abort_job(_dom(item.ref))
 
     # --- the target ------------------------------------------------------------------------------
 
@@ -229,19 +229,19 @@ class Migrations:
             await self.w.hv.set_max_downtime(dom, item.policy.max_downtime_ms)
         call = self.w.hv.migrate(dom, item.target_uri, params=_params(item.target_uri, item.policy),
                                  flags=_flags(item.policy))  # fmt: skip
-        task = self._running[dom] = self._spawn(call, f"migrate-{mig.id}")
+        task = self._running[mig.id] = self._spawn(call, f"migrate-{mig.id}")
         try:
             await self._watch(item, s, task)
             await task
         except HypervisorError as err:
-            why = self._abort.get(dom)
+            why = self._abort.get(mig.id)
             reason, aborted = (f"{why}: {err.message}", True) if why else (err.message, False)
             await self.w.observe(item.ref, [m.MigrationFailed(migration=mig.id, reason=reason,
                                                               aborted=aborted)])  # fmt: skip
             return
         finally:
-            self._running.pop(dom, None)
-            self._abort.pop(dom, None)
+            self._running.pop(mig.id, None)
+            self._abort.pop(mig.id, None)
         _, stats = await remote_domain(item.target_uri, dom)
         await self._succeeded(item.ref, s, stats=stats)
 
@@ -251,7 +251,7 @@ class Migrations:
         memory_gib = max(1.0, _memory_bytes(s) / (1 << 30))
         deadline = time.monotonic() + item.policy.completion_timeout_per_gib * memory_gib
         while not task.done():
-            if dom in self._abort:
+            if mig_id in self._abort:
                 await self._abort_now(item)
             await asyncio.wait({task}, timeout=PROGRESS_S)
             if task.done():
@@ -259,9 +259,9 @@ class Migrations:
             with contextlib.suppress(HypervisorError):
                 if (progress := _progress(mig_id, await self.w.hv.job_stats(dom))) is not None:
                     await self.w.observe(item.ref, [progress])
-            if time.monotonic() > deadline and dom not in self._abort:
+            if time.monotonic() > deadline and mig_id not in self._abort:
                 limit = int(item.policy.completion_timeout_per_gib * memory_gib)
-                self._abort[dom] = (f"Live migration is not completed after {limit} sec and has "
+                self._abort[mig_id] = (f"Live migration is not completed after {limit} sec and has "
                                     "been aborted")  # fmt: skip
 
     async def _succeeded(
