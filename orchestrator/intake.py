@@ -86,7 +86,8 @@ class Intake:
             if mine:  # carried out before (a redelivery, a retrying client)
                 return _outcome(cmd.id, mine, duplicate=True)
             try:
-                events = _decide(ref, history, cmd, nodes=self.nodes() if self.nodes else None)
+                nodes = self.nodes() if self.nodes and isinstance(cmd, c.MigrateVM) else None
+                events = _decide(ref, history, cmd, nodes=nodes)
             except ValidationError as err:
                 return await self._record_rejection(ref, cmd.id, type(cmd).__name__, err, version)
             if not events:
