@@ -87,6 +87,9 @@ class Hypervisor:
 
     async def open(self) -> None:
         _register_event_loop()
+        # libvirt prints every error on stderr by default; ours arrive as exceptions, and a
+        # lookup of a domain that is not there (yet, or any more) is routine during migrations.
+        libvirt.registerErrorHandler(lambda *_: None, None)
         self._conn = await self._call(libvirt.open, self.uri)
         loop = asyncio.get_running_loop()
 
