@@ -199,6 +199,7 @@ class MigrationProgress(Event, frozen=True):
     data_remaining: int = 0
     data_total: int = 0
     rate_bps: float = 0.0
+    post_copy: bool = False  # switched to post-copy: the guest runs on the target already
 
 
 class MigrationCancelRequested(Event, frozen=True):

@@ -248,3 +248,21 @@ async def test_a_migration_past_its_completion_timeout_is_aborted(
         s = await st.state("slowpoke")
         assert (s.node, s.status) == (A, "Running")
         assert qemu_pids("default_slowpoke") == [pid]
+
+
+async def test_past_the_timeout_a_post_copy_policy_completes_the_migration(
+    kvm_host: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    policy = MigrationPolicy(bandwidth_bytes=1 << 20, completion_timeout_per_gib=1,
+                             allow_post_copy=True)  # fmt: skip
+    async with qemu_stack(tmp_path_factory.mktemp("mp"), nodes=NODES, policy=policy) as st:
+        await running_vm(st, "pushy")
+        await send(st.nc, c.MigrateVM(name="pushy", target_node=B))
+        events = await st.until_event("pushy", m.MigrationSucceeded | m.MigrationFailed, within=120)  # type: ignore[arg-type]
+        print([type(e).__name__ for e in events])
+        assert any(isinstance(e, m.MigrationProgress) and e.post_copy for e in events)
+        # The guest's pause on the source and resume on the target are the migration's own.
+        assert not any(isinstance(e, m.DomainPaused | m.DomainResumed) for e in events)
+        assert any(isinstance(e, m.MigrationSucceeded) for e in events)
+        s = await st.until("pushy", "Running")
+        assert s.node == B and await where(st, "default_pushy") == [B]

@@ -207,6 +207,11 @@ class Hypervisor:
         dom = await self._call(self._lookup, name)
         await self._call(dom.abortJob)
 
+    async def start_post_copy(self, name: str) -> None:
+        """Switch a running migration (started with VIR_MIGRATE_POSTCOPY) to post-copy."""
+        dom = await self._call(self._lookup, name)
+        await self._call(dom.migrateStartPostCopy, 0)
+
     async def set_max_downtime(self, name: str, ms: int) -> None:
         dom = await self._call(self._lookup, name)
         await self._call(dom.migrateSetMaxDowntime, ms, 0)

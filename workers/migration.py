@@ -250,6 +250,7 @@ class Migrations:
         dom, mig_id = _dom(item.ref), item.migration
         memory_gib = max(1.0, _memory_bytes(s) / (1 << 30))
         deadline = time.monotonic() + item.policy.completion_timeout_per_gib * memory_gib
+        post_copy = False
         while not task.done():
             if mig_id in self._abort:
                 await self._abort_now(item)
@@ -258,8 +259,18 @@ class Migrations:
                 return
             with contextlib.suppress(HypervisorError):
                 if (progress := _progress(mig_id, await self.w.hv.job_stats(dom))) is not None:
-                    await self.w.observe(item.ref, [progress])
+                    await self.w.observe(item.ref, [replace(progress, post_copy=post_copy)])
             if time.monotonic() > deadline and mig_id not in self._abort:
+                if item.policy.allow_post_copy and not post_copy:
+                    # KubeVirt's way: past the timeout, the guest runs on the target and pulls
+                    # the pages it still lacks, so the migration completes.
+                    post_copy = True
+                    with contextlib.suppress(HypervisorError):
+                        await self.w.hv.start_post_copy(dom)
+                        stats = {**await self.w.hv.job_stats(dom), "type": 1}
+                        if (switched := _progress(mig_id, stats)) is not None:  # say so at once
+                            await self.w.observe(item.ref, [replace(switched, post_copy=True)])
+                    continue
                 limit = int(item.policy.completion_timeout_per_gib * memory_gib)
                 self._abort[mig_id] = (f"Live migration is not completed after {limit} sec and has "
                                     "been aborted")  # fmt: skip

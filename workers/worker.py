@@ -374,7 +374,7 @@ class Worker:
         if ev.kind not in ("stopped", "suspended", "resumed") or self._was_expected(ev):
             return
         ref = ref_of_domain(ev.domain)
-        if ref is None or ev.reason == "migrated":
+        if ref is None or ev.reason in ("migrated", "postcopy"):  # a migration's own steps
             return
         if ev.kind == "stopped":
             await self._remove(ev.domain, running=False)
