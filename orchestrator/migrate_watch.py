@@ -46,7 +46,7 @@ async def migrate_and_watch(
         await send(nc, c.MigrateVM(name=name, namespace=namespace, target_node=to,
                                    migration=migration, actor=actor))  # fmt: skip
         typer.echo(f"VM {name} was scheduled to migrate ({migration})")
-        columns = (TextColumn("{task.description:<18}"), BarColumn(), TaskProgressColumn(),
+        columns = (TextColumn("{task.description:<19}"), BarColumn(), TaskProgressColumn(),
                    TextColumn("{task.fields[detail]}"))  # fmt: skip
         with Progress(*columns, console=Console(), transient=False) as bar:
             task = bar.add_task("Pending", total=100.0, detail="")
@@ -66,7 +66,8 @@ async def migrate_and_watch(
                     case m.MigrationStarted():
                         bar.update(task, description="Running")
                     case m.MigrationProgress():
-                        bar.update(task, completed=e.percent, detail=_detail(e))
+                        phase = "Running (post-copy)" if e.post_copy else "Running"
+                        bar.update(task, completed=e.percent, detail=_detail(e), description=phase)
                     case m.MigrationSucceeded():
                         bar.update(task, description="Succeeded", completed=100.0)
                         done = e
