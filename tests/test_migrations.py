@@ -14,10 +14,11 @@ import pytest
 from events import commands as c
 from events import model as m
 from events import work as w
-from events.envelope import Envelope
+from events.envelope import Envelope, Recorded
 from events.errors import ValidationError
 from events.nodes import READY, NodeState
 from events.state import VMState, apply
+from orchestrator.controller import Controller
 from orchestrator.migrations import Cluster, decide_migrate, migration_step
 from orchestrator.scheduler import NodeView
 
@@ -189,3 +190,40 @@ def test_a_stop_calls_the_migration_off() -> None:
     events, [abort] = migration_step(step(s, m.VMDeleteRequested()), cluster(*QEMU))  # type: ignore[misc]
     assert events == [] and isinstance(abort, w.AbortMigration)
     assert (abort.node, abort.reason) == ("n1", "the VM is being deleted")
+
+
+def test_the_controller_counts_slots_per_cluster_and_per_source_node() -> None:
+    """KubeVirt's limits: 5 migrations in the cluster, 2 leaving any one node."""
+    ctrl = Controller(None, None)  # type: ignore[arg-type]  # folding needs no bus
+    seq = 0
+
+    def fold(vm: str, node: str, *events: m.Event) -> None:
+        nonlocal seq
+        s = ctrl.vms.get(f"virt.vm.default.{vm}") or VMState()
+        for e in events:
+            seq += 1
+            env = Envelope(id="", source="", type="", subject=f"vm/default/{vm}", time=T0,
+                           version=s.version + 1, data=e)  # type: ignore[arg-type]  # fmt: skip
+            ctrl._fold(Recorded(env, seq, f"virt.vm.default.{vm}.{m.TOKEN[type(e)]}", ""))
+            s = ctrl.vms[f"virt.vm.default.{vm}"]
+
+    def start_migrating(vm: str, source: str) -> None:
+        fold(vm, source, m.VMCreated(spec=SPEC), m.VMStartRequested(),
+             m.VMScheduled(node=source, vmi_uid=vm), m.DomainStarted(node=source),
+             m.MigrationRequested(migration=f"{vm}-m"),
+             m.MigrationScheduled(migration=f"{vm}-m", source=source,
+                                  target="elsewhere"))  # fmt: skip
+
+    start_migrating("a1", "n1")
+    assert ctrl.slot_free("n1")
+    start_migrating("a2", "n1")
+    assert not ctrl.slot_free("n1") and ctrl.slot_free("n2")  # 2 outbound from n1
+    for i in range(3):
+        start_migrating(f"b{i}", f"n{i + 2}")
+    assert not ctrl.slot_free("n9")  # 5 in the cluster
+    fold("a1", "n1", m.MigrationSucceeded(migration="a1-m", source="n1", target="elsewhere"))
+    assert ctrl.slot_free("n1") and ctrl.slot_free("n9")  # one ended: a slot for anyone
+    fold("q", "n1", m.VMCreated(spec=SPEC), m.VMStartRequested(),
+         m.VMScheduled(node="n1", vmi_uid="q"), m.DomainStarted(node="n1"),
+         m.MigrationRequested(migration="q-m"))  # fmt: skip
+    assert ctrl.slot_free("n1")  # a queued (Pending) migration holds no slot
