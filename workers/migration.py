@@ -331,15 +331,18 @@ class Migrations:
         if mig is None or not migration_active(mig):
             return
         dom, uri = _dom(ref), await self._uri_of(mig.target)
-        while (state := await self.w.hv.state(dom)) in (*RUNNING_STATES, PAUSED_STATE):
+        alive, finishing = (*RUNNING_STATES, PAUSED_STATE), 20  # x PROGRESS_S: a switchover
+        while (state := await self.w.hv.state(dom)) in alive:
             with contextlib.suppress(HypervisorError):
                 stats = await self.w.hv.job_stats(dom)
-                if stats.get("type", 0) == libvirt.VIR_DOMAIN_JOB_NONE:
-                    break
                 if (progress := _progress(mig.id, stats)) is not None:
                     await self.w.observe(ref, [progress])
+                elif finishing and uri and (await remote_domain(uri, dom))[0] in RUNNING_STATES:
+                    finishing -= 1  # the target runs it already; the source is going away
+                else:
+                    break  # no job, and the target does not run it: it stayed here
             await asyncio.sleep(PROGRESS_S)
-        if state in (*RUNNING_STATES, PAUSED_STATE):
+        if state in alive:
             reason = "the migration job ended without completing while the source worker was down"
             await self.w.observe(ref, [m.MigrationFailed(migration=mig.id, reason=reason)])
             return
