@@ -245,7 +245,7 @@ def scale(
 
 @app.command()
 def get(
-    kind: Annotated[str, typer.Argument(help="vms, vmis or nodes")],
+    kind: Annotated[str, typer.Argument(help="vms, vmis, nodes, vmirs or migrations")],
     name: Annotated[str | None, typer.Argument()] = None,
     namespace: NsOpt = "default",
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
@@ -253,7 +253,7 @@ def get(
     watch: Annotated[bool, typer.Option("--watch", "-w")] = False,
     server: ServerOpt = None,
 ) -> None:
-    """List VMs, VMIs or nodes like kubectl."""
+    """List VMs, VMIs, nodes, replica sets or migrations like kubectl."""
     from orchestrator.verbs import get as get_
 
     if output not in ("", "wide", "json", "yaml"):

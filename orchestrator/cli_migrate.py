@@ -1,6 +1,7 @@
 """The migration and node-maintenance verbs: migrate (with --watch), migrate-cancel, drain,
-uncordon, and `get migrations`. Registered on the main `virtbus` app by importing this module
-(cli.py does, in one line), so cli.py stays the place for the lifecycle verbs."""
+uncordon, bench migrate (`get migrations` goes through `get`, see migration_view.py). Registered
+on the main `virtbus` app by importing this module (cli.py does, in one line), so cli.py stays the
+place for the lifecycle verbs."""
 
 from __future__ import annotations
 
