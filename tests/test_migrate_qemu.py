@@ -10,6 +10,7 @@ seconds, long enough to cancel it, break its target or kill its source worker mi
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -149,6 +150,13 @@ async def test_migrate_cancel_aborts_the_job(slow_stack: QemuStack) -> None:
     code, _, err = await slow_stack.virtbus("migrate", "undecided")
     assert (code, err) == (0, "")
     await slow_stack.until_event("undecided", m.MigrationProgress, after=seen, within=60)
+    # Mid-way, as kubectl would show it: the VM Migrating, its VMI Running with the migration.
+    code, out, _ = await slow_stack.virtbus("get", "vm", "undecided", "-o", "json")
+    assert json.loads(out)["status"]["printableStatus"] == "Migrating"
+    code, out, _ = await slow_stack.virtbus("get", "vmi", "undecided", "-o", "json")
+    vmi = json.loads(out)["status"]
+    assert (vmi["phase"], vmi["nodeName"]) == ("Running", A)
+    assert (vmi["migrationState"]["sourceNode"], vmi["migrationState"]["targetNode"]) == (A, B)
     code, out, err = await slow_stack.virtbus("migrate-cancel", "undecided")
     assert (code, err) == (0, "")
     assert out.strip() == "VM undecided was scheduled to cancel its migration"
