@@ -1,4 +1,5 @@
-"""`python -m orchestrator [--server URL] [--data-dir D]`: the orchestrator alone, on a bus."""
+"""`python -m orchestrator [--server URL] [--data-dir D] [--migrations FILE]`: the orchestrator
+alone, on a bus. FILE is KubeVirt's `spec.configuration.migrations` as YAML."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import uvloop
 
 from events.provision import provision
 from orchestrator.app import run_orchestrator
+from orchestrator.migrations import load_policy
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -24,7 +26,9 @@ async def _main(args: argparse.Namespace) -> None:
     nc = await nats.connect(args.server, name="virtbus-orchestrator")
     try:
         await provision(nc.jetstream())
-        await run_orchestrator(nc, data_dir=Path(args.data_dir), stop=stop)
+        policy = load_policy(Path(args.migrations)) if args.migrations else None
+        await run_orchestrator(nc, data_dir=Path(args.data_dir), stop=stop,
+                               migration_policy=policy)  # fmt: skip
     finally:
         await nc.close()
 
@@ -32,6 +36,7 @@ async def _main(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m orchestrator", description=__doc__)
     parser.add_argument("--data-dir", default=".virtbus/orchestrator")
+    parser.add_argument("--migrations", default=None, help="migration settings, YAML")
     parser.add_argument(
         "--server", default=os.environ.get("VIRTBUS_NATS_URL", "nats://127.0.0.1:4222")
     )

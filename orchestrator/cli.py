@@ -77,14 +77,23 @@ def up(
         bool, typer.Option("--fsync-always/--fsync-default", help="fsync before every ack")
     ] = False,
     server: ServerOpt = None,
+    migrations: Annotated[
+        Path | None, typer.Option(help="KubeVirt's migration settings (YAML), else its defaults")
+    ] = None,
 ) -> None:
     """Run the embedded stack in the foreground until Ctrl-C."""
+    from orchestrator.migrations import load_policy
     from orchestrator.up import run_up
 
+    try:
+        policy = load_policy(migrations) if migrations else None
+    except VirtbusError as err:
+        typer.echo(f"error: --migrations: {err}", err=True)
+        raise typer.Exit(2) from None
     _run(
         run_up(
             data_dir=data_dir, port=port, server=server, sync_always=sync, nodes=nodes,
-            hypervisor=hypervisor.value,
+            hypervisor=hypervisor.value, migration_policy=policy,
         )
     )  # fmt: skip
 

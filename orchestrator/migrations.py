@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
 
 import msgspec
+import yaml
 
 from events import commands as c
 from events import model as m
@@ -21,6 +24,7 @@ from events import work as w
 from events.errors import ValidationError
 from events.names import check_name
 from events.nodes import READY, NodeState
+from events.quantity import parse_quantity
 from events.state import (
     FAILED,
     PENDING,
@@ -49,6 +53,46 @@ class Cluster(msgspec.Struct, frozen=True, kw_only=True):
     views: Callable[[], list[NodeView]]
     slot_free: Callable[[str], bool]  # may one more migration leave this source node now?
     policy: w.MigrationPolicy = w.MigrationPolicy()
+
+
+# KubeVirt's `spec.configuration.migrations` keys -> MigrationPolicy fields (maxDowntimeMs is ours).
+_POLICY_KEYS: Final = {
+    "bandwidthPerMigration": "bandwidth_bytes", "completionTimeoutPerGiB":
+    "completion_timeout_per_gib", "allowAutoConverge": "allow_auto_converge",
+    "allowPostCopy": "allow_post_copy", "maxDowntimeMs": "max_downtime_ms",
+    "parallelMigrationsPerCluster": "parallel_per_cluster",
+    "parallelOutboundMigrationsPerNode": "parallel_outbound_per_node",
+}  # fmt: skip
+
+
+def policy_from_config(doc: Any) -> w.MigrationPolicy:
+    """A policy from KubeVirt's migration configuration (`migrations:` or its contents); what is
+    left out keeps KubeVirt's default."""
+    doc = doc.get("migrations", doc) if isinstance(doc, dict) else doc
+    if not isinstance(doc, dict):
+        raise ValidationError("migrations: expected a mapping", field="migrations")
+    values: dict[str, Any] = {}
+    for key, given in doc.items():
+        field = f"migrations.{key}"
+        if (name := _POLICY_KEYS.get(key)) is None:
+            raise ValidationError(f"{field}: unknown; use one of {', '.join(_POLICY_KEYS)}",
+                                  field=field)  # fmt: skip
+        value = parse_quantity(given, field=field) if name == "bandwidth_bytes" else given
+        ok = isinstance(value, bool) if name.startswith("allow") else (
+            isinstance(value, int) and not isinstance(value, bool) and value > 0)  # fmt: skip
+        if not ok:
+            want = "true or false" if name.startswith("allow") else "a positive integer"
+            raise ValidationError(f"{field}: {value!r} is not {want}", field=field)
+        values[name] = value
+    return w.MigrationPolicy(**values)
+
+
+def load_policy(path: Path) -> w.MigrationPolicy:
+    """`policy_from_config` of a YAML file."""
+    try:
+        return policy_from_config(yaml.safe_load(path.read_text()) or {})
+    except (OSError, yaml.YAMLError) as err:
+        raise ValidationError(f"migrations: {path}: {err}", field="migrations") from err
 
 
 def migration_name(cmd: c.MigrateVM) -> str:

@@ -17,6 +17,7 @@ from rich.console import Console
 from events.provision import provision
 from events.server import NatsServer, die_with_parent, fsync_policy
 from events.store import EventStore
+from events.work import MigrationPolicy
 from orchestrator.app import run_orchestrator
 from orchestrator.bus import connect
 from orchestrator.readmodel import ReadModel
@@ -25,8 +26,9 @@ console = Console(stderr=True, highlight=False)
 
 
 async def run_up(
-    *, data_dir: Path, port: int, server: str | None, sync_always: bool, nodes: int, hypervisor: str
-) -> None:
+    *, data_dir: Path, port: int, server: str | None, sync_always: bool, nodes: int,
+    hypervisor: str, migration_policy: MigrationPolicy | None = None,
+) -> None:  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -46,7 +48,12 @@ async def run_up(
             created = await provision(nc.jetstream())
             console.print("provisioned: " + (", ".join(created) or "everything already in place"))
             orchestrator = asyncio.create_task(
-                run_orchestrator(nc, data_dir=data_dir / "orchestrator", stop=stop),
+                run_orchestrator(
+                    nc,
+                    data_dir=data_dir / "orchestrator",
+                    stop=stop,
+                    migration_policy=migration_policy,
+                ),
                 name="orchestrator",
             )
             console.print("orchestrator: running (virtbus-api on the bus)")

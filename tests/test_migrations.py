@@ -6,7 +6,10 @@ rule is checked on a state built from events, the way the orchestrator builds it
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +22,13 @@ from events.errors import ValidationError
 from events.nodes import READY, NodeState
 from events.state import VMState, apply
 from orchestrator.controller import Controller
-from orchestrator.migrations import Cluster, decide_migrate, migration_step
+from orchestrator.migrations import (
+    Cluster,
+    decide_migrate,
+    load_policy,
+    migration_step,
+    policy_from_config,
+)
 from orchestrator.scheduler import NodeView
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -227,3 +236,41 @@ def test_the_controller_counts_slots_per_cluster_and_per_source_node() -> None:
          m.VMScheduled(node="n1", vmi_uid="q"), m.DomainStarted(node="n1"),
          m.MigrationRequested(migration="q-m"))  # fmt: skip
     assert ctrl.slot_free("n1")  # a queued (Pending) migration holds no slot
+
+
+def test_the_policy_reads_kubevirts_migration_settings(tmp_path: Path) -> None:
+    assert policy_from_config({}) == w.MigrationPolicy()  # KubeVirt's defaults
+    assert w.MigrationPolicy() == w.MigrationPolicy(
+        bandwidth_bytes=64 << 20, completion_timeout_per_gib=150, allow_auto_converge=False,
+        allow_post_copy=False, parallel_per_cluster=5, parallel_outbound_per_node=2,
+    )  # fmt: skip
+    f = tmp_path / "migrations.yaml"
+    f.write_text("migrations:\n  bandwidthPerMigration: 1Gi\n  allowPostCopy: true\n"
+                 "  parallelMigrationsPerCluster: 1\n  maxDowntimeMs: 50\n")  # fmt: skip
+    p = load_policy(f)
+    assert (p.bandwidth_bytes, p.allow_post_copy, p.parallel_per_cluster, p.max_downtime_ms) == (
+        1 << 30, True, 1, 50)  # fmt: skip
+    for doc, field, why in (
+        ({"bandwidthPerMigration": "fast"}, "migrations.bandwidthPerMigration", "fast"),
+        ({"allowPostCopy": "yes"}, "migrations.allowPostCopy", "is not true or false"),
+        ({"parallelMigrationsPerCluster": 0}, "migrations.parallelMigrationsPerCluster",
+         "is not a positive integer"),
+        ({"progressTimeout": 150}, "migrations.progressTimeout", "unknown; use one of"),
+    ):  # fmt: skip
+        with pytest.raises(ValidationError) as err:
+            policy_from_config(doc)
+        assert err.value.field == field and why in err.value.message
+    f.write_text("migrations: [")
+    with pytest.raises(ValidationError, match="migrations: "):
+        load_policy(f)
+
+
+def test_up_refuses_bad_migration_settings_before_starting_anything(tmp_path: Path) -> None:
+    bad = tmp_path / "migrations.yaml"
+    bad.write_text("allowPostCopy: maybe\n")
+    virtbus = Path(sys.executable).parent / "virtbus"
+    args = [str(virtbus), "up", "--migrations", str(bad), "--data-dir", str(tmp_path / "d")]
+    done = subprocess.run(args, check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "migrations.allowPostCopy: 'maybe' is not true or false" in done.stderr
+    assert not (tmp_path / "d").exists()  # no server was started
