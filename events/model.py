@@ -183,6 +183,13 @@ class MigrationScheduled(Event, frozen=True):
     live: bool = True
 
 
+class MigrationTargetPreparing(Event, frozen=True):
+    """The target's launcher runs and its node prepares to receive the VM."""
+
+    migration: str
+    target: str
+
+
 class MigrationTargetReady(Event, frozen=True):
     migration: str
     target: str
@@ -402,7 +409,7 @@ AnyEvent = (
     | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
     | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
     | MigrationRequested | MigrationScheduled | MigrationTargetReady | MigrationStarted
-    | MigrationProgress
+    | MigrationProgress | MigrationTargetPreparing
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested
     | SnapshotSucceeded | SnapshotFailed | SnapshotDeleted | RestoreRequested | RestoreSucceeded
     | RestoreFailed | VolumeAttachRequested | VolumeAttached | VolumeAttachFailed

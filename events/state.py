@@ -398,6 +398,13 @@ def _migration_cancel_requested(
     return replace(s, migration=_migration(s, e.migration, cancel=True))
 
 
+@_on(m.MigrationTargetPreparing)
+def _migration_target_preparing(
+    s: VMState, e: m.MigrationTargetPreparing, env: Envelope
+) -> VMState:
+    return replace(s, migration=_migration(s, e.migration, phase=PREPARING_TARGET))
+
+
 @_on(m.MigrationTargetReady)
 def _migration_target_ready(s: VMState, e: m.MigrationTargetReady, env: Envelope) -> VMState:
     return replace(s, migration=_migration(s, e.migration, phase=TARGET_READY))

@@ -61,6 +61,8 @@ async def migrate_and_watch(
                         how = "live" if e.live else "cold"
                         bar.update(task, description=f"Scheduling ({how})",
                                    detail=f"{e.source or '<none>'} -> {e.target}")  # fmt: skip
+                    case m.MigrationTargetPreparing():
+                        bar.update(task, description="PreparingTarget")
                     case m.MigrationTargetReady():
                         bar.update(task, description="TargetReady")
                     case m.MigrationStarted():

@@ -25,7 +25,8 @@ from orchestrator import render
 from orchestrator.client import session
 
 _KINDS: Final = (
-    m.MigrationRequested, m.MigrationScheduled, m.MigrationTargetReady, m.MigrationStarted,
+    m.MigrationRequested, m.MigrationScheduled, m.MigrationTargetPreparing,
+    m.MigrationTargetReady, m.MigrationStarted,
     m.MigrationProgress, m.MigrationCancelRequested, m.MigrationSucceeded, m.MigrationFailed,
     m.LauncherCreated,
 )  # fmt: skip
@@ -71,6 +72,8 @@ def fold_attempts(records: Iterable[Recorded]) -> list[Attempt]:
             case m.MigrationScheduled():
                 a = replace(a, phase="Scheduling", source=e.source, target=e.target,
                             mode="live" if e.live else "cold")  # fmt: skip
+            case m.MigrationTargetPreparing():
+                a = replace(a, phase="PreparingTarget")
             case m.MigrationTargetReady():
                 a = replace(a, phase="TargetReady")
             case m.MigrationStarted():

@@ -28,6 +28,7 @@ from events.quantity import parse_quantity
 from events.state import (
     FAILED,
     PENDING,
+    PREPARING_TARGET,
     RUNNING,
     SCHEDULED,
     SCHEDULING,
@@ -43,7 +44,8 @@ from orchestrator.scheduler import NodeView, Request, Unschedulable, place
 
 Step = tuple[list[m.Event], list[w.Work]]
 EVICTION_STRATEGIES = ("None", "LiveMigrate", "LiveMigrateIfPossible", "External")
-ACTIVE_PHASES = (SCHEDULING, SCHEDULED, TARGET_READY, RUNNING)  # hold a parallelism slot
+ACTIVE_PHASES = (SCHEDULING, SCHEDULED, PREPARING_TARGET, TARGET_READY, RUNNING)
+_BEFORE_READY = (SCHEDULING, SCHEDULED, PREPARING_TARGET)  # hold a parallelism slot
 
 
 class Cluster(msgspec.Struct, frozen=True, kw_only=True):
@@ -274,11 +276,11 @@ def migration_step(s: VMState, cluster: Cluster) -> Step | None:
     if mig.phase != RUNNING and (target is None or target.status != READY):
         # Once the job runs, libvirt on the source tells how it ended.
         return _failed(s, f"target node {mig.target} was lost")
-    if mig.reason and mig.phase in (SCHEDULING, SCHEDULED):  # the target's launcher died
+    if mig.reason and mig.phase in _BEFORE_READY:  # the target's launcher died
         return _failed(s, f"target launcher failed: {mig.reason}")
     if mig.cancel and mig.phase != RUNNING:
         return _failed(s, "canceled by the user before the migration started", aborted=True)
-    if mig.phase in (SCHEDULING, SCHEDULED):
+    if mig.phase in _BEFORE_READY:
         return [], [_work(s, w.PrepareTarget, mig.target, spec=s.spec)]
     uri = target.migration_uri if target else ""
     source = _work(s, w.MigrateSource, s.node, target_uri=uri, policy=cluster.policy)

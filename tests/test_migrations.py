@@ -75,7 +75,8 @@ def test_the_fold_walks_kubevirts_phases_and_shows_migrating() -> None:
     assert (s.migration.phase, s.status, s.migrations) == ("Scheduling", "Migrating", 1)  # type: ignore[union-attr]
     s = step(s, m.LauncherCreated(node="n2", pod="target-pod"))
     assert (s.migration.phase, s.migration.target_pod, s.node) == ("Scheduled", "target-pod", "n1")  # type: ignore[union-attr]
-    for e, phase in ((m.MigrationTargetReady(migration="mig", target="n2"), "TargetReady"),
+    for e, phase in ((m.MigrationTargetPreparing(migration="mig", target="n2"), "PreparingTarget"),
+                     (m.MigrationTargetReady(migration="mig", target="n2"), "TargetReady"),
                      (m.MigrationStarted(migration="mig"), "Running")):  # fmt: skip
         s = step(s, e)
         assert (s.migration.phase, s.status) == (phase, "Migrating")  # type: ignore[union-attr]

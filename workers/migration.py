@@ -31,7 +31,15 @@ from events import work as w
 from events.errors import HypervisorError, ValidationError
 from events.names import Ref
 from events.nodes import NodeState, apply_node
-from events.state import RUNNING, SCHEDULED, SCHEDULING, TARGET_READY, VMState, migration_active
+from events.state import (
+    PREPARING_TARGET,
+    RUNNING,
+    SCHEDULED,
+    SCHEDULING,
+    TARGET_READY,
+    VMState,
+    migration_active,
+)
 from workers.domain import guest_memory_bytes, render_domain
 from workers.hypervisor import RUNNING_STATES, remote_domain
 from workers.qemunodes import migration_params
@@ -43,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("virtbus.migration")
 PAUSED_STATE = 3  # libvirt.VIR_DOMAIN_PAUSED
 PROGRESS_S = 0.5  # under the promised once a second
+_BEFORE_READY = (SCHEDULING, SCHEDULED, PREPARING_TARGET)
 LIVE_FLAGS = (
     libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
     | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
@@ -165,13 +174,15 @@ class Migrations:
 
     async def _prepare(self, item: w.PrepareTarget, s: VMState) -> None:
         mig = s.migration
-        if mig is None or mig.phase not in (SCHEDULING, SCHEDULED) or item.target != self.w.node:
+        if mig is None or mig.phase not in _BEFORE_READY or item.target != self.w.node:
             return
         ref, dom = item.ref, _dom(item.ref)
         pod = await self.w.pods.create(target_pod_name(ref.name, mig.id), namespace=ref.namespace)
         self.w._pods[dom] = pod
         events: list[m.Event] = [] if mig.target_pod == pod else [m.LauncherCreated(
             node=self.w.node, pod=pod)]  # fmt: skip
+        if mig.phase != PREPARING_TARGET:
+            events.append(m.MigrationTargetPreparing(migration=mig.id, target=self.w.node))
         if not item.live:
             try:
                 events += await self._cold_start(item)
