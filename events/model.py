@@ -171,11 +171,26 @@ class DomainUndefined(Event, frozen=True):
 # --- VM: migration -------------------------------------------------------------------------------
 
 
+class MigrationRequested(Event, frozen=True):
+    """A migration asked for (KubeVirt's VMIM created, phase Pending); queued until a slot frees."""
+
+    migration: str
+    target_node: str = ""  # empty: the scheduler picks
+    reason: str = ""  # why, when not a user's request (a node drain)
+
+
 class MigrationScheduled(Event, frozen=True):
     migration: str
     source: str
     target: str
     live: bool = True
+
+
+class MigrationTargetPreparing(Event, frozen=True):
+    """The target's launcher runs and its node prepares to receive the VM."""
+
+    migration: str
+    target: str
 
 
 class MigrationTargetReady(Event, frozen=True):
@@ -194,6 +209,7 @@ class MigrationProgress(Event, frozen=True):
     data_remaining: int = 0
     data_total: int = 0
     rate_bps: float = 0.0
+    post_copy: bool = False  # switched to post-copy: the guest runs on the target already
 
 
 class MigrationCancelRequested(Event, frozen=True):
@@ -319,6 +335,7 @@ class NodeRegistered(Event, frozen=True):
     kvm: bool = False
     labels: dict[str, str] = {}
     pods: str = "process"
+    migration_uri: str = ""  # libvirt URI a source connects to for live migration; "" = none
 
 
 class NodeCordoned(Event, frozen=True):
@@ -464,7 +481,8 @@ AnyEvent = (
     | VMUnpauseRequested | VMScheduled | VMUnschedulable | VMRunning | VMStopped | VMStartFailed
     | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
     | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
-    | MigrationScheduled | MigrationTargetReady | MigrationStarted | MigrationProgress
+    | MigrationRequested | MigrationScheduled | MigrationTargetReady | MigrationStarted
+    | MigrationProgress | MigrationTargetPreparing
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested
     | SnapshotSucceeded | SnapshotFailed | SnapshotDeleted | RestoreRequested | RestoreSucceeded
     | RestoreFailed | VolumeAttachRequested | VolumeAttached | VolumeAttachFailed

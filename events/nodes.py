@@ -34,9 +34,11 @@ class NodeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     kvm: bool = False
     labels: dict[str, str] = {}
     pods: str = ""
+    migration_uri: str = ""
     status: str = NOT_READY
     cordoned: bool = False
     draining: bool = False
+    drain_requested: datetime | None = None  # the latest drain: evictions since then count
 
     @property
     def schedulable(self) -> bool:
@@ -59,6 +61,7 @@ def apply_node(s: NodeState, env: Envelope) -> NodeState:
                 kvm=e.kvm,
                 labels=e.labels,
                 pods=e.pods,
+                migration_uri=e.migration_uri,
                 status=READY,
             )
         case m.NodeLost():
@@ -68,5 +71,5 @@ def apply_node(s: NodeState, env: Envelope) -> NodeState:
         case m.NodeUncordoned():
             return replace(s, cordoned=False, draining=False)
         case m.NodeDrainRequested():
-            return replace(s, cordoned=True, draining=True)
+            return replace(s, cordoned=True, draining=True, drain_requested=env.time)
     return s

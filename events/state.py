@@ -42,6 +42,19 @@ class Migration(msgspec.Struct, frozen=True, gc=False):
     percent: float = 0.0
     live: bool = True
     reason: str = ""
+    requested: datetime | None = None  # queue order while Pending
+    scheduled: datetime | None = None  # when the target was chosen: the duration counts from here
+    cancel: bool = False  # migrate-cancel asked
+    target_pod: str = ""  # the target's launcher, until it is removed
+
+
+# KubeVirt's VirtualMachineInstanceMigration phases beyond the shared ones.
+TARGET_READY, PREPARING_TARGET = "TargetReady", "PreparingTarget"
+
+
+def migration_active(mig: Migration | None) -> bool:
+    """A migration asked for and not concluded (queued ones included)."""
+    return mig is not None and mig.phase not in (SUCCEEDED, FAILED)
 
 
 class Hotplug(msgspec.Struct, frozen=True, gc=False):
@@ -104,6 +117,7 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     reason: str = ""
     migration: Migration | None = None
     migrations: int = 0
+    home: str = ""  # the node a cold migration moved a stopped VM's definition to: starts go there
     snapshots: dict[str, Snapshot] = {}
     restore: Restore | None = None
     last_node: str = ""  # where the latest instance ran: its persistent volumes are there
@@ -130,7 +144,8 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 def _migrating(s: VMState) -> bool:
-    return s.migration is not None and s.migration.phase not in (SUCCEEDED, FAILED)
+    # A queued (Pending) migration does not make the VM Migrating yet, as in KubeVirt.
+    return migration_active(s.migration) and s.migration.phase != PENDING  # type: ignore[union-attr]
 
 
 _REVIVE: Final = (m.VMCreated, m.VMUndeleted)
@@ -276,13 +291,18 @@ def _vm_unschedulable(s: VMState, e: m.VMUnschedulable, env: Envelope) -> VMStat
 
 @_on(m.LauncherCreated)
 def _launcher_created(s: VMState, e: m.LauncherCreated, env: Envelope) -> VMState:
+    mig = s.migration
+    if mig is not None and _migrating(s) and e.node == mig.target and e.node != s.node:
+        phase = SCHEDULED if mig.phase == SCHEDULING else mig.phase  # the target pod runs
+        return replace(s, migration=replace(mig, phase=phase, target_pod=e.pod))
     return replace(s, phase=SCHEDULED) if s.phase in (PENDING, SCHEDULING) else s
 
 
 @_on(m.LauncherFailed)
 def _launcher_failed(s: VMState, e: m.LauncherFailed, env: Envelope) -> VMState:
     if s.migration and e.node == s.migration.target and e.node != s.node:
-        return s  # a failed migration target does not touch the running source
+        # A failed migration target does not touch the running source; the migration fails.
+        return replace(s, migration=_migration(s, s.migration.id, reason=e.reason))
     return replace(s, phase=FAILED, ready=False, reason=e.reason)
 
 
@@ -387,15 +407,48 @@ def _vm_backoff(s: VMState, e: m.VMBackoff, env: Envelope) -> VMState:
     return replace(s, status=CRASH_LOOP, failures=e.failures, backoff_until=until)
 
 
+@_on(m.LauncherDeleted)
+def _launcher_deleted(s: VMState, e: m.LauncherDeleted, env: Envelope) -> VMState:
+    mig = s.migration
+    if mig is not None and mig.target_pod == e.pod and e.node == mig.target != s.node:
+        return replace(s, migration=replace(mig, target_pod=""))  # a failed target cleaned up
+    return s
+
+
+@_on(m.MigrationRequested)
+def _migration_requested(s: VMState, e: m.MigrationRequested, env: Envelope) -> VMState:
+    mig = Migration(e.migration, s.node, e.target_node, phase=PENDING, requested=env.time)
+    return replace(s, migration=mig, migrations=s.migrations + 1)
+
+
 @_on(m.MigrationScheduled)
 def _migration_scheduled(s: VMState, e: m.MigrationScheduled, env: Envelope) -> VMState:
-    mig = Migration(e.migration, e.source, e.target, live=e.live)
-    return replace(s, migration=mig, migrations=s.migrations + 1, status=MIGRATING)
+    if s.migration is not None and s.migration.id == e.migration:  # the queued request moves on
+        mig = replace(s.migration, source=e.source, target=e.target, live=e.live,
+                      phase=SCHEDULING, scheduled=env.time)  # fmt: skip
+        return replace(s, migration=mig, status=MIGRATING)
+    mig = Migration(e.migration, e.source, e.target, live=e.live, scheduled=env.time)
+    status = MIGRATING if s.running else s.status  # a stopped VM's definition moves quietly
+    return replace(s, migration=mig, migrations=s.migrations + 1, status=status)
+
+
+@_on(m.MigrationCancelRequested)
+def _migration_cancel_requested(
+    s: VMState, e: m.MigrationCancelRequested, env: Envelope
+) -> VMState:
+    return replace(s, migration=_migration(s, e.migration, cancel=True))
+
+
+@_on(m.MigrationTargetPreparing)
+def _migration_target_preparing(
+    s: VMState, e: m.MigrationTargetPreparing, env: Envelope
+) -> VMState:
+    return replace(s, migration=_migration(s, e.migration, phase=PREPARING_TARGET))
 
 
 @_on(m.MigrationTargetReady)
 def _migration_target_ready(s: VMState, e: m.MigrationTargetReady, env: Envelope) -> VMState:
-    return replace(s, migration=_migration(s, e.migration, phase="TargetReady"))
+    return replace(s, migration=_migration(s, e.migration, phase=TARGET_READY))
 
 
 @_on(m.MigrationStarted)
@@ -407,8 +460,11 @@ def _migration_started(s: VMState, e: m.MigrationStarted, env: Envelope) -> VMSt
 def _migration_succeeded(s: VMState, e: m.MigrationSucceeded, env: Envelope) -> VMState:
     if s.migration is None or s.migration.id != e.migration:
         return s
-    mig = _migration(s, e.migration, phase=SUCCEEDED, percent=100.0)
-    return replace(s, migration=mig, node=e.target, status=PAUSED if s.paused else RUNNING)
+    mig = _migration(s, e.migration, phase=SUCCEEDED, percent=100.0, target_pod="")
+    if not s.running:  # a stopped VM: its next start goes to the target
+        return replace(s, migration=mig, home=e.target)
+    return replace(s, migration=mig, node=e.target, status=PAUSED if s.paused else RUNNING,
+                   home=e.target if s.home else "")  # fmt: skip
 
 
 @_on(m.MigrationFailed)

@@ -136,8 +136,57 @@ class MoveVolume(VolumeData, frozen=True, kw_only=True):
     size_bytes: int
 
 
+class MigrationPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """KubeVirt's migration settings (`spec.configuration.migrations`), with its defaults."""
+
+    bandwidth_bytes: int = 64 << 20  # bandwidthPerMigration 64Mi (per second)
+    completion_timeout_per_gib: int = 150  # completionTimeoutPerGiB
+    allow_auto_converge: bool = False
+    allow_post_copy: bool = False
+    max_downtime_ms: int = 300  # QEMU's downtime-limit default, which KubeVirt leaves as is
+    parallel_per_cluster: int = 5  # parallelMigrationsPerCluster
+    parallel_outbound_per_node: int = 2  # parallelOutboundMigrationsPerNode
+
+
+class MigrationWork(Work, frozen=True):
+    """One step of migration `migration` of the instance from `source` to `target`."""
+
+    migration: str
+    source: str
+    target: str
+    live: bool = True  # False: a cold move (the guest restarts on the target)
+
+    @property
+    def msg_id(self) -> str:
+        return f"{self.vmi_uid}:{type(self).__name__.lower()}:{self.migration}"
+
+
+class PrepareTarget(MigrationWork, frozen=True):
+    """On the target: the launcher, then ready to receive (cold: define and start there too)."""
+
+    spec: dict[str, Any] = {}
+
+
+class MigrateSource(MigrationWork, frozen=True):
+    """On the source: migrate to `target_uri` under `policy` (cold: destroy the source copy)."""
+
+    target_uri: str = ""
+    policy: MigrationPolicy = MigrationPolicy()
+
+
+class AbortMigration(MigrationWork, frozen=True):
+    """On the source: abort the running migration job (handled at once, not queued)."""
+
+    reason: str = ""  # why, when not the user's migrate-cancel (a stop, a delete)
+
+
+class CleanupTarget(MigrationWork, frozen=True):
+    """On the target of a failed migration: remove the launcher and any leftover domain."""
+
+
 AnyWork = (
     Start | Stop | Pause | Unpause | AttachVolume | DetachVolume | TakeSnapshot | RestoreSnapshot
-    | RemoveSnapshot | ProvisionVolume | RemoveVolume | MoveVolume
+    | RemoveSnapshot | ProvisionVolume | RemoveVolume | MoveVolume | PrepareTarget | MigrateSource
+    | AbortMigration | CleanupTarget
 )  # fmt: skip
 WORK_DECODER: Final = msgspec.json.Decoder(AnyWork)

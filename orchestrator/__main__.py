@@ -1,4 +1,5 @@
-"""`python -m orchestrator [--server URL] [--data-dir D]`: the orchestrator alone, on a bus."""
+"""`python -m orchestrator [--server URL] [--data-dir D] [--migrations FILE]`: the orchestrator
+alone, on a bus. FILE is KubeVirt's `spec.configuration.migrations` as YAML."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import uvloop
 from events.provision import provision
 from events.telemetry import add_process_args, start_telemetry
 from orchestrator.app import run_orchestrator
+from orchestrator.migrations import load_policy
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -23,8 +25,9 @@ async def _main(args: argparse.Namespace) -> None:
     nc = await nats.connect(args.server, name="virtbus-orchestrator")
     try:
         await provision(nc.jetstream())
+        policy = load_policy(Path(args.migrations)) if args.migrations else None
         await run_orchestrator(nc, data_dir=Path(args.data_dir), stop=stop,
-                               node_grace_s=args.node_grace)  # fmt: skip
+                               node_grace_s=args.node_grace, migration_policy=policy)  # fmt: skip
     finally:
         await nc.close()
 
@@ -32,6 +35,7 @@ async def _main(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m orchestrator", description=__doc__)
     parser.add_argument("--data-dir", default=".virtbus/orchestrator")
+    parser.add_argument("--migrations", default=None, help="migration settings, YAML")
     parser.add_argument(
         "--node-grace", type=float, default=10.0,
         help="seconds of silence after which a node is lost (default 10)",

@@ -13,6 +13,7 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from events.store import EventStore
+from events.work import MigrationPolicy
 from orchestrator.api import Api
 from orchestrator.audit import Checkpointer, load_key
 from orchestrator.controller import Controller
@@ -39,6 +40,7 @@ async def drain(tasks: list[asyncio.Task[None]], *, grace: float) -> None:
 async def run_orchestrator(
     nc: Client, *, data_dir: Path, stop: asyncio.Event, node_grace_s: float = 10.0,
     audit_key: bytes | None = None, checkpoint_every_s: float = 60.0, web_port: int | None = None,
+    migration_policy: MigrationPolicy | None = None,
 ) -> None:  # fmt: skip
     """Run until `stop`; with an audit key (given, or $VIRTBUS_AUDIT_KEY[_FILE]) it also seals
     the log with a signed checkpoint every `checkpoint_every_s`; with a web port (given, or
@@ -48,8 +50,10 @@ async def run_orchestrator(
     web_port = configured_port() if web_port is None else web_port
     intake = Intake(nc, EventStore(nc, source="/virtbus/orchestrator/intake"))
     controller = Controller(
-        nc, EventStore(nc, source="/virtbus/orchestrator/controller"), node_grace_s=node_grace_s
-    )
+        nc, EventStore(nc, source="/virtbus/orchestrator/controller"), node_grace_s=node_grace_s,
+        migration_policy=migration_policy,
+    )  # fmt: skip
+    intake.nodes = controller.node_views
     read_store = EventStore(nc, source="/virtbus/orchestrator/readmodel")
     async with ReadModel(data_dir / "readmodel.sqlite", read_store, verify=False) as readmodel:
         await readmodel.catch_up()

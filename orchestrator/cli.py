@@ -19,11 +19,12 @@ from events import commands as c
 from events.commands import AnyCommand
 from events.envelope import Envelope
 from events.errors import VirtbusError
-from orchestrator import cli_history, cli_snapshot
+from orchestrator import cli_history, cli_migrate, cli_snapshot
 from orchestrator.bus import server_url
-from orchestrator.cli_common import NsOpt, ServerOpt
+from orchestrator.cli_common import NameArg, NsOpt, Output, ServerOpt
 from orchestrator.cli_common import actor as _actor
 from orchestrator.cli_common import finish as _finish
+from orchestrator.cli_common import lifecycle as _lifecycle
 from orchestrator.cli_common import run as _run
 from orchestrator.cli_console import console, vnc
 from orchestrator.cli_storage import image_upload, volume_app
@@ -43,11 +44,6 @@ admin = typer.Typer(help="Maintenance of the orchestrator's state.")
 app.add_typer(admin, name="admin")
 
 
-class Output(StrEnum):
-    table = "table"
-    json = "json"
-
-
 class Hypervisor(StrEnum):
     test = "test"
     qemu = "qemu"
@@ -65,14 +61,23 @@ def up(
         bool, typer.Option("--fsync-always/--fsync-default", help="fsync before every ack")
     ] = False,
     server: ServerOpt = None,
+    migrations: Annotated[
+        Path | None, typer.Option(help="KubeVirt's migration settings (YAML), else its defaults")
+    ] = None,
 ) -> None:
     """Run the embedded stack in the foreground until Ctrl-C."""
+    from orchestrator.migrations import load_policy
     from orchestrator.up import run_up
 
+    try:
+        policy = load_policy(migrations) if migrations else None
+    except VirtbusError as err:
+        typer.echo(f"error: --migrations: {err}", err=True)
+        raise typer.Exit(2) from None
     _run(
         run_up(
             data_dir=data_dir, port=port, server=server, sync_always=sync, nodes=nodes,
-            hypervisor=hypervisor.value,
+            hypervisor=hypervisor.value, migration_policy=policy,
         )
     )  # fmt: skip
 
@@ -103,15 +108,6 @@ def apply(
     from orchestrator.verbs import apply_file
 
     _finish(_run(apply_file(server_url(server), path=filename, namespace=namespace)))
-
-
-def _lifecycle(cmd: AnyCommand, server: str | None) -> None:
-    from orchestrator.verbs import lifecycle
-
-    _finish(_run(lifecycle(server_url(server), cmd)))
-
-
-NameArg = Annotated[str, typer.Argument(help="VM name")]
 
 
 @app.command()
@@ -183,17 +179,6 @@ def undelete(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = No
     _lifecycle(c.UndeleteVM(name=name, namespace=namespace, actor=_actor()), server)
 
 
-@app.command()
-def migrate(
-    name: NameArg,
-    namespace: NsOpt = "default",
-    to: Annotated[str | None, typer.Option("--to", help="target node")] = None,
-    server: ServerOpt = None,
-) -> None:
-    """Live-migrate a running VM."""
-    _lifecycle(c.MigrateVM(name=name, namespace=namespace, target_node=to, actor=_actor()), server)
-
-
 class DiskType(StrEnum):
     disk = "disk"
     lun = "lun"
@@ -255,7 +240,9 @@ def scale(
 
 @app.command()
 def get(
-    kind: Annotated[str, typer.Argument(help="vms, vmis, nodes, vmirs, vmsnapshots, vmrestores")],
+    kind: Annotated[
+        str, typer.Argument(help="vms, vmis, nodes, vmirs, migrations, vmsnapshots, vmrestores")
+    ],
     name: Annotated[str | None, typer.Argument()] = None,
     namespace: NsOpt = "default",
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
@@ -263,7 +250,7 @@ def get(
     watch: Annotated[bool, typer.Option("--watch", "-w")] = False,
     server: ServerOpt = None,
 ) -> None:
-    """List VMs, VMIs or nodes like kubectl."""
+    """List VMs, VMIs, nodes, replica sets or migrations like kubectl."""
     from orchestrator.verbs import get as get_
 
     if output not in ("", "wide", "json", "yaml"):
@@ -427,6 +414,7 @@ app.command()(console)
 app.command("history")(cli_history.history)
 app.add_typer(cli_history.audit, name="audit")
 bench.command("history")(cli_history.bench_history)
+cli_migrate.register(app, bench)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Coroutine
+from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -24,6 +25,12 @@ ServerOpt = Annotated[
     ),
 ]
 NsOpt = Annotated[str, typer.Option("--namespace", "-n", help="namespace")]
+NameArg = Annotated[str, typer.Argument(help="VM name")]
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -48,3 +55,11 @@ def actor() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def lifecycle(cmd: Any, server: str | None) -> None:
+    """Send one command and print what virtctl would (`VM x was scheduled to start`)."""
+    from orchestrator.bus import server_url
+    from orchestrator.verbs import lifecycle as send_and_say
+
+    finish(run(send_and_say(server_url(server), cmd)))

@@ -28,12 +28,21 @@ from events.errors import ConcurrencyConflict, VirtbusError
 from events.names import HEARTBEAT_BUCKET, Ref
 from events.nodes import READY, Heartbeat, NodeState, apply_node
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
-from events.state import RUNNING, SCHEDULED, SCHEDULING, UNSCHEDULABLE, VMState, apply
+from events.state import (
+    PENDING,
+    RUNNING,
+    SCHEDULED,
+    SCHEDULING,
+    UNSCHEDULABLE,
+    VMState,
+    apply,
+)
 from events.store import EventStore
 from events.volumes import VolumeState, apply_volume
 from orchestrator import metrics
 from orchestrator.keyed import KeyedQueue
 from orchestrator.manifest import summarize
+from orchestrator.migrations import ACTIVE_PHASES, Cluster
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import NodeView, place
 from orchestrator.snapshots import removal_work
@@ -48,11 +57,19 @@ _FREES_CAPACITY = (m.VMStopped, m.VMFailed, m.VMDeleted, m.VMUnschedulable)
 # Steps of a start that change no decision: the phase they belong to was reconciled already,
 # and the step after them (DomainStarted, or a failure) is what the controller acts on.
 _PROGRESS_ONLY = (m.LauncherCreated, m.DomainDefined)
+_ENDS_MIGRATION = (m.MigrationSucceeded, m.MigrationFailed, m.VMStopped, m.VMFailed, m.VMDeleted)
 
 
 class Controller:
-    def __init__(self, nc: Client, store: EventStore, *, node_grace_s: float = 10.0) -> None:
+    def __init__(
+        self, nc: Client, store: EventStore, *, node_grace_s: float = 10.0,
+        migration_policy: w.MigrationPolicy | None = None,
+    ) -> None:  # fmt: skip
         self.nc = nc
+        self.migration_policy = migration_policy or w.MigrationPolicy()
+        # VM -> (source, target, cpus, memory) of each migration holding a slot (and the
+        # target's capacity), folded or decided and not yet folded back.
+        self._migrating: dict[str, tuple[str, str, int, int]] = {}
         self.store = store
         self.node_grace_s = node_grace_s
         self.vms: dict[str, VMState] = {}
@@ -81,6 +98,7 @@ class Controller:
             if isinstance(rec.envelope.data, m.VMScheduled | m.VMUnschedulable):
                 self._reserved.pop(key, None)
             self._account(key, s)
+            self._account_migration(key, s)
         elif kind == "node":
             name = rest.split(".")[1]
             self.nodes[name] = apply_node(self.nodes.get(name) or NodeState(), rec.envelope)
@@ -117,9 +135,30 @@ class Controller:
             u = self._usage.setdefault(s.node, [0, 0, 0])
             u[0], u[1], u[2] = u[0] + need["cpus"], u[1] + need["memory_bytes"], u[2] + 1
 
+    def _account_migration(self, key: str, s: VMState) -> None:
+        mig = s.migration
+        if mig is not None and mig.phase in ACTIVE_PHASES:
+            if key not in self._migrating:
+                need = self._need(s)
+                self._migrating[key] = (mig.source, mig.target, need["cpus"],
+                                        need["memory_bytes"])  # fmt: skip
+        elif mig is None or mig.phase != PENDING:
+            self._migrating.pop(key, None)
+
+    def slot_free(self, source: str) -> bool:
+        """KubeVirt's limits: parallel migrations per cluster, and outbound per source node."""
+        p = self.migration_policy
+        if len(self._migrating) >= p.parallel_per_cluster:
+            return False
+        outbound = sum(1 for src, *_ in self._migrating.values() if src == source)
+        return outbound < p.parallel_outbound_per_node
+
     def node_views(self) -> list[NodeView]:
         used = {n: list(self._usage.get(n, (0, 0, 0))) for n in self.nodes}
-        for node, cpus, mem in self._reserved.values():
+        # A migration's target holds the VM's capacity until the move is over.
+        reserved = [*self._reserved.values(), *((t, c, mem) for _, t, c, mem in
+                                                self._migrating.values())]  # fmt: skip
+        for node, cpus, mem in reserved:
             if node in used:
                 u = used[node]
                 u[0], u[1], u[2] = u[0] + cpus, u[1] + mem, u[2] + 1
@@ -142,8 +181,10 @@ class Controller:
         if s is None:
             return None
         lost = {n for n, st in self.nodes.items() if st.status != READY}
+        cluster = Cluster(nodes=self.nodes, views=self.node_views, slot_free=self.slot_free,
+                          policy=self.migration_policy)  # fmt: skip
         reaction = reconcile(
-            s, lost_nodes=lost,
+            s, lost_nodes=lost, cluster=cluster,
             place=lambda req: place(pin(req, s.spec, self.volumes, namespace=s.namespace),
                                     self.node_views()),
             now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex,
@@ -152,12 +193,18 @@ class Controller:
             self._wakes[key] = reaction.wake_at
         if reaction.events:
             ref = Ref("vm", s.namespace, s.name)
+            held = self._migrating.get(key)
             for e in reaction.events:
+                # Held before the append awaits: reactions run side by side, and another VM's
+                # placement (or migration) must see this capacity (or slot) taken.
+                if not isinstance(e, m.VMScheduled | m.MigrationScheduled):
+                    continue
+                need = self._need(s)
                 if isinstance(e, m.VMScheduled):
-                    # Held before the append awaits: reactions run side by side, and another
-                    # VM's placement must see this capacity taken.
-                    need = self._need(s)
                     self._reserved[key] = (e.node, need["cpus"], need["memory_bytes"])
+                elif isinstance(e, m.MigrationScheduled):
+                    self._migrating[key] = (e.source, e.target, need["cpus"],
+                                            need["memory_bytes"])  # fmt: skip
             try:
                 # Step by step, not one atomic batch: a prefix is a valid state to reconcile.
                 await self.store.append_steps(
@@ -168,6 +215,10 @@ class Controller:
             except ConcurrencyConflict:
                 metrics.REACTION_CONFLICTS.inc()
                 self._reserved.pop(key, None)
+                if held is None:
+                    self._migrating.pop(key, None)
+                else:
+                    self._migrating[key] = held
                 return None  # another controller decided first; its events will come here
         await self._enqueue(reaction.work)
         return reaction
@@ -214,6 +265,8 @@ class Controller:
                 await self._enqueue([gone])
             if isinstance(data, _FREES_CAPACITY):
                 await self._retry_unschedulable(rec)
+            if isinstance(data, _ENDS_MIGRATION):
+                await self._start_queued_migrations(rec)
             s = self.vms[key]
             if owner := s.labels.get(OWNER_LABEL):
                 await self.react_rs(f"virt.rs.{s.namespace}.{owner}", cause=rec)
@@ -223,12 +276,19 @@ class Controller:
             await self.react_volume(key)
             await self._retry_unschedulable(rec)  # a VM may wait for its volume's node
         elif kind == "node":
-            if isinstance(data, m.NodeLost):
+            if isinstance(data, m.NodeLost | m.NodeDrainRequested):
                 node = key.rpartition(".")[2]
                 for k, s in list(self.vms.items()):
                     if s.node == node:
                         self._reactions.kick(k, rec)
             await self._retry_unschedulable(rec)
+
+    async def _start_queued_migrations(self, cause: Recorded) -> None:
+        """A slot freed: the queued migrations get their turn, oldest request first."""
+        queued = [(s.migration.requested, k) for k, s in self.vms.items()
+                  if s.migration is not None and s.migration.phase == PENDING]  # fmt: skip
+        for _, k in sorted(queued, key=lambda q: (q[0] or datetime.min.replace(tzinfo=UTC), q[1])):
+            await self.react(k, cause=cause)
 
     async def _retry_unschedulable(self, cause: Recorded) -> None:
         for k, s in list(self.vms.items()):

@@ -8,6 +8,7 @@ Pure: `decide(state, command)` returns events, or raises `ValidationError` whose
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 from events import commands as c
@@ -17,6 +18,8 @@ from events.names import check_name
 from events.replicasets import ReplicaSetState
 from events.state import RUNNING, STOPPING, TERMINATING, VMState
 from orchestrator.manifest import API_VERSION, run_strategy_of, to_commands
+from orchestrator.migrations import decide_cancel, decide_migrate
+from orchestrator.scheduler import NodeView
 from orchestrator.snapshots import decide_delete_snapshot, decide_restore, decide_snapshot
 
 _AUTOSTART = ("Always", "RerunOnFailure", "Once")
@@ -45,8 +48,9 @@ def validate_apply(cmd: c.ApplyVM) -> list[str]:
     return warnings
 
 
-def decide(s: VMState, cmd: c.Command) -> list[m.Event]:
-    """The events `cmd` stands for, given the VM as the log knows it (`s`)."""
+def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = None) -> list[m.Event]:
+    """The events `cmd` stands for, given the VM as the log knows it (`s`) and, when known, the
+    cluster's nodes (a migration's target is checked against them)."""
     match cmd:
         case c.ApplyVM():
             return _apply(s, cmd)
@@ -94,9 +98,9 @@ def decide(s: VMState, cmd: c.Command) -> list[m.Event]:
             disks = kept_disks(s.spec)
             return [m.VMDeleteRequested()] + ([] if s.running else [m.VMDeleted(disks=disks)])
         case c.MigrateVM():
-            if s.phase != RUNNING:
-                raise _reject("VMI is not running", field="name")
-            raise _reject("live migration is not available yet in virtbus", field="kind")
+            return decide_migrate(s, cmd, nodes=nodes)
+        case c.CancelMigration():
+            return decide_cancel(s, cmd)
         case c.AddVolume():
             return _add_volume(s, cmd)
         case c.RemoveVolume():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import msgspec
 from nats.aio.client import Client
@@ -23,12 +24,15 @@ from events.envelope import Recorded, decode_command, encode
 from events.errors import ConcurrencyConflict, ValidationError, VirtbusError
 from events.model import CE_TYPE
 from events.names import COMMANDS_STREAM, Ref, outcome_subject
+from events.nodes import NodeState, apply_node
 from events.replicasets import ReplicaSetState, apply_rs
 from events.state import fold
 from events.store import EventStore
 from events.telemetry import bound
 from orchestrator import metrics
 from orchestrator.decide import decide, decide_rs
+from orchestrator.migrations import decide_node
+from orchestrator.scheduler import NodeView
 from orchestrator.volumes import cluster_view, decide_volume, fold_volume
 
 log = logging.getLogger("virtbus.intake")
@@ -50,6 +54,9 @@ class Intake:
         self.nc = nc
         self.store = store
         self.malformed = 0
+        # The controller's view of the nodes, when one runs beside us: a migration's target is
+        # then checked on intake (else only when the controller schedules it).
+        self.nodes: Callable[[], list[NodeView]] | None = None
         # JetStream refuses too many atomic batches in flight; commands beyond wait their turn.
         self._parallel = asyncio.Semaphore(PARALLEL)
 
@@ -99,7 +106,8 @@ class Intake:
                     view = await cluster_view(self.store, ref, cmd)
                     events = decide_volume(fold_volume(history), cmd, view)
                 else:
-                    events = _decide(ref, history, cmd)
+                    nodes = self.nodes() if self.nodes and isinstance(cmd, c.MigrateVM) else None
+                    events = _decide(ref, history, cmd, nodes=nodes)
             except ValidationError as err:
                 return await self._record_rejection(ref, cmd.id, type(cmd).__name__, err, version)
             if not events:
@@ -200,14 +208,21 @@ class Intake:
                 await sub.unsubscribe()
 
 
-def _decide(ref: Ref, history: list[Recorded], cmd: c.Command) -> list[m.Event]:
+def _decide(
+    ref: Ref, history: list[Recorded], cmd: c.Command, *, nodes: list[NodeView] | None = None
+) -> list[m.Event]:
     if ref.kind == "vm":
-        return decide(fold(r.envelope for r in history), cmd)
+        return decide(fold(r.envelope for r in history), cmd, nodes=nodes)
     if ref.kind == "rs":
         rs = ReplicaSetState()
         for r in history:
             rs = apply_rs(rs, r.envelope)
         return decide_rs(rs, cmd)
+    if ref.kind == "node":
+        node = NodeState()
+        for r in history:
+            node = apply_node(node, r.envelope)
+        return decide_node(node, cmd)
     raise ValidationError(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
 
 

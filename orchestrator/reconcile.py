@@ -37,6 +37,7 @@ from events.state import (
 )
 from orchestrator.decide import decide, kept_disks
 from orchestrator.manifest import summarize
+from orchestrator.migrations import Cluster, migration_step
 from orchestrator.scheduler import Request, Unschedulable
 from orchestrator.snapshots import snapshot_work
 
@@ -63,7 +64,7 @@ def backoff_delay(failures: int) -> float:
 
 def reconcile(
     s: VMState, *, place: Placer, lost_nodes: Collection[str], now: datetime,
-    new_uid: Callable[[], str],
+    new_uid: Callable[[], str], cluster: Cluster | None = None,
 ) -> Reaction:  # fmt: skip
     """Events and work that bring the VM closer to what its run strategy and requests want."""
     events: list[m.Event] = []
@@ -71,7 +72,7 @@ def reconcile(
     wake: datetime | None = None
     for _ in range(5):  # each step's events are folded in before the next look
         step_events, step_work, step_wake = _step(
-            s, place=place, lost_nodes=lost_nodes, now=now, new_uid=new_uid
+            s, place=place, lost_nodes=lost_nodes, now=now, new_uid=new_uid, cluster=cluster
         )
         for item in step_work:
             work.setdefault(item.msg_id, item)
@@ -95,7 +96,7 @@ def _local(s: VMState, e: m.Event, now: datetime) -> Envelope:
 
 def _step(
     s: VMState, *, place: Placer, lost_nodes: Collection[str], now: datetime,
-    new_uid: Callable[[], str],
+    new_uid: Callable[[], str], cluster: Cluster | None = None,
 ) -> tuple[list[m.Event], list[w.Work], datetime | None]:  # fmt: skip
     ended = s.phase in (SUCCEEDED, FAILED)
     if s.status == TERMINATING:
@@ -106,6 +107,8 @@ def _step(
         return [], [], None
     if s.node and s.phase in _ACTIVE and s.node in lost_nodes:
         return [m.VMFailed(reason=f"node {s.node} was lost", node=s.node)], [], None
+    if cluster is not None and (migrating := migration_step(s, cluster)) is not None:
+        return migrating[0], migrating[1], None
     if s.node and ended:  # the instance is over: conclude it
         if s.status == STOPPING:
             restart = [m.VMStartRequested()] if s.restarting else []
@@ -151,7 +154,7 @@ def _schedule(s: VMState, *, place: Placer, new_uid: Callable[[], str]) -> list[
         need = summarize(s.spec)
         node = place(
             Request(cpus=need["cpus"], memory_bytes=need["memory_bytes"],
-                    node_selector=need["node_selector"])
+                    node_selector=need["node_selector"], node_name=s.home)
         )  # fmt: skip
     except Unschedulable as err:
         if s.status == UNSCHEDULABLE and s.reason == err.message:

@@ -32,6 +32,7 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     memory_bytes: int = 0
     node_selector: dict[str, str] = {}
     nodes: frozenset[str] | None = None  # only these: the nodes holding the VM's volumes
+    node_name: str = ""  # only this node (a stopped VM's home after a cold migration)
 
 
 class Unschedulable(ValidationError):
@@ -61,6 +62,8 @@ def place(req: Request, nodes: Iterable[NodeView]) -> str:
 
 
 def _misfit(req: Request, n: NodeView) -> str:
+    if req.node_name and n.name != req.node_name:
+        return "node(s) didn't match the requested node name"
     if not n.schedulable:
         return "node(s) were unschedulable"
     if req.nodes is not None and (len(req.nodes) != 1 or n.name not in req.nodes):

@@ -17,6 +17,7 @@ from rich.console import Console
 from events.provision import provision
 from events.server import NatsServer, die_with_parent, fsync_policy
 from events.store import EventStore
+from events.work import MigrationPolicy
 from orchestrator.app import run_orchestrator
 from orchestrator.audit import describe_key, load_key
 from orchestrator.bus import connect
@@ -27,8 +28,9 @@ console = Console(stderr=True, highlight=False)
 
 
 async def run_up(
-    *, data_dir: Path, port: int, server: str | None, sync_always: bool, nodes: int, hypervisor: str
-) -> None:
+    *, data_dir: Path, port: int, server: str | None, sync_always: bool, nodes: int,
+    hypervisor: str, migration_policy: MigrationPolicy | None = None,
+) -> None:  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -49,7 +51,12 @@ async def run_up(
             console.print("provisioned: " + (", ".join(created) or "everything already in place"))
             audit, web = describe_key(load_key()), configured_port()  # bad settings stop us here
             orchestrator = asyncio.create_task(
-                run_orchestrator(nc, data_dir=data_dir / "orchestrator", stop=stop),
+                run_orchestrator(
+                    nc,
+                    data_dir=data_dir / "orchestrator",
+                    stop=stop,
+                    migration_policy=migration_policy,
+                ),
                 name="orchestrator",
             )
             console.print("orchestrator: running (virtbus-api on the bus)")

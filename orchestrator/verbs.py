@@ -35,6 +35,8 @@ KIND_NAMES = {
     "vm": "vms", "vms": "vms", "virtualmachine": "vms", "virtualmachines": "vms",
     "vmi": "vmis", "vmis": "vmis", "virtualmachineinstance": "vmis",
     "virtualmachineinstances": "vmis", "node": "nodes", "nodes": "nodes",
+    "vmim": "vmims", "vmims": "vmims", "migration": "vmims", "migrations": "vmims",
+    "virtualmachineinstancemigration": "vmims", "virtualmachineinstancemigrations": "vmims",
 }  # fmt: skip
 RESOURCES = {
     "vms": "virtualmachines.kubevirt.io", "vmis": "virtualmachineinstances.kubevirt.io",
@@ -52,6 +54,8 @@ DONE = {
     "DeleteVM": 'virtualmachine.kubevirt.io "{}" deleted',
     "UndeleteVM": "VM {} was restored; it is stopped, start it with `virtbus start {}`",
     "MigrateVM": "VM {} was scheduled to migrate",
+    "CancelMigration": "VM {} was scheduled to cancel its migration",
+    "DrainNode": "node/{} drained", "UncordonNode": "node/{} uncordoned",
     "ScaleReplicaSet": "virtualmachineinstancereplicaset.kubevirt.io/{} scaled",
     "AddVolume": "Successfully submitted add volume request to VM {} for volume {}",
     "RemoveVolume": "Successfully submitted remove volume request to VM {} for volume {}",
@@ -88,6 +92,9 @@ async def apply_file(url: str, *, path: str, namespace: str) -> int:
 
 def _applied(cmd: c.Command, outcome: c.Outcome) -> str:
     kind = APPLIED_KIND.get(type(cmd).__name__, "object")
+    if isinstance(cmd, c.MigrateVM):  # the object is the migration, named by the manifest
+        verb = "created" if outcome.events else "unchanged"
+        return f"{kind}.kubevirt.io/{cmd.migration or cmd.name} {verb}"
     if isinstance(cmd, c.ApplyVM) and cmd.source_kind == "VirtualMachineInstance":
         kind = "virtualmachineinstance"
     verb = "unchanged"
@@ -128,6 +135,10 @@ async def get(
         raise ValidationError(f'the server doesn\'t have a resource type "{what}"', field="kind")
     if kind == "vmirs":
         return await _get_replica_sets(url, name=name, namespace=namespace, output=output)
+    if kind == "vmims":
+        from orchestrator.migration_view import get_migrations
+
+        return await get_migrations(url, name=name, namespace=namespace, output=output)
     async with session(url) as nc:
         q = Query(what="nodes" if kind == "nodes" else "vms", namespace=namespace, name=name)
         answer = await query(nc, q)

@@ -253,10 +253,14 @@ def test_migration_succeeds_and_moves_the_node() -> None:
     s = step(running(), m.MigrationScheduled(migration="mig-1", source="n1", target="n2"))
     assert s.status == "Migrating"
     assert s.migrations == 1
-    assert s.migration == Migration("mig-1", "n1", "n2", phase="Scheduling")
+    assert s.migration is not None and s.migration.scheduled is not None  # the duration's start
+    assert s.migration == Migration(
+        "mig-1", "n1", "n2", phase="Scheduling", scheduled=s.migration.scheduled
+    )
 
     s = step(s, m.LauncherCreated(node="n2", pod="virt-launcher-a-target"))
     assert s.phase == "Running"
+    assert (s.migration.phase, s.migration.target_pod) == ("Scheduled", "virt-launcher-a-target")
     s = step(s, m.MigrationTargetReady(migration="mig-1", target="n2"))
     assert s.migration is not None and s.migration.phase == "TargetReady"
     s = step(s, m.MigrationStarted(migration="mig-1"))

@@ -1,110 +1,36 @@
 """Disk hotplug end to end on real QEMU/KVM: `virtbus addvolume` and `removevolume` on a running VM.
 
-The stack of test_worker_qemu.py (a fresh nats-server, an in-process orchestrator, a `QemuNode` and
-an in-process `Worker`); the verbs run as the CLI a user types, in a subprocess. What the guest got
-is read through a libvirt connection of our own to the node, never through the worker. Skipped only
-where root, /dev/kvm or QEMU/libvirt are missing.
+The one-node stack of `qemustack.py` (a fresh nats-server, an in-process orchestrator, a
+`QemuNode` and an in-process `Worker`); the verbs run as the CLI a user types, in a subprocess.
+What the guest got is read through a libvirt connection of our own to the node, never through
+the worker. Skipped only where root, /dev/kvm or QEMU/libvirt are missing.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
-from pathlib import Path
 
-import libvirt
-import nats
 import pytest
-from test_worker_qemu import NODE, QemuStack, apply, seed_doc, short_grace
+from qemustack import QemuStack, apply, qemu_stack, seed_doc, short_grace
+from test_worker_qemu import NODE
 
 from events import commands as c
 from events import model as m
-from events.provision import provision
-from events.server import NatsServer
-from orchestrator.app import run_orchestrator
 from orchestrator.client import send
-from workers.qemunodes import QemuNode
-from workers.volumes import claim_dir
-from workers.worker import Worker
 
 pytestmark = pytest.mark.kvm
 
 NODE_INDEX = 8  # its own port range, away from test_worker_qemu's node 7
-VIRTBUS = Path(sys.executable).parent / "virtbus"
-
-
-class HotplugStack(QemuStack):
-    url = ""
-
-    def provide_claim(self, claim: str, size: int = 1 << 20) -> Path:
-        """A PVC on the node: a small raw file in the claim's directory."""
-        d = claim_dir(self.data_dir, "default", claim)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "disk.img").write_bytes(b"\0" * size)
-        return d / "disk.img"
-
-    async def virtbus(self, *args: str) -> tuple[int, str, str]:
-        """Run the CLI as a user would; its exit code, stdout and stderr."""
-        proc = await asyncio.create_subprocess_exec(
-            str(VIRTBUS), *args, "--server", self.url,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await proc.communicate()
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
-
-    async def domain_xml(self, domain: str) -> str:
-        """The running domain's XML, through a libvirt connection of the test's own."""
-
-        def read() -> str:
-            conn = libvirt.open(self.node.uri)
-            try:
-                return str(conn.lookupByName(domain).XMLDesc(0))
-            finally:
-                conn.close()
-
-        return await asyncio.to_thread(read)
 
 
 @pytest.fixture
 async def hstack(
     kvm_host: None, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[HotplugStack]:
-    base = tmp_path_factory.mktemp("hq")  # short: the node's unix socket path must fit 108 bytes
-    async with NatsServer(data_dir=base / "nats", port=-1) as server:
-        nc = await nats.connect(server.url)
-        await provision(nc.jetstream())
-        orch_stop = asyncio.Event()
-        orch = asyncio.create_task(
-            run_orchestrator(nc, data_dir=base / "orch", stop=orch_stop, node_grace_s=5),
-            name="orchestrator",
-        )
-        node = QemuNode(base, NODE, index=NODE_INDEX)
-        try:
-            await node.start()
-            data_dir = base / "data"
-            worker = Worker(nc, node=NODE, uri=node.uri, data_dir=data_dir,
-                            host_root=data_dir / "host")  # fmt: skip
-            stop = asyncio.Event()
-            task = asyncio.create_task(worker.run(stop), name=f"worker-{NODE}")
-            try:
-                st = HotplugStack(nc, node, data_dir, task)
-                st.url = server.url
-                await st.until_registered()
-                yield st
-            finally:
-                stop.set()
-                await task  # the worker ends before its libvirtd does
-        finally:
-            try:
-                await node.stop()
-            finally:
-                orch_stop.set()
-                await orch
-                await nc.close()
+) -> AsyncIterator[QemuStack]:
+    async with qemu_stack(tmp_path_factory.mktemp("hq"), nodes={NODE: NODE_INDEX}) as st:
+        yield st
 
 
 def scsi_disks(domain_xml: str) -> dict[str, tuple[str, str]]:
@@ -120,7 +46,7 @@ def scsi_disks(domain_xml: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-async def test_addvolume_and_removevolume_on_a_running_qemu_vm(hstack: HotplugStack) -> None:
+async def test_addvolume_and_removevolume_on_a_running_qemu_vm(hstack: QemuStack) -> None:
     hstack.provide_seed_volumes()
     pvc = hstack.provide_claim("data")
     await send(hstack.nc, apply(short_grace(seed_doc("hot"))))
@@ -161,7 +87,7 @@ async def test_addvolume_and_removevolume_on_a_running_qemu_vm(hstack: HotplugSt
     assert (await hstack.state("hot")).status == "Running"  # the guest ran on throughout
 
 
-async def test_addvolume_of_a_missing_claim_fails_naming_it(hstack: HotplugStack) -> None:
+async def test_addvolume_of_a_missing_claim_fails_naming_it(hstack: QemuStack) -> None:
     hstack.provide_seed_volumes()
     await send(hstack.nc, apply(short_grace(seed_doc("nodisk"))))
     await send(hstack.nc, c.StartVM(name="nodisk"))

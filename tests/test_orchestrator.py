@@ -163,11 +163,21 @@ async def test_changed_manifest_records_the_change_and_restart_required(cluster:
         (["create"], c.PauseVM(name="vm1"), "VMI is not running"),
         (["create"], c.UnpauseVM(name="vm1"), "VMI is not paused"),
         (["create"], c.RestartVM(name="vm1"), "VM is not running"),
-        (["create"], c.MigrateVM(name="vm1"), "VMI is not running"),
+        (["create"], c.MigrateVM(name="vm1", target_node="nowhere"), 'nodes "nowhere" not found'),
         (["create"], c.UndeleteVM(name="vm1"), 'VM "vm1" is not deleted'),
         (["create", "start"], c.StartVM(name="vm1"), "VM is already running"),
         (["create", "start"], c.UnpauseVM(name="vm1"), "VMI is not paused"),
-        (["create", "start"], c.MigrateVM(name="vm1"), "live migration is not available yet"),
+        (
+            ["create", "start"],
+            c.MigrateVM(name="vm1", target_node="node-a"),
+            'the VMI is already running on node "node-a"',
+        ),
+        (
+            ["create", "start"],
+            c.MigrateVM(name="vm1", target_node="nowhere"),
+            'nodes "nowhere" not found',
+        ),
+        (["create", "start"], c.CancelMigration(name="vm1"), "no migration in progress for VMI"),
     ],
 )
 async def test_state_rejections_become_command_rejected_events(

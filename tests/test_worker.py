@@ -8,6 +8,7 @@ worker internals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from events.provision import provision
 from events.server import NatsServer
 from events.state import VMState
 from events.store import EventStore
+from events.work import MigrationPolicy
 from orchestrator.app import run_orchestrator
 from orchestrator.client import send
 from orchestrator.manifest import parse_documents, to_commands
@@ -97,14 +99,19 @@ class Stack:
         return [type(r.envelope.data).__name__ for r in await self.store.read(Ref.vm(name))]
 
 
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+@contextlib.asynccontextmanager
+async def driver_stack(
+    tmp_path: Path, *, policy: MigrationPolicy | None = None
+) -> AsyncIterator[Stack]:
+    """A nats-server and an orchestrator; nodes on the test driver join with `Stack.node`."""
     async with NatsServer(data_dir=tmp_path / "nats", port=-1) as server:
         nc = await nats.connect(server.url)
         await provision(nc.jetstream())
         stop = asyncio.Event()
         orch = asyncio.create_task(
-            run_orchestrator(nc, data_dir=tmp_path / "orch", stop=stop, node_grace_s=3),
+            run_orchestrator(
+                nc, data_dir=tmp_path / "orch", stop=stop, node_grace_s=3, migration_policy=policy
+            ),
             name="orchestrator",
         )
         st = Stack(nc, server.url, tmp_path)
@@ -116,6 +123,12 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             stop.set()
             await settle("the orchestrator", orch)
             await nc.close()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with driver_stack(tmp_path) as st:
+        yield st
 
 
 def seed(name: str = "centos7", **changes: Any) -> c.ApplyVM:

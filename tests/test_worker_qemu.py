@@ -1,7 +1,7 @@
 """The node worker end to end on real QEMU/KVM: a libvirtd node, the bus, the orchestrator.
 
-A fresh nats-server and an in-process orchestrator (as in test_worker.py), a `QemuNode` (a real
-libvirtd in its own mount namespace) and a `Worker` run in-process against the node's URI. Every
+The one-node stack of `qemustack.py`: a fresh nats-server, an in-process orchestrator, a
+`QemuNode` (a real libvirtd in its own mount namespace) and an in-process `Worker` on it. Every
 assertion reads the event log or /proc (the QEMU process a user would see with `ps`), never worker
 internals. The guests have no OS: nothing boots, so ACPI shutdown is ignored and a stop ends in a
 destroy after the grace period. Skipped only where root, /dev/kvm or QEMU/libvirt are missing.
@@ -10,37 +10,23 @@ destroy after the grace period. Skipped only where root, /dev/kvm or QEMU/libvir
 from __future__ import annotations
 
 import asyncio
-import copy
 import os
 import signal
-import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator
 
-import nats
 import pytest
 from conftest import qemu_pids
-from nats.aio.client import Client
+from qemustack import QemuStack, apply, qemu_stack, seed_doc, short_grace, wait_for
 
 from events import commands as c
 from events import model as m
 from events.names import Ref
-from events.provision import provision
-from events.server import NatsServer
-from events.state import VMState, fold
-from events.store import EventStore
-from orchestrator.app import run_orchestrator
+from events.state import fold
 from orchestrator.client import send
-from orchestrator.manifest import parse_documents, to_commands
-from workers.qemunodes import QemuNode
-from workers.volumes import claim_dir, image_dir
-from workers.worker import Worker
 
 pytestmark = pytest.mark.kvm
 
-SEED = Path(__file__).parent.parent / "examples" / "kubevirt-centos7.yaml"
 NODE = "node-a"
 NODE_INDEX = 7  # its own VNC/migration port range, away from test_qemu_nodes' nodes 0..2
 # libvirt's VIR_DOMAIN_EVENT_STOPPED details, in the words the worker reports them
@@ -49,138 +35,12 @@ LIBVIRT_STOP_REASONS = {
 }  # fmt: skip
 
 
-async def wait_for(cond: Callable[[], bool], *, within: float = 10, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {within}s: {what}")
-        await asyncio.sleep(0.05)
-
-
-def seed_doc(name: str = "centos7") -> dict[str, Any]:
-    """A copy of the seed manifest's VM document, renamed when asked."""
-    doc = copy.deepcopy(parse_documents(SEED.read_text())[0])
-    doc["metadata"]["name"] = name
-    return doc
-
-
-def apply(doc: dict[str, Any]) -> c.ApplyVM:
-    cmd = to_commands(doc)[0][0]
-    assert isinstance(cmd, c.ApplyVM)
-    return cmd
-
-
-def short_grace(doc: dict[str, Any], seconds: int = 2) -> dict[str, Any]:
-    """No guest OS answers ACPI: keep the destroy-after-grace short."""
-    doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = seconds
-    return doc
-
-
-class QemuStack:
-    def __init__(
-        self, nc: Client, node: QemuNode, data_dir: Path, worker: asyncio.Task[None]
-    ) -> None:
-        self.nc = nc
-        self.node = node
-        self.data_dir = data_dir
-        self.host_root = data_dir / "host"
-        self.worker = worker
-        self.store = EventStore(nc, source="/tests/qemu")
-
-    def provide_seed_volumes(self) -> None:
-        """The seed VM's PVC (a small raw file) and containerDisk (a small qcow2) on the node."""
-        claim = claim_dir(self.data_dir, "default", "iso-centos7")
-        claim.mkdir(parents=True, exist_ok=True)
-        (claim / "disk.img").write_bytes(b"\0" * 65536)
-        image = image_dir(self.data_dir, "kubevirt/virtio-container-disk")
-        image.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image / "disk.qcow2"),
-                        "16M"], check=True)  # fmt: skip
-
-    def _alive(self) -> None:
-        if self.worker.done():  # fail fast, with the worker's own error
-            pytest.fail(f"the worker ended: {self.worker.exception()!r}")
-
-    async def until_registered(self) -> None:
-        for _ in range(400):
-            self._alive()
-            history = await self.store.read(Ref.node(NODE))
-            if history and isinstance(history[-1].envelope.data, m.NodeRegistered):
-                return
-            await asyncio.sleep(0.05)
-        pytest.fail(f"{NODE} never registered")
-
-    async def state(self, name: str) -> VMState:
-        return (await self.store.load(Ref.vm(name)))[0]
-
-    async def events(self, name: str) -> list[m.Event]:
-        return [r.envelope.data for r in await self.store.read(Ref.vm(name))]
-
-    async def until(self, name: str, status: str, *, within: float = 30) -> VMState:
-        deadline = time.monotonic() + within
-        while True:
-            self._alive()
-            s = await self.state(name)
-            if s.status == status:
-                return s
-            if time.monotonic() > deadline:
-                pytest.fail(f"{name}: wanted {status}, still {s.status} ({s.reason})")
-            await asyncio.sleep(0.05)
-
-    async def until_event(
-        self, name: str, kind: type[m.Event], *, after: int = 0, within: float = 30
-    ) -> list[m.Event]:
-        """The VM's events from index `after` on, once one of them is a `kind`."""
-        deadline = time.monotonic() + within
-        while True:
-            self._alive()
-            events = (await self.events(name))[after:]
-            if any(isinstance(e, kind) for e in events):
-                return events
-            if time.monotonic() > deadline:
-                names = [type(e).__name__ for e in events]
-                pytest.fail(f"{name}: no {kind.__name__} within {within}s; got {names}")
-            await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def qstack(
     kvm_host: None, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[QemuStack]:
-    base = tmp_path_factory.mktemp("wq")  # short: the node's unix socket path must fit 108 bytes
-    async with NatsServer(data_dir=base / "nats", port=-1) as server:
-        nc = await nats.connect(server.url)
-        await provision(nc.jetstream())
-        orch_stop = asyncio.Event()
-        orch = asyncio.create_task(
-            run_orchestrator(nc, data_dir=base / "orch", stop=orch_stop, node_grace_s=5),
-            name="orchestrator",
-        )
-        node = QemuNode(base, NODE, index=NODE_INDEX)
-        try:
-            t0 = time.monotonic()
-            await node.start()
-            cache = "warm" if node.caps_warm else "cold"
-            print(f"\nQemuNode {NODE} up in {time.monotonic() - t0:.2f}s (caps cache {cache})")
-            data_dir = base / "data"
-            worker = Worker(nc, node=NODE, uri=node.uri, data_dir=data_dir,
-                            host_root=data_dir / "host")  # fmt: skip
-            stop = asyncio.Event()
-            task = asyncio.create_task(worker.run(stop), name=f"worker-{NODE}")
-            try:
-                st = QemuStack(nc, node, data_dir, task)
-                await st.until_registered()
-                yield st
-            finally:
-                stop.set()
-                await task  # the worker ends before its libvirtd does
-        finally:
-            try:
-                await node.stop()
-            finally:
-                orch_stop.set()
-                await orch
-                await nc.close()
+    async with qemu_stack(tmp_path_factory.mktemp("wq"), nodes={NODE: NODE_INDEX}) as st:
+        yield st
 
 
 async def test_seed_vm_lifecycle_on_real_qemu(qstack: QemuStack) -> None:

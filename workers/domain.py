@@ -221,6 +221,11 @@ def render_domain(
     return ET.tostring(root, encoding="unicode")
 
 
+def guest_memory_bytes(spec: dict[str, Any]) -> int:
+    """The guest memory a VM spec asks for (what a migration has to move)."""
+    return _memory_bytes(_mapping(_vmi_spec(spec).get("domain"), f"{SPEC}.domain"))
+
+
 def _memory_bytes(domain: dict[str, Any]) -> int:
     """Guest memory as KubeVirt sizes it: memory.guest, else requests, else limits."""
     at = f"{SPEC}.domain"

@@ -94,6 +94,9 @@ class Hypervisor:
 
     async def open(self) -> None:
         _register_event_loop()
+        # libvirt prints every error on stderr by default; ours arrive as exceptions, and a
+        # lookup of a domain that is not there (yet, or any more) is routine during migrations.
+        libvirt.registerErrorHandler(lambda *_: None, None)
         self._conn = await self._call(libvirt.open, self.uri)
         loop = asyncio.get_running_loop()
 
@@ -196,6 +199,31 @@ class Hypervisor:
         flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
         await self._call(dom.detachDeviceFlags, xml, flags)
 
+    async def migrate(
+        self, name: str, dest_uri: str, *, params: dict[str, Any], flags: int
+    ) -> None:
+        """Peer-to-peer migration: this node's libvirtd drives it to `dest_uri`'s."""
+        dom = await self._call(self._lookup, name)
+        await self._call(dom.migrateToURI3, dest_uri, params, flags)
+
+    async def job_stats(self, name: str) -> dict[str, Any]:
+        """The domain's current job (libvirt's jobStats keys); `type` 0 means none."""
+        dom = await self._call(self._lookup, name)
+        return dict(await self._call(dom.jobStats, 0))
+
+    async def abort_job(self, name: str) -> None:
+        dom = await self._call(self._lookup, name)
+        await self._call(dom.abortJob)
+
+    async def start_post_copy(self, name: str) -> None:
+        """Switch a running migration (started with VIR_MIGRATE_POSTCOPY) to post-copy."""
+        dom = await self._call(self._lookup, name)
+        await self._call(dom.migrateStartPostCopy, 0)
+
+    async def set_max_downtime(self, name: str, ms: int) -> None:
+        dom = await self._call(self._lookup, name)
+        await self._call(dom.migrateSetMaxDowntime, ms, 0)
+
     async def undefine(self, name: str) -> None:
         dom = await self._call(self._lookup, name)
         flags = libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
@@ -203,3 +231,29 @@ class Hypervisor:
             await self._call(dom.undefineFlags, flags)
         except HypervisorError:
             await self._call(dom.undefine)  # drivers without flag support (the test driver)
+
+
+async def remote_domain(uri: str, name: str) -> tuple[int | None, dict[str, Any]]:
+    """On another node (a migration's target): the domain's state (None: no such domain) and
+    its last completed job's stats (a finished incoming migration's downtime is there)."""
+
+    def look() -> tuple[int | None, dict[str, Any]]:
+        conn = libvirt.open(uri)
+        try:
+            try:
+                dom = conn.lookupByName(name)
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None, {}
+                raise
+            stats: dict[str, Any] = {}
+            with contextlib.suppress(libvirt.libvirtError):
+                stats = dict(dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
+            return int(dom.state()[0]), stats
+        finally:
+            conn.close()
+
+    try:
+        return await asyncio.to_thread(look)
+    except libvirt.libvirtError as err:
+        raise HypervisorError(f"libvirt: {err.get_error_message()}", retryable=True) from err

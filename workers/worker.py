@@ -33,6 +33,7 @@ from workers import metrics
 from workers.domain import disk_xml_of, hotplug_disk, render_domain
 from workers.hypervisor import RUNNING_STATES, DomainEvent, Hypervisor
 from workers.k8spods import KubernetesPods
+from workers.migration import Migrations, incoming, outgoing
 from workers.pods import ProcessPods, pod_name
 from workers.sessions import Sessions
 from workers.snapshots import NodeSnapshots, SnapshotError
@@ -89,6 +90,7 @@ class Worker:
         self._pods: dict[str, str] = {}  # domain -> its launcher pod
         self._queues: dict[str, asyncio.Queue[Msg]] = {}
         self._vm_tasks: dict[str, asyncio.Task[None]] = {}
+        self.migrations = Migrations(self)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -103,6 +105,7 @@ class Worker:
                 hypervisor="test" if self.uri.startswith("test:") else host.hypervisor.lower(),
                 libvirt_uri=self.uri, cpus=host.cpus, memory_bytes=host.memory_bytes,
                 kvm=host.kvm, labels=self.labels, pods=self.pod_driver,
+                migration_uri=self.uri if host.hypervisor == "QEMU" else "",
             )  # fmt: skip
             await self.store.append(
                 Ref.node(self.node), [registered], expected_version=head.version
@@ -118,7 +121,7 @@ class Worker:
             ]
             await stop.wait()
         finally:
-            await _cancel_all([*tasks, *self._vm_tasks.values()])
+            await _cancel_all([*tasks, *self._vm_tasks.values(), *self.migrations.tasks])
             await self.pods.close()
             await self.hv.close()
 
@@ -146,10 +149,15 @@ class Worker:
             s = states.get(ref) if ref else None
             if s is not None and s.node == self.node and s.phase in (SCHEDULED, RUNNING):
                 continue
+            if s is not None and incoming(s, self.node):
+                continue  # a migration to here is under way; its source settles it
             await self._remove(dom, running=st in RUNNING_STATES or st == PAUSED_STATE)
             if ref is not None and s is not None:
                 await self.observe(ref, [m.DomainUndefined(node=self.node)])
         for ref, s in states.items():
+            if s.node == self.node and outgoing(s):
+                self.migrations.resume(ref, s)  # what became of it is for libvirt to say
+                continue
             if s.node == self.node and s.phase == RUNNING and domain_name(ref) not in domains:
                 # The log says it runs here and it does not: a lost domain, a failed instance.
                 await self.observe(ref, [m.DomainStopped(node=self.node, reason="lost")])
@@ -206,6 +214,8 @@ class Worker:
                 except TimeoutError:
                     continue
                 for msg in msgs:
+                    if self.migrations.urgent(msg):
+                        continue
                     key = msg.subject.split(".", 3)[3]  # vm.<ns>.<name>: one queue per VM
                     self._queues.setdefault(key, asyncio.Queue()).put_nowait(msg)
                     if key not in self._vm_tasks:
@@ -259,6 +269,9 @@ class Worker:
         s, _ = await self.store.load(item.ref)
         if isinstance(item, w.SnapshotWork):
             await self._snapshot_work(item, s)
+            return
+        if isinstance(item, w.MigrationWork):  # addressed to a source or a target
+            await self.migrations.do(item, s)
             return
         if s.vmi_uid != item.vmi_uid or s.node != self.node:
             return  # stale: the instance it was for is gone or elsewhere
@@ -465,7 +478,7 @@ class Worker:
         if ev.kind not in ("stopped", "suspended", "resumed") or self._was_expected(ev):
             return
         ref = ref_of_domain(ev.domain)
-        if ref is None or ev.reason == "migrated":
+        if ref is None or ev.reason in ("migrated", "postcopy"):  # a migration's own steps
             return
         if ev.kind == "stopped":
             await self._remove(ev.domain, running=False)

@@ -1,0 +1,384 @@
+"""A node's part in a migration: prepare the target, migrate from the source, abort, clean up.
+
+Live (two QEMU nodes): the target starts the launcher and says it is ready; the source's libvirtd
+migrates the domain peer to peer (`migrateToURI3`, LIVE|PEER2PEER|PERSIST_DEST|UNDEFINE_SOURCE,
+data over loopback), reporting `MigrationProgress` from libvirt's job stats twice a second, then
+`MigrationSucceeded` with libvirt's downtime or `MigrationFailed` with libvirt's reason (the guest
+still runs on the source). Cold (libvirt's test driver cannot migrate): the target defines and
+starts the domain, the source destroys its copy; the events say `mode="cold"`.
+
+What ran where is always settled from libvirt itself: a source worker restarted mid-migration
+waits for the job to end, then asks both nodes where the domain runs, and records that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import shutil
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import libvirt
+from msgspec.structs import replace
+from nats.aio.msg import Msg
+
+from events import model as m
+from events import work as w
+from events.errors import HypervisorError, ValidationError
+from events.names import Ref
+from events.nodes import NodeState, apply_node
+from events.state import (
+    PREPARING_TARGET,
+    RUNNING,
+    SCHEDULED,
+    SCHEDULING,
+    TARGET_READY,
+    VMState,
+    migration_active,
+)
+from workers.domain import guest_memory_bytes, render_domain
+from workers.hypervisor import RUNNING_STATES, remote_domain
+from workers.qemunodes import migration_params
+from workers.volumes import VolumeUnavailable
+
+if TYPE_CHECKING:
+    from workers.worker import Worker
+
+log = logging.getLogger("virtbus.migration")
+PAUSED_STATE = 3  # libvirt.VIR_DOMAIN_PAUSED
+PROGRESS_S = 0.5  # under the promised once a second
+_BEFORE_READY = (SCHEDULING, SCHEDULED, PREPARING_TARGET)
+LIVE_FLAGS = (
+    libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+    | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    # The disks stay at their paths, which every node on this machine shares (like shared
+    # storage); libvirt cannot tell, and refuses non-"none" cache modes without this.
+    | libvirt.VIR_MIGRATE_UNSAFE
+)  # fmt: skip
+
+
+def target_pod_name(name: str, migration: str) -> str:
+    """The target launcher's name: unlike the source's, from the migration (KubeVirt's too)."""
+    return f"virt-launcher-{name}-{hashlib.sha1(migration.encode()).hexdigest()[:5]}"
+
+
+def outgoing(s: VMState) -> bool:
+    """A migration from the VM's node whose job was started (the sync loop settles it)."""
+    return s.migration is not None and s.migration.phase == RUNNING and s.migration.source == s.node
+
+
+def incoming(s: VMState, node: str) -> bool:
+    """A migration to `node` under way (the sync loop leaves its domain alone)."""
+    mig = s.migration
+    return migration_active(mig) and mig is not None and mig.target == node and s.node != node
+
+
+def _mine(s: VMState, item: w.MigrationWork) -> bool:
+    return (
+        s.migration is not None and s.migration.id == item.migration and s.vmi_uid == (item.vmi_uid)
+    )
+
+
+def _since(t: datetime | None) -> float:
+    return (datetime.now(UTC) - t).total_seconds() * 1000 if t else 0.0
+
+
+def _params(target_uri: str, policy: w.MigrationPolicy) -> dict[str, Any]:
+    # Nodes on this machine (unix-socket URIs) migrate over loopback, never 0.0.0.0.
+    params = migration_params() if "socket=" in target_uri else {}
+    params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = max(1, policy.bandwidth_bytes >> 20)  # MiB/s
+    return params
+
+
+def _flags(policy: w.MigrationPolicy) -> int:
+    flags: int = LIVE_FLAGS
+    if policy.allow_auto_converge:
+        flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    if policy.allow_post_copy:
+        flags |= libvirt.VIR_MIGRATE_POSTCOPY
+    return flags
+
+
+def _progress(migration: str, stats: dict[str, Any]) -> m.MigrationProgress | None:
+    if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+        return None  # no job (yet, or any more)
+    total = int(stats.get("data_total", 0))  # 0 while the target QEMU is still starting
+    remaining = int(stats.get("data_remaining", 0))
+    percent = round(100.0 * (total - remaining) / total, 1) if total else 0.0
+    return m.MigrationProgress(
+        migration=migration, percent=percent,
+        data_processed=int(stats.get("data_processed", 0)), data_remaining=remaining,
+        data_total=total, rate_bps=float(stats.get("memory_bps", 0)),
+    )  # fmt: skip
+
+
+class Migrations:
+    def __init__(self, worker: Worker) -> None:
+        self.w = worker
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}  # migration -> its migrate call
+        self._settling: dict[str, asyncio.Task[None]] = {}  # domain -> outcome being settled
+        self._abort: dict[str, str] = {}  # migration -> why it is being aborted
+
+    # --- dispatch --------------------------------------------------------------------------------
+
+    async def do(self, item: w.MigrationWork, s: VMState) -> None:
+        if not _mine(s, item):
+            return  # stale: another migration, or another instance
+        match item:
+            case w.PrepareTarget():
+                await self._prepare(item, s)
+            case w.MigrateSource():
+                await self._migrate(item, s)
+            case w.CleanupTarget():
+                await self._cleanup(item, s)
+            case w.AbortMigration():
+                await self._abort_now(item)
+
+    def urgent(self, msg: Msg) -> bool:
+        """An abort must not queue behind the migration it aborts: take it at once."""
+        try:
+            item = w.WORK_DECODER.decode(msg.data)
+        except Exception:  # the queue's handler counts and drops it
+            return False
+        if not isinstance(item, w.AbortMigration):
+            return False
+        self._spawn(self._abort_msg(item, msg), f"abort-{item.migration}")
+        return True
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=f"worker-{self.w.node}-{name}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _abort_msg(self, item: w.AbortMigration, msg: Msg) -> None:
+        s, _ = await self.w.store.load(item.ref)
+        if _mine(s, item):
+            await self._abort_now(item)
+        await msg.ack()
+
+    async def _abort_now(self, item: w.MigrationWork) -> None:
+        why = item.reason if isinstance(item, w.AbortMigration) else ""
+        self._abort.setdefault(item.migration, why or "canceled by the user (migrate-cancel)")
+        if item.migration in self._running:
+            # Not started yet, or just ended: the watch loop tries again while the call runs.
+            with contextlib.suppress(HypervisorError):
+                await self.w.hv.abort_job(_dom(item.ref))
+
+    # --- the target ------------------------------------------------------------------------------
+
+    async def _prepare(self, item: w.PrepareTarget, s: VMState) -> None:
+        mig = s.migration
+        if mig is None or mig.phase not in _BEFORE_READY or item.target != self.w.node:
+            return
+        ref, dom = item.ref, _dom(item.ref)
+        pod = await self.w.pods.create(target_pod_name(ref.name, mig.id), namespace=ref.namespace)
+        self.w._pods[dom] = pod
+        events: list[m.Event] = [] if mig.target_pod == pod else [m.LauncherCreated(
+            node=self.w.node, pod=pod)]  # fmt: skip
+        if mig.phase != PREPARING_TARGET:
+            events.append(m.MigrationTargetPreparing(migration=mig.id, target=self.w.node))
+        if not item.live:
+            try:
+                events += await self._cold_start(item)
+            except (VolumeUnavailable, ValidationError, HypervisorError) as err:
+                await self.w.observe(ref, events)
+                await self.w.observe(ref, [m.MigrationFailed(
+                    migration=mig.id, reason=f"target {self.w.node}: {err.message}")])  # fmt: skip
+                return
+        events.append(m.MigrationTargetReady(migration=mig.id, target=self.w.node))
+        await self.w.observe(ref, events)
+
+    async def _cold_start(self, item: w.PrepareTarget) -> list[m.Event]:
+        """A cold move's target: the domain defined and booted here from the spec."""
+        ref, dom = item.ref, _dom(item.ref)
+        if await self.w.hv.state(dom) in (*RUNNING_STATES, PAUSED_STATE):
+            return []  # started before a crash of ours
+        volumes = await self.w.volumes.resolve(
+            item.spec, namespace=ref.namespace, name=ref.name, uid=item.vmi_uid
+        )
+        xml = render_domain(item.spec, name=ref.name, namespace=ref.namespace, uid=item.vmi_uid,
+                            volumes=volumes, kvm=self.w.kvm)  # fmt: skip
+        uuid = await self.w.hv.define(xml)
+        await self.w.hv.start(dom)
+        return [m.DomainDefined(node=self.w.node, domain_uuid=uuid),
+                m.DomainStarted(node=self.w.node, reason="cold-migrated")]  # fmt: skip
+
+    async def _cleanup(self, item: w.CleanupTarget, s: VMState) -> None:
+        mig = s.migration
+        if mig is None or item.target != self.w.node or s.node == self.w.node:
+            return  # the VM runs here after all: nothing of it is a leftover
+        dom = _dom(item.ref)
+        if (state := await self.w.hv.state(dom)) is not None:
+            await self.w._remove(dom, running=state in (*RUNNING_STATES, PAUSED_STATE))
+        elif pod := self.w._pods.pop(dom, None):
+            await self.w.pods.delete(pod)
+        await self.w.observe(item.ref, [m.LauncherDeleted(node=self.w.node, pod=mig.target_pod)])
+
+    # --- the source ------------------------------------------------------------------------------
+
+    async def _migrate(self, item: w.MigrateSource, s: VMState) -> None:
+        mig = s.migration
+        if mig is None or item.source != self.w.node or s.node != self.w.node:
+            return
+        dom = _dom(item.ref)
+        if mig.phase == RUNNING:  # started before a crash of ours: settle what became of it
+            await self.settle(item.ref, s)
+            return
+        if mig.phase != TARGET_READY:
+            return
+        await self.w.observe(item.ref, [m.MigrationStarted(migration=mig.id)])
+        if not item.live:
+            await self._cold_source(item, s)
+            return
+        with contextlib.suppress(HypervisorError):  # older QEMU: only during the job
+            await self.w.hv.set_max_downtime(dom, item.policy.max_downtime_ms)
+        call = self.w.hv.migrate(dom, item.target_uri, params=_params(item.target_uri, item.policy),
+                                 flags=_flags(item.policy))  # fmt: skip
+        task = self._running[mig.id] = self._spawn(call, f"migrate-{mig.id}")
+        try:
+            await self._watch(item, s, task)
+            await task
+        except HypervisorError as err:
+            why = self._abort.get(mig.id)
+            reason, aborted = (f"{why}: {err.message}", True) if why else (err.message, False)
+            await self.w.observe(item.ref, [m.MigrationFailed(migration=mig.id, reason=reason,
+                                                              aborted=aborted)])  # fmt: skip
+            return
+        finally:
+            self._running.pop(mig.id, None)
+            self._abort.pop(mig.id, None)
+        _, stats = await remote_domain(item.target_uri, dom)
+        await self._succeeded(item.ref, s, stats=stats)
+
+    async def _watch(self, item: w.MigrateSource, s: VMState, task: asyncio.Task[None]) -> None:
+        """Progress events while the job runs; abort it past KubeVirt's completion timeout."""
+        dom, mig_id = _dom(item.ref), item.migration
+        memory_gib = max(1.0, _memory_bytes(s) / (1 << 30))
+        deadline = time.monotonic() + item.policy.completion_timeout_per_gib * memory_gib
+        post_copy = False
+        while not task.done():
+            if mig_id in self._abort:
+                await self._abort_now(item)
+            await asyncio.wait({task}, timeout=PROGRESS_S)
+            if task.done():
+                return
+            with contextlib.suppress(HypervisorError):
+                if (progress := _progress(mig_id, await self.w.hv.job_stats(dom))) is not None:
+                    await self.w.observe(item.ref, [replace(progress, post_copy=post_copy)])
+            if time.monotonic() > deadline and mig_id not in self._abort:
+                if item.policy.allow_post_copy and not post_copy:
+                    # KubeVirt's way: past the timeout, the guest runs on the target and pulls
+                    # the pages it still lacks, so the migration completes.
+                    post_copy = True
+                    with contextlib.suppress(HypervisorError):
+                        await self.w.hv.start_post_copy(dom)
+                        stats = {**await self.w.hv.job_stats(dom), "type": 1}
+                        if (switched := _progress(mig_id, stats)) is not None:  # say so at once
+                            await self.w.observe(item.ref, [replace(switched, post_copy=True)])
+                    continue
+                limit = int(item.policy.completion_timeout_per_gib * memory_gib)
+                self._abort[mig_id] = (f"Live migration is not completed after {limit} sec and has "
+                                    "been aborted")  # fmt: skip
+
+    async def _succeeded(
+        self, ref: Ref, s: VMState, *, stats: dict[str, Any], mode: str = "live"
+    ) -> None:
+        """Record the move; `stats` are libvirt's of the completed job (the last progress)."""
+        mig = s.migration
+        assert mig is not None
+        done = m.MigrationSucceeded(migration=mig.id, source=mig.source, target=mig.target,
+                                    duration_ms=round(_since(mig.scheduled), 1),
+                                    downtime_ms=float(stats.get("downtime", 0)),
+                                    mode=mode)  # fmt: skip
+        events: list[m.Event] = [done]
+        if stats and (last := _progress(mig.id, stats)) is not None:  # the completed job's figures
+            events.insert(0, replace(last, percent=100.0, data_remaining=0))
+        if pod := self.w._pods.pop(_dom(ref), None):  # the source's launcher has nothing to run
+            await self.w.pods.delete(pod)
+            events.append(m.LauncherDeleted(node=self.w.node, pod=pod))
+        await self.w.observe(ref, events)
+
+    async def _cold_source(self, item: w.MigrateSource, s: VMState) -> None:
+        """A cold move's source: the copy here goes; the target booted its own already."""
+        ref, dom = item.ref, _dom(item.ref)
+        state = await self.w.hv.state(dom)
+        if state in (*RUNNING_STATES, PAUSED_STATE):
+            self.w._expect(dom, "stopped")
+            await self.w.hv.destroy(dom)
+        with contextlib.suppress(HypervisorError):
+            await self.w.hv.undefine(dom)
+        await asyncio.to_thread(
+            shutil.rmtree, self.w.volumes.instance_dir(ref.namespace, ref.name), True
+        )
+        await self.w.observe(ref, [m.DomainStopped(node=self.w.node, reason="migrated")])
+        await self._succeeded(ref, s, stats={}, mode="cold")
+
+    # --- after a restart -------------------------------------------------------------------------
+
+    def resume(self, ref: Ref, s: VMState) -> None:
+        """The sync loop found a migration from here under way: settle it in the background."""
+        self._spawn(self.settle(ref, s), f"settle-{ref.name}")
+
+    async def settle(self, ref: Ref, s: VMState) -> None:
+        dom = _dom(ref)
+        if (busy := self._settling.get(dom)) is not None:
+            await asyncio.shield(busy)
+            return
+        task = self._settling[dom] = asyncio.current_task()  # type: ignore[assignment]
+        try:
+            await self._settle(ref, s)
+        finally:
+            if self._settling.get(dom) is task:
+                del self._settling[dom]
+
+    async def _settle(self, ref: Ref, s: VMState) -> None:
+        mig = s.migration
+        if mig is None or not migration_active(mig):
+            return
+        dom, uri = _dom(ref), await self._uri_of(mig.target)
+        alive, finishing = (*RUNNING_STATES, PAUSED_STATE), 20  # x PROGRESS_S: a switchover
+        while (state := await self.w.hv.state(dom)) in alive:
+            with contextlib.suppress(HypervisorError):
+                stats = await self.w.hv.job_stats(dom)
+                if (progress := _progress(mig.id, stats)) is not None:
+                    await self.w.observe(ref, [progress])
+                elif finishing and uri and (await remote_domain(uri, dom))[0] in RUNNING_STATES:
+                    finishing -= 1  # the target runs it already; the source is going away
+                else:
+                    break  # no job, and the target does not run it: it stayed here
+            await asyncio.sleep(PROGRESS_S)
+        if state in alive:
+            reason = "the migration job ended without completing while the source worker was down"
+            await self.w.observe(ref, [m.MigrationFailed(migration=mig.id, reason=reason)])
+            return
+        there, stats = await remote_domain(uri, dom) if uri else (None, {})
+        if there in (*RUNNING_STATES, PAUSED_STATE):
+            await self._succeeded(ref, s, stats=stats)
+            return
+        await self.w.observe(ref, [
+            m.MigrationFailed(migration=mig.id, reason="the domain is on neither node"),
+            m.DomainStopped(node=self.w.node, reason="lost"),
+        ])  # fmt: skip
+
+    async def _uri_of(self, node: str) -> str:
+        n = NodeState()
+        for rec in await self.w.store.read(Ref.node(node)):
+            n = apply_node(n, rec.envelope)
+        return n.migration_uri
+
+
+def _dom(ref: Ref) -> str:
+    return f"{ref.namespace}_{ref.name}"  # as workers.worker.domain_name
+
+
+def _memory_bytes(s: VMState) -> int:
+    try:
+        return guest_memory_bytes(s.spec)
+    except ValidationError:
+        return 0
