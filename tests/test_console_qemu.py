@@ -19,20 +19,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import libvirt
-import nats
 import pycdlib
 import pytest
-from test_hotplug_qemu import HotplugStack
+from qemustack import QemuStack, qemu_stack
 from test_worker_qemu import NODE
 
 from events import commands as c
-from events.provision import provision
-from events.server import NatsServer
-from orchestrator.app import run_orchestrator
 from orchestrator.client import send
-from workers.qemunodes import QemuNode
 from workers.volumes import claim_dir
-from workers.worker import Worker
 
 pytestmark = pytest.mark.kvm
 
@@ -44,39 +38,10 @@ ESCAPE = b"\x1d"
 @pytest.fixture
 async def cstack(
     kvm_host: None, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[HotplugStack]:
-    base = tmp_path_factory.mktemp("cq")  # short: the node's unix socket path must fit 108 bytes
-    async with NatsServer(data_dir=base / "nats", port=-1) as server:
-        nc = await nats.connect(server.url)
-        await provision(nc.jetstream())
-        orch_stop = asyncio.Event()
-        orch = asyncio.create_task(
-            run_orchestrator(nc, data_dir=base / "orch", stop=orch_stop, node_grace_s=5),
-            name="orchestrator",
-        )
-        node = QemuNode(base, NODE, index=NODE_INDEX)
-        try:
-            await node.start()
-            data_dir = base / "data"
-            worker = Worker(nc, node=NODE, uri=node.uri, data_dir=data_dir,
-                            host_root=data_dir / "host")  # fmt: skip
-            stop = asyncio.Event()
-            task = asyncio.create_task(worker.run(stop), name=f"worker-{NODE}")
-            try:
-                st = HotplugStack(nc, node, data_dir, task)
-                st.url = server.url
-                await st.until_registered()
-                yield st
-            finally:
-                stop.set()
-                await task
-        finally:
-            try:
-                await node.stop()
-            finally:
-                orch_stop.set()
-                await orch
-                await nc.close()
+) -> AsyncIterator[QemuStack]:
+    # A short base: the node's unix socket path must fit 108 bytes.
+    async with qemu_stack(tmp_path_factory.mktemp("cq"), nodes={NODE: NODE_INDEX}) as st:
+        yield st
 
 
 def make_iso(path: Path) -> None:
@@ -138,9 +103,7 @@ def reset(uri: str, domain: str) -> None:
         conn.close()
 
 
-async def test_upload_boot_vnc_and_console_over_the_bus(
-    cstack: HotplugStack, tmp_path: Path
-) -> None:
+async def test_upload_boot_vnc_and_console_over_the_bus(cstack: QemuStack, tmp_path: Path) -> None:
     iso = tmp_path / "boot.iso"
     make_iso(iso)
     code, out, err = await cstack.virtbus("image-upload", "--image-path", str(iso), "--pvc-name",
