@@ -21,6 +21,7 @@ import libvirtaio
 import msgspec
 
 from events.errors import HypervisorError
+from events.names import Ref
 
 T = TypeVar("T")
 
@@ -47,7 +48,19 @@ _REASON: Final = {
     "crashed": {0: "panicked", 1: "crashloaded"},
 }  # fmt: skip
 RUNNING_STATES: Final = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED)
+PAUSED_STATE: Final = libvirt.VIR_DOMAIN_PAUSED
 LIBVIRT_THREADS: Final = 32  # libvirt multiplexes calls from many threads on one connection
+
+
+def domain_name(ref: Ref) -> str:
+    """A VM's libvirt domain: KubeVirt's `<namespace>_<name>` (DNS-1123 names have no "_")."""
+    return f"{ref.namespace}_{ref.name}"
+
+
+def ref_of_domain(name: str) -> Ref | None:
+    """The VM a domain belongs to, or None for a domain that is not one of ours."""
+    ns, sep, vm = name.partition("_")
+    return Ref("vm", ns, vm) if sep else None
 
 
 class DomainEvent(msgspec.Struct, frozen=True):

@@ -41,7 +41,7 @@ from events.state import (
     migration_active,
 )
 from workers.domain import guest_memory_bytes, render_domain
-from workers.hypervisor import RUNNING_STATES, remote_domain
+from workers.hypervisor import PAUSED_STATE, RUNNING_STATES, domain_name, remote_domain
 from workers.qemunodes import migration_params
 from workers.volumes import VolumeUnavailable
 
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
     from workers.worker import Worker
 
 log = logging.getLogger("virtbus.migration")
-PAUSED_STATE = 3  # libvirt.VIR_DOMAIN_PAUSED
 PROGRESS_S = 0.5  # under the promised once a second
 _BEFORE_READY = (SCHEDULING, SCHEDULED, PREPARING_TARGET)
 LIVE_FLAGS = (
@@ -168,7 +167,7 @@ class Migrations:
         if item.migration in self._running:
             # Not started yet, or just ended: the watch loop tries again while the call runs.
             with contextlib.suppress(HypervisorError):
-                await self.w.hv.abort_job(_dom(item.ref))
+                await self.w.hv.abort_job(domain_name(item.ref))
 
     # --- the target ------------------------------------------------------------------------------
 
@@ -176,7 +175,7 @@ class Migrations:
         mig = s.migration
         if mig is None or mig.phase not in _BEFORE_READY or item.target != self.w.node:
             return
-        ref, dom = item.ref, _dom(item.ref)
+        ref, dom = item.ref, domain_name(item.ref)
         pod = await self.w.pods.create(target_pod_name(ref.name, mig.id), namespace=ref.namespace)
         self.w._pods[dom] = pod
         events: list[m.Event] = [] if mig.target_pod == pod else [m.LauncherCreated(
@@ -196,7 +195,7 @@ class Migrations:
 
     async def _cold_start(self, item: w.PrepareTarget) -> list[m.Event]:
         """A cold move's target: the domain defined and booted here from the spec."""
-        ref, dom = item.ref, _dom(item.ref)
+        ref, dom = item.ref, domain_name(item.ref)
         if await self.w.hv.state(dom) in (*RUNNING_STATES, PAUSED_STATE):
             return []  # started before a crash of ours
         volumes = await self.w.volumes.resolve(
@@ -213,7 +212,7 @@ class Migrations:
         mig = s.migration
         if mig is None or item.target != self.w.node or s.node == self.w.node:
             return  # the VM runs here after all: nothing of it is a leftover
-        dom = _dom(item.ref)
+        dom = domain_name(item.ref)
         if (state := await self.w.hv.state(dom)) is not None:
             await self.w._remove(dom, running=state in (*RUNNING_STATES, PAUSED_STATE))
         elif pod := self.w._pods.pop(dom, None):
@@ -226,7 +225,7 @@ class Migrations:
         mig = s.migration
         if mig is None or item.source != self.w.node or s.node != self.w.node:
             return
-        dom = _dom(item.ref)
+        dom = domain_name(item.ref)
         if mig.phase == RUNNING:  # started before a crash of ours: settle what became of it
             await self.settle(item.ref, s)
             return
@@ -258,7 +257,7 @@ class Migrations:
 
     async def _watch(self, item: w.MigrateSource, s: VMState, task: asyncio.Task[None]) -> None:
         """Progress events while the job runs; abort it past KubeVirt's completion timeout."""
-        dom, mig_id = _dom(item.ref), item.migration
+        dom, mig_id = domain_name(item.ref), item.migration
         memory_gib = max(1.0, _memory_bytes(s) / (1 << 30))
         deadline = time.monotonic() + item.policy.completion_timeout_per_gib * memory_gib
         post_copy = False
@@ -299,14 +298,16 @@ class Migrations:
         events: list[m.Event] = [done]
         if stats and (last := _progress(mig.id, stats)) is not None:  # the completed job's figures
             events.insert(0, replace(last, percent=100.0, data_remaining=0))
-        if pod := self.w._pods.pop(_dom(ref), None):  # the source's launcher has nothing to run
+        if pod := self.w._pods.pop(
+            domain_name(ref), None
+        ):  # the source's launcher has nothing to run
             await self.w.pods.delete(pod)
             events.append(m.LauncherDeleted(node=self.w.node, pod=pod))
         await self.w.observe(ref, events)
 
     async def _cold_source(self, item: w.MigrateSource, s: VMState) -> None:
         """A cold move's source: the copy here goes; the target booted its own already."""
-        ref, dom = item.ref, _dom(item.ref)
+        ref, dom = item.ref, domain_name(item.ref)
         state = await self.w.hv.state(dom)
         if state in (*RUNNING_STATES, PAUSED_STATE):
             self.w._expect(dom, "stopped")
@@ -326,7 +327,7 @@ class Migrations:
         self._spawn(self.settle(ref, s), f"settle-{ref.name}")
 
     async def settle(self, ref: Ref, s: VMState) -> None:
-        dom = _dom(ref)
+        dom = domain_name(ref)
         if (busy := self._settling.get(dom)) is not None:
             await asyncio.shield(busy)
             return
@@ -341,7 +342,7 @@ class Migrations:
         mig = s.migration
         if mig is None or not migration_active(mig):
             return
-        dom, uri = _dom(ref), await self._uri_of(mig.target)
+        dom, uri = domain_name(ref), await self._uri_of(mig.target)
         alive, finishing = (*RUNNING_STATES, PAUSED_STATE), 20  # x PROGRESS_S: a switchover
         while (state := await self.w.hv.state(dom)) in alive:
             with contextlib.suppress(HypervisorError):
@@ -371,10 +372,6 @@ class Migrations:
         for rec in await self.w.store.read(Ref.node(node)):
             n = apply_node(n, rec.envelope)
         return n.migration_uri
-
-
-def _dom(ref: Ref) -> str:
-    return f"{ref.namespace}_{ref.name}"  # as workers.worker.domain_name
 
 
 def _memory_bytes(s: VMState) -> int:

@@ -31,12 +31,20 @@ from events.store import EventStore
 from events.telemetry import bound
 from workers import metrics
 from workers.domain import disk_xml_of, hotplug_disk, render_domain
-from workers.hypervisor import RUNNING_STATES, DomainEvent, Hypervisor
+from workers.hypervisor import (
+    PAUSED_STATE,
+    RUNNING_STATES,
+    DomainEvent,
+    Hypervisor,
+    domain_name,
+    ref_of_domain,
+)
 from workers.k8spods import KubernetesPods
-from workers.migration import Migrations, incoming, outgoing
+from workers.migration import Migrations
 from workers.pods import ProcessPods, pod_name
 from workers.sessions import Sessions
-from workers.snapshots import NodeSnapshots, SnapshotError
+from workers.snapshots import NodeSnapshots, Snapshotting
+from workers.sync import reconcile
 from workers.upload import Uploads
 from workers.vnc import Consoles
 from workers.volumemove import Mover
@@ -44,18 +52,8 @@ from workers.volumes import Volumes, VolumeUnavailable
 from workers.volumestore import VolumeStore
 
 log = logging.getLogger("virtbus.worker")
-PAUSED_STATE = 3  # libvirt.VIR_DOMAIN_PAUSED
 KEEPALIVE_S = 10.0
 EXPECT_S = 10.0  # how long an event our own call caused may take to arrive
-
-
-def domain_name(ref: Ref) -> str:
-    return f"{ref.namespace}_{ref.name}"  # KubeVirt's naming; DNS-1123 names have no "_"
-
-
-def ref_of_domain(name: str) -> Ref | None:
-    ns, sep, vm = name.partition("_")
-    return Ref("vm", ns, vm) if sep else None
 
 
 class Worker:
@@ -78,6 +76,7 @@ class Worker:
         )  # fmt: skip
         self.volumes = Volumes(data_dir, host_root=host_root)
         self.snapshots = NodeSnapshots(data_dir, self.volumes)
+        self.snapshotting = Snapshotting(self)
         self.volume_store = VolumeStore(self.store, node=node, root=data_dir)
         consoles = Consoles(self.hv, self.store, node=node)
         self.sessions = Sessions(nc, node=node, handlers={
@@ -142,52 +141,7 @@ class Worker:
     # --- the sync loop ---------------------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        states = await self.store.replay_states(verify=False)
-        domains = await self.hv.domains()
-        for dom, st in domains.items():
-            ref = ref_of_domain(dom)
-            s = states.get(ref) if ref else None
-            if s is not None and s.node == self.node and s.phase in (SCHEDULED, RUNNING):
-                continue
-            if s is not None and incoming(s, self.node):
-                continue  # a migration to here is under way; its source settles it
-            await self._remove(dom, running=st in RUNNING_STATES or st == PAUSED_STATE)
-            if ref is not None and s is not None:
-                await self.observe(ref, [m.DomainUndefined(node=self.node)])
-        for ref, s in states.items():
-            if s.node == self.node and outgoing(s):
-                self.migrations.resume(ref, s)  # what became of it is for libvirt to say
-                continue
-            if s.node == self.node and s.phase == RUNNING and domain_name(ref) not in domains:
-                # The log says it runs here and it does not: a lost domain, a failed instance.
-                await self.observe(ref, [m.DomainStopped(node=self.node, reason="lost")])
-        await self._adopt_launchers(states, domains)
-        keep = [
-            self.snapshots.dir_of(ref, snap.name, snap.requested)
-            for ref, s in states.items() for snap in s.snapshots.values() if snap.node == self.node
-        ]  # fmt: skip
-        for gone in await asyncio.to_thread(self.snapshots.sweep, keep):
-            log.info("removed the copies of a snapshot the log no longer has: %s", gone)
-
-    async def _adopt_launchers(self, states: dict[Ref, VMState], domains: dict[str, int]) -> None:
-        """Take back the launchers of the VMs kept here; a running VM whose launcher went away
-        while no worker watched has failed, as if it had died before our eyes."""
-        kept = {
-            pod_name(ref.name, s.vmi_uid): ref for ref, s in states.items()
-            if s.node == self.node and s.vmi_uid and (
-                s.phase in (SCHEDULING, SCHEDULED)
-                or (s.phase == RUNNING and domain_name(ref) in domains))
-        }  # fmt: skip
-        try:
-            missing = await self.pods.adopt({pod: ref.namespace for pod, ref in kept.items()})
-        except VirtbusError as err:  # a redelivered start still finds its pod by name
-            log.warning("adopting the launchers of %s: %s", self.node, err)
-            return
-        for pod, ref in kept.items():
-            self._pods[domain_name(ref)] = pod
-        for pod in missing:
-            if states[kept[pod]].phase == RUNNING:
-                await self._launcher_exited(pod, -1)
+        await reconcile(self)
 
     async def _remove(self, dom: str, *, running: bool) -> None:
         if running:
@@ -268,7 +222,7 @@ class Worker:
             return
         s, _ = await self.store.load(item.ref)
         if isinstance(item, w.SnapshotWork):
-            await self._snapshot_work(item, s)
+            await self.snapshotting.do(item, s)
             return
         if isinstance(item, w.MigrationWork):  # addressed to a source or a target
             await self.migrations.do(item, s)
@@ -405,51 +359,6 @@ class Worker:
         await self.observe(ref, [m.VolumeDetached(volume=vol, node=self.node)])
 
     # --- what libvirt and the launchers tell us --------------------------------------------------
-
-    async def _snapshot_work(self, item: w.SnapshotWork, s: VMState) -> None:
-        snap = s.snapshots.get(item.snapshot)
-        current = snap is not None and snap.requested == item.version
-        if isinstance(item, w.RemoveSnapshot):
-            if not current:  # not made anew under that name meanwhile
-                await self.snapshots.remove(item)
-            return
-        if not current:
-            return  # stale: deleted or made anew meanwhile
-        try:
-            if isinstance(item, w.TakeSnapshot) and snap and snap.phase == "InProgress":
-                size = await self._take_snapshot(item, paused_here=s.node == self.node)
-                done = m.SnapshotSucceeded(snapshot=item.snapshot, node=self.node, size_bytes=size)
-                await self.observe(item.ref, [done])
-            elif isinstance(item, w.RestoreSnapshot) and s.restoring and s.restore:
-                if s.restore.name != item.restore:
-                    return
-                if await self.hv.state(domain_name(item.ref)) in (*RUNNING_STATES, PAUSED_STATE):
-                    raise SnapshotError(f"VM {item.name!r} is running on {self.node}")
-                await self.snapshots.restore(item)
-                ok = m.RestoreSucceeded(snapshot=item.snapshot, restore=item.restore)
-                await self.observe(item.ref, [ok])
-        except (SnapshotError, HypervisorError) as err:
-            failed: m.Event = (
-                m.RestoreFailed(snapshot=item.snapshot, restore=item.restore, reason=err.message)
-                if isinstance(item, w.RestoreSnapshot)
-                else m.SnapshotFailed(snapshot=item.snapshot, reason=err.message)
-            )
-            await self.observe(item.ref, [failed])
-
-    async def _take_snapshot(self, item: w.TakeSnapshot, *, paused_here: bool) -> int:
-        """A crash-consistent copy, like KubeVirt's without a guest agent: the running domain is
-        paused for the copy (our own pause and resume are not news for the log)."""
-        dom = domain_name(item.ref)
-        pause = paused_here and await self.hv.state(dom) in RUNNING_STATES
-        if pause:
-            self._expect(dom, "suspended")
-            await self.hv.suspend(dom)
-        try:
-            return await self.snapshots.take(item)
-        finally:
-            if pause:
-                self._expect(dom, "resumed")
-                await self.hv.resume(dom)
 
     def _expect(self, dom: str, kind: str) -> None:
         self._expected.setdefault(dom, []).append((kind, time.monotonic() + EXPECT_S))
