@@ -17,6 +17,7 @@ from orchestrator.api import Api
 from orchestrator.controller import Controller
 from orchestrator.intake import Intake
 from orchestrator.readmodel import ReadModel
+from orchestrator.webhooks.dispatcher import Dispatcher
 
 log = logging.getLogger("virtbus.orchestrator")
 SHUTDOWN_GRACE_S = 10.0
@@ -35,7 +36,12 @@ async def drain(tasks: list[asyncio.Task[None]], *, grace: float) -> None:
 
 
 async def run_orchestrator(
-    nc: Client, *, data_dir: Path, stop: asyncio.Event, node_grace_s: float = 10.0
+    nc: Client,
+    *,
+    data_dir: Path,
+    stop: asyncio.Event,
+    node_grace_s: float = 10.0,
+    webhooks: bool = True,
 ) -> None:
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     intake = Intake(nc, EventStore(nc, source="/virtbus/orchestrator/intake"))
@@ -51,6 +57,9 @@ async def run_orchestrator(
             asyncio.create_task(controller.run(stop), name="orchestrator-controller"),
             asyncio.create_task(readmodel.run(stop), name="orchestrator-readmodel"),
         ]
+        if webhooks:  # off when the dispatcher runs as its own process (one per bus)
+            dispatcher = Dispatcher(nc, data_dir=data_dir)
+            tasks.append(asyncio.create_task(dispatcher.run(stop), name="orchestrator-webhooks"))
         await api.start()
         try:
             done, _ = await asyncio.wait(

@@ -22,6 +22,7 @@ from events.commands import AnyCommand
 from events.envelope import Envelope
 from events.errors import VirtbusError
 from orchestrator.bus import server_url
+from orchestrator.cli_webhook import bench_webhooks, webhook_app
 
 T = TypeVar("T")
 
@@ -36,6 +37,8 @@ bench = typer.Typer(help="Benchmarks; each measures its raw baseline in the same
 app.add_typer(bench, name="bench")
 admin = typer.Typer(help="Maintenance of the orchestrator's state.")
 app.add_typer(admin, name="admin")
+app.add_typer(webhook_app, name="webhook")
+bench.command("webhooks")(bench_webhooks)
 
 ServerOpt = Annotated[
     str | None,

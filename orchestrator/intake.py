@@ -27,6 +27,7 @@ from events.replicasets import ReplicaSetState, apply_rs
 from events.state import fold
 from events.store import EventStore
 from orchestrator.decide import decide, decide_rs
+from orchestrator.webhooks.subscriptions import decide_webhook, fold_webhook, prepare
 
 log = logging.getLogger("virtbus.intake")
 DURABLE = "orchestrator-intake"
@@ -79,7 +80,7 @@ class Intake:
             if mine:  # carried out before (a redelivery, a retrying client)
                 return _outcome(cmd.id, mine, duplicate=True)
             try:
-                events = _decide(ref, history, cmd)
+                events = _decide(ref, history, await prepare(self.nc, cmd))
             except ValidationError as err:
                 return await self._record_rejection(ref, cmd.id, type(cmd).__name__, err, version)
             if not events:
@@ -185,6 +186,8 @@ def _decide(ref: Ref, history: list[Recorded], cmd: c.Command) -> list[m.Event]:
         for r in history:
             rs = apply_rs(rs, r.envelope)
         return decide_rs(rs, cmd)
+    if ref.kind == "webhook":
+        return decide_webhook(fold_webhook(ref.name, history), cmd)
     raise ValidationError(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
 
 

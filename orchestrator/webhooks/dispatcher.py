@@ -1,0 +1,222 @@
+"""The webhook dispatcher: follows the subscriptions on the log and runs one Runner for each.
+
+It runs inside the orchestrator (`run_orchestrator`) or alone (`python -m orchestrator.webhooks`);
+run one of the two per bus, since two dispatchers on one durable consumer would split a VM's
+events between them and lose the per-VM order. It also answers the CLI on
+`virt.webhooks.deliveries` and `virt.webhooks.redeliver` from its delivery records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Final
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from events import model as m
+from events.errors import ConcurrencyConflict
+from events.names import EVENTS_STREAM, Ref
+from events.reader import direct_last
+from events.store import EventStore
+from orchestrator.webhooks import secrets
+from orchestrator.webhooks.deliveries import DEAD, Delivery, DeliveryLog
+from orchestrator.webhooks.runner import Runner
+from orchestrator.webhooks.settings import WebhookSettings
+from orchestrator.webhooks.subscriptions import WebhookState, apply_webhook, fold_webhook
+
+log = logging.getLogger("virtbus.webhooks")
+DELIVERIES_SUBJECT: Final = "virt.webhooks.deliveries"
+REDELIVER_SUBJECT: Final = "virt.webhooks.redeliver"
+QUEUE: Final = "virtbus-webhooks"
+SECRET_TTL_S: Final = 2.0  # a rotated secret signs within this long
+
+
+class DeliveriesQuery(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    status: str | None = None
+    limit: int = 100
+
+
+class RedeliverRequest(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    seq: int | None = None
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[Delivery] = []
+    error: str = ""
+
+
+class Dispatcher:
+    def __init__(
+        self, nc: Client, *, data_dir: Path, settings: WebhookSettings | None = None,
+        source: str = "/virtbus/orchestrator/webhooks",
+    ) -> None:  # fmt: skip
+        self.nc = nc
+        self.data_dir = data_dir
+        self.settings = settings or WebhookSettings.from_env()
+        self.store = EventStore(nc, source=source)
+        self.states: dict[str, WebhookState] = {}
+        self.runners: dict[str, Runner] = {}
+        self.deliveries = DeliveryLog(data_dir / "webhooks.sqlite")
+        self._keys: dict[str, tuple[float, list[bytes]]] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.to_thread(self.data_dir.mkdir, parents=True, exist_ok=True)
+        await self.deliveries.open()
+        writer_stop = asyncio.Event()
+        writer = asyncio.create_task(self.deliveries.run(writer_stop), name="webhooks-writer")
+        services: list[Subscription] = []
+        try:
+            services = [
+                await self.nc.subscribe(DELIVERIES_SUBJECT, queue=QUEUE, cb=self._on_deliveries),
+                await self.nc.subscribe(REDELIVER_SUBJECT, queue=QUEUE, cb=self._on_redeliver),
+            ]
+            await self._follow(stop)
+        finally:
+            for sub in services:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            await asyncio.gather(*(r.close(grace=self.settings.timeout_s)
+                                   for r in self.runners.values()))  # fmt: skip
+            self.runners.clear()
+            writer_stop.set()
+            await writer
+            await self.deliveries.close()
+
+    async def _follow(self, stop: asyncio.Event) -> None:
+        """Fold every subscription from the start of the log, then keep them in step."""
+        last = await direct_last(self.nc, EVENTS_STREAM, "virt.webhook.>")
+        caught_up_at = last[2] if last else 0
+        if not caught_up_at:
+            await self._reconcile_all()
+        js = self.nc.jetstream()
+        sub = await js.subscribe(
+            "virt.webhook.>", stream=EVENTS_STREAM, ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )  # fmt: skip
+        try:
+            while not stop.is_set():
+                try:
+                    msg = await sub.next_msg(timeout=0.5)
+                except TimeoutError:
+                    continue
+                seq = msg.metadata.sequence.stream
+                rec = self.store.decode(msg.data, msg.subject, seq)
+                ref = Ref("webhook", "_", msg.subject.split(".")[3])
+                if rec is None:
+                    continue
+                old = self.states.get(ref.name) or WebhookState(name=ref.name)
+                new = apply_webhook(old, rec)
+                self.states[ref.name] = new
+                if old.exists and (old.life_seq != new.life_seq or not new.active):
+                    await self._retire(old, removed=not new.exists)
+                if seq == caught_up_at:
+                    await self._reconcile_all()
+                elif seq > caught_up_at:
+                    await self._reconcile(new)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sub.unsubscribe(), 2)
+
+    async def _reconcile_all(self) -> None:
+        for s in list(self.states.values()):
+            await self._reconcile(s)
+
+    async def _reconcile(self, s: WebhookState) -> None:
+        runner = self.runners.get(s.name)
+        if runner is not None and (not s.active or runner.state.life_seq != s.life_seq):
+            await self.runners.pop(s.name).close(grace=self.settings.timeout_s)
+            runner = None
+        if s.active and runner is None:
+            runner = Runner(
+                self.nc, s, deliveries=self.deliveries, settings=self.settings, keys=self.keys,
+                on_gone=self.disable,
+            )  # fmt: skip
+            self.runners[s.name] = runner
+            runner.start()
+            log.info("webhook %s: delivering to %s", s.name, s.url)
+
+    async def _retire(self, old: WebhookState, *, removed: bool) -> None:
+        """A life that ended (removed, disabled, replaced): its consumer goes, and on removal
+        its secret too."""
+        if (runner := self.runners.get(old.name)) and runner.state.life_seq == old.life_seq:
+            await self.runners.pop(old.name).close(grace=self.settings.timeout_s)
+        with contextlib.suppress(Exception):
+            await self.nc.jetstream().delete_consumer(EVENTS_STREAM, old.consumer)
+        if removed and old.secret_ref:
+            with contextlib.suppress(Exception):
+                await secrets.forget(self.nc.jetstream(), old.secret_ref)
+
+    async def keys(self, ref: str) -> list[bytes]:
+        """HMAC keys of a subscription's live secrets, cached for `SECRET_TTL_S`."""
+        now = time.monotonic()
+        cached = self._keys.get(ref)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        kv = await secrets.bucket(self.nc.jetstream())
+        keys = secrets.keys_of(await secrets.load(kv, ref))
+        self._keys[ref] = (now + SECRET_TTL_S, keys)
+        return keys
+
+    async def disable(self, s: WebhookState, reason: str) -> None:
+        """Record `WebhookDisabled` (once per life, whoever notices first)."""
+        ref = Ref.of("webhook", s.name)
+        for _ in range(5):
+            current = fold_webhook(s.name, await self.store.read(ref))
+            if not current.active or current.life_seq != s.life_seq:
+                return
+            try:
+                await self.store.append(
+                    ref, [m.WebhookDisabled(reason=reason)], expected_version=current.version,
+                    command_id=f"disable-{s.consumer}",
+                )  # fmt: skip
+                log.warning("webhook %s disabled: %s", s.name, reason)
+                return
+            except ConcurrencyConflict:
+                continue
+
+    # --- the CLI's questions ---------------------------------------------------------------------
+
+    async def _on_deliveries(self, msg: Msg) -> None:
+        try:
+            q = msgspec.json.decode(msg.data, type=DeliveriesQuery)
+        except (msgspec.DecodeError, msgspec.ValidationError) as err:
+            await msg.respond(msgspec.json.encode(Reply(error=f"bad query: {err}")))
+            return
+        items = await self.deliveries.of(q.name, status=q.status, limit=q.limit)
+        await msg.respond(msgspec.json.encode(Reply(items=items)))
+
+    async def _on_redeliver(self, msg: Msg) -> None:
+        try:
+            q = msgspec.json.decode(msg.data, type=RedeliverRequest)
+        except (msgspec.DecodeError, msgspec.ValidationError) as err:
+            await msg.respond(msgspec.json.encode(Reply(error=f"bad request: {err}")))
+            return
+        runner = self.runners.get(q.name)
+        if runner is None:
+            reply = Reply(error=f'webhook "{q.name}" is not an active subscription')
+            await msg.respond(msgspec.json.encode(reply))
+            return
+        consumer = runner.state.consumer
+        if q.seq is not None:
+            found = await self.deliveries.get(consumer, q.seq)
+            todo = [found] if found is not None else []
+            if not todo:
+                reply = Reply(error=f'webhook "{q.name}" has no delivery {q.seq}')
+                await msg.respond(msgspec.json.encode(reply))
+                return
+        else:
+            todo = sorted(await self.deliveries.of(q.name, status=DEAD, limit=10_000),
+                          key=lambda d: d.seq)  # fmt: skip
+            todo = [d for d in todo if d.consumer == consumer]
+        done = [await runner.redeliver(d) for d in todo]
+        await msg.respond(msgspec.json.encode(Reply(items=done)))
