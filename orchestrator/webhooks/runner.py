@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,7 @@ import aiohttp
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
+from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
@@ -33,6 +34,7 @@ from orchestrator.webhooks.subscriptions import WebhookState, matches, subject_f
 
 log = logging.getLogger("virtbus.webhooks")
 FETCH = 256
+PULL_EXPIRES_S = 5.0
 
 Keys = Callable[[str], Awaitable[list[bytes]]]
 OnGone = Callable[[WebhookState, str], Awaitable[None]]
@@ -118,27 +120,57 @@ class Runner:
         connector = aiohttp.TCPConnector(
             limit=self.settings.concurrency, resolver=GuardedResolver(self.settings.networks())
         )
-        self._session = aiohttp.ClientSession(connector=connector)
-        psub = await js.pull_subscribe_bind(durable=s.consumer, stream=EVENTS_STREAM)
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
+        )  # fmt: skip
         ticker = asyncio.create_task(self._keep_alive(), name=f"webhook-{s.consumer}-alive")
+        sub = await self._pull()
         try:
-            while not self.stop.is_set():
-                try:
-                    msgs = await psub.fetch(FETCH, timeout=0.5)
-                except (NatsTimeout, TimeoutError):
-                    continue
-                for msg in msgs:
-                    await self._on_msg(msg)
+            await self.stop.wait()
         finally:
             ticker.cancel()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
             workers = [k.worker for k in self._by_key.values() if k.worker is not None]
             _, pending = await asyncio.wait([ticker, *workers], timeout=self.settings.timeout_s)
             for t in pending:
                 t.cancel()
             await asyncio.gather(ticker, *workers, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
             await self._session.close()
+
+    async def _pull(self) -> Subscription:
+        """Pull with batches always in flight, handled in a core-subscription callback: nats-py's
+        `fetch()` costs a request and an inbox per call, which at a few messages per call was
+        the dispatcher's largest overhead."""
+        inbox = self.nc.new_inbox()
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{self.state.consumer}"
+        request = json.dumps({"batch": FETCH, "expires": int(PULL_EXPIRES_S * 1e9)}).encode()
+        received = 0
+
+        async def ask() -> None:
+            if not self.stop.is_set():
+                await self.nc.publish(next_subject, request, reply=inbox)
+
+        async def on_msg(msg: Msg) -> None:
+            nonlocal received
+            if not msg.reply:  # a status: the request expired (408) or was refused (409)
+                if msg.headers and msg.headers.get("Status") == "409":
+                    await asyncio.sleep(0.5)  # e.g. the consumer is gone: do not spin
+                await ask()
+                return
+            received += 1
+            if received % FETCH == 0:
+                await ask()
+            try:
+                await self._on_msg(msg)
+            except Exception:  # never let one message end the callback loop; it is redelivered
+                log.exception("webhook %s: message %s", self.state.name, msg.reply)
+
+        sub = await self.nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=4 * FETCH)
+        for _ in range(2):
+            await ask()
+        return sub
 
     async def _on_msg(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream

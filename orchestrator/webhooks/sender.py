@@ -86,10 +86,8 @@ async def post(
         return Attempt(error="no signing secret is stored for this subscription")
     hdrs = headers_for(msg_id=msg_id, body=body, keys=keys)
     try:
-        async with session.post(
-            url, data=body, headers=hdrs, allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-        ) as resp:  # fmt: skip
+        # The session carries the timeout (`timeout_s`): one object, not one per request.
+        async with session.post(url, data=body, headers=hdrs, allow_redirects=False) as resp:
             await resp.read()
             after = retry_after(resp.headers.get("Retry-After"))
             error = "" if resp.status < 300 else f"HTTP {resp.status}"
