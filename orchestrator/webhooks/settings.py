@@ -90,9 +90,9 @@ def address_refusal(addr: Addr, allowed: Sequence[Net]) -> str | None:
     if any(addr in net for net in allowed):
         return None
     for what, flag in (
-        ("loopback", addr.is_loopback), ("private", addr.is_private),
-        ("link-local", addr.is_link_local), ("multicast", addr.is_multicast),
-        ("reserved", addr.is_reserved), ("unspecified", addr.is_unspecified),
+        ("loopback", addr.is_loopback), ("link-local", addr.is_link_local),
+        ("multicast", addr.is_multicast), ("unspecified", addr.is_unspecified),
+        ("reserved", addr.is_reserved), ("private", addr.is_private),
     ):  # fmt: skip
         if flag:
             return f"{addr} is a {what} address (allow it with {ALLOW_NETS_ENV})"
