@@ -52,6 +52,7 @@ class _Held:
 class _Key:
     held: dict[int, _Held] = field(default_factory=dict)
     blocked_by: int | None = None  # a nak'ed message this VM waits for
+    inflight: int | None = None  # the message being POSTed
     worker: asyncio.Task[None] | None = None
 
 
@@ -182,6 +183,8 @@ class Runner:
         if seq in key.held:  # redelivered while held: keep the newest handle
             key.held[seq].msg = msg
             return
+        if seq == key.inflight:  # redelivered mid-POST (a stall past ack_wait): one is enough
+            return
         attempts, first_at = 0, time.time()
         if msg.metadata.num_delivered > 1:
             done = await self.deliveries.get(self.state.consumer, seq)
@@ -200,10 +203,15 @@ class Runner:
 
     async def _work(self, key: _Key) -> None:
         while key.held and key.blocked_by is None and not self.stop.is_set():
-            seq = min(key.held)
-            item = key.held.pop(seq)
+            # The slot first: a message waiting for one stays held, so `in_progress` keeps it.
             async with self._sem:
-                attempt = await self._attempt(item)
+                seq = min(key.held)
+                item = key.held.pop(seq)
+                key.inflight = seq
+                try:
+                    attempt = await self._attempt(item)
+                finally:
+                    key.inflight = None
             if not await self._settle(item, seq, attempt, key):
                 return
 
