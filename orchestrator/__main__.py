@@ -24,7 +24,9 @@ async def _main(args: argparse.Namespace) -> None:
     nc = await nats.connect(args.server, name="virtbus-orchestrator")
     try:
         await provision(nc.jetstream())
-        await run_orchestrator(nc, data_dir=Path(args.data_dir), stop=stop)
+        await run_orchestrator(
+            nc, data_dir=Path(args.data_dir), stop=stop, webhooks=not args.no_webhooks
+        )
     finally:
         await nc.close()
 
@@ -32,6 +34,8 @@ async def _main(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m orchestrator", description=__doc__)
     parser.add_argument("--data-dir", default=".virtbus/orchestrator")
+    parser.add_argument("--no-webhooks", action="store_true",
+                        help="run the webhook dispatcher as its own process instead")  # fmt: skip
     parser.add_argument(
         "--server", default=os.environ.get("VIRTBUS_NATS_URL", "nats://127.0.0.1:4222")
     )

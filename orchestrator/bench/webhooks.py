@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any, cast
 
 import msgspec
@@ -137,9 +138,17 @@ async def _append(store: EventStore, namespace: str, *, events: int, rate: float
     return start
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _phase(
-    receivers: list[_Receiver], store: EventStore, prefix: str, *, events: int, rate: float
-) -> dict[str, float]:
+    receivers: list[_Receiver], store: EventStore, prefix: str, *, events: int, rate: float,
+    pid: int,
+) -> dict[str, float]:  # fmt: skip
+    cpu0 = _cpu_s(pid)
     for r in receivers:
         r.latencies.clear()
         r.expect = events
@@ -155,6 +164,7 @@ async def _phase(
     return {
         "deliveries": len(lat), "deliveries_per_s": len(lat) / max(end - start, 1e-9),
         "p50_ms": q[49], "p99_ms": q[98], "max_ms": lat[-1] if lat else 0.0,
+        "cpu_us_per_delivery": (_cpu_s(pid) - cpu0) / max(len(lat), 1) * 1e6,
     }  # fmt: skip
 
 
@@ -184,6 +194,7 @@ async def run(*, events: int, receivers: int, rate: float, server: str | None) -
         **{f"virtbus_{k}": v for k, v in ours.items()}, **{f"raw_{k}": v for k, v in raw.items()},
         "throughput_ratio": ours["deliveries_per_s"] / max(raw["deliveries_per_s"], 1e-9),
         "p99_ratio": ours["p99_ms"] / max(raw["p99_ms"], 1e-9),
+        "cpu_ratio": ours["cpu_us_per_delivery"] / max(raw["cpu_us_per_delivery"], 1e-9),
     }  # fmt: skip
 
 
@@ -210,7 +221,8 @@ async def _ours(
                         break
                     except Exception:
                         await asyncio.sleep(0.05)
-            return await _phase(recs, store, f"wh-{run_id}", events=events, rate=rate)
+            return await _phase(recs, store, f"wh-{run_id}", events=events, rate=rate,
+                                pid=proc.pid)  # fmt: skip
         finally:
             await _stop(proc)
 
@@ -225,20 +237,21 @@ async def _raw(
     try:
         assert proc.stdout is not None
         await asyncio.wait_for(proc.stdout.readline(), 30)
-        return await _phase(recs, store, prefix, events=events, rate=rate)
+        return await _phase(recs, store, prefix, events=events, rate=rate, pid=proc.pid)
     finally:
         await _stop(proc)
 
 
 def report(r: dict[str, Any]) -> str:
     lines = [f"{r['events']} events at {r['rate']:g}/s to {r['receivers']} receivers"]
-    lines.append(
-        f"{'':10} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'got':>7}"
-    )
+    lines.append(f"{'':8} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+                 f"{'got':>7} {'CPU us/delivery':>16}")  # fmt: skip
     for who in ("virtbus", "raw"):
         lines.append(
-            f"{who:10} {r[f'{who}_deliveries_per_s']:13,.0f} {r[f'{who}_p50_ms']:8.1f} "
-            f"{r[f'{who}_p99_ms']:8.1f} {r[f'{who}_max_ms']:8.1f} {r[f'{who}_deliveries']:7}"
+            f"{who:8} {r[f'{who}_deliveries_per_s']:13,.0f} {r[f'{who}_p50_ms']:8.1f} "
+            f"{r[f'{who}_p99_ms']:8.1f} {r[f'{who}_max_ms']:8.1f} {r[f'{who}_deliveries']:7} "
+            f"{r[f'{who}_cpu_us_per_delivery']:16.0f}"
         )
-    lines.append(f"ratio: throughput {r['throughput_ratio']:.2f}, p99 {r['p99_ratio']:.2f}")
+    lines.append(f"ratio: throughput {r['throughput_ratio']:.2f}, p99 {r['p99_ratio']:.2f}, "
+                 f"CPU per delivery {r['cpu_ratio']:.2f}")  # fmt: skip
     return "\n".join(lines)

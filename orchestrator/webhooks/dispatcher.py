@@ -22,6 +22,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from events import model as m
+from events.envelope import Recorded
 from events.errors import ConcurrencyConflict
 from events.names import EVENTS_STREAM, Ref
 from events.reader import direct_last
@@ -111,21 +112,23 @@ class Dispatcher:
                     continue
                 seq = msg.metadata.sequence.stream
                 rec = self.store.decode(msg.data, msg.subject, seq)
-                ref = Ref("webhook", "_", msg.subject.split(".")[3])
-                if rec is None:
-                    continue
-                old = self.states.get(ref.name) or WebhookState(name=ref.name)
-                new = apply_webhook(old, rec)
-                self.states[ref.name] = new
-                if old.exists and (old.life_seq != new.life_seq or not new.active):
-                    await self._retire(old, removed=not new.exists)
+                if rec is not None:
+                    await self._apply(rec, live=seq > caught_up_at)
                 if seq == caught_up_at:
                     await self._reconcile_all()
-                elif seq > caught_up_at:
-                    await self._reconcile(new)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sub.unsubscribe(), 2)
+
+    async def _apply(self, rec: Recorded, *, live: bool) -> None:
+        name = rec.subject.split(".")[3]
+        old = self.states.get(name) or WebhookState(name=name)
+        new = apply_webhook(old, rec)
+        self.states[name] = new
+        if old.exists and (old.life_seq != new.life_seq or not new.active):
+            await self._retire(old, removed=not new.exists)
+        if live:
+            await self._reconcile(new)
 
     async def _reconcile_all(self) -> None:
         for s in list(self.states.values()):

@@ -56,6 +56,15 @@ class _Key:
     worker: asyncio.Task[None] | None = None
 
 
+def ack_position(reply: str) -> tuple[int, int]:
+    """(stream sequence, delivery count) from a JetStream ack subject, v1 or v2 layout; nats-py's
+    `metadata` also parses the timestamp into a datetime, a cost paid per delivery here."""
+    t = reply.split(".")
+    if len(t) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(t[5]), int(t[4])
+    return int(t[7]), int(t[6])  # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>...
+
+
 def consumer_config(s: WebhookState, settings: WebhookSettings) -> ConsumerConfig:
     filters = subject_filters(s)
     cfg = ConsumerConfig(
@@ -174,7 +183,7 @@ class Runner:
         return sub
 
     async def _on_msg(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
+        seq, delivered = ack_position(msg.reply)
         head = HEAD.decode(msg.data)
         if not matches(self.state, ce_type=head.type, subject=head.subject):
             await msg.ack()
@@ -186,7 +195,7 @@ class Runner:
         if seq == key.inflight:  # redelivered mid-POST (a stall past ack_wait): one is enough
             return
         attempts, first_at = 0, time.time()
-        if msg.metadata.num_delivered > 1:
+        if delivered > 1:
             done = await self.deliveries.get(self.state.consumer, seq)
             if done is not None and done.status in dl.FINAL:
                 await msg.ack()  # recorded, then the dispatcher died before its ack
