@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 from conftest import api_ready, settle
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 from webhook_receiver import Got, Receiver
 
 from events import commands as c
@@ -78,7 +79,10 @@ class Stack:
     async def until_deliveries(self, name: str, ok: Any, *, within: float = 30) -> list[Any]:
         items: list[Any] = []
         for _ in range(int(within / 0.1)):
-            items = await self.deliveries(name)
+            try:
+                items = await self.deliveries(name)
+            except NoRespondersError:  # a dispatcher process still starting
+                items = []
             if ok(items):
                 return items
             await asyncio.sleep(0.1)
@@ -344,6 +348,35 @@ async def test_a_dispatcher_killed_mid_delivery_loses_nothing(bare: Stack) -> No
     assert by_vm(r.got) == {f"vm/default/k{i}": list(range(1, 31)) for i in range(4)}
     text = log.read_text()
     assert SECRET not in text and SECRET.removeprefix("whsec_") not in text
+
+
+async def test_a_restarted_dispatcher_keeps_a_vm_blocked_behind_its_retry(bare: Stack) -> None:
+    async def later_once(g: Got) -> web.StreamResponse:
+        if len(bare.receivers[0].got) == 1:  # the VM's first event: come back in 3 s
+            return web.Response(status=503, headers={"Retry-After": "3"})
+        return web.Response(status=200)
+
+    r = await bare.receiver(answer=later_once)
+    await bare.subscribe("blocked", r.url, types=["io.virtbus.vm.*"])
+    log = bare.tmp / "dispatcher.log"
+    proc = await _dispatcher(bare, log)
+    try:
+        await bare.emit("z", 1)
+        await bare.until_deliveries("blocked", lambda i: [d.status for d in i] == ["Retrying"])
+        await bare.emit("z", 4)  # held behind the retry
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        proc = await _dispatcher(bare, log)
+        # Its followers come back after ack_wait (2 s), before the retry is due (3 s).
+        await bare.until_deliveries(
+            "blocked", lambda i: len(i) == 5 and all(d.status == "Delivered" for d in i)
+        )
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+    assert by_vm(r.got) == {"vm/default/z": [1, 2, 3, 4, 5]}
+    assert r.got[1].webhook_id == r.got[0].webhook_id  # the retry came first
 
 
 # --- subscriptions: validation, secrets, CLI -----------------------------------------------------
