@@ -1,11 +1,13 @@
 """One subscription's delivery loop: its durable consumer, per-VM order, retries by redelivery.
 
-Order: messages are queued per aggregate (a VM) and one worker per VM delivers them lowest
-sequence first, so one VM's events reach the endpoint in log order while other VMs go in
-parallel, at most `concurrency` POSTs at a time. When a delivery fails, its message is nak'ed
-with the retry delay (JetStream redelivers it then: no timer of ours) and the VM is blocked
-behind it; later messages of that VM are held un-acked (kept alive with `in_progress`) until it
-comes back. A slow or dead endpoint fills only its own consumer's `max_ack_pending`.
+Order: messages are held per aggregate (a VM); a VM with messages waits in a ready queue, and a
+pool of `concurrency` workers takes one VM at a time and delivers its messages lowest sequence
+first, so one VM's events reach the endpoint in log order while other VMs go in parallel, at most
+`concurrency` POSTs at a time, with no task created per message. When a delivery fails, its
+message is nak'ed with the retry delay (JetStream redelivers it then: no timer of ours) and the
+VM is blocked behind it; later messages of that VM are held un-acked (kept alive with
+`in_progress`) until it comes back. A slow or dead endpoint fills only its own consumer's
+`max_ack_pending`.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class _Key:
     held: dict[int, _Held] = field(default_factory=dict)
     blocked_by: int | None = None  # a nak'ed message this VM waits for
     inflight: int | None = None  # the message being POSTed
-    worker: asyncio.Task[None] | None = None
+    active: bool = False  # in the ready queue or with a worker
 
 
 def ack_position(reply: str) -> tuple[int, int]:
@@ -94,7 +96,7 @@ class Runner:
         self.on_gone = on_gone
         self.stop = asyncio.Event()
         self._by_key: dict[str, _Key] = {}
-        self._sem = asyncio.Semaphore(settings.concurrency)
+        self._ready: asyncio.Queue[_Key | None] = asyncio.Queue()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -135,6 +137,10 @@ class Runner:
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
         )  # fmt: skip
         ticker = asyncio.create_task(self._keep_alive(), name=f"webhook-{s.consumer}-alive")
+        workers = [
+            asyncio.create_task(self._worker(), name=f"webhook-{s.consumer}-worker-{i}")
+            for i in range(self.settings.concurrency)
+        ]
         sub = await self._pull()
         try:
             await self.stop.wait()
@@ -142,7 +148,8 @@ class Runner:
             ticker.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-            workers = [k.worker for k in self._by_key.values() if k.worker is not None]
+            for _ in workers:  # each finishes the POST in hand, then takes a None and returns
+                self._ready.put_nowait(None)
             _, pending = await asyncio.wait([ticker, *workers], timeout=self.settings.timeout_s)
             for t in pending:
                 t.cancel()
@@ -205,22 +212,34 @@ class Runner:
         if key.blocked_by == seq:
             key.blocked_by = None
         key.held[seq] = _Held(msg, head, attempts, first_at)
-        if key.blocked_by is None and (key.worker is None or key.worker.done()):
-            key.worker = asyncio.create_task(
-                self._work(key), name=f"webhook-{self.state.consumer}-{head.subject}"
-            )
+        self._wake(key)
 
-    async def _work(self, key: _Key) -> None:
+    def _wake(self, key: _Key) -> None:
+        if key.held and key.blocked_by is None and not key.active:
+            key.active = True
+            self._ready.put_nowait(key)
+
+    async def _worker(self) -> None:
+        while (key := await self._ready.get()) is not None:
+            try:
+                await self._drain(key)
+            except Exception:  # the held messages stay un-acked: JetStream redelivers them
+                log.exception("webhook %s: delivery failed", self.state.name)
+            finally:
+                key.active = False
+            if not self.stop.is_set():
+                self._wake(key)  # messages that arrived after the last one drained
+
+    async def _drain(self, key: _Key) -> None:
+        """Deliver one VM's held messages in order until none are left or one must wait."""
         while key.held and key.blocked_by is None and not self.stop.is_set():
-            # The slot first: a message waiting for one stays held, so `in_progress` keeps it.
-            async with self._sem:
-                seq = min(key.held)
-                item = key.held.pop(seq)
-                key.inflight = seq
-                try:
-                    attempt = await self._attempt(item)
-                finally:
-                    key.inflight = None
+            seq = min(key.held)
+            item = key.held.pop(seq)
+            key.inflight = seq
+            try:
+                attempt = await self._attempt(item)
+            finally:
+                key.inflight = None
             if not await self._settle(item, seq, attempt, key):
                 return
 
@@ -281,11 +300,10 @@ class Runner:
             return _with(d, error=f"event {d.seq} is no longer in the log")
         if raw.data is None:
             return _with(d, error=f"event {d.seq} has no data")
-        async with self._sem:
-            attempt = await post(
-                self.session, self.state.url, body=raw.data, msg_id=d.webhook_id,
-                keys=await self.keys(self.state.secret_ref), timeout_s=self.settings.timeout_s,
-            )  # fmt: skip
+        attempt = await post(
+            self.session, self.state.url, body=raw.data, msg_id=d.webhook_id,
+            keys=await self.keys(self.state.secret_ref), timeout_s=self.settings.timeout_s,
+        )  # fmt: skip
         status = dl.DELIVERED if attempt.ok else (dl.GONE if attempt.gone else dl.DEAD)
         done = _with(d, status=status, attempts=d.attempts + 1, code=attempt.code,
                      error=attempt.error, last_at=time.time())  # fmt: skip
