@@ -81,7 +81,13 @@ class Dispatcher:
                 await self.nc.subscribe(DELIVERIES_SUBJECT, queue=QUEUE, cb=self._on_deliveries),
                 await self.nc.subscribe(REDELIVER_SUBJECT, queue=QUEUE, cb=self._on_redeliver),
             ]
-            await self._follow(stop)
+            while not stop.is_set():
+                try:
+                    await self._follow(stop)
+                except Exception as err:  # the bus went away: follow again from the start
+                    log.warning("webhook subscriptions: %r; following again", err)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
         finally:
             for sub in services:
                 with contextlib.suppress(Exception):
@@ -95,6 +101,7 @@ class Dispatcher:
 
     async def _follow(self, stop: asyncio.Event) -> None:
         """Fold every subscription from the start of the log, then keep them in step."""
+        self.states = {}  # a fresh fold: replaying onto the old one would retire live lives
         last = await direct_last(self.nc, EVENTS_STREAM, "virt.webhook.>")
         caught_up_at = last[2] if last else 0
         if not caught_up_at:

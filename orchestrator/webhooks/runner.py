@@ -97,6 +97,8 @@ class Runner:
         self.stop = asyncio.Event()
         self._by_key: dict[str, _Key] = {}
         self._ready: asyncio.Queue[_Key | None] = asyncio.Queue()
+        self._heard = time.monotonic()  # when the consumer last sent anything
+        self._ask: Callable[[], Awaitable[None]] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -118,14 +120,26 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def _consumer(self) -> None:
+        """Create the durable consumer (or find it: its position is what counts), retrying
+        while the bus is away."""
+        js = self.nc.jetstream()
+        while not self.stop.is_set():
+            try:
+                await js.add_consumer(EVENTS_STREAM, consumer_config(self.state, self.settings))
+                return
+            except Exception as err:  # it exists from an earlier run, or the bus is away
+                try:
+                    await js.consumer_info(EVENTS_STREAM, self.state.consumer)
+                    return
+                except Exception:
+                    log.warning("webhook %s: no consumer yet: %r", self.state.name, err)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 1.0)
+
     async def _run(self) -> None:
         s = self.state
-        js = self.nc.jetstream()
-        try:
-            await js.add_consumer(EVENTS_STREAM, consumer_config(s, self.settings))
-        except Exception as err:  # it exists from an earlier run: its position is what counts
-            log.debug("consumer %s: %r", s.consumer, err)
-            await js.consumer_info(EVENTS_STREAM, s.consumer)
+        await self._consumer()
         for d in await self.deliveries.retrying(s.consumer):
             key = self._by_key.setdefault(d.subject, _Key())
             key.blocked_by = d.seq if key.blocked_by is None else min(key.blocked_by, d.seq)
@@ -171,6 +185,7 @@ class Runner:
 
         async def on_msg(msg: Msg) -> None:
             nonlocal received
+            self._heard = time.monotonic()
             if not msg.reply:  # a status: the request expired (408) or was refused (409)
                 if msg.headers and msg.headers.get("Status") == "409":
                     await asyncio.sleep(0.5)  # e.g. the consumer is gone: do not spin
@@ -185,6 +200,7 @@ class Runner:
                 log.exception("webhook %s: message %s", self.state.name, msg.reply)
 
         sub = await self.nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=4 * FETCH)
+        self._ask = ask
         for _ in range(2):
             await ask()
         return sub
@@ -283,10 +299,16 @@ class Runner:
         return False
 
     async def _keep_alive(self) -> None:
-        """Held messages would be redelivered after `ack_wait`: tell JetStream we still work."""
-        period = max(self.settings.ack_wait_s / 3, 0.2)
+        """Held messages would be redelivered after `ack_wait`: tell JetStream we still work.
+        And a server that restarted forgot our pull requests: silence past their expiry means
+        asking again."""
+        period = max(min(self.settings.ack_wait_s / 3, PULL_EXPIRES_S), 0.2)
         while True:
             await asyncio.sleep(period)
+            if time.monotonic() - self._heard > 2 * PULL_EXPIRES_S and self._ask is not None:
+                with contextlib.suppress(Exception):
+                    await self._ask()
+                self._heard = time.monotonic()
             for key in list(self._by_key.values()):
                 for item in list(key.held.values()):
                     with contextlib.suppress(Exception):
