@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,27 @@ async def test_events_arrive_signed_as_cloudevents_in_per_vm_order(stack: Stack)
     assert {r.envelope.id for r in stored} <= {x.event.get_id() for x in every.got}
     items = await stack.until_deliveries("all-vms", lambda i: len(i) == 60)
     assert {d.status for d in items} == {"Delivered"} and {d.attempts for d in items} == {1}
+
+
+async def test_since_and_from_start_choose_where_deliveries_begin(stack: Stack) -> None:
+    await stack.emit("early", 2)
+    await asyncio.sleep(0.05)  # two distinct instants on either side of `since`
+    since = datetime.now(UTC)
+    await asyncio.sleep(0.05)
+    await stack.emit("late", 2)
+    everything, after, new_only = (await stack.receiver(), await stack.receiver(),
+                                   await stack.receiver())  # fmt: skip
+    vm_types = ["io.virtbus.vm.*"]
+    await stack.subscribe("everything", everything.url, types=vm_types, from_start=True)
+    await stack.subscribe("after", after.url, types=vm_types, since=since)
+    await stack.subscribe("new-only", new_only.url, types=vm_types)
+    await stack.emit("later", 1)
+    await everything.until(lambda got: len(got) == 5)
+    await after.until(lambda got: len(got) == 3)
+    await new_only.until(lambda got: len(got) == 1)
+    assert set(by_vm(everything.got)) == {"vm/default/early", "vm/default/late", "vm/default/later"}
+    assert set(by_vm(after.got)) == {"vm/default/late", "vm/default/later"}
+    assert set(by_vm(new_only.got)) == {"vm/default/later"}
 
 
 async def test_500_then_200_is_retried_with_the_same_webhook_id(stack: Stack) -> None:
