@@ -235,6 +235,38 @@ async def test_a_timeout_is_a_failed_attempt(stack: Stack) -> None:
     assert by_vm(r.got) == {"vm/default/t": [1, 2]}
 
 
+async def test_a_hanging_endpoint_does_not_stall_the_others(stack: Stack) -> None:
+    release = asyncio.Event()
+    inflight = {"now": 0, "max": 0}
+
+    async def hang(_: Got) -> web.StreamResponse:
+        inflight["now"] += 1
+        inflight["max"] = max(inflight["max"], inflight["now"])
+        try:
+            await release.wait()  # far past VIRTBUS_WEBHOOK_TIMEOUT_S=1
+        finally:
+            inflight["now"] -= 1
+        return web.Response(status=200)
+
+    stuck, fine = await stack.receiver(answer=hang), await stack.receiver()
+    try:
+        await stack.subscribe("stuck", stuck.url, types=["io.virtbus.vm.*"])
+        await stack.subscribe("fine", fine.url, types=["io.virtbus.vm.*"])
+        await asyncio.gather(*(stack.emit(f"h{i}", 1) for i in range(40)))
+        await fine.until(lambda got: len(got) == 40)
+        assert not any(d.status == "Delivered" for d in await stack.deliveries("stuck"))
+        stuck_items = await stack.until_deliveries(
+            "stuck", lambda i: any("timed out after 1s" in d.error for d in i)
+        )
+        assert not any(d.status == "Delivered" for d in stuck_items)
+        # 40 VMs with one event each, yet never more than the cap of 16 POSTs in flight,
+        # through a second wave of attempts.
+        await stuck.until(lambda got: len(got) >= 40)
+        assert inflight["max"] == 16
+    finally:
+        release.set()  # the receiver's hanging handlers end with the test
+
+
 async def test_an_endpoint_that_goes_away_and_comes_back_gets_everything_in_order(
     stack: Stack,
 ) -> None:
