@@ -151,6 +151,7 @@ def bench_webhooks(
     events: Annotated[int, typer.Option(min=10, help="events to append")] = 10_000,
     receivers: Annotated[int, typer.Option(min=1, help="local HTTP receivers")] = 5,
     rate: Annotated[float, typer.Option(min=0, help="events/s to append (0: flat out)")] = 1000,
+    shards: Annotated[int, typer.Option(min=1, help="dispatcher processes")] = 1,
     output: Annotated[str, typer.Option("-o", "--output", help="table or json")] = "table",
     server: Annotated[
         str | None,
@@ -162,7 +163,7 @@ def bench_webhooks(
     from orchestrator.cli import _run as run_
 
     os.environ.setdefault("VIRTBUS_WEBHOOK_ALLOW_NETS", "127.0.0.0/8")
-    r = run_(run(events=events, receivers=receivers, rate=rate, server=server))
+    r = run_(run(events=events, receivers=receivers, rate=rate, server=server, shards=shards))
     if output == "json":
         sys.stdout.write(json.dumps(r) + "\n")
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -359,11 +360,11 @@ async def bare(tmp_path: Path, env: None) -> AsyncIterator[Stack]:
         yield st
 
 
-async def _dispatcher(st: Stack, log: Path) -> asyncio.subprocess.Process:
+async def _dispatcher(st: Stack, log: Path, *args: str) -> asyncio.subprocess.Process:
     with log.open("ab") as sink:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "orchestrator.webhooks", "--server", st.url,
-            "--data-dir", str(st.tmp / "dispatcher"), cwd=ROOT, stdout=sink, stderr=sink,
+            "--data-dir", str(st.tmp / "dispatcher"), *args, cwd=ROOT, stdout=sink, stderr=sink,
         )  # fmt: skip
 
 
@@ -434,6 +435,33 @@ async def test_a_restarted_dispatcher_keeps_a_vm_blocked_behind_its_retry(bare: 
 
 
 # --- subscriptions: validation, secrets, CLI -----------------------------------------------------
+
+
+async def test_sharded_dispatchers_split_the_subscriptions(bare: Stack) -> None:
+    receivers = [await bare.receiver() for _ in range(4)]
+    for i, r in enumerate(receivers):
+        await bare.subscribe(f"sh-{i}", r.url, types=["io.virtbus.vm.*"])
+    log = bare.tmp / "dispatcher.log"
+    procs = [await _dispatcher(bare, log, "--shard", f"{i}/2") for i in range(2)]
+    try:
+        await asyncio.gather(bare.emit("a", 5), bare.emit("b", 5))
+        for i, r in enumerate(receivers):
+            await r.until(lambda got: len(got) == 10)
+            items = await bare.until_deliveries(f"sh-{i}", lambda i: len(i) == 10)
+            assert {d.status for d in items} == {"Delivered"}
+    finally:
+        for p in procs:
+            p.terminate()
+            await p.wait()
+    for r in receivers:  # each subscription had exactly one reader: no repeats, order kept
+        assert len({g.webhook_id for g in r.got}) == len(r.got) == 10
+        assert by_vm(r.got) == {"vm/default/a": [1, 2, 3, 4, 5], "vm/default/b": [1, 2, 3, 4, 5]}
+    owners = []
+    for i in range(2):  # each shard recorded only its own subscriptions
+        db = sqlite3.connect(bare.tmp / "dispatcher" / f"webhooks-{i}of2.sqlite")
+        owners.append({row[0] for row in db.execute("SELECT DISTINCT name FROM deliveries")})
+        db.close()
+    assert not owners[0] & owners[1] and owners[0] | owners[1] == {f"sh-{i}" for i in range(4)}
 
 
 async def _rejections(st: Stack, name: str) -> list[m.CommandRejected]:

@@ -3,8 +3,9 @@
 Two runs on one throw-away nats-server, the same receivers and the same paced appends (one
 `EventStore.append` per event, round robin over 100 VMs, `--rate` events/s):
 
-1. virtbus: the dispatcher as its own process (`python -m orchestrator.webhooks`), one
-   subscription per receiver (durable consumer, per-VM order, signatures, delivery records).
+1. virtbus: the dispatcher as its own process (`python -m orchestrator.webhooks`; `--shards N`
+   processes splitting the subscriptions), one subscription per receiver (durable consumer,
+   per-VM order, signatures, delivery records).
 2. raw: `orchestrator/bench/webhooks_raw.py` as its own process, a core nats-py subscription
    POSTing the same bytes to every receiver with aiohttp, nothing else.
 
@@ -146,9 +147,9 @@ def _cpu_s(pid: int) -> float:
 
 async def _phase(
     receivers: list[_Receiver], store: EventStore, prefix: str, *, events: int, rate: float,
-    pid: int,
+    pids: list[int],
 ) -> dict[str, float]:  # fmt: skip
-    cpu0 = _cpu_s(pid)
+    cpu0 = sum(_cpu_s(p) for p in pids)
     for r in receivers:
         r.latencies.clear()
         r.expect = events
@@ -164,11 +165,13 @@ async def _phase(
     return {
         "deliveries": len(lat), "deliveries_per_s": len(lat) / max(end - start, 1e-9),
         "p50_ms": q[49], "p99_ms": q[98], "max_ms": lat[-1] if lat else 0.0,
-        "cpu_us_per_delivery": (_cpu_s(pid) - cpu0) / max(len(lat), 1) * 1e6,
+        "cpu_us_per_delivery": (sum(_cpu_s(p) for p in pids) - cpu0) / max(len(lat), 1) * 1e6,
     }  # fmt: skip
 
 
-async def run(*, events: int, receivers: int, rate: float, server: str | None) -> dict[str, Any]:
+async def run(
+    *, events: int, receivers: int, rate: float, server: str | None, shards: int = 1
+) -> dict[str, Any]:
     env = {**os.environ, "VIRTBUS_WEBHOOK_ALLOW_NETS": "127.0.0.0/8"}
     recs = [_Receiver() for _ in range(receivers)]
     for r in recs:
@@ -182,7 +185,8 @@ async def run(*, events: int, receivers: int, rate: float, server: str | None) -
                 await provision(js)
                 store = EventStore(nc, source="/virtbus/bench")
                 run_id = os.urandom(3).hex()
-                ours = await _ours(recs, store, js, run_id, env=env, events=events, rate=rate)
+                ours = await _ours(recs, store, js, run_id, env=env, events=events, rate=rate,
+                                   shards=shards)  # fmt: skip
                 raw = await _raw(recs, store, run_id, env=env, events=events, rate=rate)
             finally:
                 await nc.close()
@@ -190,7 +194,7 @@ async def run(*, events: int, receivers: int, rate: float, server: str | None) -
         for r in recs:
             await r.stop()
     return {
-        "events": events, "receivers": receivers, "rate": rate,
+        "events": events, "receivers": receivers, "rate": rate, "shards": shards,
         **{f"virtbus_{k}": v for k, v in ours.items()}, **{f"raw_{k}": v for k, v in raw.items()},
         "throughput_ratio": ours["deliveries_per_s"] / max(raw["deliveries_per_s"], 1e-9),
         "p99_ratio": ours["p99_ms"] / max(raw["p99_ms"], 1e-9),
@@ -200,7 +204,7 @@ async def run(*, events: int, receivers: int, rate: float, server: str | None) -
 
 async def _ours(
     recs: list[_Receiver], store: EventStore, js: Any, run_id: str, *, env: dict[str, str],
-    events: int, rate: float,
+    events: int, rate: float, shards: int,
 ) -> dict[str, float]:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="virtbus-bench-webhooks-") as tmp:
         consumers = []
@@ -212,7 +216,11 @@ async def _ours(
                                       vm_pattern=f"wh-{run_id}/*", secret_ref=ref_key)  # fmt: skip
             res = await store.append(Ref.of("webhook", name), [sub], expected_version=0)
             consumers.append(f"webhook-{name}-{res.seq}")
-        proc = await _child("orchestrator.webhooks", "--data-dir", tmp, env=env)
+        procs = [
+            await _child("orchestrator.webhooks", "--data-dir", tmp, "--shard", f"{i}/{shards}",
+                         env=env)
+            for i in range(shards)
+        ]  # fmt: skip
         try:
             for name in consumers:  # the dispatcher is ready when every consumer exists
                 for _ in range(600):
@@ -222,9 +230,10 @@ async def _ours(
                     except Exception:
                         await asyncio.sleep(0.05)
             return await _phase(recs, store, f"wh-{run_id}", events=events, rate=rate,
-                                pid=proc.pid)  # fmt: skip
+                                pids=[p.pid for p in procs])  # fmt: skip
         finally:
-            await _stop(proc)
+            for p in procs:
+                await _stop(p)
 
 
 async def _raw(
@@ -237,13 +246,14 @@ async def _raw(
     try:
         assert proc.stdout is not None
         await asyncio.wait_for(proc.stdout.readline(), 30)
-        return await _phase(recs, store, prefix, events=events, rate=rate, pid=proc.pid)
+        return await _phase(recs, store, prefix, events=events, rate=rate, pids=[proc.pid])
     finally:
         await _stop(proc)
 
 
 def report(r: dict[str, Any]) -> str:
-    lines = [f"{r['events']} events at {r['rate']:g}/s to {r['receivers']} receivers"]
+    lines = [f"{r['events']} events at {r['rate']:g}/s to {r['receivers']} receivers, "
+             f"{r['shards']} dispatcher process(es)"]  # fmt: skip
     lines.append(f"{'':8} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
                  f"{'got':>7} {'CPU us/delivery':>16}")  # fmt: skip
     for who in ("virtbus", "raw"):

@@ -2,8 +2,10 @@
 
 It runs inside the orchestrator (`run_orchestrator`) or alone (`python -m orchestrator.webhooks`);
 run one of the two per bus, since two dispatchers on one durable consumer would split a VM's
-events between them and lose the per-VM order. It also answers the CLI on
-`virt.webhooks.deliveries` and `virt.webhooks.redeliver` from its delivery records.
+events between them and lose the per-VM order. To use more cores, run `--shard I/N` processes:
+each owns the subscriptions whose name hashes to I, so every consumer still has one reader.
+It also answers the CLI on `virt.webhooks.deliveries` and `virt.webhooks.redeliver` from its
+delivery records.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from pathlib import Path
 from typing import Final
 
@@ -23,7 +26,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from events import model as m
 from events.envelope import Recorded
-from events.errors import ConcurrencyConflict
+from events.errors import ConcurrencyConflict, ValidationError
 from events.names import EVENTS_STREAM, Ref
 from events.reader import direct_last
 from events.store import EventStore
@@ -59,7 +62,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
 class Dispatcher:
     def __init__(
         self, nc: Client, *, data_dir: Path, settings: WebhookSettings | None = None,
-        source: str = "/virtbus/orchestrator/webhooks",
+        source: str = "/virtbus/orchestrator/webhooks", shard: tuple[int, int] = (0, 1),
     ) -> None:  # fmt: skip
         self.nc = nc
         self.data_dir = data_dir
@@ -67,7 +70,12 @@ class Dispatcher:
         self.store = EventStore(nc, source=source)
         self.states: dict[str, WebhookState] = {}
         self.runners: dict[str, Runner] = {}
-        self.deliveries = DeliveryLog(data_dir / "webhooks.sqlite")
+        self.shard, self.shards = shard
+        if not 0 <= self.shard < self.shards:
+            raise ValidationError(f"shard: {self.shard}/{self.shards} is not one of {self.shards}",
+                                  field="shard")  # fmt: skip
+        suffix = "" if self.shards == 1 else f"-{self.shard}of{self.shards}"
+        self.deliveries = DeliveryLog(data_dir / f"webhooks{suffix}.sqlite")
         self._keys: dict[str, tuple[float, list[bytes]]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -77,9 +85,11 @@ class Dispatcher:
         writer = asyncio.create_task(self.deliveries.run(writer_stop), name="webhooks-writer")
         services: list[Subscription] = []
         try:
+            # Sharded, every shard hears every question and only the owner answers.
+            queue = QUEUE if self.shards == 1 else ""
             services = [
-                await self.nc.subscribe(DELIVERIES_SUBJECT, queue=QUEUE, cb=self._on_deliveries),
-                await self.nc.subscribe(REDELIVER_SUBJECT, queue=QUEUE, cb=self._on_redeliver),
+                await self.nc.subscribe(DELIVERIES_SUBJECT, queue=queue, cb=self._on_deliveries),
+                await self.nc.subscribe(REDELIVER_SUBJECT, queue=queue, cb=self._on_redeliver),
             ]
             while not stop.is_set():
                 try:
@@ -141,7 +151,13 @@ class Dispatcher:
         for s in list(self.states.values()):
             await self._reconcile(s)
 
+    def owns(self, name: str) -> bool:
+        """Sharded dispatchers split the subscriptions by name; each runs only its own."""
+        return self.shards == 1 or zlib.crc32(name.encode()) % self.shards == self.shard
+
     async def _reconcile(self, s: WebhookState) -> None:
+        if not self.owns(s.name):
+            return
         runner = self.runners.get(s.name)
         if runner is not None and (not s.active or runner.state.life_seq != s.life_seq):
             await self.runners.pop(s.name).close(grace=self.settings.timeout_s)
@@ -158,6 +174,8 @@ class Dispatcher:
     async def _retire(self, old: WebhookState, *, removed: bool) -> None:
         """A life that ended (removed, disabled, replaced): its consumer goes, and on removal
         its secret too."""
+        if not self.owns(old.name):
+            return
         if (runner := self.runners.get(old.name)) and runner.state.life_seq == old.life_seq:
             await self.runners.pop(old.name).close(grace=self.settings.timeout_s)
         with contextlib.suppress(Exception):
@@ -202,6 +220,8 @@ class Dispatcher:
         except (msgspec.DecodeError, msgspec.ValidationError) as err:
             await msg.respond(msgspec.json.encode(Reply(error=f"bad query: {err}")))
             return
+        if not self.owns(q.name):
+            return
         items = await self.deliveries.of(q.name, status=q.status, limit=q.limit)
         await msg.respond(msgspec.json.encode(Reply(items=items)))
 
@@ -210,6 +230,8 @@ class Dispatcher:
             q = msgspec.json.decode(msg.data, type=RedeliverRequest)
         except (msgspec.DecodeError, msgspec.ValidationError) as err:
             await msg.respond(msgspec.json.encode(Reply(error=f"bad request: {err}")))
+            return
+        if not self.owns(q.name):
             return
         runner = self.runners.get(q.name)
         if runner is None:
