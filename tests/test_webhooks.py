@@ -437,6 +437,43 @@ async def test_a_restarted_dispatcher_keeps_a_vm_blocked_behind_its_retry(bare: 
 # --- subscriptions: validation, secrets, CLI -----------------------------------------------------
 
 
+async def test_deliveries_resume_after_the_bus_restarts(tmp_path: Path, env: None) -> None:
+    """A restarted server forgets pull requests: the dispatcher must notice and ask again."""
+    server = NatsServer(data_dir=tmp_path / "nats", port=-1)
+    await server.start()
+    server.port = int(server.url.rpartition(":")[2])  # come back on the same port
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    st = Stack(nc, server.url, tmp_path)
+    r = await st.receiver()
+    proc = None
+    try:
+        await provision(nc.jetstream())
+        ref = secrets.new_ref("bus")
+        await secrets.store(nc.jetstream(), ref, SECRET)
+        subscribed = m.WebhookSubscribed(url=r.url, types=["io.virtbus.vm.*"], secret_ref=ref)
+        await st.store.append(Ref.of("webhook", "bus"), [subscribed], expected_version=0)
+        proc = await _dispatcher(st, tmp_path / "dispatcher.log")
+        await st.emit("before", 2)
+        await r.until(lambda got: len(got) == 2)
+        await server.stop()
+        await server.start()
+        for _ in range(100):  # until the test's own connection is back
+            try:
+                await st.emit("after", 2)
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        await r.until(lambda got: len({g.webhook_id for g in got}) == 4, within=60)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            await proc.wait()
+        await r.stop()
+        await nc.close()
+        await server.stop()
+    assert by_vm(r.got) == {"vm/default/before": [1, 2], "vm/default/after": [1, 2]}
+
+
 async def test_sharded_dispatchers_split_the_subscriptions(bare: Stack) -> None:
     receivers = [await bare.receiver() for _ in range(4)]
     for i, r in enumerate(receivers):
