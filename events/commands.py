@@ -7,6 +7,7 @@ command's `id` as their `correlationid`.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Final
 
 import msgspec
@@ -171,7 +172,9 @@ class AddWebhook(Command, frozen=True):
     types: list[str] = msgspec.field(default_factory=lambda: ["io.virtbus.*"])
     vm_pattern: str = "*"
     from_start: bool = False
-    secret: str = ""
+    secret: str = ""  # inline secrets stay in VIRT_COMMANDS: prefer `secret_ref` (a KV key)
+    secret_ref: str = ""
+    since: datetime | None = None
 
 
 class RemoveWebhook(Command, frozen=True):

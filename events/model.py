@@ -435,6 +435,7 @@ class WebhookSubscribed(Event, frozen=True):
     vm_pattern: str = "*"
     from_seq: int = 0
     secret_ref: str = ""
+    since: datetime | None = None
 
 
 class WebhookUnsubscribed(Event, frozen=True):

@@ -27,7 +27,8 @@ async def _main(args: argparse.Namespace) -> None:
         await provision(nc.jetstream())
         policy = load_policy(Path(args.migrations)) if args.migrations else None
         await run_orchestrator(nc, data_dir=Path(args.data_dir), stop=stop,
-                               node_grace_s=args.node_grace, migration_policy=policy)  # fmt: skip
+                               node_grace_s=args.node_grace, migration_policy=policy,
+                               webhooks=not args.no_webhooks)  # fmt: skip
     finally:
         await nc.close()
 
@@ -36,6 +37,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m orchestrator", description=__doc__)
     parser.add_argument("--data-dir", default=".virtbus/orchestrator")
     parser.add_argument("--migrations", default=None, help="migration settings, YAML")
+    parser.add_argument("--no-webhooks", action="store_true",
+                        help="run the webhook dispatcher as its own process instead")  # fmt: skip
     parser.add_argument(
         "--node-grace", type=float, default=10.0,
         help="seconds of silence after which a node is lost (default 10)",

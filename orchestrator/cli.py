@@ -28,6 +28,7 @@ from orchestrator.cli_common import lifecycle as _lifecycle
 from orchestrator.cli_common import run as _run
 from orchestrator.cli_console import console, vnc
 from orchestrator.cli_storage import image_upload, volume_app
+from orchestrator.cli_webhook import bench_webhooks, webhook_app
 
 T = TypeVar("T")
 
@@ -42,6 +43,8 @@ bench = typer.Typer(help="Benchmarks; each measures its raw baseline in the same
 app.add_typer(bench, name="bench")
 admin = typer.Typer(help="Maintenance of the orchestrator's state.")
 app.add_typer(admin, name="admin")
+app.add_typer(webhook_app, name="webhook")
+bench.command("webhooks")(bench_webhooks)
 
 
 class Hypervisor(StrEnum):

@@ -34,6 +34,7 @@ from orchestrator.decide import decide, decide_rs
 from orchestrator.migrations import decide_node
 from orchestrator.scheduler import NodeView
 from orchestrator.volumes import cluster_view, decide_volume, fold_volume
+from orchestrator.webhooks.subscriptions import decide_webhook, fold_webhook, prepare
 
 log = logging.getLogger("virtbus.intake")
 DURABLE = "orchestrator-intake"
@@ -102,6 +103,7 @@ class Intake:
             if mine:  # carried out before (a redelivery, a retrying client)
                 return _outcome(cmd.id, mine, duplicate=True)
             try:
+                cmd = await prepare(self.nc, cmd)
                 if ref.kind == "volume":
                     view = await cluster_view(self.store, ref, cmd)
                     events = decide_volume(fold_volume(history), cmd, view)
@@ -223,6 +225,8 @@ def _decide(
         for r in history:
             node = apply_node(node, r.envelope)
         return decide_node(node, cmd)
+    if ref.kind == "webhook":
+        return decide_webhook(fold_webhook(ref.name, history), cmd)
     raise ValidationError(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
 
 

@@ -1,0 +1,61 @@
+"""`python -m orchestrator.webhooks [--server URL] [--data-dir D] [--shard I/N]`: the dispatcher.
+
+For an orchestrator started with webhooks off (`python -m orchestrator --no-webhooks`), or to
+restart deliveries without the control plane. `--shard I/N` runs one of N processes that split
+the subscriptions between them (every one of them with the same N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import nats
+import uvloop
+
+from events.provision import provision
+from orchestrator.webhooks.dispatcher import Dispatcher
+
+
+async def _main(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    nc = await nats.connect(args.server, name="virtbus-webhooks")
+    try:
+        await provision(nc.jetstream())
+        await Dispatcher(nc, data_dir=Path(args.data_dir), shard=args.shard).run(stop)
+    finally:
+        await nc.close()
+
+
+def _shard(value: str) -> tuple[int, int]:
+    i, _, n = value.partition("/")
+    try:
+        shard = (int(i), int(n))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not I/N, like 0/2") from None
+    if not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"{value!r}: I must be at least 0 and below N")
+    return shard
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.webhooks", description=__doc__)
+    parser.add_argument("--data-dir", default=".virtbus/orchestrator")
+    parser.add_argument("--shard", type=_shard, default=(0, 1),
+                        help="I/N: run share I (0-based) of N of the subscriptions")  # fmt: skip
+    parser.add_argument(
+        "--server", default=os.environ.get("VIRTBUS_NATS_URL", "nats://127.0.0.1:4222")
+    )
+    logging.basicConfig(level=logging.INFO)
+    uvloop.run(_main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
