@@ -38,6 +38,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     causationid: str = ""
     version: int
     prevhash: str = GENESIS
+    traceparent: str = ""  # CloudEvents distributed tracing: the W3C trace this event is part of
     data: AnyEvent
 
 
@@ -80,6 +81,7 @@ def seal(
     correlationid: str = "",
     causationid: str = "",
     time: datetime | None = None,
+    traceparent: str = "",
 ) -> tuple[Envelope, bytes]:
     """Wrap `event` for `ref` at `version`, returning the envelope and its exact wire bytes."""
     env = Envelope(
@@ -93,6 +95,7 @@ def seal(
         causationid=causationid,
         version=version,
         prevhash=prevhash,
+        traceparent=traceparent,
         data=event,  # type: ignore[arg-type]
     )
     return env, _encoder.encode(env)

@@ -28,6 +28,7 @@ from events.model import TOKEN, Event
 from events.names import EVENTS_STREAM, Ref, ref_from_subject
 from events.reader import direct_last, direct_range, pull_all
 from events.state import VMState, fold
+from events.telemetry import TRACE
 
 MAX_BATCH: Final = 1000
 _WRONG_LAST_SEQ: Final = 10071
@@ -263,6 +264,7 @@ class EventStore:
     ) -> list[AppendResult]:  # fmt: skip
         msgs: list[tuple[str, bytes, dict[str, str]]] = []
         new_heads: list[Head] = []
+        trace = TRACE.get()
         for part, head in zip(parts, heads, strict=True):
             prev, version = head.hash, head.version
             for i, event in enumerate(part.events):
@@ -270,9 +272,10 @@ class EventStore:
                 _, raw = seal(
                     event, ref=part.ref, version=version, prevhash=prev, source=self.source,
                     actor=actor, correlationid=correlationid, causationid=causationid,
+                    traceparent=trace,
                 )  # fmt: skip
                 prev = chain_hash(raw)
-                hdrs: dict[str, str] = {}
+                hdrs: dict[str, str] = {"traceparent": trace} if trace else {}
                 if i == 0:
                     hdrs["Nats-Expected-Last-Subject-Sequence"] = str(head.seq)
                     hdrs["Nats-Expected-Last-Subject-Sequence-Subject"] = part.ref.wildcard

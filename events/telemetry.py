@@ -3,6 +3,10 @@
 It lives in `events/` because both processes must log and expose metrics the same way and this is
 the only package both may import; it defines no metric itself (each component owns its own).
 
+Traces: W3C `traceparent`s travel with a command from the CLI to the events it causes, through
+the work items and the node's observations: in NATS headers, and in each event's envelope as the
+CloudEvents distributed-tracing attribute. `traced()` makes one current for a task.
+
 Logs: every stdlib `logging` record goes through structlog, as JSON lines when not on a terminal
 (or when `VIRTBUS_LOG_FORMAT=json`), each carrying what `bound(...)` put in context: the VM, the
 node, the command id, so one `grep` follows a command across processes. Metrics: a Prometheus
@@ -15,16 +19,22 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, Final
 
-import structlog
-from prometheus_client import start_http_server
+# structlog and prometheus_client are imported where used: the event store imports this module
+# for the trace context, and a CLI command must not pay for the rest.
+TRACE: Final[ContextVar[str]] = ContextVar("virtbus_traceparent", default="")
+_TRACEPARENT: Final = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 
 def configure_logging(component: str, *, level: int = logging.INFO) -> None:
     """Route stdlib logging through structlog; JSON in production, readable on a terminal."""
+    import structlog
+
     fmt = os.environ.get("VIRTBUS_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
     renderer: Any = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
@@ -59,12 +69,46 @@ def configure_logging(component: str, *, level: int = logging.INFO) -> None:
 @contextlib.contextmanager
 def bound(**values: str) -> Iterator[None]:
     """Every log line inside (in this task) carries `values`: vm, node, command_id..."""
+    import structlog
+
     with structlog.contextvars.bound_contextvars(**values):
         yield
 
 
+def new_traceparent() -> str:
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
+def child_traceparent(parent: str | None) -> str:
+    """A new span of `parent`'s trace; a new trace when there is no (valid) parent."""
+    match = _TRACEPARENT.match(parent or "")
+    if match is None:
+        return new_traceparent()
+    return f"00-{match.group(1)}-{os.urandom(8).hex()}-{match.group(3)}"
+
+
+def trace_id(traceparent: str) -> str:
+    match = _TRACEPARENT.match(traceparent)
+    return match.group(1) if match else ""
+
+
+@contextlib.contextmanager
+def traced(parent: str | None) -> Iterator[str]:
+    """Within the block (in this task) what is appended or enqueued belongs to a new span of
+    `parent`'s trace, and log lines carry its trace id."""
+    current = child_traceparent(parent)
+    token = TRACE.set(current)
+    try:
+        with bound(trace_id=trace_id(current)):
+            yield current
+    finally:
+        TRACE.reset(token)
+
+
 def serve_metrics(port: int, *, host: str = "127.0.0.1") -> int:
     """Serve /metrics from a daemon thread; returns the port (useful with port 0)."""
+    from prometheus_client import start_http_server
+
     server, _ = start_http_server(port, addr=host)
     return int(server.server_port)
 

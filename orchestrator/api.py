@@ -116,7 +116,10 @@ class Api:
             return
         waiter = self._waiting[cid] = asyncio.get_running_loop().create_future()
         try:
-            ack = await self.nc.jetstream().publish(subject, raw, headers={"Nats-Msg-Id": cid})
+            headers = {"Nats-Msg-Id": cid}
+            if trace := (req.headers or {}).get("traceparent"):
+                headers["traceparent"] = trace  # the client's trace goes on with the command
+            ack = await self.nc.jetstream().publish(subject, raw, headers=headers)
             if ack.duplicate:  # stored before: its outcome is in the log
                 await req.respond(encode(await self._replayed_outcome(raw, cid)))
                 return

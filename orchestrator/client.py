@@ -18,6 +18,7 @@ from events import commands as c
 from events.envelope import encode
 from events.errors import BusUnavailable, VirtbusError
 from events.names import API_PREFIX
+from events.telemetry import new_traceparent
 from orchestrator.bus import connect
 from orchestrator.protocol import Answer, Query
 
@@ -40,7 +41,9 @@ async def session(url: str) -> AsyncIterator[Client]:
 
 async def _request(nc: Client, endpoint: str, body: bytes, *, wait_s: float) -> bytes:
     try:
-        msg = await nc.request(f"{API_PREFIX}.{endpoint}", body, timeout=wait_s)
+        # Each request starts a trace that the command's events, work and observations carry.
+        headers = {"traceparent": new_traceparent()}
+        msg = await nc.request(f"{API_PREFIX}.{endpoint}", body, timeout=wait_s, headers=headers)
     except NoRespondersError:
         raise BusUnavailable(
             f"no virtbus orchestrator is answering on {_url(nc)}; start one with `virtbus up`"

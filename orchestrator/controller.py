@@ -38,6 +38,7 @@ from events.state import (
     apply,
 )
 from events.store import EventStore
+from events.telemetry import TRACE, traced
 from events.volumes import VolumeState, apply_volume
 from orchestrator import metrics
 from orchestrator.keyed import KeyedQueue
@@ -177,6 +178,11 @@ class Controller:
         await self.react(key, cause=cause)
 
     async def react(self, key: str, *, cause: Recorded | None = None) -> Reaction | None:
+        # What a reaction appends and enqueues continues the trace of the event that caused it.
+        with traced(cause.envelope.traceparent if cause else None):
+            return await self._decide_and_act(key, cause)
+
+    async def _decide_and_act(self, key: str, cause: Recorded | None) -> Reaction | None:
         s = self.vms.get(key)
         if s is None:
             return None
@@ -232,7 +238,10 @@ class Controller:
             sent = self._sent.get(item.msg_id)
             if sent is not None and now - sent < RESEND_AFTER_S:
                 continue
-            await js.publish(item.subject, encode(item), headers={"Nats-Msg-Id": item.msg_id})
+            headers = {"Nats-Msg-Id": item.msg_id}
+            if trace := TRACE.get():
+                headers["traceparent"] = trace
+            await js.publish(item.subject, encode(item), headers=headers)
             metrics.WORK_ENQUEUED.labels(type(item).__name__).inc()
             self._sent[item.msg_id] = now
             self._sent.move_to_end(item.msg_id)

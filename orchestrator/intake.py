@@ -28,7 +28,7 @@ from events.nodes import NodeState, apply_node
 from events.replicasets import ReplicaSetState, apply_rs
 from events.state import fold
 from events.store import EventStore
-from events.telemetry import bound
+from events.telemetry import bound, traced
 from orchestrator import metrics
 from orchestrator.decide import decide, decide_rs
 from orchestrator.migrations import decide_node
@@ -164,7 +164,9 @@ class Intake:
         fallback = (msg.headers or {}).get("Nats-Msg-Id") or f"cmd-{seq}"
         target, _, kind = msg.subject.removeprefix("virt.cmd.").rpartition(".")
         try:
-            with bound(command_id=fallback, target=target.replace(".", "/"), command=kind):
+            trace = (msg.headers or {}).get("traceparent")
+            with bound(command_id=fallback, target=target.replace(".", "/"), command=kind), \
+                    traced(trace):  # fmt: skip
                 outcome = await self.process(msg.data, subject=msg.subject, fallback_id=fallback)
         except VirtbusError as err:
             if err.retryable:

@@ -246,3 +246,63 @@ async def test_direct_seqs_reads_more_than_a_window_and_skips_what_is_not_there(
     got = await direct_seqs(store.nc, EVENTS_STREAM, [10**12, *reversed(seqs)])
     assert [seq for _, _, seq in got] == seqs  # in stream order, the missing one left out
     assert [data for data, _, _ in got][-1] == encode(recorded[-1].envelope)
+
+
+async def test_history_and_time_travel_across_a_migration_and_a_snapshot(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """The issue's journey: created, started, migrated (a cold move: the test driver cannot
+    migrate live), snapshotted, deleted, re-created; `--at` gives back each moment exactly."""
+    st, name = stack, "journey"
+    for node in ("node-a", "node-b"):
+        st.provide_seed_volumes(node)
+        await st.node(node)
+    moments: list[tuple[str, datetime, Result]] = []
+
+    async def record(label: str) -> None:
+        at, got = await moment(st, name)
+        moments.append((label, at, got))
+
+    async def until(kind: type[m.Event]) -> None:
+        for _ in range(400):
+            if any(isinstance(r.envelope.data, kind) for r in await st.store.read(Ref.vm(name))):
+                return
+            await asyncio.sleep(0.05)
+        pytest.fail(f"{name}: no {kind.__name__}")
+
+    await send(st.nc, seed(name))
+    await record("created")
+    await send(st.nc, c.StartVM(name=name))
+    assert (await st.until(name, "Running")).node == "node-a"
+    await record("running on node-a")
+    await send(st.nc, c.MigrateVM(name=name, target_node="node-b"))
+    await until(m.MigrationSucceeded)
+    assert (await st.until(name, "Running")).node == "node-b"
+    await record("migrated to node-b")
+    await send(st.nc, c.SnapshotVM(name=name, snapshot="after-move"))
+    await until(m.SnapshotSucceeded)
+    await record("snapshotted")
+    await send(st.nc, c.DeleteVM(name=name))
+    await until_deleted(st, name)
+    await send(st.nc, seed(name))
+    await record("re-created")
+
+    for label, at, live in moments:
+        past = await cli(st, "history", name, "--at", rfc3339(at), "-o", "json")
+        assert past.json() == live.json(), label
+    moved = (await cli(st, "history", name, "--at", rfc3339(moments[2][1]), "-o", "json")).json()
+    assert moved["status"]["printableStatus"] == "Running"
+    snapped = (await cli(st, "history", name, "--at", rfc3339(moments[3][1]), "-o", "json")).json()
+    assert snapped["status"]["volumeSnapshotStatuses"][0]["enabled"] is True
+
+    items = (await cli(st, "history", name, "-o", "json")).json()["items"]
+    assert {i["life"] for i in items} == {1, 2}
+    types = [i["type"] for i in items if i["life"] == 1]
+    for kind in ("migration_scheduled", "migration_succeeded", "snapshot_requested",
+                 "snapshot_succeeded", "deleted"):  # fmt: skip
+        assert f"io.virtbus.vm.{kind}.v1" in types, kind
+    assert types.index("io.virtbus.vm.migration_succeeded.v1") < types.index(
+        "io.virtbus.vm.snapshot_requested.v1"
+    )
+    commands = [i["type"] for i in items if i["category"] == "Command"]
+    assert commands == ["ApplyVM", "StartVM", "MigrateVM", "SnapshotVM", "DeleteVM", "ApplyVM"]

@@ -16,11 +16,12 @@ import nats
 import pytest
 from conftest import api_ready, settle
 from nats.aio.client import Client
-from test_worker import seed
+from test_worker import Stack, seed, stack  # noqa: F401  (the fixture is used by name)
 
 from events import commands as c
+from events.names import EVENTS_STREAM, Ref
 from events.server import NatsServer
-from events.telemetry import bound, configure_logging
+from events.telemetry import bound, configure_logging, trace_id
 from orchestrator.client import Rejected, send
 
 
@@ -120,3 +121,28 @@ def test_log_lines_are_json_and_carry_what_was_bound(
         "worker", "warning", "virtbus.worker",
     )  # fmt: skip
     assert "vm" not in outside  # the binding ended with its block
+
+
+async def test_a_commands_trace_reaches_every_event_it_causes(stack: Stack) -> None:  # noqa: F811
+    """`virtbus start` -> the intake's decision -> the controller's placement and work item ->
+    the node's observations: one W3C trace, a new span at each hop, in envelope and header."""
+    stack.provide_seed_volumes("node-a")
+    await stack.node("node-a")
+    await send(stack.nc, seed("traced"))
+    await send(stack.nc, c.StartVM(name="traced"))
+    await stack.until("traced", "Running")
+    history = await stack.store.read(Ref.vm("traced"))
+    kinds = [type(r.envelope.data).__name__ for r in history]
+    start = kinds.index("VMStartRequested")
+    chain = history[start : kinds.index("DomainStarted") + 1]
+    assert [type(r.envelope.data).__name__ for r in chain] == [
+        "VMStartRequested", "VMScheduled", "LauncherCreated", "DomainDefined", "DomainStarted",
+    ]  # fmt: skip
+    traces = {trace_id(r.envelope.traceparent) for r in chain}
+    assert len(traces) == 1 and "" not in traces  # one trace from the command to the guest
+    created = trace_id(history[0].envelope.traceparent)
+    assert created and created not in traces  # the apply was a trace of its own
+    spans = {r.envelope.traceparent.split("-")[2] for r in chain}
+    assert len(spans) >= 3  # intake, controller and node each opened a span
+    stored = await stack.nc.jetstream().get_msg(EVENTS_STREAM, chain[-1].seq, direct=True)
+    assert (stored.headers or {})["traceparent"] == chain[-1].envelope.traceparent

@@ -28,7 +28,7 @@ from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, node_work_filter
 from events.nodes import Heartbeat
 from events.state import RUNNING, SCHEDULED, SCHEDULING, STOPPING, TERMINATING, VMState
 from events.store import EventStore
-from events.telemetry import bound
+from events.telemetry import bound, traced
 from workers import metrics
 from workers.domain import disk_xml_of, hotplug_disk, render_domain
 from workers.hypervisor import (
@@ -201,7 +201,8 @@ class Worker:
         action = type(item).__name__
         keepalive = asyncio.create_task(_keep_alive(msg), name=f"keepalive-{item.msg_id}")
         started = time.monotonic()
-        with bound(vm=f"{item.namespace}/{item.name}", node=self.node, work=action):
+        trace = (msg.headers or {}).get("traceparent")
+        with bound(vm=f"{item.namespace}/{item.name}", node=self.node, work=action), traced(trace):
             try:
                 await self.do(item)
             except VirtbusError as err:
