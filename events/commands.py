@@ -77,6 +77,12 @@ class UndeleteVM(Command, frozen=True):
     pass
 
 
+class RenameVM(Command, frozen=True):
+    """virtctl's rename (KubeVirt had it until 1.0): a stopped VM goes on under `new_name`."""
+
+    new_name: Name
+
+
 class MigrateVM(Command, frozen=True):
     target_node: Name | None = None
     migration: str = ""
@@ -198,7 +204,7 @@ AnyCommand = (
     | MigrateVM | CancelMigration | SnapshotVM | RestoreVM | DeleteSnapshot | AddVolume
     | RemoveVolume | ApplyReplicaSet | ScaleReplicaSet | DeleteReplicaSet | DrainNode
     | UncordonNode | CreateVolume | DeleteVolume | AddWebhook | RemoveWebhook
-    | MoveVolume
+    | MoveVolume | RenameVM
 )  # fmt: skip
 
 COMMAND_CLASSES: Final[tuple[type[Command], ...]] = AnyCommand.__args__

@@ -28,6 +28,7 @@ class VMCreated(Event, frozen=True):
     annotations: dict[str, str] = {}
     run_strategy: str = "Halted"
     source_kind: str = "VirtualMachine"
+    renamed_from: str = ""  # the VM's name before a rename (its history is there)
     # Created starting (an autostart run strategy): one event where a VMStartRequested would
     # follow, because a JetStream atomic batch of two costs milliseconds and serializes.
     start: bool = False
@@ -51,6 +52,13 @@ class VMDeleted(Event, frozen=True):
 
 class VMUndeleted(Event, frozen=True):
     pass
+
+
+class VMRenamed(Event, frozen=True):
+    """This name's life ends: the VM goes on as `to`, whose history starts with a `VMCreated`
+    naming this one (`renamed_from`); both are written in one atomic append."""
+
+    to: str
 
 
 # --- VM: lifecycle decisions ---------------------------------------------------------------------
@@ -477,7 +485,7 @@ class AuditCheckpoint(Event, frozen=True):
 
 
 AnyEvent = (
-    VMCreated | VMSpecChanged | VMDeleteRequested | VMDeleted | VMUndeleted
+    VMCreated | VMSpecChanged | VMDeleteRequested | VMDeleted | VMUndeleted | VMRenamed
     | VMStartRequested | VMStopRequested | VMRestartRequested | VMPauseRequested
     | VMUnpauseRequested | VMScheduled | VMUnschedulable | VMRunning | VMStopped | VMStartFailed
     | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined

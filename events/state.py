@@ -121,6 +121,7 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     snapshots: dict[str, Snapshot] = {}
     restore: Restore | None = None
     last_node: str = ""  # where the latest instance ran: its persistent volumes are there
+    renamed_to: str = ""  # this life ended in a rename: the VM goes on under that name
     volumes: dict[str, str] = {}  # hotplugged volume -> Pending, Ready, Failed, Detaching
     hotplug: dict[str, Hotplug] = {}
     last_rejection: str = ""
@@ -227,6 +228,12 @@ def _vm_delete_requested(s: VMState, e: m.VMDeleteRequested, env: Envelope) -> V
 @_on(m.VMDeleted)
 def _vm_deleted(s: VMState, e: m.VMDeleted, env: Envelope) -> VMState:
     return replace(s, exists=False, deleted=True, status=DELETED, phase="", node="", ready=False)
+
+
+@_on(m.VMRenamed)
+def _vm_renamed(s: VMState, e: m.VMRenamed, env: Envelope) -> VMState:
+    done = replace(s, exists=False, deleted=True, status=DELETED, phase="", node="", ready=False)
+    return replace(done, renamed_to=e.to)
 
 
 @_on(m.VMUndeleted)

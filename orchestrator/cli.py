@@ -177,6 +177,18 @@ def delete(
 
 
 @app.command()
+def rename(
+    name: NameArg,
+    new_name: Annotated[str, typer.Argument(help="the VM's new name")],
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Give a stopped VM another name (virtctl rename); its history stays under the old one."""
+    _lifecycle(c.RenameVM(name=name, namespace=namespace, new_name=new_name, actor=_actor()),
+               server)  # fmt: skip
+
+
+@app.command()
 def undelete(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
     """Bring a deleted VM back, stopped, with its disks."""
     _lifecycle(c.UndeleteVM(name=name, namespace=namespace, actor=_actor()), server)

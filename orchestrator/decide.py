@@ -19,6 +19,7 @@ from events.replicasets import ReplicaSetState
 from events.state import RUNNING, STOPPING, TERMINATING, VMState
 from orchestrator.manifest import API_VERSION, run_strategy_of, to_commands
 from orchestrator.migrations import decide_cancel, decide_migrate
+from orchestrator.rename import decide_rename
 from orchestrator.scheduler import NodeView
 from orchestrator.snapshots import decide_delete_snapshot, decide_restore, decide_snapshot
 
@@ -55,6 +56,9 @@ def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = Non
         case c.ApplyVM():
             return _apply(s, cmd)
         case c.UndeleteVM():
+            if s.deleted and s.renamed_to:
+                raise _reject(f'VM "{cmd.name}" was renamed to "{s.renamed_to}"; it lives on '
+                              "under that name", field="name")  # fmt: skip
             if not s.deleted:
                 raise _reject(f'VM "{cmd.name}" is not deleted', field="name")
             return [m.VMUndeleted()]
@@ -107,6 +111,8 @@ def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = Non
             return _remove_volume(s, cmd)
         case c.SnapshotVM():
             return decide_snapshot(s, cmd)
+        case c.RenameVM():
+            return decide_rename(s, cmd)
         case c.RestoreVM():
             return decide_restore(s, cmd)
         case c.DeleteSnapshot():

@@ -27,11 +27,12 @@ from events.names import COMMANDS_STREAM, Ref, outcome_subject
 from events.nodes import NodeState, apply_node
 from events.replicasets import ReplicaSetState, apply_rs
 from events.state import fold
-from events.store import EventStore
+from events.store import Append, EventStore
 from events.telemetry import bound, traced
 from orchestrator import metrics
 from orchestrator.decide import decide, decide_rs
 from orchestrator.migrations import decide_node
+from orchestrator.rename import renamed_into
 from orchestrator.scheduler import NodeView
 from orchestrator.volumes import cluster_view, decide_volume, fold_volume
 from orchestrator.webhooks.subscriptions import decide_webhook, fold_webhook, prepare
@@ -110,14 +111,16 @@ class Intake:
                 else:
                     nodes = self.nodes() if self.nodes and isinstance(cmd, c.MigrateVM) else None
                     events = _decide(ref, history, cmd, nodes=nodes)
+                parts = [Append(ref, events, version)]
+                if isinstance(cmd, c.RenameVM) and events:
+                    old = fold(r.envelope for r in history)
+                    parts.append(await renamed_into(self.store, cmd, old))
             except ValidationError as err:
                 return await self._record_rejection(ref, cmd.id, type(cmd).__name__, err, version)
             if not events:
                 return c.Outcome(command_id=cmd.id, accepted=True, version=version)
             try:
-                result = await self.store.append(
-                    ref, events, expected_version=version, command_id=cmd.id, actor=cmd.actor
-                )
+                result, *_ = await self.store.append_many(parts, command_id=cmd.id, actor=cmd.actor)
             except ConcurrencyConflict:
                 continue  # someone else moved the VM: judge again on the new state
             return c.Outcome(

@@ -54,6 +54,7 @@ DONE = {
     "DeleteVM": 'virtualmachine.kubevirt.io "{}" deleted',
     "UndeleteVM": "VM {} was restored; it is stopped, start it with `virtbus start {}`",
     "MigrateVM": "VM {} was scheduled to migrate",
+    "RenameVM": "VM {} was renamed to {}",
     "CancelMigration": "VM {} was scheduled to cancel its migration",
     "DrainNode": "node/{} drained", "UncordonNode": "node/{} uncordoned",
     "ScaleReplicaSet": "virtualmachineinstancereplicaset.kubevirt.io/{} scaled",
@@ -116,6 +117,8 @@ async def lifecycle(url: str, cmd: c.Command) -> int:
         detail = str(cmd.volume.get("name", ""))
     elif isinstance(cmd, c.RemoveVolume):
         detail = cmd.volume
+    elif isinstance(cmd, c.RenameVM):
+        detail = cmd.new_name
     typer.echo(DONE[type(cmd).__name__].format(cmd.name, detail))
     return 0
 
