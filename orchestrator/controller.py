@@ -47,7 +47,7 @@ from orchestrator.migrations import ACTIVE_PHASES, Cluster
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import NodeView, place
 from orchestrator.snapshots import removal_work
-from orchestrator.volumes import pin, volume_work
+from orchestrator.volumes import follow_cold_move, pin, volume_work
 
 log = logging.getLogger("virtbus.controller")
 RESEND_AFTER_S = 60.0  # within JetStream's 2-minute dedup window a resend is dropped anyway
@@ -248,6 +248,15 @@ class Controller:
             while len(self._sent) > SENT_MEMORY:
                 self._sent.popitem(last=False)
 
+    async def _move_volumes_with(self, s: VMState, target: str, *, cause: Recorded) -> None:
+        if s.running:
+            return  # a running VM's cold move boots on the target with the disks where they are
+        for ref, event, version in follow_cold_move(s, target, self.volumes, self.vms):
+            with contextlib.suppress(ConcurrencyConflict):  # a move decided meanwhile wins
+                await self.store.append(ref, [event], expected_version=version,
+                                        causationid=cause.envelope.id,
+                                        correlationid=cause.envelope.correlationid)  # fmt: skip
+
     async def react_volume(self, key: str) -> None:
         await self._enqueue(list(volume_work(self.volumes[key])))
 
@@ -270,6 +279,8 @@ class Controller:
         if kind == "vm":
             if not isinstance(data, _PROGRESS_ONLY):
                 self._reactions.kick(key, rec)
+            if isinstance(data, m.MigrationSucceeded) and data.mode == "cold":
+                await self._move_volumes_with(self.vms[key], data.target, cause=rec)
             if isinstance(data, m.SnapshotDeleted) and (gone := removal_work(self.vms[key], data)):
                 await self._enqueue([gone])
             if isinstance(data, _FREES_CAPACITY):

@@ -183,6 +183,23 @@ def volume_work(v: VolumeState) -> list[w.Work]:
     return []
 
 
+def follow_cold_move(
+    s: VMState, target: str, volumes: Mapping[str, VolumeState], vms: Mapping[str, VMState]
+) -> list[tuple[Ref, m.Event, int]]:
+    """A stopped VM moved to `target`: its volumes go with it (definition and disks move
+    together), each by the same move `volume move` asks for; one another running VM uses stays."""
+    busy = {c for o in vms.values() if o.running and o.name != s.name and o.namespace ==
+            s.namespace for c in claims_of(o.spec)}  # fmt: skip
+    out: list[tuple[Ref, m.Event, int]] = []
+    for claim in claims_of(s.spec):
+        v = volumes.get(f"virt.volume.{s.namespace}.{claim}")
+        if v is None or not v.exists or v.node == target or v.moving_to or claim in busy:
+            continue
+        move: m.Event = m.VolumeMoveRequested(node=target)
+        out.append((Ref("volume", s.namespace, claim), move, v.version))
+    return out
+
+
 def pin(req: Request, spec: dict[str, Any], volumes: Mapping[str, VolumeState],
         *, namespace: str) -> Request:  # fmt: skip
     """`req` restricted to the nodes holding the VM's claims (a claim not known stays free: the

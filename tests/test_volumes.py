@@ -297,3 +297,27 @@ async def test_a_failed_move_leaves_the_volume_where_it_was(stack: Stack) -> Non
     assert obj["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] == "node-a"
     assert obj["status"]["message"].startswith("move failed: volume-read:")
     assert not (stack.node_dir("node-b") / "volumes" / "default" / "lost").exists()
+
+
+async def test_migrating_a_stopped_vm_moves_its_volumes_with_it(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The issue's cold migration: definition and disks move to the target node together."""
+    await stack.node("node-a")
+    await stack.node("node-b")
+    image = tmp_path / "data.img"
+    image.write_bytes(b"cold-mv!" * 4096)
+    (await cli(stack, "image-upload", "--image-path", str(image), "--pvc-name", "disk",
+               "--pvc-size", "1Mi", "--node", "node-a")).ok()  # fmt: skip
+    await send(stack.nc, pvc_vm("mover", "disk"))
+    await send(stack.nc, c.MigrateVM(name="mover", target_node="node-b"))
+    assert (await stack.state("mover")).home == "node-b"
+    new = stack.node_dir("node-b") / "volumes" / "default" / "disk" / "disk.img"
+    await until(new.is_file, "the volume's data reaches node-b", within=30)
+    assert new.read_bytes()[:8] == b"cold-mv!"
+    history = [r.envelope for r in await stack.store.read(Ref("volume", "default", "disk"))]
+    requested = [e for e in history if isinstance(e.data, m.VolumeMoveRequested)]
+    assert [e.data.node for e in requested] == ["node-b"]  # type: ignore[attr-defined]
+    assert requested[0].causationid  # caused by the VM's migration, on its behalf
+    await send(stack.nc, c.StartVM(name="mover"))
+    assert (await stack.until("mover", "Running")).node == "node-b"
