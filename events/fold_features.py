@@ -86,9 +86,9 @@ def _migration_succeeded(s: VMState, e: m.MigrationSucceeded, env: Envelope) -> 
         return s
     mig = _migration(s, e.migration, phase=SUCCEEDED, percent=100.0, target_pod="")
     if not s.running:  # a stopped VM: its next start goes to the target
-        return replace(s, migration=mig, home=e.target)
+        return replace(s, migration=mig, home=e.target, last_node=e.target)
     return replace(s, migration=mig, node=e.target, status=PAUSED if s.paused else RUNNING,
-                   home=e.target if s.home else "")  # fmt: skip
+                   home=e.target if s.home else "", last_node=e.target)  # fmt: skip
 
 
 @_on(m.MigrationFailed)

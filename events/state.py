@@ -28,6 +28,7 @@ STOPPED, STARTING, STOPPING, TERMINATING = "Stopped", "Starting", "Stopping", "T
 PAUSED, MIGRATING, CRASH_LOOP = "Paused", "Migrating", "CrashLoopBackOff"
 UNSCHEDULABLE = "ErrorUnschedulable"
 DELETED = "Deleted"  # virtbus only: the history outlives the object
+IN_PROGRESS = "InProgress"  # a VirtualMachineSnapshot being taken
 
 _STOP_PHASE: Final = {"shutdown": SUCCEEDED, "destroyed": SUCCEEDED, "saved": SUCCEEDED}
 
@@ -71,7 +72,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
     name: str
     requested: int = 0  # version of the request: names can be used again after a delete
-    phase: str = "InProgress"  # KubeVirt's: InProgress, Succeeded, Failed
+    phase: str = IN_PROGRESS  # KubeVirt's: InProgress, Succeeded, Failed
     online: bool = False
     node: str = ""
     spec: dict[str, Any] = {}
@@ -81,6 +82,10 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     ready_at: datetime | None = None
     size_bytes: int = 0
     reason: str = ""
+
+    @property
+    def in_progress(self) -> bool:
+        return self.phase == IN_PROGRESS
 
 
 class Restore(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -120,7 +125,7 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     home: str = ""  # the node a cold migration moved a stopped VM's definition to: starts go there
     snapshots: dict[str, Snapshot] = {}
     restore: Restore | None = None
-    last_node: str = ""  # where the latest instance ran: its persistent volumes are there
+    last_node: str = ""  # where the VM ran or was moved to last: its persistent volumes are there
     renamed_to: str = ""  # this life ended in a rename: the VM goes on under that name
     volumes: dict[str, str] = {}  # hotplugged volume -> Pending, Ready, Failed, Detaching
     hotplug: dict[str, Hotplug] = {}
@@ -137,6 +142,11 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     def running(self) -> bool:
         """A VMI exists (in any phase short of its end)."""
         return self.phase in (PENDING, SCHEDULING, SCHEDULED, RUNNING)
+
+    @property
+    def snapshotting(self) -> str:
+        """The snapshot being taken (KubeVirt's `status.snapshotInProgress`), or ""."""
+        return next((n for n, snap in self.snapshots.items() if snap.in_progress), "")
 
     @property
     def restoring(self) -> bool:

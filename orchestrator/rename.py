@@ -24,7 +24,7 @@ def decide_rename(s: VMState, cmd: c.RenameVM) -> list[m.Event]:
         raise ValidationError("VM is being deleted")
     if s.running:
         raise ValidationError(f'VM "{cmd.name}" must be stopped to be renamed')
-    if s.restoring or any(snap.phase == "InProgress" for snap in s.snapshots.values()):
+    if s.restoring or s.snapshotting:
         raise ValidationError(f'VM "{cmd.name}" has a snapshot or restore in progress')
     return [m.VMRenamed(to=cmd.new_name)]
 

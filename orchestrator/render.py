@@ -112,8 +112,8 @@ def vm_object(s: VMState) -> dict[str, Any]:
     }
     if s.failures:
         status["startFailure"] = {"consecutiveFailCount": s.failures}
-    if in_progress := [n for n, snap in s.snapshots.items() if snap.phase == "InProgress"]:
-        status["snapshotInProgress"] = in_progress[0]
+    if s.snapshotting:
+        status["snapshotInProgress"] = s.snapshotting
     if s.restore is not None and not s.restore.complete and not s.restore.reason:
         status["restoreInProgress"] = s.restore.name
     if statuses := volume_snapshot_statuses(s.spec):

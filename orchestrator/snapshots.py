@@ -25,8 +25,8 @@ def _reject(reason: str, *, field: str = "") -> ValidationError:
 def _busy(s: VMState) -> None:
     if s.status == TERMINATING:
         raise _reject("VM is being deleted")
-    if running := [n for n, snap in s.snapshots.items() if snap.phase == "InProgress"]:
-        raise _reject(f'VirtualMachine "{s.name}" snapshot "{running[0]}" is in progress')
+    if s.snapshotting:
+        raise _reject(f'VirtualMachine "{s.name}" snapshot "{s.snapshotting}" is in progress')
     if s.restoring and s.restore is not None:
         raise _reject(f'VirtualMachine "{s.name}" restore "{s.restore.name}" is in progress')
 
@@ -60,11 +60,15 @@ def decide_snapshot(s: VMState, cmd: c.SnapshotVM) -> list[m.Event]:
     return [requested]
 
 
-def decide_restore(s: VMState, cmd: c.RestoreVM) -> list[m.Event]:
-    snap = s.snapshots.get(cmd.snapshot)
+def _existing(s: VMState, snapshot: str) -> Snapshot:
+    snap = s.snapshots.get(snapshot)
     if snap is None:
-        raise _reject(f'virtualmachinesnapshots.{_GROUP} "{cmd.snapshot}" not found',
-                      field="snapshot")  # fmt: skip
+        raise _reject(f'virtualmachinesnapshots.{_GROUP} "{snapshot}" not found', field="snapshot")
+    return snap
+
+
+def decide_restore(s: VMState, cmd: c.RestoreVM) -> list[m.Event]:
+    snap = _existing(s, cmd.snapshot)
     if snap.phase != SUCCEEDED:
         raise _reject(f'VirtualMachineSnapshot "{cmd.snapshot}" is not ready to use '
                       f"(phase {snap.phase})", field="snapshot")  # fmt: skip
@@ -81,11 +85,8 @@ def decide_restore(s: VMState, cmd: c.RestoreVM) -> list[m.Event]:
 
 
 def decide_delete_snapshot(s: VMState, cmd: c.DeleteSnapshot) -> list[m.Event]:
-    snap = s.snapshots.get(cmd.snapshot)
-    if snap is None:
-        raise _reject(f'virtualmachinesnapshots.{_GROUP} "{cmd.snapshot}" not found',
-                      field="snapshot")  # fmt: skip
-    if snap.phase == "InProgress":
+    snap = _existing(s, cmd.snapshot)
+    if snap.in_progress:
         raise _reject(f'VirtualMachineSnapshot "{cmd.snapshot}" is in progress', field="snapshot")
     if s.restoring and s.restore is not None and s.restore.snapshot == cmd.snapshot:
         raise _reject(f'VirtualMachineSnapshot "{cmd.snapshot}" is being restored',
@@ -106,7 +107,7 @@ def snapshot_work(s: VMState) -> list[w.Work]:
     (deduplicated by id) until the node reports the outcome."""
     out: list[w.Work] = []
     for snap in s.snapshots.values():
-        if snap.phase == "InProgress" and snap.node:
+        if snap.in_progress and snap.node:
             out.append(_item(w.TakeSnapshot, s, snap))
     if s.restoring and s.restore is not None:
         source = s.snapshots.get(s.restore.snapshot)

@@ -533,3 +533,19 @@ def test_a_vm_created_starting_is_the_same_as_created_then_start_requested() -> 
     assert replace(one, version=0, intent_version=0, updated=None) == replace(
         two, version=0, intent_version=0, updated=None
     )
+
+
+def test_the_node_holding_a_vm_follows_its_migrations() -> None:
+    """`last_node` (where a stopped VM's snapshot is taken) is where the VM ran or moved last."""
+    s = running()
+    assert s.last_node == "n1"
+    s = step(s, m.MigrationScheduled(migration="mig-1", source="n1", target="n2"))
+    s = step(s, m.MigrationSucceeded(migration="mig-1", source="n1", target="n2"))
+    assert (s.node, s.last_node) == ("n2", "n2")
+    s = step(s, m.VMStopRequested())
+    s = step(s, m.DomainStopped(node="n2", reason="shutdown"))
+    s = step(s, m.VMStopped(reason="stopped"))
+    assert (s.node, s.last_node) == ("", "n2")
+    s = step(s, m.MigrationScheduled(migration="mig-2", source="n2", target="n3", live=False))
+    s = step(s, m.MigrationSucceeded(migration="mig-2", source="n2", target="n3", mode="cold"))
+    assert (s.home, s.last_node) == ("n3", "n3")  # a cold move of the stopped VM

@@ -110,7 +110,7 @@ class Snapshotting:
         if not current:
             return  # stale: deleted or made anew meanwhile
         try:
-            if isinstance(item, w.TakeSnapshot) and snap and snap.phase == "InProgress":
+            if isinstance(item, w.TakeSnapshot) and snap and snap.in_progress:
                 size = await self._take(item, paused_here=s.node == self.w.node)
                 done = m.SnapshotSucceeded(
                     snapshot=item.snapshot, node=self.w.node, size_bytes=size
