@@ -6,12 +6,9 @@ End to end on the test driver, through the bus and the CLI; refusals are recorde
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
-
 import pytest
 import test_worker
+from test_cli_verbs import Result, virtbus
 from test_worker import Stack, seed
 
 from events import commands as c
@@ -22,11 +19,8 @@ from orchestrator.client import Rejected, send
 stack = test_worker.stack
 
 
-def cli(st: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args, "--server", st.url],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+async def cli(st: Stack, *args: str) -> Result:
+    return await virtbus(*args, "--server", st.url)
 
 
 async def test_a_stopped_vm_is_renamed_and_starts_under_its_new_name(stack: Stack) -> None:
@@ -41,9 +35,9 @@ async def test_a_stopped_vm_is_renamed_and_starts_under_its_new_name(stack: Stac
     await stack.until("old-name", "Stopped")
     spec = (await stack.state("old-name")).spec
 
-    done = await asyncio.to_thread(cli, stack, "rename", "old-name", "new-name")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "VM old-name was renamed to new-name"
+    done = await cli(stack, "rename", "old-name", "new-name")
+    assert done.code == 0, done.err
+    assert done.out.strip() == "VM old-name was renamed to new-name"
     old, new = await stack.state("old-name"), await stack.state("new-name")
     assert (old.exists, old.deleted, old.renamed_to) == (False, True, "new-name")
     assert (new.exists, new.status, new.spec) == (True, "Stopped", spec)
@@ -69,8 +63,8 @@ async def test_rename_refusals_name_the_field(stack: Stack) -> None:
     with pytest.raises(Rejected) as same:
         await send(stack.nc, c.RenameVM(name="one", new_name="one"))
     assert same.value.field == "new_name"
-    bad = await asyncio.to_thread(cli, stack, "rename", "one", "Not_A_Name")
-    assert bad.returncode == 1 and "new_name" in bad.stderr
+    bad = await cli(stack, "rename", "one", "Not_A_Name")
+    assert bad.code == 1 and "new_name" in bad.err
     rejected = [r.envelope.data for r in await stack.store.read(Ref.vm("one"))
                 if isinstance(r.envelope.data, m.CommandRejected)]  # fmt: skip
     assert [r.field for r in rejected] == ["new_name"] * 3  # the bad name too, by the schema

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import test_worker
+from test_cli_verbs import Result, virtbus
 from test_worker import Stack, seed
 
 from events import commands as c
@@ -55,19 +54,21 @@ async def until_event(st: Stack, name: str, kind: type[m.Event], *, count: int =
     pytest.fail(f"{name}: no {kind.__name__} #{count}")
 
 
-def cli(st: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args, "--server", st.url],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+async def seed_running(st: Stack) -> None:
+    """The seed VM running on node-a, its volumes provided there."""
+    st.provide_seed_volumes("node-a")
+    await st.node("node-a")
+    await send(st.nc, seed())
+    await send(st.nc, c.StartVM(name="centos7"))
+    await st.until("centos7", "Running")
+
+
+async def cli(st: Stack, *args: str) -> Result:
+    return await virtbus(*args, "--server", st.url)
 
 
 async def test_snapshot_of_a_running_vm_and_its_restore(stack: Stack) -> None:
-    stack.provide_seed_volumes("node-a")
-    await stack.node("node-a")
-    await send(stack.nc, seed())
-    await send(stack.nc, c.StartVM(name="centos7"))
-    await stack.until("centos7", "Running")
+    await seed_running(stack)
     pvc, host = disks(stack)
     write(pvc, b"before")
     write(host, b"BEFORE")
@@ -105,21 +106,17 @@ async def test_snapshot_of_a_running_vm_and_its_restore(stack: Stack) -> None:
 
 
 async def test_an_offline_snapshot_the_cli_and_delete(stack: Stack) -> None:
-    stack.provide_seed_volumes("node-a")
-    await stack.node("node-a")
-    await send(stack.nc, seed())
-    await send(stack.nc, c.StartVM(name="centos7"))
-    await stack.until("centos7", "Running")
+    await seed_running(stack)
     await send(stack.nc, c.StopVM(name="centos7"))
     await stack.until("centos7", "Stopped")  # stopped: the volumes stay on the node it ran on
 
-    made = await asyncio.to_thread(cli, stack, "snapshot", "centos7", "offline")
-    assert made.returncode == 0, made.stderr
-    assert made.stdout.strip() == "virtualmachinesnapshot.snapshot.kubevirt.io/offline created"
+    made = await cli(stack, "snapshot", "centos7", "offline")
+    assert made.code == 0, made.err
+    assert made.out.strip() == "virtualmachinesnapshot.snapshot.kubevirt.io/offline created"
     await until_event(stack, "centos7", m.SnapshotSucceeded)
-    got = await asyncio.to_thread(cli, stack, "get", "vmsnapshots", "-o", "json")
-    assert got.returncode == 0, got.stderr
-    (obj,) = json.loads(got.stdout)["items"]
+    got = await cli(stack, "get", "vmsnapshots", "-o", "json")
+    assert got.code == 0, got.err
+    (obj,) = json.loads(got.out)["items"]
     assert obj["kind"] == "VirtualMachineSnapshot"
     assert obj["spec"]["source"] == {"apiGroup": "kubevirt.io", "kind": "VirtualMachine",
                                      "name": "centos7"}  # fmt: skip
@@ -129,19 +126,19 @@ async def test_an_offline_snapshot_the_cli_and_delete(stack: Stack) -> None:
     (copy,) = copies.iterdir()
     assert copy.name.startswith("offline-") and (copy / "harddrive.img").is_file()
 
-    again = await asyncio.to_thread(cli, stack, "snapshot", "centos7", "offline")
-    assert again.returncode == 1
-    assert 'virtualmachinesnapshots.snapshot.kubevirt.io "offline" already exists' in again.stderr
+    again = await cli(stack, "snapshot", "centos7", "offline")
+    assert again.code == 1
+    assert 'virtualmachinesnapshots.snapshot.kubevirt.io "offline" already exists' in again.err
 
-    gone = await asyncio.to_thread(cli, stack, "delete", "vmsnapshot", "offline")
-    assert gone.returncode == 0, gone.stderr
+    gone = await cli(stack, "delete", "vmsnapshot", "offline")
+    assert gone.code == 0, gone.err
     for _ in range(200):
         if not any(copies.iterdir()):
             break
         await asyncio.sleep(0.05)
     assert list(copies.iterdir()) == []  # the node removed the copies
-    listed = await asyncio.to_thread(cli, stack, "get", "vmsnapshots")
-    assert listed.stdout.strip() == "No resources found in default namespace."
+    listed = await cli(stack, "get", "vmsnapshots")
+    assert listed.out.strip() == "No resources found in default namespace."
 
 
 async def test_a_restarted_worker_sweeps_copies_the_log_does_not_know(stack: Stack) -> None:
@@ -153,11 +150,7 @@ async def test_a_restarted_worker_sweeps_copies_the_log_does_not_know(stack: Sta
 
 
 async def test_a_snapshot_manifest_is_applied(stack: Stack) -> None:
-    stack.provide_seed_volumes("node-a")
-    await stack.node("node-a")
-    await send(stack.nc, seed())
-    await send(stack.nc, c.StartVM(name="centos7"))
-    await stack.until("centos7", "Running")
+    await seed_running(stack)
     doc = {
         "apiVersion": "snapshot.kubevirt.io/v1beta1",
         "kind": "VirtualMachineSnapshot",

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from conftest import qemu_pids
 from qemustack import QemuStack, apply, qemu_stack, seed_doc, short_grace
+from test_snapshots import head, write
 
 from events import commands as c
 from events import model as m
@@ -36,16 +36,6 @@ async def sstack(
         yield st
 
 
-def _write(path: Path, data: bytes) -> None:
-    with path.open("r+b") as f:
-        f.write(data)
-
-
-def _head(path: Path) -> bytes:
-    with path.open("rb") as f:
-        return f.read(6)
-
-
 async def test_a_running_vm_is_snapshotted_and_restored_on_real_qemu(sstack: QemuStack) -> None:
     sstack.provide_seed_volumes()
     await send(sstack.nc, apply(short_grace(seed_doc())))
@@ -54,8 +44,8 @@ async def test_a_running_vm_is_snapshotted_and_restored_on_real_qemu(sstack: Qem
     (pid,) = qemu_pids("default_centos7")
     pvc = claim_dir(sstack.data_dir, "default", "iso-centos7") / "disk.img"
     host = sstack.host_root / "data" / "disk.img"
-    _write(pvc, b"before")
-    _write(host, b"BEFORE")
+    write(pvc, b"before")
+    write(host, b"BEFORE")
 
     seen = len(await sstack.events("centos7"))
     await send(sstack.nc, c.SnapshotVM(name="centos7", snapshot="live"))
@@ -71,12 +61,12 @@ async def test_a_running_vm_is_snapshotted_and_restored_on_real_qemu(sstack: Qem
     await send(sstack.nc, c.StopVM(name="centos7"))
     await sstack.until("centos7", "Stopped")
     assert qemu_pids("default_centos7") == []
-    _write(pvc, b"after!")
-    _write(host, b"AFTER!")
+    write(pvc, b"after!")
+    write(host, b"AFTER!")
     seen = len(await sstack.events("centos7"))
     await send(sstack.nc, c.RestoreVM(name="centos7", snapshot="live", restore="back"))
     await sstack.until_event("centos7", m.RestoreSucceeded, after=seen)
-    assert (_head(pvc), _head(host)) == (b"before", b"BEFORE")
+    assert (head(pvc), head(host)) == (b"before", b"BEFORE")
     await send(sstack.nc, c.StartVM(name="centos7"))
     await sstack.until("centos7", "Running")  # and it boots from the restored disks
     assert len(qemu_pids("default_centos7")) == 1
