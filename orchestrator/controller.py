@@ -85,7 +85,7 @@ class Controller:
         self._started = time.time()
         self._sent: OrderedDict[str, float] = OrderedDict()  # work message id -> when it went out
         self._reactions: KeyedQueue[Recorded] = KeyedQueue(
-            self._react, parallel=REACT_PARALLEL, name="controller-react"
+            self.react, parallel=REACT_PARALLEL, name="controller-react"
         )
         metrics.watch(self)
 
@@ -174,10 +174,7 @@ class Controller:
 
     # --- reacting --------------------------------------------------------------------------------
 
-    async def _react(self, key: str, cause: Recorded | None) -> None:
-        await self.react(key, cause=cause)
-
-    async def react(self, key: str, *, cause: Recorded | None = None) -> Reaction | None:
+    async def react(self, key: str, cause: Recorded | None = None) -> Reaction | None:
         # What a reaction appends and enqueues continues the trace of the event that caused it.
         with traced(cause.envelope.traceparent if cause else None):
             return await self._decide_and_act(key, cause)
@@ -307,8 +304,10 @@ class Controller:
         """A slot freed: the queued migrations get their turn, oldest request first."""
         queued = [(s.migration.requested, k) for k, s in self.vms.items()
                   if s.migration is not None and s.migration.phase == PENDING]  # fmt: skip
+        # Kicked in that order through the keyed queue, like every other reaction: tasks start
+        # in order, and each holds its slot before it awaits, so the oldest gets the free one.
         for _, k in sorted(queued, key=lambda q: (q[0] or datetime.min.replace(tzinfo=UTC), q[1])):
-            await self.react(k, cause=cause)
+            self._reactions.kick(k, cause)
 
     async def _retry_unschedulable(self, cause: Recorded) -> None:
         for k, s in list(self.vms.items()):
