@@ -16,14 +16,19 @@ endpoint on 127.0.0.1 (`serve_metrics`), names prefixed `virtbus_`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
 import re
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
 
 # structlog and prometheus_client are imported where used: the event store imports this module
 # for the trace context, and a CLI command must not pay for the rest.
@@ -125,6 +130,24 @@ def add_process_args(parser: argparse.ArgumentParser) -> None:
         help="serve Prometheus /metrics on 127.0.0.1:PORT (0: a free port; default "
         "$VIRTBUS_METRICS_PORT, else none)",
     )  # fmt: skip
+
+
+async def serve(
+    server: str, *, name: str, body: Callable[[Client, asyncio.Event], Awaitable[object]]
+) -> None:
+    """A virtbus process's life: connect to the bus, run `body` until SIGINT or SIGTERM sets its
+    stop event (its staged shutdown is its own), then close the connection."""
+    import nats
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    nc = await nats.connect(server, name=name)
+    try:
+        await body(nc, stop)
+    finally:
+        await nc.close()
 
 
 def start_telemetry(component: str, *, metrics_port: int | None) -> None:

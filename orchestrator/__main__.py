@@ -5,32 +5,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from pathlib import Path
 
-import nats
 import uvloop
+from nats.aio.client import Client
 
 from events.provision import provision
-from events.telemetry import add_process_args, start_telemetry
+from events.telemetry import add_process_args, serve, start_telemetry
 from orchestrator.app import run_orchestrator
 from orchestrator.migrations import load_policy
 
 
 async def _main(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    nc = await nats.connect(args.server, name="virtbus-orchestrator")
-    try:
+    async def body(nc: Client, stop: asyncio.Event) -> None:
         await provision(nc.jetstream())
         policy = load_policy(Path(args.migrations)) if args.migrations else None
         await run_orchestrator(nc, data_dir=Path(args.data_dir), stop=stop,
                                node_grace_s=args.node_grace, migration_policy=policy,
                                webhooks=not args.no_webhooks)  # fmt: skip
-    finally:
-        await nc.close()
+
+    await serve(args.server, name="virtbus-orchestrator", body=body)
 
 
 def main() -> None:

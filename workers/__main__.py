@@ -7,28 +7,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from pathlib import Path
 
-import nats
 import uvloop
+from nats.aio.client import Client
 
-from events.telemetry import add_process_args, start_telemetry
+from events.telemetry import add_process_args, serve, start_telemetry
 from workers.node import run_node
 
 
 async def _main(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    nc = await nats.connect(args.server, name=f"virtbus-worker-{args.node}")
-    try:
+    async def body(nc: Client, stop: asyncio.Event) -> None:
         await run_node(nc, node=args.node, uri=args.libvirt, data_dir=Path(args.data_dir),
                        stop=stop, pods=args.pods, kube_url=args.kube_url,
                        hypervisor=args.hypervisor, index=args.index)  # fmt: skip
-    finally:
-        await nc.close()
+
+    await serve(args.server, name=f"virtbus-worker-{args.node}", body=body)
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import time
 from collections.abc import Sequence
 
@@ -25,6 +24,7 @@ from events.envelope import encode
 from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, node_work_filter
 from events.nodes import Heartbeat
 from events.store import EventStore
+from events.telemetry import serve
 
 HEARTBEAT_S = 0.5
 
@@ -132,26 +132,21 @@ class SimNode:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    import nats
+    async def body(nc: Client, stop: asyncio.Event) -> None:
+        sims = [
+            SimNode(nc, f"{args.prefix}-{k}", cpus=args.cpus, memory_bytes=args.memory_bytes)
+            for k in range(args.count)
+        ]
+        try:
+            for sim in sims:
+                await sim.start()
+            print("ready", flush=True)
+            await stop.wait()
+        finally:
+            for sim in sims:
+                await sim.close()
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    nc = await nats.connect(args.server, name="virtbus-simnodes")
-    sims = [
-        SimNode(nc, f"{args.prefix}-{k}", cpus=args.cpus, memory_bytes=args.memory_bytes)
-        for k in range(args.count)
-    ]
-    try:
-        for sim in sims:
-            await sim.start()
-        print("ready", flush=True)
-        await stop.wait()
-    finally:
-        for sim in sims:
-            await sim.close()
-        await nc.close()
+    await serve(args.server, name="virtbus-simnodes", body=body)
 
 
 def main() -> None:

@@ -11,27 +11,22 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 from pathlib import Path
 
-import nats
 import uvloop
+from nats.aio.client import Client
 
 from events.provision import provision
+from events.telemetry import serve
 from orchestrator.webhooks.dispatcher import Dispatcher
 
 
 async def _main(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    nc = await nats.connect(args.server, name="virtbus-webhooks")
-    try:
+    async def body(nc: Client, stop: asyncio.Event) -> None:
         await provision(nc.jetstream())
         await Dispatcher(nc, data_dir=Path(args.data_dir), shard=args.shard).run(stop)
-    finally:
-        await nc.close()
+
+    await serve(args.server, name="virtbus-webhooks", body=body)
 
 
 def _shard(value: str) -> tuple[int, int]:
