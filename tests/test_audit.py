@@ -19,7 +19,7 @@ import nats
 import pytest
 from conftest import api_ready
 from nats.aio.client import Client
-from test_cli_verbs import CLI, Result
+from test_cli_verbs import Result, virtbus
 from test_worker import seed
 
 from events import model as m
@@ -66,18 +66,7 @@ class Log:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTBUS_AUDIT_KEY")}
         if key:
             env["VIRTBUS_AUDIT_KEY"] = KEY.decode()
-        proc = await asyncio.create_subprocess_exec(
-            *CLI, *args, "--server", self.url, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), 60)
-        except TimeoutError:
-            proc.kill()
-            await proc.communicate()
-            raise
-        assert proc.returncode is not None
-        return Result(proc.returncode, out.decode(), err.decode())
+        return await virtbus(*args, "--server", self.url, env=env)
 
 
 @pytest.fixture

@@ -62,10 +62,15 @@ def cli_env(url: str | None) -> dict[str, str]:
 
 
 async def virtbus(
-    *args: str, env_url: str | None = None, stdin: str | None = None, wait_s: float = WAIT_S
+    *args: str,
+    env_url: str | None = None,
+    stdin: str | None = None,
+    wait_s: float = WAIT_S,
+    env: dict[str, str] | None = None,
 ) -> Result:
+    """The CLI as a user runs it; `env`, when given, is its whole environment."""
     proc = await asyncio.create_subprocess_exec(
-        *CLI, *args, cwd=ROOT, env=cli_env(env_url),
+        *CLI, *args, cwd=ROOT, env=cli_env(env_url) if env is None else env,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
