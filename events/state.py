@@ -15,7 +15,7 @@ import msgspec
 from msgspec.structs import force_setattr, replace
 
 from events import model as m
-from events.envelope import Envelope
+from events.envelope import Stamped
 
 RUN_STRATEGIES: Final = ("Always", "RerunOnFailure", "Manual", "Halted", "Once")
 
@@ -175,7 +175,7 @@ def _migration(s: VMState, migration_id: str, **changes: Any) -> Migration | Non
     return replace(s.migration, **changes)
 
 
-def apply(s: VMState, env: Envelope) -> VMState:
+def apply(s: VMState, env: Stamped) -> VMState:
     """Return the state after `env`; unknown or irrelevant events leave it as it was."""
     handler = _HANDLERS.get(type(env.data))
     if handler is None or (s.deleted and not isinstance(env.data, _REVIVE)):
@@ -190,7 +190,7 @@ def apply(s: VMState, env: Envelope) -> VMState:
     return new
 
 
-_Handler = Callable[[VMState, Any, Envelope], VMState]
+_Handler = Callable[[VMState, Any, Stamped], VMState]
 _HANDLERS: dict[type[m.Event], _Handler] = {}
 
 
@@ -204,12 +204,12 @@ def _on(*kinds: type[m.Event]) -> Callable[[_Handler], _Handler]:
 
 
 @_on(m.VMScheduled)
-def _vm_scheduled(s: VMState, e: m.VMScheduled, env: Envelope) -> VMState:
+def _vm_scheduled(s: VMState, e: m.VMScheduled, env: Stamped) -> VMState:
     return replace(s, node=e.node, vmi_uid=e.vmi_uid, phase=SCHEDULING, status=STARTING)
 
 
 @_on(m.VMCreated)
-def _vm_created(s: VMState, e: m.VMCreated, env: Envelope) -> VMState:
+def _vm_created(s: VMState, e: m.VMCreated, env: Stamped) -> VMState:
     _, ns, name = env.subject.split("/")
     # A new life under an old name starts from nothing; only the version keeps counting.
     new = VMState(
@@ -220,7 +220,7 @@ def _vm_created(s: VMState, e: m.VMCreated, env: Envelope) -> VMState:
 
 
 @_on(m.VMSpecChanged)
-def _vm_spec_changed(s: VMState, e: m.VMSpecChanged, env: Envelope) -> VMState:
+def _vm_spec_changed(s: VMState, e: m.VMSpecChanged, env: Stamped) -> VMState:
     return replace(
         s,
         spec=e.spec,
@@ -231,23 +231,23 @@ def _vm_spec_changed(s: VMState, e: m.VMSpecChanged, env: Envelope) -> VMState:
 
 
 @_on(m.VMDeleteRequested)
-def _vm_delete_requested(s: VMState, e: m.VMDeleteRequested, env: Envelope) -> VMState:
+def _vm_delete_requested(s: VMState, e: m.VMDeleteRequested, env: Stamped) -> VMState:
     return replace(s, status=TERMINATING)
 
 
 @_on(m.VMDeleted)
-def _vm_deleted(s: VMState, e: m.VMDeleted, env: Envelope) -> VMState:
+def _vm_deleted(s: VMState, e: m.VMDeleted, env: Stamped) -> VMState:
     return replace(s, exists=False, deleted=True, status=DELETED, phase="", node="", ready=False)
 
 
 @_on(m.VMRenamed)
-def _vm_renamed(s: VMState, e: m.VMRenamed, env: Envelope) -> VMState:
+def _vm_renamed(s: VMState, e: m.VMRenamed, env: Stamped) -> VMState:
     done = replace(s, exists=False, deleted=True, status=DELETED, phase="", node="", ready=False)
     return replace(done, renamed_to=e.to)
 
 
 @_on(m.VMUndeleted)
-def _vm_undeleted(s: VMState, e: m.VMUndeleted, env: Envelope) -> VMState:
+def _vm_undeleted(s: VMState, e: m.VMUndeleted, env: Stamped) -> VMState:
     return replace(s, exists=True, deleted=False, status=STOPPED)
 
 
@@ -255,7 +255,7 @@ _START: Final = m.VMStartRequested()
 
 
 @_on(m.VMStartRequested)
-def _vm_start_requested(s: VMState, e: m.VMStartRequested, env: Envelope) -> VMState:
+def _vm_start_requested(s: VMState, e: m.VMStartRequested, env: Stamped) -> VMState:
     # Like `virtctl start`, which sets `running: true`: a Halted VM becomes Always.
     strategy = "Always" if s.run_strategy == "Halted" else s.run_strategy
     return replace(
@@ -266,7 +266,7 @@ def _vm_start_requested(s: VMState, e: m.VMStartRequested, env: Envelope) -> VMS
 
 
 @_on(m.VMStopRequested)
-def _vm_stop_requested(s: VMState, e: m.VMStopRequested, env: Envelope) -> VMState:
+def _vm_stop_requested(s: VMState, e: m.VMStopRequested, env: Stamped) -> VMState:
     # Like `virtctl stop` (`running: false`): nothing restarts it afterwards.
     halted = s.run_strategy in ("Always", "RerunOnFailure")
     if not s.running and not halted:
@@ -283,7 +283,7 @@ def _vm_stop_requested(s: VMState, e: m.VMStopRequested, env: Envelope) -> VMSta
 
 
 @_on(m.VMRestartRequested)
-def _vm_restart_requested(s: VMState, e: m.VMRestartRequested, env: Envelope) -> VMState:
+def _vm_restart_requested(s: VMState, e: m.VMRestartRequested, env: Stamped) -> VMState:
     if not s.running:
         return s
     return replace(s, status=STOPPING, restarting=True, intent_version=env.version)
@@ -291,18 +291,18 @@ def _vm_restart_requested(s: VMState, e: m.VMRestartRequested, env: Envelope) ->
 
 @_on(m.VMPauseRequested, m.VMUnpauseRequested)
 def _vm_pause_requested(
-    s: VMState, e: m.VMPauseRequested | m.VMUnpauseRequested, env: Envelope
+    s: VMState, e: m.VMPauseRequested | m.VMUnpauseRequested, env: Stamped
 ) -> VMState:
     return replace(s, want_paused=isinstance(e, m.VMPauseRequested), intent_version=env.version)
 
 
 @_on(m.VMUnschedulable)
-def _vm_unschedulable(s: VMState, e: m.VMUnschedulable, env: Envelope) -> VMState:
+def _vm_unschedulable(s: VMState, e: m.VMUnschedulable, env: Stamped) -> VMState:
     return replace(s, status=UNSCHEDULABLE, phase=SCHEDULING, reason=e.reason)
 
 
 @_on(m.LauncherCreated)
-def _launcher_created(s: VMState, e: m.LauncherCreated, env: Envelope) -> VMState:
+def _launcher_created(s: VMState, e: m.LauncherCreated, env: Stamped) -> VMState:
     mig = s.migration
     if mig is not None and _migrating(s) and e.node == mig.target and e.node != s.node:
         phase = SCHEDULED if mig.phase == SCHEDULING else mig.phase  # the target pod runs
@@ -311,7 +311,7 @@ def _launcher_created(s: VMState, e: m.LauncherCreated, env: Envelope) -> VMStat
 
 
 @_on(m.LauncherFailed)
-def _launcher_failed(s: VMState, e: m.LauncherFailed, env: Envelope) -> VMState:
+def _launcher_failed(s: VMState, e: m.LauncherFailed, env: Stamped) -> VMState:
     if s.migration and e.node == s.migration.target and e.node != s.node:
         # A failed migration target does not touch the running source; the migration fails.
         return replace(s, migration=_migration(s, s.migration.id, reason=e.reason))
@@ -319,7 +319,7 @@ def _launcher_failed(s: VMState, e: m.LauncherFailed, env: Envelope) -> VMState:
 
 
 @_on(m.DomainStarted)
-def _domain_started(s: VMState, e: m.DomainStarted, env: Envelope) -> VMState:
+def _domain_started(s: VMState, e: m.DomainStarted, env: Stamped) -> VMState:
     if s.node and e.node != s.node:
         return s  # the target of a migration reports its own start
     # The node's observation is enough: the VMI is Running and ready (virtbus has no guest probes).
@@ -331,7 +331,7 @@ def _domain_started(s: VMState, e: m.DomainStarted, env: Envelope) -> VMState:
 
 
 @_on(m.VMRunning)
-def _vm_running(s: VMState, e: m.VMRunning, env: Envelope) -> VMState:
+def _vm_running(s: VMState, e: m.VMRunning, env: Stamped) -> VMState:
     return replace(
         s,
         phase=RUNNING,
@@ -344,13 +344,13 @@ def _vm_running(s: VMState, e: m.VMRunning, env: Envelope) -> VMState:
 
 
 @_on(m.DomainPaused)
-def _domain_paused(s: VMState, e: m.DomainPaused, env: Envelope) -> VMState:
+def _domain_paused(s: VMState, e: m.DomainPaused, env: Stamped) -> VMState:
     status = MIGRATING if _migrating(s) else PAUSED
     return replace(s, paused=True, ready=False, status=status, reason=e.reason)
 
 
 @_on(m.DomainResumed)
-def _domain_resumed(s: VMState, e: m.DomainResumed, env: Envelope) -> VMState:
+def _domain_resumed(s: VMState, e: m.DomainResumed, env: Stamped) -> VMState:
     return replace(
         s,
         paused=False,
@@ -360,7 +360,7 @@ def _domain_resumed(s: VMState, e: m.DomainResumed, env: Envelope) -> VMState:
 
 
 @_on(m.DomainStopped)
-def _domain_stopped(s: VMState, e: m.DomainStopped, env: Envelope) -> VMState:
+def _domain_stopped(s: VMState, e: m.DomainStopped, env: Stamped) -> VMState:
     if e.reason == "migrated" or (s.node and e.node != s.node):
         return s
     # Stopping only while a stop is under way; a VMI that ended by itself shows Stopped.
@@ -376,7 +376,7 @@ def _domain_stopped(s: VMState, e: m.DomainStopped, env: Envelope) -> VMState:
 
 
 @_on(m.VMStopped)
-def _vm_stopped(s: VMState, e: m.VMStopped, env: Envelope) -> VMState:
+def _vm_stopped(s: VMState, e: m.VMStopped, env: Stamped) -> VMState:
     return replace(
         s,
         phase="",
@@ -392,12 +392,12 @@ def _vm_stopped(s: VMState, e: m.VMStopped, env: Envelope) -> VMState:
 
 
 @_on(m.VMStartFailed)
-def _vm_start_failed(s: VMState, e: m.VMStartFailed, env: Envelope) -> VMState:
+def _vm_start_failed(s: VMState, e: m.VMStartFailed, env: Stamped) -> VMState:
     return replace(s, status=e.status, phase=FAILED, ready=False, reason=e.reason)
 
 
 @_on(m.VMFailed)
-def _vm_failed(s: VMState, e: m.VMFailed, env: Envelope) -> VMState:
+def _vm_failed(s: VMState, e: m.VMFailed, env: Stamped) -> VMState:
     return replace(
         s,
         phase=FAILED,
@@ -414,13 +414,13 @@ def _vm_failed(s: VMState, e: m.VMFailed, env: Envelope) -> VMState:
 
 
 @_on(m.VMBackoff)
-def _vm_backoff(s: VMState, e: m.VMBackoff, env: Envelope) -> VMState:
+def _vm_backoff(s: VMState, e: m.VMBackoff, env: Stamped) -> VMState:
     until = env.time + timedelta(seconds=e.delay_seconds)
     return replace(s, status=CRASH_LOOP, failures=e.failures, backoff_until=until)
 
 
 @_on(m.LauncherDeleted)
-def _launcher_deleted(s: VMState, e: m.LauncherDeleted, env: Envelope) -> VMState:
+def _launcher_deleted(s: VMState, e: m.LauncherDeleted, env: Stamped) -> VMState:
     mig = s.migration
     if mig is not None and mig.target_pod == e.pod and e.node == mig.target != s.node:
         return replace(s, migration=replace(mig, target_pod=""))  # a failed target cleaned up
@@ -428,11 +428,11 @@ def _launcher_deleted(s: VMState, e: m.LauncherDeleted, env: Envelope) -> VMStat
 
 
 @_on(m.CommandRejected)
-def _command_rejected(s: VMState, e: m.CommandRejected, env: Envelope) -> VMState:
+def _command_rejected(s: VMState, e: m.CommandRejected, env: Stamped) -> VMState:
     return replace(s, last_rejection=e.reason)
 
 
-def fold(envelopes: Iterable[Envelope], state: VMState | None = None) -> VMState:
+def fold(envelopes: Iterable[Stamped], state: VMState | None = None) -> VMState:
     s = state or VMState()
     for env in envelopes:
         s = apply(s, env)

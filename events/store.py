@@ -21,13 +21,21 @@ import msgspec
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from events.envelope import ENVELOPE_DECODER, Recorded, chain_hash, decode_envelope, seal
-from events.errors import BusUnavailable, ConcurrencyConflict, TamperDetected, ValidationError
+from events.envelope import (
+    ENVELOPE_DECODER,
+    STAMP_DECODER,
+    Chain,
+    Recorded,
+    chain_hash,
+    decode_envelope,
+    seal,
+)
+from events.errors import BusUnavailable, ConcurrencyConflict, ValidationError
 from events.errors import VirtbusError as _VirtbusError
 from events.model import TOKEN, Event
 from events.names import EVENTS_STREAM, Ref, ref_from_subject
 from events.reader import direct_last, direct_range, pull_all
-from events.state import VMState, fold
+from events.state import VMState, apply, fold
 from events.telemetry import TRACE
 
 MAX_BATCH: Final = 1000
@@ -75,33 +83,6 @@ class _Rejected(Exception):
     def __init__(self, err: _ApiError) -> None:
         super().__init__(err.description)
         self.err = err
-
-
-class Chain:
-    """Checks version sequence and hash chain per aggregate as events stream by."""
-
-    def __init__(self, *, strict: bool) -> None:
-        self.strict = strict  # every aggregate must start at version 1 (reading from the start)
-        self.heads: dict[str, tuple[int, str]] = {}
-
-    def check(self, rec: Recorded) -> None:
-        key = rec.subject.rpartition(".")[0]
-        env = rec.envelope
-        prev = self.heads.get(key)
-        if prev is None:
-            prev = (0, "") if self.strict else (env.version - 1, env.prevhash)
-        if env.version != prev[0] + 1:
-            raise TamperDetected(
-                f"{key}: event at seq {rec.seq} has version {env.version}, expected {prev[0] + 1}",
-                subject=rec.subject, seq=rec.seq,
-            )  # fmt: skip
-        if env.prevhash != prev[1]:
-            raise TamperDetected(
-                f"{key}: event at seq {rec.seq} (version {env.version}) does not chain to the "
-                "event before it: it or its predecessor was altered",
-                subject=rec.subject, seq=rec.seq,
-            )  # fmt: skip
-        self.heads[key] = (env.version, rec.hash)
 
 
 class EventStore:
@@ -389,16 +370,36 @@ class EventStore:
             start_seq=from_seq, start_time=from_time,
         )  # fmt: skip
 
-    async def replay_states(self, **kwargs: object) -> dict[Ref, VMState]:
+    async def replay_states(self, *, verify: bool = True) -> dict[Ref, VMState]:
         """Fold every VM in the log: what a fresh orchestrator or projection does on start."""
-        states: dict[str, VMState] = {}
-
-        def on(rec: Recorded) -> None:
-            key = rec.subject.rpartition(".")[0]
-            states[key] = fold((rec.envelope,), states.get(key))
-
-        await self.replay(on, subjects=["virt.vm.>"], **kwargs)  # type: ignore[arg-type]
+        states, _ = await self.fold_vms(verify=verify)
         return {r: s for k, s in states.items() if (r := ref_from_subject(k + ".x")) is not None}
+
+    async def fold_vms(self, *, verify: bool = True) -> tuple[dict[str, VMState], int]:
+        """Every VM's state by subject prefix, and how many events made them.
+
+        The rebuild path, so it decodes only what the fold reads (`Stamp`) and checks the chain
+        on the raw bytes: the fastest full read that still proves the log unaltered.
+        """
+        states: dict[str, VMState] = {}
+        chain, empty = Chain(strict=True), VMState()
+        decode, sha256, step = STAMP_DECODER.decode, hashlib.sha256, chain.step
+        bad = (msgspec.DecodeError, msgspec.ValidationError)
+
+        def on_raw(data: bytes, subject: str, seq: int) -> None:
+            try:
+                stamp = decode(data)
+            except bad:
+                self.malformed += 1
+                return
+            key = subject[: subject.rindex(".")]
+            if verify:
+                digest = sha256(data).hexdigest()
+                step(key, stamp.version, stamp.prevhash, digest, seq=seq, subject=subject)
+            states[key] = apply(states.get(key, empty), stamp)
+
+        n = await pull_all(self.nc, self.stream, on_raw, filter_subjects=["virt.vm.>"])
+        return states, n
 
     async def follow(self, *, from_seq: int | None = None) -> AsyncIterator[Recorded]:
         """Live tail of the log from `from_seq` (default: only new events)."""

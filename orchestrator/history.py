@@ -20,12 +20,12 @@ import msgspec
 from nats.aio.client import Client
 
 from events import model as m
-from events.envelope import Recorded
+from events.envelope import Chain, Recorded
 from events.errors import TamperDetected, ValidationError, VirtbusError
 from events.names import COMMANDS_STREAM, EVENTS_STREAM, Ref
 from events.reader import direct_range, direct_range_headers, direct_seqs
 from events.state import VMState, apply
-from events.store import Chain, EventStore
+from events.store import EventStore
 from orchestrator.client import query
 from orchestrator.protocol import Query
 

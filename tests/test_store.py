@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
+import nats
 import pytest
 from nats.aio.client import Client
 
 from events import model as m
-from events.envelope import Recorded
+from events.envelope import Recorded, seal
 from events.errors import ConcurrencyConflict, TamperDetected, ValidationError
 from events.names import EVENTS_STREAM, Ref
+from events.provision import provision
+from events.server import NatsServer
 from events.store import Append, EventStore
 
 CREATED = m.VMCreated(spec={"running": False}, run_strategy="Halted")
@@ -162,8 +166,6 @@ async def test_malformed_message_is_counted_and_skipped(
 
 async def test_forged_event_breaks_the_chain(store: EventStore, nc: Client, vm: Ref) -> None:
     await store.append(vm, [CREATED], expected_version=0)
-    from events.envelope import seal
-
     _, raw = seal(m.VMStartRequested(), ref=vm, version=2, prevhash="0" * 64, source="/mallory")
     await nc.jetstream().publish(vm.event_subject("start_requested"), raw)
     with pytest.raises(TamperDetected, match="does not chain"):
@@ -195,3 +197,38 @@ async def test_follow_tails_new_events_live(store: EventStore, vm: Ref) -> None:
     await store.append(vm, [m.VMScheduled(node="n", vmi_uid="u")], expected_version=2)
     await asyncio.wait_for(follower, 10)
     assert [r.envelope.version for r in seen] == [2, 3]
+
+
+async def test_rebuild_decodes_only_the_stamp_yet_equals_full_reads(tmp_path: Path) -> None:
+    """`fold_vms` (the start-up rebuild) folds `Stamp`s, not whole envelopes: every VM it builds
+    must equal the fold of that VM's full history; a malformed message is counted and skipped,
+    and a forged event stops a verified rebuild, naming where."""
+    async with NatsServer(data_dir=tmp_path, port=-1) as server:  # its own log: a strict chain
+        conn = await nats.connect(server.url)
+        try:
+            await provision(conn.jetstream())
+            store = EventStore(conn)
+            refs = [Ref.vm(f"r{i}", namespace=f"ns{i % 2}") for i in range(6)]
+            life: list[m.Event] = [
+                m.VMStartRequested(), m.VMScheduled(node="n1", vmi_uid="u"),
+                m.DomainStarted(node="n1"), m.VMRunning(node="n1"), m.VMStopRequested(),
+                m.DomainStopped(node="n1", reason="shutdown"),
+            ]  # fmt: skip
+            for i, ref in enumerate(refs):
+                await store.append(ref, [CREATED, *life[:i]], expected_version=0)
+            await conn.jetstream().publish(refs[0].event_subject("garbage"), b"{not json")
+            states, count = await store.fold_vms()
+            assert (count, store.malformed) == (1 + sum(1 + i for i in range(6)), 1)
+            for ref in refs:
+                assert states[ref.prefix] == (await store.load(ref))[0]
+            assert {s.status for s in states.values()} >= {"Stopped", "Starting", "Running"}
+
+            _, raw = seal(m.VMStartRequested(), ref=refs[1], version=3, prevhash="0" * 64,
+                          source="/mallory")  # fmt: skip
+            await conn.jetstream().publish(refs[1].event_subject("start_requested"), raw)
+            with pytest.raises(TamperDetected, match=f"{refs[1].prefix}: .* does not chain"):
+                await store.fold_vms()
+            unverified = await store.replay_states(verify=False)
+            assert unverified[refs[1]].version == 3
+        finally:
+            await conn.close()

@@ -17,11 +17,10 @@ from nats.aio.client import Client
 from nats.js.api import StorageType, StreamConfig
 
 from events import model as m
-from events.envelope import Recorded, encode
+from events.envelope import encode
 from events.names import Ref
 from events.provision import provision
 from events.reader import pull_all
-from events.state import VMState, apply
 from events.store import EventStore
 from orchestrator.bus import bus_for_bench, connect
 
@@ -103,14 +102,8 @@ async def _measure(nc: Client, *, events: int, batch: int) -> dict[str, Any]:
 
     replays, pulls = [], []
     for _ in range(3):
-        states: dict[str, VMState] = {}
-
-        def fold_one(rec: Recorded, states: dict[str, VMState] = states) -> None:
-            key = rec.subject.rpartition(".")[0]
-            states[key] = apply(states.get(key) or VMState(), rec.envelope)
-
         t0 = time.perf_counter()
-        n = await store.replay(fold_one)
+        states, n = await store.fold_vms()  # decode, chain check and fold of every VM
         replays.append(n / (time.perf_counter() - t0))
         if len(states) < VMS:
             raise AssertionError(f"replay folded {len(states)} VMs, expected {VMS}")
