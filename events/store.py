@@ -131,9 +131,10 @@ class EventStore:
     async def _expected_head(self, part: Append) -> Head:
         # A new aggregate needs no lookup: "no message on its subjects yet" is what the server
         # checks for expected version 0, so a wrong guess is a conflict, not a broken chain.
-        if part.expected_version == 0 and not self.knows(part.ref):
+        if part.expected_version == 0 and part.ref.prefix not in self._heads:
             return Head()
-        return await self.head(part.ref)
+        # The cached head without a coroutine: a steady writer's every append comes this way.
+        return self._heads.get(part.ref.prefix) or await self.head(part.ref)
 
     # --- appends ---------------------------------------------------------------------------------
 
