@@ -209,7 +209,11 @@ async def test_virtbus_up_runs_the_orchestrator_and_two_test_nodes(data_dir: Pat
 
 @pytest.mark.kvm
 async def test_virtbus_up_with_qemu_nodes(kvm_host: None, data_dir: Path) -> None:
-    before = _named("libvirtd") | _named("qemu-system-x86_64")
+    # Only this stack's daemons and guests: those that see mounts from its data dir (tests of
+    # other sessions may run nodes of their own on this machine meanwhile).
+    def ours() -> set[int]:
+        return _named("libvirtd", seeing=data_dir) | _named("qemu-system-x86_64", seeing=data_dir)
+
     args = ("--port", "-1", "--data-dir", str(data_dir), "--hypervisor", "qemu", "--nodes", "1")
     async with virtbus_up(*args) as (proc, url):
         nc = await nats.connect(url)
@@ -223,21 +227,21 @@ async def test_virtbus_up_with_qemu_nodes(kvm_host: None, data_dir: Path) -> Non
             assert isinstance(registered, m.NodeRegistered)
             assert (registered.hypervisor, registered.kvm) == ("qemu", True)
             assert registered.libvirt_uri.startswith("qemu+unix:///system?socket=")
-            assert _named("libvirtd") - before  # the node's own daemon runs
+            assert _named("libvirtd", seeing=data_dir)  # the node's own daemon runs
         finally:
             await nc.close()
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.wait(), 60)
         assert proc.returncode == 0
     for _ in range(100):  # the node's libvirtd is gone with it
-        if not (_named("libvirtd") | _named("qemu-system-x86_64")) - before:
+        if not ours():
             break
         await asyncio.sleep(0.1)
-    assert (_named("libvirtd") | _named("qemu-system-x86_64")) - before == set()
+    assert ours() == set()
 
 
-def _named(exe: str) -> set[int]:
-    """PIDs whose executable is `exe` (zombies excluded)."""
+def _named(exe: str, *, seeing: Path) -> set[int]:
+    """PIDs whose executable is `exe` (zombies excluded) with a mount from under `seeing`."""
     out = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -246,6 +250,9 @@ def _named(exe: str) -> set[int]:
             except OSError:
                 continue
             name, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rpartition(")")[2][1]
-            if name == exe[:15] and state != "Z":
-                out.add(int(entry))
+            if name != exe[:15] or state == "Z":
+                continue
+            with contextlib.suppress(OSError):
+                if str(seeing) in Path(f"/proc/{entry}/mountinfo").read_text():
+                    out.add(int(entry))
     return out
