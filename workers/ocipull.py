@@ -80,7 +80,7 @@ class _Manifest(msgspec.Struct, frozen=True, rename="camel"):
 
 def pull_disk(registry: Registry, image: ImageRef, *, dest: Path, timeout: float) -> Pulled:
     """Pull `image` from `registry` into the (new, empty) directory `dest`."""
-    with _failures(registry), DXF(
+    with _failures(timeout), DXF(
         registry.host, image.repository, auth=_anonymous, insecure=registry.insecure,
         timeout=timeout,
     ) as dxf:  # fmt: skip
@@ -114,14 +114,14 @@ def _anonymous(dxf: DXFBase, response: requests.Response) -> None:
 
 
 @contextlib.contextmanager
-def _failures(registry: Registry) -> Iterator[None]:
+def _failures(timeout: float) -> Iterator[None]:
     """Turn what the HTTP client and python-dxf raise into `PullFailed` with a short reason."""
     try:
         yield
     except PullFailed:
         raise
     except requests.Timeout as err:
-        raise PullFailed(f"timed out ({type(err).__name__})", unhealthy=True) from err
+        raise PullFailed(f"timed out after {timeout:g} s", unhealthy=True) from err
     except requests.ConnectionError as err:
         refused = "refused" in str(err).lower()
         why = "connection refused" if refused else f"cannot connect: {_short(err)}"
