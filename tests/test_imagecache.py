@@ -249,10 +249,13 @@ async def test_no_registry_configured_and_not_cached(tmp_path: Path) -> None:
     )
 
 
-async def test_an_invalid_image_name_is_invalid_image_name(tmp_path: Path) -> None:
+async def test_an_invalid_image_name_is_refused_before_any_registry_is_asked(
+    tmp_path: Path,
+) -> None:
     with pytest.raises(ImagePullError) as err:
         await cache_of(tmp_path, "http://127.0.0.1:1").ensure("Bad Name", field="f")
-    assert err.value.status == "InvalidImageName"
+    assert err.value.status == "ErrImagePull"
+    assert "127.0.0.1:1" not in err.value.message
     assert "f: 'Bad Name': invalid repository name" in err.value.message
 
 
@@ -261,13 +264,15 @@ Routes = dict[str, tuple[int, str, bytes]]
 
 
 @contextlib.contextmanager
-def fake_registry(routes: Routes) -> Iterator[str]:
+def fake_registry(routes: Routes, *, cut: frozenset[str] = frozenset()) -> Iterator[str]:
+    """Answers `routes`; a path in `cut` promises twice the bytes it sends, then hangs up."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             status, kind, body = routes.get(self.path, (404, "text/plain", b"not here"))
             self.send_response(status)
             self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(body) * (2 if self.path in cut else 1)))
             self.end_headers()
             self.wfile.write(body)
 
@@ -330,6 +335,31 @@ async def test_a_corrupt_blob_fails_its_digest_check(tmp_path: Path) -> None:
             await cache.ensure(IMAGE)
     why = f"{url}: {IMAGE}:latest: layer {digest} failed verification: expected digest {digest}"
     assert why in err.value.message
+    assert cache_files(cache) == []
+
+
+async def test_a_transfer_cut_short_marks_the_registry_unhealthy(tmp_path: Path) -> None:
+    good = layer({"disk/disk.img": b"good" * 1000})
+    digest = "sha256:" + hashlib.sha256(good).hexdigest()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST, "layers": [
+        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest,
+         "size": len(good)}]}).encode()  # fmt: skip
+    blob = f"/v2/{IMAGE}/blobs/{digest}"
+    routes: Routes = {PATH: (200, MANIFEST, manifest), blob: (200, "application/gzip", good)}
+    with fake_registry(routes, cut=frozenset({blob})) as url:
+        cache = cache_of(tmp_path, url)
+        with pytest.raises(ImagePullError) as err:
+            await cache.ensure(IMAGE)
+    assert f"{url}: transfer broke off: " in err.value.message
+    assert cache.registries.unhealthy(cache.registries.registries[0]) is not None
+    assert cache_files(cache) == []
+
+
+def test_a_pull_a_killed_worker_left_half_done_is_swept(tmp_path: Path) -> None:
+    leftover = tmp_path / "node" / "images" / ".tmp" / "abc"
+    leftover.mkdir(parents=True)
+    (leftover / "disk.part").write_bytes(b"half")
+    cache = cache_of(tmp_path)
     assert cache_files(cache) == []
 
 

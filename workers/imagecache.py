@@ -56,6 +56,8 @@ class ImageCache:
         self.registries = registries
         self.node = node
         self._locks: dict[str, asyncio.Lock] = {}
+        # Pulls a killed worker left half done: no pull runs before the worker is built.
+        shutil.rmtree(self.root / ".tmp", ignore_errors=True)
 
     def digest_dir(self, digest: str) -> Path:
         algorithm, _, hexdigest = digest.partition(":")
@@ -87,7 +89,7 @@ class ImageCache:
         try:
             ref = parse_image(image, field=field)
         except ValidationError as err:
-            raise ImagePullError(err.message, status="InvalidImageName", field=field) from err
+            raise ImagePullError(err.message, field=field) from err
         async with self._locks.setdefault(str(ref), asyncio.Lock()):
             if (disk := await asyncio.to_thread(self.cached, ref)) is not None:
                 return disk
