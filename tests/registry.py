@@ -4,7 +4,8 @@
 loopback port and always stops it. `push_disk(url, image, file)` pushes a local qcow2 or raw file
 as a KubeVirt container disk (`/disk/disk.img` in one gzipped layer) under an image name such as
 `kubevirt/virtio-container-disk` (tag `latest` unless given), through python-dxf as the worker
-pulls. `push_image` and `push_index` build the odd ones the bad-input tests need.
+pulls; `mirror` copies an image to another registry with skopeo. `push_image` and `push_index`
+build the odd ones (indexes, Docker media types, several layers, no disk) tests need.
 """
 
 from __future__ import annotations
@@ -30,10 +31,17 @@ from events.server import die_with_parent
 from workers.registry import parse_image
 
 BINARY = "docker-registry"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+# Media types of a manifest, an index, a config and a gzipped layer: OCI's, and Docker's v2.2.
+OCI = (
+    "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.layer.v1.tar+gzip",
+)  # fmt: skip
+DOCKER = (
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.container.image.v1+json",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+)
 _LISTENING = re.compile(r"listening on \[?([0-9.:a-f]*?)\]?:(\d+)")
 
 CONFIG = """version: 0.1
@@ -134,9 +142,13 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def push_image(url: str, image: str, layers: list[bytes | Path], *, arch: str = "amd64") -> str:
-    """Push an OCI image made of `layers` (gzipped tars, in memory or in files) under `image`;
-    returns its manifest's digest."""
+def push_image(
+    url: str, image: str, layers: list[bytes | Path], *, arch: str = "amd64",
+    types: tuple[str, ...] = OCI,
+) -> str:  # fmt: skip
+    """Push an image made of `layers` (gzipped tars, in memory or in files) under `image`, with
+    OCI's media types or Docker's (`types=DOCKER`); returns its manifest's digest."""
+    manifest_type, _, config_type, layer_type = types
     ref = parse_image(image)
     with _dxf(url, ref.repository) as d:
         descriptors = []
@@ -145,31 +157,34 @@ def push_image(url: str, image: str, layers: list[bytes | Path], *, arch: str = 
                 digest, size = d.push_blob(filename=str(data)), data.stat().st_size
             else:
                 digest, size = d.push_blob(data=iter([data]), digest=_digest(data)), len(data)
-            descriptors.append({"mediaType": OCI_LAYER_GZIP, "digest": digest, "size": size})
+            descriptors.append({"mediaType": layer_type, "digest": digest, "size": size})
         config = json.dumps({"architecture": arch, "os": "linux",
                              "rootfs": {"type": "layers", "diff_ids": []}}).encode()  # fmt: skip
         d.push_blob(data=iter([config]), digest=_digest(config))
         manifest = json.dumps({
-            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": _digest(config), "size": len(config)},
+            "schemaVersion": 2, "mediaType": manifest_type,
+            "config": {"mediaType": config_type, "digest": _digest(config), "size": len(config)},
             "layers": descriptors,
         })  # fmt: skip
         d.set_manifest(ref.digest or ref.tag, manifest)
     return _digest(manifest.encode())
 
 
-def push_index(url: str, image: str, manifests: dict[str, str]) -> str:
+def push_index(
+    url: str, image: str, manifests: dict[str, str], *, types: tuple[str, ...] = OCI
+) -> str:
     """Push an image index under `image`: `manifests` maps "os/arch" to a manifest digest
     already pushed to the same repository. Returns the index's digest."""
+    manifest_type, index_type, _, _ = types
     ref = parse_image(image)
     with _dxf(url, ref.repository) as d:
         entries = []
         for platform, digest in manifests.items():
             body, _ = d.get_manifest_and_response(digest)
             os_name, arch = platform.split("/")
-            entries.append({"mediaType": OCI_MANIFEST, "digest": digest, "size": len(body),
+            entries.append({"mediaType": manifest_type, "digest": digest, "size": len(body),
                             "platform": {"os": os_name, "architecture": arch}})  # fmt: skip
-        index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
+        index = json.dumps({"schemaVersion": 2, "mediaType": index_type, "manifests": entries})
         d.set_manifest(ref.tag, index)
     return _digest(index.encode())
 
@@ -182,6 +197,18 @@ def push_disk(url: str, image: str, disk: Path) -> str:
         with tarfile.open(staged, mode="w:gz") as tar:
             tar.add(str(disk), arcname="disk/disk.img")
         return push_image(url, image, [staged])
+
+
+def mirror(src: str, dst: str, image: str) -> None:
+    """Copy `image` from registry `src` to registry `dst` with skopeo, digests kept, as one
+    fills a mirror."""
+    ref = str(parse_image(image))
+    subprocess.run(
+        ["skopeo", "copy", "--all", "--preserve-digests", "--src-tls-verify=false",
+         "--dest-tls-verify=false", f"docker://{src.split('://', 1)[1]}/{ref}",
+         f"docker://{dst.split('://', 1)[1]}/{ref}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
 
 
 def small_qcow2(path: Path, *, size: str = "16M") -> Path:

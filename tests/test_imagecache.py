@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 from registry import (
+    DOCKER,
     RegistryServer,
     available,
     layer,
+    mirror,
     push_disk,
     push_image,
     push_index,
@@ -130,20 +132,24 @@ async def test_a_pull_lands_in_the_cache_by_digest_and_is_not_pulled_again(
     assert event.size_bytes > 0 and event.attempts == []
     record = json.loads(next((cache.root / "by-name").iterdir()).read_text())
     assert record["digest"] == digest
-    a.stop()  # the registry is gone: the cached name is served without asking it
+    push_disk(a.url, f"{IMAGE}:same", disk)  # another name for the same image
+    assert await cache.ensure(f"{IMAGE}:same", on_pull=pulls) == path
+    assert (pulls.events[1].digest, pulls.events[1].size_bytes) == (digest, 0)  # no blob pulled
+    a.stop()  # the registry is gone: the cached names are served without asking it
     assert await cache.ensure(IMAGE, on_pull=pulls) == path
     assert await cache.ensure(f"{IMAGE}@{digest}", on_pull=pulls) == path
-    assert len(pulls.events) == 1
+    assert len(pulls.events) == 2
 
 
 async def test_failover_to_the_next_registry_and_unhealthy_marking(
     tmp_path: Path, two_registries: tuple[RegistryServer, RegistryServer]
 ) -> None:
     a, b = two_registries
-    disk = small_qcow2(tmp_path / "disk.qcow2")
-    for tag in ("v1", "v2", "v3"):
-        for reg in (a, b):
-            push_disk(reg.url, f"{IMAGE}:{tag}", disk)
+    disks = {}
+    for size, tag in enumerate(("v1", "v2", "v3"), start=16):
+        disks[tag] = small_qcow2(tmp_path / f"{tag}.qcow2", size=f"{size}M")
+        push_disk(a.url, f"{IMAGE}:{tag}", disks[tag])
+        mirror(a.url, b.url, f"{IMAGE}:{tag}")  # b mirrors a, filled by skopeo
     cache, pulls = cache_of(tmp_path, a.url, b.url), Pulls()
     await cache.ensure(f"{IMAGE}:v1", on_pull=pulls)
     assert pulls.events[-1].registry == a.url  # the first in priority order serves
@@ -154,6 +160,9 @@ async def test_failover_to_the_next_registry_and_unhealthy_marking(
     await cache.ensure(f"{IMAGE}:v3", on_pull=pulls)  # the dead one is not asked again for now
     assert pulls.events[-1].registry == b.url
     assert pulls.events[-1].attempts == [f"{a.url}: skipped, unhealthy (connection refused)"]
+    v3 = cache.digest_dir(pulls.events[-1].digest) / "disk.qcow2"
+    assert v3.read_bytes() == disks["v3"].read_bytes()
+    assert len({e.digest for e in pulls.events}) == 3
 
 
 async def test_an_unhealthy_mark_expires(tmp_path: Path) -> None:
@@ -202,6 +211,17 @@ async def test_an_image_index_is_narrowed_to_linux_amd64(tmp_path: Path) -> None
     assert files[0] == f"by-digest/sha256/{index.removeprefix('sha256:')}/disk.img"
     assert len(files) == 2 and files[1].startswith("by-name/kubevirt_virtio-container-disk_multi-")
     assert only_arm.removeprefix("sha256:") not in " ".join(files)
+
+
+async def test_docker_media_types_work_as_oci_ones(tmp_path: Path) -> None:
+    with registry_server(tmp_path / "reg") as reg:
+        one = push_image(reg.url, f"{IMAGE}:one", [layer({"disk/d.img": b"docker"})],
+                         types=DOCKER)  # fmt: skip
+        push_index(reg.url, f"{IMAGE}:list", {"linux/amd64": one}, types=DOCKER)
+        cache, pulls = cache_of(tmp_path, reg.url), Pulls()
+        assert (await cache.ensure(f"{IMAGE}:one", on_pull=pulls)).read_bytes() == b"docker"
+        assert (await cache.ensure(f"{IMAGE}:list", on_pull=pulls)).read_bytes() == b"docker"
+    assert pulls.events[0].digest == one != pulls.events[1].digest
 
 
 async def test_the_last_layer_with_a_disk_wins(tmp_path: Path) -> None:

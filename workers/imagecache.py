@@ -4,9 +4,10 @@ Layout under the node's data dir: `images/by-digest/sha256/<hex>/disk.{qcow2,img
 pulled image once, `images/by-name/<name>.json` records which digest an image name (with its tag)
 resolved to. A pull lands in a temp dir that is renamed into place only when complete and
 verified, so a failed pull leaves no entry. A name already recorded is not pulled again (like
-Kubernetes' IfNotPresent). Images pre-filled by hand in `images/<name>/` (the older layout) are
-still found first. Each pull is reported as an `ImagePulled` event naming the registry that served
-it and why the ones before it did not.
+Kubernetes' IfNotPresent), and a new name for a digest already here costs only its manifest.
+Images pre-filled by hand in `images/<name>/` (the older layout) are still found first. Each pull
+is reported as an `ImagePulled` event naming the registry that served it and why the ones before
+it did not.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class ImageCache:
         safe = _UNSAFE.sub("_", name)
         tail = hashlib.sha256(name.encode()).hexdigest()[:12]  # "a/b" and "a_b" stay apart
         return self.root / "by-name" / f"{safe}-{tail}.json"
+
+    def _cached_disk(self, digest: str) -> str | None:
+        disk = _disk_in(self.digest_dir(digest))
+        return None if disk is None else disk.name
 
     def cached(self, image: ImageRef) -> Path | None:
         """The disk of `image` if this node has it: by its pinned digest or its recorded one."""
@@ -138,7 +143,8 @@ class ImageCache:
         tmp_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=tmp_root))
         try:
-            pulled = pull_disk(registry, ref, dest=tmp, timeout=self.registries.timeout_s)
+            pulled = pull_disk(registry, ref, dest=tmp, timeout=self.registries.timeout_s,
+                               cached=self._cached_disk)  # fmt: skip
             final = self.digest_dir(pulled.digest)
             final.parent.mkdir(parents=True, exist_ok=True)
             if _disk_in(final) is None:

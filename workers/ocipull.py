@@ -19,7 +19,7 @@ import posixpath
 import shutil
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -56,7 +56,7 @@ class PullFailed(Exception):
 class Pulled(msgspec.Struct, frozen=True):
     digest: str  # of the manifest (or index) the reference named
     disk: str  # file name in the pulled directory: disk.qcow2 or disk.img
-    size_bytes: int  # layer bytes transferred
+    size_bytes: int  # layer bytes transferred (0: the digest was cached already)
 
 
 class _Platform(msgspec.Struct, frozen=True):
@@ -78,13 +78,19 @@ class _Manifest(msgspec.Struct, frozen=True, rename="camel"):
     manifests: list[_Descriptor] = []
 
 
-def pull_disk(registry: Registry, image: ImageRef, *, dest: Path, timeout: float) -> Pulled:
-    """Pull `image` from `registry` into the (new, empty) directory `dest`."""
+def pull_disk(
+    registry: Registry, image: ImageRef, *, dest: Path, timeout: float,
+    cached: Callable[[str], str | None] = lambda digest: None,
+) -> Pulled:  # fmt: skip
+    """Pull `image` from `registry` into the (new, empty) directory `dest`; only its manifest
+    when `cached(digest)` names the disk file the cache already has for that digest."""
     with _failures(timeout), DXF(
         registry.host, image.repository, auth=_anonymous, insecure=registry.insecure,
         timeout=timeout,
     ) as dxf:  # fmt: skip
         manifest, digest = _manifest(dxf, image.reference, expect=image.digest, image=image)
+        if (have := cached(digest)) is not None:
+            return Pulled(digest=digest, disk=have, size_bytes=0)
         if manifest.media_type in INDEX_TYPES:
             child = _pick_platform(manifest, image)
             manifest, _ = _manifest(dxf, child.digest, expect=child.digest, image=image)
