@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -101,6 +104,22 @@ def test_a_bad_registry_list_is_refused(value: str, why: str) -> None:
     with pytest.raises(ValidationError) as err:
         parse_registries(value)
     assert why in err.value.message and "VIRTBUS_REGISTRIES" in err.value.message
+
+
+@pytest.mark.parametrize(("args", "env", "why"), [
+    (["--registries", "http://registry.example"], {}, "plain http:// is only allowed for loopback"),
+    ([], {"VIRTBUS_REGISTRIES": "nope"}, "VIRTBUS_REGISTRIES: 'nope' is not an http(s)://"),
+    ([], {"VIRTBUS_REGISTRY_TIMEOUT_SECONDS": "soon"}, "'soon' is not a number of seconds"),
+])  # fmt: skip
+def test_a_worker_with_a_bad_registry_setting_does_not_start(
+    args: list[str], env: dict[str, str], why: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "workers", "--node", "n", *args], capture_output=True, text=True,
+        env={**os.environ, **env}, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert why in done.stderr
 
 
 def test_registries_keep_their_priority_order() -> None:

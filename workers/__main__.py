@@ -13,8 +13,10 @@ from pathlib import Path
 import uvloop
 from nats.aio.client import Client
 
+from events.errors import ValidationError
 from events.telemetry import add_process_args, serve, start_telemetry
 from workers.node import run_node
+from workers.registry import Registries
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -48,6 +50,10 @@ def main() -> None:
     )  # fmt: skip
     add_process_args(parser)
     args = parser.parse_args()
+    try:  # a bad registry list is a usage error now, not a crash at the first pull
+        Registries.from_env(args.registries)
+    except ValidationError as err:
+        parser.error(err.message)
     start_telemetry("worker", metrics_port=args.metrics_port)
     uvloop.run(_main(args))
 
