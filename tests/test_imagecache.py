@@ -34,7 +34,10 @@ from registry import (
 )
 
 from events import model as m
+from events.envelope import seal
 from events.errors import ValidationError
+from events.names import Ref
+from events.state import fold
 from workers.imagecache import ImageCache, ImagePullError
 from workers.registry import Registries, parse_image, parse_registries
 
@@ -411,3 +414,17 @@ async def test_a_failing_registry_is_marked_unhealthy(tmp_path: Path) -> None:
     # Every registry is unhealthy by the second pull: each is still tried, as a last resort.
     assert err.value.message.endswith(f"{url}: HTTP 503; http://127.0.0.1:1: connection refused")
     assert cache.registries.unhealthy(cache.registries.registries[0]) == "HTTP 503"
+
+
+def test_the_fold_takes_a_pull_as_an_observation_that_changes_no_status() -> None:
+    ref = Ref.vm("a")
+    events: list[m.Event] = [
+        m.VMCreated(spec={}, run_strategy="Manual"), m.VMStartRequested(),
+        m.VMScheduled(node="n1", vmi_uid="u"),
+        m.ImagePulled(image=IMAGE, digest="sha256:" + "0" * 64, registry="http://127.0.0.1:1"),
+    ]  # fmt: skip
+    sealed = [seal(e, ref=ref, version=v, prevhash="", source="/t")[0]
+              for v, e in enumerate(events, start=1)]  # fmt: skip
+    before, after = fold(sealed[:-1]), fold(sealed)
+    assert (after.status, after.phase, after.node) == (before.status, before.phase, before.node)
+    assert after.version == 4
