@@ -318,6 +318,19 @@ class VolumeDetached(Event, frozen=True):
     node: str = ""
 
 
+class ImagePulled(Event, frozen=True):
+    """A node pulled a containerDisk image into its cache before starting the VM: which registry
+    served it, and why each one asked before it did not (refused, 404, skipped as unhealthy)."""
+
+    image: str = ""
+    digest: str = ""
+    registry: str = ""
+    node: str = ""
+    size_bytes: int = 0
+    seconds: float = 0.0
+    attempts: list[str] = []
+
+
 # --- any aggregate -------------------------------------------------------------------------------
 
 
@@ -502,7 +515,7 @@ AnyEvent = (
     | VolumeCreated | VolumeReady | VolumeDeleted | WebhookSubscribed | WebhookUnsubscribed
     | WebhookDisabled
     | VolumeFailed | VolumeMoveRequested | VolumeMoved | VolumeMoveFailed
-    | AuditCheckpoint
+    | AuditCheckpoint | ImagePulled
 )  # fmt: skip
 
 EVENT_CLASSES: Final[tuple[type[Event], ...]] = AnyEvent.__args__

@@ -9,12 +9,14 @@ VENV=.venv
 STAMP=$VENV/.virtbus-installed
 
 # Build deps of libvirt-python, then the real-hypervisor stack (QEMU/KVM nodes), then image tools,
-# then the headless browser the web view's test loads its pages in.
+# then the headless browser the web view's test loads its pages in, then the OCI registry the
+# container disk tests pull from (and skopeo, which fills their mirror).
 APT_PACKAGES=(
   libvirt-dev pkg-config
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   libxml2-utils
   chromium
+  docker-registry skopeo
 )
 
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

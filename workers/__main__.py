@@ -1,4 +1,5 @@
-"""`python -m workers --node NAME [--libvirt URI] [--pods process|kubernetes]`: one node worker.
+"""`python -m workers --node NAME [--libvirt URI] [--pods process|kubernetes] [--registries URLS]`:
+one node worker.
 
 `--pods kubernetes` runs each VM's launcher as a pod (in-cluster config, or `--kube-url URL`).
 """
@@ -12,15 +13,18 @@ from pathlib import Path
 import uvloop
 from nats.aio.client import Client
 
+from events.errors import ValidationError
 from events.telemetry import add_process_args, serve, start_telemetry
 from workers.node import run_node
+from workers.registry import Registries
 
 
 async def _main(args: argparse.Namespace) -> None:
     async def body(nc: Client, stop: asyncio.Event) -> None:
         await run_node(nc, node=args.node, uri=args.libvirt, data_dir=Path(args.data_dir),
                        stop=stop, pods=args.pods, kube_url=args.kube_url,
-                       hypervisor=args.hypervisor, index=args.index)  # fmt: skip
+                       hypervisor=args.hypervisor, index=args.index,
+                       registries=args.registries)  # fmt: skip
 
     await serve(args.server, name=f"virtbus-worker-{args.node}", body=body)
 
@@ -39,8 +43,17 @@ def main() -> None:
         "--kube-url", default=None, help="Kubernetes API URL (default: in-cluster or kubeconfig)"
     )
     parser.add_argument("--data-dir", default=".virtbus/nodes")
+    parser.add_argument(
+        "--registries", default=None, metavar="URL[,URL...]",
+        help="container disk registries and mirrors, most preferred first "
+        "(default: $VIRTBUS_REGISTRIES; plain http:// only for loopback)",
+    )  # fmt: skip
     add_process_args(parser)
     args = parser.parse_args()
+    try:  # a bad registry list is a usage error now, not a crash at the first pull
+        Registries.from_env(args.registries)
+    except ValidationError as err:
+        parser.error(err.message)
     start_telemetry("worker", metrics_port=args.metrics_port)
     uvloop.run(_main(args))
 

@@ -198,14 +198,19 @@ class Migrations:
         ref, dom = item.ref, domain_name(item.ref)
         if await self.w.hv.state(dom) in (*RUNNING_STATES, PAUSED_STATE):
             return []  # started before a crash of ours
+        pulls: list[m.Event] = []  # a container disk this node lacked: reported with the rest
+
+        async def pulled(event: m.ImagePulled) -> None:
+            pulls.append(event)
+
         volumes = await self.w.volumes.resolve(
-            item.spec, namespace=ref.namespace, name=ref.name, uid=item.vmi_uid
+            item.spec, namespace=ref.namespace, name=ref.name, uid=item.vmi_uid, on_pull=pulled
         )
         xml = render_domain(item.spec, name=ref.name, namespace=ref.namespace, uid=item.vmi_uid,
                             volumes=volumes, kvm=self.w.kvm)  # fmt: skip
         uuid = await self.w.hv.define(xml)
         await self.w.hv.start(dom)
-        return [m.DomainDefined(node=self.w.node, domain_uuid=uuid),
+        return [*pulls, m.DomainDefined(node=self.w.node, domain_uuid=uuid),
                 m.DomainStarted(node=self.w.node, reason="cold-migrated")]  # fmt: skip
 
     async def _cleanup(self, item: w.CleanupTarget, s: VMState) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from workers.qemunodes import QemuNode
+from workers.registry import Registries
 from workers.worker import Worker
 
 # libvirt's test driver reads a node's capacity from a file; its state stays in the process.
@@ -34,19 +35,21 @@ def libvirt_test_uri(data_dir: Path, *, cpus: int = 8, memory_gib: int = 16) -> 
 async def run_node(
     nc: Client, *, node: str, uri: str | None, data_dir: Path, stop: asyncio.Event,
     labels: dict[str, str] | None = None, pods: str = "process", kube_url: str | None = None,
-    hypervisor: str = "test", index: int = 0,
+    hypervisor: str = "test", index: int = 0, registries: str | None = None,
 ) -> None:  # fmt: skip
     """Run one node worker until `stop`: on `uri`, else on the test driver, else (`hypervisor`
     "qemu") on a libvirtd of its own that this node starts and stops (`index` keeps its ports
-    apart from other nodes on this machine)."""
+    apart from other nodes on this machine). `registries` overrides `$VIRTBUS_REGISTRIES`."""
     node_dir = data_dir / node
     if uri is None and hypervisor == "qemu":
         async with QemuNode(data_dir / "qemu", node, index=index) as qemu:
             await run_node(nc, node=node, uri=qemu.uri, data_dir=data_dir, stop=stop,
-                           labels=labels, pods=pods, kube_url=kube_url)  # fmt: skip
+                           labels=labels, pods=pods, kube_url=kube_url,
+                           registries=registries)  # fmt: skip
         return
     if uri is None:
         uri = await asyncio.to_thread(libvirt_test_uri, node_dir)
     worker = Worker(nc, node=node, uri=uri, data_dir=node_dir, host_root=node_dir / "host",
-                    labels=labels, pods=pods, kube_url=kube_url)  # fmt: skip
+                    labels=labels, pods=pods, kube_url=kube_url,
+                    registries=Registries.from_env(registries))  # fmt: skip
     await worker.run(stop)

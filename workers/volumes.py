@@ -1,7 +1,8 @@
 """Volumes made concrete on a node: the files a domain's disks point at.
 
 Each volume of a VM spec resolves to a file under the node's data dir (or, for hostDisk, under
-the node's host root): a containerDisk from the local image cache, a persistentVolumeClaim's
+the node's host root): a containerDisk from the node's image cache (pulled from a registry first
+when missing, `workers/imagecache.py`), a persistentVolumeClaim's
 `disk.img` in its claim directory, a hostDisk created sparse when `DiskOrCreate`, an emptyDisk
 made fresh, and a cloudInitNoCloud ISO (label `cidata`) generated here. What cannot be provided
 fails the start with KubeVirt's status: `ErrorPvcNotFound`, `ErrImagePull`.
@@ -11,16 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import io
-import re
 import subprocess
 from pathlib import Path
 from typing import Any, Literal
 
 from events.errors import VirtbusError
 from workers.domain import ResolvedVolume, VolumeNeed, volume_plan
-
-_IMAGE_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_DISK_NAMES = ("disk.qcow2", "disk.img", "disk.raw")
+from workers.imagecache import ImageCache, ImagePullError, OnPull, legacy_dir
+from workers.registry import Registries
 
 
 class VolumeUnavailable(VirtbusError):
@@ -32,7 +31,8 @@ class VolumeUnavailable(VirtbusError):
 
 
 def image_dir(root: Path, image: str) -> Path:
-    return root / "images" / _IMAGE_SAFE.sub("_", image)
+    """Where an image pre-filled by hand is found on a node (pulled ones are kept by digest)."""
+    return legacy_dir(root, image)
 
 
 def claim_dir(root: Path, namespace: str, claim: str) -> Path:
@@ -76,22 +76,31 @@ def _cidata_iso(path: Path, *, user_data: str, network_data: str | None, instanc
 
 
 class Volumes:
-    def __init__(self, root: Path, *, host_root: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, *, host_root: Path | None = None, images: ImageCache | None = None
+    ) -> None:
         self.root = root
         self.host_root = host_root  # where hostDisk paths live; None = the real host
+        self.images = images or ImageCache(root, Registries.from_env())
 
     def instance_dir(self, namespace: str, name: str) -> Path:
         return self.root / "vms" / namespace / name
 
     async def resolve(
-        self, spec: dict[str, Any], *, namespace: str, name: str, uid: str
-    ) -> dict[str, ResolvedVolume]:
+        self, spec: dict[str, Any], *, namespace: str, name: str, uid: str,
+        on_pull: OnPull | None = None,
+    ) -> dict[str, ResolvedVolume]:  # fmt: skip
+        """Each volume's file; container disks are pulled first where missing (`on_pull` hears
+        of each pull)."""
         plan = volume_plan(spec)
         out = {}
         for i, need in enumerate(plan):
+            field = f"spec.template.spec.volumes[{i}]"
+            base = await self._image(need, field=field, on_pull=on_pull)
             out[need.name] = await asyncio.to_thread(
-                self._resolve, need, namespace=namespace, name=name, uid=uid, index=i
-            )
+                self._resolve, need, namespace=namespace, name=name, uid=uid, field=field,
+                image=base,
+            )  # fmt: skip
         return out
 
     async def resolve_volume(
@@ -99,9 +108,21 @@ class Volumes:
     ) -> ResolvedVolume:
         """One volume outside the spec (a hotplug); errors name the field `volume`."""
         [need] = volume_plan({"template": {"spec": {"volumes": [volume]}}})
+        base = await self._image(need, field="volume", on_pull=None)
         return await asyncio.to_thread(
-            self._resolve, need, namespace=namespace, name=name, uid=uid, field="volume"
-        )
+            self._resolve, need, namespace=namespace, name=name, uid=uid, field="volume",
+            image=base,
+        )  # fmt: skip
+
+    async def _image(self, need: VolumeNeed, *, field: str, on_pull: OnPull | None) -> Path | None:
+        if need.type != "containerDisk":
+            return None
+        try:
+            return await self.images.ensure(
+                need.image or "", field=f"{field}.containerDisk.image", on_pull=on_pull
+            )
+        except ImagePullError as err:
+            raise VolumeUnavailable(err.message, status=err.status, field=err.field) from err
 
     def persistent_path(self, need: VolumeNeed, *, namespace: str) -> Path:
         """Where a persistentVolumeClaim's or hostDisk's data lives on this node."""
@@ -115,30 +136,21 @@ class Volumes:
         return path
 
     def _resolve(
-        self, need: VolumeNeed, *, namespace: str, name: str, uid: str, index: int = 0,
-        field: str = "",
+        self, need: VolumeNeed, *, namespace: str, name: str, uid: str, field: str,
+        image: Path | None = None,
     ) -> ResolvedVolume:  # fmt: skip
-        field = field or f"spec.template.spec.volumes[{index}]"
         if need.type == "containerDisk":
-            found = [image_dir(self.root, need.image or "") / n for n in _DISK_NAMES]
-            for path in found:
-                if path.is_file():
-                    # The cached image is shared: each instance writes to its own qcow2 overlay.
-                    overlay = self.instance_dir(namespace, name) / f"{need.name}.qcow2"
-                    try:
-                        _overlay(overlay, base=path)
-                    except (OSError, subprocess.CalledProcessError) as err:
-                        raise VolumeUnavailable(
-                            f"{field}: cannot make an overlay of {path}: {err}",
-                            status="Failed",
-                            field=field,
-                        ) from err
-                    return ResolvedVolume(path=str(overlay), format="qcow2")
-            raise VolumeUnavailable(
-                f"{field}: image {need.image!r} is not in this node's image cache "
-                f"({image_dir(self.root, need.image or '')})",
-                status="ErrImagePull", field=field,
-            )  # fmt: skip
+            assert image is not None  # `_image` found or pulled it, or raised
+            # The cached image is shared: each instance writes to its own qcow2 overlay.
+            overlay = self.instance_dir(namespace, name) / f"{need.name}.qcow2"
+            try:
+                _overlay(overlay, base=image)
+            except (OSError, subprocess.CalledProcessError) as err:
+                raise VolumeUnavailable(
+                    f"{field}: cannot make an overlay of {image}: {err}",
+                    status="Failed", field=field,
+                ) from err  # fmt: skip
+            return ResolvedVolume(path=str(overlay), format="qcow2")
         if need.type == "persistentVolumeClaim":
             disk = self.persistent_path(need, namespace=namespace)
             if not disk.is_file():

@@ -39,9 +39,11 @@ from workers.hypervisor import (
     domain_name,
     ref_of_domain,
 )
+from workers.imagecache import ImageCache
 from workers.k8spods import KubernetesPods
 from workers.migration import Migrations
 from workers.pods import ProcessPods, pod_name
+from workers.registry import Registries
 from workers.sessions import Sessions
 from workers.snapshots import NodeSnapshots, Snapshotting
 from workers.sync import reconcile
@@ -60,7 +62,7 @@ class Worker:
     def __init__(
         self, nc: Client, *, node: str, uri: str, data_dir: Path, host_root: Path | None = None,
         labels: dict[str, str] | None = None, heartbeat_s: float = 2.0, pods: str = "process",
-        kube_url: str | None = None,
+        kube_url: str | None = None, registries: Registries | None = None,
     ) -> None:  # fmt: skip
         self.nc = nc
         self.node = node
@@ -74,7 +76,8 @@ class Worker:
             KubernetesPods(self._launcher_exited, node=node, kube_url=kube_url)
             if pods == "kubernetes" else ProcessPods(self._launcher_exited)
         )  # fmt: skip
-        self.volumes = Volumes(data_dir, host_root=host_root)
+        images = ImageCache(data_dir, registries or Registries.from_env(), node=node)
+        self.volumes = Volumes(data_dir, host_root=host_root, images=images)
         self.snapshots = NodeSnapshots(data_dir, self.volumes)
         self.snapshotting = Snapshotting(self)
         self.volume_store = VolumeStore(self.store, node=node, root=data_dir)
@@ -258,9 +261,17 @@ class Worker:
         if state in RUNNING_STATES or state == PAUSED_STATE:  # started before a crash of ours
             await self.observe(ref, [m.DomainStarted(node=self.node)])
             return
+
+        async def pulled(event: m.ImagePulled) -> None:
+            await self.observe(ref, [event])
+
         try:
             volumes = await self.volumes.resolve(
-                item.spec, namespace=ref.namespace, name=ref.name, uid=item.vmi_uid
+                item.spec,
+                namespace=ref.namespace,
+                name=ref.name,
+                uid=item.vmi_uid,
+                on_pull=pulled,
             )
             xml = render_domain(item.spec, name=ref.name, namespace=ref.namespace,
                                 uid=item.vmi_uid, volumes=volumes, kvm=self.kvm)  # fmt: skip
