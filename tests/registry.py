@@ -11,6 +11,7 @@ build the odd ones (indexes, Docker media types, several layers, no disk) tests 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -194,8 +195,14 @@ def push_disk(url: str, image: str, disk: Path) -> str:
     disks are built (`ADD disk.img /disk/`). Returns the image's digest."""
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "layer.tar.gz"
-        with tarfile.open(staged, mode="w:gz") as tar:
-            tar.add(str(disk), arcname="disk/disk.img")
+
+        def reproducible(info: tarfile.TarInfo) -> tarfile.TarInfo:
+            info.mtime = 0
+            return info
+
+        # No timestamps in the gzip header or the tar: the same disk pushed twice is one image.
+        with gzip.GzipFile(staged, "wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+            tar.add(str(disk), arcname="disk/disk.img", filter=reproducible)
         return push_image(url, image, [staged])
 
 
