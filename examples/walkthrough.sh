@@ -46,7 +46,7 @@ if ! "$V" get nodes -o json | grep -q '"hypervisor": "qemu"'; then
   exit 1
 fi
 provide_container_disk
-"$V" delete centos7 >/dev/null 2>&1 && "$V" wait vm centos7 --for delete --timeout "$WAIT" || true
+"$V" delete centos7 >/dev/null 2>&1 && "$V" wait vm centos7 --for delete --timeout "$WAIT" >/dev/null || true
 "$V" volume delete iso-centos7 >/dev/null 2>&1 || true
 
 step "virtctl image-upload: the installation ISO into the PVC iso-centos7"

@@ -77,8 +77,11 @@ def _cidata_iso(path: Path, *, user_data: str, network_data: str | None, instanc
 
 class Volumes:
     def __init__(self, root: Path, *, host_root: Path | None = None) -> None:
-        self.root = root
-        self.host_root = host_root  # where hostDisk paths live; None = the real host
+        # Absolute: these paths go into domain XML and qcow2 backing files, which libvirt and
+        # qemu-img read relative to their own directories (`virtbus up --data-dir .virtbus`).
+        self.root = root.absolute()
+        # where hostDisk paths live; None = the real host
+        self.host_root = host_root.absolute() if host_root is not None else None
 
     def instance_dir(self, namespace: str, name: str) -> Path:
         return self.root / "vms" / namespace / name
@@ -128,8 +131,9 @@ class Volumes:
                     try:
                         _overlay(overlay, base=path)
                     except (OSError, subprocess.CalledProcessError) as err:
+                        why = getattr(err, "stderr", b"").decode(errors="replace").strip() or err
                         raise VolumeUnavailable(
-                            f"{field}: cannot make an overlay of {path}: {err}",
+                            f"{field}: cannot make an overlay of {path}: {why}",
                             status="Failed",
                             field=field,
                         ) from err
