@@ -100,6 +100,17 @@ def disk_targets(xml: str) -> dict[str, tuple[str, str]]:
     return out
 
 
+def guests(under: Path) -> list[int]:
+    """This walkthrough's QEMU processes (other stacks on this machine may run a centos7 too):
+    those whose command line names a file under `under`."""
+    mine = []
+    for pid in qemu_pids(DOMAIN):
+        with contextlib.suppress(OSError):
+            if str(under).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                mine.append(pid)
+    return mine
+
+
 async def ok(stack: QemuStack, *args: str) -> str:
     code, out, err = await stack.virtbus(*args)
     assert code == 0, f"virtbus {' '.join(args)}: exit {code}: {err}"
@@ -135,7 +146,9 @@ async def test_seed_walkthrough_on_real_kvm(wstack: QemuStack, tmp_path: Path) -
     # virtctl start centos7
     await ok(wstack, "start", "centos7")
     await ok(wstack, "wait", "vm", "centos7", "--for", "status=Running", "--timeout", "60")
-    assert len(qemu_pids(DOMAIN)) == 1
+    assert len(guests(wstack.base)) == 1
+    vm = json.loads(await ok(wstack, "get", "vm", "centos7", "-o", "json"))
+    assert vm["spec"]["running"] is True  # as `virtctl start` leaves it, for `kubectl edit`
     host_disk = wstack.host_root / "data" / "disk.img"  # hostDisk DiskOrCreate, 30Gi, sparse
     st = os.stat(host_disk)
     assert st.st_size == 30 << 30
@@ -159,7 +172,9 @@ async def test_seed_walkthrough_on_real_kvm(wstack: QemuStack, tmp_path: Path) -
     # virtctl stop centos7 (no OS answers ACPI: the grace period would be the default 180 s).
     await ok(wstack, "stop", "centos7", "--grace-period", "0", "--force")
     await ok(wstack, "wait", "vm", "centos7", "--for", "status=Stopped", "--timeout", "60")
-    assert qemu_pids(DOMAIN) == []
+    assert guests(wstack.base) == []
+    vm = json.loads(await ok(wstack, "get", "vm", "centos7", "-o", "json"))
+    assert vm["spec"]["running"] is False
     with host_disk.open("r+b") as f:  # what an installer would have left on the disk
         f.write(b"installed")
 
@@ -189,7 +204,7 @@ async def test_seed_walkthrough_on_real_kvm(wstack: QemuStack, tmp_path: Path) -
     await ok(wstack, "wait", "vm", "centos7", "--for", "status=Stopped", "--timeout", "60")
     await ok(wstack, "delete", "centos7")
     await ok(wstack, "wait", "vm", "centos7", "--for", "delete", "--timeout", "60")
-    assert qemu_pids(DOMAIN) == []
+    assert guests(wstack.base) == []
     assert DOMAIN not in await wstack.domains(NODE)
     assert host_disk.exists() and claim.exists()
 
@@ -258,4 +273,4 @@ async def test_walkthrough_script_runs_after_make_run(up: tuple[str, Path]) -> N
     # The domain of the second start: the hard disk boots first, the cdrom second.
     assert re.search(r"dev='vda' bus='virtio'/>\s*<boot order='1'/>", text), text
     assert re.search(r"dev='sda' bus='sata'/>\s*<boot order='2'/>", text), text
-    assert qemu_pids(DOMAIN) == []
+    assert guests(data) == []
