@@ -44,11 +44,19 @@ provide_container_disk() {
 }
 
 step "the nodes, and what a previous run left"
+if ! "$V" get nodes >/dev/null; then
+  echo "start the stack first, in another terminal: make run HYPERVISOR=qemu (or make run)" >&2
+  exit 1
+fi
 for _ in $(seq "$WAIT"); do # a stack just started: its nodes register within seconds
-  "$V" get nodes 2>/dev/null | grep -q " Ready " && break
+  "$V" get nodes | grep -q " Ready " && break
   sleep 1
 done
 run get nodes
+if ! "$V" get nodes | grep -q " Ready "; then
+  echo "no node is Ready: see what the stack's terminal says" >&2
+  exit 1
+fi
 qemu=false
 if "$V" get nodes -o json | grep -q '"hypervisor": "qemu"'; then
   qemu=true

@@ -8,6 +8,9 @@ through `vnc --proxy-only`, the VM stops, the manifest is applied again with the
 disk's boot orders swapped (the article's `kubectl edit`), the VM starts on the new order, and is
 deleted. The guest is not waited for: the ISO holds no OS. Skipped only where root, /dev/kvm or
 QEMU/libvirt are missing.
+
+`examples/walkthrough.sh` is run for real too, against what `make run` starts (`virtbus up` with
+its relative data dir): on libvirt's test driver (no KVM needed) and on QEMU.
 """
 
 from __future__ import annotations
@@ -277,6 +280,15 @@ async def test_walkthrough_script_after_make_run(tmp_path_factory: pytest.TempPa
     # The VMI of the second start: the hard disk boots first, the cdrom second.
     assert re.search(r"bootOrder: 2\n\s*name: cdromiso", text), text
     assert re.search(r"bootOrder: 1\n\s*name: harddrive", text), text
+
+
+def test_walkthrough_script_without_a_stack_says_to_start_one() -> None:
+    env = {**os.environ, "VIRTBUS_NATS_URL": "nats://127.0.0.1:1", "VIRTBUS": str(VIRTBUS)}
+    proc = subprocess.run(["bash", str(WALKTHROUGH)], env=env, check=False, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 1
+    assert "cannot reach NATS at nats://127.0.0.1:1" in proc.stderr
+    assert "start the stack first, in another terminal: make run" in proc.stderr
 
 
 @pytest.mark.kvm
