@@ -3,6 +3,8 @@
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# `make run HYPERVISOR=qemu`: the nodes run real QEMU/KVM (root and /dev/kvm), not the test driver
+HYPERVISOR ?= test
 
 .PHONY: setup run test lint typecheck layers unit bench clean
 
@@ -10,7 +12,7 @@ setup:
 	@bash scripts/setup.sh
 
 run: setup
-	$(BIN)/virtbus up --data-dir .virtbus --port 4222
+	$(BIN)/virtbus up --data-dir .virtbus --port 4222 --hypervisor $(HYPERVISOR)
 
 lint: setup
 	$(BIN)/ruff check events orchestrator workers tests

@@ -31,6 +31,7 @@ from events.state import (
     _migration,
     _on,
     _running_status,
+    _spec_says,
 )
 
 
@@ -137,8 +138,10 @@ def _restore_succeeded(s: VMState, e: m.RestoreSucceeded, env: Stamped) -> VMSta
     if s.restore is None or s.restore.name != e.restore or snap is None:
         return s
     done = replace(s.restore, complete=True, done_at=env.time)
-    # The VM's definition is the snapshot's again; the volumes were copied back on the node.
-    return replace(s, restore=done, spec=snap.spec, restart_required=False)
+    # The VM's definition is the snapshot's again (its volumes were copied back on the node),
+    # with the run strategy it has now: a restore does not start it.
+    spec = _spec_says(snap.spec, s.run_strategy)
+    return replace(s, restore=done, spec=spec, restart_required=False)
 
 
 @_on(m.RestoreFailed)

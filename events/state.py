@@ -254,14 +254,26 @@ def _vm_undeleted(s: VMState, e: m.VMUndeleted, env: Stamped) -> VMState:
 _START: Final = m.VMStartRequested()
 
 
+def _spec_says(spec: dict[str, Any], strategy: str) -> dict[str, Any]:
+    """The VM spec once virt-api's start/stop patched it: `running` (or `runStrategy`, when the
+    spec uses that) says `strategy`, so `get vm -o yaml` and the next `apply` see what runs."""
+    if "template" not in spec:  # a bare VMI's spec has neither field
+        return spec
+    if spec.get("runStrategy") is not None:
+        return {**spec, "runStrategy": strategy}
+    return {**spec, "running": strategy == "Always"}
+
+
 @_on(m.VMStartRequested)
 def _vm_start_requested(s: VMState, e: m.VMStartRequested, env: Stamped) -> VMState:
     # Like `virtctl start`, which sets `running: true`: a Halted VM becomes Always.
     strategy = "Always" if s.run_strategy == "Halted" else s.run_strategy
+    spec = _spec_says(s.spec, strategy) if strategy != s.run_strategy else s.spec
     return replace(
         s, status=STARTING, phase=PENDING, reason="", restart_required=False, paused=False,
         want_paused=False, restarting=False, run_strategy=strategy, node="", vmi_uid="",
         ready=False, failures=s.failures if e.restart else 0, intent_version=env.version,
+        spec=spec,
     )  # fmt: skip
 
 
@@ -275,6 +287,7 @@ def _vm_stop_requested(s: VMState, e: m.VMStopRequested, env: Stamped) -> VMStat
         s,
         status=STOPPING if s.running else s.status,
         run_strategy="Halted" if halted else s.run_strategy,
+        spec=_spec_says(s.spec, "Halted") if halted else s.spec,
         restarting=False,
         intent_version=env.version,
         stop_grace=e.grace_period_seconds,

@@ -91,12 +91,18 @@ def image_upload(
     insecure: Annotated[bool, typer.Option("--insecure", help="skip TLS verification")] = False,
     node: Annotated[str | None, typer.Option("--node", help="the node to hold it")] = None,
     wait_secs: Annotated[float, typer.Option("--wait-secs", help="for processing")] = 300,
+    uploadproxy_url: Annotated[
+        str | None, typer.Option("--uploadproxy-url", help="virtctl's CDI proxy: not needed")
+    ] = None,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
     """Upload a disk image into a new volume (virtctl image-upload), converted to raw."""
     from orchestrator.upload import upload
 
+    if uploadproxy_url:  # accepted so virtctl command lines run as they are
+        typer.echo(f"note: --uploadproxy-url {uploadproxy_url} is not used: the image goes to "
+                   "the node over the bus", err=True)  # fmt: skip
     for flag, value in (("--pvc-name", pvc_name), ("--pvc-size", pvc_size)):
         if not value:
             typer.echo(f"error: {flag} is required", err=True)

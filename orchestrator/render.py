@@ -28,6 +28,8 @@ _MIN_WIDTH: Final = 6
 _PADDING: Final = 3
 _BINARY_SUFFIXES: Final = (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30),
                            ("Mi", 2**20), ("Ki", 2**10))  # fmt: skip
+_DECIMAL_SUFFIXES: Final = (("E", 10**18), ("P", 10**15), ("T", 10**12), ("G", 10**9),
+                            ("M", 10**6), ("k", 10**3))  # fmt: skip
 # KubeVirt's VMI conditions; RestartRequired is a VM-only condition.
 _VMI_CONDITIONS: Final = frozenset({"Ready", "Paused", "PodScheduled"})
 
@@ -78,8 +80,9 @@ def age(since: datetime | None, now: datetime | None = None) -> str:
 
 
 def quantity(n: int) -> str:
-    """Bytes as a Kubernetes binary quantity in canonical form (the largest exact suffix)."""
-    for suffix, size in _BINARY_SUFFIXES:
+    """Bytes as a Kubernetes quantity in canonical form: the largest exact binary suffix, else
+    the largest exact decimal one (a `--pvc-size 5G` reads back as 5G, as kubectl shows it)."""
+    for suffix, size in (*_BINARY_SUFFIXES, *_DECIMAL_SUFFIXES):
         if n and n % size == 0:
             return f"{n // size}{suffix}"
     return str(n)

@@ -14,7 +14,7 @@ STAMP=$VENV/.virtbus-installed
 APT_PACKAGES=(
   libvirt-dev pkg-config
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-  libxml2-utils
+  libxml2-utils xorriso
   chromium
   docker-registry skopeo
 )

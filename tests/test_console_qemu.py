@@ -95,6 +95,39 @@ async def read_until(stream: asyncio.StreamReader, needle: bytes, *, within: flo
     return seen
 
 
+async def vnc_frame(vm: str, *args: str, url: str) -> None:
+    """`virtbus vnc VM --proxy-only [ARGS]`, then a real RFB handshake and one framebuffer update
+    through its port on 127.0.0.1; the proxy exits 0 once the client leaves."""
+    proxy = await cli("vnc", vm, "--proxy-only", *args, url=url)
+    try:
+        assert proxy.stdout is not None
+        line = await asyncio.wait_for(proxy.stdout.readline(), 30)
+        port = json.loads(line)["port"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        banner = await asyncio.wait_for(reader.readexactly(12), 30)
+        assert banner.startswith(b"RFB 003.00"), banner
+        writer.write(b"RFB 003.008\n")
+        count = (await reader.readexactly(1))[0]
+        types = await reader.readexactly(count)
+        assert 1 in types  # "None": the display is loopback-only, reached through the tunnel
+        writer.write(b"\x01")
+        assert await reader.readexactly(4) == b"\0\0\0\0"  # SecurityResult OK
+        writer.write(b"\x01")  # ClientInit, shared
+        width, height = struct.unpack(">HH", await reader.readexactly(4))
+        await reader.readexactly(16)  # pixel format
+        (name_len,) = struct.unpack(">I", await reader.readexactly(4))
+        name = await reader.readexactly(name_len)
+        assert width > 0 and height > 0 and vm.encode() in name
+        writer.write(struct.pack(">BBHHHH", 3, 0, 0, 0, width, height))
+        kind, _, rects = struct.unpack(">BBH", await asyncio.wait_for(reader.readexactly(4), 30))
+        assert (kind, rects > 0) == (0, True)  # FramebufferUpdate with at least one rectangle
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        code, err = await finish(proxy)
+    assert code == 0, err
+
+
 def reset(uri: str, domain: str) -> None:
     conn = libvirt.open(uri)
     try:
@@ -121,34 +154,7 @@ async def test_upload_boot_vnc_and_console_over_the_bus(cstack: QemuStack, tmp_p
     assert "useserial='yes'" in xml or 'useserial="yes"' in xml
 
     # VNC: the server's banner, the handshake, and one framebuffer update, through the bus.
-    proxy = await cli("vnc", "viewer", "--proxy-only", url=cstack.url)
-    try:
-        assert proxy.stdout is not None
-        line = await asyncio.wait_for(proxy.stdout.readline(), 30)
-        port = json.loads(line)["port"]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        banner = await asyncio.wait_for(reader.readexactly(12), 30)
-        assert banner.startswith(b"RFB 003.00"), banner
-        writer.write(b"RFB 003.008\n")
-        count = (await reader.readexactly(1))[0]
-        types = await reader.readexactly(count)
-        assert 1 in types  # "None": the display is loopback-only, reached through the tunnel
-        writer.write(b"\x01")
-        assert await reader.readexactly(4) == b"\0\0\0\0"  # SecurityResult OK
-        writer.write(b"\x01")  # ClientInit, shared
-        width, height = struct.unpack(">HH", await reader.readexactly(4))
-        await reader.readexactly(16)  # pixel format
-        (name_len,) = struct.unpack(">I", await reader.readexactly(4))
-        name = await reader.readexactly(name_len)
-        assert width > 0 and height > 0 and b"viewer" in name
-        writer.write(struct.pack(">BBHHHH", 3, 0, 0, 0, width, height))
-        kind, _, rects = struct.unpack(">BBH", await asyncio.wait_for(reader.readexactly(4), 30))
-        assert (kind, rects > 0) == (0, True)  # FramebufferUpdate with at least one rectangle
-        writer.close()
-        await writer.wait_closed()
-    finally:
-        code, err = await finish(proxy)
-    assert code == 0, err
+    await vnc_frame("viewer", url=cstack.url)
 
     # Console: attach, reset the guest, read what its BIOS writes on the serial line.
     con = await cli("console", "viewer", url=cstack.url)

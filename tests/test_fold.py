@@ -148,6 +148,37 @@ def test_stop_flow() -> None:
     assert condition(s, "Ready")["status"] == "False"  # type: ignore[index]
 
 
+def test_start_and_stop_patch_the_specs_run_field_as_virt_api_does() -> None:
+    with_running = {**SPEC, "running": False}
+    s = run(m.VMCreated(spec=with_running, run_strategy="Halted"), m.VMStartRequested())
+    assert (s.spec["running"], s.run_strategy) == (True, "Always")
+    assert s.spec["template"] == SPEC["template"] and with_running["running"] is False
+    s = step(step(s, m.VMScheduled(node="n1", vmi_uid="u")), m.VMStopRequested())
+    assert (s.spec["running"], s.run_strategy) == (False, "Halted")
+
+    with_strategy = {**SPEC, "runStrategy": "Halted"}
+    s = run(m.VMCreated(spec=with_strategy, run_strategy="Halted"), m.VMStartRequested())
+    assert (s.spec["runStrategy"], "running" in s.spec) == ("Always", False)
+    manual = run(CREATED, m.VMStartRequested())  # Manual stays Manual: the spec is left alone
+    assert manual.spec == SPEC
+    vmi = run(m.VMCreated(spec={"domain": {}}, run_strategy="Halted"), m.VMStartRequested())
+    assert vmi.spec == {"domain": {}}  # a bare VMI's spec has no run field
+
+
+def test_applying_running_false_to_a_started_vm_stops_it_like_kubectl_apply() -> None:
+    from events import commands as c
+    from orchestrator.decide import decide
+
+    domain = {"resources": {"requests": {"memory": "64Mi"}}}
+    seed = {"running": False, "template": {"spec": {"domain": domain}}}
+    s = run(m.VMCreated(spec=seed, run_strategy="Halted"), m.VMStartRequested(),
+            m.VMScheduled(node="n1", vmi_uid="u"), m.DomainStarted(node="n1"),
+            m.VMRunning(node="n1"))  # fmt: skip
+    events = decide(s, c.ApplyVM(name="a", spec=seed))
+    assert [type(e) for e in events] == [m.VMSpecChanged, m.VMStopRequested]
+    assert decide(s, c.ApplyVM(name="a", spec=s.spec)) == []  # what `get vm -o yaml` shows
+
+
 def test_stop_requested_on_a_stopped_vm_changes_nothing_but_version() -> None:
     before = run(CREATED)
     after = step(before, m.VMStopRequested())

@@ -69,9 +69,10 @@ def test_age_without_a_timestamp_is_unknown() -> None:
     assert age(NOW - timedelta(hours=5), NOW) == "5h"
 
 
-def test_quantity_uses_the_largest_exact_binary_suffix() -> None:
-    assert [quantity(n) for n in (0, 1000, 2048, 16 * 2**30, 1536 * 2**20)] == [
-        "0", "1000", "2Ki", "16Gi", "1536Mi",
+def test_quantity_uses_the_largest_exact_binary_suffix_else_a_decimal_one() -> None:
+    sizes = (0, 1000, 2048, 16 * 2**30, 1536 * 2**20, 5 * 10**9, 2500 * 10**6, 1001)
+    assert [quantity(n) for n in sizes] == [
+        "0", "1k", "2Ki", "16Gi", "1536Mi", "5G", "2500M", "1001",
     ]  # fmt: skip
 
 

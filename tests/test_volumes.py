@@ -204,6 +204,41 @@ def test_claim_paths_match_the_worker(tmp_path: Path) -> None:
     assert claim_dir(tmp_path, "ns", "c") == tmp_path / "volumes" / "ns" / "c"
 
 
+async def test_a_relative_data_dir_resolves_to_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`virtbus up --data-dir .virtbus` gives its nodes a relative dir: libvirt and the qcow2
+    overlay of a containerDisk (read relative to the overlay's own dir) need absolute paths."""
+    import subprocess
+
+    from workers.imagecache import ImageCache
+    from workers.registry import Registries
+    from workers.volumes import Volumes, claim_dir, image_dir
+
+    monkeypatch.chdir(tmp_path)
+    node = Path(".virtbus/nodes/node-a")
+    (image := image_dir(node, "kubevirt/virtio-container-disk")).mkdir(parents=True)
+    (image / "disk.img").write_bytes(b"\0" * 65536)
+    (claim := claim_dir(node, "default", "iso-centos7")).mkdir(parents=True)
+    (claim / "disk.img").write_bytes(b"\0" * 65536)
+    spec = yaml.safe_load(test_worker.SEED.read_text())["spec"]
+    # The image cache as the worker builds it: from the same relative dir.
+    images = ImageCache(node, Registries([]), node="node-a")
+    got = await Volumes(node, host_root=node / "host", images=images).resolve(
+        spec, namespace="default", name="centos7", uid="u1"
+    )
+    assert {v.path for v in got.values()} == {
+        str(tmp_path / claim / "disk.img"),
+        str(tmp_path / node / "host/data/disk.img"),
+        str(tmp_path / node / "vms/default/centos7/virtiocontainerdisk.qcow2"),
+    }
+    info = await asyncio.to_thread(subprocess.run, ["qemu-img", "info", "--output=json",
+                                   got["virtiocontainerdisk"].path], check=True,
+                                   capture_output=True)  # fmt: skip
+    backing = json.loads(info.stdout)["full-backing-filename"]
+    assert backing == str(tmp_path / image / "disk.img")
+
+
 def test_the_volume_fold_and_the_placement_of_new_volumes() -> None:
     from datetime import UTC, datetime
 

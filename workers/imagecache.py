@@ -52,8 +52,9 @@ def _disk_in(directory: Path) -> Path | None:
 
 class ImageCache:
     def __init__(self, root: Path, registries: Registries, *, node: str = "") -> None:
-        self.root = root / "images"
-        self.legacy_root = root
+        # Absolute: a disk's path becomes a qcow2 backing file, read from the overlay's directory.
+        self.root = root.absolute() / "images"
+        self.legacy_root = root.absolute()
         self.registries = registries
         self.node = node
         self._locks: dict[str, asyncio.Lock] = {}

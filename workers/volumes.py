@@ -79,9 +79,12 @@ class Volumes:
     def __init__(
         self, root: Path, *, host_root: Path | None = None, images: ImageCache | None = None
     ) -> None:
-        self.root = root
-        self.host_root = host_root  # where hostDisk paths live; None = the real host
-        self.images = images or ImageCache(root, Registries.from_env())
+        # Absolute: these paths go into domain XML and qcow2 backing files, which libvirt and
+        # qemu-img read relative to their own directories (`virtbus up --data-dir .virtbus`).
+        self.root = root.absolute()
+        # where hostDisk paths live; None = the real host
+        self.host_root = host_root.absolute() if host_root is not None else None
+        self.images = images or ImageCache(self.root, Registries.from_env())
 
     def instance_dir(self, namespace: str, name: str) -> Path:
         return self.root / "vms" / namespace / name
@@ -146,8 +149,9 @@ class Volumes:
             try:
                 _overlay(overlay, base=image)
             except (OSError, subprocess.CalledProcessError) as err:
+                why = getattr(err, "stderr", b"").decode(errors="replace").strip() or err
                 raise VolumeUnavailable(
-                    f"{field}: cannot make an overlay of {image}: {err}",
+                    f"{field}: cannot make an overlay of {image}: {why}",
                     status="Failed", field=field,
                 ) from err  # fmt: skip
             return ResolvedVolume(path=str(overlay), format="qcow2")
