@@ -20,7 +20,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import aiohttp
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -30,8 +29,9 @@ from nats.js.errors import NotFoundError
 
 from events.names import EVENTS_STREAM
 from orchestrator.webhooks import deliveries as dl
-from orchestrator.webhooks.sender import HEAD, Attempt, Head, post, webhook_id
-from orchestrator.webhooks.settings import GuardedResolver, WebhookSettings
+from orchestrator.webhooks.http1 import Endpoint
+from orchestrator.webhooks.sender import CONTENT_TYPE, HEAD, Attempt, Head, post, webhook_id
+from orchestrator.webhooks.settings import WebhookSettings
 from orchestrator.webhooks.subscriptions import WebhookState, matches, subject_filters
 
 log = logging.getLogger("virtbus.webhooks")
@@ -99,14 +99,14 @@ class Runner:
         self._ready: asyncio.Queue[_Key | None] = asyncio.Queue()
         self._heard = time.monotonic()  # when the consumer last sent anything
         self._ask: Callable[[], Awaitable[None]] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._endpoint: Endpoint | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def endpoint(self) -> Endpoint:
+        if self._endpoint is None:
             raise RuntimeError("runner not started")
-        return self._session
+        return self._endpoint
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"webhook-{self.state.consumer}")
@@ -143,12 +143,9 @@ class Runner:
         for d in await self.deliveries.retrying(s.consumer):
             key = self._by_key.setdefault(d.subject, _Key())
             key.blocked_by = d.seq if key.blocked_by is None else min(key.blocked_by, d.seq)
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.concurrency, resolver=GuardedResolver(self.settings.networks())
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
+        self._endpoint = Endpoint(
+            s.url, allowed=self.settings.networks(), limit=self.settings.concurrency,
+            timeout_s=self.settings.timeout_s, headers=[("Content-Type", CONTENT_TYPE)],
         )  # fmt: skip
         ticker = asyncio.create_task(self._keep_alive(), name=f"webhook-{s.consumer}-alive")
         workers = [
@@ -168,7 +165,7 @@ class Runner:
             for t in pending:
                 t.cancel()
             await asyncio.gather(ticker, *workers, return_exceptions=True)
-            await self._session.close()
+            await self._endpoint.close()
 
     async def _pull(self) -> Subscription:
         """Pull with batches always in flight, handled in a core-subscription callback: nats-py's
@@ -262,7 +259,7 @@ class Runner:
     async def _attempt(self, item: _Held) -> Attempt:
         s = self.state
         return await post(
-            self.session, s.url, body=item.msg.data, msg_id=webhook_id(item.head.id, s.name),
+            self.endpoint, body=item.msg.data, msg_id=webhook_id(item.head.id, s.name),
             keys=await self.keys(s.secret_ref), timeout_s=self.settings.timeout_s,
         )  # fmt: skip
 
@@ -323,7 +320,7 @@ class Runner:
         if raw.data is None:
             return _with(d, error=f"event {d.seq} has no data")
         attempt = await post(
-            self.session, self.state.url, body=raw.data, msg_id=d.webhook_id,
+            self.endpoint, body=raw.data, msg_id=d.webhook_id,
             keys=await self.keys(self.state.secret_ref), timeout_s=self.settings.timeout_s,
         )  # fmt: skip
         status = dl.DELIVERED if attempt.ok else (dl.GONE if attempt.gone else dl.DEAD)
