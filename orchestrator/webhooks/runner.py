@@ -30,6 +30,7 @@ from nats.js.errors import NotFoundError
 from events.names import EVENTS_STREAM
 from orchestrator.webhooks import deliveries as dl
 from orchestrator.webhooks.http1 import Endpoint
+from orchestrator.webhooks.secrets import Signer
 from orchestrator.webhooks.sender import CONTENT_TYPE, HEAD, Attempt, Head, post, webhook_id
 from orchestrator.webhooks.settings import WebhookSettings
 from orchestrator.webhooks.subscriptions import WebhookState, matches, subject_filters
@@ -37,8 +38,9 @@ from orchestrator.webhooks.subscriptions import WebhookState, matches, subject_f
 log = logging.getLogger("virtbus.webhooks")
 FETCH = 256
 PULL_EXPIRES_S = 5.0
+MATCH_CACHE = 10_000
 
-Keys = Callable[[str], Awaitable[list[bytes]]]
+Keys = Callable[[str], Awaitable[Signer]]
 OnGone = Callable[[WebhookState, str], Awaitable[None]]
 
 
@@ -96,6 +98,7 @@ class Runner:
         self.on_gone = on_gone
         self.stop = asyncio.Event()
         self._by_key: dict[str, _Key] = {}
+        self._matched: dict[tuple[str, str], bool] = {}
         self._ready: asyncio.Queue[_Key | None] = asyncio.Queue()
         self._heard = time.monotonic()  # when the consumer last sent anything
         self._ask: Callable[[], Awaitable[None]] | None = None
@@ -205,7 +208,7 @@ class Runner:
     async def _on_msg(self, msg: Msg) -> None:
         seq, delivered = ack_position(msg.reply)
         head = HEAD.decode(msg.data)
-        if not matches(self.state, ce_type=head.type, subject=head.subject):
+        if not self._matches(head):
             await msg.ack()
             return
         key = self._by_key.setdefault(head.subject, _Key())
@@ -226,6 +229,15 @@ class Runner:
             key.blocked_by = None
         key.held[seq] = _Held(msg, head, attempts, first_at)
         self._wake(key)
+
+    def _matches(self, head: Head) -> bool:
+        """`matches`, remembered per (type, VM): the same few pairs come again and again."""
+        pair = (head.type, head.subject)
+        if (found := self._matched.get(pair)) is None:
+            if len(self._matched) >= MATCH_CACHE:
+                self._matched.clear()
+            found = self._matched[pair] = matches(self.state, ce_type=pair[0], subject=pair[1])
+        return found
 
     def _wake(self, key: _Key) -> None:
         if key.held and key.blocked_by is None and not key.active:
@@ -260,7 +272,7 @@ class Runner:
         s = self.state
         return await post(
             self.endpoint, body=item.msg.data, msg_id=webhook_id(item.head.id, s.name),
-            keys=await self.keys(s.secret_ref), timeout_s=self.settings.timeout_s,
+            signer=await self.keys(s.secret_ref), timeout_s=self.settings.timeout_s,
         )  # fmt: skip
 
     async def _settle(self, item: _Held, seq: int, attempt: Attempt, key: _Key) -> bool:
@@ -321,7 +333,7 @@ class Runner:
             return _with(d, error=f"event {d.seq} has no data")
         attempt = await post(
             self.endpoint, body=raw.data, msg_id=d.webhook_id,
-            keys=await self.keys(self.state.secret_ref), timeout_s=self.settings.timeout_s,
+            signer=await self.keys(self.state.secret_ref), timeout_s=self.settings.timeout_s,
         )  # fmt: skip
         status = dl.DELIVERED if attempt.ok else (dl.GONE if attempt.gone else dl.DEAD)
         done = _with(d, status=status, attempts=d.attempts + 1, code=attempt.code,

@@ -16,7 +16,7 @@ from typing import Final
 import msgspec
 
 from orchestrator.webhooks.http1 import Endpoint, HttpError
-from orchestrator.webhooks.secrets import sign
+from orchestrator.webhooks.secrets import Signer
 
 CONTENT_TYPE: Final = "application/cloudevents+json; charset=utf-8"
 
@@ -50,18 +50,19 @@ def webhook_id(event_id: str, subscription: str) -> str:
     return f"{event_id}-{subscription}"
 
 
-def signed(*, msg_id: str, body: bytes, keys: list[bytes]) -> list[tuple[str, str]]:
+def signed(*, msg_id: str, body: bytes, signer: Signer) -> list[tuple[str, str]]:
     """The Standard Webhooks headers of one attempt (the content type is the endpoint's)."""
     ts = int(time.time())
     return [
         ("webhook-id", msg_id),
         ("webhook-timestamp", str(ts)),
-        ("webhook-signature", sign(keys, msg_id=msg_id, timestamp=ts, body=body)),
+        ("webhook-signature", signer.sign(msg_id=msg_id, timestamp=ts, body=body)),
     ]
 
 
 def headers_for(*, msg_id: str, body: bytes, keys: list[bytes]) -> dict[str, str]:
-    return {"content-type": CONTENT_TYPE, **dict(signed(msg_id=msg_id, body=body, keys=keys))}
+    hdrs = signed(msg_id=msg_id, body=body, signer=Signer(keys))
+    return {"content-type": CONTENT_TYPE, **dict(hdrs)}
 
 
 def retry_after(value: str | None) -> float | None:
@@ -81,14 +82,14 @@ def retry_after(value: str | None) -> float | None:
 
 
 async def post(
-    endpoint: Endpoint, *, body: bytes, msg_id: str, keys: list[bytes], timeout_s: float
+    endpoint: Endpoint, *, body: bytes, msg_id: str, signer: Signer, timeout_s: float
 ) -> Attempt:
     """POST once; every outcome is an Attempt (redirects are failures: they are not followed,
     so an endpoint cannot bounce deliveries to an address the policy refuses)."""
-    if not keys:
+    if not signer:
         return Attempt(error="no signing secret is stored for this subscription")
     try:
-        resp = await endpoint.post(body, signed(msg_id=msg_id, body=body, keys=keys))
+        resp = await endpoint.post(body, signed(msg_id=msg_id, body=body, signer=signer))
     except TimeoutError:
         return Attempt(error=f"timed out after {timeout_s:g}s")
     except (HttpError, OSError) as err:
