@@ -93,6 +93,7 @@ class DeliveryLog:
         self._db: aiosqlite.Connection | None = None
         self._queue: list[tuple[Delivery, Then | None]] = []
         self._more = asyncio.Event()
+        self._linger: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()  # a read never runs inside a batch's transaction
 
     async def open(self) -> None:
@@ -128,23 +129,33 @@ class DeliveryLog:
         async def stopping() -> None:
             await stop.wait()
             self._more.set()
+            _resolve(self._linger)  # stopping cuts a linger short
 
         waker = asyncio.create_task(stopping(), name="webhooks-writer-stop")
         try:
             while True:
-                await self._more.wait()
-                if self._queue and not stop.is_set() and self.linger_s > 0:
-                    await asyncio.sleep(self.linger_s)
-                self._more.clear()
+                if not self._queue:
+                    if stop.is_set():
+                        return
+                    self._more.clear()  # only now: a record or the stop sets it again
+                    await self._more.wait()
+                    continue
+                if not stop.is_set() and self.linger_s > 0:
+                    await self._linger_a_while()
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                if self._queue:
-                    self._more.set()
-                if batch:
-                    await self._flush(batch)
-                elif stop.is_set():
-                    return
+                await self._flush(batch)
         finally:
             waker.cancel()
+
+    async def _linger_a_while(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._linger = loop.create_future()
+        timer = loop.call_later(self.linger_s, _resolve, self._linger)
+        try:
+            await self._linger
+        finally:
+            timer.cancel()
+            self._linger = None
 
     async def _flush(self, batch: list[tuple[Delivery, Then | None]]) -> None:
         await self._commit([d for d, _ in batch])
@@ -200,3 +211,8 @@ class DeliveryLog:
         ) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+
+def _resolve(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
