@@ -80,12 +80,8 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._finish_at_eof()
+        self.eof_received()
         self.close()
-
-    def eof_received(self) -> bool | None:
-        self._finish_at_eof()
-        return None  # the transport closes itself
 
     def close(self) -> None:
         if self.alive:
@@ -129,18 +125,17 @@ class _Conn(asyncio.Protocol):
             self.fut.set_exception(TimeoutError())
         self.abort()
 
-    def _finish_at_eof(self) -> None:
+    def eof_received(self) -> bool | None:
         fut = self.fut
         if fut is None or fut.done():
-            return
+            return None  # the transport closes itself
         if self.state == _CLOSE:  # the body ran up to the close
             self._done(self.buf, keep=False)
-        else:
-            where = "in the middle of its answer" if self.answered else "before answering"
-            fut.set_exception(
-                ConnectionClosed(f"the endpoint closed the connection {where}",
-                                 answered=self.answered)
-            )  # fmt: skip
+            return None
+        where = "in the middle of its answer" if self.answered else "before answering"
+        msg = f"the endpoint closed the connection {where}"
+        fut.set_exception(ConnectionClosed(msg, answered=self.answered))
+        return None
 
     def data_received(self, data: bytes) -> None:
         if self.fut is None or self.fut.done():
@@ -278,10 +273,13 @@ class Endpoint:
         )
         self.limit = limit
         self.timeout_s = timeout_s
-        target = quote(parts.path or "/", safe="/%!$&'()*+,;=:@~")
-        if parts.query:
-            target += "?" + quote(parts.query, safe="/?%!$&'()*+,;=:@~")
-        name = f"[{self.host}]" if ":" in self.host else self.host.encode("idna").decode()
+        target = quote(parts.path or "/", safe="/%!$&'()*+,;=:@~") + (
+            "?" + quote(parts.query, safe="/?%!$&'()*+,;=:@~") if parts.query else ""
+        )
+        try:
+            name = f"[{self.host}]" if ":" in self.host else self.host.encode("idna").decode()
+        except UnicodeError:
+            raise ValidationError(f"url: {self.host!r} is not a host name", field="url") from None
         default = 443 if self._tls else 80
         authority = name if self.port == default else f"{name}:{self.port}"
         fixed = "".join(f"{k}: {v}\r\n" for k, v in _checked(headers))
@@ -334,12 +332,13 @@ class Endpoint:
                 break
             waiter = loop.create_future()
             self._waiters.append(waiter)
-            try:
+            try:  # (a waiter cancelled by the timeout stays queued; `_wake` skips it)
                 async with asyncio.timeout_at(deadline):
                     await waiter
-            finally:
-                if not waiter.done():
-                    self._waiters.remove(waiter)
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken as it gave up: the turn passes on
+                raise
         self._open += 1
         try:
             async with asyncio.timeout_at(deadline):
