@@ -1,6 +1,6 @@
 """The dispatcher's delivery records (`orchestrator/webhooks/deliveries.py`) on a real SQLite file:
 batched commits, each record's ack run only after its commit, in order, and nothing left behind
-at stop."""
+at stop. And its signing keys: keyed once, read from the real secret bucket once per expiry."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ import hmac
 import sqlite3
 from pathlib import Path
 
+import pytest
+from nats.aio.client import Client
+
 from orchestrator.webhooks import deliveries as dl
+from orchestrator.webhooks import dispatcher, secrets
 from orchestrator.webhooks.secrets import Signer, check_secret, generate, sign
 
 
@@ -94,3 +98,19 @@ def test_a_signer_signs_as_keying_afresh_would() -> None:
         assert sign(keys, msg_id="m", timestamp=1, body=body) == once
         assert len(once.split(" ")) == 2
     assert not Signer([]) and len(signer) == 2
+
+
+async def test_expired_secrets_are_read_once_for_every_delivery_waiting(
+    nc: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatcher, "SECRET_TTL_S", 0.0)  # every read expires at once
+    d = dispatcher.Dispatcher(nc, data_dir=tmp_path)
+    ref = secrets.new_ref("once")
+    await secrets.store(nc.jetstream(), ref, secrets.generate())
+    assert len(await d.keys(ref)) == 1  # finds the bucket
+    before = nc.stats["out_msgs"]
+    signers = await asyncio.gather(*(d.keys(ref) for _ in range(20)))
+    assert nc.stats["out_msgs"] - before == 1  # one read of the bucket for all twenty
+    assert all(s is signers[0] for s in signers)
+    await secrets.forget(nc.jetstream(), ref)
+    assert not await d.keys(ref)  # expired and gone: nothing signs, the attempt says why
