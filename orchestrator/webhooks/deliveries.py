@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_by_name ON deliveries (name, seq);
 CREATE TABLE IF NOT EXISTS positions (consumer TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
-LINGER_S: Final = 0.01  # how long the writer gathers records before a commit
+LINGER_S: Final = 0.02  # how long the writer gathers records before a commit
 MAX_BATCH: Final = 2000
 _COLUMNS: Final = (
     "consumer, seq, name, webhook_id, type, subject, status, attempts, code, error, first_at, "
