@@ -121,9 +121,9 @@ class _Conn(asyncio.Protocol):
                 self.abort()
 
     def _expire(self) -> None:
-        if self.fut is not None and not self.fut.done():
+        if self.fut is not None and not self.fut.done():  # (answered just in time: keep it)
             self.fut.set_exception(TimeoutError())
-        self.abort()
+            self.abort()
 
     def eof_received(self) -> bool | None:
         fut = self.fut
