@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 
@@ -40,6 +41,8 @@ async def _main(args: argparse.Namespace) -> None:
             task.add_done_callback(inflight.discard)
 
     sub = await nc.subscribe(args.subject, cb=on_msg, pending_msgs_limit=1_000_000)
+    gc.collect()  # as the dispatcher does: start-up objects out of the collector's sight
+    gc.freeze()
     await nc.flush()
     sys.stdout.write("ready\n")
     sys.stdout.flush()

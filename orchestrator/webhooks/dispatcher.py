@@ -23,6 +23,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
 
 from events import model as m
 from events.envelope import Recorded
@@ -76,7 +77,9 @@ class Dispatcher:
                                   field="shard")  # fmt: skip
         suffix = "" if self.shards == 1 else f"-{self.shard}of{self.shards}"
         self.deliveries = DeliveryLog(data_dir / f"webhooks{suffix}.sqlite")
-        self._keys: dict[str, tuple[float, list[bytes]]] = {}
+        self._keys: dict[str, tuple[float, secrets.Signer]] = {}
+        self._loading: dict[str, asyncio.Future[secrets.Signer]] = {}
+        self._kv: KeyValue | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.to_thread(self.data_dir.mkdir, parents=True, exist_ok=True)
@@ -184,16 +187,32 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 await secrets.forget(self.nc.jetstream(), old.secret_ref)
 
-    async def keys(self, ref: str) -> list[bytes]:
-        """HMAC keys of a subscription's live secrets, cached for `SECRET_TTL_S`."""
-        now = time.monotonic()
+    async def keys(self, ref: str) -> secrets.Signer:
+        """The signer of a subscription's live secrets, cached for `SECRET_TTL_S`; when it
+        expires, one read of the bucket serves every delivery waiting for it."""
         cached = self._keys.get(ref)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        kv = await secrets.bucket(self.nc.jetstream())
-        keys = secrets.keys_of(await secrets.load(kv, ref))
-        self._keys[ref] = (now + SECRET_TTL_S, keys)
-        return keys
+        loading = self._loading.get(ref)
+        if loading is None:
+            loading = asyncio.create_task(self._load_keys(ref), name=f"webhook-keys-{ref}")
+            self._loading[ref] = loading
+            loading.add_done_callback(self._loaded)
+        return await asyncio.shield(loading)  # one waiter cancelled must not fail the others
+
+    def _loaded(self, task: asyncio.Future[secrets.Signer]) -> None:
+        for ref, t in list(self._loading.items()):
+            if t is task:
+                del self._loading[ref]
+        if not task.cancelled() and (err := task.exception()) is not None:  # its waiters saw it
+            log.debug("webhook secret: %r", err)
+
+    async def _load_keys(self, ref: str) -> secrets.Signer:
+        if self._kv is None:
+            self._kv = await secrets.bucket(self.nc.jetstream())
+        signer = secrets.Signer(secrets.keys_of(await secrets.load(self._kv, ref)))
+        self._keys[ref] = (time.monotonic() + SECRET_TTL_S, signer)
+        return signer
 
     async def disable(self, s: WebhookState, reason: str) -> None:
         """Record `WebhookDisabled` (once per life, whoever notices first)."""

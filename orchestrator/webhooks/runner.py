@@ -20,7 +20,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import aiohttp
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -30,15 +29,18 @@ from nats.js.errors import NotFoundError
 
 from events.names import EVENTS_STREAM
 from orchestrator.webhooks import deliveries as dl
-from orchestrator.webhooks.sender import HEAD, Attempt, Head, post, webhook_id
-from orchestrator.webhooks.settings import GuardedResolver, WebhookSettings
+from orchestrator.webhooks.http1 import Endpoint
+from orchestrator.webhooks.secrets import Signer
+from orchestrator.webhooks.sender import CONTENT_TYPE, HEAD, Attempt, Head, post, webhook_id
+from orchestrator.webhooks.settings import WebhookSettings
 from orchestrator.webhooks.subscriptions import WebhookState, matches, subject_filters
 
 log = logging.getLogger("virtbus.webhooks")
 FETCH = 256
 PULL_EXPIRES_S = 5.0
+MATCH_CACHE = 10_000
 
-Keys = Callable[[str], Awaitable[list[bytes]]]
+Keys = Callable[[str], Awaitable[Signer]]
 OnGone = Callable[[WebhookState, str], Awaitable[None]]
 
 
@@ -96,17 +98,18 @@ class Runner:
         self.on_gone = on_gone
         self.stop = asyncio.Event()
         self._by_key: dict[str, _Key] = {}
+        self._matched: dict[tuple[str, str], bool] = {}
         self._ready: asyncio.Queue[_Key | None] = asyncio.Queue()
         self._heard = time.monotonic()  # when the consumer last sent anything
         self._ask: Callable[[], Awaitable[None]] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._endpoint: Endpoint | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def endpoint(self) -> Endpoint:
+        if self._endpoint is None:
             raise RuntimeError("runner not started")
-        return self._session
+        return self._endpoint
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"webhook-{self.state.consumer}")
@@ -143,12 +146,9 @@ class Runner:
         for d in await self.deliveries.retrying(s.consumer):
             key = self._by_key.setdefault(d.subject, _Key())
             key.blocked_by = d.seq if key.blocked_by is None else min(key.blocked_by, d.seq)
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.concurrency, resolver=GuardedResolver(self.settings.networks())
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
+        self._endpoint = Endpoint(
+            s.url, allowed=self.settings.networks(), limit=self.settings.concurrency,
+            timeout_s=self.settings.timeout_s, headers=[("Content-Type", CONTENT_TYPE)],
         )  # fmt: skip
         ticker = asyncio.create_task(self._keep_alive(), name=f"webhook-{s.consumer}-alive")
         workers = [
@@ -168,7 +168,7 @@ class Runner:
             for t in pending:
                 t.cancel()
             await asyncio.gather(ticker, *workers, return_exceptions=True)
-            await self._session.close()
+            await self._endpoint.close()
 
     async def _pull(self) -> Subscription:
         """Pull with batches always in flight, handled in a core-subscription callback: nats-py's
@@ -208,7 +208,7 @@ class Runner:
     async def _on_msg(self, msg: Msg) -> None:
         seq, delivered = ack_position(msg.reply)
         head = HEAD.decode(msg.data)
-        if not matches(self.state, ce_type=head.type, subject=head.subject):
+        if not self._matches(head):
             await msg.ack()
             return
         key = self._by_key.setdefault(head.subject, _Key())
@@ -229,6 +229,15 @@ class Runner:
             key.blocked_by = None
         key.held[seq] = _Held(msg, head, attempts, first_at)
         self._wake(key)
+
+    def _matches(self, head: Head) -> bool:
+        """`matches`, remembered per (type, VM): the same few pairs come again and again."""
+        pair = (head.type, head.subject)
+        if (found := self._matched.get(pair)) is None:
+            if len(self._matched) >= MATCH_CACHE:
+                self._matched.clear()
+            found = self._matched[pair] = matches(self.state, ce_type=pair[0], subject=pair[1])
+        return found
 
     def _wake(self, key: _Key) -> None:
         if key.held and key.blocked_by is None and not key.active:
@@ -262,8 +271,8 @@ class Runner:
     async def _attempt(self, item: _Held) -> Attempt:
         s = self.state
         return await post(
-            self.session, s.url, body=item.msg.data, msg_id=webhook_id(item.head.id, s.name),
-            keys=await self.keys(s.secret_ref), timeout_s=self.settings.timeout_s,
+            self.endpoint, body=item.msg.data, msg_id=webhook_id(item.head.id, s.name),
+            signer=await self.keys(s.secret_ref), timeout_s=self.settings.timeout_s,
         )  # fmt: skip
 
     async def _settle(self, item: _Held, seq: int, attempt: Attempt, key: _Key) -> bool:
@@ -323,8 +332,8 @@ class Runner:
         if raw.data is None:
             return _with(d, error=f"event {d.seq} has no data")
         attempt = await post(
-            self.session, self.state.url, body=raw.data, msg_id=d.webhook_id,
-            keys=await self.keys(self.state.secret_ref), timeout_s=self.settings.timeout_s,
+            self.endpoint, body=raw.data, msg_id=d.webhook_id,
+            signer=await self.keys(self.state.secret_ref), timeout_s=self.settings.timeout_s,
         )  # fmt: skip
         status = dl.DELIVERED if attempt.ok else (dl.GONE if attempt.gone else dl.DEAD)
         done = _with(d, status=status, attempts=d.attempts + 1, code=attempt.code,

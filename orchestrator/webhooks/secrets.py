@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import os
 import time
+from collections.abc import Sequence
 from typing import Final
 
 import msgspec
@@ -67,16 +68,32 @@ def check_secret(value: str, *, field: str = "secret") -> bytes:
     return key
 
 
-def sign(keys: list[bytes], *, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The `webhook-signature` header: one `v1,<base64 HMAC-SHA256>` per key, space separated,
-    over `<msg_id>.<timestamp>.<body>` (fed in pieces: the body is never copied)."""
-    prefix = f"{msg_id}.{timestamp}.".encode()
-    out = []
-    for k in keys:
-        mac = hmac.new(k, prefix, hashlib.sha256)
-        mac.update(body)
-        out.append("v1," + base64.b64encode(mac.digest()).decode())
-    return " ".join(out)
+class Signer:
+    """`webhook-signature` values from a set of HMAC-SHA256 keys, each keyed once: a delivery
+    copies the keyed state rather than keying anew (half the cost of a signature)."""
+
+    def __init__(self, keys: Sequence[bytes]) -> None:
+        self._macs = [hmac.new(k, digestmod=hashlib.sha256) for k in keys]
+
+    def __len__(self) -> int:
+        return len(self._macs)
+
+    def sign(self, *, msg_id: str, timestamp: int, body: bytes) -> str:
+        """One `v1,<base64 HMAC-SHA256>` per key, space separated, over
+        `<msg_id>.<timestamp>.<body>` (fed in pieces: the body is never copied)."""
+        prefix = f"{msg_id}.{timestamp}.".encode()
+        out = []
+        for keyed in self._macs:
+            mac = keyed.copy()
+            mac.update(prefix)
+            mac.update(body)
+            out.append("v1," + base64.b64encode(mac.digest()).decode())
+        return " ".join(out)
+
+
+def sign(keys: Sequence[bytes], *, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header for `keys`."""
+    return Signer(keys).sign(msg_id=msg_id, timestamp=timestamp, body=body)
 
 
 def new_ref(name: str) -> str:

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Final
 
-import aiohttp
 import msgspec
 
-from orchestrator.webhooks.secrets import sign
+from orchestrator.webhooks.http1 import Endpoint, HttpError
+from orchestrator.webhooks.secrets import Signer
 
 CONTENT_TYPE: Final = "application/cloudevents+json; charset=utf-8"
 
@@ -50,14 +50,19 @@ def webhook_id(event_id: str, subscription: str) -> str:
     return f"{event_id}-{subscription}"
 
 
-def headers_for(*, msg_id: str, body: bytes, keys: list[bytes]) -> dict[str, str]:
+def signed(*, msg_id: str, body: bytes, signer: Signer) -> list[tuple[str, str]]:
+    """The Standard Webhooks headers of one attempt (the content type is the endpoint's)."""
     ts = int(time.time())
-    return {
-        "content-type": CONTENT_TYPE,
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(ts),
-        "webhook-signature": sign(keys, msg_id=msg_id, timestamp=ts, body=body),
-    }
+    return [
+        ("webhook-id", msg_id),
+        ("webhook-timestamp", str(ts)),
+        ("webhook-signature", signer.sign(msg_id=msg_id, timestamp=ts, body=body)),
+    ]
+
+
+def headers_for(*, msg_id: str, body: bytes, keys: list[bytes]) -> dict[str, str]:
+    hdrs = signed(msg_id=msg_id, body=body, signer=Signer(keys))
+    return {"content-type": CONTENT_TYPE, **dict(hdrs)}
 
 
 def retry_after(value: str | None) -> float | None:
@@ -77,22 +82,18 @@ def retry_after(value: str | None) -> float | None:
 
 
 async def post(
-    session: aiohttp.ClientSession, url: str, *, body: bytes, msg_id: str, keys: list[bytes],
-    timeout_s: float,
-) -> Attempt:  # fmt: skip
+    endpoint: Endpoint, *, body: bytes, msg_id: str, signer: Signer, timeout_s: float
+) -> Attempt:
     """POST once; every outcome is an Attempt (redirects are failures: they are not followed,
     so an endpoint cannot bounce deliveries to an address the policy refuses)."""
-    if not keys:
+    if not signer:
         return Attempt(error="no signing secret is stored for this subscription")
-    hdrs = headers_for(msg_id=msg_id, body=body, keys=keys)
     try:
-        # The session carries the timeout (`timeout_s`): one object, not one per request.
-        async with session.post(url, data=body, headers=hdrs, allow_redirects=False) as resp:
-            await resp.read()
-            after = retry_after(resp.headers.get("Retry-After"))
-            error = "" if resp.status < 300 else f"HTTP {resp.status}"
-            return Attempt(code=resp.status, retry_after=after, error=error)
+        resp = await endpoint.post(body, signed(msg_id=msg_id, body=body, signer=signer))
     except TimeoutError:
         return Attempt(error=f"timed out after {timeout_s:g}s")
-    except (aiohttp.ClientError, OSError) as err:
+    except (HttpError, OSError) as err:
         return Attempt(error=f"{type(err).__name__}: {err}")
+    error = "" if resp.status < 300 else f"HTTP {resp.status}"
+    return Attempt(code=resp.status, retry_after=retry_after(resp.headers.get("retry-after")),
+                   error=error)  # fmt: skip

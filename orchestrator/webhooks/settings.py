@@ -1,7 +1,7 @@
 """Webhook settings and the address policy, shared by the intake (on add) and the dispatcher.
 
 An endpoint URL is checked twice: when the subscription is judged (every address the host
-resolves to) and again on every connection (a resolver that refuses private addresses), so a
+resolves to) and again on every connection (`http1.Endpoint` never dials a refused address), so a
 DNS answer that changes after the check cannot point deliveries into the private network.
 """
 
@@ -16,9 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from events.errors import ValidationError
 
@@ -141,24 +139,3 @@ async def check_endpoint(url: str, settings: WebhookSettings) -> None:
     for a in addrs:
         if (why := address_refusal(ipaddress.ip_address(a), allowed)) is not None:
             raise ValidationError(f"url: {host} refused: {why}", field="url")
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that drops addresses the policy forbids, at every connection."""
-
-    def __init__(self, allowed: Sequence[Net]) -> None:
-        self._inner = aiohttp.ThreadedResolver()
-        self._allowed = list(allowed)
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        ok = [r for r in results if address_refusal(ipaddress.ip_address(r["host"]),
-                                                     self._allowed) is None]  # fmt: skip
-        if not ok:
-            raise OSError(f"{host} resolves only to refused addresses")
-        return ok
-
-    async def close(self) -> None:
-        await self._inner.close()
