@@ -23,7 +23,6 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from events.envelope import (
     ENVELOPE_DECODER,
-    STAMP_DECODER,
     Chain,
     Recorded,
     chain_hash,
@@ -35,7 +34,8 @@ from events.errors import VirtbusError as _VirtbusError
 from events.model import TOKEN, Event
 from events.names import EVENTS_STREAM, Ref, ref_from_subject
 from events.reader import direct_last, direct_range, pull_all
-from events.state import VMState, apply, fold
+from events.rebuild import Folder
+from events.state import VMState, fold
 from events.telemetry import TRACE
 
 MAX_BATCH: Final = 1000
@@ -377,30 +377,15 @@ class EventStore:
         return {r: s for k, s in states.items() if (r := ref_from_subject(k + ".x")) is not None}
 
     async def fold_vms(self, *, verify: bool = True) -> tuple[dict[str, VMState], int]:
-        """Every VM's state by subject prefix, and how many events made them.
+        """Every VM's state by subject prefix, and how many events were read to make them.
 
-        The rebuild path, so it decodes only what the fold reads (`Stamp`) and checks the chain
-        on the raw bytes: the fastest full read that still proves the log unaltered.
+        The rebuild path (`events/rebuild.py`): the fastest full read that still proves the log
+        unaltered.
         """
-        states: dict[str, VMState] = {}
-        chain, empty = Chain(strict=True), VMState()
-        decode, sha256, step = STAMP_DECODER.decode, hashlib.sha256, chain.step
-        bad = (msgspec.DecodeError, msgspec.ValidationError)
-
-        def on_raw(data: bytes, subject: str, seq: int) -> None:
-            try:
-                stamp = decode(data)
-            except bad:
-                self.malformed += 1
-                return
-            key = subject[: subject.rindex(".")]
-            if verify:
-                digest = sha256(data).hexdigest()
-                step(key, stamp.version, stamp.prevhash, digest, seq=seq, subject=subject)
-            states[key] = apply(states.get(key, empty), stamp)
-
-        n = await pull_all(self.nc, self.stream, on_raw, filter_subjects=["virt.vm.>"])
-        return states, n
+        folder = Folder(verify=verify)
+        n = await pull_all(self.nc, self.stream, folder.feed)
+        self.malformed += folder.malformed
+        return folder.states, n
 
     async def follow(self, *, from_seq: int | None = None) -> AsyncIterator[Recorded]:
         """Live tail of the log from `from_seq` (default: only new events)."""

@@ -217,8 +217,12 @@ async def test_rebuild_decodes_only_the_stamp_yet_equals_full_reads(tmp_path: Pa
             for i, ref in enumerate(refs):
                 await store.append(ref, [CREATED, *life[:i]], expected_version=0)
             await conn.jetstream().publish(refs[0].event_subject("garbage"), b"{not json")
+            node = m.NodeRegistered(hypervisor="test", libvirt_uri="test:///default", cpus=1,
+                                    memory_bytes=1 << 30)  # fmt: skip
+            await store.append(Ref.node("n1"), [node], expected_version=0)  # not a VM: skipped
             states, count = await store.fold_vms()
-            assert (count, store.malformed) == (1 + sum(1 + i for i in range(6)), 1)
+            assert (count, store.malformed) == (2 + sum(1 + i for i in range(6)), 1)
+            assert set(states) == {ref.prefix for ref in refs}
             for ref in refs:
                 assert states[ref.prefix] == (await store.load(ref))[0]
             assert {s.status for s in states.values()} >= {"Stopped", "Starting", "Running"}
