@@ -54,7 +54,10 @@ from workers.volumes import Volumes, VolumeUnavailable
 from workers.volumestore import VolumeStore
 
 log = logging.getLogger("virtbus.worker")
-KEEPALIVE_S = 10.0
+KEEPALIVE_S = 5.0
+# A work item held this long without a keepalive is redelivered: how long a crashed worker's
+# item waits for the restarted one (two keepalives may be missed before that).
+ACK_WAIT_S = 15.0
 EXPECT_S = 10.0  # how long an event our own call caused may take to arrive
 
 
@@ -161,8 +164,8 @@ class Worker:
     async def _work(self, stop: asyncio.Event) -> None:
         sub = await self.nc.jetstream().pull_subscribe(
             node_work_filter(self.node), durable=f"worker-{self.node}", stream=WORK_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=20,
-                                  max_ack_pending=1000),
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
+                                  max_deliver=20, max_ack_pending=1000),
         )  # fmt: skip
         try:
             while not stop.is_set():
