@@ -28,7 +28,7 @@ def vnc(
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
-    """Open a VNC connection to a running VM through a local port (prints {"port": N})."""
+    """Open a VNC connection to a running VM through a local port (prints {"port":N})."""
     from orchestrator.console import vnc as vnc_
 
     _finish(_run(vnc_(server_url(server), name=name, namespace=namespace, address=address,

@@ -1,6 +1,6 @@
 """`virtbus vnc` and `virtbus console`: a running VM's display and serial console, over the bus.
 
-The client never reaches a node directly: `vnc` listens on a local TCP port (printing `{"port": N}`
+The client never reaches a node directly: `vnc` listens on a local TCP port (printing `{"port":N}`
 like `virtctl vnc --proxy-only`) and relays each connection through an `events.tunnel` session to
 the node worker, which holds the domain's VNC socket; `console` relays the terminal the same way
 to the domain's serial pty. Ctrl-] ends a console session, as in virtctl and virsh.
@@ -72,7 +72,7 @@ async def vnc(
         server = await asyncio.start_server(on_client, address, port)
         async with server:
             bound = server.sockets[0].getsockname()[1]
-            sys.stdout.write(json.dumps({"port": bound}) + "\n")
+            sys.stdout.write(json.dumps({"port": bound}, separators=(",", ":")) + "\n")  # virtctl's
             sys.stdout.flush()
             viewer = None if proxy_only else _viewer(address, bound)
             try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import test_worker
 from test_cli_verbs import CLI, ROOT, cli_env
@@ -27,7 +28,9 @@ async def run(st: Stack, *args: str, connect: bool = False) -> tuple[int, str]:
     try:
         if connect:  # a VNC client arrives: only then is the node asked
             assert proc.stdout is not None
-            port = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))["port"]
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert re.fullmatch(rb'\{"port":[0-9]+\}\n', line), line  # virtctl's exact line
+            port = json.loads(line)["port"]
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             assert await asyncio.wait_for(reader.read(), 30) == b""  # closed, nothing sent
             writer.close()
