@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from events.errors import BusUnavailable
+from events.leanpull import LeanUnavailable, ack_position, credentials, lean_pull
 
 BATCH: Final = 1000
 RawHandler = Callable[[bytes, str, int], None]  # (data, subject, stream sequence)
@@ -118,14 +119,6 @@ async def direct_last(
     return msg.data, h["Nats-Subject"], int(h["Nats-Sequence"])
 
 
-def _ack_position(reply: str) -> tuple[int, int]:
-    """(stream sequence, pending) from a JetStream ack subject, v1 or v2 token layout."""
-    t = reply.split(".")
-    if len(t) == 9:
-        return int(t[5]), int(t[8])
-    return int(t[7]), int(t[10])
-
-
 async def pull_all(
     nc: Client,
     stream: str,
@@ -135,11 +128,13 @@ async def pull_all(
     start_seq: int | None = None,
     start_time: datetime | None = None,
     idle_timeout: float = 10,
+    lean: bool = True,
 ) -> int:
     """Feed every message (from a point) to `handler` until caught up; return how many.
 
-    An ephemeral consumer with no acks, pulled in batches of 1000 with one batch always in flight,
-    handled in a core-subscription callback.
+    An ephemeral consumer with no acks, pulled in batches of 1000 with one batch always in flight:
+    by `events/leanpull.py` on a connection of its own where it can log in (`lean`), else through
+    nats-py, handled in a core-subscription callback.
     """
     js = nc.jetstream()
     config = ConsumerConfig(
@@ -158,6 +153,20 @@ async def pull_all(
         return 0
     # Two requests stay in flight; each expires so an idle consumer answers 408 instead of hanging.
     request = json.dumps({"batch": BATCH, "expires": 2_000_000_000}).encode()
+    url = nc.connected_url
+    if lean and url is not None and (auth := credentials(url, nc.options)) is not None:
+        fallback = False
+        try:
+            return await lean_pull(
+                url, auth, next_subject=next_subject, request=request, batch=BATCH,
+                handler=handler, idle_timeout=idle_timeout,
+            )  # fmt: skip
+        except LeanUnavailable:
+            fallback = True  # raised before any message: nats-py reads them all instead
+        finally:
+            if not fallback:
+                with contextlib.suppress(Exception):
+                    await js.delete_consumer(stream, info.name)
     inbox = nc.new_inbox()
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
@@ -172,7 +181,7 @@ async def pull_all(
             elif not done.done():
                 await nc.publish(next_subject, request, reply=inbox)
             return
-        seq, pending = _ack_position(msg.reply)
+        seq, pending = ack_position(msg.reply)
         try:
             handler(msg.data, msg.subject, seq)
         except Exception as err:  # surfaced to the caller, not lost in nats-py's error callback

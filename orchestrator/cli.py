@@ -364,6 +364,7 @@ def bench_log(
         f"p99 {result['append_p99_us']:.0f} us;"
         f" {result['events']} events over {result['vms']} VMs; fsync {result['fsync']}"
     )
+    typer.echo(f"replay reader alone (no decode): {result['replay_lean_pull_eps']:,.0f} ev/s")
 
 
 @bench.command("control")

@@ -46,7 +46,9 @@ async def test_bench_log_prints_one_json_object_with_the_ratios() -> None:
     code, out, err = await run("bench", "log", "--events", "400", "--batch", "20", "-o", "json")
     assert code == 0, err
     result = json.loads(out)  # stdout holds the JSON and nothing else
-    for key in ("append_eps", "append_baseline_eps", "replay_eps", "replay_baseline_eps"):
+    keys = ("append_eps", "append_baseline_eps", "replay_eps", "replay_baseline_eps",
+            "replay_lean_pull_eps")  # fmt: skip
+    for key in keys:
         assert result[key] > 0, key
     assert result["replayed"] >= 400
     assert result["append_ratio"] == result["append_eps"] / result["append_baseline_eps"]
