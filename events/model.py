@@ -318,6 +318,15 @@ class VolumeDetached(Event, frozen=True):
     node: str = ""
 
 
+class ImagePulling(Event, frozen=True):
+    """A node lacks a containerDisk image and starts to pull it (kubelet's "Pulling image"):
+    the registries it will ask, in order. `ImagePulled` or the start's failure follows."""
+
+    image: str = ""
+    node: str = ""
+    registries: list[str] = []
+
+
 class ImagePulled(Event, frozen=True):
     """A node pulled a containerDisk image into its cache before starting the VM: which registry
     served it, and why each one asked before it did not (refused, 404, skipped as unhealthy)."""
@@ -515,7 +524,7 @@ AnyEvent = (
     | VolumeCreated | VolumeReady | VolumeDeleted | WebhookSubscribed | WebhookUnsubscribed
     | WebhookDisabled
     | VolumeFailed | VolumeMoveRequested | VolumeMoved | VolumeMoveFailed
-    | AuditCheckpoint | ImagePulled
+    | AuditCheckpoint | ImagePulled | ImagePulling
 )  # fmt: skip
 
 EVENT_CLASSES: Final[tuple[type[Event], ...]] = AnyEvent.__args__

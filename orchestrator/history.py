@@ -37,7 +37,7 @@ OBSERVED: Final = frozenset({
     m.DomainPaused, m.DomainResumed, m.DomainStopped, m.DomainUndefined, m.MigrationTargetReady,
     m.MigrationStarted, m.MigrationProgress, m.MigrationSucceeded, m.MigrationFailed,
     m.SnapshotSucceeded, m.SnapshotFailed, m.RestoreSucceeded, m.RestoreFailed, m.VolumeAttached,
-    m.VolumeAttachFailed, m.VolumeDetached, m.ImagePulled,
+    m.VolumeAttachFailed, m.VolumeDetached, m.ImagePulled, m.ImagePulling,
 })  # fmt: skip
 _BULKY: Final = frozenset({"spec", "volume", "disk", "labels", "annotations"})
 _DURATION: Final = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")

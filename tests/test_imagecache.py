@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import msgspec
 import pytest
 from registry import (
     DOCKER,
@@ -56,9 +57,13 @@ class Pulls:
 
     def __init__(self) -> None:
         self.events: list[m.ImagePulled] = []
+        self.starts: list[m.ImagePulling] = []
 
-    async def __call__(self, event: m.ImagePulled) -> None:
-        self.events.append(event)
+    async def __call__(self, event: m.ImagePulling | m.ImagePulled) -> None:
+        if isinstance(event, m.ImagePulling):
+            self.starts.append(event)
+        else:
+            self.events.append(event)
 
 
 def cache_of(
@@ -161,6 +166,9 @@ async def test_a_pull_lands_in_the_cache_by_digest_and_is_not_pulled_again(
     assert await cache.ensure(IMAGE, on_pull=pulls) == path
     assert await cache.ensure(f"{IMAGE}@{digest}", on_pull=pulls) == path
     assert len(pulls.events) == 2
+    # Each pull was announced before it began; the cached ones were not.
+    begun = m.ImagePulling(image=IMAGE, node="node-a", registries=[a.url])
+    assert pulls.starts == [begun, msgspec.structs.replace(begun, image=f"{IMAGE}:same")]
 
 
 async def test_failover_to_the_next_registry_and_unhealthy_marking(

@@ -30,7 +30,7 @@ from workers.registry import REGISTRIES_ENV, ImageRef, Registries, Registry, par
 
 DISK_NAMES = ("disk.qcow2", "disk.img", "disk.raw")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-OnPull = Callable[[m.ImagePulled], Awaitable[None]]
+OnPull = Callable[[m.ImagePulling | m.ImagePulled], Awaitable[None]]
 
 
 class ImagePullError(VirtbusError):
@@ -105,6 +105,9 @@ class ImageCache:
                     f"{field}: image {image!r} is not in this node's image cache and no "
                     f"registry is configured ({REGISTRIES_ENV})", field=field,
                 )  # fmt: skip
+            if on_pull is not None:  # a pull can take minutes: the VM's history says it began
+                await on_pull(m.ImagePulling(image=image, node=self.node,
+                                             registries=[r.url for r in registries]))  # fmt: skip
             pulled, registry, attempts, seconds = await self._failover(ref, registries, field=field)
         if on_pull is not None:
             await on_pull(m.ImagePulled(

@@ -200,7 +200,7 @@ class Migrations:
             return []  # started before a crash of ours
         pulls: list[m.Event] = []  # a container disk this node lacked: reported with the rest
 
-        async def pulled(event: m.ImagePulled) -> None:
+        async def pulled(event: m.ImagePulling | m.ImagePulled) -> None:
             pulls.append(event)
 
         volumes = await self.w.volumes.resolve(

@@ -265,7 +265,7 @@ class Worker:
             await self.observe(ref, [m.DomainStarted(node=self.node)])
             return
 
-        async def pulled(event: m.ImagePulled) -> None:
+        async def pulled(event: m.ImagePulling | m.ImagePulled) -> None:
             await self.observe(ref, [event])
 
         try:
