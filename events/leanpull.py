@@ -67,7 +67,7 @@ async def lean_pull(
     except (OSError, TimeoutError) as err:
         raise LeanUnavailable(f"cannot connect: {err}") from err
     try:
-        await _handshake(reader, writer, auth)
+        await handshake(reader, writer, auth)
         return await _pull(reader, writer, next_subject=next_subject, request=request,
                            batch=batch, handler=handler, idle_timeout=idle_timeout)  # fmt: skip
     finally:
@@ -76,9 +76,10 @@ async def lean_pull(
             await writer.wait_closed()
 
 
-async def _handshake(
+async def handshake(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, auth: dict[str, str]
 ) -> None:
+    """INFO, CONNECT and a PING answered: the connection is ready, or LeanUnavailable says why."""
     try:
         line = await asyncio.wait_for(reader.readline(), 5)
     except (OSError, TimeoutError) as err:

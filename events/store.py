@@ -31,6 +31,8 @@ from events.envelope import (
 )
 from events.errors import BusUnavailable, ConcurrencyConflict, ValidationError
 from events.errors import VirtbusError as _VirtbusError
+from events.leanpull import LeanUnavailable, credentials
+from events.leanrequest import LeanRequester
 from events.model import TOKEN, Event
 from events.names import EVENTS_STREAM, Ref, ref_from_subject
 from events.reader import direct_last, direct_range, pull_all
@@ -41,6 +43,16 @@ from events.telemetry import TRACE
 MAX_BATCH: Final = 1000
 _WRONG_LAST_SEQ: Final = 10071
 _DUPLICATE_IN_BATCH: Final = 10201
+
+
+_UNTRIED: Final = object()
+
+
+def _acked(reply: bytes) -> _PubAck:
+    ack = _ACK.decode(reply)
+    if ack.error:
+        raise _Rejected(ack.error)
+    return ack
 
 
 class Head(msgspec.Struct, frozen=True):
@@ -95,6 +107,7 @@ class EventStore:
         self.stream = stream
         self.timeout = timeout
         self.malformed = 0  # messages skipped because they do not decode
+        self._lean: LeanRequester | object | None = _UNTRIED  # made on the first append
         self._heads: dict[str, Head] = {}
 
     # --- decoding --------------------------------------------------------------------------------
@@ -265,7 +278,7 @@ class EventStore:
                     hdrs["Nats-Msg-Id"] = f"{command_id}/{part.ref}/{i}"
                 msgs.append((part.ref.event_subject(TOKEN[type(event)]), raw, hdrs))
             new_heads.append(Head(version, 0, prev))
-        ack = await (self._send_one(*msgs[0]) if len(msgs) == 1 else self._send_batch(msgs))
+        ack = await (self._send_single(*msgs[0]) if len(msgs) == 1 else self._send_batch(msgs))
         if ack.duplicate:
             raise _Rejected(_ApiError(err_code=_DUPLICATE_IN_BATCH, description="duplicate"))
         results, seq = [], ack.seq - len(msgs)
@@ -283,10 +296,26 @@ class EventStore:
         return msg.data
 
     async def _send_one(self, subject: str, raw: bytes, hdrs: dict[str, str]) -> _PubAck:
-        ack = _ACK.decode(await self._request(subject, raw, hdrs))
-        if ack.error:
-            raise _Rejected(ack.error)
-        return ack
+        return _acked(await self._request(subject, raw, hdrs))
+
+    async def _send_single(self, subject: str, raw: bytes, hdrs: dict[str, str]) -> _PubAck:
+        """A one-message append: on the lean connection where there is one (a batch's messages
+        must all go one way, so batches never take it)."""
+        if self._lean is _UNTRIED:
+            url = self.nc.connected_url
+            auth = credentials(url, self.nc.options) if url is not None else None
+            self._lean = LeanRequester(url, auth) if url is not None and auth is not None else None
+        if isinstance(self._lean, LeanRequester):
+            try:
+                return _acked(await self._lean.request(subject, raw, hdrs, within=self.timeout))
+            except LeanUnavailable:
+                pass  # nothing was sent: nats-py sends it (and waits out a server restart)
+        return await self._send_one(subject, raw, hdrs)
+
+    def close(self) -> None:
+        """Close the store's own append connection, if it made one."""
+        if isinstance(self._lean, LeanRequester):
+            self._lean.close()
 
     async def _send_batch(self, msgs: list[tuple[str, bytes, dict[str, str]]]) -> _PubAck:
         batch_id = uuid.uuid4().hex

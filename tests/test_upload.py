@@ -241,11 +241,18 @@ async def test_url_import_has_the_same_checks_and_result(
         assert not (await volume(stack, name)).exists
 
 
+def _interruptible() -> None:
+    # A suite started in the background by a shell without job control inherits SIGINT ignored,
+    # and Python keeps it so: the client must get Ctrl-C as a user's terminal would send it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def start_upload(st: Stack, url: str, name: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         *CLI, "image-upload", "--url", url, "--pvc-name", name, "--pvc-size", "128Mi",
         "--server", st.url, cwd=ROOT, env=cli_env(None), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_interruptible,
     )  # fmt: skip
 
 

@@ -1,0 +1,99 @@
+"""Appends over the store's own lean connection, against real nats-servers.
+
+Every single-message append of the suite already goes this way (tests/test_store.py checks
+concurrency, idempotency and conflicts through it); here: what a peer sees of the frames, the
+answers it cannot get (no stream, no answer), and a server that restarts under an idle store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+from events import model as m
+from events.errors import BusUnavailable
+from events.leanrequest import LeanRequester
+from events.names import Ref
+from events.provision import provision
+from events.server import NatsServer
+from events.store import EventStore
+
+
+async def test_a_peer_sees_the_headers_and_bytes_sent_and_answers_back(
+    nats_server: NatsServer,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    seen: list[Msg] = []
+
+    async def answer(msg: Msg) -> None:
+        seen.append(msg)
+        await msg.respond(b"pong:" + msg.data)
+
+    sub = await nc.subscribe("lean.echo", cb=answer)
+    lean = LeanRequester(urlsplit(nats_server.url), {})  # type: ignore[arg-type]
+    try:
+        # A value with line breaks cannot smuggle in a header of its own.
+        hdrs = {"Nats-Msg-Id": "c1/vm/default/a/0", "X-Note": "one\r\nX-Evil: 1"}
+        got = await lean.request("lean.echo", b"\x00payload\r\nwith CRLF", hdrs, within=5)
+        assert got == b"pong:\x00payload\r\nwith CRLF"
+        [msg] = seen
+        assert msg.headers == {"Nats-Msg-Id": "c1/vm/default/a/0", "X-Note": "one  X-Evil: 1"}
+        many = await asyncio.gather(*(lean.request("lean.echo", b"%d" % i, {}, within=5)
+                                      for i in range(200)))  # fmt: skip
+        assert many == [b"pong:%d" % i for i in range(200)]  # each answer to its own request
+    finally:
+        lean.close()
+        await sub.unsubscribe()
+        await nc.close()
+
+
+async def test_no_stream_and_no_answer_are_bus_errors(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    sink = await nc.subscribe("lean.sink")  # takes requests, never answers
+    lean = LeanRequester(urlsplit(nats_server.url), {})  # type: ignore[arg-type]
+    try:
+        with pytest.raises(BusUnavailable, match=r"no responders \(503\)"):
+            await lean.request("lean.nobody.here", b"x", {}, within=5)
+        with pytest.raises(BusUnavailable, match=r"no answer from lean\.sink within 0\.3 s"):
+            await lean.request("lean.sink", b"x", {}, within=0.3)
+        await sink.unsubscribe()
+        await nc.flush()  # the server knows the sink is gone
+        with pytest.raises(BusUnavailable, match="no responders"):  # the same connection goes on
+            await lean.request("lean.sink", b"x", {}, within=5)
+    finally:
+        lean.close()
+        await nc.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_appends_go_on_after_the_server_restarts_under_an_idle_store(tmp_path: Path) -> None:
+    port, ref = free_port(), Ref.vm("survivor")
+    async with NatsServer(data_dir=tmp_path, port=port) as server:
+        nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+        try:
+            await provision(nc.jetstream())
+            store = EventStore(nc)
+            await store.append(ref, [m.VMCreated(spec={})], expected_version=0)
+            await server.stop()  # the store's own connection dies with it, idle
+            async with NatsServer(data_dir=tmp_path, port=port):
+                for _ in range(100):
+                    if nc.is_connected:
+                        break
+                    await asyncio.sleep(0.05)
+                r = await store.append(ref, [m.VMStartRequested()], expected_version=1)
+                assert r.version == 2
+                assert [x.envelope.version for x in await store.read(ref)] == [1, 2]
+        finally:
+            store.close()
+            await nc.close()
