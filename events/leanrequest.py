@@ -47,13 +47,16 @@ class LeanRequester:
         self._task: asyncio.Task[None] | None = None
         self._buf = bytearray()
         self._used = 0.0
+        self._connecting = asyncio.Lock()
 
     async def request(
         self, subject: str, payload: bytes, headers: dict[str, str], *, within: float
     ) -> bytes:
         """The answer's payload; LeanUnavailable before anything was sent, else BusUnavailable."""
-        if self._writer is None or self._writer.is_closing() or self._gone():
-            await self._connect()
+        if self._stale():
+            async with self._connecting:  # one connection, however many appends find none
+                if self._stale():
+                    await self._connect()
         assert self._writer is not None
         self._used = time.monotonic()
         token = b"%d" % next(self._ids)
@@ -75,6 +78,9 @@ class LeanRequester:
         finally:
             self._pending.pop(token, None)
 
+    def _stale(self) -> bool:
+        return self._writer is None or self._writer.is_closing() or self._gone()
+
     def _gone(self) -> bool:
         """Whether the connection is better made anew before anything is written: the server
         closed it while it idled (a restart), or it idled past the server's ping interval, when
@@ -84,7 +90,7 @@ class LeanRequester:
         return self._reader.at_eof() or time.monotonic() - self._used > FRESH_S
 
     async def _connect(self) -> None:
-        self._drop()
+        self._drop("the append connection was lost")  # whoever still waits on the old one
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.url.hostname or "127.0.0.1", self.url.port or 4222,
