@@ -45,6 +45,7 @@ class LeanRequester:
         self._ids = itertools.count(1)
         self._pending: dict[bytes, asyncio.Future[bytes]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._task_reader: asyncio.StreamReader | None = None
         self._buf = bytearray()
         self._used = 0.0
         self._connecting = asyncio.Lock()
@@ -69,7 +70,9 @@ class LeanRequester:
             subject.encode(), self._inbox, token, len(block), len(block) + len(payload), block,
             payload,
         ))  # fmt: skip
-        if self._task is None or self._task.done():
+        if self._task is None or self._task.done() or self._task_reader is not self._reader:
+            # (a reader of a connection since replaced ends on its own within IDLE_CHECK_S)
+            self._task_reader = self._reader
             self._task = asyncio.create_task(self._answers(), name="lean-request-answers")
         try:
             return await asyncio.wait_for(answer, within)
@@ -130,6 +133,8 @@ class LeanRequester:
                 chunk, why = b"", f"the append connection broke: {err}"
             else:
                 why = "the server closed the append connection"
+            if reader is not self._reader:
+                return  # replaced meanwhile: what it still had to say is moot
             if not chunk:
                 self._drop(why)
                 return
