@@ -328,12 +328,14 @@ class KubernetesPods:
         for pod in list(self._pods):  # ours, created before the list, and not in it: gone
             if pod not in present and self._born.get(pod, asked) < asked:
                 await self._observe("DELETED", {"metadata": {"name": pod}})
-        self._synced.set()
         stream = await core.list_pod_for_all_namespaces(
             watch=True, label_selector=selector, field_selector=fields,
             resource_version=(listing.get("metadata") or {}).get("resourceVersion"),
             timeout_seconds=WATCH_TIMEOUT_S, _preload_content=False,
         )  # fmt: skip
+        # Synced once the watch is open, not at the list: a pod made and deleted in between
+        # would otherwise go unseen where the server cannot replay from the list's version.
+        self._synced.set()
         async with stream:
             async for line in stream.content:
                 if not line.strip():
