@@ -58,22 +58,25 @@ async def test_a_peer_sees_the_headers_and_bytes_sent_and_answers_back(
         await nc.close()
 
 
-async def test_no_stream_and_no_answer_are_bus_errors(nats_server: NatsServer) -> None:
-    nc = await nats.connect(nats_server.url)
-    sink = await nc.subscribe("lean.sink")  # takes requests, never answers
-    lean = LeanRequester(urlsplit(nats_server.url), {})  # type: ignore[arg-type]
-    try:
-        with pytest.raises(BusUnavailable, match=r"no responders \(503\)"):
-            await lean.request("lean.nobody.here", b"x", {}, within=5)
-        with pytest.raises(BusUnavailable, match=r"no answer from lean\.sink within 0\.3 s"):
-            await lean.request("lean.sink", b"x", {}, within=0.3)
-        await sink.unsubscribe()
-        await nc.flush()  # the server knows the sink is gone
-        with pytest.raises(BusUnavailable, match="no responders"):  # the same connection goes on
-            await lean.request("lean.sink", b"x", {}, within=5)
-    finally:
-        lean.close()
-        await nc.close()
+async def test_no_stream_and_no_answer_are_bus_errors(tmp_path: Path) -> None:
+    # A server of its own: on the suite's shared one, a wildcard subscriber another test left
+    # behind would take these requests, and "no responders" would never come.
+    async with NatsServer(data_dir=tmp_path, port=-1) as server:
+        nc = await nats.connect(server.url)
+        sink = await nc.subscribe("lean.sink")  # takes requests, never answers
+        lean = LeanRequester(urlsplit(server.url), {})  # type: ignore[arg-type]
+        try:
+            with pytest.raises(BusUnavailable, match=r"no responders \(503\)"):
+                await lean.request("lean.nobody.here", b"x", {}, within=5)
+            with pytest.raises(BusUnavailable, match=r"no answer from lean\.sink within 0\.3 s"):
+                await lean.request("lean.sink", b"x", {}, within=0.3)
+            await sink.unsubscribe()
+            await nc.flush()  # the server knows the sink is gone
+            with pytest.raises(BusUnavailable, match="no responders"):  # the same connection
+                await lean.request("lean.sink", b"x", {}, within=5)
+        finally:
+            lean.close()
+            await nc.close()
 
 
 def free_port() -> int:
