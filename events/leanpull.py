@@ -115,7 +115,8 @@ async def _pull(
     pending = -1
     while True:
         try:
-            chunk = await asyncio.wait_for(reader.read(READ_SIZE), idle_timeout)
+            async with asyncio.timeout(idle_timeout):  # in place: no read lost to a timer
+                chunk = await reader.read(READ_SIZE)
         except TimeoutError as err:
             raise BusUnavailable(f"replay stalled after {count} messages") from err
         if not chunk:

@@ -126,7 +126,11 @@ class LeanRequester:
         reader, buf = self._reader, self._buf
         while self._pending and reader is not None and reader is self._reader:
             try:
-                chunk = await asyncio.wait_for(reader.read(READ_SIZE), IDLE_CHECK_S)
+                # Not wait_for: its inner task can finish the read just as the timer fires, and
+                # the bytes read are dropped with it. Cancelled in place, a read leaves them in
+                # the reader's buffer for the next one.
+                async with asyncio.timeout(IDLE_CHECK_S):
+                    chunk = await reader.read(READ_SIZE)
             except TimeoutError:
                 continue
             except OSError as err:
