@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 from urllib.parse import ParseResult
 
@@ -111,7 +111,7 @@ async def _pull(
     pull = b"PUB %s %s %d\r\n%s\r\n" % (next_subject.encode(), inbox, len(request), request)
     writer.write(b"SUB %s 1\r\n" % inbox + pull + pull)  # two requests in flight, as nats-py's
     buf = bytearray()
-    pos = count = 0
+    count = 0
     pending = -1
     while True:
         try:
@@ -121,43 +121,64 @@ async def _pull(
             raise BusUnavailable(f"replay stalled after {count} messages") from err
         if not chunk:
             raise BusUnavailable(f"the server closed the replay after {count} messages")
-        del buf[:pos]
         buf += chunk
-        pos = 0
-        while (eol := buf.find(_CRLF, pos)) >= 0:
-            head = bytes(buf[pos:eol]).split()
-            op = head[0] if head else b""
-            if op in (b"HMSG", b"MSG"):
-                size = int(head[-1])
-                end = eol + 2 + size
-                if len(buf) < end + 2:
-                    break  # the rest of this frame is still on its way
-                reply = head[3] if len(head) == (6 if op == b"HMSG" else 5) else b""
-                body = eol + 2 + (int(head[-2]) if op == b"HMSG" else 0)
-                pos = end + 2
-                if not reply:  # a status: 408 a request expired, 404 nothing more yet
-                    line = bytes(buf[eol + 2 : body]).split(_CRLF, 1)[0]  # NATS/1.0 408 ...
-                    if line.split(None, 2)[1:2] not in ([b"408"], [b"404"]):
-                        why = line.decode(errors="replace").removeprefix("NATS/1.0").strip()
+        for op, words, body, end in frames(buf):
+            if op == b"PING":
+                writer.write(b"PONG\r\n")
+            elif op == b"-ERR":
+                raise BusUnavailable(f"the server refused the replay: {b' '.join(words)!r}")
+            elif op in (b"HMSG", b"MSG"):
+                if not (reply := reply_of(op, words)):  # a status: 408 expired, 404 none yet
+                    why = status(buf, words, body)
+                    if why.split(None, 1)[:1] not in (["408"], ["404"]):
                         raise BusUnavailable(f"the replay's pull request was answered {why!r}")
                     if pending == 0:
                         return count
                     writer.write(pull)
                     continue
                 seq, pending = ack_position(reply.decode())
-                handler(bytes(buf[body:end]), head[1].decode(), seq)
+                handler(bytes(buf[body:end]), words[1].decode(), seq)
                 count += 1
                 if count % batch == 0:
                     writer.write(pull)
                 if pending == 0:
                     return count
-            elif op == b"PING":
-                writer.write(b"PONG\r\n")
-                pos = eol + 2
-            elif op == b"-ERR":
-                raise BusUnavailable(f"the server refused the replay: {bytes(buf[pos:eol])!r}")
-            else:  # +OK, PONG, INFO
-                pos = eol + 2
+
+
+Frame = tuple[bytes, list[bytes], int, int]  # op, control-line words, payload start and end
+
+
+def frames(buf: bytearray) -> Iterator[Frame]:
+    """The whole frames at the start of `buf`, then what they took is cut from it (a frame not
+    all here yet stays): the op (MSG, HMSG, PING, -ERR...), the control line's words, and where
+    the payload starts (after an HMSG's headers) and ends. Shared by both lean paths."""
+    pos = 0
+    while (eol := buf.find(_CRLF, pos)) >= 0:
+        words = bytes(buf[pos:eol]).split()
+        op = words[0] if words else b""
+        if op not in (b"HMSG", b"MSG"):
+            pos = eol + 2
+            yield op, words, pos, pos
+            continue
+        end = eol + 2 + int(words[-1])
+        if len(buf) < end + 2:
+            break  # the rest of this frame is still on its way
+        pos = end + 2
+        yield op, words, eol + 2 + (int(words[-2]) if op == b"HMSG" else 0), end
+    del buf[:pos]
+
+
+def reply_of(op: bytes, words: list[bytes]) -> bytes:
+    """A message's reply subject, or b"" (statuses have none)."""
+    return words[3] if len(words) == (6 if op == b"HMSG" else 5) else b""
+
+
+def status(buf: bytearray, words: list[bytes], body: int) -> str:
+    """An HMSG's status ("408 Request Timeout", "503"), or "" for a message that has none."""
+    if words[0] != b"HMSG":
+        return ""
+    first = bytes(buf[body - int(words[-2]) : body]).split(_CRLF, 1)[0]  # NATS/1.0 408 ...
+    return first.decode(errors="replace").removeprefix("NATS/1.0").strip()
 
 
 def ack_position(reply: str) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from typing import Final
 from urllib.parse import ParseResult
 
 from events.errors import BusUnavailable
-from events.leanpull import LeanUnavailable, handshake
+from events.leanpull import LeanUnavailable, frames, handshake, status
 
 READ_SIZE: Final = 1 << 16
 IDLE_CHECK_S: Final = 0.5  # how soon a reader with nothing left to await notices and ends
@@ -149,36 +149,20 @@ class LeanRequester:
 
     def _frames(self) -> str | None:
         """Hand every whole frame in the buffer to its future; a -ERR is returned."""
-        buf, pos = self._buf, 0
-        while (eol := buf.find(_CRLF, pos)) >= 0:
-            head = bytes(buf[pos:eol]).split()
-            op = head[0] if head else b""
+        buf = self._buf
+        for op, words, body, end in frames(buf):
             if op in (b"MSG", b"HMSG"):
-                end = eol + 2 + int(head[-1])
-                if len(buf) < end + 2:
-                    break
-                start = eol + 2 + (int(head[-2]) if op == b"HMSG" else 0)
-                answer = self._pending.get(head[1].rpartition(b".")[2])
-                if answer is not None and not answer.done():
-                    status = (
-                        bytes(buf[eol + 2 : start]).split(None, 2)[1:2] if op == b"HMSG" else []
-                    )
-                    if status and status[0].isdigit():  # 503: no stream takes this subject
-                        answer.set_exception(
-                            BusUnavailable(f"no responders ({status[0].decode()})")
-                        )
-                    else:
-                        answer.set_result(bytes(buf[start:end]))
-                pos = end + 2
-            elif op == b"PING":
-                if self._writer is not None:
-                    self._writer.write(b"PONG\r\n")
-                pos = eol + 2
+                answer = self._pending.get(words[1].rpartition(b".")[2])
+                if answer is None or answer.done():
+                    continue
+                if (code := status(buf, words, body).split(None, 1)[:1]) and code[0].isdigit():
+                    answer.set_exception(BusUnavailable(f"no responders ({code[0]})"))  # 503
+                else:
+                    answer.set_result(bytes(buf[body:end]))
+            elif op == b"PING" and self._writer is not None:
+                self._writer.write(b"PONG\r\n")
             elif op == b"-ERR":
-                return f"the server refused: {bytes(buf[pos:eol]).decode(errors='replace')}"
-            else:  # +OK, PONG, INFO
-                pos = eol + 2
-        del buf[:pos]
+                return f"the server refused: {b' '.join(words).decode(errors='replace')}"
         return None
 
     def close(self) -> None:
