@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import msgspec
@@ -118,6 +118,18 @@ class Pipe:
             self._sent += 1
             await self.nc.publish(self.peer, data[at : at + frame],
                                   headers={SEQ: str(self._sent)})  # fmt: skip
+
+    async def frames(self, *, idle_s: float, idle: Callable[[], Exception]) -> AsyncIterator[bytes]:
+        """Every frame until the stream ends (see `reason`); `idle()` is raised when nothing
+        came for `idle_s`: a receiving end's whole loop."""
+        while True:
+            try:
+                data = await self.recv(idle_s=idle_s)
+            except TimeoutError:
+                raise idle() from None
+            if data is None:
+                return
+            yield data
 
     async def recv(self, *, idle_s: float | None = None) -> bytes | None:
         """The next frame, or None once the stream has ended (see `reason`); TimeoutError when

@@ -190,13 +190,11 @@ class Uploads:
         got = 0
         f = await asyncio.to_thread((scratch / "data").open, "wb")
         try:
-            while True:
-                try:
-                    frame = await pipe.recv(idle_s=IDLE_S)
-                except TimeoutError:
-                    raise UploadError(f"upload interrupted: no data for {IDLE_S:.0f}s") from None
-                if frame is None:
-                    break
+
+            def idle() -> UploadError:
+                return UploadError(f"upload interrupted: no data for {IDLE_S:.0f}s")
+
+            async for frame in pipe.frames(idle_s=IDLE_S, idle=idle):
                 got += len(frame)
                 await asyncio.to_thread(f.write, frame)
         finally:

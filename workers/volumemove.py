@@ -109,13 +109,11 @@ class Mover:
         await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
         fd = await asyncio.to_thread(os.open, scratch / DISK, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
-            while True:
-                try:
-                    frame = await pipe.recv(idle_s=IDLE_S)
-                except TimeoutError:
-                    raise VirtbusError(f"no data from the old node for {IDLE_S:.0f}s") from None
-                if frame is None:
-                    break
+
+            def idle() -> VirtbusError:
+                return VirtbusError(f"no data from the old node for {IDLE_S:.0f}s")
+
+            async for frame in pipe.frames(idle_s=IDLE_S, idle=idle):
                 (at,) = struct.unpack(">Q", frame[:8])
                 await asyncio.to_thread(os.pwrite, fd, frame[8:], at)
             if pipe.reason != "done":
