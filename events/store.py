@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -43,9 +44,6 @@ from events.telemetry import TRACE
 MAX_BATCH: Final = 1000
 _WRONG_LAST_SEQ: Final = 10071
 _DUPLICATE_IN_BATCH: Final = 10201
-
-
-_UNTRIED: Final = object()
 
 
 def _acked(reply: bytes) -> _PubAck:
@@ -107,7 +105,6 @@ class EventStore:
         self.stream = stream
         self.timeout = timeout
         self.malformed = 0  # messages skipped because they do not decode
-        self._lean: LeanRequester | object | None = _UNTRIED  # made on the first append
         self._heads: dict[str, Head] = {}
 
     # --- decoding --------------------------------------------------------------------------------
@@ -298,24 +295,28 @@ class EventStore:
     async def _send_one(self, subject: str, raw: bytes, hdrs: dict[str, str]) -> _PubAck:
         return _acked(await self._request(subject, raw, hdrs))
 
+    @functools.cached_property
+    def _lean(self) -> LeanRequester | None:
+        """The store's own append connection, decided at the first single append (None: this
+        login is nats-py's alone)."""
+        url = self.nc.connected_url
+        auth = credentials(url, self.nc.options) if url is not None else None
+        return LeanRequester(url, auth) if url is not None and auth is not None else None
+
     async def _send_single(self, subject: str, raw: bytes, hdrs: dict[str, str]) -> _PubAck:
         """A one-message append: on the lean connection where there is one (a batch's messages
         must all go one way, so batches never take it)."""
-        if self._lean is _UNTRIED:
-            url = self.nc.connected_url
-            auth = credentials(url, self.nc.options) if url is not None else None
-            self._lean = LeanRequester(url, auth) if url is not None and auth is not None else None
-        if isinstance(self._lean, LeanRequester):
+        if (lean := self._lean) is not None:
             try:
-                return _acked(await self._lean.request(subject, raw, hdrs, within=self.timeout))
+                return _acked(await lean.request(subject, raw, hdrs, within=self.timeout))
             except LeanUnavailable:
                 pass  # nothing was sent: nats-py sends it (and waits out a server restart)
         return await self._send_one(subject, raw, hdrs)
 
     def close(self) -> None:
         """Close the store's own append connection, if it made one."""
-        if isinstance(self._lean, LeanRequester):
-            self._lean.close()
+        if (lean := self.__dict__.get("_lean")) is not None:
+            lean.close()
 
     async def _send_batch(self, msgs: list[tuple[str, bytes, dict[str, str]]]) -> _PubAck:
         batch_id = uuid.uuid4().hex
