@@ -16,6 +16,7 @@ _QUANTITY_RE: Final = re.compile(
     r"^(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
     r"(?:(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])|[eE](?P<exp>[+-]?\d+))?$"
 )
+_MAX: Final = 2**63 - 1
 _SUFFIX: Final[dict[str, Decimal]] = {
     "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
     "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12),
@@ -29,17 +30,23 @@ def parse_quantity(value: Any, *, field: str = "quantity") -> int:
     # YAML reads `memory: 1024` as an int, which is a valid quantity too.
     ok = isinstance(value, str | int) and not isinstance(value, bool)
     match = _QUANTITY_RE.match(str(value).strip()) if ok else None
+    shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:60]}... (too long)"
     if match is None:
         raise ValidationError(
-            f"{field}: {value!r} is not a quantity (like 2G, 512Mi, 1.5Gi or 1024)", field=field
+            f"{field}: {shown} is not a quantity (like 2G, 512Mi, 1.5Gi or 1024)", field=field
         )
     try:
         amount = Decimal(match["num"]) * _SUFFIX[match["suffix"] or ""]
         if match["exp"] is not None:
             amount = amount.scaleb(int(match["exp"]))
+        # Bounded while still a Decimal: int() of "1e999999" alone takes half a minute.
+        if amount > _MAX:  # Kubernetes quantities are int64; msgspec could not decode more
+            raise ValidationError(
+                f"{field}: {shown} is out of range (at most 2**63 - 1, just under 8Ei)", field=field
+            )
         result = int(amount.to_integral_value(rounding=ROUND_CEILING))
     except (InvalidOperation, OverflowError, ValueError) as exc:
-        raise ValidationError(f"{field}: {value!r} is out of range", field=field) from exc
+        raise ValidationError(f"{field}: {shown} is out of range", field=field) from exc
     if result < 0:
-        raise ValidationError(f"{field}: {value!r} must not be negative", field=field)
+        raise ValidationError(f"{field}: {shown} must not be negative", field=field)
     return result
