@@ -9,6 +9,7 @@ accessors: a list where a string belongs is a `ValidationError` naming the field
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection
 from typing import Any, Final
 
@@ -21,6 +22,11 @@ MAX_DEPTH: Final = 64
 # so one that slipped onto the log would make the event unreadable.
 INT_MIN: Final = -(2**63)
 INT_MAX: Final = 2**63 - 1
+
+
+# A name that goes into domain XML as-is (CPU model, machine type, NIC model, disk serial):
+# no spaces, quotes or control characters, which libvirt refuses (a NUL even crashes its binding).
+_WORD_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 
 
 def fail(field: str, reason: str) -> ValidationError:
@@ -95,6 +101,14 @@ def text(value: Any, path: str, *, choices: Collection[str] = ()) -> str | None:
     return value
 
 
+def word(value: Any, path: str) -> str | None:
+    """A string that may go into domain XML as a name (letters, digits, `_.+-`), or None."""
+    found = text(value, path)
+    if found is not None and not _WORD_RE.fullmatch(found):
+        raise fail(path, f"{short(found)} must be letters, digits and _.+- (at most 100)")
+    return found
+
+
 def integer(value: Any, path: str, *, low: int, high: int) -> int | None:
     """An integer from `low` to `high` (not a bool, which YAML also reads from `yes`), or None."""
     if value is None:
@@ -115,5 +129,8 @@ def boolean(value: Any, path: str) -> bool | None:
 
 def short(value: Any) -> str:
     """`repr` cut to a readable length: a 10k-character value must not flood the error line."""
-    shown = repr(value)
+    try:
+        shown = repr(value)
+    except RecursionError:  # found by the fuzzer: `apiVersion` 2000 levels deep
+        return f"a {type(value).__name__} nested too deeply to show"
     return shown if len(shown) <= 80 else f"{shown[:60]}... ({len(shown)} characters)"

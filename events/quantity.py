@@ -11,12 +11,15 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any, Final
 
 from events.errors import ValidationError
+from events.fields import short
 
 _QUANTITY_RE: Final = re.compile(
     r"^(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
     r"(?:(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])|[eE](?P<exp>[+-]?\d+))?$"
 )
 _MAX: Final = 2**63 - 1
+# The most guest memory libvirt can express: 2**53 - 1 KiB (its "unlimited"), about 8 EiB.
+MAX_GUEST_MEMORY: Final = (2**53 - 1) * 1024
 _SUFFIX: Final[dict[str, Decimal]] = {
     "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
     "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12),
@@ -30,7 +33,7 @@ def parse_quantity(value: Any, *, field: str = "quantity") -> int:
     # YAML reads `memory: 1024` as an int, which is a valid quantity too.
     ok = isinstance(value, str | int) and not isinstance(value, bool)
     match = _QUANTITY_RE.match(str(value).strip()) if ok else None
-    shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:60]}... (too long)"
+    shown = short(value)
     if match is None:
         raise ValidationError(
             f"{field}: {shown} is not a quantity (like 2G, 512Mi, 1.5Gi or 1024)", field=field

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from events.fields import boolean, entries, fail, integer, join, mapping, short, text
-from events.quantity import parse_quantity
+from events.fields import boolean, entries, fail, integer, join, mapping, short, text, word
+from events.quantity import MAX_GUEST_MEMORY, parse_quantity
 
 
 def names(words: str) -> frozenset[str]:
@@ -141,7 +141,7 @@ class Reader:
         for key in [key for key in devices if key.startswith("autoattach")]:
             boolean(devices[key], f"{path}.domain.devices.{key}")
         video = mapping(devices.get("video"), f"{path}.domain.devices.video")
-        text(video.get("type"), f"{path}.domain.devices.video.type")
+        word(video.get("type"), f"{path}.domain.devices.video.type")
         volumes = self.volumes(spec.get("volumes"), f"{path}.volumes")
         disks = f"{path}.domain.devices.disks"
         seen: set[str] = set()
@@ -162,14 +162,14 @@ class Reader:
                 raise fail(f"{at}.name", f"no network named {name!r} in {nets}")
             if sum(key in nic for key in (*BINDINGS, "binding")) > 1:
                 raise fail(at, f"has more than one binding of {', '.join(BINDINGS)}")
-            model = text(nic.get("model"), f"{at}.model")
+            model = word(nic.get("model"), f"{at}.model")
             if model is not None and model not in NIC_MODELS:
                 self.warn(f"{at}.model", f"unknown NIC model {short(model)}")
             text(nic.get("macAddress"), f"{at}.macAddress")
             self.boot_order(nic, at)
 
     def machine(self, domain: dict[str, Any], path: str) -> None:
-        text(mapping(domain.get("machine"), f"{path}.machine").get("type"), f"{path}.machine.type")
+        word(mapping(domain.get("machine"), f"{path}.machine").get("type"), f"{path}.machine.type")
         firmware = mapping(domain.get("firmware"), at := f"{path}.firmware")
         bios = mapping(mapping(firmware.get("bootloader"), f"{at}.bootloader").get("bios"),
                        at := f"{at}.bootloader.bios")  # fmt: skip
@@ -193,7 +193,7 @@ class Reader:
         if vcpus > MAX_VCPUS:
             raise fail(f"{path}.cpu", f"{vcpus} vCPUs (cores x sockets x threads); at most "
                                       f"{MAX_VCPUS}")  # fmt: skip
-        text(cpu.get("model"), f"{path}.cpu.model")
+        word(cpu.get("model"), f"{path}.cpu.model")
         memory = self.section(domain.get("memory"), f"{path}.memory", fields=_MEMORY)
         res = self.section(domain.get("resources"), f"{path}.resources", fields=_RESOURCES)
         given = {f"{path}.memory.guest": memory.get("guest")}
@@ -201,8 +201,8 @@ class Reader:
             at = f"{path}.resources.{key}"
             given[f"{at}.memory"] = mapping(res.get(key), at).get("memory")
         for field, value in given.items():
-            if value is not None and parse_quantity(value, field=field) == 0:
-                raise fail(field, f"{short(value)} must be more than zero")
+            if value is not None and not 0 < parse_quantity(value, field=field) <= MAX_GUEST_MEMORY:
+                raise fail(field, f"{short(value)} must be more than zero and at most 8Ei")
         if not sized and all(value is None for value in given.values()):
             raise fail(f"{path}.resources.requests.memory", f"or {path}.memory.guest is required")
 
@@ -258,5 +258,5 @@ class Reader:
         if kind == "lun" and bus not in (None, "scsi"):  # the renderer's rule, said at apply
             raise fail(f"{path}.lun.bus", "a lun needs the scsi bus")
         text(disk.get("cache"), f"{path}.cache", choices=CACHE_MODES)
-        text(disk.get("serial"), f"{path}.serial")
+        word(disk.get("serial"), f"{path}.serial")
         self.boot_order(disk, path)

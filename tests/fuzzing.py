@@ -135,8 +135,28 @@ VM_SEEDS: list[dict[str, Any]] = [CENTOS7, _CONTAINER_DISK_VM, _PVC_VM]
 
 
 class Deep(int):
-    """Stands for a list/map nest this deep in the table below, built fresh when drawn: deep
-    copies (and reprs) of a 2000-level value would exhaust the fuzzer's own recursion."""
+    """Stands for a list/map nest this deep until a test calls `realize`: hypothesis copies and
+    prints its examples, and a 2000-level value would exhaust its recursion doing so."""
+
+    def __repr__(self) -> str:
+        return f"Deep({int(self)})"
+
+
+def realize(doc: Any) -> Any:
+    """A copy of `doc` with every `Deep(n)` marker replaced by a real nest n levels deep."""
+    if isinstance(doc, Deep):
+        return _deep(doc)
+    doc = copy.deepcopy(doc)  # hypothesis may print the drawn example after the test ran
+    stack = [doc] if isinstance(doc, dict | list) else []
+    while stack:
+        item = stack.pop()
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)
+        for key, value in list(pairs):
+            if isinstance(value, Deep):
+                item[key] = _deep(value)
+            elif isinstance(value, dict | list):
+                stack.append(value)
+    return doc
 
 
 def _deep(depth: int) -> Any:
@@ -151,14 +171,16 @@ def _deep(depth: int) -> Any:
 _SPECIAL: list[Any] = [
     None, "", [], {}, 0, -1, 1, 2**70, -(2**70), 2**63, 2**63 - 1, True, False, 1.5, -0.0,
     float("nan"), float("inf"), "NaN", "inf", "-1Gi", "-1", "0", "1e999999", "9" * 40 + "Ei",
-    "0.0000001", "1e-9", "Gi", "٣Gi", "x" * 10_000, "é\u200b漢字🙂", "\x00\x01\x1b[31m\x7f", "a.b",
+    "0.0000001", "1e-9",
+    "8Ei", "9007199254740992Ki", 2**31, 4097, 65,
+    "Gi", "٣Gi", "x" * 10_000, "é\u200b漢字🙂", "\x00\x01\x1b[31m\x7f", "a.b",
     "*", ">", " ", "\n", "${HOME}", "../../etc/passwd", "<x/>", "&amp;", '"', "virtio\x00",
     Deep(100), Deep(2_000), [None], [[]], [{}], {"": None}, {"a": {"b": {"c": []}}},
 ]  # fmt: skip
 
 json_scalars = (
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
-    | st.sampled_from([v for v in _SPECIAL[:40] if not isinstance(v, Deep)])
+    | st.sampled_from([v for v in _SPECIAL[:40] if not isinstance(v, Deep | str) or len(v) < 99])
 )  # fmt: skip
 json_values = st.recursive(
     json_scalars,
@@ -197,6 +219,14 @@ def _copy(value: Any) -> Any:
         return value
 
 
+def _str(value: Any) -> str:
+    """`str(value)`, or a stand-in for a value too deep to print."""
+    try:
+        return str(value)
+    except RecursionError:
+        return "deep"
+
+
 @st.composite
 def _mutate_once(draw: st.DrawFn, doc: Any) -> Any:
     """`doc` with one path changed; returns the new root (the root itself may be replaced)."""
@@ -208,7 +238,7 @@ def _mutate_once(draw: st.DrawFn, doc: Any) -> Any:
     ))  # fmt: skip
     if op == "special":
         special = draw(st.sampled_from(_SPECIAL))
-        new = _deep(special) if isinstance(special, Deep) else copy.deepcopy(special)
+        new = copy.deepcopy(special)
     elif op == "random":
         new = draw(json_values)
     elif op == "wrap_list":  # issue 12's case: ["x"] where "x" belongs
@@ -216,9 +246,9 @@ def _mutate_once(draw: st.DrawFn, doc: Any) -> Any:
     elif op == "wrap_map":
         new = {"value": old}
     elif op == "to_str":
-        new = str(old)
+        new = _str(old)
     elif op == "swap_int":
-        new = draw(st.sampled_from([len(str(old)), -len(str(old)), 2**70, True]))
+        new = draw(st.sampled_from([len(_str(old)), -len(_str(old)), 2**70, True]))
     else:
         new = old
     if not path:

@@ -20,8 +20,10 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from events.errors import ValidationError
-from events.quantity import parse_quantity
+from events.fields import entries, integer, short, word
+from events.fields import fail as _fail
+from events.fields import mapping as _mapping
+from events.quantity import MAX_GUEST_MEMORY, parse_quantity
 
 SPEC: Final = "spec.template.spec"
 METADATA_NS: Final = "https://virtbus.dev/xmlns/domain/1"
@@ -31,6 +33,8 @@ USER_BINDINGS: Final = ("masquerade", "bridge", "slirp")  # all become QEMU user
 DEFAULT_BUS: Final = {"disk": "virtio", "cdrom": "sata", "lun": "scsi"}
 BUS_PREFIX: Final = {"virtio": "vd", "sata": "sd", "scsi": "sd", "usb": "sd"}
 CACHE_MODES: Final = ("none", "writethrough", "writeback")
+MAX_VCPUS: Final = 4096  # what QEMU's q35 machine addresses
+MAX_BOOT_ORDER: Final = 2**31 - 1  # libvirt reads a boot order as a C int
 
 VolumeType = Literal[
     "containerDisk", "hostDisk", "persistentVolumeClaim", "cloudInitNoCloud", "emptyDisk"
@@ -69,24 +73,8 @@ class VolumeNeed(msgspec.Struct, frozen=True):
     network_data: str | None = None  # cloudInitNoCloud
 
 
-def _fail(field: str, reason: str) -> ValidationError:
-    return ValidationError(f"{field}: {reason}", field=field)
-
-
-def _mapping(value: Any, field: str) -> dict[str, Any]:
-    if value is None:  # `masquerade:` with nothing after it is an empty mapping in KubeVirt
-        return {}
-    if not isinstance(value, dict):
-        raise _fail(field, f"expected a mapping, got {type(value).__name__}")
-    return value
-
-
 def _entries(value: Any, field: str) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _fail(field, f"expected a list, got {type(value).__name__}")
-    return [_mapping(item, f"{field}[{i}]") for i, item in enumerate(value)]
+    return [_mapping(item, f"{field}[{i}]") for i, item in enumerate(entries(value, field))]
 
 
 def _vmi_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -196,9 +184,10 @@ def render_domain(
     ET.SubElement(root, "currentMemory", unit="KiB").text = kib
     vcpus, cpu = _cpu(_mapping(domain.get("cpu"), f"{SPEC}.domain.cpu"), kvm=kvm)
     ET.SubElement(root, "vcpu", placement="static").text = str(vcpus)
-    machine = _mapping(domain.get("machine"), f"{SPEC}.domain.machine").get("type") or "q35"
+    machine = _mapping(domain.get("machine"), f"{SPEC}.domain.machine").get("type")
     os_el = ET.SubElement(root, "os")
-    ET.SubElement(os_el, "type", arch="x86_64", machine=str(machine)).text = "hvm"
+    machine = word(machine, f"{SPEC}.domain.machine.type") or "q35"
+    ET.SubElement(os_el, "type", arch="x86_64", machine=machine).text = "hvm"
     firmware = _mapping(domain.get("firmware"), f"{SPEC}.domain.firmware")
     bios = _mapping(_mapping(firmware.get("bootloader"), f"{SPEC}.domain.firmware.bootloader")
                     .get("bios"), f"{SPEC}.domain.firmware.bootloader.bios")  # fmt: skip
@@ -238,8 +227,8 @@ def _memory_bytes(domain: dict[str, Any]) -> int:
         candidates.append((f"{at}.resources.{key}.memory", holder.get("memory")))
     for field, value in candidates:
         if value is not None:
-            if (size := parse_quantity(value, field=field)) <= 0:
-                raise _fail(field, f"{value!r} must be more than zero")
+            if not 0 < (size := parse_quantity(value, field=field)) <= MAX_GUEST_MEMORY:
+                raise _fail(field, f"{short(value)} must be more than zero and at most 8Ei")
             return size
     raise _fail(f"{at}.resources.requests.memory", f"or {at}.memory.guest is required")
 
@@ -248,16 +237,16 @@ def _cpu(cpu: dict[str, Any], *, kvm: bool) -> tuple[int, ET.Element]:
     """The vCPU count and the <cpu> element: topology, and a model when one is asked for."""
     counts: dict[str, int] = {}
     for key in ("sockets", "cores", "threads"):
-        value = cpu.get(key, 1)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise _fail(f"{SPEC}.domain.cpu.{key}", f"{value!r} must be a positive integer")
-        counts[key] = value
+        at = f"{SPEC}.domain.cpu.{key}"
+        counts[key] = integer(cpu.get(key), at, low=1, high=MAX_VCPUS) or 1
+    if (vcpus := counts["sockets"] * counts["cores"] * counts["threads"]) > MAX_VCPUS:
+        raise _fail(f"{SPEC}.domain.cpu", f"{vcpus} vCPUs; libvirt allows at most {MAX_VCPUS}")
     el = ET.Element("cpu")
-    model = cpu.get("model")
+    model = word(cpu.get("model"), f"{SPEC}.domain.cpu.model")
     if model in ("host-model", "host-passthrough"):
         if kvm:  # TCG cannot mirror the host CPU; QEMU's default model is what it can emulate
             el.set("mode", model)
-    elif isinstance(model, str) and model:
+    elif model:
         ET.SubElement(el, "model", fallback="allow").text = model
     ET.SubElement(el, "topology", {k: str(v) for k, v in counts.items()})
     return counts["sockets"] * counts["cores"] * counts["threads"], el
@@ -318,7 +307,7 @@ def disk_element(
     ET.SubElement(el, "target", dev=dev, bus=bus)
     if kind == "cdrom" or resolved.readonly or target.get("readonly") is True:
         ET.SubElement(el, "readonly")
-    if isinstance(serial := disk.get("serial"), str) and serial:
+    if serial := word(disk.get("serial"), f"{at}.serial"):
         ET.SubElement(el, "serial").text = serial
     _boot(el, disk, at)
     return el
@@ -356,8 +345,7 @@ def _boot(el: ET.Element, device: dict[str, Any], at: str) -> None:
     order = device.get("bootOrder")
     if order is None:
         return
-    if not isinstance(order, int) or isinstance(order, bool) or order < 1:
-        raise _fail(f"{at}.bootOrder", f"{order!r} must be a positive integer")
+    integer(order, f"{at}.bootOrder", low=1, high=MAX_BOOT_ORDER)
     ET.SubElement(el, "boot", order=str(order))
 
 
@@ -373,9 +361,7 @@ def _interfaces(devices: ET.Element, devices_spec: dict[str, Any]) -> None:
         el = ET.SubElement(devices, "interface", type="user")  # no host bridge on these nodes
         if (mac := nic.get("macAddress")) is not None:
             ET.SubElement(el, "mac", address=_mac(mac, f"{at}.macAddress"))
-        model = nic.get("model") or "virtio"
-        if not isinstance(model, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", model):
-            raise _fail(f"{at}.model", f"{model!r} is not a NIC model")
+        model = word(nic.get("model"), f"{at}.model") or "virtio"
         ET.SubElement(el, "model", type=model)
         _boot(el, nic, at)
 
@@ -402,6 +388,7 @@ def _console_and_display(devices: ET.Element, devices_spec: dict[str, Any]) -> N
         graphics.set("listen", "127.0.0.1")
         ET.SubElement(graphics, "listen", type="address", address="127.0.0.1")
         video = _mapping(devices_spec.get("video"), f"{SPEC}.domain.devices.video")
-        ET.SubElement(ET.SubElement(devices, "video"), "model", type=video.get("type") or "vga")
+        kind = word(video.get("type"), f"{SPEC}.domain.devices.video.type") or "vga"
+        ET.SubElement(ET.SubElement(devices, "video"), "model", type=kind)
     balloon = devices_spec.get("autoattachMemBalloon") is not False
     ET.SubElement(devices, "memballoon", model="virtio" if balloon else "none")
