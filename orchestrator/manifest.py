@@ -331,6 +331,8 @@ class _Reader:
                 raise _fail(f"{at}.name", f"no network named {name!r} in {nets}")
             if sum(key in nic for key in (*BINDINGS, "binding")) > 1:
                 raise _fail(at, f"has more than one binding of {', '.join(BINDINGS)}")
+            if "model" in nic and not isinstance(nic["model"], str):
+                raise _fail(f"{at}.model", f"expected a string, got {type(nic['model']).__name__}")
             if "model" in nic and nic["model"] not in NIC_MODELS:
                 self.warn(f"{at}.model", f"unknown NIC model {nic['model']!r}")
 
