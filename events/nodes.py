@@ -13,6 +13,7 @@ from msgspec.structs import replace
 
 from events import model as m
 from events.envelope import Envelope
+from events.folding import Skipped, total
 
 READY, NOT_READY = "Ready", "NotReady"
 
@@ -39,12 +40,14 @@ class NodeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     cordoned: bool = False
     draining: bool = False
     drain_requested: datetime | None = None  # the latest drain: evictions since then count
+    skipped: tuple[Skipped, ...] = ()
 
     @property
     def schedulable(self) -> bool:
         return self.status == READY and not self.cordoned
 
 
+@total
 def apply_node(s: NodeState, env: Envelope) -> NodeState:
     e = env.data
     s = replace(s, version=env.version)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Final
@@ -17,10 +18,12 @@ from typing import Final
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
 
 from events.errors import BusUnavailable
 from events.leanpull import LeanUnavailable, ack_position, credentials, lean_pull
 
+log = logging.getLogger("virtbus.reader")
 BATCH: Final = 1000
 RawHandler = Callable[[bytes, str, int], None]  # (data, subject, stream sequence)
 
@@ -209,3 +212,22 @@ async def pull_all(
         await sub.unsubscribe()
         with contextlib.suppress(Exception):
             await js.delete_consumer(stream, info.name)
+
+
+async def fetch_some(
+    sub: JetStreamContext.PullSubscription, *, batch: int, stop: asyncio.Event, what: str
+) -> list[Msg]:
+    """One pull of up to `batch` messages for a consuming loop: [] when none came, and [] too
+    (after a pause of up to a second, cut short by `stop`) when the bus failed the pull, so that
+    no error of the bus ends the loop that consumes."""
+    try:
+        msgs: list[Msg] = await sub.fetch(batch, timeout=0.5)
+        return msgs
+    except TimeoutError:
+        return []
+    except Exception as err:
+        if not stop.is_set():
+            log.warning("pulling %s failed: %r; pulling again", what, err)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        return []

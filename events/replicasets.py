@@ -10,6 +10,7 @@ from msgspec.structs import replace
 
 from events import model as m
 from events.envelope import Envelope
+from events.folding import Skipped, total
 
 OWNER_LABEL = "virtbus.io/replicaset"  # on every VM a replica set owns
 
@@ -23,8 +24,10 @@ class ReplicaSetState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     spec: dict[str, Any] = {}
     labels: dict[str, str] = {}
     replicas: int = 0
+    skipped: tuple[Skipped, ...] = ()
 
 
+@total
 def apply_rs(s: ReplicaSetState, env: Envelope) -> ReplicaSetState:
     e = env.data
     s = replace(s, version=env.version)

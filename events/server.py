@@ -138,6 +138,11 @@ class NatsServer:
                 proc.kill()
             await proc.wait()
 
+    async def exited(self) -> int:
+        """Until the server process ends (by itself or by `stop`): its exit code."""
+        proc = self._proc
+        return -1 if proc is None else await proc.wait()
+
     def kill(self) -> None:
         """SIGKILL without waiting: for crash tests."""
         if self._proc and self._proc.returncode is None:

@@ -16,6 +16,7 @@ from msgspec.structs import force_setattr, replace
 
 from events import model as m
 from events.envelope import Stamped
+from events.folding import Skipped, total
 
 RUN_STRATEGIES: Final = ("Always", "RerunOnFailure", "Manual", "Halted", "Once")
 
@@ -137,6 +138,7 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     backoff_until: datetime | None = None  # CrashLoopBackOff: no restart before this
     stop_grace: int | None = None  # how the latest stop asked to be done
     stop_force: bool = False
+    skipped: tuple[Skipped, ...] = ()  # events the fold could not take (events/folding.py)
 
     @property
     def running(self) -> bool:
@@ -175,6 +177,7 @@ def _migration(s: VMState, migration_id: str, **changes: Any) -> Migration | Non
     return replace(s.migration, **changes)
 
 
+@total
 def apply(s: VMState, env: Stamped) -> VMState:
     """Return the state after `env`; unknown or irrelevant events leave it as it was."""
     handler = _HANDLERS.get(type(env.data))

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
@@ -41,6 +42,7 @@ from events.rebuild import Folder
 from events.state import VMState, fold
 from events.telemetry import TRACE
 
+log = logging.getLogger("virtbus.store")
 MAX_BATCH: Final = 1000
 _WRONG_LAST_SEQ: Final = 10071
 _DUPLICATE_IN_BATCH: Final = 10201
@@ -113,10 +115,14 @@ class EventStore:
         """The recorded event, or None (counted in `malformed`) for bytes that are not one."""
         try:
             env = decode_envelope(data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            self.malformed += 1
+        except (msgspec.DecodeError, msgspec.ValidationError) as err:
+            self._malformed(err, subject=subject, seq=seq)
             return None
         return Recorded(env, seq, subject, chain_hash(data))
+
+    def _malformed(self, err: Exception, *, subject: str, seq: int) -> None:
+        self.malformed += 1
+        log.warning("seq %s (%s) skipped: not a virtbus event: %s", seq, subject, err)
 
     # --- heads -----------------------------------------------------------------------------------
 
@@ -388,8 +394,8 @@ class EventStore:
         def on_raw(data: bytes, subject: str, seq: int) -> None:
             try:
                 env = decode(data)
-            except bad:
-                self.malformed += 1
+            except bad as err:
+                self._malformed(err, subject=subject, seq=seq)
                 return
             rec = Recorded(env, seq, subject, sha256(data).hexdigest())
             if verify:

@@ -15,6 +15,7 @@ from msgspec.structs import replace
 
 from events import model as m
 from events.envelope import Envelope
+from events.folding import Skipped, total
 
 PENDING, BOUND, FAILED = "Pending", "Bound", "Failed"
 
@@ -37,8 +38,10 @@ class VolumeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     move_version: int = 0
     moved_from: str = ""  # the node the last move left: its copy is to be removed
     moved_version: int = 0
+    skipped: tuple[Skipped, ...] = ()
 
 
+@total
 def apply_volume(s: VolumeState, env: Envelope) -> VolumeState:
     e = env.data
     s = replace(s, version=env.version)

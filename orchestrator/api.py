@@ -8,8 +8,11 @@ publish takes, so both doors are judged by the same code) and replies with its o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
@@ -27,6 +30,8 @@ from events.names import API_PREFIX, CLUSTER, CLUSTER_SCOPED, outcome_subject
 from orchestrator.intake import Intake
 from orchestrator.protocol import Answer, Query
 from orchestrator.readmodel import ReadModel
+
+log = logging.getLogger("virtbus.api")
 
 SERVICE = "virtbus-api"
 INVALID_SUBJECT = "virt.cmd.intake._.rejected.invalid"
@@ -88,7 +93,8 @@ class Api:
     async def _command(self, req: Request) -> None:
         # nats-py runs one handler call at a time per endpoint: answer each in its own task, or
         # every client waits for every other client's command to be judged.
-        task = asyncio.create_task(self._answer(req), name=f"api-command-{len(self._inflight)}")
+        task = asyncio.create_task(_answering(req, self._answer(req)),
+                                   name=f"api-command-{len(self._inflight)}")  # fmt: skip
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
@@ -138,6 +144,9 @@ class Api:
         return await self.intake.judge(cmd)
 
     async def _get(self, req: Request) -> None:
+        await _answering(req, self._get_answer(req))
+
+    async def _get_answer(self, req: Request) -> None:
         try:
             q = msgspec.json.decode(req.data or b"{}", type=Query)
         except (msgspec.DecodeError, msgspec.ValidationError) as err:
@@ -157,3 +166,13 @@ class Api:
             vms = await rm.vms(q.namespace, include_deleted=q.include_deleted)
             answer = Answer(vms=vms, position=answer.position)
         await req.respond(encode(answer))
+
+
+async def _answering(req: Request, answer: Coroutine[Any, Any, None]) -> None:
+    """Run one request's answer; a fault in it is this request's 500, never the service's end."""
+    try:
+        await answer
+    except Exception as err:
+        log.exception("virtbus-api: %s failed", req.subject)
+        with contextlib.suppress(Exception):
+            await req.respond_error("500", f"virtbus-api failed: {type(err).__name__}: {err}")

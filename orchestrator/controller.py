@@ -25,6 +25,7 @@ from events import model as m
 from events import work as w
 from events.envelope import Recorded, encode
 from events.errors import ConcurrencyConflict, VirtbusError
+from events.folding import skipped_now
 from events.names import HEARTBEAT_BUCKET, Ref
 from events.nodes import READY, Heartbeat, NodeState, apply_node
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
@@ -92,10 +93,26 @@ class Controller:
     # --- folding ---------------------------------------------------------------------------------
 
     def _fold(self, rec: Recorded) -> tuple[str, str]:
+        """Fold one event; a fault in the bookkeeping around the fold skips it, logged."""
+        try:
+            return self._fold_one(rec)
+        except Exception:
+            log.exception("event at seq %s (%s) skipped: it could not be folded", rec.seq,
+                          rec.subject)  # fmt: skip
+            metrics.UNFOLDABLE.inc()
+            self.position = rec.seq
+            return "", ""
+
+    def _fold_one(self, rec: Recorded) -> tuple[str, str]:
         kind, _, rest = rec.subject.removeprefix("virt.").partition(".")
         key = rec.subject.rpartition(".")[0]
         if kind == "vm":
-            s = self.vms[key] = apply(self.vms.get(key) or VMState(), rec.envelope)
+            before = self.vms.get(key)
+            s = self.vms[key] = apply(before or VMState(), rec.envelope)
+            if (skip := skipped_now(before, s)) is not None:
+                log.warning("event at seq %s (%s, %s) skipped by the fold: %s", rec.seq,
+                            rec.subject, skip.type, skip.reason)  # fmt: skip
+                metrics.UNFOLDABLE.inc()
             if isinstance(rec.envelope.data, m.VMScheduled | m.VMUnschedulable):
                 self._reserved.pop(key, None)
             self._account(key, s)
@@ -117,7 +134,7 @@ class Controller:
     def _need(s: VMState) -> dict[str, Any]:
         try:
             return summarize(s.spec)
-        except VirtbusError:
+        except Exception:  # a spec the log holds but no apply would have let through
             return {"cpus": 1, "memory_bytes": 0, "node_selector": {}}
 
     def _account(self, key: str, s: VMState) -> None:
@@ -334,6 +351,8 @@ class Controller:
                 await self.on_record(rec)
             except VirtbusError as err:  # a bus hiccup must not kill the controller
                 log.warning("reacting to seq %s failed: %s", rec.seq, err)
+            except Exception:  # nor may one event: reacting to it failed, the next one is read
+                log.exception("reacting to seq %s (%s) failed", rec.seq, rec.subject)
 
     async def _timers(self, stop: asyncio.Event) -> None:
         kv = await self.nc.jetstream().key_value(HEARTBEAT_BUCKET)

@@ -25,6 +25,7 @@ from events.errors import ConcurrencyConflict, ValidationError, VirtbusError
 from events.model import CE_TYPE
 from events.names import COMMANDS_STREAM, Ref, outcome_subject
 from events.nodes import NodeState, apply_node
+from events.reader import fetch_some
 from events.replicasets import ReplicaSetState, apply_rs
 from events.state import fold
 from events.store import Append, EventStore
@@ -40,6 +41,7 @@ from orchestrator.webhooks.subscriptions import decide_webhook, fold_webhook, pr
 log = logging.getLogger("virtbus.intake")
 DURABLE = "orchestrator-intake"
 REJECTED = Ref("intake", "_", "rejected")  # where commands with no nameable target are recorded
+UNJUDGED = "the command could not be judged: "  # such a message is terminated, not acked
 MAX_ATTEMPTS = 8
 PARALLEL = 16
 
@@ -55,7 +57,8 @@ class Intake:
     def __init__(self, nc: Client, store: EventStore) -> None:
         self.nc = nc
         self.store = store
-        self.malformed = 0
+        self.malformed = 0  # bodies that are no command
+        self.unjudgeable = 0  # commands whose judging met a fault (a bug, or input it missed)
         # The controller's view of the nodes, when one runs beside us: a migration's target is
         # then checked on intake (else only when the controller schedules it).
         self.nodes: Callable[[], list[NodeView]] | None = None
@@ -74,6 +77,23 @@ class Intake:
         return await self.judge(cmd, subject=subject)
 
     async def judge(self, cmd: c.Command, *, subject: str = "") -> c.Outcome:
+        """Decide `cmd` and record the outcome; a command that meets a fault in the judging is
+        recorded as rejected (where its target can be named) rather than left to fail again."""
+        try:
+            return await self._judge(cmd, subject=subject)
+        except VirtbusError:
+            raise  # the bus's own errors: retried (retryable) or terminated by `on_msg`
+        except Exception as err:
+            self.unjudgeable += 1
+            metrics.UNJUDGEABLE.inc()
+            log.exception("command %s (%s) could not be judged", cmd.id, type(cmd).__name__)
+            try:
+                target = cmd.target
+            except Exception:
+                target = REJECTED
+            return await self._record_rejection(target, cmd.id, type(cmd).__name__, unjudged(err))
+
+    async def _judge(self, cmd: c.Command, *, subject: str) -> c.Outcome:
         try:
             ref = cmd.target
         except ValidationError as err:
@@ -184,9 +204,16 @@ class Intake:
             await self.nc.publish(outcome_subject(outcome.command_id), encode(outcome))
             await msg.term()
             return
+        except Exception:  # not even a rejection could be recorded: drop it, keep the loop
+            self.unjudgeable += 1
+            metrics.UNJUDGEABLE.inc()
+            log.exception("command at seq %s dropped: it could not be judged or rejected", seq)
+            await msg.term()
+            return
         metrics.COMMANDS.labels(kind, "accepted" if outcome.accepted else "rejected").inc()
         await self.nc.publish(outcome_subject(outcome.command_id), encode(outcome))
-        await msg.ack()
+        # Terminated (an advisory says so) rather than acked: it met a fault, not a judgement.
+        await (msg.term() if outcome.reason.startswith(UNJUDGED) else msg.ack())
 
     async def _in_order(self, msgs: list[Msg]) -> None:
         async with self._parallel:
@@ -201,10 +228,7 @@ class Intake:
         )  # fmt: skip
         try:
             while not stop.is_set():
-                try:
-                    msgs = await sub.fetch(100, timeout=0.5)
-                except TimeoutError:
-                    continue
+                msgs = await fetch_some(sub, batch=100, stop=stop, what="commands")
                 # One VM's commands in order; different VMs side by side.
                 by_target: dict[str, list[Msg]] = {}
                 for msg in msgs:
@@ -233,6 +257,11 @@ def _decide(
     if ref.kind == "webhook":
         return decide_webhook(fold_webhook(ref.name, history), cmd)
     raise ValidationError(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
+
+
+def unjudged(err: Exception) -> ValidationError:
+    """The rejection of a command whose judging met a fault: no field can be named."""
+    return ValidationError(f"{UNJUDGED}{type(err).__name__}: {err}")
 
 
 def _outcome(cid: str, mine: list[Recorded], *, duplicate: bool) -> c.Outcome:

@@ -48,6 +48,8 @@ class KeyedQueue(Generic[C]):
                         await self._handler(key, cause)
                     except VirtbusError as err:  # a bus hiccup must not stop the controller
                         log.warning("reacting to %s failed: %s", key, err)
+                    except Exception:  # nor may one key's fault stop the others' reactions
+                        log.exception("reacting to %s failed", key)
                 if key not in self._again:
                     return
                 cause = self._again.pop(key)

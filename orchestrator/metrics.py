@@ -28,6 +28,13 @@ REACTION_CONFLICTS = Counter(
     "virtbus_controller_conflicts",
     "Decisions dropped because another controller (or a node) appended first",
 )
+UNFOLDABLE = Counter(
+    "virtbus_controller_unfoldable_events", "Events the controller skipped: they cannot be folded"
+)
+UNJUDGEABLE = Counter(
+    "virtbus_intake_unjudgeable_commands",
+    "Commands whose judging met a fault: rejected as such and terminated",
+)
 
 _controllers: weakref.WeakSet[Controller] = weakref.WeakSet()
 

@@ -1,19 +1,23 @@
 """`virtbus up`: the embedded stack in the foreground until Ctrl-C.
 
 Staged shutdown: the stop signal sets an event, components drain, then the server stops with a grace
-period; a second Ctrl-C cuts the grace short.
+period; a second Ctrl-C cuts the grace short. A node worker or the orchestrator that dies before
+is started again with a back-off (`orchestrator/supervise.py`); the stack stays up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
 
 from rich.console import Console
 
+from events.errors import BusUnavailable
 from events.provision import provision
 from events.server import NatsServer, die_with_parent, fsync_policy
 from events.store import EventStore
@@ -22,6 +26,7 @@ from orchestrator.app import run_orchestrator
 from orchestrator.audit import describe_key, load_key
 from orchestrator.bus import connect
 from orchestrator.readmodel import ReadModel
+from orchestrator.supervise import supervise_process, supervise_task
 from orchestrator.web import configured_port
 
 console = Console(stderr=True, highlight=False)
@@ -32,6 +37,7 @@ async def run_up(
     hypervisor: str, migration_policy: MigrationPolicy | None = None,
 ) -> None:  # fmt: skip
     stop = asyncio.Event()
+    lost = ""  # why the stack stopped, when not by Ctrl-C
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -50,13 +56,13 @@ async def run_up(
             created = await provision(nc.jetstream())
             console.print("provisioned: " + (", ".join(created) or "everything already in place"))
             audit, web = describe_key(load_key()), configured_port()  # bad settings stop us here
+
+            def orchestrate(own: asyncio.Event) -> Awaitable[None]:
+                return run_orchestrator(nc, data_dir=data_dir / "orchestrator", stop=own,
+                                        migration_policy=migration_policy)  # fmt: skip
+
             orchestrator = asyncio.create_task(
-                run_orchestrator(
-                    nc,
-                    data_dir=data_dir / "orchestrator",
-                    stop=stop,
-                    migration_policy=migration_policy,
-                ),
+                supervise_task("orchestrator", orchestrate, stop=stop, console=console),
                 name="orchestrator",
             )
             console.print("orchestrator: running (virtbus-api on the bus)")
@@ -66,25 +72,24 @@ async def run_up(
             workers = []
             for i in range(nodes):
                 name = f"node-{chr(ord('a') + i)}"
-                workers.append(
-                    await _spawn_worker(
-                        name, url=url, data_dir=data_dir / "nodes", hypervisor=hypervisor, index=i
-                    )
-                )
+                spawn = functools.partial(_spawn_worker, name, url=url, data_dir=data_dir / "nodes",
+                                          hypervisor=hypervisor, index=i)  # fmt: skip
+                first = await spawn()
                 what = "libvirt test driver" if hypervisor == "test" else "its own libvirtd (QEMU)"
-                console.print(f"node {name}: {what} (pid {workers[-1].pid})")
+                console.print(f"node {name}: {what} (pid {first.pid})")
+                workers.append(asyncio.create_task(
+                    supervise_process(f"node {name}", spawn, first=first, stop=stop,
+                                      console=console, stop_process=_stop_process),
+                    name=f"up-node-{name}",
+                ))  # fmt: skip
             print(f"bus: {url}", flush=True)
             console.print("press Ctrl-C to stop")
             try:
-                await asyncio.wait(
-                    [orchestrator, asyncio.create_task(stop.wait(), name="up-stop")],
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                lost = await _until_stopped(stop, owned)
                 console.print("stopping...")
             finally:
-                for proc in workers:
-                    await _stop_process(proc)
-                stop.set()
+                stop.set()  # the supervisors stop their children and return
+                await asyncio.gather(*workers)
                 await orchestrator
         finally:
             await nc.close()
@@ -93,6 +98,22 @@ async def run_up(
             loop.remove_signal_handler(sig)
         if owned is not None:
             await owned.stop()
+    if lost:
+        raise BusUnavailable(lost)
+
+
+async def _until_stopped(stop: asyncio.Event, server: NatsServer | None) -> str:
+    """Until Ctrl-C (""), or until the nats-server we run exits (why): all rests on it, so all
+    stops."""
+    waits: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait(), name="up-stop")]
+    if server is not None:
+        waits.append(asyncio.create_task(server.exited(), name="up-nats-server"))
+    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for t in pending:
+        t.cancel()
+    if stop.is_set():
+        return ""
+    return f"nats-server exited with code {done.pop().result()}: the stack stops (it rests on it)"
 
 
 async def _spawn_worker(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from clusterkit import Cluster, start_orchestrator
 from nats.aio.client import Client
 
 from events.names import Ref
@@ -143,3 +144,22 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "data"
     d.mkdir()
     yield d
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """A fresh bus and orchestrator per test: node and VM names never leak between tests."""
+    async with NatsServer(data_dir=tmp_path / "nats", port=-1) as server:
+        nc = await nats.connect(server.url)
+        await provision(nc.jetstream())
+        stop, task = await start_orchestrator(nc, tmp_path / "orchestrator")
+        cl = Cluster(nc, tmp_path)
+        try:
+            await api_ready(nc)
+            yield cl
+        finally:
+            for node in cl.nodes:
+                await settle(f"node {node.name}", node.close())
+            stop.set()
+            await settle("the orchestrator", task)
+            await nc.close()

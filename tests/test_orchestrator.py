@@ -10,13 +10,11 @@ import asyncio
 import json
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
-from conftest import api_ready, settle
+from clusterkit import Cluster, seed_apply, start_orchestrator
 from nats.aio.client import Client
 
 from events import commands as c
@@ -24,93 +22,9 @@ from events import model as m
 from events import work as w
 from events.envelope import Recorded, encode
 from events.names import Ref
-from events.provision import provision
-from events.server import NatsServer
 from events.state import VMState
-from events.store import EventStore
-from orchestrator.app import run_orchestrator
 from orchestrator.bench.simnode import SimNode
-from orchestrator.client import Rejected, send
-
-SEED = Path(__file__).parent.parent / "examples" / "kubevirt-centos7.yaml"
-GRACE_S = 1.5  # node heartbeat grace: short, so node loss is tested in seconds
-
-
-class Cluster:
-    def __init__(self, nc: Client, data_dir: Path) -> None:
-        self.nc = nc
-        self.data_dir = data_dir
-        self.store = EventStore(nc, source="/tests")
-        self.nodes: list[SimNode] = []
-
-    async def node(self, name: str, **kwargs: Any) -> SimNode:
-        node = await SimNode(self.nc, name, **kwargs).start()
-        self.nodes.append(node)
-        return node
-
-    async def send(self, cmd: c.Command) -> c.Outcome:
-        return await send(self.nc, cmd)
-
-    async def state(self, name: str, namespace: str = "default") -> VMState:
-        return (await self.store.load(Ref.vm(name, namespace)))[0]
-
-    async def history(self, name: str) -> list[Recorded]:
-        return await self.store.read(Ref.vm(name))
-
-    async def until(
-        self, name: str, ok: Callable[[VMState], bool], *, within: float = 15
-    ) -> VMState:
-        """Poll the VM's fold until `ok`; fail with the last state seen."""
-        s = await self.state(name)
-        for _ in range(int(within / 0.05)):
-            if ok(s):
-                return s
-            await asyncio.sleep(0.05)
-            s = await self.state(name)
-        pytest.fail(f"{name} never reached the expected state; last: {s.status}/{s.phase}")
-
-
-async def _start_orchestrator(
-    nc: Client, data_dir: Path
-) -> tuple[asyncio.Event, asyncio.Task[None]]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_orchestrator(nc, data_dir=data_dir, stop=stop, node_grace_s=GRACE_S),
-        name=f"orchestrator-{data_dir.name}",
-    )
-    return stop, task
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    """A fresh bus and orchestrator per test: node and VM names never leak between tests."""
-    async with NatsServer(data_dir=tmp_path / "nats", port=-1) as server:
-        nc = await nats.connect(server.url)
-        await provision(nc.jetstream())
-        stop, task = await _start_orchestrator(nc, tmp_path / "orchestrator")
-        cl = Cluster(nc, tmp_path)
-        try:
-            await api_ready(nc)
-            yield cl
-        finally:
-            for node in cl.nodes:
-                await settle(f"node {node.name}", node.close())
-            stop.set()
-            await settle("the orchestrator", task)
-            await nc.close()
-
-
-def seed_apply(name: str = "centos7", **spec_changes: Any) -> c.ApplyVM:
-    from orchestrator.manifest import parse_documents, to_commands
-
-    doc = parse_documents(SEED.read_text())[0]
-    doc["metadata"]["name"] = name
-    if "runStrategy" in spec_changes:
-        del doc["spec"]["running"]  # KubeVirt refuses both at once
-    doc["spec"].update(spec_changes)
-    cmds, _ = to_commands(doc)
-    assert isinstance(cmds[0], c.ApplyVM)
-    return cmds[0]
+from orchestrator.client import Rejected
 
 
 def kinds(history: list[Recorded]) -> list[str]:
@@ -532,7 +446,7 @@ async def test_hotplug_does_not_outlive_the_instance_unless_persisted(cluster: C
 
 
 async def test_two_orchestrators_decide_once(cluster: Cluster) -> None:
-    stop2, second = await _start_orchestrator(cluster.nc, cluster.data_dir / "orchestrator-2")
+    stop2, second = await start_orchestrator(cluster.nc, cluster.data_dir / "orchestrator-2")
     try:
         await cluster.node("node-a")
         await asyncio.sleep(0.3)

@@ -18,6 +18,7 @@ from nats.js.api import StreamConfig
 
 from events import model as m
 from events.errors import BusUnavailable, ConfigConflict
+from events.model import TOKEN
 from events.names import EVENT_SUBJECTS, EVENTS_STREAM, Ref
 from events.provision import provision
 from events.server import NatsServer
@@ -256,3 +257,63 @@ def _named(exe: str, *, seeing: Path) -> set[int]:
                 if str(seeing) in Path(f"/proc/{entry}/mountinfo").read_text():
                     out.add(int(entry))
     return out
+
+
+def _worker_pid(up_pid: int) -> int:
+    """The node worker among `virtbus up`'s children (started as `python -m workers`)."""
+    for pid in _children_of(up_pid):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"workers" in argv:
+            return pid
+    raise AssertionError("no node worker among the children")
+
+
+async def _line(stream: asyncio.StreamReader, prefix: bytes) -> bytes:
+    """The next line of `stream` that starts with `prefix` (earlier lines are passed over)."""
+    while line := await asyncio.wait_for(stream.readline(), 30):
+        if line.startswith(prefix):
+            return line
+    raise AssertionError(f"the stream ended before a line starting {prefix!r}")
+
+
+async def test_virtbus_up_starts_a_dead_node_worker_again(data_dir: Path) -> None:
+    """A node worker killed under the stack is started again after a back-off, said on stderr;
+    it registers again and the stack still stops cleanly."""
+    async with virtbus_up("--port", "-1", "--data-dir", str(data_dir), "--nodes", "1") as (
+        proc, url,
+    ):  # fmt: skip
+        assert proc.stderr is not None
+        nc = await nats.connect(url)
+        try:
+            sub = await nc.subscribe(Ref.node("node-a").event_subject(TOKEN[m.NodeRegistered]))
+            victim = _worker_pid(proc.pid)
+            os.kill(victim, signal.SIGKILL)
+            said = await _line(proc.stderr, b"node node-a: exited")
+            assert (
+                said == b"node node-a: exited with code -9; starting it again in 1s (restart 1)\n"
+            )
+            again = await _line(proc.stderr, b"node node-a: running again")
+            pid = _worker_pid(proc.pid)
+            assert (again, pid != victim) == (f"node node-a: running again (pid {pid})\n".encode(),
+                                              True)  # fmt: skip
+            await sub.next_msg(timeout=30)  # the new worker joined the cluster again
+        finally:
+            await nc.close()
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 60)
+        assert proc.returncode == 0
+
+
+async def test_virtbus_up_stops_when_its_nats_server_dies(data_dir: Path) -> None:
+    """The nats-server is the one child not restarted (clients hold its port): its death stops
+    the stack, with exit code 1 and the reason."""
+    async with virtbus_up("--port", "-1", "--data-dir", str(data_dir), "--nodes", "1") as (
+        proc, _,
+    ):  # fmt: skip
+        server = next(p for p in _children_of(proc.pid) if p != _worker_pid(proc.pid))
+        os.kill(server, signal.SIGKILL)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 1
+        assert err.decode().splitlines()[-1] == (
+            "error: nats-server exited with code -9: the stack stops (it rests on it)"
+        )

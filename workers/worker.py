@@ -26,11 +26,13 @@ from events.envelope import encode
 from events.errors import HypervisorError, ValidationError, VirtbusError
 from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, node_work_filter
 from events.nodes import Heartbeat
+from events.reader import fetch_some
 from events.state import RUNNING, SCHEDULED, SCHEDULING, STOPPING, TERMINATING, VMState
 from events.store import EventStore
 from events.telemetry import bound, traced
 from workers import metrics
 from workers.domain import disk_xml_of, hotplug_disk, render_domain
+from workers.failures import failure_of
 from workers.hypervisor import (
     PAUSED_STATE,
     RUNNING_STATES,
@@ -169,11 +171,7 @@ class Worker:
         )  # fmt: skip
         try:
             while not stop.is_set():
-                try:
-                    msgs = await sub.fetch(100, timeout=0.5)
-                except TimeoutError:
-                    continue
-                for msg in msgs:
+                for msg in await fetch_some(sub, batch=100, stop=stop, what="work"):
                     if self.migrations.urgent(msg):
                         continue
                     key = msg.subject.split(".", 3)[3]  # vm.<ns>.<name>: one queue per VM
@@ -217,11 +215,25 @@ class Worker:
                 metrics.WORK.labels(self.node, action, "retry" if err.retryable else "failed").inc()
                 await (msg.nak(delay=2) if err.retryable else msg.term())
                 return
+            except Exception as err:  # a fault nobody foresaw: this item fails, not the node
+                log.exception("%s on %s could not be carried out", action, item.name)
+                keepalive.cancel()
+                metrics.WORK.labels(self.node, action, "failed").inc()
+                await self._failed(item, f"{action} failed on {self.node}: "
+                                         f"{type(err).__name__}: {err}")  # fmt: skip
+                await msg.term()
+                return
             finally:
                 keepalive.cancel()
             metrics.WORK.labels(self.node, action, "done").inc()
             metrics.WORK_SECONDS.labels(action).observe(time.monotonic() - started)
             await msg.ack()
+
+    async def _failed(self, item: w.Work, reason: str) -> None:
+        if (failed := failure_of(item, reason, node=self.node)) is None:
+            return
+        with contextlib.suppress(VirtbusError):  # the bus away too: the log says nothing more
+            await self.observe(failed[0], [failed[1]])
 
     async def do(self, item: w.Work) -> None:
         if isinstance(item, w.VolumeData):

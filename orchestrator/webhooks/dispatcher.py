@@ -27,7 +27,7 @@ from nats.js.kv import KeyValue
 
 from events import model as m
 from events.envelope import Recorded
-from events.errors import ConcurrencyConflict, ValidationError
+from events.errors import ConcurrencyConflict, ValidationError, VirtbusError
 from events.names import EVENTS_STREAM, Ref
 from events.reader import direct_last
 from events.store import EventStore
@@ -132,8 +132,13 @@ class Dispatcher:
                     continue
                 seq = msg.metadata.sequence.stream
                 rec = self.store.decode(msg.data, msg.subject, seq)
-                if rec is not None:
-                    await self._apply(rec, live=seq > caught_up_at)
+                try:
+                    if rec is not None:
+                        await self._apply(rec, live=seq > caught_up_at)
+                except VirtbusError:
+                    raise  # the bus: follow again from the start
+                except Exception:  # one event's fault: following again would meet it again
+                    log.exception("webhook subscriptions: seq %s skipped", seq)
                 if seq == caught_up_at:
                     await self._reconcile_all()
         finally:

@@ -135,6 +135,8 @@ async def check_endpoint(url: str, settings: WebhookSettings) -> None:
         except OSError as err:
             raise ValidationError(f"url: host {host!r} does not resolve: {err}",
                                   field="url") from None  # fmt: skip
+        except UnicodeError as err:  # an empty or too long label: the IDNA codec says so
+            raise ValidationError(f"url: {host!r} is not a host name: {err}", field="url") from None
         addrs = sorted({str(info[4][0]) for info in infos})
     for a in addrs:
         if (why := address_refusal(ipaddress.ip_address(a), allowed)) is not None:
