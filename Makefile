@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # `make run HYPERVISOR=qemu`: the nodes run real QEMU/KVM (root and /dev/kvm), not the test driver
 HYPERVISOR ?= test
 
-.PHONY: setup run test lint typecheck layers unit bench clean
+.PHONY: setup run test lint typecheck layers unit fuzz bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -28,6 +28,12 @@ unit: setup
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck layers unit
+
+# The long fuzzing campaign (docs/fuzzing.md): `make test` runs the same properties, seeded and
+# bounded (hypothesis profile "ci"); this runs 25k manifests and thousands of bus commands.
+FUZZ_TESTS := tests/test_fuzz_manifest.py tests/test_fuzz_domain.py tests/test_fuzz_bus.py
+fuzz: setup
+	VIRTBUS_FUZZ=campaign $(BIN)/pytest $(FUZZ_TESTS) -q -s --hypothesis-show-statistics
 
 bench: setup
 	$(BIN)/virtbus bench log

@@ -130,7 +130,8 @@ def decide_rs(rs: ReplicaSetState, cmd: c.Command) -> list[m.Event]:
                 "spec": cmd.spec,
             }  # fmt: skip
             to_commands(doc)
-            replicas = int(cmd.spec.get("replicas", 1))
+            # An explicit null is the default, as the manifest check reads it.
+            replicas = 1 if cmd.spec.get("replicas") is None else int(cmd.spec["replicas"])
             if not rs.exists:
                 return [m.ReplicaSetCreated(spec=cmd.spec, replicas=replicas, labels=cmd.labels)]
             if (cmd.spec, cmd.labels) == (rs.spec, rs.labels):

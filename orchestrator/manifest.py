@@ -91,7 +91,10 @@ def summarize(spec: dict[str, Any]) -> dict[str, Any]:
     memory = memory if memory is not None else (domain.get("memory") or {}).get("guest")
     return {
         "memory_bytes": 0 if memory is None else parse_quantity(memory, field="memory"),
-        "cpus": int(cpu.get("cores", 1)) * int(cpu.get("sockets", 1)) * int(cpu.get("threads", 1)),
+        # `or 1`: an explicit null is unset (found by the fuzzer: int(None) in the controller).
+        "cpus": int(cpu.get("cores") or 1)
+        * int(cpu.get("sockets") or 1)
+        * int(cpu.get("threads") or 1),
         "node_selector": dict(vmi.get("nodeSelector") or {}),
     }
 
@@ -148,8 +151,9 @@ def to_commands(
         )  # fmt: skip
     elif kind == "VirtualMachineInstanceReplicaSet":
         reader.section(spec, "spec", fields=_RS_SPEC)
-        replicas = spec.setdefault("replicas", 1)
-        f.integer(replicas, "spec.replicas", low=0, high=MAX_REPLICAS)
+        if spec.get("replicas") is None:  # `replicas:` left empty is the default, as unset
+            spec["replicas"] = 1
+        f.integer(spec["replicas"], "spec.replicas", low=0, high=MAX_REPLICAS)
         reader.template(spec.get("template"), "spec.template", sized=False)
         cmd = ApplyReplicaSet(name=name, namespace=namespace, spec=spec, labels=labels)
     elif kind == "VirtualMachineInstanceMigration":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,7 +32,6 @@ from events.errors import ValidationError
 from events.names import DNS1123_LABEL, outcome_subject
 from events.provision import provision
 from events.server import NatsServer
-from orchestrator.app import run_orchestrator
 from orchestrator.manifest import to_commands
 
 _AGGREGATE = {cls.__name__: cls.aggregate for cls in c.COMMAND_CLASSES}
@@ -39,44 +39,35 @@ TIMEOUT_S = 30  # a loaded 2-core machine; an outcome that never comes fails the
 
 
 class Bus:
-    def __init__(self, nc: Client) -> None:
+    def __init__(self, nc: Client, proc: asyncio.subprocess.Process) -> None:
         self.nc = nc
+        self.proc = proc
         self.seen: dict[str, int] = {"accepted": 0, "rejected": 0}
 
     def count(self, out: c.Outcome) -> None:
         self.seen["accepted" if out.accepted else "rejected"] += 1
 
 
-@pytest.fixture(autouse=True)
-async def no_leaks() -> AsyncIterator[None]:
-    """Replaces conftest's per-test guard: the orchestrator outlives each test here (it starts
-    tasks while it works), so `bus` checks for leftovers once, after stopping it."""
-    yield
-
-
 @pytest.fixture(scope="module")
 async def bus(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Bus]:
+    """A nats-server and the orchestrator as its own process (`python -m orchestrator`), as
+    deployed: the barrage cannot starve it of this test's event loop, and its death shows."""
     tmp = tmp_path_factory.mktemp("fuzzbus")
-    before = set(asyncio.all_tasks())
     async with NatsServer(data_dir=tmp / "nats", port=-1) as server:
         nc = await nats.connect(server.url)
         await provision(nc.jetstream())
-        stop = asyncio.Event()
-        task = asyncio.create_task(
-            run_orchestrator(nc, data_dir=tmp / "orchestrator", stop=stop), name="fuzz-orch"
-        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "orchestrator", "--server", server.url,
+            "--data-dir", str(tmp / "orchestrator"), "--no-webhooks",
+        )  # fmt: skip
         try:
             await api_ready(nc)
-            yield Bus(nc)
+            yield Bus(nc, proc)
         finally:
-            stop.set()
-            await settle("the orchestrator", task)
+            if proc.returncode is None:
+                proc.terminate()
+            await settle("the orchestrator process", proc.wait())
             await nc.close()
-    left = {t for t in asyncio.all_tasks() - before if not t.done()}
-    left.discard(asyncio.current_task())  # type: ignore[arg-type]
-    if left:
-        await asyncio.wait(left, timeout=5)  # nats-py's own tasks end a moment after close
-    assert not [t.get_name() for t in left if not t.done()]
 
 
 def _subject(body: Any) -> str:
@@ -164,6 +155,7 @@ async def test_the_api_door_answers_every_body(bus: Bus, drawn: Any) -> None:
 
 async def test_the_api_answers_after_the_barrage(bus: Bus) -> None:
     """Runs after the two properties (module order): the service is still there."""
+    assert bus.proc.returncode is None  # the orchestrator process is alive
     reply = await bus.nc.request("virt.api.get", b'{"what": "nodes"}', timeout=TIMEOUT_S)
     assert isinstance(msgspec.json.decode(reply.data), dict | list)
     # The barrage was judged, not dropped: some of it got through, most of it did not.
