@@ -75,7 +75,10 @@ def _subject(body: Any) -> str:
     token goes to a fixed VM (the intake then rejects the mismatch)."""
     kind = str(body.get("kind")) if isinstance(body, dict) else "ApplyVM"
     name = body.get("name") if isinstance(body, dict) else None
-    token = name if isinstance(name, str) and re.match(DNS1123_LABEL, name) else "fuzz"
+    # A token over 63 characters is no name; a subject past 4 KiB would even get this client
+    # disconnected by the server (its maximum control line), which is not what is tested here.
+    ok = isinstance(name, str) and len(name) <= 63 and re.match(DNS1123_LABEL, name)
+    token = name if ok else "fuzz"
     ns = "_" if _AGGREGATE.get(kind) in ("node", "webhook") else "default"
     return f"virt.cmd.{_AGGREGATE.get(kind, 'vm')}.{ns}.{token}.{kind}"
 
