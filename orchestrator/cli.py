@@ -27,6 +27,7 @@ from orchestrator.cli_common import finish as _finish
 from orchestrator.cli_common import lifecycle as _lifecycle
 from orchestrator.cli_common import run as _run
 from orchestrator.cli_console import console, vnc
+from orchestrator.cli_errors import VirtbusGroup
 from orchestrator.cli_storage import image_upload, volume_app
 from orchestrator.cli_webhook import bench_webhooks, webhook_app
 
@@ -38,6 +39,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=VirtbusGroup,  # every failure reads `error: <reason>` (cli_errors.py)
 )
 bench = typer.Typer(help="Benchmarks; each measures its raw baseline in the same run.")
 app.add_typer(bench, name="bench")
