@@ -61,7 +61,9 @@ def up(
         Hypervisor.test
     ),
     data_dir: Annotated[Path, typer.Option(help="where the bus keeps its data")] = Path(".virtbus"),
-    port: Annotated[int, typer.Option(help="client port; -1 picks a free one")] = 4222,
+    port: Annotated[
+        int, typer.Option(min=-1, max=65535, help="client port; -1 picks a free one")
+    ] = 4222,
     sync: Annotated[
         bool, typer.Option("--fsync-always/--fsync-default", help="fsync before every ack")
     ] = False,
@@ -299,7 +301,7 @@ def wait(
     kind: Annotated[str, typer.Argument(help="vm")],
     name: NameArg,
     for_: Annotated[str, typer.Option("--for", help="status=Running, condition=Ready, delete")],
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds")] = 30.0,
+    timeout: Annotated[float, typer.Option("--timeout", min=0, help="seconds")] = 30.0,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:

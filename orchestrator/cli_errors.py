@@ -89,8 +89,7 @@ class VirtbusGroup(TyperGroup):
         try:
             # Not standalone: typer returns Exit's code and lets every other exception through.
             rv = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
-        except NoArgsIsHelpError as e:
-            e.show()
+        except NoArgsIsHelpError as e:  # typer has printed the help already
             return e.exit_code
         except ClickException as e:
             e.show()  # usage, the help hint and one `Error: ` line, as click prints them

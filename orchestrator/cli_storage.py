@@ -28,7 +28,9 @@ def volume_create(
     name: VolumeArg,
     size: Annotated[str, typer.Option("--size", help="capacity, a quantity like 1Gi")],
     node: Annotated[str | None, typer.Option("--node", help="the node to hold it")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for Bound")] = 60,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0, help="seconds to wait for Bound")
+    ] = 60,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
@@ -61,7 +63,7 @@ def volume_get(
 def volume_move(
     name: VolumeArg,
     to: Annotated[str, typer.Option("--to", help="the node to move it to")],
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait")] = 600,
+    timeout: Annotated[float, typer.Option("--timeout", min=0, help="seconds to wait")] = 600,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
@@ -90,7 +92,7 @@ def image_upload(
     url: Annotated[str | None, typer.Option("--url", help="import from http(s) instead")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="skip TLS verification")] = False,
     node: Annotated[str | None, typer.Option("--node", help="the node to hold it")] = None,
-    wait_secs: Annotated[float, typer.Option("--wait-secs", help="for processing")] = 300,
+    wait_secs: Annotated[float, typer.Option("--wait-secs", min=0, help="for processing")] = 300,
     uploadproxy_url: Annotated[
         str | None, typer.Option("--uploadproxy-url", help="virtctl's CDI proxy: not needed")
     ] = None,
