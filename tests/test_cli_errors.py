@@ -67,7 +67,8 @@ def numeric(cmd: Any) -> list[Any]:
 
 
 VALID = {"kind": "vm", "what": "vm", "url": "http://127.0.0.1:9/hook", "which": "all",
-         "--for": "status=Running", "--size": "1Gi", "--timeout": "1"}  # fmt: skip
+         "--for": "status=Running", "--size": "1Gi", "--timeout": "1",
+         "--filename": str(ROOT / "examples" / "kubevirt-centos7.yaml")}  # fmt: skip
 
 
 def valid_args(cmd: Any, *, skip: str = "") -> list[str]:
@@ -211,3 +212,124 @@ def test_an_unexpected_exception_is_one_line_and_its_traceback_is_opt_in() -> No
     assert loud.stderr.startswith("Traceback (most recent call last):")
     assert loud.stderr.endswith('    raise RuntimeError("boom")\nRuntimeError: boom\n'
                                 "error: internal error: RuntimeError: boom\n")  # fmt: skip
+
+
+# --- files: each file a verb reads, missing, a directory, not UTF-8, empty ----------------------
+
+FILE_OPTIONS = {(("apply",), "--filename"), (("image-upload",), "--image-path"),
+                (("audit", "checkpoint"), "--key-file"), (("audit", "verify"), "--key-file"),
+                (("up",), "--migrations")}  # fmt: skip
+DIR_OPTIONS = {"--data-dir"}  # a directory the verb creates, not a file it reads
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    (latin := tmp_path / "latin1.yaml").write_bytes(b"metadata:\n  name: caf\xe9\n")
+    (empty := tmp_path / "empty.yaml").write_text("")
+    (comments := tmp_path / "comments.yaml").write_text("# nothing here\n---\n---\n")
+    return {"missing": tmp_path / "missing.yaml", "dir": tmp_path, "latin": latin,
+            "empty": empty, "comments": comments}  # fmt: skip
+
+
+def test_every_file_option_is_covered() -> None:
+    """A new option that names a file must join FILE_OPTIONS (and the cases below)."""
+    found = {(path, p.opts[0]) for path, cmd in LEAVES.items() for p in cmd.params
+             if (kind(p) is Path or p.name == "filename") and p.opts[0] not in DIR_OPTIONS}  # fmt: skip
+    assert found == FILE_OPTIONS
+
+
+def test_apply_names_a_file_it_cannot_read_and_refuses_an_empty_one(files: dict[str, Path]) -> None:
+    """apply reads and parses -f before it connects (the bus here is unreachable, and never
+    reached): a missing file, a directory, non-UTF-8 bytes are named with kubectl's words; a file
+    of no objects (empty, or only comments and `---`, also on stdin) is kubectl's `no objects
+    passed to apply`."""
+    root = typer.main.get_command(app)
+    cases = {
+        "missing": f'error: the path "{files["missing"]}" does not exist',
+        "dir": f'error: the path "{files["dir"]}" is a directory; give a manifest file',
+        "latin": f'error: the path "{files["latin"]}" is not UTF-8 text (byte 0xe9 at offset 21)',
+        "empty": "error: no objects passed to apply",
+        "comments": "error: no objects passed to apply",
+    }
+    for case, message in cases.items():
+        result = invoke(root, "apply", "-f", str(files[case]), "--server", UNREACHABLE)
+        assert (result.exit_code, result.stdout, result.stderr) == (1, "", message + "\n"), case
+    with mock.patch("typer.testing._get_command", lambda cmd: cmd):
+        piped = CliRunner().invoke(root, ["apply", "-f", "-", "-s", UNREACHABLE], input="---\n")
+    assert (piped.exit_code, piped.stderr) == (1, "error: no objects passed to apply\n")
+
+
+def test_other_file_options_name_the_file(files: dict[str, Path]) -> None:
+    """--image-path must be a file; --key-file must be readable and not empty; --migrations must be
+    readable UTF-8 YAML. Each is checked before the bus is reached (it is unreachable here)."""
+    root = typer.main.get_command(app)
+    upload = ["image-upload", "--pvc-name", "x", "--pvc-size", "1Gi", "-s", UNREACHABLE]
+    for case in ("missing", "dir"):
+        result = invoke(root, *upload, "--image-path", str(files[case]))
+        assert (result.exit_code, result.stderr) == (
+            1, f"error: image-path: {files[case]} is not a file\n")  # fmt: skip
+    for verb in (["audit", "checkpoint"], ["audit", "verify"]):
+        for case, why in (("missing", "cannot read {}: No such file or directory"),
+                          ("dir", "cannot read {}: Is a directory"), ("empty", "{} is empty")):  # fmt: skip
+            result = invoke(root, *verb, "--key-file", str(files[case]), "-s", UNREACHABLE)
+            expected = f"error: --key-file: {why.format(files[case])}\n"
+            assert (result.exit_code, result.stderr) == (2, expected), (verb, case)
+    for case, why in (("missing", "No such file or directory"), ("dir", "Is a directory"),
+                      ("latin", "not UTF-8 text (invalid continuation byte at byte 21)")):  # fmt: skip
+        result = invoke(root, "up", "--migrations", str(files[case]), "--server", UNREACHABLE)
+        expected = f"error: --migrations: migrations: {files[case]}: {why}\n"
+        assert (result.exit_code, result.stderr) == (2, expected), case
+
+
+# --- the bus: unreachable, as real subprocesses ------------------------------------------------
+
+
+async def run_cli(*args: str, cwd: Path) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k not in ("VIRTBUS_NATS_URL", "VIRTBUS_DEBUG")},
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    except TimeoutError:
+        proc.kill()
+        await proc.communicate()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+class Ran:
+    """A subprocess's outcome, shaped like CliRunner's Result for assert_clean."""
+
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.exit_code, self.stdout, self.stderr = code, code, out, err
+
+
+ON_THE_BUS = [p for p, cmd in LEAVES.items() if any("--server" in q.opts for q in cmd.params)]
+# A sample, one per area: each run waits out nats-py's retries (~1.5 s) and a process start; the
+# bad-names test below runs every verb's real path against a live bus.
+SAMPLE = [("start",), ("get",), ("apply",), ("volume", "get"), ("webhook", "list"),
+          ("audit", "verify"), ("history",), ("up",)]  # fmt: skip
+EXTRA = {("up",): ["--nodes", "0"]}
+
+
+async def test_verbs_on_an_unreachable_bus_say_so_in_one_line(tmp_path: Path) -> None:
+    """Verbs pointed at a port where nothing listens, run as real processes: exit 1 and
+    `error: cannot reach NATS at URL: <the refusal>`, the cause rather than nats-py's summary; one
+    also with a host name that does not resolve (`--server not-a-url`)."""
+    assert set(SAMPLE) <= set(ON_THE_BUS)
+
+    async def one(path: tuple[str, ...], server: str) -> Ran:
+        args = [*path, *valid_args(LEAVES[path]), *EXTRA.get(path, []), "--server", server]
+        if any(p.opts[0] == "--data-dir" for p in LEAVES[path].params):
+            args += ["--data-dir", str(tmp_path / "-".join(path))]
+        return Ran(*await run_cli(*args, cwd=tmp_path))
+
+    cases = [*((p, UNREACHABLE) for p in SAMPLE), (("get",), "not-a-url")]
+    results = await asyncio.gather(*(one(p, server) for p, server in cases))
+    for (path, server), ran in zip(cases, results, strict=True):
+        reason = assert_clean(ran, code=1)
+        assert reason.startswith(f"error: cannot reach NATS at {server}: "), (path, reason)
+        assert "no servers available" not in reason  # nats-py's summary, not the cause
