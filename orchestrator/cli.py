@@ -21,7 +21,7 @@ from events.envelope import Envelope
 from events.errors import VirtbusError
 from orchestrator import cli_history, cli_migrate, cli_snapshot
 from orchestrator.bus import server_url
-from orchestrator.cli_common import NameArg, NsOpt, Output, ServerOpt
+from orchestrator.cli_common import NameArg, NsOpt, Output, ServerOpt, optional_name
 from orchestrator.cli_common import actor as _actor
 from orchestrator.cli_common import finish as _finish
 from orchestrator.cli_common import lifecycle as _lifecycle
@@ -276,7 +276,7 @@ def get(
         typer.echo(f"error: -o {output!r}: use wide, json or yaml", err=True)
         raise typer.Exit(2)
     ns = None if all_namespaces else namespace
-    _finish(_run(get_(server_url(server), what=kind, name=name, namespace=ns, output=output,
+    _finish(_run(get_(server_url(server), what=kind, name=optional_name(name), namespace=ns, output=output,
                       watch=watch)))  # fmt: skip
 
 

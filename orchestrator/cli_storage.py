@@ -13,7 +13,7 @@ import typer
 
 from events import commands as c
 from orchestrator.bus import server_url
-from orchestrator.cli_common import NsOpt, ServerOpt
+from orchestrator.cli_common import NsOpt, ServerOpt, optional_name
 from orchestrator.cli_common import actor as _actor
 from orchestrator.cli_common import finish as _finish
 from orchestrator.cli_common import run as _run
@@ -56,7 +56,7 @@ def volume_get(
         typer.echo(f"error: -o {output!r}: use json or yaml", err=True)
         raise typer.Exit(2)
     ns = None if all_namespaces else namespace
-    _finish(_run(get(server_url(server), name=name, namespace=ns, output=output)))
+    _finish(_run(get(server_url(server), name=optional_name(name), namespace=ns, output=output)))
 
 
 @volume_app.command("move")

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from unittest import mock
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, get_args
+from unittest import mock
 
+import nats
 import pytest
 import typer
 from conftest import api_ready
@@ -48,7 +49,8 @@ def leaves(cmd: Any, path: tuple[str, ...] = ()) -> Iterator[Leaf]:
         yield path, cmd
 
 
-LEAVES = dict(leaves(typer.main.get_command(app)))
+CLI_ROOT = typer.main.get_command(app)  # building it takes ~50 ms: one, shared, never altered
+LEAVES = dict(leaves(CLI_ROOT))
 IDS = [" ".join(p) for p in LEAVES]
 
 
@@ -166,14 +168,14 @@ def test_every_number_refuses_words_and_nonsense(path: tuple[str, ...], tripwire
 def test_no_arguments_prints_the_help() -> None:
     """`virtbus` alone: typer's help on stdout and exit 2 (no_args_is_help), as before; stderr
     stays empty."""
-    result = invoke(typer.main.get_command(app))
+    result = invoke(CLI_ROOT)
     assert (result.exit_code, result.stderr) == (2, "")
     assert "Usage: virtbus [OPTIONS] COMMAND [ARGS]..." in result.stdout
 
 
 def test_usage_errors_are_one_plain_line_not_a_box() -> None:
     """Typer's Rich box would split the reason over lines; the root prints click's plain form."""
-    result = invoke(typer.main.get_command(app), "scale", "vm", "--replicas", "abc")
+    result = invoke(CLI_ROOT, "scale", "vm", "--replicas", "abc")
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.splitlines()[-1] == (
         "Error: Invalid value for '--replicas': Input should be a valid integer, unable to parse "
@@ -243,7 +245,7 @@ def test_apply_names_a_file_it_cannot_read_and_refuses_an_empty_one(files: dict[
     reached): a missing file, a directory, non-UTF-8 bytes are named with kubectl's words; a file
     of no objects (empty, or only comments and `---`, also on stdin) is kubectl's `no objects
     passed to apply`."""
-    root = typer.main.get_command(app)
+    root = CLI_ROOT
     cases = {
         "missing": f'error: the path "{files["missing"]}" does not exist',
         "dir": f'error: the path "{files["dir"]}" is a directory; give a manifest file',
@@ -262,7 +264,7 @@ def test_apply_names_a_file_it_cannot_read_and_refuses_an_empty_one(files: dict[
 def test_other_file_options_name_the_file(files: dict[str, Path]) -> None:
     """--image-path must be a file; --key-file must be readable and not empty; --migrations must be
     readable UTF-8 YAML. Each is checked before the bus is reached (it is unreachable here)."""
-    root = typer.main.get_command(app)
+    root = CLI_ROOT
     upload = ["image-upload", "--pvc-name", "x", "--pvc-size", "1Gi", "-s", UNREACHABLE]
     for case in ("missing", "dir"):
         result = invoke(root, *upload, "--image-path", str(files[case]))
@@ -333,3 +335,68 @@ async def test_verbs_on_an_unreachable_bus_say_so_in_one_line(tmp_path: Path) ->
         reason = assert_clean(ran, code=1)
         assert reason.startswith(f"error: cannot reach NATS at {server}: "), (path, reason)
         assert "no servers available" not in reason  # nats-py's summary, not the cause
+
+
+# --- bad names on a live bus: every verb's real path -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def bus(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """One bus and orchestrator (its own process, so in-process CLI calls find it answering while
+    the test's loop is idle) for the module; no nodes: bad input is refused before any node."""
+    tmp = tmp_path_factory.mktemp("cli-errors")
+    async with NatsServer(data_dir=tmp / "nats", port=-1) as server:
+        nc = await nats.connect(server.url)
+        await provision(nc.jetstream())
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "orchestrator", "--server", server.url,
+            "--data-dir", str(tmp / "orchestrator"), cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            await api_ready(nc)
+            yield server.url
+        finally:
+            proc.terminate()
+            await proc.wait()
+            await nc.close()
+
+
+BAD_NAMES = ["Bad_Name!", "a" * 300, "vm-ünï\x01", "*.>", ""]
+NAME_OPTIONS = {"--namespace", "--pvc-name", "--volume-name", "--restore-name", "--to", "--node",
+                "--name"}  # fmt: skip
+NOT_NAMES = {"kind", "what", "which", "url"}  # a kind or a URL: the verb's own checks
+OFF_THE_BUS = {("up",), ("schema",), ("admin", "rebuild-projections")}
+
+
+def named(cmd: Any) -> list[Any]:
+    """The parameters of `cmd` that carry a resource name."""
+    return [p for p in cmd.params if kind(p) is str and (
+        (isinstance(p, TyperArgument) and p.name not in NOT_NAMES)
+        or (isinstance(p, TyperOption) and p.opts[0] in NAME_OPTIONS))]  # fmt: skip
+
+
+NAMED = [p for p in LEAVES if p not in OFF_THE_BUS and p[0] != "bench" and named(LEAVES[p])]
+
+
+@pytest.mark.parametrize("path", NAMED, ids=[" ".join(p) for p in NAMED])
+def test_every_name_is_checked(path: tuple[str, ...], bus: str) -> None:
+    """Each name a verb takes (VM, snapshot, volume, node, webhook, namespace...), given a bad one
+    (not DNS-1123, 300 characters, unicode and a control character, a NATS wildcard or token
+    separator, empty): refused with one line, exit 1 (the orchestrator's reason) or 2 (checked
+    before the bus); never accepted, never a traceback."""
+    cmd = LEAVES[path]
+    extra = EXTRA.get(path, [])
+    for p in named(cmd):
+        for bad in BAD_NAMES:
+            args = [a for a in valid_args(cmd, skip=p.name)]
+            if isinstance(p, TyperArgument):  # put it where the argument goes
+                position = [q.name for q in cmd.params if q.required or q is p].index(p.name)
+                args.insert(position, bad)
+            else:
+                args += [p.opts[0], bad]
+            result = invoke(CLI_ROOT, *path, *args, *extra, "--server", bus)
+            try:
+                assert_clean(result)
+            except AssertionError as e:
+                raise AssertionError(f"{path} {p.name}={bad!r}: {e}") from None
