@@ -276,8 +276,8 @@ def get(
         typer.echo(f"error: -o {output!r}: use wide, json or yaml", err=True)
         raise typer.Exit(2)
     ns = None if all_namespaces else namespace
-    _finish(_run(get_(server_url(server), what=kind, name=optional_name(name), namespace=ns, output=output,
-                      watch=watch)))  # fmt: skip
+    _finish(_run(get_(server_url(server), what=kind, name=optional_name(name), namespace=ns,
+                      output=output, watch=watch)))  # fmt: skip
 
 
 @app.command()

@@ -147,8 +147,10 @@ def test_the_verbs_are_enumerated() -> None:
 NEGATIVE_OK = {(("up",), "--port")}  # -1 picks a free port
 
 
-@pytest.mark.parametrize("path", [p for p in LEAVES if numeric(LEAVES[p])],
-                         ids=[i for p, i in zip(LEAVES, IDS, strict=True) if numeric(LEAVES[p])])  # fmt: skip
+NUMERIC = [p for p in LEAVES if numeric(LEAVES[p])]
+
+
+@pytest.mark.parametrize("path", NUMERIC, ids=[" ".join(p) for p in NUMERIC])
 def test_every_number_refuses_words_and_nonsense(path: tuple[str, ...], tripwired: Any) -> None:
     """Each int/float option: `abc` is not a number, `-5` (a negative count, timeout, size) and
     anything below the option's minimum are out of range; click refuses all before the verb runs."""
@@ -235,8 +237,12 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 def test_every_file_option_is_covered() -> None:
     """A new option that names a file must join FILE_OPTIONS (and the cases below)."""
-    found = {(path, p.opts[0]) for path, cmd in LEAVES.items() for p in cmd.params
-             if (kind(p) is Path or p.name == "filename") and p.opts[0] not in DIR_OPTIONS}  # fmt: skip
+    found = {
+        (path, p.opts[0])
+        for path, cmd in LEAVES.items()
+        for p in cmd.params
+        if (kind(p) is Path or p.name == "filename") and p.opts[0] not in DIR_OPTIONS
+    }
     assert found == FILE_OPTIONS
 
 
@@ -261,6 +267,12 @@ def test_apply_names_a_file_it_cannot_read_and_refuses_an_empty_one(files: dict[
     assert (piped.exit_code, piped.stderr) == (1, "error: no objects passed to apply\n")
 
 
+KEY_FILE_CASES = [("missing", "cannot read {}: No such file or directory"),
+                  ("dir", "cannot read {}: Is a directory"), ("empty", "{} is empty")]  # fmt: skip
+MIGRATIONS_CASES = [("missing", "No such file or directory"), ("dir", "Is a directory"),
+                    ("latin", "not UTF-8 text (invalid continuation byte at byte 21)")]  # fmt: skip
+
+
 def test_other_file_options_name_the_file(files: dict[str, Path]) -> None:
     """--image-path must be a file; --key-file must be readable and not empty; --migrations must be
     readable UTF-8 YAML. Each is checked before the bus is reached (it is unreachable here)."""
@@ -271,13 +283,11 @@ def test_other_file_options_name_the_file(files: dict[str, Path]) -> None:
         assert (result.exit_code, result.stderr) == (
             1, f"error: image-path: {files[case]} is not a file\n")  # fmt: skip
     for verb in (["audit", "checkpoint"], ["audit", "verify"]):
-        for case, why in (("missing", "cannot read {}: No such file or directory"),
-                          ("dir", "cannot read {}: Is a directory"), ("empty", "{} is empty")):  # fmt: skip
+        for case, why in KEY_FILE_CASES:
             result = invoke(root, *verb, "--key-file", str(files[case]), "-s", UNREACHABLE)
             expected = f"error: --key-file: {why.format(files[case])}\n"
             assert (result.exit_code, result.stderr) == (2, expected), (verb, case)
-    for case, why in (("missing", "No such file or directory"), ("dir", "Is a directory"),
-                      ("latin", "not UTF-8 text (invalid continuation byte at byte 21)")):  # fmt: skip
+    for case, why in MIGRATIONS_CASES:
         result = invoke(root, "up", "--migrations", str(files[case]), "--server", UNREACHABLE)
         expected = f"error: --migrations: migrations: {files[case]}: {why}\n"
         assert (result.exit_code, result.stderr) == (2, expected), case
@@ -330,11 +340,20 @@ async def test_verbs_on_an_unreachable_bus_say_so_in_one_line(tmp_path: Path) ->
         return Ran(*await run_cli(*args, cwd=tmp_path))
 
     cases = [*((p, UNREACHABLE) for p in SAMPLE), (("get",), "not-a-url")]
-    results = await asyncio.gather(*(one(p, server) for p, server in cases))
+    exact = [  # and what a terminal shows for a file apply cannot read, and for a usage error
+        run_cli("apply", "-f", "missing.yaml", "-s", UNREACHABLE, cwd=tmp_path),
+        run_cli("scale", "rs", "--replicas", "abc", cwd=tmp_path),
+    ]
+    *results, missing, usage = await asyncio.gather(*(one(p, s) for p, s in cases), *exact)
     for (path, server), ran in zip(cases, results, strict=True):
         reason = assert_clean(ran, code=1)
         assert reason.startswith(f"error: cannot reach NATS at {server}: "), (path, reason)
         assert "no servers available" not in reason  # nats-py's summary, not the cause
+    assert missing == (1, "", 'error: the path "missing.yaml" does not exist\n')
+    assert usage == (2, "", "Usage: python -m orchestrator.cli scale [OPTIONS] {name}\n"
+                     "Try 'python -m orchestrator.cli scale --help' for help.\n\n"
+                     "Error: Invalid value for '--replicas': Input should be a valid integer, "
+                     "unable to parse string as an integer\n")  # fmt: skip
 
 
 # --- bad names on a live bus: every verb's real path -------------------------------------------
@@ -400,3 +419,58 @@ def test_every_name_is_checked(path: tuple[str, ...], bus: str) -> None:
                 assert_clean(result)
             except AssertionError as e:
                 raise AssertionError(f"{path} {p.name}={bad!r}: {e}") from None
+
+
+NONSENSE = [  # (arguments, exit code, the reason line), each checked where the comment says
+    # by the orchestrator's validation of the command (exit 1):
+    (["volume", "create", "v1", "--size", "1Zi"], 1,
+     "error: size: '1Zi' is not a quantity (like 2G, 512Mi, 1.5Gi or 1024)"),
+    (["volume", "create", "v1", "--size", "-1Gi"], 1, "error: size: '-1Gi' must not be negative"),
+    (["volume", "create", "v1", "--size", "0"], 1,
+     "error: size: '0' is below the minimum volume size of 1Mi"),
+    (["webhook", "add", "ftp://x/y"], 1, "error: url: 'ftp://x/y' must be http:// or https://"),
+    (["webhook", "add", "http://127.0.0.1:9/x", "--types", ""], 1,
+     "error: types: at least one event type pattern is required"),
+    (["webhook", "add", "http://127.0.0.1:9/x", "--secret", "nope"], 1,
+     "error: secret: a secret starts with 'whsec_'"),
+    (["stop", "x", "--grace-period", "99999999999999999999"], 1,
+     "error: invalid command: Expected `int` <= 86400 - at `$.grace_period_seconds`"),
+    (["start", "x"], 1, 'error: virtualmachine.kubevirt.io "x" not found in namespace "default"'),
+    # by the CLI before the bus (exit 1 from the verb, 2 for its usage):
+    (["image-upload", "--pvc-name", "v", "--pvc-size", "1Gi"], 1,
+     "error: image-path: give exactly one of --image-path and --url"),
+    (["image-upload", "--pvc-name", "v", "--pvc-size", "1Gi", "--url", "not-a-url"], 1,
+     "error: url: 'not-a-url' is not an http(s) URL"),
+    (["apply", "-f", str(ROOT / "README.md")], 1,
+     "error: yaml: line 4, column 81: mapping values are not allowed here"),
+    (["get", "widgets"], 1, 'error: the server doesn\'t have a resource type "widgets"'),
+    (["get", "vms", "-o", "bogus"], 2, "error: -o 'bogus': use wide, json or yaml"),
+    (["describe", "pod", "x"], 2, "error: describe pod: only vm is supported"),
+    (["delete", "widget", "x"], 2,
+     "error: delete widget: use a VM name, vm NAME or vmsnapshot NAME"),
+    (["wait", "vm", "x", "--for", "bogus"], 2,
+     "error: --for: 'bogus' is not understood; use status=X, phase=X, condition=X or delete"),
+    (["history", "x", "--since", "notatime"], 2, "error: --since: 'notatime' is neither an RFC "
+     "3339 time (2026-11-27T08:00:00Z) nor a duration (10m, 1h30m, 2d)"),
+    (["audit", "verify", "-o", "xml"], 2, "error: -o 'xml': use table or json"),
+    (["get", "vms", "x", "-n", "Bad_NS"], 2, "Error: Invalid value for '--namespace' / '-n': "
+     "'Bad_NS' is not a DNS-1123 label (lower-case letters, digits and '-', starting and ending "
+     "with a letter or digit)"),
+    (["volume", "get", ""], 2, "error: name: an empty name; leave it out to list all"),
+    # by click's parsing (exit 2):
+    (["scale", "rs", "--replicas", "100000"], 2,
+     "Error: Invalid value for '--replicas': Input should be less than or equal to 10000"),
+    (["addvolume", "x", "--volume-name", "v", "--disk-type", "floppy"], 2,
+     "Error: Invalid value for '--disk-type': Value error, 'floppy' is not one of 'disk', 'lun'."),
+    (["webhook", "add", "http://127.0.0.1:9/x", "--since", "yesterday"], 2,
+     "Error: Invalid value for '--since': Input should be a valid datetime or date, input is too "
+     "short"),
+]  # fmt: skip
+
+
+def test_nonsense_is_refused_with_its_reason(bus: str) -> None:
+    """Well-formed but meaningless input (a size of 1Zi, a URL that is not HTTP, an unknown kind or
+    output, a time that is not one...): the exact reason, on one line, with the exit code above."""
+    for args, code, reason in NONSENSE:
+        result = invoke(CLI_ROOT, *args, "--server", bus)
+        assert (result.exit_code, assert_clean(result), result.stdout) == (code, reason, ""), args
