@@ -76,7 +76,7 @@ def valid_args(cmd: Any, *, skip: str = "") -> list[str]:
 def assert_clean(result: Result | Any, *, code: int | None = None) -> str:
     """A failure as promised; returns the reason line."""
     out, err = result.stdout, result.stderr
-    exit_code = result.exit_code if isinstance(result, Result) else result.code
+    exit_code = result.exit_code
     assert exit_code in (1, 2), f"exit {exit_code}\nstderr: {err}\nstdout: {out}"
     if code is not None:
         assert exit_code == code, f"exit {exit_code}\nstderr: {err}"
@@ -91,7 +91,7 @@ def assert_clean(result: Result | Any, *, code: int | None = None) -> str:
 
 
 def invoke(
-    root: Any, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+    root: Any, *args: str, env: dict[str, str] | None = None, stdin: str | bytes | None = None
 ) -> Result:
     """`root` (a click command tree) as CliRunner runs a typer app: through its own `main`."""
     with mock.patch("typer.testing._get_command", lambda cmd: cmd):

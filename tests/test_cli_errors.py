@@ -189,6 +189,9 @@ def test_apply_names_a_file_it_cannot_read_and_refuses_an_empty_one(files: dict[
         assert (result.exit_code, result.stdout, result.stderr) == (1, "", message + "\n"), case
     piped = invoke(root, "apply", "-f", "-", "-s", UNREACHABLE, stdin="---\n")
     assert (piped.exit_code, piped.stderr) == (1, "error: no objects passed to apply\n")
+    latin = invoke(root, "apply", "-f", "-", "-s", UNREACHABLE, stdin=b"kind: caf\xe9\n")
+    assert (latin.exit_code, latin.stderr) == (
+        1, "error: stdin is not UTF-8 text (byte 0xe9 at offset 9)\n")  # fmt: skip
 
 
 KEY_FILE_CASES = [("missing", "cannot read {}: No such file or directory"),

@@ -34,9 +34,10 @@ from events.server import NatsServer
 # --- the bus: unreachable, as real subprocesses ------------------------------------------------
 
 
-async def run_cli(*args: str, cwd: Path) -> tuple[int, str, str]:
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    """The CLI as a terminal runs it (no VIRTBUS_NATS_URL, no VIRTBUS_DEBUG)."""
     proc = await asyncio.create_subprocess_exec(
-        *CLI, *args, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+        *CLI, *args, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if k not in ("VIRTBUS_NATS_URL", "VIRTBUS_DEBUG")},
     )  # fmt: skip
@@ -54,7 +55,7 @@ class Ran:
     """A subprocess's outcome, shaped like CliRunner's Result for assert_clean."""
 
     def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.exit_code, self.stdout, self.stderr = code, code, out, err
+        self.exit_code, self.stdout, self.stderr = code, out, err
 
 
 ON_THE_BUS = [p for p, cmd in LEAVES.items() if any("--server" in q.opts for q in cmd.params)]
@@ -75,12 +76,12 @@ async def test_verbs_on_an_unreachable_bus_say_so_in_one_line(tmp_path: Path) ->
         args = [*path, *valid_args(LEAVES[path]), *EXTRA.get(path, []), "--server", server]
         if any(p.opts[0] == "--data-dir" for p in LEAVES[path].params):
             args += ["--data-dir", str(tmp_path / "-".join(path))]
-        return Ran(*await run_cli(*args, cwd=tmp_path))
+        return Ran(*await run_cli(*args))
 
     cases = [*((p, UNREACHABLE) for p in SAMPLE), (("get",), "not-a-url")]
     exact = [  # and what a terminal shows for a file apply cannot read, and for a usage error
-        run_cli("apply", "-f", "missing.yaml", "-s", UNREACHABLE, cwd=tmp_path),
-        run_cli("scale", "rs", "--replicas", "abc", cwd=tmp_path),
+        run_cli("apply", "-f", "missing.yaml", "-s", UNREACHABLE),
+        run_cli("scale", "rs", "--replicas", "abc"),
     ]
     *results, missing, usage = await asyncio.gather(*(one(p, s) for p, s in cases), *exact)
     for (path, server), ran in zip(cases, results, strict=True):
