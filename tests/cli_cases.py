@@ -73,7 +73,7 @@ def valid_args(cmd: Any, *, skip: str = "") -> list[str]:
     return args
 
 
-def assert_clean(result: Result | Any, *, code: int | None = None) -> str:
+def assert_clean(result: Any, *, code: int | None = None) -> str:
     """A failure as promised; returns the reason line."""
     out, err = result.stdout, result.stderr
     exit_code = result.exit_code

@@ -28,7 +28,9 @@ from cli_cases import (
     numeric,
     valid_args,
 )
+from nats.errors import ConnectionClosedError as NatsConnectionClosed
 
+from events.errors import VirtbusError
 from orchestrator.cli import app
 from orchestrator.cli_errors import VirtbusGroup
 
@@ -218,3 +220,35 @@ def test_other_file_options_name_the_file(files: dict[str, Path]) -> None:
         result = invoke(root, "up", "--migrations", str(files[case]), "--server", UNREACHABLE)
         expected = f"error: --migrations: migrations: {files[case]}: {why}\n"
         assert (result.exit_code, result.stderr) == (2, expected), case
+
+
+RAISED = [  # what a verb raises -> the line the root prints (exit 1 for each)
+    (FileNotFoundError(2, "No such file or directory", "/x/y.yaml"),
+     "error: /x/y.yaml: No such file or directory"),
+    (ConnectionResetError(104, "Connection reset by peer"), "error: Connection reset by peer"),
+    (NatsConnectionClosed(), "error: the bus failed: nats: connection closed"),
+    (VirtbusError("first line\n  second line"), "error: first line second line"),
+    (b"\xff".decode, "error: not UTF-8 text: invalid start byte at byte 0"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("raised", "line"), RAISED, ids=["file", "socket", "bus", "virtbus", "decode"]
+)
+def test_expected_failures_are_one_line_without_the_debug_hint(raised: Any, line: str) -> None:
+    """The root's safety net for failures that are not bugs (a file, a socket, the bus, our own
+    errors, a decode a verb did not catch): one `error: ` line, no debug hint, exit 1."""
+    bug = typer.Typer(cls=VirtbusGroup)
+
+    @bug.command()
+    def fail() -> None:
+        if callable(raised):
+            raised()  # raises as it is called (a UnicodeDecodeError is awkward to build)
+        raise raised
+
+    @bug.command()
+    def other() -> None:
+        """A second verb, so `fail` is a sub-command as in virtbus."""
+
+    result = invoke(typer.main.get_command(bug), "fail", env={"VIRTBUS_DEBUG": ""})
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", line + "\n")
