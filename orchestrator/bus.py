@@ -26,19 +26,23 @@ def server_url(explicit: str | None) -> str:
     return explicit or os.environ.get("VIRTBUS_NATS_URL") or DEFAULT_URL
 
 
-async def _quiet(err: Exception) -> None:
-    # nats-py prints a traceback per failed attempt by default; our caller reports the outcome.
-    log.debug("nats: %s", err)
-
-
 async def connect(url: str, *, name: str = "virtbus") -> Client:
+    seen: list[Exception] = []
+
+    async def quiet(err: Exception) -> None:
+        # nats-py prints a traceback per failed attempt by default; our caller reports the outcome,
+        # with the last attempt's own reason ("Connect call failed"), not nats-py's summary.
+        log.debug("nats: %s", err)
+        seen.append(err)
+
     try:
         return await nats.connect(
             url, name=name, connect_timeout=2, max_reconnect_attempts=3, allow_reconnect=True,
-            reconnect_time_wait=0.5, error_cb=_quiet,
+            reconnect_time_wait=0.5, error_cb=quiet,
         )  # fmt: skip
     except Exception as err:  # nats-py raises several unrelated types for "no server there"
-        raise BusUnavailable(f"cannot reach NATS at {url}: {err}") from err
+        why = str(seen[-1] if seen else err) or type(err).__name__
+        raise BusUnavailable(f"cannot reach NATS at {url}: {why}") from err
 
 
 @contextlib.asynccontextmanager

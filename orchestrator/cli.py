@@ -21,12 +21,13 @@ from events.envelope import Envelope
 from events.errors import VirtbusError
 from orchestrator import cli_history, cli_migrate, cli_snapshot
 from orchestrator.bus import server_url
-from orchestrator.cli_common import NameArg, NsOpt, Output, ServerOpt
+from orchestrator.cli_common import NameArg, NsOpt, Output, ServerOpt, optional_name
 from orchestrator.cli_common import actor as _actor
 from orchestrator.cli_common import finish as _finish
 from orchestrator.cli_common import lifecycle as _lifecycle
 from orchestrator.cli_common import run as _run
 from orchestrator.cli_console import console, vnc
+from orchestrator.cli_errors import VirtbusGroup
 from orchestrator.cli_storage import image_upload, volume_app
 from orchestrator.cli_webhook import bench_webhooks, webhook_app
 
@@ -38,6 +39,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=VirtbusGroup,  # every failure reads `error: <reason>` (cli_errors.py)
 )
 bench = typer.Typer(help="Benchmarks; each measures its raw baseline in the same run.")
 app.add_typer(bench, name="bench")
@@ -59,7 +61,9 @@ def up(
         Hypervisor.test
     ),
     data_dir: Annotated[Path, typer.Option(help="where the bus keeps its data")] = Path(".virtbus"),
-    port: Annotated[int, typer.Option(help="client port; -1 picks a free one")] = 4222,
+    port: Annotated[
+        int, typer.Option(min=-1, max=65535, help="client port; -1 picks a free one")
+    ] = 4222,
     sync: Annotated[
         bool, typer.Option("--fsync-always/--fsync-default", help="fsync before every ack")
     ] = False,
@@ -272,8 +276,8 @@ def get(
         typer.echo(f"error: -o {output!r}: use wide, json or yaml", err=True)
         raise typer.Exit(2)
     ns = None if all_namespaces else namespace
-    _finish(_run(get_(server_url(server), what=kind, name=name, namespace=ns, output=output,
-                      watch=watch)))  # fmt: skip
+    _finish(_run(get_(server_url(server), what=kind, name=optional_name(name), namespace=ns,
+                      output=output, watch=watch)))  # fmt: skip
 
 
 @app.command()
@@ -297,7 +301,7 @@ def wait(
     kind: Annotated[str, typer.Argument(help="vm")],
     name: NameArg,
     for_: Annotated[str, typer.Option("--for", help="status=Running, condition=Ready, delete")],
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds")] = 30.0,
+    timeout: Annotated[float, typer.Option("--timeout", min=0, help="seconds")] = 30.0,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:

@@ -14,7 +14,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 import uvloop
 
-from events.errors import VirtbusError
+from events.errors import ValidationError, VirtbusError
+from events.names import check_name
 
 T = TypeVar("T")
 
@@ -24,7 +25,18 @@ ServerOpt = Annotated[
         "--server", "-s", help="NATS URL (else $VIRTBUS_NATS_URL, else nats://127.0.0.1:4222)"
     ),
 ]
-NsOpt = Annotated[str, typer.Option("--namespace", "-n", help="namespace")]
+
+
+def _namespace(value: str) -> str:
+    # Checked here, once for every verb: a namespace is a subject token, and a listing verb would
+    # otherwise read `-n '*'` as a NATS wildcard or print "No resources found in Bad_Name!".
+    try:
+        return check_name(value, field="namespace")
+    except ValidationError as err:
+        raise typer.BadParameter(err.message.removeprefix("namespace: ")) from None
+
+
+NsOpt = Annotated[str, typer.Option("--namespace", "-n", help="namespace", callback=_namespace)]
 NameArg = Annotated[str, typer.Argument(help="VM name")]
 
 
@@ -42,6 +54,14 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def optional_name(name: str | None) -> str | None:
+    """An optional NAME: left out, it means all; given empty, it is a mistake, not `all`."""
+    if name == "":
+        typer.echo("error: name: an empty name; leave it out to list all", err=True)
+        raise typer.Exit(2)
+    return name
 
 
 def finish(code: int) -> None:

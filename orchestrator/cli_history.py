@@ -277,7 +277,7 @@ def audit_verify(
     if output not in ("table", "json"):
         raise _usage(f"-o {output!r}: use table or json")
     try:
-        ref = Ref.vm(name, namespace) if name else None
+        ref = Ref.vm(name, namespace) if name is not None else None
     except ValidationError as err:
         raise _usage(err.message) from None
     _run(_verify(server_url(server), ref, key=_key(key_file), output=output))

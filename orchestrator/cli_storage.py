@@ -13,7 +13,7 @@ import typer
 
 from events import commands as c
 from orchestrator.bus import server_url
-from orchestrator.cli_common import NsOpt, ServerOpt
+from orchestrator.cli_common import NsOpt, ServerOpt, optional_name
 from orchestrator.cli_common import actor as _actor
 from orchestrator.cli_common import finish as _finish
 from orchestrator.cli_common import run as _run
@@ -28,7 +28,9 @@ def volume_create(
     name: VolumeArg,
     size: Annotated[str, typer.Option("--size", help="capacity, a quantity like 1Gi")],
     node: Annotated[str | None, typer.Option("--node", help="the node to hold it")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for Bound")] = 60,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0, help="seconds to wait for Bound")
+    ] = 60,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
@@ -54,14 +56,14 @@ def volume_get(
         typer.echo(f"error: -o {output!r}: use json or yaml", err=True)
         raise typer.Exit(2)
     ns = None if all_namespaces else namespace
-    _finish(_run(get(server_url(server), name=name, namespace=ns, output=output)))
+    _finish(_run(get(server_url(server), name=optional_name(name), namespace=ns, output=output)))
 
 
 @volume_app.command("move")
 def volume_move(
     name: VolumeArg,
     to: Annotated[str, typer.Option("--to", help="the node to move it to")],
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait")] = 600,
+    timeout: Annotated[float, typer.Option("--timeout", min=0, help="seconds to wait")] = 600,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
@@ -90,7 +92,7 @@ def image_upload(
     url: Annotated[str | None, typer.Option("--url", help="import from http(s) instead")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="skip TLS verification")] = False,
     node: Annotated[str | None, typer.Option("--node", help="the node to hold it")] = None,
-    wait_secs: Annotated[float, typer.Option("--wait-secs", help="for processing")] = 300,
+    wait_secs: Annotated[float, typer.Option("--wait-secs", min=0, help="for processing")] = 300,
     uploadproxy_url: Annotated[
         str | None, typer.Option("--uploadproxy-url", help="virtctl's CDI proxy: not needed")
     ] = None,

@@ -112,8 +112,8 @@ async def create(url: str, cmd: c.CreateVolume, *, wait_s: float) -> int:
 
 async def get(url: str, *, name: str | None, namespace: str | None, output: str) -> int:
     async with session(url) as nc:
-        if name:
-            one = await volume(nc, name, namespace or "default")
+        if name:  # checked: a name is a subject token, and `*` would read every volume
+            one = await volume(nc, check_name(name, field="name"), namespace or "default")
             if not one.exists:
                 raise VirtbusError(f'persistentvolumeclaims "{name}" not found')
             found = [one]

@@ -109,7 +109,8 @@ def deliveries(
 def redeliver(
     webhook: IdArg,
     delivery: Annotated[
-        int | None, typer.Option("--delivery", help="one delivery (default: every dead letter)")
+        int | None,
+        typer.Option("--delivery", min=1, help="one delivery (default: every dead letter)"),
     ] = None,
     output: OutOpt = "table",
     server: ServerOpt = None,

@@ -93,7 +93,13 @@ def load_policy(path: Path) -> w.MigrationPolicy:
     """`policy_from_config` of a YAML file."""
     try:
         return policy_from_config(yaml.safe_load(path.read_text()) or {})
-    except (OSError, yaml.YAMLError) as err:
+    except OSError as err:
+        raise ValidationError(f"migrations: {path}: {err.strerror or err}",
+                              field="migrations") from None  # fmt: skip
+    except UnicodeDecodeError as err:
+        raise ValidationError(f"migrations: {path}: not UTF-8 text ({err.reason} at byte "
+                              f"{err.start})", field="migrations") from None  # fmt: skip
+    except yaml.YAMLError as err:
         raise ValidationError(f"migrations: {path}: {err}", field="migrations") from err
 
 

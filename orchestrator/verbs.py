@@ -67,11 +67,34 @@ def err(text: str) -> None:
     typer.echo(text, err=True)
 
 
+def read_manifest(path: str) -> str:
+    """The text of `-f PATH` (`-` is stdin), or a ValidationError that names the file."""
+    shown = "stdin" if path == "-" else f'the path "{path}"'
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ValidationError(f"{shown} does not exist", field="filename") from None
+    except IsADirectoryError:
+        raise ValidationError(f"{shown} is a directory; give a manifest file",
+                              field="filename") from None  # fmt: skip
+    except OSError as e:
+        raise ValidationError(f"{shown} cannot be read: {e.strerror or e}",
+                              field="filename") from None  # fmt: skip
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise ValidationError(f"{shown} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                              f"{e.start})", field="filename") from None  # fmt: skip
+
+
 async def apply_file(url: str, *, path: str, namespace: str) -> int:
-    text = sys.stdin.read() if path == "-" else await asyncio.to_thread(Path(path).read_text)
+    # Read and parse before connecting: a bad file is reported without a bus.
+    docs = parse_documents(await asyncio.to_thread(read_manifest, path))
+    if not docs:  # kubectl's words for an empty file, or one of only comments and `---`
+        raise ValidationError("no objects passed to apply", field="filename")
     failed = 0
     async with session(url) as nc:
-        for doc in parse_documents(text):
+        for doc in docs:
             try:
                 cmds, warnings = to_commands(doc, default_namespace=namespace)
             except ValidationError as e:
