@@ -9,12 +9,13 @@ everything else becomes XML that libvirt defines. A libvirt error or any other e
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
 import libvirt
 import pytest
-from fuzzing import examples, realize, vm_manifests
+from fuzzing import CENTOS7, examples, realize, vm_manifests
 from hypothesis import event, given, settings
 
 from events.commands import ApplyVM
@@ -73,3 +74,25 @@ def test_accepted_specs_render_to_xml_libvirt_defines_or_a_named_refusal(
         if isinstance(xml, str):
             defines(conn, xml)
         event("defined by libvirt" if isinstance(xml, str) else "refused by the renderer")
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        ({"cpu": {"model": "virtio\x00"}}, "spec.template.spec.domain.cpu.model", "letters"),
+        ({"memory": {"guest": "9223372036854775807"}}, "spec.template.spec.domain.memory.guest",
+         "at most 8Ei"),
+        ({"cpu": {"cores": 4097}}, "spec.template.spec.domain.cpu.cores", "at most 4096"),
+    ],
+)  # fmt: skip
+def test_the_renderer_refuses_what_libvirt_would(
+    conn: Any, change: dict[str, Any], field: str, reason: str
+) -> None:
+    """Findings 11, 12 and 14 on the renderer's side (a spec that skipped the manifest check):
+    a NUL crashed libvirt's binding, 2**53 KiB overflowed libvirt; each is now a named refusal."""
+    spec = copy.deepcopy(CENTOS7["spec"])
+    spec["template"]["spec"]["domain"].update(change)
+    err = rendered(spec, kvm=False)
+    assert isinstance(err, ValidationError)
+    assert err.field == field
+    assert reason in err.message, err.message

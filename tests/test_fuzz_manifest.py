@@ -193,6 +193,19 @@ def _deep(depth: int) -> Any:
         (lambda d: d["spec"].update(extra={1: "a"}), "spec.extra.1", "must be a string"),
         (lambda d: d["spec"].update(extra=_deep(500)), "spec.extra" + ".x" * 62, "64 levels"),
         (lambda d: d["metadata"].update(labels={"a": ["b"]}), "metadata.labels.a", "string"),
+        (lambda d: d.update(apiVersion=_deep(2_000)), "apiVersion", "nested too deeply to show"),
+        (
+            lambda d: _vmi(d)["domain"]["cpu"].update(model="virtio\x00"),
+            f"{TSPEC}.domain.cpu.model",
+            "must be letters, digits and _.+-",
+        ),
+        (
+            lambda d: _vmi(d)["domain"]["resources"]["requests"].update(
+                memory="9223372036854775807"
+            ),
+            f"{TSPEC}.domain.resources.requests.memory",
+            "more than zero and at most 8Ei",
+        ),
     ],
 )
 def test_each_finding_is_a_rejection_naming_the_path(change: Any, field: str, reason: str) -> None:
@@ -212,6 +225,21 @@ def _vmi(doc: dict[str, Any]) -> dict[str, Any]:
 def _nic(doc: dict[str, Any]) -> dict[str, Any]:
     nic: dict[str, Any] = _vmi(doc)["domain"]["devices"]["interfaces"][0]
     return nic
+
+
+def test_null_replicas_and_null_cpu_counts_mean_unset() -> None:
+    """Findings 17 and 18: both were accepted and then crashed `int(None)` in the orchestrator."""
+    doc = {
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceReplicaSet",
+        "metadata": {"name": "pool"},
+        "spec": {"replicas": None, "template": _seed()["spec"]["template"]},
+    }  # fmt: skip
+    _vmi(doc)["domain"]["cpu"] = {"cores": None, "sockets": 2}
+    assert judged(doc) is None
+    [cmd], _ = to_commands(doc)
+    assert isinstance(cmd, ApplyReplicaSet)
+    assert cmd.spec["replicas"] == 1
+    assert summarize(cmd.spec["template"]["spec"])["cpus"] == 2
 
 
 def test_yaml_nested_past_the_parser_is_a_yaml_error() -> None:
