@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 
+import fuzzing  # noqa: F401  (one hypothesis profile, `ci` or $VIRTBUS_FUZZ, for every test)
 import nats
 import pytest
 from clusterkit import Cluster, start_orchestrator
