@@ -92,7 +92,8 @@ async def run_up(
                 await asyncio.gather(*workers)
                 await orchestrator
         finally:
-            await nc.close()
+            with contextlib.suppress(Exception):  # a dead server's connection cannot flush
+                await nc.close()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
