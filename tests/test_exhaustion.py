@@ -1,0 +1,157 @@
+"""A node out of disk space, end to end on the libvirt test driver: an image upload, a snapshot and
+a VM's overlay each hit `No space left on device` part way through their writes.
+
+The node's data dir (or the part of it the operation writes to) is a tiny tmpfs this test mounts,
+filled by the operation itself with real (non-sparse) data. Each case checks that the failure is
+the operation's failure event with the kernel's words in its reason, that nothing half written is
+left (the filesystem's free space is back to what it was, no file that looks whole), and that the
+node then still starts another VM to Running. Needs root for `mount`; skipped, saying so, without.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import os
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import test_worker
+from test_cli_verbs import Result, virtbus
+from test_upload import make_qcow2, pattern
+from test_worker import Stack, seed
+
+from events import commands as c
+from events import model as m
+from events.envelope import Recorded
+from events.names import Ref
+from events.volumes import BOUND, FAILED, VolumeState, apply_volume
+from orchestrator.client import send
+
+stack = test_worker.stack
+MiB = 1 << 20
+ENOSPC = "No space left on device"
+Mount = Callable[[Path, str], Path]
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Mount]:
+    """Mounts tiny tmpfs filesystems; every one is unmounted at the end, whatever happened (a busy
+    one lazily: detached at once, gone when its last user lets go)."""
+    mounted: list[Path] = []
+
+    def mount(path: Path, size: str) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs at {path}: {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    try:
+        yield mount
+    finally:
+        for path in reversed(mounted):
+            if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode:
+                subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+async def last_seq(st: Stack) -> int:
+    info = await st.nc.jetstream().stream_info(st.store.stream)
+    return int(info.state.last_seq)
+
+
+async def next_event(st: Stack, ref: Ref, kind: type[m.Event], *, after: int) -> Recorded:
+    """The first `kind` of `ref` recorded past stream sequence `after`, read off a live tail of
+    the log as it is appended (no polling)."""
+    async with asyncio.timeout(60):
+        async with contextlib.aclosing(st.store.follow(from_seq=after + 1)) as tail:
+            async for rec in tail:
+                if rec.subject.startswith(f"{ref.prefix}.") and isinstance(rec.envelope.data, kind):
+                    return rec
+    raise AssertionError("the tail of the log ended")  # follow() never ends by itself
+
+
+async def starts_running(st: Stack, name: str) -> None:
+    """Another VM started on the node after the failure reaches Running."""
+    after = await last_seq(st)
+    await send(st.nc, seed(name))
+    await send(st.nc, c.StartVM(name=name))
+    await next_event(st, Ref.vm(name), m.DomainStarted, after=after)
+    s = await st.state(name)
+    assert (s.status, s.node) == ("Running", "node-a")
+
+
+async def volume(st: Stack, name: str) -> VolumeState:
+    s = VolumeState()
+    for r in await st.store.read(Ref("volume", "default", name)):
+        s = apply_volume(s, r.envelope)
+    return s
+
+
+async def upload(st: Stack, path: Path, name: str, size: str) -> Result:
+    return await virtbus("image-upload", "--image-path", str(path), "--pvc-name", name,
+                         "--pvc-size", size, "--server", st.url)  # fmt: skip
+
+
+async def test_an_upload_onto_a_full_disk_fails_the_volume_and_leaves_nothing(
+    tmpfs: Mount, stack: Stack, tmp_path: Path
+) -> None:
+    """Each stage that writes (receiving, unpacking, converting) runs out of room on a 4 MiB
+    filesystem with a 16 MiB image: the volume ends Failed with ENOSPC's words, its scratch space
+    is removed (the free space is back), no disk.img exists; a small upload and a VM then work."""
+    volumes = tmpfs(stack.node_dir("node-a") / "volumes", "4m")
+    await stack.node("node-a")
+    data = pattern(16 * MiB)
+    raw = tmp_path / "big.img"
+    raw.write_bytes(data)
+    gz = tmp_path / "big.img.gz"  # small on the wire, 16 MiB once unpacked
+    gz.write_bytes(gzip.compress(data))
+    qcow = make_qcow2(tmp_path, "big.qcow2", data)
+    packed = tmp_path / "packed.qcow2"  # compressed clusters: 16 MiB once converted to raw
+    subprocess.run(["qemu-img", "convert", "-q", "-c", "-f", "qcow2", "-O", "qcow2", str(qcow),
+                    str(packed)], check=True)  # fmt: skip
+    assert packed.stat().st_size < MiB and gz.stat().st_size < MiB
+    empty = free(volumes)
+    full = "the node cannot store the image: No space left on device"
+    for name, path, sent in (
+        ("received", raw, "The node ended the upload before all data was sent"),
+        ("unpacked", gz, "Uploading data completed successfully"),
+        ("converted", packed, "Uploading data completed successfully"),
+    ):
+        result = await upload(stack, path, name, "16Mi")
+        s = await volume(stack, name)
+        assert (result.code, s.phase) == (1, FAILED)
+        if name == "converted":  # qemu-img's own words, with the offset it had reached
+            assert s.reason.startswith("qemu-img convert failed: qemu-img: error while writing at "
+                                       "byte "), s.reason  # fmt: skip
+            assert s.reason.endswith(f": {ENOSPC}"), s.reason
+        else:  # a write the node failed, not the image: not "the file is not valid gz data"
+            assert s.reason == full
+        *_, said, verdict = result.err.splitlines()
+        assert said.startswith(sent), said
+        assert verdict == f'error: persistentvolumeclaims "{name}" upload failed: {s.reason}'
+        # Nothing of it is left: no disk.img, no scratch dir, every byte written is freed.
+        assert list((volumes / "default" / name).iterdir()) == []
+        assert free(volumes) == empty
+
+    small = tmp_path / "small.img"
+    small.write_bytes(pattern(MiB))
+    (await upload(stack, small, "small", "2Mi")).ok()
+    assert (await volume(stack, "small")).phase == BOUND
+    assert (volumes / "default" / "small" / "disk.img").stat().st_size == 2 * MiB
+    stack.provide_seed_volumes("node-a")
+    await starts_running(stack, "other")
+
+
