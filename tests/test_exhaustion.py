@@ -155,3 +155,47 @@ async def test_an_upload_onto_a_full_disk_fails_the_volume_and_leaves_nothing(
     await starts_running(stack, "other")
 
 
+
+
+async def test_a_snapshot_onto_a_full_disk_fails_and_frees_what_it_copied(
+    tmpfs: Mount, stack: Stack
+) -> None:
+    """The running VM's 16 MiB volume is copied into a 4 MiB snapshot store: `cp` runs out of room
+    mid-copy, the snapshot is Failed with cp's ENOSPC words, its half copy is removed (a sweep
+    need not come first: the free space is back at once), the VM paused for the copy runs on, a
+    snapshot that fits then succeeds in the same store, and another VM starts."""
+    snaps = tmpfs(stack.node_dir("node-a") / "snapshots", "4m")
+    stack.provide_seed_volumes("node-a")
+    pvc = stack.node_dir("node-a") / "volumes/default/iso-centos7/disk.img"
+    pvc.write_bytes(pattern(16 * MiB))  # real data: a sparse copy would cost nothing
+    await stack.node("node-a")
+    await send(stack.nc, seed())
+    after = await last_seq(stack)
+    await send(stack.nc, c.StartVM(name="centos7"))
+    await next_event(stack, Ref.vm("centos7"), m.DomainStarted, after=after)
+    empty = free(snaps)
+
+    after = await last_seq(stack)
+    await send(stack.nc, c.SnapshotVM(name="centos7", snapshot="big"))
+    rec = await next_event(stack, Ref.vm("centos7"), m.SnapshotFailed, after=after)
+    s = await stack.state("centos7")
+    version = s.snapshots["big"].requested
+    partial = snaps / "default" / "centos7" / f"big-{version}.partial"
+    assert rec.envelope.data == m.SnapshotFailed(
+        snapshot="big",
+        reason=f"copying {pvc}: cp: error writing '{partial}/cdromiso.img': {ENOSPC}",
+    )
+    assert (s.snapshots["big"].phase, s.status) == ("Failed", "Running")  # resumed after it
+    assert list((snaps / "default" / "centos7").iterdir()) == []  # no half copy, no snapshot dir
+    assert free(snaps) == empty
+
+    with pvc.open("r+b") as f:
+        f.truncate(MiB)  # now the copies fit (the 30Gi hostDisk is sparse)
+    after = await last_seq(stack)
+    await send(stack.nc, c.SnapshotVM(name="centos7", snapshot="small"))
+    await next_event(stack, Ref.vm("centos7"), m.SnapshotSucceeded, after=after)
+    version = (await stack.state("centos7")).snapshots["small"].requested
+    copies = snaps / "default" / "centos7" / f"small-{version}"
+    assert list((snaps / "default" / "centos7").iterdir()) == [copies]
+    assert (copies / "cdromiso.img").read_bytes() == pattern(MiB)
+    await starts_running(stack, "other")
