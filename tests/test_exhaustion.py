@@ -155,8 +155,6 @@ async def test_an_upload_onto_a_full_disk_fails_the_volume_and_leaves_nothing(
     await starts_running(stack, "other")
 
 
-
-
 async def test_a_snapshot_onto_a_full_disk_fails_and_frees_what_it_copied(
     tmpfs: Mount, stack: Stack
 ) -> None:
@@ -198,4 +196,67 @@ async def test_a_snapshot_onto_a_full_disk_fails_and_frees_what_it_copied(
     copies = snaps / "default" / "centos7" / f"small-{version}"
     assert list((snaps / "default" / "centos7").iterdir()) == [copies]
     assert (copies / "cdromiso.img").read_bytes() == pattern(MiB)
+    await starts_running(stack, "other")
+
+
+async def test_an_overlay_onto_a_full_disk_fails_the_start_and_the_node_serves_on(
+    tmpfs: Mount, stack: Stack
+) -> None:
+    """The VM's instance dir is a 128 KiB filesystem and its containerDisk overlay (qcow2 header,
+    refcount and L1 tables: ~196 KiB) does not fit: `qemu-img create` fails part way, the start
+    fails with its ENOSPC words, no overlay is left to look whole; another VM on the node runs,
+    and so does this one once its filesystem has room."""
+    stack.provide_seed_volumes("node-a")
+    instance = tmpfs(stack.node_dir("node-a") / "vms/default/centos7", "128k")
+    empty = free(instance)
+    await stack.node("node-a")
+    await send(stack.nc, seed())
+    after = await last_seq(stack)
+    await send(stack.nc, c.StartVM(name="centos7"))
+    rec = await next_event(stack, Ref.vm("centos7"), m.VMStartFailed, after=after)
+    image = stack.node_dir("node-a") / "images/kubevirt_virtio-container-disk/disk.qcow2"
+    assert rec.envelope.data == m.VMStartFailed(
+        reason=f"spec.template.spec.volumes[2]: cannot make an overlay of {image}: qemu-img: "
+        f"{instance}/virtiocontainerdisk.qcow2: Could not write refcount table: {ENOSPC}",
+        status="Failed",
+        node="node-a",
+    )
+    assert list(instance.iterdir()) == []  # qemu-img's half file is gone
+    assert free(instance) == empty
+    await starts_running(stack, "other")
+
+    subprocess.run(["mount", "-o", "remount,size=4m", str(instance)], check=True)
+    after = await last_seq(stack)
+    await send(stack.nc, c.StartVM(name="centos7"))
+    await next_event(stack, Ref.vm("centos7"), m.DomainStarted, after=after)
+    assert (await stack.state("centos7")).status == "Running"
+
+
+async def test_a_cloud_init_disk_onto_a_full_disk_fails_the_start(
+    tmpfs: Mount, stack: Stack
+) -> None:
+    """A 512 KiB user-data ISO written into a 128 KiB instance dir: the write's OSError (which
+    escaped the start before) fails the start with ENOSPC's words, the half ISO is removed, and
+    another VM on the node runs."""
+    stack.provide_seed_volumes("node-a")
+    instance = tmpfs(stack.node_dir("node-a") / "vms/default/cloud", "128k")
+    empty = free(instance)
+    await stack.node("node-a")
+    vm = seed("cloud")
+    user_data = "#cloud-config\n" + "".join(f"# line {i:08d}\n" for i in range(512 * 1024 // 16))
+    vm.spec["template"]["spec"]["volumes"].insert(
+        0, {"name": "cloudinit", "cloudInitNoCloud": {"userData": user_data}}
+    )
+    await send(stack.nc, vm)
+    after = await last_seq(stack)
+    await send(stack.nc, c.StartVM(name="cloud"))
+    rec = await next_event(stack, Ref.vm("cloud"), m.VMStartFailed, after=after)
+    assert rec.envelope.data == m.VMStartFailed(
+        reason="spec.template.spec.volumes[0]: cannot make the cloud-init disk: "
+        f"[Errno 28] {ENOSPC}",
+        status="Failed",
+        node="node-a",
+    )
+    assert list(instance.iterdir()) == []
+    assert free(instance) == empty
     await starts_running(stack, "other")
