@@ -199,6 +199,54 @@ async def test_a_snapshot_onto_a_full_disk_fails_and_frees_what_it_copied(
     await starts_running(stack, "other")
 
 
+async def test_a_restore_onto_a_full_disk_fails_and_leaves_the_volume_as_it_was(
+    tmpfs: Mount, stack: Stack
+) -> None:
+    """The hostDisk lives on a 4 MiB filesystem holding 3 MiB of data: putting the snapshot's
+    3 MiB copy beside it runs out of room mid-copy. The restore is Failed with cp's ENOSPC words,
+    the staging file is removed, the volume keeps its data (never half the snapshot's), and the
+    VM, no longer blocked by the restore, starts again."""
+    stack.provide_seed_volumes("node-a")
+    data = tmpfs(stack.node_dir("node-a") / "host/data", "4m")
+    host = data / "disk.img"  # made sparse (30Gi, costing nothing) by the first start
+    await stack.node("node-a")
+    await send(stack.nc, seed())
+    after = await last_seq(stack)
+    await send(stack.nc, c.StartVM(name="centos7"))
+    await next_event(stack, Ref.vm("centos7"), m.DomainStarted, after=after)
+    with host.open("r+b") as f:
+        f.write(pattern(3 * MiB))
+    after = await last_seq(stack)
+    await send(stack.nc, c.SnapshotVM(name="centos7", snapshot="snap"))
+    await next_event(stack, Ref.vm("centos7"), m.SnapshotSucceeded, after=after)
+    now = bytes(reversed(pattern(3 * MiB)))
+    with host.open("r+b") as f:
+        f.write(now)
+    after = await last_seq(stack)
+    await send(stack.nc, c.StopVM(name="centos7"))
+    await next_event(stack, Ref.vm("centos7"), m.VMStopped, after=after)
+    room = free(data)
+
+    after = await last_seq(stack)
+    await send(stack.nc, c.RestoreVM(name="centos7", snapshot="snap", restore="r1"))
+    rec = await next_event(stack, Ref.vm("centos7"), m.RestoreFailed, after=after)
+    version = (await stack.state("centos7")).snapshots["snap"].requested
+    copy = stack.node_dir("node-a") / f"snapshots/default/centos7/snap-{version}/harddrive.img"
+    assert rec.envelope.data == m.RestoreFailed(
+        snapshot="snap",
+        restore="r1",
+        reason=f"copying {copy}: cp: error writing '{data}/.disk.img.restoring': {ENOSPC}",
+    )
+    assert [p.name for p in data.iterdir()] == ["disk.img"]  # no staging file left
+    assert free(data) == room
+    with host.open("rb") as f:
+        assert f.read(3 * MiB) == now  # the volume as it was, not part restored
+    after = await last_seq(stack)
+    await send(stack.nc, c.StartVM(name="centos7"))
+    await next_event(stack, Ref.vm("centos7"), m.DomainStarted, after=after)
+    assert (await stack.state("centos7")).status == "Running"
+
+
 async def test_an_overlay_onto_a_full_disk_fails_the_start_and_the_node_serves_on(
     tmpfs: Mount, stack: Stack
 ) -> None:
