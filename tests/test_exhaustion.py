@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import test_worker
+from registry import available, push_disk, registry_server
 from test_cli_verbs import Result, virtbus
 from test_upload import make_qcow2, pattern
 from test_worker import Stack, seed
@@ -81,6 +82,22 @@ async def next_event(st: Stack, ref: Ref, kind: type[m.Event], *, after: int) ->
                 if rec.subject.startswith(f"{ref.prefix}.") and isinstance(rec.envelope.data, kind):
                     return rec
     raise AssertionError("the tail of the log ended")  # follow() never ends by itself
+
+
+def manual(name: str) -> c.ApplyVM:
+    """A seed VM under runStrategy Manual: a failed start is not retried by itself, so what it
+    wrote is looked at with nothing writing again meanwhile."""
+    return seed(name, runStrategy="Manual")
+
+
+async def start_fails(st: Stack, name: str) -> m.Event:
+    """Start the Manual VM `name`, expecting VMStartFailed; returns it once the orchestrator has
+    concluded the failed instance (VMStopped: the VM may be started again)."""
+    after = await last_seq(st)
+    await send(st.nc, c.StartVM(name=name))
+    failed = await next_event(st, Ref.vm(name), m.VMStartFailed, after=after)
+    await next_event(st, Ref.vm(name), m.VMStopped, after=failed.seq)
+    return failed.envelope.data
 
 
 async def starts_running(st: Stack, name: str) -> None:
@@ -258,12 +275,9 @@ async def test_an_overlay_onto_a_full_disk_fails_the_start_and_the_node_serves_o
     instance = tmpfs(stack.node_dir("node-a") / "vms/default/centos7", "128k")
     empty = free(instance)
     await stack.node("node-a")
-    await send(stack.nc, seed())
-    after = await last_seq(stack)
-    await send(stack.nc, c.StartVM(name="centos7"))
-    rec = await next_event(stack, Ref.vm("centos7"), m.VMStartFailed, after=after)
+    await send(stack.nc, manual("centos7"))
     image = stack.node_dir("node-a") / "images/kubevirt_virtio-container-disk/disk.qcow2"
-    assert rec.envelope.data == m.VMStartFailed(
+    assert await start_fails(stack, "centos7") == m.VMStartFailed(
         reason=f"spec.template.spec.volumes[2]: cannot make an overlay of {image}: qemu-img: "
         f"{instance}/virtiocontainerdisk.qcow2: Could not write refcount table: {ENOSPC}",
         status="Failed",
@@ -292,16 +306,13 @@ async def test_a_cloud_init_disk_onto_a_full_disk_fails_the_start(
     instance = tmpfs(stack.node_dir("node-a") / "vms/default/cloud", "128k")
     empty = free(instance)
     await stack.node("node-a")
-    vm = seed("cloud")
+    vm = manual("cloud")
     user_data = "#cloud-config\n" + "".join(f"# line {i:08d}\n" for i in range(512 * 1024 // 16))
     vm.spec["template"]["spec"]["volumes"].insert(
         0, {"name": "cloudinit", "cloudInitNoCloud": {"userData": user_data}}
     )
     await send(stack.nc, vm)
-    after = await last_seq(stack)
-    await send(stack.nc, c.StartVM(name="cloud"))
-    rec = await next_event(stack, Ref.vm("cloud"), m.VMStartFailed, after=after)
-    assert rec.envelope.data == m.VMStartFailed(
+    assert await start_fails(stack, "cloud") == m.VMStartFailed(
         reason="spec.template.spec.volumes[0]: cannot make the cloud-init disk: "
         f"[Errno 28] {ENOSPC}",
         status="Failed",
@@ -310,3 +321,44 @@ async def test_a_cloud_init_disk_onto_a_full_disk_fails_the_start(
     assert list(instance.iterdir()) == []
     assert free(instance) == empty
     await starts_running(stack, "other")
+
+
+async def test_a_container_disk_pulled_onto_a_full_disk_fails_the_start(
+    tmpfs: Mount, stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's image cache is a 4 MiB filesystem and the image's disk 16 MiB of data (a small
+    gzip layer on the wire): unpacking it runs out of room. The start fails ErrImagePull with
+    ENOSPC's words, naming the node's disk rather than the registry; the pull's temp dir is
+    removed and nothing is cached. Once the filesystem has room the same start pulls and runs,
+    and another VM runs from the cached image."""
+    assert available(), "docker-registry is missing: run `make setup`"
+    images = tmpfs(stack.node_dir("node-a") / "images", "4m")
+    raw = tmp_path / "disk.img"
+    raw.write_bytes(pattern(16 * MiB))
+    claim = stack.node_dir("node-a") / "volumes/default/iso-centos7"
+    claim.mkdir(parents=True)
+    (claim / "disk.img").write_bytes(bytes(4096))
+    image = "kubevirt/virtio-container-disk:latest"
+    with registry_server(tmp_path / "registry") as reg:
+        push_disk(reg.url, "kubevirt/virtio-container-disk", raw)
+        monkeypatch.setenv("VIRTBUS_REGISTRIES", reg.url)
+        await stack.node("node-a")
+        empty = free(images)
+        await send(stack.nc, manual("centos7"))
+        assert await start_fails(stack, "centos7") == m.VMStartFailed(
+            reason=f"spec.template.spec.volumes[2].containerDisk.image: cannot pull {image}: "
+            f"{reg.url}: cannot store {image} in {images}: [Errno 28] {ENOSPC}",
+            status="ErrImagePull",
+            node="node-a",
+        )
+        assert [p for p in images.rglob("*") if not p.is_dir()] == []  # nothing half cached
+        assert free(images) == empty
+
+        # Room made: the same filesystem grown to 64 MiB (what freeing space amounts to).
+        await asyncio.to_thread(subprocess.run, ["mount", "-o", "remount,size=64m", str(images)],
+                                check=True)  # fmt: skip
+        after = await last_seq(stack)
+        await send(stack.nc, c.StartVM(name="centos7"))
+        await next_event(stack, Ref.vm("centos7"), m.DomainStarted, after=after)
+        assert (await stack.state("centos7")).status == "Running"
+    await starts_running(stack, "other")  # from the cache: the registry is gone
