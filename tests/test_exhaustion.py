@@ -1,11 +1,13 @@
-"""A node out of disk space, end to end on the libvirt test driver: an image upload, a snapshot and
-a VM's overlay each hit `No space left on device` part way through their writes.
+"""A node out of disk space, end to end on the libvirt test driver: an image upload, a snapshot,
+a restore and a VM start (its containerDisk overlay, its cloud-init disk, its image pull) each hit
+`No space left on device` part way through their writes.
 
-The node's data dir (or the part of it the operation writes to) is a tiny tmpfs this test mounts,
-filled by the operation itself with real (non-sparse) data. Each case checks that the failure is
-the operation's failure event with the kernel's words in its reason, that nothing half written is
-left (the filesystem's free space is back to what it was, no file that looks whole), and that the
-node then still starts another VM to Running. Needs root for `mount`; skipped, saying so, without.
+The part of the node's data dir the operation writes to is a tiny tmpfs this test mounts, filled
+by the operation itself with real (non-sparse) data. Each case checks that the failure is the
+operation's failure event (VolumeFailed, SnapshotFailed, RestoreFailed, VMStartFailed) with the
+kernel's words in its reason, that nothing half written is left (the filesystem's free space is
+back to what it was, no file that looks whole), and that the node then still starts a VM to
+Running. Needs root for `mount`; skipped, saying so, without it.
 """
 
 from __future__ import annotations
@@ -362,3 +364,42 @@ async def test_a_container_disk_pulled_onto_a_full_disk_fails_the_start(
         await next_event(stack, Ref.vm("centos7"), m.DomainStarted, after=after)
         assert (await stack.state("centos7")).status == "Running"
     await starts_running(stack, "other")  # from the cache: the registry is gone
+
+
+async def test_a_volume_moved_onto_a_full_node_stays_where_it_was(
+    tmpfs: Mount, stack: Stack, tmp_path: Path
+) -> None:
+    """node-b's volumes live on a 4 MiB filesystem; a volume holding 16 MiB of data is moved
+    there. The copy runs out of room part way: the move fails with ENOSPC's words (not an
+    OSError's repr), node-b keeps nothing of it, the volume stays Bound on node-a with its data,
+    and node-b still starts a VM."""
+    incoming = tmpfs(stack.node_dir("node-b") / "volumes", "4m")
+    await stack.node("node-a")
+    await stack.node("node-b")
+    image = tmp_path / "data.img"
+    image.write_bytes(pattern(16 * MiB))
+    (await upload(stack, image, "root", "16Mi")).ok()
+    assert (await volume(stack, "root")).node == "node-a"
+    empty = free(incoming)
+    moved = await virtbus("volume", "move", "root", "--to", "node-b", "--server", stack.url)
+    reason = f"node node-b cannot store the volume: {ENOSPC}"
+    assert (moved.code, moved.err.splitlines()[-1]) == (
+        1, f'error: persistentvolumeclaims "root" stays on node-a: move failed: {reason}'
+    )  # fmt: skip
+    s = await volume(stack, "root")
+    assert (s.phase, s.node) == (BOUND, "node-a")
+    assert list((incoming / "default").iterdir()) == []  # no half copy, no directory
+    assert free(incoming) == empty
+    assert disk_of(stack, "node-a", "root").read_bytes() == pattern(16 * MiB)
+    stack.provide_seed_volumes("node-b")
+    await send(stack.nc, c.DrainNode(name="node-a"))  # cordoned: the next VM goes to node-b
+    after = await last_seq(stack)
+    await send(stack.nc, seed("other"))
+    await send(stack.nc, c.StartVM(name="other"))
+    await next_event(stack, Ref.vm("other"), m.DomainStarted, after=after)
+    vm = await stack.state("other")
+    assert (vm.status, vm.node) == ("Running", "node-b")
+
+
+def disk_of(st: Stack, node: str, name: str) -> Path:
+    return st.node_dir(node) / "volumes" / "default" / name / "disk.img"
