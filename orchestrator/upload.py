@@ -270,6 +270,7 @@ async def _send(
                 await pipe.send(chunk, frame=FRAME)
                 bar.advance(task, len(chunk))
 
+        cut = False  # the node ended the session before every byte was sent (its disk is full...)
         try:
             with _progress() as bar:
                 # The node may end the session while the source is slow: stop reading it then.
@@ -281,15 +282,19 @@ async def _send(
                     for t in (sending, ended):
                         t.cancel()
                     await asyncio.gather(sending, ended, return_exceptions=True)
-                if not sending.cancelled():
+                if sending.cancelled():
+                    cut = True
+                else:
                     sending.result()  # re-raises what went wrong while sending
         except PipeClosed:
-            pass  # the node ended the session: its verdict is in the log
+            cut = True  # its verdict is in the log
         except BaseException:
             await pipe.close("interrupted by the client")
             raise
         await pipe.close("done")
-        typer.echo("Uploading data completed successfully, waiting for processing to complete",
+        typer.echo("The node ended the upload before all data was sent, waiting for its verdict"
+                   if cut else
+                   "Uploading data completed successfully, waiting for processing to complete",
                    err=True)  # fmt: skip
         s = await until_settled(nc, cmd.target, timeout_s=wait_s)
     if s.phase != BOUND:

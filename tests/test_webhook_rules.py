@@ -17,7 +17,13 @@ from events.errors import ValidationError
 from events.names import Ref
 from orchestrator.webhooks import secrets
 from orchestrator.webhooks.sender import headers_for, retry_after
-from orchestrator.webhooks.settings import SCHEDULE_S, WebhookSettings, address_refusal, check_url
+from orchestrator.webhooks.settings import (
+    SCHEDULE_S,
+    WebhookSettings,
+    address_refusal,
+    check_endpoint,
+    check_url,
+)  # fmt: skip
 from orchestrator.webhooks.subscriptions import (
     WebhookState,
     decide_webhook,
@@ -97,6 +103,95 @@ def test_the_address_policy() -> None:
         with pytest.raises(ValidationError) as err:
             check_url(bad)
         assert err.value.field == "url"
+
+
+_HOW = ", not globally routable (allow it with VIRTBUS_WEBHOOK_ALLOW_NETS)"
+
+
+@pytest.mark.parametrize(
+    ("addr", "kind"),
+    [
+        # carrier-grade NAT: is_private said no, so these got through before
+        ("100.64.0.1", "a shared (carrier-grade NAT) address in 100.64.0.0/10"),
+        ("100.100.100.200", "a shared (carrier-grade NAT) address in 100.64.0.0/10"),
+        ("100.127.255.255", "a shared (carrier-grade NAT) address in 100.64.0.0/10"),
+        ("192.0.0.100", "an IETF protocol assignment address in 192.0.0.0/24"),
+        ("192.0.0.9", "an IETF protocol assignment address in 192.0.0.0/24"),
+        ("198.18.0.1", "a benchmarking address in 198.18.0.0/15"),
+        ("198.19.255.254", "a benchmarking address in 198.18.0.0/15"),
+        ("169.254.169.254", "a link-local address in 169.254.0.0/16"),
+        ("10.1.2.3", "a private address in 10.0.0.0/8"),
+        ("127.0.0.1", "a loopback address in 127.0.0.0/8"),
+        ("0.0.0.0", "a this-network address in 0.0.0.0/8"),
+        ("224.0.0.1", "a multicast address in 224.0.0.0/4"),
+        ("240.0.0.1", "a reserved address in 240.0.0.0/4"),
+        ("203.0.113.9", "a documentation address in 203.0.113.0/24"),
+        ("fc00::1", "a unique-local address in fc00::/7"),
+        ("fd12:3456::1", "a unique-local address in fc00::/7"),
+        ("fe80::1", "a link-local address in fe80::/10"),
+        ("::1", "a loopback address in ::1/128"),
+        ("::", "an unspecified address in ::/128"),
+        ("2001:db8::1", "a documentation address in 2001:db8::/32"),
+        ("3fff::1", "a documentation address in 3fff::/20"),
+        ("64:ff9b:1::1", "a local-use NAT64 address in 64:ff9b:1::/48"),
+        ("2001:2::1", "a benchmarking address in 2001:2::/48"),
+        ("ff02::1", "a multicast address in ff00::/8"),
+        ("4000::1", "a reserved address"),  # only the ipaddress module's catch-all knows it
+        # IPv6 forms that reach an IPv4 address are judged by that address
+        ("::ffff:10.0.0.1", "an IPv4-mapped address of 10.0.0.1, a private address in 10.0.0.0/8"),
+        ("64:ff9b::6464:64c8", "a NAT64 address of 100.100.100.200, "
+                               "a shared (carrier-grade NAT) address in 100.64.0.0/10"),
+        ("2002:a9fe:a9fe::1", "a 6to4 address of 169.254.169.254, "
+                              "a link-local address in 169.254.0.0/16"),
+    ],
+)  # fmt: skip
+def test_every_address_that_is_not_globally_routable_is_refused_by_kind(
+    addr: str, kind: str
+) -> None:
+    """A non-global address is refused, and the reason names its kind and how to allow it."""
+    a = ipaddress.ip_address(addr)
+    assert address_refusal(a, []) == f"{a} is {kind}{_HOW}"
+
+
+@pytest.mark.parametrize(
+    "addr",
+    ["8.8.8.8", "1.1.1.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8",
+     "64:ff9b::808:808", "2002:808:808::1"],
+)  # fmt: skip
+def test_globally_routable_addresses_pass(addr: str) -> None:
+    """A global address (100.128.0.1 is just past the CGNAT block) has nothing to refuse."""
+    assert address_refusal(ipaddress.ip_address(addr), []) is None
+
+
+async def test_allow_nets_lets_a_refused_address_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    """VIRTBUS_WEBHOOK_ALLOW_NETS is the one way past the policy: exactly the networks it names,
+    also for an IPv4-mapped form of an allowed IPv4 address; anything else stays refused."""
+    url = "http://100.100.100.200/hook"
+    with pytest.raises(ValidationError) as err:
+        await check_endpoint(url, WebhookSettings.from_env())
+    assert err.value.field == "url"
+    assert err.value.message == (
+        "url: 100.100.100.200 refused: 100.100.100.200 is a shared (carrier-grade NAT) address "
+        f"in 100.64.0.0/10{_HOW}"
+    )
+    monkeypatch.setenv("VIRTBUS_WEBHOOK_ALLOW_NETS", " 100.100.100.200/32 , fd00::/8")
+    settings = WebhookSettings.from_env()
+    assert settings.allow_nets == ("100.100.100.200/32", "fd00::/8")
+    await check_endpoint(url, settings)  # no longer refused
+    await check_endpoint("http://[fd00::5]:8080/", settings)
+    await check_endpoint("http://[::ffff:100.100.100.200]/", settings)
+    with pytest.raises(ValidationError) as err:
+        await check_endpoint("http://100.100.100.201/", settings)  # the next one is not allowed
+    assert err.value.message == (
+        "url: 100.100.100.201 refused: 100.100.100.201 is a shared (carrier-grade NAT) address "
+        f"in 100.64.0.0/10{_HOW}"
+    )
+    with pytest.raises(ValidationError) as err:
+        await check_endpoint("http://[fc00::5]/", settings)  # fd00::/8 does not hold fc00::5
+    assert (
+        err.value.message
+        == f"url: fc00::5 refused: fc00::5 is a unique-local address in fc00::/7{_HOW}"
+    )
 
 
 def test_signatures_verify_with_the_standardwebhooks_library() -> None:

@@ -55,32 +55,47 @@ class NodeSnapshots:
         return out
 
     async def take(self, item: w.TakeSnapshot) -> int:
-        """Copy the volumes; returns the bytes the copies occupy. Idempotent."""
+        """Copy the volumes; returns the bytes the copies occupy. Idempotent. A copy that fails
+        (the disk is full: ENOSPC) takes its `.partial` directory with it: no space stays used."""
         final = self.dir(item)
-        if not final.is_dir():
+        if not await asyncio.to_thread(final.is_dir):
             partial = final.with_name(final.name + ".partial")
-            await asyncio.to_thread(shutil.rmtree, partial, True)
-            partial.mkdir(parents=True)
-            for volume, source in self._sources(item).items():
-                if not source.is_file():
-                    raise SnapshotError(f'volume "{volume}": {source} does not exist on this node')
-                await _copy(source, partial / f"{volume}.img")
-            partial.rename(final)
-        return sum(p.stat().st_blocks * 512 for p in final.iterdir())
+            try:
+                await asyncio.to_thread(_fresh_dir, partial)
+                for volume, source in self._sources(item).items():
+                    if not await asyncio.to_thread(source.is_file):
+                        raise SnapshotError(
+                            f'volume "{volume}": {source} does not exist on this node'
+                        )
+                    await _copy(source, partial / f"{volume}.img")
+                await asyncio.to_thread(partial.rename, final)
+            except (SnapshotError, OSError) as err:
+                await asyncio.to_thread(shutil.rmtree, partial, True)
+                if isinstance(err, OSError):
+                    raise SnapshotError(f"cannot write {partial}: {err.strerror or err}") from err
+                raise
+        return await asyncio.to_thread(_occupied, final)
 
     async def restore(self, item: w.RestoreSnapshot) -> None:
-        """Put every copy back over its volume, each by an atomic rename."""
+        """Put every copy back over its volume, each by an atomic rename; a copy that fails
+        leaves the volume as it was and no staging file behind."""
         saved = self.dir(item)
-        if not saved.is_dir():
+        if not await asyncio.to_thread(saved.is_dir):
             raise SnapshotError(f'snapshot "{item.snapshot}" has no copies on this node')
         for volume, target in self._sources(item).items():
             copy = saved / f"{volume}.img"
-            if not copy.is_file():
+            if not await asyncio.to_thread(copy.is_file):
                 raise SnapshotError(f'snapshot "{item.snapshot}" lacks volume "{volume}"')
-            target.parent.mkdir(parents=True, exist_ok=True)
             staging = target.with_name(f".{target.name}.restoring")
-            await _copy(copy, staging)
-            staging.replace(target)
+            try:
+                await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+                await _copy(copy, staging)
+                await asyncio.to_thread(staging.replace, target)
+            except (SnapshotError, OSError) as err:
+                await asyncio.to_thread(staging.unlink, missing_ok=True)
+                if isinstance(err, OSError):
+                    raise SnapshotError(f"cannot restore {target}: {err.strerror or err}") from err
+                raise
 
     async def remove(self, item: w.SnapshotWork) -> None:
         await asyncio.to_thread(shutil.rmtree, self.dir(item), True)
@@ -146,6 +161,15 @@ class Snapshotting:
             if pause:
                 self.w._expect(dom, "resumed")
                 await self.w.hv.resume(dom)
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)  # a dead worker's half copy
+    path.mkdir(parents=True)
+
+
+def _occupied(directory: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in directory.iterdir())
 
 
 async def _copy(source: Path, target: Path) -> None:

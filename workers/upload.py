@@ -42,6 +42,11 @@ class UploadError(VirtbusError):
     """The uploaded image cannot become the volume's disk; the message says why."""
 
 
+def unwritable(err: OSError) -> UploadError:
+    """The node's own disk failed a write (full, read-only...): not the image's fault."""
+    return UploadError(f"the node cannot store the image: {err.strerror or err}")
+
+
 def _human(n: int) -> str:
     for unit, size in (("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
         if n >= size:
@@ -49,15 +54,33 @@ def _human(n: int) -> str:
     return str(n)
 
 
+class _Unreadable(Exception):
+    """Reading the archive failed: its data is bad (a write failing is the node's disk)."""
+
+
+_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, tarfile.TarError)
+
+
 def _copy_capped(src: IO[bytes], dst: Path, *, cap: int, what: str) -> None:
     """Copy at most `cap` bytes; more is an image too large for the volume (or a zip bomb)."""
     total = 0
-    with dst.open("wb") as out:
-        while chunk := src.read(COPY_CHUNK):
-            total += len(chunk)
-            if total > cap:
-                raise UploadError(f"the unpacked {what} is larger than the volume ({_human(cap)})")
-            out.write(chunk)
+    try:
+        with dst.open("wb") as out:
+            while True:
+                try:
+                    chunk = src.read(COPY_CHUNK)
+                except _READ_ERRORS as err:
+                    raise _Unreadable(err) from err
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > cap:
+                    raise UploadError(
+                        f"the unpacked {what} is larger than the volume ({_human(cap)})"
+                    )
+                out.write(chunk)
+    except OSError as err:  # opening, writing or flushing `dst`: full (ENOSPC), read-only...
+        raise unwritable(err) from err
 
 
 def unpack(data: Path, *, compression: str, cap: int) -> Path:
@@ -78,7 +101,7 @@ def unpack(data: Path, *, compression: str, cap: int) -> Path:
             opener: Callable[[Path], IO[bytes]] = gzip.open if compression == "gz" else lzma.open  # type: ignore[assignment]
             with opener(data) as src:
                 _copy_capped(src, image, cap=cap, what="image")
-    except (OSError, EOFError, zlib.error, lzma.LZMAError, tarfile.TarError) as err:
+    except (_Unreadable, *_READ_ERRORS) as err:
         raise UploadError(f"the file is not valid {compression} data: {err}") from err
     data.unlink()
     return image
@@ -170,7 +193,8 @@ class Uploads:
                 await asyncio.to_thread(finish, scratch, compression=compression,
                                         expected=expected, size=s.size_bytes)  # fmt: skip
             except (UploadError, OSError) as err:
-                reason = err.message if isinstance(err, UploadError) else str(err)
+                # An OSError here is the node's disk (full: ENOSPC), the image's faults are named
+                reason = (err if isinstance(err, UploadError) else unwritable(err)).message
                 await self.store.append_fact(ref, [m.VolumeFailed(reason=reason)])
                 return
             except asyncio.CancelledError:  # the worker is stopping: say so, bounded

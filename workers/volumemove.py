@@ -51,6 +51,15 @@ def extents(path: Path) -> tuple[int, list[tuple[int, int]]]:
         os.close(fd)
 
 
+def _pwrite_all(fd: int, data: bytes, at: int) -> None:
+    # A disk filling up can take part of a write and return: the rest is retried, which raises
+    # ENOSPC, instead of a silent hole the final truncate would turn into zeros.
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, at)
+        view, at = view[n:], at + n
+
+
 class Mover:
     def __init__(self, volumes: VolumeStore) -> None:
         self.volumes = volumes
@@ -94,7 +103,12 @@ class Mover:
                 await pipe.close("closed by the new node")
             await asyncio.to_thread((scratch / DISK).rename, directory / DISK)
         except (VirtbusError, OSError, KeyError, ValueError) as err:
-            reason = err.message if isinstance(err, VirtbusError) else repr(err)
+            if isinstance(err, VirtbusError):
+                reason = err.message
+            elif isinstance(err, OSError):  # this node's disk: full (ENOSPC), read-only...
+                reason = f"node {self.volumes.node} cannot store the volume: {err.strerror or err}"
+            else:
+                reason = repr(err)
             await asyncio.to_thread(shutil.rmtree, scratch, True)
             with contextlib.suppress(OSError):  # nothing of the volume is left here
                 await asyncio.to_thread(directory.rmdir)
@@ -115,7 +129,7 @@ class Mover:
 
             async for frame in pipe.frames(idle_s=IDLE_S, idle=idle):
                 (at,) = struct.unpack(">Q", frame[:8])
-                await asyncio.to_thread(os.pwrite, fd, frame[8:], at)
+                await asyncio.to_thread(_pwrite_all, fd, frame[8:], at)
             if pipe.reason != "done":
                 raise VirtbusError(f"the copy was cut short: {pipe.reason}")
             await asyncio.to_thread(os.ftruncate, fd, size)

@@ -11,8 +11,10 @@ fails the start with KubeVirt's status: `ErrorPvcNotFound`, `ErrImagePull`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +75,21 @@ def _cidata_iso(path: Path, *, user_data: str, network_data: str | None, instanc
     path.parent.mkdir(parents=True, exist_ok=True)
     iso.write(str(path))
     iso.close()
+
+
+def _make(path: Path, make: Callable[[], None], *, field: str, what: str) -> None:
+    """Run `make`, which writes the new file `path`. If it fails part way (the node's disk is
+    full: ENOSPC, read-only...), the half file is removed, never left to look whole to the next
+    start, and the start fails saying why."""
+    try:
+        make()
+    except (OSError, subprocess.CalledProcessError) as err:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        why = getattr(err, "stderr", b"").decode(errors="replace").strip() or err
+        raise VolumeUnavailable(
+            f"{field}: cannot make {what}: {why}", status="Failed", field=field
+        ) from err
 
 
 class Volumes:
@@ -146,14 +163,8 @@ class Volumes:
             assert image is not None  # `_image` found or pulled it, or raised
             # The cached image is shared: each instance writes to its own qcow2 overlay.
             overlay = self.instance_dir(namespace, name) / f"{need.name}.qcow2"
-            try:
-                _overlay(overlay, base=image)
-            except (OSError, subprocess.CalledProcessError) as err:
-                why = getattr(err, "stderr", b"").decode(errors="replace").strip() or err
-                raise VolumeUnavailable(
-                    f"{field}: cannot make an overlay of {image}: {why}",
-                    status="Failed", field=field,
-                ) from err  # fmt: skip
+            _make(overlay, lambda: _overlay(overlay, base=image), field=field,
+                  what=f"an overlay of {image}")  # fmt: skip
             return ResolvedVolume(path=str(overlay), format="qcow2")
         if need.type == "persistentVolumeClaim":
             disk = self.persistent_path(need, namespace=namespace)
@@ -171,14 +182,17 @@ class Volumes:
                         f"{field}: hostDisk {need.path} does not exist (type Disk)",
                         status="ErrorDiskNotFound", field=field,
                     )  # fmt: skip
-                _sparse(path, need.capacity or 0)
+                _make(path, lambda: _sparse(path, need.capacity or 0), field=field,
+                      what=f"hostDisk {need.path}")  # fmt: skip
             return ResolvedVolume(path=str(path), format=_format_of(path))
         scratch = self.instance_dir(namespace, name)
         if need.type == "emptyDisk":
             path = scratch / f"{need.name}.img"
-            _sparse(path, need.capacity or 0)
+            _make(path, lambda: _sparse(path, need.capacity or 0), field=field,
+                  what="an emptyDisk")  # fmt: skip
             return ResolvedVolume(path=str(path))
-        path = scratch / f"{need.name}-cidata.iso"
-        _cidata_iso(path, user_data=need.user_data or "", network_data=need.network_data,
-                    instance=uid)  # fmt: skip
-        return ResolvedVolume(path=str(path), readonly=True)
+        iso = scratch / f"{need.name}-cidata.iso"
+        _make(iso, lambda: _cidata_iso(iso, user_data=need.user_data or "",
+                                       network_data=need.network_data, instance=uid),
+              field=field, what="the cloud-init disk")  # fmt: skip
+        return ResolvedVolume(path=str(iso), readonly=True)

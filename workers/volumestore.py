@@ -28,9 +28,13 @@ DISK = "disk.img"
 def _blank(directory: Path, size: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     part = directory / f".{DISK}.part"
-    with part.open("wb") as f:
-        f.truncate(size)  # sparse: a 1Ti volume costs nothing until written
-    part.rename(directory / DISK)
+    try:
+        with part.open("wb") as f:
+            f.truncate(size)  # sparse: a 1Ti volume costs nothing until written
+        part.rename(directory / DISK)
+    except OSError:  # too large for this filesystem, no room for its inode...: nothing stays
+        part.unlink(missing_ok=True)
+        raise
 
 
 def _scratch_dirs(directory: Path) -> list[Path]:

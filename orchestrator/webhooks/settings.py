@@ -1,8 +1,9 @@
-"""Webhook settings and the address policy, shared by the intake (on add) and the dispatcher.
+"""Webhook settings and the endpoint check, shared by the intake (on add) and the dispatcher.
 
 An endpoint URL is checked twice: when the subscription is judged (every address the host
 resolves to) and again on every connection (`http1.Endpoint` never dials a refused address), so a
-DNS answer that changes after the check cannot point deliveries into the private network.
+DNS answer that changes after the check cannot point deliveries into the private network. Which
+addresses are refused is `addresses.address_refusal`: everything not globally routable.
 """
 
 from __future__ import annotations
@@ -19,16 +20,15 @@ from urllib.parse import urlsplit
 import msgspec
 
 from events.errors import ValidationError
+from orchestrator.webhooks.addresses import ALLOW_NETS_ENV, Addr, Net, address_refusal
+
+__all__ = ["ALLOW_NETS_ENV", "Addr", "Net", "WebhookSettings", "address_refusal", "check_endpoint"]
 
 # Standard Webhooks' schedule: the first attempt at once, then these waits (8 attempts in all).
 SCHEDULE_S: Final = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 JITTER: Final = 0.1  # each wait is drawn from +-10 % of its nominal value
 MAX_RETRY_AFTER_S: Final = 36000.0
-ALLOW_NETS_ENV: Final = "VIRTBUS_WEBHOOK_ALLOW_NETS"
 SCALE_ENV: Final = "VIRTBUS_WEBHOOK_RETRY_SCALE"
-
-Net = ipaddress.IPv4Network | ipaddress.IPv6Network
-Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,20 +81,6 @@ def parse_nets(values: Sequence[str]) -> list[Net]:
                 f"{ALLOW_NETS_ENV}: {v!r} is not a CIDR network", field=ALLOW_NETS_ENV
             ) from None
     return nets
-
-
-def address_refusal(addr: Addr, allowed: Sequence[Net]) -> str | None:
-    """Why `addr` may not receive webhooks, or None if it may."""
-    if any(addr in net for net in allowed):
-        return None
-    for what, flag in (
-        ("loopback", addr.is_loopback), ("link-local", addr.is_link_local),
-        ("multicast", addr.is_multicast), ("unspecified", addr.is_unspecified),
-        ("reserved", addr.is_reserved), ("private", addr.is_private),
-    ):  # fmt: skip
-        if flag:
-            return f"{addr} is a {what} address (allow it with {ALLOW_NETS_ENV})"
-    return None
 
 
 def check_url(url: str) -> tuple[str, int, str | None]:
