@@ -99,6 +99,12 @@ class RestoreSnapshot(SnapshotWork, frozen=True):
 
     restore: str = ""
 
+    @property
+    def msg_id(self) -> str:
+        # One snapshot may be restored many times: without the restore's name, a second restore's
+        # item had the first one's id, the bus dropped it as a duplicate and the restore hung.
+        return f"{super().msg_id}:{self.restore}"
+
 
 class RemoveSnapshot(SnapshotWork, frozen=True):
     """Delete the snapshot's copies."""

@@ -23,6 +23,7 @@ from events import model as m
 from events.names import Ref
 from events.work import MigrationPolicy
 from orchestrator.client import Rejected, send
+from workers.hypervisor import PAUSED_STATE
 
 
 @pytest.fixture
@@ -77,6 +78,24 @@ async def test_a_running_vm_moves_cold_and_says_so(stack: Stack) -> None:
     [launcher] = launchers("cold")  # one launcher: the target's; the source's went
     assert launcher != source_launcher
     assert s.status == "Running" and s.ready
+
+
+async def test_a_paused_vm_moves_cold_and_stays_paused(stack: Stack) -> None:
+    """Found by test_model.py: the target booted it running while the log said Paused."""
+    workers = []
+    for node in ("node-a", "node-b"):
+        stack.provide_seed_volumes(node)
+        workers.append(await stack.driver_node(node))
+    await send(stack.nc, seed("napping", runStrategy="Always"))
+    assert (await stack.until("napping", "Running")).node == "node-a"
+    await send(stack.nc, c.PauseVM(name="napping"))
+    await stack.until("napping", "Paused")
+    await send(stack.nc, c.MigrateVM(name="napping", target_node="node-b"))
+    await until_event(stack, "napping", m.MigrationSucceeded)
+    s = await stack.until("napping", "Paused")
+    assert (s.node, s.paused) == ("node-b", True)
+    assert await workers[0].hv.domains() == {}
+    assert await workers[1].hv.domains() == {"default_napping": PAUSED_STATE}
 
 
 async def test_a_stopped_vm_moves_its_definition_and_starts_there(stack: Stack) -> None:

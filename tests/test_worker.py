@@ -33,7 +33,8 @@ from events.work import MigrationPolicy
 from orchestrator.app import run_orchestrator
 from orchestrator.client import send
 from orchestrator.manifest import parse_documents, to_commands
-from workers.node import run_node
+from workers.node import libvirt_test_uri, run_node
+from workers.worker import Worker
 
 SEED = Path(__file__).parent.parent / "examples" / "kubevirt-centos7.yaml"
 
@@ -68,6 +69,17 @@ class Stack:
         )
         self._nodes.append((stop, task))
         await self.until_node(name)
+
+    async def driver_node(self, name: str) -> Worker:
+        """A node on the test driver, like `node`, whose worker the test keeps: the test driver's
+        domains live behind the worker's own libvirt connection, so only it can list them."""
+        node_dir = self.node_dir(name)
+        uri = await asyncio.to_thread(libvirt_test_uri, node_dir)
+        worker = Worker(self.nc, node=name, uri=uri, data_dir=node_dir, host_root=node_dir / "host")
+        stop = asyncio.Event()
+        self._nodes.append((stop, asyncio.create_task(worker.run(stop), name=f"node-{name}")))
+        await self.until_node(name)
+        return worker
 
     async def until_node(self, name: str) -> None:
         for _ in range(600):

@@ -184,7 +184,7 @@ class Migrations:
             events.append(m.MigrationTargetPreparing(migration=mig.id, target=self.w.node))
         if not item.live:
             try:
-                events += await self._cold_start(item)
+                events += await self._cold_start(item, paused=s.paused)
             except (VolumeUnavailable, ValidationError, HypervisorError) as err:
                 await self.w.observe(ref, events)
                 await self.w.observe(ref, [m.MigrationFailed(
@@ -193,8 +193,9 @@ class Migrations:
         events.append(m.MigrationTargetReady(migration=mig.id, target=self.w.node))
         await self.w.observe(ref, events)
 
-    async def _cold_start(self, item: w.PrepareTarget) -> list[m.Event]:
-        """A cold move's target: the domain defined and booted here from the spec."""
+    async def _cold_start(self, item: w.PrepareTarget, *, paused: bool) -> list[m.Event]:
+        """A cold move's target: the domain defined and booted here from the spec, and paused
+        again when the VM was (the log goes on saying Paused, so libvirt must too)."""
         ref, dom = item.ref, domain_name(item.ref)
         if await self.w.hv.state(dom) in (*RUNNING_STATES, PAUSED_STATE):
             return []  # started before a crash of ours
@@ -210,6 +211,9 @@ class Migrations:
                             volumes=volumes, kvm=self.w.kvm)  # fmt: skip
         uuid = await self.w.hv.define(xml)
         await self.w.hv.start(dom)
+        if paused:
+            self.w._expect(dom, "suspended")
+            await self.w.hv.suspend(dom)
         return [*pulls, m.DomainDefined(node=self.w.node, domain_uuid=uuid),
                 m.DomainStarted(node=self.w.node, reason="cold-migrated")]  # fmt: skip
 
