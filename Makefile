@@ -15,8 +15,8 @@ run: setup
 	$(BIN)/virtbus up --data-dir .virtbus --port 4222 --hypervisor $(HYPERVISOR)
 
 lint: setup
-	$(BIN)/ruff check events orchestrator workers tests
-	$(BIN)/ruff format --check events orchestrator workers tests
+	$(BIN)/ruff check events bus orchestrator workers virtctl bench virtbus tests
+	$(BIN)/ruff format --check events bus orchestrator workers virtctl bench virtbus tests
 
 typecheck: setup
 	$(BIN)/mypy

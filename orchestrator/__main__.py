@@ -10,8 +10,8 @@ from pathlib import Path
 import uvloop
 from nats.aio.client import Client
 
-from events.provision import provision
-from events.telemetry import add_process_args, serve, start_telemetry
+from bus.provision import provision
+from bus.telemetry import add_process_args, serve, start_telemetry
 from orchestrator.app import run_orchestrator
 from orchestrator.migrations import load_policy
 

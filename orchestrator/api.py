@@ -27,8 +27,8 @@ from events import commands as c
 from events.envelope import decode_command, encode
 from events.errors import ValidationError
 from events.names import API_PREFIX, CLUSTER, CLUSTER_SCOPED, outcome_subject
+from events.protocol import Answer, Query
 from orchestrator.intake import Intake
-from orchestrator.protocol import Answer, Query
 from orchestrator.readmodel import ReadModel
 
 log = logging.getLogger("virtbus.api")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from events.store import EventStore
+from bus.audit import Checkpointer, load_key
+from bus.store import EventStore
 from events.work import MigrationPolicy
 from orchestrator.api import Api
-from orchestrator.audit import Checkpointer, load_key
 from orchestrator.controller import Controller
 from orchestrator.intake import Intake
 from orchestrator.readmodel import ReadModel

@@ -21,11 +21,14 @@ import msgspec
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 
+from bus.store import EventStore
+from bus.telemetry import TRACE, traced
 from events import model as m
 from events import work as w
 from events.envelope import Recorded, encode
 from events.errors import ConcurrencyConflict, VirtbusError
 from events.folding import skipped_now
+from events.manifest import summarize
 from events.names import HEARTBEAT_BUCKET, Ref
 from events.nodes import READY, Heartbeat, NodeState, apply_node
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
@@ -38,12 +41,9 @@ from events.state import (
     VMState,
     apply,
 )
-from events.store import EventStore
-from events.telemetry import TRACE, traced
 from events.volumes import VolumeState, apply_volume
 from orchestrator import metrics
 from orchestrator.keyed import KeyedQueue
-from orchestrator.manifest import summarize
 from orchestrator.migrations import ACTIVE_PHASES, Cluster
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import NodeView, place

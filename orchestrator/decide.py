@@ -14,10 +14,10 @@ from typing import Any
 from events import commands as c
 from events import model as m
 from events.errors import ValidationError
+from events.manifest import API_VERSION, run_strategy_of, to_commands
 from events.names import check_name
 from events.replicasets import ReplicaSetState
 from events.state import RUNNING, STOPPING, TERMINATING, VMState
-from orchestrator.manifest import API_VERSION, run_strategy_of, to_commands
 from orchestrator.migrations import decide_cancel, decide_migrate
 from orchestrator.rename import decide_rename
 from orchestrator.scheduler import NodeView

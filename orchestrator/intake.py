@@ -18,6 +18,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from bus.reader import fetch_some
+from bus.store import Append, EventStore
+from bus.telemetry import bound, traced
 from events import commands as c
 from events import model as m
 from events.envelope import Recorded, decode_command, encode
@@ -25,11 +28,8 @@ from events.errors import ConcurrencyConflict, ValidationError, VirtbusError
 from events.model import CE_TYPE
 from events.names import COMMANDS_STREAM, Ref, outcome_subject
 from events.nodes import NodeState, apply_node
-from events.reader import fetch_some
 from events.replicasets import ReplicaSetState, apply_rs
 from events.state import fold
-from events.store import Append, EventStore
-from events.telemetry import bound, traced
 from orchestrator import metrics
 from orchestrator.decide import decide, decide_rs
 from orchestrator.migrations import decide_node

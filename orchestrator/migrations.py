@@ -22,6 +22,7 @@ from events import commands as c
 from events import model as m
 from events import work as w
 from events.errors import ValidationError
+from events.manifest import summarize
 from events.names import check_name
 from events.nodes import READY, NodeState
 from events.quantity import parse_quantity
@@ -39,7 +40,6 @@ from events.state import (
     VMState,
     migration_active,
 )
-from orchestrator.manifest import summarize
 from orchestrator.scheduler import NodeView, Request, Unschedulable, place
 
 Step = tuple[list[m.Event], list[w.Work]]

@@ -18,11 +18,11 @@ from typing import Any, Final, Self, TypeAlias
 import aiosqlite
 import msgspec
 
+from bus.store import EventStore
 from events.envelope import Envelope, Recorded
 from events.names import ref_from_subject
 from events.nodes import NodeState, apply_node
 from events.state import VMState, apply
-from events.store import EventStore
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS vms (

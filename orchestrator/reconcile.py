@@ -18,6 +18,7 @@ from events import commands as c
 from events import model as m
 from events import work as w
 from events.envelope import Envelope
+from events.manifest import summarize
 from events.names import Ref
 from events.replicasets import OWNER_LABEL, ReplicaSetState, replica_name
 from events.state import (
@@ -36,7 +37,6 @@ from events.state import (
     apply,
 )
 from orchestrator.decide import decide, kept_disks
-from orchestrator.manifest import summarize
 from orchestrator.migrations import Cluster, migration_step
 from orchestrator.scheduler import Request, Unschedulable
 from orchestrator.snapshots import snapshot_work

@@ -8,12 +8,12 @@ names, or neither, hold the VM. The old history stays readable under the old nam
 
 from __future__ import annotations
 
+from bus.store import Append, EventStore
 from events import commands as c
 from events import model as m
 from events.errors import ValidationError
 from events.names import Ref
 from events.state import TERMINATING, VMState, fold
-from events.store import Append, EventStore
 
 
 def decide_rename(s: VMState, cmd: c.RenameVM) -> list[m.Event]:

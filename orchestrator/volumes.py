@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from bus.store import EventStore
 from events import commands as c
 from events import model as m
 from events import work as w
@@ -22,7 +23,6 @@ from events.names import Ref
 from events.nodes import NodeState, apply_node
 from events.quantity import parse_quantity
 from events.state import RUNNING, SCHEDULED, SCHEDULING, VMState, apply
-from events.store import EventStore
 from events.volumes import BOUND, PENDING, VolumeState, apply_volume
 from orchestrator.scheduler import Request
 

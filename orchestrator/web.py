@@ -18,10 +18,10 @@ from urllib.parse import unquote
 
 from nats.aio.client import Client
 
+from bus.history import entries, read_history
 from events.errors import ValidationError, VirtbusError
 from events.names import Ref
 from orchestrator import webpage
-from orchestrator.history import entries, read_history
 from orchestrator.readmodel import ReadModel
 
 log = logging.getLogger("virtbus.web")

@@ -14,9 +14,9 @@ from html import escape
 from typing import Final
 from urllib.parse import quote
 
+from bus.history import COMMAND, REJECTION, Entry
+from events import render
 from events.state import VMState
-from orchestrator import render
-from orchestrator.history import COMMAND, REJECTION, Entry
 
 WIDTH: Final = 1000
 BAND_Y, BAND_H = 40, 30

@@ -18,10 +18,10 @@ import typer
 from typer.core import TyperArgument, TyperGroup, TyperOption
 from typer.testing import CliRunner, Result
 
-from orchestrator.cli import app
+from virtbus.cli import app
 
 ROOT = Path(__file__).parent.parent
-CLI = [sys.executable, "-m", "orchestrator.cli"]
+CLI = [sys.executable, "-m", "virtbus"]
 UNREACHABLE = "nats://127.0.0.1:1"  # nothing listens on port 1: the connection is refused
 NOT_USAGE = ("Usage:", "Try '", "")  # the lines click prints around a usage error's reason
 

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
+from bench.simnode import SimNode
+from bus.client import send
+from bus.store import EventStore
 from events import commands as c
 from events.envelope import Recorded
 from events.names import Ref
 from events.state import VMState
-from events.store import EventStore
 from orchestrator.app import run_orchestrator
-from orchestrator.bench.simnode import SimNode
-from orchestrator.client import send
 
 SEED = Path(__file__).parent.parent / "examples" / "kubevirt-centos7.yaml"
 GRACE_S = 1.5  # node heartbeat grace: short, so node loss is tested in seconds
@@ -72,7 +72,7 @@ async def start_orchestrator(
 
 
 def seed_apply(name: str = "centos7", **spec_changes: Any) -> c.ApplyVM:
-    from orchestrator.manifest import parse_documents, to_commands
+    from events.manifest import parse_documents, to_commands
 
     doc = parse_documents(SEED.read_text())[0]
     doc["metadata"]["name"] = name

@@ -17,10 +17,10 @@ import pytest
 from clusterkit import Cluster, start_orchestrator
 from nats.aio.client import Client
 
+from bus.provision import provision
+from bus.server import NatsServer
+from bus.store import EventStore
 from events.names import Ref
-from events.provision import provision
-from events.server import NatsServer
-from events.store import EventStore
 
 
 def children() -> set[int]:

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from events.commands import COMMAND_CLASSES
-from orchestrator.manifest import parse_documents
+from events.manifest import parse_documents
 
 _SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
 settings.register_profile(

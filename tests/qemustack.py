@@ -26,16 +26,16 @@ import pytest
 from conftest import settle
 from nats.aio.client import Client
 
+from bus.provision import provision
+from bus.server import NatsServer
+from bus.store import EventStore
 from events import commands as c
 from events import model as m
+from events.manifest import parse_documents, to_commands
 from events.names import Ref
-from events.provision import provision
-from events.server import NatsServer
 from events.state import VMState
-from events.store import EventStore
 from events.work import MigrationPolicy
 from orchestrator.app import run_orchestrator
-from orchestrator.manifest import parse_documents, to_commands
 from workers.qemunodes import QemuNode
 from workers.volumes import claim_dir, image_dir
 from workers.worker import Worker

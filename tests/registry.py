@@ -28,7 +28,7 @@ from pathlib import Path
 
 from dxf import DXF
 
-from events.server import die_with_parent
+from bus.server import die_with_parent
 from workers.registry import parse_image
 
 BINARY = "docker-registry"

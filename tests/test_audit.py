@@ -22,19 +22,19 @@ from nats.aio.client import Client
 from test_cli_verbs import Result, virtbus
 from test_worker import seed
 
+from bus.audit import Checkpointer, describe_key, load_key, verify
+from bus.client import send
+from bus.provision import provision, stream_configs
+from bus.reader import direct_range
+from bus.server import NatsServer
+from bus.store import EventStore
 from events import model as m
 from events.checkpoint import AUDIT_REF, key_id, sign, signature_ok, signed_bytes
 from events.envelope import chain_hash, decode_envelope, encode, seal
 from events.errors import TamperDetected, ValidationError
 from events.model import AuditCheckpoint, AuditHead
 from events.names import EVENTS_STREAM, Ref
-from events.provision import provision, stream_configs
-from events.reader import direct_range
-from events.server import NatsServer
-from events.store import EventStore
 from orchestrator.app import run_orchestrator
-from orchestrator.audit import Checkpointer, describe_key, load_key, verify
-from orchestrator.client import send
 
 KEY = b"test-audit-key-0123456789"
 A, B, C = Ref.vm("a"), Ref.vm("b"), Ref.vm("c")

@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 
-CLI = [sys.executable, "-m", "orchestrator.cli"]
+CLI = [sys.executable, "-m", "virtbus"]
 
 KEYS = (
     "vms", "nodes", "accepted", "rejected", "running", "commands_per_s", "starts_per_s",

@@ -1,6 +1,6 @@
 """`virtbus bench start -o json`: the density benchmark's promised output, no timings.
 
-Run as a user runs it, a subprocess of the CLI (which runs `python -m workers.bench_start`), on the
+Run as a user runs it, a subprocess of the CLI (which runs `python -m bench.start`), on the
 libvirt test driver everywhere and on a real QEMU/KVM node where the machine can run one. Nothing
 it started may outlive it: no nats-server, orchestrator, launcher, libvirtd or QEMU process.
 """
@@ -17,7 +17,7 @@ import pytest
 
 from workers.qemunodes import kvm_usable, qemu_available
 
-CLI = [sys.executable, "-m", "orchestrator.cli"]
+CLI = [sys.executable, "-m", "virtbus"]
 
 KEYS = (
     "vms", "hypervisor", "kvm", "running", "create_to_running_p50_ms", "create_to_running_p95_ms",

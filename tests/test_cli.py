@@ -8,7 +8,7 @@ import sys
 
 from events.names import DNS1123_LABEL
 
-CLI = [sys.executable, "-m", "orchestrator.cli"]
+CLI = [sys.executable, "-m", "virtbus"]
 
 
 async def run(*args: str, wait_s: float = 120) -> tuple[int, str, str]:

@@ -3,7 +3,7 @@ nonsensical arguments, exits 1 (rejected, `error: <reason>`) or 2 (usage, click'
 with its reason on one line of stderr, and no JSON on stdout.
 
 Here the cases that need no bus. Parse-level ones run in-process (typer's CliRunner goes through
-the same root `main` as a terminal, `orchestrator/cli_errors.py`, so exit codes and stderr are the
+the same root `main` as a terminal, `virtctl/cli_errors.py`, so exit codes and stderr are the
 same) with every verb's body replaced by a tripwire: click must refuse the input before the verb
 runs. Files a verb reads are checked before it connects. `test_cli_errors_bus.py` has the rest.
 """
@@ -31,8 +31,8 @@ from cli_cases import (
 from nats.errors import ConnectionClosedError as NatsConnectionClosed
 
 from events.errors import VirtbusError
-from orchestrator.cli import app
-from orchestrator.cli_errors import VirtbusGroup
+from virtbus.cli import app
+from virtctl.cli_errors import VirtbusGroup
 
 
 def tripwire(*_: object, **__: object) -> None:

@@ -28,8 +28,8 @@ from cli_cases import (
 from conftest import api_ready
 from typer.core import TyperArgument, TyperOption
 
-from events.provision import provision
-from events.server import NatsServer
+from bus.provision import provision
+from bus.server import NatsServer
 
 # --- the bus: unreachable, as real subprocesses ------------------------------------------------
 
@@ -89,8 +89,8 @@ async def test_verbs_on_an_unreachable_bus_say_so_in_one_line(tmp_path: Path) ->
         assert reason.startswith(f"error: cannot reach NATS at {server}: "), (path, reason)
         assert "no servers available" not in reason  # nats-py's summary, not the cause
     assert missing == (1, "", 'error: the path "missing.yaml" does not exist\n')
-    assert usage == (2, "", "Usage: python -m orchestrator.cli scale [OPTIONS] {name}\n"
-                     "Try 'python -m orchestrator.cli scale --help' for help.\n\n"
+    assert usage == (2, "", "Usage: python -m virtbus scale [OPTIONS] {name}\n"
+                     "Try 'python -m virtbus scale --help' for help.\n\n"
                      "Error: Invalid value for '--replicas': Input should be a valid integer, "
                      "unable to parse string as an integer\n")  # fmt: skip
 

@@ -24,16 +24,16 @@ import yaml
 from conftest import api_ready
 from nats.aio.client import Client
 
+from bench.simnode import SimNode
+from bus.provision import provision
+from bus.server import NatsServer
+from bus.store import EventStore
 from events.names import EVENTS_STREAM, Ref
-from events.provision import provision
-from events.server import NatsServer
-from events.store import EventStore
 from orchestrator.app import run_orchestrator
-from orchestrator.bench.simnode import SimNode
 
 ROOT = Path(__file__).parent.parent
 SEED = ROOT / "examples" / "kubevirt-centos7.yaml"
-CLI = [sys.executable, "-m", "orchestrator.cli"]
+CLI = [sys.executable, "-m", "virtbus"]
 WAIT_S = 60.0  # the most any one CLI call may take before the test gives up on it
 DOMAIN_STARTED = "io.virtbus.vm.domain_started.v1"
 TIMEOUT_MESSAGE = "error: timed out waiting for the condition on virtualmachines/centos7"

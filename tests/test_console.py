@@ -13,8 +13,8 @@ from test_cli_verbs import CLI, ROOT, cli_env
 from test_volumes import pvc_vm
 from test_worker import Stack
 
+from bus.client import send
 from events import commands as c
-from orchestrator.client import send
 
 stack = test_worker.stack
 

@@ -24,8 +24,8 @@ import pytest
 from qemustack import QemuStack, qemu_stack
 from test_worker_qemu import NODE
 
+from bus.client import send
 from events import commands as c
-from orchestrator.client import send
 from workers.volumes import claim_dir
 
 pytestmark = pytest.mark.kvm

@@ -13,10 +13,10 @@ from registry import RegistryServer, available, push_disk, registry_server, smal
 from test_cli_verbs import virtbus
 from test_worker import Stack, seed, stack  # noqa: F401  (the fixture is used by name)
 
+from bus.client import send
 from events import commands as c
 from events import model as m
 from events.names import Ref
-from orchestrator.client import send
 
 IMAGE = "kubevirt/virtio-container-disk"  # what the seed manifest names
 

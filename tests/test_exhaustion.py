@@ -27,12 +27,12 @@ from test_cli_verbs import Result, virtbus
 from test_upload import make_qcow2, pattern
 from test_worker import Stack, seed
 
+from bus.client import send
 from events import commands as c
 from events import model as m
 from events.envelope import Recorded
 from events.names import Ref
 from events.volumes import BOUND, FAILED, VolumeState, apply_volume
-from orchestrator.client import send
 
 stack = test_worker.stack
 MiB = 1 << 20

@@ -27,12 +27,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
+from bus.provision import provision
+from bus.server import NatsServer
 from events import commands as c
 from events.errors import ValidationError
+from events.manifest import to_commands
 from events.names import DNS1123_LABEL, outcome_subject
-from events.provision import provision
-from events.server import NatsServer
-from orchestrator.manifest import to_commands
 
 _AGGREGATE = {cls.__name__: cls.aggregate for cls in c.COMMAND_CLASSES}
 TIMEOUT_S = 30  # a loaded 2-core machine; an outcome that never comes fails the example

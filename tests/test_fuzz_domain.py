@@ -20,7 +20,7 @@ from hypothesis import event, given, settings
 
 from events.commands import ApplyVM
 from events.errors import ValidationError
-from orchestrator.manifest import to_commands
+from events.manifest import to_commands
 from workers.domain import ResolvedVolume, render_domain, volume_plan
 
 

@@ -21,19 +21,19 @@ from fuzzing import examples, manifests, realize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bus.server import NatsServer
 from events.commands import ApplyReplicaSet, ApplyVM
 from events.errors import ValidationError
-from events.server import NatsServer
-from orchestrator.decide import validate_apply
-from orchestrator.manifest import (
+from events.manifest import (
     RUN_STRATEGIES,
     parse_documents,
     run_strategy_of,
     summarize,
     to_commands,
 )
+from orchestrator.decide import validate_apply
 
-CLI = [sys.executable, "-m", "orchestrator.cli"]
+CLI = [sys.executable, "-m", "virtbus"]
 
 
 def judged(doc: Any) -> ValidationError | None:

@@ -18,16 +18,16 @@ from conftest import settle
 from test_cli_verbs import CLI, Result, virtbus
 from test_worker import Stack, seed, stack  # noqa: F401  (the fixture is used by name)
 
+from bus.client import Rejected, query, send
+from bus.history import parse_time, read_history
+from bus.reader import direct_seqs
+from bus.store import EventStore
 from events import commands as c
 from events import model as m
 from events.envelope import encode, seal
 from events.errors import ValidationError
 from events.names import EVENTS_STREAM, Ref
-from events.reader import direct_seqs
-from events.store import EventStore
-from orchestrator.client import Rejected, query, send
-from orchestrator.history import parse_time, read_history
-from orchestrator.protocol import Query
+from events.protocol import Query
 
 NAME = "centos7"
 

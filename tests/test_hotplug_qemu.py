@@ -16,9 +16,9 @@ import pytest
 from qemustack import QemuStack, apply, qemu_stack, seed_doc, short_grace
 from test_worker_qemu import NODE
 
+from bus.client import send
 from events import commands as c
 from events import model as m
-from orchestrator.client import send
 
 pytestmark = pytest.mark.kvm
 

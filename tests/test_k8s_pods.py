@@ -22,10 +22,10 @@ from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 from kubernetes_asyncio.client.rest import ApiException
 from test_worker import Stack, seed
 
+from bus.client import send
 from events import commands as c
 from events import model as m
 from events.names import Ref
-from orchestrator.client import send
 from workers.k8spods import KubernetesPods, load_template
 from workers.node import run_node
 from workers.pods import pod_name

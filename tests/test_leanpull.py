@@ -19,14 +19,14 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
+from bus.leanpull import READ_SIZE, LeanUnavailable, credentials, lean_pull
+from bus.provision import provision
+from bus.reader import pull_all
+from bus.server import NatsServer
+from bus.store import EventStore
 from events import model as m
 from events.errors import BusUnavailable
-from events.leanpull import READ_SIZE, LeanUnavailable, credentials, lean_pull
 from events.names import Ref
-from events.provision import provision
-from events.reader import pull_all
-from events.server import NatsServer
-from events.store import EventStore
 
 Got = list[tuple[bytes, str, int]]
 # A pull nobody answers: what the login tests send once they are in.

@@ -16,13 +16,13 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
+from bus.leanrequest import LeanRequester
+from bus.provision import provision
+from bus.server import NatsServer
+from bus.store import EventStore
 from events import model as m
 from events.errors import BusUnavailable
-from events.leanrequest import LeanRequester
 from events.names import Ref
-from events.provision import provision
-from events.server import NatsServer
-from events.store import EventStore
 
 
 async def test_a_peer_sees_the_headers_and_bytes_sent_and_answers_back(

@@ -11,7 +11,7 @@ import pytest
 
 from events.commands import ApplyReplicaSet, ApplyVM, MigrateVM
 from events.errors import ValidationError
-from orchestrator.manifest import (
+from events.manifest import (
     parse_documents,
     parse_quantity,
     run_strategy_of,

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from test_worker import Stack, driver_stack, launchers, seed
 
+from bus.client import Rejected, send
 from events import commands as c
 from events import model as m
 from events.names import Ref
 from events.work import MigrationPolicy
-from orchestrator.client import Rejected, send
 from workers.hypervisor import PAUSED_STATE
 
 

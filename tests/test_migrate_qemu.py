@@ -19,10 +19,10 @@ import pytest
 from conftest import qemu_pids
 from qemustack import QemuStack, apply, qemu_stack, seed_doc, short_grace, wait_for
 
+from bus.client import send
 from events import commands as c
 from events import model as m
 from events.work import MigrationPolicy
-from orchestrator.client import send
 
 pytestmark = pytest.mark.kvm
 

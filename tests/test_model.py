@@ -36,13 +36,13 @@ from msgspec.structs import replace
 from test_worker import Stack, driver_stack, launchers
 from vmmodel import ANY, NODES, PAUSED, RUNNING, VM, Cluster, facets, spec_for
 
+from bus.client import Rejected, query, send
 from events import commands as c
 from events import model as m
 from events.names import Ref
+from events.protocol import Query
+from events.render import vm_object
 from events.state import VMState, apply, fold, migration_active
-from orchestrator.client import Rejected, query, send
-from orchestrator.protocol import Query
-from orchestrator.render import vm_object
 from workers.hypervisor import PAUSED_STATE, RUNNING_STATES, domain_name
 from workers.worker import Worker
 

@@ -17,14 +17,14 @@ import pytest
 from clusterkit import Cluster, seed_apply, start_orchestrator
 from nats.aio.client import Client
 
+from bench.simnode import SimNode
+from bus.client import Rejected
 from events import commands as c
 from events import model as m
 from events import work as w
 from events.envelope import Recorded, encode
 from events.names import Ref
 from events.state import VMState
-from orchestrator.bench.simnode import SimNode
-from orchestrator.client import Rejected
 
 
 def kinds(history: list[Recorded]) -> list[str]:
@@ -496,7 +496,7 @@ async def _replicas(cluster: Cluster, rs: str, count: int) -> list[VMState]:
 
 
 async def test_replica_set_keeps_n_replicas_and_scales(cluster: Cluster) -> None:
-    from orchestrator.manifest import to_commands
+    from events.manifest import to_commands
 
     node = await cluster.node("node-a")
     cmds, _ = to_commands(RS_DOC)
@@ -507,7 +507,7 @@ async def test_replica_set_keeps_n_replicas_and_scales(cluster: Cluster) -> None
     assert all(s.labels == {"app": "web", "virtbus.io/replicaset": "web"} for s in live)
     url = cluster.nc.connected_url.geturl()  # type: ignore[union-attr]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "orchestrator.cli", "scale", "web", "--replicas", "5", "--server",
+        sys.executable, "-m", "virtbus", "scale", "web", "--replicas", "5", "--server",
         url, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, _ = await proc.communicate()
@@ -517,7 +517,7 @@ async def test_replica_set_keeps_n_replicas_and_scales(cluster: Cluster) -> None
     )
     await _replicas(cluster, "web", 5)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "orchestrator.cli", "get", "vmirs", "--server", url,
+        sys.executable, "-m", "virtbus", "get", "vmirs", "--server", url,
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, _ = await proc.communicate()

@@ -21,6 +21,10 @@ from clusterkit import Cluster, seed_apply
 from conftest import settle
 from nats.aio.client import Client
 
+from bus.audit import verify
+from bus.provision import provision
+from bus.server import NatsServer
+from bus.store import EventStore
 from events import commands as c
 from events import model as m
 from events import work as w
@@ -28,11 +32,7 @@ from events.envelope import seal
 from events.folding import Skipped
 from events.model import TOKEN
 from events.names import COMMANDS_STREAM, Ref, outcome_subject
-from events.provision import provision
-from events.server import NatsServer
 from events.state import fold
-from events.store import EventStore
-from orchestrator.audit import verify
 from orchestrator.intake import DURABLE, UNJUDGED, Intake
 from orchestrator.scheduler import NodeView
 from workers.failures import failure_of

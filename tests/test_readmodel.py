@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
+from bus.store import EventStore
 from events import model as m
 from events.names import EVENTS_STREAM, Ref
-from events.store import EventStore
 from orchestrator import readmodel
 from orchestrator.readmodel import ReadModel
 

@@ -11,10 +11,10 @@ import test_worker
 from test_cli_verbs import Result, virtbus
 from test_worker import Stack, seed
 
+from bus.client import Rejected, send
 from events import commands as c
 from events import model as m
 from events.names import Ref
-from orchestrator.client import Rejected, send
 
 stack = test_worker.stack
 

@@ -1,4 +1,4 @@
-"""Pure tests of orchestrator.render: KubeVirt's object shapes, kubectl's tables and AGE strings."""
+"""Pure tests of events.render: KubeVirt's object shapes, kubectl's tables and AGE strings."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import yaml
 from msgspec.structs import replace
 
 from events.nodes import NodeState
-from events.state import Migration, VMState
-from orchestrator.render import (
+from events.render import (
     age,
     as_list,
     human_duration,
@@ -25,6 +24,7 @@ from orchestrator.render import (
     vmi_object,
     vmi_table,
 )
+from events.state import Migration, VMState
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 SPEC = {

@@ -16,15 +16,15 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
+from bus.provision import provision
+from bus.server import NatsServer
+from bus.store import EventStore
 from events import model as m
 from events.errors import BusUnavailable, ConfigConflict
 from events.model import TOKEN
 from events.names import EVENT_SUBJECTS, EVENTS_STREAM, Ref
-from events.provision import provision
-from events.server import NatsServer
-from events.store import EventStore
 
-CLI = [sys.executable, "-m", "orchestrator.cli"]
+CLI = [sys.executable, "-m", "virtbus"]
 
 
 async def test_killed_server_keeps_every_acked_event(data_dir: Path) -> None:

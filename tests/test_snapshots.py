@@ -16,14 +16,14 @@ import test_worker
 from test_cli_verbs import Result, virtbus
 from test_worker import Stack, seed
 
+from bus.client import Rejected, send
 from events import commands as c
 from events import model as m
 from events.errors import ValidationError
+from events.manifest import to_commands
 from events.names import Ref
 from events.state import VMState, apply
-from orchestrator.client import Rejected, send
 from orchestrator.decide import decide
-from orchestrator.manifest import to_commands
 
 stack = test_worker.stack
 
@@ -265,7 +265,7 @@ def test_restore_and_snapshot_manifests_become_commands() -> None:
 
 
 def test_the_vm_status_says_which_volumes_a_snapshot_takes() -> None:
-    from orchestrator.render import vm_object
+    from events.render import vm_object
 
     obj = vm_object(_state(_created()))
     assert obj["status"]["volumeSnapshotStatuses"] == [

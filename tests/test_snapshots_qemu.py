@@ -15,9 +15,9 @@ from conftest import qemu_pids
 from qemustack import QemuStack, apply, qemu_stack, seed_doc, short_grace
 from test_snapshots import head, write
 
+from bus.client import Rejected, send
 from events import commands as c
 from events import model as m
-from orchestrator.client import Rejected, send
 from workers.volumes import claim_dir
 
 pytestmark = pytest.mark.kvm

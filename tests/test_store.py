@@ -10,13 +10,13 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from bus.provision import provision
+from bus.server import NatsServer
+from bus.store import Append, EventStore
 from events import model as m
 from events.envelope import Recorded, seal
 from events.errors import ConcurrencyConflict, TamperDetected, ValidationError
 from events.names import EVENTS_STREAM, Ref
-from events.provision import provision
-from events.server import NatsServer
-from events.store import Append, EventStore
 
 CREATED = m.VMCreated(spec={"running": False}, run_strategy="Halted")
 

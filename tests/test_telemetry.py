@@ -18,11 +18,11 @@ from conftest import api_ready, settle
 from nats.aio.client import Client
 from test_worker import Stack, seed, stack  # noqa: F401  (the fixture is used by name)
 
+from bus.client import Rejected, send
+from bus.server import NatsServer
+from bus.telemetry import bound, configure_logging, trace_id
 from events import commands as c
 from events.names import EVENTS_STREAM, Ref
-from events.server import NatsServer
-from events.telemetry import bound, configure_logging, trace_id
-from orchestrator.client import Rejected, send
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The byte-stream pipe over core NATS (events.tunnel) on a real nats-server: flow control by
+"""The byte-stream pipe over core NATS (bus.tunnel) on a real nats-server: flow control by
 credit, order, loss detection and closing from either end. A spy subscription counts the frames
 that actually went over the wire."""
 
@@ -10,7 +10,7 @@ import uuid
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from events.tunnel import CLIENT, NODE, SEQ, Pipe, PipeClosed, pipe_subject
+from bus.tunnel import CLIENT, NODE, SEQ, Pipe, PipeClosed, pipe_subject
 
 
 async def pair(nc: Client, *, window: int) -> tuple[Pipe, Pipe]:

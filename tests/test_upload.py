@@ -299,8 +299,8 @@ async def test_an_interrupted_upload_leaves_a_failed_volume_and_no_disk(
 async def test_an_upload_cut_by_the_node_worker_stopping_or_dying_is_failed(
     stack: Stack, http: Server
 ) -> None:
+    from bus.client import send
     from events import commands as c
-    from orchestrator.client import send
 
     await stack.node("node-a")
     # A graceful stop mid-upload: the session's task records why it ends.
@@ -339,10 +339,10 @@ async def test_an_upload_cut_by_the_node_worker_stopping_or_dying_is_failed(
 
 
 async def test_upload_sessions_refuse_what_they_cannot_take(stack: Stack) -> None:
+    from bus.client import send
+    from bus.tunnel import connect
     from events import commands as c
     from events.errors import BusUnavailable, VirtbusError
-    from events.tunnel import connect
-    from orchestrator.client import send
 
     await stack.node("node-a")
     await send(stack.nc, c.CreateVolume(name="up", size="8Mi", source="upload"))

@@ -16,11 +16,11 @@ import yaml
 from test_cli_verbs import Result, virtbus
 from test_worker import Stack
 
+from bus.client import Rejected, send
 from events import commands as c
 from events import model as m
 from events.errors import ValidationError
 from events.names import Ref
-from orchestrator.client import Rejected, send
 
 stack = test_worker.stack  # bus, orchestrator, nodes stopped on teardown
 GiB = 1 << 30

@@ -19,12 +19,12 @@ import pytest
 from conftest import settle
 from test_worker import Stack, seed, stack  # noqa: F401  (the fixture is used by name)
 
+from bus.client import Rejected, send
+from bus.history import entries, read_history
+from bus.store import EventStore
 from events import commands as c
 from events.errors import ValidationError
 from events.names import Ref
-from events.store import EventStore
-from orchestrator.client import Rejected, send
-from orchestrator.history import entries, read_history
 from orchestrator.readmodel import ReadModel
 from orchestrator.web import Web, configured_port
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
+from bus import webhook_secrets as secrets
+from bus.webhook_secrets import Signer, check_secret, generate, sign
 from orchestrator.webhooks import deliveries as dl
-from orchestrator.webhooks import dispatcher, secrets
-from orchestrator.webhooks.secrets import Signer, check_secret, generate, sign
+from orchestrator.webhooks import dispatcher
 
 
 def _delivery(seq: int, status: str = dl.DELIVERED, consumer: str = "c") -> dl.Delivery:

@@ -10,12 +10,12 @@ from email.utils import format_datetime
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from bus import webhook_secrets as secrets
 from events import commands as c
 from events import model as m
 from events.envelope import Recorded, seal
 from events.errors import ValidationError
 from events.names import Ref
-from orchestrator.webhooks import secrets
 from orchestrator.webhooks.sender import headers_for, retry_after
 from orchestrator.webhooks.settings import (
     SCHEDULE_S,

@@ -26,16 +26,16 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from webhook_receiver import Got, Receiver
 
+from bus import webhook_secrets as secrets
+from bus.client import Rejected, send
+from bus.provision import provision
+from bus.reader import pull_all
+from bus.server import NatsServer
+from bus.store import EventStore
 from events import commands as c
 from events import model as m
 from events.names import COMMANDS_STREAM, EVENTS_STREAM, Ref
-from events.provision import provision
-from events.reader import pull_all
-from events.server import NatsServer
-from events.store import EventStore
 from orchestrator.app import run_orchestrator
-from orchestrator.client import Rejected, send
-from orchestrator.webhooks import secrets
 from orchestrator.webhooks.dispatcher import DELIVERIES_SUBJECT, DeliveriesQuery, Reply
 
 ROOT = Path(__file__).parent.parent
@@ -92,7 +92,7 @@ class Stack:
 
     async def cli(self, *args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "orchestrator.cli", *args, "--server", self.url, cwd=ROOT,
+            sys.executable, "-m", "virtbus", *args, "--server", self.url, cwd=ROOT,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await asyncio.wait_for(proc.communicate(), 60)

@@ -22,17 +22,17 @@ import pytest
 from conftest import api_ready, settle
 from nats.aio.client import Client
 
+from bus.client import send
+from bus.provision import provision
+from bus.server import NatsServer
+from bus.store import EventStore
 from events import commands as c
 from events import model as m
+from events.manifest import parse_documents, to_commands
 from events.names import Ref
-from events.provision import provision
-from events.server import NatsServer
 from events.state import VMState
-from events.store import EventStore
 from events.work import MigrationPolicy
 from orchestrator.app import run_orchestrator
-from orchestrator.client import send
-from orchestrator.manifest import parse_documents, to_commands
 from workers.node import libvirt_test_uri, run_node
 from workers.worker import Worker
 

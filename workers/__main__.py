@@ -13,8 +13,8 @@ from pathlib import Path
 import uvloop
 from nats.aio.client import Client
 
+from bus.telemetry import add_process_args, serve, start_telemetry
 from events.errors import ValidationError
-from events.telemetry import add_process_args, serve, start_telemetry
 from workers.node import run_node
 from workers.registry import Registries
 

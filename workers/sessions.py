@@ -1,4 +1,4 @@
-"""The node's end of client sessions (uploads, VNC, serial console) over `events.tunnel`.
+"""The node's end of client sessions (uploads, VNC, serial console) over `bus.tunnel`.
 
 One subscription per node answers `virt.session.<node>.*`: the handler for the kind checks the
 request (refusing it with a reason the client prints), and the session then runs in its own task
@@ -17,9 +17,9 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from bus.tunnel import NODE, Pipe, SessionOpen, SessionReply, open_subject
 from events.errors import VirtbusError
 from events.names import check_name
-from events.tunnel import NODE, Pipe, SessionOpen, SessionReply, open_subject
 
 log = logging.getLogger("virtbus.sessions")
 

@@ -1,6 +1,6 @@
 """Image upload into a volume, the node's side (CDI's upload server): receive, check, convert.
 
-The client streams the file (as it is: compressed or not) over an `events.tunnel` pipe into a
+The client streams the file (as it is: compressed or not) over an `bus.tunnel` pipe into a
 scratch directory inside the volume's directory. Only when every byte has arrived is the image
 unpacked (gz, xz, tar), inspected with `qemu-img info` (format, virtual size, no backing file),
 checked (`qemu-img check` for qcow2), converted to raw and moved to `disk.img` in one rename, then
@@ -23,11 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from bus.store import EventStore
+from bus.tunnel import Pipe, SessionOpen
 from events import model as m
 from events.errors import ValidationError, VirtbusError
 from events.names import Ref
-from events.store import EventStore
-from events.tunnel import Pipe, SessionOpen
 from events.volumes import PENDING
 from workers.sessions import Body
 from workers.volumestore import DISK, VolumeStore

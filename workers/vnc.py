@@ -3,7 +3,7 @@
 The domain's VNC server listens on 127.0.0.1 only (its port is in the live domain XML) and its
 serial console is a pty (`<serial type='pty'>`, path in the live XML). The node worker is the one
 process that reaches both, so a client's session (`virtbus vnc`, `virtbus console`) is relayed
-here between an `events.tunnel` pipe and the local socket or pty, both ways, until either end
+here between an `bus.tunnel` pipe and the local socket or pty, both ways, until either end
 closes.
 """
 
@@ -17,11 +17,11 @@ import tty
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from bus.store import EventStore
+from bus.tunnel import FRAME, Pipe, SessionOpen, relay
 from events.errors import ValidationError
 from events.names import Ref
 from events.state import RUNNING
-from events.store import EventStore
-from events.tunnel import FRAME, Pipe, SessionOpen, relay
 from workers.hypervisor import Hypervisor
 from workers.sessions import Body
 

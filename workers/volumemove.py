@@ -18,11 +18,11 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from bus.tunnel import Pipe, SessionOpen, connect
 from events import model as m
 from events import work as w
 from events.errors import ValidationError, VirtbusError
 from events.names import Ref
-from events.tunnel import Pipe, SessionOpen, connect
 from workers.sessions import Body
 from workers.volumestore import DISK, VolumeStore
 

@@ -13,11 +13,11 @@ import logging
 import shutil
 from pathlib import Path
 
+from bus.store import EventStore
 from events import model as m
 from events import work as w
 from events.envelope import Recorded
 from events.names import Ref
-from events.store import EventStore
 from events.volumes import PENDING, VolumeState, apply_volume
 from workers.volumes import claim_dir
 

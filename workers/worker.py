@@ -20,16 +20,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from bus.reader import fetch_some
+from bus.store import EventStore
+from bus.telemetry import bound, traced
 from events import model as m
 from events import work as w
 from events.envelope import encode
 from events.errors import HypervisorError, ValidationError, VirtbusError
 from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, node_work_filter
 from events.nodes import Heartbeat
-from events.reader import fetch_some
 from events.state import RUNNING, SCHEDULED, SCHEDULING, STOPPING, TERMINATING, VMState
-from events.store import EventStore
-from events.telemetry import bound, traced
 from workers import metrics
 from workers.domain import disk_xml_of, hotplug_disk, render_domain
 from workers.failures import failure_of

@@ -17,8 +17,8 @@ from pathlib import Path
 import uvloop
 from nats.aio.client import Client
 
-from events.provision import provision
-from events.telemetry import serve
+from bus.provision import provision
+from bus.telemetry import serve
 from orchestrator.webhooks.dispatcher import Dispatcher
 
 

@@ -25,13 +25,13 @@ from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
+from bus import webhook_secrets as secrets
+from bus.reader import direct_last
+from bus.store import EventStore
 from events import model as m
 from events.envelope import Recorded
 from events.errors import ConcurrencyConflict, ValidationError, VirtbusError
 from events.names import EVENTS_STREAM, Ref
-from events.reader import direct_last
-from events.store import EventStore
-from orchestrator.webhooks import secrets
 from orchestrator.webhooks.deliveries import DEAD, Delivery, DeliveryLog
 from orchestrator.webhooks.runner import Runner
 from orchestrator.webhooks.settings import WebhookSettings

@@ -27,10 +27,10 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from bus.webhook_secrets import Signer
 from events.names import EVENTS_STREAM
 from orchestrator.webhooks import deliveries as dl
 from orchestrator.webhooks.http1 import Endpoint
-from orchestrator.webhooks.secrets import Signer
 from orchestrator.webhooks.sender import CONTENT_TYPE, HEAD, Attempt, Head, post, webhook_id
 from orchestrator.webhooks.settings import WebhookSettings
 from orchestrator.webhooks.subscriptions import WebhookState, matches, subject_filters

@@ -15,8 +15,8 @@ from typing import Final
 
 import msgspec
 
+from bus.webhook_secrets import Signer
 from orchestrator.webhooks.http1 import Endpoint, HttpError
-from orchestrator.webhooks.secrets import Signer
 
 CONTENT_TYPE: Final = "application/cloudevents+json; charset=utf-8"
 

@@ -18,12 +18,12 @@ from typing import Final
 import msgspec
 from nats.aio.client import Client
 
+from bus import webhook_secrets as secrets
 from events import commands as c
 from events import model as m
 from events.envelope import Recorded
 from events.errors import ValidationError
 from events.names import AGGREGATES
-from orchestrator.webhooks import secrets
 from orchestrator.webhooks.settings import WebhookSettings, check_endpoint
 
 _TYPE_GLOB: Final = re.compile(r"^[a-z0-9._*?-]{1,200}$")

@@ -1,0 +1,282 @@
+"""`virtbus bench control`: how fast the control plane turns "create this VM" into a running VM.
+
+The issue's target is >= 300 VM starts/s with 1,000 VMs on 10 nodes and p99 creation->Running
+<= 250 ms. This benchmark runs the whole path as deployed, on a throw-away nats-server (or
+`--server`): the orchestrator as its own process (`python -m orchestrator`: API, intake,
+controller, read model), M simulated nodes in another (`SimNode`s, the worker's side of the bus
+with no hypervisor, `python -m bench.simnode`), and in this one a client that sends
+N `ApplyVM` commands (runStrategy Always, 1 core, 64Mi) through `virtbus-api` with up to
+`concurrency` in flight. A VM counts as Running when its first `DomainStarted` arrives on a single
+follower of the log (no polling per VM); its latency is from just before its ApplyVM was sent.
+
+Baseline, measured in the same run on the same server once the orchestrator has stopped: the bus
+work a start costs with no orchestration at all. Per VM, one plain `js.publish` of a message the
+size of the ApplyVM, then one plain `js.publish` per event the start flow appended for that VM
+(counted from the log: every event of the VM up to its `DomainStarted`, each the average event
+size), awaited one after another because each step of the flow waits for the one before; VMs run
+`concurrency` at a time like the real run. It leaves out what orchestration adds by design
+(request/reply to the API, the command stream hop, reads of the VM's history, OCC and dedup
+headers, the work-queue item, three followers decoding every event, node heartbeats), so
+`ratio` = starts_per_s / baseline_starts_per_s is the share of the raw bus rate the control plane
+keeps. Publishing one message per event (rather than one atomic batch per append) makes the
+baseline the cost of writing the same events individually: the plain-client equivalent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js.api import StorageType, StreamConfig
+
+from bus.client import Rejected, query, send
+from bus.connect import bus_for_bench, connect
+from bus.provision import provision
+from bus.server import die_with_parent
+from bus.store import EventStore
+from events import commands as c
+from events import model as m
+from events.envelope import encode
+from events.errors import BusUnavailable
+from events.manifest import to_commands
+from events.names import EVENTS_STREAM
+from events.protocol import Query
+
+RAW_STREAM = "BENCH_CONTROL_RAW"
+VM_MEMORY = 64 << 20
+NODE_GRACE_S = 120.0  # the bench loads the loop the heartbeats share: no spurious NodeLost
+READY_WAIT_S = 20.0
+
+
+def _apply(name: str) -> c.ApplyVM:
+    doc = {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": name},
+        "spec": {
+            "runStrategy": "Always",
+            "template": {
+                "spec": {"domain": {"cpu": {"cores": 1}, "memory": {"guest": "64Mi"}}},
+            },
+        },
+    }
+    cmds, _ = to_commands(doc)
+    cmd = cmds[0]
+    if not isinstance(cmd, c.ApplyVM):
+        raise AssertionError(f"expected an ApplyVM, got {type(cmd).__name__}")
+    return cmd
+
+
+async def run(
+    *, vms: int, nodes: int, server: str | None, concurrency: int = 50, rate: float | None = None
+) -> dict[str, Any]:
+    async with bus_for_bench(server) as url:
+        nc = await connect(url, name="virtbus-bench-client")
+        try:
+            return await _run(nc, url, vms=vms, nodes=nodes, concurrency=concurrency, rate=rate)
+        finally:
+            await nc.close()
+
+
+async def _spawn(*args: str) -> asyncio.subprocess.Process:
+    """A part of the stack as its own process, as deployed: it dies with this one."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", *args, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )  # fmt: skip
+
+
+async def _end(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 20)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _run(
+    nc: Client, url: str, *, vms: int, nodes: int, concurrency: int, rate: float | None
+) -> dict[str, Any]:
+    await provision(nc.jetstream())
+    run_id = uuid.uuid4().hex[:6]
+    per_node = -(-vms // nodes)
+    prefix = f"bench-{run_id}-node"
+    with tempfile.TemporaryDirectory(prefix="virtbus-bench-orchestrator-") as tmp:
+        procs = [
+            await _spawn("orchestrator", "--server", url, "--data-dir", tmp,
+                         "--node-grace", str(NODE_GRACE_S)),
+            await _spawn("bench.simnode", "--server", url, "--prefix", prefix,
+                         "--count", str(nodes), "--cpus", str(max(8, per_node)),
+                         "--memory-bytes", str(2 * per_node * VM_MEMORY + (1 << 30))),
+        ]  # fmt: skip
+        try:
+            await _until_api_answers(nc)
+            await _until_nodes_known(nc, {f"{prefix}-{k}" for k in range(nodes)})
+            out = await _measure(nc, run_id=run_id, vms=vms, concurrency=concurrency, rate=rate)
+        finally:
+            for proc in reversed(procs):
+                await _end(proc)
+    out.update(await _baseline(nc, out, vms=vms, concurrency=concurrency))
+    out["nodes"] = nodes
+    out["concurrency"] = concurrency
+    out["offered_rate"] = rate or 0.0  # 0: as fast as virtbus-api accepts commands
+    out["ratio"] = out["starts_per_s"] / out["baseline_starts_per_s"]
+    return out
+
+
+async def _until_api_answers(nc: Client) -> None:
+    deadline = time.monotonic() + READY_WAIT_S
+    while True:
+        try:
+            await query(nc, Query(what="nodes"), wait_s=2)
+            return
+        except BusUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def _until_nodes_known(nc: Client, names: set[str]) -> None:
+    """The read model lists every node; the controller follows the same log just as fast."""
+    deadline = time.monotonic() + READY_WAIT_S
+    while not names <= {n.name for n in (await query(nc, Query(what="nodes"))).nodes}:
+        if time.monotonic() > deadline:
+            raise BusUnavailable(f"the orchestrator did not see the nodes within {READY_WAIT_S}s")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # the controller's own follower
+
+
+async def _pool(
+    n: int, concurrency: int, job: Callable[[int], Awaitable[None]], *, rate: float | None = None
+) -> None:
+    """Run job(0..n-1) with at most `concurrency` in flight (named tasks, all awaited); with
+    `rate`, job i starts no earlier than i/rate seconds in: an open-loop offered load."""
+    todo = iter(range(n))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+
+    async def worker() -> None:
+        for i in todo:
+            if rate:
+                await asyncio.sleep(max(0.0, t0 + i / rate - loop.time()))
+            await job(i)
+
+    tasks = [
+        asyncio.create_task(worker(), name=f"bench-control-worker-{k}")
+        for k in range(min(concurrency, n))
+    ]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _measure(
+    nc: Client, *, run_id: str, vms: int, concurrency: int, rate: float | None
+) -> dict[str, Any]:
+    names = [f"bench-{run_id}-vm-{i}" for i in range(vms)]
+    cmds = [_apply(name) for name in names]
+    prefix = f"virt.vm.default.bench-{run_id}-vm-"
+    store = EventStore(nc, source="/virtbus/bench")
+    first_seq = (await nc.jetstream().stream_info(EVENTS_STREAM)).state.last_seq + 1
+
+    running: dict[str, float] = {}
+    events = {name: 0 for name in names}  # each VM's events up to its DomainStarted
+    event_bytes = 0
+    all_running = asyncio.Event()
+
+    async def follow() -> None:
+        nonlocal event_bytes
+        async for rec in store.follow(from_seq=first_seq):
+            if not rec.subject.startswith(prefix):
+                continue
+            name = rec.subject.split(".")[3]
+            if name in running or name not in events:
+                continue
+            events[name] += 1
+            event_bytes += len(encode(rec.envelope))
+            if isinstance(rec.envelope.data, m.DomainStarted):
+                running[name] = time.perf_counter()
+                if len(running) == vms:
+                    all_running.set()
+
+    sent: dict[str, float] = {}
+    accepted = rejected = 0
+
+    async def start_one(i: int) -> None:
+        nonlocal accepted, rejected
+        sent[names[i]] = time.perf_counter()
+        try:
+            await send(nc, cmds[i], wait_s=30)
+            accepted += 1
+        except Rejected:
+            rejected += 1
+
+    follower = asyncio.create_task(follow(), name="bench-control-follow")
+    try:
+        t0 = time.perf_counter()
+        await _pool(vms, concurrency, start_one, rate=rate)
+        send_s = time.perf_counter() - t0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_running.wait(), timeout=max(30.0, vms * 0.05))
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+
+    lat_ms = sorted((running[n] - sent[n]) * 1e3 for n in running)
+    pct = statistics.quantiles(lat_ms, n=100, method="inclusive") if len(lat_ms) > 1 else []
+    counted = sum(events[n] for n in running)
+    out: dict[str, Any] = {
+        "vms": vms,
+        "accepted": accepted,
+        "rejected": rejected,
+        "running": len(running),
+        "commands_per_s": accepted / send_s,
+        "starts_per_s": len(running) / (max(running.values()) - t0) if running else 0.0,
+        "create_to_running_p50_ms": pct[49] if pct else (lat_ms[0] if lat_ms else 0.0),
+        "create_to_running_p95_ms": pct[94] if pct else (lat_ms[0] if lat_ms else 0.0),
+        "create_to_running_p99_ms": pct[98] if pct else (lat_ms[0] if lat_ms else 0.0),
+        "create_to_running_max_ms": lat_ms[-1] if lat_ms else 0.0,
+        "events_per_vm": counted / len(running) if running else 0.0,
+        "event_bytes": event_bytes // counted if counted else 0,
+        "command_bytes": len(encode(cmds[0])),
+    }
+    return out
+
+
+async def _baseline(
+    nc: Client, measured: dict[str, Any], *, vms: int, concurrency: int
+) -> dict[str, Any]:
+    js = nc.jetstream()
+    await js.add_stream(
+        StreamConfig(name=RAW_STREAM, subjects=["bench.control.>"], storage=StorageType.FILE)
+    )
+    command = b"x" * measured["command_bytes"]
+    event = b"x" * max(1, measured["event_bytes"])
+    per_vm = max(1, round(measured["events_per_vm"]))
+
+    async def start_one(i: int) -> None:
+        await js.publish(f"bench.control.cmd.{i}", command)
+        for _ in range(per_vm):
+            await js.publish(f"bench.control.vm.{i}", event)
+
+    try:
+        t0 = time.perf_counter()
+        await _pool(vms, concurrency, start_one)
+        wall = time.perf_counter() - t0
+    finally:
+        await js.delete_stream(RAW_STREAM)
+    return {"baseline_starts_per_s": vms / wall, "baseline_publishes_per_vm": 1 + per_vm}

@@ -1,0 +1,71 @@
+"""The CLI's side of the bus: send a command to `virtbus-api`, query the read model, watch the log.
+
+Every verb goes through here, so connection errors, timeouts and "no orchestrator answering"
+read the same everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import msgspec
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from bus.connect import connect
+from bus.telemetry import new_traceparent
+from events import commands as c
+from events.envelope import encode
+from events.errors import BusUnavailable, VirtbusError
+from events.names import API_PREFIX
+from events.protocol import Answer, Query
+
+_OUTCOME = msgspec.json.Decoder(c.Outcome)
+_ANSWER = msgspec.json.Decoder(Answer)
+
+
+class Rejected(VirtbusError):
+    """The orchestrator judged the command and said no."""
+
+
+@contextlib.asynccontextmanager
+async def session(url: str) -> AsyncIterator[Client]:
+    nc = await connect(url, name="virtbus-cli")
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def _request(nc: Client, endpoint: str, body: bytes, *, wait_s: float) -> bytes:
+    try:
+        # Each request starts a trace that the command's events, work and observations carry.
+        headers = {"traceparent": new_traceparent()}
+        msg = await nc.request(f"{API_PREFIX}.{endpoint}", body, timeout=wait_s, headers=headers)
+    except NoRespondersError:
+        raise BusUnavailable(
+            f"no virtbus orchestrator is answering on {_url(nc)}; start one with `virtbus up`"
+        ) from None
+    except (NatsTimeout, TimeoutError):
+        raise BusUnavailable(f"virtbus-api did not answer within {wait_s:.0f}s") from None
+    if msg.headers and msg.headers.get("Nats-Service-Error-Code"):
+        raise VirtbusError(msg.headers.get("Nats-Service-Error", "virtbus-api failed"))
+    return msg.data
+
+
+async def send(nc: Client, cmd: c.Command, *, wait_s: float = 20) -> c.Outcome:
+    """Carry out `cmd`; raise Rejected (reason, field) when the orchestrator says no."""
+    outcome = _OUTCOME.decode(await _request(nc, "command", encode(cmd), wait_s=wait_s))
+    if not outcome.accepted:
+        raise Rejected(outcome.reason, field=outcome.field)
+    return outcome
+
+
+async def query(nc: Client, q: Query, *, wait_s: float = 10) -> Answer:
+    return _ANSWER.decode(await _request(nc, "get", encode(q), wait_s=wait_s))
+
+
+def _url(nc: Client) -> str:
+    return nc.connected_url.geturl() if nc.connected_url else "the bus"

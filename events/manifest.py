@@ -1,0 +1,194 @@
+"""KubeVirt manifests in, virtbus commands out.
+
+Users bring the YAML they already write for KubeVirt. This module is the one place that reads it:
+it checks what virtbus relies on (names, disks against volumes, interfaces against networks,
+quantities), rejects what KubeVirt itself would reject with a `ValidationError` naming the field,
+and warns about every field it does not know instead of dropping it silently.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+import yaml
+
+from events import fields as f
+from events.commands import (
+    ApplyReplicaSet,
+    ApplyVM,
+    Command,
+    MigrateVM,
+    RestoreVM,
+    SnapshotVM,
+)
+from events.fields import fail as _fail
+from events.manifest_reader import METADATA, Reader, names, strings
+from events.names import check_name
+from events.quantity import parse_quantity
+
+API_VERSION: Final = "kubevirt.io/v1"
+DEPRECATED_API_VERSIONS: Final = frozenset({"kubevirt.io/v1alpha3"})
+SNAPSHOT_API_VERSION: Final = "snapshot.kubevirt.io/v1beta1"
+SNAPSHOT_KINDS: Final = ("VirtualMachineSnapshot", "VirtualMachineRestore")
+RUN_STRATEGIES: Final = ("Always", "RerunOnFailure", "Manual", "Halted", "Once")
+MAX_REPLICAS: Final = 10_000  # events.commands.Replicas allows no more
+KINDS: Final = ("VirtualMachine", "VirtualMachineInstance", "VirtualMachineInstanceReplicaSet",
+                "VirtualMachineInstanceMigration", *SNAPSHOT_KINDS)  # fmt: skip
+
+# Known field names per level: virtbus acts on some and tolerates the rest; anything else warns.
+_TOP: Final = names("apiVersion kind metadata spec status")
+_VM_SPEC: Final = names(
+    "running runStrategy template dataVolumeTemplates instancetype preference "
+    "updateVolumesStrategy liveUpdateFeatures"
+)
+_RS_SPEC: Final = names("replicas selector template paused")
+_MIGRATION_SPEC: Final = names("vmiName addedNodeSelector")
+_SNAPSHOT_SPEC: Final = names("source deletionPolicy failureDeadline")
+_RESTORE_SPEC: Final = names("target virtualMachineSnapshotName patches targetReadinessPolicy")
+
+
+def parse_documents(text: str) -> list[dict[str, Any]]:
+    """Every non-empty document of a multi-document YAML text; a top-level list or a `kind: List`
+    contributes its items, as `kubectl apply` does."""
+    try:
+        raw = list(yaml.safe_load_all(text))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
+        raise _fail("yaml", f"{where}: {exc.problem or exc.context or 'invalid YAML'}") from exc
+    except yaml.YAMLError as exc:
+        raise _fail("yaml", str(exc)) from exc
+    except RecursionError as exc:  # PyYAML composes nested collections recursively
+        raise _fail("yaml", "the document is nested too deeply") from exc
+    docs: list[dict[str, Any]] = []
+    for i, doc in enumerate(raw):
+        items = doc.get("items") if isinstance(doc, dict) and doc.get("kind") == "List" else doc
+        for j, item in enumerate(items if isinstance(items, list) else [items]):
+            if item is None:
+                continue
+            if not isinstance(item, dict):
+                where = f"documents[{i}]" + (f"[{j}]" if isinstance(items, list) else "")
+                raise _fail(where, f"expected a mapping, got {type(item).__name__}")
+            docs.append(item)
+    return docs
+
+
+def run_strategy_of(spec: dict[str, Any]) -> str:
+    """The effective run strategy of a VM spec; `running` is KubeVirt's older spelling of it."""
+    if spec.get("runStrategy") is not None:
+        return str(spec["runStrategy"])
+    return "Always" if spec.get("running") is True else "Halted"
+
+
+def summarize(spec: dict[str, Any]) -> dict[str, Any]:
+    """What the scheduler needs from a VM spec (or a bare VMI spec): memory, vCPUs, selector."""
+    vmi = (spec.get("template") or {}).get("spec") or {} if "template" in spec else spec
+    domain = vmi.get("domain") or {}
+    cpu = domain.get("cpu") or {}
+    # The scheduler reserves what the pod would request; guest memory stands in when unset.
+    memory = ((domain.get("resources") or {}).get("requests") or {}).get("memory")
+    memory = memory if memory is not None else (domain.get("memory") or {}).get("guest")
+    return {
+        "memory_bytes": 0 if memory is None else parse_quantity(memory, field="memory"),
+        # `or 1`: an explicit null is unset (found by the fuzzer: int(None) in the controller).
+        "cpus": int(cpu.get("cores") or 1)
+        * int(cpu.get("sockets") or 1)
+        * int(cpu.get("threads") or 1),
+        "node_selector": dict(vmi.get("nodeSelector") or {}),
+    }
+
+
+def to_commands(
+    doc: dict[str, Any], *, default_namespace: str = "default"
+) -> tuple[list[Command], list[str]]:
+    """The commands one manifest stands for, plus warnings about what virtbus ignores."""
+    if not isinstance(doc, dict):
+        raise _fail("document", f"expected a mapping, got {type(doc).__name__}")
+    reader = Reader()
+    # Typed before any set lookup: `apiVersion: {}` must be a rejection, not a TypeError.
+    api, kind = (
+        v if isinstance(v, str) else None for v in (doc.get("apiVersion"), doc.get("kind"))
+    )
+    shown_api, shown_kind = f.short(doc.get("apiVersion")), f.short(doc.get("kind"))
+    if kind in SNAPSHOT_KINDS:
+        if api == "snapshot.kubevirt.io/v1alpha1":
+            reader.warn("apiVersion", f"{api} is deprecated; read as {SNAPSHOT_API_VERSION}")
+        elif api != SNAPSHOT_API_VERSION:
+            raise _fail("apiVersion", f"{shown_api} is not supported for {kind}; use "
+                                      f"{SNAPSHOT_API_VERSION}")  # fmt: skip
+    elif api in DEPRECATED_API_VERSIONS:
+        reader.warn("apiVersion", f"{api} is deprecated; read as {API_VERSION}")
+    elif api != API_VERSION:
+        raise _fail("apiVersion", f"{shown_api} is not supported; use {API_VERSION}")
+    if kind not in KINDS:
+        raise _fail("kind", f"{shown_kind} is not supported; use one of {', '.join(KINDS)}")
+    # Only plain JSON goes on: it is what the wire carries and the log replays unchanged.
+    f.check_json(doc, "")
+    reader.section(doc, "", fields=_TOP)
+    meta = reader.section(doc.get("metadata"), "metadata", fields=METADATA)
+    name = check_name(meta.get("name") or "", field="metadata.name")
+    namespace = check_name(meta.get("namespace", default_namespace), field="metadata.namespace")
+    labels = strings(meta.get("labels"), "metadata.labels")
+    annotations = strings(meta.get("annotations"), "metadata.annotations")
+    # Deep-copied so the command never aliases the caller's document.
+    spec = copy.deepcopy(f.mapping(doc.get("spec"), "spec"))
+    cmd: Command
+    if kind == "VirtualMachine":
+        reader.section(spec, "spec", fields=_VM_SPEC)
+        _check_run_strategy(spec)
+        reader.template(spec.get("template"), "spec.template", sized="instancetype" in spec)
+        cmd = ApplyVM(
+            name=name, namespace=namespace, spec=spec, labels=labels, annotations=annotations
+        )
+    elif kind == "VirtualMachineInstance":
+        reader.vmi_spec(spec, "spec", sized=False)
+        # Reshaped as a run-once VM, so the rest of virtbus only ever sees VM specs.
+        template = {"metadata": {"labels": dict(labels)}, "spec": spec}
+        cmd = ApplyVM(
+            name=name, namespace=namespace, spec={"runStrategy": "Once", "template": template},
+            labels=labels, annotations=annotations, source_kind="VirtualMachineInstance",
+        )  # fmt: skip
+    elif kind == "VirtualMachineInstanceReplicaSet":
+        reader.section(spec, "spec", fields=_RS_SPEC)
+        if spec.get("replicas") is None:  # `replicas:` left empty is the default, as unset
+            spec["replicas"] = 1
+        f.integer(spec["replicas"], "spec.replicas", low=0, high=MAX_REPLICAS)
+        reader.template(spec.get("template"), "spec.template", sized=False)
+        cmd = ApplyReplicaSet(name=name, namespace=namespace, spec=spec, labels=labels)
+    elif kind == "VirtualMachineInstanceMigration":
+        reader.section(spec, "spec", fields=_MIGRATION_SPEC)
+        vmi = check_name(spec.get("vmiName") or "", field="spec.vmiName")
+        cmd = MigrateVM(name=vmi, namespace=namespace, migration=name)
+    elif kind == "VirtualMachineSnapshot":
+        reader.section(spec, "spec", fields=_SNAPSHOT_SPEC)
+        vm = _vm_reference(spec.get("source"), "spec.source")
+        cmd = SnapshotVM(name=vm, namespace=namespace, snapshot=name)
+    else:  # VirtualMachineRestore
+        reader.section(spec, "spec", fields=_RESTORE_SPEC)
+        vm = _vm_reference(spec.get("target"), "spec.target")
+        snap = check_name(spec.get("virtualMachineSnapshotName") or "",
+                          field="spec.virtualMachineSnapshotName")  # fmt: skip
+        cmd = RestoreVM(name=vm, namespace=namespace, snapshot=snap, restore=name)
+    return [cmd], reader.warns
+
+
+# --- checks --------------------------------------------------------------------------------------
+
+
+def _vm_reference(ref: Any, path: str) -> str:
+    """A snapshot's source or a restore's target: virtbus snapshots VirtualMachines only."""
+    ref = f.mapping(ref, path)
+    if f.text(ref.get("kind"), f"{path}.kind") not in (None, "VirtualMachine"):
+        raise _fail(f"{path}.kind", f"{ref.get('kind')!r}: only VirtualMachine can be snapshotted")
+    if f.text(ref.get("apiGroup"), f"{path}.apiGroup") not in (None, "kubevirt.io"):
+        raise _fail(f"{path}.apiGroup", f"{ref.get('apiGroup')!r}: use kubevirt.io")
+    return check_name(ref.get("name") or "", field=f"{path}.name")
+
+
+def _check_run_strategy(spec: dict[str, Any]) -> None:
+    running, strategy = spec.get("running"), spec.get("runStrategy")
+    if running is not None and strategy is not None:
+        raise _fail("spec.running", "spec.running and spec.runStrategy are mutually exclusive")
+    f.boolean(running, "spec.running")
+    f.text(strategy, "spec.runStrategy", choices=RUN_STRATEGIES)

@@ -1,0 +1,149 @@
+"""`virtbus up`: the embedded stack in the foreground until Ctrl-C.
+
+Staged shutdown: the stop signal sets an event, components drain, then the server stops with a grace
+period; a second Ctrl-C cuts the grace short. A node worker or the orchestrator that dies before
+is started again with a back-off (`virtbus/supervise.py`); the stack stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import signal
+import sys
+from collections.abc import Awaitable
+from pathlib import Path
+
+from rich.console import Console
+
+from bus.audit import describe_key, load_key
+from bus.connect import connect
+from bus.provision import provision
+from bus.server import NatsServer, die_with_parent, fsync_policy
+from bus.store import EventStore
+from events.errors import BusUnavailable
+from events.work import MigrationPolicy
+from orchestrator.app import run_orchestrator
+from orchestrator.readmodel import ReadModel
+from orchestrator.web import configured_port
+from virtbus.supervise import supervise_process, supervise_task
+
+console = Console(stderr=True, highlight=False)
+
+
+async def run_up(
+    *, data_dir: Path, port: int, server: str | None, sync_always: bool, nodes: int,
+    hypervisor: str, migration_policy: MigrationPolicy | None = None,
+) -> None:  # fmt: skip
+    stop = asyncio.Event()
+    lost = ""  # why the stack stopped, when not by Ctrl-C
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    owned: NatsServer | None = None
+    try:
+        if server:
+            url = server
+            console.print(f"using the NATS server at {url} (not started by virtbus)")
+        else:
+            owned = NatsServer(data_dir=data_dir, port=port, sync_always=sync_always)
+            url = await owned.start()
+            console.print(f"nats-server pid {owned.pid}, data in {owned.data_dir}")
+            console.print(f"durability: {fsync_policy(sync_always)}")
+        nc = await connect(url, name="virtbus-up")
+        try:
+            created = await provision(nc.jetstream())
+            console.print("provisioned: " + (", ".join(created) or "everything already in place"))
+            audit, web = describe_key(load_key()), configured_port()  # bad settings stop us here
+
+            def orchestrate(own: asyncio.Event) -> Awaitable[None]:
+                return run_orchestrator(nc, data_dir=data_dir / "orchestrator", stop=own,
+                                        migration_policy=migration_policy)  # fmt: skip
+
+            orchestrator = asyncio.create_task(
+                supervise_task("orchestrator", orchestrate, stop=stop, console=console),
+                name="orchestrator",
+            )
+            console.print("orchestrator: running (virtbus-api on the bus)")
+            console.print(f"audit: {audit}")
+            if web is not None:
+                console.print(f"web view: http://127.0.0.1:{web}/")
+            workers = []
+            for i in range(nodes):
+                name = f"node-{chr(ord('a') + i)}"
+                spawn = functools.partial(_spawn_worker, name, url=url, data_dir=data_dir / "nodes",
+                                          hypervisor=hypervisor, index=i)  # fmt: skip
+                first = await spawn()
+                what = "libvirt test driver" if hypervisor == "test" else "its own libvirtd (QEMU)"
+                console.print(f"node {name}: {what} (pid {first.pid})")
+                workers.append(asyncio.create_task(
+                    supervise_process(f"node {name}", spawn, first=first, stop=stop,
+                                      console=console, stop_process=_stop_process),
+                    name=f"up-node-{name}",
+                ))  # fmt: skip
+            print(f"bus: {url}", flush=True)
+            console.print("press Ctrl-C to stop")
+            try:
+                lost = await _until_stopped(stop, owned)
+                console.print("stopping...")
+            finally:
+                stop.set()  # the supervisors stop their children and return
+                await asyncio.gather(*workers)
+                await orchestrator
+        finally:
+            with contextlib.suppress(Exception):  # a dead server's connection cannot flush
+                await nc.close()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if owned is not None:
+            await owned.stop()
+    if lost:
+        raise BusUnavailable(lost)
+
+
+async def _until_stopped(stop: asyncio.Event, server: NatsServer | None) -> str:
+    """Until Ctrl-C (""), or until the nats-server we run exits (why): all rests on it, so all
+    stops."""
+    waits: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait(), name="up-stop")]
+    if server is not None:
+        waits.append(asyncio.create_task(server.exited(), name="up-nats-server"))
+    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for t in pending:
+        t.cancel()
+    if stop.is_set():
+        return ""
+    return f"nats-server exited with code {done.pop().result()}: the stack stops (it rests on it)"
+
+
+async def _spawn_worker(
+    name: str, *, url: str, data_dir: Path, hypervisor: str, index: int
+) -> asyncio.subprocess.Process:
+    """A node worker as its own process: the orchestrator and workers meet only on the bus."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "workers", "--node", name, "--data-dir", str(data_dir),
+        "--server", url, "--hypervisor", hypervisor, "--index", str(index),
+        stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
+    )  # fmt: skip
+
+
+async def _stop_process(proc: asyncio.subprocess.Process, *, grace: float = 10) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def rebuild(url: str, *, data_dir: Path) -> int:
+    """`virtbus admin rebuild-projections`: the read model anew, from the first event."""
+    nc = await connect(url, name="virtbus-admin")
+    try:
+        async with ReadModel(data_dir / "readmodel.sqlite", EventStore(nc)) as rm:
+            return await rm.rebuild()
+    finally:
+        await nc.close()

@@ -1,0 +1,1 @@
+"""The `virtbus` client verbs (virtctl's role): they talk to the bus only."""

@@ -1,0 +1,355 @@
+"""`virtbus history` and `virtbus audit`: the auditor's verbs, kept apart from the lifecycle CLI.
+
+`history NAME` prints every command, decision and observation of a VM with its status after each,
+life by life; `--at T` prints the VM as it was at T in `get vm -o yaml` shape; `--follow` keeps
+printing. `audit checkpoint|verify` seal and check the log (see `bus/audit.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from bus import history as h
+from bus.client import session
+from bus.connect import server_url
+from events import render
+from events.envelope import Recorded, chain_hash, decode_envelope
+from events.errors import TamperDetected, ValidationError, VirtbusError
+from events.names import COMMANDS_STREAM, EVENTS_STREAM, Ref
+from virtctl.cli_common import NsOpt, ServerOpt, finish, run
+
+OUTPUTS = ("table", "json", "yaml")
+HEADER = ["TIME", "CATEGORY", "TYPE", "ACTOR", "STATUS", "SUMMARY"]
+
+audit = typer.Typer(help="Tamper evidence: signed checkpoints of the log, and their check.")
+KeyFileOpt = Annotated[
+    Path | None,
+    typer.Option("--key-file", help="HMAC key file (else $VIRTBUS_AUDIT_KEY)"),
+]
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> None:
+    """Run a verb: exit with its code, 1 with the reason on stderr when virtbus says no."""
+    finish(run(coro))
+
+
+def _usage(text: str) -> typer.Exit:
+    typer.echo(f"error: {text}", err=True)
+    return typer.Exit(2)
+
+
+def _when(text: str | None, flag: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return h.parse_time(text)
+    except ValidationError as err:
+        raise _usage(f"{flag}: {err.message}") from None
+
+
+def history(
+    name: Annotated[str, typer.Argument(help="VM name (deleted VMs too)")],
+    namespace: NsOpt = "default",
+    since: Annotated[str | None, typer.Option(help="RFC 3339 time or a duration ago (10m)")] = None,
+    until: Annotated[str | None, typer.Option(help="RFC 3339 time or a duration ago")] = None,
+    at: Annotated[str | None, typer.Option(help="print the VM as it was at this time")] = None,
+    output: Annotated[str, typer.Option("-o", "--output", help="table, json or yaml")] = "table",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing")] = False,
+    server: ServerOpt = None,
+) -> None:
+    """Every command, decision and observation of a VM, with its status after each."""
+    if output not in OUTPUTS:
+        raise _usage(f"-o {output!r}: use table, json or yaml")
+    try:
+        ref = Ref.vm(name, namespace)
+    except ValidationError as err:
+        raise _usage(err.message) from None
+    moment, start, end = _when(at, "--at"), _when(since, "--since"), _when(until, "--until")
+    if moment is not None and (follow or start or end):
+        raise _usage("--at prints one moment; it does not combine with --since, --until, --follow")
+    url = server_url(server)
+    if moment is not None:
+        _run(_at(url, ref, moment, output=output))
+        return
+    _run(_history(url, ref, since=start, until=end, output=output, follow=follow))
+
+
+async def _read(nc: Client, ref: Ref) -> h.History:
+    try:
+        found = await h.read_history(nc, ref)
+    except TamperDetected as err:
+        raise VirtbusError(f"{err}; run `virtbus audit verify {ref.name}`") from None
+    if not found.events and not found.commands:
+        raise VirtbusError(f'virtualmachines.kubevirt.io "{ref.name}" not found')
+    return found
+
+
+async def _at(url: str, ref: Ref, moment: datetime, *, output: str) -> int:
+    async with session(url) as nc:
+        found = await _read(nc, ref)
+    s = h.state_at(found.events, moment)
+    if not s.exists:
+        why = "was deleted by then" if s.deleted else "did not exist yet"
+        raise VirtbusError(
+            f'virtualmachines.kubevirt.io "{ref.name}" not found at '
+            f"{moment.astimezone(UTC).isoformat()}: it {why}"
+        )
+    if output == "table":
+        sys.stdout.write(render.vm_table([s], namespace=ref.namespace, now=moment))
+    else:
+        obj = render.vm_object(s)
+        sys.stdout.write(render.to_json(obj) if output == "json" else render.to_yaml(obj))
+    return 0
+
+
+def _time(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _cells(e: h.Entry) -> list[str]:
+    kind = e.type.removeprefix("io.virtbus.").removesuffix(".v1")
+    return [_time(e.time), e.category, kind, e.actor or "-", e.status or "-", e.summary]
+
+
+def _life_line(life: int, items: list[h.Entry]) -> str:
+    if life == 0:
+        return "# before the VM was first created"
+    created = next((e.time for e in items if e.type == "io.virtbus.vm.created.v1"), None)
+    gone = next((e.time for e in items if e.type == "io.virtbus.vm.deleted.v1"), None)
+    span = f"created {render.timestamp(created)}" if created else ""
+    if gone:
+        span += f", deleted {render.timestamp(gone)}"
+    return f"# life {life}: {span}"
+
+
+def _print(items: list[h.Entry], *, output: str) -> None:
+    if output != "table":
+        doc = render.as_list(h.entry_object(e) for e in items)
+        sys.stdout.write(render.to_json(doc) if output == "json" else render.to_yaml(doc))
+        return
+    if not items:
+        typer.echo("No history in that window.")
+        return
+    lives = sorted({e.life for e in items})
+    # One table for all, so columns line up across lives; a comment line opens each life.
+    lines = render.table(HEADER, (_cells(e) for e in items)).splitlines()
+    typer.echo(lines[0])
+    for life in lives:
+        mine = [i for i, e in enumerate(items) if e.life == life]
+        if len(lives) > 1 or life == 0:
+            typer.echo(_life_line(life, [items[i] for i in mine]))
+        for i in mine:
+            typer.echo(lines[i + 1])
+
+
+async def _history(
+    url: str, ref: Ref, *, since: datetime | None, until: datetime | None, output: str,
+    follow: bool,
+) -> int:  # fmt: skip
+    async with session(url) as nc:
+        found = await (_read(nc, ref) if not follow else h.read_history(nc, ref))
+        entries = h.entries(found)
+        _print(h.window(entries, since=since, until=until), output=output)
+        if follow:
+            sys.stdout.flush()
+            last = found.events[-1] if found.events else None
+            await _follow(nc, ref, found, after=last, output=output)
+    return 0
+
+
+async def _follow(
+    nc: Client, ref: Ref, found: h.History, *, after: Recorded | None, output: str
+) -> None:
+    """Print new events and commands as they arrive, until interrupted."""
+    timeline = h.Timeline()
+    for r in found.events:
+        timeline.event(r)
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def put(msg: Msg) -> None:
+        await queue.put(msg)
+
+    js = nc.jetstream()
+    start = (after.seq + 1) if after else None
+    events_cfg = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
+        opt_start_seq=start,
+    )
+    last_cmd = found.commands[-1].seq + 1 if found.commands else None
+    cmds_cfg = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last_cmd else DeliverPolicy.ALL,
+        opt_start_seq=last_cmd,
+    )
+    subs = [
+        await js.subscribe(ref.wildcard, stream=EVENTS_STREAM, cb=put, ordered_consumer=True,
+                           config=events_cfg),
+        await js.subscribe(ref.command_subject(">"), stream=COMMANDS_STREAM, cb=put,
+                           ordered_consumer=True, config=cmds_cfg),
+    ]  # fmt: skip
+    try:
+        while True:
+            msg = await queue.get()
+            entry = _live_entry(msg, timeline)
+            if entry is None:
+                continue
+            if output == "table":
+                typer.echo("  ".join(_cells(entry)))
+            else:
+                obj: Any = h.entry_object(entry)
+                text = render.to_json(obj) if output == "json" else "---\n" + render.to_yaml(obj)
+                sys.stdout.write(text)
+            sys.stdout.flush()
+    finally:
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sub.unsubscribe(), 2)
+
+
+def _live_entry(msg: Msg, timeline: h.Timeline) -> h.Entry | None:
+    seq = msg.metadata.sequence.stream
+    if msg.subject.startswith("virt.cmd."):
+        headers = {**(msg.headers or {}), "Nats-Sequence": str(seq),
+                   "Nats-Time-Stamp": msg.metadata.timestamp.isoformat()}  # fmt: skip
+        cmd = h.command_record(msg.data, headers)
+        return timeline.command(cmd, summary=f"{cmd.kind}: asked")
+    try:
+        env = decode_envelope(msg.data)
+    except Exception:  # garbage on the tree: `audit verify` reports it
+        return None
+    return timeline.event(Recorded(env, seq, msg.subject, chain_hash(msg.data)))
+
+
+def _key(path: Path | None) -> bytes | None:
+    from bus.audit import load_key
+
+    try:
+        return load_key(path)
+    except ValidationError as err:
+        raise _usage(err.message) from None
+
+
+@audit.command("checkpoint")
+def audit_checkpoint(key_file: KeyFileOpt = None, server: ServerOpt = None) -> None:
+    """Seal the log now: sign the heads of every history that changed since the last one."""
+    key = _key(key_file)
+    if key is None:
+        raise _usage("audit checkpoint: no audit key; set VIRTBUS_AUDIT_KEY or pass --key-file")
+    _run(_checkpoint(server_url(server), key))
+
+
+async def _checkpoint(url: str, key: bytes) -> int:
+    from bus.audit import Checkpointer
+
+    async with session(url) as nc:
+        sealed = await Checkpointer(nc, key).checkpoint()
+    if not sealed:
+        typer.echo("nothing new to seal: every history is covered by the latest checkpoint")
+        return 0
+    count = sum(len(cp.heads) for cp in sealed)
+    numbers = ", ".join(f"#{cp.number}" for cp in sealed)
+    typer.echo(f"checkpoint {numbers}: {count} histories sealed through seq "
+               f"{sealed[-1].through_seq}")  # fmt: skip
+    return 0
+
+
+@audit.command("verify")
+def audit_verify(
+    name: Annotated[str | None, typer.Argument(help="one VM (default: the whole log)")] = None,
+    namespace: NsOpt = "default",
+    key_file: KeyFileOpt = None,
+    output: Annotated[str, typer.Option("-o", "--output", help="table or json")] = "table",
+    server: ServerOpt = None,
+) -> None:
+    """Check the hash chains and the signed checkpoints; name the first bad event (exit 1)."""
+    if output not in ("table", "json"):
+        raise _usage(f"-o {output!r}: use table or json")
+    try:
+        ref = Ref.vm(name, namespace) if name is not None else None
+    except ValidationError as err:
+        raise _usage(err.message) from None
+    _run(_verify(server_url(server), ref, key=_key(key_file), output=output))
+
+
+async def _verify(url: str, ref: Ref | None, *, key: bytes | None, output: str) -> int:
+    from bus.audit import verify
+
+    async with session(url) as nc:
+        report = await verify(nc, key=key, ref=ref)
+    if ref is not None and not report.events and not report.findings:
+        raise VirtbusError(f'virtualmachines.kubevirt.io "{ref.name}" not found')
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if output == "json":
+        sys.stdout.write(render.to_json(msgspec.to_builtins(report)))
+    else:
+        what = str(ref) if ref else "the log"
+        sealed = (f"{report.checkpoints} checkpoints through seq {report.sealed_through}"
+                  + (f", signed by key {report.key_id}" if report.signatures_checked else
+                     ", signatures not checked"))  # fmt: skip
+        verdict = "intact" if report.ok else f"{len(report.findings)} bad histories"
+        typer.echo(f"audit of {what}: {verdict}: {report.events} events in "
+                   f"{report.aggregates} histories; {sealed}")  # fmt: skip
+        for f in report.findings:
+            typer.echo(f"{f.aggregate}: {f.problem}: {f.message}")
+    if report.findings:
+        first = report.findings[0]
+        typer.echo(f"error: first bad event: {first.aggregate} version {first.version}: "
+                   f"{first.message}", err=True)  # fmt: skip
+        return 1
+    return 0
+
+
+def bench_history(
+    events: Annotated[int, typer.Option(min=1000, help="events in the log")] = 1_000_000,
+    vm_events: Annotated[int, typer.Option(min=10, help="of which the VM's own")] = 200,
+    rounds: Annotated[int, typer.Option(min=1, help="reads of each kind")] = 21,
+    output: Annotated[str, typer.Option("-o", "--output", help="table or json")] = "table",
+) -> None:
+    """One VM's history among N events: `virtbus history`'s read against raw nats-py reads."""
+    from bench.history import READERS, run
+
+    if output not in ("table", "json"):
+        raise _usage(f"-o {output!r}: use table or json")
+    if vm_events * 2 > events:
+        raise _usage(f"--vm-events {vm_events}: at most half of --events ({events})")
+    result: dict[str, Any] = {}
+
+    async def go() -> int:
+        result.update(await run(events=events, vm_events=vm_events, rounds=rounds, server=None))
+        return 0
+
+    _run(go())
+    if output == "json":
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    r = result
+    typer.echo(
+        f"one VM's history: {r['vm_events']} events and {r['vm_commands']} commands among "
+        f"{r['events']:,} events (generated in {r['generate_s']} s, indexed in "
+        f"{r['index_catch_up_s']} s), {r['rounds']} rounds"
+    )
+    typer.echo(f"{'read':34} {'p50 ms':>8} {'min ms':>8}")
+    for name in READERS:
+        label = {
+            "virtbus": "virtbus history (index)",
+            "virtbus_subject": "virtbus history (subject read)",
+        }.get(name, f"raw {name}")
+        typer.echo(f"{label:34} {r[f'{name}_ms_p50']:8.2f} {r[f'{name}_ms_min']:8.2f}")
+    verdict = "met" if r["virtbus_ms_p50"] <= r["target_ms"] else "NOT met"
+    typer.echo(f"index path vs raw by-seq gets {r['index_vs_raw_by_seq']:.2f}; subject read vs "
+               f"raw batched gets {r['subject_vs_raw_batched']:.2f}")  # fmt: skip
+    typer.echo(f"ratio virtbus / best raw filtered read p50: {r['ratio']:.2f} (subject read: "
+               f"{r['subject_ratio']:.2f}); target <= {r['target_ms']} ms: {verdict}")  # fmt: skip
