@@ -31,7 +31,7 @@ test: lint typecheck layers unit
 
 # The long fuzzing campaign (docs/fuzzing.md): `make test` runs the same properties, seeded and
 # bounded (hypothesis profile "ci"); this runs 25k manifests and thousands of bus commands.
-FUZZ_TESTS := tests/test_fuzz_manifest.py tests/test_fuzz_domain.py tests/test_fuzz_bus.py
+FUZZ_TESTS := tests/contract/test_fuzz_manifest.py tests/node/test_fuzz_domain.py tests/control/test_fuzz_bus.py
 fuzz: setup
 	VIRTBUS_FUZZ=campaign $(BIN)/pytest $(FUZZ_TESTS) -q -s --hypothesis-show-statistics
 

@@ -6,36 +6,23 @@ Every test fails if it leaves asyncio tasks or child processes behind.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import fuzzing  # noqa: F401  (one hypothesis profile, `ci` or $VIRTBUS_FUZZ, for every test)
 import nats
 import pytest
 from clusterkit import Cluster, start_orchestrator
+from driverstack import Stack, driver_stack
 from nats.aio.client import Client
+from procs import children
+from waits import api_ready, settle
 
 from bus.provision import provision
 from bus.server import NatsServer
 from bus.store import EventStore
 from events.names import Ref
-
-
-def children() -> set[int]:
-    """PIDs whose parent is this process."""
-    me, out = os.getpid(), set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rpartition(")")[2].split()
-            if fields and fields[0] != "Z" and int(fields[1]) == me:
-                out.add(int(entry))
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -83,63 +70,6 @@ async def no_leaks(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     )
 
 
-async def settle(what: str, aw: Awaitable[object], *, within: float = 30) -> None:
-    """Await a teardown step; if it hangs, fail naming every task still waiting, and where."""
-    step = asyncio.ensure_future(aw)
-    _, pending = await asyncio.wait({step}, timeout=within)
-    if not pending:
-        step.result()
-        return
-    stacks = []  # taken before anything is cancelled, so the culprit is still in the list
-    for t in asyncio.all_tasks():
-        frames = t.get_stack(limit=8)
-        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
-        stacks.append(f"  {t.get_name()}: {where}")
-    step.cancel()
-    pytest.fail(f"{what} did not finish within {within}s; tasks:\n" + "\n".join(stacks))
-
-
-def qemu_pids(domain: str) -> list[int]:
-    """Live QEMU processes running `domain`, found by its `-name guest=<domain>,...` argument."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # gone meanwhile; a zombie has an empty cmdline and never matches
-        if (
-            argv
-            and b"qemu-system" in argv[0]
-            and any(a.split(b",")[0] == f"guest={domain}".encode() for a in argv)
-        ):
-            found.append(int(entry))
-    return sorted(found)
-
-
-async def api_ready(nc: Client, *, within: float = 30) -> None:
-    """Wait until `virtbus-api` answers (a loaded machine can take a while to start it)."""
-    for _ in range(int(within / 0.1)):
-        try:
-            await nc.request("virt.api.get", b'{"what": "nodes"}', timeout=1)
-            return
-        except Exception:  # no responders yet, or a timeout
-            await asyncio.sleep(0.1)
-    pytest.fail(f"virtbus-api did not answer within {within}s")
-
-
-@pytest.fixture
-def kvm_host() -> None:
-    """Skip, saying why, only where this machine truly cannot run a QEMU/KVM node."""
-    from workers.qemunodes import kvm_usable, qemu_available
-
-    for ok, why in (qemu_available(), kvm_usable()):
-        if not ok:
-            print(f"\nskipping: {why}")
-            pytest.skip(why)
-
-
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "data"
@@ -164,3 +94,9 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
             stop.set()
             await settle("the orchestrator", task)
             await nc.close()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with driver_stack(tmp_path) as st:
+        yield st

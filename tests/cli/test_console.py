@@ -1,0 +1,58 @@
+"""`virtbus vnc` and `virtbus console` refusals on libvirt's test driver (no real display or pty
+there): each ends with exit 1 and the reason, whether the CLI or the node refuses. The real
+sessions are tested on QEMU/KVM in test_console_qemu.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+from clirun import CLI, cli_env
+from driverstack import Stack, pvc_vm
+from paths import ROOT
+
+from bus.client import send
+from events import commands as c
+
+
+async def run(st: Stack, *args: str, connect: bool = False) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, "--server", st.url, cwd=ROOT, env=cli_env(None),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        if connect:  # a VNC client arrives: only then is the node asked
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert re.fullmatch(rb'\{"port":[0-9]+\}\n', line), line  # virtctl's exact line
+            port = json.loads(line)["port"]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(reader.read(), 30) == b""  # closed, nothing sent
+            writer.close()
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def test_vnc_and_console_refuse_with_the_reason(stack: Stack) -> None:
+    await stack.node("node-a")
+    assert await run(stack, "vnc", "nope", "--proxy-only") == (
+        1, 'error: virtualmachineinstance.kubevirt.io "nope" not found\n',
+    )  # fmt: skip
+    await send(stack.nc, c.CreateVolume(name="root", size="1Mi"))
+    await send(stack.nc, pvc_vm("quiet", "root"))
+    assert await run(stack, "console", "quiet") == (
+        1, 'error: VirtualMachineInstance "quiet" is not running\n',
+    )  # fmt: skip
+    await send(stack.nc, c.StartVM(name="quiet"))
+    await stack.until("quiet", "Running")
+    code, err = await run(stack, "vnc", "quiet", "--proxy-only", connect=True)
+    assert (code, err) == (1, 'error: VMI "quiet" has no VNC display\n')
+    code, err = await run(stack, "console", "quiet")
+    assert (code, err) == (1, 'error: VMI "quiet" has no serial console\n')

@@ -1,0 +1,122 @@
+"""`virtbus up` as a process: it provisions, runs the orchestrator and nodes, restarts a dead one,
+and stops (with everything it started) on Ctrl-C, SIGTERM or its nats-server's death."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import nats
+from procs import children
+from upstack import gone, next_line, virtbus_up, worker_pid
+
+from bus.server import NatsServer
+from bus.store import EventStore
+from events import model as m
+from events.model import TOKEN
+from events.names import Ref
+
+
+async def test_virtbus_up_provisions_and_stops_on_ctrl_c(data_dir: Path) -> None:
+    async with virtbus_up("--port", "-1", "--data-dir", str(data_dir)) as (proc, url):
+        nc = await nats.connect(url)
+        names = [s.config.name for s in await nc.jetstream().streams_info()]
+        await nc.close()
+        assert {"VIRT_EVENTS", "VIRT_COMMANDS", "VIRT_WORK"} <= set(names)
+        server_pid = children(of=proc.pid)
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err
+        assert b"durability: fsync every 2 minutes" in err
+        assert b"audit: no key ($VIRTBUS_AUDIT_KEY or $VIRTBUS_AUDIT_KEY_FILE)" in err
+        assert server_pid and all([await gone(p) for p in server_pid])
+
+
+async def test_nats_server_dies_with_a_killed_parent(data_dir: Path) -> None:
+    async with virtbus_up("--port", "-1", "--data-dir", str(data_dir)) as (proc, _):
+        server_pids = children(of=proc.pid)
+        assert server_pids
+        proc.kill()
+        await proc.wait()
+        # Reparented to init and then SIGTERMed by PR_SET_PDEATHSIG: it must not outlive us.
+        assert all([await gone(p) for p in server_pids])
+
+
+async def test_virtbus_up_can_use_an_existing_server(nats_server: NatsServer) -> None:
+    async with virtbus_up("--server", nats_server.url, "--nodes", "0") as (proc, url):
+        assert url == nats_server.url
+        assert children(of=proc.pid) == set()  # it started no server of its own
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+        assert proc.returncode == 0
+
+
+async def test_virtbus_up_runs_the_orchestrator_and_two_test_nodes(data_dir: Path) -> None:
+    async with virtbus_up("--port", "-1", "--data-dir", str(data_dir)) as (proc, url):
+        nc = await nats.connect(url)
+        try:
+            store = EventStore(nc)
+            for _ in range(200):
+                names = [n for n in ("node-a", "node-b") if await store.read(Ref.node(n))]
+                if len(names) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert names == ["node-a", "node-b"]
+            registered = (await store.read(Ref.node("node-a")))[0].envelope.data
+            assert isinstance(registered, m.NodeRegistered)
+            assert (registered.hypervisor, registered.libvirt_uri[:8]) == ("test", "test:///")
+            reply = await nc.request("virt.api.get", b'{"what": "nodes"}', timeout=10)
+            assert b"node-a" in reply.data  # the orchestrator answers too
+        finally:
+            await nc.close()
+        kids = children(of=proc.pid)
+        assert len(kids) == 3  # nats-server and two workers
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 60)
+        assert proc.returncode == 0
+        assert all([await gone(p) for p in kids])
+
+
+async def test_virtbus_up_starts_a_dead_node_worker_again(data_dir: Path) -> None:
+    """A node worker killed under the stack is started again after a back-off, said on stderr;
+    it registers again and the stack still stops cleanly."""
+    async with virtbus_up("--port", "-1", "--data-dir", str(data_dir), "--nodes", "1") as (
+        proc, url,
+    ):  # fmt: skip
+        assert proc.stderr is not None
+        nc = await nats.connect(url)
+        try:
+            sub = await nc.subscribe(Ref.node("node-a").event_subject(TOKEN[m.NodeRegistered]))
+            victim = worker_pid(proc.pid)
+            os.kill(victim, signal.SIGKILL)
+            said = await next_line(proc.stderr, b"node node-a: exited")
+            assert (
+                said == b"node node-a: exited with code -9; starting it again in 1s (restart 1)\n"
+            )
+            again = await next_line(proc.stderr, b"node node-a: running again")
+            pid = worker_pid(proc.pid)
+            assert (again, pid != victim) == (f"node node-a: running again (pid {pid})\n".encode(),
+                                              True)  # fmt: skip
+            await sub.next_msg(timeout=30)  # the new worker joined the cluster again
+        finally:
+            await nc.close()
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 60)
+        assert proc.returncode == 0
+
+
+async def test_virtbus_up_stops_when_its_nats_server_dies(data_dir: Path) -> None:
+    """The nats-server is the one child not restarted (clients hold its port): its death stops
+    the stack, with exit code 1 and the reason."""
+    async with virtbus_up("--port", "-1", "--data-dir", str(data_dir), "--nodes", "1") as (
+        proc, _,
+    ):  # fmt: skip
+        server = next(p for p in children(of=proc.pid) if p != worker_pid(proc.pid))
+        os.kill(server, signal.SIGKILL)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 1
+        assert err.decode().splitlines()[-1] == (
+            "error: nats-server exited with code -9: the stack stops (it rests on it)"
+        )
