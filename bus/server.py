@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
+from bus.trust import Trust
 from events.errors import BusUnavailable, VirtbusError
 
 DEFAULT_URL: Final = "nats://127.0.0.1:4222"
@@ -52,9 +53,12 @@ def fsync_policy(sync_always: bool) -> str:
 def _read_ports(path: Path) -> str:
     """The client URL from nats-server's ports file, or '' while it is absent or half written."""
     try:
-        return str(json.loads(path.read_text())["nats"][0])
+        url = str(json.loads(path.read_text())["nats"][0])
     except (OSError, ValueError, KeyError, IndexError):
         return ""
+    # nats-server says tls:// when TLS is on; nats:// is what virtbus has always printed, and
+    # clients upgrade to TLS on it when the server requires it (nats-py, the nats CLI)
+    return "nats://" + url.removeprefix("tls://").removeprefix("nats://")
 
 
 class NatsServer:
@@ -67,11 +71,13 @@ class NatsServer:
         port: int = 4222,
         sync_always: bool = False,
         ready_timeout: float = 10,
+        trust: Trust | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port
         self.sync_always = sync_always
         self.ready_timeout = ready_timeout
+        self.trust = trust  # None: an open bus (tests and benchmarks that measure the raw path)
         self.url = ""
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -87,13 +93,15 @@ class NatsServer:
         jetstream = {"store_dir": str(self.data_dir / "jetstream")}
         if self.sync_always:
             jetstream["sync_interval"] = "always"
-        conf = {
+        conf: dict[str, object] = {
             "host": "127.0.0.1",
             "port": self.port,
             "ports_file_dir": str(ports_dir),
             "jetstream": jetstream,
             "max_payload": 8 * 1024 * 1024,
         }
+        if self.trust is not None:
+            conf |= self.trust.server_config()
         return json.dumps(conf, indent=2)  # nats-server reads JSON as its config syntax
 
     async def start(self) -> str:

@@ -1,0 +1,140 @@
+"""The stack's trust root on disk: the keys that sign identities, the CA, and everyone's `.creds`.
+
+`virtbus up --data-dir D` makes all of it on its first run and reuses it after, so `make run` needs
+no setup step and a restart keeps every credential valid:
+
+    D/keys/{operator,account,system}.nk   nkey seeds, 0600: whoever holds them mints identities
+    D/creds/<name>.creds                  a user JWT and seed per identity (admin, nodes...), 0600
+    D/tls/ca.pem, ca-key.pem              the bus's own CA (the key 0600)
+    D/tls/server.pem, server-key.pem      the nats-server's certificate for 127.0.0.1 and localhost
+    D/jwt/                                the nats-server's account resolver (its own files)
+
+The server trusts the operator key alone; the operator signs the virtbus account (JetStream on)
+and the system account (claim updates), and the virtbus account signs every user.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bus import pki
+from bus.credentials import (
+    KeyPair,
+    Permissions,
+    account_jwt,
+    creds_text,
+    operator_jwt,
+    read_creds,
+    user_jwt,
+    write_secret,
+)
+
+ACCOUNT_NAME = "VIRTBUS"
+SYSTEM_NAME = "SYS"
+SERVER_HOSTS = ("127.0.0.1", "localhost")
+
+
+def _keypair(path: Path, kind: str) -> KeyPair:
+    if path.is_file():
+        return KeyPair(path.read_bytes().strip())
+    pair = KeyPair.new(kind)
+    write_secret(path, pair.seed)
+    return pair
+
+
+@dataclass(frozen=True)
+class Trust:
+    """The keys of one stack, loaded: mint users, and configure the server that trusts them."""
+
+    root: Path
+    operator: KeyPair
+    account: KeyPair
+    system: KeyPair
+
+    @property
+    def ca_file(self) -> Path:
+        return self.root / "tls" / "ca.pem"
+
+    def creds_file(self, name: str) -> Path:
+        return self.root / "creds" / f"{name}.creds"
+
+    def issue(
+        self, name: str, *, permissions: Permissions | None = None, out: Path | None = None
+    ) -> Path:
+        """A fresh user key and its JWT signed by the virtbus account, written as `.creds`."""
+        user = KeyPair.new("user")
+        jwt = user_jwt(self.account, user.public, name=name, permissions=permissions)
+        return write_secret(out or self.creds_file(name), creds_text(jwt, user.seed))
+
+    def ensure_creds(self, name: str, *, permissions: Permissions | None = None) -> Path:
+        """`name`'s `.creds`, issued once and kept: a restarted stack's clients keep theirs."""
+        path = self.creds_file(name)
+        if path.is_file():
+            read_creds(path)  # a damaged file is said now, not as a refused connection later
+            return path
+        return self.issue(name, permissions=permissions)
+
+    def system_creds(self) -> Path:
+        """A system-account user: it pushes account claims (revocations) to the server."""
+        path = self.creds_file("system")
+        if not path.is_file():
+            user = KeyPair.new("user")
+            jwt = user_jwt(self.system, user.public, name="system")
+            write_secret(path, creds_text(jwt, user.seed))
+        return path
+
+    def account_claim(self, *, revocations: dict[str, int] | None = None) -> str:
+        return account_jwt(self.operator, self.account.public, name=ACCOUNT_NAME,
+                           revocations=revocations)  # fmt: skip
+
+    def server_config(self, *, revocations: dict[str, int] | None = None) -> dict[str, Any]:
+        """The nats-server settings that make it refuse anyone this trust did not sign, over TLS."""
+        system = account_jwt(self.operator, self.system.public, name=SYSTEM_NAME, jetstream=False)
+        tls = self.root / "tls"
+        return {
+            "operator": operator_jwt(self.operator, system_account=self.system.public),
+            "system_account": self.system.public,
+            "resolver": {"type": "full", "dir": str(self.root / "jwt"), "allow_delete": False},
+            "resolver_preload": {
+                self.system.public: system,
+                self.account.public: self.account_claim(revocations=revocations),
+            },
+            "tls": {
+                "cert_file": str(tls / "server.pem"),
+                "key_file": str(tls / "server-key.pem"),
+                "timeout": 5,
+            },
+        }
+
+
+def ensure(root: Path) -> Trust:
+    """Load the trust root under `root`, making what is missing (keys, CA, server certificate)."""
+    root = root.resolve()
+    keys = root / "keys"
+    trust = Trust(
+        root,
+        operator=_keypair(keys / "operator.nk", "operator"),
+        account=_keypair(keys / "account.nk", "account"),
+        system=_keypair(keys / "system.nk", "account"),
+    )
+    tls = root / "tls"
+    if not (tls / "ca.pem").is_file() or not (tls / "ca-key.pem").is_file():
+        ca = pki.new_ca()
+        write_secret(tls / "ca-key.pem", ca.key_pem)
+        (tls / "ca.pem").write_bytes(ca.cert_pem)
+        (tls / "server.pem").unlink(missing_ok=True)  # signed by the CA that is gone
+    if not (tls / "server.pem").is_file():
+        ca = pki.Issued((tls / "ca.pem").read_bytes(), (tls / "ca-key.pem").read_bytes())
+        leaf = pki.issue(ca, "nats-server", hosts=SERVER_HOSTS)
+        write_secret(tls / "server-key.pem", leaf.key_pem)
+        (tls / "server.pem").write_bytes(leaf.cert_pem)
+    (root / "jwt").mkdir(parents=True, exist_ok=True)
+    return trust
+
+
+def revoked_now() -> int:
+    """A revocation time that covers every JWT issued up to now (NATS compares whole seconds)."""
+    return int(time.time()) + 1
