@@ -9,7 +9,7 @@ module is the fold's public face: import the state's types from here too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from msgspec.structs import force_setattr, replace
@@ -61,7 +61,7 @@ __all__ = [
 Handler = Callable[[VMState, Any, Stamped], VMState]
 
 # Which handler takes which event; an event not named here only moves the version on.
-HANDLERS: Final[dict[type[m.Event], Handler]] = {
+HANDLERS: Final[Mapping[type[m.Event], Handler]] = {
     # definition
     m.VMCreated: lifecycle.vm_created,
     m.VMSpecChanged: lifecycle.vm_spec_changed,
@@ -137,6 +137,7 @@ def apply(s: VMState, env: Stamped) -> VMState:
 
 
 def fold(envelopes: Iterable[Stamped], state: VMState | None = None) -> VMState:
+    """The state after `envelopes`, in order, from `state` (a VM never seen: the empty state)."""
     s = state or VMState()
     for env in envelopes:
         s = apply(s, env)
