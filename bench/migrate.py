@@ -41,6 +41,7 @@ from bench.start import _publish, _start_orchestrator, _stop_orchestrator, vm_sp
 from bus.provision import provision
 from bus.server import NatsServer
 from bus.store import EventStore
+from bus.vms import VMRepository
 from events import commands as c
 from events import model as m
 from events.errors import HypervisorError, VirtbusError
@@ -192,7 +193,7 @@ async def _with_nodes(url: str, base: Path, nodes: list[QemuNode], *, rounds: in
         await asyncio.sleep(1)  # the workers register
         await _publish(nc, c.ApplyVM(id=f"{vm}-apply", name=vm, spec=vm_spec(), actor="bench"))
         await asyncio.wait_for(log.running.wait(), WAIT_S)
-        s, _ = await log.store.load(c.StartVM(name=vm).target)
+        s, _ = await VMRepository(log.store).get(c.StartVM(name=vm).target)
         home, away = s.node, next(n.name for n in nodes if n.name != s.node)
         uri = {n.name: n.uri for n in nodes}
         _say(f"{vm} Running on {home}; warm-up hop there and back")

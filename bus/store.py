@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Final
@@ -23,9 +21,8 @@ import msgspec
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from bus.leanpull import LeanUnavailable, credentials
-from bus.leanrequest import LeanRequester
-from bus.reader import direct_last, direct_range, pull_all
+from bus.publish import DUPLICATE_IN_BATCH, WRONG_LAST_SEQ, ApiError, Message, Publisher, Rejected
+from bus.reader import RawHandler, direct_last, direct_range, pull_all
 from bus.telemetry import TRACE
 from events.envelope import (
     ENVELOPE_DECODER,
@@ -35,24 +32,13 @@ from events.envelope import (
     decode_envelope,
     seal,
 )
-from events.errors import BusUnavailable, ConcurrencyConflict, ValidationError
+from events.errors import ConcurrencyConflict, ValidationError
 from events.errors import VirtbusError as _VirtbusError
 from events.model import TOKEN, Event
-from events.names import EVENTS_STREAM, Ref, ref_from_subject
-from events.rebuild import Folder
-from events.state import VMState, fold
+from events.names import EVENTS_STREAM, Ref
 
 log = logging.getLogger("virtbus.store")
 MAX_BATCH: Final = 1000
-_WRONG_LAST_SEQ: Final = 10071
-_DUPLICATE_IN_BATCH: Final = 10201
-
-
-def _acked(reply: bytes) -> _PubAck:
-    ack = _ACK.decode(reply)
-    if ack.error:
-        raise _Rejected(ack.error)
-    return ack
 
 
 class Head(msgspec.Struct, frozen=True):
@@ -76,27 +62,6 @@ class AppendResult(msgspec.Struct, frozen=True):
     duplicate: bool = False
 
 
-class _ApiError(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
-
-
-class _PubAck(msgspec.Struct):
-    seq: int = 0
-    duplicate: bool = False
-    error: _ApiError | None = None
-
-
-_ACK: Final = msgspec.json.Decoder(_PubAck)
-
-
-class _Rejected(Exception):
-    def __init__(self, err: _ApiError) -> None:
-        super().__init__(err.description)
-        self.err = err
-
-
 class EventStore:
     def __init__(
         self, nc: Client, *, source: str = "/virtbus", stream: str = EVENTS_STREAM,
@@ -108,6 +73,7 @@ class EventStore:
         self.timeout = timeout
         self.malformed = 0  # messages skipped because they do not decode
         self._heads: dict[str, Head] = {}
+        self._publisher = Publisher(nc)
 
     # --- decoding --------------------------------------------------------------------------------
 
@@ -190,8 +156,8 @@ class EventStore:
                         causationid=causationid,
                         correlationid=command_id if correlationid is None else correlationid,
                     )  # fmt: skip
-                except _Rejected as rej:
-                    if rej.err.err_code not in (_WRONG_LAST_SEQ, _DUPLICATE_IN_BATCH):
+                except Rejected as rej:
+                    if rej.err.err_code not in (WRONG_LAST_SEQ, DUPLICATE_IN_BATCH):
                         raise _VirtbusError(f"append rejected: {rej.err.description}") from None
                 for p in parts:
                     self._heads.pop(p.ref.prefix, None)
@@ -260,7 +226,7 @@ class EventStore:
         self, parts: Sequence[Append], heads: list[Head], *, command_id: str, actor: str,
         causationid: str, correlationid: str,
     ) -> list[AppendResult]:  # fmt: skip
-        msgs: list[tuple[str, bytes, dict[str, str]]] = []
+        msgs: list[Message] = []
         new_heads: list[Head] = []
         trace = TRACE.get()
         for part, head in zip(parts, heads, strict=True):
@@ -281,9 +247,9 @@ class EventStore:
                     hdrs["Nats-Msg-Id"] = f"{command_id}/{part.ref}/{i}"
                 msgs.append((part.ref.event_subject(TOKEN[type(event)]), raw, hdrs))
             new_heads.append(Head(version, 0, prev))
-        ack = await (self._send_single(*msgs[0]) if len(msgs) == 1 else self._send_batch(msgs))
+        ack = await self._publisher.send(msgs, within=self.timeout)
         if ack.duplicate:
-            raise _Rejected(_ApiError(err_code=_DUPLICATE_IN_BATCH, description="duplicate"))
+            raise Rejected(ApiError(err_code=DUPLICATE_IN_BATCH, description="duplicate"))
         results, seq = [], ack.seq - len(msgs)
         for part, nh in zip(parts, new_heads, strict=True):
             seq += len(part.events)
@@ -291,54 +257,9 @@ class EventStore:
             results.append(AppendResult(part.ref, nh.version, seq))
         return results
 
-    async def _request(self, subject: str, raw: bytes, hdrs: dict[str, str]) -> bytes:
-        try:
-            msg = await self.nc.request(subject, raw, timeout=self.timeout, headers=hdrs)
-        except Exception as err:  # timeouts, no responders, a closed connection
-            raise BusUnavailable(f"append to {subject} got no answer: {err!r}") from err
-        return msg.data
-
-    async def _send_one(self, subject: str, raw: bytes, hdrs: dict[str, str]) -> _PubAck:
-        return _acked(await self._request(subject, raw, hdrs))
-
-    @functools.cached_property
-    def _lean(self) -> LeanRequester | None:
-        """The store's own append connection, decided at the first single append (None: this
-        login is nats-py's alone)."""
-        url = self.nc.connected_url
-        auth = credentials(url, self.nc.options) if url is not None else None
-        return LeanRequester(url, auth) if url is not None and auth is not None else None
-
-    async def _send_single(self, subject: str, raw: bytes, hdrs: dict[str, str]) -> _PubAck:
-        """A one-message append: on the lean connection where there is one (a batch's messages
-        must all go one way, so batches never take it)."""
-        if (lean := self._lean) is not None:
-            try:
-                return _acked(await lean.request(subject, raw, hdrs, within=self.timeout))
-            except LeanUnavailable:
-                pass  # nothing was sent: nats-py sends it (and waits out a server restart)
-        return await self._send_one(subject, raw, hdrs)
-
     def close(self) -> None:
         """Close the store's own append connection, if it made one."""
-        if (lean := self.__dict__.get("_lean")) is not None:
-            lean.close()
-
-    async def _send_batch(self, msgs: list[tuple[str, bytes, dict[str, str]]]) -> _PubAck:
-        batch_id = uuid.uuid4().hex
-        last = len(msgs)
-        for n, (subject, raw, own) in enumerate(msgs, 1):
-            hdrs = {**own, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)}
-            if n == last:
-                hdrs["Nats-Batch-Commit"] = "1"
-                return await self._send_one(subject, raw, hdrs)
-            if n == 1:  # the server answers the first message only if it refuses the batch
-                reply = await self._request(subject, raw, hdrs)
-                if reply and (err := _ACK.decode(reply).error):
-                    raise _Rejected(err)
-            else:
-                await self.nc.publish(subject, raw, headers=hdrs)
-        raise AssertionError("unreachable")
+        self._publisher.close()
 
     async def _already_appended(
         self, parts: Sequence[Append], command_id: str
@@ -375,11 +296,6 @@ class EventStore:
         self._heads[ref.prefix] = head
         return [r for r in records if _within(r, since, until)]
 
-    async def load(self, ref: Ref) -> tuple[VMState, int]:
-        """The VM's state as the fold of its whole history, and its version."""
-        records = await self.read(ref)
-        return fold(r.envelope for r in records), records[-1].envelope.version if records else 0
-
     async def replay(
         self, handler: Callable[[Recorded], object], *, from_seq: int | None = None,
         from_time: datetime | None = None, subjects: list[str] | None = None, verify: bool = True,
@@ -402,26 +318,19 @@ class EventStore:
                 check(rec)
             handler(rec)
 
+        return await self.replay_raw(on_raw, from_seq=from_seq, from_time=from_time,
+                                     subjects=subjects)  # fmt: skip
+
+    async def replay_raw(
+        self, on_raw: RawHandler, *, from_seq: int | None = None,
+        from_time: datetime | None = None, subjects: list[str] | None = None,
+    ) -> int:  # fmt: skip
+        """Feed every message (data, subject, stream sequence) to `on_raw` in log order, undecoded:
+        for a fold that decodes only what it reads (`bus/vms.py`'s rebuild)."""
         return await pull_all(
             self.nc, self.stream, on_raw, filter_subjects=subjects,
             start_seq=from_seq, start_time=from_time,
         )  # fmt: skip
-
-    async def replay_states(self, *, verify: bool = True) -> dict[Ref, VMState]:
-        """Fold every VM in the log: what a fresh orchestrator or projection does on start."""
-        states, _ = await self.fold_vms(verify=verify)
-        return {r: s for k, s in states.items() if (r := ref_from_subject(k + ".x")) is not None}
-
-    async def fold_vms(self, *, verify: bool = True) -> tuple[dict[str, VMState], int]:
-        """Every VM's state by subject prefix, and how many events were read to make them.
-
-        The rebuild path (`events/rebuild.py`): the fastest full read that still proves the log
-        unaltered.
-        """
-        folder = Folder(verify=verify)
-        n = await pull_all(self.nc, self.stream, folder.feed)
-        self.malformed += folder.malformed
-        return folder.states, n
 
     async def follow(self, *, from_seq: int | None = None) -> AsyncIterator[Recorded]:
         """Live tail of the log from `from_seq` (default: only new events)."""

@@ -1,7 +1,8 @@
 """Process telemetry the orchestrator and the node workers share: structured logs and metrics.
 
-It lives in `events/` because both processes must log and expose metrics the same way and this is
-the only package both may import; it defines no metric itself (each component owns its own).
+It lives in `bus/` because the orchestrator and the node workers must log and expose metrics the
+same way and both import `bus/`; not in `events/`, which stays pure (a metrics endpoint and log
+handlers are I/O). It defines no metric itself (each component owns its own).
 
 Traces: W3C `traceparent`s travel with a command from the CLI to the events it causes, through
 the work items and the node's observations: in NATS headers, and in each event's envelope as the

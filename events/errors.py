@@ -20,10 +20,6 @@ class ValidationError(VirtbusError):
     """Input that can never succeed as given; `field` names the offending path."""
 
 
-class NotFound(VirtbusError):
-    """The named object does not exist."""
-
-
 class ConcurrencyConflict(VirtbusError):
     """Someone appended to the same aggregate first; reload and decide again."""
 

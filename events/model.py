@@ -1,22 +1,89 @@
 """Events: the facts virtbus records, past tense, one tagged union.
 
 An event never changes meaning: new fields get defaults, an existing field never changes type.
-Decisions come from the orchestrator, observations from the node workers; both are events.
+Decisions come from the orchestrator, observations from the node workers; both are events. This
+module holds a VM's definition and lifecycle events and gathers every event into the union
+(`AnyEvent`), whose subject tokens and CloudEvents types it computes; the events of the other
+concepts live beside it (`events/model_*.py`) and are used through it, as `m.MigrationScheduled`.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Any, ClassVar, Final
 
-import msgspec
+from events.event import Event
+from events.model_aggregates import (
+    AuditCheckpoint,
+    AuditHead,
+    NodeCordoned,
+    NodeDrainRequested,
+    NodeLost,
+    NodeRegistered,
+    NodeUncordoned,
+    ReplicaSetCreated,
+    ReplicaSetDeleted,
+    ReplicaSetScaled,
+    ReplicaSetSpecChanged,
+    VolumeCreated,
+    VolumeDeleted,
+    VolumeFailed,
+    VolumeMoved,
+    VolumeMoveFailed,
+    VolumeMoveRequested,
+    VolumeReady,
+    WebhookDisabled,
+    WebhookSubscribed,
+    WebhookUnsubscribed,
+)
+from events.model_hotplug import (
+    VolumeAttached,
+    VolumeAttachFailed,
+    VolumeAttachRequested,
+    VolumeDetached,
+    VolumeDetachRequested,
+)
+from events.model_migration import (
+    MigrationCancelRequested,
+    MigrationFailed,
+    MigrationProgress,
+    MigrationRequested,
+    MigrationScheduled,
+    MigrationStarted,
+    MigrationSucceeded,
+    MigrationTargetPreparing,
+    MigrationTargetReady,
+)
+from events.model_snapshot import (
+    RestoreFailed,
+    RestoreRequested,
+    RestoreSucceeded,
+    SnapshotDeleted,
+    SnapshotFailed,
+    SnapshotRequested,
+    SnapshotSucceeded,
+)
 
-
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=True, gc=False):
-    """Base of every event; `kind` on the wire is the class name."""
-
-    aggregate: ClassVar[str] = "vm"
+# The contract's event namespace: the union's members from the modules above are used as `m.X`.
+__all__ = [
+    "CE_TYPE", "EVENT_BY_NAME", "EVENT_CLASSES", "TOKEN", "AnyEvent", "AuditCheckpoint",
+    "AuditHead", "CommandRejected", "DomainDefined", "DomainPaused", "DomainResumed",
+    "DomainStarted", "DomainStopped", "DomainUndefined", "Event", "ImagePulled", "ImagePulling",
+    "LauncherCreated", "LauncherDeleted", "LauncherFailed", "MigrationCancelRequested",
+    "MigrationFailed", "MigrationProgress", "MigrationRequested", "MigrationScheduled",
+    "MigrationStarted", "MigrationSucceeded", "MigrationTargetPreparing", "MigrationTargetReady",
+    "NodeCordoned", "NodeDrainRequested", "NodeLost", "NodeRegistered", "NodeUncordoned",
+    "ReplicaSetCreated", "ReplicaSetDeleted", "ReplicaSetScaled", "ReplicaSetSpecChanged",
+    "RestoreFailed", "RestoreRequested", "RestoreSucceeded", "SnapshotDeleted", "SnapshotFailed",
+    "SnapshotRequested", "SnapshotSucceeded", "VMBackoff", "VMCreated", "VMDeleteRequested",
+    "VMDeleted", "VMFailed", "VMPauseRequested", "VMRenamed", "VMRestartRequested", "VMRunning",
+    "VMScheduled", "VMSpecChanged", "VMStartFailed", "VMStartRequested", "VMStopRequested",
+    "VMStopped", "VMUndeleted", "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed",
+    "VolumeAttachRequested", "VolumeAttached", "VolumeCreated", "VolumeDeleted",
+    "VolumeDetachRequested", "VolumeDetached", "VolumeFailed", "VolumeMoveFailed",
+    "VolumeMoveRequested", "VolumeMoved", "VolumeReady", "WebhookDisabled", "WebhookSubscribed",
+    "WebhookUnsubscribed",
+]  # fmt: skip
 
 
 # --- VM: definition -------------------------------------------------------------------------------
@@ -176,146 +243,7 @@ class DomainUndefined(Event, frozen=True):
     node: str
 
 
-# --- VM: migration -------------------------------------------------------------------------------
-
-
-class MigrationRequested(Event, frozen=True):
-    """A migration asked for (KubeVirt's VMIM created, phase Pending); queued until a slot frees."""
-
-    migration: str
-    target_node: str = ""  # empty: the scheduler picks
-    reason: str = ""  # why, when not a user's request (a node drain)
-
-
-class MigrationScheduled(Event, frozen=True):
-    migration: str
-    source: str
-    target: str
-    live: bool = True
-
-
-class MigrationTargetPreparing(Event, frozen=True):
-    """The target's launcher runs and its node prepares to receive the VM."""
-
-    migration: str
-    target: str
-
-
-class MigrationTargetReady(Event, frozen=True):
-    migration: str
-    target: str
-
-
-class MigrationStarted(Event, frozen=True):
-    migration: str
-
-
-class MigrationProgress(Event, frozen=True):
-    migration: str
-    percent: float
-    data_processed: int = 0
-    data_remaining: int = 0
-    data_total: int = 0
-    rate_bps: float = 0.0
-    post_copy: bool = False  # switched to post-copy: the guest runs on the target already
-
-
-class MigrationCancelRequested(Event, frozen=True):
-    migration: str
-
-
-class MigrationSucceeded(Event, frozen=True):
-    migration: str
-    source: str
-    target: str
-    duration_ms: float = 0.0
-    downtime_ms: float = 0.0
-    mode: str = "live"
-
-
-class MigrationFailed(Event, frozen=True):
-    migration: str
-    reason: str
-    aborted: bool = False
-
-
-# --- VM: snapshots and volumes -------------------------------------------------------------------
-
-
-class SnapshotRequested(Event, frozen=True):
-    """A VirtualMachineSnapshot: the VM's spec as it is now, and the node that copies `volumes`
-    (the persistent ones) beside it; `skipped` names each ephemeral volume left out, and why."""
-
-    snapshot: str
-    online: bool = True
-    node: str = ""
-    spec: dict[str, Any] = {}
-    volumes: list[str] = []
-    skipped: dict[str, str] = {}
-
-
-class SnapshotSucceeded(Event, frozen=True):
-    snapshot: str
-    node: str = ""
-    size_bytes: int = 0  # of the volume copies, as allocated on the node
-
-
-class SnapshotFailed(Event, frozen=True):
-    snapshot: str
-    reason: str
-
-
-class SnapshotDeleted(Event, frozen=True):
-    snapshot: str
-    node: str = ""  # where its copies were, to be removed
-    requested: int = 0  # version of the snapshot's request
-
-
-class RestoreRequested(Event, frozen=True):
-    """A VirtualMachineRestore: the snapshot's volumes are copied back on `node`, then the VM's
-    spec becomes the snapshot's."""
-
-    snapshot: str
-    restore: str
-    node: str = ""
-
-
-class RestoreSucceeded(Event, frozen=True):
-    snapshot: str
-    restore: str
-
-
-class RestoreFailed(Event, frozen=True):
-    snapshot: str
-    restore: str
-    reason: str
-
-
-class VolumeAttachRequested(Event, frozen=True):
-    volume: dict[str, Any]
-    disk: dict[str, Any]
-
-
-class VolumeAttached(Event, frozen=True):
-    volume: str
-    node: str = ""
-
-
-class VolumeAttachFailed(Event, frozen=True):
-    """A hotplug the node could not carry out: the volume is missing, or libvirt refused."""
-
-    volume: str
-    reason: str = ""
-    node: str = ""
-
-
-class VolumeDetachRequested(Event, frozen=True):
-    volume: str
-
-
-class VolumeDetached(Event, frozen=True):
-    volume: str
-    node: str = ""
+# --- VM: images ------------------------------------------------------------------------------
 
 
 class ImagePulling(Event, frozen=True):
@@ -351,159 +279,6 @@ class CommandRejected(Event, frozen=True):
     command: str
     reason: str
     field: str = ""
-
-
-# --- nodes ---------------------------------------------------------------------------------------
-
-
-class NodeRegistered(Event, frozen=True):
-    aggregate: ClassVar[str] = "node"
-    hypervisor: str
-    libvirt_uri: str
-    cpus: int
-    memory_bytes: int
-    kvm: bool = False
-    labels: dict[str, str] = {}
-    pods: str = "process"
-    migration_uri: str = ""  # libvirt URI a source connects to for live migration; "" = none
-
-
-class NodeCordoned(Event, frozen=True):
-    aggregate: ClassVar[str] = "node"
-    reason: str = ""
-
-
-class NodeUncordoned(Event, frozen=True):
-    aggregate: ClassVar[str] = "node"
-
-
-class NodeDrainRequested(Event, frozen=True):
-    aggregate: ClassVar[str] = "node"
-
-
-class NodeLost(Event, frozen=True):
-    aggregate: ClassVar[str] = "node"
-    last_heartbeat: datetime | None = None
-
-
-# --- replica sets --------------------------------------------------------------------------------
-
-
-class ReplicaSetCreated(Event, frozen=True):
-    aggregate: ClassVar[str] = "rs"
-    spec: dict[str, Any]
-    replicas: int = 1
-    labels: dict[str, str] = {}
-
-
-class ReplicaSetSpecChanged(Event, frozen=True):
-    aggregate: ClassVar[str] = "rs"
-    spec: dict[str, Any]
-    replicas: int = 1
-    labels: dict[str, str] = {}
-
-
-class ReplicaSetScaled(Event, frozen=True):
-    aggregate: ClassVar[str] = "rs"
-    replicas: int
-
-
-class ReplicaSetDeleted(Event, frozen=True):
-    aggregate: ClassVar[str] = "rs"
-
-
-# --- volumes and webhooks ------------------------------------------------------------------------
-
-
-class VolumeCreated(Event, frozen=True):
-    aggregate: ClassVar[str] = "volume"
-    size_bytes: int
-    node: str = ""
-    source: str = ""
-
-
-class VolumeReady(Event, frozen=True):
-    aggregate: ClassVar[str] = "volume"
-    format: str = "raw"
-
-
-class VolumeDeleted(Event, frozen=True):
-    aggregate: ClassVar[str] = "volume"
-
-
-class VolumeFailed(Event, frozen=True):
-    """The node could not provide the volume's data (a bad or interrupted upload, a full disk)."""
-
-    aggregate: ClassVar[str] = "volume"
-    reason: str
-
-
-class VolumeMoveRequested(Event, frozen=True):
-    """The volume's data is to be copied to `node` (its VMs follow it there)."""
-
-    aggregate: ClassVar[str] = "volume"
-    node: str
-
-
-class VolumeMoved(Event, frozen=True):
-    aggregate: ClassVar[str] = "volume"
-    node: str
-    from_node: str = ""
-
-
-class VolumeMoveFailed(Event, frozen=True):
-    """The copy did not complete; the volume stays whole where it was."""
-
-    aggregate: ClassVar[str] = "volume"
-    reason: str
-
-
-class WebhookSubscribed(Event, frozen=True):
-    aggregate: ClassVar[str] = "webhook"
-    url: str
-    types: list[str] = msgspec.field(default_factory=lambda: ["io.virtbus.*"])
-    vm_pattern: str = "*"
-    from_seq: int = 0
-    secret_ref: str = ""
-    since: datetime | None = None
-
-
-class WebhookUnsubscribed(Event, frozen=True):
-    aggregate: ClassVar[str] = "webhook"
-
-
-class WebhookDisabled(Event, frozen=True):
-    aggregate: ClassVar[str] = "webhook"
-    reason: str
-
-
-# --- audit --------------------------------------------------------------------------------------
-
-
-class AuditHead(msgspec.Struct, frozen=True, gc=False):
-    """One aggregate's head as a checkpoint seals it: its version, stream sequence and hash."""
-
-    version: int
-    seq: int
-    hash: str
-
-
-class AuditCheckpoint(Event, frozen=True):
-    """A signed seal over the heads of the aggregates that changed since the previous checkpoint.
-
-    A hash chain shows an event changed or removed in the middle, never a log cut short at its
-    end: a checkpoint naming a head the stream no longer has does. `signature` is the HMAC of
-    `events.checkpoint.signed_bytes`; `previous` is the signature before it, so checkpoints chain.
-    """
-
-    aggregate: ClassVar[str] = "audit"
-    number: int
-    through_seq: int
-    heads: dict[str, AuditHead] = {}
-    key_id: str = ""
-    algorithm: str = "HMAC-SHA256"
-    previous: str = ""
-    signature: str = ""
 
 
 AnyEvent = (

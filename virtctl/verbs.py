@@ -16,6 +16,7 @@ import typer
 
 from bus.client import Rejected, query, send, session
 from bus.store import EventStore
+from bus.vms import VMRepository
 from events import commands as c
 from events import model as m
 from events import render
@@ -277,7 +278,7 @@ async def _watch(
                 continue
             before = states.get(key)
             if before is None:
-                before = (await store.load(Ref("vm", ref[2], ref[3])))[0]
+                before = (await VMRepository(store).get(Ref("vm", ref[2], ref[3])))[0]
                 if before.version >= rec.envelope.version:
                     states[key] = before
                     continue
@@ -358,7 +359,7 @@ async def wait(url: str, *, name: str, namespace: str, condition: str, timeout_s
         ref = Ref.vm(name, namespace)
         try:
             async with asyncio.timeout(timeout_s):
-                s, _ = await store.load(ref)
+                s, _ = await VMRepository(store).get(ref)
                 position = (await store.head(ref)).seq
                 if not ok(s):
                     async for rec in store.follow(from_seq=position + 1):

@@ -26,6 +26,7 @@ import libvirt
 from msgspec.structs import replace
 from nats.aio.msg import Msg
 
+from bus.vms import VMRepository
 from events import model as m
 from events import work as w
 from events.errors import HypervisorError, ValidationError
@@ -156,7 +157,7 @@ class Migrations:
         return task
 
     async def _abort_msg(self, item: w.AbortMigration, msg: Msg) -> None:
-        s, _ = await self.w.store.load(item.ref)
+        s, _ = await VMRepository(self.w.store).get(item.ref)
         if _mine(s, item):
             await self._abort_now(item)
         await msg.ack()

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from bus.vms import VMRepository
 from events import model as m
 from events.errors import VirtbusError
 from events.names import Ref
@@ -30,7 +31,7 @@ log = logging.getLogger("virtbus.worker")
 async def reconcile(w: Worker) -> None:
     """On start, like virt-handler's sync loop: libvirt and the launchers are brought in line with
     what the log says should run here."""
-    states = await w.store.replay_states(verify=False)
+    states = await VMRepository(w.store).all(verify=False)
     domains = await w.hv.domains()
     for dom, st in domains.items():
         ref = ref_of_domain(dom)

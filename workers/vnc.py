@@ -19,6 +19,7 @@ from typing import Any
 
 from bus.store import EventStore
 from bus.tunnel import FRAME, Pipe, SessionOpen, relay
+from bus.vms import VMRepository
 from events.errors import ValidationError
 from events.names import Ref
 from events.state import RUNNING
@@ -87,7 +88,7 @@ class Consoles:
         self.node = node
 
     async def _domain_xml(self, req: SessionOpen) -> str:
-        s, _ = await self.store.load(Ref.vm(req.name, req.namespace))
+        s, _ = await VMRepository(self.store).get(Ref.vm(req.name, req.namespace))
         if not s.exists or s.phase != RUNNING or s.node != self.node:
             where = f" on {s.node}" if s.node and s.node != self.node else ""
             raise ValidationError(f'VMI "{req.name}" is not running on {self.node}{where}'

@@ -23,6 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from bus.reader import fetch_some
 from bus.store import EventStore
 from bus.telemetry import bound, traced
+from bus.vms import VMRepository
 from events import model as m
 from events import work as w
 from events.envelope import encode
@@ -239,7 +240,7 @@ class Worker:
         if isinstance(item, w.VolumeData):
             await self.volume_store.do(item)
             return
-        s, _ = await self.store.load(item.ref)
+        s, _ = await VMRepository(self.store).get(item.ref)
         if isinstance(item, w.SnapshotWork):
             await self.snapshotting.do(item, s)
             return
@@ -329,7 +330,10 @@ class Worker:
                     if await self.hv.state(dom) not in RUNNING_STATES:
                         break
                     # A `stop --force` queued behind this graceful stop cuts the grace short.
-                    if tick % 10 == 9 and (await self.store.load(item.ref))[0].stop_force:
+                    if (
+                        tick % 10 == 9
+                        and (await VMRepository(self.store).get(item.ref))[0].stop_force
+                    ):
                         break
                     await asyncio.sleep(0.1)
             if await self.hv.state(dom) in (*RUNNING_STATES, PAUSED_STATE):
@@ -422,7 +426,7 @@ class Worker:
             return
         # The QEMU driver resumes every domain it starts (QEMU runs with -S until libvirt starts
         # its CPUs): report only a pause or resume the log lacks.
-        s, _ = await self.store.load(ref)
+        s, _ = await VMRepository(self.store).get(ref)
         if s.paused == (ev.kind == "suspended"):
             return
         if ev.kind == "suspended":

@@ -24,6 +24,7 @@ from bus.provision import provision
 from bus.reader import pull_all
 from bus.server import NatsServer
 from bus.store import EventStore
+from bus.vms import VMRepository
 from events import model as m
 from events.errors import BusUnavailable
 from events.names import Ref
@@ -103,10 +104,10 @@ async def test_a_rebuild_through_the_lean_reader_equals_full_reads(
     for ref in refs:
         await store.append(ref, [m.VMCreated(spec={"running": False}), m.VMStartRequested()],
                            expected_version=0)  # fmt: skip
-    states, count = await store.fold_vms()
+    states, count = await VMRepository(store).rebuild()
     assert count == 40
     for ref in refs:
-        assert states[ref.prefix] == (await store.load(ref))[0]
+        assert states[ref.prefix] == (await VMRepository(store).get(ref))[0]
 
 
 async def test_token_logins_are_spoken_too(tmp_path: Path) -> None:

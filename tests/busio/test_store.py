@@ -13,6 +13,7 @@ from nats.aio.client import Client
 from bus.provision import provision
 from bus.server import NatsServer
 from bus.store import Append, EventStore
+from bus.vms import VMRepository
 from events import model as m
 from events.envelope import Recorded, seal
 from events.errors import ConcurrencyConflict, TamperDetected, ValidationError
@@ -27,7 +28,7 @@ async def test_append_then_load_round_trip(store: EventStore, vm: Ref) -> None:
         vm, [m.VMStartRequested(), m.VMScheduled(node="node-a", vmi_uid="u1")], expected_version=1
     )
     assert (r1.version, r2.version) == (1, 3)
-    state, version = await store.load(vm)
+    state, version = await VMRepository(store).get(vm)
     assert version == 3
     assert (state.name, state.namespace, state.status, state.node) == (
         vm.name, "default", "Starting", "node-a",
@@ -55,7 +56,7 @@ async def test_conflict_raises_with_actual_version(store: EventStore, nc: Client
     with pytest.raises(ConcurrencyConflict) as exc:
         await store.append(vm, [m.VMCreated(spec={})], expected_version=0)
     assert exc.value.actual_version == 2
-    assert (await store.load(vm))[1] == 2
+    assert (await VMRepository(store).get(vm))[1] == 2
 
 
 async def test_same_command_id_stores_once(store: EventStore, nc: Client, vm: Ref) -> None:
@@ -103,7 +104,7 @@ async def test_fifty_concurrent_appenders_leave_no_gap(nc: Client, vm: Ref) -> N
         nonlocal conflicts
         s = EventStore(nc)
         while True:
-            _, version = await s.load(vm)
+            _, version = await VMRepository(s).get(vm)
             try:
                 await s.append(vm, [m.VMFailed(reason=f"w{i}")], expected_version=version)
                 return
@@ -136,7 +137,7 @@ async def test_replay_order_equals_append_order(store: EventStore, nc: Client) -
 
 async def test_replay_from_the_start_checks_every_chain(store: EventStore, vm: Ref) -> None:
     await store.append(vm, [CREATED, m.VMStartRequested()], expected_version=0)
-    states = await store.replay_states()
+    states = await VMRepository(store).all()
     assert states[vm].status == "Starting"
     assert states[vm].version == 2
 
@@ -200,9 +201,9 @@ async def test_follow_tails_new_events_live(store: EventStore, vm: Ref) -> None:
 
 
 async def test_rebuild_decodes_only_the_stamp_yet_equals_full_reads(tmp_path: Path) -> None:
-    """`fold_vms` (the start-up rebuild) folds `Stamp`s, not whole envelopes: every VM it builds
-    must equal the fold of that VM's full history; a malformed message is counted and skipped,
-    and a forged event stops a verified rebuild, naming where."""
+    """`VMRepository.rebuild` (the start-up rebuild) folds `Stamp`s, not whole envelopes: every
+    VM it builds must equal the fold of that VM's full history; a malformed message is counted
+    and skipped, and a forged event stops a verified rebuild, naming where."""
     async with NatsServer(data_dir=tmp_path, port=-1) as server:  # its own log: a strict chain
         conn = await nats.connect(server.url)
         try:
@@ -220,19 +221,19 @@ async def test_rebuild_decodes_only_the_stamp_yet_equals_full_reads(tmp_path: Pa
             node = m.NodeRegistered(hypervisor="test", libvirt_uri="test:///default", cpus=1,
                                     memory_bytes=1 << 30)  # fmt: skip
             await store.append(Ref.node("n1"), [node], expected_version=0)  # not a VM: skipped
-            states, count = await store.fold_vms()
+            states, count = await VMRepository(store).rebuild()
             assert (count, store.malformed) == (2 + sum(1 + i for i in range(6)), 1)
             assert set(states) == {ref.prefix for ref in refs}
             for ref in refs:
-                assert states[ref.prefix] == (await store.load(ref))[0]
+                assert states[ref.prefix] == (await VMRepository(store).get(ref))[0]
             assert {s.status for s in states.values()} >= {"Stopped", "Starting", "Running"}
 
             _, raw = seal(m.VMStartRequested(), ref=refs[1], version=3, prevhash="0" * 64,
                           source="/mallory")  # fmt: skip
             await conn.jetstream().publish(refs[1].event_subject("start_requested"), raw)
             with pytest.raises(TamperDetected, match=f"{refs[1].prefix}: .* does not chain"):
-                await store.fold_vms()
-            unverified = await store.replay_states(verify=False)
+                await VMRepository(store).rebuild()
+            unverified = await VMRepository(store).all(verify=False)
             assert unverified[refs[1]].version == 3
         finally:
             await conn.close()

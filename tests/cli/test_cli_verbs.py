@@ -26,6 +26,7 @@ from bench.simnode import SimNode
 from bus.provision import provision
 from bus.server import NatsServer
 from bus.store import EventStore
+from bus.vms import VMRepository
 from events.names import EVENTS_STREAM, Ref
 from orchestrator.app import run_orchestrator
 
@@ -67,7 +68,7 @@ class Cluster:
     async def settle(self, name: str, status: str, *, within: float = 20) -> None:
         """Until the VM's fold in the log reads `status` (cheaper than polling the CLI)."""
         for _ in range(int(within / 0.05)):
-            if (await self.store.load(Ref.vm(name)))[0].status == status:
+            if (await VMRepository(self.store).get(Ref.vm(name)))[0].status == status:
                 return
             await asyncio.sleep(0.05)
         pytest.fail(f"{name} never reached {status}")

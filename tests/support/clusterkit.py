@@ -17,6 +17,7 @@ from paths import SEED
 from bench.simnode import SimNode
 from bus.client import send
 from bus.store import EventStore
+from bus.vms import VMRepository
 from events import commands as c
 from events.envelope import Recorded
 from events.names import Ref
@@ -42,7 +43,7 @@ class Cluster:
         return await send(self.nc, cmd)
 
     async def state(self, name: str, namespace: str = "default") -> VMState:
-        return (await self.store.load(Ref.vm(name, namespace)))[0]
+        return (await VMRepository(self.store).get(Ref.vm(name, namespace)))[0]
 
     async def history(self, name: str) -> list[Recorded]:
         return await self.store.read(Ref.vm(name))

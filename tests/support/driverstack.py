@@ -20,6 +20,7 @@ from waits import api_ready, settle
 from bus.provision import provision
 from bus.server import NatsServer
 from bus.store import EventStore
+from bus.vms import VMRepository
 from events import commands as c
 from events import model as m
 from events.manifest import parse_documents, to_commands
@@ -88,7 +89,7 @@ class Stack:
         self._nodes.clear()
 
     async def state(self, name: str) -> VMState:
-        return (await self.store.load(Ref.vm(name)))[0]
+        return (await VMRepository(self.store).get(Ref.vm(name)))[0]
 
     async def until(self, name: str, status: str, *, within: float = 20) -> VMState:
         s = await self.state(name)

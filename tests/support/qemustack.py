@@ -30,6 +30,7 @@ from waits import settle
 from bus.provision import provision
 from bus.server import NatsServer
 from bus.store import EventStore
+from bus.vms import VMRepository
 from events import commands as c
 from events import model as m
 from events.manifest import parse_documents, to_commands
@@ -172,7 +173,7 @@ class QemuStack:
     # --- reading what happened -------------------------------------------------------------------
 
     async def state(self, name: str) -> VMState:
-        return (await self.store.load(Ref.vm(name)))[0]
+        return (await VMRepository(self.store).get(Ref.vm(name)))[0]
 
     async def events(self, name: str) -> list[m.Event]:
         return [r.envelope.data for r in await self.store.read(Ref.vm(name))]

@@ -1,0 +1,48 @@
+"""The VM fold's volume hotplug handlers: `addvolume` and `removevolume` on a running VM.
+
+Pure functions of the state and one event, put into the fold's table by `events/state.py`. A
+hotplug ends with its instance (`events/fold_lifecycle.py` clears it when the VM stops or fails).
+"""
+
+from __future__ import annotations
+
+from msgspec.structs import replace
+
+from events import model as m
+from events.envelope import Stamped
+from events.vmstate import FAILED, Hotplug, VMState
+
+
+def volume_attach_requested(s: VMState, e: m.VolumeAttachRequested, env: Stamped) -> VMState:
+    name = str(e.volume.get("name", ""))
+    plug = Hotplug(e.volume, e.disk, requested=env.version)
+    return replace(s, volumes={**s.volumes, name: "Pending"}, hotplug={**s.hotplug, name: plug})
+
+
+def volume_attached(s: VMState, e: m.VolumeAttached, env: Stamped) -> VMState:
+    plug = s.hotplug.get(e.volume)
+    hotplug = s.hotplug if plug is None else {**s.hotplug, e.volume: replace(plug, reason="")}
+    return replace(s, volumes={**s.volumes, e.volume: "Ready"}, hotplug=hotplug)
+
+
+def volume_attach_failed(s: VMState, e: m.VolumeAttachFailed, env: Stamped) -> VMState:
+    plug = s.hotplug.get(e.volume)
+    hotplug = s.hotplug if plug is None else {**s.hotplug, e.volume: replace(plug, reason=e.reason)}
+    return replace(s, volumes={**s.volumes, e.volume: FAILED}, hotplug=hotplug)
+
+
+def volume_detach_requested(s: VMState, e: m.VolumeDetachRequested, env: Stamped) -> VMState:
+    plug = s.hotplug.get(e.volume)
+    hotplug = (
+        s.hotplug if plug is None
+        else {**s.hotplug, e.volume: replace(plug, requested=env.version)}
+    )  # fmt: skip
+    return replace(s, volumes={**s.volumes, e.volume: "Detaching"}, hotplug=hotplug)
+
+
+def volume_detached(s: VMState, e: m.VolumeDetached, env: Stamped) -> VMState:
+    return replace(
+        s,
+        volumes={k: v for k, v in s.volumes.items() if k != e.volume},
+        hotplug={k: v for k, v in s.hotplug.items() if k != e.volume},
+    )

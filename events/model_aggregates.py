@@ -1,0 +1,171 @@
+"""The events of the aggregates beside the VM: nodes, replica sets, volumes, webhook
+subscriptions and audit checkpoints.
+
+Part of the event union (`events/model.py`; use them as `m.NodeLost` through it). Each class's
+`aggregate` names its subject tree (`virt.<aggregate>.…`); the folds are `events/nodes.py`,
+`events/replicasets.py`, `events/volumes.py`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+import msgspec
+
+from events.event import Event
+
+# --- nodes ----------------------------------------------------------------------------------------
+
+
+class NodeRegistered(Event, frozen=True):
+    aggregate: ClassVar[str] = "node"
+    hypervisor: str
+    libvirt_uri: str
+    cpus: int
+    memory_bytes: int
+    kvm: bool = False
+    labels: dict[str, str] = {}
+    pods: str = "process"
+    migration_uri: str = ""  # libvirt URI a source connects to for live migration; "" = none
+
+
+class NodeCordoned(Event, frozen=True):
+    aggregate: ClassVar[str] = "node"
+    reason: str = ""
+
+
+class NodeUncordoned(Event, frozen=True):
+    aggregate: ClassVar[str] = "node"
+
+
+class NodeDrainRequested(Event, frozen=True):
+    aggregate: ClassVar[str] = "node"
+
+
+class NodeLost(Event, frozen=True):
+    aggregate: ClassVar[str] = "node"
+    last_heartbeat: datetime | None = None
+
+
+# --- replica sets ---------------------------------------------------------------------------------
+
+
+class ReplicaSetCreated(Event, frozen=True):
+    aggregate: ClassVar[str] = "rs"
+    spec: dict[str, Any]
+    replicas: int = 1
+    labels: dict[str, str] = {}
+
+
+class ReplicaSetSpecChanged(Event, frozen=True):
+    aggregate: ClassVar[str] = "rs"
+    spec: dict[str, Any]
+    replicas: int = 1
+    labels: dict[str, str] = {}
+
+
+class ReplicaSetScaled(Event, frozen=True):
+    aggregate: ClassVar[str] = "rs"
+    replicas: int
+
+
+class ReplicaSetDeleted(Event, frozen=True):
+    aggregate: ClassVar[str] = "rs"
+
+
+# --- volumes --------------------------------------------------------------------------------------
+
+
+class VolumeCreated(Event, frozen=True):
+    aggregate: ClassVar[str] = "volume"
+    size_bytes: int
+    node: str = ""
+    source: str = ""
+
+
+class VolumeReady(Event, frozen=True):
+    aggregate: ClassVar[str] = "volume"
+    format: str = "raw"
+
+
+class VolumeDeleted(Event, frozen=True):
+    aggregate: ClassVar[str] = "volume"
+
+
+class VolumeFailed(Event, frozen=True):
+    """The node could not provide the volume's data (a bad or interrupted upload, a full disk)."""
+
+    aggregate: ClassVar[str] = "volume"
+    reason: str
+
+
+class VolumeMoveRequested(Event, frozen=True):
+    """The volume's data is to be copied to `node` (its VMs follow it there)."""
+
+    aggregate: ClassVar[str] = "volume"
+    node: str
+
+
+class VolumeMoved(Event, frozen=True):
+    aggregate: ClassVar[str] = "volume"
+    node: str
+    from_node: str = ""
+
+
+class VolumeMoveFailed(Event, frozen=True):
+    """The copy did not complete; the volume stays whole where it was."""
+
+    aggregate: ClassVar[str] = "volume"
+    reason: str
+
+
+# --- webhooks -------------------------------------------------------------------------------------
+
+
+class WebhookSubscribed(Event, frozen=True):
+    aggregate: ClassVar[str] = "webhook"
+    url: str
+    types: list[str] = msgspec.field(default_factory=lambda: ["io.virtbus.*"])
+    vm_pattern: str = "*"
+    from_seq: int = 0
+    secret_ref: str = ""
+    since: datetime | None = None
+
+
+class WebhookUnsubscribed(Event, frozen=True):
+    aggregate: ClassVar[str] = "webhook"
+
+
+class WebhookDisabled(Event, frozen=True):
+    aggregate: ClassVar[str] = "webhook"
+    reason: str
+
+
+# --- audit ----------------------------------------------------------------------------------------
+
+
+class AuditHead(msgspec.Struct, frozen=True, gc=False):
+    """One aggregate's head as a checkpoint seals it: its version, stream sequence and hash."""
+
+    version: int
+    seq: int
+    hash: str
+
+
+class AuditCheckpoint(Event, frozen=True):
+    """A signed seal over the heads of the aggregates that changed since the previous checkpoint.
+
+    A hash chain shows an event changed or removed in the middle, never a log cut short at its
+    end: a checkpoint naming a head the stream no longer has does. `signature` is the HMAC of
+    `events.checkpoint.signed_bytes`; `previous` is the signature before it, so checkpoints chain.
+    """
+
+    aggregate: ClassVar[str] = "audit"
+    number: int
+    through_seq: int
+    heads: dict[str, AuditHead] = {}
+    key_id: str = ""
+    algorithm: str = "HMAC-SHA256"
+    previous: str = ""
+    signature: str = ""
