@@ -30,13 +30,14 @@ from events.names import COMMANDS_STREAM, Ref, outcome_subject
 from events.nodes import NodeState, apply_node
 from events.replicasets import ReplicaSetState, apply_rs
 from events.state import fold
+from events.webhooks import fold_webhook
 from orchestrator import metrics
 from orchestrator.decide import decide, decide_rs
 from orchestrator.migrations import decide_node
 from orchestrator.rename import renamed_into
 from orchestrator.scheduler import NodeView
 from orchestrator.volumes import ClusterView, decide_volume, fold_volume
-from orchestrator.webhooks.subscriptions import decide_webhook, fold_webhook, prepare
+from orchestrator.webhooks.subscriptions import decide_webhook, prepare
 
 log = logging.getLogger("virtbus.intake")
 DURABLE = "orchestrator-intake"
