@@ -1,4 +1,7 @@
-"""The orchestrator process: intake, controller, read model and API on one connection.
+"""The orchestrator process: intake, controller, read model and API on one connection, with the
+web view, the audit sealer and the webhook dispatcher when asked. Neighbours read each other
+in-process, never over the bus: the intake judges against the controller's folded state, the web
+view reads the read model.
 
 Staged shutdown: `stop` is set, the API stops taking requests, each loop finishes the item in
 hand and returns, then the connection drains.
