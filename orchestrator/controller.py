@@ -4,6 +4,8 @@ One task applies events in log order and runs the pure `reconcile` on what chang
 appended with the VM's version as the expected one, so two controllers never both decide (the
 loser's append conflicts and is dropped: the winner's event arrives and is reconciled anew). Node
 liveness comes from the heartbeat bucket; a node silent for longer than the grace is `NodeLost`.
+The intake beside it judges against this folded state (`node_views`, `volume_view`) rather than
+reading the log again; placement's bookkeeping is `capacity.Capacity`.
 """
 
 from __future__ import annotations
