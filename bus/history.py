@@ -12,7 +12,7 @@ the reads is pure.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -95,34 +95,45 @@ def command_record(data: bytes, headers: dict[str, str]) -> CommandRecord:
     )  # fmt: skip
 
 
+# The read model's history index of a VM: its (version, seq) pairs, and the seq it is whole to.
+IndexReader = Callable[[Ref], Awaitable[tuple[list[tuple[int, int]], int]]]
+
+
 async def read_history(
-    nc: Client, ref: Ref, *, stream: str = EVENTS_STREAM, indexed: bool = True
-) -> History:
-    """The VM's events (hash chain checked) and the commands addressed to it."""
-    events = await _indexed_events(nc, ref, stream=stream) if indexed else None
+    nc: Client, ref: Ref, *, stream: str = EVENTS_STREAM, indexed: bool = True,
+    index_of: IndexReader | None = None,
+) -> History:  # fmt: skip
+    """The VM's events (hash chain checked) and the commands addressed to it; the index is asked
+    of virtbus-api unless the caller holds the read model and passes its `index_of`."""
+    events = await _indexed_events(nc, ref, stream=stream, index_of=index_of) if indexed else None
     if events is None:
         events = await EventStore(nc, stream=stream).read(ref)
     raw = await direct_range_headers(nc, COMMANDS_STREAM, subject_filter=ref.command_subject(">"))
     return History(ref, events, [command_record(data, h) for data, h in raw])
 
 
-async def _indexed_events(nc: Client, ref: Ref, *, stream: str) -> list[Recorded] | None:
+async def _indexed_events(
+    nc: Client, ref: Ref, *, stream: str, index_of: IndexReader | None = None
+) -> list[Recorded] | None:
     """The events through the read model's history index: direct gets of the sequences it lists,
     then a filtered read of what came after its position. None whenever the index cannot be
     trusted to be whole (no orchestrator answering, a read model older than the index, a chain
     that does not hold): the caller then reads the VM's subject tree instead."""
-    q = Query(what="history", namespace=ref.namespace, name=ref.name)
-    try:
-        answer = await query(nc, q, wait_s=2)
-    except VirtbusError:
-        return None
-    index = answer.history
+    if index_of is not None:
+        index, position = await index_of(ref)
+    else:
+        try:
+            answer = await query(nc, Query(what="history", namespace=ref.namespace, name=ref.name),
+                                 wait_s=2)  # fmt: skip
+        except VirtbusError:
+            return None
+        index, position = answer.history, answer.position
     if not index or [v for v, _ in index] != list(range(1, len(index) + 1)):
         return None
     raw = await direct_seqs(nc, stream, [seq for _, seq in index])
     known = {seq for _, seq in index}
     tail = await direct_range(nc, stream, subject_filter=ref.wildcard,
-                              start_seq=answer.position + 1)  # fmt: skip
+                              start_seq=position + 1)  # fmt: skip
     raw.extend(item for item in tail if item[2] not in known)
     store, chain, out = EventStore(nc, stream=stream), Chain(strict=True), []
     try:

@@ -1,1 +1,2 @@
-"""virt-api and virt-controller of virtbus, and the `virtbus` CLI: a client of the bus."""
+"""The control plane (virt-api and virt-controller): intake, controller, read model, virtbus-api,
+the web view and the webhook dispatcher; run by `python -m orchestrator` or `virtbus up`."""

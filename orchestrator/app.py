@@ -1,4 +1,7 @@
-"""The orchestrator process: intake, controller, read model and API on one connection.
+"""The orchestrator process: intake, controller, read model and API on one connection, with the
+web view, the audit sealer and the webhook dispatcher when asked. Neighbours read each other
+in-process, never over the bus: the intake judges against the controller's folded state, the web
+view reads the read model.
 
 Staged shutdown: `stop` is set, the API stops taking requests, each loop finishes the item in
 hand and returns, then the connection drains.
@@ -55,7 +58,8 @@ async def run_orchestrator(
         nc, EventStore(nc, source="/virtbus/orchestrator/controller"), node_grace_s=node_grace_s,
         migration_policy=migration_policy,
     )  # fmt: skip
-    intake.nodes = controller.node_views
+    # The intake judges against the controller's folded state, not a read of the log of its own.
+    intake.nodes, intake.volume_view = controller.node_views, controller.volume_view
     read_store = EventStore(nc, source="/virtbus/orchestrator/readmodel")
     async with ReadModel(data_dir / "readmodel.sqlite", read_store, verify=False) as readmodel:
         await readmodel.catch_up()

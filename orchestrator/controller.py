@@ -4,6 +4,8 @@ One task applies events in log order and runs the pure `reconcile` on what chang
 appended with the VM's version as the expected one, so two controllers never both decide (the
 loser's append conflicts and is dropped: the winner's event arrives and is reconciled anew). Node
 liveness comes from the heartbeat bucket; a node silent for longer than the grace is `NodeLost`.
+The intake beside it judges against this folded state (`node_views`, `volume_view`) rather than
+reading the log again; placement's bookkeeping is `capacity.Capacity`.
 """
 
 from __future__ import annotations
@@ -23,38 +25,36 @@ from nats.js.errors import KeyNotFoundError
 
 from bus.store import EventStore
 from bus.telemetry import TRACE, traced
+from events import commands as c
 from events import model as m
 from events import work as w
 from events.envelope import Recorded, encode
 from events.errors import ConcurrencyConflict, VirtbusError
 from events.folding import skipped_now
-from events.manifest import summarize
 from events.names import HEARTBEAT_BUCKET, Ref
 from events.nodes import READY, Heartbeat, NodeState, apply_node
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
 from events.state import (
     PENDING,
-    RUNNING,
-    SCHEDULED,
-    SCHEDULING,
     UNSCHEDULABLE,
     VMState,
     apply,
 )
 from events.volumes import VolumeState, apply_volume
 from orchestrator import metrics
+from orchestrator.capacity import Capacity
 from orchestrator.keyed import KeyedQueue
-from orchestrator.migrations import ACTIVE_PHASES, Cluster
+from orchestrator.migrations import Cluster
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import NodeView, place
 from orchestrator.snapshots import removal_work
-from orchestrator.volumes import follow_cold_move, pin, volume_work
+from orchestrator.volumes import ClusterView, cluster_view, follow_cold_move, pin, volume_work
 
 log = logging.getLogger("virtbus.controller")
 RESEND_AFTER_S = 60.0  # within JetStream's 2-minute dedup window a resend is dropped anyway
 SENT_MEMORY = 100_000
 REACT_PARALLEL = 64  # VMs whose reactions wait on the bus at once
-_HOLDS_CAPACITY = (SCHEDULING, SCHEDULED, RUNNING)
+CATCH_UP_S = 5.0  # how long a judgement waits for the controller to fold the log's end
 _FREES_CAPACITY = (m.VMStopped, m.VMFailed, m.VMDeleted, m.VMUnschedulable)
 # Steps of a start that change no decision: the phase they belong to was reconciled already,
 # and the step after them (DomainStarted, or a failure) is what the controller acts on.
@@ -69,9 +69,7 @@ class Controller:
     ) -> None:  # fmt: skip
         self.nc = nc
         self.migration_policy = migration_policy or w.MigrationPolicy()
-        # VM -> (source, target, cpus, memory) of each migration holding a slot (and the
-        # target's capacity), folded or decided and not yet folded back.
-        self._migrating: dict[str, tuple[str, str, int, int]] = {}
+        self.capacity = Capacity(self.migration_policy)
         self.store = store
         self.node_grace_s = node_grace_s
         self.vms: dict[str, VMState] = {}
@@ -80,9 +78,7 @@ class Controller:
         self.volumes: dict[str, VolumeState] = {}
         self.position = 0
         self._wakes: dict[str, datetime] = {}
-        self._reserved: dict[str, tuple[str, int, int]] = {}  # scheduled, not yet folded back
-        self._held: dict[str, tuple[str, int, int]] = {}  # VM -> (node, cpus, memory) it holds
-        self._usage: dict[str, list[int]] = {}  # node -> [cpus, memory, vms] held there
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (seq, caught up to it)
         self._started = time.time()
         self._sent: OrderedDict[str, float] = OrderedDict()  # work message id -> when it went out
         self._reactions: KeyedQueue[Recorded] = KeyedQueue(
@@ -102,6 +98,39 @@ class Controller:
             metrics.UNFOLDABLE.inc()
             self.position = rec.seq
             return "", ""
+        finally:
+            if self._waiters:
+                self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        waiting = []
+        for seq, fut in self._waiters:
+            if seq <= self.position:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                waiting.append((seq, fut))
+        self._waiters = waiting
+
+    async def caught_up(self) -> None:
+        """Return once this controller has folded the log as it stands now: what the intake
+        reads off it then is what a read of the log would have said."""
+        last = (await self.nc.jetstream().stream_info(self.store.stream)).state.last_seq
+        if self.position >= last:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((last, fut))
+        try:
+            await asyncio.wait_for(fut, CATCH_UP_S)
+        except TimeoutError:  # e.g. the last message is no event: it is never folded
+            self._waiters = [(q, f) for q, f in self._waiters if f is not fut]
+            log.warning("the controller is at seq %s, not %s; judging on what it has",
+                        self.position, last)  # fmt: skip
+
+    async def volume_view(self, ref: Ref, cmd: c.Command) -> ClusterView:
+        """What judging a volume command needs besides the volume's own history."""
+        await self.caught_up()
+        return cluster_view(ref, cmd, nodes=self.nodes, volumes=self.volumes, vms=self.vms)
 
     def _fold_one(self, rec: Recorded) -> tuple[str, str]:
         kind, _, rest = rec.subject.removeprefix("virt.").partition(".")
@@ -113,10 +142,7 @@ class Controller:
                 log.warning("event at seq %s (%s, %s) skipped by the fold: %s", rec.seq,
                             rec.subject, skip.type, skip.reason)  # fmt: skip
                 metrics.UNFOLDABLE.inc()
-            if isinstance(rec.envelope.data, m.VMScheduled | m.VMUnschedulable):
-                self._reserved.pop(key, None)
-            self._account(key, s)
-            self._account_migration(key, s)
+            self.capacity.folded(key, s, rec.envelope.data)
         elif kind == "node":
             name = rest.split(".")[1]
             self.nodes[name] = apply_node(self.nodes.get(name) or NodeState(), rec.envelope)
@@ -130,64 +156,8 @@ class Controller:
 
     # --- placement -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _need(s: VMState) -> dict[str, Any]:
-        try:
-            return summarize(s.spec)
-        except Exception:  # a spec the log holds but no apply would have let through
-            return {"cpus": 1, "memory_bytes": 0, "node_selector": {}}
-
-    def _account(self, key: str, s: VMState) -> None:
-        """Keep per-node usage current as VMs start and stop, instead of summing at each
-        placement (which made scheduling N VMs cost N squared)."""
-        held = self._held.get(key)
-        holds = bool(s.node) and s.phase in _HOLDS_CAPACITY
-        if held is not None and (not holds or held[0] != s.node):
-            u = self._usage.setdefault(held[0], [0, 0, 0])
-            u[0], u[1], u[2] = u[0] - held[1], u[1] - held[2], u[2] - 1
-            del self._held[key]
-            held = None
-        if holds and held is None:
-            need = self._need(s)
-            self._held[key] = (s.node, need["cpus"], need["memory_bytes"])
-            u = self._usage.setdefault(s.node, [0, 0, 0])
-            u[0], u[1], u[2] = u[0] + need["cpus"], u[1] + need["memory_bytes"], u[2] + 1
-
-    def _account_migration(self, key: str, s: VMState) -> None:
-        mig = s.migration
-        if mig is not None and mig.phase in ACTIVE_PHASES:
-            if key not in self._migrating:
-                need = self._need(s)
-                self._migrating[key] = (mig.source, mig.target, need["cpus"],
-                                        need["memory_bytes"])  # fmt: skip
-        elif mig is None or mig.phase != PENDING:
-            self._migrating.pop(key, None)
-
-    def slot_free(self, source: str) -> bool:
-        """KubeVirt's limits: parallel migrations per cluster, and outbound per source node."""
-        p = self.migration_policy
-        if len(self._migrating) >= p.parallel_per_cluster:
-            return False
-        outbound = sum(1 for src, *_ in self._migrating.values() if src == source)
-        return outbound < p.parallel_outbound_per_node
-
     def node_views(self) -> list[NodeView]:
-        used = {n: list(self._usage.get(n, (0, 0, 0))) for n in self.nodes}
-        # A migration's target holds the VM's capacity until the move is over.
-        reserved = [*self._reserved.values(), *((t, c, mem) for _, t, c, mem in
-                                                self._migrating.values())]  # fmt: skip
-        for node, cpus, mem in reserved:
-            if node in used:
-                u = used[node]
-                u[0], u[1], u[2] = u[0] + cpus, u[1] + mem, u[2] + 1
-        return [
-            NodeView(
-                name=n.name, cpus=n.cpus, memory_bytes=n.memory_bytes, labels=n.labels,
-                schedulable=n.schedulable, used_cpus=used[name][0], used_memory=used[name][1],
-                vms=used[name][2],
-            )
-            for name, n in self.nodes.items()
-        ]  # fmt: skip
+        return self.capacity.node_views(self.nodes)
 
     # --- reacting --------------------------------------------------------------------------------
 
@@ -201,8 +171,10 @@ class Controller:
         if s is None:
             return None
         lost = {n for n, st in self.nodes.items() if st.status != READY}
-        cluster = Cluster(nodes=self.nodes, views=self.node_views, slot_free=self.slot_free,
-                          policy=self.migration_policy)  # fmt: skip
+        cluster = Cluster(
+            nodes=self.nodes, views=self.node_views, slot_free=self.capacity.slot_free,
+            policy=self.migration_policy,
+        )  # fmt: skip
         reaction = reconcile(
             s, lost_nodes=lost, cluster=cluster,
             place=lambda req: place(pin(req, s.spec, self.volumes, namespace=s.namespace),
@@ -213,18 +185,9 @@ class Controller:
             self._wakes[key] = reaction.wake_at
         if reaction.events:
             ref = Ref("vm", s.namespace, s.name)
-            held = self._migrating.get(key)
-            for e in reaction.events:
-                # Held before the append awaits: reactions run side by side, and another VM's
-                # placement (or migration) must see this capacity (or slot) taken.
-                if not isinstance(e, m.VMScheduled | m.MigrationScheduled):
-                    continue
-                need = self._need(s)
-                if isinstance(e, m.VMScheduled):
-                    self._reserved[key] = (e.node, need["cpus"], need["memory_bytes"])
-                elif isinstance(e, m.MigrationScheduled):
-                    self._migrating[key] = (e.source, e.target, need["cpus"],
-                                            need["memory_bytes"])  # fmt: skip
+            # Held before the append awaits: reactions run side by side, and another VM's
+            # placement (or migration) must see this capacity (or slot) taken.
+            held = self.capacity.hold(key, s, reaction.events)
             try:
                 # Step by step, not one atomic batch: a prefix is a valid state to reconcile.
                 await self.store.append_steps(
@@ -234,11 +197,7 @@ class Controller:
                 )  # fmt: skip
             except ConcurrencyConflict:
                 metrics.REACTION_CONFLICTS.inc()
-                self._reserved.pop(key, None)
-                if held is None:
-                    self._migrating.pop(key, None)
-                else:
-                    self._migrating[key] = held
+                self.capacity.release(key, held)
                 return None  # another controller decided first; its events will come here
         await self._enqueue(reaction.work)
         return reaction

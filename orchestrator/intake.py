@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.aio.client import Client
@@ -30,13 +30,14 @@ from events.names import COMMANDS_STREAM, Ref, outcome_subject
 from events.nodes import NodeState, apply_node
 from events.replicasets import ReplicaSetState, apply_rs
 from events.state import fold
+from events.webhooks import fold_webhook
 from orchestrator import metrics
 from orchestrator.decide import decide, decide_rs
 from orchestrator.migrations import decide_node
 from orchestrator.rename import renamed_into
 from orchestrator.scheduler import NodeView
-from orchestrator.volumes import cluster_view, decide_volume, fold_volume
-from orchestrator.webhooks.subscriptions import decide_webhook, fold_webhook, prepare
+from orchestrator.volumes import ClusterView, decide_volume, fold_volume
+from orchestrator.webhooks.subscriptions import decide_webhook, prepare
 
 log = logging.getLogger("virtbus.intake")
 DURABLE = "orchestrator-intake"
@@ -62,6 +63,8 @@ class Intake:
         # The controller's view of the nodes, when one runs beside us: a migration's target is
         # then checked on intake (else only when the controller schedules it).
         self.nodes: Callable[[], list[NodeView]] | None = None
+        # Likewise what a volume command is judged against (nodes, volumes, the claim's users).
+        self.volume_view: Callable[[Ref, c.Command], Awaitable[ClusterView]] | None = None
         # JetStream refuses too many atomic batches in flight; commands beyond wait their turn.
         self._parallel = asyncio.Semaphore(PARALLEL)
 
@@ -126,7 +129,10 @@ class Intake:
             try:
                 cmd = await prepare(self.nc, cmd)
                 if ref.kind == "volume":
-                    view = await cluster_view(self.store, ref, cmd)
+                    if self.volume_view is None:
+                        raise ValidationError("volumes are judged where a controller runs",
+                                              field="kind")  # fmt: skip
+                    view = await self.volume_view(ref, cmd)
                     events = decide_volume(fold_volume(history), cmd, view)
                 else:
                     nodes = self.nodes() if self.nodes and isinstance(cmd, c.MigrateVM) else None

@@ -1,22 +1,23 @@
 """The orchestrator's Prometheus metrics (`virtbus_` prefix, KubeVirt's names where it has one).
 
 Counters are bumped where things happen; the VM and node gauges are read off the controllers'
-folded state at scrape time, so they are never stale and cost nothing between scrapes.
+folded state at scrape time, so they are never stale and cost nothing between scrapes. A
+controller is watched as a `FoldedView` (its VM and node maps), so this module needs nothing of it.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections import Counter as Tally
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from orchestrator.controller import Controller
+from events.nodes import NodeState
+from events.state import VMState
 
 COMMANDS = Counter(
     "virtbus_commands", "Commands judged by the intake, by kind and outcome", ["command", "outcome"]
@@ -36,10 +37,21 @@ UNJUDGEABLE = Counter(
     "Commands whose judging met a fault: rejected as such and terminated",
 )
 
-_controllers: weakref.WeakSet[Controller] = weakref.WeakSet()
+
+class FoldedView(Protocol):
+    """What the gauges read: a controller's folded VMs and nodes."""
+
+    @property
+    def vms(self) -> Mapping[str, VMState]: ...
+
+    @property
+    def nodes(self) -> Mapping[str, NodeState]: ...
 
 
-def watch(controller: Controller) -> None:
+_controllers: weakref.WeakSet[FoldedView] = weakref.WeakSet()
+
+
+def watch(controller: FoldedView) -> None:
     """Report this controller's view in the gauges while it lives."""
     _controllers.add(controller)
 

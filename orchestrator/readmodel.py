@@ -20,7 +20,7 @@ import msgspec
 
 from bus.store import EventStore
 from events.envelope import Envelope, Recorded
-from events.names import ref_from_subject
+from events.names import Ref, ref_from_subject
 from events.nodes import NodeState, apply_node
 from events.state import VMState, apply
 
@@ -264,6 +264,12 @@ class ReadModel:
         """(version, stream sequence) of each of the VM's events, by version."""
         sql = "SELECT version, seq FROM history WHERE namespace = ? AND name = ? ORDER BY version"
         return [(int(v), int(q)) for v, q in await self._fetch(sql, (namespace, name))]
+
+    async def history_index(self, ref: Ref) -> tuple[list[tuple[int, int]], int]:
+        """The VM's history index and the position it is whole to (`bus.history.IndexReader`).
+        The position is read first: the index may then go past it, never stop short of it."""
+        position = await self.position()
+        return await self.history_seqs(ref.namespace, ref.name), position
 
     async def nodes(self) -> list[NodeState]:
         rows = await self._fetch("SELECT state FROM nodes ORDER BY name")

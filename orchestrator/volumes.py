@@ -3,7 +3,7 @@
 A volume lives on one node (its directory there holds `disk.img`), so it is placed when it is
 created and every VM that names it as a `persistentVolumeClaim` must run on that node. Judging a
 volume command needs more than the volume's own history (which nodes are ready, which VMs use the
-claim): `cluster_view` reads that from the log; `decide_volume` itself stays pure.
+claim): `cluster_view` reads that off the controller's folded state; `decide_volume` stays pure.
 """
 
 from __future__ import annotations
@@ -13,16 +13,15 @@ from typing import Any
 
 import msgspec
 
-from bus.store import EventStore
 from events import commands as c
 from events import model as m
 from events import work as w
 from events.envelope import Recorded
 from events.errors import ValidationError
 from events.names import Ref
-from events.nodes import NodeState, apply_node
+from events.nodes import NodeState
 from events.quantity import parse_quantity
-from events.state import RUNNING, SCHEDULED, SCHEDULING, VMState, apply
+from events.state import RUNNING, SCHEDULED, SCHEDULING, VMState
 from events.volumes import BOUND, PENDING, VolumeState, apply_volume
 from orchestrator.scheduler import Request
 
@@ -64,35 +63,26 @@ def _uses(s: VMState, claim: str) -> bool:
     return claim in claims_of(s.spec) or claim in hot
 
 
-async def cluster_view(store: EventStore, ref: Ref, cmd: c.Command) -> ClusterView:
-    """Nodes and volume counts for a create or a move; the claim's users for a delete or a move."""
-    nodes: dict[str, NodeState] = {}
-    volumes: dict[str, VolumeState] = {}
-    vms: dict[str, VMState] = {}
-
-    def on(rec: Recorded) -> None:
-        key = rec.subject.rpartition(".")[0]
-        if rec.subject.startswith("virt.node."):
-            nodes[key] = apply_node(nodes.get(key) or NodeState(), rec.envelope)
-        elif rec.subject.startswith("virt.vm."):
-            vms[key] = apply(vms.get(key) or VMState(), rec.envelope)
-        else:
-            volumes[key] = apply_volume(volumes.get(key) or VolumeState(), rec.envelope)
-
-    subjects = []
-    if isinstance(cmd, c.CreateVolume | c.MoveVolume):
-        subjects += ["virt.node.>", "virt.volume.>"]
-    if isinstance(cmd, c.DeleteVolume | c.MoveVolume):
-        subjects.append(f"virt.vm.{ref.namespace}.>")
-    if subjects:
-        await store.replay(on, subjects=subjects, verify=False)
+def cluster_view(
+    ref: Ref, cmd: c.Command, *, nodes: Mapping[str, NodeState],
+    volumes: Mapping[str, VolumeState], vms: Mapping[str, VMState],
+) -> ClusterView:  # fmt: skip
+    """Nodes and volume counts for a create or a move; the claim's users for a delete or a move,
+    read off the folded nodes, volumes and VMs (the controller's, keyed by subject prefix)."""
+    placing = isinstance(cmd, c.CreateVolume | c.MoveVolume)
     counts: dict[str, int] = {}
-    for v in volumes.values():
-        if v.exists:
-            counts[v.node] = counts.get(v.node, 0) + 1
-    users = [s for s in vms.values() if s.exists and _uses(s, ref.name)]
+    users: list[VMState] = []
+    if placing:
+        for v in volumes.values():
+            if v.exists:
+                counts[v.node] = counts.get(v.node, 0) + 1
+    if isinstance(cmd, c.DeleteVolume | c.MoveVolume):
+        mine = f"virt.vm.{ref.namespace}."
+        users = [
+            s for k, s in vms.items() if k.startswith(mine) and s.exists and _uses(s, ref.name)
+        ]
     return ClusterView(
-        nodes={n.name: n for n in nodes.values()}, volumes_per_node=counts,
+        nodes={n.name: n for n in nodes.values()} if placing else {}, volumes_per_node=counts,
         users=sorted(s.name for s in users),
         running=sorted(s.name for s in users if s.node and s.phase in _ACTIVE),
     )  # fmt: skip

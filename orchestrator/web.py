@@ -75,7 +75,8 @@ class Web:
             return 404, "<h1>Not found</h1>"
         try:
             ref = Ref.vm(unquote(parts[2]), unquote(parts[1]))
-            history = await read_history(self.nc, ref)
+            # The read model is here: its index is read in-process, not asked of virtbus-api.
+            history = await read_history(self.nc, ref, index_of=self.readmodel.history_index)
         except VirtbusError as err:  # a bad name, a broken chain, a bus that does not answer
             return 400, f"<h1>Cannot show this VM</h1><p>{escape(str(err))}</p>"
         if not history.events:

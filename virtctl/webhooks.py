@@ -23,15 +23,16 @@ from events import commands as c
 from events import render
 from events.envelope import Recorded
 from events.errors import BusUnavailable, ValidationError, VirtbusError
-from orchestrator.webhooks.deliveries import Delivery
-from orchestrator.webhooks.dispatcher import (
+from events.webhooks import (
     DELIVERIES_SUBJECT,
     REDELIVER_SUBJECT,
     DeliveriesQuery,
+    Delivery,
     RedeliverRequest,
     Reply,
-)  # fmt: skip
-from orchestrator.webhooks.subscriptions import WebhookState, apply_webhook
+    WebhookState,
+    apply_webhook,
+)
 
 API_VERSION = "virtbus.io/v1"
 _REPLY = msgspec.json.Decoder(Reply)

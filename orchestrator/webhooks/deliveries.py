@@ -23,13 +23,9 @@ from typing import Final
 import aiosqlite
 import msgspec
 
-log = logging.getLogger("virtbus.webhooks")
+from events.webhooks import FINAL, RETRYING, Delivery
 
-DELIVERED: Final = "Delivered"
-RETRYING: Final = "Retrying"
-DEAD: Final = "DeadLetter"  # every attempt failed; `webhook redeliver` can try again
-GONE: Final = "Gone"  # the endpoint answered 410: the subscription was disabled
-FINAL: Final = frozenset({DELIVERED, DEAD, GONE})
+log = logging.getLogger("virtbus.webhooks")
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -54,25 +50,6 @@ _POSITION: Final = (
     "INSERT INTO positions (consumer, seq) VALUES (?, ?) "
     "ON CONFLICT (consumer) DO UPDATE SET seq = max(seq, excluded.seq)"
 )
-
-
-class Delivery(msgspec.Struct, frozen=True, kw_only=True):
-    consumer: str
-    seq: int  # the event's stream sequence: the delivery's id within its subscription
-    name: str
-    webhook_id: str
-    type: str
-    subject: str
-    status: str
-    attempts: int
-    code: int = 0  # the endpoint's last HTTP status, 0 when it never answered
-    error: str = ""
-    first_at: float = 0.0
-    last_at: float = 0.0
-    next_at: float = 0.0  # when a Retrying delivery is due again
-
-    def row(self) -> tuple[object, ...]:
-        return msgspec.structs.astuple(self)
 
 
 Then = Callable[[], Awaitable[object]]
@@ -175,7 +152,7 @@ class DeliveryLog:
             db = self.db
             await db.execute("BEGIN IMMEDIATE")
             try:
-                await db.executemany(_UPSERT, [d.row() for d in rows])
+                await db.executemany(_UPSERT, [msgspec.structs.astuple(d) for d in rows])
                 await db.executemany(_POSITION, list(positions.items()))
                 await db.execute("COMMIT")
             except BaseException:

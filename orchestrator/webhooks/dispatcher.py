@@ -32,32 +32,24 @@ from events import model as m
 from events.envelope import Recorded
 from events.errors import ConcurrencyConflict, ValidationError, VirtbusError
 from events.names import EVENTS_STREAM, Ref
-from orchestrator.webhooks.deliveries import DEAD, Delivery, DeliveryLog
+from events.webhooks import (
+    DEAD,
+    DELIVERIES_SUBJECT,
+    REDELIVER_SUBJECT,
+    DeliveriesQuery,
+    RedeliverRequest,
+    Reply,
+    WebhookState,
+    apply_webhook,
+    fold_webhook,
+)
+from orchestrator.webhooks.deliveries import DeliveryLog
 from orchestrator.webhooks.runner import Runner
 from orchestrator.webhooks.settings import WebhookSettings
-from orchestrator.webhooks.subscriptions import WebhookState, apply_webhook, fold_webhook
 
 log = logging.getLogger("virtbus.webhooks")
-DELIVERIES_SUBJECT: Final = "virt.webhooks.deliveries"
-REDELIVER_SUBJECT: Final = "virt.webhooks.redeliver"
 QUEUE: Final = "virtbus-webhooks"
 SECRET_TTL_S: Final = 2.0  # a rotated secret signs within this long
-
-
-class DeliveriesQuery(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    status: str | None = None
-    limit: int = 100
-
-
-class RedeliverRequest(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    seq: int | None = None
-
-
-class Reply(msgspec.Struct, frozen=True, kw_only=True):
-    items: list[Delivery] = []
-    error: str = ""
 
 
 class Dispatcher:

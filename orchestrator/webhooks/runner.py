@@ -29,11 +29,12 @@ from nats.js.errors import NotFoundError
 
 from bus.webhook_secrets import Signer
 from events.names import EVENTS_STREAM
-from orchestrator.webhooks import deliveries as dl
+from events.webhooks import DEAD, DELIVERED, FINAL, GONE, RETRYING, Delivery, WebhookState
+from orchestrator.webhooks.deliveries import DeliveryLog
 from orchestrator.webhooks.http1 import Endpoint
 from orchestrator.webhooks.sender import CONTENT_TYPE, HEAD, Attempt, Head, post, webhook_id
 from orchestrator.webhooks.settings import WebhookSettings
-from orchestrator.webhooks.subscriptions import WebhookState, matches, subject_filters
+from orchestrator.webhooks.subscriptions import matches, subject_filters
 
 log = logging.getLogger("virtbus.webhooks")
 FETCH = 256
@@ -87,7 +88,7 @@ def consumer_config(s: WebhookState, settings: WebhookSettings) -> ConsumerConfi
 
 class Runner:
     def __init__(
-        self, nc: Client, state: WebhookState, *, deliveries: dl.DeliveryLog,
+        self, nc: Client, state: WebhookState, *, deliveries: DeliveryLog,
         settings: WebhookSettings, keys: Keys, on_gone: OnGone,
     ) -> None:  # fmt: skip
         self.nc = nc
@@ -220,7 +221,7 @@ class Runner:
         attempts, first_at = 0, time.time()
         if delivered > 1:
             done = await self.deliveries.get(self.state.consumer, seq)
-            if done is not None and done.status in dl.FINAL:
+            if done is not None and done.status in FINAL:
                 await msg.ack()  # recorded, then the dispatcher died before its ack
                 return
             if done is not None:
@@ -279,9 +280,9 @@ class Runner:
         """Record the attempt, then ack or nak; False when this VM (or all) must stop."""
         s, now = self.state, time.time()
         attempts = item.attempts + 1
-        rec = dl.Delivery(
+        rec = Delivery(
             consumer=s.consumer, seq=seq, name=s.name, webhook_id=webhook_id(item.head.id, s.name),
-            type=item.head.type, subject=item.head.subject, status=dl.DELIVERED, attempts=attempts,
+            type=item.head.type, subject=item.head.subject, status=DELIVERED, attempts=attempts,
             code=attempt.code, error=attempt.error, first_at=item.first_at, last_at=now,
         )  # fmt: skip
         msg = item.msg
@@ -289,12 +290,12 @@ class Runner:
             self.deliveries.record(rec, msg.ack)
             return True
         if attempt.gone:
-            self.deliveries.record(_with(rec, status=dl.GONE), msg.ack)
+            self.deliveries.record(_with(rec, status=GONE), msg.ack)
             self.stop.set()
             await self.on_gone(s, f"{s.url} answered 410 Gone to delivery {seq}")
             return False
         if attempts >= self.settings.attempts:
-            self.deliveries.record(_with(rec, status=dl.DEAD), msg.term)
+            self.deliveries.record(_with(rec, status=DEAD), msg.term)
             log.warning("webhook %s: delivery %s dead-lettered after %d attempts: %s", s.name,
                         seq, attempts, attempt.error)  # fmt: skip
             return True
@@ -304,7 +305,7 @@ class Runner:
         async def nak() -> None:
             await msg.nak(delay=delay)
 
-        self.deliveries.record(_with(rec, status=dl.RETRYING, next_at=now + delay), nak)
+        self.deliveries.record(_with(rec, status=RETRYING, next_at=now + delay), nak)
         return False
 
     async def _keep_alive(self) -> None:
@@ -323,7 +324,7 @@ class Runner:
                     with contextlib.suppress(Exception):
                         await item.msg.in_progress()
 
-    async def redeliver(self, d: dl.Delivery) -> dl.Delivery:
+    async def redeliver(self, d: Delivery) -> Delivery:
         """One more attempt at a recorded delivery, now, outside the consumer."""
         try:
             raw = await self.nc.jetstream().get_msg(EVENTS_STREAM, d.seq, direct=True)
@@ -335,7 +336,7 @@ class Runner:
             self.endpoint, body=raw.data, msg_id=d.webhook_id,
             signer=await self.keys(self.state.secret_ref), timeout_s=self.settings.timeout_s,
         )  # fmt: skip
-        status = dl.DELIVERED if attempt.ok else (dl.GONE if attempt.gone else dl.DEAD)
+        status = DELIVERED if attempt.ok else (GONE if attempt.gone else DEAD)
         done = _with(d, status=status, attempts=d.attempts + 1, code=attempt.code,
                      error=attempt.error, last_at=time.time())  # fmt: skip
         self.deliveries.record(done)
@@ -344,5 +345,5 @@ class Runner:
         return done
 
 
-def _with(d: dl.Delivery, **changes: object) -> dl.Delivery:
+def _with(d: Delivery, **changes: object) -> Delivery:
     return msgspec.structs.replace(d, **changes)

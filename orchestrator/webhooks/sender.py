@@ -16,7 +16,8 @@ from typing import Final
 import msgspec
 
 from bus.webhook_secrets import Signer
-from orchestrator.webhooks.http1 import Endpoint, HttpError
+from orchestrator.webhooks.connection import HttpError
+from orchestrator.webhooks.http1 import Endpoint
 
 CONTENT_TYPE: Final = "application/cloudevents+json; charset=utf-8"
 

@@ -1,17 +1,15 @@
-"""A subscription as the fold of its `webhook` aggregate, and the judgement of its commands.
+"""The judgement of a webhook subscription's commands, and which events a subscription receives.
 
 `prepare` does the part of the judgement that needs I/O (resolving the URL's host, moving an
 inline secret into the secret bucket); `decide_webhook` is pure like `orchestrator.decide`.
-Which events a subscription receives (`matches`, `subject_filters`) lives here too, so the
-intake, the dispatcher and the CLI read one definition.
+The subscription itself (the fold of its `webhook` aggregate) is in `events/webhooks.py`, since
+the CLI reads it too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
-from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Final
 
@@ -21,60 +19,13 @@ from nats.aio.client import Client
 from bus import webhook_secrets as secrets
 from events import commands as c
 from events import model as m
-from events.envelope import Recorded
 from events.errors import ValidationError
 from events.names import AGGREGATES
+from events.webhooks import WebhookState
 from orchestrator.webhooks.settings import WebhookSettings, check_endpoint
 
 _TYPE_GLOB: Final = re.compile(r"^[a-z0-9._*?-]{1,200}$")
 _VM_GLOB: Final = re.compile(r"^[a-z0-9*?/\[\]-]{1,200}$")
-
-
-class WebhookState(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    version: int = 0
-    exists: bool = False
-    url: str = ""
-    types: list[str] = []
-    vm_pattern: str = "*"
-    from_seq: int = 0
-    since: datetime | None = None
-    secret_ref: str = ""
-    disabled_reason: str = ""
-    life_seq: int = 0  # stream sequence of this life's WebhookSubscribed
-    created: datetime | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.exists and not self.disabled_reason
-
-    @property
-    def consumer(self) -> str:
-        """The durable consumer of this life: a name re-created later gets a fresh one."""
-        return f"webhook-{self.name}-{self.life_seq}"
-
-
-def apply_webhook(s: WebhookState, rec: Recorded) -> WebhookState:
-    e, env = rec.envelope.data, rec.envelope
-    s = msgspec.structs.replace(s, version=env.version)
-    if isinstance(e, m.WebhookSubscribed):
-        return WebhookState(
-            name=s.name, version=env.version, exists=True, url=e.url, types=list(e.types),
-            vm_pattern=e.vm_pattern, from_seq=e.from_seq, since=e.since, secret_ref=e.secret_ref,
-            life_seq=rec.seq, created=env.time,
-        )  # fmt: skip
-    if isinstance(e, m.WebhookUnsubscribed):
-        return msgspec.structs.replace(s, exists=False, disabled_reason="")
-    if isinstance(e, m.WebhookDisabled) and s.exists:
-        return msgspec.structs.replace(s, disabled_reason=e.reason or "disabled")
-    return s
-
-
-def fold_webhook(name: str, history: Iterable[Recorded]) -> WebhookState:
-    s = WebhookState(name=name)
-    for rec in history:
-        s = apply_webhook(s, rec)
-    return s
 
 
 # --- judgement -----------------------------------------------------------------------------------

@@ -266,6 +266,41 @@ def test_the_volume_fold_and_the_placement_of_new_volumes() -> None:
         decide_volume(VolumeState(), c.CreateVolume(name="v", size="1Gi"), ClusterView())
 
 
+def test_volume_admission_reads_the_controllers_folded_state() -> None:
+    """What a volume command is judged against, read off the controller's maps (keyed by subject
+    prefix): nodes and counts to place a create or a move; the claim's users, in its namespace
+    only, to refuse a delete or a move."""
+    from events.nodes import READY, NodeState
+    from events.state import RUNNING, VMState
+    from events.volumes import VolumeState
+    from orchestrator.volumes import ClusterView, cluster_view
+
+    spec = pvc_vm("x", "data").spec
+    vms = {
+        "virt.vm.default.up": VMState(namespace="default", name="up", exists=True, spec=spec,
+                                      phase=RUNNING, node="a"),
+        "virt.vm.default.down": VMState(namespace="default", name="down", exists=True, spec=spec),
+        "virt.vm.default.gone": VMState(namespace="default", name="gone", spec=spec),
+        "virt.vm.other.far": VMState(namespace="other", name="far", exists=True, spec=spec),
+    }  # fmt: skip
+    nodes = {"a": NodeState(name="a", status=READY), "b": NodeState(name="b", status=READY)}
+    volumes = {
+        "virt.volume.default.data": VolumeState(exists=True, node="a"),
+        "virt.volume.default.old": VolumeState(node="b"),
+    }
+    ref = Ref("volume", "default", "data")
+
+    def view(cmd: c.Command) -> ClusterView:
+        return cluster_view(ref, cmd, nodes=nodes, volumes=volumes, vms=vms)
+
+    assert view(c.CreateVolume(name="data", size="1Gi")) == ClusterView(
+        nodes=nodes, volumes_per_node={"a": 1}
+    )
+    assert view(c.DeleteVolume(name="data")) == ClusterView(users=["down", "up"], running=["up"])
+    moved = view(c.MoveVolume(name="data", node="b"))
+    assert (moved.nodes, moved.users, moved.running) == (nodes, ["down", "up"], ["up"])
+
+
 async def test_moving_a_volume_copies_its_data_and_its_stopped_vm_follows(
     stack: Stack, tmp_path: Path
 ) -> None:

@@ -225,18 +225,18 @@ def test_the_controller_counts_slots_per_cluster_and_per_source_node() -> None:
                                   target="elsewhere"))  # fmt: skip
 
     start_migrating("a1", "n1")
-    assert ctrl.slot_free("n1")
+    assert ctrl.capacity.slot_free("n1")
     start_migrating("a2", "n1")
-    assert not ctrl.slot_free("n1") and ctrl.slot_free("n2")  # 2 outbound from n1
+    assert not ctrl.capacity.slot_free("n1") and ctrl.capacity.slot_free("n2")  # 2 out of n1
     for i in range(3):
         start_migrating(f"b{i}", f"n{i + 2}")
-    assert not ctrl.slot_free("n9")  # 5 in the cluster
+    assert not ctrl.capacity.slot_free("n9")  # 5 in the cluster
     fold("a1", "n1", m.MigrationSucceeded(migration="a1-m", source="n1", target="elsewhere"))
-    assert ctrl.slot_free("n1") and ctrl.slot_free("n9")  # one ended: a slot for anyone
+    assert ctrl.capacity.slot_free("n1") and ctrl.capacity.slot_free("n9")  # one ended: any gets it
     fold("q", "n1", m.VMCreated(spec=SPEC), m.VMStartRequested(),
          m.VMScheduled(node="n1", vmi_uid="q"), m.DomainStarted(node="n1"),
          m.MigrationRequested(migration="q-m"))  # fmt: skip
-    assert ctrl.slot_free("n1")  # a queued (Pending) migration holds no slot
+    assert ctrl.capacity.slot_free("n1")  # a queued (Pending) migration holds no slot
 
 
 def test_the_policy_reads_kubevirts_migration_settings(tmp_path: Path) -> None:

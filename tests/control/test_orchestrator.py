@@ -10,21 +10,27 @@ import asyncio
 import json
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 from clusterkit import Cluster, seed_apply, start_orchestrator
 from nats.aio.client import Client
+from waits import settle
 
 from bench.simnode import SimNode
 from bus.client import Rejected
+from bus.provision import provision
+from bus.server import NatsServer
+from bus.store import EventStore
 from events import commands as c
 from events import model as m
 from events import work as w
 from events.envelope import Recorded, encode
 from events.names import Ref
 from events.state import VMState
+from orchestrator.controller import Controller
 
 
 def kinds(history: list[Recorded]) -> list[str]:
@@ -539,3 +545,33 @@ async def test_replica_set_keeps_n_replicas_and_scales(cluster: Cluster) -> None
         await cluster.send(c.ScaleReplicaSet(name="nope", replicas=1))
     starts = [w for w in node.work if type(w).__name__ == "Start"]
     assert len(starts) == 6  # 3, then 2 more, then web-1's replacement
+
+
+async def test_volume_admission_waits_for_the_controller_to_fold_the_logs_end(
+    tmp_path: Path,
+) -> None:
+    """Volume commands are judged against the controller's folded state, not a read of the log:
+    it is read once the controller has folded every event the log held then, so a node that
+    registered just before the command counts."""
+    async with NatsServer(data_dir=tmp_path / "nats", port=-1) as server:
+        nc = await nats.connect(server.url)
+        try:
+            await provision(nc.jetstream())
+            store = EventStore(nc, source="/tests")
+            ctrl = Controller(nc, EventStore(nc, source="/tests/controller"))
+            stop = asyncio.Event()
+            task = asyncio.create_task(ctrl.run(stop), name="test-controller")
+            try:
+                for i in range(20):
+                    registered = m.NodeRegistered(hypervisor="test", libvirt_uri="test:///default",
+                                                  cpus=1, memory_bytes=1 << 30)  # fmt: skip
+                    await store.append(Ref.node(f"n{i}"), [registered], expected_version=0)
+                    view = await ctrl.volume_view(
+                        Ref("volume", "default", "v"), c.CreateVolume(name="v", size="1Gi")
+                    )
+                    assert f"n{i}" in view.nodes
+            finally:
+                stop.set()
+                await settle("the controller", task)
+        finally:
+            await nc.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from driverstack import Stack, seed
+from nats.aio.msg import Msg
 from waits import settle
 
 from bus.client import Rejected, send
@@ -167,6 +168,30 @@ async def test_the_web_view_is_read_only_and_says_what_it_cannot_show(web: Web) 
     assert head == ("HTTP/1.1 200 OK", "")
     empty = await http("GET", "/")
     assert "No virtual machines yet." in empty[1]
+
+
+async def test_a_timeline_reads_the_history_index_in_process(stack: Stack, web: Web) -> None:
+    """The web view holds the read model: a VM's page reads its history index there, asking
+    nothing of virtbus-api over the bus."""
+    await send(stack.nc, seed("indexed"))
+    await send(stack.nc, c.StartVM(name="indexed"))
+    for _ in range(100):  # the page's read model trails the log a little
+        if [v for v, _ in (await web.readmodel.history_index(Ref.vm("indexed")))[0]] == [1, 2]:
+            break
+        await asyncio.sleep(0.05)
+    asked: list[str] = []
+
+    async def spy(msg: Msg) -> None:
+        asked.append(msg.subject)
+
+    sub = await stack.nc.subscribe("virt.api.>", cb=spy)
+    try:
+        status, html = await web.page("/vm/default/indexed")
+        await stack.nc.flush()
+    finally:
+        await sub.unsubscribe()
+    assert (status, asked) == (200, [])
+    assert "StartVM" in html
 
 
 def test_the_web_port_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,8 @@ import uvloop
 from aiohttp import web
 
 from events.errors import ValidationError
-from orchestrator.webhooks.http1 import MAX_BODY, ConnectionClosed, Endpoint, HttpError
+from orchestrator.webhooks.connection import MAX_BODY, ConnectionClosed, HttpError
+from orchestrator.webhooks.http1 import Endpoint
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.0/8")]
 Action = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]

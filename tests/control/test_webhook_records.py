@@ -16,12 +16,13 @@ from nats.aio.client import Client
 
 from bus import webhook_secrets as secrets
 from bus.webhook_secrets import Signer, check_secret, generate, sign
+from events import webhooks as wh
 from orchestrator.webhooks import deliveries as dl
 from orchestrator.webhooks import dispatcher
 
 
-def _delivery(seq: int, status: str = dl.DELIVERED, consumer: str = "c") -> dl.Delivery:
-    return dl.Delivery(consumer=consumer, seq=seq, name="w", webhook_id=f"e{seq}-w", type="t",
+def _delivery(seq: int, status: str = wh.DELIVERED, consumer: str = "c") -> wh.Delivery:
+    return wh.Delivery(consumer=consumer, seq=seq, name="w", webhook_id=f"e{seq}-w", type="t",
                        subject="vm/ns/a", status=status, attempts=1, code=204)  # fmt: skip
 
 
@@ -46,10 +47,10 @@ async def test_every_then_runs_after_its_record_is_committed_in_order(tmp_path: 
 
     try:
         for seq in range(1, 301):
-            log.record(_delivery(seq, dl.RETRYING if seq == 7 else dl.DELIVERED), then(seq))
+            log.record(_delivery(seq, wh.RETRYING if seq == 7 else wh.DELIVERED), then(seq))
             if seq % 50 == 0:
                 await asyncio.sleep(0.01)
-        log.record(_delivery(400, dl.DEAD), None)
+        log.record(_delivery(400, wh.DEAD), None)
         for _ in range(500):
             if len(seen) == 300:
                 break

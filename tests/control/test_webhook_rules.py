@@ -16,6 +16,7 @@ from events import model as m
 from events.envelope import Recorded, seal
 from events.errors import ValidationError
 from events.names import Ref
+from events.webhooks import WebhookState, fold_webhook
 from orchestrator.webhooks.sender import headers_for, retry_after
 from orchestrator.webhooks.settings import (
     SCHEDULE_S,
@@ -24,13 +25,7 @@ from orchestrator.webhooks.settings import (
     check_endpoint,
     check_url,
 )  # fmt: skip
-from orchestrator.webhooks.subscriptions import (
-    WebhookState,
-    decide_webhook,
-    fold_webhook,
-    matches,
-    subject_filters,
-)  # fmt: skip
+from orchestrator.webhooks.subscriptions import decide_webhook, matches, subject_filters
 
 
 def sub(**kw: object) -> WebhookState:

@@ -36,8 +36,8 @@ from bus.store import EventStore
 from events import commands as c
 from events import model as m
 from events.names import COMMANDS_STREAM, EVENTS_STREAM, Ref
+from events.webhooks import DELIVERIES_SUBJECT, DeliveriesQuery, Reply
 from orchestrator.app import run_orchestrator
-from orchestrator.webhooks.dispatcher import DELIVERIES_SUBJECT, DeliveriesQuery, Reply
 
 SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtMDEyMzQ1Njc4OQ=="  # 32 bytes
 SCALE = "0.00005"  # the whole 8-attempt schedule in ~5 s
