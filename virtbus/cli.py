@@ -20,7 +20,7 @@ from events import commands as c
 from events.commands import AnyCommand
 from events.envelope import Envelope
 from events.errors import VirtbusError
-from virtctl import cli_history, cli_migrate, cli_snapshot
+from virtctl import cli_history, cli_migrate, cli_snapshot, snapshots
 from virtctl.cli_common import NameArg, NsOpt, Output, ServerOpt, optional_name
 from virtctl.cli_common import actor as _actor
 from virtctl.cli_common import finish as _finish
@@ -165,10 +165,10 @@ def delete(
     """Delete a VM (its disks are kept, see `undelete`) or a VM snapshot (`delete vmsnapshot S`)."""
     if name is None:
         what, name = "vm", what
-    if what.lower() in cli_snapshot.SNAPSHOT_KINDS:
+    if what.lower() in snapshots.SNAPSHOT_KINDS:
         _finish(
             _run(
-                cli_snapshot.delete_snapshot(
+                snapshots.delete_snapshot(
                     server_url(server), snapshot=name, namespace=namespace, actor=_actor()
                 )
             )

@@ -111,5 +111,5 @@ def image_upload(
             raise typer.Exit(2)
     coro = upload(server_url(server), name=pvc_name, namespace=namespace, pvc_size=pvc_size,
                   image_path=image_path, source_url=url, insecure=insecure, node=node,
-                  wait_s=wait_secs)  # fmt: skip
+                  wait_s=wait_secs, actor=_actor())  # fmt: skip
     _finish(_run(coro))

@@ -27,7 +27,7 @@ from events.nodes import NodeState, apply_node
 from events.protocol import Query
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
 from events.state import VMState, apply
-from virtctl.cli_snapshot import RESTORE_KINDS, SNAPSHOT_KINDS, get_snapshots
+from virtctl.snapshots import RESTORE_KINDS, SNAPSHOT_KINDS, get_snapshots
 
 KIND_NAMES = {
     "vmirs": "vmirs", "virtualmachineinstancereplicaset": "vmirs",
