@@ -244,6 +244,23 @@ def _table(r: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
+def measure(*, rounds: int, output: str) -> int:
+    """Run the benchmark and print its report (`table` or `json`); the exit code.
+
+    What `virtbus bench migrate` and `python -m bench.migrate` both do: the result alone on stdout,
+    progress and errors on stderr.
+    """
+    try:
+        result = uvloop.run(run(rounds=rounds + rounds % 2))
+    except VirtbusError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(result) if output == "json" else _table(result), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.migrate",
@@ -255,15 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    try:
-        result = uvloop.run(run(rounds=args.rounds + args.rounds % 2))
-    except VirtbusError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    print(json.dumps(result) if args.output == "json" else _table(result), flush=True)
-    return 0
+    return measure(rounds=args.rounds, output=args.output)
 
 
 if __name__ == "__main__":

@@ -519,6 +519,27 @@ def _table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def measure(*, vms: int, hypervisor: str, interval_ms: float, output: str) -> int:
+    """Run the benchmark and print its report (`table` or `json`); the exit code.
+
+    What `virtbus bench start` and `python -m bench.start` both do: the result alone on stdout,
+    progress and errors on stderr, 1 when a VM did not reach Running.
+    """
+    try:
+        result = uvloop.run(run(vms=vms, hypervisor=hypervisor, interval_ms=interval_ms))
+    except VirtbusError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(result) if output == "json" else _table(result), flush=True)
+    if result["running"] < vms or result["raw_running"] < vms:
+        print(f"error: {vms - result['running']} VMs did not reach Running "
+              f"({vms - result['raw_running']} raw)", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.start",
@@ -532,21 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.vms < 1 or args.interval_ms < 0:
         parser.error("--vms must be at least 1 and --interval-ms not negative")
-    try:
-        result = uvloop.run(
-            run(vms=args.vms, hypervisor=args.hypervisor, interval_ms=args.interval_ms)
-        )
-    except VirtbusError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    print(json.dumps(result) if args.output == "json" else _table(result), flush=True)
-    if result["running"] < args.vms or result["raw_running"] < args.vms:
-        print(f"error: {args.vms - result['running']} VMs did not reach Running "
-              f"({args.vms - result['raw_running']} raw)", file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
+    return measure(vms=args.vms, hypervisor=args.hypervisor, interval_ms=args.interval_ms,
+                   output=args.output)  # fmt: skip
 
 
 if __name__ == "__main__":
