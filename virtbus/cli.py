@@ -21,7 +21,7 @@ from virtctl import cli_history, cli_migrate, cli_snapshot, cli_verbs
 from virtctl.cli_common import Hypervisor, ServerOpt, run
 from virtctl.cli_console import console, vnc
 from virtctl.cli_errors import VirtbusGroup
-from virtctl.cli_storage import image_upload, volume_app
+from virtctl.cli_volume import image_upload, volume_app
 from virtctl.cli_webhook import webhook_app
 
 app = typer.Typer(

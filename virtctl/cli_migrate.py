@@ -90,7 +90,7 @@ def migrate(
         cmd = c.MigrateVM(name=name, namespace=namespace, target_node=to, actor=_actor())
         _lifecycle(cmd, server)
         return
-    from virtctl.migrate_watch import migrate_and_watch
+    from virtctl.migrations import migrate_and_watch
 
     _finish(_run(migrate_and_watch(server_url(server), name=name, namespace=namespace, to=to,
                                    actor=_actor())))  # fmt: skip

@@ -162,7 +162,7 @@ async def get(
     if kind == "vmirs":
         return await _get_replica_sets(url, name=name, namespace=namespace, output=output)
     if kind == "vmims":
-        from virtctl.migration_view import get_migrations
+        from virtctl.migrations import get_migrations
 
         return await get_migrations(url, name=name, namespace=namespace, output=output)
     async with session(url) as nc:

@@ -1,7 +1,8 @@
-"""The storage verbs of the `virtbus` CLI: `volume create|get|delete` and `image-upload`.
+"""`virtbus volume create|get|move|delete` and `image-upload`: the typer verbs of the volume area.
 
-Kept out of `cli.py` so each area's flags live next to each other; `cli.py` registers them. The
-shared options and runner come from `cli_common.py`.
+`virtbus/cli.py` adds `volume_app` and `image_upload` to the `virtbus` app. What they do over the
+bus is in `volumes.py` (and `upload.py` for the image); the shared options and runner come from
+`cli_common.py`.
 """
 
 from __future__ import annotations
