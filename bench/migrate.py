@@ -37,7 +37,7 @@ import nats
 import uvloop
 from nats.aio.client import Client
 
-from bench.start import _publish, _start_orchestrator, _stop_orchestrator, vm_spec
+from bench.rig import publish, start_orchestrator, stop_orchestrator, vm_spec
 from bus.provision import provision
 from bus.server import NatsServer
 from bus.store import EventStore
@@ -98,7 +98,7 @@ async def _orchestrated_hop(
 ) -> dict[str, float]:
     mig = f"{vm}-hop-{n}"
     t0 = time.perf_counter()
-    await _publish(nc, c.MigrateVM(id=mig, name=vm, target_node=to, migration=mig, actor="bench"))
+    await publish(nc, c.MigrateVM(id=mig, name=vm, target_node=to, migration=mig, actor="bench"))
     at, e = await log.outcome(mig)
     if not isinstance(e, m.MigrationSucceeded):
         raise VirtbusError(f"orchestrated hop {n} to {to}: {e}")
@@ -159,7 +159,7 @@ async def run(*, rounds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vbm-") as tmp:  # short: unix sockets live in it
         base = Path(tmp)
         async with NatsServer(data_dir=base / "nats", port=-1) as server:
-            orch = await _start_orchestrator(server.url, base / "orch")
+            orch = await start_orchestrator(server.url, base / "orch")
             nodes = [QemuNode(base, name, index=i) for name, i in NODES.items()]
             try:
                 for node in nodes:
@@ -168,7 +168,7 @@ async def run(*, rounds: int) -> dict[str, Any]:
             finally:
                 for node in nodes:
                     await node.stop()
-                await _stop_orchestrator(orch)
+                await stop_orchestrator(orch)
 
 
 async def _with_nodes(url: str, base: Path, nodes: list[QemuNode], *, rounds: int
@@ -190,7 +190,7 @@ async def _with_nodes(url: str, base: Path, nodes: list[QemuNode], *, rounds: in
         first = (await nc.jetstream().stream_info(EVENTS_STREAM)).state.last_seq + 1
         follower = asyncio.create_task(log.follow(first), name="bench-migrate-follow")
         await asyncio.sleep(1)  # the workers register
-        await _publish(nc, c.ApplyVM(id=f"{vm}-apply", name=vm, spec=vm_spec(), actor="bench"))
+        await publish(nc, c.ApplyVM(id=f"{vm}-apply", name=vm, spec=vm_spec(), actor="bench"))
         await asyncio.wait_for(log.running.wait(), WAIT_S)
         s, _ = await log.store.load(c.StartVM(name=vm).target)
         home, away = s.node, next(n.name for n in nodes if n.name != s.node)
