@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import statistics
 import sys
 import tempfile
@@ -34,10 +33,9 @@ from typing import Any, Final
 
 import libvirt
 import nats
-import uvloop
 from nats.aio.client import Client
 
-from bench.rig import publish, start_orchestrator, stop_orchestrator, vm_spec
+from bench.rig import publish, report, start_orchestrator, stop_orchestrator, vm_spec
 from bus.provision import provision
 from bus.server import NatsServer
 from bus.store import EventStore
@@ -245,20 +243,8 @@ def _table(r: dict[str, Any]) -> str:
 
 
 def measure(*, rounds: int, output: str) -> int:
-    """Run the benchmark and print its report (`table` or `json`); the exit code.
-
-    What `virtbus bench migrate` and `python -m bench.migrate` both do: the result alone on stdout,
-    progress and errors on stderr.
-    """
-    try:
-        result = uvloop.run(run(rounds=rounds + rounds % 2))
-    except VirtbusError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    print(json.dumps(result) if output == "json" else _table(result), flush=True)
-    return 0
+    """Run the benchmark and print its report."""
+    return report(run(rounds=rounds + rounds % 2), output=output, table=_table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from nats.aio.client import Client
 
 from bus.server import die_with_parent
 from events import commands as c
 from events.envelope import encode
+from events.errors import VirtbusError
 
 
 def vm_spec() -> dict[str, Any]:
@@ -69,3 +73,27 @@ async def stop_orchestrator(proc: asyncio.subprocess.Process, *, grace: float = 
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
     return await proc.wait()
+
+
+def report(
+    bench: Coroutine[Any, Any, dict[str, Any]], *, output: str,
+    table: Callable[[dict[str, Any]], str],
+    shortfall: Callable[[dict[str, Any]], str] | None = None,
+) -> int:  # fmt: skip
+    """Run a benchmark and print its result; the exit code (`virtbus bench X` = `python -m`).
+
+    The result alone on stdout (`-o json`: one JSON object), progress and errors on stderr; 1 when
+    virtbus refused or `shortfall` names what fell short, 130 on Ctrl-C.
+    """
+    try:
+        result = uvloop.run(bench)
+    except VirtbusError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(result) if output == "json" else table(result), flush=True)
+    if shortfall is not None and (why := shortfall(result)):
+        print(f"error: {why}", file=sys.stderr)
+        return 1
+    return 0

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -36,10 +35,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import nats
-import uvloop
 from nats.aio.client import Client
 
-from bench.rig import publish, start_orchestrator, stop_orchestrator, vm_spec
+from bench.rig import publish, report, start_orchestrator, stop_orchestrator, vm_spec
 from bench.start_baseline import raw_baseline
 from bench.start_timing import (
     STAGES,
@@ -273,24 +271,15 @@ def _table(r: dict[str, Any]) -> str:
 
 
 def measure(*, vms: int, hypervisor: str, interval_ms: float, output: str) -> int:
-    """Run the benchmark and print its report (`table` or `json`); the exit code.
+    """Run the benchmark and print its report; 1 when a VM did not reach Running."""
 
-    What `virtbus bench start` and `python -m bench.start` both do: the result alone on stdout,
-    progress and errors on stderr, 1 when a VM did not reach Running.
-    """
-    try:
-        result = uvloop.run(run(vms=vms, hypervisor=hypervisor, interval_ms=interval_ms))
-    except VirtbusError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    print(json.dumps(result) if output == "json" else _table(result), flush=True)
-    if result["running"] < vms or result["raw_running"] < vms:
-        print(f"error: {vms - result['running']} VMs did not reach Running "
-              f"({vms - result['raw_running']} raw)", file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
+    def shortfall(r: dict[str, Any]) -> str:
+        if r["running"] < vms or r["raw_running"] < vms:
+            return f"{vms - r['running']} VMs did not reach Running ({vms - r['raw_running']} raw)"
+        return ""
+
+    bench = run(vms=vms, hypervisor=hypervisor, interval_ms=interval_ms)
+    return report(bench, output=output, table=_table, shortfall=shortfall)
 
 
 def main(argv: list[str] | None = None) -> int:

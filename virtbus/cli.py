@@ -18,7 +18,7 @@ from bench import cli as bench_cli
 from bus.connect import server_url
 from events.errors import VirtbusError
 from virtctl import cli_history, cli_migrate, cli_snapshot, cli_verbs
-from virtctl.cli_common import Hypervisor, ServerOpt, run
+from virtctl.cli_common import Hypervisor, ServerOpt, run, usage
 from virtctl.cli_console import console, vnc
 from virtctl.cli_errors import VirtbusGroup
 from virtctl.cli_volume import image_upload, volume_app
@@ -60,8 +60,7 @@ def up(
     try:
         policy = load_policy(migrations) if migrations else None
     except VirtbusError as err:
-        typer.echo(f"error: --migrations: {err}", err=True)
-        raise typer.Exit(2) from None
+        raise usage(f"--migrations: {err}") from None
     run(
         run_up(
             data_dir=data_dir, port=port, server=server, sync_always=sync, nodes=nodes,

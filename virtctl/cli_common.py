@@ -66,8 +66,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 def optional_name(name: str | None) -> str | None:
     """An optional NAME: left out, it means all; given empty, it is a mistake, not `all`."""
     if name == "":
-        typer.echo("error: name: an empty name; leave it out to list all", err=True)
-        raise typer.Exit(2)
+        raise usage("name: an empty name; leave it out to list all")
     return name
 
 

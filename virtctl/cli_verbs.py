@@ -30,6 +30,7 @@ from virtctl.cli_common import (
     lifecycle,
     optional_name,
     run,
+    usage,
 )
 from virtctl.snapshots import SNAPSHOT_KINDS, delete_snapshot
 
@@ -40,8 +41,7 @@ def schema(
     """Print the JSON Schema of commands and events, for clients in other languages."""
     schemas = {"commands": AnyCommand, "events": Envelope}
     if which not in (*schemas, "all"):
-        typer.echo(f"error: schema: unknown {which!r}; use commands, events or all", err=True)
-        raise typer.Exit(2)
+        raise usage(f"schema: unknown {which!r}; use commands, events or all")
     chosen = schemas if which == "all" else {which: schemas[which]}
     out = {k: msgspec.json.schema(v) for k, v in chosen.items()}
     sys.stdout.write(json.dumps(out if which == "all" else out[which], indent=2) + "\n")
@@ -112,8 +112,7 @@ def delete(
         )
         return
     if what.lower() not in ("vm", "vms", "virtualmachine", "virtualmachines"):
-        typer.echo(f"error: delete {what}: use a VM name, vm NAME or vmsnapshot NAME", err=True)
-        raise typer.Exit(2)
+        raise usage(f"delete {what}: use a VM name, vm NAME or vmsnapshot NAME")
     lifecycle(c.DeleteVM(name=name, namespace=namespace, actor=actor()), server)
 
 
@@ -204,8 +203,7 @@ def get(
     from virtctl.verbs import get as get_
 
     if output not in ("", "wide", "json", "yaml"):
-        typer.echo(f"error: -o {output!r}: use wide, json or yaml", err=True)
-        raise typer.Exit(2)
+        raise usage(f"-o {output!r}: use wide, json or yaml")
     ns = None if all_namespaces else namespace
     finish(run(get_(server_url(server), what=kind, name=optional_name(name), namespace=ns,
                       output=output, watch=watch)))  # fmt: skip
@@ -221,8 +219,7 @@ def describe(
     from virtctl.verbs import describe as describe_
 
     if kind not in ("vm", "vms", "virtualmachine"):
-        typer.echo(f"error: describe {kind}: only vm is supported", err=True)
-        raise typer.Exit(2)
+        raise usage(f"describe {kind}: only vm is supported")
     finish(run(describe_(server_url(server), name=name, namespace=namespace)))
 
 
@@ -239,13 +236,11 @@ def wait(
     from virtctl.verbs import wait as wait_
 
     if kind not in ("vm", "vms", "virtualmachine"):
-        typer.echo(f"error: wait {kind}: only vm is supported", err=True)
-        raise typer.Exit(2)
+        raise usage(f"wait {kind}: only vm is supported")
     try:
         matcher(for_)
     except VirtbusError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        raise usage(str(err)) from None
     coro = wait_(server_url(server), name=name, namespace=namespace, condition=for_,
                  timeout_s=timeout)  # fmt: skip
     finish(run(coro))

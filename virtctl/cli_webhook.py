@@ -13,7 +13,7 @@ import typer
 
 from bus.connect import server_url
 from events import commands as c
-from virtctl.cli_common import ServerOpt, finish, run
+from virtctl.cli_common import ServerOpt, finish, run, usage
 from virtctl.cli_common import actor as _actor
 
 webhook_app = typer.Typer(help="HTTP endpoints that subscribe to the log (Standard Webhooks).")
@@ -28,8 +28,7 @@ def _run(coro: Coroutine[Any, Any, int]) -> None:
 
 def _output(output: str) -> str:
     if output not in ("table", "json", "yaml", ""):
-        typer.echo(f"error: -o {output!r}: use table, json or yaml", err=True)
-        raise typer.Exit(2)
+        raise usage(f"-o {output!r}: use table, json or yaml")
     return output
 
 
@@ -56,8 +55,7 @@ def add(
     from virtctl.webhooks import add as add_
 
     if since is not None and from_start:
-        typer.echo("error: give either --since or --from-start", err=True)
-        raise typer.Exit(2)
+        raise usage("give either --since or --from-start")
     globs = [t.strip() for item in types for t in item.split(",") if t.strip()]
     if since is not None and since.tzinfo is None:
         since = since.astimezone()
