@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import statistics
 import sys
 import tempfile
@@ -34,10 +33,9 @@ from typing import Any, Final
 
 import libvirt
 import nats
-import uvloop
 from nats.aio.client import Client
 
-from bench.start import _publish, _start_orchestrator, _stop_orchestrator, vm_spec
+from bench.rig import publish, report, start_orchestrator, stop_orchestrator, vm_spec
 from bus.provision import provision
 from bus.server import NatsServer
 from bus.store import EventStore
@@ -99,7 +97,7 @@ async def _orchestrated_hop(
 ) -> dict[str, float]:
     mig = f"{vm}-hop-{n}"
     t0 = time.perf_counter()
-    await _publish(nc, c.MigrateVM(id=mig, name=vm, target_node=to, migration=mig, actor="bench"))
+    await publish(nc, c.MigrateVM(id=mig, name=vm, target_node=to, migration=mig, actor="bench"))
     at, e = await log.outcome(mig)
     if not isinstance(e, m.MigrationSucceeded):
         raise VirtbusError(f"orchestrated hop {n} to {to}: {e}")
@@ -160,7 +158,7 @@ async def run(*, rounds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vbm-") as tmp:  # short: unix sockets live in it
         base = Path(tmp)
         async with NatsServer(data_dir=base / "nats", port=-1) as server:
-            orch = await _start_orchestrator(server.url, base / "orch")
+            orch = await start_orchestrator(server.url, base / "orch")
             nodes = [QemuNode(base, name, index=i) for name, i in NODES.items()]
             try:
                 for node in nodes:
@@ -169,7 +167,7 @@ async def run(*, rounds: int) -> dict[str, Any]:
             finally:
                 for node in nodes:
                     await node.stop()
-                await _stop_orchestrator(orch)
+                await stop_orchestrator(orch)
 
 
 async def _with_nodes(url: str, base: Path, nodes: list[QemuNode], *, rounds: int
@@ -191,7 +189,7 @@ async def _with_nodes(url: str, base: Path, nodes: list[QemuNode], *, rounds: in
         first = (await nc.jetstream().stream_info(EVENTS_STREAM)).state.last_seq + 1
         follower = asyncio.create_task(log.follow(first), name="bench-migrate-follow")
         await asyncio.sleep(1)  # the workers register
-        await _publish(nc, c.ApplyVM(id=f"{vm}-apply", name=vm, spec=vm_spec(), actor="bench"))
+        await publish(nc, c.ApplyVM(id=f"{vm}-apply", name=vm, spec=vm_spec(), actor="bench"))
         await asyncio.wait_for(log.running.wait(), WAIT_S)
         s, _ = await VMRepository(log.store).get(c.StartVM(name=vm).target)
         home, away = s.node, next(n.name for n in nodes if n.name != s.node)
@@ -245,6 +243,11 @@ def _table(r: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
+def measure(*, rounds: int, output: str) -> int:
+    """Run the benchmark and print its report."""
+    return report(run(rounds=rounds + rounds % 2), output=output, table=_table)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.migrate",
@@ -256,15 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    try:
-        result = uvloop.run(run(rounds=args.rounds + args.rounds % 2))
-    except VirtbusError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    print(json.dumps(result) if args.output == "json" else _table(result), flush=True)
-    return 0
+    return measure(rounds=args.rounds, output=args.output)
 
 
 if __name__ == "__main__":

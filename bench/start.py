@@ -13,98 +13,56 @@ or a `QemuNode` (a privileged libvirtd with real QEMU/KVM guests). The node adve
 for the N VMs (the scheduler's 10:1 overcommit would cap a 2-core node at 20 one-core VMs); the
 guests have no OS and idle in firmware. One untimed warm-up VM first proves the path is live.
 
-Baseline, same run, same node, before the orchestrated VMs (after the warm-up VM, so both runs see
-the same node: libvirtd up, QEMU paged in, one guest running): raw libvirt-python. The same N
-domains (the XML the worker renders, via `render_domain` with the same spec and volumes) are
-`defineXML` + `create()`d 100 ms apart, each in a thread of a pool as large as the worker's
-libvirt pool (`LIBVIRT_THREADS`) so they overlap like the orchestrated starts; each is timed from
-the call to `defineXML` to `create()` returning; then destroyed and undefined. `ratio_p50` and
-`ratio_p95` are orchestrated / raw. The orchestrated VMs are left running; the teardown destroys
-them.
+Baseline, same run, same node, before the orchestrated VMs: the same N domains with raw
+libvirt-python (`start_baseline.py`). `ratio_p50` and `ratio_p95` are orchestrated / raw. The
+orchestrated VMs are left running; the teardown destroys them.
 
-The worker's libvirt and launcher calls are timed in passing (subclasses of its hypervisor and pod
-driver, nothing changed in the worker), so the report can say where the time goes.
+This module is the scenario, the node rig and the report; the worker's libvirt and launcher calls
+are timed in passing (`start_timing.py`: subclasses of its hypervisor and pod driver, nothing
+changed in the worker), so the report can say where the time goes; the nats-server and
+orchestrator come from `rig.py`, shared with `bench migrate`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
-import re
-import shutil
-import signal
-import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
-import libvirt
-import msgspec
 import nats
-import uvloop
 from nats.aio.client import Client
 
+from bench.rig import publish, report, start_orchestrator, stop_orchestrator, vm_spec
+from bench.start_baseline import raw_baseline
+from bench.start_timing import (
+    STAGES,
+    Follower,
+    Marks,
+    SizedHypervisor,
+    TimedPods,
+    mark,
+    paced,
+    percentiles,
+)
 from bus.provision import provision
-from bus.server import NatsServer, die_with_parent
-from bus.store import EventStore
+from bus.server import NatsServer
 from events import commands as c
-from events import model as m
-from events.envelope import encode
 from events.errors import HypervisorError, VirtbusError
 from events.names import EVENTS_STREAM
-from workers import hypervisor as hv
-from workers.domain import render_domain
 from workers.node import libvirt_test_uri
 from workers.pods import ProcessPods
 from workers.qemunodes import QemuNode, kvm_usable, qemu_available
-from workers.volumes import Volumes
 from workers.worker import Worker
 
 NODE: Final = "bench-node"
 NODE_INDEX: Final = 13  # its own port ranges, away from the test suite's nodes (0..2, 7)
 CPU_ALLOCATION_RATIO: Final = 10  # the scheduler's vCPU overcommit (orchestrator/scheduler.py)
 READY_WAIT_S: Final = 90.0  # orchestrator up, node known, warm-up VM Running
-# Segments of creation->Running, in order, from the marks taken along the way.
-STAGES: Final = (
-    ("intake", "publish", "created"),  # ApplyVM judged: VMCreated on the log
-    ("schedule", "created", "scheduled"),  # the controller placed it: VMScheduled
-    ("to_worker", "scheduled", "pod_begin"),  # work item fetched, history read, volume made
-    ("launcher", "pod_begin", "pod_end"),  # the launcher process started
-    ("define", "define_begin", "define_end"),  # libvirt defineXML
-    ("create", "start_begin", "start_end"),  # libvirt create(): QEMU up, CPUs running
-    ("report", "start_end", "running"),  # DomainStarted appended and seen by the follower
-)
-
-Marks = dict[str, dict[str, float]]
-
-
-def vm_spec() -> dict[str, Any]:
-    """The small VM of the density test, as a KubeVirt VirtualMachine spec."""
-    return {
-        "runStrategy": "Always",
-        "template": {
-            "spec": {
-                "domain": {
-                    "cpu": {"cores": 1},
-                    "memory": {"guest": "64Mi"},
-                    "machine": {"type": "q35"},
-                    "devices": {
-                        "disks": [{"name": "scratch", "disk": {"bus": "virtio"}}],
-                        # 100 guests would not fit a node's 64 VNC ports; nobody watches them.
-                        "autoattachGraphicsDevice": False,
-                    },
-                },
-                "volumes": [{"name": "scratch", "emptyDisk": {"capacity": "16Mi"}}],
-            }
-        },
-    }
 
 
 def _say(msg: str) -> None:
@@ -112,148 +70,31 @@ def _say(msg: str) -> None:
     print(f"bench start: {msg}", file=sys.stderr, flush=True)
 
 
-def _mark(marks: Marks, vm: str, key: str) -> None:
-    marks.setdefault(vm, {}).setdefault(key, time.perf_counter())
-
-
-class _SizedHypervisor(hv.Hypervisor):
-    """The worker's hypervisor, advertising at least `cpus` and timing define and create."""
-
-    def __init__(self, uri: str, *, cpus: int, marks: Marks) -> None:
-        super().__init__(uri)
-        self.cpus = cpus
-        self.marks = marks
-
-    async def host(self) -> hv.HostInfo:
-        info = await super().host()
-        return msgspec.structs.replace(info, cpus=max(info.cpus, self.cpus))
-
-    async def define(self, xml: str) -> str:
-        found = re.search(r"<name>[^_<]*_([^<]+)</name>", xml)
-        vm = found[1] if found else ""
-        _mark(self.marks, vm, "define_begin")
-        try:
-            return await super().define(xml)
-        finally:
-            _mark(self.marks, vm, "define_end")
-
-    async def start(self, name: str) -> None:
-        vm = name.partition("_")[2]
-        _mark(self.marks, vm, "start_begin")
-        try:
-            await super().start(name)
-        finally:
-            _mark(self.marks, vm, "start_end")
-
-
-class _TimedPods(ProcessPods):
-    """The worker's launcher driver, timing each launcher's start."""
-
-    def __init__(self, pods: ProcessPods, *, marks: Marks) -> None:
-        super().__init__(pods.on_exit)
-        self.marks = marks
-
-    async def create(self, pod: str, *, namespace: str = "default") -> str:
-        vm = pod.removeprefix("virt-launcher-").rpartition("-")[0]
-        _mark(self.marks, vm, "pod_begin")
-        try:
-            return await super().create(pod, namespace=namespace)
-        finally:
-            _mark(self.marks, vm, "pod_end")
-
-
-class _Log:
-    """One follower of the log: per VM, when each event of interest first arrived."""
-
-    def __init__(self, nc: Client, *, prefix: str, marks: Marks) -> None:
-        self.store = EventStore(nc, source="/virtbus/bench/start")
-        self.prefix = prefix
-        self.marks = marks
-        self.failures: dict[str, str] = {}
-        self.changed = asyncio.Event()
-
-    async def follow(self, from_seq: int) -> None:
-        keys: dict[type[m.Event], str] = {
-            m.VMCreated: "created", m.VMScheduled: "scheduled", m.DomainStarted: "running",
-        }  # fmt: skip
-        async for rec in self.store.follow(from_seq=from_seq):
-            if not rec.subject.startswith(self.prefix):
-                continue
-            vm = rec.subject.split(".")[3]
-            data = rec.envelope.data
-            if (key := keys.get(type(data))) is not None:
-                _mark(self.marks, vm, key)
-            elif isinstance(data, m.VMStartFailed | m.CommandRejected | m.VMUnschedulable):
-                self.failures.setdefault(vm, f"{type(data).__name__}: {data}")
-            else:
-                continue
-            self.changed.set()
-
-    def count(self, names: list[str], key: str) -> int:
-        return sum(1 for n in names if key in self.marks.get(n, {}))
-
-    async def until(self, names: list[str], key: str, *, within: float) -> bool:
-        """Whether every VM of `names` got `key` within `within` seconds."""
-        deadline = time.monotonic() + within
-        while self.count(names, key) < len(names):
-            if (left := deadline - time.monotonic()) <= 0:
-                return False
-            self.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), left)
-        return True
-
-
-def _pct(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"p50": 0.0, "p95": 0.0, "max": 0.0}
-    if len(values) == 1:
-        return {"p50": values[0], "p95": values[0], "max": values[0]}
-    q = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": q[49], "p95": q[94], "max": max(values)}
-
-
-async def _publish(nc: Client, cmd: c.Command) -> None:
-    # A generous ack wait: a node saturated by its guests slows the server too (nats-py: 0.5 s).
-    subject = cmd.target.command_subject(type(cmd).__name__)
-    await nc.jetstream().publish(subject, encode(cmd), timeout=10)
-
-
-async def _paced(n: int, interval_s: float, job: Callable[[int], Awaitable[None]]) -> None:
-    """Run job(0..n-1) one after another, each starting at t0 + i * interval (no drift)."""
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    for i in range(n):
-        if (delay := t0 + i * interval_s - loop.time()) > 0:
-            await asyncio.sleep(delay)
-        await job(i)
-
-
 # --- the orchestrated run ------------------------------------------------------------------------
 
 
-async def _warm_up(nc: Client, log: _Log, *, run_id: str) -> None:
+async def _warm_up(nc: Client, log: Follower, *, run_id: str) -> None:
     """One untimed VM: the orchestrator answers, the controller knows the node, QEMU is paged in."""
     warm = f"bench-{run_id}-warmup"
-    await _publish(nc, c.ApplyVM(id=f"{warm}-apply", name=warm, spec=vm_spec(), actor="bench"))
+    await publish(nc, c.ApplyVM(id=f"{warm}-apply", name=warm, spec=vm_spec(), actor="bench"))
     if not await log.until([warm], "running", within=READY_WAIT_S):
         why = log.failures.get(warm, "no DomainStarted")
         raise VirtbusError(f"warm-up VM not Running within {READY_WAIT_S:.0f}s: {why}")
 
 
 async def _orchestrated(
-    nc: Client, log: _Log, *, run_id: str, vms: int, interval_s: float
+    nc: Client, log: Follower, *, run_id: str, vms: int, interval_s: float
 ) -> dict[str, Any]:
     spec = vm_spec()
     names = [f"bench-{run_id}-vm-{i}" for i in range(vms)]
 
     async def create(i: int) -> None:
         cmd = c.ApplyVM(id=f"{names[i]}-apply", name=names[i], spec=spec, actor="bench")
-        _mark(log.marks, names[i], "publish")
-        await _publish(nc, cmd)
+        mark(log.marks, names[i], "publish")
+        await publish(nc, cmd)
 
     t0 = time.perf_counter()
-    await _paced(vms, interval_s, create)
+    await paced(vms, interval_s, create)
     await log.until(names, "running", within=60 + vms * 1.0)
     running = [n for n in names if "running" in log.marks.get(n, {})]
     wall = max((log.marks[n]["running"] for n in running), default=t0) - t0
@@ -266,107 +107,17 @@ async def _orchestrated(
             for n in running
             if a in log.marks[n] and b in log.marks[n]
         ]
-        stages[stage] = _pct(spans)
+        stages[stage] = percentiles(spans)
     return {
         "running": len(running),
         "failed": {n: log.failures[n] for n in names if n in log.failures and n not in running},
-        "latency": _pct(lat),
+        "latency": percentiles(lat),
         "wall_s": wall,
         "stages_ms": stages,
     }
 
 
-# --- the raw libvirt baseline ---------------------------------------------------------------------
-
-
-def _define_and_create(conn: Any, xml: str) -> None:
-    dom = conn.defineXML(xml)
-    dom.create()
-
-
-def _destroy_and_undefine(conn: Any, name: str) -> None:
-    with contextlib.suppress(libvirt.libvirtError):
-        dom = conn.lookupByName(name)
-        if dom.isActive():
-            dom.destroy()
-        dom.undefine()
-
-
-async def _raw(uri: str, *, run_id: str, vms: int, interval_s: float, kvm: bool, work: Path) -> (
-    dict[str, Any]
-):  # fmt: skip
-    spec = vm_spec()
-    volumes = Volumes(work)
-    doms: list[tuple[str, str]] = []  # (domain name, xml); [0] is the untimed warm-up
-    for i in range(vms + 1):
-        vm, uid = f"raw-{i}", str(uuid.uuid4())
-        resolved = await volumes.resolve(spec, namespace="default", name=vm, uid=uid)
-        xml = render_domain(spec, name=vm, namespace="default", uid=uid, volumes=resolved, kvm=kvm)
-        # The worker's naming is namespace_name; a name without "_" is no VM of its (it ignores it).
-        dom = f"bench-raw-{run_id}-{i}"
-        doms.append((dom, xml.replace(f"<name>default_{vm}</name>", f"<name>{dom}</name>", 1)))
-    pool = ThreadPoolExecutor(hv.LIBVIRT_THREADS, thread_name_prefix="bench-raw-libvirt")
-    loop = asyncio.get_running_loop()
-    conn = await loop.run_in_executor(pool, libvirt.open, uri)
-    lat: list[float] = []
-    errors: list[str] = []
-    try:
-        await loop.run_in_executor(pool, _define_and_create, conn, doms[0][1])
-
-        async def one(i: int) -> None:
-            t = time.perf_counter()
-            try:
-                await loop.run_in_executor(pool, _define_and_create, conn, doms[i + 1][1])
-            except libvirt.libvirtError as err:
-                errors.append(str(err))
-                return
-            lat.append((time.perf_counter() - t) * 1e3)
-
-        tasks: list[asyncio.Task[None]] = []
-
-        async def spawn(i: int) -> None:
-            tasks.append(asyncio.create_task(one(i), name=f"bench-start-raw-{i}"))
-
-        t0 = time.perf_counter()
-        try:
-            await _paced(vms, interval_s, spawn)
-        finally:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        wall = time.perf_counter() - t0
-    finally:
-        await asyncio.gather(
-            *(loop.run_in_executor(pool, _destroy_and_undefine, conn, d) for d, _ in doms),
-            return_exceptions=True,
-        )
-        await loop.run_in_executor(pool, conn.close)
-        pool.shutdown(wait=False)
-        await asyncio.to_thread(shutil.rmtree, work, True)
-    return {"running": len(lat), "errors": errors[:3], "latency": _pct(lat), "wall_s": wall}
-
-
 # --- the stack -----------------------------------------------------------------------------------
-
-
-async def _start_orchestrator(url: str, data_dir: Path) -> asyncio.subprocess.Process:
-    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-    with (data_dir / "orchestrator.log").open("ab") as out:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "orchestrator", "--server", url, "--data-dir", str(data_dir),
-            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, preexec_fn=die_with_parent,
-        )  # fmt: skip
-
-
-async def _stop_orchestrator(proc: asyncio.subprocess.Process, *, grace: float = 20) -> int:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(grace):
-                return await proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-    return await proc.wait()
 
 
 async def run(*, vms: int, hypervisor: str, interval_ms: float = 100) -> dict[str, Any]:
@@ -378,7 +129,7 @@ async def run(*, vms: int, hypervisor: str, interval_ms: float = 100) -> dict[st
     with tempfile.TemporaryDirectory(prefix="vbs-") as tmp:  # short: a unix socket lives in it
         base = Path(tmp)
         async with NatsServer(data_dir=base / "nats", port=-1) as server:
-            orch = await _start_orchestrator(server.url, base / "orch")
+            orch = await start_orchestrator(server.url, base / "orch")
             try:
                 return await _with_bus(
                     server.url, base, run_id=run_id, vms=vms, hypervisor=hypervisor,
@@ -390,7 +141,7 @@ async def run(*, vms: int, hypervisor: str, interval_ms: float = 100) -> dict[st
                       file=sys.stderr)  # fmt: skip
                 raise
             finally:
-                await _stop_orchestrator(orch)
+                await stop_orchestrator(orch)
 
 
 async def _with_bus(
@@ -431,10 +182,10 @@ async def _with_node(
     marks: Marks = {}
     worker = Worker(worker_nc, node=NODE, uri=uri, data_dir=data_dir, host_root=data_dir / "host")
     cpus = -(-(vms + 1) // CPU_ALLOCATION_RATIO) + 1
-    worker.hv = _SizedHypervisor(uri, cpus=cpus, marks=marks)
+    worker.hv = SizedHypervisor(uri, cpus=cpus, marks=marks)
     if isinstance(worker.pods, ProcessPods):
-        worker.pods = _TimedPods(worker.pods, marks=marks)
-    log = _Log(nc, prefix=f"virt.vm.default.bench-{run_id}-", marks=marks)
+        worker.pods = TimedPods(worker.pods, marks=marks)
+    log = Follower(nc, prefix=f"virt.vm.default.bench-{run_id}-", marks=marks)
     first_seq = (await nc.jetstream().stream_info(EVENTS_STREAM)).state.last_seq + 1
     follower = asyncio.create_task(log.follow(first_seq), name="bench-start-follow")
     stop = asyncio.Event()
@@ -442,7 +193,7 @@ async def _with_node(
     try:
         await _warm_up(nc, log, run_id=run_id)
         _say(f"warm-up VM Running; raw libvirt baseline, {vms} domains")
-        raw = await _raw(uri, run_id=run_id, vms=vms, interval_s=interval_s, kvm=kvm,
+        raw = await raw_baseline(uri, run_id=run_id, vms=vms, interval_s=interval_s, kvm=kvm,
                          work=data_dir / "raw")  # fmt: skip
         _say(
             f"raw: {raw['running']}/{vms} started, p50 {raw['latency']['p50']:.0f} ms; virtbus run"
@@ -519,6 +270,18 @@ def _table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def measure(*, vms: int, hypervisor: str, interval_ms: float, output: str) -> int:
+    """Run the benchmark and print its report; 1 when a VM did not reach Running."""
+
+    def shortfall(r: dict[str, Any]) -> str:
+        if r["running"] < vms or r["raw_running"] < vms:
+            return f"{vms - r['running']} VMs did not reach Running ({vms - r['raw_running']} raw)"
+        return ""
+
+    bench = run(vms=vms, hypervisor=hypervisor, interval_ms=interval_ms)
+    return report(bench, output=output, table=_table, shortfall=shortfall)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.start",
@@ -532,21 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.vms < 1 or args.interval_ms < 0:
         parser.error("--vms must be at least 1 and --interval-ms not negative")
-    try:
-        result = uvloop.run(
-            run(vms=args.vms, hypervisor=args.hypervisor, interval_ms=args.interval_ms)
-        )
-    except VirtbusError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    print(json.dumps(result) if args.output == "json" else _table(result), flush=True)
-    if result["running"] < args.vms or result["raw_running"] < args.vms:
-        print(f"error: {args.vms - result['running']} VMs did not reach Running "
-              f"({args.vms - result['raw_running']} raw)", file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
+    return measure(vms=args.vms, hypervisor=args.hypervisor, interval_ms=args.interval_ms,
+                   output=args.output)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -45,6 +45,13 @@ class Output(StrEnum):
     json = "json"
 
 
+class Hypervisor(StrEnum):
+    """`--hypervisor` of `up` and `bench start`."""
+
+    test = "test"
+    qemu = "qemu"
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a verb's coroutine; a VirtbusError is `error: ...` on stderr and exit 1."""
     try:
@@ -59,9 +66,14 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 def optional_name(name: str | None) -> str | None:
     """An optional NAME: left out, it means all; given empty, it is a mistake, not `all`."""
     if name == "":
-        typer.echo("error: name: an empty name; leave it out to list all", err=True)
-        raise typer.Exit(2)
+        raise usage("name: an empty name; leave it out to list all")
     return name
+
+
+def usage(text: str) -> typer.Exit:
+    """`error: TEXT` on stderr and the usage error's exit code (2), to raise."""
+    typer.echo(f"error: {text}", err=True)
+    return typer.Exit(2)
 
 
 def finish(code: int) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from events.envelope import Recorded, chain_hash, decode_envelope
 from events.errors import TamperDetected, ValidationError, VirtbusError
 from events.names import COMMANDS_STREAM, EVENTS_STREAM, Ref
 from virtctl.cli_common import NsOpt, ServerOpt, finish, run
+from virtctl.cli_common import usage as _usage
 
 OUTPUTS = ("table", "json", "yaml")
 HEADER = ["TIME", "CATEGORY", "TYPE", "ACTOR", "STATUS", "SUMMARY"]
@@ -44,11 +44,6 @@ KeyFileOpt = Annotated[
 def _run(coro: Coroutine[Any, Any, int]) -> None:
     """Run a verb: exit with its code, 1 with the reason on stderr when virtbus says no."""
     finish(run(coro))
-
-
-def _usage(text: str) -> typer.Exit:
-    typer.echo(f"error: {text}", err=True)
-    return typer.Exit(2)
 
 
 def _when(text: str | None, flag: str) -> datetime | None:
@@ -310,46 +305,3 @@ async def _verify(url: str, ref: Ref | None, *, key: bytes | None, output: str) 
                    f"{first.message}", err=True)  # fmt: skip
         return 1
     return 0
-
-
-def bench_history(
-    events: Annotated[int, typer.Option(min=1000, help="events in the log")] = 1_000_000,
-    vm_events: Annotated[int, typer.Option(min=10, help="of which the VM's own")] = 200,
-    rounds: Annotated[int, typer.Option(min=1, help="reads of each kind")] = 21,
-    output: Annotated[str, typer.Option("-o", "--output", help="table or json")] = "table",
-) -> None:
-    """One VM's history among N events: `virtbus history`'s read against raw nats-py reads."""
-    from bench.history import READERS, run
-
-    if output not in ("table", "json"):
-        raise _usage(f"-o {output!r}: use table or json")
-    if vm_events * 2 > events:
-        raise _usage(f"--vm-events {vm_events}: at most half of --events ({events})")
-    result: dict[str, Any] = {}
-
-    async def go() -> int:
-        result.update(await run(events=events, vm_events=vm_events, rounds=rounds, server=None))
-        return 0
-
-    _run(go())
-    if output == "json":
-        sys.stdout.write(json.dumps(result) + "\n")
-        return
-    r = result
-    typer.echo(
-        f"one VM's history: {r['vm_events']} events and {r['vm_commands']} commands among "
-        f"{r['events']:,} events (generated in {r['generate_s']} s, indexed in "
-        f"{r['index_catch_up_s']} s), {r['rounds']} rounds"
-    )
-    typer.echo(f"{'read':34} {'p50 ms':>8} {'min ms':>8}")
-    for name in READERS:
-        label = {
-            "virtbus": "virtbus history (index)",
-            "virtbus_subject": "virtbus history (subject read)",
-        }.get(name, f"raw {name}")
-        typer.echo(f"{label:34} {r[f'{name}_ms_p50']:8.2f} {r[f'{name}_ms_min']:8.2f}")
-    verdict = "met" if r["virtbus_ms_p50"] <= r["target_ms"] else "NOT met"
-    typer.echo(f"index path vs raw by-seq gets {r['index_vs_raw_by_seq']:.2f}; subject read vs "
-               f"raw batched gets {r['subject_vs_raw_batched']:.2f}")  # fmt: skip
-    typer.echo(f"ratio virtbus / best raw filtered read p50: {r['ratio']:.2f} (subject read: "
-               f"{r['subject_ratio']:.2f}); target <= {r['target_ms']} ms: {verdict}")  # fmt: skip

@@ -1,7 +1,6 @@
 """The migration and node-maintenance verbs: migrate (with --watch), migrate-cancel, drain,
-uncordon, bench migrate (`get migrations` goes through `get`, see migration_view.py). Registered
-on the main `virtbus` app by `register` (cli.py calls it), so cli.py stays the place for the
-lifecycle verbs."""
+uncordon. `register` adds them to the `virtbus` app; `get migrations` goes through `get`
+(`cli_verbs.py`), and both end in `migrations.py`; `bench migrate` is in `bench/cli.py`."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from bus.connect import server_url
 from events import commands as c
 from events.protocol import Query
 from events.state import PENDING, RUNNING, SCHEDULED, SCHEDULING
-from virtctl.cli_common import NameArg, NsOpt, Output, ServerOpt
+from virtctl.cli_common import NameArg, NsOpt, ServerOpt
 from virtctl.cli_common import actor as _actor
 from virtctl.cli_common import finish as _finish
 from virtctl.cli_common import lifecycle as _lifecycle
@@ -91,37 +90,15 @@ def migrate(
         cmd = c.MigrateVM(name=name, namespace=namespace, target_node=to, actor=_actor())
         _lifecycle(cmd, server)
         return
-    from virtctl.migrate_watch import migrate_and_watch
+    from virtctl.migrations import migrate_and_watch
 
     _finish(_run(migrate_and_watch(server_url(server), name=name, namespace=namespace, to=to,
                                    actor=_actor())))  # fmt: skip
 
 
-def bench_migrate(
-    rounds: Annotated[int, typer.Option(min=1, help="live migrations per mode (even)")] = 6,
-    output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
-) -> None:
-    """Orchestrated live migration against raw libvirt migrateToURI3, same VM, same run."""
-    import subprocess
-    import sys
-
-    # It runs node workers, and the CLI never imports workers: run it as its own module.
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.migrate",
-        "--rounds",
-        str(rounds),
-        "-o",
-        output.value,
-    ]
-    _finish(subprocess.run(cmd, check=False).returncode)
-
-
-def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add these verbs to the main CLI (cli.py calls this once)."""
+def register(app: typer.Typer) -> None:
+    """Add these verbs to the `virtbus` app."""
     app.command("migrate-cancel")(migrate_cancel)
     app.command()(drain)
     app.command()(uncordon)
     app.command()(migrate)
-    bench.command("migrate")(bench_migrate)

@@ -1,138 +1,24 @@
-"""`virtbus snapshot`, `restore`, `get vmsnapshots|vmrestores` and `delete vmsnapshot`.
+"""`virtbus snapshot` and `restore`: the typer verbs; what they do is in `snapshots.py`.
 
-Snapshots belong to their VM's history (a snapshot is events of the VM it was taken of), so a
-listing is read off the VMs the read model holds, shaped like KubeVirt's
-`snapshot.kubevirt.io/v1beta1` VirtualMachineSnapshot and VirtualMachineRestore objects.
+`get vmsnapshots|vmrestores` goes through `get` and `delete vmsnapshot` through `delete`
+(`cli_verbs.py`); both end in `snapshots.py` too.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from bus.client import query, send, session
 from bus.connect import server_url
 from events import commands as c
-from events import render
-from events.errors import VirtbusError
-from events.protocol import Query
-from events.state import SUCCEEDED, Snapshot, VMState
 from virtctl.cli_common import NsOpt, ServerOpt, actor, finish, run
-
-SNAPSHOT_API = "snapshot.kubevirt.io/v1beta1"
-SNAPSHOT_KINDS = ("vmsnapshot", "vmsnapshots", "virtualmachinesnapshot", "virtualmachinesnapshots",
-                  "snapshot", "snapshots")  # fmt: skip
-RESTORE_KINDS = ("vmrestore", "vmrestores", "virtualmachinerestore", "virtualmachinerestores",
-                 "restore", "restores")  # fmt: skip
-
-
-def _source(s: VMState) -> dict[str, str]:
-    return {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": s.name}
-
-
-def snapshot_object(s: VMState, snap: Snapshot) -> dict[str, Any]:
-    status: dict[str, Any] = {
-        "phase": snap.phase,
-        "readyToUse": snap.phase == SUCCEEDED,
-        "creationTime": render.timestamp(snap.ready_at),
-        "indications": ["Online", "NoGuestAgent"] if snap.online else [],
-        "snapshotVolumes": {
-            "includedVolumes": snap.volumes,
-            "excludedVolumes": sorted(snap.skipped),
-        },
-        "virtbus": {"node": snap.node, "sizeBytes": snap.size_bytes},
-    }
-    if snap.reason:
-        status["error"] = {"message": snap.reason}
-    return {
-        "apiVersion": SNAPSHOT_API,
-        "kind": "VirtualMachineSnapshot",
-        "metadata": {"name": snap.name, "namespace": s.namespace,
-                     "creationTimestamp": render.timestamp(snap.created)},
-        "spec": {"source": _source(s)},
-        "status": status,
-    }  # fmt: skip
-
-
-def restore_object(s: VMState) -> dict[str, Any]:
-    r = s.restore
-    assert r is not None
-    status: dict[str, Any] = {"complete": r.complete, "restoreTime": render.timestamp(r.done_at)}
-    if r.reason:
-        status["error"] = {"message": r.reason}
-    return {
-        "apiVersion": SNAPSHOT_API,
-        "kind": "VirtualMachineRestore",
-        "metadata": {"name": r.name, "namespace": s.namespace,
-                     "creationTimestamp": render.timestamp(r.created)},
-        "spec": {"target": _source(s), "virtualMachineSnapshotName": r.snapshot},
-        "status": status,
-    }  # fmt: skip
-
-
-async def get_snapshots(
-    url: str, *, restores: bool, name: str | None, namespace: str | None, output: str
-) -> int:
-    async with session(url) as nc:
-        vms = (await query(nc, Query(what="vms", namespace=namespace))).vms
-    rows: list[tuple[VMState, dict[str, Any], list[str]]] = []
-    for s in sorted(vms, key=lambda v: (v.namespace, v.name)):
-        if restores and s.restore is not None and name in (None, s.restore.name):
-            r = s.restore
-            rows.append((s, restore_object(s), [
-                r.name, "VirtualMachine", s.name, str(r.complete).lower(),
-                render.timestamp(r.done_at) or "", r.reason,
-            ]))  # fmt: skip
-        for snap in [] if restores else s.snapshots.values():
-            if name in (None, snap.name):
-                rows.append((s, snapshot_object(s, snap), [
-                    snap.name, "VirtualMachine", s.name, snap.phase,
-                    str(snap.phase == SUCCEEDED).lower(), render.timestamp(snap.ready_at) or "",
-                    snap.reason,
-                ]))  # fmt: skip
-    kind = "virtualmachinerestores" if restores else "virtualmachinesnapshots"
-    if name and not rows:
-        raise VirtbusError(f'{kind}.snapshot.kubevirt.io "{name}" not found')
-    if output in ("json", "yaml"):
-        objs = [obj for _, obj, _ in rows]
-        doc = objs[0] if name and len(objs) == 1 else render.as_list(objs)
-        typer.echo((render.to_json(doc) if output == "json" else render.to_yaml(doc)).rstrip())
-        return 0
-    header = (["NAME", "TARGETKIND", "TARGETNAME", "COMPLETE", "RESTORETIME", "ERROR"] if restores
-              else ["NAME", "SOURCEKIND", "SOURCENAME", "PHASE", "READYTOUSE", "CREATIONTIME",
-                    "ERROR"])  # fmt: skip
-    if not rows:
-        typer.echo(render.no_resources(namespace).rstrip())
-    elif namespace is None:
-        typer.echo(render.table(["NAMESPACE", *header], ([s.namespace, *r] for s, _, r in rows)))
-    else:
-        typer.echo(render.table(header, (r for _, _, r in rows)).rstrip())
-    return 0
-
-
-async def delete_snapshot(url: str, *, snapshot: str, namespace: str, actor: str) -> int:
-    """`kubectl delete vmsnapshot NAME`: the snapshot is found among the namespace's VMs."""
-    async with session(url) as nc:
-        vms = (await query(nc, Query(what="vms", namespace=namespace))).vms
-        owners = [s for s in vms if snapshot in s.snapshots]
-        if not owners:
-            raise VirtbusError(f'virtualmachinesnapshots.snapshot.kubevirt.io "{snapshot}" not '
-                               f'found in namespace "{namespace}"')  # fmt: skip
-        if len(owners) > 1:
-            names = ", ".join(s.name for s in owners)
-            raise VirtbusError(f'snapshot "{snapshot}" exists for several VMs ({names}); '
-                               "give the VM with --vm")  # fmt: skip
-        cmd = c.DeleteSnapshot(name=owners[0].name, namespace=namespace, snapshot=snapshot,
-                               actor=actor)  # fmt: skip
-        await send(nc, cmd)
-    typer.echo(f'virtualmachinesnapshot.snapshot.kubevirt.io "{snapshot}" deleted')
-    return 0
+from virtctl.snapshots import send_and_say
 
 
 def register(app: typer.Typer) -> None:
-    """Add `snapshot` and `restore` to the CLI (cli.py stays thin)."""
+    """Add `snapshot` and `restore` to the `virtbus` app."""
 
     @app.command()
     def snapshot(
@@ -144,7 +30,7 @@ def register(app: typer.Typer) -> None:
         """Snapshot a VM, running or stopped: its spec and copies of its persistent volumes."""
         cmd = c.SnapshotVM(name=name, namespace=namespace, snapshot=snapshot, actor=actor())
         done = f"virtualmachinesnapshot.snapshot.kubevirt.io/{snapshot} created"
-        finish(run(_send(server_url(server), cmd, done)))
+        finish(run(send_and_say(server_url(server), cmd, done)))
 
     @app.command()
     def restore(
@@ -159,11 +45,4 @@ def register(app: typer.Typer) -> None:
         cmd = c.RestoreVM(name=name, namespace=namespace, snapshot=snapshot, restore=restore,
                           actor=actor())  # fmt: skip
         done = f"virtualmachinerestore.snapshot.kubevirt.io/{restore} created"
-        finish(run(_send(server_url(server), cmd, done)))
-
-
-async def _send(url: str, cmd: c.Command, done: str) -> int:
-    async with session(url) as nc:
-        await send(nc, cmd)
-    typer.echo(done)
-    return 0
+        finish(run(send_and_say(server_url(server), cmd, done)))

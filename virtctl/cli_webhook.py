@@ -1,13 +1,10 @@
-"""`virtbus webhook add|list|rm|deliveries|redeliver|rotate-secret` and `virtbus bench webhooks`.
+"""`virtbus webhook add|list|rm|deliveries|redeliver|rotate-secret`: the typer verbs.
 
-Registered from `virtbus/cli.py`; the work is in `virtctl/webhooks.py`.
+`virtbus/cli.py` adds `webhook_app` to the `virtbus` app; the work is in `virtctl/webhooks.py`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from collections.abc import Coroutine
 from datetime import datetime
 from typing import Annotated, Any
@@ -16,7 +13,7 @@ import typer
 
 from bus.connect import server_url
 from events import commands as c
-from virtctl.cli_common import ServerOpt, finish, run
+from virtctl.cli_common import ServerOpt, finish, run, usage
 from virtctl.cli_common import actor as _actor
 
 webhook_app = typer.Typer(help="HTTP endpoints that subscribe to the log (Standard Webhooks).")
@@ -31,8 +28,7 @@ def _run(coro: Coroutine[Any, Any, int]) -> None:
 
 def _output(output: str) -> str:
     if output not in ("table", "json", "yaml", ""):
-        typer.echo(f"error: -o {output!r}: use table, json or yaml", err=True)
-        raise typer.Exit(2)
+        raise usage(f"-o {output!r}: use table, json or yaml")
     return output
 
 
@@ -59,8 +55,7 @@ def add(
     from virtctl.webhooks import add as add_
 
     if since is not None and from_start:
-        typer.echo("error: give either --since or --from-start", err=True)
-        raise typer.Exit(2)
+        raise usage("give either --since or --from-start")
     globs = [t.strip() for item in types for t in item.split(",") if t.strip()]
     if since is not None and since.tzinfo is None:
         since = since.astimezone()
@@ -134,26 +129,3 @@ def rotate_secret(
     from virtctl.webhooks import rotate_secret as rotate
 
     _run(rotate(server_url(server), name=webhook, secret=secret, grace_s=grace))
-
-
-def bench_webhooks(
-    events: Annotated[int, typer.Option(min=10, help="events to append")] = 10_000,
-    receivers: Annotated[int, typer.Option(min=1, help="local HTTP receivers")] = 5,
-    rate: Annotated[float, typer.Option(min=0, help="events/s to append (0: flat out)")] = 1000,
-    shards: Annotated[int, typer.Option(min=1, help="dispatcher processes")] = 1,
-    output: Annotated[str, typer.Option("-o", "--output", help="table or json")] = "table",
-    server: Annotated[
-        str | None,
-        typer.Option("--server", help="bench against this server (default: a fresh one)"),
-    ] = None,
-) -> None:
-    """Fan-out of appended events to local receivers, against nats-py + aiohttp by hand."""
-    from bench.webhooks import report
-    from bench.webhooks import run as bench_run
-
-    os.environ.setdefault("VIRTBUS_WEBHOOK_ALLOW_NETS", "127.0.0.0/8")
-    r = run(bench_run(events=events, receivers=receivers, rate=rate, server=server, shards=shards))
-    if output == "json":
-        sys.stdout.write(json.dumps(r) + "\n")
-    else:
-        typer.echo(report(r))

@@ -194,7 +194,7 @@ def _progress() -> Progress:
 
 async def upload(
     url: str, *, name: str, namespace: str, pvc_size: str, image_path: Path | None,
-    source_url: str | None, insecure: bool, node: str | None, wait_s: float,
+    source_url: str | None, insecure: bool, node: str | None, wait_s: float, actor: str,
 ) -> int:  # fmt: skip
     check_name(name, field="pvc-name")
     size = parse_quantity(pvc_size, field="pvc-size")
@@ -206,7 +206,7 @@ async def upload(
         total = (await asyncio.to_thread(image_path.stat)).st_size
         await _send(url, name=name, namespace=namespace, pvc_size=pvc_size, node=node,
                     source="upload", probe=probe, total=total, label=image_path.name,
-                    chunks=_file_chunks(image_path), wait_s=wait_s)  # fmt: skip
+                    chunks=_file_chunks(image_path), wait_s=wait_s, actor=actor)  # fmt: skip
         return 0
     assert source_url is not None
     import aiohttp
@@ -243,20 +243,20 @@ async def upload(
             await _send(url, name=name, namespace=namespace, pvc_size=pvc_size, node=node,
                         source=source_url, probe=probe, total=resp.content_length,
                         label=Path(urlparse(source_url).path).name, chunks=chunks(),
-                        wait_s=wait_s)  # fmt: skip
+                        wait_s=wait_s, actor=actor)  # fmt: skip
     return 0
 
 
 async def _send(
     url: str, *, name: str, namespace: str, pvc_size: str, node: str | None, source: str,
     probe: Probe, total: int | None, label: str, chunks: AsyncIterator[bytes], wait_s: float,
+    actor: str,
 ) -> None:  # fmt: skip
     from bus.client import send
-    from virtctl.cli_common import actor as _actor
 
     async with session(url) as nc:
         cmd = c.CreateVolume(name=name, namespace=namespace, size=pvc_size, node=node,
-                             source=source, actor=_actor())  # fmt: skip
+                             source=source, actor=actor)  # fmt: skip
         await send(nc, cmd)
         where = (await volume(nc, name, namespace)).node
         params = {"format": probe.format, "compression": probe.compression,

@@ -28,7 +28,7 @@ from events.nodes import NodeState, apply_node
 from events.protocol import Query
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
 from events.state import VMState, apply
-from virtctl.cli_snapshot import RESTORE_KINDS, SNAPSHOT_KINDS, get_snapshots
+from virtctl.snapshots import RESTORE_KINDS, SNAPSHOT_KINDS, get_snapshots
 
 KIND_NAMES = {
     "vmirs": "vmirs", "virtualmachineinstancereplicaset": "vmirs",
@@ -163,7 +163,7 @@ async def get(
     if kind == "vmirs":
         return await _get_replica_sets(url, name=name, namespace=namespace, output=output)
     if kind == "vmims":
-        from virtctl.migration_view import get_migrations
+        from virtctl.migrations import get_migrations
 
         return await get_migrations(url, name=name, namespace=namespace, output=output)
     async with session(url) as nc:

@@ -1,8 +1,10 @@
-"""`virtbus volume create|get|delete`: virtbus's PVCs, shaped like `kubectl get pvc`.
+"""What the volume verbs do over the bus: virtbus's PVCs, shaped like `kubectl get pvc`.
 
 Volumes are read straight from the log (`virt.volume.>`), folded with the same fold the
 orchestrator decides on; a create waits until the owning node reports the data ready (or failed),
-like `kubectl wait --for=jsonpath='{.status.phase}'=Bound`.
+like `kubectl wait --for=jsonpath='{.status.phase}'=Bound`. The typer verbs (`volume
+create|get|move|delete`) are in `cli_volume.py`; `get pvc` comes through `verbs.get`, and
+`upload.py` waits on a volume with `until_settled`.
 """
 
 from __future__ import annotations

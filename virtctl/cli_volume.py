@@ -1,7 +1,8 @@
-"""The storage verbs of the `virtbus` CLI: `volume create|get|delete` and `image-upload`.
+"""`virtbus volume create|get|move|delete` and `image-upload`: the typer verbs of the volume area.
 
-Kept out of `cli.py` so each area's flags live next to each other; `cli.py` registers them. The
-shared options and runner come from `cli_common.py`.
+`virtbus/cli.py` adds `volume_app` and `image_upload` to the `virtbus` app. What they do over the
+bus is in `volumes.py` (and `upload.py` for the image); the shared options and runner come from
+`cli_common.py`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import typer
 
 from bus.connect import server_url
 from events import commands as c
-from virtctl.cli_common import NsOpt, ServerOpt, optional_name
+from virtctl.cli_common import NsOpt, ServerOpt, optional_name, usage
 from virtctl.cli_common import actor as _actor
 from virtctl.cli_common import finish as _finish
 from virtctl.cli_common import run as _run
@@ -53,8 +54,7 @@ def volume_get(
     from virtctl.volumes import get
 
     if output not in ("", "table", "json", "yaml"):
-        typer.echo(f"error: -o {output!r}: use json or yaml", err=True)
-        raise typer.Exit(2)
+        raise usage(f"-o {output!r}: use json or yaml")
     ns = None if all_namespaces else namespace
     _finish(_run(get(server_url(server), name=optional_name(name), namespace=ns, output=output)))
 
@@ -107,9 +107,8 @@ def image_upload(
                    "the node over the bus", err=True)  # fmt: skip
     for flag, value in (("--pvc-name", pvc_name), ("--pvc-size", pvc_size)):
         if not value:
-            typer.echo(f"error: {flag} is required", err=True)
-            raise typer.Exit(2)
+            raise usage(f"{flag} is required")
     coro = upload(server_url(server), name=pvc_name, namespace=namespace, pvc_size=pvc_size,
                   image_path=image_path, source_url=url, insecure=insecure, node=node,
-                  wait_s=wait_secs)  # fmt: skip
+                  wait_s=wait_secs, actor=_actor())  # fmt: skip
     _finish(_run(coro))

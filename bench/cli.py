@@ -1,0 +1,183 @@
+"""`virtbus bench ...`: the benchmarks' verbs, registered on the `virtbus` app by `register`.
+
+Here, not in `virtctl/`, because the benchmarks are the one place allowed to import every side they
+measure (the orchestrator, the node worker, raw libvirt); the CLI's own verbs never import them.
+Each verb parses its flags, runs one benchmark in this process and prints its report: a table, or
+`-o json`, one JSON object on stdout and nothing else there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from virtctl.cli_common import Hypervisor, Output, finish, run, usage
+
+bench = typer.Typer(help="Benchmarks; each measures its raw baseline in the same run.")
+
+ServerOpt = Annotated[
+    str | None,
+    typer.Option("--server", help="bench against this server (default: a fresh one)"),
+]
+
+
+@bench.command("webhooks")
+def bench_webhooks(
+    events: Annotated[int, typer.Option(min=10, help="events to append")] = 10_000,
+    receivers: Annotated[int, typer.Option(min=1, help="local HTTP receivers")] = 5,
+    rate: Annotated[float, typer.Option(min=0, help="events/s to append (0: flat out)")] = 1000,
+    shards: Annotated[int, typer.Option(min=1, help="dispatcher processes")] = 1,
+    output: Annotated[str, typer.Option("-o", "--output", help="table or json")] = "table",
+    server: ServerOpt = None,
+) -> None:
+    """Fan-out of appended events to local receivers, against nats-py + aiohttp by hand."""
+    from bench.webhooks import report
+    from bench.webhooks import run as bench_run
+
+    os.environ.setdefault("VIRTBUS_WEBHOOK_ALLOW_NETS", "127.0.0.0/8")
+    r = run(bench_run(events=events, receivers=receivers, rate=rate, server=server, shards=shards))
+    if output == "json":
+        sys.stdout.write(json.dumps(r) + "\n")
+    else:
+        typer.echo(report(r))
+
+
+@bench.command("log")
+def bench_log(
+    events: Annotated[int, typer.Option(min=200, help="events to append")] = 20_000,
+    batch: Annotated[int, typer.Option(min=2, max=1000, help="events per atomic batch")] = 100,
+    output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+    sync: Annotated[bool, typer.Option("--fsync-always/--fsync-default")] = False,
+    server: ServerOpt = None,
+) -> None:
+    """Append and replay throughput of the event store against plain nats-py."""
+    from bench.log import run as bench_run
+
+    result = run(bench_run(events=events, batch=batch, server=server, sync_always=sync))
+    if output is Output.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    rows = [
+        ("append, one at a time", "append_eps", "append_baseline_eps", "append_ratio"),
+        ("append, atomic batches", "batch_append_eps", "batch_append_baseline_eps",
+         "batch_append_ratio"),
+        ("replay (decode+verify+fold)", "replay_eps", "replay_baseline_eps", "replay_ratio"),
+    ]  # fmt: skip
+    typer.echo(f"{'':30} {'virtbus ev/s':>14} {'raw nats-py ev/s':>17} {'ratio':>7}")
+    for label, ours, raw, ratio in rows:
+        typer.echo(f"{label:30} {result[ours]:14,.0f} {result[raw]:17,.0f} {result[ratio]:7.2f}")
+    typer.echo(
+        f"append latency p50 {result['append_p50_us']:.0f} us, "
+        f"p99 {result['append_p99_us']:.0f} us;"
+        f" {result['events']} events over {result['vms']} VMs; fsync {result['fsync']}"
+    )
+    typer.echo(f"replay reader alone (no decode): {result['replay_lean_pull_eps']:,.0f} ev/s")
+
+
+@bench.command("control")
+def bench_control(
+    vms: Annotated[int, typer.Option(min=1, help="VMs to create and start")] = 1000,
+    nodes: Annotated[int, typer.Option(min=1, help="simulated nodes")] = 10,
+    concurrency: Annotated[int, typer.Option(min=1, help="commands in flight")] = 50,
+    rate: Annotated[
+        float, typer.Option(min=0, help="VMs created per second (0: as fast as accepted)")
+    ] = 0.0,
+    output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+    server: ServerOpt = None,
+) -> None:
+    """VM creation to Running through the whole control plane, against plain nats-py."""
+    from bench.control import run as bench_run
+
+    r = run(bench_run(vms=vms, nodes=nodes, server=server, concurrency=concurrency,
+                      rate=rate or None))  # fmt: skip
+    offered = f", offered {r['offered_rate']:.0f}/s" if r["offered_rate"] else ""
+    if output is Output.json:
+        sys.stdout.write(json.dumps(r) + "\n")
+        return
+    typer.echo(
+        f"{r['running']}/{r['vms']} VMs Running on {r['nodes']} nodes, {r['concurrency']} in flight"
+        f"{offered} ({r['accepted']} accepted, {r['rejected']} rejected)\n"
+        f"commands/s             {r['commands_per_s']:10,.0f}\n"
+        f"VM starts/s            {r['starts_per_s']:10,.0f}\n"
+        f"raw nats-py starts/s   {r['baseline_starts_per_s']:10,.0f}"
+        f"  ({r['baseline_publishes_per_vm']} publishes per VM)\n"
+        f"ratio                  {r['ratio']:10.2f}\n"
+        f"creation->Running ms   p50 {r['create_to_running_p50_ms']:.0f}, "
+        f"p95 {r['create_to_running_p95_ms']:.0f}, p99 {r['create_to_running_p99_ms']:.0f}, "
+        f"max {r['create_to_running_max_ms']:.0f}"
+    )
+
+
+@bench.command("start")
+def bench_start(
+    vms: Annotated[int, typer.Option(min=1, help="VMs to create, one every --interval-ms")] = 100,
+    hypervisor: Annotated[Hypervisor, typer.Option(help="real QEMU or libvirt's test driver")] = (
+        Hypervisor.qemu
+    ),
+    interval_ms: Annotated[float, typer.Option(min=0, help="between two creations")] = 100.0,
+    output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+) -> None:
+    """KubeVirt's density test: creation->Running on one real node, against raw libvirt."""
+    from bench.start import measure
+
+    finish(measure(vms=vms, hypervisor=hypervisor.value, interval_ms=interval_ms,
+                   output=output.value))  # fmt: skip
+
+
+@bench.command("history")
+def bench_history(
+    events: Annotated[int, typer.Option(min=1000, help="events in the log")] = 1_000_000,
+    vm_events: Annotated[int, typer.Option(min=10, help="of which the VM's own")] = 200,
+    rounds: Annotated[int, typer.Option(min=1, help="reads of each kind")] = 21,
+    output: Annotated[str, typer.Option("-o", "--output", help="table or json")] = "table",
+) -> None:
+    """One VM's history among N events: `virtbus history`'s read against raw nats-py reads."""
+    from bench.history import READERS
+    from bench.history import run as bench_run
+
+    if output not in ("table", "json"):
+        raise usage(f"-o {output!r}: use table or json")
+    if vm_events * 2 > events:
+        raise usage(f"--vm-events {vm_events}: at most half of --events ({events})")
+    r: dict[str, Any] = run(bench_run(events=events, vm_events=vm_events, rounds=rounds,
+                                      server=None))  # fmt: skip
+    if output == "json":
+        sys.stdout.write(json.dumps(r) + "\n")
+        return
+    typer.echo(
+        f"one VM's history: {r['vm_events']} events and {r['vm_commands']} commands among "
+        f"{r['events']:,} events (generated in {r['generate_s']} s, indexed in "
+        f"{r['index_catch_up_s']} s), {r['rounds']} rounds"
+    )
+    typer.echo(f"{'read':34} {'p50 ms':>8} {'min ms':>8}")
+    for name in READERS:
+        label = {
+            "virtbus": "virtbus history (index)",
+            "virtbus_subject": "virtbus history (subject read)",
+        }.get(name, f"raw {name}")
+        typer.echo(f"{label:34} {r[f'{name}_ms_p50']:8.2f} {r[f'{name}_ms_min']:8.2f}")
+    verdict = "met" if r["virtbus_ms_p50"] <= r["target_ms"] else "NOT met"
+    typer.echo(f"index path vs raw by-seq gets {r['index_vs_raw_by_seq']:.2f}; subject read vs "
+               f"raw batched gets {r['subject_vs_raw_batched']:.2f}")  # fmt: skip
+    typer.echo(f"ratio virtbus / best raw filtered read p50: {r['ratio']:.2f} (subject read: "
+               f"{r['subject_ratio']:.2f}); target <= {r['target_ms']} ms: {verdict}")  # fmt: skip
+
+
+@bench.command("migrate")
+def bench_migrate(
+    rounds: Annotated[int, typer.Option(min=1, help="live migrations per mode (even)")] = 6,
+    output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+) -> None:
+    """Orchestrated live migration against raw libvirt migrateToURI3, same VM, same run."""
+    from bench.migrate import measure
+
+    finish(measure(rounds=rounds, output=output.value))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `bench ...` to the `virtbus` app."""
+    app.add_typer(bench, name="bench")
