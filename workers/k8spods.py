@@ -1,7 +1,7 @@
 """The `kubernetes` pod driver: one virt-launcher pod per running VM, like KubeVirt's virt-handler.
 
-`KubernetesPods` has `ProcessPods`' interface (`create`, `delete`, `running`, `close`, `on_exit`)
-so the worker does not care which one it drives. Each pod is named by the worker
+`KubernetesPods` is a `PodDriver` (`workers/pods.py`), like `ProcessPods`, so the node does not
+care which one it drives. Each pod is named by the worker
 (`virt-launcher-<vm>-<uid5>`), lives in the VM's namespace, carries KubeVirt's labels plus the node,
 is pinned to the node with `spec.nodeName` (no scheduler round trip: the VM is already placed) and
 is built from a launcher pod template (`deploy/launcher-pod-template.yaml` holds the same one).
