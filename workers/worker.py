@@ -36,12 +36,7 @@ from workers.imagecache import ImageCache
 from workers.k8spods import KubernetesPods
 from workers.lifecycle import ForcedStops, Lifecycle
 from workers.migration import Migrations
-from workers.node_context import (
-    Domains,
-    Launchers,
-    MigrationSettings,
-    NodeContext,
-)
+from workers.node_context import Domains, Launchers, MigrationSettings, NodeContext
 from workers.pods import ExitHandler, PodDriver, ProcessPods
 from workers.registry import Registries
 from workers.sessions import Sessions
