@@ -45,8 +45,8 @@ from events import model as m
 from events.errors import HypervisorError, VirtbusError
 from events.names import EVENTS_STREAM
 from events.work import MigrationPolicy
-from workers.migration import _flags, _params
-from workers.qemunodes import QemuNode, kvm_usable, qemu_available
+from workers.migration import migrate_flags, migrate_params
+from workers.qemunodes import SAME_MACHINE, QemuNode, kvm_usable, qemu_available
 from workers.worker import Worker
 
 NODES: Final = {"bench-a": 30, "bench-b": 31}  # port ranges away from the test suite's
@@ -111,7 +111,9 @@ def _raw_hop(src_uri: str, dst_uri: str, domain: str, policy: MigrationPolicy) -
         with contextlib.suppress(libvirt.libvirtError):
             dom.migrateSetMaxDowntime(policy.max_downtime_ms, 0)
         t0 = time.perf_counter()
-        dom.migrateToURI3(dst_uri, _params(dst_uri, policy), _flags(policy))
+        dom.migrateToURI3(
+            dst_uri, migrate_params(SAME_MACHINE, policy), migrate_flags(SAME_MACHINE, policy)
+        )
         total = (time.perf_counter() - t0) * 1e3
         stats = dst.lookupByName(domain).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
         return {"total_ms": total, "downtime_ms": float(stats.get("downtime", 0))}
@@ -182,7 +184,7 @@ async def _with_nodes(url: str, base: Path, nodes: list[QemuNode], *, rounds: in
         for node in nodes:
             data = base / "data" / node.name
             worker = Worker(worker_nc, node=node.name, uri=node.uri, data_dir=data,
-                            host_root=data / "host")  # fmt: skip
+                            host_root=data / "host", migration=node.migration)  # fmt: skip
             tasks.append(asyncio.create_task(worker.run(stop), name=f"bench-worker-{node.name}"))
         vm = f"mig-{uuid.uuid4().hex[:6]}"
         log = _Follower(nc, prefix=f"virt.vm.default.{vm}.")

@@ -180,11 +180,11 @@ async def _with_node(
     interval_s: float, hypervisor: str, kvm: bool,
 ) -> dict[str, Any]:  # fmt: skip
     marks: Marks = {}
-    worker = Worker(worker_nc, node=NODE, uri=uri, data_dir=data_dir, host_root=data_dir / "host")
     cpus = -(-(vms + 1) // CPU_ALLOCATION_RATIO) + 1
-    worker.hv = SizedHypervisor(uri, cpus=cpus, marks=marks)
-    if isinstance(worker.pods, ProcessPods):
-        worker.pods = TimedPods(worker.pods, marks=marks)
+    worker = Worker(worker_nc, node=NODE, uri=uri, data_dir=data_dir, host_root=data_dir / "host",
+                    hypervisor=SizedHypervisor(uri, cpus=cpus, marks=marks))  # fmt: skip
+    if isinstance(worker.launchers.driver, ProcessPods):
+        worker.launchers.driver = TimedPods(worker.launchers.driver, marks=marks)
     log = Follower(nc, prefix=f"virt.vm.default.bench-{run_id}-", marks=marks)
     first_seq = (await nc.jetstream().stream_info(EVENTS_STREAM)).state.last_seq + 1
     follower = asyncio.create_task(log.follow(first_seq), name="bench-start-follow")

@@ -2,6 +2,8 @@
 one node worker.
 
 `--pods kubernetes` runs each VM's launcher as a pod (in-cluster config, or `--kube-url URL`).
+`--shared-storage` and `--migration-address` say how the node's domains migrate (with
+`--hypervisor qemu` the node sets them itself: nodes on one machine).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from nats.aio.client import Client
 from bus.telemetry import add_process_args, serve, start_telemetry
 from events.errors import ValidationError
 from workers.node import run_node
+from workers.node_context import MigrationSettings
 from workers.registry import Registries
 
 
@@ -24,7 +27,9 @@ async def _main(args: argparse.Namespace) -> None:
         await run_node(nc, node=args.node, uri=args.libvirt, data_dir=Path(args.data_dir),
                        stop=stop, pods=args.pods, kube_url=args.kube_url,
                        hypervisor=args.hypervisor, index=args.index,
-                       registries=args.registries)  # fmt: skip
+                       registries=args.registries,
+                       migration=MigrationSettings(shared_storage=args.shared_storage,
+                                                   address=args.migration_address))  # fmt: skip
 
     await serve(args.server, name=f"virtbus-worker-{args.node}", body=body)
 
@@ -47,6 +52,14 @@ def main() -> None:
         "--registries", default=None, metavar="URL[,URL...]",
         help="container disk registries and mirrors, most preferred first "
         "(default: $VIRTBUS_REGISTRIES; plain http:// only for loopback)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shared-storage", action="store_true",
+        help="every node sees this node's disks at the same paths: live migration leaves them",
+    )  # fmt: skip
+    parser.add_argument(
+        "--migration-address", default="", metavar="ADDR",
+        help="the address migration data travels over (default: libvirt's, the target's name)",
     )  # fmt: skip
     add_process_args(parser)
     args = parser.parse_args()

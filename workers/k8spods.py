@@ -1,15 +1,14 @@
 """The `kubernetes` pod driver: one virt-launcher pod per running VM, like KubeVirt's virt-handler.
 
-`KubernetesPods` has `ProcessPods`' interface (`create`, `delete`, `running`, `close`, `on_exit`)
-so the worker does not care which one it drives. Each pod is named by the worker
-(`virt-launcher-<vm>-<uid5>`), lives in the VM's namespace, carries KubeVirt's labels plus the node,
-is pinned to the node with `spec.nodeName` (no scheduler round trip: the VM is already placed) and
-is built from a launcher pod template (`deploy/launcher-pod-template.yaml` holds the same one).
+`KubernetesPods` is a `PodDriver` (`workers/pods.py`), like `ProcessPods`. Each pod is named by
+the worker (`virt-launcher-<vm>-<uid5>`), lives in the VM's namespace, carries KubeVirt's labels
+plus the node, is pinned to the node with `spec.nodeName` (no scheduler round trip: the VM is
+already placed) and is built from a launcher pod template (`deploy/launcher-pod-template.yaml`).
 
 One named task watches this node's launcher pods. A pod the driver did not delete that ends
 (phase Failed or Succeeded) or disappears is reported once through `on_exit(pod, code)` with the
-launcher container's exit code (-1 when the status has none), which the worker turns into
-`LauncherFailed`. Every phase change it sees goes to the optional `on_phase(pod, phase)`.
+launcher container's exit code (-1 when the status has none), which the node's `Launchers`
+turns into `LauncherFailed`. Every phase change it sees goes to the optional `on_phase(pod, phase)`.
 `close()` stops the watch but leaves the pods: like KubeVirt, a restarting node agent must not
 take its VMs' pods down with it. The next worker `adopt()`s the launchers of the VMs it keeps and
 deletes the rest.

@@ -17,10 +17,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import shutil
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import libvirt
 from msgspec.structs import replace
@@ -41,13 +40,10 @@ from events.state import (
     VMState,
     migration_active,
 )
-from workers.domain import guest_memory_bytes, render_domain
+from workers.domain import guest_memory_bytes
 from workers.hypervisor import PAUSED_STATE, RUNNING_STATES, domain_name, remote_domain
-from workers.qemunodes import migration_params
+from workers.node_context import Domains, Launchers, MigrationSettings, NodeContext
 from workers.volumes import VolumeUnavailable
-
-if TYPE_CHECKING:
-    from workers.worker import Worker
 
 log = logging.getLogger("virtbus.migration")
 PROGRESS_S = 0.5  # under the promised once a second
@@ -55,9 +51,6 @@ _BEFORE_READY = (SCHEDULING, SCHEDULED, PREPARING_TARGET)
 LIVE_FLAGS = (
     libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
     | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-    # The disks stay at their paths, which every node on this machine shares (like shared
-    # storage); libvirt cannot tell, and refuses non-"none" cache modes without this.
-    | libvirt.VIR_MIGRATE_UNSAFE
 )  # fmt: skip
 
 
@@ -87,15 +80,21 @@ def _since(t: datetime | None) -> float:
     return (datetime.now(UTC) - t).total_seconds() * 1000 if t else 0.0
 
 
-def _params(target_uri: str, policy: w.MigrationPolicy) -> dict[str, Any]:
-    # Nodes on this machine (unix-socket URIs) migrate over loopback, never 0.0.0.0.
-    params = migration_params() if "socket=" in target_uri else {}
+def migrate_params(settings: MigrationSettings, policy: w.MigrationPolicy) -> dict[str, Any]:
+    """migrateToURI3's parameters: the node's migration address, the policy's bandwidth."""
+    params: dict[str, Any] = {}
+    if settings.address:  # else libvirt's choice: the target's host name, listening on 0.0.0.0
+        params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{settings.address}"
+        params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = settings.address
     params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = max(1, policy.bandwidth_bytes >> 20)  # MiB/s
     return params
 
 
-def _flags(policy: w.MigrationPolicy) -> int:
+def migrate_flags(settings: MigrationSettings, policy: w.MigrationPolicy) -> int:
+    """migrateToURI3's flags: live, peer to peer, and what the node and the policy allow."""
     flags: int = LIVE_FLAGS
+    if settings.shared_storage:  # the disks are there already; libvirt cannot always tell
+        flags |= libvirt.VIR_MIGRATE_UNSAFE
     if policy.allow_auto_converge:
         flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
     if policy.allow_post_copy:
@@ -117,8 +116,10 @@ def _progress(migration: str, stats: dict[str, Any]) -> m.MigrationProgress | No
 
 
 class Migrations:
-    def __init__(self, worker: Worker) -> None:
-        self.w = worker
+    def __init__(self, ctx: NodeContext, *, launchers: Launchers, domains: Domains) -> None:
+        self.ctx = ctx
+        self.launchers = launchers
+        self.domains = domains
         self.tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, asyncio.Task[None]] = {}  # migration -> its migrate call
         self._settling: dict[str, asyncio.Task[None]] = {}  # domain -> outcome being settled
@@ -139,25 +140,21 @@ class Migrations:
             case w.AbortMigration():
                 await self._abort_now(item)
 
-    def urgent(self, msg: Msg) -> bool:
+    def urgent(self, item: w.Work, msg: Msg) -> bool:
         """An abort must not queue behind the migration it aborts: take it at once."""
-        try:
-            item = w.WORK_DECODER.decode(msg.data)
-        except Exception:  # the queue's handler counts and drops it
-            return False
         if not isinstance(item, w.AbortMigration):
             return False
         self._spawn(self._abort_msg(item, msg), f"abort-{item.migration}")
         return True
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=f"worker-{self.w.node}-{name}")
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=f"worker-{self.ctx.node}-{name}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
 
     async def _abort_msg(self, item: w.AbortMigration, msg: Msg) -> None:
-        s, _ = await VMRepository(self.w.store).get(item.ref)
+        s, _ = await VMRepository(self.ctx.store).get(item.ref)
         if _mine(s, item):
             await self._abort_now(item)
         await msg.ack()
@@ -168,72 +165,71 @@ class Migrations:
         if item.migration in self._running:
             # Not started yet, or just ended: the watch loop tries again while the call runs.
             with contextlib.suppress(HypervisorError):
-                await self.w.hv.abort_job(domain_name(item.ref))
+                await self.ctx.hv.abort_job(domain_name(item.ref))
 
     # --- the target ------------------------------------------------------------------------------
 
     async def _prepare(self, item: w.PrepareTarget, s: VMState) -> None:
         mig = s.migration
-        if mig is None or mig.phase not in _BEFORE_READY or item.target != self.w.node:
+        if mig is None or mig.phase not in _BEFORE_READY or item.target != self.ctx.node:
             return
         ref, dom = item.ref, domain_name(item.ref)
-        pod = await self.w.pods.create(target_pod_name(ref.name, mig.id), namespace=ref.namespace)
-        self.w._pods[dom] = pod
+        pod = await self.launchers.start(
+            dom, target_pod_name(ref.name, mig.id), namespace=ref.namespace
+        )
         events: list[m.Event] = [] if mig.target_pod == pod else [m.LauncherCreated(
-            node=self.w.node, pod=pod)]  # fmt: skip
+            node=self.ctx.node, pod=pod)]  # fmt: skip
         if mig.phase != PREPARING_TARGET:
-            events.append(m.MigrationTargetPreparing(migration=mig.id, target=self.w.node))
+            events.append(m.MigrationTargetPreparing(migration=mig.id, target=self.ctx.node))
         if not item.live:
             try:
                 events += await self._cold_start(item, paused=s.paused)
             except (VolumeUnavailable, ValidationError, HypervisorError) as err:
-                await self.w.observe(ref, events)
-                await self.w.observe(ref, [m.MigrationFailed(
-                    migration=mig.id, reason=f"target {self.w.node}: {err.message}")])  # fmt: skip
+                await self.ctx.observe(ref, events)
+                why = f"target {self.ctx.node}: {err.message}"
+                await self.ctx.observe(ref, [m.MigrationFailed(migration=mig.id, reason=why)])
                 return
-        events.append(m.MigrationTargetReady(migration=mig.id, target=self.w.node))
-        await self.w.observe(ref, events)
+        events.append(m.MigrationTargetReady(migration=mig.id, target=self.ctx.node))
+        await self.ctx.observe(ref, events)
 
     async def _cold_start(self, item: w.PrepareTarget, *, paused: bool) -> list[m.Event]:
         """A cold move's target: the domain defined and booted here from the spec, and paused
         again when the VM was (the log goes on saying Paused, so libvirt must too)."""
         ref, dom = item.ref, domain_name(item.ref)
-        if await self.w.hv.state(dom) in (*RUNNING_STATES, PAUSED_STATE):
+        if await self.ctx.hv.state(dom) in (*RUNNING_STATES, PAUSED_STATE):
             return []  # started before a crash of ours
         pulls: list[m.Event] = []  # a container disk this node lacked: reported with the rest
 
         async def pulled(event: m.ImagePulling | m.ImagePulled) -> None:
             pulls.append(event)
 
-        volumes = await self.w.volumes.resolve(
-            item.spec, namespace=ref.namespace, name=ref.name, uid=item.vmi_uid, on_pull=pulled
-        )
-        xml = render_domain(item.spec, name=ref.name, namespace=ref.namespace, uid=item.vmi_uid,
-                            volumes=volumes, kvm=self.w.kvm)  # fmt: skip
-        uuid = await self.w.hv.define(xml)
-        await self.w.hv.start(dom)
+        xml = await self.domains.xml(item.spec, ref=ref, uid=item.vmi_uid, on_pull=pulled)
+        uuid = await self.ctx.hv.define(xml)
+        await self.ctx.hv.start(dom)
         if paused:
-            self.w._expect(dom, "suspended")
-            await self.w.hv.suspend(dom)
-        return [*pulls, m.DomainDefined(node=self.w.node, domain_uuid=uuid),
-                m.DomainStarted(node=self.w.node, reason="cold-migrated")]  # fmt: skip
+            self.ctx.expectations.expect(dom, "suspended")
+            await self.ctx.hv.suspend(dom)
+        return [*pulls, m.DomainDefined(node=self.ctx.node, domain_uuid=uuid),
+                m.DomainStarted(node=self.ctx.node, reason="cold-migrated")]  # fmt: skip
 
     async def _cleanup(self, item: w.CleanupTarget, s: VMState) -> None:
         mig = s.migration
-        if mig is None or item.target != self.w.node or s.node == self.w.node:
+        if mig is None or item.target != self.ctx.node or s.node == self.ctx.node:
             return  # the VM runs here after all: nothing of it is a leftover
         dom = domain_name(item.ref)
-        if (state := await self.w.hv.state(dom)) is not None:
-            await self.w._remove(dom, running=state in (*RUNNING_STATES, PAUSED_STATE))
-        elif pod := self.w._pods.pop(dom, None):
-            await self.w.pods.delete(pod)
-        await self.w.observe(item.ref, [m.LauncherDeleted(node=self.w.node, pod=mig.target_pod)])
+        if (state := await self.ctx.hv.state(dom)) is not None:
+            await self.launchers.remove(dom, running=state in (*RUNNING_STATES, PAUSED_STATE))
+        else:
+            await self.launchers.delete(dom)
+        await self.ctx.observe(
+            item.ref, [m.LauncherDeleted(node=self.ctx.node, pod=mig.target_pod)]
+        )
 
     # --- the source ------------------------------------------------------------------------------
 
     async def _migrate(self, item: w.MigrateSource, s: VMState) -> None:
         mig = s.migration
-        if mig is None or item.source != self.w.node or s.node != self.w.node:
+        if mig is None or item.source != self.ctx.node or s.node != self.ctx.node:
             return
         dom = domain_name(item.ref)
         if mig.phase == RUNNING:  # started before a crash of ours: settle what became of it
@@ -241,14 +237,15 @@ class Migrations:
             return
         if mig.phase != TARGET_READY:
             return
-        await self.w.observe(item.ref, [m.MigrationStarted(migration=mig.id)])
+        await self.ctx.observe(item.ref, [m.MigrationStarted(migration=mig.id)])
         if not item.live:
             await self._cold_source(item, s)
             return
         with contextlib.suppress(HypervisorError):  # older QEMU: only during the job
-            await self.w.hv.set_max_downtime(dom, item.policy.max_downtime_ms)
-        call = self.w.hv.migrate(dom, item.target_uri, params=_params(item.target_uri, item.policy),
-                                 flags=_flags(item.policy))  # fmt: skip
+            await self.ctx.hv.set_max_downtime(dom, item.policy.max_downtime_ms)
+        node = self.ctx.migration
+        call = self.ctx.hv.migrate(dom, item.target_uri, params=migrate_params(node, item.policy),
+                                   flags=migrate_flags(node, item.policy))  # fmt: skip
         task = self._running[mig.id] = self._spawn(call, f"migrate-{mig.id}")
         try:
             await self._watch(item, s, task)
@@ -256,7 +253,7 @@ class Migrations:
         except HypervisorError as err:
             why = self._abort.get(mig.id)
             reason, aborted = (f"{why}: {err.message}", True) if why else (err.message, False)
-            await self.w.observe(item.ref, [m.MigrationFailed(migration=mig.id, reason=reason,
+            await self.ctx.observe(item.ref, [m.MigrationFailed(migration=mig.id, reason=reason,
                                                               aborted=aborted)])  # fmt: skip
             return
         finally:
@@ -278,18 +275,18 @@ class Migrations:
             if task.done():
                 return
             with contextlib.suppress(HypervisorError):
-                if (progress := _progress(mig_id, await self.w.hv.job_stats(dom))) is not None:
-                    await self.w.observe(item.ref, [replace(progress, post_copy=post_copy)])
+                if (progress := _progress(mig_id, await self.ctx.hv.job_stats(dom))) is not None:
+                    await self.ctx.observe(item.ref, [replace(progress, post_copy=post_copy)])
             if time.monotonic() > deadline and mig_id not in self._abort:
                 if item.policy.allow_post_copy and not post_copy:
                     # KubeVirt's way: past the timeout, the guest runs on the target and pulls
                     # the pages it still lacks, so the migration completes.
                     post_copy = True
                     with contextlib.suppress(HypervisorError):
-                        await self.w.hv.start_post_copy(dom)
-                        stats = {**await self.w.hv.job_stats(dom), "type": 1}
+                        await self.ctx.hv.start_post_copy(dom)
+                        stats = {**await self.ctx.hv.job_stats(dom), "type": 1}
                         if (switched := _progress(mig_id, stats)) is not None:  # say so at once
-                            await self.w.observe(item.ref, [replace(switched, post_copy=True)])
+                            await self.ctx.observe(item.ref, [replace(switched, post_copy=True)])
                     continue
                 limit = int(item.policy.completion_timeout_per_gib * memory_gib)
                 self._abort[mig_id] = (f"Live migration is not completed after {limit} sec and has "
@@ -308,26 +305,21 @@ class Migrations:
         events: list[m.Event] = [done]
         if stats and (last := _progress(mig.id, stats)) is not None:  # the completed job's figures
             events.insert(0, replace(last, percent=100.0, data_remaining=0))
-        if pod := self.w._pods.pop(
-            domain_name(ref), None
-        ):  # the source's launcher has nothing to run
-            await self.w.pods.delete(pod)
-            events.append(m.LauncherDeleted(node=self.w.node, pod=pod))
-        await self.w.observe(ref, events)
+        if pod := await self.launchers.delete(domain_name(ref)):  # it has nothing to run
+            events.append(m.LauncherDeleted(node=self.ctx.node, pod=pod))
+        await self.ctx.observe(ref, events)
 
     async def _cold_source(self, item: w.MigrateSource, s: VMState) -> None:
         """A cold move's source: the copy here goes; the target booted its own already."""
         ref, dom = item.ref, domain_name(item.ref)
-        state = await self.w.hv.state(dom)
+        state = await self.ctx.hv.state(dom)
         if state in (*RUNNING_STATES, PAUSED_STATE):
-            self.w._expect(dom, "stopped")
-            await self.w.hv.destroy(dom)
+            self.ctx.expectations.expect(dom, "stopped")
+            await self.ctx.hv.destroy(dom)
         with contextlib.suppress(HypervisorError):
-            await self.w.hv.undefine(dom)
-        await asyncio.to_thread(
-            shutil.rmtree, self.w.volumes.instance_dir(ref.namespace, ref.name), True
-        )
-        await self.w.observe(ref, [m.DomainStopped(node=self.w.node, reason="migrated")])
+            await self.ctx.hv.undefine(dom)
+        await self.domains.volumes.remove_instance(ref)
+        await self.ctx.observe(ref, [m.DomainStopped(node=self.ctx.node, reason="migrated")])
         await self._succeeded(ref, s, stats={}, mode="cold")
 
     # --- after a restart -------------------------------------------------------------------------
@@ -354,11 +346,11 @@ class Migrations:
             return
         dom, uri = domain_name(ref), await self._uri_of(mig.target)
         alive, finishing = (*RUNNING_STATES, PAUSED_STATE), 20  # x PROGRESS_S: a switchover
-        while (state := await self.w.hv.state(dom)) in alive:
+        while (state := await self.ctx.hv.state(dom)) in alive:
             with contextlib.suppress(HypervisorError):
-                stats = await self.w.hv.job_stats(dom)
+                stats = await self.ctx.hv.job_stats(dom)
                 if (progress := _progress(mig.id, stats)) is not None:
-                    await self.w.observe(ref, [progress])
+                    await self.ctx.observe(ref, [progress])
                 elif finishing and uri and (await remote_domain(uri, dom))[0] in RUNNING_STATES:
                     finishing -= 1  # the target runs it already; the source is going away
                 else:
@@ -366,20 +358,20 @@ class Migrations:
             await asyncio.sleep(PROGRESS_S)
         if state in alive:
             reason = "the migration job ended without completing while the source worker was down"
-            await self.w.observe(ref, [m.MigrationFailed(migration=mig.id, reason=reason)])
+            await self.ctx.observe(ref, [m.MigrationFailed(migration=mig.id, reason=reason)])
             return
         there, stats = await remote_domain(uri, dom) if uri else (None, {})
         if there in (*RUNNING_STATES, PAUSED_STATE):
             await self._succeeded(ref, s, stats=stats)
             return
-        await self.w.observe(ref, [
+        await self.ctx.observe(ref, [
             m.MigrationFailed(migration=mig.id, reason="the domain is on neither node"),
-            m.DomainStopped(node=self.w.node, reason="lost"),
+            m.DomainStopped(node=self.ctx.node, reason="lost"),
         ])  # fmt: skip
 
     async def _uri_of(self, node: str) -> str:
         n = NodeState()
-        for rec in await self.w.store.read(Ref.node(node)):
+        for rec in await self.ctx.store.read(Ref.node(node)):
             n = apply_node(n, rec.envelope)
         return n.migration_uri
 

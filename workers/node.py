@@ -1,7 +1,9 @@
-"""Running a node worker: its libvirt URI and data dir, and the test driver's per-node state file.
+"""Running one node: its hypervisor (a libvirt URI; libvirt's test driver with a per-node state
+file; or a libvirtd of the node's own on QEMU/KVM), its data dir and its settings, then the worker.
 
-Shared by `python -m workers` and the embedded stack (`virtbus up`), which runs its node workers
-in-process on the same bus connection.
+`python -m workers` calls it; so does the embedded stack `virtbus up`, through one
+`python -m workers` process per node. Whoever starts a node says how its domains migrate
+(`MigrationSettings`); a node with a libvirtd of its own sets the one-machine settings itself.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
+from workers.node_context import MigrationSettings
 from workers.qemunodes import QemuNode
 from workers.registry import Registries
 from workers.worker import Worker
@@ -36,20 +39,22 @@ async def run_node(
     nc: Client, *, node: str, uri: str | None, data_dir: Path, stop: asyncio.Event,
     labels: dict[str, str] | None = None, pods: str = "process", kube_url: str | None = None,
     hypervisor: str = "test", index: int = 0, registries: str | None = None,
+    migration: MigrationSettings | None = None,
 ) -> None:  # fmt: skip
     """Run one node worker until `stop`: on `uri`, else on the test driver, else (`hypervisor`
     "qemu") on a libvirtd of its own that this node starts and stops (`index` keeps its ports
-    apart from other nodes on this machine). `registries` overrides `$VIRTBUS_REGISTRIES`."""
+    apart from other nodes on this machine). `registries` overrides `$VIRTBUS_REGISTRIES`;
+    `migration` is how this node's domains migrate (libvirt's defaults when None)."""
     node_dir = data_dir / node
     if uri is None and hypervisor == "qemu":
         async with QemuNode(data_dir / "qemu", node, index=index) as qemu:
             await run_node(nc, node=node, uri=qemu.uri, data_dir=data_dir, stop=stop,
                            labels=labels, pods=pods, kube_url=kube_url,
-                           registries=registries)  # fmt: skip
+                           registries=registries, migration=qemu.migration)  # fmt: skip
         return
     if uri is None:
         uri = await asyncio.to_thread(libvirt_test_uri, node_dir)
     worker = Worker(nc, node=node, uri=uri, data_dir=node_dir, host_root=node_dir / "host",
                     labels=labels, pods=pods, kube_url=kube_url,
-                    registries=Registries.from_env(registries))  # fmt: skip
+                    registries=Registries.from_env(registries), migration=migration)  # fmt: skip
     await worker.run(stop)

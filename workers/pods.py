@@ -1,7 +1,8 @@
 """Pod drivers: how a node runs the launcher of each VM (KubeVirt's virt-launcher pod).
 
-`ProcessPods` runs a local child process per VM; a launcher that exits without being asked is
-reported through `on_exit`, which the worker turns into a `LauncherFailed` event.
+`PodDriver` is what the node asks of a driver; `ProcessPods` runs a local child process per VM
+(`KubernetesPods`, in `k8spods`, a pod). A launcher that exits without being asked is reported
+through `on_exit`, which the node's `Launchers` turns into a `LauncherFailed` event.
 """
 
 from __future__ import annotations
@@ -11,8 +12,25 @@ import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 ExitHandler = Callable[[str, int], Awaitable[None]]
+
+
+class PodDriver(Protocol):
+    """How a node runs launchers: every operation idempotent, a pod known by its name."""
+
+    on_exit: ExitHandler
+
+    def running(self) -> set[str]: ...
+
+    async def create(self, pod: str, *, namespace: str = "default") -> str: ...
+
+    async def delete(self, pod: str) -> None: ...
+
+    async def adopt(self, wanted: Mapping[str, str]) -> set[str]: ...
+
+    async def close(self) -> None: ...
 
 
 def pod_name(name: str, vmi_uid: str) -> str:

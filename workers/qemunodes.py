@@ -8,9 +8,11 @@ own `host_uuid` (libvirt refuses to migrate to "the same host") and its own migr
 Clients reach it at `qemu+unix:///system?socket=<node>/run/libvirt-sock`.
 
 libvirtd probes every QEMU binary on its first call (~8 s); the probe result is kept in one shared
-capabilities cache per machine and copied into each new node, so later nodes answer in ~0.1 s.
-libvirtd dies with us (PR_SET_PDEATHSIG); guests outlive their daemon, so `stop()` destroys the
-domains, stops libvirtd, then kills any process still holding this node's mounts.
+capabilities cache per machine (`qemucaps`) and copied into each new node, so later nodes answer in
+~0.1 s. Nodes on one machine share their disks' paths and reach each other on loopback: their
+migration settings say so (`SAME_MACHINE`). libvirtd dies with us (PR_SET_PDEATHSIG); guests
+outlive their daemon, so `stop()` destroys the domains, stops libvirtd, then kills any process
+still holding this node's mounts.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import fcntl
 import grp
 import os
 import pwd
@@ -36,12 +37,12 @@ from typing import Any, Final
 import libvirt
 
 from events.errors import HypervisorError
+from workers.node_context import MigrationSettings
+from workers.qemucaps import CapsCache
 
 LIBVIRTD: Final = "/usr/sbin/libvirtd"
 QEMU_SYSTEM: Final = "/usr/bin/qemu-system-x86_64"
 QEMU_IMG: Final = "/usr/bin/qemu-img"
-CAPS_CACHE_ENV: Final = "VIRTBUS_QEMU_CAPS_CACHE"
-DEFAULT_CAPS_CACHE: Final = Path("/var/cache/virtbus/qemu-caps")
 # node subdir -> the path libvirtd sees it as, inside the node's mount namespace
 MOUNTS: Final = {
     "etc": "/etc/libvirt",
@@ -60,8 +61,9 @@ MIGRATION_FLAGS: Final = (
     | libvirt.VIR_MIGRATE_PERSIST_DEST
     | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
 )
+# The disks stay at their paths, which every node here shares; migration data over loopback.
+SAME_MACHINE: Final = MigrationSettings(shared_storage=True, address="127.0.0.1")
 _PR_SET_PDEATHSIG: Final = 1
-_CAPS_SUBDIR: Final = Path("qemu/capabilities")
 
 
 def _die_with_parent() -> None:
@@ -158,8 +160,8 @@ class QemuNode:
         self.name = name
         self.index = index
         self.dir = (base / name).resolve()
-        env_cache = os.environ.get(CAPS_CACHE_ENV)
-        self.caps_cache = caps_cache or (Path(env_cache) if env_cache else DEFAULT_CAPS_CACHE)
+        self.caps = CapsCache(caps_cache)
+        self.migration = SAME_MACHINE
         self.ready_timeout = ready_timeout
         self.host_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"virtbus-node:{self.dir}"))
         low = MIGRATION_PORT_BASE + index * PORTS_PER_NODE
@@ -172,7 +174,6 @@ class QemuNode:
         self.caps_warm = False
         self.timings: dict[str, float] = {}
         self._proc: asyncio.subprocess.Process | None = None
-        self._lock_fd: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -238,48 +239,6 @@ class QemuNode:
                 found.append(int(entry))
         return sorted(found)
 
-    async def _lock_caps(self) -> None:
-        self.caps_cache.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.caps_cache / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                await asyncio.sleep(0.05)
-                continue
-            except BaseException:
-                os.close(fd)
-                raise
-            self._lock_fd = fd
-            return
-
-    def _unlock_caps(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing releases the flock
-            self._lock_fd = None
-
-    def _copy_caps_in(self) -> bool:
-        files = sorted(self.caps_cache.glob("*.xml"))
-        dest = self.dir / "cache" / _CAPS_SUBDIR
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in files:
-            shutil.copy2(f, dest / f.name)
-        return bool(files)
-
-    def _save_caps(self, *, dry_run: bool = False) -> int:
-        """Copy this node's probe results into the shared cache where they differ; the count."""
-        differ = 0
-        for f in sorted((self.dir / "cache" / _CAPS_SUBDIR).glob("*.xml")):
-            shared, data = self.caps_cache / f.name, f.read_bytes()
-            if shared.exists() and shared.read_bytes() == data:
-                continue
-            differ += 1
-            if not dry_run:
-                tmp = self.caps_cache / f".{f.name}.{os.getpid()}.tmp"
-                tmp.write_bytes(data)
-                os.replace(tmp, shared)
-        return differ
-
     async def _wait_previous_daemon(self) -> None:
         """A new daemon started while the old one still ran (stale socket) killed its guests."""
         pid_file = self.dir / "run" / "libvirtd.pid"
@@ -331,10 +290,10 @@ class QemuNode:
         t0 = time.monotonic()
         await asyncio.to_thread(self._prepare)
         await self._wait_previous_daemon()
-        await self._lock_caps()
-        self.caps_warm = await asyncio.to_thread(self._copy_caps_in)
+        await self.caps.lock()
+        self.caps_warm = await asyncio.to_thread(self.caps.copy_in, self.dir / "cache")
         if self.caps_warm:
-            self._unlock_caps()  # cold: keep the lock, the next node waits for our probe
+            self.caps.unlock()  # cold: keep the lock, the next node waits for our probe
         with (self.dir / "log" / "libvirtd.stdio").open("ab") as stdio:
             self._proc = await asyncio.create_subprocess_exec(
                 "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", self._script(),
@@ -344,7 +303,7 @@ class QemuNode:
         deadline = t0 + self.ready_timeout
         while not await asyncio.to_thread(self._socket_accepts):
             if self._proc.returncode is not None or time.monotonic() > deadline:
-                self._unlock_caps()
+                self.caps.unlock()
                 raise HypervisorError(
                     f"libvirtd of {self.name} did not start: {self._log_tail()}", retryable=True
                 )
@@ -357,13 +316,14 @@ class QemuNode:
                 await asyncio.to_thread(conn.getCapabilities)  # the QEMU probe happens here
             finally:
                 await asyncio.to_thread(conn.close)
-            stale: int = await asyncio.to_thread(self._save_caps, dry_run=True)
-            if self._lock_fd is None and stale:
-                await self._lock_caps()  # libvirt found our copy stale and probed again
-            if self._lock_fd is not None:
-                await asyncio.to_thread(self._save_caps)
+            cache = self.dir / "cache"
+            stale: int = await asyncio.to_thread(self.caps.save, cache, dry_run=True)
+            if not self.caps.locked and stale:
+                await self.caps.lock()  # libvirt found our copy stale and probed again
+            if self.caps.locked:
+                await asyncio.to_thread(self.caps.save, cache)
         finally:
-            self._unlock_caps()
+            self.caps.unlock()
         self.timings["probe"] = time.monotonic() - t1
         self.timings["start"] = time.monotonic() - t0
         return self.uri
@@ -403,7 +363,7 @@ class QemuNode:
                 await proc.wait()
         elif proc is not None:
             await proc.wait()
-        self._unlock_caps()
+        self.caps.unlock()
         deadline, killed = time.monotonic() + grace, set[int]()
         while leftovers := await asyncio.to_thread(self.pids):
             killed.update(leftovers)

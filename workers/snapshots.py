@@ -14,7 +14,6 @@ import asyncio
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from events import model as m
 from events import work as w
@@ -23,10 +22,8 @@ from events.names import Ref
 from events.state import VMState
 from workers.domain import VolumeNeed, volume_plan
 from workers.hypervisor import PAUSED_STATE, RUNNING_STATES, domain_name
+from workers.node_context import NodeContext
 from workers.volumes import Volumes
-
-if TYPE_CHECKING:
-    from workers.worker import Worker
 
 
 class SnapshotError(VirtbusError):
@@ -112,55 +109,57 @@ class NodeSnapshots:
 class Snapshotting:
     """A worker's share of snapshots: take, restore, remove, each reported as events."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.w = worker
+    def __init__(self, ctx: NodeContext, *, snapshots: NodeSnapshots) -> None:
+        self.ctx = ctx
+        self.snapshots = snapshots
 
     async def do(self, item: w.SnapshotWork, s: VMState) -> None:
         snap = s.snapshots.get(item.snapshot)
         current = snap is not None and snap.requested == item.version
         if isinstance(item, w.RemoveSnapshot):
             if not current:  # not made anew under that name meanwhile
-                await self.w.snapshots.remove(item)
+                await self.snapshots.remove(item)
             return
         if not current:
             return  # stale: deleted or made anew meanwhile
         try:
             if isinstance(item, w.TakeSnapshot) and snap and snap.in_progress:
-                size = await self._take(item, paused_here=s.node == self.w.node)
+                size = await self._take(item, paused_here=s.node == self.ctx.node)
                 done = m.SnapshotSucceeded(
-                    snapshot=item.snapshot, node=self.w.node, size_bytes=size
+                    snapshot=item.snapshot, node=self.ctx.node, size_bytes=size
                 )
-                await self.w.observe(item.ref, [done])
+                await self.ctx.observe(item.ref, [done])
             elif isinstance(item, w.RestoreSnapshot) and s.restoring and s.restore:
                 if s.restore.name != item.restore:
                     return
-                if await self.w.hv.state(domain_name(item.ref)) in (*RUNNING_STATES, PAUSED_STATE):
-                    raise SnapshotError(f"VM {item.name!r} is running on {self.w.node}")
-                await self.w.snapshots.restore(item)
+                state = await self.ctx.hv.state(domain_name(item.ref))
+                if state in (*RUNNING_STATES, PAUSED_STATE):
+                    raise SnapshotError(f"VM {item.name!r} is running on {self.ctx.node}")
+                await self.snapshots.restore(item)
                 ok = m.RestoreSucceeded(snapshot=item.snapshot, restore=item.restore)
-                await self.w.observe(item.ref, [ok])
+                await self.ctx.observe(item.ref, [ok])
         except (SnapshotError, HypervisorError) as err:
             failed: m.Event = (
                 m.RestoreFailed(snapshot=item.snapshot, restore=item.restore, reason=err.message)
                 if isinstance(item, w.RestoreSnapshot)
                 else m.SnapshotFailed(snapshot=item.snapshot, reason=err.message)
             )
-            await self.w.observe(item.ref, [failed])
+            await self.ctx.observe(item.ref, [failed])
 
     async def _take(self, item: w.TakeSnapshot, *, paused_here: bool) -> int:
         """A crash-consistent copy, like KubeVirt's without a guest agent: the running domain is
         paused for the copy (our own pause and resume are not news for the log)."""
         dom = domain_name(item.ref)
-        pause = paused_here and await self.w.hv.state(dom) in RUNNING_STATES
+        pause = paused_here and await self.ctx.hv.state(dom) in RUNNING_STATES
         if pause:
-            self.w._expect(dom, "suspended")
-            await self.w.hv.suspend(dom)
+            self.ctx.expectations.expect(dom, "suspended")
+            await self.ctx.hv.suspend(dom)
         try:
-            return await self.w.snapshots.take(item)
+            return await self.snapshots.take(item)
         finally:
             if pause:
-                self.w._expect(dom, "resumed")
-                await self.w.hv.resume(dom)
+                self.ctx.expectations.expect(dom, "resumed")
+                await self.ctx.hv.resume(dom)
 
 
 def _fresh_dir(path: Path) -> None:

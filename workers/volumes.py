@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from events.errors import VirtbusError
+from events.names import Ref
 from workers.domain import ResolvedVolume, VolumeNeed, volume_plan
 from workers.imagecache import ImageCache, ImagePullError, OnPull, legacy_dir
 from workers.registry import Registries
@@ -105,6 +107,10 @@ class Volumes:
 
     def instance_dir(self, namespace: str, name: str) -> Path:
         return self.root / "vms" / namespace / name
+
+    async def remove_instance(self, ref: Ref) -> None:
+        """An ended instance's own files (overlays, emptyDisks, cloud-init) go; claims stay."""
+        await asyncio.to_thread(shutil.rmtree, self.instance_dir(ref.namespace, ref.name), True)
 
     async def resolve(
         self, spec: dict[str, Any], *, namespace: str, name: str, uid: str,

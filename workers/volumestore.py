@@ -77,7 +77,8 @@ class VolumeStore:
                 failed = m.VolumeFailed(reason="upload interrupted: the node worker restarted")
                 await self.store.append_fact(Ref("volume", v.namespace, v.name), [failed])
 
-    async def do(self, item: w.VolumeData) -> None:
+    async def do(self, item: w.ProvisionVolume | w.RemoveVolume) -> None:
+        """Make or remove a volume's directory here (a move is `volumemove.Mover`'s)."""
         s = await self.state(item.namespace, item.name)
         mine = s.exists and s.node == self.node
         directory = self.path(item.namespace, item.name)
@@ -96,10 +97,6 @@ class VolumeStore:
                     )
                     return
                 await self.store.append_fact(item.ref, [m.VolumeReady(format="raw")])
-            case w.MoveVolume():
-                from workers.volumemove import Mover  # it builds on this module
-
-                await Mover(self).pull(item)
             case w.RemoveVolume():
                 if mine:
                     return  # created again here since: that directory is the new volume's

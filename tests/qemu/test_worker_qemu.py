@@ -92,6 +92,37 @@ async def test_seed_vm_lifecycle_on_real_qemu(qstack: QemuStack) -> None:
     assert kinds[-1] == "VMStopped"
 
 
+async def test_a_forced_stop_cuts_a_graceful_stop_short(qstack: QemuStack) -> None:
+    """`stop --force` while a graceful stop waits out its grace: the force item queues behind it,
+    yet the domain goes at once; a delete meanwhile (also a forced stop item) does not cut it."""
+    qstack.provide_seed_volumes()
+    await send(qstack.nc, apply(short_grace(seed_doc("slow"), seconds=60)))
+    await send(qstack.nc, c.StartVM(name="slow"))
+    await qstack.until("slow", "Running")
+    t0 = time.monotonic()
+    await send(qstack.nc, c.StopVM(name="slow"))
+    await asyncio.sleep(2)  # the graceful stop is waiting for an ACPI shutdown that never comes
+    await send(qstack.nc, c.StopVM(name="slow", force=True))
+    await qstack.until("slow", "Stopped")
+    took = time.monotonic() - t0
+    print(f"stop, then stop --force -> Stopped: {took:.2f}s (grace 60 s)")
+    assert took < 20
+    stopped = [e for e in await qstack.events("slow") if isinstance(e, m.DomainStopped)]
+    assert [e.reason for e in stopped] == ["destroyed"]
+
+    await send(qstack.nc, apply(short_grace(seed_doc("slow"), seconds=6)))
+    await send(qstack.nc, c.StartVM(name="slow"))
+    await qstack.until("slow", "Running")
+    t0 = time.monotonic()
+    await send(qstack.nc, c.StopVM(name="slow"))
+    await asyncio.sleep(1)
+    await send(qstack.nc, c.DeleteVM(name="slow"))
+    await wait_for(lambda: not qemu_pids("default_slow"), within=30, what="QEMU gone")
+    took = time.monotonic() - t0
+    print(f"stop, then delete -> QEMU gone: {took:.2f}s (grace 6 s)")
+    assert took >= 6  # the delete waited for the grace, as before
+
+
 async def test_always_restarts_a_vm_whose_qemu_was_killed(qstack: QemuStack) -> None:
     qstack.provide_seed_volumes()
     doc = short_grace(seed_doc("always"))

@@ -38,7 +38,7 @@ from events.names import Ref
 from events.state import VMState
 from events.work import MigrationPolicy
 from orchestrator.app import run_orchestrator
-from workers.qemunodes import QemuNode
+from workers.qemunodes import SAME_MACHINE, QemuNode
 from workers.volumes import claim_dir, image_dir
 from workers.worker import Worker
 
@@ -108,11 +108,13 @@ class QemuStack:
             self._procs[name] = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "workers", "--node", name, "--libvirt", uri,
                 "--data-dir", str(self.base / "data"), "--server", self.url,
+                "--shared-storage", "--migration-address", SAME_MACHINE.address,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
             log.close()
         else:
-            worker = Worker(self.nc, node=name, uri=uri, data_dir=data, host_root=data / "host")
+            worker = Worker(self.nc, node=name, uri=uri, data_dir=data, host_root=data / "host",
+                            migration=SAME_MACHINE)  # fmt: skip
             stop = asyncio.Event()
             self._tasks[name] = (stop, asyncio.create_task(worker.run(stop), name=f"worker-{name}"))
         await self.until_registered(name)
