@@ -188,24 +188,29 @@ class Uploads:
         scratch = self.volumes.path(req.namespace, req.name) / f".upload-{req.sid}"
 
         async def body(pipe: Pipe) -> None:
+            # The scratch directory goes before the outcome is recorded: whoever sees the volume
+            # Failed (or Ready) sees no half-received bytes left behind.
+            outcome: m.VolumeFailed | m.VolumeReady = m.VolumeReady(format="raw")
             try:
                 await self._receive(pipe, scratch, total=total)
                 await asyncio.to_thread(finish, scratch, compression=compression,
                                         expected=expected, size=s.size_bytes)  # fmt: skip
             except (UploadError, OSError) as err:
                 # An OSError here is the node's disk (full: ENOSPC), the image's faults are named
-                reason = (err if isinstance(err, UploadError) else unwritable(err)).message
-                await self.store.append_fact(ref, [m.VolumeFailed(reason=reason)])
-                return
+                outcome = m.VolumeFailed(
+                    reason=(err if isinstance(err, UploadError) else unwritable(err)).message
+                )
             except asyncio.CancelledError:  # the worker is stopping: say so, bounded
                 stopped = m.VolumeFailed(reason="upload interrupted: the node worker stopped")
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.to_thread(shutil.rmtree, scratch, True), 2)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.store.append_fact(ref, [stopped]), 2)
                 raise
             finally:
                 self._active.discard(ref)
-                await asyncio.to_thread(shutil.rmtree, scratch, True)
-            await self.store.append_fact(ref, [m.VolumeReady(format="raw")])
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
+            await self.store.append_fact(ref, [outcome])
 
         return {"idle_s": IDLE_S}, body
 
