@@ -146,7 +146,7 @@ async def _serve(args: argparse.Namespace) -> None:
             for sim in sims:
                 await sim.close()
 
-    await serve(args.server, name="virtbus-simnodes", body=body)
+    await serve(args, name="virtbus-simnodes", body=body)
 
 
 def main() -> None:

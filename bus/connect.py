@@ -15,7 +15,9 @@ import logging
 import os
 import ssl
 import tempfile
+from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -33,30 +35,85 @@ def server_url(explicit: str | None) -> str:
     return explicit or os.environ.get("VIRTBUS_NATS_URL") or DEFAULT_URL
 
 
+@dataclass(frozen=True)
+class Access:
+    """Who this process is on the bus and whom it trusts: a `.creds` file and the bus's CA.
+
+    `adaptive` access was found rather than given (the local stack's files): it is used only where
+    the server asks for it, so a CLI run beside a `make run` still reaches an open test bus. Given
+    access is held to: a CA given for a server that does not speak TLS is an error, not a
+    plain-text connection an attacker in the middle could have arranged.
+    """
+
+    creds: Path | None = None
+    tls_ca: Path | None = None
+    adaptive: bool = False
+
+    @classmethod
+    def from_env(cls) -> Access:
+        creds, ca = os.environ.get("VIRTBUS_CREDS"), os.environ.get("VIRTBUS_TLS_CA")
+        return cls(Path(creds) if creds else None, Path(ca) if ca else None)
+
+    @classmethod
+    def local(cls, data_dir: Path) -> Access | None:
+        """The admin's access to the stack `virtbus up --data-dir data_dir` runs, if it made one."""
+        creds, ca = data_dir / "creds" / "admin.creds", data_dir / "tls" / "ca.pem"
+        if not creds.is_file() or not ca.is_file():
+            return None
+        return cls(creds.absolute(), ca.absolute(), adaptive=True)
+
+    def __bool__(self) -> bool:
+        return self.creds is not None or self.tls_ca is not None
+
+
+_PROCESS: dict[str, Access] = {}  # "access": set once by `use`
+
+
+def use(access: Access) -> None:
+    """This process's access wherever `connect` is not told otherwise (the CLI's `--creds`)."""
+    _PROCESS["access"] = access
+
+
+def configured() -> Access:
+    return _PROCESS.get("access") or Access.from_env()
+
+
+class _TlsEofNoise(logging.Filter):
+    """asyncio warns at every TLS stream the server closes (its stream protocol asks to stay
+    half-open, which TLS cannot): harmless, and printed to every CLI user's terminal otherwise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+_TLS_EOF_NOISE = _TlsEofNoise()
+
+
 def tls_context(ca_file: Path) -> ssl.SSLContext:
     """A client context that trusts exactly the bus's CA (not the system's store)."""
+    logging.getLogger("asyncio").addFilter(_TLS_EOF_NOISE)  # once: a filter is added at most once
     try:
         return ssl.create_default_context(cafile=str(ca_file))
-    except (OSError, ssl.SSLError) as err:
-        why = f"cannot use {ca_file} as the bus's CA: {err}"
+    except ssl.SSLError as err:  # (an OSError too: first)
+        why = f"{ca_file} holds no PEM certificate ({err.reason or err})"
+        raise ValidationError(why, field="tls-ca") from err
+    except OSError as err:
+        why = f"cannot read {ca_file}: {err.strerror or err}"
         raise ValidationError(why, field="tls-ca") from err
 
 
 async def connect(
-    url: str, *, name: str = "virtbus", creds: Path | None = None, tls_ca: Path | None = None
-) -> Client:
+    url: str, *, name: str = "virtbus", creds: Path | None = None, tls_ca: Path | None = None,
+    lasting: bool = False,
+) -> Client:  # fmt: skip
     """A nats-py connection, authenticated with `creds` and verifying the server against `tls_ca`
-    when given; failures become one BusUnavailable that says what to do."""
-    seen: list[Exception] = []
-    secure: dict[str, object] = {}
-    if tls_ca is None and (await _server_info(url)).get("tls_required"):
-        # nats-py would try the upgrade with the system's CAs and hang on the failed handshake
-        raise BusUnavailable(f"cannot reach NATS at {url}: {_NEEDS_TLS}")
-    if creds is not None:
-        read_creds(creds)  # a missing or damaged file is named, not a refused connection later
-        secure["user_credentials"] = str(creds)
-    if tls_ca is not None:
-        secure["tls"] = tls_context(tls_ca)
+    (else this process's access); failures become one BusUnavailable that says what to do.
+
+    `lasting`: a long-lived component's connection, which rides out a server restart with
+    nats-py's patient reconnects; a CLI's gives up after a few seconds."""
+    access = Access(creds, tls_ca) if creds or tls_ca else configured()
+    secure = await _secure_options(url, access)
+    seen: deque[Exception] = deque(maxlen=8)  # a lasting connection reports here for life
 
     async def quiet(err: Exception) -> None:
         # nats-py prints a traceback per failed attempt by default; our caller reports the outcome,
@@ -64,17 +121,38 @@ async def connect(
         log.debug("nats: %s", err)
         seen.append(err)
 
+    patience: dict[str, object] = {} if lasting else {
+        "connect_timeout": 2, "max_reconnect_attempts": 3, "reconnect_time_wait": 0.5,
+    }  # fmt: skip
     try:
         # nats-py retries a failed TLS handshake without end: bound the whole attempt
-        return await asyncio.wait_for(nats.connect(
-            url, name=name, connect_timeout=2, max_reconnect_attempts=3, allow_reconnect=True,
-            reconnect_time_wait=0.5, error_cb=quiet, **secure,
-        ), _CONNECT_WITHIN)  # fmt: skip
+        return await asyncio.wait_for(
+            nats.connect(url, name=name, error_cb=quiet, **patience, **secure), _CONNECT_WITHIN
+        )
     except Exception as err:  # nats-py raises several unrelated types for "no server there"
         said = [str(e) for e in seen if "Violation" in str(e) or "authentication" in str(e)]
         # the server's own words win over the broken pipe a TLS close leaves behind them
         why = (said or [str(seen[-1] if seen else err)])[-1] or type(err).__name__
         raise BusUnavailable(f"cannot reach NATS at {url}: {why}{_hint(why, secure)}") from err
+
+
+async def _secure_options(url: str, access: Access) -> dict[str, object]:
+    """nats-py's options for `access` against the server at `url`, as its greeting asks."""
+    info = await _server_info(url)
+    secure: dict[str, object] = {}
+    if access.tls_ca is not None and (info.get("tls_required") or not access.adaptive):
+        if info and not info.get("tls_required"):
+            why = f"--tls-ca was given, but the bus at {url} does not speak TLS"
+            raise BusUnavailable(f"cannot reach NATS at {url}: {why}")
+        secure["tls"] = tls_context(access.tls_ca)
+    elif info.get("tls_required"):
+        # nats-py would try the upgrade with the system's CAs and hang on the failed handshake
+        raise BusUnavailable(f"cannot reach NATS at {url}: {_NEEDS_TLS}")
+    if access.creds is not None and (info.get("auth_required") or not access.adaptive):
+        read_creds(access.creds)  # a missing or damaged file is named, not a refusal later
+        if info.get("auth_required"):  # an open bus signs no nonce: nothing to present
+            secure["user_credentials"] = str(access.creds)
+    return secure
 
 
 def _hint(why: str, secure: dict[str, object]) -> str:

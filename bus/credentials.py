@@ -178,6 +178,8 @@ def read_creds(path: Path) -> tuple[str, bytes]:
         text = path.read_text()
     except OSError as err:
         raise ValidationError(f"cannot read {path}: {err.strerror or err}", field="creds") from err
+    except UnicodeDecodeError:
+        text = ""  # not text at all: not a .creds file either
     found = _CREDS.search(text)
     if found is None:
         why = f"{path} is not a NATS .creds file (a user JWT and its seed)"

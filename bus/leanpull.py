@@ -7,21 +7,20 @@ needs none of that: the subject, the reply subject (stream sequence and pending 
 payload. This speaks just enough of the NATS client protocol for that (INFO, CONNECT, PING/PONG,
 SUB, PUB, MSG/HMSG, -ERR) and slices frames out of one buffer.
 
-It only serves plain `nats://` connections with no credentials, a user and password, or a token;
-anything else (TLS, nkeys, JWTs) raises `LeanUnavailable` before a message is handled, and the
-caller falls back to nats-py. The consumer itself is made and deleted through nats-py.
+It logs in as the nats-py connection beside it did (`bus/leanlogin.py`: TLS, a `.creds` file); a
+login it cannot copy raises `LeanUnavailable` before a message is handled, and the caller falls
+back to nats-py. The consumer itself is made and deleted through nats-py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 from collections.abc import Callable, Iterator
-from typing import Any, Final
-from urllib.parse import ParseResult
+from typing import Final
 
+from bus.leanlogin import Login, open_lean
 from events.errors import BusUnavailable
 
 RawHandler = Callable[[bytes, str, int], None]  # (data, subject, stream sequence)
@@ -29,78 +28,19 @@ READ_SIZE: Final = 1 << 20
 _CRLF: Final = b"\r\n"
 
 
-class LeanUnavailable(Exception):
-    """This connection cannot be made the lean way: use nats-py instead."""
-
-
-def credentials(url: ParseResult | None, options: dict[str, Any]) -> dict[str, str] | None:
-    """CONNECT's auth fields for `url` and nats-py's options, or None when the lean reader
-    cannot log in the way nats-py did (TLS, nkeys, JWTs, callables)."""
-    if url is None or url.scheme != "nats" or options.get("tls"):
-        return None
-    if any(options.get(k) for k in ("user_credentials", "nkeys_seed", "nkeys_seed_str")):
-        return None
-    user, password = url.username or options.get("user"), url.password or options.get("password")
-    token = options.get("token")
-    if user and not password and not token:  # nats://TOKEN@host puts the token in the user
-        return {"auth_token": user} if isinstance(user, str) else None
-    out: dict[str, str] = {}
-    for key, value in (("user", user), ("pass", password), ("auth_token", token)):
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            return None
-        out[key] = value
-    return out
-
-
 async def lean_pull(
-    url: ParseResult, auth: dict[str, str], *, next_subject: str, request: bytes,
-    batch: int, handler: RawHandler, idle_timeout: float,
+    login: Login, *, next_subject: str, request: bytes, batch: int, handler: RawHandler,
+    idle_timeout: float,
 ) -> int:  # fmt: skip
     """Pull every pending message of the consumer `next_subject` names into `handler`."""
+    reader, writer = await open_lean(login, limit=READ_SIZE)
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(url.hostname or "127.0.0.1", url.port or 4222, limit=READ_SIZE),
-            5,
-        )
-    except (OSError, TimeoutError) as err:
-        raise LeanUnavailable(f"cannot connect: {err}") from err
-    try:
-        await handshake(reader, writer, auth)
         return await _pull(reader, writer, next_subject=next_subject, request=request,
                            batch=batch, handler=handler, idle_timeout=idle_timeout)  # fmt: skip
     finally:
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
-
-
-async def handshake(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, auth: dict[str, str]
-) -> None:
-    """INFO, CONNECT and a PING answered: the connection is ready, or LeanUnavailable says why."""
-    try:
-        line = await asyncio.wait_for(reader.readline(), 5)
-    except (OSError, TimeoutError) as err:
-        raise LeanUnavailable(f"no INFO from the server: {err}") from err
-    if not line.startswith(b"INFO "):
-        raise LeanUnavailable(f"unexpected greeting {line[:40]!r}")
-    info = json.loads(line[5:])
-    if info.get("tls_required") or not info.get("headers"):
-        raise LeanUnavailable("the server wants TLS or cannot send headers")
-    connect = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
-               "protocol": 1, "lang": "python-virtbus-lean", "version": "1", **auth}  # fmt: skip
-    writer.write(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
-    while True:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-        except (OSError, TimeoutError) as err:
-            raise LeanUnavailable(f"no answer to CONNECT: {err}") from err
-        if line.startswith(b"PONG"):
-            return
-        if line.startswith(b"-ERR") or not line:
-            raise LeanUnavailable(f"CONNECT refused: {line.strip()[:200]!r}")
 
 
 async def _pull(

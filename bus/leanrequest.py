@@ -21,9 +21,9 @@ import itertools
 import os
 import time
 from typing import Final
-from urllib.parse import ParseResult
 
-from bus.leanpull import LeanUnavailable, frames, handshake, status
+from bus.leanlogin import Login, open_lean
+from bus.leanpull import frames, status
 from events.errors import BusUnavailable
 
 READ_SIZE: Final = 1 << 16
@@ -36,9 +36,8 @@ _NEWLINES: Final = str.maketrans("\r\n", "  ")
 class LeanRequester:
     """Requests with one answer each (JetStream publishes) on a connection of their own."""
 
-    def __init__(self, url: ParseResult, auth: dict[str, str]) -> None:
-        self.url = url
-        self.auth = auth
+    def __init__(self, login: Login) -> None:
+        self.login = login
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._inbox = b""
@@ -94,19 +93,7 @@ class LeanRequester:
 
     async def _connect(self) -> None:
         self._drop("the append connection was lost")  # whoever still waits on the old one
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.url.hostname or "127.0.0.1", self.url.port or 4222,
-                                        limit=READ_SIZE),
-                5,
-            )  # fmt: skip
-        except (OSError, TimeoutError) as err:
-            raise LeanUnavailable(f"cannot connect: {err}") from err
-        try:
-            await handshake(reader, writer, self.auth)
-        except BaseException:
-            writer.close()
-            raise
+        reader, writer = await open_lean(self.login, limit=READ_SIZE)
         self._inbox = b"_INBOX.leanreq." + os.urandom(10).hex().encode() + b"."
         writer.write(b"SUB %s* 1\r\n" % self._inbox)
         self._reader, self._writer = reader, writer

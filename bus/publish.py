@@ -16,7 +16,7 @@ from typing import Final
 import msgspec
 from nats.aio.client import Client
 
-from bus.leanpull import LeanUnavailable, credentials
+from bus.leanlogin import LeanUnavailable, login_of
 from bus.leanrequest import LeanRequester
 from events.errors import BusUnavailable
 
@@ -83,9 +83,8 @@ class Publisher:
     def _lean(self) -> LeanRequester | None:
         """The append connection of its own, decided at the first single append (None: this
         login is nats-py's alone)."""
-        url = self.nc.connected_url
-        auth = credentials(url, self.nc.options) if url is not None else None
-        return LeanRequester(url, auth) if url is not None and auth is not None else None
+        login = login_of(self.nc)
+        return LeanRequester(login) if login is not None else None
 
     async def _send_single(
         self, subject: str, raw: bytes, hdrs: dict[str, str], *, within: float

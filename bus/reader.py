@@ -20,7 +20,8 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from bus.leanpull import LeanUnavailable, ack_position, credentials, lean_pull
+from bus.leanlogin import LeanUnavailable, login_of
+from bus.leanpull import ack_position, lean_pull
 from events.errors import BusUnavailable
 
 log = logging.getLogger("virtbus.reader")
@@ -156,12 +157,11 @@ async def pull_all(
         return 0
     # Two requests stay in flight; each expires so an idle consumer answers 408 instead of hanging.
     request = json.dumps({"batch": BATCH, "expires": 2_000_000_000}).encode()
-    url = nc.connected_url
-    if lean and url is not None and (auth := credentials(url, nc.options)) is not None:
+    if lean and (login := login_of(nc)) is not None:
         fallback = False
         try:
             return await lean_pull(
-                url, auth, next_subject=next_subject, request=request, batch=BATCH,
+                login, next_subject=next_subject, request=request, batch=BATCH,
                 handler=handler, idle_timeout=idle_timeout,
             )  # fmt: skip
         except LeanUnavailable:

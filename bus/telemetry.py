@@ -26,6 +26,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -125,6 +126,14 @@ def add_process_args(parser: argparse.ArgumentParser) -> None:
         "--server", default=os.environ.get("VIRTBUS_NATS_URL", "nats://127.0.0.1:4222"),
         help="NATS URL (default $VIRTBUS_NATS_URL, else nats://127.0.0.1:4222)",
     )  # fmt: skip
+    parser.add_argument(
+        "--creds", type=Path, default=os.environ.get("VIRTBUS_CREDS"), metavar="FILE",
+        help="this process's NATS .creds (default $VIRTBUS_CREDS; a secured bus needs it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-ca", type=Path, default=os.environ.get("VIRTBUS_TLS_CA"), metavar="FILE",
+        help="the CA that signed the bus's certificate (default $VIRTBUS_TLS_CA)",
+    )  # fmt: skip
     env = os.environ.get("VIRTBUS_METRICS_PORT")
     parser.add_argument(
         "--metrics-port", type=int, default=int(env) if env else None,
@@ -134,17 +143,22 @@ def add_process_args(parser: argparse.ArgumentParser) -> None:
 
 
 async def serve(
-    server: str, *, name: str, body: Callable[[Client, asyncio.Event], Awaitable[object]]
-) -> None:
-    """A virtbus process's life: connect to the bus, run `body` until SIGINT or SIGTERM sets its
-    stop event (its staged shutdown is its own), then close the connection."""
-    import nats
+    args: argparse.Namespace, *, name: str,
+    body: Callable[[Client, asyncio.Event], Awaitable[object]],
+) -> None:  # fmt: skip
+    """A virtbus process's life: connect to the bus as `add_process_args` said, run `body` until
+    SIGINT or SIGTERM sets its stop event (its staged shutdown is its own), then close the
+    connection."""
+    from bus.connect import Access, connect, use
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    nc = await nats.connect(server, name=name)
+    access = Access(Path(args.creds) if args.creds else None,
+                    Path(args.tls_ca) if args.tls_ca else None)  # fmt: skip
+    use(access)  # the connections a component opens besides this one log in the same way
+    nc = await connect(args.server, name=name, lasting=True)
     try:
         await body(nc, stop)
     finally:

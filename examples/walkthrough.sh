@@ -11,6 +11,8 @@
 #
 # Uses only the virtbus CLI, xorriso (make setup installs it) and standard tools. Settings:
 #   VIRTBUS_NATS_URL  the bus (default nats://127.0.0.1:4222)
+#   VIRTBUS_CREDS, VIRTBUS_TLS_CA  who you are on it and its CA (default: the admin's, found in
+#                     .virtbus/ where `make run` keeps them)
 #   NODES_DIR         the nodes' data dir (default .virtbus/nodes, where `make run` keeps it)
 #   ISO               an ISO to upload (default: a small one made here with xorriso, no OS on it)
 #   WAIT              seconds to wait for each step (default 120)

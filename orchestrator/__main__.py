@@ -24,7 +24,7 @@ async def _main(args: argparse.Namespace) -> None:
                                node_grace_s=args.node_grace, migration_policy=policy,
                                webhooks=not args.no_webhooks)  # fmt: skip
 
-    await serve(args.server, name="virtbus-orchestrator", body=body)
+    await serve(args, name="virtbus-orchestrator", body=body)
 
 
 def main() -> None:

@@ -18,10 +18,11 @@ from pathlib import Path
 from rich.console import Console
 
 from bus.audit import describe_key, load_key
-from bus.connect import connect
+from bus.connect import Access, configured, connect, use
 from bus.provision import provision
 from bus.server import NatsServer, die_with_parent, fsync_policy
 from bus.store import EventStore
+from bus.trust import Trust, ensure
 from events.errors import BusUnavailable
 from events.work import MigrationPolicy
 from orchestrator.app import run_orchestrator
@@ -44,22 +45,31 @@ async def run_up(
     owned: NatsServer | None = None
     try:
         if server:
-            url = server
+            url, given = server, configured()  # one login for every part, as the user gave it
+            logins = {"admin": given, "orchestrator": given}
             console.print(f"using the NATS server at {url} (not started by virtbus)")
         else:
-            owned = NatsServer(data_dir=data_dir, port=port, sync_always=sync_always)
+            trust = ensure(data_dir)
+            owned = NatsServer(data_dir=data_dir, port=port, sync_always=sync_always, trust=trust)
             url = await owned.start()
+            logins = _identities(trust, nodes=nodes)
             console.print(f"nats-server pid {owned.pid}, data in {owned.data_dir}")
             console.print(f"durability: {fsync_policy(sync_always)}")
-        nc = await connect(url, name="virtbus-up")
+        nc = await connect(url, name="virtbus-up", creds=logins["admin"].creds,
+                           tls_ca=logins["admin"].tls_ca)  # fmt: skip
+        orchestrator_nc = await connect(
+            url, name="virtbus-orchestrator", creds=logins["orchestrator"].creds,
+            tls_ca=logins["orchestrator"].tls_ca, lasting=True,
+        )  # fmt: skip
+        use(logins["orchestrator"])  # whatever else the orchestrator opens, it opens as itself
         try:
             created = await provision(nc.jetstream())
             console.print("provisioned: " + (", ".join(created) or "everything already in place"))
             audit, web = describe_key(load_key()), configured_port()  # bad settings stop us here
 
             def orchestrate(own: asyncio.Event) -> Awaitable[None]:
-                return run_orchestrator(nc, data_dir=data_dir / "orchestrator", stop=own,
-                                        migration_policy=migration_policy)  # fmt: skip
+                return run_orchestrator(orchestrator_nc, data_dir=data_dir / "orchestrator",
+                                        stop=own, migration_policy=migration_policy)  # fmt: skip
 
             orchestrator = asyncio.create_task(
                 supervise_task("orchestrator", orchestrate, stop=stop, console=console),
@@ -71,9 +81,10 @@ async def run_up(
                 console.print(f"web view: http://127.0.0.1:{web}/")
             workers = []
             for i in range(nodes):
-                name = f"node-{chr(ord('a') + i)}"
+                name = _node_name(i)
                 spawn = functools.partial(_spawn_worker, name, url=url, data_dir=data_dir / "nodes",
-                                          hypervisor=hypervisor, index=i)  # fmt: skip
+                                          hypervisor=hypervisor, index=i,
+                                          access=logins.get(name, logins["admin"]))  # fmt: skip
                 first = await spawn()
                 what = "libvirt test driver" if hypervisor == "test" else "its own libvirtd (QEMU)"
                 console.print(f"node {name}: {what} (pid {first.pid})")
@@ -92,8 +103,9 @@ async def run_up(
                 await asyncio.gather(*workers)
                 await orchestrator
         finally:
-            with contextlib.suppress(Exception):  # a dead server's connection cannot flush
-                await nc.close()
+            for conn in (orchestrator_nc, nc):
+                with contextlib.suppress(Exception):  # a dead server's connection cannot flush
+                    await conn.close()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -117,13 +129,28 @@ async def _until_stopped(stop: asyncio.Event, server: NatsServer | None) -> str:
     return f"nats-server exited with code {done.pop().result()}: the stack stops (it rests on it)"
 
 
+def _identities(trust: Trust, *, nodes: int) -> dict[str, Access]:
+    """Each part's own credentials (made on the first run, kept after) and the CA they trust."""
+    names = ["admin", "orchestrator", *(_node_name(i) for i in range(nodes))]
+    for name in names:
+        trust.ensure_creds(name)
+    console.print(f"credentials: {trust.creds_file('admin')} (admin), CA {trust.ca_file}")
+    return {name: Access(trust.creds_file(name), trust.ca_file) for name in names}
+
+
+def _node_name(index: int) -> str:
+    return f"node-{chr(ord('a') + index)}"
+
+
 async def _spawn_worker(
-    name: str, *, url: str, data_dir: Path, hypervisor: str, index: int
+    name: str, *, url: str, data_dir: Path, hypervisor: str, index: int, access: Access
 ) -> asyncio.subprocess.Process:
     """A node worker as its own process: the orchestrator and workers meet only on the bus."""
+    login = [*(["--creds", str(access.creds)] if access.creds else []),
+             *(["--tls-ca", str(access.tls_ca)] if access.tls_ca else [])]  # fmt: skip
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "workers", "--node", name, "--data-dir", str(data_dir),
-        "--server", url, "--hypervisor", hypervisor, "--index", str(index),
+        "--server", url, "--hypervisor", hypervisor, "--index", str(index), *login,
         stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
     )  # fmt: skip
 

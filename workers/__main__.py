@@ -31,7 +31,7 @@ async def _main(args: argparse.Namespace) -> None:
                        migration=MigrationSettings(shared_storage=args.shared_storage,
                                                    address=args.migration_address))  # fmt: skip
 
-    await serve(args.server, name=f"virtbus-worker-{args.node}", body=body)
+    await serve(args, name=f"virtbus-worker-{args.node}", body=body)
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ async def _main(args: argparse.Namespace) -> None:
         gc.freeze()
         await Dispatcher(nc, data_dir=Path(args.data_dir), shard=args.shard).run(stop)
 
-    await serve(args.server, name="virtbus-webhooks", body=body)
+    await serve(args, name="virtbus-webhooks", body=body)
 
 
 def _shard(value: str) -> tuple[int, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
@@ -19,7 +20,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
-from bus.leanpull import READ_SIZE, LeanUnavailable, credentials, lean_pull
+from bus.leanlogin import LeanUnavailable, Login, login_from
+from bus.leanpull import READ_SIZE, lean_pull
 from bus.provision import provision
 from bus.reader import pull_all
 from bus.server import NatsServer
@@ -120,8 +122,8 @@ async def test_token_logins_are_spoken_too(tmp_path: Path) -> None:
                 await js.publish(f"t.{i}", b"x")
             url = conn.connected_url
             assert url is not None
-            auth = credentials(url, conn.options)
-            assert auth == {"auth_token": "t0k3n"}
+            login = login_from(url, conn.options)
+            assert login is not None and login.fields == {"auth_token": "t0k3n"}
             lean, plain = await both(conn, "T")
             assert lean == plain and len(lean) == 10
         finally:
@@ -132,9 +134,10 @@ async def test_a_login_it_cannot_make_is_said_before_any_message(
     alice: tuple[Client, str],
 ) -> None:
     _, url = alice
-    wrong = urlsplit(with_login(url, "alice:wrong"))
+    wrong = login_from(urlsplit(with_login(url, "alice:wrong")), {})
+    assert wrong is not None
     with pytest.raises(LeanUnavailable, match="CONNECT refused"):
-        await lean_pull(wrong, {"user": "alice", "pass": "wrong"}, **NOWHERE, idle_timeout=2)
+        await lean_pull(wrong, **NOWHERE, idle_timeout=2)
 
 
 async def test_a_peer_that_is_not_nats_is_said_too() -> None:
@@ -147,7 +150,7 @@ async def test_a_peer_that_is_not_nats_is_said_too() -> None:
     port = server.sockets[0].getsockname()[1]
     try:
         with pytest.raises(LeanUnavailable, match="unexpected greeting"):
-            await lean_pull(urlsplit(f"nats://127.0.0.1:{port}"), {}, **NOWHERE, idle_timeout=2)
+            await lean_pull(Login("127.0.0.1", port, {}), **NOWHERE, idle_timeout=2)
     finally:
         server.close()
         await server.wait_closed()
@@ -156,31 +159,38 @@ async def test_a_peer_that_is_not_nats_is_said_too() -> None:
 def test_what_the_lean_reader_will_not_try() -> None:
     from urllib.parse import urlparse
 
-    plain = urlparse("nats://127.0.0.1:4222")
-    assert credentials(plain, {}) == {}
-    assert credentials(urlparse("nats://a:b@h:1"), {}) == {"user": "a", "pass": "b"}
-    assert credentials(plain, {"token": "t"}) == {"auth_token": "t"}
-    assert credentials(urlparse("tls://h:1"), {}) is None
-    assert credentials(plain, {"tls": object()}) is None
-    assert credentials(plain, {"user_credentials": "/x.creds"}) is None
-    assert credentials(plain, {"nkeys_seed": "/x.nk"}) is None
-    assert credentials(plain, {"user": lambda: "a", "password": "b"}) is None
-    assert credentials(None, {}) is None
+    def fields(url: str, options: dict[str, object]) -> dict[str, str] | None:
+        login = login_from(urlparse(url), options)
+        return None if login is None else login.fields
+
+    plain = "nats://127.0.0.1:4222"
+    assert fields(plain, {}) == {}
+    assert fields("nats://a:b@h:1", {}) == {"user": "a", "pass": "b"}
+    assert fields(plain, {"token": "t"}) == {"auth_token": "t"}
+    assert fields(plain, {"tls": object()}) is None  # not an SSLContext: nats-py's own business
+    assert fields(plain, {"user_credentials": ("jwt", "seed")}) is None
+    assert fields(plain, {"nkeys_seed": "/x.nk"}) is None
+    assert fields(plain, {"user": lambda: "a", "password": "b"}) is None
+    assert login_from(None, {}) is None
+    # A .creds file and TLS are copied: the secured bus's lean paths (tests/busio/test_trust.py)
+    ctx = ssl.create_default_context()
+    login = login_from(urlparse("tls://h:1"), {"user_credentials": "/x.creds", "tls": ctx})
+    assert login == Login("h", 1, {}, creds=Path("/x.creds"), tls=ctx)
 
 
 async def test_a_stalled_or_refused_replay_is_an_error_not_a_hang(
     alice: tuple[Client, str],
 ) -> None:
     nc, url = alice
-    login = urlsplit(with_login(url, "alice:s3cret"))
-    auth = {"user": "alice", "pass": "s3cret"}
+    login = login_from(urlsplit(with_login(url, "alice:s3cret")), {})
+    assert login is not None
     # Nothing serves the pull subject: the server says so (503) and the replay ends with it.
     with pytest.raises(BusUnavailable, match="answered '503"):
-        await lean_pull(login, auth, **NOWHERE, idle_timeout=5)
+        await lean_pull(login, **NOWHERE, idle_timeout=5)
     # Something takes the requests and never answers: the replay stalls, and says so.
     sink = await nc.subscribe("nobody.listens")
     try:
         with pytest.raises(BusUnavailable, match="stalled after 0 messages"):
-            await lean_pull(login, auth, **NOWHERE, idle_timeout=0.5)
+            await lean_pull(login, **NOWHERE, idle_timeout=0.5)
     finally:
         await sink.unsubscribe()

@@ -16,6 +16,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
+from bus.leanlogin import Login, login_from
 from bus.leanrequest import LeanRequester
 from bus.provision import provision
 from bus.server import NatsServer
@@ -23,6 +24,12 @@ from bus.store import EventStore
 from events import model as m
 from events.errors import BusUnavailable
 from events.names import Ref
+
+
+def plain(url: str) -> Login:
+    login = login_from(urlsplit(url), {})
+    assert login is not None
+    return login
 
 
 async def test_a_peer_sees_the_headers_and_bytes_sent_and_answers_back(
@@ -36,7 +43,7 @@ async def test_a_peer_sees_the_headers_and_bytes_sent_and_answers_back(
         await msg.respond(b"pong:" + msg.data)
 
     sub = await nc.subscribe("lean.echo", cb=answer)
-    lean = LeanRequester(urlsplit(nats_server.url), {})  # type: ignore[arg-type]
+    lean = LeanRequester(plain(nats_server.url))
     try:
         # Many appends that find no connection yet make one between them, not one each.
         first = await asyncio.gather(*(lean.request("lean.echo", b"f%d" % i, {}, within=5)
@@ -65,7 +72,7 @@ async def test_no_stream_and_no_answer_are_bus_errors(tmp_path: Path) -> None:
         nc = await nats.connect(server.url)
         await nc.subscribe("lean.sink")  # takes requests, never answers
         await nc.flush()  # ... from before the first request, seen from any connection
-        lean = LeanRequester(urlsplit(server.url), {})  # type: ignore[arg-type]
+        lean = LeanRequester(plain(server.url))
         try:
             with pytest.raises(BusUnavailable, match=r"no responders \(503\)"):
                 await lean.request("lean.nobody.here", b"x", {}, within=5)

@@ -7,6 +7,7 @@ verification failure, `user authentication revoked`), as a client of any languag
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.js.api import ConsumerConfig
 
 from bus.connect import connect, tls_context
 from bus.credentials import (
@@ -24,6 +26,9 @@ from bus.credentials import (
     user_jwt,
     write_secret,
 )
+from bus.leanlogin import LeanUnavailable, Login, login_of
+from bus.leanpull import lean_pull
+from bus.leanrequest import LeanRequester
 from bus.provision import provision
 from bus.server import NatsServer
 from bus.trust import Trust, ensure, revoked_now
@@ -167,3 +172,40 @@ async def test_a_revoked_user_is_cut_off_without_a_restart(
     finally:
         await system.close()
         await nc.close()
+
+
+async def test_the_lean_paths_log_in_over_tls_and_refuse_to_go_without(
+    secured: tuple[NatsServer, Trust],
+) -> None:
+    server, trust = secured
+    admin = trust.ensure_creds("admin")
+    nc = await connect(server.url, creds=admin, tls_ca=trust.ca_file)
+    try:
+        await provision(nc.jetstream())
+        login = login_of(nc)
+        assert login is not None
+        assert (login.creds, login.tls is not None) == (admin, True)
+        lean = LeanRequester(login)
+        try:  # an append, as the store's single appends go
+            ack = json.loads(await lean.request("virt.vm.default.a.VMCreated", b"{}", {},
+                                                within=5))  # fmt: skip
+        finally:
+            lean.close()
+        assert ack == {"stream": "VIRT_EVENTS", "seq": 1}
+        got: list[tuple[bytes, str, int]] = []  # a replay, as the store's replays go
+        info = await nc.jetstream().add_consumer("VIRT_EVENTS", ConsumerConfig())
+        pulled = await lean_pull(
+            login, next_subject=f"$JS.API.CONSUMER.MSG.NEXT.VIRT_EVENTS.{info.name}",
+            request=b'{"batch": 10, "expires": 2000000000}', batch=10,
+            handler=lambda *m: got.append(m), idle_timeout=5,
+        )  # fmt: skip
+        assert (pulled, got) == (1, [(b"{}", "virt.vm.default.a.VMCreated", 1)])
+    finally:
+        await nc.close()
+    # The server's words, before anything is sent: no credentials, then no TLS.
+    anonymous = Login(login.host, login.port, {}, tls=login.tls)
+    with pytest.raises(LeanUnavailable, match="Authorization Violation"):
+        await LeanRequester(anonymous).request("virt.vm.default.b.VMCreated", b"{}", {}, within=5)
+    plain = Login(login.host, login.port, {}, creds=admin)
+    with pytest.raises(LeanUnavailable, match="the server's TLS and nats-py's differ"):
+        await LeanRequester(plain).request("virt.vm.default.b.VMCreated", b"{}", {}, within=5)

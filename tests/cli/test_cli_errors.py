@@ -151,6 +151,7 @@ FILE_OPTIONS = {(("apply",), "--filename"), (("image-upload",), "--image-path"),
                 (("audit", "checkpoint"), "--key-file"), (("audit", "verify"), "--key-file"),
                 (("up",), "--migrations")}  # fmt: skip
 DIR_OPTIONS = {"--data-dir"}  # a directory the verb creates, not a file it reads
+BUS_FILE_OPTIONS = {"--creds", "--tls-ca"}  # on every verb that reaches the bus
 
 
 @pytest.fixture
@@ -170,7 +171,13 @@ def test_every_file_option_is_covered() -> None:
         for p in cmd.params
         if (kind(p) is Path or p.name == "filename") and p.opts[0] not in DIR_OPTIONS
     }
-    assert found == FILE_OPTIONS
+    assert {f for f in found if f[1] not in BUS_FILE_OPTIONS} == FILE_OPTIONS
+    bus_verbs = {
+        path for path, cmd in LEAVES.items() if any(p.name == "server" for p in cmd.params)
+    }
+    assert {f for f in found if f[1] in BUS_FILE_OPTIONS} == {
+        (path, option) for path in bus_verbs for option in BUS_FILE_OPTIONS
+    }
 
 
 def test_apply_names_a_file_it_cannot_read_and_refuses_an_empty_one(files: dict[str, Path]) -> None:
@@ -220,6 +227,32 @@ def test_other_file_options_name_the_file(files: dict[str, Path]) -> None:
         result = invoke(root, "up", "--migrations", str(files[case]), "--server", UNREACHABLE)
         expected = f"error: --migrations: migrations: {files[case]}: {why}\n"
         assert (result.exit_code, result.stderr) == (2, expected), case
+
+
+BUS_FILE_CASES = {
+    "--creds": [("missing", "cannot read {}: No such file or directory"),
+                ("dir", "cannot read {}: Is a directory"),
+                ("latin", "{} is not a NATS .creds file (a user JWT and its seed)"),
+                ("empty", "{} is not a NATS .creds file (a user JWT and its seed)")],
+    "--tls-ca": [("missing", "cannot read {}: No such file or directory"),
+                 ("dir", "cannot read {}: Is a directory"),
+                 ("latin", "{} holds no PEM certificate (NO_CERTIFICATE_OR_CRL_FOUND)"),
+                 ("empty", "{} holds no PEM certificate (NO_CERTIFICATE_OR_CRL_FOUND)")],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("verb", [["get", "vms"], ["bench", "log"], ["webhook", "list"]])
+def test_the_bus_options_name_the_file_before_the_bus_is_reached(
+    files: dict[str, Path], verb: list[str]
+) -> None:
+    """--creds must be a .creds file and --tls-ca a PEM certificate, on every verb (one of each
+    kind of verb here: a plain one, a benchmark, a group's): a usage error before any connection
+    (the bus is unreachable here)."""
+    for option, cases in BUS_FILE_CASES.items():
+        for case, why in cases:
+            result = invoke(CLI_ROOT, *verb, option, str(files[case]), "--server", UNREACHABLE)
+            expected = f"error: {option}: {why.format(files[case])}\n"
+            assert (result.exit_code, result.stderr) == (2, expected), (option, case)
 
 
 RAISED = [  # what a verb raises -> the line the root prints (exit 1 for each)

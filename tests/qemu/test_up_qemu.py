@@ -6,9 +6,8 @@ import asyncio
 import signal
 from pathlib import Path
 
-import nats
 import pytest
-from upstack import named, virtbus_up
+from upstack import as_admin, named, virtbus_up
 
 from bus.store import EventStore
 from events import model as m
@@ -24,7 +23,7 @@ async def test_virtbus_up_with_qemu_nodes(kvm_host: None, data_dir: Path) -> Non
 
     args = ("--port", "-1", "--data-dir", str(data_dir), "--hypervisor", "qemu", "--nodes", "1")
     async with virtbus_up(*args) as (proc, url):
-        nc = await nats.connect(url)
+        nc = await as_admin(url, data_dir)
         try:
             store = EventStore(nc)
             for _ in range(600):  # a first node on a machine probes QEMU for ~8 s

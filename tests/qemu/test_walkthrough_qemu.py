@@ -249,9 +249,12 @@ async def virtbus_up(base: Path, *, hypervisor: str) -> AsyncIterator[tuple[str,
 
 
 async def walkthrough(url: str, data: Path) -> str:
-    """examples/walkthrough.sh as a user runs it; its output, once it exited 0."""
+    """examples/walkthrough.sh as a user runs it, told where the stack's admin credentials are
+    (it runs from the repository, where `make run`'s would be found by themselves); its output,
+    once it exited 0."""
     env = {**os.environ, "VIRTBUS_NATS_URL": url, "NODES_DIR": str(data / "nodes"),
-           "VIRTBUS": str(VIRTBUS), "WAIT": "60"}  # fmt: skip
+           "VIRTBUS": str(VIRTBUS), "WAIT": "60", "VIRTBUS_CREDS": str(data / "creds/admin.creds"),
+           "VIRTBUS_TLS_CA": str(data / "tls/ca.pem")}  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
         "bash", str(WALKTHROUGH), env=env, stdin=subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,

@@ -8,20 +8,23 @@ import os
 import signal
 from pathlib import Path
 
-import nats
+import pytest
+from clirun import cli_env, virtbus
 from procs import children
-from upstack import gone, next_line, virtbus_up, worker_pid
+from upstack import as_admin, gone, next_line, virtbus_up, worker_pid
 
+from bus.connect import connect
 from bus.server import NatsServer
 from bus.store import EventStore
 from events import model as m
+from events.errors import BusUnavailable
 from events.model import TOKEN
 from events.names import Ref
 
 
 async def test_virtbus_up_provisions_and_stops_on_ctrl_c(data_dir: Path) -> None:
     async with virtbus_up("--port", "-1", "--data-dir", str(data_dir)) as (proc, url):
-        nc = await nats.connect(url)
+        nc = await as_admin(url, data_dir)
         names = [s.config.name for s in await nc.jetstream().streams_info()]
         await nc.close()
         assert {"VIRT_EVENTS", "VIRT_COMMANDS", "VIRT_WORK"} <= set(names)
@@ -55,7 +58,7 @@ async def test_virtbus_up_can_use_an_existing_server(nats_server: NatsServer) ->
 
 async def test_virtbus_up_runs_the_orchestrator_and_two_test_nodes(data_dir: Path) -> None:
     async with virtbus_up("--port", "-1", "--data-dir", str(data_dir)) as (proc, url):
-        nc = await nats.connect(url)
+        nc = await as_admin(url, data_dir)
         try:
             store = EventStore(nc)
             for _ in range(200):
@@ -86,7 +89,7 @@ async def test_virtbus_up_starts_a_dead_node_worker_again(data_dir: Path) -> Non
         proc, url,
     ):  # fmt: skip
         assert proc.stderr is not None
-        nc = await nats.connect(url)
+        nc = await as_admin(url, data_dir)
         try:
             sub = await nc.subscribe(Ref.node("node-a").event_subject(TOKEN[m.NodeRegistered]))
             victim = worker_pid(proc.pid)
@@ -120,3 +123,42 @@ async def test_virtbus_up_stops_when_its_nats_server_dies(data_dir: Path) -> Non
         assert err.decode().splitlines()[-1] == (
             "error: nats-server exited with code -9: the stack stops (it rests on it)"
         )
+
+
+async def test_virtbus_up_secures_its_bus_and_the_cli_finds_the_keys_where_it_ran(
+    tmp_path: Path,
+) -> None:
+    """As `make run` does (`--data-dir .virtbus`, relative): the bus refuses anonymous clients
+    and speaks TLS; the credentials and the CA are where scripts expect them; the CLI run from
+    the same directory uses them by itself, and from elsewhere says what it needs."""
+    here, elsewhere = tmp_path / "repo", tmp_path / "other"
+    here.mkdir()
+    elsewhere.mkdir()
+    async with virtbus_up("--port", "-1", "--data-dir", ".virtbus", "--nodes", "1",
+                          cwd=here) as (proc, url):  # fmt: skip
+        data = here / ".virtbus"
+        assert sorted(p.name for p in (data / "creds").iterdir()) == [
+            "admin.creds", "node-a.creds", "orchestrator.creds",
+        ]  # fmt: skip
+        assert (data / "tls" / "ca.pem").read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+        with pytest.raises(BusUnavailable, match="the bus speaks TLS"):
+            await connect(url)
+        with pytest.raises(BusUnavailable, match="Authorization Violation"):
+            await connect(url, tls_ca=data / "tls" / "ca.pem")
+        env = cli_env(url)
+        found = await virtbus("get", "vms", env=env, cwd=here)
+        assert (found.code, found.out, found.err) == (
+            0, "No resources found in default namespace.\n", "",
+        )  # fmt: skip
+        lost = await virtbus("get", "vms", env=env, cwd=elsewhere)
+        assert (lost.code, lost.err) == (1, (
+            f"error: cannot reach NATS at {url}: the bus speaks TLS: give its CA with --tls-ca "
+            "FILE or VIRTBUS_TLS_CA\n"
+        ))  # fmt: skip
+        told = await virtbus("get", "vms", "--creds",
+                             str(data / "creds" / "admin.creds"), "--tls-ca",
+                             str(data / "tls" / "ca.pem"), env=env, cwd=elsewhere)  # fmt: skip
+        assert told == found
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 60)
+        assert proc.returncode == 0

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from paths import ROOT
@@ -45,10 +46,11 @@ async def virtbus(
     stdin: str | None = None,
     wait_s: float = WAIT_S,
     env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
 ) -> Result:
-    """The CLI as a user runs it; `env`, when given, is its whole environment."""
+    """The CLI as a user runs it (from `cwd`); `env`, when given, is its whole environment."""
     proc = await asyncio.create_subprocess_exec(
-        *CLI, *args, cwd=ROOT, env=cli_env(env_url) if env is None else env,
+        *CLI, *args, cwd=cwd, env=cli_env(env_url) if env is None else env,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -9,15 +9,20 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from nats.aio.client import Client
 from procs import children
+
+from bus.connect import connect
 
 CLI = [sys.executable, "-m", "virtbus"]
 
 
 @contextlib.asynccontextmanager
-async def virtbus_up(*args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+async def virtbus_up(
+    *args: str, cwd: Path | None = None
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     proc = await asyncio.create_subprocess_exec(
-        *CLI, "up", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *CLI, "up", *args, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     try:
         assert proc.stdout is not None
@@ -28,6 +33,12 @@ async def virtbus_up(*args: str) -> AsyncIterator[tuple[asyncio.subprocess.Proce
         if proc.returncode is None:
             proc.kill()
         await proc.communicate()
+
+
+async def as_admin(url: str, data_dir: Path) -> Client:
+    """A connection to the secured stack `virtbus up --data-dir data_dir` runs, as its admin."""
+    return await connect(url, creds=data_dir / "creds" / "admin.creds",
+                         tls_ca=data_dir / "tls" / "ca.pem")  # fmt: skip
 
 
 def alive(pid: int) -> bool:
