@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from bus.connect import connect
+from bus.connect import connect, identity
 from bus.telemetry import new_traceparent
 from events import commands as c
 from events.envelope import encode
@@ -43,7 +43,11 @@ async def _request(nc: Client, endpoint: str, body: bytes, *, wait_s: float) -> 
     try:
         # Each request starts a trace that the command's events, work and observations carry.
         headers = {"traceparent": new_traceparent()}
-        msg = await nc.request(f"{API_PREFIX}.{endpoint}", body, timeout=wait_s, headers=headers)
+        me = identity(
+            nc
+        )  # on a secured bus, the door with our name on it (the only one we may use)
+        subject = f"{API_PREFIX}.{endpoint}.{me}" if me else f"{API_PREFIX}.{endpoint}"
+        msg = await nc.request(subject, body, timeout=wait_s, headers=headers)
     except NoRespondersError:
         raise BusUnavailable(
             f"no virtbus orchestrator is answering on {_url(nc)}; start one with `virtbus up`"

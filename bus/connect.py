@@ -15,6 +15,7 @@ import logging
 import os
 import ssl
 import tempfile
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ from urllib.parse import urlparse
 import nats
 from nats.aio.client import Client
 
-from bus.credentials import read_creds
+from bus.credentials import claims_of, read_creds
 from bus.server import DEFAULT_URL, NatsServer
 from events.errors import BusUnavailable, ValidationError
+from events.names import check_name
 
 log = logging.getLogger("virtbus.bus")
 
@@ -113,6 +115,10 @@ async def connect(
     nats-py's patient reconnects; a CLI's gives up after a few seconds."""
     access = Access(creds, tls_ca) if creds or tls_ca else configured()
     secure = await _secure_options(url, access)
+    name_on_bus = _identity(access.creds) if "user_credentials" in secure else None
+    if name_on_bus is not None:
+        # replies come to an inbox only this identity may subscribe to (its permissions say so)
+        secure["inbox_prefix"] = f"_INBOX_{name_on_bus}"
     seen: deque[Exception] = deque(maxlen=8)  # a lasting connection reports here for life
 
     async def quiet(err: Exception) -> None:
@@ -126,7 +132,7 @@ async def connect(
     }  # fmt: skip
     try:
         # nats-py retries a failed TLS handshake without end: bound the whole attempt
-        return await asyncio.wait_for(
+        nc = await asyncio.wait_for(
             nats.connect(url, name=name, error_cb=quiet, **patience, **secure), _CONNECT_WITHIN
         )
     except Exception as err:  # nats-py raises several unrelated types for "no server there"
@@ -134,6 +140,31 @@ async def connect(
         # the server's own words win over the broken pipe a TLS close leaves behind them
         why = (said or [str(seen[-1] if seen else err)])[-1] or type(err).__name__
         raise BusUnavailable(f"cannot reach NATS at {url}: {why}{_hint(why, secure)}") from err
+    if name_on_bus is not None:
+        _IDENTITIES[nc] = name_on_bus
+    return nc
+
+
+_IDENTITIES: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
+
+
+def identity(nc: Client) -> str | None:
+    """The name the server authenticated `nc` as (its user JWT's), or None on an open bus.
+
+    Subjects that pin an identity (`virt.api.<op>.<name>`, a command's last token) use it: the
+    server lets a user publish only under its own name, so that name is who asked."""
+    return _IDENTITIES.get(nc)
+
+
+def _identity(creds: Path | None) -> str | None:
+    if creds is None:
+        return None
+    jwt, _ = read_creds(creds)
+    name = claims_of(jwt).get("name")
+    try:
+        return check_name(name, field="creds") if isinstance(name, str) else None
+    except ValidationError:
+        return None  # a name no subject can carry: it logs in, and pins nothing
 
 
 async def _secure_options(url: str, access: Access) -> dict[str, object]:

@@ -96,8 +96,11 @@ class Ref(msgspec.Struct, frozen=True):
     def event_subject(self, token: str) -> str:
         return f"{self.prefix}.{token}"
 
-    def command_subject(self, token: str) -> str:
-        return f"virt.cmd.{self.kind}.{self.namespace}.{self.name}.{token}"
+    def command_subject(self, token: str, *, actor: str = "") -> str:
+        """Where a command to this aggregate goes; on a secured bus the server lets a client
+        publish only with its own name as `actor`, so that last token is who asked."""
+        subject = f"virt.cmd.{self.kind}.{self.namespace}.{self.name}.{token}"
+        return f"{subject}.{actor}" if actor else subject
 
     def __str__(self) -> str:
         if self.namespace == CLUSTER:
@@ -111,6 +114,15 @@ def ref_from_subject(subject: str) -> Ref | None:
     if len(parts) != 5 or parts[0] != "virt" or parts[1] not in AGGREGATES:
         return None
     return Ref(parts[1], parts[2], parts[3])
+
+
+def command_parts(subject: str) -> tuple[Ref, str] | None:
+    """(target, actor) of a command subject `virt.cmd.<kind>.<ns>.<name>.<Command>[.<actor>]`
+    (actor "" where the subject names none: an open bus), or None for any other subject."""
+    parts = subject.split(".")
+    if len(parts) not in (6, 7) or parts[:2] != ["virt", "cmd"]:
+        return None
+    return Ref(parts[2], parts[3], parts[4]), parts[6] if len(parts) == 7 else ""
 
 
 API_PREFIX: Final = "virt.api"

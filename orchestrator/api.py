@@ -2,7 +2,9 @@
 
 `virt.api.command` forwards a command to the command stream (the same path a fire-and-forget
 publish takes, so both doors are judged by the same code) and replies with its outcome;
-`virt.api.get` answers from the read model. Discoverable through `$SRV.PING|INFO|STATS`.
+`virt.api.get` answers from the read model. Discoverable through `$SRV.PING|INFO|STATS`. Each also
+answers as `virt.api.<op>.<name>`: the caller's name, which on a secured bus the server pins (a
+user may publish there only under its own), goes on as the command's actor.
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ class Api:
         group = self.service.add_group(name=API_PREFIX)
         await group.add_endpoint(name="command", handler=self._command)
         await group.add_endpoint(name="get", handler=self._get)
+        # The same doors with the caller's name last: on a secured bus a client may publish only
+        # under its own name there, so the command is recorded as who really asked.
+        await group.add_endpoint(name="command-as", subject="command.*", handler=self._command)
+        await group.add_endpoint(name="get-as", subject="get.*", handler=self._get)
 
     async def stop(self) -> None:
         if self.service is not None:
@@ -104,10 +110,15 @@ class Api:
             body = msgspec.json.decode(raw)
         except msgspec.DecodeError:
             body = None
+        actor = _caller(req.subject)
         if isinstance(body, dict):
             cid = str(body.get("id") or cid)
             body["id"] = cid
+            if actor:
+                body["actor"] = actor
             raw, subject = encode(body), command_subject(body)
+        if actor:
+            subject = f"{subject}.{actor}"
         if "." in cid or "*" in cid or ">" in cid:  # not one subject token: no outcome subject
             await req.respond(
                 encode(
@@ -166,6 +177,12 @@ class Api:
             vms = await rm.vms(q.namespace, include_deleted=q.include_deleted)
             answer = Answer(vms=vms, position=answer.position)
         await req.respond(encode(answer))
+
+
+def _caller(subject: str) -> str:
+    """The name a `virt.api.<op>.<name>` request was sent under ("" on the nameless door)."""
+    parts = subject.split(".")
+    return parts[3] if len(parts) == 4 else ""
 
 
 async def _answering(req: Request, answer: Coroutine[Any, Any, None]) -> None:

@@ -26,7 +26,7 @@ from events import model as m
 from events.envelope import Recorded, decode_command, encode
 from events.errors import ConcurrencyConflict, ValidationError, VirtbusError
 from events.model import CE_TYPE
-from events.names import COMMANDS_STREAM, Ref, outcome_subject
+from events.names import COMMANDS_STREAM, Ref, command_parts, outcome_subject
 from events.nodes import NodeState, apply_node
 from events.replicasets import ReplicaSetState, apply_rs
 from events.state import fold
@@ -48,10 +48,16 @@ PARALLEL = 16
 
 
 def _target_of_subject(subject: str) -> Ref | None:
-    parts = subject.split(".")  # virt.cmd.<kind>.<ns>.<name>.<command>
-    if len(parts) != 6:
-        return None
-    return Ref(parts[2], parts[3], parts[4])
+    parts = command_parts(subject)
+    return parts[0] if parts is not None else None
+
+
+class _Unread(msgspec.Struct, frozen=True, kw_only=True):
+    """What can be said of a command body that does not decode: for its rejection."""
+
+    id: str
+    kind: str
+    actor: str
 
 
 class Intake:
@@ -77,6 +83,11 @@ class Intake:
             return await self._reject_undecodable(raw, err, subject=subject, cid=fallback_id)
         if not cmd.id:
             cmd = msgspec.structs.replace(cmd, id=fallback_id)
+        parts = command_parts(subject)
+        if parts is not None and parts[1] and cmd.actor != parts[1]:
+            # The subject's actor is the one the server let publish there: it is who asked,
+            # whatever name the body gives (the body's is only a client's say-so).
+            cmd = msgspec.structs.replace(cmd, actor=parts[1])
         return await self.judge(cmd, subject=subject)
 
     async def judge(self, cmd: c.Command, *, subject: str = "") -> c.Outcome:
@@ -94,19 +105,19 @@ class Intake:
                 target = cmd.target
             except Exception:
                 target = REJECTED
-            return await self._record_rejection(target, cmd.id, type(cmd).__name__, unjudged(err))
+            return await self._record_rejection(target, cmd, unjudged(err))
 
     async def _judge(self, cmd: c.Command, *, subject: str) -> c.Outcome:
         try:
             ref = cmd.target
         except ValidationError as err:
-            return await self._record_rejection(REJECTED, cmd.id, type(cmd).__name__, err)
+            return await self._record_rejection(REJECTED, cmd, err)
         addressed = _target_of_subject(subject) if subject else None
         if addressed is not None and addressed != ref:
             mismatch = ValidationError(
                 f"the command was published for {addressed} but names {ref}", field="name"
             )
-            return await self._record_rejection(REJECTED, cmd.id, type(cmd).__name__, mismatch)
+            return await self._record_rejection(REJECTED, cmd, mismatch)
         if isinstance(cmd, c.ApplyVM) and not self.store.knows(ref):
             # Most applies create: decide on "no such VM" and let the append's concurrency check
             # say otherwise, which saves reading a history that is usually not there.
@@ -142,7 +153,7 @@ class Intake:
                     old = fold(r.envelope for r in history)
                     parts.append(await renamed_into(self.store, cmd, old))
             except ValidationError as err:
-                return await self._record_rejection(ref, cmd.id, type(cmd).__name__, err, version)
+                return await self._record_rejection(ref, cmd, err, version)
             if not events:
                 return c.Outcome(command_id=cmd.id, accepted=True, version=version)
             try:
@@ -157,14 +168,16 @@ class Intake:
         return c.Outcome(command_id=cmd.id, accepted=False, reason=reason, field="name")
 
     async def _record_rejection(
-        self, ref: Ref, cid: str, kind: str, err: ValidationError, version: int | None = None
+        self, ref: Ref, cmd: c.Command | _Unread, err: ValidationError, version: int | None = None
     ) -> c.Outcome:
+        cid, kind = cmd.id, type(cmd).__name__ if isinstance(cmd, c.Command) else cmd.kind
         event = m.CommandRejected(command_id=cid, command=kind, reason=err.message, field=err.field)
         for _ in range(MAX_ATTEMPTS):
             if version is None:
                 version = (await self.store.head(ref, fresh=True)).version
             try:
-                await self.store.append(ref, [event], expected_version=version, command_id=cid)
+                await self.store.append(ref, [event], expected_version=version, command_id=cid,
+                                        actor=cmd.actor)  # fmt: skip
                 break
             except ConcurrencyConflict as conflict:
                 version = conflict.actual_version
@@ -173,25 +186,28 @@ class Intake:
     async def _reject_undecodable(
         self, raw: bytes, err: ValidationError, *, subject: str, cid: str
     ) -> c.Outcome:
-        # The target is recorded where the subject names one, so the VM's history shows it.
-        ref = _target_of_subject(subject)
-        kind = "unknown"
+        # The target is recorded where the subject names one, so the VM's history shows it; the
+        # actor is the subject's (the body's cannot be read, nor trusted).
+        parts = command_parts(subject)
+        unread = _Unread(id=cid, kind="unknown", actor=parts[1] if parts else "")
         with contextlib.suppress(Exception):
             body = msgspec.json.decode(raw)
             if isinstance(body, dict):
-                kind = str(body.get("kind", kind))
-                cid = str(body.get("id") or cid)
+                unread = msgspec.structs.replace(unread, kind=str(body.get("kind", "unknown")),
+                                                 id=str(body.get("id") or cid))  # fmt: skip
         try:
-            target = Ref.of(ref.kind, ref.name, ref.namespace) if ref else REJECTED
+            ref = parts[0] if parts else REJECTED
+            target = Ref.of(ref.kind, ref.name, ref.namespace) if parts else REJECTED
         except ValidationError:
             target = REJECTED
-        return await self._record_rejection(target, cid, kind, err)
+        return await self._record_rejection(target, unread, err)
 
     async def on_msg(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         # A body without an id takes the publisher's Nats-Msg-Id, else the stream sequence.
         fallback = (msg.headers or {}).get("Nats-Msg-Id") or f"cmd-{seq}"
-        target, _, kind = msg.subject.removeprefix("virt.cmd.").rpartition(".")
+        parts = msg.subject.split(".")  # virt.cmd.<kind>.<ns>.<name>.<Command>[.<actor>]
+        target, kind = ".".join(parts[2:5]), parts[5] if len(parts) > 5 else ""
         try:
             trace = (msg.headers or {}).get("traceparent")
             with bound(command_id=fallback, target=target.replace(".", "/"), command=kind), \

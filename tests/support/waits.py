@@ -25,11 +25,11 @@ async def settle(what: str, aw: Awaitable[object], *, within: float = 30) -> Non
     pytest.fail(f"{what} did not finish within {within}s; tasks:\n" + "\n".join(stacks))
 
 
-async def api_ready(nc: Client, *, within: float = 30) -> None:
+async def api_ready(nc: Client, *, within: float = 30, subject: str = "virt.api.get") -> None:
     """Wait until `virtbus-api` answers (a loaded machine can take a while to start it)."""
     for _ in range(int(within / 0.1)):
         try:
-            await nc.request("virt.api.get", b'{"what": "nodes"}', timeout=1)
+            await nc.request(subject, b'{"what": "nodes"}', timeout=1)
             return
         except Exception:  # no responders yet, or a timeout
             await asyncio.sleep(0.1)
