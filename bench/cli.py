@@ -52,12 +52,17 @@ def bench_log(
     batch: Annotated[int, typer.Option(min=2, max=1000, help="events per atomic batch")] = 100,
     output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
     sync: Annotated[bool, typer.Option("--fsync-always/--fsync-default")] = False,
+    secure: Annotated[
+        bool, typer.Option(help="a bus like `virtbus up`'s: credentials and TLS, both sides")
+    ] = False,
     server: ServerOpt = None,
 ) -> None:
     """Append and replay throughput of the event store against plain nats-py."""
     from bench.log import run as bench_run
 
-    result = run(bench_run(events=events, batch=batch, server=server, sync_always=sync))
+    result = run(
+        bench_run(events=events, batch=batch, server=server, sync_always=sync, secure=secure)
+    )
     if output is Output.json:
         sys.stdout.write(json.dumps(result) + "\n")
         return

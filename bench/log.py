@@ -38,8 +38,10 @@ def _event(i: int) -> m.Event:
     return m.VMScheduled(node=f"node-{i % 10}", vmi_uid=uuid.uuid4().hex, attempt=i)
 
 
-async def run(*, events: int, batch: int, server: str | None, sync_always: bool) -> dict[str, Any]:
-    async with bus_for_bench(server, sync_always=sync_always) as url:
+async def run(
+    *, events: int, batch: int, server: str | None, sync_always: bool, secure: bool = False
+) -> dict[str, Any]:
+    async with bus_for_bench(server, sync_always=sync_always, secure=secure) as url:
         nc = await connect(url, name="virtbus-bench")
         try:
             js = nc.jetstream()

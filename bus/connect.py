@@ -228,11 +228,22 @@ async def _server_info(url: str, *, within: float = 2) -> dict[str, object]:
 
 
 @contextlib.asynccontextmanager
-async def bus_for_bench(explicit: str | None, *, sync_always: bool = False) -> AsyncIterator[str]:
-    """A given server, or a throw-away embedded one so a benchmark never touches real data."""
+async def bus_for_bench(
+    explicit: str | None, *, sync_always: bool = False, secure: bool = False
+) -> AsyncIterator[str]:
+    """A given server, or a throw-away embedded one so a benchmark never touches real data;
+    `secure`: one that asks what `virtbus up`'s does (credentials, TLS), with this process logged
+    in as its admin, so both sides of a benchmark pay for them."""
     if explicit:
         yield explicit
         return
+    from bus.trust import ensure
+
     with tempfile.TemporaryDirectory(prefix="virtbus-bench-") as tmp:
-        async with NatsServer(data_dir=Path(tmp), port=-1, sync_always=sync_always) as server:
+        trust = ensure(Path(tmp) / "trust") if secure else None
+        async with NatsServer(
+            data_dir=Path(tmp), port=-1, sync_always=sync_always, trust=trust
+        ) as server:
+            if trust is not None:
+                use(Access(trust.ensure_creds("admin"), trust.ca_file))
             yield server.url

@@ -1,4 +1,5 @@
-"""`python -m orchestrator.webhooks [--server URL] [--data-dir D] [--shard I/N]`: the dispatcher.
+"""`python -m orchestrator.webhooks [--server URL] [--creds F] [--data-dir D] [--shard I/N]`:
+the dispatcher.
 
 For an orchestrator started with webhooks off (`python -m orchestrator --no-webhooks`), or to
 restart deliveries without the control plane. `--shard I/N` runs one of N processes that split
@@ -10,15 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
-import os
 from pathlib import Path
 
 import uvloop
 from nats.aio.client import Client
 
 from bus.provision import provision
-from bus.telemetry import serve
+from bus.telemetry import add_process_args, serve, start_telemetry
 from orchestrator.webhooks.dispatcher import Dispatcher
 
 
@@ -50,11 +49,10 @@ def main() -> None:
     parser.add_argument("--data-dir", default=".virtbus/orchestrator")
     parser.add_argument("--shard", type=_shard, default=(0, 1),
                         help="I/N: run share I (0-based) of N of the subscriptions")  # fmt: skip
-    parser.add_argument(
-        "--server", default=os.environ.get("VIRTBUS_NATS_URL", "nats://127.0.0.1:4222")
-    )
-    logging.basicConfig(level=logging.INFO)
-    uvloop.run(_main(parser.parse_args()))
+    add_process_args(parser)  # --server, --creds, --tls-ca as every virtbus process takes them
+    args = parser.parse_args()
+    start_telemetry("webhooks", metrics_port=args.metrics_port)
+    uvloop.run(_main(args))
 
 
 if __name__ == "__main__":
