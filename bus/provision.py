@@ -32,7 +32,7 @@ from events.names import (
 
 DUPLICATE_WINDOW_S: Final = 600.0
 # Subjects added to a stream after virtbus data existed: provisioning adds them to an older stream.
-ADDED_LATER: Final = frozenset({"virt.audit.>"})
+ADDED_LATER: Final = frozenset({"virt.audit.>", "virt.user.>"})
 HEARTBEAT_TTL_S: Final = 15.0
 
 

@@ -4,6 +4,7 @@
 no setup step and a restart keeps every credential valid:
 
     D/keys/{operator,account,system}.nk   nkey seeds, 0600: whoever holds them mints identities
+    D/keys/revocations.json               revoked user keys and since when (the log has them too)
     D/creds/<name>.creds                  a user JWT and seed per identity (admin, nodes...), 0600
     D/tls/ca.pem, ca-key.pem              the bus's own CA (the key 0600)
     D/tls/server.pem, server-key.pem      the nats-server's certificate for 127.0.0.1 and localhost
@@ -15,6 +16,7 @@ and the system account (claim updates), and the virtbus account signs every user
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +88,21 @@ class Trust:
             write_secret(path, creds_text(jwt, user.seed))
         return path
 
+    @property
+    def _revocations_file(self) -> Path:
+        return self.root / "keys" / "revocations.json"
+
+    def save_revocations(self, revoked: dict[str, int]) -> None:
+        """Kept beside the keys: the server a restarted stack runs refuses them from the start."""
+        write_secret(self._revocations_file, json.dumps(revoked, sort_keys=True))
+
+    def saved_revocations(self) -> dict[str, int]:
+        try:
+            saved = json.loads(self._revocations_file.read_text())
+        except FileNotFoundError:
+            return {}
+        return {str(k): int(v) for k, v in saved.items()}
+
     def account_claim(self, *, revocations: dict[str, int] | None = None) -> str:
         return account_jwt(self.operator, self.account.public, name=ACCOUNT_NAME,
                            revocations=revocations)  # fmt: skip
@@ -93,6 +110,7 @@ class Trust:
     def server_config(self, *, revocations: dict[str, int] | None = None) -> dict[str, Any]:
         """The nats-server settings that make it refuse anyone this trust did not sign, over TLS."""
         system = account_jwt(self.operator, self.system.public, name=SYSTEM_NAME, jetstream=False)
+        revocations = self.saved_revocations() if revocations is None else revocations
         tls = self.root / "tls"
         return {
             "operator": operator_jwt(self.operator, system_account=self.system.public),

@@ -187,6 +187,25 @@ class RemoveWebhook(Command, frozen=True):
     aggregate: ClassVar[str] = "webhook"
 
 
+# --- users (admin only) ---------------------------------------------------------------------------
+
+
+class AddUser(Command, frozen=True):
+    """Admit a user (or a node) to the bus: the orchestrator signs a JWT for `public_key` with
+    the role's permissions; the seed stays with whoever made the key pair."""
+
+    aggregate: ClassVar[str] = "user"
+    role: str
+    public_key: Annotated[
+        str, msgspec.Meta(pattern=r"^U[A-Z2-7]{55}$", min_length=56, max_length=56)
+    ]
+    namespaces: list[Name] = []
+
+
+class RevokeUser(Command, frozen=True):
+    aggregate: ClassVar[str] = "user"
+
+
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     """What became of a command: the reply of the API door, and on `virt.outcome.<id>`."""
 
@@ -204,7 +223,7 @@ AnyCommand = (
     | MigrateVM | CancelMigration | SnapshotVM | RestoreVM | DeleteSnapshot | AddVolume
     | RemoveVolume | ApplyReplicaSet | ScaleReplicaSet | DeleteReplicaSet | DrainNode
     | UncordonNode | CreateVolume | DeleteVolume | AddWebhook | RemoveWebhook
-    | MoveVolume | RenameVM
+    | MoveVolume | RenameVM | AddUser | RevokeUser
 )  # fmt: skip
 
 COMMAND_CLASSES: Final[tuple[type[Command], ...]] = AnyCommand.__args__

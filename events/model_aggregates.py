@@ -142,6 +142,30 @@ class WebhookDisabled(Event, frozen=True):
     reason: str
 
 
+# --- users ----------------------------------------------------------------------------------------
+
+
+class UserAdded(Event, frozen=True):
+    """An identity the bus now admits: its role, the namespaces it works in (none: all), its nkey
+    public key and the user JWT the account signed for it (public, as the key is; the seed that
+    proves it never leaves the user)."""
+
+    aggregate: ClassVar[str] = "user"
+    role: str
+    public_key: str
+    namespaces: list[str] = []
+    jwt: str = ""
+
+
+class UserRevoked(Event, frozen=True):
+    """Every key of the user stops working at `revoked_at` (unix seconds): the server cuts off its
+    connections and refuses its JWTs issued before then."""
+
+    aggregate: ClassVar[str] = "user"
+    public_keys: list[str]
+    revoked_at: int
+
+
 # --- audit ----------------------------------------------------------------------------------------
 
 

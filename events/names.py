@@ -27,8 +27,9 @@ DEFAULT_NAMESPACE: Final = "default"
 
 # `intake` holds rejections of commands whose target cannot even be named.
 # `audit` holds the signed checkpoints of the log (`events/checkpoint.py`).
-AGGREGATES: Final = ("vm", "rs", "node", "volume", "webhook", "intake", "audit")
-CLUSTER_SCOPED: Final = frozenset({"node", "webhook", "intake", "audit"})
+# `user` holds who may use the bus, with which role (`events/users.py`).
+AGGREGATES: Final = ("vm", "rs", "node", "volume", "webhook", "intake", "audit", "user")
+CLUSTER_SCOPED: Final = frozenset({"node", "webhook", "intake", "audit", "user"})
 
 EVENTS_STREAM: Final = "VIRT_EVENTS"
 COMMANDS_STREAM: Final = "VIRT_COMMANDS"

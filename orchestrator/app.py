@@ -16,12 +16,15 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from bus.audit import Checkpointer, load_key
+from bus.connect import identity
 from bus.store import EventStore
+from bus.trust import Trust
 from events.work import MigrationPolicy
 from orchestrator.api import Api
 from orchestrator.controller import Controller
 from orchestrator.intake import Intake
 from orchestrator.readmodel import ReadModel
+from orchestrator.users import Identities
 from orchestrator.web import Web, configured_port
 from orchestrator.webhooks.dispatcher import Dispatcher
 
@@ -45,11 +48,14 @@ async def run_orchestrator(
     nc: Client, *, data_dir: Path, stop: asyncio.Event, node_grace_s: float = 10.0,
     audit_key: bytes | None = None, checkpoint_every_s: float = 60.0, web_port: int | None = None,
     migration_policy: MigrationPolicy | None = None, webhooks: bool = True,
+    trust: Trust | None = None,
 ) -> None:  # fmt: skip
     """Run until `stop`; with an audit key (given, or $VIRTBUS_AUDIT_KEY[_FILE]) it also seals
     the log with a signed checkpoint every `checkpoint_every_s`; with a web port (given, or
     $VIRTBUS_WEB_PORT) it serves the read-only web view on 127.0.0.1; with `webhooks` (unless the
-    dispatcher runs as its own process) it delivers to webhook subscribers."""
+    dispatcher runs as its own process) it delivers to webhook subscribers. Logged in (a secured
+    bus), it judges every caller by its role; with the stack's `trust` it also adds and revokes
+    users."""
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     audit_key = audit_key or load_key()
     web_port = configured_port() if web_port is None else web_port
@@ -60,6 +66,10 @@ async def run_orchestrator(
     )  # fmt: skip
     # The intake judges against the controller's folded state, not a read of the log of its own.
     intake.nodes, intake.volume_view = controller.node_views, controller.volume_view
+    if identity(nc) is not None:
+        users = EventStore(nc, source="/virtbus/orchestrator/users")
+        intake.identities = Identities(nc, users, trust=trust)
+        await intake.identities.push_revocations()  # the server agrees with the log from now
     read_store = EventStore(nc, source="/virtbus/orchestrator/readmodel")
     async with ReadModel(data_dir / "readmodel.sqlite", read_store, verify=False) as readmodel:
         await readmodel.catch_up()

@@ -21,6 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from bus.reader import fetch_some
 from bus.store import Append, EventStore
 from bus.telemetry import bound, traced
+from bus.trust import revoked_now
 from events import commands as c
 from events import model as m
 from events.envelope import Recorded, decode_command, encode
@@ -30,12 +31,14 @@ from events.names import COMMANDS_STREAM, Ref, command_parts, outcome_subject
 from events.nodes import NodeState, apply_node
 from events.replicasets import ReplicaSetState, apply_rs
 from events.state import fold
+from events.users import authorize, decide_user, fold_user
 from events.webhooks import fold_webhook
 from orchestrator import metrics
 from orchestrator.decide import decide, decide_rs
 from orchestrator.migrations import decide_node
 from orchestrator.rename import renamed_into
 from orchestrator.scheduler import NodeView
+from orchestrator.users import Identities
 from orchestrator.volumes import ClusterView, decide_volume, fold_volume
 from orchestrator.webhooks.subscriptions import decide_webhook, prepare
 
@@ -71,6 +74,8 @@ class Intake:
         self.nodes: Callable[[], list[NodeView]] | None = None
         # Likewise what a volume command is judged against (nodes, volumes, the claim's users).
         self.volume_view: Callable[[Ref, c.Command], Awaitable[ClusterView]] | None = None
+        # Who may ask for what, on a secured bus (None: an open bus, where no caller is known).
+        self.identities: Identities | None = None
         # JetStream refuses too many atomic batches in flight; commands beyond wait their turn.
         self._parallel = asyncio.Semaphore(PARALLEL)
 
@@ -118,6 +123,12 @@ class Intake:
                 f"the command was published for {addressed} but names {ref}", field="name"
             )
             return await self._record_rejection(REJECTED, cmd, mismatch)
+        caller = command_parts(subject) if subject else None
+        if self.identities is not None and caller is not None and caller[1]:
+            try:  # an authenticated caller: its role decides before the target's state does
+                authorize(await self.identities.user(caller[1]), cmd)
+            except ValidationError as err:
+                return await self._record_rejection(ref, cmd, err)
         if isinstance(cmd, c.ApplyVM) and not self.store.knows(ref):
             # Most applies create: decide on "no such VM" and let the append's concurrency check
             # say otherwise, which saves reading a history that is usually not there.
@@ -145,6 +156,8 @@ class Intake:
                                               field="kind")  # fmt: skip
                     view = await self.volume_view(ref, cmd)
                     events = decide_volume(fold_volume(history), cmd, view)
+                elif ref.kind == "user":
+                    events = self._decide_user(ref, history, cmd)
                 else:
                     nodes = self.nodes() if self.nodes and isinstance(cmd, c.MigrateVM) else None
                     events = _decide(ref, history, cmd, nodes=nodes)
@@ -160,12 +173,23 @@ class Intake:
                 result, *_ = await self.store.append_many(parts, command_id=cmd.id, actor=cmd.actor)
             except ConcurrencyConflict:
                 continue  # someone else moved the VM: judge again on the new state
+            if ref.kind == "user" and self.identities is not None:
+                self.identities.changed(ref.name)
+                if any(isinstance(e, m.UserRevoked) for e in events):
+                    await self.identities.push_revocations()
             return c.Outcome(
                 command_id=cmd.id, accepted=True, version=result.version,
                 events=[CE_TYPE[type(e)] for e in events], duplicate=result.duplicate,
             )  # fmt: skip
         reason = f"{ref} kept changing while the command was judged; try again"
         return c.Outcome(command_id=cmd.id, accepted=False, reason=reason, field="name")
+
+    def _decide_user(self, ref: Ref, history: list[Recorded], cmd: c.Command) -> list[m.Event]:
+        jwt = self.identities.sign(cmd) if self.identities is not None else ""
+        if isinstance(cmd, c.AddUser) and not jwt and self.identities is None:
+            raise ValidationError("users exist only on a secured bus (virtbus up)", field="kind")
+        state = fold_user(ref.name, (r.envelope for r in history))
+        return decide_user(state, cmd, jwt=jwt, now=revoked_now())
 
     async def _record_rejection(
         self, ref: Ref, cmd: c.Command | _Unread, err: ValidationError, version: int | None = None

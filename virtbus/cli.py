@@ -18,6 +18,7 @@ from bench import cli as bench_cli
 from bus.connect import server_url
 from events.errors import VirtbusError
 from virtctl import cli_history, cli_migrate, cli_snapshot, cli_verbs
+from virtctl.cli_auth import auth_app
 from virtctl.cli_common import Hypervisor, ServerOpt, add_bus_options, run, usage
 from virtctl.cli_console import console, vnc
 from virtctl.cli_errors import VirtbusGroup
@@ -96,6 +97,7 @@ app.command()(console)
 app.command("history")(cli_history.history)
 app.add_typer(cli_history.audit, name="audit")
 cli_migrate.register(app)
+app.add_typer(auth_app, name="auth")
 add_bus_options(app)  # last: every verb above that reaches the bus takes --creds and --tls-ca
 
 

@@ -56,7 +56,7 @@ def numeric(cmd: Any) -> list[Any]:
 
 
 VALID = {"kind": "vm", "what": "vm", "url": "http://127.0.0.1:9/hook", "which": "all",
-         "--for": "status=Running", "--size": "1Gi", "--timeout": "1",
+         "--for": "status=Running", "--size": "1Gi", "--timeout": "1", "--role": "view",
          "--filename": str(ROOT / "examples" / "kubevirt-centos7.yaml")}  # fmt: skip
 
 

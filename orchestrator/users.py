@@ -1,0 +1,95 @@
+"""The orchestrator's side of identity: who an authenticated caller is, the JWTs it signs for new
+users, and the revocations it hands to the server.
+
+It holds the stack's trust (the account key signs users, the operator key re-signs the account
+with its revocations), so adding or revoking a user needs no server restart: a revocation is
+pushed to the server as an account claim update, which cuts the user's connections at once, and
+kept beside the keys, so a restarted server refuses the revoked from its first second.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.aio.client import Client
+
+from bus.connect import connect
+from bus.credentials import user_jwt
+from bus.roles import user_permissions
+from bus.store import EventStore
+from bus.trust import Trust
+from events import commands as c
+from events import model as m
+from events.envelope import Recorded
+from events.errors import ValidationError
+from events.names import CLUSTER, Ref
+from events.users import NODE, UserState, fold_user
+
+log = logging.getLogger("virtbus.users")
+CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
+
+
+class Identities:
+    """Users as the log says, cached per name (each read once, forgotten when it changes)."""
+
+    def __init__(self, nc: Client, store: EventStore, *, trust: Trust | None) -> None:
+        self.nc = nc
+        self.store = store
+        self.trust = trust
+        self._known: dict[str, UserState] = {}
+
+    async def user(self, name: str) -> UserState:
+        if (known := self._known.get(name)) is None:
+            history = await self.store.read(Ref("user", CLUSTER, name))
+            known = self._known[name] = fold_user(name, (r.envelope for r in history))
+        return known
+
+    def changed(self, name: str) -> None:
+        self._known.pop(name, None)
+
+    def sign(self, cmd: c.Command) -> str:
+        """The user JWT an AddUser asks for, with its role's permissions ("" for other commands)."""
+        if not isinstance(cmd, c.AddUser):
+            return ""
+        if self.trust is None:
+            raise ValidationError(
+                "users are added by an orchestrator that holds the stack's keys (virtbus up)",
+                field="kind",
+            )
+        try:  # a node's subjects are not confined yet (README, Security): it gets an admin's
+            perms = None if cmd.role == NODE else user_permissions(
+                cmd.role, name=cmd.name, namespaces=tuple(cmd.namespaces))  # fmt: skip
+        except ValueError:
+            return ""  # not a role: the decision refuses it, naming the field
+        return user_jwt(self.trust.account, cmd.public_key, name=cmd.name, permissions=perms)
+
+    async def revocations(self) -> dict[str, int]:
+        """Every revoked key in the log and since when."""
+        revoked: dict[str, int] = {}
+
+        def keep(rec: Recorded) -> None:
+            if isinstance(e := rec.envelope.data, m.UserRevoked):
+                revoked.update(dict.fromkeys(e.public_keys, e.revoked_at))
+
+        await self.store.replay(keep, subjects=["virt.user.>"], verify=False)
+        return revoked
+
+    async def push_revocations(self) -> None:
+        """Tell the server (and the keys' directory, for its next start) who is revoked."""
+        if self.trust is None:
+            return
+        revoked = await self.revocations()
+        self.trust.save_revocations(revoked)
+        url = self.nc.connected_url
+        if url is None:
+            return
+        system = await connect(
+            url.geturl(), name="virtbus-orchestrator-claims", creds=self.trust.system_creds(),
+            tls_ca=self.trust.ca_file,
+        )  # fmt: skip
+        try:
+            claim = self.trust.account_claim(revocations=revoked)
+            reply = await system.request(CLAIMS_UPDATE, claim.encode(), timeout=5)
+            log.info("account claims pushed (%d revoked keys): %s", len(revoked), reply.data[:200])
+        finally:
+            await system.close()

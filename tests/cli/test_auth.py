@@ -1,0 +1,102 @@
+"""`virtbus auth ...` on the stack `make run` starts (secured): users added with a role get a
+`.creds` file that works, are refused what their role does not allow (recorded, as who they are),
+and a revoked one is refused from then on, with no restart."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from clirun import Result, cli_env, virtbus
+from paths import ROOT
+from upstack import virtbus_up
+
+VM = """apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata: {name: a, namespace: NS}
+spec:
+  runStrategy: Halted
+  template:
+    spec:
+      domain: {devices: {}, resources: {requests: {memory: 64Mi}}}
+"""
+
+
+@pytest.fixture
+def here(tmp_path: Path) -> Path:
+    for ns in ("team-a", "default"):
+        (tmp_path / f"vm-{ns}.yaml").write_text(VM.replace("NS", ns))
+    return tmp_path
+
+
+async def test_users_with_roles_from_add_to_revoke(here: Path) -> None:
+    async with virtbus_up("--port", "-1", "--data-dir", ".virtbus", "--nodes", "0",
+                          cwd=here) as (proc, url):  # fmt: skip
+        env = cli_env(url)
+        ca = str(here / ".virtbus" / "tls" / "ca.pem")
+
+        async def cli(*args: str) -> Result:  # run where `make run` ran: the admin, found
+            return await virtbus(*args, env=env, cwd=here)
+
+        async def as_(user: str, *args: str) -> Result:
+            return await virtbus(*args, "--creds", f"{user}.creds", "--tls-ca", ca, env=env,
+                                 cwd=here)  # fmt: skip
+
+        added = await cli("auth", "add-user", "alice", "--role", "edit", "-n", "team-a")
+        assert added.ok().out == 'user "alice" added (edit in team-a): credentials in alice.creds\n'
+        assert stat.S_IMODE((here / "alice.creds").stat().st_mode) == 0o600
+        (await cli("auth", "add-user", "vera", "--role", "view")).ok()
+        again = await cli("auth", "add-user", "alice", "--role", "view")
+        assert (again.code, again.err) == (
+            2, "error: -o: alice.creds exists; remove it or name another file\n",
+        )  # fmt: skip
+
+        created = await as_("alice", "apply", "-f", "vm-team-a.yaml")
+        assert created.ok().out == "virtualmachine.kubevirt.io/a created\n"
+        elsewhere = await as_("alice", "apply", "-f", "vm-default.yaml")
+        assert (elsewhere.code, elsewhere.err) == (1, (
+            'error: a: forbidden: user "alice" (edit in team-a) cannot ApplyVM virtualmachines in '
+            'the namespace "default"\n'
+        ))  # fmt: skip
+        looked = await as_("vera", "get", "vms", "-n", "team-a")
+        row = looked.ok().out.splitlines()[1].split()
+        assert (row[0], row[2]) == ("a", "Stopped")  # (the AGE column between them)
+        started = await as_("vera", "start", "a", "-n", "team-a")
+        assert (started.code, started.err) == (1, (
+            'error: forbidden: user "vera" (view) cannot StartVM virtualmachines in the namespace '
+            '"team-a"\n'
+        ))  # fmt: skip
+        history = (await cli("history", "a", "-n", "team-a")).ok().out
+        assert [line.split()[3] for line in history.splitlines() if "Z   " in line][-3:] == [
+            "alice", "vera", "vera",
+        ]  # the creation, then vera's command and its rejection  # fmt: skip
+
+        (await cli("auth", "revoke", "alice")).ok()
+        cut = await as_("alice", "get", "vms", "-n", "team-a")
+        assert (cut.code, cut.err) == (1, (
+            f"error: cannot reach NATS at {url}: nats: 'Authorization Violation' (the server "
+            "refused these credentials: revoked, expired or not signed by it)\n"
+        ))  # fmt: skip
+        listed = (await cli("auth", "list")).ok().out.splitlines()
+        assert [line.split()[:4] for line in listed] == [
+            ["NAME", "ROLE", "NAMESPACES", "STATUS"],
+            ["admin", "admin", "*", "Active"],
+            ["alice", "edit", "team-a", "Revoked"],
+            ["orchestrator", "admin", "*", "Active"],
+            ["vera", "view", "*", "Active"],
+        ]
+        # Any NATS client, as examples/publish_command.py drives it: recorded as the admin it is.
+        example = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "examples" / "publish_command.py"), cwd=here, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(example.communicate(), 60)
+        assert (example.returncode, out.decode().split(" ", 2)[:2]) == (
+            0, ["io.virtbus.command.rejected.v1", "admin"],
+        ), err  # fmt: skip
+        proc.send_signal(signal.SIGINT)
+        assert await proc.wait() == 0

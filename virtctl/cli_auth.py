@@ -1,0 +1,150 @@
+"""`virtbus auth add-user|add-node|list|revoke`: who may use the bus, with which role.
+
+The key pair is made here and its seed never leaves this machine: the orchestrator is sent only
+the public key, records the user in the log (`UserAdded`, with the JWT it signed) and the CLI
+writes the `.creds` file any NATS client can use. Revoking needs no server restart: the server
+cuts the user's connections as soon as the orchestrator hands it the revocation.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import typer
+
+from bus.client import send, session
+from bus.connect import server_url
+from bus.credentials import KeyPair, creds_text, write_secret
+from bus.store import EventStore
+from events import commands as c
+from events import model as m
+from events.envelope import Recorded
+from events.errors import ValidationError
+from events.names import CLUSTER, Ref, check_name
+from events.render import age
+from events.users import NODE, UserState, fold_user
+from virtctl.cli_common import NameArg, Output, ServerOpt, actor, finish, run, usage
+
+auth_app = typer.Typer(help="Users and nodes of the bus: add (writes a .creds file), list, revoke.")
+
+
+class Role(StrEnum):
+    """KubeVirt's `kubevirt.io:admin|edit|view`."""
+
+    admin = "admin"
+    edit = "edit"
+    view = "view"
+
+
+OutFile = Annotated[
+    Path | None, typer.Option("-o", "--output", help="where to write the .creds (NAME.creds)")
+]
+
+
+@auth_app.command("add-user")
+def add_user(
+    name: NameArg,
+    role: Annotated[Role, typer.Option(help="admin, edit or view")],
+    namespace: Annotated[
+        list[str],
+        typer.Option("--namespace", "-n", help="a namespace it works in (repeat; none: all)"),
+    ] = [],  # noqa: B006 (typer reads it, never mutates it)
+    output: OutFile = None,
+    server: ServerOpt = None,
+) -> None:
+    """Add a user and write its credentials (a NATS .creds file)."""
+    if namespace and role is Role.admin:
+        raise usage("--namespace: an admin is not limited to namespaces")
+    for ns in namespace:
+        _checked(ns, "--namespace")
+    finish(run(_add(server_url(server), name=_checked(name, "NAME"), role=role.value,
+                    namespaces=namespace, out=_fresh(output, name))))  # fmt: skip
+
+
+@auth_app.command("add-node")
+def add_node(name: NameArg, output: OutFile = None, server: ServerOpt = None) -> None:
+    """Add a node worker's identity and write its credentials (a NATS .creds file)."""
+    finish(run(_add(server_url(server), name=_checked(name, "NAME"), role=NODE, namespaces=[],
+                    out=_fresh(output, name))))  # fmt: skip
+
+
+@auth_app.command("list")
+def list_users(
+    output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+    server: ServerOpt = None,
+) -> None:
+    """The users the log knows, their roles and whether they are revoked."""
+    finish(run(_list(server_url(server), output=output)))
+
+
+@auth_app.command("revoke")
+def revoke(name: NameArg, server: ServerOpt = None) -> None:
+    """Revoke every key of a user: its connections are cut now, no server restart."""
+    finish(run(_revoke(server_url(server), name=_checked(name, "NAME"))))
+
+
+def _checked(value: str, what: str) -> str:
+    try:
+        return check_name(value, field=what)
+    except ValidationError as err:
+        raise usage(err.message) from None
+
+
+def _fresh(output: Path | None, name: str) -> Path:
+    out = output or Path(f"{name}.creds")
+    if out.exists():
+        raise usage(f"-o: {out} exists; remove it or name another file")
+    return out
+
+
+async def _add(url: str, *, name: str, role: str, namespaces: list[str], out: Path) -> int:
+    pair = KeyPair.new("user")
+    cmd = c.AddUser(name=name, role=role, namespaces=namespaces, public_key=pair.public,
+                    actor=actor())  # fmt: skip
+    async with session(url) as nc:
+        await send(nc, cmd)
+        history = await EventStore(nc).read(Ref("user", CLUSTER, name))
+    added = [e for r in history if isinstance(e := r.envelope.data, m.UserAdded)
+             and e.public_key == pair.public]  # fmt: skip
+    write_secret(out, creds_text(added[-1].jwt, pair.seed))
+    where = f" in {', '.join(namespaces)}" if namespaces else ""
+    typer.echo(f'user "{name}" added ({role}{where}): credentials in {out}')
+    return 0
+
+
+async def _revoke(url: str, *, name: str) -> int:
+    async with session(url) as nc:
+        await send(nc, c.RevokeUser(name=name, actor=actor()))
+    typer.echo(f'user "{name}" revoked')
+    return 0
+
+
+async def _list(url: str, *, output: Output) -> int:
+    by_name: dict[str, list[Recorded]] = {}
+    async with session(url) as nc:
+        await EventStore(nc).replay(
+            lambda r: by_name.setdefault(r.subject.split(".")[3], []).append(r),
+            subjects=["virt.user.>"], verify=False,
+        )  # fmt: skip
+    users = [(fold_user(n, (r.envelope for r in rs)), rs[0]) for n, rs in sorted(by_name.items())]
+    if output is Output.json:
+        typer.echo(json.dumps([msgspec.to_builtins(u) for u, _ in users], indent=2))
+        return 0
+    if not users:
+        typer.echo("No users found.")
+        return 0
+    rows = [("NAME", "ROLE", "NAMESPACES", "STATUS", "AGE")]
+    rows += [(u.name, u.role, ",".join(u.namespaces) or "*", _status(u),
+              age(first.envelope.time)) for u, first in users]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        typer.echo("   ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _status(u: UserState) -> str:
+    return "Active" if u.exists else "Revoked" if u.revoked else "Unknown"
