@@ -28,7 +28,7 @@ from events.envelope import Envelope, chain_hash, decode_envelope
 from events.errors import ConcurrencyConflict, TamperDetected, ValidationError, VirtbusError
 from events.folding import skipped_now
 from events.model import AuditCheckpoint, AuditHead
-from events.names import EVENT_SUBJECTS, EVENTS_STREAM, Ref, ref_from_subject
+from events.names import EVENT_SUBJECTS, EVENTS_STREAM, Ref, aggregate_key, ref_from_subject
 from events.nodes import NodeState, apply_node
 from events.replicasets import ReplicaSetState, apply_rs
 from events.state import VMState, apply
@@ -171,7 +171,7 @@ class Walker:
                                      version=version, message=message))  # fmt: skip
 
     def feed(self, data: bytes, subject: str, seq: int) -> None:
-        key = subject.rpartition(".")[0]
+        key = aggregate_key(subject)
         a = self.heads.get(key)
         if a is None:
             a = self.heads[key] = _Head()

@@ -197,8 +197,7 @@ def _outcome(cmd: CommandRecord, answers: list[Recorded], *, later: bool) -> str
 
 
 def _actor(r: Recorded) -> str:
-    env = r.envelope
-    return env.actor or env.source.removeprefix("/virtbus/")
+    return r.actor or r.envelope.source.removeprefix("/virtbus/")
 
 
 class Timeline:

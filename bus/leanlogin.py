@@ -10,6 +10,7 @@ raises `LeanUnavailable` before anything is sent, and the caller uses nats-py in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import ssl
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class Login:
     creds: Path | None = None
     tls: ssl.SSLContext | None = None
     tls_hostname: str | None = None
+    inbox: bytes = b"_INBOX"  # replies come under it: a user may subscribe under its own only
 
 
 def login_of(nc: Client) -> Login | None:
@@ -46,9 +48,11 @@ def login_of(nc: Client) -> Login | None:
     cannot be copied."""
     # nats-py keeps its nkey and .creds settings out of `options`, in members of its own
     keys = ("user_credentials", "nkeys_seed", "nkeys_seed_str", "signature_cb", "user_jwt_cb")
-    return login_from(nc.connected_url, {
+    login = login_from(nc.connected_url, {
         **nc.options, **{k: getattr(nc, f"_{k}", None) for k in keys},
     })  # fmt: skip
+    inbox = bytes(getattr(nc, "_inbox_prefix", b"_INBOX"))
+    return None if login is None else dataclasses.replace(login, inbox=inbox)
 
 
 def login_from(url: ParseResult | None, options: dict[str, Any]) -> Login | None:

@@ -35,7 +35,8 @@ async def lean_pull(
     """Pull every pending message of the consumer `next_subject` names into `handler`."""
     reader, writer = await open_lean(login, limit=READ_SIZE)
     try:
-        return await _pull(reader, writer, next_subject=next_subject, request=request,
+        inbox = login.inbox + b".lean." + os.urandom(12).hex().encode()
+        return await _pull(reader, writer, next_subject=next_subject, request=request, inbox=inbox,
                            batch=batch, handler=handler, idle_timeout=idle_timeout)  # fmt: skip
     finally:
         writer.close()
@@ -45,9 +46,8 @@ async def lean_pull(
 
 async def _pull(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, next_subject: str,
-    request: bytes, batch: int, handler: RawHandler, idle_timeout: float,
+    request: bytes, inbox: bytes, batch: int, handler: RawHandler, idle_timeout: float,
 ) -> int:  # fmt: skip
-    inbox = b"_INBOX.lean." + os.urandom(12).hex().encode()
     pull = b"PUB %s %s %d\r\n%s\r\n" % (next_subject.encode(), inbox, len(request), request)
     writer.write(b"SUB %s 1\r\n" % inbox + pull + pull)  # two requests in flight, as nats-py's
     buf = bytearray()

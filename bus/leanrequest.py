@@ -94,7 +94,7 @@ class LeanRequester:
     async def _connect(self) -> None:
         self._drop("the append connection was lost")  # whoever still waits on the old one
         reader, writer = await open_lean(self.login, limit=READ_SIZE)
-        self._inbox = b"_INBOX.leanreq." + os.urandom(10).hex().encode() + b"."
+        self._inbox = self.login.inbox + b".leanreq." + os.urandom(10).hex().encode() + b"."
         writer.write(b"SUB %s* 1\r\n" % self._inbox)
         self._reader, self._writer = reader, writer
         self._buf.clear()

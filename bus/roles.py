@@ -7,7 +7,12 @@ under its own name (`virt.api.<op>.<name>`), with replies to an inbox only it ma
 and only with its own name as the subject's last token: the server refuses a forged actor, a
 namespace not granted, an event written straight into the log, and any stream deletion or purge.
 
-Not confined yet (said in the README): reads are not limited to a role's namespaces.
+A node publishes only its observations (`events.users.NODE_WRITES`, by their subject token; about
+itself only on its own node subject), consumes only its own work (the consumer's filter is in the
+subject the server checks), writes only its own heartbeat, and speaks on session pipes.
+
+Not confined yet (said in the README): reads are not limited to a role's namespaces, and a node's
+observations about a VM are not limited to VMs placed on it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from __future__ import annotations
 from typing import Final
 
 from bus.credentials import Permissions
-from events.names import COMMANDS_STREAM, EVENTS_STREAM, HEARTBEAT_BUCKET
+from events.model import TOKEN
+from events.names import CLUSTER, COMMANDS_STREAM, EVENTS_STREAM, HEARTBEAT_BUCKET, WORK_STREAM
+from events.users import NODE_WRITES
 
 ROLES: Final = ("admin", "edit", "view")
 EDITABLE: Final = ("vm", "rs", "volume")  # what `edit` commands; nodes and webhooks are admin's
@@ -57,3 +64,28 @@ def user_permissions(
         publish += ["virt.session.*.*", "virt.pipe.*.n"]
         subscribe += ["virt.pipe.*.c"]
     return Permissions(publish=tuple(publish), subscribe=tuple(subscribe))
+
+
+def node_permissions(name: str) -> Permissions:
+    """The permissions of node worker `name`."""
+    writes = sorted(  # each ends in its own name: the log says which node observed it
+        f"virt.node.{CLUSTER}.{name}.{TOKEN[cls]}.{name}" if cls.aggregate == "node"
+        else f"virt.{cls.aggregate}.*.*.{TOKEN[cls]}.{name}"
+        for cls in NODE_WRITES
+    )  # fmt: skip
+    work, api = f"worker-{name}", "$JS.API"
+    own = [
+        f"{api}.CONSUMER.CREATE.{WORK_STREAM}.{work}.virt.work.{name}.>",
+        f"{api}.CONSUMER.INFO.{WORK_STREAM}.{work}",
+        f"{api}.CONSUMER.MSG.NEXT.{WORK_STREAM}.{work}",
+        f"$JS.ACK.{WORK_STREAM}.{work}.>",
+        f"$KV.{HEARTBEAT_BUCKET}.{name}",
+        f"{api}.STREAM.INFO.KV_{HEARTBEAT_BUCKET}",
+        "virt.session.*.*",  # another node's volume, for a move
+        "virt.pipe.*.*",
+    ]
+    return Permissions(
+        publish=(*writes, *own, *_reads()),
+        subscribe=(f"_INBOX_{name}.>", f"virt.session.{name}.*", "virt.pipe.*.*"),
+        allow_responses=True,  # answers to sessions asked of it, on the asker's inbox
+    )

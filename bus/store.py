@@ -65,10 +65,11 @@ class AppendResult(msgspec.Struct, frozen=True):
 class EventStore:
     def __init__(
         self, nc: Client, *, source: str = "/virtbus", stream: str = EVENTS_STREAM,
-        timeout: float = 5.0,
+        timeout: float = 5.0, writer: str = "",
     ) -> None:  # fmt: skip
         self.nc = nc
         self.source = source
+        self.writer = writer  # a node's name: the last token of every subject it appends to
         self.stream = stream
         self.timeout = timeout
         self.malformed = 0  # messages skipped because they do not decode
@@ -245,7 +246,8 @@ class EventStore:
                     hdrs["Nats-Expected-Last-Subject-Sequence-Subject"] = part.ref.wildcard
                 if command_id:
                     hdrs["Nats-Msg-Id"] = f"{command_id}/{part.ref}/{i}"
-                msgs.append((part.ref.event_subject(TOKEN[type(event)]), raw, hdrs))
+                subject = part.ref.event_subject(TOKEN[type(event)], writer=self.writer)
+                msgs.append((subject, raw, hdrs))
             new_heads.append(Head(version, 0, prev))
         ack = await self._publisher.send(msgs, within=self.timeout)
         if ack.duplicate:

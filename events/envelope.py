@@ -18,7 +18,7 @@ import msgspec
 from events.commands import AnyCommand
 from events.errors import TamperDetected, ValidationError
 from events.model import CE_TYPE, AnyEvent, Event
-from events.names import Ref
+from events.names import Ref, aggregate_key
 
 GENESIS: Final = ""
 
@@ -49,6 +49,15 @@ class Recorded(msgspec.Struct, frozen=True, gc=False):
     seq: int
     subject: str
     hash: str
+
+    @property
+    def actor(self) -> str:
+        """Who wrote it: the node its subject names (which only that node may write under, on a
+        secured bus) over whatever the body says; else the body's actor."""
+        parts = self.subject.split(".")
+        if len(parts) == 6 and parts[0] == "virt":
+            return f"node/{parts[5]}"
+        return self.envelope.actor
 
 
 class Stamp(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -151,7 +160,7 @@ class Chain:
 
     def check(self, rec: Recorded) -> None:
         env = rec.envelope
-        self.step(rec.subject.rpartition(".")[0], env.version, env.prevhash, rec.hash,
+        self.step(aggregate_key(rec.subject), env.version, env.prevhash, rec.hash,
                   seq=rec.seq, subject=rec.subject)  # fmt: skip
 
     def step(

@@ -94,8 +94,10 @@ class Ref(msgspec.Struct, frozen=True):
         """Every event subject of this aggregate: its OCC scope and its history filter."""
         return f"{self.prefix}.>"
 
-    def event_subject(self, token: str) -> str:
-        return f"{self.prefix}.{token}"
+    def event_subject(self, token: str, *, writer: str = "") -> str:
+        """Where an event of this aggregate goes; a node ends it with its own name (`writer`),
+        the only name the server lets it write under, so the log says which node observed it."""
+        return f"{self.prefix}.{token}.{writer}" if writer else f"{self.prefix}.{token}"
 
     def command_subject(self, token: str, *, actor: str = "") -> str:
         """Where a command to this aggregate goes; on a secured bus the server lets a client
@@ -112,9 +114,23 @@ class Ref(msgspec.Struct, frozen=True):
 def ref_from_subject(subject: str) -> Ref | None:
     """The aggregate an event subject belongs to, or None for a subject outside the event tree."""
     parts = subject.split(".")
-    if len(parts) != 5 or parts[0] != "virt" or parts[1] not in AGGREGATES:
+    if len(parts) not in (5, 6) or parts[0] != "virt" or parts[1] not in AGGREGATES:
         return None
     return Ref(parts[1], parts[2], parts[3])
+
+
+def aggregate_key(subject: str) -> str:
+    """`virt.<kind>.<ns>.<name>`: the aggregate an event subject (with or without the writer's
+    name last) belongs to, or a command subject's target (`virt.cmd.<kind>.<ns>.<name>`)."""
+    head = subject.rpartition(".")[0]
+    tokens = 5 if subject.startswith("virt.cmd.") else 4
+    return head if head.count(".") == tokens - 1 else head.rpartition(".")[0]
+
+
+def writer_of(subject: str) -> str:
+    """The node an event subject names as its writer (its sixth token), or "" for none."""
+    parts = subject.split(".")
+    return parts[5] if len(parts) == 6 and parts[0] == "virt" else ""
 
 
 def command_parts(subject: str) -> tuple[Ref, str] | None:

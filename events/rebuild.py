@@ -14,6 +14,7 @@ from typing import Final
 import msgspec
 
 from events.envelope import STAMP_DECODER, Chain
+from events.names import aggregate_key
 from events.state import VMState, apply
 
 VM_EVENTS: Final = "virt.vm."
@@ -37,7 +38,7 @@ class Folder:
         except _BAD:
             self.malformed += 1
             return
-        key = subject[: subject.rindex(".")]
+        key = aggregate_key(subject)
         if self.verify:
             digest = hashlib.sha256(data).hexdigest()
             self.chain.step(key, stamp.version, stamp.prevhash, digest, seq=seq, subject=subject)

@@ -31,6 +31,20 @@ _RESOURCE: Final = {"vm": "virtualmachines", "rs": "virtualmachineinstancereplic
                     "user": "users"}  # fmt: skip
 
 
+# What a node writes: its observations, nothing else (no decision, no command, no rejection).
+# The server holds a node to these subjects (`bus/roles.py`); tests/structure checks that the
+# workers construct no other event.
+NODE_WRITES: Final[frozenset[type[m.Event]]] = frozenset({
+    m.DomainDefined, m.DomainStarted, m.DomainPaused, m.DomainResumed, m.DomainStopped,
+    m.DomainUndefined, m.LauncherCreated, m.LauncherDeleted, m.LauncherFailed, m.VMStartFailed,
+    m.VMFailed, m.MigrationTargetPreparing, m.MigrationTargetReady, m.MigrationStarted,
+    m.MigrationProgress, m.MigrationSucceeded, m.MigrationFailed, m.SnapshotSucceeded,
+    m.SnapshotFailed, m.RestoreSucceeded, m.RestoreFailed, m.VolumeAttached, m.VolumeAttachFailed,
+    m.VolumeDetached, m.VolumeReady, m.VolumeFailed, m.VolumeMoved, m.VolumeMoveFailed,
+    m.NodeRegistered, m.ImagePulling, m.ImagePulled,
+})  # fmt: skip
+
+
 class UserState(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     version: int = 0

@@ -31,7 +31,7 @@ from events import work as w
 from events.envelope import Recorded, encode
 from events.errors import ConcurrencyConflict, VirtbusError
 from events.folding import skipped_now
-from events.names import HEARTBEAT_BUCKET, Ref
+from events.names import HEARTBEAT_BUCKET, Ref, aggregate_key
 from events.nodes import READY, Heartbeat, NodeState, apply_node
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
 from events.state import (
@@ -134,7 +134,7 @@ class Controller:
 
     def _fold_one(self, rec: Recorded) -> tuple[str, str]:
         kind, _, rest = rec.subject.removeprefix("virt.").partition(".")
-        key = rec.subject.rpartition(".")[0]
+        key = aggregate_key(rec.subject)
         if kind == "vm":
             before = self.vms.get(key)
             s = self.vms[key] = apply(before or VMState(), rec.envelope)
@@ -287,7 +287,7 @@ class Controller:
 
     async def _retry_unschedulable(self, cause: Recorded) -> None:
         for k, s in list(self.vms.items()):
-            if s.status == UNSCHEDULABLE and k != cause.subject.rpartition(".")[0]:
+            if s.status == UNSCHEDULABLE and k != aggregate_key(cause.subject):
                 self._reactions.kick(k, cause)
 
     # --- loops -----------------------------------------------------------------------------------

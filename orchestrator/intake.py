@@ -27,7 +27,7 @@ from events import model as m
 from events.envelope import Recorded, decode_command, encode
 from events.errors import ConcurrencyConflict, ValidationError, VirtbusError
 from events.model import CE_TYPE
-from events.names import COMMANDS_STREAM, Ref, command_parts, outcome_subject
+from events.names import COMMANDS_STREAM, Ref, aggregate_key, command_parts, outcome_subject
 from events.nodes import NodeState, apply_node
 from events.replicasets import ReplicaSetState, apply_rs
 from events.state import fold
@@ -278,7 +278,7 @@ class Intake:
                 # One VM's commands in order; different VMs side by side.
                 by_target: dict[str, list[Msg]] = {}
                 for msg in msgs:
-                    by_target.setdefault(msg.subject.rpartition(".")[0], []).append(msg)
+                    by_target.setdefault(aggregate_key(msg.subject), []).append(msg)
                 await asyncio.gather(*(self._in_order(group) for group in by_target.values()))
         finally:
             with contextlib.suppress(Exception):

@@ -15,7 +15,7 @@ from nats.aio.client import Client
 
 from bus.connect import connect
 from bus.credentials import user_jwt
-from bus.roles import user_permissions
+from bus.roles import node_permissions, user_permissions
 from bus.store import EventStore
 from bus.trust import Trust
 from events import commands as c
@@ -56,8 +56,8 @@ class Identities:
                 "users are added by an orchestrator that holds the stack's keys (virtbus up)",
                 field="kind",
             )
-        try:  # a node's subjects are not confined yet (README, Security): it gets an admin's
-            perms = None if cmd.role == NODE else user_permissions(
+        try:
+            perms = node_permissions(cmd.name) if cmd.role == NODE else user_permissions(
                 cmd.role, name=cmd.name, namespaces=tuple(cmd.namespaces))  # fmt: skip
         except ValueError:
             return ""  # not a role: the decision refuses it, naming the field

@@ -22,6 +22,7 @@ from bus.audit import describe_key, load_key
 from bus.connect import Access, configured, connect, use
 from bus.credentials import claims_of, read_creds
 from bus.provision import provision
+from bus.roles import node_permissions
 from bus.server import NatsServer, die_with_parent, fsync_policy
 from bus.store import EventStore
 from bus.trust import Trust, ensure
@@ -140,8 +141,10 @@ async def _until_stopped(stop: asyncio.Event, server: NatsServer | None) -> str:
 def _identities(trust: Trust, *, nodes: int) -> dict[str, Access]:
     """Each part's own credentials (made on the first run, kept after) and the CA they trust."""
     names = ["admin", "orchestrator", *(_node_name(i) for i in range(nodes))]
-    for name in names:
-        trust.ensure_creds(name)
+    for name in names:  # admin and orchestrator hold every permission; a node, its own
+        trust.ensure_creds(
+            name, permissions=node_permissions(name) if name.startswith("node-") else None
+        )
     console.print(f"credentials: {trust.creds_file('admin')} (admin), CA {trust.ca_file}")
     return {name: Access(trust.creds_file(name), trust.ca_file) for name in names}
 

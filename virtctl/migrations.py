@@ -41,7 +41,8 @@ _KINDS: Final = (
     m.MigrationProgress, m.MigrationCancelRequested, m.MigrationSucceeded, m.MigrationFailed,
     m.LauncherCreated,
 )  # fmt: skip
-SUBJECTS: Final = [f"virt.vm.*.*.{TOKEN[k]}" for k in _KINDS]
+# (a node's observations end in its name: one filter with it, one without)
+SUBJECTS: Final = [f"virt.vm.*.*.{TOKEN[k]}{w}" for k in _KINDS for w in ("", ".*")]
 
 
 class Attempt(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,7 +67,7 @@ def fold_attempts(records: Iterable[Recorded]) -> list[Attempt]:
     out: dict[tuple[str, str, str], Attempt] = {}
     current: dict[tuple[str, str], tuple[str, str, str]] = {}  # VM -> its latest attempt
     for rec in records:
-        _, _, ns, vm, _ = rec.subject.split(".")
+        _, _, ns, vm, *_ = rec.subject.split(".")
         e, at = rec.envelope.data, rec.envelope.time
         if isinstance(e, m.LauncherCreated):
             key = current.get((ns, vm))

@@ -23,7 +23,7 @@ from events import render
 from events.envelope import Recorded
 from events.errors import ValidationError, VirtbusError
 from events.manifest import parse_documents, to_commands
-from events.names import Ref
+from events.names import Ref, aggregate_key
 from events.nodes import NodeState, apply_node
 from events.protocol import Query
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
@@ -194,7 +194,7 @@ async def _get_replica_sets(
         sets: dict[str, ReplicaSetState] = {}
 
         def on(rec: Recorded) -> None:
-            key = rec.subject.rpartition(".")[0]
+            key = aggregate_key(rec.subject)
             sets[key] = apply_rs(sets.get(key) or ReplicaSetState(), rec.envelope)
 
         await EventStore(nc).replay(on, subjects=["virt.rs.>"], verify=False)

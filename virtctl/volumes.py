@@ -22,7 +22,7 @@ from events import commands as c
 from events import render
 from events.envelope import Recorded
 from events.errors import VirtbusError
-from events.names import Ref, check_name
+from events.names import Ref, aggregate_key, check_name
 from events.volumes import BOUND, FAILED, VolumeState, apply_volume
 
 SELECTED_NODE = "volume.kubernetes.io/selected-node"  # where Kubernetes records a local PV's node
@@ -36,7 +36,7 @@ async def volumes(nc: Client, *, namespace: str | None) -> list[VolumeState]:
     found: dict[str, VolumeState] = {}
 
     def on(rec: Recorded) -> None:
-        key = rec.subject.rpartition(".")[0]
+        key = aggregate_key(rec.subject)
         found[key] = apply_volume(found.get(key) or VolumeState(), rec.envelope)
 
     subject = f"virt.volume.{namespace}.>" if namespace else "virt.volume.>"

@@ -17,7 +17,7 @@ from bus.store import EventStore
 from events import model as m
 from events import work as w
 from events.envelope import Recorded
-from events.names import Ref
+from events.names import Ref, aggregate_key
 from events.volumes import PENDING, VolumeState, apply_volume
 from workers.volumes import claim_dir
 
@@ -62,7 +62,7 @@ class VolumeStore:
         volumes: dict[str, VolumeState] = {}
 
         def on(rec: Recorded) -> None:
-            key = rec.subject.rpartition(".")[0]
+            key = aggregate_key(rec.subject)
             volumes[key] = apply_volume(volumes.get(key) or VolumeState(), rec.envelope)
 
         await self.store.replay(on, subjects=["virt.volume.>"], verify=False)

@@ -20,6 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from bus.connect import identity
 from bus.reader import fetch_some
 from bus.store import EventStore
 from bus.telemetry import bound, traced
@@ -69,7 +70,9 @@ class Worker:
         self.labels = labels or {}
         self.heartbeat_s = heartbeat_s
         self.pod_driver = pods
-        self.store = EventStore(nc, source=f"/virtbus/node/{node}")
+        # On a secured bus the server lets a node append only under its own name: its name ends
+        # every subject it writes, and the log attributes its observations to it.
+        self.store = EventStore(nc, source=f"/virtbus/node/{node}", writer=identity(nc) or "")
         self.hv = hypervisor or Hypervisor(uri)
         self.ctx = NodeContext(node=node, hv=self.hv, store=self.store, observe=self.observe,
                                migration=migration or MigrationSettings())  # fmt: skip

@@ -16,10 +16,11 @@ from nats.aio.client import Client
 
 from bus.connect import connect, tls_context
 from bus.provision import provision
-from bus.roles import user_permissions
+from bus.roles import node_permissions, user_permissions
 from bus.server import NatsServer
 from bus.store import EventStore
 from bus.trust import Trust, ensure
+from bus.vms import VMRepository
 from events import model as m
 from events.names import Ref
 
@@ -78,6 +79,8 @@ async def test_view_reads_and_commands_nothing(bus: tuple[str, Trust]) -> None:
     try:
         history = await EventStore(viewer.nc).read(Ref.vm("a"))
         assert [type(r.envelope.data) for r in history] == [m.VMCreated]
+        # a whole replay, on the lean reader's own connection (its inbox is vera's too)
+        assert list(await VMRepository(EventStore(viewer.nc)).all()) == [Ref.vm("a")]
         await viewer.allowed("virt.api.get.vera")
         for subject in (
             "virt.cmd.vm.default.a.StartVM.vera",
@@ -113,3 +116,51 @@ async def test_edit_commands_its_namespaces_under_its_own_name_only(
 def test_an_unknown_role_is_refused() -> None:
     with pytest.raises(ValueError, match="role 'owner': one of admin, edit, view"):
         user_permissions("owner", name="x")
+
+
+async def test_a_node_writes_its_observations_and_takes_its_own_work_only(
+    bus: tuple[str, Trust],
+) -> None:
+    url, trust = bus
+    errors: asyncio.Queue[str] = asyncio.Queue()
+
+    async def keep(err: Exception) -> None:
+        errors.put_nowait(str(err))
+
+    creds = trust.issue("node-a", permissions=node_permissions("node-a"))
+    nc = await nats.connect(url, user_credentials=str(creds), tls=tls_context(trust.ca_file),
+                            inbox_prefix="_INBOX_node-a", error_cb=keep)  # fmt: skip
+    node = User(nc, errors)
+    try:
+        js = nc.jetstream()
+        work = await js.pull_subscribe("virt.work.node-a.>", durable="worker-node-a",
+                                       stream="VIRT_WORK")  # fmt: skip
+        await work.unsubscribe()
+        # Its name ends the subject (the server allows no other), whatever the body says.
+        forger = EventStore(nc, writer="node-a", source="/virtbus/node/node-b")
+        await forger.append_fact(Ref.vm("a"), [m.DomainStarted(node="node-b")])
+        await js.key_value("virt_heartbeats")
+        await node.allowed("$KV.virt_heartbeats.node-a")
+        for subject in (
+            "$JS.API.CONSUMER.CREATE.VIRT_WORK.worker-node-a.virt.work.node-b.>",  # b's work
+            "$JS.API.CONSUMER.CREATE.VIRT_WORK.worker-node-b.virt.work.node-b.>",
+            "$JS.API.CONSUMER.DURABLE.CREATE.VIRT_WORK.worker-node-a",  # no filter to check
+            "$KV.virt_heartbeats.node-b",  # b's heartbeat
+            "virt.vm.default.a.scheduled",  # a decision
+            "virt.vm.default.a.domain_started",  # an observation under no name
+            "virt.vm.default.a.domain_started.node-b",  # under another's
+            "virt.node._.node-b.registered",  # about another node
+            "virt.cmd.vm.default.a.StartVM.node-a",  # a command
+            "$JS.API.STREAM.DELETE.VIRT_WORK",
+        ):
+            assert await node.denied(subject) == violation(subject.lower())
+    finally:
+        await nc.close()
+    admin = await connect(url, creds=trust.ensure_creds("admin"), tls_ca=trust.ca_file)
+    try:
+        history = await EventStore(admin).read(Ref.vm("a"))
+    finally:
+        await admin.close()
+    assert [(type(r.envelope.data), r.actor) for r in history] == [
+        (m.VMCreated, ""), (m.DomainStarted, "node/node-a"),
+    ]  # fmt: skip

@@ -91,7 +91,9 @@ async def test_virtbus_up_starts_a_dead_node_worker_again(data_dir: Path) -> Non
         assert proc.stderr is not None
         nc = await as_admin(url, data_dir)
         try:
-            sub = await nc.subscribe(Ref.node("node-a").event_subject(TOKEN[m.NodeRegistered]))
+            # (a node writes under its own name on the secured bus: the last token)
+            registered = Ref.node("node-a").event_subject(TOKEN[m.NodeRegistered], writer="node-a")
+            sub = await nc.subscribe(registered)
             victim = worker_pid(proc.pid)
             os.kill(victim, signal.SIGKILL)
             said = await next_line(proc.stderr, b"node node-a: exited")
