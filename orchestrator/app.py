@@ -60,6 +60,7 @@ async def run_orchestrator(
     )  # fmt: skip
     # The intake judges against the controller's folded state, not a read of the log of its own.
     intake.nodes, intake.volume_view = controller.node_views, controller.volume_view
+    intake.active_migrations = controller.active_migrations
     read_store = EventStore(nc, source="/virtbus/orchestrator/readmodel")
     async with ReadModel(data_dir / "readmodel.sqlite", read_store, verify=False) as readmodel:
         await readmodel.catch_up()
