@@ -30,7 +30,7 @@ from events.replicasets import ReplicaSetState, apply_rs
 from virtctl import kinds as k
 from virtctl.getting import VMI_SOURCE, is_vm
 from virtctl.patching import apply_patch
-from virtctl.verbs import err, read_manifest
+from virtctl.verbs import err, manifest_commands, read_manifest
 
 _WRITTEN = {"ApplyVM": "virtualmachine", "ApplyReplicaSet": "virtualmachineinstancereplicaset",
             "MigrateVM": "virtualmachineinstancemigration", "SnapshotVM": "virtualmachinesnapshot",
@@ -49,32 +49,20 @@ def _created_name(cmd: c.Command) -> str:
 
 async def create_file(url: str, *, path: str, namespace: str) -> int:
     """`kubectl create -f`: every object is new, or refused as AlreadyExists."""
-    docs = parse_documents(await asyncio.to_thread(read_manifest, path))
-    if not docs:
-        raise ValidationError("no objects passed to create", field="filename")
-    failed = 0
+    given, failed = await manifest_commands(path, namespace=namespace, verb="create")
     async with session(url) as nc:
-        for doc in docs:
+        for one in given:
+            cmd = one
+            if isinstance(one, c.ApplyVM | c.ApplyReplicaSet):
+                cmd = msgspec.structs.replace(one, create_only=True)
             try:
-                cmds, warnings = to_commands(doc, default_namespace=namespace)
-            except ValidationError as e:
-                err(f"error: {e.message}")
+                await send(nc, cmd)
+            except Rejected as e:
+                kind = "AlreadyExists" if e.message.endswith("already exists") else "Invalid"
+                err(f'Error from server ({kind}): error when creating "{path}": {e.message}')
                 failed += 1
                 continue
-            for w in warnings:
-                err(f"Warning: {w.removeprefix('warning: ')}")
-            for given in cmds:
-                cmd = given
-                if isinstance(given, c.ApplyVM | c.ApplyReplicaSet):
-                    cmd = msgspec.structs.replace(given, create_only=True)
-                try:
-                    await send(nc, cmd)
-                except Rejected as e:
-                    kind = "AlreadyExists" if e.message.endswith("already exists") else "Invalid"
-                    err(f'Error from server ({kind}): error when creating "{path}": {e.message}')
-                    failed += 1
-                    continue
-                typer.echo(f"{_created_name(cmd)} created")
+            typer.echo(f"{_created_name(cmd)} created")
     return 1 if failed else 0
 
 

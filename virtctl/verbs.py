@@ -78,30 +78,38 @@ def read_manifest(path: str) -> str:
                               f"{e.start})", field="filename") from None  # fmt: skip
 
 
-async def apply_file(url: str, *, path: str, namespace: str) -> int:
-    # Read and parse before connecting: a bad file is reported without a bus.
+async def manifest_commands(path: str, *, namespace: str, verb: str) -> tuple[list[c.Command], int]:
+    """The commands of every document of `-f PATH`, read and parsed before anything connects (a
+    bad file is reported without a bus); a refused document's error is printed and counted."""
     docs = parse_documents(await asyncio.to_thread(read_manifest, path))
     if not docs:  # kubectl's words for an empty file, or one of only comments and `---`
-        raise ValidationError("no objects passed to apply", field="filename")
+        raise ValidationError(f"no objects passed to {verb}", field="filename")
+    found: list[c.Command] = []
     failed = 0
+    for doc in docs:
+        try:
+            cmds, warnings = to_commands(doc, default_namespace=namespace)
+        except ValidationError as e:
+            err(f"error: {e.message}")
+            failed += 1
+            continue
+        for w in warnings:
+            err(f"Warning: {w.removeprefix('warning: ')}")
+        found += cmds
+    return found, failed
+
+
+async def apply_file(url: str, *, path: str, namespace: str) -> int:
+    cmds, failed = await manifest_commands(path, namespace=namespace, verb="apply")
     async with session(url) as nc:
-        for doc in docs:
+        for cmd in cmds:
             try:
-                cmds, warnings = to_commands(doc, default_namespace=namespace)
-            except ValidationError as e:
-                err(f"error: {e.message}")
+                outcome = await send(nc, cmd)
+            except Rejected as e:
+                err(f"error: {cmd.name}: {e.message}")
                 failed += 1
                 continue
-            for w in warnings:
-                err(f"Warning: {w.removeprefix('warning: ')}")
-            for cmd in cmds:
-                try:
-                    outcome = await send(nc, cmd)
-                except Rejected as e:
-                    err(f"error: {cmd.name}: {e.message}")
-                    failed += 1
-                    continue
-                typer.echo(_applied(cmd, outcome))
+            typer.echo(_applied(cmd, outcome))
     return 1 if failed else 0
 
 
