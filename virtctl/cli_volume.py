@@ -119,6 +119,8 @@ def image_upload(
     target = _upload_target(kind, name, pvc_name)
     size = _one_of("--size", size, "--pvc-size", pvc_size)
     if not size and not no_create:
+        if kind is None:  # the deprecated form: its own flag's name
+            raise usage("--pvc-size is required")
         raise usage("--size is required (or --no-create, to upload into a claim made for it)")
     if archive_path is not None:
         if image_path is not None:

@@ -153,8 +153,13 @@ async def get(
     if not watch:
         return await getting.get(url, kind=kind, name=name, namespace=namespace, out=out,
                                  selector=selector)  # fmt: skip
-    if kind not in (VM, VMI, NODE) or out.form not in ("", "wide", "json", "yaml"):
-        raise ValidationError("-w: watching is for vms, vmis and nodes, as a table, json or yaml",
+    if (
+        kind not in (VM, VMI, NODE)
+        or out.form not in ("", "wide", "json", "yaml")
+        or (selector.requirements)
+    ):
+        raise ValidationError("-w: watching is for vms, vmis and nodes, as a table, json or yaml, "
+                              "without -l",
                               field="watch")  # fmt: skip
     output, key = out.form, {VM: "vms", VMI: "vmis", NODE: "nodes"}[kind]
     async with session(url) as nc:
