@@ -46,10 +46,12 @@ class ApplyVM(Command, frozen=True):
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
     source_kind: str = "VirtualMachine"
+    create_only: bool = False  # `kubectl create`: refused (AlreadyExists) when it exists
+    expected_version: int = 0  # a patch: refused (Conflict) unless the VM is at this version
 
 
 class StartVM(Command, frozen=True):
-    pass
+    paused: bool = False  # `virtctl start --paused`: the VMI starts paused
 
 
 class StopVM(Command, frozen=True):
@@ -58,7 +60,8 @@ class StopVM(Command, frozen=True):
 
 
 class RestartVM(Command, frozen=True):
-    pass
+    grace_period_seconds: GracePeriod | None = None  # how the old instance is stopped
+    force: bool = False
 
 
 class PauseVM(Command, frozen=True):
@@ -127,6 +130,8 @@ class ApplyReplicaSet(Command, frozen=True):
     aggregate: ClassVar[str] = "rs"
     spec: dict[str, Any]
     labels: dict[str, str] = {}
+    create_only: bool = False
+    expected_version: int = 0
 
 
 class ScaleReplicaSet(Command, frozen=True):

@@ -51,6 +51,7 @@ def vm_created(s: VMState, e: m.VMCreated, env: Stamped) -> VMState:
     new = VMState(
         namespace=ns, name=name, version=s.version, updated=env.time, exists=True,
         spec=e.spec, labels=e.labels, run_strategy=e.run_strategy, created=env.time,
+        source_kind=e.source_kind,
     )  # fmt: skip
     return vm_start_requested(new, _START, env) if e.start else new
 
@@ -88,7 +89,7 @@ def vm_start_requested(s: VMState, e: m.VMStartRequested, env: Stamped) -> VMSta
     spec = spec_says(s.spec, strategy) if strategy != s.run_strategy else s.spec
     return replace(
         s, status=STARTING, phase=PENDING, reason="", restart_required=False, paused=False,
-        want_paused=False, restarting=False, run_strategy=strategy, node="", vmi_uid="",
+        want_paused=e.paused, restarting=False, run_strategy=strategy, node="", vmi_uid="",
         ready=False, failures=s.failures if e.restart else 0, intent_version=env.version,
         spec=spec,
     )  # fmt: skip
@@ -114,7 +115,8 @@ def vm_stop_requested(s: VMState, e: m.VMStopRequested, env: Stamped) -> VMState
 def vm_restart_requested(s: VMState, e: m.VMRestartRequested, env: Stamped) -> VMState:
     if not s.running:
         return s
-    return replace(s, status=STOPPING, restarting=True, intent_version=env.version)
+    return replace(s, status=STOPPING, restarting=True, intent_version=env.version,
+                   stop_grace=e.grace_period_seconds, stop_force=e.force)  # fmt: skip
 
 
 def vm_pause_requested(
@@ -195,9 +197,12 @@ def domain_stopped(s: VMState, e: m.DomainStopped, env: Stamped) -> VMState:
 
 
 def vm_stopped(s: VMState, e: m.VMStopped, env: Stamped) -> VMState:
+    # A VMI applied on its own keeps its last phase (Succeeded, Failed) until it is deleted, as in
+    # KubeVirt; a VM's instance is gone once it stopped.
+    alone = s.source_kind == "VirtualMachineInstance" and s.phase in (SUCCEEDED, FAILED)
     return replace(
         s,
-        phase="",
+        phase=s.phase if alone else "",
         node="",
         vmi_uid="",
         ready=False,

@@ -198,6 +198,7 @@ class VMRenamed(Event, frozen=True):
 
 class VMStartRequested(Event, frozen=True):
     restart: bool = False  # the controller restarting per run strategy, not a user's start
+    paused: bool = False  # `start --paused`: the instance is paused as soon as it runs
 
 
 class VMStopRequested(Event, frozen=True):
@@ -206,7 +207,8 @@ class VMStopRequested(Event, frozen=True):
 
 
 class VMRestartRequested(Event, frozen=True):
-    pass
+    grace_period_seconds: int | None = None
+    force: bool = False
 
 
 class VMPauseRequested(Event, frozen=True):

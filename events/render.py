@@ -272,8 +272,25 @@ def vm_table(
 ) -> str:  # fmt: skip
     """`kubectl get vm`: NAME AGE STATUS READY (KubeVirt's wide view adds no column)."""
     now = now or datetime.now(UTC)
-    rows = [(s, [s.name, age(s.created, now), s.status, str(s.ready)]) for s in states]
-    return _namespaced(["NAME", "AGE", "STATUS", "READY"], rows, namespace)
+    rows = [(s, vm_cells(s, now)) for s in states]
+    return _namespaced(VM_HEADER, rows, namespace)
+
+
+VM_HEADER: Final = ["NAME", "AGE", "STATUS", "READY"]
+VMI_HEADER: Final = ["NAME", "AGE", "PHASE", "IP", "NODENAME", "READY"]
+VMI_WIDE: Final = ["LIVE-MIGRATABLE", "PAUSED"]
+
+
+def vm_cells(s: VMState, now: datetime) -> list[str]:
+    """One row of `kubectl get vm`."""
+    return [s.name, age(s.created, now), s.status, str(s.ready)]
+
+
+def vmi_cells(s: VMState, now: datetime, *, wide: bool = False) -> list[str]:
+    """One row of `kubectl get vmi` (a VM with an instance: it has a phase)."""
+    started = s.started if s.phase == "Running" else None
+    cells = [s.name, age(started, now), s.phase, "", s.node, str(s.ready)]
+    return cells + (["", "True" if s.paused else ""] if wide else [])
 
 
 def vmi_table(
@@ -286,18 +303,8 @@ def vmi_table(
     the fold does not hold migratability, and KubeVirt too leaves a missing condition blank.
     """
     now = now or datetime.now(UTC)
-    header = ["NAME", "AGE", "PHASE", "IP", "NODENAME", "READY"]
-    if wide:
-        header += ["LIVE-MIGRATABLE", "PAUSED"]
-    rows = []
-    for s in states:
-        if not s.phase:
-            continue
-        started = s.started if s.phase == "Running" else None
-        cells = [s.name, age(started, now), s.phase, "", s.node, str(s.ready)]
-        if wide:
-            cells += ["", "True" if s.paused else ""]
-        rows.append((s, cells))
+    header = VMI_HEADER + (VMI_WIDE if wide else [])
+    rows = [(s, vmi_cells(s, now, wide=wide)) for s in states if s.phase]
     return _namespaced(header, rows, namespace)
 
 
@@ -316,14 +323,18 @@ def node_table(
 ) -> str:  # fmt: skip
     """`virtbus get nodes`: NAME STATUS AGE VMS CPU MEMORY; wide adds HYPERVISOR KVM LABELS."""
     now = now or datetime.now(UTC)
-    header = ["NAME", "STATUS", "AGE", "VMS", "CPU", "MEMORY"]
-    if wide:
-        header += ["HYPERVISOR", "KVM", "LABELS"]
-    rows = []
-    for n in sorted(nodes, key=lambda n: n.name):
-        cells = [n.name, node_status(n), age(n.registered, now), str(vm_counts.get(n.name, 0)),
-                 str(n.cpus), quantity(n.memory_bytes)]  # fmt: skip
-        if wide:
-            cells += [n.hypervisor, str(n.kvm).lower(), _labels(n.labels)]
-        rows.append(cells)
+    header = NODE_HEADER + (NODE_WIDE if wide else [])
+    rows = [node_cells(n, vm_counts.get(n.name, 0), now, wide=wide)
+            for n in sorted(nodes, key=lambda n: n.name)]  # fmt: skip
     return table(header, rows) if rows else no_resources(None)
+
+
+NODE_HEADER: Final = ["NAME", "STATUS", "AGE", "VMS", "CPU", "MEMORY"]
+NODE_WIDE: Final = ["HYPERVISOR", "KVM", "LABELS"]
+
+
+def node_cells(n: NodeState, vms: int, now: datetime, *, wide: bool = False) -> list[str]:
+    """One row of `virtbus get nodes`."""
+    cells = [n.name, node_status(n), age(n.registered, now), str(vms), str(n.cpus),
+             quantity(n.memory_bytes)]  # fmt: skip
+    return cells + ([n.hypervisor, str(n.kvm).lower(), _labels(n.labels)] if wide else [])

@@ -39,6 +39,7 @@ from events.state import (
     UNSCHEDULABLE,
     VMState,
     apply,
+    migration_active,
 )
 from events.volumes import VolumeState, apply_volume
 from orchestrator import metrics
@@ -158,6 +159,11 @@ class Controller:
 
     def node_views(self) -> list[NodeView]:
         return self.capacity.node_views(self.nodes)
+
+    def active_migrations(self) -> dict[tuple[str, str], str]:
+        """(namespace, migration name) -> its VM, for every migration not concluded."""
+        return {(s.namespace, s.migration.id): s.name for s in self.vms.values()
+                if s.migration is not None and migration_active(s.migration)}  # fmt: skip
 
     # --- reacting --------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from orchestrator.scheduler import NodeView
 from orchestrator.snapshots import decide_delete_snapshot, decide_restore, decide_snapshot
 
 _AUTOSTART = ("Always", "RerunOnFailure", "Once")
+VMI_SOURCE = "VirtualMachineInstance"  # an ApplyVM's source_kind for a VMI applied on its own
 
 
 def _reject(reason: str, *, field: str = "") -> ValidationError:
@@ -64,6 +65,11 @@ def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = Non
             return [m.VMUndeleted()]
     if not s.exists:
         raise _not_found(cmd)
+    if s.source_kind == VMI_SOURCE and isinstance(cmd, c.StartVM | c.StopVM | c.RestartVM):
+        # No VirtualMachine stands behind a VMI applied on its own: deleting it stops it.
+        why = f'"{cmd.name}" is a VirtualMachineInstance: delete it to stop it'
+        raise _reject(f"{_not_found(cmd).message}; {why} (virtbus delete vmi {cmd.name})",
+                      field="name")  # fmt: skip
     match cmd:
         case c.StartVM():
             if s.running:
@@ -72,7 +78,7 @@ def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = Non
                 raise _reject(f'Cannot start VM until restore "{s.restore.name}" completes')
             if s.status == TERMINATING:
                 raise _reject("VM is being deleted")
-            return [m.VMStartRequested()]
+            return [m.VMStartRequested(paused=cmd.paused)]
         case c.StopVM():
             # A crash-looping or unschedulable Always VM is not running, but stop must halt it.
             if not s.running and s.run_strategy not in ("Always", "RerunOnFailure"):
@@ -85,7 +91,8 @@ def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = Non
         case c.RestartVM():
             if not s.running:
                 raise _reject("VM is not running")
-            return [m.VMRestartRequested()]
+            return [m.VMRestartRequested(grace_period_seconds=cmd.grace_period_seconds,
+                                         force=cmd.force)]  # fmt: skip
         case c.PauseVM():
             if s.phase != RUNNING:
                 raise _reject("VMI is not running")
@@ -130,6 +137,7 @@ def decide_rs(rs: ReplicaSetState, cmd: c.Command) -> list[m.Event]:
                 "spec": cmd.spec,
             }  # fmt: skip
             to_commands(doc)
+            _check_write(rs.exists, rs.version, cmd, resource="virtualmachineinstancereplicasets")
             # An explicit null is the default, as the manifest check reads it.
             replicas = 1 if cmd.spec.get("replicas") is None else int(cmd.spec["replicas"])
             if not rs.exists:
@@ -151,9 +159,35 @@ def decide_rs(rs: ReplicaSetState, cmd: c.Command) -> list[m.Event]:
     raise _reject(f"{type(cmd).__name__} does not apply to a replica set", field="kind")
 
 
+_RESOURCES = {"VirtualMachine": "virtualmachines", "VirtualMachineInstance":
+              "virtualmachineinstances"}  # fmt: skip
+
+
+def _check_write(
+    exists: bool, version: int, cmd: c.ApplyVM | c.ApplyReplicaSet, *, resource: str
+) -> None:
+    """`kubectl create` of what exists, or a patch made on a version that is no longer the
+    latest, are refused with the API server's words (the CLI retries a conflicting patch)."""
+    if cmd.create_only and exists:
+        raise _reject(f'{resource}.kubevirt.io "{cmd.name}" already exists',
+                      field="metadata.name")  # fmt: skip
+    if cmd.expected_version and cmd.expected_version != version:
+        raise _reject(f'Operation cannot be fulfilled on {resource}.kubevirt.io "{cmd.name}": '
+                      "the object has been modified; please apply your changes to the latest "
+                      "version and try again", field="metadata.resourceVersion")  # fmt: skip
+
+
 def _apply(s: VMState, cmd: c.ApplyVM) -> list[m.Event]:
     validate_apply(cmd)
     strategy = run_strategy_of(cmd.spec)
+    resource = _RESOURCES.get(cmd.source_kind, "virtualmachines")
+    _check_write(s.exists, s.version, cmd, resource=resource)
+    if s.exists and s.source_kind != cmd.source_kind:
+        # One name, one instance: a VM and a VMI nobody owns cannot share it (KubeVirt's VM
+        # would adopt or clash with the VMI of its name).
+        mine, theirs = cmd.source_kind, s.source_kind
+        raise _reject(f'a {theirs} named "{cmd.name}" exists; a {mine} cannot take its name '
+                      "until it is deleted", field="metadata.name")  # fmt: skip
     if not s.exists:
         return [
             m.VMCreated(

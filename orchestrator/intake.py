@@ -76,6 +76,8 @@ class Intake:
         self.volume_view: Callable[[Ref, c.Command], Awaitable[ClusterView]] | None = None
         # Who may ask for what, on a secured bus (None: an open bus, where no caller is known).
         self.identities: Identities | None = None
+        # And the migrations in flight, by namespace and name -> VM: a VMIM's name is unique.
+        self.active_migrations: Callable[[], dict[tuple[str, str], str]] | None = None
         # JetStream refuses too many atomic batches in flight; commands beyond wait their turn.
         self._parallel = asyncio.Semaphore(PARALLEL)
 
@@ -160,6 +162,8 @@ class Intake:
                     events = self._decide_user(ref, history, cmd)
                 else:
                     nodes = self.nodes() if self.nodes and isinstance(cmd, c.MigrateVM) else None
+                    if isinstance(cmd, c.MigrateVM) and self.active_migrations is not None:
+                        _unique_migration(cmd, self.active_migrations())
                     events = _decide(ref, history, cmd, nodes=nodes)
                 parts = [Append(ref, events, version)]
                 if isinstance(cmd, c.RenameVM) and events:
@@ -321,3 +325,14 @@ def _outcome(cid: str, mine: list[Recorded], *, duplicate: bool) -> c.Outcome:
         command_id=cid, accepted=True, version=last.version, duplicate=duplicate,
         events=[r.envelope.type for r in mine],
     )  # fmt: skip
+
+
+def _unique_migration(cmd: c.MigrateVM, active: dict[tuple[str, str], str]) -> None:
+    """Two VirtualMachineInstanceMigrations of one name cannot exist at once (one per namespace,
+    as Kubernetes names objects); the same VM's own is the same object applied again."""
+    owner = active.get((cmd.namespace, cmd.migration)) if cmd.migration else None
+    if owner is not None and owner != cmd.name:
+        raise ValidationError(
+            f'virtualmachineinstancemigrations.kubevirt.io "{cmd.migration}" already exists '
+            f"(migrating VMI {owner})", field="metadata.name",
+        )  # fmt: skip

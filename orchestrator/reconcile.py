@@ -120,6 +120,8 @@ def _step(
             return [m.VMStopped(reason=reason), m.VMStartRequested(restart=True)], [], None
         return [m.VMStopped(reason=f"guest {s.reason or 'shut down'}")], [], None
     if s.phase == FAILED and not s.node and s.status == STOPPED:  # a concluded failure
+        if s.source_kind == "VirtualMachineInstance":
+            return [], [], None  # a lone VMI stays Failed, visible, until it is deleted
         if s.run_strategy not in _RESTARTS_ON_FAILURE:
             return [m.VMStopped(reason=s.reason)], [], None
         if s.started and s.updated and s.updated - s.started > STABLE_RUN:

@@ -35,8 +35,17 @@ def vnc(
                       port=port, proxy_only=proxy_only)))  # fmt: skip
 
 
-def console(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
-    """Attach to a running VM's serial console (Ctrl-] to leave)."""
+def console(
+    name: NameArg,
+    timeout: Annotated[
+        int, typer.Option("--timeout", min=0, help="minutes to wait for a starting VMI")
+    ] = 5,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Attach to a running VM's serial console (Ctrl-] to leave); a VMI still starting is waited
+    for up to `--timeout` minutes, as virtctl does."""
     from virtctl.console import console as console_
 
-    _finish(_run(console_(server_url(server), name=name, namespace=namespace)))
+    _finish(_run(console_(server_url(server), name=name, namespace=namespace,
+                          timeout_s=timeout * 60)))  # fmt: skip

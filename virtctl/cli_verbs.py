@@ -20,7 +20,6 @@ from bus.connect import server_url
 from events import commands as c
 from events.commands import AnyCommand
 from events.envelope import Envelope
-from events.errors import VirtbusError
 from virtctl.cli_common import (
     NameArg,
     NsOpt,
@@ -28,11 +27,9 @@ from virtctl.cli_common import (
     actor,
     finish,
     lifecycle,
-    optional_name,
     run,
     usage,
 )
-from virtctl.snapshots import SNAPSHOT_KINDS, delete_snapshot
 
 
 def schema(
@@ -60,9 +57,14 @@ def apply(
     finish(run(apply_file(server_url(server), path=filename, namespace=namespace)))
 
 
-def start(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
-    """Start a VM."""
-    lifecycle(c.StartVM(name=name, namespace=namespace, actor=actor()), server)
+def start(
+    name: NameArg,
+    paused: Annotated[bool, typer.Option("--paused", help="start the VMI paused")] = False,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Start a VM (`--paused`: its VMI is paused as soon as it runs)."""
+    lifecycle(c.StartVM(name=name, namespace=namespace, paused=paused, actor=actor()), server)
 
 
 def stop(
@@ -78,42 +80,53 @@ def stop(
     lifecycle(cmd, server)
 
 
-def restart(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
-    """Restart a running VM."""
-    lifecycle(c.RestartVM(name=name, namespace=namespace, actor=actor()), server)
+def restart(
+    name: NameArg,
+    namespace: NsOpt = "default",
+    grace_period: Annotated[int | None, typer.Option("--grace-period", min=0)] = None,
+    force: Annotated[bool, typer.Option("--force", help="with --grace-period 0: at once")] = False,
+    server: ServerOpt = None,
+) -> None:
+    """Restart a running VM (`--force --grace-period 0`: its instance is destroyed at once)."""
+    if force and grace_period != 0:
+        raise usage("--force: restarting by force needs --grace-period 0, as with virtctl")
+    cmd = c.RestartVM(name=name, namespace=namespace, grace_period_seconds=grace_period,
+                      force=force, actor=actor())  # fmt: skip
+    lifecycle(cmd, server)
 
 
-def pause(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
-    """Pause a running VM."""
-    lifecycle(c.PauseVM(name=name, namespace=namespace, actor=actor()), server)
+KindOrName = Annotated[str, typer.Argument(help="vm NAME, vmi NAME, or the NAME alone")]
 
 
-def unpause(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
-    """Unpause a paused VM."""
-    lifecycle(c.UnpauseVM(name=name, namespace=namespace, actor=actor()), server)
+def _vm_or_vmi(what: str, name: str | None, verb: str) -> str:
+    """`pause vm NAME`, `pause vmi NAME` (virtctl's) or `pause NAME` (virtbus's older form)."""
+    if name is None:
+        return what
+    if what.lower() not in ("vm", "vmi", "virtualmachine", "virtualmachineinstance"):
+        raise usage(f"{verb} {what}: use {verb} vm NAME, {verb} vmi NAME or {verb} NAME")
+    return name
 
 
-def delete(
-    what: Annotated[str, typer.Argument(help="a VM name, or a kind: vm NAME, vmsnapshot NAME")],
+def pause(
+    what: KindOrName,
     name: Annotated[str | None, typer.Argument()] = None,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
-    """Delete a VM (its disks are kept, see `undelete`) or a VM snapshot (`delete vmsnapshot S`)."""
-    if name is None:
-        what, name = "vm", what
-    if what.lower() in SNAPSHOT_KINDS:
-        finish(
-            run(
-                delete_snapshot(
-                    server_url(server), snapshot=name, namespace=namespace, actor=actor()
-                )
-            )
-        )
-        return
-    if what.lower() not in ("vm", "vms", "virtualmachine", "virtualmachines"):
-        raise usage(f"delete {what}: use a VM name, vm NAME or vmsnapshot NAME")
-    lifecycle(c.DeleteVM(name=name, namespace=namespace, actor=actor()), server)
+    """Pause a running VM's instance (`pause vm|vmi NAME`)."""
+    named = _vm_or_vmi(what, name, "pause")
+    lifecycle(c.PauseVM(name=named, namespace=namespace, actor=actor()), server)
+
+
+def unpause(
+    what: KindOrName,
+    name: Annotated[str | None, typer.Argument()] = None,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Unpause a paused VM's instance (`unpause vm|vmi NAME`)."""
+    named = _vm_or_vmi(what, name, "unpause")
+    lifecycle(c.UnpauseVM(name=named, namespace=namespace, actor=actor()), server)
 
 
 def rename(
@@ -188,67 +201,19 @@ def scale(
     lifecycle(cmd, server)
 
 
-def get(
-    kind: Annotated[
-        str, typer.Argument(help="vms, vmis, nodes, vmirs, migrations, vmsnapshots, vmrestores")
-    ],
-    name: Annotated[str | None, typer.Argument()] = None,
-    namespace: NsOpt = "default",
-    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
-    output: Annotated[str, typer.Option("-o", "--output", help="wide, json or yaml")] = "",
-    watch: Annotated[bool, typer.Option("--watch", "-w")] = False,
+def version(
+    client: Annotated[bool, typer.Option("--client", help="only this CLI's version")] = False,
     server: ServerOpt = None,
 ) -> None:
-    """List VMs, VMIs, nodes, replica sets or migrations like kubectl."""
-    from virtctl.verbs import get as get_
+    """Print the client's and the server's (virtbus-api's) versions, like virtctl version."""
+    from virtctl.verbs import version as version_
 
-    if output not in ("", "wide", "json", "yaml"):
-        raise usage(f"-o {output!r}: use wide, json or yaml")
-    ns = None if all_namespaces else namespace
-    finish(run(get_(server_url(server), what=kind, name=optional_name(name), namespace=ns,
-                      output=output, watch=watch)))  # fmt: skip
-
-
-def describe(
-    kind: Annotated[str, typer.Argument(help="vm")],
-    name: NameArg,
-    namespace: NsOpt = "default",
-    server: ServerOpt = None,
-) -> None:
-    """Show a VM's state, conditions and latest events."""
-    from virtctl.verbs import describe as describe_
-
-    if kind not in ("vm", "vms", "virtualmachine"):
-        raise usage(f"describe {kind}: only vm is supported")
-    finish(run(describe_(server_url(server), name=name, namespace=namespace)))
-
-
-def wait(
-    kind: Annotated[str, typer.Argument(help="vm")],
-    name: NameArg,
-    for_: Annotated[str, typer.Option("--for", help="status=Running, condition=Ready, delete")],
-    timeout: Annotated[float, typer.Option("--timeout", min=0, help="seconds")] = 30.0,
-    namespace: NsOpt = "default",
-    server: ServerOpt = None,
-) -> None:
-    """Wait until a VM reaches a status or condition."""
-    from virtctl.verbs import matcher
-    from virtctl.verbs import wait as wait_
-
-    if kind not in ("vm", "vms", "virtualmachine"):
-        raise usage(f"wait {kind}: only vm is supported")
-    try:
-        matcher(for_)
-    except VirtbusError as err:
-        raise usage(str(err)) from None
-    coro = wait_(server_url(server), name=name, namespace=namespace, condition=for_,
-                 timeout_s=timeout)  # fmt: skip
-    finish(run(coro))
+    finish(run(version_(server_url(server), client_only=client)))
 
 
 def register(app: typer.Typer) -> None:
     """Add these verbs to the `virtbus` app, in `--help`'s order."""
-    verbs = (schema, apply, start, stop, restart, pause, unpause, delete, rename, undelete,
-             addvolume, removevolume, scale, get, describe, wait)  # fmt: skip
+    verbs = (schema, apply, start, stop, restart, pause, unpause, rename, undelete, addvolume,
+             removevolume, scale, version)  # fmt: skip
     for verb in verbs:
         app.command()(verb)

@@ -84,11 +84,22 @@ def volume_delete(name: VolumeArg, namespace: NsOpt = "default", server: ServerO
 
 
 def image_upload(
+    kind: Annotated[
+        str | None, typer.Argument(help="dv or pvc (virtctl's form), then NAME")
+    ] = None,
+    name: Annotated[str | None, typer.Argument(help="the volume to upload into")] = None,
     image_path: Annotated[
         Path | None, typer.Option("--image-path", help=".img, .qcow2 or .iso, maybe .gz/.xz/.tar")
     ] = None,
-    pvc_name: Annotated[str, typer.Option("--pvc-name", help="the volume to create")] = "",
-    pvc_size: Annotated[str, typer.Option("--pvc-size", help="its size, like 10Gi")] = "",
+    archive_path: Annotated[
+        Path | None, typer.Option("--archive-path", help="a .tar archive holding the image")
+    ] = None,
+    size: Annotated[str, typer.Option("--size", help="the volume's size, like 10Gi")] = "",
+    no_create: Annotated[
+        bool, typer.Option("--no-create", help="upload into a claim already created for it")
+    ] = False,
+    pvc_name: Annotated[str, typer.Option("--pvc-name", help="deprecated: pvc NAME")] = "",
+    pvc_size: Annotated[str, typer.Option("--pvc-size", help="deprecated: --size")] = "",
     url: Annotated[str | None, typer.Option("--url", help="import from http(s) instead")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="skip TLS verification")] = False,
     node: Annotated[str | None, typer.Option("--node", help="the node to hold it")] = None,
@@ -99,16 +110,52 @@ def image_upload(
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
-    """Upload a disk image into a new volume (virtctl image-upload), converted to raw."""
+    """Upload a disk image into a volume (virtctl image-upload dv|pvc NAME --size S), as raw."""
     from virtctl.upload import upload
 
     if uploadproxy_url:  # accepted so virtctl command lines run as they are
         typer.echo(f"note: --uploadproxy-url {uploadproxy_url} is not used: the image goes to "
                    "the node over the bus", err=True)  # fmt: skip
-    for flag, value in (("--pvc-name", pvc_name), ("--pvc-size", pvc_size)):
-        if not value:
-            raise usage(f"{flag} is required")
-    coro = upload(server_url(server), name=pvc_name, namespace=namespace, pvc_size=pvc_size,
+    target = _upload_target(kind, name, pvc_name)
+    size = _one_of("--size", size, "--pvc-size", pvc_size)
+    if not size and not no_create:
+        if kind is None:  # the deprecated form: its own flag's name
+            raise usage("--pvc-size is required")
+        raise usage("--size is required (or --no-create, to upload into a claim made for it)")
+    if archive_path is not None:
+        if image_path is not None:
+            raise usage("--archive-path: give either --image-path or --archive-path")
+        if not archive_path.name.lower().endswith(".tar"):
+            raise usage(f"--archive-path: {archive_path.name!r} is not a .tar archive")
+        image_path = archive_path
+    coro = upload(server_url(server), name=target, namespace=namespace, pvc_size=size,
                   image_path=image_path, source_url=url, insecure=insecure, node=node,
-                  wait_s=wait_secs, actor=_actor())  # fmt: skip
+                  wait_s=wait_secs, actor=_actor(), create=not no_create)  # fmt: skip
     _finish(_run(coro))
+
+
+def _upload_target(kind: str | None, name: str | None, pvc_name: str) -> str:
+    """`image-upload dv|pvc NAME` or the deprecated `--pvc-name NAME`: the volume's name."""
+    if kind is None:
+        if not pvc_name:
+            raise usage("give the volume as pvc NAME (or dv NAME, or the deprecated --pvc-name)")
+        return pvc_name
+    if kind.lower() not in ("dv", "datavolume", "pvc", "persistentvolumeclaim"):
+        raise usage(f"image-upload {kind}: use image-upload dv NAME or image-upload pvc NAME")
+    if name is None:
+        raise usage(f"image-upload {kind}: give the NAME")
+    if pvc_name and pvc_name != name:
+        raise usage(f"--pvc-name {pvc_name!r} names another volume than {kind} {name!r}")
+    if kind.lower() in ("dv", "datavolume"):
+        note = (
+            f"note: virtbus has no DataVolume objects yet: the image goes into the "
+            f"PersistentVolumeClaim {name!r}, as a DataVolume's would"
+        )
+        typer.echo(note, err=True)
+    return name
+
+
+def _one_of(flag: str, value: str, old_flag: str, old_value: str) -> str:
+    if value and old_value and value != old_value:
+        raise usage(f"{old_flag} {old_value!r} differs from {flag} {value!r}; give one")
+    return value or old_value

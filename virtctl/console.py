@@ -25,7 +25,9 @@ from bus.client import query, session
 from bus.tunnel import FRAME, connect, relay
 from events.errors import VirtbusError
 from events.protocol import Query
-from events.state import RUNNING, VMState
+from events.state import PENDING, RUNNING, SCHEDULED, SCHEDULING, VMState
+
+STARTING_PHASES = (PENDING, SCHEDULING, SCHEDULED)
 
 ESCAPE = b"\x1d"  # Ctrl-]
 VIEWERS = ("remote-viewer", "vncviewer")
@@ -108,7 +110,24 @@ def _raw_terminal(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-async def console(url: str, *, name: str, namespace: str) -> int:
+async def until_running(url: str, *, name: str, namespace: str, timeout_s: float) -> None:
+    """virtctl console's `--timeout`: a VMI still starting is waited for, up to `timeout_s`."""
+    from virtctl.kinds import VMI
+    from virtctl.waiting import wait
+
+    async with session(url) as nc:
+        found = [s for s in (await query(nc, Query(namespace=namespace, name=name))).vms
+                 if s.exists]  # fmt: skip
+    if not found or found[0].phase not in STARTING_PHASES:
+        return  # not there, running or over: `running_vmi` says which
+    met = await wait(url, kind=VMI, name=name, namespace=namespace, condition="phase=Running",
+                     timeout_s=timeout_s)  # fmt: skip
+    if not met:
+        raise VirtbusError(f'Timeout trying to connect to the virtual machine instance "{name}"')
+
+
+async def console(url: str, *, name: str, namespace: str, timeout_s: float = 300) -> int:
+    await until_running(url, name=name, namespace=namespace, timeout_s=timeout_s)
     async with session(url) as nc:
         s = await running_vmi(nc, name=name, namespace=namespace)
         pipe, _ = await connect(nc, node=s.node, kind="console", namespace=namespace, name=name)

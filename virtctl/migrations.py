@@ -22,6 +22,7 @@ from typing import Any, Final
 import msgspec
 import typer
 from msgspec.structs import replace
+from nats.aio.client import Client
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
@@ -31,9 +32,10 @@ from events import commands as c
 from events import model as m
 from events import render
 from events.envelope import Recorded
-from events.errors import VirtbusError
 from events.model import TOKEN
 from events.names import Ref
+from virtctl.kinds import VMIM
+from virtctl.listing import Item, Listing
 
 _KINDS: Final = (
     m.MigrationRequested, m.MigrationScheduled, m.MigrationTargetPreparing,
@@ -123,39 +125,27 @@ def vmim_object(a: Attempt) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def table(attempts: list[Attempt], *, wide: bool, namespace: str | None) -> str:
-    header = ["NAME", "PHASE", "VMI"]
+def cells(a: Attempt, *, wide: bool) -> list[str]:
+    row = [a.name, a.phase, a.vm]
     if wide:
-        header += ["SOURCE", "TARGET", "MODE", "PROGRESS", "DOWNTIME", "AGE", "REASON"]
-    rows = []
-    for a in attempts:
-        cells = ([a.namespace] if namespace is None else []) + [a.name, a.phase, a.vm]
-        if wide:
-            downtime = f"{a.downtime_ms:.0f}ms" if a.phase == "Succeeded" else ""
-            cells += [a.source or "<none>", a.target or "<none>", a.mode, f"{a.percent:.0f}%",
-                      downtime, render.age(a.created), a.reason]  # fmt: skip
-        rows.append(cells)
-    if not rows:
-        return render.no_resources(namespace)
-    return render.table((["NAMESPACE"] if namespace is None else []) + header, rows)
+        downtime = f"{a.downtime_ms:.0f}ms" if a.phase == "Succeeded" else ""
+        row += [a.source or "<none>", a.target or "<none>", a.mode, f"{a.percent:.0f}%",
+                downtime, render.age(a.created), a.reason]  # fmt: skip
+    return row
 
 
-async def get_migrations(url: str, *, name: str | None, namespace: str | None, output: str) -> int:
+HEADER: Final = ["NAME", "PHASE", "VMI"]
+WIDE: Final = ["SOURCE", "TARGET", "MODE", "PROGRESS", "DOWNTIME", "AGE", "REASON"]
+
+
+async def listing(nc: Client, *, name: str | None, namespace: str | None, wide: bool) -> Listing:
     """`virtbus get migrations [NAME]`: read from the log (the read model holds VMs only)."""
-    async with session(url) as nc:
-        found: list[Recorded] = []
-        await EventStore(nc).replay(found.append, subjects=SUBJECTS, verify=False)
+    found: list[Recorded] = []
+    await EventStore(nc).replay(found.append, subjects=SUBJECTS, verify=False)
     attempts = [a for a in fold_attempts(found) if (namespace is None or a.namespace == namespace)
                 and (name is None or a.name == name)]  # fmt: skip
-    if name and not attempts:
-        raise VirtbusError(f'virtualmachineinstancemigrations.kubevirt.io "{name}" not found')
-    if output in ("json", "yaml"):
-        objs = [vmim_object(a) for a in attempts]
-        doc = objs[0] if name else render.as_list(objs)
-        typer.echo((render.to_json(doc) if output == "json" else render.to_yaml(doc)).rstrip())
-        return 0
-    typer.echo(table(attempts, wide=output == "wide", namespace=namespace).rstrip())
-    return 0
+    items = [Item(a.namespace, a.name, {}, vmim_object(a), cells(a, wide=wide)) for a in attempts]
+    return Listing(VMIM, HEADER + (WIDE if wide else []), items)
 
 
 # --- migrate --watch ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from nats.aio.client import Client
 
 from bus.client import query, send, session
 from events import commands as c
@@ -19,6 +20,8 @@ from events import render
 from events.errors import VirtbusError
 from events.protocol import Query
 from events.state import SUCCEEDED, Snapshot, VMState
+from virtctl.kinds import RESTORE, SNAPSHOT
+from virtctl.listing import Item, Listing
 
 SNAPSHOT_API = "snapshot.kubevirt.io/v1beta1"
 SNAPSHOT_KINDS = ("vmsnapshot", "vmsnapshots", "virtualmachinesnapshot", "virtualmachinesnapshots",
@@ -71,63 +74,48 @@ def restore_object(s: VMState) -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def get_snapshots(
-    url: str, *, restores: bool, name: str | None, namespace: str | None, output: str
-) -> int:
-    async with session(url) as nc:
-        vms = (await query(nc, Query(what="vms", namespace=namespace))).vms
-    rows: list[tuple[VMState, dict[str, Any], list[str]]] = []
+SNAPSHOT_HEADER = ["NAME", "SOURCEKIND", "SOURCENAME", "PHASE", "READYTOUSE", "CREATIONTIME",
+                   "ERROR"]  # fmt: skip
+RESTORE_HEADER = ["NAME", "TARGETKIND", "TARGETNAME", "COMPLETE", "RESTORETIME", "ERROR"]
+
+
+async def listing(
+    nc: Client, *, restores: bool, name: str | None, namespace: str | None
+) -> Listing:
+    vms = (await query(nc, Query(what="vms", namespace=namespace))).vms
+    items: list[Item] = []
     for s in sorted(vms, key=lambda v: (v.namespace, v.name)):
         if restores and s.restore is not None and name in (None, s.restore.name):
             r = s.restore
-            rows.append((s, restore_object(s), [
+            items.append(Item(s.namespace, r.name, {}, restore_object(s), [
                 r.name, "VirtualMachine", s.name, str(r.complete).lower(),
                 render.timestamp(r.done_at) or "", r.reason,
             ]))  # fmt: skip
         for snap in [] if restores else s.snapshots.values():
             if name in (None, snap.name):
-                rows.append((s, snapshot_object(s, snap), [
+                items.append(Item(s.namespace, snap.name, {}, snapshot_object(s, snap), [
                     snap.name, "VirtualMachine", s.name, snap.phase,
                     str(snap.phase == SUCCEEDED).lower(), render.timestamp(snap.ready_at) or "",
                     snap.reason,
                 ]))  # fmt: skip
-    kind = "virtualmachinerestores" if restores else "virtualmachinesnapshots"
-    if name and not rows:
-        raise VirtbusError(f'{kind}.snapshot.kubevirt.io "{name}" not found')
-    if output in ("json", "yaml"):
-        objs = [obj for _, obj, _ in rows]
-        doc = objs[0] if name and len(objs) == 1 else render.as_list(objs)
-        typer.echo((render.to_json(doc) if output == "json" else render.to_yaml(doc)).rstrip())
-        return 0
-    header = (["NAME", "TARGETKIND", "TARGETNAME", "COMPLETE", "RESTORETIME", "ERROR"] if restores
-              else ["NAME", "SOURCEKIND", "SOURCENAME", "PHASE", "READYTOUSE", "CREATIONTIME",
-                    "ERROR"])  # fmt: skip
-    if not rows:
-        typer.echo(render.no_resources(namespace).rstrip())
-    elif namespace is None:
-        typer.echo(render.table(["NAMESPACE", *header], ([s.namespace, *r] for s, _, r in rows)))
-    else:
-        typer.echo(render.table(header, (r for _, _, r in rows)).rstrip())
-    return 0
+    if restores:
+        return Listing(RESTORE, RESTORE_HEADER, items)
+    return Listing(SNAPSHOT, SNAPSHOT_HEADER, items)
 
 
-async def delete_snapshot(url: str, *, snapshot: str, namespace: str, actor: str) -> int:
-    """`kubectl delete vmsnapshot NAME`: the snapshot is found among the namespace's VMs."""
-    async with session(url) as nc:
-        vms = (await query(nc, Query(what="vms", namespace=namespace))).vms
-        owners = [s for s in vms if snapshot in s.snapshots]
-        if not owners:
-            raise VirtbusError(f'virtualmachinesnapshots.snapshot.kubevirt.io "{snapshot}" not '
-                               f'found in namespace "{namespace}"')  # fmt: skip
-        if len(owners) > 1:
-            names = ", ".join(s.name for s in owners)
-            raise VirtbusError(f'snapshot "{snapshot}" exists for several VMs ({names}); '
-                               "give the VM with --vm")  # fmt: skip
-        cmd = c.DeleteSnapshot(name=owners[0].name, namespace=namespace, snapshot=snapshot,
-                               actor=actor)  # fmt: skip
-        await send(nc, cmd)
-    typer.echo(f'virtualmachinesnapshot.snapshot.kubevirt.io "{snapshot}" deleted')
-    return 0
+async def delete_snapshot_on(nc: Client, *, snapshot: str, namespace: str, actor: str) -> None:
+    vms = (await query(nc, Query(what="vms", namespace=namespace))).vms
+    owners = [s for s in vms if snapshot in s.snapshots]
+    if not owners:
+        raise VirtbusError(f'virtualmachinesnapshots.snapshot.kubevirt.io "{snapshot}" not '
+                           f'found in namespace "{namespace}"')  # fmt: skip
+    if len(owners) > 1:
+        names = ", ".join(s.name for s in owners)
+        raise VirtbusError(f'snapshot "{snapshot}" exists for several VMs ({names}); '
+                           "give the VM with --vm")  # fmt: skip
+    cmd = c.DeleteSnapshot(name=owners[0].name, namespace=namespace, snapshot=snapshot,
+                           actor=actor)  # fmt: skip
+    await send(nc, cmd)
 
 
 async def send_and_say(url: str, cmd: c.Command, done: str) -> int:

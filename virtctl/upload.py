@@ -45,7 +45,7 @@ from events import commands as c
 from events.errors import ValidationError, VirtbusError
 from events.names import check_name
 from events.quantity import parse_quantity
-from events.volumes import BOUND
+from events.volumes import BOUND, PENDING
 from virtctl.volumes import until_settled, volume
 
 FORMATS = {".img": "raw", ".raw": "raw", ".qcow2": "qcow2", ".iso": "iso"}
@@ -185,6 +185,19 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
         await asyncio.to_thread(f.close)
 
 
+async def _awaiting_upload(url: str, *, name: str, namespace: str) -> str:
+    """The size of a claim that waits for its upload, or why it takes none."""
+    async with session(url) as nc:
+        v = await volume(nc, name, namespace)
+    if not v.exists:
+        raise VirtbusError(f'persistentvolumeclaims "{name}" not found; leave out --no-create to '
+                           "create it")  # fmt: skip
+    if v.phase != PENDING or not v.source:
+        raise VirtbusError(f'persistentvolumeclaims "{name}" is {v.phase} and takes no upload; '
+                           "--no-create uploads only into a claim created for one")  # fmt: skip
+    return str(v.size_bytes)
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
@@ -195,8 +208,11 @@ def _progress() -> Progress:
 async def upload(
     url: str, *, name: str, namespace: str, pvc_size: str, image_path: Path | None,
     source_url: str | None, insecure: bool, node: str | None, wait_s: float, actor: str,
+    create: bool = True,
 ) -> int:  # fmt: skip
     check_name(name, field="pvc-name")
+    if not create:  # `--no-create`: into a claim made for an upload that has not come yet
+        pvc_size = await _awaiting_upload(url, name=name, namespace=namespace)
     size = parse_quantity(pvc_size, field="pvc-size")
     if (image_path is None) == (source_url is None):
         raise _fail("give exactly one of --image-path and --url")
@@ -206,7 +222,8 @@ async def upload(
         total = (await asyncio.to_thread(image_path.stat)).st_size
         await _send(url, name=name, namespace=namespace, pvc_size=pvc_size, node=node,
                     source="upload", probe=probe, total=total, label=image_path.name,
-                    chunks=_file_chunks(image_path), wait_s=wait_s, actor=actor)  # fmt: skip
+                    chunks=_file_chunks(image_path), wait_s=wait_s, actor=actor,
+                    create=create)  # fmt: skip
         return 0
     assert source_url is not None
     import aiohttp
@@ -243,21 +260,22 @@ async def upload(
             await _send(url, name=name, namespace=namespace, pvc_size=pvc_size, node=node,
                         source=source_url, probe=probe, total=resp.content_length,
                         label=Path(urlparse(source_url).path).name, chunks=chunks(),
-                        wait_s=wait_s, actor=actor)  # fmt: skip
+                        wait_s=wait_s, actor=actor, create=create)  # fmt: skip
     return 0
 
 
 async def _send(
     url: str, *, name: str, namespace: str, pvc_size: str, node: str | None, source: str,
     probe: Probe, total: int | None, label: str, chunks: AsyncIterator[bytes], wait_s: float,
-    actor: str,
+    actor: str, create: bool,
 ) -> None:  # fmt: skip
     from bus.client import send
 
     async with session(url) as nc:
         cmd = c.CreateVolume(name=name, namespace=namespace, size=pvc_size, node=node,
                              source=source, actor=actor)  # fmt: skip
-        await send(nc, cmd)
+        if create:
+            await send(nc, cmd)
         where = (await volume(nc, name, namespace)).node
         params = {"format": probe.format, "compression": probe.compression,
                   "bytes": -1 if total is None else total}  # fmt: skip

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,29 +19,17 @@ from bus.vms import VMRepository
 from events import commands as c
 from events import model as m
 from events import render
-from events.envelope import Recorded
 from events.errors import ValidationError, VirtbusError
 from events.manifest import parse_documents, to_commands
-from events.names import Ref, aggregate_key
+from events.names import Ref
 from events.nodes import NodeState, apply_node
 from events.protocol import Query
-from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
 from events.state import VMState, apply
-from virtctl.snapshots import RESTORE_KINDS, SNAPSHOT_KINDS, get_snapshots
+from virtctl import getting
+from virtctl.kinds import NODE, VM, VMI, Kind
+from virtctl.listing import Output
+from virtctl.selector import Selector
 
-KIND_NAMES = {
-    "vmirs": "vmirs", "virtualmachineinstancereplicaset": "vmirs",
-    "virtualmachineinstancereplicasets": "vmirs",
-    "vm": "vms", "vms": "vms", "virtualmachine": "vms", "virtualmachines": "vms",
-    "vmi": "vmis", "vmis": "vmis", "virtualmachineinstance": "vmis",
-    "virtualmachineinstances": "vmis", "node": "nodes", "nodes": "nodes",
-    "vmim": "vmims", "vmims": "vmims", "migration": "vmims", "migrations": "vmims",
-    "virtualmachineinstancemigration": "vmims", "virtualmachineinstancemigrations": "vmims",
-}  # fmt: skip
-RESOURCES = {
-    "vms": "virtualmachines.kubevirt.io", "vmis": "virtualmachineinstances.kubevirt.io",
-    "nodes": "nodes",
-}  # fmt: skip
 APPLIED_KIND = {
     "ApplyVM": "virtualmachine", "ApplyReplicaSet": "virtualmachineinstancereplicaset",
     "MigrateVM": "virtualmachineinstancemigration",
@@ -62,6 +49,9 @@ DONE = {
     "AddVolume": "Successfully submitted add volume request to VM {} for volume {}",
     "RemoveVolume": "Successfully submitted remove volume request to VM {} for volume {}",
 }  # fmt: skip
+
+
+_CREATED = ("io.virtbus.vm.created.v1", "io.virtbus.rs.created.v1")  # a first apply's event
 
 
 def err(text: str) -> None:
@@ -88,30 +78,38 @@ def read_manifest(path: str) -> str:
                               f"{e.start})", field="filename") from None  # fmt: skip
 
 
-async def apply_file(url: str, *, path: str, namespace: str) -> int:
-    # Read and parse before connecting: a bad file is reported without a bus.
+async def manifest_commands(path: str, *, namespace: str, verb: str) -> tuple[list[c.Command], int]:
+    """The commands of every document of `-f PATH`, read and parsed before anything connects (a
+    bad file is reported without a bus); a refused document's error is printed and counted."""
     docs = parse_documents(await asyncio.to_thread(read_manifest, path))
     if not docs:  # kubectl's words for an empty file, or one of only comments and `---`
-        raise ValidationError("no objects passed to apply", field="filename")
+        raise ValidationError(f"no objects passed to {verb}", field="filename")
+    found: list[c.Command] = []
     failed = 0
+    for doc in docs:
+        try:
+            cmds, warnings = to_commands(doc, default_namespace=namespace)
+        except ValidationError as e:
+            err(f"error: {e.message}")
+            failed += 1
+            continue
+        for w in warnings:
+            err(f"Warning: {w.removeprefix('warning: ')}")
+        found += cmds
+    return found, failed
+
+
+async def apply_file(url: str, *, path: str, namespace: str) -> int:
+    cmds, failed = await manifest_commands(path, namespace=namespace, verb="apply")
     async with session(url) as nc:
-        for doc in docs:
+        for cmd in cmds:
             try:
-                cmds, warnings = to_commands(doc, default_namespace=namespace)
-            except ValidationError as e:
-                err(f"error: {e.message}")
+                outcome = await send(nc, cmd)
+            except Rejected as e:
+                err(f"error: {cmd.name}: {e.message}")
                 failed += 1
                 continue
-            for w in warnings:
-                err(f"Warning: {w.removeprefix('warning: ')}")
-            for cmd in cmds:
-                try:
-                    outcome = await send(nc, cmd)
-                except Rejected as e:
-                    err(f"error: {cmd.name}: {e.message}")
-                    failed += 1
-                    continue
-                typer.echo(_applied(cmd, outcome))
+            typer.echo(_applied(cmd, outcome))
     return 1 if failed else 0
 
 
@@ -123,7 +121,7 @@ def _applied(cmd: c.Command, outcome: c.Outcome) -> str:
     if isinstance(cmd, c.ApplyVM) and cmd.source_kind == "VirtualMachineInstance":
         kind = "virtualmachineinstance"
     verb = "unchanged"
-    if "io.virtbus.vm.created.v1" in outcome.events:
+    if any(t in _CREATED for t in outcome.events):
         verb = "created"
     elif outcome.events:
         verb = "configured"
@@ -148,82 +146,38 @@ async def lifecycle(url: str, cmd: c.Command) -> int:
 
 
 async def get(
-    url: str, *, what: str, name: str | None, namespace: str | None, output: str, watch: bool
-) -> int:
-    if what.lower() in (*SNAPSHOT_KINDS, *RESTORE_KINDS):
-        return await get_snapshots(url, restores=what.lower() in RESTORE_KINDS, name=name,
-                                   namespace=namespace, output=output)  # fmt: skip
-    if what.lower() in ("pvc", "pvcs", "persistentvolumeclaim", "persistentvolumeclaims"):
-        from virtctl.volumes import get as get_volumes
-
-        return await get_volumes(url, name=name, namespace=namespace, output=output)
-    kind = KIND_NAMES.get(what.lower())
-    if kind is None:
-        raise ValidationError(f'the server doesn\'t have a resource type "{what}"', field="kind")
-    if kind == "vmirs":
-        return await _get_replica_sets(url, name=name, namespace=namespace, output=output)
-    if kind == "vmims":
-        from virtctl.migrations import get_migrations
-
-        return await get_migrations(url, name=name, namespace=namespace, output=output)
+    url: str, *, kind: Kind, name: str | None, namespace: str | None, out: Output,
+    selector: Selector, watch: bool,
+) -> int:  # fmt: skip
+    """`get`; with `-w`, the table (or objects) of VMs, VMIs or nodes, then a line per change."""
+    if not watch:
+        return await getting.get(url, kind=kind, name=name, namespace=namespace, out=out,
+                                 selector=selector)  # fmt: skip
+    if (
+        kind not in (VM, VMI, NODE)
+        or out.form not in ("", "wide", "json", "yaml")
+        or (selector.requirements)
+    ):
+        raise ValidationError("-w: watching is for vms, vmis and nodes, as a table, json or yaml, "
+                              "without -l",
+                              field="watch")  # fmt: skip
+    output, key = out.form, {VM: "vms", VMI: "vmis", NODE: "nodes"}[kind]
     async with session(url) as nc:
-        q = Query(what="nodes" if kind == "nodes" else "vms", namespace=namespace, name=name)
+        q = Query(what="nodes" if kind is NODE else "vms", namespace=namespace, name=name)
         answer = await query(nc, q)
         # A named lookup returns deleted VMs too; a VM without a phase has no VMI.
-        vms = [s for s in answer.vms if s.exists and (kind != "vmis" or not name or s.phase)]
-        if kind == "nodes":  # the VMS column counts every namespace's VMs on each node
+        vms = [s for s in answer.vms if s.exists and (kind is not VMI or s.phase)
+               and (kind is not VM or getting.is_vm(s))]  # fmt: skip
+        if kind is NODE:  # the VMS column counts every namespace's VMs on each node
             vms = (await query(nc, Query(what="vms"))).vms
         nodes = [n for n in answer.nodes if name is None or n.name == name]
-        if name and not (nodes if kind == "nodes" else vms):
-            raise VirtbusError(f'{RESOURCES[kind]} "{name}" not found')
-        text = _render(kind, vms, nodes, output=output, namespace=namespace,
+        if name and not (nodes if kind is NODE else vms):
+            raise VirtbusError(kind.not_found(name))
+        text = _render(key, vms, nodes, output=output, namespace=namespace,
                        single=name is not None)  # fmt: skip
         typer.echo(text.rstrip("\n"))
-        if watch:
-            await _watch(nc, kind=kind, name=name, namespace=namespace, output=output,
-                         vms=vms, nodes=nodes, position=answer.position)  # fmt: skip
-    return 0
-
-
-async def _get_replica_sets(
-    url: str, *, name: str | None, namespace: str | None, output: str
-) -> int:
-    """`kubectl get vmirs`: folded from the log's replica-set subjects (the read model holds
-    VMs and nodes only), with replica counts from the VMs the sets own."""
-    async with session(url) as nc:
-        sets: dict[str, ReplicaSetState] = {}
-
-        def on(rec: Recorded) -> None:
-            key = aggregate_key(rec.subject)
-            sets[key] = apply_rs(sets.get(key) or ReplicaSetState(), rec.envelope)
-
-        await EventStore(nc).replay(on, subjects=["virt.rs.>"], verify=False)
-        vms = (await query(nc, Query(what="vms", namespace=namespace))).vms
-    found = [rs for rs in sets.values() if rs.exists and (namespace is None or
-             rs.namespace == namespace) and (name is None or rs.name == name)]  # fmt: skip
-    if name and not found:
-        raise VirtbusError(f'virtualmachineinstancereplicasets.kubevirt.io "{name}" not found')
-    rows = []
-    for rs in sorted(found, key=lambda r: (r.namespace, r.name)):
-        owned = [s for s in vms if s.labels.get(OWNER_LABEL) == rs.name and s.exists]
-        ready = sum(1 for s in owned if s.ready)
-        rows.append((rs, [rs.name, str(rs.replicas), str(len(owned)), str(ready),
-                          render.age(rs.created)]))  # fmt: skip
-    if output in ("json", "yaml"):
-        objs = [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceReplicaSet",
-                 "metadata": {"name": rs.name, "namespace": rs.namespace, "labels": rs.labels},
-                 "spec": rs.spec, "status": {"replicas": int(c[2]), "readyReplicas": int(c[3])}}
-                for rs, c in rows]  # fmt: skip
-        doc = objs[0] if name and objs else render.as_list(objs)
-        typer.echo((render.to_json(doc) if output == "json" else render.to_yaml(doc)).rstrip())
-        return 0
-    header = ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]
-    if not rows:
-        typer.echo(render.no_resources(namespace).rstrip())
-    elif namespace is None:
-        typer.echo(render.table(["NAMESPACE", *header], ([r.namespace, *c] for r, c in rows)))
-    else:
-        typer.echo(render.table(header, (c for _, c in rows)).rstrip())
+        await _watch(nc, kind=key, name=name, namespace=namespace, output=output,
+                     vms=vms, nodes=nodes, position=answer.position)  # fmt: skip
     return 0
 
 
@@ -234,7 +188,7 @@ def _render(
     if output in ("json", "yaml"):
         objs: list[dict[str, object]]
         if kind == "nodes":
-            counts = _vm_counts(vms)
+            counts = getting.vm_counts(vms)
             objs = [render.node_object(n, vms=counts.get(n.name, 0)) for n in nodes]
         elif kind == "vmis":
             objs = [o for s in vms if (o := render.vmi_object(s)) is not None]
@@ -245,7 +199,7 @@ def _render(
         return render.to_json(doc) if output == "json" else render.to_yaml(doc)
     wide = output == "wide"
     if kind == "nodes":
-        text = render.node_table(nodes, _vm_counts(vms), wide=wide)
+        text = render.node_table(nodes, getting.vm_counts(vms), wide=wide)
     elif kind == "vmis":
         text = render.vmi_table(vms, wide=wide, namespace=namespace)
     else:
@@ -253,14 +207,6 @@ def _render(
     if header or text.startswith("No resources"):
         return text
     return "\n".join(text.splitlines()[1:])
-
-
-def _vm_counts(vms: list[VMState]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for s in vms:
-        if s.node:
-            counts[s.node] = counts.get(s.node, 0) + 1
-    return counts
 
 
 async def _watch(
@@ -292,16 +238,18 @@ async def _watch(
                                namespace=namespace, header=False))  # fmt: skip
 
 
-async def describe(url: str, *, name: str, namespace: str) -> int:
+async def describe(url: str, *, kind: Kind, name: str, namespace: str) -> int:
+    """`describe vm|vmi NAME`: the state, its conditions and the latest events of its history."""
     async with session(url) as nc:
         answer = await query(nc, Query(what="vms", namespace=namespace, name=name))
-        if not answer.vms:
-            raise VirtbusError(f'virtualmachines.kubevirt.io "{name}" not found')
-        s = answer.vms[0]
+        s = answer.vms[0] if answer.vms else VMState()
+        if not s.exists or (kind is VM and not getting.is_vm(s)) or (kind is VMI and not s.phase):
+            raise VirtbusError(kind.not_found(name))
         history = await EventStore(nc).read(Ref.vm(name, namespace))
     now = datetime.now(UTC)
     lines = [
         f"Name:           {s.name}", f"Namespace:      {s.namespace}",
+        f"Kind:           {kind.kind}",
         f"Labels:         {render._labels(s.labels)}",
         f"Created:        {render.timestamp(s.created)}",
         f"Run Strategy:   {s.run_strategy}", f"Status:         {s.status}",
@@ -332,43 +280,36 @@ def _message(e: m.Event) -> str:
     return ", ".join(parts)
 
 
-def matcher(condition: str) -> Callable[[VMState], bool]:
-    """`status=Running`, `phase=Running`, `condition=Ready`, `delete` (kubectl wait's forms)."""
-    key, _, value = condition.partition("=")
-    if key == "status" and value:
-        return lambda s: s.status == value
-    if key == "phase" and value:
-        return lambda s: s.phase == value
-    if key == "condition" and value:
-        wanted = value.lower()
-        return lambda s: any(
-            c["type"].lower() == wanted and c["status"] == "True" for c in render._conditions(s)
-        )
-    if key == "delete":
-        return lambda s: s.deleted or not s.exists
-    raise ValidationError(
-        f"--for: {condition!r} is not understood; use status=X, phase=X, condition=X or delete",
-        field="for",
-    )
+API_SERVICE = "virtbus-api"  # the orchestrator's NATS micro service
 
 
-async def wait(url: str, *, name: str, namespace: str, condition: str, timeout_s: float) -> int:
-    ok = matcher(condition)
+def version_info(version: str) -> str:
+    """virtctl's `version.Info{...}` line, with what a Python build has to say."""
+    import platform
+
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    where = f"{sys.platform}/{platform.machine()}"
+    return f'version.Info{{GitVersion:"v{version}", Compiler:"{python}", Platform:"{where}"}}'
+
+
+async def version(url: str, *, client_only: bool) -> int:
+    """`virtctl version`: this CLI's version, then virtbus-api's (from `$SRV.INFO`)."""
+    import json
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        mine = installed("virtbus")
+    except PackageNotFoundError:
+        mine = "unknown"
+    typer.echo(f"Client Version: {version_info(mine)}")
+    if client_only:
+        return 0
     async with session(url) as nc:
-        store = EventStore(nc)
-        ref = Ref.vm(name, namespace)
         try:
-            async with asyncio.timeout(timeout_s):
-                s, _ = await VMRepository(store).get(ref)
-                position = (await store.head(ref)).seq
-                if not ok(s):
-                    async for rec in store.follow(from_seq=position + 1):
-                        if rec.subject.startswith(ref.prefix + "."):
-                            s = apply(s, rec.envelope)
-                            if ok(s):
-                                break
-        except TimeoutError:
-            err(f"error: timed out waiting for the condition on virtualmachines/{name}")
-            return 1
-    typer.echo(f"virtualmachine.kubevirt.io/{name} condition met")
+            msg = await nc.request(f"$SRV.INFO.{API_SERVICE}", b"", timeout=5)
+        except Exception as e:  # no responders or a timeout: no orchestrator answers
+            raise VirtbusError(f"the server version is unknown: no {API_SERVICE} answered "
+                               f"({type(e).__name__})") from None  # fmt: skip
+    typer.echo(f"Server Version: {version_info(str(json.loads(msg.data).get('version', '?')))}")
     return 0

@@ -10,7 +10,6 @@ create|get|move|delete`) are in `cli_volume.py`; `get pvc` comes through `verbs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from typing import Any
 
 import typer
@@ -24,6 +23,8 @@ from events.envelope import Recorded
 from events.errors import VirtbusError
 from events.names import Ref, aggregate_key, check_name
 from events.volumes import BOUND, FAILED, VolumeState, apply_volume
+from virtctl.kinds import PVC
+from virtctl.listing import Item, Listing, Output, show
 
 SELECTED_NODE = "volume.kubernetes.io/selected-node"  # where Kubernetes records a local PV's node
 
@@ -87,18 +88,11 @@ def pvc_object(v: VolumeState) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def pvc_table(vols: Iterable[VolumeState], *, namespace: str | None) -> str:
-    rows = [
-        [v.name, v.phase, render.quantity(v.size_bytes), v.node, render.age(v.created)]
-        + ([v.namespace] if namespace is None else [])
-        for v in vols
-    ]
-    if not rows:
-        return render.no_resources(namespace)
-    header = ["NAME", "STATUS", "CAPACITY", "NODE", "AGE"]
-    if namespace is None:
-        return render.table(["NAMESPACE", *header], ([r[-1], *r[:-1]] for r in rows))
-    return render.table(header, rows)
+PVC_HEADER = ["NAME", "STATUS", "CAPACITY", "NODE", "AGE"]
+
+
+def pvc_cells(v: VolumeState) -> list[str]:
+    return [v.name, v.phase, render.quantity(v.size_bytes), v.node, render.age(v.created)]
 
 
 async def create(url: str, cmd: c.CreateVolume, *, wait_s: float) -> int:
@@ -112,21 +106,20 @@ async def create(url: str, cmd: c.CreateVolume, *, wait_s: float) -> int:
     return 0
 
 
+async def listing(nc: Client, *, name: str | None, namespace: str | None) -> Listing:
+    if name:  # checked: a name is a subject token, and `*` would read every volume
+        one = await volume(nc, check_name(name, field="name"), namespace or "default")
+        found = [one] if one.exists else []
+    else:
+        found = await volumes(nc, namespace=namespace)
+    items = [Item(v.namespace, v.name, {}, pvc_object(v), pvc_cells(v)) for v in found]
+    return Listing(PVC, PVC_HEADER, items)
+
+
 async def get(url: str, *, name: str | None, namespace: str | None, output: str) -> int:
     async with session(url) as nc:
-        if name:  # checked: a name is a subject token, and `*` would read every volume
-            one = await volume(nc, check_name(name, field="name"), namespace or "default")
-            if not one.exists:
-                raise VirtbusError(f'persistentvolumeclaims "{name}" not found')
-            found = [one]
-        else:
-            found = await volumes(nc, namespace=namespace)
-    if output in ("json", "yaml"):
-        objs = [pvc_object(v) for v in found]
-        doc = objs[0] if name else render.as_list(objs)
-        typer.echo((render.to_json(doc) if output == "json" else render.to_yaml(doc)).rstrip())
-        return 0
-    typer.echo(pvc_table(found, namespace=namespace).rstrip())
+        found = await listing(nc, name=name, namespace=namespace)
+    typer.echo(show(found, Output.parse(output), name=name, namespace=namespace))
     return 0
 
 

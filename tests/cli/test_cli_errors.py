@@ -148,6 +148,8 @@ def test_an_unexpected_exception_is_one_line_and_its_traceback_is_opt_in() -> No
 # --- files: each file a verb reads, missing, a directory, not UTF-8, empty ----------------------
 
 FILE_OPTIONS = {(("apply",), "--filename"), (("image-upload",), "--image-path"),
+                (("create",), "--filename"), (("delete",), "--filename"),
+                (("image-upload",), "--archive-path"),
                 (("audit", "checkpoint"), "--key-file"), (("audit", "verify"), "--key-file"),
                 (("up",), "--migrations")}  # fmt: skip
 DIR_OPTIONS = {"--data-dir"}  # a directory the verb creates, not a file it reads
@@ -182,25 +184,28 @@ def test_every_file_option_is_covered() -> None:
     }
 
 
-def test_apply_names_a_file_it_cannot_read_and_refuses_an_empty_one(files: dict[str, Path]) -> None:
-    """apply reads and parses -f before it connects (the bus here is unreachable, and never
-    reached): a missing file, a directory, non-UTF-8 bytes are named with kubectl's words; a file
-    of no objects (empty, or only comments and `---`, also on stdin) is kubectl's `no objects
-    passed to apply`."""
+@pytest.mark.parametrize("verb", ["apply", "create", "delete"])
+def test_manifest_verbs_name_a_file_they_cannot_read_and_refuse_an_empty_one(
+    files: dict[str, Path], verb: str
+) -> None:
+    """apply, create and delete read and parse -f before they connect (the bus here is
+    unreachable, and never reached): a missing file, a directory, non-UTF-8 bytes are named with
+    kubectl's words; a file of no objects (empty, or only comments and `---`, also on stdin) is
+    kubectl's `no objects passed to apply`."""
     root = CLI_ROOT
     cases = {
         "missing": f'error: the path "{files["missing"]}" does not exist',
         "dir": f'error: the path "{files["dir"]}" is a directory; give a manifest file',
         "latin": f'error: the path "{files["latin"]}" is not UTF-8 text (byte 0xe9 at offset 21)',
-        "empty": "error: no objects passed to apply",
-        "comments": "error: no objects passed to apply",
+        "empty": f"error: no objects passed to {verb}",
+        "comments": f"error: no objects passed to {verb}",
     }
     for case, message in cases.items():
-        result = invoke(root, "apply", "-f", str(files[case]), "--server", UNREACHABLE)
+        result = invoke(root, verb, "-f", str(files[case]), "--server", UNREACHABLE)
         assert (result.exit_code, result.stdout, result.stderr) == (1, "", message + "\n"), case
-    piped = invoke(root, "apply", "-f", "-", "-s", UNREACHABLE, stdin="---\n")
-    assert (piped.exit_code, piped.stderr) == (1, "error: no objects passed to apply\n")
-    latin = invoke(root, "apply", "-f", "-", "-s", UNREACHABLE, stdin=b"kind: caf\xe9\n")
+    piped = invoke(root, verb, "-f", "-", "-s", UNREACHABLE, stdin="---\n")
+    assert (piped.exit_code, piped.stderr) == (1, f"error: no objects passed to {verb}\n")
+    latin = invoke(root, verb, "-f", "-", "-s", UNREACHABLE, stdin=b"kind: caf\xe9\n")
     assert (latin.exit_code, latin.stderr) == (
         1, "error: stdin is not UTF-8 text (byte 0xe9 at offset 9)\n")  # fmt: skip
 

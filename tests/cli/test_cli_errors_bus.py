@@ -183,12 +183,41 @@ NONSENSE = [  # (arguments, exit code, the reason line), each checked where the 
     (["apply", "-f", str(ROOT / "README.md")], 1,
      "error: yaml: line 4, column 81: mapping values are not allowed here"),
     (["get", "widgets"], 1, 'error: the server doesn\'t have a resource type "widgets"'),
-    (["get", "vms", "-o", "bogus"], 2, "error: -o 'bogus': use wide, json or yaml"),
-    (["describe", "pod", "x"], 2, "error: describe pod: only vm is supported"),
-    (["delete", "widget", "x"], 2,
-     "error: delete widget: use a VM name, vm NAME or vmsnapshot NAME"),
+    (["get", "vms", "-o", "bogus"], 2,
+     "error: -o 'bogus': use wide, json, yaml, name or jsonpath=TEMPLATE"),
+    (["describe", "pod", "x"], 1, 'error: the server doesn\'t have a resource type "pod"'),
+    (["delete", "widget", "x"], 1, 'error: the server doesn\'t have a resource type "widget"'),
     (["wait", "vm", "x", "--for", "bogus"], 2,
-     "error: --for: 'bogus' is not understood; use status=X, phase=X, condition=X or delete"),
+     "error: --for: 'bogus' is not understood; use condition=X, jsonpath={.path}=VALUE, delete, "
+     "create, status=X or phase=X"),
+    (["get", "vm/x", "y"], 2, "error: there is no need to specify a resource type as a separate "
+     "argument when passing arguments in resource/name form (e.g. 'virtbus get "
+     "resource/<resource_name>' instead of 'virtbus get resource resource/<resource_name>')"),
+    (["get", "vms", "-o", "jsonpath={.items[0}"], 2,
+     "error: error parsing jsonpath {.items[0}, unclosed array expect ]"),
+    (["get", "vms", "-l", "a in b"], 2, "error: -l 'a in b': cannot read 'a in b': use "
+     "key=value, key!=value, key in (a,b), key notin (a,b), key or !key"),
+    (["get", "vms", "x", "-l", "a=b"], 2,
+     "error: name cannot be provided when a selector is specified"),
+    (["delete", "node", "n"], 1, "error: deleting nodes is not supported by virtbus: a node is "
+     "its worker: stop the worker, or `virtbus drain` it"),
+    (["patch", "vm", "x", "-p", "{}"], 1, "error: --type strategic: the body of the request was in "
+     "an unknown format - accepted media types include: application/json-patch+json, "
+     "application/merge-patch+json (use --type merge or --type json)"),
+    (["patch", "vm", "x", "--type", "merge", "-p", "{"], 1, "error: --patch: not JSON: Expecting "
+     "property name enclosed in double quotes: line 1 column 2 (char 1)"),
+    (["patch", "vmi", "x", "--type", "merge", "-p", "{}"], 1, "error: patching "
+     "virtualmachineinstances.kubevirt.io is not supported by virtbus: patch the virtualmachine "
+     "or virtualmachineinstancereplicaset that owns it"),
+    (["restart", "x", "--force"], 2,
+     "error: --force: restarting by force needs --grace-period 0, as with virtctl"),
+    (["pause", "pod", "x"], 2, "error: pause pod: use pause vm NAME, pause vmi NAME or pause NAME"),
+    (["image-upload", "dv", "d", "--image-path", "x.img"], 2, "error: --size is required (or "
+     "--no-create, to upload into a claim made for it)"),
+    (["image-upload", "pvc", "d", "--size", "1Gi", "--archive-path", "d.img"], 2,
+     "error: --archive-path: 'd.img' is not a .tar archive"),
+    (["image-upload", "pvc", "d", "--pvc-name", "e", "--size", "1Gi"], 2,
+     "error: --pvc-name 'e' names another volume than pvc 'd'"),
     (["history", "x", "--since", "notatime"], 2, "error: --since: 'notatime' is neither an RFC "
      "3339 time (2026-11-27T08:00:00Z) nor a duration (10m, 1h30m, 2d)"),
     (["audit", "verify", "-o", "xml"], 2, "error: -o 'xml': use table or json"),

@@ -1,0 +1,183 @@
+"""kubectl's habits end to end, as a KubeVirt user types them: `TYPE/NAME`, `-o name`, `-o
+jsonpath=`, `-l`, `create -f` (AlreadyExists), `delete -f`, `patch --type merge|json`, and
+get/describe/wait/delete on every kind. The CLI is a subprocess; the orchestrator runs in-process
+with node workers on libvirt's test driver; waits follow the log, never a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from clirun import Result, virtbus
+from driverstack import Stack
+from manifests import replica_set, vm
+
+from events import model as m
+from events.names import Ref
+
+SET = "virtualmachineinstancereplicaset.kubevirt.io"
+NO_VMS = "No resources found in default namespace.\n"
+
+
+async def cli(st: Stack, *args: str, stdin: str | None = None) -> Result:
+    return await virtbus(*args, "--server", st.url, stdin=stdin)
+
+
+def write(tmp_path: Path, name: str, *docs: dict[str, Any]) -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump_all(docs))
+    return str(path)
+
+
+async def two_nodes(st: Stack) -> None:
+    await st.node("node-a")
+    await st.node("node-b")
+
+
+async def test_type_name_output_name_jsonpath_and_selectors(stack: Stack, tmp_path: Path) -> None:
+    await two_nodes(stack)
+    docs = [vm("a", labels={"app": "web", "tier": "front"}), vm("b", labels={"app": "db"}),
+            vm("c"), vm("lone", kind="VirtualMachineInstance"), replica_set("rs")]  # fmt: skip
+    applied = await cli(stack, "apply", "-f", write(tmp_path, "all.yaml", *docs))
+    assert applied.ok().out == (
+        "virtualmachine.kubevirt.io/a created\nvirtualmachine.kubevirt.io/b created\n"
+        "virtualmachine.kubevirt.io/c created\nvirtualmachineinstance.kubevirt.io/lone created\n"
+        "virtualmachineinstancereplicaset.kubevirt.io/rs created\n"
+    )
+    for vmi in ("lone", "rs-0"):  # kubectl's own wait, on the VMIs, in TYPE/NAME form
+        waited = await cli(stack, "wait", f"vmis/{vmi}", "--for", "condition=Ready")
+        assert waited.ok().out == f"virtualmachineinstance.kubevirt.io/{vmi} condition met\n"
+
+    # A VMI applied alone and a replica set's VMIs are VMIs, not VMs.
+    names = (await cli(stack, "get", "vms", "-o", "name")).ok().out
+    assert names == "".join(f"virtualmachine.kubevirt.io/{n}\n" for n in ("a", "b", "c"))
+    vmis = (await cli(stack, "get", "vmis", "-o", "name")).ok().out
+    assert (
+        vmis == "virtualmachineinstance.kubevirt.io/lone\nvirtualmachineinstance.kubevirt.io/rs-0\n"
+    )
+    missing = await cli(stack, "get", "vm/lone")
+    assert (missing.code, missing.err) == (
+        1,
+        'error: virtualmachines.kubevirt.io "lone" not found\n',
+    )
+
+    assert (
+        await cli(stack, "get", "vm/a", "-o", "name")
+    ).ok().out == "virtualmachine.kubevirt.io/a\n"
+    selected = {
+        "app=web": "a", "app!=web": "b c", "app in (web, db)": "a b", "app notin (web)": "b c",
+        "app": "a b", "!app": "c", "app=web,tier=front": "a", "app=web,tier=back": "",
+    }  # fmt: skip
+    for selector, expected in selected.items():
+        got = await cli(stack, "get", "vms", "-l", selector, "-o",
+                        "jsonpath={.items[*].metadata.name}")  # fmt: skip
+        assert got.ok().out == expected, selector  # kubectl adds no newline
+    empty = await cli(stack, "get", "vms", "-l", "app=nothing")
+    assert empty.ok().out == NO_VMS
+    table = (await cli(stack, "get", "vmis", "-l", "app=rs")).ok().out.splitlines()
+    assert [r.split()[0] for r in table] == ["NAME", "rs-0"]
+
+    template = '{range .items[*]}{.metadata.name}={.status.printableStatus}{"\\n"}{end}'
+    ranged = await cli(stack, "get", "vms", "-o", f"jsonpath={template}")
+    assert ranged.ok().out == "a=Stopped\nb=Stopped\nc=Stopped\n"
+    one = await cli(stack, "get", "vm", "a", "-o", "jsonpath={.metadata.labels.app}")
+    assert one.ok().out == "web"
+    rs = await cli(stack, "get", "vmirs/rs", "-o", "jsonpath={.spec.replicas}/{.status.replicas}")
+    assert rs.ok().out == "1/1"
+    nodes = await cli(stack, "get", "nodes", "-o", "name")
+    assert nodes.ok().out == "node/node-a\nnode/node-b\n"
+    every = await cli(stack, "get", "vm", "-A", "-o", "name")
+    assert every.ok().out == names
+
+    described = (await cli(stack, "describe", "vmirs/rs")).ok().out.splitlines()
+    assert described[:6] == ["Name:         rs", "Namespace:    default", "Labels:       <none>",
+                             "Annotations:  <none>", "API Version:  kubevirt.io/v1",
+                             "Kind:         VirtualMachineInstanceReplicaSet"]  # fmt: skip
+    assert "  Replicas:  1" in described
+    vmi_described = (await cli(stack, "describe", "vmi", "lone")).ok().out.splitlines()
+    assert vmi_described[:3] == ["Name:           lone", "Namespace:      default",
+                                 "Kind:           VirtualMachineInstance"]  # fmt: skip
+
+
+async def test_create_refuses_what_exists_and_delete_f_removes_what_a_file_names(
+    stack: Stack, tmp_path: Path
+) -> None:
+    await two_nodes(stack)
+    path = write(tmp_path, "two.yaml", vm("x"), replica_set("set"))
+    created = await cli(stack, "create", "-f", path)
+    assert created.ok().out == ("virtualmachine.kubevirt.io/x created\n"
+                                f"{SET}/set created\n")  # fmt: skip
+    again = await cli(stack, "create", "-f", path)
+    assert (again.code, again.out, again.err) == (1, "", (
+        f'Error from server (AlreadyExists): error when creating "{path}": '
+        'virtualmachines.kubevirt.io "x" already exists\n'
+        f'Error from server (AlreadyExists): error when creating "{path}": '
+        'virtualmachineinstancereplicasets.kubevirt.io "set" already exists\n'))  # fmt: skip
+    rejected = [r.envelope.data for r in await stack.store.read(Ref.vm("x"))
+                if isinstance(r.envelope.data, m.CommandRejected)]  # fmt: skip
+    assert [(e.command, e.field) for e in rejected] == [("ApplyVM", "metadata.name")]
+    unchanged = await cli(stack, "apply", "-f", path)  # apply still takes what exists
+    assert unchanged.ok().out == ("virtualmachine.kubevirt.io/x unchanged\n"
+                                  f"{SET}/set unchanged\n")  # fmt: skip
+    await cli(stack, "wait", "vmi", "set-0", "--for", "jsonpath={.status.phase}=Running")
+
+    deleted = await cli(stack, "delete", "-f", path)
+    assert deleted.ok().out == ('virtualmachine.kubevirt.io "x" deleted\n'
+                                f'{SET} "set" deleted\n')  # fmt: skip
+    gone = await cli(stack, "wait", "vmi/set-0", "--for", "delete")  # the set's VMIs go with it
+    assert gone.ok().out == "virtualmachineinstance.kubevirt.io/set-0 condition met\n"
+    for what in ("vm/x", "vmirs/set"):
+        assert (await cli(stack, "get", what)).code == 1
+    twice = await cli(stack, "delete", "-f", path)
+    assert (twice.code, twice.out) == (1, "")
+    assert twice.err == (
+        'error: virtualmachines.kubevirt.io "x" not found\n'
+        'error: virtualmachineinstancereplicaset.kubevirt.io "set" not found\n'
+    )
+
+
+async def test_patch_merge_and_json_are_recorded_like_an_apply(stack: Stack) -> None:
+    await two_nodes(stack)
+    (await cli(stack, "apply", "-f", "-", stdin=json.dumps(vm("p")))).ok()
+    merged = await cli(stack, "patch", "vm", "p", "--type", "merge", "-p",
+                       '{"spec":{"runStrategy":"Always"}}')  # fmt: skip
+    assert merged.ok().out == "virtualmachine.kubevirt.io/p patched\n"
+    running = await cli(
+        stack, "wait", "vm/p", "--for", "jsonpath={.status.printableStatus}=Running"
+    )
+    assert running.ok().out == "virtualmachine.kubevirt.io/p condition met\n"
+
+    memory = "/spec/template/spec/domain/resources/requests/memory"
+    labels = {"op": "add", "path": "/metadata/labels", "value": {"size": "m"}}
+    ops = json.dumps([{"op": "replace", "path": memory, "value": "128Mi"}, labels])
+    patched = await cli(stack, "patch", "vm/p", "--type", "json", "-p", ops)
+    assert patched.ok().out == "virtualmachine.kubevirt.io/p patched\n"
+    got = await cli(stack, "get", "vm", "p", "-o",
+                    "jsonpath={.spec.template.spec.domain.resources.requests.memory} "
+                    "{.metadata.labels.size} {.status.conditions[?(@.type==\"RestartRequired\")]"
+                    ".status}")  # fmt: skip
+    assert got.ok().out == "128Mi m True"  # a running VM takes it at its next start
+    same = await cli(stack, "patch", "vm", "p", "--type", "merge", "-p",
+                     '{"metadata":{"labels":{"size":"m"}}}')  # fmt: skip
+    assert same.ok().out == "virtualmachine.kubevirt.io/p patched (no change)\n"
+    changes = [r.envelope.data for r in await stack.store.read(Ref.vm("p"))
+               if isinstance(r.envelope.data, m.VMSpecChanged)]  # fmt: skip
+    assert [sorted(e.changed) for e in changes] == [
+        ["runStrategy"], ["template.spec.domain.resources"]]  # fmt: skip
+    assert changes[1].labels == {"size": "m"}
+
+    bad = await cli(stack, "patch", "vm", "p", "--type", "json", "-p",
+                    '[{"op":"remove","path":"/spec/nothing"}]')  # fmt: skip
+    assert (bad.code, bad.err) == (
+        1,
+        "error: --patch: [0] /spec/nothing: 'nothing' does not exist\n",
+    )
+    invalid = await cli(stack, "patch", "vm", "p", "--type", "merge", "-p",
+                        '{"spec":{"runStrategy":"Sometimes"}}')  # fmt: skip
+    assert invalid.code == 1 and "spec.runStrategy" in invalid.err, invalid.err
+    scaled = await cli(stack, "patch", "vmirs", "nope", "--type", "merge", "-p", "{}")
+    assert (scaled.code, scaled.err) == (
+        1, 'error: virtualmachineinstancereplicasets.kubevirt.io "nope" not found\n')  # fmt: skip

@@ -1,0 +1,177 @@
+"""kubectl's verbs over every kind virtbus has: get, describe, wait, delete, create, patch.
+
+The typer layer only: each verb reads `KIND NAME` or kubectl's `KIND/NAME`, checks `-o`, `-l`,
+`--for` and `--type` before anything connects (a typo costs no bus round trip), then calls one
+coroutine of `getting`, `waiting`, `objects` or `verbs`. `register` adds them to the `virtbus` app.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from bus.connect import server_url
+from events.errors import VirtbusError
+from virtctl.cli_common import NsOpt, ServerOpt, actor, finish, optional_name, run, usage
+from virtctl.kinds import SUPPORTED, VM, VMI, Kind, split
+from virtctl.listing import Output
+from virtctl.selector import parse as parse_selector
+
+KindArg = Annotated[str, typer.Argument(help=f"the kind ({SUPPORTED}), or KIND/NAME")]
+MaybeName = Annotated[str | None, typer.Argument(help="its name (not with KIND/NAME)")]
+_FOR_HELP = ("condition=Ready, jsonpath={.status.phase}=Running, delete, create, status=Running, "
+             "phase=Running")  # fmt: skip
+FileOpt = Annotated[str, typer.Option("--filename", "-f", help="manifest file, or - for stdin")]
+
+
+def _target(what: str, name: str | None, *, needed: bool) -> tuple[Kind, str | None]:
+    try:
+        kind, named = split(what, optional_name(name))
+    except VirtbusError as err:
+        if err.field == "kind":  # an unknown kind is the server's "no such resource type": 1
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+        raise usage(str(err)) from None
+    if needed and named is None:
+        raise usage(f"{what}: give a name, as {what} NAME or {what}/NAME")
+    return kind, named
+
+
+def get(
+    kind: KindArg,
+    name: MaybeName = None,
+    namespace: NsOpt = "default",
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+    output: Annotated[
+        str, typer.Option("-o", "--output", help="wide, json, yaml, name or jsonpath=TEMPLATE")
+    ] = "",
+    selector: Annotated[
+        str, typer.Option("-l", "--selector", help="labels: k=v, k!=v, k in (a,b), k, !k")
+    ] = "",
+    watch: Annotated[bool, typer.Option("--watch", "-w")] = False,
+    server: ServerOpt = None,
+) -> None:
+    """List or show objects of a kind like kubectl (VMs, VMIs, nodes, replica sets, migrations,
+    snapshots, restores, volumes)."""
+    from virtctl.verbs import get as get_
+
+    target, named = _target(kind, name, needed=False)
+    try:
+        out, chosen = Output.parse(output), parse_selector(selector)
+    except VirtbusError as err:
+        raise usage(str(err)) from None
+    if named is not None and chosen.requirements:
+        raise usage("name cannot be provided when a selector is specified")
+    ns = None if all_namespaces else namespace
+    finish(run(get_(server_url(server), kind=target, name=named, namespace=ns, out=out,
+                    selector=chosen, watch=watch)))  # fmt: skip
+
+
+def describe(
+    kind: KindArg, name: MaybeName = None, namespace: NsOpt = "default", server: ServerOpt = None
+) -> None:
+    """Show an object in words: a VM's state, conditions and latest events; any other kind's
+    fields as kubectl's describe prints a custom resource."""
+    from virtctl.getting import describe_any
+    from virtctl.verbs import describe as describe_vm
+
+    target, named = _target(kind, name, needed=True)
+    assert named is not None
+    url = server_url(server)
+    if target in (VM, VMI):
+        finish(run(describe_vm(url, kind=target, name=named, namespace=namespace)))
+        return
+    finish(run(describe_any(url, kind=target, name=named, namespace=namespace)))
+
+
+def wait(
+    kind: KindArg,
+    for_: Annotated[
+        str,
+        typer.Option("--for", help=_FOR_HELP),
+    ],
+    name: MaybeName = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0, help="seconds")] = 30.0,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Wait until an object meets a condition, like kubectl wait."""
+    from virtctl import waiting
+
+    target, named = _target(kind, name, needed=True)
+    assert named is not None
+    try:
+        waiting.parse(target, for_)
+    except VirtbusError as err:
+        raise usage(str(err)) from None
+    met = run(waiting.wait(server_url(server), kind=target, name=named, namespace=namespace,
+                           condition=for_, timeout_s=timeout))  # fmt: skip
+    plural = target.resource.partition(".")[0]
+    if not met:
+        typer.echo(f"error: timed out waiting for the condition on {plural}/{named}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{target.object_name(named)} condition met")
+
+
+def delete(
+    what: Annotated[str | None, typer.Argument(help="a VM name, KIND NAME or KIND/NAME")] = None,
+    name: MaybeName = None,
+    filename: Annotated[
+        str | None, typer.Option("--filename", "-f", help="delete what this manifest names")
+    ] = None,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Delete an object of any kind (a VM keeps its disks, see `undelete`), or those a manifest
+    names (`-f`)."""
+    from virtctl import objects
+
+    url = server_url(server)
+    if filename is not None:
+        if what is not None:
+            raise usage("-f: give either a file or KIND NAME, not both")
+        finish(run(objects.delete_file(url, path=filename, namespace=namespace, actor=actor())))
+        return
+    if what is None:
+        raise usage("give a VM name, KIND NAME, KIND/NAME or -f FILE")
+    if name is None and "/" not in what:
+        what, name = "vm", what  # virtbus's older `delete NAME`
+    target, named = _target(what, name, needed=True)
+    assert named is not None
+    finish(run(objects.delete(url, kind=target, name=named, namespace=namespace, actor=actor())))
+
+
+def create(filename: FileOpt, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
+    """Create the objects of a manifest; one that exists already is refused (AlreadyExists)."""
+    from virtctl.objects import create_file
+
+    finish(run(create_file(server_url(server), path=filename, namespace=namespace)))
+
+
+def patch(
+    kind: KindArg,
+    patch_: Annotated[str, typer.Option("--patch", "-p", help="the patch, JSON")],
+    name: MaybeName = None,
+    type_: Annotated[
+        str, typer.Option("--type", help="merge (RFC 7386) or json (RFC 6902)")
+    ] = "strategic",
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Change a VM or replica set in place (`--type merge|json`), recorded as an apply."""
+    from virtctl.objects import patch as patch_object
+    from virtctl.patching import TYPES
+
+    target, named = _target(kind, name, needed=True)
+    assert named is not None
+    if type_ not in TYPES:
+        raise usage(f"--type {type_!r}: use merge or json")
+    finish(run(patch_object(server_url(server), kind=target, name=named, namespace=namespace,
+                            kind_of_patch=type_, patch_text=patch_, actor=actor())))  # fmt: skip
+
+
+def register(app: typer.Typer) -> None:
+    """Add these verbs to the `virtbus` app, in `--help`'s order."""
+    for verb in (create, delete, get, describe, wait, patch):
+        app.command()(verb)
