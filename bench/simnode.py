@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from bus.store import EventStore
-from bus.telemetry import serve
+from bus.telemetry import add_process_args, serve
 from events import model as m
 from events import work as w
 from events.envelope import encode
@@ -155,7 +155,7 @@ def main() -> None:
     import uvloop
 
     parser = argparse.ArgumentParser(prog="python -m bench.simnode")
-    parser.add_argument("--server", required=True)
+    add_process_args(parser)  # --server, --creds, --tls-ca as every virtbus process takes them
     parser.add_argument("--prefix", default="sim-node")
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--cpus", type=int, default=8)

@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from bus.reader import direct_range, pull_all
 from bus.store import EventStore
 from events.checkpoint import AUDIT_REF, key_id, sign, signature_ok
-from events.envelope import Envelope, chain_hash, decode_envelope
+from events.envelope import Envelope, attested, chain_hash, decode_envelope
 from events.errors import ConcurrencyConflict, TamperDetected, ValidationError, VirtbusError
 from events.folding import skipped_now
 from events.model import AuditCheckpoint, AuditHead
@@ -181,7 +181,7 @@ class Walker:
             return  # past the first bad event, nothing of this history can be trusted
         self.events += 1
         try:
-            env = decode_envelope(data)
+            env = attested(decode_envelope(data), subject)
         except (msgspec.DecodeError, msgspec.ValidationError):
             msg = f"seq {seq} is not a virtbus event (it does not decode): forged"
             self._bad(key, a, problem="forged", seq=seq, version=a.version + 1, message=msg)

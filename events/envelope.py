@@ -11,9 +11,10 @@ import hashlib
 import os
 import re
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
+from msgspec.structs import force_setattr
 
 from events.commands import AnyCommand
 from events.errors import TamperDetected, ValidationError
@@ -52,11 +53,7 @@ class Recorded(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def actor(self) -> str:
-        """Who wrote it: the node its subject names (which only that node may write under, on a
-        secured bus) over whatever the body says; else the body's actor."""
-        parts = self.subject.split(".")
-        if len(parts) == 6 and parts[0] == "virt":
-            return f"node/{parts[5]}"
+        """Who wrote it (see `attested`: a node's name comes from the subject, not the body)."""
         return self.envelope.actor
 
 
@@ -69,6 +66,7 @@ class Stamp(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     time: datetime
     version: int
     prevhash: str = GENESIS
+    actor: str = ""  # (only a node's, which `attested` sets from the subject, is read)
     data: AnyEvent
 
 
@@ -123,6 +121,18 @@ def seal(
         data=event,  # type: ignore[arg-type]
     )
     return env, _encoder.encode(env)
+
+
+T = TypeVar("T", Envelope, Stamp)
+
+
+def attested(env: T, subject: str) -> T:
+    """`env` as decoded from a message on `subject`: an event whose subject ends in a node's name
+    (`virt.vm.<ns>.<name>.<type>.<node>`, which on a secured bus only that node may write under)
+    is that node's, `node/<node>`, whatever actor its body claims."""
+    if subject.count(".") == 5:
+        force_setattr(env, "actor", f"node/{subject.rpartition('.')[2]}")
+    return env
 
 
 def decode_envelope(raw: bytes) -> Envelope:

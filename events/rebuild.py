@@ -13,7 +13,7 @@ from typing import Final
 
 import msgspec
 
-from events.envelope import STAMP_DECODER, Chain
+from events.envelope import STAMP_DECODER, Chain, attested
 from events.names import aggregate_key
 from events.state import VMState, apply
 
@@ -42,7 +42,7 @@ class Folder:
         if self.verify:
             digest = hashlib.sha256(data).hexdigest()
             self.chain.step(key, stamp.version, stamp.prevhash, digest, seq=seq, subject=subject)
-        self.states[key] = apply(self.states.get(key, _EMPTY), stamp)
+        self.states[key] = apply(self.states.get(key, _EMPTY), attested(stamp, subject))
 
 
 _EMPTY: Final = VMState()

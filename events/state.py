@@ -21,6 +21,7 @@ from events import fold_snapshot as snapshot
 from events import model as m
 from events.envelope import Stamped
 from events.folding import total
+from events.users import NODE_WRITES
 from events.vmstate import (
     CRASH_LOOP,
     DELETED,
@@ -123,6 +124,8 @@ _REVIVE: Final = (m.VMCreated, m.VMUndeleted)
 @total
 def apply(s: VMState, env: Stamped) -> VMState:
     """Return the state after `env`; unknown or irrelevant events leave it as it was."""
+    if env.actor.startswith("node/") and type(env.data) in NODE_WRITES:
+        _placed_on(s, env.actor.removeprefix("node/"))
     handler = HANDLERS.get(type(env.data))
     if handler is None or (s.deleted and not isinstance(env.data, _REVIVE)):
         # A deleted VM's life is over: late observations do not touch it.
@@ -134,6 +137,17 @@ def apply(s: VMState, env: Stamped) -> VMState:
     force_setattr(new, "version", env.version)
     force_setattr(new, "updated", env.time)
     return new
+
+
+def _placed_on(s: VMState, node: str) -> None:
+    """Raise (the event is then skipped, and said: `total`) unless the log placed the VM on
+    `node`: where it runs or ran last, its home, either end of its migration. A node's word is
+    truth about its own guests only."""
+    mig = s.migration
+    placed = {s.node, s.last_node, s.home, *((mig.source, mig.target) if mig else ())} - {""}
+    if node not in placed:
+        where = ", ".join(sorted(placed)) or "no node"
+        raise ValueError(f"node {node} observed a VM the log places on {where}: not folded")
 
 
 def fold(envelopes: Iterable[Stamped], state: VMState | None = None) -> VMState:

@@ -25,7 +25,7 @@ from bus import history as h
 from bus.client import session
 from bus.connect import server_url
 from events import render
-from events.envelope import Recorded, chain_hash, decode_envelope
+from events.envelope import Recorded, attested, chain_hash, decode_envelope
 from events.errors import TamperDetected, ValidationError, VirtbusError
 from events.names import COMMANDS_STREAM, EVENTS_STREAM, Ref
 from virtctl.cli_common import NsOpt, ServerOpt, finish, run
@@ -221,7 +221,7 @@ def _live_entry(msg: Msg, timeline: h.Timeline) -> h.Entry | None:
         cmd = h.command_record(msg.data, headers)
         return timeline.command(cmd, summary=f"{cmd.kind}: asked")
     try:
-        env = decode_envelope(msg.data)
+        env = attested(decode_envelope(msg.data), msg.subject)
     except Exception:  # garbage on the tree: `audit verify` reports it
         return None
     return timeline.event(Recorded(env, seq, msg.subject, chain_hash(msg.data)))

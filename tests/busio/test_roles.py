@@ -164,3 +164,37 @@ async def test_a_node_writes_its_observations_and_takes_its_own_work_only(
     assert [(type(r.envelope.data), r.actor) for r in history] == [
         (m.VMCreated, ""), (m.DomainStarted, "node/node-a"),
     ]  # fmt: skip
+
+
+async def test_a_nodes_word_about_a_vm_placed_elsewhere_is_not_folded(
+    bus: tuple[str, Trust],
+) -> None:
+    """node-b may write observations (its permissions allow the subject), but about a VM the log
+    placed on node-a its word is skipped by every fold, and said why; node-a's is taken."""
+    url, trust = bus
+    admin = await connect(url, creds=trust.ensure_creds("admin"), tls_ca=trust.ca_file)
+    nodes = {}
+    for name in ("node-a", "node-b"):
+        creds = trust.issue(name, permissions=node_permissions(name))
+        nodes[name] = await connect(url, creds=creds, tls_ca=trust.ca_file)
+    try:
+        ref = Ref.vm("a")
+        placed = [m.VMStartRequested(), m.VMScheduled(node="node-a", vmi_uid="u1")]
+        await EventStore(admin).append_fact(ref, placed)
+        for name in ("node-b", "node-a"):
+            await EventStore(nodes[name], writer=name).append_fact(
+                ref, [m.DomainStarted(node=name)]
+            )
+        history = await EventStore(admin).read(ref)
+        assert [r.actor for r in history][-2:] == ["node/node-b", "node/node-a"]
+        state, _ = await VMRepository(EventStore(admin)).get(ref)
+        assert (state.status, state.node) == ("Running", "node-a")
+        assert [(s.type, s.reason) for s in state.skipped] == [(
+            "DomainStarted",
+            "ValueError: node node-b observed a VM the log places on node-a: not folded",
+        )]  # fmt: skip
+        rebuilt = (await VMRepository(EventStore(admin)).all())[ref]  # the start-up's lean path
+        assert (rebuilt.status, rebuilt.skipped) == (state.status, state.skipped)
+    finally:
+        for nc in (admin, *nodes.values()):
+            await nc.close()
