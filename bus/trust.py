@@ -17,6 +17,7 @@ and the system account (claim updates), and the virtbus account signs every user
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from bus.credentials import (
     user_jwt,
     write_secret,
 )
+from events.errors import ValidationError
 
 ACCOUNT_NAME = "VIRTBUS"
 SYSTEM_NAME = "SYS"
@@ -82,11 +84,15 @@ class Trust:
     def system_creds(self) -> Path:
         """A system-account user: it pushes account claims (revocations) to the server."""
         path = self.creds_file("system")
-        if not path.is_file():
-            user = KeyPair.new("user")
-            jwt = user_jwt(self.system, user.public, name="system")
-            write_secret(path, creds_text(jwt, user.seed))
-        return path
+        if path.is_file():
+            return path
+        user = KeyPair.new("user")
+        text = creds_text(user_jwt(self.system, user.public, name="system"), user.seed)
+        try:
+            return write_secret(path, text)
+        except OSError:  # a read-only root (a mounted Secret): a private file of this process's
+            return write_secret(Path(tempfile.mkdtemp(prefix="virtbus-system-")) / "system.creds",
+                                text)  # fmt: skip
 
     @property
     def _revocations_file(self) -> Path:
@@ -151,6 +157,20 @@ def ensure(root: Path) -> Trust:
         (tls / "server.pem").write_bytes(leaf.cert_pem)
     (root / "jwt").mkdir(parents=True, exist_ok=True)
     return trust
+
+
+def load(root: Path) -> Trust:
+    """The trust root another process made (`virtbus up`, or copied into a Secret): the keys must
+    be there; nothing is made (a new key would sign identities no server trusts)."""
+    root = root.resolve()
+    needed = [root / "keys" / f"{n}.nk" for n in ("operator", "account", "system")]
+    missing = [str(p.relative_to(root)) for p in [*needed, root / "tls" / "ca.pem"]
+               if not p.is_file()]  # fmt: skip
+    if missing:
+        why = f"{root} is not a virtbus trust root: no {', '.join(missing)}"
+        raise ValidationError(why, field="trust-dir")
+    operator, account, system = (KeyPair(p.read_bytes().strip()) for p in needed)
+    return Trust(root, operator=operator, account=account, system=system)
 
 
 def revoked_now() -> int:

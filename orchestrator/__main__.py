@@ -1,10 +1,12 @@
-"""`python -m orchestrator [--server URL] [--data-dir D] [--migrations FILE]`: the orchestrator
-alone, on a bus. FILE is KubeVirt's `spec.configuration.migrations` as YAML."""
+"""`python -m orchestrator [--server URL] [--creds F --tls-ca F] [--trust-dir D] [--data-dir D]
+[--migrations FILE]`: the orchestrator alone, on a bus. FILE is KubeVirt's
+`spec.configuration.migrations` as YAML."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from pathlib import Path
 
 import uvloop
@@ -12,6 +14,8 @@ from nats.aio.client import Client
 
 from bus.provision import provision
 from bus.telemetry import add_process_args, serve, start_telemetry
+from bus.trust import load
+from events.errors import ValidationError
 from orchestrator.app import run_orchestrator
 from orchestrator.migrations import load_policy
 
@@ -20,9 +24,10 @@ async def _main(args: argparse.Namespace) -> None:
     async def body(nc: Client, stop: asyncio.Event) -> None:
         await provision(nc.jetstream())
         policy = load_policy(Path(args.migrations)) if args.migrations else None
+        trust = load(Path(args.trust_dir)) if args.trust_dir else None
         await run_orchestrator(nc, data_dir=Path(args.data_dir), stop=stop,
                                node_grace_s=args.node_grace, migration_policy=policy,
-                               webhooks=not args.no_webhooks)  # fmt: skip
+                               webhooks=not args.no_webhooks, trust=trust)  # fmt: skip
 
     await serve(args, name="virtbus-orchestrator", body=body)
 
@@ -37,8 +42,18 @@ def main() -> None:
         "--node-grace", type=float, default=10.0,
         help="seconds of silence after which a node is lost (default 10)",
     )  # fmt: skip
+    parser.add_argument(
+        "--trust-dir", default=os.environ.get("VIRTBUS_TRUST_DIR"), metavar="D",
+        help="the stack's keys (keys/*.nk, tls/ca.pem; default $VIRTBUS_TRUST_DIR): with them "
+        "the orchestrator adds and revokes users",
+    )  # fmt: skip
     add_process_args(parser)
     args = parser.parse_args()
+    if args.trust_dir:
+        try:  # a wrong directory is a usage error now, not a refused `auth add-user` later
+            load(Path(args.trust_dir))
+        except ValidationError as err:
+            parser.error(err.message)
     start_telemetry("orchestrator", metrics_port=args.metrics_port)
     uvloop.run(_main(args))
 

@@ -79,7 +79,10 @@ class Identities:
         if self.trust is None:
             return
         revoked = await self.revocations()
-        self.trust.save_revocations(revoked)
+        try:
+            self.trust.save_revocations(revoked)
+        except OSError as err:  # a read-only trust root (a Secret): the server keeps the claim
+            log.warning("revocations not kept beside the keys (%s): the server has them", err)
         url = self.nc.connected_url
         if url is None:
             return

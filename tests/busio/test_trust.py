@@ -31,7 +31,7 @@ from bus.leanpull import lean_pull
 from bus.leanrequest import LeanRequester
 from bus.provision import provision
 from bus.server import NatsServer
-from bus.trust import Trust, ensure, revoked_now
+from bus.trust import Trust, ensure, load, revoked_now
 from events.errors import BusUnavailable, ValidationError
 
 
@@ -209,3 +209,20 @@ async def test_the_lean_paths_log_in_over_tls_and_refuse_to_go_without(
     plain = Login(login.host, login.port, {}, creds=admin)
     with pytest.raises(LeanUnavailable, match="the server's TLS and nats-py's differ"):
         await LeanRequester(plain).request("virt.vm.default.b.VMCreated", b"{}", {}, within=5)
+
+
+def test_a_trust_root_elsewhere_is_loaded_never_made(tmp_path: Path) -> None:
+    """`python -m orchestrator --trust-dir D` (the keys from a Secret) loads what `virtbus up`
+    made; a directory without them is named, and nothing is made in it."""
+    made = ensure(tmp_path / "up")
+    loaded = load(tmp_path / "up")
+    assert (loaded.operator, loaded.account, loaded.system) == (made.operator, made.account,
+                                                               made.system)  # fmt: skip
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValidationError) as err:
+        load(tmp_path / "empty")
+    assert err.value.message == (
+        f"{tmp_path / 'empty'} is not a virtbus trust root: no keys/operator.nk, "
+        "keys/account.nk, keys/system.nk, tls/ca.pem"
+    )
+    assert list((tmp_path / "empty").iterdir()) == []

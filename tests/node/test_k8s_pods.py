@@ -9,6 +9,7 @@ driver or worker internals. The deploy manifests are checked here too: they must
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -257,6 +258,40 @@ def test_the_deploy_manifests_parse() -> None:
     rules = next(d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text())
                  if d["kind"] == "ClusterRole")["rules"]  # fmt: skip
     assert {"get", "list", "watch", "create", "delete", "patch"} <= set(rules[0]["verbs"])
+
+
+def test_the_deploy_manifests_carry_the_credentials_as_secrets() -> None:
+    """Each component that reaches the bus reads its `.creds` and the CA from a Secret mounted
+    read-only (0400), never from the manifest; the orchestrator reads its keys the same way."""
+    texts = "".join(f.read_text() for f in DEPLOY.glob("*.yaml"))
+    assert "-----BEGIN" not in texts  # no certificate, no JWT, no key in a manifest
+    assert not re.search(r"S[OAU][A-Z2-7]{56}", texts)  # nor an nkey seed
+    mounted = {}
+    for name, secret in (("worker-daemonset.yaml", "virtbus-node-creds"),
+                         ("orchestrator-deployment.yaml", "virtbus-orchestrator")):  # fmt: skip
+        (doc,) = yaml.safe_load_all((DEPLOY / name).read_text())
+        spec = doc["spec"]["template"]["spec"]
+        (ctr,) = spec["containers"]
+        env = {e["name"]: e.get("value") for e in ctr["env"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in ctr["volumeMounts"]}
+        for var in ("VIRTBUS_CREDS", "VIRTBUS_TLS_CA"):
+            where = env[var].rpartition("/")[0]
+            assert mounts[where]["secret"]["secretName"] == secret, (name, var)
+            assert mounts[where]["secret"]["defaultMode"] == 0o400
+        mounted[name] = (env["VIRTBUS_CREDS"], env["VIRTBUS_TLS_CA"], env.get("VIRTBUS_TRUST_DIR"))
+        if name == "orchestrator-deployment.yaml":
+            trust = mounts[env["VIRTBUS_TRUST_DIR"]]["secret"]
+            assert (trust["secretName"], trust["defaultMode"]) == ("virtbus-trust", 0o400)
+            assert sorted(i["path"] for i in trust["items"]) == [
+                "keys/account.nk", "keys/operator.nk", "keys/system.nk", "tls/ca.pem",
+            ]  # what `python -m orchestrator --trust-dir` loads  # fmt: skip
+    assert mounted == {
+        "worker-daemonset.yaml": ("/etc/virtbus-creds/$(NODE_NAME).creds",
+                                  "/etc/virtbus-creds/ca.pem", None),
+        "orchestrator-deployment.yaml": ("/etc/virtbus-creds/orchestrator.creds",
+                                         "/etc/virtbus-creds/ca.pem", "/etc/virtbus-trust"),
+    }  # fmt: skip
 
 
 async def test_the_deploy_launcher_template_builds_a_pod(kube: Kube) -> None:
