@@ -37,11 +37,13 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js.api import StorageType, StreamConfig
 
+from bench.rig import bench_bus, login_args
 from bus.client import Rejected, query, send
-from bus.connect import bus_for_bench, connect
+from bus.connect import connect
 from bus.provision import provision
 from bus.server import die_with_parent
 from bus.store import EventStore
+from bus.trust import Trust
 from events import commands as c
 from events import model as m
 from events.envelope import encode
@@ -76,14 +78,18 @@ def _apply(name: str) -> c.ApplyVM:
 
 
 async def run(
-    *, vms: int, nodes: int, server: str | None, concurrency: int = 50, rate: float | None = None
-) -> dict[str, Any]:
-    async with bus_for_bench(server) as url:
+    *, vms: int, nodes: int, server: str | None, concurrency: int = 50, rate: float | None = None,
+    secure: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    async with bench_bus(server, secure=secure) as (url, trust):
         nc = await connect(url, name="virtbus-bench-client")
         try:
-            return await _run(nc, url, vms=vms, nodes=nodes, concurrency=concurrency, rate=rate)
+            out = await _run(nc, url, vms=vms, nodes=nodes, concurrency=concurrency, rate=rate,
+                             trust=trust)  # fmt: skip
         finally:
             await nc.close()
+    out["secure"] = trust is not None
+    return out
 
 
 async def _spawn(*args: str) -> asyncio.subprocess.Process:
@@ -106,8 +112,9 @@ async def _end(proc: asyncio.subprocess.Process) -> None:
 
 
 async def _run(
-    nc: Client, url: str, *, vms: int, nodes: int, concurrency: int, rate: float | None
-) -> dict[str, Any]:
+    nc: Client, url: str, *, vms: int, nodes: int, concurrency: int, rate: float | None,
+    trust: Trust | None,
+) -> dict[str, Any]:  # fmt: skip
     await provision(nc.jetstream())
     run_id = uuid.uuid4().hex[:6]
     per_node = -(-vms // nodes)
@@ -115,8 +122,9 @@ async def _run(
     with tempfile.TemporaryDirectory(prefix="virtbus-bench-orchestrator-") as tmp:
         procs = [
             await _spawn("orchestrator", "--server", url, "--data-dir", tmp,
-                         "--node-grace", str(NODE_GRACE_S)),
-            await _spawn("bench.simnode", "--server", url, "--prefix", prefix,
+                         "--node-grace", str(NODE_GRACE_S), *login_args(trust, "orchestrator")),
+            await _spawn("bench.simnode", "--server", url, *login_args(trust, "simnodes"),
+                         "--prefix", prefix,
                          "--count", str(nodes), "--cpus", str(max(8, per_node)),
                          "--memory-bytes", str(2 * per_node * VM_MEMORY + (1 << 30))),
         ]  # fmt: skip

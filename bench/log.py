@@ -18,7 +18,8 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js.api import StorageType, StreamConfig
 
-from bus.connect import bus_for_bench, connect
+from bench.rig import bench_bus
+from bus.connect import connect
 from bus.provision import provision
 from bus.reader import pull_all
 from bus.store import EventStore
@@ -41,7 +42,7 @@ def _event(i: int) -> m.Event:
 async def run(
     *, events: int, batch: int, server: str | None, sync_always: bool, secure: bool = False
 ) -> dict[str, Any]:
-    async with bus_for_bench(server, sync_always=sync_always, secure=secure) as url:
+    async with bench_bus(server, sync_always=sync_always, secure=secure) as (url, trust):
         nc = await connect(url, name="virtbus-bench")
         try:
             js = nc.jetstream()
@@ -57,6 +58,7 @@ async def run(
         finally:
             await nc.close()
     out["fsync"] = "always" if sync_always else "default (2 min)"
+    out["secure"] = trust is not None
     return out
 
 

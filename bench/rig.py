@@ -12,17 +12,61 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+import tempfile
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import uvloop
 from nats.aio.client import Client
 
+from bus.connect import Access, bus_for_bench, connect, use
+from bus.provision import provision
+from bus.roles import record_identities
 from bus.server import die_with_parent
+from bus.store import EventStore
+from bus.trust import Trust, ensure
 from events import commands as c
 from events.envelope import encode
 from events.errors import VirtbusError
+from events.users import ADMIN
+
+# The identities of a secured benchmark's stack: the orchestrator and the simulated nodes (one
+# process playing many nodes, so it holds every permission, as the orchestrator does).
+SECURE_ROLES = {"admin": ADMIN, "orchestrator": ADMIN, "simnodes": ADMIN}
+
+
+@contextlib.asynccontextmanager
+async def bench_bus(
+    explicit: str | None, *, sync_always: bool = False, secure: bool = False
+) -> AsyncIterator[tuple[str, Trust | None]]:
+    """`bus_for_bench`; `secure`: a bus like `virtbus up`'s (operator JWT, TLS), provisioned, its
+    identities recorded, and this process logged in as its admin (the client side of the
+    benchmark and its raw baseline both pay for TLS and the login)."""
+    if not secure or explicit:
+        async with bus_for_bench(explicit, sync_always=sync_always) as url:
+            yield url, None
+        return
+    with tempfile.TemporaryDirectory(prefix="virtbus-bench-trust-") as keys:
+        trust = ensure(Path(keys))
+        for name in SECURE_ROLES:
+            trust.ensure_creds(name)
+        async with bus_for_bench(None, sync_always=sync_always, trust=trust) as url:
+            use(Access(trust.creds_file("admin"), trust.ca_file))
+            admin = await connect(url, name="virtbus-bench-admin")
+            try:
+                await provision(admin.jetstream())
+                await record_identities(EventStore(admin), trust, roles=SECURE_ROLES)
+            finally:
+                await admin.close()
+            yield url, trust
+
+
+def login_args(trust: Trust | None, name: str) -> list[str]:
+    """A component's command-line login on the bench's bus (none on an open one)."""
+    if trust is None:
+        return []
+    return ["--creds", str(trust.creds_file(name)), "--tls-ca", str(trust.ca_file)]
 
 
 def vm_spec() -> dict[str, Any]:

@@ -27,6 +27,7 @@ from nats.aio.client import Client
 
 from bus.credentials import claims_of, read_creds
 from bus.server import DEFAULT_URL, NatsServer
+from bus.trust import Trust
 from events.errors import BusUnavailable, ValidationError
 from events.names import check_name
 
@@ -229,21 +230,15 @@ async def _server_info(url: str, *, within: float = 2) -> dict[str, object]:
 
 @contextlib.asynccontextmanager
 async def bus_for_bench(
-    explicit: str | None, *, sync_always: bool = False, secure: bool = False
+    explicit: str | None, *, sync_always: bool = False, trust: Trust | None = None
 ) -> AsyncIterator[str]:
-    """A given server, or a throw-away embedded one so a benchmark never touches real data;
-    `secure`: one that asks what `virtbus up`'s does (credentials, TLS), with this process logged
-    in as its admin, so both sides of a benchmark pay for them."""
+    """A given server, or a throw-away embedded one so a benchmark never touches real data (one
+    that trusts only `trust`'s identities, over TLS, when given: `bench/rig.py`'s secure bus)."""
     if explicit:
         yield explicit
         return
-    from bus.trust import ensure
-
     with tempfile.TemporaryDirectory(prefix="virtbus-bench-") as tmp:
-        trust = ensure(Path(tmp) / "trust") if secure else None
         async with NatsServer(
             data_dir=Path(tmp), port=-1, sync_always=sync_always, trust=trust
         ) as server:
-            if trust is not None:
-                use(Access(trust.ensure_creds("admin"), trust.ca_file))
             yield server.url

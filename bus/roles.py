@@ -17,11 +17,23 @@ observations about a VM are not limited to VMs placed on it.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Final
 
-from bus.credentials import Permissions
+from bus.credentials import Permissions, claims_of, read_creds
+from bus.store import EventStore
+from bus.trust import Trust
+from events import model as m
+from events.errors import ConcurrencyConflict
 from events.model import TOKEN
-from events.names import CLUSTER, COMMANDS_STREAM, EVENTS_STREAM, HEARTBEAT_BUCKET, WORK_STREAM
+from events.names import (
+    CLUSTER,
+    COMMANDS_STREAM,
+    EVENTS_STREAM,
+    HEARTBEAT_BUCKET,
+    WORK_STREAM,
+    Ref,
+)
 from events.users import NODE_WRITES
 
 ROLES: Final = ("admin", "edit", "view")
@@ -89,3 +101,15 @@ def node_permissions(name: str) -> Permissions:
         subscribe=(f"_INBOX_{name}.>", f"virt.session.{name}.*", "virt.pipe.*.*"),
         allow_responses=True,  # answers to sessions asked of it, on the asker's inbox
     )
+
+
+async def record_identities(store: EventStore, trust: Trust, *, roles: dict[str, str]) -> None:
+    """The log says who may use the bus: identities a stack made itself (`virtbus up`: the admin,
+    the orchestrator, its nodes; name -> role) are recorded once, as `auth add-user` records the
+    others; a name already recorded is left as it is."""
+    for name, role in roles.items():
+        jwt, _ = read_creds(trust.creds_file(name))
+        added = m.UserAdded(role=role, public_key=claims_of(jwt)["sub"], jwt=jwt)
+        with contextlib.suppress(ConcurrencyConflict):
+            await store.append(Ref("user", CLUSTER, name), [added], expected_version=0,
+                               actor="virtbus/up")  # fmt: skip

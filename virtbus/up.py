@@ -15,20 +15,16 @@ import sys
 from collections.abc import Awaitable
 from pathlib import Path
 
-from nats.aio.client import Client
 from rich.console import Console
 
 from bus.audit import describe_key, load_key
 from bus.connect import Access, configured, connect, use
-from bus.credentials import claims_of, read_creds
 from bus.provision import provision
-from bus.roles import node_permissions
+from bus.roles import node_permissions, record_identities
 from bus.server import NatsServer, die_with_parent, fsync_policy
 from bus.store import EventStore
 from bus.trust import Trust, ensure
-from events import model as m
-from events.errors import BusUnavailable, ConcurrencyConflict
-from events.names import CLUSTER, Ref
+from events.errors import BusUnavailable
 from events.users import ADMIN, NODE
 from events.work import MigrationPolicy
 from orchestrator.app import run_orchestrator
@@ -72,7 +68,9 @@ async def run_up(
             created = await provision(nc.jetstream())
             console.print("provisioned: " + (", ".join(created) or "everything already in place"))
             if owned is not None and owned.trust is not None:
-                await record_identities(nc, owned.trust, names=list(logins))
+                roles = {name: NODE if name.startswith("node-") else ADMIN for name in logins}
+                await record_identities(EventStore(nc, source="/virtbus/up"), owned.trust,
+                                        roles=roles)  # fmt: skip
             audit, web = describe_key(load_key()), configured_port()  # bad settings stop us here
 
             def orchestrate(own: asyncio.Event) -> Awaitable[None]:
@@ -147,19 +145,6 @@ def _identities(trust: Trust, *, nodes: int) -> dict[str, Access]:
         )
     console.print(f"credentials: {trust.creds_file('admin')} (admin), CA {trust.ca_file}")
     return {name: Access(trust.creds_file(name), trust.ca_file) for name in names}
-
-
-async def record_identities(nc: Client, trust: Trust, *, names: list[str]) -> None:
-    """The log says who may use the bus: the identities this stack made are recorded once, as
-    `auth add-user` records the others (admin and orchestrator as admins, nodes as nodes)."""
-    store = EventStore(nc, source="/virtbus/up")
-    for name in names:
-        jwt, _ = read_creds(trust.creds_file(name))
-        role = NODE if name.startswith("node-") else ADMIN
-        added = m.UserAdded(role=role, public_key=claims_of(jwt)["sub"], jwt=jwt)
-        with contextlib.suppress(ConcurrencyConflict):  # recorded by an earlier run
-            await store.append(Ref("user", CLUSTER, name), [added], expected_version=0,
-                               actor="virtbus/up")  # fmt: skip
 
 
 def _node_name(index: int) -> str:

@@ -6,6 +6,8 @@ import asyncio
 import json
 import sys
 
+import pytest
+
 CLI = [sys.executable, "-m", "virtbus"]
 
 KEYS = (
@@ -24,15 +26,20 @@ async def run(*args: str, wait_s: float = 120) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_bench_control_starts_every_vm_and_prints_one_json_object() -> None:
-    code, out, err = await run("bench", "control", "--vms", "30", "--nodes", "3", "-o", "json")
+@pytest.mark.parametrize("secure", [False, True], ids=["open", "secure"])
+async def test_bench_control_starts_every_vm_and_prints_one_json_object(secure: bool) -> None:
+    """Open, and `--secure`: every part of the stack logged in over TLS, each command judged as
+    the admin's (its role recorded, as `virtbus up` records it)."""
+    flag = ["--secure"] if secure else []
+    code, out, err = await run("bench", "control", "--vms", "30", "--nodes", "3", "-o", "json",
+                               *flag)  # fmt: skip
     assert code == 0, err
     result = json.loads(out)  # stdout holds the JSON and nothing else
     for key in KEYS:
         assert key in result, key
     assert (result["vms"], result["nodes"]) == (30, 3)
     assert result["accepted"] == result["running"] == 30
-    assert result["rejected"] == 0
+    assert (result["rejected"], result["secure"]) == (0, secure)
     # created (starting), scheduled, launcher created, domain defined, domain started
     assert result["events_per_vm"] == 5
     assert result["baseline_publishes_per_vm"] == 6
@@ -41,3 +48,12 @@ async def test_bench_control_starts_every_vm_and_prints_one_json_object() -> Non
     assert result["ratio"] == result["starts_per_s"] / result["baseline_starts_per_s"]
     p50, p95, p99 = (result[f"create_to_running_{p}_ms"] for p in ("p50", "p95", "p99"))
     assert 0 < p50 <= p95 <= p99 <= result["create_to_running_max_ms"]
+
+
+async def test_bench_log_secure_measures_both_sides_logged_in_over_tls() -> None:
+    code, out, err = await run("bench", "log", "--secure", "--events", "400", "-o", "json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["events"], result["secure"]) == (400, True)
+    for key in ("append_eps", "append_baseline_eps", "replay_eps", "replay_baseline_eps"):
+        assert result[key] > 0, key

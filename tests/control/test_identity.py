@@ -24,6 +24,7 @@ from bus.client import Rejected, send
 from bus.connect import connect, identity, tls_context
 from bus.credentials import KeyPair, creds_text, write_secret
 from bus.provision import provision
+from bus.roles import record_identities
 from bus.server import NatsServer
 from bus.store import EventStore
 from bus.trust import Trust, ensure
@@ -32,7 +33,6 @@ from events import model as m
 from events.errors import BusUnavailable
 from events.names import Ref
 from orchestrator.app import run_orchestrator
-from virtbus.up import record_identities
 
 
 async def login(url: str, trust: Trust, name: str) -> Client:
@@ -57,7 +57,9 @@ async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
         st = Secured(server.url, trust, admin=await login(server.url, trust, "admin"))
         await provision(st.admin.jetstream())
         trust.ensure_creds("orchestrator")
-        await record_identities(st.admin, trust, names=["admin", "orchestrator"])  # as `up` does
+        await record_identities(
+            EventStore(st.admin), trust, roles={"admin": "admin", "orchestrator": "admin"}
+        )  # as `up` does
         orchestrator = await st.login("orchestrator")
         stop = asyncio.Event()
         task = asyncio.create_task(
