@@ -85,6 +85,10 @@ async def test_view_reads_and_commands_nothing(bus: tuple[str, Trust]) -> None:
         for subject in (
             "virt.cmd.vm.default.a.StartVM.vera",
             "virt.api.get.alice",
+            # webhook signing secrets: readable by the admin and the orchestrator only
+            "$JS.API.DIRECT.GET.KV_virt_webhook_secrets.$KV.virt_webhook_secrets.hook",
+            "$JS.API.STREAM.MSG.GET.KV_virt_webhook_secrets",
+            "$JS.API.CONSUMER.CREATE.KV_virt_webhook_secrets",
             "virt.vm.default.a.VMScheduled",
             "$JS.API.STREAM.DELETE.VIRT_EVENTS",
         ):

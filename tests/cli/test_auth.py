@@ -89,6 +89,12 @@ async def test_users_with_roles_from_add_to_revoke(here: Path) -> None:
             ["orchestrator", "admin", "*", "Active"],
             ["vera", "view", "*", "Active"],
         ]
+        # The log's hash chains hold over subjects with a node's name or a user's last
+        verified = await cli("audit", "verify")
+        assert verified.ok().out.splitlines()[-1] == (
+            "audit of the log: intact: 8 events in 6 histories; 0 checkpoints through seq 0, "
+            "signatures not checked"  # 4 users (alice twice), a in team-a twice, a in default
+        )
         # Any NATS client, as examples/publish_command.py drives it: recorded as the admin it is.
         example = await asyncio.create_subprocess_exec(
             sys.executable, str(ROOT / "examples" / "publish_command.py"), cwd=here, env=env,
