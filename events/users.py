@@ -90,6 +90,25 @@ def authorize(user: UserState, cmd: c.Command) -> None:
     )
 
 
+def read_scope(user: UserState) -> tuple[str, ...] | None:
+    """The namespaces `user` may read (None: every one; empty: none, it is no user any more)."""
+    if not user.exists:
+        return ()
+    if user.role in (VIEW, EDIT) and user.namespaces:
+        return tuple(user.namespaces)
+    return None
+
+
+def may_read(user: UserState, namespace: str, *, verb: str = "get") -> None:
+    """Raise a `forbidden` ValidationError unless `user` may read `namespace`."""
+    scope = read_scope(user)
+    if scope is not None and namespace not in scope:
+        raise ValidationError(
+            f'forbidden: user "{user.name}" ({_role(user) if user.exists else "revoked"}) cannot '
+            f'{verb} virtualmachines in the namespace "{namespace}"', field="namespace",
+        )  # fmt: skip
+
+
 def _role(user: UserState) -> str:
     if user.role == EDIT and user.namespaces:
         return f"edit in {', '.join(user.namespaces)}"

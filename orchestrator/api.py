@@ -30,6 +30,7 @@ from events.envelope import decode_command, encode
 from events.errors import ValidationError
 from events.names import API_PREFIX, CLUSTER, CLUSTER_SCOPED, outcome_subject
 from events.protocol import Answer, Query
+from events.users import may_read, read_scope
 from orchestrator.intake import Intake
 from orchestrator.readmodel import ReadModel
 
@@ -163,6 +164,18 @@ class Api:
         except (msgspec.DecodeError, msgspec.ValidationError) as err:
             await req.respond_error("400", f"bad query: {err}")
             return
+        scope: tuple[str, ...] | None = None  # the namespaces the caller may read; None: all
+        caller, identities = _caller(req.subject), self.intake.identities
+        if caller and identities is not None and q.what != "nodes":
+            user = await identities.user(caller)
+            try:  # one namespace named: the caller may read it, or it is told it may not
+                if q.namespace is not None or q.name is not None:
+                    may_read(user, q.namespace or "default",
+                             verb="list" if q.name is None else "get")  # fmt: skip
+            except ValidationError as err:
+                await req.respond_error("403", err.message)
+                return
+            scope = read_scope(user)
         rm = self.readmodel
         answer = Answer(position=await rm.position())
         if q.what == "history" and q.name is not None:
@@ -175,6 +188,8 @@ class Api:
             answer = Answer(vms=[vm] if vm else [], position=answer.position)
         else:
             vms = await rm.vms(q.namespace, include_deleted=q.include_deleted)
+            if scope is not None:  # every namespace asked: those it may read
+                vms = [vm for vm in vms if vm.namespace in scope]
             answer = Answer(vms=vms, position=answer.position)
         await req.respond(encode(answer))
 

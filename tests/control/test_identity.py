@@ -20,7 +20,7 @@ from driverstack import seed
 from nats.aio.client import Client
 from waits import api_ready
 
-from bus.client import Rejected, send
+from bus.client import Rejected, query, send
 from bus.connect import connect, identity, tls_context
 from bus.credentials import KeyPair, creds_text, write_secret
 from bus.provision import provision
@@ -30,8 +30,9 @@ from bus.store import EventStore
 from bus.trust import Trust, ensure
 from events import commands as c
 from events import model as m
-from events.errors import BusUnavailable
+from events.errors import BusUnavailable, VirtbusError
 from events.names import Ref
+from events.protocol import Query
 from orchestrator.app import run_orchestrator
 
 
@@ -187,3 +188,38 @@ async def test_a_revoked_user_is_cut_off_at_once_and_refused_after(secured: Secu
     assert isinstance(revoked, m.UserRevoked)
     expected = dict.fromkeys(revoked.public_keys, revoked.revoked_at)
     assert secured.trust.saved_revocations() == expected
+
+
+async def test_virtbus_api_answers_each_reader_for_its_namespaces_only(secured: Secured) -> None:
+    """What the read model answers is judged by virtbus-api, which knows the caller: an `edit`
+    user of team-a listing every namespace sees team-a's VMs only, and naming another namespace
+    is forbidden; a `view` user of every namespace sees all."""
+    for ns in ("team-a", "default"):
+        vm = msgspec.structs.replace(seed("x", runStrategy="Halted"), namespace=ns)
+        await send(secured.admin, vm)
+    eddie = await add(secured, "eddie", "edit", "team-a")
+    vera = await add(secured, "vera", "view")
+    try:
+        seen = {}
+        for who, nc in (("eddie", eddie), ("vera", vera)):
+            for _ in range(100):  # the read model follows the log: until both VMs are in it
+                vms = (await query(vera, Query(what="vms"))).vms
+                if len(vms) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            seen[who] = sorted((v.namespace, v.name) for v in (await query(nc, Query())).vms)
+        assert seen == {"eddie": [("team-a", "x")],
+                        "vera": [("default", "x"), ("team-a", "x")]}  # fmt: skip
+        for q, verb in ((Query(namespace="default"), "list"), (Query(name="x"), "get")):
+            with pytest.raises(VirtbusError) as refused:
+                await query(eddie, q)
+            assert str(refused.value) == (
+                f'forbidden: user "eddie" (edit in team-a) cannot {verb} virtualmachines in the '
+                'namespace "default"'
+            )
+        assert [v.name for v in (await query(eddie, Query(namespace="team-a", name="x"))).vms] == [
+            "x"
+        ]
+    finally:
+        await eddie.close()
+        await vera.close()
