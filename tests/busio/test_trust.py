@@ -226,3 +226,16 @@ def test_a_trust_root_elsewhere_is_loaded_never_made(tmp_path: Path) -> None:
         "keys/account.nk, keys/system.nk, tls/ca.pem"
     )
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+async def test_a_restarted_server_refuses_the_revoked_from_its_start(tmp_path: Path) -> None:
+    """Revocations kept beside the keys go into the account claim the server starts with: no
+    window after a restart in which a revoked user gets back in."""
+    trust = ensure(tmp_path / "data")
+    alice = trust.issue("alice")
+    trust.save_revocations({KeyPair(read_creds(alice)[1]).public: revoked_now()})
+    async with NatsServer(data_dir=tmp_path / "data", port=-1, trust=trust) as server:
+        with pytest.raises(BusUnavailable, match="'Authorization Violation'"):
+            await connect(server.url, creds=alice, tls_ca=trust.ca_file)
+        admin = await connect(server.url, creds=trust.ensure_creds("admin"), tls_ca=trust.ca_file)
+        await admin.close()  # (the others still get in)
