@@ -40,7 +40,8 @@ def server_url(explicit: str | None) -> str:
 
 @dataclass(frozen=True)
 class Access:
-    """Who this process is on the bus and whom it trusts: a `.creds` file and the bus's CA.
+    """Who this process is on the bus and whom it trusts: a `.creds` file and the bus's CA, and a
+    client certificate and its key where the bus asks for one (mutual TLS, `virtbus up --mtls`).
 
     `adaptive` access was found rather than given (the local stack's files): it is used only where
     the server asks for it, so a CLI run beside a `make run` still reaches an open test bus. Given
@@ -51,11 +52,16 @@ class Access:
     creds: Path | None = None
     tls_ca: Path | None = None
     adaptive: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @classmethod
     def from_env(cls) -> Access:
-        creds, ca = os.environ.get("VIRTBUS_CREDS"), os.environ.get("VIRTBUS_TLS_CA")
-        return cls(Path(creds) if creds else None, Path(ca) if ca else None)
+        def path(var: str) -> Path | None:
+            return Path(value) if (value := os.environ.get(var)) else None
+
+        return cls(path("VIRTBUS_CREDS"), path("VIRTBUS_TLS_CA"),
+                   tls_cert=path("VIRTBUS_TLS_CERT"), tls_key=path("VIRTBUS_TLS_KEY"))  # fmt: skip
 
     @classmethod
     def local(cls, data_dir: Path) -> Access | None:
@@ -63,10 +69,17 @@ class Access:
         creds, ca = data_dir / "creds" / "admin.creds", data_dir / "tls" / "ca.pem"
         if not creds.is_file() or not ca.is_file():
             return None
-        return cls(creds.absolute(), ca.absolute(), adaptive=True)
+        cert, key = (
+            data_dir / "tls" / "clients" / "admin.pem",
+            data_dir / "tls" / "clients" / "admin-key.pem",
+        )
+        mutual = cert.is_file() and key.is_file()
+        return cls(creds.absolute(), ca.absolute(), adaptive=True,
+                   tls_cert=cert.absolute() if mutual else None,
+                   tls_key=key.absolute() if mutual else None)  # fmt: skip
 
     def __bool__(self) -> bool:
-        return self.creds is not None or self.tls_ca is not None
+        return any(p is not None for p in (self.creds, self.tls_ca, self.tls_cert, self.tls_key))
 
 
 _PROCESS: dict[str, Access] = {}  # "access": set once by `use`
@@ -92,29 +105,47 @@ class _TlsEofNoise(logging.Filter):
 _TLS_EOF_NOISE = _TlsEofNoise()
 
 
-def tls_context(ca_file: Path) -> ssl.SSLContext:
-    """A client context that trusts exactly the bus's CA (not the system's store)."""
+def tls_context(
+    ca_file: Path, *, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """A client context that trusts exactly the bus's CA (not the system's store), showing the
+    client certificate `cert` (its key in `key`) where given."""
     logging.getLogger("asyncio").addFilter(_TLS_EOF_NOISE)  # once: a filter is added at most once
     try:
-        return ssl.create_default_context(cafile=str(ca_file))
+        context = ssl.create_default_context(cafile=str(ca_file))
     except ssl.SSLError as err:  # (an OSError too: first)
         why = f"{ca_file} holds no PEM certificate ({err.reason or err})"
         raise ValidationError(why, field="tls-ca") from err
     except OSError as err:
         why = f"cannot read {ca_file}: {err.strerror or err}"
         raise ValidationError(why, field="tls-ca") from err
+    if cert is not None:
+        try:
+            context.load_cert_chain(str(cert), str(key) if key else None)
+        except (OSError, ssl.SSLError) as err:
+            why = f"cannot use {cert} (key {key}) as a client certificate: {_reason(err)}"
+            raise ValidationError(why, field="tls-cert") from err
+    return context
+
+
+def _reason(err: OSError | ssl.SSLError) -> str:
+    if isinstance(err, ssl.SSLError):
+        return str(err.reason or err)
+    return str(err.strerror or err)
 
 
 async def connect(
     url: str, *, name: str = "virtbus", creds: Path | None = None, tls_ca: Path | None = None,
-    lasting: bool = False,
+    access: Access | None = None, lasting: bool = False,
 ) -> Client:  # fmt: skip
     """A nats-py connection, authenticated with `creds` and verifying the server against `tls_ca`
-    (else this process's access); failures become one BusUnavailable that says what to do.
+    (or as `access` says, else as this process's access); failures become one BusUnavailable that
+    says what to do.
 
     `lasting`: a long-lived component's connection, which rides out a server restart with
     nats-py's patient reconnects; a CLI's gives up after a few seconds."""
-    access = Access(creds, tls_ca) if creds or tls_ca else configured()
+    if access is None:
+        access = Access(creds, tls_ca) if creds or tls_ca else configured()
     secure = await _secure_options(url, access)
     name_on_bus = _identity(access.creds) if "user_credentials" in secure else None
     if name_on_bus is not None:
@@ -176,7 +207,9 @@ async def _secure_options(url: str, access: Access) -> dict[str, object]:
         if info and not info.get("tls_required"):
             why = f"--tls-ca was given, but the bus at {url} does not speak TLS"
             raise BusUnavailable(f"cannot reach NATS at {url}: {why}")
-        secure["tls"] = tls_context(access.tls_ca)
+        if info.get("tls_verify") and access.tls_cert is None:
+            raise BusUnavailable(f"cannot reach NATS at {url}: {_NEEDS_CERT}")
+        secure["tls"] = tls_context(access.tls_ca, cert=access.tls_cert, key=access.tls_key)
     elif info.get("tls_required"):
         # nats-py would try the upgrade with the system's CAs and hang on the failed handshake
         raise BusUnavailable(f"cannot reach NATS at {url}: {_NEEDS_TLS}")
@@ -200,6 +233,10 @@ def _hint(why: str, secure: dict[str, object]) -> str:
 
 _CONNECT_WITHIN = 10.0
 _NEEDS_TLS = "the bus speaks TLS: give its CA with --tls-ca FILE or VIRTBUS_TLS_CA"
+_NEEDS_CERT = (
+    "the bus asks every client for a certificate its CA signed (mutual TLS): give --tls-cert FILE "
+    "and --tls-key FILE, or VIRTBUS_TLS_CERT and VIRTBUS_TLS_KEY"
+)
 
 
 async def _server_info(url: str, *, within: float = 2) -> dict[str, object]:

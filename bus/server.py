@@ -72,12 +72,14 @@ class NatsServer:
         sync_always: bool = False,
         ready_timeout: float = 10,
         trust: Trust | None = None,
+        mutual_tls: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port
         self.sync_always = sync_always
         self.ready_timeout = ready_timeout
         self.trust = trust  # None: an open bus (tests and benchmarks that measure the raw path)
+        self.mutual_tls = mutual_tls  # every client shows a certificate the trust's CA signed
         self.url = ""
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -101,7 +103,7 @@ class NatsServer:
             "max_payload": 8 * 1024 * 1024,
         }
         if self.trust is not None:
-            conf |= self.trust.server_config()
+            conf |= self.trust.server_config(mutual_tls=self.mutual_tls)
         return json.dumps(conf, indent=2)  # nats-server reads JSON as its config syntax
 
     async def start(self) -> str:

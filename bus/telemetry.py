@@ -134,6 +134,13 @@ def add_process_args(parser: argparse.ArgumentParser) -> None:
         "--tls-ca", type=Path, default=os.environ.get("VIRTBUS_TLS_CA"), metavar="FILE",
         help="the CA that signed the bus's certificate (default $VIRTBUS_TLS_CA)",
     )  # fmt: skip
+    for option, what in (("cert", "a client certificate, where the bus asks for one"),
+                         ("key", "the client certificate's key")):  # fmt: skip
+        parser.add_argument(
+            f"--tls-{option}", type=Path, metavar="FILE",
+            default=os.environ.get(f"VIRTBUS_TLS_{option.upper()}"),
+            help=f"{what} (default $VIRTBUS_TLS_{option.upper()})",
+        )  # fmt: skip
     env = os.environ.get("VIRTBUS_METRICS_PORT")
     parser.add_argument(
         "--metrics-port", type=int, default=int(env) if env else None,
@@ -155,8 +162,12 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    access = Access(Path(args.creds) if args.creds else None,
-                    Path(args.tls_ca) if args.tls_ca else None)  # fmt: skip
+
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    access = Access(path(args.creds), path(args.tls_ca), tls_cert=path(args.tls_cert),
+                    tls_key=path(args.tls_key))  # fmt: skip
     use(access)  # the connections a component opens besides this one log in the same way
     nc = await connect(args.server, name=name, lasting=True)
     try:

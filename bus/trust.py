@@ -113,8 +113,24 @@ class Trust:
         return account_jwt(self.operator, self.account.public, name=ACCOUNT_NAME,
                            revocations=revocations)  # fmt: skip
 
-    def server_config(self, *, revocations: dict[str, int] | None = None) -> dict[str, Any]:
-        """The nats-server settings that make it refuse anyone this trust did not sign, over TLS."""
+    def client_cert(self, name: str) -> tuple[Path, Path]:
+        """`name`'s client certificate and key for mutual TLS (`D/tls/clients/`), issued once by
+        the stack's CA and kept; its email SAN is `name@virtbus`."""
+        clients = self.root / "tls" / "clients"
+        cert, key = clients / f"{name}.pem", clients / f"{name}-key.pem"
+        if not cert.is_file() or not key.is_file():
+            tls = self.root / "tls"
+            ca = pki.Issued((tls / "ca.pem").read_bytes(), (tls / "ca-key.pem").read_bytes())
+            leaf = pki.issue(ca, f"{name}@virtbus", client=True)
+            write_secret(key, leaf.key_pem)
+            cert.write_bytes(leaf.cert_pem)
+        return cert, key
+
+    def server_config(
+        self, *, revocations: dict[str, int] | None = None, mutual_tls: bool = False
+    ) -> dict[str, Any]:
+        """The nats-server settings that make it refuse anyone this trust did not sign, over TLS
+        (`mutual_tls`: and anyone without a client certificate its CA signed)."""
         system = account_jwt(self.operator, self.system.public, name=SYSTEM_NAME, jetstream=False)
         revocations = self.saved_revocations() if revocations is None else revocations
         tls = self.root / "tls"
@@ -130,6 +146,7 @@ class Trust:
                 "cert_file": str(tls / "server.pem"),
                 "key_file": str(tls / "server-key.pem"),
                 "timeout": 5,
+                **({"ca_file": str(tls / "ca.pem"), "verify": True} if mutual_tls else {}),
             },
         }
 

@@ -9,11 +9,12 @@ kept beside the keys, so a restarted server refuses the revoked from its first s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+import nats
 from nats.aio.client import Client
 
-from bus.connect import connect
 from bus.credentials import user_jwt
 from bus.roles import node_permissions, user_permissions
 from bus.store import EventStore
@@ -27,6 +28,7 @@ from events.users import NODE, UserState, fold_user
 
 log = logging.getLogger("virtbus.users")
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
+CLAIMS_WITHIN = 10.0
 
 
 class Identities:
@@ -86,10 +88,12 @@ class Identities:
         url = self.nc.connected_url
         if url is None:
             return
-        system = await connect(
-            url.geturl(), name="virtbus-orchestrator-claims", creds=self.trust.system_creds(),
-            tls_ca=self.trust.ca_file,
-        )  # fmt: skip
+        # As the system account's user, over this connection's own TLS (its client certificate,
+        # where the bus asks for one)
+        system = await asyncio.wait_for(nats.connect(
+            url.geturl(), name="virtbus-orchestrator-claims", tls=self.nc.options.get("tls"),
+            user_credentials=str(self.trust.system_creds()), max_reconnect_attempts=0,
+        ), CLAIMS_WITHIN)  # fmt: skip
         try:
             claim = self.trust.account_claim(revocations=revoked)
             reply = await system.request(CLAIMS_UPDATE, claim.encode(), timeout=5)

@@ -50,6 +50,9 @@ def up(
         bool, typer.Option("--fsync-always/--fsync-default", help="fsync before every ack")
     ] = False,
     server: ServerOpt = None,
+    mtls: Annotated[
+        bool, typer.Option("--mtls", help="mutual TLS: every client shows a certificate too")
+    ] = False,
     migrations: Annotated[
         Path | None, typer.Option(help="KubeVirt's migration settings (YAML), else its defaults")
     ] = None,
@@ -65,7 +68,7 @@ def up(
     run(
         run_up(
             data_dir=data_dir, port=port, server=server, sync_always=sync, nodes=nodes,
-            hypervisor=hypervisor.value, migration_policy=policy,
+            hypervisor=hypervisor.value, migration_policy=policy, mutual_tls=mtls,
         )
     )  # fmt: skip
 

@@ -37,7 +37,7 @@ console = Console(stderr=True, highlight=False)
 
 async def run_up(
     *, data_dir: Path, port: int, server: str | None, sync_always: bool, nodes: int,
-    hypervisor: str, migration_policy: MigrationPolicy | None = None,
+    hypervisor: str, migration_policy: MigrationPolicy | None = None, mutual_tls: bool = False,
 ) -> None:  # fmt: skip
     stop = asyncio.Event()
     lost = ""  # why the stack stopped, when not by Ctrl-C
@@ -52,17 +52,15 @@ async def run_up(
             console.print(f"using the NATS server at {url} (not started by virtbus)")
         else:
             trust = ensure(data_dir)
-            owned = NatsServer(data_dir=data_dir, port=port, sync_always=sync_always, trust=trust)
+            owned = NatsServer(data_dir=data_dir, port=port, sync_always=sync_always, trust=trust,
+                               mutual_tls=mutual_tls)  # fmt: skip
             url = await owned.start()
-            logins = _identities(trust, nodes=nodes)
+            logins = _identities(trust, nodes=nodes, mutual_tls=mutual_tls)
             console.print(f"nats-server pid {owned.pid}, data in {owned.data_dir}")
             console.print(f"durability: {fsync_policy(sync_always)}")
-        nc = await connect(url, name="virtbus-up", creds=logins["admin"].creds,
-                           tls_ca=logins["admin"].tls_ca)  # fmt: skip
-        orchestrator_nc = await connect(
-            url, name="virtbus-orchestrator", creds=logins["orchestrator"].creds,
-            tls_ca=logins["orchestrator"].tls_ca, lasting=True,
-        )  # fmt: skip
+        nc = await connect(url, name="virtbus-up", access=logins["admin"])
+        orchestrator_nc = await connect(url, name="virtbus-orchestrator",
+                                        access=logins["orchestrator"], lasting=True)  # fmt: skip
         use(logins["orchestrator"])  # whatever else the orchestrator opens, it opens as itself
         try:
             created = await provision(nc.jetstream())
@@ -136,15 +134,22 @@ async def _until_stopped(stop: asyncio.Event, server: NatsServer | None) -> str:
     return f"nats-server exited with code {done.pop().result()}: the stack stops (it rests on it)"
 
 
-def _identities(trust: Trust, *, nodes: int) -> dict[str, Access]:
-    """Each part's own credentials (made on the first run, kept after) and the CA they trust."""
+def _identities(trust: Trust, *, nodes: int, mutual_tls: bool) -> dict[str, Access]:
+    """Each part's own credentials (made on the first run, kept after), the CA they trust, and
+    with `mutual_tls` each one's client certificate (`D/tls/clients/`)."""
     names = ["admin", "orchestrator", *(_node_name(i) for i in range(nodes))]
     for name in names:  # admin and orchestrator hold every permission; a node, its own
         trust.ensure_creds(
             name, permissions=node_permissions(name) if name.startswith("node-") else None
         )
     console.print(f"credentials: {trust.creds_file('admin')} (admin), CA {trust.ca_file}")
-    return {name: Access(trust.creds_file(name), trust.ca_file) for name in names}
+    if mutual_tls:
+        console.print(f"mutual TLS: client certificates in {trust.root / 'tls' / 'clients'}")
+    out = {}
+    for name in names:
+        cert, key = trust.client_cert(name) if mutual_tls else (None, None)
+        out[name] = Access(trust.creds_file(name), trust.ca_file, tls_cert=cert, tls_key=key)
+    return out
 
 
 def _node_name(index: int) -> str:
@@ -155,8 +160,9 @@ async def _spawn_worker(
     name: str, *, url: str, data_dir: Path, hypervisor: str, index: int, access: Access
 ) -> asyncio.subprocess.Process:
     """A node worker as its own process: the orchestrator and workers meet only on the bus."""
-    login = [*(["--creds", str(access.creds)] if access.creds else []),
-             *(["--tls-ca", str(access.tls_ca)] if access.tls_ca else [])]  # fmt: skip
+    given = {"--creds": access.creds, "--tls-ca": access.tls_ca, "--tls-cert": access.tls_cert,
+             "--tls-key": access.tls_key}  # fmt: skip
+    login = [arg for option, path in given.items() if path for arg in (option, str(path))]
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "workers", "--node", name, "--data-dir", str(data_dir),
         "--server", url, "--hypervisor", hypervisor, "--index", str(index), *login,

@@ -19,6 +19,7 @@ import typer
 from bus.client import send, session
 from bus.connect import server_url
 from bus.credentials import KeyPair, creds_text, write_secret
+from bus.pki import Issued, issue
 from bus.store import EventStore
 from events import commands as c
 from events import model as m
@@ -27,7 +28,16 @@ from events.errors import ValidationError
 from events.names import CLUSTER, Ref, check_name
 from events.render import age
 from events.users import NODE, UserState, fold_user
-from virtctl.cli_common import NameArg, Output, ServerOpt, actor, finish, run, usage
+from virtctl.cli_common import (
+    LOCAL_STACK,
+    NameArg,
+    Output,
+    ServerOpt,
+    actor,
+    finish,
+    run,
+    usage,
+)
 
 auth_app = typer.Typer(help="Users and nodes of the bus: add (writes a .creds file), list, revoke.")
 
@@ -43,6 +53,11 @@ class Role(StrEnum):
 OutFile = Annotated[
     Path | None, typer.Option("-o", "--output", help="where to write the .creds (NAME.creds)")
 ]
+CertOpt = Annotated[
+    bool,
+    typer.Option("--client-cert", help="also a client certificate (a bus run with --mtls), "
+                 "signed with the local stack's CA: run where `make run` runs"),
+]  # fmt: skip
 
 
 @auth_app.command("add-user")
@@ -54,6 +69,7 @@ def add_user(
         typer.Option("--namespace", "-n", help="a namespace it works in (repeat; none: all)"),
     ] = [],  # noqa: B006 (typer reads it, never mutates it)
     output: OutFile = None,
+    client_cert: CertOpt = False,
     server: ServerOpt = None,
 ) -> None:
     """Add a user and write its credentials (a NATS .creds file)."""
@@ -61,15 +77,20 @@ def add_user(
         raise usage("--namespace: an admin is not limited to namespaces")
     for ns in namespace:
         _checked(ns, "--namespace")
+    out = _fresh(output, name, cert=client_cert)
+    ca = _local_ca() if client_cert else None
     finish(run(_add(server_url(server), name=_checked(name, "NAME"), role=role.value,
-                    namespaces=namespace, out=_fresh(output, name))))  # fmt: skip
+                    namespaces=namespace, out=out, ca=ca)))  # fmt: skip
 
 
 @auth_app.command("add-node")
-def add_node(name: NameArg, output: OutFile = None, server: ServerOpt = None) -> None:
+def add_node(
+    name: NameArg, output: OutFile = None, client_cert: CertOpt = False, server: ServerOpt = None
+) -> None:
     """Add a node worker's identity and write its credentials (a NATS .creds file)."""
+    out, ca = _fresh(output, name, cert=client_cert), _local_ca() if client_cert else None
     finish(run(_add(server_url(server), name=_checked(name, "NAME"), role=NODE, namespaces=[],
-                    out=_fresh(output, name))))  # fmt: skip
+                    out=out, ca=ca)))  # fmt: skip
 
 
 @auth_app.command("list")
@@ -94,14 +115,32 @@ def _checked(value: str, what: str) -> str:
         raise usage(err.message) from None
 
 
-def _fresh(output: Path | None, name: str) -> Path:
+def _fresh(output: Path | None, name: str, *, cert: bool) -> Path:
     out = output or Path(f"{name}.creds")
-    if out.exists():
-        raise usage(f"-o: {out} exists; remove it or name another file")
+    for path in (out, *(_cert_files(out) if cert else ())):
+        if path.exists():
+            raise usage(f"-o: {path} exists; remove it or name another file")
     return out
 
 
-async def _add(url: str, *, name: str, role: str, namespaces: list[str], out: Path) -> int:
+def _cert_files(out: Path) -> tuple[Path, Path]:
+    """Where a client certificate and its key go, beside the `.creds` file `out`."""
+    return out.with_suffix(".pem"), out.with_name(f"{out.stem}-key.pem")
+
+
+def _local_ca() -> Issued:
+    """The CA of the stack `make run` keeps here, with its key (it signs client certificates)."""
+    tls = LOCAL_STACK / "tls"
+    try:
+        return Issued((tls / "ca.pem").read_bytes(), (tls / "ca-key.pem").read_bytes())
+    except OSError as err:
+        raise usage(f"--client-cert: no stack CA here ({err.filename}): run it where `make run` "
+                    "runs, as the stack's admin") from None  # fmt: skip
+
+
+async def _add(
+    url: str, *, name: str, role: str, namespaces: list[str], out: Path, ca: Issued | None
+) -> int:
     pair = KeyPair.new("user")
     cmd = c.AddUser(name=name, role=role, namespaces=namespaces, public_key=pair.public,
                     actor=actor())  # fmt: skip
@@ -113,6 +152,12 @@ async def _add(url: str, *, name: str, role: str, namespaces: list[str], out: Pa
     write_secret(out, creds_text(added[-1].jwt, pair.seed))
     where = f" in {', '.join(namespaces)}" if namespaces else ""
     typer.echo(f'user "{name}" added ({role}{where}): credentials in {out}')
+    if ca is not None:
+        cert, key = _cert_files(out)
+        leaf = issue(ca, f"{name}@virtbus", client=True)
+        write_secret(key, leaf.key_pem)
+        cert.write_bytes(leaf.cert_pem)
+        typer.echo(f"client certificate in {cert}, its key in {key}")
     return 0
 
 

@@ -49,12 +49,25 @@ TlsCaOpt = Annotated[
         help="the CA of the bus's certificate (else $VIRTBUS_TLS_CA, else ./.virtbus/tls/ca.pem)",
     ),
 ]  # fmt: skip
+TlsCertOpt = Annotated[
+    Path | None,
+    typer.Option("--tls-cert", metavar="FILE",
+                 help="a client certificate, where the bus asks for one (else $VIRTBUS_TLS_CERT)"),
+]  # fmt: skip
+TlsKeyOpt = Annotated[
+    Path | None,
+    typer.Option("--tls-key", metavar="FILE",
+                 help="the client certificate's key (else $VIRTBUS_TLS_KEY)"),
+]  # fmt: skip
+BUS_OPTIONS: dict[str, Any] = {"creds": CredsOpt, "tls_ca": TlsCaOpt, "tls_cert": TlsCertOpt,
+                               "tls_key": TlsKeyOpt}  # fmt: skip
 LOCAL_STACK = Path(".virtbus")  # where `make run` keeps its stack, relative to where it ran
 
 
 def add_bus_options(app: typer.Typer) -> None:
-    """Give every verb that takes `--server` (in `app` and its groups) `--creds` and `--tls-ca`
-    too, in one place: a verb added later gets them without a line of its own."""
+    """Give every verb that takes `--server` (in `app` and its groups) `--creds`, `--tls-ca`,
+    `--tls-cert` and `--tls-key` too, in one place: a verb added later gets them without a line
+    of its own."""
     for command in app.registered_commands:
         if command.callback is not None:
             command.callback = _with_access(command.callback)
@@ -70,18 +83,16 @@ def _with_access(verb: Callable[..., Any]) -> Callable[..., Any]:
     hints = typing.get_type_hints(verb, include_extras=True)  # typer reads these, resolved
     params = [p.replace(annotation=hints.get(p.name, p.annotation))
               for p in signature.parameters.values()]  # fmt: skip
-    params += [
-        inspect.Parameter("creds", inspect.Parameter.KEYWORD_ONLY, default=None,
-                          annotation=CredsOpt),
-        inspect.Parameter("tls_ca", inspect.Parameter.KEYWORD_ONLY, default=None,
-                          annotation=TlsCaOpt),
-    ]  # fmt: skip
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params += [inspect.Parameter(name, keyword, default=None, annotation=option)
+               for name, option in BUS_OPTIONS.items()]  # fmt: skip
 
     @functools.wraps(verb)
-    def with_access(*args: Any, creds: Path | None, tls_ca: Path | None, **kwargs: Any) -> Any:
+    def with_access(*args: Any, **kwargs: Any) -> Any:
         from bus.connect import use
 
-        use(bus_access(_readable(creds, option="--creds"), _readable(tls_ca, option="--tls-ca")))
+        given = {name: kwargs.pop(name) for name in BUS_OPTIONS}
+        use(bus_access(**_checked_files(**given)))
         return verb(*args, **kwargs)
 
     del with_access.__wrapped__  # what typer reads is the signature below, not the verb's
@@ -90,26 +101,48 @@ def _with_access(verb: Callable[..., Any]) -> Callable[..., Any]:
     return with_access
 
 
-def _readable(path: Path | None, *, option: str) -> Path | None:
-    """`path`, once it reads as what `option` names (else a usage error, before the bus)."""
+def _checked_files(
+    *, creds: Path | None, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None
+) -> dict[str, Path | None]:
+    """The bus options' files, once each reads as what it names (else a usage error, before the
+    bus is reached)."""
+    import ssl
+
     from bus.connect import tls_context
     from bus.credentials import read_creds
 
-    if path is not None:
+    if (tls_cert is None) != (tls_key is None):
+        raise usage("--tls-cert and --tls-key: give both (a client certificate and its key)")
+    try:
+        if creds is not None:
+            read_creds(creds)
+        if tls_ca is not None:
+            tls_context(tls_ca)
+    except ValidationError as err:
+        raise usage(f"--{err.field}: {err.message}") from None
+    if tls_cert is not None:
         try:
-            read_creds(path) if option == "--creds" else tls_context(path)
-        except ValidationError as err:
-            raise usage(f"{option}: {err.message}") from None
-    return path
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(str(tls_cert), str(tls_key))
+        except ssl.SSLError:  # (an OSError too: first) OpenSSL says only "PEM lib" and a line
+            why = "not a PEM certificate and its private key"
+            raise usage(f"--tls-cert: cannot use {tls_cert} with {tls_key}: {why}") from None
+        except OSError as err:
+            raise usage(f"--tls-cert: cannot use {tls_cert} with {tls_key}: "
+                        f"{err.strerror or err}") from None  # fmt: skip
+    return {"creds": creds, "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key}
 
 
-def bus_access(creds: Path | None, tls_ca: Path | None) -> Access:
+def bus_access(
+    *, creds: Path | None = None, tls_ca: Path | None = None, tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> Access:  # fmt: skip
     """Who the CLI is on the bus: the options, else the environment, else the admin of the stack
     `make run` keeps in ./.virtbus (used only where the server asks: an open bus stays open)."""
     from bus.connect import Access
 
     env = Access.from_env()
-    given = Access(creds or env.creds, tls_ca or env.tls_ca)
+    given = Access(creds or env.creds, tls_ca or env.tls_ca, tls_cert=tls_cert or env.tls_cert,
+                   tls_key=tls_key or env.tls_key)  # fmt: skip
     return given if given else (Access.local(LOCAL_STACK) or given)
 
 

@@ -106,3 +106,39 @@ async def test_users_with_roles_from_add_to_revoke(here: Path) -> None:
         ), err  # fmt: skip
         proc.send_signal(signal.SIGINT)
         assert await proc.wait() == 0
+
+
+async def test_mutual_tls_asks_every_client_for_a_certificate_too(here: Path) -> None:
+    """`virtbus up --mtls`: the stack's own parts get client certificates (the nodes register),
+    the CLI run where it ran finds the admin's, a user added with `--client-cert` gets one, and
+    a client with credentials but no certificate is told what it lacks."""
+    async with virtbus_up("--port", "-1", "--data-dir", ".virtbus", "--nodes", "1", "--mtls",
+                          cwd=here) as (proc, url):  # fmt: skip
+        env = cli_env(url)
+        data = here / ".virtbus"
+        ca = str(data / "tls" / "ca.pem")
+        assert sorted(p.name for p in (data / "tls" / "clients").iterdir()) == [
+            "admin-key.pem", "admin.pem", "node-a-key.pem", "node-a.pem", "orchestrator-key.pem",
+            "orchestrator.pem",
+        ]  # fmt: skip
+        added = await virtbus("auth", "add-user", "bob", "--role", "view", "--client-cert",
+                              env=env, cwd=here)  # fmt: skip
+        assert added.ok().out == (
+            'user "bob" added (view): credentials in bob.creds\n'
+            "client certificate in bob.pem, its key in bob-key.pem\n"
+        )
+        bob = ["--creds", "bob.creds", "--tls-ca", ca]
+        uncertified = await virtbus("get", "vms", *bob, env=env, cwd=here)
+        assert (uncertified.code, uncertified.err) == (1, (
+            f"error: cannot reach NATS at {url}: the bus asks every client for a certificate its "
+            "CA signed (mutual TLS): give --tls-cert FILE and --tls-key FILE, or VIRTBUS_TLS_CERT "
+            "and VIRTBUS_TLS_KEY\n"
+        ))  # fmt: skip
+        certified = await virtbus("get", "nodes", *bob, "--tls-cert", "bob.pem", "--tls-key",
+                                  "bob-key.pem", env=env, cwd=here)  # fmt: skip
+        assert certified.ok().out.splitlines()[1].split()[:2] == ["node-a", "Ready"]
+        # a whole replay of the log, on the lean reader's own TLS connection with the admin's
+        verified = await virtbus("audit", "verify", env=env, cwd=here)
+        assert verified.ok().out.splitlines()[-1].startswith("audit of the log: intact: ")
+        proc.send_signal(signal.SIGINT)
+        assert await proc.wait() == 0

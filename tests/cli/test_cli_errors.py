@@ -155,7 +155,7 @@ FILE_OPTIONS = {(("apply",), "--filename"), (("image-upload",), "--image-path"),
 DIR_OPTIONS = {"--data-dir"}  # a directory the verb creates, not a file it reads
 # files a verb writes, never over an existing one (tests/cli/test_auth.py says so)
 WRITTEN = {(("auth", "add-user"), "-o"), (("auth", "add-node"), "-o")}
-BUS_FILE_OPTIONS = {"--creds", "--tls-ca"}  # on every verb that reaches the bus
+BUS_FILE_OPTIONS = {"--creds", "--tls-ca", "--tls-cert", "--tls-key"}  # every verb on the bus
 
 
 @pytest.fixture
@@ -260,6 +260,19 @@ def test_the_bus_options_name_the_file_before_the_bus_is_reached(
             result = invoke(CLI_ROOT, *verb, option, str(files[case]), "--server", UNREACHABLE)
             expected = f"error: {option}: {why.format(files[case])}\n"
             assert (result.exit_code, result.stderr) == (2, expected), (option, case)
+    # a client certificate: both files or neither, and they must make a certificate and its key
+    for args, why in (
+        (["--tls-cert", str(files["empty"])], "--tls-cert and --tls-key: give both (a client "
+                                              "certificate and its key)"),
+        (["--tls-cert", str(files["missing"]), "--tls-key", str(files["empty"])],
+         f"--tls-cert: cannot use {files['missing']} with {files['empty']}: No such file or "
+         "directory"),
+        (["--tls-cert", str(files["latin"]), "--tls-key", str(files["latin"])],
+         f"--tls-cert: cannot use {files['latin']} with {files['latin']}: not a PEM certificate "
+         "and its private key"),
+    ):  # fmt: skip
+        result = invoke(CLI_ROOT, *verb, *args, "--server", UNREACHABLE)
+        assert (result.exit_code, result.stderr) == (2, f"error: {why}\n"), args
 
 
 RAISED = [  # what a verb raises -> the line the root prints (exit 1 for each)
