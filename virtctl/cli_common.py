@@ -14,7 +14,7 @@ import typing
 from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 
 import typer
 import uvloop
@@ -35,32 +35,20 @@ ServerOpt = Annotated[
 ]
 
 
-CredsOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--creds", metavar="FILE",
-        help="NATS .creds to log in with (else $VIRTBUS_CREDS, else ./.virtbus/creds/admin.creds)",
-    ),
-]  # fmt: skip
-TlsCaOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--tls-ca", metavar="FILE",
-        help="the CA of the bus's certificate (else $VIRTBUS_TLS_CA, else ./.virtbus/tls/ca.pem)",
-    ),
-]  # fmt: skip
-TlsCertOpt = Annotated[
-    Path | None,
-    typer.Option("--tls-cert", metavar="FILE",
-                 help="a client certificate, where the bus asks for one (else $VIRTBUS_TLS_CERT)"),
-]  # fmt: skip
-TlsKeyOpt = Annotated[
-    Path | None,
-    typer.Option("--tls-key", metavar="FILE",
-                 help="the client certificate's key (else $VIRTBUS_TLS_KEY)"),
-]  # fmt: skip
-BUS_OPTIONS: dict[str, Any] = {"creds": CredsOpt, "tls_ca": TlsCaOpt, "tls_cert": TlsCertOpt,
-                               "tls_key": TlsKeyOpt}  # fmt: skip
+# The bus options every verb that reaches the bus takes (`add_bus_options`): parameter -> flag, help
+_BUS_FILES: Final = {
+    "creds": ("--creds", "NATS .creds to log in with (else $VIRTBUS_CREDS, else "
+                         "./.virtbus/creds/admin.creds)"),
+    "tls_ca": ("--tls-ca", "the CA of the bus's certificate (else $VIRTBUS_TLS_CA, else "
+                           "./.virtbus/tls/ca.pem)"),
+    "tls_cert": ("--tls-cert", "a client certificate, where the bus asks for one (else "
+                               "$VIRTBUS_TLS_CERT)"),
+    "tls_key": ("--tls-key", "the client certificate's key (else $VIRTBUS_TLS_KEY)"),
+}  # fmt: skip
+BUS_OPTIONS: Final[dict[str, Any]] = {
+    name: Annotated[Path | None, typer.Option(flag, metavar="FILE", help=text)]
+    for name, (flag, text) in _BUS_FILES.items()
+}
 LOCAL_STACK = Path(".virtbus")  # where `make run` keeps its stack, relative to where it ran
 
 
