@@ -70,13 +70,18 @@ def fold_user(name: str, history: Iterable[Envelope]) -> UserState:
     return s
 
 
+def may_command(user: UserState, *, kind: str, namespace: str) -> bool:
+    """Whether `user` may command an aggregate of `kind` in `namespace`."""
+    if user.exists and user.role == ADMIN:
+        return True
+    granted = not user.namespaces or namespace in user.namespaces
+    return user.exists and user.role == EDIT and kind in EDITABLE and granted
+
+
 def authorize(user: UserState, cmd: c.Command) -> None:
     """Raise a `forbidden` ValidationError unless `user` may ask for `cmd`."""
     target = cmd.target
-    if user.exists and user.role == ADMIN:
-        return
-    granted = not user.namespaces or target.namespace in user.namespaces
-    if user.exists and user.role == EDIT and target.kind in EDITABLE and granted:
+    if may_command(user, kind=target.kind, namespace=target.namespace):
         return
     if not user.exists:
         why = "was revoked" if user.revoked else "is not a virtbus user"

@@ -1,4 +1,4 @@
-"""`virtbus auth add-user|add-node|list|revoke`: who may use the bus, with which role.
+"""`virtbus auth add-user|add-node|list|revoke|whoami|can-i`: who may use the bus, with which role.
 
 The key pair is made here and its seed never leaves this machine: the orchestrator is sent only
 the public key, records the user in the log (`UserAdded`, with the JWT it signed) and the CLI
@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import msgspec
 import typer
+from nats.aio.client import Client
 
 from bus.client import send, session
-from bus.connect import server_url
+from bus.connect import identity, server_url
 from bus.credentials import KeyPair, creds_text, write_secret
 from bus.pki import Issued, issue
 from bus.store import EventStore
@@ -27,10 +28,11 @@ from events.envelope import Recorded
 from events.errors import ValidationError
 from events.names import CLUSTER, Ref, check_name
 from events.render import age
-from events.users import NODE, UserState, fold_user
+from events.users import EDITABLE, NODE, UserState, fold_user, may_command, read_scope
 from virtctl.cli_common import (
     LOCAL_STACK,
     NameArg,
+    NsOpt,
     Output,
     ServerOpt,
     actor,
@@ -100,6 +102,46 @@ def list_users(
 ) -> None:
     """The users the log knows, their roles and whether they are revoked."""
     finish(run(_list(server_url(server), output=output)))
+
+
+@auth_app.command("whoami")
+def whoami(server: ServerOpt = None) -> None:
+    """Who the bus says you are, and your role (kubectl's `auth whoami`)."""
+    finish(run(_whoami(server_url(server))))
+
+
+READS: Final = frozenset({"get", "list", "watch", "describe", "history"})
+WRITES: Final = frozenset({"create", "apply", "update", "patch", "delete", "start", "stop",
+                           "restart", "pause", "unpause", "migrate", "rename", "snapshot",
+                           "restore", "drain", "cordon", "uncordon"})  # fmt: skip
+RESOURCES: Final = {
+    **dict.fromkeys(("vm", "vms", "virtualmachine", "virtualmachines", "vmi", "vmis",
+                     "virtualmachineinstance", "virtualmachineinstances"), "vm"),
+    **dict.fromkeys(("vmirs", "virtualmachineinstancereplicaset",
+                     "virtualmachineinstancereplicasets"), "rs"),
+    **dict.fromkeys(("pvc", "pvcs", "persistentvolumeclaim", "persistentvolumeclaims", "volume",
+                     "volumes"), "volume"),
+    **dict.fromkeys(("node", "nodes"), "node"),
+    **dict.fromkeys(("webhook", "webhooks"), "webhook"),
+    **dict.fromkeys(("user", "users"), "user"),
+}  # fmt: skip
+
+
+@auth_app.command("can-i")
+def can_i(
+    verb: Annotated[str, typer.Argument(help="get, list, create, delete, start, stop, migrate...")],
+    resource: Annotated[str, typer.Argument(help="vms, vmis, vmirs, pvcs, nodes, webhooks, users")],
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Whether your role lets you do VERB to RESOURCE (kubectl's `auth can-i`): yes (exit 0) or
+    no (exit 1), judged as virtbus-api and the intake judge it."""
+    if verb not in READS | WRITES:
+        raise usage(f"VERB: {verb!r} is not one of {', '.join(sorted(READS | WRITES))}")
+    kind = RESOURCES.get(resource.lower().split(".", 1)[0])
+    if kind is None:
+        raise usage(f'RESOURCE: the server doesn\'t have a resource type "{resource}"')
+    finish(run(_can_i(server_url(server), write=verb in WRITES, kind=kind, namespace=namespace)))
 
 
 @auth_app.command("revoke")
@@ -193,3 +235,40 @@ async def _list(url: str, *, output: Output) -> int:
 
 def _status(u: UserState) -> str:
     return "Active" if u.exists else "Revoked" if u.revoked else "Unknown"
+
+
+async def _me(nc: Client) -> UserState | None:
+    """The connection's user as the log says, or None on an open bus (no identity)."""
+    me = identity(nc)
+    if me is None:
+        return None
+    return fold_user(me, (r.envelope for r in await EventStore(nc).read(Ref("user", CLUSTER, me))))
+
+
+async def _whoami(url: str) -> int:
+    async with session(url) as nc:
+        user = await _me(nc)
+    if user is None:
+        typer.echo("anonymous: an open bus, which asks no one who they are")
+        return 0
+    rows = [("ATTRIBUTE", "VALUE"), ("Username", user.name), ("Role", user.role or "-"),
+            ("Namespaces", ",".join(user.namespaces) or "*"),
+            ("Status", _status(user))]  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        typer.echo(f"{key.ljust(width)}   {value}")
+    return 0
+
+
+async def _can_i(url: str, *, write: bool, kind: str, namespace: str) -> int:
+    async with session(url) as nc:
+        user = await _me(nc)
+    if user is None:  # an open bus refuses no one
+        allowed = True
+    elif write:
+        allowed = may_command(user, kind=kind, namespace=namespace)
+    else:
+        scope = read_scope(user)
+        allowed = user.exists and (kind not in EDITABLE or scope is None or namespace in scope)
+    typer.echo("yes" if allowed else "no")
+    return 0 if allowed else 1

@@ -55,6 +55,22 @@ async def test_users_with_roles_from_add_to_revoke(here: Path) -> None:
             2, "error: -o: alice.creds exists; remove it or name another file\n",
         )  # fmt: skip
 
+        who = await as_("alice", "auth", "whoami")
+        assert who.ok().out == (
+            "ATTRIBUTE    VALUE\nUsername     alice\nRole         edit\nNamespaces   team-a\n"
+            "Status       Active\n"
+        )
+        # kubectl's `auth can-i`: yes (0) or no (1), as the intake and virtbus-api will judge
+        for user, ask, answer in (
+            ("alice", ["start", "vms", "-n", "team-a"], "yes"),
+            ("alice", ["delete", "vm", "-n", "default"], "no"),
+            ("alice", ["drain", "nodes"], "no"),
+            ("alice", ["get", "vms", "-n", "default"], "no"),
+            ("vera", ["get", "vmis", "-n", "default"], "yes"),
+            ("vera", ["create", "pvc", "-n", "team-a"], "no"),
+        ):  # fmt: skip
+            said = await as_(user, "auth", "can-i", *ask)
+            assert (said.code, said.out) == (0 if answer == "yes" else 1, answer + "\n"), ask
         created = await as_("alice", "apply", "-f", "vm-team-a.yaml")
         assert created.ok().out == "virtualmachine.kubevirt.io/a created\n"
         elsewhere = await as_("alice", "apply", "-f", "vm-default.yaml")
