@@ -72,8 +72,10 @@ def user_permissions(
     if role == "edit":
         publish += [f"virt.cmd.{kind}.{ns}.*.*.{name}"
                     for ns in namespaces or ("*",) for kind in EDITABLE]  # fmt: skip
-        # console, VNC and uploads: a session asked of a node, then the pipe both ends speak on
-        publish += ["virt.session.*.*", "virt.pipe.*.n"]
+        # console, VNC and uploads, in its namespaces and under its own name: a session asked of
+        # a node, then the pipe both ends speak on
+        publish += [f"virt.session.*.*.{ns}.{name}" for ns in namespaces or ("*",)]
+        publish += ["virt.pipe.*.n"]
         subscribe += ["virt.pipe.*.c"]
     return Permissions(publish=tuple(publish), subscribe=tuple(subscribe))
 
@@ -93,12 +95,12 @@ def node_permissions(name: str) -> Permissions:
         f"$JS.ACK.{WORK_STREAM}.{work}.>",
         f"$KV.{HEARTBEAT_BUCKET}.{name}",
         f"{api}.STREAM.INFO.KV_{HEARTBEAT_BUCKET}",
-        "virt.session.*.*",  # another node's volume, for a move
+        f"virt.session.*.*.*.{name}",  # another node's volume, for a move: under its own name
         "virt.pipe.*.*",
     ]
     return Permissions(
         publish=(*writes, *own, *_reads()),
-        subscribe=(f"_INBOX_{name}.>", f"virt.session.{name}.*", "virt.pipe.*.*"),
+        subscribe=(f"_INBOX_{name}.>", f"virt.session.{name}.*.*.*", "virt.pipe.*.*"),
         allow_responses=True,  # answers to sessions asked of it, on the asker's inbox
     )
 

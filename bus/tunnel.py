@@ -24,6 +24,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from bus.connect import identity
 from events.errors import BusUnavailable, VirtbusError
 
 SEQ: Final = "Vb-Seq"
@@ -56,8 +57,22 @@ class SessionReply(msgspec.Struct, frozen=True, kw_only=True):
     info: dict[str, Any] = {}
 
 
-def open_subject(node: str, kind: str) -> str:
-    return f"virt.session.{node}.{kind}"
+ANONYMOUS = "_"  # the caller's token on an open bus, where no one has a name
+
+
+def open_subject(node: str, kind: str, *, namespace: str, caller: str) -> str:
+    """Where a session is asked of `node`: the namespace of what it opens and the caller's name
+    are subject tokens, so on a secured bus the server lets a user ask only in its namespaces,
+    under its own name (`bus/roles.py`), and the node checks the request names that namespace."""
+    return f"virt.session.{node}.{kind}.{namespace}.{caller}"
+
+
+def session_parts(subject: str) -> tuple[str, str, str] | None:
+    """(kind, namespace, caller) of a session subject, or None for another subject."""
+    parts = subject.split(".")
+    if len(parts) != 6 or parts[:2] != ["virt", "session"]:
+        return None
+    return parts[3], parts[4], parts[5]
 
 
 def pipe_subject(sid: str, end: str) -> str:
@@ -193,7 +208,8 @@ async def connect(
     req = SessionOpen(sid=pipe.sid, kind=kind, namespace=namespace, name=name,
                       params=params or {})  # fmt: skip
     try:
-        msg = await nc.request(open_subject(node, kind), msgspec.json.encode(req), timeout=wait_s)
+        subject = open_subject(node, kind, namespace=namespace, caller=identity(nc) or ANONYMOUS)
+        msg = await nc.request(subject, msgspec.json.encode(req), timeout=wait_s)
         reply = msgspec.json.decode(msg.data, type=SessionReply)
     except (msgspec.DecodeError, msgspec.ValidationError) as err:
         await pipe.close("bad reply")

@@ -17,7 +17,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bus.tunnel import NODE, Pipe, SessionOpen, SessionReply, open_subject
+from bus.tunnel import NODE, Pipe, SessionOpen, SessionReply, open_subject, session_parts
 from events.errors import VirtbusError
 from events.names import check_name
 
@@ -36,7 +36,8 @@ class Sessions:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        sub = await self.nc.subscribe(open_subject(self.node, "*"), cb=self._on_open)
+        every = open_subject(self.node, "*", namespace="*", caller="*")
+        sub = await self.nc.subscribe(every, cb=self._on_open)
         try:
             await stop.wait()
         finally:
@@ -57,6 +58,11 @@ class Sessions:
             check_name(req.namespace, field="namespace")
             if not req.sid.isalnum():
                 raise VirtbusError(f"sid: {req.sid!r} is not a session id")
+            # The subject is what the server let the caller ask for: the body must say the same
+            asked = session_parts(msg.subject)
+            if asked is None or asked[:2] != (req.kind, req.namespace):
+                raise VirtbusError(f"the request names {req.kind} in {req.namespace}, but was "
+                                   f"sent on {msg.subject}")  # fmt: skip
         except (msgspec.DecodeError, msgspec.ValidationError, VirtbusError) as err:
             await self._reply(msg, SessionReply(ok=False, error=f"bad session request: {err}"))
             return

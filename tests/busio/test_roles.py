@@ -91,6 +91,7 @@ async def test_view_reads_and_commands_nothing(bus: tuple[str, Trust]) -> None:
             "$JS.API.CONSUMER.CREATE.KV_virt_webhook_secrets",
             "virt.vm.default.a.VMScheduled",
             "$JS.API.STREAM.DELETE.VIRT_EVENTS",
+            "virt.session.node-a.console.default.vera",  # a console is edit's
         ):
             assert await viewer.denied(subject) == violation(subject.lower())
     finally:
@@ -104,6 +105,7 @@ async def test_edit_commands_its_namespaces_under_its_own_name_only(
     try:
         ack = await editor.nc.jetstream().publish("virt.cmd.vm.team-a.x.StartVM.eddie", b"{}")
         assert (ack.stream, ack.seq) == ("VIRT_COMMANDS", 1)
+        await editor.allowed("virt.session.node-a.console.team-a.eddie")
         for subject in (
             "virt.cmd.vm.default.x.StartVM.eddie",  # a namespace not granted
             "virt.cmd.vm.team-a.x.StartVM.alice",  # another's name
@@ -111,6 +113,8 @@ async def test_edit_commands_its_namespaces_under_its_own_name_only(
             "virt.vm.team-a.x.VMScheduled",  # a decision written straight into the log
             "$JS.API.STREAM.PURGE.VIRT_EVENTS",
             "$JS.API.STREAM.UPDATE.VIRT_EVENTS",
+            "virt.session.node-a.console.default.eddie",  # a console in another namespace
+            "virt.session.node-a.console.team-a.alice",  # under another's name
         ):
             assert await editor.denied(subject) == violation(subject.lower())
     finally:
@@ -156,6 +160,7 @@ async def test_a_node_writes_its_observations_and_takes_its_own_work_only(
             "virt.node._.node-b.registered",  # about another node
             "virt.cmd.vm.default.a.StartVM.node-a",  # a command
             "$JS.API.STREAM.DELETE.VIRT_WORK",
+            "virt.session.node-b.volume-read.default.admin",  # a session under another's name
         ):
             assert await node.denied(subject) == violation(subject.lower())
     finally:

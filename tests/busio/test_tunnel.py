@@ -5,12 +5,28 @@ that actually went over the wire."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from typing import Any
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bus.tunnel import CLIENT, NODE, SEQ, Pipe, PipeClosed, pipe_subject
+from bus.tunnel import (
+    CLIENT,
+    NODE,
+    SEQ,
+    Pipe,
+    PipeClosed,
+    SessionOpen,
+    SessionReply,
+    connect,
+    open_subject,
+    pipe_subject,
+)
+from events.errors import BusUnavailable
+from workers.sessions import Body, Sessions
 
 
 async def pair(nc: Client, *, window: int) -> tuple[Pipe, Pipe]:
@@ -81,3 +97,38 @@ async def test_a_lost_frame_ends_the_stream_instead_of_corrupting_it(nc: Client)
     assert b.reason == "frame 1 was lost"
     await a.close()
     await b.close()
+
+
+async def test_a_session_asked_under_one_namespace_for_another_is_refused(nc: Client) -> None:
+    """The session subject carries the namespace (what the server lets a user ask for); the
+    node takes a request only when its body names the same, else a forged body could reach a
+    VM in a namespace its sender may not touch."""
+
+    async def handler(req: SessionOpen) -> tuple[dict[str, Any], Body]:
+        async def body(pipe: Pipe) -> None:
+            await pipe.close("done")
+
+        return {"vm": f"{req.namespace}/{req.name}"}, body
+
+    stop = asyncio.Event()
+    sessions = Sessions(nc, node="node-x", handlers={"echo": handler})
+    task = asyncio.create_task(sessions.run(stop), name="sessions")
+    try:
+        await nc.flush()
+        for _ in range(50):  # until the node's subscription is in
+            with contextlib.suppress(BusUnavailable):
+                pipe, info = await connect(nc, node="node-x", kind="echo", namespace="team-a",
+                                           name="v", wait_s=0.5)  # fmt: skip
+                break
+        assert info == {"vm": "team-a/v"}
+        await pipe.close("done")
+        forged = SessionOpen(sid="abc123", kind="echo", namespace="default", name="v")
+        subject = open_subject("node-x", "echo", namespace="team-a", caller="_")
+        reply = await nc.request(subject, msgspec.json.encode(forged), timeout=5)
+        assert msgspec.json.decode(reply.data, type=SessionReply) == SessionReply(
+            ok=False, error="bad session request: the request names echo in default, but was sent "
+            "on virt.session.node-x.echo.team-a._",
+        )  # fmt: skip
+    finally:
+        stop.set()
+        await task
