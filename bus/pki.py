@@ -68,10 +68,12 @@ def new_ca(common_name: str = "virtbus bus CA") -> Issued:
 
 
 def issue(
-    ca: Issued, common_name: str, *, hosts: tuple[str, ...] = (), client: bool = False
-) -> Issued:
-    """A leaf signed by `ca`: a server certificate for `hosts` (DNS names or IP addresses), or a
-    client certificate whose email SAN `common_name` NATS maps to a user (`verify_and_map`)."""
+    ca: Issued, common_name: str, *, hosts: tuple[str, ...] = (), client: bool = False,
+    route: bool = False,
+) -> Issued:  # fmt: skip
+    """A leaf signed by `ca`: a server certificate for `hosts` (DNS names or IP addresses), a
+    client certificate whose email SAN `common_name` NATS maps to a user (`verify_and_map`), or a
+    `route` certificate, both at once: a cluster's servers dial each other and verify both ways."""
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
@@ -86,6 +88,8 @@ def issue(
     if client:
         names.append(x509.RFC822Name(common_name))
     eku = [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+    if route:
+        eku = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name)).issuer_name(ca_cert.subject)

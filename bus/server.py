@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -61,6 +62,16 @@ def _read_ports(path: Path) -> str:
     return "nats://" + url.removeprefix("tls://").removeprefix("nats://")
 
 
+@dataclass(frozen=True)
+class Route:
+    """This server's place in a cluster: its name, its route port and every member's."""
+
+    name: str
+    server_name: str
+    port: int
+    peers: tuple[int, ...]
+
+
 class NatsServer:
     """An owned nats-server with JetStream on `data_dir`: `async with NatsServer(...) as s`."""
 
@@ -73,6 +84,7 @@ class NatsServer:
         ready_timeout: float = 10,
         trust: Trust | None = None,
         mutual_tls: bool = False,
+        cluster: Route | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port
@@ -80,6 +92,7 @@ class NatsServer:
         self.ready_timeout = ready_timeout
         self.trust = trust  # None: an open bus (tests and benchmarks that measure the raw path)
         self.mutual_tls = mutual_tls  # every client shows a certificate the trust's CA signed
+        self.cluster = cluster  # one server of a JetStream cluster (`bus/cluster.py`)
         self.url = ""
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -104,6 +117,14 @@ class NatsServer:
         }
         if self.trust is not None:
             conf |= self.trust.server_config(mutual_tls=self.mutual_tls)
+        if self.cluster is not None:
+            c = self.cluster
+            routes = [f"nats-route://127.0.0.1:{p}" for p in c.peers if p != c.port]
+            block: dict[str, object] = {"name": c.name, "listen": f"127.0.0.1:{c.port}",
+                                        "routes": routes}  # fmt: skip
+            if self.trust is not None:
+                block["tls"] = self.trust.route_tls()
+            conf |= {"server_name": c.server_name, "cluster": block}
         return json.dumps(conf, indent=2)  # nats-server reads JSON as its config syntax
 
     async def start(self) -> str:

@@ -113,6 +113,19 @@ class Trust:
         return account_jwt(self.operator, self.account.public, name=ACCOUNT_NAME,
                            revocations=revocations)  # fmt: skip
 
+    def route_tls(self) -> dict[str, Any]:
+        """The `cluster.tls` block of a cluster's servers: each shows a route certificate of the
+        stack's CA and accepts only peers that show one (routes authenticated by mutual TLS)."""
+        tls = self.root / "tls"
+        cert, key = tls / "route.pem", tls / "route-key.pem"
+        if not cert.is_file() or not key.is_file():
+            ca = pki.Issued((tls / "ca.pem").read_bytes(), (tls / "ca-key.pem").read_bytes())
+            leaf = pki.issue(ca, "nats-route", hosts=SERVER_HOSTS, route=True)
+            write_secret(key, leaf.key_pem)
+            cert.write_bytes(leaf.cert_pem)
+        return {"cert_file": str(cert), "key_file": str(key), "ca_file": str(tls / "ca.pem"),
+                "verify": True, "timeout": 5}  # fmt: skip
+
     def client_cert(self, name: str) -> tuple[Path, Path]:
         """`name`'s client certificate and key for mutual TLS (`D/tls/clients/`), issued once by
         the stack's CA and kept; its email SAN is `name@virtbus`."""
