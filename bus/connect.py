@@ -38,6 +38,12 @@ def server_url(explicit: str | None) -> str:
     return explicit or os.environ.get("VIRTBUS_NATS_URL") or DEFAULT_URL
 
 
+def servers(url: str) -> list[str]:
+    """The servers a URL names: one, or a cluster's as a comma-separated list (as the `nats`
+    CLI takes them); a client is given them all and rides out the loss of one."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 @dataclass(frozen=True)
 class Access:
     """Who this process is on the bus and whom it trusts: a `.creds` file and the bus's CA, and a
@@ -165,7 +171,8 @@ async def connect(
     try:
         # nats-py retries a failed TLS handshake without end: bound the whole attempt
         nc = await asyncio.wait_for(
-            nats.connect(url, name=name, error_cb=quiet, **patience, **secure), _CONNECT_WITHIN
+            nats.connect(servers(url), name=name, error_cb=quiet, **patience, **secure),
+            _CONNECT_WITHIN,
         )
     except Exception as err:  # nats-py raises several unrelated types for "no server there"
         said = [str(e) for e in seen if "Violation" in str(e) or "authentication" in str(e)]
@@ -201,7 +208,10 @@ def _identity(creds: Path | None) -> str | None:
 
 async def _secure_options(url: str, access: Access) -> dict[str, object]:
     """nats-py's options for `access` against the server at `url`, as its greeting asks."""
-    info = await _server_info(url)
+    info: dict[str, object] = {}
+    for one in servers(url):  # the first that greets (a cluster's servers greet alike)
+        if info := await _server_info(one):
+            break
     secure: dict[str, object] = {}
     if access.tls_ca is not None and (info.get("tls_required") or not access.adaptive):
         if info and not info.get("tls_required"):

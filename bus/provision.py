@@ -7,7 +7,8 @@ is additive: the subjects of aggregates added later (`ADDED_LATER`) are added, a
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Awaitable
+from typing import Any, Final, TypeVar
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -17,9 +18,9 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 
-from events.errors import ConfigConflict
+from events.errors import ConfigConflict, ValidationError
 from events.names import (
     COMMAND_SUBJECTS,
     COMMANDS_STREAM,
@@ -36,13 +37,13 @@ ADDED_LATER: Final = frozenset({"virt.audit.>", "virt.user.>"})
 HEARTBEAT_TTL_S: Final = 15.0
 
 
-def stream_configs() -> list[StreamConfig]:
+def stream_configs(*, replicas: int = 1) -> list[StreamConfig]:
     common: dict[str, Any] = {
         "storage": StorageType.FILE,
         "discard": DiscardPolicy.OLD,
         "duplicate_window": DUPLICATE_WINDOW_S,
         "allow_direct": True,
-        "num_replicas": 1,
+        "num_replicas": replicas,
     }
     return [
         # The source of truth: kept forever, never deleted from, multi-event appends are atomic.
@@ -87,16 +88,18 @@ def _differences(have: StreamConfig, want: StreamConfig, *, skip: str = "") -> l
     return out
 
 
-async def provision(js: JetStreamContext) -> list[str]:
-    """Create what is missing; return what was created. Raise ConfigConflict on a mismatch."""
+async def provision(js: JetStreamContext, *, replicas: int = 1) -> list[str]:
+    """Create what is missing, with `replicas` copies of each stream and bucket (a cluster's);
+    return what was created. Raise ConfigConflict on a mismatch, and a ValidationError naming
+    `replicas` when the bus cannot hold that many."""
     created = []
-    for want in stream_configs():
+    for want in stream_configs(replicas=replicas):
         assert want.name is not None
         try:
             info = await js.stream_info(want.name)
         except NotFoundError:
-            await js.add_stream(want)
-            created.append(f"stream {want.name}")
+            await _created(js.add_stream(want), replicas=replicas)
+            created.append(f"stream {want.name}" + (f" (R{replicas})" if replicas > 1 else ""))
             continue
         missing = set(want.subjects or []) - set(info.config.subjects or [])
         others = _differences(info.config, want, skip="subjects")
@@ -114,11 +117,29 @@ async def provision(js: JetStreamContext) -> list[str]:
     try:
         await js.key_value(HEARTBEAT_BUCKET)
     except BucketNotFoundError:
-        await js.create_key_value(
+        await _created(js.create_key_value(
             KeyValueConfig(
                 bucket=HEARTBEAT_BUCKET, history=1, ttl=HEARTBEAT_TTL_S,
-                storage=StorageType.MEMORY,
+                storage=StorageType.MEMORY, replicas=replicas,
             )
-        )  # fmt: skip
+        ), replicas=replicas)  # fmt: skip
         created.append(f"kv {HEARTBEAT_BUCKET}")
     return created
+
+
+T = TypeVar("T")
+_TOO_FEW: Final = {10074, 10005}  # replicas > 1 on a single server; no suitable peers for placement
+
+
+async def _created(creating: Awaitable[T], *, replicas: int) -> T:
+    """`creating`, with the server's refusal of the replica count said in virtbus's words."""
+    try:
+        return await creating
+    except APIError as err:
+        if err.err_code not in _TOO_FEW:
+            raise
+        raise ValidationError(
+            f"replicas: {replicas} copies of each stream asked, but the bus cannot hold them: "
+            f"{err.description} (a single server holds 1; a cluster at most one per server)",
+            field="replicas",
+        ) from err

@@ -20,9 +20,11 @@ from nats.js.api import StreamConfig
 from nats.js.errors import NoStreamResponseError
 
 from bus.cluster import NatsCluster, free_ports, until_ready
-from bus.connect import tls_context
+from bus.connect import connect, tls_context
+from bus.provision import provision
 from bus.server import NatsServer, Route
 from bus.trust import Trust, ensure
+from events.errors import ValidationError
 
 
 @pytest.fixture
@@ -115,3 +117,40 @@ async def test_a_server_without_the_stacks_route_certificate_cannot_join(
         finally:
             await system.close()
     assert peers == {"n1": ["n2", "n3"], "n2": ["n1", "n3"], "n3": ["n1", "n2"]}
+
+
+async def test_provisioning_replicates_the_log_and_refuses_what_the_bus_cannot_hold(
+    cluster: tuple[NatsCluster, Trust], tmp_path: Path
+) -> None:
+    """Given every server (a comma-separated URL, as the `nats` CLI takes it), the admin
+    provisions three copies of each stream; five are refused, saying why; so are three on a
+    single server."""
+    c, trust = cluster
+    url = ",".join(c.urls)
+    nc = await connect(url, creds=trust.ensure_creds("admin"), tls_ca=trust.ca_file)
+    try:
+        await until_ready(nc)
+        js = nc.jetstream()
+        with pytest.raises(ValidationError) as five:
+            await provision(js, replicas=5)
+        assert (five.value.field, five.value.message) == ("replicas", (
+            "replicas: 5 copies of each stream asked, but the bus cannot hold them: no suitable "
+            "peers for placement (a single server holds 1; a cluster at most one per server)"
+        ))  # fmt: skip
+        assert await provision(js, replicas=3) == [
+            "stream VIRT_EVENTS (R3)", "stream VIRT_COMMANDS (R3)", "stream VIRT_WORK (R3)",
+            "kv virt_heartbeats",
+        ]  # fmt: skip
+        for stream in ("VIRT_EVENTS", "VIRT_COMMANDS", "VIRT_WORK", "KV_virt_heartbeats"):
+            assert (await js.stream_info(stream)).config.num_replicas == 3, stream
+    finally:
+        await nc.close()
+    async with NatsServer(data_dir=tmp_path / "single", port=-1) as single:
+        nc = await connect(single.url)
+        try:
+            with pytest.raises(
+                ValidationError, match="replicas > 1 not supported in non-clustered"
+            ):
+                await provision(nc.jetstream(), replicas=3)
+        finally:
+            await nc.close()
