@@ -34,9 +34,12 @@ def fail(field: str, reason: str) -> ValidationError:
 
 
 def join(path: str, key: str | int) -> str:
-    """`spec` + `domain` is `spec.domain`; `disks` + 0 is `disks[0]`; the root has no prefix."""
+    """`spec` + `domain` is `spec.domain`; `disks` + 0 is `disks[0]`; an empty key is `[""]`;
+    the root has no prefix."""
     if isinstance(key, int):
         return f"{path}[{key}]"
+    if not key:  # an empty key still names a place: `spec[""]`, never the bare parent (or "")
+        return f'{path}[""]'
     return f"{path}.{key}" if path else key
 
 

@@ -54,16 +54,18 @@ if ! "$V" get nodes >/dev/null; then
   exit 1
 fi
 for _ in $(seq "$WAIT"); do # a stack just started: its nodes register within seconds
-  "$V" get nodes | grep -q " Ready " && break
+  # (the output is read whole, then searched: `grep -q` in a pipe quits at its first match, and
+  # with pipefail the CLI's broken pipe would fail the check however it matched)
+  [[ $("$V" get nodes 2>/dev/null) == *" Ready "* ]] && break
   sleep 1
 done
 run get nodes
-if ! "$V" get nodes | grep -q " Ready "; then
+if [[ $("$V" get nodes) != *" Ready "* ]]; then
   echo "no node is Ready: see what the stack's terminal says" >&2
   exit 1
 fi
 qemu=false
-if "$V" get nodes -o json | grep -q '"hypervisor": "qemu"'; then
+if [[ $("$V" get nodes -o json) == *'"hypervisor": "qemu"'* ]]; then
   qemu=true
 else
   echo "note: no QEMU node (plain \`make run\` runs libvirt's test driver): the VNC step and the"

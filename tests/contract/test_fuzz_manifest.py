@@ -65,6 +65,15 @@ def test_mutated_manifests_are_accepted_or_name_the_path(doc: Any) -> None:
     judged(realize(doc))
 
 
+@pytest.mark.parametrize("bad", [float("inf"), 2**63], ids=["inf", "int65"])
+def test_a_bad_value_under_an_empty_key_is_named_too(bad: object) -> None:
+    """Found by the campaign in CI: a top-level key "" made a rejection with no path at all."""
+    doc = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "a"},
+           "spec": {}, "": bad}  # fmt: skip
+    err = judged(doc)
+    assert err is not None and err.field == '[""]'
+
+
 @settings(max_examples=examples(300, 5_000))
 @given(doc=manifests)
 def test_mutated_manifests_read_from_yaml_are_judged_the_same(doc: Any) -> None:
