@@ -206,6 +206,7 @@ def render_domain(
     _disks(devices, devices_spec, vmi, volumes)
     _interfaces(devices, devices_spec)
     _console_and_display(devices, devices_spec)
+    _panic_devices(devices, devices_spec)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode")
 
@@ -373,6 +374,16 @@ def _mac(value: Any, field: str) -> str:
     if int(mac[:2], 16) & 1:  # libvirt refuses multicast addresses for a NIC
         raise _fail(field, f"{value!r} is a multicast address")
     return mac
+
+
+def _panic_devices(devices: ET.Element, devices_spec: dict[str, Any]) -> None:
+    """KubeVirt's `panicDevices`: a guest kernel panic is then reported (pvpanic), not silent."""
+    path = f"{SPEC}.domain.devices.panicDevices"
+    for i, panic in enumerate(_entries(devices_spec.get("panicDevices"), path)):
+        model = word(panic.get("model"), f"{path}[{i}].model") or "isa"
+        if model != "isa":
+            raise _fail(f"{path}[{i}].model", f"{model!r} is not supported; use isa (pvpanic)")
+        ET.SubElement(devices, "panic", model="isa")
 
 
 def _console_and_display(devices: ET.Element, devices_spec: dict[str, Any]) -> None:
