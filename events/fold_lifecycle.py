@@ -190,8 +190,12 @@ def domain_stopped(s: VMState, e: m.DomainStopped, env: Stamped) -> VMState:
         ready=False,
         paused=False,
         status=status,
-        reason=e.reason,
+        reason=f"{e.reason} ({e.detail})" if e.detail else e.reason,
     )
+
+
+def domain_rebooted(s: VMState, e: m.DomainRebooted, env: Stamped) -> VMState:
+    return s  # a reboot is not a stop: the instance, its phase and its node stay
 
 
 def vm_stopped(s: VMState, e: m.VMStopped, env: Stamped) -> VMState:

@@ -67,8 +67,9 @@ from events.model_snapshot import (
 # The contract's event namespace: the union's members from the modules above are used as `m.X`.
 __all__ = [
     "CE_TYPE", "EVENT_BY_NAME", "EVENT_CLASSES", "TOKEN", "AnyEvent", "AuditCheckpoint",
-    "AuditHead", "CommandRejected", "DomainDefined", "DomainPaused", "DomainResumed",
-    "DomainStarted", "DomainStopped", "DomainUndefined", "Event", "ImagePulled", "ImagePulling",
+    "AuditHead", "CommandRejected", "DomainDefined", "DomainPaused", "DomainRebooted",
+    "DomainResumed", "DomainStarted", "DomainStopped", "DomainUndefined", "Event", "ImagePulled",
+    "ImagePulling",
     "LauncherCreated", "LauncherDeleted", "LauncherFailed", "MigrationCancelRequested",
     "MigrationFailed", "MigrationProgress", "MigrationRequested", "MigrationScheduled",
     "MigrationStarted", "MigrationSucceeded", "MigrationTargetPreparing", "MigrationTargetReady",
@@ -233,10 +234,18 @@ class DomainResumed(Event, frozen=True):
 
 
 class DomainStopped(Event, frozen=True):
-    """The domain is off; `reason` is libvirt's: shutdown, destroyed, crashed, migrated, failed."""
+    """The domain is off; `reason` is libvirt's: shutdown, destroyed, crashed, migrated, failed;
+    `detail` how a crashed guest crashed (libvirt's crash reason: panicked, from pvpanic)."""
 
     node: str
     reason: str
+    detail: str = ""
+
+
+class DomainRebooted(Event, frozen=True):
+    """The guest rebooted (its own `reboot`, or a reset): the same instance runs on, no stop."""
+
+    node: str
 
 
 class DomainUndefined(Event, frozen=True):
@@ -287,6 +296,7 @@ AnyEvent = (
     | VMUnpauseRequested | VMScheduled | VMUnschedulable | VMRunning | VMStopped | VMStartFailed
     | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
     | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
+    | DomainRebooted
     | MigrationRequested | MigrationScheduled | MigrationTargetReady | MigrationStarted
     | MigrationProgress | MigrationTargetPreparing
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested

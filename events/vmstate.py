@@ -155,6 +155,15 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 # --- derived from the state (shared by the handlers of several concepts) -------------------------
 
 
+def guest_end(reason: str) -> str:
+    """What an instance that ended by itself is said to have done, from the reason the node saw
+    (libvirt's word, a crash's detail in brackets): "guest shut down", "guest crashed (panicked)"
+    (the words KubeVirt users ask for: kubevirt#8817, VEP 362)."""
+    if reason in ("", "shutdown"):
+        return "guest shut down"
+    return f"guest {reason}"
+
+
 def migrating(s: VMState) -> bool:
     """A migration under way makes the VM Migrating; a queued (Pending) one not yet, as in
     KubeVirt."""

@@ -116,7 +116,7 @@ class Hypervisor:
         self.uri = uri
         self.events: asyncio.Queue[DomainEvent] = asyncio.Queue()
         self._conn: Any = None
-        self._callback_id: int | None = None
+        self._callback_ids: list[int] = []
         self._pool = ThreadPoolExecutor(LIBVIRT_THREADS, thread_name_prefix=f"libvirt-{uri}")
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -139,17 +139,24 @@ class Hypervisor:
             reason = _REASON.get(kind, {}).get(detail, str(detail))
             loop.call_soon_threadsafe(self.events.put_nowait, DomainEvent(dom.name(), kind, reason))
 
-        self._callback_id = self._conn.domainEventRegisterAny(
-            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_event, None
-        )
+        def on_reboot(_conn: Any, dom: Any, _opaque: Any) -> None:
+            ev = DomainEvent(dom.name(), "rebooted", "guest")
+            loop.call_soon_threadsafe(self.events.put_nowait, ev)
+
+        register = self._conn.domainEventRegisterAny
+        self._callback_ids = [
+            register(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_event, None),
+            # A guest's reboot is no lifecycle change in libvirt (on_reboot=restart): its own event.
+            register(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, on_reboot, None),
+        ]
 
     async def close(self) -> None:
         if self._conn is None:
             return
         conn, self._conn = self._conn, None
-        if self._callback_id is not None:
+        for callback_id in self._callback_ids:
             with contextlib.suppress(libvirt.libvirtError):  # the connection may be gone
-                conn.domainEventDeregisterAny(self._callback_id)
+                conn.domainEventDeregisterAny(callback_id)
         await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
         self._pool.shutdown(wait=False)  # conn.close was the last call: no thread is busy
 

@@ -138,3 +138,90 @@ async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(gstack: Q
         await root_shell(con, hostname="guest-one")  # cloud-init's hostname, in the prompt
         await con.type("cat /run/marker; hostname\r")
         await con.expect(b"ran-by-cloud-init\r\nguest-one\r\n", within=30)
+
+
+@contextlib.asynccontextmanager
+async def logged_in(st: QemuStack, name: str) -> AsyncIterator[Console]:
+    """A root shell on the console of the VM `name`, once it runs."""
+    await st.until(name, "Running", within=BOOT_S)
+    async with console(st, name) as con:
+        await root_shell(con, hostname="tiny-linux")
+        yield con
+
+
+def stops(events: list[m.Event]) -> list[tuple[str, str]]:
+    return [(e.reason, e.detail) for e in events if isinstance(e, m.DomainStopped)]
+
+
+async def test_stop_sends_acpi_and_the_guest_shuts_down_within_its_grace(gstack: QemuStack) -> None:
+    await send(gstack.nc, tiny("polite", grace=120))
+    await send(gstack.nc, c.StartVM(name="polite"))
+    await booted(gstack, "polite", hostname="tiny-linux")
+    await send(gstack.nc, c.StopVM(name="polite"))
+    await gstack.until("polite", "Stopped", within=120)
+    events = await gstack.events("polite")
+    assert stops(events) == [("shutdown", "")]  # the guest's own ACPI shutdown, not a destroy
+    assert [e.reason for e in events if isinstance(e, m.VMStopped)] == ["stopped"]
+
+
+async def test_a_guest_ignoring_acpi_is_destroyed_after_its_grace(gstack: QemuStack) -> None:
+    await send(gstack.nc, tiny("deaf", grace=3))
+    await send(gstack.nc, c.StartVM(name="deaf"))
+    async with logged_in(gstack, "deaf") as con:
+        # The power button goes unheard. (The quotes keep the echoed command line from matching.)
+        await con.type("killall acpid; while pidof acpid; do :; done; echo acpid'-'gone\r")
+        await con.expect(b"\nacpid-gone\r\n", within=30)
+    await send(gstack.nc, c.StopVM(name="deaf"))
+    await gstack.until("deaf", "Stopped", within=60)
+    assert stops(await gstack.events("deaf")) == [("destroyed", "")]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "told"),
+    [("Manual", "guest shut down"), ("Always", "guest shut down; restarting (runStrategy Always)")],
+)
+async def test_a_guest_powering_itself_off(gstack: QemuStack, strategy: str, told: str) -> None:
+    await send(gstack.nc, tiny("selfoff", strategy=strategy))
+    if strategy == "Manual":  # an Always VM runs once applied
+        await send(gstack.nc, c.StartVM(name="selfoff"))
+    async with logged_in(gstack, "selfoff") as con:
+        before = len(await gstack.events("selfoff"))
+        await con.type("poweroff\r")
+        events = await gstack.until_event("selfoff", m.VMStopped, after=before, within=60)
+    assert stops(events) == [("shutdown", "")]
+    assert [e.reason for e in events if isinstance(e, m.VMStopped)] == [told]
+    if strategy == "Always":  # started again, like KubeVirt, and boots again
+        await booted(gstack, "selfoff", hostname="tiny-linux")
+        starts = [e for e in await gstack.events("selfoff") if isinstance(e, m.DomainStarted)]
+        assert len(starts) == 2
+    else:
+        assert (await gstack.state("selfoff")).status == "Stopped"
+
+
+async def test_a_guest_reboot_is_a_reboot_not_a_stop(gstack: QemuStack) -> None:
+    await send(gstack.nc, tiny("rebooter"))
+    await send(gstack.nc, c.StartVM(name="rebooter"))
+    async with logged_in(gstack, "rebooter") as con:
+        before = len(await gstack.events("rebooter"))
+        await con.type("reboot\r")
+        events = await gstack.until_event("rebooter", m.DomainRebooted, after=before, within=60)
+        await con.expect(b"tiny-linux login: ", within=BOOT_S, nudge="\r")  # booted again
+    events = (await gstack.events("rebooter"))[before:]
+    assert [type(e).__name__ for e in events] == ["DomainRebooted"]
+    assert (await gstack.state("rebooter")).status == "Running"
+
+
+async def test_a_guest_kernel_panic_is_a_crash_then_the_run_strategy_answers(
+    gstack: QemuStack,
+) -> None:
+    await send(gstack.nc, tiny("panicky", strategy="Always"))  # runs once applied
+    async with logged_in(gstack, "panicky") as con:
+        before = len(await gstack.events("panicky"))
+        await con.type("echo c > /proc/sysrq-trigger\r")
+        events = await gstack.until_event("panicky", m.VMFailed, after=before, within=60)
+    assert stops(events) == [("crashed", "panicked")]  # pvpanic told libvirt
+    assert [e.reason for e in events if isinstance(e, m.VMFailed)] == ["guest crashed (panicked)"]
+    await booted(gstack, "panicky", hostname="tiny-linux")  # runStrategy Always: started again
+    code, out, err = await gstack.virtbus("history", "panicky")
+    assert code == 0, err
+    assert "guest crashed (panicked)" in out
