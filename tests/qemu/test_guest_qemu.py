@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 from qemustack import QemuStack, apply, qemu_stack
 from registry import available, push_disk, registry_server
+from upstack import named, virtbus_up
 
 from bus.client import send
 from events import commands as c
@@ -56,15 +58,18 @@ async def gstack(
             yield st
 
 
-def tiny(name: str, *, strategy: str = "Halted", grace: int = 30, user_data: str = "") -> Any:
+# No hostname here: the guest takes the VM's name from the NoCloud meta-data (local-hostname).
+PLAIN = "#cloud-config\nruncmd:\n- echo ok > /run/ok\n"
+
+
+def tiny(name: str, *, strategy: str = "Halted", grace: int = 30, user_data: str = PLAIN) -> Any:
     """The example's VM under `name`, with its run strategy, grace period and user data."""
     doc = parse_documents(EXAMPLE.read_text())[0]
     doc["metadata"]["name"] = name
     doc["spec"]["runStrategy"] = strategy
     spec = doc["spec"]["template"]["spec"]
     spec["terminationGracePeriodSeconds"] = grace
-    if user_data:
-        spec["volumes"][1]["cloudInitNoCloud"]["userData"] = user_data
+    spec["volumes"][1]["cloudInitNoCloud"]["userData"] = user_data
     return apply(doc)
 
 
@@ -98,11 +103,12 @@ class Console:
 
 
 @contextlib.asynccontextmanager
-async def console(st: QemuStack, name: str) -> AsyncIterator[Console]:
+async def console(st: QemuStack | str, name: str) -> AsyncIterator[Console]:
+    """`virtbus console NAME` against the stack `st` (or a bus URL)."""
     proc = await asyncio.create_subprocess_exec(
         str(VIRTBUS), "console", name,
-        "--server", st.url, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        "--server", st if isinstance(st, str) else st.url, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
         yield Console(proc)
@@ -145,7 +151,7 @@ async def logged_in(st: QemuStack, name: str) -> AsyncIterator[Console]:
     """A root shell on the console of the VM `name`, once it runs."""
     await st.until(name, "Running", within=BOOT_S)
     async with console(st, name) as con:
-        await root_shell(con, hostname="tiny-linux")
+        await root_shell(con, hostname=name)  # the VM's name, from the meta-data
         yield con
 
 
@@ -156,7 +162,7 @@ def stops(events: list[m.Event]) -> list[tuple[str, str]]:
 async def test_stop_sends_acpi_and_the_guest_shuts_down_within_its_grace(gstack: QemuStack) -> None:
     await send(gstack.nc, tiny("polite", grace=120))
     await send(gstack.nc, c.StartVM(name="polite"))
-    await booted(gstack, "polite", hostname="tiny-linux")
+    await booted(gstack, "polite", hostname="polite")
     await send(gstack.nc, c.StopVM(name="polite"))
     await gstack.until("polite", "Stopped", within=120)
     events = await gstack.events("polite")
@@ -191,7 +197,7 @@ async def test_a_guest_powering_itself_off(gstack: QemuStack, strategy: str, tol
     assert stops(events) == [("shutdown", "")]
     assert [e.reason for e in events if isinstance(e, m.VMStopped)] == [told]
     if strategy == "Always":  # started again, like KubeVirt, and boots again
-        await booted(gstack, "selfoff", hostname="tiny-linux")
+        await booted(gstack, "selfoff", hostname="selfoff")
         starts = [e for e in await gstack.events("selfoff") if isinstance(e, m.DomainStarted)]
         assert len(starts) == 2
     else:
@@ -205,7 +211,7 @@ async def test_a_guest_reboot_is_a_reboot_not_a_stop(gstack: QemuStack) -> None:
         before = len(await gstack.events("rebooter"))
         await con.type("reboot\r")
         events = await gstack.until_event("rebooter", m.DomainRebooted, after=before, within=60)
-        await con.expect(b"tiny-linux login: ", within=BOOT_S, nudge="\r")  # booted again
+        await con.expect(b"rebooter login: ", within=BOOT_S, nudge="\r")  # booted again
     events = (await gstack.events("rebooter"))[before:]
     assert [type(e).__name__ for e in events] == ["DomainRebooted"]
     assert (await gstack.state("rebooter")).status == "Running"
@@ -221,7 +227,34 @@ async def test_a_guest_kernel_panic_is_a_crash_then_the_run_strategy_answers(
         events = await gstack.until_event("panicky", m.VMFailed, after=before, within=60)
     assert stops(events) == [("crashed", "panicked")]  # pvpanic told libvirt
     assert [e.reason for e in events if isinstance(e, m.VMFailed)] == ["guest crashed (panicked)"]
-    await booted(gstack, "panicky", hostname="tiny-linux")  # runStrategy Always: started again
+    await booted(gstack, "panicky", hostname="panicky")  # runStrategy Always: started again
     code, out, err = await gstack.virtbus("history", "panicky")
     assert code == 0, err
     assert "guest crashed (panicked)" in out
+
+
+async def test_virtbus_up_serves_the_tiny_guest_and_the_example_boots(
+    kvm_host: None, guest_disk: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    data = tmp_path_factory.mktemp("gu")  # short: the node's unix socket path must fit 108 bytes
+    args = ("--port", "-1", "--data-dir", str(data), "--hypervisor", "qemu", "--nodes", "1")
+    async with virtbus_up(*args) as (proc, url):
+
+        async def cli(*words: str) -> None:
+            run = await asyncio.create_subprocess_exec(
+                str(VIRTBUS), *words, "--server", url,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await run.communicate()
+            assert run.returncode == 0, (words, out, err)
+
+        # As the README has it: apply the example, start it, and nothing else.
+        await cli("apply", "-f", str(EXAMPLE))
+        await cli("start", "tiny-linux")
+        await cli("wait", "vm", "tiny-linux", "--for", "status=Running", "--timeout", str(BOOT_S))
+        async with console(url, "tiny-linux") as con:
+            await con.expect(b"tiny-linux login: ", within=BOOT_S, nudge="\r")
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 90)
+        assert proc.returncode == 0
+    assert named("qemu-system-x86_64", seeing=data) == set()  # the guest is gone with the stack
