@@ -228,9 +228,10 @@ async def test_a_guest_kernel_panic_is_a_crash_then_the_run_strategy_answers(
     assert stops(events) == [("crashed", "panicked")]  # pvpanic told libvirt
     assert [e.reason for e in events if isinstance(e, m.VMFailed)] == ["guest crashed (panicked)"]
     await booted(gstack, "panicky", hostname="panicky")  # runStrategy Always: started again
-    code, out, err = await gstack.virtbus("history", "panicky")
-    assert code == 0, err
-    assert "guest crashed (panicked)" in out
+    for verb in (("history", "panicky"), ("describe", "vm", "panicky")):
+        code, out, err = await gstack.virtbus(*verb)
+        assert code == 0, err
+        assert "guest crashed (panicked)" in out, out
 
 
 async def test_virtbus_up_serves_the_tiny_guest_and_the_example_boots(

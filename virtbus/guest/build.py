@@ -78,13 +78,20 @@ def _run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None)
     return done.stdout
 
 
-def _candidate(package: str) -> str:
-    for line in _run("apt-cache", "policy", package).splitlines():
-        if line.strip().startswith("Candidate:"):
+def _candidates(packages: list[str]) -> dict[str, str]:
+    """The version apt would download of each package (one `apt-cache policy` for all)."""
+    found: dict[str, str] = {}
+    current = ""
+    for line in _run("apt-cache", "policy", *packages).splitlines():
+        if not line.startswith(" "):
+            current = line.rstrip(":")
+        elif line.strip().startswith("Candidate:"):
             version = line.split(":", 1)[1].strip()
             if version and version != "(none)":
-                return version
-    raise GuestBuildError(f"no Debian package {package} to download: run `apt-get update`")
+                found[current] = version
+    if missing := [p for p in packages if p not in found]:
+        raise GuestBuildError(f"no Debian package {', '.join(missing)}: run `apt-get update`")
+    return {p: found[p] for p in packages}
 
 
 def _kernel_package() -> str:
@@ -96,8 +103,7 @@ def _kernel_package() -> str:
 
 def pinned_packages() -> dict[str, str]:
     """Every package the image is made of (and the tools that make it), with its version."""
-    names = [_kernel_package(), *USERLAND, *TOOLS]
-    return {name: _candidate(name) for name in names}
+    return _candidates([_kernel_package(), *USERLAND, *TOOLS])
 
 
 def content_key(packages: dict[str, str]) -> str:
