@@ -35,6 +35,7 @@ COMMAND, DECISION, OBSERVATION, REJECTION = "Command", "Decision", "Observation"
 OBSERVED: Final = frozenset({
     m.LauncherCreated, m.LauncherFailed, m.LauncherDeleted, m.DomainDefined, m.DomainStarted,
     m.DomainPaused, m.DomainResumed, m.DomainStopped, m.DomainUndefined, m.DomainRebooted,
+    m.GuestAgentChanged,
     m.MigrationTargetReady, m.MigrationStarted, m.MigrationProgress, m.MigrationSucceeded,
     m.MigrationFailed,
     m.SnapshotSucceeded, m.SnapshotFailed, m.RestoreSucceeded, m.RestoreFailed, m.VolumeAttached,

@@ -68,8 +68,8 @@ from events.model_snapshot import (
 __all__ = [
     "CE_TYPE", "EVENT_BY_NAME", "EVENT_CLASSES", "TOKEN", "AnyEvent", "AuditCheckpoint",
     "AuditHead", "CommandRejected", "DomainDefined", "DomainPaused", "DomainRebooted",
-    "DomainResumed", "DomainStarted", "DomainStopped", "DomainUndefined", "Event", "ImagePulled",
-    "ImagePulling",
+    "DomainResumed", "DomainStarted", "DomainStopped", "DomainUndefined", "Event",
+    "GuestAgentChanged", "ImagePulled", "ImagePulling",
     "LauncherCreated", "LauncherDeleted", "LauncherFailed", "MigrationCancelRequested",
     "MigrationFailed", "MigrationProgress", "MigrationRequested", "MigrationScheduled",
     "MigrationStarted", "MigrationSucceeded", "MigrationTargetPreparing", "MigrationTargetReady",
@@ -248,6 +248,13 @@ class DomainRebooted(Event, frozen=True):
     node: str
 
 
+class GuestAgentChanged(Event, frozen=True):
+    """The guest agent's channel connected (the agent in the guest answers) or disconnected."""
+
+    node: str
+    connected: bool
+
+
 class DomainUndefined(Event, frozen=True):
     node: str
 
@@ -296,7 +303,7 @@ AnyEvent = (
     | VMUnpauseRequested | VMScheduled | VMUnschedulable | VMRunning | VMStopped | VMStartFailed
     | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
     | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
-    | DomainRebooted
+    | DomainRebooted | GuestAgentChanged
     | MigrationRequested | MigrationScheduled | MigrationTargetReady | MigrationStarted
     | MigrationProgress | MigrationTargetPreparing
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested

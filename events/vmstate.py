@@ -134,6 +134,7 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     backoff_until: datetime | None = None  # CrashLoopBackOff: no restart before this
     stop_grace: int | None = None  # how the latest stop asked to be done
     stop_force: bool = False
+    agent_connected: bool = False  # the guest agent of the running instance answers (KubeVirt's)
     skipped: tuple[Skipped, ...] = ()  # events the fold could not take (events/folding.py)
 
     @property
@@ -207,6 +208,8 @@ def conditions(s: VMState) -> list[dict[str, str]]:
     ]
     if s.paused:
         out.append({"type": "Paused", "status": "True", "reason": "PausedByUser"})
+    if s.agent_connected and s.phase == RUNNING:  # KubeVirt shows it only while it holds
+        out.append({"type": "AgentConnected", "status": "True"})
     if s.status == UNSCHEDULABLE:
         out.append(
             {

@@ -401,5 +401,8 @@ def _console_and_display(devices: ET.Element, devices_spec: dict[str, Any]) -> N
         video = _mapping(devices_spec.get("video"), f"{SPEC}.domain.devices.video")
         kind = word(video.get("type"), f"{SPEC}.domain.devices.video.type") or "vga"
         ET.SubElement(ET.SubElement(devices, "video"), "model", type=kind)
+    # KubeVirt's, always: the guest agent's channel (unused by a guest without an agent).
+    agent = ET.SubElement(devices, "channel", type="unix")
+    ET.SubElement(agent, "target", type="virtio", name="org.qemu.guest_agent.0")
     balloon = devices_spec.get("autoattachMemBalloon") is not False
     ET.SubElement(devices, "memballoon", model="virtio" if balloon else "none")

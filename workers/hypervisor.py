@@ -47,6 +47,10 @@ _REASON: Final = {
     "shutdown": {0: "finished", 1: "guest", 2: "host"},
     "crashed": {0: "panicked", 1: "crashloaded"},
 }  # fmt: skip
+# An agent "disconnected" because the domain just started: nothing that was there went away.
+_AGENT_ABSENT_AT_START: Final = (
+    libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_DOMAIN_STARTED
+)
 RUNNING_STATES: Final = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED)
 PAUSED_STATE: Final = libvirt.VIR_DOMAIN_PAUSED
 LIBVIRT_THREADS: Final = 32  # libvirt multiplexes calls from many threads on one connection
@@ -143,11 +147,19 @@ class Hypervisor:
             ev = DomainEvent(dom.name(), "rebooted", "guest")
             loop.call_soon_threadsafe(self.events.put_nowait, ev)
 
+        def on_agent(_conn: Any, dom: Any, state: int, reason: int, _opaque: Any) -> None:
+            up = state == libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED
+            if not up and reason == _AGENT_ABSENT_AT_START:
+                return
+            ev = DomainEvent(dom.name(), "agent", "connected" if up else "disconnected")
+            loop.call_soon_threadsafe(self.events.put_nowait, ev)
+
         register = self._conn.domainEventRegisterAny
         self._callback_ids = [
             register(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_event, None),
             # A guest's reboot is no lifecycle change in libvirt (on_reboot=restart): its own event.
             register(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, on_reboot, None),
+            register(None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, on_agent, None),
         ]
 
     async def close(self) -> None:

@@ -285,6 +285,10 @@ class Worker:
             self._crashes[ev.domain] = ev.reason
             return
         ref = ref_of_domain(ev.domain)
+        if ev.kind == "agent" and ref is not None:
+            connected = ev.reason == "connected"
+            await self.observe(ref, [m.GuestAgentChanged(node=self.node, connected=connected)])
+            return
         if ev.kind == "rebooted" and ref is not None:
             # libvirt 9 sends two REBOOT events for one guest reboot (seen here): one recorded.
             now, last = time.monotonic(), self._reboots.get(ev.domain, -REBOOT_COALESCE_S)

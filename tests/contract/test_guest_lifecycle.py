@@ -11,7 +11,7 @@ from msgspec.structs import replace
 from test_fold import RUNNING_ON_N1, run, step
 
 from events import model as m
-from events.state import VMState
+from events.state import VMState, conditions
 from events.vmstate import guest_end
 from orchestrator.reconcile import reconcile
 
@@ -62,3 +62,13 @@ def test_a_reboot_is_no_stop() -> None:
     after = step(before, m.DomainRebooted(node="n1"))
     assert replace(after, version=before.version, updated=before.updated) == before
     assert answer(after) == []
+
+
+def test_the_agent_connected_condition_holds_while_the_agent_answers() -> None:
+    agent = {"type": "AgentConnected", "status": "True"}
+    s = step(running("Manual"), m.GuestAgentChanged(node="n1", connected=True))
+    assert agent in conditions(s)
+    assert agent not in conditions(step(s, m.GuestAgentChanged(node="n1", connected=False)))
+    assert agent not in conditions(step(s, m.DomainStopped(node="n1", reason="shutdown")))
+    other = step(running("Manual"), m.GuestAgentChanged(node="n2", connected=True))
+    assert agent not in conditions(other)  # not this instance's node: a migration's other side

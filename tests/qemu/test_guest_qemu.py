@@ -28,6 +28,7 @@ from bus.client import send
 from events import commands as c
 from events import model as m
 from events.manifest import parse_documents
+from events.state import conditions
 from virtbus.guest.build import guest_image
 from virtbus.guestdisk import IMAGE
 
@@ -144,6 +145,12 @@ async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(gstack: Q
         await root_shell(con, hostname="guest-one")  # cloud-init's hostname, in the prompt
         await con.type("cat /run/marker; hostname\r")
         await con.expect(b"ran-by-cloud-init\r\nguest-one\r\n", within=30)
+    # The guest agent answers on its channel: KubeVirt's AgentConnected condition.
+    events = await gstack.until_event("tiny-linux", m.GuestAgentChanged, within=BOOT_S)
+    assert [e.connected for e in events if isinstance(e, m.GuestAgentChanged)] == [True]
+    assert {"type": "AgentConnected", "status": "True"} in conditions(
+        await gstack.state("tiny-linux")
+    )
 
 
 @contextlib.asynccontextmanager
