@@ -54,6 +54,7 @@ from bus.server import NatsServer
 from events import commands as c
 from events.errors import HypervisorError, VirtbusError
 from events.names import EVENTS_STREAM
+from workers.hypervisor import accelerator
 from workers.node import libvirt_test_uri
 from workers.pods import ProcessPods
 from workers.qemunodes import QemuNode, kvm_usable, qemu_available
@@ -157,7 +158,7 @@ async def _with_bus(
             node = QemuNode(base, NODE, index=NODE_INDEX)
             await node.start()
             uri = node.uri
-            kvm = kvm_usable()[0]
+            kvm = kvm_usable()[0] and accelerator()[0] == "kvm"  # what the node's domains use
         else:
             gib = max(16, -(-(vms + 1) * 2 * 64 // 1024) + 1)
             uri = await asyncio.to_thread(libvirt_test_uri, data_dir, memory_gib=gib)

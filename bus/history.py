@@ -34,8 +34,10 @@ COMMAND, DECISION, OBSERVATION, REJECTION = "Command", "Decision", "Observation"
 # What node workers report; everything else on a VM's tree is the orchestrator deciding.
 OBSERVED: Final = frozenset({
     m.LauncherCreated, m.LauncherFailed, m.LauncherDeleted, m.DomainDefined, m.DomainStarted,
-    m.DomainPaused, m.DomainResumed, m.DomainStopped, m.DomainUndefined, m.MigrationTargetReady,
-    m.MigrationStarted, m.MigrationProgress, m.MigrationSucceeded, m.MigrationFailed,
+    m.DomainPaused, m.DomainResumed, m.DomainStopped, m.DomainUndefined, m.DomainRebooted,
+    m.GuestAgentChanged,
+    m.MigrationTargetReady, m.MigrationStarted, m.MigrationProgress, m.MigrationSucceeded,
+    m.MigrationFailed,
     m.SnapshotSucceeded, m.SnapshotFailed, m.RestoreSucceeded, m.RestoreFailed, m.VolumeAttached,
     m.VolumeAttachFailed, m.VolumeDetached, m.ImagePulled, m.ImagePulling,
 })  # fmt: skip

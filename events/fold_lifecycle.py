@@ -191,9 +191,20 @@ def domain_stopped(s: VMState, e: m.DomainStopped, env: Stamped) -> VMState:
         phase=_STOP_PHASE.get(e.reason, FAILED),
         ready=False,
         paused=False,
+        agent_connected=False,
         status=status,
-        reason=e.reason,
+        reason=f"{e.reason} ({e.detail})" if e.detail else e.reason,
     )
+
+
+def domain_rebooted(s: VMState, e: m.DomainRebooted, env: Stamped) -> VMState:
+    return s  # a reboot is not a stop: the instance, its phase and its node stay
+
+
+def guest_agent_changed(s: VMState, e: m.GuestAgentChanged, env: Stamped) -> VMState:
+    if e.node != s.node:
+        return s  # a migration's other side, or an instance already gone
+    return replace(s, agent_connected=e.connected)
 
 
 def vm_stopped(s: VMState, e: m.VMStopped, env: Stamped) -> VMState:
@@ -209,6 +220,7 @@ def vm_stopped(s: VMState, e: m.VMStopped, env: Stamped) -> VMState:
         paused=False,
         status=STOPPED,
         reason=e.reason or s.reason,
+        agent_connected=False,
         volumes={},  # a hotplugged volume does not outlive its instance
         hotplug={},
     )
@@ -227,6 +239,7 @@ def vm_failed(s: VMState, e: m.VMFailed, env: Stamped) -> VMState:
         failures=s.failures + 1,
         status=STOPPED,
         reason=e.reason,
+        agent_connected=False,
         node="",  # the failed instance is concluded: nothing runs anywhere for it
         vmi_uid="",
         volumes={},

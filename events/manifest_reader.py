@@ -52,7 +52,7 @@ _DEVICES: Final = names(
     "clientPassthrough autoattachGraphicsDevice autoattachSerialConsole autoattachMemBalloon "
     "autoattachPodInterface autoattachInputDevice autoattachVSOCK networkInterfaceMultiqueue "
     "blockMultiQueue disableHotplug useVirtioTransitional logSerialConsole downwardMetrics "
-    "video"
+    "video panicDevices"
 )
 _DISK: Final = names(
     "name bootOrder serial dedicatedIOThread cache io tag blockSize shareable errorPolicy"

@@ -68,85 +68,23 @@ from events.model_snapshot import (
 
 # The contract's event namespace: the union's members from the modules above are used as `m.X`.
 __all__ = [
-    "CE_TYPE",
-    "EVENT_BY_NAME",
-    "EVENT_CLASSES",
-    "TOKEN",
-    "AnyEvent",
-    "AuditCheckpoint",
-    "AuditHead",
-    "CommandRejected",
-    "DomainDefined",
-    "DomainPaused",
-    "DomainResumed",
-    "DomainStarted",
-    "DomainStopped",
-    "DomainUndefined",
-    "Event",
-    "ImagePulled",
-    "ImagePulling",
-    "LauncherCreated",
-    "LauncherDeleted",
-    "LauncherFailed",
-    "MigrationCancelRequested",
-    "MigrationFailed",
-    "MigrationProgress",
-    "MigrationRequested",
-    "MigrationScheduled",
-    "MigrationStarted",
-    "MigrationSucceeded",
-    "MigrationTargetPreparing",
-    "MigrationTargetReady",
-    "NodeCordoned",
-    "NodeDrainRequested",
-    "NodeLost",
-    "NodeRegistered",
-    "NodeUncordoned",
-    "ReplicaSetCreated",
-    "ReplicaSetDeleted",
-    "ReplicaSetScaled",
-    "ReplicaSetSpecChanged",
-    "RestoreFailed",
-    "RestoreRequested",
-    "RestoreSucceeded",
-    "SnapshotDeleted",
-    "SnapshotFailed",
-    "SnapshotRequested",
-    "SnapshotSucceeded",
-    "UserAdded",
-    "UserRevoked",
-    "VMBackoff",
-    "VMCreated",
-    "VMDeleteRequested",
-    "VMDeleted",
-    "VMFailed",
-    "VMPauseRequested",
-    "VMRenamed",
-    "VMRestartRequested",
-    "VMRunning",
-    "VMScheduled",
-    "VMSpecChanged",
-    "VMStartFailed",
-    "VMStartRequested",
-    "VMStopRequested",
-    "VMStopped",
-    "VMUndeleted",
-    "VMUnpauseRequested",
-    "VMUnschedulable",
-    "VolumeAttachFailed",
-    "VolumeAttachRequested",
-    "VolumeAttached",
-    "VolumeCreated",
-    "VolumeDeleted",
-    "VolumeDetachRequested",
-    "VolumeDetached",
-    "VolumeFailed",
-    "VolumeMoveFailed",
-    "VolumeMoveRequested",
-    "VolumeMoved",
-    "VolumeReady",
-    "WebhookDisabled",
-    "WebhookSubscribed",
+    "CE_TYPE", "EVENT_BY_NAME", "EVENT_CLASSES", "TOKEN", "AnyEvent", "AuditCheckpoint",
+    "AuditHead", "CommandRejected", "DomainDefined", "DomainPaused", "DomainRebooted",
+    "DomainResumed", "DomainStarted", "DomainStopped", "DomainUndefined", "Event",
+    "GuestAgentChanged", "ImagePulled", "ImagePulling", "LauncherCreated", "LauncherDeleted",
+    "LauncherFailed", "MigrationCancelRequested", "MigrationFailed", "MigrationProgress",
+    "MigrationRequested", "MigrationScheduled", "MigrationStarted", "MigrationSucceeded",
+    "MigrationTargetPreparing", "MigrationTargetReady", "NodeCordoned", "NodeDrainRequested",
+    "NodeLost", "NodeRegistered", "NodeUncordoned", "ReplicaSetCreated", "ReplicaSetDeleted",
+    "ReplicaSetScaled", "ReplicaSetSpecChanged", "RestoreFailed", "RestoreRequested",
+    "RestoreSucceeded", "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested",
+    "SnapshotSucceeded", "UserAdded", "UserRevoked", "VMBackoff", "VMCreated", "VMDeleteRequested",
+    "VMDeleted", "VMFailed", "VMPauseRequested", "VMRenamed", "VMRestartRequested", "VMRunning",
+    "VMScheduled", "VMSpecChanged", "VMStartFailed", "VMStartRequested", "VMStopRequested",
+    "VMStopped", "VMUndeleted", "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed",
+    "VolumeAttachRequested", "VolumeAttached", "VolumeCreated", "VolumeDeleted",
+    "VolumeDetachRequested", "VolumeDetached", "VolumeFailed", "VolumeMoveFailed",
+    "VolumeMoveRequested", "VolumeMoved", "VolumeReady", "WebhookDisabled", "WebhookSubscribed",
     "WebhookUnsubscribed",
 ]  # fmt: skip
 
@@ -300,10 +238,25 @@ class DomainResumed(Event, frozen=True):
 
 
 class DomainStopped(Event, frozen=True):
-    """The domain is off; `reason` is libvirt's: shutdown, destroyed, crashed, migrated, failed."""
+    """The domain is off; `reason` is libvirt's: shutdown, destroyed, crashed, migrated, failed;
+    `detail` how a crashed guest crashed (libvirt's crash reason: panicked, from pvpanic)."""
 
     node: str
     reason: str
+    detail: str = ""
+
+
+class DomainRebooted(Event, frozen=True):
+    """The guest rebooted (its own `reboot`, or a reset): the same instance runs on, no stop."""
+
+    node: str
+
+
+class GuestAgentChanged(Event, frozen=True):
+    """The guest agent's channel connected (the agent in the guest answers) or disconnected."""
+
+    node: str
+    connected: bool
 
 
 class DomainUndefined(Event, frozen=True):
@@ -354,6 +307,7 @@ AnyEvent = (
     | VMUnpauseRequested | VMScheduled | VMUnschedulable | VMRunning | VMStopped | VMStartFailed
     | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
     | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
+    | DomainRebooted | GuestAgentChanged
     | MigrationRequested | MigrationScheduled | MigrationTargetReady | MigrationStarted
     | MigrationProgress | MigrationTargetPreparing
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested

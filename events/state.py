@@ -92,6 +92,8 @@ HANDLERS: Final[Mapping[type[m.Event], Handler]] = {
     m.DomainPaused: lifecycle.domain_paused,
     m.DomainResumed: lifecycle.domain_resumed,
     m.DomainStopped: lifecycle.domain_stopped,
+    m.DomainRebooted: lifecycle.domain_rebooted,
+    m.GuestAgentChanged: lifecycle.guest_agent_changed,
     # migrations
     m.MigrationRequested: migration.migration_requested,
     m.MigrationScheduled: migration.migration_scheduled,

@@ -135,6 +135,7 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     backoff_until: datetime | None = None  # CrashLoopBackOff: no restart before this
     stop_grace: int | None = None  # how the latest stop asked to be done
     stop_force: bool = False
+    agent_connected: bool = False  # the guest agent of the running instance answers (KubeVirt's)
     skipped: tuple[Skipped, ...] = ()  # events the fold could not take (events/folding.py)
 
     @property
@@ -154,6 +155,15 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 # --- derived from the state (shared by the handlers of several concepts) -------------------------
+
+
+def guest_end(reason: str) -> str:
+    """What an instance that ended by itself is said to have done, from the reason the node saw
+    (libvirt's word, a crash's detail in brackets): "guest shut down", "guest crashed (panicked)"
+    (the words KubeVirt users ask for: kubevirt#8817, VEP 362)."""
+    if reason in ("", "shutdown"):
+        return "guest shut down"
+    return f"guest {reason}"
 
 
 def migrating(s: VMState) -> bool:
@@ -199,6 +209,8 @@ def conditions(s: VMState) -> list[dict[str, str]]:
     ]
     if s.paused:
         out.append({"type": "Paused", "status": "True", "reason": "PausedByUser"})
+    if s.agent_connected and s.phase == RUNNING:  # KubeVirt shows it only while it holds
+        out.append({"type": "AgentConnected", "status": "True"})
     if s.status == UNSCHEDULABLE:
         out.append(
             {

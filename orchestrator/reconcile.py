@@ -36,6 +36,7 @@ from events.state import (
     VMState,
     apply,
 )
+from events.vmstate import guest_end
 from orchestrator.decide import decide, kept_disks
 from orchestrator.migrations import Cluster, migration_step
 from orchestrator.scheduler import Request, Unschedulable
@@ -114,11 +115,13 @@ def _step(
             restart = [m.VMStartRequested()] if s.restarting else []
             return [m.VMStopped(reason="stopped"), *restart], [], None
         if s.phase == FAILED:
-            return [m.VMFailed(reason=s.reason or "failed", node=s.node)], [], None
+            crashed = s.reason.startswith("crashed")  # the guest's own crash, told as such
+            reason = guest_end(s.reason) if crashed else s.reason or "failed"
+            return [m.VMFailed(reason=reason, node=s.node)], [], None
         if s.run_strategy == "Always":
-            reason = f"guest {s.reason or 'shut down'}; restarting (runStrategy Always)"
+            reason = f"{guest_end(s.reason)}; restarting (runStrategy Always)"
             return [m.VMStopped(reason=reason), m.VMStartRequested(restart=True)], [], None
-        return [m.VMStopped(reason=f"guest {s.reason or 'shut down'}")], [], None
+        return [m.VMStopped(reason=guest_end(s.reason))], [], None
     if s.phase == FAILED and not s.node and s.status == STOPPED:  # a concluded failure
         if s.source_kind == "VirtualMachineInstance":
             return [], [], None  # a lone VMI stays Failed, visible, until it is deleted

@@ -30,7 +30,9 @@ from events.work import MigrationPolicy
 from orchestrator.app import run_orchestrator
 from orchestrator.readmodel import ReadModel
 from orchestrator.web import configured_port
+from virtbus.guestdisk import serve_guest
 from virtbus.supervise import supervise_process, supervise_task
+from workers.hypervisor import accelerator
 
 console = Console(stderr=True, highlight=False)
 
@@ -45,6 +47,7 @@ async def run_up(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     owned: NatsServer | None = None
+    served = contextlib.ExitStack()  # the tiny guest's registry (QEMU nodes), stopped last
     try:
         if server:
             url, given = server, configured()  # one login for every part, as the user gave it
@@ -84,14 +87,23 @@ async def run_up(
             console.print(f"audit: {audit}")
             if web is not None:
                 console.print(f"web view: http://127.0.0.1:{web}/")
+            registries = None
+            if hypervisor == "qemu" and nodes:
+                registries = await asyncio.to_thread(
+                    served.enter_context, serve_guest(data_dir / "registry", say=console.print)
+                )
             workers = []
             for i in range(nodes):
                 name = _node_name(i)
                 spawn = functools.partial(_spawn_worker, name, url=url, data_dir=data_dir / "nodes",
                                           hypervisor=hypervisor, index=i,
-                                          access=logins.get(name, logins["admin"]))  # fmt: skip
+                                          access=logins.get(name, logins["admin"]),
+                                          registries=registries)  # fmt: skip
                 first = await spawn()
-                what = "libvirt test driver" if hypervisor == "test" else "its own libvirtd (QEMU)"
+                what = "libvirt test driver"
+                if hypervisor == "qemu":
+                    accel, why = accelerator()
+                    what = f"its own libvirtd (QEMU, {accel}: {why})"
                 console.print(f"node {name}: {what} (pid {first.pid})")
                 workers.append(asyncio.create_task(
                     supervise_process(f"node {name}", spawn, first=first, stop=stop,
@@ -114,6 +126,7 @@ async def run_up(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        await asyncio.to_thread(served.close)
         if owned is not None:
             await owned.stop()
     if lost:
@@ -157,15 +170,17 @@ def _node_name(index: int) -> str:
 
 
 async def _spawn_worker(
-    name: str, *, url: str, data_dir: Path, hypervisor: str, index: int, access: Access
-) -> asyncio.subprocess.Process:
+    name: str, *, url: str, data_dir: Path, hypervisor: str, index: int, access: Access,
+    registries: str | None = None,
+) -> asyncio.subprocess.Process:  # fmt: skip
     """A node worker as its own process: the orchestrator and workers meet only on the bus."""
     given = {"--creds": access.creds, "--tls-ca": access.tls_ca, "--tls-cert": access.tls_cert,
              "--tls-key": access.tls_key}  # fmt: skip
     login = [arg for option, path in given.items() if path for arg in (option, str(path))]
+    extra = ["--registries", registries] if registries else []
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "workers", "--node", name, "--data-dir", str(data_dir),
-        "--server", url, "--hypervisor", hypervisor, "--index", str(index), *login,
+        "--server", url, "--hypervisor", hypervisor, "--index", str(index), *login, *extra,
         stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
     )  # fmt: skip
 

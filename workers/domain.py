@@ -206,6 +206,7 @@ def render_domain(
     _disks(devices, devices_spec, vmi, volumes)
     _interfaces(devices, devices_spec)
     _console_and_display(devices, devices_spec)
+    _panic_devices(devices, devices_spec)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode")
 
@@ -375,6 +376,16 @@ def _mac(value: Any, field: str) -> str:
     return mac
 
 
+def _panic_devices(devices: ET.Element, devices_spec: dict[str, Any]) -> None:
+    """KubeVirt's `panicDevices`: a guest kernel panic is then reported (pvpanic), not silent."""
+    path = f"{SPEC}.domain.devices.panicDevices"
+    for i, panic in enumerate(_entries(devices_spec.get("panicDevices"), path)):
+        model = word(panic.get("model"), f"{path}[{i}].model") or "isa"
+        if model != "isa":
+            raise _fail(f"{path}[{i}].model", f"{model!r} is not supported; use isa (pvpanic)")
+        ET.SubElement(devices, "panic", model="isa")
+
+
 def _console_and_display(devices: ET.Element, devices_spec: dict[str, Any]) -> None:
     # KubeVirt attaches each of these unless the spec opts out explicitly.
     if devices_spec.get("autoattachSerialConsole") is not False:
@@ -390,5 +401,8 @@ def _console_and_display(devices: ET.Element, devices_spec: dict[str, Any]) -> N
         video = _mapping(devices_spec.get("video"), f"{SPEC}.domain.devices.video")
         kind = word(video.get("type"), f"{SPEC}.domain.devices.video.type") or "vga"
         ET.SubElement(ET.SubElement(devices, "video"), "model", type=kind)
+    # KubeVirt's, always: the guest agent's channel (unused by a guest without an agent).
+    agent = ET.SubElement(devices, "channel", type="unix")
+    ET.SubElement(agent, "target", type="virtio", name="org.qemu.guest_agent.0")
     balloon = devices_spec.get("autoattachMemBalloon") is not False
     ET.SubElement(devices, "memballoon", model="virtio" if balloon else "none")

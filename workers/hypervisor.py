@@ -47,6 +47,10 @@ _REASON: Final = {
     "shutdown": {0: "finished", 1: "guest", 2: "host"},
     "crashed": {0: "panicked", 1: "crashloaded"},
 }  # fmt: skip
+# An agent "disconnected" because the domain just started: nothing that was there went away.
+_AGENT_ABSENT_AT_START: Final = (
+    libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_DOMAIN_STARTED
+)
 RUNNING_STATES: Final = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED)
 PAUSED_STATE: Final = libvirt.VIR_DOMAIN_PAUSED
 LIBVIRT_THREADS: Final = 32  # libvirt multiplexes calls from many threads on one connection
@@ -86,8 +90,29 @@ def _register_event_loop() -> None:
         raise HypervisorError("libvirt events are bound to another event loop in this process")
 
 
+ACCEL_ENV: Final = "VIRTBUS_ACCEL"
+PVM_MODULE: Final = "/sys/module/kvm_pvm"
+
+
+def accelerator() -> tuple[str, str]:
+    """How this node's QEMU domains run, "kvm" or "tcg", and why. `VIRTBUS_ACCEL` says kvm, tcg or
+    auto (the default): KVM where /dev/kvm is usable, unless that KVM is PVM (the `kvm_pvm`
+    module, on some cloud sandboxes), which runs only PVM-built guest kernels: a stock OS hangs
+    there past its real-mode setup, so TCG (slower, but it boots) is the honest choice."""
+    wanted = os.environ.get(ACCEL_ENV, "auto")
+    if wanted not in ("auto", "kvm", "tcg"):
+        raise HypervisorError(f"{ACCEL_ENV}={wanted!r}: use auto, kvm or tcg")
+    if wanted == "tcg":
+        return "tcg", f"{ACCEL_ENV}=tcg"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg", "/dev/kvm is not usable"
+    if wanted == "auto" and os.path.exists(PVM_MODULE):
+        return "tcg", "this host's KVM is PVM (kvm_pvm): it boots no stock guest kernel"
+    return "kvm", "/dev/kvm"
+
+
 def kvm_usable() -> bool:
-    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+    return accelerator()[0] == "kvm"
 
 
 class Hypervisor:
@@ -95,7 +120,7 @@ class Hypervisor:
         self.uri = uri
         self.events: asyncio.Queue[DomainEvent] = asyncio.Queue()
         self._conn: Any = None
-        self._callback_id: int | None = None
+        self._callback_ids: list[int] = []
         self._pool = ThreadPoolExecutor(LIBVIRT_THREADS, thread_name_prefix=f"libvirt-{uri}")
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -118,17 +143,32 @@ class Hypervisor:
             reason = _REASON.get(kind, {}).get(detail, str(detail))
             loop.call_soon_threadsafe(self.events.put_nowait, DomainEvent(dom.name(), kind, reason))
 
-        self._callback_id = self._conn.domainEventRegisterAny(
-            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_event, None
-        )
+        def on_reboot(_conn: Any, dom: Any, _opaque: Any) -> None:
+            ev = DomainEvent(dom.name(), "rebooted", "guest")
+            loop.call_soon_threadsafe(self.events.put_nowait, ev)
+
+        def on_agent(_conn: Any, dom: Any, state: int, reason: int, _opaque: Any) -> None:
+            up = state == libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED
+            if not up and reason == _AGENT_ABSENT_AT_START:
+                return
+            ev = DomainEvent(dom.name(), "agent", "connected" if up else "disconnected")
+            loop.call_soon_threadsafe(self.events.put_nowait, ev)
+
+        register = self._conn.domainEventRegisterAny
+        self._callback_ids = [
+            register(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_event, None),
+            # A guest's reboot is no lifecycle change in libvirt (on_reboot=restart): its own event.
+            register(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, on_reboot, None),
+            register(None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, on_agent, None),
+        ]
 
     async def close(self) -> None:
         if self._conn is None:
             return
         conn, self._conn = self._conn, None
-        if self._callback_id is not None:
+        for callback_id in self._callback_ids:
             with contextlib.suppress(libvirt.libvirtError):  # the connection may be gone
-                conn.domainEventDeregisterAny(self._callback_id)
+                conn.domainEventDeregisterAny(callback_id)
         await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
         self._pool.shutdown(wait=False)  # conn.close was the last call: no thread is busy
 

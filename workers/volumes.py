@@ -63,10 +63,14 @@ def _overlay(path: Path, *, base: Path) -> None:
     )  # fmt: skip
 
 
-def _cidata_iso(path: Path, *, user_data: str, network_data: str | None, instance: str) -> None:
+def _cidata_iso(
+    path: Path, *, user_data: str, network_data: str | None, instance: str, hostname: str
+) -> None:
     import pycdlib
 
-    files = {"user-data": user_data, "meta-data": f"instance-id: {instance}\n"}
+    # KubeVirt's meta-data: the instance's id, and the VMI's name as its hostname.
+    meta = f"instance-id: {instance}\nlocal-hostname: {hostname}\n"
+    files = {"user-data": user_data, "meta-data": meta}
     if network_data:
         files["network-config"] = network_data
     iso = pycdlib.PyCdlib()
@@ -199,6 +203,7 @@ class Volumes:
             return ResolvedVolume(path=str(path))
         iso = scratch / f"{need.name}-cidata.iso"
         _make(iso, lambda: _cidata_iso(iso, user_data=need.user_data or "",
-                                       network_data=need.network_data, instance=uid),
+                                       network_data=need.network_data, instance=uid,
+                                       hostname=name),
               field=field, what="the cloud-init disk")  # fmt: skip
         return ResolvedVolume(path=str(iso), readonly=True)

@@ -52,6 +52,7 @@ from workers.volumestore import VolumeStore
 
 log = logging.getLogger("virtbus.worker")
 KEEPALIVE_S = 5.0
+REBOOT_COALESCE_S = 2.0  # REBOOT events of one domain this close together are one reboot
 # A work item held this long without a keepalive is redelivered: how long a crashed worker's
 # item waits for the restarted one (two keepalives may be missed before that).
 ACK_WAIT_S = 15.0
@@ -87,6 +88,8 @@ class Worker:
         self.volumes = Volumes(data_dir, host_root=host_root, images=images)
         self.domains = Domains(self.volumes)
         self.forced = ForcedStops(self._stop_forced, node=node)
+        self._crashes: dict[str, str] = {}  # domain -> how its guest crashed, until it stops
+        self._reboots: dict[str, float] = {}  # domain -> when its last reboot event came
         self.lifecycle = Lifecycle(
             self.ctx, launchers=self.launchers, domains=self.domains, forced=self.forced
         )
@@ -281,14 +284,30 @@ class Worker:
 
     async def _on_domain_event(self, ev: DomainEvent) -> None:
         metrics.LIBVIRT_EVENTS.labels(self.node, ev.kind, ev.reason).inc()
-        if ev.kind not in ("stopped", "suspended", "resumed") or self.ctx.expectations.met(ev):
+        if ev.kind == "crashed":  # how the guest crashed: told with the stop that follows
+            self._crashes[ev.domain] = ev.reason
             return
         ref = ref_of_domain(ev.domain)
+        if ev.kind == "agent" and ref is not None:
+            connected = ev.reason == "connected"
+            await self.observe(ref, [m.GuestAgentChanged(node=self.node, connected=connected)])
+            return
+        if ev.kind == "rebooted" and ref is not None:
+            # libvirt 9 sends two REBOOT events for one guest reboot (seen here): one recorded.
+            now, last = time.monotonic(), self._reboots.get(ev.domain, -REBOOT_COALESCE_S)
+            self._reboots[ev.domain] = now
+            if now - last >= REBOOT_COALESCE_S:
+                await self.observe(ref, [m.DomainRebooted(node=self.node)])
+            return
+        if ev.kind not in ("stopped", "suspended", "resumed") or self.ctx.expectations.met(ev):
+            return
         if ref is None or ev.reason in ("migrated", "postcopy"):  # a migration's own steps
             return
         if ev.kind == "stopped":
+            detail = self._crashes.pop(ev.domain, "") if ev.reason == "crashed" else ""
             await self.launchers.remove(ev.domain, running=False)
-            await self.observe(ref, [m.DomainStopped(node=self.node, reason=ev.reason)])
+            stopped = m.DomainStopped(node=self.node, reason=ev.reason, detail=detail)
+            await self.observe(ref, [stopped])
             return
         # The QEMU driver resumes every domain it starts (QEMU runs with -S until libvirt starts
         # its CPUs): report only a pause or resume the log lacks.

@@ -473,3 +473,20 @@ def test_bios_use_serial_puts_the_firmware_on_the_serial_console(
     domain_of(spec)["firmware"] = {"bootloader": "bios"}
     with pytest.raises(ValidationError, match=r"firmware\.bootloader: expected a mapping"):
         render(spec, sources)
+
+
+def test_panic_devices_become_pvpanic(sources: dict[str, ResolvedVolume]) -> None:
+    spec = seed()
+    domain_of(spec)["devices"]["panicDevices"] = [{"model": "isa"}]
+    assert [p.attrib for p in render(spec, sources).findall("./devices/panic")] == [
+        {"model": "isa"}
+    ]
+    assert render(seed(), sources).findall("./devices/panic") == []  # only when asked for
+
+
+def test_an_unsupported_panic_model_names_the_field(sources: dict[str, ResolvedVolume]) -> None:
+    spec = seed()
+    domain_of(spec)["devices"]["panicDevices"] = [{"model": "hyperv"}]
+    with pytest.raises(ValidationError) as err:
+        render(spec, sources)
+    assert err.value.field == "spec.template.spec.domain.devices.panicDevices[0].model"

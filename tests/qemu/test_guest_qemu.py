@@ -1,0 +1,277 @@
+"""The tiny Linux guest on real QEMU nodes: it boots, applies its cloud-init seed, and its own
+lifecycle (ACPI shutdown honoured or ignored, poweroff, reboot, kernel panic) is recorded with
+its cause.
+
+The guest is built here from Debian packages (`virtbus/guest/build.py`, cached by content), pushed
+to a real registry on loopback as the container disk `examples/vm-tiny-linux.yaml` names, and
+pulled by the node like any other. Everything inside the guest is read and typed through `virtbus
+console` (the serial console over the bus). On a host whose KVM is PVM the node runs the guest on
+TCG (`workers/hypervisor.py`, `accelerator`): slower, but a stock kernel boots there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qemustack import QemuStack, apply, qemu_stack
+from registry import available, push_disk, registry_server
+from upstack import named, virtbus_up
+
+from bus.client import send
+from events import commands as c
+from events import model as m
+from events.manifest import parse_documents
+from events.state import conditions
+from virtbus.guest.build import guest_image
+from virtbus.guestdisk import IMAGE
+
+pytestmark = pytest.mark.kvm
+
+NODE, NODE_INDEX = "node-g", 24  # its own VNC/migration port range
+EXAMPLE = Path(__file__).parents[2] / "examples" / "vm-tiny-linux.yaml"
+VIRTBUS = Path(sys.executable).parent / "virtbus"
+BOOT_S = 120  # a boot on TCG (PVM hosts) under a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def guest_disk() -> Path:
+    return guest_image()
+
+
+@pytest.fixture
+async def gstack(
+    kvm_host: None, guest_disk: Path, tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[QemuStack]:  # fmt: skip
+    assert available(), "docker-registry is missing: run `make setup`"
+    base = tmp_path_factory.mktemp("gq")  # short: the node's unix socket path must fit 108 bytes
+    with registry_server(base / "registry") as reg:
+        push_disk(reg.url, IMAGE, guest_disk)
+        monkeypatch.setenv("VIRTBUS_REGISTRIES", reg.url)
+        async with qemu_stack(base, nodes={NODE: NODE_INDEX}) as st:
+            yield st
+
+
+# No hostname here: the guest takes the VM's name from the NoCloud meta-data (local-hostname).
+PLAIN = "#cloud-config\nruncmd:\n- echo ok > /run/ok\n"
+
+
+def tiny(name: str, *, strategy: str = "Halted", grace: int = 30, user_data: str = PLAIN) -> Any:
+    """The example's VM under `name`, with its run strategy, grace period and user data."""
+    doc = parse_documents(EXAMPLE.read_text())[0]
+    doc["metadata"]["name"] = name
+    doc["spec"]["runStrategy"] = strategy
+    spec = doc["spec"]["template"]["spec"]
+    spec["terminationGracePeriodSeconds"] = grace
+    spec["volumes"][1]["cloudInitNoCloud"]["userData"] = user_data
+    return apply(doc)
+
+
+class Console:
+    """`virtbus console NAME` as a user runs it: what the guest writes, and typing into it."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None and proc.stdin is not None
+        self.proc, self.out, self.into = proc, proc.stdout, proc.stdin
+        self.seen = b""
+
+    async def type(self, text: str) -> None:
+        self.into.write(text.encode())
+        await self.into.drain()
+
+    async def expect(self, needle: bytes, *, within: float, nudge: str = "") -> bytes:
+        """Read until `needle`; `nudge` is typed again each time the guest falls silent (a login
+        prompt is printed anew on each Enter)."""
+        async with asyncio.timeout(within):
+            while needle not in self.seen:
+                try:
+                    chunk = await asyncio.wait_for(self.out.read(4096), 3 if nudge else None)
+                except TimeoutError:
+                    await self.type(nudge)
+                    continue
+                if not chunk:
+                    pytest.fail(f"console closed before {needle!r}: {self.seen[-800:]!r}")
+                self.seen += chunk
+        head, _, self.seen = self.seen.partition(needle)
+        return head + needle
+
+
+@contextlib.asynccontextmanager
+async def console(
+    st: QemuStack | str, name: str, *, env: dict[str, str] | None = None
+) -> AsyncIterator[Console]:
+    """`virtbus console NAME` against the stack `st` (or a bus URL, with the environment that
+    logs in to it)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(VIRTBUS), "console", name,
+        "--server", st if isinstance(st, str) else st.url, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        yield Console(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.communicate()
+
+
+async def booted(st: QemuStack, name: str, *, hostname: str) -> None:
+    """The VM is Running and its guest shows a login prompt with `hostname` on the console."""
+    await st.until(name, "Running", within=BOOT_S)
+    async with console(st, name) as con:
+        await con.expect(f"{hostname} login: ".encode(), within=BOOT_S, nudge="\r")
+
+
+async def root_shell(con: Console, *, hostname: str) -> None:
+    await con.expect(f"{hostname} login: ".encode(), within=BOOT_S, nudge="\r")
+    await con.type("root\r")
+    await con.expect(b"# ", within=30)
+
+
+async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(gstack: QemuStack) -> None:
+    user_data = (
+        "#cloud-config\nhostname: guest-one\nruncmd:\n- echo ran-by-cloud-init > /run/marker\n"
+    )
+    await send(gstack.nc, tiny("tiny-linux", user_data=user_data))
+    await send(gstack.nc, c.StartVM(name="tiny-linux"))
+    await gstack.until("tiny-linux", "Running", within=BOOT_S)
+    pulled = [e for e in await gstack.events("tiny-linux") if isinstance(e, m.ImagePulled)]
+    assert [p.image for p in pulled] == [IMAGE]
+    async with console(gstack, "tiny-linux") as con:
+        await root_shell(con, hostname="guest-one")  # cloud-init's hostname, in the prompt
+        await con.type("cat /run/marker; hostname\r")
+        await con.expect(b"ran-by-cloud-init\r\nguest-one\r\n", within=30)
+    # The guest agent answers on its channel: KubeVirt's AgentConnected condition.
+    events = await gstack.until_event("tiny-linux", m.GuestAgentChanged, within=BOOT_S)
+    assert [e.connected for e in events if isinstance(e, m.GuestAgentChanged)] == [True]
+    assert {"type": "AgentConnected", "status": "True"} in conditions(
+        await gstack.state("tiny-linux")
+    )
+
+
+@contextlib.asynccontextmanager
+async def logged_in(st: QemuStack, name: str) -> AsyncIterator[Console]:
+    """A root shell on the console of the VM `name`, once it runs."""
+    await st.until(name, "Running", within=BOOT_S)
+    async with console(st, name) as con:
+        await root_shell(con, hostname=name)  # the VM's name, from the meta-data
+        yield con
+
+
+def stops(events: list[m.Event]) -> list[tuple[str, str]]:
+    return [(e.reason, e.detail) for e in events if isinstance(e, m.DomainStopped)]
+
+
+async def test_stop_sends_acpi_and_the_guest_shuts_down_within_its_grace(gstack: QemuStack) -> None:
+    await send(gstack.nc, tiny("polite", grace=120))
+    await send(gstack.nc, c.StartVM(name="polite"))
+    await booted(gstack, "polite", hostname="polite")
+    await send(gstack.nc, c.StopVM(name="polite"))
+    await gstack.until("polite", "Stopped", within=120)
+    events = await gstack.events("polite")
+    assert stops(events) == [("shutdown", "")]  # the guest's own ACPI shutdown, not a destroy
+    assert [e.reason for e in events if isinstance(e, m.VMStopped)] == ["stopped"]
+
+
+async def test_a_guest_ignoring_acpi_is_destroyed_after_its_grace(gstack: QemuStack) -> None:
+    await send(gstack.nc, tiny("deaf", grace=3))
+    await send(gstack.nc, c.StartVM(name="deaf"))
+    async with logged_in(gstack, "deaf") as con:
+        # The power button goes unheard. (The quotes keep the echoed command line from matching.)
+        await con.type("killall acpid; while pidof acpid; do :; done; echo acpid'-'gone\r")
+        await con.expect(b"\nacpid-gone\r\n", within=30)
+    await send(gstack.nc, c.StopVM(name="deaf"))
+    await gstack.until("deaf", "Stopped", within=60)
+    assert stops(await gstack.events("deaf")) == [("destroyed", "")]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "told"),
+    [("Manual", "guest shut down"), ("Always", "guest shut down; restarting (runStrategy Always)")],
+)
+async def test_a_guest_powering_itself_off(gstack: QemuStack, strategy: str, told: str) -> None:
+    await send(gstack.nc, tiny("selfoff", strategy=strategy))
+    if strategy == "Manual":  # an Always VM runs once applied
+        await send(gstack.nc, c.StartVM(name="selfoff"))
+    async with logged_in(gstack, "selfoff") as con:
+        before = len(await gstack.events("selfoff"))
+        await con.type("poweroff\r")
+        events = await gstack.until_event("selfoff", m.VMStopped, after=before, within=60)
+    assert stops(events) == [("shutdown", "")]
+    assert [e.reason for e in events if isinstance(e, m.VMStopped)] == [told]
+    if strategy == "Always":  # started again, like KubeVirt, and boots again
+        await booted(gstack, "selfoff", hostname="selfoff")
+        starts = [e for e in await gstack.events("selfoff") if isinstance(e, m.DomainStarted)]
+        assert len(starts) == 2
+    else:
+        assert (await gstack.state("selfoff")).status == "Stopped"
+
+
+async def test_a_guest_reboot_is_a_reboot_not_a_stop(gstack: QemuStack) -> None:
+    await send(gstack.nc, tiny("rebooter"))
+    await send(gstack.nc, c.StartVM(name="rebooter"))
+    async with logged_in(gstack, "rebooter") as con:
+        before = len(await gstack.events("rebooter"))
+        await con.type("reboot\r")
+        events = await gstack.until_event("rebooter", m.DomainRebooted, after=before, within=60)
+        await con.expect(b"rebooter login: ", within=BOOT_S, nudge="\r")  # booted again
+    events = (await gstack.events("rebooter"))[before:]
+    # One reboot and no stop; the guest agent going and coming back with it is the agent's own.
+    lifecycle = [type(e).__name__ for e in events if not isinstance(e, m.GuestAgentChanged)]
+    assert lifecycle == ["DomainRebooted"]
+    assert (await gstack.state("rebooter")).status == "Running"
+
+
+async def test_a_guest_kernel_panic_is_a_crash_then_the_run_strategy_answers(
+    gstack: QemuStack,
+) -> None:
+    await send(gstack.nc, tiny("panicky", strategy="Always"))  # runs once applied
+    async with logged_in(gstack, "panicky") as con:
+        before = len(await gstack.events("panicky"))
+        await con.type("echo c > /proc/sysrq-trigger\r")
+        events = await gstack.until_event("panicky", m.VMFailed, after=before, within=60)
+    assert stops(events) == [("crashed", "panicked")]  # pvpanic told libvirt
+    assert [e.reason for e in events if isinstance(e, m.VMFailed)] == ["guest crashed (panicked)"]
+    await booted(gstack, "panicky", hostname="panicky")  # runStrategy Always: started again
+    for verb in (("history", "panicky"), ("describe", "vm", "panicky")):
+        code, out, err = await gstack.virtbus(*verb)
+        assert code == 0, err
+        assert "guest crashed (panicked)" in out, out
+
+
+async def test_virtbus_up_serves_the_tiny_guest_and_the_example_boots(
+    kvm_host: None, guest_disk: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    data = tmp_path_factory.mktemp("gu")  # short: the node's unix socket path must fit 108 bytes
+    args = ("--port", "-1", "--data-dir", str(data), "--hypervisor", "qemu", "--nodes", "1")
+    # the stack's bus is secured: the CLI logs in as its admin, as it would where `make run` ran
+    env = {**os.environ, "VIRTBUS_CREDS": str(data / "creds" / "admin.creds"),
+           "VIRTBUS_TLS_CA": str(data / "tls" / "ca.pem")}  # fmt: skip
+    async with virtbus_up(*args) as (proc, url):
+
+        async def cli(*words: str) -> None:
+            run = await asyncio.create_subprocess_exec(
+                str(VIRTBUS), *words, "--server", url, env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await run.communicate()
+            assert run.returncode == 0, (words, out, err)
+
+        # As the README has it: apply the example, start it, and nothing else.
+        await cli("apply", "-f", str(EXAMPLE))
+        await cli("start", "tiny-linux")
+        await cli("wait", "vm", "tiny-linux", "--for", "status=Running", "--timeout", str(BOOT_S))
+        async with console(url, "tiny-linux", env=env) as con:
+            await con.expect(b"tiny-linux login: ", within=BOOT_S, nudge="\r")
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 90)
+        assert proc.returncode == 0
+    assert named("qemu-system-x86_64", seeing=data) == set()  # the guest is gone with the stack

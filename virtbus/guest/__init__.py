@@ -1,0 +1,1 @@
+"""The tiny Linux guest: a Cirros-like disk image built here from Debian packages (`build.py`)."""
