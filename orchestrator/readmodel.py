@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +45,7 @@ _UPSERT_VM: Final = (
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_NODE: Final = "INSERT OR REPLACE INTO nodes (name, version, status, state) VALUES (?,?,?,?)"
+log = logging.getLogger("virtbus.readmodel")
 _SET_POSITION: Final = "INSERT OR REPLACE INTO position (id, seq) VALUES (1, ?)"
 # The history index: where each VM event sits in the stream, so one VM's history is a set of
 # direct gets instead of a filtered read the server answers by scanning its blocks.
@@ -111,9 +113,21 @@ class ReadModel:
     # --- projection ------------------------------------------------------------------------------
 
     async def catch_up(self) -> int:
-        """Fold every event after `position()` in one transaction; return how many were read."""
+        """Fold every event after `position()` in one transaction; return how many were read.
+
+        A model that reflects more of the log than the log holds was made from another log (a
+        data dir whose stream was made anew): it is rebuilt from this one, not left stale."""
         async with self._apply_lock:
+            position = await self.position()
+            if position and position > await self._log_end():
+                log.warning("the read model is at seq %d, past the log's end: rebuilding it",
+                            position)  # fmt: skip
+                return await self._catch_up(rebuild=True)
             return await self._catch_up(rebuild=False)
+
+    async def _log_end(self) -> int:
+        info = await self.store.nc.jetstream().stream_info(self.store.stream)
+        return int(info.state.last_seq)
 
     async def rebuild(self) -> int:
         """Refold the whole log; the old rows are swapped for the new in one transaction, so

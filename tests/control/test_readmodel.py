@@ -13,9 +13,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 from nats.aio.client import Client
 
+from bus.provision import provision
+from bus.server import NatsServer
 from bus.store import EventStore
 from events import model as m
 from events.names import EVENTS_STREAM, Ref
@@ -204,3 +207,28 @@ async def test_the_history_index_lists_each_vm_event_and_survives_a_rebuild(
     await model.rebuild()
     assert await model.history_seqs(vm.namespace, vm.name) == want
     assert await model.history_seqs(vm.namespace, "never-made") == []
+
+
+async def test_a_model_past_the_logs_end_is_rebuilt_from_this_log(
+    tmp_path: Path, store: EventStore, vm: Ref
+) -> None:
+    """A data dir whose stream was made anew (its JetStream store removed, the orchestrator's
+    file kept): the model's position is past the new log's end. It is rebuilt from the log it
+    now reads, never left showing the old one."""
+    path = tmp_path / "read.db"
+    await store.append(vm, [CREATED], expected_version=0)
+    async with ReadModel(path, store, verify=False) as rm:
+        await rm.catch_up()
+        assert await rm.vm(vm.namespace, vm.name) is not None
+    async with NatsServer(data_dir=tmp_path / "fresh", port=-1) as fresh:
+        nc = await nats.connect(fresh.url)
+        try:
+            await provision(nc.jetstream())
+            new = EventStore(nc)
+            await new.append(Ref.node("only-node"), [REGISTERED], expected_version=0)
+            async with ReadModel(path, new, verify=False) as rm:
+                assert await rm.catch_up() == 1
+                assert (await rm.position(), await rm.vm(vm.namespace, vm.name)) == (1, None)
+                assert [n.name for n in await rm.nodes()] == ["only-node"]
+        finally:
+            await nc.close()
