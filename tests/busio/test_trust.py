@@ -165,8 +165,9 @@ async def test_a_revoked_user_is_cut_off_without_a_restart(
         assert b'"code":200' in reply.data, reply.data
         await asyncio.wait_for(closed.wait(), 30)
         # the server writes "-ERR 'User Authentication Revoked'" then closes; over TLS the client
-        # sees that or only the close (EOF), by timing: the refusal below is the server's word
-        assert errors[-1:] in (["nats: user authentication revoked"], ["nats: unexpected EOF"])
+        # sees that, or only the close (EOF), or nothing before it gives up, by timing: whatever
+        # it saw is one of those, and the refusal below is the server's word
+        assert set(errors) <= {"nats: user authentication revoked", "nats: unexpected EOF"}
         with pytest.raises(BusUnavailable, match="'Authorization Violation'"):
             await connect(server.url, creds=alice, tls_ca=trust.ca_file)
     finally:
