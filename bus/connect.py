@@ -152,8 +152,7 @@ async def connect(
     nats-py's patient reconnects; a CLI's gives up after a few seconds."""
     if access is None:
         access = Access(creds, tls_ca) if creds or tls_ca else configured()
-    secure = await _secure_options(url, access)
-    name_on_bus = _identity(access.creds) if "user_credentials" in secure else None
+    secure, name_on_bus = await _secure_options(url, access)
     if name_on_bus is not None:
         # replies come to an inbox only this identity may subscribe to (its permissions say so)
         secure["inbox_prefix"] = f"_INBOX_{name_on_bus}"
@@ -195,10 +194,8 @@ def identity(nc: Client) -> str | None:
     return _IDENTITIES.get(nc)
 
 
-def _identity(creds: Path | None) -> str | None:
-    if creds is None:
-        return None
-    jwt, _ = read_creds(creds)
+def _identity(jwt: str) -> str | None:
+    """The name a user JWT carries, where a subject token can carry it."""
     name = claims_of(jwt).get("name")
     try:
         return check_name(name, field="creds") if isinstance(name, str) else None
@@ -206,8 +203,9 @@ def _identity(creds: Path | None) -> str | None:
         return None  # a name no subject can carry: it logs in, and pins nothing
 
 
-async def _secure_options(url: str, access: Access) -> dict[str, object]:
-    """nats-py's options for `access` against the server at `url`, as its greeting asks."""
+async def _secure_options(url: str, access: Access) -> tuple[dict[str, object], str | None]:
+    """nats-py's options for `access` against the server at `url`, as its greeting asks, and the
+    name the server will know the connection by (its JWT's; None when it presents none)."""
     info: dict[str, object] = {}
     for one in servers(url):  # the first that greets (a cluster's servers greet alike)
         if info := await _server_info(one):
@@ -224,10 +222,11 @@ async def _secure_options(url: str, access: Access) -> dict[str, object]:
         # nats-py would try the upgrade with the system's CAs and hang on the failed handshake
         raise BusUnavailable(f"cannot reach NATS at {url}: {_NEEDS_TLS}")
     if access.creds is not None and (info.get("auth_required") or not access.adaptive):
-        read_creds(access.creds)  # a missing or damaged file is named, not a refusal later
+        jwt, _ = read_creds(access.creds)  # a missing or damaged file is named now, not later
         if info.get("auth_required"):  # an open bus signs no nonce: nothing to present
             secure["user_credentials"] = str(access.creds)
-    return secure
+            return secure, _identity(jwt)
+    return secure, None
 
 
 def _hint(why: str, secure: dict[str, object]) -> str:
