@@ -37,6 +37,7 @@ from bus.credentials import (
 from events.errors import ValidationError
 
 ACCOUNT_NAME = "VIRTBUS"
+_PRIVATE_SYSTEM_CREDS: dict[Path, Path] = {}  # trust root (read-only) -> this process's copy
 SYSTEM_NAME = "SYS"
 SERVER_HOSTS = ("127.0.0.1", "localhost")
 
@@ -83,16 +84,17 @@ class Trust:
 
     def system_creds(self) -> Path:
         """A system-account user: it pushes account claims (revocations) to the server."""
-        path = self.creds_file("system")
+        path = _PRIVATE_SYSTEM_CREDS.get(self.root) or self.creds_file("system")
         if path.is_file():
             return path
         user = KeyPair.new("user")
         text = creds_text(user_jwt(self.system, user.public, name="system"), user.seed)
         try:
             return write_secret(path, text)
-        except OSError:  # a read-only root (a mounted Secret): a private file of this process's
-            return write_secret(Path(tempfile.mkdtemp(prefix="virtbus-system-")) / "system.creds",
-                                text)  # fmt: skip
+        except OSError:  # a read-only root (a mounted Secret): a private file of this process's,
+            private = Path(tempfile.mkdtemp(prefix="virtbus-system-")) / "system.creds"
+            _PRIVATE_SYSTEM_CREDS[self.root] = write_secret(private, text)  # made once, reused
+            return private
 
     @property
     def _revocations_file(self) -> Path:
