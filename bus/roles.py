@@ -1,18 +1,19 @@
 """What a user of each role may publish and subscribe to: NATS permissions the server enforces.
 
-KubeVirt's `kubevirt.io:view|edit|admin` cut, on subjects. Everyone but an admin reads through the
-JetStream API's read subjects only (direct gets, consumers, their acks) and asks virtbus-api only
-under its own name (`virt.api.<op>.<name>`), with replies to an inbox only it may subscribe to. An
-`edit` user also publishes commands, but only to VMs, replica sets and volumes of its namespaces
-and only with its own name as the subject's last token: the server refuses a forged actor, a
-namespace not granted, an event written straight into the log, and any stream deletion or purge.
+KubeVirt's `kubevirt.io:view|edit|admin` cut, on subjects. Everyone but an admin reads the log only
+as `bus/readscope.py` says (consumers under its own names; a user only its namespaces' trees and its
+own record, a node every tree) and asks virtbus-api only under its own name
+(`virt.api.<op>.<name>`), with replies to an inbox only it may subscribe to. An `edit` user also
+publishes commands, but only to VMs, replica sets and volumes of its namespaces and only with its
+own name as the subject's last token: the server refuses a forged actor, a namespace not granted, an
+event written straight into the log, and any stream deletion or purge.
 
 A node publishes only its observations (`events.users.NODE_WRITES`, by their subject token; about
 itself only on its own node subject), consumes only its own work (the consumer's filter is in the
 subject the server checks), writes only its own heartbeat, and speaks on session pipes.
 
-Not confined yet (said in the README): reads are not limited to a role's namespaces, and a node's
-observations about a VM are not limited to VMs placed on it.
+A node's observation about a VM placed elsewhere reaches the log (its subject is the node's to
+write) and is skipped by every fold (`events/state.py`), not refused by the server.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import contextlib
 from typing import Final
 
 from bus.credentials import Permissions, claims_of, read_creds
+from bus.readscope import families, read_permissions
 from bus.store import EventStore
 from bus.trust import Trust
 from events import model as m
@@ -28,8 +30,6 @@ from events.errors import ConcurrencyConflict
 from events.model import TOKEN
 from events.names import (
     CLUSTER,
-    COMMANDS_STREAM,
-    EVENTS_STREAM,
     HEARTBEAT_BUCKET,
     WORK_STREAM,
     Ref,
@@ -38,24 +38,6 @@ from events.users import NODE_WRITES
 
 ROLES: Final = ("admin", "edit", "view")
 EDITABLE: Final = ("vm", "rs", "volume")  # what `edit` commands; nodes and webhooks are admin's
-
-_READ_STREAMS: Final = (EVENTS_STREAM, COMMANDS_STREAM)
-
-
-def _reads() -> tuple[str, ...]:
-    api = "$JS.API"
-    per_stream = [
-        subject
-        for s in _READ_STREAMS
-        for subject in (
-            f"{api}.DIRECT.GET.{s}", f"{api}.DIRECT.GET.{s}.>", f"{api}.STREAM.INFO.{s}",
-            f"{api}.CONSUMER.CREATE.{s}", f"{api}.CONSUMER.CREATE.{s}.>",
-            f"{api}.CONSUMER.INFO.{s}.*", f"{api}.CONSUMER.DELETE.{s}.*",
-            f"{api}.CONSUMER.MSG.NEXT.{s}.*", f"$JS.ACK.{s}.>",
-        )
-    ]  # fmt: skip
-    heartbeats = f"{api}.DIRECT.GET.KV_{HEARTBEAT_BUCKET}.>"
-    return (f"{api}.INFO", f"{api}.STREAM.NAMES", heartbeats, "$JS.FC.>", *per_stream)
 
 
 def user_permissions(
@@ -67,7 +49,8 @@ def user_permissions(
         return None
     if role not in ROLES:
         raise ValueError(f"role {role!r}: one of {', '.join(ROLES)}")
-    publish = [f"virt.api.*.{name}", *_reads()]
+    reads = read_permissions(name, trees=families(name, namespaces), direct=False)
+    publish = [f"virt.api.*.{name}", *reads]
     subscribe = [f"_INBOX_{name}.>"]
     if role == "edit":
         publish += [f"virt.cmd.{kind}.{ns}.*.*.{name}"
@@ -99,7 +82,7 @@ def node_permissions(name: str) -> Permissions:
         "virt.pipe.*.*",
     ]
     return Permissions(
-        publish=(*writes, *own, *_reads()),
+        publish=(*writes, *own, *read_permissions(name, trees=None, direct=True)),
         subscribe=(f"_INBOX_{name}.>", f"virt.session.{name}.*.*.*", "virt.pipe.*.*"),
         allow_responses=True,  # answers to sessions asked of it, on the asker's inbox
     )

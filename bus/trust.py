@@ -40,6 +40,7 @@ ACCOUNT_NAME = "VIRTBUS"
 _PRIVATE_SYSTEM_CREDS: dict[Path, Path] = {}  # trust root (read-only) -> this process's copy
 SYSTEM_NAME = "SYS"
 SERVER_HOSTS = ("127.0.0.1", "localhost")
+MAX_CONTROL_LINE = 32 * 1024  # bytes: a user JWT of ~40 namespaces
 
 
 def _keypair(path: Path, kind: str) -> KeyPair:
@@ -150,6 +151,9 @@ class Trust:
         revocations = self.saved_revocations() if revocations is None else revocations
         tls = self.root / "tls"
         return {
+            # a user's JWT rides in its CONNECT line; a role's subjects (`bus/readscope.py`: its
+            # read slots per namespace) pass the 4 KiB default with a few namespaces
+            "max_control_line": MAX_CONTROL_LINE,
             "operator": operator_jwt(self.operator, system_account=self.system.public),
             "system_account": self.system.public,
             "resolver": {"type": "full", "dir": str(self.root / "jwt"), "allow_delete": False},

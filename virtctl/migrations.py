@@ -181,7 +181,7 @@ async def migrate_and_watch(
                    TextColumn("{task.fields[detail]}"))  # fmt: skip
         with Progress(*columns, console=Console(), transient=False) as bar:
             task = bar.add_task("Pending", total=100.0, detail="")
-            async for rec in store.follow(from_seq=position + 1):
+            async for rec in store.follow(from_seq=position + 1, subjects=[ref.wildcard]):
                 e = rec.envelope.data
                 if not rec.subject.startswith(ref.prefix + ".") or (
                     getattr(e, "migration", None) != migration

@@ -216,7 +216,9 @@ async def _watch(
     store = EventStore(nc)  # type: ignore[arg-type]
     states = {f"{s.namespace}/{s.name}": s for s in vms}
     node_states = {n.name: n for n in nodes}
-    async for rec in store.follow(from_seq=position + 1):
+    vms_of = f"virt.vm.{namespace or '*'}.{name or '*'}.>"
+    subjects = ["virt.node.>"] if kind == "nodes" else [vms_of]
+    async for rec in store.follow(from_seq=position + 1, subjects=subjects):
         ref = rec.subject.split(".")
         if ref[1] == "vm" and kind != "nodes":
             key = f"{ref[2]}/{ref[3]}"

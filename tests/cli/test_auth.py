@@ -90,6 +90,13 @@ async def test_users_with_roles_from_add_to_revoke(here: Path) -> None:
         assert [line.split()[3] for line in history.splitlines() if "Z   " in line][-3:] == [
             "alice", "vera", "vera",
         ]  # the creation, then vera's command and its rejection  # fmt: skip
+        # the log itself, read with alice's credentials: her namespace's, whole; no other's
+        assert (await as_("alice", "history", "a", "-n", "team-a")).ok().out == history
+        other = await as_("alice", "history", "a", "-n", "default")
+        assert (other.code, other.out, other.err) == (1, "", (
+            'error: forbidden: user "alice" cannot read the history of virtualmachines in the '
+            'namespace "default"\n'
+        ))  # fmt: skip
 
         (await cli("auth", "revoke", "alice")).ok()
         cut = await as_("alice", "get", "vms", "-n", "team-a")
