@@ -120,11 +120,13 @@ def account_jwt(
 
 @dataclass(frozen=True)
 class Permissions:
-    """Subjects a user may publish and subscribe to (NATS allow lists; empty means none)."""
+    """Subjects a user may publish and subscribe to (NATS allow lists; empty means none), and
+    those it may not publish to whatever the allow list says (`deny_publish`)."""
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     allow_responses: bool = False
+    deny_publish: tuple[str, ...] = ()
 
 
 def user_jwt(
@@ -140,6 +142,8 @@ def user_jwt(
     nats: dict[str, Any] = {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}
     if permissions is not None:
         nats["pub"] = {"allow": list(permissions.publish)}
+        if permissions.deny_publish:
+            nats["pub"]["deny"] = list(permissions.deny_publish)
         nats["sub"] = {"allow": list(permissions.subscribe)}
         if permissions.allow_responses:
             nats["resp"] = {"max": -1, "ttl": 0}

@@ -25,16 +25,19 @@ from bus.credentials import Permissions, claims_of, read_creds
 from bus.readscope import families, read_permissions
 from bus.store import EventStore
 from bus.trust import Trust
+from bus.webhook_secrets import BUCKET as SECRETS_BUCKET
 from events import model as m
 from events.errors import ConcurrencyConflict
 from events.model import TOKEN
 from events.names import (
     CLUSTER,
+    EVENTS_STREAM,
     HEARTBEAT_BUCKET,
     WORK_STREAM,
     Ref,
 )
 from events.users import NODE_WRITES
+from events.webhooks import DELIVERIES_SUBJECT, REDELIVER_SUBJECT
 
 ROLES: Final = ("admin", "edit", "view")
 EDITABLE: Final = ("vm", "rs", "volume")  # what `edit` commands; nodes and webhooks are admin's
@@ -85,6 +88,45 @@ def node_permissions(name: str) -> Permissions:
         publish=(*writes, *own, *read_permissions(name, trees=None, direct=True)),
         subscribe=(f"_INBOX_{name}.>", f"virt.session.{name}.*.*.*", "virt.pipe.*.*"),
         allow_responses=True,  # answers to sessions asked of it, on the asker's inbox
+    )
+
+
+# What the orchestrator may not do though it does everything else: lose the log.
+ORCHESTRATOR_DENIED: Final = tuple(
+    f"$JS.API.STREAM.{op}.>" for op in ("DELETE", "PURGE", "MSG.DELETE")
+)
+
+
+def component_permissions(name: str) -> Permissions | None:
+    """The permissions of a part `virtbus up` runs, by its name (None: the admin's, all)."""
+    if name.startswith("node-"):
+        return node_permissions(name)
+    if name == "orchestrator":  # it decides, provisions and signs users: all but destruction
+        return Permissions(publish=(">",), subscribe=(">",), deny_publish=ORCHESTRATOR_DENIED)
+    if name == "dispatcher":
+        return dispatcher_permissions(name)
+    return None
+
+
+def dispatcher_permissions(name: str) -> Permissions:
+    """The webhook dispatcher's: follow the log and keep a durable consumer per subscription on
+    it, read the signing secrets, record a subscription disabled, answer the CLI's questions
+    about deliveries. No command, no other event, nothing of the command stream."""
+    api, ev, kv = "$JS.API", EVENTS_STREAM, f"KV_{SECRETS_BUCKET}"
+    publish = (
+        f"virt.webhook.{CLUSTER}.*.{TOKEN[m.WebhookDisabled]}",
+        f"{api}.INFO", f"{api}.STREAM.NAMES", f"{api}.STREAM.INFO.*",
+        f"{api}.CONSUMER.CREATE.{ev}", f"{api}.CONSUMER.CREATE.{ev}.>",
+        f"{api}.CONSUMER.DURABLE.CREATE.{ev}.*", f"{api}.CONSUMER.INFO.{ev}.*",
+        f"{api}.CONSUMER.DELETE.{ev}.*", f"{api}.CONSUMER.MSG.NEXT.{ev}.*",
+        f"$JS.ACK.{ev}.>", f"$JS.FC.{ev}.>", f"{api}.DIRECT.GET.{ev}", f"{api}.DIRECT.GET.{ev}.>",
+        f"{api}.DIRECT.GET.{kv}", f"{api}.DIRECT.GET.{kv}.>", f"{api}.STREAM.MSG.GET.{kv}",
+        f"$KV.{SECRETS_BUCKET}.>",  # a retired subscription's secret is forgotten
+    )  # fmt: skip
+    return Permissions(
+        publish=publish,
+        subscribe=(f"_INBOX_{name}.>", DELIVERIES_SUBJECT, REDELIVER_SUBJECT),
+        allow_responses=True,  # answers on the asker's inbox
     )
 
 

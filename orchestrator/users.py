@@ -15,8 +15,8 @@ import logging
 import nats
 from nats.aio.client import Client
 
-from bus.credentials import user_jwt
-from bus.roles import node_permissions, user_permissions
+from bus.credentials import Permissions, user_jwt
+from bus.roles import dispatcher_permissions, node_permissions, user_permissions
 from bus.store import EventStore
 from bus.trust import Trust
 from events import commands as c
@@ -24,7 +24,7 @@ from events import model as m
 from events.envelope import Recorded
 from events.errors import ValidationError
 from events.names import CLUSTER, Ref
-from events.users import NODE, UserState, fold_user
+from events.users import DISPATCHER, NODE, UserState, fold_user
 
 log = logging.getLogger("virtbus.users")
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
@@ -59,8 +59,12 @@ class Identities:
                 field="kind",
             )
         try:
-            perms = node_permissions(cmd.name) if cmd.role == NODE else user_permissions(
-                cmd.role, name=cmd.name, namespaces=tuple(cmd.namespaces))  # fmt: skip
+            perms: Permissions | None
+            if cmd.role in (NODE, DISPATCHER):
+                perms = (node_permissions if cmd.role == NODE else dispatcher_permissions)(cmd.name)
+            else:
+                perms = user_permissions(cmd.role, name=cmd.name,
+                                         namespaces=tuple(cmd.namespaces))  # fmt: skip
         except ValueError:
             return ""  # not a role: the decision refuses it, naming the field
         return user_jwt(self.trust.account, cmd.public_key, name=cmd.name, permissions=perms)
