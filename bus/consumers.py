@@ -14,7 +14,7 @@ import contextlib
 import functools
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Final
 
 from nats.aio.client import Client
@@ -101,8 +101,17 @@ _CLEANUPS: set[asyncio.Future[None]] = set()  # deletions in flight, held until 
 
 async def delete(nc: Client, stream: str, name: str) -> None:
     """Delete a reader's consumer, bounded (the server may be going away)."""
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(nc.jetstream().delete_consumer(stream, name), 2)
+    await _bounded(nc.jetstream().delete_consumer(stream, name), within=2)
+
+
+async def _bounded(step: Awaitable[object], *, within: float) -> None:
+    """Run a teardown step for at most `within`, its failure (a closed connection) seen and
+    dropped even when this is cancelled first (a generator finalized at the loop's end)."""
+    task = asyncio.ensure_future(step)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    await asyncio.wait({task}, timeout=within)
+    if not task.done():
+        task.cancel()
 
 
 def reading(
@@ -124,7 +133,7 @@ def reading(
 
 async def follow(
     nc: Client, stream: str, *, subjects: list[str] | None = None, from_seq: int | None = None
-) -> AsyncIterator[Msg]:
+) -> AsyncGenerator[Msg, None]:
     """Every message on `subjects` (None: the whole stream, as far as the connection reads it)
     from `from_seq` (None: only new ones), as it arrives, until the caller stops."""
     scope = read_scope(nc)
@@ -160,7 +169,7 @@ async def follow(
 
 async def _ordered(
     nc: Client, stream: str, filters: list[str] | None, *, from_seq: int | None
-) -> AsyncIterator[Msg]:
+) -> AsyncGenerator[Msg, None]:
     config = ConsumerConfig(
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE if from_seq else DeliverPolicy.NEW,
         opt_start_seq=from_seq,
@@ -174,8 +183,7 @@ async def _ordered(
         async for msg in sub.messages:
             yield msg
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(sub.unsubscribe(), 2)
+        await _bounded(sub.unsubscribe(), within=2)
 
 
 async def _pull_follow(

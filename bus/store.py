@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import datetime
 from typing import Final
 
@@ -65,9 +65,10 @@ class AppendResult(msgspec.Struct, frozen=True):
 class EventStore:
     def __init__(
         self, nc: Client, *, source: str = "/virtbus", stream: str = EVENTS_STREAM,
-        timeout: float = 5.0, writer: str = "",
+        timeout: float = 5.0, writer: str = "", guard: Callable[[], object] | None = None,
     ) -> None:  # fmt: skip
         self.nc = nc
+        self.guard = guard  # raises when this writer may no longer append (a lost lease)
         self.source = source
         self.writer = writer  # a node's name: the last token of every subject it appends to
         self.stream = stream
@@ -227,6 +228,8 @@ class EventStore:
         self, parts: Sequence[Append], heads: list[Head], *, command_id: str, actor: str,
         causationid: str, correlationid: str,
     ) -> list[AppendResult]:  # fmt: skip
+        if self.guard is not None:
+            self.guard()
         msgs: list[Message] = []
         new_heads: list[Head] = []
         trace = TRACE.get()
@@ -345,7 +348,7 @@ class EventStore:
 
     async def follow(
         self, *, from_seq: int | None = None, subjects: list[str] | None = None
-    ) -> AsyncIterator[Recorded]:
+    ) -> AsyncGenerator[Recorded, None]:
         """Live tail of the log (of `subjects`, else all it may read) from `from_seq` (default:
         only new events)."""
         async for msg in consumers.follow(self.nc, self.stream, subjects=subjects,

@@ -35,6 +35,7 @@ EVENTS_STREAM: Final = "VIRT_EVENTS"
 COMMANDS_STREAM: Final = "VIRT_COMMANDS"
 WORK_STREAM: Final = "VIRT_WORK"
 HEARTBEAT_BUCKET: Final = "virt_heartbeats"
+LEASE_BUCKET: Final = "virt_leases"  # which orchestrator acts (`orchestrator/lease.py`)
 
 EVENT_SUBJECTS: Final = tuple(f"virt.{kind}.>" for kind in AGGREGATES)
 COMMAND_SUBJECTS: Final = ("virt.cmd.>",)

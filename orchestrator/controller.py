@@ -209,6 +209,8 @@ class Controller:
         return reaction
 
     async def _enqueue(self, work: list[w.Work]) -> None:
+        if self.store.guard is not None:
+            self.store.guard()  # work is an act too: only the lease's holder sends it
         js = self.nc.jetstream()
         now = time.monotonic()
         for item in work:

@@ -130,16 +130,19 @@ async def _fold_until(store: EventStore, *, kind: Kind, ref: Ref, ok: Callable[[
     position = (await store.head(ref)).seq
     if ok(s):
         return
-    async for rec in store.follow(from_seq=position + 1, subjects=[ref.wildcard]):
-        if rec.subject.startswith(ref.prefix + "."):
-            s = apply(s, rec.envelope)
-            if ok(s):
-                return
+    tail = store.follow(from_seq=position + 1, subjects=[ref.wildcard])
+    async with contextlib.aclosing(tail):  # closed on return: its consumer goes with it
+        async for rec in tail:
+            if rec.subject.startswith(ref.prefix + "."):
+                s = apply(s, rec.envelope)
+                if ok(s):
+                    return
 
 
 async def _next_event(store: EventStore, *, after: int) -> None:
     """Until the log moves past `after`, or a second passes (the read model may trail it)."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(1.0):
-            async for _ in store.follow(from_seq=after + 1):
-                return
+            async with contextlib.aclosing(store.follow(from_seq=after + 1)) as tail:
+                async for _ in tail:
+                    return
