@@ -96,6 +96,7 @@ async def run_orchestrator(
             log.info("web view on %s", web.url)
         lost: LeaseLost | None = None
         try:
+            lease.on_regained = controller.resync
             if await lease.acquire(stop):  # a standby answers reads meanwhile
                 tasks += [
                     asyncio.create_task(lease.keep(stop), name="orchestrator-lease"),

@@ -300,6 +300,11 @@ class Controller:
 
     # --- loops -----------------------------------------------------------------------------------
 
+    def resync(self) -> None:
+        """React to every VM again (level-triggered: what is already right stays as it is)."""
+        for key in list(self.vms):
+            self._reactions.kick(key)
+
     async def catch_up(self) -> None:
         # No chain check here: a tampered log is for `audit verify` to name; the controller
         # must keep the cluster running on what the log says.

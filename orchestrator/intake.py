@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from bus.reader import fetch_some
 from bus.store import Append, EventStore
@@ -272,10 +273,18 @@ class Intake:
 
     async def run(self, stop: asyncio.Event) -> None:
         js = self.nc.jetstream()
-        sub = await js.pull_subscribe(
-            "virt.cmd.>", durable=DURABLE, stream=COMMANDS_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=10),
-        )  # fmt: skip
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=10)
+        # Taken over from the ack floor: what the last holder had been handed and never acked (a
+        # pull it made as it died may even take a command published after its death) is judged
+        # now, not ack_wait later. Judging a command twice is safe: its id makes it one.
+        with contextlib.suppress(NotFoundError):
+            floor = (await js.consumer_info(COMMANDS_STREAM, DURABLE)).ack_floor
+            await js.delete_consumer(COMMANDS_STREAM, DURABLE)
+            if floor is not None and floor.stream_seq:
+                config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+                config.opt_start_seq = floor.stream_seq + 1
+        sub = await js.pull_subscribe("virt.cmd.>", durable=DURABLE, stream=COMMANDS_STREAM,
+                                      config=config)  # fmt: skip
         try:
             while not stop.is_set():
                 msgs = await fetch_some(sub, batch=100, stop=stop, what="commands")

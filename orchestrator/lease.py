@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
@@ -65,6 +66,9 @@ class Lease:
         self.epoch = 0  # the revision that won the lease; 0 while not holding it
         self.revision = 0  # the revision last written by this holder
         self._renewed = 0.0  # monotonic time of the last good write
+        # Called when a renewal succeeds after a stretch in which `check()` refused to act (a
+        # stalled loop): whatever was refused meanwhile is looked at again.
+        self.on_regained: Callable[[], object] = lambda: None
 
     def check(self) -> None:
         """Raise LeaseLost unless the lease was renewed recently enough to act on."""
@@ -107,6 +111,7 @@ class Lease:
                 await asyncio.wait_for(stop.wait(), self.ttl_s / 5)
             if stop.is_set():
                 return
+            stale = time.monotonic() - self._renewed > self.ttl_s * _GIVE_UP
             try:  # even past its time (a pause): the server says whether it is still ours
                 async with asyncio.timeout(self.ttl_s * _GIVE_UP):
                     written = await self._write(last=self.revision)
@@ -117,6 +122,10 @@ class Lease:
                 raise LeaseLost(f"another orchestrator holds the {self.key} lease now")
             if not written:
                 self.check()  # the bus did not answer: act on while the lease is surely ours
+            elif stale:
+                log.warning("%s lease renewed after %s stalled; looking at everything again",
+                            self.key, self.holder)  # fmt: skip
+                self.on_regained()
 
     async def release(self) -> None:
         """Give the lease up at once (a graceful stop): a standby need not wait out the ttl."""
