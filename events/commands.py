@@ -158,12 +158,20 @@ class UncordonNode(Command, frozen=True):
 
 
 class CreateVolume(Command, frozen=True):
-    """A volume (PVC) of `size` on `node`; `source` "upload" or a URL: its data comes by bus."""
+    """A volume (PVC) of `size` on `node`; `source` "upload" or a URL: its data comes by bus;
+    "import:URL", "registry:IMAGE", "clone:NAME": the node fills it (a DataVolume's sources).
+    Without a node and a source it binds late (WaitForFirstConsumer). `apply`: a claim that
+    exists with this spec is left unchanged rather than refused (kubectl apply)."""
 
     aggregate: ClassVar[str] = "volume"
     size: str
     node: Name | None = None
     source: str = ""
+    apply: bool = False
+    access_modes: list[str] = []
+    storage_class: str = ""
+    data_volume: bool = False
+    owner: str = ""
 
 
 class DeleteVolume(Command, frozen=True):

@@ -33,6 +33,8 @@ from events.model_aggregates import (
     VolumeMoved,
     VolumeMoveFailed,
     VolumeMoveRequested,
+    VolumeNodeSelected,
+    VolumeProgress,
     VolumeReady,
     WebhookDisabled,
     WebhookSubscribed,
@@ -84,7 +86,8 @@ __all__ = [
     "VMStopped", "VMUndeleted", "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed",
     "VolumeAttachRequested", "VolumeAttached", "VolumeCreated", "VolumeDeleted",
     "VolumeDetachRequested", "VolumeDetached", "VolumeFailed", "VolumeMoveFailed",
-    "VolumeMoveRequested", "VolumeMoved", "VolumeReady", "WebhookDisabled", "WebhookSubscribed",
+    "VolumeMoveRequested", "VolumeMoved", "VolumeNodeSelected", "VolumeProgress", "VolumeReady",
+    "WebhookDisabled", "WebhookSubscribed",
     "WebhookUnsubscribed",
 ]  # fmt: skip
 
@@ -319,7 +322,8 @@ AnyEvent = (
     | ReplicaSetDeleted
     | VolumeCreated | VolumeReady | VolumeDeleted | WebhookSubscribed | WebhookUnsubscribed
     | WebhookDisabled
-    | VolumeFailed | VolumeMoveRequested | VolumeMoved | VolumeMoveFailed
+    | VolumeFailed | VolumeMoveRequested | VolumeMoved | VolumeMoveFailed | VolumeNodeSelected
+    | VolumeProgress
     | AuditCheckpoint | ImagePulled | ImagePulling | UserAdded | UserRevoked
 )  # fmt: skip
 

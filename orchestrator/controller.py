@@ -49,7 +49,15 @@ from orchestrator.migrations import Cluster
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import NodeView, place
 from orchestrator.snapshots import removal_work
-from orchestrator.volumes import ClusterView, cluster_view, follow_cold_move, pin, volume_work
+from orchestrator.volumes import (
+    ClusterView,
+    bind_claims,
+    cluster_view,
+    follow_cold_move,
+    pin,
+    volume_work,
+    waiting_on,
+)
 
 log = logging.getLogger("virtbus.controller")
 RESEND_AFTER_S = 60.0  # within JetStream's 2-minute dedup window a resend is dropped anyway
@@ -205,8 +213,27 @@ class Controller:
                 metrics.REACTION_CONFLICTS.inc()
                 self.capacity.release(key, held)
                 return None  # another controller decided first; its events will come here
-        await self._enqueue(reaction.work)
+        work = reaction.work
+        start = next((x for x in work if isinstance(x, w.Start)), None)
+        if start is not None and not await self._claims_ready(s, start.node, cause):
+            work = [x for x in work if x is not start]  # it starts once they are
+        await self._enqueue(work)
         return reaction
+
+    async def _claims_ready(self, s: VMState, node: str, cause: Recorded | None) -> bool:
+        """WaitForFirstConsumer: bind the VM's unbound claims to `node`, where it is scheduled;
+        whether they are all there for its start (a VolumeReady kicks it again)."""
+        bind, ready = bind_claims(s, self.volumes, node=node)
+        # Versions as judged, before any await: a claim bound meanwhile must conflict.
+        versions = [self.volumes[f"virt.volume.{r.namespace}.{r.name}"].version for r in bind]
+        for ref, version in zip(bind, versions, strict=True):
+            with contextlib.suppress(ConcurrencyConflict):  # bound meanwhile: that node holds
+                await self.store.append(
+                    ref, [m.VolumeNodeSelected(node=node, consumer=s.name)],
+                    expected_version=version, causationid=cause.envelope.id if cause else "",
+                    correlationid=cause.envelope.correlationid if cause else "",
+                )  # fmt: skip
+        return ready
 
     async def _enqueue(self, work: list[w.Work]) -> None:
         js = self.nc.jetstream()
@@ -274,6 +301,8 @@ class Controller:
         elif kind == "volume":
             await self.react_volume(key)
             await self._retry_unschedulable(rec)  # a VM may wait for its volume's node
+            for k in waiting_on(key, self.vms):  # or, scheduled, for its data
+                self._reactions.kick(k, rec)
         elif kind == "node":
             if isinstance(data, m.NodeLost | m.NodeDrainRequested):
                 node = key.rpartition(".")[2]
