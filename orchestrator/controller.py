@@ -54,6 +54,7 @@ from orchestrator.volumes import (
     bind_claims,
     cluster_view,
     follow_cold_move,
+    owned_by,
     pin,
     volume_work,
     waiting_on,
@@ -289,6 +290,11 @@ class Controller:
                 await self._move_volumes_with(self.vms[key], data.target, cause=rec)
             if isinstance(data, m.SnapshotDeleted) and (gone := removal_work(self.vms[key], data)):
                 await self._enqueue([gone])
+            if isinstance(data, m.VMDeleted):  # its dataVolumeTemplates' DataVolumes go too
+                for ref, version in owned_by(self.vms[key], self.volumes):
+                    with contextlib.suppress(ConcurrencyConflict):
+                        await self.store.append(ref, [m.VolumeDeleted()], expected_version=version,
+                                                causationid=rec.envelope.id)  # fmt: skip
             if isinstance(data, _FREES_CAPACITY):
                 await self._retry_unschedulable(rec)
             if isinstance(data, _ENDS_MIGRATION):

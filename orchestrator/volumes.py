@@ -285,3 +285,10 @@ def waiting_on(key: str, vms: Mapping[str, VMState]) -> list[str]:
     _, _, namespace, claim = key.split(".", 3)
     return [k for k, s in vms.items() if s.namespace == namespace and s.phase == SCHEDULING
             and s.node and claim in claims_of(s.spec)]  # fmt: skip
+
+
+def owned_by(s: VMState, volumes: Mapping[str, VolumeState]) -> list[tuple[Ref, int]]:
+    """The DataVolumes a deleted VM's `dataVolumeTemplates` made: they go with it (KubeVirt's
+    owner references), each at the version it was judged at."""
+    return [(Ref("volume", v.namespace, v.name), v.version) for v in volumes.values()
+            if v.exists and v.owner == s.name and v.namespace == s.namespace]  # fmt: skip
