@@ -100,11 +100,7 @@ async def test_two_claims_made_apart_bind_where_their_first_vm_is_scheduled(
         path = tmp_path / f"{name}.yaml"
         path.write_text(PVC.format(name=name, size="8Mi"))
         (await cli(stack, "apply", "-f", str(path))).ok()
-    spec = pvc_vm("both", "one").spec
-    tmpl = spec["template"]["spec"]
-    tmpl["domain"]["devices"]["disks"].append({"name": "two", "disk": {"bus": "virtio"}})
-    tmpl["volumes"].append({"name": "two", "persistentVolumeClaim": {"claimName": "two"}})
-    await send(stack.nc, c.ApplyVM(name="both", spec=spec))
+    await send(stack.nc, pvc_vm("both", "one", also=("two",)))
     await send(stack.nc, c.StartVM(name="both"))
     s = await stack.until("both", "Running")
     for name in ("one", "two"):
@@ -125,11 +121,6 @@ async def test_two_claims_made_apart_bind_where_their_first_vm_is_scheduled(
     await stack.until("both", "Stopped")
     (tmp_path / "three.yaml").write_text(PVC.format(name="three", size="8Mi"))
     (await cli(stack, "apply", "-f", str(tmp_path / "three.yaml"))).ok()
-    spec = pvc_vm("next", "one").spec
-    spec["template"]["spec"]["domain"]["devices"]["disks"].append({"name": "b"})
-    spec["template"]["spec"]["volumes"].append(
-        {"name": "b", "persistentVolumeClaim": {"claimName": "three"}}
-    )
-    await send(stack.nc, c.ApplyVM(name="next", spec=spec))
+    await send(stack.nc, pvc_vm("next", "one", also=("three",)))
     await send(stack.nc, c.StartVM(name="next"))
     assert (await stack.until("next", "Running")).node == s.node

@@ -151,11 +151,7 @@ async def test_a_vm_runs_where_its_volume_is_and_deleting_it_keeps_the_volume(
 
     # Two claims on two nodes: no node can run the VM, said the scheduler's way.
     await send(stack.nc, c.CreateVolume(name="elsewhere", size="1Mi", node="node-a"))
-    spec = pvc_vm("split", "root").spec
-    tmpl = spec["template"]["spec"]
-    tmpl["domain"]["devices"]["disks"].append({"name": "two", "disk": {"bus": "virtio"}})
-    tmpl["volumes"].append({"name": "two", "persistentVolumeClaim": {"claimName": "elsewhere"}})
-    await send(stack.nc, c.ApplyVM(name="split", spec=spec))
+    await send(stack.nc, pvc_vm("split", "root", also=("elsewhere",)))
     await send(stack.nc, c.StartVM(name="split"))
     s = await stack.until("split", "ErrorUnschedulable")
     assert "2 node(s) had volume node affinity conflict" in s.reason

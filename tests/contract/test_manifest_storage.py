@@ -13,8 +13,9 @@ from events.manifest import to_commands
 
 def dv(source: dict[str, Any], **spec: Any) -> dict[str, Any]:
     storage = {"resources": {"requests": {"storage": "1Gi"}}}
+    spec = {"source": source, "storage": storage, **spec}
     return {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
-            "metadata": {"name": "d"}, "spec": {"source": source, "storage": storage, **spec}}  # fmt: skip
+            "metadata": {"name": "d"}, "spec": spec}  # fmt: skip
 
 
 @pytest.mark.parametrize(
