@@ -200,6 +200,46 @@ class RemoveWebhook(Command, frozen=True):
     aggregate: ClassVar[str] = "webhook"
 
 
+# --- instance types and preferences ------------------------------------------------------------
+
+
+class ApplyInstancetype(Command, frozen=True):
+    """Create or replace a VirtualMachineInstancetype (its subclasses: the other three kinds)."""
+
+    aggregate: ClassVar[str] = "instancetype"
+    spec: dict[str, Any]
+    labels: dict[str, str] = {}
+    create_only: bool = False
+
+
+class DeleteInstancetype(Command, frozen=True):
+    aggregate: ClassVar[str] = "instancetype"
+
+
+class ApplyClusterInstancetype(ApplyInstancetype, frozen=True):
+    aggregate: ClassVar[str] = "clusterinstancetype"
+
+
+class DeleteClusterInstancetype(DeleteInstancetype, frozen=True):
+    aggregate: ClassVar[str] = "clusterinstancetype"
+
+
+class ApplyPreference(ApplyInstancetype, frozen=True):
+    aggregate: ClassVar[str] = "preference"
+
+
+class DeletePreference(DeleteInstancetype, frozen=True):
+    aggregate: ClassVar[str] = "preference"
+
+
+class ApplyClusterPreference(ApplyInstancetype, frozen=True):
+    aggregate: ClassVar[str] = "clusterpreference"
+
+
+class DeleteClusterPreference(DeleteInstancetype, frozen=True):
+    aggregate: ClassVar[str] = "clusterpreference"
+
+
 # --- users (admin only) ---------------------------------------------------------------------------
 
 
@@ -236,7 +276,9 @@ AnyCommand = (
     | MigrateVM | CancelMigration | SnapshotVM | RestoreVM | DeleteSnapshot | AddVolume
     | RemoveVolume | ApplyReplicaSet | ScaleReplicaSet | DeleteReplicaSet | DrainNode
     | UncordonNode | CreateVolume | DeleteVolume | AddWebhook | RemoveWebhook
-    | MoveVolume | RenameVM | AddUser | RevokeUser
+    | MoveVolume | RenameVM | AddUser | RevokeUser | ApplyInstancetype | DeleteInstancetype
+    | ApplyClusterInstancetype | DeleteClusterInstancetype | ApplyPreference | DeletePreference
+    | ApplyClusterPreference | DeleteClusterPreference
 )  # fmt: skip
 
 COMMAND_CLASSES: Final[tuple[type[Command], ...]] = AnyCommand.__args__

@@ -15,6 +15,10 @@ import yaml
 
 from events import fields as f
 from events.commands import (
+    ApplyClusterInstancetype,
+    ApplyClusterPreference,
+    ApplyInstancetype,
+    ApplyPreference,
     ApplyReplicaSet,
     ApplyVM,
     Command,
@@ -23,6 +27,8 @@ from events.commands import (
     SnapshotVM,
 )
 from events.fields import fail as _fail
+from events.instancetypes import API as INSTANCETYPE_API
+from events.instancetypes import KINDS as INSTANCETYPE_KINDS
 from events.manifest_reader import METADATA, Reader, names, strings
 from events.manifest_storage import STORAGE_KINDS, dv_command, pvc_command
 from events.names import check_name
@@ -112,9 +118,13 @@ def to_commands(
         v if isinstance(v, str) else None for v in (doc.get("apiVersion"), doc.get("kind"))
     )
     shown_api, shown_kind = f.short(doc.get("apiVersion")), f.short(doc.get("kind"))
-    storage = api is not None and api in STORAGE_KINDS
-    if storage and kind not in STORAGE_KINDS[api or ""]:
-        served = ", ".join(STORAGE_KINDS[api or ""])
+    other = {**STORAGE_KINDS, INSTANCETYPE_API: tuple(INSTANCETYPE_KINDS)}
+    if api in ("instancetype.kubevirt.io/v1alpha1", "instancetype.kubevirt.io/v1alpha2"):
+        reader.warn("apiVersion", f"{api} is deprecated; read as {INSTANCETYPE_API}")
+        api = INSTANCETYPE_API
+    storage = api is not None and api in other
+    if storage and kind not in other[api or ""]:
+        served = ", ".join(other[api or ""])
         raise _fail("kind", f"{shown_kind} is not supported in apiVersion {api}; virtbus serves "
                             f"{served} there")  # fmt: skip
     if storage:
@@ -145,7 +155,10 @@ def to_commands(
     spec = copy.deepcopy(f.mapping(doc.get("spec"), "spec"))
     cmd: Command
     made: list[Command] = []  # what the object makes beside itself (a VM's DataVolumes)
-    if kind == "PersistentVolumeClaim":
+    if kind in INSTANCETYPE_KINDS:
+        cmd = _instancetype(kind or "", spec, reader, name=name, namespace=namespace,
+                            labels=labels)  # fmt: skip
+    elif kind == "PersistentVolumeClaim":
         cmd = pvc_command(spec, reader, name=name, namespace=namespace, annotations=annotations)
     elif kind == "DataVolume":
         cmd = dv_command(spec, reader, name=name, namespace=namespace)
@@ -187,6 +200,42 @@ def to_commands(
                           field="spec.virtualMachineSnapshotName")  # fmt: skip
         cmd = RestoreVM(name=vm, namespace=namespace, snapshot=snap, restore=name)
     return [*made, cmd], reader.warns
+
+
+_SIZING: Final = names(
+    "cpu memory gpus hostDevices ioThreadsPolicy launchSecurity annotations nodeSelector "
+    "schedulerName"
+)
+_PREFERRING: Final = names(
+    "cpu devices machine firmware clock features requirements preferredSubdomain "
+    "preferredTerminationGracePeriodSeconds volumes annotations preferSpreadSocketToCoreRatio "
+    "preferredArchitecture"
+)
+_APPLY_KIND: Final = {
+    "VirtualMachineInstancetype": ApplyInstancetype,
+    "VirtualMachineClusterInstancetype": ApplyClusterInstancetype,
+    "VirtualMachinePreference": ApplyPreference,
+    "VirtualMachineClusterPreference": ApplyClusterPreference,
+}
+
+
+def _instancetype(
+    kind: str, spec: dict[str, Any], reader: Reader, *, name: str, namespace: str,
+    labels: dict[str, str],
+) -> Command:  # fmt: skip
+    """One of the four instancetype.kubevirt.io kinds; an instance type must size CPU and memory
+    (KubeVirt's CRD requires both guests)."""
+    if kind.endswith("Instancetype"):
+        reader.section(spec, "spec", fields=_SIZING)
+        for key in ("cpu", "memory"):
+            if f.mapping(spec.get(key), f"spec.{key}").get("guest") is None:
+                raise _fail(f"spec.{key}.guest", "Required value")
+        f.integer(spec["cpu"]["guest"], "spec.cpu.guest", low=1, high=4096)
+        parse_quantity(spec["memory"]["guest"], field="spec.memory.guest")
+        strings(spec.get("nodeSelector"), "spec.nodeSelector")
+    else:
+        reader.section(spec, "spec", fields=_PREFERRING)
+    return _APPLY_KIND[kind](name=name, namespace=namespace, spec=spec, labels=labels)
 
 
 def _data_volume_templates(

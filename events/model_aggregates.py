@@ -143,6 +143,45 @@ class VolumeMoveFailed(Event, frozen=True):
     reason: str
 
 
+# --- instance types and preferences (instancetype.kubevirt.io) ---------------------------------
+
+
+class InstancetypeApplied(Event, frozen=True):
+    """A VirtualMachineInstancetype's spec, as applied (its subclasses: the other three kinds)."""
+
+    aggregate: ClassVar[str] = "instancetype"
+    spec: dict[str, Any]
+    labels: dict[str, str] = {}
+
+
+class InstancetypeDeleted(Event, frozen=True):
+    aggregate: ClassVar[str] = "instancetype"
+
+
+class ClusterInstancetypeApplied(InstancetypeApplied, frozen=True):
+    aggregate: ClassVar[str] = "clusterinstancetype"
+
+
+class ClusterInstancetypeDeleted(InstancetypeDeleted, frozen=True):
+    aggregate: ClassVar[str] = "clusterinstancetype"
+
+
+class PreferenceApplied(InstancetypeApplied, frozen=True):
+    aggregate: ClassVar[str] = "preference"
+
+
+class PreferenceDeleted(InstancetypeDeleted, frozen=True):
+    aggregate: ClassVar[str] = "preference"
+
+
+class ClusterPreferenceApplied(InstancetypeApplied, frozen=True):
+    aggregate: ClassVar[str] = "clusterpreference"
+
+
+class ClusterPreferenceDeleted(InstancetypeDeleted, frozen=True):
+    aggregate: ClassVar[str] = "clusterpreference"
+
+
 # --- webhooks -------------------------------------------------------------------------------------
 
 

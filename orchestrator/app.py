@@ -67,6 +67,7 @@ async def run_orchestrator(
     # The intake judges against the controller's folded state, not a read of the log of its own.
     intake.nodes, intake.volume_view = controller.node_views, controller.volume_view
     intake.active_migrations = controller.active_migrations
+    intake.vm_admission = controller.vm_admission
     if identity(nc) is not None:
         users = EventStore(nc, source="/virtbus/orchestrator/users")
         intake.identities = Identities(nc, users, trust=trust)

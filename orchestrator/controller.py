@@ -31,6 +31,7 @@ from events import work as w
 from events.envelope import Recorded, encode
 from events.errors import ConcurrencyConflict, VirtbusError
 from events.folding import skipped_now
+from events.instancetypes import KIND_OF, InstancetypeState, apply_instancetype
 from events.names import HEARTBEAT_BUCKET, Ref, aggregate_key
 from events.nodes import READY, Heartbeat, NodeState, apply_node
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
@@ -44,6 +45,7 @@ from events.state import (
 from events.volumes import VolumeState, apply_volume
 from orchestrator import metrics
 from orchestrator.capacity import Capacity
+from orchestrator.instancetypes import admit, effective
 from orchestrator.keyed import KeyedQueue
 from orchestrator.migrations import Cluster
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
@@ -86,6 +88,7 @@ class Controller:
         self.nodes: dict[str, NodeState] = {}
         self.replica_sets: dict[str, ReplicaSetState] = {}
         self.volumes: dict[str, VolumeState] = {}
+        self.instancetypes: dict[str, InstancetypeState] = {}  # and preferences, by subject key
         self.position = 0
         self._wakes: dict[str, datetime] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (seq, caught up to it)
@@ -137,6 +140,11 @@ class Controller:
             log.warning("the controller is at seq %s, not %s; judging on what it has",
                         self.position, last)  # fmt: skip
 
+    async def vm_admission(self, ref: Ref, spec: dict[str, Any]) -> None:
+        """Raise KubeVirt's refusal when the VM's instance type or preference is missing."""
+        await self.caught_up()
+        admit(spec, namespace=ref.namespace, known=self.instancetypes)
+
     async def volume_view(self, ref: Ref, cmd: c.Command) -> ClusterView:
         """What judging a volume command needs besides the volume's own history."""
         await self.caught_up()
@@ -161,6 +169,9 @@ class Controller:
             self.replica_sets[key] = apply_rs(rs, rec.envelope)
         elif kind == "volume":
             self.volumes[key] = apply_volume(self.volumes.get(key) or VolumeState(), rec.envelope)
+        elif kind in KIND_OF:
+            it = self.instancetypes.get(key) or InstancetypeState()
+            self.instancetypes[key] = apply_instancetype(it, rec.envelope)
         self.position = rec.seq
         return kind, key
 
@@ -190,10 +201,11 @@ class Controller:
             nodes=self.nodes, views=self.node_views, slot_free=self.capacity.slot_free,
             policy=self.migration_policy,
         )  # fmt: skip
+        s, refused = effective(s, known=self.instancetypes)  # sized by its instance type
         reaction = reconcile(
             s, lost_nodes=lost, cluster=cluster,
-            place=lambda req: place(pin(req, s.spec, self.volumes, namespace=s.namespace),
-                                    self.node_views()),
+            place=lambda req: refused() or place(
+                pin(req, s.spec, self.volumes, namespace=s.namespace), self.node_views()),
             now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex,
         )  # fmt: skip
         if reaction.wake_at:

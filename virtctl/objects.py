@@ -30,7 +30,13 @@ from events.replicasets import ReplicaSetState, apply_rs
 from virtctl import kinds as k
 from virtctl.getting import VMI_SOURCE, is_vm
 from virtctl.patching import apply_patch
-from virtctl.verbs import err, manifest_commands, read_manifest, volume_object_name
+from virtctl.verbs import (
+    err,
+    instancetype_object_name,
+    manifest_commands,
+    read_manifest,
+    volume_object_name,
+)
 
 _WRITTEN = {"ApplyVM": "virtualmachine", "ApplyReplicaSet": "virtualmachineinstancereplicaset",
             "MigrateVM": "virtualmachineinstancemigration", "SnapshotVM": "virtualmachinesnapshot",
@@ -41,6 +47,8 @@ _CONFLICT_TRIES = 5
 def _created_name(cmd: c.Command) -> str:
     if isinstance(cmd, c.CreateVolume):
         return volume_object_name(cmd)
+    if isinstance(cmd, c.ApplyInstancetype):
+        return instancetype_object_name(cmd)
     if isinstance(cmd, c.ApplyVM) and cmd.source_kind == VMI_SOURCE:
         return f"virtualmachineinstance.kubevirt.io/{cmd.name}"
     group = "snapshot.kubevirt.io" if isinstance(cmd, c.SnapshotVM | c.RestoreVM) else "kubevirt.io"
@@ -55,7 +63,7 @@ async def create_file(url: str, *, path: str, namespace: str) -> int:
     async with session(url) as nc:
         for one in given:
             cmd = one
-            if isinstance(one, c.ApplyVM | c.ApplyReplicaSet):
+            if isinstance(one, c.ApplyVM | c.ApplyReplicaSet | c.ApplyInstancetype):
                 cmd = msgspec.structs.replace(one, create_only=True)
             elif isinstance(one, c.CreateVolume):
                 cmd = msgspec.structs.replace(one, apply=False)
@@ -124,6 +132,10 @@ async def _delete(nc: Any, *, kind: k.Kind, name: str, namespace: str, actor: st
                 cmd = (c.RestartVM if again else c.StopVM)(name=name, namespace=namespace,
                                                           actor=actor)  # fmt: skip
             await send(nc, cmd)
+        case k.INSTANCETYPE | k.CLUSTER_INSTANCETYPE | k.PREFERENCE | k.CLUSTER_PREFERENCE:
+            from virtctl.instancetypes import DELETE
+
+            await send(nc, DELETE[kind.kind](name=name, namespace=namespace, actor=actor))
         case k.VMIRS:
             await send(nc, c.DeleteReplicaSet(name=name, namespace=namespace, actor=actor))
         case k.PVC | k.DV:
