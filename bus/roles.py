@@ -37,7 +37,7 @@ from events.names import (
 from events.users import NODE_WRITES
 
 ROLES: Final = ("admin", "edit", "view")
-EDITABLE: Final = ("vm", "rs", "volume")  # what `edit` commands; nodes and webhooks are admin's
+EDITABLE: Final = ("vm", "rs", "volume", "instancetype", "preference")  # nodes, webhooks: admin
 
 _READ_STREAMS: Final = (EVENTS_STREAM, COMMANDS_STREAM)
 

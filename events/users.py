@@ -23,12 +23,15 @@ EDIT: Final = "edit"
 VIEW: Final = "view"
 NODE: Final = "node"
 ROLES: Final = (ADMIN, EDIT, VIEW, NODE)
-EDITABLE: Final = frozenset({"vm", "rs", "volume"})  # what `edit` may command
+EDITABLE: Final = frozenset({"vm", "rs", "volume", "instancetype", "preference"})  # `edit`
 
 # kubectl's resource names, for messages a Kubernetes user reads like its own
 _RESOURCE: Final = {"vm": "virtualmachines", "rs": "virtualmachineinstancereplicasets",
                     "volume": "persistentvolumeclaims", "node": "nodes", "webhook": "webhooks",
-                    "user": "users"}  # fmt: skip
+                    "user": "users", "instancetype": "virtualmachineinstancetypes",
+                    "clusterinstancetype": "virtualmachineclusterinstancetypes",
+                    "preference": "virtualmachinepreferences",
+                    "clusterpreference": "virtualmachineclusterpreferences"}  # fmt: skip
 
 
 # What a node writes: its observations, nothing else (no decision, no command, no rejection).

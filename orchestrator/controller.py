@@ -160,7 +160,8 @@ class Controller:
                 log.warning("event at seq %s (%s, %s) skipped by the fold: %s", rec.seq,
                             rec.subject, skip.type, skip.reason)  # fmt: skip
                 metrics.UNFOLDABLE.inc()
-            self.capacity.folded(key, s, rec.envelope.data)
+            # Accounted at its effective size: an instance type sizes what it holds.
+            self.capacity.folded(key, effective(s, known=self.instancetypes)[0], rec.envelope.data)
         elif kind == "node":
             name = rest.split(".")[1]
             self.nodes[name] = apply_node(self.nodes.get(name) or NodeState(), rec.envelope)

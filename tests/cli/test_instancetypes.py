@@ -6,11 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 from clirun import Result, virtbus
 from driverstack import Stack
 
+from bus.client import send
+from events import commands as c
 from events.errors import ValidationError
 from events.instancetypes import InstancetypeState, effective_spec
+from events.manifest import to_commands
 
 KINDS = """\
 apiVersion: instancetype.kubevirt.io/v1beta1
@@ -75,16 +79,17 @@ async def test_instancetypes_size_the_vm_and_a_missing_one_is_refused_at_start(
     pref = (await cli(stack, "get", "vmpref", "cores", "-o", "json")).json()
     assert pref["spec"]["cpu"] == {"preferredCPUTopology": "preferCores"}
 
-    (await cli(stack, "apply", "-f", "-", stdin=vm("sized", "small", "cores"))).ok()
-    (await cli(stack, "start", "sized")).ok()
+    for name, itype, pref in (("sized", "small", "cores"), ("giant", "huge", ""),
+                              ("lost", "nowhere", "")):  # fmt: skip
+        [cmd], _ = to_commands(yaml.safe_load(vm(name, itype, pref)))
+        await send(stack.nc, cmd)
+    await send(stack.nc, c.StartVM(name="sized"))
     assert (await stack.until("sized", "Running")).node == "node-a"
     # The scheduler reserves what the instance type asks, not a default.
-    (await cli(stack, "apply", "-f", "-", stdin=vm("giant", "huge"))).ok()
-    (await cli(stack, "start", "giant")).ok()
+    await send(stack.nc, c.StartVM(name="giant"))
     s = await stack.until("giant", "ErrorUnschedulable")
     assert s.reason == "0/1 nodes are available: 1 Insufficient memory."
 
-    (await cli(stack, "apply", "-f", "-", stdin=vm("lost", "nowhere"))).ok()
     refused = await cli(stack, "start", "lost")
     assert (refused.code, refused.err) == (
         1, 'error: Failure to find instancetype: virtualmachineclusterinstancetypes.'
