@@ -83,8 +83,8 @@ def apply_volume(s: VolumeState, env: Envelope) -> VolumeState:
 
 def dv_phase(v: VolumeState) -> str:
     """The claim's phase as a CDI DataVolume states it (`DataVolumePhase` in CDI's API)."""
-    kind = v.source.partition(":")[0] if ":" in v.source and not v.source.startswith("http") else (
-        "upload" if v.source else "")  # fmt: skip
+    filled_by_node = v.source.startswith(("import:", "registry:", "clone:"))
+    kind = v.source.partition(":")[0] if filled_by_node else "upload" if v.source else ""
     if v.phase == FAILED:
         return "Failed"
     if v.phase == BOUND:

@@ -47,6 +47,8 @@ class Progress:
         self._last_at, self.last = 0.0, -PROGRESS_STEP
 
     async def report(self, done: int, total: int | None, *, force: bool = False) -> None:
+        if not total and not force:
+            return  # no length given: CDI says N/A, and so do we until the end
         pct = 100.0 * done / total if total else 0.0
         now = time.monotonic()
         if force or now - self._last_at >= PROGRESS_EVERY_S or pct - self.last >= PROGRESS_STEP:
