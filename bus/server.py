@@ -114,6 +114,9 @@ class NatsServer:
             "ports_file_dir": str(ports_dir),
             "jetstream": jetstream,
             "max_payload": 8 * 1024 * 1024,
+            # A CONNECT carries the user's JWT, and a node's lists every subject it may write:
+            # 4 KiB (the default) was too little once nodes also reported volume progress.
+            "max_control_line": 16 * 1024,
         }
         if self.trust is not None:
             conf |= self.trust.server_config(mutual_tls=self.mutual_tls)

@@ -106,11 +106,17 @@ class Populator:
                                        f"{resp.reason}")  # fmt: skip
                 total, done = resp.content_length, 0
                 f = await asyncio.to_thread(dest.open, "wb")
-                try:
+                buffer = bytearray()  # written a MiB at a time: a thread hop per 64 KiB read
+                try:  # cost more than the bytes
                     async for chunk in resp.content.iter_chunked(COPY_CHUNK):
-                        await asyncio.to_thread(f.write, chunk)
-                        done += len(chunk)
-                        await progress.report(done, total)
+                        buffer += chunk
+                        if len(buffer) >= COPY_CHUNK:
+                            await asyncio.to_thread(f.write, bytes(buffer))
+                            done += len(buffer)
+                            buffer.clear()
+                            await progress.report(done, total)
+                    await asyncio.to_thread(f.write, bytes(buffer))
+                    done += len(buffer)
                 finally:
                     await asyncio.to_thread(f.close)
                 if total is not None and done != total:
