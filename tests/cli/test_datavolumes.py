@@ -184,7 +184,8 @@ async def test_an_upload_data_volume_is_filled_by_image_upload(
 ) -> None:
     await stack.node("node-a")
     (await cli(stack, "apply", "-f", "-", input=dv("up", "upload: {}", "4Mi"))).ok()
-    assert await phase(stack, "up") == "UploadReady"
+    described = (await cli(stack, "describe", "dv", "up")).ok().out
+    assert "UploadReady" in described and "cdi.kubevirt.io/v1beta1" in described
     image = tmp_path / "disk.img"
     image.write_bytes(IMAGE[:MiB])
     (await cli(stack, "image-upload", "dv", "up", "--no-create", "--image-path",
