@@ -54,6 +54,7 @@ from orchestrator.snapshots import removal_work
 from orchestrator.volumes import (
     ClusterView,
     bind_claims,
+    claims_for,
     cluster_view,
     follow_cold_move,
     owned_by,
@@ -227,23 +228,24 @@ class Controller:
                 metrics.REACTION_CONFLICTS.inc()
                 self.capacity.release(key, held)
                 return None  # another controller decided first; its events will come here
-        work = reaction.work
-        start = next((x for x in work if isinstance(x, w.Start)), None)
-        if start is not None and not await self._claims_ready(s, start.node, cause):
-            work = [x for x in work if x is not start]  # it starts once they are
+        work = list(reaction.work)
+        for item in [x for x in work if isinstance(x, w.Start | w.AttachVolume)]:
+            if not await self._claims_ready(s, item, cause):
+                work.remove(item)  # it starts (or plugs) once they are
         await self._enqueue(work)
         return reaction
 
-    async def _claims_ready(self, s: VMState, node: str, cause: Recorded | None) -> bool:
-        """WaitForFirstConsumer: bind the VM's unbound claims to `node`, where it is scheduled;
-        whether they are all there for its start (a VolumeReady kicks it again)."""
-        bind, ready = bind_claims(s, self.volumes, node=node)
+    async def _claims_ready(self, s: VMState, item: w.Work, cause: Recorded | None) -> bool:
+        """WaitForFirstConsumer: bind the claims a start (or a hotplug) needs to its node;
+        whether they are all there for it (a VolumeReady kicks the VM again)."""
+        bind, ready = bind_claims(claims_for(s, item), self.volumes, namespace=s.namespace,
+                                  node=item.node)  # fmt: skip
         # Versions as judged, before any await: a claim bound meanwhile must conflict.
         versions = [self.volumes[f"virt.volume.{r.namespace}.{r.name}"].version for r in bind]
         for ref, version in zip(bind, versions, strict=True):
             with contextlib.suppress(ConcurrencyConflict):  # bound meanwhile: that node holds
                 await self.store.append(
-                    ref, [m.VolumeNodeSelected(node=node, consumer=s.name)],
+                    ref, [m.VolumeNodeSelected(node=item.node, consumer=s.name)],
                     expected_version=version, causationid=cause.envelope.id if cause else "",
                     correlationid=cause.envelope.correlationid if cause else "",
                 )  # fmt: skip

@@ -260,20 +260,27 @@ def pin(req: Request, spec: dict[str, Any], volumes: Mapping[str, VolumeState],
     return msgspec.structs.replace(req, nodes=frozenset(held)) if held else req
 
 
+def claims_for(s: VMState, item: w.Work) -> list[str]:
+    """The claims a start (the VM's spec) or a hotplug (its one volume) needs on the node."""
+    if isinstance(item, w.AttachVolume):
+        return claims_of({"template": {"spec": {"volumes": [item.volume]}}})
+    return claims_of(s.spec)
+
+
 def bind_claims(
-    s: VMState, volumes: Mapping[str, VolumeState], *, node: str
+    claims: list[str], volumes: Mapping[str, VolumeState], *, namespace: str, node: str
 ) -> tuple[list[Ref], bool]:
-    """WaitForFirstConsumer, once `s` is scheduled on `node`: the claims to bind there (each by a
-    `VolumeNodeSelected`), and whether its start may go (every known claim Bound, or Failed or
-    elsewhere, which the node reports at start; a claim being made here is waited for)."""
+    """WaitForFirstConsumer, for a VM placed on `node`: the claims to bind there (each by a
+    `VolumeNodeSelected`), and whether its start or hotplug may go (every known claim Bound, or
+    Failed or elsewhere, which the node reports; a claim being made here is waited for)."""
     bind: list[Ref] = []
     ready = True
-    for claim in claims_of(s.spec):
-        v = volumes.get(f"virt.volume.{s.namespace}.{claim}")
+    for claim in claims:
+        v = volumes.get(f"virt.volume.{namespace}.{claim}")
         if v is None or not v.exists or v.phase != PENDING:
             continue
         if not v.node:
-            bind.append(Ref("volume", s.namespace, claim))
+            bind.append(Ref("volume", namespace, claim))
             ready = False
         elif v.node == node:
             ready = False  # its node is making (or importing) it: the start waits
@@ -281,10 +288,13 @@ def bind_claims(
 
 
 def waiting_on(key: str, vms: Mapping[str, VMState]) -> list[str]:
-    """The VMs (keys) scheduled and waiting to start that name the claim at `key`."""
+    """The VMs (keys) that may wait for the claim at `key`: scheduled and not started yet, or
+    running with a hotplug of it pending."""
     _, _, namespace, claim = key.split(".", 3)
-    return [k for k, s in vms.items() if s.namespace == namespace and s.phase == SCHEDULING
-            and s.node and claim in claims_of(s.spec)]  # fmt: skip
+    return [k for k, s in vms.items() if s.namespace == namespace and s.node and (
+        (s.phase == SCHEDULING and claim in claims_of(s.spec))
+        or any(claim in claims_of({"template": {"spec": {"volumes": [p.volume]}}})
+               for p in s.hotplug.values()))]  # fmt: skip
 
 
 def owned_by(s: VMState, volumes: Mapping[str, VolumeState]) -> list[tuple[Ref, int]]:

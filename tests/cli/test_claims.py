@@ -6,6 +6,7 @@ The CLI runs as a subprocess against the in-process orchestrator and test-driver
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from clirun import Result, virtbus
@@ -124,3 +125,25 @@ async def test_two_claims_made_apart_bind_where_their_first_vm_is_scheduled(
     await send(stack.nc, pvc_vm("next", "one", also=("three",)))
     await send(stack.nc, c.StartVM(name="next"))
     assert (await stack.until("next", "Running")).node == s.node
+
+    # A claim hotplugged into the running VM binds to its node too, before the attach is tried
+    # (the test driver has no device attach: the attempt fails, after the claim was made there).
+    (tmp_path / "four.yaml").write_text(PVC.format(name="four", size="8Mi"))
+    (await cli(stack, "apply", "-f", str(tmp_path / "four.yaml"))).ok()
+    claim = {"name": "four", "persistentVolumeClaim": {"claimName": "four"}}
+    await send(stack.nc, c.AddVolume(name="next", volume=claim))
+    failed = await until_event(stack, "next", m.VolumeAttachFailed)
+    four = [r.envelope.data for r in await stack.store.read(Ref("volume", "default", "four"))]
+    assert [type(e).__name__ for e in four] == ["VolumeCreated", "VolumeNodeSelected",
+                                                "VolumeReady"]  # fmt: skip
+    assert four[1] == m.VolumeNodeSelected(node=s.node, consumer="next")
+    assert "not found" not in failed.reason
+
+
+async def until_event(st: Stack, vm: str, kind: type[m.VolumeAttachFailed]) -> m.VolumeAttachFailed:
+    for _ in range(400):
+        found = [r.envelope.data for r in await st.store.read(Ref.vm(vm))]
+        if hits := [e for e in found if isinstance(e, kind)]:
+            return hits[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {kind.__name__} for {vm}")
