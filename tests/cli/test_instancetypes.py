@@ -16,28 +16,18 @@ from events.errors import ValidationError
 from events.instancetypes import InstancetypeState, effective_spec
 from events.manifest import to_commands
 
-KINDS = """\
-apiVersion: instancetype.kubevirt.io/v1beta1
-kind: VirtualMachineClusterInstancetype
-metadata: {name: small}
-spec:
-  cpu: {guest: 2}
-  memory: {guest: 128Mi}
----
-apiVersion: instancetype.kubevirt.io/v1beta1
-kind: VirtualMachineClusterInstancetype
-metadata: {name: huge}
-spec:
-  cpu: {guest: 1}
-  memory: {guest: 64Ti}
----
-apiVersion: instancetype.kubevirt.io/v1beta1
-kind: VirtualMachinePreference
-metadata: {name: cores}
-spec:
-  cpu: {preferredCPUTopology: preferCores}
-  devices: {preferredDiskBus: sata}
-"""
+
+def kind(kind: str, name: str, spec: str) -> str:
+    return (f"apiVersion: instancetype.kubevirt.io/v1beta1\nkind: {kind}\n"
+            f"metadata: {{name: {name}}}\nspec: {spec}\n")  # fmt: skip
+
+
+KINDS = "---\n".join([
+    kind("VirtualMachineClusterInstancetype", "small", "{cpu: {guest: 2}, memory: {guest: 128Mi}}"),
+    kind("VirtualMachineClusterInstancetype", "huge", "{cpu: {guest: 1}, memory: {guest: 64Ti}}"),
+    kind("VirtualMachinePreference", "cores",
+         "{cpu: {preferredCPUTopology: preferCores}, devices: {preferredDiskBus: sata}}"),
+])  # fmt: skip
 
 
 def vm(name: str, instancetype: str, preference: str = "") -> str:
