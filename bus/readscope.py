@@ -26,11 +26,14 @@ import msgspec
 from nats.aio.client import Client
 
 from bus.credentials import claims_of, read_creds
-from events.names import CLUSTER, COMMANDS_STREAM, EVENTS_STREAM
+from events.names import AGGREGATES, CLUSTER, CLUSTER_SCOPED, COMMANDS_STREAM, EVENTS_STREAM
 
 SLOTS: Final = 4  # concurrent reads per identity (a `watch` holds one; a `history` two at once)
 READ_STREAMS: Final = (EVENTS_STREAM, COMMANDS_STREAM)
-NAMESPACED: Final = ("vm", "rs", "volume")  # the aggregates a namespace holds
+# the aggregates a namespace holds, and the cluster's that every user reads (KubeVirt's cluster
+# instance types and preferences are readable by any authenticated user)
+NAMESPACED: Final = tuple(k for k in AGGREGATES if k not in CLUSTER_SCOPED)
+FOR_EVERYONE: Final = ("clusterinstancetype", "clusterpreference")
 _API: Final = "$JS.API"
 _CREATE: Final = f"{_API}.CONSUMER.CREATE."
 _NEXT: Final = f"{_API}.CONSUMER.MSG.NEXT.*."
@@ -49,6 +52,7 @@ def families(name: str, namespaces: Sequence[str]) -> dict[str, tuple[str, ...]]
     else:  # every namespace, and so no cluster-scoped tree (nodes, webhooks, users, audit)
         events = [f"virt.{kind}.*.>" for kind in NAMESPACED]
         commands = [f"virt.cmd.{kind}.*.>" for kind in NAMESPACED]
+    events += [f"virt.{kind}.{CLUSTER}.>" for kind in FOR_EVERYONE]
     events.append(f"virt.user.{CLUSTER}.{name}.>")  # whoami: its own record
     return {EVENTS_STREAM: tuple(events), COMMANDS_STREAM: tuple(commands)}
 

@@ -40,7 +40,7 @@ from events.users import NODE_WRITES
 from events.webhooks import DELIVERIES_SUBJECT, REDELIVER_SUBJECT
 
 ROLES: Final = ("admin", "edit", "view")
-EDITABLE: Final = ("vm", "rs", "volume")  # what `edit` commands; nodes and webhooks are admin's
+EDITABLE: Final = ("vm", "rs", "volume", "instancetype", "preference")  # nodes, webhooks: admin
 
 
 def user_permissions(

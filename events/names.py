@@ -28,8 +28,23 @@ DEFAULT_NAMESPACE: Final = "default"
 # `intake` holds rejections of commands whose target cannot even be named.
 # `audit` holds the signed checkpoints of the log (`events/checkpoint.py`).
 # `user` holds who may use the bus, with which role (`events/users.py`).
-AGGREGATES: Final = ("vm", "rs", "node", "volume", "webhook", "intake", "audit", "user")
-CLUSTER_SCOPED: Final = frozenset({"node", "webhook", "intake", "audit", "user"})
+AGGREGATES: Final = (
+    "vm",
+    "rs",
+    "node",
+    "volume",
+    "webhook",
+    "intake",
+    "audit",
+    "user",
+    "instancetype",
+    "clusterinstancetype",
+    "preference",
+    "clusterpreference",
+)
+CLUSTER_SCOPED: Final = frozenset(
+    {"node", "webhook", "intake", "audit", "user", "clusterinstancetype", "clusterpreference"}
+)
 
 EVENTS_STREAM: Final = "VIRT_EVENTS"
 COMMANDS_STREAM: Final = "VIRT_COMMANDS"

@@ -81,6 +81,7 @@ async def run_orchestrator(
     # The intake judges against the controller's folded state, not a read of the log of its own.
     intake.nodes, intake.volume_view = controller.node_views, controller.volume_view
     intake.active_migrations = controller.active_migrations
+    intake.vm_admission = controller.vm_admission
     if identity(nc) is not None:
         intake.identities = Identities(nc, writer("users"), trust=trust)
         await intake.identities.push_revocations()  # the server agrees with the log from now

@@ -63,7 +63,9 @@ def test_a_scope_is_read_back_from_the_permissions_it_was_written_into() -> None
     scope = ReadScope.of_claims({"nats": {"pub": {"allow": list(perms.publish)}}})
     assert scope == ReadScope(
         slots=("rd_ann_0", "rd_ann_1", "rd_ann_2", "rd_ann_3"),
-        trees={"VIRT_EVENTS": ("virt.*.team-a.>", "virt.*.team-b.>", "virt.user._.ann.>"),
+        trees={"VIRT_EVENTS": ("virt.*.team-a.>", "virt.*.team-b.>",
+                               "virt.clusterinstancetype._.>", "virt.clusterpreference._.>",
+                               "virt.user._.ann.>"),
                "VIRT_COMMANDS": ("virt.cmd.*.team-a.>", "virt.cmd.*.team-b.>")},
         direct=False,
     )  # fmt: skip

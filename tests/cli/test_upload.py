@@ -333,7 +333,7 @@ async def test_upload_sessions_refuse_what_they_cannot_take(stack: Stack) -> Non
 
     await stack.node("node-a")
     await send(stack.nc, c.CreateVolume(name="up", size="8Mi", source="upload"))
-    await send(stack.nc, c.CreateVolume(name="blank", size="8Mi"))
+    await send(stack.nc, c.CreateVolume(name="blank", size="8Mi", node="node-a"))
     for _ in range(200):
         if (await volume(stack, "blank")).phase == BOUND:
             break
