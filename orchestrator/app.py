@@ -21,6 +21,7 @@ from bus.store import EventStore
 from bus.trust import Trust
 from events.work import MigrationPolicy
 from orchestrator.api import Api
+from orchestrator.certlogin import CertLogin
 from orchestrator.controller import Controller
 from orchestrator.intake import Intake
 from orchestrator.readmodel import ReadModel
@@ -55,7 +56,7 @@ async def run_orchestrator(
     $VIRTBUS_WEB_PORT) it serves the read-only web view on 127.0.0.1; with `webhooks` (unless the
     dispatcher runs as its own process) it delivers to webhook subscribers. Logged in (a secured
     bus), it judges every caller by its role; with the stack's `trust` it also adds and revokes
-    users."""
+    users, and tells the server who a client certificate names (certificate logins)."""
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     audit_key = audit_key or load_key()
     web_port = configured_port() if web_port is None else web_port
@@ -83,6 +84,9 @@ async def run_orchestrator(
         if audit_key:
             sealer = Checkpointer(nc, audit_key).run(stop, every_s=checkpoint_every_s)
             tasks.append(asyncio.create_task(sealer, name="orchestrator-audit"))
+        if trust is not None and trust.callout is not None and intake.identities is not None:
+            certlogin = CertLogin(nc, intake.identities, trust=trust).run(stop)
+            tasks.append(asyncio.create_task(certlogin, name="orchestrator-certlogin"))
         if webhooks:  # off when the dispatcher runs as its own process (one per bus)
             dispatcher = Dispatcher(nc, data_dir=data_dir)
             tasks.append(asyncio.create_task(dispatcher.run(stop), name="orchestrator-webhooks"))

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import nats
 from nats.aio.client import Client
 
-from bus.credentials import user_jwt
+from bus.credentials import Permissions, user_jwt
 from bus.roles import node_permissions, user_permissions
 from bus.store import EventStore
-from bus.trust import Trust
+from bus.trust import Trust, revoked_now
 from events import commands as c
 from events import model as m
 from events.envelope import Recorded
@@ -31,6 +32,13 @@ CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
 CLAIMS_WITHIN = 10.0
 
 
+def role_permissions(role: str, *, name: str, namespaces: tuple[str, ...]) -> Permissions | None:
+    """What the server lets user `name` of `role` do (ValueError: not a role)."""
+    if role == NODE:
+        return node_permissions(name)
+    return user_permissions(role, name=name, namespaces=namespaces)
+
+
 class Identities:
     """Users as the log says, cached per name (each read once, forgotten when it changes)."""
 
@@ -39,6 +47,14 @@ class Identities:
         self.store = store
         self.trust = trust
         self._known: dict[str, UserState] = {}
+        self._minted: dict[str, dict[str, int]] = {}  # name -> key -> expiry: certificate logins
+
+    def minted(self, name: str, key: str, *, expires: int) -> None:
+        """A certificate login's JWT was made for `key` (until `expires`): revoking `name` revokes
+        it too, while it lasts."""
+        now = time.time()
+        alive = {k: e for k, e in self._minted.get(name, {}).items() if e > now}
+        self._minted[name] = alive | {key: expires}
 
     async def user(self, name: str) -> UserState:
         if (known := self._known.get(name)) is None:
@@ -59,14 +75,14 @@ class Identities:
                 field="kind",
             )
         try:
-            perms = node_permissions(cmd.name) if cmd.role == NODE else user_permissions(
-                cmd.role, name=cmd.name, namespaces=tuple(cmd.namespaces))  # fmt: skip
+            perms = role_permissions(cmd.role, name=cmd.name, namespaces=tuple(cmd.namespaces))
         except ValueError:
             return ""  # not a role: the decision refuses it, naming the field
         return user_jwt(self.trust.account, cmd.public_key, name=cmd.name, permissions=perms)
 
     async def revocations(self) -> dict[str, int]:
-        """Every revoked key in the log and since when."""
+        """Every revoked key in the log and since when, and the keys of the revoked users'
+        certificate logins still alive."""
         revoked: dict[str, int] = {}
 
         def keep(rec: Recorded) -> None:
@@ -74,6 +90,10 @@ class Identities:
                 revoked.update(dict.fromkeys(e.public_keys, e.revoked_at))
 
         await self.store.replay(keep, subjects=["virt.user.>"], verify=False)
+        now = time.time()
+        for name, keys in list(self._minted.items()):
+            if not (await self.user(name)).exists:
+                revoked.update({k: revoked_now() for k, e in keys.items() if e > now})
         return revoked
 
     async def push_revocations(self) -> None:

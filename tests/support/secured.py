@@ -68,5 +68,3 @@ async def login(url: str, trust: Trust, name: str, role: str, *namespaces: str) 
 
 def violation(subject: str) -> str:
     return f'nats: permissions violation for publish to "{subject}"'
-
-
