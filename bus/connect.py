@@ -198,6 +198,10 @@ async def connect(
         raise BusUnavailable(f"cannot reach NATS at {url}: {why}{hint}") from err
     if name_on_bus is not None:
         _IDENTITIES[nc] = name_on_bus
+        if access.creds is None and access.tls_cert is not None:  # logged in by certificate
+            from bus.roles import certified_scope  # (roles reads the log: it stands above this)
+
+            await certified_scope(nc, name_on_bus)
     return nc
 
 

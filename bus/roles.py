@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 from typing import Final
 
+from nats.aio.client import Client
+
 from bus.credentials import Permissions, claims_of, read_creds
-from bus.readscope import families, read_permissions
+from bus.readscope import ReadScope, families, read_permissions, set_scope, slot_names
 from bus.store import EventStore
 from bus.trust import Trust
 from events import model as m
@@ -30,11 +32,13 @@ from events.errors import ConcurrencyConflict
 from events.model import TOKEN
 from events.names import (
     CLUSTER,
+    COMMANDS_STREAM,
+    EVENTS_STREAM,
     HEARTBEAT_BUCKET,
     WORK_STREAM,
     Ref,
 )
-from events.users import NODE_WRITES
+from events.users import NODE, NODE_WRITES, fold_user
 
 ROLES: Final = ("admin", "edit", "view")
 EDITABLE: Final = ("vm", "rs", "volume")  # what `edit` commands; nodes and webhooks are admin's
@@ -86,6 +90,26 @@ def node_permissions(name: str) -> Permissions:
         subscribe=(f"_INBOX_{name}.>", f"virt.session.{name}.*.*.*", "virt.pipe.*.*"),
         allow_responses=True,  # answers to sessions asked of it, on the asker's inbox
     )
+
+
+def role_permissions(role: str, *, name: str, namespaces: tuple[str, ...]) -> Permissions | None:
+    """What the server lets user `name` of `role` (a node too) do (ValueError: not a role)."""
+    if role == NODE:
+        return node_permissions(name)
+    return user_permissions(role, name=name, namespaces=namespaces)
+
+
+async def certified_scope(nc: Client, name: str) -> None:
+    """Teach a connection logged in by certificate as `name` how it reads: its JWT is the
+    server's, not the client's, so its role is read from the log (its own record, which every
+    role reads under its own consumer names)."""
+    own = {EVENTS_STREAM: (f"virt.user.{CLUSTER}.{name}.>",), COMMANDS_STREAM: ()}
+    set_scope(nc, ReadScope(slots=slot_names(name), trees=own, direct=False))
+    history = await EventStore(nc).read(Ref("user", CLUSTER, name))
+    user = fold_user(name, (r.envelope for r in history))
+    perms = role_permissions(user.role, name=name, namespaces=tuple(user.namespaces))
+    set_scope(nc, ReadScope.of_claims({"nats": {"pub": {"allow": list(perms.publish)}}})
+              if perms is not None else ReadScope())  # fmt: skip
 
 
 async def record_identities(store: EventStore, trust: Trust, *, roles: dict[str, str]) -> None:

@@ -31,10 +31,11 @@ from nats.aio.msg import Msg
 
 from bus.credentials import authorization_response, claims_of, sign_nonce, user_jwt
 from bus.pki import certified_name
+from bus.roles import role_permissions
 from bus.trust import Trust
 from events.errors import ValidationError
 from events.names import check_name
-from orchestrator.users import Identities, role_permissions
+from orchestrator.users import Identities
 
 log = logging.getLogger("virtbus.certlogin")
 AUTH_CALLOUT = "$SYS.REQ.USER.AUTH"  # where the server asks (the callout account's own subject)

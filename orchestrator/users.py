@@ -16,8 +16,8 @@ import time
 import nats
 from nats.aio.client import Client
 
-from bus.credentials import Permissions, user_jwt
-from bus.roles import node_permissions, user_permissions
+from bus.credentials import user_jwt
+from bus.roles import role_permissions
 from bus.store import EventStore
 from bus.trust import Trust, revoked_now
 from events import commands as c
@@ -25,18 +25,11 @@ from events import model as m
 from events.envelope import Recorded
 from events.errors import ValidationError
 from events.names import CLUSTER, Ref
-from events.users import NODE, UserState, fold_user
+from events.users import UserState, fold_user
 
 log = logging.getLogger("virtbus.users")
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
 CLAIMS_WITHIN = 10.0
-
-
-def role_permissions(role: str, *, name: str, namespaces: tuple[str, ...]) -> Permissions | None:
-    """What the server lets user `name` of `role` do (ValueError: not a role)."""
-    if role == NODE:
-        return node_permissions(name)
-    return user_permissions(role, name=name, namespaces=namespaces)
 
 
 class Identities:

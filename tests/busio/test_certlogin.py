@@ -30,6 +30,7 @@ from bus.server import NatsServer
 from bus.store import EventStore
 from bus.trust import Trust, ensure
 from events import commands as c
+from events import model as m
 from events.errors import BusUnavailable
 from events.names import Ref
 from orchestrator.app import run_orchestrator
@@ -109,6 +110,9 @@ async def test_a_certificate_logs_in_as_the_user_it_names(stack: Stack) -> None:
                                                   namespace="team-a", actor="mallory"))  # fmt: skip
         with pytest.raises(Rejected) as refused:
             await send(alice, seed("y", runStrategy="Halted"))
+        # she reads the log as her role does: her namespace's trees, under her consumer names
+        [created] = await EventStore(alice).read(Ref.vm("x", "team-a"))
+        assert isinstance(created.envelope.data, m.VMCreated)
     finally:
         await alice.close()
     reason = ('forbidden: user "alice" (edit in team-a) cannot ApplyVM virtualmachines in the '
