@@ -198,14 +198,19 @@ async def connect(
         raise BusUnavailable(f"cannot reach NATS at {url}: {why}{hint}") from err
     if name_on_bus is not None:
         _IDENTITIES[nc] = name_on_bus
-        if access.creds is None and access.tls_cert is not None:  # logged in by certificate
-            from bus.roles import certified_scope  # (roles reads the log: it stands above this)
-
-            await certified_scope(nc, name_on_bus)
+        if access.creds is None and access.tls_cert is not None:
+            _CERTIFIED.add(nc)
     return nc
 
 
 _IDENTITIES: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
+_CERTIFIED: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def by_certificate(nc: Client) -> bool:
+    """`nc` logged in by client certificate: the server holds its JWT, not the client, so how it
+    reads is learnt from the log (`bus.client.login`)."""
+    return nc in _CERTIFIED
 
 
 def identity(nc: Client) -> str | None:
