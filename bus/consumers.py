@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 from collections.abc import AsyncIterator
@@ -70,6 +71,32 @@ async def _create_as(nc: Client, stream: str, config: ConsumerConfig) -> Consume
         raise BusUnavailable(f"creating a reader of {stream}: {error.get('description')}")
     info: ConsumerInfo = ConsumerInfo.from_response(answer)
     return info
+
+
+@contextlib.asynccontextmanager
+async def held(nc: Client, stream: str, config: ConsumerConfig) -> AsyncIterator[ConsumerInfo]:
+    """A reader's consumer for the length of the block, deleted after it, even when the reader
+    is cancelled while the server is still making it (else a slot stays taken for seconds)."""
+    making = asyncio.ensure_future(create(nc, stream, config))
+    try:
+        info = await asyncio.shield(making)
+    except asyncio.CancelledError:
+        making.add_done_callback(functools.partial(_delete_made, nc, stream))
+        raise
+    try:
+        yield info
+    finally:
+        await delete(nc, stream, info.name)
+
+
+def _delete_made(nc: Client, stream: str, making: asyncio.Future[ConsumerInfo]) -> None:
+    if not making.cancelled() and making.exception() is None:
+        name = making.result().name
+        _CLEANUPS.add(task := asyncio.ensure_future(delete(nc, stream, name)))
+        task.add_done_callback(_CLEANUPS.discard)
+
+
+_CLEANUPS: set[asyncio.Future[None]] = set()  # deletions in flight, held until done
 
 
 async def delete(nc: Client, stream: str, name: str) -> None:
@@ -165,13 +192,10 @@ async def _pull_follow(
             config = reading(filters, start_seq=from_seq)
             if not from_seq:
                 config.deliver_policy = DeliverPolicy.NEW
-            info = await create(nc, stream, config)
-            next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{info.name}"
-            try:
+            async with held(nc, stream, config) as info:
+                next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{info.name}"
                 from_seq = await _pull_until_lost(nc, sub, next_subject, request, inbox=inbox,
                                                   out=out, from_seq=from_seq)  # fmt: skip
-            finally:
-                await delete(nc, stream, info.name)
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

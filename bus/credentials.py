@@ -127,12 +127,14 @@ def account_jwt(
 
 @dataclass(frozen=True)
 class Permissions:
-    """Subjects a user may publish and subscribe to (NATS allow lists; empty means none)."""
+    """Subjects a user may publish and subscribe to (NATS allow lists; empty means none), and
+    those it may not publish to whatever the allow list says (`deny_publish`)."""
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     allow_responses: bool = False
     nothing: bool = False  # deny every subject (an empty allow list would allow them all)
+    deny_publish: tuple[str, ...] = ()
 
 
 def user_jwt(
@@ -148,6 +150,8 @@ def user_jwt(
     nats: dict[str, Any] = {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}
     if permissions is not None:
         nats["pub"] = {"allow": list(permissions.publish)}
+        if permissions.deny_publish:
+            nats["pub"]["deny"] = list(permissions.deny_publish)
         nats["sub"] = {"allow": list(permissions.subscribe)}
         if permissions.allow_responses:
             nats["resp"] = {"max": -1, "ttl": 0}
@@ -159,6 +163,17 @@ def user_jwt(
     if expires is not None:
         claims["exp"] = expires
     return encode(claims, signer=account)
+
+
+def reissued(account: KeyPair, recorded: str, *, user: str, expires: int) -> str:
+    """The user of JWT `recorded` (its name and permissions) again, for key `user` and until
+    `expires`: a certificate login is who its user's own JWT says, with a key of the server's."""
+    claims = claims_of(recorded)
+    if claims.get("iss") != account.public:
+        raise ValidationError("not a JWT this account signed", field="jwt")
+    again = {"iss": account.public, "sub": user, "name": claims.get("name", ""),
+             "exp": expires, "nats": claims.get("nats", {})}  # fmt: skip
+    return encode(again, signer=account)
 
 
 def authorization_response(

@@ -220,8 +220,7 @@ async def _pull_one(
         config.deliver_policy, config.opt_start_time = DeliverPolicy.BY_START_TIME, start_time
     if last:
         config.deliver_policy = DeliverPolicy.LAST
-    info = await consumers.create(nc, stream, config)
-    try:
+    async with consumers.held(nc, stream, config) as info:
         next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{info.name}"
         if not info.num_pending:
             return 0
@@ -235,8 +234,6 @@ async def _pull_one(
                 )  # fmt: skip
         return await _pull_nats(nc, stream, handler, on_msg, next_subject=next_subject,
                                 request=request, idle_timeout=idle_timeout)  # fmt: skip
-    finally:
-        await consumers.delete(nc, stream, info.name)
 
 
 async def _pull_nats(

@@ -121,8 +121,8 @@ class ReadScope(msgspec.Struct, frozen=True):
     @classmethod
     def of_claims(cls, claims: dict[str, Any]) -> ReadScope:
         allow = claims.get("nats", {}).get("pub", {}).get("allow")
-        if allow is None:
-            return cls()  # an admin's JWT: every subject
+        if allow is None or ">" in allow:
+            return cls()  # an admin's JWT, or the orchestrator's: every subject it reads
         slots = tuple(s.removeprefix(_NEXT) for s in allow if s.startswith(_NEXT))
         direct = f"{_DIRECT}{EVENTS_STREAM}" in allow
         trees: dict[str, tuple[str, ...]] | None = None

@@ -27,6 +27,7 @@ from bus.credentials import Permissions, claims_of, read_creds
 from bus.readscope import ReadScope, families, read_permissions, set_scope, slot_names
 from bus.store import EventStore
 from bus.trust import Trust
+from bus.webhook_secrets import BUCKET as SECRETS_BUCKET
 from events import model as m
 from events.errors import ConcurrencyConflict
 from events.model import TOKEN
@@ -38,7 +39,8 @@ from events.names import (
     WORK_STREAM,
     Ref,
 )
-from events.users import NODE, NODE_WRITES, fold_user
+from events.users import NODE_WRITES
+from events.webhooks import DELIVERIES_SUBJECT, REDELIVER_SUBJECT
 
 ROLES: Final = ("admin", "edit", "view")
 EDITABLE: Final = ("vm", "rs", "volume")  # what `edit` commands; nodes and webhooks are admin's
@@ -92,24 +94,55 @@ def node_permissions(name: str) -> Permissions:
     )
 
 
-def role_permissions(role: str, *, name: str, namespaces: tuple[str, ...]) -> Permissions | None:
-    """What the server lets user `name` of `role` (a node too) do (ValueError: not a role)."""
-    if role == NODE:
+# What the orchestrator may not do though it does everything else: lose the log.
+ORCHESTRATOR_DENIED: Final = tuple(
+    f"$JS.API.STREAM.{op}.>" for op in ("DELETE", "PURGE", "MSG.DELETE")
+)
+
+
+def component_permissions(name: str) -> Permissions | None:
+    """The permissions of a part `virtbus up` runs, by its name (None: the admin's, all)."""
+    if name.startswith("node-"):
         return node_permissions(name)
-    return user_permissions(role, name=name, namespaces=namespaces)
+    if name == "orchestrator":  # it decides, provisions and signs users: all but destruction
+        return Permissions(publish=(">",), subscribe=(">",), deny_publish=ORCHESTRATOR_DENIED)
+    if name == "dispatcher":
+        return dispatcher_permissions(name)
+    return None
+
+
+def dispatcher_permissions(name: str) -> Permissions:
+    """The webhook dispatcher's: follow the log and keep a durable consumer per subscription on
+    it, read the signing secrets, record a subscription disabled, answer the CLI's questions
+    about deliveries. No command, no other event, nothing of the command stream."""
+    api, ev, kv = "$JS.API", EVENTS_STREAM, f"KV_{SECRETS_BUCKET}"
+    publish = (
+        f"virt.webhook.{CLUSTER}.*.{TOKEN[m.WebhookDisabled]}",
+        f"{api}.INFO", f"{api}.STREAM.NAMES", f"{api}.STREAM.INFO.*",
+        f"{api}.CONSUMER.CREATE.{ev}", f"{api}.CONSUMER.CREATE.{ev}.>",
+        f"{api}.CONSUMER.DURABLE.CREATE.{ev}.*", f"{api}.CONSUMER.INFO.{ev}.*",
+        f"{api}.CONSUMER.DELETE.{ev}.*", f"{api}.CONSUMER.MSG.NEXT.{ev}.*",
+        f"$JS.ACK.{ev}.>", f"$JS.FC.{ev}.>", f"{api}.DIRECT.GET.{ev}", f"{api}.DIRECT.GET.{ev}.>",
+        f"{api}.DIRECT.GET.{kv}", f"{api}.DIRECT.GET.{kv}.>", f"{api}.STREAM.MSG.GET.{kv}",
+        f"$KV.{SECRETS_BUCKET}.>",  # a retired subscription's secret is forgotten
+    )  # fmt: skip
+    return Permissions(
+        publish=publish,
+        subscribe=(f"_INBOX_{name}.>", DELIVERIES_SUBJECT, REDELIVER_SUBJECT),
+        allow_responses=True,  # answers on the asker's inbox
+    )
 
 
 async def certified_scope(nc: Client, name: str) -> None:
     """Teach a connection logged in by certificate as `name` how it reads: its JWT is the
-    server's, not the client's, so its role is read from the log (its own record, which every
-    role reads under its own consumer names)."""
+    server's, not the client's, so it reads its own record (which every role reads, under its
+    own consumer names) and reads as the JWT recorded there says, as the callout's copy does."""
     own = {EVENTS_STREAM: (f"virt.user.{CLUSTER}.{name}.>",), COMMANDS_STREAM: ()}
     set_scope(nc, ReadScope(slots=slot_names(name), trees=own, direct=False))
     history = await EventStore(nc).read(Ref("user", CLUSTER, name))
-    user = fold_user(name, (r.envelope for r in history))
-    perms = role_permissions(user.role, name=name, namespaces=tuple(user.namespaces))
-    set_scope(nc, ReadScope.of_claims({"nats": {"pub": {"allow": list(perms.publish)}}})
-              if perms is not None else ReadScope())  # fmt: skip
+    added = [e for r in history if isinstance(e := r.envelope.data, m.UserAdded) and e.jwt]
+    if added:
+        set_scope(nc, ReadScope.of_claims(claims_of(added[-1].jwt)))
 
 
 async def record_identities(store: EventStore, trust: Trust, *, roles: dict[str, str]) -> None:

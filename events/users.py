@@ -22,7 +22,8 @@ ADMIN: Final = "admin"
 EDIT: Final = "edit"
 VIEW: Final = "view"
 NODE: Final = "node"
-ROLES: Final = (ADMIN, EDIT, VIEW, NODE)
+DISPATCHER: Final = "dispatcher"  # the webhook dispatcher's: it commands nothing
+ROLES: Final = (ADMIN, EDIT, VIEW, NODE, DISPATCHER)
 EDITABLE: Final = frozenset({"vm", "rs", "volume"})  # what `edit` may command
 
 # kubectl's resource names, for messages a Kubernetes user reads like its own

@@ -49,14 +49,15 @@ async def run_orchestrator(
     nc: Client, *, data_dir: Path, stop: asyncio.Event, node_grace_s: float = 10.0,
     audit_key: bytes | None = None, checkpoint_every_s: float = 60.0, web_port: int | None = None,
     migration_policy: MigrationPolicy | None = None, webhooks: bool = True,
-    trust: Trust | None = None,
+    trust: Trust | None = None, webhooks_nc: Client | None = None,
 ) -> None:  # fmt: skip
     """Run until `stop`; with an audit key (given, or $VIRTBUS_AUDIT_KEY[_FILE]) it also seals
     the log with a signed checkpoint every `checkpoint_every_s`; with a web port (given, or
     $VIRTBUS_WEB_PORT) it serves the read-only web view on 127.0.0.1; with `webhooks` (unless the
     dispatcher runs as its own process) it delivers to webhook subscribers. Logged in (a secured
     bus), it judges every caller by its role; with the stack's `trust` it also adds and revokes
-    users, and tells the server who a client certificate names (certificate logins)."""
+    users, and tells the server who a client certificate names (certificate logins).
+    `webhooks_nc`: the dispatcher's own connection (its own identity), else `nc`."""
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     audit_key = audit_key or load_key()
     web_port = configured_port() if web_port is None else web_port
@@ -88,7 +89,7 @@ async def run_orchestrator(
             certlogin = CertLogin(nc, intake.identities, trust=trust).run(stop)
             tasks.append(asyncio.create_task(certlogin, name="orchestrator-certlogin"))
         if webhooks:  # off when the dispatcher runs as its own process (one per bus)
-            dispatcher = Dispatcher(nc, data_dir=data_dir)
+            dispatcher = Dispatcher(webhooks_nc or nc, data_dir=data_dir)
             tasks.append(asyncio.create_task(dispatcher.run(stop), name="orchestrator-webhooks"))
         await api.start()
         web = Web(nc, readmodel, port=web_port) if web_port is not None else None

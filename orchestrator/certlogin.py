@@ -7,8 +7,9 @@ A client that shows a certificate the stack's CA signed and presents the stack's
 credentials (`bus/trust.py`: a CERTLOGIN user allowed nothing) is held while the server sends this
 service an authorization request, a JWT carrying the TLS chain it verified. The service answers
 with a user JWT of the virtbus account for the user the certificate's email SAN `<name>@virtbus`
-names, with that user's role as the log records it (the permissions `auth add-user` gave it) and a
-short expiry, or with the reason it refuses: the server then admits the connection as that user,
+names: the JWT the log recorded when the user was added (its name and permissions, what `auth
+add-user` gave it), re-signed for the key the server made for this connection with a short
+expiry; or with the reason it refuses: the server then admits the connection as that user,
 or refuses it and logs the reason.
 
 Only a chain the server verified counts (a certificate merely shown names no one), and only a
@@ -29,9 +30,8 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bus.credentials import authorization_response, claims_of, sign_nonce, user_jwt
+from bus.credentials import authorization_response, claims_of, reissued, sign_nonce
 from bus.pki import certified_name
-from bus.roles import role_permissions
 from bus.trust import Trust
 from events.errors import ValidationError
 from events.names import check_name
@@ -111,10 +111,13 @@ class CertLogin:
         if not user.exists:
             why = "is revoked" if user.revoked else "is not a user of this bus"
             return "", f'the client certificate\'s user "{name}" {why}'
+        recorded = await self.identities.recorded_jwt(name)
         expires = int(time.time()) + LOGIN_TTL_S
         key = str(request["user_nkey"])
-        perms = role_permissions(user.role, name=name, namespaces=tuple(user.namespaces))
-        jwt = user_jwt(self.trust.account, key, name=name, permissions=perms, expires=expires)
+        try:
+            jwt = reissued(self.trust.account, recorded, user=key, expires=expires)
+        except ValidationError as err:
+            return "", f'the record of user "{name}" holds no JWT of this bus ({err.message})'
         self.identities.minted(name, key, expires=expires)
         log.info('certificate login of "%s" (%s)', name, user.role)
         return jwt, ""

@@ -16,8 +16,8 @@ import time
 import nats
 from nats.aio.client import Client
 
-from bus.credentials import user_jwt
-from bus.roles import role_permissions
+from bus.credentials import Permissions, user_jwt
+from bus.roles import dispatcher_permissions, node_permissions, user_permissions
 from bus.store import EventStore
 from bus.trust import Trust, revoked_now
 from events import commands as c
@@ -25,7 +25,7 @@ from events import model as m
 from events.envelope import Recorded
 from events.errors import ValidationError
 from events.names import CLUSTER, Ref
-from events.users import UserState, fold_user
+from events.users import DISPATCHER, NODE, UserState, fold_user
 
 log = logging.getLogger("virtbus.users")
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
@@ -40,6 +40,7 @@ class Identities:
         self.store = store
         self.trust = trust
         self._known: dict[str, UserState] = {}
+        self._jwts: dict[str, str] = {}  # name -> its last UserAdded's JWT (what it may do)
         self._minted: dict[str, dict[str, int]] = {}  # name -> key -> expiry: certificate logins
 
     def minted(self, name: str, key: str, *, expires: int) -> None:
@@ -53,10 +54,18 @@ class Identities:
         if (known := self._known.get(name)) is None:
             history = await self.store.read(Ref("user", CLUSTER, name))
             known = self._known[name] = fold_user(name, (r.envelope for r in history))
+            added = [e for r in history if isinstance(e := r.envelope.data, m.UserAdded)]
+            self._jwts[name] = added[-1].jwt if added else ""
         return known
+
+    async def recorded_jwt(self, name: str) -> str:
+        """The JWT the account signed when `name` was last added ("" if its record has none)."""
+        await self.user(name)
+        return self._jwts.get(name, "")
 
     def changed(self, name: str) -> None:
         self._known.pop(name, None)
+        self._jwts.pop(name, None)
 
     def sign(self, cmd: c.Command) -> str:
         """The user JWT an AddUser asks for, with its role's permissions ("" for other commands)."""
@@ -68,7 +77,12 @@ class Identities:
                 field="kind",
             )
         try:
-            perms = role_permissions(cmd.role, name=cmd.name, namespaces=tuple(cmd.namespaces))
+            perms: Permissions | None
+            if cmd.role in (NODE, DISPATCHER):
+                perms = (node_permissions if cmd.role == NODE else dispatcher_permissions)(cmd.name)
+            else:
+                perms = user_permissions(cmd.role, name=cmd.name,
+                                         namespaces=tuple(cmd.namespaces))  # fmt: skip
         except ValueError:
             return ""  # not a role: the decision refuses it, naming the field
         return user_jwt(self.trust.account, cmd.public_key, name=cmd.name, permissions=perms)

@@ -109,14 +109,15 @@ async def test_users_with_roles_from_add_to_revoke(here: Path) -> None:
             ["NAME", "ROLE", "NAMESPACES", "STATUS"],
             ["admin", "admin", "*", "Active"],
             ["alice", "edit", "team-a", "Revoked"],
+            ["dispatcher", "dispatcher", "*", "Active"],
             ["orchestrator", "admin", "*", "Active"],
             ["vera", "view", "*", "Active"],
         ]
         # The log's hash chains hold over subjects with a node's name or a user's last
         verified = await cli("audit", "verify")
         assert verified.ok().out.splitlines()[-1] == (
-            "audit of the log: intact: 8 events in 6 histories; 0 checkpoints through seq 0, "
-            "signatures not checked"  # 4 users (alice twice), a in team-a twice, a in default
+            "audit of the log: intact: 9 events in 7 histories; 0 checkpoints through seq 0, "
+            "signatures not checked"  # 5 users (alice twice), a in team-a twice, a in default
         )
         # Any NATS client, as examples/publish_command.py drives it: recorded as the admin it is.
         example = await asyncio.create_subprocess_exec(
@@ -141,8 +142,8 @@ async def test_mutual_tls_asks_every_client_for_a_certificate_too(here: Path) ->
         data = here / ".virtbus"
         ca = str(data / "tls" / "ca.pem")
         assert sorted(p.name for p in (data / "tls" / "clients").iterdir()) == [
-            "admin-key.pem", "admin.pem", "node-a-key.pem", "node-a.pem", "orchestrator-key.pem",
-            "orchestrator.pem",
+            "admin-key.pem", "admin.pem", "dispatcher-key.pem", "dispatcher.pem", "node-a-key.pem",
+            "node-a.pem", "orchestrator-key.pem", "orchestrator.pem",
         ]  # fmt: skip
         added = await virtbus("auth", "add-user", "bob", "--role", "view", "--client-cert",
                               env=env, cwd=here)  # fmt: skip
