@@ -68,12 +68,19 @@ class Stack:
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with running(tmp_path, mutual_tls=True) as st:
+        yield st
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, *, mutual_tls: bool) -> AsyncIterator[Stack]:
+    """A secured bus (`mutual_tls`: asking for client certificates) and the orchestrator."""
     trust = ensure(tmp_path / "data")
     async with NatsServer(data_dir=tmp_path / "data", port=-1, trust=trust,
-                          mutual_tls=True) as server:  # fmt: skip
+                          mutual_tls=mutual_tls) as server:  # fmt: skip
 
         def own(name: str) -> Access:
-            cert, key = trust.client_cert(name)
+            cert, key = trust.client_cert(name) if mutual_tls else (None, None)
             return Access(trust.ensure_creds(name), trust.ca_file, tls_cert=cert, tls_key=key)
 
         own("orchestrator")  # its credentials, before its user is recorded
@@ -177,3 +184,13 @@ async def test_a_certificate_another_ca_signed_is_refused_by_tls(stack: Stack) -
     ]
     assert set(handshakes) == {"unknown authority"}
     assert stack.refusals() == set()
+
+
+async def test_without_mutual_tls_the_sentinel_is_no_one(tmp_path: Path) -> None:
+    """A bus not run with --mtls asks for no certificate: the sentinel's credentials, the only
+    ones a certificate login presents, log in as no one."""
+    async with running(tmp_path, mutual_tls=False) as st:
+        with pytest.raises(BusUnavailable, match="Authorization Violation"):
+            await connect(st.server.url, creds=st.trust.sentinel_creds(), tls_ca=st.trust.ca_file)
+        assert st.refusals() == {"no client certificate the bus's CA verified (a bus run with "
+                                 "--mtls asks)"}  # fmt: skip
