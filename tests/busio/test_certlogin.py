@@ -24,6 +24,7 @@ from bus import pki
 from bus.client import Rejected, login, send
 from bus.connect import Access, connect, identity, tls_context
 from bus.credentials import KeyPair, write_secret
+from bus.leanlogin import login_of, open_lean
 from bus.provision import provision
 from bus.roles import record_identities
 from bus.server import NatsServer
@@ -120,6 +121,11 @@ async def test_a_certificate_logs_in_as_the_user_it_names(stack: Stack) -> None:
         # she reads the log as her role does: her namespace's trees, under her consumer names
         [created] = await EventStore(alice).read(Ref.vm("x", "team-a"))
         assert isinstance(created.envelope.data, m.VMCreated)
+        # the lean paths log in on connections of their own: by her certificate too
+        lean_login = login_of(alice)
+        assert lean_login is not None
+        _, lean = await open_lean(lean_login, limit=2**16)
+        lean.close()
     finally:
         await alice.close()
     reason = ('forbidden: user "alice" (edit in team-a) cannot ApplyVM virtualmachines in the '
