@@ -17,7 +17,8 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from bus.connect import connect, identity
+from bus.connect import Access, by_certificate, connect, identity
+from bus.roles import certified_scope
 from bus.telemetry import new_traceparent
 from events import commands as c
 from events.envelope import encode
@@ -36,11 +37,24 @@ class Rejected(VirtbusError):
 
 @contextlib.asynccontextmanager
 async def session(url: str) -> AsyncIterator[Client]:
-    nc = await connect(url, name="virtbus-cli")
+    nc = await login(url, name="virtbus-cli")
     try:
         yield nc
     finally:
         await nc.close()
+
+
+async def login(url: str, *, name: str, access: Access | None = None) -> Client:
+    """`connect`, and for a login by certificate, its read scope (its role, from the log)."""
+    nc = await connect(url, name=name, access=access)
+    me = identity(nc)
+    if me is not None and by_certificate(nc):
+        try:
+            await certified_scope(nc, me)
+        except BaseException:
+            await nc.close()
+            raise
+    return nc
 
 
 async def _request(nc: Client, endpoint: str, body: bytes, *, wait_s: float) -> bytes:

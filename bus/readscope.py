@@ -152,3 +152,8 @@ def read_scope(nc: Client) -> ReadScope:
         scope = ReadScope.of_claims(claims_of(read_creds(Path(creds))[0]))
     _SCOPES[nc] = scope
     return scope
+
+
+def set_scope(nc: Client, scope: ReadScope) -> None:
+    """`nc` reads as `scope` (a login whose JWT the client does not hold: `bus/roles.py`)."""
+    _SCOPES[nc] = scope

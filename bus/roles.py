@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 from typing import Final
 
+from nats.aio.client import Client
+
 from bus.credentials import Permissions, claims_of, read_creds
-from bus.readscope import families, read_permissions
+from bus.readscope import ReadScope, families, read_permissions, set_scope, slot_names
 from bus.store import EventStore
 from bus.trust import Trust
 from bus.webhook_secrets import BUCKET as SECRETS_BUCKET
@@ -31,6 +33,7 @@ from events.errors import ConcurrencyConflict
 from events.model import TOKEN
 from events.names import (
     CLUSTER,
+    COMMANDS_STREAM,
     EVENTS_STREAM,
     HEARTBEAT_BUCKET,
     WORK_STREAM,
@@ -128,6 +131,18 @@ def dispatcher_permissions(name: str) -> Permissions:
         subscribe=(f"_INBOX_{name}.>", DELIVERIES_SUBJECT, REDELIVER_SUBJECT),
         allow_responses=True,  # answers on the asker's inbox
     )
+
+
+async def certified_scope(nc: Client, name: str) -> None:
+    """Teach a connection logged in by certificate as `name` how it reads: its JWT is the
+    server's, not the client's, so it reads its own record (which every role reads, under its
+    own consumer names) and reads as the JWT recorded there says, as the callout's copy does."""
+    own = {EVENTS_STREAM: (f"virt.user.{CLUSTER}.{name}.>",), COMMANDS_STREAM: ()}
+    set_scope(nc, ReadScope(slots=slot_names(name), trees=own, direct=False))
+    history = await EventStore(nc).read(Ref("user", CLUSTER, name))
+    added = [e for r in history if isinstance(e := r.envelope.data, m.UserAdded) and e.jwt]
+    if added:
+        set_scope(nc, ReadScope.of_claims(claims_of(added[-1].jwt)))
 
 
 async def record_identities(store: EventStore, trust: Trust, *, roles: dict[str, str]) -> None:

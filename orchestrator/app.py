@@ -24,6 +24,7 @@ from bus.store import EventStore
 from bus.trust import Trust
 from events.work import MigrationPolicy
 from orchestrator.api import Api
+from orchestrator.certlogin import CertLogin
 from orchestrator.controller import Controller
 from orchestrator.intake import Intake
 from orchestrator.lease import TTL_S, Lease, LeaseLost
@@ -61,12 +62,13 @@ async def run_orchestrator(
     $VIRTBUS_WEB_PORT) it serves the read-only web view on 127.0.0.1; with `webhooks` (unless the
     dispatcher runs as its own process) it delivers to webhook subscribers. Logged in (a secured
     bus), it judges every caller by its role; with the stack's `trust` it also adds and revokes
-    users. `webhooks_nc`: the dispatcher's own connection (its own identity), else `nc`.
+    users, and tells the server who a client certificate names (certificate logins).
+    `webhooks_nc`: the dispatcher's own connection (its own identity), else `nc`.
 
-    Every orchestrator answers virtbus-api from its read model; only the one holding the lease
-    (`orchestrator/lease.py`; `name` tells them apart) judges, decides, delivers and seals. One
-    that loses the lease raises LeaseLost after stopping: its supervisor starts it again, as a
-    standby."""
+    Every orchestrator answers virtbus-api from its read model, and certificate logins; only the
+    one holding the lease (`orchestrator/lease.py`; `name` tells them apart) judges, decides,
+    delivers and seals. One that loses the lease raises LeaseLost after stopping: its supervisor
+    starts it again, as a standby."""
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     audit_key = audit_key or load_key()
     web_port = configured_port() if web_port is None else web_port
@@ -90,6 +92,9 @@ async def run_orchestrator(
         await readmodel.catch_up()
         api = Api(nc, intake=intake, readmodel=readmodel)
         tasks = [asyncio.create_task(readmodel.run(stop), name="orchestrator-readmodel")]
+        if trust is not None and trust.callout is not None and intake.identities is not None:
+            certlogin = CertLogin(nc, intake.identities, trust=trust).run(stop)
+            tasks.append(asyncio.create_task(certlogin, name="orchestrator-certlogin"))
         await api.start()
         web = Web(nc, readmodel, port=web_port) if web_port is not None else None
         if web is not None:

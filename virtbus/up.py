@@ -161,7 +161,10 @@ def _identities(trust: Trust, *, nodes: int, mutual_tls: bool) -> dict[str, Acce
         trust.ensure_creds(name, permissions=component_permissions(name))
     console.print(f"credentials: {trust.creds_file('admin')} (admin), CA {trust.ca_file}")
     if mutual_tls:
-        console.print(f"mutual TLS: client certificates in {trust.root / 'tls' / 'clients'}")
+        console.print(
+            f"mutual TLS: client certificates in {trust.root / 'tls' / 'clients'}; a "
+            f"certificate alone logs in with {trust.sentinel_creds()} beside it"
+        )
     out = {}
     for name in names:
         cert, key = trust.client_cert(name) if mutual_tls else (None, None)

@@ -150,6 +150,7 @@ async def test_mutual_tls_asks_every_client_for_a_certificate_too(here: Path) ->
         assert added.ok().out == (
             'user "bob" added (view): credentials in bob.creds\n'
             "client certificate in bob.pem, its key in bob-key.pem\n"
+            "to log in by the certificate alone (no --creds): sentinel.creds, beside it\n"
         )
         bob = ["--creds", "bob.creds", "--tls-ca", ca]
         uncertified = await virtbus("get", "vms", *bob, env=env, cwd=here)
@@ -161,6 +162,21 @@ async def test_mutual_tls_asks_every_client_for_a_certificate_too(here: Path) ->
         certified = await virtbus("get", "nodes", *bob, "--tls-cert", "bob.pem", "--tls-key",
                                   "bob-key.pem", env=env, cwd=here)  # fmt: skip
         assert certified.ok().out.splitlines()[1].split()[:2] == ["node-a", "Ready"]
+        # the certificate alone (and the stack's sentinel beside it): bob, as the log has him
+        alone = ["--tls-cert", "bob.pem", "--tls-key", "bob-key.pem"]
+        me = await virtbus("auth", "whoami", *alone, env=env, cwd=here)
+        assert me.ok().out == (
+            "ATTRIBUTE    VALUE\nUsername     bob\nRole         view\nNamespaces   *\n"
+            "Status       Active\n"
+        )
+        revoked = await virtbus("auth", "revoke", "bob", env=env, cwd=here)
+        assert revoked.ok().out == 'user "bob" revoked\n'
+        refused = await virtbus("get", "vms", *alone, env=env, cwd=here)
+        assert (refused.code, refused.err) == (1, (
+            f"error: cannot reach NATS at {url}: nats: 'Authorization Violation' (the bus refused "
+            "this certificate's login: its user is unknown or revoked, the orchestrator's log says "
+            "which)\n"
+        ))  # fmt: skip
         # a whole replay of the log, on the lean reader's own TLS connection with the admin's
         verified = await virtbus("audit", "verify", env=env, cwd=here)
         assert verified.ok().out.splitlines()[-1].startswith("audit of the log: intact: ")
