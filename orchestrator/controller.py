@@ -43,6 +43,7 @@ from events.state import (
 from events.volumes import VolumeState, apply_volume
 from orchestrator import metrics
 from orchestrator.capacity import Capacity
+from orchestrator.crashpoints import crash_at
 from orchestrator.instancetypes import admit, effective
 from orchestrator.keyed import KeyedQueue
 from orchestrator.migrations import Cluster
@@ -227,6 +228,7 @@ class Controller:
                 metrics.REACTION_CONFLICTS.inc()
                 self.capacity.release(key, held)
                 return None  # another controller decided first; its events will come here
+            crash_at("decided", reaction.events)
         work = list(reaction.work)
         for item in [x for x in work if isinstance(x, w.Start | w.AttachVolume)]:
             if not await self._claims_ready(s, item, cause):
@@ -265,6 +267,7 @@ class Controller:
             if trace := TRACE.get():
                 headers["traceparent"] = trace
             await js.publish(item.subject, encode(item), headers=headers)
+            crash_at("sent", [item])
             metrics.WORK_ENQUEUED.labels(type(item).__name__).inc()
             self._sent[item.msg_id] = now
             self._sent.move_to_end(item.msg_id)

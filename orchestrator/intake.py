@@ -42,6 +42,7 @@ from events.state import fold
 from events.users import authorize, decide_user, fold_user
 from events.webhooks import fold_webhook
 from orchestrator import metrics
+from orchestrator.crashpoints import crash_at
 from orchestrator.decide import decide, decide_rs
 from orchestrator.migrations import decide_node
 from orchestrator.rename import renamed_into
@@ -150,6 +151,7 @@ class Intake:
                 created = await self.store.append(
                     ref, events, expected_version=0, command_id=cmd.id, actor=cmd.actor
                 )
+                crash_at("intake", [cmd])
                 return c.Outcome(
                     command_id=cmd.id, accepted=True, version=created.version,
                     events=[CE_TYPE[type(e)] for e in events], duplicate=created.duplicate,
@@ -190,6 +192,7 @@ class Intake:
                 result, *_ = await self.store.append_many(parts, command_id=cmd.id, actor=cmd.actor)
             except ConcurrencyConflict:
                 continue  # someone else moved the VM: judge again on the new state
+            crash_at("intake", [cmd])
             if ref.kind == "user" and self.identities is not None:
                 self.identities.changed(ref.name)
                 if any(isinstance(e, m.UserRevoked) for e in events):

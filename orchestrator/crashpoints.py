@@ -1,0 +1,27 @@
+"""Named points at which a fault test kills the orchestrator, the way SIGKILL would.
+
+`VIRTBUS_CRASH_AT=<point>[,<point>...]` makes the process leave at once (`os._exit`, no cleanup,
+no flush) when it reaches one: `intake:<Command>` after the intake appended a command's decision
+and before the outcome is said or the command acked; `decided:<Event>` after the controller
+appended a reaction holding that event and before its work is sent; `sent:<Work>` after a work
+item went out. The fault tests (`tests/control/test_crashpoints.py`) then start it again and
+check that every command had exactly one effect and nothing is left half done. Unset (always,
+outside those tests), each point is one lookup in an empty set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Final
+
+POINTS: Final = frozenset(os.environ.get("VIRTBUS_CRASH_AT", "").split(",")) - {""}
+EXIT_CODE: Final = 137  # what a SIGKILLed process reports
+
+
+def crash_at(kind: str, names: Iterable[object]) -> None:
+    """Leave now if `kind:<type name>` of any of `names` is a crash point."""
+    if POINTS:
+        for item in names:
+            if f"{kind}:{type(item).__name__}" in POINTS:
+                os._exit(EXIT_CODE)
