@@ -19,9 +19,14 @@ from pathlib import Path
 import nats
 import pytest
 from clusterkit import Cluster, seed_apply
+from driverstack import Stack, seed
+from waits import api_ready, settle
 
+from bench.rig import stop_orchestrator
+from bus.client import send
 from bus.provision import provision
 from bus.server import NatsServer, die_with_parent
+from events import commands as c
 from events.envelope import encode
 from orchestrator.crashpoints import EXIT_CODE
 
@@ -65,4 +70,46 @@ async def test_a_start_killed_at_a_crash_point_has_one_effect(tmp_path: Path, po
                     await proc.wait()
             for n in cl.nodes:
                 await n.close()
+            await nc.close()
+
+
+@pytest.mark.parametrize("point", ["intake:MigrateVM", "decided:MigrationScheduled"])
+async def test_a_migration_killed_at_a_crash_point_has_one_effect(
+    tmp_path: Path, point: str
+) -> None:
+    """On libvirt's test driver (a cold move there): the migration ends once, Succeeded, with the
+    VM Running on the other node, whichever point the orchestrator died at."""
+    async with NatsServer(data_dir=tmp_path / "nats", port=-1) as server:
+        nc = await nats.connect(server.url)
+        await provision(nc.jetstream())
+        st = Stack(nc, server.url, tmp_path)
+        procs = [await orchestrator(server.url, tmp_path / "o")]
+        try:
+            for name in ("node-a", "node-b"):
+                st.provide_seed_volumes(name)
+                await st.node(name)
+            await api_ready(nc)
+            await send(nc, seed("moved", runStrategy="Always"), wait_s=60)
+            before = (await st.until("moved", "Running")).node
+            await stop_orchestrator(procs[0])
+            procs.append(await orchestrator(server.url, tmp_path / "o", crash_at=point))
+            cmd = c.MigrateVM(name="moved", migration="once", id="migrate-moved")
+            await nc.jetstream().publish(cmd.target.command_subject("MigrateVM"), encode(cmd),
+                                         headers={"Nats-Msg-Id": cmd.id})  # fmt: skip
+            assert await asyncio.wait_for(procs[1].wait(), 60) == EXIT_CODE
+            procs.append(await orchestrator(server.url, tmp_path / "o"))
+            for _ in range(1200):
+                kinds = Counter(await st.kinds("moved"))
+                if kinds["MigrationSucceeded"] or kinds["MigrationFailed"]:
+                    break
+                await asyncio.sleep(0.05)
+            s = await st.until("moved", "Running")
+            once = ("MigrationRequested", "MigrationScheduled", "MigrationSucceeded")
+            assert [kinds[k] for k in (*once, "MigrationFailed")] == [1, 1, 1, 0]
+            assert (s.node, s.migration.phase if s.migration else "") == (
+                {"node-a": "node-b", "node-b": "node-a"}[before or ""], "Succeeded")  # fmt: skip
+        finally:
+            for proc in procs:
+                await stop_orchestrator(proc)
+            await settle("the nodes", st.stop_nodes())
             await nc.close()
