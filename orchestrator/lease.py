@@ -43,7 +43,9 @@ _GIVE_UP: Final = 0.6  # of the ttl: a holder stops acting this long after its l
 
 class LeaseLost(VirtbusError):
     """This orchestrator no longer holds the lease (or cannot tell that it does): it must stop
-    acting."""
+    acting. Retryable: a command met by it is handed out again (to whoever holds the lease)."""
+
+    retryable = True
 
 
 class Holding(msgspec.Struct, frozen=True):
@@ -104,8 +106,8 @@ class Lease:
         return 0
 
     async def keep(self, stop: asyncio.Event) -> None:
-        """Renew until `stop`; raise LeaseLost when another holds it or it could not be renewed
-        in time."""
+        """Renew until `stop`; raise LeaseLost once another holds it. While the bus does not
+        answer, `check()` refuses to act past the give-up and renewing goes on."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.ttl_s / 5)
@@ -120,9 +122,9 @@ class Lease:
             if written < 0:
                 self.epoch = 0
                 raise LeaseLost(f"another orchestrator holds the {self.key} lease now")
-            if not written:
-                self.check()  # the bus did not answer: act on while the lease is surely ours
-            elif stale:
+            # Unanswered (an election of the bucket's servers): `check()` refuses to act once
+            # the lease is stale, and renewing goes on; nobody else can write it meanwhile.
+            if written > 0 and stale:
                 log.warning("%s lease renewed after %s stalled; looking at everything again",
                             self.key, self.holder)  # fmt: skip
                 self.on_regained()
