@@ -34,8 +34,21 @@ from events.names import check_name
 log = logging.getLogger("virtbus.bus")
 
 
+# `virtbus up --data-dir .virtbus` (`make run`) writes its servers' URLs here while it runs
+LOCAL_URL_FILE = Path(".virtbus") / "bus.url"
+
+
 def server_url(explicit: str | None) -> str:
-    return explicit or os.environ.get("VIRTBUS_NATS_URL") or DEFAULT_URL
+    """`--server`, else $VIRTBUS_NATS_URL, else the servers of the stack `make run` keeps in
+    ./.virtbus (all of a cluster's), else the default."""
+    return explicit or os.environ.get("VIRTBUS_NATS_URL") or _local_url() or DEFAULT_URL
+
+
+def _local_url() -> str:
+    try:
+        return LOCAL_URL_FILE.read_text().strip()
+    except OSError:
+        return ""
 
 
 def servers(url: str) -> list[str]:

@@ -34,6 +34,7 @@ app = typer.Typer(
     cls=VirtbusGroup,  # every failure reads `error: <reason>` (virtctl/cli_errors.py)
 )
 admin = typer.Typer(help="Maintenance of the orchestrator's state.")
+_FSYNC = "fsync before every ack (the default), or NATS's default: every two minutes"
 
 
 @app.command()
@@ -46,15 +47,20 @@ def up(
     port: Annotated[
         int, typer.Option(min=-1, max=65535, help="client port; -1 picks a free one")
     ] = 4222,
-    sync: Annotated[
-        bool, typer.Option("--fsync-always/--fsync-default", help="fsync before every ack")
-    ] = False,
+    sync: Annotated[bool, typer.Option("--fsync-always/--fsync-default", help=_FSYNC)] = True,
     server: ServerOpt = None,
     mtls: Annotated[
         bool, typer.Option("--mtls", help="mutual TLS: every client shows a certificate too")
     ] = False,
     migrations: Annotated[
         Path | None, typer.Option(help="KubeVirt's migration settings (YAML), else its defaults")
+    ] = None,
+    cluster: Annotated[
+        int, typer.Option(min=0, help="run N nats-servers as one JetStream cluster (0: one)")
+    ] = 0,
+    replicas: Annotated[
+        int | None,
+        typer.Option(min=1, help="copies of each stream and bucket (default: one per server)"),
     ] = None,
 ) -> None:
     """Run the embedded stack in the foreground until Ctrl-C."""
@@ -69,6 +75,7 @@ def up(
         run_up(
             data_dir=data_dir, port=port, server=server, sync_always=sync, nodes=nodes,
             hypervisor=hypervisor.value, migration_policy=policy, mutual_tls=mtls,
+            cluster=cluster, replicas=replicas,
         )
     )  # fmt: skip
 
