@@ -261,6 +261,12 @@ _NEEDS_CERT = (
 )
 
 
+async def greeting(url: str) -> dict[str, object]:
+    """The INFO the server at `url` greets with (its name, version, cluster...), or {} if it is
+    not there: `virtbus admin status` asks each server it was given."""
+    return await _server_info(url)
+
+
 async def _server_info(url: str, *, within: float = 2) -> dict[str, object]:
     """The INFO a NATS server greets every client with (before any TLS), or {} if none comes."""
     parsed = urlparse(url if "://" in url else f"nats://{url}")

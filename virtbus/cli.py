@@ -19,7 +19,7 @@ from bus.connect import server_url
 from events.errors import VirtbusError
 from virtctl import cli_history, cli_kubectl, cli_migrate, cli_snapshot, cli_verbs
 from virtctl.cli_auth import auth_app
-from virtctl.cli_common import Hypervisor, ServerOpt, add_bus_options, run, usage
+from virtctl.cli_common import Hypervisor, Output, ServerOpt, add_bus_options, run, usage
 from virtctl.cli_console import console, vnc
 from virtctl.cli_errors import VirtbusGroup
 from virtctl.cli_volume import image_upload, volume_app
@@ -92,6 +92,17 @@ def rebuild_projections(
 
     count = run(rebuild(server_url(server), data_dir=data_dir))
     typer.echo(f"read model rebuilt from {count} events")
+
+
+@admin.command("status")
+def admin_status(
+    server: ServerOpt = None,
+    output: Annotated[Output, typer.Option("--output", "-o")] = Output.table,
+) -> None:
+    """The stack's parts: servers (up, which leads each stream), orchestrator, dispatcher, nodes."""
+    from virtctl.status import show, status
+
+    typer.echo(show(run(status(server_url(server))), output=output.value))
 
 
 # The order of registration is the order of `virtbus --help` (verbs first, then the groups).

@@ -70,6 +70,7 @@ async def test_up_runs_a_three_server_cluster_and_rides_out_a_members_death(
         env = cli_env(None)  # no --server, no $VIRTBUS_NATS_URL: found in ./.virtbus/bus.url
         listed = (await virtbus("get", "nodes", env=env, cwd=tmp_path)).ok()
         assert "node-a" in listed.out
+        await _status_shows_every_part(env, cwd=tmp_path, url=url)
 
         victim, client, _ = servers["n2"]
         os.kill(victim, signal.SIGKILL)
@@ -101,3 +102,25 @@ async def test_up_refuses_more_copies_than_its_servers_hold(tmp_path: Path) -> N
         "give --cluster N\n"
     ))  # fmt: skip
     assert os.listdir(tmp_path) == []  # nothing made, nothing started
+
+
+async def _status_shows_every_part(env: dict[str, str], *, cwd: Path, url: str) -> None:
+    """`virtbus admin status`: three servers up, each stream led by one of them and followed by
+    the two others, the orchestrator and the dispatcher answering, the node beating."""
+    state = (await virtbus("admin", "status", "-o", "json", env=env, cwd=cwd)).json()
+    assert [(s["name"], s["url"], s["up"]) for s in state["servers"]] == [
+        (f"n{i}", u, True) for i, u in enumerate(url.split(","), 1)
+    ]
+    streams = ["VIRT_EVENTS", "VIRT_COMMANDS", "VIRT_WORK", "KV_virt_heartbeats"]
+    assert [s["name"] for s in state["streams"]] == streams
+    for s in state["streams"]:
+        peers = sorted([s["leader"], *(f["name"] for f in s["followers"])])
+        assert (s["replicas"], peers) == (3, ["n1", "n2", "n3"]), s
+    leads = sorted(n for s in state["servers"] for n in s["leads"])
+    assert leads == sorted(streams)
+    assert (state["orchestrator"]["answering"], state["dispatcher"]) == (True, {"answering": True})
+    [node] = state["nodes"]
+    assert (node["name"], node["heartbeat_age_s"] is not None) == ("node-a", True)
+    table = (await virtbus("admin", "status", env=env, cwd=cwd)).ok().out.splitlines()
+    assert table[0].split() == ["SERVER", "URL", "STATE", "VERSION", "LEADS"]
+    assert "webhook dispatcher: answering" in table
