@@ -26,7 +26,7 @@ from bus.store import EventStore
 from bus.vms import VMRepository
 from events import model as m
 from events.envelope import encode
-from events.names import Ref
+from events.names import EVENTS_STREAM, Ref
 
 RAW_STREAM = "BENCH_RAW"
 VMS = 100
@@ -47,12 +47,15 @@ async def run(
         try:
             js = nc.jetstream()
             await provision(js)
+            # as many copies as the log has (a cluster's stack keeps three): like with like
+            copies = (await js.stream_info(EVENTS_STREAM)).config.num_replicas or 1
             await js.add_stream(
                 StreamConfig(name=RAW_STREAM, subjects=["bench.raw.>"], storage=StorageType.FILE,
-                             allow_atomic=True)
+                             allow_atomic=True, num_replicas=copies)
             )  # fmt: skip
             try:
                 out = await _measure(nc, events=events, batch=batch)
+                out["replicas"] = copies
             finally:
                 await js.delete_stream(RAW_STREAM)
         finally:

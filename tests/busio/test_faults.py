@@ -9,7 +9,7 @@ Bounded in time: a few hundred appends either side of the kill; an election take
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import nats
@@ -74,6 +74,26 @@ def loaded(
     ]
 
 
+async def under_load(conns: list[Client], *, fault: Callable[[], Awaitable[None]]) -> list[Acked]:
+    """`fault` after BEFORE acks of an appender per connection, then AFTER acks more: every ack
+    recorded. The fault must meet appends in flight (some are sent again)."""
+    acked: list[Acked] = []
+    stop = asyncio.Event()
+    stores = [EventStore(nc, source="/tests/faults") for nc in conns]
+    tasks = loaded(stores, during=stop, acked=acked)
+    try:
+        await until_acked(acked, BEFORE, tasks)
+        await fault()
+        await until_acked(acked, len(acked) + AFTER, tasks)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        for store in stores:
+            store.close()
+    assert sum(s.resent for s in stores) >= 1
+    return acked
+
+
 async def check_survived(nc: Client, acked: list[Acked]) -> None:
     """Every acked event is in the log at its sequence; each aggregate's history is gap-free,
     chained, and holds each version once; no event is stored twice (by its id, across all)."""
@@ -120,23 +140,16 @@ async def test_the_stream_leaders_sigkill_mid_load_loses_nothing_acked(tmp_path:
         try:
             await until_ready(conns[0])
             await provision(conns[0].jetstream(), replicas=3)
-            acked: list[Acked] = []
-            stop = asyncio.Event()
-            stores = [EventStore(nc, source="/tests/faults") for nc in conns]
-            tasks = loaded(stores, during=stop, acked=acked)
-            try:
-                await until_acked(acked, BEFORE, tasks)
+            killed: list[str] = []
+
+            async def kill_the_leader() -> None:
                 info = await conns[0].jetstream().stream_info(EVENTS_STREAM)
                 assert info.cluster is not None and info.cluster.leader is not None
-                leader = info.cluster.leader
-                cluster.servers[int(leader[1:]) - 1].kill()
-                await until_acked(acked, len(acked) + AFTER, tasks)
-            finally:
-                stop.set()
-                await asyncio.gather(*tasks)
-                for store in stores:
-                    store.close()
-            assert sum(s.resent for s in stores) >= 1  # the kill met appends in flight
+                killed.append(info.cluster.leader)
+                cluster.servers[int(killed[0][1:]) - 1].kill()
+
+            acked = await under_load(conns, fault=kill_the_leader)
+            leader = killed[0]
             info = await conns[0].jetstream().stream_info(EVENTS_STREAM)
             assert info.cluster is not None and info.cluster.leader not in (None, leader)
             await all_current(conns[0], dead=leader)
@@ -158,23 +171,13 @@ async def test_a_single_servers_sigkill_mid_append_loses_nothing_acked(tmp_path:
         ]
         try:
             await provision(conns[0].jetstream())
-            acked: list[Acked] = []
-            stop = asyncio.Event()
-            stores = [EventStore(nc, source="/tests/faults") for nc in conns]
-            tasks = loaded(stores, during=stop, acked=acked)
-            try:
-                await until_acked(acked, BEFORE, tasks)
+
+            async def kill_and_restart() -> None:
                 server.kill()
                 await server.exited()
                 await server.start()  # the same port, the same store dir
-                await until_acked(acked, len(acked) + AFTER, tasks)
-            finally:
-                stop.set()
-                await asyncio.gather(*tasks)
-                for store in stores:
-                    store.close()
-            assert sum(s.resent for s in stores) >= 1  # the kill met appends in flight
-            await check_survived(conns[0], acked)
+
+            await check_survived(conns[0], await under_load(conns, fault=kill_and_restart))
         finally:
             for nc in conns:
                 await nc.close()
