@@ -9,10 +9,13 @@ import re
 import signal
 from pathlib import Path
 
+import nats
+import pytest
 from clirun import cli_env, virtbus
 from procs import children
 from upstack import as_admin, gone, next_line, virtbus_up, worker_pid
 
+from bus.connect import tls_context
 from bus.store import EventStore
 from events.names import EVENTS_STREAM, Ref
 
@@ -71,6 +74,7 @@ async def test_up_runs_a_three_server_cluster_and_rides_out_a_members_death(
         listed = (await virtbus("get", "nodes", env=env, cwd=tmp_path)).ok()
         assert "node-a" in listed.out
         await _status_shows_every_part(env, cwd=tmp_path, url=url)
+        await _a_revocation_reaches_every_server(env, cwd=tmp_path, url=url)
 
         victim, client, _ = servers["n2"]
         os.kill(victim, signal.SIGKILL)
@@ -124,3 +128,30 @@ async def _status_shows_every_part(env: dict[str, str], *, cwd: Path, url: str) 
     table = (await virtbus("admin", "status", env=env, cwd=cwd)).ok().out.splitlines()
     assert table[0].split() == ["SERVER", "URL", "STATE", "VERSION", "LEADS"]
     assert "webhook dispatcher: answering" in table
+
+
+async def _a_revocation_reaches_every_server(env: dict[str, str], *, cwd: Path, url: str) -> None:
+    """A user added logs in at each server; revoked (the orchestrator pushes the account's claim
+    to the server it is connected to), each server refuses it: the servers share claims."""
+    (await virtbus("auth", "add-user", "bob", "--role", "view", "-o", "bob.creds", env=env,
+                   cwd=cwd)).ok()  # fmt: skip
+    tls = tls_context(cwd / ".virtbus" / "tls" / "ca.pem")
+
+    async def as_bob(server: str) -> None:
+        nc = await nats.connect(server, user_credentials=str(cwd / "bob.creds"), tls=tls,
+                                allow_reconnect=False, max_reconnect_attempts=0)  # fmt: skip
+        await nc.close()
+
+    for one in url.split(","):
+        await as_bob(one)
+    (await virtbus("auth", "revoke", "bob", env=env, cwd=cwd)).ok()
+    for one in url.split(","):
+        for _ in range(100):  # (each server hears of it in its own time)
+            try:
+                await as_bob(one)
+            except nats.errors.Error as err:
+                assert "Authorization Violation" in str(err)
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"{one} still lets the revoked user in")
