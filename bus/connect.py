@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 import nats
 from nats.aio.client import Client
 
+from bus.cluster import NatsCluster
 from bus.credentials import claims_of, read_creds
 from bus.server import DEFAULT_URL, NatsServer
 from bus.trust import Trust
@@ -295,14 +296,21 @@ async def _server_info(url: str, *, within: float = 2) -> dict[str, object]:
 
 @contextlib.asynccontextmanager
 async def bus_for_bench(
-    explicit: str | None, *, sync_always: bool = False, trust: Trust | None = None
-) -> AsyncIterator[str]:
+    explicit: str | None, *, sync_always: bool = False, trust: Trust | None = None,
+    cluster: int = 0,
+) -> AsyncIterator[str]:  # fmt: skip
     """A given server, or a throw-away embedded one so a benchmark never touches real data (one
-    that trusts only `trust`'s identities, over TLS, when given: `bench/rig.py`'s secure bus)."""
+    that trusts only `trust`'s identities, over TLS, when given: `bench/rig.py`'s secure bus;
+    `cluster` of them as one JetStream cluster, their URLs comma-separated)."""
     if explicit:
         yield explicit
         return
     with tempfile.TemporaryDirectory(prefix="virtbus-bench-") as tmp:
+        if cluster:
+            async with NatsCluster(data_dir=Path(tmp), size=cluster, sync_always=sync_always,
+                                   trust=trust) as group:  # fmt: skip
+                yield ",".join(group.urls)
+            return
         async with NatsServer(
             data_dir=Path(tmp), port=-1, sync_always=sync_always, trust=trust
         ) as server:
