@@ -67,6 +67,8 @@ def up(
     from orchestrator.migrations import load_policy
     from virtbus.up import run_up
 
+    if cluster and server:
+        raise usage("--cluster runs servers of its own: with --server, give --replicas instead")
     try:
         policy = load_policy(migrations) if migrations else None
     except VirtbusError as err:

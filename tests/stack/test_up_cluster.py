@@ -105,6 +105,10 @@ async def test_up_refuses_more_copies_than_its_servers_hold(tmp_path: Path) -> N
         "error: replicas: 2 copies of each stream asked, but a single server holds one copy: "
         "give --cluster N\n"
     ))  # fmt: skip
+    both = await virtbus("up", "--cluster", "3", "--server", "nats://127.0.0.1:1")
+    assert (both.code, both.err) == (2, (
+        "error: --cluster runs servers of its own: with --server, give --replicas instead\n"
+    ))  # fmt: skip
     assert os.listdir(tmp_path) == []  # nothing made, nothing started
 
 
