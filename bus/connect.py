@@ -178,9 +178,14 @@ async def connect(
         log.debug("nats: %s", err)
         seen.append(err)
 
-    patience: dict[str, object] = {} if lasting else {
-        "connect_timeout": 2, "max_reconnect_attempts": 3, "reconnect_time_wait": 0.5,
-    }  # fmt: skip
+    # A lasting connection pings often enough to find its server paused or cut off (not closed:
+    # no EOF comes) within seconds, and moves to another of a cluster's servers; nats-py's
+    # default (a ping every 2 minutes, 2 unanswered) left an append stuck for minutes.
+    patience: dict[str, object] = (
+        {"ping_interval": PING_S, "max_outstanding_pings": 2}
+        if lasting
+        else {"connect_timeout": 2, "max_reconnect_attempts": 3, "reconnect_time_wait": 0.5}
+    )
     try:
         # nats-py retries a failed TLS handshake without end: bound the whole attempt
         nc = await asyncio.wait_for(
@@ -255,6 +260,7 @@ def _hint(why: str, secure: dict[str, object]) -> str:
 
 
 _CONNECT_WITHIN = 10.0
+PING_S = 3.0  # a lasting connection's ping interval: a silent server is left within ~3 of them
 _NEEDS_TLS = "the bus speaks TLS: give its CA with --tls-ca FILE or VIRTBUS_TLS_CA"
 _NEEDS_CERT = (
     "the bus asks every client for a certificate its CA signed (mutual TLS): give --tls-cert FILE "

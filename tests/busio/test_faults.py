@@ -9,6 +9,8 @@ Bounded in time: a few hundred appends either side of the kill; an election take
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from nats.aio.client import Client
 
 from bus.cluster import NatsCluster, free_ports, until_ready
+from bus.connect import Access, connect
 from bus.provision import provision
 from bus.server import NatsServer
 from bus.store import EventStore
@@ -129,32 +132,44 @@ async def all_current(nc: Client, *, dead: str, within: float = 30) -> None:
     pytest.fail(f"the log's replicas did not catch up: {info and info.cluster}")
 
 
-async def test_the_stream_leaders_sigkill_mid_load_loses_nothing_acked(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fault", ["sigkill", "sigstop"])
+async def test_the_stream_leader_lost_mid_load_loses_nothing_acked(
+    tmp_path: Path, fault: str
+) -> None:
+    """The log's leader SIGKILLed, or SIGSTOPped until the others have elected another and taken
+    AFTER appends (longer than the election timeout), then resumed: it comes back a follower."""
     async with NatsCluster(data_dir=tmp_path / "servers", size=3) as cluster:
+        # as a component connects (`lasting`: its pings find a paused server), given every server
         conns = [
-            await nats.connect(
-                servers=cluster.urls, reconnect_time_wait=0.1, max_reconnect_attempts=-1
-            )
-            for _ in range(3)
+            await connect(",".join(cluster.urls), access=Access(), lasting=True) for _ in range(3)
         ]
+        paused: list[NatsServer] = []
         try:
             await until_ready(conns[0])
             await provision(conns[0].jetstream(), replicas=3)
-            killed: list[str] = []
+            leaders: list[str] = []
 
-            async def kill_the_leader() -> None:
+            async def lose_the_leader() -> None:
                 info = await conns[0].jetstream().stream_info(EVENTS_STREAM)
                 assert info.cluster is not None and info.cluster.leader is not None
-                killed.append(info.cluster.leader)
-                cluster.servers[int(killed[0][1:]) - 1].kill()
+                leaders.append(info.cluster.leader)
+                leader = cluster.servers[int(leaders[0][1:]) - 1]
+                assert leader.pid is not None
+                if fault == "sigstop":
+                    paused.append(leader)
+                os.kill(leader.pid, signal.SIGKILL if fault == "sigkill" else signal.SIGSTOP)
 
-            acked = await under_load(conns, fault=kill_the_leader)
-            leader = killed[0]
+            acked = await under_load(conns, fault=lose_the_leader)
             info = await conns[0].jetstream().stream_info(EVENTS_STREAM)
-            assert info.cluster is not None and info.cluster.leader not in (None, leader)
-            await all_current(conns[0], dead=leader)
+            assert info.cluster is not None and info.cluster.leader not in (None, leaders[0])
+            for server in paused:  # back, and behind: it catches up
+                os.kill(server.pid or 0, signal.SIGCONT)
+            await all_current(conns[0], dead=leaders[0] if fault == "sigkill" else "")
             await check_survived(conns[0], acked)
         finally:
+            for server in paused:  # (whatever happened: it can be stopped)
+                if server.pid is not None:
+                    os.kill(server.pid, signal.SIGCONT)
             for nc in conns:
                 await nc.close()
 
