@@ -36,6 +36,7 @@ log = logging.getLogger("virtbus.publish")
 WRONG_LAST_SEQ: Final = 10071  # JetStream's err_code: the expected last subject sequence moved
 DUPLICATE_IN_BATCH: Final = 10201
 RETRY_FOR_S: Final = 20.0  # a leader election takes seconds; a dead bus is said after this
+_LEADER_GET_S: Final = 2.0
 _PAUSES: Final = (0.05, 0.1, 0.25, 0.5, 1.0)  # between resends (ADR-22: Go retries 250 ms apart)
 
 Message = tuple[str, bytes, dict[str, str]]  # subject, payload, headers
@@ -142,18 +143,24 @@ class Publisher:
 
     async def _landed(self, first: bytes, landing: Landing) -> int | None:
         """The sequence `first` was stored at after `landing.after`, or None if another
-        message is there. Asked of the stream's leader: a follower may not have it yet."""
+        message is there. Asked of the stream's leader (a follower may not have it yet); of any
+        replica if the leader's get is not allowed to this login (credentials issued before it
+        was) or gets no answer."""
         req = json.dumps({"seq": landing.after + 1, "next_by_subj": landing.subjects}).encode()
         try:
-            reply = await self.nc.request(f"$JS.API.STREAM.MSG.GET.{self.stream}", req, timeout=5)
-        except Exception as err:
-            raise BusUnavailable(
-                f"append to {self.stream}: its outcome is unknown: {err!r}"
-            ) from err
-        found = json.loads(reply.data).get("message") or {}
-        if base64.b64decode(found.get("data") or b"") != first:
-            return None
-        return int(found["seq"])
+            reply = await self.nc.request(f"$JS.API.STREAM.MSG.GET.{self.stream}", req,
+                                          timeout=_LEADER_GET_S)  # fmt: skip
+            found = json.loads(reply.data).get("message") or {}
+            data, seq = base64.b64decode(found.get("data") or b""), int(found.get("seq") or 0)
+        except Exception:  # a timeout, no responders, an answer that is not a message
+            try:
+                reply = await self.nc.request(f"$JS.API.DIRECT.GET.{self.stream}", req, timeout=5)
+            except Exception as err:
+                why = f"append to {self.stream}: its outcome is unknown: {err!r}"
+                raise BusUnavailable(why) from err
+            headers = reply.headers or {}
+            data, seq = reply.data, int(headers.get("Nats-Sequence") or 0)
+        return seq if seq and data == first else None
 
     def send(self, msgs: list[Message], *, within: float, lean: bool = True) -> Awaitable[PubAck]:
         """One message alone, several as one atomic batch; `Rejected` if the server refuses.
