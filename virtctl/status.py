@@ -24,12 +24,19 @@ from bus.connect import greeting, servers
 from bus.provision import HEARTBEAT_TTL_S
 from events import render
 from events.errors import VirtbusError
-from events.names import COMMANDS_STREAM, EVENTS_STREAM, HEARTBEAT_BUCKET, WORK_STREAM
+from events.names import (
+    COMMANDS_STREAM,
+    EVENTS_STREAM,
+    HEARTBEAT_BUCKET,
+    LEASE_BUCKET,
+    WORK_STREAM,
+)
 from events.nodes import Heartbeat
 from events.protocol import Query
 from events.webhooks import DELIVERIES_SUBJECT, DeliveriesQuery
 
-STREAMS: Final = (EVENTS_STREAM, COMMANDS_STREAM, WORK_STREAM, f"KV_{HEARTBEAT_BUCKET}")
+STREAMS: Final = (EVENTS_STREAM, COMMANDS_STREAM, WORK_STREAM, f"KV_{HEARTBEAT_BUCKET}",
+                  f"KV_{LEASE_BUCKET}")  # fmt: skip
 ASK_S: Final = 3.0
 _BEAT: Final = msgspec.json.Decoder(Heartbeat)
 
@@ -83,11 +90,19 @@ async def _stream(nc: Client, name: str) -> dict[str, Any]:
 
 
 async def _orchestrator(nc: Client) -> dict[str, Any]:
+    """Whether virtbus-api answers, and who holds the controller's lease (the one that acts;
+    `orchestrator/lease.py`)."""
+    lease: dict[str, Any] | None = None
+    try:
+        entry = await (await nc.jetstream().key_value(LEASE_BUCKET)).get("controller")
+        lease = json.loads(entry.value or b"null")
+    except Exception:  # no bucket (an older bus), no holder yet, no leader for it now
+        pass
     try:
         answer = await query(nc, Query(what="nodes"), wait_s=ASK_S)
     except VirtbusError as err:
-        return {"answering": False, "why": str(err)}
-    return {"answering": True, "read_model_position": answer.position,
+        return {"answering": False, "why": str(err), "lease": lease}
+    return {"answering": True, "read_model_position": answer.position, "lease": lease,
             "nodes": [n.name for n in answer.nodes]}  # fmt: skip
 
 
@@ -136,6 +151,8 @@ def show(state: dict[str, Any], *, output: str) -> str:
     o = state["orchestrator"]
     orch = (f"answering, read model at log position {o['read_model_position']}"
             if o["answering"] else f"not answering ({o['why']})")  # fmt: skip
+    if lease := o.get("lease"):
+        orch += f"; the lease held by {lease.get('holder')} (epoch {lease.get('epoch')})"
     disp = "answering" if state["dispatcher"]["answering"] else "not answering"
     nodes_t = render.table(["NODE", "HEARTBEAT"], [
         [n["name"], f"{n['heartbeat_age_s']}s ago" if n["heartbeat_age_s"] is not None

@@ -21,7 +21,8 @@ async def test_status_of_a_lone_server_says_what_is_missing(tmp_path: Path) -> N
             await nc.close()
         state = (await virtbus("admin", "status", "-o", "json", env_url=server.url)).json()
         [one] = state["servers"]
-        streams = ["VIRT_EVENTS", "VIRT_COMMANDS", "VIRT_WORK", "KV_virt_heartbeats"]
+        streams = ["VIRT_EVENTS", "VIRT_COMMANDS", "VIRT_WORK", "KV_virt_heartbeats",
+                   "KV_virt_leases"]  # fmt: skip
         assert (one["url"], one["up"], one["leads"]) == (server.url, True, streams)
         assert [(s["name"], s["replicas"], s["leader"], s["followers"])
                 for s in state["streams"]] == [
@@ -31,6 +32,7 @@ async def test_status_of_a_lone_server_says_what_is_missing(tmp_path: Path) -> N
             "answering": False,
             "why": f"no virtbus orchestrator is answering on {server.url}; start one with "
             "`virtbus up`",
+            "lease": None,  # nobody has held it
         }
         assert (state["dispatcher"], state["nodes"]) == ({"answering": False}, [])
         table = (await virtbus("admin", "status", env_url=server.url)).ok().out
