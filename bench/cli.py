@@ -57,13 +57,15 @@ def bench_log(
     sync: Annotated[bool, typer.Option("--fsync-always/--fsync-default")] = False,
     secure: Annotated[bool, typer.Option(help=SECURE_HELP)] = False,
     server: ServerOpt = None,
+    cluster: Annotated[
+        int, typer.Option(min=0, help="N servers as one cluster, the log in N copies (0: one)")
+    ] = 0,
 ) -> None:
     """Append and replay throughput of the event store against plain nats-py."""
     from bench.log import run as bench_run
 
-    result = run(
-        bench_run(events=events, batch=batch, server=server, sync_always=sync, secure=secure)
-    )
+    result = run(bench_run(events=events, batch=batch, server=server, sync_always=sync,
+                           secure=secure, cluster=cluster))  # fmt: skip
     if output is Output.json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
@@ -81,6 +83,7 @@ def bench_log(
         f"p99 {result['append_p99_us']:.0f} us;"
         f" {result['events']} events over {result['vms']} VMs; fsync {result['fsync']}"
         + ("; logged in, over TLS" if result["secure"] else "")
+        + (f"; {result['replicas']} copies of each stream" if result["replicas"] > 1 else "")
     )
     typer.echo(f"replay reader alone (no decode): {result['replay_lean_pull_eps']:,.0f} ev/s")
 

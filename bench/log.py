@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from nats.js.api import StorageType, StreamConfig
 
 from bench.rig import bench_bus
+from bus.cluster import until_ready
 from bus.connect import connect
 from bus.provision import provision
 from bus.reader import pull_all
@@ -26,7 +27,7 @@ from bus.store import EventStore
 from bus.vms import VMRepository
 from events import model as m
 from events.envelope import encode
-from events.names import Ref
+from events.names import EVENTS_STREAM, Ref
 
 RAW_STREAM = "BENCH_RAW"
 VMS = 100
@@ -40,19 +41,26 @@ def _event(i: int) -> m.Event:
 
 
 async def run(
-    *, events: int, batch: int, server: str | None, sync_always: bool, secure: bool = False
-) -> dict[str, Any]:
-    async with bench_bus(server, sync_always=sync_always, secure=secure) as (url, trust):
+    *, events: int, batch: int, server: str | None, sync_always: bool, secure: bool = False,
+    cluster: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    async with bench_bus(server, sync_always=sync_always, secure=secure, cluster=cluster) as (
+        url, trust,
+    ):  # fmt: skip
         nc = await connect(url, name="virtbus-bench")
         try:
             js = nc.jetstream()
-            await provision(js)
+            await until_ready(nc)  # (a cluster: once it has elected its leaders)
+            await provision(js, replicas=cluster or 1)
+            # as many copies as the log has (a cluster's stack keeps three): like with like
+            copies = (await js.stream_info(EVENTS_STREAM)).config.num_replicas or 1
             await js.add_stream(
                 StreamConfig(name=RAW_STREAM, subjects=["bench.raw.>"], storage=StorageType.FILE,
-                             allow_atomic=True)
+                             allow_atomic=True, num_replicas=copies)
             )  # fmt: skip
             try:
                 out = await _measure(nc, events=events, batch=batch)
+                out["replicas"] = copies
             finally:
                 await js.delete_stream(RAW_STREAM)
         finally:

@@ -20,6 +20,7 @@ from typing import Any
 import uvloop
 from nats.aio.client import Client
 
+from bus.cluster import until_ready
 from bus.connect import Access, bus_for_bench, connect, use
 from bus.provision import provision
 from bus.roles import record_identities
@@ -38,24 +39,27 @@ SECURE_ROLES = {"admin": ADMIN, "orchestrator": ADMIN, "simnodes": ADMIN}
 
 @contextlib.asynccontextmanager
 async def bench_bus(
-    explicit: str | None, *, sync_always: bool = False, secure: bool = False
+    explicit: str | None, *, sync_always: bool = False, secure: bool = False, cluster: int = 0
 ) -> AsyncIterator[tuple[str, Trust | None]]:
     """`bus_for_bench`; `secure`: a bus like `virtbus up`'s (operator JWT, TLS), provisioned, its
     identities recorded, and this process logged in as its admin (the client side of the
-    benchmark and its raw baseline both pay for TLS and the login)."""
+    benchmark and its raw baseline both pay for TLS and the login); `cluster`: that many
+    servers, the log in as many copies."""
     if not secure or explicit:
-        async with bus_for_bench(explicit, sync_always=sync_always) as url:
+        async with bus_for_bench(explicit, sync_always=sync_always, cluster=cluster) as url:
             yield url, None
         return
     with tempfile.TemporaryDirectory(prefix="virtbus-bench-trust-") as keys:
         trust = ensure(Path(keys))
         for name in SECURE_ROLES:
             trust.ensure_creds(name)
-        async with bus_for_bench(None, sync_always=sync_always, trust=trust) as url:
+        async with bus_for_bench(None, sync_always=sync_always, trust=trust,
+                                 cluster=cluster) as url:  # fmt: skip
             use(Access(trust.creds_file("admin"), trust.ca_file))
             admin = await connect(url, name="virtbus-bench-admin")
             try:
-                await provision(admin.jetstream())
+                await until_ready(admin)
+                await provision(admin.jetstream(), replicas=cluster or 1)
                 await record_identities(EventStore(admin), trust, roles=SECURE_ROLES)
             finally:
                 await admin.close()

@@ -39,11 +39,15 @@ class NatsCluster:
     def __init__(
         self, *, data_dir: Path, size: int = 3, trust: Trust | None = None,
         sync_always: bool = False, mutual_tls: bool = False, ready_timeout: float = 30,
+        port: int = -1,
     ) -> None:  # fmt: skip
+        """`port`: n1's client port (-1: a free one, as every other server's)."""
         if size < 1:
             raise ValueError(f"size: a cluster has at least one server, not {size}")
         ports = free_ports(2 * size)
         clients, routes = ports[:size], tuple(ports[size:])
+        if port >= 0:
+            clients[0] = port
         self.servers = [
             NatsServer(
                 data_dir=data_dir / f"n{i + 1}", port=clients[i], sync_always=sync_always,

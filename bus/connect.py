@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import nats
 from nats.aio.client import Client
 
+from bus.cluster import NatsCluster
 from bus.credentials import claims_of, read_creds
 from bus.pki import certified_name
 from bus.server import DEFAULT_URL, NatsServer
@@ -37,8 +38,21 @@ from events.names import check_name
 log = logging.getLogger("virtbus.bus")
 
 
+# `virtbus up --data-dir .virtbus` (`make run`) writes its servers' URLs here while it runs
+LOCAL_URL_FILE = Path(".virtbus") / "bus.url"
+
+
 def server_url(explicit: str | None) -> str:
-    return explicit or os.environ.get("VIRTBUS_NATS_URL") or DEFAULT_URL
+    """`--server`, else $VIRTBUS_NATS_URL, else the servers of the stack `make run` keeps in
+    ./.virtbus (all of a cluster's), else the default."""
+    return explicit or os.environ.get("VIRTBUS_NATS_URL") or _local_url() or DEFAULT_URL
+
+
+def _local_url() -> str:
+    try:
+        return LOCAL_URL_FILE.read_text().strip()
+    except OSError:
+        return ""
 
 
 def servers(url: str) -> list[str]:
@@ -181,9 +195,14 @@ async def connect(
         log.debug("nats: %s", err)
         seen.append(err)
 
-    patience: dict[str, object] = {} if lasting else {
-        "connect_timeout": 2, "max_reconnect_attempts": 3, "reconnect_time_wait": 0.5,
-    }  # fmt: skip
+    # A lasting connection pings often enough to find its server paused or cut off (not closed:
+    # no EOF comes) within seconds, and moves to another of a cluster's servers; nats-py's
+    # default (a ping every 2 minutes, 2 unanswered) left an append stuck for minutes.
+    patience: dict[str, object] = (
+        {"ping_interval": PING_S, "max_outstanding_pings": 2}
+        if lasting
+        else {"connect_timeout": 2, "max_reconnect_attempts": 3, "reconnect_time_wait": 0.5}
+    )
     try:
         # nats-py retries a failed TLS handshake without end: bound the whole attempt
         nc = await asyncio.wait_for(
@@ -278,11 +297,18 @@ def _hint(why: str, secure: dict[str, object], *, by_certificate: bool) -> str:
 
 
 _CONNECT_WITHIN = 10.0
+PING_S = 3.0  # a lasting connection's ping interval: a silent server is left within ~3 of them
 _NEEDS_TLS = "the bus speaks TLS: give its CA with --tls-ca FILE or VIRTBUS_TLS_CA"
 _NEEDS_CERT = (
     "the bus asks every client for a certificate its CA signed (mutual TLS): give --tls-cert FILE "
     "and --tls-key FILE, or VIRTBUS_TLS_CERT and VIRTBUS_TLS_KEY"
 )
+
+
+async def greeting(url: str) -> dict[str, object]:
+    """The INFO the server at `url` greets with (its name, version, cluster...), or {} if it is
+    not there: `virtbus admin status` asks each server it was given."""
+    return await _server_info(url)
 
 
 async def _server_info(url: str, *, within: float = 2) -> dict[str, object]:
@@ -313,14 +339,21 @@ async def _server_info(url: str, *, within: float = 2) -> dict[str, object]:
 
 @contextlib.asynccontextmanager
 async def bus_for_bench(
-    explicit: str | None, *, sync_always: bool = False, trust: Trust | None = None
-) -> AsyncIterator[str]:
+    explicit: str | None, *, sync_always: bool = False, trust: Trust | None = None,
+    cluster: int = 0,
+) -> AsyncIterator[str]:  # fmt: skip
     """A given server, or a throw-away embedded one so a benchmark never touches real data (one
-    that trusts only `trust`'s identities, over TLS, when given: `bench/rig.py`'s secure bus)."""
+    that trusts only `trust`'s identities, over TLS, when given: `bench/rig.py`'s secure bus;
+    `cluster` of them as one JetStream cluster, their URLs comma-separated)."""
     if explicit:
         yield explicit
         return
     with tempfile.TemporaryDirectory(prefix="virtbus-bench-") as tmp:
+        if cluster:
+            async with NatsCluster(data_dir=Path(tmp), size=cluster, sync_always=sync_always,
+                                   trust=trust) as group:  # fmt: skip
+                yield ",".join(group.urls)
+            return
         async with NatsServer(
             data_dir=Path(tmp), port=-1, sync_always=sync_always, trust=trust
         ) as server:

@@ -70,9 +70,10 @@ def read_permissions(
                     for s in (f"{_CREATE}{st}.{slot}", f"{_CREATE}{st}.{slot}.>")]  # fmt: skip
         else:
             out += [f"{_CREATE}{st}.{slot}.{tree}" for st, ts in trees.items() for tree in ts]
-    if direct:
+    if direct:  # (a message got of the stream's leader: what a direct get says, never stale)
         for st in READ_STREAMS:
-            out += [f"{_DIRECT}{st}", f"{_DIRECT}{st}.>", f"{_API}.STREAM.INFO.{st}"]
+            out += [f"{_DIRECT}{st}", f"{_DIRECT}{st}.>", f"{_API}.STREAM.INFO.{st}",
+                    f"{_API}.STREAM.MSG.GET.{st}"]  # fmt: skip
     return tuple(out)
 
 

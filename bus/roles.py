@@ -123,6 +123,7 @@ def dispatcher_permissions(name: str) -> Permissions:
         f"{api}.CONSUMER.DURABLE.CREATE.{ev}.*", f"{api}.CONSUMER.INFO.{ev}.*",
         f"{api}.CONSUMER.DELETE.{ev}.*", f"{api}.CONSUMER.MSG.NEXT.{ev}.*",
         f"$JS.ACK.{ev}.>", f"$JS.FC.{ev}.>", f"{api}.DIRECT.GET.{ev}", f"{api}.DIRECT.GET.{ev}.>",
+        f"{api}.STREAM.MSG.GET.{ev}",  # an append of its own checked after a lost answer
         f"{api}.DIRECT.GET.{kv}", f"{api}.DIRECT.GET.{kv}.>", f"{api}.STREAM.MSG.GET.{kv}",
         f"$KV.{SECRETS_BUCKET}.>",  # a retired subscription's secret is forgotten
     )  # fmt: skip

@@ -124,6 +124,10 @@ class NatsServer:
                                         "routes": routes}  # fmt: skip
             if self.trust is not None:
                 block["tls"] = self.trust.route_tls()
+                # each member's resolver keeps its own copy (they share claims over the routes)
+                resolver = conf["resolver"]
+                assert isinstance(resolver, dict)
+                conf["resolver"] = {**resolver, "dir": str(self.data_dir / "jwt")}
             conf |= {"server_name": c.server_name, "cluster": block}
         return json.dumps(conf, indent=2)  # nats-server reads JSON as its config syntax
 

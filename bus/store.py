@@ -10,7 +10,9 @@ writer pays no extra round trip.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import os
 from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import datetime
 from typing import Final
@@ -19,7 +21,16 @@ import msgspec
 from nats.aio.client import Client
 
 from bus import consumers
-from bus.publish import DUPLICATE_IN_BATCH, WRONG_LAST_SEQ, ApiError, Message, Publisher, Rejected
+from bus.publish import (
+    DUPLICATE_IN_BATCH,
+    RETRY_FOR_S,
+    WRONG_LAST_SEQ,
+    ApiError,
+    Landing,
+    Message,
+    Publisher,
+    Rejected,
+)
 from bus.reader import RawHandler, direct_last, direct_range, pull_all
 from bus.readscope import read_scope
 from bus.telemetry import TRACE
@@ -32,7 +43,7 @@ from events.envelope import (
     decode_envelope,
     seal,
 )
-from events.errors import ConcurrencyConflict, ValidationError
+from events.errors import BusUnavailable, ConcurrencyConflict, ValidationError
 from events.errors import VirtbusError as _VirtbusError
 from events.model import TOKEN, Event
 from events.names import EVENTS_STREAM, Ref
@@ -66,7 +77,10 @@ class EventStore:
     def __init__(
         self, nc: Client, *, source: str = "/virtbus", stream: str = EVENTS_STREAM,
         timeout: float = 5.0, writer: str = "", guard: Callable[[], object] | None = None,
+        retry_for: float = RETRY_FOR_S,
     ) -> None:  # fmt: skip
+        """`timeout`: one attempt's wait for the server's answer; `retry_for`: how long an append
+        without one is sent again (a cluster's leader election) before BusUnavailable."""
         self.nc = nc
         self.guard = guard  # raises when this writer may no longer append (a lost lease)
         self.source = source
@@ -75,7 +89,8 @@ class EventStore:
         self.timeout = timeout
         self.malformed = 0  # messages skipped because they do not decode
         self._heads: dict[str, Head] = {}
-        self._publisher = Publisher(nc)
+        self._publisher = Publisher(nc, stream=stream, retry_for=retry_for)
+        self._ids, self._appends = os.urandom(8).hex() + ".", itertools.count(1)  # msg ids
 
     # --- decoding --------------------------------------------------------------------------------
 
@@ -249,10 +264,16 @@ class EventStore:
                     hdrs["Nats-Expected-Last-Subject-Sequence-Subject"] = part.ref.wildcard
                 if command_id:
                     hdrs["Nats-Msg-Id"] = f"{command_id}/{part.ref}/{i}"
+                elif not msgs:  # a resend of this very append (`Publisher.recover`) has it too
+                    hdrs["Nats-Msg-Id"] = f"{self._ids}{next(self._appends)}"
                 subject = part.ref.event_subject(TOKEN[type(event)], writer=self.writer)
                 msgs.append((subject, raw, hdrs))
             new_heads.append(Head(version, 0, prev))
-        ack = await self._publisher.send(msgs, within=self.timeout)
+        try:
+            ack = await self._publisher.send(msgs, within=self.timeout)
+        except (BusUnavailable, Rejected) as err:  # a leader's election, perhaps: ride it out
+            landing = Landing(parts[0].ref.wildcard, heads[0].seq)
+            ack = await self._publisher.recover(err, msgs, within=self.timeout, landing=landing)
         if ack.duplicate:
             raise Rejected(ApiError(err_code=DUPLICATE_IN_BATCH, description="duplicate"))
         results, seq = [], ack.seq - len(msgs)
@@ -261,6 +282,11 @@ class EventStore:
             self._heads[part.ref.prefix] = Head(nh.version, seq, nh.hash)
             results.append(AppendResult(part.ref, nh.version, seq))
         return results
+
+    @property
+    def resent(self) -> int:
+        """Appends this store sent again for want of an answer (a leader's election, mostly)."""
+        return self._publisher.resent
 
     def close(self) -> None:
         """Close the store's own append connection, if it made one."""

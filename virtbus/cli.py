@@ -19,7 +19,7 @@ from bus.connect import server_url
 from events.errors import VirtbusError
 from virtctl import cli_history, cli_kubectl, cli_migrate, cli_snapshot, cli_verbs
 from virtctl.cli_auth import auth_app
-from virtctl.cli_common import Hypervisor, ServerOpt, add_bus_options, run, usage
+from virtctl.cli_common import Hypervisor, Output, ServerOpt, add_bus_options, run, usage
 from virtctl.cli_console import console, vnc
 from virtctl.cli_errors import VirtbusGroup
 from virtctl.cli_volume import image_upload, volume_app
@@ -34,6 +34,7 @@ app = typer.Typer(
     cls=VirtbusGroup,  # every failure reads `error: <reason>` (virtctl/cli_errors.py)
 )
 admin = typer.Typer(help="Maintenance of the orchestrator's state.")
+_FSYNC = "fsync before every ack (the default), or NATS's default: every two minutes"
 
 
 @app.command()
@@ -46,9 +47,7 @@ def up(
     port: Annotated[
         int, typer.Option(min=-1, max=65535, help="client port; -1 picks a free one")
     ] = 4222,
-    sync: Annotated[
-        bool, typer.Option("--fsync-always/--fsync-default", help="fsync before every ack")
-    ] = False,
+    sync: Annotated[bool, typer.Option("--fsync-always/--fsync-default", help=_FSYNC)] = True,
     server: ServerOpt = None,
     mtls: Annotated[
         bool, typer.Option("--mtls", help="mutual TLS: every client shows a certificate too")
@@ -56,11 +55,20 @@ def up(
     migrations: Annotated[
         Path | None, typer.Option(help="KubeVirt's migration settings (YAML), else its defaults")
     ] = None,
+    cluster: Annotated[
+        int, typer.Option(min=0, help="run N nats-servers as one JetStream cluster (0: one)")
+    ] = 0,
+    replicas: Annotated[
+        int | None,
+        typer.Option(min=1, help="copies of each stream and bucket (default: one per server)"),
+    ] = None,
 ) -> None:
     """Run the embedded stack in the foreground until Ctrl-C."""
     from orchestrator.migrations import load_policy
     from virtbus.up import run_up
 
+    if cluster and server:
+        raise usage("--cluster runs servers of its own: with --server, give --replicas instead")
     try:
         policy = load_policy(migrations) if migrations else None
     except VirtbusError as err:
@@ -69,6 +77,7 @@ def up(
         run_up(
             data_dir=data_dir, port=port, server=server, sync_always=sync, nodes=nodes,
             hypervisor=hypervisor.value, migration_policy=policy, mutual_tls=mtls,
+            cluster=cluster, replicas=replicas,
         )
     )  # fmt: skip
 
@@ -85,6 +94,17 @@ def rebuild_projections(
 
     count = run(rebuild(server_url(server), data_dir=data_dir))
     typer.echo(f"read model rebuilt from {count} events")
+
+
+@admin.command("status")
+def admin_status(
+    server: ServerOpt = None,
+    output: Annotated[Output, typer.Option("--output", "-o")] = Output.table,
+) -> None:
+    """The stack's parts: servers (up, which leads each stream), orchestrator, dispatcher, nodes."""
+    from virtctl.status import show, status
+
+    typer.echo(show(run(status(server_url(server))), output=output.value))
 
 
 # The order of registration is the order of `virtbus --help` (verbs first, then the groups).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import signal
 import sys
 from collections.abc import Awaitable
@@ -21,7 +22,7 @@ from bus.audit import describe_key, load_key
 from bus.connect import Access, configured, connect, use
 from bus.provision import provision
 from bus.roles import component_permissions, record_identities
-from bus.server import NatsServer, die_with_parent, fsync_policy
+from bus.server import die_with_parent, fsync_policy
 from bus.store import EventStore
 from bus.trust import Trust, ensure
 from events.errors import BusUnavailable
@@ -32,21 +33,28 @@ from orchestrator.readmodel import ReadModel
 from orchestrator.web import configured_port
 from virtbus.guestdisk import serve_guest
 from virtbus.supervise import supervise_process, supervise_task
+from virtbus.upbus import OwnedBus, replicas_for, start_bus
 from workers.hypervisor import accelerator
 
-console = Console(stderr=True, highlight=False)
+# soft_wrap: a line per fact, however narrow the terminal (scripts read them)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 async def run_up(
     *, data_dir: Path, port: int, server: str | None, sync_always: bool, nodes: int,
     hypervisor: str, migration_policy: MigrationPolicy | None = None, mutual_tls: bool = False,
+    cluster: int = 0, replicas: int | None = None,
 ) -> None:  # fmt: skip
+    """`cluster`: run that many nats-servers as one JetStream cluster (0: one server);
+    `replicas`: copies of each stream (default: one per server, refused beyond what it holds)."""
+    copies = replicas_for(cluster=cluster, replicas=replicas, external=server is not None)
     stop = asyncio.Event()
     lost = ""  # why the stack stopped, when not by Ctrl-C
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    owned: NatsServer | None = None
+    owned: OwnedBus | None = None
+    trust: Trust | None = None
     served = contextlib.ExitStack()  # the tiny guest's registry (QEMU nodes), stopped last
     try:
         if server:
@@ -55,11 +63,15 @@ async def run_up(
             console.print(f"using the NATS server at {url} (not started by virtbus)")
         else:
             trust = ensure(data_dir)
-            owned = NatsServer(data_dir=data_dir, port=port, sync_always=sync_always, trust=trust,
-                               mutual_tls=mutual_tls)  # fmt: skip
-            url = await owned.start()
             logins = _identities(trust, nodes=nodes, mutual_tls=mutual_tls)
-            console.print(f"nats-server pid {owned.pid}, data in {owned.data_dir}")
+            owned = await start_bus(data_dir, trust=trust, port=port, cluster=cluster,
+                                    sync_always=sync_always, mutual_tls=mutual_tls,
+                                    admin=logins["admin"])  # fmt: skip
+            url = owned.url
+            served.callback((data_dir / "bus.url").unlink, missing_ok=True)
+            (data_dir / "bus.url").write_text(url + "\n")  # where the CLI finds every server
+            for line in owned.describe():
+                console.print(line)
             console.print(f"durability: {fsync_policy(sync_always)}")
         nc = await connect(url, name="virtbus-up", access=logins["admin"])
         orchestrator_nc = await connect(url, name="virtbus-orchestrator",
@@ -69,27 +81,29 @@ async def run_up(
                                       lasting=True)  # fmt: skip
         use(logins["orchestrator"])  # whatever else the orchestrator opens, it opens as itself
         try:
-            created = await provision(nc.jetstream())
+            created = await provision(nc.jetstream(), replicas=copies)
             console.print("provisioned: " + (", ".join(created) or "everything already in place"))
-            if owned is not None and owned.trust is not None:
+            if trust is not None:
                 kinds = {"dispatcher": DISPATCHER}
                 roles = {name: NODE if name.startswith("node-") else kinds.get(name, ADMIN)
                          for name in logins}  # fmt: skip
-                await record_identities(EventStore(nc, source="/virtbus/up"), owned.trust,
+                await record_identities(EventStore(nc, source="/virtbus/up"), trust,
                                         roles=roles)  # fmt: skip
             audit, web = describe_key(load_key()), configured_port()  # bad settings stop us here
 
             def orchestrate(own: asyncio.Event) -> Awaitable[None]:
                 return run_orchestrator(orchestrator_nc, data_dir=data_dir / "orchestrator",
                                         stop=own, migration_policy=migration_policy,
-                                        trust=owned.trust if owned else None,
-                                        webhooks_nc=dispatcher_nc)  # fmt: skip
+                                        trust=trust, webhooks_nc=dispatcher_nc)  # fmt: skip
 
             orchestrator = asyncio.create_task(
                 supervise_task("orchestrator", orchestrate, stop=stop, console=console),
                 name="orchestrator",
             )
-            console.print("orchestrator: running (virtbus-api on the bus)")
+            console.print(
+                f"orchestrator o1: pid {os.getpid()} (in this process; virtbus-api "
+                "and the webhook dispatcher on the bus)"
+            )
             console.print(f"audit: {audit}")
             if web is not None:
                 console.print(f"web view: http://127.0.0.1:{web}/")
@@ -110,7 +124,7 @@ async def run_up(
                 if hypervisor == "qemu":
                     accel, why = accelerator()
                     what = f"its own libvirtd (QEMU, {accel}: {why})"
-                console.print(f"node {name}: {what} (pid {first.pid})")
+                console.print(f"node {name}: pid {first.pid}, {what}")
                 workers.append(asyncio.create_task(
                     supervise_process(f"node {name}", spawn, first=first, stop=stop,
                                       console=console, stop_process=_stop_process),
@@ -139,18 +153,19 @@ async def run_up(
         raise BusUnavailable(lost)
 
 
-async def _until_stopped(stop: asyncio.Event, server: NatsServer | None) -> str:
-    """Until Ctrl-C (""), or until the nats-server we run exits (why): all rests on it, so all
-    stops."""
+async def _until_stopped(stop: asyncio.Event, bus: OwnedBus | None) -> str:
+    """Until Ctrl-C (""), or until the bus we run is lost (why): all rests on it, so all stops."""
     waits: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait(), name="up-stop")]
-    if server is not None:
-        waits.append(asyncio.create_task(server.exited(), name="up-nats-server"))
+    if bus is not None:
+        waits.append(asyncio.create_task(bus.until_lost(stop, say=console.print),
+                                         name="up-nats-server"))  # fmt: skip
     done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for t in pending:
         t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
     if stop.is_set():
         return ""
-    return f"nats-server exited with code {done.pop().result()}: the stack stops (it rests on it)"
+    return str(done.pop().result())
 
 
 def _identities(trust: Trust, *, nodes: int, mutual_tls: bool) -> dict[str, Access]:

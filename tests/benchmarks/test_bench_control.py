@@ -50,10 +50,13 @@ async def test_bench_control_starts_every_vm_and_prints_one_json_object(secure: 
     assert 0 < p50 <= p95 <= p99 <= result["create_to_running_max_ms"]
 
 
-async def test_bench_log_secure_measures_both_sides_logged_in_over_tls() -> None:
-    code, out, err = await run("bench", "log", "--secure", "--events", "400", "-o", "json")
+async def test_bench_log_secure_measures_both_sides_logged_in_over_tls_on_a_cluster() -> None:
+    """Issue 15's production configuration: three servers, the log and the raw baseline's
+    stream in three copies each, every part logged in over TLS."""
+    code, out, err = await run("bench", "log", "--secure", "--cluster", "3", "--events", "400",
+                               "-o", "json")  # fmt: skip
     assert code == 0, err
     result = json.loads(out)
-    assert (result["events"], result["secure"]) == (400, True)
+    assert (result["events"], result["secure"], result["replicas"]) == (400, True, 3)
     for key in ("append_eps", "append_baseline_eps", "replay_eps", "replay_baseline_eps"):
         assert result[key] > 0, key

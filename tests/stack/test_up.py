@@ -32,7 +32,7 @@ async def test_virtbus_up_provisions_and_stops_on_ctrl_c(data_dir: Path) -> None
         proc.send_signal(signal.SIGINT)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, err
-        assert b"durability: fsync every 2 minutes" in err
+        assert b"durability: fsync before every ack (jetstream sync_interval: always)" in err
         assert b"audit: no key ($VIRTBUS_AUDIT_KEY or $VIRTBUS_AUDIT_KEY_FILE)" in err
         assert server_pid and all([await gone(p) for p in server_pid])
 
