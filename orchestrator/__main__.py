@@ -36,7 +36,7 @@ async def _main(args: argparse.Namespace) -> None:
             await run_orchestrator(nc, data_dir=Path(args.data_dir), stop=stop,
                                    node_grace_s=args.node_grace, migration_policy=policy,
                                    webhooks=not args.no_webhooks, trust=trust,
-                                   webhooks_nc=hooks)  # fmt: skip
+                                   webhooks_nc=hooks, name=args.name)  # fmt: skip
         finally:
             if hooks is not None:
                 await hooks.close()
@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--migrations", default=None, help="migration settings, YAML")
     parser.add_argument("--no-webhooks", action="store_true",
                         help="run the webhook dispatcher as its own process instead")  # fmt: skip
+    parser.add_argument("--name", default=None,
+                        help="its name in the lease (default: host, pid, a tag)")  # fmt: skip
     parser.add_argument(
         "--dispatcher-creds", type=Path, default=os.environ.get("VIRTBUS_DISPATCHER_CREDS"),
         metavar="FILE", help="the webhook dispatcher's own .creds (default "

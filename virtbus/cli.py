@@ -62,6 +62,12 @@ def up(
         int | None,
         typer.Option(min=1, help="copies of each stream and bucket (default: one per server)"),
     ] = None,
+    orchestrators: Annotated[
+        int,
+        typer.Option(
+            min=1, max=9, help="orchestrators (one acts, by a lease; the others stand by, warm)"
+        ),
+    ] = 1,
 ) -> None:
     """Run the embedded stack in the foreground until Ctrl-C."""
     from orchestrator.migrations import load_policy
@@ -77,7 +83,7 @@ def up(
         run_up(
             data_dir=data_dir, port=port, server=server, sync_always=sync, nodes=nodes,
             hypervisor=hypervisor.value, migration_policy=policy, mutual_tls=mtls,
-            cluster=cluster, replicas=replicas,
+            cluster=cluster, replicas=replicas, orchestrators=orchestrators,
         )
     )  # fmt: skip
 

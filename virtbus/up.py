@@ -43,10 +43,12 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 async def run_up(
     *, data_dir: Path, port: int, server: str | None, sync_always: bool, nodes: int,
     hypervisor: str, migration_policy: MigrationPolicy | None = None, mutual_tls: bool = False,
-    cluster: int = 0, replicas: int | None = None,
+    cluster: int = 0, replicas: int | None = None, orchestrators: int = 1,
 ) -> None:  # fmt: skip
     """`cluster`: run that many nats-servers as one JetStream cluster (0: one server);
-    `replicas`: copies of each stream (default: one per server, refused beyond what it holds)."""
+    `replicas`: copies of each stream (default: one per server, refused beyond what it holds);
+    `orchestrators`: o1 in this process, the others as their own processes (standbys: the lease
+    says which one acts)."""
     copies = replicas_for(cluster=cluster, replicas=replicas, external=server is not None)
     stop = asyncio.Event()
     lost = ""  # why the stack stopped, when not by Ctrl-C
@@ -94,7 +96,8 @@ async def run_up(
             def orchestrate(own: asyncio.Event) -> Awaitable[None]:
                 return run_orchestrator(orchestrator_nc, data_dir=data_dir / "orchestrator",
                                         stop=own, migration_policy=migration_policy,
-                                        trust=trust, webhooks_nc=dispatcher_nc)  # fmt: skip
+                                        trust=trust, webhooks_nc=dispatcher_nc,
+                                        name="o1")  # fmt: skip
 
             orchestrator = asyncio.create_task(
                 supervise_task("orchestrator", orchestrate, stop=stop, console=console),
@@ -104,6 +107,20 @@ async def run_up(
                 f"orchestrator o1: pid {os.getpid()} (in this process; virtbus-api "
                 "and the webhook dispatcher on the bus)"
             )
+            workers = []
+            for k in range(2, orchestrators + 1):
+                spawn_o = functools.partial(
+                    _spawn_orchestrator, f"o{k}", url=url, data_dir=data_dir, logins=logins,
+                    trusted=trust is not None,
+                )  # fmt: skip
+                first_o = await spawn_o()
+                console.print(f"orchestrator o{k}: pid {first_o.pid} (a standby until it holds "
+                              "the lease)")  # fmt: skip
+                workers.append(asyncio.create_task(
+                    supervise_process(f"orchestrator o{k}", spawn_o, first=first_o, stop=stop,
+                                      console=console, stop_process=_stop_process),
+                    name=f"up-orchestrator-o{k}",
+                ))  # fmt: skip
             console.print(f"audit: {audit}")
             if web is not None:
                 console.print(f"web view: http://127.0.0.1:{web}/")
@@ -112,7 +129,6 @@ async def run_up(
                 registries = await asyncio.to_thread(
                     served.enter_context, serve_guest(data_dir / "registry", say=console.print)
                 )
-            workers = []
             for i in range(nodes):
                 name = _node_name(i)
                 spawn = functools.partial(_spawn_worker, name, url=url, data_dir=data_dir / "nodes",
@@ -203,6 +219,22 @@ async def _spawn_worker(
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "workers", "--node", name, "--data-dir", str(data_dir),
         "--server", url, "--hypervisor", hypervisor, "--index", str(index), *login, *extra,
+        stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
+    )  # fmt: skip
+
+
+async def _spawn_orchestrator(
+    name: str, *, url: str, data_dir: Path, logins: dict[str, Access], trusted: bool
+) -> asyncio.subprocess.Process:  # fmt: skip
+    """Another orchestrator as its own process, logged in like the first (and its dispatcher)."""
+    me, hooks = logins["orchestrator"], logins.get("dispatcher")
+    given = {"--creds": me.creds, "--tls-ca": me.tls_ca, "--tls-cert": me.tls_cert,
+             "--tls-key": me.tls_key, "--dispatcher-creds": hooks.creds if hooks else None,
+             "--trust-dir": data_dir if trusted else None}  # fmt: skip
+    login = [arg for option, path in given.items() if path for arg in (option, str(path))]
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator", "--server", url, "--name", name,
+        "--data-dir", str(data_dir / f"orchestrator-{name}"), *login,
         stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
     )  # fmt: skip
 

@@ -34,7 +34,8 @@ async def test_up_runs_a_three_server_cluster_and_rides_out_a_members_death(
     ./.virtbus); a member SIGKILLed is said, started again on its port, and the stack carries
     on; Ctrl-C stops everything."""
     async with virtbus_up("--cluster", "3", "--port", "-1", "--data-dir", ".virtbus",
-                          "--nodes", "1", cwd=tmp_path) as (proc, url):  # fmt: skip
+                          "--nodes", "1", "--orchestrators", "2",
+                          cwd=tmp_path) as (proc, url):  # fmt: skip
         assert proc.stderr is not None
         data = tmp_path / ".virtbus"
         servers = {}
@@ -51,8 +52,17 @@ async def test_up_runs_a_three_server_cluster_and_rides_out_a_members_death(
         )
         orchestrator = await next_line(proc.stderr, b"orchestrator o1:")
         assert orchestrator.startswith(f"orchestrator o1: pid {proc.pid} ".encode())
+        standby = (await next_line(proc.stderr, b"orchestrator o2:")).decode()
+        o2 = int(
+            re.fullmatch(
+                r"orchestrator o2: pid (\d+) \(a standby until it holds the "
+                r"lease\)\n",
+                standby,
+            ).group(1)
+        )  # type: ignore[union-attr]
+        assert o2 in children(of=proc.pid)
         node = await next_line(proc.stderr, b"node node-a:")
-        worker = worker_pid(proc.pid)
+        worker = worker_pid(proc.pid, o2)
         assert node == f"node node-a: pid {worker}, libvirt test driver\n".encode()
         argv = _argv(worker)
         assert argv[argv.index(b"--server") + 1] == url.encode()  # the node has all three
@@ -133,7 +143,7 @@ async def _status_shows_every_part(env: dict[str, str], *, cwd: Path, url: str) 
     leads = sorted(n for s in state["servers"] for n in s["leads"])
     assert leads == sorted(streams)
     assert (state["orchestrator"]["answering"], state["dispatcher"]) == (True, {"answering": True})
-    assert state["orchestrator"]["lease"]["holder"]  # the one orchestrator holds it
+    assert state["orchestrator"]["lease"]["holder"] == "o1"  # o2 stands by
     [node] = state["nodes"]
     assert (node["name"], node["heartbeat_age_s"] is not None) == ("node-a", True)
     table = (await virtbus("admin", "status", env=env, cwd=cwd)).ok().out.splitlines()

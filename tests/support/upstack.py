@@ -74,9 +74,10 @@ def named(exe: str, *, seeing: Path) -> set[int]:
     return out
 
 
-def worker_pid(up_pid: int) -> int:
-    """The node worker among `virtbus up`'s children (started as `python -m workers`)."""
-    for pid in children(of=up_pid):
+def worker_pid(up_pid: int, *others: int) -> int:
+    """The node worker among `virtbus up`'s children (started as `python -m workers`), `others`
+    (its other children) aside."""
+    for pid in children(of=up_pid) - set(others):
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         if b"workers" in argv:
             return pid
