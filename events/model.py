@@ -56,6 +56,7 @@ from events.model_migration import (
     MigrationTargetPreparing,
     MigrationTargetReady,
 )
+from events.model_network import IPAllocated, IPReleased
 from events.model_snapshot import (
     RestoreFailed,
     RestoreRequested,
@@ -71,21 +72,21 @@ __all__ = [
     "CE_TYPE", "EVENT_BY_NAME", "EVENT_CLASSES", "TOKEN", "AnyEvent", "AuditCheckpoint",
     "AuditHead", "CommandRejected", "DomainDefined", "DomainPaused", "DomainRebooted",
     "DomainResumed", "DomainStarted", "DomainStopped", "DomainUndefined", "Event",
-    "GuestAgentChanged", "ImagePulled", "ImagePulling", "LauncherCreated", "LauncherDeleted",
-    "LauncherFailed", "MigrationCancelRequested", "MigrationFailed", "MigrationProgress",
-    "MigrationRequested", "MigrationScheduled", "MigrationStarted", "MigrationSucceeded",
-    "MigrationTargetPreparing", "MigrationTargetReady", "NodeCordoned", "NodeDrainRequested",
-    "NodeLost", "NodeRegistered", "NodeUncordoned", "ReplicaSetCreated", "ReplicaSetDeleted",
-    "ReplicaSetScaled", "ReplicaSetSpecChanged", "RestoreFailed", "RestoreRequested",
-    "RestoreSucceeded", "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested",
-    "SnapshotSucceeded", "UserAdded", "UserRevoked", "VMBackoff", "VMCreated", "VMDeleteRequested",
-    "VMDeleted", "VMFailed", "VMPauseRequested", "VMRenamed", "VMRestartRequested", "VMRunning",
-    "VMScheduled", "VMSpecChanged", "VMStartFailed", "VMStartRequested", "VMStopRequested",
-    "VMStopped", "VMUndeleted", "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed",
-    "VolumeAttachRequested", "VolumeAttached", "VolumeCreated", "VolumeDeleted",
-    "VolumeDetachRequested", "VolumeDetached", "VolumeFailed", "VolumeMoveFailed",
-    "VolumeMoveRequested", "VolumeMoved", "VolumeReady", "WebhookDisabled", "WebhookSubscribed",
-    "WebhookUnsubscribed",
+    "GuestAgentChanged", "IPAllocated", "IPReleased", "ImagePulled", "ImagePulling",
+    "LauncherCreated", "LauncherDeleted", "LauncherFailed", "MigrationCancelRequested",
+    "MigrationFailed", "MigrationProgress", "MigrationRequested", "MigrationScheduled",
+    "MigrationStarted", "MigrationSucceeded", "MigrationTargetPreparing", "MigrationTargetReady",
+    "NodeCordoned", "NodeDrainRequested", "NodeLost", "NodeRegistered", "NodeUncordoned",
+    "ReplicaSetCreated", "ReplicaSetDeleted", "ReplicaSetScaled", "ReplicaSetSpecChanged",
+    "RestoreFailed", "RestoreRequested", "RestoreSucceeded", "SnapshotDeleted", "SnapshotFailed",
+    "SnapshotRequested", "SnapshotSucceeded", "UserAdded", "UserRevoked", "VMBackoff", "VMCreated",
+    "VMDeleteRequested", "VMDeleted", "VMFailed", "VMPauseRequested", "VMRenamed",
+    "VMRestartRequested", "VMRunning", "VMScheduled", "VMSpecChanged", "VMStartFailed",
+    "VMStartRequested", "VMStopRequested", "VMStopped", "VMUndeleted", "VMUnpauseRequested",
+    "VMUnschedulable", "VolumeAttachFailed", "VolumeAttachRequested", "VolumeAttached",
+    "VolumeCreated", "VolumeDeleted", "VolumeDetachRequested", "VolumeDetached", "VolumeFailed",
+    "VolumeMoveFailed", "VolumeMoveRequested", "VolumeMoved", "VolumeReady", "WebhookDisabled",
+    "WebhookSubscribed", "WebhookUnsubscribed",
 ]  # fmt: skip
 
 
@@ -307,7 +308,7 @@ AnyEvent = (
     | VMUnpauseRequested | VMScheduled | VMUnschedulable | VMRunning | VMStopped | VMStartFailed
     | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
     | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
-    | DomainRebooted | GuestAgentChanged
+    | DomainRebooted | GuestAgentChanged | IPAllocated | IPReleased
     | MigrationRequested | MigrationScheduled | MigrationTargetReady | MigrationStarted
     | MigrationProgress | MigrationTargetPreparing
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested

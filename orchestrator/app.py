@@ -48,7 +48,7 @@ async def run_orchestrator(
     nc: Client, *, data_dir: Path, stop: asyncio.Event, node_grace_s: float = 10.0,
     audit_key: bytes | None = None, checkpoint_every_s: float = 60.0, web_port: int | None = None,
     migration_policy: MigrationPolicy | None = None, webhooks: bool = True,
-    trust: Trust | None = None,
+    trust: Trust | None = None, vmi_cidr: str | None = None,
 ) -> None:  # fmt: skip
     """Run until `stop`; with an audit key (given, or $VIRTBUS_AUDIT_KEY[_FILE]) it also seals
     the log with a signed checkpoint every `checkpoint_every_s`; with a web port (given, or
@@ -62,7 +62,7 @@ async def run_orchestrator(
     intake = Intake(nc, EventStore(nc, source="/virtbus/orchestrator/intake"))
     controller = Controller(
         nc, EventStore(nc, source="/virtbus/orchestrator/controller"), node_grace_s=node_grace_s,
-        migration_policy=migration_policy,
+        migration_policy=migration_policy, vmi_cidr=vmi_cidr,
     )  # fmt: skip
     # The intake judges against the controller's folded state, not a read of the log of its own.
     intake.nodes, intake.volume_view = controller.node_views, controller.volume_view

@@ -44,6 +44,7 @@ from events.state import (
 from events.volumes import VolumeState, apply_volume
 from orchestrator import metrics
 from orchestrator.capacity import Capacity
+from orchestrator.ipam import AddressPool, mac_for
 from orchestrator.keyed import KeyedQueue
 from orchestrator.migrations import Cluster
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
@@ -66,9 +67,10 @@ _ENDS_MIGRATION = (m.MigrationSucceeded, m.MigrationFailed, m.VMStopped, m.VMFai
 class Controller:
     def __init__(
         self, nc: Client, store: EventStore, *, node_grace_s: float = 10.0,
-        migration_policy: w.MigrationPolicy | None = None,
+        migration_policy: w.MigrationPolicy | None = None, vmi_cidr: str | None = None,
     ) -> None:  # fmt: skip
         self.nc = nc
+        self.addresses = AddressPool(vmi_cidr)
         self.migration_policy = migration_policy or w.MigrationPolicy()
         self.capacity = Capacity(self.migration_policy)
         self.store = store
@@ -144,6 +146,7 @@ class Controller:
                             rec.subject, skip.type, skip.reason)  # fmt: skip
                 metrics.UNFOLDABLE.inc()
             self.capacity.folded(key, s, rec.envelope.data)
+            self.addresses.folded(key, s)
         elif kind == "node":
             name = rest.split(".")[1]
             self.nodes[name] = apply_node(self.nodes.get(name) or NodeState(), rec.envelope)
@@ -186,6 +189,8 @@ class Controller:
             place=lambda req: place(pin(req, s.spec, self.volumes, namespace=s.namespace),
                                     self.node_views()),
             now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex,
+            allocate=lambda uid: self._allocate(key, uid),
+            clashes=lambda ip: self.addresses.clashes(key, ip),
         )  # fmt: skip
         if reaction.wake_at:
             self._wakes[key] = reaction.wake_at
@@ -204,9 +209,16 @@ class Controller:
             except ConcurrencyConflict:
                 metrics.REACTION_CONFLICTS.inc()
                 self.capacity.release(key, held)
+                self.addresses.release(key)
                 return None  # another controller decided first; its events will come here
         await self._enqueue(reaction.work)
         return reaction
+
+    def _allocate(self, key: str, vmi_uid: str) -> m.IPAllocated:
+        """The instance's address, taken now (before the append awaits: see `ipam`)."""
+        address = self.addresses.allocate(key)
+        return m.IPAllocated(address=address, vmi_uid=vmi_uid, mac=mac_for(address),
+                             cidr=self.addresses.cidr)  # fmt: skip
 
     async def _enqueue(self, work: list[w.Work]) -> None:
         js = self.nc.jetstream()
