@@ -169,8 +169,11 @@ def render_domain(
     volumes: VolumePaths,
     kvm: bool,
     emulator: str | None = None,
+    tap: str = "",
+    mac: str = "",
 ) -> str:
-    """The libvirt domain XML for a VM spec (`spec.template.spec` is read); `kvm=False` is TCG."""
+    """The libvirt domain XML for a VM spec (`spec.template.spec` is read); `kvm=False` is TCG;
+    `tap` (with the instance's `mac`) is the VM network's for its masquerade NIC (workers/vmnet)."""
     vmi = _vmi_spec(spec)
     domain = _mapping(vmi.get("domain"), f"{SPEC}.domain")
     devices_spec = _mapping(domain.get("devices"), f"{SPEC}.domain.devices")
@@ -204,7 +207,7 @@ def render_domain(
     if emulator:
         ET.SubElement(devices, "emulator").text = emulator
     _disks(devices, devices_spec, vmi, volumes)
-    _interfaces(devices, devices_spec)
+    _interfaces(devices, devices_spec, tap=tap, mac=mac)
     _console_and_display(devices, devices_spec)
     _panic_devices(devices, devices_spec)
     ET.indent(root)
@@ -350,7 +353,7 @@ def _boot(el: ET.Element, device: dict[str, Any], at: str) -> None:
     ET.SubElement(el, "boot", order=str(order))
 
 
-def _interfaces(devices: ET.Element, devices_spec: dict[str, Any]) -> None:
+def _interfaces(devices: ET.Element, devices_spec: dict[str, Any], *, tap: str, mac: str) -> None:
     path = f"{SPEC}.domain.devices.interfaces"
     for i, nic in enumerate(_entries(devices_spec.get("interfaces"), path)):
         at = f"{path}[{i}]"
@@ -359,9 +362,13 @@ def _interfaces(devices: ET.Element, devices_spec: dict[str, Any]) -> None:
                        "bridge")  # fmt: skip
         if binding not in USER_BINDINGS:
             raise _fail(f"{at}.{binding}", "is not supported; use masquerade or bridge")
-        el = ET.SubElement(devices, "interface", type="user")  # no host bridge on these nodes
-        if (mac := nic.get("macAddress")) is not None:
-            ET.SubElement(el, "mac", address=_mac(mac, f"{at}.macAddress"))
+        on_vm_network = bool(tap) and i == 0 and binding == "masquerade"
+        el = ET.SubElement(devices, "interface", type="ethernet" if on_vm_network else "user")
+        if (given := nic.get("macAddress")) is not None or (on_vm_network and mac):
+            address = _mac(given, f"{at}.macAddress") if given is not None else mac
+            ET.SubElement(el, "mac", address=address)
+        if on_vm_network:  # the node made the tap; QEMU only opens it
+            ET.SubElement(el, "target", dev=tap, managed="no")
         model = word(nic.get("model"), f"{at}.model") or "virtio"
         ET.SubElement(el, "model", type=model)
         _boot(el, nic, at)

@@ -10,7 +10,6 @@ closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import termios
 import tty
@@ -18,7 +17,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from bus.store import EventStore
-from bus.tunnel import FRAME, Pipe, SessionOpen, relay
+from bus.tunnel import FRAME, Pipe, SessionOpen, relay, relay_socket
 from bus.vms import VMRepository
 from events.errors import ValidationError
 from events.names import Ref
@@ -104,17 +103,8 @@ class Consoles:
         except OSError as err:
             raise ValidationError(f"cannot reach the VNC server of {req.name}: {err}") from err
 
-        async def write(data: bytes) -> None:
-            writer.write(data)
-            await writer.drain()
-
         async def body(pipe: Pipe) -> None:
-            try:
-                await relay(pipe, read=lambda: reader.read(FRAME), write=write)
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
+            await relay_socket(pipe, reader, writer)
 
         return {"port": port}, body
 

@@ -40,11 +40,13 @@ from workers.lifecycle import ForcedStops, Lifecycle
 from workers.migration import Migrations
 from workers.node_context import Domains, Launchers, MigrationSettings, NodeContext
 from workers.pods import ExitHandler, PodDriver, ProcessPods
+from workers.portforward import PortForwards
 from workers.registry import Registries
 from workers.sessions import Sessions
 from workers.snapshots import NodeSnapshots, Snapshotting
 from workers.sync import reconcile
 from workers.upload import Uploads
+from workers.vmnet import vm_network_of
 from workers.vnc import Consoles
 from workers.volumemove import Mover
 from workers.volumes import Volumes
@@ -64,6 +66,7 @@ class Worker:
         labels: dict[str, str] | None = None, heartbeat_s: float = 2.0, pods: str = "process",
         kube_url: str | None = None, registries: Registries | None = None,
         migration: MigrationSettings | None = None, hypervisor: Hypervisor | None = None,
+        vm_network: bool = False,
     ) -> None:  # fmt: skip
         self.nc = nc
         self.node = node
@@ -76,7 +79,8 @@ class Worker:
         self.store = EventStore(nc, source=f"/virtbus/node/{node}", writer=identity(nc) or "")
         self.hv = hypervisor or Hypervisor(uri)
         self.ctx = NodeContext(node=node, hv=self.hv, store=self.store, observe=self.observe,
-                               migration=migration or MigrationSettings())  # fmt: skip
+                               migration=migration or MigrationSettings(),
+                               network=vm_network_of(data_dir) if vm_network else None)  # fmt: skip
 
         def driver(on_exit: ExitHandler) -> PodDriver:
             if pods == "kubernetes":
@@ -103,6 +107,8 @@ class Worker:
             "upload": Uploads(self.volume_store, self.store).open,
             "vnc": consoles.vnc, "console": consoles.console,
             "volume-read": self.mover.serve,
+            "portforward": PortForwards(self.store, node=node,
+                                        vm_network=self.ctx.network is not None).open,
         })  # fmt: skip
         self.malformed = 0
         self._queues: dict[str, asyncio.Queue[Msg]] = {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import signal
 import sys
@@ -32,6 +33,7 @@ from events.manifest import parse_documents
 from events.state import conditions
 from virtbus.guest.build import guest_image
 from virtbus.guestdisk import IMAGE
+from workers.vmnet import names
 
 pytestmark = pytest.mark.kvm
 
@@ -56,7 +58,7 @@ async def gstack(
     with registry_server(base / "registry") as reg:
         push_disk(reg.url, IMAGE, guest_disk)
         monkeypatch.setenv("VIRTBUS_REGISTRIES", reg.url)
-        async with qemu_stack(base, nodes={NODE: NODE_INDEX}) as st:
+        async with qemu_stack(base, nodes={NODE: NODE_INDEX}, vm_network=True) as st:
             yield st
 
 
@@ -136,25 +138,64 @@ async def root_shell(con: Console, *, hostname: str) -> None:
     await con.expect(b"# ", within=30)
 
 
-async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(gstack: QemuStack) -> None:
+async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(
+    gstack: QemuStack, tmp_path: Path
+) -> None:
+    key = tmp_path / "id_ed25519"
+    keygen = await asyncio.create_subprocess_exec(
+        "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key),
+        stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert await keygen.wait() == 0
+    public = (tmp_path / "id_ed25519.pub").read_text().strip()
     user_data = (
         "#cloud-config\nhostname: guest-one\nruncmd:\n- echo ran-by-cloud-init > /run/marker\n"
+        f"ssh_authorized_keys:\n- {public}\n"
     )
     await send(gstack.nc, tiny("tiny-linux", user_data=user_data))
     await send(gstack.nc, c.StartVM(name="tiny-linux"))
-    await gstack.until("tiny-linux", "Running", within=BOOT_S)
+    s = await gstack.until("tiny-linux", "Running", within=BOOT_S)
     pulled = [e for e in await gstack.events("tiny-linux") if isinstance(e, m.ImagePulled)]
     assert [p.image for p in pulled] == [IMAGE]
     async with console(gstack, "tiny-linux") as con:
         await root_shell(con, hostname="guest-one")  # cloud-init's hostname, in the prompt
         await con.type("cat /run/marker; hostname\r")
         await con.expect(b"ran-by-cloud-init\r\nguest-one\r\n", within=30)
+        # Masquerade as KubeVirt does it: the guest has 10.0.2.2/24 by DHCP, gateway 10.0.2.1.
+        await con.type("ip -4 -o addr show eth0 | cut -d' ' -f7; ip route | grep def'ault'\r")
+        await con.expect(b"10.0.2.2/24\r\ndefault via 10.0.2.1 dev eth0", within=30)
     # The guest agent answers on its channel: KubeVirt's AgentConnected condition.
     events = await gstack.until_event("tiny-linux", m.GuestAgentChanged, within=BOOT_S)
     assert [e.connected for e in events if isinstance(e, m.GuestAgentChanged)] == [True]
     assert {"type": "AgentConnected", "status": "True"} in conditions(
         await gstack.state("tiny-linux")
     )
+    # The VMI address is real: the host reaches the guest's sshd there, ports forwarded inward.
+    assert ipaddress.IPv4Address(s.ip) in ipaddress.IPv4Network("10.244.0.0/16")
+    reader, writer = await asyncio.open_connection(s.ip, 22)
+    assert (await asyncio.wait_for(reader.readline(), 30)).startswith(b"SSH-2.0-dropbear")
+    writer.close()
+    # `virtbus ssh` logs in with the key cloud-init installed, through port-forward --stdio.
+    ssh = await asyncio.create_subprocess_exec(
+        str(VIRTBUS), "ssh", "tiny@vm/tiny-linux", "-i", str(key), "--server", gstack.url,
+        "--known-hosts", str(tmp_path / "known_hosts"), "-c", "cat /run/marker; id -un",
+        "-t", "-oBatchMode=yes", stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(ssh.communicate(), 120)
+    assert (ssh.returncode, out) == (0, b"ran-by-cloud-init\ntiny\n"), err
+    # Everything the node made for the VM goes with it.
+    netns = names("default_tiny-linux")[0]
+    assert netns in (await ip_netns())
+    await send(gstack.nc, c.StopVM(name="tiny-linux"))
+    await gstack.until("tiny-linux", "Stopped", within=120)
+    assert netns not in (await ip_netns())
+
+
+async def ip_netns() -> str:
+    proc = await asyncio.create_subprocess_exec("ip", "netns", "list",
+                                                stdout=asyncio.subprocess.PIPE)  # fmt: skip
+    return (await proc.communicate())[0].decode()
 
 
 @contextlib.asynccontextmanager
