@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -141,3 +142,20 @@ def ssh(
     }
     sys.stdout.flush()
     os.execvpe(argv[0], argv, env)
+
+
+def _agent_verb(verb: str, doc: str) -> Callable[..., None]:
+    def command(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
+        from virtctl.guestagent import ask
+
+        _finish(_run(ask(server_url(server), verb=verb, name=name, namespace=namespace)))
+
+    command.__doc__ = doc
+    return command
+
+
+guestosinfo = _agent_verb("guestosinfo", "Print the guest agent's view of a running VM (OS, "
+                          "hostname, timezone, users, filesystems) as JSON.")  # fmt: skip
+userlist = _agent_verb("userlist", "Print the users logged in to a running VM (guest agent).")
+fslist = _agent_verb("fslist", "Print the filesystems of a running VM (guest agent).")
+soft_reboot = _agent_verb("soft-reboot", "Reboot a running VM through its guest agent.")

@@ -13,11 +13,8 @@ from typing import Any
 
 from bus.store import EventStore
 from bus.tunnel import Pipe, SessionOpen, relay_socket
-from bus.vms import VMRepository
 from events.errors import ValidationError
-from events.names import Ref
-from events.state import RUNNING
-from workers.sessions import Body
+from workers.sessions import Body, running_here
 
 CONNECT_S = 10.0
 PROTOCOLS = ("tcp",)
@@ -35,9 +32,7 @@ class PortForwards:
             raise ValidationError(f"port: {port!r} is not a port (1-65535)")
         if protocol not in PROTOCOLS:
             raise ValidationError(f"protocol: {protocol!r} is not supported (tcp)")
-        s, _ = await VMRepository(self.store).get(Ref.vm(req.name, req.namespace))
-        if not s.exists or s.phase != RUNNING or s.node != self.node:
-            raise ValidationError(f'VirtualMachineInstance "{req.name}" is not running')
+        s = await running_here(self.store, req, node=self.node)
         if not s.ip:
             raise ValidationError(f'VirtualMachineInstance "{req.name}" has no address yet')
         if not self.vm_network:

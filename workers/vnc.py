@@ -18,12 +18,9 @@ from typing import Any
 
 from bus.store import EventStore
 from bus.tunnel import FRAME, Pipe, SessionOpen, relay, relay_socket
-from bus.vms import VMRepository
 from events.errors import ValidationError
-from events.names import Ref
-from events.state import RUNNING
 from workers.hypervisor import Hypervisor
-from workers.sessions import Body
+from workers.sessions import Body, running_here
 
 
 def vnc_port(xml: str) -> int | None:
@@ -87,11 +84,7 @@ class Consoles:
         self.node = node
 
     async def _domain_xml(self, req: SessionOpen) -> str:
-        s, _ = await VMRepository(self.store).get(Ref.vm(req.name, req.namespace))
-        if not s.exists or s.phase != RUNNING or s.node != self.node:
-            where = f" on {s.node}" if s.node and s.node != self.node else ""
-            raise ValidationError(f'VMI "{req.name}" is not running on {self.node}{where}'
-                                  if where else f'VMI "{req.name}" is not running')  # fmt: skip
+        await running_here(self.store, req, node=self.node)
         return await self.hv.xml(f"{req.namespace}_{req.name}")
 
     async def vnc(self, req: SessionOpen) -> tuple[dict[str, Any], Body]:

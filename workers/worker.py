@@ -33,6 +33,7 @@ from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, node_work_filter
 from events.nodes import Heartbeat
 from workers import metrics
 from workers.failures import failure_of
+from workers.guestagent import GuestAgent
 from workers.hypervisor import DomainEvent, Hypervisor, ref_of_domain
 from workers.imagecache import ImageCache
 from workers.k8spods import KubernetesPods
@@ -109,6 +110,7 @@ class Worker:
             "volume-read": self.mover.serve,
             "portforward": PortForwards(self.store, node=node,
                                         vm_network=self.ctx.network is not None).open,
+            "guestagent": GuestAgent(self.hv, self.store, node=node).open,
         })  # fmt: skip
         self.malformed = 0
         self._queues: dict[str, asyncio.Queue[Msg]] = {}

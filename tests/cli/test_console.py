@@ -70,3 +70,8 @@ async def test_vnc_console_and_port_forward_refuse_with_the_reason(stack: Stack)
     assert (code, err) == (1, "error: port: --stdio forwards exactly one port\n")
     code, err = await run(stack, "port-forward", "--stdio", "vmi/nope.default", "22")
     assert (code, err) == (1, 'error: virtualmachineinstance.kubevirt.io "nope" not found\n')
+    # The guest-agent verbs: the test driver's guests have no agent, and the node says so.
+    for verb in ("guestosinfo", "userlist", "fslist", "soft-reboot"):
+        code, err = await run(stack, verb, "quiet")
+        assert (code, err) == (1, 'error: VirtualMachineInstance "quiet" has no guest agent '
+                                  "connected\n"), verb  # fmt: skip

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 import signal
 import sys
@@ -170,6 +171,17 @@ async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(
     assert {"type": "AgentConnected", "status": "True"} in conditions(
         await gstack.state("tiny-linux")
     )
+    # virtctl's guest-agent verbs, answered by the agent through the node.
+    code, out, err = await gstack.virtbus("guestosinfo", "tiny-linux")
+    assert code == 0, err
+    info = json.loads(out)
+    print("guestosinfo", info)
+    code, out, err = await gstack.virtbus("fslist", "tiny-linux")
+    assert code == 0, err
+    print("fslist", out)
+    code, out, err = await gstack.virtbus("userlist", "tiny-linux")
+    assert code == 0, err
+    print("userlist", out)
     # The VMI address is real: the host reaches the guest's sshd there, ports forwarded inward.
     assert ipaddress.IPv4Address(s.ip) in ipaddress.IPv4Network("10.244.0.0/16")
     reader, writer = await asyncio.open_connection(s.ip, 22)
