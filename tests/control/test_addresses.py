@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from clusterkit import Cluster, seed_apply, start_orchestrator
+from clusterkit import Cluster, seed_apply, shut_down, start_orchestrator
 from waits import api_ready, settle
 
 from bus.provision import provision
@@ -105,11 +105,7 @@ async def test_a_restarted_orchestrator_knows_the_taken_addresses(tmp_path: Path
             after = {n: (await cl.until(n, lambda s: s.status == "Running")).ip
                      for n in ("a", "c", "d", "e")}  # fmt: skip
         finally:
-            for node in cl.nodes:
-                await settle(f"node {node.name}", node.close())
-            stop.set()
-            await settle("the orchestrator", task)
-            await nc.close()
+            await shut_down(cl, stop, task)
     assert before == {"a": "10.244.0.2", "b": "10.244.0.3", "c": "10.244.0.4"}
     assert (after["a"], after["c"]) == ("10.244.0.2", "10.244.0.4")  # kept by the running two
     assert {after["d"], after["e"]} == {"10.244.0.3", "10.244.0.5"}  # the freed one, and a new

@@ -276,11 +276,27 @@ async def test_a_guest_reboot_is_a_reboot_not_a_stop(gstack: QemuStack) -> None:
         await con.type("reboot\r")
         events = await gstack.until_event("rebooter", m.DomainRebooted, after=before, within=60)
         await con.expect(b"rebooter login: ", within=BOOT_S, nudge="\r")  # booted again
+    # `virtbus soft-reboot`: the same reboot, asked of the guest agent once it is back.
+    await agent_back(gstack, "rebooter", after=before)
+    asked = len(await gstack.events("rebooter"))
+    code, out, err = await gstack.virtbus("soft-reboot", "rebooter")
+    assert (code, out) == (0, "VMI rebooter was scheduled to soft reboot\n"), err
+    await gstack.until_event("rebooter", m.DomainRebooted, after=asked, within=60)
     events = (await gstack.events("rebooter"))[before:]
-    # One reboot and no stop; the guest agent going and coming back with it is the agent's own.
+    # Two reboots and no stop; the guest agent going and coming back with each is the agent's.
     lifecycle = [type(e).__name__ for e in events if not isinstance(e, m.GuestAgentChanged)]
-    assert lifecycle == ["DomainRebooted"]
+    assert lifecycle == ["DomainRebooted", "DomainRebooted"]
     assert (await gstack.state("rebooter")).status == "Running"
+
+
+async def agent_back(st: QemuStack, name: str, *, after: int) -> None:
+    """Until the VM's guest agent is connected again (after its events from `after` on)."""
+    while True:
+        events = await st.until_event(name, m.GuestAgentChanged, after=after, within=BOOT_S)
+        changes = [e for e in events if isinstance(e, m.GuestAgentChanged)]
+        if changes[-1].connected:
+            return
+        after += len(events)
 
 
 async def test_a_guest_kernel_panic_is_a_crash_then_the_run_strategy_answers(
