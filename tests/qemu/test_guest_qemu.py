@@ -175,13 +175,16 @@ async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(
     code, out, err = await gstack.virtbus("guestosinfo", "tiny-linux")
     assert code == 0, err
     info = json.loads(out)
-    print("guestosinfo", info)
-    code, out, err = await gstack.virtbus("fslist", "tiny-linux")
-    assert code == 0, err
-    print("fslist", out)
+    assert (info["hostname"], info["os"]["machine"], info["timezone"]) == (
+        "guest-one", "x86_64", "UTC, 0")  # fmt: skip
+    assert info["guestAgentVersion"].startswith("7.2.")  # Debian 12's qemu-guest-agent
+    assert [u["userName"] for u in info["userList"]] == ["root"]  # the console's login above
     code, out, err = await gstack.virtbus("userlist", "tiny-linux")
     assert code == 0, err
-    print("userlist", out)
+    assert [u["userName"] for u in json.loads(out)["items"]] == ["root"]
+    code, out, err = await gstack.virtbus("fslist", "tiny-linux")
+    assert code == 0, err
+    assert json.loads(out) == {"metadata": {}, "items": []}  # it runs from its initramfs
     # The VMI address is real: the host reaches the guest's sshd there, ports forwarded inward.
     assert ipaddress.IPv4Address(s.ip) in ipaddress.IPv4Network("10.244.0.0/16")
     reader, writer = await asyncio.open_connection(s.ip, 22)
