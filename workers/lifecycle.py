@@ -21,7 +21,7 @@ from workers.domain import disk_xml_of, hotplug_disk
 from workers.hypervisor import PAUSED_STATE, RUNNING_STATES, domain_name
 from workers.node_context import Domains, Launchers, NodeContext
 from workers.pods import pod_name
-from workers.vmnet import NetworkError, names
+from workers.vmnet import NetworkError
 from workers.volumes import VolumeUnavailable
 
 log = logging.getLogger("virtbus.worker")
@@ -105,7 +105,7 @@ class Lifecycle:
             await self.ctx.observe(ref, [event])
 
         network = self.ctx.network if item.ip else None
-        tap = names(dom)[2] if network is not None else ""
+        tap = network.names(dom)[2] if network is not None else ""
         try:
             xml = await self.domains.xml(item.spec, ref=ref, uid=item.vmi_uid, on_pull=pulled,
                                          tap=tap, mac=item.mac)  # fmt: skip

@@ -42,20 +42,21 @@ class NetworkError(VirtbusError):
     """The VM network could not be made for a domain (a command failed, a tool is missing)."""
 
 
-def names(dom: str) -> tuple[str, str, str]:
-    """(netns, host veth end, tap) of domain `dom`."""
-    x = hashlib.sha1(dom.encode()).hexdigest()[:8]
+def names(dom: str, *, node: str) -> tuple[str, str, str]:
+    """(netns, host veth end, tap) of domain `dom` on `node`: nodes on one machine share its
+    network namespace, so a migration's target never names (nor removes) the source's."""
+    x = hashlib.sha1(f"{node}/{dom}".encode()).hexdigest()[:8]
     return f"vb-{x}", f"vbh-{x}", f"vbt-{x}"
 
 
-def vm_network_of(data_dir: Path) -> VMNetwork | None:
+def vm_network_of(data_dir: Path, *, node: str) -> VMNetwork | None:
     """The node's VM network, or None (said in the log) where it cannot be made."""
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if os.geteuid() != 0 or missing:
         why = f"{', '.join(missing)} missing" if missing else "not root"
         log.warning("no VM network on this node (%s): its VMs use QEMU user networking", why)
         return None
-    return VMNetwork(data_dir / "net")
+    return VMNetwork(data_dir / "net", node=node)
 
 
 async def _run(*args: str, check: bool = True) -> str:
@@ -70,15 +71,19 @@ async def _run(*args: str, check: bool = True) -> str:
 
 
 class VMNetwork:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, node: str) -> None:
         self.run_dir = run_dir  # dnsmasq's pid, lease and log files, one dir per domain
+        self.node = node
+
+    def names(self, dom: str) -> tuple[str, str, str]:
+        return names(dom, node=self.node)
 
     def _dir(self, dom: str) -> Path:
-        return self.run_dir / names(dom)[0]
+        return self.run_dir / self.names(dom)[0]
 
     async def prepare(self, dom: str, *, ip: str) -> str:
         """Make the netns with `ip` and the tap for `dom`; returns the tap's name."""
-        ns, host, tap = names(dom)
+        ns, host, tap = self.names(dom)
         await self.remove(dom)  # a crashed worker's leftovers
         await asyncio.to_thread(self._dir(dom).mkdir, parents=True, exist_ok=True)
         inside = ("ip", "-n", ns)
@@ -109,7 +114,7 @@ class VMNetwork:
 
     async def attach(self, dom: str) -> None:
         """QEMU holds the tap: it moves into the netns as the guest's gateway, with DHCP."""
-        ns, _, tap = names(dom)
+        ns, _, tap = self.names(dom)
         d = self._dir(dom)
         inside = ("ip", "-n", ns)
         await _run("ip", "link", "set", tap, "netns", ns)
@@ -125,7 +130,7 @@ class VMNetwork:
 
     async def remove(self, dom: str) -> None:
         """Everything `prepare` and `attach` made for `dom`, gone; idempotent."""
-        ns, host, tap = names(dom)
+        ns, host, tap = self.names(dom)
         d = self._dir(dom)
         with contextlib.suppress(OSError, ValueError):
             pid = int((d / "dnsmasq.pid").read_text().strip())

@@ -79,9 +79,10 @@ class Worker:
         # every subject it writes, and the log attributes its observations to it.
         self.store = EventStore(nc, source=f"/virtbus/node/{node}", writer=identity(nc) or "")
         self.hv = hypervisor or Hypervisor(uri)
+        network = vm_network_of(data_dir, node=node) if vm_network else None
         self.ctx = NodeContext(node=node, hv=self.hv, store=self.store, observe=self.observe,
                                migration=migration or MigrationSettings(),
-                               network=vm_network_of(data_dir) if vm_network else None)  # fmt: skip
+                               network=network)  # fmt: skip
 
         def driver(on_exit: ExitHandler) -> PodDriver:
             if pods == "kubernetes":

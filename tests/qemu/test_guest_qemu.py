@@ -200,7 +200,7 @@ async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(
     out, err = await asyncio.wait_for(ssh.communicate(), 120)
     assert (ssh.returncode, out) == (0, b"ran-by-cloud-init\ntiny\n"), err
     # Everything the node made for the VM goes with it.
-    netns = names("default_tiny-linux")[0]
+    netns = names("default_tiny-linux", node=NODE)[0]
     assert netns in (await ip_netns())
     await send(gstack.nc, c.StopVM(name="tiny-linux"))
     await gstack.until("tiny-linux", "Stopped", within=120)
