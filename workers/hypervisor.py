@@ -238,10 +238,12 @@ class Hypervisor:
         dom = await self._call(self._lookup, name)
         await self._call(dom.resume)
 
-    async def xml(self, name: str) -> str:
-        """The domain's live XML (its definition when it is not running)."""
+    async def xml(self, name: str, *, migratable: bool = False) -> str:
+        """The domain's live XML (its definition when it is not running); `migratable`: as a
+        migration's destination XML must be."""
         dom = await self._call(self._lookup, name)
-        return str(await self._call(dom.XMLDesc, 0))
+        flags = libvirt.VIR_DOMAIN_XML_MIGRATABLE if migratable else 0
+        return str(await self._call(dom.XMLDesc, flags))
 
     async def guest_info(self, name: str) -> dict[str, Any]:
         """What the guest agent says of the guest (virDomainGetGuestInfo: os, users, filesystems,

@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from workers.node_context import MigrationSettings
 from workers.qemunodes import QemuNode
 from workers.registry import Registries
+from workers.vmnet import VMNetwork
 from workers.worker import Worker
 
 # libvirt's test driver reads a node's capacity from a file; its state stays in the process.
@@ -53,6 +54,8 @@ async def run_node(
                            labels=labels, pods=pods, kube_url=kube_url,
                            registries=registries, migration=qemu.migration,
                            vm_network=vm_network)  # fmt: skip
+        if vm_network:  # the node's libvirtd destroyed its domains: their networks go too
+            await VMNetwork(node_dir / "net", node=node).sweep()
         return
     if uri is None:
         uri = await asyncio.to_thread(libvirt_test_uri, node_dir)

@@ -33,6 +33,7 @@ from events.errors import VirtbusError
 
 GUEST: Final = "10.0.2.2"  # KubeVirt's masquerade addresses, as the guest sees them
 GATEWAY: Final = "10.0.2.1"
+GATEWAY_MAC: Final = "02:00:0a:00:02:01"  # locally administered, alone on each VM's own link
 NEXT_HOP: Final = "169.254.1.1"  # the netns's default route: the host end answers by proxy ARP
 TOOLS: Final = ("ip", "iptables", "dnsmasq")
 log = logging.getLogger("virtbus.vmnet")
@@ -81,8 +82,10 @@ class VMNetwork:
     def _dir(self, dom: str) -> Path:
         return self.run_dir / self.names(dom)[0]
 
-    async def prepare(self, dom: str, *, ip: str) -> str:
-        """Make the netns with `ip` and the tap for `dom`; returns the tap's name."""
+    async def prepare(self, dom: str, *, ip: str, route: bool = True) -> str:
+        """Make the netns with `ip` and the tap for `dom`; returns the tap's name. A migration's
+        target leaves the host's route to `ip` with the source (`route=False`) until the guest
+        runs here (`attach`)."""
         ns, host, tap = self.names(dom)
         await self.remove(dom)  # a crashed worker's leftovers
         await asyncio.to_thread(self._dir(dom).mkdir, parents=True, exist_ok=True)
@@ -94,7 +97,8 @@ class VMNetwork:
             await _run("ip", "link", "set", host, "up")
             await asyncio.to_thread(_sysctl, f"net/ipv4/conf/{host}/proxy_arp", "1")
             await asyncio.to_thread(_sysctl, "net/ipv4/ip_forward", "1")  # VM to VM
-            await _run("ip", "route", "replace", f"{ip}/32", "dev", host)
+            if route:
+                await _run("ip", "route", "replace", f"{ip}/32", "dev", host)
             await _run(*inside, "link", "set", "lo", "up")
             await _run(*inside, "addr", "add", f"{ip}/32", "dev", "eth0")
             await _run(*inside, "link", "set", "eth0", "up")
@@ -112,12 +116,17 @@ class VMNetwork:
             raise
         return tap
 
-    async def attach(self, dom: str) -> None:
-        """QEMU holds the tap: it moves into the netns as the guest's gateway, with DHCP."""
-        ns, _, tap = self.names(dom)
+    async def attach(self, dom: str, *, ip: str = "") -> None:
+        """QEMU holds the tap: it moves into the netns as the guest's gateway, with DHCP; with
+        `ip` (a migration's target, now running the guest) the host's route to it comes here."""
+        ns, host, tap = self.names(dom)
+        if ip:
+            await _run("ip", "route", "replace", f"{ip}/32", "dev", host)
         d = self._dir(dom)
         inside = ("ip", "-n", ns)
         await _run("ip", "link", "set", tap, "netns", ns)
+        # One gateway MAC on every node: a migrated guest's ARP entry for it stays right.
+        await _run(*inside, "link", "set", tap, "address", GATEWAY_MAC)
         await _run(*inside, "addr", "add", f"{GATEWAY}/24", "dev", tap)
         await _run(*inside, "link", "set", tap, "up")
         await _run(
@@ -130,15 +139,24 @@ class VMNetwork:
 
     async def remove(self, dom: str) -> None:
         """Everything `prepare` and `attach` made for `dom`, gone; idempotent."""
-        ns, host, tap = self.names(dom)
-        d = self._dir(dom)
-        with contextlib.suppress(OSError, ValueError):
-            pid = int((d / "dnsmasq.pid").read_text().strip())
-            os.kill(pid, signal.SIGTERM)
+        await self._remove(self.names(dom)[0])
+
+    async def sweep(self) -> None:
+        """Every namespace this node made, gone (its domains were destroyed with the node)."""
+        found = await asyncio.to_thread(lambda: [p.name for p in self.run_dir.glob("vb-*")])
+        for ns in found:
+            await self._remove(ns)
+
+    async def _remove(self, ns: str) -> None:
+        suffix = ns.removeprefix("vb-")
+        # Whatever runs in it (its dnsmasq) would keep the namespace alive once unnamed.
+        for pid in (await _run("ip", "netns", "pids", ns, check=False)).split():
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pid), signal.SIGTERM)
         await _run("ip", "netns", "del", ns, check=False)  # its veth end and the tap go with it
-        await _run("ip", "link", "del", host, check=False)
-        await _run("ip", "link", "del", tap, check=False)
-        await asyncio.to_thread(shutil.rmtree, d, True)
+        await _run("ip", "link", "del", f"vbh-{suffix}", check=False)
+        await _run("ip", "link", "del", f"vbt-{suffix}", check=False)
+        await asyncio.to_thread(shutil.rmtree, self.run_dir / ns, True)
 
 
 def _sysctl(key: str, value: str) -> None:

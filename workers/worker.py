@@ -47,7 +47,7 @@ from workers.sessions import Sessions
 from workers.snapshots import NodeSnapshots, Snapshotting
 from workers.sync import reconcile
 from workers.upload import Uploads
-from workers.vmnet import vm_network_of
+from workers.vmnet import NetworkError, vm_network_of
 from workers.vnc import Consoles
 from workers.volumemove import Mover
 from workers.volumes import Volumes
@@ -203,6 +203,15 @@ class Worker:
         self.forced.arrived(item)
         return self.migrations.urgent(item, msg)
 
+    async def _arrived(self, ref: Ref, dom: str) -> None:
+        """A migrated guest runs here now: its address's traffic comes to this node's side."""
+        s, _ = await VMRepository(self.store).get(ref)
+        if s.ip and self.ctx.network is not None:
+            try:
+                await self.ctx.network.attach(dom, ip=s.ip)
+            except NetworkError as err:
+                log.warning("%s: the VM network did not follow the migration: %s", dom, err)
+
     async def _stop_forced(self, ref: Ref) -> bool:
         return (await VMRepository(self.store).get(ref))[0].stop_force
 
@@ -311,6 +320,8 @@ class Worker:
         if ev.kind not in ("stopped", "suspended", "resumed") or self.ctx.expectations.met(ev):
             return
         if ref is None or ev.reason in ("migrated", "postcopy"):  # a migration's own steps
+            if ref is not None and ev.kind == "resumed" and self.ctx.network is not None:
+                await self._arrived(ref, ev.domain)
             return
         if ev.kind == "stopped":
             detail = self._crashes.pop(ev.domain, "") if ev.reason == "crashed" else ""

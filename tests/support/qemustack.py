@@ -39,6 +39,7 @@ from events.state import VMState
 from events.work import MigrationPolicy
 from orchestrator.app import run_orchestrator
 from workers.qemunodes import SAME_MACHINE, QemuNode
+from workers.vmnet import VMNetwork
 from workers.volumes import claim_dir, image_dir
 from workers.worker import Worker
 
@@ -275,8 +276,10 @@ async def qemu_stack(
             try:
                 await st.stop_workers()  # the workers end before their libvirtd does
             finally:
-                for node in st.nodes.values():
+                for name, node in st.nodes.items():
                     await node.stop()
+                    # The VM networks of the domains the node's stop destroyed (workers/vmnet).
+                    await VMNetwork(st.node_dir(name) / "net", node=name).sweep()
                 orch_stop.set()
                 await settle("the orchestrator", orch)
                 await nc.close()
