@@ -187,7 +187,7 @@ async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(
     assert json.loads(out) == {"metadata": {}, "items": []}  # it runs from its initramfs
     # The VMI address is real: the host reaches the guest's sshd there, ports forwarded inward.
     assert ipaddress.IPv4Address(s.ip) in ipaddress.IPv4Network("10.244.0.0/16")
-    assert await ssh_banner(s.ip) == b"SSH-2.0-dropbear"
+    assert await ssh_banner(s.ip) == b"SSH-2.0-dropbear_2022.83"  # Debian 12's dropbear-bin
     # `virtbus ssh` logs in with the key cloud-init installed, through port-forward --stdio.
     ssh = await asyncio.create_subprocess_exec(
         str(VIRTBUS), "ssh", "tiny@vm/tiny-linux", "-i", str(key), "--server", gstack.url,
@@ -219,13 +219,13 @@ async def test_a_live_migration_keeps_the_address_and_moves_the_vm_network(
             await booted(st, "mover", hostname="mover")
             s = await st.state("mover")
             source, target = s.node, next(n for n in nodes if n != s.node)
-            assert await ssh_banner(s.ip) == b"SSH-2.0-dropbear"
+            assert await ssh_banner(s.ip) == b"SSH-2.0-dropbear_2022.83"  # Debian 12's dropbear-bin
             await send(st.nc, c.MigrateVM(name="mover", target_node=target))
             await st.until_event("mover", m.MigrationSucceeded, within=BOOT_S)
             after = await st.state("mover")
             assert (after.node, after.ip, after.vmi_uid) == (target, s.ip, s.vmi_uid)
             # The guest's sshd at the same address, now through the target's namespace.
-            assert await ssh_banner(s.ip) == b"SSH-2.0-dropbear"
+            assert await ssh_banner(s.ip) == b"SSH-2.0-dropbear_2022.83"  # Debian 12's dropbear-bin
             dom = "default_mover"
             there = await ip_netns()
             assert names(dom, node=target)[0] in there
