@@ -73,7 +73,9 @@ async def _run(*args: str, check: bool = True) -> str:
 
 class VMNetwork:
     def __init__(self, run_dir: Path, *, node: str) -> None:
-        self.run_dir = run_dir  # dnsmasq's pid, lease and log files, one dir per domain
+        # dnsmasq's pid, lease and log files, one dir per domain; absolute, as dnsmasq works
+        # from / (a node started with a relative --data-dir, as `make run`'s is)
+        self.run_dir = run_dir.absolute()
         self.node = node
 
     def names(self, dom: str) -> tuple[str, str, str]:
