@@ -99,8 +99,8 @@ def ssh(
     ] = None,
     username: Annotated[str | None, typer.Option("--username", "-l", help="user name")] = None,
     port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 22,
-    known_hosts: Annotated[
-        Path | None, typer.Option("--known-hosts", help="default ~/.ssh/virtbus_known_hosts")
+    known_hosts: Annotated[  # ssh's own file (it reads and adds to it): a string passed on
+        str | None, typer.Option("--known-hosts", help="default ~/.ssh/virtbus_known_hosts")
     ] = None,
     local_ssh_opts: Annotated[
         list[str] | None, typer.Option("--local-ssh-opts", "-t", help="passed on to ssh")
@@ -122,7 +122,7 @@ def ssh(
     argv = ssh_argv(
         name=name, namespace=ns, user=username or user or os.environ.get("USER", "root"),
         port=port, identity=identity, command=command,
-        known_hosts=known_hosts or Path.home() / ".ssh" / "virtbus_known_hosts",
+        known_hosts=known_hosts or str(Path.home() / ".ssh" / "virtbus_known_hosts"),
         local_opts=local_ssh_opts or [], server=server_url(server),
     )  # fmt: skip
     # The ProxyCommand logs in as this command did.

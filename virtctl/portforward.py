@@ -16,7 +16,6 @@ import shlex
 import sys
 from asyncio import StreamReader, StreamWriter
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
@@ -115,7 +114,7 @@ async def stdio(url: str, *, name: str, namespace: str, port: int) -> int:
 
 
 def ssh_argv(*, name: str, namespace: str, user: str, port: int, identity: str | None,
-             command: str | None, known_hosts: Path, local_opts: list[str],
+             command: str | None, known_hosts: str, local_opts: list[str],
              server: str) -> list[str]:  # fmt: skip
     """The system ssh's command line, its ProxyCommand this CLI's `port-forward --stdio`."""
     proxy = [sys.executable, "-m", "virtbus", "port-forward", "--stdio", "--server", server,
