@@ -2,7 +2,7 @@
 # Both install what is missing first (system packages as root, a venv in .venv/).
 VENV := .venv
 BIN := $(VENV)/bin
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25
 # `make run HYPERVISOR=qemu`: the nodes run real QEMU/KVM (root and /dev/kvm), not the test driver
 HYPERVISOR ?= test
 

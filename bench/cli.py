@@ -85,6 +85,20 @@ def bench_log(
     typer.echo(f"replay reader alone (no decode): {result['replay_lean_pull_eps']:,.0f} ev/s")
 
 
+@bench.command("failover")
+def bench_failover(
+    rounds: Annotated[int, typer.Option(min=1, help="SIGKILLs of the leader")] = 10,
+    output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+    server: ServerOpt = None,
+) -> None:
+    """The leading orchestrator SIGKILLed: time to the standby's first decision."""
+    from bench.failover import run as bench_run
+    from bench.failover import table
+
+    r = run(bench_run(rounds=rounds, server=server))
+    sys.stdout.write(json.dumps(r) + "\n" if output is Output.json else table(r) + "\n")
+
+
 @bench.command("control")
 def bench_control(
     vms: Annotated[int, typer.Option(min=1, help="VMs to create and start")] = 1000,

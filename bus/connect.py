@@ -3,7 +3,9 @@
 Every command that touches the bus takes `--server`, else `VIRTBUS_NATS_URL`, else the default; the
 embedded stack starts its own nats-server instead. A secured bus (what `virtbus up` runs) refuses
 anonymous clients and speaks TLS: a client gives a `.creds` file and the CA that signed the
-server's certificate (`--creds`, `--tls-ca`, or `VIRTBUS_CREDS`, `VIRTBUS_TLS_CA`).
+server's certificate (`--creds`, `--tls-ca`, or `VIRTBUS_CREDS`, `VIRTBUS_TLS_CA`). On a bus that
+asks for client certificates (`--mtls`), a certificate alone logs in as the user it names: the
+client presents the stack's sentinel credentials with it (`orchestrator/certlogin.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import tempfile
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -26,8 +28,9 @@ import nats
 from nats.aio.client import Client
 
 from bus.credentials import claims_of, read_creds
+from bus.pki import certified_name
 from bus.server import DEFAULT_URL, NatsServer
-from bus.trust import Trust
+from bus.trust import SENTINEL, SENTINEL_TAG, Trust
 from events.errors import BusUnavailable, ValidationError
 from events.names import check_name
 
@@ -60,6 +63,7 @@ class Access:
     adaptive: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    sentinel: Path | None = None  # no `creds`: log in by `tls_cert` with these (`--mtls`)
 
     @classmethod
     def from_env(cls) -> Access:
@@ -83,6 +87,19 @@ class Access:
         return cls(creds.absolute(), ca.absolute(), adaptive=True,
                    tls_cert=cert.absolute() if mutual else None,
                    tls_key=key.absolute() if mutual else None)  # fmt: skip
+
+    def by_certificate(self, data_dir: Path) -> Access:
+        """This access, where it gives a client certificate and no credentials, with what a login
+        by certificate also needs: the sentinel credentials (beside the certificate, as `auth
+        add-user --client-cert` writes them, else those of the stack in `data_dir`) and, if no CA
+        was given, the stack's."""
+        if self.tls_cert is None or self.creds is not None:
+            return self
+        name = f"{SENTINEL}.creds"
+        found = [p for p in (self.tls_cert.parent / name, data_dir / "creds" / name) if p.is_file()]
+        ca = data_dir / "tls" / "ca.pem"
+        return replace(self, sentinel=found[0].absolute() if found else self.sentinel,
+                       tls_ca=self.tls_ca or (ca.absolute() if ca.is_file() else None))  # fmt: skip
 
     def __bool__(self) -> bool:
         return any(p is not None for p in (self.creds, self.tls_ca, self.tls_cert, self.tls_key))
@@ -177,13 +194,23 @@ async def connect(
         said = [str(e) for e in seen if "Violation" in str(e) or "authentication" in str(e)]
         # the server's own words win over the broken pipe a TLS close leaves behind them
         why = (said or [str(seen[-1] if seen else err)])[-1] or type(err).__name__
-        raise BusUnavailable(f"cannot reach NATS at {url}: {why}{_hint(why, secure)}") from err
+        hint = _hint(why, secure, by_certificate=access.creds is None and bool(access.tls_cert))
+        raise BusUnavailable(f"cannot reach NATS at {url}: {why}{hint}") from err
     if name_on_bus is not None:
         _IDENTITIES[nc] = name_on_bus
+        if access.creds is None and access.tls_cert is not None:
+            _CERTIFIED.add(nc)
     return nc
 
 
 _IDENTITIES: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
+_CERTIFIED: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def by_certificate(nc: Client) -> bool:
+    """`nc` logged in by client certificate: the server holds its JWT, not the client, so how it
+    reads is learnt from the log (`bus.client.login`)."""
+    return nc in _CERTIFIED
 
 
 def identity(nc: Client) -> str | None:
@@ -194,9 +221,13 @@ def identity(nc: Client) -> str | None:
     return _IDENTITIES.get(nc)
 
 
-def _identity(jwt: str) -> str | None:
-    """The name a user JWT carries, where a subject token can carry it."""
-    name = claims_of(jwt).get("name")
+def _identity(jwt: str, cert: Path | None) -> str | None:
+    """The name a user JWT carries (the sentinel's: the one `cert` names), where a subject token
+    can carry it."""
+    claims = claims_of(jwt)
+    name = claims.get("name")
+    if SENTINEL_TAG in (claims.get("nats") or {}).get("tags", []):
+        name = certified_name(cert.read_bytes()) if cert is not None else None
     try:
         return check_name(name, field="creds") if isinstance(name, str) else None
     except ValidationError:
@@ -221,19 +252,25 @@ async def _secure_options(url: str, access: Access) -> tuple[dict[str, object], 
     elif info.get("tls_required"):
         # nats-py would try the upgrade with the system's CAs and hang on the failed handshake
         raise BusUnavailable(f"cannot reach NATS at {url}: {_NEEDS_TLS}")
-    if access.creds is not None and (info.get("auth_required") or not access.adaptive):
-        jwt, _ = read_creds(access.creds)  # a missing or damaged file is named now, not later
+    creds = access.creds or (access.sentinel if access.tls_cert is not None else None)
+    if creds is not None and (info.get("auth_required") or not access.adaptive):
+        jwt, _ = read_creds(creds)  # a missing or damaged file is named now, not later
         if info.get("auth_required"):  # an open bus signs no nonce: nothing to present
-            secure["user_credentials"] = str(access.creds)
-            return secure, _identity(jwt)
+            secure["user_credentials"] = str(creds)
+            return secure, _identity(jwt, access.tls_cert)
     return secure, None
 
 
-def _hint(why: str, secure: dict[str, object]) -> str:
+def _hint(why: str, secure: dict[str, object], *, by_certificate: bool) -> str:
     """What to do about a refusal the server gave, in virtbus's words."""
     if "Authorization Violation" in why or "authentication" in why.lower():
+        if "user_credentials" not in secure and by_certificate:
+            return f" (a login by certificate presents the stack's {SENTINEL}.creds: none found)"
         if "user_credentials" not in secure:
             return " (the bus refuses anonymous clients: give --creds FILE or VIRTBUS_CREDS)"
+        if by_certificate:
+            return (" (the bus refused this certificate's login: its user is unknown or revoked,"
+                    " the orchestrator's log says which)")  # fmt: skip
         return " (the server refused these credentials: revoked, expired or not signed by it)"
     if "CERTIFICATE_VERIFY_FAILED" in why:
         return " (the bus's certificate is not signed by the given CA: check --tls-ca)"

@@ -105,26 +105,36 @@ def account_jwt(
     jetstream: bool = True,
     revocations: dict[str, int] | None = None,
     issued: int | None = None,
+    callout: tuple[str, str] | None = None,
 ) -> str:
     """An account's claim; `revocations` maps user public keys to the time before which their
-    JWTs are no longer honoured (the server drops their connections when it gets the claim)."""
+    JWTs are no longer honoured (the server drops their connections when it gets the claim).
+
+    `callout` (the service user's key, the account its answers place users in): the server asks
+    that service who each of this account's users is (auth callout, NATS ADR-26)."""
     nats: dict[str, Any] = {
         "type": "account", "version": 2,
         "limits": {**UNLIMITED, **(JETSTREAM if jetstream else {})},
     }  # fmt: skip
     if revocations:
         nats["revocations"] = dict(sorted(revocations.items()))
+    if callout is not None:
+        service, placed_in = callout
+        nats["authorization"] = {"auth_users": [service], "allowed_accounts": [placed_in]}
     return encode({"iss": operator.public, "sub": account, "name": name, "nats": nats},
                   signer=operator, issued=issued)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Permissions:
-    """Subjects a user may publish and subscribe to (NATS allow lists; empty means none)."""
+    """Subjects a user may publish and subscribe to (NATS allow lists; empty means none), and
+    those it may not publish to whatever the allow list says (`deny_publish`)."""
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     allow_responses: bool = False
+    nothing: bool = False  # deny every subject (an empty allow list would allow them all)
+    deny_publish: tuple[str, ...] = ()
 
 
 def user_jwt(
@@ -140,14 +150,41 @@ def user_jwt(
     nats: dict[str, Any] = {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}
     if permissions is not None:
         nats["pub"] = {"allow": list(permissions.publish)}
+        if permissions.deny_publish:
+            nats["pub"]["deny"] = list(permissions.deny_publish)
         nats["sub"] = {"allow": list(permissions.subscribe)}
         if permissions.allow_responses:
             nats["resp"] = {"max": -1, "ttl": 0}
+        if permissions.nothing:
+            nats["pub"] = nats["sub"] = {"deny": [">"]}
     if tags:
         nats["tags"] = list(tags)
     claims: dict[str, Any] = {"iss": account.public, "sub": user, "name": name, "nats": nats}
     if expires is not None:
         claims["exp"] = expires
+    return encode(claims, signer=account)
+
+
+def reissued(account: KeyPair, recorded: str, *, user: str, expires: int) -> str:
+    """The user of JWT `recorded` (its name and permissions) again, for key `user` and until
+    `expires`: a certificate login is who its user's own JWT says, with a key of the server's."""
+    claims = claims_of(recorded)
+    if claims.get("iss") != account.public:
+        raise ValidationError("not a JWT this account signed", field="jwt")
+    again = {"iss": account.public, "sub": user, "name": claims.get("name", ""),
+             "exp": expires, "nats": claims.get("nats", {})}  # fmt: skip
+    return encode(again, signer=account)
+
+
+def authorization_response(
+    account: KeyPair, *, user: str, server: str, jwt: str = "", error: str = ""
+) -> str:
+    """The answer of an auth callout service (ADR-26): `jwt`, the user the server asked about
+    (`user`, the key it made for the connection) is, or the `error` it is refused with; for
+    `server` alone (its id), signed by the account the callout runs in."""
+    nats = {"type": "authorization_response", "version": 2, **({"jwt": jwt} if jwt else {}),
+            **({"error": error} if error else {})}  # fmt: skip
+    claims = {"iss": account.public, "sub": user, "aud": server, "nats": nats}
     return encode(claims, signer=account)
 
 

@@ -20,7 +20,9 @@ import msgspec
 from nats.aio.client import Client
 
 from bus.client import query
+from bus.connect import identity
 from bus.reader import direct_range, direct_range_headers, direct_seqs
+from bus.readscope import read_scope
 from bus.store import EventStore
 from events import model as m
 from events.envelope import Chain, Recorded
@@ -107,6 +109,13 @@ async def read_history(
 ) -> History:  # fmt: skip
     """The VM's events (hash chain checked) and the commands addressed to it; the index is asked
     of virtbus-api unless the caller holds the read model and passes its `index_of`."""
+    scope = read_scope(nc)
+    if scope.narrow(stream, [ref.wildcard]) == []:
+        who = f'user "{name}"' if (name := identity(nc)) else "these credentials"
+        raise ValidationError(f"forbidden: {who} cannot read the history of virtualmachines in "
+                              f'the namespace "{ref.namespace}"', field="namespace")  # fmt: skip
+    # the index is read by direct gets, which a namespaced user's credentials do not allow
+    indexed = indexed and scope.direct
     events = await _indexed_events(nc, ref, stream=stream, index_of=index_of) if indexed else None
     if events is None:
         events = await EventStore(nc, stream=stream).read(ref)

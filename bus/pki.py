@@ -101,3 +101,19 @@ def issue(
         .sign(ca_key, hashes.SHA256())
     )  # fmt: skip
     return _pem(cert, key)
+
+
+CLIENT_DOMAIN = "virtbus"  # a client certificate names its user `<name>@virtbus`
+
+
+def certified_name(cert_pem: bytes) -> str | None:
+    """The user a client certificate of `issue(..., client=True)` names: the part before
+    `@virtbus` of its one email SAN (None: no such SAN, or several, or not a certificate)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    named = [e.rpartition("@")[0] for e in sans.get_values_for_type(x509.RFC822Name)
+             if e.rpartition("@")[2] == CLIENT_DOMAIN]  # fmt: skip
+    return named[0] if len(named) == 1 else None

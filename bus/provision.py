@@ -27,6 +27,7 @@ from events.names import (
     EVENT_SUBJECTS,
     EVENTS_STREAM,
     HEARTBEAT_BUCKET,
+    LEASE_BUCKET,
     WORK_STREAM,
     WORK_SUBJECTS,
 )
@@ -114,16 +115,15 @@ async def provision(js: JetStreamContext, *, replicas: int = 1) -> list[str]:
                 f"stream {want.name} exists with a different config ({'; '.join(diffs)}); "
                 "virtbus does not change it: fix or remove the stream"
             )
-    try:
-        await js.key_value(HEARTBEAT_BUCKET)
-    except BucketNotFoundError:
-        await _created(js.create_key_value(
-            KeyValueConfig(
-                bucket=HEARTBEAT_BUCKET, history=1, ttl=HEARTBEAT_TTL_S,
-                storage=StorageType.MEMORY, replicas=replicas,
-            )
-        ), replicas=replicas)  # fmt: skip
-        created.append(f"kv {HEARTBEAT_BUCKET}")
+    for name, ttl in ((HEARTBEAT_BUCKET, HEARTBEAT_TTL_S), (LEASE_BUCKET, 0.0)):
+        try:
+            await js.key_value(name)
+        except BucketNotFoundError:
+            await _created(js.create_key_value(
+                KeyValueConfig(bucket=name, history=1, ttl=ttl or None,
+                               storage=StorageType.MEMORY, replicas=replicas)
+            ), replicas=replicas)  # fmt: skip
+            created.append(f"kv {name}")
     return created
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -17,11 +18,13 @@ from typing import Final
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from bus import consumers
 from bus.leanlogin import LeanUnavailable, login_of
 from bus.leanpull import ack_position, lean_pull
+from bus.readscope import read_scope
 from events.errors import BusUnavailable
 
 log = logging.getLogger("virtbus.reader")
@@ -32,7 +35,14 @@ RawHandler = Callable[[bytes, str, int], None]  # (data, subject, stream sequenc
 async def direct_range(
     nc: Client, stream: str, *, subject_filter: str, start_seq: int = 1, wait_s: float = 10
 ) -> list[tuple[bytes, str, int]]:
-    """Every message on `subject_filter` from `start_seq`, via batched direct gets (no consumer)."""
+    """Every message on `subject_filter` from `start_seq`, via batched direct gets (no consumer),
+    or a consumer where the connection may not direct-get."""
+    if not read_scope(nc).direct:
+        out: list[tuple[bytes, str, int]] = []
+        await pull_all(nc, stream, lambda d, s, q: out.append((d, s, q)),
+                       filter_subjects=[subject_filter], start_seq=start_seq,
+                       idle_timeout=wait_s)  # fmt: skip
+        return out
     msgs = await _direct_msgs(nc, stream, subject_filter=subject_filter, start_seq=start_seq,
                               wait_s=wait_s)  # fmt: skip
     return [(data, h["Nats-Subject"], int(h["Nats-Sequence"])) for data, h in msgs]
@@ -43,6 +53,12 @@ async def direct_range_headers(
 ) -> list[tuple[bytes, dict[str, str]]]:
     """Like `direct_range`, with each message's headers (`Nats-Time-Stamp`, `Nats-Msg-Id`...),
     for streams whose bodies do not say when or under which id they were sent."""
+    if not read_scope(nc).direct:
+        out: list[tuple[bytes, dict[str, str]]] = []
+        await pull_all(nc, stream, _ignore, filter_subjects=[subject_filter],
+                       start_seq=start_seq, idle_timeout=wait_s,
+                       on_msg=lambda m: out.append((m.data, _headers(m))))  # fmt: skip
+        return out
     return await _direct_msgs(nc, stream, subject_filter=subject_filter, start_seq=start_seq,
                               wait_s=wait_s)  # fmt: skip
 
@@ -73,6 +89,18 @@ async def direct_seqs(
         await sub.unsubscribe()
     out.sort(key=lambda item: item[2])
     return out
+
+
+def _ignore(data: bytes, subject: str, seq: int) -> None:
+    """A raw handler for a read whose messages go whole to `on_msg`."""
+
+
+def _headers(msg: Msg) -> dict[str, str]:
+    """A consumed message's headers as a direct get would give them."""
+    meta = msg.metadata
+    return {**(msg.headers or {}), "Nats-Subject": msg.subject,
+            "Nats-Sequence": str(meta.sequence.stream),
+            "Nats-Time-Stamp": meta.timestamp.isoformat()}  # fmt: skip
 
 
 async def _direct_msgs(
@@ -112,6 +140,11 @@ async def direct_last(
     nc: Client, stream: str, subject_filter: str
 ) -> tuple[bytes, str, int] | None:
     """The newest message on `subject_filter` (wildcards allowed), or None."""
+    if not read_scope(nc).direct:
+        found: list[tuple[bytes, str, int]] = []
+        await pull_all(nc, stream, lambda d, s, q: found.append((d, s, q)),
+                       filter_subjects=[subject_filter], last=True)  # fmt: skip
+        return found[-1] if found else None
     req = json.dumps({"last_by_subj": subject_filter}).encode()
     try:
         msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}", req, timeout=5)
@@ -133,43 +166,80 @@ async def pull_all(
     start_time: datetime | None = None,
     idle_timeout: float = 10,
     lean: bool = True,
+    on_msg: Callable[[Msg], None] | None = None,
+    last: bool = False,
 ) -> int:
     """Feed every message (from a point) to `handler` until caught up; return how many.
 
-    An ephemeral consumer with no acks, pulled in batches of 1000 with one batch always in flight:
-    by `bus/leanpull.py` on a connection of its own where it can log in (`lean`), else through
-    nats-py, handled in a core-subscription callback.
-    """
-    js = nc.jetstream()
-    config = ConsumerConfig(
-        ack_policy=AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True, num_replicas=1,
-        filter_subjects=filter_subjects, max_waiting=8,
-    )  # fmt: skip
-    if start_seq:
-        config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, start_seq
-    elif start_time:
-        config.deliver_policy, config.opt_start_time = DeliverPolicy.BY_START_TIME, start_time
-    info = await js.add_consumer(stream, config)
-    next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{info.name}"
-    if not info.num_pending:
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(stream, info.name)
+    Only what the connection may read (`bus/readscope.py`): a confined reader's filters are cut
+    to its trees, one consumer each, and their messages merged in log order. `on_msg`, if given,
+    takes each whole nats-py message (headers, timestamp) instead of `handler`; `last`: only
+    the newest message (of each filter, for a confined reader)."""
+    scope = read_scope(nc)
+    filters = scope.narrow(stream, filter_subjects)
+    if filters == []:
         return 0
-    # Two requests stay in flight; each expires so an idle consumer answers 408 instead of hanging.
-    request = json.dumps({"batch": BATCH, "expires": 2_000_000_000}).encode()
-    if lean and (login := login_of(nc)) is not None:
-        fallback = False
-        try:
-            return await lean_pull(
-                login, next_subject=next_subject, request=request, batch=BATCH,
-                handler=handler, idle_timeout=idle_timeout,
-            )  # fmt: skip
-        except LeanUnavailable:
-            fallback = True  # raised before any message: nats-py reads them all instead
-        finally:
-            if not fallback:
-                with contextlib.suppress(Exception):
-                    await js.delete_consumer(stream, info.name)
+    one = functools.partial(_pull_one, nc, stream, start_seq=start_seq, start_time=start_time,
+                            idle_timeout=idle_timeout, lean=lean and on_msg is None,
+                            last=last)  # fmt: skip
+    if not (scope.confined and filters and len(filters) > 1):
+        return await one(filters, handler, on_msg)
+    raw: dict[int, tuple[bytes, str]] = {}
+    msgs: dict[int, Msg] = {}
+
+    def keep_raw(data: bytes, subject: str, seq: int) -> None:
+        raw.setdefault(seq, (data, subject))
+
+    def keep_msg(msg: Msg) -> None:
+        msgs.setdefault(_seq_of(msg), msg)
+
+    for f in filters:  # trees may overlap (`virt.vm.>` and `virt.vm.a.x.>`): kept once each
+        await one([f], keep_raw, None if on_msg is None else keep_msg)
+    for seq in sorted(msgs or raw):
+        if on_msg is not None:
+            on_msg(msgs[seq])
+        else:
+            handler(*raw[seq], seq)
+    return len(msgs or raw)
+
+
+def _seq_of(msg: Msg) -> int:
+    return ack_position(msg.reply)[0]
+
+
+async def _pull_one(
+    nc: Client, stream: str, filters: list[str] | None, handler: RawHandler,
+    on_msg: Callable[[Msg], None] | None, *, start_seq: int | None, start_time: datetime | None,
+    idle_timeout: float, lean: bool, last: bool,
+) -> int:  # fmt: skip
+    """An ephemeral consumer with no acks, pulled in batches of 1000 with one batch always in
+    flight: by `bus/leanpull.py` on a connection of its own where it can log in (`lean`), else
+    through nats-py, handled in a core-subscription callback."""
+    config = consumers.reading(filters, start_seq=start_seq)
+    if start_time and not start_seq:
+        config.deliver_policy, config.opt_start_time = DeliverPolicy.BY_START_TIME, start_time
+    if last:
+        config.deliver_policy = DeliverPolicy.LAST
+    async with consumers.held(nc, stream, config) as info:
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{info.name}"
+        if not info.num_pending:
+            return 0
+        # Two requests stay in flight; each expires so an idle consumer answers 408, not hangs.
+        request = json.dumps({"batch": BATCH, "expires": 2_000_000_000}).encode()
+        if lean and (login := login_of(nc)) is not None:
+            with contextlib.suppress(LeanUnavailable):  # raised before any message: nats-py reads
+                return await lean_pull(
+                    login, next_subject=next_subject, request=request, batch=BATCH,
+                    handler=handler, idle_timeout=idle_timeout,
+                )  # fmt: skip
+        return await _pull_nats(nc, stream, handler, on_msg, next_subject=next_subject,
+                                request=request, idle_timeout=idle_timeout)  # fmt: skip
+
+
+async def _pull_nats(
+    nc: Client, stream: str, handler: RawHandler, on_each: Callable[[Msg], None] | None, *,
+    next_subject: str, request: bytes, idle_timeout: float,
+) -> int:  # fmt: skip
     inbox = nc.new_inbox()
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
@@ -186,7 +256,10 @@ async def pull_all(
             return
         seq, pending = ack_position(msg.reply)
         try:
-            handler(msg.data, msg.subject, seq)
+            if on_each is not None:
+                on_each(msg)
+            else:
+                handler(msg.data, msg.subject, seq)
         except Exception as err:  # surfaced to the caller, not lost in nats-py's error callback
             if not done.done():
                 done.set_exception(err)
@@ -210,8 +283,6 @@ async def pull_all(
         return count
     finally:
         await sub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(stream, info.name)
 
 
 async def fetch_some(

@@ -1,18 +1,19 @@
 """What a user of each role may publish and subscribe to: NATS permissions the server enforces.
 
-KubeVirt's `kubevirt.io:view|edit|admin` cut, on subjects. Everyone but an admin reads through the
-JetStream API's read subjects only (direct gets, consumers, their acks) and asks virtbus-api only
-under its own name (`virt.api.<op>.<name>`), with replies to an inbox only it may subscribe to. An
-`edit` user also publishes commands, but only to VMs, replica sets and volumes of its namespaces
-and only with its own name as the subject's last token: the server refuses a forged actor, a
-namespace not granted, an event written straight into the log, and any stream deletion or purge.
+KubeVirt's `kubevirt.io:view|edit|admin` cut, on subjects. Everyone but an admin reads the log only
+as `bus/readscope.py` says (consumers under its own names; a user only its namespaces' trees and its
+own record, a node every tree) and asks virtbus-api only under its own name
+(`virt.api.<op>.<name>`), with replies to an inbox only it may subscribe to. An `edit` user also
+publishes commands, but only to VMs, replica sets and volumes of its namespaces and only with its
+own name as the subject's last token: the server refuses a forged actor, a namespace not granted, an
+event written straight into the log, and any stream deletion or purge.
 
 A node publishes only its observations (`events.users.NODE_WRITES`, by their subject token; about
 itself only on its own node subject), consumes only its own work (the consumer's filter is in the
 subject the server checks), writes only its own heartbeat, and speaks on session pipes.
 
-Not confined yet (said in the README): reads are not limited to a role's namespaces, and a node's
-observations about a VM are not limited to VMs placed on it.
+A node's observation about a VM placed elsewhere reaches the log (its subject is the node's to
+write) and is skipped by every fold (`events/state.py`), not refused by the server.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from __future__ import annotations
 import contextlib
 from typing import Final
 
+from nats.aio.client import Client
+
 from bus.credentials import Permissions, claims_of, read_creds
+from bus.readscope import ReadScope, families, read_permissions, set_scope, slot_names
 from bus.store import EventStore
 from bus.trust import Trust
+from bus.webhook_secrets import BUCKET as SECRETS_BUCKET
 from events import model as m
 from events.errors import ConcurrencyConflict
 from events.model import TOKEN
@@ -35,27 +40,10 @@ from events.names import (
     Ref,
 )
 from events.users import NODE_WRITES
+from events.webhooks import DELIVERIES_SUBJECT, REDELIVER_SUBJECT
 
 ROLES: Final = ("admin", "edit", "view")
-EDITABLE: Final = ("vm", "rs", "volume")  # what `edit` commands; nodes and webhooks are admin's
-
-_READ_STREAMS: Final = (EVENTS_STREAM, COMMANDS_STREAM)
-
-
-def _reads() -> tuple[str, ...]:
-    api = "$JS.API"
-    per_stream = [
-        subject
-        for s in _READ_STREAMS
-        for subject in (
-            f"{api}.DIRECT.GET.{s}", f"{api}.DIRECT.GET.{s}.>", f"{api}.STREAM.INFO.{s}",
-            f"{api}.CONSUMER.CREATE.{s}", f"{api}.CONSUMER.CREATE.{s}.>",
-            f"{api}.CONSUMER.INFO.{s}.*", f"{api}.CONSUMER.DELETE.{s}.*",
-            f"{api}.CONSUMER.MSG.NEXT.{s}.*", f"$JS.ACK.{s}.>",
-        )
-    ]  # fmt: skip
-    heartbeats = f"{api}.DIRECT.GET.KV_{HEARTBEAT_BUCKET}.>"
-    return (f"{api}.INFO", f"{api}.STREAM.NAMES", heartbeats, "$JS.FC.>", *per_stream)
+EDITABLE: Final = ("vm", "rs", "volume", "instancetype", "preference")  # nodes, webhooks: admin
 
 
 def user_permissions(
@@ -67,7 +55,8 @@ def user_permissions(
         return None
     if role not in ROLES:
         raise ValueError(f"role {role!r}: one of {', '.join(ROLES)}")
-    publish = [f"virt.api.*.{name}", *_reads()]
+    reads = read_permissions(name, trees=families(name, namespaces), direct=False)
+    publish = [f"virt.api.*.{name}", *reads]
     subscribe = [f"_INBOX_{name}.>"]
     if role == "edit":
         publish += [f"virt.cmd.{kind}.{ns}.*.*.{name}"
@@ -99,10 +88,61 @@ def node_permissions(name: str) -> Permissions:
         "virt.pipe.*.*",
     ]
     return Permissions(
-        publish=(*writes, *own, *_reads()),
+        publish=(*writes, *own, *read_permissions(name, trees=None, direct=True)),
         subscribe=(f"_INBOX_{name}.>", f"virt.session.{name}.*.*.*", "virt.pipe.*.*"),
         allow_responses=True,  # answers to sessions asked of it, on the asker's inbox
     )
+
+
+# What the orchestrator may not do though it does everything else: lose the log.
+ORCHESTRATOR_DENIED: Final = tuple(
+    f"$JS.API.STREAM.{op}.>" for op in ("DELETE", "PURGE", "MSG.DELETE")
+)
+
+
+def component_permissions(name: str) -> Permissions | None:
+    """The permissions of a part `virtbus up` runs, by its name (None: the admin's, all)."""
+    if name.startswith("node-"):
+        return node_permissions(name)
+    if name == "orchestrator":  # it decides, provisions and signs users: all but destruction
+        return Permissions(publish=(">",), subscribe=(">",), deny_publish=ORCHESTRATOR_DENIED)
+    if name == "dispatcher":
+        return dispatcher_permissions(name)
+    return None
+
+
+def dispatcher_permissions(name: str) -> Permissions:
+    """The webhook dispatcher's: follow the log and keep a durable consumer per subscription on
+    it, read the signing secrets, record a subscription disabled, answer the CLI's questions
+    about deliveries. No command, no other event, nothing of the command stream."""
+    api, ev, kv = "$JS.API", EVENTS_STREAM, f"KV_{SECRETS_BUCKET}"
+    publish = (
+        f"virt.webhook.{CLUSTER}.*.{TOKEN[m.WebhookDisabled]}",
+        f"{api}.INFO", f"{api}.STREAM.NAMES", f"{api}.STREAM.INFO.*",
+        f"{api}.CONSUMER.CREATE.{ev}", f"{api}.CONSUMER.CREATE.{ev}.>",
+        f"{api}.CONSUMER.DURABLE.CREATE.{ev}.*", f"{api}.CONSUMER.INFO.{ev}.*",
+        f"{api}.CONSUMER.DELETE.{ev}.*", f"{api}.CONSUMER.MSG.NEXT.{ev}.*",
+        f"$JS.ACK.{ev}.>", f"$JS.FC.{ev}.>", f"{api}.DIRECT.GET.{ev}", f"{api}.DIRECT.GET.{ev}.>",
+        f"{api}.DIRECT.GET.{kv}", f"{api}.DIRECT.GET.{kv}.>", f"{api}.STREAM.MSG.GET.{kv}",
+        f"$KV.{SECRETS_BUCKET}.>",  # a retired subscription's secret is forgotten
+    )  # fmt: skip
+    return Permissions(
+        publish=publish,
+        subscribe=(f"_INBOX_{name}.>", DELIVERIES_SUBJECT, REDELIVER_SUBJECT),
+        allow_responses=True,  # answers on the asker's inbox
+    )
+
+
+async def certified_scope(nc: Client, name: str) -> None:
+    """Teach a connection logged in by certificate as `name` how it reads: its JWT is the
+    server's, not the client's, so it reads its own record (which every role reads, under its
+    own consumer names) and reads as the JWT recorded there says, as the callout's copy does."""
+    own = {EVENTS_STREAM: (f"virt.user.{CLUSTER}.{name}.>",), COMMANDS_STREAM: ()}
+    set_scope(nc, ReadScope(slots=slot_names(name), trees=own, direct=False))
+    history = await EventStore(nc).read(Ref("user", CLUSTER, name))
+    added = [e for r in history if isinstance(e := r.envelope.data, m.UserAdded) and e.jwt]
+    if added:
+        set_scope(nc, ReadScope.of_claims(claims_of(added[-1].jwt)))
 
 
 async def record_identities(store: EventStore, trust: Trust, *, roles: dict[str, str]) -> None:

@@ -9,20 +9,19 @@ writer pays no extra round trip.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import datetime
 from typing import Final
 
 import msgspec
 from nats.aio.client import Client
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from bus import consumers
 from bus.publish import DUPLICATE_IN_BATCH, WRONG_LAST_SEQ, ApiError, Message, Publisher, Rejected
 from bus.reader import RawHandler, direct_last, direct_range, pull_all
+from bus.readscope import read_scope
 from bus.telemetry import TRACE
 from events.envelope import (
     ENVELOPE_DECODER,
@@ -66,9 +65,10 @@ class AppendResult(msgspec.Struct, frozen=True):
 class EventStore:
     def __init__(
         self, nc: Client, *, source: str = "/virtbus", stream: str = EVENTS_STREAM,
-        timeout: float = 5.0, writer: str = "",
+        timeout: float = 5.0, writer: str = "", guard: Callable[[], object] | None = None,
     ) -> None:  # fmt: skip
         self.nc = nc
+        self.guard = guard  # raises when this writer may no longer append (a lost lease)
         self.source = source
         self.writer = writer  # a node's name: the last token of every subject it appends to
         self.stream = stream
@@ -228,6 +228,8 @@ class EventStore:
         self, parts: Sequence[Append], heads: list[Head], *, command_id: str, actor: str,
         causationid: str, correlationid: str,
     ) -> list[AppendResult]:  # fmt: skip
+        if self.guard is not None:
+            self.guard()
         msgs: list[Message] = []
         new_heads: list[Head] = []
         trace = TRACE.get()
@@ -337,23 +339,23 @@ class EventStore:
             start_seq=from_seq, start_time=from_time,
         )  # fmt: skip
 
-    async def follow(self, *, from_seq: int | None = None) -> AsyncIterator[Recorded]:
-        """Live tail of the log from `from_seq` (default: only new events)."""
-        js = self.nc.jetstream()
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if from_seq else DeliverPolicy.NEW,
-            opt_start_seq=from_seq,
-        )
-        sub = await js.subscribe(">", ordered_consumer=True, config=config, stream=self.stream)
-        try:
-            async for msg in sub.messages:
-                rec = self.decode(msg.data, msg.subject, msg.metadata.sequence.stream)
-                if rec is not None:
-                    yield rec
-        finally:
-            # Bounded: a shutdown must not wait on a server that is going away.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sub.unsubscribe(), 2)
+    async def position(self) -> int:
+        """The stream sequence of the newest event this connection may read (0: none)."""
+        if read_scope(self.nc).direct:
+            return int((await self.nc.jetstream().stream_info(self.stream)).state.last_seq)
+        last = await direct_last(self.nc, self.stream, ">")
+        return last[2] if last else 0
+
+    async def follow(
+        self, *, from_seq: int | None = None, subjects: list[str] | None = None
+    ) -> AsyncGenerator[Recorded, None]:
+        """Live tail of the log (of `subjects`, else all it may read) from `from_seq` (default:
+        only new events)."""
+        async for msg in consumers.follow(self.nc, self.stream, subjects=subjects,
+                                          from_seq=from_seq):  # fmt: skip
+            rec = self.decode(msg.data, msg.subject, msg.metadata.sequence.stream)
+            if rec is not None:
+                yield rec
 
 
 def _within(r: Recorded, since: int | datetime | None, until: int | datetime | None) -> bool:

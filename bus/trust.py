@@ -4,14 +4,21 @@
 no setup step and a restart keeps every credential valid:
 
     D/keys/{operator,account,system}.nk   nkey seeds, 0600: whoever holds them mints identities
+    D/keys/{certlogin,callout}.nk         the certificate-login account and its callout service
     D/keys/revocations.json               revoked user keys and since when (the log has them too)
     D/creds/<name>.creds                  a user JWT and seed per identity (admin, nodes...), 0600
+    D/creds/sentinel.creds                no permissions: "log me in by my client certificate"
     D/tls/ca.pem, ca-key.pem              the bus's own CA (the key 0600)
     D/tls/server.pem, server-key.pem      the nats-server's certificate for 127.0.0.1 and localhost
     D/jwt/                                the nats-server's account resolver (its own files)
 
 The server trusts the operator key alone; the operator signs the virtbus account (JetStream on)
 and the system account (claim updates), and the virtbus account signs every user.
+
+A third account, CERTLOGIN, holds no one but the sentinel (a user every certificate login presents,
+since operator mode admits no connection without a JWT) and the orchestrator's callout service: the
+server asks that service who each sentinel connection is, and it answers with a user of the virtbus
+account named by the client certificate (`orchestrator/certlogin.py`).
 """
 
 from __future__ import annotations
@@ -39,7 +46,11 @@ from events.errors import ValidationError
 ACCOUNT_NAME = "VIRTBUS"
 _PRIVATE_SYSTEM_CREDS: dict[Path, Path] = {}  # trust root (read-only) -> this process's copy
 SYSTEM_NAME = "SYS"
+CERTLOGIN_NAME = "CERTLOGIN"
+SENTINEL = "sentinel"
+SENTINEL_TAG = "virtbus-cert-login"  # the client's own mark: its name comes from its certificate
 SERVER_HOSTS = ("127.0.0.1", "localhost")
+MAX_CONTROL_LINE = 32 * 1024  # bytes: a user JWT of ~40 namespaces
 
 
 def _keypair(path: Path, kind: str) -> KeyPair:
@@ -58,6 +69,8 @@ class Trust:
     operator: KeyPair
     account: KeyPair
     system: KeyPair
+    certlogin: KeyPair | None = None  # None: a trust root from before certificate logins
+    callout: KeyPair | None = None
 
     @property
     def ca_file(self) -> Path:
@@ -95,6 +108,25 @@ class Trust:
             private = Path(tempfile.mkdtemp(prefix="virtbus-system-")) / "system.creds"
             _PRIVATE_SYSTEM_CREDS[self.root] = write_secret(private, text)  # made once, reused
             return private
+
+    def sentinel_creds(self) -> Path:
+        """The sentinel's `.creds` (made once): a CERTLOGIN user allowed no subject at all, which
+        the server admits only as whoever the callout service says its certificate names."""
+        path = self.creds_file(SENTINEL)
+        if path.is_file() or self.certlogin is None:
+            return path
+        user = KeyPair.new("user")
+        jwt = user_jwt(self.certlogin, user.public, name=SENTINEL, tags=(SENTINEL_TAG,),
+                       permissions=Permissions((), (), nothing=True))  # fmt: skip
+        return write_secret(path, creds_text(jwt, user.seed))
+
+    def callout_login(self) -> tuple[str, KeyPair]:
+        """The callout service's user JWT (CERTLOGIN's `auth_users`: not itself called out) and
+        key; only a process holding the keys can be it."""
+        if self.certlogin is None or self.callout is None:
+            raise ValidationError(f"{self.root} holds no certificate-login keys", field="trust-dir")
+        jwt = user_jwt(self.certlogin, self.callout.public, name="certlogin-callout")
+        return jwt, self.callout
 
     @property
     def _revocations_file(self) -> Path:
@@ -149,14 +181,23 @@ class Trust:
         system = account_jwt(self.operator, self.system.public, name=SYSTEM_NAME, jetstream=False)
         revocations = self.saved_revocations() if revocations is None else revocations
         tls = self.root / "tls"
+        preload = {
+            self.system.public: system,
+            self.account.public: self.account_claim(revocations=revocations),
+        }
+        if self.certlogin is not None and self.callout is not None:
+            preload[self.certlogin.public] = account_jwt(
+                self.operator, self.certlogin.public, name=CERTLOGIN_NAME, jetstream=False,
+                callout=(self.callout.public, self.account.public),
+            )  # fmt: skip
         return {
+            # a user's JWT rides in its CONNECT line; a role's subjects (`bus/readscope.py`: its
+            # read slots per namespace) pass the 4 KiB default with a few namespaces
+            "max_control_line": MAX_CONTROL_LINE,
             "operator": operator_jwt(self.operator, system_account=self.system.public),
             "system_account": self.system.public,
             "resolver": {"type": "full", "dir": str(self.root / "jwt"), "allow_delete": False},
-            "resolver_preload": {
-                self.system.public: system,
-                self.account.public: self.account_claim(revocations=revocations),
-            },
+            "resolver_preload": preload,
             "tls": {
                 "cert_file": str(tls / "server.pem"),
                 "key_file": str(tls / "server-key.pem"),
@@ -175,7 +216,10 @@ def ensure(root: Path) -> Trust:
         operator=_keypair(keys / "operator.nk", "operator"),
         account=_keypair(keys / "account.nk", "account"),
         system=_keypair(keys / "system.nk", "account"),
+        certlogin=_keypair(keys / "certlogin.nk", "account"),
+        callout=_keypair(keys / "callout.nk", "user"),
     )
+    trust.sentinel_creds()
     tls = root / "tls"
     if not (tls / "ca.pem").is_file() or not (tls / "ca-key.pem").is_file():
         ca = pki.new_ca()
@@ -202,7 +246,12 @@ def load(root: Path) -> Trust:
         why = f"{root} is not a virtbus trust root: no {', '.join(missing)}"
         raise ValidationError(why, field="trust-dir")
     operator, account, system = (KeyPair(p.read_bytes().strip()) for p in needed)
-    return Trust(root, operator=operator, account=account, system=system)
+    certlogin, callout = (
+        KeyPair(p.read_bytes().strip()) if p.is_file() else None
+        for p in (root / "keys" / "certlogin.nk", root / "keys" / "callout.nk")
+    )
+    return Trust(root, operator=operator, account=account, system=system, certlogin=certlogin,
+                 callout=callout)  # fmt: skip
 
 
 def revoked_now() -> int:

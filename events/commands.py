@@ -158,12 +158,20 @@ class UncordonNode(Command, frozen=True):
 
 
 class CreateVolume(Command, frozen=True):
-    """A volume (PVC) of `size` on `node`; `source` "upload" or a URL: its data comes by bus."""
+    """A volume (PVC) of `size` on `node`; `source` "upload" or a URL: its data comes by bus;
+    "import:URL", "registry:IMAGE", "clone:NAME": the node fills it (a DataVolume's sources).
+    Without a node and a source it binds late (WaitForFirstConsumer). `apply`: a claim that
+    exists with this spec is left unchanged rather than refused (kubectl apply)."""
 
     aggregate: ClassVar[str] = "volume"
     size: str
     node: Name | None = None
     source: str = ""
+    apply: bool = False
+    access_modes: list[str] = []
+    storage_class: str = ""
+    data_volume: bool = False
+    owner: str = ""
 
 
 class DeleteVolume(Command, frozen=True):
@@ -190,6 +198,46 @@ class AddWebhook(Command, frozen=True):
 
 class RemoveWebhook(Command, frozen=True):
     aggregate: ClassVar[str] = "webhook"
+
+
+# --- instance types and preferences ------------------------------------------------------------
+
+
+class ApplyInstancetype(Command, frozen=True):
+    """Create or replace a VirtualMachineInstancetype (its subclasses: the other three kinds)."""
+
+    aggregate: ClassVar[str] = "instancetype"
+    spec: dict[str, Any]
+    labels: dict[str, str] = {}
+    create_only: bool = False
+
+
+class DeleteInstancetype(Command, frozen=True):
+    aggregate: ClassVar[str] = "instancetype"
+
+
+class ApplyClusterInstancetype(ApplyInstancetype, frozen=True):
+    aggregate: ClassVar[str] = "clusterinstancetype"
+
+
+class DeleteClusterInstancetype(DeleteInstancetype, frozen=True):
+    aggregate: ClassVar[str] = "clusterinstancetype"
+
+
+class ApplyPreference(ApplyInstancetype, frozen=True):
+    aggregate: ClassVar[str] = "preference"
+
+
+class DeletePreference(DeleteInstancetype, frozen=True):
+    aggregate: ClassVar[str] = "preference"
+
+
+class ApplyClusterPreference(ApplyInstancetype, frozen=True):
+    aggregate: ClassVar[str] = "clusterpreference"
+
+
+class DeleteClusterPreference(DeleteInstancetype, frozen=True):
+    aggregate: ClassVar[str] = "clusterpreference"
 
 
 # --- users (admin only) ---------------------------------------------------------------------------
@@ -228,7 +276,9 @@ AnyCommand = (
     | MigrateVM | CancelMigration | SnapshotVM | RestoreVM | DeleteSnapshot | AddVolume
     | RemoveVolume | ApplyReplicaSet | ScaleReplicaSet | DeleteReplicaSet | DrainNode
     | UncordonNode | CreateVolume | DeleteVolume | AddWebhook | RemoveWebhook
-    | MoveVolume | RenameVM | AddUser | RevokeUser
+    | MoveVolume | RenameVM | AddUser | RevokeUser | ApplyInstancetype | DeleteInstancetype
+    | ApplyClusterInstancetype | DeleteClusterInstancetype | ApplyPreference | DeletePreference
+    | ApplyClusterPreference | DeleteClusterPreference
 )  # fmt: skip
 
 COMMAND_CLASSES: Final[tuple[type[Command], ...]] = AnyCommand.__args__

@@ -15,6 +15,10 @@ import yaml
 
 from events import fields as f
 from events.commands import (
+    ApplyClusterInstancetype,
+    ApplyClusterPreference,
+    ApplyInstancetype,
+    ApplyPreference,
     ApplyReplicaSet,
     ApplyVM,
     Command,
@@ -23,7 +27,10 @@ from events.commands import (
     SnapshotVM,
 )
 from events.fields import fail as _fail
+from events.instancetypes import API as INSTANCETYPE_API
+from events.instancetypes import KINDS as INSTANCETYPE_KINDS
 from events.manifest_reader import METADATA, Reader, names, strings
+from events.manifest_storage import STORAGE_KINDS, dv_command, pvc_command
 from events.names import check_name
 from events.quantity import parse_quantity
 
@@ -111,7 +118,18 @@ def to_commands(
         v if isinstance(v, str) else None for v in (doc.get("apiVersion"), doc.get("kind"))
     )
     shown_api, shown_kind = f.short(doc.get("apiVersion")), f.short(doc.get("kind"))
-    if kind in SNAPSHOT_KINDS:
+    other = {**STORAGE_KINDS, INSTANCETYPE_API: tuple(INSTANCETYPE_KINDS)}
+    if api in ("instancetype.kubevirt.io/v1alpha1", "instancetype.kubevirt.io/v1alpha2"):
+        reader.warn("apiVersion", f"{api} is deprecated; read as {INSTANCETYPE_API}")
+        api = INSTANCETYPE_API
+    storage = api is not None and api in other
+    if storage and kind not in other[api or ""]:
+        served = ", ".join(other[api or ""])
+        raise _fail("kind", f"{shown_kind} is not supported in apiVersion {api}; virtbus serves "
+                            f"{served} there")  # fmt: skip
+    if storage:
+        pass
+    elif kind in SNAPSHOT_KINDS:
         if api == "snapshot.kubevirt.io/v1alpha1":
             reader.warn("apiVersion", f"{api} is deprecated; read as {SNAPSHOT_API_VERSION}")
         elif api != SNAPSHOT_API_VERSION:
@@ -120,8 +138,10 @@ def to_commands(
     elif api in DEPRECATED_API_VERSIONS:
         reader.warn("apiVersion", f"{api} is deprecated; read as {API_VERSION}")
     elif api != API_VERSION:
-        raise _fail("apiVersion", f"{shown_api} is not supported; use {API_VERSION}")
-    if kind not in KINDS:
+        raise _fail("apiVersion", f"{shown_api} is not supported; use {API_VERSION} (v1 for "
+                                  "PersistentVolumeClaim, cdi.kubevirt.io/v1beta1 for DataVolume, "
+                                  f"{SNAPSHOT_API_VERSION} for snapshots)")  # fmt: skip
+    if kind not in KINDS and not storage:
         raise _fail("kind", f"{shown_kind} is not supported; use one of {', '.join(KINDS)}")
     # Only plain JSON goes on: it is what the wire carries and the log replays unchanged.
     f.check_json(doc, "")
@@ -134,10 +154,19 @@ def to_commands(
     # Deep-copied so the command never aliases the caller's document.
     spec = copy.deepcopy(f.mapping(doc.get("spec"), "spec"))
     cmd: Command
-    if kind == "VirtualMachine":
+    made: list[Command] = []  # what the object makes beside itself (a VM's DataVolumes)
+    if kind in INSTANCETYPE_KINDS:
+        cmd = _instancetype(kind or "", spec, reader, name=name, namespace=namespace,
+                            labels=labels)  # fmt: skip
+    elif kind == "PersistentVolumeClaim":
+        cmd = pvc_command(spec, reader, name=name, namespace=namespace, annotations=annotations)
+    elif kind == "DataVolume":
+        cmd = dv_command(spec, reader, name=name, namespace=namespace)
+    elif kind == "VirtualMachine":
         reader.section(spec, "spec", fields=_VM_SPEC)
         _check_run_strategy(spec)
         reader.template(spec.get("template"), "spec.template", sized="instancetype" in spec)
+        made = _data_volume_templates(spec, reader, vm=name, namespace=namespace)
         cmd = ApplyVM(
             name=name, namespace=namespace, spec=spec, labels=labels, annotations=annotations
         )
@@ -170,7 +199,58 @@ def to_commands(
         snap = check_name(spec.get("virtualMachineSnapshotName") or "",
                           field="spec.virtualMachineSnapshotName")  # fmt: skip
         cmd = RestoreVM(name=vm, namespace=namespace, snapshot=snap, restore=name)
-    return [cmd], reader.warns
+    return [*made, cmd], reader.warns
+
+
+_SIZING: Final = names(
+    "cpu memory gpus hostDevices ioThreadsPolicy launchSecurity annotations nodeSelector "
+    "schedulerName"
+)
+_PREFERRING: Final = names(
+    "cpu devices machine firmware clock features requirements preferredSubdomain "
+    "preferredTerminationGracePeriodSeconds volumes annotations preferSpreadSocketToCoreRatio "
+    "preferredArchitecture"
+)
+_APPLY_KIND: Final = {
+    "VirtualMachineInstancetype": ApplyInstancetype,
+    "VirtualMachineClusterInstancetype": ApplyClusterInstancetype,
+    "VirtualMachinePreference": ApplyPreference,
+    "VirtualMachineClusterPreference": ApplyClusterPreference,
+}
+
+
+def _instancetype(
+    kind: str, spec: dict[str, Any], reader: Reader, *, name: str, namespace: str,
+    labels: dict[str, str],
+) -> Command:  # fmt: skip
+    """One of the four instancetype.kubevirt.io kinds; an instance type must size CPU and memory
+    (KubeVirt's CRD requires both guests)."""
+    if kind.endswith("Instancetype"):
+        reader.section(spec, "spec", fields=_SIZING)
+        for key in ("cpu", "memory"):
+            if f.mapping(spec.get(key), f"spec.{key}").get("guest") is None:
+                raise _fail(f"spec.{key}.guest", "Required value")
+        f.integer(spec["cpu"]["guest"], "spec.cpu.guest", low=1, high=4096)
+        parse_quantity(spec["memory"]["guest"], field="spec.memory.guest")
+        strings(spec.get("nodeSelector"), "spec.nodeSelector")
+    else:
+        reader.section(spec, "spec", fields=_PREFERRING)
+    return _APPLY_KIND[kind](name=name, namespace=namespace, spec=spec, labels=labels)
+
+
+def _data_volume_templates(
+    spec: dict[str, Any], reader: Reader, *, vm: str, namespace: str
+) -> list[Command]:
+    """A VM's `dataVolumeTemplates`: DataVolumes made with it and owned by it (deleted with it)."""
+    out: list[Command] = []
+    for i, one in enumerate(f.entries(spec.get("dataVolumeTemplates"), "spec.dataVolumeTemplates")):
+        at = f"spec.dataVolumeTemplates[{i}]"
+        tpl = reader.section(one, at, fields=names("apiVersion kind metadata spec"))
+        meta = reader.section(tpl.get("metadata"), f"{at}.metadata", fields=METADATA)
+        name = check_name(meta.get("name") or "", field=f"{at}.metadata.name")
+        out.append(dv_command(f.mapping(tpl.get("spec"), f"{at}.spec"), reader, name=name,
+                              namespace=namespace, owner=vm, path=f"{at}.spec"))  # fmt: skip
+    return out
 
 
 # --- checks --------------------------------------------------------------------------------------

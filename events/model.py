@@ -16,11 +16,19 @@ from events.event import Event
 from events.model_aggregates import (
     AuditCheckpoint,
     AuditHead,
+    ClusterInstancetypeApplied,
+    ClusterInstancetypeDeleted,
+    ClusterPreferenceApplied,
+    ClusterPreferenceDeleted,
+    InstancetypeApplied,
+    InstancetypeDeleted,
     NodeCordoned,
     NodeDrainRequested,
     NodeLost,
     NodeRegistered,
     NodeUncordoned,
+    PreferenceApplied,
+    PreferenceDeleted,
     ReplicaSetCreated,
     ReplicaSetDeleted,
     ReplicaSetScaled,
@@ -33,6 +41,8 @@ from events.model_aggregates import (
     VolumeMoved,
     VolumeMoveFailed,
     VolumeMoveRequested,
+    VolumeNodeSelected,
+    VolumeProgress,
     VolumeReady,
     WebhookDisabled,
     WebhookSubscribed,
@@ -70,23 +80,26 @@ from events.model_snapshot import (
 # The contract's event namespace: the union's members from the modules above are used as `m.X`.
 __all__ = [
     "CE_TYPE", "EVENT_BY_NAME", "EVENT_CLASSES", "TOKEN", "AnyEvent", "AuditCheckpoint",
-    "AuditHead", "CommandRejected", "DomainDefined", "DomainPaused", "DomainRebooted",
-    "DomainResumed", "DomainStarted", "DomainStopped", "DomainUndefined", "Event",
-    "GuestAgentChanged", "IPAllocated", "IPReleased", "ImagePulled", "ImagePulling",
-    "LauncherCreated", "LauncherDeleted", "LauncherFailed", "MigrationCancelRequested",
-    "MigrationFailed", "MigrationProgress", "MigrationRequested", "MigrationScheduled",
-    "MigrationStarted", "MigrationSucceeded", "MigrationTargetPreparing", "MigrationTargetReady",
-    "NodeCordoned", "NodeDrainRequested", "NodeLost", "NodeRegistered", "NodeUncordoned",
-    "ReplicaSetCreated", "ReplicaSetDeleted", "ReplicaSetScaled", "ReplicaSetSpecChanged",
-    "RestoreFailed", "RestoreRequested", "RestoreSucceeded", "SnapshotDeleted", "SnapshotFailed",
-    "SnapshotRequested", "SnapshotSucceeded", "UserAdded", "UserRevoked", "VMBackoff", "VMCreated",
-    "VMDeleteRequested", "VMDeleted", "VMFailed", "VMPauseRequested", "VMRenamed",
-    "VMRestartRequested", "VMRunning", "VMScheduled", "VMSpecChanged", "VMStartFailed",
-    "VMStartRequested", "VMStopRequested", "VMStopped", "VMUndeleted", "VMUnpauseRequested",
-    "VMUnschedulable", "VolumeAttachFailed", "VolumeAttachRequested", "VolumeAttached",
-    "VolumeCreated", "VolumeDeleted", "VolumeDetachRequested", "VolumeDetached", "VolumeFailed",
-    "VolumeMoveFailed", "VolumeMoveRequested", "VolumeMoved", "VolumeReady", "WebhookDisabled",
-    "WebhookSubscribed", "WebhookUnsubscribed",
+    "AuditHead", "ClusterInstancetypeApplied", "ClusterInstancetypeDeleted",
+    "ClusterPreferenceApplied", "ClusterPreferenceDeleted", "CommandRejected", "DomainDefined",
+    "DomainPaused", "DomainRebooted", "DomainResumed", "DomainStarted", "DomainStopped",
+    "DomainUndefined", "Event", "GuestAgentChanged", "IPAllocated", "IPReleased", "ImagePulled",
+    "ImagePulling", "InstancetypeApplied", "InstancetypeDeleted", "LauncherCreated",
+    "LauncherDeleted", "LauncherFailed", "MigrationCancelRequested", "MigrationFailed",
+    "MigrationProgress", "MigrationRequested", "MigrationScheduled", "MigrationStarted",
+    "MigrationSucceeded", "MigrationTargetPreparing", "MigrationTargetReady", "NodeCordoned",
+    "NodeDrainRequested", "NodeLost", "NodeRegistered", "NodeUncordoned", "PreferenceApplied",
+    "PreferenceDeleted", "ReplicaSetCreated", "ReplicaSetDeleted", "ReplicaSetScaled",
+    "ReplicaSetSpecChanged", "RestoreFailed", "RestoreRequested", "RestoreSucceeded",
+    "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested", "SnapshotSucceeded", "UserAdded",
+    "UserRevoked", "VMBackoff", "VMCreated", "VMDeleteRequested", "VMDeleted", "VMFailed",
+    "VMPauseRequested", "VMRenamed", "VMRestartRequested", "VMRunning", "VMScheduled",
+    "VMSpecChanged", "VMStartFailed", "VMStartRequested", "VMStopRequested", "VMStopped",
+    "VMUndeleted", "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed",
+    "VolumeAttachRequested", "VolumeAttached", "VolumeCreated", "VolumeDeleted",
+    "VolumeDetachRequested", "VolumeDetached", "VolumeFailed", "VolumeMoveFailed",
+    "VolumeMoveRequested", "VolumeMoved", "VolumeNodeSelected", "VolumeProgress", "VolumeReady",
+    "WebhookDisabled", "WebhookSubscribed", "WebhookUnsubscribed",
 ]  # fmt: skip
 
 
@@ -320,7 +333,10 @@ AnyEvent = (
     | ReplicaSetDeleted
     | VolumeCreated | VolumeReady | VolumeDeleted | WebhookSubscribed | WebhookUnsubscribed
     | WebhookDisabled
-    | VolumeFailed | VolumeMoveRequested | VolumeMoved | VolumeMoveFailed
+    | VolumeFailed | VolumeMoveRequested | VolumeMoved | VolumeMoveFailed | VolumeNodeSelected
+    | VolumeProgress | InstancetypeApplied | InstancetypeDeleted | ClusterInstancetypeApplied
+    | ClusterInstancetypeDeleted | PreferenceApplied | PreferenceDeleted
+    | ClusterPreferenceApplied | ClusterPreferenceDeleted
     | AuditCheckpoint | ImagePulled | ImagePulling | UserAdded | UserRevoked
 )  # fmt: skip
 
@@ -339,6 +355,10 @@ _PREFIX: Final = {
     "webhook": "webhook_",
     "audit": "audit_",
     "user": "user_",
+    "instancetype": "instancetype_",
+    "clusterinstancetype": "cluster_instancetype_",
+    "preference": "preference_",
+    "clusterpreference": "cluster_preference_",
 }
 
 

@@ -78,10 +78,33 @@ class ReplicaSetDeleted(Event, frozen=True):
 
 
 class VolumeCreated(Event, frozen=True):
+    """A claim; `node` "" binds late (WaitForFirstConsumer: the first VM to use it picks it).
+    `source` says who fills it: "" blank, "upload" or an http(s) URL (bytes over the bus from the
+    CLI), "import:URL", "registry:IMAGE", "clone:NAME" (the node itself, a DataVolume's)."""
+
     aggregate: ClassVar[str] = "volume"
     size_bytes: int
     node: str = ""
     source: str = ""
+    access_modes: list[str] = []
+    storage_class: str = ""
+    data_volume: bool = False  # made as a CDI DataVolume (listed by `get dv` too)
+    owner: str = ""  # the VM whose dataVolumeTemplates made it: deleted with it
+
+
+class VolumeNodeSelected(Event, frozen=True):
+    """WaitForFirstConsumer: the claim is bound to the node its first VM was scheduled on."""
+
+    aggregate: ClassVar[str] = "volume"
+    node: str
+    consumer: str = ""  # the VM whose scheduling chose the node
+
+
+class VolumeProgress(Event, frozen=True):
+    """The node fills the volume (an import, a clone): how far it is, CDI's way ("45.20%")."""
+
+    aggregate: ClassVar[str] = "volume"
+    progress: str
 
 
 class VolumeReady(Event, frozen=True):
@@ -118,6 +141,45 @@ class VolumeMoveFailed(Event, frozen=True):
 
     aggregate: ClassVar[str] = "volume"
     reason: str
+
+
+# --- instance types and preferences (instancetype.kubevirt.io) ---------------------------------
+
+
+class InstancetypeApplied(Event, frozen=True):
+    """A VirtualMachineInstancetype's spec, as applied (its subclasses: the other three kinds)."""
+
+    aggregate: ClassVar[str] = "instancetype"
+    spec: dict[str, Any]
+    labels: dict[str, str] = {}
+
+
+class InstancetypeDeleted(Event, frozen=True):
+    aggregate: ClassVar[str] = "instancetype"
+
+
+class ClusterInstancetypeApplied(InstancetypeApplied, frozen=True):
+    aggregate: ClassVar[str] = "clusterinstancetype"
+
+
+class ClusterInstancetypeDeleted(InstancetypeDeleted, frozen=True):
+    aggregate: ClassVar[str] = "clusterinstancetype"
+
+
+class PreferenceApplied(InstancetypeApplied, frozen=True):
+    aggregate: ClassVar[str] = "preference"
+
+
+class PreferenceDeleted(InstancetypeDeleted, frozen=True):
+    aggregate: ClassVar[str] = "preference"
+
+
+class ClusterPreferenceApplied(InstancetypeApplied, frozen=True):
+    aggregate: ClassVar[str] = "clusterpreference"
+
+
+class ClusterPreferenceDeleted(InstancetypeDeleted, frozen=True):
+    aggregate: ClassVar[str] = "clusterpreference"
 
 
 # --- webhooks -------------------------------------------------------------------------------------

@@ -28,13 +28,29 @@ DEFAULT_NAMESPACE: Final = "default"
 # `intake` holds rejections of commands whose target cannot even be named.
 # `audit` holds the signed checkpoints of the log (`events/checkpoint.py`).
 # `user` holds who may use the bus, with which role (`events/users.py`).
-AGGREGATES: Final = ("vm", "rs", "node", "volume", "webhook", "intake", "audit", "user")
-CLUSTER_SCOPED: Final = frozenset({"node", "webhook", "intake", "audit", "user"})
+AGGREGATES: Final = (
+    "vm",
+    "rs",
+    "node",
+    "volume",
+    "webhook",
+    "intake",
+    "audit",
+    "user",
+    "instancetype",
+    "clusterinstancetype",
+    "preference",
+    "clusterpreference",
+)
+CLUSTER_SCOPED: Final = frozenset(
+    {"node", "webhook", "intake", "audit", "user", "clusterinstancetype", "clusterpreference"}
+)
 
 EVENTS_STREAM: Final = "VIRT_EVENTS"
 COMMANDS_STREAM: Final = "VIRT_COMMANDS"
 WORK_STREAM: Final = "VIRT_WORK"
 HEARTBEAT_BUCKET: Final = "virt_heartbeats"
+LEASE_BUCKET: Final = "virt_leases"  # which orchestrator acts (`orchestrator/lease.py`)
 
 EVENT_SUBJECTS: Final = tuple(f"virt.{kind}.>" for kind in AGGREGATES)
 COMMAND_SUBJECTS: Final = ("virt.cmd.>",)

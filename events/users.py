@@ -22,13 +22,17 @@ ADMIN: Final = "admin"
 EDIT: Final = "edit"
 VIEW: Final = "view"
 NODE: Final = "node"
-ROLES: Final = (ADMIN, EDIT, VIEW, NODE)
-EDITABLE: Final = frozenset({"vm", "rs", "volume"})  # what `edit` may command
+DISPATCHER: Final = "dispatcher"  # the webhook dispatcher's: it commands nothing
+ROLES: Final = (ADMIN, EDIT, VIEW, NODE, DISPATCHER)
+EDITABLE: Final = frozenset({"vm", "rs", "volume", "instancetype", "preference"})  # `edit`
 
 # kubectl's resource names, for messages a Kubernetes user reads like its own
 _RESOURCE: Final = {"vm": "virtualmachines", "rs": "virtualmachineinstancereplicasets",
                     "volume": "persistentvolumeclaims", "node": "nodes", "webhook": "webhooks",
-                    "user": "users"}  # fmt: skip
+                    "user": "users", "instancetype": "virtualmachineinstancetypes",
+                    "clusterinstancetype": "virtualmachineclusterinstancetypes",
+                    "preference": "virtualmachinepreferences",
+                    "clusterpreference": "virtualmachineclusterpreferences"}  # fmt: skip
 
 
 # What a node writes: its observations, nothing else (no decision, no command, no rejection).
@@ -41,6 +45,7 @@ NODE_WRITES: Final[frozenset[type[m.Event]]] = frozenset({
     m.MigrationProgress, m.MigrationSucceeded, m.MigrationFailed, m.SnapshotSucceeded,
     m.SnapshotFailed, m.RestoreSucceeded, m.RestoreFailed, m.VolumeAttached, m.VolumeAttachFailed,
     m.VolumeDetached, m.VolumeReady, m.VolumeFailed, m.VolumeMoved, m.VolumeMoveFailed,
+    m.VolumeProgress,
     m.NodeRegistered, m.ImagePulling, m.ImagePulled, m.DomainRebooted, m.GuestAgentChanged,
 })  # fmt: skip
 

@@ -38,6 +38,12 @@ class VolumeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     move_version: int = 0
     moved_from: str = ""  # the node the last move left: its copy is to be removed
     moved_version: int = 0
+    access_modes: tuple[str, ...] = ()
+    storage_class: str = ""
+    data_volume: bool = False
+    owner: str = ""
+    consumer: str = ""  # WaitForFirstConsumer: the VM that chose the node
+    progress: str = ""  # a node filling it says how far it is ("" not started)
     skipped: tuple[Skipped, ...] = ()
 
 
@@ -51,10 +57,16 @@ def apply_volume(s: VolumeState, env: Envelope) -> VolumeState:
             return VolumeState(
                 namespace=ns, name=name, version=env.version, exists=True, created=env.time,
                 created_version=env.version, size_bytes=e.size_bytes, node=e.node,
-                source=e.source, phase=PENDING,
+                source=e.source, phase=PENDING, access_modes=tuple(e.access_modes),
+                storage_class=e.storage_class, data_volume=e.data_volume, owner=e.owner,
             )  # fmt: skip
+        case m.VolumeNodeSelected() if s.exists and not s.node:
+            return replace(s, node=e.node, consumer=e.consumer)
+        case m.VolumeProgress() if s.exists and s.phase == PENDING:
+            return replace(s, progress=e.progress)
         case m.VolumeReady() if s.exists:
-            return replace(s, phase=BOUND, format=e.format, reason="")
+            return replace(s, phase=BOUND, format=e.format, reason="",
+                           progress="100.0%" if s.progress else "")  # fmt: skip
         case m.VolumeFailed() if s.exists:
             return replace(s, phase=FAILED, reason=e.reason)
         case m.VolumeMoveRequested() if s.exists:
@@ -67,3 +79,22 @@ def apply_volume(s: VolumeState, env: Envelope) -> VolumeState:
         case m.VolumeDeleted():
             return replace(s, exists=False, phase="", deleted_version=env.version)
     return s
+
+
+def dv_phase(v: VolumeState) -> str:
+    """The claim's phase as a CDI DataVolume states it (`DataVolumePhase` in CDI's API)."""
+    filled_by_node = v.source.startswith(("import:", "registry:", "clone:"))
+    kind = v.source.partition(":")[0] if filled_by_node else "upload" if v.source else ""
+    if v.phase == FAILED:
+        return "Failed"
+    if v.phase == BOUND:
+        return "Succeeded"
+    if not v.node:
+        return "WaitForFirstConsumer"
+    if kind == "upload":
+        return "UploadReady"
+    if kind in ("import", "registry"):
+        return "ImportInProgress" if v.progress else "ImportScheduled"
+    if kind == "clone":
+        return "CloneInProgress" if v.progress else "CloneScheduled"
+    return PENDING

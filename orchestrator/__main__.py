@@ -1,17 +1,19 @@
 """`python -m orchestrator [--server URL] [--creds F --tls-ca F] [--trust-dir D] [--data-dir D]
-[--migrations FILE] [--vmi-cidr CIDR]`: the orchestrator alone, on a bus. FILE is KubeVirt's
-`spec.configuration.migrations` as YAML; CIDR the VM network's address pool."""
+[--migrations FILE] [--dispatcher-creds F] [--vmi-cidr CIDR]`: the orchestrator alone, on a bus.
+FILE is KubeVirt's `spec.configuration.migrations` as YAML; CIDR the VM network's address pool."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 from pathlib import Path
 
 import uvloop
 from nats.aio.client import Client
 
+from bus.connect import configured, connect
 from bus.provision import provision
 from bus.telemetry import add_process_args, serve, start_telemetry
 from bus.trust import load
@@ -26,10 +28,19 @@ async def _main(args: argparse.Namespace) -> None:
         await provision(nc.jetstream())
         policy = load_policy(Path(args.migrations)) if args.migrations else None
         trust = load(Path(args.trust_dir)) if args.trust_dir else None
-        await run_orchestrator(nc, data_dir=Path(args.data_dir), stop=stop,
-                               node_grace_s=args.node_grace, migration_policy=policy,
-                               webhooks=not args.no_webhooks, trust=trust,
-                               vmi_cidr=args.vmi_cidr)  # fmt: skip
+        hooks = None
+        if args.dispatcher_creds and not args.no_webhooks:  # the dispatcher as itself
+            access = dataclasses.replace(configured(), creds=args.dispatcher_creds)
+            hooks = await connect(args.server, name="virtbus-webhooks", access=access,
+                                  lasting=True)  # fmt: skip
+        try:
+            await run_orchestrator(nc, data_dir=Path(args.data_dir), stop=stop,
+                                   node_grace_s=args.node_grace, migration_policy=policy,
+                                   webhooks=not args.no_webhooks, trust=trust,
+                                   webhooks_nc=hooks, vmi_cidr=args.vmi_cidr)  # fmt: skip
+        finally:
+            if hooks is not None:
+                await hooks.close()
 
     await serve(args, name="virtbus-orchestrator", body=body)
 
@@ -44,6 +55,11 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--no-webhooks", action="store_true",
                         help="run the webhook dispatcher as its own process instead")  # fmt: skip
+    parser.add_argument(
+        "--dispatcher-creds", type=Path, default=os.environ.get("VIRTBUS_DISPATCHER_CREDS"),
+        metavar="FILE", help="the webhook dispatcher's own .creds (default "
+        "$VIRTBUS_DISPATCHER_CREDS; else it runs on the orchestrator's)",
+    )  # fmt: skip
     parser.add_argument(
         "--node-grace", type=float, default=10.0,
         help="seconds of silence after which a node is lost (default 10)",

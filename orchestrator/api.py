@@ -32,6 +32,7 @@ from events.names import API_PREFIX, CLUSTER, CLUSTER_SCOPED, outcome_subject
 from events.protocol import Answer, Query
 from events.users import may_read, read_scope
 from orchestrator.intake import Intake
+from orchestrator.lease import LeaseLost
 from orchestrator.readmodel import ReadModel
 
 log = logging.getLogger("virtbus.api")
@@ -139,7 +140,11 @@ class Api:
                 headers["traceparent"] = trace  # the client's trace goes on with the command
             ack = await self.nc.jetstream().publish(subject, raw, headers=headers)
             if ack.duplicate:  # stored before: its outcome is in the log
-                await req.respond(encode(await self._replayed_outcome(raw, cid)))
+                try:
+                    await req.respond(encode(await self._replayed_outcome(raw, cid)))
+                except LeaseLost:  # a standby's: the holder judges it, as it judged the first
+                    await req.respond_error("504", f"command {cid} is queued; its outcome "
+                                            "comes from the orchestrator that leads")  # fmt: skip
                 return
             await req.respond(await asyncio.wait_for(waiter, OUTCOME_WAIT_S))
         except TimeoutError:

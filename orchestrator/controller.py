@@ -31,6 +31,7 @@ from events import work as w
 from events.envelope import Recorded, encode
 from events.errors import ConcurrencyConflict, VirtbusError
 from events.folding import skipped_now
+from events.instancetypes import KIND_OF, InstancetypeState, apply_instancetype
 from events.names import HEARTBEAT_BUCKET, Ref, aggregate_key
 from events.nodes import READY, Heartbeat, NodeState, apply_node
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
@@ -44,13 +45,24 @@ from events.state import (
 from events.volumes import VolumeState, apply_volume
 from orchestrator import metrics
 from orchestrator.capacity import Capacity
+from orchestrator.instancetypes import admit, effective
 from orchestrator.ipam import AddressPool, mac_for
 from orchestrator.keyed import KeyedQueue
 from orchestrator.migrations import Cluster
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import NodeView, place
 from orchestrator.snapshots import removal_work
-from orchestrator.volumes import ClusterView, cluster_view, follow_cold_move, pin, volume_work
+from orchestrator.volumes import (
+    ClusterView,
+    bind_claims,
+    claims_for,
+    cluster_view,
+    follow_cold_move,
+    owned_by,
+    pin,
+    volume_work,
+    waiting_on,
+)
 
 log = logging.getLogger("virtbus.controller")
 RESEND_AFTER_S = 60.0  # within JetStream's 2-minute dedup window a resend is dropped anyway
@@ -79,6 +91,7 @@ class Controller:
         self.nodes: dict[str, NodeState] = {}
         self.replica_sets: dict[str, ReplicaSetState] = {}
         self.volumes: dict[str, VolumeState] = {}
+        self.instancetypes: dict[str, InstancetypeState] = {}  # and preferences, by subject key
         self.position = 0
         self._wakes: dict[str, datetime] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (seq, caught up to it)
@@ -130,6 +143,11 @@ class Controller:
             log.warning("the controller is at seq %s, not %s; judging on what it has",
                         self.position, last)  # fmt: skip
 
+    async def vm_admission(self, ref: Ref, spec: dict[str, Any]) -> None:
+        """Raise KubeVirt's refusal when the VM's instance type or preference is missing."""
+        await self.caught_up()
+        admit(spec, namespace=ref.namespace, known=self.instancetypes)
+
     async def volume_view(self, ref: Ref, cmd: c.Command) -> ClusterView:
         """What judging a volume command needs besides the volume's own history."""
         await self.caught_up()
@@ -145,7 +163,8 @@ class Controller:
                 log.warning("event at seq %s (%s, %s) skipped by the fold: %s", rec.seq,
                             rec.subject, skip.type, skip.reason)  # fmt: skip
                 metrics.UNFOLDABLE.inc()
-            self.capacity.folded(key, s, rec.envelope.data)
+            # Accounted at its effective size: an instance type sizes what it holds.
+            self.capacity.folded(key, effective(s, known=self.instancetypes)[0], rec.envelope.data)
             self.addresses.folded(key, s)
         elif kind == "node":
             name = rest.split(".")[1]
@@ -155,6 +174,9 @@ class Controller:
             self.replica_sets[key] = apply_rs(rs, rec.envelope)
         elif kind == "volume":
             self.volumes[key] = apply_volume(self.volumes.get(key) or VolumeState(), rec.envelope)
+        elif kind in KIND_OF:
+            it = self.instancetypes.get(key) or InstancetypeState()
+            self.instancetypes[key] = apply_instancetype(it, rec.envelope)
         self.position = rec.seq
         return kind, key
 
@@ -184,10 +206,11 @@ class Controller:
             nodes=self.nodes, views=self.node_views, slot_free=self.capacity.slot_free,
             policy=self.migration_policy,
         )  # fmt: skip
+        s, refused = effective(s, known=self.instancetypes)  # sized by its instance type
         reaction = reconcile(
             s, lost_nodes=lost, cluster=cluster,
-            place=lambda req: place(pin(req, s.spec, self.volumes, namespace=s.namespace),
-                                    self.node_views()),
+            place=lambda req: refused() or place(
+                pin(req, s.spec, self.volumes, namespace=s.namespace), self.node_views()),
             now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex,
             allocate=lambda uid: self._allocate(key, uid),
             clashes=lambda ip: self.addresses.clashes(key, ip),
@@ -211,7 +234,11 @@ class Controller:
                 self.capacity.release(key, held)
                 self.addresses.release(key)
                 return None  # another controller decided first; its events will come here
-        await self._enqueue(reaction.work)
+        work = list(reaction.work)
+        for item in [x for x in work if isinstance(x, w.Start | w.AttachVolume)]:
+            if not await self._claims_ready(s, item, cause):
+                work.remove(item)  # it starts (or plugs) once they are
+        await self._enqueue(work)
         return reaction
 
     def _allocate(self, key: str, vmi_uid: str) -> m.IPAllocated:
@@ -220,7 +247,25 @@ class Controller:
         return m.IPAllocated(address=address, vmi_uid=vmi_uid, mac=mac_for(address),
                              cidr=self.addresses.cidr)  # fmt: skip
 
+    async def _claims_ready(self, s: VMState, item: w.Work, cause: Recorded | None) -> bool:
+        """WaitForFirstConsumer: bind the claims a start (or a hotplug) needs to its node;
+        whether they are all there for it (a VolumeReady kicks the VM again)."""
+        bind, ready = bind_claims(claims_for(s, item), self.volumes, namespace=s.namespace,
+                                  node=item.node)  # fmt: skip
+        # Versions as judged, before any await: a claim bound meanwhile must conflict.
+        versions = [self.volumes[f"virt.volume.{r.namespace}.{r.name}"].version for r in bind]
+        for ref, version in zip(bind, versions, strict=True):
+            with contextlib.suppress(ConcurrencyConflict):  # bound meanwhile: that node holds
+                await self.store.append(
+                    ref, [m.VolumeNodeSelected(node=item.node, consumer=s.name)],
+                    expected_version=version, causationid=cause.envelope.id if cause else "",
+                    correlationid=cause.envelope.correlationid if cause else "",
+                )  # fmt: skip
+        return ready
+
     async def _enqueue(self, work: list[w.Work]) -> None:
+        if self.store.guard is not None:
+            self.store.guard()  # work is an act too: only the lease's holder sends it
         js = self.nc.jetstream()
         now = time.monotonic()
         for item in work:
@@ -274,6 +319,11 @@ class Controller:
                 await self._move_volumes_with(self.vms[key], data.target, cause=rec)
             if isinstance(data, m.SnapshotDeleted) and (gone := removal_work(self.vms[key], data)):
                 await self._enqueue([gone])
+            if isinstance(data, m.VMDeleted):  # its dataVolumeTemplates' DataVolumes go too
+                for ref, version in owned_by(self.vms[key], self.volumes):
+                    with contextlib.suppress(ConcurrencyConflict):
+                        await self.store.append(ref, [m.VolumeDeleted()], expected_version=version,
+                                                causationid=rec.envelope.id)  # fmt: skip
             if isinstance(data, _FREES_CAPACITY):
                 await self._retry_unschedulable(rec)
             if isinstance(data, _ENDS_MIGRATION):
@@ -286,6 +336,8 @@ class Controller:
         elif kind == "volume":
             await self.react_volume(key)
             await self._retry_unschedulable(rec)  # a VM may wait for its volume's node
+            for k in waiting_on(key, self.vms):  # or, scheduled, for its data
+                self._reactions.kick(k, rec)
         elif kind == "node":
             if isinstance(data, m.NodeLost | m.NodeDrainRequested):
                 node = key.rpartition(".")[2]
@@ -309,6 +361,11 @@ class Controller:
                 self._reactions.kick(k, cause)
 
     # --- loops -----------------------------------------------------------------------------------
+
+    def resync(self) -> None:
+        """React to every VM again (level-triggered: what is already right stays as it is)."""
+        for key in list(self.vms):
+            self._reactions.kick(key)
 
     async def catch_up(self) -> None:
         # No chain check here: a tampered log is for `audit verify` to name; the controller

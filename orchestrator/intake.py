@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from bus.reader import fetch_some
 from bus.store import Append, EventStore
@@ -26,6 +28,12 @@ from events import commands as c
 from events import model as m
 from events.envelope import Recorded, decode_command, encode
 from events.errors import ConcurrencyConflict, ValidationError, VirtbusError
+from events.instancetypes import (
+    KIND_OF,
+    InstancetypeState,
+    apply_instancetype,
+    decide_instancetype,
+)
 from events.model import CE_TYPE
 from events.names import COMMANDS_STREAM, Ref, aggregate_key, command_parts, outcome_subject
 from events.nodes import NodeState, apply_node
@@ -74,6 +82,8 @@ class Intake:
         self.nodes: Callable[[], list[NodeView]] | None = None
         # Likewise what a volume command is judged against (nodes, volumes, the claim's users).
         self.volume_view: Callable[[Ref, c.Command], Awaitable[ClusterView]] | None = None
+        # Whether a VM's instance type and preference resolve (the controller's folded state).
+        self.vm_admission: Callable[[Ref, dict[str, Any]], Awaitable[None]] | None = None
         # Who may ask for what, on a secured bus (None: an open bus, where no caller is known).
         self.identities: Identities | None = None
         # And the migrations in flight, by namespace and name -> VM: a VMIM's name is unique.
@@ -164,6 +174,9 @@ class Intake:
                     nodes = self.nodes() if self.nodes and isinstance(cmd, c.MigrateVM) else None
                     if isinstance(cmd, c.MigrateVM) and self.active_migrations is not None:
                         _unique_migration(cmd, self.active_migrations())
+                    if isinstance(cmd, c.StartVM) and self.vm_admission is not None:
+                        # KubeVirt's words for a missing instance type or preference, at start.
+                        await self.vm_admission(ref, fold(r.envelope for r in history).spec)
                     events = _decide(ref, history, cmd, nodes=nodes)
                 parts = [Append(ref, events, version)]
                 if isinstance(cmd, c.RenameVM) and events:
@@ -272,10 +285,18 @@ class Intake:
 
     async def run(self, stop: asyncio.Event) -> None:
         js = self.nc.jetstream()
-        sub = await js.pull_subscribe(
-            "virt.cmd.>", durable=DURABLE, stream=COMMANDS_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=10),
-        )  # fmt: skip
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=10)
+        # Taken over from the ack floor: what the last holder had been handed and never acked (a
+        # pull it made as it died may even take a command published after its death) is judged
+        # now, not ack_wait later. Judging a command twice is safe: its id makes it one.
+        with contextlib.suppress(NotFoundError):
+            floor = (await js.consumer_info(COMMANDS_STREAM, DURABLE)).ack_floor
+            await js.delete_consumer(COMMANDS_STREAM, DURABLE)
+            if floor is not None and floor.stream_seq:
+                config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+                config.opt_start_seq = floor.stream_seq + 1
+        sub = await js.pull_subscribe("virt.cmd.>", durable=DURABLE, stream=COMMANDS_STREAM,
+                                      config=config)  # fmt: skip
         try:
             while not stop.is_set():
                 msgs = await fetch_some(sub, batch=100, stop=stop, what="commands")
@@ -306,7 +327,21 @@ def _decide(
         return decide_node(node, cmd)
     if ref.kind == "webhook":
         return decide_webhook(fold_webhook(ref.name, history), cmd)
+    if ref.kind in KIND_OF:
+        it = InstancetypeState()
+        for r in history:
+            it = apply_instancetype(it, r.envelope)
+        applied, deleted = _INSTANCETYPE_EVENTS[ref.kind]
+        return decide_instancetype(it, cmd, applied=applied, deleted=deleted)
     raise ValidationError(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
+
+
+_INSTANCETYPE_EVENTS: dict[str, tuple[type[m.Event], type[m.Event]]] = {
+    "instancetype": (m.InstancetypeApplied, m.InstancetypeDeleted),
+    "clusterinstancetype": (m.ClusterInstancetypeApplied, m.ClusterInstancetypeDeleted),
+    "preference": (m.PreferenceApplied, m.PreferenceDeleted),
+    "clusterpreference": (m.ClusterPreferenceApplied, m.ClusterPreferenceDeleted),
+}
 
 
 def unjudged(err: Exception) -> ValidationError:

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import nats
 from nats.aio.client import Client
 
-from bus.credentials import user_jwt
-from bus.roles import node_permissions, user_permissions
+from bus.credentials import Permissions, user_jwt
+from bus.roles import dispatcher_permissions, node_permissions, user_permissions
 from bus.store import EventStore
-from bus.trust import Trust
+from bus.trust import Trust, revoked_now
 from events import commands as c
 from events import model as m
 from events.envelope import Recorded
 from events.errors import ValidationError
 from events.names import CLUSTER, Ref
-from events.users import NODE, UserState, fold_user
+from events.users import DISPATCHER, NODE, UserState, fold_user
 
 log = logging.getLogger("virtbus.users")
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
@@ -39,15 +40,32 @@ class Identities:
         self.store = store
         self.trust = trust
         self._known: dict[str, UserState] = {}
+        self._jwts: dict[str, str] = {}  # name -> its last UserAdded's JWT (what it may do)
+        self._minted: dict[str, dict[str, int]] = {}  # name -> key -> expiry: certificate logins
+
+    def minted(self, name: str, key: str, *, expires: int) -> None:
+        """A certificate login's JWT was made for `key` (until `expires`): revoking `name` revokes
+        it too, while it lasts."""
+        now = time.time()
+        alive = {k: e for k, e in self._minted.get(name, {}).items() if e > now}
+        self._minted[name] = alive | {key: expires}
 
     async def user(self, name: str) -> UserState:
         if (known := self._known.get(name)) is None:
             history = await self.store.read(Ref("user", CLUSTER, name))
             known = self._known[name] = fold_user(name, (r.envelope for r in history))
+            added = [e for r in history if isinstance(e := r.envelope.data, m.UserAdded)]
+            self._jwts[name] = added[-1].jwt if added else ""
         return known
+
+    async def recorded_jwt(self, name: str) -> str:
+        """The JWT the account signed when `name` was last added ("" if its record has none)."""
+        await self.user(name)
+        return self._jwts.get(name, "")
 
     def changed(self, name: str) -> None:
         self._known.pop(name, None)
+        self._jwts.pop(name, None)
 
     def sign(self, cmd: c.Command) -> str:
         """The user JWT an AddUser asks for, with its role's permissions ("" for other commands)."""
@@ -59,14 +77,19 @@ class Identities:
                 field="kind",
             )
         try:
-            perms = node_permissions(cmd.name) if cmd.role == NODE else user_permissions(
-                cmd.role, name=cmd.name, namespaces=tuple(cmd.namespaces))  # fmt: skip
+            perms: Permissions | None
+            if cmd.role in (NODE, DISPATCHER):
+                perms = (node_permissions if cmd.role == NODE else dispatcher_permissions)(cmd.name)
+            else:
+                perms = user_permissions(cmd.role, name=cmd.name,
+                                         namespaces=tuple(cmd.namespaces))  # fmt: skip
         except ValueError:
             return ""  # not a role: the decision refuses it, naming the field
         return user_jwt(self.trust.account, cmd.public_key, name=cmd.name, permissions=perms)
 
     async def revocations(self) -> dict[str, int]:
-        """Every revoked key in the log and since when."""
+        """Every revoked key in the log and since when, and the keys of the revoked users'
+        certificate logins still alive."""
         revoked: dict[str, int] = {}
 
         def keep(rec: Recorded) -> None:
@@ -74,6 +97,10 @@ class Identities:
                 revoked.update(dict.fromkeys(e.public_keys, e.revoked_at))
 
         await self.store.replay(keep, subjects=["virt.user.>"], verify=False)
+        now = time.time()
+        for name, keys in list(self._minted.items()):
+            if not (await self.user(name)).exists:
+                revoked.update({k: revoked_now() for k, e in keys.items() if e > now})
         return revoked
 
     async def push_revocations(self) -> None:

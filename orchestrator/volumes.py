@@ -28,6 +28,8 @@ from orchestrator.scheduler import Request
 _ACTIVE = (SCHEDULING, SCHEDULED, RUNNING)
 MIN_SIZE = 1 << 20  # qemu-img and libvirt want at least a few sectors; 1 MiB is a sane floor
 SOURCES = ("", "upload")
+NODE_SOURCES = ("import:", "registry:", "clone:")  # a DataVolume's: the node fills the claim
+ACCESS_MODES = ("ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod")
 
 
 class ClusterView(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,6 +39,7 @@ class ClusterView(msgspec.Struct, frozen=True, kw_only=True):
     volumes_per_node: dict[str, int] = {}
     users: list[str] = []  # VMs (not deleted) in the namespace that name the claim
     running: list[str] = []  # those of them with an instance (scheduled or running)
+    clone_source: VolumeState | None = None  # a clone's source claim
 
 
 def fold_volume(history: Iterable[Recorded]) -> VolumeState:
@@ -47,13 +50,17 @@ def fold_volume(history: Iterable[Recorded]) -> VolumeState:
 
 
 def claims_of(spec: dict[str, Any]) -> list[str]:
-    """The claim names a VM spec's volumes refer to."""
+    """The claim names a VM spec's volumes refer to (a `dataVolume` is the claim of its name,
+    as CDI makes it)."""
     volumes = ((spec.get("template") or {}).get("spec") or {}).get("volumes") or []
     out = []
     for v in volumes:
         claim = v.get("persistentVolumeClaim") if isinstance(v, dict) else None
         if isinstance(claim, dict) and isinstance(claim.get("claimName"), str):
             out.append(claim["claimName"])
+        dv = v.get("dataVolume") if isinstance(v, dict) else None
+        if isinstance(dv, dict) and isinstance(dv.get("name"), str):
+            out.append(dv["name"])
     return out
 
 
@@ -72,10 +79,13 @@ def cluster_view(
     placing = isinstance(cmd, c.CreateVolume | c.MoveVolume)
     counts: dict[str, int] = {}
     users: list[VMState] = []
+    clone = None
     if placing:
         for v in volumes.values():
-            if v.exists:
+            if v.exists and v.node:
                 counts[v.node] = counts.get(v.node, 0) + 1
+        if isinstance(cmd, c.CreateVolume) and cmd.source.startswith("clone:"):
+            clone = volumes.get(f"virt.volume.{ref.namespace}.{cmd.source.removeprefix('clone:')}")
     if isinstance(cmd, c.DeleteVolume | c.MoveVolume):
         mine = f"virt.vm.{ref.namespace}."
         users = [
@@ -84,7 +94,7 @@ def cluster_view(
     return ClusterView(
         nodes={n.name: n for n in nodes.values()} if placing else {}, volumes_per_node=counts,
         users=sorted(s.name for s in users),
-        running=sorted(s.name for s in users if s.node and s.phase in _ACTIVE),
+        running=sorted(s.name for s in users if s.node and s.phase in _ACTIVE), clone_source=clone,
     )  # fmt: skip
 
 
@@ -96,16 +106,7 @@ def decide_volume(v: VolumeState, cmd: c.Command, view: ClusterView) -> list[m.E
     """The events a volume command stands for, or a ValidationError naming the field."""
     match cmd:
         case c.CreateVolume():
-            size = parse_quantity(cmd.size, field="size")
-            if size < MIN_SIZE:
-                raise _reject(f"size: {cmd.size!r} is below the minimum volume size of 1Mi",
-                              "size")  # fmt: skip
-            if cmd.source not in SOURCES and not cmd.source.startswith(("http://", "https://")):
-                raise _reject(f"source: {cmd.source!r}: use upload or an http(s) URL", "source")
-            if v.exists:
-                raise _reject(f'persistentvolumeclaims "{cmd.name}" already exists', "name")
-            return [m.VolumeCreated(size_bytes=size, node=_node_for(cmd, view),
-                                    source=cmd.source)]  # fmt: skip
+            return _create(v, cmd, view)
         case c.DeleteVolume():
             if not v.exists:
                 raise _reject(f'persistentvolumeclaims "{cmd.name}" not found', "name")
@@ -122,6 +123,53 @@ def decide_volume(v: VolumeState, cmd: c.Command, view: ClusterView) -> list[m.E
         case c.MoveVolume():
             return _move(v, cmd, view)
     raise _reject(f"{type(cmd).__name__} does not apply to a volume", "kind")
+
+
+def _create(v: VolumeState, cmd: c.CreateVolume, view: ClusterView) -> list[m.Event]:
+    size = parse_quantity(cmd.size, field="size")
+    if size < MIN_SIZE:
+        raise _reject(f"size: {cmd.size!r} is below the minimum volume size of 1Mi", "size")
+    if cmd.source not in SOURCES and not cmd.source.startswith(("http://", "https://",
+                                                                *NODE_SOURCES)):  # fmt: skip
+        raise _reject(f"source: {cmd.source!r}: use upload or an http(s) URL", "source")
+    for mode in cmd.access_modes:
+        if mode not in ACCESS_MODES:
+            raise _reject(f"accessModes: Unsupported value: {mode!r}: supported values: "
+                          + ", ".join(f'"{a}"' for a in ACCESS_MODES), "accessModes")  # fmt: skip
+    name = f'persistentvolumeclaims "{cmd.name}"'
+    if v.exists:
+        if not cmd.apply:
+            raise _reject(f"{name} already exists", "name")
+        if v.size_bytes != size:
+            raise _reject(f"{name} is forbidden: spec.resources.requests.storage: virtbus does "
+                          "not resize claims", "spec.resources.requests.storage")  # fmt: skip
+        if v.source != cmd.source or v.storage_class != cmd.storage_class:
+            raise _reject(f"{name} is forbidden: spec is immutable after creation except "
+                          "resources.requests for bound claims", "spec")  # fmt: skip
+        return []  # kubectl apply of what is there: unchanged
+    node = "" if not cmd.source and cmd.node is None else None  # WaitForFirstConsumer
+    if cmd.source.startswith("clone:"):
+        node = _clone_node(cmd, size, view)
+    created = m.VolumeCreated(
+        size_bytes=size, node=_node_for(cmd, view) if node is None else node, source=cmd.source,
+        access_modes=list(cmd.access_modes), storage_class=cmd.storage_class,
+        data_volume=cmd.data_volume, owner=cmd.owner,
+    )  # fmt: skip
+    return [created]
+
+
+def _clone_node(cmd: c.CreateVolume, size: int, view: ClusterView) -> str:
+    """A clone is made where its source is (CDI's host-assisted clone, on the source's node)."""
+    src, name = view.clone_source, cmd.source.removeprefix("clone:")
+    if src is None or not src.exists:
+        raise _reject(f'source.pvc: persistentvolumeclaims "{name}" not found', "source.pvc")
+    if src.phase != BOUND or not src.node:
+        raise _reject(f'source.pvc: persistentvolumeclaims "{name}" is {src.phase or "Pending"}; '
+                      "a clone needs a Bound source", "source.pvc")  # fmt: skip
+    if size < src.size_bytes:
+        raise _reject("target resources requests storage size is smaller than the source",
+                      "spec.storage.resources.requests.storage")  # fmt: skip
+    return src.node
 
 
 def _move(v: VolumeState, cmd: c.MoveVolume, view: ClusterView) -> list[m.Event]:
@@ -158,7 +206,7 @@ def _node_for(cmd: c.CreateVolume | c.MoveVolume, view: ClusterView) -> str:
 def volume_work(v: VolumeState) -> list[w.Work]:
     """Node work for a volume as the log has it: level-triggered, deduplicated by message id."""
     base = {"namespace": v.namespace, "name": v.name, "node": v.node}
-    if v.exists and v.phase == PENDING:
+    if v.exists and v.phase == PENDING and v.node:  # "": waiting for its first consumer
         return [w.ProvisionVolume(version=v.created_version, size_bytes=v.size_bytes,
                                   source=v.source, **base)]  # fmt: skip
     if v.exists and v.moving_to:  # the target pulls the data from the node that has it
@@ -183,7 +231,14 @@ def follow_cold_move(
     out: list[tuple[Ref, m.Event, int]] = []
     for claim in claims_of(s.spec):
         v = volumes.get(f"virt.volume.{s.namespace}.{claim}")
-        if v is None or not v.exists or v.node == target or v.moving_to or claim in busy:
+        if (
+            v is None
+            or not v.exists
+            or not v.node
+            or v.node == target
+            or v.moving_to
+            or (claim in busy)
+        ):
             continue
         move: m.Event = m.VolumeMoveRequested(node=target)
         out.append((Ref("volume", s.namespace, claim), move, v.version))
@@ -201,5 +256,49 @@ def pin(req: Request, spec: dict[str, Any], volumes: Mapping[str, VolumeState],
     ]
     if any(v.moving_to for v in found):  # nowhere until the copy is done
         return msgspec.structs.replace(req, nodes=frozenset())
-    held = {v.node for v in found}
+    held = {v.node for v in found if v.node}  # an unbound claim goes where the VM goes
     return msgspec.structs.replace(req, nodes=frozenset(held)) if held else req
+
+
+def claims_for(s: VMState, item: w.Work) -> list[str]:
+    """The claims a start (the VM's spec) or a hotplug (its one volume) needs on the node."""
+    if isinstance(item, w.AttachVolume):
+        return claims_of({"template": {"spec": {"volumes": [item.volume]}}})
+    return claims_of(s.spec)
+
+
+def bind_claims(
+    claims: list[str], volumes: Mapping[str, VolumeState], *, namespace: str, node: str
+) -> tuple[list[Ref], bool]:
+    """WaitForFirstConsumer, for a VM placed on `node`: the claims to bind there (each by a
+    `VolumeNodeSelected`), and whether its start or hotplug may go (every known claim Bound, or
+    Failed or elsewhere, which the node reports; a claim being made here is waited for)."""
+    bind: list[Ref] = []
+    ready = True
+    for claim in claims:
+        v = volumes.get(f"virt.volume.{namespace}.{claim}")
+        if v is None or not v.exists or v.phase != PENDING:
+            continue
+        if not v.node:
+            bind.append(Ref("volume", namespace, claim))
+            ready = False
+        elif v.node == node:
+            ready = False  # its node is making (or importing) it: the start waits
+    return bind, ready
+
+
+def waiting_on(key: str, vms: Mapping[str, VMState]) -> list[str]:
+    """The VMs (keys) that may wait for the claim at `key`: scheduled and not started yet, or
+    running with a hotplug of it pending."""
+    _, _, namespace, claim = key.split(".", 3)
+    return [k for k, s in vms.items() if s.namespace == namespace and s.node and (
+        (s.phase == SCHEDULING and claim in claims_of(s.spec))
+        or any(claim in claims_of({"template": {"spec": {"volumes": [p.volume]}}})
+               for p in s.hotplug.values()))]  # fmt: skip
+
+
+def owned_by(s: VMState, volumes: Mapping[str, VolumeState]) -> list[tuple[Ref, int]]:
+    """The DataVolumes a deleted VM's `dataVolumeTemplates` made: they go with it (KubeVirt's
+    owner references), each at the version it was judged at."""
+    return [(Ref("volume", v.namespace, v.name), v.version) for v in volumes.values()
+            if v.exists and v.owner == s.name and v.namespace == s.namespace]  # fmt: skip

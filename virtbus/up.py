@@ -20,12 +20,12 @@ from rich.console import Console
 from bus.audit import describe_key, load_key
 from bus.connect import Access, configured, connect, use
 from bus.provision import provision
-from bus.roles import node_permissions, record_identities
+from bus.roles import component_permissions, record_identities
 from bus.server import NatsServer, die_with_parent, fsync_policy
 from bus.store import EventStore
 from bus.trust import Trust, ensure
 from events.errors import BusUnavailable
-from events.users import ADMIN, NODE
+from events.users import ADMIN, DISPATCHER, NODE
 from events.work import MigrationPolicy
 from orchestrator.app import run_orchestrator
 from orchestrator.readmodel import ReadModel
@@ -64,12 +64,17 @@ async def run_up(
         nc = await connect(url, name="virtbus-up", access=logins["admin"])
         orchestrator_nc = await connect(url, name="virtbus-orchestrator",
                                         access=logins["orchestrator"], lasting=True)  # fmt: skip
+        dispatcher_nc = await connect(url, name="virtbus-webhooks",
+                                      access=logins.get("dispatcher", logins["orchestrator"]),
+                                      lasting=True)  # fmt: skip
         use(logins["orchestrator"])  # whatever else the orchestrator opens, it opens as itself
         try:
             created = await provision(nc.jetstream())
             console.print("provisioned: " + (", ".join(created) or "everything already in place"))
             if owned is not None and owned.trust is not None:
-                roles = {name: NODE if name.startswith("node-") else ADMIN for name in logins}
+                kinds = {"dispatcher": DISPATCHER}
+                roles = {name: NODE if name.startswith("node-") else kinds.get(name, ADMIN)
+                         for name in logins}  # fmt: skip
                 await record_identities(EventStore(nc, source="/virtbus/up"), owned.trust,
                                         roles=roles)  # fmt: skip
             audit, web = describe_key(load_key()), configured_port()  # bad settings stop us here
@@ -77,7 +82,8 @@ async def run_up(
             def orchestrate(own: asyncio.Event) -> Awaitable[None]:
                 return run_orchestrator(orchestrator_nc, data_dir=data_dir / "orchestrator",
                                         stop=own, migration_policy=migration_policy,
-                                        trust=owned.trust if owned else None)  # fmt: skip
+                                        trust=owned.trust if owned else None,
+                                        webhooks_nc=dispatcher_nc)  # fmt: skip
 
             orchestrator = asyncio.create_task(
                 supervise_task("orchestrator", orchestrate, stop=stop, console=console),
@@ -120,7 +126,7 @@ async def run_up(
                 await asyncio.gather(*workers)
                 await orchestrator
         finally:
-            for conn in (orchestrator_nc, nc):
+            for conn in (dispatcher_nc, orchestrator_nc, nc):
                 with contextlib.suppress(Exception):  # a dead server's connection cannot flush
                     await conn.close()
     finally:
@@ -150,14 +156,15 @@ async def _until_stopped(stop: asyncio.Event, server: NatsServer | None) -> str:
 def _identities(trust: Trust, *, nodes: int, mutual_tls: bool) -> dict[str, Access]:
     """Each part's own credentials (made on the first run, kept after), the CA they trust, and
     with `mutual_tls` each one's client certificate (`D/tls/clients/`)."""
-    names = ["admin", "orchestrator", *(_node_name(i) for i in range(nodes))]
-    for name in names:  # admin and orchestrator hold every permission; a node, its own
-        trust.ensure_creds(
-            name, permissions=node_permissions(name) if name.startswith("node-") else None
-        )
+    names = ["admin", "orchestrator", "dispatcher", *(_node_name(i) for i in range(nodes))]
+    for name in names:  # each part only what it needs (`bus/roles.py`)
+        trust.ensure_creds(name, permissions=component_permissions(name))
     console.print(f"credentials: {trust.creds_file('admin')} (admin), CA {trust.ca_file}")
     if mutual_tls:
-        console.print(f"mutual TLS: client certificates in {trust.root / 'tls' / 'clients'}")
+        console.print(
+            f"mutual TLS: client certificates in {trust.root / 'tls' / 'clients'}; a "
+            f"certificate alone logs in with {trust.sentinel_creds()} beside it"
+        )
     out = {}
     for name in names:
         cert, key = trust.client_cert(name) if mutual_tls else (None, None)

@@ -22,6 +22,7 @@ from bus.connect import identity, server_url
 from bus.credentials import KeyPair, creds_text, write_secret
 from bus.pki import Issued, issue
 from bus.store import EventStore
+from bus.trust import SENTINEL
 from events import commands as c
 from events import model as m
 from events.envelope import Recorded
@@ -200,6 +201,13 @@ async def _add(
         write_secret(key, leaf.key_pem)
         cert.write_bytes(leaf.cert_pem)
         typer.echo(f"client certificate in {cert}, its key in {key}")
+        # the login by certificate alone presents the stack's sentinel (it grants nothing itself)
+        sentinel = cert.with_name(f"{SENTINEL}.creds")
+        local = LOCAL_STACK / "creds" / sentinel.name
+        if not sentinel.exists() and local.is_file():
+            write_secret(sentinel, local.read_bytes())
+        if sentinel.is_file():
+            typer.echo(f"to log in by the certificate alone (no --creds): {sentinel}, beside it")
     return 0
 
 

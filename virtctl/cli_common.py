@@ -125,12 +125,15 @@ def bus_access(
     tls_key: Path | None = None,
 ) -> Access:  # fmt: skip
     """Who the CLI is on the bus: the options, else the environment, else the admin of the stack
-    `make run` keeps in ./.virtbus (used only where the server asks: an open bus stays open)."""
+    `make run` keeps in ./.virtbus (used only where the server asks: an open bus stays open). A
+    client certificate without credentials logs in as the user it names (a bus run with --mtls)."""
     from bus.connect import Access
 
     env = Access.from_env()
     given = Access(creds or env.creds, tls_ca or env.tls_ca, tls_cert=tls_cert or env.tls_cert,
                    tls_key=tls_key or env.tls_key)  # fmt: skip
+    if given.tls_cert is not None and given.creds is None:  # a login by client certificate
+        return given.by_certificate(LOCAL_STACK)
     return given if given else (Access.local(LOCAL_STACK) or given)
 
 

@@ -8,7 +8,6 @@ printing. `audit checkpoint|verify` seal and check the log (see `bus/audit.py`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -19,11 +18,11 @@ import msgspec
 import typer
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bus import history as h
 from bus.client import session
 from bus.connect import server_url
+from bus.consumers import follow
 from events import render
 from events.envelope import Recorded, attested, chain_hash, decode_envelope
 from events.errors import TamperDetected, ValidationError, VirtbusError
@@ -174,25 +173,16 @@ async def _follow(
         timeline.event(r)
     queue: asyncio.Queue[Msg] = asyncio.Queue()
 
-    async def put(msg: Msg) -> None:
-        await queue.put(msg)
+    async def tail(stream: str, subject: str, start: int | None) -> None:
+        async for msg in follow(nc, stream, subjects=[subject], from_seq=start or 1):
+            await queue.put(msg)
 
-    js = nc.jetstream()
     start = (after.seq + 1) if after else None
-    events_cfg = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
-        opt_start_seq=start,
-    )
     last_cmd = found.commands[-1].seq + 1 if found.commands else None
-    cmds_cfg = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last_cmd else DeliverPolicy.ALL,
-        opt_start_seq=last_cmd,
-    )
     subs = [
-        await js.subscribe(ref.wildcard, stream=EVENTS_STREAM, cb=put, ordered_consumer=True,
-                           config=events_cfg),
-        await js.subscribe(ref.command_subject(">"), stream=COMMANDS_STREAM, cb=put,
-                           ordered_consumer=True, config=cmds_cfg),
+        asyncio.create_task(tail(EVENTS_STREAM, ref.wildcard, start), name="history-follow-events"),
+        asyncio.create_task(tail(COMMANDS_STREAM, ref.command_subject(">"), last_cmd),
+                            name="history-follow-commands"),
     ]  # fmt: skip
     try:
         while True:
@@ -208,9 +198,9 @@ async def _follow(
                 sys.stdout.write(text)
             sys.stdout.flush()
     finally:
-        for sub in subs:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sub.unsubscribe(), 2)
+        for task in subs:
+            task.cancel()
+        await asyncio.gather(*subs, return_exceptions=True)
 
 
 def _live_entry(msg: Msg, timeline: h.Timeline) -> h.Entry | None:

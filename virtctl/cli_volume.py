@@ -130,7 +130,8 @@ def image_upload(
         image_path = archive_path
     coro = upload(server_url(server), name=target, namespace=namespace, pvc_size=size,
                   image_path=image_path, source_url=url, insecure=insecure, node=node,
-                  wait_s=wait_secs, actor=_actor(), create=not no_create)  # fmt: skip
+                  wait_s=wait_secs, actor=_actor(), create=not no_create,
+                  data_volume=(kind or "").lower() in ("dv", "datavolume"))  # fmt: skip
     _finish(_run(coro))
 
 
@@ -146,12 +147,6 @@ def _upload_target(kind: str | None, name: str | None, pvc_name: str) -> str:
         raise usage(f"image-upload {kind}: give the NAME")
     if pvc_name and pvc_name != name:
         raise usage(f"--pvc-name {pvc_name!r} names another volume than {kind} {name!r}")
-    if kind.lower() in ("dv", "datavolume"):
-        note = (
-            f"note: virtbus has no DataVolume objects yet: the image goes into the "
-            f"PersistentVolumeClaim {name!r}, as a DataVolume's would"
-        )
-        typer.echo(note, err=True)
     return name
 
 

@@ -112,8 +112,12 @@ async def listing(
     if kind in (k.SNAPSHOT, k.RESTORE):
         return await snapshots.listing(nc, restores=kind is k.RESTORE, name=name,
                                        namespace=namespace)  # fmt: skip
-    if kind is k.PVC:
-        return await volumes.listing(nc, name=name, namespace=namespace)
+    if kind in k.INSTANCETYPES:
+        from virtctl import instancetypes
+
+        return await instancetypes.listing(nc, kind, name=name, namespace=namespace)
+    if kind in (k.PVC, k.DV):
+        return await volumes.listing(nc, name=name, namespace=namespace, dv=kind is k.DV)
     if kind is k.VMIM:
         return await migrations.listing(nc, name=name, namespace=namespace, wide=wide)
     if kind is k.VMIRS:

@@ -55,8 +55,20 @@ SNAPSHOT = _kind("vmsnapshots", "VirtualMachineSnapshot", "snapshot.kubevirt.io"
 RESTORE = _kind("vmrestores", "VirtualMachineRestore", "snapshot.kubevirt.io", "vmrestore",
                 "vmrestores", "restore", "restores")  # fmt: skip
 PVC = _kind("pvc", "PersistentVolumeClaim", "", "pvc", "pvcs")
+DV = _kind("dv", "DataVolume", "cdi.kubevirt.io", "dv", "dvs")
+_IT = "instancetype.kubevirt.io"
+INSTANCETYPE = _kind("vminstancetypes", "VirtualMachineInstancetype", _IT, "vminstancetype",
+                     "vminstancetypes", "vmf", "vmfs")  # fmt: skip
+CLUSTER_INSTANCETYPE = _kind("vmclusterinstancetypes", "VirtualMachineClusterInstancetype", _IT,
+                             "vmclusterinstancetype", "vmclusterinstancetypes", "vmcf", "vmcfs",
+                             namespaced=False)  # fmt: skip
+PREFERENCE = _kind("vmprefs", "VirtualMachinePreference", _IT, "vmpref", "vmprefs", "vmp", "vmps")
+CLUSTER_PREFERENCE = _kind("vmclusterprefs", "VirtualMachineClusterPreference", _IT,
+                           "vmclusterpref", "vmclusterprefs", "vmcp", "vmcps",
+                           namespaced=False)  # fmt: skip
+INSTANCETYPES = (INSTANCETYPE, CLUSTER_INSTANCETYPE, PREFERENCE, CLUSTER_PREFERENCE)
 NODE = Kind("nodes", "Node", "", ("node", "nodes", "no"), namespaced=False)
-KINDS = (VM, VMI, VMIRS, VMIM, SNAPSHOT, RESTORE, PVC, NODE)
+KINDS = (VM, VMI, VMIRS, VMIM, SNAPSHOT, RESTORE, PVC, DV, *INSTANCETYPES, NODE)
 _BY_ALIAS = {alias: k for k in KINDS for alias in k.aliases}
 _BY_MANIFEST = {k.kind: k for k in KINDS}
 _SEPARATE = (
@@ -64,7 +76,7 @@ _SEPARATE = (
     "arguments in resource/name form (e.g. 'virtbus get resource/<resource_name>' "
     "instead of 'virtbus get resource resource/<resource_name>')"
 )
-SUPPORTED = "vm, vmi, vmirs, vmim, vmsnapshot, vmrestore, pvc, node"
+SUPPORTED = "vm, vmi, vmirs, vmim, vmsnapshot, vmrestore, pvc, dv, vmf, vmcf, vmpref, vmcp, node"
 
 
 def lookup(word: str) -> Kind:

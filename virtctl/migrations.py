@@ -14,6 +14,7 @@ The typer verbs are in `cli_migrate.py` (and `get` in `cli_verbs.py`).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterable
 from datetime import datetime
@@ -181,34 +182,38 @@ async def migrate_and_watch(
                    TextColumn("{task.fields[detail]}"))  # fmt: skip
         with Progress(*columns, console=Console(), transient=False) as bar:
             task = bar.add_task("Pending", total=100.0, detail="")
-            async for rec in store.follow(from_seq=position + 1):
-                e = rec.envelope.data
-                if not rec.subject.startswith(ref.prefix + ".") or (
-                    getattr(e, "migration", None) != migration
-                ):
-                    continue
-                match e:
-                    case m.MigrationScheduled():
-                        how = "live" if e.live else "cold"
-                        bar.update(task, description=f"Scheduling ({how})",
-                                   detail=f"{e.source or '<none>'} -> {e.target}")  # fmt: skip
-                    case m.MigrationTargetPreparing():
-                        bar.update(task, description="PreparingTarget")
-                    case m.MigrationTargetReady():
-                        bar.update(task, description="TargetReady")
-                    case m.MigrationStarted():
-                        bar.update(task, description="Running")
-                    case m.MigrationProgress():
-                        phase = "Running (post-copy)" if e.post_copy else "Running"
-                        bar.update(task, completed=e.percent, detail=_detail(e), description=phase)
-                    case m.MigrationSucceeded():
-                        bar.update(task, description="Succeeded", completed=100.0)
-                        done = e
-                        break
-                    case m.MigrationFailed():
-                        bar.update(task, description="Failed")
-                        typer.echo(f"error: migration {migration} failed: {e.reason}", err=True)
-                        return 1
+            tail = store.follow(from_seq=position + 1, subjects=[ref.wildcard])
+            async with contextlib.aclosing(tail):  # its consumer ends with the watch
+                async for rec in tail:
+                    e = rec.envelope.data
+                    if not rec.subject.startswith(ref.prefix + ".") or (
+                        getattr(e, "migration", None) != migration
+                    ):
+                        continue
+                    match e:
+                        case m.MigrationScheduled():
+                            how = "live" if e.live else "cold"
+                            bar.update(task, description=f"Scheduling ({how})",
+                                       detail=f"{e.source or '<none>'} -> {e.target}")  # fmt: skip
+                        case m.MigrationTargetPreparing():
+                            bar.update(task, description="PreparingTarget")
+                        case m.MigrationTargetReady():
+                            bar.update(task, description="TargetReady")
+                        case m.MigrationStarted():
+                            bar.update(task, description="Running")
+                        case m.MigrationProgress():
+                            phase = "Running (post-copy)" if e.post_copy else "Running"
+                            bar.update(
+                                task, completed=e.percent, detail=_detail(e), description=phase
+                            )
+                        case m.MigrationSucceeded():
+                            bar.update(task, description="Succeeded", completed=100.0)
+                            done = e
+                            break
+                        case m.MigrationFailed():
+                            bar.update(task, description="Failed")
+                            typer.echo(f"error: migration {migration} failed: {e.reason}", err=True)
+                            return 1
     if done is None:
         return 1  # the log ended (the server went away) before the migration did
     source = done.source or "<none>"

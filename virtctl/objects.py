@@ -30,7 +30,13 @@ from events.replicasets import ReplicaSetState, apply_rs
 from virtctl import kinds as k
 from virtctl.getting import VMI_SOURCE, is_vm
 from virtctl.patching import apply_patch
-from virtctl.verbs import err, manifest_commands, read_manifest
+from virtctl.verbs import (
+    err,
+    instancetype_object_name,
+    manifest_commands,
+    read_manifest,
+    volume_object_name,
+)
 
 _WRITTEN = {"ApplyVM": "virtualmachine", "ApplyReplicaSet": "virtualmachineinstancereplicaset",
             "MigrateVM": "virtualmachineinstancemigration", "SnapshotVM": "virtualmachinesnapshot",
@@ -39,6 +45,10 @@ _CONFLICT_TRIES = 5
 
 
 def _created_name(cmd: c.Command) -> str:
+    if isinstance(cmd, c.CreateVolume):
+        return volume_object_name(cmd)
+    if isinstance(cmd, c.ApplyInstancetype):
+        return instancetype_object_name(cmd)
     if isinstance(cmd, c.ApplyVM) and cmd.source_kind == VMI_SOURCE:
         return f"virtualmachineinstance.kubevirt.io/{cmd.name}"
     group = "snapshot.kubevirt.io" if isinstance(cmd, c.SnapshotVM | c.RestoreVM) else "kubevirt.io"
@@ -53,8 +63,10 @@ async def create_file(url: str, *, path: str, namespace: str) -> int:
     async with session(url) as nc:
         for one in given:
             cmd = one
-            if isinstance(one, c.ApplyVM | c.ApplyReplicaSet):
+            if isinstance(one, c.ApplyVM | c.ApplyReplicaSet | c.ApplyInstancetype):
                 cmd = msgspec.structs.replace(one, create_only=True)
+            elif isinstance(one, c.CreateVolume):
+                cmd = msgspec.structs.replace(one, apply=False)
             try:
                 await send(nc, cmd)
             except Rejected as e:
@@ -120,9 +132,18 @@ async def _delete(nc: Any, *, kind: k.Kind, name: str, namespace: str, actor: st
                 cmd = (c.RestartVM if again else c.StopVM)(name=name, namespace=namespace,
                                                           actor=actor)  # fmt: skip
             await send(nc, cmd)
+        case k.INSTANCETYPE | k.CLUSTER_INSTANCETYPE | k.PREFERENCE | k.CLUSTER_PREFERENCE:
+            from virtctl.instancetypes import DELETE
+
+            await send(nc, DELETE[kind.kind](name=name, namespace=namespace, actor=actor))
         case k.VMIRS:
             await send(nc, c.DeleteReplicaSet(name=name, namespace=namespace, actor=actor))
-        case k.PVC:
+        case k.PVC | k.DV:
+            if kind is k.DV:
+                from virtctl.volumes import volume
+
+                if not (await volume(nc, name, namespace)).data_volume:
+                    raise VirtbusError(kind.not_found(name))
             await send(nc, c.DeleteVolume(name=name, namespace=namespace, actor=actor))
         case k.SNAPSHOT:
             from virtctl.snapshots import delete_snapshot_on
@@ -182,7 +203,7 @@ async def patch(url: str, *, kind: k.Kind, name: str, namespace: str, kind_of_pa
             cmds, warnings = to_commands(patched, default_namespace=namespace)
             for w in warnings:
                 err(f"Warning: {w.removeprefix('warning: ')}")
-            cmd = msgspec.structs.replace(cmds[0], expected_version=version, actor=actor)
+            cmd = msgspec.structs.replace(cmds[-1], expected_version=version, actor=actor)
             try:
                 outcome = await send(nc, cmd)
             except Rejected as e:

@@ -208,7 +208,7 @@ def _progress() -> Progress:
 async def upload(
     url: str, *, name: str, namespace: str, pvc_size: str, image_path: Path | None,
     source_url: str | None, insecure: bool, node: str | None, wait_s: float, actor: str,
-    create: bool = True,
+    create: bool = True, data_volume: bool = False,
 ) -> int:  # fmt: skip
     check_name(name, field="pvc-name")
     if not create:  # `--no-create`: into a claim made for an upload that has not come yet
@@ -223,7 +223,7 @@ async def upload(
         await _send(url, name=name, namespace=namespace, pvc_size=pvc_size, node=node,
                     source="upload", probe=probe, total=total, label=image_path.name,
                     chunks=_file_chunks(image_path), wait_s=wait_s, actor=actor,
-                    create=create)  # fmt: skip
+                    create=create, data_volume=data_volume)  # fmt: skip
         return 0
     assert source_url is not None
     import aiohttp
@@ -260,20 +260,21 @@ async def upload(
             await _send(url, name=name, namespace=namespace, pvc_size=pvc_size, node=node,
                         source=source_url, probe=probe, total=resp.content_length,
                         label=Path(urlparse(source_url).path).name, chunks=chunks(),
-                        wait_s=wait_s, actor=actor, create=create)  # fmt: skip
+                        wait_s=wait_s, actor=actor, create=create,
+                        data_volume=data_volume)  # fmt: skip
     return 0
 
 
 async def _send(
     url: str, *, name: str, namespace: str, pvc_size: str, node: str | None, source: str,
     probe: Probe, total: int | None, label: str, chunks: AsyncIterator[bytes], wait_s: float,
-    actor: str, create: bool,
+    actor: str, create: bool, data_volume: bool = False,
 ) -> None:  # fmt: skip
     from bus.client import send
 
     async with session(url) as nc:
         cmd = c.CreateVolume(name=name, namespace=namespace, size=pvc_size, node=node,
-                             source=source, actor=actor)  # fmt: skip
+                             source=source, actor=actor, data_volume=data_volume)  # fmt: skip
         if create:
             await send(nc, cmd)
         where = (await volume(nc, name, namespace)).node

@@ -54,6 +54,17 @@ DONE = {
 _CREATED = ("io.virtbus.vm.created.v1", "io.virtbus.rs.created.v1")  # a first apply's event
 
 
+def volume_object_name(cmd: c.CreateVolume) -> str:
+    if cmd.data_volume:
+        return f"datavolume.cdi.kubevirt.io/{cmd.name}"
+    return f"persistentvolumeclaim/{cmd.name}"
+
+
+def instancetype_object_name(cmd: c.ApplyInstancetype) -> str:
+    kind = type(cmd).__name__.removeprefix("Apply").replace("Cluster", "cluster")
+    return f"virtualmachine{kind.lower()}.instancetype.kubevirt.io/{cmd.name}"
+
+
 def err(text: str) -> None:
     typer.echo(text, err=True)
 
@@ -115,6 +126,13 @@ async def apply_file(url: str, *, path: str, namespace: str) -> int:
 
 def _applied(cmd: c.Command, outcome: c.Outcome) -> str:
     kind = APPLIED_KIND.get(type(cmd).__name__, "object")
+    if isinstance(cmd, c.CreateVolume):  # a claim is core v1; a DataVolume is CDI's
+        verb = "created" if outcome.events else "unchanged"
+        return f"{volume_object_name(cmd)} {verb}"
+    if isinstance(cmd, c.ApplyInstancetype):  # its first event is version 1: it is new
+        verb = "unchanged" if not outcome.events else (
+            "created" if outcome.version == len(outcome.events) else "configured")  # fmt: skip
+        return f"{instancetype_object_name(cmd)} {verb}"
     if isinstance(cmd, c.MigrateVM):  # the object is the migration, named by the manifest
         verb = "created" if outcome.events else "unchanged"
         return f"{kind}.kubevirt.io/{cmd.migration or cmd.name} {verb}"
@@ -216,7 +234,9 @@ async def _watch(
     store = EventStore(nc)  # type: ignore[arg-type]
     states = {f"{s.namespace}/{s.name}": s for s in vms}
     node_states = {n.name: n for n in nodes}
-    async for rec in store.follow(from_seq=position + 1):
+    vms_of = f"virt.vm.{namespace or '*'}.{name or '*'}.>"
+    subjects = ["virt.node.>"] if kind == "nodes" else [vms_of]
+    async for rec in store.follow(from_seq=position + 1, subjects=subjects):
         ref = rec.subject.split(".")
         if ref[1] == "vm" and kind != "nodes":
             key = f"{ref[2]}/{ref[3]}"

@@ -22,8 +22,8 @@ from events import render
 from events.envelope import Recorded
 from events.errors import VirtbusError
 from events.names import Ref, aggregate_key, check_name
-from events.volumes import BOUND, FAILED, VolumeState, apply_volume
-from virtctl.kinds import PVC
+from events.volumes import BOUND, FAILED, VolumeState, apply_volume, dv_phase
+from virtctl.kinds import DV, PVC
 from virtctl.listing import Item, Listing, Output, show
 
 SELECTED_NODE = "volume.kubernetes.io/selected-node"  # where Kubernetes records a local PV's node
@@ -57,7 +57,7 @@ async def until_settled(nc: Client, ref: Ref, *, timeout_s: float) -> VolumeStat
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         s = await volume(nc, ref.name, ref.namespace)
-        if s.phase in (BOUND, FAILED) or not s.exists:
+        if s.phase in (BOUND, FAILED) or not s.exists or not s.node:  # "": WaitForFirstConsumer
             return s
         if asyncio.get_running_loop().time() > deadline:
             raise VirtbusError(f'persistentvolumeclaims "{ref.name}" is still {s.phase} after '
@@ -67,12 +67,16 @@ async def until_settled(nc: Client, ref: Ref, *, timeout_s: float) -> VolumeStat
 
 def pvc_object(v: VolumeState) -> dict[str, Any]:
     size = render.quantity(v.size_bytes)
-    status: dict[str, Any] = {"phase": v.phase, "accessModes": ["ReadWriteOnce"]}
-    if v.phase == BOUND:
+    modes = list(v.access_modes) or ["ReadWriteOnce"]
+    status: dict[str, Any] = {"phase": v.phase}
+    if v.phase == BOUND:  # Kubernetes fills these in once the claim is bound
+        status["accessModes"] = modes
         status["capacity"] = {"storage": size}
     if v.reason:
         status["message"] = v.reason
-    annotations = {SELECTED_NODE: v.node}
+    annotations = {SELECTED_NODE: v.node} if v.node else {}
+    if v.consumer:
+        annotations["virtbus.io/first-consumer"] = v.consumer
     if v.moving_to:
         annotations["virtbus.io/moving-to"] = v.moving_to
     if v.source:
@@ -82,17 +86,53 @@ def pvc_object(v: VolumeState) -> dict[str, Any]:
         "kind": "PersistentVolumeClaim",
         "metadata": {"name": v.name, "namespace": v.namespace,
                      "creationTimestamp": render.timestamp(v.created), "annotations": annotations},
-        "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem",
-                 "resources": {"requests": {"storage": size}}},
+        "spec": {"accessModes": modes, "volumeMode": "Filesystem",
+                 "resources": {"requests": {"storage": size}},
+                 **({"storageClassName": v.storage_class} if v.storage_class else {})},
         "status": status,
     }  # fmt: skip
+
+
+def dv_object(v: VolumeState) -> dict[str, Any]:
+    """The claim as the CDI DataVolume that made it: its source, phase and progress."""
+    pvc = pvc_object(v)
+    kind, _, arg = v.source.partition(":")
+    source: dict[str, Any] = {"blank": {}}
+    if kind == "import":
+        source = {"http": {"url": arg}}
+    elif kind == "registry":
+        source = {"registry": {"url": f"docker://{arg}"}}
+    elif kind == "clone":
+        source = {"pvc": {"namespace": v.namespace, "name": arg}}
+    elif v.source:
+        source = {"upload": {}}
+    meta = {k: pvc["metadata"][k] for k in ("name", "namespace", "creationTimestamp")}
+    if v.owner:
+        meta["ownerReferences"] = [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+                                    "name": v.owner, "controller": True,
+                                    "blockOwnerDeletion": True}]  # fmt: skip
+    status: dict[str, Any] = {"phase": dv_phase(v), "progress": v.progress or "N/A",
+                              "claimName": v.name}  # fmt: skip
+    if v.reason:
+        status["message"] = v.reason
+    return {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": meta,
+            "spec": {"source": source, "storage": {"resources": pvc["spec"]["resources"]}},
+            "status": status}  # fmt: skip
+
+
+DV_HEADER = ["NAME", "PHASE", "PROGRESS", "RESTARTS", "AGE"]
+
+
+def dv_cells(v: VolumeState) -> list[str]:
+    return [v.name, dv_phase(v), v.progress or "N/A", "0", render.age(v.created)]
 
 
 PVC_HEADER = ["NAME", "STATUS", "CAPACITY", "NODE", "AGE"]
 
 
 def pvc_cells(v: VolumeState) -> list[str]:
-    return [v.name, v.phase, render.quantity(v.size_bytes), v.node, render.age(v.created)]
+    return [v.name, v.phase, render.quantity(v.size_bytes), v.node or "<none>",
+            render.age(v.created)]  # fmt: skip
 
 
 async def create(url: str, cmd: c.CreateVolume, *, wait_s: float) -> int:
@@ -106,12 +146,19 @@ async def create(url: str, cmd: c.CreateVolume, *, wait_s: float) -> int:
     return 0
 
 
-async def listing(nc: Client, *, name: str | None, namespace: str | None) -> Listing:
+async def listing(
+    nc: Client, *, name: str | None, namespace: str | None, dv: bool = False
+) -> Listing:
+    """`get pvc` (every claim), or `get dv` (the claims DataVolumes made)."""
     if name:  # checked: a name is a subject token, and `*` would read every volume
         one = await volume(nc, check_name(name, field="name"), namespace or "default")
         found = [one] if one.exists else []
     else:
         found = await volumes(nc, namespace=namespace)
+    if dv:
+        found = [v for v in found if v.data_volume]
+        items = [Item(v.namespace, v.name, {}, dv_object(v), dv_cells(v)) for v in found]
+        return Listing(DV, DV_HEADER, items)
     items = [Item(v.namespace, v.name, {}, pvc_object(v), pvc_cells(v)) for v in found]
     return Listing(PVC, PVC_HEADER, items)
 

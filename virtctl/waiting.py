@@ -19,7 +19,7 @@ from bus.store import EventStore
 from bus.vms import VMRepository
 from events import render
 from events.errors import ValidationError
-from events.names import EVENTS_STREAM, Ref
+from events.names import Ref
 from events.state import VMState, apply
 from virtctl import jsonpath
 from virtctl.getting import is_vm, listing
@@ -115,7 +115,7 @@ async def wait(
                     return True
                 ok = object_check(condition)
                 while True:
-                    position = (await nc.jetstream().stream_info(EVENTS_STREAM)).state.last_seq
+                    position = await store.position()
                     found = await listing(nc, kind, name=name, namespace=namespace)
                     if ok(found.items[0].obj if found.items else None):
                         return True
@@ -130,16 +130,19 @@ async def _fold_until(store: EventStore, *, kind: Kind, ref: Ref, ok: Callable[[
     position = (await store.head(ref)).seq
     if ok(s):
         return
-    async for rec in store.follow(from_seq=position + 1):
-        if rec.subject.startswith(ref.prefix + "."):
-            s = apply(s, rec.envelope)
-            if ok(s):
-                return
+    tail = store.follow(from_seq=position + 1, subjects=[ref.wildcard])
+    async with contextlib.aclosing(tail):  # closed on return: its consumer goes with it
+        async for rec in tail:
+            if rec.subject.startswith(ref.prefix + "."):
+                s = apply(s, rec.envelope)
+                if ok(s):
+                    return
 
 
 async def _next_event(store: EventStore, *, after: int) -> None:
     """Until the log moves past `after`, or a second passes (the read model may trail it)."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(1.0):
-            async for _ in store.follow(from_seq=after + 1):
-                return
+            async with contextlib.aclosing(store.follow(from_seq=after + 1)) as tail:
+                async for _ in tail:
+                    return

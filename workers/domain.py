@@ -94,10 +94,18 @@ def volume_plan(spec: dict[str, Any]) -> list[VolumeNeed]:
         if not isinstance(name, str) or not name:
             raise _fail(f"{at}.name", "a name is required")
         kinds = [key for key in vol if key != "name"]
+        if kinds == ["dataVolume"]:  # CDI names the DataVolume's claim after it
+            dv = _mapping(vol["dataVolume"], f"{at}.dataVolume")
+            if not isinstance(dv.get("name"), str) or not dv["name"]:
+                raise _fail(f"{at}.dataVolume.name", "is required")
+            needs.append(VolumeNeed(name=name, type="persistentVolumeClaim", claim_name=dv["name"]))
+            continue
         if len(kinds) != 1 or kinds[0] not in VOLUME_TYPES:
             got = ", ".join(kinds) or "no source"
             raise _fail(
-                at, f"volume {name!r} has {got}; virtbus supports {', '.join(VOLUME_TYPES)}"
+                at,
+                f"volume {name!r} has {got}; virtbus supports {', '.join(VOLUME_TYPES)}, "
+                "dataVolume",
             )
         kind: VolumeType = kinds[0]
         needs.append(_need(name, kind, _mapping(vol[kind], f"{at}.{kind}"), f"{at}.{kind}"))

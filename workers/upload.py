@@ -172,6 +172,8 @@ class Uploads:
         name = f'persistentvolumeclaims "{req.name}"'
         if not s.exists:
             raise ValidationError(f"{name} not found")
+        if not s.source:
+            raise ValidationError(f"{name} is {s.phase} and takes no upload")
         if s.node != self.volumes.node:
             raise ValidationError(f"{name} is on node {s.node}, not {self.volumes.node}")
         if not s.source or s.phase != PENDING:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bus.store import EventStore
@@ -20,6 +21,8 @@ from events.envelope import Recorded
 from events.names import Ref, aggregate_key
 from events.volumes import PENDING, VolumeState, apply_volume
 from workers.volumes import claim_dir
+
+Fill = Callable[[w.ProvisionVolume], Awaitable[None]]
 
 log = logging.getLogger("virtbus.volumes")
 DISK = "disk.img"
@@ -42,10 +45,13 @@ def _scratch_dirs(directory: Path) -> list[Path]:
 
 
 class VolumeStore:
-    def __init__(self, store: EventStore, *, node: str, root: Path) -> None:
+    def __init__(
+        self, store: EventStore, *, node: str, root: Path, fill: Fill | None = None
+    ) -> None:
         self.store = store
         self.node = node
         self.root = root
+        self.fill = fill  # fills DataVolumes (import, registry, clone): `populate.Populator`
 
     def path(self, namespace: str, name: str) -> Path:
         return claim_dir(self.root, namespace, name)
@@ -86,6 +92,11 @@ class VolumeStore:
             case w.ProvisionVolume():
                 if not mine or s.created_version != item.version or s.phase != PENDING:
                     return  # stale, or done before (a redelivery)
+                if item.source.startswith(("import:", "registry:", "clone:")):
+                    if self.fill is None:
+                        raise RuntimeError("this node has no populator for DataVolumes")
+                    await self.fill(item)  # the node fetches it itself
+                    return
                 if item.source:  # the data comes from an upload session
                     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
                     return

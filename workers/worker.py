@@ -41,6 +41,7 @@ from workers.lifecycle import ForcedStops, Lifecycle
 from workers.migration import Migrations
 from workers.node_context import Domains, Launchers, MigrationSettings, NodeContext
 from workers.pods import ExitHandler, PodDriver, ProcessPods
+from workers.populate import Populator
 from workers.portforward import PortForwards
 from workers.registry import Registries
 from workers.sessions import Sessions
@@ -102,7 +103,10 @@ class Worker:
         self.migrations = Migrations(self.ctx, launchers=self.launchers, domains=self.domains)
         self.snapshots = NodeSnapshots(data_dir, self.volumes)
         self.snapshotting = Snapshotting(self.ctx, snapshots=self.snapshots)
-        self.volume_store = VolumeStore(self.store, node=node, root=data_dir)
+        self.volume_store = VolumeStore(
+            self.store, node=node, root=data_dir,
+            fill=Populator(self.store, root=data_dir, images=images).fill,
+        )  # fmt: skip
         self.mover = Mover(self.volume_store)
         consoles = Consoles(self.hv, self.store, node=node)
         self.sessions = Sessions(nc, node=node, handlers={

@@ -139,9 +139,10 @@ async def test_provisioning_replicates_the_log_and_refuses_what_the_bus_cannot_h
         ))  # fmt: skip
         assert await provision(js, replicas=3) == [
             "stream VIRT_EVENTS (R3)", "stream VIRT_COMMANDS (R3)", "stream VIRT_WORK (R3)",
-            "kv virt_heartbeats",
+            "kv virt_heartbeats", "kv virt_leases",
         ]  # fmt: skip
-        for stream in ("VIRT_EVENTS", "VIRT_COMMANDS", "VIRT_WORK", "KV_virt_heartbeats"):
+        for stream in ("VIRT_EVENTS", "VIRT_COMMANDS", "VIRT_WORK", "KV_virt_heartbeats",
+                       "KV_virt_leases"):  # fmt: skip
             assert (await js.stream_info(stream)).config.num_replicas == 3, stream
     finally:
         await nc.close()

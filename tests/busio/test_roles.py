@@ -7,71 +7,24 @@ refuses with `Permissions Violation for Publish to "<subject>"`, as any NATS cli
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
 import pytest
-from nats.aio.client import Client
+from secured import User, login, violation
+from webhook_receiver import Receiver
 
+from bus import webhook_secrets as secrets
 from bus.connect import connect, tls_context
-from bus.provision import provision
-from bus.roles import node_permissions, user_permissions
-from bus.server import NatsServer
+from bus.roles import component_permissions, node_permissions, user_permissions
 from bus.store import EventStore
-from bus.trust import Trust, ensure
+from bus.trust import Trust
 from bus.vms import VMRepository
 from events import model as m
-from events.names import Ref
+from events.names import CLUSTER, Ref
+from orchestrator.webhooks.dispatcher import Dispatcher
 
-
-class User:
-    """A connection as one user, with the server's asynchronous errors kept in order."""
-
-    def __init__(self, nc: Client, errors: asyncio.Queue[str]) -> None:
-        self.nc = nc
-        self.errors = errors
-
-    async def denied(self, subject: str) -> str:
-        """Publish to `subject`; the server's refusal (the test fails if none comes)."""
-        await self.nc.publish(subject, b"{}")
-        await self.nc.flush()
-        return await asyncio.wait_for(self.errors.get(), 10)
-
-    async def allowed(self, subject: str) -> None:
-        """Publish to `subject` and see no refusal come back before a round trip does."""
-        await self.nc.publish(subject, b"{}")
-        await self.nc.flush()
-        assert self.errors.empty(), self.errors.get_nowait()
-
-
-@pytest.fixture
-async def bus(tmp_path: Path) -> AsyncIterator[tuple[str, Trust]]:
-    trust = ensure(tmp_path / "data")
-    async with NatsServer(data_dir=tmp_path / "data", port=-1, trust=trust) as server:
-        admin = await connect(server.url, creds=trust.ensure_creds("admin"), tls_ca=trust.ca_file)
-        try:
-            await provision(admin.jetstream())
-            await EventStore(admin).append(Ref.vm("a"), [m.VMCreated(spec={})], expected_version=0)
-        finally:
-            await admin.close()
-        yield server.url, trust
-
-
-async def login(url: str, trust: Trust, name: str, role: str, *namespaces: str) -> User:
-    errors: asyncio.Queue[str] = asyncio.Queue()
-
-    async def keep(err: Exception) -> None:
-        errors.put_nowait(str(err))
-
-    creds = trust.issue(name, permissions=user_permissions(role, name=name, namespaces=namespaces))
-    nc = await nats.connect(url, user_credentials=str(creds), tls=tls_context(trust.ca_file),
-                            inbox_prefix=f"_INBOX_{name}", error_cb=keep)  # fmt: skip
-    return User(nc, errors)
-
-
-def violation(subject: str) -> str:
-    return f'nats: permissions violation for publish to "{subject}"'
+SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtMDEyMzQ1Njc4OQ=="  # 32 bytes
 
 
 async def test_view_reads_and_commands_nothing(bus: tuple[str, Trust]) -> None:
@@ -207,3 +160,75 @@ async def test_a_nodes_word_about_a_vm_placed_elsewhere_is_not_folded(
     finally:
         for nc in (admin, *nodes.values()):
             await nc.close()
+
+
+async def test_the_dispatcher_delivers_on_its_own_credentials_and_may_do_no_more(
+    bus: tuple[str, Trust], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`virtbus up` runs the webhook dispatcher as `dispatcher`: it follows the log, keeps its
+    consumers and reads the signing secrets, and may write nothing but a subscription's end."""
+    url, trust = bus
+    monkeypatch.setenv("VIRTBUS_WEBHOOK_ALLOW_NETS", "127.0.0.0/8")  # the receiver is here
+    admin = await connect(url, creds=trust.ensure_creds("admin"), tls_ca=trust.ca_file)
+    receiver = await Receiver([SECRET]).start()
+    creds = trust.issue("dispatcher", permissions=component_permissions("dispatcher"))
+    errors: asyncio.Queue[str] = asyncio.Queue()
+
+    async def keep(err: Exception) -> None:
+        errors.put_nowait(str(err))
+
+    nc = await nats.connect(url, user_credentials=str(creds), tls=tls_context(trust.ca_file),
+                            inbox_prefix="_INBOX_dispatcher", error_cb=keep)  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(Dispatcher(nc, data_dir=tmp_path / "hooks").run(stop),
+                               name="test-dispatcher")  # fmt: skip
+    try:
+        ref = secrets.new_ref("hook")
+        await secrets.store(admin.jetstream(), ref, SECRET)
+        subscribed = m.WebhookSubscribed(url=receiver.url, secret_ref=ref)
+        await EventStore(admin).append(Ref.of("webhook", "hook", CLUSTER), [subscribed],
+                                       expected_version=0)  # fmt: skip
+        await EventStore(admin).append_fact(Ref.vm("a"), [m.VMStartRequested()])
+        await receiver.until(lambda got: len(got) > 0)
+        assert [g.event.get_type() for g in receiver.got] == ["io.virtbus.vm.start_requested.v1"]
+        assert errors.empty(), errors.get_nowait()  # delivering met no refusal
+        dispatcher = User(nc, errors)
+        for subject in (
+            "virt.cmd.vm.default.a.StartVM.dispatcher",  # a command
+            "virt.vm.default.a.VMScheduled",  # a decision
+            "virt.user._.mallory.UserAdded",
+            "$JS.API.STREAM.DELETE.VIRT_EVENTS",
+            "$JS.API.CONSUMER.CREATE.VIRT_COMMANDS",  # what users asked is not its to read
+            "$JS.API.DIRECT.GET.VIRT_COMMANDS",
+            "$KV.virt_heartbeats.node-a",
+        ):
+            assert await dispatcher.denied(subject) == violation(subject.lower())
+    finally:
+        stop.set()
+        await task
+        await nc.close()
+        await receiver.stop()
+        await admin.close()
+
+
+async def test_the_orchestrator_may_do_all_but_lose_the_log(bus: tuple[str, Trust]) -> None:
+    url, trust = bus
+    creds = trust.issue("orchestrator", permissions=component_permissions("orchestrator"))
+    errors: asyncio.Queue[str] = asyncio.Queue()
+
+    async def keep(err: Exception) -> None:
+        errors.put_nowait(str(err))
+
+    nc = await nats.connect(url, user_credentials=str(creds), tls=tls_context(trust.ca_file),
+                            error_cb=keep)  # fmt: skip
+    orchestrator = User(nc, errors)
+    try:
+        await orchestrator.allowed("virt.vm.default.a.VMScheduled")
+        for subject in (
+            "$JS.API.STREAM.DELETE.VIRT_EVENTS",
+            "$JS.API.STREAM.PURGE.VIRT_COMMANDS",
+            "$JS.API.STREAM.MSG.DELETE.VIRT_EVENTS",
+        ):
+            assert await orchestrator.denied(subject) == violation(subject.lower())
+    finally:
+        await nc.close()

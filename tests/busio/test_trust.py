@@ -92,7 +92,7 @@ async def test_the_admin_uses_jetstream_over_tls(secured: tuple[NatsServer, Trus
     try:
         created = await provision(nc.jetstream())
         assert created == ["stream VIRT_EVENTS", "stream VIRT_COMMANDS", "stream VIRT_WORK",
-                           "kv virt_heartbeats"]  # fmt: skip
+                           "kv virt_heartbeats", "kv virt_leases"]  # fmt: skip
     finally:
         await nc.close()
 

@@ -90,6 +90,13 @@ async def test_users_with_roles_from_add_to_revoke(here: Path) -> None:
         assert [line.split()[3] for line in history.splitlines() if "Z   " in line][-3:] == [
             "alice", "vera", "vera",
         ]  # the creation, then vera's command and its rejection  # fmt: skip
+        # the log itself, read with alice's credentials: her namespace's, whole; no other's
+        assert (await as_("alice", "history", "a", "-n", "team-a")).ok().out == history
+        other = await as_("alice", "history", "a", "-n", "default")
+        assert (other.code, other.out, other.err) == (1, "", (
+            'error: forbidden: user "alice" cannot read the history of virtualmachines in the '
+            'namespace "default"\n'
+        ))  # fmt: skip
 
         (await cli("auth", "revoke", "alice")).ok()
         cut = await as_("alice", "get", "vms", "-n", "team-a")
@@ -102,14 +109,15 @@ async def test_users_with_roles_from_add_to_revoke(here: Path) -> None:
             ["NAME", "ROLE", "NAMESPACES", "STATUS"],
             ["admin", "admin", "*", "Active"],
             ["alice", "edit", "team-a", "Revoked"],
+            ["dispatcher", "dispatcher", "*", "Active"],
             ["orchestrator", "admin", "*", "Active"],
             ["vera", "view", "*", "Active"],
         ]
         # The log's hash chains hold over subjects with a node's name or a user's last
         verified = await cli("audit", "verify")
         assert verified.ok().out.splitlines()[-1] == (
-            "audit of the log: intact: 8 events in 6 histories; 0 checkpoints through seq 0, "
-            "signatures not checked"  # 4 users (alice twice), a in team-a twice, a in default
+            "audit of the log: intact: 9 events in 7 histories; 0 checkpoints through seq 0, "
+            "signatures not checked"  # 5 users (alice twice), a in team-a twice, a in default
         )
         # Any NATS client, as examples/publish_command.py drives it: recorded as the admin it is.
         example = await asyncio.create_subprocess_exec(
@@ -134,14 +142,15 @@ async def test_mutual_tls_asks_every_client_for_a_certificate_too(here: Path) ->
         data = here / ".virtbus"
         ca = str(data / "tls" / "ca.pem")
         assert sorted(p.name for p in (data / "tls" / "clients").iterdir()) == [
-            "admin-key.pem", "admin.pem", "node-a-key.pem", "node-a.pem", "orchestrator-key.pem",
-            "orchestrator.pem",
+            "admin-key.pem", "admin.pem", "dispatcher-key.pem", "dispatcher.pem", "node-a-key.pem",
+            "node-a.pem", "orchestrator-key.pem", "orchestrator.pem",
         ]  # fmt: skip
         added = await virtbus("auth", "add-user", "bob", "--role", "view", "--client-cert",
                               env=env, cwd=here)  # fmt: skip
         assert added.ok().out == (
             'user "bob" added (view): credentials in bob.creds\n'
             "client certificate in bob.pem, its key in bob-key.pem\n"
+            "to log in by the certificate alone (no --creds): sentinel.creds, beside it\n"
         )
         bob = ["--creds", "bob.creds", "--tls-ca", ca]
         uncertified = await virtbus("get", "vms", *bob, env=env, cwd=here)
@@ -153,6 +162,21 @@ async def test_mutual_tls_asks_every_client_for_a_certificate_too(here: Path) ->
         certified = await virtbus("get", "nodes", *bob, "--tls-cert", "bob.pem", "--tls-key",
                                   "bob-key.pem", env=env, cwd=here)  # fmt: skip
         assert certified.ok().out.splitlines()[1].split()[:2] == ["node-a", "Ready"]
+        # the certificate alone (and the stack's sentinel beside it): bob, as the log has him
+        alone = ["--tls-cert", "bob.pem", "--tls-key", "bob-key.pem"]
+        me = await virtbus("auth", "whoami", *alone, env=env, cwd=here)
+        assert me.ok().out == (
+            "ATTRIBUTE    VALUE\nUsername     bob\nRole         view\nNamespaces   *\n"
+            "Status       Active\n"
+        )
+        revoked = await virtbus("auth", "revoke", "bob", env=env, cwd=here)
+        assert revoked.ok().out == 'user "bob" revoked\n'
+        refused = await virtbus("get", "vms", *alone, env=env, cwd=here)
+        assert (refused.code, refused.err) == (1, (
+            f"error: cannot reach NATS at {url}: nats: 'Authorization Violation' (the bus refused "
+            "this certificate's login: its user is unknown or revoked, the orchestrator's log says "
+            "which)\n"
+        ))  # fmt: skip
         # a whole replay of the log, on the lean reader's own TLS connection with the admin's
         verified = await virtbus("audit", "verify", env=env, cwd=here)
         assert verified.ok().out.splitlines()[-1].startswith("audit of the log: intact: ")

@@ -288,6 +288,9 @@ async def test_an_upload_cut_by_the_node_worker_stopping_or_dying_is_failed(
     from events import commands as c
 
     await stack.node("node-a")
+    # Made while node-a is Ready (a stopped node takes no new volume): filled below by an upload
+    # that a worker died in the middle of.
+    await send(stack.nc, c.CreateVolume(name="died", size="8Mi", source="upload", node="node-a"))
     # A graceful stop mid-upload: the session's task records why it ends.
     proc = await start_upload(stack, f"{http.base}/stall.img", "stopped")
     try:
@@ -310,7 +313,6 @@ async def test_an_upload_cut_by_the_node_worker_stopping_or_dying_is_failed(
     assert not list(scratch.glob(".upload-*")) and not disk(stack, "stopped").exists()
 
     # A worker that died mid-upload left its scratch space: on restart it fails the volume.
-    await send(stack.nc, c.CreateVolume(name="died", size="8Mi", source="upload", node="node-a"))
     half = disk(stack, "died").parent / ".upload-0123abcd" / "data"
     half.parent.mkdir(parents=True)
     half.write_bytes(pattern(MiB))
@@ -331,7 +333,7 @@ async def test_upload_sessions_refuse_what_they_cannot_take(stack: Stack) -> Non
 
     await stack.node("node-a")
     await send(stack.nc, c.CreateVolume(name="up", size="8Mi", source="upload"))
-    await send(stack.nc, c.CreateVolume(name="blank", size="8Mi"))
+    await send(stack.nc, c.CreateVolume(name="blank", size="8Mi", node="node-a"))
     for _ in range(200):
         if (await volume(stack, "blank")).phase == BOUND:
             break

@@ -61,17 +61,16 @@ async def test_volume_create_get_delete(stack: Stack) -> None:
     assert obj["spec"]["resources"]["requests"]["storage"] == "1Gi"
     assert obj["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] == "node-b"
 
-    # Without --node the node with the fewest volumes gets it.
+    # Without --node it waits for its first consumer (WaitForFirstConsumer): no node, Pending.
     (await cli(stack, "volume", "create", "other", "--size", "100Mi")).ok()
     listing = yaml.safe_load((await cli(stack, "volume", "get", "-o", "yaml")).ok().out)
     assert listing["kind"] == "List"
     node_of = {i["metadata"]["name"]: i["metadata"]["annotations"] for i in listing["items"]}
-    nodes = {k: v["volume.kubernetes.io/selected-node"] for k, v in node_of.items()}
-    assert nodes == {"data": "node-b", "other": "node-a"}
+    assert node_of == {"data": {"volume.kubernetes.io/selected-node": "node-b"}, "other": {}}
     table = (await cli(stack, "volume", "get")).ok().out.splitlines()
     assert table[0].split() == ["NAME", "STATUS", "CAPACITY", "NODE", "AGE"]
     assert [r.split()[:4] for r in table[1:]] == [
-        ["data", "Bound", "1Gi", "node-b"], ["other", "Bound", "100Mi", "node-a"],
+        ["data", "Bound", "1Gi", "node-b"], ["other", "Pending", "100Mi", "<none>"],
     ]  # fmt: skip
 
     assert (await cli(stack, "get", "pvc")).ok().out.splitlines()[0] == table[0]  # kubectl's way
@@ -152,11 +151,7 @@ async def test_a_vm_runs_where_its_volume_is_and_deleting_it_keeps_the_volume(
 
     # Two claims on two nodes: no node can run the VM, said the scheduler's way.
     await send(stack.nc, c.CreateVolume(name="elsewhere", size="1Mi", node="node-a"))
-    spec = pvc_vm("split", "root").spec
-    tmpl = spec["template"]["spec"]
-    tmpl["domain"]["devices"]["disks"].append({"name": "two", "disk": {"bus": "virtio"}})
-    tmpl["volumes"].append({"name": "two", "persistentVolumeClaim": {"claimName": "elsewhere"}})
-    await send(stack.nc, c.ApplyVM(name="split", spec=spec))
+    await send(stack.nc, pvc_vm("split", "root", also=("elsewhere",)))
     await send(stack.nc, c.StartVM(name="split"))
     s = await stack.until("split", "ErrorUnschedulable")
     assert "2 node(s) had volume node affinity conflict" in s.reason
@@ -258,12 +253,18 @@ def test_the_volume_fold_and_the_placement_of_new_volumes() -> None:
         "c": NodeState(name="c", status=READY, cordoned=True),
     }
     view = ClusterView(nodes=nodes, volumes_per_node={"a": 3, "b": 1})
-    [created] = decide_volume(VolumeState(), c.CreateVolume(name="v", size="1Gi"), view)
+    # An upload's claim is placed at once (the upload is its first consumer), on the node with
+    # the fewest volumes; a blank one without --node waits for its first VM (node "").
+    up = c.CreateVolume(name="v", size="1Gi", source="upload")
+    [created] = decide_volume(VolumeState(), up, view)
     assert isinstance(created, m.VolumeCreated) and (created.node, created.size_bytes) == ("b", GiB)
+    [late] = decide_volume(VolumeState(), c.CreateVolume(name="v", size="1Gi"), view)
+    assert isinstance(late, m.VolumeCreated) and late.node == ""
+    assert volume_work(apply_volume(VolumeState(), env(late, 1))) == []
     with pytest.raises(ValidationError, match='node: node "c" is cordoned; it takes no new'):
         decide_volume(VolumeState(), c.CreateVolume(name="v", size="1Gi", node="c"), view)
     with pytest.raises(ValidationError, match="no ready node can hold the volume"):
-        decide_volume(VolumeState(), c.CreateVolume(name="v", size="1Gi"), ClusterView())
+        decide_volume(VolumeState(), up, ClusterView())
 
 
 def test_volume_admission_reads_the_controllers_folded_state() -> None:

@@ -456,17 +456,20 @@ def test_volume_plan_for_cloud_init_and_empty_disk() -> None:
                                             "networkDataBase64": base64.b64encode(net.encode())
                                             .decode()}},
         {"name": "scratch", "emptyDisk": {"capacity": "2G"}},
+        {"name": "data", "dataVolume": {"name": "dv"}},  # CDI's claim of the DataVolume's name
     ]  # fmt: skip
     assert volume_plan(spec) == [
         VolumeNeed(name="ci", type="cloudInitNoCloud", user_data="#cloud-config\n",
                    network_data=net),
         VolumeNeed(name="scratch", type="emptyDisk", capacity=2 * 10**9),
+        VolumeNeed(name="data", type="persistentVolumeClaim", claim_name="dv"),
     ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("volume", "field"),
-    [({"dataVolume": {"name": "dv"}}, "volumes[0]"),
+    [({"configMap": {"name": "c"}}, "volumes[0]"),
+     ({"dataVolume": {}}, "volumes[0].dataVolume.name"),
      ({}, "volumes[0]"),
      ({"emptyDisk": {}}, "volumes[0].emptyDisk.capacity"),
      ({"containerDisk": {}}, "volumes[0].containerDisk.image"),

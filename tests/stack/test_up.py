@@ -140,7 +140,8 @@ async def test_virtbus_up_secures_its_bus_and_the_cli_finds_the_keys_where_it_ra
                           cwd=here) as (proc, url):  # fmt: skip
         data = here / ".virtbus"
         assert sorted(p.name for p in (data / "creds").iterdir()) == [
-            "admin.creds", "node-a.creds", "orchestrator.creds",
+            "admin.creds", "dispatcher.creds", "node-a.creds", "orchestrator.creds",
+            "sentinel.creds",  # logins by certificate present it (it is allowed nothing)
         ]  # fmt: skip
         assert (data / "tls" / "ca.pem").read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
         with pytest.raises(BusUnavailable, match="the bus speaks TLS"):

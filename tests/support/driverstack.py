@@ -156,8 +156,8 @@ def launchers(vm: str) -> list[int]:
     return out
 
 
-def pvc_vm(name: str, claim: str, **spec: Any) -> c.ApplyVM:
-    """A VM whose only disk is the claim `claim`."""
+def pvc_vm(name: str, claim: str, *, also: tuple[str, ...] = (), **spec: Any) -> c.ApplyVM:
+    """A VM whose root disk is the claim `claim`; each claim of `also` is one more disk."""
     template = {
         "spec": {
             "domain": {"devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]},
@@ -165,4 +165,9 @@ def pvc_vm(name: str, claim: str, **spec: Any) -> c.ApplyVM:
             "volumes": [{"name": "root", "persistentVolumeClaim": {"claimName": claim}}],
         }
     }  # fmt: skip
+    for more in also:
+        template["spec"]["domain"]["devices"]["disks"].append({"name": more})
+        template["spec"]["volumes"].append(
+            {"name": more, "persistentVolumeClaim": {"claimName": more}}
+        )
     return c.ApplyVM(name=name, spec={"runStrategy": "Halted", "template": template, **spec})

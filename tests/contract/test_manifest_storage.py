@@ -1,0 +1,70 @@
+"""Storage manifests read purely: claims and DataVolumes as volume commands, and what is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from events import commands as c
+from events.errors import ValidationError
+from events.manifest import to_commands
+
+
+def dv(source: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    storage = {"resources": {"requests": {"storage": "1Gi"}}}
+    spec = {"source": source, "storage": storage, **spec}
+    return {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+            "metadata": {"name": "d"}, "spec": spec}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("source", "want"),
+    [
+        ({"http": {"url": "https://x/disk.img"}}, "import:https://x/disk.img"),
+        ({"registry": {"url": "docker://quay.io/a/b:1"}}, "registry:quay.io/a/b:1"),
+        ({"pvc": {"name": "src", "namespace": "default"}}, "clone:src"),
+        ({"upload": {}}, "upload"),
+        ({"blank": {}}, ""),
+    ],
+)
+def test_each_data_volume_source_is_a_claim_source(source: dict[str, Any], want: str) -> None:
+    [cmd], warns = to_commands(dv(source))
+    assert cmd == c.CreateVolume(name="d", size="1Gi", source=want, apply=True, data_volume=True)
+    assert warns == []
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (dv({"http": {"url": "x"}, "blank": {}}), "spec.source: needs exactly one of http, "
+                                                   "registry, upload, blank, pvc"),
+        (dv({"s3": {"url": "s3://b/k"}}), "spec.source.s3: s3 sources are not supported by "
+                                          "virtbus; use one of http, registry, upload, blank, pvc"),
+        (dv({"http": {"url": "ftp://x"}}), "spec.source.http.url: 'ftp://x' is not an http(s) URL"),
+        (dv({"blank": {}}, contentType="archive"), "spec.contentType: archive is not supported"),
+        (dv({"pvc": {"name": "s", "namespace": "other"}}),
+         "spec.source.pvc.namespace: virtbus clones within one namespace"),
+        ({**dv({"blank": {}}), "kind": "DataImportCron"}, "kind: 'DataImportCron' is not "
+         "supported in apiVersion cdi.kubevirt.io/v1beta1; virtbus serves DataVolume there"),
+        ({"apiVersion": "pool.kubevirt.io/v1alpha1", "kind": "VirtualMachinePool",
+          "metadata": {"name": "p"}}, "apiVersion: 'pool.kubevirt.io/v1alpha1' is not supported; "
+         "use kubevirt.io/v1 (v1 for PersistentVolumeClaim, cdi.kubevirt.io/v1beta1 for "
+         "DataVolume, snapshot.kubevirt.io/v1beta1 for snapshots)"),
+    ],
+)  # fmt: skip
+def test_what_is_refused_names_the_field(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        to_commands(doc)
+    assert err.value.message.startswith(message), err.value.message
+
+
+def test_a_vms_data_volume_templates_come_first_and_are_owned_by_it() -> None:
+    template = {"metadata": {"name": "root"}, "spec": dv({"blank": {}})["spec"]}
+    vm = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "vm"},
+          "spec": {"dataVolumeTemplates": [template], "template": {"spec": {
+              "domain": {"devices": {}, "memory": {"guest": "64Mi"}},
+              "volumes": [{"name": "root", "dataVolume": {"name": "root"}}]}}}}  # fmt: skip
+    (made, applied), _ = to_commands(vm)
+    assert made == c.CreateVolume(name="root", size="1Gi", apply=True, data_volume=True, owner="vm")
+    assert isinstance(applied, c.ApplyVM) and applied.name == "vm"
