@@ -46,7 +46,7 @@ from events.volumes import VolumeState, apply_volume
 from orchestrator import metrics
 from orchestrator.capacity import Capacity
 from orchestrator.instancetypes import admit, effective
-from orchestrator.ipam import AddressPool, mac_for
+from orchestrator.ipam import AddressPool
 from orchestrator.keyed import KeyedQueue
 from orchestrator.migrations import Cluster
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
@@ -212,7 +212,7 @@ class Controller:
             place=lambda req: refused() or place(
                 pin(req, s.spec, self.volumes, namespace=s.namespace), self.node_views()),
             now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex,
-            allocate=lambda uid: self._allocate(key, uid),
+            allocate=lambda uid: self.addresses.allocation(key, uid),
             clashes=lambda ip: self.addresses.clashes(key, ip),
         )  # fmt: skip
         if reaction.wake_at:
@@ -240,12 +240,6 @@ class Controller:
                 work.remove(item)  # it starts (or plugs) once they are
         await self._enqueue(work)
         return reaction
-
-    def _allocate(self, key: str, vmi_uid: str) -> m.IPAllocated:
-        """The instance's address, taken now (before the append awaits: see `ipam`)."""
-        address = self.addresses.allocate(key)
-        return m.IPAllocated(address=address, vmi_uid=vmi_uid, mac=mac_for(address),
-                             cidr=self.addresses.cidr)  # fmt: skip
 
     async def _claims_ready(self, s: VMState, item: w.Work, cause: Recorded | None) -> bool:
         """WaitForFirstConsumer: bind the claims a start (or a hotplug) needs to its node;

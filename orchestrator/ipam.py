@@ -14,6 +14,7 @@ import ipaddress
 import os
 from typing import Final
 
+from events import model as m
 from events.errors import ValidationError
 from events.state import VMState
 
@@ -93,6 +94,12 @@ class AddressPool:
                 self._decided[key] = address
                 return address
         raise PoolExhausted(f"no free address in the VM network {self.net}")
+
+    def allocation(self, key: str, vmi_uid: str) -> m.IPAllocated:
+        """The instance `vmi_uid`'s address, taken now (see `allocate`), as its event."""
+        address = self.allocate(key)
+        return m.IPAllocated(address=address, vmi_uid=vmi_uid, mac=mac_for(address),
+                             cidr=self.cidr)  # fmt: skip
 
     def release(self, key: str) -> None:
         """The decision that took an address lost (another controller appended first)."""
