@@ -212,8 +212,7 @@ class Controller:
             place=lambda req: refused() or place(
                 pin(req, s.spec, self.volumes, namespace=s.namespace), self.node_views()),
             now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex,
-            allocate=lambda uid: self.addresses.allocation(key, uid),
-            clashes=lambda ip: self.addresses.clashes(key, ip),
+            addresses=self.addresses.of(key),
         )  # fmt: skip
         if reaction.wake_at:
             self._wakes[key] = reaction.wake_at

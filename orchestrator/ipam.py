@@ -107,7 +107,24 @@ class AddressPool:
         if address is not None and self._held.get(key) != address:
             self._taken.pop(address, None)
 
+    def of(self, key: str) -> VMAddresses:
+        return VMAddresses(self, key)
+
     def clashes(self, key: str, address: str) -> bool:
         """Whether another VM held `address` first (the log gave it twice: two controllers
         deciding at once): the later holder is to give it back and take another."""
         return bool(address) and self._taken.get(address, key) != key
+
+
+class VMAddresses:
+    """The pool as one VM's reconcile sees it: its allocation, and whether its address clashes."""
+
+    def __init__(self, pool: AddressPool, key: str) -> None:
+        self.pool = pool
+        self.key = key
+
+    def allocation(self, vmi_uid: str) -> m.IPAllocated:
+        return self.pool.allocation(self.key, vmi_uid)
+
+    def clashes(self, address: str) -> bool:
+        return self.pool.clashes(self.key, address)

@@ -39,7 +39,7 @@ from events.state import (
 )
 from events.vmstate import guest_end
 from orchestrator.decide import decide, kept_disks
-from orchestrator.ipam import PoolExhausted
+from orchestrator.ipam import PoolExhausted, VMAddresses
 from orchestrator.migrations import Cluster, migration_step
 from orchestrator.scheduler import Request, Unschedulable
 from orchestrator.snapshots import snapshot_work
@@ -58,8 +58,6 @@ class Reaction(msgspec.Struct, frozen=True):
 
 
 Placer = Callable[[Request], str]
-# The instance's address, taken from the pool (raises `PoolExhausted`): its `IPAllocated`.
-Allocator = Callable[[str], m.IPAllocated]
 
 
 def backoff_delay(failures: int) -> float:
@@ -69,8 +67,8 @@ def backoff_delay(failures: int) -> float:
 
 def reconcile(
     s: VMState, *, place: Placer, lost_nodes: Collection[str], now: datetime,
-    new_uid: Callable[[], str], cluster: Cluster | None = None, allocate: Allocator | None = None,
-    clashes: Callable[[str], bool] = lambda _: False,
+    new_uid: Callable[[], str], cluster: Cluster | None = None,
+    addresses: VMAddresses | None = None,
 ) -> Reaction:  # fmt: skip
     """Events and work that bring the VM closer to what its run strategy and requests want."""
     events: list[m.Event] = []
@@ -79,7 +77,7 @@ def reconcile(
     for _ in range(5):  # each step's events are folded in before the next look
         step_events, step_work, step_wake = _step(
             s, place=place, lost_nodes=lost_nodes, now=now, new_uid=new_uid, cluster=cluster,
-            allocate=allocate, clashes=clashes,
+            addresses=addresses,
         )  # fmt: skip
         for item in step_work:
             work.setdefault(item.msg_id, item)
@@ -103,8 +101,8 @@ def _local(s: VMState, e: m.Event, now: datetime) -> Envelope:
 
 def _step(
     s: VMState, *, place: Placer, lost_nodes: Collection[str], now: datetime,
-    new_uid: Callable[[], str], cluster: Cluster | None = None, allocate: Allocator | None = None,
-    clashes: Callable[[str], bool] = lambda _: False,
+    new_uid: Callable[[], str], cluster: Cluster | None = None,
+    addresses: VMAddresses | None = None,
 ) -> tuple[list[m.Event], list[w.Work], datetime | None]:  # fmt: skip
     ended = s.phase in (SUCCEEDED, FAILED)
     if s.status == TERMINATING:
@@ -113,13 +111,14 @@ def _step(
         return [*_release(s, always=True), m.VMDeleted(disks=kept_disks(s.spec))], [], None
     if not s.exists:
         return [], [], None
-    if released := _release(s, always=clashes(s.ip)):  # its instance is over, or held twice
+    clash = addresses is not None and addresses.clashes(s.ip)
+    if released := _release(s, always=clash):  # its instance is over, or held twice
         return released, [], None
-    if allocate is not None and s.vmi_uid and s.phase in _ACTIVE and not s.ip:
+    if addresses is not None and s.vmi_uid and s.phase in _ACTIVE and not s.ip:
         # Scheduled without one (a controller stopped between the two appends, or a VM that
         # was running before addresses were allocated): the instance gets its address now.
         with contextlib.suppress(PoolExhausted):
-            return [allocate(s.vmi_uid)], [], None
+            return [addresses.allocation(s.vmi_uid)], [], None
     if s.node and s.phase in _ACTIVE and s.node in lost_nodes:
         return [m.VMFailed(reason=f"node {s.node} was lost", node=s.node)], [], None
     if cluster is not None and (migrating := migration_step(s, cluster)) is not None:
@@ -154,7 +153,7 @@ def _step(
     if not s.node and s.phase in (PENDING, SCHEDULING):  # not placed yet (or unschedulable)
         if s.status == STOPPING:
             return [m.VMStopped(reason="stopped before it was scheduled")], [], None
-        return _schedule(s, place=place, new_uid=new_uid, allocate=allocate), [], None
+        return _schedule(s, place=place, new_uid=new_uid, addresses=addresses), [], None
     if s.node and s.phase in _ACTIVE:
         if s.status == STOPPING:
             return [], [_stop(s)], None
@@ -176,7 +175,7 @@ def _release(s: VMState, *, always: bool = False) -> list[m.Event]:
 
 
 def _schedule(
-    s: VMState, *, place: Placer, new_uid: Callable[[], str], allocate: Allocator | None
+    s: VMState, *, place: Placer, new_uid: Callable[[], str], addresses: VMAddresses | None
 ) -> list[m.Event]:
     try:
         need = summarize(s.spec)
@@ -187,10 +186,10 @@ def _schedule(
     except Unschedulable as err:
         return _unschedulable(s, err.message)
     uid = new_uid()
-    if allocate is None:
+    if addresses is None:
         return [m.VMScheduled(node=node, vmi_uid=uid)]
     try:
-        address = allocate(uid)
+        address = addresses.allocation(uid)
     except PoolExhausted as err:
         return _unschedulable(s, str(err))
     return [m.VMScheduled(node=node, vmi_uid=uid), address]

@@ -169,19 +169,11 @@ def _cloud_data(src: dict[str, Any], key: str, at: str) -> str | None:
 
 
 def render_domain(
-    spec: dict[str, Any],
-    *,
-    name: str,
-    namespace: str,
-    uid: str,
-    volumes: VolumePaths,
-    kvm: bool,
-    emulator: str | None = None,
-    tap: str = "",
-    mac: str = "",
-) -> str:
+    spec: dict[str, Any], *, name: str, namespace: str, uid: str, volumes: VolumePaths, kvm: bool,
+    emulator: str | None = None, tap: str = "", mac: str = "",
+) -> str:  # fmt: skip
     """The libvirt domain XML for a VM spec (`spec.template.spec` is read); `kvm=False` is TCG;
-    `tap` (with the instance's `mac`) is the VM network's for its masquerade NIC (workers/vmnet)."""
+    `tap` and `mac`: the VM network's, for the first masquerade NIC (workers/vmnet.py)."""
     vmi = _vmi_spec(spec)
     domain = _mapping(vmi.get("domain"), f"{SPEC}.domain")
     devices_spec = _mapping(domain.get("devices"), f"{SPEC}.domain.devices")
@@ -370,12 +362,13 @@ def _interfaces(devices: ET.Element, devices_spec: dict[str, Any], *, tap: str, 
                        "bridge")  # fmt: skip
         if binding not in USER_BINDINGS:
             raise _fail(f"{at}.{binding}", "is not supported; use masquerade or bridge")
-        on_vm_network = bool(tap) and i == 0 and binding == "masquerade"
-        el = ET.SubElement(devices, "interface", type="ethernet" if on_vm_network else "user")
-        if (given := nic.get("macAddress")) is not None or (on_vm_network and mac):
-            address = _mac(given, f"{at}.macAddress") if given is not None else mac
-            ET.SubElement(el, "mac", address=address)
-        if on_vm_network:  # the node made the tap; QEMU only opens it
+        on_net = bool(tap) and i == 0 and binding == "masquerade"  # the node made the tap
+        el = ET.SubElement(devices, "interface", type="ethernet" if on_net else "user")
+        if (given := nic.get("macAddress")) is not None or (on_net and mac):
+            ET.SubElement(
+                el, "mac", address=mac if given is None else _mac(given, f"{at}.macAddress")
+            )
+        if on_net:  # QEMU only opens it
             ET.SubElement(el, "target", dev=tap, managed="no")
         model = word(nic.get("model"), f"{at}.model") or "virtio"
         ET.SubElement(el, "model", type=model)
