@@ -91,7 +91,12 @@ async def run_orchestrator(
     async with ReadModel(data_dir / "readmodel.sqlite", read_store, verify=False) as readmodel:
         await readmodel.catch_up()
         api = Api(nc, intake=intake, readmodel=readmodel)
-        tasks = [asyncio.create_task(readmodel.run(stop), name="orchestrator-readmodel")]
+        leading = asyncio.Event()  # set with the lease: a standby's controller folds, warm
+        tasks = [
+            asyncio.create_task(readmodel.run(stop), name="orchestrator-readmodel"),
+            asyncio.create_task(controller.run(stop, leading=leading),
+                                name="orchestrator-controller"),
+        ]  # fmt: skip
         if trust is not None and trust.callout is not None and intake.identities is not None:
             certlogin = CertLogin(nc, intake.identities, trust=trust).run(stop)
             tasks.append(asyncio.create_task(certlogin, name="orchestrator-certlogin"))
@@ -104,10 +109,10 @@ async def run_orchestrator(
         try:
             lease.on_regained = controller.resync
             if await lease.acquire(stop):  # a standby answers reads meanwhile
+                leading.set()
                 tasks += [
                     asyncio.create_task(lease.keep(stop), name="orchestrator-lease"),
                     asyncio.create_task(intake.run(stop), name="orchestrator-intake"),
-                    asyncio.create_task(controller.run(stop), name="orchestrator-controller"),
                 ]
                 if audit_key:
                     sealer = Checkpointer(nc, audit_key).run(stop, every_s=checkpoint_every_s)

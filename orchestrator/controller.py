@@ -19,9 +19,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError
 
 from bus.store import EventStore
 from bus.telemetry import TRACE, traced
@@ -33,7 +31,7 @@ from events.errors import ConcurrencyConflict, VirtbusError
 from events.folding import skipped_now
 from events.instancetypes import KIND_OF, InstancetypeState, apply_instancetype
 from events.names import HEARTBEAT_BUCKET, Ref, aggregate_key
-from events.nodes import READY, Heartbeat, NodeState, apply_node
+from events.nodes import READY, NodeState, apply_node
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
 from events.state import (
     PENDING,
@@ -49,6 +47,7 @@ from orchestrator.instancetypes import admit, effective
 from orchestrator.ipam import AddressPool
 from orchestrator.keyed import KeyedQueue
 from orchestrator.migrations import Cluster
+from orchestrator.nodeloss import record_lost
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import NodeView, place
 from orchestrator.snapshots import removal_work
@@ -360,20 +359,20 @@ class Controller:
         for key in list(self.vms):
             self._reactions.kick(key)
 
-    async def catch_up(self) -> None:
-        # No chain check here: a tampered log is for `audit verify` to name; the controller
-        # must keep the cluster running on what the log says.
-        await self.store.replay(self._fold, verify=False)
-        for key in list(self.vms):
-            self._reactions.kick(key)
+    async def _act_on_all(self) -> None:
+        """React to everything folded so far: at start, and when a standby takes over."""
+        self.resync()
         await self._reactions.idle()
         for key in list(self.replica_sets):
             await self.react_rs(key)
         for key in list(self.volumes):
             await self.react_volume(key)
 
-    async def _follow(self) -> None:
+    async def _follow(self, leading: asyncio.Event | None) -> None:
         async for rec in self.store.follow(from_seq=self.position + 1):
+            if leading is not None and not leading.is_set():
+                self._fold(rec)  # a standby keeps its state warm and acts on nothing
+                continue
             try:
                 await self.on_record(rec)
             except VirtbusError as err:  # a bus hiccup must not kill the controller
@@ -389,38 +388,31 @@ class Controller:
                 if at <= now:
                     del self._wakes[key]
                     self._reactions.kick(key)
-            await self._check_nodes(kv)
+            if time.time() - self._started >= self.node_grace_s:  # heartbeats had time to come
+                await record_lost(self.store, kv, self.nodes, grace_s=self.node_grace_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
 
-    async def _check_nodes(self, kv: Any) -> None:
-        now = time.time()
-        if now - self._started < self.node_grace_s:
-            return  # heartbeats may not have arrived since we (or the server) started
-        for name, node in list(self.nodes.items()):
-            if node.status != READY:
-                continue
-            try:
-                entry = await kv.get(name)
-                last = msgspec.json.decode(entry.value, type=Heartbeat).at
-            except (KeyNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
-                last = 0.0
-            if now - last > self.node_grace_s:
-                since = datetime.fromtimestamp(last, UTC) if last else None
-                with contextlib.suppress(ConcurrencyConflict):
-                    await self.store.append(
-                        Ref.node(name), [m.NodeLost(last_heartbeat=since)],
-                        expected_version=node.version,
-                    )  # fmt: skip
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.catch_up()
-        tasks = [
-            asyncio.create_task(self._follow(), name="controller-follow"),
-            asyncio.create_task(self._timers(stop), name="controller-timers"),
-        ]
+    async def run(self, stop: asyncio.Event, *, leading: asyncio.Event | None = None) -> None:
+        """Fold the log and keep folding it; act once `leading` is set (None: at once). A
+        standby's controller is warm: taking over costs no replay."""
+        # No chain check here: a tampered log is for `audit verify` to name; the controller
+        # must keep the cluster running on what the log says.
+        await self.store.replay(self._fold, verify=False)
+        tasks = [asyncio.create_task(self._follow(leading), name="controller-follow")]
         try:
-            await stop.wait()
+            if leading is not None:
+                waits = [
+                    asyncio.create_task(e.wait(), name="controller-wait") for e in (leading, stop)
+                ]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+            if not stop.is_set():
+                await self._act_on_all()
+                tasks.append(asyncio.create_task(self._timers(stop), name="controller-timers"))
+                await stop.wait()
         finally:
             for t in tasks:
                 t.cancel()
