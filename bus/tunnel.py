@@ -198,6 +198,22 @@ async def relay(pipe: Pipe, *, read: Reader, write: Writer) -> None:
             raise r
 
 
+async def relay_socket(pipe: Pipe, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:  # fmt: skip
+    """`relay` between the pipe and a TCP connection, closed once either side ends."""
+
+    async def write(data: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
+
+    try:
+        await relay(pipe, read=lambda: reader.read(FRAME), write=write)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
 async def connect(
     nc: Client, *, node: str, kind: str, namespace: str, name: str,
     params: dict[str, Any] | None = None, wait_s: float = 15.0,

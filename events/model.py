@@ -66,6 +66,7 @@ from events.model_migration import (
     MigrationTargetPreparing,
     MigrationTargetReady,
 )
+from events.model_network import IPAllocated, IPReleased
 from events.model_snapshot import (
     RestoreFailed,
     RestoreRequested,
@@ -82,22 +83,23 @@ __all__ = [
     "AuditHead", "ClusterInstancetypeApplied", "ClusterInstancetypeDeleted",
     "ClusterPreferenceApplied", "ClusterPreferenceDeleted", "CommandRejected", "DomainDefined",
     "DomainPaused", "DomainRebooted", "DomainResumed", "DomainStarted", "DomainStopped",
-    "DomainUndefined", "Event", "GuestAgentChanged", "ImagePulled", "ImagePulling",
-    "InstancetypeApplied", "InstancetypeDeleted", "LauncherCreated", "LauncherDeleted",
-    "LauncherFailed", "MigrationCancelRequested", "MigrationFailed", "MigrationProgress",
-    "MigrationRequested", "MigrationScheduled", "MigrationStarted", "MigrationSucceeded",
-    "MigrationTargetPreparing", "MigrationTargetReady", "NodeCordoned", "NodeDrainRequested",
-    "NodeLost", "NodeRegistered", "NodeUncordoned", "PreferenceApplied", "PreferenceDeleted",
-    "ReplicaSetCreated", "ReplicaSetDeleted", "ReplicaSetScaled", "ReplicaSetSpecChanged",
-    "RestoreFailed", "RestoreRequested", "RestoreSucceeded", "SnapshotDeleted", "SnapshotFailed",
-    "SnapshotRequested", "SnapshotSucceeded", "UserAdded", "UserRevoked", "VMBackoff", "VMCreated",
-    "VMDeleteRequested", "VMDeleted", "VMFailed", "VMPauseRequested", "VMRenamed",
-    "VMRestartRequested", "VMRunning", "VMScheduled", "VMSpecChanged", "VMStartFailed",
-    "VMStartRequested", "VMStopRequested", "VMStopped", "VMUndeleted", "VMUnpauseRequested",
-    "VMUnschedulable", "VolumeAttachFailed", "VolumeAttachRequested", "VolumeAttached",
-    "VolumeCreated", "VolumeDeleted", "VolumeDetachRequested", "VolumeDetached", "VolumeFailed",
-    "VolumeMoveFailed", "VolumeMoveRequested", "VolumeMoved", "VolumeNodeSelected",
-    "VolumeProgress", "VolumeReady", "WebhookDisabled", "WebhookSubscribed", "WebhookUnsubscribed",
+    "DomainUndefined", "Event", "GuestAgentChanged", "IPAllocated", "IPReleased", "ImagePulled",
+    "ImagePulling", "InstancetypeApplied", "InstancetypeDeleted", "LauncherCreated",
+    "LauncherDeleted", "LauncherFailed", "MigrationCancelRequested", "MigrationFailed",
+    "MigrationProgress", "MigrationRequested", "MigrationScheduled", "MigrationStarted",
+    "MigrationSucceeded", "MigrationTargetPreparing", "MigrationTargetReady", "NodeCordoned",
+    "NodeDrainRequested", "NodeLost", "NodeRegistered", "NodeUncordoned", "PreferenceApplied",
+    "PreferenceDeleted", "ReplicaSetCreated", "ReplicaSetDeleted", "ReplicaSetScaled",
+    "ReplicaSetSpecChanged", "RestoreFailed", "RestoreRequested", "RestoreSucceeded",
+    "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested", "SnapshotSucceeded", "UserAdded",
+    "UserRevoked", "VMBackoff", "VMCreated", "VMDeleteRequested", "VMDeleted", "VMFailed",
+    "VMPauseRequested", "VMRenamed", "VMRestartRequested", "VMRunning", "VMScheduled",
+    "VMSpecChanged", "VMStartFailed", "VMStartRequested", "VMStopRequested", "VMStopped",
+    "VMUndeleted", "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed",
+    "VolumeAttachRequested", "VolumeAttached", "VolumeCreated", "VolumeDeleted",
+    "VolumeDetachRequested", "VolumeDetached", "VolumeFailed", "VolumeMoveFailed",
+    "VolumeMoveRequested", "VolumeMoved", "VolumeNodeSelected", "VolumeProgress", "VolumeReady",
+    "WebhookDisabled", "WebhookSubscribed", "WebhookUnsubscribed",
 ]  # fmt: skip
 
 
@@ -319,7 +321,7 @@ AnyEvent = (
     | VMUnpauseRequested | VMScheduled | VMUnschedulable | VMRunning | VMStopped | VMStartFailed
     | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
     | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
-    | DomainRebooted | GuestAgentChanged
+    | DomainRebooted | GuestAgentChanged | IPAllocated | IPReleased
     | MigrationRequested | MigrationScheduled | MigrationTargetReady | MigrationStarted
     | MigrationProgress | MigrationTargetPreparing
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested

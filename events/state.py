@@ -17,6 +17,7 @@ from msgspec.structs import force_setattr, replace
 from events import fold_hotplug as hotplug
 from events import fold_lifecycle as lifecycle
 from events import fold_migration as migration
+from events import fold_network as network
 from events import fold_snapshot as snapshot
 from events import model as m
 from events.envelope import Stamped
@@ -94,6 +95,9 @@ HANDLERS: Final[Mapping[type[m.Event], Handler]] = {
     m.DomainStopped: lifecycle.domain_stopped,
     m.DomainRebooted: lifecycle.domain_rebooted,
     m.GuestAgentChanged: lifecycle.guest_agent_changed,
+    # the instance's address
+    m.IPAllocated: network.ip_allocated,
+    m.IPReleased: network.ip_released,
     # migrations
     m.MigrationRequested: migration.migration_requested,
     m.MigrationScheduled: migration.migration_scheduled,

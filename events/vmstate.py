@@ -136,6 +136,9 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     stop_grace: int | None = None  # how the latest stop asked to be done
     stop_force: bool = False
     agent_connected: bool = False  # the guest agent of the running instance answers (KubeVirt's)
+    ip: str = ""  # the instance's address on the VM network (events/model_network.py)
+    ip_vmi: str = ""  # the instance that holds `ip`: another (or none) means it is to be released
+    mac: str = ""  # the instance's NIC address, decided with `ip`
     skipped: tuple[Skipped, ...] = ()  # events the fold could not take (events/folding.py)
 
     @property

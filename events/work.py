@@ -35,9 +35,12 @@ class Work(msgspec.Struct, frozen=True, kw_only=True, tag_field="action", tag=st
 
 
 class Start(Work, frozen=True):
-    """Create the launcher and define and start the domain from `spec` (a VM spec)."""
+    """Create the launcher and define and start the domain from `spec` (a VM spec); `ip` and
+    `mac` are the instance's on the VM network (events/model_network.py), "" where none."""
 
     spec: dict[str, Any]
+    ip: str = ""
+    mac: str = ""
 
 
 class Stop(Work, frozen=True):

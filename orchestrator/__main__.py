@@ -1,6 +1,6 @@
 """`python -m orchestrator [--server URL] [--creds F --tls-ca F] [--trust-dir D] [--data-dir D]
-[--migrations FILE] [--dispatcher-creds F]`: the orchestrator alone, on a bus. FILE is KubeVirt's
-`spec.configuration.migrations` as YAML."""
+[--migrations FILE] [--dispatcher-creds F] [--vmi-cidr CIDR]`: the orchestrator alone, on a bus.
+FILE is KubeVirt's `spec.configuration.migrations` as YAML; CIDR the VM network's address pool."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from bus.telemetry import add_process_args, serve, start_telemetry
 from bus.trust import load
 from events.errors import ValidationError
 from orchestrator.app import run_orchestrator
+from orchestrator.ipam import configured_cidr
 from orchestrator.migrations import load_policy
 
 
@@ -36,7 +37,8 @@ async def _main(args: argparse.Namespace) -> None:
             await run_orchestrator(nc, data_dir=Path(args.data_dir), stop=stop,
                                    node_grace_s=args.node_grace, migration_policy=policy,
                                    webhooks=not args.no_webhooks, trust=trust,
-                                   webhooks_nc=hooks, name=args.name)  # fmt: skip
+                                   webhooks_nc=hooks, name=args.name,
+                                   vmi_cidr=args.vmi_cidr)  # fmt: skip
         finally:
             if hooks is not None:
                 await hooks.close()
@@ -48,6 +50,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m orchestrator", description=__doc__)
     parser.add_argument("--data-dir", default=".virtbus/orchestrator")
     parser.add_argument("--migrations", default=None, help="migration settings, YAML")
+    parser.add_argument(
+        "--vmi-cidr", default=None, metavar="CIDR",
+        help="the VM network's address pool (default $VIRTBUS_VMI_CIDR, else 10.244.0.0/16)",
+    )  # fmt: skip
     parser.add_argument("--no-webhooks", action="store_true",
                         help="run the webhook dispatcher as its own process instead")  # fmt: skip
     parser.add_argument("--name", default=None,
@@ -68,6 +74,10 @@ def main() -> None:
     )  # fmt: skip
     add_process_args(parser)
     args = parser.parse_args()
+    try:  # a bad pool is a usage error now, not a controller that cannot start
+        configured_cidr(args.vmi_cidr)
+    except ValidationError as err:
+        parser.error(err.message)
     if args.trust_dir:
         try:  # a wrong directory is a usage error now, not a refused `auth add-user` later
             load(Path(args.trust_dir))

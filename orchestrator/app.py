@@ -55,7 +55,7 @@ async def run_orchestrator(
     audit_key: bytes | None = None, checkpoint_every_s: float = 60.0, web_port: int | None = None,
     migration_policy: MigrationPolicy | None = None, webhooks: bool = True,
     trust: Trust | None = None, webhooks_nc: Client | None = None, name: str | None = None,
-    lease_ttl_s: float = TTL_S,
+    lease_ttl_s: float = TTL_S, vmi_cidr: str | None = None,
 ) -> None:  # fmt: skip
     """Run until `stop`; with an audit key (given, or $VIRTBUS_AUDIT_KEY[_FILE]) it also seals
     the log with a signed checkpoint every `checkpoint_every_s`; with a web port (given, or

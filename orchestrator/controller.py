@@ -45,7 +45,9 @@ from orchestrator import metrics
 from orchestrator.capacity import Capacity
 from orchestrator.crashpoints import crash_at
 from orchestrator.instancetypes import admit, effective
+from orchestrator.ipam import AddressPool
 from orchestrator.keyed import KeyedQueue
+from orchestrator.lease import either
 from orchestrator.migrations import Cluster
 from orchestrator.nodeloss import record_lost
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
@@ -78,9 +80,10 @@ _ENDS_MIGRATION = (m.MigrationSucceeded, m.MigrationFailed, m.VMStopped, m.VMFai
 class Controller:
     def __init__(
         self, nc: Client, store: EventStore, *, node_grace_s: float = 10.0,
-        migration_policy: w.MigrationPolicy | None = None,
+        migration_policy: w.MigrationPolicy | None = None, vmi_cidr: str | None = None,
     ) -> None:  # fmt: skip
         self.nc = nc
+        self.addresses = AddressPool(vmi_cidr)
         self.migration_policy = migration_policy or w.MigrationPolicy()
         self.capacity = Capacity(self.migration_policy)
         self.store = store
@@ -163,6 +166,7 @@ class Controller:
                 metrics.UNFOLDABLE.inc()
             # Accounted at its effective size: an instance type sizes what it holds.
             self.capacity.folded(key, effective(s, known=self.instancetypes)[0], rec.envelope.data)
+            self.addresses.folded(key, s)
         elif kind == "node":
             name = rest.split(".")[1]
             self.nodes[name] = apply_node(self.nodes.get(name) or NodeState(), rec.envelope)
@@ -209,6 +213,7 @@ class Controller:
             place=lambda req: refused() or place(
                 pin(req, s.spec, self.volumes, namespace=s.namespace), self.node_views()),
             now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex,
+            addresses=self.addresses.of(key),
         )  # fmt: skip
         if reaction.wake_at:
             self._wakes[key] = reaction.wake_at
@@ -227,6 +232,7 @@ class Controller:
             except ConcurrencyConflict:
                 metrics.REACTION_CONFLICTS.inc()
                 self.capacity.release(key, held)
+                self.addresses.release(key)
                 return None  # another controller decided first; its events will come here
             crash_at("decided", reaction.events)
         work = list(reaction.work)
@@ -400,13 +406,7 @@ class Controller:
         tasks = [asyncio.create_task(self._follow(leading), name="controller-follow")]
         try:
             if leading is not None:
-                waits = [
-                    asyncio.create_task(e.wait(), name="controller-wait") for e in (leading, stop)
-                ]
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                for w in waits:
-                    w.cancel()
-                await asyncio.gather(*waits, return_exceptions=True)
+                await either(leading, stop)
             if not stop.is_set():
                 await self._act_on_all()
                 tasks.append(asyncio.create_task(self._timers(stop), name="controller-timers"))

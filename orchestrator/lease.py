@@ -53,6 +53,17 @@ class Holding(msgspec.Struct, frozen=True):
     epoch: int = 0
 
 
+async def either(*events: asyncio.Event) -> None:
+    """Until one of `events` is set (leadership, or the stop that comes first)."""
+    waits = [asyncio.create_task(e.wait(), name=f"either-{i}") for i, e in enumerate(events)]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
 async def bucket(nc: Client) -> KeyValue:
     """The leases' bucket (`bus/provision.py` makes it, with the log's replicas)."""
     return await nc.jetstream().key_value(LEASE_BUCKET)

@@ -8,6 +8,7 @@ converges instead of repeating itself.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +39,7 @@ from events.state import (
 )
 from events.vmstate import guest_end
 from orchestrator.decide import decide, kept_disks
+from orchestrator.ipam import PoolExhausted, VMAddresses
 from orchestrator.migrations import Cluster, migration_step
 from orchestrator.scheduler import Request, Unschedulable
 from orchestrator.snapshots import snapshot_work
@@ -66,6 +68,7 @@ def backoff_delay(failures: int) -> float:
 def reconcile(
     s: VMState, *, place: Placer, lost_nodes: Collection[str], now: datetime,
     new_uid: Callable[[], str], cluster: Cluster | None = None,
+    addresses: VMAddresses | None = None,
 ) -> Reaction:  # fmt: skip
     """Events and work that bring the VM closer to what its run strategy and requests want."""
     events: list[m.Event] = []
@@ -73,8 +76,9 @@ def reconcile(
     wake: datetime | None = None
     for _ in range(5):  # each step's events are folded in before the next look
         step_events, step_work, step_wake = _step(
-            s, place=place, lost_nodes=lost_nodes, now=now, new_uid=new_uid, cluster=cluster
-        )
+            s, place=place, lost_nodes=lost_nodes, now=now, new_uid=new_uid, cluster=cluster,
+            addresses=addresses,
+        )  # fmt: skip
         for item in step_work:
             work.setdefault(item.msg_id, item)
         wake = step_wake or wake
@@ -98,14 +102,23 @@ def _local(s: VMState, e: m.Event, now: datetime) -> Envelope:
 def _step(
     s: VMState, *, place: Placer, lost_nodes: Collection[str], now: datetime,
     new_uid: Callable[[], str], cluster: Cluster | None = None,
+    addresses: VMAddresses | None = None,
 ) -> tuple[list[m.Event], list[w.Work], datetime | None]:  # fmt: skip
     ended = s.phase in (SUCCEEDED, FAILED)
     if s.status == TERMINATING:
         if s.node and s.phase in _ACTIVE:
             return [], [_stop(s)], None
-        return [m.VMDeleted(disks=kept_disks(s.spec))], [], None
+        return [*_release(s, always=True), m.VMDeleted(disks=kept_disks(s.spec))], [], None
     if not s.exists:
         return [], [], None
+    clash = addresses is not None and addresses.clashes(s.ip)
+    if released := _release(s, always=clash):  # its instance is over, or held twice
+        return released, [], None
+    if addresses is not None and s.vmi_uid and s.phase in _ACTIVE and not s.ip:
+        # Scheduled without one (a controller stopped between the two appends, or a VM that
+        # was running before addresses were allocated): the instance gets its address now.
+        with contextlib.suppress(PoolExhausted):
+            return [addresses.allocation(s.vmi_uid)], [], None
     if s.node and s.phase in _ACTIVE and s.node in lost_nodes:
         return [m.VMFailed(reason=f"node {s.node} was lost", node=s.node)], [], None
     if cluster is not None and (migrating := migration_step(s, cluster)) is not None:
@@ -140,7 +153,7 @@ def _step(
     if not s.node and s.phase in (PENDING, SCHEDULING):  # not placed yet (or unschedulable)
         if s.status == STOPPING:
             return [m.VMStopped(reason="stopped before it was scheduled")], [], None
-        return _schedule(s, place=place, new_uid=new_uid), [], None
+        return _schedule(s, place=place, new_uid=new_uid, addresses=addresses), [], None
     if s.node and s.phase in _ACTIVE:
         if s.status == STOPPING:
             return [], [_stop(s)], None
@@ -154,7 +167,16 @@ def _step(
     return [], [], None
 
 
-def _schedule(s: VMState, *, place: Placer, new_uid: Callable[[], str]) -> list[m.Event]:
+def _release(s: VMState, *, always: bool = False) -> list[m.Event]:
+    """The address's release once its instance is over (`always`: the VM itself is)."""
+    if s.ip and (always or s.ip_vmi != s.vmi_uid):
+        return [m.IPReleased(address=s.ip, vmi_uid=s.ip_vmi)]
+    return []
+
+
+def _schedule(
+    s: VMState, *, place: Placer, new_uid: Callable[[], str], addresses: VMAddresses | None
+) -> list[m.Event]:
     try:
         need = summarize(s.spec)
         node = place(
@@ -162,10 +184,20 @@ def _schedule(s: VMState, *, place: Placer, new_uid: Callable[[], str]) -> list[
                     node_selector=need["node_selector"], node_name=s.home)
         )  # fmt: skip
     except Unschedulable as err:
-        if s.status == UNSCHEDULABLE and s.reason == err.message:
-            return []
-        return [m.VMUnschedulable(reason=err.message)]
-    return [m.VMScheduled(node=node, vmi_uid=new_uid())]
+        return _unschedulable(s, err.message)
+    uid = new_uid()
+    if addresses is None:
+        return [m.VMScheduled(node=node, vmi_uid=uid)]
+    try:
+        address = addresses.allocation(uid)
+    except PoolExhausted as err:
+        return _unschedulable(s, str(err))
+    return [m.VMScheduled(node=node, vmi_uid=uid), address]
+
+
+def _unschedulable(s: VMState, reason: str) -> list[m.Event]:
+    return [] if s.status == UNSCHEDULABLE and s.reason == reason else [
+        m.VMUnschedulable(reason=reason)]  # fmt: skip
 
 
 def _base(s: VMState) -> dict[str, Any]:
@@ -176,7 +208,7 @@ def _base(s: VMState) -> dict[str, Any]:
 
 
 def _start(s: VMState) -> w.Start:
-    return w.Start(spec=s.spec, **_base(s))
+    return w.Start(spec=s.spec, ip=s.ip, mac=s.mac, **_base(s))
 
 
 def _stop(s: VMState) -> w.Stop:

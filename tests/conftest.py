@@ -13,11 +13,11 @@ from pathlib import Path
 import fuzzing  # noqa: F401  (one hypothesis profile, `ci` or $VIRTBUS_FUZZ, for every test)
 import nats
 import pytest
-from clusterkit import Cluster, start_orchestrator
+from clusterkit import Cluster, shut_down, start_orchestrator
 from driverstack import Stack, driver_stack
 from nats.aio.client import Client
 from procs import children
-from waits import api_ready, settle
+from waits import api_ready
 
 from bus.provision import provision
 from bus.server import NatsServer
@@ -89,11 +89,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
             await api_ready(nc)
             yield cl
         finally:
-            for node in cl.nodes:
-                await settle(f"node {node.name}", node.close())
-            stop.set()
-            await settle("the orchestrator", task)
-            await nc.close()
+            await shut_down(cl, stop, task)
 
 
 @pytest.fixture

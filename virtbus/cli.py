@@ -20,7 +20,16 @@ from events.errors import VirtbusError
 from virtctl import cli_history, cli_kubectl, cli_migrate, cli_snapshot, cli_verbs
 from virtctl.cli_auth import auth_app
 from virtctl.cli_common import Hypervisor, Output, ServerOpt, add_bus_options, run, usage
-from virtctl.cli_console import console, vnc
+from virtctl.cli_console import (
+    console,
+    fslist,
+    guestosinfo,
+    port_forward,
+    soft_reboot,
+    ssh,
+    userlist,
+    vnc,
+)
 from virtctl.cli_errors import VirtbusGroup
 from virtctl.cli_volume import image_upload, volume_app
 from virtctl.cli_webhook import webhook_app
@@ -124,6 +133,12 @@ app.add_typer(volume_app, name="volume")
 app.command("image-upload")(image_upload)
 app.command()(vnc)
 app.command()(console)
+app.command("port-forward")(port_forward)
+app.command()(ssh)
+app.command("soft-reboot")(soft_reboot)
+app.command("guestosinfo")(guestosinfo)
+app.command("userlist")(userlist)
+app.command("fslist")(fslist)
 app.command("history")(cli_history.history)
 app.add_typer(cli_history.audit, name="audit")
 cli_migrate.register(app)

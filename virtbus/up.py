@@ -216,6 +216,8 @@ async def _spawn_worker(
              "--tls-key": access.tls_key}  # fmt: skip
     login = [arg for option, path in given.items() if path for arg in (option, str(path))]
     extra = ["--registries", registries] if registries else []
+    if hypervisor == "qemu":  # real guests get real addresses (the node says if it cannot)
+        extra.append("--vm-network")
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "workers", "--node", name, "--data-dir", str(data_dir),
         "--server", url, "--hypervisor", hypervisor, "--index", str(index), *login, *extra,

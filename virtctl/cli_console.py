@@ -1,4 +1,5 @@
-"""The console verbs of the `virtbus` CLI: `vnc` and `console` (virtctl's flags).
+"""The console verbs of the `virtbus` CLI: `vnc`, `console`, `port-forward` and `ssh` (virtctl's
+flags).
 
 `cli.py` registers them; the shared options and runner come from `cli_common.py`
 (`python -m virtbus` loads `cli.py` as `__main__`).
@@ -6,11 +7,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from bus.connect import server_url
+from bus.connect import configured, server_url
+from events.errors import ValidationError
 from virtctl.cli_common import NsOpt, ServerOpt
 from virtctl.cli_common import finish as _finish
 from virtctl.cli_common import run as _run
@@ -49,3 +55,107 @@ def console(
 
     _finish(_run(console_(server_url(server), name=name, namespace=namespace,
                           timeout_s=timeout * 60)))  # fmt: skip
+
+
+TargetArg = Annotated[str, typer.Argument(help="vm/NAME[.NAMESPACE] (or vmi/NAME)")]
+
+
+def port_forward(
+    target: TargetArg,
+    ports: Annotated[list[str], typer.Argument(help="[LOCAL:]REMOTE, one or more")],
+    stdio: Annotated[
+        bool, typer.Option("--stdio", help="one connection on stdin/stdout (an ssh ProxyCommand)")
+    ] = False,
+    address: Annotated[str, typer.Option("--address", help="address to listen on")] = "127.0.0.1",
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Forward local ports to a VM's ports over the bus (the node connects to the VM's address;
+    no port is opened on it)."""
+    from virtctl.portforward import forward, port_pair
+    from virtctl.portforward import stdio as stdio_
+    from virtctl.portforward import target as target_
+
+    async def go() -> int:
+        name, ns = target_(target, namespace=namespace)
+        pairs = [port_pair(p) for p in ports]
+        url = server_url(server)
+        if stdio:
+            if len(pairs) != 1:
+                raise ValidationError("port: --stdio forwards exactly one port")
+            return await stdio_(url, name=name, namespace=ns, port=pairs[0][1])
+        return await forward(url, name=name, namespace=ns, ports=pairs, address=address)
+
+    _finish(_run(go()))
+
+
+def ssh(
+    target: Annotated[str, typer.Argument(help="[USER@]vm/NAME[.NAMESPACE]")],
+    identity: Annotated[
+        str | None, typer.Option("--identity-file", "-i", help="private key")
+    ] = None,
+    command: Annotated[
+        str | None, typer.Option("--command", "-c", help="run this and exit")
+    ] = None,
+    username: Annotated[str | None, typer.Option("--username", "-l", help="user name")] = None,
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 22,
+    known_hosts: Annotated[  # ssh's own file (it reads and adds to it): a string passed on
+        str | None, typer.Option("--known-hosts", help="default ~/.ssh/virtbus_known_hosts")
+    ] = None,
+    local_ssh_opts: Annotated[
+        list[str] | None, typer.Option("--local-ssh-opts", "-t", help="passed on to ssh")
+    ] = None,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Open an SSH session to a VM with the system ssh, through `port-forward --stdio` (virtctl's
+    local ssh); its exit code is ssh's."""
+    from virtctl.portforward import ssh_argv
+    from virtctl.portforward import target as target_
+
+    user, _, rest = target.rpartition("@")
+    try:
+        name, ns = target_(rest, namespace=namespace)
+    except ValidationError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    argv = ssh_argv(
+        name=name, namespace=ns, user=username or user or os.environ.get("USER", "root"),
+        port=port, identity=identity, command=command,
+        known_hosts=known_hosts or str(Path.home() / ".ssh" / "virtbus_known_hosts"),
+        local_opts=local_ssh_opts or [], server=server_url(server),
+    )  # fmt: skip
+    # The ProxyCommand logs in as this command did.
+    access = configured()
+    env = {
+        **os.environ,
+        **{
+            var: str(path)
+            for var, path in (
+                ("VIRTBUS_CREDS", access.creds),
+                ("VIRTBUS_TLS_CA", access.tls_ca),
+                ("VIRTBUS_TLS_CERT", access.tls_cert),
+                ("VIRTBUS_TLS_KEY", access.tls_key),
+            )
+            if path
+        },
+    }
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, env)
+
+
+def _agent_verb(verb: str, doc: str) -> Callable[..., None]:
+    def command(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
+        from virtctl.guestagent import ask
+
+        _finish(_run(ask(server_url(server), verb=verb, name=name, namespace=namespace)))
+
+    command.__doc__ = doc
+    return command
+
+
+guestosinfo = _agent_verb("guestosinfo", "Print the guest agent's view of a running VM (OS, "
+                          "hostname, timezone, users, filesystems) as JSON.")  # fmt: skip
+userlist = _agent_verb("userlist", "Print the users logged in to a running VM (guest agent).")
+fslist = _agent_verb("fslist", "Print the filesystems of a running VM (guest agent).")
+soft_reboot = _agent_verb("soft-reboot", "Reboot a running VM through its guest agent.")

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from nats.aio.client import Client
 
 from bus.client import query, session
-from bus.tunnel import FRAME, connect, relay
+from bus.tunnel import FRAME, connect, relay, relay_socket
 from events.errors import VirtbusError
 from events.protocol import Query
 from events.state import PENDING, RUNNING, SCHEDULED, SCHEDULING, VMState
@@ -60,15 +60,10 @@ async def vnc(
                 done.set()
                 return
 
-            async def write(data: bytes) -> None:
-                writer.write(data)
-                await writer.drain()
-
             try:
-                await relay(pipe, read=lambda: reader.read(FRAME), write=write)
+                await relay_socket(pipe, reader, writer)
             finally:
                 await pipe.close("the VNC client left")
-                writer.close()
                 done.set()  # one viewer session, like virtctl
 
         server = await asyncio.start_server(on_client, address, port)

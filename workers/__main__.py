@@ -2,6 +2,7 @@
 one node worker.
 
 `--pods kubernetes` runs each VM's launcher as a pod (in-cluster config, or `--kube-url URL`).
+`--vm-network` makes each VM's address real (a network namespace per VM; workers/vmnet.py).
 `--shared-storage` and `--migration-address` say how the node's domains migrate (with
 `--hypervisor qemu` the node sets them itself: nodes on one machine).
 """
@@ -29,7 +30,8 @@ async def _main(args: argparse.Namespace) -> None:
                        hypervisor=args.hypervisor, index=args.index,
                        registries=args.registries,
                        migration=MigrationSettings(shared_storage=args.shared_storage,
-                                                   address=args.migration_address))  # fmt: skip
+                                                   address=args.migration_address),
+                       vm_network=args.vm_network)  # fmt: skip
 
     await serve(args, name=f"virtbus-worker-{args.node}", body=body)
 
@@ -60,6 +62,11 @@ def main() -> None:
     parser.add_argument(
         "--migration-address", default="", metavar="ADDR",
         help="the address migration data travels over (default: libvirt's, the target's name)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--vm-network", action="store_true",
+        help="give each VM its address for real: a network namespace per VM, the guest behind "
+        "it by KubeVirt's masquerade (root, ip, iptables, dnsmasq)",
     )  # fmt: skip
     add_process_args(parser)
     args = parser.parse_args()

@@ -169,16 +169,11 @@ def _cloud_data(src: dict[str, Any], key: str, at: str) -> str | None:
 
 
 def render_domain(
-    spec: dict[str, Any],
-    *,
-    name: str,
-    namespace: str,
-    uid: str,
-    volumes: VolumePaths,
-    kvm: bool,
-    emulator: str | None = None,
-) -> str:
-    """The libvirt domain XML for a VM spec (`spec.template.spec` is read); `kvm=False` is TCG."""
+    spec: dict[str, Any], *, name: str, namespace: str, uid: str, volumes: VolumePaths, kvm: bool,
+    emulator: str | None = None, tap: str = "", mac: str = "",
+) -> str:  # fmt: skip
+    """The libvirt domain XML for a VM spec (`spec.template.spec` is read); `kvm=False` is TCG;
+    `tap` and `mac`: the VM network's, for the first masquerade NIC (workers/vmnet.py)."""
     vmi = _vmi_spec(spec)
     domain = _mapping(vmi.get("domain"), f"{SPEC}.domain")
     devices_spec = _mapping(domain.get("devices"), f"{SPEC}.domain.devices")
@@ -212,7 +207,7 @@ def render_domain(
     if emulator:
         ET.SubElement(devices, "emulator").text = emulator
     _disks(devices, devices_spec, vmi, volumes)
-    _interfaces(devices, devices_spec)
+    _interfaces(devices, devices_spec, tap=tap, mac=mac)
     _console_and_display(devices, devices_spec)
     _panic_devices(devices, devices_spec)
     ET.indent(root)
@@ -358,7 +353,7 @@ def _boot(el: ET.Element, device: dict[str, Any], at: str) -> None:
     ET.SubElement(el, "boot", order=str(order))
 
 
-def _interfaces(devices: ET.Element, devices_spec: dict[str, Any]) -> None:
+def _interfaces(devices: ET.Element, devices_spec: dict[str, Any], *, tap: str, mac: str) -> None:
     path = f"{SPEC}.domain.devices.interfaces"
     for i, nic in enumerate(_entries(devices_spec.get("interfaces"), path)):
         at = f"{path}[{i}]"
@@ -367,9 +362,14 @@ def _interfaces(devices: ET.Element, devices_spec: dict[str, Any]) -> None:
                        "bridge")  # fmt: skip
         if binding not in USER_BINDINGS:
             raise _fail(f"{at}.{binding}", "is not supported; use masquerade or bridge")
-        el = ET.SubElement(devices, "interface", type="user")  # no host bridge on these nodes
-        if (mac := nic.get("macAddress")) is not None:
-            ET.SubElement(el, "mac", address=_mac(mac, f"{at}.macAddress"))
+        on_net = bool(tap) and i == 0 and binding == "masquerade"  # the node made the tap
+        el = ET.SubElement(devices, "interface", type="ethernet" if on_net else "user")
+        if (given := nic.get("macAddress")) is not None or (on_net and mac):
+            ET.SubElement(
+                el, "mac", address=mac if given is None else _mac(given, f"{at}.macAddress")
+            )
+        if on_net:  # QEMU only opens it
+            ET.SubElement(el, "target", dev=tap, managed="no")
         model = word(nic.get("model"), f"{at}.model") or "virtio"
         ET.SubElement(el, "model", type=model)
         _boot(el, nic, at)

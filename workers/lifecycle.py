@@ -21,6 +21,7 @@ from workers.domain import disk_xml_of, hotplug_disk
 from workers.hypervisor import PAUSED_STATE, RUNNING_STATES, domain_name
 from workers.node_context import Domains, Launchers, NodeContext
 from workers.pods import pod_name
+from workers.vmnet import NetworkError
 from workers.volumes import VolumeUnavailable
 
 log = logging.getLogger("virtbus.worker")
@@ -103,26 +104,37 @@ class Lifecycle:
         async def pulled(event: m.ImagePulling | m.ImagePulled) -> None:
             await self.ctx.observe(ref, [event])
 
+        network = self.ctx.network if item.ip else None
+        tap = network.names(dom)[2] if network is not None else ""
         try:
-            xml = await self.domains.xml(item.spec, ref=ref, uid=item.vmi_uid, on_pull=pulled)
+            xml = await self.domains.xml(item.spec, ref=ref, uid=item.vmi_uid, on_pull=pulled,
+                                         tap=tap, mac=item.mac)  # fmt: skip
+            if network is not None:
+                await network.prepare(dom, ip=item.ip)
         except VolumeUnavailable as err:
             fail = m.VMStartFailed(reason=err.message, status=err.status, node=node)
             await self.ctx.observe(ref, [fail])
             return
-        except ValidationError as err:
+        except (ValidationError, NetworkError) as err:
+            if network is not None:
+                await network.remove(dom)
             await self.ctx.observe(ref, [m.VMStartFailed(reason=err.message, node=node)])
             return
         pod = await self.launchers.start(
             dom, pod_name(ref.name, item.vmi_uid), namespace=ref.namespace
         )
         events: list[m.Event] = [m.LauncherCreated(node=node, pod=pod)]
+        started = False
         try:
             uuid = await hv.define(xml)
             events.append(m.DomainDefined(node=node, domain_uuid=uuid))
             self.ctx.expectations.expect(dom, "started")
             await hv.start(dom)
-        except HypervisorError as err:
-            await self.launchers.remove(dom, running=False)
+            started = True
+            if network is not None:
+                await network.attach(dom)  # QEMU holds the tap now
+        except (HypervisorError, NetworkError) as err:
+            await self.launchers.remove(dom, running=started)
             events.append(m.VMStartFailed(reason=err.message, status="Stopped", node=node))
             await self.ctx.observe(ref, events)
             return

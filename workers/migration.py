@@ -43,6 +43,7 @@ from events.state import (
 from workers.domain import guest_memory_bytes
 from workers.hypervisor import PAUSED_STATE, RUNNING_STATES, domain_name, remote_domain
 from workers.node_context import Domains, Launchers, MigrationSettings, NodeContext
+from workers.vmnet import NetworkError, names
 from workers.volumes import VolumeUnavailable
 
 log = logging.getLogger("virtbus.migration")
@@ -181,10 +182,14 @@ class Migrations:
             node=self.ctx.node, pod=pod)]  # fmt: skip
         if mig.phase != PREPARING_TARGET:
             events.append(m.MigrationTargetPreparing(migration=mig.id, target=self.ctx.node))
-        if not item.live:
+        network = self.ctx.network if s.ip and item.live else None
+        if not item.live or network is not None:
             try:
-                events += await self._cold_start(item, paused=s.paused)
-            except (VolumeUnavailable, ValidationError, HypervisorError) as err:
+                if network is not None:  # the VM's namespace here; the route moves on arrival
+                    await network.prepare(dom, ip=s.ip, route=False)
+                else:
+                    events += await self._cold_start(item, paused=s.paused)
+            except (VolumeUnavailable, ValidationError, HypervisorError, NetworkError) as err:
                 await self.ctx.observe(ref, events)
                 why = f"target {self.ctx.node}: {err.message}"
                 await self.ctx.observe(ref, [m.MigrationFailed(migration=mig.id, reason=why)])
@@ -221,6 +226,8 @@ class Migrations:
             await self.launchers.remove(dom, running=state in (*RUNNING_STATES, PAUSED_STATE))
         else:
             await self.launchers.delete(dom)
+            if self.ctx.network is not None:  # made for a guest that never came
+                await self.ctx.network.remove(dom)
         await self.ctx.observe(
             item.ref, [m.LauncherDeleted(node=self.ctx.node, pod=mig.target_pod)]
         )
@@ -243,8 +250,12 @@ class Migrations:
             return
         with contextlib.suppress(HypervisorError):  # older QEMU: only during the job
             await self.ctx.hv.set_max_downtime(dom, item.policy.max_downtime_ms)
-        node = self.ctx.migration
-        call = self.ctx.hv.migrate(dom, item.target_uri, params=migrate_params(node, item.policy),
+        node, params = self.ctx.migration, migrate_params(self.ctx.migration, item.policy)
+        if self.ctx.network is not None and s.ip:  # the target opens its own tap, not ours
+            ours, theirs = self.ctx.network.names(dom)[2], names(dom, node=mig.target)[2]
+            xml = await self.ctx.hv.xml(dom, migratable=True)
+            params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = xml.replace(f"'{ours}'", f"'{theirs}'")
+        call = self.ctx.hv.migrate(dom, item.target_uri, params=params,
                                    flags=migrate_flags(node, item.policy))  # fmt: skip
         task = self._running[mig.id] = self._spawn(call, f"migrate-{mig.id}")
         try:
@@ -307,6 +318,8 @@ class Migrations:
             events.insert(0, replace(last, percent=100.0, data_remaining=0))
         if pod := await self.launchers.delete(domain_name(ref)):  # it has nothing to run
             events.append(m.LauncherDeleted(node=self.ctx.node, pod=pod))
+        if self.ctx.network is not None:  # the VM's namespace here: the target has its own
+            await self.ctx.network.remove(domain_name(ref))
         await self.ctx.observe(ref, events)
 
     async def _cold_source(self, item: w.MigrateSource, s: VMState) -> None:

@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from workers.node_context import MigrationSettings
 from workers.qemunodes import QemuNode
 from workers.registry import Registries
+from workers.vmnet import VMNetwork
 from workers.worker import Worker
 
 # libvirt's test driver reads a node's capacity from a file; its state stays in the process.
@@ -39,22 +40,27 @@ async def run_node(
     nc: Client, *, node: str, uri: str | None, data_dir: Path, stop: asyncio.Event,
     labels: dict[str, str] | None = None, pods: str = "process", kube_url: str | None = None,
     hypervisor: str = "test", index: int = 0, registries: str | None = None,
-    migration: MigrationSettings | None = None,
+    migration: MigrationSettings | None = None, vm_network: bool = False,
 ) -> None:  # fmt: skip
     """Run one node worker until `stop`: on `uri`, else on the test driver, else (`hypervisor`
     "qemu") on a libvirtd of its own that this node starts and stops (`index` keeps its ports
     apart from other nodes on this machine). `registries` overrides `$VIRTBUS_REGISTRIES`;
-    `migration` is how this node's domains migrate (libvirt's defaults when None)."""
+    `migration` is how this node's domains migrate (libvirt's defaults when None); with
+    `vm_network` the node gives its VMs their addresses for real (workers/vmnet.py)."""
     node_dir = data_dir / node
     if uri is None and hypervisor == "qemu":
         async with QemuNode(data_dir / "qemu", node, index=index) as qemu:
             await run_node(nc, node=node, uri=qemu.uri, data_dir=data_dir, stop=stop,
                            labels=labels, pods=pods, kube_url=kube_url,
-                           registries=registries, migration=qemu.migration)  # fmt: skip
+                           registries=registries, migration=qemu.migration,
+                           vm_network=vm_network)  # fmt: skip
+        if vm_network:  # the node's libvirtd destroyed its domains: their networks go too
+            await VMNetwork(node_dir / "net", node=node).sweep()
         return
     if uri is None:
         uri = await asyncio.to_thread(libvirt_test_uri, node_dir)
     worker = Worker(nc, node=node, uri=uri, data_dir=node_dir, host_root=node_dir / "host",
                     labels=labels, pods=pods, kube_url=kube_url,
-                    registries=Registries.from_env(registries), migration=migration)  # fmt: skip
+                    registries=Registries.from_env(registries), migration=migration,
+                    vm_network=vm_network)  # fmt: skip
     await worker.run(stop)

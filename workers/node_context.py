@@ -32,6 +32,7 @@ from workers.hypervisor import (
 )
 from workers.imagecache import OnPull
 from workers.pods import ExitHandler, PodDriver
+from workers.vmnet import VMNetwork
 from workers.volumes import Volumes
 
 Observe = Callable[[Ref, Sequence[m.Event]], Awaitable[None]]
@@ -86,6 +87,7 @@ class NodeContext:
     observe: Observe
     expectations: Expectations = field(default_factory=Expectations)
     migration: MigrationSettings = field(default_factory=MigrationSettings)
+    network: VMNetwork | None = None  # the VM network (QEMU nodes that make it), or none
 
 
 class Domains:
@@ -96,13 +98,14 @@ class Domains:
         self.kvm = False  # known once the worker has asked libvirt (Worker.run)
 
     async def xml(
-        self, spec: dict[str, Any], *, ref: Ref, uid: str, on_pull: OnPull | None = None
-    ) -> str:
+        self, spec: dict[str, Any], *, ref: Ref, uid: str, on_pull: OnPull | None = None,
+        tap: str = "", mac: str = "",
+    ) -> str:  # fmt: skip
         volumes = await self.volumes.resolve(
             spec, namespace=ref.namespace, name=ref.name, uid=uid, on_pull=on_pull
         )
         return render_domain(spec, name=ref.name, namespace=ref.namespace, uid=uid,
-                             volumes=volumes, kvm=self.kvm)  # fmt: skip
+                             volumes=volumes, kvm=self.kvm, tap=tap, mac=mac)  # fmt: skip
 
 
 class Launchers:
@@ -136,6 +139,8 @@ class Launchers:
                 await hv.destroy(dom)
         with contextlib.suppress(HypervisorError):
             await hv.undefine(dom)
+        if self.ctx.network is not None:
+            await self.ctx.network.remove(dom)
         await self.delete(dom)
 
     async def adopt(self, kept: Mapping[str, Ref]) -> set[str]:

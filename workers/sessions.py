@@ -17,15 +17,27 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from bus.store import EventStore
 from bus.tunnel import NODE, Pipe, SessionOpen, SessionReply, open_subject, session_parts
-from events.errors import VirtbusError
-from events.names import check_name
+from bus.vms import VMRepository
+from events.errors import ValidationError, VirtbusError
+from events.names import Ref, check_name
+from events.state import RUNNING, VMState
 
 log = logging.getLogger("virtbus.sessions")
 
 Body = Callable[[Pipe], Awaitable[None]]
 # A handler checks the request and returns what the client is told plus the session's body.
 Handler = Callable[[SessionOpen], Awaitable[tuple[dict[str, Any], Body]]]
+
+
+async def running_here(store: EventStore, req: SessionOpen, *, node: str) -> VMState:
+    """The VM a session asks about, as the log has it, if its instance runs on `node`."""
+    s, _ = await VMRepository(store).get(Ref.vm(req.name, req.namespace))
+    if not s.exists or s.phase != RUNNING or s.node != node:
+        where = f" on {node}" if s.node and s.node != node else ""
+        raise ValidationError(f'VirtualMachineInstance "{req.name}" is not running{where}')
+    return s
 
 
 class Sessions:

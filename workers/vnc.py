@@ -10,7 +10,6 @@ closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import termios
 import tty
@@ -18,13 +17,10 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from bus.store import EventStore
-from bus.tunnel import FRAME, Pipe, SessionOpen, relay
-from bus.vms import VMRepository
+from bus.tunnel import FRAME, Pipe, SessionOpen, relay, relay_socket
 from events.errors import ValidationError
-from events.names import Ref
-from events.state import RUNNING
 from workers.hypervisor import Hypervisor
-from workers.sessions import Body
+from workers.sessions import Body, running_here
 
 
 def vnc_port(xml: str) -> int | None:
@@ -88,11 +84,7 @@ class Consoles:
         self.node = node
 
     async def _domain_xml(self, req: SessionOpen) -> str:
-        s, _ = await VMRepository(self.store).get(Ref.vm(req.name, req.namespace))
-        if not s.exists or s.phase != RUNNING or s.node != self.node:
-            where = f" on {s.node}" if s.node and s.node != self.node else ""
-            raise ValidationError(f'VMI "{req.name}" is not running on {self.node}{where}'
-                                  if where else f'VMI "{req.name}" is not running')  # fmt: skip
+        await running_here(self.store, req, node=self.node)
         return await self.hv.xml(f"{req.namespace}_{req.name}")
 
     async def vnc(self, req: SessionOpen) -> tuple[dict[str, Any], Body]:
@@ -104,17 +96,8 @@ class Consoles:
         except OSError as err:
             raise ValidationError(f"cannot reach the VNC server of {req.name}: {err}") from err
 
-        async def write(data: bytes) -> None:
-            writer.write(data)
-            await writer.drain()
-
         async def body(pipe: Pipe) -> None:
-            try:
-                await relay(pipe, read=lambda: reader.read(FRAME), write=write)
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
+            await relay_socket(pipe, reader, writer)
 
         return {"port": port}, body
 

@@ -33,6 +33,7 @@ from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, node_work_filter
 from events.nodes import Heartbeat
 from workers import metrics
 from workers.failures import failure_of
+from workers.guestagent import GuestAgent
 from workers.hypervisor import DomainEvent, Hypervisor, ref_of_domain
 from workers.imagecache import ImageCache
 from workers.k8spods import KubernetesPods
@@ -41,11 +42,13 @@ from workers.migration import Migrations
 from workers.node_context import Domains, Launchers, MigrationSettings, NodeContext
 from workers.pods import ExitHandler, PodDriver, ProcessPods
 from workers.populate import Populator
+from workers.portforward import PortForwards
 from workers.registry import Registries
 from workers.sessions import Sessions
 from workers.snapshots import NodeSnapshots, Snapshotting
 from workers.sync import reconcile
 from workers.upload import Uploads
+from workers.vmnet import NetworkError, vm_network_of
 from workers.vnc import Consoles
 from workers.volumemove import Mover
 from workers.volumes import Volumes
@@ -65,6 +68,7 @@ class Worker:
         labels: dict[str, str] | None = None, heartbeat_s: float = 2.0, pods: str = "process",
         kube_url: str | None = None, registries: Registries | None = None,
         migration: MigrationSettings | None = None, hypervisor: Hypervisor | None = None,
+        vm_network: bool = False,
     ) -> None:  # fmt: skip
         self.nc = nc
         self.node = node
@@ -76,8 +80,10 @@ class Worker:
         # every subject it writes, and the log attributes its observations to it.
         self.store = EventStore(nc, source=f"/virtbus/node/{node}", writer=identity(nc) or "")
         self.hv = hypervisor or Hypervisor(uri)
+        network = vm_network_of(data_dir, node=node) if vm_network else None
         self.ctx = NodeContext(node=node, hv=self.hv, store=self.store, observe=self.observe,
-                               migration=migration or MigrationSettings())  # fmt: skip
+                               migration=migration or MigrationSettings(),
+                               network=network)  # fmt: skip
 
         def driver(on_exit: ExitHandler) -> PodDriver:
             if pods == "kubernetes":
@@ -107,6 +113,9 @@ class Worker:
             "upload": Uploads(self.volume_store, self.store).open,
             "vnc": consoles.vnc, "console": consoles.console,
             "volume-read": self.mover.serve,
+            "portforward": PortForwards(self.store, node=node,
+                                        vm_network=self.ctx.network is not None).open,
+            "guestagent": GuestAgent(self.hv, self.store, node=node).open,
         })  # fmt: skip
         self.malformed = 0
         self._queues: dict[str, asyncio.Queue[Msg]] = {}
@@ -197,6 +206,15 @@ class Worker:
             return False
         self.forced.arrived(item)
         return self.migrations.urgent(item, msg)
+
+    async def _arrived(self, ref: Ref, dom: str) -> None:
+        """A migrated guest runs here now: its address's traffic comes to this node's side."""
+        s, _ = await VMRepository(self.store).get(ref)
+        if s.ip and self.ctx.network is not None:
+            try:
+                await self.ctx.network.attach(dom, ip=s.ip)
+            except NetworkError as err:
+                log.warning("%s: the VM network did not follow the migration: %s", dom, err)
 
     async def _stop_forced(self, ref: Ref) -> bool:
         return (await VMRepository(self.store).get(ref))[0].stop_force
@@ -306,6 +324,8 @@ class Worker:
         if ev.kind not in ("stopped", "suspended", "resumed") or self.ctx.expectations.met(ev):
             return
         if ref is None or ev.reason in ("migrated", "postcopy"):  # a migration's own steps
+            if ref is not None and ev.kind == "resumed" and self.ctx.network is not None:
+                await self._arrived(ref, ev.domain)
             return
         if ev.kind == "stopped":
             detail = self._crashes.pop(ev.domain, "") if ev.reason == "crashed" else ""

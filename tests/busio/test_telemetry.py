@@ -136,7 +136,8 @@ async def test_a_commands_trace_reaches_every_event_it_causes(stack: Stack) -> N
     start = kinds.index("VMStartRequested")
     chain = history[start : kinds.index("DomainStarted") + 1]
     assert [type(r.envelope.data).__name__ for r in chain] == [
-        "VMStartRequested", "VMScheduled", "LauncherCreated", "DomainDefined", "DomainStarted",
+        "VMStartRequested", "VMScheduled", "IPAllocated", "LauncherCreated", "DomainDefined",
+        "DomainStarted",
     ]  # fmt: skip
     traces = {trace_id(r.envelope.traceparent) for r in chain}
     assert len(traces) == 1 and "" not in traces  # one trace from the command to the guest

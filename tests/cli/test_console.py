@@ -1,6 +1,7 @@
-"""`virtbus vnc` and `virtbus console` refusals on libvirt's test driver (no real display or pty
-there): each ends with exit 1 and the reason, whether the CLI or the node refuses. The real
-sessions are tested on QEMU/KVM in test_console_qemu.py."""
+"""`virtbus vnc`, `console` and `port-forward` refusals on libvirt's test driver (no real display,
+pty or VM network there): each ends with exit 1 and the reason, whether the CLI or the node
+refuses. The real sessions are tested on QEMU/KVM in test_console_qemu.py and (port-forward,
+ssh) test_guest_qemu.py."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ async def run(st: Stack, *args: str, connect: bool = False) -> tuple[int, str]:
     return proc.returncode, err.decode()
 
 
-async def test_vnc_and_console_refuse_with_the_reason(stack: Stack) -> None:
+async def test_vnc_console_and_port_forward_refuse_with_the_reason(stack: Stack) -> None:
     await stack.node("node-a")
     assert await run(stack, "vnc", "nope", "--proxy-only") == (
         1, 'error: virtualmachineinstance.kubevirt.io "nope" not found\n',
@@ -56,3 +57,21 @@ async def test_vnc_and_console_refuse_with_the_reason(stack: Stack) -> None:
     assert (code, err) == (1, 'error: VMI "quiet" has no VNC display\n')
     code, err = await run(stack, "console", "quiet")
     assert (code, err) == (1, 'error: VMI "quiet" has no serial console\n')
+    # port-forward: the node refuses what it cannot reach, and says why; bad targets and ports
+    # are the CLI's to refuse.
+    code, err = await run(stack, "port-forward", "--stdio", "vm/quiet", "22")
+    assert (code, err) == (1, "error: node node-a has no VM network: 10.244.0.2 cannot be "
+                              "reached there (QEMU nodes with --vm-network)\n")  # fmt: skip
+    code, err = await run(stack, "port-forward", "quiet", "22")
+    assert (code, err) == (1, "error: target: 'quiet' is not vm/NAME[.NAMESPACE] or vmi/NAME\n")
+    code, err = await run(stack, "port-forward", "vm/quiet", "22:ssh")
+    assert (code, err) == (1, "error: port: '22:ssh' is not [LOCAL:]REMOTE\n")
+    code, err = await run(stack, "port-forward", "--stdio", "vm/quiet", "1", "2")
+    assert (code, err) == (1, "error: port: --stdio forwards exactly one port\n")
+    code, err = await run(stack, "port-forward", "--stdio", "vmi/nope.default", "22")
+    assert (code, err) == (1, 'error: virtualmachineinstance.kubevirt.io "nope" not found\n')
+    # The guest-agent verbs: the test driver's guests have no agent, and the node says so.
+    for verb in ("guestosinfo", "userlist", "fslist", "soft-reboot"):
+        code, err = await run(stack, verb, "quiet")
+        assert (code, err) == (1, 'error: VirtualMachineInstance "quiet" has no guest agent '
+                                  "connected\n"), verb  # fmt: skip

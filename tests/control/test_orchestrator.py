@@ -50,8 +50,8 @@ async def test_seed_manifest_applies_starts_and_runs(cluster: Cluster) -> None:
     assert (s.phase, s.node, s.ready) == ("Running", "node-a", True)
     history = await cluster.history("centos7")
     assert kinds(history) == [
-        "VMCreated", "VMStartRequested", "VMScheduled", "LauncherCreated", "DomainDefined",
-        "DomainStarted",
+        "VMCreated", "VMStartRequested", "VMScheduled", "IPAllocated", "LauncherCreated",
+        "DomainDefined", "DomainStarted",
     ]  # fmt: skip
     scheduled = history[2].envelope
     assert scheduled.correlationid == start.command_id  # the decision traces to the command

@@ -62,6 +62,7 @@ async def test_a_running_vm_moves_cold_and_says_so(stack: Stack) -> None:
     await send(stack.nc, seed("cold", runStrategy="Always"))
     s = await stack.until("cold", "Running")
     assert s.node == "node-a"
+    address = s.ip
     [source_launcher] = launchers("cold")
     await send(stack.nc, c.MigrateVM(name="cold", target_node="node-b"))
     events = await until_event(stack, "cold", m.MigrationSucceeded)
@@ -78,6 +79,11 @@ async def test_a_running_vm_moves_cold_and_says_so(stack: Stack) -> None:
     [launcher] = launchers("cold")  # one launcher: the target's; the source's went
     assert launcher != source_launcher
     assert s.status == "Running" and s.ready
+    # The instance moved, its address with it: one allocation, no release.
+    assert s.ip == address != "" and s.ip_vmi == s.vmi_uid
+    assert [type(e) for e in events if isinstance(e, m.IPAllocated | m.IPReleased)] == [
+        m.IPAllocated
+    ]
 
 
 async def test_a_paused_vm_moves_cold_and_stays_paused(stack: Stack) -> None:

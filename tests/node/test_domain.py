@@ -368,6 +368,27 @@ def test_mac_address_and_models(sources: dict[str, ResolvedVolume]) -> None:
     assert el.find("mac") is None  # libvirt picks one
 
 
+def test_a_masquerade_nic_on_the_vm_network_is_the_nodes_tap(
+    sources: dict[str, ResolvedVolume],
+) -> None:
+    spec = seed()  # its NIC: masquerade, e1000
+    [el] = render(spec, sources, tap="vbt-1234", mac="52:54:0a:f4:00:02").findall(
+        "./devices/interface")  # fmt: skip
+    assert el.get("type") == "ethernet"
+    assert attrs(el, "target") == {"dev": "vbt-1234", "managed": "no"}  # QEMU only opens it
+    assert attr(el, "mac", "address") == "52:54:0a:f4:00:02"  # the allocation's
+    assert attr(el, "model", "type") == "e1000"
+    domain_of(spec)["devices"]["interfaces"][0]["macAddress"] = "02:00:00:00:00:09"
+    [el] = render(spec, sources, tap="vbt-1234", mac="52:54:0a:f4:00:02").findall(
+        "./devices/interface")  # fmt: skip
+    assert attr(el, "mac", "address") == "02:00:00:00:00:09"  # the spec's wins, as in KubeVirt
+    nic = domain_of(spec)["devices"]["interfaces"][0]
+    del nic["masquerade"]
+    nic["bridge"] = {}  # not masquerade: user networking still
+    [el] = render(spec, sources, tap="vbt-1234").findall("./devices/interface")
+    assert el.get("type") == "user" and el.find("target") is None
+
+
 @pytest.mark.parametrize("mac", ["01:00:00:00:00:01", "de:ad:be:ef:00", "nope"])
 def test_bad_mac_address_names_the_field(sources: dict[str, ResolvedVolume], mac: str) -> None:
     spec = seed()

@@ -49,7 +49,7 @@ async def test_seed_vm_lifecycle_on_the_test_driver(stack: Stack) -> None:
     kinds = await stack.kinds("centos7")
     assert kinds.count("DomainStarted") == 2
     assert kinds.count("DomainStopped") == 2
-    assert kinds[-3:] == ["LauncherDeleted", "VMDeleted", "VMUndeleted"]
+    assert kinds[-4:] == ["LauncherDeleted", "IPReleased", "VMDeleted", "VMUndeleted"]
 
 
 async def test_a_missing_claim_fails_the_start_with_kubevirts_status(stack: Stack) -> None:

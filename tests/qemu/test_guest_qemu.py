@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import json
 import os
 import signal
 import sys
@@ -32,6 +34,7 @@ from events.manifest import parse_documents
 from events.state import conditions
 from virtbus.guest.build import guest_image
 from virtbus.guestdisk import IMAGE
+from workers.vmnet import names
 
 pytestmark = pytest.mark.kvm
 
@@ -56,7 +59,7 @@ async def gstack(
     with registry_server(base / "registry") as reg:
         push_disk(reg.url, IMAGE, guest_disk)
         monkeypatch.setenv("VIRTBUS_REGISTRIES", reg.url)
-        async with qemu_stack(base, nodes={NODE: NODE_INDEX}) as st:
+        async with qemu_stack(base, nodes={NODE: NODE_INDEX}, vm_network=True) as st:
             yield st
 
 
@@ -136,25 +139,122 @@ async def root_shell(con: Console, *, hostname: str) -> None:
     await con.expect(b"# ", within=30)
 
 
-async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(gstack: QemuStack) -> None:
+async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(
+    gstack: QemuStack, tmp_path: Path
+) -> None:
+    key = tmp_path / "id_ed25519"
+    keygen = await asyncio.create_subprocess_exec(
+        "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key),
+        stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert await keygen.wait() == 0
+    public = (tmp_path / "id_ed25519.pub").read_text().strip()
     user_data = (
         "#cloud-config\nhostname: guest-one\nruncmd:\n- echo ran-by-cloud-init > /run/marker\n"
+        f"ssh_authorized_keys:\n- {public}\n"
     )
     await send(gstack.nc, tiny("tiny-linux", user_data=user_data))
     await send(gstack.nc, c.StartVM(name="tiny-linux"))
-    await gstack.until("tiny-linux", "Running", within=BOOT_S)
+    s = await gstack.until("tiny-linux", "Running", within=BOOT_S)
     pulled = [e for e in await gstack.events("tiny-linux") if isinstance(e, m.ImagePulled)]
     assert [p.image for p in pulled] == [IMAGE]
     async with console(gstack, "tiny-linux") as con:
         await root_shell(con, hostname="guest-one")  # cloud-init's hostname, in the prompt
         await con.type("cat /run/marker; hostname\r")
         await con.expect(b"ran-by-cloud-init\r\nguest-one\r\n", within=30)
+        # Masquerade as KubeVirt does it: the guest has 10.0.2.2/24 by DHCP, gateway 10.0.2.1.
+        await con.type("ip -4 -o addr show eth0 | cut -d' ' -f7; ip route | grep def'ault'\r")
+        await con.expect(b"10.0.2.2/24\r\ndefault via 10.0.2.1 dev eth0", within=30)
     # The guest agent answers on its channel: KubeVirt's AgentConnected condition.
     events = await gstack.until_event("tiny-linux", m.GuestAgentChanged, within=BOOT_S)
     assert [e.connected for e in events if isinstance(e, m.GuestAgentChanged)] == [True]
     assert {"type": "AgentConnected", "status": "True"} in conditions(
         await gstack.state("tiny-linux")
     )
+    # virtctl's guest-agent verbs, answered by the agent through the node.
+    code, out, err = await gstack.virtbus("guestosinfo", "tiny-linux")
+    assert code == 0, err
+    info = json.loads(out)
+    assert (info["hostname"], info["os"]["machine"], info["timezone"]) == (
+        "guest-one", "x86_64", "UTC, 0")  # fmt: skip
+    assert info["guestAgentVersion"].startswith("7.2.")  # Debian 12's qemu-guest-agent
+    assert [u["userName"] for u in info["userList"]] == ["root"]  # the console's login above
+    code, out, err = await gstack.virtbus("userlist", "tiny-linux")
+    assert code == 0, err
+    assert [u["userName"] for u in json.loads(out)["items"]] == ["root"]
+    code, out, err = await gstack.virtbus("fslist", "tiny-linux")
+    assert code == 0, err
+    assert json.loads(out) == {"metadata": {}, "items": []}  # it runs from its initramfs
+    # The VMI address is real: the host reaches the guest's sshd there, ports forwarded inward.
+    assert ipaddress.IPv4Address(s.ip) in ipaddress.IPv4Network("10.244.0.0/16")
+    assert await ssh_banner(s.ip) == b"SSH-2.0-dropbear_2022.83"  # Debian 12's dropbear-bin
+    # `virtbus ssh` logs in with the key cloud-init installed, through port-forward --stdio.
+    ssh = await asyncio.create_subprocess_exec(
+        str(VIRTBUS), "ssh", "tiny@vm/tiny-linux", "-i", str(key), "--server", gstack.url,
+        "--known-hosts", str(tmp_path / "known_hosts"), "-c", "cat /run/marker; id -un",
+        "-t", "-oBatchMode=yes", stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(ssh.communicate(), 120)
+    assert (ssh.returncode, out) == (0, b"ran-by-cloud-init\ntiny\n"), err
+    # Everything the node made for the VM goes with it.
+    netns = names("default_tiny-linux", node=NODE)[0]
+    assert netns in (await ip_netns())
+    await send(gstack.nc, c.StopVM(name="tiny-linux"))
+    await gstack.until("tiny-linux", "Stopped", within=120)
+    assert netns not in (await ip_netns())
+
+
+async def test_a_live_migration_keeps_the_address_and_moves_the_vm_network(
+    kvm_host: None, guest_disk: Path, tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    base = tmp_path_factory.mktemp("gm")
+    nodes = {"node-m": 26, "node-n": 27}  # port ranges of their own
+    with registry_server(base / "registry") as reg:
+        push_disk(reg.url, IMAGE, guest_disk)
+        monkeypatch.setenv("VIRTBUS_REGISTRIES", reg.url)
+        async with qemu_stack(base, nodes=nodes, vm_network=True) as st:
+            await send(st.nc, tiny("mover", strategy="Always"))  # runs once applied
+            await booted(st, "mover", hostname="mover")
+            s = await st.state("mover")
+            source, target = s.node, next(n for n in nodes if n != s.node)
+            assert await ssh_banner(s.ip) == b"SSH-2.0-dropbear_2022.83"  # Debian 12's dropbear-bin
+            await send(st.nc, c.MigrateVM(name="mover", target_node=target))
+            await st.until_event("mover", m.MigrationSucceeded, within=BOOT_S)
+            after = await st.state("mover")
+            assert (after.node, after.ip, after.vmi_uid) == (target, s.ip, s.vmi_uid)
+            # The guest's sshd at the same address, now through the target's namespace.
+            assert await ssh_banner(s.ip) == b"SSH-2.0-dropbear_2022.83"  # Debian 12's dropbear-bin
+            dom = "default_mover"
+            there = await ip_netns()
+            assert names(dom, node=target)[0] in there
+            assert names(dom, node=source)[0] not in there
+            await send(st.nc, c.StopVM(name="mover"))
+            await st.until("mover", "Stopped", within=120)
+            assert names(dom, node=target)[0] not in (await ip_netns())
+
+
+async def ssh_banner(ip: str, *, within: float = 60) -> bytes:
+    """The first line the VMI address's port 22 sends. Retried: the node's route switch after a
+    migration is no event to wait on."""
+    async with asyncio.timeout(within):
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(ip, 22)
+                line = await asyncio.wait_for(reader.readline(), 10)
+                writer.close()
+                if line:
+                    return line.strip()
+            except (OSError, TimeoutError):
+                pass
+            await asyncio.sleep(0.5)
+
+
+async def ip_netns() -> str:
+    proc = await asyncio.create_subprocess_exec("ip", "netns", "list",
+                                                stdout=asyncio.subprocess.PIPE)  # fmt: skip
+    return (await proc.communicate())[0].decode()
 
 
 @contextlib.asynccontextmanager
@@ -223,11 +323,27 @@ async def test_a_guest_reboot_is_a_reboot_not_a_stop(gstack: QemuStack) -> None:
         await con.type("reboot\r")
         events = await gstack.until_event("rebooter", m.DomainRebooted, after=before, within=60)
         await con.expect(b"rebooter login: ", within=BOOT_S, nudge="\r")  # booted again
+    # `virtbus soft-reboot`: the same reboot, asked of the guest agent once it is back.
+    await agent_back(gstack, "rebooter", after=before)
+    asked = len(await gstack.events("rebooter"))
+    code, out, err = await gstack.virtbus("soft-reboot", "rebooter")
+    assert (code, out) == (0, "VMI rebooter was scheduled to soft reboot\n"), err
+    await gstack.until_event("rebooter", m.DomainRebooted, after=asked, within=60)
     events = (await gstack.events("rebooter"))[before:]
-    # One reboot and no stop; the guest agent going and coming back with it is the agent's own.
+    # Two reboots and no stop; the guest agent going and coming back with each is the agent's.
     lifecycle = [type(e).__name__ for e in events if not isinstance(e, m.GuestAgentChanged)]
-    assert lifecycle == ["DomainRebooted"]
+    assert lifecycle == ["DomainRebooted", "DomainRebooted"]
     assert (await gstack.state("rebooter")).status == "Running"
+
+
+async def agent_back(st: QemuStack, name: str, *, after: int) -> None:
+    """Until the VM's guest agent is connected again (after its events from `after` on)."""
+    while True:
+        events = await st.until_event(name, m.GuestAgentChanged, after=after, within=BOOT_S)
+        changes = [e for e in events if isinstance(e, m.GuestAgentChanged)]
+        if changes[-1].connected:
+            return
+        after += len(events)
 
 
 async def test_a_guest_kernel_panic_is_a_crash_then_the_run_strategy_answers(

@@ -72,6 +72,18 @@ async def start_orchestrator(
     return stop, task
 
 
+async def shut_down(cl: Cluster, stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    """The cluster's simulated nodes, then its orchestrator, then its connection, each waited
+    for (a hang fails naming what hangs)."""
+    from waits import settle
+
+    for node in cl.nodes:
+        await settle(f"node {node.name}", node.close())
+    stop.set()
+    await settle("the orchestrator", task)
+    await cl.nc.close()
+
+
 def seed_apply(name: str = "centos7", **spec_changes: Any) -> c.ApplyVM:
     from events.manifest import parse_documents, to_commands
 

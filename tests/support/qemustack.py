@@ -39,6 +39,7 @@ from events.state import VMState
 from events.work import MigrationPolicy
 from orchestrator.app import run_orchestrator
 from workers.qemunodes import SAME_MACHINE, QemuNode
+from workers.vmnet import VMNetwork
 from workers.volumes import claim_dir, image_dir
 from workers.worker import Worker
 
@@ -81,6 +82,7 @@ class QemuStack:
         self.store = EventStore(nc, source="/tests/qemu")
         self._tasks: dict[str, tuple[asyncio.Event, asyncio.Task[None]]] = {}
         self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self.vm_network = False  # in-process workers make their VMs' network (workers/vmnet.py)
 
     # --- the first node, for one-node tests ------------------------------------------------------
 
@@ -114,7 +116,7 @@ class QemuStack:
             log.close()
         else:
             worker = Worker(self.nc, node=name, uri=uri, data_dir=data, host_root=data / "host",
-                            migration=SAME_MACHINE)  # fmt: skip
+                            migration=SAME_MACHINE, vm_network=self.vm_network)  # fmt: skip
             stop = asyncio.Event()
             self._tasks[name] = (stop, asyncio.create_task(worker.run(stop), name=f"worker-{name}"))
         await self.until_registered(name)
@@ -244,7 +246,7 @@ class QemuStack:
 @contextlib.asynccontextmanager
 async def qemu_stack(
     base: Path, *, nodes: dict[str, int], processes: frozenset[str] = frozenset(),
-    policy: MigrationPolicy | None = None,
+    policy: MigrationPolicy | None = None, vm_network: bool = False,
 ) -> AsyncIterator[QemuStack]:  # fmt: skip
     """The stack with `nodes` (name -> port-range index); workers of `processes` run as their
     own processes. `base` must be short: a node's unix socket path must fit 108 bytes."""
@@ -259,6 +261,7 @@ async def qemu_stack(
             name="orchestrator",
         )
         st = QemuStack(nc, server.url, base)
+        st.vm_network = vm_network
         try:
             for name, index in nodes.items():
                 st.nodes[name] = node = QemuNode(base, name, index=index)
@@ -273,8 +276,10 @@ async def qemu_stack(
             try:
                 await st.stop_workers()  # the workers end before their libvirtd does
             finally:
-                for node in st.nodes.values():
+                for name, node in st.nodes.items():
                     await node.stop()
+                    # The VM networks of the domains the node's stop destroyed (workers/vmnet).
+                    await VMNetwork(st.node_dir(name) / "net", node=name).sweep()
                 orch_stop.set()
                 await settle("the orchestrator", orch)
                 await nc.close()

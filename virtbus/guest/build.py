@@ -211,6 +211,8 @@ def _userland(guest: Path, *, kernel: Path) -> None:
     for rel, (text, mode) in rootfs.files(modules=order).items():
         path = guest / rel
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():  # a busybox applet of that name: ours replaces it, not busybox
+            path.unlink()
         path.write_text(text)
         path.chmod(mode)
     (guest / "tmp").chmod(0o1777)

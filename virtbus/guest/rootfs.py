@@ -93,6 +93,16 @@ echo "tiny-linux: power button pressed" > /dev/console
 poweroff
 """
 
+# qemu-ga's guest-shutdown (libvirt's agent reboot, `virtbus soft-reboot`) runs `/sbin/shutdown
+# -h -P|-H|-r +0 MESSAGE`; busybox has no shutdown, so this one maps it to its applets.
+SHUTDOWN: Final = """#!/bin/sh
+case " $* " in
+*" -r "*) exec reboot ;;
+*" -H "*) exec halt ;;
+*) exec poweroff ;;
+esac
+"""
+
 # Finds the NoCloud seed (any block device holding meta-data or user-data), then applies it.
 CLOUD_INIT: Final = r"""#!/bin/sh
 seed=/run/cloud-init/seed
@@ -235,6 +245,7 @@ def files(*, modules: list[str]) -> dict[str, tuple[str, int]]:
         "etc/rc.shutdown": (RC_SHUTDOWN, 0o755),
         "etc/udhcpc.script": (UDHCPC, 0o755),
         "etc/acpi/PWRF/00000080": (POWER_BUTTON, 0o755),
+        "sbin/shutdown": (SHUTDOWN, 0o755),
         "etc/cloud-init": (seed, 0o755),
         "etc/cloud-config.awk": (CLOUD_CONFIG_AWK.replace("DEFAULT", f'"{DEFAULT_USER}"'), 0o644),
         "etc/add-user": (ADD_USER, 0o644),

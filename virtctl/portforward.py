@@ -1,0 +1,129 @@
+"""`virtbus port-forward` and `virtbus ssh`: reaching a port of a VM over the bus, as virtctl does.
+
+Each local connection (or stdin/stdout with `--stdio`) is relayed through a `portforward`
+session (`bus.tunnel`) to the node worker running the VM, which connects to the VMI's address
+on the VM network (workers/portforward.py): no port is opened on any node. `ssh` runs the system
+`ssh` with a ProxyCommand of `virtbus port-forward --stdio`, as `virtctl ssh` does with its
+`--local-ssh` mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import sys
+from asyncio import StreamReader, StreamWriter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client
+
+from bus.client import session
+from bus.tunnel import FRAME, Pipe, connect, relay, relay_socket
+from events.errors import ValidationError, VirtbusError
+from virtctl.console import running_vmi
+
+_TARGET = re.compile(r"^(?:(vm|vmi|virtualmachine|virtualmachineinstance)/)([a-z0-9.-]+)$")
+
+
+def target(text: str, *, namespace: str) -> tuple[str, str]:
+    """(name, namespace) of `vm/NAME[.NAMESPACE]` (virtctl's form; `vmi/` too)."""
+    found = _TARGET.match(text)
+    if found is None:
+        raise ValidationError(f"target: {text!r} is not vm/NAME[.NAMESPACE] or vmi/NAME")
+    name, _, ns = found.group(2).partition(".")
+    return name, ns or namespace
+
+
+def port_pair(text: str) -> tuple[int, int]:
+    """(local, remote) of `[LOCAL:]REMOTE` (local 0: any free port)."""
+    local, _, remote = text.rpartition(":")
+    try:
+        pair = (int(local) if local else int(remote), int(remote))
+    except ValueError:
+        raise ValidationError(f"port: {text!r} is not [LOCAL:]REMOTE") from None
+    if not (0 <= pair[0] < 65536 and 0 < pair[1] < 65536):
+        raise ValidationError(f"port: {text!r} is out of range")
+    return pair
+
+
+async def _open(
+    nc: Client, *, node: str, name: str, namespace: str, port: int
+) -> tuple[Pipe, dict[str, Any]]:
+    return await connect(nc, node=node, kind="portforward", namespace=namespace, name=name,
+                         params={"port": port, "protocol": "tcp"})  # fmt: skip
+
+
+async def forward(url: str, *, name: str, namespace: str, ports: list[tuple[int, int]],
+                  address: str = "127.0.0.1") -> int:  # fmt: skip
+    """Listen on each local port until interrupted; each connection is one session."""
+    async with session(url) as nc:
+        s = await running_vmi(nc, name=name, namespace=namespace)
+
+        def on_client(remote: int) -> Callable[[StreamReader, StreamWriter], Awaitable[None]]:
+            async def serve(reader: StreamReader, writer: StreamWriter) -> None:
+                try:
+                    pipe, _ = await _open(nc, node=s.node, name=name, namespace=namespace,
+                                          port=remote)  # fmt: skip
+                except VirtbusError as err:
+                    print(f"error forwarding port {remote}: {err.message}", file=sys.stderr)
+                    writer.close()
+                    return
+                try:
+                    await relay_socket(pipe, reader, writer)
+                finally:
+                    await pipe.close("the local connection ended")
+
+            return serve
+
+        servers = []
+        for local, remote in ports:
+            server = await asyncio.start_server(on_client(remote), address, local)
+            servers.append(server)
+            bound = server.sockets[0].getsockname()[1]
+            print(f"Forwarding from {address}:{bound} -> {remote}", flush=True)
+        try:
+            await asyncio.gather(*(srv.serve_forever() for srv in servers))
+        finally:
+            for srv in servers:
+                srv.close()
+    return 0
+
+
+async def stdio(url: str, *, name: str, namespace: str, port: int) -> int:
+    """One session on stdin and stdout (an ssh ProxyCommand)."""
+    async with session(url) as nc:
+        s = await running_vmi(nc, name=name, namespace=namespace)
+        pipe, _ = await _open(nc, node=s.node, name=name, namespace=namespace, port=port)
+        loop = asyncio.get_running_loop()
+        stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+
+        async def read() -> bytes:
+            return await loop.run_in_executor(None, os.read, stdin, FRAME)
+
+        async def write(data: bytes) -> None:
+            await loop.run_in_executor(None, os.write, stdout, data)
+
+        try:
+            await relay(pipe, read=read, write=write)
+        finally:
+            await pipe.close("the client left")
+    return 0
+
+
+def ssh_argv(*, name: str, namespace: str, user: str, port: int, identity: str | None,
+             command: str | None, known_hosts: str, local_opts: list[str],
+             server: str) -> list[str]:  # fmt: skip
+    """The system ssh's command line, its ProxyCommand this CLI's `port-forward --stdio`."""
+    proxy = [sys.executable, "-m", "virtbus", "port-forward", "--stdio", "--server", server,
+             "-n", namespace, f"vm/{name}", str(port)]  # fmt: skip
+    argv = ["ssh", "-o", f"ProxyCommand={shlex.join(proxy)}",
+            "-o", f"HostKeyAlias=vm.{name}.{namespace}",
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=accept-new",
+            *local_opts]  # fmt: skip
+    if identity:
+        argv += ["-i", identity]
+    argv += ["-l", user, f"vm.{name}.{namespace}"]
+    return argv + ([command] if command else [])
