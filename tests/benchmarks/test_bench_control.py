@@ -40,9 +40,10 @@ async def test_bench_control_starts_every_vm_and_prints_one_json_object(secure: 
     assert (result["vms"], result["nodes"]) == (30, 3)
     assert result["accepted"] == result["running"] == 30
     assert (result["rejected"], result["secure"]) == (0, secure)
-    # created (starting), scheduled, launcher created, domain defined, domain started
-    assert result["events_per_vm"] == 5
-    assert result["baseline_publishes_per_vm"] == 6
+    # created (starting), scheduled, its address allocated, launcher created, domain defined,
+    # domain started
+    assert result["events_per_vm"] == 6
+    assert result["baseline_publishes_per_vm"] == 7  # the ApplyVM, then one per event
     for key in ("commands_per_s", "starts_per_s", "baseline_starts_per_s", "ratio"):
         assert result[key] > 0, key
     assert result["ratio"] == result["starts_per_s"] / result["baseline_starts_per_s"]

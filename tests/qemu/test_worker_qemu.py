@@ -89,7 +89,7 @@ async def test_seed_vm_lifecycle_on_real_qemu(qstack: QemuStack) -> None:
     assert [k for k in kinds if k.startswith("Domain")] == [
         "DomainDefined", "DomainStarted", "DomainPaused", "DomainResumed", "DomainStopped"
     ]  # fmt: skip
-    assert kinds[-1] == "VMStopped"
+    assert kinds[-2:] == ["VMStopped", "IPReleased"]  # its address back in the pool, last
 
 
 async def test_a_forced_stop_cuts_a_graceful_stop_short(qstack: QemuStack) -> None:
