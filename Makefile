@@ -25,7 +25,7 @@ layers: setup
 	$(BIN)/lint-imports
 
 unit: setup
-	$(BIN)/pytest $(PYTEST_ARGS)
+	@bash scripts/unit.sh $(PYTEST_ARGS)
 
 test: lint typecheck layers unit
 
