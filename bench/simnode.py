@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.kv import KeyValue
 
 from bus.store import EventStore
 from bus.telemetry import add_process_args, serve
@@ -42,6 +43,7 @@ class SimNode:
         self.store = EventStore(nc, source=f"/virtbus/node/{name}")
         self.work: list[w.Work] = []  # every item received, in order
         self.heartbeating = True
+        self._kv: KeyValue | None = None
         self.auto_start = True  # answer Start work with a running domain
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -67,8 +69,9 @@ class SimNode:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _beat(self) -> None:
-        kv = await self.nc.jetstream().key_value(HEARTBEAT_BUCKET)
-        await kv.put(self.name, encode(Heartbeat(at=time.time())))
+        if self._kv is None:  # looked up once: each lookup is a stream info request
+            self._kv = await self.nc.jetstream().key_value(HEARTBEAT_BUCKET)
+        await self._kv.put(self.name, encode(Heartbeat(at=time.time())))
 
     async def _heartbeats(self) -> None:
         while not self._stop.is_set():

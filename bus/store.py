@@ -9,6 +9,7 @@ writer pays no extra round trip.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import logging
@@ -91,6 +92,14 @@ class EventStore:
         self._heads: dict[str, Head] = {}
         self._publisher = Publisher(nc, stream=stream, retry_for=retry_for)
         self._ids, self._appends = os.urandom(8).hex() + ".", itertools.count(1)  # msg ids
+
+    def sibling(self, *, source: str) -> EventStore:
+        """Another writer of this process on the same connection, appending as `source`: it
+        shares this one's heads and its append connection, so an aggregate one of them wrote
+        needs no lookup by the other before it writes next."""
+        twin = copy.copy(self)
+        twin.source = source
+        return twin
 
     # --- decoding --------------------------------------------------------------------------------
 
