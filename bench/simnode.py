@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.kv import KeyValue
 
-from bus.store import EventStore
+from bus.store import EventStore, Head
 from bus.telemetry import add_process_args, serve
 from events import model as m
 from events import work as w
@@ -102,6 +102,8 @@ class SimNode:
     async def _in_order(self, msgs: list[Msg]) -> None:
         for msg in msgs:
             item = w.WORK_DECODER.decode(msg.data)
+            if item.tip is not None:  # as the worker does: no lookup before the first append
+                self.store.assume(item.ref, Head(item.tip.version, item.tip.seq, item.tip.hash))
             self.work.append(item)
             await self._do(item)
             await msg.ack()

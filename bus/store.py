@@ -132,6 +132,17 @@ class EventStore:
         self._heads[ref.prefix] = head
         return head
 
+    def tip(self, ref: Ref) -> Head | None:
+        """`ref`'s head as this store last wrote or read it (None: not at hand)."""
+        return self._heads.get(ref.prefix)
+
+    def assume(self, ref: Ref, head: Head) -> None:
+        """Take `head` as `ref`'s unless a newer one is at hand (a stale one costs a conflict
+        and a lookup at the next append, never a wrong one: the server checks the sequence)."""
+        known = self._heads.get(ref.prefix)
+        if known is None or known.seq < head.seq:
+            self._heads[ref.prefix] = head
+
     def knows(self, ref: Ref) -> bool:
         """Whether this store has `ref`'s head at hand (it appended to or read it)."""
         return ref.prefix in self._heads
