@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.kv import KeyValue
 
-from bus.store import EventStore, Head
+from bus.store import EventStore
 from bus.telemetry import add_process_args, serve
 from events import model as m
 from events import work as w
@@ -33,14 +33,17 @@ HEARTBEAT_S = 0.5
 class SimNode:
     def __init__(
         self, nc: Client, name: str, *, cpus: int = 8, memory_bytes: int = 16 << 30,
-        labels: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None, store: EventStore | None = None,
     ) -> None:  # fmt: skip
+        """`store`: another simulated node's, to share its append connection (one process
+        simulating many nodes need not hold a connection for each)."""
         self.nc = nc
         self.name = name
         self.cpus = cpus
         self.memory_bytes = memory_bytes
         self.labels = labels or {}
-        self.store = EventStore(nc, source=f"/virtbus/node/{name}")
+        source = f"/virtbus/node/{name}"
+        self.store = store.sibling(source=source) if store else EventStore(nc, source=source)
         self.work: list[w.Work] = []  # every item received, in order
         self.heartbeating = True
         self._kv: KeyValue | None = None
@@ -102,8 +105,7 @@ class SimNode:
     async def _in_order(self, msgs: list[Msg]) -> None:
         for msg in msgs:
             item = w.WORK_DECODER.decode(msg.data)
-            if item.tip is not None:  # as the worker does: no lookup before the first append
-                self.store.assume(item.ref, Head(item.tip.version, item.tip.seq, item.tip.hash))
+            self.store.took(item)
             self.work.append(item)
             await self._do(item)
             await msg.ack()
@@ -138,10 +140,9 @@ class SimNode:
 
 async def _serve(args: argparse.Namespace) -> None:
     async def body(nc: Client, stop: asyncio.Event) -> None:
-        sims = [
-            SimNode(nc, f"{args.prefix}-{k}", cpus=args.cpus, memory_bytes=args.memory_bytes)
-            for k in range(args.count)
-        ]
+        shared = EventStore(nc, source="/virtbus/node")
+        size = {"cpus": args.cpus, "memory_bytes": args.memory_bytes}
+        sims = [SimNode(nc, f"{args.prefix}-{k}", store=shared, **size) for k in range(args.count)]
         try:
             for sim in sims:
                 await sim.start()

@@ -47,7 +47,8 @@ from events.envelope import (
 from events.errors import BusUnavailable, ConcurrencyConflict, ValidationError
 from events.errors import VirtbusError as _VirtbusError
 from events.model import TOKEN, Event
-from events.names import EVENTS_STREAM, Ref
+from events.names import EVENTS_STREAM, Ref, aggregate_key
+from events.work import Work
 
 log = logging.getLogger("virtbus.store")
 MAX_BATCH: Final = 1000
@@ -136,12 +137,23 @@ class EventStore:
         """`ref`'s head as this store last wrote or read it (None: not at hand)."""
         return self._heads.get(ref.prefix)
 
-    def assume(self, ref: Ref, head: Head) -> None:
-        """Take `head` as `ref`'s unless a newer one is at hand (a stale one costs a conflict
-        and a lookup at the next append, never a wrong one: the server checks the sequence)."""
-        known = self._heads.get(ref.prefix)
+    def assume(self, prefix: str, head: Head) -> None:
+        """Take `head` as the aggregate's at `prefix` (`Ref.prefix`) unless a newer one is at
+        hand: a stale one costs a conflict and a lookup at the next append, never a wrong one
+        (the server checks the sequence)."""
+        known = self._heads.get(prefix)
         if known is None or known.seq < head.seq:
-            self._heads[ref.prefix] = head
+            self._heads[prefix] = head
+
+    def took(self, item: Work) -> None:
+        """A work item arrived: where its VM's log stood when it was sent is that VM's head
+        (the node's first observation then needs no lookup)."""
+        if (tip := item.tip) is not None:
+            self.assume(item.ref.prefix, Head(tip.version, tip.seq, tip.hash))
+
+    def saw(self, rec: Recorded) -> None:
+        """Keep `rec` as its aggregate's head (a follower of the log that also writes to it)."""
+        self.assume(aggregate_key(rec.subject), Head(rec.envelope.version, rec.seq, rec.hash))
 
     def knows(self, ref: Ref) -> bool:
         """Whether this store has `ref`'s head at hand (it appended to or read it)."""

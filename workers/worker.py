@@ -23,7 +23,7 @@ from nats.js.kv import KeyValue
 
 from bus.connect import identity
 from bus.reader import fetch_some
-from bus.store import EventStore, Head
+from bus.store import EventStore
 from bus.telemetry import bound, traced
 from bus.vms import VMRepository
 from events import model as m
@@ -240,8 +240,7 @@ class Worker:
             metrics.MALFORMED_WORK.labels(self.node).inc()
             await msg.term()
             return
-        if item.tip is not None:  # where the VM's log stood when the work was sent
-            self.store.assume(item.ref, Head(item.tip.version, item.tip.seq, item.tip.hash))
+        self.store.took(item)
         action = type(item).__name__
         keepalive = asyncio.create_task(_keep_alive(msg), name=f"keepalive-{item.msg_id}")
         started = time.monotonic()
