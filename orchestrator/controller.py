@@ -15,24 +15,21 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 from nats.aio.client import Client
 
-from bus.publish import Publisher
 from bus.store import EventStore
-from bus.telemetry import TRACE, traced
+from bus.telemetry import traced
 from events import commands as c
 from events import model as m
 from events import work as w
-from events.envelope import Recorded, encode
+from events.envelope import Recorded
 from events.errors import ConcurrencyConflict, VirtbusError
 from events.folding import skipped_now
 from events.instancetypes import KIND_OF, InstancetypeState, apply_instancetype
-from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, aggregate_key
+from events.names import HEARTBEAT_BUCKET, Ref, aggregate_key
 from events.nodes import READY, NodeState, apply_node
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
 from events.state import (
@@ -66,11 +63,9 @@ from orchestrator.volumes import (
     volume_work,
     waiting_on,
 )
+from orchestrator.workout import WorkOut
 
 log = logging.getLogger("virtbus.controller")
-RESEND_AFTER_S = 60.0  # within JetStream's 2-minute dedup window a resend is dropped anyway
-SENT_MEMORY = 100_000
-WORK_SEND_S = 5.0  # the work stream's ack
 REACT_PARALLEL = 64  # VMs whose reactions wait on the bus at once
 CATCH_UP_S = 5.0  # how long a judgement waits for the controller to fold the log's end
 _FREES_CAPACITY = (m.VMStopped, m.VMFailed, m.VMDeleted, m.VMUnschedulable)
@@ -90,7 +85,7 @@ class Controller:
         self.migration_policy = migration_policy or w.MigrationPolicy()
         self.capacity = Capacity(self.migration_policy)
         self.store = store
-        self._work = Publisher(nc, stream=WORK_STREAM)  # lean where the login allows
+        self._work = WorkOut(nc, store)
         self.node_grace_s = node_grace_s
         self.vms: dict[str, VMState] = {}
         self.nodes: dict[str, NodeState] = {}
@@ -101,7 +96,6 @@ class Controller:
         self._wakes: dict[str, datetime] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (seq, caught up to it)
         self._started = time.time()
-        self._sent: OrderedDict[str, float] = OrderedDict()  # work message id -> when it went out
         self._reactions: KeyedQueue[Recorded] = KeyedQueue(
             self.react, parallel=REACT_PARALLEL, name="controller-react"
         )
@@ -263,28 +257,7 @@ class Controller:
         return ready
 
     async def _enqueue(self, work: list[w.Work]) -> None:
-        if self.store.guard is not None:
-            self.store.guard()  # work is an act too: only the lease's holder sends it
-        now = time.monotonic()
-        for item in work:
-            # Level-triggered reactions ask for the same item again at each event of the VM; the
-            # bus would drop the copy (same message id), but only after a round trip for it.
-            sent = self._sent.get(item.msg_id)
-            if sent is not None and now - sent < RESEND_AFTER_S:
-                continue
-            headers = {"Nats-Msg-Id": item.msg_id}
-            if trace := TRACE.get():
-                headers["traceparent"] = trace
-            head = self.store.tip(item.ref)
-            tipped = item if head is None else msgspec.structs.replace(
-                item, tip=w.Tip(head.version, head.seq, head.hash))  # fmt: skip
-            await self._work.send([(item.subject, encode(tipped), headers)], within=WORK_SEND_S)
-            crash_at("sent", [item])
-            metrics.WORK_ENQUEUED.labels(type(item).__name__).inc()
-            self._sent[item.msg_id] = now
-            self._sent.move_to_end(item.msg_id)
-            while len(self._sent) > SENT_MEMORY:
-                self._sent.popitem(last=False)
+        await self._work.send(work)
 
     async def _move_volumes_with(self, s: VMState, target: str, *, cause: Recorded) -> None:
         if s.running:
