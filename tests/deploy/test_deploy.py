@@ -15,6 +15,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from paths import DEPLOY
 
 from bus.connect import tls_context
 from bus.roles import node_permissions
-from bus.server import nats_server_binary
+from bus.server import NatsServer, nats_server_binary
 from bus.trust import ensure
 from virtbus.k8ssecrets import Place, secret_manifests
 
@@ -283,3 +284,28 @@ def test_the_values_carry_no_secret() -> None:
     """No key, certificate or JWT in the values: the Secrets hold them."""
     text = VALUES.read_text()
     assert ("-----BEGIN" in text, "eyJ" in text) == (False, False)
+
+
+def test_the_orchestrator_makes_a_copy_of_the_log_on_every_nats_server() -> None:
+    (orch,) = yaml.safe_load_all((DEPLOY / "orchestrator-deployment.yaml").read_text())
+    args = orch["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--replicas") + 1] == str(values()["config"]["cluster"]["replicas"])
+
+
+async def test_python_m_orchestrator_provisions_the_replicas_it_is_given(tmp_path: Path) -> None:
+    """On a single server three copies cannot be kept: the orchestrator says so and stops (the
+    count reached the provisioning, where a three-server cluster takes it)."""
+    async with NatsServer(data_dir=tmp_path / "nats", port=-1) as server:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "orchestrator", "--server", server.url, "--replicas", "3",
+            "--data-dir", str(tmp_path / "o"), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode != 0
+    assert "replicas: 3 copies of each stream asked, but the bus cannot hold them" in err.decode()
