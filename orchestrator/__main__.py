@@ -16,6 +16,8 @@ from nats.aio.client import Client
 
 from bus.connect import configured, connect
 from bus.provision import provision
+from bus.roles import record_users
+from bus.store import EventStore
 from bus.telemetry import add_process_args, serve, start_telemetry
 from bus.trust import load
 from events.errors import ValidationError
@@ -29,6 +31,9 @@ async def _main(args: argparse.Namespace) -> None:
         await provision(nc.jetstream(), replicas=args.replicas)
         policy = load_policy(Path(args.migrations)) if args.migrations else None
         trust = load(Path(args.trust_dir)) if args.trust_dir else None
+        if trust is not None:  # the stack's own users, where no `virtbus up` recorded them
+            bootstrap = EventStore(nc, source="/virtbus/orchestrator/users")
+            await record_users(bootstrap, trust.own_identities(), actor="virtbus/deploy")
         hooks = None
         if args.dispatcher_creds and not args.no_webhooks:  # the dispatcher as itself
             access = dataclasses.replace(configured(), creds=args.dispatcher_creds)
@@ -89,7 +94,7 @@ def main() -> None:
         parser.error(err.message)
     if args.trust_dir:
         try:  # a wrong directory is a usage error now, not a refused `auth add-user` later
-            load(Path(args.trust_dir))
+            load(Path(args.trust_dir)).own_identities()
         except ValidationError as err:
             parser.error(err.message)
     start_telemetry("orchestrator", metrics_port=args.metrics_port)

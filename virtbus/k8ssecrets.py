@@ -10,7 +10,10 @@ keys, CA and `.creds` into the Secrets those name, so the servers trust what `vi
     virtbus-nats-server-tls  the servers' certificate for the client Service's names
     virtbus-nats-route-tls   the route certificate (server and client auth) for each pod's name
     virtbus-orchestrator     orchestrator.creds, dispatcher.creds, ca.pem (deploy/*.yaml)
-    virtbus-trust            the signing keys the orchestrator mints users with, ca.pem
+    virtbus-trust            the signing keys the orchestrator mints users with, ca.pem, and
+                             identities.json: the admin's, its own and the dispatcher's roles and
+                             JWTs, which it records in the log on start as `virtbus up` does (the
+                             admin's commands are refused until the log knows the admin)
     virtbus-node-creds       ca.pem and one `<node>.creds` per node (`virtbus auth add-node`)
 
 The server certificates are issued anew by the stack's CA on each run: the data dir's own
@@ -28,8 +31,8 @@ import yaml
 
 from bus import pki
 from bus.credentials import read_creds
-from bus.roles import component_permissions
-from bus.trust import Trust, ensure
+from bus.roles import component_permissions, component_role
+from bus.trust import IDENTITIES_FILE, Trust, ensure
 from events.errors import ValidationError
 
 PART_OF = {"app.kubernetes.io/part-of": "virtbus"}
@@ -128,7 +131,8 @@ def secret_manifests(
             "dispatcher.creds": trust.creds_file("dispatcher").read_text(), "ca.pem": ca}),
         secret("virtbus-trust", ns, {
             **{f"{k}.nk": (trust.root / "keys" / f"{k}.nk").read_text() for k in TRUST_KEYS},
-            "ca.pem": ca}),
+            "ca.pem": ca,
+            IDENTITIES_FILE: trust.identities_json({n: component_role(n) for n in COMPONENTS})}),
     ]  # fmt: skip
     if nodes:
         out.append(secret("virtbus-node-creds", ns, {"ca.pem": ca, **nodes}))

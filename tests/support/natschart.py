@@ -17,9 +17,20 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+from paths import DEPLOY
+from podfiles import mount_secrets, rooted
+
 CHART_KEYS = Path(__file__).with_name("nats_chart_keys.txt")
 CHART_VERSION = "2.14.2"
+VALUES = DEPLOY / "helm" / "nats-values.yaml"
+RELEASE = "virtbus-nats"  # deploy/*.yaml dial virtbus-nats.virtbus.svc
 _KINDS = {"map": dict, "list": list, "bool": bool, "int": int, "str": str}
+
+
+def values() -> dict[str, Any]:
+    """deploy/helm/nats-values.yaml, a fresh copy each time (tests break it)."""
+    return dict(yaml.safe_load(VALUES.read_text()))
 
 
 def chart_keys() -> dict[str, str]:
@@ -109,9 +120,10 @@ def nats_config(values: dict[str, Any], *, release: str) -> dict[str, Any]:
     conf["cluster"] = _merge_patch(
         {"name": release, "port": 6222, "no_advertise": True, "routes": routes,
          "tls": _tls(values, "cluster")}, cl)  # fmt: skip
-    fs = cfg["jetstream"]["fileStore"]
+    fs, mem = cfg["jetstream"]["fileStore"], cfg["jetstream"].get("memoryStore", {})
+    memory = f"<< {mem['maxSize']} >>" if mem.get("enabled") else 0
     conf["jetstream"] = _merge_patch(
-        {"max_memory_store": 0, "store_dir": fs["dir"],
+        {"max_memory_store": memory, "store_dir": fs["dir"],
          "max_file_store": f"<< {fs['pvc']['size']} >>"}, cfg["jetstream"])  # fmt: skip
     conf["resolver"] = _merge_patch({"dir": cfg["resolver"]["dir"]}, cfg["resolver"])
     return _merge_patch(conf, cfg)
@@ -201,3 +213,19 @@ def statefulset(values: dict[str, Any], *, release: str) -> dict[str, Any]:
                      _merge_patch(claim(f"{release}-js", js["size"]), js),
                      _merge_patch(claim(f"{release}-resolver", resolver["size"]), resolver)]},
     }  # fmt: skip
+
+
+def lay_out(conf: str, secrets: dict[str, dict[str, str]], root: Path) -> Path:
+    """The nats pod's files under `root` instead of `/`: each of `secrets` (name -> key -> text)
+    where the StatefulSet mounts it, the data dirs, and `conf` as nats.conf with its paths moved
+    there; the config's path, to run nats-server on."""
+    pod = statefulset(values(), release=RELEASE)["spec"]["template"]["spec"]
+    mount_secrets(pod, pod["containers"][0], secrets, root)
+    for path in ("/data", "/var/run/nats"):
+        Path(rooted(path, root)).mkdir(parents=True)
+    for path in ("/etc/", "/data", "/var/run/nats"):
+        conf = conf.replace(f'"{path}', f'"{rooted(path, root)}')
+    out = root / "etc" / "nats-config" / "nats.conf"
+    out.parent.mkdir(parents=True)
+    out.write_text(conf)
+    return out
