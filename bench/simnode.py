@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.kv import KeyValue
 
-from bus.store import EventStore
+from bus.store import EventStore, Head
 from bus.telemetry import add_process_args, serve
 from events import model as m
 from events import work as w
@@ -42,6 +43,7 @@ class SimNode:
         self.store = EventStore(nc, source=f"/virtbus/node/{name}")
         self.work: list[w.Work] = []  # every item received, in order
         self.heartbeating = True
+        self._kv: KeyValue | None = None
         self.auto_start = True  # answer Start work with a running domain
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -67,8 +69,9 @@ class SimNode:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _beat(self) -> None:
-        kv = await self.nc.jetstream().key_value(HEARTBEAT_BUCKET)
-        await kv.put(self.name, encode(Heartbeat(at=time.time())))
+        if self._kv is None:  # looked up once: each lookup is a stream info request
+            self._kv = await self.nc.jetstream().key_value(HEARTBEAT_BUCKET)
+        await self._kv.put(self.name, encode(Heartbeat(at=time.time())))
 
     async def _heartbeats(self) -> None:
         while not self._stop.is_set():
@@ -99,6 +102,8 @@ class SimNode:
     async def _in_order(self, msgs: list[Msg]) -> None:
         for msg in msgs:
             item = w.WORK_DECODER.decode(msg.data)
+            if item.tip is not None:  # as the worker does: no lookup before the first append
+                self.store.assume(item.ref, Head(item.tip.version, item.tip.seq, item.tip.hash))
             self.work.append(item)
             await self._do(item)
             await msg.ack()

@@ -9,6 +9,7 @@ writer pays no extra round trip.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import logging
@@ -92,6 +93,14 @@ class EventStore:
         self._publisher = Publisher(nc, stream=stream, retry_for=retry_for)
         self._ids, self._appends = os.urandom(8).hex() + ".", itertools.count(1)  # msg ids
 
+    def sibling(self, *, source: str) -> EventStore:
+        """Another writer of this process on the same connection, appending as `source`: it
+        shares this one's heads and its append connection, so an aggregate one of them wrote
+        needs no lookup by the other before it writes next."""
+        twin = copy.copy(self)
+        twin.source = source
+        return twin
+
     # --- decoding --------------------------------------------------------------------------------
 
     def decode(self, data: bytes, subject: str, seq: int) -> Recorded | None:
@@ -122,6 +131,17 @@ class EventStore:
             _, head = await self._read_all(ref)
         self._heads[ref.prefix] = head
         return head
+
+    def tip(self, ref: Ref) -> Head | None:
+        """`ref`'s head as this store last wrote or read it (None: not at hand)."""
+        return self._heads.get(ref.prefix)
+
+    def assume(self, ref: Ref, head: Head) -> None:
+        """Take `head` as `ref`'s unless a newer one is at hand (a stale one costs a conflict
+        and a lookup at the next append, never a wrong one: the server checks the sequence)."""
+        known = self._heads.get(ref.prefix)
+        if known is None or known.seq < head.seq:
+            self._heads[ref.prefix] = head
 
     def knows(self, ref: Ref) -> bool:
         """Whether this store has `ref`'s head at hand (it appended to or read it)."""

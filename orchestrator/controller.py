@@ -19,8 +19,10 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client
 
+from bus.publish import Publisher
 from bus.store import EventStore
 from bus.telemetry import TRACE, traced
 from events import commands as c
@@ -30,7 +32,7 @@ from events.envelope import Recorded, encode
 from events.errors import ConcurrencyConflict, VirtbusError
 from events.folding import skipped_now
 from events.instancetypes import KIND_OF, InstancetypeState, apply_instancetype
-from events.names import HEARTBEAT_BUCKET, Ref, aggregate_key
+from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, aggregate_key
 from events.nodes import READY, NodeState, apply_node
 from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
 from events.state import (
@@ -68,6 +70,7 @@ from orchestrator.volumes import (
 log = logging.getLogger("virtbus.controller")
 RESEND_AFTER_S = 60.0  # within JetStream's 2-minute dedup window a resend is dropped anyway
 SENT_MEMORY = 100_000
+WORK_SEND_S = 5.0  # the work stream's ack
 REACT_PARALLEL = 64  # VMs whose reactions wait on the bus at once
 CATCH_UP_S = 5.0  # how long a judgement waits for the controller to fold the log's end
 _FREES_CAPACITY = (m.VMStopped, m.VMFailed, m.VMDeleted, m.VMUnschedulable)
@@ -87,6 +90,7 @@ class Controller:
         self.migration_policy = migration_policy or w.MigrationPolicy()
         self.capacity = Capacity(self.migration_policy)
         self.store = store
+        self._work = Publisher(nc, stream=WORK_STREAM)  # lean where the login allows
         self.node_grace_s = node_grace_s
         self.vms: dict[str, VMState] = {}
         self.nodes: dict[str, NodeState] = {}
@@ -261,7 +265,6 @@ class Controller:
     async def _enqueue(self, work: list[w.Work]) -> None:
         if self.store.guard is not None:
             self.store.guard()  # work is an act too: only the lease's holder sends it
-        js = self.nc.jetstream()
         now = time.monotonic()
         for item in work:
             # Level-triggered reactions ask for the same item again at each event of the VM; the
@@ -272,7 +275,10 @@ class Controller:
             headers = {"Nats-Msg-Id": item.msg_id}
             if trace := TRACE.get():
                 headers["traceparent"] = trace
-            await js.publish(item.subject, encode(item), headers=headers)
+            head = self.store.tip(item.ref)
+            tipped = item if head is None else msgspec.structs.replace(
+                item, tip=w.Tip(head.version, head.seq, head.hash))  # fmt: skip
+            await self._work.send([(item.subject, encode(tipped), headers)], within=WORK_SEND_S)
             crash_at("sent", [item])
             metrics.WORK_ENQUEUED.labels(type(item).__name__).inc()
             self._sent[item.msg_id] = now
@@ -416,3 +422,4 @@ class Controller:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._reactions.close()
+            self._work.close()
