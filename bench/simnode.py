@@ -105,7 +105,7 @@ class SimNode:
     async def _in_order(self, msgs: list[Msg]) -> None:
         for msg in msgs:
             item = w.WORK_DECODER.decode(msg.data)
-            self.store.took(item)
+            self.store.heads.took(item)
             self.work.append(item)
             await self._do(item)
             await msg.ack()

@@ -48,7 +48,7 @@ class WorkOut:
             headers = {"Nats-Msg-Id": item.msg_id}
             if trace := TRACE.get():
                 headers["traceparent"] = trace
-            head = self.store.tip(item.ref)
+            head = self.store.heads.tip(item.ref)
             tipped = item if head is None else msgspec.structs.replace(
                 item, tip=w.Tip(head.version, head.seq, head.hash))  # fmt: skip
             await self._publisher.send([(item.subject, encode(tipped), headers)], within=SEND_S)

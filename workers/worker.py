@@ -240,7 +240,7 @@ class Worker:
             metrics.MALFORMED_WORK.labels(self.node).inc()
             await msg.term()
             return
-        self.store.took(item)
+        self.store.heads.took(item)
         action = type(item).__name__
         keepalive = asyncio.create_task(_keep_alive(msg), name=f"keepalive-{item.msg_id}")
         started = time.monotonic()
