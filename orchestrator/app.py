@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from bus.audit import Checkpointer, load_key
 from bus.connect import identity
 from bus.store import EventStore
+from bus.tail import Tail
 from bus.trust import Trust
 from events.work import MigrationPolicy
 from orchestrator.api import Api
@@ -93,6 +94,7 @@ async def run_orchestrator(
         await intake.identities.push_revocations()  # the server agrees with the log from now
     read_store = EventStore(nc, source="/virtbus/orchestrator/readmodel")
     async with ReadModel(data_dir / "readmodel.sqlite", read_store, verify=False) as readmodel:
+        controller.follows = readmodel.follows = Tail(read_store)  # one delivery of each event
         await readmodel.catch_up()
         api = Api(nc, intake=intake, readmodel=readmodel)
         leading = asyncio.Event()  # set with the lease: a standby's controller folds, warm

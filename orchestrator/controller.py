@@ -21,6 +21,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from bus.store import EventStore
+from bus.tail import Follows
 from bus.telemetry import traced
 from events import commands as c
 from events import model as m
@@ -86,6 +87,7 @@ class Controller:
         self.capacity = Capacity(self.migration_policy)
         self.store = store
         self._work = WorkOut(nc, store)
+        self.follows: Follows = store  # the live log: its own follow, or a Tail shared with others
         self.node_grace_s = node_grace_s
         self.vms: dict[str, VMState] = {}
         self.nodes: dict[str, NodeState] = {}
@@ -237,7 +239,7 @@ class Controller:
         for item in [x for x in work if isinstance(x, w.Start | w.AttachVolume)]:
             if not await self._claims_ready(s, item, cause):
                 work.remove(item)  # it starts (or plugs) once they are
-        await self._enqueue(work)
+        await self._work.send(work)
         return reaction
 
     async def _claims_ready(self, s: VMState, item: w.Work, cause: Recorded | None) -> bool:
@@ -256,9 +258,6 @@ class Controller:
                 )  # fmt: skip
         return ready
 
-    async def _enqueue(self, work: list[w.Work]) -> None:
-        await self._work.send(work)
-
     async def _move_volumes_with(self, s: VMState, target: str, *, cause: Recorded) -> None:
         if s.running:
             return  # a running VM's cold move boots on the target with the disks where they are
@@ -269,7 +268,7 @@ class Controller:
                                         correlationid=cause.envelope.correlationid)  # fmt: skip
 
     async def react_volume(self, key: str) -> None:
-        await self._enqueue(list(volume_work(self.volumes[key])))
+        await self._work.send(list(volume_work(self.volumes[key])))
 
     async def react_rs(self, key: str, *, cause: Recorded | None = None) -> None:
         rs = self.replica_sets.get(key)
@@ -293,7 +292,7 @@ class Controller:
             if isinstance(data, m.MigrationSucceeded) and data.mode == "cold":
                 await self._move_volumes_with(self.vms[key], data.target, cause=rec)
             if isinstance(data, m.SnapshotDeleted) and (gone := removal_work(self.vms[key], data)):
-                await self._enqueue([gone])
+                await self._work.send([gone])
             if isinstance(data, m.VMDeleted):  # its dataVolumeTemplates' DataVolumes go too
                 for ref, version in owned_by(self.vms[key], self.volumes):
                     with contextlib.suppress(ConcurrencyConflict):
@@ -352,7 +351,7 @@ class Controller:
             await self.react_volume(key)
 
     async def _follow(self, leading: asyncio.Event | None) -> None:
-        async for rec in self.store.follow(from_seq=self.position + 1):
+        async for rec in self.follows.follow(from_seq=self.position + 1):
             self.store.heads.saw(rec)  # its next decision on that aggregate needs no lookup
             if leading is not None and not leading.is_set():
                 self._fold(rec)  # a standby keeps its state warm and acts on nothing

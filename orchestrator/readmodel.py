@@ -21,6 +21,7 @@ import aiosqlite
 import msgspec
 
 from bus.store import EventStore
+from bus.tail import Follows
 from events.envelope import Envelope, Recorded
 from events.names import Ref, ref_from_subject
 from events.nodes import NodeState, apply_node
@@ -69,6 +70,7 @@ class ReadModel:
         self.path = Path(path)
         self.store = store
         self.verify = verify  # check hash chains on catch-up (the live tail never does)
+        self.follows: Follows = store  # the live log: its own follow, or a Tail shared with others
         self._db: aiosqlite.Connection | None = None  # queries
         # The writer's own connection, used only in a thread under `_apply_lock`: a whole
         # transaction (read the rows, fold, write) costs one hop off the loop, not ten.
@@ -155,7 +157,7 @@ class ReadModel:
         queue: asyncio.Queue[Recorded] = asyncio.Queue()
 
         async def pump() -> None:
-            async for rec in self.store.follow(from_seq=self._pos + 1):
+            async for rec in self.follows.follow(from_seq=self._pos + 1):
                 queue.put_nowait(rec)
 
         follower = asyncio.create_task(pump(), name="readmodel-follow")
