@@ -113,12 +113,17 @@ def bench_control(
     output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
     secure: Annotated[bool, typer.Option(help=SECURE_HELP)] = False,
     server: ServerOpt = None,
+    sync: Annotated[bool, typer.Option("--fsync-always/--fsync-default")] = False,
+    cluster: Annotated[
+        int, typer.Option(min=0, help="N servers as one cluster, the log in N copies (0: one)")
+    ] = 0,
 ) -> None:
     """VM creation to Running through the whole control plane, against plain nats-py."""
     from bench.control import run as bench_run
 
     r = run(bench_run(vms=vms, nodes=nodes, server=server, concurrency=concurrency,
-                      rate=rate or None, secure=secure))  # fmt: skip
+                      rate=rate or None, secure=secure, cluster=cluster,
+                      sync_always=sync))  # fmt: skip
     offered = f", offered {r['offered_rate']:.0f}/s" if r["offered_rate"] else ""
     if output is Output.json:
         sys.stdout.write(json.dumps(r) + "\n")
@@ -133,7 +138,10 @@ def bench_control(
         f"ratio                  {r['ratio']:10.2f}\n"
         f"creation->Running ms   p50 {r['create_to_running_p50_ms']:.0f}, "
         f"p95 {r['create_to_running_p95_ms']:.0f}, p99 {r['create_to_running_p99_ms']:.0f}, "
-        f"max {r['create_to_running_max_ms']:.0f}"
+        f"max {r['create_to_running_max_ms']:.0f}\n"
+        f"bus                    {'logged in, over TLS' if r['secure'] else 'open'}, "
+        f"{r['replicas']} cop{'ies' if r['replicas'] > 1 else 'y'} of each stream, "
+        f"fsync {'always' if r['fsync_always'] else 'default'}"
     )
 
 

@@ -81,16 +81,20 @@ def _apply(name: str) -> c.ApplyVM:
 
 async def run(
     *, vms: int, nodes: int, server: str | None, concurrency: int = 50, rate: float | None = None,
-    secure: bool = False,
+    secure: bool = False, cluster: int = 0, sync_always: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    async with bench_bus(server, secure=secure) as (url, trust):
+    """`cluster`: that many servers and the log in as many copies; `sync_always`: every write
+    on disk before it is acknowledged (the production configuration has all three)."""
+    async with bench_bus(server, secure=secure, cluster=cluster, sync_always=sync_always) as (
+        url, trust,
+    ):  # fmt: skip
         nc = await connect(url, name="virtbus-bench-client")
         try:
             out = await _run(nc, url, vms=vms, nodes=nodes, concurrency=concurrency, rate=rate,
-                             trust=trust)  # fmt: skip
+                             trust=trust, replicas=cluster or 1)  # fmt: skip
         finally:
             await nc.close()
-    out["secure"] = trust is not None
+    out.update(secure=trust is not None, replicas=cluster or 1, fsync_always=sync_always)
     return out
 
 
@@ -115,16 +119,17 @@ async def _end(proc: asyncio.subprocess.Process) -> None:
 
 async def _run(
     nc: Client, url: str, *, vms: int, nodes: int, concurrency: int, rate: float | None,
-    trust: Trust | None,
+    trust: Trust | None, replicas: int,
 ) -> dict[str, Any]:  # fmt: skip
-    await provision(nc.jetstream())
+    await provision(nc.jetstream(), replicas=replicas)
     run_id = uuid.uuid4().hex[:6]
     per_node = -(-vms // nodes)
     prefix = f"bench-{run_id}-node"
     with tempfile.TemporaryDirectory(prefix="virtbus-bench-orchestrator-") as tmp:
         procs = [
             await _spawn("orchestrator", "--server", url, "--data-dir", tmp,
-                         "--node-grace", str(NODE_GRACE_S), *login_args(trust, "orchestrator")),
+                         "--node-grace", str(NODE_GRACE_S), "--replicas", str(replicas),
+                         *login_args(trust, "orchestrator")),
             await _spawn("bench.simnode", "--server", url, *login_args(trust, "simnodes"),
                          "--prefix", prefix,
                          "--count", str(nodes), "--cpus", str(max(8, per_node)),
@@ -137,7 +142,7 @@ async def _run(
         finally:
             for proc in reversed(procs):
                 await _end(proc)
-    out.update(await _baseline(nc, out, vms=vms, concurrency=concurrency))
+    out.update(await _baseline(nc, out, vms=vms, concurrency=concurrency, replicas=replicas))
     out["nodes"] = nodes
     out["concurrency"] = concurrency
     out["offered_rate"] = rate or 0.0  # 0: as fast as virtbus-api accepts commands
@@ -276,11 +281,16 @@ async def _event_sizes(store: EventStore, *, run_id: str, names: list[str]) -> t
 
 
 async def _baseline(
-    nc: Client, measured: dict[str, Any], *, vms: int, concurrency: int
+    nc: Client, measured: dict[str, Any], *, vms: int, concurrency: int, replicas: int
 ) -> dict[str, Any]:
     js = nc.jetstream()
     await js.add_stream(
-        StreamConfig(name=RAW_STREAM, subjects=["bench.control.>"], storage=StorageType.FILE)
+        StreamConfig(
+            name=RAW_STREAM,
+            subjects=["bench.control.>"],
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+        )
     )
     command = b"x" * measured["command_bytes"]
     event = b"x" * max(1, measured["event_bytes"])

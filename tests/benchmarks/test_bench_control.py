@@ -61,3 +61,15 @@ async def test_bench_log_secure_measures_both_sides_logged_in_over_tls_on_a_clus
     assert (result["events"], result["secure"], result["replicas"]) == (400, True, 3)
     for key in ("append_eps", "append_baseline_eps", "replay_eps", "replay_baseline_eps"):
         assert result[key] > 0, key
+
+
+async def test_bench_control_in_the_production_configuration() -> None:
+    """Issue 15's production configuration: three servers, three copies of every stream (the
+    raw baseline's too), every write on disk before its ack, every part logged in over TLS."""
+    code, out, err = await run("bench", "control", "--vms", "20", "--nodes", "2", "--secure",
+                               "--cluster", "3", "--fsync-always", "-o", "json")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["secure"], result["replicas"], result["fsync_always"]) == (True, 3, True)
+    assert result["accepted"] == result["running"] == 20
+    assert result["events_per_vm"] == 6
