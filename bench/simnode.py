@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.kv import KeyValue
 
+from bus.reader import subscribed
 from bus.store import EventStore
 from bus.telemetry import add_process_args, serve
 from events import model as m
@@ -84,10 +85,12 @@ class SimNode:
 
     async def _consume(self) -> None:
         js = self.nc.jetstream()
-        sub = await js.pull_subscribe(
+        sub = await subscribed(lambda: js.pull_subscribe(
             node_work_filter(self.name), durable=f"sim-{self.name}", stream=WORK_STREAM,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30),
-        )  # fmt: skip
+        ), stop=self._stop, what="work")  # fmt: skip
+        if sub is None:
+            return
         try:
             while not self._stop.is_set():
                 try:

@@ -12,7 +12,7 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Final
 
@@ -283,6 +283,25 @@ async def _pull_nats(
         return count
     finally:
         await sub.unsubscribe()
+
+
+async def subscribed(
+    make: Callable[[], Awaitable[JetStreamContext.PullSubscription]],
+    *,
+    stop: asyncio.Event,
+    what: str,
+) -> JetStreamContext.PullSubscription | None:
+    """`make()`, a consuming loop's subscription, tried until it is made (None once `stop` is
+    set): during an election, or on a busy cluster, making a consumer times out, and a loop
+    that died of it would leave its work untaken while its process looks alive."""
+    while not stop.is_set():
+        try:
+            return await make()
+        except Exception as err:
+            log.warning("subscribing to %s failed: %r; trying again", what, err)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    return None
 
 
 async def fetch_some(

@@ -22,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.kv import KeyValue
 
 from bus.connect import identity
-from bus.reader import fetch_some
+from bus.reader import fetch_some, subscribed
 from bus.store import EventStore
 from bus.telemetry import bound, traced
 from bus.vms import VMRepository
@@ -181,11 +181,13 @@ class Worker:
     # --- work ----------------------------------------------------------------------------------
 
     async def _work(self, stop: asyncio.Event) -> None:
-        sub = await self.nc.jetstream().pull_subscribe(
+        sub = await subscribed(lambda: self.nc.jetstream().pull_subscribe(
             node_work_filter(self.node), durable=f"worker-{self.node}", stream=WORK_STREAM,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
                                   max_deliver=20, max_ack_pending=1000),
-        )  # fmt: skip
+        ), stop=stop, what="work")  # fmt: skip
+        if sub is None:
+            return
         try:
             while not stop.is_set():
                 for msg in await fetch_some(sub, batch=100, stop=stop, what="work"):

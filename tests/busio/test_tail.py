@@ -1,4 +1,5 @@
-"""One live tail of the log shared by several readers (bus/tail.py), on a real nats-server."""
+"""Live readers of the log on a real nats-server: one tail shared by several (bus/tail.py), and
+a consuming loop's subscription that outlasts failures to make it (bus/reader.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import asyncio
 import uuid
 from collections.abc import AsyncGenerator
 
+from nats.aio.client import Client
+from nats.js.api import StreamConfig
+from nats.js.client import JetStreamContext
+
+from bus.reader import subscribed
 from bus.store import EventStore
 from bus.tail import Tail
 from events import model as m
@@ -64,3 +70,40 @@ async def test_a_reader_joining_ahead_gets_each_record_from_its_position_once(
     seqs += await _append(store, ref, 2, version=1)
     assert await _take(late, 2, under=ref.prefix) == seqs[1:]
     assert await _take(early, 2, under=ref.prefix) == seqs[1:]
+
+
+async def test_a_consuming_loop_tries_again_until_its_consumer_is_made(nc: Client) -> None:
+    """Making a consumer can fail (an election, a busy cluster, here a stream not made yet):
+    the loop's subscription is tried again, never given up while the loop runs."""
+    js, stream = nc.jetstream(), f"SUBSCRIBED_{uuid.uuid4().hex[:8]}"
+    failed, stop = asyncio.Event(), asyncio.Event()
+
+    async def make() -> JetStreamContext.PullSubscription:
+        try:
+            return await js.pull_subscribe(f"{stream}.x", durable="loop", stream=stream)
+        except Exception:
+            failed.set()
+            raise
+
+    made = asyncio.create_task(subscribed(make, stop=stop, what="a test's stream"))
+    await failed.wait()
+    assert not made.done()
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{stream}.>"]))
+    try:
+        sub = await made
+        assert sub is not None
+        await js.publish(f"{stream}.x", b"taken")
+        assert [msg.data for msg in await sub.fetch(1, timeout=5)] == [b"taken"]
+        await sub.unsubscribe()
+    finally:
+        await js.delete_stream(stream)
+
+
+async def test_a_consuming_loop_stopped_before_its_consumer_is_made_gets_none() -> None:
+    stop = asyncio.Event()
+    stop.set()
+
+    async def never() -> JetStreamContext.PullSubscription:
+        raise AssertionError("not called once stopped")
+
+    assert await subscribed(never, stop=stop, what="nothing") is None
