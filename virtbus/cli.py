@@ -148,6 +148,8 @@ def deploy_secrets(
 
     place = Place(release=release, namespace=namespace, cluster_domain=cluster_domain,
                   replicas=replicas)  # fmt: skip
+    if output is not None and output.exists():  # as `auth add-user -o`: keys never overwrite
+        raise usage(f"-o: {output} exists; remove it or name another file")
     try:
         text = dump(secret_manifests(data_dir, place=place, node_creds=node_creds))
     except VirtbusError as err:

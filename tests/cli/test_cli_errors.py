@@ -151,10 +151,11 @@ FILE_OPTIONS = {(("apply",), "--filename"), (("image-upload",), "--image-path"),
                 (("create",), "--filename"), (("delete",), "--filename"),
                 (("image-upload",), "--archive-path"),
                 (("audit", "checkpoint"), "--key-file"), (("audit", "verify"), "--key-file"),
-                (("up",), "--migrations")}  # fmt: skip
+                (("up",), "--migrations"), (("deploy", "secrets"), "--node-creds")}  # fmt: skip
 DIR_OPTIONS = {"--data-dir"}  # a directory the verb creates, not a file it reads
 # files a verb writes, never over an existing one (tests/cli/test_auth.py says so)
-WRITTEN = {(("auth", "add-user"), "-o"), (("auth", "add-node"), "-o")}
+WRITTEN = {(("auth", "add-user"), "-o"), (("auth", "add-node"), "-o"),
+           (("deploy", "secrets"), "-o")}  # fmt: skip
 BUS_FILE_OPTIONS = {"--creds", "--tls-ca", "--tls-cert", "--tls-key"}  # every verb on the bus
 
 
@@ -218,7 +219,8 @@ MIGRATIONS_CASES = [("missing", "No such file or directory"), ("dir", "Is a dire
 
 def test_other_file_options_name_the_file(files: dict[str, Path]) -> None:
     """--image-path must be a file; --key-file must be readable and not empty; --migrations must be
-    readable UTF-8 YAML. Each is checked before the bus is reached (it is unreachable here)."""
+    readable UTF-8 YAML; --node-creds must be a readable node's .creds; -o of `deploy secrets`
+    never overwrites. Each is checked before the bus is reached (it is unreachable here)."""
     root = CLI_ROOT
     upload = ["image-upload", "--pvc-name", "x", "--pvc-size", "1Gi", "-s", UNREACHABLE]
     for case in ("missing", "dir"):
@@ -234,6 +236,23 @@ def test_other_file_options_name_the_file(files: dict[str, Path]) -> None:
         result = invoke(root, "up", "--migrations", str(files[case]), "--server", UNREACHABLE)
         expected = f"error: --migrations: migrations: {files[case]}: {why}\n"
         assert (result.exit_code, result.stderr) == (2, expected), case
+    secrets = ["deploy", "secrets", "--data-dir", str(files["dir"] / "stack")]
+    (latin := files["dir"] / "latin.creds").write_bytes(files["latin"].read_bytes())
+    (empty := files["dir"] / "empty.creds").write_text("")
+    (folder := files["dir"] / "folder.creds").mkdir()
+    for path, why in [
+        (files["dir"] / "gone.creds", "cannot read {}: No such file or directory"),
+        (folder, "cannot read {}: Is a directory"),
+        (files["empty"], "{}: a node's file is named <node>.creds"),
+        (latin, "{} is not a NATS .creds file (a user JWT and its seed)"),
+        (empty, "{} is not a NATS .creds file (a user JWT and its seed)"),
+    ]:
+        result = invoke(root, *secrets, "--node-creds", str(path))
+        assert (result.exit_code, result.stderr) == (2, f"error: {why.format(path)}\n")
+    result = invoke(root, *secrets, "-o", str(files["latin"]))  # a file that exists stays as it is
+    assert (result.exit_code, result.stderr) == (
+        2, f"error: -o: {files['latin']} exists; remove it or name another file\n")  # fmt: skip
+    assert files["latin"].read_bytes() == b"metadata:\n  name: caf\xe9\n"
 
 
 BUS_FILE_CASES = {
