@@ -43,10 +43,10 @@ DIRTY = (
 )
 
 
-async def shell(st: QemuStack, *lines: str, expect: bytes) -> None:
-    """Run `lines` in a root shell on the console (logging in if asked) until `expect` is seen.
-    Retried: under load a byte of the serial console's output is now and then lost here."""
-    async with console(st, VM) as con:
+async def shell(st: QemuStack, *lines: str, expect: bytes, vm: str = VM) -> None:
+    """Run `lines` in a root shell on the console of `vm` (logging in if asked) until `expect`
+    is seen. Retried: under load a byte of the serial console's output is now and then lost."""
+    async with console(st, vm) as con:
         for _ in range(40):  # a prompt: the shell's, or the login's (then log in)
             con.seen = b""
             await con.type("\r")
