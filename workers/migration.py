@@ -40,7 +40,7 @@ from events.state import (
     VMState,
     migration_active,
 )
-from workers.domain import guest_memory_bytes
+from workers.domain import bridged, guest_memory_bytes
 from workers.hypervisor import PAUSED_STATE, RUNNING_STATES, domain_name, remote_domain
 from workers.node_context import Domains, Launchers, MigrationSettings, NodeContext
 from workers.vmnet import NetworkError, names
@@ -186,7 +186,8 @@ class Migrations:
         if not item.live or network is not None:
             try:
                 if network is not None:  # the VM's namespace here; the route moves on arrival
-                    await network.prepare(dom, ip=s.ip, route=False)
+                    bridge = s.cidr if bridged(s.spec) else ""
+                    await network.prepare(dom, ip=s.ip, route=False, bridge=bridge)
                 else:
                     events += await self._cold_start(item, paused=s.paused)
             except (VolumeUnavailable, ValidationError, HypervisorError, NetworkError) as err:

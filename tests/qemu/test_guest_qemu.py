@@ -62,16 +62,18 @@ PLAIN = "#cloud-config\nruncmd:\n- echo ok > /run/ok\n"
 
 
 def tiny(
-    name: str, *, strategy: str = "Halted", grace: int = 30, user_data: str = PLAIN, claim: str = ""
-) -> Any:
-    """The example's VM under `name`, with its run strategy, grace period and user data (and a
-    third virtio disk, the persistent volume claim `claim`)."""
+    name: str, *, strategy: str = "Halted", grace: int = 30, user_data: str = PLAIN,
+    claim: str = "", binding: str = "masquerade",
+) -> Any:  # fmt: skip
+    """The example's VM under `name`, with its run strategy, grace period, user data and NIC
+    binding (and a third virtio disk, the persistent volume claim `claim`)."""
     doc = parse_documents(EXAMPLE.read_text())[0]
     doc["metadata"]["name"] = name
     doc["spec"]["runStrategy"] = strategy
     spec = doc["spec"]["template"]["spec"]
     spec["terminationGracePeriodSeconds"] = grace
     spec["volumes"][1]["cloudInitNoCloud"]["userData"] = user_data
+    spec["domain"]["devices"]["interfaces"] = [{"name": "default", binding: {}}]
     if claim:
         spec["domain"]["devices"]["disks"].append({"name": "data", "disk": {"bus": "virtio"}})
         spec["volumes"].append({"name": "data", "persistentVolumeClaim": {"claimName": claim}})

@@ -1,10 +1,11 @@
 """The VM network on real QEMU nodes: tiny guests reach each other at their VMI addresses, on one
-node and across two nodes of this machine, and the host reaches every one.
+node and across two nodes of this machine, and the host reaches every one; a guest with the
+`bridge` binding holds its VMI address itself, given by DHCP.
 
 Each VM's namespace is routed from the host (`workers/vmnet.py`): a guest's connection to another
 VMI address leaves its namespace NATed behind its own address, crosses the host's routing table,
-and enters the other's namespace, forwarded inward to that guest. Checked from inside a guest
-(busybox `nc` through `virtbus console`) and from the host.
+and enters the other's namespace, forwarded inward to that guest (or, bridged, routed to it).
+Checked from inside a guest (busybox `nc` through `virtbus console`) and from the host.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ async def test_guests_reach_each_other_on_one_node_and_across_nodes(
         monkeypatch.setenv("VIRTBUS_REGISTRIES", reg.url)
         async with qemu_stack(base, nodes=NODES, vm_network=True) as st:
             vms = ("net-a", "net-b", "net-c")
-            for vm in vms:  # three guests on two nodes: two share one
-                await send(st.nc, tiny(vm, strategy="Always"))  # runs once applied
+            for vm in vms:  # three guests on two nodes: two share one; net-b is bridged
+                binding = "bridge" if vm == "net-b" else "masquerade"
+                await send(st.nc, tiny(vm, strategy="Always", binding=binding))  # runs once applied
             states = {vm: await st.until(vm, "Running", within=BOOT_S) for vm in vms}
             where = {vm: s.node for vm, s in states.items()}
             ip = {vm: s.ip for vm, s in states.items()}
@@ -48,6 +50,10 @@ async def test_guests_reach_each_other_on_one_node_and_across_nodes(
             [far] = [v for v in vms if where[v] != where[x]]
             for vm in vms:  # the host reaches each guest's sshd at its VMI address
                 assert await ssh_banner(ip[vm], within=BOOT_S) == BANNER
+            # The bridged guest holds its VMI address itself, in the pool's /16, by DHCP.
+            own = f"has-{ip['net-b']}/16\r\ndefault via 10.244.0.1 dev eth0"
+            await shell(st, "ip -4 -o addr show eth0 | cut -d' ' -f7 | sed s/^/has''-/",
+                        "ip route | grep def'ault'", vm="net-b", expect=own.encode())  # fmt: skip
             for other in (near, far):  # and a guest reaches the others', on its node and not
                 # (the quotes keep the echoed command line from matching)
                 await shell(st, f"nc -w 5 {ip[other]} 22 </dev/null | head -n1 | sed s/^/got''-/",
