@@ -1,5 +1,5 @@
-"""The console verbs of the `virtbus` CLI: `vnc`, `console`, `port-forward` and `ssh` (virtctl's
-flags).
+"""The console verbs of the `virtbus` CLI: `vnc`, `console`, `port-forward`, `ssh` and `scp`
+(virtctl's flags).
 
 `cli.py` registers them; the shared options and runner come from `cli_common.py`
 (`python -m virtbus` loads `cli.py` as `__main__`).
@@ -125,7 +125,46 @@ def ssh(
         known_hosts=known_hosts or str(Path.home() / ".ssh" / "virtbus_known_hosts"),
         local_opts=local_ssh_opts or [], server=server_url(server),
     )  # fmt: skip
-    # The ProxyCommand logs in as this command did.
+    _exec_on_bus(argv)
+
+
+def scp(
+    source: Annotated[str, typer.Argument(help="a local path, or [USER@]vm/NAME[.NS]:PATH")],
+    destination: Annotated[str, typer.Argument(help="the other side")],
+    identity: Annotated[
+        str | None, typer.Option("--identity-file", "-i", help="private key")
+    ] = None,
+    username: Annotated[str | None, typer.Option("--username", "-l", help="user name")] = None,
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 22,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="copy directories")] = False,
+    known_hosts: Annotated[
+        str | None, typer.Option("--known-hosts", help="default ~/.ssh/virtbus_known_hosts")
+    ] = None,
+    local_ssh_opts: Annotated[
+        list[str] | None, typer.Option("--local-ssh-opts", "-t", help="passed on to scp")
+    ] = None,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Copy files to or from a VM with the system scp, through `port-forward --stdio` (virtctl's
+    local scp); its exit code is scp's."""
+    from virtctl.portforward import scp_argv
+
+    try:
+        argv = scp_argv(
+            source=source, destination=destination, namespace=namespace,
+            user=username or os.environ.get("USER", "root"), port=port, identity=identity,
+            recursive=recursive, local_opts=local_ssh_opts or [], server=server_url(server),
+            known_hosts=known_hosts or str(Path.home() / ".ssh" / "virtbus_known_hosts"),
+        )  # fmt: skip
+    except ValidationError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    _exec_on_bus(argv)
+
+
+def _exec_on_bus(argv: list[str]) -> None:
+    """Become `argv` (ssh or scp), whose ProxyCommand logs in to the bus as this command did."""
     access = configured()
     env = {
         **os.environ,

@@ -1,6 +1,7 @@
 """Guest data on real QEMU nodes: what the tiny guest writes to its persistent volume survives a
 restart, a live migration (with an ssh session and a memory-dirtying loop running through it) and
-a cold one, and is back to its old content after a snapshot restore.
+a cold one, and is back to its old content after a snapshot restore; `virtbus scp` copies a file
+in and out.
 
 One guest walks through all of it, as KubeVirt's functional tests do with Cirros: the file is
 written and read inside the guest, through `virtbus console` (a FAT filesystem on a volume of our
@@ -130,6 +131,18 @@ async def test_guest_data_survives_restart_migrations_and_a_snapshot_restore(
             await send(st.nc, c.RestartVM(name=VM))
             await started(st, on=P, after=seen)
             await holds(st, "two")
+            # `virtbus scp` into the guest and back (OpenSSH's scp speaks SFTP to dropbear).
+            (base / "sent").write_text("carried by scp\n")
+            for src, dst in ((base / "sent", f"tiny@vm/{VM}:/tmp/sent"),
+                             (f"tiny@vm/{VM}:/tmp/sent", base / "back")):  # fmt: skip
+                scp = await asyncio.create_subprocess_exec(
+                    str(VIRTBUS), "scp", str(src), str(dst), "-i", str(key), "--server", st.url,
+                    "--known-hosts", str(base / "known_hosts"), "-t", "-oBatchMode=yes",
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out, err = await asyncio.wait_for(scp.communicate(), 120)
+                assert scp.returncode == 0, err
+            assert (base / "back").read_text() == "carried by scp\n"
 
             # A live migration, an ssh session dirtying memory all through it.
             ssh = await asyncio.create_subprocess_exec(
