@@ -22,6 +22,16 @@ from virtctl.cli_common import finish as _finish
 from virtctl.cli_common import run as _run
 
 NameArg = Annotated[str, typer.Argument(help="VM name")]
+# ssh's and scp's options, virtctl's names
+IdentityOpt = Annotated[str | None, typer.Option("--identity-file", "-i", help="private key")]
+UserOpt = Annotated[str | None, typer.Option("--username", "-l", help="user name")]
+SshPortOpt = Annotated[int, typer.Option("--port", "-p", min=1, max=65535)]
+KnownHostsOpt = Annotated[  # ssh's own file (it reads and adds to it): a string passed on
+    str | None, typer.Option("--known-hosts", help="default ~/.ssh/virtbus_known_hosts")
+]
+SshOpts = Annotated[
+    list[str] | None, typer.Option("--local-ssh-opts", "-t", help="passed on to ssh or scp")
+]
 
 
 def vnc(
@@ -91,20 +101,14 @@ def port_forward(
 
 def ssh(
     target: Annotated[str, typer.Argument(help="[USER@]vm/NAME[.NAMESPACE]")],
-    identity: Annotated[
-        str | None, typer.Option("--identity-file", "-i", help="private key")
-    ] = None,
+    identity: IdentityOpt = None,
     command: Annotated[
         str | None, typer.Option("--command", "-c", help="run this and exit")
     ] = None,
-    username: Annotated[str | None, typer.Option("--username", "-l", help="user name")] = None,
-    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 22,
-    known_hosts: Annotated[  # ssh's own file (it reads and adds to it): a string passed on
-        str | None, typer.Option("--known-hosts", help="default ~/.ssh/virtbus_known_hosts")
-    ] = None,
-    local_ssh_opts: Annotated[
-        list[str] | None, typer.Option("--local-ssh-opts", "-t", help="passed on to ssh")
-    ] = None,
+    username: UserOpt = None,
+    port: SshPortOpt = 22,
+    known_hosts: KnownHostsOpt = None,
+    local_ssh_opts: SshOpts = None,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
@@ -131,18 +135,12 @@ def ssh(
 def scp(
     source: Annotated[str, typer.Argument(help="a local path, or [USER@]vm/NAME[.NS]:PATH")],
     destination: Annotated[str, typer.Argument(help="the other side")],
-    identity: Annotated[
-        str | None, typer.Option("--identity-file", "-i", help="private key")
-    ] = None,
-    username: Annotated[str | None, typer.Option("--username", "-l", help="user name")] = None,
-    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 22,
+    identity: IdentityOpt = None,
+    username: UserOpt = None,
+    port: SshPortOpt = 22,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="copy directories")] = False,
-    known_hosts: Annotated[
-        str | None, typer.Option("--known-hosts", help="default ~/.ssh/virtbus_known_hosts")
-    ] = None,
-    local_ssh_opts: Annotated[
-        list[str] | None, typer.Option("--local-ssh-opts", "-t", help="passed on to scp")
-    ] = None,
+    known_hosts: KnownHostsOpt = None,
+    local_ssh_opts: SshOpts = None,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:

@@ -144,16 +144,21 @@ async def root_shell(con: Console, *, hostname: str) -> None:
     await con.expect(b"# ", within=30)
 
 
-async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(
-    gstack: QemuStack, tmp_path: Path
-) -> None:
-    key = tmp_path / "id_ed25519"
+async def ssh_key(where: Path) -> tuple[Path, str]:
+    """A new ed25519 key pair in `where`: the private key's path, the public key's line."""
+    key = where / "id_ed25519"
     keygen = await asyncio.create_subprocess_exec(
         "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key),
         stdout=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     assert await keygen.wait() == 0
-    public = (tmp_path / "id_ed25519.pub").read_text().strip()
+    return key, (where / "id_ed25519.pub").read_text().strip()
+
+
+async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(
+    gstack: QemuStack, tmp_path: Path
+) -> None:
+    key, public = await ssh_key(tmp_path)
     user_data = (
         "#cloud-config\nhostname: guest-one\nruncmd:\n- echo ran-by-cloud-init > /run/marker\n"
         f"ssh_authorized_keys:\n- {public}\n"

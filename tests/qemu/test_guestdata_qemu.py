@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from qemustack import QemuStack, qemu_stack
 from registry import push_disk, registry_server
-from test_guest_qemu import BOOT_S, VIRTBUS, Console, console, tiny
+from test_guest_qemu import BOOT_S, VIRTBUS, Console, console, ssh_key, tiny
 
 from bus.client import send
 from events import commands as c
@@ -101,13 +101,7 @@ async def test_guest_data_survives_restart_migrations_and_a_snapshot_restore(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     base = tmp_path_factory.mktemp("gd")  # short: the node's unix socket path must fit 108 bytes
-    key = base / "id_ed25519"
-    keygen = await asyncio.create_subprocess_exec(
-        "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key),
-        stdout=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    assert await keygen.wait() == 0
-    public = (base / "id_ed25519.pub").read_text().strip()
+    key, public = await ssh_key(base)
     with registry_server(base / "registry") as reg:
         push_disk(reg.url, IMAGE, guest_disk)
         monkeypatch.setenv("VIRTBUS_REGISTRIES", reg.url)
