@@ -354,15 +354,6 @@ def _boot(el: ET.Element, device: dict[str, Any], at: str) -> None:
     ET.SubElement(el, "boot", order=str(order))
 
 
-def bridged(spec: dict[str, Any]) -> bool:
-    """Whether the VM's first NIC has the `bridge` binding (written, or KubeVirt's default)."""
-    devices = ((spec.get("template") or {}).get("spec") or {}).get("domain", {}).get("devices", {})
-    nics = devices.get("interfaces") or []
-    first = nics[0] if isinstance(nics, list) and nics and isinstance(nics[0], dict) else None
-    return first is not None and not any(k in first for k in ("masquerade", "slirp", "sriov",
-                                                                "passt", "binding"))  # fmt: skip
-
-
 def _interfaces(devices: ET.Element, devices_spec: dict[str, Any], *, tap: str, mac: str) -> None:
     path = f"{SPEC}.domain.devices.interfaces"
     for i, nic in enumerate(_entries(devices_spec.get("interfaces"), path)):

@@ -17,11 +17,11 @@ from events import work as w
 from events.errors import HypervisorError, ValidationError
 from events.names import Ref
 from events.state import RUNNING, SCHEDULED, SCHEDULING, STOPPING, TERMINATING, VMState
-from workers.domain import bridged, disk_xml_of, hotplug_disk
+from workers.domain import disk_xml_of, hotplug_disk
 from workers.hypervisor import PAUSED_STATE, RUNNING_STATES, domain_name
 from workers.node_context import Domains, Launchers, NodeContext
 from workers.pods import pod_name
-from workers.vmnet import NetworkError
+from workers.vmnet import NetworkError, bridged
 from workers.volumes import VolumeUnavailable
 
 log = logging.getLogger("virtbus.worker")

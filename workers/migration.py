@@ -40,10 +40,10 @@ from events.state import (
     VMState,
     migration_active,
 )
-from workers.domain import bridged, guest_memory_bytes
+from workers.domain import guest_memory_bytes
 from workers.hypervisor import PAUSED_STATE, RUNNING_STATES, domain_name, remote_domain
 from workers.node_context import Domains, Launchers, MigrationSettings, NodeContext
-from workers.vmnet import NetworkError, names
+from workers.vmnet import NetworkError, bridged, names
 from workers.volumes import VolumeUnavailable
 
 log = logging.getLogger("virtbus.migration")

@@ -32,7 +32,7 @@ import os
 import shutil
 import signal
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from events.errors import VirtbusError
 
@@ -53,6 +53,15 @@ def names(dom: str, *, node: str) -> tuple[str, str, str]:
     network namespace, so a migration's target never names (nor removes) the source's."""
     x = hashlib.sha1(f"{node}/{dom}".encode()).hexdigest()[:8]
     return f"vb-{x}", f"vbh-{x}", f"vbt-{x}"
+
+
+def bridged(spec: dict[str, Any]) -> bool:
+    """Whether the VM's first NIC has the `bridge` binding (written, or KubeVirt's default)."""
+    devices = ((spec.get("template") or {}).get("spec") or {}).get("domain", {}).get("devices", {})
+    nics = devices.get("interfaces") or []
+    first = nics[0] if isinstance(nics, list) and nics and isinstance(nics[0], dict) else None
+    return first is not None and not any(k in first for k in ("masquerade", "slirp", "sriov",
+                                                                "passt", "binding"))  # fmt: skip
 
 
 def vm_network_of(data_dir: Path, *, node: str) -> VMNetwork | None:

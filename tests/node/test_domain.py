@@ -22,10 +22,10 @@ from workers.domain import (
     METADATA_NS,
     ResolvedVolume,
     VolumeNeed,
-    bridged,
     render_domain,
     volume_plan,
 )
+from workers.vmnet import bridged
 
 DISKS = "spec.template.spec.domain.devices.disks"
 
