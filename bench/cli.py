@@ -152,13 +152,17 @@ def bench_start(
         Hypervisor.qemu
     ),
     interval_ms: Annotated[float, typer.Option(min=0, help="between two creations")] = 100.0,
+    boots: Annotated[
+        int, typer.Option(min=0, help="tiny-guest boots each way, timed to the guest (qemu)")
+    ] = 3,
     output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
 ) -> None:
-    """KubeVirt's density test: creation->Running on one real node, against raw libvirt."""
+    """KubeVirt's density test: creation->Running on one real node, against raw libvirt; and the
+    tiny guest's creation->booted against raw libvirt's define+create+boot."""
     from bench.start import measure
 
     finish(measure(vms=vms, hypervisor=hypervisor.value, interval_ms=interval_ms,
-                   output=output.value))  # fmt: skip
+                   output=output.value, boots=boots))  # fmt: skip
 
 
 @bench.command("history")

@@ -39,6 +39,7 @@ from nats.aio.client import Client
 
 from bench.rig import publish, report, start_orchestrator, stop_orchestrator, vm_spec
 from bench.start_baseline import raw_baseline
+from bench.start_boot import boot_phase
 from bench.start_timing import (
     STAGES,
     Follower,
@@ -54,6 +55,7 @@ from bus.server import NatsServer
 from events import commands as c
 from events.errors import HypervisorError, VirtbusError
 from events.names import EVENTS_STREAM
+from virtbus.guest.build import GuestBuildError, guest_image
 from workers.hypervisor import accelerator
 from workers.node import libvirt_test_uri
 from workers.pods import ProcessPods
@@ -121,7 +123,9 @@ async def _orchestrated(
 # --- the stack -----------------------------------------------------------------------------------
 
 
-async def run(*, vms: int, hypervisor: str, interval_ms: float = 100) -> dict[str, Any]:
+async def run(
+    *, vms: int, hypervisor: str, interval_ms: float = 100, boots: int = 0
+) -> dict[str, Any]:
     """Run the benchmark on a fresh stack; everything it started is gone when it returns."""
     if hypervisor == "qemu" and not (ready := qemu_available())[0]:
         raise HypervisorError(f"--hypervisor qemu: {ready[1]}")
@@ -134,7 +138,7 @@ async def run(*, vms: int, hypervisor: str, interval_ms: float = 100) -> dict[st
             try:
                 return await _with_bus(
                     server.url, base, run_id=run_id, vms=vms, hypervisor=hypervisor,
-                    interval_s=interval_s,
+                    interval_s=interval_s, boots=boots,
                 )  # fmt: skip
             except BaseException:
                 tail = (base / "orch" / "orchestrator.log").read_text(errors="replace")
@@ -146,8 +150,9 @@ async def run(*, vms: int, hypervisor: str, interval_ms: float = 100) -> dict[st
 
 
 async def _with_bus(
-    url: str, base: Path, *, run_id: str, vms: int, hypervisor: str, interval_s: float
-) -> dict[str, Any]:
+    url: str, base: Path, *, run_id: str, vms: int, hypervisor: str, interval_s: float,
+    boots: int,
+) -> dict[str, Any]:  # fmt: skip
     node: QemuNode | None = None
     worker_nc = await nats.connect(url, name="virtbus-bench-worker")
     nc = await nats.connect(url, name="virtbus-bench-client")
@@ -166,6 +171,7 @@ async def _with_bus(
         return await _with_node(
             worker_nc, nc, uri=uri, data_dir=data_dir, run_id=run_id, vms=vms,
             interval_s=interval_s, hypervisor=hypervisor, kvm=kvm,
+            boots=boots if hypervisor == "qemu" else 0,
         )  # fmt: skip
     finally:
         try:
@@ -178,9 +184,10 @@ async def _with_bus(
 
 async def _with_node(
     worker_nc: Client, nc: Client, *, uri: str, data_dir: Path, run_id: str, vms: int,
-    interval_s: float, hypervisor: str, kvm: bool,
+    interval_s: float, hypervisor: str, kvm: bool, boots: int,
 ) -> dict[str, Any]:  # fmt: skip
     marks: Marks = {}
+    boot: dict[str, Any] = {}
     cpus = -(-(vms + 1) // CPU_ALLOCATION_RATIO) + 1
     worker = Worker(worker_nc, node=NODE, uri=uri, data_dir=data_dir, host_root=data_dir / "host",
                     hypervisor=SizedHypervisor(uri, cpus=cpus, marks=marks))  # fmt: skip
@@ -193,6 +200,9 @@ async def _with_node(
     worker_task = asyncio.create_task(worker.run(stop), name=f"bench-start-worker-{NODE}")
     try:
         await _warm_up(nc, log, run_id=run_id)
+        if boots:
+            boot = await _boots(nc, log, uri=uri, data_dir=data_dir, run_id=run_id, boots=boots,
+                                kvm=kvm)  # fmt: skip
         _say(f"warm-up VM Running; raw libvirt baseline, {vms} domains")
         raw = await raw_baseline(uri, run_id=run_id, vms=vms, interval_s=interval_s, kvm=kvm,
                          work=data_dir / "raw")  # fmt: skip
@@ -229,7 +239,24 @@ async def _with_node(
         "raw_wall_s": raw["wall_s"],
         "ratio_p50": o["p50"] / r["p50"] if r["p50"] else 0.0,
         "ratio_p95": o["p95"] / r["p95"] if r["p95"] else 0.0,
+        **boot,
     }
+
+
+async def _boots(
+    nc: Client, log: Follower, *, uri: str, data_dir: Path, run_id: str, boots: int, kvm: bool
+) -> dict[str, Any]:
+    """The boot phase (`start_boot.py`), or nothing, said why, where the guest cannot be built."""
+    try:
+        image = await asyncio.to_thread(guest_image)
+    except GuestBuildError as err:
+        _say(f"no boot phase: the tiny guest cannot be built here ({err})")
+        return {}
+    _say(f"boot phase: the tiny guest, {boots} boots each way")
+    r = await boot_phase(nc, log, uri=uri, image=image, data_dir=data_dir, run_id=run_id,
+                         boots=boots, kvm=kvm)  # fmt: skip
+    _say(f"boots: virtbus p50 {r['boot_p50_ms']:.0f} ms, raw p50 {r['raw_boot_p50_ms']:.0f} ms")
+    return r
 
 
 async def _stop_worker(task: asyncio.Task[None], stop: asyncio.Event) -> None:
@@ -266,12 +293,20 @@ def _table(r: dict[str, Any]) -> str:
         "where virtbus's time goes (p50 / p95 ms):",
     ]
     lines += [f"  {k:12} {v['p50']:8.0f} {v['p95']:8.0f}" for k, v in r["stages_ms"].items()]
+    if "boots" in r:
+        lines += [
+            f"tiny guest creation->booted (agent connected), {r['boots']} each, p50 / max ms:",
+            f"  {'virtbus':26} {r['boot_p50_ms']:9.0f} {r['boot_max_ms']:9.0f}",
+            f"  {'raw libvirt define+create':26} {r['raw_boot_p50_ms']:9.0f}"
+            f" {r['raw_boot_max_ms']:9.0f}",
+            f"  {'ratio':26} {r['boot_ratio_p50']:9.2f}",
+        ]
     for vm, why in list(r["failed"].items())[:5]:
         lines.append(f"failed: {vm}: {why}")
     return "\n".join(lines)
 
 
-def measure(*, vms: int, hypervisor: str, interval_ms: float, output: str) -> int:
+def measure(*, vms: int, hypervisor: str, interval_ms: float, output: str, boots: int = 3) -> int:
     """Run the benchmark and print its report; 1 when a VM did not reach Running."""
 
     def shortfall(r: dict[str, Any]) -> str:
@@ -279,7 +314,7 @@ def measure(*, vms: int, hypervisor: str, interval_ms: float, output: str) -> in
             return f"{vms - r['running']} VMs did not reach Running ({vms - r['raw_running']} raw)"
         return ""
 
-    bench = run(vms=vms, hypervisor=hypervisor, interval_ms=interval_ms)
+    bench = run(vms=vms, hypervisor=hypervisor, interval_ms=interval_ms, boots=boots)
     return report(bench, output=output, table=_table, shortfall=shortfall)
 
 
@@ -292,12 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vms", type=int, default=100, help="VMs to create")
     parser.add_argument("--hypervisor", choices=["qemu", "test"], default="qemu")
     parser.add_argument("--interval-ms", type=float, default=100.0, help="between creations")
+    parser.add_argument("--boots", type=int, default=3, help="tiny-guest boots each way (qemu)")
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     args = parser.parse_args(argv)
     if args.vms < 1 or args.interval_ms < 0:
         parser.error("--vms must be at least 1 and --interval-ms not negative")
     return measure(vms=args.vms, hypervisor=args.hypervisor, interval_ms=args.interval_ms,
-                   output=args.output)  # fmt: skip
+                   output=args.output, boots=args.boots)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -110,6 +110,10 @@ class Follower:
             data = rec.envelope.data
             if (key := keys.get(type(data))) is not None:
                 mark(self.marks, vm, key)
+            elif isinstance(data, m.GuestAgentChanged) and data.connected:
+                mark(self.marks, vm, "booted")  # the boot phase's guests (start_boot.py)
+            elif isinstance(data, m.DomainStopped):
+                mark(self.marks, vm, "stopped")
             elif isinstance(data, m.VMStartFailed | m.CommandRejected | m.VMUnschedulable):
                 self.failures.setdefault(vm, f"{type(data).__name__}: {data}")
             else:

@@ -15,10 +15,10 @@ from events.vmstate import VMState
 
 
 def ip_allocated(s: VMState, e: m.IPAllocated, env: Stamped) -> VMState:
-    return replace(s, ip=e.address, ip_vmi=e.vmi_uid, mac=e.mac)
+    return replace(s, ip=e.address, ip_vmi=e.vmi_uid, mac=e.mac, cidr=e.cidr)
 
 
 def ip_released(s: VMState, e: m.IPReleased, env: Stamped) -> VMState:
     if e.address != s.ip:
         return s  # a late release of an address the VM no longer holds
-    return replace(s, ip="", ip_vmi="", mac="")
+    return replace(s, ip="", ip_vmi="", mac="", cidr="")

@@ -139,6 +139,7 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     ip: str = ""  # the instance's address on the VM network (events/model_network.py)
     ip_vmi: str = ""  # the instance that holds `ip`: another (or none) means it is to be released
     mac: str = ""  # the instance's NIC address, decided with `ip`
+    cidr: str = ""  # the pool `ip` is of: a `bridge` guest gets its prefix and gateway by DHCP
     skipped: tuple[Skipped, ...] = ()  # events the fold could not take (events/folding.py)
 
     @property

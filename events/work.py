@@ -47,11 +47,13 @@ class Work(msgspec.Struct, frozen=True, kw_only=True, tag_field="action", tag=st
 
 class Start(Work, frozen=True):
     """Create the launcher and define and start the domain from `spec` (a VM spec); `ip` and
-    `mac` are the instance's on the VM network (events/model_network.py), "" where none."""
+    `mac` are the instance's on the VM network (events/model_network.py), "" where none; `cidr`
+    the pool's network (a `bridge` guest's prefix and gateway)."""
 
     spec: dict[str, Any]
     ip: str = ""
     mac: str = ""
+    cidr: str = ""
 
 
 class Stop(Work, frozen=True):

@@ -208,7 +208,7 @@ def _base(s: VMState) -> dict[str, Any]:
 
 
 def _start(s: VMState) -> w.Start:
-    return w.Start(spec=s.spec, ip=s.ip, mac=s.mac, **_base(s))
+    return w.Start(spec=s.spec, ip=s.ip, mac=s.mac, cidr=s.cidr, **_base(s))
 
 
 def _stop(s: VMState) -> w.Stop:

@@ -2,8 +2,9 @@
 
 Rendered on the server, no script: the page is a picture of the log that any browser (or
 `chromium --dump-dom`) shows as it is. The timeline has one band per stretch of printable status,
-commands and rejections as marks above it, migrations and snapshots as marks below, and a line
-where each new life of the name begins; the full history follows as a table. Pure: no I/O.
+commands and rejections as marks above it, migrations, snapshots and the guest's own doings (a
+shutdown, a crash, a reboot) as marks below, and a line where each new life of the name begins;
+the full history follows as a table. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ COLORS: Final = {
     "Running": "#2e9d4c", "Paused": "#d9a400", "Starting": "#7fc97f", "Stopping": "#f4a261",
     "Stopped": "#9aa5b1", "Terminating": "#e76f51", "Deleted": "#3d3d3d",
     "Migrating": "#4895ef", "CrashLoopBackOff": "#c1121f", "ErrorUnschedulable": "#9d0208",
+}  # fmt: skip
+MARK_COLORS: Final = {
+    "command": "#1d3557", "rejection": "#d00000", "guest-shutdown": "#6c757d",
+    "guest-crash": "#c1121f", "guest-reboot": "#f4a261",
 }  # fmt: skip
 _STYLE: Final = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
@@ -93,13 +98,23 @@ def _bands(entries: Sequence[Entry], *, start: datetime, end: datetime, span: fl
 
 def _mark(e: Entry, *, kind: str, x: float, above: bool) -> str:
     y0, y1 = (BAND_Y - 14, BAND_Y) if above else (BAND_Y + BAND_H, BAND_Y + BAND_H + 14)
-    color = {"command": "#1d3557", "rejection": "#d00000"}.get(kind, "#4895ef")
+    color = MARK_COLORS.get(kind, "#4895ef")
     who = f" by {e.actor}" if e.actor else ""
     tip = f"{render.timestamp(e.time)} {e.type}{who}: {e.summary}"
     return (
         f'<line class="mark {kind}" data-type="{escape(e.type)}" x1="{x}" x2="{x}" y1="{y0}" '
         f'y2="{y1}" stroke="{color}" stroke-width="2"><title>{escape(tip)}</title></line>'
     )
+
+
+def _guest(e: Entry) -> str:
+    """The guest's own doing an entry records (the node saw it through libvirt), or ""."""
+    if e.type.endswith(".domain_rebooted.v1"):
+        return "guest-reboot"
+    if e.type.endswith(".domain_stopped.v1"):
+        reason = dict(p.partition("=")[::2] for p in e.summary.split(", ")).get("reason")
+        return {"shutdown": "guest-shutdown", "crashed": "guest-crash"}.get(reason or "", "")
+    return ""
 
 
 def timeline(namespace: str, name: str, entries: Sequence[Entry], *, now: datetime) -> str:
@@ -127,6 +142,8 @@ def timeline(namespace: str, name: str, entries: Sequence[Entry], *, now: dateti
             parts.append(_mark(e, kind="rejection", x=x, above=True))
         elif ".migration_" in e.type or ".snapshot_" in e.type or ".restore_" in e.type:
             kind = "migration" if ".migration_" in e.type else "snapshot"
+            parts.append(_mark(e, kind=kind, x=x, above=False))
+        elif kind := _guest(e):
             parts.append(_mark(e, kind=kind, x=x, above=False))
     axis = BAND_Y + BAND_H + 28
     parts.append(f'<text class="axis" x="0" y="{axis}">{_clock(start)}</text>'

@@ -25,6 +25,7 @@ from virtctl.cli_console import (
     fslist,
     guestosinfo,
     port_forward,
+    scp,
     soft_reboot,
     ssh,
     userlist,
@@ -175,6 +176,7 @@ app.command()(vnc)
 app.command()(console)
 app.command("port-forward")(port_forward)
 app.command()(ssh)
+app.command()(scp)
 app.command("soft-reboot")(soft_reboot)
 app.command("guestosinfo")(guestosinfo)
 app.command("userlist")(userlist)

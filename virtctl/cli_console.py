@@ -1,5 +1,5 @@
-"""The console verbs of the `virtbus` CLI: `vnc`, `console`, `port-forward` and `ssh` (virtctl's
-flags).
+"""The console verbs of the `virtbus` CLI: `vnc`, `console`, `port-forward`, `ssh` and `scp`
+(virtctl's flags).
 
 `cli.py` registers them; the shared options and runner come from `cli_common.py`
 (`python -m virtbus` loads `cli.py` as `__main__`).
@@ -22,6 +22,16 @@ from virtctl.cli_common import finish as _finish
 from virtctl.cli_common import run as _run
 
 NameArg = Annotated[str, typer.Argument(help="VM name")]
+# ssh's and scp's options, virtctl's names
+IdentityOpt = Annotated[str | None, typer.Option("--identity-file", "-i", help="private key")]
+UserOpt = Annotated[str | None, typer.Option("--username", "-l", help="user name")]
+SshPortOpt = Annotated[int, typer.Option("--port", "-p", min=1, max=65535)]
+KnownHostsOpt = Annotated[  # ssh's own file (it reads and adds to it): a string passed on
+    str | None, typer.Option("--known-hosts", help="default ~/.ssh/virtbus_known_hosts")
+]
+SshOpts = Annotated[
+    list[str] | None, typer.Option("--local-ssh-opts", "-t", help="passed on to ssh or scp")
+]
 
 
 def vnc(
@@ -91,20 +101,14 @@ def port_forward(
 
 def ssh(
     target: Annotated[str, typer.Argument(help="[USER@]vm/NAME[.NAMESPACE]")],
-    identity: Annotated[
-        str | None, typer.Option("--identity-file", "-i", help="private key")
-    ] = None,
+    identity: IdentityOpt = None,
     command: Annotated[
         str | None, typer.Option("--command", "-c", help="run this and exit")
     ] = None,
-    username: Annotated[str | None, typer.Option("--username", "-l", help="user name")] = None,
-    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 22,
-    known_hosts: Annotated[  # ssh's own file (it reads and adds to it): a string passed on
-        str | None, typer.Option("--known-hosts", help="default ~/.ssh/virtbus_known_hosts")
-    ] = None,
-    local_ssh_opts: Annotated[
-        list[str] | None, typer.Option("--local-ssh-opts", "-t", help="passed on to ssh")
-    ] = None,
+    username: UserOpt = None,
+    port: SshPortOpt = 22,
+    known_hosts: KnownHostsOpt = None,
+    local_ssh_opts: SshOpts = None,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
@@ -125,7 +129,40 @@ def ssh(
         known_hosts=known_hosts or str(Path.home() / ".ssh" / "virtbus_known_hosts"),
         local_opts=local_ssh_opts or [], server=server_url(server),
     )  # fmt: skip
-    # The ProxyCommand logs in as this command did.
+    _exec_on_bus(argv)
+
+
+def scp(
+    source: Annotated[str, typer.Argument(help="a local path, or [USER@]vm/NAME[.NS]:PATH")],
+    destination: Annotated[str, typer.Argument(help="the other side")],
+    identity: IdentityOpt = None,
+    username: UserOpt = None,
+    port: SshPortOpt = 22,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="copy directories")] = False,
+    known_hosts: KnownHostsOpt = None,
+    local_ssh_opts: SshOpts = None,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Copy files to or from a VM with the system scp, through `port-forward --stdio` (virtctl's
+    local scp); its exit code is scp's."""
+    from virtctl.portforward import scp_argv
+
+    try:
+        argv = scp_argv(
+            source=source, destination=destination, namespace=namespace,
+            user=username or os.environ.get("USER", "root"), port=port, identity=identity,
+            recursive=recursive, local_opts=local_ssh_opts or [], server=server_url(server),
+            known_hosts=known_hosts or str(Path.home() / ".ssh" / "virtbus_known_hosts"),
+        )  # fmt: skip
+    except ValidationError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    _exec_on_bus(argv)
+
+
+def _exec_on_bus(argv: list[str]) -> None:
+    """Become `argv` (ssh or scp), whose ProxyCommand logs in to the bus as this command did."""
     access = configured()
     env = {
         **os.environ,

@@ -113,17 +113,49 @@ async def stdio(url: str, *, name: str, namespace: str, port: int) -> int:
     return 0
 
 
+def _through_bus(tool: str, *, name: str, namespace: str, port: int, identity: str | None,
+                 known_hosts: str, local_opts: list[str], server: str) -> list[str]:  # fmt: skip
+    """ssh's or scp's options: its ProxyCommand this CLI's `port-forward --stdio`."""
+    proxy = [sys.executable, "-m", "virtbus", "port-forward", "--stdio", "--server", server,
+             "-n", namespace, f"vm/{name}", str(port)]  # fmt: skip
+    argv = [tool, "-o", f"ProxyCommand={shlex.join(proxy)}",
+            "-o", f"HostKeyAlias=vm.{name}.{namespace}",
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=accept-new",
+            *local_opts]  # fmt: skip
+    return argv + (["-i", identity] if identity else [])
+
+
 def ssh_argv(*, name: str, namespace: str, user: str, port: int, identity: str | None,
              command: str | None, known_hosts: str, local_opts: list[str],
              server: str) -> list[str]:  # fmt: skip
     """The system ssh's command line, its ProxyCommand this CLI's `port-forward --stdio`."""
-    proxy = [sys.executable, "-m", "virtbus", "port-forward", "--stdio", "--server", server,
-             "-n", namespace, f"vm/{name}", str(port)]  # fmt: skip
-    argv = ["ssh", "-o", f"ProxyCommand={shlex.join(proxy)}",
-            "-o", f"HostKeyAlias=vm.{name}.{namespace}",
-            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=accept-new",
-            *local_opts]  # fmt: skip
-    if identity:
-        argv += ["-i", identity]
+    argv = _through_bus("ssh", name=name, namespace=namespace, port=port, identity=identity,
+                        known_hosts=known_hosts, local_opts=local_opts, server=server)  # fmt: skip
     argv += ["-l", user, f"vm.{name}.{namespace}"]
     return argv + ([command] if command else [])
+
+
+# [USER@]vm/NAME[.NAMESPACE]:PATH (`vmi/` and the long kinds too): user, target, path
+_REMOTE = re.compile(
+    r"^(?:([^@/:]+)@)?((?:vm|vmi|virtualmachine|virtualmachineinstance)/[^:]+):(.*)$"
+)
+
+
+def scp_argv(*, source: str, destination: str, namespace: str, user: str, port: int,
+             identity: str | None, recursive: bool, known_hosts: str, local_opts: list[str],
+             server: str) -> list[str]:  # fmt: skip
+    """The system scp's command line for virtctl's `scp SRC DST`: exactly one of them the VM's,
+    `[USER@]vm/NAME[.NAMESPACE]:PATH`, the other a local path."""
+    found = [_REMOTE.match(source), _REMOTE.match(destination)]
+    if sum(f is not None for f in found) != 1:
+        raise ValidationError(
+            f"scp: one of {source!r} and {destination!r} must be [USER@]vm/NAME[.NAMESPACE]:PATH "
+            "and the other a local path"
+        )
+    remote = next(f for f in found if f is not None)
+    name, ns = target(remote.group(2), namespace=namespace)
+    there = f"{remote.group(1) or user}@vm.{name}.{ns}:{remote.group(3)}"
+    argv = _through_bus("scp", name=name, namespace=ns, port=port, identity=identity,
+                        known_hosts=known_hosts, local_opts=local_opts, server=server)  # fmt: skip
+    argv += ["-P", str(port)] + (["-r"] if recursive else [])
+    return argv + ([there, destination] if found[0] else [source, there])

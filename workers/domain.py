@@ -29,7 +29,8 @@ SPEC: Final = "spec.template.spec"
 METADATA_NS: Final = "https://virtbus.dev/xmlns/domain/1"
 # uuid5 namespace for domain UUIDs, so one VM uid always names the same libvirt domain.
 UUID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, METADATA_NS)
-USER_BINDINGS: Final = ("masquerade", "bridge", "slirp")  # all become QEMU user-mode networking
+USER_BINDINGS: Final = ("masquerade", "bridge", "slirp")  # QEMU user-mode networking off the VM
+VM_NETWORK_BINDINGS: Final = ("masquerade", "bridge")  # the first NIC's, on the VM network
 DEFAULT_BUS: Final = {"disk": "virtio", "cdrom": "sata", "lun": "scsi"}
 BUS_PREFIX: Final = {"virtio": "vd", "sata": "sd", "scsi": "sd", "usb": "sd"}
 CACHE_MODES: Final = ("none", "writethrough", "writeback")
@@ -362,7 +363,7 @@ def _interfaces(devices: ET.Element, devices_spec: dict[str, Any], *, tap: str, 
                        "bridge")  # fmt: skip
         if binding not in USER_BINDINGS:
             raise _fail(f"{at}.{binding}", "is not supported; use masquerade or bridge")
-        on_net = bool(tap) and i == 0 and binding == "masquerade"  # the node made the tap
+        on_net = bool(tap) and i == 0 and binding in VM_NETWORK_BINDINGS  # the node made the tap
         el = ET.SubElement(devices, "interface", type="ethernet" if on_net else "user")
         if (given := nic.get("macAddress")) is not None or (on_net and mac):
             ET.SubElement(

@@ -21,7 +21,7 @@ from workers.domain import disk_xml_of, hotplug_disk
 from workers.hypervisor import PAUSED_STATE, RUNNING_STATES, domain_name
 from workers.node_context import Domains, Launchers, NodeContext
 from workers.pods import pod_name
-from workers.vmnet import NetworkError
+from workers.vmnet import NetworkError, bridged
 from workers.volumes import VolumeUnavailable
 
 log = logging.getLogger("virtbus.worker")
@@ -110,7 +110,8 @@ class Lifecycle:
             xml = await self.domains.xml(item.spec, ref=ref, uid=item.vmi_uid, on_pull=pulled,
                                          tap=tap, mac=item.mac)  # fmt: skip
             if network is not None:
-                await network.prepare(dom, ip=item.ip)
+                bridge = item.cidr if bridged(item.spec) else ""
+                await network.prepare(dom, ip=item.ip, bridge=bridge)
         except VolumeUnavailable as err:
             fail = m.VMStartFailed(reason=err.message, status=err.status, node=node)
             await self.ctx.observe(ref, [fail])

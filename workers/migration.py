@@ -43,7 +43,7 @@ from events.state import (
 from workers.domain import guest_memory_bytes
 from workers.hypervisor import PAUSED_STATE, RUNNING_STATES, domain_name, remote_domain
 from workers.node_context import Domains, Launchers, MigrationSettings, NodeContext
-from workers.vmnet import NetworkError, names
+from workers.vmnet import NetworkError, bridged, names
 from workers.volumes import VolumeUnavailable
 
 log = logging.getLogger("virtbus.migration")
@@ -186,7 +186,8 @@ class Migrations:
         if not item.live or network is not None:
             try:
                 if network is not None:  # the VM's namespace here; the route moves on arrival
-                    await network.prepare(dom, ip=s.ip, route=False)
+                    bridge = s.cidr if bridged(s.spec) else ""
+                    await network.prepare(dom, ip=s.ip, route=False, bridge=bridge)
                 else:
                     events += await self._cold_start(item, paused=s.paused)
             except (VolumeUnavailable, ValidationError, HypervisorError, NetworkError) as err:

@@ -11,7 +11,11 @@ Per domain D (names from a hash of D, short enough for interface names):
   moved into the netns once QEMU holds it: there it is the guest's gateway, 10.0.2.1/24, and a
   dnsmasq there gives the guest 10.0.2.2/24 by DHCP, as KubeVirt's masquerade binding does;
 - in the netns, NAT: the guest's traffic leaves behind the VMI address, and every port of the
-  VMI address is forwarded inward to 10.0.2.2 (KubeVirt forwards all when no `ports` are listed).
+  VMI address is forwarded inward to 10.0.2.2 (KubeVirt forwards all when no `ports` are listed);
+- or, for the `bridge` binding, no NAT: the guest itself holds the VMI address, given by DHCP
+  with the pool's prefix and gateway (KubeVirt gives the pod's); the netns routes it to the tap,
+  holds the gateway address there and answers ARP for the rest of the pool (proxy ARP), so the
+  guest's traffic to other VMIs and beyond goes through the netns and the host's routes.
 Everything is removed with the domain (`remove`), also what a crashed worker left (`prepare`
 removes first). Root and `ip`, `iptables` and `dnsmasq` are needed; a node without them runs
 its VMs on QEMU's user networking, as before.
@@ -22,12 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import os
 import shutil
 import signal
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from events.errors import VirtbusError
 
@@ -48,6 +53,15 @@ def names(dom: str, *, node: str) -> tuple[str, str, str]:
     network namespace, so a migration's target never names (nor removes) the source's."""
     x = hashlib.sha1(f"{node}/{dom}".encode()).hexdigest()[:8]
     return f"vb-{x}", f"vbh-{x}", f"vbt-{x}"
+
+
+def bridged(spec: dict[str, Any]) -> bool:
+    """Whether the VM's first NIC has the `bridge` binding (written, or KubeVirt's default)."""
+    devices = ((spec.get("template") or {}).get("spec") or {}).get("domain", {}).get("devices", {})
+    nics = devices.get("interfaces") or []
+    first = nics[0] if isinstance(nics, list) and nics and isinstance(nics[0], dict) else None
+    return first is not None and not any(k in first for k in ("masquerade", "slirp", "sriov",
+                                                                "passt", "binding"))  # fmt: skip
 
 
 def vm_network_of(data_dir: Path, *, node: str) -> VMNetwork | None:
@@ -84,10 +98,10 @@ class VMNetwork:
     def _dir(self, dom: str) -> Path:
         return self.run_dir / self.names(dom)[0]
 
-    async def prepare(self, dom: str, *, ip: str, route: bool = True) -> str:
+    async def prepare(self, dom: str, *, ip: str, route: bool = True, bridge: str = "") -> str:
         """Make the netns with `ip` and the tap for `dom`; returns the tap's name. A migration's
         target leaves the host's route to `ip` with the source (`route=False`) until the guest
-        runs here (`attach`)."""
+        runs here (`attach`). `bridge`: the pool's CIDR, for a guest that holds `ip` itself."""
         ns, host, tap = self.names(dom)
         await self.remove(dom)  # a crashed worker's leftovers
         await asyncio.to_thread(self._dir(dom).mkdir, parents=True, exist_ok=True)
@@ -102,17 +116,25 @@ class VMNetwork:
             if route:
                 await _run("ip", "route", "replace", f"{ip}/32", "dev", host)
             await _run(*inside, "link", "set", "lo", "up")
-            await _run(*inside, "addr", "add", f"{ip}/32", "dev", "eth0")
+            if not bridge:  # the netns holds the address; with bridge, the guest does
+                await _run(*inside, "addr", "add", f"{ip}/32", "dev", "eth0")
             await _run(*inside, "link", "set", "eth0", "up")
             await _run(*inside, "route", "add", NEXT_HOP, "dev", "eth0", "scope", "link")
             await _run(*inside, "route", "add", "default", "via", NEXT_HOP, "dev", "eth0")
-            nat = ("ip", "netns", "exec", ns, "iptables", "-t", "nat", "-A")
-            await _run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            await _run(*nat, "POSTROUTING", "-s", GUEST, "-o", "eth0", "-j", "SNAT",
-                       "--to-source", ip)  # fmt: skip
-            await _run(*nat, "PREROUTING", "-i", "eth0", "-d", ip, "-j", "DNAT",
-                       "--to-destination", GUEST)  # fmt: skip
+            sysctl = ("ip", "netns", "exec", ns, "sysctl", "-qw")
+            await _run(*sysctl, "net.ipv4.ip_forward=1")
+            if bridge:  # the host asks who has `ip`: the netns answers for the guest
+                await _run(*sysctl, "net.ipv4.conf.eth0.proxy_arp=1")
+            else:
+                nat = ("ip", "netns", "exec", ns, "iptables", "-t", "nat", "-A")
+                await _run(*nat, "POSTROUTING", "-s", GUEST, "-o", "eth0", "-j", "SNAT",
+                           "--to-source", ip)  # fmt: skip
+                await _run(*nat, "PREROUTING", "-i", "eth0", "-d", ip, "-j", "DNAT",
+                           "--to-destination", GUEST)  # fmt: skip
             await _run("ip", "tuntap", "add", "dev", tap, "mode", "tap")
+            # What `attach` needs to know, whoever calls it (a start, a migration's arrival).
+            await asyncio.to_thread((self._dir(dom) / "bridge").write_text,
+                                    f"{ip} {bridge}" if bridge else "")  # fmt: skip
         except NetworkError:
             await self.remove(dom)
             raise
@@ -129,12 +151,26 @@ class VMNetwork:
         await _run("ip", "link", "set", tap, "netns", ns)
         # One gateway MAC on every node: a migrated guest's ARP entry for it stays right.
         await _run(*inside, "link", "set", tap, "address", GATEWAY_MAC)
-        await _run(*inside, "addr", "add", f"{GATEWAY}/24", "dev", tap)
-        await _run(*inside, "link", "set", tap, "up")
+        bridged = (await asyncio.to_thread((d / "bridge").read_text)).split()
+        if bridged:  # the guest holds the VMI address, in the pool's network
+            guest, net = bridged[0], ipaddress.IPv4Network(bridged[1])
+            gateway, mask = str(net.network_address + 1), str(net.netmask)
+            # No route to the whole pool here: the other VMIs are reached through the host.
+            await _run(*inside, "addr", "add", f"{gateway}/{net.prefixlen}", "dev", tap,
+                       "noprefixroute")  # fmt: skip
+            await _run(*inside, "link", "set", tap, "up")
+            await _run(*inside, "route", "add", f"{guest}/32", "dev", tap)
+            await _run(
+                "ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv4.conf.{tap}.proxy_arp=1"
+            )
+        else:
+            guest, gateway, mask = GUEST, GATEWAY, "255.255.255.0"
+            await _run(*inside, "addr", "add", f"{GATEWAY}/24", "dev", tap)
+            await _run(*inside, "link", "set", tap, "up")
         await _run(
             "ip", "netns", "exec", ns, "dnsmasq", "--conf-file=/dev/null", "--port=0",
             f"--interface={tap}", "--bind-interfaces", "--except-interface=lo",
-            f"--dhcp-range={GUEST},{GUEST},255.255.255.0,12h", f"--dhcp-option=3,{GATEWAY}",
+            f"--dhcp-range={guest},{guest},{mask},12h", f"--dhcp-option=3,{gateway}",
             f"--pid-file={d / 'dnsmasq.pid'}", f"--dhcp-leasefile={d / 'leases'}",
             f"--log-facility={d / 'dnsmasq.log'}", "--user=root", "--group=root",
         )  # fmt: skip

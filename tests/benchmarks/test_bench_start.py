@@ -77,6 +77,7 @@ async def test_bench_start_on_the_test_driver() -> None:
     result = await bench("--vms", "5", "--hypervisor", "test")
     check(result, vms=5, hypervisor="test")
     assert result["kvm"] is False
+    assert "boots" not in result  # no guest boots on the test driver
 
 
 @pytest.mark.kvm
@@ -84,6 +85,9 @@ async def test_bench_start_on_real_qemu() -> None:
     for ok, why in (qemu_available(), kvm_usable()):
         if not ok:
             pytest.skip(why)
-    result = await bench("--vms", "3", "--hypervisor", "qemu")
+    result = await bench("--vms", "3", "--hypervisor", "qemu", "--boots", "1")
     check(result, vms=3, hypervisor="qemu")
     assert result["kvm"] is (accelerator()[0] == "kvm")  # TCG where KVM is PVM
+    # The boot phase: one tiny guest booted each way, timed to its agent connecting.
+    assert (result["boots"], len(result["boot_ms"]), len(result["raw_boot_ms"])) == (1, 1, 1)
+    assert result["boot_ratio_p50"] == result["boot_p50_ms"] / result["raw_boot_p50_ms"]

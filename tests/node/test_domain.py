@@ -25,6 +25,7 @@ from workers.domain import (
     render_domain,
     volume_plan,
 )
+from workers.vmnet import bridged
 
 DISKS = "spec.template.spec.domain.devices.disks"
 
@@ -368,7 +369,7 @@ def test_mac_address_and_models(sources: dict[str, ResolvedVolume]) -> None:
     assert el.find("mac") is None  # libvirt picks one
 
 
-def test_a_masquerade_nic_on_the_vm_network_is_the_nodes_tap(
+def test_a_masquerade_or_bridge_nic_on_the_vm_network_is_the_nodes_tap(
     sources: dict[str, ResolvedVolume],
 ) -> None:
     spec = seed()  # its NIC: masquerade, e1000
@@ -384,9 +385,17 @@ def test_a_masquerade_nic_on_the_vm_network_is_the_nodes_tap(
     assert attr(el, "mac", "address") == "02:00:00:00:00:09"  # the spec's wins, as in KubeVirt
     nic = domain_of(spec)["devices"]["interfaces"][0]
     del nic["masquerade"]
-    nic["bridge"] = {}  # not masquerade: user networking still
+    nic["bridge"] = {}  # bridge: the node's tap too (the guest gets the VMI address itself)
+    [el] = render(spec, sources, tap="vbt-1234").findall("./devices/interface")
+    assert el.get("type") == "ethernet" and attr(el, "target", "dev") == "vbt-1234"
+    assert bridged(spec)
+    del nic["bridge"]
+    nic["slirp"] = {}  # slirp: QEMU's user networking still
     [el] = render(spec, sources, tap="vbt-1234").findall("./devices/interface")
     assert el.get("type") == "user" and el.find("target") is None
+    assert not bridged(spec)
+    del nic["slirp"]  # no binding written: bridge, KubeVirt's default
+    assert bridged(spec)
 
 
 @pytest.mark.parametrize("mac", ["01:00:00:00:00:01", "de:ad:be:ef:00", "nope"])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from virtbus.guest.build import guest_image
 from workers.qemunodes import kvm_usable, qemu_available
 
 
@@ -14,3 +17,9 @@ def kvm_host() -> None:
         if not ok:
             print(f"\nskipping: {why}")
             pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def guest_disk() -> Path:
+    """The tiny guest's image (`virtbus/guest/`), built once per content and cached."""
+    return guest_image()

@@ -32,7 +32,6 @@ from events import commands as c
 from events import model as m
 from events.manifest import parse_documents
 from events.state import conditions
-from virtbus.guest.build import guest_image
 from virtbus.guestdisk import IMAGE
 from workers.vmnet import names
 
@@ -42,11 +41,6 @@ NODE, NODE_INDEX = "node-g", 24  # its own VNC/migration port range
 EXAMPLE = Path(__file__).parents[2] / "examples" / "vm-tiny-linux.yaml"
 VIRTBUS = Path(sys.executable).parent / "virtbus"
 BOOT_S = 120  # a boot on TCG (PVM hosts) under a loaded 2-core machine
-
-
-@pytest.fixture(scope="module")
-def guest_disk() -> Path:
-    return guest_image()
 
 
 @pytest.fixture
@@ -67,14 +61,22 @@ async def gstack(
 PLAIN = "#cloud-config\nruncmd:\n- echo ok > /run/ok\n"
 
 
-def tiny(name: str, *, strategy: str = "Halted", grace: int = 30, user_data: str = PLAIN) -> Any:
-    """The example's VM under `name`, with its run strategy, grace period and user data."""
+def tiny(
+    name: str, *, strategy: str = "Halted", grace: int = 30, user_data: str = PLAIN,
+    claim: str = "", binding: str = "masquerade",
+) -> Any:  # fmt: skip
+    """The example's VM under `name`, with its run strategy, grace period, user data and NIC
+    binding (and a third virtio disk, the persistent volume claim `claim`)."""
     doc = parse_documents(EXAMPLE.read_text())[0]
     doc["metadata"]["name"] = name
     doc["spec"]["runStrategy"] = strategy
     spec = doc["spec"]["template"]["spec"]
     spec["terminationGracePeriodSeconds"] = grace
     spec["volumes"][1]["cloudInitNoCloud"]["userData"] = user_data
+    spec["domain"]["devices"]["interfaces"] = [{"name": "default", binding: {}}]
+    if claim:
+        spec["domain"]["devices"]["disks"].append({"name": "data", "disk": {"bus": "virtio"}})
+        spec["volumes"].append({"name": "data", "persistentVolumeClaim": {"claimName": claim}})
     return apply(doc)
 
 
@@ -93,16 +95,19 @@ class Console:
     async def expect(self, needle: bytes, *, within: float, nudge: str = "") -> bytes:
         """Read until `needle`; `nudge` is typed again each time the guest falls silent (a login
         prompt is printed anew on each Enter)."""
-        async with asyncio.timeout(within):
-            while needle not in self.seen:
-                try:
-                    chunk = await asyncio.wait_for(self.out.read(4096), 3 if nudge else None)
-                except TimeoutError:
-                    await self.type(nudge)
-                    continue
-                if not chunk:
-                    pytest.fail(f"console closed before {needle!r}: {self.seen[-800:]!r}")
-                self.seen += chunk
+        try:
+            async with asyncio.timeout(within):
+                while needle not in self.seen:
+                    try:
+                        chunk = await asyncio.wait_for(self.out.read(4096), 3 if nudge else None)
+                    except TimeoutError:
+                        await self.type(nudge)
+                        continue
+                    if not chunk:
+                        pytest.fail(f"console closed before {needle!r}: {self.seen[-800:]!r}")
+                    self.seen += chunk
+        except TimeoutError:
+            pytest.fail(f"no {needle!r} within {within}s: {self.seen[-800:]!r}")
         head, _, self.seen = self.seen.partition(needle)
         return head + needle
 
@@ -139,16 +144,21 @@ async def root_shell(con: Console, *, hostname: str) -> None:
     await con.expect(b"# ", within=30)
 
 
-async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(
-    gstack: QemuStack, tmp_path: Path
-) -> None:
-    key = tmp_path / "id_ed25519"
+async def ssh_key(where: Path) -> tuple[Path, str]:
+    """A new ed25519 key pair in `where`: the private key's path, the public key's line."""
+    key = where / "id_ed25519"
     keygen = await asyncio.create_subprocess_exec(
         "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key),
         stdout=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     assert await keygen.wait() == 0
-    public = (tmp_path / "id_ed25519.pub").read_text().strip()
+    return key, (where / "id_ed25519.pub").read_text().strip()
+
+
+async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(
+    gstack: QemuStack, tmp_path: Path
+) -> None:
+    key, public = await ssh_key(tmp_path)
     user_data = (
         "#cloud-config\nhostname: guest-one\nruncmd:\n- echo ran-by-cloud-init > /run/marker\n"
         f"ssh_authorized_keys:\n- {public}\n"

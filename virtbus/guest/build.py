@@ -36,7 +36,9 @@ CACHE_ENV: Final = "VIRTBUS_GUEST_CACHE"
 KERNEL_META: Final = "linux-image-cloud-amd64"
 USERLAND: Final = (
     "busybox-static", "dropbear-bin", "qemu-guest-agent",
-    # the shared libraries of dropbear and qemu-ga (busybox is static)
+    # dropbear serves SFTP (what OpenSSH's scp speaks) by running its /usr/lib/sftp-server
+    "openssh-sftp-server",
+    # the shared libraries of dropbear, sftp-server and qemu-ga (busybox is static)
     "libc6", "libcrypt1", "zlib1g", "libtomcrypt1", "libtommath1", "libgmp10", "libglib2.0-0",
     "libpcre2-8-0", "libnuma1", "libudev1", "liburing2",
 )  # fmt: skip
