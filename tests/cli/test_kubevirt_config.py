@@ -4,10 +4,10 @@ words; `--migrations` seeds it; a second one is refused."""
 from __future__ import annotations
 
 import getpass
+from pathlib import Path
 
 from clirun import Result, virtbus
 from driverstack import Stack, driver_stack
-from pathlib import Path
 
 from events import work as w
 
