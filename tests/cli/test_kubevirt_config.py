@@ -134,7 +134,7 @@ async def test_the_kubevirt_object_gates_features_and_keeps_its_history(stack: S
 async def test_migrations_seed_the_kubevirt_object(tmp_path: Path) -> None:
     policy = w.MigrationPolicy(parallel_per_cluster=1, allow_post_copy=True)
     async with driver_stack(tmp_path, policy=policy) as st:
-        got = (await cli(st, "get", "kubevirt", "kubevirt", "-n", "kubevirt", "-o", "json"))
+        got = await cli(st, "get", "kubevirt", "kubevirt", "-n", "kubevirt", "-o", "json")
         obj = got.ok().json()
         assert obj["spec"]["configuration"] == {
             "developerConfiguration": {"featureGates": ["DataVolumes", "LiveMigration",
