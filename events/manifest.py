@@ -189,7 +189,7 @@ def to_commands(
             name=name, namespace=namespace, spec=spec, labels=labels, annotations=annotations
         )
     elif kind == "VirtualMachineInstance":
-        reader.vmi_spec(spec, "spec", sized=False)
+        reader.vmi_spec(spec, "spec", sized=False, annotations=annotations)
         # Reshaped as a run-once VM, so the rest of virtbus only ever sees VM specs.
         template = {"metadata": {"labels": dict(labels)}, "spec": spec}
         cmd = ApplyVM(
