@@ -43,8 +43,8 @@ def apply_rs(s: ReplicaSetState, env: Envelope) -> ReplicaSetState:
                 s, aggregate=aggregate, namespace=ns, name=name, exists=True, created=created,
                 spec=e.spec, labels=e.labels, replicas=e.replicas,
             )  # fmt: skip
-        case m.ReplicaSetScaled():
-            return replace(s, replicas=e.replicas)
+        case m.ReplicaSetScaled():  # `spec.replicas` is what a scale sets: a re-apply sees it
+            return replace(s, replicas=e.replicas, spec={**s.spec, "replicas": e.replicas})
         case m.ReplicaSetDeleted():
             return replace(s, exists=False, replicas=0)
     return s
