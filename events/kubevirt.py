@@ -13,17 +13,13 @@ Beta gates are on unless disabled, Alpha gates are off unless listed.
 from __future__ import annotations
 
 import copy
-from datetime import datetime
 from typing import Any, Final
 
 import msgspec
-from msgspec.structs import replace
 
-from events import model as m
 from events import work as w
-from events.envelope import Envelope
 from events.errors import ValidationError
-from events.folding import Skipped, total
+from events.instancetypes import InstancetypeState, apply_instancetype
 from events.quantity import parse_quantity
 
 KIND: Final = "KubeVirt"
@@ -61,26 +57,9 @@ _MIGRATION_IGNORED: Final = frozenset({
 })  # fmt: skip
 
 
-class KubeVirtState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    namespace: str = ""
-    name: str = ""
-    version: int = 0
-    exists: bool = False
-    created: datetime | None = None
-    spec: dict[str, Any] = {}
-    labels: dict[str, str] = {}
-    skipped: tuple[Skipped, ...] = ()
-
-
-@total
-def apply_kubevirt(s: KubeVirtState, env: Envelope) -> KubeVirtState:
-    e = env.data
-    s = replace(s, version=env.version)
-    if isinstance(e, m.KubeVirtApplied):
-        _, ns, name = env.subject.split("/")
-        return replace(s, namespace=ns, name=name, exists=True, spec=e.spec, labels=e.labels,
-                       created=s.created if s.exists else env.time)  # fmt: skip
-    return s
+# An object applied whole, like an instance type: the same state and fold serve it.
+KubeVirtState = InstancetypeState
+apply_kubevirt = apply_instancetype
 
 
 def default_state() -> KubeVirtState:

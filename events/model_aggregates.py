@@ -93,19 +93,6 @@ class VMPoolDeleted(ReplicaSetDeleted, frozen=True):
     aggregate: ClassVar[str] = "vmpool"
 
 
-# --- the KubeVirt configuration (kind: KubeVirt) ------------------------------------------------
-
-
-class KubeVirtApplied(Event, frozen=True):
-    """The KubeVirt object's spec as applied (its `configuration` is what the orchestrator runs
-    by); `changes` says what differs from the spec before, for whoever reads the history."""
-
-    aggregate: ClassVar[str] = "kubevirt"
-    spec: dict[str, Any]
-    labels: dict[str, str] = {}
-    changes: list[str] = []
-
-
 # --- volumes --------------------------------------------------------------------------------------
 
 
@@ -212,6 +199,18 @@ class ClusterPreferenceApplied(InstancetypeApplied, frozen=True):
 
 class ClusterPreferenceDeleted(InstancetypeDeleted, frozen=True):
     aggregate: ClassVar[str] = "clusterpreference"
+
+
+# --- the KubeVirt configuration (kind: KubeVirt) ------------------------------------------------
+
+
+class KubeVirtApplied(InstancetypeApplied, frozen=True):
+    """The KubeVirt object's spec as applied (its `configuration` is what the orchestrator runs
+    by), folded like the instance types' kinds; `changes` says what differs from the spec
+    before, for whoever reads the history."""
+
+    aggregate: ClassVar[str] = "kubevirt"
+    changes: list[str] = []
 
 
 # --- webhooks -------------------------------------------------------------------------------------
