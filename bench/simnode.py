@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.kv import KeyValue
 
 from bus.store import EventStore
 from bus.telemetry import add_process_args, serve
@@ -32,16 +33,20 @@ HEARTBEAT_S = 0.5
 class SimNode:
     def __init__(
         self, nc: Client, name: str, *, cpus: int = 8, memory_bytes: int = 16 << 30,
-        labels: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None, store: EventStore | None = None,
     ) -> None:  # fmt: skip
+        """`store`: another simulated node's, to share its append connection (one process
+        simulating many nodes need not hold a connection for each)."""
         self.nc = nc
         self.name = name
         self.cpus = cpus
         self.memory_bytes = memory_bytes
         self.labels = labels or {}
-        self.store = EventStore(nc, source=f"/virtbus/node/{name}")
+        source = f"/virtbus/node/{name}"
+        self.store = store.sibling(source=source) if store else EventStore(nc, source=source)
         self.work: list[w.Work] = []  # every item received, in order
         self.heartbeating = True
+        self._kv: KeyValue | None = None
         self.auto_start = True  # answer Start work with a running domain
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -67,8 +72,9 @@ class SimNode:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _beat(self) -> None:
-        kv = await self.nc.jetstream().key_value(HEARTBEAT_BUCKET)
-        await kv.put(self.name, encode(Heartbeat(at=time.time())))
+        if self._kv is None:  # looked up once: each lookup is a stream info request
+            self._kv = await self.nc.jetstream().key_value(HEARTBEAT_BUCKET)
+        await self._kv.put(self.name, encode(Heartbeat(at=time.time())))
 
     async def _heartbeats(self) -> None:
         while not self._stop.is_set():
@@ -99,6 +105,7 @@ class SimNode:
     async def _in_order(self, msgs: list[Msg]) -> None:
         for msg in msgs:
             item = w.WORK_DECODER.decode(msg.data)
+            self.store.heads.took(item)
             self.work.append(item)
             await self._do(item)
             await msg.ack()
@@ -133,10 +140,9 @@ class SimNode:
 
 async def _serve(args: argparse.Namespace) -> None:
     async def body(nc: Client, stop: asyncio.Event) -> None:
-        sims = [
-            SimNode(nc, f"{args.prefix}-{k}", cpus=args.cpus, memory_bytes=args.memory_bytes)
-            for k in range(args.count)
-        ]
+        shared = EventStore(nc, source="/virtbus/node")
+        size = {"cpus": args.cpus, "memory_bytes": args.memory_bytes}
+        sims = [SimNode(nc, f"{args.prefix}-{k}", store=shared, **size) for k in range(args.count)]
         try:
             for sim in sims:
                 await sim.start()

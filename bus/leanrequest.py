@@ -46,6 +46,7 @@ class LeanRequester:
         self._task: asyncio.Task[None] | None = None
         self._task_reader: asyncio.StreamReader | None = None
         self._buf = bytearray()
+        self._out: list[bytes] = []  # frames of this turn of the loop, written together
         self._used = 0.0
         self._connecting = asyncio.Lock()
 
@@ -65,10 +66,12 @@ class LeanRequester:
         lines = (b"%s: %s\r\n" % (k.encode(), v.translate(_NEWLINES).encode())
                  for k, v in headers.items())  # fmt: skip
         block = b"NATS/1.0\r\n" + b"".join(lines) + _CRLF
-        self._writer.write(b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
+        self._out.append(b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
             subject.encode(), self._inbox, token, len(block), len(block) + len(payload), block,
             payload,
         ))  # fmt: skip
+        if len(self._out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
         if self._task is None or self._task.done() or self._task_reader is not self._reader:
             # (a reader of a connection since replaced ends on its own within IDLE_CHECK_S)
             self._task_reader = self._reader
@@ -79,6 +82,13 @@ class LeanRequester:
             raise BusUnavailable(f"no answer from {subject} within {within:g} s") from err
         finally:
             self._pending.pop(token, None)
+
+    def _flush(self) -> None:
+        """Write every frame of this turn of the loop at once: over TLS each write is a record
+        (and a send), so appends made side by side share them."""
+        if self._out and self._writer is not None:
+            self._writer.write(b"".join(self._out))
+        self._out.clear()
 
     def _stale(self) -> bool:
         return self._writer is None or self._writer.is_closing() or self._gone()
@@ -104,6 +114,7 @@ class LeanRequester:
         if self._writer is not None:
             self._writer.close()
         self._reader = self._writer = None
+        self._out.clear()  # frames not yet written: their callers hear `why` below
         for answer in self._pending.values():
             if why and not answer.done():
                 answer.set_exception(BusUnavailable(why))

@@ -39,7 +39,7 @@ from events.names import (
     WORK_STREAM,
     Ref,
 )
-from events.users import NODE_WRITES
+from events.users import ADMIN, DISPATCHER, NODE, NODE_WRITES
 from events.webhooks import DELIVERIES_SUBJECT, REDELIVER_SUBJECT
 
 ROLES: Final = ("admin", "edit", "view")
@@ -151,9 +151,22 @@ async def record_identities(store: EventStore, trust: Trust, *, roles: dict[str,
     """The log says who may use the bus: identities a stack made itself (`virtbus up`: the admin,
     the orchestrator, its nodes; name -> role) are recorded once, as `auth add-user` records the
     others; a name already recorded is left as it is."""
-    for name, role in roles.items():
-        jwt, _ = read_creds(trust.creds_file(name))
+    users = {name: (role, read_creds(trust.creds_file(name))[0]) for name, role in roles.items()}
+    await record_users(store, users, actor="virtbus/up")
+
+
+async def record_users(store: EventStore, users: dict[str, tuple[str, str]], *, actor: str) -> None:
+    """Record each of `users` (name -> (role, JWT)) once, as `record_identities` does."""
+    for name, (role, jwt) in users.items():
         added = m.UserAdded(role=role, public_key=claims_of(jwt)["sub"], jwt=jwt)
         with contextlib.suppress(ConcurrencyConflict):
             await store.append(Ref("user", CLUSTER, name), [added], expected_version=0,
-                               actor="virtbus/up")  # fmt: skip
+                               actor=actor)  # fmt: skip
+
+
+def component_role(name: str) -> str:
+    """The role a part `virtbus up` runs is recorded with: its nodes are nodes, the dispatcher is
+    itself, the admin and the orchestrator are admins."""
+    if name.startswith("node-"):
+        return NODE
+    return DISPATCHER if name == "dispatcher" else ADMIN

@@ -9,6 +9,7 @@ writer pays no extra round trip.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import logging
@@ -21,6 +22,7 @@ import msgspec
 from nats.aio.client import Client
 
 from bus import consumers
+from bus.heads import Head, Heads
 from bus.publish import (
     DUPLICATE_IN_BATCH,
     RETRY_FOR_S,
@@ -50,12 +52,6 @@ from events.names import EVENTS_STREAM, Ref
 
 log = logging.getLogger("virtbus.store")
 MAX_BATCH: Final = 1000
-
-
-class Head(msgspec.Struct, frozen=True):
-    version: int = 0
-    seq: int = 0
-    hash: str = ""
 
 
 class Append(msgspec.Struct, frozen=True):
@@ -88,9 +84,17 @@ class EventStore:
         self.stream = stream
         self.timeout = timeout
         self.malformed = 0  # messages skipped because they do not decode
-        self._heads: dict[str, Head] = {}
+        self.heads = Heads()  # shared with siblings
         self._publisher = Publisher(nc, stream=stream, retry_for=retry_for)
         self._ids, self._appends = os.urandom(8).hex() + ".", itertools.count(1)  # msg ids
+
+    def sibling(self, *, source: str) -> EventStore:
+        """Another writer of this process on the same connection, appending as `source`: it
+        shares this one's heads and its append connection, so an aggregate one of them wrote
+        needs no lookup by the other before it writes next."""
+        twin = copy.copy(self)
+        twin.source = source
+        return twin
 
     # --- decoding --------------------------------------------------------------------------------
 
@@ -111,7 +115,7 @@ class EventStore:
 
     async def head(self, ref: Ref, *, fresh: bool = False) -> Head:
         """Version, last stream sequence and last hash of `ref` (cached unless `fresh`)."""
-        if not fresh and (cached := self._heads.get(ref.prefix)) is not None:
+        if not fresh and (cached := self.heads.get(ref.prefix)) is not None:
             return cached
         last = await direct_last(self.nc, self.stream, ref.wildcard)
         if last is None:
@@ -120,20 +124,16 @@ class EventStore:
             head = Head(rec.envelope.version, rec.seq, rec.hash)
         else:  # the newest message is garbage: the valid head is further back
             _, head = await self._read_all(ref)
-        self._heads[ref.prefix] = head
+        self.heads[ref.prefix] = head
         return head
-
-    def knows(self, ref: Ref) -> bool:
-        """Whether this store has `ref`'s head at hand (it appended to or read it)."""
-        return ref.prefix in self._heads
 
     async def _expected_head(self, part: Append) -> Head:
         # A new aggregate needs no lookup: "no message on its subjects yet" is what the server
         # checks for expected version 0, so a wrong guess is a conflict, not a broken chain.
-        if part.expected_version == 0 and part.ref.prefix not in self._heads:
+        if part.expected_version == 0 and part.ref.prefix not in self.heads:
             return Head()
         # The cached head without a coroutine: a steady writer's every append comes this way.
-        return self._heads.get(part.ref.prefix) or await self.head(part.ref)
+        return self.heads.get(part.ref.prefix) or await self.head(part.ref)
 
     # --- appends ---------------------------------------------------------------------------------
 
@@ -177,7 +177,7 @@ class EventStore:
                     if rej.err.err_code not in (WRONG_LAST_SEQ, DUPLICATE_IN_BATCH):
                         raise _VirtbusError(f"append rejected: {rej.err.description}") from None
                 for p in parts:
-                    self._heads.pop(p.ref.prefix, None)
+                    self.heads.pop(p.ref.prefix, None)
             if command_id and (dup := await self._already_appended(parts, command_id)):
                 return dup
             heads = [await self.head(p.ref, fresh=True) for p in parts]
@@ -279,7 +279,7 @@ class EventStore:
         results, seq = [], ack.seq - len(msgs)
         for part, nh in zip(parts, new_heads, strict=True):
             seq += len(part.events)
-            self._heads[part.ref.prefix] = Head(nh.version, seq, nh.hash)
+            self.heads[part.ref.prefix] = Head(nh.version, seq, nh.hash)
             results.append(AppendResult(part.ref, nh.version, seq))
         return results
 
@@ -324,7 +324,7 @@ class EventStore:
     ) -> list[Recorded]:
         """`ref`'s history, chain-checked, optionally bounded by version or time (inclusive)."""
         records, head = await self._read_all(ref)
-        self._heads[ref.prefix] = head
+        self.heads[ref.prefix] = head
         return [r for r in records if _within(r, since, until)]
 
     async def replay(

@@ -11,6 +11,8 @@ no setup step and a restart keeps every credential valid:
     D/tls/ca.pem, ca-key.pem              the bus's own CA (the key 0600)
     D/tls/server.pem, server-key.pem      the nats-server's certificate for 127.0.0.1 and localhost
     D/jwt/                                the nats-server's account resolver (its own files)
+    D/identities.json                     in a trust dir made for a pod (`virtbus deploy
+                                          secrets`): the stack's own users' roles and JWTs
 
 The server trusts the operator key alone; the operator signs the virtbus account (JetStream on)
 and the system account (claim updates), and the virtbus account signs every user.
@@ -51,6 +53,7 @@ SENTINEL = "sentinel"
 SENTINEL_TAG = "virtbus-cert-login"  # the client's own mark: its name comes from its certificate
 SERVER_HOSTS = ("127.0.0.1", "localhost")
 MAX_CONTROL_LINE = 32 * 1024  # bytes: a user JWT of ~40 namespaces
+IDENTITIES_FILE = "identities.json"  # the stack's own users, for an orchestrator in a pod
 
 
 def _keypair(path: Path, kind: str) -> KeyPair:
@@ -127,6 +130,24 @@ class Trust:
             raise ValidationError(f"{self.root} holds no certificate-login keys", field="trust-dir")
         jwt = user_jwt(self.certlogin, self.callout.public, name="certlogin-callout")
         return jwt, self.callout
+
+    def identities_json(self, roles: dict[str, str]) -> str:
+        """The roles and JWTs (no seed) of this stack's own users (name -> role), for an
+        orchestrator run away from the data dir (a pod) to record them as `virtbus up` does."""
+        users = {n: {"role": r, "jwt": read_creds(self.creds_file(n))[0]} for n, r in roles.items()}
+        return json.dumps(users, indent=2, sort_keys=True) + "\n"
+
+    def own_identities(self) -> dict[str, tuple[str, str]]:
+        """What `identities.json` beside the keys lists (name -> (role, JWT)); none if absent."""
+        path = self.root / IDENTITIES_FILE
+        try:
+            users = json.loads(path.read_text())
+            return {str(n): (str(u["role"]), str(u["jwt"])) for n, u in users.items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            why = f"{path}: not a map of name -> {{role, jwt}} ({err})"
+            raise ValidationError(why, field="trust-dir") from err
 
     @property
     def _revocations_file(self) -> Path:

@@ -14,12 +14,23 @@ import msgspec
 from events.names import Ref, work_subject
 
 
+class Tip(msgspec.Struct, frozen=True, gc=False):
+    """The VM's newest event as the sender knew it (version, stream sequence, hash): the node
+    appends its first observation after it with no lookup. A stale tip costs a conflict and
+    then the lookup, never a wrong append: the server checks the sequence."""
+
+    version: int
+    seq: int
+    hash: str
+
+
 class Work(msgspec.Struct, frozen=True, kw_only=True, tag_field="action", tag=str.lower, gc=False):
     namespace: str
     name: str
     node: str
     vmi_uid: str
     version: int
+    tip: Tip | None = None
 
     @property
     def ref(self) -> Ref:

@@ -1,6 +1,7 @@
 """`python -m orchestrator [--server URL] [--creds F --tls-ca F] [--trust-dir D] [--data-dir D]
-[--migrations FILE] [--dispatcher-creds F] [--vmi-cidr CIDR]`: the orchestrator alone, on a bus.
-FILE is KubeVirt's `spec.configuration.migrations` as YAML; CIDR the VM network's address pool."""
+[--migrations FILE] [--dispatcher-creds F] [--vmi-cidr CIDR] [--replicas N]`: the orchestrator
+alone, on a bus. FILE is KubeVirt's `spec.configuration.migrations` as YAML; CIDR the VM network's
+address pool; N the copies of each stream and bucket it creates (a cluster's, as in Kubernetes)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from nats.aio.client import Client
 
 from bus.connect import configured, connect
 from bus.provision import provision
+from bus.roles import record_users
+from bus.store import EventStore
 from bus.telemetry import add_process_args, serve, start_telemetry
 from bus.trust import load
 from events.errors import ValidationError
@@ -25,9 +28,12 @@ from orchestrator.migrations import load_policy
 
 async def _main(args: argparse.Namespace) -> None:
     async def body(nc: Client, stop: asyncio.Event) -> None:
-        await provision(nc.jetstream())
+        await provision(nc.jetstream(), replicas=args.replicas)
         policy = load_policy(Path(args.migrations)) if args.migrations else None
         trust = load(Path(args.trust_dir)) if args.trust_dir else None
+        if trust is not None:  # the stack's own users, where no `virtbus up` recorded them
+            bootstrap = EventStore(nc, source="/virtbus/orchestrator/users")
+            await record_users(bootstrap, trust.own_identities(), actor="virtbus/deploy")
         hooks = None
         if args.dispatcher_creds and not args.no_webhooks:  # the dispatcher as itself
             access = dataclasses.replace(configured(), creds=args.dispatcher_creds)
@@ -72,15 +78,23 @@ def main() -> None:
         help="the stack's keys (keys/*.nk, tls/ca.pem; default $VIRTBUS_TRUST_DIR): with them "
         "the orchestrator adds and revokes users",
     )  # fmt: skip
+    env = os.environ.get("VIRTBUS_REPLICAS")
+    parser.add_argument(
+        "--replicas", type=int, default=int(env) if env else 1, metavar="N",
+        help="copies of each stream and bucket it creates: one per server of the cluster, at "
+        "most 5 (default $VIRTBUS_REPLICAS, else 1; what exists is left as it is)",
+    )  # fmt: skip
     add_process_args(parser)
     args = parser.parse_args()
+    if not 1 <= args.replicas <= 5:
+        parser.error(f"--replicas: JetStream keeps 1 to 5 copies, not {args.replicas}")
     try:  # a bad pool is a usage error now, not a controller that cannot start
         configured_cidr(args.vmi_cidr)
     except ValidationError as err:
         parser.error(err.message)
     if args.trust_dir:
         try:  # a wrong directory is a usage error now, not a refused `auth add-user` later
-            load(Path(args.trust_dir))
+            load(Path(args.trust_dir)).own_identities()
         except ValidationError as err:
             parser.error(err.message)
     start_telemetry("orchestrator", metrics_port=args.metrics_port)

@@ -25,10 +25,11 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
+from bus.publish import Publisher
 from events import commands as c
 from events.envelope import decode_command, encode
-from events.errors import ValidationError
-from events.names import API_PREFIX, CLUSTER, CLUSTER_SCOPED, outcome_subject
+from events.errors import BusUnavailable, ValidationError
+from events.names import API_PREFIX, CLUSTER, CLUSTER_SCOPED, COMMANDS_STREAM, outcome_subject
 from events.protocol import Answer, Query
 from events.users import may_read, read_scope
 from orchestrator.intake import Intake
@@ -42,6 +43,7 @@ INVALID_SUBJECT = "virt.cmd.intake._.rejected.invalid"
 _TOKEN = re.compile(r"^[a-z0-9-]{1,63}$")
 _KINDS = {cls.__name__: cls for cls in c.COMMAND_CLASSES}
 OUTCOME_WAIT_S = 15.0
+PUBLISH_WAIT_S = 5.0  # the command stream's ack (a leader's election takes longer: send again)
 _OUTCOME_PREFIX = outcome_subject("")
 
 
@@ -69,6 +71,9 @@ class Api:
         # were a fifth of the API's bus traffic.
         self._waiting: dict[str, asyncio.Future[bytes]] = {}
         self._outcomes: Subscription | None = None
+        # Commands go to their stream as the store's appends do (on a lean connection of their
+        # own where the login allows), not through nats-py's publish.
+        self._commands = Publisher(nc, stream=COMMANDS_STREAM)
 
     async def start(self) -> None:
         self._outcomes = await self.nc.subscribe(outcome_subject(">"), cb=self._on_outcome)
@@ -87,6 +92,7 @@ class Api:
     async def stop(self) -> None:
         if self.service is not None:
             await self.service.stop()
+        self._commands.close()
         for task in list(self._inflight):
             task.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
@@ -138,7 +144,7 @@ class Api:
             headers = {"Nats-Msg-Id": cid}
             if trace := (req.headers or {}).get("traceparent"):
                 headers["traceparent"] = trace  # the client's trace goes on with the command
-            ack = await self.nc.jetstream().publish(subject, raw, headers=headers)
+            ack = await self._commands.send([(subject, raw, headers)], within=PUBLISH_WAIT_S)
             if ack.duplicate:  # stored before: its outcome is in the log
                 try:
                     await req.respond(encode(await self._replayed_outcome(raw, cid)))
@@ -149,6 +155,8 @@ class Api:
             await req.respond(await asyncio.wait_for(waiter, OUTCOME_WAIT_S))
         except TimeoutError:
             await req.respond_error("504", f"no outcome for command {cid} yet; it is queued")
+        except BusUnavailable as err:  # it may or may not be stored: the same id is taken once
+            await req.respond_error("503", f"command {cid}: {err}; send it again")
         finally:
             if self._waiting.get(cid) is waiter:
                 del self._waiting[cid]

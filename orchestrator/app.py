@@ -75,8 +75,12 @@ async def run_orchestrator(
     web_port = configured_port() if web_port is None else web_port
     lease = Lease(await lease_bucket(nc), holder=name or _instance(), ttl_s=lease_ttl_s)
 
+    # One store for the lease holder's writers: what the intake wrote the controller need not
+    # look up before it writes next.
+    writers = EventStore(nc, source="/virtbus/orchestrator", guard=lease.check)
+
     def writer(part: str) -> EventStore:
-        return EventStore(nc, source=f"/virtbus/orchestrator/{part}", guard=lease.check)
+        return writers.sibling(source=f"/virtbus/orchestrator/{part}")
 
     intake = Intake(nc, writer("intake"))
     controller = Controller(nc, writer("controller"), node_grace_s=node_grace_s,

@@ -15,18 +15,17 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.client import Client
 
 from bus.store import EventStore
-from bus.telemetry import TRACE, traced
+from bus.telemetry import traced
 from events import commands as c
 from events import model as m
 from events import work as w
-from events.envelope import Recorded, encode
+from events.envelope import Recorded
 from events.errors import ConcurrencyConflict, VirtbusError
 from events.folding import skipped_now
 from events.instancetypes import KIND_OF, InstancetypeState, apply_instancetype
@@ -65,10 +64,9 @@ from orchestrator.volumes import (
     volume_work,
     waiting_on,
 )
+from orchestrator.workout import WorkOut
 
 log = logging.getLogger("virtbus.controller")
-RESEND_AFTER_S = 60.0  # within JetStream's 2-minute dedup window a resend is dropped anyway
-SENT_MEMORY = 100_000
 REACT_PARALLEL = 64  # VMs whose reactions wait on the bus at once
 CATCH_UP_S = 5.0  # how long a judgement waits for the controller to fold the log's end
 _FREES_CAPACITY = (m.VMStopped, m.VMFailed, m.VMDeleted, m.VMUnschedulable)
@@ -88,6 +86,7 @@ class Controller:
         self.settings = Settings(migration_policy)  # the KubeVirt object: the source of truth
         self.capacity = Capacity(self.settings.config.migrations)
         self.store = store
+        self._work = WorkOut(nc, store)
         self.node_grace_s = node_grace_s
         self.vms: dict[str, VMState] = {}
         self.nodes: dict[str, NodeState] = {}
@@ -98,7 +97,6 @@ class Controller:
         self._wakes: dict[str, datetime] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (seq, caught up to it)
         self._started = time.time()
-        self._sent: OrderedDict[str, float] = OrderedDict()  # work message id -> when it went out
         self._reactions: KeyedQueue[Recorded] = KeyedQueue(
             self.react, parallel=REACT_PARALLEL, name="controller-react"
         )
@@ -273,26 +271,7 @@ class Controller:
         return ready
 
     async def _enqueue(self, work: list[w.Work]) -> None:
-        if self.store.guard is not None:
-            self.store.guard()  # work is an act too: only the lease's holder sends it
-        js = self.nc.jetstream()
-        now = time.monotonic()
-        for item in work:
-            # Level-triggered reactions ask for the same item again at each event of the VM; the
-            # bus would drop the copy (same message id), but only after a round trip for it.
-            sent = self._sent.get(item.msg_id)
-            if sent is not None and now - sent < RESEND_AFTER_S:
-                continue
-            headers = {"Nats-Msg-Id": item.msg_id}
-            if trace := TRACE.get():
-                headers["traceparent"] = trace
-            await js.publish(item.subject, encode(item), headers=headers)
-            crash_at("sent", [item])
-            metrics.WORK_ENQUEUED.labels(type(item).__name__).inc()
-            self._sent[item.msg_id] = now
-            self._sent.move_to_end(item.msg_id)
-            while len(self._sent) > SENT_MEMORY:
-                self._sent.popitem(last=False)
+        await self._work.send(work)
 
     async def _move_volumes_with(self, s: VMState, target: str, *, cause: Recorded) -> None:
         if s.running:
@@ -388,6 +367,7 @@ class Controller:
 
     async def _follow(self, leading: asyncio.Event | None) -> None:
         async for rec in self.store.follow(from_seq=self.position + 1):
+            self.store.heads.saw(rec)  # its next decision on that aggregate needs no lookup
             if leading is not None and not leading.is_set():
                 self._fold(rec)  # a standby keeps its state warm and acts on nothing
                 continue
@@ -430,3 +410,4 @@ class Controller:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._reactions.close()
+            self._work.close()

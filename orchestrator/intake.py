@@ -150,7 +150,7 @@ class Intake:
                 await self.admission(ref, cmd)
         except ValidationError as err:
             return await self._record_rejection(ref, cmd, err)
-        if isinstance(cmd, c.ApplyVM) and not self.store.knows(ref):
+        if isinstance(cmd, c.ApplyVM) and not self.store.heads.knows(ref):
             # Most applies create: decide on "no such VM" and let the append's concurrency check
             # say otherwise, which saves reading a history that is usually not there.
             # A spec it refuses is judged again below, where the rejection is recorded.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import yaml
@@ -163,7 +164,7 @@ def decide_cancel(s: VMState, cmd: c.CancelMigration) -> list[m.Event]:
     return [m.MigrationCancelRequested(migration=s.migration.id)]
 
 
-def _work(s: VMState, kind: type[w.MigrationWork], node: str, **extra: object) -> w.MigrationWork:
+def _work(s: VMState, kind: type[w.MigrationWork], node: str, **extra: Any) -> w.MigrationWork:
     mig = s.migration
     assert mig is not None
     return kind(

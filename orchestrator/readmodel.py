@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -51,7 +52,6 @@ _SET_POSITION: Final = "INSERT OR REPLACE INTO position (id, seq) VALUES (1, ?)"
 # direct gets instead of a filtered read the server answers by scanning its blocks.
 _INDEX: Final = "INSERT OR REPLACE INTO history (namespace, name, version, seq) VALUES (?,?,?,?)"
 _CHUNK: Final = 400  # keys per `IN (...)` query, well under SQLite's variable limit
-_OFFLOAD: Final = 256  # fold batches at least this big in a thread, off the event loop
 _LIVE_BATCH: Final = 1000  # most events one live transaction takes
 
 _encode: Final = msgspec.json.Encoder().encode
@@ -69,30 +69,32 @@ class ReadModel:
         self.path = Path(path)
         self.store = store
         self.verify = verify  # check hash chains on catch-up (the live tail never does)
-        self._db: aiosqlite.Connection | None = None
+        self._db: aiosqlite.Connection | None = None  # queries
+        # The writer's own connection, used only in a thread under `_apply_lock`: a whole
+        # transaction (read the rows, fold, write) costs one hop off the loop, not ten.
+        self._wdb: sqlite3.Connection | None = None
         self._pos = 0
         self._apply_lock = asyncio.Lock()  # one writer: catch-up, live commits and rebuild
-        self._db_lock = asyncio.Lock()  # a query never sees a transaction half written
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        # isolation_level=None: transactions are the explicit BEGIN/COMMIT below, nothing implicit.
-        db = await aiosqlite.connect(self.path, isolation_level=None)
+        self._wdb = await asyncio.to_thread(_open_writer, self.path)
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; fine for a cache
-            await db.executescript(_SCHEMA)
+            # WAL: a query sees the last commit while the writer writes the next.
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            self._pos = await self.position()
         except BaseException:
-            await db.close()
+            await self.close()
             raise
-        self._db = db
-        self._pos = await self.position()
 
     async def close(self) -> None:
         if self._db is not None:
             db, self._db = self._db, None
             await db.close()
+        if self._wdb is not None:
+            wdb, self._wdb = self._wdb, None
+            await asyncio.to_thread(wdb.close)
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -193,63 +195,17 @@ class ReadModel:
             items.append((ref.kind, key, rec.envelope))
             if ref.kind == "vm":
                 index.append((ref.namespace, ref.name, rec.envelope.version, rec.seq))
-        vm_keys = {key for kind, key, _ in items if kind == "vm"}
-        node_keys = {key for kind, key, _ in items if kind == "node"}
-        vms = {} if rebuild else await self._load_vms(vm_keys)
-        nodes = {} if rebuild else await self._load_nodes(node_keys)
-        if len(items) >= _OFFLOAD:
-            rows = await asyncio.to_thread(_fold, items, vms, nodes)
-        else:
-            rows = _fold(items, vms, nodes)
         position = records[-1].seq if records else 0
-        await self._write(*rows, index, position=position, rebuild=rebuild)
-
-    async def _write(
-        self, vm_rows: list[tuple[Any, ...]], node_rows: list[tuple[Any, ...]],
-        index: list[tuple[str, str, int, int]], *, position: int, rebuild: bool,
-    ) -> None:  # fmt: skip
-        async with self._db_lock:
-            db = self.db
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                if rebuild:
-                    for table in ("vms", "nodes", "position", "history"):
-                        await db.execute(f"DELETE FROM {table}")
-                await db.executemany(_UPSERT_VM, vm_rows)
-                await db.executemany(_UPSERT_NODE, node_rows)
-                await db.executemany(_INDEX, index)
-                await db.execute(_SET_POSITION, (position,))
-                await db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await db.execute("ROLLBACK")
-                raise
+        if self._wdb is None:
+            raise RuntimeError("ReadModel is not open")
+        await asyncio.to_thread(_transact, self._wdb, items, index, position=position,
+                                rebuild=rebuild)  # fmt: skip
         self._pos = position
-
-    async def _load_vms(self, keys: Iterable[VMKey]) -> dict[VMKey, VMState]:
-        out: dict[VMKey, VMState] = {}
-        for chunk in _chunks(sorted(keys)):
-            marks = ",".join("(?,?)" for _ in chunk)
-            args = [part for key in chunk for part in key]
-            sql = f"SELECT state FROM vms WHERE (namespace, name) IN (VALUES {marks})"
-            for (blob,) in await self._fetch(sql, args):
-                s = _decode_vm(blob)
-                out[(s.namespace, s.name)] = s
-        return out
-
-    async def _load_nodes(self, keys: Iterable[str]) -> dict[str, NodeState]:
-        out: dict[str, NodeState] = {}
-        for chunk in _chunks(sorted(keys)):
-            sql = f"SELECT state FROM nodes WHERE name IN ({','.join('?' * len(chunk))})"
-            for (blob,) in await self._fetch(sql, chunk):
-                n = _decode_node(blob)
-                out[n.name] = n
-        return out
 
     # --- queries ---------------------------------------------------------------------------------
 
     async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        async with self._db_lock, self.db.execute(sql, args) as cur:
+        async with self.db.execute(sql, args) as cur:
             return list(await cur.fetchall())
 
     async def position(self) -> int:
@@ -288,6 +244,58 @@ class ReadModel:
     async def nodes(self) -> list[NodeState]:
         rows = await self._fetch("SELECT state FROM nodes ORDER BY name")
         return [_decode_node(b) for (b,) in rows]
+
+
+def _open_writer(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: transactions are _transact's explicit BEGIN/COMMIT, nothing implicit.
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; fine for a cache
+        db.executescript(_SCHEMA)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _transact(
+    db: sqlite3.Connection, items: Sequence[_Item], index: list[tuple[str, str, int, int]], *,
+    position: int, rebuild: bool,
+) -> None:  # fmt: skip
+    """Fold `items` onto their rows and write rows, index and position in one transaction (in a
+    thread: the writer's connection is used nowhere else)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if rebuild:
+            for table in ("vms", "nodes", "position", "history"):
+                db.execute(f"DELETE FROM {table}")
+        vm_keys = sorted({key for kind, key, _ in items if kind == "vm"})
+        node_keys = sorted({key for kind, key, _ in items if kind == "node"})
+        vms: dict[VMKey, VMState] = {}
+        nodes: dict[str, NodeState] = {}
+        if not rebuild:
+            for chunk in _chunks(vm_keys):
+                marks = ",".join("(?,?)" for _ in chunk)
+                sql = f"SELECT state FROM vms WHERE (namespace, name) IN (VALUES {marks})"
+                for (blob,) in db.execute(sql, [part for key in chunk for part in key]):
+                    vm = _decode_vm(blob)
+                    vms[(vm.namespace, vm.name)] = vm
+            for chunk in _chunks(node_keys):
+                sql = f"SELECT state FROM nodes WHERE name IN ({','.join('?' * len(chunk))})"
+                for (blob,) in db.execute(sql, chunk):
+                    node = _decode_node(blob)
+                    nodes[node.name] = node
+        vm_rows, node_rows = _fold(items, vms, nodes)
+        db.executemany(_UPSERT_VM, vm_rows)
+        db.executemany(_UPSERT_NODE, node_rows)
+        db.executemany(_INDEX, index)
+        db.execute(_SET_POSITION, (position,))
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            db.execute("ROLLBACK")
+        raise
 
 
 def _fold(

@@ -8,6 +8,8 @@ volumes back over a stopped VM and then gives it the snapshot's spec. Pure, like
 
 from __future__ import annotations
 
+from typing import Any
+
 from events import commands as c
 from events import model as m
 from events import work as w
@@ -94,7 +96,7 @@ def decide_delete_snapshot(s: VMState, cmd: c.DeleteSnapshot) -> list[m.Event]:
     return [m.SnapshotDeleted(snapshot=cmd.snapshot, node=snap.node, requested=snap.requested)]
 
 
-def _item(kind: type[w.SnapshotWork], s: VMState, snap: Snapshot, **extra: str) -> w.SnapshotWork:
+def _item(kind: type[w.SnapshotWork], s: VMState, snap: Snapshot, **extra: Any) -> w.SnapshotWork:
     return kind(
         namespace=s.namespace, name=s.name, node=snap.node, vmi_uid=s.vmi_uid,
         version=snap.requested, snapshot=snap.name, spec=snap.spec, volumes=snap.volumes,

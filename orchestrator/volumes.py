@@ -205,7 +205,7 @@ def _node_for(cmd: c.CreateVolume | c.MoveVolume, view: ClusterView) -> str:
 
 def volume_work(v: VolumeState) -> list[w.Work]:
     """Node work for a volume as the log has it: level-triggered, deduplicated by message id."""
-    base = {"namespace": v.namespace, "name": v.name, "node": v.node}
+    base: dict[str, Any] = {"namespace": v.namespace, "name": v.name, "node": v.node}
     if v.exists and v.phase == PENDING and v.node:  # "": waiting for its first consumer
         return [w.ProvisionVolume(version=v.created_version, size_bytes=v.size_bytes,
                                   source=v.source, **base)]  # fmt: skip

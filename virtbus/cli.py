@@ -43,6 +43,7 @@ app = typer.Typer(
     cls=VirtbusGroup,  # every failure reads `error: <reason>` (virtctl/cli_errors.py)
 )
 admin = typer.Typer(help="Maintenance of the orchestrator's state.")
+deploy = typer.Typer(help="Running virtbus on Kubernetes (deploy/README.md).")
 _FSYNC = "fsync before every ack (the default), or NATS's default: every two minutes"
 
 
@@ -122,11 +123,48 @@ def admin_status(
     typer.echo(show(run(status(server_url(server))), output=output.value))
 
 
+@deploy.command("secrets")
+def deploy_secrets(
+    data_dir: Annotated[
+        Path, typer.Option(help="the stack's data dir (its keys, CA and .creds; made if missing)")
+    ] = Path(".virtbus"),
+    namespace: Annotated[
+        str, typer.Option(help="where virtbus and the NATS chart run")
+    ] = "virtbus",
+    release: Annotated[str, typer.Option(help="the NATS chart's Helm release")] = "virtbus-nats",
+    replicas: Annotated[int, typer.Option(min=1, help="the chart's cluster.replicas")] = 3,
+    cluster_domain: Annotated[str, typer.Option(help="the cluster's DNS domain")] = "cluster.local",
+    node_creds: Annotated[
+        list[Path],
+        typer.Option("--node-creds", help="a node's NODE.creds (`auth add-node`; repeat)"),
+    ] = [],  # noqa: B006 (typer reads it, never mutates it)
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="a file (0600), else standard output")
+    ] = None,
+) -> None:
+    """The Secrets the NATS chart's values and deploy/*.yaml name, made from a data dir."""
+    from bus.credentials import write_secret
+    from virtbus.k8ssecrets import Place, dump, secret_manifests
+
+    place = Place(release=release, namespace=namespace, cluster_domain=cluster_domain,
+                  replicas=replicas)  # fmt: skip
+    try:
+        text = dump(secret_manifests(data_dir, place=place, node_creds=node_creds))
+    except VirtbusError as err:
+        raise usage(str(err)) from None
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        write_secret(output, text)
+        typer.echo(f"wrote {output}: apply it with `kubectl apply -f {output}`", err=True)
+
+
 # The order of registration is the order of `virtbus --help` (verbs first, then the groups).
 cli_verbs.register(app)
 cli_kubectl.register(app)
 bench_cli.register(app)
 app.add_typer(admin, name="admin")
+app.add_typer(deploy, name="deploy")
 app.add_typer(webhook_app, name="webhook")
 cli_snapshot.register(app)
 app.add_typer(volume_app, name="volume")

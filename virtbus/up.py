@@ -21,12 +21,11 @@ from rich.console import Console
 from bus.audit import describe_key, load_key
 from bus.connect import Access, configured, connect, use
 from bus.provision import provision
-from bus.roles import component_permissions, record_identities
+from bus.roles import component_permissions, component_role, record_identities
 from bus.server import die_with_parent, fsync_policy
 from bus.store import EventStore
 from bus.trust import Trust, ensure
 from events.errors import BusUnavailable
-from events.users import ADMIN, DISPATCHER, NODE
 from events.work import MigrationPolicy
 from orchestrator.app import run_orchestrator
 from orchestrator.readmodel import ReadModel
@@ -86,9 +85,7 @@ async def run_up(
             created = await provision(nc.jetstream(), replicas=copies)
             console.print("provisioned: " + (", ".join(created) or "everything already in place"))
             if trust is not None:
-                kinds = {"dispatcher": DISPATCHER}
-                roles = {name: NODE if name.startswith("node-") else kinds.get(name, ADMIN)
-                         for name in logins}  # fmt: skip
+                roles = {name: component_role(name) for name in logins}
                 await record_identities(EventStore(nc, source="/virtbus/up"), trust,
                                         roles=roles)  # fmt: skip
             audit, web = describe_key(load_key()), configured_port()  # bad settings stop us here

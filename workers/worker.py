@@ -19,6 +19,7 @@ from pathlib import Path
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.kv import KeyValue
 
 from bus.connect import identity
 from bus.reader import fetch_some
@@ -75,6 +76,7 @@ class Worker:
         self.uri = uri
         self.labels = labels or {}
         self.heartbeat_s = heartbeat_s
+        self._kv: KeyValue | None = None
         self.pod_driver = pods
         # On a secured bus the server lets a node append only under its own name: its name ends
         # every subject it writes, and the log attributes its observations to it.
@@ -156,8 +158,9 @@ class Worker:
             await self.hv.close()
 
     async def _beat(self) -> None:
-        kv = await self.nc.jetstream().key_value(HEARTBEAT_BUCKET)
-        await kv.put(self.node, encode(Heartbeat(at=time.time())))
+        if self._kv is None:  # looked up once: each lookup is a stream info request
+            self._kv = await self.nc.jetstream().key_value(HEARTBEAT_BUCKET)
+        await self._kv.put(self.node, encode(Heartbeat(at=time.time())))
 
     async def _heartbeats(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -237,6 +240,7 @@ class Worker:
             metrics.MALFORMED_WORK.labels(self.node).inc()
             await msg.term()
             return
+        self.store.heads.took(item)
         action = type(item).__name__
         keepalive = asyncio.create_task(_keep_alive(msg), name=f"keepalive-{item.msg_id}")
         started = time.monotonic()

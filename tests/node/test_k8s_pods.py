@@ -284,8 +284,8 @@ def test_the_deploy_manifests_carry_the_credentials_as_secrets() -> None:
             trust = mounts[env["VIRTBUS_TRUST_DIR"]]["secret"]
             assert (trust["secretName"], trust["defaultMode"]) == ("virtbus-trust", 0o400)
             assert sorted(i["path"] for i in trust["items"]) == [
-                "keys/account.nk", "keys/callout.nk", "keys/certlogin.nk", "keys/operator.nk",
-                "keys/system.nk", "tls/ca.pem",
+                "identities.json", "keys/account.nk", "keys/callout.nk", "keys/certlogin.nk",
+                "keys/operator.nk", "keys/system.nk", "tls/ca.pem",
             ]  # what `python -m orchestrator --trust-dir` loads  # fmt: skip
     assert mounted == {
         "worker-daemonset.yaml": ("/etc/virtbus-creds/$(NODE_NAME).creds",
