@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import msgspec
 
+from events import commands as c
 from events import work as w
 from events.errors import ValidationError
 from events.instancetypes import InstancetypeState, apply_instancetype
@@ -235,12 +236,12 @@ def gated_paths(spec: dict[str, Any]) -> dict[str, str]:
             for i, v in enumerate(volumes) if isinstance(v, dict) and "hostDisk" in v}  # fmt: skip
 
 
-def refuse_gated(config: Config, cmd: Any, spec: dict[str, Any] | None) -> None:
+def refuse_gated(config: Config, cmd: c.Command, spec: dict[str, Any] | None) -> None:
     """Raise KubeVirt's refusal when `cmd` needs a feature whose gate is off: a hostDisk volume
     (a VM's apply or start), a snapshot or a restore."""
-    if type(cmd).__name__ == "SnapshotVM" and not config.enabled("Snapshot"):
+    if isinstance(cmd, c.SnapshotVM) and not config.enabled("Snapshot"):
         raise ValidationError("snapshot feature gate not enabled", field="kind")
-    if type(cmd).__name__ == "RestoreVM" and not config.enabled("Snapshot"):
+    if isinstance(cmd, c.RestoreVM) and not config.enabled("Snapshot"):
         raise ValidationError("Snapshot/Restore feature gate not enabled", field="kind")
     for path, gate in gated_paths(spec or {}).items():
         if not config.enabled(gate):
