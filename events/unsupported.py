@@ -66,6 +66,11 @@ TABLE: Final[dict[str, tuple[str, str] | tuple[str, str, Callable[[Any], bool]]]
 }  # fmt: skip
 
 
+# The table split once: (path's parts, action, reason, predicate), for the walk of each apply.
+_ROWS: Final = [(where.split("."), row[0], row[1], row[2] if len(row) == 3 else _given)
+                for where, row in TABLE.items()]  # fmt: skip
+
+
 def _walk(value: Any, parts: list[str], path: str) -> Iterator[tuple[str, Any]]:
     """Every (path, value) `parts` reach from `value`."""
     if not parts:
@@ -87,9 +92,8 @@ def check(vmi: Any, path: str, *, annotations: dict[str, str] | None = None) -> 
     """Raise for the first field of the VMI spec at `path` that virtbus refuses; the warnings
     (`path: reason`) for those it ignores. `annotations`: the VMI's (sidecar hooks live there)."""
     warns: list[str] = []
-    for where, (action, why, *when) in TABLE.items():
-        applies = when[0] if when else _given
-        for at, value in _walk(vmi, where.split("."), path):
+    for parts, action, why, applies in _ROWS:
+        for at, value in _walk(vmi, parts, path):
             if not applies(value):
                 continue
             if action == REFUSE:
