@@ -27,6 +27,7 @@ from events.checkpoint import AUDIT_REF, key_id, sign, signature_ok
 from events.envelope import Envelope, attested, chain_hash, decode_envelope
 from events.errors import ConcurrencyConflict, TamperDetected, ValidationError, VirtbusError
 from events.folding import skipped_now
+from events.kubevirt import KubeVirtState, apply_kubevirt
 from events.model import AuditCheckpoint, AuditHead
 from events.names import EVENT_SUBJECTS, EVENTS_STREAM, Ref, aggregate_key, ref_from_subject
 from events.nodes import NodeState, apply_node
@@ -102,7 +103,9 @@ _FOLDS: Final[dict[str, tuple[Any, Callable[[Any, Envelope], Any]]]] = {
     "vm": (VMState(), apply),
     "node": (NodeState(), apply_node),
     "rs": (ReplicaSetState(), apply_rs),
+    "vmpool": (ReplicaSetState(), apply_rs),
     "volume": (VolumeState(), apply_volume),
+    "kubevirt": (KubeVirtState(), apply_kubevirt),
 }
 
 

@@ -43,7 +43,8 @@ from events.users import ADMIN, DISPATCHER, NODE, NODE_WRITES
 from events.webhooks import DELIVERIES_SUBJECT, REDELIVER_SUBJECT
 
 ROLES: Final = ("admin", "edit", "view")
-EDITABLE: Final = ("vm", "rs", "volume", "instancetype", "preference")  # nodes, webhooks: admin
+# nodes, webhooks, the KubeVirt object: admin only
+EDITABLE: Final = ("vm", "rs", "vmpool", "volume", "instancetype", "preference")
 
 
 def user_permissions(

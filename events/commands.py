@@ -143,6 +143,32 @@ class DeleteReplicaSet(Command, frozen=True):
     aggregate: ClassVar[str] = "rs"
 
 
+# VirtualMachinePool (pool.kubevirt.io): judged and reconciled as a replica set of VMs.
+
+
+class ApplyVMPool(ApplyReplicaSet, frozen=True):
+    aggregate: ClassVar[str] = "vmpool"
+
+
+class ScaleVMPool(ScaleReplicaSet, frozen=True):
+    aggregate: ClassVar[str] = "vmpool"
+
+
+class DeleteVMPool(DeleteReplicaSet, frozen=True):
+    aggregate: ClassVar[str] = "vmpool"
+
+
+# --- the KubeVirt configuration (admin only) ----------------------------------------------------
+
+
+class ApplyKubeVirt(Command, frozen=True):
+    """Create or change the KubeVirt object (`kind: KubeVirt`): the cluster's configuration."""
+
+    aggregate: ClassVar[str] = "kubevirt"
+    spec: dict[str, Any]
+    labels: dict[str, str] = {}
+
+
 # --- nodes ---------------------------------------------------------------------------------------
 
 
@@ -278,7 +304,8 @@ AnyCommand = (
     | UncordonNode | CreateVolume | DeleteVolume | AddWebhook | RemoveWebhook
     | MoveVolume | RenameVM | AddUser | RevokeUser | ApplyInstancetype | DeleteInstancetype
     | ApplyClusterInstancetype | DeleteClusterInstancetype | ApplyPreference | DeletePreference
-    | ApplyClusterPreference | DeleteClusterPreference
+    | ApplyClusterPreference | DeleteClusterPreference | ApplyVMPool | ScaleVMPool | DeleteVMPool
+    | ApplyKubeVirt
 )  # fmt: skip
 
 COMMAND_CLASSES: Final[tuple[type[Command], ...]] = AnyCommand.__args__

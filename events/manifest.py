@@ -14,13 +14,16 @@ from typing import Any, Final
 import yaml
 
 from events import fields as f
+from events import kubevirt as kv
 from events.commands import (
     ApplyClusterInstancetype,
     ApplyClusterPreference,
     ApplyInstancetype,
+    ApplyKubeVirt,
     ApplyPreference,
     ApplyReplicaSet,
     ApplyVM,
+    ApplyVMPool,
     Command,
     MigrateVM,
     RestoreVM,
@@ -40,8 +43,9 @@ SNAPSHOT_API_VERSION: Final = "snapshot.kubevirt.io/v1beta1"
 SNAPSHOT_KINDS: Final = ("VirtualMachineSnapshot", "VirtualMachineRestore")
 RUN_STRATEGIES: Final = ("Always", "RerunOnFailure", "Manual", "Halted", "Once")
 MAX_REPLICAS: Final = 10_000  # events.commands.Replicas allows no more
+POOL_API_VERSION: Final = "pool.kubevirt.io/v1alpha1"
 KINDS: Final = ("VirtualMachine", "VirtualMachineInstance", "VirtualMachineInstanceReplicaSet",
-                "VirtualMachineInstanceMigration", *SNAPSHOT_KINDS)  # fmt: skip
+                "VirtualMachineInstanceMigration", kv.KIND, *SNAPSHOT_KINDS)  # fmt: skip
 
 # Known field names per level: virtbus acts on some and tolerates the rest; anything else warns.
 _TOP: Final = names("apiVersion kind metadata spec status")
@@ -50,6 +54,13 @@ _VM_SPEC: Final = names(
     "updateVolumesStrategy liveUpdateFeatures"
 )
 _RS_SPEC: Final = names("replicas selector template paused")
+_POOL_SPEC: Final = names("replicas selector virtualMachineTemplate")
+_KUBEVIRT_SPEC: Final = names(
+    "configuration certificateRotateStrategy customizeComponents imagePullPolicy "
+    "imagePullSecrets imageRegistry imageTag infra monitorAccount monitorNamespace "
+    "serviceMonitorNamespace uninstallStrategy workloadUpdateStrategy workloads productName "
+    "productVersion productComponent"
+)
 _MIGRATION_SPEC: Final = names("vmiName addedNodeSelector")
 _SNAPSHOT_SPEC: Final = names("source deletionPolicy failureDeadline")
 _RESTORE_SPEC: Final = names("target virtualMachineSnapshotName patches targetReadinessPolicy")
@@ -118,7 +129,8 @@ def to_commands(
         v if isinstance(v, str) else None for v in (doc.get("apiVersion"), doc.get("kind"))
     )
     shown_api, shown_kind = f.short(doc.get("apiVersion")), f.short(doc.get("kind"))
-    other = {**STORAGE_KINDS, INSTANCETYPE_API: tuple(INSTANCETYPE_KINDS)}
+    other = {**STORAGE_KINDS, INSTANCETYPE_API: tuple(INSTANCETYPE_KINDS),
+             POOL_API_VERSION: ("VirtualMachinePool",)}  # fmt: skip
     if api in ("instancetype.kubevirt.io/v1alpha1", "instancetype.kubevirt.io/v1alpha2"):
         reader.warn("apiVersion", f"{api} is deprecated; read as {INSTANCETYPE_API}")
         api = INSTANCETYPE_API
@@ -155,7 +167,13 @@ def to_commands(
     spec = copy.deepcopy(f.mapping(doc.get("spec"), "spec"))
     cmd: Command
     made: list[Command] = []  # what the object makes beside itself (a VM's DataVolumes)
-    if kind in INSTANCETYPE_KINDS:
+    if kind == "VirtualMachinePool":
+        cmd = _pool(spec, reader, name=name, namespace=namespace, labels=labels)
+    elif kind == kv.KIND:
+        reader.section(spec, "spec", fields=_KUBEVIRT_SPEC)
+        reader.warns += kv.read_spec(spec)
+        cmd = ApplyKubeVirt(name=name, namespace=namespace, spec=spec, labels=labels)
+    elif kind in INSTANCETYPE_KINDS:
         cmd = _instancetype(kind or "", spec, reader, name=name, namespace=namespace,
                             labels=labels)  # fmt: skip
     elif kind == "PersistentVolumeClaim":
@@ -171,7 +189,7 @@ def to_commands(
             name=name, namespace=namespace, spec=spec, labels=labels, annotations=annotations
         )
     elif kind == "VirtualMachineInstance":
-        reader.vmi_spec(spec, "spec", sized=False)
+        reader.vmi_spec(spec, "spec", sized=False, annotations=annotations)
         # Reshaped as a run-once VM, so the rest of virtbus only ever sees VM specs.
         template = {"metadata": {"labels": dict(labels)}, "spec": spec}
         cmd = ApplyVM(
@@ -180,9 +198,7 @@ def to_commands(
         )  # fmt: skip
     elif kind == "VirtualMachineInstanceReplicaSet":
         reader.section(spec, "spec", fields=_RS_SPEC)
-        if spec.get("replicas") is None:  # `replicas:` left empty is the default, as unset
-            spec["replicas"] = 1
-        f.integer(spec["replicas"], "spec.replicas", low=0, high=MAX_REPLICAS)
+        _replicas(spec)
         reader.template(spec.get("template"), "spec.template", sized=False)
         cmd = ApplyReplicaSet(name=name, namespace=namespace, spec=spec, labels=labels)
     elif kind == "VirtualMachineInstanceMigration":
@@ -238,6 +254,41 @@ def _instancetype(
     return _APPLY_KIND[kind](name=name, namespace=namespace, spec=spec, labels=labels)
 
 
+def _replicas(spec: dict[str, Any]) -> None:
+    if spec.get("replicas") is None:  # `replicas:` left empty is the default, as unset
+        spec["replicas"] = 1
+    f.integer(spec["replicas"], "spec.replicas", low=0, high=MAX_REPLICAS)
+
+
+def _pool(
+    spec: dict[str, Any], reader: Reader, *, name: str, namespace: str, labels: dict[str, str]
+) -> Command:
+    """A VirtualMachinePool: `replicas` VMs `<pool>-<index>` made from `virtualMachineTemplate`."""
+    for key in [key for key in spec if key not in _POOL_SPEC]:
+        reader.warn(f"spec.{key}", "virtbus's pools do not act on it (they scale, and delete the "
+                                   "highest indexes first)")  # fmt: skip
+    _replicas(spec)
+    at = "spec.virtualMachineTemplate"
+    if not spec.get("virtualMachineTemplate"):
+        raise _fail(at, "is required")
+    template = reader.section(spec["virtualMachineTemplate"], at, fields=names("metadata spec"))
+    meta = reader.section(template.get("metadata"), f"{at}.metadata", fields=METADATA)
+    strings(meta.get("labels"), f"{at}.metadata.labels")
+    vm = f.mapping(template.get("spec"), f"{at}.spec")
+    if not vm:
+        raise _fail(f"{at}.spec", "is required")
+    if vm.get("dataVolumeTemplates"):
+        raise _fail(
+            f"{at}.spec.dataVolumeTemplates",
+            "virtbus's pools do not make a VM's "
+            "DataVolumes yet; use persistentVolumeClaim or containerDisk volumes",
+        )
+    reader.section(vm, f"{at}.spec", fields=_VM_SPEC)
+    _check_run_strategy(vm, path=f"{at}.spec")
+    reader.template(vm.get("template"), f"{at}.spec.template", sized="instancetype" in vm)
+    return ApplyVMPool(name=name, namespace=namespace, spec=spec, labels=labels)
+
+
 def _data_volume_templates(
     spec: dict[str, Any], reader: Reader, *, vm: str, namespace: str
 ) -> list[Command]:
@@ -266,9 +317,10 @@ def _vm_reference(ref: Any, path: str) -> str:
     return check_name(ref.get("name") or "", field=f"{path}.name")
 
 
-def _check_run_strategy(spec: dict[str, Any]) -> None:
+def _check_run_strategy(spec: dict[str, Any], *, path: str = "spec") -> None:
     running, strategy = spec.get("running"), spec.get("runStrategy")
     if running is not None and strategy is not None:
-        raise _fail("spec.running", "spec.running and spec.runStrategy are mutually exclusive")
-    f.boolean(running, "spec.running")
-    f.text(strategy, "spec.runStrategy", choices=RUN_STRATEGIES)
+        raise _fail(f"{path}.running",
+                    f"{path}.running and {path}.runStrategy are mutually exclusive")  # fmt: skip
+    f.boolean(running, f"{path}.running")
+    f.text(strategy, f"{path}.runStrategy", choices=RUN_STRATEGIES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from events import unsupported
 from events.fields import boolean, entries, fail, integer, join, mapping, short, text, word
 from events.quantity import MAX_GUEST_MEMORY, parse_quantity
 
@@ -121,12 +122,16 @@ class Reader:
         template = self.section(value, path, fields=_TEMPLATE)
         meta = self.section(template.get("metadata"), f"{path}.metadata", fields=METADATA)
         strings(meta.get("labels"), f"{path}.metadata.labels")
+        annotations = strings(meta.get("annotations"), f"{path}.metadata.annotations")
         if template.get("spec") is None:
             raise fail(f"{path}.spec", "is required")
-        self.vmi_spec(template["spec"], f"{path}.spec", sized=sized)
+        self.vmi_spec(template["spec"], f"{path}.spec", sized=sized, annotations=annotations)
 
-    def vmi_spec(self, value: Any, path: str, *, sized: bool) -> None:
-        """`sized` means an instancetype supplies CPU and memory, so the domain need not."""
+    def vmi_spec(
+        self, value: Any, path: str, *, sized: bool, annotations: dict[str, str] | None = None
+    ) -> None:
+        """`sized` means an instancetype supplies CPU and memory, so the domain need not;
+        `annotations` are the VMI's (a sidecar hook is named there)."""
         spec = self.section(value, path, fields=_VMI_SPEC)
         if spec.get("domain") is None:
             raise fail(f"{path}.domain", "is required")
@@ -167,6 +172,10 @@ class Reader:
                 self.warn(f"{at}.model", f"unknown NIC model {short(model)}")
             text(nic.get("macAddress"), f"{at}.macAddress")
             self.boot_order(nic, at)
+        # What virtbus recognises and does not do: said (warned, or refused), not swallowed.
+        self.warns += [
+            f"warning: {w}" for w in unsupported.check(spec, path, annotations=annotations)
+        ]
 
     def machine(self, domain: dict[str, Any], path: str) -> None:
         word(mapping(domain.get("machine"), f"{path}.machine").get("type"), f"{path}.machine.type")

@@ -22,6 +22,7 @@ from events.model_aggregates import (
     ClusterPreferenceDeleted,
     InstancetypeApplied,
     InstancetypeDeleted,
+    KubeVirtApplied,
     NodeCordoned,
     NodeDrainRequested,
     NodeLost,
@@ -35,6 +36,10 @@ from events.model_aggregates import (
     ReplicaSetSpecChanged,
     UserAdded,
     UserRevoked,
+    VMPoolCreated,
+    VMPoolDeleted,
+    VMPoolScaled,
+    VMPoolSpecChanged,
     VolumeCreated,
     VolumeDeleted,
     VolumeFailed,
@@ -84,8 +89,9 @@ __all__ = [
     "ClusterPreferenceApplied", "ClusterPreferenceDeleted", "CommandRejected", "DomainDefined",
     "DomainPaused", "DomainRebooted", "DomainResumed", "DomainStarted", "DomainStopped",
     "DomainUndefined", "Event", "GuestAgentChanged", "IPAllocated", "IPReleased", "ImagePulled",
-    "ImagePulling", "InstancetypeApplied", "InstancetypeDeleted", "LauncherCreated",
-    "LauncherDeleted", "LauncherFailed", "MigrationCancelRequested", "MigrationFailed",
+    "ImagePulling", "InstancetypeApplied", "InstancetypeDeleted", "KubeVirtApplied",
+    "LauncherCreated", "LauncherDeleted", "LauncherFailed", "MigrationCancelRequested",
+    "MigrationFailed",
     "MigrationProgress", "MigrationRequested", "MigrationScheduled", "MigrationStarted",
     "MigrationSucceeded", "MigrationTargetPreparing", "MigrationTargetReady", "NodeCordoned",
     "NodeDrainRequested", "NodeLost", "NodeRegistered", "NodeUncordoned", "PreferenceApplied",
@@ -93,7 +99,8 @@ __all__ = [
     "ReplicaSetSpecChanged", "RestoreFailed", "RestoreRequested", "RestoreSucceeded",
     "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested", "SnapshotSucceeded", "UserAdded",
     "UserRevoked", "VMBackoff", "VMCreated", "VMDeleteRequested", "VMDeleted", "VMFailed",
-    "VMPauseRequested", "VMRenamed", "VMRestartRequested", "VMRunning", "VMScheduled",
+    "VMPauseRequested", "VMPoolCreated", "VMPoolDeleted", "VMPoolScaled", "VMPoolSpecChanged",
+    "VMRenamed", "VMRestartRequested", "VMRunning", "VMScheduled",
     "VMSpecChanged", "VMStartFailed", "VMStartRequested", "VMStopRequested", "VMStopped",
     "VMUndeleted", "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed",
     "VolumeAttachRequested", "VolumeAttached", "VolumeCreated", "VolumeDeleted",
@@ -330,7 +337,8 @@ AnyEvent = (
     | VolumeDetachRequested | VolumeDetached | CommandRejected | NodeRegistered | NodeCordoned
     | NodeUncordoned
     | NodeDrainRequested | NodeLost | ReplicaSetCreated | ReplicaSetSpecChanged | ReplicaSetScaled
-    | ReplicaSetDeleted
+    | ReplicaSetDeleted | VMPoolCreated | VMPoolSpecChanged | VMPoolScaled | VMPoolDeleted
+    | KubeVirtApplied
     | VolumeCreated | VolumeReady | VolumeDeleted | WebhookSubscribed | WebhookUnsubscribed
     | WebhookDisabled
     | VolumeFailed | VolumeMoveRequested | VolumeMoved | VolumeMoveFailed | VolumeNodeSelected
@@ -359,6 +367,8 @@ _PREFIX: Final = {
     "clusterinstancetype": "cluster_instancetype_",
     "preference": "preference_",
     "clusterpreference": "cluster_preference_",
+    "vmpool": "vm_pool_",
+    "kubevirt": "kube_virt_",
 }
 
 

@@ -1,9 +1,9 @@
-"""The events of the aggregates beside the VM: nodes, replica sets, volumes, webhook
-subscriptions and audit checkpoints.
+"""The events of the aggregates beside the VM: nodes, replica sets and pools, volumes, webhook
+subscriptions, the KubeVirt configuration and audit checkpoints.
 
 Part of the event union (`events/model.py`; use them as `m.NodeLost` through it). Each class's
 `aggregate` names its subject tree (`virt.<aggregate>.…`); the folds are `events/nodes.py`,
-`events/replicasets.py`, `events/volumes.py`.
+`events/replicasets.py`, `events/volumes.py`, `events/kubevirt.py`.
 """
 
 from __future__ import annotations
@@ -72,6 +72,25 @@ class ReplicaSetScaled(Event, frozen=True):
 
 class ReplicaSetDeleted(Event, frozen=True):
     aggregate: ClassVar[str] = "rs"
+
+
+# VirtualMachinePool (pool.kubevirt.io): a replica set of VMs, folded by the same fold.
+
+
+class VMPoolCreated(ReplicaSetCreated, frozen=True):
+    aggregate: ClassVar[str] = "vmpool"
+
+
+class VMPoolSpecChanged(ReplicaSetSpecChanged, frozen=True):
+    aggregate: ClassVar[str] = "vmpool"
+
+
+class VMPoolScaled(ReplicaSetScaled, frozen=True):
+    aggregate: ClassVar[str] = "vmpool"
+
+
+class VMPoolDeleted(ReplicaSetDeleted, frozen=True):
+    aggregate: ClassVar[str] = "vmpool"
 
 
 # --- volumes --------------------------------------------------------------------------------------
@@ -180,6 +199,18 @@ class ClusterPreferenceApplied(InstancetypeApplied, frozen=True):
 
 class ClusterPreferenceDeleted(InstancetypeDeleted, frozen=True):
     aggregate: ClassVar[str] = "clusterpreference"
+
+
+# --- the KubeVirt configuration (kind: KubeVirt) ------------------------------------------------
+
+
+class KubeVirtApplied(InstancetypeApplied, frozen=True):
+    """The KubeVirt object's spec as applied (its `configuration` is what the orchestrator runs
+    by), folded like the instance types' kinds; `changes` says what differs from the spec
+    before, for whoever reads the history."""
+
+    aggregate: ClassVar[str] = "kubevirt"
+    changes: list[str] = []
 
 
 # --- webhooks -------------------------------------------------------------------------------------

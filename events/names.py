@@ -41,6 +41,8 @@ AGGREGATES: Final = (
     "clusterinstancetype",
     "preference",
     "clusterpreference",
+    "vmpool",
+    "kubevirt",
 )
 CLUSTER_SCOPED: Final = frozenset(
     {"node", "webhook", "intake", "audit", "user", "clusterinstancetype", "clusterpreference"}

@@ -24,7 +24,8 @@ VIEW: Final = "view"
 NODE: Final = "node"
 DISPATCHER: Final = "dispatcher"  # the webhook dispatcher's: it commands nothing
 ROLES: Final = (ADMIN, EDIT, VIEW, NODE, DISPATCHER)
-EDITABLE: Final = frozenset({"vm", "rs", "volume", "instancetype", "preference"})  # `edit`
+# what `edit` commands
+EDITABLE: Final = frozenset({"vm", "rs", "vmpool", "volume", "instancetype", "preference"})
 
 # kubectl's resource names, for messages a Kubernetes user reads like its own
 _RESOURCE: Final = {"vm": "virtualmachines", "rs": "virtualmachineinstancereplicasets",
@@ -32,7 +33,8 @@ _RESOURCE: Final = {"vm": "virtualmachines", "rs": "virtualmachineinstancereplic
                     "user": "users", "instancetype": "virtualmachineinstancetypes",
                     "clusterinstancetype": "virtualmachineclusterinstancetypes",
                     "preference": "virtualmachinepreferences",
-                    "clusterpreference": "virtualmachineclusterpreferences"}  # fmt: skip
+                    "clusterpreference": "virtualmachineclusterpreferences",
+                    "vmpool": "virtualmachinepools", "kubevirt": "kubevirts"}  # fmt: skip
 
 
 # What a node writes: its observations, nothing else (no decision, no command, no rejection).

@@ -16,6 +16,7 @@ import socket
 import uuid
 from pathlib import Path
 
+import msgspec
 from nats.aio.client import Client
 
 from bus.audit import Checkpointer, load_key
@@ -88,7 +89,7 @@ async def run_orchestrator(
     # The intake judges against the controller's folded state, not a read of the log of its own.
     intake.nodes, intake.volume_view = controller.node_views, controller.volume_view
     intake.active_migrations = controller.active_migrations
-    intake.vm_admission = controller.vm_admission
+    intake.vm_admission, intake.admission = controller.vm_admission, controller.admission
     if identity(nc) is not None:
         intake.identities = Identities(nc, writer("users"), trust=trust)
         await intake.identities.push_revocations()  # the server agrees with the log from now
@@ -118,8 +119,9 @@ async def run_orchestrator(
                 leading.set()
                 tasks += [
                     asyncio.create_task(lease.keep(stop), name="orchestrator-lease"),
-                    asyncio.create_task(intake.run(stop), name="orchestrator-intake"),
                 ]
+                await seed_kubevirt(controller, intake)  # before any command is judged
+                tasks.append(asyncio.create_task(intake.run(stop), name="orchestrator-intake"))
                 if audit_key:
                     sealer = Checkpointer(nc, audit_key).run(stop, every_s=checkpoint_every_s)
                     tasks.append(asyncio.create_task(sealer, name="orchestrator-audit"))
@@ -144,6 +146,17 @@ async def run_orchestrator(
             await lease.release()
         if lost is not None:
             raise lost
+
+
+async def seed_kubevirt(controller: Controller, intake: Intake) -> None:
+    """`--migrations` seeds the KubeVirt object (or sets its migrations): an apply in its
+    history, by the orchestrator, judged like any other."""
+    await controller.caught_up()
+    if (cmd := controller.settings.seed_command()) is not None:
+        outcome = await intake.judge(msgspec.structs.replace(cmd, id=f"seed-{uuid.uuid4().hex}"))
+        if not outcome.accepted:
+            log.error("--migrations could not be applied to the KubeVirt object: %s",
+                      outcome.reason)  # fmt: skip
 
 
 def _instance() -> str:

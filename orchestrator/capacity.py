@@ -104,7 +104,11 @@ class Capacity:
         outbound = sum(1 for src, *_ in self._migrating.values() if src == source)
         return outbound < p.parallel_outbound_per_node
 
-    def node_views(self, nodes: Mapping[str, NodeState]) -> list[NodeView]:
+    def node_views(
+        self, nodes: Mapping[str, NodeState], *, kvm_only: bool = False
+    ) -> list[NodeView]:
+        """What placement sees; `kvm_only` (useEmulation off) leaves QEMU nodes without
+        /dev/kvm with no `devices.kubevirt.io/kvm` to give, as KubeVirt's device plugin does."""
         used = {n: list(self._usage.get(n, (0, 0, 0))) for n in nodes}
         # A migration's target holds the VM's capacity until the move is over.
         reserved = [*self._reserved.values(), *((t, c, mem) for _, t, c, mem in
@@ -117,7 +121,7 @@ class Capacity:
             NodeView(
                 name=n.name, cpus=n.cpus, memory_bytes=n.memory_bytes, labels=n.labels,
                 schedulable=n.schedulable, used_cpus=used[name][0], used_memory=used[name][1],
-                vms=used[name][2],
+                vms=used[name][2], no_kvm=kvm_only and n.hypervisor == "qemu" and not n.kvm,
             )
             for name, n in nodes.items()
         ]  # fmt: skip

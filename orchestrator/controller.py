@@ -32,7 +32,7 @@ from events.folding import skipped_now
 from events.instancetypes import KIND_OF, InstancetypeState, apply_instancetype
 from events.names import HEARTBEAT_BUCKET, Ref, aggregate_key
 from events.nodes import READY, NodeState, apply_node
-from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
+from events.replicasets import ReplicaSetState, apply_rs, owners
 from events.state import (
     PENDING,
     UNSCHEDULABLE,
@@ -47,6 +47,7 @@ from orchestrator.crashpoints import crash_at
 from orchestrator.instancetypes import admit, effective
 from orchestrator.ipam import AddressPool
 from orchestrator.keyed import KeyedQueue
+from orchestrator.kubevirt import Settings, needs_config
 from orchestrator.lease import either
 from orchestrator.migrations import Cluster
 from orchestrator.nodeloss import record_lost
@@ -83,8 +84,8 @@ class Controller:
     ) -> None:  # fmt: skip
         self.nc = nc
         self.addresses = AddressPool(vmi_cidr)
-        self.migration_policy = migration_policy or w.MigrationPolicy()
-        self.capacity = Capacity(self.migration_policy)
+        self.settings = Settings(migration_policy)  # the KubeVirt object: the source of truth
+        self.capacity = Capacity(self.settings.config.migrations)
         self.store = store
         self._work = WorkOut(nc, store)
         self.follows: Follows = store  # the live log: its own follow, or a Tail shared with others
@@ -145,9 +146,18 @@ class Controller:
                         self.position, last)  # fmt: skip
 
     async def vm_admission(self, ref: Ref, spec: dict[str, Any]) -> None:
-        """Raise KubeVirt's refusal when the VM's instance type or preference is missing."""
+        """Raise KubeVirt's refusal when the VM's instance type or preference is missing, or a
+        feature it uses is behind a gate that is off."""
         await self.caught_up()
         admit(spec, namespace=ref.namespace, known=self.instancetypes)
+        self.settings.admit(ref, c.StartVM(name=ref.name, namespace=ref.namespace), spec)
+
+    async def admission(self, ref: Ref, cmd: c.Command) -> None:
+        """Raise KubeVirt's refusal of a command the configuration does not allow (a gate that
+        is off; a second KubeVirt object); commands no gate concerns pass without a wait."""
+        if needs_config(cmd):
+            await self.caught_up()
+            self.settings.admit(ref, cmd, getattr(cmd, "spec", None))
 
     async def volume_view(self, ref: Ref, cmd: c.Command) -> ClusterView:
         """What judging a volume command needs besides the volume's own history."""
@@ -170,7 +180,7 @@ class Controller:
         elif kind == "node":
             name = rest.split(".")[1]
             self.nodes[name] = apply_node(self.nodes.get(name) or NodeState(), rec.envelope)
-        elif kind == "rs":
+        elif kind in ("rs", "vmpool"):
             rs = self.replica_sets.get(key) or ReplicaSetState()
             self.replica_sets[key] = apply_rs(rs, rec.envelope)
         elif kind == "volume":
@@ -178,13 +188,16 @@ class Controller:
         elif kind in KIND_OF:
             it = self.instancetypes.get(key) or InstancetypeState()
             self.instancetypes[key] = apply_instancetype(it, rec.envelope)
+        elif kind == "kubevirt":
+            self.settings.folded(key, rec.envelope)
+            self.capacity.policy = self.settings.config.migrations
         self.position = rec.seq
         return kind, key
 
     # --- placement -------------------------------------------------------------------------------
 
     def node_views(self) -> list[NodeView]:
-        return self.capacity.node_views(self.nodes)
+        return self.capacity.node_views(self.nodes, kvm_only=not self.settings.config.use_emulation)
 
     def active_migrations(self) -> dict[tuple[str, str], str]:
         """(namespace, migration name) -> its VM, for every migration not concluded."""
@@ -203,9 +216,10 @@ class Controller:
         if s is None:
             return None
         lost = {n for n, st in self.nodes.items() if st.status != READY}
+        config = self.settings.config
         cluster = Cluster(
             nodes=self.nodes, views=self.node_views, slot_free=self.capacity.slot_free,
-            policy=self.migration_policy,
+            policy=config.migrations, eviction_strategy=config.eviction_strategy,
         )  # fmt: skip
         s, refused = effective(s, known=self.instancetypes)  # sized by its instance type
         reaction = reconcile(
@@ -303,9 +317,9 @@ class Controller:
             if isinstance(data, _ENDS_MIGRATION):
                 await self._start_queued_migrations(rec)
             s = self.vms[key]
-            if owner := s.labels.get(OWNER_LABEL):
-                await self.react_rs(f"virt.rs.{s.namespace}.{owner}", cause=rec)
-        elif kind == "rs":
+            for owner in owners(s):
+                await self.react_rs(owner, cause=rec)
+        elif kind in ("rs", "vmpool"):
             await self.react_rs(key, cause=rec)
         elif kind == "volume":
             await self.react_volume(key)

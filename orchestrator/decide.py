@@ -14,7 +14,7 @@ from typing import Any
 from events import commands as c
 from events import model as m
 from events.errors import ValidationError
-from events.manifest import API_VERSION, run_strategy_of, to_commands
+from events.manifest import API_VERSION, POOL_API_VERSION, run_strategy_of, to_commands
 from events.names import check_name
 from events.replicasets import ReplicaSetState
 from events.state import RUNNING, STOPPING, TERMINATING, VMState
@@ -127,36 +127,43 @@ def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = Non
     raise _reject(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
 
 
+# Replica sets and pools: one decision, each with its kind's names and events.
+_RS_KINDS: dict[str, tuple[str, str, str, tuple[type[m.Event], ...]]] = {
+    "rs": (API_VERSION, "VirtualMachineInstanceReplicaSet", "kubevirt.io",
+           (m.ReplicaSetCreated, m.ReplicaSetSpecChanged, m.ReplicaSetScaled,
+            m.ReplicaSetDeleted)),
+    "vmpool": (POOL_API_VERSION, "VirtualMachinePool", "pool.kubevirt.io",
+               (m.VMPoolCreated, m.VMPoolSpecChanged, m.VMPoolScaled, m.VMPoolDeleted)),
+}  # fmt: skip
+
+
 def decide_rs(rs: ReplicaSetState, cmd: c.Command) -> list[m.Event]:
-    """The events a replica-set command stands for."""
+    """The events a replica-set (or pool) command stands for."""
+    api, kind, group, (created, changed, scaled, deleted) = _RS_KINDS[cmd.aggregate]
     match cmd:
         case c.ApplyReplicaSet():
             doc = {
-                "apiVersion": API_VERSION, "kind": "VirtualMachineInstanceReplicaSet",
+                "apiVersion": api, "kind": kind,
                 "metadata": {"name": cmd.name, "namespace": cmd.namespace, "labels": cmd.labels},
                 "spec": cmd.spec,
             }  # fmt: skip
             to_commands(doc)
-            _check_write(rs.exists, rs.version, cmd, resource="virtualmachineinstancereplicasets")
+            _check_write(rs.exists, rs.version, cmd, resource=f"{kind.lower()}s", group=group)
             # An explicit null is the default, as the manifest check reads it.
             replicas = 1 if cmd.spec.get("replicas") is None else int(cmd.spec["replicas"])
             if not rs.exists:
-                return [m.ReplicaSetCreated(spec=cmd.spec, replicas=replicas, labels=cmd.labels)]
+                return [created(spec=cmd.spec, replicas=replicas, labels=cmd.labels)]
             if (cmd.spec, cmd.labels) == (rs.spec, rs.labels):
                 return []
-            return [m.ReplicaSetSpecChanged(spec=cmd.spec, replicas=replicas, labels=cmd.labels)]
+            return [changed(spec=cmd.spec, replicas=replicas, labels=cmd.labels)]
     if not rs.exists:
-        raise _reject(
-            f'virtualmachineinstancereplicaset.kubevirt.io "{cmd.name}" not found', field="name"
-        )
+        raise _reject(f'{kind.lower()}.{group} "{cmd.name}" not found', field="name")
     match cmd:
         case c.ScaleReplicaSet():
-            return (
-                [] if cmd.replicas == rs.replicas else [m.ReplicaSetScaled(replicas=cmd.replicas)]
-            )
+            return [] if cmd.replicas == rs.replicas else [scaled(replicas=cmd.replicas)]
         case c.DeleteReplicaSet():
-            return [m.ReplicaSetDeleted()]
-    raise _reject(f"{type(cmd).__name__} does not apply to a replica set", field="kind")
+            return [deleted()]
+    raise _reject(f"{type(cmd).__name__} does not apply to a {kind}", field="kind")
 
 
 _RESOURCES = {"VirtualMachine": "virtualmachines", "VirtualMachineInstance":
@@ -164,15 +171,20 @@ _RESOURCES = {"VirtualMachine": "virtualmachines", "VirtualMachineInstance":
 
 
 def _check_write(
-    exists: bool, version: int, cmd: c.ApplyVM | c.ApplyReplicaSet, *, resource: str
+    exists: bool,
+    version: int,
+    cmd: c.ApplyVM | c.ApplyReplicaSet,
+    *,
+    resource: str,
+    group: str = "kubevirt.io",
 ) -> None:
     """`kubectl create` of what exists, or a patch made on a version that is no longer the
     latest, are refused with the API server's words (the CLI retries a conflicting patch)."""
     if cmd.create_only and exists:
-        raise _reject(f'{resource}.kubevirt.io "{cmd.name}" already exists',
+        raise _reject(f'{resource}.{group} "{cmd.name}" already exists',
                       field="metadata.name")  # fmt: skip
     if cmd.expected_version and cmd.expected_version != version:
-        raise _reject(f'Operation cannot be fulfilled on {resource}.kubevirt.io "{cmd.name}": '
+        raise _reject(f'Operation cannot be fulfilled on {resource}.{group} "{cmd.name}": '
                       "the object has been modified; please apply your changes to the latest "
                       "version and try again", field="metadata.resourceVersion")  # fmt: skip
 

@@ -44,6 +44,7 @@ from events.webhooks import fold_webhook
 from orchestrator import metrics
 from orchestrator.crashpoints import crash_at
 from orchestrator.decide import decide, decide_rs
+from orchestrator.kubevirt import decide_kubevirt, fold_kubevirt
 from orchestrator.migrations import decide_node
 from orchestrator.rename import renamed_into
 from orchestrator.scheduler import NodeView
@@ -83,8 +84,10 @@ class Intake:
         self.nodes: Callable[[], list[NodeView]] | None = None
         # Likewise what a volume command is judged against (nodes, volumes, the claim's users).
         self.volume_view: Callable[[Ref, c.Command], Awaitable[ClusterView]] | None = None
-        # Whether a VM's instance type and preference resolve (the controller's folded state).
+        # Whether a VM's instance type and preference resolve (the controller's folded state),
+        # and whether the KubeVirt object's configuration allows a command (its gates).
         self.vm_admission: Callable[[Ref, dict[str, Any]], Awaitable[None]] | None = None
+        self.admission: Callable[[Ref, c.Command], Awaitable[None]] | None = None
         # Who may ask for what, on a secured bus (None: an open bus, where no caller is known).
         self.identities: Identities | None = None
         # And the migrations in flight, by namespace and name -> VM: a VMIM's name is unique.
@@ -142,6 +145,11 @@ class Intake:
                 authorize(await self.identities.user(caller[1]), cmd)
             except ValidationError as err:
                 return await self._record_rejection(ref, cmd, err)
+        try:
+            if self.admission is not None:
+                await self.admission(ref, cmd)
+        except ValidationError as err:
+            return await self._record_rejection(ref, cmd, err)
         if isinstance(cmd, c.ApplyVM) and not self.store.heads.knows(ref):
             # Most applies create: decide on "no such VM" and let the append's concurrency check
             # say otherwise, which saves reading a history that is usually not there.
@@ -318,7 +326,7 @@ def _decide(
 ) -> list[m.Event]:
     if ref.kind == "vm":
         return decide(fold(r.envelope for r in history), cmd, nodes=nodes)
-    if ref.kind == "rs":
+    if ref.kind in ("rs", "vmpool"):
         rs = ReplicaSetState()
         for r in history:
             rs = apply_rs(rs, r.envelope)
@@ -330,6 +338,8 @@ def _decide(
         return decide_node(node, cmd)
     if ref.kind == "webhook":
         return decide_webhook(fold_webhook(ref.name, history), cmd)
+    if ref.kind == "kubevirt":
+        return decide_kubevirt(fold_kubevirt(r.envelope for r in history), cmd)
     if ref.kind in KIND_OF:
         it = InstancetypeState()
         for r in history:

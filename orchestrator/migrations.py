@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 import yaml
@@ -22,10 +22,10 @@ from events import commands as c
 from events import model as m
 from events import work as w
 from events.errors import ValidationError
+from events.kubevirt import EVICTION_STRATEGIES, policy_from_config
 from events.manifest import summarize
 from events.names import check_name
 from events.nodes import READY, NodeState
-from events.quantity import parse_quantity
 from events.state import (
     FAILED,
     PENDING,
@@ -43,7 +43,6 @@ from events.state import (
 from orchestrator.scheduler import NodeView, Request, Unschedulable, place
 
 Step = tuple[list[m.Event], list[w.Work]]
-EVICTION_STRATEGIES = ("None", "LiveMigrate", "LiveMigrateIfPossible", "External")
 ACTIVE_PHASES = (SCHEDULING, SCHEDULED, PREPARING_TARGET, TARGET_READY, RUNNING)
 _BEFORE_READY = (SCHEDULING, SCHEDULED, PREPARING_TARGET)  # hold a parallelism slot
 
@@ -55,38 +54,7 @@ class Cluster(msgspec.Struct, frozen=True, kw_only=True):
     views: Callable[[], list[NodeView]]
     slot_free: Callable[[str], bool]  # may one more migration leave this source node now?
     policy: w.MigrationPolicy = w.MigrationPolicy()
-
-
-# KubeVirt's `spec.configuration.migrations` keys -> MigrationPolicy fields (maxDowntimeMs is ours).
-_POLICY_KEYS: Final = {
-    "bandwidthPerMigration": "bandwidth_bytes", "completionTimeoutPerGiB":
-    "completion_timeout_per_gib", "allowAutoConverge": "allow_auto_converge",
-    "allowPostCopy": "allow_post_copy", "maxDowntimeMs": "max_downtime_ms",
-    "parallelMigrationsPerCluster": "parallel_per_cluster",
-    "parallelOutboundMigrationsPerNode": "parallel_outbound_per_node",
-}  # fmt: skip
-
-
-def policy_from_config(doc: Any) -> w.MigrationPolicy:
-    """A policy from KubeVirt's migration configuration (`migrations:` or its contents); what is
-    left out keeps KubeVirt's default."""
-    doc = doc.get("migrations", doc) if isinstance(doc, dict) else doc
-    if not isinstance(doc, dict):
-        raise ValidationError("migrations: expected a mapping", field="migrations")
-    values: dict[str, Any] = {}
-    for key, given in doc.items():
-        field = f"migrations.{key}"
-        if (name := _POLICY_KEYS.get(key)) is None:
-            raise ValidationError(f"{field}: unknown; use one of {', '.join(_POLICY_KEYS)}",
-                                  field=field)  # fmt: skip
-        value = parse_quantity(given, field=field) if name == "bandwidth_bytes" else given
-        ok = isinstance(value, bool) if name.startswith("allow") else (
-            isinstance(value, int) and not isinstance(value, bool) and value > 0)  # fmt: skip
-        if not ok:
-            want = "true or false" if name.startswith("allow") else "a positive integer"
-            raise ValidationError(f"{field}: {value!r} is not {want}", field=field)
-        values[name] = value
-    return w.MigrationPolicy(**values)
+    eviction_strategy: str = "None"  # the KubeVirt object's spec.configuration.evictionStrategy
 
 
 def load_policy(path: Path) -> w.MigrationPolicy:
@@ -223,17 +191,18 @@ def decide_node(n: NodeState, cmd: c.Command) -> list[m.Event]:
     raise ValidationError(f"{type(cmd).__name__} does not apply to a node", field="kind")
 
 
-def eviction_strategy(s: VMState) -> str:
-    """`spec.template.spec.evictionStrategy`; KubeVirt's cluster default is None."""
+def eviction_strategy(s: VMState, *, cluster_default: str = "None") -> str:
+    """`spec.template.spec.evictionStrategy`, else the cluster's (the KubeVirt object's, whose
+    default is None)."""
     strategy = ((s.spec.get("template") or {}).get("spec") or {}).get("evictionStrategy")
-    return strategy if strategy in EVICTION_STRATEGIES else "None"
+    return strategy if strategy in EVICTION_STRATEGIES else cluster_default
 
 
 def _evict(s: VMState, node: NodeState, cluster: Cluster) -> list[m.Event] | None:
     """A VM on a draining node: moved off per its eviction strategy (None: nothing to do)."""
     if s.phase != RUNNING or s.status in (STOPPING, TERMINATING) or migration_active(s.migration):
         return None
-    strategy = eviction_strategy(s)
+    strategy = eviction_strategy(s, cluster_default=cluster.eviction_strategy)
     if strategy == "External":
         return None  # someone else moves it, as in KubeVirt
     last = s.migration

@@ -21,7 +21,7 @@ from events import work as w
 from events.envelope import Envelope
 from events.manifest import summarize
 from events.names import Ref
-from events.replicasets import OWNER_LABEL, ReplicaSetState, replica_name
+from events.replicasets import LABELS, ReplicaSetState, replica_name
 from events.state import (
     CRASH_LOOP,
     FAILED,
@@ -235,28 +235,33 @@ def _volume_work(s: VMState) -> list[w.Work]:
 def reconcile_rs(
     rs: ReplicaSetState, vms: Mapping[str, VMState]
 ) -> list[tuple[Ref, list[m.Event], int]]:
-    """Per replica VM, the events that bring the set to `rs.replicas` (create or delete).
+    """Per replica VM, the events that bring the set (or pool) to `rs.replicas`.
 
-    `vms` are the VMs of the set's namespace by name. Replicas are `<rs>-<index>` VMs with
-    runStrategy Always, so they restart on failure; scaling down deletes every owned VM outside
-    the first `replicas` indexes (KubeVirt picks arbitrary ones).
+    `vms` are the VMs of the set's namespace by name. Replicas are `<rs>-<index>` VMs: a replica
+    set's run its VMI template with runStrategy Always, so they restart on failure; a pool's are
+    its `virtualMachineTemplate` (KubeVirt's pool names them so too). Scaling down deletes every
+    owned VM outside the first `replicas` indexes (KubeVirt picks arbitrary ones).
     """
     want = rs.replicas if rs.exists else 0
-    template = rs.spec.get("template") or {}
-    labels = {**((template.get("metadata") or {}).get("labels") or {}), OWNER_LABEL: rs.name}
+    label = LABELS[rs.aggregate]
+    if rs.aggregate == "vmpool":
+        template = rs.spec.get("virtualMachineTemplate") or {}
+        spec, source = template.get("spec") or {}, "VirtualMachine"  # a pool makes real VMs
+    else:
+        template = rs.spec.get("template") or {}
+        spec = {"runStrategy": "Always", "template": template}
+        source = "VirtualMachineInstanceReplicaSet"
+    labels = {**((template.get("metadata") or {}).get("labels") or {}), label: rs.name}
     wanted = [replica_name(rs.name, i) for i in range(want)]
     out: list[tuple[Ref, list[m.Event], int]] = []
     for name in wanted:
         s = vms.get(name) or VMState()
         if not s.exists and s.status != TERMINATING:
-            create = c.ApplyVM(
-                name=name, namespace=rs.namespace, labels=labels,
-                spec={"runStrategy": "Always", "template": template},
-                source_kind="VirtualMachineInstanceReplicaSet",
-            )  # fmt: skip
+            create = c.ApplyVM(name=name, namespace=rs.namespace, labels=labels, spec=spec,
+                               source_kind=source)  # fmt: skip
             out.append((Ref("vm", rs.namespace, name), decide(s, create), s.version))
     for name, s in vms.items():
-        owned = s.labels.get(OWNER_LABEL) == rs.name and s.exists
+        owned = s.labels.get(label) == rs.name and s.exists
         if owned and name not in wanted and s.status != TERMINATING:
             delete = c.DeleteVM(name=name, namespace=rs.namespace)
             out.append((Ref("vm", rs.namespace, name), decide(s, delete), s.version))

@@ -25,6 +25,7 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     used_cpus: int = 0
     used_memory: int = 0
     vms: int = 0
+    no_kvm: bool = False  # a QEMU node without /dev/kvm while the KubeVirt object forbids emulation
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,6 +71,8 @@ def _misfit(req: Request, n: NodeView) -> str:
         return "node(s) had volume node affinity conflict"
     if any(n.labels.get(k) != v for k, v in req.node_selector.items()):
         return "node(s) didn't match Pod's node affinity/selector"
+    if n.no_kvm:
+        return "Insufficient devices.kubevirt.io/kvm"
     if n.memory_bytes - n.used_memory < req.memory_bytes:
         return "Insufficient memory"
     if n.cpus * CPU_ALLOCATION_RATIO - n.used_cpus < req.cpus:

@@ -114,12 +114,14 @@ def whoami(server: ServerOpt = None) -> None:
 READS: Final = frozenset({"get", "list", "watch", "describe", "history"})
 WRITES: Final = frozenset({"create", "apply", "update", "patch", "delete", "start", "stop",
                            "restart", "pause", "unpause", "migrate", "rename", "snapshot",
-                           "restore", "drain", "cordon", "uncordon"})  # fmt: skip
+                           "restore", "drain", "cordon", "uncordon", "scale"})  # fmt: skip
 RESOURCES: Final = {
     **dict.fromkeys(("vm", "vms", "virtualmachine", "virtualmachines", "vmi", "vmis",
                      "virtualmachineinstance", "virtualmachineinstances"), "vm"),
     **dict.fromkeys(("vmirs", "virtualmachineinstancereplicaset",
                      "virtualmachineinstancereplicasets"), "rs"),
+    **dict.fromkeys(("vmpool", "vmpools", "virtualmachinepool", "virtualmachinepools"), "vmpool"),
+    **dict.fromkeys(("kubevirt", "kubevirts", "kv", "kvs"), "kubevirt"),
     **dict.fromkeys(("pvc", "pvcs", "persistentvolumeclaim", "persistentvolumeclaims", "volume",
                      "volumes"), "volume"),
     **dict.fromkeys(("node", "nodes"), "node"),

@@ -27,6 +27,7 @@ from events import render
 from events.envelope import Recorded, attested, chain_hash, decode_envelope
 from events.errors import TamperDetected, ValidationError, VirtbusError
 from events.names import COMMANDS_STREAM, EVENTS_STREAM, Ref
+from virtctl import kinds as k
 from virtctl.cli_common import NsOpt, ServerOpt, finish, run
 from virtctl.cli_common import usage as _usage
 
@@ -54,8 +55,23 @@ def _when(text: str | None, flag: str) -> datetime | None:
         raise _usage(f"{flag}: {err.message}") from None
 
 
+# The kinds with a history besides the VM's (`history KIND/NAME`), by their aggregate.
+_AGGREGATES = {k.VM: "vm", k.VMIRS: "rs", k.VMPOOL: "vmpool", k.KUBEVIRT: "kubevirt"}
+
+
+def _target(name: str, namespace: str) -> tuple[Ref, k.Kind]:
+    """`NAME` (a VM) or `KIND/NAME` (a pool, a replica set, the KubeVirt object)."""
+    kind, named = k.split(name, None) if "/" in name else (k.VM, name)
+    if kind not in _AGGREGATES or named is None:
+        raise ValidationError(f"history: {name!r}: give a VM's name, or vmpool/NAME, "
+                              "vmirs/NAME, kubevirt/NAME", field="name")  # fmt: skip
+    if kind is k.KUBEVIRT and namespace == "default":  # where the KubeVirt object lives
+        namespace = "kubevirt"
+    return Ref.of(_AGGREGATES[kind], named, namespace), kind
+
+
 def history(
-    name: Annotated[str, typer.Argument(help="VM name (deleted VMs too)")],
+    name: Annotated[str, typer.Argument(help="VM name (deleted VMs too), or KIND/NAME")],
     namespace: NsOpt = "default",
     since: Annotated[str | None, typer.Option(help="RFC 3339 time or a duration ago (10m)")] = None,
     until: Annotated[str | None, typer.Option(help="RFC 3339 time or a duration ago")] = None,
@@ -64,13 +80,16 @@ def history(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing")] = False,
     server: ServerOpt = None,
 ) -> None:
-    """Every command, decision and observation of a VM, with its status after each."""
+    """Every command, decision and observation of a VM, with its status after each; of a pool,
+    a replica set or the KubeVirt object as KIND/NAME (`history kubevirt/kubevirt`)."""
     if output not in OUTPUTS:
         raise _usage(f"-o {output!r}: use table, json or yaml")
     try:
-        ref = Ref.vm(name, namespace)
+        ref, _ = _target(name, namespace)
     except ValidationError as err:
         raise _usage(err.message) from None
+    if ref.kind != "vm" and at is not None:
+        raise _usage("--at prints a VM as it was; for other kinds read the history")
     moment, start, end = _when(at, "--at"), _when(since, "--since"), _when(until, "--until")
     if moment is not None and (follow or start or end):
         raise _usage("--at prints one moment; it does not combine with --since, --until, --follow")
@@ -82,12 +101,13 @@ def history(
 
 
 async def _read(nc: Client, ref: Ref) -> h.History:
-    try:
-        found = await h.read_history(nc, ref)
+    try:  # the read model indexes VMs' histories only; the others are read off their subjects
+        found = await h.read_history(nc, ref, indexed=ref.kind == "vm")
     except TamperDetected as err:
         raise VirtbusError(f"{err}; run `virtbus audit verify {ref.name}`") from None
     if not found.events and not found.commands:
-        raise VirtbusError(f'virtualmachines.kubevirt.io "{ref.name}" not found')
+        kind = next(kind for kind, agg in _AGGREGATES.items() if agg == ref.kind)
+        raise VirtbusError(kind.not_found(ref.name))
     return found
 
 
@@ -154,7 +174,8 @@ async def _history(
     follow: bool,
 ) -> int:  # fmt: skip
     async with session(url) as nc:
-        found = await (_read(nc, ref) if not follow else h.read_history(nc, ref))
+        found = await (_read(nc, ref) if not follow else
+                       h.read_history(nc, ref, indexed=ref.kind == "vm"))  # fmt: skip
         entries = h.entries(found)
         _print(h.window(entries, since=since, until=until), output=output)
         if follow:

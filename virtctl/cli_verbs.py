@@ -20,6 +20,8 @@ from bus.connect import server_url
 from events import commands as c
 from events.commands import AnyCommand
 from events.envelope import Envelope
+from events.errors import ValidationError
+from virtctl import kinds as k
 from virtctl.cli_common import (
     NameArg,
     NsOpt,
@@ -54,7 +56,7 @@ def apply(
     """Create or update VMs from KubeVirt manifests (multi-document YAML)."""
     from virtctl.verbs import apply_file
 
-    finish(run(apply_file(server_url(server), path=filename, namespace=namespace)))
+    finish(run(apply_file(server_url(server), path=filename, namespace=namespace, actor=actor())))
 
 
 def start(
@@ -191,14 +193,23 @@ def removevolume(
 
 
 def scale(
-    name: Annotated[str, typer.Argument(help="VirtualMachineInstanceReplicaSet name")],
-    replicas: Annotated[int, typer.Option("--replicas", min=0, max=10_000)],
+    what: Annotated[str, typer.Argument(help="vmirs or vmpool (or TYPE/NAME, or a vmirs's name)")],
+    name: Annotated[str | None, typer.Argument(help="its name")] = None,
+    replicas: Annotated[int, typer.Option("--replicas", min=0, max=10_000)] = -1,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
-    """Set the number of replicas of a VMI replica set."""
-    cmd = c.ScaleReplicaSet(name=name, namespace=namespace, replicas=replicas, actor=actor())
-    lifecycle(cmd, server)
+    """Set the number of replicas of a VMI replica set or a VM pool (kubectl scale)."""
+    if replicas < 0:
+        raise usage("Missing option '--replicas'.")
+    try:
+        kind, named = k.split(what, name) if name is not None or "/" in what else (k.VMIRS, what)
+    except ValidationError as err:
+        raise usage(err.message) from None
+    if kind not in (k.VMIRS, k.VMPOOL) or named is None:
+        raise usage(f"scale: {what!r}: virtbus scales vmirs and vmpool")
+    scaled = c.ScaleVMPool if kind is k.VMPOOL else c.ScaleReplicaSet
+    lifecycle(scaled(name=named, namespace=namespace, replicas=replicas, actor=actor()), server)
 
 
 def version(

@@ -14,13 +14,15 @@ from nats.aio.client import Client
 
 from bus.client import query, session
 from bus.store import EventStore
+from events import kubevirt as kv
 from events import render
 from events.envelope import Recorded
 from events.errors import VirtbusError
+from events.manifest import POOL_API_VERSION
 from events.names import aggregate_key
 from events.nodes import NodeState
 from events.protocol import Query
-from events.replicasets import OWNER_LABEL, ReplicaSetState, apply_rs
+from events.replicasets import LABELS, ReplicaSetState, apply_rs
 from events.state import VMState
 from virtctl import kinds as k
 from virtctl.listing import Item, Listing, Output, describe, show
@@ -71,35 +73,74 @@ def vm_counts(vms: list[VMState]) -> dict[str, int]:
     return counts
 
 
-async def replica_sets(nc: Client, *, namespace: str | None) -> list[ReplicaSetState]:
+async def replica_sets(
+    nc: Client, *, namespace: str | None, aggregate: str = "rs"
+) -> list[ReplicaSetState]:
+    """The replica sets (or, `aggregate` "vmpool", the pools) there are, folded from the log."""
     sets: dict[str, ReplicaSetState] = {}
 
     def on(rec: Recorded) -> None:
         key = aggregate_key(rec.subject)
         sets[key] = apply_rs(sets.get(key) or ReplicaSetState(), rec.envelope)
 
-    await EventStore(nc).replay(on, subjects=["virt.rs.>"], verify=False)
+    await EventStore(nc).replay(on, subjects=[f"virt.{aggregate}.>"], verify=False)
     return sorted((rs for rs in sets.values() if rs.exists and namespace in (None, rs.namespace)),
                   key=lambda r: (r.namespace, r.name))  # fmt: skip
 
 
-async def rs_items(nc: Client, *, name: str | None, namespace: str | None) -> list[Item]:
-    """`kubectl get vmirs`: folded from the log's replica-set subjects (the read model holds
-    VMs and nodes only), with replica counts from the VMIs the sets own."""
-    found = [rs for rs in await replica_sets(nc, namespace=namespace) if name in (None, rs.name)]
+async def rs_items(
+    nc: Client, *, name: str | None, namespace: str | None, kind: k.Kind = k.VMIRS
+) -> list[Item]:
+    """`kubectl get vmirs` (or `vmpool`): folded from the log's replica-set (pool) subjects (the
+    read model holds VMs and nodes only), with replica counts from the VMs the sets own."""
+    aggregate = "vmpool" if kind is k.VMPOOL else "rs"
+    found = [rs for rs in await replica_sets(nc, namespace=namespace, aggregate=aggregate)
+             if name in (None, rs.name)]  # fmt: skip
     vms = (await query(nc, Query(what="vms", namespace=namespace))).vms
     items = []
     for rs in found:
-        owned = [s for s in vms if s.labels.get(OWNER_LABEL) == rs.name and s.exists
+        owned = [s for s in vms if s.labels.get(LABELS[aggregate]) == rs.name and s.exists
                  and s.namespace == rs.namespace]  # fmt: skip
         ready = sum(1 for s in owned if s.ready)
-        obj = {"apiVersion": render.KUBEVIRT_API, "kind": "VirtualMachineInstanceReplicaSet",
+        api = render.KUBEVIRT_API if kind is k.VMIRS else POOL_API_VERSION
+        obj = {"apiVersion": api, "kind": kind.kind,
                "metadata": {"name": rs.name, "namespace": rs.namespace, "labels": rs.labels,
                             "creationTimestamp": render.timestamp(rs.created)},
                "spec": rs.spec,
                "status": {"replicas": len(owned), "readyReplicas": ready}}  # fmt: skip
         cells = [rs.name, str(rs.replicas), str(len(owned)), str(ready), render.age(rs.created)]
         items.append(Item(rs.namespace, rs.name, rs.labels, obj, cells))
+    return items
+
+
+async def kubevirt_items(nc: Client, *, name: str | None, namespace: str | None) -> list[Item]:
+    """`kubectl get kubevirt`: the object as its history folds it, or the default (the seed's)
+    before one was applied; `status` says what the orchestrator runs by."""
+    objects: dict[str, kv.KubeVirtState] = {}
+
+    def on(rec: Recorded) -> None:
+        key = aggregate_key(rec.subject)
+        objects[key] = kv.apply_kubevirt(objects.get(key) or kv.KubeVirtState(), rec.envelope)
+
+    await EventStore(nc).replay(on, subjects=["virt.kubevirt.>"], verify=False)
+    found = [s for s in objects.values() if s.exists] or [kv.default_state()]
+    items = []
+    for s in found:
+        if name not in (None, s.name) or namespace not in (None, s.namespace):
+            continue
+        config = kv.config_of(s.spec)
+        gates = sorted(g for g in (*kv.GATES, *config.gates) if config.enabled(g))
+        obj = {"apiVersion": render.KUBEVIRT_API, "kind": "KubeVirt",
+               "metadata": {"name": s.name, "namespace": s.namespace, "labels": s.labels,
+                            "creationTimestamp": render.timestamp(s.created),
+                            "resourceVersion": str(s.version)},
+               "spec": s.spec,
+               "status": {"phase": "Deployed", "enabledFeatureGates": sorted(set(gates)),
+                          "useEmulation": config.use_emulation,
+                          "evictionStrategy": config.eviction_strategy,
+                          "migrations": kv.policy_spec(config.migrations)}}  # fmt: skip
+        items.append(Item(s.namespace, s.name, s.labels, obj,
+                          [s.name, render.age(s.created), "Deployed"]))  # fmt: skip
     return items
 
 
@@ -120,9 +161,13 @@ async def listing(
         return await volumes.listing(nc, name=name, namespace=namespace, dv=kind is k.DV)
     if kind is k.VMIM:
         return await migrations.listing(nc, name=name, namespace=namespace, wide=wide)
-    if kind is k.VMIRS:
-        items = await rs_items(nc, name=name, namespace=namespace)
+    if kind in (k.VMIRS, k.VMPOOL):
+        items = await rs_items(nc, name=name, namespace=namespace, kind=kind)
         return Listing(kind, ["NAME", "DESIRED", "CURRENT", "READY", "AGE"], items)
+    if kind is k.KUBEVIRT:
+        return Listing(
+            kind, ["NAME", "AGE", "PHASE"], await kubevirt_items(nc, name=name, namespace=namespace)
+        )
     if kind is k.NODE:
         answer = await query(nc, Query(what="nodes", name=name))
         vms = (await query(nc, Query(what="vms"))).vms  # VMS counts every namespace's VMs

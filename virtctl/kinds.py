@@ -67,8 +67,10 @@ CLUSTER_PREFERENCE = _kind("vmclusterprefs", "VirtualMachineClusterPreference", 
                            "vmclusterpref", "vmclusterprefs", "vmcp", "vmcps",
                            namespaced=False)  # fmt: skip
 INSTANCETYPES = (INSTANCETYPE, CLUSTER_INSTANCETYPE, PREFERENCE, CLUSTER_PREFERENCE)
+VMPOOL = _kind("vmpools", "VirtualMachinePool", "pool.kubevirt.io", "vmpool", "vmpools")
+KUBEVIRT = _kind("kubevirt", "KubeVirt", "kubevirt.io", "kv", "kvs")
 NODE = Kind("nodes", "Node", "", ("node", "nodes", "no"), namespaced=False)
-KINDS = (VM, VMI, VMIRS, VMIM, SNAPSHOT, RESTORE, PVC, DV, *INSTANCETYPES, NODE)
+KINDS = (VM, VMI, VMIRS, VMIM, SNAPSHOT, RESTORE, PVC, DV, *INSTANCETYPES, VMPOOL, KUBEVIRT, NODE)
 _BY_ALIAS = {alias: k for k in KINDS for alias in k.aliases}
 _BY_MANIFEST = {k.kind: k for k in KINDS}
 _SEPARATE = (
@@ -76,7 +78,10 @@ _SEPARATE = (
     "arguments in resource/name form (e.g. 'virtbus get resource/<resource_name>' "
     "instead of 'virtbus get resource resource/<resource_name>')"
 )
-SUPPORTED = "vm, vmi, vmirs, vmim, vmsnapshot, vmrestore, pvc, dv, vmf, vmcf, vmpref, vmcp, node"
+SUPPORTED = (
+    "vm, vmi, vmirs, vmim, vmsnapshot, vmrestore, pvc, dv, vmf, vmcf, vmpref, vmcp, vmpool, "
+    "kubevirt, node"
+)
 
 
 def lookup(word: str) -> Kind:

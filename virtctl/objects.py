@@ -39,6 +39,7 @@ from virtctl.verbs import (
 )
 
 _WRITTEN = {"ApplyVM": "virtualmachine", "ApplyReplicaSet": "virtualmachineinstancereplicaset",
+            "ApplyVMPool": "virtualmachinepool", "ApplyKubeVirt": "kubevirt",
             "MigrateVM": "virtualmachineinstancemigration", "SnapshotVM": "virtualmachinesnapshot",
             "RestoreVM": "virtualmachinerestore"}  # fmt: skip
 _CONFLICT_TRIES = 5
@@ -51,7 +52,8 @@ def _created_name(cmd: c.Command) -> str:
         return instancetype_object_name(cmd)
     if isinstance(cmd, c.ApplyVM) and cmd.source_kind == VMI_SOURCE:
         return f"virtualmachineinstance.kubevirt.io/{cmd.name}"
-    group = "snapshot.kubevirt.io" if isinstance(cmd, c.SnapshotVM | c.RestoreVM) else "kubevirt.io"
+    group = "snapshot.kubevirt.io" if isinstance(cmd, c.SnapshotVM | c.RestoreVM) else (
+        "pool.kubevirt.io" if isinstance(cmd, c.ApplyVMPool) else "kubevirt.io")  # fmt: skip
     name = {c.MigrateVM: lambda x: x.migration or x.name, c.SnapshotVM: lambda x: x.snapshot,
             c.RestoreVM: lambda x: x.restore}.get(type(cmd), lambda x: x.name)(cmd)  # fmt: skip
     return f"{_WRITTEN[type(cmd).__name__]}.{group}/{name}"
@@ -138,6 +140,8 @@ async def _delete(nc: Any, *, kind: k.Kind, name: str, namespace: str, actor: st
             await send(nc, DELETE[kind.kind](name=name, namespace=namespace, actor=actor))
         case k.VMIRS:
             await send(nc, c.DeleteReplicaSet(name=name, namespace=namespace, actor=actor))
+        case k.VMPOOL:
+            await send(nc, c.DeleteVMPool(name=name, namespace=namespace, actor=actor))
         case k.PVC | k.DV:
             if kind is k.DV:
                 from virtctl.volumes import volume
@@ -164,7 +168,9 @@ async def _delete(nc: Any, *, kind: k.Kind, name: str, namespace: str, actor: st
             await send(nc, c.CancelMigration(name=vm, namespace=namespace, actor=actor))
         case _:
             why = {k.NODE: "a node is its worker: stop the worker, or `virtbus drain` it",
-                   k.RESTORE: "a restore stays in its VM's history"}[kind]  # fmt: skip
+                   k.RESTORE: "a restore stays in its VM's history",
+                   k.KUBEVIRT: "it would uninstall KubeVirt; apply it again to change the "
+                               "configuration"}[kind]  # fmt: skip
             raise VirtbusError(f"deleting {kind.resource} is not supported by virtbus: {why}")
     return done
 

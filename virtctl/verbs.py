@@ -11,6 +11,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import typer
 
 from bus.client import Rejected, query, send, session
@@ -34,6 +35,7 @@ APPLIED_KIND = {
     "ApplyVM": "virtualmachine", "ApplyReplicaSet": "virtualmachineinstancereplicaset",
     "MigrateVM": "virtualmachineinstancemigration",
     "SnapshotVM": "virtualmachinesnapshot", "RestoreVM": "virtualmachinerestore",
+    "ApplyVMPool": "virtualmachinepool", "ApplyKubeVirt": "kubevirt",
 }  # fmt: skip
 DONE = {
     "StartVM": "VM {} was scheduled to start", "StopVM": "VM {} was scheduled to stop",
@@ -46,12 +48,14 @@ DONE = {
     "CancelMigration": "VM {} was scheduled to cancel its migration",
     "DrainNode": "node/{} drained", "UncordonNode": "node/{} uncordoned",
     "ScaleReplicaSet": "virtualmachineinstancereplicaset.kubevirt.io/{} scaled",
+    "ScaleVMPool": "virtualmachinepool.pool.kubevirt.io/{} scaled",
     "AddVolume": "Successfully submitted add volume request to VM {} for volume {}",
     "RemoveVolume": "Successfully submitted remove volume request to VM {} for volume {}",
 }  # fmt: skip
 
 
-_CREATED = ("io.virtbus.vm.created.v1", "io.virtbus.rs.created.v1")  # a first apply's event
+# a first apply's event (the KubeVirt object's first, under a name other than the default's)
+_CREATED = ("io.virtbus.vm.created.v1", "io.virtbus.rs.created.v1", "io.virtbus.vmpool.created.v1")
 
 
 def volume_object_name(cmd: c.CreateVolume) -> str:
@@ -110,10 +114,13 @@ async def manifest_commands(path: str, *, namespace: str, verb: str) -> tuple[li
     return found, failed
 
 
-async def apply_file(url: str, *, path: str, namespace: str) -> int:
+async def apply_file(url: str, *, path: str, namespace: str, actor: str = "") -> int:
+    """`apply -f`: each object created, configured or unchanged; `actor` says who asked (on a
+    secured bus the server's word for it replaces it)."""
     cmds, failed = await manifest_commands(path, namespace=namespace, verb="apply")
     async with session(url) as nc:
-        for cmd in cmds:
+        for one in cmds:
+            cmd = msgspec.structs.replace(one, actor=one.actor or actor)
             try:
                 outcome = await send(nc, cmd)
             except Rejected as e:
@@ -146,7 +153,10 @@ def _applied(cmd: c.Command, outcome: c.Outcome) -> str:
     if isinstance(cmd, c.SnapshotVM | c.RestoreVM):  # named for themselves, not for the VM
         name = cmd.snapshot if isinstance(cmd, c.SnapshotVM) else cmd.restore
         return f"{kind}.snapshot.kubevirt.io/{name} created"
-    return f"{kind}.kubevirt.io/{cmd.name} {verb}"
+    if isinstance(cmd, c.ApplyKubeVirt) and outcome.version == 1 and outcome.events:
+        verb = "created" if (cmd.namespace, cmd.name) != ("kubevirt", "kubevirt") else verb
+    group = "pool.kubevirt.io" if isinstance(cmd, c.ApplyVMPool) else "kubevirt.io"
+    return f"{kind}.{group}/{cmd.name} {verb}"
 
 
 async def lifecycle(url: str, cmd: c.Command) -> int:

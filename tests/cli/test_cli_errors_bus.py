@@ -89,7 +89,7 @@ async def test_verbs_on_an_unreachable_bus_say_so_in_one_line(tmp_path: Path) ->
         assert reason.startswith(f"error: cannot reach NATS at {server}: "), (path, reason)
         assert "no servers available" not in reason  # nats-py's summary, not the cause
     assert missing == (1, "", 'error: the path "missing.yaml" does not exist\n')
-    assert usage == (2, "", "Usage: python -m virtbus scale [OPTIONS] {name}\n"
+    assert usage == (2, "", "Usage: python -m virtbus scale [OPTIONS] {what} [name]\n"
                      "Try 'python -m virtbus scale --help' for help.\n\n"
                      "Error: Invalid value for '--replicas': Input should be a valid integer, "
                      "unable to parse string as an integer\n")  # fmt: skip

@@ -494,16 +494,13 @@ def test_known_kubevirt_fields_do_not_warn() -> None:
     spec.update(
         evictionStrategy="LiveMigrate",
         nodeSelector={"kubernetes.io/hostname": "n1"},
-        affinity={},
         tolerations=[],
         terminationGracePeriodSeconds=0,
         hostname="c7",
         subdomain="lab",
-        readinessProbe={},
-        livenessProbe={},
         accessCredentials=[],
     )
-    spec["domain"].update(firmware={"bootloader": {"efi": {}}}, clock={}, features={})
+    spec["domain"].update(firmware={"bootloader": {"bios": {}}}, clock={}, features={})
     spec["domain"]["devices"].update(
         gpus=[],
         hostDevices=[],
@@ -607,3 +604,70 @@ def test_document_must_be_a_mapping() -> None:
     with pytest.raises(ValidationError) as info:
         to_commands(["not", "a", "mapping"])  # type: ignore[arg-type]
     assert info.value.field == "document"
+
+
+# --- recognised, not implemented: said, not swallowed ---------------------------------------------
+
+
+def test_fields_virtbus_does_not_do_are_warned_about_naming_the_path() -> None:
+    doc = seed()
+    spec = vmi_spec(doc)
+    spec.update(affinity={}, readinessProbe={"tcpSocket": {"port": 22}}, priorityClassName="hi",
+                architecture="amd64")  # fmt: skip
+    spec["domain"]["cpu"]["dedicatedCpuPlacement"] = True
+    spec["domain"]["devices"]["tpm"] = {}
+    _, warnings = to_commands(doc)
+    assert warnings == [
+        f"warning: {TSPEC}.domain.devices.tpm: virtbus gives the guest no TPM",
+        f"warning: {TSPEC}.domain.cpu.dedicatedCpuPlacement: virtbus pins no CPUs; the vCPUs float",
+        f"warning: {TSPEC}.priorityClassName: virtbus has no pod priorities; ignored",
+        f"warning: {TSPEC}.affinity: virtbus's scheduler does not read affinity; use nodeSelector",
+        f"warning: {TSPEC}.readinessProbe: virtbus runs no probes; the VMI is ready once it runs",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        (lambda s: s["domain"]["devices"].update(gpus=[{"name": "g", "deviceName": "nvidia/x"}]),
+         "domain.devices.gpus", "virtbus passes no GPUs through"),
+        (lambda s: s["domain"]["devices"].update(hostDevices=[{"name": "h", "deviceName": "x"}]),
+         "domain.devices.hostDevices", "virtbus passes no host devices through"),
+        (lambda s: s.update(resourceClaims=[{"name": "c"}]), "resourceClaims",
+         "virtbus allocates no DRA resource claims"),
+        (lambda s: s["networks"].__setitem__(0, {"name": "default",
+                                                  "multus": {"networkName": "b"}}),
+         "networks[0].multus", "virtbus attaches no multus networks"),
+        (lambda s: s["domain"]["devices"]["interfaces"].__setitem__(0, {"name": "default",
+                                                                         "sriov": {}}),
+         "domain.devices.interfaces[0].sriov", "virtbus does no SR-IOV"),
+        (lambda s: s["domain"].update(firmware={"kernelBoot": {"container": {"image": "k"}}}),
+         "domain.firmware.kernelBoot", "virtbus does not boot a kernel"),
+        (lambda s: s["domain"].update(firmware={"bootloader": {"efi": {"secureBoot": True}}}),
+         "domain.firmware.bootloader.efi", "virtbus boots guests with BIOS (SeaBIOS) only"),
+        (lambda s: s.update(architecture="arm64"), "architecture",
+         "virtbus runs amd64 guests only"),
+        (lambda s: s["domain"].update(launchSecurity={"sev": {}}), "domain.launchSecurity",
+         "virtbus runs no confidential guests"),
+    ],
+)  # fmt: skip
+def test_fields_that_would_mislead_are_refused_naming_the_path(
+    change: Any, field: str, reason: str
+) -> None:
+    doc = seed()
+    change(vmi_spec(doc))
+    err = rejected(doc)
+    assert err.field == f"{TSPEC}.{field}"
+    assert err.message.startswith(f"{TSPEC}.{field}: {reason}"), err.message
+    assert err.message.endswith("; remove it to run the VM on virtbus")
+
+
+def test_a_sidecar_hook_is_refused_naming_the_annotation() -> None:
+    doc = seed()
+    doc["spec"]["template"].setdefault("metadata", {})["annotations"] = {
+        "hooks.kubevirt.io/hookSidecars": '[{"image": "x"}]'}  # fmt: skip
+    err = rejected(doc)
+    assert err.field == "spec.template.metadata.annotations.hooks.kubevirt.io/hookSidecars"
+    assert err.message == (
+        f"{err.field}: virtbus runs no sidecar hooks; remove it to run the VM on virtbus"
+    )

@@ -48,8 +48,10 @@ def test_each_data_volume_source_is_a_claim_source(source: dict[str, Any], want:
         ({**dv({"blank": {}}), "kind": "DataImportCron"}, "kind: 'DataImportCron' is not "
          "supported in apiVersion cdi.kubevirt.io/v1beta1; virtbus serves DataVolume there"),
         ({"apiVersion": "pool.kubevirt.io/v1alpha1", "kind": "VirtualMachinePool",
-          "metadata": {"name": "p"}}, "apiVersion: 'pool.kubevirt.io/v1alpha1' is not supported; "
-         "use kubevirt.io/v1 (v1 for PersistentVolumeClaim, cdi.kubevirt.io/v1beta1 for "
+          "metadata": {"name": "p"}}, "spec.virtualMachineTemplate: is required"),
+        ({"apiVersion": "migrations.kubevirt.io/v1alpha1", "kind": "MigrationPolicy",
+          "metadata": {"name": "p"}}, "apiVersion: 'migrations.kubevirt.io/v1alpha1' is not "
+         "supported; use kubevirt.io/v1 (v1 for PersistentVolumeClaim, cdi.kubevirt.io/v1beta1 for "
          "DataVolume, snapshot.kubevirt.io/v1beta1 for snapshots)"),
     ],
 )  # fmt: skip

@@ -1,0 +1,112 @@
+"""VirtualMachinePool (pool.kubevirt.io/v1alpha1): `replicas` VMs named `<pool>-<index>`, scaled
+by `scale vmpool` and by a re-apply, listed, described, deleted with its VMs, and its history."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from clirun import Result, virtbus
+from driverstack import Stack
+
+POOL = """\
+apiVersion: pool.kubevirt.io/v1alpha1
+kind: VirtualMachinePool
+metadata: {name: web}
+spec:
+  replicas: REPLICAS
+  selector: {matchLabels: {kubevirt.io/vmpool: web}}
+  scaleInStrategy: {proactive: {selectionPolicy: {sortPolicy: DescendingOrder}}}
+  virtualMachineTemplate:
+    metadata: {labels: {app: web}}
+    spec:
+      runStrategy: Always
+      template:
+        spec:
+          domain: {resources: {requests: {memory: 64Mi}}, devices: {}}
+"""
+
+
+def pool(replicas: int) -> str:
+    return POOL.replace("REPLICAS", str(replicas))
+
+
+async def cli(st: Stack, *args: str, stdin: str | None = None) -> Result:
+    return await virtbus(*args, "--server", st.url, stdin=stdin)
+
+
+async def gone(st: Stack, name: str, *, within: float = 20) -> None:
+    for _ in range(int(within / 0.05)):
+        if not (await st.state(name)).exists:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{name} still exists")
+
+
+async def names(st: Stack) -> str:
+    got = await cli(st, "get", "vms", "-l", "kubevirt.io/vmpool=web", "-o", "name")
+    return got.ok().out
+
+
+async def test_a_pool_makes_scales_and_deletes_its_vms(stack: Stack) -> None:
+    await stack.node("node-a")
+    applied = (await cli(stack, "apply", "-f", "-", stdin=pool(2))).ok()
+    assert applied.out == "virtualmachinepool.pool.kubevirt.io/web created\n"
+    assert applied.err == (
+        "Warning: spec.scaleInStrategy: virtbus's pools do not act on it (they scale, and delete "
+        "the highest indexes first)\n"
+    )
+    for name in ("web-0", "web-1"):
+        s = await stack.until(name, "Running")
+        assert s.labels == {"app": "web", "kubevirt.io/vmpool": "web"}
+    both = "virtualmachine.kubevirt.io/web-0\nvirtualmachine.kubevirt.io/web-1\n"
+    assert await names(stack) == both
+
+    scaled = (await cli(stack, "scale", "vmpool", "web", "--replicas", "3")).ok()
+    assert scaled.out == "virtualmachinepool.pool.kubevirt.io/web scaled\n"
+    await stack.until("web-2", "Running")
+    assert (await cli(stack, "scale", "vmpool/web", "--replicas", "1")).ok().out == scaled.out
+    await gone(stack, "web-2")
+    await gone(stack, "web-1")
+    assert await names(stack) == "virtualmachine.kubevirt.io/web-0\n"
+    # A re-apply scales too (it is the pool's spec).
+    again = (await cli(stack, "apply", "-f", "-", stdin=pool(2))).ok().out
+    assert again == "virtualmachinepool.pool.kubevirt.io/web configured\n"
+    await stack.until("web-1", "Running")
+
+    table = (await cli(stack, "get", "vmpool")).ok().out.splitlines()
+    assert [row.split()[:4] for row in table] == [
+        ["NAME", "DESIRED", "CURRENT", "READY"], ["web", "2", "2", "2"]]  # fmt: skip
+    obj = (await cli(stack, "get", "vmpool", "web", "-o", "json")).ok().json()
+    assert (obj["apiVersion"], obj["kind"], obj["status"]) == (
+        "pool.kubevirt.io/v1alpha1",
+        "VirtualMachinePool",
+        {"replicas": 2, "readyReplicas": 2},
+    )
+    described = (await cli(stack, "describe", "vmpool", "web")).ok().out.splitlines()
+    assert described[4:6] == ["API Version:  pool.kubevirt.io/v1alpha1",
+                              "Kind:         VirtualMachinePool"]  # fmt: skip
+
+    deleted = (await cli(stack, "delete", "vmpool", "web")).ok().out
+    assert deleted == 'virtualmachinepool.pool.kubevirt.io "web" deleted\n'
+    await gone(stack, "web-0")
+    await gone(stack, "web-1")
+    missing = await cli(stack, "scale", "vmpool", "web", "--replicas", "1")
+    assert (missing.code, missing.err) == (
+        1, 'error: virtualmachinepool.pool.kubevirt.io "web" not found\n')  # fmt: skip
+
+    items = (await cli(stack, "history", "vmpool/web", "-o", "json")).ok().json()["items"]
+    decisions = [(i["type"], i["summary"]) for i in items if i["category"] == "Decision"]
+    assert [(t.removeprefix("io.virtbus.vmpool."), s.split(", labels")[0]) for t, s in decisions
+            if "spec" not in s] == [("scaled.v1", "replicas=3"), ("scaled.v1", "replicas=1"),
+                                    ("deleted.v1", "")]  # fmt: skip
+    assert [t for t, _ in decisions] == [
+        "io.virtbus.vmpool.created.v1", "io.virtbus.vmpool.scaled.v1",
+        "io.virtbus.vmpool.scaled.v1", "io.virtbus.vmpool.spec_changed.v1",
+        "io.virtbus.vmpool.deleted.v1",
+    ]  # fmt: skip
+    rejected = [i["summary"] for i in items if i["category"] == "Rejection"]
+    assert rejected == [
+        "ScaleVMPool " + rejected[0].split()[1] + " rejected: "
+        'virtualmachinepool.pool.kubevirt.io "web" not found (field name)'
+    ]
