@@ -4,8 +4,8 @@ One task applies events in log order and runs the pure `reconcile` on what chang
 appended with the VM's version as the expected one, so two controllers never both decide (the
 loser's append conflicts and is dropped: the winner's event arrives and is reconciled anew). Node
 liveness comes from the heartbeat bucket; a node silent for longer than the grace is `NodeLost`.
-The intake beside it judges against this folded state (`node_views`, `volume_view`) rather than
-reading the log again; placement's bookkeeping is `capacity.Capacity`.
+What it knows (the folded state the intake also judges against) is `folded.Folded`; placement's
+bookkeeping is `capacity.Capacity`.
 """
 
 from __future__ import annotations
@@ -16,49 +16,38 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 from nats.aio.client import Client
 
 from bus.store import EventStore
 from bus.tail import Follows
 from bus.telemetry import traced
-from events import commands as c
 from events import model as m
 from events import work as w
 from events.envelope import Recorded
 from events.errors import ConcurrencyConflict, VirtbusError
-from events.folding import skipped_now
-from events.instancetypes import KIND_OF, InstancetypeState, apply_instancetype
 from events.names import HEARTBEAT_BUCKET, Ref, aggregate_key
-from events.nodes import READY, NodeState, apply_node
-from events.replicasets import ReplicaSetState, apply_rs, owners
+from events.nodes import READY
+from events.replicasets import owners
 from events.state import (
     PENDING,
     UNSCHEDULABLE,
     VMState,
-    apply,
-    migration_active,
 )
-from events.volumes import VolumeState, apply_volume
 from orchestrator import metrics
-from orchestrator.capacity import Capacity
 from orchestrator.crashpoints import crash_at
-from orchestrator.instancetypes import admit, effective
-from orchestrator.ipam import AddressPool
+from orchestrator.folded import Folded
+from orchestrator.instancetypes import effective
 from orchestrator.keyed import KeyedQueue
-from orchestrator.kubevirt import Settings, needs_config
 from orchestrator.lease import either
 from orchestrator.migrations import Cluster
 from orchestrator.nodeloss import record_lost
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
-from orchestrator.scheduler import NodeView, place
+from orchestrator.scheduler import place
 from orchestrator.snapshots import removal_work
 from orchestrator.volumes import (
-    ClusterView,
     bind_claims,
     claims_for,
-    cluster_view,
     follow_cold_move,
     owned_by,
     pin,
@@ -77,132 +66,23 @@ _PROGRESS_ONLY = (m.LauncherCreated, m.DomainDefined)
 _ENDS_MIGRATION = (m.MigrationSucceeded, m.MigrationFailed, m.VMStopped, m.VMFailed, m.VMDeleted)
 
 
-class Controller:
+class Controller(Folded):
     def __init__(
         self, nc: Client, store: EventStore, *, node_grace_s: float = 10.0,
         migration_policy: w.MigrationPolicy | None = None, vmi_cidr: str | None = None,
     ) -> None:  # fmt: skip
-        self.nc = nc
-        self.addresses = AddressPool(vmi_cidr)
-        self.settings = Settings(migration_policy)  # the KubeVirt object: the source of truth
-        self.capacity = Capacity(self.settings.config.migrations)
+        super().__init__(nc, stream=store.stream, migration_policy=migration_policy,
+                         vmi_cidr=vmi_cidr)  # fmt: skip
         self.store = store
         self._work = WorkOut(nc, store)
         self.follows: Follows = store  # the live log: its own follow, or a Tail shared with others
         self.node_grace_s = node_grace_s
-        self.vms: dict[str, VMState] = {}
-        self.nodes: dict[str, NodeState] = {}
-        self.replica_sets: dict[str, ReplicaSetState] = {}
-        self.volumes: dict[str, VolumeState] = {}
-        self.instancetypes: dict[str, InstancetypeState] = {}  # and preferences, by subject key
-        self.position = 0
         self._wakes: dict[str, datetime] = {}
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (seq, caught up to it)
         self._started = time.time()
         self._reactions: KeyedQueue[Recorded] = KeyedQueue(
             self.react, parallel=REACT_PARALLEL, name="controller-react"
         )
         metrics.watch(self)
-
-    # --- folding ---------------------------------------------------------------------------------
-
-    def _fold(self, rec: Recorded) -> tuple[str, str]:
-        """Fold one event; a fault in the bookkeeping around the fold skips it, logged."""
-        try:
-            return self._fold_one(rec)
-        except Exception:
-            log.exception("event at seq %s (%s) skipped: it could not be folded", rec.seq,
-                          rec.subject)  # fmt: skip
-            metrics.UNFOLDABLE.inc()
-            self.position = rec.seq
-            return "", ""
-        finally:
-            if self._waiters:
-                self._wake_waiters()
-
-    def _wake_waiters(self) -> None:
-        waiting = []
-        for seq, fut in self._waiters:
-            if seq <= self.position:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                waiting.append((seq, fut))
-        self._waiters = waiting
-
-    async def caught_up(self) -> None:
-        """Return once this controller has folded the log as it stands now: what the intake
-        reads off it then is what a read of the log would have said."""
-        last = (await self.nc.jetstream().stream_info(self.store.stream)).state.last_seq
-        if self.position >= last:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((last, fut))
-        try:
-            await asyncio.wait_for(fut, CATCH_UP_S)
-        except TimeoutError:  # e.g. the last message is no event: it is never folded
-            self._waiters = [(q, f) for q, f in self._waiters if f is not fut]
-            log.warning("the controller is at seq %s, not %s; judging on what it has",
-                        self.position, last)  # fmt: skip
-
-    async def vm_admission(self, ref: Ref, spec: dict[str, Any]) -> None:
-        """Raise KubeVirt's refusal when the VM's instance type or preference is missing, or a
-        feature it uses is behind a gate that is off."""
-        await self.caught_up()
-        admit(spec, namespace=ref.namespace, known=self.instancetypes)
-        self.settings.admit(ref, c.StartVM(name=ref.name, namespace=ref.namespace), spec)
-
-    async def admission(self, ref: Ref, cmd: c.Command) -> None:
-        """Raise KubeVirt's refusal of a command the configuration does not allow (a gate that
-        is off; a second KubeVirt object); commands no gate concerns pass without a wait."""
-        if needs_config(cmd):
-            await self.caught_up()
-            self.settings.admit(ref, cmd, getattr(cmd, "spec", None))
-
-    async def volume_view(self, ref: Ref, cmd: c.Command) -> ClusterView:
-        """What judging a volume command needs besides the volume's own history."""
-        await self.caught_up()
-        return cluster_view(ref, cmd, nodes=self.nodes, volumes=self.volumes, vms=self.vms)
-
-    def _fold_one(self, rec: Recorded) -> tuple[str, str]:
-        kind, _, rest = rec.subject.removeprefix("virt.").partition(".")
-        key = aggregate_key(rec.subject)
-        if kind == "vm":
-            before = self.vms.get(key)
-            s = self.vms[key] = apply(before or VMState(), rec.envelope)
-            if (skip := skipped_now(before, s)) is not None:
-                log.warning("event at seq %s (%s, %s) skipped by the fold: %s", rec.seq,
-                            rec.subject, skip.type, skip.reason)  # fmt: skip
-                metrics.UNFOLDABLE.inc()
-            # Accounted at its effective size: an instance type sizes what it holds.
-            self.capacity.folded(key, effective(s, known=self.instancetypes)[0], rec.envelope.data)
-            self.addresses.folded(key, s)
-        elif kind == "node":
-            name = rest.split(".")[1]
-            self.nodes[name] = apply_node(self.nodes.get(name) or NodeState(), rec.envelope)
-        elif kind in ("rs", "vmpool"):
-            rs = self.replica_sets.get(key) or ReplicaSetState()
-            self.replica_sets[key] = apply_rs(rs, rec.envelope)
-        elif kind == "volume":
-            self.volumes[key] = apply_volume(self.volumes.get(key) or VolumeState(), rec.envelope)
-        elif kind in KIND_OF:
-            it = self.instancetypes.get(key) or InstancetypeState()
-            self.instancetypes[key] = apply_instancetype(it, rec.envelope)
-        elif kind == "kubevirt":
-            self.settings.folded(key, rec.envelope)
-            self.capacity.policy = self.settings.config.migrations
-        self.position = rec.seq
-        return kind, key
-
-    # --- placement -------------------------------------------------------------------------------
-
-    def node_views(self) -> list[NodeView]:
-        return self.capacity.node_views(self.nodes, kvm_only=not self.settings.config.use_emulation)
-
-    def active_migrations(self) -> dict[tuple[str, str], str]:
-        """(namespace, migration name) -> its VM, for every migration not concluded."""
-        return {(s.namespace, s.migration.id): s.name for s in self.vms.values()
-                if s.migration is not None and migration_active(s.migration)}  # fmt: skip
 
     # --- reacting --------------------------------------------------------------------------------
 

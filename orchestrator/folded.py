@@ -1,0 +1,154 @@
+"""What the controller knows: the whole log folded in memory (VMs, nodes, replica sets and
+pools, volumes, instance types, the KubeVirt configuration), with placement's bookkeeping kept
+current as it folds. Kept apart from what the controller does with it (`controller.py`); the
+intake beside it judges against this state (`node_views`, `volume_view`, the admissions) after
+`caught_up`, rather than reading the log again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from nats.aio.client import Client
+
+from events import commands as c
+from events import work as w
+from events.envelope import Recorded
+from events.folding import skipped_now
+from events.instancetypes import KIND_OF, InstancetypeState, apply_instancetype
+from events.names import Ref, aggregate_key
+from events.nodes import NodeState, apply_node
+from events.replicasets import ReplicaSetState, apply_rs
+from events.state import VMState, apply, migration_active
+from events.volumes import VolumeState, apply_volume
+from orchestrator import metrics
+from orchestrator.capacity import Capacity
+from orchestrator.instancetypes import admit, effective
+from orchestrator.ipam import AddressPool
+from orchestrator.kubevirt import Settings, needs_config
+from orchestrator.scheduler import NodeView
+from orchestrator.volumes import ClusterView, cluster_view
+
+log = logging.getLogger("virtbus.controller")
+CATCH_UP_S = 5.0  # how long a judgement waits for the controller to fold the log's end
+
+
+class Folded:
+    def __init__(
+        self, nc: Client, *, stream: str, migration_policy: w.MigrationPolicy | None = None,
+        vmi_cidr: str | None = None,
+    ) -> None:  # fmt: skip
+        self.nc = nc
+        self.stream = stream
+        self.addresses = AddressPool(vmi_cidr)
+        self.settings = Settings(migration_policy)  # the KubeVirt object: the source of truth
+        self.capacity = Capacity(self.settings.config.migrations)
+        self.vms: dict[str, VMState] = {}
+        self.nodes: dict[str, NodeState] = {}
+        self.replica_sets: dict[str, ReplicaSetState] = {}
+        self.volumes: dict[str, VolumeState] = {}
+        self.instancetypes: dict[str, InstancetypeState] = {}  # and preferences, by subject key
+        self.position = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (seq, caught up to it)
+
+    # --- folding ---------------------------------------------------------------------------------
+
+    def _fold(self, rec: Recorded) -> tuple[str, str]:
+        """Fold one event; a fault in the bookkeeping around the fold skips it, logged."""
+        try:
+            return self._fold_one(rec)
+        except Exception:
+            log.exception("event at seq %s (%s) skipped: it could not be folded", rec.seq,
+                          rec.subject)  # fmt: skip
+            metrics.UNFOLDABLE.inc()
+            self.position = rec.seq
+            return "", ""
+        finally:
+            if self._waiters:
+                self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        waiting = []
+        for seq, fut in self._waiters:
+            if seq <= self.position:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                waiting.append((seq, fut))
+        self._waiters = waiting
+
+    async def caught_up(self) -> None:
+        """Return once this controller has folded the log as it stands now: what the intake
+        reads off it then is what a read of the log would have said."""
+        last = (await self.nc.jetstream().stream_info(self.stream)).state.last_seq
+        if self.position >= last:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((last, fut))
+        try:
+            await asyncio.wait_for(fut, CATCH_UP_S)
+        except TimeoutError:  # e.g. the last message is no event: it is never folded
+            self._waiters = [(q, f) for q, f in self._waiters if f is not fut]
+            log.warning("the controller is at seq %s, not %s; judging on what it has",
+                        self.position, last)  # fmt: skip
+
+    async def vm_admission(self, ref: Ref, spec: dict[str, Any]) -> None:
+        """Raise KubeVirt's refusal when the VM's instance type or preference is missing, or a
+        feature it uses is behind a gate that is off."""
+        await self.caught_up()
+        admit(spec, namespace=ref.namespace, known=self.instancetypes)
+        self.settings.admit(ref, c.StartVM(name=ref.name, namespace=ref.namespace), spec)
+
+    async def admission(self, ref: Ref, cmd: c.Command) -> None:
+        """Raise KubeVirt's refusal of a command the configuration does not allow (a gate that
+        is off; a second KubeVirt object); commands no gate concerns pass without a wait."""
+        if needs_config(cmd):
+            await self.caught_up()
+            self.settings.admit(ref, cmd, getattr(cmd, "spec", None))
+
+    async def volume_view(self, ref: Ref, cmd: c.Command) -> ClusterView:
+        """What judging a volume command needs besides the volume's own history."""
+        await self.caught_up()
+        return cluster_view(ref, cmd, nodes=self.nodes, volumes=self.volumes, vms=self.vms)
+
+    def _fold_one(self, rec: Recorded) -> tuple[str, str]:
+        kind, _, rest = rec.subject.removeprefix("virt.").partition(".")
+        key = aggregate_key(rec.subject)
+        if kind == "vm":
+            before = self.vms.get(key)
+            s = self.vms[key] = apply(before or VMState(), rec.envelope)
+            if (skip := skipped_now(before, s)) is not None:
+                log.warning("event at seq %s (%s, %s) skipped by the fold: %s", rec.seq,
+                            rec.subject, skip.type, skip.reason)  # fmt: skip
+                metrics.UNFOLDABLE.inc()
+            # Accounted at its effective size: an instance type sizes what it holds.
+            self.capacity.folded(key, effective(s, known=self.instancetypes)[0], rec.envelope.data)
+            self.addresses.folded(key, s)
+        elif kind == "node":
+            name = rest.split(".")[1]
+            self.nodes[name] = apply_node(self.nodes.get(name) or NodeState(), rec.envelope)
+        elif kind in ("rs", "vmpool"):
+            rs = self.replica_sets.get(key) or ReplicaSetState()
+            self.replica_sets[key] = apply_rs(rs, rec.envelope)
+        elif kind == "volume":
+            self.volumes[key] = apply_volume(self.volumes.get(key) or VolumeState(), rec.envelope)
+        elif kind in KIND_OF:
+            it = self.instancetypes.get(key) or InstancetypeState()
+            self.instancetypes[key] = apply_instancetype(it, rec.envelope)
+        elif kind == "kubevirt":
+            self.settings.folded(key, rec.envelope)
+            self.capacity.policy = self.settings.config.migrations
+        self.position = rec.seq
+        return kind, key
+
+    # --- placement -------------------------------------------------------------------------------
+
+    def node_views(self) -> list[NodeView]:
+        return self.capacity.node_views(self.nodes, kvm_only=not self.settings.config.use_emulation)
+
+    def active_migrations(self) -> dict[tuple[str, str], str]:
+        """(namespace, migration name) -> its VM, for every migration not concluded."""
+        return {(s.namespace, s.migration.id): s.name for s in self.vms.values()
+                if s.migration is not None and migration_active(s.migration)}  # fmt: skip
