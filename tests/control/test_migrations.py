@@ -21,7 +21,7 @@ from events.envelope import Envelope, Recorded
 from events.errors import ValidationError
 from events.nodes import READY, NodeState
 from events.state import VMState, apply
-from orchestrator.controller import Controller
+from orchestrator.folded import Folded
 from orchestrator.migrations import (
     Cluster,
     decide_migrate,
@@ -204,7 +204,7 @@ def test_a_stop_calls_the_migration_off() -> None:
 
 def test_the_controller_counts_slots_per_cluster_and_per_source_node() -> None:
     """KubeVirt's limits: 5 migrations in the cluster, 2 leaving any one node."""
-    ctrl = Controller(None, None)  # type: ignore[arg-type]  # folding needs no bus
+    ctrl = Folded(None, stream="VIRT_EVENTS")  # type: ignore[arg-type]  # folding needs no bus
     seq = 0
 
     def fold(vm: str, node: str, *events: m.Event) -> None:
