@@ -108,7 +108,9 @@ class Controller:
     def _fold(self, rec: Recorded) -> tuple[str, str]:
         """Fold one event; a fault in the bookkeeping around the fold skips it, logged."""
         try:
-            return self._fold_one(rec)
+            folded = self._fold_one(rec)
+            crash_at("seen", [rec.envelope.data])  # folded, not yet reacted to
+            return folded
         except Exception:
             log.exception("event at seq %s (%s) skipped: it could not be folded", rec.seq,
                           rec.subject)  # fmt: skip

@@ -4,9 +4,10 @@
 no flush) when it reaches one: `intake:<Command>` after the intake appended a command's decision
 and before the outcome is said or the command acked; `decided:<Event>` after the controller
 appended a reaction holding that event and before its work is sent; `sent:<Work>` after a work
-item went out. The fault tests (`tests/control/test_crashpoints.py`) then start it again and
-check that every command had exactly one effect and nothing is left half done. Unset (always,
-outside those tests), each point is one lookup in an empty set.
+item went out; `seen:<Event>` after the controller folded an event (a node's report, mostly)
+and before it reacted to it. The fault tests (`tests/control/test_crashpoints.py`) then start it
+again and check that every command had exactly one effect and nothing is left half done. Unset
+(always, outside those tests), each point is one lookup in an empty set.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from bus.provision import provision
 from bus.server import NatsServer, die_with_parent
 from events import commands as c
 from events.envelope import encode
+from events.state import VMState
 from orchestrator.crashpoints import EXIT_CODE
 
 
@@ -73,12 +74,12 @@ async def test_a_start_killed_at_a_crash_point_has_one_effect(tmp_path: Path, po
             await nc.close()
 
 
-@pytest.mark.parametrize("point", ["intake:MigrateVM", "decided:MigrationScheduled"])
-async def test_a_migration_killed_at_a_crash_point_has_one_effect(
-    tmp_path: Path, point: str
-) -> None:
-    """On libvirt's test driver (a cold move there): the migration ends once, Succeeded, with the
-    VM Running on the other node, whichever point the orchestrator died at."""
+async def killed_mid_way(
+    tmp_path: Path, *, point: str, cmd: c.Command, ends: tuple[str, str]
+) -> tuple[VMState, Counter[str]]:
+    """The seed VM "moved" Running on node-a or node-b (test driver), then `cmd` sent to an
+    orchestrator that dies at `point`, then one without it until the VM's log holds one of `ends`
+    (success, failure) and it runs again: its state then, and its events counted by kind."""
     async with NatsServer(data_dir=tmp_path / "nats", port=-1) as server:
         nc = await nats.connect(server.url)
         await provision(nc.jetstream())
@@ -90,26 +91,65 @@ async def test_a_migration_killed_at_a_crash_point_has_one_effect(
                 await st.node(name)
             await api_ready(nc)
             await send(nc, seed("moved", runStrategy="Always"), wait_s=60)
-            before = (await st.until("moved", "Running")).node
+            await st.until("moved", "Running")
             await stop_orchestrator(procs[0])
             procs.append(await orchestrator(server.url, tmp_path / "o", crash_at=point))
-            cmd = c.MigrateVM(name="moved", migration="once", id="migrate-moved")
-            await nc.jetstream().publish(cmd.target.command_subject("MigrateVM"), encode(cmd),
-                                         headers={"Nats-Msg-Id": cmd.id})  # fmt: skip
-            assert await asyncio.wait_for(procs[1].wait(), 60) == EXIT_CODE
+            subject = cmd.target.command_subject(type(cmd).__name__)
+            await nc.jetstream().publish(subject, encode(cmd), headers={"Nats-Msg-Id": cmd.id})
+            assert await asyncio.wait_for(procs[1].wait(), 60) == EXIT_CODE  # it got there
             procs.append(await orchestrator(server.url, tmp_path / "o"))
             for _ in range(1200):
                 kinds = Counter(await st.kinds("moved"))
-                if kinds["MigrationSucceeded"] or kinds["MigrationFailed"]:
+                if any(kinds[k] for k in ends):
                     break
                 await asyncio.sleep(0.05)
-            s = await st.until("moved", "Running")
-            once = ("MigrationRequested", "MigrationScheduled", "MigrationSucceeded")
-            assert [kinds[k] for k in (*once, "MigrationFailed")] == [1, 1, 1, 0]
-            assert (s.node, s.migration.phase if s.migration else "") == (
-                {"node-a": "node-b", "node-b": "node-a"}[before or ""], "Succeeded")  # fmt: skip
+            else:
+                pytest.fail(f"after a crash at {point}: neither of {ends} in {kinds}")
+            s = await st.until("moved", "Running", within=30)  # (its last reports in)
+            return s, Counter(await st.kinds("moved"))
         finally:
             for proc in procs:
                 await stop_orchestrator(proc)
             await settle("the nodes", st.stop_nodes())
             await nc.close()
+
+
+# Every point of a migration the orchestrator acts at: its intake, each phase's decision or work
+# (Scheduled; the target prepared; the source told to go), and each node report it reacts to.
+MIGRATION_POINTS = [
+    "intake:MigrateVM", "decided:MigrationScheduled", "sent:PrepareTarget",
+    "seen:MigrationTargetReady", "sent:MigrateSource", "seen:MigrationStarted",
+    "seen:MigrationSucceeded",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("point", MIGRATION_POINTS)
+async def test_a_migration_killed_at_a_crash_point_has_one_effect(
+    tmp_path: Path, point: str
+) -> None:
+    """On libvirt's test driver (a cold move there): the migration ends once, Succeeded, with the
+    VM Running on the other node, whichever point the orchestrator died at."""
+    cmd = c.MigrateVM(name="moved", migration="once", id="migrate-moved")
+    ends = ("MigrationSucceeded", "MigrationFailed")
+    s, kinds = await killed_mid_way(tmp_path, point=point, cmd=cmd, ends=ends)
+    once = ("MigrationRequested", "MigrationScheduled", "MigrationTargetReady",
+            "MigrationStarted", "MigrationSucceeded")  # fmt: skip
+    assert [kinds[k] for k in (*once, "MigrationFailed")] == [1, 1, 1, 1, 1, 0]
+    # two starts: the first, and the target's boot of the cold move (none twice)
+    assert (kinds["DomainStarted"], kinds["CommandRejected"]) == (2, 0)
+    assert s.migration is not None
+    assert (s.migration.phase, s.node) == ("Succeeded", s.migration.target)
+    assert s.migration.target != s.migration.source
+
+
+@pytest.mark.parametrize("point", ["intake:SnapshotVM", "sent:TakeSnapshot",
+                                   "seen:SnapshotSucceeded"])  # fmt: skip
+async def test_a_snapshot_killed_mid_way_has_one_effect(tmp_path: Path, point: str) -> None:
+    """The orchestrator dies after the snapshot was asked for, while the node takes it, and when
+    the node has said it is done: the snapshot is ReadyToUse once, the VM runs on."""
+    cmd = c.SnapshotVM(name="moved", snapshot="snap1", id="snapshot-moved")
+    s, kinds = await killed_mid_way(tmp_path, point=point, cmd=cmd,
+                                     ends=("SnapshotSucceeded", "SnapshotFailed"))  # fmt: skip
+    once = ("SnapshotRequested", "SnapshotSucceeded")
+    assert [kinds[k] for k in (*once, "SnapshotFailed", "CommandRejected")] == [1, 1, 0, 0]
+    assert (s.snapshots["snap1"].phase, s.snapshotting, s.status) == ("Succeeded", "", "Running")
