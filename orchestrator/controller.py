@@ -21,6 +21,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
+from bus.crashpoints import crash_at
 from bus.store import EventStore
 from bus.telemetry import TRACE, traced
 from events import commands as c
@@ -43,7 +44,6 @@ from events.state import (
 from events.volumes import VolumeState, apply_volume
 from orchestrator import metrics
 from orchestrator.capacity import Capacity
-from orchestrator.crashpoints import crash_at
 from orchestrator.instancetypes import admit, effective
 from orchestrator.ipam import AddressPool
 from orchestrator.keyed import KeyedQueue

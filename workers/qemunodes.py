@@ -328,6 +328,22 @@ class QemuNode:
         self.timings["start"] = time.monotonic() - t0
         return self.uri
 
+    async def restart_daemon(self, *, grace: float = 10) -> str:
+        """libvirtd stopped (SIGTERM) and started again with its guests left running, as a
+        libvirt upgrade does: the new daemon takes them back from its state dir."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(grace):
+                    await proc.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        return await self.start()
+
     async def connect(self) -> Any:
         """A new libvirt connection to this node (the caller closes it, via asyncio.to_thread)."""
         try:

@@ -2,7 +2,7 @@
 exactly one effect and nothing is left half done.
 
 The orchestrator runs as its own process (`python -m orchestrator`) with VIRTBUS_CRASH_AT set
-(`orchestrator/crashpoints.py`: it leaves as SIGKILL would, at that point and nowhere else); the
+(`bus/crashpoints.py`: it leaves as SIGKILL would, at that point and nowhere else); the
 command goes straight onto the command stream (the API dies with the process); the process is
 started again without the crash point, and the log must then hold one decision of each kind and
 the node one start.
@@ -24,12 +24,12 @@ from waits import api_ready, settle
 
 from bench.rig import stop_orchestrator
 from bus.client import send
+from bus.crashpoints import EXIT_CODE
 from bus.provision import provision
 from bus.server import NatsServer, die_with_parent
 from events import commands as c
 from events.envelope import encode
 from events.state import VMState
-from orchestrator.crashpoints import EXIT_CODE
 
 
 async def orchestrator(
