@@ -29,6 +29,7 @@ from bus.provision import provision
 from bus.server import NatsServer, die_with_parent
 from events import commands as c
 from events.envelope import encode
+from events.names import Ref
 from events.state import VMState
 
 
@@ -153,3 +154,63 @@ async def test_a_snapshot_killed_mid_way_has_one_effect(tmp_path: Path, point: s
     once = ("SnapshotRequested", "SnapshotSucceeded")
     assert [kinds[k] for k in (*once, "SnapshotFailed", "CommandRejected")] == [1, 1, 0, 0]
     assert (s.snapshots["snap1"].phase, s.snapshotting, s.status) == ("Succeeded", "", "Running")
+
+
+async def worker(
+    url: str, root: Path, node: str, *, crash_at: str = ""
+) -> asyncio.subprocess.Process:
+    """A node worker on libvirt's test driver as a process of its own (it can die mid-way)."""
+    env = {**os.environ, "VIRTBUS_CRASH_AT": crash_at}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "workers", "--node", node, "--data-dir", str(root / "nodes"),
+        "--server", url, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("point", ["reporting:VolumeMoved", "reported:VolumeMoved"])
+async def test_a_volume_move_whose_new_node_dies_mid_way_moves_it_once(
+    tmp_path: Path, point: str
+) -> None:
+    """The new node's worker dies with the data in place and the log not told, or told and the
+    work not acknowledged: started again, the volume ends on the new node once, whole, and
+    nothing of it is left on the old one (nor any scratch copy on the new)."""
+    async with NatsServer(data_dir=tmp_path / "nats", port=-1) as server:
+        nc = await nats.connect(server.url)
+        await provision(nc.jetstream())
+        st = Stack(nc, server.url, tmp_path)
+        procs = [await orchestrator(server.url, tmp_path / "o")]
+        try:
+            await st.node("node-a")
+            procs.append(await worker(server.url, tmp_path, "node-b", crash_at=point))
+            await st.until_node("node-b")
+            await api_ready(nc)
+            await send(nc, c.CreateVolume(name="moved", size="4Mi", node="node-a"), wait_s=60)
+            ref = Ref("volume", "default", "moved")
+            old = st.node_dir("node-a") / "volumes" / "default" / "moved"
+            for _ in range(600):
+                if (old / "disk.img").is_file():
+                    break
+                await asyncio.sleep(0.05)
+            data = b"moved-once" * 1000
+            with (old / "disk.img").open("r+b") as f:
+                f.write(data)
+            await send(nc, c.MoveVolume(name="moved", node="node-b"), wait_s=60)
+            assert await asyncio.wait_for(procs[-1].wait(), 60) == EXIT_CODE  # it got there
+            procs.append(await worker(server.url, tmp_path, "node-b"))
+            new = st.node_dir("node-b") / "volumes" / "default" / "moved"
+            for _ in range(1200):  # the move recorded and the old copy removed
+                kinds = Counter(type(r.envelope.data).__name__ for r in await st.store.read(ref))
+                if (kinds["VolumeMoved"] or kinds["VolumeMoveFailed"]) and not old.exists():
+                    break
+                await asyncio.sleep(0.05)
+            assert (kinds["VolumeMoveRequested"], kinds["VolumeMoved"],
+                    kinds["VolumeMoveFailed"]) == (1, 1, 0)  # fmt: skip
+            assert (old.exists(), sorted(p.name for p in new.iterdir())) == (False, ["disk.img"])
+            assert (new / "disk.img").read_bytes()[: len(data)] == data
+        finally:
+            for proc in procs:
+                await stop_orchestrator(proc)
+            await settle("the nodes", st.stop_nodes())
+            await nc.close()
