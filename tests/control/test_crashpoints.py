@@ -11,9 +11,12 @@ the node one start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+from asyncio.subprocess import Process
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -75,44 +78,53 @@ async def test_a_start_killed_at_a_crash_point_has_one_effect(tmp_path: Path, po
             await nc.close()
 
 
-async def killed_mid_way(
-    tmp_path: Path, *, point: str, cmd: c.Command, ends: tuple[str, str]
-) -> tuple[VMState, Counter[str]]:
-    """The seed VM "moved" Running on node-a or node-b (test driver), then `cmd` sent to an
-    orchestrator that dies at `point`, then one without it until the VM's log holds one of `ends`
-    (success, failure) and it runs again: its state then, and its events counted by kind."""
+@contextlib.asynccontextmanager
+async def orchestrated(tmp_path: Path) -> AsyncIterator[tuple[Stack, list[Process]]]:
+    """A bus and an orchestrator process (the first of `procs`: the test adds the ones it
+    starts), nodes on the test driver joining with `Stack.node`; all stopped on the way out."""
     async with NatsServer(data_dir=tmp_path / "nats", port=-1) as server:
         nc = await nats.connect(server.url)
         await provision(nc.jetstream())
         st = Stack(nc, server.url, tmp_path)
         procs = [await orchestrator(server.url, tmp_path / "o")]
         try:
-            for name in ("node-a", "node-b"):
-                st.provide_seed_volumes(name)
-                await st.node(name)
-            await api_ready(nc)
-            await send(nc, seed("moved", runStrategy="Always"), wait_s=60)
-            await st.until("moved", "Running")
-            await stop_orchestrator(procs[0])
-            procs.append(await orchestrator(server.url, tmp_path / "o", crash_at=point))
-            subject = cmd.target.command_subject(type(cmd).__name__)
-            await nc.jetstream().publish(subject, encode(cmd), headers={"Nats-Msg-Id": cmd.id})
-            assert await asyncio.wait_for(procs[1].wait(), 60) == EXIT_CODE  # it got there
-            procs.append(await orchestrator(server.url, tmp_path / "o"))
-            for _ in range(1200):
-                kinds = Counter(await st.kinds("moved"))
-                if any(kinds[k] for k in ends):
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail(f"after a crash at {point}: neither of {ends} in {kinds}")
-            s = await st.until("moved", "Running", within=30)  # (its last reports in)
-            return s, Counter(await st.kinds("moved"))
+            yield st, procs
         finally:
             for proc in procs:
                 await stop_orchestrator(proc)
             await settle("the nodes", st.stop_nodes())
             await nc.close()
+
+
+async def killed_mid_way(
+    tmp_path: Path, *, point: str, cmd: c.Command, ends: tuple[str, str]
+) -> tuple[VMState, Counter[str]]:
+    """The seed VM "moved" Running on node-a or node-b (test driver), then `cmd` sent to an
+    orchestrator that dies at `point`, then one without it until the VM's log holds one of `ends`
+    (success, failure) and it runs again: its state then, and its events counted by kind."""
+    async with orchestrated(tmp_path) as (st, procs):
+        nc, url = st.nc, st.url
+        for name in ("node-a", "node-b"):
+            st.provide_seed_volumes(name)
+            await st.node(name)
+        await api_ready(nc)
+        await send(nc, seed("moved", runStrategy="Always"), wait_s=60)
+        await st.until("moved", "Running")
+        await stop_orchestrator(procs[0])
+        procs.append(await orchestrator(url, tmp_path / "o", crash_at=point))
+        subject = cmd.target.command_subject(type(cmd).__name__)
+        await nc.jetstream().publish(subject, encode(cmd), headers={"Nats-Msg-Id": cmd.id})
+        assert await asyncio.wait_for(procs[1].wait(), 60) == EXIT_CODE  # it got there
+        procs.append(await orchestrator(url, tmp_path / "o"))
+        for _ in range(1200):
+            kinds = Counter(await st.kinds("moved"))
+            if any(kinds[k] for k in ends):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail(f"after a crash at {point}: neither of {ends} in {kinds}")
+        s = await st.until("moved", "Running", within=30)  # (its last reports in)
+        return s, Counter(await st.kinds("moved"))
 
 
 # Every point of a migration the orchestrator acts at: its intake, each phase's decision or work
@@ -176,41 +188,32 @@ async def test_a_volume_move_whose_new_node_dies_mid_way_moves_it_once(
     """The new node's worker dies with the data in place and the log not told, or told and the
     work not acknowledged: started again, the volume ends on the new node once, whole, and
     nothing of it is left on the old one (nor any scratch copy on the new)."""
-    async with NatsServer(data_dir=tmp_path / "nats", port=-1) as server:
-        nc = await nats.connect(server.url)
-        await provision(nc.jetstream())
-        st = Stack(nc, server.url, tmp_path)
-        procs = [await orchestrator(server.url, tmp_path / "o")]
-        try:
-            await st.node("node-a")
-            procs.append(await worker(server.url, tmp_path, "node-b", crash_at=point))
-            await st.until_node("node-b")
-            await api_ready(nc)
-            await send(nc, c.CreateVolume(name="moved", size="4Mi", node="node-a"), wait_s=60)
-            ref = Ref("volume", "default", "moved")
-            old = st.node_dir("node-a") / "volumes" / "default" / "moved"
-            for _ in range(600):
-                if (old / "disk.img").is_file():
-                    break
-                await asyncio.sleep(0.05)
-            data = b"moved-once" * 1000
-            with (old / "disk.img").open("r+b") as f:
-                f.write(data)
-            await send(nc, c.MoveVolume(name="moved", node="node-b"), wait_s=60)
-            assert await asyncio.wait_for(procs[-1].wait(), 60) == EXIT_CODE  # it got there
-            procs.append(await worker(server.url, tmp_path, "node-b"))
-            new = st.node_dir("node-b") / "volumes" / "default" / "moved"
-            for _ in range(1200):  # the move recorded and the old copy removed
-                kinds = Counter(type(r.envelope.data).__name__ for r in await st.store.read(ref))
-                if (kinds["VolumeMoved"] or kinds["VolumeMoveFailed"]) and not old.exists():
-                    break
-                await asyncio.sleep(0.05)
-            assert (kinds["VolumeMoveRequested"], kinds["VolumeMoved"],
-                    kinds["VolumeMoveFailed"]) == (1, 1, 0)  # fmt: skip
-            assert (old.exists(), sorted(p.name for p in new.iterdir())) == (False, ["disk.img"])
-            assert (new / "disk.img").read_bytes()[: len(data)] == data
-        finally:
-            for proc in procs:
-                await stop_orchestrator(proc)
-            await settle("the nodes", st.stop_nodes())
-            await nc.close()
+    async with orchestrated(tmp_path) as (st, procs):
+        nc, url = st.nc, st.url
+        await st.node("node-a")
+        procs.append(await worker(url, tmp_path, "node-b", crash_at=point))
+        await st.until_node("node-b")
+        await api_ready(nc)
+        await send(nc, c.CreateVolume(name="moved", size="4Mi", node="node-a"), wait_s=60)
+        ref = Ref("volume", "default", "moved")
+        old = st.node_dir("node-a") / "volumes" / "default" / "moved"
+        for _ in range(600):
+            if (old / "disk.img").is_file():
+                break
+            await asyncio.sleep(0.05)
+        data = b"moved-once" * 1000
+        with (old / "disk.img").open("r+b") as f:
+            f.write(data)
+        await send(nc, c.MoveVolume(name="moved", node="node-b"), wait_s=60)
+        assert await asyncio.wait_for(procs[-1].wait(), 60) == EXIT_CODE  # it got there
+        procs.append(await worker(url, tmp_path, "node-b"))
+        new = st.node_dir("node-b") / "volumes" / "default" / "moved"
+        for _ in range(1200):  # the move recorded and the old copy removed
+            kinds = Counter(type(r.envelope.data).__name__ for r in await st.store.read(ref))
+            if (kinds["VolumeMoved"] or kinds["VolumeMoveFailed"]) and not old.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert (kinds["VolumeMoveRequested"], kinds["VolumeMoved"],
+                kinds["VolumeMoveFailed"]) == (1, 1, 0)  # fmt: skip
+        assert (old.exists(), sorted(p.name for p in new.iterdir())) == (False, ["disk.img"])
+        assert (new / "disk.img").read_bytes()[: len(data)] == data

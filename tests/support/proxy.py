@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from types import TracebackType
 
 
 class Proxy:
-    """Forwards `127.0.0.1:<port>` to `127.0.0.1:<target>`: `async with Proxy(t) as p: p.port`."""
+    """Forwards `127.0.0.1:<port>` to `127.0.0.1:<target>` from `start()` until `stop()`."""
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -78,12 +77,3 @@ class Proxy:
             self._live.discard(dst)
             with contextlib.suppress(OSError):
                 dst.transport.abort()
-
-    async def __aenter__(self) -> Proxy:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
