@@ -47,6 +47,7 @@ class Proxy:
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._live.add(writer)  # at once: a sever while this dials cuts it too
         if self.severed:
             writer.transport.abort()
             return
@@ -55,12 +56,12 @@ class Proxy:
         except OSError:
             writer.transport.abort()
             return
-        if self.severed:  # severed while dialling
+        self._live.add(up_w)
+        if self.severed or writer.transport.is_closing():  # severed while dialling
             writer.transport.abort()
             up_w.transport.abort()
             return
         self.carried += 1
-        self._live |= {writer, up_w}
         for src, dst, name in ((reader, up_w, "up"), (up_r, writer, "down")):
             task = asyncio.create_task(self._pipe(src, dst), name=f"proxy-{self.port}-{name}")
             self._pipes.add(task)
@@ -74,6 +75,5 @@ class Proxy:
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._live.discard(dst)
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # (the other way still runs: it ends with this)
                 dst.transport.abort()
