@@ -34,6 +34,13 @@ from events.errors import BusUnavailable
 
 log = logging.getLogger("virtbus.publish")
 WRONG_LAST_SEQ: Final = 10071  # JetStream's err_code: the expected last subject sequence moved
+# A replicated stream's leader says this instead while another append to the subject is in flight
+# (proposed, not committed: a leader cut off from its peers holds it until it steps down) ...
+# ... and this while an append with the same message id is in flight (a resend's own attempt).
+# Both are undecided, not refused: sent again until the one in flight settles (ms on a sound
+# leader; then a conflict or a duplicate says what became of it) or `retry_for` runs out.
+IN_FLIGHT: Final = 10164
+MSG_ID_IN_FLIGHT: Final = 10158
 DUPLICATE_IN_BATCH: Final = 10201
 RETRY_FOR_S: Final = 20.0  # a leader election takes seconds; a dead bus is said after this
 _LEADER_GET_S: Final = 2.0
@@ -81,6 +88,11 @@ class Landing:
     after: int
 
 
+def _undecided(err: Exception) -> bool:
+    """Whether `err` says an append with this message id, or to this subject, is in flight."""
+    return isinstance(err, Rejected) and err.err.err_code in (MSG_ID_IN_FLIGHT, IN_FLIGHT)
+
+
 def _passing(err: Exception) -> bool:
     """Whether `err` is what a stream without a leader answers (a lost answer, a 503)."""
     return isinstance(err, BusUnavailable) or (isinstance(err, Rejected) and err.err.code == 503)
@@ -103,7 +115,7 @@ class Publisher:
         seconds), and return the PubAck of the attempt that landed, which a resend may only have
         found (`duplicate` False then). Kept off `send`'s path: an append that is answered pays
         nothing for it."""
-        if not _passing(err):
+        if not (_passing(err) or _undecided(err)):
             raise err
         loop = asyncio.get_running_loop()
         deadline, attempt = loop.time() + self.retry_for, 0
@@ -115,8 +127,11 @@ class Publisher:
                 # knows only the one it was made to)
                 ack = await self.send(msgs, within=within, lean=False)
             except Rejected as rej:
-                if _passing(rej) and loop.time() < deadline:
+                if (_passing(rej) or _undecided(rej)) and loop.time() < deadline:
                     continue
+                if _undecided(rej):  # an earlier attempt is still in flight: it may yet land
+                    why = f"append to {self.stream}: its outcome is unknown: {rej} (a leader "
+                    raise BusUnavailable(why + "that cannot commit it, cut off?)") from rej
                 if rej.err.err_code not in (WRONG_LAST_SEQ, DUPLICATE_IN_BATCH):
                     raise
                 refused, ack = rej, PubAck()

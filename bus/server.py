@@ -70,6 +70,7 @@ class Route:
     server_name: str
     port: int
     peers: tuple[int, ...]
+    advertise: int = 0  # the route port told to peers, who may dial it (0: `port`)
 
 
 class NatsServer:
@@ -122,6 +123,8 @@ class NatsServer:
             routes = [f"nats-route://127.0.0.1:{p}" for p in c.peers if p != c.port]
             block: dict[str, object] = {"name": c.name, "listen": f"127.0.0.1:{c.port}",
                                         "routes": routes}  # fmt: skip
+            if c.advertise:
+                block["advertise"] = f"127.0.0.1:{c.advertise}"
             if self.trust is not None:
                 block["tls"] = self.trust.route_tls()
                 # each member's resolver keeps its own copy (they share claims over the routes)

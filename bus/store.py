@@ -22,6 +22,7 @@ import msgspec
 from nats.aio.client import Client
 
 from bus import consumers
+from bus.crashpoints import crash_at
 from bus.heads import Head, Heads
 from bus.publish import (
     DUPLICATE_IN_BATCH,
@@ -202,6 +203,7 @@ class EventStore:
         One message per event, not an atomic batch: facts need no all-or-nothing, and a
         JetStream batch costs milliseconds where a single publish costs a quarter of one.
         """
+        crash_at("reporting", events)  # (fault tests: done, and the log not told)
         result: AppendResult | None = None
         for event in events:
             head = await self.head(ref)
@@ -216,6 +218,7 @@ class EventStore:
                     head = await self.head(ref, fresh=True)
         if result is None:
             raise ValidationError("append: no events given", field="events")
+        crash_at("reported", events)  # (told, and the work that led to it not yet acknowledged)
         return result
 
     async def append_steps(

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from nats.aio.client import Client
 
+from bus.crashpoints import crash_at
 from bus.store import EventStore
 from bus.tail import Follows
 from bus.telemetry import traced
@@ -35,7 +36,6 @@ from events.state import (
     VMState,
 )
 from orchestrator import metrics
-from orchestrator.crashpoints import crash_at
 from orchestrator.folded import Folded
 from orchestrator.instancetypes import effective
 from orchestrator.keyed import KeyedQueue

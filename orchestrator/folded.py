@@ -13,6 +13,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
+from bus.crashpoints import crash_at
 from events import commands as c
 from events import work as w
 from events.envelope import Recorded
@@ -58,7 +59,9 @@ class Folded:
     def _fold(self, rec: Recorded) -> tuple[str, str]:
         """Fold one event; a fault in the bookkeeping around the fold skips it, logged."""
         try:
-            return self._fold_one(rec)
+            folded = self._fold_one(rec)
+            crash_at("seen", [rec.envelope.data])  # folded, not yet reacted to
+            return folded
         except Exception:
             log.exception("event at seq %s (%s) skipped: it could not be folded", rec.seq,
                           rec.subject)  # fmt: skip

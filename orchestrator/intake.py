@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from bus.crashpoints import crash_at
 from bus.reader import fetch_some
 from bus.store import Append, EventStore
 from bus.telemetry import bound, traced
@@ -42,7 +43,6 @@ from events.state import fold
 from events.users import authorize, decide_user, fold_user
 from events.webhooks import fold_webhook
 from orchestrator import metrics
-from orchestrator.crashpoints import crash_at
 from orchestrator.decide import decide, decide_rs
 from orchestrator.kubevirt import decide_kubevirt, fold_kubevirt
 from orchestrator.migrations import decide_node

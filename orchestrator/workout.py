@@ -15,6 +15,7 @@ from typing import Final
 import msgspec
 from nats.aio.client import Client
 
+from bus.crashpoints import crash_at
 from bus.publish import Publisher
 from bus.store import EventStore
 from bus.telemetry import TRACE
@@ -22,7 +23,6 @@ from events import work as w
 from events.envelope import encode
 from events.names import WORK_STREAM
 from orchestrator import metrics
-from orchestrator.crashpoints import crash_at
 
 RESEND_AFTER_S: Final = 60.0  # within JetStream's 2-minute dedup window a resend is dropped anyway
 SENT_MEMORY: Final = 100_000

@@ -56,6 +56,8 @@ _AGENT_ABSENT_AT_START: Final = (
 RUNNING_STATES: Final = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED)
 PAUSED_STATE: Final = libvirt.VIR_DOMAIN_PAUSED
 LIBVIRT_THREADS: Final = 32  # libvirt multiplexes calls from many threads on one connection
+RECONNECT_PAUSE_S: Final = 0.5  # between attempts to reach a restarting libvirtd
+RECONNECT_WAIT_S: Final = 30.0  # how long a call waits for it before it fails (and is retried)
 
 
 def domain_name(ref: Ref) -> str:
@@ -124,13 +126,25 @@ class Hypervisor:
         self._conn: Any = None
         self._callback_ids: list[int] = []
         self._pool = ThreadPoolExecutor(LIBVIRT_THREADS, thread_name_prefix=f"libvirt-{uri}")
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if (back := self._reconnecting) is not None:  # libvirtd restarting: wait for it a while
+            await asyncio.wait({back}, timeout=RECONNECT_WAIT_S)
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
         except libvirt.libvirtError as err:
-            raise HypervisorError(f"libvirt: {err.get_error_message()}") from err
+            why = f"libvirt: {err.get_error_message()}"
+            if self._conn is not None and not self._alive():  # lost: worth another try later
+                raise HypervisorError(f"{why} (libvirtd is away)", retryable=True) from err
+            raise HypervisorError(why) from err
+
+    def _alive(self) -> bool:
+        with contextlib.suppress(libvirt.libvirtError):
+            return bool(self._conn.isAlive())
+        return False
 
     async def open(self) -> None:
         _register_event_loop()
@@ -138,6 +152,11 @@ class Hypervisor:
         # lookup of a domain that is not there (yet, or any more) is routine during migrations.
         libvirt.registerErrorHandler(lambda *_: None, None)
         self._conn = await self._call(libvirt.open, self.uri)
+        self._watch(self._conn)
+
+    def _watch(self, conn: Any) -> None:
+        """Domain events from `conn`, and a new connection when it closes (libvirtd restarted:
+        virt-handler's libvirt connection is re-made the same way)."""
         loop = asyncio.get_running_loop()
 
         def on_event(_conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
@@ -156,21 +175,56 @@ class Hypervisor:
             ev = DomainEvent(dom.name(), "agent", "connected" if up else "disconnected")
             loop.call_soon_threadsafe(self.events.put_nowait, ev)
 
-        register = self._conn.domainEventRegisterAny
+        def on_close(_conn: Any, _reason: int, _opaque: Any) -> None:
+            loop.call_soon_threadsafe(self._lost)
+
+        register = conn.domainEventRegisterAny
         self._callback_ids = [
             register(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_event, None),
             # A guest's reboot is no lifecycle change in libvirt (on_reboot=restart): its own event.
             register(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, on_reboot, None),
             register(None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, on_agent, None),
         ]
+        conn.registerCloseCallback(on_close, None)
+
+    def _lost(self) -> None:
+        if not self._closing and self._reconnecting is None:
+            back = asyncio.create_task(self._reconnect(), name=f"libvirt-back-{self.uri}")
+            self._reconnecting = back
+
+    async def _reconnect(self) -> None:
+        """Open a new connection until libvirtd answers again, then say "reconnected": what
+        happened to the domains meanwhile sent no event, so the worker syncs again."""
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._closing:
+                try:
+                    conn = await loop.run_in_executor(self._pool, libvirt.open, self.uri)
+                except libvirt.libvirtError:
+                    await asyncio.sleep(RECONNECT_PAUSE_S)
+                    continue
+                old, self._conn = self._conn, conn
+                with contextlib.suppress(libvirt.libvirtError):
+                    await loop.run_in_executor(self._pool, old.close)
+                self._watch(conn)
+                self.events.put_nowait(DomainEvent("", "reconnected", ""))
+                return
+        finally:
+            self._reconnecting = None
 
     async def close(self) -> None:
+        self._closing = True
+        if (back := self._reconnecting) is not None:
+            back.cancel()
+            await asyncio.gather(back, return_exceptions=True)
         if self._conn is None:
             return
         conn, self._conn = self._conn, None
         for callback_id in self._callback_ids:
             with contextlib.suppress(libvirt.libvirtError):  # the connection may be gone
                 conn.domainEventDeregisterAny(callback_id)
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.unregisterCloseCallback()
         await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
         self._pool.shutdown(wait=False)  # conn.close was the last call: no thread is busy
 

@@ -143,6 +143,20 @@ def _holds_mounts_of(pid: int, sources: dict[str, tuple[str, str]]) -> bool:
     return False
 
 
+async def _terminate(proc: asyncio.subprocess.Process, *, grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; until it has ended."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(grace):
+                await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    await proc.wait()
+
+
 class QemuNode:
     """One libvirt QEMU node: `async with QemuNode(base, "node-a", index=0) as node: node.uri`."""
 
@@ -328,6 +342,14 @@ class QemuNode:
         self.timings["start"] = time.monotonic() - t0
         return self.uri
 
+    async def restart_daemon(self, *, grace: float = 10) -> str:
+        """libvirtd stopped (SIGTERM) and started again with its guests left running, as a
+        libvirt upgrade does: the new daemon takes them back from its state dir."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            await _terminate(proc, grace=grace)
+        return await self.start()
+
     async def connect(self) -> Any:
         """A new libvirt connection to this node (the caller closes it, via asyncio.to_thread)."""
         try:
@@ -352,17 +374,8 @@ class QemuNode:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(grace):
                     await self._destroy_domains()
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(grace):
-                    await proc.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        elif proc is not None:
-            await proc.wait()
+        if proc is not None:
+            await _terminate(proc, grace=grace)
         self.caps.unlock()
         deadline, killed = time.monotonic() + grace, set[int]()
         while leftovers := await asyncio.to_thread(self.pids):

@@ -312,6 +312,9 @@ class Worker:
 
     async def _on_domain_event(self, ev: DomainEvent) -> None:
         metrics.LIBVIRT_EVENTS.labels(self.node, ev.kind, ev.reason).inc()
+        if ev.kind == "reconnected":  # libvirtd restarted: what it did meanwhile told no event
+            await self.reconcile()
+            return
         if ev.kind == "crashed":  # how the guest crashed: told with the stop that follows
             self._crashes[ev.domain] = ev.reason
             return

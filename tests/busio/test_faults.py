@@ -9,21 +9,27 @@ Bounded in time: a few hundred appends either side of the kill; an election take
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.js.errors import ServiceUnavailableError
+from proxy import Proxy
 
-from bus.cluster import NatsCluster, free_ports, until_ready
+from bus.cluster import CLUSTER_NAME, NatsCluster, free_ports, until_ready
 from bus.connect import Access, connect
 from bus.provision import provision
-from bus.server import NatsServer
+from bus.server import NatsServer, Route
 from bus.store import EventStore
 from events import model as m
+from events.errors import BusUnavailable
 from events.names import EVENTS_STREAM, Ref
 
 Acked = tuple[Ref, int, int]  # (aggregate, version of its last event, stream sequence)
@@ -118,7 +124,11 @@ async def all_current(nc: Client, *, dead: str, within: float = 30) -> None:
     js = nc.jetstream()
     info = None
     for _ in range(int(within / 0.05)):
-        info = await js.stream_info(EVENTS_STREAM)
+        try:
+            info = await js.stream_info(EVENTS_STREAM)
+        except (ServiceUnavailableError, TimeoutError):  # (a server rejoining: a moment's 503)
+            await asyncio.sleep(0.05)
+            continue
         replicas = (info.cluster.replicas or []) if info.cluster else []
         live = [r for r in replicas if r.name != dead]
         if (
@@ -194,5 +204,166 @@ async def test_a_single_servers_sigkill_mid_append_loses_nothing_acked(tmp_path:
 
             await check_survived(conns[0], await under_load(conns, fault=kill_and_restart))
         finally:
+            for nc in conns:
+                await nc.close()
+
+
+class Partitionable:
+    """Three servers whose every route runs through a proxy of the test's, one per direction
+    (n_i dials n_j through `proxies[i, j]`), so any one server can be cut off from the others
+    and healed. Each advertises a route port nothing listens on: a peer that learns of it from
+    another (gossip) cannot dial it behind the proxies' back."""
+
+    def __init__(self, data_dir: Path) -> None:
+        *clients, nowhere = free_ports(4)
+        self.routes = free_ports(3)
+        self.proxies = {(i, j): Proxy(self.routes[j]) for i in range(3) for j in range(3) if i != j}
+        self.servers = [
+            NatsServer(data_dir=data_dir / f"n{i + 1}", port=clients[i], ready_timeout=30,
+                       cluster=Route(CLUSTER_NAME, f"n{i + 1}", self.routes[i], (), nowhere))
+            for i in range(3)
+        ]  # fmt: skip
+        self._nowhere = nowhere
+
+    async def __aenter__(self) -> Partitionable:
+        await asyncio.gather(*(p.start() for p in self.proxies.values()))
+        for i, s in enumerate(self.servers):
+            peers = tuple(p.port for (a, _), p in self.proxies.items() if a == i)
+            s.cluster = Route(CLUSTER_NAME, f"n{i + 1}", self.routes[i], peers, self._nowhere)
+        try:
+            await asyncio.gather(*(s.start() for s in self.servers))
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(*(s.stop() for s in self.servers))
+        await asyncio.gather(*(p.stop() for p in self.proxies.values()))
+
+    def cut(self, i: int, *, heal: bool = False) -> None:
+        for pair, proxy in self.proxies.items():
+            if i in pair:
+                proxy.heal() if heal else proxy.sever()
+
+
+async def stream_leader(nc: Client) -> str:
+    info = await nc.jetstream().stream_info(EVENTS_STREAM)
+    assert info.cluster is not None and info.cluster.leader is not None
+    return info.cluster.leader
+
+
+async def steady_leader(nc: Client, *, led_for: float = 3, within: float = 30) -> str:
+    """The log's leader once it has led for `led_for` seconds: one elected as the stream was
+    made may hand over soon after, and a test that cuts the leader off must cut the one that
+    stays."""
+    for _ in range(int(within / 0.1)):
+        info = await nc.jetstream().stream_info(EVENTS_STREAM)
+        leader, since = (info.cluster.leader, info.cluster.leader_since) if info.cluster else (
+            None, None)  # fmt: skip
+        if leader and since and (datetime.now(UTC) - since).total_seconds() >= led_for:
+            return leader
+        await asyncio.sleep(0.1)
+    pytest.fail(f"the log's leadership did not settle within {within:g}s")
+
+
+async def until_leader(nc: Client, name: str, *, within: float = 30) -> None:
+    """Until `name` leads the log: asked to take over once its copy is current."""
+    ask = json.dumps({"placement": {"preferred": name}}).encode()
+    subject = f"$JS.API.STREAM.LEADER.STEPDOWN.{EVENTS_STREAM}"
+    leader = None
+    for _ in range(int(within / 0.1)):
+        with contextlib.suppress(Exception):  # (mid-election: no answer, or no leader yet)
+            info = await nc.jetstream().stream_info(EVENTS_STREAM)
+            if (leader := info.cluster and info.cluster.leader) == name:
+                return
+            if leader is not None:
+                await nc.request(subject, ask, timeout=5)
+        await asyncio.sleep(0.1)
+    pytest.fail(f"{name} did not take the log's lead within {within:g}s (it is {leader})")
+
+
+Msg = tuple[str, bytes]  # a message's subject and data
+
+
+async def the_log(nc: Client) -> tuple[int, list[Msg]]:
+    """The log as its leader holds it: last sequence, and every message's subject and data."""
+    js = nc.jetstream()
+    last = (await js.stream_info(EVENTS_STREAM)).state.last_seq
+    msgs = [await js.get_msg(EVENTS_STREAM, seq) for seq in range(1, last + 1)]
+    return last, [(msg.subject, msg.data or b"") for msg in msgs]
+
+
+async def its_log(
+    nc: Client, name: str, *, like: tuple[int, list[Msg]], within: float = 30
+) -> tuple[int, list[Msg]]:
+    """`the_log` as `name` holds it, read while it leads, once it is `like` (or as it is after
+    `within`). A server healed and made leader can answer 503 for a moment, or with the state
+    it had cut off (seen: 210 of 412 messages, for a second): it is still catching up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    log: tuple[int, list[Msg]] = (0, [])
+    while True:
+        await until_leader(nc, name, within=within)
+        with contextlib.suppress(ServiceUnavailableError, TimeoutError):
+            read = await the_log(nc)
+            if await stream_leader(nc) == name:
+                log = read
+        if log == like or loop.time() > deadline:
+            return log
+        await asyncio.sleep(0.1)
+
+
+async def test_a_server_cut_off_refuses_writes_and_catches_up_when_healed(tmp_path: Path) -> None:
+    """The log's leader cut off from the other two: its clients' appends are refused (no
+    leader answers them), the other two elect a leader and go on acknowledging appends, and when
+    healed the cut-off server's copy of the log is the majority's, message for message (what it
+    took while cut off, if anything, is gone)."""
+    async with Partitionable(tmp_path) as part:
+        urls = [s.url for s in part.servers]
+        first = await connect(urls[0], access=Access(), lasting=True)
+        conns: list[Client] = [first]
+        tried: list[asyncio.Task[object]] = []
+        try:
+            await until_ready(first)
+            await provision(first.jetstream(), replicas=3)
+            cut = int((await steady_leader(first))[1:]) - 1
+            majority = ",".join(u for i, u in enumerate(urls) if i != cut)
+            conns += [await connect(majority, access=Access(), lasting=True) for _ in range(2)]
+            minority = await connect(urls[cut], access=Access())
+            conns.append(minority)
+
+            refused = EventStore(minority, source="/tests/partition", timeout=1, retry_for=3)
+
+            async def cut_the_leader() -> None:
+                assert await stream_leader(conns[1]) == f"n{cut + 1}"  # still
+                part.cut(cut)
+                created = m.VMCreated(spec={"running": False}, run_strategy="Halted")
+                append = refused.append(Ref.vm("minority"), [created], expected_version=0)
+                tried.append(asyncio.create_task(append, name="fault-minority-append"))
+
+            acked = await under_load(conns[1:3], fault=cut_the_leader)
+            assert await stream_leader(conns[1]) != f"n{cut + 1}"
+            assert all(p.carried for p in part.proxies.values())  # every route ran through one
+            # Cut off, it still believes it leads (NATS steps a leader down 10-20 s after it
+            # lost its quorum): it takes the append and cannot commit it; the resends find it
+            # in flight until the store gives up, saying the outcome is unknown.
+            with pytest.raises(BusUnavailable) as err:
+                await tried[0]
+            assert str(err.value) == (
+                "append to VIRT_EVENTS: its outcome is unknown: duplicate message id is in "
+                "process (a leader that cannot commit it, cut off?)"
+            )
+            await check_survived(conns[1], acked)
+            majority_log = await the_log(conns[1])
+            part.cut(cut, heal=True)
+            await all_current(conns[1], dead="")
+            # its copy made the leader's, then read: what it holds, not what another serves
+            assert await its_log(minority, f"n{cut + 1}", like=majority_log) == majority_log
+            never = Ref.vm("minority").wildcard.removesuffix(">")  # it had no quorum, ever
+            assert [subject for subject, _ in majority_log[1] if subject.startswith(never)] == []
+        finally:
+            for t in tried:
+                t.cancel()
             for nc in conns:
                 await nc.close()

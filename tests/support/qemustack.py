@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import os
 import signal
 import subprocess
 import sys
@@ -103,7 +104,8 @@ class QemuStack:
 
     # --- workers ---------------------------------------------------------------------------------
 
-    async def start_worker(self, name: str, *, process: bool = False) -> None:
+    async def start_worker(self, name: str, *, process: bool = False, crash_at: str = "") -> None:
+        """`crash_at`: the worker process dies at that point (`bus/crashpoints.py`)."""
         uri, data = self.nodes[name].uri, self.node_dir(name)
         if process:
             log = (self.base / f"worker-{name}.log").open("ab")
@@ -112,6 +114,7 @@ class QemuStack:
                 "--data-dir", str(self.base / "data"), "--server", self.url,
                 "--shared-storage", "--migration-address", SAME_MACHINE.address,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env={**os.environ, "VIRTBUS_CRASH_AT": crash_at},
             )  # fmt: skip
             log.close()
         else:
@@ -126,6 +129,27 @@ class QemuStack:
         proc = self._procs.pop(name)
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
+
+    async def restart_worker(self, name: str, *, crash_at: str = "") -> None:
+        """The worker process stopped (SIGTERM, as a user would) and started again."""
+        proc = self._procs.pop(name)
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        await settle(f"worker {name}", proc.wait())
+        await self.start_worker(name, process=True, crash_at=crash_at)
+
+    async def crashed(self, *names: str, within: float = 60) -> tuple[str, int]:
+        """Until the worker process of one of `names` has ended (at its crash point): which, and
+        its exit code."""
+        waits = {asyncio.ensure_future(self._procs[n].wait()): n for n in names}
+        done, pending = await asyncio.wait(waits, timeout=within, return_when="FIRST_COMPLETED")
+        for fut in pending:
+            fut.cancel()
+        if not done:
+            pytest.fail(f"no worker of {names} reached its crash point within {within}s")
+        fut = done.pop()
+        del self._procs[waits[fut]]
+        return waits[fut], fut.result()
 
     async def stop_workers(self) -> None:
         for stop, _ in self._tasks.values():
