@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Sequence
 
@@ -19,15 +20,17 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.kv import KeyValue
 
-from bus.reader import subscribed
+from bus.reader import fetch_some, subscribed
 from bus.store import EventStore
 from bus.telemetry import add_process_args, serve
 from events import model as m
 from events import work as w
 from events.envelope import encode
+from events.errors import VirtbusError
 from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, node_work_filter
 from events.nodes import Heartbeat
 
+log = logging.getLogger("virtbus.simnode")
 HEARTBEAT_S = 0.5
 
 
@@ -93,10 +96,9 @@ class SimNode:
             return
         try:
             while not self._stop.is_set():
-                try:
-                    msgs = await sub.fetch(50, timeout=0.2)
-                except TimeoutError:
-                    continue
+                # (a failed pull is paused and tried again, as the worker's: under load on a
+                # cluster one fails now and then, and a loop that died of it took no more work)
+                msgs = await fetch_some(sub, batch=50, stop=self._stop, what="work")
                 by_vm: dict[str, list[Msg]] = {}
                 for msg in msgs:  # one VM's work in order, different VMs side by side
                     by_vm.setdefault(msg.subject, []).append(msg)
@@ -110,7 +112,13 @@ class SimNode:
             item = w.WORK_DECODER.decode(msg.data)
             self.store.heads.took(item)
             self.work.append(item)
-            await self._do(item)
+            try:
+                await self._do(item)
+            except VirtbusError as err:  # the bus failed the report: the item comes again
+                log.warning("%s: %s on %s failed: %s", self.name, type(item).__name__,
+                            item.name, err)  # fmt: skip
+                await msg.nak(delay=1)
+                return  # its VM's later items wait for it (they come again too)
             await msg.ack()
 
     async def _do(self, item: w.Work) -> None:
