@@ -145,6 +145,37 @@ def bench_control(
     )
 
 
+@bench.command("scale")
+def bench_scale(
+    vms: Annotated[int, typer.Option(min=1, help="VMs to create and start")] = 10_000,
+    nodes: Annotated[int, typer.Option(min=1, help="simulated nodes")] = 100,
+    steady: Annotated[float, typer.Option(min=1, help="seconds of the quiet stretch")] = 10.0,
+    output: Annotated[Output, typer.Option("-o", "--output")] = Output.table,
+    server: ServerOpt = None,
+) -> None:
+    """Many VMs on many nodes: the orchestrator's memory, idle CPU, reads and restart."""
+    from bench.scale import run as bench_run
+
+    r = run(bench_run(vms=vms, nodes=nodes, server=server, steady_s=steady))
+    if output is Output.json:
+        sys.stdout.write(json.dumps(r) + "\n")
+        return
+    typer.echo(
+        f"{r['running']}/{r['vms']} VMs Running on {r['nodes']} nodes "
+        f"({r['starts_per_s']:,.0f} starts/s), {r['events']:,.0f} events\n"
+        f"orchestrator memory       {r['orchestrator_rss_bytes'] / (1 << 20):8,.0f} MiB"
+        "   (target <= 1,024)\n"
+        f"orchestrator idle CPU     {r['steady_cpu_fraction'] * 100:8.1f} % of a core"
+        "   (target <= 10)\n"
+        f"get vm NAME               p50 {r['get_p50_ms']:.1f} ms, p99 {r['get_p99_ms']:.1f} ms"
+        "   (target p99 <= 20)\n"
+        f"get vms -A ({r['listed']:,} VMs)  {r['list_all_s']:8.2f} s   (target <= 1)\n"
+        f"one VM's history          {r['history_ms']:8.1f} ms ({r['history_events']} events)\n"
+        f"restart: API answers      {r['restart_to_api_s']:8.2f} s   (target <= 10)\n"
+        f"restart: acting again     {r['restart_to_acting_s']:8.2f} s"
+    )
+
+
 @bench.command("start")
 def bench_start(
     vms: Annotated[int, typer.Option(min=1, help="VMs to create, one every --interval-ms")] = 100,

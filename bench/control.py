@@ -60,7 +60,7 @@ READY_WAIT_S = 20.0
 SIZE_SAMPLE = 20  # VMs whose events' average size is what the baseline publishes
 
 
-def _apply(name: str) -> c.ApplyVM:
+def apply_command(name: str) -> c.ApplyVM:
     doc = {
         "apiVersion": "kubevirt.io/v1",
         "kind": "VirtualMachine",
@@ -98,7 +98,7 @@ async def run(
     return out
 
 
-async def _spawn(*args: str) -> asyncio.subprocess.Process:
+async def spawn_part(*args: str) -> asyncio.subprocess.Process:
     """A part of the stack as its own process, as deployed: it dies with this one."""
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", *args, stdin=asyncio.subprocess.DEVNULL,
@@ -107,7 +107,7 @@ async def _spawn(*args: str) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
-async def _end(proc: asyncio.subprocess.Process) -> None:
+async def end_part(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         proc.terminate()
         try:
@@ -127,21 +127,21 @@ async def _run(
     prefix = f"bench-{run_id}-node"
     with tempfile.TemporaryDirectory(prefix="virtbus-bench-orchestrator-") as tmp:
         procs = [
-            await _spawn("orchestrator", "--server", url, "--data-dir", tmp,
+            await spawn_part("orchestrator", "--server", url, "--data-dir", tmp,
                          "--node-grace", str(NODE_GRACE_S), "--replicas", str(replicas),
                          *login_args(trust, "orchestrator")),
-            await _spawn("bench.simnode", "--server", url, *login_args(trust, "simnodes"),
+            await spawn_part("bench.simnode", "--server", url, *login_args(trust, "simnodes"),
                          "--prefix", prefix,
                          "--count", str(nodes), "--cpus", str(max(8, per_node)),
                          "--memory-bytes", str(2 * per_node * VM_MEMORY + (1 << 30))),
         ]  # fmt: skip
         try:
-            await _until_api_answers(nc)
-            await _until_nodes_known(nc, {f"{prefix}-{k}" for k in range(nodes)})
-            out = await _measure(nc, run_id=run_id, vms=vms, concurrency=concurrency, rate=rate)
+            await until_api_answers(nc)
+            await until_nodes_known(nc, {f"{prefix}-{k}" for k in range(nodes)})
+            out = await measure(nc, run_id=run_id, vms=vms, concurrency=concurrency, rate=rate)
         finally:
             for proc in reversed(procs):
-                await _end(proc)
+                await end_part(proc)
     out.update(await _baseline(nc, out, vms=vms, concurrency=concurrency, replicas=replicas))
     out["nodes"] = nodes
     out["concurrency"] = concurrency
@@ -150,7 +150,7 @@ async def _run(
     return out
 
 
-async def _until_api_answers(nc: Client) -> None:
+async def until_api_answers(nc: Client) -> None:
     deadline = time.monotonic() + READY_WAIT_S
     while True:
         try:
@@ -162,7 +162,7 @@ async def _until_api_answers(nc: Client) -> None:
             await asyncio.sleep(0.05)
 
 
-async def _until_nodes_known(nc: Client, names: set[str]) -> None:
+async def until_nodes_known(nc: Client, names: set[str]) -> None:
     """The read model lists every node; the controller follows the same log just as fast."""
     deadline = time.monotonic() + READY_WAIT_S
     while not names <= {n.name for n in (await query(nc, Query(what="nodes"))).nodes}:
@@ -172,7 +172,7 @@ async def _until_nodes_known(nc: Client, names: set[str]) -> None:
     await asyncio.sleep(0.2)  # the controller's own follower
 
 
-async def _pool(
+async def pool(
     n: int, concurrency: int, job: Callable[[int], Awaitable[None]], *, rate: float | None = None
 ) -> None:
     """Run job(0..n-1) with at most `concurrency` in flight (named tasks, all awaited); with
@@ -199,11 +199,11 @@ async def _pool(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _measure(
+async def measure(
     nc: Client, *, run_id: str, vms: int, concurrency: int, rate: float | None
 ) -> dict[str, Any]:
     names = [f"bench-{run_id}-vm-{i}" for i in range(vms)]
-    cmds = [_apply(name) for name in names]
+    cmds = [apply_command(name) for name in names]
     store = EventStore(nc, source="/virtbus/bench")
     first_seq = (await nc.jetstream().stream_info(EVENTS_STREAM)).state.last_seq + 1
 
@@ -240,7 +240,7 @@ async def _measure(
     follower = asyncio.create_task(follow(), name="bench-control-follow")
     try:
         t0 = time.perf_counter()
-        await _pool(vms, concurrency, start_one, rate=rate)
+        await pool(vms, concurrency, start_one, rate=rate)
         send_s = time.perf_counter() - t0
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(all_running.wait(), timeout=max(30.0, vms * 0.05))
@@ -303,7 +303,7 @@ async def _baseline(
 
     try:
         t0 = time.perf_counter()
-        await _pool(vms, concurrency, start_one)
+        await pool(vms, concurrency, start_one)
         wall = time.perf_counter() - t0
     finally:
         await js.delete_stream(RAW_STREAM)

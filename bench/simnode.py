@@ -50,6 +50,7 @@ class SimNode:
         self.store = store.sibling(source=source) if store else EventStore(nc, source=source)
         self.work: list[w.Work] = []  # every item received, in order
         self.heartbeating = True
+        self.heartbeat_s = HEARTBEAT_S
         self._kv: KeyValue | None = None
         self.auto_start = True  # answer Start work with a running domain
         self._stop = asyncio.Event()
@@ -84,7 +85,7 @@ class SimNode:
         while not self._stop.is_set():
             if self.heartbeating:
                 await self._beat()
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(self.heartbeat_s)
 
     async def _consume(self) -> None:
         js = self.nc.jetstream()
@@ -154,6 +155,8 @@ async def _serve(args: argparse.Namespace) -> None:
         shared = EventStore(nc, source="/virtbus/node")
         size = {"cpus": args.cpus, "memory_bytes": args.memory_bytes}
         sims = [SimNode(nc, f"{args.prefix}-{k}", store=shared, **size) for k in range(args.count)]
+        for sim in sims:
+            sim.heartbeat_s = args.heartbeat_s
         try:
             for sim in sims:
                 await sim.start()
@@ -177,6 +180,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--cpus", type=int, default=8)
     parser.add_argument("--memory-bytes", type=int, default=16 << 30)
+    parser.add_argument("--heartbeat-s", type=float, default=HEARTBEAT_S, help="between beats")
     uvloop.run(_serve(parser.parse_args()))
 
 

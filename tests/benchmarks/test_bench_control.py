@@ -73,3 +73,18 @@ async def test_bench_control_in_the_production_configuration() -> None:
     assert (result["secure"], result["replicas"], result["fsync_always"]) == (True, 3, True)
     assert result["accepted"] == result["running"] == 20
     assert result["events_per_vm"] == 6
+
+
+async def test_bench_scale_measures_a_stack_with_every_vm_running() -> None:
+    """Issue 15's scale test, small: every VM Running, each read answered in full, the history
+    of one VM whole (its start's six events), the orchestrator restarted and acting again."""
+    code, out, err = await run("bench", "scale", "--vms", "40", "--nodes", "4", "--steady", "1",
+                               "-o", "json")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["vms"], result["nodes"], result["running"]) == (40, 4, 40)
+    assert (result["events"], result["listed"], result["history_events"]) == (240, 40, 6)
+    assert 0 < result["orchestrator_rss_bytes"] < 1 << 40
+    assert result["steady_cpu_fraction"] >= 0
+    assert 0 < result["get_p50_ms"] <= result["get_p99_ms"]
+    assert 0 < result["restart_to_api_s"] <= result["restart_to_acting_s"]
