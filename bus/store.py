@@ -195,22 +195,24 @@ class EventStore:
 
     async def append_fact(
         self, ref: Ref, events: Sequence[Event], *, causationid: str = "",
-        correlationid: str = "",
+        correlationid: str = "", together: bool = False,
     ) -> AppendResult:  # fmt: skip
         """Append observations that hold whatever happened before them (a node saw the domain
         start): at the current version, retrying on conflict instead of deciding again.
 
         One message per event, not an atomic batch: facts need no all-or-nothing, and a
         JetStream batch costs milliseconds where a single publish costs a quarter of one.
+        `together`: one batch after all, where no decision may land between them (a stop's
+        domain stopped and launcher deleted: the VM's deletion comes after both).
         """
         crash_at("reporting", events)  # (fault tests: done, and the log not told)
         result: AppendResult | None = None
-        for event in events:
+        for part in [events] if together else ([e] for e in events):
             head = await self.head(ref)
             while True:
                 try:
                     result = await self.append(
-                        ref, [event], expected_version=head.version, causationid=causationid,
+                        ref, part, expected_version=head.version, causationid=causationid,
                         correlationid=correlationid,
                     )  # fmt: skip
                     break

@@ -246,7 +246,6 @@ class Controller(Folded):
 
     async def _follow(self, leading: asyncio.Event | None) -> None:
         async for rec in self.follows.follow(from_seq=self.position + 1):
-            self.store.heads.saw(rec)  # its next decision on that aggregate needs no lookup
             if leading is not None and not leading.is_set():
                 self._fold(rec)  # a standby keeps its state warm and acts on nothing
                 continue

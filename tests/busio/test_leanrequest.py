@@ -8,7 +8,6 @@ answers it cannot get (no stream, no answer), and a server that restarts under a
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,6 +15,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
+from bus.cluster import free_ports
 from bus.leanlogin import Login, login_from
 from bus.leanrequest import LeanRequester
 from bus.provision import provision
@@ -87,9 +87,7 @@ async def test_no_stream_and_no_answer_are_bus_errors(tmp_path: Path) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 async def test_appends_go_on_after_the_server_restarts_under_an_idle_store(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,15 +25,14 @@ from paths import DEPLOY
 from podfiles import Made, mount_secrets, rooted
 from waits import api_ready
 
+from bus.cluster import free_ports
 from bus.connect import connect, tls_context
 from bus.server import NatsServer, nats_server_binary
 from bus.trust import ensure
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def _nats_pod(made: Made, root: Path) -> tuple[Path, int]:
