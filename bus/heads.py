@@ -3,16 +3,15 @@
 An append names the version and stream sequence it expects its aggregate to be at and chains to
 the last event's hash, so a writer needs its aggregate's head first. A lookup is a round trip to
 the server; a head at hand is free. A head can be at hand because this process wrote it, read
-it, folded it live (`saw`), or was told it with its work (`took`). A stale one costs a conflict
-and then a lookup, never a wrong append: the server checks the sequence.
+it, or was told it with its work (`took`). A stale one costs a conflict and then a lookup,
+never a wrong append: the server checks the sequence.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from events.envelope import Recorded
-from events.names import Ref, aggregate_key
+from events.names import Ref
 from events.work import Work
 
 
@@ -26,7 +25,7 @@ class Heads(dict[str, Head]):
     """Heads by `Ref.prefix`."""
 
     def tip(self, ref: Ref) -> Head | None:
-        """`ref`'s head as this process last wrote, read or folded it (None: not at hand)."""
+        """`ref`'s head as this process last wrote or read it (None: not at hand)."""
         return self.get(ref.prefix)
 
     def knows(self, ref: Ref) -> bool:
@@ -43,7 +42,3 @@ class Heads(dict[str, Head]):
         (the node's first observation then needs no lookup)."""
         if (tip := item.tip) is not None:
             self.assume(item.ref.prefix, Head(tip.version, tip.seq, tip.hash))
-
-    def saw(self, rec: Recorded) -> None:
-        """Keep `rec` as its aggregate's head (a follower of the log that also writes to it)."""
-        self.assume(aggregate_key(rec.subject), Head(rec.envelope.version, rec.seq, rec.hash))

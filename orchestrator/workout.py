@@ -3,7 +3,7 @@
 Level-triggered reactions ask for the same item again at each event of its VM. The work stream
 would drop the copy (same message id), but only after a round trip for it, so the items sent
 lately are remembered here. Each item carries where its VM's log stood as the controller last
-wrote or folded it (`events.work.Tip`): the node's first observation then needs no lookup.
+wrote it (`events.work.Tip`): the node's first observation then needs no lookup.
 """
 
 from __future__ import annotations

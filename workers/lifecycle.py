@@ -174,7 +174,7 @@ class Lifecycle:
         if active:
             events.insert(0, m.DomainStopped(node=self.ctx.node, reason=reason))
         # Together: the controller's decision on the stop (a deletion) comes after both.
-        await self.ctx.store.append_fact(item.ref, events, together=True)
+        await self.ctx.observe(item.ref, events, together=True)
 
     async def _attach(self, item: w.AttachVolume, s: VMState) -> None:
         ref, dom, vol, hv = item.ref, domain_name(item.ref), item.volume_name, self.ctx.hv

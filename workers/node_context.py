@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -35,7 +35,16 @@ from workers.pods import ExitHandler, PodDriver
 from workers.vmnet import VMNetwork
 from workers.volumes import Volumes
 
-Observe = Callable[[Ref, Sequence[m.Event]], Awaitable[None]]
+
+class Observe(Protocol):
+    """Tell the log what this node saw happen to a VM; `together`: as one batch, so that no
+    decision lands between them."""
+
+    def __call__(
+        self, ref: Ref, events: Sequence[m.Event], *, together: bool = False
+    ) -> Awaitable[None]: ...
+
+
 EXPECT_S = 10.0  # how long an event our own call caused may take to arrive
 
 

@@ -169,8 +169,8 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.heartbeat_s)
 
-    async def observe(self, ref: Ref, events: Sequence[m.Event]) -> None:
-        await self.store.append_fact(ref, events)
+    async def observe(self, ref: Ref, events: Sequence[m.Event], *, together: bool = False) -> None:
+        await self.store.append_fact(ref, events, together=together)
 
     # --- the sync loop ---------------------------------------------------------------------------
 
