@@ -255,9 +255,9 @@ async def _watch(
             before = states.get(key)
             if before is None:
                 before = (await VMRepository(store).get(Ref("vm", ref[2], ref[3])))[0]
-                if before.version >= rec.envelope.version:
-                    states[key] = before
-                    continue
+            if before.version >= rec.envelope.version:  # a later page of the list had it
+                states[key] = before
+                continue
             states[key] = apply(before, rec.envelope)
             typer.echo(_render(kind, [states[key]], [], output=output, namespace=namespace,
                                header=False))  # fmt: skip
