@@ -12,11 +12,14 @@ TCG (`workers/hypervisor.py`, `accelerator`): slower, but a stock kernel boots t
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ipaddress
 import json
 import os
+import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -155,13 +158,54 @@ async def ssh_key(where: Path) -> tuple[Path, str]:
     return key, (where / "id_ed25519.pub").read_text().strip()
 
 
+async def udp_echo(where: Path) -> str:
+    """A runcmd line that starts a UDP echo on the guest's port 7 (tests/support/udpecho.c,
+    built here: busybox has no UDP server), the binary carried base64'd in the line itself."""
+    binary = where / "udpecho"
+    cc = await asyncio.create_subprocess_exec(
+        "gcc", "-static", "-nostdlib", "-ffreestanding", "-fno-builtin", "-fno-stack-protector",
+        "-Os", "-s", "-Wl,--build-id=none", "-Wl,-n", "-Wl,--no-warn-rwx-segments",
+        "-o", str(binary), str(Path(__file__).parents[1] / "support" / "udpecho.c"),
+    )  # fmt: skip
+    assert await cc.wait() == 0
+    code = base64.b64encode(binary.read_bytes()).decode()
+    return f"echo {code} | base64 -d > /run/udpecho; chmod +x /run/udpecho; /run/udpecho &"
+
+
+async def udp_through_port_forward(st: QemuStack, name: str) -> list[bytes]:
+    """`virtbus port-forward vm/NAME udp/0:7`: two local peers' datagrams, each answered by the
+    guest's echo and sent back to the peer that asked (a session each, as virtctl has it)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(VIRTBUS), "port-forward", f"vm/{name}", "udp/0:7", "--server", st.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    loop = asyncio.get_running_loop()
+    peers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        found = re.fullmatch(r"Forwarding from 127\.0\.0\.1:([0-9]+) -> 7 \(udp\)\n", line)
+        assert found, line
+        answers = []
+        for peer, text in zip(peers * 2, (b"one", b"two", b"three", b"four"), strict=True):
+            peer.setblocking(False)
+            peer.sendto(text, ("127.0.0.1", int(found.group(1))))
+            answers.append(await asyncio.wait_for(loop.sock_recv(peer, 65536), 60))
+        return answers
+    finally:
+        for peer in peers:
+            peer.close()
+        proc.kill()
+        await proc.communicate()
+
+
 async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(
     gstack: QemuStack, tmp_path: Path
 ) -> None:
     key, public = await ssh_key(tmp_path)
     user_data = (
         "#cloud-config\nhostname: guest-one\nruncmd:\n- echo ran-by-cloud-init > /run/marker\n"
-        f"ssh_authorized_keys:\n- {public}\n"
+        f"- {await udp_echo(tmp_path)}\nssh_authorized_keys:\n- {public}\n"
     )
     await send(gstack.nc, tiny("tiny-linux", user_data=user_data))
     await send(gstack.nc, c.StartVM(name="tiny-linux"))
@@ -207,6 +251,9 @@ async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(
     )  # fmt: skip
     out, err = await asyncio.wait_for(ssh.communicate(), 120)
     assert (ssh.returncode, out) == (0, b"ran-by-cloud-init\ntiny\n"), err
+    # UDP through `port-forward udp/...`, one datagram a frame, answered by the guest.
+    assert await udp_through_port_forward(gstack, "tiny-linux") == [
+        b"guest:one", b"guest:two", b"guest:three", b"guest:four"]  # fmt: skip
     # Everything the node made for the VM goes with it.
     netns = names("default_tiny-linux", node=NODE)[0]
     assert netns in (await ip_netns())
