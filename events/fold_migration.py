@@ -71,7 +71,8 @@ def migration_succeeded(s: VMState, e: m.MigrationSucceeded, env: Stamped) -> VM
     if not s.running:  # a stopped VM: its next start goes to the target
         return replace(s, migration=mig, home=e.target, last_node=e.target)
     return replace(s, migration=mig, node=e.target, status=PAUSED if s.paused else RUNNING,
-                   home=e.target if s.home else "", last_node=e.target)  # fmt: skip
+                   home=e.target if s.home else "", last_node=e.target,
+                   agent_connected=s.migration.target_agent)  # fmt: skip
 
 
 def migration_failed(s: VMState, e: m.MigrationFailed, env: Stamped) -> VMState:

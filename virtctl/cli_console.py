@@ -1,5 +1,5 @@
-"""The console verbs of the `virtbus` CLI: `vnc`, `console`, `port-forward`, `ssh` and `scp`
-(virtctl's flags).
+"""The console verbs of the `virtbus` CLI: `vnc`, `console`, `port-forward`, `ssh`, `scp` and the
+guest agent's (virtctl's flags).
 
 `cli.py` registers them; the shared options and runner come from `cli_common.py`
 (`python -m virtbus` loads `cli.py` as `__main__`).
@@ -198,4 +198,3 @@ guestosinfo = _agent_verb("guestosinfo", "Print the guest agent's view of a runn
                           "hostname, timezone, users, filesystems) as JSON.")  # fmt: skip
 userlist = _agent_verb("userlist", "Print the users logged in to a running VM (guest agent).")
 fslist = _agent_verb("fslist", "Print the filesystems of a running VM (guest agent).")
-soft_reboot = _agent_verb("soft-reboot", "Reboot a running VM through its guest agent.")

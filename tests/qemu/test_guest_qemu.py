@@ -274,6 +274,7 @@ async def test_a_live_migration_keeps_the_address_and_moves_the_vm_network(
         async with qemu_stack(base, nodes=nodes, vm_network=True) as st:
             await send(st.nc, tiny("mover", strategy="Always"))  # runs once applied
             await booted(st, "mover", hostname="mover")
+            await agent_back(st, "mover", after=0)
             s = await st.state("mover")
             source, target = s.node, next(n for n in nodes if n != s.node)
             assert await ssh_banner(s.ip) == b"SSH-2.0-dropbear_2022.83"  # Debian 12's dropbear-bin
@@ -281,6 +282,9 @@ async def test_a_live_migration_keeps_the_address_and_moves_the_vm_network(
             await st.until_event("mover", m.MigrationSucceeded, within=BOOT_S)
             after = await st.state("mover")
             assert (after.node, after.ip, after.vmi_uid) == (target, s.ip, s.vmi_uid)
+            # KubeVirt's AgentConnected holds on the target, whose agent connected before the
+            # VM was the target's (recorded then, kept for the migration's success).
+            await agent_on(st, "mover", node=target)
             # The guest's sshd at the same address, now through the target's namespace.
             assert await ssh_banner(s.ip) == b"SSH-2.0-dropbear_2022.83"  # Debian 12's dropbear-bin
             dom = "default_mover"
@@ -386,11 +390,35 @@ async def test_a_guest_reboot_is_a_reboot_not_a_stop(gstack: QemuStack) -> None:
     code, out, err = await gstack.virtbus("soft-reboot", "rebooter")
     assert (code, out) == (0, "VMI rebooter was scheduled to soft reboot\n"), err
     await gstack.until_event("rebooter", m.DomainRebooted, after=asked, within=60)
+    # Without an agent, KubeVirt's fallback: the node presses the ACPI button, and libvirt turns
+    # the guest's power-off into a reset (its "fake reboot").
+    await agent_back(gstack, "rebooter", after=asked)
+    async with console(gstack, "rebooter") as con:
+        await root_shell(con, hostname="rebooter")
+        gone = len(await gstack.events("rebooter"))
+        await con.type("killall qemu-ga\r")
+        await gstack.until_event("rebooter", m.GuestAgentChanged, after=gone, within=60)
+    assert not (await gstack.state("rebooter")).agent_connected
+    acpi = len(await gstack.events("rebooter"))
+    code, out, err = await gstack.virtbus("soft-reboot", "rebooter")
+    assert (code, out) == (0, "VMI rebooter was scheduled to soft reboot\n"), err
+    await gstack.until_event("rebooter", m.DomainRebooted, after=acpi, within=BOOT_S)
+    await booted(gstack, "rebooter", hostname="rebooter")
     events = (await gstack.events("rebooter"))[before:]
-    # Two reboots and no stop; the guest agent going and coming back with each is the agent's.
+    # Three reboots and no stop; the guest agent going and coming back with each is the agent's.
     lifecycle = [type(e).__name__ for e in events if not isinstance(e, m.GuestAgentChanged)]
-    assert lifecycle == ["DomainRebooted", "DomainRebooted"]
+    assert lifecycle == ["DomainRebooted", "VMSoftRebootRequested", "SoftRebootSent",
+                         "DomainRebooted", "VMSoftRebootRequested", "SoftRebootSent",
+                         "DomainRebooted"]  # fmt: skip
+    sent = [(e.method, e.error) for e in events if isinstance(e, m.SoftRebootSent)]
+    assert sent == [("agent", ""), ("acpi", "")]
     assert (await gstack.state("rebooter")).status == "Running"
+    # `history` says who asked for each soft reboot: the command, with its actor.
+    code, out, err = await gstack.virtbus("history", "rebooter", "-o", "json")
+    assert code == 0, err
+    asked_by = [i["summary"] for i in json.loads(out)["items"]
+                if (i["category"], i["type"]) == ("Command", "SoftRebootVM")]  # fmt: skip
+    assert asked_by == ["SoftRebootVM: accepted -> VMSoftRebootRequested"] * 2
 
 
 async def agent_back(st: QemuStack, name: str, *, after: int) -> None:
@@ -401,6 +429,17 @@ async def agent_back(st: QemuStack, name: str, *, after: int) -> None:
         if changes[-1].connected:
             return
         after += len(events)
+
+
+async def agent_on(st: QemuStack, name: str, *, node: str) -> None:
+    """Until the VM runs on `node` with its AgentConnected condition; fails when the log stops
+    telling of the agent without it."""
+    seen = len(await st.events(name))
+    while True:
+        s = await st.state(name)
+        if s.node == node and {"type": "AgentConnected", "status": "True"} in conditions(s):
+            return
+        seen += len(await st.until_event(name, m.GuestAgentChanged, after=seen, within=60))
 
 
 async def test_a_guest_kernel_panic_is_a_crash_then_the_run_strategy_answers(
