@@ -254,12 +254,16 @@ async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(
     # UDP through `port-forward udp/...`, one datagram a frame, answered by the guest.
     assert await udp_through_port_forward(gstack, "tiny-linux") == [
         b"guest:one", b"guest:two", b"guest:three", b"guest:four"]  # fmt: skip
-    # Everything the node made for the VM goes with it.
+    # Everything the node made for the VM goes with it. Its DHCP server (dnsmasq) is the
+    # node's own child, not a daemon left to PID 1: reaped once stopped, no zombie left.
     netns = names("default_tiny-linux", node=NODE)[0]
     assert netns in (await ip_netns())
+    dhcp = [p for p in (await ip_netns("pids", netns)).split() if comm(p) == "dnsmasq"]
+    assert len(dhcp) == 1 and parent(dhcp[0]) == os.getpid()  # the worker runs in this process
     await send(gstack.nc, c.StopVM(name="tiny-linux"))
     await gstack.until("tiny-linux", "Stopped", within=120)
     assert netns not in (await ip_netns())
+    assert not alive(dhcp[0])
 
 
 async def test_a_live_migration_keeps_the_address_and_moves_the_vm_network(
@@ -312,10 +316,23 @@ async def ssh_banner(ip: str, *, within: float = 60) -> bytes:
             await asyncio.sleep(0.5)
 
 
-async def ip_netns() -> str:
-    proc = await asyncio.create_subprocess_exec("ip", "netns", "list",
+async def ip_netns(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec("ip", "netns", *(args or ("list",)),
                                                 stdout=asyncio.subprocess.PIPE)  # fmt: skip
     return (await proc.communicate())[0].decode()
+
+
+def comm(pid: str) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def alive(pid: str) -> bool:
+    """Whether `pid` is a process, a zombie included."""
+    return Path(f"/proc/{pid}").exists()
+
+
+def parent(pid: str) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
 
 
 @contextlib.asynccontextmanager
