@@ -44,7 +44,7 @@ class Migration(msgspec.Struct, frozen=True, gc=False):
     scheduled: datetime | None = None  # when the target was chosen: the duration counts from here
     cancel: bool = False  # migrate-cancel asked
     target_pod: str = ""  # the target's launcher, until it is removed
-    target_agent: bool = False  # the guest agent answers on the target (it connects there first)
+    target_agent: bool | None = None  # what the target last told of the guest agent, if anything
 
 
 # KubeVirt's VirtualMachineInstanceMigration phases beyond the shared ones.

@@ -137,3 +137,10 @@ def test_the_agent_connected_condition_survives_a_live_migration() -> None:
     s = step(s, m.GuestAgentChanged(node="n1", connected=True))
     s = step(s, m.MigrationFailed(migration="mig-2", reason="aborted"))
     assert (s.node, agent in conditions(s)) == ("n2", True)
+
+
+def test_a_target_that_told_nothing_of_the_agent_keeps_the_sources_answer() -> None:
+    s = step(running("Manual"), m.GuestAgentChanged(node="n1", connected=True))
+    s = step(s, m.MigrationScheduled(migration="mig-1", source="n1", target="n2"))
+    s = step(s, m.MigrationSucceeded(migration="mig-1", source="n1", target="n2"))
+    assert (s.node, s.agent_connected) == ("n2", True)
