@@ -72,6 +72,11 @@ class UnpauseVM(Command, frozen=True):
     pass
 
 
+class SoftRebootVM(Command, frozen=True):
+    """virtctl's soft-reboot: the guest reboots itself, asked through its agent, or by ACPI
+    when no agent is connected (KubeVirt's fallback)."""
+
+
 class DeleteVM(Command, frozen=True):
     pass
 
@@ -299,6 +304,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
 AnyCommand = (
     ApplyVM | StartVM | StopVM | RestartVM | PauseVM | UnpauseVM | DeleteVM | UndeleteVM
+    | SoftRebootVM
     | MigrateVM | CancelMigration | SnapshotVM | RestoreVM | DeleteSnapshot | AddVolume
     | RemoveVolume | ApplyReplicaSet | ScaleReplicaSet | DeleteReplicaSet | DrainNode
     | UncordonNode | CreateVolume | DeleteVolume | AddWebhook | RemoveWebhook

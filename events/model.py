@@ -97,10 +97,11 @@ __all__ = [
     "NodeDrainRequested", "NodeLost", "NodeRegistered", "NodeUncordoned", "PreferenceApplied",
     "PreferenceDeleted", "ReplicaSetCreated", "ReplicaSetDeleted", "ReplicaSetScaled",
     "ReplicaSetSpecChanged", "RestoreFailed", "RestoreRequested", "RestoreSucceeded",
-    "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested", "SnapshotSucceeded", "UserAdded",
+    "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested", "SnapshotSucceeded",
+    "SoftRebootSent", "UserAdded",
     "UserRevoked", "VMBackoff", "VMCreated", "VMDeleteRequested", "VMDeleted", "VMFailed",
     "VMPauseRequested", "VMPoolCreated", "VMPoolDeleted", "VMPoolScaled", "VMPoolSpecChanged",
-    "VMRenamed", "VMRestartRequested", "VMRunning", "VMScheduled",
+    "VMRenamed", "VMRestartRequested", "VMRunning", "VMScheduled", "VMSoftRebootRequested",
     "VMSpecChanged", "VMStartFailed", "VMStartRequested", "VMStopRequested", "VMStopped",
     "VMUndeleted", "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed",
     "VolumeAttachRequested", "VolumeAttached", "VolumeCreated", "VolumeDeleted",
@@ -176,6 +177,10 @@ class VMPauseRequested(Event, frozen=True):
 
 class VMUnpauseRequested(Event, frozen=True):
     pass
+
+
+class VMSoftRebootRequested(Event, frozen=True):
+    """A soft reboot of the running instance was asked (`SoftRebootVM`); its node carries it out."""
 
 
 class VMScheduled(Event, frozen=True):
@@ -273,6 +278,16 @@ class DomainRebooted(Event, frozen=True):
     node: str
 
 
+class SoftRebootSent(Event, frozen=True):
+    """The node asked the guest to reboot: through its agent (`agent`) or by the ACPI power
+    button (`acpi`, no agent connected); `error` when libvirt refused. The reboot itself is the
+    `DomainRebooted` that follows."""
+
+    node: str
+    method: str
+    error: str = ""
+
+
 class GuestAgentChanged(Event, frozen=True):
     """The guest agent's channel connected (the agent in the guest answers) or disconnected."""
 
@@ -328,7 +343,8 @@ AnyEvent = (
     | VMUnpauseRequested | VMScheduled | VMUnschedulable | VMRunning | VMStopped | VMStartFailed
     | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
     | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
-    | DomainRebooted | GuestAgentChanged | IPAllocated | IPReleased
+    | DomainRebooted | GuestAgentChanged | IPAllocated | IPReleased | VMSoftRebootRequested
+    | SoftRebootSent
     | MigrationRequested | MigrationScheduled | MigrationTargetReady | MigrationStarted
     | MigrationProgress | MigrationTargetPreparing
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested

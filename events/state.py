@@ -95,6 +95,8 @@ HANDLERS: Final[Mapping[type[m.Event], Handler]] = {
     m.DomainStopped: lifecycle.domain_stopped,
     m.DomainRebooted: lifecycle.domain_rebooted,
     m.GuestAgentChanged: lifecycle.guest_agent_changed,
+    m.VMSoftRebootRequested: lifecycle.vm_soft_reboot_requested,
+    m.SoftRebootSent: lifecycle.soft_reboot_sent,
     # the instance's address
     m.IPAllocated: network.ip_allocated,
     m.IPReleased: network.ip_released,

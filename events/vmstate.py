@@ -44,6 +44,7 @@ class Migration(msgspec.Struct, frozen=True, gc=False):
     scheduled: datetime | None = None  # when the target was chosen: the duration counts from here
     cancel: bool = False  # migrate-cancel asked
     target_pod: str = ""  # the target's launcher, until it is removed
+    target_agent: bool | None = None  # what the target last told of the guest agent, if anything
 
 
 # KubeVirt's VirtualMachineInstanceMigration phases beyond the shared ones.
@@ -136,6 +137,8 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     stop_grace: int | None = None  # how the latest stop asked to be done
     stop_force: bool = False
     agent_connected: bool = False  # the guest agent of the running instance answers (KubeVirt's)
+    soft_reboot: str = ""  # the instance a soft reboot was asked of, until its node asked it
+    soft_reboot_version: int = 0  # the request's version (its work item's id)
     ip: str = ""  # the instance's address on the VM network (events/model_network.py)
     ip_vmi: str = ""  # the instance that holds `ip`: another (or none) means it is to be released
     mac: str = ""  # the instance's NIC address, decided with `ip`

@@ -99,6 +99,8 @@ def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = Non
             if s.paused or s.want_paused:
                 raise _reject("VMI is already paused")
             return [m.VMPauseRequested()]
+        case c.SoftRebootVM():
+            return _soft_reboot(s)
         case c.UnpauseVM():
             if not (s.paused or s.want_paused):
                 raise _reject("VMI is not paused")
@@ -125,6 +127,20 @@ def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = Non
         case c.DeleteSnapshot():
             return decide_delete_snapshot(s, cmd)
     raise _reject(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
+
+
+def _soft_reboot(s: VMState) -> list[m.Event]:
+    """KubeVirt's checks (virt-api's softreboot subresource), in its words: without a connected
+    agent the node presses the ACPI button, unless the spec turned ACPI off."""
+    if s.phase != RUNNING:
+        raise _reject("VM is not running")
+    if s.paused or s.want_paused:
+        raise _reject("VMI is paused")
+    domain = ((s.spec.get("template") or {}).get("spec") or {}).get("domain") or {}
+    acpi = (domain.get("features") or {}).get("acpi") or {}
+    if not s.agent_connected and acpi.get("enabled") is False:
+        raise _reject("VMI neither have the agent connected nor the ACPI feature enabled")
+    return [m.VMSoftRebootRequested()]
 
 
 # Replica sets and pools: one decision, each with its kind's names and events.

@@ -163,6 +163,8 @@ def _step(
             work: list[w.Work] = []
             if s.want_paused != s.paused:
                 work.append((w.Pause if s.want_paused else w.Unpause)(**_base(s)))
+            if s.soft_reboot and s.soft_reboot == s.vmi_uid:
+                work.append(w.SoftReboot(**{**_base(s), "version": s.soft_reboot_version}))
             return [], work + _volume_work(s), None
     return [], [], None
 

@@ -26,7 +26,6 @@ from virtctl.cli_console import (
     guestosinfo,
     port_forward,
     scp,
-    soft_reboot,
     ssh,
     userlist,
     vnc,
@@ -177,7 +176,7 @@ app.command()(console)
 app.command("port-forward")(port_forward)
 app.command()(ssh)
 app.command()(scp)
-app.command("soft-reboot")(soft_reboot)
+app.command("soft-reboot")(cli_verbs.soft_reboot)
 app.command("guestosinfo")(guestosinfo)
 app.command("userlist")(userlist)
 app.command("fslist")(fslist)

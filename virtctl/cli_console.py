@@ -1,5 +1,5 @@
-"""The console verbs of the `virtbus` CLI: `vnc`, `console`, `port-forward`, `ssh` and `scp`
-(virtctl's flags).
+"""The console verbs of the `virtbus` CLI: `vnc`, `console`, `port-forward`, `ssh`, `scp` and the
+guest agent's (virtctl's flags).
 
 `cli.py` registers them; the shared options and runner come from `cli_common.py`
 (`python -m virtbus` loads `cli.py` as `__main__`).
@@ -72,7 +72,7 @@ TargetArg = Annotated[str, typer.Argument(help="vm/NAME[.NAMESPACE] (or vmi/NAME
 
 def port_forward(
     target: TargetArg,
-    ports: Annotated[list[str], typer.Argument(help="[LOCAL:]REMOTE, one or more")],
+    ports: Annotated[list[str], typer.Argument(help="[tcp/|udp/][LOCAL:]REMOTE, one or more")],
     stdio: Annotated[
         bool, typer.Option("--stdio", help="one connection on stdin/stdout (an ssh ProxyCommand)")
     ] = False,
@@ -82,19 +82,22 @@ def port_forward(
 ) -> None:
     """Forward local ports to a VM's ports over the bus (the node connects to the VM's address;
     no port is opened on it)."""
-    from virtctl.portforward import forward, port_pair
+    from virtctl.portforward import forward, port_spec
     from virtctl.portforward import stdio as stdio_
     from virtctl.portforward import target as target_
 
     async def go() -> int:
         name, ns = target_(target, namespace=namespace)
-        pairs = [port_pair(p) for p in ports]
+        specs = [port_spec(p) for p in ports]
         url = server_url(server)
         if stdio:
-            if len(pairs) != 1:
-                raise ValidationError("port: --stdio forwards exactly one port")
-            return await stdio_(url, name=name, namespace=ns, port=pairs[0][1])
-        return await forward(url, name=name, namespace=ns, ports=pairs, address=address)
+            if len(specs) != 1:
+                raise ValidationError("port: --stdio forwards exactly one port", field="port")
+            if specs[0].protocol != "tcp":
+                raise ValidationError(f"port: --stdio forwards a tcp port, not {ports[0]!r}",
+                                      field="port")  # fmt: skip
+            return await stdio_(url, name=name, namespace=ns, port=specs[0].remote)
+        return await forward(url, name=name, namespace=ns, ports=specs, address=address)
 
     _finish(_run(go()))
 
@@ -195,4 +198,3 @@ guestosinfo = _agent_verb("guestosinfo", "Print the guest agent's view of a runn
                           "hostname, timezone, users, filesystems) as JSON.")  # fmt: skip
 userlist = _agent_verb("userlist", "Print the users logged in to a running VM (guest agent).")
 fslist = _agent_verb("fslist", "Print the filesystems of a running VM (guest agent).")
-soft_reboot = _agent_verb("soft-reboot", "Reboot a running VM through its guest agent.")

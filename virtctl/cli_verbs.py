@@ -120,6 +120,12 @@ def pause(
     lifecycle(c.PauseVM(name=named, namespace=namespace, actor=actor()), server)
 
 
+def soft_reboot(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
+    """Reboot a running VM's guest (virtctl's soft-reboot): through its guest agent, or by ACPI
+    when no agent is connected."""
+    lifecycle(c.SoftRebootVM(name=name, namespace=namespace, actor=actor()), server)
+
+
 def unpause(
     what: KindOrName,
     name: Annotated[str | None, typer.Argument()] = None,
