@@ -8,12 +8,13 @@ PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.virtbus-installed
 
-# Build deps of libvirt-python, then the real-hypervisor stack (QEMU/KVM nodes, dnsmasq-base for the
-# DHCP of their VM network, iptables and iproute2 for its NAT and namespaces), then image tools,
+# Build deps of libvirt-python (gcc also builds the QEMU tests' UDP echo for the guest), then the
+# real-hypervisor stack (QEMU/KVM nodes, dnsmasq-base for the DHCP of their VM network, iptables
+# and iproute2 for its NAT and namespaces), then image tools,
 # then the headless browser the web view's test loads its pages in, then the OCI registry the
 # container disk tests pull from (and skopeo, which fills their mirror).
 APT_PACKAGES=(
-  libvirt-dev pkg-config
+  gcc libc6-dev libvirt-dev pkg-config
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   dnsmasq-base iptables iproute2
   libxml2-utils xorriso
