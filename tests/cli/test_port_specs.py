@@ -8,6 +8,7 @@ tested on real QEMU in tests/qemu/test_guest_qemu.py.
 from __future__ import annotations
 
 import pytest
+from clirun import virtbus
 
 from events.errors import ValidationError
 from virtctl.portforward import PortSpec, port_spec
@@ -48,3 +49,13 @@ def test_a_bad_port_spec_is_refused_naming_the_field_and_why(text: str, why: str
     with pytest.raises(ValidationError) as err:
         port_spec(text)
     assert (err.value.field, err.value.message) == ("port", why)
+
+
+async def test_stdio_forwards_one_tcp_port_and_says_so_before_touching_the_bus() -> None:
+    said = []
+    for ports in (["udp/53"], ["22", "80"]):
+        r = await virtbus("port-forward", "--stdio", "vm/x", *ports,
+                          "--server", "nats://127.0.0.1:1")  # fmt: skip
+        said.append((r.code, r.err))
+    assert said == [(1, "error: port: --stdio forwards a tcp port, not 'udp/53'\n"),
+                    (1, "error: port: --stdio forwards exactly one port\n")]  # fmt: skip
