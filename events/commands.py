@@ -72,6 +72,11 @@ class UnpauseVM(Command, frozen=True):
     pass
 
 
+class ResetVM(Command, frozen=True):
+    """A hard reset of the running instance (virtctl reset): the guest restarts at once, as the
+    reset button does; the instance, its address and its node stay."""
+
+
 class DeleteVM(Command, frozen=True):
     pass
 
@@ -298,7 +303,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 AnyCommand = (
-    ApplyVM | StartVM | StopVM | RestartVM | PauseVM | UnpauseVM | DeleteVM | UndeleteVM
+    ApplyVM | StartVM | StopVM | RestartVM | PauseVM | UnpauseVM | ResetVM | DeleteVM | UndeleteVM
     | MigrateVM | CancelMigration | SnapshotVM | RestoreVM | DeleteSnapshot | AddVolume
     | RemoveVolume | ApplyReplicaSet | ScaleReplicaSet | DeleteReplicaSet | DrainNode
     | UncordonNode | CreateVolume | DeleteVolume | AddWebhook | RemoveWebhook

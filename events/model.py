@@ -53,6 +53,7 @@ from events.model_aggregates import (
     WebhookSubscribed,
     WebhookUnsubscribed,
 )
+from events.model_guest import VMResetRequested
 from events.model_hotplug import (
     VolumeAttached,
     VolumeAttachFailed,
@@ -100,7 +101,7 @@ __all__ = [
     "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested", "SnapshotSucceeded", "UserAdded",
     "UserRevoked", "VMBackoff", "VMCreated", "VMDeleteRequested", "VMDeleted", "VMFailed",
     "VMPauseRequested", "VMPoolCreated", "VMPoolDeleted", "VMPoolScaled", "VMPoolSpecChanged",
-    "VMRenamed", "VMRestartRequested", "VMRunning", "VMScheduled",
+    "VMRenamed", "VMResetRequested", "VMRestartRequested", "VMRunning", "VMScheduled",
     "VMSpecChanged", "VMStartFailed", "VMStartRequested", "VMStopRequested", "VMStopped",
     "VMUndeleted", "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed",
     "VolumeAttachRequested", "VolumeAttached", "VolumeCreated", "VolumeDeleted",
@@ -268,9 +269,11 @@ class DomainStopped(Event, frozen=True):
 
 
 class DomainRebooted(Event, frozen=True):
-    """The guest rebooted (its own `reboot`, or a reset): the same instance runs on, no stop."""
+    """The guest rebooted (its own `reboot`, or a reset): the same instance runs on, no stop;
+    `reset` is the version of the `VMResetRequested` this reset carried out (0: the guest's own)."""
 
     node: str
+    reset: int = 0
 
 
 class GuestAgentChanged(Event, frozen=True):
@@ -325,7 +328,8 @@ class CommandRejected(Event, frozen=True):
 AnyEvent = (
     VMCreated | VMSpecChanged | VMDeleteRequested | VMDeleted | VMUndeleted | VMRenamed
     | VMStartRequested | VMStopRequested | VMRestartRequested | VMPauseRequested
-    | VMUnpauseRequested | VMScheduled | VMUnschedulable | VMRunning | VMStopped | VMStartFailed
+    | VMUnpauseRequested | VMResetRequested | VMScheduled | VMUnschedulable | VMRunning
+    | VMStopped | VMStartFailed
     | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
     | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
     | DomainRebooted | GuestAgentChanged | IPAllocated | IPReleased

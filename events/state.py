@@ -77,6 +77,7 @@ HANDLERS: Final[Mapping[type[m.Event], Handler]] = {
     m.VMRestartRequested: lifecycle.vm_restart_requested,
     m.VMPauseRequested: lifecycle.vm_pause_requested,
     m.VMUnpauseRequested: lifecycle.vm_pause_requested,
+    m.VMResetRequested: lifecycle.vm_reset_requested,
     m.VMScheduled: lifecycle.vm_scheduled,
     m.VMUnschedulable: lifecycle.vm_unschedulable,
     m.VMRunning: lifecycle.vm_running,

@@ -131,6 +131,9 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     restarting: bool = False  # a restart was asked: start again once the instance is down
     want_paused: bool = False  # what the user asked; `paused` is what the node observed
     intent_version: int = 0  # version of the latest start/stop/restart/pause/unpause request
+    reset_asked: int = 0  # version of the latest reset request (of instance `reset_vmi`)
+    reset_vmi: str = ""
+    reset_done: int = 0  # the latest reset the node carried out
     started: datetime | None = None  # when the current instance's domain started
     backoff_until: datetime | None = None  # CrashLoopBackOff: no restart before this
     stop_grace: int | None = None  # how the latest stop asked to be done

@@ -69,6 +69,10 @@ class Unpause(Work, frozen=True):
     pass
 
 
+class Reset(Work, frozen=True):
+    """Reset the running domain (virDomainReset); `version` is the reset request's."""
+
+
 class VolumeWork(Work, frozen=True):
     """A hotplug item: `volume` and `disk` as the request named them, `version` the request's."""
 
@@ -207,8 +211,8 @@ class CleanupTarget(MigrationWork, frozen=True):
 
 
 AnyWork = (
-    Start | Stop | Pause | Unpause | AttachVolume | DetachVolume | TakeSnapshot | RestoreSnapshot
-    | RemoveSnapshot | ProvisionVolume | RemoveVolume | MoveVolume | PrepareTarget | MigrateSource
-    | AbortMigration | CleanupTarget
+    Start | Stop | Pause | Unpause | Reset | AttachVolume | DetachVolume | TakeSnapshot
+    | RestoreSnapshot | RemoveSnapshot | ProvisionVolume | RemoveVolume | MoveVolume
+    | PrepareTarget | MigrateSource | AbortMigration | CleanupTarget
 )  # fmt: skip
 WORK_DECODER: Final = msgspec.json.Decoder(AnyWork)

@@ -103,6 +103,8 @@ def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = Non
             if not (s.paused or s.want_paused):
                 raise _reject("VMI is not paused")
             return [m.VMUnpauseRequested()]
+        case c.ResetVM():
+            return [m.VMResetRequested(vmi_uid=_resettable(s, cmd))]
         case c.DeleteVM():
             if s.status == TERMINATING:
                 raise _reject("VM is already being deleted")
@@ -125,6 +127,16 @@ def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = Non
         case c.DeleteSnapshot():
             return decide_delete_snapshot(s, cmd)
     raise _reject(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
+
+
+def _resettable(s: VMState, cmd: c.ResetVM) -> str:
+    """The instance a reset is for, or KubeVirt's refusal (no VMI: not found; one on its way up:
+    not running)."""
+    if not s.running:
+        raise _reject(f'virtualmachineinstance.kubevirt.io "{cmd.name}" not found', field="name")
+    if s.phase != RUNNING:
+        raise _reject(f"Failed to reset non-running VMI with phase {s.phase}")
+    return s.vmi_uid
 
 
 # Replica sets and pools: one decision, each with its kind's names and events.

@@ -163,6 +163,8 @@ def _step(
             work: list[w.Work] = []
             if s.want_paused != s.paused:
                 work.append((w.Pause if s.want_paused else w.Unpause)(**_base(s)))
+            if s.reset_asked > s.reset_done and s.reset_vmi == s.vmi_uid:
+                work.append(w.Reset(**{**_base(s), "version": s.reset_asked}))
             return [], work + _volume_work(s), None
     return [], [], None
 

@@ -32,7 +32,7 @@ def failure_of(item: w.Work, reason: str, *, node: str) -> tuple[Ref, m.Event] |
             return item.ref, m.VolumeAttachFailed(volume=volume, reason=reason, node=node)
         case w.ProvisionVolume() | w.MoveVolume():
             return item.ref, m.VolumeFailed(reason=reason)
-        case w.Stop() | w.Pause() | w.Unpause() | w.DetachVolume():
+        case w.Stop() | w.Pause() | w.Unpause() | w.Reset() | w.DetachVolume():
             # The instance is in a state nobody asked for: failed, the run strategy decides.
             return item.ref, m.VMFailed(reason=reason, node=node)
     return None

@@ -1,4 +1,4 @@
-"""The node's part of a VM's lifecycle: start, stop, pause, unpause, hotplug and unplug, each
+"""The node's part of a VM's lifecycle: start, stop, pause, unpause, reset, hotplug and unplug, each
 carried out on libvirt and reported as the events it observed.
 
 Every operation is idempotent: a redelivered item finds the domain already as wanted and only
@@ -87,6 +87,13 @@ class Lifecycle:
                     self.ctx.expectations.expect(dom, "resumed")
                     await hv.resume(dom)
                     await self.ctx.observe(item.ref, [m.DomainResumed(node=node)])
+            case w.Reset():
+                if s.phase == RUNNING and s.reset_done < item.version:
+                    self.ctx.expectations.expect(dom, "rebooted")  # the reset's own REBOOT event
+                    await hv.reset(dom)
+                    await self.ctx.observe(
+                        item.ref, [m.DomainRebooted(node=node, reset=item.version)]
+                    )
             case w.AttachVolume():
                 await self._attach(item, s)
             case w.DetachVolume():

@@ -327,7 +327,7 @@ class Worker:
             # libvirt 9 sends two REBOOT events for one guest reboot (seen here): one recorded.
             now, last = time.monotonic(), self._reboots.get(ev.domain, -REBOOT_COALESCE_S)
             self._reboots[ev.domain] = now
-            if now - last >= REBOOT_COALESCE_S:
+            if now - last >= REBOOT_COALESCE_S and not self.ctx.expectations.met(ev):
                 await self.observe(ref, [m.DomainRebooted(node=self.node)])
             return
         if ev.kind not in ("stopped", "suspended", "resumed") or self.ctx.expectations.met(ev):

@@ -1,0 +1,96 @@
+"""virtctl's verbs about one guest beyond its lifecycle: `create vm` (the manifest generator,
+beside kubectl's `create -f`), `memory-dump`, `expose`.
+
+The typer layer only: flags are checked here, the work is in `createvm`, `guestops` and
+`services`. `register` adds them to the `virtbus` app.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from bus.connect import server_url
+from events.errors import ValidationError
+from virtctl.cli_common import NsOpt, ServerOpt, finish, run, usage
+
+Many = Annotated[list[str] | None, typer.Option()]
+
+
+def create(
+    what: Annotated[str | None, typer.Argument(help="vm: print a VirtualMachine manifest")] = None,
+    filename: Annotated[
+        str | None, typer.Option("--filename", "-f", help="manifest file, or - for stdin")
+    ] = None,
+    name: Annotated[str, typer.Option("--name", help="vm: its name (default vm-xxxxx)")] = "",
+    run_strategy: Annotated[str, typer.Option("--run-strategy")] = "Always",
+    termination_grace_period: Annotated[
+        int, typer.Option("--termination-grace-period", min=0)
+    ] = 180,
+    memory: Annotated[str, typer.Option("--memory", help="vm: default 512Mi")] = "",
+    instancetype: Annotated[str, typer.Option("--instancetype", help="[KIND/]NAME")] = "",
+    preference: Annotated[str, typer.Option("--preference", help="[KIND/]NAME")] = "",
+    volume_containerdisk: Annotated[
+        list[str] | None, typer.Option("--volume-containerdisk", help="src:IMAGE[,name:N]")
+    ] = None,
+    volume_pvc: Annotated[
+        list[str] | None, typer.Option("--volume-pvc", help="src:CLAIM[,name:N]")
+    ] = None,
+    volume_import: Annotated[
+        list[str] | None,
+        typer.Option("--volume-import", help="type:blank|http|registry|pvc,size:S,..."),
+    ] = None,
+    volume_datasource: Annotated[list[str] | None, typer.Option("--volume-datasource")] = None,
+    volume_sysprep: Annotated[str, typer.Option("--volume-sysprep")] = "",
+    access_cred: Annotated[list[str] | None, typer.Option("--access-cred")] = None,
+    user: Annotated[str, typer.Option("--user")] = "",
+    password_file: Annotated[str, typer.Option("--password-file")] = "",
+    ssh_key: Annotated[list[str] | None, typer.Option("--ssh-key")] = None,
+    cloud_init: Annotated[str, typer.Option("--cloud-init", help="nocloud or none")] = "",
+    cloud_init_user_data: Annotated[
+        str, typer.Option("--cloud-init-user-data", help="base64")
+    ] = "",
+    cloud_init_network_data: Annotated[
+        str, typer.Option("--cloud-init-network-data", help="base64")
+    ] = "",
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Create the objects of a manifest (`-f`; one that exists is refused, AlreadyExists), or
+    print a VirtualMachine manifest as virtctl's `create vm` does (for `virtbus apply -f -`)."""
+    if what is None:
+        if filename is None:
+            raise usage("create: give -f FILE, or `create vm [flags]` for a manifest")
+        from virtctl.objects import create_file
+
+        finish(run(create_file(server_url(server), path=filename, namespace=namespace)))
+        return
+    if what.lower() not in ("vm", "virtualmachine") or filename is not None:
+        raise usage(f"create {what}: virtbus generates `create vm` manifests; "
+                    "objects from files are `create -f FILE`")  # fmt: skip
+    from virtctl.createvm import VMSpecFlags, manifest
+
+    refused = [flag for flag, given in (("volume-datasource", volume_datasource),
+                                        ("volume-sysprep", volume_sysprep),
+                                        ("access-cred", access_cred)) if given]  # fmt: skip
+    flags = VMSpecFlags(
+        name=name, run_strategy=run_strategy, termination_grace_period=termination_grace_period,
+        memory=memory, instancetype=instancetype, preference=preference,
+        containerdisks=volume_containerdisk or [], pvcs=volume_pvc or [],
+        imports=volume_import or [], user=user, password_file=password_file,
+        ssh_keys=ssh_key or [], cloud_init=cloud_init, cloud_init_user_data=cloud_init_user_data,
+        cloud_init_network_data=cloud_init_network_data, refused=refused,
+    )  # fmt: skip
+    try:
+        text = manifest(flags)
+    except ValidationError as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(1) from None
+    sys.stdout.write(text)
+
+
+def register(app: typer.Typer) -> None:
+    """Add these verbs to the `virtbus` app, in `--help`'s order."""
+    app.command()(create)
