@@ -45,6 +45,7 @@ from workers.pods import ExitHandler, PodDriver, ProcessPods
 from workers.populate import Populator
 from workers.portforward import PortForwards
 from workers.registry import Registries
+from workers.screens import Screens
 from workers.sessions import Sessions
 from workers.snapshots import NodeSnapshots, Snapshotting
 from workers.sync import reconcile
@@ -118,6 +119,7 @@ class Worker:
             "portforward": PortForwards(self.store, node=node,
                                         vm_network=self.ctx.network is not None).open,
             "guestagent": GuestAgent(self.hv, self.store, node=node).open,
+            "screenshot": Screens(self.hv, self.store, node=node).screenshot,
         })  # fmt: skip
         self.malformed = 0
         self._queues: dict[str, asyncio.Queue[Msg]] = {}

@@ -1,10 +1,11 @@
 """virtctl's guest verbs as the user guide types them: `create vm` (piped into `apply -f -`),
-`reset`, `memory-dump`, `expose`. The CLI is a subprocess against an in-process orchestrator and
-one test-driver node; every wait follows the log."""
+`reset`, `vnc screenshot`, `memory-dump`, `expose`. The CLI is a subprocess against an
+in-process orchestrator and one test-driver node; every wait follows the log."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from clirun import Result, virtbus
@@ -16,6 +17,7 @@ from events import model as m
 from events.errors import ValidationError
 from events.names import Ref
 from virtctl.createvm import VMSpecFlags, generate
+from workers.screens import PNG_MAGIC
 
 
 @pytest.fixture
@@ -32,7 +34,9 @@ async def events_of(st: Stack, name: str) -> list[m.Event]:
     return [r.envelope.data for r in await st.store.read(Ref.vm(name))]
 
 
-async def test_create_vm_applies_and_reset_is_recorded(gstack: Stack) -> None:
+async def test_create_vm_applies_reset_is_recorded_and_screenshot(
+    gstack: Stack, tmp_path: Path
+) -> None:
     made = await cli(gstack, "create", "vm", "--name", "r", "--memory", "64Mi",
                      "--run-strategy", "halted")  # fmt: skip
     assert made.ok().out == (
@@ -64,6 +68,11 @@ async def test_create_vm_applies_and_reset_is_recorded(gstack: Stack) -> None:
     assert asked[0].actor == records[0].envelope.actor != ""  # who reset it: who applied it
     assert done == [m.DomainRebooted(node="node-a", reset=s.reset_asked)]
     assert (s.status, s.reset_done) == ("Running", s.reset_asked)  # the same instance runs on
+
+    shot = await cli(gstack, "vnc", "screenshot", "r", "--file", str(tmp_path / "r.png"))
+    assert (shot.ok().out, shot.err) == ("", "")
+    png = (tmp_path / "r.png").read_bytes()  # the test driver's own PNG, whole
+    assert (png[:8], png[12:16], png[-8:-4]) == (PNG_MAGIC, b"IHDR", b"IEND")
 
 
 @pytest.mark.parametrize(("argv", "why"), [

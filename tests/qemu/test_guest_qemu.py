@@ -17,7 +17,9 @@ import ipaddress
 import json
 import os
 import signal
+import struct
 import sys
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from events import model as m
 from events.manifest import parse_documents
 from events.state import conditions
 from virtbus.guestdisk import IMAGE
+from workers.screens import PNG_MAGIC
 from workers.vmnet import names
 
 pytestmark = pytest.mark.kvm
@@ -325,7 +328,9 @@ async def test_a_guest_powering_itself_off(gstack: QemuStack, strategy: str, tol
         assert (await gstack.state("selfoff")).status == "Stopped"
 
 
-async def test_a_guest_reboot_is_a_reboot_not_a_stop(gstack: QemuStack) -> None:
+async def test_a_guest_reboot_is_a_reboot_not_a_stop_and_reset_resets(
+    gstack: QemuStack, tmp_path: Path
+) -> None:
     await send(gstack.nc, tiny("rebooter"))
     await send(gstack.nc, c.StartVM(name="rebooter"))
     async with logged_in(gstack, "rebooter") as con:
@@ -344,6 +349,30 @@ async def test_a_guest_reboot_is_a_reboot_not_a_stop(gstack: QemuStack) -> None:
     lifecycle = [type(e).__name__ for e in events if not isinstance(e, m.GuestAgentChanged)]
     assert lifecycle == ["DomainRebooted", "DomainRebooted"]
     assert (await gstack.state("rebooter")).status == "Running"
+
+    # `virtbus reset`: the reset button (virDomainReset): recorded once, by the node, with the
+    # request it carried out (libvirt's own REBOOT event for it is no second record); the guest
+    # boots again, the same instance. Then `vnc screenshot`: QEMU's PPM screen as a PNG.
+    await agent_back(gstack, "rebooter", after=asked)
+    reset_at = len(await gstack.events("rebooter"))
+    async with logged_in(gstack, "rebooter") as con:
+        code, out, err = await gstack.virtbus("reset", "vmi", "rebooter")
+        assert (code, out) == (0, "VMI rebooter was scheduled to reset\n"), err
+        await gstack.until_event("rebooter", m.DomainRebooted, after=reset_at, within=60)
+        await con.expect(b"rebooter login: ", within=BOOT_S, nudge="\r")  # booted again
+    events = (await gstack.events("rebooter"))[reset_at:]
+    told = [e for e in events if isinstance(e, m.VMResetRequested | m.DomainRebooted)]
+    s = await gstack.state("rebooter")
+    assert told == [m.VMResetRequested(vmi_uid=s.vmi_uid),
+                    m.DomainRebooted(node=s.node, reset=s.reset_asked)]  # fmt: skip
+    code, out, err = await gstack.virtbus("vnc", "screenshot", "rebooter", "-f",
+                                          str(tmp_path / "screen.png"))  # fmt: skip
+    assert (code, out) == (0, ""), err
+    png = (tmp_path / "screen.png").read_bytes()
+    width, height = struct.unpack(">II", png[16:24])
+    (idat_len,) = struct.unpack(">I", png[33:37])
+    rows = zlib.decompress(png[41 : 41 + idat_len])  # the encoder's one IDAT: every pixel
+    assert (png[:8], png[37:41], len(rows)) == (PNG_MAGIC, b"IDAT", height * (1 + 3 * width))
 
 
 async def agent_back(st: QemuStack, name: str, *, after: int) -> None:
