@@ -77,6 +77,16 @@ class ResetVM(Command, frozen=True):
     reset button does; the instance, its address and its node stay."""
 
 
+class MemoryDumpVM(Command, frozen=True):
+    """Dump the running instance's memory into the claim `claim` (virtctl memory-dump get)."""
+
+    claim: Name
+
+
+class RemoveMemoryDump(Command, frozen=True):
+    """Dissociate the VM's memory dump claim (virtctl memory-dump remove); the claim stays."""
+
+
 class DeleteVM(Command, frozen=True):
     pass
 
@@ -304,6 +314,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
 AnyCommand = (
     ApplyVM | StartVM | StopVM | RestartVM | PauseVM | UnpauseVM | ResetVM | DeleteVM | UndeleteVM
+    | MemoryDumpVM | RemoveMemoryDump
     | MigrateVM | CancelMigration | SnapshotVM | RestoreVM | DeleteSnapshot | AddVolume
     | RemoveVolume | ApplyReplicaSet | ScaleReplicaSet | DeleteReplicaSet | DrainNode
     | UncordonNode | CreateVolume | DeleteVolume | AddWebhook | RemoveWebhook

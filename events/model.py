@@ -53,7 +53,13 @@ from events.model_aggregates import (
     WebhookSubscribed,
     WebhookUnsubscribed,
 )
-from events.model_guest import VMResetRequested
+from events.model_guest import (
+    MemoryDumpCompleted,
+    MemoryDumpFailed,
+    MemoryDumpRemoved,
+    MemoryDumpRequested,
+    VMResetRequested,
+)
 from events.model_hotplug import (
     VolumeAttached,
     VolumeAttachFailed,
@@ -91,7 +97,8 @@ __all__ = [
     "DomainPaused", "DomainRebooted", "DomainResumed", "DomainStarted", "DomainStopped",
     "DomainUndefined", "Event", "GuestAgentChanged", "IPAllocated", "IPReleased", "ImagePulled",
     "ImagePulling", "InstancetypeApplied", "InstancetypeDeleted", "KubeVirtApplied",
-    "LauncherCreated", "LauncherDeleted", "LauncherFailed", "MigrationCancelRequested",
+    "LauncherCreated", "LauncherDeleted", "LauncherFailed", "MemoryDumpCompleted",
+    "MemoryDumpFailed", "MemoryDumpRemoved", "MemoryDumpRequested", "MigrationCancelRequested",
     "MigrationFailed",
     "MigrationProgress", "MigrationRequested", "MigrationScheduled", "MigrationStarted",
     "MigrationSucceeded", "MigrationTargetPreparing", "MigrationTargetReady", "NodeCordoned",
@@ -332,7 +339,8 @@ AnyEvent = (
     | VMStopped | VMStartFailed
     | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
     | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
-    | DomainRebooted | GuestAgentChanged | IPAllocated | IPReleased
+    | DomainRebooted | GuestAgentChanged | IPAllocated | IPReleased | MemoryDumpRequested
+    | MemoryDumpCompleted | MemoryDumpFailed | MemoryDumpRemoved
     | MigrationRequested | MigrationScheduled | MigrationTargetReady | MigrationStarted
     | MigrationProgress | MigrationTargetPreparing
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested

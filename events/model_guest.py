@@ -16,3 +16,34 @@ class VMResetRequested(Event, frozen=True):
     resets the domain (virDomainReset) and answers with `DomainRebooted(reset=<this version>)`."""
 
     vmi_uid: str = ""
+
+
+class MemoryDumpRequested(Event, frozen=True):
+    """A dump of the instance's memory into the claim `claim` was asked (KubeVirt's `memorydump`
+    subresource); the VM's `status.memoryDumpRequest` is InProgress until the node answers."""
+
+    claim: str
+    vmi_uid: str = ""
+
+
+class MemoryDumpCompleted(Event, frozen=True):
+    """The node wrote the dump (virDomainCoreDumpWithFormat, raw, memory only) as `file_name` in
+    the claim's directory."""
+
+    claim: str
+    file_name: str
+    size_bytes: int = 0
+    node: str = ""
+
+
+class MemoryDumpFailed(Event, frozen=True):
+    claim: str
+    reason: str
+    node: str = ""
+
+
+class MemoryDumpRemoved(Event, frozen=True):
+    """The claim is no longer the VM's memory dump claim (`memory-dump remove`); the claim and the
+    dump in it stay, as in KubeVirt."""
+
+    claim: str

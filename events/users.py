@@ -49,6 +49,7 @@ NODE_WRITES: Final[frozenset[type[m.Event]]] = frozenset({
     m.VolumeDetached, m.VolumeReady, m.VolumeFailed, m.VolumeMoved, m.VolumeMoveFailed,
     m.VolumeProgress,
     m.NodeRegistered, m.ImagePulling, m.ImagePulled, m.DomainRebooted, m.GuestAgentChanged,
+    m.MemoryDumpCompleted, m.MemoryDumpFailed,
 })  # fmt: skip
 
 

@@ -91,6 +91,57 @@ def create(
     sys.stdout.write(text)
 
 
+def memory_dump(
+    action: Annotated[str, typer.Argument(help="get, download or remove")],
+    what: Annotated[str, typer.Argument(help="the VM's name (or vm NAME)")],
+    vm_name: Annotated[str | None, typer.Argument(help="the VM, after `vm`")] = None,
+    claim_name: Annotated[
+        str, typer.Option("--claim-name", help="pvc name to contain the memory dump")
+    ] = "",
+    create_claim: Annotated[
+        bool, typer.Option("--create-claim", help="create the pvc, on the VM's node")
+    ] = False,
+    output: Annotated[
+        str, typer.Option("--output", help="download the dump to this file (- for stdout)")
+    ] = "",
+    format_: Annotated[str, typer.Option("--format", help="gzipped (default) or raw")] = "",
+    storage_class: Annotated[str, typer.Option("--storage-class")] = "",
+    access_mode: Annotated[str, typer.Option("--access-mode")] = "",
+    port_forward: Annotated[bool, typer.Option("--port-forward", help="accepted; not needed")] = (
+        False
+    ),
+    local_port: Annotated[str, typer.Option("--local-port", help="accepted; not needed")] = "0",
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Dump a running VM's memory into a claim (`memory-dump get NAME --claim-name C
+    [--create-claim] [--output F]`), download it, or dissociate the claim (`remove`)."""
+    from virtctl import guestops
+
+    if vm_name is not None and what.lower() not in ("vm", "virtualmachine"):
+        raise usage(f"memory-dump {action} {what} {vm_name}: give the VM, as NAME or vm NAME")
+    name = vm_name or what
+    if format_ not in ("", "gzipped", "raw"):
+        raise usage(f"--format {format_!r}: use gzipped or raw")
+    url, raw = server_url(server), format_ == "raw"
+    if action == "get":
+        if not claim_name and create_claim:
+            raise usage("missing claim name")
+        finish(run(guestops.get(url, name=name, namespace=namespace, claim=claim_name,
+                                create_claim=create_claim, output=output, raw=raw,
+                                storage_class=storage_class, access_mode=access_mode)))  # fmt: skip
+    elif action == "download":
+        if not output:
+            raise usage("missing outputFile to download the memory dump")
+        finish(run(guestops.download(url, name=name, namespace=namespace, output=output,
+                                     raw=raw)))  # fmt: skip
+    elif action == "remove":
+        finish(run(guestops.remove(url, name=name, namespace=namespace)))
+    else:
+        raise usage(f"invalid action type {action}")
+
+
 def register(app: typer.Typer) -> None:
     """Add these verbs to the `virtbus` app, in `--help`'s order."""
     app.command()(create)
+    app.command("memory-dump")(memory_dump)

@@ -30,6 +30,8 @@ def failure_of(item: w.Work, reason: str, *, node: str) -> tuple[Ref, m.Event] |
         case w.AttachVolume():
             volume = str(item.volume.get("name", ""))
             return item.ref, m.VolumeAttachFailed(volume=volume, reason=reason, node=node)
+        case w.DumpMemory():
+            return item.ref, m.MemoryDumpFailed(claim=item.claim, reason=reason, node=node)
         case w.ProvisionVolume() | w.MoveVolume():
             return item.ref, m.VolumeFailed(reason=reason)
         case w.Stop() | w.Pause() | w.Unpause() | w.Reset() | w.DetachVolume():

@@ -33,6 +33,7 @@ from events.errors import VirtbusError
 from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, node_work_filter
 from events.nodes import Heartbeat
 from workers import metrics
+from workers.dumps import MemoryDumps
 from workers.failures import failure_of
 from workers.guestagent import GuestAgent
 from workers.hypervisor import DomainEvent, Hypervisor, ref_of_domain
@@ -112,6 +113,7 @@ class Worker:
         )  # fmt: skip
         self.mover = Mover(self.volume_store)
         consoles = Consoles(self.hv, self.store, node=node)
+        self.dumps = MemoryDumps(self.ctx, root=self.volumes.root)
         self.sessions = Sessions(nc, node=node, handlers={
             "upload": Uploads(self.volume_store, self.store).open,
             "vnc": consoles.vnc, "console": consoles.console,
@@ -120,6 +122,7 @@ class Worker:
                                         vm_network=self.ctx.network is not None).open,
             "guestagent": GuestAgent(self.hv, self.store, node=node).open,
             "screenshot": Screens(self.hv, self.store, node=node).screenshot,
+            "memorydump": self.dumps.serve,
         })  # fmt: skip
         self.malformed = 0
         self._queues: dict[str, asyncio.Queue[Msg]] = {}
@@ -300,6 +303,9 @@ class Worker:
             return
         if s.vmi_uid != item.vmi_uid or s.node != self.node:
             return  # stale: the instance it was for is gone or elsewhere
+        if isinstance(item, w.DumpMemory):
+            await self.dumps.do(item, s)
+            return
         await self.lifecycle.do(item, s)
 
     # --- what libvirt and the launchers tell us --------------------------------------------------

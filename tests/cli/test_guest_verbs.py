@@ -11,9 +11,10 @@ import pytest
 from clirun import Result, virtbus
 from driverstack import Stack
 
-from bus.client import send
+from bus.client import Rejected, send
 from events import commands as c
 from events import model as m
+from events import render
 from events.errors import ValidationError
 from events.names import Ref
 from virtctl.createvm import VMSpecFlags, generate
@@ -34,9 +35,7 @@ async def events_of(st: Stack, name: str) -> list[m.Event]:
     return [r.envelope.data for r in await st.store.read(Ref.vm(name))]
 
 
-async def test_create_vm_applies_reset_is_recorded_and_screenshot(
-    gstack: Stack, tmp_path: Path
-) -> None:
+async def test_create_vm_reset_screenshot_and_memory_dump(gstack: Stack, tmp_path: Path) -> None:
     made = await cli(gstack, "create", "vm", "--name", "r", "--memory", "64Mi",
                      "--run-strategy", "halted")  # fmt: skip
     assert made.ok().out == (
@@ -49,9 +48,9 @@ async def test_create_vm_applies_reset_is_recorded_and_screenshot(
     applied = await cli(gstack, "apply", "-f", "-", stdin=made.out)
     assert (applied.ok().out, applied.err) == ("virtualmachine.kubevirt.io/r created\n", "")
 
-    stopped = await cli(gstack, "reset", "vm", "r")
-    assert (stopped.code, stopped.err) == (
-        1, 'error: virtualmachineinstance.kubevirt.io "r" not found\n')  # fmt: skip
+    with pytest.raises(Rejected) as nothing:
+        await send(gstack.nc, c.ResetVM(name="r"))  # no instance to reset
+    assert str(nothing.value) == 'virtualmachineinstance.kubevirt.io "r" not found'
     await send(gstack.nc, c.StartVM(name="r"))
     await gstack.until("r", "Running")
     reset = await cli(gstack, "reset", "vmi", "r")
@@ -73,6 +72,37 @@ async def test_create_vm_applies_reset_is_recorded_and_screenshot(
     assert (shot.ok().out, shot.err) == ("", "")
     png = (tmp_path / "r.png").read_bytes()  # the test driver's own PNG, whole
     assert (png[:8], png[12:16], png[-8:-4]) == (PNG_MAGIC, b"IHDR", b"IEND")
+
+    # memory-dump: a claim made on the VM's node, the dump in it, KubeVirt's status, the download.
+    got = await cli(gstack, "memory-dump", "get", "r", "--claim-name", "dump", "--create-claim")
+    assert got.ok().out == ("PVC default/dump created\n"
+                            "Successfully submitted memory dump request of VM r\n")  # fmt: skip
+    for _ in range(400):
+        dump = (await gstack.state("r")).memory_dump
+        if dump is not None and dump.phase != "InProgress":
+            break
+        await asyncio.sleep(0.05)
+    assert dump is not None and (dump.phase, dump.node) == ("Completed", "node-a"), dump
+    claim = gstack.node_dir("node-a") / "volumes" / "default" / "dump"
+    assert dump.file_name.startswith("r-dump-") and dump.file_name.endswith(".memory.dump")
+    down = await cli(gstack, "memory-dump", "download", "vm", "r", "--output",
+                     str(tmp_path / "r.dump"), "--format", "raw")  # fmt: skip
+    assert down.ok().out == ""
+    assert (tmp_path / "r.dump").read_bytes() == (claim / dump.file_name).read_bytes() != b""
+    assert render.vm_object(await gstack.state("r"))["status"]["memoryDumpRequest"] == {
+        "claimName": "dump", "phase": "Completed", "fileName": dump.file_name,
+        "startTimestamp": render.timestamp(dump.started),
+        "endTimestamp": render.timestamp(dump.ended)}  # fmt: skip
+    with pytest.raises(Rejected) as other:
+        await send(gstack.nc, c.MemoryDumpVM(name="r", claim="other"))
+    assert str(other.value) == ("can't request memory dump for pvc [other] while pvc [dump] is "
+                                "still associated as the memory dump pvc")  # fmt: skip
+    removed = await cli(gstack, "memory-dump", "remove", "r")
+    assert removed.ok().out == "Successfully submitted remove memory dump association of VM r\n"
+    with pytest.raises(Rejected) as again:
+        await send(gstack.nc, c.RemoveMemoryDump(name="r"))
+    assert str(again.value) == "can't remove memory dump association for vm r, no association found"
+    assert (claim / dump.file_name).exists()  # the claim keeps the dump, as in KubeVirt
 
 
 @pytest.mark.parametrize(("argv", "why"), [
