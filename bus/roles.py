@@ -44,7 +44,7 @@ from events.webhooks import DELIVERIES_SUBJECT, REDELIVER_SUBJECT
 
 ROLES: Final = ("admin", "edit", "view")
 # nodes, webhooks, the KubeVirt object: admin only
-EDITABLE: Final = ("vm", "rs", "vmpool", "volume", "instancetype", "preference")
+EDITABLE: Final = ("vm", "rs", "vmpool", "volume", "instancetype", "preference", "service")
 
 
 def user_permissions(

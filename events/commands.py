@@ -138,6 +138,22 @@ class RemoveVolume(Command, frozen=True):
     persist: bool = False
 
 
+# --- services ------------------------------------------------------------------------------------
+
+
+class CreateService(Command, frozen=True):
+    """A Service for a VM's ports (`virtctl expose`); `spec` is Kubernetes' ServiceSpec."""
+
+    aggregate: ClassVar[str] = "service"
+    spec: dict[str, Any]
+    vm: Name
+    vm_kind: str = "VirtualMachine"
+
+
+class DeleteService(Command, frozen=True):
+    aggregate: ClassVar[str] = "service"
+
+
 # --- replica sets --------------------------------------------------------------------------------
 
 
@@ -314,7 +330,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
 AnyCommand = (
     ApplyVM | StartVM | StopVM | RestartVM | PauseVM | UnpauseVM | ResetVM | DeleteVM | UndeleteVM
-    | MemoryDumpVM | RemoveMemoryDump
+    | MemoryDumpVM | RemoveMemoryDump | CreateService | DeleteService
     | MigrateVM | CancelMigration | SnapshotVM | RestoreVM | DeleteSnapshot | AddVolume
     | RemoveVolume | ApplyReplicaSet | ScaleReplicaSet | DeleteReplicaSet | DrainNode
     | UncordonNode | CreateVolume | DeleteVolume | AddWebhook | RemoveWebhook

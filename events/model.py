@@ -58,6 +58,8 @@ from events.model_guest import (
     MemoryDumpFailed,
     MemoryDumpRemoved,
     MemoryDumpRequested,
+    ServiceCreated,
+    ServiceDeleted,
     VMResetRequested,
 )
 from events.model_hotplug import (
@@ -99,22 +101,21 @@ __all__ = [
     "ImagePulling", "InstancetypeApplied", "InstancetypeDeleted", "KubeVirtApplied",
     "LauncherCreated", "LauncherDeleted", "LauncherFailed", "MemoryDumpCompleted",
     "MemoryDumpFailed", "MemoryDumpRemoved", "MemoryDumpRequested", "MigrationCancelRequested",
-    "MigrationFailed",
-    "MigrationProgress", "MigrationRequested", "MigrationScheduled", "MigrationStarted",
-    "MigrationSucceeded", "MigrationTargetPreparing", "MigrationTargetReady", "NodeCordoned",
-    "NodeDrainRequested", "NodeLost", "NodeRegistered", "NodeUncordoned", "PreferenceApplied",
-    "PreferenceDeleted", "ReplicaSetCreated", "ReplicaSetDeleted", "ReplicaSetScaled",
-    "ReplicaSetSpecChanged", "RestoreFailed", "RestoreRequested", "RestoreSucceeded",
-    "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested", "SnapshotSucceeded", "UserAdded",
-    "UserRevoked", "VMBackoff", "VMCreated", "VMDeleteRequested", "VMDeleted", "VMFailed",
-    "VMPauseRequested", "VMPoolCreated", "VMPoolDeleted", "VMPoolScaled", "VMPoolSpecChanged",
-    "VMRenamed", "VMResetRequested", "VMRestartRequested", "VMRunning", "VMScheduled",
-    "VMSpecChanged", "VMStartFailed", "VMStartRequested", "VMStopRequested", "VMStopped",
-    "VMUndeleted", "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed",
-    "VolumeAttachRequested", "VolumeAttached", "VolumeCreated", "VolumeDeleted",
-    "VolumeDetachRequested", "VolumeDetached", "VolumeFailed", "VolumeMoveFailed",
-    "VolumeMoveRequested", "VolumeMoved", "VolumeNodeSelected", "VolumeProgress", "VolumeReady",
-    "WebhookDisabled", "WebhookSubscribed", "WebhookUnsubscribed",
+    "MigrationFailed", "MigrationProgress", "MigrationRequested", "MigrationScheduled",
+    "MigrationStarted", "MigrationSucceeded", "MigrationTargetPreparing", "MigrationTargetReady",
+    "NodeCordoned", "NodeDrainRequested", "NodeLost", "NodeRegistered", "NodeUncordoned",
+    "PreferenceApplied", "PreferenceDeleted", "ReplicaSetCreated", "ReplicaSetDeleted",
+    "ReplicaSetScaled", "ReplicaSetSpecChanged", "RestoreFailed", "RestoreRequested",
+    "RestoreSucceeded", "ServiceCreated", "ServiceDeleted", "SnapshotDeleted", "SnapshotFailed",
+    "SnapshotRequested", "SnapshotSucceeded", "UserAdded", "UserRevoked", "VMBackoff", "VMCreated",
+    "VMDeleteRequested", "VMDeleted", "VMFailed", "VMPauseRequested", "VMPoolCreated",
+    "VMPoolDeleted", "VMPoolScaled", "VMPoolSpecChanged", "VMRenamed", "VMResetRequested",
+    "VMRestartRequested", "VMRunning", "VMScheduled", "VMSpecChanged", "VMStartFailed",
+    "VMStartRequested", "VMStopRequested", "VMStopped", "VMUndeleted", "VMUnpauseRequested",
+    "VMUnschedulable", "VolumeAttachFailed", "VolumeAttachRequested", "VolumeAttached",
+    "VolumeCreated", "VolumeDeleted", "VolumeDetachRequested", "VolumeDetached", "VolumeFailed",
+    "VolumeMoveFailed", "VolumeMoveRequested", "VolumeMoved", "VolumeNodeSelected",
+    "VolumeProgress", "VolumeReady", "WebhookDisabled", "WebhookSubscribed", "WebhookUnsubscribed"
 ]  # fmt: skip
 
 
@@ -340,7 +341,7 @@ AnyEvent = (
     | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
     | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
     | DomainRebooted | GuestAgentChanged | IPAllocated | IPReleased | MemoryDumpRequested
-    | MemoryDumpCompleted | MemoryDumpFailed | MemoryDumpRemoved
+    | MemoryDumpCompleted | MemoryDumpFailed | MemoryDumpRemoved | ServiceCreated | ServiceDeleted
     | MigrationRequested | MigrationScheduled | MigrationTargetReady | MigrationStarted
     | MigrationProgress | MigrationTargetPreparing
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested
@@ -381,6 +382,7 @@ _PREFIX: Final = {
     "clusterpreference": "cluster_preference_",
     "vmpool": "vm_pool_",
     "kubevirt": "kube_virt_",
+    "service": "service_",
 }
 
 

@@ -1,5 +1,6 @@
 """Operations on a running guest that KubeVirt exposes as VMI subresources and virtbus records:
-a hard reset (`virtctl reset`), a memory dump into a claim (`virtctl memory-dump`).
+a hard reset (`virtctl reset`), a memory dump into a claim (`virtctl memory-dump`); and the
+Service that exposes a guest's port (`virtctl expose`), an aggregate of its own.
 
 Each is a decision of the orchestrator (with the asker as its actor) and the node's observation of
 it, on the VM's own subjects, so `history` says who reset a guest or dumped its memory, and when.
@@ -7,6 +8,8 @@ Part of the union in `events/model.py`.
 """
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 from events.event import Event
 
@@ -47,3 +50,18 @@ class MemoryDumpRemoved(Event, frozen=True):
     dump in it stay, as in KubeVirt."""
 
     claim: str
+
+
+class ServiceCreated(Event, frozen=True):
+    """A Service for a VM's ports (`virtctl expose`): virtbus's services are headless
+    (`clusterIP: None`), their endpoint the VMI's own address on the VM network; `spec` is the
+    Service's spec as Kubernetes writes it, `vm` the VM (or VMI, `vm_kind`) it selects."""
+
+    aggregate: ClassVar[str] = "service"
+    spec: dict[str, Any]
+    vm: str = ""
+    vm_kind: str = "VirtualMachine"
+
+
+class ServiceDeleted(Event, frozen=True):
+    aggregate: ClassVar[str] = "service"

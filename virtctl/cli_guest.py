@@ -141,7 +141,40 @@ def memory_dump(
         raise usage(f"invalid action type {action}")
 
 
+def expose(
+    what: Annotated[str, typer.Argument(help="vm or vmi")],
+    name: Annotated[str, typer.Argument(help="its name")],
+    service: Annotated[str, typer.Option("--name", help="the Service's name")] = "",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="the port to serve")] = 0,
+    target_port: Annotated[
+        str, typer.Option("--target-port", help="the VM's port (default: --port)")
+    ] = "",
+    protocol: Annotated[str, typer.Option("--protocol", help="TCP or UDP")] = "TCP",
+    type_: Annotated[
+        str, typer.Option("--type", help="ClusterIP (headless here); NodePort is refused")
+    ] = "ClusterIP",
+    port_name: Annotated[str, typer.Option("--port-name")] = "",
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Make a Service for a VM's port (virtctl expose); virtbus's are headless: the VMI's own
+    address, reached from the nodes, is its endpoint."""
+    from events.services import TYPES
+    from virtctl.cli_common import actor
+    from virtctl.services import expose as expose_
+
+    kind_of = next((t for t in TYPES if t.lower() == type_.lower()), "")
+    if not kind_of:
+        raise usage(f"unknown service type: {type_}")
+    if protocol.upper() not in ("TCP", "UDP"):
+        raise usage(f"unknown protocol: {protocol}")
+    finish(run(expose_(server_url(server), what=what, name=name, namespace=namespace,
+                       service=service, port=port, target_port=target_port, protocol=protocol,
+                       kind_of_service=kind_of, port_name=port_name, actor=actor())))  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
     """Add these verbs to the `virtbus` app, in `--help`'s order."""
     app.command()(create)
     app.command("memory-dump")(memory_dump)
+    app.command()(expose)

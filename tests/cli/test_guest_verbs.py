@@ -35,7 +35,9 @@ async def events_of(st: Stack, name: str) -> list[m.Event]:
     return [r.envelope.data for r in await st.store.read(Ref.vm(name))]
 
 
-async def test_create_vm_reset_screenshot_and_memory_dump(gstack: Stack, tmp_path: Path) -> None:
+async def test_create_vm_reset_screenshot_memory_dump_and_expose(
+    gstack: Stack, tmp_path: Path
+) -> None:
     made = await cli(gstack, "create", "vm", "--name", "r", "--memory", "64Mi",
                      "--run-strategy", "halted")  # fmt: skip
     assert made.ok().out == (
@@ -103,6 +105,27 @@ async def test_create_vm_reset_screenshot_and_memory_dump(gstack: Stack, tmp_pat
         await send(gstack.nc, c.RemoveMemoryDump(name="r"))
     assert str(again.value) == "can't remove memory dump association for vm r, no association found"
     assert (claim / dump.file_name).exists()  # the claim keeps the dump, as in KubeVirt
+
+    # expose: a headless Service, an object with its own history; the VMI's address its endpoint.
+    exposed = await cli(gstack, "expose", "vm", "r", "--port", "22", "--name", "r-ssh")
+    assert exposed.ok().out == "Service r-ssh successfully created for vm r\n"
+    listed = await cli(gstack, "get", "svc", "r-ssh", "-o", "json")
+    obj = listed.json()
+    assert (obj["spec"], obj["status"]) == (
+        {"clusterIP": "None", "type": "ClusterIP", "selector": {"kubevirt.io/vm": "r"},
+         "ports": [{"protocol": "TCP", "port": 22, "targetPort": 22}]},
+        {"loadBalancer": {}, "endpoint": (await gstack.state("r")).ip})  # fmt: skip
+    with pytest.raises(Rejected) as twice:
+        await send(gstack.nc, c.CreateService(name="r-ssh", spec=obj["spec"], vm="r"))
+    assert str(twice.value) == 'services "r-ssh" already exists'
+    node_port = {**obj["spec"], "type": "NodePort"}
+    with pytest.raises(Rejected, match=r'^spec.type: "NodePort": virtbus\'s services are headless'):
+        await send(gstack.nc, c.CreateService(name="np", spec=node_port, vm="r"))
+    gone = await cli(gstack, "delete", "svc/r-ssh")
+    assert gone.ok().out == 'service "r-ssh" deleted\n'
+    kinds = [type(r.envelope.data).__name__ for r in await gstack.store.read(
+        Ref("service", "default", "r-ssh"))]  # fmt: skip
+    assert kinds == ["ServiceCreated", "CommandRejected", "ServiceDeleted"]  # the second create
 
 
 @pytest.mark.parametrize(("argv", "why"), [
