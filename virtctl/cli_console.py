@@ -87,7 +87,7 @@ def console(
                           timeout_s=timeout * 60)))  # fmt: skip
 
 
-TargetArg = Annotated[str, typer.Argument(help="vm/NAME[.NAMESPACE] (or vmi/NAME)")]
+TargetArg = Annotated[str, typer.Argument(help="vm/NAME[.NAMESPACE] (or vmi/NAME, svc/NAME)")]
 
 
 def port_forward(
@@ -101,15 +101,22 @@ def port_forward(
     server: ServerOpt = None,
 ) -> None:
     """Forward local ports to a VM's ports over the bus (the node connects to the VM's address;
-    no port is opened on it)."""
+    no port is opened on it); `svc/NAME PORT` forwards to the target port of the Service's VM."""
     from virtctl.portforward import forward, port_pair
     from virtctl.portforward import stdio as stdio_
     from virtctl.portforward import target as target_
 
     async def go() -> int:
-        name, ns = target_(target, namespace=namespace)
         pairs = [port_pair(p) for p in ports]
         url = server_url(server)
+        kind, _, named = target.partition("/")
+        if kind.lower() in ("svc", "service", "services"):  # kubectl's: a Service's target ports
+            from virtctl.services import forward_target
+
+            ns = namespace
+            name, pairs = await forward_target(url, name=named, namespace=ns, ports=pairs)
+        else:
+            name, ns = target_(target, namespace=namespace)
         if stdio:
             if len(pairs) != 1:
                 raise ValidationError("port: --stdio forwards exactly one port")

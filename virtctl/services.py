@@ -88,3 +88,25 @@ async def expose(
             raise VirtbusError(f"service creation failed: {err}") from err
     typer.echo(f"Service {service} successfully created for {what.lower()} {name}")
     return 0
+
+
+async def forward_target(
+    url: str, *, name: str, namespace: str, ports: list[tuple[int, int]]
+) -> tuple[str, list[tuple[int, int]]]:
+    """`port-forward svc/NAME [LOCAL:]PORT` as kubectl reads it: the Service's VM, and each
+    service port turned into its target port on the VM."""
+    async with session(url) as nc:
+        found = (await listing(nc, name=name, namespace=namespace)).items
+    if not found:
+        raise VirtbusError(k.SERVICE.not_found(name))
+    svc = found[0].obj
+    by_port = {p.get("port"): p.get("targetPort", p.get("port")) for p in svc["spec"]["ports"]}
+    mapped = []
+    for local, port in ports:
+        target = by_port.get(port)
+        if not isinstance(target, int):
+            raise VirtbusError(f"Service {name} does not have a service port {port}"
+                               if target is None else f"Service {name}'s port {port} targets "
+                               f"{target!r}: virtbus forwards to numbered ports only")  # fmt: skip
+        mapped.append((local, target))
+    return svc["metadata"]["ownerReferences"][0]["name"], mapped

@@ -374,6 +374,39 @@ async def test_a_guest_reboot_is_a_reboot_not_a_stop_and_reset_resets(
     rows = zlib.decompress(png[41 : 41 + idat_len])  # the encoder's one IDAT: every pixel
     assert (png[:8], png[37:41], len(rows)) == (PNG_MAGIC, b"IDAT", height * (1 + 3 * width))
 
+    # `expose` and kubectl's `port-forward svc/NAME PORT`: the Service's port 2222 is the guest's
+    # sshd on 22, reached over the bus through the node that runs it.
+    code, out, err = await gstack.virtbus("expose", "vmi", "rebooter", "--port", "2222",
+                                          "--target-port", "22", "--name", "rb-ssh")  # fmt: skip
+    assert (code, out) == (0, "Service rb-ssh successfully created for vmi rebooter\n"), err
+    assert await forwarded_banner(gstack, "svc/rb-ssh", "0:2222") == b"SSH-2.0-dropbear_2022.83"
+
+
+async def forwarded_banner(st: QemuStack, target: str, ports: str) -> bytes:
+    """The first line a `virtbus port-forward TARGET PORTS` connection reads."""
+    proc = await asyncio.create_subprocess_exec(
+        str(VIRTBUS), "port-forward", target, ports, "--server", st.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = b""
+    try:
+        said = await asyncio.wait_for(proc.stdout.readline(), 30)  # Forwarding from A:N -> P
+        port = int(said.split(b" -> ")[0].rsplit(b":", 1)[1])
+        for _ in range(60):  # the guest's sshd may still be starting after its reset
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                line = (await asyncio.wait_for(reader.readline(), 30)).strip()
+            finally:
+                writer.close()
+            if line:
+                return line
+            await asyncio.sleep(1)
+    finally:
+        proc.terminate()
+        _, err = await proc.communicate()
+    raise AssertionError(f"no banner through {target}: {err.decode()}")
+
 
 async def agent_back(st: QemuStack, name: str, *, after: int) -> None:
     """Until the VM's guest agent is connected again (after its events from `after` on)."""
