@@ -381,6 +381,22 @@ async def test_a_guest_reboot_is_a_reboot_not_a_stop_and_reset_resets(
     assert (code, out) == (0, "Service rb-ssh successfully created for vmi rebooter\n"), err
     assert await forwarded_banner(gstack, "svc/rb-ssh", "0:2222") == b"SSH-2.0-dropbear_2022.83"
 
+    # `memory-dump get --create-claim --output`: QEMU's memory-only dump (an ELF core) written
+    # into a claim made on the VM's node, waited for, and downloaded whole.
+    code, out, err = await gstack.virtbus("memory-dump", "get", "rebooter", "--claim-name",
+                                          "rb-dump", "--create-claim", "--format", "raw",
+                                          "--output", str(tmp_path / "rb.dump"))  # fmt: skip
+    assert code == 0, err
+    assert out.startswith(
+        "PVC default/rb-dump created\nSuccessfully submitted memory dump request of VM rebooter\n"
+    ), out
+    dump = (await gstack.state("rebooter")).memory_dump
+    assert dump is not None and dump.phase == "Completed"
+    done = [e for e in await gstack.events("rebooter") if isinstance(e, m.MemoryDumpCompleted)]
+    data = (tmp_path / "rb.dump").read_bytes()
+    assert (data[:4], len(data), done[-1].file_name) == (b"\x7fELF", done[-1].size_bytes,
+                                                         dump.file_name)  # fmt: skip
+
 
 async def forwarded_banner(st: QemuStack, target: str, ports: str) -> bytes:
     """The first line a `virtbus port-forward TARGET PORTS` connection reads."""
