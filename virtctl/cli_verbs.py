@@ -137,7 +137,7 @@ def reset(
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
-    """Reset a running VM's instance, as its reset button does (`reset [vm|vmi] NAME`)."""
+    """Reset a running VM's instance, as its reset button does (`reset vm|vmi NAME`)."""
     named = _vm_or_vmi(what, name, "reset")
     lifecycle(c.ResetVM(name=named, namespace=namespace, actor=actor()), server)
 
