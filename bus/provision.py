@@ -34,7 +34,7 @@ from events.names import (
 
 DUPLICATE_WINDOW_S: Final = 600.0
 # Subjects added to a stream after virtbus data existed: provisioning adds them to an older stream.
-ADDED_LATER: Final = frozenset({"virt.audit.>", "virt.user.>"})
+ADDED_LATER: Final = frozenset({"virt.audit.>", "virt.user.>", "virt.service.>"})
 HEARTBEAT_TTL_S: Final = 15.0
 
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 ROLES: Final = ("admin", "edit", "view")
 # nodes, webhooks, the KubeVirt object: admin only
-EDITABLE: Final = ("vm", "rs", "vmpool", "volume", "instancetype", "preference")
+EDITABLE: Final = ("vm", "rs", "vmpool", "volume", "instancetype", "preference", "service")
 
 
 def user_permissions(

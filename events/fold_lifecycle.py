@@ -199,7 +199,12 @@ def domain_stopped(s: VMState, e: m.DomainStopped, env: Stamped) -> VMState:
 
 
 def domain_rebooted(s: VMState, e: m.DomainRebooted, env: Stamped) -> VMState:
-    return s  # a reboot is not a stop: the instance, its phase and its node stay
+    # A reboot is not a stop: the instance, its phase and its node stay.
+    return replace(s, reset_done=max(s.reset_done, e.reset)) if e.reset else s
+
+
+def vm_reset_requested(s: VMState, e: m.VMResetRequested, env: Stamped) -> VMState:
+    return replace(s, reset_asked=env.version, reset_vmi=e.vmi_uid or s.vmi_uid)
 
 
 def vm_soft_reboot_requested(s: VMState, e: m.VMSoftRebootRequested, env: Stamped) -> VMState:

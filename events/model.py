@@ -53,6 +53,17 @@ from events.model_aggregates import (
     WebhookSubscribed,
     WebhookUnsubscribed,
 )
+from events.model_guest import (
+    MemoryDumpCompleted,
+    MemoryDumpFailed,
+    MemoryDumpRemoved,
+    MemoryDumpRequested,
+    ServiceCreated,
+    ServiceDeleted,
+    SoftRebootSent,
+    VMResetRequested,
+    VMSoftRebootRequested,
+)
 from events.model_hotplug import (
     VolumeAttached,
     VolumeAttachFailed,
@@ -90,18 +101,18 @@ __all__ = [
     "DomainPaused", "DomainRebooted", "DomainResumed", "DomainStarted", "DomainStopped",
     "DomainUndefined", "Event", "GuestAgentChanged", "IPAllocated", "IPReleased", "ImagePulled",
     "ImagePulling", "InstancetypeApplied", "InstancetypeDeleted", "KubeVirtApplied",
-    "LauncherCreated", "LauncherDeleted", "LauncherFailed", "MigrationCancelRequested",
-    "MigrationFailed",
-    "MigrationProgress", "MigrationRequested", "MigrationScheduled", "MigrationStarted",
-    "MigrationSucceeded", "MigrationTargetPreparing", "MigrationTargetReady", "NodeCordoned",
-    "NodeDrainRequested", "NodeLost", "NodeRegistered", "NodeUncordoned", "PreferenceApplied",
-    "PreferenceDeleted", "ReplicaSetCreated", "ReplicaSetDeleted", "ReplicaSetScaled",
-    "ReplicaSetSpecChanged", "RestoreFailed", "RestoreRequested", "RestoreSucceeded",
-    "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested", "SnapshotSucceeded",
-    "SoftRebootSent", "UserAdded",
-    "UserRevoked", "VMBackoff", "VMCreated", "VMDeleteRequested", "VMDeleted", "VMFailed",
-    "VMPauseRequested", "VMPoolCreated", "VMPoolDeleted", "VMPoolScaled", "VMPoolSpecChanged",
-    "VMRenamed", "VMRestartRequested", "VMRunning", "VMScheduled", "VMSoftRebootRequested",
+    "LauncherCreated", "LauncherDeleted", "LauncherFailed", "MemoryDumpCompleted",
+    "MemoryDumpFailed", "MemoryDumpRemoved", "MemoryDumpRequested", "MigrationCancelRequested",
+    "MigrationFailed", "MigrationProgress", "MigrationRequested", "MigrationScheduled",
+    "MigrationStarted", "MigrationSucceeded", "MigrationTargetPreparing", "MigrationTargetReady",
+    "NodeCordoned", "NodeDrainRequested", "NodeLost", "NodeRegistered", "NodeUncordoned",
+    "PreferenceApplied", "PreferenceDeleted", "ReplicaSetCreated", "ReplicaSetDeleted",
+    "ReplicaSetScaled", "ReplicaSetSpecChanged", "RestoreFailed", "RestoreRequested",
+    "RestoreSucceeded", "ServiceCreated", "ServiceDeleted", "SnapshotDeleted", "SnapshotFailed",
+    "SnapshotRequested", "SnapshotSucceeded", "SoftRebootSent", "UserAdded", "UserRevoked",
+    "VMBackoff", "VMCreated", "VMDeleteRequested", "VMDeleted", "VMFailed", "VMPauseRequested",
+    "VMPoolCreated", "VMPoolDeleted", "VMPoolScaled", "VMPoolSpecChanged", "VMRenamed",
+    "VMResetRequested", "VMRestartRequested", "VMRunning", "VMScheduled", "VMSoftRebootRequested",
     "VMSpecChanged", "VMStartFailed", "VMStartRequested", "VMStopRequested", "VMStopped",
     "VMUndeleted", "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed",
     "VolumeAttachRequested", "VolumeAttached", "VolumeCreated", "VolumeDeleted",
@@ -177,10 +188,6 @@ class VMPauseRequested(Event, frozen=True):
 
 class VMUnpauseRequested(Event, frozen=True):
     pass
-
-
-class VMSoftRebootRequested(Event, frozen=True):
-    """A soft reboot of the running instance was asked (`SoftRebootVM`); its node carries it out."""
 
 
 class VMScheduled(Event, frozen=True):
@@ -273,19 +280,11 @@ class DomainStopped(Event, frozen=True):
 
 
 class DomainRebooted(Event, frozen=True):
-    """The guest rebooted (its own `reboot`, or a reset): the same instance runs on, no stop."""
+    """The guest rebooted (its own `reboot`, or a reset): the same instance runs on, no stop;
+    `reset` is the version of the `VMResetRequested` this reset carried out (0: the guest's own)."""
 
     node: str
-
-
-class SoftRebootSent(Event, frozen=True):
-    """The node asked the guest to reboot: through its agent (`agent`) or by the ACPI power
-    button (`acpi`, no agent connected); `error` when libvirt refused. The reboot itself is the
-    `DomainRebooted` that follows."""
-
-    node: str
-    method: str
-    error: str = ""
+    reset: int = 0
 
 
 class GuestAgentChanged(Event, frozen=True):
@@ -340,11 +339,13 @@ class CommandRejected(Event, frozen=True):
 AnyEvent = (
     VMCreated | VMSpecChanged | VMDeleteRequested | VMDeleted | VMUndeleted | VMRenamed
     | VMStartRequested | VMStopRequested | VMRestartRequested | VMPauseRequested
-    | VMUnpauseRequested | VMScheduled | VMUnschedulable | VMRunning | VMStopped | VMStartFailed
+    | VMUnpauseRequested | VMResetRequested | VMScheduled | VMUnschedulable | VMRunning
+    | VMStopped | VMStartFailed
     | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
     | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
     | DomainRebooted | GuestAgentChanged | IPAllocated | IPReleased | VMSoftRebootRequested
-    | SoftRebootSent
+    | SoftRebootSent | MemoryDumpRequested | MemoryDumpCompleted | MemoryDumpFailed
+    | MemoryDumpRemoved | ServiceCreated | ServiceDeleted
     | MigrationRequested | MigrationScheduled | MigrationTargetReady | MigrationStarted
     | MigrationProgress | MigrationTargetPreparing
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested
@@ -385,6 +386,7 @@ _PREFIX: Final = {
     "clusterpreference": "cluster_preference_",
     "vmpool": "vm_pool_",
     "kubevirt": "kube_virt_",
+    "service": "service_",
 }
 
 

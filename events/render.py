@@ -18,6 +18,7 @@ import yaml
 from events.nodes import READY, NodeState
 from events.snapshots import volume_snapshot_statuses
 from events.state import FAILED, SUCCEEDED, VMState, conditions
+from events.vmstate import MemoryDump
 
 KUBEVIRT_API: Final = "kubevirt.io/v1"
 NODE_API: Final = "virtbus.io/v1"
@@ -126,6 +127,8 @@ def vm_object(s: VMState) -> dict[str, Any]:
         status["restoreInProgress"] = s.restore.name
     if statuses := volume_snapshot_statuses(s.spec):
         status["volumeSnapshotStatuses"] = statuses
+    if (dump := s.memory_dump) is not None:
+        status["memoryDumpRequest"] = _memory_dump(dump)
     return {
         "apiVersion": KUBEVIRT_API,
         "kind": "VirtualMachine",
@@ -139,6 +142,19 @@ def vm_object(s: VMState) -> dict[str, Any]:
         "spec": copied(s.spec),  # a caller editing the object must not edit the state
         "status": status,
     }
+
+
+def _memory_dump(dump: MemoryDump) -> dict[str, Any]:
+    """KubeVirt's VirtualMachineMemoryDumpRequest."""
+    out: dict[str, Any] = {"claimName": dump.claim, "phase": dump.phase,
+                           "startTimestamp": timestamp(dump.started)}  # fmt: skip
+    if dump.ended is not None:
+        out["endTimestamp"] = timestamp(dump.ended)
+    if dump.file_name:
+        out["fileName"] = dump.file_name
+    if dump.message:
+        out["message"] = dump.message
+    return out
 
 
 def _template(s: VMState) -> dict[str, Any]:

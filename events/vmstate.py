@@ -98,6 +98,20 @@ class Restore(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     done_at: datetime | None = None
 
 
+class MemoryDump(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """KubeVirt's `status.memoryDumpRequest`: the claim, and where its latest dump is."""
+
+    claim: str
+    phase: str = "InProgress"  # KubeVirt's: InProgress, Completed, Failed
+    requested: int = 0  # version of the request
+    vmi_uid: str = ""  # the instance whose memory is dumped
+    started: datetime | None = None
+    ended: datetime | None = None
+    file_name: str = ""
+    message: str = ""
+    node: str = ""  # where the dump was written (its claim's node)
+
+
 class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     namespace: str = ""
     name: str = ""
@@ -132,6 +146,10 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     restarting: bool = False  # a restart was asked: start again once the instance is down
     want_paused: bool = False  # what the user asked; `paused` is what the node observed
     intent_version: int = 0  # version of the latest start/stop/restart/pause/unpause request
+    reset_asked: int = 0  # version of the latest reset request (of instance `reset_vmi`)
+    reset_vmi: str = ""
+    reset_done: int = 0  # the latest reset the node carried out
+    memory_dump: MemoryDump | None = None
     started: datetime | None = None  # when the current instance's domain started
     backoff_until: datetime | None = None  # CrashLoopBackOff: no restart before this
     stop_grace: int | None = None  # how the latest stop asked to be done

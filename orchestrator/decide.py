@@ -105,6 +105,15 @@ def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = Non
             if not (s.paused or s.want_paused):
                 raise _reject("VMI is not paused")
             return [m.VMUnpauseRequested()]
+        case c.ResetVM():
+            return [m.VMResetRequested(vmi_uid=_resettable(s, cmd))]
+        case c.MemoryDumpVM():
+            return [m.MemoryDumpRequested(claim=cmd.claim, vmi_uid=_dumpable(s, cmd))]
+        case c.RemoveMemoryDump():
+            if s.memory_dump is None:
+                raise _reject(f"can't remove memory dump association for vm {cmd.name}, no "
+                              "association found")  # fmt: skip
+            return [m.MemoryDumpRemoved(claim=s.memory_dump.claim)]
         case c.DeleteVM():
             if s.status == TERMINATING:
                 raise _reject("VM is already being deleted")
@@ -141,6 +150,29 @@ def _soft_reboot(s: VMState) -> list[m.Event]:
     if not s.agent_connected and acpi.get("enabled") is False:
         raise _reject("VMI neither have the agent connected nor the ACPI feature enabled")
     return [m.VMSoftRebootRequested()]
+
+
+def _resettable(s: VMState, cmd: c.ResetVM) -> str:
+    """The instance a reset is for, or KubeVirt's refusal (no VMI: not found; one on its way up:
+    not running)."""
+    if not s.running:
+        raise _reject(f'virtualmachineinstance.kubevirt.io "{cmd.name}" not found', field="name")
+    if s.phase != RUNNING:
+        raise _reject(f"Failed to reset non-running VMI with phase {s.phase}")
+    return s.vmi_uid
+
+
+def _dumpable(s: VMState, cmd: c.MemoryDumpVM) -> str:
+    """The instance whose memory goes into the claim, or KubeVirt's refusal."""
+    dump = s.memory_dump
+    if dump is not None and dump.claim != cmd.claim:
+        raise _reject(f"can't request memory dump for pvc [{cmd.claim}] while pvc [{dump.claim}] "
+                      "is still associated as the memory dump pvc", field="claim")  # fmt: skip
+    if dump is not None and dump.phase == "InProgress":
+        raise _reject(f"memory dump request for pvc [{cmd.claim}] already in progress")
+    if s.phase != RUNNING:
+        raise _reject(f"VirtualMachine {cmd.name} is not running; its memory cannot be dumped")
+    return s.vmi_uid
 
 
 # Replica sets and pools: one decision, each with its kind's names and events.

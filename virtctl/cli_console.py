@@ -17,7 +17,7 @@ import typer
 
 from bus.connect import configured, server_url
 from events.errors import ValidationError
-from virtctl.cli_common import NsOpt, ServerOpt
+from virtctl.cli_common import NsOpt, ServerOpt, usage
 from virtctl.cli_common import finish as _finish
 from virtctl.cli_common import run as _run
 
@@ -36,15 +36,35 @@ SshOpts = Annotated[
 
 def vnc(
     name: NameArg,
+    shot_of: Annotated[
+        str | None, typer.Argument(help="with `screenshot`: the VM whose screen to save")
+    ] = None,
     proxy_only: Annotated[
         bool, typer.Option("--proxy-only", help="only print the port; start no viewer")
     ] = False,
     address: Annotated[str, typer.Option("--address", help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0 picks one")] = 0,
+    file: Annotated[
+        str | None, typer.Option("--file", "-f", help="screenshot: the PNG's path, - for stdout")
+    ] = None,
+    move_cursor: Annotated[
+        bool, typer.Option("--move-cursor", "-m", help="screenshot: accepted, not needed here")
+    ] = False,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
-    """Open a VNC connection to a running VM through a local port (prints {"port":N})."""
+    """Open a VNC connection to a running VM through a local port (prints {"port":N}); `vnc
+    screenshot NAME --file F` saves its screen as a PNG, as virtctl does."""
+    if name == "screenshot" and shot_of is not None:
+        from virtctl.console import screenshot
+
+        if not file:
+            raise usage('vnc screenshot: required flag(s) "file" not set')
+        _finish(_run(screenshot(server_url(server), name=shot_of, namespace=namespace,
+                                file=file)))  # fmt: skip
+        return
+    if shot_of is not None or file is not None:
+        raise usage("vnc: give vnc NAME, or vnc screenshot NAME --file F")
     from virtctl.console import vnc as vnc_
 
     _finish(_run(vnc_(server_url(server), name=name, namespace=namespace, address=address,
@@ -67,7 +87,7 @@ def console(
                           timeout_s=timeout * 60)))  # fmt: skip
 
 
-TargetArg = Annotated[str, typer.Argument(help="vm/NAME[.NAMESPACE] (or vmi/NAME)")]
+TargetArg = Annotated[str, typer.Argument(help="vm/NAME[.NAMESPACE] (or vmi/NAME, svc/NAME)")]
 
 
 def port_forward(
@@ -81,15 +101,23 @@ def port_forward(
     server: ServerOpt = None,
 ) -> None:
     """Forward local ports to a VM's ports over the bus (the node connects to the VM's address;
-    no port is opened on it)."""
-    from virtctl.portforward import forward, port_spec
+    no port is opened on it); `svc/NAME PORT` forwards to the target port of the Service's VM."""
+    from virtctl.portforward import forward
     from virtctl.portforward import stdio as stdio_
     from virtctl.portforward import target as target_
+    from virtctl.portspec import port_spec
 
     async def go() -> int:
-        name, ns = target_(target, namespace=namespace)
         specs = [port_spec(p) for p in ports]
         url = server_url(server)
+        kind, _, named = target.partition("/")
+        if kind.lower() in ("svc", "service", "services"):  # kubectl's: a Service's target ports
+            from virtctl.services import forward_target
+
+            ns = namespace
+            name, specs = await forward_target(url, name=named, namespace=ns, ports=specs)
+        else:
+            name, ns = target_(target, namespace=namespace)
         if stdio:
             if len(specs) != 1:
                 raise ValidationError("port: --stdio forwards exactly one port", field="port")

@@ -137,6 +137,17 @@ def unpause(
     lifecycle(c.UnpauseVM(name=named, namespace=namespace, actor=actor()), server)
 
 
+def reset(
+    what: KindOrName,
+    name: Annotated[str | None, typer.Argument()] = None,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Reset a running VM's instance, as its reset button does (`reset vm|vmi NAME`)."""
+    named = _vm_or_vmi(what, name, "reset")
+    lifecycle(c.ResetVM(name=named, namespace=namespace, actor=actor()), server)
+
+
 def rename(
     name: NameArg,
     new_name: Annotated[str, typer.Argument(help="the VM's new name")],
@@ -230,7 +241,7 @@ def version(
 
 def register(app: typer.Typer) -> None:
     """Add these verbs to the `virtbus` app, in `--help`'s order."""
-    verbs = (schema, apply, start, stop, restart, pause, unpause, rename, undelete, addvolume,
-             removevolume, scale, version)  # fmt: skip
+    verbs = (schema, apply, start, stop, restart, pause, unpause, reset, rename, undelete,
+             addvolume, removevolume, scale, version)  # fmt: skip
     for verb in verbs:
         app.command()(verb)

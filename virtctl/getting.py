@@ -157,6 +157,10 @@ async def listing(
         from virtctl import instancetypes
 
         return await instancetypes.listing(nc, kind, name=name, namespace=namespace)
+    if kind is k.SERVICE:
+        from virtctl import services
+
+        return await services.listing(nc, name=name, namespace=namespace)
     if kind in (k.PVC, k.DV):
         return await volumes.listing(nc, name=name, namespace=namespace, dv=kind is k.DV)
     if kind is k.VMIM:

@@ -18,7 +18,7 @@ import sys
 from asyncio import StreamReader, StreamWriter
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 from nats.aio.client import Client
 
@@ -27,6 +27,7 @@ from bus.datagrams import Inbox, relay_datagrams
 from bus.tunnel import FRAME, Pipe, connect, relay, relay_socket
 from events.errors import ValidationError, VirtbusError
 from virtctl.console import running_vmi
+from virtctl.portspec import PortSpec
 
 _TARGET = re.compile(r"^(?:(vm|vmi|virtualmachine|virtualmachineinstance)/)([a-z0-9.-]+)$")
 
@@ -38,33 +39,6 @@ def target(text: str, *, namespace: str) -> tuple[str, str]:
         raise ValidationError(f"target: {text!r} is not vm/NAME[.NAMESPACE] or vmi/NAME")
     name, _, ns = found.group(2).partition(".")
     return name, ns or namespace
-
-
-class PortSpec(NamedTuple):
-    protocol: str  # tcp or udp
-    local: int  # 0: any free port
-    remote: int
-
-
-PROTOCOLS = ("tcp", "udp")
-_SPEC = "[tcp/|udp/][LOCAL:]REMOTE"
-
-
-def port_spec(text: str) -> PortSpec:
-    """virtctl's `[PROTOCOL/][LOCAL:]REMOTE` (`udp/53`, `5353:53`, `udp/0:53`; tcp by default)."""
-    protocol, slash, ports = text.rpartition("/")
-    if slash and protocol not in PROTOCOLS:
-        raise ValidationError(f"port: protocol {protocol!r} of {text!r} is not tcp or udp",
-                              field="port")  # fmt: skip
-    local, _, remote = ports.rpartition(":")
-    try:
-        spec = PortSpec(protocol or "tcp", int(local) if local else int(remote), int(remote))
-    except ValueError:
-        raise ValidationError(f"port: {text!r} is not {_SPEC}", field="port") from None
-    if not (0 <= spec.local < 65536 and 0 < spec.remote < 65536):
-        raise ValidationError(f"port: {text!r} is out of range (LOCAL 0-65535, REMOTE 1-65535)",
-                              field="port")  # fmt: skip
-    return spec
 
 
 async def _open(

@@ -40,7 +40,7 @@ APPLIED_KIND = {
 DONE = {
     "StartVM": "VM {} was scheduled to start", "StopVM": "VM {} was scheduled to stop",
     "RestartVM": "VM {} was scheduled to restart", "PauseVM": "VMI {} was scheduled to pause",
-    "UnpauseVM": "VMI {} was scheduled to unpause",
+    "UnpauseVM": "VMI {} was scheduled to unpause", "ResetVM": "VMI {} was scheduled to reset",
     "SoftRebootVM": "VMI {} was scheduled to soft reboot",
     "DeleteVM": 'virtualmachine.kubevirt.io "{}" deleted',
     "UndeleteVM": "VM {} was restored; it is stopped, start it with `virtbus start {}`",

@@ -297,6 +297,15 @@ class Hypervisor:
         dom = await self._call(self._lookup, name)
         await self._call(dom.resume)
 
+    async def reset(self, name: str) -> None:
+        """The reset button (virDomainReset): no shutdown, the guest starts over."""
+        await self.on_domain(name, lambda dom: dom.reset(0))
+
+    async def on_domain(self, name: str, fn: Callable[[Any], T]) -> T:
+        """`fn(domain)` in the libvirt pool: for the calls of other modules (dumps, screens)."""
+        dom = await self._call(self._lookup, name)
+        return await self._call(fn, dom)
+
     async def xml(self, name: str, *, migratable: bool = False) -> str:
         """The domain's live XML (its definition when it is not running); `migratable`: as a
         migration's destination XML must be."""

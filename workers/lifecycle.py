@@ -1,5 +1,5 @@
-"""The node's part of a VM's lifecycle: start, stop, pause, unpause, soft reboot, hotplug and
-unplug, each carried out on libvirt and reported as the events it observed.
+"""The node's part of a VM's lifecycle: start, stop, pause, unpause, soft reboot, reset, hotplug
+and unplug, each carried out on libvirt and reported as the events it observed.
 
 Every operation is idempotent: a redelivered item finds the domain already as wanted and only
 reports what the log lacks. A stale item (its instance gone or elsewhere) is the caller's to drop.
@@ -97,6 +97,13 @@ class Lifecycle:
                         error = err.message
                     sent = m.SoftRebootSent(node=node, method=method, error=error)
                     await self.ctx.observe(item.ref, [sent])
+            case w.Reset():
+                if s.phase == RUNNING and s.reset_done < item.version:
+                    self.ctx.expectations.expect(dom, "rebooted")  # the reset's own REBOOT event
+                    await hv.reset(dom)
+                    await self.ctx.observe(
+                        item.ref, [m.DomainRebooted(node=node, reset=item.version)]
+                    )
             case w.AttachVolume():
                 await self._attach(item, s)
             case w.DetachVolume():

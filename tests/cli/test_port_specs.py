@@ -11,7 +11,7 @@ import pytest
 from clirun import virtbus
 
 from events.errors import ValidationError
-from virtctl.portforward import PortSpec, port_spec
+from virtctl.portspec import PortSpec, port_spec
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,9 @@ import os
 import re
 import signal
 import socket
+import struct
 import sys
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from events import model as m
 from events.manifest import parse_documents
 from events.state import conditions
 from virtbus.guestdisk import IMAGE
+from workers.screens import PNG_MAGIC
 from workers.vmnet import names
 
 pytestmark = pytest.mark.kvm
@@ -393,7 +396,9 @@ async def test_a_guest_powering_itself_off(gstack: QemuStack, strategy: str, tol
         assert (await gstack.state("selfoff")).status == "Stopped"
 
 
-async def test_a_guest_reboot_is_a_reboot_not_a_stop(gstack: QemuStack) -> None:
+async def test_a_guest_reboot_is_a_reboot_not_a_stop_and_reset_resets(
+    gstack: QemuStack, tmp_path: Path
+) -> None:
     await send(gstack.nc, tiny("rebooter"))
     await send(gstack.nc, c.StartVM(name="rebooter"))
     async with logged_in(gstack, "rebooter") as con:
@@ -436,6 +441,79 @@ async def test_a_guest_reboot_is_a_reboot_not_a_stop(gstack: QemuStack) -> None:
     asked_by = [i["summary"] for i in json.loads(out)["items"]
                 if (i["category"], i["type"]) == ("Command", "SoftRebootVM")]  # fmt: skip
     assert asked_by == ["SoftRebootVM: accepted -> VMSoftRebootRequested"] * 2
+
+    # `virtbus reset`: the reset button (virDomainReset): recorded once, by the node, with the
+    # request it carried out (libvirt's own REBOOT event for it is no second record); the guest
+    # boots again, the same instance. Then `vnc screenshot`: QEMU's PPM screen as a PNG.
+    await agent_back(gstack, "rebooter", after=asked)
+    reset_at = len(await gstack.events("rebooter"))
+    async with logged_in(gstack, "rebooter") as con:
+        code, out, err = await gstack.virtbus("reset", "vmi", "rebooter")
+        assert (code, out) == (0, "VMI rebooter was scheduled to reset\n"), err
+        await gstack.until_event("rebooter", m.DomainRebooted, after=reset_at, within=60)
+        await con.expect(b"rebooter login: ", within=BOOT_S, nudge="\r")  # booted again
+    events = (await gstack.events("rebooter"))[reset_at:]
+    told = [e for e in events if isinstance(e, m.VMResetRequested | m.DomainRebooted)]
+    s = await gstack.state("rebooter")
+    assert told == [m.VMResetRequested(vmi_uid=s.vmi_uid),
+                    m.DomainRebooted(node=s.node, reset=s.reset_asked)]  # fmt: skip
+    code, out, err = await gstack.virtbus("vnc", "screenshot", "rebooter", "-f",
+                                          str(tmp_path / "screen.png"))  # fmt: skip
+    assert (code, out) == (0, ""), err
+    png = (tmp_path / "screen.png").read_bytes()
+    width, height = struct.unpack(">II", png[16:24])
+    (idat_len,) = struct.unpack(">I", png[33:37])
+    rows = zlib.decompress(png[41 : 41 + idat_len])  # the encoder's one IDAT: every pixel
+    assert (png[:8], png[37:41], len(rows)) == (PNG_MAGIC, b"IDAT", height * (1 + 3 * width))
+
+    # `expose` and kubectl's `port-forward svc/NAME PORT`: the Service's port 2222 is the guest's
+    # sshd on 22, reached over the bus through the node that runs it.
+    code, out, err = await gstack.virtbus("expose", "vmi", "rebooter", "--port", "2222",
+                                          "--target-port", "22", "--name", "rb-ssh")  # fmt: skip
+    assert (code, out) == (0, "Service rb-ssh successfully created for vmi rebooter\n"), err
+    assert await forwarded_banner(gstack, "svc/rb-ssh", "0:2222") == b"SSH-2.0-dropbear_2022.83"
+
+    # `memory-dump get --create-claim --output`: QEMU's memory-only dump (an ELF core) written
+    # into a claim made on the VM's node, waited for, and downloaded whole.
+    code, out, err = await gstack.virtbus("memory-dump", "get", "rebooter", "--claim-name",
+                                          "rb-dump", "--create-claim", "--format", "raw",
+                                          "--output", str(tmp_path / "rb.dump"))  # fmt: skip
+    assert code == 0, err
+    assert out.startswith(
+        "PVC default/rb-dump created\nSuccessfully submitted memory dump request of VM rebooter\n"
+    ), out
+    dump = (await gstack.state("rebooter")).memory_dump
+    assert dump is not None and dump.phase == "Completed"
+    done = [e for e in await gstack.events("rebooter") if isinstance(e, m.MemoryDumpCompleted)]
+    data = (tmp_path / "rb.dump").read_bytes()
+    assert (data[:4], len(data), done[-1].file_name) == (b"\x7fELF", done[-1].size_bytes,
+                                                         dump.file_name)  # fmt: skip
+
+
+async def forwarded_banner(st: QemuStack, target: str, ports: str) -> bytes:
+    """The first line a `virtbus port-forward TARGET PORTS` connection reads."""
+    proc = await asyncio.create_subprocess_exec(
+        str(VIRTBUS), "port-forward", target, ports, "--server", st.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = b""
+    try:
+        said = await asyncio.wait_for(proc.stdout.readline(), 30)  # Forwarding from A:N -> P
+        port = int(said.split(b" -> ")[0].rsplit(b":", 1)[1])
+        for _ in range(60):  # the guest's sshd may still be starting after its reset
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                line = (await asyncio.wait_for(reader.readline(), 30)).strip()
+            finally:
+                writer.close()
+            if line:
+                return line
+            await asyncio.sleep(1)
+    finally:
+        proc.terminate()
+        _, err = await proc.communicate()
+    raise AssertionError(f"no banner through {target}: {err.decode()}")
 
 
 async def agent_back(st: QemuStack, name: str, *, after: int) -> None:
