@@ -193,21 +193,17 @@ def scp(
 
 
 def _exec_on_bus(argv: list[str]) -> None:
-    """Become `argv` (ssh or scp), whose ProxyCommand logs in to the bus as this command did."""
+    """Become `argv` (ssh or scp), whose ProxyCommand logs in to the bus as this command did.
+    Access found rather than given (the local stack's, in the same directory) is found again by
+    the ProxyCommand; passed on, it would be held to as given, and an open bus refused."""
     access = configured()
-    env = {
-        **os.environ,
-        **{
-            var: str(path)
-            for var, path in (
-                ("VIRTBUS_CREDS", access.creds),
-                ("VIRTBUS_TLS_CA", access.tls_ca),
-                ("VIRTBUS_TLS_CERT", access.tls_cert),
-                ("VIRTBUS_TLS_KEY", access.tls_key),
-            )
-            if path
-        },
-    }
+    passed = () if access.adaptive else (
+        ("VIRTBUS_CREDS", access.creds),
+        ("VIRTBUS_TLS_CA", access.tls_ca),
+        ("VIRTBUS_TLS_CERT", access.tls_cert),
+        ("VIRTBUS_TLS_KEY", access.tls_key),
+    )  # fmt: skip
+    env = {**os.environ, **{var: str(path) for var, path in passed if path}}
     sys.stdout.flush()
     os.execvpe(argv[0], argv, env)
 
