@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import typer
+from click.exceptions import ClickException, NoArgsIsHelpError
 from nats.errors import Error as NatsError
-from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
 from typer.core import TyperGroup
 
 from events.errors import VirtbusError

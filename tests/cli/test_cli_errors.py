@@ -107,8 +107,7 @@ def test_usage_errors_are_one_plain_line_not_a_box() -> None:
     result = invoke(CLI_ROOT, "scale", "vm", "--replicas", "abc")
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.splitlines()[-1] == (
-        "Error: Invalid value for '--replicas': Input should be a valid integer, unable to parse "
-        "string as an integer"
+        "Error: Invalid value for '--replicas': 'abc' is not a valid integer range."
     )
     assert "╭" not in result.stderr
 

@@ -89,10 +89,10 @@ async def test_verbs_on_an_unreachable_bus_say_so_in_one_line(tmp_path: Path) ->
         assert reason.startswith(f"error: cannot reach NATS at {server}: "), (path, reason)
         assert "no servers available" not in reason  # nats-py's summary, not the cause
     assert missing == (1, "", 'error: the path "missing.yaml" does not exist\n')
-    assert usage == (2, "", "Usage: python -m virtbus scale [OPTIONS] {what} [name]\n"
+    assert usage == (2, "", "Usage: python -m virtbus scale [OPTIONS] WHAT [NAME]\n"
                      "Try 'python -m virtbus scale --help' for help.\n\n"
-                     "Error: Invalid value for '--replicas': Input should be a valid integer, "
-                     "unable to parse string as an integer\n")  # fmt: skip
+                     "Error: Invalid value for '--replicas': 'abc' is not a valid integer "
+                     "range.\n")  # fmt: skip
 
 
 # --- bad names on a live bus: every verb's real path -------------------------------------------
@@ -227,12 +227,12 @@ NONSENSE = [  # (arguments, exit code, the reason line), each checked where the 
     (["volume", "get", ""], 2, "error: name: an empty name; leave it out to list all"),
     # by click's parsing (exit 2):
     (["scale", "rs", "--replicas", "100000"], 2,
-     "Error: Invalid value for '--replicas': Input should be less than or equal to 10000"),
+     "Error: Invalid value for '--replicas': 100000 is not in the range 0<=x<=10000."),
     (["addvolume", "x", "--volume-name", "v", "--disk-type", "floppy"], 2,
-     "Error: Invalid value for '--disk-type': Value error, 'floppy' is not one of 'disk', 'lun'."),
+     "Error: Invalid value for '--disk-type': 'floppy' is not one of 'disk', 'lun'."),
     (["webhook", "add", "http://127.0.0.1:9/x", "--since", "yesterday"], 2,
-     "Error: Invalid value for '--since': Input should be a valid datetime or date, input is too "
-     "short"),
+     "Error: Invalid value for '--since': 'yesterday' does not match the formats '%Y-%m-%d', "
+     "'%Y-%m-%dT%H:%M:%S', '%Y-%m-%d %H:%M:%S'."),
 ]  # fmt: skip
 
 

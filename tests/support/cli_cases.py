@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from typing import Any, get_args
+from pathlib import Path
+from typing import Any
 from unittest import mock
 
+import click
 import typer
 from paths import ROOT
 from typer.core import TyperArgument, TyperGroup, TyperOption
@@ -42,13 +44,18 @@ IDS = [" ".join(p) for p in LEAVES]
 
 
 def kind(param: Any) -> Any:
-    """The Python type a parameter converts to (`int | None` is int)."""
-    ann = param.type_descriptor.annotation
-    return next((a for a in get_args(ann) if a is not type(None)), ann)
+    """The Python type a parameter converts to, as click's parameter type says it."""
+    t = param.type
+    for click_type, py in ((click.types.IntParamType, int), (click.types.FloatParamType, float),
+                           (click.types.BoolParamType, bool), (click.Path, Path),
+                           (click.Choice, str), (click.types.StringParamType, str)):  # fmt: skip
+        if isinstance(t, click_type):
+            return py
+    return Any
 
 
 def minimum(param: Any) -> Any:
-    return param.type_descriptor.parameter_info.min
+    return getattr(param.type, "min", None)
 
 
 def numeric(cmd: Any) -> list[Any]:
