@@ -42,7 +42,12 @@ _START: Final = m.VMStartRequested()
 
 
 def vm_scheduled(s: VMState, e: m.VMScheduled, env: Stamped) -> VMState:
-    return replace(s, node=e.node, vmi_uid=e.vmi_uid, phase=SCHEDULING, status=STARTING)
+    size = e.size
+    return replace(
+        s, node=e.node, vmi_uid=e.vmi_uid, phase=SCHEDULING, status=STARTING, size=size,
+        sockets_now=size.sockets if size else 0, guest_now=size.guest if size else 0,
+        hot_sockets=0, hot_guest=0,
+    )  # fmt: skip
 
 
 def vm_created(s: VMState, e: m.VMCreated, env: Stamped) -> VMState:
@@ -89,6 +94,7 @@ def vm_start_requested(s: VMState, e: m.VMStartRequested, env: Stamped) -> VMSta
     spec = spec_says(s.spec, strategy) if strategy != s.run_strategy else s.spec
     return replace(
         s, status=STARTING, phase=PENDING, reason="", restart_required=False, paused=False,
+        restart_message="",
         want_paused=e.paused, restarting=False, run_strategy=strategy, node="", vmi_uid="",
         ready=False, failures=s.failures if e.restart else 0, intent_version=env.version,
         spec=spec,

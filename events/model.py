@@ -54,6 +54,13 @@ from events.model_aggregates import (
     WebhookUnsubscribed,
 )
 from events.model_hotplug import (
+    HotChangeFailed,
+    HotMemoryChanged,
+    HotMemoryChangeRequested,
+    HotVCPUChanged,
+    HotVCPUChangeRequested,
+    InstanceSize,
+    VMRestartRequired,
     VolumeAttached,
     VolumeAttachFailed,
     VolumeAttachRequested,
@@ -88,8 +95,10 @@ __all__ = [
     "AuditHead", "ClusterInstancetypeApplied", "ClusterInstancetypeDeleted",
     "ClusterPreferenceApplied", "ClusterPreferenceDeleted", "CommandRejected", "DomainDefined",
     "DomainPaused", "DomainRebooted", "DomainResumed", "DomainStarted", "DomainStopped",
-    "DomainUndefined", "Event", "GuestAgentChanged", "IPAllocated", "IPReleased", "ImagePulled",
-    "ImagePulling", "InstancetypeApplied", "InstancetypeDeleted", "KubeVirtApplied",
+    "DomainUndefined", "Event", "GuestAgentChanged", "HotChangeFailed", "HotMemoryChangeRequested",
+    "HotMemoryChanged", "HotVCPUChangeRequested", "HotVCPUChanged", "IPAllocated",
+    "IPReleased", "ImagePulled", "ImagePulling", "InstanceSize", "InstancetypeApplied",
+    "InstancetypeDeleted", "KubeVirtApplied",
     "LauncherCreated", "LauncherDeleted", "LauncherFailed", "MigrationCancelRequested",
     "MigrationFailed",
     "MigrationProgress", "MigrationRequested", "MigrationScheduled", "MigrationStarted",
@@ -100,7 +109,7 @@ __all__ = [
     "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested", "SnapshotSucceeded", "UserAdded",
     "UserRevoked", "VMBackoff", "VMCreated", "VMDeleteRequested", "VMDeleted", "VMFailed",
     "VMPauseRequested", "VMPoolCreated", "VMPoolDeleted", "VMPoolScaled", "VMPoolSpecChanged",
-    "VMRenamed", "VMRestartRequested", "VMRunning", "VMScheduled",
+    "VMRenamed", "VMRestartRequested", "VMRestartRequired", "VMRunning", "VMScheduled",
     "VMSpecChanged", "VMStartFailed", "VMStartRequested", "VMStopRequested", "VMStopped",
     "VMUndeleted", "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed",
     "VolumeAttachRequested", "VolumeAttached", "VolumeCreated", "VolumeDeleted",
@@ -182,6 +191,7 @@ class VMScheduled(Event, frozen=True):
     node: str
     vmi_uid: str
     attempt: int = 0
+    size: InstanceSize | None = None  # what the instance boots with (None: before hotplug)
 
 
 class VMUnschedulable(Event, frozen=True):
@@ -334,7 +344,9 @@ AnyEvent = (
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested
     | SnapshotSucceeded | SnapshotFailed | SnapshotDeleted | RestoreRequested | RestoreSucceeded
     | RestoreFailed | VolumeAttachRequested | VolumeAttached | VolumeAttachFailed
-    | VolumeDetachRequested | VolumeDetached | CommandRejected | NodeRegistered | NodeCordoned
+    | VolumeDetachRequested | VolumeDetached | HotVCPUChangeRequested | HotVCPUChanged
+    | HotMemoryChangeRequested | HotMemoryChanged | HotChangeFailed | VMRestartRequired
+    | CommandRejected | NodeRegistered | NodeCordoned
     | NodeUncordoned
     | NodeDrainRequested | NodeLost | ReplicaSetCreated | ReplicaSetSpecChanged | ReplicaSetScaled
     | ReplicaSetDeleted | VMPoolCreated | VMPoolSpecChanged | VMPoolScaled | VMPoolDeleted

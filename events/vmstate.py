@@ -15,6 +15,7 @@ import msgspec
 from msgspec.structs import replace
 
 from events.folding import Skipped
+from events.model_hotplug import InstanceSize
 
 RUN_STRATEGIES: Final = ("Always", "RerunOnFailure", "Manual", "Halted", "Once")
 
@@ -116,6 +117,7 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     ready: bool = False
     paused: bool = False
     restart_required: bool = False
+    restart_message: str = ""  # why, when not KubeVirt's generic words (a hotplug refused)
     failures: int = 0
     reason: str = ""
     migration: Migration | None = None
@@ -140,6 +142,12 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     ip_vmi: str = ""  # the instance that holds `ip`: another (or none) means it is to be released
     mac: str = ""  # the instance's NIC address, decided with `ip`
     cidr: str = ""  # the pool `ip` is of: a `bridge` guest gets its prefix and gateway by DHCP
+    size: InstanceSize | None = None  # what the current instance booted with
+    sockets_now: int = 0  # the instance's CPU sockets now (hotplug changes them)
+    guest_now: int = 0  # the instance's guest memory now, bytes
+    hot_sockets: int = 0  # a CPU hotplug under way, to this many sockets (KubeVirt's HotVCPUChange)
+    hot_guest: int = 0  # a memory hotplug under way, to this many bytes (HotMemoryChange)
+    hot_version: int = 0  # the version of the latest hotplug request
     skipped: tuple[Skipped, ...] = ()  # events the fold could not take (events/folding.py)
 
     @property
@@ -202,6 +210,9 @@ def spec_says(spec: dict[str, Any], strategy: str) -> dict[str, Any]:
     return {**spec, "running": strategy == "Always"}
 
 
+NOT_LIVE_UPDATABLE: Final = "a non-live-updatable field was changed in the template spec"
+
+
 def conditions(s: VMState) -> list[dict[str, str]]:
     """KubeVirt-style conditions derived from the state (never stored, so never stale)."""
     out = [
@@ -229,7 +240,7 @@ def conditions(s: VMState) -> list[dict[str, str]]:
             {
                 "type": "RestartRequired",
                 "status": "True",
-                "message": "a non-live-updatable field was changed in the template spec",
+                "message": s.restart_message or NOT_LIVE_UPDATABLE,
             }
         )
     return out

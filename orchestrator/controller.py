@@ -107,7 +107,7 @@ class Controller(Folded):
             place=lambda req: refused() or place(
                 pin(req, s.spec, self.volumes, namespace=s.namespace), self.node_views()),
             now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex,
-            addresses=self.addresses.of(key),
+            addresses=self.addresses.of(key), config=config,
         )  # fmt: skip
         if reaction.wake_at:
             self._wakes[key] = reaction.wake_at

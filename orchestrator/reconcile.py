@@ -19,6 +19,7 @@ from events import commands as c
 from events import model as m
 from events import work as w
 from events.envelope import Envelope
+from events.kubevirt import Config
 from events.manifest import summarize
 from events.names import Ref
 from events.replicasets import LABELS, ReplicaSetState, replica_name
@@ -41,6 +42,7 @@ from events.vmstate import guest_end
 from orchestrator.decide import decide, kept_disks
 from orchestrator.ipam import PoolExhausted, VMAddresses
 from orchestrator.migrations import Cluster, migration_step
+from orchestrator.resize import instance_size, resize_events, sized_spec
 from orchestrator.scheduler import Request, Unschedulable
 from orchestrator.snapshots import snapshot_work
 
@@ -68,16 +70,17 @@ def backoff_delay(failures: int) -> float:
 def reconcile(
     s: VMState, *, place: Placer, lost_nodes: Collection[str], now: datetime,
     new_uid: Callable[[], str], cluster: Cluster | None = None,
-    addresses: VMAddresses | None = None,
+    addresses: VMAddresses | None = None, config: Config | None = None,
 ) -> Reaction:  # fmt: skip
     """Events and work that bring the VM closer to what its run strategy and requests want."""
+    config = config or Config()
     events: list[m.Event] = []
     work: dict[str, w.Work] = {}
     wake: datetime | None = None
     for _ in range(5):  # each step's events are folded in before the next look
         step_events, step_work, step_wake = _step(
             s, place=place, lost_nodes=lost_nodes, now=now, new_uid=new_uid, cluster=cluster,
-            addresses=addresses,
+            addresses=addresses, config=config,
         )  # fmt: skip
         for item in step_work:
             work.setdefault(item.msg_id, item)
@@ -102,7 +105,7 @@ def _local(s: VMState, e: m.Event, now: datetime) -> Envelope:
 def _step(
     s: VMState, *, place: Placer, lost_nodes: Collection[str], now: datetime,
     new_uid: Callable[[], str], cluster: Cluster | None = None,
-    addresses: VMAddresses | None = None,
+    addresses: VMAddresses | None = None, config: Config,
 ) -> tuple[list[m.Event], list[w.Work], datetime | None]:  # fmt: skip
     ended = s.phase in (SUCCEEDED, FAILED)
     if s.status == TERMINATING:
@@ -153,17 +156,20 @@ def _step(
     if not s.node and s.phase in (PENDING, SCHEDULING):  # not placed yet (or unschedulable)
         if s.status == STOPPING:
             return [m.VMStopped(reason="stopped before it was scheduled")], [], None
-        return _schedule(s, place=place, new_uid=new_uid, addresses=addresses), [], None
+        scheduled = _schedule(s, place=place, new_uid=new_uid, addresses=addresses, config=config)
+        return scheduled, [], None
     if s.node and s.phase in _ACTIVE:
         if s.status == STOPPING:
             return [], [_stop(s)], None
         if s.phase == SCHEDULING:
             return [], [_start(s)], None
         if s.phase == RUNNING:
+            if resized := resize_events(s, s.spec, config):
+                return resized, [], None
             work: list[w.Work] = []
             if s.want_paused != s.paused:
                 work.append((w.Pause if s.want_paused else w.Unpause)(**_base(s)))
-            return [], work + _volume_work(s), None
+            return [], work + _volume_work(s) + _resize_work(s), None
     return [], [], None
 
 
@@ -175,8 +181,9 @@ def _release(s: VMState, *, always: bool = False) -> list[m.Event]:
 
 
 def _schedule(
-    s: VMState, *, place: Placer, new_uid: Callable[[], str], addresses: VMAddresses | None
-) -> list[m.Event]:
+    s: VMState, *, place: Placer, new_uid: Callable[[], str], addresses: VMAddresses | None,
+    config: Config,
+) -> list[m.Event]:  # fmt: skip
     try:
         need = summarize(s.spec)
         node = place(
@@ -186,13 +193,14 @@ def _schedule(
     except Unschedulable as err:
         return _unschedulable(s, err.message)
     uid = new_uid()
+    scheduled = m.VMScheduled(node=node, vmi_uid=uid, size=instance_size(s.spec, config))
     if addresses is None:
-        return [m.VMScheduled(node=node, vmi_uid=uid)]
+        return [scheduled]
     try:
         address = addresses.allocation(uid)
     except PoolExhausted as err:
         return _unschedulable(s, str(err))
-    return [m.VMScheduled(node=node, vmi_uid=uid), address]
+    return [scheduled, address]
 
 
 def _unschedulable(s: VMState, reason: str) -> list[m.Event]:
@@ -208,7 +216,8 @@ def _base(s: VMState) -> dict[str, Any]:
 
 
 def _start(s: VMState) -> w.Start:
-    return w.Start(spec=s.spec, ip=s.ip, mac=s.mac, cidr=s.cidr, **_base(s))
+    spec = sized_spec(s.spec, s.size)  # what the instance was scheduled with, and its room
+    return w.Start(spec=spec, ip=s.ip, mac=s.mac, cidr=s.cidr, **_base(s))
 
 
 def _stop(s: VMState) -> w.Stop:
@@ -230,6 +239,14 @@ def _volume_work(s: VMState) -> list[w.Work]:
             base = {**_base(s), "version": plug.requested}
             out.append(kind(volume=plug.volume, disk=plug.disk, **base))
     return out
+
+
+def _resize_work(s: VMState) -> list[w.Work]:
+    """The hotplug under way, as the node's work (one item per request)."""
+    if s.size is None or not (s.hot_sockets or s.hot_guest):
+        return []
+    base = {**_base(s), "version": s.hot_version}
+    return [w.Resize(sockets=s.hot_sockets, guest=s.hot_guest, size=s.size, **base)]
 
 
 def reconcile_rs(
