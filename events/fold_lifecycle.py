@@ -30,6 +30,7 @@ from events.vmstate import (
     SUCCEEDED,
     TERMINATING,
     UNSCHEDULABLE,
+    Revision,
     VMState,
     migrating,
     running_status,
@@ -69,6 +70,13 @@ def vm_spec_changed(s: VMState, e: m.VMSpecChanged, env: Stamped) -> VMState:
         labels=s.labels if e.labels is None else e.labels,
         restart_required=s.restart_required or (e.restart_required and s.running),
     )
+
+
+def instancetype_revision_captured(
+    s: VMState, e: m.InstancetypeRevisionCaptured, env: Stamped
+) -> VMState:
+    captured = Revision(e.object_kind, e.name, e.revision, e.spec)
+    return replace(s, revisions={**s.revisions, e.which: captured})
 
 
 def vm_delete_requested(s: VMState, e: m.VMDeleteRequested, env: Stamped) -> VMState:

@@ -96,26 +96,24 @@ __all__ = [
     "ClusterPreferenceApplied", "ClusterPreferenceDeleted", "CommandRejected", "DomainDefined",
     "DomainPaused", "DomainRebooted", "DomainResumed", "DomainStarted", "DomainStopped",
     "DomainUndefined", "Event", "GuestAgentChanged", "HotChangeFailed", "HotMemoryChangeRequested",
-    "HotMemoryChanged", "HotVCPUChangeRequested", "HotVCPUChanged", "IPAllocated",
-    "IPReleased", "ImagePulled", "ImagePulling", "InstanceSize", "InstancetypeApplied",
-    "InstancetypeDeleted", "KubeVirtApplied",
-    "LauncherCreated", "LauncherDeleted", "LauncherFailed", "MigrationCancelRequested",
-    "MigrationFailed",
-    "MigrationProgress", "MigrationRequested", "MigrationScheduled", "MigrationStarted",
-    "MigrationSucceeded", "MigrationTargetPreparing", "MigrationTargetReady", "NodeCordoned",
-    "NodeDrainRequested", "NodeLost", "NodeRegistered", "NodeUncordoned", "PreferenceApplied",
-    "PreferenceDeleted", "ReplicaSetCreated", "ReplicaSetDeleted", "ReplicaSetScaled",
-    "ReplicaSetSpecChanged", "RestoreFailed", "RestoreRequested", "RestoreSucceeded",
-    "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested", "SnapshotSucceeded", "UserAdded",
-    "UserRevoked", "VMBackoff", "VMCreated", "VMDeleteRequested", "VMDeleted", "VMFailed",
-    "VMPauseRequested", "VMPoolCreated", "VMPoolDeleted", "VMPoolScaled", "VMPoolSpecChanged",
-    "VMRenamed", "VMRestartRequested", "VMRestartRequired", "VMRunning", "VMScheduled",
-    "VMSpecChanged", "VMStartFailed", "VMStartRequested", "VMStopRequested", "VMStopped",
-    "VMUndeleted", "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed",
-    "VolumeAttachRequested", "VolumeAttached", "VolumeCreated", "VolumeDeleted",
-    "VolumeDetachRequested", "VolumeDetached", "VolumeFailed", "VolumeMoveFailed",
-    "VolumeMoveRequested", "VolumeMoved", "VolumeNodeSelected", "VolumeProgress", "VolumeReady",
-    "WebhookDisabled", "WebhookSubscribed", "WebhookUnsubscribed",
+    "HotMemoryChanged", "HotVCPUChangeRequested", "HotVCPUChanged", "IPAllocated", "IPReleased",
+    "ImagePulled", "ImagePulling", "InstanceSize", "InstancetypeApplied", "InstancetypeDeleted",
+    "InstancetypeRevisionCaptured", "KubeVirtApplied", "LauncherCreated", "LauncherDeleted",
+    "LauncherFailed", "MigrationCancelRequested", "MigrationFailed", "MigrationProgress",
+    "MigrationRequested", "MigrationScheduled", "MigrationStarted", "MigrationSucceeded",
+    "MigrationTargetPreparing", "MigrationTargetReady", "NodeCordoned", "NodeDrainRequested",
+    "NodeLost", "NodeRegistered", "NodeUncordoned", "PreferenceApplied", "PreferenceDeleted",
+    "ReplicaSetCreated", "ReplicaSetDeleted", "ReplicaSetScaled", "ReplicaSetSpecChanged",
+    "RestoreFailed", "RestoreRequested", "RestoreSucceeded", "SnapshotDeleted", "SnapshotFailed",
+    "SnapshotRequested", "SnapshotSucceeded", "UserAdded", "UserRevoked", "VMBackoff", "VMCreated",
+    "VMDeleteRequested", "VMDeleted", "VMFailed", "VMPauseRequested", "VMPoolCreated",
+    "VMPoolDeleted", "VMPoolScaled", "VMPoolSpecChanged", "VMRenamed", "VMRestartRequested",
+    "VMRestartRequired", "VMRunning", "VMScheduled", "VMSpecChanged", "VMStartFailed",
+    "VMStartRequested", "VMStopRequested", "VMStopped", "VMUndeleted", "VMUnpauseRequested",
+    "VMUnschedulable", "VolumeAttachFailed", "VolumeAttachRequested", "VolumeAttached",
+    "VolumeCreated", "VolumeDeleted", "VolumeDetachRequested", "VolumeDetached", "VolumeFailed",
+    "VolumeMoveFailed", "VolumeMoveRequested", "VolumeMoved", "VolumeNodeSelected",
+    "VolumeProgress", "VolumeReady", "WebhookDisabled", "WebhookSubscribed", "WebhookUnsubscribed",
 ]  # fmt: skip
 
 
@@ -140,6 +138,18 @@ class VMSpecChanged(Event, frozen=True):
     run_strategy: str | None = None
     labels: dict[str, str] | None = None
     restart_required: bool = False
+
+
+class InstancetypeRevisionCaptured(Event, frozen=True):
+    """KubeVirt's ControllerRevision: the spec of the VM's instance type (or preference, as
+    `which` says) as it was when captured, which sizes the VM from now on whatever becomes of
+    the object, until the VM names another one."""
+
+    which: str  # "instancetype" or "preference"
+    object_kind: str  # KubeVirt's, e.g. VirtualMachineClusterInstancetype
+    name: str
+    revision: str
+    spec: dict[str, Any] = {}
 
 
 class VMDeleteRequested(Event, frozen=True):
@@ -346,6 +356,7 @@ AnyEvent = (
     | RestoreFailed | VolumeAttachRequested | VolumeAttached | VolumeAttachFailed
     | VolumeDetachRequested | VolumeDetached | HotVCPUChangeRequested | HotVCPUChanged
     | HotMemoryChangeRequested | HotMemoryChanged | HotChangeFailed | VMRestartRequired
+    | InstancetypeRevisionCaptured
     | CommandRejected | NodeRegistered | NodeCordoned
     | NodeUncordoned
     | NodeDrainRequested | NodeLost | ReplicaSetCreated | ReplicaSetSpecChanged | ReplicaSetScaled

@@ -121,6 +121,9 @@ def vm_object(s: VMState) -> dict[str, Any]:
         status["restoreInProgress"] = s.restore.name
     if statuses := volume_snapshot_statuses(s.spec):
         status["volumeSnapshotStatuses"] = statuses
+    for which, rev in s.revisions.items():  # KubeVirt's status.instancetypeRef/preferenceRef
+        status[f"{which}Ref"] = {"name": rev.name, "kind": rev.kind,
+                                 "controllerRevisionRef": {"name": rev.revision}}  # fmt: skip
     return {
         "apiVersion": KUBEVIRT_API,
         "kind": "VirtualMachine",

@@ -128,6 +128,7 @@ HANDLERS: Final[Mapping[type[m.Event], Handler]] = {
     m.HotMemoryChanged: hotplug.hot_memory_changed,
     m.HotChangeFailed: hotplug.hot_change_failed,
     m.VMRestartRequired: hotplug.vm_restart_required,
+    m.InstancetypeRevisionCaptured: lifecycle.instancetype_revision_captured,
 }
 
 _REVIVE: Final = (m.VMCreated, m.VMUndeleted)

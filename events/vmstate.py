@@ -65,6 +65,15 @@ class Hotplug(msgspec.Struct, frozen=True, gc=False):
     reason: str = ""  # why the attach failed
 
 
+class Revision(msgspec.Struct, frozen=True, gc=False):
+    """A captured instance type or preference (KubeVirt's ControllerRevision)."""
+
+    kind: str  # KubeVirt's, e.g. VirtualMachineClusterInstancetype
+    name: str
+    revision: str
+    spec: dict[str, Any] = {}
+
+
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A VirtualMachineSnapshot of this VM: its spec then, and copies of its persistent volumes."""
 
@@ -142,6 +151,7 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     ip_vmi: str = ""  # the instance that holds `ip`: another (or none) means it is to be released
     mac: str = ""  # the instance's NIC address, decided with `ip`
     cidr: str = ""  # the pool `ip` is of: a `bridge` guest gets its prefix and gateway by DHCP
+    revisions: dict[str, Revision] = {}  # "instancetype"/"preference" -> what sizes the VM
     size: InstanceSize | None = None  # what the current instance booted with
     sockets_now: int = 0  # the instance's CPU sockets now (hotplug changes them)
     guest_now: int = 0  # the instance's guest memory now, bytes

@@ -37,7 +37,7 @@ from events.state import (
 )
 from orchestrator import metrics
 from orchestrator.folded import Folded
-from orchestrator.instancetypes import effective
+from orchestrator.instancetypes import captures, effective
 from orchestrator.keyed import KeyedQueue
 from orchestrator.lease import either
 from orchestrator.migrations import Cluster
@@ -101,6 +101,8 @@ class Controller(Folded):
             nodes=self.nodes, views=self.node_views, slot_free=self.capacity.slot_free,
             policy=config.migrations, eviction_strategy=config.eviction_strategy,
         )  # fmt: skip
+        # KubeVirt's ControllerRevisions: captured from the same objects `effective` reads now.
+        captured = captures(s, known=self.instancetypes)
         s, refused = effective(s, known=self.instancetypes)  # sized by its instance type
         reaction = reconcile(
             s, lost_nodes=lost, cluster=cluster,
@@ -109,6 +111,8 @@ class Controller(Folded):
             now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex,
             addresses=self.addresses.of(key), config=config,
         )  # fmt: skip
+        if captured:
+            reaction = Reaction([*captured, *reaction.events], reaction.work, reaction.wake_at)
         if reaction.wake_at:
             self._wakes[key] = reaction.wake_at
         if reaction.events:

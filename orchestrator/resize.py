@@ -13,6 +13,7 @@ waits for the next start. Under `Stage` every change waits.
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Any, Final
 
 from events import model as m
@@ -98,10 +99,11 @@ def only_live_changes(old: dict[str, Any], new: dict[str, Any]) -> bool:
     if old_t == new_t:
         return True
     od, nd = _domain({"template": old_t or {}}), _domain({"template": new_t or {}})
-    for section, key in _LIVE_PATHS:
-        if isinstance(od.get(section), dict) and isinstance(nd.get(section), dict):
-            od[section].pop(key, None)
-            nd[section].pop(key, None)
+    for (section, key), domain in itertools.product(_LIVE_PATHS, (od, nd)):
+        if isinstance(part := domain.get(section), dict):
+            part.pop(key, None)
+            if not part:  # `cpu: {sockets: 2}` added where there was none is a live change too
+                del domain[section]
     return bool(old_t == new_t)
 
 

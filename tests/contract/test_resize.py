@@ -43,6 +43,9 @@ def test_an_instance_gets_kubevirts_hotplug_room() -> None:
 def test_only_sockets_and_guest_memory_are_live() -> None:
     assert only_live_changes(spec(1), spec(3, guest="2Gi"))
     assert not only_live_changes(spec(1), spec(1, cores=2))
+    bare = {"template": {"spec": {"domain": {"devices": {}}}}}
+    assert only_live_changes(bare, {"template": {"spec": {"domain": {"devices": {}, "cpu": {
+        "sockets": 2}}}}})  # fmt: skip
 
 
 @pytest.mark.parametrize(
