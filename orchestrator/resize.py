@@ -16,6 +16,8 @@ import copy
 import itertools
 from typing import Any, Final
 
+import msgspec
+
 from events import model as m
 from events.kubevirt import Config
 from events.quantity import parse_quantity
@@ -90,6 +92,15 @@ def sized_spec(spec: dict[str, Any], size: m.InstanceSize | None) -> dict[str, A
     if size.max_guest:
         memory["maxGuest"] = str(size.max_guest)
     return out
+
+
+def moved_spec(s: VMState) -> dict[str, Any]:
+    """The spec a migration's target defines the instance from: its size, with the sockets
+    plugged since it booted (a cold move boots it afresh there)."""
+    size = s.size
+    if size is not None and s.sockets_now:
+        size = msgspec.structs.replace(size, sockets=s.sockets_now)
+    return sized_spec(s.spec, size)
 
 
 def only_live_changes(old: dict[str, Any], new: dict[str, Any]) -> bool:

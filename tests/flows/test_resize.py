@@ -38,8 +38,9 @@ async def until(stack: Stack, ok: Callable[[VMState], bool]) -> VMState:
 
 
 async def test_sockets_hotplug_live_and_memory_waits_for_the_restart(stack: Stack) -> None:
-    stack.provide_seed_volumes("node-a")
-    worker = await stack.driver_node("node-a")
+    for node in ("node-a", "node-b"):
+        stack.provide_seed_volumes(node)
+    worker, other = await stack.driver_node("node-a"), await stack.driver_node("node-b")
     await send(stack.nc, sized(1, "1Gi"))
     s = await stack.until("grow", "Running")
     # KubeVirt's room under LiveUpdate: 4x the sockets, 4x the memory (from 1Gi up).
@@ -58,6 +59,12 @@ async def test_sockets_hotplug_live_and_memory_waits_for_the_restart(stack: Stac
     vmi = vmi_object(s)
     assert vmi is not None and vmi["status"]["currentCPUTopology"]["sockets"] == 2
     assert not s.restart_required and s.status == "Running"
+    # A (cold, on the test driver) move boots it on the other node with what was plugged.
+    await send(stack.nc, c.MigrateVM(name="grow", target_node="node-b"))
+    s = await until(stack, lambda s: s.node == "node-b" and s.status == "Running")
+    vcpu = ET.fromstring(await other.hv.xml("default_grow")).find("vcpu")
+    assert vcpu is not None and (vcpu.get("current"), vcpu.text) == ("2", "4")
+    assert await worker.hv.domains() == {}
 
     seen = len(await stack.kinds("grow"))
     await send(stack.nc, sized(2, "2Gi"))
@@ -66,7 +73,7 @@ async def test_sockets_hotplug_live_and_memory_waits_for_the_restart(stack: Stac
     assert [type(e).__name__ for e in history] == [
         "VMSpecChanged", "HotMemoryChangeRequested", "HotChangeFailed"]  # fmt: skip
     assert history[2] == m.HotChangeFailed(
-        resource="memory", node="node-a", reason="libvirt: this function is not supported by the "
+        resource="memory", node="node-b", reason="libvirt: this function is not supported by the "
         "connection driver: virDomainUpdateDeviceFlags")  # fmt: skip
     [restart] = [x for x in conditions(s) if x["type"] == "RestartRequired"]
     assert restart["message"] == ("memory updated in template spec. Memory-hotplug failed and is "
