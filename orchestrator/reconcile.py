@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Collection, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -254,10 +254,11 @@ def reconcile_rs(
 ) -> list[tuple[Ref, list[m.Event], int]]:
     """Per replica VM, the events that bring the set (or pool) to `rs.replicas`.
 
-    `vms` are the VMs of the set's namespace by name. Replicas are `<rs>-<index>` VMs: a replica
-    set's run its VMI template with runStrategy Always, so they restart on failure; a pool's are
-    its `virtualMachineTemplate` (KubeVirt's pool names them so too). Scaling down deletes every
-    owned VM outside the first `replicas` indexes (KubeVirt picks arbitrary ones).
+    `vms` are the VMs of the set's namespace by name. Replicas are `<rs>-<index>` VMs, new ones
+    at the lowest free index (KubeVirt's pool naming): a replica set's run its VMI template with
+    runStrategy Always, so they restart on failure; a pool's are its `virtualMachineTemplate`.
+    Scaling in deletes the highest indexes first, or, for a pool, those its `scaleInStrategy`
+    picks (`proactive.selectionPolicy.sortPolicy`; none under `unmanaged` or `opportunistic`).
     """
     want = rs.replicas if rs.exists else 0
     label = LABELS[rs.aggregate]
@@ -269,17 +270,44 @@ def reconcile_rs(
         spec = {"runStrategy": "Always", "template": template}
         source = "VirtualMachineInstanceReplicaSet"
     labels = {**((template.get("metadata") or {}).get("labels") or {}), label: rs.name}
-    wanted = [replica_name(rs.name, i) for i in range(want)]
+    active = {name: s for name, s in vms.items() if s.labels.get(label) == rs.name
+              and s.exists and s.status != TERMINATING}  # fmt: skip
     out: list[tuple[Ref, list[m.Event], int]] = []
-    for name in wanted:
+    index = 0
+    leaving = any(s.labels.get(label) == rs.name and s.status == TERMINATING for s in vms.values())
+    for _ in range(0 if leaving else want - len(active)):  # a deletion first ends: its name frees
+        while (taken := vms.get(replica_name(rs.name, index))) is not None and (
+                taken.exists or taken.status == TERMINATING):  # fmt: skip
+            index += 1
+        name = replica_name(rs.name, index)
         s = vms.get(name) or VMState()
-        if not s.exists and s.status != TERMINATING:
-            create = c.ApplyVM(name=name, namespace=rs.namespace, labels=labels, spec=spec,
-                               source_kind=source)  # fmt: skip
-            out.append((Ref("vm", rs.namespace, name), decide(s, create), s.version))
-    for name, s in vms.items():
-        owned = s.labels.get(label) == rs.name and s.exists
-        if owned and name not in wanted and s.status != TERMINATING:
+        create = c.ApplyVM(name=name, namespace=rs.namespace, labels=labels, spec=spec,
+                           source_kind=source)  # fmt: skip
+        out.append((Ref("vm", rs.namespace, name), decide(s, create), s.version))
+        index += 1
+    if want < len(active):  # a deleted set wants none
+        for name in scale_in_order(rs, active)[: len(active) - want]:
+            s = active[name]
             delete = c.DeleteVM(name=name, namespace=rs.namespace)
             out.append((Ref("vm", rs.namespace, name), decide(s, delete), s.version))
     return out
+
+
+def scale_in_order(rs: ReplicaSetState, active: Mapping[str, VMState]) -> list[str]:
+    """The pool's VMs in the order scaling in deletes them (KubeVirt's sort policies; its
+    default, Random, is the highest index first here, as for a replica set); none where the pool
+    leaves scaling in to its user (`unmanaged`, `opportunistic`) unless the pool is deleted."""
+    strategy = rs.spec.get("scaleInStrategy") or {} if rs.aggregate == "vmpool" else {}
+    if rs.exists and ("unmanaged" in strategy or "opportunistic" in strategy):
+        return []
+    policy = ((strategy.get("proactive") or {}).get("selectionPolicy") or {}).get("sortPolicy")
+
+    def index(name: str) -> int:
+        tail = name.rpartition("-")[2]
+        return int(tail) if tail.isdigit() else 0
+
+    names = sorted(active, key=index, reverse=policy != "AscendingOrder")
+    if policy in ("Newest", "Oldest"):
+        epoch = datetime.min.replace(tzinfo=UTC)
+        names.sort(key=lambda n: active[n].created or epoch, reverse=policy == "Newest")
+    return names
