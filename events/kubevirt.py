@@ -38,13 +38,15 @@ GATES: Final = {
     "HotplugNICs": GA, "VMExport": GA, "CommonInstancetypesDeploymentGate": GA,
     "InstancetypeReferencePolicy": GA, "VMLiveUpdateFeatures": GA, "PanicDevices": GA,
     "DataVolumes": GONE,
+    # Either opens `migrations.maxDowntimeMs` to change (virtbus has neither's other feature).
+    "MigrationStallDetection": ALPHA, "MigrationDowntimeTuning": ALPHA,
 }  # fmt: skip
 _DEPRECATED: Final = (
     'feature gate {} is deprecated (feature state is "{}"), therefore it can be safely removed '
     "and is redundant. For more info, please look at: "
     "https://github.com/kubevirt/kubevirt/blob/main/docs/deprecation.md"
 )
-# KubeVirt's `spec.configuration.migrations` keys -> MigrationPolicy fields (maxDowntimeMs is ours).
+# KubeVirt's `spec.configuration.migrations` keys -> MigrationPolicy fields.
 POLICY_KEYS: Final = {
     "bandwidthPerMigration": "bandwidth_bytes", "completionTimeoutPerGiB":
     "completion_timeout_per_gib", "allowAutoConverge": "allow_auto_converge",
@@ -272,6 +274,22 @@ def gated_paths(spec: dict[str, Any]) -> dict[str, str]:
     prefix = "spec.template.spec" if "template" in spec else "spec"
     return {f"{prefix}.volumes[{i}].hostDisk": "HostDisk"
             for i, v in enumerate(volumes) if isinstance(v, dict) and "hostDisk" in v}  # fmt: skip
+
+
+def refuse_downtime_change(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """KubeVirt's admission of its object: `migrations.maxDowntimeMs` changes only with the
+    MigrationStallDetection or MigrationDowntimeTuning gate listed (virt-operator's
+    validateMigrationConfiguration)."""
+
+    def downtime(spec: dict[str, Any]) -> Any:
+        return _map(_map(_map(spec).get("configuration")).get("migrations")).get("maxDowntimeMs")
+
+    gates = config_of(after).gates
+    if downtime(after) is not None and downtime(after) != downtime(before) and not gates & {
+            "MigrationStallDetection", "MigrationDowntimeTuning"}:  # fmt: skip
+        raise ValidationError("maxDowntimeMs cannot be modified without enabling the "
+                              "MigrationStallDetection or MigrationDowntimeTuning feature gate",
+                              field="spec.configuration.migrations.maxDowntimeMs")  # fmt: skip
 
 
 def refuse_gated(config: Config, cmd: c.Command, spec: dict[str, Any] | None) -> None:
