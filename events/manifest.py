@@ -279,13 +279,9 @@ def _pool(
     vm = f.mapping(template.get("spec"), f"{at}.spec")
     if not vm:
         raise _fail(f"{at}.spec", "is required")
-    if vm.get("dataVolumeTemplates"):
-        raise _fail(
-            f"{at}.spec.dataVolumeTemplates",
-            "virtbus's pools do not make a VM's "
-            "DataVolumes yet; use persistentVolumeClaim or containerDisk volumes",
-        )
     reader.section(vm, f"{at}.spec", fields=_VM_SPEC)
+    for one in _data_volume_templates(vm, reader, vm=name, namespace=namespace):
+        check_name(f"{one.name}-{_MAX_INDEX}", field=f"{at}.spec.dataVolumeTemplates")
     _check_run_strategy(vm, path=f"{at}.spec")
     reader.template(vm.get("template"), f"{at}.spec.template", sized="instancetype" in vm)
     return ApplyVMPool(name=name, namespace=namespace, spec=spec, labels=labels)
@@ -313,6 +309,31 @@ def _scale_in(given: Any, reader: Reader) -> None:
         if policy.get("sortPolicy") == "Random":
             reader.warn(f"{at}.{kind}.selectionPolicy.sortPolicy", "Random is the highest "
                         "indexes first in virtbus (a choice replayed alike)")  # fmt: skip
+
+
+_MAX_INDEX: Final = 99999  # a pool's DataVolume names take its VMs' indexes: room for them
+
+
+def pool_vm_spec(vm: dict[str, Any], index: int) -> dict[str, Any]:
+    """The spec of a pool's VM number `index`: its `dataVolumeTemplates` named `<dv>-<index>`
+    and its volumes pointed at them (KubeVirt's pool controller, indexVMSpec)."""
+    spec = copy.deepcopy(vm)
+    renamed: dict[str, str] = {}
+    for tpl in spec.get("dataVolumeTemplates") or []:
+        meta = tpl.setdefault("metadata", {})
+        renamed[meta.get("name", "")] = meta["name"] = f"{meta.get('name', '')}-{index}"
+    for volume in ((spec.get("template") or {}).get("spec") or {}).get("volumes") or []:
+        for source, key in (("dataVolume", "name"), ("persistentVolumeClaim", "claimName")):
+            ref = volume.get(source)
+            if isinstance(ref, dict) and ref.get(key) in renamed:
+                ref[key] = renamed[ref[key]]
+    return spec
+
+
+def data_volume_commands(vm: dict[str, Any], *, name: str, namespace: str) -> list[Command]:
+    """The DataVolumes a VM spec's `dataVolumeTemplates` stand for, owned by VM `name` (what the
+    controller makes for a VM it creates itself: a pool's)."""
+    return _data_volume_templates(vm, Reader(), vm=name, namespace=namespace)
 
 
 def _data_volume_templates(

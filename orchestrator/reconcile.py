@@ -20,7 +20,7 @@ from events import model as m
 from events import work as w
 from events.envelope import Envelope
 from events.kubevirt import Config
-from events.manifest import summarize
+from events.manifest import pool_vm_spec, summarize
 from events.names import Ref
 from events.replicasets import LABELS, ReplicaSetState, replica_name
 from events.state import (
@@ -281,7 +281,8 @@ def reconcile_rs(
             index += 1
         name = replica_name(rs.name, index)
         s = vms.get(name) or VMState()
-        create = c.ApplyVM(name=name, namespace=rs.namespace, labels=labels, spec=spec,
+        mine = pool_vm_spec(spec, index) if rs.aggregate == "vmpool" else spec
+        create = c.ApplyVM(name=name, namespace=rs.namespace, labels=labels, spec=mine,
                            source_kind=source)  # fmt: skip
         out.append((Ref("vm", rs.namespace, name), decide(s, create), s.version))
         index += 1
