@@ -129,7 +129,10 @@ def resize_events(s: VMState, spec: dict[str, Any], config: Config) -> list[m.Ev
         return []
     domain = _domain(spec)
     events: list[m.Event] = []
-    sockets = _count((domain.get("cpu") or {}).get("sockets"))
+    cpu = domain.get("cpu") or {}
+    if (_count(cpu.get("cores")), _count(cpu.get("threads"))) != (size.cores, size.threads):
+        return [m.VMRestartRequired(message=NOT_LIVE_UPDATABLE)]  # e.g. another instance type's
+    sockets = _count(cpu.get("sockets"))
     if sockets != s.sockets_now:
         if not config.live_update:
             return [m.VMRestartRequired(message=NOT_LIVE_UPDATABLE)]

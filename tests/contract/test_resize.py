@@ -91,6 +91,13 @@ def test_hotplug_state_in_the_fold_and_the_vmi() -> None:
     assert condition(s, "RestartRequired") is None
 
 
+def test_other_cores_wait_for_a_restart() -> None:
+    s = running(m.InstanceSize(sockets=1, max_sockets=4, guest=GI))
+    assert resize_events(s, spec(2, cores=2), Config()) == [
+        m.VMRestartRequired(message="a non-live-updatable field was changed in the template spec")
+    ]
+
+
 def test_under_stage_every_change_waits_for_a_restart() -> None:
     s = running(m.InstanceSize(sockets=1, guest=GI))
     stage = config_of({"configuration": {"vmRolloutStrategy": "Stage"}})
