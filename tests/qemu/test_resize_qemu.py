@@ -7,6 +7,8 @@ console`, as a user would.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from qemustack import QemuStack
 from test_guest_qemu import BOOT_S, gstack, logged_in, tiny
@@ -29,9 +31,11 @@ async def test_a_cpu_socket_plugged_into_the_running_guest(gstack: QemuStack) ->
         grown = tiny("hotcpu", strategy="Always")
         grown.spec["template"]["spec"]["domain"]["cpu"] = {"sockets": 2}
         seen = len(await gstack.events("hotcpu"))
+        t0 = time.monotonic()
         out = await send(gstack.nc, grown)
         assert out.events == ["io.virtbus.vm.spec_changed.v1"]
         after = await gstack.until_event("hotcpu", m.HotVCPUChanged, after=seen, within=60)
+        print(f"apply -> HotVCPUChanged: {time.monotonic() - t0:.2f}s")
         assert [type(e).__name__ for e in after if type(e).__name__[:3] in ("Hot", "VMS")] == [
             "VMSpecChanged", "HotVCPUChangeRequested", "HotVCPUChanged"]  # fmt: skip
         # The guest got it: ACPI adds cpu1, which the guest brings online.
