@@ -23,6 +23,7 @@ import asyncio
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -44,7 +45,7 @@ from bus.client import query, send
 from bus.connect import connect
 from bus.history import read_history
 from bus.provision import provision
-from events.names import Ref
+from events.names import EVENTS_STREAM, Ref
 from events.protocol import Query
 
 NODE_GRACE_S = 120.0
@@ -88,8 +89,8 @@ async def _run(
             out.update(running=started["running"], starts_per_s=started["starts_per_s"],
                        events=started["events_per_vm"] * started["running"])  # fmt: skip
             names = [f"bench-{run_id}-vm-{i}" for i in range(vms)]
-            out.update(await _steady(orch.pid, steady_s=steady_s))
-            out.update(await _reads(nc, names))
+            out.update(await _steady(nc, orch.pid, steady_s=steady_s))
+            out.update(await _reads(nc, url, names))
             await end_part(orch)
             t0 = time.perf_counter()
             orch = await spawn_part(*orchestrator)
@@ -105,8 +106,15 @@ async def _run(
     return out
 
 
-async def _steady(pid: int, *, steady_s: float) -> dict[str, Any]:
-    """RSS now, and the CPU the orchestrator spends while nothing changes but heartbeats."""
+async def _steady(nc: Client, pid: int, *, steady_s: float) -> dict[str, Any]:
+    """RSS now, and the CPU the orchestrator spends while nothing changes but heartbeats: once
+    the read model has folded the starts' last events (before that, the tail of the starts is
+    what a short stretch would measure)."""
+    end = (await nc.jetstream().stream_info(EVENTS_STREAM)).state.last_seq
+    for _ in range(600):  # the read model trails the log; it says how far it has come
+        if (await query(nc, Query(what="nodes"))).position >= end:
+            break
+        await asyncio.sleep(0.1)
     rss = _rss_bytes(pid)
     before, t0 = _cpu_s(pid), time.perf_counter()
     await asyncio.sleep(steady_s)  # the quiet stretch itself is what is measured
@@ -114,7 +122,7 @@ async def _steady(pid: int, *, steady_s: float) -> dict[str, Any]:
     return {"orchestrator_rss_bytes": rss, "steady_cpu_fraction": cpu}
 
 
-async def _reads(nc: Client, names: list[str]) -> dict[str, Any]:
+async def _reads(nc: Client, url: str, names: list[str]) -> dict[str, Any]:
     rng = random.Random(7)
     lat = []
     for name in rng.sample(names, min(GETS, len(names))):
@@ -129,13 +137,28 @@ async def _reads(nc: Client, names: list[str]) -> dict[str, Any]:
         t0 = time.perf_counter()
         every = await query(nc, Query(), wait_s=30)
         lists.append(time.perf_counter() - t0)
+    cli = await _cli_list_s(url)
     t0 = time.perf_counter()
     found = await read_history(nc, Ref.vm(rng.choice(names)))
     return {
-        "get_p50_ms": q[49], "get_p99_ms": q[98], "list_all_s": max(lists),
+        "get_p50_ms": q[49], "get_p99_ms": q[98], "list_all_s": max(lists), "cli_list_s": cli,
         "listed": len(every.vms), "history_ms": (time.perf_counter() - t0) * 1e3,
         "history_events": len(found.events),
     }  # fmt: skip
+
+
+async def _cli_list_s(url: str) -> float:
+    """`virtbus get vms -A -o json` as a user runs it: a process, its start-up, every page, the
+    JSON written out (to nowhere)."""
+    t0 = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "virtbus", "get", "vms", "-A", "-o", "json", "--server", url,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)  # fmt: skip
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise AssertionError(f"virtbus get vms -A -o json: {err.decode().strip()}")
+    return time.perf_counter() - t0
 
 
 async def _until_running(nc: Client, name: str, *, within: float = 60.0) -> None:

@@ -98,6 +98,20 @@ async def send(nc: Client, cmd: c.Command, *, wait_s: float = 20) -> c.Outcome:
 
 
 async def query(nc: Client, q: Query, *, wait_s: float = 10) -> Answer:
+    """The answer to `q`; a list of VMs is asked page by page (`q.limit` VMs a page, like
+    kubectl's --chunk-size) and comes back whole, at its first page's position (the later pages
+    are at least as fresh)."""
+    answer = await query_page(nc, q, wait_s=wait_s)
+    vms, token = list(answer.vms), answer.continue_
+    while token:
+        page = await query_page(nc, msgspec.structs.replace(q, continue_=token), wait_s=wait_s)
+        vms += page.vms
+        token = page.continue_
+    return msgspec.structs.replace(answer, vms=vms, continue_="")
+
+
+async def query_page(nc: Client, q: Query, *, wait_s: float = 10) -> Answer:
+    """One answer as virtbus-api gives it: for a list of VMs, one page and the next's token."""
     return _ANSWER.decode(await _request(nc, "get", encode(q), wait_s=wait_s))
 
 

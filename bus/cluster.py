@@ -15,12 +15,15 @@ import random
 import socket
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from nats.aio.client import Client
 
 from bus.server import NatsServer, Route
-from bus.trust import Trust
 from events.errors import BusUnavailable
+
+if TYPE_CHECKING:
+    from bus.trust import Trust
 
 CLUSTER_NAME = "virtbus"
 

@@ -22,18 +22,20 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import nats
 from nats.aio.client import Client
 
 from bus.cluster import NatsCluster
-from bus.credentials import claims_of, read_creds
-from bus.pki import certified_name
+from bus.credentials import SENTINEL, SENTINEL_TAG, claims_of, read_creds
 from bus.server import DEFAULT_URL, NatsServer
-from bus.trust import SENTINEL, SENTINEL_TAG, Trust
 from events.errors import BusUnavailable, ValidationError
 from events.names import check_name
+
+if TYPE_CHECKING:
+    from bus.trust import Trust
 
 log = logging.getLogger("virtbus.bus")
 
@@ -246,6 +248,8 @@ def _identity(jwt: str, cert: Path | None) -> str | None:
     claims = claims_of(jwt)
     name = claims.get("name")
     if SENTINEL_TAG in (claims.get("nats") or {}).get("tags", []):
+        from bus.pki import certified_name  # cryptography: a tenth of a second every CLI start
+
         name = certified_name(cert.read_bytes()) if cert is not None else None
     try:
         return check_name(name, field="creds") if isinstance(name, str) else None

@@ -23,6 +23,11 @@ import nkeys  # type: ignore[import-untyped]
 
 from events.errors import ValidationError
 
+# The certificate login's stand-in user: a client presents its creds, and its name comes from the
+# certificate it also presents (`orchestrator/certlogin.py`); the tag is how a JWT says it is one.
+SENTINEL: Final = "sentinel"
+SENTINEL_TAG: Final = "virtbus-cert-login"
+
 UNLIMITED: Final[dict[str, Any]] = {
     "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": True,
     "conn": -1, "leaf": -1,

@@ -41,8 +41,8 @@ OBSERVED: Final = frozenset({
     m.MigrationTargetReady, m.MigrationStarted, m.MigrationProgress, m.MigrationSucceeded,
     m.MigrationFailed,
     m.SnapshotSucceeded, m.SnapshotFailed, m.RestoreSucceeded, m.RestoreFailed, m.VolumeAttached,
-    m.VolumeAttachFailed, m.VolumeDetached, m.ImagePulled, m.ImagePulling, m.HotVCPUChanged,
-    m.HotMemoryChanged, m.HotChangeFailed,
+    m.VolumeAttachFailed, m.VolumeDetached, m.ImagePulled, m.ImagePulling, m.MemoryDumpCompleted,
+    m.MemoryDumpFailed, m.HotVCPUChanged, m.HotMemoryChanged, m.HotChangeFailed,
 })  # fmt: skip
 _BULKY: Final = frozenset({"spec", "volume", "disk", "labels", "annotations"})
 _DURATION: Final = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")

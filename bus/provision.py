@@ -34,7 +34,10 @@ from events.names import (
 
 DUPLICATE_WINDOW_S: Final = 600.0
 # Subjects added to a stream after virtbus data existed: provisioning adds them to an older stream.
-ADDED_LATER: Final = frozenset({"virt.audit.>", "virt.user.>"})
+# Every aggregate's but the first five (the log's first layout); listing them by hand missed
+# instance types, pools and the KubeVirt object, so a log from before those would be refused.
+FIRST_SUBJECTS: Final = frozenset(f"virt.{k}.>" for k in ("vm", "rs", "node", "volume", "webhook"))
+ADDED_LATER: Final = frozenset(EVENT_SUBJECTS) - FIRST_SUBJECTS
 HEARTBEAT_TTL_S: Final = 15.0
 
 

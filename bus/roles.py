@@ -19,14 +19,13 @@ write) and is skipped by every fold (`events/state.py`), not refused by the serv
 from __future__ import annotations
 
 import contextlib
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from nats.aio.client import Client
 
 from bus.credentials import Permissions, claims_of, read_creds
 from bus.readscope import ReadScope, families, read_permissions, set_scope, slot_names
 from bus.store import EventStore
-from bus.trust import Trust
 from bus.webhook_secrets import BUCKET as SECRETS_BUCKET
 from events import model as m
 from events.errors import ConcurrencyConflict
@@ -42,9 +41,12 @@ from events.names import (
 from events.users import ADMIN, DISPATCHER, NODE, NODE_WRITES
 from events.webhooks import DELIVERIES_SUBJECT, REDELIVER_SUBJECT
 
+if TYPE_CHECKING:
+    from bus.trust import Trust
+
 ROLES: Final = ("admin", "edit", "view")
 # nodes, webhooks, the KubeVirt object: admin only
-EDITABLE: Final = ("vm", "rs", "vmpool", "volume", "instancetype", "preference")
+EDITABLE: Final = ("vm", "rs", "vmpool", "volume", "instancetype", "preference", "service")
 
 
 def user_permissions(

@@ -18,10 +18,12 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from bus.trust import Trust
 from events.errors import BusUnavailable, VirtbusError
+
+if TYPE_CHECKING:
+    from bus.trust import Trust
 
 DEFAULT_URL: Final = "nats://127.0.0.1:4222"
 _PR_SET_PDEATHSIG: Final = 1

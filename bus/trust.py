@@ -34,6 +34,8 @@ from typing import Any
 
 from bus import pki
 from bus.credentials import (
+    SENTINEL,
+    SENTINEL_TAG,
     KeyPair,
     Permissions,
     account_jwt,
@@ -49,8 +51,6 @@ ACCOUNT_NAME = "VIRTBUS"
 _PRIVATE_SYSTEM_CREDS: dict[Path, Path] = {}  # trust root (read-only) -> this process's copy
 SYSTEM_NAME = "SYS"
 CERTLOGIN_NAME = "CERTLOGIN"
-SENTINEL = "sentinel"
-SENTINEL_TAG = "virtbus-cert-login"  # the client's own mark: its name comes from its certificate
 SERVER_HOSTS = ("127.0.0.1", "localhost")
 MAX_CONTROL_LINE = 32 * 1024  # bytes: a user JWT of ~40 namespaces
 IDENTITIES_FILE = "identities.json"  # the stack's own users, for an orchestrator in a pod

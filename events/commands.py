@@ -72,6 +72,26 @@ class UnpauseVM(Command, frozen=True):
     pass
 
 
+class SoftRebootVM(Command, frozen=True):
+    """virtctl's soft-reboot: the guest reboots itself, asked through its agent, or by ACPI
+    when no agent is connected (KubeVirt's fallback)."""
+
+
+class ResetVM(Command, frozen=True):
+    """A hard reset of the running instance (virtctl reset): the guest restarts at once, as the
+    reset button does; the instance, its address and its node stay."""
+
+
+class MemoryDumpVM(Command, frozen=True):
+    """Dump the running instance's memory into the claim `claim` (virtctl memory-dump get)."""
+
+    claim: Name
+
+
+class RemoveMemoryDump(Command, frozen=True):
+    """Dissociate the VM's memory dump claim (virtctl memory-dump remove); the claim stays."""
+
+
 class DeleteVM(Command, frozen=True):
     pass
 
@@ -121,6 +141,22 @@ class RemoveVolume(Command, frozen=True):
 
     volume: Name
     persist: bool = False
+
+
+# --- services ------------------------------------------------------------------------------------
+
+
+class CreateService(Command, frozen=True):
+    """A Service for a VM's ports (`virtctl expose`); `spec` is Kubernetes' ServiceSpec."""
+
+    aggregate: ClassVar[str] = "service"
+    spec: dict[str, Any]
+    vm: Name
+    vm_kind: str = "VirtualMachine"
+
+
+class DeleteService(Command, frozen=True):
+    aggregate: ClassVar[str] = "service"
 
 
 # --- replica sets --------------------------------------------------------------------------------
@@ -298,7 +334,8 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 AnyCommand = (
-    ApplyVM | StartVM | StopVM | RestartVM | PauseVM | UnpauseVM | DeleteVM | UndeleteVM
+    ApplyVM | StartVM | StopVM | RestartVM | PauseVM | UnpauseVM | ResetVM | DeleteVM | UndeleteVM
+    | SoftRebootVM | MemoryDumpVM | RemoveMemoryDump | CreateService | DeleteService
     | MigrateVM | CancelMigration | SnapshotVM | RestoreVM | DeleteSnapshot | AddVolume
     | RemoveVolume | ApplyReplicaSet | ScaleReplicaSet | DeleteReplicaSet | DrainNode
     | UncordonNode | CreateVolume | DeleteVolume | AddWebhook | RemoveWebhook

@@ -33,6 +33,7 @@ from events.vmstate import (
     Revision,
     VMState,
     migrating,
+    migration_active,
     running_status,
     spec_says,
     with_migration,
@@ -212,13 +213,30 @@ def domain_stopped(s: VMState, e: m.DomainStopped, env: Stamped) -> VMState:
 
 
 def domain_rebooted(s: VMState, e: m.DomainRebooted, env: Stamped) -> VMState:
-    return s  # a reboot is not a stop: the instance, its phase and its node stay
+    # A reboot is not a stop: the instance, its phase and its node stay.
+    return replace(s, reset_done=max(s.reset_done, e.reset)) if e.reset else s
+
+
+def vm_reset_requested(s: VMState, e: m.VMResetRequested, env: Stamped) -> VMState:
+    return replace(s, reset_asked=env.version, reset_vmi=e.vmi_uid or s.vmi_uid)
+
+
+def vm_soft_reboot_requested(s: VMState, e: m.VMSoftRebootRequested, env: Stamped) -> VMState:
+    return replace(s, soft_reboot=s.vmi_uid, soft_reboot_version=env.version)
+
+
+def soft_reboot_sent(s: VMState, e: m.SoftRebootSent, env: Stamped) -> VMState:
+    return replace(s, soft_reboot="")
 
 
 def guest_agent_changed(s: VMState, e: m.GuestAgentChanged, env: Stamped) -> VMState:
-    if e.node != s.node:
-        return s  # a migration's other side, or an instance already gone
-    return replace(s, agent_connected=e.connected)
+    if e.node == s.node:
+        return replace(s, agent_connected=e.connected)
+    mig = s.migration
+    if mig is not None and migration_active(mig) and e.node == mig.target:
+        # The target's agent connects before the VM is the target's: kept for its success.
+        return replace(s, migration=replace(mig, target_agent=e.connected))
+    return s  # a migration's source once it is over, or an instance already gone
 
 
 def vm_stopped(s: VMState, e: m.VMStopped, env: Stamped) -> VMState:

@@ -70,8 +70,12 @@ def migration_succeeded(s: VMState, e: m.MigrationSucceeded, env: Stamped) -> VM
     mig = with_migration(s, e.migration, phase=SUCCEEDED, percent=100.0, target_pod="")
     if not s.running:  # a stopped VM: its next start goes to the target
         return replace(s, migration=mig, home=e.target, last_node=e.target)
+    # The agent as the target last told of it (before the VM was the target's); untold, the
+    # guest's agent answers on as it did.
+    told = s.migration.target_agent
     return replace(s, migration=mig, node=e.target, status=PAUSED if s.paused else RUNNING,
-                   home=e.target if s.home else "", last_node=e.target)  # fmt: skip
+                   home=e.target if s.home else "", last_node=e.target,
+                   agent_connected=s.agent_connected if told is None else told)  # fmt: skip
 
 
 def migration_failed(s: VMState, e: m.MigrationFailed, env: Stamped) -> VMState:

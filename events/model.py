@@ -53,6 +53,17 @@ from events.model_aggregates import (
     WebhookSubscribed,
     WebhookUnsubscribed,
 )
+from events.model_guest import (
+    MemoryDumpCompleted,
+    MemoryDumpFailed,
+    MemoryDumpRemoved,
+    MemoryDumpRequested,
+    ServiceCreated,
+    ServiceDeleted,
+    SoftRebootSent,
+    VMResetRequested,
+    VMSoftRebootRequested,
+)
 from events.model_hotplug import (
     HotChangeFailed,
     HotMemoryChanged,
@@ -60,6 +71,7 @@ from events.model_hotplug import (
     HotVCPUChanged,
     HotVCPUChangeRequested,
     InstanceSize,
+    InstancetypeRevisionCaptured,
     VMRestartRequired,
     VolumeAttached,
     VolumeAttachFailed,
@@ -99,20 +111,22 @@ __all__ = [
     "HotMemoryChanged", "HotVCPUChangeRequested", "HotVCPUChanged", "IPAllocated", "IPReleased",
     "ImagePulled", "ImagePulling", "InstanceSize", "InstancetypeApplied", "InstancetypeDeleted",
     "InstancetypeRevisionCaptured", "KubeVirtApplied", "LauncherCreated", "LauncherDeleted",
-    "LauncherFailed", "MigrationCancelRequested", "MigrationFailed", "MigrationProgress",
+    "LauncherFailed", "MemoryDumpCompleted", "MemoryDumpFailed", "MemoryDumpRemoved",
+    "MemoryDumpRequested", "MigrationCancelRequested", "MigrationFailed", "MigrationProgress",
     "MigrationRequested", "MigrationScheduled", "MigrationStarted", "MigrationSucceeded",
     "MigrationTargetPreparing", "MigrationTargetReady", "NodeCordoned", "NodeDrainRequested",
     "NodeLost", "NodeRegistered", "NodeUncordoned", "PreferenceApplied", "PreferenceDeleted",
     "ReplicaSetCreated", "ReplicaSetDeleted", "ReplicaSetScaled", "ReplicaSetSpecChanged",
-    "RestoreFailed", "RestoreRequested", "RestoreSucceeded", "SnapshotDeleted", "SnapshotFailed",
-    "SnapshotRequested", "SnapshotSucceeded", "UserAdded", "UserRevoked", "VMBackoff", "VMCreated",
-    "VMDeleteRequested", "VMDeleted", "VMFailed", "VMPauseRequested", "VMPoolCreated",
-    "VMPoolDeleted", "VMPoolScaled", "VMPoolSpecChanged", "VMRenamed", "VMRestartRequested",
-    "VMRestartRequired", "VMRunning", "VMScheduled", "VMSpecChanged", "VMStartFailed",
-    "VMStartRequested", "VMStopRequested", "VMStopped", "VMUndeleted", "VMUnpauseRequested",
-    "VMUnschedulable", "VolumeAttachFailed", "VolumeAttachRequested", "VolumeAttached",
-    "VolumeCreated", "VolumeDeleted", "VolumeDetachRequested", "VolumeDetached", "VolumeFailed",
-    "VolumeMoveFailed", "VolumeMoveRequested", "VolumeMoved", "VolumeNodeSelected",
+    "RestoreFailed", "RestoreRequested", "RestoreSucceeded", "ServiceCreated", "ServiceDeleted",
+    "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested", "SnapshotSucceeded",
+    "SoftRebootSent", "UserAdded", "UserRevoked", "VMBackoff", "VMCreated", "VMDeleteRequested",
+    "VMDeleted", "VMFailed", "VMPauseRequested", "VMPoolCreated", "VMPoolDeleted", "VMPoolScaled",
+    "VMPoolSpecChanged", "VMRenamed", "VMResetRequested", "VMRestartRequested",
+    "VMRestartRequired", "VMRunning", "VMScheduled", "VMSoftRebootRequested", "VMSpecChanged",
+    "VMStartFailed", "VMStartRequested", "VMStopRequested", "VMStopped", "VMUndeleted",
+    "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed", "VolumeAttachRequested",
+    "VolumeAttached", "VolumeCreated", "VolumeDeleted", "VolumeDetachRequested", "VolumeDetached",
+    "VolumeFailed", "VolumeMoveFailed", "VolumeMoveRequested", "VolumeMoved", "VolumeNodeSelected",
     "VolumeProgress", "VolumeReady", "WebhookDisabled", "WebhookSubscribed", "WebhookUnsubscribed",
 ]  # fmt: skip
 
@@ -138,18 +152,6 @@ class VMSpecChanged(Event, frozen=True):
     run_strategy: str | None = None
     labels: dict[str, str] | None = None
     restart_required: bool = False
-
-
-class InstancetypeRevisionCaptured(Event, frozen=True):
-    """KubeVirt's ControllerRevision: the spec of the VM's instance type (or preference, as
-    `which` says) as it was when captured, which sizes the VM from now on whatever becomes of
-    the object, until the VM names another one."""
-
-    which: str  # "instancetype" or "preference"
-    object_kind: str  # KubeVirt's, e.g. VirtualMachineClusterInstancetype
-    name: str
-    revision: str
-    spec: dict[str, Any] = {}
 
 
 class VMDeleteRequested(Event, frozen=True):
@@ -288,9 +290,11 @@ class DomainStopped(Event, frozen=True):
 
 
 class DomainRebooted(Event, frozen=True):
-    """The guest rebooted (its own `reboot`, or a reset): the same instance runs on, no stop."""
+    """The guest rebooted (its own `reboot`, or a reset): the same instance runs on, no stop;
+    `reset` is the version of the `VMResetRequested` this reset carried out (0: the guest's own)."""
 
     node: str
+    reset: int = 0
 
 
 class GuestAgentChanged(Event, frozen=True):
@@ -345,10 +349,13 @@ class CommandRejected(Event, frozen=True):
 AnyEvent = (
     VMCreated | VMSpecChanged | VMDeleteRequested | VMDeleted | VMUndeleted | VMRenamed
     | VMStartRequested | VMStopRequested | VMRestartRequested | VMPauseRequested
-    | VMUnpauseRequested | VMScheduled | VMUnschedulable | VMRunning | VMStopped | VMStartFailed
+    | VMUnpauseRequested | VMResetRequested | VMScheduled | VMUnschedulable | VMRunning
+    | VMStopped | VMStartFailed
     | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
     | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
-    | DomainRebooted | GuestAgentChanged | IPAllocated | IPReleased
+    | DomainRebooted | GuestAgentChanged | IPAllocated | IPReleased | VMSoftRebootRequested
+    | SoftRebootSent | MemoryDumpRequested | MemoryDumpCompleted | MemoryDumpFailed
+    | MemoryDumpRemoved | ServiceCreated | ServiceDeleted
     | MigrationRequested | MigrationScheduled | MigrationTargetReady | MigrationStarted
     | MigrationProgress | MigrationTargetPreparing
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested
@@ -392,6 +399,7 @@ _PREFIX: Final = {
     "clusterpreference": "cluster_preference_",
     "vmpool": "vm_pool_",
     "kubevirt": "kube_virt_",
+    "service": "service_",
 }
 
 

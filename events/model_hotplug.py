@@ -1,9 +1,10 @@
-"""A VM's hotplug events: `addvolume` and `removevolume` on a running VM, and CPU sockets and
-guest memory changed live (KubeVirt's LiveUpdate rollout strategy) or left for the next start.
+"""A VM's hotplug and sizing events: `addvolume` and `removevolume` on a running VM; CPU sockets
+and guest memory changed live (KubeVirt's LiveUpdate rollout strategy) or left for the next
+start; the instance type and preference captured to size the VM (KubeVirt's ControllerRevisions).
 
 Part of the event union (`events/model.py`; use them as `m.VolumeAttached` through it), folded by
-`events/fold_hotplug.py`. The volumes themselves (virtbus's PVCs) are an aggregate of their own:
-their events are in `events/model_aggregates.py`.
+`events/fold_hotplug.py` (the capture by `fold_lifecycle.py`). The volumes themselves (virtbus's
+PVCs) are an aggregate of their own: their events are in `events/model_aggregates.py`.
 """
 
 from __future__ import annotations
@@ -92,3 +93,15 @@ class VMRestartRequired(Event, frozen=True):
     RestartRequired condition, with its message); it takes effect at the next start."""
 
     message: str
+
+
+class InstancetypeRevisionCaptured(Event, frozen=True):
+    """KubeVirt's ControllerRevision: the spec of the VM's instance type (or preference, as
+    `which` says) as it was when captured, which sizes the VM from now on whatever becomes of
+    the object, until the VM names another one."""
+
+    which: str  # "instancetype" or "preference"
+    object_kind: str  # KubeVirt's, e.g. VirtualMachineClusterInstancetype
+    name: str
+    revision: str
+    spec: dict[str, Any] = {}

@@ -43,6 +43,7 @@ AGGREGATES: Final = (
     "clusterpreference",
     "vmpool",
     "kubevirt",
+    "service",
 )
 CLUSTER_SCOPED: Final = frozenset(
     {"node", "webhook", "intake", "audit", "user", "clusterinstancetype", "clusterpreference"}

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from msgspec.structs import force_setattr, replace
 
+from events import fold_guest as guest
 from events import fold_hotplug as hotplug
 from events import fold_lifecycle as lifecycle
 from events import fold_migration as migration
@@ -77,6 +78,11 @@ HANDLERS: Final[Mapping[type[m.Event], Handler]] = {
     m.VMRestartRequested: lifecycle.vm_restart_requested,
     m.VMPauseRequested: lifecycle.vm_pause_requested,
     m.VMUnpauseRequested: lifecycle.vm_pause_requested,
+    m.VMResetRequested: lifecycle.vm_reset_requested,
+    m.MemoryDumpRequested: guest.memory_dump_requested,
+    m.MemoryDumpCompleted: guest.memory_dump_ended,
+    m.MemoryDumpFailed: guest.memory_dump_ended,
+    m.MemoryDumpRemoved: guest.memory_dump_removed,
     m.VMScheduled: lifecycle.vm_scheduled,
     m.VMUnschedulable: lifecycle.vm_unschedulable,
     m.VMRunning: lifecycle.vm_running,
@@ -95,6 +101,8 @@ HANDLERS: Final[Mapping[type[m.Event], Handler]] = {
     m.DomainStopped: lifecycle.domain_stopped,
     m.DomainRebooted: lifecycle.domain_rebooted,
     m.GuestAgentChanged: lifecycle.guest_agent_changed,
+    m.VMSoftRebootRequested: lifecycle.vm_soft_reboot_requested,
+    m.SoftRebootSent: lifecycle.soft_reboot_sent,
     # the instance's address
     m.IPAllocated: network.ip_allocated,
     m.IPReleased: network.ip_released,

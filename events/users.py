@@ -25,7 +25,9 @@ NODE: Final = "node"
 DISPATCHER: Final = "dispatcher"  # the webhook dispatcher's: it commands nothing
 ROLES: Final = (ADMIN, EDIT, VIEW, NODE, DISPATCHER)
 # what `edit` commands
-EDITABLE: Final = frozenset({"vm", "rs", "vmpool", "volume", "instancetype", "preference"})
+EDITABLE: Final = frozenset(
+    {"vm", "rs", "vmpool", "volume", "instancetype", "preference", "service"}
+)
 
 # kubectl's resource names, for messages a Kubernetes user reads like its own
 _RESOURCE: Final = {"vm": "virtualmachines", "rs": "virtualmachineinstancereplicasets",
@@ -34,7 +36,8 @@ _RESOURCE: Final = {"vm": "virtualmachines", "rs": "virtualmachineinstancereplic
                     "clusterinstancetype": "virtualmachineclusterinstancetypes",
                     "preference": "virtualmachinepreferences",
                     "clusterpreference": "virtualmachineclusterpreferences",
-                    "vmpool": "virtualmachinepools", "kubevirt": "kubevirts"}  # fmt: skip
+                    "vmpool": "virtualmachinepools", "kubevirt": "kubevirts",
+                    "service": "services"}  # fmt: skip
 
 
 # What a node writes: its observations, nothing else (no decision, no command, no rejection).
@@ -49,6 +52,8 @@ NODE_WRITES: Final[frozenset[type[m.Event]]] = frozenset({
     m.VolumeDetached, m.VolumeReady, m.VolumeFailed, m.VolumeMoved, m.VolumeMoveFailed,
     m.VolumeProgress, m.HotVCPUChanged, m.HotMemoryChanged, m.HotChangeFailed,
     m.NodeRegistered, m.ImagePulling, m.ImagePulled, m.DomainRebooted, m.GuestAgentChanged,
+    m.SoftRebootSent,
+    m.MemoryDumpCompleted, m.MemoryDumpFailed,
 })  # fmt: skip
 
 

@@ -45,6 +45,7 @@ class Migration(msgspec.Struct, frozen=True, gc=False):
     scheduled: datetime | None = None  # when the target was chosen: the duration counts from here
     cancel: bool = False  # migrate-cancel asked
     target_pod: str = ""  # the target's launcher, until it is removed
+    target_agent: bool | None = None  # what the target last told of the guest agent, if anything
 
 
 # KubeVirt's VirtualMachineInstanceMigration phases beyond the shared ones.
@@ -107,6 +108,20 @@ class Restore(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     done_at: datetime | None = None
 
 
+class MemoryDump(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """KubeVirt's `status.memoryDumpRequest`: the claim, and where its latest dump is."""
+
+    claim: str
+    phase: str = "InProgress"  # KubeVirt's: InProgress, Completed, Failed
+    requested: int = 0  # version of the request
+    vmi_uid: str = ""  # the instance whose memory is dumped
+    started: datetime | None = None
+    ended: datetime | None = None
+    file_name: str = ""
+    message: str = ""
+    node: str = ""  # where the dump was written (its claim's node)
+
+
 class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     namespace: str = ""
     name: str = ""
@@ -142,11 +157,17 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     restarting: bool = False  # a restart was asked: start again once the instance is down
     want_paused: bool = False  # what the user asked; `paused` is what the node observed
     intent_version: int = 0  # version of the latest start/stop/restart/pause/unpause request
+    reset_asked: int = 0  # version of the latest reset request (of instance `reset_vmi`)
+    reset_vmi: str = ""
+    reset_done: int = 0  # the latest reset the node carried out
+    memory_dump: MemoryDump | None = None
     started: datetime | None = None  # when the current instance's domain started
     backoff_until: datetime | None = None  # CrashLoopBackOff: no restart before this
     stop_grace: int | None = None  # how the latest stop asked to be done
     stop_force: bool = False
     agent_connected: bool = False  # the guest agent of the running instance answers (KubeVirt's)
+    soft_reboot: str = ""  # the instance a soft reboot was asked of, until its node asked it
+    soft_reboot_version: int = 0  # the request's version (its work item's id)
     ip: str = ""  # the instance's address on the VM network (events/model_network.py)
     ip_vmi: str = ""  # the instance that holds `ip`: another (or none) means it is to be released
     mac: str = ""  # the instance's NIC address, decided with `ip`

@@ -70,6 +70,20 @@ class Unpause(Work, frozen=True):
     pass
 
 
+class SoftReboot(Work, frozen=True):
+    """Ask the guest to reboot: through its agent when one is connected, else by ACPI."""
+
+
+class Reset(Work, frozen=True):
+    """Reset the running domain (virDomainReset); `version` is the reset request's."""
+
+
+class DumpMemory(Work, frozen=True):
+    """Dump the running domain's memory into claim `claim`; `version` is the request's."""
+
+    claim: str
+
+
 class VolumeWork(Work, frozen=True):
     """A hotplug item: `volume` and `disk` as the request named them, `version` the request's."""
 
@@ -221,9 +235,8 @@ class CleanupTarget(MigrationWork, frozen=True):
 
 
 AnyWork = (
-    Start | Stop | Pause | Unpause | AttachVolume | DetachVolume | Resize | TakeSnapshot
-    | RestoreSnapshot
-    | RemoveSnapshot | ProvisionVolume | RemoveVolume | MoveVolume | PrepareTarget | MigrateSource
-    | AbortMigration | CleanupTarget
+    Start | Stop | Pause | Unpause | SoftReboot | Reset | DumpMemory | AttachVolume | DetachVolume
+    | Resize | TakeSnapshot | RestoreSnapshot | RemoveSnapshot | ProvisionVolume | RemoveVolume
+    | MoveVolume | PrepareTarget | MigrateSource | AbortMigration | CleanupTarget
 )  # fmt: skip
 WORK_DECODER: Final = msgspec.json.Decoder(AnyWork)

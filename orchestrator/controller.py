@@ -44,7 +44,7 @@ from orchestrator.instancetypes import captures, effective
 from orchestrator.keyed import KeyedQueue
 from orchestrator.lease import either
 from orchestrator.migrations import Cluster
-from orchestrator.nodeloss import record_lost
+from orchestrator.nodeloss import Heartbeats, record_lost
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import place
 from orchestrator.snapshots import removal_work
@@ -287,17 +287,25 @@ class Controller(Folded):
                 log.exception("reacting to seq %s (%s) failed", rec.seq, rec.subject)
 
     async def _timers(self, stop: asyncio.Event) -> None:
+        beats = Heartbeats()
         kv = await self.nc.jetstream().key_value(HEARTBEAT_BUCKET)
-        while not stop.is_set():
-            now = datetime.now(UTC)
-            for key, at in list(self._wakes.items()):
-                if at <= now:
-                    del self._wakes[key]
-                    self._reactions.kick(key)
-            if time.time() - self._started >= self.node_grace_s:  # heartbeats had time to come
-                await record_lost(self.store, kv, self.nodes, grace_s=self.node_grace_s)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+        watch = asyncio.create_task(beats.run(kv), name="controller-heartbeats")
+        try:
+            while not stop.is_set():
+                now = datetime.now(UTC)
+                for key, at in list(self._wakes.items()):
+                    if at <= now:
+                        del self._wakes[key]
+                        self._reactions.kick(key)
+                # Heartbeats had time to come, and the bucket's own are read.
+                if beats.ready.is_set() and time.time() - self._started >= self.node_grace_s:
+                    await record_lost(self.store, beats.last, self.nodes,
+                                      grace_s=self.node_grace_s)  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
 
     async def run(self, stop: asyncio.Event, *, leading: asyncio.Event | None = None) -> None:
         """Fold the log and keep folding it; act once `leading` is set (None: at once). A

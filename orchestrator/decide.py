@@ -100,10 +100,21 @@ def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = Non
             if s.paused or s.want_paused:
                 raise _reject("VMI is already paused")
             return [m.VMPauseRequested()]
+        case c.SoftRebootVM():
+            return _soft_reboot(s)
         case c.UnpauseVM():
             if not (s.paused or s.want_paused):
                 raise _reject("VMI is not paused")
             return [m.VMUnpauseRequested()]
+        case c.ResetVM():
+            return [m.VMResetRequested(vmi_uid=_resettable(s, cmd))]
+        case c.MemoryDumpVM():
+            return [m.MemoryDumpRequested(claim=cmd.claim, vmi_uid=_dumpable(s, cmd))]
+        case c.RemoveMemoryDump():
+            if s.memory_dump is None:
+                raise _reject(f"can't remove memory dump association for vm {cmd.name}, no "
+                              "association found")  # fmt: skip
+            return [m.MemoryDumpRemoved(claim=s.memory_dump.claim)]
         case c.DeleteVM():
             if s.status == TERMINATING:
                 raise _reject("VM is already being deleted")
@@ -126,6 +137,43 @@ def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = Non
         case c.DeleteSnapshot():
             return decide_delete_snapshot(s, cmd)
     raise _reject(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
+
+
+def _soft_reboot(s: VMState) -> list[m.Event]:
+    """KubeVirt's checks (virt-api's softreboot subresource), in its words: without a connected
+    agent the node presses the ACPI button, unless the spec turned ACPI off."""
+    if s.phase != RUNNING:
+        raise _reject("VM is not running")
+    if s.paused or s.want_paused:
+        raise _reject("VMI is paused")
+    domain = ((s.spec.get("template") or {}).get("spec") or {}).get("domain") or {}
+    acpi = (domain.get("features") or {}).get("acpi") or {}
+    if not s.agent_connected and acpi.get("enabled") is False:
+        raise _reject("VMI neither have the agent connected nor the ACPI feature enabled")
+    return [m.VMSoftRebootRequested()]
+
+
+def _resettable(s: VMState, cmd: c.ResetVM) -> str:
+    """The instance a reset is for, or KubeVirt's refusal (no VMI: not found; one on its way up:
+    not running)."""
+    if not s.running:
+        raise _reject(f'virtualmachineinstance.kubevirt.io "{cmd.name}" not found', field="name")
+    if s.phase != RUNNING:
+        raise _reject(f"Failed to reset non-running VMI with phase {s.phase}")
+    return s.vmi_uid
+
+
+def _dumpable(s: VMState, cmd: c.MemoryDumpVM) -> str:
+    """The instance whose memory goes into the claim, or KubeVirt's refusal."""
+    dump = s.memory_dump
+    if dump is not None and dump.claim != cmd.claim:
+        raise _reject(f"can't request memory dump for pvc [{cmd.claim}] while pvc [{dump.claim}] "
+                      "is still associated as the memory dump pvc", field="claim")  # fmt: skip
+    if dump is not None and dump.phase == "InProgress":
+        raise _reject(f"memory dump request for pvc [{cmd.claim}] already in progress")
+    if s.phase != RUNNING:
+        raise _reject(f"VirtualMachine {cmd.name} is not running; its memory cannot be dumped")
+    return s.vmi_uid
 
 
 # Replica sets and pools: one decision, each with its kind's names and events.

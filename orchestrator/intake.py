@@ -39,6 +39,7 @@ from events.model import CE_TYPE
 from events.names import COMMANDS_STREAM, Ref, aggregate_key, command_parts, outcome_subject
 from events.nodes import NodeState, apply_node
 from events.replicasets import ReplicaSetState, apply_rs
+from events.services import ServiceState, apply_service, decide_service
 from events.state import fold
 from events.users import authorize, decide_user, fold_user
 from events.webhooks import fold_webhook
@@ -340,6 +341,11 @@ def _decide(
         return decide_webhook(fold_webhook(ref.name, history), cmd)
     if ref.kind == "kubevirt":
         return decide_kubevirt(fold_kubevirt(r.envelope for r in history), cmd)
+    if ref.kind == "service":
+        svc = ServiceState()
+        for r in history:
+            svc = apply_service(svc, r.envelope)
+        return decide_service(svc, cmd)
     if ref.kind in KIND_OF:
         it = InstancetypeState()
         for r in history:

@@ -114,6 +114,13 @@ def _step(
         return [*_release(s, always=True), m.VMDeleted(disks=kept_disks(s.spec))], [], None
     if not s.exists:
         return [], [], None
+    if (
+        (dump := s.memory_dump) is not None
+        and dump.phase == "InProgress"
+        and (dump.vmi_uid != s.vmi_uid or s.phase not in _ACTIVE)
+    ):  # its instance ended first: no node will answer it
+        why = "the VMI stopped before its memory was dumped"
+        return [m.MemoryDumpFailed(claim=dump.claim, reason=why)], [], None
     clash = addresses is not None and addresses.clashes(s.ip)
     if released := _release(s, always=clash):  # its instance is over, or held twice
         return released, [], None
@@ -169,6 +176,15 @@ def _step(
             work: list[w.Work] = []
             if s.want_paused != s.paused:
                 work.append((w.Pause if s.want_paused else w.Unpause)(**_base(s)))
+            if s.soft_reboot and s.soft_reboot == s.vmi_uid:
+                work.append(w.SoftReboot(**{**_base(s), "version": s.soft_reboot_version}))
+            if s.reset_asked > s.reset_done and s.reset_vmi == s.vmi_uid:
+                work.append(w.Reset(**{**_base(s), "version": s.reset_asked}))
+            dump = s.memory_dump
+            if dump is not None and dump.phase == "InProgress" and dump.vmi_uid == s.vmi_uid:
+                work.append(
+                    w.DumpMemory(claim=dump.claim, **{**_base(s), "version": dump.requested})
+                )
             return [], work + _volume_work(s) + _resize_work(s), None
     return [], [], None
 

@@ -17,7 +17,7 @@ import typer
 from bench import cli as bench_cli
 from bus.connect import server_url
 from events.errors import VirtbusError
-from virtctl import cli_history, cli_kubectl, cli_migrate, cli_snapshot, cli_verbs
+from virtctl import cli_guest, cli_history, cli_kubectl, cli_migrate, cli_snapshot, cli_verbs
 from virtctl.cli_auth import auth_app
 from virtctl.cli_common import Hypervisor, Output, ServerOpt, add_bus_options, run, usage
 from virtctl.cli_console import (
@@ -26,7 +26,6 @@ from virtctl.cli_console import (
     guestosinfo,
     port_forward,
     scp,
-    soft_reboot,
     ssh,
     userlist,
     vnc,
@@ -164,6 +163,7 @@ def deploy_secrets(
 
 # The order of registration is the order of `virtbus --help` (verbs first, then the groups).
 cli_verbs.register(app)
+cli_guest.register(app)
 cli_kubectl.register(app)
 bench_cli.register(app)
 app.add_typer(admin, name="admin")
@@ -177,7 +177,7 @@ app.command()(console)
 app.command("port-forward")(port_forward)
 app.command()(ssh)
 app.command()(scp)
-app.command("soft-reboot")(soft_reboot)
+app.command("soft-reboot")(cli_verbs.soft_reboot)
 app.command("guestosinfo")(guestosinfo)
 app.command("userlist")(userlist)
 app.command("fslist")(fslist)

@@ -19,10 +19,9 @@ from nats.aio.client import Client
 
 from bus.client import send, session
 from bus.connect import identity, server_url
-from bus.credentials import KeyPair, creds_text, write_secret
+from bus.credentials import SENTINEL, KeyPair, creds_text, write_secret
 from bus.pki import Issued, issue
 from bus.store import EventStore
-from bus.trust import SENTINEL
 from events import commands as c
 from events import model as m
 from events.envelope import Recorded

@@ -1,5 +1,5 @@
-"""The console verbs of the `virtbus` CLI: `vnc`, `console`, `port-forward`, `ssh` and `scp`
-(virtctl's flags).
+"""The console verbs of the `virtbus` CLI: `vnc`, `console`, `port-forward`, `ssh`, `scp` and the
+guest agent's (virtctl's flags).
 
 `cli.py` registers them; the shared options and runner come from `cli_common.py`
 (`python -m virtbus` loads `cli.py` as `__main__`).
@@ -17,7 +17,7 @@ import typer
 
 from bus.connect import configured, server_url
 from events.errors import ValidationError
-from virtctl.cli_common import NsOpt, ServerOpt
+from virtctl.cli_common import NsOpt, ServerOpt, usage
 from virtctl.cli_common import finish as _finish
 from virtctl.cli_common import run as _run
 
@@ -36,15 +36,35 @@ SshOpts = Annotated[
 
 def vnc(
     name: NameArg,
+    shot_of: Annotated[
+        str | None, typer.Argument(help="with `screenshot`: the VM whose screen to save")
+    ] = None,
     proxy_only: Annotated[
         bool, typer.Option("--proxy-only", help="only print the port; start no viewer")
     ] = False,
     address: Annotated[str, typer.Option("--address", help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0 picks one")] = 0,
+    file: Annotated[
+        str | None, typer.Option("--file", "-f", help="screenshot: the PNG's path, - for stdout")
+    ] = None,
+    move_cursor: Annotated[
+        bool, typer.Option("--move-cursor", "-m", help="screenshot: accepted, not needed here")
+    ] = False,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
-    """Open a VNC connection to a running VM through a local port (prints {"port":N})."""
+    """Open a VNC connection to a running VM through a local port (prints {"port":N}); `vnc
+    screenshot NAME --file F` saves its screen as a PNG, as virtctl does."""
+    if name == "screenshot" and shot_of is not None:
+        from virtctl.console import screenshot
+
+        if not file:
+            raise usage('vnc screenshot: required flag(s) "file" not set')
+        _finish(_run(screenshot(server_url(server), name=shot_of, namespace=namespace,
+                                file=file)))  # fmt: skip
+        return
+    if shot_of is not None or file is not None:
+        raise usage("vnc: give vnc NAME, or vnc screenshot NAME --file F")
     from virtctl.console import vnc as vnc_
 
     _finish(_run(vnc_(server_url(server), name=name, namespace=namespace, address=address,
@@ -67,12 +87,12 @@ def console(
                           timeout_s=timeout * 60)))  # fmt: skip
 
 
-TargetArg = Annotated[str, typer.Argument(help="vm/NAME[.NAMESPACE] (or vmi/NAME)")]
+TargetArg = Annotated[str, typer.Argument(help="vm/NAME[.NAMESPACE] (or vmi/NAME, svc/NAME)")]
 
 
 def port_forward(
     target: TargetArg,
-    ports: Annotated[list[str], typer.Argument(help="[LOCAL:]REMOTE, one or more")],
+    ports: Annotated[list[str], typer.Argument(help="[tcp/|udp/][LOCAL:]REMOTE, one or more")],
     stdio: Annotated[
         bool, typer.Option("--stdio", help="one connection on stdin/stdout (an ssh ProxyCommand)")
     ] = False,
@@ -81,20 +101,31 @@ def port_forward(
     server: ServerOpt = None,
 ) -> None:
     """Forward local ports to a VM's ports over the bus (the node connects to the VM's address;
-    no port is opened on it)."""
-    from virtctl.portforward import forward, port_pair
+    no port is opened on it); `svc/NAME PORT` forwards to the target port of the Service's VM."""
+    from virtctl.portforward import forward
     from virtctl.portforward import stdio as stdio_
     from virtctl.portforward import target as target_
+    from virtctl.portspec import port_spec
 
     async def go() -> int:
-        name, ns = target_(target, namespace=namespace)
-        pairs = [port_pair(p) for p in ports]
+        specs = [port_spec(p) for p in ports]
         url = server_url(server)
+        kind, _, named = target.partition("/")
+        if kind.lower() in ("svc", "service", "services"):  # kubectl's: a Service's target ports
+            from virtctl.services import forward_target
+
+            ns = namespace
+            name, specs = await forward_target(url, name=named, namespace=ns, ports=specs)
+        else:
+            name, ns = target_(target, namespace=namespace)
         if stdio:
-            if len(pairs) != 1:
-                raise ValidationError("port: --stdio forwards exactly one port")
-            return await stdio_(url, name=name, namespace=ns, port=pairs[0][1])
-        return await forward(url, name=name, namespace=ns, ports=pairs, address=address)
+            if len(specs) != 1:
+                raise ValidationError("port: --stdio forwards exactly one port", field="port")
+            if specs[0].protocol != "tcp":
+                raise ValidationError(f"port: --stdio forwards a tcp port, not {ports[0]!r}",
+                                      field="port")  # fmt: skip
+            return await stdio_(url, name=name, namespace=ns, port=specs[0].remote)
+        return await forward(url, name=name, namespace=ns, ports=specs, address=address)
 
     _finish(_run(go()))
 
@@ -162,21 +193,17 @@ def scp(
 
 
 def _exec_on_bus(argv: list[str]) -> None:
-    """Become `argv` (ssh or scp), whose ProxyCommand logs in to the bus as this command did."""
+    """Become `argv` (ssh or scp), whose ProxyCommand logs in to the bus as this command did.
+    Access found rather than given (the local stack's, in the same directory) is found again by
+    the ProxyCommand; passed on, it would be held to as given, and an open bus refused."""
     access = configured()
-    env = {
-        **os.environ,
-        **{
-            var: str(path)
-            for var, path in (
-                ("VIRTBUS_CREDS", access.creds),
-                ("VIRTBUS_TLS_CA", access.tls_ca),
-                ("VIRTBUS_TLS_CERT", access.tls_cert),
-                ("VIRTBUS_TLS_KEY", access.tls_key),
-            )
-            if path
-        },
-    }
+    passed = () if access.adaptive else (
+        ("VIRTBUS_CREDS", access.creds),
+        ("VIRTBUS_TLS_CA", access.tls_ca),
+        ("VIRTBUS_TLS_CERT", access.tls_cert),
+        ("VIRTBUS_TLS_KEY", access.tls_key),
+    )  # fmt: skip
+    env = {**os.environ, **{var: str(path) for var, path in passed if path}}
     sys.stdout.flush()
     os.execvpe(argv[0], argv, env)
 
@@ -195,4 +222,3 @@ guestosinfo = _agent_verb("guestosinfo", "Print the guest agent's view of a runn
                           "hostname, timezone, users, filesystems) as JSON.")  # fmt: skip
 userlist = _agent_verb("userlist", "Print the users logged in to a running VM (guest agent).")
 fslist = _agent_verb("fslist", "Print the filesystems of a running VM (guest agent).")
-soft_reboot = _agent_verb("soft-reboot", "Reboot a running VM through its guest agent.")

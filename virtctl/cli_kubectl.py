@@ -1,4 +1,5 @@
-"""kubectl's verbs over every kind virtbus has: get, describe, wait, delete, create, patch.
+"""kubectl's verbs over every kind virtbus has: get, describe, wait, delete, patch (`create` is
+in `cli_guest`, beside virtctl's `create vm`).
 
 The typer layer only: each verb reads `KIND NAME` or kubectl's `KIND/NAME`, checks `-o`, `-l`,
 `--for` and `--type` before anything connects (a typo costs no bus round trip), then calls one
@@ -142,13 +143,6 @@ def delete(
     finish(run(objects.delete(url, kind=target, name=named, namespace=namespace, actor=actor())))
 
 
-def create(filename: FileOpt, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
-    """Create the objects of a manifest; one that exists already is refused (AlreadyExists)."""
-    from virtctl.objects import create_file
-
-    finish(run(create_file(server_url(server), path=filename, namespace=namespace)))
-
-
 def patch(
     kind: KindArg,
     patch_: Annotated[str, typer.Option("--patch", "-p", help="the patch, JSON")],
@@ -173,5 +167,5 @@ def patch(
 
 def register(app: typer.Typer) -> None:
     """Add these verbs to the `virtbus` app, in `--help`'s order."""
-    for verb in (create, delete, get, describe, wait, patch):
+    for verb in (delete, get, describe, wait, patch):
         app.command()(verb)

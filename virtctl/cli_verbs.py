@@ -120,6 +120,12 @@ def pause(
     lifecycle(c.PauseVM(name=named, namespace=namespace, actor=actor()), server)
 
 
+def soft_reboot(name: NameArg, namespace: NsOpt = "default", server: ServerOpt = None) -> None:
+    """Reboot a running VM's guest (virtctl's soft-reboot): through its guest agent, or by ACPI
+    when no agent is connected."""
+    lifecycle(c.SoftRebootVM(name=name, namespace=namespace, actor=actor()), server)
+
+
 def unpause(
     what: KindOrName,
     name: Annotated[str | None, typer.Argument()] = None,
@@ -129,6 +135,17 @@ def unpause(
     """Unpause a paused VM's instance (`unpause vm|vmi NAME`)."""
     named = _vm_or_vmi(what, name, "unpause")
     lifecycle(c.UnpauseVM(name=named, namespace=namespace, actor=actor()), server)
+
+
+def reset(
+    what: KindOrName,
+    name: Annotated[str | None, typer.Argument()] = None,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Reset a running VM's instance, as its reset button does (`reset vm|vmi NAME`)."""
+    named = _vm_or_vmi(what, name, "reset")
+    lifecycle(c.ResetVM(name=named, namespace=namespace, actor=actor()), server)
 
 
 def rename(
@@ -224,7 +241,7 @@ def version(
 
 def register(app: typer.Typer) -> None:
     """Add these verbs to the `virtbus` app, in `--help`'s order."""
-    verbs = (schema, apply, start, stop, restart, pause, unpause, rename, undelete, addvolume,
-             removevolume, scale, version)  # fmt: skip
+    verbs = (schema, apply, start, stop, restart, pause, unpause, reset, rename, undelete,
+             addvolume, removevolume, scale, version)  # fmt: skip
     for verb in verbs:
         app.command()(verb)

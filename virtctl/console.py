@@ -3,7 +3,8 @@
 The client never reaches a node directly: `vnc` listens on a local TCP port (printing `{"port":N}`
 like `virtctl vnc --proxy-only`) and relays each connection through an `bus.tunnel` session to
 the node worker, which holds the domain's VNC socket; `console` relays the terminal the same way
-to the domain's serial pty. Ctrl-] ends a console session, as in virtctl and virsh.
+to the domain's serial pty. Ctrl-] ends a console session, as in virtctl and virsh. `vnc
+screenshot` asks the node for a PNG of the screen (workers/screens.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import termios
 import tty
 from collections.abc import Iterator
+from pathlib import Path
 
 from nats.aio.client import Client
 
@@ -153,4 +155,31 @@ async def console(url: str, *, name: str, namespace: str, timeout_s: float = 300
                 loop.remove_reader(stdin)
                 await pipe.close("the console client left")
     print(f"\nconsole of {name} closed ({pipe.reason})", file=sys.stderr)
+    return 0
+
+
+async def screenshot(url: str, *, name: str, namespace: str, file: str) -> int:
+    """`vnc screenshot NAME --file F`: the node's PNG of the screen, into F (`-`: stdout)."""
+    async with session(url) as nc:
+        s = await running_vmi(nc, name=name, namespace=namespace)
+        pipe, info = await connect(nc, node=s.node, kind="screenshot", namespace=namespace,
+                                   name=name)  # fmt: skip
+        data = bytearray()
+        try:
+            async for frame in pipe.frames(idle_s=30, idle=lambda: VirtbusError(
+                    f"the screenshot of {name} stopped coming")):  # fmt: skip
+                data += frame
+        finally:
+            await pipe.close("received")
+    if len(data) != int(info.get("size", -1)):
+        raise VirtbusError(f"the screenshot of {name} came short: {len(data)} of {info.get('size')}"
+                           f" bytes ({pipe.reason})")  # fmt: skip
+    if file == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return 0
+    try:
+        await asyncio.to_thread(Path(file).write_bytes, bytes(data))
+    except OSError as err:
+        raise VirtbusError(f"Can't write image to a file: {err.strerror or err}") from err
     return 0

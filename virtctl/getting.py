@@ -148,18 +148,28 @@ async def listing(
     nc: Client, kind: k.Kind, *, name: str | None, namespace: str | None, wide: bool = False
 ) -> Listing:
     """What there is of `kind` (one NAME, or all) in `namespace` (None: every namespace)."""
-    from virtctl import migrations, snapshots, volumes
-
+    # Each kind's module is imported for its own kind only: a listing of VMs (the common one)
+    # pays for none of them.
     if kind in (k.SNAPSHOT, k.RESTORE):
+        from virtctl import snapshots
+
         return await snapshots.listing(nc, restores=kind is k.RESTORE, name=name,
                                        namespace=namespace)  # fmt: skip
     if kind in k.INSTANCETYPES:
         from virtctl import instancetypes
 
         return await instancetypes.listing(nc, kind, name=name, namespace=namespace)
+    if kind is k.SERVICE:
+        from virtctl import services
+
+        return await services.listing(nc, name=name, namespace=namespace)
     if kind in (k.PVC, k.DV):
+        from virtctl import volumes
+
         return await volumes.listing(nc, name=name, namespace=namespace, dv=kind is k.DV)
     if kind is k.VMIM:
+        from virtctl import migrations
+
         return await migrations.listing(nc, name=name, namespace=namespace, wide=wide)
     if kind in (k.VMIRS, k.VMPOOL):
         items = await rs_items(nc, name=name, namespace=namespace, kind=kind)

@@ -1,4 +1,4 @@
-"""`virtbus guestosinfo|userlist|fslist|soft-reboot NAME`: virtctl's guest-agent verbs, by bus.
+"""`virtbus guestosinfo|userlist|fslist NAME`: virtctl's guest-agent verbs, by bus.
 
 Each is one `guestagent` session to the node running the VM (workers/guestagent.py), whose reply
 carries the answer; the CLI prints it as JSON, as virtctl does.
@@ -20,8 +20,5 @@ async def ask(url: str, *, verb: str, name: str, namespace: str) -> int:
         pipe, answer = await connect(nc, node=s.node, kind="guestagent", namespace=namespace,
                                      name=name, params={"verb": verb})  # fmt: skip
         await pipe.close("answered")
-    if verb == "soft-reboot":
-        print(f"VMI {name} was scheduled to soft reboot")
-    else:
-        sys.stdout.write(json.dumps(answer, indent=2) + "\n")
+    sys.stdout.write(json.dumps(answer, indent=2) + "\n")
     return 0

@@ -70,7 +70,9 @@ INSTANCETYPES = (INSTANCETYPE, CLUSTER_INSTANCETYPE, PREFERENCE, CLUSTER_PREFERE
 VMPOOL = _kind("vmpools", "VirtualMachinePool", "pool.kubevirt.io", "vmpool", "vmpools")
 KUBEVIRT = _kind("kubevirt", "KubeVirt", "kubevirt.io", "kv", "kvs")
 NODE = Kind("nodes", "Node", "", ("node", "nodes", "no"), namespaced=False)
-KINDS = (VM, VMI, VMIRS, VMIM, SNAPSHOT, RESTORE, PVC, DV, *INSTANCETYPES, VMPOOL, KUBEVIRT, NODE)
+SERVICE = _kind("svc", "Service", "", "svc", "svcs")
+KINDS = (VM, VMI, VMIRS, VMIM, SNAPSHOT, RESTORE, PVC, DV, *INSTANCETYPES, VMPOOL, KUBEVIRT, NODE,
+         SERVICE)  # fmt: skip
 _BY_ALIAS = {alias: k for k in KINDS for alias in k.aliases}
 _BY_MANIFEST = {k.kind: k for k in KINDS}
 _SEPARATE = (
@@ -80,7 +82,7 @@ _SEPARATE = (
 )
 SUPPORTED = (
     "vm, vmi, vmirs, vmim, vmsnapshot, vmrestore, pvc, dv, vmf, vmcf, vmpref, vmcp, vmpool, "
-    "kubevirt, node"
+    "kubevirt, node, svc"
 )
 
 

@@ -1,8 +1,9 @@
 """`virtbus port-forward` and `virtbus ssh`: reaching a port of a VM over the bus, as virtctl does.
 
-Each local connection (or stdin/stdout with `--stdio`) is relayed through a `portforward`
-session (`bus.tunnel`) to the node worker running the VM, which connects to the VMI's address
-on the VM network (workers/portforward.py): no port is opened on any node. `ssh` runs the system
+Each local connection (or stdin/stdout with `--stdio`), and each local UDP peer of a `udp/` port,
+is relayed through a `portforward` session (`bus.tunnel`; `bus.datagrams` for UDP) to the node
+worker running the VM, which connects to the VMI's address on the VM network
+(workers/portforward.py): no port is opened on any node. `ssh` runs the system
 `ssh` with a ProxyCommand of `virtbus port-forward --stdio`, as `virtctl ssh` does with its
 `--local-ssh` mode.
 """
@@ -16,14 +17,17 @@ import shlex
 import sys
 from asyncio import StreamReader, StreamWriter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 from nats.aio.client import Client
 
 from bus.client import session
+from bus.datagrams import Inbox, relay_datagrams
 from bus.tunnel import FRAME, Pipe, connect, relay, relay_socket
 from events.errors import ValidationError, VirtbusError
 from virtctl.console import running_vmi
+from virtctl.portspec import PortSpec
 
 _TARGET = re.compile(r"^(?:(vm|vmi|virtualmachine|virtualmachineinstance)/)([a-z0-9.-]+)$")
 
@@ -37,36 +41,76 @@ def target(text: str, *, namespace: str) -> tuple[str, str]:
     return name, ns or namespace
 
 
-def port_pair(text: str) -> tuple[int, int]:
-    """(local, remote) of `[LOCAL:]REMOTE` (local 0: any free port)."""
-    local, _, remote = text.rpartition(":")
-    try:
-        pair = (int(local) if local else int(remote), int(remote))
-    except ValueError:
-        raise ValidationError(f"port: {text!r} is not [LOCAL:]REMOTE") from None
-    if not (0 <= pair[0] < 65536 and 0 < pair[1] < 65536):
-        raise ValidationError(f"port: {text!r} is out of range")
-    return pair
-
-
 async def _open(
-    nc: Client, *, node: str, name: str, namespace: str, port: int
+    nc: Client, *, node: str, name: str, namespace: str, port: int, protocol: str = "tcp"
 ) -> tuple[Pipe, dict[str, Any]]:
     return await connect(nc, node=node, kind="portforward", namespace=namespace, name=name,
-                         params={"port": port, "protocol": "tcp"})  # fmt: skip
+                         params={"port": port, "protocol": protocol})  # fmt: skip
 
 
-async def forward(url: str, *, name: str, namespace: str, ports: list[tuple[int, int]],
+Opener = Callable[[int, str], Awaitable[Pipe]]
+
+
+class _UdpPeers(asyncio.DatagramProtocol):
+    """One local UDP port: each local peer gets a session of its own (as virtctl opens one
+    tunnel per peer), its answers sent back to it; a session that ends is opened anew by the
+    peer's next datagram."""
+
+    def __init__(self, open_: Opener, *, remote: int) -> None:
+        self.open, self.remote = open_, remote
+        self.transport: asyncio.DatagramTransport | None = None
+        self.peers: dict[Any, Inbox] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        inbox = self.peers.get(addr)
+        if inbox is None:
+            inbox = self.peers[addr] = Inbox()
+            task = asyncio.create_task(self._peer(addr, inbox), name=f"udp-peer-{addr}")
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        inbox.put(data)
+
+    async def _peer(self, addr: Any, inbox: Inbox) -> None:
+        transport = self.transport
+        assert transport is not None
+        try:
+            pipe = await self.open(self.remote, "udp")
+        except VirtbusError as err:
+            print(f"error forwarding port udp/{self.remote}: {err.message}", file=sys.stderr)
+            self.peers.pop(addr, None)  # its datagrams are dropped, as the network would
+            return
+        try:
+            await relay_datagrams(pipe, inbox, send=lambda d: transport.sendto(d, addr))
+        finally:
+            self.peers.pop(addr, None)
+            await pipe.close("the local peer went quiet")
+
+    async def close(self) -> None:
+        for inbox in self.peers.values():
+            inbox.close("the forwarder stopped")
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def forward(url: str, *, name: str, namespace: str, ports: list[PortSpec],
                   address: str = "127.0.0.1") -> int:  # fmt: skip
-    """Listen on each local port until interrupted; each connection is one session."""
+    """Listen on each local port until interrupted; each TCP connection, and each UDP peer, is
+    one session."""
     async with session(url) as nc:
         s = await running_vmi(nc, name=name, namespace=namespace)
+
+        async def open_(remote: int, protocol: str) -> Pipe:
+            pipe, _ = await _open(nc, node=s.node, name=name, namespace=namespace, port=remote,
+                                  protocol=protocol)  # fmt: skip
+            return pipe
 
         def on_client(remote: int) -> Callable[[StreamReader, StreamWriter], Awaitable[None]]:
             async def serve(reader: StreamReader, writer: StreamWriter) -> None:
                 try:
-                    pipe, _ = await _open(nc, node=s.node, name=name, namespace=namespace,
-                                          port=remote)  # fmt: skip
+                    pipe = await open_(remote, "tcp")
                 except VirtbusError as err:
                     print(f"error forwarding port {remote}: {err.message}", file=sys.stderr)
                     writer.close()
@@ -78,17 +122,30 @@ async def forward(url: str, *, name: str, namespace: str, ports: list[tuple[int,
 
             return serve
 
-        servers = []
-        for local, remote in ports:
-            server = await asyncio.start_server(on_client(remote), address, local)
-            servers.append(server)
-            bound = server.sockets[0].getsockname()[1]
-            print(f"Forwarding from {address}:{bound} -> {remote}", flush=True)
+        servers, udp = [], []
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.gather(*(srv.serve_forever() for srv in servers))
+            for spec in ports:
+                if spec.protocol == "udp":
+                    transport, peers = await loop.create_datagram_endpoint(
+                        partial(_UdpPeers, open_, remote=spec.remote),
+                        local_addr=(address, spec.local),
+                    )
+                    udp.append((transport, peers))
+                    bound = transport.get_extra_info("sockname")[1]
+                    print(f"Forwarding from {address}:{bound} -> {spec.remote} (udp)", flush=True)
+                    continue
+                server = await asyncio.start_server(on_client(spec.remote), address, spec.local)
+                servers.append(server)
+                bound = server.sockets[0].getsockname()[1]
+                print(f"Forwarding from {address}:{bound} -> {spec.remote}", flush=True)
+            await asyncio.gather(*(srv.serve_forever() for srv in servers), asyncio.Future())
         finally:
             for srv in servers:
                 srv.close()
+            for transport, peers in udp:
+                transport.close()
+                await peers.close()
     return 0
 
 

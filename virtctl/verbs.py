@@ -40,7 +40,8 @@ APPLIED_KIND = {
 DONE = {
     "StartVM": "VM {} was scheduled to start", "StopVM": "VM {} was scheduled to stop",
     "RestartVM": "VM {} was scheduled to restart", "PauseVM": "VMI {} was scheduled to pause",
-    "UnpauseVM": "VMI {} was scheduled to unpause",
+    "UnpauseVM": "VMI {} was scheduled to unpause", "ResetVM": "VMI {} was scheduled to reset",
+    "SoftRebootVM": "VMI {} was scheduled to soft reboot",
     "DeleteVM": 'virtualmachine.kubevirt.io "{}" deleted',
     "UndeleteVM": "VM {} was restored; it is stopped, start it with `virtbus start {}`",
     "MigrateVM": "VM {} was scheduled to migrate",
@@ -255,9 +256,9 @@ async def _watch(
             before = states.get(key)
             if before is None:
                 before = (await VMRepository(store).get(Ref("vm", ref[2], ref[3])))[0]
-                if before.version >= rec.envelope.version:
-                    states[key] = before
-                    continue
+            if before.version >= rec.envelope.version:  # a later page of the list had it
+                states[key] = before
+                continue
             states[key] = apply(before, rec.envelope)
             typer.echo(_render(kind, [states[key]], [], output=output, namespace=namespace,
                                header=False))  # fmt: skip

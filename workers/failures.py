@@ -33,9 +33,13 @@ def failure_of(item: w.Work, reason: str, *, node: str) -> tuple[Ref, m.Event] |
         case w.Resize():
             resource = "cpu" if item.sockets else "memory"
             return item.ref, m.HotChangeFailed(resource=resource, reason=reason, node=node)
+        case w.DumpMemory():
+            return item.ref, m.MemoryDumpFailed(claim=item.claim, reason=reason, node=node)
         case w.ProvisionVolume() | w.MoveVolume():
             return item.ref, m.VolumeFailed(reason=reason)
-        case w.Stop() | w.Pause() | w.Unpause() | w.DetachVolume():
+        case w.SoftReboot():  # the guest runs on as it was: the request is over, and why
+            return item.ref, m.SoftRebootSent(node=node, method="", error=reason)
+        case w.Stop() | w.Pause() | w.Unpause() | w.Reset() | w.DetachVolume():
             # The instance is in a state nobody asked for: failed, the run strategy decides.
             return item.ref, m.VMFailed(reason=reason, node=node)
     return None

@@ -1,10 +1,11 @@
-"""Guest-agent sessions, the node's end: `virtbus guestosinfo`, `userlist`, `fslist` and
-`soft-reboot`, answered by the QEMU guest agent of a VM running here, as virtctl's are.
+"""Guest-agent sessions, the node's end: `virtbus guestosinfo`, `userlist` and `fslist`,
+answered by the QEMU guest agent of a VM running here, as virtctl's are (`soft-reboot` is a
+command, `SoftRebootVM`, recorded in the log with who asked).
 
-The node asks libvirt (virDomainGetGuestInfo, the agent's own `guest-info`, a reboot through the
-agent) and puts the answer in the session's reply, shaped as KubeVirt's objects
-(`VirtualMachineInstanceGuestAgentInfo`, `...GuestOSUserList`, `...FileSystemList`); the session
-then ends at once. A VM whose agent is not connected is refused, as KubeVirt refuses it.
+The node asks libvirt (virDomainGetGuestInfo, the agent's own `guest-info`) and puts the answer
+in the session's reply, shaped as KubeVirt's objects (`VirtualMachineInstanceGuestAgentInfo`,
+`...GuestOSUserList`, `...FileSystemList`); the session then ends at once. A VM whose agent is
+not connected is refused, as KubeVirt refuses it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from events.errors import HypervisorError, ValidationError
 from workers.hypervisor import Hypervisor
 from workers.sessions import Body, running_here
 
-VERBS: Final = ("guestosinfo", "userlist", "fslist", "soft-reboot")
+VERBS: Final = ("guestosinfo", "userlist", "fslist")
 _OS_KEYS: Final = {"name": "name", "kernelRelease": "kernel-release", "version": "version",
                    "prettyName": "pretty-name", "versionId": "version-id",
                    "kernelVersion": "kernel-version", "machine": "machine", "id": "id"}  # fmt: skip
@@ -98,9 +99,6 @@ class GuestAgent:
         return answer, body
 
     async def _ask(self, dom: str, verb: str) -> dict[str, Any]:
-        if verb == "soft-reboot":
-            await self.hv.reboot_guest(dom)
-            return {}
         info = await self.hv.guest_info(dom)
         if verb == "userlist":
             return {"metadata": {}, "items": users(info)}

@@ -297,6 +297,15 @@ class Hypervisor:
         dom = await self._call(self._lookup, name)
         await self._call(dom.resume)
 
+    async def reset(self, name: str) -> None:
+        """The reset button (virDomainReset): no shutdown, the guest starts over."""
+        await self.on_domain(name, lambda dom: dom.reset(0))
+
+    async def on_domain(self, name: str, fn: Callable[[Any], T]) -> T:
+        """`fn(domain)` in the libvirt pool: for the calls of other modules (dumps, screens)."""
+        dom = await self._call(self._lookup, name)
+        return await self._call(fn, dom)
+
     async def xml(self, name: str, *, migratable: bool = False) -> str:
         """The domain's live XML (its definition when it is not running); `migratable`: as a
         migration's destination XML must be."""
@@ -316,10 +325,16 @@ class Hypervisor:
         answer = await self._call(libvirt_qemu.qemuAgentCommand, dom, command, timeout_s, 0)
         return json.loads(answer).get("return")
 
-    async def reboot_guest(self, name: str) -> None:
-        """Reboot through the guest agent (virtctl soft-reboot): the guest's own clean reboot."""
+    async def reboot_guest(self, name: str, *, agent: bool) -> None:
+        """The guest's own clean reboot (virtctl soft-reboot): asked through its agent, or by the
+        ACPI power button (what KubeVirt falls back to without an agent)."""
         dom = await self._call(self._lookup, name)
-        await self._call(dom.reboot, libvirt.VIR_DOMAIN_REBOOT_GUEST_AGENT)
+        flag = (
+            libvirt.VIR_DOMAIN_REBOOT_GUEST_AGENT
+            if agent
+            else libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN
+        )
+        await self._call(dom.reboot, flag)
 
     async def attach_device(self, name: str, xml: str) -> None:
         """Hotplug a device into the running domain and keep it in its definition."""

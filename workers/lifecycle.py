@@ -1,5 +1,5 @@
-"""The node's part of a VM's lifecycle: start, stop, pause, unpause, hotplug and unplug, each
-carried out on libvirt and reported as the events it observed.
+"""The node's part of a VM's lifecycle: start, stop, pause, unpause, soft reboot, reset, hotplug
+and unplug, each carried out on libvirt and reported as the events it observed.
 
 Every operation is idempotent: a redelivered item finds the domain already as wanted and only
 reports what the log lacks. A stale item (its instance gone or elsewhere) is the caller's to drop.
@@ -88,6 +88,23 @@ class Lifecycle:
                     self.ctx.expectations.expect(dom, "resumed")
                     await hv.resume(dom)
                     await self.ctx.observe(item.ref, [m.DomainResumed(node=node)])
+            case w.SoftReboot():
+                if s.phase == RUNNING and s.soft_reboot == item.vmi_uid:  # not asked yet
+                    method = "agent" if s.agent_connected else "acpi"
+                    error = ""
+                    try:
+                        await hv.reboot_guest(dom, agent=s.agent_connected)
+                    except HypervisorError as err:
+                        error = err.message
+                    sent = m.SoftRebootSent(node=node, method=method, error=error)
+                    await self.ctx.observe(item.ref, [sent])
+            case w.Reset():
+                if s.phase == RUNNING and s.reset_done < item.version:
+                    self.ctx.expectations.expect(dom, "rebooted")  # the reset's own REBOOT event
+                    await hv.reset(dom)
+                    await self.ctx.observe(
+                        item.ref, [m.DomainRebooted(node=node, reset=item.version)]
+                    )
             case w.AttachVolume():
                 await self._attach(item, s)
             case w.DetachVolume():

@@ -41,6 +41,7 @@ GATEWAY: Final = "10.0.2.1"
 GATEWAY_MAC: Final = "02:00:0a:00:02:01"  # locally administered, alone on each VM's own link
 NEXT_HOP: Final = "169.254.1.1"  # the netns's default route: the host end answers by proxy ARP
 TOOLS: Final = ("ip", "iptables", "dnsmasq")
+DHCP_READY_S: Final = 5.0
 log = logging.getLogger("virtbus.vmnet")
 
 
@@ -87,10 +88,11 @@ async def _run(*args: str, check: bool = True) -> str:
 
 class VMNetwork:
     def __init__(self, run_dir: Path, *, node: str) -> None:
-        # dnsmasq's pid, lease and log files, one dir per domain; absolute, as dnsmasq works
+        # dnsmasq's lease and log files, one dir per domain; absolute, as dnsmasq works
         # from / (a node started with a relative --data-dir, as `make run`'s is)
         self.run_dir = run_dir.absolute()
         self.node = node
+        self._dnsmasq: dict[str, asyncio.subprocess.Process] = {}  # netns -> its DHCP server
 
     def names(self, dom: str) -> tuple[str, str, str]:
         return names(dom, node=self.node)
@@ -167,13 +169,40 @@ class VMNetwork:
             guest, gateway, mask = GUEST, GATEWAY, "255.255.255.0"
             await _run(*inside, "addr", "add", f"{GATEWAY}/24", "dev", tap)
             await _run(*inside, "link", "set", tap, "up")
-        await _run(
-            "ip", "netns", "exec", ns, "dnsmasq", "--conf-file=/dev/null", "--port=0",
-            f"--interface={tap}", "--bind-interfaces", "--except-interface=lo",
-            f"--dhcp-range={guest},{guest},{mask},12h", f"--dhcp-option=3,{gateway}",
-            f"--pid-file={d / 'dnsmasq.pid'}", f"--dhcp-leasefile={d / 'leases'}",
-            f"--log-facility={d / 'dnsmasq.log'}", "--user=root", "--group=root",
+        await self._dhcp(ns, d, args=(
+            f"--interface={tap}", f"--dhcp-range={guest},{guest},{mask},12h",
+            f"--dhcp-option=3,{gateway}",
+        ))  # fmt: skip
+
+    async def _dhcp(self, ns: str, d: Path, *, args: tuple[str, ...]) -> None:
+        """dnsmasq in the netns, in the foreground as this process's child (asyncio reaps it
+        when it ends): daemonized, it would be PID 1's to reap, and a container's PID 1 often
+        reaps nothing. Ready once it logs that it started (its sockets bound), or failed,
+        saying why."""
+        log_file = d / "dnsmasq.log"
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", ns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+            "--port=0", "--bind-interfaces", "--except-interface=lo", *args,
+            f"--dhcp-leasefile={d / 'leases'}", f"--log-facility={log_file}", "--user=root",
+            "--group=root",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
+        self._dnsmasq[ns] = proc
+        exited = asyncio.create_task(proc.wait(), name=f"vmnet-dnsmasq-{ns}")
+        try:
+            async with asyncio.timeout(DHCP_READY_S):
+                while not exited.done() and not await asyncio.to_thread(_started, log_file):
+                    await asyncio.wait({exited}, timeout=0.02)
+        except TimeoutError:
+            pass  # slow, not failed: the guest's DHCP client asks again
+        finally:
+            exited.cancel()
+        if proc.returncode is not None:
+            self._dnsmasq.pop(ns, None)
+            assert proc.stderr is not None
+            why = (await proc.stderr.read()).decode(errors="replace").strip()
+            raise NetworkError(f"dnsmasq in {ns} exited with {proc.returncode}: {why}")
 
     async def remove(self, dom: str) -> None:
         """Everything `prepare` and `attach` made for `dom`, gone; idempotent."""
@@ -187,6 +216,14 @@ class VMNetwork:
 
     async def _remove(self, ns: str) -> None:
         suffix = ns.removeprefix("vb-")
+        if (proc := self._dnsmasq.pop(ns, None)) is not None:
+            if proc.returncode is None:
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), DHCP_READY_S)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
         # Whatever runs in it (its dnsmasq) would keep the namespace alive once unnamed.
         for pid in (await _run("ip", "netns", "pids", ns, check=False)).split():
             with contextlib.suppress(OSError, ValueError):
@@ -195,6 +232,13 @@ class VMNetwork:
         await _run("ip", "link", "del", f"vbh-{suffix}", check=False)
         await _run("ip", "link", "del", f"vbt-{suffix}", check=False)
         await asyncio.to_thread(shutil.rmtree, self.run_dir / ns, True)
+
+
+def _started(log_file: Path) -> bool:
+    try:
+        return b"]: started," in log_file.read_bytes()
+    except FileNotFoundError:
+        return False
 
 
 def _sysctl(key: str, value: str) -> None:

@@ -33,6 +33,7 @@ from events.errors import VirtbusError
 from events.names import HEARTBEAT_BUCKET, WORK_STREAM, Ref, node_work_filter
 from events.nodes import Heartbeat
 from workers import metrics
+from workers.dumps import MemoryDumps
 from workers.failures import failure_of
 from workers.guestagent import GuestAgent
 from workers.hypervisor import DomainEvent, Hypervisor, ref_of_domain
@@ -45,6 +46,7 @@ from workers.pods import ExitHandler, PodDriver, ProcessPods
 from workers.populate import Populator
 from workers.portforward import PortForwards
 from workers.registry import Registries
+from workers.screens import Screens
 from workers.sessions import Sessions
 from workers.snapshots import NodeSnapshots, Snapshotting
 from workers.sync import reconcile
@@ -111,6 +113,7 @@ class Worker:
         )  # fmt: skip
         self.mover = Mover(self.volume_store)
         consoles = Consoles(self.hv, self.store, node=node)
+        self.dumps = MemoryDumps(self.ctx, root=self.volumes.root)
         self.sessions = Sessions(nc, node=node, handlers={
             "upload": Uploads(self.volume_store, self.store).open,
             "vnc": consoles.vnc, "console": consoles.console,
@@ -118,6 +121,8 @@ class Worker:
             "portforward": PortForwards(self.store, node=node,
                                         vm_network=self.ctx.network is not None).open,
             "guestagent": GuestAgent(self.hv, self.store, node=node).open,
+            "screenshot": Screens(self.hv, self.store, node=node).screenshot,
+            "memorydump": self.dumps.serve,
         })  # fmt: skip
         self.malformed = 0
         self._queues: dict[str, asyncio.Queue[Msg]] = {}
@@ -298,6 +303,9 @@ class Worker:
             return
         if s.vmi_uid != item.vmi_uid or s.node != self.node:
             return  # stale: the instance it was for is gone or elsewhere
+        if isinstance(item, w.DumpMemory):
+            await self.dumps.do(item, s)
+            return
         await self.lifecycle.do(item, s)
 
     # --- what libvirt and the launchers tell us --------------------------------------------------
@@ -327,7 +335,7 @@ class Worker:
             # libvirt 9 sends two REBOOT events for one guest reboot (seen here): one recorded.
             now, last = time.monotonic(), self._reboots.get(ev.domain, -REBOOT_COALESCE_S)
             self._reboots[ev.domain] = now
-            if now - last >= REBOOT_COALESCE_S:
+            if now - last >= REBOOT_COALESCE_S and not self.ctx.expectations.met(ev):
                 await self.observe(ref, [m.DomainRebooted(node=self.node)])
             return
         if ev.kind not in ("stopped", "suspended", "resumed") or self.ctx.expectations.met(ev):

@@ -60,14 +60,15 @@ async def test_provisioning_is_idempotent_and_refuses_a_conflicting_stream(data_
             with pytest.raises(ConfigConflict, match=r"VIRT_EVENTS .*subjects: existing"):
                 await provision(js)
             assert (await js.stream_info(EVENTS_STREAM)).config.subjects == ["virt.vm.>"]
-            # A stream from before the audit aggregate existed only gains its subjects.
-            older = [s for s in EVENT_SUBJECTS if s != "virt.audit.>"]
+            # A stream older than the audit, pool and KubeVirt aggregates just gains their subjects.
+            newer = ["virt.audit.>", "virt.kubevirt.>", "virt.vmpool.>"]
+            older = [s for s in EVENT_SUBJECTS if s not in newer]
             await js.update_stream(
                 StreamConfig(name=EVENTS_STREAM, subjects=older, allow_atomic=True,
                              allow_direct=True, deny_delete=True, deny_purge=True,
                              duplicate_window=600)
             )  # fmt: skip
-            assert await provision(js) == [f"stream {EVENTS_STREAM} subjects virt.audit.>"]
+            assert await provision(js) == [f"stream {EVENTS_STREAM} subjects {', '.join(newer)}"]
             subjects = (await js.stream_info(EVENTS_STREAM)).config.subjects
             assert sorted(subjects or []) == sorted(EVENT_SUBJECTS)
         finally:

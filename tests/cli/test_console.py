@@ -15,6 +15,7 @@ from paths import ROOT
 
 from bus.client import send
 from events import commands as c
+from events import model as m
 
 
 async def run(st: Stack, *args: str, connect: bool = False) -> tuple[int, str]:
@@ -65,13 +66,24 @@ async def test_vnc_console_and_port_forward_refuse_with_the_reason(stack: Stack)
     code, err = await run(stack, "port-forward", "quiet", "22")
     assert (code, err) == (1, "error: target: 'quiet' is not vm/NAME[.NAMESPACE] or vmi/NAME\n")
     code, err = await run(stack, "port-forward", "vm/quiet", "22:ssh")
-    assert (code, err) == (1, "error: port: '22:ssh' is not [LOCAL:]REMOTE\n")
+    assert (code, err) == (1, "error: port: '22:ssh' is not [tcp/|udp/][LOCAL:]REMOTE\n")
     code, err = await run(stack, "port-forward", "--stdio", "vm/quiet", "1", "2")
     assert (code, err) == (1, "error: port: --stdio forwards exactly one port\n")
     code, err = await run(stack, "port-forward", "--stdio", "vmi/nope.default", "22")
     assert (code, err) == (1, 'error: virtualmachineinstance.kubevirt.io "nope" not found\n')
     # The guest-agent verbs: the test driver's guests have no agent, and the node says so.
-    for verb in ("guestosinfo", "userlist", "fslist", "soft-reboot"):
+    for verb in ("guestosinfo", "userlist", "fslist"):
         code, err = await run(stack, verb, "quiet")
         assert (code, err) == (1, 'error: VirtualMachineInstance "quiet" has no guest agent '
                                   "connected\n"), verb  # fmt: skip
+    # soft-reboot is a command, in the log: without an agent the node presses the ACPI button.
+    assert await run(stack, "soft-reboot", "quiet") == (0, "")
+    for _ in range(400):
+        sent = [e for e in await stack.events("quiet") if isinstance(e, m.SoftRebootSent)]
+        if sent:
+            break
+        await asyncio.sleep(0.05)
+    assert sent == [m.SoftRebootSent(node="node-a", method="acpi")]
+    kinds = await stack.kinds("quiet")
+    assert kinds[kinds.index("VMSoftRebootRequested") :] == ["VMSoftRebootRequested",
+                                                            "SoftRebootSent"]  # fmt: skip

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
@@ -232,3 +233,33 @@ async def test_a_model_past_the_logs_end_is_rebuilt_from_this_log(
                 assert [n.name for n in await rm.nodes()] == ["only-node"]
         finally:
             await nc.close()
+
+
+async def test_a_page_of_vms_stops_at_its_byte_budget_and_its_namespaces(
+    model: ReadModel, store: EventStore
+) -> None:
+    ns, other = f"pg-{uuid.uuid4().hex[:8]}", f"pg-{uuid.uuid4().hex[:8]}"
+    for name in ("a", "b", "c"):
+        await store.append(Ref.vm(name, ns), [CREATED], expected_version=0)
+    await store.append(Ref.vm("z", other), [CREATED], expected_version=0)
+    await model.catch_up()
+    sql = "SELECT length(state) FROM vms WHERE namespace = ? AND name = 'a'"
+    [one] = await raw(model.path, sql, ns)
+    budget = 2 * one[0] + 2  # two rows and their separators fit, a third does not
+    page, last = await model.vm_page(namespaces=(ns,), after=None, include_deleted=False,
+                                     limit=0, budget=budget)  # fmt: skip
+    assert ([msgspec.json.decode(b)["name"] for b in page], last) == (["a", "b"], (ns, "b"))
+    page, last = await model.vm_page(namespaces=(ns,), after=last, include_deleted=False,
+                                     limit=0, budget=budget)  # fmt: skip
+    assert ([msgspec.json.decode(b)["name"] for b in page], last) == (["c"], None)
+    # One row bigger than the budget still comes, alone: a page is never empty while VMs remain.
+    page, last = await model.vm_page(namespaces=(ns,), after=None, include_deleted=False,
+                                     limit=0, budget=1)  # fmt: skip
+    assert ([msgspec.json.decode(b)["name"] for b in page], last) == (["a"], (ns, "a"))
+    both = await model.vm_page(namespaces=(other, ns), after=None, include_deleted=False,
+                               limit=0, budget=1 << 20)  # fmt: skip
+    assert [msgspec.json.decode(b)["name"] for b in both[0]] == (
+        ["a", "b", "c", "z"] if ns < other else ["z", "a", "b", "c"]
+    )
+    assert await model.vm_page(namespaces=(), after=None, include_deleted=False, limit=0,
+                               budget=1 << 20) == ([], None)  # fmt: skip

@@ -3,8 +3,9 @@ afterwards the log and libvirt agree exactly.
 
 The workers run as processes of their own with `VIRTBUS_CRASH_AT` (`bus/crashpoints.py`): each
 dies (as SIGKILL would) at the worst moment of one operation, `reporting:<Event>`, when libvirt
-has acted and the log has not been told; the guest outlives it (libvirtd owns QEMU). Started
-again, the worker's sync loop and the work redelivered to it must finish the operation once.
+has acted and the log has not been told, or `reported:<Event>`, when the log has been told and
+the work not acknowledged; the guest outlives it (libvirtd owns QEMU). Started again, the
+worker's sync loop and the work redelivered to it must finish the operation once.
 After each fault the domains every node's libvirt has, and their states, are compared with what
 the log's fold says runs where. One VM, one stack, the faults in turn: a minute or two in all.
 """
@@ -149,3 +150,17 @@ async def test_workers_killed_mid_operation_leave_libvirt_as_the_log_says(
     await st.until(VM, "Stopped", within=60)
     kinds = await settled(st, (m.DomainStopped,), after=n, what="a stop after libvirtd's restart")
     assert kinds["DomainStopped"] == 1, kinds
+
+    # Killed after the report and before the work is acknowledged: the work comes again to the
+    # restarted worker, which finds libvirt already as asked, and reports nothing twice.
+    for point, cmd, phase, kind in (
+        ("reported:DomainStarted", c.StartVM(name=VM), "Running", m.DomainStarted),
+        ("reported:DomainStopped", c.StopVM(name=VM), "Stopped", m.DomainStopped),
+    ):
+        n = len(await st.events(VM))
+        on = (A, B) if phase == "Running" else ((await st.state(VM)).node,)
+        await killed_at(st, point, cmd, on=on)
+        await st.until(VM, phase, within=90)
+        kinds = await settled(st, (kind,), after=n, what=point)
+        assert (kinds["DomainStarted"], kinds["DomainStopped"]) == (
+            (1, 0) if kind is m.DomainStarted else (0, 1)), (point, kinds)  # fmt: skip

@@ -12,12 +12,17 @@ TCG (`workers/hypervisor.py`, `accelerator`): slower, but a stock kernel boots t
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ipaddress
 import json
 import os
+import re
 import signal
+import socket
+import struct
 import sys
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,7 @@ from events import model as m
 from events.manifest import parse_documents
 from events.state import conditions
 from virtbus.guestdisk import IMAGE
+from workers.screens import PNG_MAGIC
 from workers.vmnet import names
 
 pytestmark = pytest.mark.kvm
@@ -155,13 +161,54 @@ async def ssh_key(where: Path) -> tuple[Path, str]:
     return key, (where / "id_ed25519.pub").read_text().strip()
 
 
+async def udp_echo(where: Path) -> str:
+    """A runcmd line that starts a UDP echo on the guest's port 7 (tests/support/udpecho.c,
+    built here: busybox has no UDP server), the binary carried base64'd in the line itself."""
+    binary = where / "udpecho"
+    cc = await asyncio.create_subprocess_exec(
+        "gcc", "-static", "-nostdlib", "-ffreestanding", "-fno-builtin", "-fno-stack-protector",
+        "-Os", "-s", "-Wl,--build-id=none", "-Wl,-n", "-Wl,--no-warn-rwx-segments",
+        "-o", str(binary), str(Path(__file__).parents[1] / "support" / "udpecho.c"),
+    )  # fmt: skip
+    assert await cc.wait() == 0
+    code = base64.b64encode(binary.read_bytes()).decode()
+    return f"echo {code} | base64 -d > /run/udpecho; chmod +x /run/udpecho; /run/udpecho &"
+
+
+async def udp_through_port_forward(st: QemuStack, name: str) -> list[bytes]:
+    """`virtbus port-forward vm/NAME udp/0:7`: two local peers' datagrams, each answered by the
+    guest's echo and sent back to the peer that asked (a session each, as virtctl has it)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(VIRTBUS), "port-forward", f"vm/{name}", "udp/0:7", "--server", st.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    loop = asyncio.get_running_loop()
+    peers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        found = re.fullmatch(r"Forwarding from 127\.0\.0\.1:([0-9]+) -> 7 \(udp\)\n", line)
+        assert found, line
+        answers = []
+        for peer, text in zip(peers * 2, (b"one", b"two", b"three", b"four"), strict=True):
+            peer.setblocking(False)
+            peer.sendto(text, ("127.0.0.1", int(found.group(1))))
+            answers.append(await asyncio.wait_for(loop.sock_recv(peer, 65536), 60))
+        return answers
+    finally:
+        for peer in peers:
+            peer.close()
+        proc.kill()
+        await proc.communicate()
+
+
 async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(
     gstack: QemuStack, tmp_path: Path
 ) -> None:
     key, public = await ssh_key(tmp_path)
     user_data = (
         "#cloud-config\nhostname: guest-one\nruncmd:\n- echo ran-by-cloud-init > /run/marker\n"
-        f"ssh_authorized_keys:\n- {public}\n"
+        f"- {await udp_echo(tmp_path)}\nssh_authorized_keys:\n- {public}\n"
     )
     await send(gstack.nc, tiny("tiny-linux", user_data=user_data))
     await send(gstack.nc, c.StartVM(name="tiny-linux"))
@@ -207,12 +254,19 @@ async def test_tiny_guest_boots_to_a_login_with_its_cloud_init_applied(
     )  # fmt: skip
     out, err = await asyncio.wait_for(ssh.communicate(), 120)
     assert (ssh.returncode, out) == (0, b"ran-by-cloud-init\ntiny\n"), err
-    # Everything the node made for the VM goes with it.
+    # UDP through `port-forward udp/...`, one datagram a frame, answered by the guest.
+    assert await udp_through_port_forward(gstack, "tiny-linux") == [
+        b"guest:one", b"guest:two", b"guest:three", b"guest:four"]  # fmt: skip
+    # Everything the node made for the VM goes with it. Its DHCP server (dnsmasq) is the
+    # node's own child, not a daemon left to PID 1: reaped once stopped, no zombie left.
     netns = names("default_tiny-linux", node=NODE)[0]
     assert netns in (await ip_netns())
+    dhcp = [p for p in (await ip_netns("pids", netns)).split() if comm(p) == "dnsmasq"]
+    assert len(dhcp) == 1 and parent(dhcp[0]) == os.getpid()  # the worker runs in this process
     await send(gstack.nc, c.StopVM(name="tiny-linux"))
     await gstack.until("tiny-linux", "Stopped", within=120)
     assert netns not in (await ip_netns())
+    assert not alive(dhcp[0])
 
 
 async def test_a_live_migration_keeps_the_address_and_moves_the_vm_network(
@@ -227,6 +281,7 @@ async def test_a_live_migration_keeps_the_address_and_moves_the_vm_network(
         async with qemu_stack(base, nodes=nodes, vm_network=True) as st:
             await send(st.nc, tiny("mover", strategy="Always"))  # runs once applied
             await booted(st, "mover", hostname="mover")
+            await agent_back(st, "mover", after=0)
             s = await st.state("mover")
             source, target = s.node, next(n for n in nodes if n != s.node)
             assert await ssh_banner(s.ip) == b"SSH-2.0-dropbear_2022.83"  # Debian 12's dropbear-bin
@@ -234,6 +289,9 @@ async def test_a_live_migration_keeps_the_address_and_moves_the_vm_network(
             await st.until_event("mover", m.MigrationSucceeded, within=BOOT_S)
             after = await st.state("mover")
             assert (after.node, after.ip, after.vmi_uid) == (target, s.ip, s.vmi_uid)
+            # KubeVirt's AgentConnected holds on the target, whose agent connected before the
+            # VM was the target's (recorded then, kept for the migration's success).
+            await agent_on(st, "mover", node=target)
             # The guest's sshd at the same address, now through the target's namespace.
             assert await ssh_banner(s.ip) == b"SSH-2.0-dropbear_2022.83"  # Debian 12's dropbear-bin
             dom = "default_mover"
@@ -261,10 +319,23 @@ async def ssh_banner(ip: str, *, within: float = 60) -> bytes:
             await asyncio.sleep(0.5)
 
 
-async def ip_netns() -> str:
-    proc = await asyncio.create_subprocess_exec("ip", "netns", "list",
+async def ip_netns(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec("ip", "netns", *(args or ("list",)),
                                                 stdout=asyncio.subprocess.PIPE)  # fmt: skip
     return (await proc.communicate())[0].decode()
+
+
+def comm(pid: str) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def alive(pid: str) -> bool:
+    """Whether `pid` is a process, a zombie included."""
+    return Path(f"/proc/{pid}").exists()
+
+
+def parent(pid: str) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
 
 
 @contextlib.asynccontextmanager
@@ -325,7 +396,9 @@ async def test_a_guest_powering_itself_off(gstack: QemuStack, strategy: str, tol
         assert (await gstack.state("selfoff")).status == "Stopped"
 
 
-async def test_a_guest_reboot_is_a_reboot_not_a_stop(gstack: QemuStack) -> None:
+async def test_a_guest_reboot_is_a_reboot_not_a_stop_and_reset_resets(
+    gstack: QemuStack, tmp_path: Path
+) -> None:
     await send(gstack.nc, tiny("rebooter"))
     await send(gstack.nc, c.StartVM(name="rebooter"))
     async with logged_in(gstack, "rebooter") as con:
@@ -339,11 +412,108 @@ async def test_a_guest_reboot_is_a_reboot_not_a_stop(gstack: QemuStack) -> None:
     code, out, err = await gstack.virtbus("soft-reboot", "rebooter")
     assert (code, out) == (0, "VMI rebooter was scheduled to soft reboot\n"), err
     await gstack.until_event("rebooter", m.DomainRebooted, after=asked, within=60)
+    # Without an agent, KubeVirt's fallback: the node presses the ACPI button, and libvirt turns
+    # the guest's power-off into a reset (its "fake reboot").
+    await agent_back(gstack, "rebooter", after=asked)
+    async with console(gstack, "rebooter") as con:
+        await root_shell(con, hostname="rebooter")
+        gone = len(await gstack.events("rebooter"))
+        await con.type("killall qemu-ga\r")
+        await gstack.until_event("rebooter", m.GuestAgentChanged, after=gone, within=60)
+    assert not (await gstack.state("rebooter")).agent_connected
+    acpi = len(await gstack.events("rebooter"))
+    code, out, err = await gstack.virtbus("soft-reboot", "rebooter")
+    assert (code, out) == (0, "VMI rebooter was scheduled to soft reboot\n"), err
+    await gstack.until_event("rebooter", m.DomainRebooted, after=acpi, within=BOOT_S)
+    await booted(gstack, "rebooter", hostname="rebooter")
     events = (await gstack.events("rebooter"))[before:]
-    # Two reboots and no stop; the guest agent going and coming back with each is the agent's.
+    # Three reboots and no stop; the guest agent going and coming back with each is the agent's.
     lifecycle = [type(e).__name__ for e in events if not isinstance(e, m.GuestAgentChanged)]
-    assert lifecycle == ["DomainRebooted", "DomainRebooted"]
+    assert lifecycle == ["DomainRebooted", "VMSoftRebootRequested", "SoftRebootSent",
+                         "DomainRebooted", "VMSoftRebootRequested", "SoftRebootSent",
+                         "DomainRebooted"]  # fmt: skip
+    sent = [(e.method, e.error) for e in events if isinstance(e, m.SoftRebootSent)]
+    assert sent == [("agent", ""), ("acpi", "")]
     assert (await gstack.state("rebooter")).status == "Running"
+    # `history` says who asked for each soft reboot: the command, with its actor.
+    code, out, err = await gstack.virtbus("history", "rebooter", "-o", "json")
+    assert code == 0, err
+    asked_by = [i["summary"] for i in json.loads(out)["items"]
+                if (i["category"], i["type"]) == ("Command", "SoftRebootVM")]  # fmt: skip
+    assert asked_by == ["SoftRebootVM: accepted -> VMSoftRebootRequested"] * 2
+
+    # `virtbus reset`: the reset button (virDomainReset): recorded once, by the node, with the
+    # request it carried out (libvirt's own REBOOT event for it is no second record); the guest
+    # boots again, the same instance. Then `vnc screenshot`: QEMU's PPM screen as a PNG.
+    await agent_back(gstack, "rebooter", after=asked)
+    reset_at = len(await gstack.events("rebooter"))
+    async with logged_in(gstack, "rebooter") as con:
+        code, out, err = await gstack.virtbus("reset", "vmi", "rebooter")
+        assert (code, out) == (0, "VMI rebooter was scheduled to reset\n"), err
+        await gstack.until_event("rebooter", m.DomainRebooted, after=reset_at, within=60)
+        await con.expect(b"rebooter login: ", within=BOOT_S, nudge="\r")  # booted again
+    events = (await gstack.events("rebooter"))[reset_at:]
+    told = [e for e in events if isinstance(e, m.VMResetRequested | m.DomainRebooted)]
+    s = await gstack.state("rebooter")
+    assert told == [m.VMResetRequested(vmi_uid=s.vmi_uid),
+                    m.DomainRebooted(node=s.node, reset=s.reset_asked)]  # fmt: skip
+    code, out, err = await gstack.virtbus("vnc", "screenshot", "rebooter", "-f",
+                                          str(tmp_path / "screen.png"))  # fmt: skip
+    assert (code, out) == (0, ""), err
+    png = (tmp_path / "screen.png").read_bytes()
+    width, height = struct.unpack(">II", png[16:24])
+    (idat_len,) = struct.unpack(">I", png[33:37])
+    rows = zlib.decompress(png[41 : 41 + idat_len])  # the encoder's one IDAT: every pixel
+    assert (png[:8], png[37:41], len(rows)) == (PNG_MAGIC, b"IDAT", height * (1 + 3 * width))
+
+    # `expose` and kubectl's `port-forward svc/NAME PORT`: the Service's port 2222 is the guest's
+    # sshd on 22, reached over the bus through the node that runs it.
+    code, out, err = await gstack.virtbus("expose", "vmi", "rebooter", "--port", "2222",
+                                          "--target-port", "22", "--name", "rb-ssh")  # fmt: skip
+    assert (code, out) == (0, "Service rb-ssh successfully created for vmi rebooter\n"), err
+    assert await forwarded_banner(gstack, "svc/rb-ssh", "0:2222") == b"SSH-2.0-dropbear_2022.83"
+
+    # `memory-dump get --create-claim --output`: QEMU's memory-only dump (an ELF core) written
+    # into a claim made on the VM's node, waited for, and downloaded whole.
+    code, out, err = await gstack.virtbus("memory-dump", "get", "rebooter", "--claim-name",
+                                          "rb-dump", "--create-claim", "--format", "raw",
+                                          "--output", str(tmp_path / "rb.dump"))  # fmt: skip
+    assert code == 0, err
+    assert out.startswith(
+        "PVC default/rb-dump created\nSuccessfully submitted memory dump request of VM rebooter\n"
+    ), out
+    dump = (await gstack.state("rebooter")).memory_dump
+    assert dump is not None and dump.phase == "Completed"
+    done = [e for e in await gstack.events("rebooter") if isinstance(e, m.MemoryDumpCompleted)]
+    data = (tmp_path / "rb.dump").read_bytes()
+    assert (data[:4], len(data), done[-1].file_name) == (b"\x7fELF", done[-1].size_bytes,
+                                                         dump.file_name)  # fmt: skip
+
+
+async def forwarded_banner(st: QemuStack, target: str, ports: str) -> bytes:
+    """The first line a `virtbus port-forward TARGET PORTS` connection reads."""
+    proc = await asyncio.create_subprocess_exec(
+        str(VIRTBUS), "port-forward", target, ports, "--server", st.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = b""
+    try:
+        said = await asyncio.wait_for(proc.stdout.readline(), 30)  # Forwarding from A:N -> P
+        port = int(said.split(b" -> ")[0].rsplit(b":", 1)[1])
+        for _ in range(60):  # the guest's sshd may still be starting after its reset
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                line = (await asyncio.wait_for(reader.readline(), 30)).strip()
+            finally:
+                writer.close()
+            if line:
+                return line
+            await asyncio.sleep(1)
+    finally:
+        proc.terminate()
+        _, err = await proc.communicate()
+    raise AssertionError(f"no banner through {target}: {err.decode()}")
 
 
 async def agent_back(st: QemuStack, name: str, *, after: int) -> None:
@@ -354,6 +524,17 @@ async def agent_back(st: QemuStack, name: str, *, after: int) -> None:
         if changes[-1].connected:
             return
         after += len(events)
+
+
+async def agent_on(st: QemuStack, name: str, *, node: str) -> None:
+    """Until the VM runs on `node` with its AgentConnected condition; fails when the log stops
+    telling of the agent without it."""
+    seen = len(await st.events(name))
+    while True:
+        s = await st.state(name)
+        if s.node == node and {"type": "AgentConnected", "status": "True"} in conditions(s):
+            return
+        seen += len(await st.until_event(name, m.GuestAgentChanged, after=seen, within=60))
 
 
 async def test_a_guest_kernel_panic_is_a_crash_then_the_run_strategy_answers(

@@ -101,7 +101,10 @@ class Stack:
         pytest.fail(f"{name}: wanted {status}, still {s.status} ({s.reason})")
 
     async def kinds(self, name: str) -> list[str]:
-        return [type(r.envelope.data).__name__ for r in await self.store.read(Ref.vm(name))]
+        return [type(e).__name__ for e in await self.events(name)]
+
+    async def events(self, name: str) -> list[m.Event]:
+        return [r.envelope.data for r in await self.store.read(Ref.vm(name))]
 
 
 @contextlib.asynccontextmanager

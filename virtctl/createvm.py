@@ -1,0 +1,297 @@
+"""`virtbus create vm`: virtctl's VirtualMachine generator; it prints a manifest, creates nothing.
+
+Its flags, defaults (runStrategy Always, 512Mi, a grace period of 180 s, a random `vm-xxxxx` name),
+`key:value,...` parameters, volume naming and messages (`failed to parse "--FLAG" flag: ...`) are
+virtctl's, so a line from KubeVirt's user guide piped into `virtbus apply -f -` gives the VM it
+gives there. Only the sources virtbus runs are offered: DataSources (`--volume-datasource`,
+`type:ds`), sysprep and access credentials are refused by name rather than written into a manifest
+`apply` would then refuse. Pure: no bus.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from events.errors import ValidationError
+from events.names import check_name
+from events.quantity import parse_quantity
+
+RUN_STRATEGIES = ("Always", "Manual", "Halted", "Once", "RerunOnFailure")
+CLOUD_INIT_DISK = "cloudinitdisk"
+CLOUD_CONFIG = "#cloud-config"
+_IMPORT_TYPES = ("blank", "http", "pvc", "registry")  # what virtbus's DataVolumes import
+_NOT_HERE = {
+    "volume-datasource": "virtbus has no DataSources (cdi.kubevirt.io DataSource); use "
+                         "--volume-import type:registry or type:http",
+    "volume-sysprep": "virtbus runs no Windows sysprep volumes",
+    "access-cred": "virtbus injects no credentials from Secrets; use --ssh-key",
+}  # fmt: skip
+
+
+def flag_error(flag: str, why: str) -> ValidationError:
+    return ValidationError(f'failed to parse "--{flag}" flag: {why}', field=flag)
+
+
+def params(flag: str, text: str, *, known: tuple[str, ...]) -> dict[str, str]:
+    """virtctl's `key:value,key:value` parameters; unknown keys are refused by name."""
+    if not text:
+        raise flag_error(flag, "params may not be empty")
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition(":")
+        if not sep:
+            raise flag_error(flag, f"params need to have at least one colon: {part}")
+        out[key] = value
+    if unknown := [f"{k}:{v}" for k, v in out.items() if k not in known]:
+        raise flag_error(flag, f"unknown param(s): {','.join(unknown)}")
+    return out
+
+
+@dataclass(kw_only=True)
+class VMSpecFlags:
+    """The flags of `create vm` as typed (repeatable ones as lists)."""
+
+    name: str = ""
+    run_strategy: str = "Always"
+    termination_grace_period: int = 180
+    memory: str = ""
+    instancetype: str = ""
+    preference: str = ""
+    containerdisks: list[str] = field(default_factory=list)
+    pvcs: list[str] = field(default_factory=list)
+    imports: list[str] = field(default_factory=list)
+    user: str = ""
+    password_file: str = ""
+    ssh_keys: list[str] = field(default_factory=list)
+    cloud_init: str = ""  # "" (not given): nocloud, written only when it says something
+    cloud_init_user_data: str = ""
+    cloud_init_network_data: str = ""
+    refused: list[str] = field(default_factory=list)  # flags of `_NOT_HERE` that were given
+
+
+class _Builder:
+    def __init__(self, flags: VMSpecFlags, name: str) -> None:
+        self.flags = flags
+        self.name = name
+        self.volumes: list[dict[str, Any]] = []
+        self.disks: list[dict[str, Any]] = []
+        self.templates: list[dict[str, Any]] = []
+        self.boot_orders: set[int] = set()
+
+    def add(self, flag: str, volume: dict[str, Any], boot: str | None) -> None:
+        label = volume["name"]
+        try:
+            check_name(label, field="name")
+        except ValidationError as err:
+            raise flag_error(flag, f'invalid name "{label}": {err.message}') from None
+        if any(v["name"] == label for v in self.volumes):
+            raise flag_error(flag, f'there is already a volume with name "{label}"')
+        self.volumes.append(volume)
+        if boot is None:
+            return
+        if not boot.isdigit() or int(boot) == 0:
+            raise flag_error(flag, "bootorder must be greater than 0")
+        if int(boot) in self.boot_orders:
+            raise flag_error(flag, f"bootorder {boot} was specified multiple times")
+        self.boot_orders.add(int(boot))
+        self.disks.append({"bootOrder": int(boot), "name": label})
+
+    def containerdisks(self) -> None:
+        flag = "volume-containerdisk"
+        for i, text in enumerate(self.flags.containerdisks):
+            p = params(flag, text, known=("name", "src", "bootorder"))
+            if not p.get("src"):
+                raise flag_error(flag, "src must be specified")
+            label = p.get("name") or f"{self.name}-containerdisk-{i}"
+            self.add(flag, {"containerDisk": {"image": p["src"]}, "name": label},
+                     p.get("bootorder"))  # fmt: skip
+
+    def pvcs(self) -> None:
+        flag = "volume-pvc"
+        for text in self.flags.pvcs:
+            p = params(flag, text, known=("name", "src", "bootorder"))
+            if not p.get("src"):
+                raise flag_error(flag, "src must be specified")
+            namespace, claim = _prefixed(flag, p["src"])
+            if namespace:
+                raise flag_error(flag, f'not allowed to specify namespace of pvc "{claim}"')
+            volume = {"name": p.get("name") or claim, "persistentVolumeClaim": {"claimName": claim}}
+            self.add(flag, volume, p.get("bootorder"))
+
+    def imports(self) -> None:
+        flag = "volume-import"
+        for text in self.flags.imports:
+            p = params(flag, text, known=("type", "name", "size", "src", "url", "bootorder"))
+            kind = p.get("type", "")
+            if kind not in _IMPORT_TYPES:
+                raise flag_error(flag, f'invalid volume import type "{kind}", virtbus imports '
+                                       f"{', '.join(_IMPORT_TYPES)}")  # fmt: skip
+            source = _import_source(flag, kind, p)
+            label = p.get("name") or "imported-volume-" + _suffix()
+            size = p.get("size", "")
+            if not size and kind != "pvc":
+                raise flag_error(flag, "size must be specified")
+            if size:
+                try:
+                    parse_quantity(size)
+                except ValidationError as err:
+                    raise flag_error(flag, f'failed to parse param "size": {err.message}') from None
+            storage = {"resources": {"requests": {"storage": size}}} if size else {}
+            self.templates.append({"metadata": {"creationTimestamp": None, "name": label},
+                                   "spec": {"source": source, "storage": storage}})  # fmt: skip
+            self.add(flag, {"dataVolume": {"name": label}, "name": label}, p.get("bootorder"))
+
+
+def _prefixed(flag: str, text: str) -> tuple[str, str]:
+    parts = text.split("/")
+    if len(parts) > 2:
+        raise flag_error(flag, f"src invalid: invalid count {len(parts) - 1} of slashes in "
+                               "prefix/name")  # fmt: skip
+    if not parts[-1]:
+        raise flag_error(flag, "src invalid: name cannot be empty")
+    return (parts[0], parts[1]) if len(parts) == 2 else ("", parts[0])
+
+
+def _import_source(flag: str, kind: str, p: dict[str, str]) -> dict[str, Any]:
+    if kind == "blank":
+        return {"blank": {}}
+    if kind == "pvc":
+        if not p.get("src"):
+            raise flag_error(flag, "src must be specified")
+        namespace, claim = _prefixed(flag, p["src"])
+        if not namespace:
+            raise flag_error(flag, f'namespace of pvc "{claim}" must be specified')
+        return {"pvc": {"name": claim, "namespace": namespace}}
+    if not p.get("url"):
+        raise flag_error(flag, "url must be specified" if kind == "http" else
+                         "exactly one of url or imagestream must be defined")  # fmt: skip
+    return {kind: {"url": p["url"]}}
+
+
+def _suffix() -> str:
+    return "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+
+
+def _matcher(flag: str, text: str, kinds: tuple[str, str]) -> dict[str, str]:
+    kind, name = _prefixed(flag, text)
+    kind = kind.lower()
+    if kind and kind not in kinds:
+        noun = flag.removeprefix("--")
+        raise flag_error(flag, f'invalid {noun} kind "{kind}", supported values are: '
+                               f"{', '.join(kinds)}")  # fmt: skip
+    return {"kind": kind, "name": name} if kind else {"name": name}
+
+
+def _cloud_init(flags: VMSpecFlags) -> dict[str, Any] | None:
+    mode = (flags.cloud_init or "nocloud").lower()
+    if mode == "none":
+        return None
+    if mode != "nocloud":
+        raise flag_error("cloud-init", f'invalid cloud-init data source type "{flags.cloud_init}", '
+                         "virtbus supports nocloud, none")  # fmt: skip
+    source: dict[str, str] = {}
+    if flags.cloud_init_network_data:
+        source["networkDataBase64"] = flags.cloud_init_network_data
+    if flags.cloud_init_user_data:
+        source["userDataBase64"] = flags.cloud_init_user_data
+    else:
+        source["userData"] = _cloud_config(flags)
+    if not flags.cloud_init and source == {"userData": CLOUD_CONFIG}:
+        return None  # nothing to say: no volume, as virtctl
+    return {"cloudInitNoCloud": source, "name": CLOUD_INIT_DISK}
+
+
+def _cloud_config(flags: VMSpecFlags) -> str:
+    config = CLOUD_CONFIG
+    if flags.user:
+        config += f"\nuser: {flags.user}"
+    if flags.password_file:
+        try:
+            with open(flags.password_file, encoding="utf-8") as f:
+                password = f.read().strip()
+        except OSError as err:
+            raise flag_error("password-file", str(err.strerror or err)) from None
+        if password:
+            config += f"\npassword: {password}\nchpasswd: {{ expire: False }}"
+    keys = [k.strip() for text in flags.ssh_keys for k in text.split(",") if k.strip()]
+    if keys:
+        config += "\nssh_authorized_keys:" + "".join(f"\n  - {k}" for k in keys)
+    return config
+
+
+def generate(flags: VMSpecFlags) -> dict[str, Any]:
+    """The VirtualMachine virtctl's `create vm` prints for `flags` (ValidationError when one is
+    wrong, naming the flag)."""
+    for flag in flags.refused:
+        raise ValidationError(f"--{flag}: {_NOT_HERE[flag]}", field=flag)
+    if flags.memory and flags.instancetype:
+        raise ValidationError("if any flags in the group [memory instancetype] are set none of "
+                              "the others can be; [instancetype memory] were all set",
+                              field="memory")  # fmt: skip
+    if flags.cloud_init_user_data and (flags.user or flags.password_file or flags.ssh_keys):
+        raise ValidationError("if any flags in the group [cloud-init-user-data user ssh-key "
+                              "password-file] are set none of the others can be",
+                              field="cloud-init-user-data")  # fmt: skip
+    name = flags.name or "vm-" + _suffix()
+    check_name(name, field="name")
+    strategy = next((s for s in RUN_STRATEGIES if s.lower() == flags.run_strategy.lower()), "")
+    if not strategy:
+        raise flag_error("run-strategy", f'invalid run strategy "{flags.run_strategy}", '
+                         f"supported values are: {', '.join(RUN_STRATEGIES)}")  # fmt: skip
+    memory = flags.memory or "512Mi"
+    try:
+        parse_quantity(memory)
+    except ValidationError as err:
+        raise flag_error("memory", err.message) from None
+    b = _Builder(flags, name)
+    b.containerdisks()
+    b.pvcs()
+    b.imports()
+    if (cloud := _cloud_init(flags)) is not None:
+        b.add("cloud-init", cloud, None)
+    domain: dict[str, Any] = {"devices": {"disks": b.disks} if b.disks else {}, "resources": {}}
+    spec: dict[str, Any] = {"runStrategy": strategy}
+    if flags.instancetype:
+        spec["instancetype"] = _matcher("instancetype", flags.instancetype,
+                                        ("virtualmachineinstancetype",
+                                         "virtualmachineclusterinstancetype"))  # fmt: skip
+    else:
+        domain["memory"] = {"guest": memory}
+    if flags.preference:
+        spec["preference"] = _matcher("preference", flags.preference,
+                                      ("virtualmachinepreference",
+                                       "virtualmachineclusterpreference"))  # fmt: skip
+    if b.templates:
+        spec["dataVolumeTemplates"] = b.templates
+    template: dict[str, Any] = {
+        "domain": domain,
+        "terminationGracePeriodSeconds": flags.termination_grace_period,
+    }
+    if b.volumes:
+        template["volumes"] = b.volumes
+    spec["template"] = {"metadata": {"creationTimestamp": None}, "spec": template}
+    return {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"creationTimestamp": None, "name": name}, "spec": spec,
+            "status": {}}  # fmt: skip
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (cloud-init user data) as literal blocks, as virtctl prints them."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _text)
+
+
+def manifest(flags: VMSpecFlags) -> str:
+    """The YAML virtctl prints: keys in order, as Go's marshalling writes them."""
+    return yaml.dump(generate(flags), Dumper=_Dumper, sort_keys=True, default_flow_style=False)
