@@ -141,6 +141,12 @@ class SimNode:
                 await self.observe(item.ref, [m.VolumeAttached(volume=item.volume_name, node=n)])
             case w.DetachVolume():
                 await self.observe(item.ref, [m.VolumeDetached(volume=item.volume_name, node=n)])
+            case w.Resize():  # plugged as asked, as a QEMU node does
+                plugged: list[m.Event] = [m.HotVCPUChanged(sockets=item.sockets, node=n)]
+                plugged = plugged if item.sockets else []
+                if item.guest:
+                    plugged.append(m.HotMemoryChanged(guest=item.guest, node=n))
+                await self.observe(item.ref, plugged)
 
     async def observe(self, ref: Ref, events: Sequence[m.Event]) -> None:
         """Append what this node saw happen to `ref`."""

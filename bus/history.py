@@ -42,7 +42,7 @@ OBSERVED: Final = frozenset({
     m.MigrationFailed,
     m.SnapshotSucceeded, m.SnapshotFailed, m.RestoreSucceeded, m.RestoreFailed, m.VolumeAttached,
     m.VolumeAttachFailed, m.VolumeDetached, m.ImagePulled, m.ImagePulling, m.MemoryDumpCompleted,
-    m.MemoryDumpFailed,
+    m.MemoryDumpFailed, m.HotVCPUChanged, m.HotMemoryChanged, m.HotChangeFailed,
 })  # fmt: skip
 _BULKY: Final = frozenset({"spec", "volume", "disk", "labels", "annotations"})
 _DURATION: Final = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")

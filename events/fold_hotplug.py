@@ -46,3 +46,38 @@ def volume_detached(s: VMState, e: m.VolumeDetached, env: Stamped) -> VMState:
         volumes={k: v for k, v in s.volumes.items() if k != e.volume},
         hotplug={k: v for k, v in s.hotplug.items() if k != e.volume},
     )
+
+
+# --- CPU and memory -------------------------------------------------------------------------------
+
+
+def hot_vcpu_change_requested(s: VMState, e: m.HotVCPUChangeRequested, env: Stamped) -> VMState:
+    return replace(s, hot_sockets=e.sockets, hot_version=env.version)
+
+
+def hot_vcpu_changed(s: VMState, e: m.HotVCPUChanged, env: Stamped) -> VMState:
+    return replace(s, sockets_now=e.sockets, hot_sockets=0)
+
+
+def hot_memory_change_requested(s: VMState, e: m.HotMemoryChangeRequested, env: Stamped) -> VMState:
+    return replace(s, hot_guest=e.guest, hot_version=env.version)
+
+
+def hot_memory_changed(s: VMState, e: m.HotMemoryChanged, env: Stamped) -> VMState:
+    return replace(s, guest_now=e.guest, hot_guest=0)
+
+
+def hot_change_failed(s: VMState, e: m.HotChangeFailed, env: Stamped) -> VMState:
+    # KubeVirt's words: what failed live waits for the next start.
+    if e.resource == "memory":
+        why = ("memory updated in template spec. Memory-hotplug failed and is not available "
+               "for this VM configuration")  # fmt: skip
+        return replace(s, hot_guest=0, restart_required=s.running, restart_message=why)
+    why = f"CPU sockets updated in template spec. CPU hotplug failed: {e.reason}"
+    return replace(s, hot_sockets=0, restart_required=s.running, restart_message=why)
+
+
+def vm_restart_required(s: VMState, e: m.VMRestartRequired, env: Stamped) -> VMState:
+    if not s.running:
+        return s
+    return replace(s, restart_required=True, restart_message=e.message)

@@ -30,6 +30,7 @@ from events.vmstate import (
     SUCCEEDED,
     TERMINATING,
     UNSCHEDULABLE,
+    Revision,
     VMState,
     migrating,
     migration_active,
@@ -43,7 +44,12 @@ _START: Final = m.VMStartRequested()
 
 
 def vm_scheduled(s: VMState, e: m.VMScheduled, env: Stamped) -> VMState:
-    return replace(s, node=e.node, vmi_uid=e.vmi_uid, phase=SCHEDULING, status=STARTING)
+    size = e.size
+    return replace(
+        s, node=e.node, vmi_uid=e.vmi_uid, phase=SCHEDULING, status=STARTING, size=size,
+        sockets_now=size.sockets if size else 0, guest_now=size.guest if size else 0,
+        hot_sockets=0, hot_guest=0,
+    )  # fmt: skip
 
 
 def vm_created(s: VMState, e: m.VMCreated, env: Stamped) -> VMState:
@@ -65,6 +71,13 @@ def vm_spec_changed(s: VMState, e: m.VMSpecChanged, env: Stamped) -> VMState:
         labels=s.labels if e.labels is None else e.labels,
         restart_required=s.restart_required or (e.restart_required and s.running),
     )
+
+
+def instancetype_revision_captured(
+    s: VMState, e: m.InstancetypeRevisionCaptured, env: Stamped
+) -> VMState:
+    captured = Revision(e.object_kind, e.name, e.revision, e.spec)
+    return replace(s, revisions={**s.revisions, e.which: captured})
 
 
 def vm_delete_requested(s: VMState, e: m.VMDeleteRequested, env: Stamped) -> VMState:
@@ -90,6 +103,7 @@ def vm_start_requested(s: VMState, e: m.VMStartRequested, env: Stamped) -> VMSta
     spec = spec_says(s.spec, strategy) if strategy != s.run_strategy else s.spec
     return replace(
         s, status=STARTING, phase=PENDING, reason="", restart_required=False, paused=False,
+        restart_message="",
         want_paused=e.paused, restarting=False, run_strategy=strategy, node="", vmi_uid="",
         ready=False, failures=s.failures if e.restart else 0, intent_version=env.version,
         spec=spec,

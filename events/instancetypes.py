@@ -91,7 +91,8 @@ def decide_instancetype(
 Lookup = Callable[[str, str, str], InstancetypeState | None]  # (aggregate, namespace, name)
 
 
-def _matcher(vm_spec: dict[str, Any], which: str) -> tuple[str, str] | None:
+def matcher(vm_spec: dict[str, Any], which: str) -> tuple[str, str] | None:
+    """The (aggregate, name) the VM spec's `instancetype` or `preference` names, or None."""
     found = vm_spec.get(which)
     if not isinstance(found, dict) or not isinstance(found.get("name"), str):
         return None
@@ -110,7 +111,7 @@ def find(vm_spec: dict[str, Any], *, namespace: str, lookup: Lookup) -> tuple[
     KubeVirt's `Failure to find ...` naming the field."""
     out: list[dict[str, Any] | None] = []
     for which in ("instancetype", "preference"):
-        matched = _matcher(vm_spec, which)
+        matched = matcher(vm_spec, which)
         if matched is None:
             out.append(None)
             continue

@@ -38,13 +38,15 @@ GATES: Final = {
     "HotplugNICs": GA, "VMExport": GA, "CommonInstancetypesDeploymentGate": GA,
     "InstancetypeReferencePolicy": GA, "VMLiveUpdateFeatures": GA, "PanicDevices": GA,
     "DataVolumes": GONE,
+    # Either opens `migrations.maxDowntimeMs` to change (virtbus has neither's other feature).
+    "MigrationStallDetection": ALPHA, "MigrationDowntimeTuning": ALPHA,
 }  # fmt: skip
 _DEPRECATED: Final = (
     'feature gate {} is deprecated (feature state is "{}"), therefore it can be safely removed '
     "and is redundant. For more info, please look at: "
     "https://github.com/kubevirt/kubevirt/blob/main/docs/deprecation.md"
 )
-# KubeVirt's `spec.configuration.migrations` keys -> MigrationPolicy fields (maxDowntimeMs is ours).
+# KubeVirt's `spec.configuration.migrations` keys -> MigrationPolicy fields.
 POLICY_KEYS: Final = {
     "bandwidthPerMigration": "bandwidth_bytes", "completionTimeoutPerGiB":
     "completion_timeout_per_gib", "allowAutoConverge": "allow_auto_converge",
@@ -77,6 +79,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     use_emulation: bool = True
     eviction_strategy: str = "None"  # KubeVirt's cluster default
     migrations: w.MigrationPolicy = w.MigrationPolicy()
+    live_update: bool = True  # vmRolloutStrategy: LiveUpdate (KubeVirt's default) or Stage
+    max_cpu_sockets: int = 0  # liveUpdateConfiguration.maxCpuSockets (0: by the ratio)
+    max_guest: int = 0  # liveUpdateConfiguration.maxGuest, bytes (0: by the ratio)
+    max_hotplug_ratio: int = 4  # liveUpdateConfiguration.maxHotplugRatio, KubeVirt's default
 
     def enabled(self, gate: str) -> bool:
         """KubeVirt's precedence: GA (always on) > listed > disabled > Beta (on) > off."""
@@ -93,7 +99,13 @@ def config_of(spec: dict[str, Any] | None) -> Config:
     conf = _map((spec if spec is not None else DEFAULT_SPEC).get("configuration"))
     dev = _map(conf.get("developerConfiguration"))
     migrations = {k: v for k, v in _map(conf.get("migrations")).items() if k in POLICY_KEYS}
+    live = _map(conf.get("liveUpdateConfiguration"))
+    max_guest = live.get("maxGuest")
     return Config(
+        live_update=conf.get("vmRolloutStrategy") in (None, "LiveUpdate"),
+        max_cpu_sockets=int(live.get("maxCpuSockets") or 0),
+        max_guest=parse_quantity(max_guest, field="maxGuest") if max_guest else 0,
+        max_hotplug_ratio=int(live.get("maxHotplugRatio") or 4),
         gates=frozenset(dev.get("featureGates") or ()),
         disabled=frozenset(dev.get("disabledFeatureGates") or ()),
         use_emulation=bool(dev.get("useEmulation", False)),
@@ -139,7 +151,8 @@ def policy_spec(policy: w.MigrationPolicy) -> dict[str, Any]:
 
 _ACTED: Final = {
     "spec": frozenset({"configuration"}),
-    "spec.configuration": frozenset({"developerConfiguration", "migrations", "evictionStrategy"}),
+    "spec.configuration": frozenset({"developerConfiguration", "migrations", "evictionStrategy",
+                                     "vmRolloutStrategy", "liveUpdateConfiguration"}),
     "spec.configuration.developerConfiguration": frozenset(
         {"featureGates", "disabledFeatureGates", "useEmulation"}),
 }  # fmt: skip
@@ -184,6 +197,7 @@ def read_spec(spec: dict[str, Any]) -> list[str]:
         field = "spec.configuration.evictionStrategy"
         raise ValidationError(f"{field}: {strategy!r} is not one of "
                               f"{', '.join(EVICTION_STRATEGIES)}", field=field)  # fmt: skip
+    _read_live_update(sections["spec.configuration"])
     migrations = sections["spec.configuration"].get("migrations")
     if migrations is not None:
         if not isinstance(migrations, dict):
@@ -197,6 +211,27 @@ def read_spec(spec: dict[str, Any]) -> list[str]:
             raise ValidationError(f"spec.configuration.{err.message}",
                                   field=f"spec.configuration.{err.field}") from None  # fmt: skip
     return warns
+
+
+def _read_live_update(conf: dict[str, Any]) -> None:
+    """`vmRolloutStrategy` and `liveUpdateConfiguration`, checked as KubeVirt's CRD schema does."""
+    at = "spec.configuration.vmRolloutStrategy"
+    if (strategy := conf.get("vmRolloutStrategy")) not in (None, "Stage", "LiveUpdate"):
+        raise ValidationError(f'{at}: Unsupported value: {strategy!r}: supported values: '
+                              '"Stage", "LiveUpdate"', field=at)  # fmt: skip
+    at = "spec.configuration.liveUpdateConfiguration"
+    live = conf.get("liveUpdateConfiguration")
+    if live is not None and not isinstance(live, dict):
+        raise ValidationError(f"{at}: expected a mapping", field=at)
+    for key, given in (live or {}).items():
+        field = f"{at}.{key}"
+        if key == "maxGuest":
+            parse_quantity(given, field=field)
+        elif key not in ("maxCpuSockets", "maxHotplugRatio"):
+            raise ValidationError(f"{field}: unknown; use maxCpuSockets, maxGuest or "
+                                  "maxHotplugRatio", field=field)  # fmt: skip
+        elif not isinstance(given, int) or isinstance(given, bool) or given < 1:
+            raise ValidationError(f"{field}: {given!r} is not a positive integer", field=field)
 
 
 def _gate_list(value: Any, path: str) -> list[str]:
@@ -216,11 +251,16 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     out += [f"disabledFeatureGates -{g}" for g in sorted(old.disabled - new.disabled)]
     for label, a, b in (("useEmulation", old.use_emulation, new.use_emulation),
                         ("evictionStrategy", old.eviction_strategy, new.eviction_strategy),
+                        ("vmRolloutStrategy", _rollout(old), _rollout(new)),
                         ("migrations", old.migrations, new.migrations)):  # fmt: skip
         if a != b:
             shown = policy_spec(b) if isinstance(b, w.MigrationPolicy) else b
             out.append(f"{label} {shown}")
     return out
+
+
+def _rollout(config: Config) -> str:
+    return "LiveUpdate" if config.live_update else "Stage"
 
 
 # --- gates on commands ---------------------------------------------------------------------------
@@ -234,6 +274,22 @@ def gated_paths(spec: dict[str, Any]) -> dict[str, str]:
     prefix = "spec.template.spec" if "template" in spec else "spec"
     return {f"{prefix}.volumes[{i}].hostDisk": "HostDisk"
             for i, v in enumerate(volumes) if isinstance(v, dict) and "hostDisk" in v}  # fmt: skip
+
+
+def refuse_downtime_change(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """KubeVirt's admission of its object: `migrations.maxDowntimeMs` changes only with the
+    MigrationStallDetection or MigrationDowntimeTuning gate listed (virt-operator's
+    validateMigrationConfiguration)."""
+
+    def downtime(spec: dict[str, Any]) -> Any:
+        return _map(_map(_map(spec).get("configuration")).get("migrations")).get("maxDowntimeMs")
+
+    gates = config_of(after).gates
+    if downtime(after) is not None and downtime(after) != downtime(before) and not gates & {
+            "MigrationStallDetection", "MigrationDowntimeTuning"}:  # fmt: skip
+        raise ValidationError("maxDowntimeMs cannot be modified without enabling the "
+                              "MigrationStallDetection or MigrationDowntimeTuning feature gate",
+                              field="spec.configuration.migrations.maxDowntimeMs")  # fmt: skip
 
 
 def refuse_gated(config: Config, cmd: c.Command, spec: dict[str, Any] | None) -> None:

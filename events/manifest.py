@@ -54,7 +54,8 @@ _VM_SPEC: Final = names(
     "updateVolumesStrategy liveUpdateFeatures"
 )
 _RS_SPEC: Final = names("replicas selector template paused")
-_POOL_SPEC: Final = names("replicas selector virtualMachineTemplate")
+_POOL_SPEC: Final = names("replicas selector virtualMachineTemplate scaleInStrategy")
+SORT_POLICIES: Final = ("AscendingOrder", "DescendingOrder", "Newest", "Oldest", "Random")
 _KUBEVIRT_SPEC: Final = names(
     "configuration certificateRotateStrategy customizeComponents imagePullPolicy "
     "imagePullSecrets imageRegistry imageTag infra monitorAccount monitorNamespace "
@@ -265,9 +266,10 @@ def _pool(
 ) -> Command:
     """A VirtualMachinePool: `replicas` VMs `<pool>-<index>` made from `virtualMachineTemplate`."""
     for key in [key for key in spec if key not in _POOL_SPEC]:
-        reader.warn(f"spec.{key}", "virtbus's pools do not act on it (they scale, and delete the "
-                                   "highest indexes first)")  # fmt: skip
+        reader.warn(f"spec.{key}", "virtbus's pools do not act on it (they scale, by their "
+                                   "scaleInStrategy)")  # fmt: skip
     _replicas(spec)
+    _scale_in(spec.get("scaleInStrategy"), reader)
     at = "spec.virtualMachineTemplate"
     if not spec.get("virtualMachineTemplate"):
         raise _fail(at, "is required")
@@ -277,16 +279,61 @@ def _pool(
     vm = f.mapping(template.get("spec"), f"{at}.spec")
     if not vm:
         raise _fail(f"{at}.spec", "is required")
-    if vm.get("dataVolumeTemplates"):
-        raise _fail(
-            f"{at}.spec.dataVolumeTemplates",
-            "virtbus's pools do not make a VM's "
-            "DataVolumes yet; use persistentVolumeClaim or containerDisk volumes",
-        )
     reader.section(vm, f"{at}.spec", fields=_VM_SPEC)
+    for one in _data_volume_templates(vm, reader, vm=name, namespace=namespace):
+        check_name(f"{one.name}-{_MAX_INDEX}", field=f"{at}.spec.dataVolumeTemplates")
     _check_run_strategy(vm, path=f"{at}.spec")
     reader.template(vm.get("template"), f"{at}.spec.template", sized="instancetype" in vm)
     return ApplyVMPool(name=name, namespace=namespace, spec=spec, labels=labels)
+
+
+def _scale_in(given: Any, reader: Reader) -> None:
+    """A pool's `scaleInStrategy`: one of unmanaged, opportunistic, proactive (KubeVirt's)."""
+    at = "spec.scaleInStrategy"
+    strategy = reader.section(given, at, fields=names("unmanaged opportunistic proactive"))
+    if len(strategy) > 1:
+        raise _fail(at, "give one of unmanaged, opportunistic and proactive")
+    for kind, given_body in strategy.items():
+        body = reader.section(given_body, f"{at}.{kind}",
+                              fields=names("selectionPolicy statePreservation"))  # fmt: skip
+        if body.get("statePreservation") not in (None, "Disabled"):
+            reader.warn(f"{at}.{kind}.statePreservation", "virtbus deletes a scaled-in VM's "
+                        "state (Disabled)")  # fmt: skip
+        policy = reader.section(body.get("selectionPolicy"), f"{at}.{kind}.selectionPolicy",
+                                fields=names("sortPolicy selectors"))  # fmt: skip
+        f.text(policy.get("sortPolicy"), f"{at}.{kind}.selectionPolicy.sortPolicy",
+               choices=SORT_POLICIES)  # fmt: skip
+        if policy.get("selectors") is not None:
+            reader.warn(f"{at}.{kind}.selectionPolicy.selectors", "virtbus's pools do not filter "
+                        "by selectors; the sort policy alone picks")  # fmt: skip
+        if policy.get("sortPolicy") == "Random":
+            reader.warn(f"{at}.{kind}.selectionPolicy.sortPolicy", "Random is the highest "
+                        "indexes first in virtbus (a choice replayed alike)")  # fmt: skip
+
+
+_MAX_INDEX: Final = 99999  # a pool's DataVolume names take its VMs' indexes: room for them
+
+
+def pool_vm_spec(vm: dict[str, Any], index: int) -> dict[str, Any]:
+    """The spec of a pool's VM number `index`: its `dataVolumeTemplates` named `<dv>-<index>`
+    and its volumes pointed at them (KubeVirt's pool controller, indexVMSpec)."""
+    spec = copy.deepcopy(vm)
+    renamed: dict[str, str] = {}
+    for tpl in spec.get("dataVolumeTemplates") or []:
+        meta = tpl.setdefault("metadata", {})
+        renamed[meta.get("name", "")] = meta["name"] = f"{meta.get('name', '')}-{index}"
+    for volume in ((spec.get("template") or {}).get("spec") or {}).get("volumes") or []:
+        for source, key in (("dataVolume", "name"), ("persistentVolumeClaim", "claimName")):
+            ref = volume.get(source)
+            if isinstance(ref, dict) and ref.get(key) in renamed:
+                ref[key] = renamed[ref[key]]
+    return spec
+
+
+def data_volume_commands(vm: dict[str, Any], *, name: str, namespace: str) -> list[Command]:
+    """The DataVolumes a VM spec's `dataVolumeTemplates` stand for, owned by VM `name` (what the
+    controller makes for a VM it creates itself: a pool's)."""
+    return _data_volume_templates(vm, Reader(), vm=name, namespace=namespace)
 
 
 def _data_volume_templates(

@@ -65,6 +65,14 @@ from events.model_guest import (
     VMSoftRebootRequested,
 )
 from events.model_hotplug import (
+    HotChangeFailed,
+    HotMemoryChanged,
+    HotMemoryChangeRequested,
+    HotVCPUChanged,
+    HotVCPUChangeRequested,
+    InstanceSize,
+    InstancetypeRevisionCaptured,
+    VMRestartRequired,
     VolumeAttached,
     VolumeAttachFailed,
     VolumeAttachRequested,
@@ -99,26 +107,27 @@ __all__ = [
     "AuditHead", "ClusterInstancetypeApplied", "ClusterInstancetypeDeleted",
     "ClusterPreferenceApplied", "ClusterPreferenceDeleted", "CommandRejected", "DomainDefined",
     "DomainPaused", "DomainRebooted", "DomainResumed", "DomainStarted", "DomainStopped",
-    "DomainUndefined", "Event", "GuestAgentChanged", "IPAllocated", "IPReleased", "ImagePulled",
-    "ImagePulling", "InstancetypeApplied", "InstancetypeDeleted", "KubeVirtApplied",
-    "LauncherCreated", "LauncherDeleted", "LauncherFailed", "MemoryDumpCompleted",
-    "MemoryDumpFailed", "MemoryDumpRemoved", "MemoryDumpRequested", "MigrationCancelRequested",
-    "MigrationFailed", "MigrationProgress", "MigrationRequested", "MigrationScheduled",
-    "MigrationStarted", "MigrationSucceeded", "MigrationTargetPreparing", "MigrationTargetReady",
-    "NodeCordoned", "NodeDrainRequested", "NodeLost", "NodeRegistered", "NodeUncordoned",
-    "PreferenceApplied", "PreferenceDeleted", "ReplicaSetCreated", "ReplicaSetDeleted",
-    "ReplicaSetScaled", "ReplicaSetSpecChanged", "RestoreFailed", "RestoreRequested",
-    "RestoreSucceeded", "ServiceCreated", "ServiceDeleted", "SnapshotDeleted", "SnapshotFailed",
-    "SnapshotRequested", "SnapshotSucceeded", "SoftRebootSent", "UserAdded", "UserRevoked",
-    "VMBackoff", "VMCreated", "VMDeleteRequested", "VMDeleted", "VMFailed", "VMPauseRequested",
-    "VMPoolCreated", "VMPoolDeleted", "VMPoolScaled", "VMPoolSpecChanged", "VMRenamed",
-    "VMResetRequested", "VMRestartRequested", "VMRunning", "VMScheduled", "VMSoftRebootRequested",
-    "VMSpecChanged", "VMStartFailed", "VMStartRequested", "VMStopRequested", "VMStopped",
-    "VMUndeleted", "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed",
-    "VolumeAttachRequested", "VolumeAttached", "VolumeCreated", "VolumeDeleted",
-    "VolumeDetachRequested", "VolumeDetached", "VolumeFailed", "VolumeMoveFailed",
-    "VolumeMoveRequested", "VolumeMoved", "VolumeNodeSelected", "VolumeProgress", "VolumeReady",
-    "WebhookDisabled", "WebhookSubscribed", "WebhookUnsubscribed",
+    "DomainUndefined", "Event", "GuestAgentChanged", "HotChangeFailed", "HotMemoryChangeRequested",
+    "HotMemoryChanged", "HotVCPUChangeRequested", "HotVCPUChanged", "IPAllocated", "IPReleased",
+    "ImagePulled", "ImagePulling", "InstanceSize", "InstancetypeApplied", "InstancetypeDeleted",
+    "InstancetypeRevisionCaptured", "KubeVirtApplied", "LauncherCreated", "LauncherDeleted",
+    "LauncherFailed", "MemoryDumpCompleted", "MemoryDumpFailed", "MemoryDumpRemoved",
+    "MemoryDumpRequested", "MigrationCancelRequested", "MigrationFailed", "MigrationProgress",
+    "MigrationRequested", "MigrationScheduled", "MigrationStarted", "MigrationSucceeded",
+    "MigrationTargetPreparing", "MigrationTargetReady", "NodeCordoned", "NodeDrainRequested",
+    "NodeLost", "NodeRegistered", "NodeUncordoned", "PreferenceApplied", "PreferenceDeleted",
+    "ReplicaSetCreated", "ReplicaSetDeleted", "ReplicaSetScaled", "ReplicaSetSpecChanged",
+    "RestoreFailed", "RestoreRequested", "RestoreSucceeded", "ServiceCreated", "ServiceDeleted",
+    "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested", "SnapshotSucceeded",
+    "SoftRebootSent", "UserAdded", "UserRevoked", "VMBackoff", "VMCreated", "VMDeleteRequested",
+    "VMDeleted", "VMFailed", "VMPauseRequested", "VMPoolCreated", "VMPoolDeleted", "VMPoolScaled",
+    "VMPoolSpecChanged", "VMRenamed", "VMResetRequested", "VMRestartRequested",
+    "VMRestartRequired", "VMRunning", "VMScheduled", "VMSoftRebootRequested", "VMSpecChanged",
+    "VMStartFailed", "VMStartRequested", "VMStopRequested", "VMStopped", "VMUndeleted",
+    "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed", "VolumeAttachRequested",
+    "VolumeAttached", "VolumeCreated", "VolumeDeleted", "VolumeDetachRequested", "VolumeDetached",
+    "VolumeFailed", "VolumeMoveFailed", "VolumeMoveRequested", "VolumeMoved", "VolumeNodeSelected",
+    "VolumeProgress", "VolumeReady", "WebhookDisabled", "WebhookSubscribed", "WebhookUnsubscribed",
 ]  # fmt: skip
 
 
@@ -194,6 +203,7 @@ class VMScheduled(Event, frozen=True):
     node: str
     vmi_uid: str
     attempt: int = 0
+    size: InstanceSize | None = None  # what the instance boots with (None: before hotplug)
 
 
 class VMUnschedulable(Event, frozen=True):
@@ -351,7 +361,10 @@ AnyEvent = (
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested
     | SnapshotSucceeded | SnapshotFailed | SnapshotDeleted | RestoreRequested | RestoreSucceeded
     | RestoreFailed | VolumeAttachRequested | VolumeAttached | VolumeAttachFailed
-    | VolumeDetachRequested | VolumeDetached | CommandRejected | NodeRegistered | NodeCordoned
+    | VolumeDetachRequested | VolumeDetached | HotVCPUChangeRequested | HotVCPUChanged
+    | HotMemoryChangeRequested | HotMemoryChanged | HotChangeFailed | VMRestartRequired
+    | InstancetypeRevisionCaptured
+    | CommandRejected | NodeRegistered | NodeCordoned
     | NodeUncordoned
     | NodeDrainRequested | NodeLost | ReplicaSetCreated | ReplicaSetSpecChanged | ReplicaSetScaled
     | ReplicaSetDeleted | VMPoolCreated | VMPoolSpecChanged | VMPoolScaled | VMPoolDeleted

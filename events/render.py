@@ -129,6 +129,9 @@ def vm_object(s: VMState) -> dict[str, Any]:
         status["volumeSnapshotStatuses"] = statuses
     if (dump := s.memory_dump) is not None:
         status["memoryDumpRequest"] = _memory_dump(dump)
+    for which, rev in s.revisions.items():  # KubeVirt's status.instancetypeRef/preferenceRef
+        status[f"{which}Ref"] = {"name": rev.name, "kind": rev.kind,
+                                 "controllerRevisionRef": {"name": rev.revision}}  # fmt: skip
     return {
         "apiVersion": KUBEVIRT_API,
         "kind": "VirtualMachine",
@@ -206,6 +209,7 @@ def vmi_object(s: VMState) -> dict[str, Any] | None:
         status["migrationState"] = state
     if s.volumes:
         status["volumeStatus"] = [{"name": n, "phase": p} for n, p in s.volumes.items()]
+    status.update(_size_status(s))
     metadata = _metadata(s, uid=s.vmi_uid, labels=copied(labels))
     return {
         "apiVersion": KUBEVIRT_API,
@@ -214,6 +218,25 @@ def vmi_object(s: VMState) -> dict[str, Any] | None:
         "spec": copied(template.get("spec", {})),
         "status": status,
     }
+
+
+def _size_status(s: VMState) -> dict[str, Any]:
+    """KubeVirt's `currentCPUTopology` and `memory` of the instance, and the hotplug under way
+    as its condition (HotVCPUChange, HotMemoryChange)."""
+    if (size := s.size) is None:
+        return {}
+    out: dict[str, Any] = {"currentCPUTopology": {
+        "sockets": s.sockets_now, "cores": size.cores, "threads": size.threads}}  # fmt: skip
+    if size.guest:
+        out["memory"] = {"guestAtBoot": quantity(size.guest), "guestCurrent":
+                         quantity(s.guest_now), "guestRequested": quantity(s.hot_guest or
+                         s.guest_now)}  # fmt: skip
+    hot = [kind for kind, busy in (("HotVCPUChange", s.hot_sockets), ("HotMemoryChange",
+           s.hot_guest)) if busy]  # fmt: skip
+    if hot:
+        out["conditions"] = [*_conditions(s, only=_VMI_CONDITIONS),
+                             *({"type": kind, "status": "True"} for kind in hot)]  # fmt: skip
+    return out
 
 
 def node_object(n: NodeState, *, vms: int) -> dict[str, Any]:

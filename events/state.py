@@ -130,6 +130,13 @@ HANDLERS: Final[Mapping[type[m.Event], Handler]] = {
     m.VolumeAttachFailed: hotplug.volume_attach_failed,
     m.VolumeDetachRequested: hotplug.volume_detach_requested,
     m.VolumeDetached: hotplug.volume_detached,
+    m.HotVCPUChangeRequested: hotplug.hot_vcpu_change_requested,
+    m.HotVCPUChanged: hotplug.hot_vcpu_changed,
+    m.HotMemoryChangeRequested: hotplug.hot_memory_change_requested,
+    m.HotMemoryChanged: hotplug.hot_memory_changed,
+    m.HotChangeFailed: hotplug.hot_change_failed,
+    m.VMRestartRequired: hotplug.vm_restart_required,
+    m.InstancetypeRevisionCaptured: lifecycle.instancetype_revision_captured,
 }
 
 _REVIVE: Final = (m.VMCreated, m.VMUndeleted)

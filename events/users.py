@@ -50,7 +50,7 @@ NODE_WRITES: Final[frozenset[type[m.Event]]] = frozenset({
     m.MigrationProgress, m.MigrationSucceeded, m.MigrationFailed, m.SnapshotSucceeded,
     m.SnapshotFailed, m.RestoreSucceeded, m.RestoreFailed, m.VolumeAttached, m.VolumeAttachFailed,
     m.VolumeDetached, m.VolumeReady, m.VolumeFailed, m.VolumeMoved, m.VolumeMoveFailed,
-    m.VolumeProgress,
+    m.VolumeProgress, m.HotVCPUChanged, m.HotMemoryChanged, m.HotChangeFailed,
     m.NodeRegistered, m.ImagePulling, m.ImagePulled, m.DomainRebooted, m.GuestAgentChanged,
     m.SoftRebootSent,
     m.MemoryDumpCompleted, m.MemoryDumpFailed,

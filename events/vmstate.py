@@ -15,6 +15,7 @@ import msgspec
 from msgspec.structs import replace
 
 from events.folding import Skipped
+from events.model_hotplug import InstanceSize
 
 RUN_STRATEGIES: Final = ("Always", "RerunOnFailure", "Manual", "Halted", "Once")
 
@@ -63,6 +64,15 @@ class Hotplug(msgspec.Struct, frozen=True, gc=False):
     disk: dict[str, Any]
     requested: int = 0  # version of the latest attach or detach request
     reason: str = ""  # why the attach failed
+
+
+class Revision(msgspec.Struct, frozen=True, gc=False):
+    """A captured instance type or preference (KubeVirt's ControllerRevision)."""
+
+    kind: str  # KubeVirt's, e.g. VirtualMachineClusterInstancetype
+    name: str
+    revision: str
+    spec: dict[str, Any] = {}
 
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -131,6 +141,7 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     ready: bool = False
     paused: bool = False
     restart_required: bool = False
+    restart_message: str = ""  # why, when not KubeVirt's generic words (a hotplug refused)
     failures: int = 0
     reason: str = ""
     migration: Migration | None = None
@@ -161,6 +172,13 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     ip_vmi: str = ""  # the instance that holds `ip`: another (or none) means it is to be released
     mac: str = ""  # the instance's NIC address, decided with `ip`
     cidr: str = ""  # the pool `ip` is of: a `bridge` guest gets its prefix and gateway by DHCP
+    revisions: dict[str, Revision] = {}  # "instancetype"/"preference" -> what sizes the VM
+    size: InstanceSize | None = None  # what the current instance booted with
+    sockets_now: int = 0  # the instance's CPU sockets now (hotplug changes them)
+    guest_now: int = 0  # the instance's guest memory now, bytes
+    hot_sockets: int = 0  # a CPU hotplug under way, to this many sockets (KubeVirt's HotVCPUChange)
+    hot_guest: int = 0  # a memory hotplug under way, to this many bytes (HotMemoryChange)
+    hot_version: int = 0  # the version of the latest hotplug request
     skipped: tuple[Skipped, ...] = ()  # events the fold could not take (events/folding.py)
 
     @property
@@ -223,6 +241,9 @@ def spec_says(spec: dict[str, Any], strategy: str) -> dict[str, Any]:
     return {**spec, "running": strategy == "Always"}
 
 
+NOT_LIVE_UPDATABLE: Final = "a non-live-updatable field was changed in the template spec"
+
+
 def conditions(s: VMState) -> list[dict[str, str]]:
     """KubeVirt-style conditions derived from the state (never stored, so never stale)."""
     out = [
@@ -250,7 +271,7 @@ def conditions(s: VMState) -> list[dict[str, str]]:
             {
                 "type": "RestartRequired",
                 "status": "True",
-                "message": "a non-live-updatable field was changed in the template spec",
+                "message": s.restart_message or NOT_LIVE_UPDATABLE,
             }
         )
     return out

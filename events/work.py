@@ -11,6 +11,7 @@ from typing import Any, Final
 
 import msgspec
 
+from events.model_hotplug import InstanceSize
 from events.names import Ref, work_subject
 
 
@@ -104,6 +105,19 @@ class AttachVolume(VolumeWork, frozen=True):
 
 class DetachVolume(VolumeWork, frozen=True):
     """Detach the disk backed by `volume` from the running domain."""
+
+
+class Resize(Work, frozen=True):
+    """Plug CPU sockets (`sockets`, 0: unchanged) and guest memory (`guest` bytes, 0: unchanged)
+    into the running domain, which booted as `size` says; `version` is the request's."""
+
+    sockets: int = 0
+    guest: int = 0
+    size: InstanceSize = InstanceSize()
+
+    @property
+    def msg_id(self) -> str:
+        return f"{self.vmi_uid}:resize:{self.sockets}:{self.guest}:{self.version}"
 
 
 class SnapshotWork(Work, frozen=True):
@@ -222,7 +236,7 @@ class CleanupTarget(MigrationWork, frozen=True):
 
 AnyWork = (
     Start | Stop | Pause | Unpause | SoftReboot | Reset | DumpMemory | AttachVolume | DetachVolume
-    | TakeSnapshot | RestoreSnapshot | RemoveSnapshot | ProvisionVolume | RemoveVolume | MoveVolume
-    | PrepareTarget | MigrateSource | AbortMigration | CleanupTarget
+    | Resize | TakeSnapshot | RestoreSnapshot | RemoveSnapshot | ProvisionVolume | RemoveVolume
+    | MoveVolume | PrepareTarget | MigrateSource | AbortMigration | CleanupTarget
 )  # fmt: skip
 WORK_DECODER: Final = msgspec.json.Decoder(AnyWork)

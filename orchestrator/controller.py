@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from nats.aio.client import Client
 
@@ -26,7 +27,8 @@ from bus.telemetry import traced
 from events import model as m
 from events import work as w
 from events.envelope import Recorded
-from events.errors import ConcurrencyConflict, VirtbusError
+from events.errors import ConcurrencyConflict, ValidationError, VirtbusError
+from events.manifest import data_volume_commands
 from events.names import HEARTBEAT_BUCKET, Ref, aggregate_key
 from events.nodes import READY
 from events.replicasets import owners
@@ -35,9 +37,10 @@ from events.state import (
     UNSCHEDULABLE,
     VMState,
 )
+from events.volumes import VolumeState
 from orchestrator import metrics
 from orchestrator.folded import Folded
-from orchestrator.instancetypes import effective
+from orchestrator.instancetypes import captures, effective
 from orchestrator.keyed import KeyedQueue
 from orchestrator.lease import either
 from orchestrator.migrations import Cluster
@@ -48,6 +51,8 @@ from orchestrator.snapshots import removal_work
 from orchestrator.volumes import (
     bind_claims,
     claims_for,
+    cluster_view,
+    decide_volume,
     follow_cold_move,
     owned_by,
     pin,
@@ -101,14 +106,18 @@ class Controller(Folded):
             nodes=self.nodes, views=self.node_views, slot_free=self.capacity.slot_free,
             policy=config.migrations, eviction_strategy=config.eviction_strategy,
         )  # fmt: skip
+        # KubeVirt's ControllerRevisions: captured from the same objects `effective` reads now.
+        captured = captures(s, known=self.instancetypes)
         s, refused = effective(s, known=self.instancetypes)  # sized by its instance type
         reaction = reconcile(
             s, lost_nodes=lost, cluster=cluster,
             place=lambda req: refused() or place(
                 pin(req, s.spec, self.volumes, namespace=s.namespace), self.node_views()),
             now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex,
-            addresses=self.addresses.of(key),
+            addresses=self.addresses.of(key), config=config,
         )  # fmt: skip
+        if captured:
+            reaction = Reaction([*captured, *reaction.events], reaction.work, reaction.wake_at)
         if reaction.wake_at:
             self._wakes[key] = reaction.wake_at
         if reaction.events:
@@ -170,12 +179,33 @@ class Controller(Folded):
             return
         mine = {s.name: s for s in self.vms.values() if s.namespace == rs.namespace}
         for ref, events, version in reconcile_rs(rs, mine):
+            if events and isinstance(made := events[0], m.VMCreated) and version == 0:
+                await self._make_data_volumes(ref, made.spec, cause=cause)  # before the VM
             with contextlib.suppress(ConcurrencyConflict):  # decided elsewhere already
                 await self.store.append(
                     ref, events, expected_version=version,
                     causationid=cause.envelope.id if cause else "",
                     correlationid=cause.envelope.correlationid if cause else "",
                 )  # fmt: skip
+
+    async def _make_data_volumes(
+        self, vm: Ref, spec: dict[str, Any], *, cause: Recorded | None
+    ) -> None:
+        """A VM the controller makes (a pool's) gets its `dataVolumeTemplates`' DataVolumes, as
+        `apply` makes a user's: judged like the user's CreateVolume, owned by the VM."""
+        for cmd in data_volume_commands(spec, name=vm.name, namespace=vm.namespace):
+            ref = Ref("volume", vm.namespace, cmd.name)
+            v = self.volumes.get(ref.prefix) or VolumeState()
+            try:
+                view = cluster_view(ref, cmd, nodes=self.nodes, volumes=self.volumes, vms=self.vms)
+                events = decide_volume(v, cmd, view)
+                if events:
+                    await self.store.append(
+                        ref, events, expected_version=v.version,
+                        causationid=cause.envelope.id if cause else "",
+                    )  # fmt: skip
+            except (ValidationError, ConcurrencyConflict) as err:
+                log.warning("DataVolume %s of %s not made: %s", cmd.name, vm.name, err)
 
     async def on_record(self, rec: Recorded) -> None:
         kind, key = self._fold(rec)

@@ -20,6 +20,7 @@ from events.replicasets import ReplicaSetState
 from events.state import RUNNING, STOPPING, TERMINATING, VMState
 from orchestrator.migrations import decide_cancel, decide_migrate
 from orchestrator.rename import decide_rename
+from orchestrator.resize import only_live_changes
 from orchestrator.scheduler import NodeView
 from orchestrator.snapshots import decide_delete_snapshot, decide_restore, decide_snapshot
 
@@ -261,6 +262,9 @@ def _apply(s: VMState, cmd: c.ApplyVM) -> list[m.Event]:
         return []  # re-applying what is there changes nothing, like kubectl's "unchanged"
     changed = _changed_paths(s.spec, cmd.spec)
     template_changed = any(p.startswith("template") for p in changed)
+    if s.size is not None and only_live_changes(s.spec, cmd.spec):
+        # CPU sockets and guest memory: the controller plugs them live or says why it cannot.
+        template_changed = False
     events: list[m.Event] = [
         m.VMSpecChanged(
             spec=cmd.spec, changed=changed, run_strategy=strategy,

@@ -101,7 +101,9 @@ class Folded:
         """Raise KubeVirt's refusal when the VM's instance type or preference is missing, or a
         feature it uses is behind a gate that is off."""
         await self.caught_up()
-        admit(spec, namespace=ref.namespace, known=self.instancetypes)
+        vm = self.vms.get(ref.prefix)  # its captured revisions size it, whatever became of them
+        admit(spec, namespace=ref.namespace, known=self.instancetypes,
+              captured=vm.revisions if vm is not None else None)  # fmt: skip
         self.settings.admit(ref, c.StartVM(name=ref.name, namespace=ref.namespace), spec)
 
     async def admission(self, ref: Ref, cmd: c.Command) -> None:

@@ -2,7 +2,11 @@
 
 `events.instancetypes` resolves; this adapts it to the controller's folded maps (keyed by
 subject prefix) and to the scheduler, so a VM whose instance type vanished before its placement
-stays unschedulable with KubeVirt's words instead of running with defaults.
+stays unschedulable with KubeVirt's words instead of running with defaults. Like KubeVirt's
+ControllerRevisions (instancetype.kubevirt.io v1beta1, referencePolicy `reference`), the first
+sight of a VM naming an instance type or preference captures its spec into the VM's history
+(`InstancetypeRevisionCaptured`); the VM is sized by that capture from then on, so a later
+change (or deletion) of the object does not alter it, until the VM names another one.
 """
 
 from __future__ import annotations
@@ -12,19 +16,65 @@ from typing import Any
 
 import msgspec
 
+from events import model as m
 from events.errors import ValidationError
-from events.instancetypes import InstancetypeState, effective_spec
-from events.state import VMState
+from events.instancetypes import KIND_OF, KINDS, InstancetypeState, effective_spec, matcher
+from events.names import CLUSTER
+from events.state import TERMINATING, VMState
+from events.vmstate import Revision
 from orchestrator.scheduler import Unschedulable
 
-
-def _lookup(known: Mapping[str, InstancetypeState]) -> Callable[[str, str, str], Any]:
-    return lambda aggregate, ns, name: known.get(f"virt.{aggregate}.{ns}.{name}")
+Captured = Mapping[str, Revision]
 
 
-def admit(spec: dict[str, Any], *, namespace: str, known: Mapping[str, InstancetypeState]) -> None:
+def _lookup(
+    known: Mapping[str, InstancetypeState], captured: Captured | None = None
+) -> Callable[[str, str, str], Any]:
+    """Find an instance type or preference: the VM's capture of it first, else the object."""
+    held = {(KINDS[r.kind][0], r.name): r for r in (captured or {}).values() if r.kind in KINDS}
+
+    def look(aggregate: str, ns: str, name: str) -> InstancetypeState | None:
+        if (rev := held.get((aggregate, name))) is not None:
+            return InstancetypeState(name=name, aggregate=aggregate, exists=True, spec=rev.spec)
+        return known.get(f"virt.{aggregate}.{ns}.{name}")
+
+    return look
+
+
+def admit(
+    spec: dict[str, Any], *, namespace: str, known: Mapping[str, InstancetypeState],
+    captured: Captured | None = None,
+) -> None:  # fmt: skip
     """Raise the ValidationError KubeVirt gives for a missing or conflicting instance type."""
-    effective_spec(spec, namespace=namespace, lookup=_lookup(known))
+    effective_spec(spec, namespace=namespace, lookup=_lookup(known, captured))
+
+
+def captures(s: VMState, *, known: Mapping[str, InstancetypeState]) -> list[m.Event]:
+    """The revisions KubeVirt's VM controller would store now: of each instance type or
+    preference the VM names that it has not captured (or names anew), if it exists."""
+    if not s.exists or s.status == TERMINATING:
+        return []
+    out: list[m.Event] = []
+    for which in ("instancetype", "preference"):
+        try:
+            matched = matcher(s.spec, which)
+        except ValidationError:
+            continue  # a wrong kind: the start says so
+        if matched is None:
+            continue
+        aggregate, name = matched
+        held = s.revisions.get(which)
+        if held is not None and (KINDS.get(held.kind, ("",))[0], held.name) == matched:
+            continue
+        ns = CLUSTER if aggregate.startswith("cluster") else s.namespace
+        found = known.get(f"virt.{aggregate}.{ns}.{name}")
+        if found is None or not found.exists:
+            continue  # nothing to capture: a start is refused with KubeVirt's words
+        revision = f"{s.name}-{name}-v1beta1-{found.version}"  # KubeVirt's <vm>-<name>-<version>...
+        out.append(m.InstancetypeRevisionCaptured(
+            which=which, object_kind=KIND_OF[aggregate], name=name, revision=revision,
+            spec=found.spec))  # fmt: skip
+    return out
 
 
 def effective(
@@ -39,7 +89,7 @@ def effective(
     if "instancetype" not in s.spec and "preference" not in s.spec:
         return s, fine
     try:
-        spec = effective_spec(s.spec, namespace=s.namespace, lookup=_lookup(known))
+        spec = effective_spec(s.spec, namespace=s.namespace, lookup=_lookup(known, s.revisions))
     except ValidationError as err:
         message = err.message
 

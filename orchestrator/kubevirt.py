@@ -35,6 +35,8 @@ def decide_kubevirt(s: kv.KubeVirtState, cmd: c.Command) -> list[m.Event]:
     if s.exists and (cmd.spec, cmd.labels) == (s.spec, s.labels):
         return []
     before = s.spec if s.exists else kv.DEFAULT_SPEC
+    if cmd.actor != SEED_ACTOR:  # `--migrations` seeds what the operator of the stack chose
+        kv.refuse_downtime_change(before, cmd.spec)
     return [m.KubeVirtApplied(spec=cmd.spec, labels=cmd.labels,
                               changes=kv.changes(before, cmd.spec))]  # fmt: skip
 

@@ -40,6 +40,7 @@ from events.state import (
     VMState,
     migration_active,
 )
+from orchestrator.resize import moved_spec
 from orchestrator.scheduler import NodeView, Request, Unschedulable, place
 
 Step = tuple[list[m.Event], list[w.Work]]
@@ -256,7 +257,7 @@ def migration_step(s: VMState, cluster: Cluster) -> Step | None:
     if mig.cancel and mig.phase != RUNNING:
         return _failed(s, "canceled by the user before the migration started", aborted=True)
     if mig.phase in _BEFORE_READY:
-        return [], [_work(s, w.PrepareTarget, mig.target, spec=s.spec)]
+        return [], [_work(s, w.PrepareTarget, mig.target, spec=moved_spec(s))]
     uri = target.migration_uri if target else ""
     source = _work(s, w.MigrateSource, s.node, target_uri=uri, policy=cluster.policy)
     if mig.phase == RUNNING and mig.cancel:

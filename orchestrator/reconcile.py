@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Collection, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -19,7 +19,8 @@ from events import commands as c
 from events import model as m
 from events import work as w
 from events.envelope import Envelope
-from events.manifest import summarize
+from events.kubevirt import Config
+from events.manifest import pool_vm_spec, summarize
 from events.names import Ref
 from events.replicasets import LABELS, ReplicaSetState, replica_name
 from events.state import (
@@ -41,6 +42,7 @@ from events.vmstate import guest_end
 from orchestrator.decide import decide, kept_disks
 from orchestrator.ipam import PoolExhausted, VMAddresses
 from orchestrator.migrations import Cluster, migration_step
+from orchestrator.resize import instance_size, resize_events, sized_spec
 from orchestrator.scheduler import Request, Unschedulable
 from orchestrator.snapshots import snapshot_work
 
@@ -68,16 +70,17 @@ def backoff_delay(failures: int) -> float:
 def reconcile(
     s: VMState, *, place: Placer, lost_nodes: Collection[str], now: datetime,
     new_uid: Callable[[], str], cluster: Cluster | None = None,
-    addresses: VMAddresses | None = None,
+    addresses: VMAddresses | None = None, config: Config | None = None,
 ) -> Reaction:  # fmt: skip
     """Events and work that bring the VM closer to what its run strategy and requests want."""
+    config = config or Config()
     events: list[m.Event] = []
     work: dict[str, w.Work] = {}
     wake: datetime | None = None
     for _ in range(5):  # each step's events are folded in before the next look
         step_events, step_work, step_wake = _step(
             s, place=place, lost_nodes=lost_nodes, now=now, new_uid=new_uid, cluster=cluster,
-            addresses=addresses,
+            addresses=addresses, config=config,
         )  # fmt: skip
         for item in step_work:
             work.setdefault(item.msg_id, item)
@@ -102,7 +105,7 @@ def _local(s: VMState, e: m.Event, now: datetime) -> Envelope:
 def _step(
     s: VMState, *, place: Placer, lost_nodes: Collection[str], now: datetime,
     new_uid: Callable[[], str], cluster: Cluster | None = None,
-    addresses: VMAddresses | None = None,
+    addresses: VMAddresses | None = None, config: Config,
 ) -> tuple[list[m.Event], list[w.Work], datetime | None]:  # fmt: skip
     ended = s.phase in (SUCCEEDED, FAILED)
     if s.status == TERMINATING:
@@ -160,13 +163,16 @@ def _step(
     if not s.node and s.phase in (PENDING, SCHEDULING):  # not placed yet (or unschedulable)
         if s.status == STOPPING:
             return [m.VMStopped(reason="stopped before it was scheduled")], [], None
-        return _schedule(s, place=place, new_uid=new_uid, addresses=addresses), [], None
+        scheduled = _schedule(s, place=place, new_uid=new_uid, addresses=addresses, config=config)
+        return scheduled, [], None
     if s.node and s.phase in _ACTIVE:
         if s.status == STOPPING:
             return [], [_stop(s)], None
         if s.phase == SCHEDULING:
             return [], [_start(s)], None
         if s.phase == RUNNING:
+            if resized := resize_events(s, s.spec, config):
+                return resized, [], None
             work: list[w.Work] = []
             if s.want_paused != s.paused:
                 work.append((w.Pause if s.want_paused else w.Unpause)(**_base(s)))
@@ -179,7 +185,7 @@ def _step(
                 work.append(
                     w.DumpMemory(claim=dump.claim, **{**_base(s), "version": dump.requested})
                 )
-            return [], work + _volume_work(s), None
+            return [], work + _volume_work(s) + _resize_work(s), None
     return [], [], None
 
 
@@ -191,8 +197,9 @@ def _release(s: VMState, *, always: bool = False) -> list[m.Event]:
 
 
 def _schedule(
-    s: VMState, *, place: Placer, new_uid: Callable[[], str], addresses: VMAddresses | None
-) -> list[m.Event]:
+    s: VMState, *, place: Placer, new_uid: Callable[[], str], addresses: VMAddresses | None,
+    config: Config,
+) -> list[m.Event]:  # fmt: skip
     try:
         need = summarize(s.spec)
         node = place(
@@ -202,13 +209,14 @@ def _schedule(
     except Unschedulable as err:
         return _unschedulable(s, err.message)
     uid = new_uid()
+    scheduled = m.VMScheduled(node=node, vmi_uid=uid, size=instance_size(s.spec, config))
     if addresses is None:
-        return [m.VMScheduled(node=node, vmi_uid=uid)]
+        return [scheduled]
     try:
         address = addresses.allocation(uid)
     except PoolExhausted as err:
         return _unschedulable(s, str(err))
-    return [m.VMScheduled(node=node, vmi_uid=uid), address]
+    return [scheduled, address]
 
 
 def _unschedulable(s: VMState, reason: str) -> list[m.Event]:
@@ -224,7 +232,8 @@ def _base(s: VMState) -> dict[str, Any]:
 
 
 def _start(s: VMState) -> w.Start:
-    return w.Start(spec=s.spec, ip=s.ip, mac=s.mac, cidr=s.cidr, **_base(s))
+    spec = sized_spec(s.spec, s.size)  # what the instance was scheduled with, and its room
+    return w.Start(spec=spec, ip=s.ip, mac=s.mac, cidr=s.cidr, **_base(s))
 
 
 def _stop(s: VMState) -> w.Stop:
@@ -248,15 +257,24 @@ def _volume_work(s: VMState) -> list[w.Work]:
     return out
 
 
+def _resize_work(s: VMState) -> list[w.Work]:
+    """The hotplug under way, as the node's work (one item per request)."""
+    if s.size is None or not (s.hot_sockets or s.hot_guest):
+        return []
+    base = {**_base(s), "version": s.hot_version}
+    return [w.Resize(sockets=s.hot_sockets, guest=s.hot_guest, size=s.size, **base)]
+
+
 def reconcile_rs(
     rs: ReplicaSetState, vms: Mapping[str, VMState]
 ) -> list[tuple[Ref, list[m.Event], int]]:
     """Per replica VM, the events that bring the set (or pool) to `rs.replicas`.
 
-    `vms` are the VMs of the set's namespace by name. Replicas are `<rs>-<index>` VMs: a replica
-    set's run its VMI template with runStrategy Always, so they restart on failure; a pool's are
-    its `virtualMachineTemplate` (KubeVirt's pool names them so too). Scaling down deletes every
-    owned VM outside the first `replicas` indexes (KubeVirt picks arbitrary ones).
+    `vms` are the VMs of the set's namespace by name. Replicas are `<rs>-<index>` VMs, new ones
+    at the lowest free index (KubeVirt's pool naming): a replica set's run its VMI template with
+    runStrategy Always, so they restart on failure; a pool's are its `virtualMachineTemplate`.
+    Scaling in deletes the highest indexes first, or, for a pool, those its `scaleInStrategy`
+    picks (`proactive.selectionPolicy.sortPolicy`; none under `unmanaged` or `opportunistic`).
     """
     want = rs.replicas if rs.exists else 0
     label = LABELS[rs.aggregate]
@@ -268,17 +286,45 @@ def reconcile_rs(
         spec = {"runStrategy": "Always", "template": template}
         source = "VirtualMachineInstanceReplicaSet"
     labels = {**((template.get("metadata") or {}).get("labels") or {}), label: rs.name}
-    wanted = [replica_name(rs.name, i) for i in range(want)]
+    active = {name: s for name, s in vms.items() if s.labels.get(label) == rs.name
+              and s.exists and s.status != TERMINATING}  # fmt: skip
     out: list[tuple[Ref, list[m.Event], int]] = []
-    for name in wanted:
+    index = 0
+    leaving = any(s.labels.get(label) == rs.name and s.status == TERMINATING for s in vms.values())
+    for _ in range(0 if leaving else want - len(active)):  # a deletion first ends: its name frees
+        while (taken := vms.get(replica_name(rs.name, index))) is not None and (
+                taken.exists or taken.status == TERMINATING):  # fmt: skip
+            index += 1
+        name = replica_name(rs.name, index)
         s = vms.get(name) or VMState()
-        if not s.exists and s.status != TERMINATING:
-            create = c.ApplyVM(name=name, namespace=rs.namespace, labels=labels, spec=spec,
-                               source_kind=source)  # fmt: skip
-            out.append((Ref("vm", rs.namespace, name), decide(s, create), s.version))
-    for name, s in vms.items():
-        owned = s.labels.get(label) == rs.name and s.exists
-        if owned and name not in wanted and s.status != TERMINATING:
+        mine = pool_vm_spec(spec, index) if rs.aggregate == "vmpool" else spec
+        create = c.ApplyVM(name=name, namespace=rs.namespace, labels=labels, spec=mine,
+                           source_kind=source)  # fmt: skip
+        out.append((Ref("vm", rs.namespace, name), decide(s, create), s.version))
+        index += 1
+    if want < len(active):  # a deleted set wants none
+        for name in scale_in_order(rs, active)[: len(active) - want]:
+            s = active[name]
             delete = c.DeleteVM(name=name, namespace=rs.namespace)
             out.append((Ref("vm", rs.namespace, name), decide(s, delete), s.version))
     return out
+
+
+def scale_in_order(rs: ReplicaSetState, active: Mapping[str, VMState]) -> list[str]:
+    """The pool's VMs in the order scaling in deletes them (KubeVirt's sort policies; its
+    default, Random, is the highest index first here, as for a replica set); none where the pool
+    leaves scaling in to its user (`unmanaged`, `opportunistic`) unless the pool is deleted."""
+    strategy = rs.spec.get("scaleInStrategy") or {} if rs.aggregate == "vmpool" else {}
+    if rs.exists and ("unmanaged" in strategy or "opportunistic" in strategy):
+        return []
+    policy = ((strategy.get("proactive") or {}).get("selectionPolicy") or {}).get("sortPolicy")
+
+    def index(name: str) -> int:
+        tail = name.rpartition("-")[2]
+        return int(tail) if tail.isdigit() else 0
+
+    names = sorted(active, key=index, reverse=policy != "AscendingOrder")
+    if policy in ("Newest", "Oldest"):
+        epoch = datetime.min.replace(tzinfo=UTC)
+        names.sort(key=lambda n: active[n].created or epoch, reverse=policy == "Newest")
+    return names

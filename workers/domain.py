@@ -24,6 +24,7 @@ from events.fields import entries, integer, short, word
 from events.fields import fail as _fail
 from events.fields import mapping as _mapping
 from events.quantity import MAX_GUEST_MEMORY, parse_quantity
+from workers.hotplugxml import add_room
 
 SPEC: Final = "spec.template.spec"
 METADATA_NS: Final = "https://virtbus.dev/xmlns/domain/1"
@@ -211,6 +212,7 @@ def render_domain(
     _interfaces(devices, devices_spec, tap=tap, mac=mac)
     _console_and_display(devices, devices_spec)
     _panic_devices(devices, devices_spec)
+    add_room(root, domain, guest=int(kib) * 1024)  # CPU and memory hotplug (maxSockets...)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode")
 

@@ -30,6 +30,9 @@ def failure_of(item: w.Work, reason: str, *, node: str) -> tuple[Ref, m.Event] |
         case w.AttachVolume():
             volume = str(item.volume.get("name", ""))
             return item.ref, m.VolumeAttachFailed(volume=volume, reason=reason, node=node)
+        case w.Resize():
+            resource = "cpu" if item.sockets else "memory"
+            return item.ref, m.HotChangeFailed(resource=resource, reason=reason, node=node)
         case w.DumpMemory():
             return item.ref, m.MemoryDumpFailed(claim=item.claim, reason=reason, node=node)
         case w.ProvisionVolume() | w.MoveVolume():

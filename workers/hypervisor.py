@@ -347,6 +347,16 @@ class Hypervisor:
         flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
         await self._call(dom.detachDeviceFlags, xml, flags)
 
+    async def set_vcpus(self, name: str, count: int) -> None:
+        """Plug or unplug vCPUs of the running domain, and keep the count in its definition."""
+        dom = await self._call(self._lookup, name)
+        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        await self._call(dom.setVcpusFlags, count, flags)
+
+    async def update_device(self, name: str, xml: str) -> None:
+        dom = await self._call(self._lookup, name)
+        await self._call(dom.updateDeviceFlags, xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
     async def migrate(
         self, name: str, dest_uri: str, *, params: dict[str, Any], flags: int
     ) -> None:

@@ -18,6 +18,7 @@ from events.errors import HypervisorError, ValidationError
 from events.names import Ref
 from events.state import RUNNING, SCHEDULED, SCHEDULING, STOPPING, TERMINATING, VMState
 from workers.domain import disk_xml_of, hotplug_disk
+from workers.hotplugxml import resized_memory_device
 from workers.hypervisor import PAUSED_STATE, RUNNING_STATES, domain_name
 from workers.node_context import Domains, Launchers, NodeContext
 from workers.pods import pod_name
@@ -108,6 +109,8 @@ class Lifecycle:
                 await self._attach(item, s)
             case w.DetachVolume():
                 await self._detach(item, s)
+            case w.Resize():
+                await self._resize(item, s)
 
     async def _start(self, item: w.Start, s: VMState) -> None:
         ref, dom, node, hv = item.ref, domain_name(item.ref), self.ctx.node, self.ctx.hv
@@ -226,3 +229,33 @@ class Lifecycle:
         if (disk := disk_xml_of(current, resolved.path)) is not None:  # else: never attached
             await hv.detach_device(dom, disk)
         await self.ctx.observe(ref, [m.VolumeDetached(volume=vol, node=self.ctx.node)])
+
+    async def _resize(self, item: w.Resize, s: VMState) -> None:
+        """CPU sockets by libvirt's setVcpus, memory by the virtio-mem device's requested size
+        (virt-launcher's UpdateVCPUs and UpdateGuestMemory); each outcome is observed."""
+        ref, dom, hv, node, size = (
+            item.ref,
+            domain_name(item.ref),
+            self.ctx.hv,
+            self.ctx.node,
+            item.size,
+        )
+        if s.phase != RUNNING:
+            return
+        if item.sockets and s.hot_sockets == item.sockets:
+            try:
+                await hv.set_vcpus(dom, item.sockets * size.cores * size.threads)
+                done: m.Event = m.HotVCPUChanged(sockets=item.sockets, node=node)
+            except HypervisorError as err:
+                done = m.HotChangeFailed(resource="cpu", reason=err.message, node=node)
+            await self.ctx.observe(ref, [done])
+        if item.guest and s.hot_guest == item.guest:
+            try:
+                xml = resized_memory_device(await hv.xml(dom), requested=item.guest - size.guest)
+                if xml is None:
+                    raise HypervisorError("the domain has no virtio-mem device to resize")
+                await hv.update_device(dom, xml)
+                done = m.HotMemoryChanged(guest=item.guest, node=node)
+            except HypervisorError as err:
+                done = m.HotChangeFailed(resource="memory", reason=err.message, node=node)
+            await self.ctx.observe(ref, [done])

@@ -3,6 +3,7 @@ places and the node starts; a VM naming a missing one refused at start with Kube
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -130,3 +131,47 @@ def test_the_effective_spec_takes_the_instance_type_and_fills_in_the_preference(
         effective_spec({"preference": {"name": "q"}}, namespace="ns", lookup=lookup)
     assert err.value.message == ('Failure to find preference: virtualmachineclusterpreferences.'
                                  'instancetype.kubevirt.io "q" not found')  # fmt: skip
+
+
+async def submit(st: Stack, manifest: str) -> None:
+    for doc in yaml.safe_load_all(manifest):
+        for cmd in to_commands(doc)[0]:
+            await send(st.nc, cmd)
+
+
+async def test_a_vm_keeps_the_instance_type_it_captured_until_it_names_another(
+    stack: Stack,
+) -> None:
+    """KubeVirt's ControllerRevisions: a changed or deleted instance type does not alter a VM
+    that captured it; naming another captures that one (and, running, plugs its CPUs live)."""
+    await stack.node("node-a")
+    await submit(stack, KINDS)
+    await submit(stack, vm("kept", "small"))
+    for _ in range(200):
+        if "InstancetypeRevisionCaptured" in await stack.kinds("kept"):
+            break
+        await asyncio.sleep(0.05)
+    got = (await cli(stack, "get", "vm", "kept", "-o", "json")).json()
+    assert got["status"]["instancetypeRef"] == {
+        "name": "small", "kind": "VirtualMachineClusterInstancetype",
+        "controllerRevisionRef": {"name": "kept-small-v1beta1-1"}}  # fmt: skip
+    await submit(stack, kind("VirtualMachineClusterInstancetype", "small",
+                             "{cpu: {guest: 4}, memory: {guest: 256Mi}}"))  # fmt: skip
+    await send(stack.nc, c.DeleteClusterInstancetype(name="small"))
+    await send(stack.nc, c.StartVM(name="kept"))  # the object is gone: the capture starts it
+    s = await stack.until("kept", "Running")
+    assert s.size is not None and (s.size.sockets, s.size.guest) == (2, 128 << 20)
+
+    await submit(stack, kind("VirtualMachineClusterInstancetype", "medium",
+                             "{cpu: {guest: 3}, memory: {guest: 128Mi}}"))  # fmt: skip
+    await submit(stack, vm("kept", "medium").replace("Halted", "Always"))
+    for _ in range(200):
+        if (s := await stack.state("kept")).sockets_now == 3:
+            break
+        await asyncio.sleep(0.05)
+    kinds = await stack.kinds("kept")
+    assert [k for k in kinds if k.startswith(("Instancetype", "Hot"))] == [
+        "InstancetypeRevisionCaptured", "InstancetypeRevisionCaptured",
+        "HotVCPUChangeRequested", "HotVCPUChanged"]  # fmt: skip
+    assert (s.revisions["instancetype"].revision, s.restart_required) == (
+        "kept-medium-v1beta1-1", False)  # fmt: skip

@@ -1,5 +1,6 @@
 """VirtualMachinePool (pool.kubevirt.io/v1alpha1): `replicas` VMs named `<pool>-<index>`, scaled
-by `scale vmpool` and by a re-apply, listed, described, deleted with its VMs, and its history."""
+by `scale vmpool` and by a re-apply, listed, described, deleted with its VMs, and its history;
+each VM's DataVolumes from the template's `dataVolumeTemplates`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import asyncio
 import pytest
 from clirun import Result, virtbus
 from driverstack import Stack
+
+from bus.client import send
+from events.manifest import parse_documents, to_commands
+from events.names import Ref
+from orchestrator.volumes import fold_volume
 
 POOL = """\
 apiVersion: pool.kubevirt.io/v1alpha1
@@ -52,10 +58,7 @@ async def test_a_pool_makes_scales_and_deletes_its_vms(stack: Stack) -> None:
     await stack.node("node-a")
     applied = (await cli(stack, "apply", "-f", "-", stdin=pool(2))).ok()
     assert applied.out == "virtualmachinepool.pool.kubevirt.io/web created\n"
-    assert applied.err == (
-        "Warning: spec.scaleInStrategy: virtbus's pools do not act on it (they scale, and delete "
-        "the highest indexes first)\n"
-    )
+    assert applied.err == ""  # its scaleInStrategy is acted on
     for name in ("web-0", "web-1"):
         s = await stack.until(name, "Running")
         assert s.labels == {"app": "web", "kubevirt.io/vmpool": "web"}
@@ -110,3 +113,49 @@ async def test_a_pool_makes_scales_and_deletes_its_vms(stack: Stack) -> None:
         "ScaleVMPool " + rejected[0].split()[1] + " rejected: "
         'virtualmachinepool.pool.kubevirt.io "web" not found (field name)'
     ]
+
+
+DV_POOL = """\
+apiVersion: pool.kubevirt.io/v1alpha1
+kind: VirtualMachinePool
+metadata: {name: db}
+spec:
+  replicas: REPLICAS
+  virtualMachineTemplate:
+    spec:
+      runStrategy: Always
+      dataVolumeTemplates:
+      - metadata: {name: data}
+        spec: {source: {blank: {}}, storage: {resources: {requests: {storage: 1Mi}}}}
+      template:
+        spec:
+          domain:
+            resources: {requests: {memory: 64Mi}}
+            devices: {disks: [{name: data, disk: {bus: virtio}}]}
+          volumes: [{name: data, dataVolume: {name: data}}]
+"""
+
+
+async def test_a_pools_vms_get_their_own_data_volumes(stack: Stack) -> None:
+    """KubeVirt's pool: each VM's dataVolumeTemplates are `<dv>-<index>`, made with it and its
+    volumes pointed at them; a VM scaled in takes its DataVolume with it."""
+    await stack.node("node-a")
+    for replicas in (2, 1):
+        [cmd], _ = to_commands(parse_documents(DV_POOL.replace("REPLICAS", str(replicas)))[0])
+        await send(stack.nc, cmd)
+        if replicas == 2:
+            for i in range(2):
+                s = await stack.until(f"db-{i}", "Running")
+                [volume] = s.spec["template"]["spec"]["volumes"]
+                assert volume == {"name": "data", "dataVolume": {"name": f"data-{i}"}}
+                v = fold_volume(await stack.store.read(Ref("volume", "default", f"data-{i}")))
+                assert (v.exists, v.data_volume, v.owner, v.node) == (True, True, f"db-{i}",
+                                                                      "node-a")  # fmt: skip
+    await gone(stack, "db-1")
+    for _ in range(200):
+        if not fold_volume(await stack.store.read(Ref("volume", "default", "data-1"))).exists:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("data-1 outlived its VM")
+    assert fold_volume(await stack.store.read(Ref("volume", "default", "data-0"))).exists

@@ -120,3 +120,26 @@ def test_applying_the_same_object_again_is_no_event() -> None:
             "evictionStrategy": "Sometimes"}}))  # fmt: skip
     assert err.value.message == ("spec.configuration.evictionStrategy: 'Sometimes' is not one of "
                                  "None, LiveMigrate, LiveMigrateIfPossible, External")  # fmt: skip
+
+
+def test_max_downtime_changes_only_behind_kubevirts_gates() -> None:
+    def spec(gates: list[str], downtime: int) -> dict[str, object]:
+        return {"configuration": {"developerConfiguration": {"featureGates": gates},
+                                  "migrations": {"maxDowntimeMs": downtime}}}  # fmt: skip
+
+    with pytest.raises(ValidationError) as err:
+        decide_kubevirt(kv.KubeVirtState(), c.ApplyKubeVirt(name="kubevirt", spec=spec([], 50)))
+    assert (err.value.message, err.value.field) == (
+        "maxDowntimeMs cannot be modified without enabling the MigrationStallDetection or "
+        "MigrationDowntimeTuning feature gate",
+        "spec.configuration.migrations.maxDowntimeMs",
+    )
+    opened = spec(["MigrationDowntimeTuning"], 50)
+    [event] = decide_kubevirt(kv.KubeVirtState(), c.ApplyKubeVirt(name="kubevirt", spec=opened))
+    assert isinstance(event, m.KubeVirtApplied) and event.spec == opened
+    assert kv.config_of(opened).migrations.max_downtime_ms == 50
+    # Unchanged, it may stay once the gate is gone; `--migrations` seeds it regardless.
+    held = kv.KubeVirtState(exists=True, spec=opened)
+    assert decide_kubevirt(held, c.ApplyKubeVirt(name="kubevirt", spec=spec([], 50)))
+    seeded = c.ApplyKubeVirt(name="kubevirt", spec=spec([], 70), actor=SEED_ACTOR)
+    assert decide_kubevirt(kv.KubeVirtState(), seeded)
