@@ -20,6 +20,7 @@ import msgspec
 
 from events import model as m
 from events.kubevirt import Config
+from events.manifest import guest_memory_source
 from events.quantity import parse_quantity
 from events.state import RUNNING, VMState
 from events.vmstate import NOT_LIVE_UPDATABLE, migrating
@@ -41,11 +42,9 @@ def _count(value: Any) -> int:
 
 
 def _guest(domain: dict[str, Any]) -> int:
-    """Guest memory as KubeVirt sizes it (memory.guest, else the request), bytes; 0: unset."""
-    given = (domain.get("memory") or {}).get("guest")
-    if given is None:
-        given = ((domain.get("resources") or {}).get("requests") or {}).get("memory")
-    return 0 if given is None else parse_quantity(given, field="memory.guest")
+    """Guest memory as KubeVirt sizes it (and the node boots it), bytes; 0: unset."""
+    found = guest_memory_source(domain)
+    return 0 if found is None else parse_quantity(found[1], field=found[0])
 
 
 def instance_size(spec: dict[str, Any], config: Config) -> m.InstanceSize:

@@ -23,6 +23,7 @@ import msgspec
 from events.fields import entries, integer, short, word
 from events.fields import fail as _fail
 from events.fields import mapping as _mapping
+from events.manifest import guest_memory_source
 from events.quantity import MAX_GUEST_MEMORY, parse_quantity
 from workers.hotplugxml import add_room
 
@@ -223,21 +224,19 @@ def guest_memory_bytes(spec: dict[str, Any]) -> int:
 
 
 def _memory_bytes(domain: dict[str, Any]) -> int:
-    """Guest memory as KubeVirt sizes it: memory.guest, else requests, else limits."""
+    """Guest memory as KubeVirt sizes it (`events.manifest.guest_memory_source`), checked."""
     at = f"{SPEC}.domain"
+    _mapping(domain.get("memory"), f"{at}.memory")  # a wrong shape is named, not passed over
     res = _mapping(domain.get("resources"), f"{at}.resources")
-    candidates = [
-        (f"{at}.memory.guest", _mapping(domain.get("memory"), f"{at}.memory").get("guest"))
-    ]
     for key in ("requests", "limits"):
-        holder = _mapping(res.get(key), f"{at}.resources.{key}")
-        candidates.append((f"{at}.resources.{key}.memory", holder.get("memory")))
-    for field, value in candidates:
-        if value is not None:
-            if not 0 < (size := parse_quantity(value, field=field)) <= MAX_GUEST_MEMORY:
-                raise _fail(field, f"{short(value)} must be more than zero and at most 8Ei")
-            return size
-    raise _fail(f"{at}.resources.requests.memory", f"or {at}.memory.guest is required")
+        _mapping(res.get(key), f"{at}.resources.{key}")
+    found = guest_memory_source(domain)
+    if found is None:
+        raise _fail(f"{at}.resources.requests.memory", f"or {at}.memory.guest is required")
+    field, value = f"{at}.{found[0]}", found[1]
+    if not 0 < (size := parse_quantity(value, field=field)) <= MAX_GUEST_MEMORY:
+        raise _fail(field, f"{short(value)} must be more than zero and at most 8Ei")
+    return size
 
 
 def _cpu(cpu: dict[str, Any], *, kvm: bool) -> tuple[int, ET.Element]:

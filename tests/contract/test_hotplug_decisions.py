@@ -10,6 +10,7 @@ from test_fold import CREATED, condition, run, step
 
 from events import model as m
 from events.kubevirt import Config, config_of
+from events.manifest import guest_memory_source
 from events.render import vmi_object
 from events.state import VMState
 from orchestrator.resize import instance_size, only_live_changes, resize_events
@@ -110,3 +111,23 @@ def test_under_stage_every_change_waits_for_a_restart() -> None:
             message="CPU sockets updated in template spec to a value higher than what's available"
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("domain", "found"),
+    [
+        ({"memory": {"guest": "1Gi"}, "resources": {"requests": {"memory": "2Gi"}}},
+         ("memory.guest", "1Gi")),
+        ({"resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "3Gi"}}},
+         ("resources.requests.memory", "2Gi")),
+        ({"resources": {"limits": {"memory": "3Gi"}}}, ("resources.limits.memory", "3Gi")),
+        ({"memory": {"guest": None}, "resources": {"limits": {"memory": "3Gi"}}},
+         ("resources.limits.memory", "3Gi")),
+        ({}, None),
+        ({"memory": "1Gi", "resources": ["x"]}, None),  # wrong shapes: nothing says it
+    ],
+)  # fmt: skip
+def test_the_node_and_the_orchestrator_read_guest_memory_from_one_place(
+    domain: dict[str, Any], found: tuple[str, str] | None
+) -> None:
+    assert guest_memory_source(domain) == found
