@@ -37,6 +37,7 @@ from events.manifest_reader import METADATA, Reader, names, strings
 from events.manifest_storage import STORAGE_KINDS, dv_command, pvc_command
 from events.names import check_name
 from events.quantity import parse_quantity
+from events.unsupported import other_kind
 
 API_VERSION: Final = "kubevirt.io/v1"
 DEPRECATED_API_VERSIONS: Final = frozenset({"kubevirt.io/v1alpha3"})
@@ -44,7 +45,9 @@ SNAPSHOT_API_VERSION: Final = "snapshot.kubevirt.io/v1beta1"
 SNAPSHOT_KINDS: Final = ("VirtualMachineSnapshot", "VirtualMachineRestore")
 RUN_STRATEGIES: Final = ("Always", "RerunOnFailure", "Manual", "Halted", "Once")
 MAX_REPLICAS: Final = 10_000  # events.commands.Replicas allows no more
-POOL_API_VERSION: Final = "pool.kubevirt.io/v1alpha1"
+# KubeVirt serves pools in v1beta1 (stored) and v1alpha1; both read alike, shown as v1beta1.
+POOL_API_VERSION: Final = "pool.kubevirt.io/v1beta1"
+POOL_API_VERSIONS: Final = (POOL_API_VERSION, "pool.kubevirt.io/v1alpha1")
 KINDS: Final = ("VirtualMachine", "VirtualMachineInstance", "VirtualMachineInstanceReplicaSet",
                 "VirtualMachineInstanceMigration", kv.KIND, *SNAPSHOT_KINDS)  # fmt: skip
 
@@ -147,7 +150,7 @@ def to_commands(
     )
     shown_api, shown_kind = f.short(doc.get("apiVersion")), f.short(doc.get("kind"))
     other = {**STORAGE_KINDS, INSTANCETYPE_API: tuple(INSTANCETYPE_KINDS),
-             POOL_API_VERSION: ("VirtualMachinePool",)}  # fmt: skip
+             **dict.fromkeys(POOL_API_VERSIONS, ("VirtualMachinePool",))}  # fmt: skip
     if api in ("instancetype.kubevirt.io/v1alpha1", "instancetype.kubevirt.io/v1alpha2"):
         reader.warn("apiVersion", f"{api} is deprecated; read as {INSTANCETYPE_API}")
         api = INSTANCETYPE_API
@@ -164,6 +167,8 @@ def to_commands(
         elif api != SNAPSHOT_API_VERSION:
             raise _fail("apiVersion", f"{shown_api} is not supported for {kind}; use "
                                       f"{SNAPSHOT_API_VERSION}")  # fmt: skip
+    elif (why := other_kind(api, kind)) is not None:
+        raise _fail("kind", f"{shown_kind} ({shown_api}): {why}")
     elif api in DEPRECATED_API_VERSIONS:
         reader.warn("apiVersion", f"{api} is deprecated; read as {API_VERSION}")
     elif api != API_VERSION:

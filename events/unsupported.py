@@ -108,3 +108,33 @@ def check(vmi: Any, path: str, *, annotations: dict[str, str] | None = None) -> 
         )
         raise fail(at, "virtbus runs no sidecar hooks; remove it to run the VM on virtbus")
     return warns
+
+
+# Kinds of KubeVirt's (and Kubernetes') that its examples and guides apply, which virtbus does
+# not serve, by API group: what to use instead, where there is something, rather than a hint
+# at another apiVersion that would not help.
+OTHER_KINDS: Final = {
+    "migrations.kubevirt.io": "virtbus has no MigrationPolicy objects: the cluster's migration "
+    "settings are the KubeVirt object's spec.configuration.migrations (apply a kind: KubeVirt)",
+    "scheduling.k8s.io": "virtbus has no pod priorities, so no PriorityClass; a VM's "
+    "priorityClassName is ignored with a warning",
+    "resource.k8s.io": "virtbus has no dynamic resource allocation (DRA): its nodes offer no "
+    "devices to claim",
+    "export.kubevirt.io": "virtbus has no VirtualMachineExport; `virtbus history` and "
+    "`image-upload` are its ways in and out",
+    "clone.kubevirt.io": "virtbus has no VirtualMachineClone; a DataVolume with a pvc source "
+    "clones a disk",
+}
+PRESET: Final = (
+    "VirtualMachineInstancePreset",
+    "KubeVirt deprecated VirtualMachineInstancePresets (kubevirt.io/v1, to be removed in v2) and "
+    "virtbus never had them: use instance types and preferences (instancetype.kubevirt.io/v1beta1)",
+)
+
+
+def other_kind(api: str | None, kind: str | None) -> str | None:
+    """Why a kind virtbus does not serve is not served, where that is known; None otherwise."""
+    if kind == PRESET[0]:
+        return PRESET[1]
+    group = (api or "").partition("/")[0]
+    return OTHER_KINDS.get(group) or None

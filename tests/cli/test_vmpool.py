@@ -82,12 +82,12 @@ async def test_a_pool_makes_scales_and_deletes_its_vms(stack: Stack) -> None:
         ["NAME", "DESIRED", "CURRENT", "READY"], ["web", "2", "2", "2"]]  # fmt: skip
     obj = (await cli(stack, "get", "vmpool", "web", "-o", "json")).ok().json()
     assert (obj["apiVersion"], obj["kind"], obj["status"]) == (
-        "pool.kubevirt.io/v1alpha1",
+        "pool.kubevirt.io/v1beta1",
         "VirtualMachinePool",
         {"replicas": 2, "readyReplicas": 2},
     )
     described = (await cli(stack, "describe", "vmpool", "web")).ok().out.splitlines()
-    assert described[4:6] == ["API Version:  pool.kubevirt.io/v1alpha1",
+    assert described[4:6] == ["API Version:  pool.kubevirt.io/v1beta1",
                               "Kind:         VirtualMachinePool"]  # fmt: skip
 
     deleted = (await cli(stack, "delete", "vmpool", "web")).ok().out
