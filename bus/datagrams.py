@@ -17,22 +17,29 @@ from collections.abc import Callable
 from bus.tunnel import FRAME, Pipe, relay
 
 IDLE_S = 300.0  # as long as a conntrack entry of an answered UDP flow, give or take
+BACKLOG = 1024  # datagrams waiting for the pipe; more are dropped, as a full socket buffer would
 
 
 class Inbox:
     """Datagrams waiting to go out on a pipe; `close(reason)` ends the session after them."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=BACKLOG)
         self.reason: str | None = None
+        self.dropped = 0
 
     def put(self, data: bytes) -> None:
         if data and self.reason is None:  # an empty datagram would read as the end: dropped
-            self.queue.put_nowait(data[:FRAME])
+            try:
+                self.queue.put_nowait(data[:FRAME])
+            except asyncio.QueueFull:  # a sender faster than the bus: UDP's answer is loss
+                self.dropped += 1
 
     def close(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
+            if self.queue.full():  # the end must get in: it goes before the last datagram
+                self.queue.get_nowait()
             self.queue.put_nowait(None)
 
 
