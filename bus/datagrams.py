@@ -38,7 +38,7 @@ class Inbox:
     def close(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
-            if self.queue.full():  # the end must get in: it goes before the last datagram
+            if self.queue.full():  # the end must get in: the oldest datagram makes room
                 self.queue.get_nowait()
             self.queue.put_nowait(None)
 

@@ -15,5 +15,5 @@ async def test_a_flood_is_dropped_past_the_backlog_and_the_end_still_gets_in() -
     inbox.close("no datagram for 300s")
     inbox.put(b"late")  # after the end: nothing more goes in
     queued = [inbox.queue.get_nowait() for _ in range(inbox.queue.qsize())]
-    assert queued == [i.to_bytes(4, "big") for i in range(BACKLOG - 1)] + [None]
+    assert queued == [i.to_bytes(4, "big") for i in range(1, BACKLOG)] + [None]  # oldest out
     assert inbox.reason == "no datagram for 300s"
