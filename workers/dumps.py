@@ -32,6 +32,15 @@ from workers.volumes import claim_dir
 DUMP_MODE = 0o600  # a guest's memory: its secrets too
 
 
+def plain_name(file_name: str) -> str:
+    """The dump's name as the log has it (a node wrote it), if it is a plain name in the claim's
+    own directory: a path out of it is never served, whoever wrote it."""
+    if not file_name or file_name != Path(file_name).name or file_name.startswith("."):
+        raise ValidationError(f"the memory dump's file name {file_name!r} is not a plain file "
+                              "name; nothing served", field="fileName")  # fmt: skip
+    return file_name
+
+
 def dump_name(vm: str, claim: str, now: datetime) -> str:
     return f"{vm}-{claim}-{now:%Y%m%d-%H%M%S}.memory.dump"
 
@@ -78,7 +87,7 @@ class MemoryDumps:
         dump = s.memory_dump
         if dump is None or dump.phase != "Completed":
             raise ValidationError(f"VirtualMachine {req.name} has no completed memory dump")
-        path = claim_dir(self.root, req.namespace, dump.claim) / dump.file_name
+        path = claim_dir(self.root, req.namespace, dump.claim) / plain_name(dump.file_name)
         try:
             size = (await asyncio.to_thread(path.stat)).st_size
         except OSError as err:
