@@ -19,6 +19,7 @@ import msgspec
 from msgspec.structs import replace
 
 from events import model as m
+from events import preferences, unsupported
 from events.envelope import Envelope
 from events.errors import ValidationError
 from events.folding import Skipped, total
@@ -36,10 +37,6 @@ KINDS: Final = {
 KIND_OF: Final = {aggregate: kind for kind, (aggregate, _) in KINDS.items()}
 DEFAULT_KIND: Final = {"instancetype": "VirtualMachineClusterInstancetype",
                        "preference": "VirtualMachineClusterPreference"}  # fmt: skip
-_TOPOLOGY: Final = {"sockets": "sockets", "preferSockets": "sockets", "cores": "cores",
-                    "preferCores": "cores", "threads": "threads", "preferThreads": "threads",
-                    "spread": "sockets", "preferSpread": "sockets", "any": "sockets",
-                    "preferAny": "sockets"}  # fmt: skip
 
 
 class InstancetypeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -133,32 +130,22 @@ def effective_spec(vm_spec: dict[str, Any], *, namespace: str, lookup: Lookup) -
     if itype is None and pref is None:
         return vm_spec
     spec = copy.deepcopy(vm_spec)
-    vmi = spec.setdefault("template", {}).setdefault("spec", {})
+    template = spec.setdefault("template", {})
+    vmi = template.setdefault("spec", {})
     domain = vmi.setdefault("domain", {})
     pref = pref or {}
     if itype is not None:
-        _size(vmi, domain, itype, topology=str((pref.get("cpu") or {}).get(
-            "preferredCPUTopology", "sockets")))  # fmt: skip
-    devices = domain.setdefault("devices", {})
-    wanted = pref.get("devices") or {}
-    for disk in devices.get("disks") or []:
-        for kind, key in (("disk", "preferredDiskBus"), ("cdrom", "preferredCdromBus"),
-                          ("lun", "preferredLunBus")):  # fmt: skip
-            if wanted.get(key) and (kind in disk or (kind == "disk" and not set(disk) & {
-                    "cdrom", "lun"})):  # fmt: skip
-                target = disk.setdefault(kind, {})
-                target.setdefault("bus", wanted[key])
-    for nic in devices.get("interfaces") or []:
-        if wanted.get("preferredInterfaceModel"):
-            nic.setdefault("model", wanted["preferredInterfaceModel"])
-    machine = (pref.get("machine") or {}).get("preferredMachineType")
-    if machine:
-        domain.setdefault("machine", {}).setdefault("type", machine)
+        preferences.check_spread(int((itype.get("cpu") or {}).get("guest") or 1), pref)
+        _size(vmi, domain, itype, pref=pref)
+    preferences.apply(pref, template)
+    if pref:  # what the preference brought (EFI, SEV...) is refused as if the VM had it
+        unsupported.check(vmi, "spec.template.spec", annotations=None)
+    preferences.requirements(itype, pref, vmi)
     return spec
 
 
 def _size(vmi: dict[str, Any], domain: dict[str, Any], itype: dict[str, Any], *,
-          topology: str) -> None:  # fmt: skip
+          pref: dict[str, Any]) -> None:  # fmt: skip
     cpu, memory = itype.get("cpu") or {}, itype.get("memory") or {}
     mine_cpu, mine_mem = domain.get("cpu") or {}, domain.get("memory") or {}
     base = "spec.template.spec.domain"
@@ -169,9 +156,7 @@ def _size(vmi: dict[str, Any], domain: dict[str, Any], itype: dict[str, Any], *,
     if conflicts:
         raise ValidationError(f"VM field(s) {', '.join(conflicts)} conflicts with selected "
                               "instance type", field="spec.instancetype")  # fmt: skip
-    guest = int(cpu.get("guest") or 1)
-    shape = {"sockets": 1, "cores": 1, "threads": 1}
-    shape[_TOPOLOGY.get(topology, "sockets")] = guest
+    shape = preferences.layout(int(cpu.get("guest") or 1), pref)
     domain["cpu"] = {**mine_cpu, **shape, **({"model": cpu["model"]} if cpu.get("model") else {})}
     if memory.get("guest"):
         domain["memory"] = {**mine_mem, "guest": memory["guest"]}

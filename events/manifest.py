@@ -9,7 +9,6 @@ and warns about every field it does not know instead of dropping it silently.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 from typing import Any, Final
 
 import yaml
@@ -102,21 +101,6 @@ def run_strategy_of(spec: dict[str, Any]) -> str:
     if spec.get("runStrategy") is not None:
         return str(spec["runStrategy"])
     return "Always" if spec.get("running") is True else "Halted"
-
-
-def guest_memory_source(domain: Mapping[str, Any]) -> tuple[str, Any] | None:
-    """Where KubeVirt takes a guest's memory from: `memory.guest`, else the pod's request, else
-    its limit. The path under the domain and the value found there; None: nothing says it. The
-    node (what it boots) and the orchestrator (what it can hotplug) read it from here alike."""
-    memory = domain.get("memory")
-    if isinstance(memory, Mapping) and memory.get("guest") is not None:
-        return "memory.guest", memory["guest"]
-    resources = domain.get("resources")
-    for key in ("requests", "limits"):
-        holder = resources.get(key) if isinstance(resources, Mapping) else None
-        if isinstance(holder, Mapping) and holder.get("memory") is not None:
-            return f"resources.{key}.memory", holder["memory"]
-    return None
 
 
 def summarize(spec: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ means the same number everywhere.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any, Final
 
@@ -53,3 +54,18 @@ def parse_quantity(value: Any, *, field: str = "quantity") -> int:
     if result < 0:
         raise ValidationError(f"{field}: {shown} must not be negative", field=field)
     return result
+
+
+def guest_memory_source(domain: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """Where KubeVirt takes a guest's memory from: `memory.guest`, else the pod's request, else
+    its limit. The path under the domain and the value found there; None: nothing says it. The
+    node (what it boots) and the orchestrator (what it can hotplug) read it from here alike."""
+    memory = domain.get("memory")
+    if isinstance(memory, Mapping) and memory.get("guest") is not None:
+        return "memory.guest", memory["guest"]
+    resources = domain.get("resources")
+    for key in ("requests", "limits"):
+        holder = resources.get(key) if isinstance(resources, Mapping) else None
+        if isinstance(holder, Mapping) and holder.get("memory") is not None:
+            return f"resources.{key}.memory", holder["memory"]
+    return None

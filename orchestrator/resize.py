@@ -20,8 +20,7 @@ import msgspec
 
 from events import model as m
 from events.kubevirt import Config
-from events.manifest import guest_memory_source
-from events.quantity import parse_quantity
+from events.quantity import guest_memory_source, parse_quantity
 from events.state import RUNNING, VMState
 from events.vmstate import NOT_LIVE_UPDATABLE, migrating
 

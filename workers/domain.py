@@ -23,8 +23,7 @@ import msgspec
 from events.fields import entries, integer, short, word
 from events.fields import fail as _fail
 from events.fields import mapping as _mapping
-from events.manifest import guest_memory_source
-from events.quantity import MAX_GUEST_MEMORY, parse_quantity
+from events.quantity import MAX_GUEST_MEMORY, guest_memory_source, parse_quantity
 from workers.hotplugxml import add_room
 
 SPEC: Final = "spec.template.spec"

@@ -10,7 +10,7 @@ from test_fold import CREATED, condition, run, step
 
 from events import model as m
 from events.kubevirt import Config, config_of
-from events.manifest import guest_memory_source
+from events.quantity import guest_memory_source
 from events.render import vmi_object
 from events.state import VMState
 from orchestrator.resize import instance_size, only_live_changes, resize_events

@@ -1,0 +1,145 @@
+"""KubeVirt's preference applier, topology layout and requirements, as pure functions over specs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from events.errors import ValidationError
+from events.instancetypes import InstancetypeState, effective_spec
+from events.preferences import layout
+
+
+def resolve(vm: dict[str, Any], itype: dict[str, Any] | None,
+            pref: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+    known = {"clusterinstancetype": itype, "clusterpreference": pref}
+
+    def lookup(aggregate: str, ns: str, name: str) -> InstancetypeState | None:
+        spec = known.get(aggregate)
+        return None if spec is None else InstancetypeState(exists=True, spec=spec)
+
+    spec = {**({"instancetype": {"name": "i"}} if itype else {}),
+            **({"preference": {"name": "p"}} if pref else {}), "template": vm}  # fmt: skip
+    return effective_spec(spec, namespace="ns", lookup=lookup)["template"]
+
+
+def refusal(vm: dict[str, Any], itype: dict[str, Any] | None, pref: dict[str, Any]) -> str:
+    with pytest.raises(ValidationError) as err:
+        resolve(vm, itype, pref)
+    return f"{err.value.field}: {err.value.message}"
+
+
+def test_the_preferred_topology_lays_out_the_instance_types_vcpus() -> None:
+    def cpu(topology: str, **more: Any) -> dict[str, Any]:
+        return {"cpu": {"preferredCPUTopology": topology, **more}}
+
+    assert layout(1, cpu("cores")) == {"sockets": 1, "cores": 1, "threads": 1}
+    assert layout(4, {}) == {"sockets": 4, "cores": 1, "threads": 1}
+    assert layout(4, cpu("preferThreads")) == {"sockets": 1, "cores": 1, "threads": 4}
+    assert layout(4, cpu("any")) == {"sockets": 4, "cores": 1, "threads": 1}
+    assert layout(8, cpu("spread")) == {"sockets": 4, "cores": 2, "threads": 1}
+    assert layout(8, cpu("spread", spreadOptions={"across": "CoresThreads"})) == {
+        "sockets": 1, "cores": 4, "threads": 2}  # fmt: skip
+    assert layout(12, cpu("spread", spreadOptions={"across": "SocketsCoresThreads",
+                                                   "ratio": 3})) == {
+        "sockets": 2, "cores": 3, "threads": 2}  # fmt: skip
+    itype = {"cpu": {"guest": 3}, "memory": {"guest": "1Gi"}}
+    assert refusal({}, itype, cpu("spread")) == (
+        "instancetype.spec.cpu.guest: 3 vCPUs provided by the instance type are not divisible "
+        "by the Spec.PreferSpreadSocketToCoreRatio or Spec.CPU.PreferSpreadOptions.Ratio of 2 "
+        "provided by the preference")  # fmt: skip
+
+
+def test_every_preferred_field_fills_what_the_vm_leaves_unset() -> None:
+    pref = {
+        "cpu": {"preferredCPUFeatures": [{"name": "vmx", "policy": "require"}, {"name": "pcid"}]},
+        "devices": {
+            "preferredDiskBus": "sata",
+            "preferredDiskCache": "none",
+            "preferredDiskIO": "native",
+            "preferredCdromBus": "sata",
+            "preferredInterfaceModel": "e1000",
+            "preferredInterfaceMasquerade": {},
+            "preferredAutoattachGraphicsDevice": False,
+            "preferredAutoattachSerialConsole": False,
+            "preferredRng": {},
+            "preferredDisableHotplug": True,
+            "preferredVideoType": "vga",
+            "preferredInputBus": "usb",
+            "preferredInputType": "tablet",
+            "preferredPanicDeviceModel": "isa",
+        },
+        "features": {
+            "preferredAcpi": {},
+            "preferredSmm": {"enabled": True},
+            "preferredHyperv": {"relaxed": {}, "vapic": {}},
+        },
+        "firmware": {"preferredUseBios": True, "preferredUseBiosSerial": True},
+        "machine": {"preferredMachineType": "q35"},
+        "clock": {"preferredClockOffset": {"utc": {}}, "preferredTimer": {"rtc": {}}},
+        "preferredSubdomain": "sub",
+        "preferredTerminationGracePeriodSeconds": 30,
+        "annotations": {"a": "pref", "b": "pref"},
+    }
+    vm = {"metadata": {"annotations": {"a": "mine"}}, "spec": {
+        "networks": [{"name": "n", "pod": {}}, {"name": "m", "pod": {}}],
+        "terminationGracePeriodSeconds": 5,
+        "domain": {"cpu": {"features": [{"name": "vmx", "policy": "disable"}]},
+                   "clock": {"timezone": "Europe/Paris"},
+                   "devices": {"disks": [{"name": "a"}, {"name": "c", "cdrom": {"bus": "scsi"}}],
+                               "interfaces": [{"name": "n"}, {"name": "m", "bridge": {}}],
+                               "inputs": [{"name": "t", "type": "keyboard"}],
+                               "autoattachSerialConsole": True}}}}  # fmt: skip
+    got = resolve(vm, None, pref)
+    domain = got["spec"]["domain"]
+    assert got["metadata"] == {"annotations": {"a": "mine", "b": "pref"}}
+    assert (got["spec"]["subdomain"], got["spec"]["terminationGracePeriodSeconds"]) == ("sub", 5)
+    assert domain["cpu"] == {"features": [{"name": "vmx", "policy": "disable"}, {"name": "pcid"}]}
+    assert domain["devices"] == {
+        "disks": [{"name": "a", "disk": {"bus": "sata"}, "cache": "none", "io": "native"},
+                  {"name": "c", "cdrom": {"bus": "scsi"}}],
+        "interfaces": [{"name": "n", "model": "e1000", "masquerade": {}},
+                       {"name": "m", "bridge": {}, "model": "e1000"}],
+        "inputs": [{"name": "t", "type": "keyboard", "bus": "usb"}],
+        "autoattachSerialConsole": True, "autoattachGraphicsDevice": False, "rng": {},
+        "disableHotplug": True, "video": {"type": "vga"}, "panicDevices": [{"model": "isa"}],
+    }  # fmt: skip
+    assert domain["features"] == {"acpi": {}, "smm": {"enabled": True},
+                                  "hyperv": {"relaxed": {}, "vapic": {}}}  # fmt: skip
+    assert domain["firmware"] == {"bootloader": {"bios": {"useSerial": True}}}
+    assert (domain["machine"], domain["clock"]) == (
+        {"type": "q35"}, {"timezone": "Europe/Paris", "timer": {"rtc": {}}})  # fmt: skip
+    assert vm["spec"]["domain"]["devices"]["disks"][0] == {"name": "a"}  # the VM's own: a copy
+    # What virtbus refuses in a VM is refused when a preference brings it.
+    efi = "spec.template.spec.domain.firmware.bootloader.efi"
+    assert refusal({}, None, {"firmware": {"preferredEfi": {}}}) == (
+        f"{efi}: {efi}: virtbus boots guests with BIOS (SeaBIOS) only: no EFI, no secure boot; "
+        "remove it to run the VM on virtbus")  # fmt: skip
+
+
+def test_a_vm_below_its_preferences_requirements_is_refused_with_kubevirts_words() -> None:
+    needs = {"requirements": {"cpu": {"guest": 2}, "memory": {"guest": "2Gi"}}}
+    small = {"cpu": {"guest": 1}, "memory": {"guest": "4Gi"}}
+    assert refusal({}, small, needs) == (
+        "spec.instancetype: failure checking preference requirements: insufficient CPU "
+        "resources of 1 vCPU provided by instance type, preference requires 2 vCPU")  # fmt: skip
+    assert refusal({}, {"cpu": {"guest": 2}, "memory": {"guest": "1Gi"}}, needs) == (
+        "spec.instancetype: failure checking preference requirements: insufficient Memory "
+        "resources of 1Gi provided by instance type, preference requires 2Gi")  # fmt: skip
+    own = {"spec": {"domain": {"cpu": {"cores": 4}, "memory": {"guest": "4Gi"}}}}
+    assert refusal(own, None, needs) == (
+        "spec.template.spec.domain.cpu.sockets: failure checking preference requirements: "
+        "insufficient CPU resources of 0 vCPU provided by VirtualMachine, preference requires "
+        "2 vCPU provided as sockets")  # fmt: skip
+    assert refusal({"spec": {"domain": {"resources": {"requests": {"memory": "1Gi"}}}}}, None,
+                   {"requirements": {"memory": {"guest": "2Gi"}}}) == (
+        "spec.template.spec.domain.memory: failure checking preference requirements: "
+        "insufficient Memory resources of 1Gi provided by VirtualMachine, preference requires "
+        "2Gi")  # fmt: skip
+    assert refusal({}, None, needs).endswith("no CPU resources provided by VirtualMachine, "
+                                             "preference requires 2 vCPU")  # fmt: skip
+    cores = {**needs, "cpu": {"preferredCPUTopology": "cores"}}
+    assert resolve(own, None, cores)["spec"]["domain"]["cpu"] == {"cores": 4}
+    assert resolve({}, {"cpu": {"guest": 2}, "memory": {"guest": "2Gi"}}, needs)["spec"][
+        "domain"]["cpu"] == {"sockets": 2, "cores": 1, "threads": 1}  # fmt: skip
