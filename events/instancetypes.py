@@ -86,6 +86,7 @@ def decide_instancetype(
 
 
 Lookup = Callable[[str, str, str], InstancetypeState | None]  # (aggregate, namespace, name)
+REVISION: Final = "controllerrevision"  # the aggregate a Lookup is asked for a revisionName by
 
 
 def matcher(vm_spec: dict[str, Any], which: str) -> tuple[str, str] | None:
@@ -114,6 +115,9 @@ def find(vm_spec: dict[str, Any], *, namespace: str, lookup: Lookup) -> tuple[
             continue
         aggregate, name = matched
         ns = CLUSTER if aggregate.startswith("cluster") else namespace
+        if revision := vm_spec[which].get("revisionName"):
+            out.append(_revision(which, str(revision), namespace=namespace, lookup=lookup))
+            continue
         found = lookup(aggregate, ns, name)
         if found is None or not found.exists:
             resource = f"{KINDS[KIND_OF[aggregate]][1]}.instancetype.kubevirt.io"
@@ -121,6 +125,18 @@ def find(vm_spec: dict[str, Any], *, namespace: str, lookup: Lookup) -> tuple[
                                   field=f"spec.{which}")  # fmt: skip
         out.append(found.spec)
     return out[0], out[1]
+
+
+def _revision(which: str, name: str, *, namespace: str, lookup: Lookup) -> dict[str, Any]:
+    """The spec a `revisionName` names (a ControllerRevision: what a VM of the namespace
+    captured), as KubeVirt's revision finder reads it, or its refusal."""
+    found = lookup(REVISION, namespace, name)
+    why = f'controllerrevisions.apps "{name}" not found'
+    if found is not None and (which == "instancetype") != found.aggregate.endswith("instancetype"):
+        why = f"unexpected type in ControllerRevision: *v1beta1.{KIND_OF[found.aggregate]}"
+    elif found is not None:
+        return found.spec
+    raise ValidationError(f"Failure to find {which}: {why}", field=f"spec.{which}.revisionName")
 
 
 def effective_spec(vm_spec: dict[str, Any], *, namespace: str, lookup: Lookup) -> dict[str, Any]:

@@ -107,8 +107,10 @@ class Controller(Folded):
             policy=config.migrations, eviction_strategy=config.eviction_strategy,
         )  # fmt: skip
         # KubeVirt's ControllerRevisions: captured from the same objects `effective` reads now.
-        captured = captures(s, known=self.instancetypes)
-        s, refused = effective(s, known=self.instancetypes)  # sized by its instance type
+        captured = captures(s, known=self.instancetypes, vms=self.vms)
+        s, refused = effective(
+            s, known=self.instancetypes, vms=self.vms
+        )  # sized by its instance type
         reaction = reconcile(
             s, lost_nodes=lost, cluster=cluster,
             place=lambda req: refused() or place(

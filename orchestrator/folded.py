@@ -103,7 +103,7 @@ class Folded:
         await self.caught_up()
         vm = self.vms.get(ref.prefix)  # its captured revisions size it, whatever became of them
         admit(spec, namespace=ref.namespace, known=self.instancetypes,
-              captured=vm.revisions if vm is not None else None)  # fmt: skip
+              captured=vm.revisions if vm is not None else None, vms=self.vms)  # fmt: skip
         self.settings.admit(ref, c.StartVM(name=ref.name, namespace=ref.namespace), spec)
 
     async def admission(self, ref: Ref, cmd: c.Command) -> None:
@@ -129,7 +129,8 @@ class Folded:
                             rec.subject, skip.type, skip.reason)  # fmt: skip
                 metrics.UNFOLDABLE.inc()
             # Accounted at its effective size: an instance type sizes what it holds.
-            self.capacity.folded(key, effective(s, known=self.instancetypes)[0], rec.envelope.data)
+            self.capacity.folded(key, effective(s, known=self.instancetypes, vms=self.vms)[0],
+                                 rec.envelope.data)  # fmt: skip
             self.addresses.folded(key, s)
         elif kind == "node":
             name = rest.split(".")[1]

@@ -6,9 +6,13 @@ from typing import Any
 
 import pytest
 
+from events import model as m
 from events.errors import ValidationError
 from events.instancetypes import InstancetypeState, effective_spec
 from events.preferences import layout
+from events.state import VMState
+from events.vmstate import Revision
+from orchestrator.instancetypes import admit, captures, effective
 
 
 def resolve(vm: dict[str, Any], itype: dict[str, Any] | None,
@@ -143,3 +147,39 @@ def test_a_vm_below_its_preferences_requirements_is_refused_with_kubevirts_words
     assert resolve(own, None, cores)["spec"]["domain"]["cpu"] == {"cores": 4}
     assert resolve({}, {"cpu": {"guest": 2}, "memory": {"guest": "2Gi"}}, needs)["spec"][
         "domain"]["cpu"] == {"sockets": 2, "cores": 1, "threads": 1}  # fmt: skip
+
+
+def test_a_revision_name_sizes_the_vm_by_that_captured_revision() -> None:
+    """KubeVirt's `revisionName`: a ControllerRevision of the namespace (what a VM there
+    captured) sizes the VM, whatever the object is now; a missing one is refused by name."""
+    small = {"cpu": {"guest": 2}, "memory": {"guest": "128Mi"}}
+    captured = Revision("VirtualMachineClusterInstancetype", "small", "a-small-v1beta1-1", small)
+    pref = Revision("VirtualMachineClusterPreference", "p", "a-p-v1beta1-1", {})
+    a = VMState(name="a", namespace="ns", exists=True,
+                revisions={"instancetype": captured, "preference": pref})  # fmt: skip
+    now = InstancetypeState(exists=True, version=7, spec={"cpu": {"guest": 4},
+                                                          "memory": {"guest": "1Gi"}})  # fmt: skip
+    known = {"virt.clusterinstancetype._.small": now}
+
+    def vm(revision: str, namespace: str = "ns") -> VMState:
+        return VMState(name="b", namespace=namespace, exists=True, spec={
+            "instancetype": {"name": "small", "revisionName": revision}})  # fmt: skip
+
+    b = vm("a-small-v1beta1-1")
+    [event] = captures(b, known=known, vms={"a": a})
+    assert event == m.InstancetypeRevisionCaptured(
+        which="instancetype", object_kind="VirtualMachineClusterInstancetype", name="small",
+        revision="a-small-v1beta1-1", spec=small)  # fmt: skip
+    sized, guard = effective(b, known=known, vms={"a": a})
+    assert (sized.spec["template"]["spec"]["domain"]["cpu"]["sockets"], guard()) == (2, "")
+    for revision, namespace, why in (
+        ("nope", "ns", 'controllerrevisions.apps "nope" not found'),
+        ("a-small-v1beta1-1", "other", 'controllerrevisions.apps "a-small-v1beta1-1" not found'),
+        ("a-p-v1beta1-1", "ns",
+         "unexpected type in ControllerRevision: *v1beta1.VirtualMachineClusterPreference"),
+    ):  # fmt: skip
+        lost = vm(revision, namespace)
+        assert captures(lost, known=known, vms={"a": a}) == []
+        with pytest.raises(ValidationError) as err:
+            admit(lost.spec, namespace=namespace, known=known, vms={"a": a})
+        assert err.value.message == f"Failure to find instancetype: {why}"
