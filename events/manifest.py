@@ -57,7 +57,9 @@ _VM_SPEC: Final = names(
     "updateVolumesStrategy liveUpdateFeatures"
 )
 _RS_SPEC: Final = names("replicas selector template paused")
-_POOL_SPEC: Final = names("replicas selector virtualMachineTemplate scaleInStrategy")
+_POOL_SPEC: Final = names(
+    "replicas selector virtualMachineTemplate scaleInStrategy updateStrategy maxUnavailable"
+)
 SORT_POLICIES: Final = ("AscendingOrder", "DescendingOrder", "Newest", "Oldest", "Random")
 _KUBEVIRT_SPEC: Final = names(
     "configuration certificateRotateStrategy customizeComponents imagePullPolicy "
@@ -271,10 +273,16 @@ def _pool(
 ) -> Command:
     """A VirtualMachinePool: `replicas` VMs `<pool>-<index>` made from `virtualMachineTemplate`."""
     for key in [key for key in spec if key not in _POOL_SPEC]:
-        reader.warn(f"spec.{key}", "virtbus's pools do not act on it (they scale, by their "
-                                   "scaleInStrategy)")  # fmt: skip
+        reader.warn(f"spec.{key}", "virtbus's pools do not act on it (they scale and update, by "
+                                   "their scaleInStrategy and updateStrategy)")  # fmt: skip
     _replicas(spec)
-    _scale_in(spec.get("scaleInStrategy"), reader)
+    _strategy(spec.get("scaleInStrategy"), reader, at="spec.scaleInStrategy")
+    _strategy(spec.get("updateStrategy"), reader, at="spec.updateStrategy")
+    unavailable = spec.get("maxUnavailable")
+    if unavailable is not None and not (
+            isinstance(unavailable, str) and unavailable.endswith("%")
+            and unavailable[:-1].isdigit()):  # fmt: skip
+        f.integer(unavailable, "spec.maxUnavailable", low=1, high=2**31 - 1)
     at = "spec.virtualMachineTemplate"
     if not spec.get("virtualMachineTemplate"):
         raise _fail(at, "is required")
@@ -292,15 +300,17 @@ def _pool(
     return ApplyVMPool(name=name, namespace=namespace, spec=spec, labels=labels)
 
 
-def _scale_in(given: Any, reader: Reader) -> None:
-    """A pool's `scaleInStrategy`: one of unmanaged, opportunistic, proactive (KubeVirt's)."""
-    at = "spec.scaleInStrategy"
+def _strategy(given: Any, reader: Reader, *, at: str) -> None:
+    """A pool's `scaleInStrategy` or `updateStrategy`: one of unmanaged, opportunistic,
+    proactive (KubeVirt's)."""
     strategy = reader.section(given, at, fields=names("unmanaged opportunistic proactive"))
     if len(strategy) > 1:
         raise _fail(at, "give one of unmanaged, opportunistic and proactive")
+    scale_in = at.endswith("scaleInStrategy")
     for kind, given_body in strategy.items():
-        body = reader.section(given_body, f"{at}.{kind}",
-                              fields=names("selectionPolicy statePreservation"))  # fmt: skip
+        fields = ("selectionPolicy" if kind == "proactive" else "") + (
+            " statePreservation" if scale_in and kind != "unmanaged" else "")  # fmt: skip
+        body = reader.section(given_body, f"{at}.{kind}", fields=names(fields))
         if body.get("statePreservation") not in (None, "Disabled"):
             reader.warn(f"{at}.{kind}.statePreservation", "virtbus deletes a scaled-in VM's "
                         "state (Disabled)")  # fmt: skip
@@ -308,9 +318,16 @@ def _scale_in(given: Any, reader: Reader) -> None:
                                 fields=names("sortPolicy selectors"))  # fmt: skip
         f.text(policy.get("sortPolicy"), f"{at}.{kind}.selectionPolicy.sortPolicy",
                choices=SORT_POLICIES)  # fmt: skip
-        if policy.get("selectors") is not None:
-            reader.warn(f"{at}.{kind}.selectionPolicy.selectors", "virtbus's pools do not filter "
-                        "by selectors; the sort policy alone picks")  # fmt: skip
+        selectors = reader.section(
+            policy.get("selectors"),
+            f"{at}.{kind}.selectionPolicy.selectors",
+            fields=names("labelSelector nodeSelectorRequirementMatcher"),
+        )
+        reader.section(
+            selectors.get("labelSelector"),
+            f"{at}.{kind}.selectionPolicy.selectors.labelSelector",
+            fields=names("matchLabels matchExpressions"),
+        )
         if policy.get("sortPolicy") == "Random":
             reader.warn(f"{at}.{kind}.selectionPolicy.sortPolicy", "Random is the highest "
                         "indexes first in virtbus (a choice replayed alike)")  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Collection, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -42,6 +42,7 @@ from events.vmstate import guest_end
 from orchestrator.decide import decide, kept_disks
 from orchestrator.ipam import PoolExhausted, VMAddresses
 from orchestrator.migrations import Cluster, migration_step
+from orchestrator.pool_update import REVISION_LABEL, revision_name, selected, sort_names, updates
 from orchestrator.resize import instance_size, resize_events, sized_spec
 from orchestrator.scheduler import Request, Unschedulable
 from orchestrator.snapshots import snapshot_work
@@ -286,6 +287,8 @@ def reconcile_rs(
         spec = {"runStrategy": "Always", "template": template}
         source = "VirtualMachineInstanceReplicaSet"
     labels = {**((template.get("metadata") or {}).get("labels") or {}), label: rs.name}
+    if rs.aggregate == "vmpool":  # the pool revision it is made from (KubeVirt's label)
+        labels[REVISION_LABEL] = revision_name(rs)
     active = {name: s for name, s in vms.items() if s.labels.get(label) == rs.name
               and s.exists and s.status != TERMINATING}  # fmt: skip
     out: list[tuple[Ref, list[m.Event], int]] = []
@@ -307,24 +310,22 @@ def reconcile_rs(
             s = active[name]
             delete = c.DeleteVM(name=name, namespace=rs.namespace)
             out.append((Ref("vm", rs.namespace, name), decide(s, delete), s.version))
+    if rs.aggregate == "vmpool" and rs.exists:
+        going = {ref.name for ref, _, _ in out}
+        out += updates(rs, {n: s for n, s in active.items() if n not in going}, spec=spec,
+                       labels=labels)  # fmt: skip
     return out
 
 
 def scale_in_order(rs: ReplicaSetState, active: Mapping[str, VMState]) -> list[str]:
     """The pool's VMs in the order scaling in deletes them (KubeVirt's sort policies; its
-    default, Random, is the highest index first here, as for a replica set); none where the pool
-    leaves scaling in to its user (`unmanaged`, `opportunistic`) unless the pool is deleted."""
+    default, Random, is the highest index first here, as for a replica set), of those its
+    `selectors` pick; none where the pool leaves scaling in to its user (`unmanaged`,
+    `opportunistic`) unless the pool is deleted."""
     strategy = rs.spec.get("scaleInStrategy") or {} if rs.aggregate == "vmpool" else {}
     if rs.exists and ("unmanaged" in strategy or "opportunistic" in strategy):
         return []
-    policy = ((strategy.get("proactive") or {}).get("selectionPolicy") or {}).get("sortPolicy")
-
-    def index(name: str) -> int:
-        tail = name.rpartition("-")[2]
-        return int(tail) if tail.isdigit() else 0
-
-    names = sorted(active, key=index, reverse=policy != "AscendingOrder")
-    if policy in ("Newest", "Oldest"):
-        epoch = datetime.min.replace(tzinfo=UTC)
-        names.sort(key=lambda n: active[n].created or epoch, reverse=policy == "Newest")
-    return names
+    policy = (strategy.get("proactive") or {}).get("selectionPolicy") or {}
+    if rs.exists and policy.get("selectors"):
+        active = {n: s for n, s in active.items() if selected(policy["selectors"], s.spec)}
+    return sort_names(policy.get("sortPolicy"), active)

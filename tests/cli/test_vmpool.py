@@ -61,7 +61,9 @@ async def test_a_pool_makes_scales_and_deletes_its_vms(stack: Stack) -> None:
     assert applied.err == ""  # its scaleInStrategy is acted on
     for name in ("web-0", "web-1"):
         s = await stack.until(name, "Running")
-        assert s.labels == {"app": "web", "kubevirt.io/vmpool": "web"}
+        labels = dict(s.labels)
+        revision = labels.pop("kubevirt.io/vm-pool-revision-name")  # KubeVirt's, per template
+        assert (labels, revision[:4]) == ({"app": "web", "kubevirt.io/vmpool": "web"}, "web-")
     both = "virtualmachine.kubevirt.io/web-0\nvirtualmachine.kubevirt.io/web-1\n"
     assert await names(stack) == both
 
@@ -72,10 +74,21 @@ async def test_a_pool_makes_scales_and_deletes_its_vms(stack: Stack) -> None:
     await gone(stack, "web-2")
     await gone(stack, "web-1")
     assert await names(stack) == "virtualmachine.kubevirt.io/web-0\n"
-    # A re-apply scales too (it is the pool's spec).
-    again = (await cli(stack, "apply", "-f", "-", stdin=pool(2))).ok().out
-    assert again == "virtualmachinepool.pool.kubevirt.io/web configured\n"
+    # A re-apply scales too (it is the pool's spec); its changed template updates web-0
+    # (updateStrategy proactive, KubeVirt's default: the new spec, then a restart).
+    again = (await cli(stack, "apply", "-f", "-", stdin=pool(2).replace("64Mi", "72Mi"))).ok()
+    assert again.out == "virtualmachinepool.pool.kubevirt.io/web configured\n"
     await stack.until("web-1", "Running")
+    for _ in range(400):
+        kinds = await stack.kinds("web-0")
+        if "VMRestartRequested" in kinds and "DomainStarted" in kinds[kinds.index(
+                "VMRestartRequested"):]:  # fmt: skip
+            break
+        await asyncio.sleep(0.05)
+    assert [k for k in kinds if k in ("VMSpecChanged", "VMRestartRequested")] == [
+        "VMSpecChanged", "VMRestartRequested"]  # fmt: skip
+    s = await stack.until("web-0", "Running")
+    assert s.spec["template"]["spec"]["domain"]["resources"] == {"requests": {"memory": "72Mi"}}
 
     table = (await cli(stack, "get", "vmpool")).ok().out.splitlines()
     assert [row.split()[:4] for row in table] == [

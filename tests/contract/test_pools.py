@@ -13,6 +13,7 @@ from events.errors import ValidationError
 from events.manifest import to_commands
 from events.replicasets import ReplicaSetState
 from events.state import VMState
+from orchestrator.pool_update import REVISION_LABEL, revision_name
 from orchestrator.reconcile import reconcile_rs
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -20,19 +21,26 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 MADE = {"web-0": 1, "web-1": 2, "web-2": 0, "web-3": 3}
 
 
-def pool(replicas: int, strategy: dict[str, Any] | None = None) -> ReplicaSetState:
-    vm = {"runStrategy": "Halted", "template": {"spec": {"domain": {"devices": {}, "memory": {
-        "guest": "64Mi"}}}}}  # fmt: skip
-    spec = {"replicas": replicas, "virtualMachineTemplate": {"spec": vm}}
+def template(guest: str = "64Mi", labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"runStrategy": "Halted", "template": {
+        "metadata": {"labels": labels or {}},
+        "spec": {"domain": {"devices": {}, "memory": {"guest": guest}}}}}  # fmt: skip
+
+
+def pool(replicas: int, strategy: dict[str, Any] | None = None, *,
+         vm: dict[str, Any] | None = None, **more: Any) -> ReplicaSetState:  # fmt: skip
+    spec = {"replicas": replicas, "virtualMachineTemplate": {"spec": vm or template()}, **more}
     spec |= {"scaleInStrategy": strategy} if strategy is not None else {}
     return ReplicaSetState(namespace="default", name="web", aggregate="vmpool", exists=True,
                            replicas=replicas, spec=spec)  # fmt: skip
 
 
-def vms() -> dict[str, VMState]:
+def vms(**state: Any) -> dict[str, VMState]:
+    """The pool's VMs, made from its current template (so no update is due)."""
+    labels = {"kubevirt.io/vmpool": "web", REVISION_LABEL: revision_name(pool(0))}
     return {name: VMState(namespace="default", name=name, exists=True, version=1,
-                          labels={"kubevirt.io/vmpool": "web"},
-                          created=T0 + timedelta(minutes=at))
+                          labels=labels, spec=template(), created=T0 + timedelta(minutes=at),
+                          **state)
             for name, at in MADE.items()}  # fmt: skip
 
 
@@ -81,3 +89,41 @@ def test_a_scale_in_strategy_is_checked() -> None:
     with pytest.raises(ValidationError) as err:
         to_commands(doc)
     assert err.value.field == "spec.scaleInStrategy.proactive.selectionPolicy.sortPolicy"
+
+
+def asked(rs: ReplicaSetState, have: dict[str, VMState]) -> list[tuple[str, str]]:
+    return [(ref.name, type(e).__name__) for ref, events, _ in reconcile_rs(rs, have)
+            for e in events]  # fmt: skip
+
+
+def test_a_changed_template_updates_the_pools_vms_by_its_update_strategy() -> None:
+    """KubeVirt's updateStrategy: outdated VMs get the new template unless `unmanaged`; under
+    `proactive` (the default) running VMs out of date restart, `maxUnavailable` at a time, in
+    the sort policy's order; `selectors` limit which VMs are touched."""
+    bigger = template("128Mi")
+    proactive = {"proactive": {"selectionPolicy": {"sortPolicy": "AscendingOrder"}}}
+    changed = asked(pool(4, vm=bigger), vms())
+    assert changed == [(f"web-{i}", "VMSpecChanged") for i in (0, 1, 2, 3)]
+    assert asked(pool(4, vm=bigger, updateStrategy={"unmanaged": {}}), vms()) == []
+    [(ref, [event], _)] = reconcile_rs(pool(4, vm=bigger, updateStrategy={"proactive": {
+        "selectionPolicy": {"selectors": {"labelSelector": {"matchLabels": {"tier": "a"}}}}}}),
+        {**vms(), "web-1": VMState(**{**{f: getattr(vms()["web-1"], f) for f in
+                                         VMState.__struct_fields__},
+                                      "spec": template(labels={"tier": "a"})})})  # fmt: skip
+    assert (ref.name, event.spec) == ("web-1", bigger)  # type: ignore[attr-defined]
+    # Updated but running the old template (RestartRequired): proactive restarts them.
+    running = vms(phase="Running", ready=True, restart_required=True)
+    up = pool(4, proactive, updateStrategy=proactive, maxUnavailable=2)
+    assert asked(up, running) == [("web-0", "VMRestartRequested"),
+                                  ("web-1", "VMRestartRequested")]  # fmt: skip
+    assert asked(pool(4, updateStrategy={"opportunistic": {}}), running) == []
+    one_down = {
+        **running,
+        "web-3": VMState(
+            **{
+                **{f: getattr(running["web-3"], f) for f in VMState.__struct_fields__},
+                "ready": False,
+            }
+        ),
+    }
+    assert asked(up, one_down) == [("web-0", "VMRestartRequested")]
