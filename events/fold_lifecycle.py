@@ -70,6 +70,8 @@ def vm_spec_changed(s: VMState, e: m.VMSpecChanged, env: Stamped) -> VMState:
         run_strategy=e.run_strategy or s.run_strategy,
         labels=s.labels if e.labels is None else e.labels,
         restart_required=s.restart_required or (e.restart_required and s.running),
+        # A capture lasts while the spec names its kind (an expanded VM names none).
+        revisions={k: r for k, r in s.revisions.items() if k in e.spec},
     )
 
 

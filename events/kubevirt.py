@@ -83,6 +83,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     max_cpu_sockets: int = 0  # liveUpdateConfiguration.maxCpuSockets (0: by the ratio)
     max_guest: int = 0  # liveUpdateConfiguration.maxGuest, bytes (0: by the ratio)
     max_hotplug_ratio: int = 4  # liveUpdateConfiguration.maxHotplugRatio, KubeVirt's default
+    reference_policy: str = "reference"  # instancetype.referencePolicy: or expand, expandAll
 
     def enabled(self, gate: str) -> bool:
         """KubeVirt's precedence: GA (always on) > listed > disabled > Beta (on) > off."""
@@ -111,6 +112,7 @@ def config_of(spec: dict[str, Any] | None) -> Config:
         use_emulation=bool(dev.get("useEmulation", False)),
         eviction_strategy=str(conf.get("evictionStrategy") or "None"),
         migrations=policy_from_config(migrations),
+        reference_policy=str(_map(conf.get("instancetype")).get("referencePolicy") or "reference"),
     )  # fmt: skip
 
 
@@ -149,10 +151,12 @@ def policy_spec(policy: w.MigrationPolicy) -> dict[str, Any]:
 
 # --- the manifest --------------------------------------------------------------------------------
 
+REFERENCE_POLICIES: Final = ("reference", "expand", "expandAll")
 _ACTED: Final = {
     "spec": frozenset({"configuration"}),
     "spec.configuration": frozenset({"developerConfiguration", "migrations", "evictionStrategy",
-                                     "vmRolloutStrategy", "liveUpdateConfiguration"}),
+                                     "vmRolloutStrategy", "liveUpdateConfiguration",
+                                     "instancetype"}),
     "spec.configuration.developerConfiguration": frozenset(
         {"featureGates", "disabledFeatureGates", "useEmulation"}),
 }  # fmt: skip
@@ -198,6 +202,7 @@ def read_spec(spec: dict[str, Any]) -> list[str]:
         raise ValidationError(f"{field}: {strategy!r} is not one of "
                               f"{', '.join(EVICTION_STRATEGIES)}", field=field)  # fmt: skip
     _read_live_update(sections["spec.configuration"])
+    _read_reference_policy(sections["spec.configuration"])
     migrations = sections["spec.configuration"].get("migrations")
     if migrations is not None:
         if not isinstance(migrations, dict):
@@ -211,6 +216,19 @@ def read_spec(spec: dict[str, Any]) -> list[str]:
             raise ValidationError(f"spec.configuration.{err.message}",
                                   field=f"spec.configuration.{err.field}") from None  # fmt: skip
     return warns
+
+
+def _read_reference_policy(conf: dict[str, Any]) -> None:
+    """`instancetype.referencePolicy`: reference (KubeVirt's default), expand or expandAll."""
+    at = "spec.configuration.instancetype"
+    section = conf.get("instancetype")
+    if section is not None and not isinstance(section, dict):
+        raise ValidationError(f"{at}: expected a mapping", field=at)
+    policy = (section or {}).get("referencePolicy")
+    if policy is not None and policy not in REFERENCE_POLICIES:
+        raise ValidationError(f'{at}.referencePolicy: Unsupported value: "{policy}": supported '
+                              'values: "reference", "expand", "expandAll"',
+                              field=f"{at}.referencePolicy")  # fmt: skip
 
 
 def _read_live_update(conf: dict[str, Any]) -> None:

@@ -40,7 +40,7 @@ from events.state import (
 from events.volumes import VolumeState
 from orchestrator import metrics
 from orchestrator.folded import Folded
-from orchestrator.instancetypes import captures, effective
+from orchestrator.instancetypes import captures, effective, expansion
 from orchestrator.keyed import KeyedQueue
 from orchestrator.lease import either
 from orchestrator.migrations import Cluster
@@ -107,7 +107,9 @@ class Controller(Folded):
             policy=config.migrations, eviction_strategy=config.eviction_strategy,
         )  # fmt: skip
         # KubeVirt's ControllerRevisions: captured from the same objects `effective` reads now.
-        captured = captures(s, known=self.instancetypes, vms=self.vms)
+        captured = expansion(s, known=self.instancetypes, vms=self.vms,
+                             policy=config.reference_policy) or captures(
+            s, known=self.instancetypes, vms=self.vms)  # fmt: skip
         s, refused = effective(
             s, known=self.instancetypes, vms=self.vms
         )  # sized by its instance type

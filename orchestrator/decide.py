@@ -260,7 +260,7 @@ def _apply(s: VMState, cmd: c.ApplyVM) -> list[m.Event]:
         raise _reject("VM is being deleted", field="metadata.name")
     if cmd.spec == s.spec and cmd.labels == s.labels:
         return []  # re-applying what is there changes nothing, like kubectl's "unchanged"
-    changed = _changed_paths(s.spec, cmd.spec)
+    changed = changed_paths(s.spec, cmd.spec)
     template_changed = any(p.startswith("template") for p in changed)
     if s.size is not None and only_live_changes(s.spec, cmd.spec):
         # CPU sockets and guest memory: the controller plugs them live or says why it cannot.
@@ -369,14 +369,14 @@ def _remove_volume(s: VMState, cmd: c.RemoveVolume) -> list[m.Event]:
     return events
 
 
-def _changed_paths(old: Any, new: Any, path: str = "") -> list[str]:
+def changed_paths(old: Any, new: Any, path: str = "") -> list[str]:
     """Dotted paths that differ, down to the template's spec sections."""
     if isinstance(old, dict) and isinstance(new, dict) and path.count(".") < 3:
         out: list[str] = []
         for key in sorted(set(old) | set(new), key=str):
             sub = f"{path}.{key}" if path else str(key)
             if old.get(key) != new.get(key):
-                out.extend(_changed_paths(old.get(key), new.get(key), sub))
+                out.extend(changed_paths(old.get(key), new.get(key), sub))
         return out
     return [path] if old != new else []
 

@@ -29,6 +29,7 @@ from events.instancetypes import (
 from events.names import CLUSTER
 from events.state import TERMINATING, VMState
 from events.vmstate import Revision
+from orchestrator.decide import changed_paths
 from orchestrator.scheduler import Unschedulable
 
 Captured = Mapping[str, Revision]
@@ -112,6 +113,27 @@ def captures(
             which=which, object_kind=KIND_OF[aggregate], name=name, revision=revision,
             spec=spec))  # fmt: skip
     return out
+
+
+def expansion(
+    s: VMState, *, known: Mapping[str, InstancetypeState], vms: Mapping[str, VMState] | None,
+    policy: str,
+) -> list[m.Event]:  # fmt: skip
+    """KubeVirt's `referencePolicy` expand (a VM that has captured nothing) and expandAll (every
+    VM): the instance type and preference written into the VM's spec, which names them no more;
+    the running instance is that spec already, so nothing is to restart."""
+    named = "instancetype" in s.spec or "preference" in s.spec
+    if policy not in ("expand", "expandAll") or not (named and s.exists) or s.status == TERMINATING:
+        return []
+    if policy == "expand" and s.revisions:
+        return []  # KubeVirt's: "not expanding as instance type already has revisionName"
+    look = _lookup(known, s.revisions, vms)
+    try:
+        spec = effective_spec(s.spec, namespace=s.namespace, lookup=look)
+    except ValidationError:
+        return []  # a start says why
+    spec = {k: v for k, v in spec.items() if k not in ("instancetype", "preference")}
+    return [m.VMSpecChanged(spec=spec, changed=changed_paths(s.spec, spec))]
 
 
 def effective(

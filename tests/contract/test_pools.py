@@ -60,6 +60,17 @@ def test_scale_in_deletes_what_the_sort_policy_picks(policy: str | None, gone: l
     assert deleted(pool(2, strategy)) == gone
 
 
+def test_a_proactive_scale_in_deletes_only_what_its_selectors_pick() -> None:
+    have = vms()
+    have["web-1"] = VMState(**{**{f: getattr(have["web-1"], f) for f in VMState.__struct_fields__},
+                               "spec": template(labels={"tier": "b"})})  # fmt: skip
+    exists = {"matchExpressions": [{"key": "tier", "operator": "Exists"}]}
+    rs = pool(2, {"proactive": {"selectionPolicy": {"selectors": {"labelSelector": exists}}}})
+    gone = [ref.name for ref, events, _ in reconcile_rs(rs, have)
+            if any(isinstance(e, m.VMDeleteRequested) for e in events)]  # fmt: skip
+    assert gone == ["web-1"]
+
+
 def test_unmanaged_scale_in_deletes_nothing_until_the_pool_goes() -> None:
     assert deleted(pool(1, {"unmanaged": {}})) == []
     gone = pool(1, {"unmanaged": {}})

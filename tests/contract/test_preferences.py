@@ -9,10 +9,11 @@ import pytest
 from events import model as m
 from events.errors import ValidationError
 from events.instancetypes import InstancetypeState, effective_spec
+from events.kubevirt import config_of, read_spec
 from events.preferences import layout
 from events.state import VMState
 from events.vmstate import Revision
-from orchestrator.instancetypes import admit, captures, effective
+from orchestrator.instancetypes import admit, captures, effective, expansion
 
 
 def resolve(vm: dict[str, Any], itype: dict[str, Any] | None,
@@ -183,3 +184,38 @@ def test_a_revision_name_sizes_the_vm_by_that_captured_revision() -> None:
         with pytest.raises(ValidationError) as err:
             admit(lost.spec, namespace=namespace, known=known, vms={"a": a})
         assert err.value.message == f"Failure to find instancetype: {why}"
+
+
+def test_reference_policy_expand_writes_the_instance_type_into_the_vm() -> None:
+    """KubeVirt's `instancetype.referencePolicy`: expand (VMs that captured nothing yet) and
+    expandAll (every VM, from its capture) write the effective spec into the VM."""
+    assert config_of(None).reference_policy == "reference"
+    spec = {"configuration": {"instancetype": {"referencePolicy": "expand"}}}
+    assert (read_spec(spec), config_of(spec).reference_policy) == ([], "expand")
+    with pytest.raises(ValidationError) as err:
+        read_spec({"configuration": {"instancetype": {"referencePolicy": "inline"}}})
+    assert err.value.message == (
+        'spec.configuration.instancetype.referencePolicy: Unsupported value: "inline": '
+        'supported values: "reference", "expand", "expandAll"')  # fmt: skip
+
+    known = {"virt.clusterinstancetype._.small": InstancetypeState(
+        exists=True, spec={"cpu": {"guest": 2}, "memory": {"guest": "1Gi"}})}  # fmt: skip
+    vm = VMState(name="a", namespace="ns", exists=True, spec={
+        "instancetype": {"name": "small"}, "running": False,
+        "template": {"spec": {"domain": {"devices": {}}}}})  # fmt: skip
+    [event] = expansion(vm, known=known, vms={}, policy="expand")
+    assert event == m.VMSpecChanged(
+        spec={"running": False, "template": {"spec": {"domain": {
+            "devices": {}, "cpu": {"sockets": 2, "cores": 1, "threads": 1},
+            "memory": {"guest": "1Gi"}}}}},
+        changed=["instancetype", "template.spec.domain.cpu",
+                 "template.spec.domain.memory"])  # fmt: skip
+    assert expansion(vm, known=known, vms={}, policy="reference") == []
+    held = Revision("VirtualMachineClusterInstancetype", "small", "a-small-v1beta1-1",
+                    {"cpu": {"guest": 1}, "memory": {"guest": "64Mi"}})  # fmt: skip
+    kept = VMState(**{**{f: getattr(vm, f) for f in VMState.__struct_fields__},
+                      "revisions": {"instancetype": held}})  # fmt: skip
+    assert expansion(kept, known=known, vms={}, policy="expand") == []
+    [event] = expansion(kept, known=known, vms={}, policy="expandAll")
+    assert isinstance(event, m.VMSpecChanged)
+    assert event.spec["template"]["spec"]["domain"]["memory"] == {"guest": "64Mi"}
