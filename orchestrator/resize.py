@@ -75,15 +75,21 @@ def sized_spec(spec: dict[str, Any], size: m.InstanceSize | None) -> dict[str, A
     fields (`cpu.maxSockets`, `memory.maxGuest`), whatever the VM spec says since."""
     if size is None:
         return spec
-    out = copy.deepcopy(spec)
-    vmi = out.setdefault("template", {}).setdefault("spec", {}) if "template" in out else out
-    domain = vmi.setdefault("domain", {})
-    cpu = domain.setdefault("cpu", {})
+    # Copied along the path it changes only (a deep copy of every spec was 1 % of a start's CPU);
+    # the rest is shared with the state's spec, which nothing edits.
+    out = dict(spec)
+    if "template" in out:
+        out["template"] = template = dict(out.get("template") or {})
+        template["spec"] = vmi = dict(template.get("spec") or {})
+    else:
+        vmi = out
+    vmi["domain"] = domain = dict(vmi.get("domain") or {})
+    domain["cpu"] = cpu = dict(domain.get("cpu") or {})
     cpu.update(sockets=size.sockets, cores=size.cores, threads=size.threads)
     cpu.pop("maxSockets", None)
     if size.max_sockets:
         cpu["maxSockets"] = size.max_sockets
-    memory = domain.setdefault("memory", {})
+    domain["memory"] = memory = dict(domain.get("memory") or {})
     memory.pop("maxGuest", None)
     if size.guest:
         memory["guest"] = str(size.guest)

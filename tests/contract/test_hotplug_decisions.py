@@ -3,6 +3,7 @@ with, what a changed spec asks of a running one, and KubeVirt's RestartRequired 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from events.kubevirt import Config, config_of
 from events.quantity import guest_memory_source
 from events.render import vmi_object
 from events.state import VMState
-from orchestrator.resize import instance_size, only_live_changes, resize_events
+from orchestrator.resize import instance_size, only_live_changes, resize_events, sized_spec
 
 GI = 1 << 30
 
@@ -131,3 +132,21 @@ def test_the_node_and_the_orchestrator_read_guest_memory_from_one_place(
     domain: dict[str, Any], found: tuple[str, str] | None
 ) -> None:
     assert guest_memory_source(domain) == found
+
+
+def test_the_sized_spec_carries_the_boot_size_and_leaves_the_vms_own_untouched() -> None:
+    spec = {"running": True, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {
+        "domain": {"cpu": {"sockets": 1, "maxSockets": 9}, "memory": {"guest": "1Gi"},
+                   "devices": {"disks": [{"name": "d"}]}}}}}  # fmt: skip
+    before = copy.deepcopy(spec)
+    size = m.InstanceSize(sockets=2, cores=1, threads=1, max_sockets=8, guest=2 << 30,
+                          max_guest=8 << 30)  # fmt: skip
+    out = sized_spec(spec, size)
+    assert spec == before  # the state's spec is not edited
+    assert out["template"]["spec"]["domain"] == {
+        "cpu": {"sockets": 2, "cores": 1, "threads": 1, "maxSockets": 8},
+        "memory": {"guest": str(2 << 30), "maxGuest": str(8 << 30)},
+        "devices": {"disks": [{"name": "d"}]},
+    }
+    assert (out["running"], out["template"]["metadata"]) == (True, {"labels": {"a": "b"}})
+    assert sized_spec(spec, None) is spec
