@@ -2,31 +2,26 @@
 
 virtbus keeps the user's KubeVirt spec on the log untouched; a node worker turns it into a domain
 only when it runs the VM. This module is that translation, pure: the worker first asks
-`volume_plan` what each volume needs (an image pulled, a disk created, an ISO built), resolves
-them to files, then calls `render_domain` with the paths (`hotplug_disk` renders one more disk
-for a running domain). Anything the spec asks for that cannot run here raises `ValidationError`
-naming the field, so the VM fails with a reason, not a libvirt error.
+`workers.volumeplan` what each volume needs (an image pulled, a disk created, an ISO built),
+resolves them to files, then calls `render_domain` with the paths (`hotplug_disk` renders one
+more disk for a running domain). Anything the spec asks for that cannot run here raises
+`ValidationError` naming the field, so the VM fails with a reason, not a libvirt error.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-import msgspec
-
-from events.fields import entries, integer, short, word
 from events.fields import fail as _fail
+from events.fields import integer, short, word
 from events.fields import mapping as _mapping
 from events.quantity import MAX_GUEST_MEMORY, guest_memory_source, parse_quantity
 from workers.hotplugxml import add_room
+from workers.volumeplan import SPEC, ResolvedVolume, VolumePaths, entry_maps, vmi_spec
 
-SPEC: Final = "spec.template.spec"
 METADATA_NS: Final = "https://virtbus.dev/xmlns/domain/1"
 # uuid5 namespace for domain UUIDs, so one VM uid always names the same libvirt domain.
 UUID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, METADATA_NS)
@@ -38,133 +33,9 @@ CACHE_MODES: Final = ("none", "writethrough", "writeback")
 MAX_VCPUS: Final = 4096  # what QEMU's q35 machine addresses
 MAX_BOOT_ORDER: Final = 2**31 - 1  # libvirt reads a boot order as a C int
 
-VolumeType = Literal[
-    "containerDisk", "hostDisk", "persistentVolumeClaim", "cloudInitNoCloud", "emptyDisk"
-]
-VOLUME_TYPES: Final[tuple[VolumeType, ...]] = (
-    "containerDisk", "hostDisk", "persistentVolumeClaim", "cloudInitNoCloud", "emptyDisk"
-)  # fmt: skip
-
 _MAC_RE: Final = re.compile(r"^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}$")
 
 ET.register_namespace("virtbus", METADATA_NS)
-
-
-class ResolvedVolume(msgspec.Struct, frozen=True):
-    """A volume made concrete on this node: the file (or block device, for a lun) to attach."""
-
-    path: str
-    format: Literal["raw", "qcow2"] = "raw"
-    readonly: bool = False
-
-
-VolumePaths = Mapping[str, ResolvedVolume]
-
-
-class VolumeNeed(msgspec.Struct, frozen=True):
-    """What the worker must provide for one volume before the domain can be rendered."""
-
-    name: str
-    type: VolumeType
-    image: str | None = None  # containerDisk
-    path: str | None = None  # hostDisk
-    disk_type: Literal["Disk", "DiskOrCreate"] | None = None  # hostDisk
-    capacity: int | None = None  # bytes: hostDisk (to create) and emptyDisk
-    claim_name: str | None = None  # persistentVolumeClaim
-    user_data: str | None = None  # cloudInitNoCloud, base64 already decoded
-    network_data: str | None = None  # cloudInitNoCloud
-
-
-def _entries(value: Any, field: str) -> list[dict[str, Any]]:
-    return [_mapping(item, f"{field}[{i}]") for i, item in enumerate(entries(value, field))]
-
-
-def _vmi_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    template = _mapping(_mapping(spec, "spec").get("template"), "spec.template")
-    return _mapping(template.get("spec"), SPEC)
-
-
-# --- volumes -------------------------------------------------------------------------------------
-
-
-def volume_plan(spec: dict[str, Any]) -> list[VolumeNeed]:
-    """What each volume of a VM spec needs the caller to provide, in spec order."""
-    needs: list[VolumeNeed] = []
-    for i, vol in enumerate(_entries(_vmi_spec(spec).get("volumes"), f"{SPEC}.volumes")):
-        at = f"{SPEC}.volumes[{i}]"
-        name = vol.get("name")
-        if not isinstance(name, str) or not name:
-            raise _fail(f"{at}.name", "a name is required")
-        kinds = [key for key in vol if key != "name"]
-        if kinds == ["dataVolume"]:  # CDI names the DataVolume's claim after it
-            dv = _mapping(vol["dataVolume"], f"{at}.dataVolume")
-            if not isinstance(dv.get("name"), str) or not dv["name"]:
-                raise _fail(f"{at}.dataVolume.name", "is required")
-            needs.append(VolumeNeed(name=name, type="persistentVolumeClaim", claim_name=dv["name"]))
-            continue
-        if len(kinds) != 1 or kinds[0] not in VOLUME_TYPES:
-            got = ", ".join(kinds) or "no source"
-            raise _fail(
-                at,
-                f"volume {name!r} has {got}; virtbus supports {', '.join(VOLUME_TYPES)}, "
-                "dataVolume",
-            )
-        kind: VolumeType = kinds[0]
-        needs.append(_need(name, kind, _mapping(vol[kind], f"{at}.{kind}"), f"{at}.{kind}"))
-    return needs
-
-
-def _need(name: str, kind: VolumeType, src: dict[str, Any], at: str) -> VolumeNeed:
-    def text(key: str, *, required: bool = True) -> str | None:
-        value = src.get(key)
-        if value is None and not required:
-            return None
-        if not isinstance(value, str) or not value:
-            raise _fail(f"{at}.{key}", "is required" if value is None else "must be a string")
-        return value
-
-    def size(key: str) -> int | None:
-        return None if src.get(key) is None else parse_quantity(src[key], field=f"{at}.{key}")
-
-    if kind == "containerDisk":
-        return VolumeNeed(name=name, type=kind, image=text("image"))
-    if kind == "persistentVolumeClaim":
-        return VolumeNeed(name=name, type=kind, claim_name=text("claimName"))
-    if kind == "emptyDisk":
-        if (capacity := size("capacity")) is None:
-            raise _fail(f"{at}.capacity", "is required")
-        return VolumeNeed(name=name, type=kind, capacity=capacity)
-    if kind == "hostDisk":
-        disk_type = src.get("type")
-        if disk_type not in ("Disk", "DiskOrCreate"):
-            raise _fail(f"{at}.type", f"{disk_type!r} is not one of Disk, DiskOrCreate")
-        capacity = size("capacity")
-        if capacity is None and disk_type == "DiskOrCreate":  # we could not size the new file
-            raise _fail(f"{at}.capacity", "is required when type is DiskOrCreate")
-        return VolumeNeed(
-            name=name, type=kind, path=text("path"), disk_type=disk_type, capacity=capacity
-        )
-    # cloudInitNoCloud: secrets live in Kubernetes, which virtbus does not have.
-    for key in ("secretRef", "networkDataSecretRef"):
-        if key in src:
-            raise _fail(f"{at}.{key}", "secrets are not supported; inline the data instead")
-    user, network = _cloud_data(src, "userData", at), _cloud_data(src, "networkData", at)
-    if user is None and network is None:
-        raise _fail(f"{at}.userData", "or networkData is required")
-    return VolumeNeed(name=name, type=kind, user_data=user, network_data=network)
-
-
-def _cloud_data(src: dict[str, Any], key: str, at: str) -> str | None:
-    if isinstance(plain := src.get(key), str):
-        return plain
-    if isinstance(encoded := src.get(f"{key}Base64"), str):
-        try:
-            return base64.b64decode(encoded, validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError) as exc:
-            raise _fail(f"{at}.{key}Base64", "is not base64 of UTF-8 text") from exc
-    if plain is not None or encoded is not None:
-        raise _fail(f"{at}.{key}", "must be a string")
-    return None
 
 
 # --- the domain ----------------------------------------------------------------------------------
@@ -176,7 +47,7 @@ def render_domain(
 ) -> str:  # fmt: skip
     """The libvirt domain XML for a VM spec (`spec.template.spec` is read); `kvm=False` is TCG;
     `tap` and `mac`: the VM network's, for the first masquerade NIC (workers/vmnet.py)."""
-    vmi = _vmi_spec(spec)
+    vmi = vmi_spec(spec)
     domain = _mapping(vmi.get("domain"), f"{SPEC}.domain")
     devices_spec = _mapping(domain.get("devices"), f"{SPEC}.domain.devices")
     root = ET.Element("domain", type="kvm" if kvm else "qemu")
@@ -219,7 +90,7 @@ def render_domain(
 
 def guest_memory_bytes(spec: dict[str, Any]) -> int:
     """The guest memory a VM spec asks for (what a migration has to move)."""
-    return _memory_bytes(_mapping(_vmi_spec(spec).get("domain"), f"{SPEC}.domain"))
+    return _memory_bytes(_mapping(vmi_spec(spec).get("domain"), f"{SPEC}.domain"))
 
 
 def _memory_bytes(domain: dict[str, Any]) -> int:
@@ -260,10 +131,10 @@ def _cpu(cpu: dict[str, Any], *, kvm: bool) -> tuple[int, ET.Element]:
 def _disks(
     devices: ET.Element, devices_spec: dict[str, Any], vmi: dict[str, Any], volumes: VolumePaths
 ) -> None:
-    declared = {v.get("name") for v in _entries(vmi.get("volumes"), f"{SPEC}.volumes")}
+    declared = {v.get("name") for v in entry_maps(vmi.get("volumes"), f"{SPEC}.volumes")}
     used: dict[str, int] = {}  # per target prefix, so sata and scsi never both get sda
     path = f"{SPEC}.domain.devices.disks"
-    for i, disk in enumerate(_entries(devices_spec.get("disks"), path)):
+    for i, disk in enumerate(entry_maps(devices_spec.get("disks"), path)):
         at = f"{path}[{i}]"
         vol_name = disk.get("name")
         if vol_name not in declared:
@@ -356,7 +227,7 @@ def _boot(el: ET.Element, device: dict[str, Any], at: str) -> None:
 
 def _interfaces(devices: ET.Element, devices_spec: dict[str, Any], *, tap: str, mac: str) -> None:
     path = f"{SPEC}.domain.devices.interfaces"
-    for i, nic in enumerate(_entries(devices_spec.get("interfaces"), path)):
+    for i, nic in enumerate(entry_maps(devices_spec.get("interfaces"), path)):
         at = f"{path}[{i}]"
         # No binding written means bridge, KubeVirt's default for the pod network.
         binding = next((key for key in (*USER_BINDINGS, "sriov", "passt", "binding") if key in nic),
@@ -388,7 +259,7 @@ def _mac(value: Any, field: str) -> str:
 def _panic_devices(devices: ET.Element, devices_spec: dict[str, Any]) -> None:
     """KubeVirt's `panicDevices`: a guest kernel panic is then reported (pvpanic), not silent."""
     path = f"{SPEC}.domain.devices.panicDevices"
-    for i, panic in enumerate(_entries(devices_spec.get("panicDevices"), path)):
+    for i, panic in enumerate(entry_maps(devices_spec.get("panicDevices"), path)):
         model = word(panic.get("model"), f"{path}[{i}].model") or "isa"
         if model != "isa":
             raise _fail(f"{path}[{i}].model", f"{model!r} is not supported; use isa (pvpanic)")

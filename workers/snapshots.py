@@ -20,9 +20,9 @@ from events import work as w
 from events.errors import HypervisorError, VirtbusError
 from events.names import Ref
 from events.state import VMState
-from workers.domain import VolumeNeed, volume_plan
 from workers.hypervisor import PAUSED_STATE, RUNNING_STATES, domain_name
 from workers.node_context import NodeContext
+from workers.volumeplan import VolumeNeed, volume_plan
 from workers.volumes import Volumes
 
 

@@ -21,9 +21,9 @@ from typing import Any, Literal
 
 from events.errors import VirtbusError
 from events.names import Ref
-from workers.domain import ResolvedVolume, VolumeNeed, volume_plan
 from workers.imagecache import ImageCache, ImagePullError, OnPull, legacy_dir
 from workers.registry import Registries
+from workers.volumeplan import ResolvedVolume, VolumeNeed, volume_plan
 
 
 class VolumeUnavailable(VirtbusError):

@@ -18,14 +18,9 @@ import yaml
 from paths import SEED
 
 from events.errors import ValidationError
-from workers.domain import (
-    METADATA_NS,
-    ResolvedVolume,
-    VolumeNeed,
-    render_domain,
-    volume_plan,
-)
+from workers.domain import METADATA_NS, render_domain
 from workers.vmnet import bridged
+from workers.volumeplan import ResolvedVolume, VolumeNeed, volume_plan
 
 DISKS = "spec.template.spec.domain.devices.disks"
 

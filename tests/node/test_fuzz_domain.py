@@ -21,7 +21,8 @@ from hypothesis import event, given, settings
 from events.commands import ApplyVM
 from events.errors import ValidationError
 from events.manifest import to_commands
-from workers.domain import ResolvedVolume, render_domain, volume_plan
+from workers.domain import render_domain
+from workers.volumeplan import ResolvedVolume, volume_plan
 
 
 @pytest.fixture(scope="module")
