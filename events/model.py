@@ -79,6 +79,7 @@ from events.model_hotplug import (
     VolumeDetached,
     VolumeDetachRequested,
 )
+from events.model_images import ImagePulled, ImagePulling
 from events.model_migration import (
     MigrationCancelRequested,
     MigrationFailed,
@@ -306,31 +307,6 @@ class GuestAgentChanged(Event, frozen=True):
 
 class DomainUndefined(Event, frozen=True):
     node: str
-
-
-# --- VM: images ------------------------------------------------------------------------------
-
-
-class ImagePulling(Event, frozen=True):
-    """A node lacks a containerDisk image and starts to pull it (kubelet's "Pulling image"):
-    the registries it will ask, in order. `ImagePulled` or the start's failure follows."""
-
-    image: str = ""
-    node: str = ""
-    registries: list[str] = []
-
-
-class ImagePulled(Event, frozen=True):
-    """A node pulled a containerDisk image into its cache before starting the VM: which registry
-    served it, and why each one asked before it did not (refused, 404, skipped as unhealthy)."""
-
-    image: str = ""
-    digest: str = ""
-    registry: str = ""
-    node: str = ""
-    size_bytes: int = 0
-    seconds: float = 0.0
-    attempts: list[str] = []
 
 
 # --- any aggregate -------------------------------------------------------------------------------
