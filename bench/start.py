@@ -56,7 +56,7 @@ from events import commands as c
 from events.errors import HypervisorError, VirtbusError
 from events.names import EVENTS_STREAM
 from virtbus.guest.build import GuestBuildError, guest_image
-from workers.hypervisor import accelerator
+from workers.accel import accelerator
 from workers.node import libvirt_test_uri
 from workers.pods import ProcessPods
 from workers.qemunodes import QemuNode, kvm_usable, qemu_available

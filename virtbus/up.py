@@ -33,7 +33,7 @@ from orchestrator.web import configured_port
 from virtbus.guestdisk import serve_guest
 from virtbus.supervise import supervise_process, supervise_task
 from virtbus.upbus import OwnedBus, replicas_for, start_bus
-from workers.hypervisor import accelerator
+from workers.accel import accelerator
 
 # soft_wrap: a line per fact, however narrow the terminal (scripts read them)
 console = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
@@ -24,6 +23,7 @@ import msgspec
 
 from events.errors import HypervisorError
 from events.names import Ref
+from workers.accel import kvm_usable
 
 T = TypeVar("T")
 
@@ -92,31 +92,6 @@ def _register_event_loop() -> None:
         libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
     elif impl.loop is not loop:
         raise HypervisorError("libvirt events are bound to another event loop in this process")
-
-
-ACCEL_ENV: Final = "VIRTBUS_ACCEL"
-PVM_MODULE: Final = "/sys/module/kvm_pvm"
-
-
-def accelerator() -> tuple[str, str]:
-    """How this node's QEMU domains run, "kvm" or "tcg", and why. `VIRTBUS_ACCEL` says kvm, tcg or
-    auto (the default): KVM where /dev/kvm is usable, unless that KVM is PVM (the `kvm_pvm`
-    module, on some cloud sandboxes), which runs only PVM-built guest kernels: a stock OS hangs
-    there past its real-mode setup, so TCG (slower, but it boots) is the honest choice."""
-    wanted = os.environ.get(ACCEL_ENV, "auto")
-    if wanted not in ("auto", "kvm", "tcg"):
-        raise HypervisorError(f"{ACCEL_ENV}={wanted!r}: use auto, kvm or tcg")
-    if wanted == "tcg":
-        return "tcg", f"{ACCEL_ENV}=tcg"
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "tcg", "/dev/kvm is not usable"
-    if wanted == "auto" and os.path.exists(PVM_MODULE):
-        return "tcg", "this host's KVM is PVM (kvm_pvm): it boots no stock guest kernel"
-    return "kvm", "/dev/kvm"
-
-
-def kvm_usable() -> bool:
-    return accelerator()[0] == "kvm"
 
 
 class Hypervisor:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.hypervisor import accelerator
+from workers.accel import accelerator
 from workers.qemunodes import kvm_usable, qemu_available
 
 CLI = [sys.executable, "-m", "virtbus"]

@@ -6,7 +6,7 @@ The guest is built here from Debian packages (`virtbus/guest/build.py`, cached b
 to a real registry on loopback as the container disk `examples/vm-tiny-linux.yaml` names, and
 pulled by the node like any other. Everything inside the guest is read and typed through `virtbus
 console` (the serial console over the bus). On a host whose KVM is PVM the node runs the guest on
-TCG (`workers/hypervisor.py`, `accelerator`): slower, but a stock kernel boots there.
+TCG (`workers/accel.py`, `accelerator`): slower, but a stock kernel boots there.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from upstack import as_admin, named, virtbus_up
 from bus.store import EventStore
 from events import model as m
 from events.names import Ref
-from workers.hypervisor import accelerator
+from workers.accel import accelerator
 
 
 @pytest.mark.kvm
