@@ -41,6 +41,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     cls=VirtbusGroup,  # every failure reads `error: <reason>` (virtctl/cli_errors.py)
+    context_settings={"help_option_names": ["--help", "-h"]},  # virtctl's and kubectl's -h too
 )
 admin = typer.Typer(help="Maintenance of the orchestrator's state.")
 deploy = typer.Typer(help="Running virtbus on Kubernetes (deploy/README.md).")

@@ -32,6 +32,12 @@ KnownHostsOpt = Annotated[  # ssh's own file (it reads and adds to it): a string
 SshOpts = Annotated[
     list[str] | None, typer.Option("--local-ssh-opts", "-t", help="passed on to ssh or scp")
 ]
+LocalSsh = (
+    Annotated[  # virtctl's choice between its own client and the system's; ours is the latter
+        bool,
+        typer.Option("--local-ssh/--no-local-ssh", help="the system ssh (virtbus has no other)"),
+    ]
+)
 
 
 def vnc(
@@ -87,7 +93,7 @@ def console(
                           timeout_s=timeout * 60)))  # fmt: skip
 
 
-TargetArg = Annotated[str, typer.Argument(help="vm/NAME[.NAMESPACE] (or vmi/NAME, svc/NAME)")]
+TargetArg = Annotated[str, typer.Argument(help="vm/NAME[/NAMESPACE] (or vmi/..., svc/NAME)")]
 
 
 def port_forward(
@@ -131,7 +137,7 @@ def port_forward(
 
 
 def ssh(
-    target: Annotated[str, typer.Argument(help="[USER@]vm/NAME[.NAMESPACE]")],
+    target: Annotated[str, typer.Argument(help="[USER@]vm/NAME[/NAMESPACE]")],
     identity: IdentityOpt = None,
     command: Annotated[
         str | None, typer.Option("--command", "-c", help="run this and exit")
@@ -140,12 +146,15 @@ def ssh(
     port: SshPortOpt = 22,
     known_hosts: KnownHostsOpt = None,
     local_ssh_opts: SshOpts = None,
+    local_ssh: LocalSsh = True,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
     """Open an SSH session to a VM with the system ssh, through `port-forward --stdio` (virtctl's
     local ssh); its exit code is ssh's."""
     from virtctl.portforward import ssh_argv
+
+    _system_ssh_only(local_ssh)
     from virtctl.portforward import target as target_
 
     user, _, rest = target.rpartition("@")
@@ -172,12 +181,15 @@ def scp(
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="copy directories")] = False,
     known_hosts: KnownHostsOpt = None,
     local_ssh_opts: SshOpts = None,
+    local_ssh: LocalSsh = True,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
     """Copy files to or from a VM with the system scp, through `port-forward --stdio` (virtctl's
     local scp); its exit code is scp's."""
     from virtctl.portforward import scp_argv
+
+    _system_ssh_only(local_ssh)
 
     try:
         argv = scp_argv(
@@ -190,6 +202,13 @@ def scp(
         print(f"error: {err.message}", file=sys.stderr)
         raise typer.Exit(2) from None
     _exec_on_bus(argv)
+
+
+def _system_ssh_only(local_ssh: bool) -> None:
+    if not local_ssh:
+        print("error: --no-local-ssh: virtbus has no ssh client of its own; it runs the system's",
+              file=sys.stderr)  # fmt: skip
+        raise typer.Exit(2)
 
 
 def _exec_on_bus(argv: list[str]) -> None:

@@ -29,15 +29,20 @@ from events.errors import ValidationError, VirtbusError
 from virtctl.console import running_vmi
 from virtctl.portspec import PortSpec
 
-_TARGET = re.compile(r"^(?:(vm|vmi|virtualmachine|virtualmachineinstance)/)([a-z0-9.-]+)$")
+_TARGET = re.compile(
+    r"^(?:vm|vmi|virtualmachine|virtualmachineinstance)/([a-z0-9.-]+)(?:/([a-z0-9-]+))?$"
+)
 
 
 def target(text: str, *, namespace: str) -> tuple[str, str]:
-    """(name, namespace) of `vm/NAME[.NAMESPACE]` (virtctl's form; `vmi/` too)."""
+    """(name, namespace) of virtctl's `TYPE/NAME[/NAMESPACE]` (TYPE vm or vmi), or its older
+    `TYPE/NAME.NAMESPACE`."""
     found = _TARGET.match(text)
     if found is None:
-        raise ValidationError(f"target: {text!r} is not vm/NAME[.NAMESPACE] or vmi/NAME")
-    name, _, ns = found.group(2).partition(".")
+        raise ValidationError(f"target: {text!r} is not TYPE/NAME[/NAMESPACE] (TYPE vm or vmi)")
+    if found.group(2):
+        return found.group(1), found.group(2)
+    name, _, ns = found.group(1).partition(".")
     return name, ns or namespace
 
 
@@ -192,7 +197,7 @@ def ssh_argv(*, name: str, namespace: str, user: str, port: int, identity: str |
     return argv + ([command] if command else [])
 
 
-# [USER@]vm/NAME[.NAMESPACE]:PATH (`vmi/` and the long kinds too): user, target, path
+# [USER@]vm/NAME[/NAMESPACE]:PATH (`vmi/` and the long kinds too): user, target, path
 _REMOTE = re.compile(
     r"^(?:([^@/:]+)@)?((?:vm|vmi|virtualmachine|virtualmachineinstance)/[^:]+):(.*)$"
 )
@@ -202,11 +207,11 @@ def scp_argv(*, source: str, destination: str, namespace: str, user: str, port: 
              identity: str | None, recursive: bool, known_hosts: str, local_opts: list[str],
              server: str) -> list[str]:  # fmt: skip
     """The system scp's command line for virtctl's `scp SRC DST`: exactly one of them the VM's,
-    `[USER@]vm/NAME[.NAMESPACE]:PATH`, the other a local path."""
+    `[USER@]vm/NAME[/NAMESPACE]:PATH`, the other a local path."""
     found = [_REMOTE.match(source), _REMOTE.match(destination)]
     if sum(f is not None for f in found) != 1:
         raise ValidationError(
-            f"scp: one of {source!r} and {destination!r} must be [USER@]vm/NAME[.NAMESPACE]:PATH "
+            f"scp: one of {source!r} and {destination!r} must be [USER@]vm/NAME[/NAMESPACE]:PATH "
             "and the other a local path"
         )
     remote = next(f for f in found if f is not None)

@@ -323,3 +323,12 @@ def test_expected_failures_are_one_line_without_the_debug_hint(raised: Any, line
 
     result = invoke(typer.main.get_command(bug), "fail", env={"VIRTBUS_DEBUG": ""})
     assert (result.exit_code, result.stdout, result.stderr) == (1, "", line + "\n")
+
+
+@pytest.mark.parametrize(
+    "path", [(), ("create", "vm"), ("volume", "create"), ("memory-dump", "get")]
+)
+def test_dash_h_is_help_as_in_virtctl_and_kubectl(path: tuple[str, ...]) -> None:
+    short, long = invoke(CLI_ROOT, *path, "-h"), invoke(CLI_ROOT, *path, "--help")
+    assert (short.exit_code, short.stdout) == (0, long.stdout)
+    assert "Usage: " in short.stdout

@@ -64,7 +64,10 @@ async def test_vnc_console_and_port_forward_refuse_with_the_reason(stack: Stack)
     assert (code, err) == (1, "error: node node-a has no VM network: 10.244.0.2 cannot be "
                               "reached there (QEMU nodes with --vm-network)\n")  # fmt: skip
     code, err = await run(stack, "port-forward", "quiet", "22")
-    assert (code, err) == (1, "error: target: 'quiet' is not vm/NAME[.NAMESPACE] or vmi/NAME\n")
+    assert (code, err) == (
+        1,
+        "error: target: 'quiet' is not TYPE/NAME[/NAMESPACE] (TYPE vm or vmi)\n",
+    )
     code, err = await run(stack, "port-forward", "vm/quiet", "22:ssh")
     assert (code, err) == (1, "error: port: '22:ssh' is not [tcp/|udp/][LOCAL:]REMOTE\n")
     code, err = await run(stack, "port-forward", "--stdio", "vm/quiet", "1", "2")

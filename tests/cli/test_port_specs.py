@@ -11,6 +11,7 @@ import pytest
 from clirun import virtbus
 
 from events.errors import ValidationError
+from virtctl.portforward import target
 from virtctl.portspec import PortSpec, port_spec
 
 
@@ -59,3 +60,32 @@ async def test_stdio_forwards_one_tcp_port_and_says_so_before_touching_the_bus()
         said.append((r.code, r.err))
     assert said == [(1, "error: port: --stdio forwards a tcp port, not 'udp/53'\n"),
                     (1, "error: port: --stdio forwards exactly one port\n")]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("vm/testvm", ("testvm", "default")),
+        ("vm/testvm/mynamespace", ("testvm", "mynamespace")),  # virtctl's TYPE/NAME/NAMESPACE
+        ("vmi/testvm.mynamespace", ("testvm", "mynamespace")),  # its older NAME.NAMESPACE
+        ("virtualmachineinstance/x/ns", ("x", "ns")),
+    ],
+)
+def test_a_target_is_virtctls_type_name_and_namespace(text: str, found: tuple[str, str]) -> None:
+    assert target(text, namespace="default") == found
+
+
+@pytest.mark.parametrize("text", ["my-vm", "pod/x", "vm/", "vm/x/", "vm/x/ns/more", "vm/X"])
+def test_a_target_that_is_not_one_is_refused_naming_the_forms(text: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        target(text, namespace="default")
+    assert err.value.message == f"target: {text!r} is not TYPE/NAME[/NAMESPACE] (TYPE vm or vmi)"
+
+
+async def test_ssh_takes_virtctls_local_ssh_flag_and_refuses_its_own_client() -> None:
+    r = await virtbus("ssh", "--no-local-ssh", "vm/x/ns", "--server", "nats://127.0.0.1:1")
+    assert (r.code, r.out, r.err) == (
+        2,
+        "",
+        "error: --no-local-ssh: virtbus has no ssh client of its own; it runs the system's\n",
+    )
