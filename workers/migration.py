@@ -280,6 +280,7 @@ class Migrations:
         memory_gib = max(1.0, _memory_bytes(s) / (1 << 30))
         deadline = time.monotonic() + item.policy.completion_timeout_per_gib * memory_gib
         post_copy = False
+        last = m.MigrationProgress(migration=mig_id, percent=0.0)
         while not task.done():
             if mig_id in self._abort:
                 await self._abort_now(item)
@@ -288,17 +289,23 @@ class Migrations:
                 return
             with contextlib.suppress(HypervisorError):
                 if (progress := _progress(mig_id, await self.ctx.hv.job_stats(dom))) is not None:
+                    last = progress
                     await self.ctx.observe(item.ref, [replace(progress, post_copy=post_copy)])
             if time.monotonic() > deadline and mig_id not in self._abort:
                 if item.policy.allow_post_copy and not post_copy:
                     # KubeVirt's way: past the timeout, the guest runs on the target and pulls
                     # the pages it still lacks, so the migration completes.
                     post_copy = True
-                    with contextlib.suppress(HypervisorError):
+                    with contextlib.suppress(HypervisorError):  # the job may end meanwhile
                         await self.ctx.hv.start_post_copy(dom)
-                        stats = {**await self.ctx.hv.job_stats(dom), "type": 1}
-                        if (switched := _progress(mig_id, stats)) is not None:  # say so at once
-                            await self.ctx.observe(item.ref, [replace(switched, post_copy=True)])
+                        # Said at once, even when the job ends as it switches (no stats then):
+                        # the log must know the guest ran on the target before the last pages.
+                        try:
+                            stats = await self.ctx.hv.job_stats(dom)
+                        except HypervisorError:
+                            stats = {}
+                        switched = _progress(mig_id, stats) or last
+                        await self.ctx.observe(item.ref, [replace(switched, post_copy=True)])
                     continue
                 limit = int(item.policy.completion_timeout_per_gib * memory_gib)
                 self._abort[mig_id] = (f"Live migration is not completed after {limit} sec and has "
