@@ -42,6 +42,9 @@ WRONG_LAST_SEQ: Final = 10071  # JetStream's err_code: the expected last subject
 IN_FLIGHT: Final = 10164
 MSG_ID_IN_FLIGHT: Final = 10158
 DUPLICATE_IN_BATCH: Final = 10201
+# A batch whose commit reached a server that never saw its first messages (restarted, or the
+# leader changed between them), or one the server had no room for: nothing of it is stored.
+INCOMPLETE_BATCH: Final = 10176
 RETRY_FOR_S: Final = 20.0  # a leader election takes seconds; a dead bus is said after this
 _LEADER_GET_S: Final = 2.0
 _PAUSES: Final = (0.05, 0.1, 0.25, 0.5, 1.0)  # between resends (ADR-22: Go retries 250 ms apart)
@@ -94,8 +97,11 @@ def _undecided(err: Exception) -> bool:
 
 
 def _passing(err: Exception) -> bool:
-    """Whether `err` is what a stream without a leader answers (a lost answer, a 503)."""
-    return isinstance(err, BusUnavailable) or (isinstance(err, Rejected) and err.err.code == 503)
+    """Whether `err` is what a stream without a leader answers (a lost answer, a 503), or an
+    atomic batch the server lost part of: sent again whole."""
+    return isinstance(err, BusUnavailable) or (
+        isinstance(err, Rejected) and (err.err.code == 503 or err.err.err_code == INCOMPLETE_BATCH)
+    )
 
 
 class Publisher:

@@ -208,7 +208,8 @@ async def test_a_single_servers_sigkill_mid_append_loses_nothing_acked(tmp_path:
 
             # The appends in flight are recovered either way: a single one is sent again; an
             # atomic batch's request is held by nats-py through the reconnect and answered after
-            # the restart (so a kill that meets only batches resends nothing).
+            # the restart: stored, or "incomplete" (its first messages died with the old server)
+            # and then sent again whole. A kill that meets only stored batches resends nothing.
             acked = await under_load(conns, fault=kill_and_restart, resent=False)
             await check_survived(conns[0], acked)
         finally:
