@@ -37,6 +37,12 @@ KINDS: Final = {
 KIND_OF: Final = {aggregate: kind for kind, (aggregate, _) in KINDS.items()}
 DEFAULT_KIND: Final = {"instancetype": "VirtualMachineClusterInstancetype",
                        "preference": "VirtualMachineClusterPreference"}  # fmt: skip
+# A VM's matcher names its kind in any case, singular or plural, as KubeVirt reads it (virtctl's
+# `create vm` writes `virtualmachinepreference`).
+MATCHED: Final = {
+    **{kind.lower(): aggregate for kind, (aggregate, _) in KINDS.items()},
+    **{plural: aggregate for aggregate, plural in KINDS.values()},
+}
 
 
 class InstancetypeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -95,7 +101,7 @@ def matcher(vm_spec: dict[str, Any], which: str) -> tuple[str, str] | None:
     if not isinstance(found, dict) or not isinstance(found.get("name"), str):
         return None
     kind = found.get("kind") or DEFAULT_KIND[which]
-    aggregate = KINDS.get(str(kind), ("", ""))[0]
+    aggregate = MATCHED.get(str(kind).lower(), "")
     if not aggregate or (which == "instancetype") != aggregate.endswith("instancetype"):
         raise ValidationError(f"spec.{which}.kind: {kind!r} is not a kind of {which}",
                               field=f"spec.{which}.kind")  # fmt: skip

@@ -55,11 +55,30 @@ def create(
     cloud_init_network_data: Annotated[
         str, typer.Option("--cloud-init-network-data", help="base64")
     ] = "",
+    cpu: Annotated[int | None, typer.Option("--cpu", help="instancetype: vCPUs")] = None,
+    gpu: Annotated[list[str] | None, typer.Option("--gpu", help="instancetype: refused")] = None,
+    hostdevice: Annotated[
+        list[str] | None, typer.Option("--hostdevice", help="instancetype: refused")
+    ] = None,
+    iothreadspolicy: Annotated[
+        str | None, typer.Option("--iothreadspolicy", help="instancetype: auto or shared")
+    ] = None,
+    namespaced: Annotated[
+        bool, typer.Option("--namespaced", help="instancetype, preference: the namespaced kind")
+    ] = False,
+    cpu_topology: Annotated[
+        str | None, typer.Option("--cpu-topology", help="preference: sockets, cores, ...")
+    ] = None,
+    volume_storage_class: Annotated[
+        str | None, typer.Option("--volume-storage-class", help="preference")
+    ] = None,
+    machine_type: Annotated[str | None, typer.Option("--machine-type", help="preference")] = None,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
     """Create the objects of a manifest (`-f`; one that exists is refused, AlreadyExists), or
-    print a VirtualMachine manifest as virtctl's `create vm` does (for `virtbus apply -f -`)."""
+    print a manifest as virtctl's `create vm|instancetype|preference` does (for `virtbus apply
+    -f -`)."""
     if what is None:
         if filename is None:
             raise usage("create: give -f FILE, or `create vm [flags]` for a manifest")
@@ -67,9 +86,28 @@ def create(
 
         finish(run(create_file(server_url(server), path=filename, namespace=namespace)))
         return
-    if what.lower() not in ("vm", "virtualmachine") or filename is not None:
-        raise usage(f"create {what}: virtbus generates `create vm` manifests; "
-                    "objects from files are `create -f FILE`")  # fmt: skip
+    kind = what.lower()
+    if kind not in ("vm", "virtualmachine", "instancetype", "preference") or filename is not None:
+        raise usage(f"create {what}: virtbus generates `create vm`, `create instancetype` and "
+                    "`create preference` manifests; objects from files are "
+                    "`create -f FILE`")  # fmt: skip
+    if kind in ("instancetype", "preference"):
+        from virtctl import createtypes as t
+
+        ns = "" if namespace == "default" else namespace
+        try:
+            obj = t.instancetype(t.InstancetypeFlags(
+                name=name, cpu=cpu, memory=memory, namespaced=namespaced, namespace=ns,
+                gpus=gpu or [], host_devices=hostdevice or [], io_threads_policy=iothreadspolicy,
+            )) if kind == "instancetype" else t.preference(t.PreferenceFlags(
+                name=name, namespaced=namespaced, namespace=ns, cpu_topology=cpu_topology,
+                volume_storage_class=volume_storage_class, machine_type=machine_type,
+            ))  # fmt: skip
+        except ValidationError as err:
+            typer.echo(f"error: {err.message}", err=True)
+            raise typer.Exit(1) from None
+        sys.stdout.write(t.dump(obj))
+        return
     from virtctl.createvm import VMSpecFlags, manifest
 
     refused = [flag for flag, given in (("volume-datasource", volume_datasource),

@@ -132,7 +132,7 @@ class _Builder:
                 raise flag_error(flag, f'invalid volume import type "{kind}", virtbus imports '
                                        f"{', '.join(_IMPORT_TYPES)}")  # fmt: skip
             source = _import_source(flag, kind, p)
-            label = p.get("name") or "imported-volume-" + _suffix()
+            label = p.get("name") or "imported-volume-" + suffix()
             size = p.get("size", "")
             if not size and kind != "pvc":
                 raise flag_error(flag, "size must be specified")
@@ -173,7 +173,8 @@ def _import_source(flag: str, kind: str, p: dict[str, str]) -> dict[str, Any]:
     return {kind: {"url": p["url"]}}
 
 
-def _suffix() -> str:
+def suffix() -> str:
+    """Five random letters and digits, as Kubernetes' rand.String(5) makes virtctl's names."""
     return "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
 
 
@@ -237,7 +238,7 @@ def generate(flags: VMSpecFlags) -> dict[str, Any]:
         raise ValidationError("if any flags in the group [cloud-init-user-data user ssh-key "
                               "password-file] are set none of the others can be",
                               field="cloud-init-user-data")  # fmt: skip
-    name = flags.name or "vm-" + _suffix()
+    name = flags.name or "vm-" + suffix()
     check_name(name, field="name")
     strategy = next((s for s in RUN_STRATEGIES if s.lower() == flags.run_strategy.lower()), "")
     if not strategy:

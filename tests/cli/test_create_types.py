@@ -1,0 +1,116 @@
+"""virtctl's `create instancetype` and `create preference` as the user guide types them: the
+manifest printed exactly, each bad flag refused naming it, and what is printed applied and used
+by a VM made with `create vm` (the CLI a subprocess against an in-process orchestrator)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from clirun import Result, virtbus
+from driverstack import Stack
+
+from events.errors import ValidationError
+from events.instancetypes import matcher
+
+
+async def cli(st: Stack, *args: str, stdin: str | None = None) -> Result:
+    return await virtbus(*args, "--server", st.url, stdin=stdin)
+
+
+async def test_generated_instance_type_and_preference_size_a_generated_vm(stack: Stack) -> None:
+    await stack.node("node-a")
+    itype = (await cli(stack, "create", "instancetype", "--name", "small", "--cpu", "2",
+                       "--memory", "128Mi", "--iothreadspolicy", "shared")).ok().out  # fmt: skip
+    assert itype == (
+        "apiVersion: instancetype.kubevirt.io/v1beta1\nkind: VirtualMachineClusterInstancetype\n"
+        "metadata:\n  creationTimestamp: null\n  name: small\nspec:\n  cpu:\n    guest: 2\n"
+        "  ioThreadsPolicy: shared\n  memory:\n    guest: 128Mi\n"
+    )
+    pref = (await cli(stack, "create", "preference", "--namespaced", "--name", "cores",
+                      "--cpu-topology", "cores", "--machine-type", "q35")).ok().out  # fmt: skip
+    assert pref == (
+        "apiVersion: instancetype.kubevirt.io/v1beta1\nkind: VirtualMachinePreference\n"
+        "metadata:\n  creationTimestamp: null\n  name: cores\nspec:\n  cpu:\n"
+        "    preferredCPUTopology: cores\n  machine:\n    preferredMachineType: q35\n"
+    )
+    group = "instancetype.kubevirt.io"
+    for text, made in ((itype, f"virtualmachineclusterinstancetype.{group}/small"),
+                       (pref, f"virtualmachinepreference.{group}/cores")):  # fmt: skip
+        applied = await cli(stack, "apply", "-f", "-", stdin=text)
+        assert applied.ok().out == f"{made} created\n"
+
+    vm = (await cli(stack, "create", "vm", "--name", "sized", "--instancetype", "small",
+                    "--preference", "virtualmachinepreference/cores")).ok().out  # fmt: skip
+    assert (await cli(stack, "apply", "-f", "-", stdin=vm)).ok().out == (
+        "virtualmachine.kubevirt.io/sized created\n"
+    )  # (runStrategy Always, create vm's default: it starts)
+    s = await stack.until("sized", "Running")
+    assert s.size is not None
+    assert (s.size.sockets, s.size.cores, s.size.threads, s.size.guest) == (1, 2, 1, 128 << 20)
+
+
+async def test_generated_names_and_the_namespace_of_a_namespaced_kind() -> None:
+    """virtctl's names: `clusterinstancetype-xxxxx`, and with a namespace given (virtctl's
+    overridden context) the namespaced kind in it."""
+    cluster = (await virtbus("create", "instancetype", "--cpu", "1", "--memory", "1Gi")).ok().out
+    assert re.fullmatch(
+        r"apiVersion: instancetype.kubevirt.io/v1beta1\nkind: VirtualMachineClusterInstancetype\n"
+        r"metadata:\n  creationTimestamp: null\n  name: clusterinstancetype-[a-z0-9]{5}\nspec:\n"
+        r"  cpu:\n    guest: 1\n  memory:\n    guest: 1Gi\n", cluster)  # fmt: skip
+    scoped = (await virtbus("create", "preference", "-n", "team-a")).ok().out
+    assert re.fullmatch(
+        r"apiVersion: instancetype.kubevirt.io/v1beta1\nkind: VirtualMachinePreference\n"
+        r"metadata:\n  creationTimestamp: null\n  name: preference-[a-z0-9]{5}\n"
+        r"  namespace: team-a\nspec: \{\}\n", scoped)  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (("instancetype", "--cpu", "2"), 'required flag(s) "memory" not set'),
+    (("instancetype",), 'required flag(s) "cpu", "memory" not set'),
+    (("instancetype", "--cpu", "0", "--memory", "1Gi"), "cpu value must be greater than zero"),
+    (("instancetype", "--cpu", "1", "--memory", "lots"),
+     "failed to parse \"--memory\" flag: quantity: 'lots' is not a quantity "
+     "(like 2G, 512Mi, 1.5Gi or 1024)"),
+    (("instancetype", "--cpu", "1", "--memory", "1Gi", "--iothreadspolicy", "dedicated"),
+     'failed to parse "--iothreadspolicy" flag: IOThread must be of value auto or shared'),
+    (("instancetype", "--cpu", "1", "--memory", "1Gi", "--gpu", "name:g1"),
+     'failed to parse "--gpu" flag: deviceName must be specified'),
+    # Well-formed, and refused by name: apply would refuse the instance type it writes.
+    (("instancetype", "--cpu", "1", "--memory", "1Gi", "--gpu", "name:g1,devicename:nvidia"),
+     "--gpu: virtbus passes no GPUs through (its nodes have no device plugins); an instance "
+     "type with GPUs would be refused by apply"),
+    (("instancetype", "--cpu", "1", "--memory", "1Gi", "--hostdevice", "name:h,devicename:x"),
+     "--hostdevice: virtbus passes no host devices through (its nodes have no device plugins); "
+     "an instance type with host devices would be refused by apply"),
+    (("instancetype", "--cpu", "1", "--memory", "1Gi", "--name", "Not_A_Name"),
+     "name: 'Not_A_Name' is not a DNS-1123 label (lower-case letters, digits and '-', starting "
+     "and ending with a letter or digit)"),
+    (("preference", "--cpu-topology", "diagonal"),
+     'failed to parse "--cpu-topology" flag: CPU topology must have a value of sockets, cores, '
+     "threads or spread"),
+])  # fmt: skip
+async def test_each_bad_flag_is_refused_naming_it(args: tuple[str, ...], error: str) -> None:
+    got = await virtbus("create", *args)
+    assert (got.code, got.out, got.err) == (1, "", f"error: {error}\n")
+
+
+@pytest.mark.parametrize(("kind", "found"), [
+    ("VirtualMachinePreference", ("preference", "p")),
+    ("virtualmachinepreference", ("preference", "p")),  # as `create vm` writes it
+    ("virtualmachineclusterpreferences", ("clusterpreference", "p")),
+    (None, ("clusterpreference", "p")),
+])  # fmt: skip
+def test_a_vm_names_the_kind_of_its_preference_in_any_case_and_number(
+    kind: str | None, found: tuple[str, str]
+) -> None:
+    assert matcher({"preference": {"name": "p", "kind": kind}}, "preference") == found
+
+
+def test_a_kind_of_the_other_family_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValidationError) as refused:
+        matcher({"preference": {"name": "p", "kind": "virtualmachineinstancetype"}}, "preference")
+    assert (refused.value.message, refused.value.field) == (
+        "spec.preference.kind: 'virtualmachineinstancetype' is not a kind of preference",
+        "spec.preference.kind",
+    )
