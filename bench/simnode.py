@@ -91,8 +91,7 @@ class SimNode:
         js = self.nc.jetstream()
         sub = await subscribed(lambda: js.pull_subscribe(
             node_work_filter(self.name), durable=f"sim-{self.name}", stream=WORK_STREAM,
-            # (its state in memory, as the worker's)
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, mem_storage=True),
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30),
         ), stop=self._stop, what="work")  # fmt: skip
         if sub is None:
             return

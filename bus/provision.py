@@ -122,9 +122,12 @@ async def provision(js: JetStreamContext, *, replicas: int = 1) -> list[str]:
         try:
             await js.key_value(name)
         except BucketNotFoundError:
+            # On disk, small as they are: a restarted server (a single one, or every member of
+            # a cluster after a power loss) must still hold the lease's revision and the
+            # nodes' last beats, or a holder's lease and every watch of the beats vanish.
             await _created(js.create_key_value(
                 KeyValueConfig(bucket=name, history=1, ttl=ttl or None,
-                               storage=StorageType.MEMORY, replicas=replicas)
+                               storage=StorageType.FILE, replicas=replicas)
             ), replicas=replicas)  # fmt: skip
             created.append(f"kv {name}")
     return created

@@ -2,8 +2,7 @@
 started again after a back-off, and the stack says so, rather than going down with it.
 
 A crash loop must not spin: the pause doubles from one second up to thirty, and starts over once a
-child has stayed up for a minute. The nats-server is not restarted: everything rests on it (and on
-its port, which clients were given), so its exit ends the stack; the cluster issue brings replicas.
+child has stayed up for a minute. The nats-servers are kept the same way, by `upbus`.
 """
 
 from __future__ import annotations

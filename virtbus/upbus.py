@@ -1,10 +1,11 @@
 """The bus `virtbus up` runs itself: one nats-server, or with `--cluster N` a JetStream cluster of
 N on loopback (`bus/cluster.py`), under the same trust either way.
 
-A single server is the stack's one point of failure: its exit ends the stack. A cluster member's
-exit does not: the others elect new leaders and carry on, and the member is started again (same
-port, same data dir) after a back-off, so it rejoins and catches up. The stack ends only when a
-majority is gone at once, when nothing can be written any more.
+A server that exits is started again (same port, same data dir) after a back-off. A cluster
+member rejoins and catches up while the others, having elected new leaders, carry on; the stack
+ends only when a majority is gone at once, when nothing can be written any more. A single server
+is the stack's one point of failure: while it is down nothing is written, and every part waits
+for it (their connections try its URL again); once back on its store, they carry on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import functools
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bus.cluster import NatsCluster, until_ready
 from bus.connect import Access, connect
@@ -49,11 +51,10 @@ class OwnedBus:
         await asyncio.gather(*(s.stop() for s in self.servers))
 
     async def until_lost(self, stop: asyncio.Event, *, say: Say) -> str:
-        """Until `stop` (""), or until the bus is lost (why): the single server exited, or a
-        cluster's majority is down. A cluster member that exits is started again meanwhile."""
-        if not self.clustered:
-            code = await self.servers[0].exited()
-            return f"nats-server exited with code {code}: the stack stops (it rests on it)"
+        """Until `stop` (""), or until the bus is lost (why): a cluster's majority is down. A
+        server that exits is started again meanwhile."""
+        for server in self.servers:  # its clients were given this port: it comes back on it
+            server.port = urlsplit(server.url).port or server.port
         down: set[str] = set()
         lost = asyncio.Event()
         keep = functools.partial(self._keep, stop=stop, down=down, lost=lost, say=say)
@@ -79,12 +80,16 @@ class OwnedBus:
             if stop.is_set():
                 return
             down.add(name)
-            if len(down) * 2 >= len(self.servers):
+            if self.clustered and len(down) * 2 >= len(self.servers):
                 lost.set()
                 return
             delay = backoff.next(ran_s=loop.time() - started)
-            say(f"nats-server {name}: exited with code {code}; the cluster carries on with "
-                f"{len(self.servers) - len(down)} of {len(self.servers)}; starting it again in "
+            meanwhile = (
+                f"the cluster carries on with {len(self.servers) - len(down)} of "
+                f"{len(self.servers)}" if self.clustered
+                else "nothing is written until it is back, and every part waits for it"
+            )  # fmt: skip
+            say(f"{_label(server)}: exited with code {code}; {meanwhile}; starting it again in "
                 f"{delay:.0f}s (restart {backoff.restarts})")  # fmt: skip
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -93,14 +98,19 @@ class OwnedBus:
             try:
                 await server.start()
             except Exception as err:  # its log says why; the next round tries again
-                say(f"nats-server {name}: did not start again: {err}")
+                say(f"{_label(server)}: did not start again: {err}")
                 continue
             down.discard(name)
-            say(f"nats-server {name}: running again (pid {server.pid}, {server.url})")
+            say(f"{_label(server)}: running again (pid {server.pid}, {server.url})")
 
 
 def _name(server: NatsServer) -> str:
     return server.cluster.server_name if server.cluster else "n1"
+
+
+def _label(server: NatsServer) -> str:
+    """How `virtbus up` names a server in what it says: `nats-server n2`, or the one."""
+    return f"nats-server {_name(server)}" if server.cluster else "nats-server"
 
 
 def replicas_for(*, cluster: int, replicas: int | None, external: bool) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import getpass
 import inspect
+import re
 import typing
 from collections.abc import Callable, Coroutine
 from enum import StrEnum
@@ -147,6 +148,30 @@ def _namespace(value: str) -> str:
 
 
 NsOpt = Annotated[str, typer.Option("--namespace", "-n", help="namespace", callback=_namespace)]
+
+_UNITS: Final = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SPAN: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+WEEK_S: Final = 7 * 24 * 3600.0
+
+
+def seconds(text: str) -> float:
+    """A duration as kubectl reads one (Go's `30s`, `5m`, `1h30m`, `250ms`; negative: a week),
+    or a plain number of seconds (what virtbus took before)."""
+    value = text.strip()
+    sign = -1.0 if value.startswith("-") else 1.0
+    body = value[1:] if value[:1] in ("+", "-") else value
+    try:
+        total = float(body)
+    except ValueError:
+        spans = _SPAN.findall(body)
+        if not body or "".join(n + u for n, u in spans) != body:
+            raise typer.BadParameter(
+                f"time: invalid duration {text!r} (like 30s, 5m, 1h30m, or seconds)"
+            ) from None
+        total = sum(float(n) * _UNITS[u] for n, u in spans)
+    return WEEK_S if sign < 0 else total
+
+
 NameArg = Annotated[str, typer.Argument(help="VM name")]
 
 

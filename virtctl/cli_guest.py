@@ -55,7 +55,7 @@ def create(
     cloud_init_network_data: Annotated[
         str, typer.Option("--cloud-init-network-data", help="base64")
     ] = "",
-    cpu: Annotated[int | None, typer.Option("--cpu", help="instancetype: vCPUs")] = None,
+    cpu: Annotated[int | None, typer.Option("--cpu", min=0, help="instancetype: vCPUs")] = None,
     gpu: Annotated[list[str] | None, typer.Option("--gpu", help="instancetype: refused")] = None,
     hostdevice: Annotated[
         list[str] | None, typer.Option("--hostdevice", help="instancetype: refused")

@@ -14,7 +14,7 @@ import typer
 
 from bus.connect import server_url
 from events.errors import VirtbusError
-from virtctl.cli_common import NsOpt, ServerOpt, actor, finish, optional_name, run, usage
+from virtctl.cli_common import NsOpt, ServerOpt, actor, finish, optional_name, run, seconds, usage
 from virtctl.kinds import SUPPORTED, VM, VMI, Kind, split
 from virtctl.listing import Output
 from virtctl.selector import parse as parse_selector
@@ -93,7 +93,12 @@ def wait(
         typer.Option("--for", help=_FOR_HELP),
     ],
     name: MaybeName = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=0, help="seconds")] = 30.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", parser=seconds, metavar="DURATION", help="30s, 5m, ... (or seconds)"
+        ),
+    ] = 30.0,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:

@@ -15,7 +15,7 @@ from bus.connect import server_url
 from events import commands as c
 from events.protocol import Query
 from events.state import PENDING, RUNNING, SCHEDULED, SCHEDULING
-from virtctl.cli_common import NameArg, NsOpt, ServerOpt
+from virtctl.cli_common import NameArg, NsOpt, ServerOpt, seconds
 from virtctl.cli_common import actor as _actor
 from virtctl.cli_common import finish as _finish
 from virtctl.cli_common import lifecycle as _lifecycle
@@ -35,7 +35,12 @@ def drain(
     node: NodeArg,
     timeout: Annotated[
         float,
-        typer.Option("--timeout", min=0, help="seconds to wait for the node to empty; 0: no wait"),
+        typer.Option(
+            "--timeout",
+            parser=seconds,
+            metavar="DURATION",
+            help="how long to wait for the node to empty (5m, 300...); 0: no wait",
+        ),
     ] = 300.0,
     server: ServerOpt = None,
 ) -> None:

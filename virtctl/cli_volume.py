@@ -14,7 +14,7 @@ import typer
 
 from bus.connect import server_url
 from events import commands as c
-from virtctl.cli_common import NsOpt, ServerOpt, optional_name, usage
+from virtctl.cli_common import NsOpt, ServerOpt, optional_name, seconds, usage
 from virtctl.cli_common import actor as _actor
 from virtctl.cli_common import finish as _finish
 from virtctl.cli_common import run as _run
@@ -30,7 +30,13 @@ def volume_create(
     size: Annotated[str, typer.Option("--size", help="capacity, a quantity like 1Gi")],
     node: Annotated[str | None, typer.Option("--node", help="the node to hold it")] = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0, help="seconds to wait for Bound")
+        float,
+        typer.Option(
+            "--timeout",
+            parser=seconds,
+            metavar="DURATION",
+            help="how long to wait for Bound (60s, 1m...)",
+        ),
     ] = 60,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
@@ -63,7 +69,12 @@ def volume_get(
 def volume_move(
     name: VolumeArg,
     to: Annotated[str, typer.Option("--to", help="the node to move it to")],
-    timeout: Annotated[float, typer.Option("--timeout", min=0, help="seconds to wait")] = 600,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", parser=seconds, metavar="DURATION", help="how long to wait (10m, 600...)"
+        ),
+    ] = 600,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:

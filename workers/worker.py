@@ -188,11 +188,8 @@ class Worker:
     async def _work(self, stop: asyncio.Event) -> None:
         sub = await subscribed(lambda: self.nc.jetstream().pull_subscribe(
             node_work_filter(self.node), durable=f"worker-{self.node}", stream=WORK_STREAM,
-            # In memory (on every replica): an acked item leaves the work stream, which is on
-            # disk, so a lost consumer state means only the unacked items come again, as they
-            # would anyway; it saves each delivery and ack an fsync on every server.
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
-                                  max_deliver=20, max_ack_pending=1000, mem_storage=True),
+                                  max_deliver=20, max_ack_pending=1000),
         ), stop=stop, what="work")  # fmt: skip
         if sub is None:
             return

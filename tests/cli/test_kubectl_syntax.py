@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import typer
 
 from events.errors import ValidationError
 from virtctl import jsonpath, kinds, patching
+from virtctl.cli_common import WEEK_S, seconds
 from virtctl.selector import parse as selector
 
 LIST: dict[str, Any] = {
@@ -197,3 +199,20 @@ def test_kind_names_as_kubectl_prints_them() -> None:
     with pytest.raises(ValidationError) as err:
         kinds.split("widgets/x", None)
     assert err.value.message == 'the server doesn\'t have a resource type "widgets"'
+
+
+@pytest.mark.parametrize(("text", "secs"), [
+    ("30s", 30.0), ("5m", 300.0), ("1h30m", 5400.0), ("250ms", 0.25), ("1.5s", 1.5),
+    ("2m0.5s", 120.5), ("45", 45.0), ("0", 0.0), ("0s", 0.0), ("-1s", WEEK_S), ("-1", WEEK_S),
+])  # fmt: skip
+def test_timeouts_read_kubectls_durations_and_plain_seconds(text: str, secs: float) -> None:
+    assert seconds(text) == secs
+
+
+@pytest.mark.parametrize("text", ["", "s", "5 m", "1d", "1m30", "abc", "--5s"])
+def test_a_duration_that_is_none_is_refused_saying_what_one_looks_like(text: str) -> None:
+    with pytest.raises(typer.BadParameter) as bad:
+        seconds(text)
+    assert str(bad.value) == (
+        f"time: invalid duration {text!r} (like 30s, 5m, 1h30m, or seconds)"
+    )
