@@ -182,9 +182,10 @@ def to_commands(
         cmd = instancetype_command(kind or "", spec, reader, name=name, namespace=namespace,
                                    labels=labels)  # fmt: skip
     elif kind == "PersistentVolumeClaim":
-        cmd = pvc_command(spec, reader, name=name, namespace=namespace, annotations=annotations)
+        cmd = pvc_command(spec, reader, name=name, namespace=namespace, annotations=annotations,
+                          labels=labels)  # fmt: skip
     elif kind == "DataVolume":
-        cmd = dv_command(spec, reader, name=name, namespace=namespace)
+        cmd = dv_command(spec, reader, name=name, namespace=namespace, labels=labels)
     elif kind == "VirtualMachine":
         reader.section(spec, "spec", fields=_VM_SPEC)
         _check_run_strategy(spec)
@@ -331,8 +332,10 @@ def _data_volume_templates(
         tpl = reader.section(one, at, fields=names("apiVersion kind metadata spec"))
         meta = reader.section(tpl.get("metadata"), f"{at}.metadata", fields=METADATA)
         name = check_name(meta.get("name") or "", field=f"{at}.metadata.name")
+        labels = strings(meta.get("labels"), f"{at}.metadata.labels")
         out.append(dv_command(f.mapping(tpl.get("spec"), f"{at}.spec"), reader, name=name,
-                              namespace=namespace, owner=vm, path=f"{at}.spec"))  # fmt: skip
+                              namespace=namespace, owner=vm, path=f"{at}.spec",
+                              labels=labels))  # fmt: skip
     return out
 
 

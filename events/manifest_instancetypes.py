@@ -115,7 +115,8 @@ def check_matchers(spec: dict[str, Any], reader: Reader, *, path: str = "spec",
         if policy is not None and policy not in FAILURE_POLICIES:
             raise _fail(
                 f"{at}.inferFromVolumeFailurePolicy",
-                f"Invalid value '{f.short(policy)}' for InferFromVolumeFailurePolicy",
+                f"Invalid value '{policy if isinstance(policy, str) else f.short(policy)}' "
+                "for InferFromVolumeFailurePolicy",
             )
         if volume and not inferring:
             raise _fail(f"{at}.inferFromVolume", "virtbus's pools infer no instance type or "
