@@ -234,6 +234,7 @@ class CreateVolume(Command, frozen=True):
     storage_class: str = ""
     data_volume: bool = False
     owner: str = ""
+    labels: dict[str, str] = {}  # the claim's (a VM infers its instance type from them)
 
 
 class DeleteVolume(Command, frozen=True):

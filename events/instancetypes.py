@@ -11,6 +11,7 @@ lists them with the same fold.
 from __future__ import annotations
 
 import copy
+import struct
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
@@ -24,6 +25,7 @@ from events.envelope import Envelope
 from events.errors import ValidationError
 from events.folding import Skipped, total
 from events.names import CLUSTER
+from events.quantity import parse_quantity
 
 API: Final = "instancetype.kubevirt.io/v1beta1"
 # kind -> (aggregate, kubectl's resource name)
@@ -37,12 +39,9 @@ KINDS: Final = {
 KIND_OF: Final = {aggregate: kind for kind, (aggregate, _) in KINDS.items()}
 DEFAULT_KIND: Final = {"instancetype": "VirtualMachineClusterInstancetype",
                        "preference": "VirtualMachineClusterPreference"}  # fmt: skip
-# A VM's matcher names its kind in any case, singular or plural, as KubeVirt reads it (virtctl's
-# `create vm` writes `virtualmachinepreference`).
-MATCHED: Final = {
-    **{kind.lower(): aggregate for kind, (aggregate, _) in KINDS.items()},
-    **{plural: aggregate for aggregate, plural in KINDS.values()},
-}
+# A matcher's kind as KubeVirt's finders read it: case aside, the kind or its resource names.
+_SPELLINGS: Final = {spelling: kind for kind, (_, plural) in KINDS.items()
+                     for spelling in (kind.lower(), plural)}  # fmt: skip
 
 
 class InstancetypeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -101,7 +100,7 @@ def matcher(vm_spec: dict[str, Any], which: str) -> tuple[str, str] | None:
     if not isinstance(found, dict) or not isinstance(found.get("name"), str):
         return None
     kind = found.get("kind") or DEFAULT_KIND[which]
-    aggregate = MATCHED.get(str(kind).lower(), "")
+    aggregate = KINDS.get(_SPELLINGS.get(str(kind).lower(), ""), ("", ""))[0]
     if not aggregate or (which == "instancetype") != aggregate.endswith("instancetype"):
         raise ValidationError(f"spec.{which}.kind: {kind!r} is not a kind of {which}",
                               field=f"spec.{which}.kind")  # fmt: skip
@@ -153,34 +152,121 @@ def effective_spec(vm_spec: dict[str, Any], *, namespace: str, lookup: Lookup) -
         return vm_spec
     spec = copy.deepcopy(vm_spec)
     template = spec.setdefault("template", {})
-    vmi = template.setdefault("spec", {})
-    domain = vmi.setdefault("domain", {})
     pref = pref or {}
     if itype is not None:
         preferences.check_spread(int((itype.get("cpu") or {}).get("guest") or 1), pref)
-        _size(vmi, domain, itype, pref=pref)
+        _size(template, itype, pref=pref)
     preferences.apply(pref, template)
-    if pref:  # what the preference brought (EFI, SEV...) is refused as if the VM had it
-        unsupported.check(vmi, "spec.template.spec", annotations=None)
+    vmi = template.setdefault("spec", {})
+    # What the instance type or preference brought (GPUs, EFI, SEV...) is refused as if the VM
+    # had it: one applied before virtbus refused it at its own apply cannot slip through.
+    unsupported.check(vmi, "spec.template.spec", annotations=None)
     preferences.requirements(itype, pref, vmi)
     return spec
 
 
-def _size(vmi: dict[str, Any], domain: dict[str, Any], itype: dict[str, Any], *,
-          pref: dict[str, Any]) -> None:  # fmt: skip
+def _conflicts(vmi: dict[str, Any], meta: dict[str, Any], itype: dict[str, Any]) -> list[str]:
+    """The VM fields that conflict with the instance type, in KubeVirt's order and spelling
+    (its applier's paths: `dedicatedCPUPlacement`, though the VM's field is `...Cpu...`)."""
+    base = "spec.template.spec"
+    domain = vmi.get("domain") or {}
     cpu, memory = itype.get("cpu") or {}, itype.get("memory") or {}
     mine_cpu, mine_mem = domain.get("cpu") or {}, domain.get("memory") or {}
-    base = "spec.template.spec.domain"
-    conflicts = [f"{base}.cpu.{k}" for k in ("sockets", "cores", "threads") if k in mine_cpu]
-    conflicts += [f"{base}.memory.guest"] if "guest" in mine_mem and memory.get("guest") else []
-    requests = (domain.get("resources") or {}).get("requests") or {}
-    conflicts += [f"{base}.resources.requests.{k}" for k in ("cpu", "memory") if k in requests]
+    resources = domain.get("resources") or {}
+    requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+    out = [key for key in ("nodeSelector", "schedulerName") if itype.get(key) and vmi.get(key)]
+    out += ["domain.resources.requests.cpu"] if "cpu" in requests else []
+    out += ["domain.resources.limits.cpu"] if "cpu" in limits else []
+    out += [f"domain.cpu.{key}" for key in ("sockets", "cores", "threads") if mine_cpu.get(key)]
+    for theirs, ours in _CPU_FIELDS.items():
+        if theirs in cpu and mine_cpu.get(ours) and (theirs != "model" or cpu["model"]):
+            out.append(f"domain.cpu.{theirs}")
+    memory_conflicts = [
+        *(["domain.memory.guest"] if mine_mem.get("guest") is not None else []),
+        *[f"domain.memory.{k}" for k in ("hugepages", "maxGuest") if k in memory and k in mine_mem],
+        *(["domain.resources.requests.memory"] if "memory" in requests else []),
+        *(["domain.resources.limits.memory"] if "memory" in limits else []),
+    ]
+    out += memory_conflicts[:1]  # KubeVirt's memory applier stops at its first
+    pool = (domain.get("ioThreads") or {}).get("supplementalPoolThreadCount")
+    if (itype.get("ioThreads") or {}).get("supplementalPoolThreadCount") is not None and (
+        pool is not None
+    ):
+        out.append("domain.ioThreads.supplementalPoolThreadCount")
+    for key, path in (("ioThreadsPolicy", "domain.ioThreadsPolicy"),
+                      ("launchSecurity", "domain.launchSecurity"),
+                      ("gpus", "domain.devices.gpus"),
+                      ("hostDevices", "domain.devices.hostDevices")):  # fmt: skip
+        where = domain if key in ("ioThreadsPolicy", "launchSecurity") else domain.get("devices")
+        if itype.get(key) and (where or {}).get(key):
+            out.append(path)
+    out = [f"{base}.{path}" for path in out]
+    mine_notes = meta.get("annotations") or {}
+    out += [f"annotations.{key}" for key, value in (itype.get("annotations") or {}).items()
+            if key in mine_notes and mine_notes[key] != value]  # fmt: skip
+    return out
+
+
+# the instance type's cpu field -> the VM's, copied into the VM's CPU as KubeVirt's applier does
+_CPU_FIELDS: Final = {"model": "model", "dedicatedCPUPlacement": "dedicatedCpuPlacement",
+                      "isolateEmulatorThread": "isolateEmulatorThread", "numa": "numa",
+                      "realtime": "realtime"}  # fmt: skip
+
+
+def _float32(value: float) -> float:
+    return float(struct.unpack("f", struct.pack("f", value))[0])
+
+
+def overcommitted(guest: int, percent: int) -> int:
+    """The memory request KubeVirt sets below the guest's by `overcommitPercent`, in its float32
+    arithmetic (so the bytes are KubeVirt's to the last one)."""
+    share = _float32(1 - _float32(_float32(percent) / 100))
+    return int(_float32(_float32(guest) * share))
+
+
+def _size(template: dict[str, Any], itype: dict[str, Any], *, pref: dict[str, Any]) -> None:
+    """The instance type applied to the VM template, as KubeVirt's VMI applier does, or its
+    conflicts with what the VM sets itself refused in KubeVirt's words."""
+    vmi = template.setdefault("spec", {})
+    conflicts = _conflicts(vmi, template.get("metadata") or {}, itype)
     if conflicts:
         raise ValidationError(f"VM field(s) {', '.join(conflicts)} conflicts with selected "
                               "instance type", field="spec.instancetype")  # fmt: skip
-    shape = preferences.layout(int(cpu.get("guest") or 1), pref)
-    domain["cpu"] = {**mine_cpu, **shape, **({"model": cpu["model"]} if cpu.get("model") else {})}
+    domain = vmi.setdefault("domain", {})
+    cpu, memory = itype.get("cpu") or {}, itype.get("memory") or {}
+    for key in ("nodeSelector", "schedulerName"):
+        if itype.get(key):
+            vmi[key] = copy.deepcopy(itype[key])
+    mine_cpu = domain["cpu"] = dict(domain.get("cpu") or {})
+    for theirs, ours in _CPU_FIELDS.items():
+        if cpu.get(theirs) is not None and (theirs != "model" or cpu[theirs]):
+            mine_cpu[ours] = copy.deepcopy(cpu[theirs])
+    if cpu.get("maxSockets"):
+        mine_cpu["maxSockets"] = cpu["maxSockets"]
+    mine_cpu.update(preferences.layout(int(cpu.get("guest") or 1), pref))
+    mine_mem = dict(domain.get("memory") or {})
     if memory.get("guest"):
-        domain["memory"] = {**mine_mem, "guest": memory["guest"]}
-    if itype.get("nodeSelector"):
-        vmi["nodeSelector"] = {**(vmi.get("nodeSelector") or {}), **itype["nodeSelector"]}
+        mine_mem["guest"] = memory["guest"]
+        if percent := int(memory.get("overcommitPercent") or 0):
+            resources = domain.setdefault("resources", {})
+            requests = resources["requests"] = dict(resources.get("requests") or {})
+            guest = parse_quantity(memory["guest"], field="spec.memory.guest")
+            requests["memory"] = str(overcommitted(guest, percent))
+    for key in ("hugepages", "maxGuest"):
+        if memory.get(key) is not None:
+            mine_mem[key] = copy.deepcopy(memory[key])
+    if mine_mem:
+        domain["memory"] = mine_mem
+    threads = (itype.get("ioThreads") or {}).get("supplementalPoolThreadCount")
+    if threads is not None:
+        domain["ioThreads"] = {**(domain.get("ioThreads") or {}),
+                               "supplementalPoolThreadCount": threads}  # fmt: skip
+    for key in ("ioThreadsPolicy", "launchSecurity"):
+        if itype.get(key):
+            domain[key] = copy.deepcopy(itype[key])
+    for key in ("gpus", "hostDevices"):
+        if itype.get(key):
+            domain.setdefault("devices", {})[key] = copy.deepcopy(itype[key])
+    if itype.get("annotations"):
+        meta = template.setdefault("metadata", {})
+        meta["annotations"] = {**(meta.get("annotations") or {}), **itype["annotations"]}

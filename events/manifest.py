@@ -16,11 +16,7 @@ import yaml
 from events import fields as f
 from events import kubevirt as kv
 from events.commands import (
-    ApplyClusterInstancetype,
-    ApplyClusterPreference,
-    ApplyInstancetype,
     ApplyKubeVirt,
-    ApplyPreference,
     ApplyReplicaSet,
     ApplyVM,
     ApplyVMPool,
@@ -32,6 +28,7 @@ from events.commands import (
 from events.fields import fail as _fail
 from events.instancetypes import API as INSTANCETYPE_API
 from events.instancetypes import KINDS as INSTANCETYPE_KINDS
+from events.manifest_instancetypes import check_matchers, instancetype_command
 from events.manifest_reader import METADATA, Reader, names, strings
 from events.manifest_storage import STORAGE_KINDS, dv_command, pvc_command
 from events.names import check_name
@@ -182,15 +179,17 @@ def to_commands(
         reader.warns += kv.read_spec(spec)
         cmd = ApplyKubeVirt(name=name, namespace=namespace, spec=spec, labels=labels)
     elif kind in INSTANCETYPE_KINDS:
-        cmd = _instancetype(kind or "", spec, reader, name=name, namespace=namespace,
-                            labels=labels)  # fmt: skip
+        cmd = instancetype_command(kind or "", spec, reader, name=name, namespace=namespace,
+                                   labels=labels)  # fmt: skip
     elif kind == "PersistentVolumeClaim":
-        cmd = pvc_command(spec, reader, name=name, namespace=namespace, annotations=annotations)
+        cmd = pvc_command(spec, reader, name=name, namespace=namespace, annotations=annotations,
+                          labels=labels)  # fmt: skip
     elif kind == "DataVolume":
-        cmd = dv_command(spec, reader, name=name, namespace=namespace)
+        cmd = dv_command(spec, reader, name=name, namespace=namespace, labels=labels)
     elif kind == "VirtualMachine":
         reader.section(spec, "spec", fields=_VM_SPEC)
         _check_run_strategy(spec)
+        check_matchers(spec, reader)
         reader.template(spec.get("template"), "spec.template", sized="instancetype" in spec)
         made = _data_volume_templates(spec, reader, vm=name, namespace=namespace)
         cmd = ApplyVM(
@@ -226,42 +225,6 @@ def to_commands(
     return [*made, cmd], reader.warns
 
 
-_SIZING: Final = names(
-    "cpu memory gpus hostDevices ioThreadsPolicy launchSecurity annotations nodeSelector "
-    "schedulerName"
-)
-_PREFERRING: Final = names(
-    "cpu devices machine firmware clock features requirements preferredSubdomain "
-    "preferredTerminationGracePeriodSeconds volumes annotations preferSpreadSocketToCoreRatio "
-    "preferredArchitecture"
-)
-_APPLY_KIND: Final = {
-    "VirtualMachineInstancetype": ApplyInstancetype,
-    "VirtualMachineClusterInstancetype": ApplyClusterInstancetype,
-    "VirtualMachinePreference": ApplyPreference,
-    "VirtualMachineClusterPreference": ApplyClusterPreference,
-}
-
-
-def _instancetype(
-    kind: str, spec: dict[str, Any], reader: Reader, *, name: str, namespace: str,
-    labels: dict[str, str],
-) -> Command:  # fmt: skip
-    """One of the four instancetype.kubevirt.io kinds; an instance type must size CPU and memory
-    (KubeVirt's CRD requires both guests)."""
-    if kind.endswith("Instancetype"):
-        reader.section(spec, "spec", fields=_SIZING)
-        for key in ("cpu", "memory"):
-            if f.mapping(spec.get(key), f"spec.{key}").get("guest") is None:
-                raise _fail(f"spec.{key}.guest", "Required value")
-        f.integer(spec["cpu"]["guest"], "spec.cpu.guest", low=1, high=4096)
-        parse_quantity(spec["memory"]["guest"], field="spec.memory.guest")
-        strings(spec.get("nodeSelector"), "spec.nodeSelector")
-    else:
-        reader.section(spec, "spec", fields=_PREFERRING)
-    return _APPLY_KIND[kind](name=name, namespace=namespace, spec=spec, labels=labels)
-
-
 def _replicas(spec: dict[str, Any]) -> None:
     if spec.get("replicas") is None:  # `replicas:` left empty is the default, as unset
         spec["replicas"] = 1
@@ -293,6 +256,7 @@ def _pool(
     if not vm:
         raise _fail(f"{at}.spec", "is required")
     reader.section(vm, f"{at}.spec", fields=_VM_SPEC)
+    check_matchers(vm, reader, path=f"{at}.spec", inferring=False)
     for one in _data_volume_templates(vm, reader, vm=name, namespace=namespace):
         check_name(f"{one.name}-{_MAX_INDEX}", field=f"{at}.spec.dataVolumeTemplates")
     _check_run_strategy(vm, path=f"{at}.spec")
@@ -368,8 +332,10 @@ def _data_volume_templates(
         tpl = reader.section(one, at, fields=names("apiVersion kind metadata spec"))
         meta = reader.section(tpl.get("metadata"), f"{at}.metadata", fields=METADATA)
         name = check_name(meta.get("name") or "", field=f"{at}.metadata.name")
+        labels = strings(meta.get("labels"), f"{at}.metadata.labels")
         out.append(dv_command(f.mapping(tpl.get("spec"), f"{at}.spec"), reader, name=name,
-                              namespace=namespace, owner=vm, path=f"{at}.spec"))  # fmt: skip
+                              namespace=namespace, owner=vm, path=f"{at}.spec",
+                              labels=labels))  # fmt: skip
     return out
 
 

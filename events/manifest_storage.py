@@ -66,20 +66,20 @@ def _claim(
 
 def pvc_command(
     spec: dict[str, Any], reader: Reader, *, name: str, namespace: str,
-    annotations: dict[str, str],
+    annotations: dict[str, str], labels: dict[str, str],
 ) -> CreateVolume:  # fmt: skip
     size, modes, storage_class = _claim(spec, "spec", reader, fields=_PVC_SPEC, modes_needed=True)
     node = annotations.get(SELECTED_NODE)
     return CreateVolume(
         name=name, namespace=namespace, size=size, apply=True, access_modes=modes,
-        storage_class=storage_class,
+        storage_class=storage_class, labels=labels,
         node=check_name(node, field=f"metadata.annotations.{SELECTED_NODE}") if node else None,
     )  # fmt: skip
 
 
 def dv_command(
     spec: dict[str, Any], reader: Reader, *, name: str, namespace: str, owner: str = "",
-    path: str = "spec",
+    path: str = "spec", labels: dict[str, str] | None = None,
 ) -> CreateVolume:  # fmt: skip
     """A DataVolume (or a VM's `dataVolumeTemplates[i]`, owned by the VM) as its claim."""
     reader.section(spec, path, fields=_DV_SPEC)
@@ -104,6 +104,7 @@ def dv_command(
     return CreateVolume(
         name=name, namespace=namespace, size=size, apply=True, access_modes=modes,
         storage_class=storage_class, source=source, data_volume=True, owner=owner,
+        labels=dict(labels or {}),
     )  # fmt: skip
 
 

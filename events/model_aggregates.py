@@ -109,6 +109,7 @@ class VolumeCreated(Event, frozen=True):
     storage_class: str = ""
     data_volume: bool = False  # made as a CDI DataVolume (listed by `get dv` too)
     owner: str = ""  # the VM whose dataVolumeTemplates made it: deleted with it
+    labels: dict[str, str] = {}  # its metadata.labels: a VM's inferFromVolume reads them
 
 
 class VolumeNodeSelected(Event, frozen=True):

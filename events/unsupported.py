@@ -63,6 +63,21 @@ TABLE: Final[dict[str, tuple[str, str] | tuple[str, str, Callable[[Any], bool]]]
     "schedulerName": (WARN, "virtbus has one scheduler; ignored"),
     "domain.devices.sound": (WARN, "virtbus gives the guest no sound device"),
     "domain.devices.downwardMetrics": (WARN, "virtbus exposes no downward metrics"),
+    "domain.ioThreadsPolicy": (WARN, "virtbus's domains have no IO threads: QEMU's main loop "
+                                     "serves the disks"),
+    "domain.ioThreads": (WARN, "virtbus's domains have no IO threads: QEMU's main loop serves "
+                               "the disks"),
+}  # fmt: skip
+# An instance type's fields (instancetype.kubevirt.io/v1beta1) that land on these VMI fields:
+# said at the instance type's apply as the VM's own would be, under the instance type's path.
+INSTANCETYPE_FIELDS: Final = {
+    "gpus": "domain.devices.gpus", "hostDevices": "domain.devices.hostDevices",
+    "launchSecurity": "domain.launchSecurity", "schedulerName": "schedulerName",
+    "ioThreadsPolicy": "domain.ioThreadsPolicy", "ioThreads": "domain.ioThreads",
+    "cpu.dedicatedCPUPlacement": "domain.cpu.dedicatedCpuPlacement",
+    "cpu.isolateEmulatorThread": "domain.cpu.isolateEmulatorThread",
+    "cpu.numa": "domain.cpu.numa", "cpu.realtime": "domain.cpu.realtime",
+    "memory.hugepages": "domain.memory.hugepages",
 }  # fmt: skip
 
 
@@ -107,6 +122,25 @@ def check(vmi: Any, path: str, *, annotations: dict[str, str] | None = None) -> 
             else f"metadata.annotations.{SIDECARS}"
         )
         raise fail(at, "virtbus runs no sidecar hooks; remove it to run the VM on virtbus")
+    return warns
+
+
+def instancetype(spec: dict[str, Any]) -> list[str]:
+    """Raise for the first field of an instance type's spec that virtbus refuses in a VM; the
+    warnings (`spec.<field>: reason`) for those it ignores there."""
+    warns: list[str] = []
+    for field, vmi_path in INSTANCETYPE_FIELDS.items():
+        section, _, key = field.rpartition(".")
+        value = (spec.get(section) or {}).get(key) if section else spec.get(field)
+        row = TABLE[vmi_path]
+        if not (row[2] if len(row) == 3 else _given)(value):
+            continue
+        if row[0] == REFUSE:
+            raise fail(f"spec.{field}", f"{row[1]}; remove it to run the VM on virtbus")
+        warns.append(f"spec.{field}: {row[1]}")
+    if SIDECARS in (spec.get("annotations") or {}):
+        raise fail(f"spec.annotations.{SIDECARS}", "virtbus runs no sidecar hooks; remove it to "
+                                                   "run the VM on virtbus")  # fmt: skip
     return warns
 
 

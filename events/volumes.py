@@ -44,6 +44,7 @@ class VolumeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     owner: str = ""
     consumer: str = ""  # WaitForFirstConsumer: the VM that chose the node
     progress: str = ""  # a node filling it says how far it is ("" not started)
+    labels: dict[str, str] = {}
     skipped: tuple[Skipped, ...] = ()
 
 
@@ -59,6 +60,7 @@ def apply_volume(s: VolumeState, env: Envelope) -> VolumeState:
                 created_version=env.version, size_bytes=e.size_bytes, node=e.node,
                 source=e.source, phase=PENDING, access_modes=tuple(e.access_modes),
                 storage_class=e.storage_class, data_volume=e.data_volume, owner=e.owner,
+                labels=e.labels,
             )  # fmt: skip
         case m.VolumeNodeSelected() if s.exists and not s.node:
             return replace(s, node=e.node, consumer=e.consumer)

@@ -90,6 +90,7 @@ async def run_orchestrator(
     intake.nodes, intake.volume_view = controller.node_views, controller.volume_view
     intake.active_migrations = controller.active_migrations
     intake.vm_admission, intake.admission = controller.vm_admission, controller.admission
+    intake.vm_inference = controller.vm_inference
     if identity(nc) is not None:
         intake.identities = Identities(nc, writer("users"), trust=trust)
         await intake.identities.push_revocations()  # the server agrees with the log from now

@@ -18,6 +18,7 @@ from events import commands as c
 from events import work as w
 from events.envelope import Recorded
 from events.folding import skipped_now
+from events.infer import infer
 from events.instancetypes import KIND_OF, InstancetypeState, apply_instancetype
 from events.names import Ref, aggregate_key
 from events.nodes import NodeState, apply_node
@@ -105,6 +106,14 @@ class Folded:
         admit(spec, namespace=ref.namespace, known=self.instancetypes,
               captured=vm.revisions if vm is not None else None, vms=self.vms)  # fmt: skip
         self.settings.admit(ref, c.StartVM(name=ref.name, namespace=ref.namespace), spec)
+
+    async def vm_inference(self, ref: Ref, spec: dict[str, Any]) -> dict[str, Any]:
+        """The VM spec with its `inferFromVolume` matchers resolved from the claims' labels as
+        they stand in the log now (KubeVirt's mutating webhook, at the VM's apply)."""
+        await self.caught_up()
+        volumes = self.volumes
+        return infer(spec, namespace=ref.namespace,
+                     claims=lambda ns, name: volumes.get(f"virt.volume.{ns}.{name}"))  # fmt: skip
 
     async def admission(self, ref: Ref, cmd: c.Command) -> None:
         """Raise KubeVirt's refusal of a command the configuration does not allow (a gate that

@@ -29,6 +29,7 @@ from events import commands as c
 from events import model as m
 from events.envelope import Recorded, decode_command, encode
 from events.errors import ConcurrencyConflict, ValidationError, VirtbusError
+from events.infer import infers
 from events.instancetypes import (
     KIND_OF,
     InstancetypeState,
@@ -88,6 +89,8 @@ class Intake:
         # Whether a VM's instance type and preference resolve (the controller's folded state),
         # and whether the KubeVirt object's configuration allows a command (its gates).
         self.vm_admission: Callable[[Ref, dict[str, Any]], Awaitable[None]] | None = None
+        # A VM's instance type and preference inferred from its volumes' claims (their labels).
+        self.vm_inference: Callable[[Ref, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
         self.admission: Callable[[Ref, c.Command], Awaitable[None]] | None = None
         # Who may ask for what, on a secured bus (None: an open bus, where no caller is known).
         self.identities: Identities | None = None
@@ -151,6 +154,14 @@ class Intake:
                 await self.admission(ref, cmd)
         except ValidationError as err:
             return await self._record_rejection(ref, cmd, err)
+        if isinstance(cmd, c.ApplyVM) and infers(cmd.spec):
+            try:  # KubeVirt's webhook: the inferred names are what the VM's spec records
+                if self.vm_inference is None:
+                    raise ValidationError("inferFromVolume is resolved where a controller runs",
+                                          field="spec.instancetype.inferFromVolume")  # fmt: skip
+                cmd = msgspec.structs.replace(cmd, spec=await self.vm_inference(ref, cmd.spec))
+            except ValidationError as err:
+                return await self._record_rejection(ref, cmd, err)
         if isinstance(cmd, c.ApplyVM) and not self.store.heads.knows(ref):
             # Most applies create: decide on "no such VM" and let the append's concurrency check
             # say otherwise, which saves reading a history that is usually not there.

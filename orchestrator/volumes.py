@@ -146,6 +146,10 @@ def _create(v: VolumeState, cmd: c.CreateVolume, view: ClusterView) -> list[m.Ev
         if v.source != cmd.source or v.storage_class != cmd.storage_class:
             raise _reject(f"{name} is forbidden: spec is immutable after creation except "
                           "resources.requests for bound claims", "spec")  # fmt: skip
+        if v.labels != cmd.labels:  # a VM inferred from them: they stay what it read
+            raise _reject(f"{name}: metadata.labels: virtbus keeps a claim's labels as it was "
+                          "created with them; delete and create it again to change them",
+                          "metadata.labels")  # fmt: skip
         return []  # kubectl apply of what is there: unchanged
     node = "" if not cmd.source and cmd.node is None else None  # WaitForFirstConsumer
     if cmd.source.startswith("clone:"):
@@ -153,7 +157,7 @@ def _create(v: VolumeState, cmd: c.CreateVolume, view: ClusterView) -> list[m.Ev
     created = m.VolumeCreated(
         size_bytes=size, node=_node_for(cmd, view) if node is None else node, source=cmd.source,
         access_modes=list(cmd.access_modes), storage_class=cmd.storage_class,
-        data_volume=cmd.data_volume, owner=cmd.owner,
+        data_volume=cmd.data_volume, owner=cmd.owner, labels=dict(cmd.labels),
     )  # fmt: skip
     return [created]
 

@@ -85,7 +85,8 @@ def pvc_object(v: VolumeState) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": {"name": v.name, "namespace": v.namespace,
-                     "creationTimestamp": render.timestamp(v.created), "annotations": annotations},
+                     "creationTimestamp": render.timestamp(v.created), "annotations": annotations,
+                     **({"labels": dict(v.labels)} if v.labels else {})},
         "spec": {"accessModes": modes, "volumeMode": "Filesystem",
                  "resources": {"requests": {"storage": size}},
                  **({"storageClassName": v.storage_class} if v.storage_class else {})},
@@ -106,7 +107,8 @@ def dv_object(v: VolumeState) -> dict[str, Any]:
         source = {"pvc": {"namespace": v.namespace, "name": arg}}
     elif v.source:
         source = {"upload": {}}
-    meta = {k: pvc["metadata"][k] for k in ("name", "namespace", "creationTimestamp")}
+    meta = {k: pvc["metadata"][k] for k in ("name", "namespace", "creationTimestamp", "labels")
+            if k in pvc["metadata"]}  # fmt: skip
     if v.owner:
         meta["ownerReferences"] = [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
                                     "name": v.owner, "controller": True,
