@@ -213,6 +213,4 @@ def test_timeouts_read_kubectls_durations_and_plain_seconds(text: str, secs: flo
 def test_a_duration_that_is_none_is_refused_saying_what_one_looks_like(text: str) -> None:
     with pytest.raises(typer.BadParameter) as bad:
         seconds(text)
-    assert str(bad.value) == (
-        f"time: invalid duration {text!r} (like 30s, 5m, 1h30m, or seconds)"
-    )
+    assert str(bad.value) == (f"time: invalid duration {text!r} (like 30s, 5m, 1h30m, or seconds)")

@@ -122,16 +122,20 @@ async def test_virtbus_up_starts_its_dead_nats_server_again_and_the_stack_carrie
         proc, url,
     ):  # fmt: skip
         assert proc.stderr is not None
-        env = cli_env(url) | {"VIRTBUS_CREDS": str(data_dir / "creds" / "admin.creds"),
-                              "VIRTBUS_TLS_CA": str(data_dir / "tls" / "ca.pem")}
+        env = cli_env(url) | {
+            "VIRTBUS_CREDS": str(data_dir / "creds" / "admin.creds"),
+            "VIRTBUS_TLS_CA": str(data_dir / "tls" / "ca.pem"),
+        }
         before = await virtbus("apply", "-f", "-", env=env, cwd=data_dir.parent,
                                stdin=HALTED_VM.format(name="before"))  # fmt: skip
         assert before.ok().out == "virtualmachine.kubevirt.io/before created\n"
         server = next(p for p in children(of=proc.pid) if p != worker_pid(proc.pid))
         os.kill(server, signal.SIGKILL)
         said = await next_line(proc.stderr, b"nats-server: exited")
-        assert said == (b"nats-server: exited with code -9; nothing is written until it is back, "
-                        b"and every part waits for it; starting it again in 1s (restart 1)\n")
+        assert said == (
+            b"nats-server: exited with code -9; nothing is written until it is back, "
+            b"and every part waits for it; starting it again in 1s (restart 1)\n"
+        )
         again = await next_line(proc.stderr, b"nats-server: running again")
         restarted = next(p for p in children(of=proc.pid) if p != worker_pid(proc.pid))
         assert (again, restarted != server) == (
