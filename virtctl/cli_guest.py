@@ -32,6 +32,26 @@ def create(
     memory: Annotated[str, typer.Option("--memory", help="vm: default 512Mi")] = "",
     instancetype: Annotated[str, typer.Option("--instancetype", help="[KIND/]NAME")] = "",
     preference: Annotated[str, typer.Option("--preference", help="[KIND/]NAME")] = "",
+    infer_instancetype: Annotated[
+        bool | None,
+        typer.Option(
+            "--infer-instancetype/--no-infer-instancetype",
+            help="vm: from the first boot disk (by default, quietly)",
+        ),
+    ] = None,
+    infer_instancetype_from: Annotated[
+        str, typer.Option("--infer-instancetype-from", help="vm: a volume's name")
+    ] = "",
+    infer_preference: Annotated[
+        bool | None,
+        typer.Option(
+            "--infer-preference/--no-infer-preference",
+            help="vm: from the first boot disk (by default, quietly)",
+        ),
+    ] = None,
+    infer_preference_from: Annotated[
+        str, typer.Option("--infer-preference-from", help="vm: a volume's name")
+    ] = "",
     volume_containerdisk: Annotated[
         list[str] | None, typer.Option("--volume-containerdisk", help="src:IMAGE[,name:N]")
     ] = None,
@@ -120,6 +140,8 @@ def create(
         imports=volume_import or [], user=user, password_file=password_file,
         ssh_keys=ssh_key or [], cloud_init=cloud_init, cloud_init_user_data=cloud_init_user_data,
         cloud_init_network_data=cloud_init_network_data, refused=refused,
+        infer_instancetype=infer_instancetype, infer_instancetype_from=infer_instancetype_from,
+        infer_preference=infer_preference, infer_preference_from=infer_preference_from,
     )  # fmt: skip
     try:
         text = manifest(flags)

@@ -1,6 +1,7 @@
 """`virtbus create vm`: virtctl's VirtualMachine generator; it prints a manifest, creates nothing.
 
-Its flags, defaults (runStrategy Always, 512Mi, a grace period of 180 s, a random `vm-xxxxx` name),
+Its flags, defaults (runStrategy Always, 512Mi, a grace period of 180 s, a random `vm-xxxxx` name,
+inference from the boot volume when it is a claim),
 `key:value,...` parameters, volume naming and messages (`failed to parse "--FLAG" flag: ...`) are
 virtctl's, so a line from KubeVirt's user guide piped into `virtbus apply -f -` gives the VM it
 gives there. Only the sources virtbus runs are offered: DataSources (`--volume-datasource`,
@@ -13,7 +14,7 @@ from __future__ import annotations
 import random
 import string
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -72,6 +73,11 @@ class VMSpecFlags:
     cloud_init_user_data: str = ""
     cloud_init_network_data: str = ""
     refused: list[str] = field(default_factory=list)  # flags of `_NOT_HERE` that were given
+    # None: not given (virtctl infers anyway, quietly: a failure is left to the server's Ignore)
+    infer_instancetype: bool | None = None
+    infer_instancetype_from: str = ""
+    infer_preference: bool | None = None
+    infer_preference_from: str = ""
 
 
 class _Builder:
@@ -230,10 +236,12 @@ def generate(flags: VMSpecFlags) -> dict[str, Any]:
     wrong, naming the flag)."""
     for flag in flags.refused:
         raise ValidationError(f"--{flag}: {_NOT_HERE[flag]}", field=flag)
-    if flags.memory and flags.instancetype:
-        raise ValidationError("if any flags in the group [memory instancetype] are set none of "
-                              "the others can be; [instancetype memory] were all set",
-                              field="memory")  # fmt: skip
+    _exclusive({"memory": bool(flags.memory), "instancetype": bool(flags.instancetype),
+                "infer-instancetype": flags.infer_instancetype is not None,
+                "infer-instancetype-from": bool(flags.infer_instancetype_from)})  # fmt: skip
+    _exclusive({"preference": bool(flags.preference),
+                "infer-preference": flags.infer_preference is not None,
+                "infer-preference-from": bool(flags.infer_preference_from)})  # fmt: skip
     if flags.cloud_init_user_data and (flags.user or flags.password_file or flags.ssh_keys):
         raise ValidationError("if any flags in the group [cloud-init-user-data user ssh-key "
                               "password-file] are set none of the others can be",
@@ -269,6 +277,16 @@ def generate(flags: VMSpecFlags) -> dict[str, Any]:
                                        "virtualmachineclusterpreference"))  # fmt: skip
     if b.templates:
         spec["dataVolumeTemplates"] = b.templates
+    if flags.infer_instancetype is not False and not (flags.instancetype or flags.memory):
+        explicit = flags.infer_instancetype is not None or bool(flags.infer_instancetype_from)
+        if (matcher := _inferred(b, flags.infer_instancetype_from, explicit=explicit)) is not None:
+            spec["instancetype"] = matcher
+            if explicit:  # the instance type's memory, not create vm's default
+                domain.pop("memory", None)
+    if flags.infer_preference is not False and not flags.preference:
+        explicit = flags.infer_preference is not None or bool(flags.infer_preference_from)
+        if (matcher := _inferred(b, flags.infer_preference_from, explicit=explicit)) is not None:
+            spec["preference"] = matcher
     template: dict[str, Any] = {
         "domain": domain,
         "terminationGracePeriodSeconds": flags.termination_grace_period,
@@ -279,6 +297,58 @@ def generate(flags: VMSpecFlags) -> dict[str, Any]:
     return {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
             "metadata": {"creationTimestamp": None, "name": name}, "spec": spec,
             "status": {}}  # fmt: skip
+
+
+def _exclusive(given: dict[str, bool]) -> None:
+    """Cobra's mutually exclusive flag group, in its words."""
+    if sum(given.values()) > 1:
+        group, both = " ".join(given), " ".join(sorted(f for f, g in given.items() if g))
+        raise ValidationError(f"if any flags in the group [{group}] are set none of the others "
+                              f"can be; [{both}] were all set",
+                              field=next(f for f, g in given.items() if g))  # fmt: skip
+
+
+_INFERABLE_SOURCES: Final = ("pvc", "registry", "snapshot")
+
+
+def _inferred(b: _Builder, named: str, *, explicit: bool) -> dict[str, str] | None:
+    """virtctl's `inferFromVolume` matcher: the volume named, else the disk first in boot order,
+    else the first volume. What cannot be inferred from is an error when asked for explicitly;
+    by default the matcher is left out (and written with the Ignore policy when it is put)."""
+    try:
+        name = named or _boot_volume(b)
+        volume = next((v for v in b.volumes if v["name"] == name), None)
+        if volume is None:
+            raise ValidationError(f"there is no volume with name '{name}'", field="volume")
+        if "dataVolume" in volume:
+            template = next((t for t in b.templates if t["metadata"]["name"] ==
+                             volume["dataVolume"]["name"]), None)  # fmt: skip
+            source = template["spec"]["source"] if template is not None else {}
+            if template is not None and not any(k in source for k in _INFERABLE_SOURCES):
+                raise ValidationError(
+                    "this DataVolume is not valid to infer an instancetype or preference from "
+                    "(source needs to be PVC, Registry or Snapshot, sourceRef needs to be "
+                    "DataSource)", field="volume")  # fmt: skip
+        elif "persistentVolumeClaim" not in volume:
+            raise ValidationError("inference of instancetype or preference works only with "
+                                  "DataSources, DataVolumes or PersistentVolumeClaims",
+                                  field="volume")  # fmt: skip
+    except ValidationError:
+        if explicit:
+            raise
+        return None
+    if explicit:
+        return {"inferFromVolume": name}
+    return {"inferFromVolume": name, "inferFromVolumeFailurePolicy": "Ignore"}
+
+
+def _boot_volume(b: _Builder) -> str:
+    if not b.volumes:
+        raise ValidationError("at least one volume is needed to infer an instance type or "
+                              "preference", field="volume")  # fmt: skip
+    if b.disks:  # a disk is listed only for a boot order
+        return str(min(b.disks, key=lambda d: int(d["bootOrder"]))["name"])
+    return str(b.volumes[0]["name"])
 
 
 class _Dumper(yaml.SafeDumper):

@@ -5,13 +5,16 @@ by a VM made with `create vm` (the CLI a subprocess against an in-process orches
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
+import yaml
 from clirun import Result, virtbus
 from driverstack import Stack
 
 from events.errors import ValidationError
 from events.instancetypes import matcher
+from virtctl.createvm import VMSpecFlags, generate
 
 
 async def cli(st: Stack, *args: str, stdin: str | None = None) -> Result:
@@ -114,3 +117,90 @@ def test_a_kind_of_the_other_family_is_refused_naming_the_field() -> None:
         "spec.preference.kind: 'virtualmachineinstancetype' is not a kind of preference",
         "spec.preference.kind",
     )
+
+
+# --- create vm's inference (virtctl's --infer-instancetype/--infer-preference) -------------------
+
+LABELLED = """\
+apiVersion: instancetype.kubevirt.io/v1beta1
+kind: VirtualMachineClusterInstancetype
+metadata: {name: medium}
+spec: {cpu: {guest: 2}, memory: {guest: 256Mi}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: golden
+  labels: {instancetype.kubevirt.io/default-instancetype: medium}
+  annotations: {volume.kubernetes.io/selected-node: node-a}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 8Mi}}
+"""
+
+
+async def test_create_vm_infers_from_its_boot_claim_by_default_and_the_vm_is_sized_so(
+    stack: Stack,
+) -> None:
+    """virtctl's default: a claim as the boot volume is inferred from, quietly (the Ignore policy,
+    create vm's memory kept as the fallback); the applied VM takes the claim's instance type."""
+    await stack.node("node-a")
+    (await cli(stack, "apply", "-f", "-", stdin=LABELLED)).ok()
+    made = (await cli(stack, "create", "vm", "--name", "inferred", "--volume-pvc",
+                      "src:golden")).ok().out  # fmt: skip
+    spec = yaml.safe_load(made)["spec"]
+    quiet = {"inferFromVolume": "golden", "inferFromVolumeFailurePolicy": "Ignore"}
+    assert (spec["instancetype"], spec["preference"]) == (quiet, quiet)
+    assert spec["template"]["spec"]["domain"]["memory"] == {"guest": "512Mi"}
+    applied = await cli(stack, "apply", "-f", "-", stdin=made)
+    assert applied.ok().out == "virtualmachine.kubevirt.io/inferred created\n"
+    s = await stack.until("inferred", "Running")  # (runStrategy Always)
+    assert s.size is not None and (s.size.sockets, s.size.guest) == (2, 256 << 20)
+
+
+def _flags(**given: Any) -> VMSpecFlags:
+    return VMSpecFlags(name="x", **given)
+
+
+def test_create_vm_infers_from_the_first_boot_disk_or_the_volume_named() -> None:
+    booted = generate(_flags(pvcs=["src:data"], imports=["type:pvc,src:ns/gold,name:root,"
+                                                         "bootorder:1"]))["spec"]  # fmt: skip
+    assert booted["instancetype"]["inferFromVolume"] == "root"  # boot order 1, not the first
+    named = generate(_flags(pvcs=["src:data"], containerdisks=["src:reg/img"],
+                            infer_instancetype_from="data", infer_preference=False))  # fmt: skip
+    assert named["spec"]["instancetype"] == {"inferFromVolume": "data"}  # explicit: no policy
+    assert "preference" not in named["spec"]
+    assert "memory" not in named["spec"]["template"]["spec"]["domain"]  # the instance type's
+
+
+def test_create_vm_infers_nothing_quietly_from_what_cannot_be_inferred_from() -> None:
+    for given in ({}, {"containerdisks": ["src:reg/img"]},
+                  {"imports": ["type:blank,size:1Gi"]}, {"memory": "1Gi"}):  # fmt: skip
+        spec = generate(_flags(**given))["spec"]
+        assert ("instancetype" in spec, "preference" in spec) == (False, False), given
+
+
+@pytest.mark.parametrize(("given", "error"), [
+    ({"infer_instancetype": True},
+     "at least one volume is needed to infer an instance type or preference"),
+    ({"containerdisks": ["src:reg/img"], "infer_preference": True},
+     "inference of instancetype or preference works only with DataSources, DataVolumes or "
+     "PersistentVolumeClaims"),
+    ({"imports": ["type:blank,size:1Gi,name:b"], "infer_instancetype_from": "b"},
+     "this DataVolume is not valid to infer an instancetype or preference from (source needs "
+     "to be PVC, Registry or Snapshot, sourceRef needs to be DataSource)"),
+    ({"pvcs": ["src:data"], "infer_preference_from": "nothere"},
+     "there is no volume with name 'nothere'"),
+    ({"memory": "1Gi", "infer_instancetype": True},
+     "if any flags in the group [memory instancetype infer-instancetype infer-instancetype-from] "
+     "are set none of the others can be; [infer-instancetype memory] were all set"),
+    ({"preference": "p", "infer_preference_from": "x"},
+     "if any flags in the group [preference infer-preference infer-preference-from] are set none "
+     "of the others can be; [infer-preference-from preference] were all set"),
+])  # fmt: skip
+def test_create_vm_refuses_an_inference_asked_for_that_cannot_be(
+    given: dict[str, Any], error: str
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        generate(_flags(**given))
+    assert refused.value.message == error

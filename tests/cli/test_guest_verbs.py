@@ -156,6 +156,11 @@ def test_create_vm_writes_volumes_disks_and_cloud_init_as_virtctl() -> None:
                         ssh_keys=["ssh-ed25519 AAAA k"], instancetype="u1")  # fmt: skip
     spec = generate(flags)["spec"]
     assert spec["instancetype"] == {"name": "u1"}
+    # (the preference is inferred from the boot disk, a claim, quietly: virtctl's default)
+    assert spec["preference"] == {
+        "inferFromVolume": "data",
+        "inferFromVolumeFailurePolicy": "Ignore",
+    }
     assert spec["dataVolumeTemplates"] == [{
         "metadata": {"creationTimestamp": None, "name": "scratch"},
         "spec": {"source": {"blank": {}}, "storage": {"resources": {"requests": {
