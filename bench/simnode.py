@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.kv import KeyValue
 
-from bus.reader import fetch_some, subscribed
+from bus.pulling import Puller
 from bus.store import EventStore
 from bus.telemetry import add_process_args, serve
 from events import model as m
@@ -89,24 +88,21 @@ class SimNode:
 
     async def _consume(self) -> None:
         js = self.nc.jetstream()
-        sub = await subscribed(lambda: js.pull_subscribe(
+        # (kept as the worker's: under load on a cluster a pull fails now and then, and a loop
+        # that died of it took no more work)
+        puller = Puller(lambda: js.pull_subscribe(
             node_work_filter(self.name), durable=f"sim-{self.name}", stream=WORK_STREAM,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30),
         ), stop=self._stop, what="work")  # fmt: skip
-        if sub is None:
-            return
         try:
             while not self._stop.is_set():
-                # (a failed pull is paused and tried again, as the worker's: under load on a
-                # cluster one fails now and then, and a loop that died of it took no more work)
-                msgs = await fetch_some(sub, batch=50, stop=self._stop, what="work")
+                msgs = await puller.fetch(50)
                 by_vm: dict[str, list[Msg]] = {}
                 for msg in msgs:  # one VM's work in order, different VMs side by side
                     by_vm.setdefault(msg.subject, []).append(msg)
                 await asyncio.gather(*(self._in_order(group) for group in by_vm.values()))
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await puller.close()
 
     async def _in_order(self, msgs: list[Msg]) -> None:
         for msg in msgs:

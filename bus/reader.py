@@ -12,14 +12,13 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Final
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
-from nats.js.client import JetStreamContext
 
 from bus import consumers
 from bus.leanlogin import LeanUnavailable, login_of
@@ -283,41 +282,3 @@ async def _pull_nats(
         return count
     finally:
         await sub.unsubscribe()
-
-
-async def subscribed(
-    make: Callable[[], Awaitable[JetStreamContext.PullSubscription]],
-    *,
-    stop: asyncio.Event,
-    what: str,
-) -> JetStreamContext.PullSubscription | None:
-    """`make()`, a consuming loop's subscription, tried until it is made (None once `stop` is
-    set): during an election, or on a busy cluster, making a consumer times out, and a loop
-    that died of it would leave its work untaken while its process looks alive."""
-    while not stop.is_set():
-        try:
-            return await make()
-        except Exception as err:
-            log.warning("subscribing to %s failed: %r; trying again", what, err)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
-    return None
-
-
-async def fetch_some(
-    sub: JetStreamContext.PullSubscription, *, batch: int, stop: asyncio.Event, what: str
-) -> list[Msg]:
-    """One pull of up to `batch` messages for a consuming loop: [] when none came, and [] too
-    (after a pause of up to a second, cut short by `stop`) when the bus failed the pull, so that
-    no error of the bus ends the loop that consumes."""
-    try:
-        msgs: list[Msg] = await sub.fetch(batch, timeout=0.5)
-        return msgs
-    except TimeoutError:
-        return []
-    except Exception as err:
-        if not stop.is_set():
-            log.warning("pulling %s failed: %r; pulling again", what, err)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
-        return []

@@ -18,10 +18,11 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from bus.crashpoints import crash_at
-from bus.reader import fetch_some
+from bus.pulling import Puller
 from bus.store import Append, EventStore
 from bus.telemetry import bound, traced
 from bus.trust import revoked_now
@@ -306,7 +307,7 @@ class Intake:
             for msg in msgs:
                 await self.on_msg(msg)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
         js = self.nc.jetstream()
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=10)
         # Taken over from the ack floor: what the last holder had been handed and never acked (a
@@ -318,19 +319,21 @@ class Intake:
             if floor is not None and floor.stream_seq:
                 config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
                 config.opt_start_seq = floor.stream_seq + 1
-        sub = await js.pull_subscribe("virt.cmd.>", durable=DURABLE, stream=COMMANDS_STREAM,
-                                      config=config)  # fmt: skip
+        return await js.pull_subscribe("virt.cmd.>", durable=DURABLE, stream=COMMANDS_STREAM,
+                                       config=config)  # fmt: skip
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.puller = Puller(self._subscribe, stop=stop, what="commands")
         try:
             while not stop.is_set():
-                msgs = await fetch_some(sub, batch=100, stop=stop, what="commands")
+                msgs = await self.puller.fetch(100)
                 # One VM's commands in order; different VMs side by side.
                 by_target: dict[str, list[Msg]] = {}
                 for msg in msgs:
                     by_target.setdefault(aggregate_key(msg.subject), []).append(msg)
                 await asyncio.gather(*(self._in_order(group) for group in by_target.values()))
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await self.puller.close()
 
 
 def _decide(

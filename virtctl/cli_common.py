@@ -154,10 +154,10 @@ _SPAN: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 WEEK_S: Final = 7 * 24 * 3600.0
 
 
-def seconds(text: str) -> float:
+def seconds(text: str | float) -> float:
     """A duration as kubectl reads one (Go's `30s`, `5m`, `1h30m`, `250ms`; negative: a week),
-    or a plain number of seconds (what virtbus took before)."""
-    value = text.strip()
+    or a plain number of seconds (what virtbus took before; click hands a default over as is)."""
+    value = str(text).strip()
     sign = -1.0 if value.startswith("-") else 1.0
     body = value[1:] if value[:1] in ("+", "-") else value
     try:

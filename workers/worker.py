@@ -22,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.kv import KeyValue
 
 from bus.connect import identity
-from bus.reader import fetch_some, subscribed
+from bus.pulling import Puller
 from bus.store import EventStore
 from bus.telemetry import bound, traced
 from bus.vms import VMRepository
@@ -186,16 +186,14 @@ class Worker:
     # --- work ----------------------------------------------------------------------------------
 
     async def _work(self, stop: asyncio.Event) -> None:
-        sub = await subscribed(lambda: self.nc.jetstream().pull_subscribe(
+        self.puller = Puller(lambda: self.nc.jetstream().pull_subscribe(
             node_work_filter(self.node), durable=f"worker-{self.node}", stream=WORK_STREAM,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
                                   max_deliver=20, max_ack_pending=1000),
         ), stop=stop, what="work")  # fmt: skip
-        if sub is None:
-            return
         try:
             while not stop.is_set():
-                for msg in await fetch_some(sub, batch=100, stop=stop, what="work"):
+                for msg in await self.puller.fetch(100):
                     if self._urgent(msg):
                         continue
                     key = msg.subject.split(".", 3)[3]  # vm.<ns>.<name>: one queue per VM
@@ -205,8 +203,7 @@ class Worker:
                             self._drain(key), name=f"worker-{self.node}-{key}"
                         )
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await self.puller.close()
 
     def _urgent(self, msg: Msg) -> bool:
         """Work that must not wait behind its VM's queue: taken now, or noted now and queued."""

@@ -204,8 +204,9 @@ def test_kind_names_as_kubectl_prints_them() -> None:
 @pytest.mark.parametrize(("text", "secs"), [
     ("30s", 30.0), ("5m", 300.0), ("1h30m", 5400.0), ("250ms", 0.25), ("1.5s", 1.5),
     ("2m0.5s", 120.5), ("45", 45.0), ("0", 0.0), ("0s", 0.0), ("-1s", WEEK_S), ("-1", WEEK_S),
+    (60, 60.0), (30.0, 30.0),  # an option's default, which click hands over as it is
 ])  # fmt: skip
-def test_timeouts_read_kubectls_durations_and_plain_seconds(text: str, secs: float) -> None:
+def test_timeouts_read_kubectls_durations_and_plain_seconds(text: str | float, secs: float) -> None:
     assert seconds(text) == secs
 
 
