@@ -49,6 +49,7 @@ from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import place
 from orchestrator.snapshots import removal_work
 from orchestrator.volumes import (
+    assume,
     bind_claims,
     claims_for,
     cluster_view,
@@ -116,7 +117,8 @@ class Controller(Folded):
         reaction = reconcile(
             s, lost_nodes=lost, cluster=cluster,
             place=lambda req: refused() or place(
-                pin(req, s.spec, self.volumes, namespace=s.namespace), self.node_views()),
+                pin(req, s.spec, self.volumes, namespace=s.namespace, assumed=self.assumed),
+                self.node_views()),
             now=datetime.now(UTC), new_uid=lambda: uuid.uuid4().hex,
             addresses=self.addresses.of(key), config=config,
         )  # fmt: skip
@@ -129,6 +131,9 @@ class Controller(Folded):
             # Held before the append awaits: reactions run side by side, and another VM's
             # placement (or migration) must see this capacity (or slot) taken.
             held = self.capacity.hold(key, s, reaction.events)
+            noted = [k for e in reaction.events if isinstance(e, m.VMScheduled)
+                     for k in assume(s.spec, self.volumes, namespace=s.namespace, node=e.node,
+                                     assumed=self.assumed)]  # fmt: skip
             try:
                 # Step by step, not one atomic batch: a prefix is a valid state to reconcile.
                 await self.store.append_steps(
@@ -140,6 +145,8 @@ class Controller(Folded):
                 metrics.REACTION_CONFLICTS.inc()
                 self.capacity.release(key, held)
                 self.addresses.release(key)
+                for k in noted:
+                    self.assumed.pop(k, None)
                 return None  # another controller decided first; its events will come here
             crash_at("decided", reaction.events)
         work = list(reaction.work)

@@ -51,6 +51,10 @@ class Folded:
         self.nodes: dict[str, NodeState] = {}
         self.replica_sets: dict[str, ReplicaSetState] = {}
         self.volumes: dict[str, VolumeState] = {}
+        # An unbound claim -> the node a VM using it was just placed on, until the claim's own
+        # binding is folded: a second VM placed meanwhile goes there too (the scheduler's assume
+        # cache), not to a node the claim will not be on.
+        self.assumed: dict[str, str] = {}
         self.instancetypes: dict[str, InstancetypeState] = {}  # and preferences, by subject key
         self.position = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (seq, caught up to it)
@@ -148,7 +152,10 @@ class Folded:
             rs = self.replica_sets.get(key) or ReplicaSetState()
             self.replica_sets[key] = apply_rs(rs, rec.envelope)
         elif kind == "volume":
-            self.volumes[key] = apply_volume(self.volumes.get(key) or VolumeState(), rec.envelope)
+            v = self.volumes[key] = apply_volume(self.volumes.get(key) or VolumeState(),
+                                                 rec.envelope)  # fmt: skip
+            if v.node or not v.exists:
+                self.assumed.pop(key, None)
         elif kind in KIND_OF:
             it = self.instancetypes.get(key) or InstancetypeState()
             self.instancetypes[key] = apply_instancetype(it, rec.envelope)

@@ -250,18 +250,34 @@ def follow_cold_move(
 
 
 def pin(req: Request, spec: dict[str, Any], volumes: Mapping[str, VolumeState],
-        *, namespace: str) -> Request:  # fmt: skip
-    """`req` restricted to the nodes holding the VM's claims (a claim not known stays free: the
-    node reports `ErrorPvcNotFound` when it starts the VM)."""
-    found = [
-        v
+        *, namespace: str, assumed: Mapping[str, str]) -> Request:  # fmt: skip
+    """`req` restricted to the nodes holding the VM's claims, or about to (`assumed`: an unbound
+    claim's node chosen by a placement whose binding is not folded yet). A claim not known
+    stays free: the node reports `ErrorPvcNotFound` when it starts the VM."""
+    found = {
+        key: v
         for claim in claims_of(spec)
-        if (v := volumes.get(f"virt.volume.{namespace}.{claim}")) is not None and v.exists
-    ]
-    if any(v.moving_to for v in found):  # nowhere until the copy is done
+        if (v := volumes.get(key := f"virt.volume.{namespace}.{claim}")) is not None and v.exists
+    }
+    if any(v.moving_to for v in found.values()):  # nowhere until the copy is done
         return msgspec.structs.replace(req, nodes=frozenset())
-    held = {v.node for v in found if v.node}  # an unbound claim goes where the VM goes
+    # (an unbound claim nobody assumed goes where the VM goes)
+    held = {v.node or assumed.get(key, "") for key, v in found.items()} - {""}
     return msgspec.structs.replace(req, nodes=frozenset(held)) if held else req
+
+
+def assume(spec: dict[str, Any], volumes: Mapping[str, VolumeState], *, namespace: str,
+           node: str, assumed: dict[str, str]) -> list[str]:  # fmt: skip
+    """Note the VM's unbound claims as going to `node`, where it was just placed; the keys
+    noted (to forget if the placement is not recorded)."""
+    noted = []
+    for claim in claims_of(spec):
+        key = f"virt.volume.{namespace}.{claim}"
+        v = volumes.get(key)
+        if v is not None and v.exists and not v.node and key not in assumed:
+            assumed[key] = node
+            noted.append(key)
+    return noted
 
 
 def claims_for(s: VMState, item: w.Work) -> list[str]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 import getpass
 import inspect
+import os
 import re
 import typing
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
@@ -203,6 +204,25 @@ def optional_name(name: str | None) -> str | None:
     if name == "":
         raise usage("name: an empty name; leave it out to list all")
     return name
+
+
+def each_file(paths: list[str], one: Callable[[str], Awaitable[int]]) -> Coroutine[Any, Any, int]:
+    """kubectl's repeated `-f`: each file in the order given, all of them whatever one says;
+    1 if any failed. Checked first, as kubectl does: a path that is not there stops all before
+    anything is sent (and `-` more than once would read stdin twice)."""
+    if paths.count("-") > 1:
+        raise ValidationError("-f -: stdin can be given once", field="filename")
+    for path in paths:
+        if path != "-" and not os.path.exists(path):
+            raise ValidationError(f'the path "{path}" does not exist', field="filename")
+
+    async def every() -> int:
+        failed = 0
+        for path in paths:
+            failed |= await one(path)
+        return failed
+
+    return every()
 
 
 def usage(text: str) -> typer.Exit:

@@ -10,12 +10,14 @@ traceback only with VIRTBUS_DEBUG=1, so a true bug stays visible without a Pytho
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import typer
+from click import Context
 from click.exceptions import ClickException, NoArgsIsHelpError
 from nats.errors import Error as NatsError
 from typer.core import TyperGroup
@@ -62,8 +64,26 @@ def report(exc: BaseException) -> int:
     return 1
 
 
+_SHORT_EQ: Final = re.compile(r"-[A-Za-z]=")
+
+
+def pflag_shorts(args: list[str]) -> list[str]:
+    """kubectl's and virtctl's `-p=VALUE` (pflag's form, as the user guide writes `-p='[...]'`)
+    as click takes it, `-p VALUE`: click would read the value as `=VALUE`. After `--` nothing is
+    touched."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        out += [arg[:2], arg[3:]] if _SHORT_EQ.match(arg) else [arg]
+    return out
+
+
 class VirtbusGroup(TyperGroup):
     """The root `virtbus` command: runs a verb and turns what it raises into `report`'s line."""
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, pflag_shorts(args))
 
     def main(
         self,

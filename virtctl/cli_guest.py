@@ -14,7 +14,7 @@ import typer
 
 from bus.connect import server_url
 from events.errors import ValidationError
-from virtctl.cli_common import NsOpt, ServerOpt, finish, run, usage
+from virtctl.cli_common import NsOpt, ServerOpt, each_file, finish, run, usage
 
 Many = Annotated[list[str] | None, typer.Option()]
 
@@ -22,7 +22,8 @@ Many = Annotated[list[str] | None, typer.Option()]
 def create(
     what: Annotated[str | None, typer.Argument(help="vm: print a VirtualMachine manifest")] = None,
     filename: Annotated[
-        str | None, typer.Option("--filename", "-f", help="manifest file, or - for stdin")
+        list[str] | None,
+        typer.Option("--filename", "-f", help="manifest file, or - for stdin; repeatable"),
     ] = None,
     name: Annotated[str, typer.Option("--name", help="vm: its name (default vm-xxxxx)")] = "",
     run_strategy: Annotated[str, typer.Option("--run-strategy")] = "Always",
@@ -100,14 +101,16 @@ def create(
     print a manifest as virtctl's `create vm|instancetype|preference` does (for `virtbus apply
     -f -`)."""
     if what is None:
-        if filename is None:
+        if not filename:
             raise usage("create: give -f FILE, or `create vm [flags]` for a manifest")
         from virtctl.objects import create_file
 
-        finish(run(create_file(server_url(server), path=filename, namespace=namespace)))
+        url = server_url(server)
+        finish(run(each_file(filename, lambda path: create_file(url, path=path,
+                                                               namespace=namespace))))  # fmt: skip
         return
     kind = what.lower()
-    if kind not in ("vm", "virtualmachine", "instancetype", "preference") or filename is not None:
+    if kind not in ("vm", "virtualmachine", "instancetype", "preference") or filename:
         raise usage(f"create {what}: virtbus generates `create vm`, `create instancetype` and "
                     "`create preference` manifests; objects from files are "
                     "`create -f FILE`")  # fmt: skip

@@ -14,7 +14,17 @@ import typer
 
 from bus.connect import server_url
 from events.errors import VirtbusError
-from virtctl.cli_common import NsOpt, ServerOpt, actor, finish, optional_name, run, seconds, usage
+from virtctl.cli_common import (
+    NsOpt,
+    ServerOpt,
+    actor,
+    each_file,
+    finish,
+    optional_name,
+    run,
+    seconds,
+    usage,
+)
 from virtctl.kinds import SUPPORTED, VM, VMI, Kind, split
 from virtctl.listing import Output
 from virtctl.selector import parse as parse_selector
@@ -124,7 +134,8 @@ def delete(
     what: Annotated[str | None, typer.Argument(help="a VM name, KIND NAME or KIND/NAME")] = None,
     name: MaybeName = None,
     filename: Annotated[
-        str | None, typer.Option("--filename", "-f", help="delete what this manifest names")
+        list[str] | None,
+        typer.Option("--filename", "-f", help="delete what this manifest names; repeatable"),
     ] = None,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
@@ -134,10 +145,12 @@ def delete(
     from virtctl import objects
 
     url = server_url(server)
-    if filename is not None:
+    if filename:
         if what is not None:
             raise usage("-f: give either a file or KIND NAME, not both")
-        finish(run(objects.delete_file(url, path=filename, namespace=namespace, actor=actor())))
+        who = actor()
+        finish(run(each_file(filename, lambda path: objects.delete_file(
+            url, path=path, namespace=namespace, actor=who))))  # fmt: skip
         return
     if what is None:
         raise usage("give a VM name, KIND NAME, KIND/NAME or -f FILE")

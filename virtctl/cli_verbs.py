@@ -27,6 +27,7 @@ from virtctl.cli_common import (
     NsOpt,
     ServerOpt,
     actor,
+    each_file,
     finish,
     lifecycle,
     run,
@@ -48,15 +49,18 @@ def schema(
 
 def apply(
     filename: Annotated[
-        str, typer.Option("--filename", "-f", help="manifest file, or - for stdin")
+        list[str],
+        typer.Option("--filename", "-f", help="manifest file, or - for stdin; repeatable"),
     ],
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
-    """Create or update VMs from KubeVirt manifests (multi-document YAML)."""
+    """Create or update objects from KubeVirt manifests (multi-document YAML), file after file."""
     from virtctl.verbs import apply_file
 
-    finish(run(apply_file(server_url(server), path=filename, namespace=namespace, actor=actor())))
+    url, who = server_url(server), actor()
+    finish(run(each_file(filename, lambda path: apply_file(url, path=path, namespace=namespace,
+                                                           actor=who))))  # fmt: skip
 
 
 def start(

@@ -16,6 +16,9 @@ from bus.client import send
 from events import commands as c
 from events import model as m
 from events.names import Ref
+from events.volumes import VolumeState
+from orchestrator.scheduler import Request
+from orchestrator.volumes import assume, pin
 
 PVC = """\
 apiVersion: v1
@@ -147,3 +150,47 @@ async def until_event(st: Stack, vm: str, kind: type[m.VolumeAttachFailed]) -> m
             return hits[0]
         await asyncio.sleep(0.05)
     raise AssertionError(f"no {kind.__name__} for {vm}")
+
+
+async def test_two_vms_started_at_once_on_one_unbound_claim_go_where_it_is_bound(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Both land where the claim is bound, whichever order the controller's reactions take
+    (the placement made before the first binding is folded: `test_an_unbound_claim_...` below)."""
+    await stack.node("node-a")
+    await stack.node("node-b")
+    (tmp_path / "shared.yaml").write_text(PVC.format(name="shared", size="8Mi"))
+    (await cli(stack, "apply", "-f", str(tmp_path / "shared.yaml"))).ok()
+    # (runStrategy Always: each applied VM is placed at once, both in the controller's batch)
+    await asyncio.gather(*(send(stack.nc, pvc_vm(n, "shared", runStrategy="Always"))
+                           for n in ("first", "second")))  # fmt: skip
+    first, second = [await stack.until(n, "Running") for n in ("first", "second")]
+    history = [r.envelope.data for r in await stack.store.read(Ref("volume", "default", "shared"))]
+    assert [type(e).__name__ for e in history] == [
+        "VolumeCreated", "VolumeNodeSelected", "VolumeReady",
+    ]  # fmt: skip
+    bound = history[1]
+    assert isinstance(bound, m.VolumeNodeSelected)
+    assert (first.node, second.node) == (bound.node, bound.node)
+
+
+def test_an_unbound_claim_assumed_by_a_placement_pins_the_next_one_to_its_node() -> None:
+    """The scheduler's assume cache, pure: a VM placed on node-b notes its unbound claim as going
+    there; a second VM using it, placed before the binding is folded, may go only there (it used
+    to take the emptier node and fail there with ErrorPvcNotFound). A bound claim needs no note."""
+    unbound = VolumeState(exists=True, name="shared", namespace="default", phase="Pending")
+    bound = VolumeState(exists=True, name="kept", namespace="default", node="node-a")
+    volumes = {"virt.volume.default.shared": unbound, "virt.volume.default.kept": bound}
+    spec = pvc_vm("x", "shared", also=("kept",)).spec
+    assumed: dict[str, str] = {}
+    free = Request(cpus=1, memory_bytes=1 << 26)
+    assert pin(free, spec, volumes, namespace="default", assumed=assumed).nodes == {"node-a"}
+    only_shared = pvc_vm("y", "shared").spec
+    assert pin(free, only_shared, volumes, namespace="default", assumed=assumed) == free
+    noted = assume(only_shared, volumes, namespace="default", node="node-b", assumed=assumed)
+    assert (noted, assumed) == (["virt.volume.default.shared"],
+                                {"virt.volume.default.shared": "node-b"})  # fmt: skip
+    assert pin(free, only_shared, volumes, namespace="default", assumed=assumed).nodes == {
+        "node-b"}  # fmt: skip
+    again = assume(only_shared, volumes, namespace="default", node="node-a", assumed=assumed)
+    assert (again, assumed["virt.volume.default.shared"]) == ([], "node-b")  # the first holds

@@ -153,7 +153,8 @@ async def test_patch_merge_and_json_are_recorded_like_an_apply(stack: Stack) -> 
     memory = "/spec/template/spec/domain/resources/requests/memory"
     labels = {"op": "add", "path": "/metadata/labels", "value": {"size": "m"}}
     ops = json.dumps([{"op": "replace", "path": memory, "value": "128Mi"}, labels])
-    patched = await cli(stack, "patch", "vm/p", "--type", "json", "-p", ops)
+    # (as the user guide writes it, `-p='[...]' --type='json'`: pflag's `-p=VALUE`)
+    patched = await cli(stack, "patch", "vm/p", "--type=json", f"-p={ops}")
     assert patched.ok().out == "virtualmachine.kubevirt.io/p patched\n"
     got = await cli(stack, "get", "vm", "p", "-o",
                     "jsonpath={.spec.template.spec.domain.resources.requests.memory} "
@@ -181,3 +182,39 @@ async def test_patch_merge_and_json_are_recorded_like_an_apply(stack: Stack) -> 
     scaled = await cli(stack, "patch", "vmirs", "nope", "--type", "merge", "-p", "{}")
     assert (scaled.code, scaled.err) == (
         1, 'error: virtualmachineinstancereplicasets.kubevirt.io "nope" not found\n')  # fmt: skip
+
+
+async def test_repeated_f_takes_every_file_in_order(stack: Stack, tmp_path: Path) -> None:
+    """kubectl's `-f A -f B` (the user guide applies an instance type and its VM so): each file
+    in turn, every one of them even when one fails, and the exit code says one did. It used to
+    keep only the last file, silently."""
+    kind = {"apiVersion": "instancetype.kubevirt.io/v1beta1",
+            "kind": "VirtualMachineClusterInstancetype", "metadata": {"name": "csmall"},
+            "spec": {"cpu": {"guest": 1}, "memory": {"guest": "64Mi"}}}  # fmt: skip
+    sized = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+             "metadata": {"name": "sized"},
+             "spec": {"runStrategy": "Halted", "instancetype": {"name": "csmall"},
+                      "template": {"spec": {"domain": {"devices": {}}}}}}  # fmt: skip
+    a, b = write(tmp_path, "a.yaml", kind), write(tmp_path, "b.yaml", sized)
+    applied = await cli(stack, "apply", "-f", a, "-f", b)
+    assert applied.ok().out == (
+        "virtualmachineclusterinstancetype.instancetype.kubevirt.io/csmall created\n"
+        "virtualmachine.kubevirt.io/sized created\n"
+    )
+    other = write(tmp_path, "c.yaml", {**sized, "metadata": {"name": "other"}})
+    half = await cli(stack, "create", "-f", b, "-f", other)
+    assert (half.code, half.out, half.err) == (1, "virtualmachine.kubevirt.io/other created\n", (
+        f'Error from server (AlreadyExists): error when creating "{b}": '
+        'virtualmachines.kubevirt.io "sized" already exists\n'))  # fmt: skip
+    missing = str(tmp_path / "missing.yaml")
+    nothing = await cli(stack, "delete", "-f", other, "-f", missing)  # checked before any
+    assert (nothing.code, nothing.out, nothing.err) == (
+        1, "", f'error: the path "{missing}" does not exist\n')  # fmt: skip
+    gone = await cli(stack, "delete", "-f", other, "-f", b, "-f", a)
+    assert gone.ok().out == (
+        'virtualmachine.kubevirt.io "other" deleted\n'
+        'virtualmachine.kubevirt.io "sized" deleted\n'
+        'virtualmachineclusterinstancetype.instancetype.kubevirt.io "csmall" deleted\n'
+    )
+    twice = await cli(stack, "apply", "-f", "-", "-f", "-", stdin="")
+    assert (twice.code, twice.err) == (1, "error: -f -: stdin can be given once\n")

@@ -11,6 +11,7 @@ import typer
 from events.errors import ValidationError
 from virtctl import jsonpath, kinds, patching
 from virtctl.cli_common import WEEK_S, seconds
+from virtctl.cli_errors import pflag_shorts
 from virtctl.selector import parse as selector
 
 LIST: dict[str, Any] = {
@@ -215,3 +216,9 @@ def test_a_duration_that_is_none_is_refused_saying_what_one_looks_like(text: str
     with pytest.raises(typer.BadParameter) as bad:
         seconds(text)
     assert str(bad.value) == (f"time: invalid duration {text!r} (like 30s, 5m, 1h30m, or seconds)")
+
+
+def test_pflags_short_option_with_an_equals_sign_is_split_for_click() -> None:
+    argv = ["patch", "vm", "x", "-p=[1]", "-n=ns", "--type=json", "-p", "=x", "--", "-o=y"]
+    split = ["-p", "[1]", "-n", "ns", "--type=json", "-p", "=x", "--", "-o=y"]
+    assert pflag_shorts(argv) == ["patch", "vm", "x", *split]
