@@ -83,9 +83,10 @@ class ResetVM(Command, frozen=True):
 
 
 class MemoryDumpVM(Command, frozen=True):
-    """Dump the running instance's memory into the claim `claim` (virtctl memory-dump get)."""
+    """Dump the running instance's memory into the claim `claim` (virtctl memory-dump get); no
+    claim: the one already associated (KubeVirt's dump again into the same claim)."""
 
-    claim: Name
+    claim: str = ""
 
 
 class RemoveMemoryDump(Command, frozen=True):

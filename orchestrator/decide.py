@@ -11,6 +11,8 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
 from events import commands as c
 from events import model as m
 from events.errors import ValidationError
@@ -109,7 +111,12 @@ def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = Non
         case c.ResetVM():
             return [m.VMResetRequested(vmi_uid=_resettable(s, cmd))]
         case c.MemoryDumpVM():
-            return [m.MemoryDumpRequested(claim=cmd.claim, vmi_uid=_dumpable(s, cmd))]
+            if not cmd.claim and s.memory_dump is None:
+                raise _reject("Memory dump requires claim name to be set", field="claim")
+            associated = s.memory_dump.claim if s.memory_dump is not None else ""
+            claim = check_name(cmd.claim or associated, field="claim")
+            dump = msgspec.structs.replace(cmd, claim=claim)
+            return [m.MemoryDumpRequested(claim=claim, vmi_uid=_dumpable(s, dump))]
         case c.RemoveMemoryDump():
             if s.memory_dump is None:
                 raise _reject(f"can't remove memory dump association for vm {cmd.name}, no "

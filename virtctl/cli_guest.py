@@ -69,6 +69,10 @@ def create(
     user: Annotated[str, typer.Option("--user")] = "",
     password_file: Annotated[str, typer.Option("--password-file")] = "",
     ssh_key: Annotated[list[str] | None, typer.Option("--ssh-key")] = None,
+    ga_manage_ssh: Annotated[
+        bool,
+        typer.Option("--ga-manage-ssh", help="vm: let the guest agent manage SSH keys (SELinux)"),
+    ] = False,
     cloud_init: Annotated[str, typer.Option("--cloud-init", help="nocloud or none")] = "",
     cloud_init_user_data: Annotated[
         str, typer.Option("--cloud-init-user-data", help="base64")
@@ -145,6 +149,7 @@ def create(
         cloud_init_network_data=cloud_init_network_data, refused=refused,
         infer_instancetype=infer_instancetype, infer_instancetype_from=infer_instancetype_from,
         infer_preference=infer_preference, infer_preference_from=infer_preference_from,
+        ga_manage_ssh=ga_manage_ssh,
     )  # fmt: skip
     try:
         text = manifest(flags)

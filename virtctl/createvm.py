@@ -78,6 +78,7 @@ class VMSpecFlags:
     infer_instancetype_from: str = ""
     infer_preference: bool | None = None
     infer_preference_from: str = ""
+    ga_manage_ssh: bool = False
 
 
 class _Builder:
@@ -228,6 +229,8 @@ def _cloud_config(flags: VMSpecFlags) -> str:
     keys = [k.strip() for text in flags.ssh_keys for k in text.split(",") if k.strip()]
     if keys:
         config += "\nssh_authorized_keys:" + "".join(f"\n  - {k}" for k in keys)
+    if flags.ga_manage_ssh:  # SELinux lets the guest agent manage keys (virtctl's runcmd)
+        config += "\nruncmd:\n  - [ setsebool, -P, 'virt_qemu_ga_manage_ssh', 'on' ]"
     return config
 
 
@@ -242,9 +245,10 @@ def generate(flags: VMSpecFlags) -> dict[str, Any]:
     _exclusive({"preference": bool(flags.preference),
                 "infer-preference": flags.infer_preference is not None,
                 "infer-preference-from": bool(flags.infer_preference_from)})  # fmt: skip
-    if flags.cloud_init_user_data and (flags.user or flags.password_file or flags.ssh_keys):
+    if flags.cloud_init_user_data and (flags.user or flags.password_file or flags.ssh_keys
+                                       or flags.ga_manage_ssh):  # fmt: skip
         raise ValidationError("if any flags in the group [cloud-init-user-data user ssh-key "
-                              "password-file] are set none of the others can be",
+                              "password-file ga-manage-ssh] are set none of the others can be",
                               field="cloud-init-user-data")  # fmt: skip
     name = flags.name or "vm-" + suffix()
     check_name(name, field="name")

@@ -204,3 +204,16 @@ def test_create_vm_refuses_an_inference_asked_for_that_cannot_be(
     with pytest.raises(ValidationError) as refused:
         generate(_flags(**given))
     assert refused.value.message == error
+
+
+def test_create_vm_ga_manage_ssh_adds_virtctls_runcmd() -> None:
+    vmi = generate(_flags(user="fedora", ga_manage_ssh=True))["spec"]["template"]["spec"]
+    assert vmi["volumes"] == [{"name": "cloudinitdisk", "cloudInitNoCloud": {"userData": (
+        "#cloud-config\nuser: fedora\nruncmd:\n"
+        "  - [ setsebool, -P, 'virt_qemu_ga_manage_ssh', 'on' ]")}}]  # fmt: skip
+    with pytest.raises(ValidationError) as both:
+        generate(_flags(cloud_init_user_data="I2Nsb3VkLWNvbmZpZw==", ga_manage_ssh=True))
+    assert both.value.message == (
+        "if any flags in the group [cloud-init-user-data user ssh-key password-file "
+        "ga-manage-ssh] are set none of the others can be"
+    )

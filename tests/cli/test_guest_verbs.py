@@ -95,6 +95,16 @@ async def test_create_vm_reset_screenshot_memory_dump_and_expose(
         "claimName": "dump", "phase": "Completed", "fileName": dump.file_name,
         "startTimestamp": render.timestamp(dump.started),
         "endTimestamp": render.timestamp(dump.ended)}  # fmt: skip
+    # No claim named: the one associated, again (KubeVirt's dump into the same claim).
+    again_out = await cli(gstack, "memory-dump", "get", "r")
+    assert again_out.ok().out == "Successfully submitted memory dump request of VM r\n"
+    for _ in range(400):
+        second = (await gstack.state("r")).memory_dump
+        if second is not None and second.phase != "InProgress" and second.started != dump.started:
+            break
+        await asyncio.sleep(0.05)
+    assert second is not None and (second.claim, second.phase) == ("dump", "Completed"), second
+    dump = second
     with pytest.raises(Rejected) as other:
         await send(gstack.nc, c.MemoryDumpVM(name="r", claim="other"))
     assert str(other.value) == ("can't request memory dump for pvc [other] while pvc [dump] is "
@@ -105,6 +115,8 @@ async def test_create_vm_reset_screenshot_memory_dump_and_expose(
         await send(gstack.nc, c.RemoveMemoryDump(name="r"))
     assert str(again.value) == "can't remove memory dump association for vm r, no association found"
     assert (claim / dump.file_name).exists()  # the claim keeps the dump, as in KubeVirt
+    unnamed = await cli(gstack, "memory-dump", "get", "r")  # nothing associated now
+    assert (unnamed.code, unnamed.err) == (1, "error: Memory dump requires claim name to be set\n")
 
     # expose: a headless Service, an object with its own history; the VMI's address its endpoint.
     exposed = await cli(gstack, "expose", "vm", "r", "--port", "22", "--name", "r-ssh")
