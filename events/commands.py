@@ -204,6 +204,7 @@ class ApplyKubeVirt(Command, frozen=True):
     aggregate: ClassVar[str] = "kubevirt"
     spec: dict[str, Any]
     labels: dict[str, str] = {}
+    expected_version: int = 0  # a patch: refused (Conflict) unless the object is at this version
 
 
 # --- nodes ---------------------------------------------------------------------------------------
@@ -274,6 +275,7 @@ class ApplyInstancetype(Command, frozen=True):
     spec: dict[str, Any]
     labels: dict[str, str] = {}
     create_only: bool = False
+    expected_version: int = 0  # a patch: refused (Conflict) unless the object is at this version
 
 
 class DeleteInstancetype(Command, frozen=True):

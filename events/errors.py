@@ -52,3 +52,12 @@ class ConfigConflict(VirtbusError):
 
 class HypervisorError(VirtbusError):
     """libvirt refused or failed an operation."""
+
+
+def stale(resource: str, name: str) -> str:
+    """The API server's words for a write made on a version that is no longer the latest (a
+    patch's read-modify-write raced by another write: the CLI reads again and retries)."""
+    return (
+        f'Operation cannot be fulfilled on {resource} "{name}": the object has been '
+        "modified; please apply your changes to the latest version and try again"
+    )

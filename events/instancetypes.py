@@ -22,7 +22,7 @@ from msgspec.structs import replace
 from events import model as m
 from events import preferences, unsupported
 from events.envelope import Envelope
-from events.errors import ValidationError
+from events.errors import ValidationError, stale
 from events.folding import Skipped, total
 from events.names import CLUSTER
 from events.quantity import parse_quantity
@@ -82,6 +82,8 @@ def decide_instancetype(
     if hasattr(cmd, "spec"):
         if s.exists and cmd.create_only:
             raise ValidationError(f'{resource} "{cmd.name}" already exists', field="name")
+        if cmd.expected_version and cmd.expected_version != s.version:
+            raise ValidationError(stale(resource, cmd.name), field="metadata.resourceVersion")
         if s.exists and (s.spec, s.labels) == (cmd.spec, cmd.labels):
             return []
         return [applied(spec=cmd.spec, labels=cmd.labels)]

@@ -15,7 +15,7 @@ import msgspec
 
 from events import commands as c
 from events import model as m
-from events.errors import ValidationError
+from events.errors import ValidationError, stale
 from events.manifest import API_VERSION, POOL_API_VERSION, run_strategy_of, to_commands
 from events.names import check_name
 from events.replicasets import ReplicaSetState
@@ -240,9 +240,7 @@ def _check_write(
         raise _reject(f'{resource}.{group} "{cmd.name}" already exists',
                       field="metadata.name")  # fmt: skip
     if cmd.expected_version and cmd.expected_version != version:
-        raise _reject(f'Operation cannot be fulfilled on {resource}.{group} "{cmd.name}": '
-                      "the object has been modified; please apply your changes to the latest "
-                      "version and try again", field="metadata.resourceVersion")  # fmt: skip
+        raise _reject(stale(f"{resource}.{group}", cmd.name), field="metadata.resourceVersion")
 
 
 def _apply(s: VMState, cmd: c.ApplyVM) -> list[m.Event]:

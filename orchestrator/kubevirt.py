@@ -20,7 +20,7 @@ from events import kubevirt as kv
 from events import model as m
 from events import work as w
 from events.envelope import Envelope
-from events.errors import ValidationError
+from events.errors import ValidationError, stale
 from events.names import Ref
 
 SEED_ACTOR = "virtbus-orchestrator --migrations"
@@ -32,6 +32,9 @@ def decide_kubevirt(s: kv.KubeVirtState, cmd: c.Command) -> list[m.Event]:
         raise ValidationError(f"{type(cmd).__name__} does not apply to the KubeVirt object; "
                               "it is changed by applying it again", field="kind")  # fmt: skip
     kv.read_spec(cmd.spec)
+    if cmd.expected_version and cmd.expected_version != s.version:
+        raise ValidationError(stale("kubevirts.kubevirt.io", cmd.name),
+                              field="metadata.resourceVersion")  # fmt: skip
     if s.exists and (cmd.spec, cmd.labels) == (s.spec, s.labels):
         return []
     before = s.spec if s.exists else kv.DEFAULT_SPEC

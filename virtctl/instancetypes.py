@@ -40,6 +40,7 @@ async def listing(nc: Client, kind: k.Kind, *, name: str | None, namespace: str 
         if not s.exists or name not in (None, s.name):
             continue
         meta = {"name": s.name, "creationTimestamp": render.timestamp(s.created),
+                "resourceVersion": str(s.version),
                 **({"namespace": s.namespace} if kind.namespaced else {}),
                 **({"labels": s.labels} if s.labels else {})}  # fmt: skip
         obj = {"apiVersion": API, "kind": kind.kind, "metadata": meta, "spec": s.spec}

@@ -189,14 +189,17 @@ async def patch(url: str, *, kind: k.Kind, name: str, namespace: str, kind_of_pa
         body = json.loads(patch_text)
     except ValueError as e:
         raise ValidationError(f"--patch: not JSON: {e}", field="patch") from None
-    if kind not in (k.VM, k.VMIRS):
-        raise VirtbusError(
-            f"patching {kind.resource} is not supported by virtbus: patch the "
-            "virtualmachine or virtualmachineinstancereplicaset that owns it"
-        )
+    if kind not in (k.VM, k.VMIRS, k.KUBEVIRT, *k.INSTANCETYPES):
+        instead = ("patch the virtualmachine or virtualmachineinstancereplicaset that owns it"
+                   if kind is k.VMI else "apply its manifest again")  # fmt: skip
+        raise VirtbusError(f"patching {kind.resource} is not supported by virtbus: {instead}")
     async with session(url) as nc:
         for _ in range(_CONFLICT_TRIES):
-            doc, version = await _live(nc, kind=kind, name=name, namespace=namespace)
+            doc, version = await (
+                _live(nc, kind=kind, name=name, namespace=namespace)
+                if kind in (k.VM, k.VMIRS)
+                else _listed(nc, kind=kind, name=name, namespace=namespace)
+            )
             patched = apply_patch(copy.deepcopy(doc), body, kind_of_patch=kind_of_patch)
             if not isinstance(patched, dict):
                 raise ValidationError("the patched object is not an object", field="patch")
@@ -205,10 +208,12 @@ async def patch(url: str, *, kind: k.Kind, name: str, namespace: str, kind_of_pa
                     raise ValidationError(f"{key}: a patch cannot change it", field=key)
             meta = patched.get("metadata")
             meta = meta if isinstance(meta, dict) else {}
-            if (meta.get("name"), meta.get("namespace")) != (name, namespace):
+            where = doc["metadata"]
+            if (meta.get("name"), meta.get("namespace")) != (name, where.get("namespace")):
                 raise ValidationError("metadata.name: a patch cannot rename", field="metadata.name")
+            ns = str(where.get("namespace") or namespace)
             patched.pop("status", None)
-            cmds, warnings = to_commands(patched, default_namespace=namespace)
+            cmds, warnings = to_commands(patched, default_namespace=ns)
             for w in warnings:
                 err(f"Warning: {w.removeprefix('warning: ')}")
             cmd = msgspec.structs.replace(cmds[-1], expected_version=version, actor=actor)
@@ -223,6 +228,25 @@ async def patch(url: str, *, kind: k.Kind, name: str, namespace: str, kind_of_pa
             return 0
     raise VirtbusError(f"{kind.object_name(name)}: it kept changing while being patched; "
                        "try again")  # fmt: skip
+
+
+async def _listed(
+    nc: Any, *, kind: k.Kind, name: str, namespace: str
+) -> tuple[dict[str, Any], int]:
+    """The KubeVirt object or an instance type (preference) as `get -o json` shows it, as a
+    manifest, and its version. The KubeVirt object is found by name in any namespace: there is
+    one per cluster (before any apply, the default the configuration runs by)."""
+    from virtctl.getting import listing
+
+    found = await listing(nc, kind, name=name, namespace=None if kind is k.KUBEVIRT else namespace)
+    obj = next((i.obj for i in found.items if i.name == name), None)
+    if obj is None:
+        raise VirtbusError(kind.not_found(name))
+    live = obj["metadata"]
+    meta = {key: live[key] for key in ("name", "namespace", "labels") if live.get(key)}
+    doc = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": meta,
+           "spec": copy.deepcopy(obj["spec"])}  # fmt: skip
+    return doc, int(live.get("resourceVersion") or 0)
 
 
 async def _live(nc: Any, *, kind: k.Kind, name: str, namespace: str) -> tuple[dict[str, Any], int]:

@@ -218,3 +218,36 @@ async def test_repeated_f_takes_every_file_in_order(stack: Stack, tmp_path: Path
     )
     twice = await cli(stack, "apply", "-f", "-", "-f", "-", stdin="")
     assert (twice.code, twice.err) == (1, "error: -f -: stdin can be given once\n")
+
+
+async def test_patch_of_the_kubevirt_object_and_of_an_instance_type(stack: Stack) -> None:
+    """The user guide turns feature gates on with `patch kv kubevirt --type merge -p ...`: the
+    object (the default before any apply) patched and applied as its history records; and an
+    instance type patched the same way."""
+    gates = {"spec": {"configuration": {"developerConfiguration": {
+        "featureGates": ["Snapshot", "ExpandDisks"]}}}}  # fmt: skip
+    done = await cli(stack, "patch", "kv", "kubevirt", "-n", "kubevirt", "--type", "merge",
+                     "-p", json.dumps(gates))  # fmt: skip
+    assert done.ok().out == "kubevirt.kubevirt.io/kubevirt patched\n"
+    got = (await cli(stack, "get", "kv", "kubevirt", "-n", "kubevirt", "-o", "json")).json()
+    assert got["spec"]["configuration"]["developerConfiguration"]["featureGates"] == [
+        "Snapshot", "ExpandDisks"]  # fmt: skip
+    [applied] = [r.envelope.data for r in await stack.store.read(
+        Ref("kubevirt", "kubevirt", "kubevirt"))]  # fmt: skip
+    assert isinstance(applied, m.KubeVirtApplied)
+    assert applied.changes == ["featureGates +ExpandDisks", "featureGates +Snapshot",
+                               "featureGates -DataVolumes", "featureGates -HostDisk",
+                               "featureGates -LiveMigration"]  # fmt: skip
+
+    kind = {"apiVersion": "instancetype.kubevirt.io/v1beta1",
+            "kind": "VirtualMachineInstancetype", "metadata": {"name": "csmall"},
+            "spec": {"cpu": {"guest": 1}, "memory": {"guest": "64Mi"}}}  # fmt: skip
+    (await cli(stack, "apply", "-f", "-", stdin=json.dumps(kind))).ok()
+    memory = [{"op": "replace", "path": "/spec/memory/guest", "value": "128Mi"}]
+    patched = await cli(stack, "patch", "VirtualMachineInstancetype/csmall", "--type", "json",
+                        "-p", json.dumps(memory))  # fmt: skip
+    assert (
+        patched.ok().out == "virtualmachineinstancetype.instancetype.kubevirt.io/csmall patched\n"
+    )
+    spec = (await cli(stack, "get", "vminstancetype", "csmall", "-o", "json")).json()["spec"]
+    assert spec == {"cpu": {"guest": 1}, "memory": {"guest": "128Mi"}}
