@@ -262,7 +262,10 @@ async def test_a_migration_past_its_completion_timeout_is_aborted(
 async def test_past_the_timeout_a_post_copy_policy_completes_the_migration(
     kvm_host: None, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    policy = MigrationPolicy(bandwidth_bytes=1 << 20, completion_timeout_per_gib=1,
+    # A budget of 0 s: past it at the first look (0.5 s in), while the idle 2G guest takes ~2 s
+    # at 1 MiB/s. With 1 s a GiB the budget and the copy both took ~2 s, and in CI the copy
+    # sometimes won, so no switch to post-copy was ever asked for.
+    policy = MigrationPolicy(bandwidth_bytes=1 << 20, completion_timeout_per_gib=0,
                              allow_post_copy=True)  # fmt: skip
     async with qemu_stack(tmp_path_factory.mktemp("mp"), nodes=NODES, policy=policy) as st:
         await running_vm(st, "pushy")
