@@ -110,6 +110,9 @@ class RenameVM(Command, frozen=True):
 class MigrateVM(Command, frozen=True):
     target_node: Name | None = None
     migration: str = ""
+    # A VirtualMachineInstanceMigration applied: virt-api's admission of that object, about the
+    # VMI `name` (none, or one that ended, is refused), rather than virtctl's verb on a VM.
+    vmim: bool = False
 
 
 class CancelMigration(Command, frozen=True):

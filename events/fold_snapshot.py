@@ -34,7 +34,7 @@ def snapshot_succeeded(s: VMState, e: m.SnapshotSucceeded, env: Stamped) -> VMSt
 
 
 def snapshot_failed(s: VMState, e: m.SnapshotFailed, env: Stamped) -> VMState:
-    return _snapshot(s, e.snapshot, phase=FAILED, reason=e.reason)
+    return _snapshot(s, e.snapshot, phase=FAILED, reason=e.reason, failed_at=env.time)
 
 
 def snapshot_deleted(s: VMState, e: m.SnapshotDeleted, env: Stamped) -> VMState:

@@ -211,7 +211,7 @@ def to_commands(
     elif kind == "VirtualMachineInstanceMigration":
         reader.section(spec, "spec", fields=_MIGRATION_SPEC)
         vmi = check_name(spec.get("vmiName") or "", field="spec.vmiName")
-        cmd = MigrateVM(name=vmi, namespace=namespace, migration=name)
+        cmd = MigrateVM(name=vmi, namespace=namespace, migration=name, vmim=True)
     elif kind == "VirtualMachineSnapshot":
         reader.section(spec, "spec", fields=_SNAPSHOT_SPEC)
         vm = _vm_reference(spec.get("source"), "spec.source")

@@ -178,7 +178,9 @@ class Reader:
         ]
 
     def machine(self, domain: dict[str, Any], path: str) -> None:
-        word(mapping(domain.get("machine"), f"{path}.machine").get("type"), f"{path}.machine.type")
+        machine = mapping(domain.get("machine"), f"{path}.machine").get("type")
+        if machine != "":  # KubeVirt's empty type (its user guide writes one) is the default
+            word(machine, f"{path}.machine.type")
         firmware = mapping(domain.get("firmware"), at := f"{path}.firmware")
         bios = mapping(mapping(firmware.get("bootloader"), f"{at}.bootloader").get("bios"),
                        at := f"{at}.bootloader.bios")  # fmt: skip

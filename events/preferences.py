@@ -179,8 +179,8 @@ def apply(pref: dict[str, Any], template: dict[str, Any]) -> None:
     if pref.get("firmware"):
         _firmware(pref["firmware"], domain)
     machine = (pref.get("machine") or {}).get("preferredMachineType")
-    if machine:
-        _fill(domain.setdefault("machine", {}), "type", machine)
+    if machine and not (domain.get("machine") or {}).get("type"):  # "" is no type, as unset
+        domain.setdefault("machine", {})["type"] = machine
     clock = pref.get("clock") or {}
     if clock:
         mine_clock = domain.setdefault("clock", {})

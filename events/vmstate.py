@@ -88,6 +88,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     skipped: dict[str, str] = {}
     created: datetime | None = None
     ready_at: datetime | None = None
+    failed_at: datetime | None = None
     size_bytes: int = 0
     reason: str = ""
 

@@ -20,7 +20,7 @@ from events.manifest import API_VERSION, POOL_API_VERSION, run_strategy_of, to_c
 from events.names import check_name
 from events.replicasets import ReplicaSetState
 from events.state import RUNNING, STOPPING, TERMINATING, VMState
-from orchestrator.migrations import decide_cancel, decide_migrate
+from orchestrator.migrations import admit_vmim, decide_cancel, decide_migrate
 from orchestrator.rename import decide_rename
 from orchestrator.resize import only_live_changes
 from orchestrator.scheduler import NodeView
@@ -66,6 +66,8 @@ def decide(s: VMState, cmd: c.Command, *, nodes: Sequence[NodeView] | None = Non
             if not s.deleted:
                 raise _reject(f'VM "{cmd.name}" is not deleted', field="name")
             return [m.VMUndeleted()]
+    if isinstance(cmd, c.MigrateVM) and cmd.vmim:
+        admit_vmim(s, cmd)  # about the VMI it names, not a VM
     if not s.exists:
         raise _not_found(cmd)
     if s.source_kind == VMI_SOURCE and isinstance(cmd, c.StartVM | c.StopVM | c.RestartVM):

@@ -35,6 +35,7 @@ from events.state import (
     SCHEDULING,
     STOPPED,
     STOPPING,
+    SUCCEEDED,
     TARGET_READY,
     TERMINATING,
     VMState,
@@ -103,19 +104,23 @@ def decide_migrate(
 ) -> list[m.Event]:
     """virt-api's admission of a migration; `nodes` (when known) checks the target too.
 
-    A stopped VM migrates cold at once: its definition moves to the target, where its next start
-    goes (its disks' data is the volumes' business)."""
-    if cmd.migration and s.migration is not None and s.migration.id == cmd.migration:
+    A stopped VM migrates cold at once on virtbus's verb (not a VMIM: KubeVirt has no VMI to move
+    then): its definition moves to the target, where its next start goes (its disks' data is the
+    volumes' business)."""
+    if _reapplied(s, cmd):
         return []  # the same VMIM applied again: kubectl's "unchanged"
-    if not s.running and s.status == STOPPED:
+    field = "spec.vmiName" if cmd.vmim else "name"
+    if not cmd.vmim and not s.running and s.status == STOPPED:
         return _cold_stopped(s, cmd, nodes=nodes)
     if s.phase != RUNNING or s.status in (STOPPING, TERMINATING):
-        raise ValidationError("VMI is not running", field="name")
+        # virt-api's subresource speaks of the VM virtctl named; the VMIM is about its VMI
+        raise ValidationError("VMI is not running" if cmd.vmim else "VM is not running",
+                              field=field)  # fmt: skip
     if migration_active(s.migration):
         assert s.migration is not None
         raise ValidationError(
             f"in-flight migration detected. Active migration job ({s.migration.id}) is currently "
-            f"already in progress for VMI {s.name}.", field="name",
+            f"already in progress for VMI {s.name}.", field=field,
         )  # fmt: skip
     if cmd.target_node and nodes is not None:
         if why := _target_misfit(s, cmd.target_node, nodes):
@@ -124,6 +129,22 @@ def decide_migrate(
         raise ValidationError(_target_misfit(s, s.node, []), field="target_node")
     return [m.MigrationRequested(migration=migration_name(cmd), target_node=cmd.target_node or "",
                                  reason=reason)]  # fmt: skip
+
+
+def _reapplied(s: VMState, cmd: c.MigrateVM) -> bool:
+    return bool(cmd.migration) and s.migration is not None and s.migration.id == cmd.migration
+
+
+def admit_vmim(s: VMState, cmd: c.MigrateVM) -> None:
+    """virt-api's migration-create admitter on the VMI a VirtualMachineInstanceMigration names,
+    in its words: there must be one (a stopped VM has none), and it must not have ended."""
+    if s.exists and _reapplied(s, cmd):
+        return
+    if not s.exists or not s.phase:
+        raise ValidationError(f'the VMI "{cmd.namespace}/{cmd.name}" does not exist',
+                              field="spec.vmiName")  # fmt: skip
+    if s.phase in (SUCCEEDED, FAILED):
+        raise ValidationError("Cannot migrate VMI in finalized state.", field="spec.vmiName")
 
 
 def _cold_stopped(

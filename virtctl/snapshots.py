@@ -9,6 +9,7 @@ verbs are in `cli_snapshot.py`; `verbs.get` and `cli_verbs.delete` route the sna
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import typer
@@ -19,7 +20,7 @@ from events import commands as c
 from events import render
 from events.errors import VirtbusError
 from events.protocol import Query
-from events.state import SUCCEEDED, Snapshot, VMState
+from events.state import FAILED, SUCCEEDED, Restore, Snapshot, VMState
 from virtctl.kinds import RESTORE, SNAPSHOT
 from virtctl.listing import Item, Listing
 
@@ -34,10 +35,48 @@ def _source(s: VMState) -> dict[str, str]:
     return {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": s.name}
 
 
+def _condition(ctype: str, status: bool, reason: str, at: datetime | None) -> dict[str, Any]:
+    # snapshot.kubevirt.io's Condition, in its field order; lastProbeTime is never set there
+    return {"type": ctype, "status": str(status), "lastProbeTime": None,
+            "lastTransitionTime": render.timestamp(at), "reason": reason}  # fmt: skip
+
+
+def snapshot_conditions(snap: Snapshot) -> list[dict[str, Any]]:
+    """KubeVirt's snapshot controller's conditions, derived from the phase (and its reasons).
+
+    A condition's time is when it last changed: Ready stays "Not ready" from the request on
+    unless the snapshot succeeds."""
+    if snap.phase == SUCCEEDED:
+        return [_condition("Progressing", False, "Operation complete", snap.ready_at),
+                _condition("Ready", True, "Ready", snap.ready_at)]  # fmt: skip
+    if snap.phase == FAILED:
+        return [_condition("Progressing", False, "In error state", snap.failed_at),
+                _condition("Ready", False, "Not ready", snap.created),
+                _condition("Failure", True, snap.reason, snap.failed_at)]  # fmt: skip
+    return [_condition("Progressing", True, "Source locked and operation in progress",
+                       snap.created),
+            _condition("Ready", False, "Not ready", snap.created)]  # fmt: skip
+
+
+def restore_conditions(r: Restore) -> list[dict[str, Any]]:
+    """KubeVirt's restore controller's conditions: copying the volumes back is its "Creating new
+    PVCs"; a failed restore is over (Failure), as virtbus does not retry it."""
+    if r.complete:
+        return [_condition("Progressing", False, "Operation complete", r.done_at),
+                _condition("Ready", True, "Operation complete", r.done_at)]  # fmt: skip
+    if r.reason:
+        return [_condition("Progressing", False, "Operation failed", r.done_at),
+                _condition("Ready", False, "Operation failed", r.done_at),
+                _condition("Failure", True, r.reason, r.done_at)]  # fmt: skip
+    return [_condition("Progressing", True, "Creating new PVCs", r.created),
+            _condition("Ready", False, "Waiting for new PVCs", r.created)]  # fmt: skip
+
+
 def snapshot_object(s: VMState, snap: Snapshot) -> dict[str, Any]:
     status: dict[str, Any] = {
         "phase": snap.phase,
         "readyToUse": snap.phase == SUCCEEDED,
+        "conditions": snapshot_conditions(snap),
         "creationTime": render.timestamp(snap.ready_at),
         "indications": ["Online", "NoGuestAgent"] if snap.online else [],
         "snapshotVolumes": {
@@ -61,7 +100,8 @@ def snapshot_object(s: VMState, snap: Snapshot) -> dict[str, Any]:
 def restore_object(s: VMState) -> dict[str, Any]:
     r = s.restore
     assert r is not None
-    status: dict[str, Any] = {"complete": r.complete, "restoreTime": render.timestamp(r.done_at)}
+    status: dict[str, Any] = {"complete": r.complete, "restoreTime": render.timestamp(r.done_at),
+                              "conditions": restore_conditions(r)}  # fmt: skip
     if r.reason:
         status["error"] = {"message": r.reason}
     return {

@@ -62,7 +62,8 @@ def render_domain(
     ET.SubElement(root, "vcpu", placement="static").text = str(vcpus)
     machine = _mapping(domain.get("machine"), f"{SPEC}.domain.machine").get("type")
     os_el = ET.SubElement(root, "os")
-    machine = word(machine, f"{SPEC}.domain.machine.type") or "q35"
+    # An empty type is unset, as in KubeVirt: the default machine
+    machine = (word(machine, f"{SPEC}.domain.machine.type") if machine != "" else None) or "q35"
     ET.SubElement(os_el, "type", arch="x86_64", machine=machine).text = "hvm"
     firmware = _mapping(domain.get("firmware"), f"{SPEC}.domain.firmware")
     bios = _mapping(_mapping(firmware.get("bootloader"), f"{SPEC}.domain.firmware.bootloader")

@@ -217,7 +217,7 @@ def test_migration_targets_the_vmi() -> None:
     }
     [cmd], warnings = to_commands(doc)
     assert warnings == []
-    assert cmd == MigrateVM(name="centos7", namespace="lab", migration="move-it")
+    assert cmd == MigrateVM(name="centos7", namespace="lab", migration="move-it", vmim=True)
 
 
 def test_migration_requires_vmi_name() -> None:

@@ -123,6 +123,16 @@ def test_every_preferred_field_fills_what_the_vm_leaves_unset() -> None:
         "remove it to run the VM on virtbus")  # fmt: skip
 
 
+def test_an_empty_machine_type_takes_the_preferred_one() -> None:
+    """KubeVirt fills `machine.type` when it is "" (its user guide's vm.yaml) as when unset; a
+    type of the VM's own stays."""
+    pref = {"machine": {"preferredMachineType": "pc-q35-8.0"}}
+    empty = {"spec": {"domain": {"machine": {"type": ""}}}}
+    assert resolve(empty, None, pref)["spec"]["domain"]["machine"] == {"type": "pc-q35-8.0"}
+    own = {"spec": {"domain": {"machine": {"type": "q35"}}}}
+    assert resolve(own, None, pref)["spec"]["domain"]["machine"] == {"type": "q35"}
+
+
 def test_a_vm_below_its_preferences_requirements_is_refused_with_kubevirts_words() -> None:
     needs = {"requirements": {"cpu": {"guest": 2}, "memory": {"guest": "2Gi"}}}
     small = {"cpu": {"guest": 1}, "memory": {"guest": "4Gi"}}

@@ -101,7 +101,7 @@ def test_a_stopped_vms_cold_migration_moves_its_home() -> None:
     ("state", "cmd", "reason"),
     [
         (step(step(VMState(), m.VMCreated(spec=SPEC)), m.VMStartRequested()),
-         c.MigrateVM(name="a"), "VMI is not running"),
+         c.MigrateVM(name="a"), "VM is not running"),
         (step(running(), m.MigrationRequested(migration="m1")), c.MigrateVM(name="a"),
          "in-flight migration detected. Active migration job (m1) is currently already in "
          "progress for VMI a."),

@@ -286,6 +286,8 @@ def test_machine_type_is_taken_from_the_spec(sources: dict[str, ResolvedVolume])
     assert attr(render(spec, sources), "./os/type", "machine") == "pc-q35-7.2"
     del domain_of(spec)["machine"]
     assert attr(render(spec, sources), "./os/type", "machine") == "q35"
+    domain_of(spec)["machine"] = {"type": ""}  # KubeVirt's empty type: the default
+    assert attr(render(spec, sources), "./os/type", "machine") == "q35"
 
 
 def test_scsi_bus_adds_one_virtio_scsi_controller(sources: dict[str, ResolvedVolume]) -> None:
