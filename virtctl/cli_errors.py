@@ -79,11 +79,28 @@ def pflag_shorts(args: list[str]) -> list[str]:
     return out
 
 
+def namespace_first(args: list[str]) -> list[str]:
+    """kubectl's `-n NS VERB ...` (`--namespace NS`, `-n=NS`): the namespace given before the
+    verb goes after it, where virtbus's verbs take it (before a `--`)."""
+    moved: list[str] = []
+    while args:
+        if args[0] in ("-n", "--namespace") and len(args) > 1:
+            moved, args = [*moved, "--namespace", args[1]], args[2:]
+        elif args[0].startswith("--namespace="):
+            moved, args = [*moved, "--namespace", args[0].partition("=")[2]], args[1:]
+        else:
+            break
+    if not moved or not args:
+        return moved + args
+    end = args.index("--") if "--" in args else len(args)
+    return [*args[:end], *moved, *args[end:]]
+
+
 class VirtbusGroup(TyperGroup):
     """The root `virtbus` command: runs a verb and turns what it raises into `report`'s line."""
 
     def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, pflag_shorts(args))
+        return super().parse_args(ctx, namespace_first(pflag_shorts(args)))
 
     def main(
         self,

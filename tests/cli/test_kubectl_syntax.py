@@ -11,7 +11,7 @@ import typer
 from events.errors import ValidationError
 from virtctl import jsonpath, kinds, patching
 from virtctl.cli_common import WEEK_S, seconds
-from virtctl.cli_errors import pflag_shorts
+from virtctl.cli_errors import namespace_first, pflag_shorts
 from virtctl.selector import parse as selector
 
 LIST: dict[str, Any] = {
@@ -222,3 +222,16 @@ def test_pflags_short_option_with_an_equals_sign_is_split_for_click() -> None:
     argv = ["patch", "vm", "x", "-p=[1]", "-n=ns", "--type=json", "-p", "=x", "--", "-o=y"]
     split = ["-p", "[1]", "-n", "ns", "--type=json", "-p", "=x", "--", "-o=y"]
     assert pflag_shorts(argv) == ["patch", "vm", "x", *split]
+
+
+@pytest.mark.parametrize(("argv", "read"), [
+    (["-n", "kubevirt", "get", "kv"], ["get", "kv", "--namespace", "kubevirt"]),
+    (["--namespace=a", "patch", "vm", "x", "-p", "{}"],
+     ["patch", "vm", "x", "-p", "{}", "--namespace", "a"]),
+    (["-n", "a", "ssh", "vm/x", "--", "-n", "b"],
+     ["ssh", "vm/x", "--namespace", "a", "--", "-n", "b"]),
+    (["get", "vms", "-n", "a"], ["get", "vms", "-n", "a"]),  # after the verb: as it is
+    (["-n", "a"], ["--namespace", "a"]),  # no verb: click says what is missing
+])  # fmt: skip
+def test_a_namespace_before_the_verb_goes_after_it(argv: list[str], read: list[str]) -> None:
+    assert namespace_first(argv) == read
