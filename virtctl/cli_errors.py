@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import typer
-from click import Context
+from click import Command, Context, Option
 from click.exceptions import ClickException, NoArgsIsHelpError
 from nats.errors import Error as NatsError
 from typer.core import TyperGroup
@@ -96,11 +96,51 @@ def namespace_first(args: list[str]) -> list[str]:
     return [*args[:end], *moved, *args[end:]]
 
 
+def flag_names(command: Command) -> dict[str, tuple[str, str]]:
+    """Every boolean flag under `command`: its name -> (its on form, its off form or ""); a name
+    that some verb's option takes a value under is left out."""
+    flags: dict[str, tuple[str, str]] = {}
+    valued: set[str] = set()
+
+    def walk(cmd: Command) -> None:
+        for param in cmd.params:
+            if not isinstance(param, Option):
+                continue
+            if not param.is_flag or param.count:
+                valued.update(param.opts)
+                continue
+            on, off = [*param.opts, ""][0], [*param.secondary_opts, ""][0]
+            for name in (*param.opts, *param.secondary_opts):
+                flags[name] = (on, off) if name in param.opts else (off, on)
+        for sub in getattr(cmd, "commands", {}).values():
+            walk(sub)
+
+    walk(command)
+    return {name: forms for name, forms in flags.items() if name not in valued}
+
+
+def pflag_bools(args: list[str], flags: dict[str, tuple[str, str]]) -> list[str]:
+    """pflag's `--watch=true|false` as click takes it: the flag, its off form, or nothing."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        name, eq, value = arg.partition("=")
+        if eq and name in flags and value.lower() in ("true", "false"):
+            on, off = flags[name]
+            chosen = on if value.lower() == "true" else off
+            out += [chosen] if chosen else []
+        else:
+            out.append(arg)
+    return out
+
+
 class VirtbusGroup(TyperGroup):
     """The root `virtbus` command: runs a verb and turns what it raises into `report`'s line."""
 
     def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, namespace_first(pflag_shorts(args)))
+        kubectls = namespace_first(pflag_shorts(pflag_bools(args, flag_names(self))))
+        return super().parse_args(ctx, kubectls)
 
     def main(
         self,

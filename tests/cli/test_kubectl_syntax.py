@@ -9,9 +9,10 @@ import pytest
 import typer
 
 from events.errors import ValidationError
+from virtbus.cli import app
 from virtctl import jsonpath, kinds, patching
 from virtctl.cli_common import WEEK_S, seconds
-from virtctl.cli_errors import namespace_first, pflag_shorts
+from virtctl.cli_errors import flag_names, namespace_first, pflag_bools, pflag_shorts
 from virtctl.selector import parse as selector
 
 LIST: dict[str, Any] = {
@@ -235,3 +236,23 @@ def test_pflags_short_option_with_an_equals_sign_is_split_for_click() -> None:
 ])  # fmt: skip
 def test_a_namespace_before_the_verb_goes_after_it(argv: list[str], read: list[str]) -> None:
     assert namespace_first(argv) == read
+
+
+def test_pflags_boolean_with_a_value_is_the_flag_its_off_form_or_nothing() -> None:
+    flags = flag_names(typer.main.get_command(app))
+    assert (flags["--watch"], flags["-w"], flags["--no-infer-instancetype"]) == (
+        ("--watch", ""),
+        ("--watch", ""),
+        ("--no-infer-instancetype", "--infer-instancetype"),
+    )
+    argv = ["get", "vms", "--watch=true", "-w=false", "--infer-instancetype=False", "--x=true",
+            "--", "--watch=true"]  # fmt: skip
+    assert pflag_bools(argv, flags) == [
+        "get",
+        "vms",
+        "--watch",
+        "--no-infer-instancetype",
+        "--x=true",
+        "--",
+        "--watch=true",
+    ]
