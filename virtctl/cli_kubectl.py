@@ -172,7 +172,7 @@ def patch(
     server: ServerOpt = None,
 ) -> None:
     """Change a VM or replica set in place (`--type merge|json`), recorded as an apply."""
-    from virtctl.objects import patch as patch_object
+    from virtctl.editing import patch as patch_object
     from virtctl.patching import TYPES
 
     target, named = _target(kind, name, needed=True)
@@ -183,7 +183,23 @@ def patch(
                             kind_of_patch=type_, patch_text=patch_, actor=actor())))  # fmt: skip
 
 
+def edit(
+    kind: KindArg,
+    name: MaybeName = None,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Change a VM, replica set, the KubeVirt object or an instance type in your editor
+    ($KUBE_EDITOR, $EDITOR, vi), then apply it, like kubectl edit."""
+    from virtctl.editing import edit as edit_object
+
+    target, named = _target(kind, name, needed=True)
+    assert named is not None
+    finish(run(edit_object(server_url(server), kind=target, name=named, namespace=namespace,
+                           actor=actor())))  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
     """Add these verbs to the `virtbus` app, in `--help`'s order."""
-    for verb in (delete, get, describe, wait, patch):
+    for verb in (delete, get, describe, wait, patch, edit):
         app.command()(verb)

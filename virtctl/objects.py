@@ -1,35 +1,27 @@
-"""kubectl's object verbs over the bus: `create -f`, `delete KIND NAME | -f FILE`, `patch`.
+"""kubectl's object verbs over the bus: `create -f`, `delete KIND NAME | -f FILE`.
 
 `apply` (in `verbs.py`) creates or updates; these are its stricter and its opposite siblings, as
 KubeVirt users script them: `create` refuses what exists (AlreadyExists, judged by the
-orchestrator in the same step that would create it, so two creates cannot both win), `delete`
-takes every kind and the objects a manifest names, and `patch` changes the live object with a
-JSON merge patch or a JSON patch, then records the result as an apply of the whole object (retried
-on a conflict, since the object may change between the read and the write, as kubectl does).
+orchestrator in the same step that would create it, so two creates cannot both win), and `delete`
+takes every kind and the objects a manifest names. `patch` and `edit` are in `editing.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
-import json
 from typing import Any
 
 import msgspec
 import typer
 
 from bus.client import Rejected, query, send, session
-from bus.store import EventStore
-from bus.vms import VMRepository
 from events import commands as c
 from events.errors import ValidationError, VirtbusError
-from events.manifest import parse_documents, to_commands
-from events.names import Ref, check_name
+from events.manifest import parse_documents
+from events.names import check_name
 from events.protocol import Query
-from events.replicasets import ReplicaSetState, apply_rs
 from virtctl import kinds as k
 from virtctl.getting import VMI_SOURCE, is_vm
-from virtctl.patching import apply_patch
 from virtctl.verbs import (
     err,
     instancetype_object_name,
@@ -42,7 +34,6 @@ _WRITTEN = {"ApplyVM": "virtualmachine", "ApplyReplicaSet": "virtualmachineinsta
             "ApplyVMPool": "virtualmachinepool", "ApplyKubeVirt": "kubevirt",
             "MigrateVM": "virtualmachineinstancemigration", "SnapshotVM": "virtualmachinesnapshot",
             "RestoreVM": "virtualmachinerestore"}  # fmt: skip
-_CONFLICT_TRIES = 5
 
 
 def _created_name(cmd: c.Command) -> str:
@@ -178,94 +169,3 @@ async def _delete(nc: Any, *, kind: k.Kind, name: str, namespace: str, actor: st
 
 
 # --- patch ------------------------------------------------------------------------------------
-
-
-async def patch(url: str, *, kind: k.Kind, name: str, namespace: str, kind_of_patch: str,
-                patch_text: str, actor: str) -> int:  # fmt: skip
-    """`kubectl patch --type merge|json`: the live object patched, then applied whole."""
-    if kind_of_patch == "strategic":  # refused before anything is read, as the server would
-        apply_patch({}, {}, kind_of_patch=kind_of_patch)
-    try:
-        body = json.loads(patch_text)
-    except ValueError as e:
-        raise ValidationError(f"--patch: not JSON: {e}", field="patch") from None
-    if kind not in (k.VM, k.VMIRS, k.KUBEVIRT, *k.INSTANCETYPES):
-        instead = ("patch the virtualmachine or virtualmachineinstancereplicaset that owns it"
-                   if kind is k.VMI else "apply its manifest again")  # fmt: skip
-        raise VirtbusError(f"patching {kind.resource} is not supported by virtbus: {instead}")
-    async with session(url) as nc:
-        for _ in range(_CONFLICT_TRIES):
-            doc, version = await (
-                _live(nc, kind=kind, name=name, namespace=namespace)
-                if kind in (k.VM, k.VMIRS)
-                else _listed(nc, kind=kind, name=name, namespace=namespace)
-            )
-            patched = apply_patch(copy.deepcopy(doc), body, kind_of_patch=kind_of_patch)
-            if not isinstance(patched, dict):
-                raise ValidationError("the patched object is not an object", field="patch")
-            for key in ("apiVersion", "kind"):
-                if patched.get(key) != doc[key]:
-                    raise ValidationError(f"{key}: a patch cannot change it", field=key)
-            meta = patched.get("metadata")
-            meta = meta if isinstance(meta, dict) else {}
-            where = doc["metadata"]
-            if (meta.get("name"), meta.get("namespace")) != (name, where.get("namespace")):
-                raise ValidationError("metadata.name: a patch cannot rename", field="metadata.name")
-            ns = str(where.get("namespace") or namespace)
-            patched.pop("status", None)
-            cmds, warnings = to_commands(patched, default_namespace=ns)
-            for w in warnings:
-                err(f"Warning: {w.removeprefix('warning: ')}")
-            cmd = msgspec.structs.replace(cmds[-1], expected_version=version, actor=actor)
-            try:
-                outcome = await send(nc, cmd)
-            except Rejected as e:
-                if e.message.startswith("Operation cannot be fulfilled"):
-                    continue  # changed meanwhile: read it again and patch the new version
-                raise
-            change = "" if outcome.events else " (no change)"
-            typer.echo(f"{kind.object_name(name)} patched{change}")
-            return 0
-    raise VirtbusError(f"{kind.object_name(name)}: it kept changing while being patched; "
-                       "try again")  # fmt: skip
-
-
-async def _listed(
-    nc: Any, *, kind: k.Kind, name: str, namespace: str
-) -> tuple[dict[str, Any], int]:
-    """The KubeVirt object or an instance type (preference) as `get -o json` shows it, as a
-    manifest, and its version. The KubeVirt object is found by name in any namespace: there is
-    one per cluster (before any apply, the default the configuration runs by)."""
-    from virtctl.getting import listing
-
-    found = await listing(nc, kind, name=name, namespace=None if kind is k.KUBEVIRT else namespace)
-    obj = next((i.obj for i in found.items if i.name == name), None)
-    if obj is None:
-        raise VirtbusError(kind.not_found(name))
-    live = obj["metadata"]
-    meta = {key: live[key] for key in ("name", "namespace", "labels") if live.get(key)}
-    doc = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": meta,
-           "spec": copy.deepcopy(obj["spec"])}  # fmt: skip
-    return doc, int(live.get("resourceVersion") or 0)
-
-
-async def _live(nc: Any, *, kind: k.Kind, name: str, namespace: str) -> tuple[dict[str, Any], int]:
-    """The object as a manifest (apiVersion, kind, metadata, spec) and its version, from the log."""
-    store = EventStore(nc)
-    if kind is k.VMIRS:
-        rs = ReplicaSetState()
-        for r in await store.read(Ref("rs", namespace, name)):
-            rs = apply_rs(rs, r.envelope)
-        if not rs.exists:
-            raise VirtbusError(kind.not_found(name))
-        labels, spec, version = rs.labels, rs.spec, rs.version
-    else:
-        s, _ = await VMRepository(store).get(Ref.vm(name, namespace))
-        if not s.exists or not is_vm(s):
-            raise VirtbusError(kind.not_found(name))
-        labels, spec, version = s.labels, s.spec, s.version
-    meta: dict[str, Any] = {"name": name, "namespace": namespace}
-    if labels:
-        meta["labels"] = dict(labels)
-    return {"apiVersion": "kubevirt.io/v1", "kind": kind.kind, "metadata": meta,
-            "spec": copy.deepcopy(spec)}, version  # fmt: skip

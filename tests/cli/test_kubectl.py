@@ -6,12 +6,13 @@ with node workers on libvirt's test driver; waits follow the log, never a sleep.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import yaml
-from clirun import Result, virtbus
+from clirun import Result, cli_env, virtbus
 from driverstack import Stack
 from manifests import replica_set, vm
 
@@ -251,3 +252,40 @@ async def test_patch_of_the_kubevirt_object_and_of_an_instance_type(stack: Stack
     )
     spec = (await cli(stack, "get", "vminstancetype", "csmall", "-o", "json")).json()["spec"]
     assert spec == {"cpu": {"guest": 1}, "memory": {"guest": "128Mi"}}
+
+
+async def test_edit_in_the_users_editor_as_kubectl_edit(stack: Stack) -> None:
+    """`kubectl edit` (the user guide edits the KubeVirt object so): the YAML in $EDITOR, the
+    result applied on the version read; saved unchanged, nothing; a rename refused, the edited
+    copy kept. The editor here is `sed -i`, as a script would drive it."""
+
+    async def edit(editor: str, *args: str) -> Result:
+        env = {**cli_env(stack.url), "EDITOR": editor}
+        env.pop("KUBE_EDITOR", None)
+        return await virtbus("edit", *args, env=env)
+
+    (await cli(stack, "apply", "-f", "-", stdin=yaml.safe_dump(vm("p")))).ok()
+    done = await edit("sed -i s/64Mi/96Mi/", "vm", "p")
+    assert (done.code, done.out, done.err) == (0, "virtualmachine.kubevirt.io/p edited\n", "")
+    path = "{.spec.template.spec.domain.resources.requests.memory}"
+    memory = await cli(stack, "get", "vm/p", "-o", f"jsonpath={path}")
+    assert memory.ok().out == "96Mi"
+    same = await edit("true", "vm/p")
+    assert (same.code, same.out) == (0, "Edit cancelled, no changes made.\n")
+    renamed = await edit("sed -i s/name:\\ p$/name:\\ q/", "vm", "p")
+    assert renamed.code == 1
+    said, _, kept = renamed.err.partition("your changes are kept in ")
+    assert said == ("error: virtualmachine.kubevirt.io/p edited copy not applied: metadata.name: "
+                    "an edit cannot rename; ")  # fmt: skip
+    copy = Path(kept.strip())
+    try:
+        assert yaml.safe_load(await asyncio.to_thread(copy.read_text))["metadata"] == {
+            "name": "q", "namespace": "default"}  # fmt: skip
+    finally:
+        await asyncio.to_thread(copy.unlink)
+
+    gates = await edit("sed -i s/HostDisk/Snapshot/", "kubevirt", "kubevirt", "-n", "kubevirt")
+    assert gates.ok().out == "kubevirt.kubevirt.io/kubevirt edited\n"
+    got = (await cli(stack, "get", "kv", "kubevirt", "-n", "kubevirt", "-o", "json")).json()
+    assert got["spec"]["configuration"]["developerConfiguration"]["featureGates"] == [
+        "DataVolumes", "LiveMigration", "Snapshot"]  # fmt: skip

@@ -1,0 +1,197 @@
+"""kubectl's `patch` and `edit` over the bus: the live object changed, then applied whole.
+
+Both read the object as `get -o json` would show it (spec and identity, no status), change it (a
+JSON merge patch or a JSON patch; or the user's editor on its YAML), and record the result as an
+apply made on the version read: a write in between is refused with the API server's words. A
+patch is then made again on the new version (up to five times, as kubectl's retries); an edit is
+not, since the user edited what is no longer there: the edited copy is kept in a file and the
+refusal says where, as kubectl does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import typer
+import yaml
+
+from bus.client import Rejected, send, session
+from bus.store import EventStore
+from bus.vms import VMRepository
+from events.errors import ValidationError, VirtbusError
+from events.manifest import to_commands
+from events.names import Ref
+from events.replicasets import ReplicaSetState, apply_rs
+from virtctl import kinds as k
+from virtctl.getting import is_vm
+from virtctl.patching import apply_patch
+from virtctl.verbs import err
+
+_CONFLICT_TRIES = 5
+CHANGEABLE = (k.VM, k.VMIRS, k.KUBEVIRT, *k.INSTANCETYPES)
+
+
+async def patch(url: str, *, kind: k.Kind, name: str, namespace: str, kind_of_patch: str,
+                patch_text: str, actor: str) -> int:  # fmt: skip
+    """`kubectl patch --type merge|json`."""
+    if kind_of_patch == "strategic":  # refused before anything is read, as the server would
+        apply_patch({}, {}, kind_of_patch=kind_of_patch)
+    try:
+        body = json.loads(patch_text)
+    except ValueError as e:
+        raise ValidationError(f"--patch: not JSON: {e}", field="patch") from None
+    _changeable(kind, verb="patching")
+    async with session(url) as nc:
+        for _ in range(_CONFLICT_TRIES):
+            doc, version = await _read(nc, kind=kind, name=name, namespace=namespace)
+            patched = apply_patch(copy.deepcopy(doc), body, kind_of_patch=kind_of_patch)
+            try:
+                changed = await _write(nc, doc, patched, version=version, namespace=namespace,
+                                       actor=actor, what="patch")  # fmt: skip
+            except Rejected as e:
+                if e.message.startswith("Operation cannot be fulfilled"):
+                    continue  # changed meanwhile: read it again and patch the new version
+                raise
+            typer.echo(f"{kind.object_name(name)} patched{'' if changed else ' (no change)'}")
+            return 0
+    raise VirtbusError(f"{kind.object_name(name)}: it kept changing while being patched; "
+                       "try again")  # fmt: skip
+
+
+async def edit(url: str, *, kind: k.Kind, name: str, namespace: str, actor: str) -> int:
+    """`kubectl edit`: the object's YAML in `$KUBE_EDITOR`, `$EDITOR` or vi; saved unchanged, it
+    is left alone (`Edit cancelled, no changes made.`)."""
+    _changeable(kind, verb="editing")
+    async with session(url) as nc:
+        doc, version = await _read(nc, kind=kind, name=name, namespace=namespace)
+        text = yaml.safe_dump(doc, sort_keys=False)
+        edited_text = await asyncio.to_thread(_in_editor, text, name)
+        if edited_text.strip() == text.strip():
+            typer.echo("Edit cancelled, no changes made.")
+            return 0
+        try:
+            edited = yaml.safe_load(edited_text)
+        except yaml.YAMLError as e:
+            raise ValidationError(f"the edited object is not YAML: {e}", field="edit") from None
+        try:
+            await _write(nc, doc, edited, version=version, namespace=namespace, actor=actor,
+                         what="an edit")  # fmt: skip
+        except (Rejected, ValidationError) as e:
+            kept = await asyncio.to_thread(_keep, edited_text, name)
+            raise VirtbusError(f"{kind.object_name(name)} edited copy not applied: {e.message}; "
+                               f"your changes are kept in {kept}") from None  # fmt: skip
+        typer.echo(f"{kind.object_name(name)} edited")
+        return 0
+
+
+def _changeable(kind: k.Kind, *, verb: str) -> None:
+    if kind not in CHANGEABLE:
+        instead = ("patch the virtualmachine or virtualmachineinstancereplicaset that owns it"
+                   if kind is k.VMI else "apply its manifest again")  # fmt: skip
+        raise VirtbusError(f"{verb} {kind.resource} is not supported by virtbus: {instead}")
+
+
+async def _read(nc: Any, *, kind: k.Kind, name: str, namespace: str) -> tuple[dict[str, Any], int]:
+    return await (
+        _live(nc, kind=kind, name=name, namespace=namespace)
+        if kind in (k.VM, k.VMIRS)
+        else _listed(nc, kind=kind, name=name, namespace=namespace)
+    )
+
+
+async def _write(nc: Any, doc: dict[str, Any], changed: Any, *, version: int, namespace: str,
+                 actor: str, what: str) -> bool:  # fmt: skip
+    """Apply `changed` (the object `doc` after the patch or edit) on `version`; whether anything
+    changed. `Rejected` when the orchestrator says no (a stale version among the reasons)."""
+    if not isinstance(changed, dict):
+        raise ValidationError(f"the object after {what} is not an object", field="patch")
+    for key in ("apiVersion", "kind"):
+        if changed.get(key) != doc[key]:
+            raise ValidationError(f"{key}: {what} cannot change it", field=key)
+    meta = changed.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    where = doc["metadata"]
+    if (meta.get("name"), meta.get("namespace")) != (where["name"], where.get("namespace")):
+        raise ValidationError(f"metadata.name: {what} cannot rename", field="metadata.name")
+    changed.pop("status", None)
+    cmds, warnings = to_commands(changed, default_namespace=str(where.get("namespace") or
+                                                                namespace))  # fmt: skip
+    for w in warnings:
+        err(f"Warning: {w.removeprefix('warning: ')}")
+    cmd = msgspec.structs.replace(cmds[-1], expected_version=version, actor=actor)
+    return bool((await send(nc, cmd)).events)
+
+
+def _in_editor(text: str, name: str) -> str:
+    """`text` as the user's editor leaves it (kubectl's order: KUBE_EDITOR, EDITOR, vi)."""
+    editor = os.environ.get("KUBE_EDITOR") or os.environ.get("EDITOR") or "vi"
+    with tempfile.NamedTemporaryFile("w", prefix=f"virtbus-edit-{name}-", suffix=".yaml",
+                                     delete=False) as f:  # fmt: skip
+        f.write(text)
+    path = Path(f.name)
+    try:
+        done = subprocess.run([*shlex.split(editor), str(path)], check=False)
+        if done.returncode != 0:
+            raise VirtbusError(f"the editor ({editor}) exited with code {done.returncode}; "
+                               "nothing was changed")  # fmt: skip
+        return path.read_text()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _keep(text: str, name: str) -> str:
+    """Where an edit that could not be applied is kept, as kubectl keeps it."""
+    with tempfile.NamedTemporaryFile("w", prefix=f"virtbus-edit-{name}-", suffix=".yaml",
+                                     delete=False) as f:  # fmt: skip
+        f.write(text)
+    return f.name
+
+
+async def _listed(
+    nc: Any, *, kind: k.Kind, name: str, namespace: str
+) -> tuple[dict[str, Any], int]:
+    """The KubeVirt object or an instance type (preference) as `get -o json` shows it, as a
+    manifest, and its version. The KubeVirt object is found by name in any namespace: there is
+    one per cluster (before any apply, the default the configuration runs by)."""
+    from virtctl.getting import listing
+
+    found = await listing(nc, kind, name=name, namespace=None if kind is k.KUBEVIRT else namespace)
+    obj = next((i.obj for i in found.items if i.name == name), None)
+    if obj is None:
+        raise VirtbusError(kind.not_found(name))
+    live = obj["metadata"]
+    meta = {key: live[key] for key in ("name", "namespace", "labels") if live.get(key)}
+    doc = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": meta,
+           "spec": copy.deepcopy(obj["spec"])}  # fmt: skip
+    return doc, int(live.get("resourceVersion") or 0)
+
+
+async def _live(nc: Any, *, kind: k.Kind, name: str, namespace: str) -> tuple[dict[str, Any], int]:
+    """The object as a manifest (apiVersion, kind, metadata, spec) and its version, from the log."""
+    store = EventStore(nc)
+    if kind is k.VMIRS:
+        rs = ReplicaSetState()
+        for r in await store.read(Ref("rs", namespace, name)):
+            rs = apply_rs(rs, r.envelope)
+        if not rs.exists:
+            raise VirtbusError(kind.not_found(name))
+        labels, spec, version = rs.labels, rs.spec, rs.version
+    else:
+        s, _ = await VMRepository(store).get(Ref.vm(name, namespace))
+        if not s.exists or not is_vm(s):
+            raise VirtbusError(kind.not_found(name))
+        labels, spec, version = s.labels, s.spec, s.version
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if labels:
+        meta["labels"] = dict(labels)
+    return {"apiVersion": "kubevirt.io/v1", "kind": kind.kind, "metadata": meta,
+            "spec": copy.deepcopy(spec)}, version  # fmt: skip
