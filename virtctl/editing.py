@@ -134,10 +134,7 @@ async def _write(nc: Any, doc: dict[str, Any], changed: Any, *, version: int, na
 def _in_editor(text: str, name: str) -> str:
     """`text` as the user's editor leaves it (kubectl's order: KUBE_EDITOR, EDITOR, vi)."""
     editor = os.environ.get("KUBE_EDITOR") or os.environ.get("EDITOR") or "vi"
-    with tempfile.NamedTemporaryFile("w", prefix=f"virtbus-edit-{name}-", suffix=".yaml",
-                                     delete=False) as f:  # fmt: skip
-        f.write(text)
-    path = Path(f.name)
+    path = Path(_keep(text, name))
     try:
         done = subprocess.run([*shlex.split(editor), str(path)], check=False)
         if done.returncode != 0:
@@ -149,7 +146,8 @@ def _in_editor(text: str, name: str) -> str:
 
 
 def _keep(text: str, name: str) -> str:
-    """Where an edit that could not be applied is kept, as kubectl keeps it."""
+    """`text` in a file of its own (what the editor opens; an edit that could not be applied,
+    kept as kubectl keeps it); its path."""
     with tempfile.NamedTemporaryFile("w", prefix=f"virtbus-edit-{name}-", suffix=".yaml",
                                      delete=False) as f:  # fmt: skip
         f.write(text)
