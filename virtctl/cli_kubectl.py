@@ -199,7 +199,30 @@ def edit(
                            actor=actor())))  # fmt: skip
 
 
+def label(
+    kind: KindArg,
+    changes: Annotated[list[str], typer.Argument(help="NAME (unless KIND/NAME), then k=v or k-")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace a label that has another value")
+    ] = False,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Add (k=v) or remove (k-) labels of a VM, replica set, the KubeVirt object or an instance
+    type, like kubectl label."""
+    from virtctl.editing import label as label_object
+
+    name = None if "/" in kind else (changes[0] if changes else None)
+    target, named = _target(kind, name, needed=True)
+    assert named is not None
+    rest = changes[1:] if name is not None else changes
+    if not rest:
+        raise usage("label: give at least one label update (k=v or k-)")
+    finish(run(label_object(server_url(server), kind=target, name=named, namespace=namespace,
+                            changes=rest, overwrite=overwrite, actor=actor())))  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
     """Add these verbs to the `virtbus` app, in `--help`'s order."""
-    for verb in (delete, get, describe, wait, patch, edit):
+    for verb in (delete, get, describe, wait, patch, edit, label):
         app.command()(verb)

@@ -93,6 +93,54 @@ async def edit(url: str, *, kind: k.Kind, name: str, namespace: str, actor: str)
         return 0
 
 
+async def label(url: str, *, kind: k.Kind, name: str, namespace: str, changes: list[str],
+                overwrite: bool, actor: str) -> int:  # fmt: skip
+    """`kubectl label KIND NAME k=v k2- [--overwrite]`: the object's labels changed and applied
+    (retried on a write in between, as a patch)."""
+    put, drop = _label_changes(changes)
+    _changeable(kind, verb="labeling")
+    async with session(url) as nc:
+        for _ in range(_CONFLICT_TRIES):
+            doc, version = await _read(nc, kind=kind, name=name, namespace=namespace)
+            labels = dict(doc["metadata"].get("labels") or {})
+            for key, value in put.items():
+                if not overwrite and labels.get(key, value) != value:
+                    raise ValidationError(f"'{key}' already has a value ({labels[key]}), and "
+                                          "--overwrite is false", field="overwrite")  # fmt: skip
+            labels = {key: v for key, v in {**labels, **put}.items() if key not in drop}
+            changed = copy.deepcopy(doc)
+            changed["metadata"]["labels"] = labels
+            try:
+                did = await _write(nc, doc, changed, version=version, namespace=namespace,
+                                   actor=actor, what="a label")  # fmt: skip
+            except Rejected as e:
+                if e.message.startswith("Operation cannot be fulfilled"):
+                    continue
+                raise
+            typer.echo(f"{kind.object_name(name)} {'labeled' if did else 'not labeled'}")
+            return 0
+    raise VirtbusError(f"{kind.object_name(name)}: it kept changing while being labeled; "
+                       "try again")  # fmt: skip
+
+
+def _label_changes(changes: list[str]) -> tuple[dict[str, str], set[str]]:
+    """kubectl's `k=v` (put) and `k-` (drop) arguments, each checked."""
+    put: dict[str, str] = {}
+    drop: set[str] = set()
+    for text in changes:
+        key, eq, value = text.partition("=")
+        if not eq and key.endswith("-") and len(key) > 1:
+            drop.add(key[:-1])
+        elif eq and key:
+            put[key] = value
+        else:
+            raise ValidationError(f"invalid label spec: {text}", field="labels")
+    if both := sorted(put.keys() & drop):
+        raise ValidationError(f"can not both modify and remove a label in the same command: "
+                              f"{both[0]}", field="labels")  # fmt: skip
+    return put, drop
+
+
 def _changeable(kind: k.Kind, *, verb: str) -> None:
     if kind not in CHANGEABLE:
         instead = ("patch the virtualmachine or virtualmachineinstancereplicaset that owns it"

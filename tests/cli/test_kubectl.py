@@ -289,3 +289,27 @@ async def test_edit_in_the_users_editor_as_kubectl_edit(stack: Stack) -> None:
     got = (await cli(stack, "get", "kv", "kubevirt", "-n", "kubevirt", "-o", "json")).json()
     assert got["spec"]["configuration"]["developerConfiguration"]["featureGates"] == [
         "DataVolumes", "LiveMigration", "Snapshot"]  # fmt: skip
+
+
+async def test_label_adds_replaces_and_removes_as_kubectl_label(stack: Stack) -> None:
+    (await cli(stack, "apply", "-f", "-", stdin=yaml.safe_dump(vm("p")))).ok()
+    added = await cli(stack, "label", "vm", "p", "app=web", "tier=db")
+    assert added.ok().out == "virtualmachine.kubevirt.io/p labeled\n"
+    taken = await cli(stack, "label", "vm/p", "tier=cache")
+    assert (taken.code, taken.err) == (
+        1, "error: 'tier' already has a value (db), and --overwrite is false\n")  # fmt: skip
+    (await cli(stack, "label", "vm/p", "tier=cache", "--overwrite")).ok()
+    removed = await cli(stack, "label", "vm", "p", "app-")
+    assert removed.ok().out == "virtualmachine.kubevirt.io/p labeled\n"
+    again = await cli(stack, "label", "vm", "p", "tier=cache")
+    assert again.ok().out == "virtualmachine.kubevirt.io/p not labeled\n"
+    labels = (await cli(stack, "get", "vm", "p", "-o", "json")).json()["metadata"]["labels"]
+    assert labels == {"tier": "cache"}
+    bad = await cli(stack, "label", "vm", "p", "x")
+    assert (bad.code, bad.err) == (1, "error: invalid label spec: x\n")
+    claim = await cli(stack, "label", "pvc", "data", "a=b")
+    assert (claim.code, claim.err) == (
+        1,
+        "error: labeling persistentvolumeclaims is not "
+        "supported by virtbus: apply its manifest again\n",
+    )
