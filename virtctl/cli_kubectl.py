@@ -137,12 +137,22 @@ def delete(
         list[str] | None,
         typer.Option("--filename", "-f", help="delete what this manifest names; repeatable"),
     ] = None,
+    cascade: Annotated[
+        str, typer.Option("--cascade", help="background (default), foreground or true")
+    ] = "background",
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
     """Delete an object of any kind (a VM keeps its disks, see `undelete`), or those a manifest
     names (`-f`)."""
     from virtctl import objects
+
+    if cascade in ("orphan", "false"):
+        raise usage(f"--cascade={cascade}: virtbus deletes what an object owns with it (a VM's "
+                    "instance, a replica set's or pool's VMs); an orphan is not left "
+                    "running")  # fmt: skip
+    if cascade not in ("background", "foreground", "true"):
+        raise usage(f'--cascade={cascade}: must be "background", "orphan", or "foreground"')
 
     url = server_url(server)
     if filename:

@@ -209,6 +209,11 @@ NONSENSE = [  # (arguments, exit code, the reason line), each checked where the 
     (["patch", "vmi", "x", "--type", "merge", "-p", "{}"], 1, "error: patching "
      "virtualmachineinstances.kubevirt.io is not supported by virtbus: patch the virtualmachine "
      "or virtualmachineinstancereplicaset that owns it"),
+    (["delete", "vm", "x", "--cascade=orphan"], 2, "error: --cascade=orphan: virtbus deletes "
+     "what an object owns with it (a VM's instance, a replica set's or pool's VMs); an orphan is "
+     "not left running"),
+    (["delete", "vm", "x", "--cascade", "sideways"], 2,
+     'error: --cascade=sideways: must be "background", "orphan", or "foreground"'),
     (["restart", "x", "--force"], 2,
      "error: --force: restarting by force needs --grace-period 0, as with virtctl"),
     (["pause", "pod", "x"], 2, "error: pause pod: use pause vm NAME, pause vmi NAME or pause NAME"),
