@@ -7,7 +7,9 @@ is additive: the subjects of aggregates added later (`ADDED_LATER`) are added, a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 from nats.js import JetStreamContext
@@ -102,7 +104,7 @@ async def provision(js: JetStreamContext, *, replicas: int = 1) -> list[str]:
         try:
             info = await js.stream_info(want.name)
         except NotFoundError:
-            await _created(js.add_stream(want), replicas=replicas)
+            await _created(functools.partial(js.add_stream, want), replicas=replicas)
             created.append(f"stream {want.name}" + (f" (R{replicas})" if replicas > 1 else ""))
             continue
         missing = set(want.subjects or []) - set(info.config.subjects or [])
@@ -125,27 +127,40 @@ async def provision(js: JetStreamContext, *, replicas: int = 1) -> list[str]:
             # On disk, small as they are: a restarted server (a single one, or every member of
             # a cluster after a power loss) must still hold the lease's revision and the
             # nodes' last beats, or a holder's lease and every watch of the beats vanish.
-            await _created(js.create_key_value(
-                KeyValueConfig(bucket=name, history=1, ttl=ttl or None,
-                               storage=StorageType.FILE, replicas=replicas)
-            ), replicas=replicas)  # fmt: skip
+            kv = KeyValueConfig(bucket=name, history=1, ttl=ttl or None,
+                                storage=StorageType.FILE, replicas=replicas)  # fmt: skip
+            await _created(functools.partial(js.create_key_value, kv), replicas=replicas)
             created.append(f"kv {name}")
     return created
 
 
 T = TypeVar("T")
-_TOO_FEW: Final = {10074, 10005}  # replicas > 1 on a single server; no suitable peers for placement
+_NO_PEERS: Final = 10005  # no suitable peers for placement
+_TOO_FEW: Final = {10074, _NO_PEERS}  # (10074: replicas > 1 on a single server)
 
 
-async def _created(creating: Awaitable[T], *, replicas: int) -> T:
-    """`creating`, with the server's refusal of the replica count said in virtbus's words."""
-    try:
-        return await creating
-    except APIError as err:
-        if err.err_code not in _TOO_FEW:
-            raise
-        raise ValidationError(
-            f"replicas: {replicas} copies of each stream asked, but the bus cannot hold them: "
-            f"{err.description} (a single server holds 1; a cluster at most one per server)",
-            field="replicas",
-        ) from err
+_PLACEMENT_WAIT_S: Final = 10.0  # a new cluster's members report to its meta leader by then
+
+
+async def _created(create: Callable[[], Awaitable[T]], *, replicas: int) -> T:
+    """`create()`, with the server's refusal of the replica count said in virtbus's words. "No
+    suitable peers" is asked again for a while first: a cluster just formed (its meta leader
+    elected) may not have heard from every member yet, and places nothing on the unheard."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _PLACEMENT_WAIT_S
+    while True:
+        try:
+            return await create()
+        except APIError as err:
+            if err.err_code not in _TOO_FEW:
+                raise
+            if err.err_code == _NO_PEERS and loop.time() < deadline:
+                await asyncio.sleep(0.25)
+                continue
+            refused = err
+            break
+    raise ValidationError(
+        f"replicas: {replicas} copies of each stream asked, but the bus cannot hold them: "
+        f"{refused.description} (a single server holds 1; a cluster at most one per server)",
+        field="replicas",
+    ) from refused

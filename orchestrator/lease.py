@@ -155,9 +155,24 @@ class Lease:
             revision = await (self.kv.create(self.key, value) if create
                               else self.kv.update(self.key, value, last=last))  # fmt: skip
         except KeyWrongLastSequenceError:
-            return -1
+            if create or (last := await self._ours(value)) == 0:
+                return -1
+            try:  # an earlier renewal landed unanswered: renew on top of it
+                revision = await self.kv.update(self.key, value, last=last)
+            except Exception as err:
+                log.warning("%s lease: %r", self.key, err)
+                return -1 if isinstance(err, KeyWrongLastSequenceError) else 0
         except Exception as err:  # the bus: said, and tried again on the next round
             log.warning("%s lease: %r", self.key, err)
             return 0
         self.revision, self._renewed = revision, started
         return revision
+
+    async def _ours(self, value: bytes) -> int:
+        """The lease's revision if what it holds is this holder's own write (of this epoch: a
+        renewal whose answer was lost, a timeout that came after it landed), else 0."""
+        try:
+            entry = await self.kv.get(self.key)
+        except Exception:
+            return 0
+        return (entry.revision or 0) if entry.value == value else 0

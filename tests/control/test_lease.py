@@ -4,11 +4,13 @@ over when the holder stops renewing, and a resumed old holder that finds itself 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import msgspec
 import pytest
 from nats.aio.client import Client
+from nats.js.errors import KeyWrongLastSequenceError
 
 from orchestrator.lease import Holding, Lease, LeaseLost, bucket
 
@@ -79,3 +81,32 @@ async def test_of_many_contenders_one_wins_and_a_release_hands_over(nc: Client) 
     finally:
         stop.set()
         await asyncio.gather(*tasks, *([keeping] if keeping else []), return_exceptions=True)
+
+
+async def test_a_renewal_that_landed_unanswered_is_taken_as_the_holders_own(nc: Client) -> None:
+    """A renewal can land while its answer is lost (it timed out on a loaded bus): the next one
+    then finds a newer revision, and that revision holds this holder's own write, so it renews
+    on top of it rather than giving the lease up. Another holder's write there still fences it
+    off."""
+    [o1] = await leases(nc, "o1")
+    stop = asyncio.Event()
+    epoch = await o1.acquire(stop)
+    ours = msgspec.json.encode(Holding("o1", epoch))
+    landed = await o1.kv.update(o1.key, ours, last=o1.revision)  # o1 never heard of it
+    keeping = asyncio.create_task(o1.keep(stop), name="o1-keep")
+    try:
+        await renewed(o1, landed + 2)
+        assert not keeping.done()
+        o1.check()
+        for _ in range(20):  # (a renewal of o1's may land between the read and the write)
+            entry = await o1.kv.get(o1.key)
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                await o1.kv.update(o1.key, msgspec.json.encode(Holding("o2", epoch + 99)),
+                                   last=entry.revision or 0)  # fmt: skip
+                break
+        with pytest.raises(LeaseLost, match=f"another orchestrator holds the {o1.key} lease"):
+            await asyncio.wait_for(keeping, 10)
+    finally:
+        stop.set()
+        keeping.cancel()
+        await asyncio.gather(keeping, return_exceptions=True)
