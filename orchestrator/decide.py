@@ -267,6 +267,9 @@ def _apply(s: VMState, cmd: c.ApplyVM) -> list[m.Event]:
         raise _reject("VM is being deleted", field="metadata.name")
     if cmd.spec == s.spec and cmd.labels == s.labels:
         return []  # re-applying what is there changes nothing, like kubectl's "unchanged"
+    if s.source_kind == "VirtualMachineInstance" and _vmi_spec(s.spec) != _vmi_spec(cmd.spec):
+        # A VMI's spec is what runs: virt-api refuses changing it (its labels may change).
+        raise _reject("update of VMI object is restricted", field="spec")
     changed = changed_paths(s.spec, cmd.spec)
     template_changed = any(p.startswith("template") for p in changed)
     if s.size is not None and only_live_changes(s.spec, cmd.spec):
@@ -284,6 +287,12 @@ def _apply(s: VMState, cmd: c.ApplyVM) -> list[m.Event]:
     elif strategy == "Halted" and s.running and s.status != STOPPING:
         events.append(m.VMStopRequested())
     return events
+
+
+def _vmi_spec(spec: dict[str, Any]) -> Any:
+    """A lone VMI's own spec (its labels ride in the template's metadata)."""
+    template = spec.get("template")
+    return template.get("spec") if isinstance(template, dict) else None
 
 
 _VOLUME_PATHS = ["template.spec.domain.devices.disks", "template.spec.volumes"]

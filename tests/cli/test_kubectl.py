@@ -7,6 +7,7 @@ with node workers on libvirt's test driver; waits follow the log, never a sleep.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -313,3 +314,19 @@ async def test_label_adds_replaces_and_removes_as_kubectl_label(stack: Stack) ->
         "error: labeling persistentvolumeclaims is not "
         "supported by virtbus: apply its manifest again\n",
     )
+
+
+async def test_a_lone_vmis_spec_cannot_change_its_labels_can(stack: Stack) -> None:
+    """virt-api's VMI update admitter: the spec of a VMI is what runs; a re-apply that changes it
+    is refused in its words (it used to say `configured`); a label may change."""
+    await stack.node("node-a")
+    vmi = vm("solo", kind="VirtualMachineInstance")
+    made = await cli(stack, "apply", "-f", "-", stdin=yaml.safe_dump(vmi))
+    assert made.ok().out == "virtualmachineinstance.kubevirt.io/solo created\n"
+    bigger = copy.deepcopy(vmi)
+    bigger["spec"]["domain"]["resources"]["requests"]["memory"] = "128Mi"
+    refused = await cli(stack, "apply", "-f", "-", stdin=yaml.safe_dump(bigger))
+    assert (refused.code, refused.err) == (1, "error: solo: update of VMI object is restricted\n")
+    labelled = {**vmi, "metadata": {"name": "solo", "labels": {"team": "a"}}}
+    again = await cli(stack, "apply", "-f", "-", stdin=yaml.safe_dump(labelled))
+    assert again.ok().out == "virtualmachineinstance.kubevirt.io/solo configured\n"
