@@ -141,8 +141,30 @@ def bench_control(
         f"max {r['create_to_running_max_ms']:.0f}\n"
         f"bus                    {'logged in, over TLS' if r['secure'] else 'open'}, "
         f"{r['replicas']} cop{'ies' if r['replicas'] > 1 else 'y'} of each stream, "
-        f"fsync {'always' if r['fsync_always'] else 'default'}"
+        f"fsync {'always' if r['fsync_always'] else 'default'}\n"
+        f"CPU ms per start       {_shares(r['cpu_ms_per_start'], '{:.2f}')}\n"
+        f"  raw nats-py          {_shares(r['baseline_cpu_ms_per_start'], '{:.2f}')}\n"
+        f"{_paced(r)}"
+        f"bus writes per start   {_shares(r['bus_per_start'], '{:.2f}')}"
     )
+
+
+def _paced(r: dict[str, Any]) -> str:
+    """The raw run again at the offered rate: what the same bus work costs at that load."""
+    if "paced_baseline_cpu_ms_per_start" not in r:
+        return ""
+    return (
+        f"  raw nats-py at {r['offered_rate']:.0f}/s "
+        f"{_shares(r['paced_baseline_cpu_ms_per_start'], '{:.2f}')}; "
+        f"its {r['baseline_publishes_per_vm']} publishes p99 {r['paced_baseline_p99_ms']:.0f} ms\n"
+    )
+
+
+def _shares(parts: dict[str, float], fmt: str) -> str:
+    """`total (part a, part b ...)`, the parts that cost anything, largest first."""
+    shown = sorted(((v, k) for k, v in parts.items() if v >= 0.005), reverse=True)
+    inner = ", ".join(f"{k} {fmt.format(v)}" for v, k in shown)
+    return f"{fmt.format(sum(v for v, _ in shown))} ({inner})"
 
 
 @bench.command("scale")

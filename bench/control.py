@@ -37,6 +37,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js.api import StorageType, StreamConfig
 
+from bench.procstat import cpu_by_part
 from bench.rig import bench_bus, login_args
 from bus.client import Rejected, query, send
 from bus.connect import connect
@@ -138,15 +139,47 @@ async def _run(
         try:
             await until_api_answers(nc)
             await until_nodes_known(nc, {f"{prefix}-{k}" for k in range(nodes)})
+            cpu0, bus0 = cpu_by_part(), await _bus_tally(nc)
             out = await measure(nc, run_id=run_id, vms=vms, concurrency=concurrency, rate=rate)
+            cpu1, bus1 = cpu_by_part(), await _bus_tally(nc)
+            per = max(out["running"], 1)
+            out["cpu_ms_per_start"] = {
+                part: (cpu1[part] - cpu0.get(part, 0.0)) * 1e3 / per for part in sorted(cpu1)
+            }
+            out["bus_per_start"] = {
+                k: (bus1[k] - bus0.get(k, 0)) / per
+                for k in sorted(bus1)
+                if bus1[k] > bus0.get(k, 0)
+            }
         finally:
             for proc in reversed(procs):
                 await end_part(proc)
-    out.update(await _baseline(nc, out, vms=vms, concurrency=concurrency, replicas=replicas))
+    raw = await _baseline(nc, out, vms=vms, concurrency=concurrency, replicas=replicas)
+    out.update({f"baseline_{k}": v for k, v in raw.items()})
+    if rate:
+        paced = await _baseline(nc, out, vms=vms, concurrency=concurrency, replicas=replicas,
+                                rate=rate)  # fmt: skip
+        out.update({f"paced_baseline_{k}": v for k, v in paced.items()})
     out["nodes"] = nodes
     out["concurrency"] = concurrency
     out["offered_rate"] = rate or 0.0  # 0: as fast as virtbus-api accepts commands
     out["ratio"] = out["starts_per_s"] / out["baseline_starts_per_s"]
+    return out
+
+
+async def _bus_tally(nc: Client) -> dict[str, int]:
+    """Messages each stream holds so far ("VIRT_EVENTS"), and those each durable consumer has
+    delivered ("VIRT_WORK acks": one ack each, a replicated write like an append); the
+    orchestrator's followers are ephemeral, in memory, and not counted."""
+    js, out = nc.jetstream(), {}
+    for info in await js.streams_info():
+        name = info.config.name or ""
+        out[name] = info.state.last_seq
+        acks = 0
+        for ci in await js.consumers_info(name):
+            if ci.config.durable_name and ci.delivered is not None:
+                acks += ci.delivered.consumer_seq
+        out[f"{name} acks"] = acks
     return out
 
 
@@ -281,8 +314,11 @@ async def _event_sizes(store: EventStore, *, run_id: str, names: list[str]) -> t
 
 
 async def _baseline(
-    nc: Client, measured: dict[str, Any], *, vms: int, concurrency: int, replicas: int
-) -> dict[str, Any]:
+    nc: Client, measured: dict[str, Any], *, vms: int, concurrency: int, replicas: int,
+    rate: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The raw run: as fast as it goes, or at `rate` VMs/s (what the same bus work costs at
+    the offered load, where the servers batch and fsync less at a time)."""
     js = nc.jetstream()
     await js.add_stream(
         StreamConfig(
@@ -295,16 +331,26 @@ async def _baseline(
     command = b"x" * measured["command_bytes"]
     event = b"x" * max(1, measured["event_bytes"])
     per_vm = max(1, round(measured["events_per_vm"]))
+    lat_ms: list[float] = []
 
     async def start_one(i: int) -> None:
+        t = time.perf_counter()
         await js.publish(f"bench.control.cmd.{i}", command)
         for _ in range(per_vm):
             await js.publish(f"bench.control.vm.{i}", event)
+        lat_ms.append((time.perf_counter() - t) * 1e3)
 
     try:
-        t0 = time.perf_counter()
-        await pool(vms, concurrency, start_one)
-        wall = time.perf_counter() - t0
+        cpu0, t0 = cpu_by_part(), time.perf_counter()
+        await pool(vms, concurrency, start_one, rate=rate)
+        wall, cpu1 = time.perf_counter() - t0, cpu_by_part()
     finally:
         await js.delete_stream(RAW_STREAM)
-    return {"baseline_starts_per_s": vms / wall, "baseline_publishes_per_vm": 1 + per_vm}
+    return {
+        "starts_per_s": vms / wall,
+        "publishes_per_vm": 1 + per_vm,
+        "p99_ms": statistics.quantiles(lat_ms, n=100, method="inclusive")[98],
+        "cpu_ms_per_start": {
+            part: (cpu1[part] - cpu0.get(part, 0.0)) * 1e3 / vms for part in sorted(cpu1)
+        },
+    }

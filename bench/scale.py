@@ -20,7 +20,6 @@ Baseline: none is meaningful for memory or a restart; the figures stand against 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import statistics
 import sys
@@ -40,6 +39,7 @@ from bench.control import (
     until_api_answers,
     until_nodes_known,
 )
+from bench.procstat import cpu_s, rss_bytes
 from bench.rig import bench_bus
 from bus.client import query, send
 from bus.connect import connect
@@ -115,10 +115,10 @@ async def _steady(nc: Client, pid: int, *, steady_s: float) -> dict[str, Any]:
         if (await query(nc, Query(what="nodes"))).position >= end:
             break
         await asyncio.sleep(0.1)
-    rss = _rss_bytes(pid)
-    before, t0 = _cpu_s(pid), time.perf_counter()
+    rss = rss_bytes(pid)
+    before, t0 = cpu_s(pid), time.perf_counter()
     await asyncio.sleep(steady_s)  # the quiet stretch itself is what is measured
-    cpu = (_cpu_s(pid) - before) / (time.perf_counter() - t0)
+    cpu = (cpu_s(pid) - before) / (time.perf_counter() - t0)
     return {"orchestrator_rss_bytes": rss, "steady_cpu_fraction": cpu}
 
 
@@ -169,17 +169,3 @@ async def _until_running(nc: Client, name: str, *, within: float = 60.0) -> None
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{name} was not Running {within:g} s after the restart")
-
-
-def _rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

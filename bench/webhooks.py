@@ -22,11 +22,11 @@ import sys
 import tempfile
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any, cast
 
 import msgspec
 
+from bench.procstat import cpu_s
 from bus import webhook_secrets as secrets
 from bus.connect import bus_for_bench, connect
 from bus.provision import provision
@@ -139,17 +139,11 @@ async def _append(store: EventStore, namespace: str, *, events: int, rate: float
     return start
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _phase(
     receivers: list[_Receiver], store: EventStore, prefix: str, *, events: int, rate: float,
     pids: list[int],
 ) -> dict[str, float]:  # fmt: skip
-    cpu0 = sum(_cpu_s(p) for p in pids)
+    cpu0 = sum(cpu_s(p) for p in pids)
     for r in receivers:
         r.latencies.clear()
         r.expect = events
@@ -165,7 +159,7 @@ async def _phase(
     return {
         "deliveries": len(lat), "deliveries_per_s": len(lat) / max(end - start, 1e-9),
         "p50_ms": q[49], "p99_ms": q[98], "max_ms": lat[-1] if lat else 0.0,
-        "cpu_us_per_delivery": (sum(_cpu_s(p) for p in pids) - cpu0) / max(len(lat), 1) * 1e6,
+        "cpu_us_per_delivery": (sum(cpu_s(p) for p in pids) - cpu0) / max(len(lat), 1) * 1e6,
     }  # fmt: skip
 
 

@@ -65,14 +65,28 @@ async def test_bench_log_secure_measures_both_sides_logged_in_over_tls_on_a_clus
 
 async def test_bench_control_in_the_production_configuration() -> None:
     """Issue 15's production configuration: three servers, three copies of every stream (the
-    raw baseline's too), every write on disk before its ack, every part logged in over TLS."""
+    raw baseline's too), every write on disk before its ack, every part logged in over TLS; at
+    an offered rate, so the raw run is made again at that rate. What each start cost is said:
+    the writes each stream took, and the CPU of each part, the raw runs' too."""
     code, out, err = await run("bench", "control", "--vms", "20", "--nodes", "2", "--secure",
-                               "--cluster", "3", "--fsync-always", "-o", "json")  # fmt: skip
+                               "--cluster", "3", "--fsync-always", "--rate", "100",
+                               "-o", "json")  # fmt: skip
     assert code == 0, err
     result = json.loads(out)
     assert (result["secure"], result["replicas"], result["fsync_always"]) == (True, 3, True)
     assert result["accepted"] == result["running"] == 20
     assert result["events_per_vm"] == 6
+    writes = {k: v for k, v in result["bus_per_start"].items() if not k.startswith("KV_")}
+    # the command and its intake's ack; six events; the work item and the node's ack
+    assert writes == {"VIRT_COMMANDS": 1, "VIRT_COMMANDS acks": 1, "VIRT_EVENTS": 6,
+                      "VIRT_WORK": 1, "VIRT_WORK acks": 1}  # fmt: skip
+    parts = {"client", "nats-server", "orchestrator", "bench.simnode"}
+    assert set(result["cpu_ms_per_start"]) == parts
+    assert all(v > 0 for v in result["cpu_ms_per_start"].values()), result["cpu_ms_per_start"]
+    for raw in ("baseline", "paced_baseline"):
+        assert set(result[f"{raw}_cpu_ms_per_start"]) == {"client", "nats-server"}
+        assert result[f"{raw}_cpu_ms_per_start"]["nats-server"] > 0
+    assert result["paced_baseline_p99_ms"] > 0
 
 
 async def test_bench_scale_measures_a_stack_with_every_vm_running() -> None:
