@@ -31,29 +31,17 @@ from events import model as m
 from events.envelope import Recorded, decode_command, encode
 from events.errors import ConcurrencyConflict, ValidationError, VirtbusError
 from events.infer import infers
-from events.instancetypes import (
-    KIND_OF,
-    InstancetypeState,
-    apply_instancetype,
-    decide_instancetype,
-)
 from events.model import CE_TYPE
 from events.names import COMMANDS_STREAM, Ref, aggregate_key, command_parts, outcome_subject
-from events.nodes import NodeState, apply_node
-from events.replicasets import ReplicaSetState, apply_rs
-from events.services import ServiceState, apply_service, decide_service
 from events.state import fold
 from events.users import authorize, decide_user, fold_user
-from events.webhooks import fold_webhook
 from orchestrator import metrics
-from orchestrator.decide import decide, decide_rs
-from orchestrator.kubevirt import decide_kubevirt, fold_kubevirt
-from orchestrator.migrations import decide_node
+from orchestrator.judge import decide_for
 from orchestrator.rename import renamed_into
 from orchestrator.scheduler import NodeView
 from orchestrator.users import Identities
 from orchestrator.volumes import ClusterView, decide_volume, fold_volume
-from orchestrator.webhooks.subscriptions import decide_webhook, prepare
+from orchestrator.webhooks.subscriptions import prepare
 
 log = logging.getLogger("virtbus.intake")
 DURABLE = "orchestrator-intake"
@@ -168,7 +156,7 @@ class Intake:
             # say otherwise, which saves reading a history that is usually not there.
             # A spec it refuses is judged again below, where the rejection is recorded.
             with contextlib.suppress(ConcurrencyConflict, ValidationError):
-                events = _decide(ref, [], cmd)
+                events = decide_for(ref, [], cmd)
                 created = await self.store.append(
                     ref, events, expected_version=0, command_id=cmd.id, actor=cmd.actor
                 )
@@ -200,7 +188,7 @@ class Intake:
                     if isinstance(cmd, c.StartVM) and self.vm_admission is not None:
                         # KubeVirt's words for a missing instance type or preference, at start.
                         await self.vm_admission(ref, fold(r.envelope for r in history).spec)
-                    events = _decide(ref, history, cmd, nodes=nodes)
+                    events = decide_for(ref, history, cmd, nodes=nodes)
                 parts = [Append(ref, events, version)]
                 if isinstance(cmd, c.RenameVM) and events:
                     old = fold(r.envelope for r in history)
@@ -334,47 +322,6 @@ class Intake:
                 await asyncio.gather(*(self._in_order(group) for group in by_target.values()))
         finally:
             await self.puller.close()
-
-
-def _decide(
-    ref: Ref, history: list[Recorded], cmd: c.Command, *, nodes: list[NodeView] | None = None
-) -> list[m.Event]:
-    if ref.kind == "vm":
-        return decide(fold(r.envelope for r in history), cmd, nodes=nodes)
-    if ref.kind in ("rs", "vmpool"):
-        rs = ReplicaSetState()
-        for r in history:
-            rs = apply_rs(rs, r.envelope)
-        return decide_rs(rs, cmd)
-    if ref.kind == "node":
-        node = NodeState()
-        for r in history:
-            node = apply_node(node, r.envelope)
-        return decide_node(node, cmd)
-    if ref.kind == "webhook":
-        return decide_webhook(fold_webhook(ref.name, history), cmd)
-    if ref.kind == "kubevirt":
-        return decide_kubevirt(fold_kubevirt(r.envelope for r in history), cmd)
-    if ref.kind == "service":
-        svc = ServiceState()
-        for r in history:
-            svc = apply_service(svc, r.envelope)
-        return decide_service(svc, cmd)
-    if ref.kind in KIND_OF:
-        it = InstancetypeState()
-        for r in history:
-            it = apply_instancetype(it, r.envelope)
-        applied, deleted = _INSTANCETYPE_EVENTS[ref.kind]
-        return decide_instancetype(it, cmd, applied=applied, deleted=deleted)
-    raise ValidationError(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
-
-
-_INSTANCETYPE_EVENTS: dict[str, tuple[type[m.Event], type[m.Event]]] = {
-    "instancetype": (m.InstancetypeApplied, m.InstancetypeDeleted),
-    "clusterinstancetype": (m.ClusterInstancetypeApplied, m.ClusterInstancetypeDeleted),
-    "preference": (m.PreferenceApplied, m.PreferenceDeleted),
-    "clusterpreference": (m.ClusterPreferenceApplied, m.ClusterPreferenceDeleted),
-}
 
 
 def unjudged(err: Exception) -> ValidationError:
