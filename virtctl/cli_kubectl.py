@@ -15,10 +15,11 @@ import typer
 from bus.connect import server_url
 from events.errors import VirtbusError
 from virtctl.cli_common import (
+    KustomizeOpt,
     NsOpt,
     ServerOpt,
     actor,
-    each_file,
+    each_source,
     finish,
     optional_name,
     run,
@@ -137,6 +138,7 @@ def delete(
         list[str] | None,
         typer.Option("--filename", "-f", help="delete what this manifest names; repeatable"),
     ] = None,
+    kustomize: KustomizeOpt = None,
     cascade: Annotated[
         str, typer.Option("--cascade", help="background (default), foreground or true")
     ] = "background",
@@ -155,15 +157,15 @@ def delete(
         raise usage(f'--cascade={cascade}: must be "background", "orphan", or "foreground"')
 
     url = server_url(server)
-    if filename:
+    if filename or kustomize is not None:
         if what is not None:
-            raise usage("-f: give either a file or KIND NAME, not both")
+            raise usage(f"{'-f' if filename else '-k'}: give either a file or KIND NAME, not both")
         who = actor()
-        finish(run(each_file(filename, lambda path: objects.delete_file(
-            url, path=path, namespace=namespace, actor=who))))  # fmt: skip
+        finish(run(each_source(filename, kustomize, lambda path, kz: objects.delete_file(
+            url, path=path, namespace=namespace, actor=who, kustomize=kz))))  # fmt: skip
         return
     if what is None:
-        raise usage("give a VM name, KIND NAME, KIND/NAME or -f FILE")
+        raise usage("give a VM name, KIND NAME, KIND/NAME, -f FILE or -k DIR")
     if name is None and "/" not in what:
         what, name = "vm", what  # virtbus's older `delete NAME`
     target, named = _target(what, name, needed=True)
