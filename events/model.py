@@ -152,6 +152,7 @@ class VMSpecChanged(Event, frozen=True):
     changed: list[str] = []
     run_strategy: str | None = None
     labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None  # None: as they were
     restart_required: bool = False
 
 

@@ -59,7 +59,7 @@ async def test_apply_create_and_delete_k_build_a_kustomization_as_f_reads_a_file
     )
     got = (await cli(stack, "get", "vm", "p-a-1", "-n", "prod", "-o", "json")).json()
     assert got["metadata"]["labels"] == {"team": "x", "app": "web", "tier": "db"}
-    # ANNOT assert got["metadata"]["annotations"] == {"owner": "ops"}
+    assert got["metadata"]["annotations"] == {"owner": "ops"}
     claim = (await cli(stack, "get", "pvc", "p-data-1", "-n", "prod", "-o", "json")).json()
     assert claim["metadata"]["labels"] == {"app": "web", "tier": "db"}
     again = await cli(stack, "apply", "--kustomize", str(prod))
@@ -136,3 +136,52 @@ async def test_global_flags_before_the_verb_as_after_it(stack: Stack, tmp_path: 
         2, "Error: No such option: --all-namespaces Did you mean --namespace?")  # fmt: skip
     events = [r.envelope.data for r in await stack.store.read(Ref.vm("a", "prod"))]
     assert [type(e) for e in events] == [m.VMCreated]
+
+
+async def test_annotate_adds_replaces_and_removes_as_kubectl_annotate(stack: Stack) -> None:
+    """`annotate` shares `label`'s path: the VM's annotations changed and applied on the version
+    read, one `VMSpecChanged` each; kubectl's annotate says `annotated` even when nothing
+    changed (its label says `not labeled`)."""
+    (await cli(stack, "apply", "-f", "-", stdin=yaml.safe_dump(vm("p", labels={"a": "b"})))).ok()
+    added = await cli(stack, "annotate", "vm", "p", "owner=ops", "note=first")
+    assert (added.code, added.out, added.err) == (0, "virtualmachine.kubevirt.io/p annotated\n", "")
+    taken = await cli(stack, "annotate", "vm/p", "note=second")
+    assert (taken.code, taken.err) == (
+        1, "error: 'note' already has a value (first), and --overwrite is false\n")  # fmt: skip
+    (await cli(stack, "annotate", "vm/p", "note=second", "--overwrite")).ok()
+    removed = await cli(stack, "annotate", "vm", "p", "owner-")
+    assert removed.ok().out == "virtualmachine.kubevirt.io/p annotated\n"
+    same = await cli(stack, "annotate", "vm", "p", "note=second")
+    assert same.ok().out == "virtualmachine.kubevirt.io/p annotated\n"
+    meta = (await cli(stack, "get", "vm", "p", "-o", "json")).json()["metadata"]
+    assert (meta["annotations"], meta["labels"]) == ({"note": "second"}, {"a": "b"})
+    events = [r.envelope.data for r in await stack.store.read(Ref.vm("p", "default"))]
+    assert [type(e) for e in events] == [m.VMCreated, *[m.VMSpecChanged] * 3]
+    assert [e.annotations for e in events[1:]] == [  # type: ignore[union-attr]
+        {"owner": "ops", "note": "first"},
+        {"owner": "ops", "note": "second"},
+        {"note": "second"},
+    ]
+    # bad input: kubectl's words, exit 1 (a usage mistake: exit 2); nothing is written
+    bad = await cli(stack, "annotate", "vm", "p", "x")
+    assert (bad.code, bad.err) == (1, "error: invalid annotation format: x\n")
+    both = await cli(stack, "annotate", "vm", "p", "k=v", "k-")
+    assert (both.code, both.err) == (
+        1,
+        "error: can not both modify and remove the following annotation(s) in the same "
+        "command: k\n",
+    )
+    none = await cli(stack, "annotate", "vm", "p")
+    assert (none.code, none.err) == (
+        2, "error: annotate: give at least one annotation update (k=v or k-)\n")  # fmt: skip
+    kv = await cli(stack, "annotate", "kv", "kubevirt", "-n", "kubevirt", "a=b")
+    assert (kv.code, kv.err) == (
+        1,
+        "error: annotating kubevirts.kubevirt.io is not supported by "
+        "virtbus: it keeps the annotations of virtualmachines only\n",
+    )
+    assert len(await stack.store.read(Ref.vm("p", "default"))) == 4
+    # a re-apply of the manifest is the VM's whole metadata, as for labels: they go
+    again = await cli(stack, "apply", "-f", "-", stdin=yaml.safe_dump(vm("p", labels={"a": "b"})))
+    assert again.ok().out == "virtualmachine.kubevirt.io/p configured\n"
+    assert "annotations" not in (await cli(stack, "get", "vm/p", "-o", "json")).json()["metadata"]
