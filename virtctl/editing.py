@@ -27,6 +27,7 @@ import yaml
 from bus.client import Rejected, send, session
 from bus.store import EventStore
 from bus.vms import VMRepository
+from events import commands as c
 from events.errors import ValidationError, VirtbusError
 from events.manifest import to_commands
 from events.names import Ref
@@ -119,24 +120,25 @@ async def set_pairs(url: str, *, kind: k.Kind, name: str, namespace: str, change
     applied on the version read."""
     one, done, verb = _PAIRS[field]
     put, drop = _pair_changes(changes, one=one)
-    _changeable(kind, verb=verb)
     if field == "annotations" and kind is not k.VM:  # the others' manifests drop them
         raise VirtbusError(f"{verb} {kind.resource} is not supported by virtbus: it keeps the "
                            "annotations of virtualmachines only")  # fmt: skip
+    if kind not in (k.PVC, k.DV):
+        _changeable(kind, verb=verb)
     async with session(url) as nc:
         for _ in range(_CONFLICT_TRIES):
-            doc, version = await _read(nc, kind=kind, name=name, namespace=namespace)
-            pairs = dict(doc["metadata"].get(field) or {})
-            for key, value in put.items():
-                if not overwrite and pairs.get(key, value) != value:
-                    raise ValidationError(f"'{key}' already has a value ({pairs[key]}), and "
-                                          "--overwrite is false", field="overwrite")  # fmt: skip
-            pairs = {key: v for key, v in {**pairs, **put}.items() if key not in drop}
-            changed = copy.deepcopy(doc)
-            changed["metadata"][field] = pairs
             try:
-                did = await _write(nc, doc, changed, version=version, namespace=namespace,
-                                   actor=actor, what=f"a {one}")  # fmt: skip
+                if kind in (k.PVC, k.DV):
+                    did = await _label_volume(nc, kind=kind, name=name, namespace=namespace,
+                                              put=put, drop=drop, overwrite=overwrite,
+                                              actor=actor)  # fmt: skip
+                else:
+                    doc, version = await _read(nc, kind=kind, name=name, namespace=namespace)
+                    changed = copy.deepcopy(doc)
+                    changed["metadata"][field] = _merged(doc["metadata"].get(field) or {}, put,
+                                                         drop, overwrite=overwrite)  # fmt: skip
+                    did = await _write(nc, doc, changed, version=version, namespace=namespace,
+                                       actor=actor, what=f"a {one}")  # fmt: skip
             except Rejected as e:
                 if e.message.startswith("Operation cannot be fulfilled"):
                     continue
@@ -147,6 +149,35 @@ async def set_pairs(url: str, *, kind: k.Kind, name: str, namespace: str, change
             return 0
     raise VirtbusError(f"{kind.object_name(name)}: it kept changing while being {done}; "
                        "try again")  # fmt: skip
+
+
+def _merged(
+    pairs: dict[str, str], put: dict[str, str], drop: set[str], *, overwrite: bool
+) -> dict[str, str]:
+    for key, value in put.items():
+        if not overwrite and pairs.get(key, value) != value:
+            raise ValidationError(f"'{key}' already has a value ({pairs[key]}), and --overwrite "
+                                  "is false", field="overwrite")  # fmt: skip
+    return {key: v for key, v in {**pairs, **put}.items() if key not in drop}
+
+
+async def _label_volume(nc: Any, *, kind: k.Kind, name: str, namespace: str,
+                        put: dict[str, str], drop: set[str], overwrite: bool,
+                        actor: str) -> bool:  # fmt: skip
+    """A claim's (a DataVolume's) labels changed: its manifest applied again as it stands, new
+    labels and all, on the version read (`VolumeLabeled`); whether anything changed."""
+    from virtctl.volumes import volume
+
+    v = await volume(nc, name, namespace)
+    if not v.exists or (kind is k.DV and not v.data_volume):
+        raise VirtbusError(kind.not_found(name))
+    cmd = c.CreateVolume(
+        name=name, namespace=namespace, size=str(v.size_bytes), source=v.source, apply=True,
+        access_modes=list(v.access_modes), storage_class=v.storage_class,
+        data_volume=v.data_volume, owner=v.owner, expected_version=v.version, actor=actor,
+        labels=_merged(dict(v.labels), put, drop, overwrite=overwrite),
+    )  # fmt: skip
+    return bool((await send(nc, cmd)).events)
 
 
 def _pair_changes(changes: list[str], *, one: str) -> tuple[dict[str, str], set[str]]:

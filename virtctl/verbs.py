@@ -22,6 +22,7 @@ from events import model as m
 from events import render
 from events.errors import ValidationError, VirtbusError
 from events.manifest import parse_documents, to_commands
+from events.model import CE_TYPE
 from events.names import Ref
 from events.nodes import NodeState, apply_node
 from events.protocol import Query
@@ -147,7 +148,8 @@ async def apply_file(
 def _applied(cmd: c.Command, outcome: c.Outcome) -> str:
     kind = APPLIED_KIND.get(type(cmd).__name__, "object")
     if isinstance(cmd, c.CreateVolume):  # a claim is core v1; a DataVolume is CDI's
-        verb = "created" if outcome.events else "unchanged"
+        created = CE_TYPE[m.VolumeCreated] in outcome.events
+        verb = "created" if created else "configured" if outcome.events else "unchanged"
         return f"{volume_object_name(cmd)} {verb}"
     if isinstance(cmd, c.ApplyInstancetype):  # its first event is version 1: it is new
         verb = "unchanged" if not outcome.events else (

@@ -185,3 +185,35 @@ async def test_annotate_adds_replaces_and_removes_as_kubectl_annotate(stack: Sta
     again = await cli(stack, "apply", "-f", "-", stdin=yaml.safe_dump(vm("p", labels={"a": "b"})))
     assert again.ok().out == "virtualmachine.kubevirt.io/p configured\n"
     assert "annotations" not in (await cli(stack, "get", "vm/p", "-o", "json")).json()["metadata"]
+
+
+async def test_a_claims_labels_change_by_label_and_by_a_re_apply(stack: Stack) -> None:
+    """A claim's labels (what a VM's inferFromVolume reads) change as a VM's do: `label pvc` is
+    its manifest applied again with the new labels, on the version read (`VolumeLabeled`); a
+    VM that inferred from the old ones keeps what its spec recorded."""
+    made = await cli(stack, "apply", "-f", "-", stdin=yaml.safe_dump(PVC))
+    assert made.ok().out == "persistentvolumeclaim/data created\n"
+    added = await cli(stack, "label", "pvc", "data", "tier=gold")
+    assert (added.code, added.out, added.err) == (0, "persistentvolumeclaim/data labeled\n", "")
+    same = await cli(stack, "label", "persistentvolumeclaim/data", "tier=gold")
+    assert same.ok().out == "persistentvolumeclaim/data not labeled\n"
+    taken = await cli(stack, "label", "pvc", "data", "tier=iron")
+    assert (taken.code, taken.err) == (
+        1, "error: 'tier' already has a value (gold), and --overwrite is false\n")  # fmt: skip
+    relabelled = {**PVC, "metadata": {"name": "data", "labels": {"tier": "iron"}}}
+    again = await cli(stack, "apply", "-f", "-", stdin=yaml.safe_dump(relabelled))
+    assert again.ok().out == "persistentvolumeclaim/data configured\n"
+    claim = (await cli(stack, "get", "pvc", "data", "-o", "json")).json()
+    assert (claim["metadata"]["labels"], claim["spec"]["resources"]["requests"]["storage"]) == (
+        {"tier": "iron"}, "1Mi")  # fmt: skip
+    events = [r.envelope.data for r in await stack.store.read(Ref("volume", "default", "data"))]
+    assert events[1:] == [m.VolumeLabeled(labels={"tier": "gold"}),
+                          m.VolumeLabeled(labels={"tier": "iron"})]  # fmt: skip
+    # refused: a claim that is not there, and annotations (a claim keeps none of its own)
+    missing = await cli(stack, "label", "pvc", "nope", "a=b")
+    assert (missing.code, missing.err) == (
+        1, 'error: persistentvolumeclaims "nope" not found\n')  # fmt: skip
+    noted = await cli(stack, "annotate", "pvc", "data", "a=b")
+    assert (noted.code, noted.err) == (
+        1, "error: annotating persistentvolumeclaims is not supported by virtbus: it keeps the "
+           "annotations of virtualmachines only\n")  # fmt: skip
