@@ -240,6 +240,7 @@ class CreateVolume(Command, frozen=True):
     data_volume: bool = False
     owner: str = ""
     labels: dict[str, str] = {}  # the claim's (a VM infers its instance type from them)
+    expected_version: int = 0  # `label pvc`: refused (Conflict) unless the claim is at this version
 
 
 class DeleteVolume(Command, frozen=True):

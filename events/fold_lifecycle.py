@@ -57,7 +57,8 @@ def vm_created(s: VMState, e: m.VMCreated, env: Stamped) -> VMState:
     # A new life under an old name starts from nothing; only the version keeps counting.
     new = VMState(
         namespace=ns, name=name, version=s.version, updated=env.time, exists=True,
-        spec=e.spec, labels=e.labels, run_strategy=e.run_strategy, created=env.time,
+        spec=e.spec, labels=e.labels, annotations=e.annotations, run_strategy=e.run_strategy,
+        created=env.time,
         source_kind=e.source_kind,
     )  # fmt: skip
     return vm_start_requested(new, _START, env) if e.start else new
@@ -69,6 +70,7 @@ def vm_spec_changed(s: VMState, e: m.VMSpecChanged, env: Stamped) -> VMState:
         spec=e.spec,
         run_strategy=e.run_strategy or s.run_strategy,
         labels=s.labels if e.labels is None else e.labels,
+        annotations=s.annotations if e.annotations is None else e.annotations,
         restart_required=s.restart_required or (e.restart_required and s.running),
         # A capture lasts while the spec names its kind (an expanded VM names none).
         revisions={k: r for k, r in s.revisions.items() if k in e.spec},

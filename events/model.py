@@ -43,6 +43,7 @@ from events.model_aggregates import (
     VolumeCreated,
     VolumeDeleted,
     VolumeFailed,
+    VolumeLabeled,
     VolumeMoved,
     VolumeMoveFailed,
     VolumeMoveRequested,
@@ -127,8 +128,9 @@ __all__ = [
     "VMStartFailed", "VMStartRequested", "VMStopRequested", "VMStopped", "VMUndeleted",
     "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed", "VolumeAttachRequested",
     "VolumeAttached", "VolumeCreated", "VolumeDeleted", "VolumeDetachRequested", "VolumeDetached",
-    "VolumeFailed", "VolumeMoveFailed", "VolumeMoveRequested", "VolumeMoved", "VolumeNodeSelected",
-    "VolumeProgress", "VolumeReady", "WebhookDisabled", "WebhookSubscribed", "WebhookUnsubscribed",
+    "VolumeFailed", "VolumeLabeled", "VolumeMoveFailed", "VolumeMoveRequested", "VolumeMoved",
+    "VolumeNodeSelected", "VolumeProgress", "VolumeReady", "WebhookDisabled", "WebhookSubscribed",
+    "WebhookUnsubscribed",
 ]  # fmt: skip
 
 
@@ -152,6 +154,7 @@ class VMSpecChanged(Event, frozen=True):
     changed: list[str] = []
     run_strategy: str | None = None
     labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None  # None: as they were
     restart_required: bool = False
 
 
@@ -348,7 +351,8 @@ AnyEvent = (
     | VolumeCreated | VolumeReady | VolumeDeleted | WebhookSubscribed | WebhookUnsubscribed
     | WebhookDisabled
     | VolumeFailed | VolumeMoveRequested | VolumeMoved | VolumeMoveFailed | VolumeNodeSelected
-    | VolumeProgress | InstancetypeApplied | InstancetypeDeleted | ClusterInstancetypeApplied
+    | VolumeProgress | VolumeLabeled | InstancetypeApplied | InstancetypeDeleted
+    | ClusterInstancetypeApplied
     | ClusterInstancetypeDeleted | PreferenceApplied | PreferenceDeleted
     | ClusterPreferenceApplied | ClusterPreferenceDeleted
     | AuditCheckpoint | ImagePulled | ImagePulling | UserAdded | UserRevoked

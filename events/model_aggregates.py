@@ -120,6 +120,14 @@ class VolumeNodeSelected(Event, frozen=True):
     consumer: str = ""  # the VM whose scheduling chose the node
 
 
+class VolumeLabeled(Event, frozen=True):
+    """A re-apply of the claim (or `label pvc`) changed its metadata.labels: a VM inferring
+    from it later reads these; one that inferred before keeps what its spec recorded."""
+
+    aggregate: ClassVar[str] = "volume"
+    labels: dict[str, str] = {}
+
+
 class VolumeProgress(Event, frozen=True):
     """The node fills the volume (an import, a clone): how far it is, CDI's way ("45.20%")."""
 

@@ -139,6 +139,7 @@ def vm_object(s: VMState) -> dict[str, Any]:
             s,
             creationTimestamp=timestamp(s.created),
             labels=dict(s.labels),
+            **({"annotations": dict(s.annotations)} if s.annotations else {}),
             generation=s.version,  # an integer in Kubernetes; resourceVersion is a string
             resourceVersion=str(s.version),
         ),

@@ -131,6 +131,7 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     deleted: bool = False
     spec: dict[str, Any] = {}
     labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
     source_kind: str = "VirtualMachine"  # what was applied: a VM, a lone VMI, a replica set's VMI
     run_strategy: str = "Halted"
     created: datetime | None = None

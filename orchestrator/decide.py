@@ -265,7 +265,7 @@ def _apply(s: VMState, cmd: c.ApplyVM) -> list[m.Event]:
         ]  # fmt: skip
     if s.status == TERMINATING:
         raise _reject("VM is being deleted", field="metadata.name")
-    if cmd.spec == s.spec and cmd.labels == s.labels:
+    if (cmd.spec, cmd.labels, cmd.annotations) == (s.spec, s.labels, s.annotations):
         return []  # re-applying what is there changes nothing, like kubectl's "unchanged"
     if s.source_kind == "VirtualMachineInstance" and _vmi_spec(s.spec) != _vmi_spec(cmd.spec):
         # A VMI's spec is what runs: virt-api refuses changing it (its labels may change).
@@ -279,6 +279,7 @@ def _apply(s: VMState, cmd: c.ApplyVM) -> list[m.Event]:
         m.VMSpecChanged(
             spec=cmd.spec, changed=changed, run_strategy=strategy,
             labels=None if cmd.labels == s.labels else cmd.labels,
+            annotations=None if cmd.annotations == s.annotations else cmd.annotations,
             restart_required=template_changed and s.running,
         )
     ]  # fmt: skip

@@ -37,6 +37,10 @@ async def renamed_into(store: EventStore, cmd: c.RenameVM, old: VMState) -> Appe
         raise ValidationError(f'virtualmachine.kubevirt.io "{cmd.new_name}" already exists',
                               field="new_name")  # fmt: skip
     created = m.VMCreated(
-        spec=old.spec, labels=old.labels, run_strategy=old.run_strategy, renamed_from=cmd.name
+        spec=old.spec,
+        labels=old.labels,
+        annotations=old.annotations,
+        run_strategy=old.run_strategy,
+        renamed_from=cmd.name,
     )
     return Append(ref, [created], history[-1].envelope.version if history else 0)

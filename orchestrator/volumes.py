@@ -17,7 +17,7 @@ from events import commands as c
 from events import model as m
 from events import work as w
 from events.envelope import Recorded
-from events.errors import ValidationError
+from events.errors import ValidationError, stale
 from events.names import Ref
 from events.nodes import NodeState
 from events.quantity import parse_quantity
@@ -137,6 +137,8 @@ def _create(v: VolumeState, cmd: c.CreateVolume, view: ClusterView) -> list[m.Ev
             raise _reject(f"accessModes: Unsupported value: {mode!r}: supported values: "
                           + ", ".join(f'"{a}"' for a in ACCESS_MODES), "accessModes")  # fmt: skip
     name = f'persistentvolumeclaims "{cmd.name}"'
+    if cmd.expected_version and cmd.expected_version != v.version:  # the CLI reads again
+        raise _reject(stale("persistentvolumeclaims", cmd.name), "metadata.resourceVersion")
     if v.exists:
         if not cmd.apply:
             raise _reject(f"{name} already exists", "name")
@@ -146,10 +148,8 @@ def _create(v: VolumeState, cmd: c.CreateVolume, view: ClusterView) -> list[m.Ev
         if v.source != cmd.source or v.storage_class != cmd.storage_class:
             raise _reject(f"{name} is forbidden: spec is immutable after creation except "
                           "resources.requests for bound claims", "spec")  # fmt: skip
-        if v.labels != cmd.labels:  # a VM inferred from them: they stay what it read
-            raise _reject(f"{name}: metadata.labels: virtbus keeps a claim's labels as it was "
-                          "created with them; delete and create it again to change them",
-                          "metadata.labels")  # fmt: skip
+        if v.labels != cmd.labels:  # a VM that inferred from them keeps what its spec recorded
+            return [m.VolumeLabeled(labels=dict(cmd.labels))]
         return []  # kubectl apply of what is there: unchanged
     node = "" if not cmd.source and cmd.node is None else None  # WaitForFirstConsumer
     if cmd.source.startswith("clone:"):

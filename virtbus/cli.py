@@ -33,10 +33,12 @@ from virtctl.cli_console import (
 from virtctl.cli_errors import VirtbusGroup
 from virtctl.cli_volume import image_upload, volume_app
 from virtctl.cli_webhook import webhook_app
+from virtctl.kubectlflags import HELP as KUBECTL_FLAGS_HELP
 
 app = typer.Typer(
     name="virtbus",
     help="virtbus: virtual machines the KubeVirt way, on an event log.",
+    epilog=KUBECTL_FLAGS_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -225,6 +225,28 @@ def each_file(paths: list[str], one: Callable[[str], Awaitable[int]]) -> Corouti
     return every()
 
 
+KustomizeOpt = Annotated[
+    str | None,
+    typer.Option("--kustomize", "-k", metavar="DIR",
+                 help="a kustomization directory: its resources, namespace, namePrefix, "
+                      "nameSuffix, labels, annotations"),
+]  # fmt: skip
+
+
+def each_source(
+    filename: list[str] | None, kustomize: str | None, one: Callable[[str, bool], Awaitable[int]]
+) -> Coroutine[Any, Any, int]:
+    """`-f FILE...` as `each_file` takes them, or kubectl's `-k DIR` (one directory, built by
+    kustomize's rules): `one(path, kustomize)` for each; one of the two, not both."""
+    if filename and kustomize is not None:
+        raise usage("only one of -f or -k can be specified")
+    if kustomize is not None:
+        return each_file([kustomize], lambda path: one(path, True))
+    if not filename:
+        raise usage("must specify one of -f and -k")
+    return each_file(filename, lambda path: one(path, False))
+
+
 def usage(text: str) -> typer.Exit:
     """`error: TEXT` on stderr and the usage error's exit code (2), to raise."""
     typer.echo(f"error: {text}", err=True)

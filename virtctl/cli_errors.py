@@ -23,6 +23,7 @@ from nats.errors import Error as NatsError
 from typer.core import TyperGroup
 
 from events.errors import VirtbusError
+from virtctl.kubectlflags import globals_first
 
 DEBUG_ENV = "VIRTBUS_DEBUG"
 
@@ -79,23 +80,6 @@ def pflag_shorts(args: list[str]) -> list[str]:
     return out
 
 
-def namespace_first(args: list[str]) -> list[str]:
-    """kubectl's `-n NS VERB ...` (`--namespace NS`, `-n=NS`): the namespace given before the
-    verb goes after it, where virtbus's verbs take it (before a `--`)."""
-    moved: list[str] = []
-    while args:
-        if args[0] in ("-n", "--namespace") and len(args) > 1:
-            moved, args = [*moved, "--namespace", args[1]], args[2:]
-        elif args[0].startswith("--namespace="):
-            moved, args = [*moved, "--namespace", args[0].partition("=")[2]], args[1:]
-        else:
-            break
-    if not moved or not args:
-        return moved + args
-    end = args.index("--") if "--" in args else len(args)
-    return [*args[:end], *moved, *args[end:]]
-
-
 def flag_names(command: Command) -> dict[str, tuple[str, str]]:
     """Every boolean flag under `command`: its name -> (its on form, its off form or ""); a name
     that some verb's option takes a value under is left out."""
@@ -139,7 +123,11 @@ class VirtbusGroup(TyperGroup):
     """The root `virtbus` command: runs a verb and turns what it raises into `report`'s line."""
 
     def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
-        kubectls = namespace_first(pflag_shorts(pflag_bools(args, flag_names(self))))
+        try:
+            kubectls = globals_first(pflag_shorts(pflag_bools(args, flag_names(self))))
+        except VirtbusError as e:  # a usage error, said as `usage()` says one (exit 2)
+            typer.echo(f"error: {e.message}", err=True)
+            raise typer.Exit(2) from None
         return super().parse_args(ctx, kubectls)
 
     def main(

@@ -14,7 +14,7 @@ import typer
 
 from bus.connect import server_url
 from events.errors import ValidationError
-from virtctl.cli_common import NsOpt, ServerOpt, each_file, finish, run, usage
+from virtctl.cli_common import KustomizeOpt, NsOpt, ServerOpt, each_source, finish, run, usage
 
 Many = Annotated[list[str] | None, typer.Option()]
 
@@ -25,6 +25,7 @@ def create(
         list[str] | None,
         typer.Option("--filename", "-f", help="manifest file, or - for stdin; repeatable"),
     ] = None,
+    kustomize: KustomizeOpt = None,
     name: Annotated[str, typer.Option("--name", help="vm: its name (default vm-xxxxx)")] = "",
     run_strategy: Annotated[str, typer.Option("--run-strategy")] = "Always",
     termination_grace_period: Annotated[
@@ -105,16 +106,20 @@ def create(
     print a manifest as virtctl's `create vm|instancetype|preference` does (for `virtbus apply
     -f -`)."""
     if what is None:
-        if not filename:
-            raise usage("create: give -f FILE, or `create vm [flags]` for a manifest")
+        if not filename and kustomize is None:
+            raise usage("create: give -f FILE or -k DIR, or `create vm [flags]` for a manifest")
         from virtctl.objects import create_file
 
         url = server_url(server)
-        finish(run(each_file(filename, lambda path: create_file(url, path=path,
-                                                               namespace=namespace))))  # fmt: skip
+        finish(run(each_source(filename, kustomize, lambda path, kz: create_file(
+            url, path=path, namespace=namespace, kustomize=kz))))  # fmt: skip
         return
     kind = what.lower()
-    if kind not in ("vm", "virtualmachine", "instancetype", "preference") or filename:
+    if (
+        kind not in ("vm", "virtualmachine", "instancetype", "preference")
+        or filename
+        or (kustomize is not None)
+    ):
         raise usage(f"create {what}: virtbus generates `create vm`, `create instancetype` and "
                     "`create preference` manifests; objects from files are "
                     "`create -f FILE`")  # fmt: skip

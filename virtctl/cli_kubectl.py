@@ -15,10 +15,11 @@ import typer
 from bus.connect import server_url
 from events.errors import VirtbusError
 from virtctl.cli_common import (
+    KustomizeOpt,
     NsOpt,
     ServerOpt,
     actor,
-    each_file,
+    each_source,
     finish,
     optional_name,
     run,
@@ -137,6 +138,7 @@ def delete(
         list[str] | None,
         typer.Option("--filename", "-f", help="delete what this manifest names; repeatable"),
     ] = None,
+    kustomize: KustomizeOpt = None,
     cascade: Annotated[
         str, typer.Option("--cascade", help="background (default), foreground or true")
     ] = "background",
@@ -155,15 +157,15 @@ def delete(
         raise usage(f'--cascade={cascade}: must be "background", "orphan", or "foreground"')
 
     url = server_url(server)
-    if filename:
+    if filename or kustomize is not None:
         if what is not None:
-            raise usage("-f: give either a file or KIND NAME, not both")
+            raise usage(f"{'-f' if filename else '-k'}: give either a file or KIND NAME, not both")
         who = actor()
-        finish(run(each_file(filename, lambda path: objects.delete_file(
-            url, path=path, namespace=namespace, actor=who))))  # fmt: skip
+        finish(run(each_source(filename, kustomize, lambda path, kz: objects.delete_file(
+            url, path=path, namespace=namespace, actor=who, kustomize=kz))))  # fmt: skip
         return
     if what is None:
-        raise usage("give a VM name, KIND NAME, KIND/NAME or -f FILE")
+        raise usage("give a VM name, KIND NAME, KIND/NAME, -f FILE or -k DIR")
     if name is None and "/" not in what:
         what, name = "vm", what  # virtbus's older `delete NAME`
     target, named = _target(what, name, needed=True)
@@ -220,19 +222,43 @@ def label(
 ) -> None:
     """Add (k=v) or remove (k-) labels of a VM, replica set, the KubeVirt object or an instance
     type, like kubectl label."""
-    from virtctl.editing import label as label_object
+    _pairs(kind, changes, overwrite=overwrite, namespace=namespace, server=server, field="labels")
+
+
+def annotate(
+    kind: KindArg,
+    changes: Annotated[list[str], typer.Argument(help="NAME (unless KIND/NAME), then k=v or k-")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace an annotation that has another value")
+    ] = False,
+    namespace: NsOpt = "default",
+    server: ServerOpt = None,
+) -> None:
+    """Add (k=v) or remove (k-) annotations of a VM, like kubectl annotate."""
+    _pairs(kind, changes, overwrite=overwrite, namespace=namespace, server=server,
+           field="annotations")  # fmt: skip
+
+
+def _pairs(
+    kind: str, changes: list[str], *, overwrite: bool, namespace: str, server: str | None,
+    field: str,
+) -> None:  # fmt: skip
+    """`label` and `annotate`: `KIND NAME k=v...` or `KIND/NAME k=v...`."""
+    from virtctl.editing import set_pairs
 
     name = None if "/" in kind else (changes[0] if changes else None)
     target, named = _target(kind, name, needed=True)
     assert named is not None
     rest = changes[1:] if name is not None else changes
     if not rest:
-        raise usage("label: give at least one label update (k=v or k-)")
-    finish(run(label_object(server_url(server), kind=target, name=named, namespace=namespace,
-                            changes=rest, overwrite=overwrite, actor=actor())))  # fmt: skip
+        verb, one = ("label", "label") if field == "labels" else ("annotate", "annotation")
+        raise usage(f"{verb}: give at least one {one} update (k=v or k-)")
+    url = server_url(server)
+    finish(run(set_pairs(url, kind=target, name=named, namespace=namespace, changes=rest,
+                         overwrite=overwrite, actor=actor(), field=field)))  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
     """Add these verbs to the `virtbus` app, in `--help`'s order."""
-    for verb in (delete, get, describe, wait, patch, edit, label):
+    for verb in (delete, get, describe, wait, patch, edit, label, annotate):
         app.command()(verb)

@@ -23,11 +23,12 @@ from events.envelope import Envelope
 from events.errors import ValidationError
 from virtctl import kinds as k
 from virtctl.cli_common import (
+    KustomizeOpt,
     NameArg,
     NsOpt,
     ServerOpt,
     actor,
-    each_file,
+    each_source,
     finish,
     lifecycle,
     run,
@@ -49,18 +50,20 @@ def schema(
 
 def apply(
     filename: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option("--filename", "-f", help="manifest file, or - for stdin; repeatable"),
-    ],
+    ] = None,
+    kustomize: KustomizeOpt = None,
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
-    """Create or update objects from KubeVirt manifests (multi-document YAML), file after file."""
+    """Create or update objects from KubeVirt manifests (multi-document YAML), file after file,
+    or from a kustomization directory (`-k`)."""
     from virtctl.verbs import apply_file
 
     url, who = server_url(server), actor()
-    finish(run(each_file(filename, lambda path: apply_file(url, path=path, namespace=namespace,
-                                                           actor=who))))  # fmt: skip
+    finish(run(each_source(filename, kustomize, lambda path, kz: apply_file(
+        url, path=path, namespace=namespace, actor=who, kustomize=kz))))  # fmt: skip
 
 
 def start(

@@ -27,6 +27,7 @@ import yaml
 from bus.client import Rejected, send, session
 from bus.store import EventStore
 from bus.vms import VMRepository
+from events import commands as c
 from events.errors import ValidationError, VirtbusError
 from events.manifest import to_commands
 from events.names import Ref
@@ -93,38 +94,95 @@ async def edit(url: str, *, kind: k.Kind, name: str, namespace: str, actor: str)
         return 0
 
 
+# what `label` and `annotate` change, as kubectl names it in its lines and refusals
+_PAIRS = {"labels": ("label", "labeled", "labeling"),
+          "annotations": ("annotation", "annotated", "annotating")}  # fmt: skip
+
+
 async def label(url: str, *, kind: k.Kind, name: str, namespace: str, changes: list[str],
                 overwrite: bool, actor: str) -> int:  # fmt: skip
     """`kubectl label KIND NAME k=v k2- [--overwrite]`: the object's labels changed and applied
     (retried on a write in between, as a patch)."""
-    put, drop = _label_changes(changes)
-    _changeable(kind, verb="labeling")
+    return await set_pairs(url, kind=kind, name=name, namespace=namespace, changes=changes,
+                           overwrite=overwrite, actor=actor, field="labels")  # fmt: skip
+
+
+async def annotate(url: str, *, kind: k.Kind, name: str, namespace: str, changes: list[str],
+                   overwrite: bool, actor: str) -> int:  # fmt: skip
+    """`kubectl annotate KIND NAME k=v k2- [--overwrite]`: as `label`, on the annotations."""
+    return await set_pairs(url, kind=kind, name=name, namespace=namespace, changes=changes,
+                           overwrite=overwrite, actor=actor, field="annotations")  # fmt: skip
+
+
+async def set_pairs(url: str, *, kind: k.Kind, name: str, namespace: str, changes: list[str],
+                    overwrite: bool, actor: str, field: str) -> int:  # fmt: skip
+    """`metadata.<field>` (labels or annotations) changed by kubectl's `k=v` and `k-` and
+    applied on the version read."""
+    one, done, verb = _PAIRS[field]
+    put, drop = _pair_changes(changes, one=one)
+    if field == "annotations" and kind is not k.VM:  # the others' manifests drop them
+        raise VirtbusError(f"{verb} {kind.resource} is not supported by virtbus: it keeps the "
+                           "annotations of virtualmachines only")  # fmt: skip
+    if kind not in (k.PVC, k.DV):
+        _changeable(kind, verb=verb)
     async with session(url) as nc:
         for _ in range(_CONFLICT_TRIES):
-            doc, version = await _read(nc, kind=kind, name=name, namespace=namespace)
-            labels = dict(doc["metadata"].get("labels") or {})
-            for key, value in put.items():
-                if not overwrite and labels.get(key, value) != value:
-                    raise ValidationError(f"'{key}' already has a value ({labels[key]}), and "
-                                          "--overwrite is false", field="overwrite")  # fmt: skip
-            labels = {key: v for key, v in {**labels, **put}.items() if key not in drop}
-            changed = copy.deepcopy(doc)
-            changed["metadata"]["labels"] = labels
             try:
-                did = await _write(nc, doc, changed, version=version, namespace=namespace,
-                                   actor=actor, what="a label")  # fmt: skip
+                if kind in (k.PVC, k.DV):
+                    did = await _label_volume(nc, kind=kind, name=name, namespace=namespace,
+                                              put=put, drop=drop, overwrite=overwrite,
+                                              actor=actor)  # fmt: skip
+                else:
+                    doc, version = await _read(nc, kind=kind, name=name, namespace=namespace)
+                    changed = copy.deepcopy(doc)
+                    changed["metadata"][field] = _merged(doc["metadata"].get(field) or {}, put,
+                                                         drop, overwrite=overwrite)  # fmt: skip
+                    did = await _write(nc, doc, changed, version=version, namespace=namespace,
+                                       actor=actor, what=f"a {one}")  # fmt: skip
             except Rejected as e:
                 if e.message.startswith("Operation cannot be fulfilled"):
                     continue
                 raise
-            typer.echo(f"{kind.object_name(name)} {'labeled' if did else 'not labeled'}")
+            # kubectl's label says when nothing changed; its annotate does not
+            said = done if did or field == "annotations" else f"not {done}"
+            typer.echo(f"{kind.object_name(name)} {said}")
             return 0
-    raise VirtbusError(f"{kind.object_name(name)}: it kept changing while being labeled; "
+    raise VirtbusError(f"{kind.object_name(name)}: it kept changing while being {done}; "
                        "try again")  # fmt: skip
 
 
-def _label_changes(changes: list[str]) -> tuple[dict[str, str], set[str]]:
-    """kubectl's `k=v` (put) and `k-` (drop) arguments, each checked."""
+def _merged(
+    pairs: dict[str, str], put: dict[str, str], drop: set[str], *, overwrite: bool
+) -> dict[str, str]:
+    for key, value in put.items():
+        if not overwrite and pairs.get(key, value) != value:
+            raise ValidationError(f"'{key}' already has a value ({pairs[key]}), and --overwrite "
+                                  "is false", field="overwrite")  # fmt: skip
+    return {key: v for key, v in {**pairs, **put}.items() if key not in drop}
+
+
+async def _label_volume(nc: Any, *, kind: k.Kind, name: str, namespace: str,
+                        put: dict[str, str], drop: set[str], overwrite: bool,
+                        actor: str) -> bool:  # fmt: skip
+    """A claim's (a DataVolume's) labels changed: its manifest applied again as it stands, new
+    labels and all, on the version read (`VolumeLabeled`); whether anything changed."""
+    from virtctl.volumes import volume
+
+    v = await volume(nc, name, namespace)
+    if not v.exists or (kind is k.DV and not v.data_volume):
+        raise VirtbusError(kind.not_found(name))
+    cmd = c.CreateVolume(
+        name=name, namespace=namespace, size=str(v.size_bytes), source=v.source, apply=True,
+        access_modes=list(v.access_modes), storage_class=v.storage_class,
+        data_volume=v.data_volume, owner=v.owner, expected_version=v.version, actor=actor,
+        labels=_merged(dict(v.labels), put, drop, overwrite=overwrite),
+    )  # fmt: skip
+    return bool((await send(nc, cmd)).events)
+
+
+def _pair_changes(changes: list[str], *, one: str) -> tuple[dict[str, str], set[str]]:
+    """kubectl's `k=v` (put) and `k-` (drop) arguments, each checked (in kubectl's words for
+    labels and for annotations, which differ)."""
     put: dict[str, str] = {}
     drop: set[str] = set()
     for text in changes:
@@ -134,10 +192,12 @@ def _label_changes(changes: list[str]) -> tuple[dict[str, str], set[str]]:
         elif eq and key:
             put[key] = value
         else:
-            raise ValidationError(f"invalid label spec: {text}", field="labels")
+            bad = "invalid label spec" if one == "label" else f"invalid {one} format"
+            raise ValidationError(f"{bad}: {text}", field=one)
     if both := sorted(put.keys() & drop):
-        raise ValidationError(f"can not both modify and remove a label in the same command: "
-                              f"{both[0]}", field="labels")  # fmt: skip
+        which = "a label" if one == "label" else f"the following {one}(s)"
+        raise ValidationError(f"can not both modify and remove {which} in the same command: "
+                              f"{', '.join(both)}", field=one)  # fmt: skip
     return put, drop
 
 
@@ -231,13 +291,17 @@ async def _live(nc: Any, *, kind: k.Kind, name: str, namespace: str) -> tuple[di
         if not rs.exists:
             raise VirtbusError(kind.not_found(name))
         labels, spec, version = rs.labels, rs.spec, rs.version
+        annotations: dict[str, str] = {}
     else:
         s, _ = await VMRepository(store).get(Ref.vm(name, namespace))
         if not s.exists or not is_vm(s):
             raise VirtbusError(kind.not_found(name))
         labels, spec, version = s.labels, s.spec, s.version
+        annotations = s.annotations
     meta: dict[str, Any] = {"name": name, "namespace": namespace}
     if labels:
         meta["labels"] = dict(labels)
+    if annotations:
+        meta["annotations"] = dict(annotations)
     return {"apiVersion": "kubevirt.io/v1", "kind": kind.kind, "metadata": meta,
             "spec": copy.deepcopy(spec)}, version  # fmt: skip

@@ -50,9 +50,10 @@ def _created_name(cmd: c.Command) -> str:
     return f"{_WRITTEN[type(cmd).__name__]}.{group}/{name}"
 
 
-async def create_file(url: str, *, path: str, namespace: str) -> int:
-    """`kubectl create -f`: every object is new, or refused as AlreadyExists."""
-    given, failed = await manifest_commands(path, namespace=namespace, verb="create")
+async def create_file(url: str, *, path: str, namespace: str, kustomize: bool = False) -> int:
+    """`kubectl create -f` (`-k`): every object is new, or refused as AlreadyExists."""
+    given, failed = await manifest_commands(path, namespace=namespace, verb="create",
+                                            kustomize=kustomize)  # fmt: skip
     async with session(url) as nc:
         for one in given:
             cmd = one
@@ -80,9 +81,12 @@ async def delete(url: str, *, kind: k.Kind, name: str, namespace: str, actor: st
     return 0
 
 
-async def delete_file(url: str, *, path: str, namespace: str, actor: str) -> int:
-    """`kubectl delete -f`: the objects the manifest names, each by its kind and name."""
-    docs = parse_documents(await asyncio.to_thread(read_manifest, path))
+async def delete_file(
+    url: str, *, path: str, namespace: str, actor: str, kustomize: bool = False
+) -> int:
+    """`kubectl delete -f` (`-k`): the objects the manifest names, each by its kind and name."""
+    text = await asyncio.to_thread(read_manifest, path, kustomize=kustomize)
+    docs = parse_documents(text)
     if not docs:
         raise ValidationError("no objects passed to delete", field="filename")
     failed = 0

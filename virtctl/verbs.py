@@ -22,6 +22,7 @@ from events import model as m
 from events import render
 from events.errors import ValidationError, VirtbusError
 from events.manifest import parse_documents, to_commands
+from events.model import CE_TYPE
 from events.names import Ref
 from events.nodes import NodeState, apply_node
 from events.protocol import Query
@@ -74,8 +75,13 @@ def err(text: str) -> None:
     typer.echo(text, err=True)
 
 
-def read_manifest(path: str) -> str:
-    """The text of `-f PATH` (`-` is stdin), or a ValidationError that names the file."""
+def read_manifest(path: str, *, kustomize: bool = False) -> str:
+    """The text of `-f PATH` (`-` is stdin), or a ValidationError that names the file; with
+    `kustomize`, what `-k PATH` builds (the documents its kustomization makes)."""
+    if kustomize:
+        from virtctl.kustomize import render
+
+        return render(path)
     shown = "stdin" if path == "-" else f'the path "{path}"'
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
@@ -94,10 +100,14 @@ def read_manifest(path: str) -> str:
                               f"{e.start})", field="filename") from None  # fmt: skip
 
 
-async def manifest_commands(path: str, *, namespace: str, verb: str) -> tuple[list[c.Command], int]:
-    """The commands of every document of `-f PATH`, read and parsed before anything connects (a
-    bad file is reported without a bus); a refused document's error is printed and counted."""
-    docs = parse_documents(await asyncio.to_thread(read_manifest, path))
+async def manifest_commands(
+    path: str, *, namespace: str, verb: str, kustomize: bool = False
+) -> tuple[list[c.Command], int]:
+    """The commands of every document of `-f PATH` (`-k PATH`: see `read_manifest`), read and
+    parsed before anything connects (a bad file is reported without a bus); a refused document's
+    error is printed and counted."""
+    text = await asyncio.to_thread(read_manifest, path, kustomize=kustomize)
+    docs = parse_documents(text)
     if not docs:  # kubectl's words for an empty file, or one of only comments and `---`
         raise ValidationError(f"no objects passed to {verb}", field="filename")
     found: list[c.Command] = []
@@ -115,10 +125,13 @@ async def manifest_commands(path: str, *, namespace: str, verb: str) -> tuple[li
     return found, failed
 
 
-async def apply_file(url: str, *, path: str, namespace: str, actor: str = "") -> int:
-    """`apply -f`: each object created, configured or unchanged; `actor` says who asked (on a
-    secured bus the server's word for it replaces it)."""
-    cmds, failed = await manifest_commands(path, namespace=namespace, verb="apply")
+async def apply_file(
+    url: str, *, path: str, namespace: str, actor: str = "", kustomize: bool = False
+) -> int:
+    """`apply -f` (`-k`): each object created, configured or unchanged; `actor` says who asked
+    (on a secured bus the server's word for it replaces it)."""
+    cmds, failed = await manifest_commands(path, namespace=namespace, verb="apply",
+                                           kustomize=kustomize)  # fmt: skip
     async with session(url) as nc:
         for one in cmds:
             cmd = msgspec.structs.replace(one, actor=one.actor or actor)
@@ -135,7 +148,8 @@ async def apply_file(url: str, *, path: str, namespace: str, actor: str = "") ->
 def _applied(cmd: c.Command, outcome: c.Outcome) -> str:
     kind = APPLIED_KIND.get(type(cmd).__name__, "object")
     if isinstance(cmd, c.CreateVolume):  # a claim is core v1; a DataVolume is CDI's
-        verb = "created" if outcome.events else "unchanged"
+        created = CE_TYPE[m.VolumeCreated] in outcome.events
+        verb = "created" if created else "configured" if outcome.events else "unchanged"
         return f"{volume_object_name(cmd)} {verb}"
     if isinstance(cmd, c.ApplyInstancetype):  # its first event is version 1: it is new
         verb = "unchanged" if not outcome.events else (

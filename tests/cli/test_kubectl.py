@@ -308,11 +308,11 @@ async def test_label_adds_replaces_and_removes_as_kubectl_label(stack: Stack) ->
     assert labels == {"tier": "cache"}
     bad = await cli(stack, "label", "vm", "p", "x")
     assert (bad.code, bad.err) == (1, "error: invalid label spec: x\n")
-    claim = await cli(stack, "label", "pvc", "data", "a=b")
-    assert (claim.code, claim.err) == (
+    vmi = await cli(stack, "label", "vmi", "p", "a=b")
+    assert (vmi.code, vmi.err) == (
         1,
-        "error: labeling persistentvolumeclaims is not "
-        "supported by virtbus: apply its manifest again\n",
+        "error: labeling virtualmachineinstances.kubevirt.io is not supported by virtbus: patch "
+        "the virtualmachine or virtualmachineinstancereplicaset that owns it\n",
     )
 
 

@@ -12,7 +12,8 @@ from events.errors import ValidationError
 from virtbus.cli import app
 from virtctl import jsonpath, kinds, patching
 from virtctl.cli_common import WEEK_S, seconds
-from virtctl.cli_errors import flag_names, namespace_first, pflag_bools, pflag_shorts
+from virtctl.cli_errors import flag_names, pflag_bools, pflag_shorts
+from virtctl.kubectlflags import globals_first
 from virtctl.selector import parse as selector
 
 LIST: dict[str, Any] = {
@@ -233,9 +234,34 @@ def test_pflags_short_option_with_an_equals_sign_is_split_for_click() -> None:
      ["ssh", "vm/x", "--namespace", "a", "--", "-n", "b"]),
     (["get", "vms", "-n", "a"], ["get", "vms", "-n", "a"]),  # after the verb: as it is
     (["-n", "a"], ["--namespace", "a"]),  # no verb: click says what is missing
+    (["-A", "--creds", "a.creds", "--tls-ca=ca.pem", "-s", "nats://h:4222", "get", "vms"],
+     ["get", "vms", "--all-namespaces", "--creds", "a.creds", "--tls-ca", "ca.pem", "--server",
+      "nats://h:4222"]),
+    (["--all-namespaces", "-n", "a", "get", "vms"],  # both: `get` says what it does with them
+     ["get", "vms", "--all-namespaces", "--namespace", "a"]),
+    (["-A", "start", "x"], ["start", "x", "--all-namespaces"]),  # click refuses it for `start`
+    # kubectl's log level, in all its forms and anywhere before `--`: dropped
+    (["-v", "6", "get", "vms", "-v6", "--v=9", "--v", "2", "--", "-v", "1"],
+     ["get", "vms", "--", "-v", "1"]),
+    (["get", "vms", "-v", "x"], ["get", "vms", "-v", "x"]),  # not a level: click refuses it
 ])  # fmt: skip
-def test_a_namespace_before_the_verb_goes_after_it(argv: list[str], read: list[str]) -> None:
-    assert namespace_first(argv) == read
+def test_global_flags_before_the_verb_go_after_it(argv: list[str], read: list[str]) -> None:
+    assert globals_first(argv) == read
+
+
+@pytest.mark.parametrize(("argv", "reason"), [
+    (["--kubeconfig", "k", "get", "vms"],
+     "--kubeconfig: virtbus does not read kubeconfigs: it reaches its bus, given by --server (or "
+     "$VIRTBUS_NATS_URL) and --creds"),
+    (["get", "vms", "--context=prod"],
+     "--context: virtbus does not read kubeconfigs: it reaches its bus, given by --server (or "
+     "$VIRTBUS_NATS_URL) and --creds"),
+    (["get", "vms", "--v=loud"], "--v: kubectl's log level is a number (--v=6), not 'loud'"),
+])  # fmt: skip
+def test_kubeconfig_context_and_a_wordy_level_are_refused(argv: list[str], reason: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        globals_first(argv)
+    assert err.value.message == reason
 
 
 def test_pflags_boolean_with_a_value_is_the_flag_its_off_form_or_nothing() -> None:
