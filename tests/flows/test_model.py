@@ -78,9 +78,12 @@ class Env:
 
 
 def _quiet(s: VMState) -> bool:
-    """Nothing under way: no transitional status, no migration, snapshot or restore."""
+    """Nothing under way: no transitional status, no migration, snapshot or restore, and no
+    address still held by an instance that ended (the controller appends its reaction step by
+    step: VMStopped, then the IPReleased that follows it)."""
     return (
         s.status in ("Stopped", RUNNING, PAUSED, "Deleted")
+        and not (s.ip and s.ip_vmi != s.vmi_uid)
         and s.phase == (RUNNING if s.status in (RUNNING, PAUSED) else "")
         and not migration_active(s.migration)
         and not s.snapshotting
@@ -170,7 +173,8 @@ class Lifecycle(RuleBasedStateMachine):
             later = await self.env.stack.store.read(ref)
             assert [r.seq for r in later] == [r.seq for r in records], (
                 f"{v.name}: events after it settled: "
-                f"{[type(r.envelope.data).__name__ for r in later[len(records) :]]}"
+                f"{[type(r.envelope.data).__name__ for r in later[len(records) :]]}; before: "
+                f"{[(r.seq, type(r.envelope.data).__name__) for r in records[-12:]]}"
             )
             if not records:
                 assert row is None, f"{v.name}: the read model has a VM the log never named"
