@@ -48,6 +48,7 @@ from events.model_aggregates import (
     VolumeMoveFailed,
     VolumeMoveRequested,
     VolumeNodeSelected,
+    VolumePopulationFailed,
     VolumeProgress,
     VolumeReady,
     WebhookDisabled,
@@ -129,8 +130,8 @@ __all__ = [
     "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed", "VolumeAttachRequested",
     "VolumeAttached", "VolumeCreated", "VolumeDeleted", "VolumeDetachRequested", "VolumeDetached",
     "VolumeFailed", "VolumeLabeled", "VolumeMoveFailed", "VolumeMoveRequested", "VolumeMoved",
-    "VolumeNodeSelected", "VolumeProgress", "VolumeReady", "WebhookDisabled", "WebhookSubscribed",
-    "WebhookUnsubscribed",
+    "VolumeNodeSelected", "VolumePopulationFailed", "VolumeProgress", "VolumeReady",
+    "WebhookDisabled", "WebhookSubscribed", "WebhookUnsubscribed",
 ]  # fmt: skip
 
 
@@ -351,8 +352,8 @@ AnyEvent = (
     | VolumeCreated | VolumeReady | VolumeDeleted | WebhookSubscribed | WebhookUnsubscribed
     | WebhookDisabled
     | VolumeFailed | VolumeMoveRequested | VolumeMoved | VolumeMoveFailed | VolumeNodeSelected
-    | VolumeProgress | VolumeLabeled | InstancetypeApplied | InstancetypeDeleted
-    | ClusterInstancetypeApplied
+    | VolumeProgress | VolumeLabeled | VolumePopulationFailed | InstancetypeApplied
+    | InstancetypeDeleted | ClusterInstancetypeApplied
     | ClusterInstancetypeDeleted | PreferenceApplied | PreferenceDeleted
     | ClusterPreferenceApplied | ClusterPreferenceDeleted
     | AuditCheckpoint | ImagePulled | ImagePulling | UserAdded | UserRevoked

@@ -128,6 +128,15 @@ class VolumeLabeled(Event, frozen=True):
     labels: dict[str, str] = {}
 
 
+class VolumePopulationFailed(Event, frozen=True):
+    """The node could not fill a DataVolume (an import, a registry copy, a clone). CDI's
+    importer pod fails and is restarted after a back-off, the DataVolume counting its restarts;
+    so is this fill: the controller sends it again once the fold's back-off has passed."""
+
+    aggregate: ClassVar[str] = "volume"
+    reason: str = ""
+
+
 class VolumeProgress(Event, frozen=True):
     """The node fills the volume (an import, a clone): how far it is, CDI's way ("45.20%")."""
 

@@ -8,7 +8,7 @@ Phases are a PVC's (`Pending` until the node has the data, then `Bound`) plus a 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import msgspec
 from msgspec.structs import replace
@@ -18,6 +18,13 @@ from events.envelope import Envelope
 from events.folding import Skipped, total
 
 PENDING, BOUND, FAILED = "Pending", "Bound", "Failed"
+RETRY_FIRST_S, RETRY_CAP_S = 10.0, 300.0  # a pod's CrashLoopBackOff: 10 s, doubling, 5 min at most
+
+
+def retry_delay(restarts: int) -> timedelta:
+    """How long after its `restarts`-th failure a fill is tried again (CDI's importer pod is
+    restarted by the kubelet's back-off)."""
+    return timedelta(seconds=min(RETRY_FIRST_S * 2 ** max(restarts - 1, 0), RETRY_CAP_S))
 
 
 class VolumeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -44,6 +51,8 @@ class VolumeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     owner: str = ""
     consumer: str = ""  # WaitForFirstConsumer: the VM that chose the node
     progress: str = ""  # a node filling it says how far it is ("" not started)
+    restarts: int = 0  # fills that failed and are tried again (a DataVolume's restartCount)
+    retry_at: datetime | None = None  # when the next fill goes, after the last one failed
     labels: dict[str, str] = {}
     skipped: tuple[Skipped, ...] = ()
 
@@ -68,6 +77,10 @@ def apply_volume(s: VolumeState, env: Envelope) -> VolumeState:
             return replace(s, labels=e.labels)
         case m.VolumeProgress() if s.exists and s.phase == PENDING:
             return replace(s, progress=e.progress)
+        case m.VolumePopulationFailed() if s.exists and s.phase == PENDING:
+            n = s.restarts + 1
+            return replace(s, restarts=n, reason=e.reason, progress="",
+                           retry_at=env.time + retry_delay(n))  # fmt: skip
         case m.VolumeReady() if s.exists:
             return replace(s, phase=BOUND, format=e.format, reason="",
                            progress="100.0%" if s.progress else "")  # fmt: skip
@@ -98,7 +111,7 @@ def dv_phase(v: VolumeState) -> str:
     if kind == "upload":
         return "UploadReady"
     if kind in ("import", "registry"):
-        return "ImportInProgress" if v.progress else "ImportScheduled"
+        return "ImportInProgress" if v.progress or v.restarts else "ImportScheduled"
     if kind == "clone":
-        return "CloneInProgress" if v.progress else "CloneScheduled"
+        return "CloneInProgress" if v.progress or v.restarts else "CloneScheduled"
     return PENDING

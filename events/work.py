@@ -173,6 +173,11 @@ class ProvisionVolume(VolumeData, frozen=True, kw_only=True):
 
     size_bytes: int
     source: str = ""
+    attempt: int = 0  # the fills that failed before this one (each try is work of its own)
+
+    @property
+    def msg_id(self) -> str:
+        return f"{super().msg_id}:{self.attempt}" if self.attempt else super().msg_id
 
 
 class RemoveVolume(VolumeData, frozen=True):

@@ -84,6 +84,7 @@ class Controller(Folded):
         self.follows: Follows = store  # the live log: its own follow, or a Tail shared with others
         self.node_grace_s = node_grace_s
         self._wakes: dict[str, datetime] = {}
+        self._volume_wakes: dict[str, datetime] = {}
         self._started = time.time()
         self._reactions: KeyedQueue[Recorded] = KeyedQueue(
             self.react, parallel=REACT_PARALLEL, name="controller-react"
@@ -182,7 +183,10 @@ class Controller(Folded):
                                         correlationid=cause.envelope.correlationid)  # fmt: skip
 
     async def react_volume(self, key: str) -> None:
-        await self._work.send(list(volume_work(self.volumes[key])))
+        v, now = self.volumes[key], datetime.now(UTC)
+        if v.exists and v.retry_at is not None and now < v.retry_at:
+            self._volume_wakes[key] = v.retry_at  # its failed fill goes again then
+        await self._work.send(volume_work(v, now=now))
 
     async def react_rs(self, key: str, *, cause: Recorded | None = None) -> None:
         rs = self.replica_sets.get(key)
@@ -308,6 +312,10 @@ class Controller(Folded):
                     if at <= now:
                         del self._wakes[key]
                         self._reactions.kick(key)
+                for key, at in list(self._volume_wakes.items()):
+                    if at <= now:
+                        del self._volume_wakes[key]
+                        await self.react_volume(key)
                 # Heartbeats had time to come, and the bucket's own are read.
                 if beats.ready.is_set() and time.time() - self._started >= self.node_grace_s:
                     await record_lost(self.store, beats.last, self.nodes,

@@ -9,6 +9,7 @@ claim): `cluster_view` reads that off the controller's folded state; `decide_vol
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -207,12 +208,14 @@ def _node_for(cmd: c.CreateVolume | c.MoveVolume, view: ClusterView) -> str:
     return min(ready, key=lambda n: (view.volumes_per_node.get(n.name, 0), n.name)).name
 
 
-def volume_work(v: VolumeState) -> list[w.Work]:
+def volume_work(v: VolumeState, *, now: datetime) -> list[w.Work]:
     """Node work for a volume as the log has it: level-triggered, deduplicated by message id."""
     base: dict[str, Any] = {"namespace": v.namespace, "name": v.name, "node": v.node}
     if v.exists and v.phase == PENDING and v.node:  # "": waiting for its first consumer
+        if v.retry_at is not None and now < v.retry_at:
+            return []  # its last fill failed: the next waits out the back-off
         return [w.ProvisionVolume(version=v.created_version, size_bytes=v.size_bytes,
-                                  source=v.source, **base)]  # fmt: skip
+                                  source=v.source, attempt=v.restarts, **base)]  # fmt: skip
     if v.exists and v.moving_to:  # the target pulls the data from the node that has it
         return [w.MoveVolume(namespace=v.namespace, name=v.name, node=v.moving_to,
                              version=v.move_version, source_node=v.node,

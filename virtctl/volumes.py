@@ -117,6 +117,8 @@ def dv_object(v: VolumeState) -> dict[str, Any]:
                               "claimName": v.name}  # fmt: skip
     if v.reason:
         status["message"] = v.reason
+    if v.restarts:
+        status["restartCount"] = v.restarts
     return {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": meta,
             "spec": {"source": source, "storage": {"resources": pvc["spec"]["resources"]}},
             "status": status}  # fmt: skip
@@ -126,7 +128,7 @@ DV_HEADER = ["NAME", "PHASE", "PROGRESS", "RESTARTS", "AGE"]
 
 
 def dv_cells(v: VolumeState) -> list[str]:
-    return [v.name, dv_phase(v), v.progress or "N/A", "0", render.age(v.created)]
+    return [v.name, dv_phase(v), v.progress or "N/A", str(v.restarts), render.age(v.created)]
 
 
 PVC_HEADER = ["NAME", "STATUS", "CAPACITY", "NODE", "AGE"]

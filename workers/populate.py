@@ -4,7 +4,9 @@ The bytes land in a scratch directory inside the claim's directory (named like a
 worker that restarts mid-import finds it and records the claim `Failed`, as for an upload), go
 through the same unpack/inspect/convert as an upload (`workers.upload.finish`), and only then
 become `disk.img`. How far it got is recorded as `VolumeProgress` events ("45.20%", CDI's form),
-a few per import, never one per chunk; the end is `VolumeReady` or `VolumeFailed` with the reason.
+a few per import, never one per chunk; the end is `VolumeReady`, or `VolumePopulationFailed` with
+the reason: as CDI restarts a failed importer pod, the controller sends the fill again after a
+back-off (a URL that answers later, a registry that comes back), and the DataVolume counts it.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class Populator:
         scratch = claim_dir(self.root, item.namespace, item.name) / SCRATCH
         progress = Progress(self.store, item.ref)
         kind, _, arg = item.source.partition(":")
-        outcome: m.VolumeReady | m.VolumeFailed = m.VolumeReady(format="raw")
+        outcome: m.VolumeReady | m.VolumePopulationFailed = m.VolumeReady(format="raw")
         try:
             await asyncio.to_thread(shutil.rmtree, scratch, True)  # a redelivery starts afresh
             await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
@@ -85,11 +87,11 @@ class Populator:
             await asyncio.to_thread(finish, scratch, compression=compression, expected=expected,
                                     size=item.size_bytes)  # fmt: skip
         except UploadError as err:
-            outcome = m.VolumeFailed(reason=err.message)
+            outcome = m.VolumePopulationFailed(reason=err.message)
         except VirtbusError as err:  # an image that cannot be pulled, a source gone
-            outcome = m.VolumeFailed(reason=err.message)
+            outcome = m.VolumePopulationFailed(reason=err.message)
         except OSError as err:
-            outcome = m.VolumeFailed(reason=unwritable(err).message)
+            outcome = m.VolumePopulationFailed(reason=unwritable(err).message)
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
         await self.store.append_fact(item.ref, [outcome])

@@ -90,8 +90,9 @@ class VolumeStore:
         directory = self.path(item.namespace, item.name)
         match item:
             case w.ProvisionVolume():
-                if not mine or s.created_version != item.version or s.phase != PENDING:
-                    return  # stale, or done before (a redelivery)
+                if (not mine or s.created_version != item.version or s.phase != PENDING
+                        or s.restarts != item.attempt):  # fmt: skip
+                    return  # stale, or done before (a redelivery, a failed try's)
                 if item.source.startswith(("import:", "registry:", "clone:")):
                     if self.fill is None:
                         raise RuntimeError("this node has no populator for DataVolumes")

@@ -76,6 +76,11 @@ async def wait_dv(st: Stack, name: str, want: str = "Succeeded") -> None:
                "--timeout", "30")).ok()  # fmt: skip
 
 
+async def wait_restarts(st: Stack, name: str, n: int) -> None:
+    (await cli(st, "wait", "dv", name, "--for", f"jsonpath={{.status.restartCount}}={n}",
+               "--timeout", "30")).ok()  # fmt: skip
+
+
 async def events_of(st: Stack, name: str) -> list[m.Event]:
     return [r.envelope.data for r in await st.store.read(Ref("volume", "default", name))]
 
@@ -108,14 +113,18 @@ async def test_http_import_clone_blank_and_a_vm_of_data_volumes(
     obj = (await cli(stack, "get", "dv", "imported", "-o", "json")).json()
     assert obj["status"] == {"phase": "Succeeded", "progress": "100.0%", "claimName": "imported"}
     assert obj["spec"]["source"] == {"http": {"url": f"{http_source}/disk.img"}}
-    await wait_dv(stack, "broken", "Failed")
+    # A URL that answers 404: as CDI's importer pod, the fill fails and is tried again after a
+    # back-off; the DataVolume stays in progress, counts the restart and says why.
+    await wait_restarts(stack, "broken", 1)
     failed = (await cli(stack, "get", "dv", "broken", "-o", "json")).json()["status"]
-    assert failed["message"] == ("Unable to connect to http data source: expected status code "
-                                 "200, got 404. Status: 404 Not Found")  # fmt: skip
+    assert failed == {"phase": "ImportInProgress", "progress": "N/A", "claimName": "broken",
+                      "restartCount": 1, "message": (
+                          "Unable to connect to http data source: expected status code 200, got "
+                          "404. Status: 404 Not Found")}  # fmt: skip
     table = (await cli(stack, "get", "dv")).ok().out.splitlines()
     assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "RESTARTS", "AGE"]
-    assert [r.split()[:3] for r in table[1:]] == [
-        ["broken", "Failed", "0.00%"], ["imported", "Succeeded", "100.0%"],
+    assert [r.split()[:4] for r in table[1:]] == [
+        ["broken", "ImportInProgress", "N/A", "1"], ["imported", "Succeeded", "100.0%", "0"],
     ]  # fmt: skip
 
     # A clone of it, made on the node that holds its source; and a blank one, bound late.
@@ -215,7 +224,53 @@ async def test_a_registry_data_volume_imports_a_container_disk(
     assert disk.stat().st_size == 4 * MiB and not disk.read_bytes().startswith(b"QFI")  # raw now
     missing = "registry: {url: 'docker://kubevirt/nothing'}"
     (await cli(stack, "apply", "-f", "-", input=dv("gone", missing))).ok()
-    await wait_dv(stack, "gone", "Failed")
+    await wait_restarts(stack, "gone", 1)  # tried again after a back-off, as CDI's importer pod
+    assert await phase(stack, "gone") == "ImportInProgress"
     reason = (await cli(stack, "get", "dv", "gone", "-o", "jsonpath={.status.message}")).ok().out
     assert "kubevirt/nothing" in reason and "not found" in reason
     await send(stack.nc, c.DeleteVolume(name="gone"))
+
+
+async def test_an_import_that_failed_is_tried_again_and_succeeds_once_the_url_answers(
+    stack: Stack,
+) -> None:
+    """CDI restarts a failed importer pod after a back-off: a URL that answers only later fills
+    the DataVolume at the next try, and its restart is counted."""
+    gate = {"open": False}
+
+    async def late(_: web.Request) -> web.Response:
+        if not gate["open"]:
+            return web.Response(status=503, text="not yet")
+        return web.Response(body=IMAGE, content_type="application/octet-stream")
+
+    app = web.Application()
+    app.router.add_get("/late.img", late)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/late.img"
+        await stack.node("node-a")
+        (await cli(stack, "apply", "-f", "-", input=dv("late", f"http: {{url: {url}}}"))).ok()
+        await wait_restarts(stack, "late", 1)
+        why = ("Unable to connect to http data source: expected status code 200, got 503. "
+               "Status: 503 Service Unavailable")  # fmt: skip
+        assert await events_of(stack, "late") == [
+            m.VolumeCreated(size_bytes=8 * MiB, node="node-a", source=f"import:{url}",
+                            data_volume=True),
+            m.VolumeProgress(progress="0.00%"),
+            m.VolumePopulationFailed(reason=why),
+        ]  # fmt: skip
+        gate["open"] = True
+        await wait_dv(stack, "late")  # the next try, 10 s after the failure
+        got = await events_of(stack, "late")
+        assert isinstance(got[-1], m.VolumeReady) and len(got) > 4
+        assert all(isinstance(e, m.VolumeProgress) for e in got[3:-1])
+        status = (await cli(stack, "get", "dv", "late", "-o", "json")).json()["status"]
+        assert status == {"phase": "Succeeded", "progress": "100.0%", "claimName": "late",
+                          "restartCount": 1}  # fmt: skip
+        disk = stack.node_dir("node-a") / "volumes" / "default" / "late" / "disk.img"
+        assert disk.read_bytes()[: len(IMAGE)] == IMAGE
+    finally:
+        await runner.cleanup()

@@ -222,12 +222,15 @@ async def test_a_relative_data_dir_resolves_to_absolute_paths(
 
 
 def test_the_volume_fold_and_the_placement_of_new_volumes() -> None:
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
+    from events import work as w
     from events.envelope import Envelope
     from events.nodes import READY, NodeState
-    from events.volumes import VolumeState, apply_volume
+    from events.volumes import VolumeState, apply_volume, retry_delay
     from orchestrator.volumes import ClusterView, decide_volume, volume_work
+
+    now = datetime.now(UTC)
 
     def env(e: m.Event, version: int) -> Envelope:
         return Envelope(id=str(version), source="/t", type="t", subject="volume/default/v",
@@ -237,15 +240,30 @@ def test_the_volume_fold_and_the_placement_of_new_volumes() -> None:
         VolumeState(), env(m.VolumeCreated(size_bytes=5, node="n1", source="upload"), 1)
     )
     assert (s.exists, s.phase, s.node, s.created_version) == (True, "Pending", "n1", 1)
-    [work] = volume_work(s)
+    [work] = volume_work(s, now=now)
     assert work.subject == "virt.work.n1.volume.default.v" and work.msg_id.endswith(":1")
     s = apply_volume(s, env(m.VolumeFailed(reason="bad image"), 2))
-    assert (s.phase, s.reason, volume_work(s)) == ("Failed", "bad image", [])
+    assert (s.phase, s.reason, volume_work(s, now=now)) == ("Failed", "bad image", [])
     s = apply_volume(s, env(m.VolumeDeleted(), 3))
-    assert not s.exists and [type(w).__name__ for w in volume_work(s)] == ["RemoveVolume"]
+    assert not s.exists and [type(w).__name__ for w in volume_work(s, now=now)] == ["RemoveVolume"]
     s = apply_volume(s, env(m.VolumeCreated(size_bytes=7, node="n2"), 4))
     assert (s.phase, s.node, s.reason, s.created_version) == ("Pending", "n2", "", 4)
     assert apply_volume(s, env(m.VolumeReady(), 5)).phase == "Bound"
+
+    # A DataVolume's fill that failed goes again after CrashLoopBackOff's back-off, as its own
+    # work (a message id of its own), and the node takes only the latest try's.
+    imported = m.VolumeCreated(size_bytes=5, node="n1", source="import:http://x/d.img")
+    s = apply_volume(VolumeState(), env(imported, 1))
+    failed = env(m.VolumePopulationFailed(reason="404"), 2)
+    s = apply_volume(s, failed)
+    assert (s.phase, s.restarts, s.reason) == ("Pending", 1, "404")
+    assert s.retry_at == failed.time + timedelta(seconds=10)
+    assert volume_work(s, now=failed.time + timedelta(seconds=9)) == []
+    [again] = volume_work(s, now=failed.time + timedelta(seconds=10))
+    assert isinstance(again, w.ProvisionVolume) and again.attempt == 1
+    assert again.msg_id == f"{work.msg_id.rsplit(':', 1)[0]}:1:1"
+    assert [retry_delay(n).total_seconds() for n in (1, 2, 3, 5, 6, 9)] == [
+        10, 20, 40, 160, 300, 300]  # fmt: skip
 
     nodes = {
         "a": NodeState(name="a", status=READY),
@@ -260,7 +278,7 @@ def test_the_volume_fold_and_the_placement_of_new_volumes() -> None:
     assert isinstance(created, m.VolumeCreated) and (created.node, created.size_bytes) == ("b", GiB)
     [late] = decide_volume(VolumeState(), c.CreateVolume(name="v", size="1Gi"), view)
     assert isinstance(late, m.VolumeCreated) and late.node == ""
-    assert volume_work(apply_volume(VolumeState(), env(late, 1))) == []
+    assert volume_work(apply_volume(VolumeState(), env(late, 1)), now=now) == []
     with pytest.raises(ValidationError, match='node: node "c" is cordoned; it takes no new'):
         decide_volume(VolumeState(), c.CreateVolume(name="v", size="1Gi", node="c"), view)
     with pytest.raises(ValidationError, match="no ready node can hold the volume"):

@@ -121,14 +121,28 @@ class Lifecycle(RuleBasedStateMachine):
         with nothing under way."""
         store, ref, want = self.env.stack.store, Ref.vm(v.name), v.expected()
 
+        # A live migration's source deletes its launcher after the MigrationSucceeded, and says
+        # so in a LauncherDeleted of its own: the step is not over until that came (a cold move
+        # has no launcher).
+        source_cleanup = ""
+
+        def note(e: m.Event) -> None:
+            nonlocal source_cleanup
+            if isinstance(e, m.MigrationSucceeded) and e.mode != "cold" and e.source != e.target:
+                source_cleanup = e.source
+            elif isinstance(e, m.LauncherDeleted) and e.node == source_cleanup:
+                source_cleanup = ""
+
         def done(s: VMState) -> bool:
             got = facets(s)
             if want["node"] == ANY and s.node in NODES:
                 got["node"] = got["last_node"] = ANY
-            return s.version >= version and _quiet(s) and got == want
+            return s.version >= version and _quiet(s) and got == want and not source_cleanup
 
         records = await store.read(ref)
         s = fold(r.envelope for r in records)
+        for r in records:
+            note(r.envelope.data)
         try:
             async with asyncio.timeout(SETTLE_S):
                 if not done(s):
@@ -137,13 +151,15 @@ class Lifecycle(RuleBasedStateMachine):
                         async for rec in tail:
                             if rec.subject.startswith(ref.prefix + "."):
                                 s = apply(s, rec.envelope)
+                                note(rec.envelope.data)
                                 if done(s):
                                     break
         except TimeoutError:
             got = facets(s)
             diff = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
             pytest.fail(f"{v.name} did not settle within {SETTLE_S}s: status {s.status} phase "
-                        f"{s.phase!r}; (fold, model) differ in {diff}")  # fmt: skip
+                        f"{s.phase!r}; (fold, model) differ in {diff}; the launcher on "
+                        f"{source_cleanup or 'no source'} left to delete")  # fmt: skip
         if want["node"] == ANY:
             self.model.placed(v, s.node)
 
