@@ -45,14 +45,16 @@ USERLAND: Final = (
 TOOLS: Final = ("mtools", "syslinux", "syslinux-common")  # run on the build host, not in the guest
 # Drivers the cloud kernel has as modules: virtio (disk, NIC, console, SCSI, balloon, RNG), the
 # pvpanic device (ACPI "QEMU0001" and PCI), the power button and evdev for acpid, SCSI disks and
-# cdroms, the seed's filesystems. The cloud kernel has no AHCI (SATA) and no e1000 at all: the
-# tiny guest's disks and NICs are virtio (or virtio-scsi).
+# cdroms, the seed's filesystems, virtio-mem (KubeVirt's memory hotplug). The cloud kernel has
+# no AHCI (SATA) and no e1000 at all: the tiny guest's disks and NICs are virtio (or virtio-scsi).
 MODULES: Final = (
     "virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_console", "virtio_balloon",
     "virtio_rng", "pvpanic_mmio", "pvpanic_pci", "button", "evdev", "sr_mod", "sd_mod", "isofs",
-    "vfat", "nls_cp437", "nls_iso8859_1",
+    "vfat", "nls_cp437", "nls_iso8859_1", "virtio_mem",
 )  # fmt: skip
-KERNEL_ARGS: Final = "console=ttyS0,115200 quiet loglevel=3"
+# The kernel onlines hotplugged memory itself (Debian's is built not to; udev would, and there is
+# none here): virtio-mem's plugged blocks count in MemTotal as soon as they are added.
+KERNEL_ARGS: Final = "console=ttyS0,115200 quiet loglevel=3 memhp_default_state=online"
 SYSLINUX_CFG: Final = f"""\
 DEFAULT tiny
 PROMPT 0

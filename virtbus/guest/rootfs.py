@@ -2,11 +2,11 @@
 
 Kept as Python strings (not package data) so that the image's content key, a hash of the builder's
 sources, covers them. The guest is a busybox userland in an initramfs: `rc` mounts the basics,
-loads the drivers the cloud kernel has as modules, applies the cloud-init NoCloud seed (hostname,
-users' SSH keys, runcmd: the subset KubeVirt's examples use), runs DHCP on every NIC, starts
-dropbear, acpid (the power button powers off) and the guest agent, then busybox init puts a login
-on the serial console. `poweroff`, `reboot` and a panic (`echo c > /proc/sysrq-trigger`, reported
-through pvpanic) are the guest's own.
+has hotplugged vCPUs onlined, loads the drivers the cloud kernel has as modules, applies the
+cloud-init NoCloud seed (hostname, users' SSH keys, runcmd: the subset KubeVirt's examples use),
+runs DHCP on every NIC, starts dropbear, acpid (the power button powers off) and the guest
+agent, then busybox init puts a login on the serial console. `poweroff`, `reboot` and a panic
+(`echo c > /proc/sysrq-trigger`, reported through pvpanic) are the guest's own.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 echo 1 > /proc/sys/kernel/sysrq
+uevent /etc/uevent &
 for m in $(cat /etc/modules); do insmod "/lib/modules/$m.ko" 2>/dev/null; done
 hostname -F /etc/hostname
 ip link set lo up
@@ -59,6 +60,13 @@ if [ -s /run/cloud-init/runcmd ]; then
    echo "cloud-init: runcmd exited $?" > /dev/console) &
 fi
 echo "tiny-linux: booted $(hostname) ($(uname -r))" > /dev/console
+"""
+
+# busybox `uevent` runs this for each kernel uevent: a hotplugged vCPU arrives offline, and is
+# brought online as distributions' udev rules do (memory is onlined by the kernel: `build.py`).
+UEVENT: Final = r"""#!/bin/sh
+[ "$ACTION/$SUBSYSTEM" = add/cpu ] && [ -w "/sys$DEVPATH/online" ] || exit 0
+[ "$(cat "/sys$DEVPATH/online")" = 1 ] || echo 1 > "/sys$DEVPATH/online"
 """
 
 RC_SHUTDOWN: Final = r"""#!/bin/sh
@@ -243,6 +251,7 @@ def files(*, modules: list[str]) -> dict[str, tuple[str, int]]:
         "etc/inittab": (INITTAB, 0o644),
         "etc/rc": (RC, 0o755),
         "etc/rc.shutdown": (RC_SHUTDOWN, 0o755),
+        "etc/uevent": (UEVENT, 0o755),
         "etc/udhcpc.script": (UDHCPC, 0o755),
         "etc/acpi/PWRF/00000080": (POWER_BUTTON, 0o755),
         "sbin/shutdown": (SHUTDOWN, 0o755),
