@@ -142,7 +142,7 @@ async def _run(
             cpu0, bus0 = cpu_by_part(), await _bus_tally(nc)
             out = await measure(nc, run_id=run_id, vms=vms, concurrency=concurrency, rate=rate)
             cpu1, bus1 = cpu_by_part(), await _bus_tally(nc)
-            per = max(out["running"], 1)
+            per = out["running"] or float("nan")  # none started: no cost per start to say
             out["cpu_ms_per_start"] = {
                 part: (cpu1[part] - cpu0.get(part, 0.0)) * 1e3 / per for part in sorted(cpu1)
             }
