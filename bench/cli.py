@@ -162,6 +162,8 @@ def _paced(r: dict[str, Any]) -> str:
 
 def _shares(parts: dict[str, float], fmt: str) -> str:
     """`total (part a, part b ...)`, the parts that cost anything, largest first."""
+    if not parts:
+        return "n/a (no VM started)"
     shown = sorted(((v, k) for k, v in parts.items() if v >= 0.005), reverse=True)
     inner = ", ".join(f"{k} {fmt.format(v)}" for v, k in shown)
     return f"{fmt.format(sum(v for v, _ in shown))} ({inner})"

@@ -142,15 +142,14 @@ async def _run(
             cpu0, bus0 = cpu_by_part(), await _bus_tally(nc)
             out = await measure(nc, run_id=run_id, vms=vms, concurrency=concurrency, rate=rate)
             cpu1, bus1 = cpu_by_part(), await _bus_tally(nc)
-            per = out["running"] or float("nan")  # none started: no cost per start to say
+            per = out["running"]  # none started: no cost per start to say
             out["cpu_ms_per_start"] = {
                 part: (cpu1[part] - cpu0.get(part, 0.0)) * 1e3 / per for part in sorted(cpu1)
-            }
+            } if per else {}  # fmt: skip
             out["bus_per_start"] = {
                 k: (bus1[k] - bus0.get(k, 0)) / per
-                for k in sorted(bus1)
-                if bus1[k] > bus0.get(k, 0)
-            }
+                for k in sorted(bus1) if bus1[k] > bus0.get(k, 0)
+            } if per else {}  # fmt: skip
         finally:
             for proc in reversed(procs):
                 await end_part(proc)
