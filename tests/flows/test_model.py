@@ -189,8 +189,8 @@ class Lifecycle(RuleBasedStateMachine):
             later = await self.env.stack.store.read(ref)
             assert [r.seq for r in later] == [r.seq for r in records], (
                 f"{v.name}: events after it settled: "
-                f"{[type(r.envelope.data).__name__ for r in later[len(records) :]]}; before: "
-                f"{[(r.seq, type(r.envelope.data).__name__) for r in records[-12:]]}"
+                f"{[r.envelope.data for r in later[len(records) :]]}; before: "
+                f"{[(r.seq, r.envelope.data) for r in records[-6:]]}"
             )
             if not records:
                 assert row is None, f"{v.name}: the read model has a VM the log never named"
