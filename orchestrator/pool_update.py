@@ -6,7 +6,9 @@ KubeVirt marks each pool VM with the pool revision it was made from (the label
 is `unmanaged`, outdated VMs get the new template (an apply by the controller: a running VM
 then takes what it can live and is RestartRequired for the rest); under `proactive` (KubeVirt's
 default) a running VM whose instance is out of date is restarted too, at most `maxUnavailable`
-at a time, in the order of its `sortPolicy`; `opportunistic` leaves that to the next restart.
+at a time, in the order of its `sortPolicy`, and one whose `dataVolumeTemplates` changed is
+deleted to be made again with new DataVolumes (KubeVirt's update by VM deletion, once the pool
+has all its VMs); `opportunistic` leaves that to the next restart.
 `selectors` (a label selector on the VM template's labels, node selector requirements on its
 nodeSelector) limit which VMs an update touches, and a proactive scale-in which it deletes.
 """
