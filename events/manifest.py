@@ -58,6 +58,7 @@ _POOL_SPEC: Final = names(
     "replicas selector virtualMachineTemplate scaleInStrategy updateStrategy maxUnavailable"
 )
 SORT_POLICIES: Final = ("AscendingOrder", "DescendingOrder", "Newest", "Oldest", "Random")
+STATE_PRESERVATIONS: Final = ("Disabled", "Offline", "Online")
 _KUBEVIRT_SPEC: Final = names(
     "configuration certificateRotateStrategy customizeComponents imagePullPolicy "
     "imagePullSecrets imageRegistry imageTag infra monitorAccount monitorNamespace "
@@ -275,9 +276,15 @@ def _strategy(given: Any, reader: Reader, *, at: str) -> None:
         fields = ("selectionPolicy" if kind == "proactive" else "") + (
             " statePreservation" if scale_in and kind != "unmanaged" else "")  # fmt: skip
         body = reader.section(given_body, f"{at}.{kind}", fields=names(fields))
-        if body.get("statePreservation") not in (None, "Disabled"):
-            reader.warn(f"{at}.{kind}.statePreservation", "virtbus deletes a scaled-in VM's "
-                        "state (Disabled)")  # fmt: skip
+        kept = body.get("statePreservation")
+        if kept is not None and kept not in STATE_PRESERVATIONS:  # KubeVirt's CRD enum, its words
+            shown = f'"{kept[:60]}"' if isinstance(kept, str) else f.short(kept)
+            supported = ", ".join(f'"{v}"' for v in STATE_PRESERVATIONS)
+            raise _fail(f"{at}.{kind}.statePreservation",
+                        f"Unsupported value: {shown}: supported values: {supported}")  # fmt: skip
+        if kept == "Online":
+            why = "Online keeps the DataVolumes as Offline does, and no memory (as KubeVirt's)"
+            reader.warn(f"{at}.{kind}.statePreservation", why)
         policy = reader.section(body.get("selectionPolicy"), f"{at}.{kind}.selectionPolicy",
                                 fields=names("sortPolicy selectors"))  # fmt: skip
         f.text(policy.get("sortPolicy"), f"{at}.{kind}.selectionPolicy.sortPolicy",

@@ -40,6 +40,10 @@ from events.model_aggregates import (
     VMPoolDeleted,
     VMPoolScaled,
     VMPoolSpecChanged,
+    VMPoolStatePreserved,
+    VMPoolStateReused,
+    VMPoolVMReplaced,
+    VolumeAdopted,
     VolumeCreated,
     VolumeDeleted,
     VolumeFailed,
@@ -51,6 +55,7 @@ from events.model_aggregates import (
     VolumePopulationFailed,
     VolumeProgress,
     VolumeReady,
+    VolumeReleased,
     WebhookDisabled,
     WebhookSubscribed,
     WebhookUnsubscribed,
@@ -121,17 +126,18 @@ __all__ = [
     "NodeLost", "NodeRegistered", "NodeUncordoned", "PreferenceApplied", "PreferenceDeleted",
     "ReplicaSetCreated", "ReplicaSetDeleted", "ReplicaSetScaled", "ReplicaSetSpecChanged",
     "RestoreFailed", "RestoreRequested", "RestoreSucceeded", "ServiceCreated", "ServiceDeleted",
-    "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested", "SnapshotSucceeded",
-    "SoftRebootSent", "UserAdded", "UserRevoked", "VMBackoff", "VMCreated", "VMDeleteRequested",
-    "VMDeleted", "VMFailed", "VMPauseRequested", "VMPoolCreated", "VMPoolDeleted", "VMPoolScaled",
-    "VMPoolSpecChanged", "VMRenamed", "VMResetRequested", "VMRestartRequested",
-    "VMRestartRequired", "VMRunning", "VMScheduled", "VMSoftRebootRequested", "VMSpecChanged",
-    "VMStartFailed", "VMStartRequested", "VMStopRequested", "VMStopped", "VMUndeleted",
-    "VMUnpauseRequested", "VMUnschedulable", "VolumeAttachFailed", "VolumeAttachRequested",
-    "VolumeAttached", "VolumeCreated", "VolumeDeleted", "VolumeDetachRequested", "VolumeDetached",
-    "VolumeFailed", "VolumeLabeled", "VolumeMoveFailed", "VolumeMoveRequested", "VolumeMoved",
-    "VolumeNodeSelected", "VolumePopulationFailed", "VolumeProgress", "VolumeReady",
-    "WebhookDisabled", "WebhookSubscribed", "WebhookUnsubscribed",
+    "SnapshotDeleted", "SnapshotFailed", "SnapshotRequested", "SnapshotSucceeded", "SoftRebootSent",
+    "UserAdded", "UserRevoked", "VMBackoff", "VMCreated", "VMDeleteRequested", "VMDeleted",
+    "VMFailed", "VMPauseRequested", "VMPoolCreated", "VMPoolDeleted", "VMPoolScaled",
+    "VMPoolSpecChanged", "VMPoolStatePreserved", "VMPoolStateReused", "VMPoolVMReplaced",
+    "VMRenamed", "VMResetRequested", "VMRestartRequested", "VMRestartRequired", "VMRunning",
+    "VMScheduled", "VMSoftRebootRequested", "VMSpecChanged", "VMStartFailed", "VMStartRequested",
+    "VMStopRequested", "VMStopped", "VMUndeleted", "VMUnpauseRequested", "VMUnschedulable",
+    "VolumeAdopted", "VolumeAttachFailed", "VolumeAttachRequested", "VolumeAttached",
+    "VolumeCreated", "VolumeDeleted", "VolumeDetachRequested", "VolumeDetached", "VolumeFailed",
+    "VolumeLabeled", "VolumeMoveFailed", "VolumeMoveRequested", "VolumeMoved", "VolumeNodeSelected",
+    "VolumePopulationFailed", "VolumeProgress", "VolumeReady", "VolumeReleased", "WebhookDisabled",
+    "WebhookSubscribed", "WebhookUnsubscribed",
 ]  # fmt: skip
 
 
@@ -160,7 +166,7 @@ class VMSpecChanged(Event, frozen=True):
 
 
 class VMDeleteRequested(Event, frozen=True):
-    pass
+    reason: str = ""  # who asked, when not its user (a pool scaling in, remaking it)
 
 
 class VMDeleted(Event, frozen=True):
@@ -329,34 +335,30 @@ class CommandRejected(Event, frozen=True):
 AnyEvent = (
     VMCreated | VMSpecChanged | VMDeleteRequested | VMDeleted | VMUndeleted | VMRenamed
     | VMStartRequested | VMStopRequested | VMRestartRequested | VMPauseRequested
-    | VMUnpauseRequested | VMResetRequested | VMScheduled | VMUnschedulable | VMRunning
-    | VMStopped | VMStartFailed
-    | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted | DomainDefined
-    | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
+    | VMUnpauseRequested | VMResetRequested | VMScheduled | VMUnschedulable | VMRunning | VMStopped
+    | VMStartFailed | VMFailed | VMBackoff | LauncherCreated | LauncherFailed | LauncherDeleted
+    | DomainDefined | DomainStarted | DomainPaused | DomainResumed | DomainStopped | DomainUndefined
     | DomainRebooted | GuestAgentChanged | IPAllocated | IPReleased | VMSoftRebootRequested
     | SoftRebootSent | MemoryDumpRequested | MemoryDumpCompleted | MemoryDumpFailed
-    | MemoryDumpRemoved | ServiceCreated | ServiceDeleted
-    | MigrationRequested | MigrationScheduled | MigrationTargetReady | MigrationStarted
-    | MigrationProgress | MigrationTargetPreparing
+    | MemoryDumpRemoved | ServiceCreated | ServiceDeleted | MigrationRequested | MigrationScheduled
+    | MigrationTargetReady | MigrationStarted | MigrationProgress | MigrationTargetPreparing
     | MigrationCancelRequested | MigrationSucceeded | MigrationFailed | SnapshotRequested
     | SnapshotSucceeded | SnapshotFailed | SnapshotDeleted | RestoreRequested | RestoreSucceeded
     | RestoreFailed | VolumeAttachRequested | VolumeAttached | VolumeAttachFailed
     | VolumeDetachRequested | VolumeDetached | HotVCPUChangeRequested | HotVCPUChanged
     | HotMemoryChangeRequested | HotMemoryChanged | HotChangeFailed | VMRestartRequired
-    | InstancetypeRevisionCaptured
-    | CommandRejected | NodeRegistered | NodeCordoned
-    | NodeUncordoned
-    | NodeDrainRequested | NodeLost | ReplicaSetCreated | ReplicaSetSpecChanged | ReplicaSetScaled
-    | ReplicaSetDeleted | VMPoolCreated | VMPoolSpecChanged | VMPoolScaled | VMPoolDeleted
-    | KubeVirtApplied
-    | VolumeCreated | VolumeReady | VolumeDeleted | WebhookSubscribed | WebhookUnsubscribed
-    | WebhookDisabled
-    | VolumeFailed | VolumeMoveRequested | VolumeMoved | VolumeMoveFailed | VolumeNodeSelected
-    | VolumeProgress | VolumeLabeled | VolumePopulationFailed | InstancetypeApplied
-    | InstancetypeDeleted | ClusterInstancetypeApplied
-    | ClusterInstancetypeDeleted | PreferenceApplied | PreferenceDeleted
-    | ClusterPreferenceApplied | ClusterPreferenceDeleted
-    | AuditCheckpoint | ImagePulled | ImagePulling | UserAdded | UserRevoked
+    | InstancetypeRevisionCaptured | CommandRejected | NodeRegistered | NodeCordoned
+    | NodeUncordoned | NodeDrainRequested | NodeLost | ReplicaSetCreated | ReplicaSetSpecChanged
+    | ReplicaSetScaled | ReplicaSetDeleted | VMPoolCreated | VMPoolSpecChanged | VMPoolScaled
+    | VMPoolDeleted | VMPoolStatePreserved | VMPoolStateReused | VMPoolVMReplaced | KubeVirtApplied
+    | VolumeCreated | VolumeReady | VolumeDeleted | VolumeReleased | VolumeAdopted
+    | WebhookSubscribed | WebhookUnsubscribed | WebhookDisabled | VolumeFailed | VolumeMoveRequested
+    | VolumeMoved | VolumeMoveFailed | VolumeNodeSelected | VolumeProgress | VolumeLabeled
+    | VolumePopulationFailed | InstancetypeApplied | InstancetypeDeleted
+    | ClusterInstancetypeApplied
+    | ClusterInstancetypeDeleted | PreferenceApplied | PreferenceDeleted | ClusterPreferenceApplied
+    | ClusterPreferenceDeleted | AuditCheckpoint | ImagePulled | ImagePulling | UserAdded
+    | UserRevoked
 )  # fmt: skip
 
 EVENT_CLASSES: Final[tuple[type[Event], ...]] = AnyEvent.__args__

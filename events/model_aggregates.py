@@ -93,6 +93,37 @@ class VMPoolDeleted(ReplicaSetDeleted, frozen=True):
     aggregate: ClassVar[str] = "vmpool"
 
 
+# What a pool did to its VMs' disks (KubeVirt's pool controller): the pool's history says it.
+
+
+class VMPoolStatePreserved(Event, frozen=True):
+    """Scaling in removed `vm` but kept its DataVolumes `volumes` (`scaleInStrategy.<strategy>.
+    statePreservation`): a VM made again at its index takes them instead of new ones."""
+
+    aggregate: ClassVar[str] = "vmpool"
+    vm: str
+    volumes: list[str] = []
+    strategy: str = "proactive"  # or "opportunistic": someone else deleted the VM
+    state_preservation: str = "Offline"
+
+
+class VMPoolStateReused(Event, frozen=True):
+    """`vm`, made again at its index, took the DataVolumes kept there (`volumes`)."""
+
+    aggregate: ClassVar[str] = "vmpool"
+    vm: str
+    volumes: list[str] = []
+
+
+class VMPoolVMReplaced(Event, frozen=True):
+    """`vm` was deleted to be made again from the pool's template (its `dataVolumeTemplates`
+    changed: KubeVirt remakes such a VM with new DataVolumes rather than restarting it)."""
+
+    aggregate: ClassVar[str] = "vmpool"
+    vm: str
+    reason: str = ""
+
+
 # --- volumes --------------------------------------------------------------------------------------
 
 
@@ -151,6 +182,24 @@ class VolumeReady(Event, frozen=True):
 
 class VolumeDeleted(Event, frozen=True):
     aggregate: ClassVar[str] = "volume"
+
+
+class VolumeReleased(Event, frozen=True):
+    """VM `owner` no longer owns the DataVolume (KubeVirt removing its owner reference): it
+    outlives the VM, `reason` says why."""
+
+    aggregate: ClassVar[str] = "volume"
+    owner: str
+    reason: str = ""
+
+
+class VolumeAdopted(Event, frozen=True):
+    """VM `owner` took the DataVolume nobody owned, one of its `dataVolumeTemplates` (KubeVirt's
+    ClaimMatchedDataVolumes): it goes with that VM from now on."""
+
+    aggregate: ClassVar[str] = "volume"
+    owner: str
+    reason: str = ""
 
 
 class VolumeFailed(Event, frozen=True):

@@ -73,6 +73,10 @@ def apply_volume(s: VolumeState, env: Envelope) -> VolumeState:
             )  # fmt: skip
         case m.VolumeNodeSelected() if s.exists and not s.node:
             return replace(s, node=e.node, consumer=e.consumer)
+        case m.VolumeReleased() if s.exists:
+            return replace(s, owner="")
+        case m.VolumeAdopted() if s.exists:
+            return replace(s, owner=e.owner)
         case m.VolumeLabeled() if s.exists:
             return replace(s, labels=e.labels)
         case m.VolumeProgress() if s.exists and s.phase == PENDING:

@@ -45,6 +45,7 @@ from orchestrator.keyed import KeyedQueue
 from orchestrator.lease import either
 from orchestrator.migrations import Cluster
 from orchestrator.nodeloss import Heartbeats, record_lost
+from orchestrator.pool_state import Op, leftovers
 from orchestrator.reconcile import Reaction, reconcile, reconcile_rs
 from orchestrator.scheduler import place
 from orchestrator.snapshots import removal_work
@@ -55,7 +56,6 @@ from orchestrator.volumes import (
     cluster_view,
     decide_volume,
     follow_cold_move,
-    owned_by,
     pin,
     volume_work,
     waiting_on,
@@ -193,24 +193,51 @@ class Controller(Folded):
         if rs is None:
             return
         mine = {s.name: s for s in self.vms.values() if s.namespace == rs.namespace}
-        for ref, events, version in reconcile_rs(rs, mine):
-            if events and isinstance(made := events[0], m.VMCreated) and version == 0:
+        await self._append_ops(reconcile_rs(rs, mine, self.volumes), cause=cause)
+
+    async def _append_ops(self, ops: list[Op], *, cause: Recorded | None) -> None:
+        """Each op on the version it was judged at (one decided elsewhere already conflicts
+        and is dropped); an op on a pool notes what the op before it did: it goes, with the
+        pool's other notes, after the rest, and only if that op went."""
+        notes: dict[str, tuple[Ref, list[m.Event], int]] = {}
+        went = False
+        for ref, events, version in ops:
+            if ref.kind in ("vmpool", "rs"):
+                if went:
+                    notes.setdefault(ref.prefix, (ref, [], version))[1].extend(events)
+                continue
+            if events and isinstance(made := events[0], m.VMCreated | m.VMSpecChanged):
                 await self._make_data_volumes(ref, made.spec, cause=cause)  # before the VM
-            with contextlib.suppress(ConcurrencyConflict):  # decided elsewhere already
-                await self.store.append(
-                    ref, events, expected_version=version,
-                    causationid=cause.envelope.id if cause else "",
-                    correlationid=cause.envelope.correlationid if cause else "",
-                )  # fmt: skip
+            went = await self._append(ref, events, version, cause=cause)
+        for ref, events, version in notes.values():
+            await self._append(ref, events, version, cause=cause)
+
+    async def _append(
+        self, ref: Ref, events: list[m.Event], version: int, *, cause: Recorded | None
+    ) -> bool:
+        if not events:
+            return False
+        try:
+            await self.store.append(
+                ref, events, expected_version=version,
+                causationid=cause.envelope.id if cause else "",
+                correlationid=cause.envelope.correlationid if cause else "",
+            )  # fmt: skip
+        except ConcurrencyConflict:
+            return False
+        return True
 
     async def _make_data_volumes(
         self, vm: Ref, spec: dict[str, Any], *, cause: Recorded | None
     ) -> None:
-        """A VM the controller makes (a pool's) gets its `dataVolumeTemplates`' DataVolumes, as
-        `apply` makes a user's: judged like the user's CreateVolume, owned by the VM."""
+        """A VM the controller makes or updates (a pool's) gets the DataVolumes of its
+        `dataVolumeTemplates` that do not exist (KubeVirt's VM controller: one that exists is
+        used as it is), as `apply` makes a user's: judged like a CreateVolume, owned by the VM."""
         for cmd in data_volume_commands(spec, name=vm.name, namespace=vm.namespace):
             ref = Ref("volume", vm.namespace, cmd.name)
             v = self.volumes.get(ref.prefix) or VolumeState()
+            if v.exists:
+                continue
             try:
                 view = cluster_view(ref, cmd, nodes=self.nodes, volumes=self.volumes, vms=self.vms)
                 events = decide_volume(v, cmd, view)
@@ -233,10 +260,8 @@ class Controller(Folded):
             if isinstance(data, m.SnapshotDeleted) and (gone := removal_work(self.vms[key], data)):
                 await self._work.send([gone])
             if isinstance(data, m.VMDeleted):  # its dataVolumeTemplates' DataVolumes go too
-                for ref, version in owned_by(self.vms[key], self.volumes):
-                    with contextlib.suppress(ConcurrencyConflict):
-                        await self.store.append(ref, [m.VolumeDeleted()], expected_version=version,
-                                                causationid=rec.envelope.id)  # fmt: skip
+                kept = leftovers(self.vms[key], self.volumes, self.replica_sets)
+                await self._append_ops(kept, cause=rec)  # (or its pool keeps them)
             if isinstance(data, _FREES_CAPACITY):
                 await self._retry_unschedulable(rec)
             if isinstance(data, _ENDS_MIGRATION):
@@ -248,6 +273,12 @@ class Controller(Folded):
             await self.react_rs(key, cause=rec)
         elif kind == "volume":
             await self.react_volume(key)
+            if isinstance(data, m.VolumeReleased | m.VolumeDeleted):  # a pool VM may go (or come)
+                v = self.volumes[key]
+                owner = data.owner if isinstance(data, m.VolumeReleased) else v.owner
+                vm = self.vms.get(f"virt.vm.{v.namespace}.{owner}")
+                for pool in owners(vm) if vm is not None else []:
+                    await self.react_rs(pool, cause=rec)
             await self._retry_unschedulable(rec)  # a VM may wait for its volume's node
             for k in waiting_on(key, self.vms):  # or, scheduled, for its data
                 self._reactions.kick(k, rec)

@@ -6,7 +6,9 @@ KubeVirt marks each pool VM with the pool revision it was made from (the label
 is `unmanaged`, outdated VMs get the new template (an apply by the controller: a running VM
 then takes what it can live and is RestartRequired for the rest); under `proactive` (KubeVirt's
 default) a running VM whose instance is out of date is restarted too, at most `maxUnavailable`
-at a time, in the order of its `sortPolicy`; `opportunistic` leaves that to the next restart.
+at a time, in the order of its `sortPolicy`, and one whose `dataVolumeTemplates` changed is
+deleted to be made again with new DataVolumes (KubeVirt's update by VM deletion, once the pool
+has all its VMs); `opportunistic` leaves that to the next restart.
 `selectors` (a label selector on the VM template's labels, node selector requirements on its
 nodeSelector) limit which VMs an update touches, and a proactive scale-in which it deletes.
 """
@@ -26,6 +28,7 @@ from events.names import Ref
 from events.replicasets import ReplicaSetState
 from events.state import VMState
 from orchestrator.decide import decide
+from orchestrator.pool_state import deletion
 
 REVISION_LABEL: Final = "kubevirt.io/vm-pool-revision-name"  # KubeVirt's
 
@@ -106,21 +109,26 @@ def sort_names(policy: str | None, vms: Mapping[str, VMState]) -> list[str]:
 
 def updates(
     rs: ReplicaSetState, active: Mapping[str, VMState], *, spec: dict[str, Any],
-    labels: dict[str, str],
+    labels: dict[str, str], stable: bool = True,
 ) -> list[tuple[Ref, list[m.Event], int]]:  # fmt: skip
     """Per pool VM, the events its update strategy asks now: the new template for an outdated
-    VM; under `proactive`, a restart for a running one whose instance is out of date."""
+    VM; under `proactive`, a restart for a running one whose instance is out of date, and the
+    deletion (to be made again) of a running one whose `dataVolumeTemplates` changed, once the
+    pool is `stable` (no VM going or to be made: KubeVirt updates after scaling)."""
     kind, body = strategy(rs)
     if kind == "unmanaged":
         return []
     policy = body.get("selectionPolicy") or {}
     picked = {n: s for n, s in active.items() if selected(policy.get("selectors"), s.spec)}
     out: list[tuple[Ref, list[m.Event], int]] = []
+    remake: dict[str, VMState] = {}
     for name, s in picked.items():
         if s.labels.get(REVISION_LABEL) != labels[REVISION_LABEL]:
-            index = int(name.rpartition("-")[2])
-            apply = c.ApplyVM(name=name, namespace=rs.namespace, labels=labels,
-                              spec=pool_vm_spec(spec, index))  # fmt: skip
+            mine = pool_vm_spec(spec, int(name.rpartition("-")[2]))
+            if kind == "proactive" and s.running and _disks_changed(s.spec, mine):
+                remake[name] = s  # KubeVirt's vm-delete update: new DataVolumes need a new VM
+                continue
+            apply = c.ApplyVM(name=name, namespace=rs.namespace, labels=labels, spec=mine)
             out.append((Ref("vm", rs.namespace, name), decide(s, apply), s.version))
     if kind != "proactive":
         return out
@@ -128,12 +136,23 @@ def updates(
     budget = max_unavailable(rs) - busy
     updated = {n: s for n, s in picked.items() if s.labels.get(REVISION_LABEL) ==
                labels[REVISION_LABEL]}  # fmt: skip
-    for name in sort_names(policy.get("sortPolicy"), updated):
-        s = updated[name]
+    for name in sort_names(policy.get("sortPolicy"), {**updated, **remake}):
+        s = active[name]
         if budget <= 0:
             break
-        if s.running and s.restart_required and not s.restarting:
+        if name in remake and stable:
+            why = "dataVolumeTemplates changed (updateStrategy proactive): remade with new ones"
+            out.append((Ref("vm", rs.namespace, name), deletion(s, f"pool {rs.name}: {why}"),
+                        s.version))  # fmt: skip
+            note = m.VMPoolVMReplaced(vm=name, reason="dataVolumeTemplates changed")
+            out.append((Ref("vmpool", rs.namespace, rs.name), [note], rs.version))
+            budget -= 1
+        elif name not in remake and s.running and s.restart_required and not s.restarting:
             restart = c.RestartVM(name=name, namespace=rs.namespace)
             out.append((Ref("vm", rs.namespace, name), decide(s, restart), s.version))
             budget -= 1
     return out
+
+
+def _disks_changed(had: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    return (had.get("dataVolumeTemplates") or []) != (wanted.get("dataVolumeTemplates") or [])

@@ -39,9 +39,11 @@ from events.state import (
     apply,
 )
 from events.vmstate import guest_end
+from events.volumes import VolumeState
 from orchestrator.decide import decide, kept_disks
 from orchestrator.ipam import PoolExhausted, VMAddresses
 from orchestrator.migrations import Cluster, migration_step
+from orchestrator.pool_state import Op, adoptions, draining, scale_in
 from orchestrator.pool_update import REVISION_LABEL, revision_name, selected, sort_names, updates
 from orchestrator.resize import instance_size, resize_events, sized_spec
 from orchestrator.scheduler import Request, Unschedulable
@@ -267,16 +269,21 @@ def _resize_work(s: VMState) -> list[w.Work]:
 
 
 def reconcile_rs(
-    rs: ReplicaSetState, vms: Mapping[str, VMState]
-) -> list[tuple[Ref, list[m.Event], int]]:
-    """Per replica VM, the events that bring the set (or pool) to `rs.replicas`.
+    rs: ReplicaSetState, vms: Mapping[str, VMState],
+    volumes: Mapping[str, VolumeState] | None = None,
+) -> list[Op]:  # fmt: skip
+    """The ops (`pool_state.Op`: per VM, volume or pool note) that bring the set (or pool) to
+    `rs.replicas`.
 
-    `vms` are the VMs of the set's namespace by name. Replicas are `<rs>-<index>` VMs, new ones
-    at the lowest free index (KubeVirt's pool naming): a replica set's run its VMI template with
-    runStrategy Always, so they restart on failure; a pool's are its `virtualMachineTemplate`.
-    Scaling in deletes the highest indexes first, or, for a pool, those its `scaleInStrategy`
-    picks (`proactive.selectionPolicy.sortPolicy`; none under `unmanaged` or `opportunistic`).
+    `vms` are the VMs of the set's namespace by name, `volumes` the claims by subject prefix.
+    Replicas are `<rs>-<index>` VMs, new ones at the lowest free index (KubeVirt's pool naming):
+    a replica set's run its VMI template with runStrategy Always, so they restart on failure; a
+    pool's are its `virtualMachineTemplate`. Scaling in deletes the highest indexes first, or,
+    for a pool, those its `scaleInStrategy` picks (`proactive.selectionPolicy.sortPolicy`; none
+    under `unmanaged` or `opportunistic`), keeping their DataVolumes under `statePreservation`;
+    a pool VM adopts the kept DataVolumes its templates name.
     """
+    volumes = volumes or {}
     want = rs.replicas if rs.exists else 0
     label = LABELS[rs.aggregate]
     if rs.aggregate == "vmpool":
@@ -291,9 +298,10 @@ def reconcile_rs(
         labels[REVISION_LABEL] = revision_name(rs)
     active = {name: s for name, s in vms.items() if s.labels.get(label) == rs.name
               and s.exists and s.status != TERMINATING}  # fmt: skip
-    out: list[tuple[Ref, list[m.Event], int]] = []
+    out: list[Op] = []
     index = 0
     leaving = any(s.labels.get(label) == rs.name and s.status == TERMINATING for s in vms.values())
+    leaving = leaving or draining(rs, vms, volumes)
     for _ in range(0 if leaving else want - len(active)):  # a deletion first ends: its name frees
         while (taken := vms.get(replica_name(rs.name, index))) is not None and (
                 taken.exists or taken.status == TERMINATING):  # fmt: skip
@@ -307,13 +315,15 @@ def reconcile_rs(
         index += 1
     if want < len(active):  # a deleted set wants none
         for name in scale_in_order(rs, active)[: len(active) - want]:
-            s = active[name]
-            delete = c.DeleteVM(name=name, namespace=rs.namespace)
-            out.append((Ref("vm", rs.namespace, name), decide(s, delete), s.version))
+            out += scale_in(rs, active[name], volumes)
     if rs.aggregate == "vmpool" and rs.exists:
-        going = {ref.name for ref, _, _ in out}
-        out += updates(rs, {n: s for n, s in active.items() if n not in going}, spec=spec,
-                       labels=labels)  # fmt: skip
+        going = {ref.name for ref, _, _ in out if ref.kind == "vm"} | {
+            e.owner for _, events, _ in out for e in events if isinstance(e, m.VolumeReleased)
+        }
+        staying = {n: s for n, s in active.items() if n not in going}
+        stable = not leaving and len(active) == want  # KubeVirt updates a pool scaled already
+        out += updates(rs, staying, spec=spec, labels=labels, stable=stable)
+        out += adoptions(rs, staying, volumes)
     return out
 
 

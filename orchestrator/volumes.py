@@ -318,10 +318,3 @@ def waiting_on(key: str, vms: Mapping[str, VMState]) -> list[str]:
         (s.phase == SCHEDULING and claim in claims_of(s.spec))
         or any(claim in claims_of({"template": {"spec": {"volumes": [p.volume]}}})
                for p in s.hotplug.values()))]  # fmt: skip
-
-
-def owned_by(s: VMState, volumes: Mapping[str, VolumeState]) -> list[tuple[Ref, int]]:
-    """The DataVolumes a deleted VM's `dataVolumeTemplates` made: they go with it (KubeVirt's
-    owner references), each at the version it was judged at."""
-    return [(Ref("volume", v.namespace, v.name), v.version) for v in volumes.values()
-            if v.exists and v.owner == s.name and v.namespace == s.namespace]  # fmt: skip
