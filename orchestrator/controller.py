@@ -198,7 +198,8 @@ class Controller(Folded):
     async def _append_ops(self, ops: list[Op], *, cause: Recorded | None) -> None:
         """Each op on the version it was judged at (one decided elsewhere already conflicts
         and is dropped); an op on a pool notes what the op before it did: it goes, with the
-        pool's other notes, after the rest, and only if that op went."""
+        pool's other notes, after the rest, and only if that op went. A note is a fact (what
+        was done is done): it lands on the pool's current version, whatever was written since."""
         notes: dict[str, tuple[Ref, list[m.Event], int]] = {}
         went = False
         for ref, events, version in ops:
@@ -209,8 +210,11 @@ class Controller(Folded):
             if events and isinstance(made := events[0], m.VMCreated | m.VMSpecChanged):
                 await self._make_data_volumes(ref, made.spec, cause=cause)  # before the VM
             went = await self._append(ref, events, version, cause=cause)
-        for ref, events, version in notes.values():
-            await self._append(ref, events, version, cause=cause)
+        for ref, events, _ in notes.values():
+            await self.store.append_fact(
+                ref, events, causationid=cause.envelope.id if cause else "",
+                correlationid=cause.envelope.correlationid if cause else "", together=True,
+            )  # fmt: skip
 
     async def _append(
         self, ref: Ref, events: list[m.Event], version: int, *, cause: Recorded | None
