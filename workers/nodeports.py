@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from bus.store import EventStore
 from bus.vms import VMRepository
@@ -294,8 +294,8 @@ class _Upstream(asyncio.DatagramProtocol):
         self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # (3.11's selector datagram transport is no DatagramTransport subclass, though one)
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def send(self, data: bytes) -> None:
         if self.transport is not None:
