@@ -56,7 +56,8 @@ class MemoryDumpRemoved(Event, frozen=True):
 class ServiceCreated(Event, frozen=True):
     """A Service for a VM's ports (`virtctl expose`): virtbus's services are headless
     (`clusterIP: None`), their endpoint the VMI's own address on the VM network; `spec` is the
-    Service's spec as Kubernetes writes it, `vm` the VM (or VMI, `vm_kind`) it selects."""
+    Service's spec as Kubernetes writes it (a NodePort one's `ports[].nodePort` as allocated),
+    `vm` the VM (or VMI, `vm_kind`) it selects."""
 
     aggregate: ClassVar[str] = "service"
     spec: dict[str, Any]

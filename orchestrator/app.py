@@ -91,6 +91,7 @@ async def run_orchestrator(
     intake.active_migrations = controller.active_migrations
     intake.vm_admission, intake.admission = controller.vm_admission, controller.admission
     intake.vm_inference = controller.vm_inference
+    intake.service_ports, intake.node_ports = controller.service_ports, controller.node_ports
     if identity(nc) is not None:
         intake.identities = Identities(nc, writer("users"), trust=trust)
         await intake.identities.push_revocations()  # the server agrees with the log from now

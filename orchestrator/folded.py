@@ -23,6 +23,7 @@ from events.instancetypes import KIND_OF, InstancetypeState, apply_instancetype
 from events.names import Ref, aggregate_key
 from events.nodes import NodeState, apply_node
 from events.replicasets import ReplicaSetState, apply_rs
+from events.services import ServiceState, apply_service
 from events.state import VMState, apply, migration_active
 from events.volumes import VolumeState, apply_volume
 from orchestrator import metrics
@@ -30,6 +31,7 @@ from orchestrator.capacity import Capacity
 from orchestrator.instancetypes import admit, effective
 from orchestrator.ipam import AddressPool
 from orchestrator.kubevirt import Settings, needs_config
+from orchestrator.nodeports import NodePortPool, ServicePorts
 from orchestrator.scheduler import NodeView
 from orchestrator.volumes import ClusterView, cluster_view
 
@@ -45,6 +47,8 @@ class Folded:
         self.nc = nc
         self.stream = stream
         self.addresses = AddressPool(vmi_cidr)
+        self.node_ports = NodePortPool()
+        self.services: dict[str, ServiceState] = {}
         self.settings = Settings(migration_policy)  # the KubeVirt object: the source of truth
         self.capacity = Capacity(self.settings.config.migrations)
         self.vms: dict[str, VMState] = {}
@@ -131,6 +135,11 @@ class Folded:
         await self.caught_up()
         return cluster_view(ref, cmd, nodes=self.nodes, volumes=self.volumes, vms=self.vms)
 
+    async def service_ports(self, ref: Ref) -> ServicePorts:
+        """The nodePort pool as the Service `ref`'s judgement sees it, with the log folded."""
+        await self.caught_up()
+        return self.node_ports.of(ref)
+
     def _fold_one(self, rec: Recorded) -> tuple[str, str]:
         kind, _, rest = rec.subject.removeprefix("virt.").partition(".")
         key = aggregate_key(rec.subject)
@@ -159,6 +168,10 @@ class Folded:
         elif kind in KIND_OF:
             it = self.instancetypes.get(key) or InstancetypeState()
             self.instancetypes[key] = apply_instancetype(it, rec.envelope)
+        elif kind == "service":
+            svc = self.services[key] = apply_service(self.services.get(key) or ServiceState(),
+                                                     rec.envelope)  # fmt: skip
+            self.node_ports.folded(key, svc)
         elif kind == "kubevirt":
             self.settings.folded(key, rec.envelope)
             self.capacity.policy = self.settings.config.migrations

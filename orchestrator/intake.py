@@ -37,6 +37,7 @@ from events.state import fold
 from events.users import authorize, decide_user, fold_user
 from orchestrator import metrics
 from orchestrator.judge import decide_for
+from orchestrator.nodeports import NodePortPool, ServicePorts
 from orchestrator.rename import renamed_into
 from orchestrator.scheduler import NodeView
 from orchestrator.users import Identities
@@ -85,6 +86,10 @@ class Intake:
         self.identities: Identities | None = None
         # And the migrations in flight, by namespace and name -> VM: a VMIM's name is unique.
         self.active_migrations: Callable[[], dict[tuple[str, str], str]] | None = None
+        # The nodePort pool a Service's judgement takes from, with the log folded (the
+        # controller's), and the pool itself: a judgement that records nothing gives back.
+        self.service_ports: Callable[[Ref], Awaitable[ServicePorts]] | None = None
+        self.node_ports: NodePortPool | None = None
         # JetStream refuses too many atomic batches in flight; commands beyond wait their turn.
         self._parallel = asyncio.Semaphore(PARALLEL)
 
@@ -107,8 +112,10 @@ class Intake:
     async def judge(self, cmd: c.Command, *, subject: str = "") -> c.Outcome:
         """Decide `cmd` and record the outcome; a command that meets a fault in the judging is
         recorded as rejected (where its target can be named) rather than left to fail again."""
+        outcome: c.Outcome | None = None
         try:
-            return await self._judge(cmd, subject=subject)
+            outcome = await self._judge(cmd, subject=subject)
+            return outcome
         except VirtbusError:
             raise  # the bus's own errors: retried (retryable) or terminated by `on_msg`
         except Exception as err:
@@ -120,6 +127,11 @@ class Intake:
             except Exception:
                 target = REJECTED
             return await self._record_rejection(target, cmd, unjudged(err))
+        finally:
+            if isinstance(cmd, c.CreateService) and self.node_ports is not None and (
+                outcome is None or not outcome.accepted
+            ):  # fmt: skip
+                self.node_ports.forget(Ref("service", cmd.namespace, cmd.name).prefix)
 
     async def _judge(self, cmd: c.Command, *, subject: str) -> c.Outcome:
         try:
@@ -183,12 +195,15 @@ class Intake:
                     events = self._decide_user(ref, history, cmd)
                 else:
                     nodes = self.nodes() if self.nodes and isinstance(cmd, c.MigrateVM) else None
+                    ports = None
+                    if isinstance(cmd, c.CreateService) and self.service_ports is not None:
+                        ports = await self.service_ports(ref)
                     if isinstance(cmd, c.MigrateVM) and self.active_migrations is not None:
                         _unique_migration(cmd, self.active_migrations())
                     if isinstance(cmd, c.StartVM) and self.vm_admission is not None:
                         # KubeVirt's words for a missing instance type or preference, at start.
                         await self.vm_admission(ref, fold(r.envelope for r in history).spec)
-                    events = decide_for(ref, history, cmd, nodes=nodes)
+                    events = decide_for(ref, history, cmd, nodes=nodes, node_ports=ports)
                 parts = [Append(ref, events, version)]
                 if isinstance(cmd, c.RenameVM) and events:
                     old = fold(r.envelope for r in history)

@@ -18,7 +18,7 @@ from events.instancetypes import (
 from events.names import Ref
 from events.nodes import NodeState, apply_node
 from events.replicasets import ReplicaSetState, apply_rs
-from events.services import ServiceState, apply_service, decide_service
+from events.services import PortPicker, ServiceState, apply_service, decide_service
 from events.state import fold
 from events.webhooks import fold_webhook
 from orchestrator.decide import decide, decide_rs
@@ -29,8 +29,10 @@ from orchestrator.webhooks.subscriptions import decide_webhook
 
 
 def decide_for(
-    ref: Ref, history: list[Recorded], cmd: c.Command, *, nodes: list[NodeView] | None = None
-) -> list[m.Event]:
+    ref: Ref, history: list[Recorded], cmd: c.Command, *, nodes: list[NodeView] | None = None,
+    node_ports: PortPicker | None = None,
+) -> list[m.Event]:  # fmt: skip
+    """`node_ports`: the nodePort pool a Service's judgement takes from (orchestrator/nodeports)."""
     if ref.kind == "vm":
         return decide(fold(r.envelope for r in history), cmd, nodes=nodes)
     if ref.kind in ("rs", "vmpool"):
@@ -51,7 +53,7 @@ def decide_for(
         svc = ServiceState()
         for r in history:
             svc = apply_service(svc, r.envelope)
-        return decide_service(svc, cmd)
+        return decide_service(svc, cmd, ports=node_ports)
     if ref.kind in KIND_OF:
         it = InstancetypeState()
         for r in history:

@@ -224,14 +224,15 @@ def expose(
     ] = "",
     protocol: Annotated[str, typer.Option("--protocol", help="TCP or UDP")] = "TCP",
     type_: Annotated[
-        str, typer.Option("--type", help="ClusterIP (headless here); NodePort is refused")
+        str, typer.Option("--type", help="ClusterIP (headless here), NodePort or LoadBalancer")
     ] = "ClusterIP",
     port_name: Annotated[str, typer.Option("--port-name")] = "",
     namespace: NsOpt = "default",
     server: ServerOpt = None,
 ) -> None:
     """Make a Service for a VM's port (virtctl expose); virtbus's are headless: the VMI's own
-    address, reached from the nodes, is its endpoint."""
+    address, reached from the nodes, is its endpoint; a NodePort one is also forwarded from a
+    port of 30000-32767 on every node."""
     from events.services import TYPES
     from virtctl.cli_common import actor
     from virtctl.services import expose as expose_

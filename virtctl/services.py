@@ -18,7 +18,14 @@ from events import render
 from events.envelope import Recorded
 from events.errors import ValidationError, VirtbusError
 from events.names import Ref, aggregate_key, check_name
-from events.services import HEADLESS, ServiceState, apply_service, ports_text, service_object
+from events.services import (
+    HEADLESS,
+    ServiceState,
+    apply_service,
+    external_ip,
+    ports_text,
+    service_object,
+)
 from virtctl import kinds as k
 from virtctl.listing import Item, Listing
 from virtctl.portspec import PortSpec
@@ -51,8 +58,8 @@ async def listing(nc: Client, *, name: str | None, namespace: str | None) -> Lis
         if not s.exists or name not in (None, s.name):
             continue
         obj = service_object(s, endpoint=await endpoint(nc, s))
-        cells = [s.name, s.spec.get("type", "ClusterIP"), HEADLESS, "<none>", ports_text(s.spec),
-                 render.age(s.created)]  # fmt: skip
+        cells = [s.name, s.spec.get("type", "ClusterIP"), HEADLESS, external_ip(s.spec),
+                 ports_text(s.spec), render.age(s.created)]  # fmt: skip
         items.append(Item(s.namespace, s.name, {}, obj, cells))
     return Listing(k.SERVICE, HEADER, items)
 

@@ -42,6 +42,7 @@ from workers.k8spods import KubernetesPods
 from workers.lifecycle import ForcedStops, Lifecycle
 from workers.migration import Migrations
 from workers.node_context import Domains, Launchers, MigrationSettings, NodeContext
+from workers.nodeports import NodePorts
 from workers.pods import ExitHandler, PodDriver, ProcessPods
 from workers.populate import Populator
 from workers.portforward import PortForwards
@@ -124,6 +125,7 @@ class Worker:
             "screenshot": Screens(self.hv, self.store, node=node).screenshot,
             "memorydump": self.dumps.serve,
         })  # fmt: skip
+        self.node_ports = NodePorts(self.store, node=node, vm_network=network is not None)
         self.malformed = 0
         self._queues: dict[str, asyncio.Queue[Msg]] = {}
         self._vm_tasks: dict[str, asyncio.Task[None]] = {}
@@ -154,6 +156,7 @@ class Worker:
                 asyncio.create_task(self._domain_events(), name=f"worker-{self.node}-libvirt"),
                 asyncio.create_task(self._work(stop), name=f"worker-{self.node}-work"),
                 asyncio.create_task(self.sessions.run(stop), name=f"worker-{self.node}-sessions"),
+                asyncio.create_task(self.node_ports.run(), name=f"worker-{self.node}-nodeports"),
             ]
             await stop.wait()
         finally:

@@ -83,6 +83,7 @@ class QemuStack:
         self.store = EventStore(nc, source="/tests/qemu")
         self._tasks: dict[str, tuple[asyncio.Event, asyncio.Task[None]]] = {}
         self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self.workers: dict[str, Worker] = {}  # the in-process ones, for their internals
         self.vm_network = False  # in-process workers make their VMs' network (workers/vmnet.py)
 
     # --- the first node, for one-node tests ------------------------------------------------------
@@ -120,6 +121,7 @@ class QemuStack:
         else:
             worker = Worker(self.nc, node=name, uri=uri, data_dir=data, host_root=data / "host",
                             migration=SAME_MACHINE, vm_network=self.vm_network)  # fmt: skip
+            self.workers[name] = worker
             stop = asyncio.Event()
             self._tasks[name] = (stop, asyncio.create_task(worker.run(stop), name=f"worker-{name}"))
         await self.until_registered(name)
