@@ -32,7 +32,7 @@ HOST: Final = "127.0.0.1"
 CONNECT_S: Final = 10.0
 CHUNK: Final = 65536
 RESTART_S: Final = 1.0  # a follow that failed (the bus away) starts again after this
-SUBJECTS: Final = ["virt.service.>", "virt.vm.>"]
+SERVICES: Final = "virt.service.>"
 UDP_IDLE_S: Final = 120.0  # a UDP client's upstream socket is closed after this long unused
 
 
@@ -80,13 +80,23 @@ class NodePorts:
         self.services.clear()
         self.vms.clear()
         start = await self.store.position()
-        await self.store.replay(self._fold, subjects=["virt.service.>"], verify=False)
+        await self.store.replay(self._fold, subjects=[SERVICES], verify=False)
         await self.sync()
         self._at(start)
-        async for rec in self.store.follow(from_seq=start + 1, subjects=SUBJECTS):
-            if self._fold(rec):
-                await self.sync()
-            self._at(rec.seq)
+        while True:
+            # Only the VMs a NodePort Service names: a node is not handed every VM's events.
+            watched = self._watched()
+            tail = self.store.follow(from_seq=self.position + 1, subjects=[SERVICES, *watched])
+            async with contextlib.aclosing(tail):
+                async for rec in tail:
+                    if self._fold(rec):
+                        await self.sync()
+                    self._at(rec.seq)
+                    if self._watched() != watched:
+                        break  # another VM named (or one no longer): follow those instead
+
+    def _watched(self) -> list[str]:
+        return [f"{key}.>" for key in sorted(self.vms)]
 
     def _at(self, seq: int) -> None:
         self.position = max(self.position, seq)
