@@ -67,6 +67,10 @@ def hot_memory_changed(s: VMState, e: m.HotMemoryChanged, env: Stamped) -> VMSta
     return replace(s, guest_now=e.guest, hot_guest=0)
 
 
+def guest_memory_plugged(s: VMState, e: m.GuestMemoryPlugged, env: Stamped) -> VMState:
+    return replace(s, guest_plugged=e.plugged)
+
+
 def hot_change_failed(s: VMState, e: m.HotChangeFailed, env: Stamped) -> VMState:
     # KubeVirt's words: what failed live waits for the next start.
     if e.resource == "memory":

@@ -48,7 +48,7 @@ def vm_scheduled(s: VMState, e: m.VMScheduled, env: Stamped) -> VMState:
     return replace(
         s, node=e.node, vmi_uid=e.vmi_uid, phase=SCHEDULING, status=STARTING, size=size,
         sockets_now=size.sockets if size else 0, guest_now=size.guest if size else 0,
-        hot_sockets=0, hot_guest=0,
+        hot_sockets=0, hot_guest=0, guest_plugged=0,
     )  # fmt: skip
 
 

@@ -72,6 +72,7 @@ from events.model_guest import (
     VMSoftRebootRequested,
 )
 from events.model_hotplug import (
+    GuestMemoryPlugged,
     HotChangeFailed,
     HotMemoryChanged,
     HotMemoryChangeRequested,
@@ -115,7 +116,8 @@ __all__ = [
     "AuditHead", "ClusterInstancetypeApplied", "ClusterInstancetypeDeleted",
     "ClusterPreferenceApplied", "ClusterPreferenceDeleted", "CommandRejected", "DomainDefined",
     "DomainPaused", "DomainRebooted", "DomainResumed", "DomainStarted", "DomainStopped",
-    "DomainUndefined", "Event", "GuestAgentChanged", "HotChangeFailed", "HotMemoryChangeRequested",
+    "DomainUndefined", "Event", "GuestAgentChanged", "GuestMemoryPlugged", "HotChangeFailed",
+    "HotMemoryChangeRequested",
     "HotMemoryChanged", "HotVCPUChangeRequested", "HotVCPUChanged", "IPAllocated", "IPReleased",
     "ImagePulled", "ImagePulling", "InstanceSize", "InstancetypeApplied", "InstancetypeDeleted",
     "InstancetypeRevisionCaptured", "KubeVirtApplied", "LauncherCreated", "LauncherDeleted",
@@ -346,7 +348,8 @@ AnyEvent = (
     | SnapshotSucceeded | SnapshotFailed | SnapshotDeleted | RestoreRequested | RestoreSucceeded
     | RestoreFailed | VolumeAttachRequested | VolumeAttached | VolumeAttachFailed
     | VolumeDetachRequested | VolumeDetached | HotVCPUChangeRequested | HotVCPUChanged
-    | HotMemoryChangeRequested | HotMemoryChanged | HotChangeFailed | VMRestartRequired
+    | HotMemoryChangeRequested | HotMemoryChanged | GuestMemoryPlugged | HotChangeFailed
+    | VMRestartRequired
     | InstancetypeRevisionCaptured | CommandRejected | NodeRegistered | NodeCordoned
     | NodeUncordoned | NodeDrainRequested | NodeLost | ReplicaSetCreated | ReplicaSetSpecChanged
     | ReplicaSetScaled | ReplicaSetDeleted | VMPoolCreated | VMPoolSpecChanged | VMPoolScaled

@@ -80,6 +80,15 @@ class HotMemoryChanged(Event, frozen=True):
     node: str = ""
 
 
+class GuestMemoryPlugged(Event, frozen=True):
+    """The guest's virtio-mem driver plugged (or unplugged) memory: `plugged` bytes of the device
+    are in use now (libvirt's memory-device-size-change event). KubeVirt's guestCurrent is what
+    the guest has, not what was asked of it: the boot memory plus this."""
+
+    plugged: int
+    node: str = ""
+
+
 class HotChangeFailed(Event, frozen=True):
     """The node could not plug what was asked (`resource`: cpu or memory): libvirt's reason."""
 

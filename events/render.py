@@ -229,9 +229,10 @@ def _size_status(s: VMState) -> dict[str, Any]:
     out: dict[str, Any] = {"currentCPUTopology": {
         "sockets": s.sockets_now, "cores": size.cores, "threads": size.threads}}  # fmt: skip
     if size.guest:
+        # guestCurrent: what the guest has plugged (its own report), not what was asked of it
         out["memory"] = {"guestAtBoot": quantity(size.guest), "guestCurrent":
-                         quantity(s.guest_now), "guestRequested": quantity(s.hot_guest or
-                         s.guest_now)}  # fmt: skip
+                         quantity(size.guest + s.guest_plugged), "guestRequested":
+                         quantity(s.hot_guest or s.guest_now)}  # fmt: skip
     hot = [kind for kind, busy in (("HotVCPUChange", s.hot_sockets), ("HotMemoryChange",
            s.hot_guest)) if busy]  # fmt: skip
     if hot:

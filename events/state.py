@@ -134,6 +134,7 @@ HANDLERS: Final[Mapping[type[m.Event], Handler]] = {
     m.HotVCPUChanged: hotplug.hot_vcpu_changed,
     m.HotMemoryChangeRequested: hotplug.hot_memory_change_requested,
     m.HotMemoryChanged: hotplug.hot_memory_changed,
+    m.GuestMemoryPlugged: hotplug.guest_memory_plugged,
     m.HotChangeFailed: hotplug.hot_change_failed,
     m.VMRestartRequired: hotplug.vm_restart_required,
     m.InstancetypeRevisionCaptured: lifecycle.instancetype_revision_captured,

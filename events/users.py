@@ -51,6 +51,7 @@ NODE_WRITES: Final[frozenset[type[m.Event]]] = frozenset({
     m.SnapshotFailed, m.RestoreSucceeded, m.RestoreFailed, m.VolumeAttached, m.VolumeAttachFailed,
     m.VolumeDetached, m.VolumeReady, m.VolumeFailed, m.VolumeMoved, m.VolumeMoveFailed,
     m.VolumeProgress, m.VolumePopulationFailed, m.HotVCPUChanged, m.HotMemoryChanged,
+    m.GuestMemoryPlugged,
     m.HotChangeFailed,
     m.NodeRegistered, m.ImagePulling, m.ImagePulled, m.DomainRebooted, m.GuestAgentChanged,
     m.SoftRebootSent,

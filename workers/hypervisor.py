@@ -150,6 +150,11 @@ class Hypervisor:
             ev = DomainEvent(dom.name(), "agent", "connected" if up else "disconnected")
             loop.call_soon_threadsafe(self.events.put_nowait, ev)
 
+        def on_memory(_conn: Any, dom: Any, _alias: str, size_kib: int, _opaque: Any) -> None:
+            # the guest's virtio-mem driver plugged memory: how much of the device it uses now
+            ev = DomainEvent(dom.name(), "memory", str(size_kib))
+            loop.call_soon_threadsafe(self.events.put_nowait, ev)
+
         def on_close(_conn: Any, _reason: int, _opaque: Any) -> None:
             loop.call_soon_threadsafe(self._lost)
 
@@ -159,6 +164,7 @@ class Hypervisor:
             # A guest's reboot is no lifecycle change in libvirt (on_reboot=restart): its own event.
             register(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, on_reboot, None),
             register(None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, on_agent, None),
+            register(None, libvirt.VIR_DOMAIN_EVENT_ID_MEMORY_DEVICE_SIZE_CHANGE, on_memory, None),
         ]
         conn.registerCloseCallback(on_close, None)
 

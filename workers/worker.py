@@ -327,6 +327,10 @@ class Worker:
             self._crashes[ev.domain] = ev.reason
             return
         ref = ref_of_domain(ev.domain)
+        if ev.kind == "memory" and ref is not None:
+            plugged = m.GuestMemoryPlugged(plugged=int(ev.reason) << 10, node=self.node)
+            await self.observe(ref, [plugged])
+            return
         if ev.kind == "agent" and ref is not None:
             connected = ev.reason == "connected"
             await self.observe(ref, [m.GuestAgentChanged(node=self.node, connected=connected)])

@@ -84,6 +84,17 @@ def test_hotplug_state_in_the_fold_and_the_vmi() -> None:
     assert status["memory"] == {"guestAtBoot": "1Gi", "guestCurrent": "1Gi",
                                 "guestRequested": "1Gi"}  # fmt: skip
     assert [c["type"] for c in status["conditions"]] == ["Ready"]
+    # Memory: libvirt took the new size (guestRequested); guestCurrent is what the guest itself
+    # has plugged of it, as its driver reports (a part of it first, then all).
+    s = step(s, m.HotMemoryChangeRequested(guest=GI + (130 << 20)))
+    s = step(s, m.HotMemoryChanged(guest=GI + (130 << 20), node="n1"))
+    status = vmi_object(s)["status"]  # type: ignore[index]
+    assert status["memory"] == {"guestAtBoot": "1Gi", "guestCurrent": "1Gi",
+                                "guestRequested": "1154Mi"}  # fmt: skip
+    for plugged, current in ((64 << 20, "1088Mi"), (130 << 20, "1154Mi")):
+        s = step(s, m.GuestMemoryPlugged(plugged=plugged, node="n1"))
+        status = vmi_object(s)["status"]  # type: ignore[index]
+        assert status["memory"]["guestCurrent"] == current
     s = step(s, m.HotChangeFailed(resource="memory", reason="unsupported", node="n1"))
     assert condition(s, "RestartRequired") == {
         "type": "RestartRequired", "status": "True", "message": "memory updated in template "

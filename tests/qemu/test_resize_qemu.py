@@ -72,6 +72,7 @@ async def test_memory_and_a_socket_plugged_into_the_running_guest_are_seen_by_it
         assert [type(e).__name__ for e in after if type(e).__name__[:3] in ("Hot", "VMS")] == [
             "VMSpecChanged", "HotVCPUChangeRequested", "HotMemoryChangeRequested",
             "HotVCPUChanged", "HotMemoryChanged"]  # fmt: skip
+        seen = len(await gstack.events("hot"))
         # The guest: virtio-mem plugs 2Mi blocks into 128Mi memory blocks, which the kernel
         # onlines (memhp_default_state=online); only the plugged pages count in MemTotal, so it
         # grows by exactly 130Mi. The new vCPU is onlined by the guest's uevent hook.
@@ -85,6 +86,13 @@ async def test_memory_and_a_socket_plugged_into_the_running_guest_are_seen_by_it
             f"{boot_kib} -> {taken[0]} KiB, CPUs online {taken[1]}, nproc {taken[2]}"
         )
         assert taken == (grown, "0-1", 2)
+        # The guest's driver said how much it plugged (libvirt's memory-device-size-change),
+        # maybe in steps: guestCurrent is that, all of the 130Mi once it is done.
+        plugged = 0
+        while plugged != (GROWN_MIB - BOOT_MIB) << 20:
+            reports = await gstack.until_event("hot", m.GuestMemoryPlugged, after=seen, within=60)
+            seen += len(reports)
+            plugged = [e.plugged for e in reports if isinstance(e, m.GuestMemoryPlugged)][-1]
     code, text, err = await gstack.virtbus("get", "vmi", "hot", "-o", "json")
     assert code == 0, err
     status = json.loads(text)["status"]
