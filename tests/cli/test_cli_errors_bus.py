@@ -20,6 +20,7 @@ from cli_cases import (
     LEAVES,
     ROOT,
     UNREACHABLE,
+    VALID,
     assert_clean,
     invoke,
     kind,
@@ -63,7 +64,8 @@ ON_THE_BUS = [p for p, cmd in LEAVES.items() if any("--server" in q.opts for q i
 # bad-names test below runs every verb's real path against a live bus.
 SAMPLE = [("start",), ("get",), ("apply",), ("volume", "get"), ("webhook", "list"),
           ("audit", "verify"), ("history",), ("up",)]  # fmt: skip
-EXTRA = {("up",): ["--nodes", "0"]}
+# (apply's -f is not required since -k came: one of them is)
+EXTRA = {("up",): ["--nodes", "0"], ("apply",): ["-f", VALID["--filename"]]}
 
 
 async def test_verbs_on_an_unreachable_bus_say_so_in_one_line(tmp_path: Path) -> None:
