@@ -32,6 +32,8 @@ def volume_attach_failed(s: VMState, e: m.VolumeAttachFailed, env: Stamped) -> V
 
 
 def volume_detach_requested(s: VMState, e: m.VolumeDetachRequested, env: Stamped) -> VMState:
+    if s.volumes.get(e.volume) == FAILED:  # its attach failed: nothing is plugged to unplug
+        return volume_detached(s, m.VolumeDetached(volume=e.volume), env)
     plug = s.hotplug.get(e.volume)
     hotplug = (
         s.hotplug if plug is None

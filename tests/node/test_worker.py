@@ -154,3 +154,11 @@ async def test_hotplug_on_the_test_driver_fails_with_libvirts_reason(stack: Stac
     assert failed.reason.startswith("libvirt: ") and "not supported" in failed.reason
     assert s.hotplug["data"].reason == failed.reason
     assert s.status == "Running"  # the VM itself is untouched
+    # Its attach failed, so nothing is plugged: removing it ends it at once (no node has
+    # anything to unplug: it used to stay Detaching for ever), and it may be added again.
+    out = await send(stack.nc, c.RemoveVolume(name="hot", volume="data"))
+    assert out.events == ["io.virtbus.vm.volume_detach_requested.v1"]
+    s = await stack.state("hot")
+    assert ("data" in s.volumes, "data" in s.hotplug) == (False, False)
+    again = await send(stack.nc, c.AddVolume(name="hot", volume=volume, disk={"name": "data"}))
+    assert again.events == ["io.virtbus.vm.volume_attach_requested.v1"]
