@@ -65,6 +65,20 @@ KubeVirtState = InstancetypeState
 apply_kubevirt = apply_instancetype
 
 
+# What KubeVirt's API server fills in of a KubeVirt object's spec (the operator's object as
+# stored): shown so, patchable so (the user guide adds to workloadUpdateStrategy), and not
+# warned about while they keep these values.
+SPEC_DEFAULTS: Final[dict[str, Any]] = {
+    "certificateRotateStrategy": {}, "customizeComponents": {}, "imagePullPolicy": "IfNotPresent",
+    "workloadUpdateStrategy": {},
+}  # fmt: skip
+
+
+def shown_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec as `get kubevirt` shows it: KubeVirt's defaults where it names nothing else."""
+    return {**copy.deepcopy(SPEC_DEFAULTS), **spec}
+
+
 def default_state() -> KubeVirtState:
     """The object as `get kubevirt` shows it before anyone applied one: the seed's."""
     return KubeVirtState(namespace=DEFAULT_NAMESPACE, name=DEFAULT_NAME,
@@ -173,7 +187,8 @@ def read_spec(spec: dict[str, Any]) -> list[str]:
             raise ValidationError(f"{path}: expected a mapping", field=path)
         sections[path] = found = found or {}
         warns += [f"warning: {path}.{key}: recorded; virtbus does not act on it"
-                  for key in found if key not in acted]  # fmt: skip
+                  for key in found if key not in acted
+                  and (path != "spec" or found[key] != SPEC_DEFAULTS.get(key, ...))]  # fmt: skip
         found = found.get({"spec": "configuration", "spec.configuration":
                            "developerConfiguration"}.get(path, ""))  # fmt: skip
     dev = sections["spec.configuration.developerConfiguration"]

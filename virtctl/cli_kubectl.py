@@ -26,7 +26,7 @@ from virtctl.cli_common import (
     seconds,
     usage,
 )
-from virtctl.kinds import SUPPORTED, VM, VMI, Kind, split
+from virtctl.kinds import KUBEVIRT, SUPPORTED, VM, VMI, Kind, split
 from virtctl.listing import Output
 from virtctl.selector import parse as parse_selector
 
@@ -205,8 +205,10 @@ def edit(
     ($KUBE_EDITOR, $EDITOR, vi), then apply it, like kubectl edit."""
     from virtctl.editing import edit as edit_object
 
-    target, named = _target(kind, name, needed=True)
-    assert named is not None
+    # The KubeVirt object is one a cluster: kubectl's `edit kubevirt -n kubevirt` edits it.
+    target, named = _target(kind, name, needed=False)
+    if named is None and target is not KUBEVIRT:
+        raise usage(f"{kind}: give a name, as {kind} NAME or {kind}/NAME")
     finish(run(edit_object(server_url(server), kind=target, name=named, namespace=namespace,
                            actor=actor())))  # fmt: skip
 

@@ -68,11 +68,14 @@ async def patch(url: str, *, kind: k.Kind, name: str, namespace: str, kind_of_pa
                        "try again")  # fmt: skip
 
 
-async def edit(url: str, *, kind: k.Kind, name: str, namespace: str, actor: str) -> int:
+async def edit(url: str, *, kind: k.Kind, name: str | None, namespace: str, actor: str) -> int:
     """`kubectl edit`: the object's YAML in `$KUBE_EDITOR`, `$EDITOR` or vi; saved unchanged, it
-    is left alone (`Edit cancelled, no changes made.`)."""
+    is left alone (`Edit cancelled, no changes made.`). No `name`: the KubeVirt object, the one
+    there is (in `namespace`)."""
     _changeable(kind, verb="editing")
     async with session(url) as nc:
+        if name is None:
+            name = await _the_kubevirt(nc, namespace=namespace)
         doc, version = await _read(nc, kind=kind, name=name, namespace=namespace)
         text = yaml.safe_dump(doc, sort_keys=False)
         edited_text = await asyncio.to_thread(_in_editor, text, name)
@@ -206,6 +209,17 @@ def _changeable(kind: k.Kind, *, verb: str) -> None:
         instead = ("patch the virtualmachine or virtualmachineinstancereplicaset that owns it"
                    if kind is k.VMI else "apply its manifest again")  # fmt: skip
         raise VirtbusError(f"{verb} {kind.resource} is not supported by virtbus: {instead}")
+
+
+async def _the_kubevirt(nc: Any, *, namespace: str) -> str:
+    from virtctl.getting import kubevirt_items
+
+    found = await kubevirt_items(nc, name=None, namespace=namespace)
+    if not found:
+        raise VirtbusError(f'no KubeVirt object in namespace "{namespace}" (it is in '
+                           f'"{(await kubevirt_items(nc, name=None, namespace=None))[0].namespace}"'
+                           ")", field="namespace")  # fmt: skip
+    return found[0].name
 
 
 async def _read(nc: Any, *, kind: k.Kind, name: str, namespace: str) -> tuple[dict[str, Any], int]:

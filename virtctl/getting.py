@@ -134,7 +134,7 @@ async def kubevirt_items(nc: Client, *, name: str | None, namespace: str | None)
                "metadata": {"name": s.name, "namespace": s.namespace, "labels": s.labels,
                             "creationTimestamp": render.timestamp(s.created),
                             "resourceVersion": str(s.version)},
-               "spec": s.spec,
+               "spec": kv.shown_spec(s.spec),
                "status": {"phase": "Deployed", "enabledFeatureGates": sorted(set(gates)),
                           "useEmulation": config.use_emulation,
                           "evictionStrategy": config.eviction_strategy,
