@@ -241,6 +241,11 @@ def each_source(
     if filename and kustomize is not None:
         raise usage("only one of -f or -k can be specified")
     if kustomize is not None:
+        if "://" in kustomize or kustomize.startswith(("github.com/", "git@")):
+            # (the user guide's `-k https://github.com/kubevirt/common-instancetypes.git`)
+            raise ValidationError(f"-k {kustomize}: remote kustomizations are not supported by "
+                                  "virtbus; clone it and give the directory",
+                                  field="kustomize")  # fmt: skip
         return each_file([kustomize], lambda path: one(path, True))
     if not filename:
         raise usage("must specify one of -f and -k")

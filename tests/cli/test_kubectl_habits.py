@@ -99,6 +99,11 @@ async def test_what_kustomize_does_beyond_that_is_refused_by_name(
     assert far.err == (f"error: kustomize: {remote / 'kustomization.yaml'}: resources: "
                        "https://example.com/x.yaml: remote resources are not supported by "
                        "virtbus; give a file or a directory\n")  # fmt: skip
+    # the user guide's -k of a git URL (common-instancetypes)
+    url = "https://github.com/kubevirt/common-instancetypes.git"
+    git = await cli(stack, "apply", "-k", url)
+    said = f"-k {url}: remote kustomizations are not supported by virtbus; clone it and give"
+    assert (git.code, git.err) == (1, f"error: {said} the directory\n")
     twice = kustomization(tmp_path / "twice", {"resources": ["vm.yaml", "same.yaml"]},
                           ("vm.yaml", vm("a")), ("same.yaml", vm("a")))  # fmt: skip
     dup = await cli(stack, "apply", "-k", str(twice))
