@@ -80,7 +80,7 @@ def vm_spec_changed(s: VMState, e: m.VMSpecChanged, env: Stamped) -> VMState:
 def instancetype_revision_captured(
     s: VMState, e: m.InstancetypeRevisionCaptured, env: Stamped
 ) -> VMState:
-    captured = Revision(e.object_kind, e.name, e.revision, e.spec)
+    captured = Revision(e.object_kind, e.name, e.revision, e.spec, env.time)
     return replace(s, revisions={**s.revisions, e.which: captured})
 
 

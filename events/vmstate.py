@@ -73,6 +73,7 @@ class Revision(msgspec.Struct, frozen=True, gc=False):
     name: str
     revision: str
     spec: dict[str, Any] = {}
+    captured: datetime | None = None  # when (the ControllerRevision's creationTimestamp)
 
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -163,6 +163,10 @@ async def listing(
         from virtctl import services
 
         return await services.listing(nc, name=name, namespace=namespace)
+    if kind is k.REVISION:
+        from virtctl.revisions import listing as revisions
+
+        return await revisions(nc, name=name, namespace=namespace)
     if kind in (k.PVC, k.DV):
         from virtctl import volumes
 

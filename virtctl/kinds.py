@@ -71,8 +71,10 @@ VMPOOL = _kind("vmpools", "VirtualMachinePool", "pool.kubevirt.io", "vmpool", "v
 KUBEVIRT = _kind("kubevirt", "KubeVirt", "kubevirt.io", "kv", "kvs")
 NODE = Kind("nodes", "Node", "", ("node", "nodes", "no"), namespaced=False)
 SERVICE = _kind("svc", "Service", "", "svc", "svcs")
+# the instance types and preferences VMs captured (read only: KubeVirt's VM controller makes them)
+REVISION = _kind("controllerrevisions", "ControllerRevision", "apps")
 KINDS = (VM, VMI, VMIRS, VMIM, SNAPSHOT, RESTORE, PVC, DV, *INSTANCETYPES, VMPOOL, KUBEVIRT, NODE,
-         SERVICE)  # fmt: skip
+         SERVICE, REVISION)  # fmt: skip
 _BY_ALIAS = {alias: k for k in KINDS for alias in k.aliases}
 _BY_MANIFEST = {k.kind: k for k in KINDS}
 _SEPARATE = (
@@ -82,7 +84,7 @@ _SEPARATE = (
 )
 SUPPORTED = (
     "vm, vmi, vmirs, vmim, vmsnapshot, vmrestore, pvc, dv, vmf, vmcf, vmpref, vmcp, vmpool, "
-    "kubevirt, node, svc"
+    "kubevirt, node, svc, controllerrevision"
 )
 
 

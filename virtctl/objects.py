@@ -167,7 +167,9 @@ async def _delete(nc: Any, *, kind: k.Kind, name: str, namespace: str, actor: st
             why = {k.NODE: "a node is its worker: stop the worker, or `virtbus drain` it",
                    k.RESTORE: "a restore stays in its VM's history",
                    k.KUBEVIRT: "it would uninstall KubeVirt; apply it again to change the "
-                               "configuration"}[kind]  # fmt: skip
+                               "configuration",
+                   k.REVISION: "a VM's captured instance type or preference goes with its VM"
+                   }.get(kind, "it is not a kind virtbus deletes")  # fmt: skip
             raise VirtbusError(f"deleting {kind.resource} is not supported by virtbus: {why}")
     return done
 

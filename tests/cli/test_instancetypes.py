@@ -155,6 +155,21 @@ async def test_a_vm_keeps_the_instance_type_it_captured_until_it_names_another(
     assert got["status"]["instancetypeRef"] == {
         "name": "small", "kind": "VirtualMachineClusterInstancetype",
         "controllerRevisionRef": {"name": "kept-small-v1beta1-1"}}  # fmt: skip
+    # The user guide looks the revision up as a ControllerRevision: the object as captured.
+    table = (await cli(stack, "get", "controllerrevisions")).ok().out.splitlines()
+    assert [row.split()[:3] for row in table] == [
+        ["NAME", "CONTROLLER", "REVISION"],
+        ["kept-small-v1beta1-1", "virtualmachine.kubevirt.io/kept", "1"]]  # fmt: skip
+    rev = (await cli(stack, "get", "controllerrevision/kept-small-v1beta1-1", "-o", "json")).json()
+    assert (rev["kind"], rev["metadata"]["ownerReferences"][0]["name"], rev["data"]) == (
+        "ControllerRevision", "kept", {
+            "apiVersion": "instancetype.kubevirt.io/v1beta1",
+            "kind": "VirtualMachineClusterInstancetype", "metadata": {"name": "small"},
+            "spec": {"cpu": {"guest": 2}, "memory": {"guest": "128Mi"}}})  # fmt: skip
+    gone = await cli(stack, "delete", "controllerrevision", "kept-small-v1beta1-1")
+    assert (gone.code, gone.err) == (1, "error: deleting controllerrevisions.apps is not "
+                                        "supported by virtbus: a VM's captured instance type or "
+                                        "preference goes with its VM\n")  # fmt: skip
     await submit(stack, kind("VirtualMachineClusterInstancetype", "small",
                              "{cpu: {guest: 4}, memory: {guest: 256Mi}}"))  # fmt: skip
     await send(stack.nc, c.DeleteClusterInstancetype(name="small"))
