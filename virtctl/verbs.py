@@ -196,14 +196,15 @@ async def get(
     if not watch:
         return await getting.get(url, kind=kind, name=name, namespace=namespace, out=out,
                                  selector=selector)  # fmt: skip
-    if (
-        kind not in (VM, VMI, NODE)
-        or out.form not in ("", "wide", "json", "yaml")
-        or (selector.requirements)
-    ):
-        raise ValidationError("-w: watching is for vms, vmis and nodes, as a table, json or yaml, "
-                              "without -l",
-                              field="watch")  # fmt: skip
+    if out.form not in ("", "wide", "json", "yaml", "name"):
+        raise ValidationError("-w: a watch prints a table, names, json or yaml", field="watch")
+    if kind not in (VM, VMI, NODE) or selector.requirements or out.form == "name":
+        from virtctl.watching import watch as watch_listing
+
+        async with session(url) as nc:
+            await watch_listing(nc, kind=kind, name=name, namespace=namespace, out=out,
+                                selector=selector)  # fmt: skip
+        return 0
     output, key = out.form, {VM: "vms", VMI: "vmis", NODE: "nodes"}[kind]
     async with session(url) as nc:
         q = Query(what="nodes" if kind is NODE else "vms", namespace=namespace, name=name)
