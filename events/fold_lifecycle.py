@@ -110,7 +110,7 @@ def vm_start_requested(s: VMState, e: m.VMStartRequested, env: Stamped) -> VMSta
         restart_message="",
         want_paused=e.paused, restarting=False, run_strategy=strategy, node="", vmi_uid="",
         ready=False, failures=s.failures if e.restart else 0, intent_version=env.version,
-        spec=spec,
+        spec=spec, vmi_since=env.time,
     )  # fmt: skip
 
 

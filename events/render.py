@@ -211,7 +211,8 @@ def vmi_object(s: VMState) -> dict[str, Any] | None:
     if s.volumes:
         status["volumeStatus"] = [{"name": n, "phase": p} for n, p in s.volumes.items()]
     status.update(_size_status(s))
-    metadata = _metadata(s, uid=s.vmi_uid, labels=copied(labels))
+    created = {"creationTimestamp": timestamp(s.vmi_since)} if s.vmi_since else {}
+    metadata = _metadata(s, uid=s.vmi_uid, labels=copied(labels), **created)
     return {
         "apiVersion": KUBEVIRT_API,
         "kind": "VirtualMachineInstance",
@@ -353,8 +354,10 @@ def vm_cells(s: VMState, now: datetime) -> list[str]:
 
 def vmi_cells(s: VMState, now: datetime, *, wide: bool = False) -> list[str]:
     """One row of `kubectl get vmi` (a VM with an instance: it has a phase)."""
-    started = s.started if s.phase == "Running" else None
-    cells = [s.name, age(started, now), s.phase, s.ip, s.node, str(s.ready)]
+    # (a VMI's age runs from its creation, the start asked for; a log from before that was
+    # recorded has only a running one's start)
+    since = s.vmi_since or (s.started if s.phase == "Running" else None)
+    cells = [s.name, age(since, now), s.phase, s.ip, s.node, str(s.ready)]
     return cells + (["", "True" if s.paused else ""] if wide else [])
 
 

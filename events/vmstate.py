@@ -178,6 +178,7 @@ class VMState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     revisions: dict[str, Revision] = {}  # "instancetype"/"preference" -> what sizes the VM
     size: InstanceSize | None = None  # what the current instance booted with
     sockets_now: int = 0  # the instance's CPU sockets now (hotplug changes them)
+    vmi_since: datetime | None = None  # when the instance was asked for (the VMI's creation)
     guest_now: int = 0  # the instance's guest memory now, bytes (what libvirt took)
     guest_plugged: int = 0  # of the hotplug memory, what the guest itself has plugged (bytes)
     hot_sockets: int = 0  # a CPU hotplug under way, to this many sockets (KubeVirt's HotVCPUChange)

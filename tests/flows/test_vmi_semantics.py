@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,9 @@ async def test_a_failed_vmi_stays_failed_until_deleted(stack: Stack) -> None:
     await stack.until("later", "Running")
     got = await cli(stack, "get", "vmi", "broken", "-o", "jsonpath={.status.phase}")
     assert got.ok().out == "Failed"
+    # its AGE runs from its creation (it was `<unknown>`, a failed VMI never having run)
+    [row] = (await cli(stack, "get", "vmi", "broken")).ok().out.splitlines()[1:]
+    assert re.fullmatch(r"\d+s", row.split()[1]), row
     assert "VMStopped" not in await stack.kinds("broken")
     assert (await stack.state("broken")).phase == "Failed"
     (await cli(stack, "delete", "vmi", "broken")).ok()
