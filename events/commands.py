@@ -286,6 +286,20 @@ class DeleteInstancetype(Command, frozen=True):
     aggregate: ClassVar[str] = "instancetype"
 
 
+class ApplyMigrationPolicy(Command, frozen=True):
+    """Create or replace a MigrationPolicy (events/migration_policies.py); cluster-wide."""
+
+    aggregate: ClassVar[str] = "migrationpolicy"
+    spec: dict[str, Any]
+    labels: dict[str, str] = {}
+    create_only: bool = False
+    expected_version: int = 0
+
+
+class DeleteMigrationPolicy(Command, frozen=True):
+    aggregate: ClassVar[str] = "migrationpolicy"
+
+
 class ApplyClusterInstancetype(ApplyInstancetype, frozen=True):
     aggregate: ClassVar[str] = "clusterinstancetype"
 
@@ -348,6 +362,7 @@ AnyCommand = (
     | RemoveVolume | ApplyReplicaSet | ScaleReplicaSet | DeleteReplicaSet | DrainNode
     | UncordonNode | CreateVolume | DeleteVolume | AddWebhook | RemoveWebhook
     | MoveVolume | RenameVM | AddUser | RevokeUser | ApplyInstancetype | DeleteInstancetype
+    | ApplyMigrationPolicy | DeleteMigrationPolicy
     | ApplyClusterInstancetype | DeleteClusterInstancetype | ApplyPreference | DeletePreference
     | ApplyClusterPreference | DeleteClusterPreference | ApplyVMPool | ScaleVMPool | DeleteVMPool
     | ApplyKubeVirt

@@ -41,9 +41,10 @@ def migration_requested(s: VMState, e: m.MigrationRequested, env: Stamped) -> VM
 def migration_scheduled(s: VMState, e: m.MigrationScheduled, env: Stamped) -> VMState:
     if s.migration is not None and s.migration.id == e.migration:  # the queued request moves on
         mig = replace(s.migration, source=e.source, target=e.target, live=e.live,
-                      phase=SCHEDULING, scheduled=env.time)  # fmt: skip
+                      phase=SCHEDULING, scheduled=env.time, policy=e.policy)  # fmt: skip
         return replace(s, migration=mig, status=MIGRATING)
-    mig = Migration(e.migration, e.source, e.target, live=e.live, scheduled=env.time)
+    mig = Migration(e.migration, e.source, e.target, live=e.live, scheduled=env.time,
+                    policy=e.policy)  # fmt: skip
     status = MIGRATING if s.running else s.status  # a stopped VM's definition moves quietly
     return replace(s, migration=mig, migrations=s.migrations + 1, status=status)
 

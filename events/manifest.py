@@ -15,8 +15,10 @@ import yaml
 
 from events import fields as f
 from events import kubevirt as kv
+from events import migration_policies as mp
 from events.commands import (
     ApplyKubeVirt,
+    ApplyMigrationPolicy,
     ApplyReplicaSet,
     ApplyVM,
     ApplyVMPool,
@@ -133,7 +135,7 @@ def to_commands(
         v if isinstance(v, str) else None for v in (doc.get("apiVersion"), doc.get("kind"))
     )
     shown_api, shown_kind = f.short(doc.get("apiVersion")), f.short(doc.get("kind"))
-    other = {**STORAGE_KINDS, INSTANCETYPE_API: tuple(INSTANCETYPE_KINDS),
+    other = {**STORAGE_KINDS, INSTANCETYPE_API: tuple(INSTANCETYPE_KINDS), mp.API: (mp.KIND,),
              **dict.fromkeys(POOL_API_VERSIONS, ("VirtualMachinePool",))}  # fmt: skip
     if api in ("instancetype.kubevirt.io/v1alpha1", "instancetype.kubevirt.io/v1alpha2"):
         reader.warn("apiVersion", f"{api} is deprecated; read as {INSTANCETYPE_API}")
@@ -179,6 +181,9 @@ def to_commands(
         reader.section(spec, "spec", fields=_KUBEVIRT_SPEC)
         reader.warns += kv.read_spec(spec)
         cmd = ApplyKubeVirt(name=name, namespace=namespace, spec=spec, labels=labels)
+    elif kind == mp.KIND:
+        reader.warns += mp.read_policy_spec(spec)
+        cmd = ApplyMigrationPolicy(name=name, spec=spec, labels=labels)
     elif kind in INSTANCETYPE_KINDS:
         cmd = instancetype_command(kind or "", spec, reader, name=name, namespace=namespace,
                                    labels=labels)  # fmt: skip

@@ -23,6 +23,8 @@ from events.model_aggregates import (
     InstancetypeApplied,
     InstancetypeDeleted,
     KubeVirtApplied,
+    MigrationPolicyApplied,
+    MigrationPolicyDeleted,
     NodeCordoned,
     NodeDrainRequested,
     NodeLost,
@@ -122,7 +124,8 @@ __all__ = [
     "ImagePulled", "ImagePulling", "InstanceSize", "InstancetypeApplied", "InstancetypeDeleted",
     "InstancetypeRevisionCaptured", "KubeVirtApplied", "LauncherCreated", "LauncherDeleted",
     "LauncherFailed", "MemoryDumpCompleted", "MemoryDumpFailed", "MemoryDumpRemoved",
-    "MemoryDumpRequested", "MigrationCancelRequested", "MigrationFailed", "MigrationProgress",
+    "MemoryDumpRequested", "MigrationCancelRequested", "MigrationFailed",
+    "MigrationPolicyApplied", "MigrationPolicyDeleted", "MigrationProgress",
     "MigrationRequested", "MigrationScheduled", "MigrationStarted", "MigrationSucceeded",
     "MigrationTargetPreparing", "MigrationTargetReady", "NodeCordoned", "NodeDrainRequested",
     "NodeLost", "NodeRegistered", "NodeUncordoned", "PreferenceApplied", "PreferenceDeleted",
@@ -354,6 +357,7 @@ AnyEvent = (
     | NodeUncordoned | NodeDrainRequested | NodeLost | ReplicaSetCreated | ReplicaSetSpecChanged
     | ReplicaSetScaled | ReplicaSetDeleted | VMPoolCreated | VMPoolSpecChanged | VMPoolScaled
     | VMPoolDeleted | VMPoolStatePreserved | VMPoolStateReused | VMPoolVMReplaced | KubeVirtApplied
+    | MigrationPolicyApplied | MigrationPolicyDeleted
     | VolumeCreated | VolumeReady | VolumeDeleted | VolumeReleased | VolumeAdopted
     | WebhookSubscribed | WebhookUnsubscribed | WebhookDisabled | VolumeFailed | VolumeMoveRequested
     | VolumeMoved | VolumeMoveFailed | VolumeNodeSelected | VolumeProgress | VolumeLabeled

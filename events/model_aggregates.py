@@ -232,6 +232,18 @@ class VolumeMoveFailed(Event, frozen=True):
 # --- instance types and preferences (instancetype.kubevirt.io) ---------------------------------
 
 
+class MigrationPolicyApplied(Event, frozen=True):
+    """A MigrationPolicy's spec, as applied (events/migration_policies.py)."""
+
+    aggregate: ClassVar[str] = "migrationpolicy"
+    spec: dict[str, Any]
+    labels: dict[str, str] = {}
+
+
+class MigrationPolicyDeleted(Event, frozen=True):
+    aggregate: ClassVar[str] = "migrationpolicy"
+
+
 class InstancetypeApplied(Event, frozen=True):
     """A VirtualMachineInstancetype's spec, as applied (its subclasses: the other three kinds)."""
 

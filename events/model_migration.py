@@ -22,6 +22,7 @@ class MigrationScheduled(Event, frozen=True):
     source: str
     target: str
     live: bool = True
+    policy: str = ""  # the MigrationPolicy whose settings it runs by ("": the cluster's)
 
 
 class MigrationTargetPreparing(Event, frozen=True):

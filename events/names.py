@@ -44,9 +44,19 @@ AGGREGATES: Final = (
     "vmpool",
     "kubevirt",
     "service",
+    "migrationpolicy",
 )
 CLUSTER_SCOPED: Final = frozenset(
-    {"node", "webhook", "intake", "audit", "user", "clusterinstancetype", "clusterpreference"}
+    {
+        "node",
+        "webhook",
+        "intake",
+        "audit",
+        "user",
+        "clusterinstancetype",
+        "clusterpreference",
+        "migrationpolicy",
+    }
 )
 
 EVENTS_STREAM: Final = "VIRT_EVENTS"

@@ -207,6 +207,8 @@ def vmi_object(s: VMState) -> dict[str, Any] | None:
         }
         if mig.reason:
             state["failureReason"] = mig.reason
+        if mig.policy:
+            state["migrationPolicyName"] = mig.policy
         status["migrationState"] = state
     if s.volumes:
         status["volumeStatus"] = [{"name": n, "phase": p} for n, p in s.volumes.items()]

@@ -148,8 +148,6 @@ def instancetype(spec: dict[str, Any]) -> list[str]:
 # not serve, by API group: what to use instead, where there is something, rather than a hint
 # at another apiVersion that would not help.
 OTHER_KINDS: Final = {
-    "migrations.kubevirt.io": "virtbus has no MigrationPolicy objects: the cluster's migration "
-    "settings are the KubeVirt object's spec.configuration.migrations (apply a kind: KubeVirt)",
     "scheduling.k8s.io": "virtbus has no pod priorities, so no PriorityClass; a VM's "
     "priorityClassName is ignored with a warning",
     "resource.k8s.io": "virtbus has no dynamic resource allocation (DRA): its nodes offer no "

@@ -46,6 +46,7 @@ class Migration(msgspec.Struct, frozen=True, gc=False):
     cancel: bool = False  # migrate-cancel asked
     target_pod: str = ""  # the target's launcher, until it is removed
     target_agent: bool | None = None  # what the target last told of the guest agent, if anything
+    policy: str = ""  # the MigrationPolicy it runs by (KubeVirt's migrationPolicyName)
 
 
 # KubeVirt's VirtualMachineInstanceMigration phases beyond the shared ones.

@@ -104,9 +104,10 @@ class Controller(Folded):
             return None
         lost = {n for n, st in self.nodes.items() if st.status != READY}
         config = self.settings.config
+        policy, policy_name = self.migration_settings(s, config.migrations)
         cluster = Cluster(
             nodes=self.nodes, views=self.node_views, slot_free=self.capacity.slot_free,
-            policy=config.migrations, eviction_strategy=config.eviction_strategy,
+            policy=policy, policy_name=policy_name, eviction_strategy=config.eviction_strategy,
         )  # fmt: skip
         # KubeVirt's ControllerRevisions: captured from the same objects `effective` reads now.
         captured = expansion(s, known=self.instancetypes, vms=self.vms,

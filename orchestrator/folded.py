@@ -20,6 +20,7 @@ from events.envelope import Recorded
 from events.folding import skipped_now
 from events.infer import infer
 from events.instancetypes import KIND_OF, InstancetypeState, apply_instancetype
+from events.migration_policies import PolicyState, apply_policy, match_policy, with_policy
 from events.names import Ref, aggregate_key
 from events.nodes import NodeState, apply_node
 from events.replicasets import ReplicaSetState, apply_rs
@@ -60,8 +61,25 @@ class Folded:
         # cache), not to a node the claim will not be on.
         self.assumed: dict[str, str] = {}
         self.instancetypes: dict[str, InstancetypeState] = {}  # and preferences, by subject key
+        self.migration_policies: dict[str, PolicyState] = {}  # by name (cluster-wide)
         self.position = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (seq, caught up to it)
+
+    def migration_settings(
+        self, s: VMState, cluster: w.MigrationPolicy
+    ) -> tuple[w.MigrationPolicy, str]:
+        """What a migration of `s` runs by, and the MigrationPolicy that says so ("" for none):
+        the policy it was scheduled under, or the one KubeVirt's controller would choose now."""
+        if s.migration is None:
+            return cluster, ""
+        if named := s.migration.policy:
+            policy = self.migration_policies.get(named)
+            return with_policy(cluster, policy if policy and policy.exists else None), named
+        template = s.spec.get("template") or {}
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        chosen = match_policy(self.migration_policies.values(), vmi_labels=labels,
+                              namespace=s.namespace)  # fmt: skip
+        return with_policy(cluster, chosen), chosen.name if chosen else ""
 
     # --- folding ---------------------------------------------------------------------------------
 
@@ -168,6 +186,10 @@ class Folded:
         elif kind in KIND_OF:
             it = self.instancetypes.get(key) or InstancetypeState()
             self.instancetypes[key] = apply_instancetype(it, rec.envelope)
+        elif kind == "migrationpolicy":
+            name = rest.split(".")[1]
+            policy = self.migration_policies.get(name) or PolicyState()
+            self.migration_policies[name] = apply_policy(policy, rec.envelope)
         elif kind == "service":
             svc = self.services[key] = apply_service(self.services.get(key) or ServiceState(),
                                                      rec.envelope)  # fmt: skip

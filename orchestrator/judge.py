@@ -15,6 +15,7 @@ from events.instancetypes import (
     apply_instancetype,
     decide_instancetype,
 )
+from events.migration_policies import PolicyState, apply_policy, decide_policy
 from events.names import Ref
 from events.nodes import NodeState, apply_node
 from events.replicasets import ReplicaSetState, apply_rs
@@ -54,6 +55,11 @@ def decide_for(
         for r in history:
             svc = apply_service(svc, r.envelope)
         return decide_service(svc, cmd, ports=node_ports)
+    if ref.kind == "migrationpolicy":
+        policy = PolicyState()
+        for r in history:
+            policy = apply_policy(policy, r.envelope)
+        return decide_policy(policy, cmd)
     if ref.kind in KIND_OF:
         it = InstancetypeState()
         for r in history:

@@ -55,7 +55,8 @@ class Cluster(msgspec.Struct, frozen=True, kw_only=True):
     nodes: Mapping[str, NodeState]
     views: Callable[[], list[NodeView]]
     slot_free: Callable[[str], bool]  # may one more migration leave this source node now?
-    policy: w.MigrationPolicy = w.MigrationPolicy()
+    policy: w.MigrationPolicy = w.MigrationPolicy()  # the cluster's, or the VM's policy over it
+    policy_name: str = ""  # that MigrationPolicy ("": the cluster's settings)
     eviction_strategy: str = "None"  # the KubeVirt object's spec.configuration.evictionStrategy
 
 
@@ -301,4 +302,5 @@ def _schedule(s: VMState, cluster: Cluster) -> Step:
             return _failed(s, f"no node to migrate to: {err.message}")
     src, dst = cluster.nodes.get(s.node), cluster.nodes.get(target)
     live = bool(src and dst and src.migration_uri and dst.migration_uri)
-    return [m.MigrationScheduled(migration=mig.id, source=s.node, target=target, live=live)], []
+    return [m.MigrationScheduled(migration=mig.id, source=s.node, target=target, live=live,
+                                 policy=cluster.policy_name)], []  # fmt: skip

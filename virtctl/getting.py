@@ -163,6 +163,10 @@ async def listing(
         from virtctl import services
 
         return await services.listing(nc, name=name, namespace=namespace)
+    if kind is k.MIGRATION_POLICY:
+        from virtctl.migrationpolicies import listing as policies
+
+        return await policies(nc, name=name)
     if kind is k.REVISION:
         from virtctl.revisions import listing as revisions
 

@@ -28,7 +28,7 @@ class Kind:
     @property
     def resource(self) -> str:
         """`virtualmachines.kubevirt.io`: how kubectl names the kind in "not found"."""
-        plural = f"{self.singular}es" if self.singular.endswith("s") else f"{self.singular}s"
+        plural = _plural(self.singular)
         return f"{plural}.{self.group}" if self.group else plural
 
     def object_name(self, name: str) -> str:
@@ -39,10 +39,15 @@ class Kind:
         return f'{self.resource} "{name}" not found'
 
 
+def _plural(singular: str) -> str:
+    if singular.endswith("s"):
+        return f"{singular}es"
+    return f"{singular[:-1]}ies" if singular.endswith("y") else f"{singular}s"
+
+
 def _kind(key: str, kind: str, group: str, *short: str, namespaced: bool = True) -> Kind:
     singular = kind.lower()
-    plural = f"{singular}es" if singular.endswith("s") else f"{singular}s"
-    return Kind(key, kind, group, (*short, singular, plural), namespaced)
+    return Kind(key, kind, group, (*short, singular, _plural(singular)), namespaced)
 
 
 VM = _kind("vms", "VirtualMachine", "kubevirt.io", "vm", "vms")
@@ -73,8 +78,10 @@ NODE = Kind("nodes", "Node", "", ("node", "nodes", "no"), namespaced=False)
 SERVICE = _kind("svc", "Service", "", "svc", "svcs")
 # the instance types and preferences VMs captured (read only: KubeVirt's VM controller makes them)
 REVISION = _kind("controllerrevisions", "ControllerRevision", "apps")
+MIGRATION_POLICY = _kind("migrationpolicies", "MigrationPolicy", "migrations.kubevirt.io",
+                         namespaced=False)  # fmt: skip
 KINDS = (VM, VMI, VMIRS, VMIM, SNAPSHOT, RESTORE, PVC, DV, *INSTANCETYPES, VMPOOL, KUBEVIRT, NODE,
-         SERVICE, REVISION)  # fmt: skip
+         SERVICE, REVISION, MIGRATION_POLICY)  # fmt: skip
 _BY_ALIAS = {alias: k for k in KINDS for alias in k.aliases}
 _BY_MANIFEST = {k.kind: k for k in KINDS}
 _SEPARATE = (
@@ -84,7 +91,7 @@ _SEPARATE = (
 )
 SUPPORTED = (
     "vm, vmi, vmirs, vmim, vmsnapshot, vmrestore, pvc, dv, vmf, vmcf, vmpref, vmcp, vmpool, "
-    "kubevirt, node, svc, controllerrevision"
+    "kubevirt, node, svc, controllerrevision, migrationpolicy"
 )
 
 

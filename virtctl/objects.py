@@ -135,6 +135,8 @@ async def _delete(nc: Any, *, kind: k.Kind, name: str, namespace: str, actor: st
             await send(nc, DELETE[kind.kind](name=name, namespace=namespace, actor=actor))
         case k.SERVICE:
             await send(nc, c.DeleteService(name=name, namespace=namespace, actor=actor))
+        case k.MIGRATION_POLICY:
+            await send(nc, c.DeleteMigrationPolicy(name=name, actor=actor))
         case k.VMIRS:
             await send(nc, c.DeleteReplicaSet(name=name, namespace=namespace, actor=actor))
         case k.VMPOOL:

@@ -151,9 +151,11 @@ def _applied(cmd: c.Command, outcome: c.Outcome) -> str:
         created = CE_TYPE[m.VolumeCreated] in outcome.events
         verb = "created" if created else "configured" if outcome.events else "unchanged"
         return f"{volume_object_name(cmd)} {verb}"
-    if isinstance(cmd, c.ApplyInstancetype):  # its first event is version 1: it is new
+    if isinstance(cmd, c.ApplyInstancetype | c.ApplyMigrationPolicy):  # version 1: it is new
         verb = "unchanged" if not outcome.events else (
             "created" if outcome.version == len(outcome.events) else "configured")  # fmt: skip
+        if isinstance(cmd, c.ApplyMigrationPolicy):
+            return f"migrationpolicy.migrations.kubevirt.io/{cmd.name} {verb}"
         return f"{instancetype_object_name(cmd)} {verb}"
     if isinstance(cmd, c.MigrateVM):  # the object is the migration, named by the manifest
         verb = "created" if outcome.events else "unchanged"

@@ -27,7 +27,7 @@ _AGGREGATES: dict[k.Kind, tuple[str, ...]] = {
     k.VMPOOL: ("vmpool",), k.KUBEVIRT: ("kubevirt",), k.SERVICE: ("service",),
     k.NODE: ("node", "vm"), k.INSTANCETYPE: ("instancetype",),
     k.CLUSTER_INSTANCETYPE: ("clusterinstancetype",), k.PREFERENCE: ("preference",),
-    k.CLUSTER_PREFERENCE: ("clusterpreference",),
+    k.CLUSTER_PREFERENCE: ("clusterpreference",), k.MIGRATION_POLICY: ("migrationpolicy",),
 }  # fmt: skip
 
 

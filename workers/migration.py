@@ -87,7 +87,8 @@ def migrate_params(settings: MigrationSettings, policy: w.MigrationPolicy) -> di
     if settings.address:  # else libvirt's choice: the target's host name, listening on 0.0.0.0
         params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{settings.address}"
         params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = settings.address
-    params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = max(1, policy.bandwidth_bytes >> 20)  # MiB/s
+    if policy.bandwidth_bytes:  # KubeVirt's 0: no limit
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = max(1, policy.bandwidth_bytes >> 20)  # MiB/s
     return params
 
 

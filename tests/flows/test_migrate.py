@@ -306,3 +306,56 @@ async def test_a_cold_move_to_a_node_without_the_volumes_fails_and_cleans_up(sta
     assert (s.node, s.status) == ("node-a", "Running")
     assert s.migration is not None and s.migration.target_pod == ""
     assert launchers("stuck") == [launcher]  # the source's, untouched
+
+
+TWIN = {"node-a": "node-b", "node-b": "node-a"}
+
+
+async def test_a_migration_policy_picks_its_vmis_and_is_recorded_on_their_migrations(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """KubeVirt's MigrationPolicy: applied as KubeVirt's example (a namespace virtbus has no
+    labels for picks nothing), one that picks a VM by its labels and namespace, its name on the
+    VM's migration (`migrationState.migrationPolicyName`), a VM it does not pick running by the
+    cluster's settings, and the policy's history."""
+    from clirun import virtbus
+
+    async def cli(*args: str, stdin: str | None = None) -> str:
+        return (await virtbus(*args, "--server", stack.url, stdin=stdin)).ok().out
+
+    await two_nodes(stack)
+    policy = {"apiVersion": "migrations.kubevirt.io/v1alpha1", "kind": "MigrationPolicy",
+              "metadata": {"name": "db-policy"},
+              "spec": {"allowPostCopy": True, "completionTimeoutPerGiB": 10,
+                       "selectors": {"virtualMachineInstanceSelector": {"workload": "db"},
+                                     "namespaceSelector": {
+                                         "kubernetes.io/metadata.name": "default"}}}}  # fmt: skip
+    assert await cli("apply", "-f", "-", stdin=json.dumps(policy)) == (
+        "migrationpolicy.migrations.kubevirt.io/db-policy created\n")  # fmt: skip
+    assert await cli("apply", "-f", "-", stdin=json.dumps(policy)) == (
+        "migrationpolicy.migrations.kubevirt.io/db-policy unchanged\n")  # fmt: skip
+    [row] = (await cli("get", "migrationpolicies")).splitlines()[1:]
+    assert row.split()[0] == "db-policy"
+
+    db = seed("db", runStrategy="Always")
+    db.spec["template"].setdefault("metadata", {})["labels"] = {"workload": "db"}
+    await send(stack.nc, db)
+    await send(stack.nc, seed("web", runStrategy="Always"))
+    for vm in ("db", "web"):
+        here = (await stack.until(vm, "Running")).node
+        await send(stack.nc, c.MigrateVM(name=vm, target_node=TWIN[here]))
+        events = await until_event(stack, vm, m.MigrationSucceeded)
+        [sched] = [e for e in events if isinstance(e, m.MigrationScheduled)]
+        assert sched.policy == ("db-policy" if vm == "db" else ""), vm
+    state = json.loads(await cli("get", "vmi", "db", "-o", "json"))["status"]["migrationState"]
+    assert state["migrationPolicyName"] == "db-policy"
+
+    assert await cli("delete", "migrationpolicy", "db-policy") == (
+        'migrationpolicy.migrations.kubevirt.io "db-policy" deleted\n')  # fmt: skip
+    assert await cli("get", "migrationpolicies") == "No resources found\n"
+    items = json.loads(await cli("history", "migrationpolicy/db-policy", "-o", "json"))["items"]
+    # each command, and what it did: the second apply changed nothing
+    assert [i["type"] for i in items] == [
+        "ApplyMigrationPolicy", "io.virtbus.migrationpolicy.migration_policy_applied.v1",
+        "ApplyMigrationPolicy", "DeleteMigrationPolicy",
+        "io.virtbus.migrationpolicy.migration_policy_deleted.v1"]  # fmt: skip
