@@ -18,7 +18,7 @@ from events.names import check_name
 
 PVC_API: Final = "v1"
 CDI_API: Final = "cdi.kubevirt.io/v1beta1"
-STORAGE_KINDS: Final = {PVC_API: ("PersistentVolumeClaim",), CDI_API: ("DataVolume",)}
+STORAGE_KINDS: Final = {PVC_API: ("PersistentVolumeClaim",), CDI_API: ("DataVolume", "DataSource")}
 SELECTED_NODE: Final = "volume.kubernetes.io/selected-node"  # a claim bound ahead of its VM
 _PVC_SPEC: Final = names(
     "accessModes resources storageClassName volumeMode selector volumeName dataSource "

@@ -44,6 +44,7 @@ AGGREGATES: Final = (
     "vmpool",
     "kubevirt",
     "service",
+    "datasource",
 )
 CLUSTER_SCOPED: Final = frozenset(
     {"node", "webhook", "intake", "audit", "user", "clusterinstancetype", "clusterpreference"}

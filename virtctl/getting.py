@@ -163,6 +163,10 @@ async def listing(
         from virtctl import services
 
         return await services.listing(nc, name=name, namespace=namespace)
+    if kind is k.DATASOURCE:
+        from virtctl import datasources
+
+        return await datasources.listing(nc, name=name, namespace=namespace)
     if kind is k.REVISION:
         from virtctl.revisions import listing as revisions
 
