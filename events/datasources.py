@@ -23,7 +23,7 @@ from events import model as m
 from events.envelope import Envelope
 from events.errors import ValidationError, stale
 from events.folding import Skipped, total
-from events.volumes import BOUND, VolumeState
+from events.volumes import BOUND, VolumeState, dv_phase
 
 API: Final = "cdi.kubevirt.io/v1beta1"
 KIND: Final = "DataSource"
@@ -118,7 +118,7 @@ def ready(s: DataSourceState, claim: VolumeState | None) -> tuple[str, str, str]
     if claim is None or not claim.exists:
         return "False", "NotFound", "PVC not found"
     if claim.data_volume and claim.phase != BOUND:
-        phase = claim.phase or "Pending"
+        phase = dv_phase(claim)
         return "False", phase, f"Import DataVolume phase {phase}"
     return "True", "Ready", "DataSource is ready to be consumed"
 

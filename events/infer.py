@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from events.errors import ValidationError
-from events.volumes import VolumeState
+from events.volumes import VolumeState, clone_of
 
 LABELS: Final = {
     "instancetype": ("instancetype.kubevirt.io/default-instancetype",
@@ -127,7 +127,8 @@ def _from_data_volume(
     if not found.data_volume or LABELS[which][0] in found.labels:
         return _labelled(found.labels, which)
     if found.source.startswith("clone:"):  # the DataVolume's source.pvc
-        return _from_claim(found.source.removeprefix("clone:"), namespace, which, claims)
+        source_ns, source = clone_of(found.source, namespace)
+        return _from_claim(source, source_ns, which, claims)
     raise _Ignorable(
         "unable to infer defaults from DataVolumeSpec as DataVolumeSource is not supported"
     )

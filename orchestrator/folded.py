@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from bus.crashpoints import crash_at
 from events import commands as c
 from events import work as w
+from events.datasources import DataSourceState, apply_datasource
 from events.envelope import Recorded
 from events.folding import skipped_now
 from events.infer import infer
@@ -49,6 +50,7 @@ class Folded:
         self.addresses = AddressPool(vmi_cidr)
         self.node_ports = NodePortPool()
         self.services: dict[str, ServiceState] = {}
+        self.datasources: dict[str, DataSourceState] = {}  # what sourceRefs resolve through
         self.settings = Settings(migration_policy)  # the KubeVirt object: the source of truth
         self.capacity = Capacity(self.settings.config.migrations)
         self.vms: dict[str, VMState] = {}
@@ -133,7 +135,8 @@ class Folded:
     async def volume_view(self, ref: Ref, cmd: c.Command) -> ClusterView:
         """What judging a volume command needs besides the volume's own history."""
         await self.caught_up()
-        return cluster_view(ref, cmd, nodes=self.nodes, volumes=self.volumes, vms=self.vms)
+        return cluster_view(ref, cmd, nodes=self.nodes, volumes=self.volumes, vms=self.vms,
+                            datasources=self.datasources)  # fmt: skip
 
     async def service_ports(self, ref: Ref) -> ServicePorts:
         """The nodePort pool as the Service `ref`'s judgement sees it, with the log folded."""
@@ -172,6 +175,9 @@ class Folded:
             svc = self.services[key] = apply_service(self.services.get(key) or ServiceState(),
                                                      rec.envelope)  # fmt: skip
             self.node_ports.folded(key, svc)
+        elif kind == "datasource":
+            ds = self.datasources.get(key) or DataSourceState()
+            self.datasources[key] = apply_datasource(ds, rec.envelope)
         elif kind == "kubevirt":
             self.settings.folded(key, rec.envelope)
             self.capacity.policy = self.settings.config.migrations
