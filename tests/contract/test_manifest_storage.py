@@ -82,7 +82,8 @@ def test_each_data_volume_source_is_a_claim_source(source: dict[str, Any], want:
           "spec": {"source": {"pvc": {"namespace": "default"}}}},
          "spec.source.pvc.name: Required value"),
         ({**dv({"blank": {}}), "kind": "DataImportCron"}, "kind: 'DataImportCron' is not "
-         "supported in apiVersion cdi.kubevirt.io/v1beta1; virtbus serves DataVolume, DataSource there"),
+         "supported in apiVersion cdi.kubevirt.io/v1beta1; virtbus serves DataVolume, "
+         "DataSource there"),
         ({"apiVersion": "pool.kubevirt.io/v1alpha1", "kind": "VirtualMachinePool",
           "metadata": {"name": "p"}}, "spec.virtualMachineTemplate: is required"),
         ({"apiVersion": "pool.kubevirt.io/v1beta1", "kind": "VirtualMachinePool",
