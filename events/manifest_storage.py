@@ -39,10 +39,11 @@ _SOURCE_REF: Final = names("kind name namespace")
 
 
 def _claim(
-    spec: dict[str, Any], path: str, reader: Reader, *, fields: frozenset[str], modes_needed: bool
-) -> tuple[str, list[str], str]:
+    spec: dict[str, Any], path: str, reader: Reader, *, fields: frozenset[str], modes_needed: bool,
+    size_needed: bool = True,
+) -> tuple[str, list[str], str]:  # fmt: skip
     """Size, access modes and storage class of a claim spec (a PVC's, a DataVolume's
-    `pvc`/`storage`)."""
+    `pvc`/`storage`); a clone's `storage` may leave the size to its source's, as CDI does."""
     reader.section(spec, path, fields=fields)
     modes = f.entries(spec.get("accessModes"), f"{path}.accessModes")
     for i, mode in enumerate(modes):
@@ -52,6 +53,8 @@ def _claim(
     resources = f.mapping(spec.get("resources"), f"{path}.resources")
     requests = f.mapping(resources.get("requests"), f"{path}.resources.requests")
     size = requests.get("storage")
+    if size is None and not size_needed:
+        size = ""
     if size is None:
         raise _fail(f"{path}.resources.requests.storage", "Required value")
     if not isinstance(size, str | int):
@@ -94,7 +97,8 @@ def dv_command(
     which = "pvc" if spec.get("pvc") is not None else "storage"
     size, modes, storage_class = _claim(
         f.mapping(spec[which], f"{path}.{which}"), f"{path}.{which}", reader, fields=_PVC_SPEC,
-        modes_needed=which == "pvc",
+        modes_needed=which == "pvc", size_needed=which == "pvc" or not (
+            ref is not None or "pvc" in f.mapping(spec.get("source"), f"{path}.source")),
     )  # fmt: skip
     if f.text(spec.get("contentType"), f"{path}.contentType", choices=("kubevirt", "archive")) == (
         "archive"

@@ -121,9 +121,11 @@ class Folded:
         """The VM spec with its `inferFromVolume` matchers resolved from the claims' labels as
         they stand in the log now (KubeVirt's mutating webhook, at the VM's apply)."""
         await self.caught_up()
-        volumes = self.volumes
+        volumes, datasources = self.volumes, self.datasources
         return infer(spec, namespace=ref.namespace,
-                     claims=lambda ns, name: volumes.get(f"virt.volume.{ns}.{name}"))  # fmt: skip
+                     claims=lambda ns, name: volumes.get(f"virt.volume.{ns}.{name}"),
+                     datasources=lambda ns, name: datasources.get(
+                         f"virt.datasource.{ns}.{name}"))  # fmt: skip
 
     async def admission(self, ref: Ref, cmd: c.Command) -> None:
         """Raise KubeVirt's refusal of a command the configuration does not allow (a gate that

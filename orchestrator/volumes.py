@@ -140,6 +140,8 @@ def decide_volume(v: VolumeState, cmd: c.Command, view: ClusterView) -> list[m.E
 def _create(v: VolumeState, cmd: c.CreateVolume, view: ClusterView) -> list[m.Event]:
     if view.source:  # a sourceRef: the DataVolume clones what its DataSource names now
         cmd = msgspec.structs.replace(cmd, source=view.source)
+    if not cmd.size and cmd.source.startswith("clone:"):  # CDI sizes it as its source
+        cmd = msgspec.structs.replace(cmd, size=str(_clone_source(cmd, view).size_bytes))
     size = parse_quantity(cmd.size, field="size")
     if size < MIN_SIZE:
         raise _reject(f"size: {cmd.size!r} is below the minimum volume size of 1Mi", "size")
@@ -176,14 +178,19 @@ def _create(v: VolumeState, cmd: c.CreateVolume, view: ClusterView) -> list[m.Ev
     return [created]
 
 
-def _clone_node(cmd: c.CreateVolume, size: int, view: ClusterView) -> str:
-    """A clone is made where its source is (CDI's host-assisted clone, on the source's node)."""
+def _clone_source(cmd: c.CreateVolume, view: ClusterView) -> VolumeState:
     src, name = view.clone_source, cmd.source.removeprefix("clone:").rpartition("/")[2]
     if src is None or not src.exists:
         raise _reject(f'source.pvc: persistentvolumeclaims "{name}" not found', "source.pvc")
     if src.phase != BOUND or not src.node:
         raise _reject(f'source.pvc: persistentvolumeclaims "{name}" is {src.phase or "Pending"}; '
                       "a clone needs a Bound source", "source.pvc")  # fmt: skip
+    return src
+
+
+def _clone_node(cmd: c.CreateVolume, size: int, view: ClusterView) -> str:
+    """A clone is made where its source is (CDI's host-assisted clone, on the source's node)."""
+    src = _clone_source(cmd, view)
     if size < src.size_bytes:
         raise _reject("target resources requests storage size is smaller than the source",
                       "spec.storage.resources.requests.storage")  # fmt: skip
