@@ -69,6 +69,10 @@ def check_spec(spec: dict[str, Any], *, namespace: str) -> dict[str, Any]:
         if key == "snapshot":
             raise ValidationError("spec.source.snapshot: virtbus has no VolumeSnapshots; give "
                                   "spec.source.pvc", field="spec.source.snapshot")  # fmt: skip
+        if key == "dataSource":
+            raise ValidationError("spec.source.dataSource: DataSource pointers are not supported "
+                                  "by virtbus; give spec.source.pvc",
+                                  field="spec.source.dataSource")  # fmt: skip
         if key != "pvc":
             raise ValidationError(f'spec.source.{key}: unknown field "{key}"; virtbus '
                                   "DataSources have spec.source.pvc",
