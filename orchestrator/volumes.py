@@ -90,10 +90,15 @@ def cluster_view(
         for v in volumes.values():
             if v.exists and v.node:
                 counts[v.node] = counts.get(v.node, 0) + 1
+        made = volumes.get(ref.prefix)
         if isinstance(cmd, c.CreateVolume) and cmd.source.startswith(DATASOURCE):
-            known = datasources or {}
-            ns, name = resolve(cmd.source, known=lambda n, d: known.get(f"virt.datasource.{n}.{d}"))
-            source = clone_source(ns, name, into=ref.namespace)
+            if made is not None and made.exists:  # CDI reads a sourceRef at create only
+                source = made.source
+            else:
+                known = datasources or {}
+                ns, name = resolve(cmd.source, known=lambda n, d: known.get(
+                    f"virt.datasource.{n}.{d}"))  # fmt: skip
+                source = clone_source(ns, name, into=ref.namespace)
         if isinstance(cmd, c.CreateVolume) and (source or cmd.source).startswith("clone:"):
             ns, name = clone_of(source or cmd.source, ref.namespace)
             clone = volumes.get(f"virt.volume.{ns}.{name}")
@@ -141,7 +146,8 @@ def _create(v: VolumeState, cmd: c.CreateVolume, view: ClusterView) -> list[m.Ev
     if view.source:  # a sourceRef: the DataVolume clones what its DataSource names now
         cmd = msgspec.structs.replace(cmd, source=view.source)
     if not cmd.size and cmd.source.startswith("clone:"):  # CDI sizes it as its source
-        cmd = msgspec.structs.replace(cmd, size=str(_clone_source(cmd, view).size_bytes))
+        made = v.size_bytes if v.exists else _clone_source(cmd, view).size_bytes
+        cmd = msgspec.structs.replace(cmd, size=str(made))
     size = parse_quantity(cmd.size, field="size")
     if size < MIN_SIZE:
         raise _reject(f"size: {cmd.size!r} is below the minimum volume size of 1Mi", "size")

@@ -142,6 +142,9 @@ async def test_a_data_source_is_applied_shown_cloned_inferred_through_and_delete
     assert gone.out == 'datasource.cdi.kubevirt.io "fedora" deleted\n'
     missing = await cli(stack, "get", "das", "fedora", "-n", "images")
     assert missing.code == 1
+    # CDI reads a sourceRef at create only: the DataVolume applied again is what was made.
+    kept = (await cli(stack, "apply", "-f", "-", stdin=dv("root", ref))).ok()
+    assert kept.out == "datavolume.cdi.kubevirt.io/root unchanged\n"
     history = [type(r.envelope.data).__name__
                for r in await stack.store.read(Ref("datasource", "images", "fedora"))]  # fmt: skip
     assert history == ["DataSourceApplied", "DataSourceDeleted"]  # the unchanged apply: nothing
