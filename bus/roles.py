@@ -46,7 +46,16 @@ if TYPE_CHECKING:
 
 ROLES: Final = ("admin", "edit", "view")
 # nodes, webhooks, the KubeVirt object: admin only
-EDITABLE: Final = ("vm", "rs", "vmpool", "volume", "instancetype", "preference", "service")
+EDITABLE: Final = (
+    "vm",
+    "rs",
+    "vmpool",
+    "volume",
+    "instancetype",
+    "preference",
+    "service",
+    "datasource",
+)
 
 
 def user_permissions(

@@ -324,6 +324,23 @@ class DeleteClusterPreference(DeleteInstancetype, frozen=True):
     aggregate: ClassVar[str] = "clusterpreference"
 
 
+# --- CDI DataSources --------------------------------------------------------------------------
+
+
+class ApplyDataSource(Command, frozen=True):
+    """Create or replace a DataSource (cdi.kubevirt.io/v1beta1); `spec` is CDI's DataSourceSpec."""
+
+    aggregate: ClassVar[str] = "datasource"
+    spec: dict[str, Any]
+    labels: dict[str, str] = {}
+    create_only: bool = False
+    expected_version: int = 0
+
+
+class DeleteDataSource(Command, frozen=True):
+    aggregate: ClassVar[str] = "datasource"
+
+
 # --- users (admin only) ---------------------------------------------------------------------------
 
 
@@ -365,7 +382,7 @@ AnyCommand = (
     | ApplyMigrationPolicy | DeleteMigrationPolicy
     | ApplyClusterInstancetype | DeleteClusterInstancetype | ApplyPreference | DeletePreference
     | ApplyClusterPreference | DeleteClusterPreference | ApplyVMPool | ScaleVMPool | DeleteVMPool
-    | ApplyKubeVirt
+    | ApplyKubeVirt | ApplyDataSource | DeleteDataSource
 )  # fmt: skip
 
 COMMAND_CLASSES: Final[tuple[type[Command], ...]] = AnyCommand.__args__

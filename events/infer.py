@@ -10,7 +10,8 @@ start, its capture of the instance type (its ControllerRevision) and its placeme
 ordinary matcher. Resolving at start instead would let a relabelled claim resize a VM later.
 
 The paths and words are KubeVirt's (pkg/instancetype/infer): a persistentVolumeClaim volume reads
-its claim's labels; a dataVolume one reads its dataVolumeTemplate's `source.pvc` claim, else the
+its claim's labels; a dataVolume one reads its dataVolumeTemplate's `source.pvc` claim, or its
+`sourceRef` DataSource's labels, else that DataSource's claim's, else the
 DataVolume's labels (a claim of the same name in virtbus), else the claim it was cloned from;
 `inferFromVolumeFailurePolicy: Ignore` drops the matcher (and keeps the VM's own memory) on the
 failures KubeVirt lets be ignored: a missing label, a volume or source that cannot carry one.
@@ -23,8 +24,9 @@ import copy
 from collections.abc import Callable
 from typing import Any, Final
 
+from events.datasources import RESOURCE, DataSourceState, source_pvc
 from events.errors import ValidationError
-from events.volumes import VolumeState
+from events.volumes import VolumeState, clone_of
 
 LABELS: Final = {
     "instancetype": ("instancetype.kubevirt.io/default-instancetype",
@@ -33,6 +35,11 @@ LABELS: Final = {
                    "instancetype.kubevirt.io/default-preference-kind"),
 }  # fmt: skip
 Claims = Callable[[str, str], VolumeState | None]  # (namespace, name): the claim, if any
+DataSources = Callable[[str, str], DataSourceState | None]  # (namespace, name): the DataSource
+
+
+def _no_data_sources(_namespace: str, _name: str) -> DataSourceState | None:
+    return None
 
 
 class _Ignorable(Exception):
@@ -45,7 +52,10 @@ def infers(spec: dict[str, Any]) -> bool:
     return any(isinstance(spec.get(w), dict) and spec[w].get("inferFromVolume") for w in LABELS)
 
 
-def infer(spec: dict[str, Any], *, namespace: str, claims: Claims) -> dict[str, Any]:
+def infer(
+    spec: dict[str, Any], *, namespace: str, claims: Claims,
+    datasources: DataSources = _no_data_sources,
+) -> dict[str, Any]:  # fmt: skip
     """The VM spec with its `inferFromVolume` matchers resolved into names (or dropped, under
     Ignore), or KubeVirt's refusal naming the matcher's `inferFromVolume`."""
     if not infers(spec):
@@ -59,7 +69,7 @@ def infer(spec: dict[str, Any], *, namespace: str, claims: Claims) -> dict[str, 
         ignore = matcher.get("inferFromVolumeFailurePolicy") == "Ignore"
         try:
             name, kind = _from_volumes(out, volume, which=which, namespace=namespace,
-                                       claims=claims)  # fmt: skip
+                                       claims=claims, datasources=datasources)  # fmt: skip
         except _Ignorable as err:
             if not ignore:
                 raise ValidationError(str(err), field=f"spec.{which}.inferFromVolume") from None
@@ -76,8 +86,9 @@ def infer(spec: dict[str, Any], *, namespace: str, claims: Claims) -> dict[str, 
 
 
 def _from_volumes(
-    spec: dict[str, Any], volume: str, *, which: str, namespace: str, claims: Claims
-) -> tuple[str, str]:
+    spec: dict[str, Any], volume: str, *, which: str, namespace: str, claims: Claims,
+    datasources: DataSources,
+) -> tuple[str, str]:  # fmt: skip
     vmi = (spec.get("template") or {}).get("spec") or {}
     for vol in vmi.get("volumes") or []:
         if not isinstance(vol, dict) or vol.get("name") != volume:
@@ -86,7 +97,8 @@ def _from_volumes(
             return _from_claim(str(pvc.get("claimName") or ""), namespace, which, claims)
         if isinstance(dv := vol.get("dataVolume"), dict):
             return _from_data_volume(spec, str(dv.get("name") or ""), which=which,
-                                     namespace=namespace, claims=claims)  # fmt: skip
+                                     namespace=namespace, claims=claims,
+                                     datasources=datasources)  # fmt: skip
         raise _Ignorable(f"unable to infer defaults from volume {volume} as type is not supported")
     raise ValidationError(f"unable to find volume {volume} to infer defaults", field="")
 
@@ -109,9 +121,27 @@ def _from_claim(name: str, namespace: str, which: str, claims: Claims) -> tuple[
     return _labelled(_claim(name, namespace, claims).labels, which)
 
 
-def _from_data_volume(
-    spec: dict[str, Any], name: str, *, which: str, namespace: str, claims: Claims
+def _from_data_source(
+    name: str, namespace: str, *, which: str, claims: Claims, datasources: DataSources
 ) -> tuple[str, str]:
+    """The DataSource's own labels first, else its claim's (KubeVirt's inferDefaultsFromDataSource);
+    a missing DataSource is refused whatever the policy, as a missing claim is."""
+    found = datasources(namespace, name)
+    if found is None or not found.exists:
+        raise ValidationError(f'{RESOURCE} "{name}" not found', field="")
+    if LABELS[which][0] in found.labels:
+        return _labelled(found.labels, which)
+    if (pvc := source_pvc(found)) is not None:
+        return _from_claim(pvc[1], pvc[0], which, claims)
+    raise _Ignorable(
+        "unable to infer defaults from DataSource that doesn't provide DataVolumeSourcePVC"
+    )
+
+
+def _from_data_volume(
+    spec: dict[str, Any], name: str, *, which: str, namespace: str, claims: Claims,
+    datasources: DataSources,
+) -> tuple[str, str]:  # fmt: skip
     for tpl in spec.get("dataVolumeTemplates") or []:
         if ((tpl or {}).get("metadata") or {}).get("name") != name:
             continue
@@ -119,6 +149,13 @@ def _from_data_volume(
         if isinstance(pvc := source.get("pvc"), dict):  # KubeVirt reads the source claim's
             return _from_claim(str(pvc.get("name") or ""), str(pvc.get("namespace") or namespace),
                                which, claims)  # fmt: skip
+        if isinstance(ref := (tpl.get("spec") or {}).get("sourceRef"), dict):
+            if ref.get("kind") != "DataSource":
+                raise _Ignorable("unable to infer defaults from DataVolumeSourceRef as Kind "
+                                 f"{ref.get('kind')} is not supported")  # fmt: skip
+            return _from_data_source(str(ref.get("name") or ""),
+                                     str(ref.get("namespace") or namespace), which=which,
+                                     claims=claims, datasources=datasources)  # fmt: skip
         raise _Ignorable("unable to infer defaults from DataVolumeSpec as DataVolumeSource is not "
                          "supported")  # fmt: skip
     # A DataVolume is its claim of the same name in virtbus: no DataVolume, KubeVirt's fallback
@@ -127,7 +164,8 @@ def _from_data_volume(
     if not found.data_volume or LABELS[which][0] in found.labels:
         return _labelled(found.labels, which)
     if found.source.startswith("clone:"):  # the DataVolume's source.pvc
-        return _from_claim(found.source.removeprefix("clone:"), namespace, which, claims)
+        source_ns, source = clone_of(found.source, namespace)
+        return _from_claim(source, source_ns, which, claims)
     raise _Ignorable(
         "unable to infer defaults from DataVolumeSpec as DataVolumeSource is not supported"
     )

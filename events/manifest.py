@@ -17,6 +17,7 @@ from events import fields as f
 from events import kubevirt as kv
 from events import migration_policies as mp
 from events.commands import (
+    ApplyDataSource,
     ApplyKubeVirt,
     ApplyMigrationPolicy,
     ApplyReplicaSet,
@@ -27,6 +28,7 @@ from events.commands import (
     RestoreVM,
     SnapshotVM,
 )
+from events.datasources import check_spec as check_datasource
 from events.fields import fail as _fail
 from events.instancetypes import API as INSTANCETYPE_API
 from events.instancetypes import KINDS as INSTANCETYPE_KINDS
@@ -192,6 +194,9 @@ def to_commands(
                           labels=labels)  # fmt: skip
     elif kind == "DataVolume":
         cmd = dv_command(spec, reader, name=name, namespace=namespace, labels=labels)
+    elif kind == "DataSource":
+        cmd = ApplyDataSource(name=name, namespace=namespace, labels=labels,
+                              spec=check_datasource(spec, namespace=namespace))  # fmt: skip
     elif kind == "VirtualMachine":
         reader.section(spec, "spec", fields=_VM_SPEC)
         _check_run_strategy(spec)

@@ -12,13 +12,15 @@ from typing import Any, Final
 
 from events import fields as f
 from events.commands import CreateVolume
+from events.datasources import PREFIX as DATASOURCE
 from events.fields import fail as _fail
 from events.manifest_reader import Reader, names
 from events.names import check_name
+from events.volumes import clone_source
 
 PVC_API: Final = "v1"
 CDI_API: Final = "cdi.kubevirt.io/v1beta1"
-STORAGE_KINDS: Final = {PVC_API: ("PersistentVolumeClaim",), CDI_API: ("DataVolume",)}
+STORAGE_KINDS: Final = {PVC_API: ("PersistentVolumeClaim",), CDI_API: ("DataVolume", "DataSource")}
 SELECTED_NODE: Final = "volume.kubernetes.io/selected-node"  # a claim bound ahead of its VM
 _PVC_SPEC: Final = names(
     "accessModes resources storageClassName volumeMode selector volumeName dataSource "
@@ -33,13 +35,15 @@ _DV_OTHER_SOURCES: Final = names("s3 gcs imageio vddk snapshot")
 _HTTP: Final = names("url certConfigMap secretRef extraHeaders secretExtraHeaders")
 _REGISTRY: Final = names("url imageStream pullMethod certConfigMap secretRef platform")
 _PVC_SOURCE: Final = names("name namespace")
+_SOURCE_REF: Final = names("kind name namespace")
 
 
 def _claim(
-    spec: dict[str, Any], path: str, reader: Reader, *, fields: frozenset[str], modes_needed: bool
-) -> tuple[str, list[str], str]:
+    spec: dict[str, Any], path: str, reader: Reader, *, fields: frozenset[str], modes_needed: bool,
+    size_needed: bool = True,
+) -> tuple[str, list[str], str]:  # fmt: skip
     """Size, access modes and storage class of a claim spec (a PVC's, a DataVolume's
-    `pvc`/`storage`)."""
+    `pvc`/`storage`); a clone's `storage` may leave the size to its source's, as CDI does."""
     reader.section(spec, path, fields=fields)
     modes = f.entries(spec.get("accessModes"), f"{path}.accessModes")
     for i, mode in enumerate(modes):
@@ -49,6 +53,8 @@ def _claim(
     resources = f.mapping(spec.get("resources"), f"{path}.resources")
     requests = f.mapping(resources.get("requests"), f"{path}.resources.requests")
     size = requests.get("storage")
+    if size is None and not size_needed:
+        size = ""
     if size is None:
         raise _fail(f"{path}.resources.requests.storage", "Required value")
     if not isinstance(size, str | int):
@@ -83,24 +89,27 @@ def dv_command(
 ) -> CreateVolume:  # fmt: skip
     """A DataVolume (or a VM's `dataVolumeTemplates[i]`, owned by the VM) as its claim."""
     reader.section(spec, path, fields=_DV_SPEC)
-    if spec.get("sourceRef") is not None:
-        raise _fail(f"{path}.sourceRef", "DataSource references are not supported by virtbus; "
-                                         "give spec.source")  # fmt: skip
+    ref = spec.get("sourceRef")
+    if ref is not None and spec.get("source") is not None:
+        raise _fail(path, "Data volume should have either Source or SourceRef")
     if (spec.get("pvc") is None) == (spec.get("storage") is None):
         raise _fail(f"{path}", "needs exactly one of pvc and storage")
     which = "pvc" if spec.get("pvc") is not None else "storage"
     size, modes, storage_class = _claim(
         f.mapping(spec[which], f"{path}.{which}"), f"{path}.{which}", reader, fields=_PVC_SPEC,
-        modes_needed=which == "pvc",
+        modes_needed=which == "pvc", size_needed=which == "pvc" or not (
+            ref is not None or "pvc" in f.mapping(spec.get("source"), f"{path}.source")),
     )  # fmt: skip
     if f.text(spec.get("contentType"), f"{path}.contentType", choices=("kubevirt", "archive")) == (
         "archive"
     ):
         raise _fail(f"{path}.contentType", "archive is not supported by virtbus; use kubevirt")
-    source = _source(f.mapping(spec.get("source"), f"{path}.source"), f"{path}.source", reader)
-    other = f.mapping(f.mapping(spec.get("source"), "").get("pvc"), "").get("namespace")
-    if source.startswith("clone:") and other not in (None, namespace):
-        raise _fail(f"{path}.source.pvc.namespace", "virtbus clones within one namespace")
+    if ref is not None:
+        source = _source_ref(f.mapping(ref, f"{path}.sourceRef"), f"{path}.sourceRef", reader,
+                             namespace=namespace)  # fmt: skip
+    else:
+        source = _source(f.mapping(spec.get("source"), f"{path}.source"), f"{path}.source",
+                         reader, namespace=namespace)  # fmt: skip
     return CreateVolume(
         name=name, namespace=namespace, size=size, apply=True, access_modes=modes,
         storage_class=storage_class, source=source, data_volume=True, owner=owner,
@@ -108,7 +117,25 @@ def dv_command(
     )  # fmt: skip
 
 
-def _source(src: dict[str, Any], path: str, reader: Reader) -> str:
+def _source_ref(ref: dict[str, Any], path: str, reader: Reader, *, namespace: str) -> str:
+    """`datasource:NS/NAME`, resolved to a clone of the DataSource's claim when the DataVolume is
+    judged (CDI's webhook reads the DataSource at create); CDI's words for what is missing."""
+    reader.section(ref, path, fields=_SOURCE_REF)
+    kind = f.text(ref.get("kind"), f"{path}.kind")
+    if not kind:
+        raise _fail(f"{path}.kind", "Missing sourceRef kind")
+    if kind != "DataSource":
+        raise _fail(f"{path}.kind", f"Unsupported sourceRef kind {kind}, currently only "
+                                    "DataSource is supported")  # fmt: skip
+    if not f.text(ref.get("name"), f"{path}.name"):
+        raise _fail(f"{path}.name", "Missing sourceRef name")
+    name = check_name(ref["name"], field=f"{path}.name")
+    ns = check_name(f.text(ref.get("namespace"), f"{path}.namespace") or namespace,
+                    field=f"{path}.namespace")  # fmt: skip
+    return f"{DATASOURCE}{ns}/{name}"  # a sourceRef until the DataVolume is judged
+
+
+def _source(src: dict[str, Any], path: str, reader: Reader, *, namespace: str) -> str:
     """The claim's `source` string for a DataVolume's source."""
     given = [key for key in src if key in _DV_SOURCES]
     for key in src:
@@ -142,5 +169,7 @@ def _source(src: dict[str, Any], path: str, reader: Reader) -> str:
     if kind == "pvc":
         reader.section(body, f"{path}.pvc", fields=_PVC_SOURCE)
         source = check_name(body.get("name") or "", field=f"{path}.pvc.name")
-        return f"clone:{source}"
+        ns = check_name(f.text(body.get("namespace"), f"{path}.pvc.namespace") or namespace,
+                        field=f"{path}.pvc.namespace")  # fmt: skip
+        return clone_source(ns, source, into=namespace)
     return "upload" if kind == "upload" else ""

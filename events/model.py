@@ -20,6 +20,8 @@ from events.model_aggregates import (
     ClusterInstancetypeDeleted,
     ClusterPreferenceApplied,
     ClusterPreferenceDeleted,
+    DataSourceApplied,
+    DataSourceDeleted,
     InstancetypeApplied,
     InstancetypeDeleted,
     KubeVirtApplied,
@@ -116,7 +118,8 @@ from events.model_snapshot import (
 __all__ = [
     "CE_TYPE", "EVENT_BY_NAME", "EVENT_CLASSES", "TOKEN", "AnyEvent", "AuditCheckpoint",
     "AuditHead", "ClusterInstancetypeApplied", "ClusterInstancetypeDeleted",
-    "ClusterPreferenceApplied", "ClusterPreferenceDeleted", "CommandRejected", "DomainDefined",
+    "ClusterPreferenceApplied", "ClusterPreferenceDeleted", "CommandRejected",
+    "DataSourceApplied", "DataSourceDeleted", "DomainDefined",
     "DomainPaused", "DomainRebooted", "DomainResumed", "DomainStarted", "DomainStopped",
     "DomainUndefined", "Event", "GuestAgentChanged", "GuestMemoryPlugged", "HotChangeFailed",
     "HotMemoryChangeRequested",
@@ -365,7 +368,7 @@ AnyEvent = (
     | ClusterInstancetypeApplied
     | ClusterInstancetypeDeleted | PreferenceApplied | PreferenceDeleted | ClusterPreferenceApplied
     | ClusterPreferenceDeleted | AuditCheckpoint | ImagePulled | ImagePulling | UserAdded
-    | UserRevoked
+    | UserRevoked | DataSourceApplied | DataSourceDeleted
 )  # fmt: skip
 
 EVENT_CLASSES: Final[tuple[type[Event], ...]] = AnyEvent.__args__
@@ -390,6 +393,7 @@ _PREFIX: Final = {
     "vmpool": "vm_pool_",
     "kubevirt": "kube_virt_",
     "service": "service_",
+    "datasource": "data_source_",
 }
 
 

@@ -280,6 +280,22 @@ class ClusterPreferenceDeleted(InstancetypeDeleted, frozen=True):
     aggregate: ClassVar[str] = "clusterpreference"
 
 
+# --- CDI DataSources (cdi.kubevirt.io) -----------------------------------------------------------
+
+
+class DataSourceApplied(Event, frozen=True):
+    """A DataSource's spec as applied (`source.pvc.namespace` filled in) and its labels (what
+    `inferFromVolume` reads through it)."""
+
+    aggregate: ClassVar[str] = "datasource"
+    spec: dict[str, Any]
+    labels: dict[str, str] = {}
+
+
+class DataSourceDeleted(Event, frozen=True):
+    aggregate: ClassVar[str] = "datasource"
+
+
 # --- the KubeVirt configuration (kind: KubeVirt) ------------------------------------------------
 
 

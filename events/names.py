@@ -45,6 +45,7 @@ AGGREGATES: Final = (
     "kubevirt",
     "service",
     "migrationpolicy",
+    "datasource",
 )
 CLUSTER_SCOPED: Final = frozenset(
     {

@@ -26,7 +26,7 @@ DISPATCHER: Final = "dispatcher"  # the webhook dispatcher's: it commands nothin
 ROLES: Final = (ADMIN, EDIT, VIEW, NODE, DISPATCHER)
 # what `edit` commands
 EDITABLE: Final = frozenset(
-    {"vm", "rs", "vmpool", "volume", "instancetype", "preference", "service"}
+    {"vm", "rs", "vmpool", "volume", "instancetype", "preference", "service", "datasource"}
 )
 
 # kubectl's resource names, for messages a Kubernetes user reads like its own
@@ -37,7 +37,7 @@ _RESOURCE: Final = {"vm": "virtualmachines", "rs": "virtualmachineinstancereplic
                     "preference": "virtualmachinepreferences",
                     "clusterpreference": "virtualmachineclusterpreferences",
                     "vmpool": "virtualmachinepools", "kubevirt": "kubevirts",
-                    "service": "services"}  # fmt: skip
+                    "service": "services", "datasource": "datasources"}  # fmt: skip
 
 
 # What a node writes: its observations, nothing else (no decision, no command, no rejection).

@@ -27,6 +27,18 @@ def retry_delay(restarts: int) -> timedelta:
     return timedelta(seconds=min(RETRY_FIRST_S * 2 ** max(restarts - 1, 0), RETRY_CAP_S))
 
 
+def clone_of(source: str, namespace: str) -> tuple[str, str]:
+    """The (namespace, name) of the claim a `clone:NAME` (same namespace) or `clone:NS/NAME`
+    source copies (a DataVolume's `source.pvc`, or the claim its DataSource names)."""
+    ns, _, name = source.removeprefix("clone:").rpartition("/")
+    return ns or namespace, name
+
+
+def clone_source(namespace: str, name: str, *, into: str) -> str:
+    """The source string of a clone of claim NAMESPACE/NAME into namespace `into`."""
+    return f"clone:{name}" if namespace == into else f"clone:{namespace}/{name}"
+
+
 class VolumeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     namespace: str = ""
     name: str = ""

@@ -244,7 +244,8 @@ class Controller(Folded):
             if v.exists:
                 continue
             try:
-                view = cluster_view(ref, cmd, nodes=self.nodes, volumes=self.volumes, vms=self.vms)
+                view = cluster_view(ref, cmd, nodes=self.nodes, volumes=self.volumes, vms=self.vms,
+                                    datasources=self.datasources)  # fmt: skip
                 events = decide_volume(v, cmd, view)
                 if events:
                     await self.store.append(

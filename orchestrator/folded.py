@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from bus.crashpoints import crash_at
 from events import commands as c
 from events import work as w
+from events.datasources import DataSourceState, apply_datasource
 from events.envelope import Recorded
 from events.folding import skipped_now
 from events.infer import infer
@@ -50,6 +51,7 @@ class Folded:
         self.addresses = AddressPool(vmi_cidr)
         self.node_ports = NodePortPool()
         self.services: dict[str, ServiceState] = {}
+        self.datasources: dict[str, DataSourceState] = {}  # what sourceRefs resolve through
         self.settings = Settings(migration_policy)  # the KubeVirt object: the source of truth
         self.capacity = Capacity(self.settings.config.migrations)
         self.vms: dict[str, VMState] = {}
@@ -137,9 +139,11 @@ class Folded:
         """The VM spec with its `inferFromVolume` matchers resolved from the claims' labels as
         they stand in the log now (KubeVirt's mutating webhook, at the VM's apply)."""
         await self.caught_up()
-        volumes = self.volumes
+        volumes, datasources = self.volumes, self.datasources
         return infer(spec, namespace=ref.namespace,
-                     claims=lambda ns, name: volumes.get(f"virt.volume.{ns}.{name}"))  # fmt: skip
+                     claims=lambda ns, name: volumes.get(f"virt.volume.{ns}.{name}"),
+                     datasources=lambda ns, name: datasources.get(
+                         f"virt.datasource.{ns}.{name}"))  # fmt: skip
 
     async def admission(self, ref: Ref, cmd: c.Command) -> None:
         """Raise KubeVirt's refusal of a command the configuration does not allow (a gate that
@@ -151,7 +155,8 @@ class Folded:
     async def volume_view(self, ref: Ref, cmd: c.Command) -> ClusterView:
         """What judging a volume command needs besides the volume's own history."""
         await self.caught_up()
-        return cluster_view(ref, cmd, nodes=self.nodes, volumes=self.volumes, vms=self.vms)
+        return cluster_view(ref, cmd, nodes=self.nodes, volumes=self.volumes, vms=self.vms,
+                            datasources=self.datasources)  # fmt: skip
 
     async def service_ports(self, ref: Ref) -> ServicePorts:
         """The nodePort pool as the Service `ref`'s judgement sees it, with the log folded."""
@@ -194,6 +199,9 @@ class Folded:
             svc = self.services[key] = apply_service(self.services.get(key) or ServiceState(),
                                                      rec.envelope)  # fmt: skip
             self.node_ports.folded(key, svc)
+        elif kind == "datasource":
+            ds = self.datasources.get(key) or DataSourceState()
+            self.datasources[key] = apply_datasource(ds, rec.envelope)
         elif kind == "kubevirt":
             self.settings.folded(key, rec.envelope)
             self.capacity.policy = self.settings.config.migrations

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from events import commands as c
 from events import model as m
+from events.datasources import DataSourceState, apply_datasource, decide_datasource
 from events.envelope import Recorded
 from events.errors import ValidationError
 from events.instancetypes import (
@@ -60,6 +61,11 @@ def decide_for(
         for r in history:
             policy = apply_policy(policy, r.envelope)
         return decide_policy(policy, cmd)
+    if ref.kind == "datasource":
+        ds = DataSourceState()
+        for r in history:
+            ds = apply_datasource(ds, r.envelope)
+        return decide_datasource(ds, cmd)
     if ref.kind in KIND_OF:
         it = InstancetypeState()
         for r in history:

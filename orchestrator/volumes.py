@@ -17,13 +17,15 @@ import msgspec
 from events import commands as c
 from events import model as m
 from events import work as w
+from events.datasources import PREFIX as DATASOURCE
+from events.datasources import DataSourceState, resolve
 from events.envelope import Recorded
 from events.errors import ValidationError, stale
 from events.names import Ref
 from events.nodes import NodeState
 from events.quantity import parse_quantity
 from events.state import RUNNING, SCHEDULED, SCHEDULING, VMState
-from events.volumes import BOUND, PENDING, VolumeState, apply_volume
+from events.volumes import BOUND, PENDING, VolumeState, apply_volume, clone_of, clone_source
 from orchestrator.scheduler import Request
 
 _ACTIVE = (SCHEDULING, SCHEDULED, RUNNING)
@@ -41,6 +43,7 @@ class ClusterView(msgspec.Struct, frozen=True, kw_only=True):
     users: list[str] = []  # VMs (not deleted) in the namespace that name the claim
     running: list[str] = []  # those of them with an instance (scheduled or running)
     clone_source: VolumeState | None = None  # a clone's source claim
+    source: str = ""  # the clone a DataVolume's sourceRef resolved to (its DataSource's claim)
 
 
 def fold_volume(history: Iterable[Recorded]) -> VolumeState:
@@ -74,19 +77,31 @@ def _uses(s: VMState, claim: str) -> bool:
 def cluster_view(
     ref: Ref, cmd: c.Command, *, nodes: Mapping[str, NodeState],
     volumes: Mapping[str, VolumeState], vms: Mapping[str, VMState],
+    datasources: Mapping[str, DataSourceState] | None = None,
 ) -> ClusterView:  # fmt: skip
     """Nodes and volume counts for a create or a move; the claim's users for a delete or a move,
-    read off the folded nodes, volumes and VMs (the controller's, keyed by subject prefix)."""
+    read off the folded nodes, volumes and VMs (the controller's, keyed by subject prefix); a
+    sourceRef resolved through the DataSources (or CDI's refusal naming `spec.sourceRef`)."""
     placing = isinstance(cmd, c.CreateVolume | c.MoveVolume)
     counts: dict[str, int] = {}
     users: list[VMState] = []
-    clone = None
+    clone, source = None, ""
     if placing:
         for v in volumes.values():
             if v.exists and v.node:
                 counts[v.node] = counts.get(v.node, 0) + 1
-        if isinstance(cmd, c.CreateVolume) and cmd.source.startswith("clone:"):
-            clone = volumes.get(f"virt.volume.{ref.namespace}.{cmd.source.removeprefix('clone:')}")
+        made = volumes.get(ref.prefix)
+        if isinstance(cmd, c.CreateVolume) and cmd.source.startswith(DATASOURCE):
+            if made is not None and made.exists:  # CDI reads a sourceRef at create only
+                source = made.source
+            else:
+                known = datasources or {}
+                ns, name = resolve(cmd.source, known=lambda n, d: known.get(
+                    f"virt.datasource.{n}.{d}"))  # fmt: skip
+                source = clone_source(ns, name, into=ref.namespace)
+        if isinstance(cmd, c.CreateVolume) and (source or cmd.source).startswith("clone:"):
+            ns, name = clone_of(source or cmd.source, ref.namespace)
+            clone = volumes.get(f"virt.volume.{ns}.{name}")
     if isinstance(cmd, c.DeleteVolume | c.MoveVolume):
         mine = f"virt.vm.{ref.namespace}."
         users = [
@@ -96,6 +111,7 @@ def cluster_view(
         nodes={n.name: n for n in nodes.values()} if placing else {}, volumes_per_node=counts,
         users=sorted(s.name for s in users),
         running=sorted(s.name for s in users if s.node and s.phase in _ACTIVE), clone_source=clone,
+        source=source,
     )  # fmt: skip
 
 
@@ -127,6 +143,11 @@ def decide_volume(v: VolumeState, cmd: c.Command, view: ClusterView) -> list[m.E
 
 
 def _create(v: VolumeState, cmd: c.CreateVolume, view: ClusterView) -> list[m.Event]:
+    if view.source:  # a sourceRef: the DataVolume clones what its DataSource names now
+        cmd = msgspec.structs.replace(cmd, source=view.source)
+    if not cmd.size and cmd.source.startswith("clone:"):  # CDI sizes it as its source
+        made = v.size_bytes if v.exists else _clone_source(cmd, view).size_bytes
+        cmd = msgspec.structs.replace(cmd, size=str(made))
     size = parse_quantity(cmd.size, field="size")
     if size < MIN_SIZE:
         raise _reject(f"size: {cmd.size!r} is below the minimum volume size of 1Mi", "size")
@@ -163,14 +184,19 @@ def _create(v: VolumeState, cmd: c.CreateVolume, view: ClusterView) -> list[m.Ev
     return [created]
 
 
-def _clone_node(cmd: c.CreateVolume, size: int, view: ClusterView) -> str:
-    """A clone is made where its source is (CDI's host-assisted clone, on the source's node)."""
-    src, name = view.clone_source, cmd.source.removeprefix("clone:")
+def _clone_source(cmd: c.CreateVolume, view: ClusterView) -> VolumeState:
+    src, name = view.clone_source, cmd.source.removeprefix("clone:").rpartition("/")[2]
     if src is None or not src.exists:
         raise _reject(f'source.pvc: persistentvolumeclaims "{name}" not found', "source.pvc")
     if src.phase != BOUND or not src.node:
         raise _reject(f'source.pvc: persistentvolumeclaims "{name}" is {src.phase or "Pending"}; '
                       "a clone needs a Bound source", "source.pvc")  # fmt: skip
+    return src
+
+
+def _clone_node(cmd: c.CreateVolume, size: int, view: ClusterView) -> str:
+    """A clone is made where its source is (CDI's host-assisted clone, on the source's node)."""
+    src = _clone_source(cmd, view)
     if size < src.size_bytes:
         raise _reject("target resources requests storage size is smaller than the source",
                       "spec.storage.resources.requests.storage")  # fmt: skip

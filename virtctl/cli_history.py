@@ -57,7 +57,8 @@ def _when(text: str | None, flag: str) -> datetime | None:
 
 # The kinds with a history besides the VM's (`history KIND/NAME`), by their aggregate.
 _AGGREGATES = {k.VM: "vm", k.VMIRS: "rs", k.VMPOOL: "vmpool", k.KUBEVIRT: "kubevirt",
-               k.SERVICE: "service", k.MIGRATION_POLICY: "migrationpolicy"}  # fmt: skip
+               k.SERVICE: "service", k.MIGRATION_POLICY: "migrationpolicy",
+               k.DATASOURCE: "datasource"}  # fmt: skip
 
 
 def _target(name: str, namespace: str) -> tuple[Ref, k.Kind]:
@@ -65,8 +66,8 @@ def _target(name: str, namespace: str) -> tuple[Ref, k.Kind]:
     kind, named = k.split(name, None) if "/" in name else (k.VM, name)
     if kind not in _AGGREGATES or named is None:
         raise ValidationError(f"history: {name!r}: give a VM's name, or vmpool/NAME, "
-                              "vmirs/NAME, kubevirt/NAME, svc/NAME, migrationpolicy/NAME",
-                              field="name")  # fmt: skip
+                              "vmirs/NAME, kubevirt/NAME, svc/NAME, migrationpolicy/NAME, "
+                              "datasource/NAME", field="name")  # fmt: skip
     if kind is k.KUBEVIRT and namespace == "default":  # where the KubeVirt object lives
         namespace = "kubevirt"
     return Ref.of(_AGGREGATES[kind], named, namespace), kind

@@ -4,9 +4,9 @@ Its flags, defaults (runStrategy Always, 512Mi, a grace period of 180 s, a rando
 inference from the boot volume when it is a claim),
 `key:value,...` parameters, volume naming and messages (`failed to parse "--FLAG" flag: ...`) are
 virtctl's, so a line from KubeVirt's user guide piped into `virtbus apply -f -` gives the VM it
-gives there. Only the sources virtbus runs are offered: DataSources (`--volume-datasource`,
-`type:ds`), sysprep and access credentials are refused by name rather than written into a manifest
-`apply` would then refuse. Pure: no bus.
+gives there. Only the sources virtbus runs are offered: `--volume-datasource` (virtctl's deprecated
+spelling of `--volume-import type:ds`), sysprep and access credentials are refused by name rather
+than written into a manifest `apply` would then refuse. Pure: no bus.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from events.quantity import parse_quantity
 RUN_STRATEGIES = ("Always", "Manual", "Halted", "Once", "RerunOnFailure")
 CLOUD_INIT_DISK = "cloudinitdisk"
 CLOUD_CONFIG = "#cloud-config"
-_IMPORT_TYPES = ("blank", "http", "pvc", "registry")  # what virtbus's DataVolumes import
+_IMPORT_TYPES = ("blank", "ds", "http", "pvc", "registry")  # what virtbus's DataVolumes import
+_SIZED_BY_SOURCE = ("ds", "pvc")  # a clone: no size given is the source's (CDI's clone sizing)
 _NOT_HERE = {
-    "volume-datasource": "virtbus has no DataSources (cdi.kubevirt.io DataSource); use "
-                         "--volume-import type:registry or type:http",
+    "volume-datasource": "deprecated in virtctl, not served by virtbus; use --volume-import "
+                         "type:ds,src:NAMESPACE/NAME",
     "volume-sysprep": "virtbus runs no Windows sysprep volumes",
     "access-cred": "virtbus injects no credentials from Secrets; use --ssh-key",
 }  # fmt: skip
@@ -141,7 +142,7 @@ class _Builder:
             source = _import_source(flag, kind, p)
             label = p.get("name") or "imported-volume-" + suffix()
             size = p.get("size", "")
-            if not size and kind != "pvc":
+            if not size and kind not in _SIZED_BY_SOURCE:
                 raise flag_error(flag, "size must be specified")
             if size:
                 try:
@@ -149,8 +150,9 @@ class _Builder:
                 except ValidationError as err:
                     raise flag_error(flag, f'failed to parse param "size": {err.message}') from None
             storage = {"resources": {"requests": {"storage": size}}} if size else {}
+            dv = {"sourceRef": source} if kind == "ds" else {"source": source}
             self.templates.append({"metadata": {"creationTimestamp": None, "name": label},
-                                   "spec": {"source": source, "storage": storage}})  # fmt: skip
+                                   "spec": {**dv, "storage": storage}})  # fmt: skip
             self.add(flag, {"dataVolume": {"name": label}, "name": label}, p.get("bootorder"))
 
 
@@ -165,8 +167,15 @@ def _prefixed(flag: str, text: str) -> tuple[str, str]:
 
 
 def _import_source(flag: str, kind: str, p: dict[str, str]) -> dict[str, Any]:
+    """The DataVolume's `source` (its `sourceRef` for type:ds, as virtctl writes it)."""
     if kind == "blank":
         return {"blank": {}}
+    if kind == "ds":
+        if not p.get("src"):
+            raise flag_error(flag, "src must be specified")
+        namespace, name = _prefixed(flag, p["src"])
+        return {"kind": "DataSource", "name": name, **({"namespace": namespace} if namespace
+                                                        else {})}  # fmt: skip
     if kind == "pvc":
         if not p.get("src"):
             raise flag_error(flag, "src must be specified")
@@ -327,8 +336,14 @@ def _inferred(b: _Builder, named: str, *, explicit: bool) -> dict[str, str] | No
         if "dataVolume" in volume:
             template = next((t for t in b.templates if t["metadata"]["name"] ==
                              volume["dataVolume"]["name"]), None)  # fmt: skip
-            source = template["spec"]["source"] if template is not None else {}
-            if template is not None and not any(k in source for k in _INFERABLE_SOURCES):
+            spec = template["spec"] if template is not None else {}
+            source = spec.get("source") or {}
+            by_ref = (spec.get("sourceRef") or {}).get("kind") == "DataSource"
+            if (
+                template is not None
+                and not by_ref
+                and not any(k in source for k in _INFERABLE_SOURCES)
+            ):
                 raise ValidationError(
                     "this DataVolume is not valid to infer an instancetype or preference from "
                     "(source needs to be PVC, Registry or Snapshot, sourceRef needs to be "

@@ -167,6 +167,10 @@ async def listing(
         from virtctl.migrationpolicies import listing as policies
 
         return await policies(nc, name=name)
+    if kind is k.DATASOURCE:
+        from virtctl import datasources
+
+        return await datasources.listing(nc, name=name, namespace=namespace)
     if kind is k.REVISION:
         from virtctl.revisions import listing as revisions
 

@@ -77,11 +77,12 @@ KUBEVIRT = _kind("kubevirt", "KubeVirt", "kubevirt.io", "kv", "kvs")
 NODE = Kind("nodes", "Node", "", ("node", "nodes", "no"), namespaced=False)
 SERVICE = _kind("svc", "Service", "", "svc", "svcs")
 # the instance types and preferences VMs captured (read only: KubeVirt's VM controller makes them)
+DATASOURCE = _kind("datasources", "DataSource", "cdi.kubevirt.io", "das")
 REVISION = _kind("controllerrevisions", "ControllerRevision", "apps")
 MIGRATION_POLICY = _kind("migrationpolicies", "MigrationPolicy", "migrations.kubevirt.io",
                          namespaced=False)  # fmt: skip
 KINDS = (VM, VMI, VMIRS, VMIM, SNAPSHOT, RESTORE, PVC, DV, *INSTANCETYPES, VMPOOL, KUBEVIRT, NODE,
-         SERVICE, REVISION, MIGRATION_POLICY)  # fmt: skip
+         SERVICE, REVISION, MIGRATION_POLICY, DATASOURCE)  # fmt: skip
 _BY_ALIAS = {alias: k for k in KINDS for alias in k.aliases}
 _BY_MANIFEST = {k.kind: k for k in KINDS}
 _SEPARATE = (
@@ -91,7 +92,7 @@ _SEPARATE = (
 )
 SUPPORTED = (
     "vm, vmi, vmirs, vmim, vmsnapshot, vmrestore, pvc, dv, vmf, vmcf, vmpref, vmcp, vmpool, "
-    "kubevirt, node, svc, controllerrevision, migrationpolicy"
+    "kubevirt, node, svc, controllerrevision, migrationpolicy, datasource"
 )
 
 

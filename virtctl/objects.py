@@ -39,7 +39,7 @@ _WRITTEN = {"ApplyVM": "virtualmachine", "ApplyReplicaSet": "virtualmachineinsta
 def _created_name(cmd: c.Command) -> str:
     if isinstance(cmd, c.CreateVolume):
         return volume_object_name(cmd)
-    if isinstance(cmd, c.ApplyInstancetype):
+    if isinstance(cmd, c.ApplyInstancetype | c.ApplyDataSource):
         return instancetype_object_name(cmd)
     if isinstance(cmd, c.ApplyVM) and cmd.source_kind == VMI_SOURCE:
         return f"virtualmachineinstance.kubevirt.io/{cmd.name}"
@@ -57,7 +57,8 @@ async def create_file(url: str, *, path: str, namespace: str, kustomize: bool = 
     async with session(url) as nc:
         for one in given:
             cmd = one
-            if isinstance(one, c.ApplyVM | c.ApplyReplicaSet | c.ApplyInstancetype):
+            if isinstance(one, c.ApplyVM | c.ApplyReplicaSet | c.ApplyInstancetype
+                          | c.ApplyDataSource):  # fmt: skip
                 cmd = msgspec.structs.replace(one, create_only=True)
             elif isinstance(one, c.CreateVolume):
                 cmd = msgspec.structs.replace(one, apply=False)
@@ -137,6 +138,8 @@ async def _delete(nc: Any, *, kind: k.Kind, name: str, namespace: str, actor: st
             await send(nc, c.DeleteService(name=name, namespace=namespace, actor=actor))
         case k.MIGRATION_POLICY:
             await send(nc, c.DeleteMigrationPolicy(name=name, actor=actor))
+        case k.DATASOURCE:
+            await send(nc, c.DeleteDataSource(name=name, namespace=namespace, actor=actor))
         case k.VMIRS:
             await send(nc, c.DeleteReplicaSet(name=name, namespace=namespace, actor=actor))
         case k.VMPOOL:

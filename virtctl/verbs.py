@@ -66,7 +66,9 @@ def volume_object_name(cmd: c.CreateVolume) -> str:
     return f"persistentvolumeclaim/{cmd.name}"
 
 
-def instancetype_object_name(cmd: c.ApplyInstancetype) -> str:
+def instancetype_object_name(cmd: c.ApplyInstancetype | c.ApplyDataSource) -> str:
+    if isinstance(cmd, c.ApplyDataSource):
+        return f"datasource.cdi.kubevirt.io/{cmd.name}"
     kind = type(cmd).__name__.removeprefix("Apply").replace("Cluster", "cluster")
     return f"virtualmachine{kind.lower()}.instancetype.kubevirt.io/{cmd.name}"
 
@@ -151,7 +153,7 @@ def _applied(cmd: c.Command, outcome: c.Outcome) -> str:
         created = CE_TYPE[m.VolumeCreated] in outcome.events
         verb = "created" if created else "configured" if outcome.events else "unchanged"
         return f"{volume_object_name(cmd)} {verb}"
-    if isinstance(cmd, c.ApplyInstancetype | c.ApplyMigrationPolicy):  # version 1: it is new
+    if isinstance(cmd, c.ApplyInstancetype | c.ApplyDataSource | c.ApplyMigrationPolicy):
         verb = "unchanged" if not outcome.events else (
             "created" if outcome.version == len(outcome.events) else "configured")  # fmt: skip
         if isinstance(cmd, c.ApplyMigrationPolicy):

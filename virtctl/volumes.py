@@ -22,7 +22,7 @@ from events import render
 from events.envelope import Recorded
 from events.errors import VirtbusError
 from events.names import Ref, aggregate_key, check_name
-from events.volumes import BOUND, FAILED, VolumeState, apply_volume, dv_phase
+from events.volumes import BOUND, FAILED, VolumeState, apply_volume, clone_of, dv_phase
 from virtctl.kinds import DV, PVC
 from virtctl.listing import Item, Listing, Output, show
 
@@ -104,7 +104,8 @@ def dv_object(v: VolumeState) -> dict[str, Any]:
     elif kind == "registry":
         source = {"registry": {"url": f"docker://{arg}"}}
     elif kind == "clone":
-        source = {"pvc": {"namespace": v.namespace, "name": arg}}
+        ns, name = clone_of(v.source, v.namespace)
+        source = {"pvc": {"namespace": ns, "name": name}}
     elif v.source:
         source = {"upload": {}}
     meta = {k: pvc["metadata"][k] for k in ("name", "namespace", "creationTimestamp", "labels")

@@ -28,6 +28,7 @@ _AGGREGATES: dict[k.Kind, tuple[str, ...]] = {
     k.NODE: ("node", "vm"), k.INSTANCETYPE: ("instancetype",),
     k.CLUSTER_INSTANCETYPE: ("clusterinstancetype",), k.PREFERENCE: ("preference",),
     k.CLUSTER_PREFERENCE: ("clusterpreference",), k.MIGRATION_POLICY: ("migrationpolicy",),
+    k.DATASOURCE: ("datasource", "volume"),
 }  # fmt: skip
 
 

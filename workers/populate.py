@@ -23,6 +23,7 @@ from events import model as m
 from events import work as w
 from events.errors import VirtbusError
 from events.names import Ref
+from events.volumes import clone_of
 from workers.imagecache import ImageCache
 from workers.upload import COPY_CHUNK, UploadError, finish, unwritable
 from workers.volumes import claim_dir
@@ -65,7 +66,7 @@ class Populator:
         self.images = images
 
     async def fill(self, item: w.ProvisionVolume) -> None:
-        """Fetch the claim's data (`item.source`: import:URL, registry:IMAGE, clone:NAME)."""
+        """Fetch the claim's data (`item.source`: import:URL, registry:IMAGE, clone:[NS/]NAME)."""
         scratch = claim_dir(self.root, item.namespace, item.name) / SCRATCH
         progress = Progress(self.store, item.ref)
         kind, _, arg = item.source.partition(":")
@@ -82,7 +83,8 @@ class Populator:
                 disk = await self.images.ensure(arg, field="spec.source.registry.url")
                 await asyncio.to_thread(_copy, disk, scratch / "data")
             else:
-                source = claim_dir(self.root, item.namespace, arg) / "disk.img"
+                ns, name = clone_of(item.source, item.namespace)  # maybe another namespace's
+                source = claim_dir(self.root, ns, name) / "disk.img"
                 await asyncio.to_thread(_copy, source, scratch / "data")
             await asyncio.to_thread(finish, scratch, compression=compression, expected=expected,
                                     size=item.size_bytes)  # fmt: skip

@@ -173,6 +173,20 @@ def test_create_vm_infers_from_the_first_boot_disk_or_the_volume_named() -> None
     assert "memory" not in named["spec"]["template"]["spec"]["domain"]  # the instance type's
 
 
+def test_create_vm_imports_a_data_source_as_a_source_ref_and_infers_from_it() -> None:
+    spec = generate(_flags(imports=["type:ds,src:golden/fedora,name:root,size:2Gi,bootorder:1",
+                                    "type:ds,src:rhel,name:other"]))["spec"]  # fmt: skip
+    assert spec["dataVolumeTemplates"] == [
+        {"metadata": {"creationTimestamp": None, "name": "root"},
+         "spec": {"sourceRef": {"kind": "DataSource", "name": "fedora", "namespace": "golden"},
+                  "storage": {"resources": {"requests": {"storage": "2Gi"}}}}},
+        {"metadata": {"creationTimestamp": None, "name": "other"},  # no namespace: the VM's
+         "spec": {"sourceRef": {"kind": "DataSource", "name": "rhel"}, "storage": {}}},
+    ]  # fmt: skip
+    assert spec["instancetype"] == {"inferFromVolume": "root",
+                                    "inferFromVolumeFailurePolicy": "Ignore"}  # fmt: skip
+
+
 def test_create_vm_infers_nothing_quietly_from_what_cannot_be_inferred_from() -> None:
     for given in ({}, {"containerdisks": ["src:reg/img"]},
                   {"imports": ["type:blank,size:1Gi"]}, {"memory": "1Gi"}):  # fmt: skip

@@ -145,7 +145,9 @@ async def test_create_vm_reset_screenshot_memory_dump_and_expose(
     (["--run-strategy", "often"], 'failed to parse "--run-strategy" flag: invalid run strategy '
      '"often", supported values are: Always, Manual, Halted, Once, RerunOnFailure'),
     (["--volume-import", "type:s3,size:1Gi"], 'failed to parse "--volume-import" flag: invalid '
-     'volume import type "s3", virtbus imports blank, http, pvc, registry'),
+     'volume import type "s3", virtbus imports blank, ds, http, pvc, registry'),
+    (["--volume-import", "type:ds,size:1Gi"],
+     'failed to parse "--volume-import" flag: src must be specified'),
 ])  # fmt: skip
 def test_create_vm_refuses_bad_flags_naming_them(argv: list[str], why: str) -> None:
     flags = VMSpecFlags(name="x")
