@@ -89,11 +89,13 @@ def test_each_data_volume_source_is_a_claim_source(source: dict[str, Any], want:
         ({"apiVersion": "pool.kubevirt.io/v1beta1", "kind": "VirtualMachinePool",
           "metadata": {"name": "p"}}, "spec.virtualMachineTemplate: is required"),
         # Kinds KubeVirt's own examples apply that virtbus does not serve: what to use instead.
-        ({"apiVersion": "migrations.kubevirt.io/v1alpha1", "kind": "MigrationPolicy",
+        ({"apiVersion": "migrations.kubevirt.io/v1alpha1", "kind": "MigrationPlan",
           "metadata": {"name": "p"}},
-         "kind: 'MigrationPolicy' ('migrations.kubevirt.io/v1alpha1'): virtbus has no "
-         "MigrationPolicy objects: the cluster's migration settings are the KubeVirt object's "
-         "spec.configuration.migrations (apply a kind: KubeVirt)"),
+         "kind: 'MigrationPlan' is not supported in apiVersion migrations.kubevirt.io/v1alpha1; "
+         "virtbus serves MigrationPolicy there"),
+        ({"apiVersion": "migrations.kubevirt.io/v1alpha1", "kind": "MigrationPolicy",
+          "metadata": {"name": "p"}, "spec": {"completionTimeoutPerGiB": -5}},
+         "spec.completionTimeoutPerGiB: must not be negative"),
         ({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "p"}},
          "kind: 'PriorityClass' ('scheduling.k8s.io/v1'): virtbus has no pod priorities, so no "
          "PriorityClass; a VM's priorityClassName is ignored with a warning"),
