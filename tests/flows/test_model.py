@@ -121,15 +121,20 @@ class Lifecycle(RuleBasedStateMachine):
         with nothing under way."""
         store, ref, want = self.env.stack.store, Ref.vm(v.name), v.expected()
 
-        # A live migration's source deletes its launcher after the MigrationSucceeded, and says
-        # so in a LauncherDeleted of its own: the step is not over until that came (a cold move
-        # has no launcher).
-        source_cleanup = ""
+        # A running VM's migration source deletes its launcher after the MigrationSucceeded,
+        # and says so in a LauncherDeleted of its own: the step is not over until that came. (A
+        # stopped VM's move has no launcher; a running one's cold move, the test driver's, is
+        # told by the source's DomainStopped "migrated" first.)
+        source_cleanup, moved_away = "", False
 
         def note(e: m.Event) -> None:
-            nonlocal source_cleanup
-            if isinstance(e, m.MigrationSucceeded) and e.mode != "cold" and e.source != e.target:
-                source_cleanup = e.source
+            nonlocal source_cleanup, moved_away
+            if isinstance(e, m.DomainStopped) and e.reason == "migrated":
+                moved_away = True
+            elif isinstance(e, m.MigrationSucceeded):
+                if e.source != e.target and (e.mode != "cold" or moved_away):
+                    source_cleanup = e.source
+                moved_away = False
             elif isinstance(e, m.LauncherDeleted) and e.node == source_cleanup:
                 source_cleanup = ""
 
