@@ -12,17 +12,14 @@ refused rather than recorded as a DataSource that could never be ready.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, Final
-
-import msgspec
-from msgspec.structs import replace
 
 from events import commands as c
 from events import model as m
 from events.envelope import Envelope
-from events.errors import ValidationError, stale
-from events.folding import Skipped, total
+from events.errors import ValidationError
+from events.folding import total
+from events.spec_objects import SpecObject, decide_object, fold_object
 from events.volumes import BOUND, VolumeState, dv_phase
 
 API: Final = "cdi.kubevirt.io/v1beta1"
@@ -32,29 +29,12 @@ PREFIX: Final = "datasource:"  # a DataVolume's source while its sourceRef is un
 NO_PVC: Final = "No source PVC set"  # CDI's DataSource controller's words
 
 
-class DataSourceState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    namespace: str = ""
-    name: str = ""
-    version: int = 0
-    exists: bool = False
-    created: datetime | None = None
-    spec: dict[str, Any] = {}
-    labels: dict[str, str] = {}
-    skipped: tuple[Skipped, ...] = ()
+DataSourceState = SpecObject  # (events/spec_objects.py)
 
 
 @total
 def apply_datasource(s: DataSourceState, env: Envelope) -> DataSourceState:
-    e = env.data
-    _, namespace, name = env.subject.split("/")  # datasource/NAMESPACE/NAME
-    s = replace(s, namespace=namespace, name=name, version=env.version)
-    match e:
-        case m.DataSourceApplied():
-            created = s.created if s.exists else env.time
-            return replace(s, exists=True, created=created, spec=e.spec, labels=e.labels)
-        case m.DataSourceDeleted():
-            return replace(s, exists=False)
-    return s
+    return fold_object(s, env, applied=m.DataSourceApplied, deleted=m.DataSourceDeleted)
 
 
 def check_spec(spec: dict[str, Any], *, namespace: str) -> dict[str, Any]:
@@ -89,21 +69,12 @@ def check_spec(spec: dict[str, Any], *, namespace: str) -> dict[str, Any]:
 
 def decide_datasource(s: DataSourceState, cmd: c.Command) -> list[m.Event]:
     """Apply (created, replaced, or unchanged: no event) or delete a DataSource."""
-    match cmd:
-        case c.ApplyDataSource():
-            if s.exists and cmd.create_only:
-                raise ValidationError(f'{RESOURCE} "{cmd.name}" already exists', field="name")
-            if cmd.expected_version and cmd.expected_version != s.version:
-                raise ValidationError(stale(RESOURCE, cmd.name), field="metadata.resourceVersion")
-            spec = check_spec(cmd.spec, namespace=cmd.namespace)
-            if s.exists and (s.spec, s.labels) == (spec, cmd.labels):
-                return []
-            return [m.DataSourceApplied(spec=spec, labels=dict(cmd.labels))]
-        case c.DeleteDataSource():
-            if not s.exists:
-                raise ValidationError(f'{RESOURCE} "{cmd.name}" not found', field="name")
-            return [m.DataSourceDeleted()]
-    raise ValidationError(f"{type(cmd).__name__} does not apply to a DataSource", field="kind")
+    if not isinstance(cmd, c.ApplyDataSource | c.DeleteDataSource):
+        raise ValidationError(f"{type(cmd).__name__} does not apply to a DataSource", field="kind")
+    spec = check_spec(cmd.spec, namespace=cmd.namespace) if isinstance(
+        cmd, c.ApplyDataSource) else None  # fmt: skip
+    return decide_object(s, cmd, resource=RESOURCE, applied=m.DataSourceApplied,
+                         deleted=m.DataSourceDeleted, spec=spec)  # fmt: skip
 
 
 def source_pvc(s: DataSourceState) -> tuple[str, str] | None:

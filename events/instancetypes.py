@@ -13,19 +13,16 @@ from __future__ import annotations
 import copy
 import struct
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, Final
-
-import msgspec
-from msgspec.structs import replace
 
 from events import model as m
 from events import preferences, unsupported
 from events.envelope import Envelope
-from events.errors import ValidationError, stale
-from events.folding import Skipped, total
+from events.errors import ValidationError
+from events.folding import total
 from events.names import CLUSTER
 from events.quantity import parse_quantity
+from events.spec_objects import SpecObject, decide_object, fold_object
 
 API: Final = "instancetype.kubevirt.io/v1beta1"
 # kind -> (aggregate, kubectl's resource name)
@@ -44,34 +41,12 @@ _SPELLINGS: Final = {spelling: kind for kind, (_, plural) in KINDS.items()
                      for spelling in (kind.lower(), plural)}  # fmt: skip
 
 
-class InstancetypeState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    namespace: str = ""
-    name: str = ""
-    aggregate: str = ""
-    version: int = 0
-    exists: bool = False
-    created: datetime | None = None
-    spec: dict[str, Any] = {}
-    labels: dict[str, str] = {}
-    skipped: tuple[Skipped, ...] = ()
+InstancetypeState = SpecObject  # (events/spec_objects.py)
 
 
 @total
 def apply_instancetype(s: InstancetypeState, env: Envelope) -> InstancetypeState:
-    e = env.data
-    s = replace(s, version=env.version)
-    match e:
-        case m.InstancetypeApplied():
-            parts = env.subject.split("/")  # `kind/name` for the cluster-scoped kinds
-            ns, name = (parts[1], parts[2]) if len(parts) == 3 else (CLUSTER, parts[-1])
-            created = s.created if s.exists else env.time
-            return InstancetypeState(
-                namespace=ns, name=name, aggregate=e.aggregate, version=env.version, exists=True,
-                created=created, spec=e.spec, labels=e.labels,
-            )  # fmt: skip
-        case m.InstancetypeDeleted():
-            return replace(s, exists=False)
-    return s
+    return fold_object(s, env, applied=m.InstancetypeApplied, deleted=m.InstancetypeDeleted)
 
 
 def decide_instancetype(
@@ -79,17 +54,7 @@ def decide_instancetype(
 ) -> list[m.Event]:
     """Apply (created, replaced, or unchanged: no event) or delete one of the four kinds."""
     resource = f"{KINDS[KIND_OF[cmd.aggregate]][1]}.instancetype.kubevirt.io"
-    if hasattr(cmd, "spec"):
-        if s.exists and cmd.create_only:
-            raise ValidationError(f'{resource} "{cmd.name}" already exists', field="name")
-        if cmd.expected_version and cmd.expected_version != s.version:
-            raise ValidationError(stale(resource, cmd.name), field="metadata.resourceVersion")
-        if s.exists and (s.spec, s.labels) == (cmd.spec, cmd.labels):
-            return []
-        return [applied(spec=cmd.spec, labels=cmd.labels)]
-    if not s.exists:
-        raise ValidationError(f'{resource} "{cmd.name}" not found', field="name")
-    return [deleted()]
+    return decide_object(s, cmd, resource=resource, applied=applied, deleted=deleted)
 
 
 Lookup = Callable[[str, str, str], InstancetypeState | None]  # (aggregate, namespace, name)

@@ -13,18 +13,17 @@ setting for that migration; what it leaves out keeps it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any, Final
 
-import msgspec
 from msgspec.structs import replace
 
 from events import model as m
 from events import work as w
 from events.envelope import Envelope
-from events.errors import ValidationError, stale
-from events.folding import Skipped, total
+from events.errors import ValidationError
+from events.folding import total
 from events.quantity import parse_quantity
+from events.spec_objects import SpecObject, decide_object, fold_object
 
 API: Final = "migrations.kubevirt.io/v1alpha1"
 KIND: Final = "MigrationPolicy"
@@ -40,29 +39,12 @@ _RECORDED: Final = ("allowWorkloadDisruption", "maxDowntimeMs", "experimental")
 _SELECTORS: Final = ("namespaceSelector", "virtualMachineInstanceSelector")
 
 
-class PolicyState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    name: str = ""
-    version: int = 0
-    exists: bool = False
-    created: datetime | None = None
-    spec: dict[str, Any] = {}
-    labels: dict[str, str] = {}
-    skipped: tuple[Skipped, ...] = ()
+PolicyState = SpecObject  # (events/spec_objects.py)
 
 
 @total
 def apply_policy(s: PolicyState, env: Envelope) -> PolicyState:
-    e = env.data
-    s = replace(s, version=env.version)
-    match e:
-        case m.MigrationPolicyApplied():
-            created = s.created if s.exists else env.time
-            return PolicyState(name=env.subject.rpartition("/")[2], version=env.version,
-                               exists=True, created=created, spec=e.spec,
-                               labels=e.labels)  # fmt: skip
-        case m.MigrationPolicyDeleted():
-            return replace(s, exists=False)
-    return s
+    return fold_object(s, env, applied=m.MigrationPolicyApplied, deleted=m.MigrationPolicyDeleted)
 
 
 def read_policy_spec(spec: dict[str, Any]) -> list[str]:
@@ -106,17 +88,9 @@ def _selectors(value: Any) -> None:
 def decide_policy(s: PolicyState, cmd: Any) -> list[m.Event]:
     """Apply (created, replaced, or unchanged: no event) or delete a policy."""
     if hasattr(cmd, "spec"):
-        if s.exists and cmd.create_only:
-            raise ValidationError(f'{RESOURCE} "{cmd.name}" already exists', field="name")
-        if cmd.expected_version and cmd.expected_version != s.version:
-            raise ValidationError(stale(RESOURCE, cmd.name), field="metadata.resourceVersion")
         read_policy_spec(cmd.spec)  # a command from any client is judged like a manifest
-        if s.exists and (s.spec, s.labels) == (cmd.spec, cmd.labels):
-            return []
-        return [m.MigrationPolicyApplied(spec=cmd.spec, labels=cmd.labels)]
-    if not s.exists:
-        raise ValidationError(f'{RESOURCE} "{cmd.name}" not found', field="name")
-    return [m.MigrationPolicyDeleted()]
+    return decide_object(s, cmd, resource=RESOURCE, applied=m.MigrationPolicyApplied,
+                         deleted=m.MigrationPolicyDeleted)  # fmt: skip
 
 
 def _score(spec: dict[str, Any], vmi: dict[str, str], namespace: str) -> tuple[int, int] | None:

@@ -5,10 +5,13 @@ intake calls it once per command.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from events import commands as c
 from events import model as m
 from events.datasources import DataSourceState, apply_datasource, decide_datasource
-from events.envelope import Recorded
+from events.envelope import Envelope, Recorded
 from events.errors import ValidationError
 from events.instancetypes import (
     KIND_OF,
@@ -29,6 +32,8 @@ from orchestrator.migrations import decide_node
 from orchestrator.scheduler import NodeView
 from orchestrator.webhooks.subscriptions import decide_webhook
 
+S = TypeVar("S")
+
 
 def decide_for(
     ref: Ref, history: list[Recorded], cmd: c.Command, *, nodes: list[NodeView] | None = None,
@@ -38,41 +43,31 @@ def decide_for(
     if ref.kind == "vm":
         return decide(fold(r.envelope for r in history), cmd, nodes=nodes)
     if ref.kind in ("rs", "vmpool"):
-        rs = ReplicaSetState()
-        for r in history:
-            rs = apply_rs(rs, r.envelope)
-        return decide_rs(rs, cmd)
+        return decide_rs(_folded(ReplicaSetState(), apply_rs, history), cmd)
     if ref.kind == "node":
-        node = NodeState()
-        for r in history:
-            node = apply_node(node, r.envelope)
-        return decide_node(node, cmd)
+        return decide_node(_folded(NodeState(), apply_node, history), cmd)
     if ref.kind == "webhook":
         return decide_webhook(fold_webhook(ref.name, history), cmd)
     if ref.kind == "kubevirt":
         return decide_kubevirt(fold_kubevirt(r.envelope for r in history), cmd)
     if ref.kind == "service":
-        svc = ServiceState()
-        for r in history:
-            svc = apply_service(svc, r.envelope)
+        svc = _folded(ServiceState(), apply_service, history)
         return decide_service(svc, cmd, ports=node_ports)
     if ref.kind == "migrationpolicy":
-        policy = PolicyState()
-        for r in history:
-            policy = apply_policy(policy, r.envelope)
-        return decide_policy(policy, cmd)
+        return decide_policy(_folded(PolicyState(), apply_policy, history), cmd)
     if ref.kind == "datasource":
-        ds = DataSourceState()
-        for r in history:
-            ds = apply_datasource(ds, r.envelope)
-        return decide_datasource(ds, cmd)
+        return decide_datasource(_folded(DataSourceState(), apply_datasource, history), cmd)
     if ref.kind in KIND_OF:
-        it = InstancetypeState()
-        for r in history:
-            it = apply_instancetype(it, r.envelope)
         applied, deleted = _INSTANCETYPE_EVENTS[ref.kind]
+        it = _folded(InstancetypeState(), apply_instancetype, history)
         return decide_instancetype(it, cmd, applied=applied, deleted=deleted)
     raise ValidationError(f"{type(cmd).__name__} is not available yet in virtbus", field="kind")
+
+
+def _folded(state: S, step: Callable[[S, Envelope], S], history: list[Recorded]) -> S:
+    for r in history:
+        state = step(state, r.envelope)
+    return state
 
 
 _INSTANCETYPE_EVENTS: dict[str, tuple[type[m.Event], type[m.Event]]] = {
