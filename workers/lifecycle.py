@@ -24,6 +24,7 @@ from workers.node_context import Domains, Launchers, NodeContext
 from workers.pods import pod_name
 from workers.vmnet import NetworkError, bridged
 from workers.volumes import VolumeUnavailable
+from workers.volumestore import VolumeStore
 
 log = logging.getLogger("virtbus.worker")
 ForcedCheck = Callable[[Ref], Awaitable[bool]]
@@ -208,10 +209,25 @@ class Lifecycle:
             if disk_xml_of(current, resolved.path) is None:  # else attached before a crash of ours
                 await hv.attach_device(dom, hotplug_disk(item.disk, resolved, domain_xml=current))
         except (VolumeUnavailable, ValidationError, HypervisorError) as err:
-            failed = m.VolumeAttachFailed(volume=vol, reason=err.message, node=self.ctx.node)
+            why = await self._elsewhere(item, ref.namespace) or err.message
+            failed = m.VolumeAttachFailed(volume=vol, reason=why, node=self.ctx.node)
             await self.ctx.observe(ref, [failed])
             return
         await self.ctx.observe(ref, [m.VolumeAttached(volume=vol, node=self.ctx.node)])
+
+    async def _elsewhere(self, item: w.AttachVolume, namespace: str) -> str:
+        """Why a claim cannot be plugged here when it is another node's disk ("" if it is not):
+        said so, rather than "not found" of a claim that exists."""
+        claim = (item.volume.get("persistentVolumeClaim") or {}).get("claimName")
+        if not isinstance(claim, str) or not claim:
+            return ""
+        v = await VolumeStore.state_of(self.ctx.store, namespace, claim)
+        if not v.exists or not v.node or v.node == self.ctx.node:
+            return ""
+        return (f'volume: persistentvolumeclaim "{claim}" is on node {v.node}, not on node '
+                f"{self.ctx.node} where the VMI runs (a claim is one node's disk): move it with "
+                f"`virtbus volume move {claim} --to {self.ctx.node}` while no running VM uses "
+                "it, then add it again")  # fmt: skip
 
     async def _detach(self, item: w.DetachVolume, s: VMState) -> None:
         ref, dom, vol, hv = item.ref, domain_name(item.ref), item.volume_name, self.ctx.hv

@@ -57,8 +57,12 @@ class VolumeStore:
         return claim_dir(self.root, namespace, name)
 
     async def state(self, namespace: str, name: str) -> VolumeState:
+        return await self.state_of(self.store, namespace, name)
+
+    @staticmethod
+    async def state_of(store: EventStore, namespace: str, name: str) -> VolumeState:
         s = VolumeState()
-        for r in await self.store.read(Ref("volume", namespace, name)):
+        for r in await store.read(Ref("volume", namespace, name)):
             s = apply_volume(s, r.envelope)
         return s
 

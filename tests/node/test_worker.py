@@ -162,3 +162,32 @@ async def test_hotplug_on_the_test_driver_fails_with_libvirts_reason(stack: Stac
     assert ("data" in s.volumes, "data" in s.hotplug) == (False, False)
     again = await send(stack.nc, c.AddVolume(name="hot", volume=volume, disk={"name": "data"}))
     assert again.events == ["io.virtbus.vm.volume_attach_requested.v1"]
+
+
+async def test_hotplugging_another_nodes_claim_says_where_it_is(stack: Stack) -> None:
+    """Found by the compatibility measurement: a claim bound to another node than the VMI's
+    failed with `persistentvolumeclaim "x" not found`, of a claim that exists. It says where
+    the claim is and how to bring it."""
+    stack.provide_seed_volumes("node-a")
+    await stack.node("node-a")
+    await send(stack.nc, seed("near", runStrategy="Always"))
+    assert (await stack.until("near", "Running")).node == "node-a"
+    await stack.node("node-b")
+    await send(stack.nc, c.CreateVolume(name="far", size="16Mi", node="node-b"))
+    far = Ref("volume", "default", "far")
+    for _ in range(200):  # until node-b has made it (its VolumeReady)
+        if any(isinstance(r.envelope.data, m.VolumeReady) for r in await stack.store.read(far)):
+            break
+        await asyncio.sleep(0.05)
+    volume = {"name": "far", "persistentVolumeClaim": {"claimName": "far"}}
+    await send(stack.nc, c.AddVolume(name="near", volume=volume, disk={"name": "far"}))
+    for _ in range(200):
+        if (await stack.state("near")).volumes.get("far") == "Failed":
+            break
+        await asyncio.sleep(0.05)
+    history = [r.envelope.data for r in await stack.store.read(Ref.vm("near"))]
+    [failed] = [e for e in history if isinstance(e, m.VolumeAttachFailed)]
+    assert (failed.node, failed.reason) == ("node-a", (
+        'volume: persistentvolumeclaim "far" is on node node-b, not on node node-a where the '
+        "VMI runs (a claim is one node's disk): move it with `virtbus volume move far --to "
+        "node-a` while no running VM uses it, then add it again"))  # fmt: skip
