@@ -10,7 +10,6 @@ seconds, long enough to cancel it, break its target or kill its source worker mi
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from qemustack import QemuStack, apply, qemu_stack, seed_doc, short_grace, wait_
 from bus.client import send
 from events import commands as c
 from events import model as m
+from events import render
 from events.work import MigrationPolicy
 
 pytestmark = pytest.mark.kvm
@@ -151,11 +151,12 @@ async def test_migrate_cancel_aborts_the_job(slow_stack: QemuStack) -> None:
     code, _, err = await slow_stack.virtbus("migrate", "undecided")
     assert (code, err) == (0, "")
     await slow_stack.until_event("undecided", m.MigrationProgress, after=seen, within=60)
-    # Mid-way, as kubectl would show it: the VM Migrating, its VMI Running with the migration.
-    code, out, _ = await slow_stack.virtbus("get", "vm", "undecided", "-o", "json")
-    assert json.loads(out)["status"]["printableStatus"] == "Migrating"
-    code, out, _ = await slow_stack.virtbus("get", "vmi", "undecided", "-o", "json")
-    vmi = json.loads(out)["status"]
+    # Mid-way, as kubectl would show it: the VM Migrating, its VMI Running with the migration
+    # (rendered here, as `get -o json` renders it: two CLI processes under load took long
+    # enough for the job to end before the cancel came).
+    s = await slow_stack.state("undecided")
+    assert render.vm_object(s)["status"]["printableStatus"] == "Migrating"
+    vmi = render.vmi_object(s)["status"]  # type: ignore[index]
     assert (vmi["phase"], vmi["nodeName"]) == ("Running", A)
     assert (vmi["migrationState"]["sourceNode"], vmi["migrationState"]["targetNode"]) == (A, B)
     code, out, err = await slow_stack.virtbus("migrate-cancel", "undecided")
