@@ -13,19 +13,12 @@ from bus.store import EventStore
 from events import render
 from events.datasources import DataSourceState, apply_datasource, datasource_object, source_pvc
 from events.envelope import Recorded
-from events.names import Ref, aggregate_key, check_name
-from events.volumes import VolumeState, apply_volume
+from events.names import aggregate_key, check_name
 from virtctl import kinds as k
 from virtctl.listing import Item, Listing
+from virtctl.volumes import volume
 
 HEADER = ["NAME", "AGE"]
-
-
-async def _claim(nc: Client, name: str, namespace: str) -> VolumeState:
-    s = VolumeState()
-    for r in await EventStore(nc).read(Ref("volume", namespace, name)):
-        s = apply_volume(s, r.envelope)
-    return s
 
 
 async def listing(nc: Client, *, name: str | None, namespace: str | None) -> Listing:
@@ -43,6 +36,6 @@ async def listing(nc: Client, *, name: str | None, namespace: str | None) -> Lis
         if not s.exists or name not in (None, s.name):
             continue
         pvc = source_pvc(s)
-        obj = datasource_object(s, await _claim(nc, pvc[1], pvc[0]) if pvc else None)
+        obj = datasource_object(s, await volume(nc, pvc[1], pvc[0]) if pvc else None)
         items.append(Item(s.namespace, s.name, s.labels, obj, [s.name, render.age(s.created)]))
     return Listing(k.DATASOURCE, HEADER, items)
